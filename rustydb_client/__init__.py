@@ -1,0 +1,1 @@
+"""RustyDB client: the wire protocol, a client library and rusty-db-cli."""

@@ -1,0 +1,337 @@
+"""A blocking RustyDB client: a socket loop around the sans-IO ClientProtocol.
+
+Every query message carries exactly one statement (scripts are split here
+with sqlsplit), so each is answered by one `complete` or one `error` and the
+connection never loses track of where an answer ends.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Self
+
+from rustydb_client import protocol
+from rustydb_client.protocol import (
+    AuthContinue,
+    BackupMessage,
+    Columns,
+    Complete,
+    ErrorReported,
+    Notice,
+    ProtocolError,
+    Ready,
+    Rows,
+)
+from rustydb_client.sqlsplit import split_statements
+
+CLIENT_NAME = "rustydb-client"
+_RECV_SIZE = 64 * 1024
+
+
+class ClientError(Exception):
+    """Base of the errors this module raises; str() is a message for users."""
+
+
+class ConnectionFailed(ClientError):
+    """No usable session: refused, unreachable, authentication failed, or lost."""
+
+    def __init__(self, message: str, code: str = "connection_failed"):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ServerError(ClientError):
+    """The server refused a statement. The connection stays usable unless `fatal`."""
+
+    def __init__(self, code: str, message: str, statement_line: int | None = None,
+                 fatal: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.statement_line = statement_line
+        self.fatal = fatal
+
+
+@dataclass
+class Result:
+    columns: list[str]
+    rows: list[list]
+    status: str
+    rows_affected: int
+    notices: list[str] = field(default_factory=list)
+
+
+def connect(host: str = "127.0.0.1", port: int = 5432, *, database: str | None = None,
+            user: str | None = None, password: str | None = None, timeout: float = 30,
+            query_timeout: float | None = None, client_name: str = CLIENT_NAME,
+            max_frame: int = protocol.DEFAULT_MAX_FRAME) -> Connection:
+    """Open a session. The password comes from `password` or $RUSTYDB_PASSWORD.
+
+    `timeout` bounds connecting and authenticating; `query_timeout` (default
+    none) bounds each wait for the server during a statement.
+    """
+    if password is None:
+        password = os.environ.get("RUSTYDB_PASSWORD")
+    if user is None:
+        user = os.environ.get("RUSTYDB_USER") or getpass.getuser()
+    where = f"{host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except ConnectionRefusedError:
+        raise ConnectionFailed(
+            f"could not connect to {where}: connection refused; the RustyDB server may "
+            "not be running or may listen on another port (see --host/--port)",
+            "connection_refused",
+        ) from None
+    except TimeoutError:
+        raise ConnectionFailed(
+            f"could not connect to {where}: no answer within {timeout} s; check the host, "
+            "the port and any firewall in between", "connection_timeout",
+        ) from None
+    except OSError as e:
+        raise ConnectionFailed(
+            f"could not connect to {where}: {e.strerror or e}; check --host and --port"
+        ) from None
+    conn = Connection(sock, protocol.ClientProtocol(user, password, database, client_name),
+                      where, max_frame=max_frame)
+    try:
+        conn._handshake()
+    except BaseException:
+        conn._drop()
+        raise
+    sock.settimeout(query_timeout)
+    return conn
+
+
+class Connection:
+    """One session. Use as a context manager, or call close()."""
+
+    def __init__(self, sock: socket.socket, proto: protocol.ClientProtocol, where: str, *,
+                 max_frame: int = protocol.DEFAULT_MAX_FRAME):
+        self._sock: socket.socket | None = sock
+        self._proto = proto
+        self._decoder = protocol.FrameDecoder(max_frame)
+        self._where = where
+
+    # -- state
+
+    @property
+    def database(self) -> str | None:
+        return self._proto.database
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._proto.in_transaction
+
+    @property
+    def server_version(self) -> str | None:
+        return self._proto.server_version
+
+    @property
+    def session_id(self) -> int | None:
+        return self._proto.session_id
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    # -- statements
+
+    def execute(self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS) -> Result:
+        """Run every statement of `sql` in order; return the last one's Result.
+
+        Raises ServerError at the first failing statement, with statement_line
+        counted from the start of `sql`.
+        """
+        notices: list[str] = []
+        last: Result | None = None
+        columns: list[str] = []
+        rows: list[list] = []
+        for event in self.stream(sql, batch_rows=batch_rows):
+            if isinstance(event, Columns):
+                columns, rows = list(event.names), []
+            elif isinstance(event, Rows):
+                rows.extend(event.rows)
+            elif isinstance(event, Notice):
+                notices.append(event.message)
+            elif isinstance(event, Complete):
+                last = Result(columns, rows, event.status, event.rows_affected, notices)
+                columns, rows = [], []
+        return last or Result([], [], "", 0, notices)
+
+    def stream(self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS
+               ) -> Iterator[Columns | Rows | Complete | Notice]:
+        """Yield each statement's events as they arrive: Columns, Rows batches, Complete.
+
+        Stopping early is safe: the rest of the current answer is read and dropped.
+        """
+        for statement in split_statements(sql):
+            yield from self.stream_statement(statement.sql, batch_rows=batch_rows,
+                                             first_line=statement.line)
+
+    def stream_statement(self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS,
+                         first_line: int = 1) -> Iterator[Columns | Rows | Complete | Notice]:
+        """Like stream() for text that is exactly one statement (no splitting)."""
+        self._require_open()
+        self.send_raw(self._proto.query(sql, batch_rows))
+        finished = False
+        try:
+            while True:
+                event = self._receive_event()
+                if isinstance(event, ErrorReported):
+                    finished = True
+                    line = event.statement_line
+                    raise ServerError(
+                        event.code, event.message,
+                        None if line is None else first_line + line - 1, event.fatal,
+                    )
+                if isinstance(event, Complete):
+                    finished = True
+                    yield event
+                    return
+                yield event
+        finally:
+            if not finished and not self.closed:
+                self._drain()
+
+    # -- raw messages (backup streaming and other tools)
+
+    def send_raw(self, msg: dict) -> None:
+        self._require_open()
+        protocol.validate_message(msg, protocol.TO_SERVER)
+        try:
+            self._sock.sendall(protocol.encode_frame(msg))
+        except OSError as e:
+            self._drop()
+            raise ConnectionFailed(
+                f"lost the connection to {self._where} while sending ({e.strerror or e}); "
+                "the server may have stopped", "connection_lost",
+            ) from None
+
+    def recv_message(self) -> dict:
+        """The next message from the server, validated; blocks until it arrives."""
+        self._require_open()
+        while True:
+            try:
+                msg = self._decoder.next_message()
+            except ProtocolError as e:
+                self._drop()
+                raise ConnectionFailed(
+                    f"the server at {self._where} sent an invalid message ({e.message})",
+                    e.code,
+                ) from None
+            if msg is not None:
+                return msg
+            try:
+                data = self._sock.recv(_RECV_SIZE)
+            except TimeoutError:
+                self._drop()
+                raise ConnectionFailed(
+                    f"the server at {self._where} did not answer in time; the connection "
+                    "is closed", "timeout",
+                ) from None
+            except OSError as e:
+                self._drop()
+                raise ConnectionFailed(
+                    f"lost the connection to {self._where} ({e.strerror or e}); "
+                    "the server may have stopped", "connection_lost",
+                ) from None
+            if not data:
+                self._drop()
+                raise ConnectionFailed(
+                    f"the server at {self._where} closed the connection; it may have "
+                    "been shut down or restarted", "connection_lost",
+                )
+            try:
+                self._decoder.feed(data)
+            except ProtocolError as e:
+                self._drop()
+                raise ConnectionFailed(
+                    f"the server at {self._where} sent an invalid frame ({e.message})", e.code
+                ) from None
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendall(protocol.encode_frame(protocol.goodbye_message()))
+        except OSError:
+            pass  # the server may already be gone (e.g. after SHUTDOWN)
+        self._drop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals
+
+    def _handshake(self) -> None:
+        try:
+            for msg in self._proto.start():
+                self.send_raw(msg)
+            while True:
+                event = self._receive_event()
+                if isinstance(event, AuthContinue):
+                    for msg in event.replies:
+                        self.send_raw(msg)
+                elif isinstance(event, Ready):
+                    return
+                elif isinstance(event, ErrorReported):
+                    raise ConnectionFailed(
+                        f"the server at {self._where} refused the session: {event.message}",
+                        event.code,
+                    )
+        except ProtocolError as e:
+            raise ConnectionFailed(e.message, e.code) from None
+
+    def _receive_event(self):
+        msg = self.recv_message()
+        try:
+            event = self._proto.receive(msg)
+        except ProtocolError as e:
+            self._drop()
+            raise ConnectionFailed(
+                f"the server at {self._where} broke the protocol ({e.message})", e.code
+            ) from None
+        if isinstance(event, ErrorReported) and event.fatal:
+            self._drop()
+        return event
+
+    def _drain(self) -> None:
+        # The caller stopped reading mid-answer: read the rest so the next
+        # statement's answer is not mistaken for this one's.
+        try:
+            while True:
+                event = self._receive_event()
+                if isinstance(event, (Complete, ErrorReported)):
+                    return
+        except ClientError:
+            pass
+
+    def _require_open(self) -> None:
+        if self._sock is None:
+            raise ConnectionFailed(
+                f"the connection to {self._where} is closed; connect again", "closed"
+            )
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+
+__all__ = [
+    "BackupMessage", "ClientError", "Columns", "Complete", "Connection", "ConnectionFailed",
+    "Notice", "Result", "Rows", "ServerError", "connect",
+]

@@ -1,0 +1,180 @@
+"""Admin SQL that the server handles itself (never passed to SQLite).
+
+Parsing is in ``admin_parse``; this module carries a parsed command out
+against the running server and says what happened in a result the wire layer
+sends like any other statement's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import trio
+
+from . import admin_parse as ap
+from . import settings as settings_mod
+from .engine.replay import format_lsn
+from .logsetup import get_logger
+
+log = get_logger("rustydb.admin")
+
+
+class AdminError(Exception):
+    def __init__(self, message: str, code: str = "admin_error"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass
+class AdminResult:
+    status: str
+    columns: list[str] | None = None
+    rows: list[list] | None = None
+    notices: list[str] = dataclasses.field(default_factory=list)
+    after: Callable[[], None] | None = None  # runs once the client has its answer
+
+
+async def execute(conn, cmd) -> AdminResult:
+    handler = _HANDLERS[type(cmd)]
+    return await handler(conn, cmd)
+
+
+def _thread(conn, fn, *args):
+    return trio.to_thread.run_sync(fn, *args, limiter=conn.state.db_limiter)
+
+
+async def _alter_set(conn, cmd: ap.AlterSystemSet) -> AdminResult:
+    state = conn.state
+    data_dir = state.settings["data_dir"]
+    try:
+        setting = settings_mod.lookup(cmd.name)
+        value = settings_mod.set_auto(data_dir, setting.name, cmd.raw_value)
+        result = state.settings.reload()
+    except settings_mod.SettingError as e:
+        raise AdminError(str(e), code="invalid_setting") from None
+    shown = settings_mod.format_value(setting.name, value)
+    log.info("ALTER SYSTEM SET", setting=setting.name, value=shown, session=conn.session_id)
+    notices = []
+    if setting.context == settings_mod.RESTART:
+        notices.append(f"{setting.name} = {shown} is saved; it takes effect after a restart")
+    elif setting.name not in result.applied and state.settings.source(setting.name) == "command line":
+        notices.append(
+            f"{setting.name} is saved, but a command-line flag overrides it until restart"
+        )
+    _settings_changed(state)
+    return AdminResult("ALTER SYSTEM", notices=notices)
+
+
+async def _alter_reset(conn, cmd: ap.AlterSystemReset) -> AdminResult:
+    state = conn.state
+    try:
+        settings_mod.reset_auto(state.settings["data_dir"], cmd.name)
+        state.settings.reload()
+    except settings_mod.SettingError as e:
+        raise AdminError(str(e), code="invalid_setting") from None
+    log.info("ALTER SYSTEM RESET", setting=cmd.name or "ALL", session=conn.session_id)
+    _settings_changed(state)
+    return AdminResult("ALTER SYSTEM")
+
+
+def _settings_changed(state) -> None:
+    hook = getattr(state, "on_settings_changed", None)
+    if hook is not None:
+        hook()
+
+
+async def _show(conn, cmd: ap.Show) -> AdminResult:
+    settings = conn.state.settings
+    if cmd.name is None:
+        rows = [list(r) for r in settings_mod.show_all(settings)]
+        return AdminResult(
+            "SHOW", ["name", "setting", "unit", "context", "source", "description"], rows
+        )
+    special = _special_show(conn, cmd.name.lower())
+    if special is not None:
+        return AdminResult("SHOW", [cmd.name.lower()], [[special]])
+    try:
+        setting = settings_mod.lookup(cmd.name)
+    except settings_mod.SettingError as e:
+        raise AdminError(str(e), code="invalid_setting") from None
+    value = settings_mod.format_value(setting.name, settings[setting.name])
+    return AdminResult("SHOW", [setting.name], [[value]])
+
+
+def _special_show(conn, name: str):
+    engine = conn.state.engine
+    if name == "server_version":
+        from . import __version__
+
+        return __version__
+    if name in ("wal_lsn", "current_wal_lsn"):
+        return format_lsn(engine.wal.end_lsn)
+    if name == "timeline":
+        return str(engine.control.timeline)
+    if name == "databases":
+        return ", ".join(sorted(engine.databases))
+    return None
+
+
+async def _shutdown(conn, cmd: ap.Shutdown) -> AdminResult:
+    mode = "immediate" if cmd.immediate else "graceful"
+    log.info("SHUTDOWN requested", mode=mode, session=conn.session_id, peer=conn.peer)
+    return AdminResult(
+        "SHUTDOWN",
+        notices=[f"the server is shutting down ({mode})"],
+        after=lambda: conn.state.request_shutdown(mode),
+    )
+
+
+async def _checkpoint(conn, cmd) -> AdminResult:
+    result = await _thread(conn, conn.state.engine.checkpoint, "requested")
+    if not result["complete"]:
+        return AdminResult("CHECKPOINT", notices=[
+            "checkpoint incomplete: a long-running reader kept SQLite from copying every "
+            "page; the redo point did not move"])
+    return AdminResult("CHECKPOINT")
+
+
+async def _restore_point(conn, cmd: ap.CreateRestorePoint) -> AdminResult:
+    lsn = await _thread(conn, conn.state.engine.create_restore_point, cmd.name)
+    return AdminResult("CREATE RESTORE POINT", ["restore_point", "lsn"],
+                       [[cmd.name, format_lsn(lsn)]])
+
+
+async def _switch_wal(conn, cmd) -> AdminResult:
+    lsn = await _thread(conn, conn.state.engine.switch_wal)
+    return AdminResult("SWITCH WAL", ["lsn"], [[format_lsn(lsn)]])
+
+
+async def _create_database(conn, cmd: ap.CreateDatabase) -> AdminResult:
+    created = await _thread(conn, conn.state.engine.create_database, cmd.name, cmd.if_not_exists)
+    notices = [] if created else [f'database "{cmd.name}" already exists, skipping']
+    return AdminResult("CREATE DATABASE", notices=notices)
+
+
+async def _drop_database(conn, cmd: ap.DropDatabase) -> AdminResult:
+    current = conn.session.handle if conn.session else None
+    dropped = await _thread(conn, conn.state.engine.drop_database, cmd.name, cmd.if_exists,
+                            current)
+    notices = [] if dropped else [f'database "{cmd.name}" does not exist, skipping']
+    return AdminResult("DROP DATABASE", notices=notices)
+
+
+async def _use(conn, cmd: ap.Use) -> AdminResult:
+    await _thread(conn, conn.session.use, cmd.name)
+    return AdminResult("USE")
+
+
+_HANDLERS = {
+    ap.AlterSystemSet: _alter_set,
+    ap.AlterSystemReset: _alter_reset,
+    ap.Show: _show,
+    ap.Shutdown: _shutdown,
+    ap.Checkpoint: _checkpoint,
+    ap.CreateRestorePoint: _restore_point,
+    ap.SwitchWal: _switch_wal,
+    ap.CreateDatabase: _create_database,
+    ap.DropDatabase: _drop_database,
+    ap.Use: _use,
+}

@@ -1,0 +1,369 @@
+"""Recognise the admin statements the server runs itself instead of SQLite.
+
+Pure code: ``parse_admin(sql)`` returns one of the command dataclasses below,
+``None`` for ordinary SQL, or raises ``AdminSyntaxError`` for a statement that
+starts like an admin statement but does not fit its form. Only the first one
+or two words decide whether a statement is ours, so ordinary SQL is never
+tokenised past them (SQLite's syntax is SQLite's business).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+MAX_RESTORE_POINT_NAME = 63
+
+
+class AdminSyntaxError(ValueError):
+    """An admin statement was malformed; the message shows the expected form."""
+
+
+@dataclass(frozen=True)
+class AlterSystemSet:
+    name: str
+    raw_value: str
+
+
+@dataclass(frozen=True)
+class AlterSystemReset:
+    name: str | None  # None: RESET ALL
+
+
+@dataclass(frozen=True)
+class Show:
+    name: str | None  # None: SHOW ALL
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    immediate: bool = False
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    pass
+
+
+@dataclass(frozen=True)
+class CreateRestorePoint:
+    name: str
+
+
+@dataclass(frozen=True)
+class SwitchWal:
+    pass
+
+
+@dataclass(frozen=True)
+class CreateDatabase:
+    name: str
+    if_not_exists: bool = False
+
+
+@dataclass(frozen=True)
+class DropDatabase:
+    name: str
+    if_exists: bool = False
+
+
+@dataclass(frozen=True)
+class Use:
+    name: str
+
+
+AdminCommand = (AlterSystemSet | AlterSystemReset | Show | Shutdown | Checkpoint
+                | CreateRestorePoint | SwitchWal | CreateDatabase | DropDatabase | Use)
+
+FORMS = {
+    "ALTER SYSTEM": "ALTER SYSTEM SET name = value, ALTER SYSTEM SET name TO value, "
+                    "ALTER SYSTEM RESET name or ALTER SYSTEM RESET ALL",
+    "SHOW": "SHOW name or SHOW ALL",
+    "SHUTDOWN": "SHUTDOWN or SHUTDOWN IMMEDIATE",
+    "CHECKPOINT": "CHECKPOINT",
+    "CREATE RESTORE POINT": "CREATE RESTORE POINT 'name'",
+    "SWITCH WAL": "SWITCH WAL",
+    "CREATE DATABASE": "CREATE DATABASE [IF NOT EXISTS] name",
+    "DROP DATABASE": "DROP DATABASE [IF EXISTS] name",
+    "USE": "USE name",
+}
+
+
+# ---------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # word, number, string, ident (double-quoted), symbol
+    text: str  # for string/ident: the unquoted content
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)[A-Za-z]*")
+
+
+def _tokens(sql: str) -> Iterator[Token]:
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            if end < 0:
+                raise AdminSyntaxError("unterminated /* comment")
+            i = end + 2
+        elif c in "'\"":
+            text, i = _quoted(sql, i, c)
+            yield Token("string" if c == "'" else "ident", text)
+        elif m := _WORD.match(sql, i):
+            yield Token("word", m.group())
+            i = m.end()
+        elif m := _NUMBER.match(sql, i):
+            yield Token("number", m.group())
+            i = m.end()
+        else:
+            yield Token("symbol", c)
+            i += 1
+
+
+def _quoted(sql: str, start: int, quote: str) -> tuple[str, int]:
+    """Content of a quoted token starting at ``start``, with doubled quotes undone."""
+    parts, i = [], start + 1
+    while True:
+        end = sql.find(quote, i)
+        if end < 0:
+            raise AdminSyntaxError(f"a {quote} is never closed")
+        parts.append(sql[i:end])
+        if sql.startswith(quote * 2, end):
+            parts.append(quote)
+            i = end + 2
+        else:
+            return "".join(parts), end + 1
+
+
+def _is_word(token: Token | None, *words: str) -> bool:
+    return token is not None and token.kind == "word" and token.text.upper() in words
+
+
+# ---------------------------------------------------------------- statements
+
+
+class _Cursor:
+    """Tokens of one admin statement, with errors that show the statement's form."""
+
+    def __init__(self, tokens: list[Token], form: str):
+        self.tokens = tokens
+        self.pos = 0
+        self.form = form
+
+    def peek(self) -> Token | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> Token | None:
+        token = self.peek()
+        self.pos += token is not None
+        return token
+
+    def fail(self, problem: str) -> AdminSyntaxError:
+        return AdminSyntaxError(
+            f"syntax error in {self.form}: {problem}. Usage: {FORMS[self.form]}")
+
+    def keyword(self, *words: str) -> str:
+        token = self.take()
+        if not _is_word(token, *words):
+            raise self.fail(f"expected {' or '.join(words)} {_where(token)}")
+        return token.text.upper()
+
+    def optional(self, *words: str) -> bool:
+        if _is_word(self.peek(), *words):
+            self.pos += 1
+            return True
+        return False
+
+    def name(self, what: str) -> str:
+        token = self.take()
+        if token is None or token.kind not in ("word", "ident"):
+            raise self.fail(f"expected {what} {_where(token)}")
+        return token.text
+
+    def end(self) -> None:
+        token = self.take()
+        if token is not None and token.kind == "symbol" and token.text == ";":
+            token = self.take()
+        if token is not None:
+            raise self.fail(f"unexpected {_describe(token)} at the end of the statement")
+
+
+def _describe(token: Token) -> str:
+    if token.kind == "string":
+        return f"'{token.text}'"
+    if token.kind == "ident":
+        return f'"{token.text}"'
+    return repr(token.text)
+
+
+def _where(token: Token | None) -> str:
+    return "at the end of the statement" if token is None else f"but found {_describe(token)}"
+
+
+def _form_of(first: Token, second: Token | None) -> str | None:
+    """Which admin statement the first two tokens start, if any."""
+    word = first.text.upper() if first.kind == "word" else ""
+    if word in ("SHOW", "SHUTDOWN", "CHECKPOINT", "USE"):
+        return word
+    if word == "SWITCH":
+        return "SWITCH WAL"
+    if word == "ALTER" and _is_word(second, "SYSTEM"):
+        return "ALTER SYSTEM"
+    if word == "CREATE" and _is_word(second, "RESTORE"):
+        return "CREATE RESTORE POINT"
+    if word == "CREATE" and _is_word(second, "DATABASE"):
+        return "CREATE DATABASE"
+    if word == "DROP" and _is_word(second, "DATABASE"):
+        return "DROP DATABASE"
+    return None
+
+
+def parse_admin(sql: str) -> AdminCommand | None:
+    """The admin command in ``sql``, or None when it is ordinary SQL for SQLite."""
+    stream = _tokens(sql)
+    try:
+        first = next(stream, None)
+        second = next(stream, None)
+    except AdminSyntaxError:
+        return None  # not recognisably ours; let SQLite report it
+    if first is None:
+        return None
+    form = _form_of(first, second)
+    if form is None:
+        return None
+    try:
+        tokens = [first] + ([second] if second else []) + list(stream)
+    except AdminSyntaxError as e:
+        raise AdminSyntaxError(f"syntax error in {form}: {e}. Usage: {FORMS[form]}") from None
+    cursor = _Cursor(tokens, form)
+    command = _PARSERS[form](cursor)
+    cursor.end()
+    return command
+
+
+def _parse_alter_system(c: _Cursor) -> AdminCommand:
+    c.keyword("ALTER")
+    c.keyword("SYSTEM")
+    if c.keyword("SET", "RESET") == "RESET":
+        if c.optional("ALL"):
+            return AlterSystemReset(None)
+        return AlterSystemReset(c.name("a setting name or ALL").lower())
+    name = c.name("a setting name").lower()
+    token = c.take()
+    if not ((token and token.kind == "symbol" and token.text == "=") or _is_word(token, "TO")):
+        raise c.fail(f"expected = or TO after {name} {_where(token)}")
+    value = c.take()
+    if value is None or value.kind not in ("string", "number", "word"):
+        raise c.fail(f"expected a value for {name} {_where(value)} "
+                     f"(quote paths and text: '/var/lib/rusty-db/archive')")
+    if value.kind == "word" and value.text.upper() == "DEFAULT":
+        return AlterSystemReset(name)  # PostgreSQL's SET name TO DEFAULT
+    return AlterSystemSet(name, value.text)
+
+
+def _parse_show(c: _Cursor) -> AdminCommand:
+    c.keyword("SHOW")
+    if c.optional("ALL"):
+        return Show(None)
+    return Show(c.name("a setting name or ALL").lower())
+
+
+def _parse_shutdown(c: _Cursor) -> AdminCommand:
+    c.keyword("SHUTDOWN")
+    return Shutdown(immediate=c.optional("IMMEDIATE"))
+
+
+def _parse_checkpoint(c: _Cursor) -> AdminCommand:
+    c.keyword("CHECKPOINT")
+    return Checkpoint()
+
+
+def _parse_switch_wal(c: _Cursor) -> AdminCommand:
+    c.keyword("SWITCH")
+    c.keyword("WAL")
+    return SwitchWal()
+
+
+def _parse_restore_point(c: _Cursor) -> AdminCommand:
+    c.keyword("CREATE")
+    c.keyword("RESTORE")
+    c.keyword("POINT")
+    token = c.take()
+    if token is None or token.kind != "string":
+        raise c.fail(f"expected the restore point's name in single quotes {_where(token)}")
+    name = token.text
+    if not name or len(name) > MAX_RESTORE_POINT_NAME or not name.isprintable():
+        raise c.fail(f"a restore point name must be 1 to {MAX_RESTORE_POINT_NAME} "
+                     f"printable characters, not {name!r}")
+    return CreateRestorePoint(name)
+
+
+def _database_name(c: _Cursor) -> str:
+    name = c.name("a database name")
+    if not DATABASE_NAME.fullmatch(name):
+        raise c.fail(f"invalid database name {name!r}: use a letter or _ followed by up to 62 "
+                     f"letters, digits or _")
+    return name
+
+
+def _parse_create_database(c: _Cursor) -> AdminCommand:
+    c.keyword("CREATE")
+    c.keyword("DATABASE")
+    if_not_exists = _if_exists(c, negated=True)
+    name = _database_name(c)
+    if not if_not_exists:
+        if_not_exists = _if_exists(c, negated=True)
+    return CreateDatabase(name, if_not_exists)
+
+
+def _parse_drop_database(c: _Cursor) -> AdminCommand:
+    c.keyword("DROP")
+    c.keyword("DATABASE")
+    if_exists = _if_exists(c, negated=False)
+    return DropDatabase(_database_name(c), if_exists)
+
+
+def _if_exists(c: _Cursor, negated: bool) -> bool:
+    """Consume IF [NOT] EXISTS when present."""
+    if not _is_word(c.peek(), "IF"):
+        return False
+    # "IF" could be a database name; it is the clause only when EXISTS follows.
+    rest = c.tokens[c.pos + 1:c.pos + 3]
+    expected = ["NOT", "EXISTS"] if negated else ["EXISTS"]
+    if len(rest) >= len(expected) and all(
+            _is_word(t, w) for t, w in zip(rest, expected)):
+        c.pos += 1 + len(expected)
+        return True
+    if len(rest) == 0:
+        return False
+    raise c.fail(f"expected IF {' '.join(expected)}")
+
+
+def _parse_use(c: _Cursor) -> AdminCommand:
+    c.keyword("USE")
+    return Use(_database_name(c))
+
+
+_PARSERS = {
+    "ALTER SYSTEM": _parse_alter_system,
+    "SHOW": _parse_show,
+    "SHUTDOWN": _parse_shutdown,
+    "CHECKPOINT": _parse_checkpoint,
+    "SWITCH WAL": _parse_switch_wal,
+    "CREATE RESTORE POINT": _parse_restore_point,
+    "CREATE DATABASE": _parse_create_database,
+    "DROP DATABASE": _parse_drop_database,
+    "USE": _parse_use,
+}

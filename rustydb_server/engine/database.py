@@ -1,0 +1,134 @@
+"""One RustyDB database = one SQLite file, opened the same way everywhere.
+
+Each file carries a small internal table, ``__rustydb_state``, written in the
+same SQLite transaction as the data it describes: ``applied_lsn`` is the LSN
+of the last WAL record whose effects are in this file, so crash recovery
+replays exactly the records above it (and each one at most once).
+"""
+
+from __future__ import annotations
+
+import os
+
+import apsw
+
+STATE_TABLE = "__rustydb_state"
+BUSY_TIMEOUT_MS = 30_000
+
+# PRAGMAs that would undo the guarantees the server builds on (WAL mode,
+# fsync discipline, schema integrity). Anything else is allowed.
+FORBIDDEN_PRAGMAS = frozenset(
+    {
+        "journal_mode",
+        "synchronous",
+        "locking_mode",
+        "writable_schema",
+        "wal_autocheckpoint",
+        "wal_checkpoint",
+        "mmap_size",
+        "temp_store_directory",
+        "data_store_directory",
+        "database_list",
+    }
+)
+
+
+class ReplayError(Exception):
+    """A WAL record could not be applied; the database is left as it was."""
+
+
+def open_connection(path: str, *, create: bool = False) -> apsw.Connection:
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
+    if create:
+        flags |= apsw.SQLITE_OPEN_CREATE
+    elif not os.path.exists(path):
+        raise FileNotFoundError(path)
+    conn = apsw.Connection(path, flags=flags)
+    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoints of SQLite's own WAL are run by our checkpointer, which knows
+    # which of our LSNs they make durable; automatic ones would still be safe
+    # but make the timing of fsyncs unpredictable.
+    conn.execute("PRAGMA wal_autocheckpoint=10000")
+    return conn
+
+
+def create_database_file(path: str, lsn: int) -> None:
+    """Create a new SQLite file with its state table, durable before return."""
+    tmp = path + ".creating"
+    for leftover in (tmp, tmp + "-wal", tmp + "-shm"):
+        if os.path.exists(leftover):
+            os.unlink(leftover)
+    conn = apsw.Connection(tmp, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(
+            f"CREATE TABLE {STATE_TABLE}(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+            f"INSERT INTO {STATE_TABLE} VALUES('applied_lsn', ?), ('created_lsn', ?),"
+            "('last_txid', 0), ('last_commit_time_us', 0)",
+            (lsn, lsn),
+        )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        conn.close()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.rename(tmp, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def remove_database_files(path: str) -> None:
+    for p in (path, path + "-wal", path + "-shm"):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_state(conn: apsw.Connection) -> dict:
+    return dict(conn.execute(f"SELECT key, value FROM {STATE_TABLE}").fetchall())
+
+
+def write_state(conn: apsw.Connection, lsn: int, txid: int | None, commit_time_us: int | None):
+    """Record, inside the caller's transaction, that the record at ``lsn`` is applied."""
+    conn.execute(f"UPDATE {STATE_TABLE} SET value=? WHERE key='applied_lsn'", (lsn,))
+    if txid is not None:
+        conn.execute(f"UPDATE {STATE_TABLE} SET value=? WHERE key='last_txid'", (txid,))
+    if commit_time_us is not None:
+        conn.execute(
+            f"UPDATE {STATE_TABLE} SET value=? WHERE key='last_commit_time_us'",
+            (commit_time_us,),
+        )
+
+
+def user_tables(conn: apsw.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' "
+        f"AND name != '{STATE_TABLE}' ORDER BY name"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def checkpoint(conn: apsw.Connection) -> bool:
+    """Run a PASSIVE checkpoint; True when every frame reached the database file.
+
+    SQLite syncs its WAL before it backfills, so a complete checkpoint means every
+    commit made so far is on disk.
+    """
+    busy, log_frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+    return busy == 0 and (log_frames == -1 or done == log_frames)

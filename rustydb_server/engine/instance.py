@@ -1,0 +1,495 @@
+"""The storage engine of one data directory: databases, the WAL, txids, checkpoints.
+
+This is synchronous code, called from trio worker threads. The order of a
+commit is fixed (see ``commit``): WAL record appended and fsynced, then the
+SQLite commit that also stores ``applied_lsn``, then the answer to the client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+
+
+from .. import datadir as _datadir
+from .. import fileops as _fileops
+from ..wal import reader as wal_reader
+from ..wal import record as walrec
+from ..wal import segment as walseg
+from ..wal import writer as wal_writer
+from . import database, replay
+from .replay import format_lsn
+from ..logsetup import get_logger
+
+log = get_logger("rustydb.engine")
+
+FIRST_SEGMENT = 1
+
+
+class EngineError(Exception):
+    """An error the client should see as a plain message (not a crash)."""
+
+    def __init__(self, message: str, code: str = "engine_error"):
+        super().__init__(message)
+        self.code = code
+
+
+class FatalWalError(Exception):
+    """The WAL cannot be trusted any more; the server must stop."""
+
+
+@dataclasses.dataclass
+class DatabaseHandle:
+    name: str
+    path: str
+    # Held from WAL append to SQLite commit, so a checkpoint can wait for commits
+    # in flight and a failed SQLite commit can be caught up before the next one.
+    commit_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # Records that are durable in the WAL but whose SQLite commit failed (e.g. disk
+    # full); applied before the next write to this database.
+    pending: list = dataclasses.field(default_factory=list)
+    sessions: int = 0
+    dropped: bool = False
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Engine:
+    def __init__(self, ddir: _datadir.DataDir, control: _datadir.Control, settings, fileops):
+        self.datadir = ddir
+        self.control = control
+        self.settings = settings
+        self.fileops = fileops
+        self.databases: dict[str, DatabaseHandle] = {}
+        self.wal: wal_writer.WalWriter | None = None
+        self._txid_lock = threading.Lock()
+        self._next_txid = control.next_txid
+        self._last_commit_us = control.last_commit_time_us
+        self._registry_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self.last_checkpoint_us: int | None = None
+        self.last_checkpoint_lsn: int = control.checkpoint_lsn
+        self.recovery_stats: dict = {}
+        self.started_us = now_us()
+        self.fatal_error: str | None = None
+        self.on_fatal = None  # set by the server: stop everything
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, ddir: _datadir.DataDir, settings, fileops=_fileops.REAL) -> Engine:
+        """Initialize an empty data directory or recover an existing one."""
+        fresh = not ddir.is_initialized()
+        if fresh:
+            control = ddir.initialize(segment_size=settings["wal_segment_size"])
+            control.redo_lsn = control.segment_size * FIRST_SEGMENT + walseg.HEADER_SIZE
+            ddir.write_control(control)
+            log.info("initialized data directory", data_dir=ddir.path,
+                     system_id=control.system_id, segment_size=control.segment_size)
+        else:
+            ddir.check_version()
+            control = ddir.read_control()
+            ddir.create_layout()
+        engine = cls(ddir, control, settings, fileops)
+        engine._recover()
+        if fresh:
+            engine.create_database(_datadir.DEFAULT_DATABASE)
+        return engine
+
+    def _recover(self) -> None:
+        c = self.control
+        t0 = time.perf_counter()
+        applied: dict[str, int] = {}
+        conns = {}
+        for name in self.datadir.list_databases():
+            path = self.datadir.database_path(name)
+            conn = replay.open_replay_connection(path)
+            conns[name] = conn
+            applied[name] = database.read_state(conn)["applied_lsn"]
+        replayed = skipped = 0
+        max_txid = 0
+        last_time = c.last_commit_time_us
+        end_lsn = c.redo_lsn
+        try:
+            for entry in wal_reader.read_wal(
+                self.datadir.wal_dir,
+                timeline=c.timeline,
+                segment_size=c.segment_size,
+                start_lsn=c.redo_lsn,
+                system_id=c.system_id,
+            ):
+                end_lsn = entry.end_lsn
+                rec = walrec.decode_record(entry.body)
+                if isinstance(rec, walrec.TxRecord):
+                    max_txid = max(max_txid, rec.txid)
+                    last_time = max(last_time, rec.commit_time_us)
+                    conn = conns.get(rec.database)
+                    if conn is None:
+                        raise EngineError(
+                            f"WAL record at LSN {format_lsn(entry.lsn)} belongs to database "
+                            f"{rec.database!r}, whose file is missing from "
+                            f"{self.datadir.databases_dir}"
+                        )
+                    if entry.lsn > applied[rec.database]:
+                        replay.apply_tx_record(conn, entry.lsn, rec)
+                        applied[rec.database] = entry.lsn
+                        replayed += 1
+                    else:
+                        skipped += 1
+                elif isinstance(rec, walrec.DatabaseRecord):
+                    path = self.datadir.database_path(rec.database)
+                    if rec.action == "create" and rec.database not in conns:
+                        database.create_database_file(path, entry.lsn)
+                        conns[rec.database] = replay.open_replay_connection(path)
+                        applied[rec.database] = entry.lsn
+                        replayed += 1
+                    elif rec.action == "drop" and rec.database in conns:
+                        if applied[rec.database] < entry.lsn:
+                            conns.pop(rec.database).close()
+                            applied.pop(rec.database)
+                            database.remove_database_files(path)
+                            replayed += 1
+                elif isinstance(rec, walrec.CheckpointRecord):
+                    max_txid = max(max_txid, rec.next_txid - 1)
+        finally:
+            for conn in conns.values():
+                conn.close()
+        # The resume point can lie past the last record (after SWITCH WAL).
+        end_lsn = max(end_lsn, wal_reader.find_wal_end(
+            self.datadir.wal_dir, timeline=c.timeline, segment_size=c.segment_size,
+            start_lsn=c.redo_lsn, system_id=c.system_id))
+        self._next_txid = max(self._next_txid, max_txid + 1)
+        self._last_commit_us = last_time
+        for name in sorted(applied):
+            self.databases[name] = DatabaseHandle(name, self.datadir.database_path(name))
+        self.wal = wal_writer.WalWriter(
+            self.datadir.wal_dir,
+            timeline=c.timeline,
+            system_id=c.system_id,
+            segment_size=c.segment_size,
+            start_lsn=end_lsn,
+            fileops=self.fileops,
+            on_segment_complete=self._segment_complete,
+        )
+        elapsed = time.perf_counter() - t0
+        self.recovery_stats = {
+            "was_clean": c.state == "shutdown",
+            "replayed_records": replayed,
+            "skipped_records": skipped,
+            "redo_lsn": format_lsn(c.redo_lsn),
+            "end_lsn": format_lsn(end_lsn),
+            "seconds": round(elapsed, 3),
+        }
+        log.info("recovery complete", **self.recovery_stats, databases=len(self.databases))
+        c.state = "running"
+        c.next_txid = self._next_txid
+        self.datadir.write_control(c)
+
+    def _segment_complete(self, name: str) -> None:
+        path = os.path.join(self.datadir.join(_datadir.ARCHIVE_STATUS_DIR), name + ".ready")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+        except OSError as e:
+            log.warning("cannot mark WAL segment ready for archiving", segment=name,
+                        error=str(e))
+
+    # ------------------------------------------------------------- txids
+    def allocate_txid(self) -> int:
+        with self._txid_lock:
+            txid = self._next_txid
+            self._next_txid += 1
+            return txid
+
+    def peek_next_txid(self) -> int:
+        return self._next_txid
+
+    def _commit_time(self) -> int:
+        # Commit times never go backwards, so a time target in PITR is a cut
+        # through the WAL, even if the wall clock steps back.
+        with self._txid_lock:
+            t = max(now_us(), self._last_commit_us)
+            self._last_commit_us = t
+            return t
+
+    # --------------------------------------------------------- databases
+    def get_database(self, name: str) -> DatabaseHandle:
+        handle = self.databases.get(name)
+        if handle is None or handle.dropped:
+            raise EngineError(
+                f'database "{name}" does not exist; CREATE DATABASE {name} makes it',
+                code="unknown_database",
+            )
+        return handle
+
+    def attach_session(self, name: str) -> DatabaseHandle:
+        with self._registry_lock:
+            handle = self.get_database(name)
+            handle.sessions += 1
+            return handle
+
+    def detach_session(self, handle: DatabaseHandle) -> None:
+        with self._registry_lock:
+            handle.sessions -= 1
+
+    def _log_durably(self, rec) -> tuple[int, int]:
+        body = walrec.encode_record(rec)
+        try:
+            lsn, end = self.wal.append(body)
+        except wal_writer.WalDiskFullError as e:
+            raise EngineError(
+                f"could not write the WAL: {e}; the transaction was rolled back and "
+                "nothing was committed. Free disk space; the server resumes by itself",
+                code="disk_full",
+            ) from e
+        except wal_writer.WalFsyncError as e:
+            self._fatal(str(e))
+        except OSError as e:
+            raise EngineError(
+                f"could not write the WAL: {e}; the transaction was rolled back",
+                code="io_error",
+            ) from e
+        try:
+            self.wal.flush(end)
+        except (wal_writer.WalFsyncError, OSError) as e:
+            self._fatal(str(e))
+        return lsn, end
+
+    def _fatal(self, reason: str):
+        self.fatal_error = reason
+        log.critical(
+            "WAL fsync failed: stopping the server without acknowledging anything more; "
+            "restart it to recover from the WAL",
+            error=reason,
+        )
+        if self.on_fatal is not None:
+            self.on_fatal()
+        raise FatalWalError(reason)
+
+    def create_database(self, name: str, if_not_exists: bool = False) -> bool:
+        _datadir.validate_database_name(name)
+        with self._registry_lock:
+            if name in self.databases and not self.databases[name].dropped:
+                if if_not_exists:
+                    return False
+                raise EngineError(f'database "{name}" already exists', code="duplicate_database")
+            lsn, _ = self._log_durably(walrec.DatabaseRecord("create", name, now_us()))
+            path = self.datadir.database_path(name)
+            database.create_database_file(path, lsn)
+            self.databases[name] = DatabaseHandle(name, path)
+        log.info("database created", database=name, lsn=format_lsn(lsn))
+        return True
+
+    def drop_database(self, name: str, if_exists: bool = False, current=None) -> bool:
+        with self._registry_lock:
+            handle = self.databases.get(name)
+            if handle is None or handle.dropped:
+                if if_exists:
+                    return False
+                raise EngineError(f'database "{name}" does not exist', code="unknown_database")
+            others = handle.sessions - (1 if current is handle else 0)
+            if current is handle or others > 0:
+                raise EngineError(
+                    f'database "{name}" is being accessed by '
+                    + ("this session; switch to another database first" if current is handle
+                       else f"{others} other session(s); disconnect them first"),
+                    code="database_in_use",
+                )
+            with handle.commit_lock:
+                lsn, _ = self._log_durably(walrec.DatabaseRecord("drop", name, now_us()))
+                handle.dropped = True
+                database.remove_database_files(handle.path)
+                del self.databases[name]
+        log.info("database dropped", database=name, lsn=format_lsn(lsn))
+        return True
+
+    # ------------------------------------------------------------ commit
+    def commit(self, handle: DatabaseHandle, conn, txid: int | None, steps) -> tuple[int, int, int]:
+        """Log and commit the session's open SQLite transaction; return (lsn, txid, time).
+
+        Caller holds an open write transaction on ``conn``. On an EngineError the
+        SQLite transaction is rolled back and nothing is acknowledged.
+        """
+        with handle.commit_lock:
+            if handle.pending:
+                conn.execute("ROLLBACK")
+                self._catch_up(handle)
+                raise EngineError(
+                    f'database "{handle.name}" was catching up after a failed commit; '
+                    "your transaction was rolled back, run it again",
+                    code="serialization_failure",
+                )
+            if txid is None:
+                txid = self.allocate_txid()
+            commit_time = self._commit_time()
+            rec = walrec.TxRecord(txid, commit_time, handle.name, tuple(steps))
+            try:
+                lsn, _ = self._log_durably(rec)
+            except EngineError:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                database.write_state(conn, lsn, txid, commit_time)
+                conn.execute("COMMIT")
+            except Exception as e:
+                # The record is durable, so the transaction will exist after any
+                # restart; make the live database agree before anyone writes again.
+                handle.pending.append((lsn, rec))
+                try:
+                    if not conn.getautocommit():
+                        conn.execute("ROLLBACK")
+                except Exception:
+                    pass
+                log.error("SQLite commit failed after the WAL record was durable",
+                          database=handle.name, lsn=format_lsn(lsn), error=str(e))
+                try:
+                    self._catch_up(handle)
+                except EngineError:
+                    pass
+                raise EngineError(
+                    f"commit failed after the transaction was logged ({e}); it was not "
+                    f"acknowledged but will be applied (txid {txid})",
+                    code="commit_failed",
+                ) from e
+        return lsn, txid, commit_time
+
+    def _catch_up(self, handle: DatabaseHandle) -> None:
+        conn = replay.open_replay_connection(handle.path)
+        try:
+            applied = database.read_state(conn)["applied_lsn"]
+            while handle.pending:
+                lsn, rec = handle.pending[0]
+                if lsn > applied:
+                    try:
+                        replay.apply_tx_record(conn, lsn, rec)
+                    except replay.ReplayError as e:
+                        raise EngineError(
+                            f'database "{handle.name}" cannot apply a logged transaction '
+                            f"yet: {e}", code="catching_up") from e
+                handle.pending.pop(0)
+            log.info("database caught up after a failed commit", database=handle.name)
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------- admin records
+    def create_restore_point(self, name: str) -> int:
+        lsn, _ = self._log_durably(walrec.RestorePointRecord(name, now_us()))
+        log.info("restore point created", name=name, lsn=format_lsn(lsn))
+        return lsn
+
+    def switch_wal(self) -> int:
+        self._log_durably(walrec.SwitchRecord(now_us()))
+        try:
+            lsn = self.wal.switch_segment()
+        except wal_writer.WalFsyncError as e:
+            self._fatal(str(e))
+        log.info("WAL switched", lsn=format_lsn(lsn))
+        return lsn
+
+    # ---------------------------------------------------------- checkpoint
+    def checkpoint(self, reason: str = "requested") -> dict:
+        """Make every commit so far durable in SQLite, then move the redo point."""
+        with self._checkpoint_lock:
+            t0 = time.perf_counter()
+            redo = self.wal.end_lsn
+            complete = True
+            for handle in list(self.databases.values()):
+                with handle.commit_lock:
+                    pass  # wait for a commit between WAL append and SQLite commit
+                try:
+                    conn = database.open_connection(handle.path)
+                except FileNotFoundError:
+                    continue
+                try:
+                    complete = database.checkpoint(conn) and complete
+                finally:
+                    conn.close()
+            if not complete:
+                # A reader kept SQLite from copying every frame; keep the old redo
+                # point so recovery still starts early enough.
+                log.info("checkpoint incomplete, redo point kept", reason=reason)
+                return {"complete": False}
+            ck_lsn, _ = self._log_durably(
+                walrec.CheckpointRecord(redo, self._next_txid, now_us())
+            )
+            c = self.control
+            c.redo_lsn = redo
+            c.checkpoint_lsn = ck_lsn
+            c.next_txid = self._next_txid
+            c.last_commit_time_us = self._last_commit_us
+            self.datadir.write_control(c)
+            removed = self._remove_old_segments(redo)
+            self.last_checkpoint_us = now_us()
+            self.last_checkpoint_lsn = ck_lsn
+            figures = {
+                "reason": reason,
+                "redo_lsn": format_lsn(redo),
+                "segments_removed": removed,
+                "seconds": round(time.perf_counter() - t0, 4),
+            }
+            log.info("checkpoint complete", **figures)
+            return {"complete": True, **figures}
+
+    def _segment_archived(self, name: str) -> bool:
+        status = self.datadir.join(_datadir.ARCHIVE_STATUS_DIR)
+        return not os.path.exists(os.path.join(status, name + ".ready")) or os.path.exists(
+            os.path.join(status, name + ".done")
+        )
+
+    def _remove_old_segments(self, redo: int) -> int:
+        c = self.control
+        keep_bytes = self.settings["wal_keep_size"]
+        limit = redo - keep_bytes
+        archive_on = self.settings["archive_mode"]
+        removed = 0
+        for timeline, segno, name in walseg.list_segments(self.datadir.wal_dir):
+            seg_end = (segno + 1) * c.segment_size
+            if seg_end > limit:
+                continue
+            if archive_on and not self._segment_archived(name):
+                continue  # never remove WAL that the archive has not got
+            try:
+                self.fileops.unlink(os.path.join(self.datadir.wal_dir, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+            status = self.datadir.join(_datadir.ARCHIVE_STATUS_DIR)
+            for suffix in (".ready", ".done"):
+                try:
+                    os.unlink(os.path.join(status, name + suffix))
+                except FileNotFoundError:
+                    pass
+        if removed:
+            self.fileops.fsync_dir(self.datadir.wal_dir)
+        return removed
+
+    def wal_bytes_since_checkpoint(self) -> int:
+        return self.wal.end_lsn - self.control.redo_lsn
+
+    # --------------------------------------------------------------- close
+    def close(self, clean: bool = True) -> None:
+        if clean and self.fatal_error is None:
+            try:
+                self.checkpoint(reason="shutdown")
+            except Exception as e:  # the WAL still has everything; recovery redoes it
+                log.error("shutdown checkpoint failed", error=str(e))
+                clean = False
+        if self.wal is not None:
+            self.wal.close()
+        if clean and self.fatal_error is None:
+            self.control.state = "shutdown"
+            self.control.next_txid = self._next_txid
+            self.datadir.write_control(self.control)
+
+    def status(self) -> dict:
+        return {
+            "wal_lsn": format_lsn(self.wal.end_lsn) if self.wal else None,
+            "wal_flushed_lsn": format_lsn(self.wal.flushed_lsn) if self.wal else None,
+            "timeline": self.control.timeline,
+            "next_txid": self._next_txid,
+            "databases": sorted(self.databases),
+            "last_checkpoint_lsn": format_lsn(self.last_checkpoint_lsn),
+        }

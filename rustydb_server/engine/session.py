@@ -1,0 +1,393 @@
+"""One client session's SQL: its SQLite connection, transaction state and change capture.
+
+Synchronous; every method runs in a trio worker thread, one call at a time per
+session. Write transactions are captured with SQLite's session extension: the
+changes since the last DDL statement form one ``changeset`` step, and each DDL
+statement is a ``ddl`` step of its own text, so replay sees them in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import apsw
+
+from . import database
+from .database import FORBIDDEN_PRAGMAS, STATE_TABLE
+from .instance import Engine, EngineError
+
+DDL_KEYWORDS = frozenset({"CREATE", "DROP", "ALTER", "REINDEX", "ANALYZE"})
+READ_KEYWORDS = frozenset({"SELECT", "VALUES", "WITH", "EXPLAIN", "PRAGMA"})
+# PRAGMAs that change the database file itself and so must be replayed.
+LOGGED_PRAGMAS = frozenset({"user_version", "application_id"})
+
+_DDL_OPS = frozenset(
+    getattr(apsw, n)
+    for n in (
+        "SQLITE_CREATE_INDEX", "SQLITE_CREATE_TABLE", "SQLITE_CREATE_TRIGGER",
+        "SQLITE_CREATE_VIEW", "SQLITE_DROP_INDEX", "SQLITE_DROP_TABLE",
+        "SQLITE_DROP_TRIGGER", "SQLITE_DROP_VIEW", "SQLITE_ALTER_TABLE",
+        "SQLITE_REINDEX", "SQLITE_ANALYZE", "SQLITE_CREATE_VTABLE", "SQLITE_DROP_VTABLE",
+    )
+)
+_WRITE_OPS = frozenset((apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE))
+_STATE_DDL_OPS = frozenset(
+    (apsw.SQLITE_DROP_TABLE, apsw.SQLITE_ALTER_TABLE, apsw.SQLITE_CREATE_INDEX,
+     apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_DROP_INDEX)
+)
+_PRAGMA_ASSIGN = re.compile(r"^\s*PRAGMA\s+(?:main\.)?(\w+)\s*(=|\()", re.I)
+
+
+class SqlError(Exception):
+    """A statement failed; the session stays usable."""
+
+    def __init__(self, message: str, code: str = "sql_error"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass
+class StatementRun:
+    """A statement that has started; rows are fetched in batches, then it finishes."""
+
+    sql: str
+    keyword: str
+    columns: list[str] | None
+    cursor: apsw.Cursor | None
+    autocommit_write: bool
+    rows_seen: int = 0
+    first_row: tuple | None = None
+    status: str = ""
+
+
+class SqlSession:
+    def __init__(self, engine: Engine, database_name: str, session_id: int):
+        self.engine = engine
+        self.session_id = session_id
+        self.handle = None
+        self.conn: apsw.Connection | None = None
+        self.in_transaction = False
+        self.txid: int | None = None
+        self._capture: apsw.Session | None = None
+        self._steps: list = []
+        self._internal = False
+        self._ddl_ops: set[int] = set()
+        self._trace: dict = {}
+        self.use(database_name)
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def database(self) -> str:
+        return self.handle.name if self.handle else ""
+
+    def use(self, name: str) -> None:
+        if self.in_transaction:
+            raise SqlError("cannot switch database inside a transaction; COMMIT or ROLLBACK first",
+                           code="active_transaction")
+        handle = self.engine.attach_session(name)
+        try:
+            conn = database.open_connection(handle.path)
+        except Exception:
+            self.engine.detach_session(handle)
+            raise
+        self.close()
+        self.handle, self.conn = handle, conn
+        conn.authorizer = self._authorize
+        conn.create_scalar_function("txid_current", self._txid_current, 0)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                if not self.conn.getautocommit():
+                    self.conn.execute("ROLLBACK")
+            except apsw.Error:
+                pass
+            self._end_capture()
+            self.conn.close()
+            self.conn = None
+        if self.handle is not None:
+            self.engine.detach_session(self.handle)
+            self.handle = None
+        self.in_transaction = False
+        self.txid = None
+
+    def interrupt(self) -> None:
+        """Called from another thread to stop a long statement (timeouts, shutdown)."""
+        if self.conn is not None:
+            self.conn.interrupt()
+
+    # ------------------------------------------------------- sqlite hooks
+    def _authorize(self, op, p1, p2, dbname, trigger):
+        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+            return apsw.SQLITE_DENY
+        if op == apsw.SQLITE_PRAGMA and p1 and p1.lower() in FORBIDDEN_PRAGMAS:
+            return apsw.SQLITE_DENY
+        if not self._internal and p1 == STATE_TABLE and (op in _WRITE_OPS or op in _STATE_DDL_OPS):
+            return apsw.SQLITE_DENY
+        if op in _DDL_OPS and dbname != "temp":
+            self._ddl_ops.add(op)
+        return apsw.SQLITE_OK
+
+    def _txid_current(self) -> int:
+        if self.txid is None:
+            self.txid = self.engine.allocate_txid()
+        return self.txid
+
+    def _exec_trace(self, cursor, sql, bindings) -> bool:
+        self._trace["description"] = cursor.description
+        self._trace["readonly"] = cursor.is_readonly
+        return not self._trace.get("require_readonly") or cursor.is_readonly
+
+    # -------------------------------------------------------- change capture
+    def _start_capture(self) -> None:
+        s = apsw.Session(self.conn, "main")
+        # Tables without a PRIMARY KEY are captured by rowid.
+        s.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)
+        s.table_filter(lambda name: name != STATE_TABLE)
+        s.attach()
+        self._capture = s
+
+    def _cut_changeset(self) -> None:
+        if self._capture is not None:
+            cs = self._capture.changeset()
+            if cs:
+                self._steps.append(("changeset", cs))
+            self._capture.close()
+            self._capture = None
+
+    def _end_capture(self) -> None:
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
+        self._steps = []
+
+    def _has_changes(self) -> bool:
+        if self._steps:
+            return True
+        return self._capture is not None and not self._capture.is_empty
+
+    # ------------------------------------------------------------ statements
+    def start(self, sql: str, keywords: list[str]) -> StatementRun:
+        """Run a statement up to its first row; the caller fetches and finishes."""
+        kw = keywords[0] if keywords else ""
+        kw2 = keywords[1] if len(keywords) > 1 else ""
+        if kw in ("BEGIN",):
+            return self._begin(sql)
+        if kw in ("COMMIT", "END"):
+            return self._done(sql, kw, self.commit())
+        if kw == "ROLLBACK" and kw2 != "TO":
+            return self._done(sql, kw, self.rollback())
+        if kw in ("SAVEPOINT", "RELEASE") or (kw == "ROLLBACK" and kw2 == "TO"):
+            if not self.in_transaction:
+                raise SqlError(f"{kw} can only be used in transaction blocks; BEGIN first",
+                               code="no_transaction")
+            return self._execute(sql, kw, autocommit_write=False)
+        if kw == "VACUUM":
+            raise SqlError("VACUUM is not supported through the server yet", code="unsupported")
+        if self.in_transaction:
+            return self._execute(sql, kw, autocommit_write=False)
+        if kw == "PRAGMA" and not self._is_logged_pragma(sql):
+            # Connection pragmas (foreign_keys, ...) are no-ops inside a transaction.
+            return self._execute(sql, kw, autocommit_write=False)
+        if kw in READ_KEYWORDS and not self._is_logged_pragma(sql):
+            try:
+                return self._execute(sql, kw, autocommit_write=False, require_readonly=True)
+            except apsw.ExecTraceAbort:
+                pass  # a write behind a read keyword (WITH ... INSERT): take the write path
+        return self._autocommit_write(sql, kw)
+
+    def _begin(self, sql: str) -> StatementRun:
+        if self.in_transaction:
+            raise SqlError("there is already a transaction in progress", code="active_transaction")
+        self._sqlite(lambda: self.conn.execute(sql))
+        self.in_transaction = True
+        self._steps = []
+        self._start_capture()
+        return self._done(sql, "BEGIN", "BEGIN")
+
+    def _autocommit_write(self, sql: str, kw: str) -> StatementRun:
+        self._sqlite(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+        self._steps = []
+        self._start_capture()
+        try:
+            return self._execute(sql, kw, autocommit_write=True)
+        except BaseException:
+            self._abort_autocommit()
+            raise
+
+    def _abort_autocommit(self) -> None:
+        try:
+            if not self.conn.getautocommit():
+                self.conn.execute("ROLLBACK")
+        except apsw.Error:
+            pass
+        self._end_capture()
+        self.txid = None
+
+    def _is_logged_pragma(self, sql: str) -> bool:
+        m = _PRAGMA_ASSIGN.match(sql)
+        return bool(m and m.group(1).lower() in LOGGED_PRAGMAS and m.group(2) == "=")
+
+    def _execute(self, sql, kw, *, autocommit_write, require_readonly=False) -> StatementRun:
+        is_ddl = kw in DDL_KEYWORDS or self._is_logged_pragma(sql)
+        if is_ddl and self._capture is not None:
+            self._cut_changeset()
+        self._ddl_ops.clear()
+        self._trace.clear()
+        self._trace["require_readonly"] = require_readonly
+        cursor = self.conn.cursor()
+        cursor.exec_trace = self._exec_trace
+        try:
+            self._sqlite(lambda: cursor.execute(sql, can_cache=not is_ddl))
+            first = self._sqlite(lambda: next(cursor, None))
+        except BaseException:
+            if is_ddl and self._capture is None and (self.in_transaction or autocommit_write):
+                self._start_capture()
+            raise
+        if is_ddl:
+            if self._ddl_ops or self._is_logged_pragma(sql):
+                self._steps.append(("ddl", sql))
+            if self.in_transaction or autocommit_write:
+                self._start_capture()
+        desc = self._trace.get("description") or ()
+        columns = [d[0] for d in desc] if desc else None
+        return StatementRun(sql, kw, columns, cursor, autocommit_write, first_row=first)
+
+    def fetch(self, run: StatementRun, n: int) -> list[list]:
+        rows = []
+        if run.first_row is not None:
+            rows.append(list(run.first_row))
+            run.first_row = None
+        cursor = run.cursor
+        try:
+            while len(rows) < n:
+                row = self._sqlite(lambda: next(cursor, None))
+                if row is None:
+                    break
+                rows.append(list(row))
+        except BaseException:
+            if run.autocommit_write:
+                self._abort_autocommit()
+            raise
+        run.rows_seen += len(rows)
+        return rows
+
+    def finish(self, run: StatementRun) -> tuple[str, int]:
+        """Drain the statement, commit an autocommit write, and return (status, rows)."""
+        if run.status:
+            return run.status, 0
+        try:
+            while run.first_row is not None or (run.cursor is not None and self._more(run)):
+                self.fetch(run, 10_000)
+        except BaseException:
+            if run.autocommit_write:
+                self._abort_autocommit()
+            raise
+        changes = self.conn.changes() if run.keyword in ("INSERT", "UPDATE", "DELETE", "REPLACE") else 0
+        if run.autocommit_write:
+            self._commit_autocommit()
+        return status_for(run.keyword, run.sql, run.rows_seen, changes), (
+            changes if run.keyword in ("INSERT", "UPDATE", "DELETE", "REPLACE") else run.rows_seen
+        )
+
+    def _more(self, run: StatementRun) -> bool:
+        row = self._sqlite(lambda: next(run.cursor, None))
+        if row is None:
+            run.cursor = None
+            return False
+        run.first_row = row
+        return True
+
+    def _commit_autocommit(self) -> None:
+        self._cut_changeset()
+        steps, self._steps = self._steps, []
+        txid, self.txid = self.txid, None
+        if not steps:
+            self.conn.execute("COMMIT")
+            return
+        self._engine_commit(txid, steps)
+
+    def _engine_commit(self, txid, steps) -> None:
+        # The commit writes applied_lsn into the state table, which the
+        # authorizer keeps out of reach of the user's own statements.
+        self._internal = True
+        try:
+            self.engine.commit(self.handle, self.conn, txid, steps)
+        finally:
+            self._internal = False
+
+    # ----------------------------------------------------------- tx control
+    def commit(self) -> str:
+        if not self.in_transaction:
+            return "COMMIT"  # like PostgreSQL: a warning at most, never an error
+        self._cut_changeset()
+        steps, self._steps = self._steps, []
+        txid = self.txid
+        self.in_transaction = False
+        self.txid = None
+        try:
+            if steps:
+                self._engine_commit(txid, steps)
+            elif not self.conn.getautocommit():
+                self.conn.execute("COMMIT")
+        except EngineError:
+            raise
+        except apsw.Error as e:
+            if not self.conn.getautocommit():
+                self.conn.execute("ROLLBACK")
+            raise SqlError(f"COMMIT failed, transaction rolled back: {e}")
+        return "COMMIT"
+
+    def rollback(self) -> str:
+        if self.in_transaction or not self.conn.getautocommit():
+            try:
+                if not self.conn.getautocommit():
+                    self.conn.execute("ROLLBACK")
+            finally:
+                self._end_capture()
+                self.in_transaction = False
+                self.txid = None
+        return "ROLLBACK"
+
+    def _done(self, sql, kw, status) -> StatementRun:
+        return StatementRun(sql, kw, None, None, False, status=status)
+
+    def _sqlite(self, fn):
+        """Run a SQLite call, turning its errors into messages a user can act on."""
+        try:
+            return fn()
+        except apsw.ExecTraceAbort:
+            raise
+        except apsw.BusyError as e:
+            raise SqlError(
+                "could not serialize access due to a concurrent write "
+                f"({e}); ROLLBACK and retry the transaction",
+                code="serialization_failure",
+            ) from e
+        except apsw.InterruptError as e:
+            raise SqlError("statement canceled", code="query_canceled") from e
+        except apsw.AuthError as e:
+            raise SqlError(f"not allowed: {e} (ATTACH, internal tables and pragmas that "
+                           "would weaken durability are reserved to the server)",
+                           code="not_allowed") from e
+        except apsw.FullError as e:
+            raise SqlError(f"disk full: {e}; nothing was committed", code="disk_full") from e
+        except apsw.Error as e:
+            raise SqlError(str(e)) from e
+
+
+def status_for(kw: str, sql: str, rows: int, changes: int) -> str:
+    if kw in ("SELECT", "VALUES", "WITH", "EXPLAIN", "PRAGMA"):
+        return f"SELECT {rows}"
+    if kw in ("INSERT", "REPLACE"):
+        return f"INSERT {changes}"
+    if kw in ("UPDATE", "DELETE"):
+        return f"{kw} {changes}"
+    words = sql.split()
+    if kw in ("CREATE", "DROP", "ALTER") and len(words) > 1:
+        second = words[1].upper()
+        if second in ("UNIQUE", "TEMP", "TEMPORARY", "VIRTUAL") and len(words) > 2:
+            second = words[2].upper()
+        return f"{kw} {second}"
+    return kw or "OK"

@@ -1,0 +1,119 @@
+"""The admin HTTP API: a Starlette app served by hypercorn's trio worker.
+
+Every route lives under /api/v1/admin/ as the operations guide shows. A bearer
+token is required when one is configured, and always for clients that are not
+on the loopback interface (an API that can start backups is not left open to
+the network by default).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+
+from .logsetup import get_logger
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+log = get_logger("rustydb.http")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def read_token(path: str) -> str | None:
+    if not path:
+        return None
+    with open(path) as f:
+        token = f.read().strip()
+    return token or None
+
+
+def error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+class TokenGuard:
+    """ASGI middleware: bearer token check in constant time."""
+
+    def __init__(self, app, state):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        client = scope.get("client") or (None, None)
+        try:
+            token = read_token(self.state.settings["http_api_token_file"])
+        except OSError as e:
+            resp = error(503, f"cannot read http_api_token_file: {e.strerror}", "config_error")
+            return await resp(scope, receive, send)
+        if token is None and _is_loopback(client[0]):
+            return await self.app(scope, receive, send)
+        if token is None:
+            resp = error(
+                401,
+                "the HTTP API needs a bearer token for clients that are not on loopback; "
+                "set http_api_token_file on the server",
+                "unauthorized",
+            )
+            return await resp(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        expected = "Bearer " + token
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            resp = error(401, "missing or wrong bearer token", "unauthorized")
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def build_app(state) -> Starlette:
+    async def health(request: Request) -> JSONResponse:
+        report = state.health()
+        code = 200 if report["status"] == "healthy" else 503
+        return JSONResponse(report, status_code=code)
+
+    async def not_found(request: Request, exc) -> JSONResponse:
+        return error(404, f"no such endpoint: {request.method} {request.url.path}", "not_found")
+
+    async def method_not_allowed(request: Request, exc) -> JSONResponse:
+        return error(405, f"{request.method} is not allowed on {request.url.path}",
+                     "method_not_allowed")
+
+    async def server_error(request: Request, exc) -> JSONResponse:
+        log.error("HTTP handler failed", path=request.url.path, error=repr(exc))
+        return error(500, "internal error; see the server log", "internal_error")
+
+    routes = [Route("/api/v1/admin/health", health, methods=["GET"])]
+    routes.extend(getattr(state, "extra_routes", []))
+    app = Starlette(
+        routes=routes,
+        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+    )
+    return TokenGuard(app, state)
+
+
+async def serve_http(state, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 1.0
+    config.keep_alive_timeout = 5.0
+    log.info("HTTP API listening", address=f"{host}:{port}", pid=os.getpid())
+    await serve(build_app(state), config, task_status=task_status)

@@ -1,0 +1,569 @@
+"""The typed settings registry, and where each effective value came from.
+
+Every setting the server knows is declared once in ``REGISTRY`` with its type,
+default, unit and whether it applies to a running server at once ("live") or
+only after a restart ("restart"). Values arrive from four places, later ones
+winning: the built-in default, the config file (TOML, top-level keys named as
+the settings), ``rustydb.auto.toml`` in the data directory (written by ALTER
+SYSTEM) and command-line flags.
+
+Parsed values are plain Python objects in the setting's base unit: durations
+are ints in the unit the setting declares (``ms`` or ``s``), sizes are ints in
+bytes, booleans are ``bool``, paths are absolute ``str`` ("" when unset).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import tomli_w
+
+from rustydb_server.fileops import REAL, FileOps
+
+AUTO_FILE_NAME = "rustydb.auto.toml"
+
+LIVE = "live"
+RESTART = "restart"
+
+SOURCE_DEFAULT = "default"
+SOURCE_CONFIG = "config file"
+SOURCE_AUTO = "auto file"
+SOURCE_CLI = "command line"
+
+TYPES = ("bool", "int", "float", "str", "enum", "path", "duration", "size")
+
+# Sizes follow PostgreSQL: binary multiples, "kB" for kilobytes.
+SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+SIZE_UNIT_NAMES = {1: "B", 1024: "kB", 1024**2: "MB", 1024**3: "GB", 1024**4: "TB"}
+DURATION_UNITS_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+TRUE_WORDS = frozenset({"on", "true", "yes", "1"})
+FALSE_WORDS = frozenset({"off", "false", "no", "0"})
+
+_QUANTITY = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*([A-Za-z]*)\s*$")
+
+
+class SettingError(ValueError):
+    """A setting name or value was rejected; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: str
+    default: Any
+    unit: str = ""
+    context: str = LIVE
+    description: str = ""
+    validator: Callable[[Any], str | None] | None = None
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+def _power_of_two(value: int) -> str | None:
+    if value & (value - 1):
+        return "must be a power of two (for example 16MB)"
+    return None
+
+
+def _registry(*settings: Setting) -> dict[str, Setting]:
+    return {s.name: s for s in settings}
+
+
+REGISTRY: dict[str, Setting] = _registry(
+    Setting("listen_address", "str", "127.0.0.1", context=RESTART,
+            description="Address the wire protocol and HTTP API listen on."),
+    Setting("port", "int", 5432, context=RESTART, min=1, max=65535,
+            description="TCP port of the wire protocol."),
+    Setting("http_port", "int", 8080, context=RESTART, min=0, max=65535,
+            description="TCP port of the admin HTTP API; 0 disables the API."),
+    Setting("data_dir", "path", "./rustydb-data", context=RESTART,
+            description="Data directory; relative paths are taken from the working directory."),
+    Setting("max_connections", "int", 100, context=RESTART, min=1, max=10000,
+            description="Most client sessions served at once."),
+    Setting("auth_trust_loopback", "bool", True,
+            description="Clients connecting over loopback need no password."),
+    Setting("auth_users_file", "path", "",
+            description="TOML file of SCRAM-SHA-256 credentials; empty means no users."),
+    Setting("http_api_token_file", "path", "",
+            description="File holding the bearer token of the HTTP API."),
+    Setting("statement_timeout", "duration", 0, unit="ms",
+            description="Cancel a statement running longer than this; 0 disables."),
+    Setting("idle_session_timeout", "duration", 0, unit="ms",
+            description="Close a session idle (outside a transaction) this long; 0 disables."),
+    Setting("shutdown_timeout", "duration", 30, unit="s", min=0,
+            description="How long a graceful shutdown waits for running statements."),
+    Setting("checkpoint_timeout", "duration", 300, unit="s", min=1,
+            description="Longest time between automatic checkpoints."),
+    Setting("checkpoint_wal_size", "size", 64 * 1024**2, unit="B", min=1,
+            description="Checkpoint after this much WAL has been written."),
+    Setting("wal_segment_size", "size", 16 * 1024**2, unit="B", context=RESTART,
+            min=64 * 1024, max=1024**3, validator=_power_of_two,
+            description="Size of a WAL segment file; used only when the data "
+                        "directory is initialised. A power of two from 64kB to 1GB."),
+    Setting("wal_keep_size", "size", 0, unit="B",
+            description="Extra WAL kept beyond what checkpoints, archiving and "
+                        "backups need."),
+    Setting("archive_mode", "bool", False,
+            description="Copy every completed WAL segment to archive_dest."),
+    Setting("archive_dest", "path", "",
+            description="Directory WAL segments are archived to."),
+    Setting("archive_timeout", "duration", 60, unit="s", min=1,
+            description="Switch to a new WAL segment at least this often so it gets archived."),
+    Setting("archive_encryption", "bool", False,
+            description="Encrypt archived WAL segments with backup_key_file."),
+    Setting("archive_compression", "enum", "lz4", choices=("lz4", "zstd", "snappy", "none"),
+            description="Compression of archived WAL segments."),
+    Setting("backup_dir", "path", "",
+            description="Directory of backups started through the API; empty means "
+                        "<data_dir>/backups."),
+    Setting("backup_key_file", "path", "",
+            description="Key file used to encrypt backups and archived WAL."),
+    Setting("backup_compression", "enum", "lz4", choices=("lz4", "zstd", "snappy"),
+            description="Compression of backups."),
+    Setting("backup_threads", "int", 2, min=1, max=64,
+            description="Threads compressing and encrypting a backup."),
+    Setting("log_format", "enum", "auto", choices=("auto", "json", "console"),
+            description="Log format; auto is console on a terminal, JSON otherwise."),
+    Setting("log_level", "enum", "info", choices=("debug", "info", "warning", "error"),
+            description="Least severe log level written."),
+)
+
+
+# ---------------------------------------------------------------- lookup
+
+
+def lookup(name: str) -> Setting:
+    """The setting called ``name`` (case-insensitive), or a SettingError with close matches."""
+    key = str(name).strip().lower()
+    setting = REGISTRY.get(key)
+    if setting is None:
+        close = difflib.get_close_matches(key, REGISTRY, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "."
+        raise SettingError(
+            f"unknown setting {name!r}{hint} SHOW ALL lists every setting."
+        )
+    return setting
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_value(name: str, raw: str | int | float | bool) -> Any:
+    """Validate ``raw`` for setting ``name`` and return it in the base unit."""
+    setting = lookup(name)
+    value = _PARSERS[setting.type](setting, raw)
+    _check_range(setting, value)
+    if setting.validator is not None:
+        problem = setting.validator(value)
+        if problem:
+            raise SettingError(f"{setting.name}: {format_value(setting.name, value)} {problem}")
+    return value
+
+
+def _reject(setting: Setting, raw: Any, expected: str) -> SettingError:
+    return SettingError(f"invalid value {raw!r} for setting {setting.name}: expected {expected}")
+
+
+def _parse_bool(setting: Setting, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    if isinstance(raw, str):
+        word = raw.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise _reject(setting, raw, "on or off (also true/false, yes/no, 1/0)")
+
+
+def _parse_int(setting: Setting, raw: Any) -> int:
+    # bool is an int subclass; "port = true" is a mistake, not port 1.
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+        return int(raw)
+    raise _reject(setting, raw, f"a whole number{_range_text(setting)}")
+
+
+def _parse_float(setting: Setting, raw: Any) -> float:
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise _reject(setting, raw, f"a number{_range_text(setting)}") from None
+    else:
+        raise _reject(setting, raw, f"a number{_range_text(setting)}")
+    if not math.isfinite(value):
+        raise _reject(setting, raw, "a finite number")
+    return value
+
+
+def _parse_str(setting: Setting, raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise _reject(setting, raw, "a string (quote it)")
+    return raw
+
+
+def _parse_enum(setting: Setting, raw: Any) -> str:
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    if word not in setting.choices:
+        raise _reject(setting, raw, f"one of {', '.join(setting.choices)}")
+    return word
+
+
+def _parse_path(setting: Setting, raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise _reject(setting, raw, "a path in quotes, for example '/var/lib/rusty-db/archive'")
+    if "\0" in raw:
+        raise _reject(setting, raw, "a path without NUL characters")
+    return raw.strip()
+
+
+def _parse_quantity(setting: Setting, raw: Any, units: dict[str, int], base: int,
+                    example: str) -> int:
+    """A number with an optional unit, converted to a whole number of base units."""
+    unit_names = ", ".join(_unit_names(units))
+    expected = f"a number with an optional unit ({unit_names}), for example {example}"
+    if isinstance(raw, bool):
+        raise _reject(setting, raw, expected)
+    if isinstance(raw, int):
+        return raw  # a bare number is already in the base unit
+    if isinstance(raw, float):
+        number, unit = raw, ""
+    elif isinstance(raw, str):
+        match = _QUANTITY.match(raw)
+        if not match:
+            raise _reject(setting, raw, expected)
+        number, unit = float(match.group(1)), match.group(2).lower()
+    else:
+        raise _reject(setting, raw, expected)
+    if not math.isfinite(number):
+        raise _reject(setting, raw, expected)
+    if unit and unit not in units:
+        raise _reject(setting, raw, expected)
+    scaled = number * (units[unit] if unit else base) / base
+    if scaled != int(scaled):
+        raise SettingError(
+            f"invalid value {raw!r} for setting {setting.name}: it is not a whole number "
+            f"of {setting.unit}; use a multiple of 1{setting.unit}"
+        )
+    return int(scaled)
+
+
+def _unit_names(units: dict[str, int]) -> list[str]:
+    if units is SIZE_UNITS:
+        return [SIZE_UNIT_NAMES[v] for v in units.values()]
+    return list(units)
+
+
+def _parse_duration(setting: Setting, raw: Any) -> int:
+    return _parse_quantity(setting, raw, DURATION_UNITS_MS, DURATION_UNITS_MS[setting.unit],
+                           "60s or 5min")
+
+
+def _parse_size(setting: Setting, raw: Any) -> int:
+    return _parse_quantity(setting, raw, SIZE_UNITS, 1, "64MB")
+
+
+_PARSERS: dict[str, Callable[[Setting, Any], Any]] = {
+    "bool": _parse_bool,
+    "int": _parse_int,
+    "float": _parse_float,
+    "str": _parse_str,
+    "enum": _parse_enum,
+    "path": _parse_path,
+    "duration": _parse_duration,
+    "size": _parse_size,
+}
+
+
+def _range_text(setting: Setting) -> str:
+    low = "" if setting.min is None else format_value(setting.name, setting.min)
+    high = "" if setting.max is None else format_value(setting.name, setting.max)
+    if low and high:
+        return f" from {low} to {high}"
+    if low:
+        return f" of at least {low}"
+    if high:
+        return f" of at most {high}"
+    return ""
+
+
+def _check_range(setting: Setting, value: Any) -> None:
+    if setting.type not in ("int", "float", "duration", "size"):
+        return
+    too_low = setting.min is not None and value < setting.min
+    # Negative durations and sizes never make sense, even without a declared min.
+    too_low = too_low or (setting.type in ("duration", "size") and value < 0)
+    too_high = setting.max is not None and value > setting.max
+    if too_low or too_high:
+        shown = format_value(setting.name, value)
+        range_text = _range_text(setting) or " of at least 0"
+        raise SettingError(
+            f"value {shown} is out of range for setting {setting.name}: "
+            f"expected a value{range_text}"
+        )
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def format_value(name: str, value: Any) -> str:
+    """The value as SHOW prints it: "on"/"off", "60s", "16MB", or the plain value."""
+    setting = lookup(name)
+    if setting.type == "bool":
+        return "on" if value else "off"
+    if setting.type == "duration":
+        # Durations stay in the setting's own unit so SHOW matches the docs ("60s").
+        return "0" if value == 0 else f"{int(value)}{setting.unit}"
+    if setting.type == "size":
+        return _format_size(int(value))
+    if setting.type == "float":
+        return repr(float(value))
+    return str(value)
+
+
+def _format_size(value: int) -> str:
+    if value == 0:
+        return "0"
+    for factor in sorted(SIZE_UNIT_NAMES, reverse=True):
+        if value % factor == 0:
+            return f"{value // factor}{SIZE_UNIT_NAMES[factor]}"
+    return f"{value}B"
+
+
+def to_seconds(name: str, value: int) -> float:
+    """A duration setting's value in seconds, for trio timeouts."""
+    setting = lookup(name)
+    if setting.type != "duration":
+        raise SettingError(f"setting {setting.name} is not a duration")
+    return value * DURATION_UNITS_MS[setting.unit] / 1000
+
+
+def _toml_value(setting: Setting, value: Any) -> Any:
+    """How a value is written to the auto file: readable units, native TOML otherwise."""
+    if setting.type in ("duration", "size"):
+        return format_value(setting.name, value)
+    return value
+
+
+# ---------------------------------------------------------------- files
+
+
+def _read_toml(path: str, what: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SettingError(
+            f"cannot read {what} {path}: malformed TOML ({e}); fix or remove the file"
+        ) from None
+    except OSError as e:
+        raise SettingError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def _parse_table(table: dict[str, Any], path: str, what: str) -> dict[str, Any]:
+    """Validate every entry of a settings file, naming the file in any error."""
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if isinstance(raw, dict):
+            raise SettingError(
+                f"{what} {path}: [{key}] is a table; settings are top-level keys "
+                f"such as port = 5432"
+            )
+        try:
+            setting = lookup(key)
+            values[setting.name] = parse_value(setting.name, raw)
+        except SettingError as e:
+            raise SettingError(f"{what} {path}: {e}") from None
+    return values
+
+
+def auto_file_path(data_dir: str) -> str:
+    return os.path.join(data_dir, AUTO_FILE_NAME)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Parsed values of a config file (only the settings it sets)."""
+    return _parse_table(_read_toml(path, "config file"), path, "config file")
+
+
+def read_auto_file(data_dir: str) -> dict[str, Any]:
+    """Parsed values of rustydb.auto.toml; empty when the file does not exist."""
+    path = auto_file_path(data_dir)
+    if not os.path.exists(path):
+        return {}
+    values = _parse_table(_read_toml(path, "settings file"), path, "settings file")
+    if "data_dir" in values:
+        raise SettingError(
+            f"settings file {path}: data_dir cannot be set here (this file lives in the "
+            f"data directory); remove the line and use --data-dir or the config file"
+        )
+    return values
+
+
+_AUTO_HEADER = (
+    "# Written by ALTER SYSTEM; do not edit while the server runs.\n"
+    "# ALTER SYSTEM RESET name removes an entry.\n"
+)
+
+
+def _write_auto_file(data_dir: str, values: dict[str, Any], fileops: FileOps) -> None:
+    table = {name: _toml_value(REGISTRY[name], v) for name, v in sorted(values.items())}
+    data = (_AUTO_HEADER + tomli_w.dumps(table)).encode()
+    fileops.write_file_atomic(auto_file_path(data_dir), data, 0o600)
+
+
+def set_auto(data_dir: str, name: str, value: Any, fileops: FileOps = REAL) -> Any:
+    """Persist ``name = value`` in rustydb.auto.toml (ALTER SYSTEM SET); returns the parsed value.
+
+    Nothing is written unless both the new value and the existing file are
+    valid. Callers must not run two of these at once for the same data dir
+    (in the trio server they run without awaiting, so they cannot interleave).
+    """
+    setting = lookup(name)
+    if setting.name == "data_dir":
+        raise SettingError(
+            "data_dir cannot be set with ALTER SYSTEM: rustydb.auto.toml lives in the data "
+            "directory; use --data-dir or data_dir in the config file"
+        )
+    parsed = parse_value(setting.name, value)
+    values = read_auto_file(data_dir)
+    values[setting.name] = parsed
+    _write_auto_file(data_dir, values, fileops)
+    return parsed
+
+
+def reset_auto(data_dir: str, name: str | None, fileops: FileOps = REAL) -> None:
+    """Remove ``name`` (or every entry, for None) from rustydb.auto.toml (ALTER SYSTEM RESET)."""
+    setting_name = None if name is None else lookup(name).name
+    values = read_auto_file(data_dir)
+    if setting_name is None:
+        if not values and not os.path.exists(auto_file_path(data_dir)):
+            return
+        values = {}
+    elif setting_name not in values:
+        return
+    else:
+        del values[setting_name]
+    _write_auto_file(data_dir, values, fileops)
+
+
+# ---------------------------------------------------------------- effective settings
+
+
+@dataclass
+class ReloadResult:
+    """What a reload changed: applied live settings and restart-only ones left pending."""
+
+    applied: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    pending_restart: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+class Settings:
+    """The effective value of every setting and where it came from."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str],
+                 config_file: str | None, data_dir_override: str | None,
+                 cli_overrides: dict[str, Any]):
+        self._values = values
+        self._sources = sources
+        self._pending: dict[str, tuple[Any, Any]] = {}
+        self.config_file = config_file
+        self._data_dir_override = data_dir_override
+        self._cli_overrides = dict(cli_overrides)
+
+    @classmethod
+    def load(cls, config_file: str | None = None, data_dir_override: str | None = None,
+             cli_overrides: dict[str, Any] | None = None) -> Settings:
+        """Defaults < config file < rustydb.auto.toml < command line."""
+        cli = dict(cli_overrides or {})
+        values, sources = _resolve(config_file, data_dir_override, cli)
+        return cls(values, sources, config_file, data_dir_override, cli)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[lookup(name).name]
+
+    def source(self, name: str) -> str:
+        return self._sources[lookup(name).name]
+
+    def pending_restart(self) -> dict[str, tuple[Any, Any]]:
+        """Restart-only settings changed since start: name -> (running value, next value)."""
+        return dict(self._pending)
+
+    def reload(self) -> ReloadResult:
+        """Re-read the config and auto files; apply live changes, hold restart-only ones.
+
+        All or nothing: if any file is invalid, SettingError is raised and no
+        value changes.
+        """
+        new_values, new_sources = _resolve(self.config_file, self._data_dir_override,
+                                           self._cli_overrides)
+        result = ReloadResult()
+        pending: dict[str, tuple[Any, Any]] = {}
+        for name, setting in REGISTRY.items():
+            old, new = self._values[name], new_values[name]
+            if setting.context == RESTART:
+                if new != old:
+                    pending[name] = (old, new)
+                    if self._pending.get(name) != (old, new):
+                        result.pending_restart[name] = (old, new)
+                continue
+            if new != old:
+                result.applied[name] = (old, new)
+            self._values[name] = new
+            self._sources[name] = new_sources[name]
+        self._pending = pending
+        return result
+
+
+def _resolve(config_file: str | None, data_dir_override: str | None,
+             cli_overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    values = {name: s.default for name, s in REGISTRY.items()}
+    sources = dict.fromkeys(REGISTRY, SOURCE_DEFAULT)
+
+    def layer(new: dict[str, Any], source: str) -> None:
+        values.update(new)
+        sources.update(dict.fromkeys(new, source))
+
+    if config_file is not None:
+        layer(read_config_file(config_file), SOURCE_CONFIG)
+    cli: dict[str, Any] = {}
+    for key, raw in cli_overrides.items():
+        if raw is None:
+            continue
+        setting = lookup(key)
+        cli[setting.name] = parse_value(setting.name, raw)
+    if data_dir_override is not None:
+        cli["data_dir"] = parse_value("data_dir", data_dir_override)
+    # The auto file lives in the data directory, so that must be known first.
+    data_dir = os.path.abspath(cli.get("data_dir", values["data_dir"]))
+    layer(read_auto_file(data_dir), SOURCE_AUTO)
+    layer(cli, SOURCE_CLI)
+    values["data_dir"] = data_dir
+    for name, setting in REGISTRY.items():
+        if setting.type == "path" and name != "data_dir" and values[name]:
+            values[name] = os.path.normpath(os.path.join(data_dir, values[name]))
+    return values, sources
+
+
+def show_all(settings: Settings) -> list[tuple[str, str, str, str, str, str]]:
+    """Rows for SHOW ALL: (name, value, unit, context, source, description), by name."""
+    rows = []
+    for name in sorted(REGISTRY):
+        setting = REGISTRY[name]
+        rows.append((name, format_value(name, settings[name]), setting.unit, setting.context,
+                     settings.source(name), setting.description))
+    return rows

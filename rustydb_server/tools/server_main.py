@@ -1,0 +1,84 @@
+"""rusty-db-server: start the server (or print a users-file entry)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+import trio
+
+from .. import __version__, auth, server
+from ..datadir import DataDirError
+from ..engine.instance import EngineError
+from ..logsetup import configure_logging, get_logger
+from ..notify import Notifier
+from ..settings import SettingError, Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rusty-db-server",
+        description="Run the RustyDB server. With no options it serves ./rustydb-data on "
+        "127.0.0.1:5432 (wire protocol) and 127.0.0.1:8080 (HTTP API).",
+    )
+    p.add_argument("--data-dir", help="data directory (created and initialized if empty)")
+    p.add_argument("--port", type=int, help="wire protocol port (default 5432)")
+    p.add_argument("--http-port", type=int, help="HTTP API port (default 8080, 0 disables it)")
+    p.add_argument("--listen", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--config", help="TOML config file (see etc/rustydb/rustydb.toml)")
+    p.add_argument("--make-user", metavar="NAME",
+                   help="read a password from stdin and print a users-file entry for NAME")
+    p.add_argument("--version", action="version", version=f"rusty-db-server {__version__}")
+    return p
+
+
+def _make_user(name: str) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {name}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("rusty-db-server: an empty password is not allowed", file=sys.stderr)
+        return 1
+    print(f'[users.{name}]\nscram = "{auth.format_verifier(password)}"')
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.make_user:
+        return _make_user(args.make_user)
+    overrides = {}
+    for flag, name in (("port", "port"), ("http_port", "http_port"), ("listen", "listen_address")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[name] = value
+    try:
+        settings = Settings.load(args.config, args.data_dir, overrides)
+    except SettingError as e:
+        print(f"rusty-db-server: {e}", file=sys.stderr)
+        return 1
+    configure_logging(settings["log_format"], settings["log_level"])
+    log = get_logger("rustydb.server")
+    notifier = Notifier()
+    try:
+        return trio.run(server.run, settings, args.config, notifier)
+    except (DataDirError, EngineError) as e:
+        log.error("cannot start", error=str(e))
+        print(f"rusty-db-server: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        log.error("cannot start", error=str(e))
+        print(f"rusty-db-server: cannot start: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:  # WAL corruption and the like: say what, never a traceback
+        log.error("cannot start", error=str(e), kind=type(e).__name__)
+        print(f"rusty-db-server: cannot start: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

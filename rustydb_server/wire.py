@@ -1,0 +1,330 @@
+"""The wire listener: one trio task per client connection.
+
+The protocol logic lives in ``rustydb_client.protocol`` (sans-IO); this module
+moves bytes between a socket and it, and runs each statement of a session in
+a worker thread. A connection that breaks the protocol gets a fatal error and
+is closed; nothing it sends can affect the other connections.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import trio
+
+from rustydb_client import protocol as proto
+from rustydb_client.sqlsplit import leading_keywords, split_statements
+
+from . import __version__, admin, auth
+from .admin_parse import AdminSyntaxError, parse_admin
+from .engine.instance import EngineError, FatalWalError
+from .engine.session import SqlError, SqlSession
+from .settings import to_seconds
+from .logsetup import get_logger
+
+log = get_logger("rustydb.wire")
+
+HANDSHAKE_TIMEOUT_S = 30.0
+RECV_SIZE = 65536
+
+
+class WireControl:
+    """What shutdown needs: the accept loop's scope and the open connections."""
+
+    def __init__(self):
+        self.accept_scope = trio.CancelScope()
+        self.all_closed = trio.Event()
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+class ClientConnection:
+    def __init__(self, state, stream: trio.SocketStream, peer):
+        self.state = state
+        self.stream = stream
+        self.peer = peer
+        self.decoder = proto.FrameDecoder()
+        self.session: SqlSession | None = None
+        self.session_id = 0
+        self.idle_scope: trio.CancelScope | None = None
+        self.busy = False
+
+    # ------------------------------------------------------------- i/o
+    async def send(self, msg: dict) -> None:
+        await self.stream.send_all(proto.encode_frame(msg))
+
+    async def recv(self) -> dict:
+        while True:
+            msg = self.decoder.next_message()
+            if msg is not None:
+                return msg
+            data = await self.stream.receive_some(RECV_SIZE)
+            if not data:
+                raise ConnectionClosed()
+            self.decoder.feed(data)
+
+    async def recv_idle(self) -> dict | None:
+        """Wait for the next message; None when shutdown interrupts the wait."""
+        settings = self.state.settings
+        idle = to_seconds("idle_session_timeout", settings["idle_session_timeout"])
+        with trio.CancelScope() as scope:
+            self.idle_scope = scope
+            if self.state.phase == "stopping":
+                scope.cancel()
+            if idle:
+                scope.deadline = trio.current_time() + idle
+            msg = await self.recv()
+            self.idle_scope = None
+            return msg
+        self.idle_scope = None
+        if self.state.phase != "stopping":
+            raise _Fatal("idle_timeout", "closing the connection after idle_session_timeout")
+        return None
+
+    # ------------------------------------------------------------- flow
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except _Fatal as e:
+            log.info("closing client connection", peer=self.peer, code=e.code, reason=e.message)
+            await self._try_send(proto.error_message(e.code, e.message, fatal=True))
+        except proto.ProtocolError as e:
+            log.warning("client broke the protocol", peer=self.peer, code=e.code,
+                        reason=e.message)
+            await self._try_send(proto.error_message(e.code, e.message, fatal=True))
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if self.session is not None:
+                session, self.session = self.session, None
+                await trio.to_thread.run_sync(session.close, limiter=self.state.db_limiter)
+            self.state.sessions.pop(self.session_id, None)
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def _try_send(self, msg: dict) -> None:
+        with trio.move_on_after(2):
+            try:
+                await self.send(msg)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _run(self) -> None:
+        server_proto = proto.ServerProtocol(auth.auth_fn_for(self.state.settings, self.peer))
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as handshake:
+            event = server_proto.receive(await self.recv())
+            while isinstance(event, proto.AuthContinue):
+                for reply in event.replies:
+                    await self.send(reply)
+                event = server_proto.receive(await self.recv())
+        if handshake.cancelled_caught:
+            raise _Fatal("timeout", "the handshake took too long; connection closed")
+        if isinstance(event, proto.Goodbye):
+            return
+        for reply in event.replies:
+            await self.send(reply)
+        await self._open_session(event)
+        while True:
+            if self.state.phase == "stopping":
+                raise _Fatal("shutdown", "the server is shutting down")
+            msg = await self.recv_idle()
+            if msg is None:
+                raise _Fatal("shutdown", "the server is shutting down")
+            event = server_proto.receive(msg)
+            if isinstance(event, proto.Goodbye):
+                return
+            self.busy = True
+            try:
+                if isinstance(event, proto.Query):
+                    await self._query(event)
+                elif isinstance(event, proto.BackupRequested):
+                    await self._backup(event)
+            finally:
+                self.busy = False
+
+    async def _open_session(self, event: proto.SessionRequested) -> None:
+        from .datadir import DEFAULT_DATABASE
+
+        name = event.database or DEFAULT_DATABASE
+        self.session_id = self.state.next_session_id
+        self.state.next_session_id += 1
+        try:
+            self.session = await trio.to_thread.run_sync(
+                SqlSession, self.state.engine, name, self.session_id,
+                limiter=self.state.db_limiter,
+            )
+        except EngineError as e:
+            raise _Fatal(e.code, str(e))
+        self.state.sessions[self.session_id] = self
+        log.info("session opened", peer=self.peer, session=self.session_id,
+                 user=event.user, database=name, client=event.client)
+        await self.send(proto.ready_message(__version__, name, self.session_id))
+
+    # ------------------------------------------------------------ queries
+    async def _query(self, query: proto.Query) -> None:
+        # One statement per query message, so every query gets exactly one
+        # complete or error; rusty-db-cli and the client library split scripts.
+        statements = split_statements(query.sql)
+        if not statements:
+            await self._complete("EMPTY", 0)
+            return
+        if len(statements) > 1:
+            await self.send(proto.error_message(
+                "multiple_statements",
+                f"a query message holds {len(statements)} statements; send one statement "
+                "per query (rusty-db-cli splits scripts for you)",
+                statement_line=statements[1].line))
+            return
+        await self._statement(statements[0].sql, statements[0].line, query.batch_rows)
+
+    async def _statement(self, sql: str, line: int, batch_rows: int) -> bool:
+        try:
+            cmd = parse_admin(sql)
+            if cmd is not None:
+                result = await admin.execute(self, cmd)
+                if result.columns is not None:
+                    await self.send(proto.columns_message(result.columns))
+                    if result.rows:
+                        await self.send(proto.rows_message(result.rows))
+                for notice in result.notices:
+                    await self.send(proto.notice_message(notice))
+                await self._complete(result.status, len(result.rows or ()))
+                if result.after is not None:
+                    result.after()
+                return True
+            await self._sql(sql, batch_rows)
+            return True
+        except (SqlError, EngineError, AdminSyntaxError, admin.AdminError) as e:
+            code = getattr(e, "code", "syntax_error")
+            log.info("statement failed", session=self.session_id, code=code, error=str(e))
+            await self.send(proto.error_message(code, str(e), statement_line=line))
+            return False
+        except FatalWalError as e:
+            await self.send(proto.error_message(
+                "wal_failure",
+                f"the WAL could not be made durable ({e}); nothing more is acknowledged "
+                "and the server is stopping", fatal=True))
+            raise _Fatal("wal_failure", "server stopping after a WAL failure")
+
+    async def _sql(self, sql: str, batch_rows: int) -> None:
+        session = self.session
+        keywords = leading_keywords(sql, 2)
+        run = await self._in_thread(session.start, sql, keywords)
+        if run.columns is not None:
+            await self.send(proto.columns_message(run.columns))
+            while True:
+                rows = await self._in_thread(session.fetch, run, batch_rows)
+                if rows:
+                    await self.send(proto.rows_message(rows))
+                if len(rows) < batch_rows:
+                    break
+        status, count = await self._in_thread(session.finish, run)
+        await self._complete(status, count)
+
+    async def _in_thread(self, fn, *args):
+        """Run SQLite work in a worker thread, interrupting it after statement_timeout."""
+        timeout = to_seconds("statement_timeout", self.state.settings["statement_timeout"])
+        if not timeout:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.state.db_limiter)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._interrupt_after, timeout)
+            try:
+                return await trio.to_thread.run_sync(fn, *args, limiter=self.state.db_limiter)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _interrupt_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        if self.session is not None:
+            self.session.interrupt()
+
+    async def _complete(self, status: str, rows: int) -> None:
+        s = self.session
+        await self.send(proto.complete_message(status, rows, s.database, s.in_transaction))
+
+    async def _backup(self, event: proto.BackupRequested) -> None:
+        handler = getattr(self.state, "backup_handler", None)
+        if handler is None:
+            await self.send(proto.error_message(
+                "unsupported", "this server does not stream backups yet"))
+            return
+        await handler(self, event.options)
+
+
+class _Fatal(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _peer_of(stream: trio.SocketStream):
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return host, port
+    except OSError:
+        return None, None
+
+
+def is_loopback(host) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve_wire(state, listeners, *, task_status=trio.TASK_STATUS_IGNORED):
+    """Accept connections until the accept scope is cancelled, then wait for all to close."""
+    ctl = WireControl()
+    limit = state.settings["max_connections"]
+
+    async def handle(stream: trio.SocketStream) -> None:
+        conn = ClientConnection(state, stream, _peer_of(stream))
+        if len(state.sessions) >= limit:
+            log.warning("connection refused: max_connections reached", peer=conn.peer,
+                        max_connections=limit)
+            await conn._try_send(proto.error_message(
+                "too_many_connections",
+                f"the server already has {limit} connections (max_connections); "
+                "try again later", fatal=True))
+            await stream.aclose()
+            return
+        await conn.run()
+
+    async with trio.open_nursery() as connections:
+        task_status.started(ctl)
+        with ctl.accept_scope:
+            await trio.serve_listeners(handle, listeners, handler_nursery=connections)
+        for listener in listeners:
+            await listener.aclose()
+    ctl.all_closed.set()
+
+
+async def drain(state, ctl: WireControl, timeout: float) -> None:
+    """Graceful stop: no new connections, idle ones closed, running statements finish."""
+    ctl.accept_scope.cancel()
+    started = time.monotonic()
+    for conn in list(state.sessions.values()):
+        if conn.idle_scope is not None:
+            conn.idle_scope.cancel()
+    with trio.move_on_after(timeout):
+        await ctl.all_closed.wait()
+        log.info("all sessions closed", seconds=round(time.monotonic() - started, 3))
+        return
+    log.warning("shutdown_timeout reached; interrupting running statements",
+                sessions=len(state.sessions))
+    await abort_all(state, ctl)
+
+
+async def abort_all(state, ctl: WireControl) -> None:
+    ctl.accept_scope.cancel()
+    for conn in list(state.sessions.values()):
+        if conn.session is not None:
+            conn.session.interrupt()
+        if conn.idle_scope is not None:
+            conn.idle_scope.cancel()
+    with trio.move_on_after(5):
+        await ctl.all_closed.wait()

@@ -1,0 +1,133 @@
+"""Starting real server processes and running the real command-line tools in tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+BIN = os.path.dirname(sys.executable)
+
+
+def tool(name: str) -> str:
+    """The installed console script, as a user would run it."""
+    path = os.path.join(BIN, name)
+    if not os.path.exists(path):
+        raise RuntimeError(f"{name} is not installed in {BIN}; run pip install -e '.[test]'")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_tool(name: str, *args: str, input: str | None = None, env=None, timeout=60,
+             check=False) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [tool(name), *args], input=input, capture_output=True, text=True, env=full_env,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{name} {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+            f"stderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+class ServerProcess:
+    def __init__(self, data_dir: str, *, port: int | None = None, http_port: int | None = None,
+                 extra_args=(), env=None, log_path: str | None = None):
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.http_port = http_port if http_port is not None else free_port()
+        self.extra_args = list(extra_args)
+        self.env = dict(os.environ, **(env or {}))
+        self.log_path = log_path or os.path.join(os.path.dirname(data_dir.rstrip("/")),
+                                                 f"server-{self.port}.log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> ServerProcess:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [tool("rusty-db-server"), "--data-dir", self.data_dir, "--port", str(self.port),
+             "--http-port", str(self.http_port), *self.extra_args],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.health()["status"] == "healthy":
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def health(self) -> dict:
+        url = f"http://127.0.0.1:{self.http_port}/api/v1/admin/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read())
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")[-8000:]
+        except OSError:
+            return ""
+
+    def cli(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return run_tool("rusty-db-cli", "--port", str(self.port), *args, **kw)
+
+    def sql(self, sql: str, *args: str) -> subprocess.CompletedProcess:
+        proc = self.cli("--command", sql, *args)
+        if proc.returncode != 0:
+            raise AssertionError(f"{sql!r} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self._log.close()
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout)
+
+    def __enter__(self):
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+            if self.proc.poll() is None:
+                self.kill()

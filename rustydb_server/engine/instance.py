@@ -328,7 +328,7 @@ class Engine:
             rec = walrec.TxRecord(txid, commit_time, handle.name, tuple(steps))
             try:
                 lsn, _ = self._log_durably(rec)
-            except EngineError:
+            except (EngineError, FatalWalError):
                 conn.execute("ROLLBACK")
                 raise
             try:

@@ -139,56 +139,60 @@ async def run(settings, config_path, notifier) -> int:
     ddir = _datadir.DataDir(settings["data_dir"])
     ddir.lock("server")
     try:
-        notifier.status("recovering")
-        log.info("starting", version=__version__, data_dir=ddir.path, pid=os.getpid())
-        state.engine = await trio.to_thread.run_sync(Engine.open, ddir, settings)
-        token = trio.lowlevel.current_trio_token()
-        # A failed WAL fsync is noticed in a worker thread; it stops the whole server.
-        state.engine.on_fatal = lambda: trio.from_thread.run_sync(
-            state.request_shutdown, "fatal", 70, trio_token=token
-        )
-        await _serve(state, ddir)
+        async with trio.open_nursery() as root:
+            # The HTTP API comes up first, so health says "starting" (503) while
+            # a long recovery runs instead of refusing connections.
+            http_port = settings["http_port"]
+            if http_port:
+                await root.start(http_api.serve_http, state, settings["listen_address"], http_port)
+            notifier.status("recovering")
+            log.info("starting", version=__version__, data_dir=ddir.path, pid=os.getpid())
+            state.engine = await trio.to_thread.run_sync(Engine.open, ddir, settings)
+            token = trio.lowlevel.current_trio_token()
+            # A failed WAL fsync is noticed in a worker thread; it stops the whole server.
+            state.engine.on_fatal = lambda: trio.from_thread.run_sync(
+                state.request_shutdown, "fatal", 70, trio_token=token
+            )
+            try:
+                await _serve(state, ddir, root)
+            finally:
+                root.cancel_scope.cancel()
+                await _close_engine(state)
     finally:
         ddir.unlock()
     return state.exit_code
 
 
-async def _serve(state: ServerState, ddir) -> None:
+async def _serve(state: ServerState, ddir, root: trio.Nursery) -> None:
     settings = state.settings
+    listeners = await trio.open_tcp_listeners(settings["port"], host=settings["listen_address"])
+    state.wire_address = listeners[0].socket.getsockname()
+    wire_scope = await root.start(wire.serve_wire, state, listeners)
+    root.start_soon(_watch_signals, state)
+    root.start_soon(_checkpointer, state)
+    root.start_soon(_watchdog, state)
+    ddir.write_pid("server", port=settings["port"], http_port=settings["http_port"])
+    state.phase = "running"
+    state.notifier.ready()
+    state.notifier.status(f"ready: accepting connections on port {settings['port']}")
+    log.info("ready", port=settings["port"], http_port=settings["http_port"],
+             listen=settings["listen_address"])
+    await state.shutdown_requested.wait()
+    state.phase = "stopping"
+    state.notifier.stopping()
+    state.notifier.status(f"stopping ({state.shutdown_mode})")
+    log.info("stopping", mode=state.shutdown_mode)
+    if state.shutdown_mode == "graceful":
+        timeout = to_seconds("shutdown_timeout", settings["shutdown_timeout"])
+        await wire.drain(state, wire_scope, timeout)
+    else:
+        await wire.abort_all(state, wire_scope)
+
+
+async def _close_engine(state: ServerState) -> None:
     engine = state.engine
-    clean = True
-    try:
-        async with trio.open_nursery() as root:
-            listeners = await trio.open_tcp_listeners(
-                settings["port"], host=settings["listen_address"]
-            )
-            state.wire_address = listeners[0].socket.getsockname()
-            wire_scope = await root.start(wire.serve_wire, state, listeners)
-            http_port = settings["http_port"]
-            if http_port:
-                await root.start(http_api.serve_http, state, settings["listen_address"], http_port)
-            root.start_soon(_watch_signals, state)
-            root.start_soon(_checkpointer, state)
-            root.start_soon(_watchdog, state)
-            ddir.write_pid("server", port=settings["port"], http_port=http_port)
-            state.phase = "running"
-            state.notifier.ready()
-            state.notifier.status(f"ready: accepting connections on port {settings['port']}")
-            log.info("ready", port=settings["port"], http_port=http_port,
-                     listen=settings["listen_address"])
-            await state.shutdown_requested.wait()
-            state.phase = "stopping"
-            state.notifier.stopping()
-            state.notifier.status(f"stopping ({state.shutdown_mode})")
-            log.info("stopping", mode=state.shutdown_mode)
-            if state.shutdown_mode == "graceful":
-                await wire.drain(state, wire_scope, to_seconds("shutdown_timeout", settings["shutdown_timeout"]))
-            else:
-                await wire.abort_all(state, wire_scope)
-            root.cancel_scope.cancel()
-    finally:
-        clean = state.shutdown_mode != "fatal" and engine.fatal_error is None
-        if state.shutdown_mode == "immediate":
-            clean = False  # like PostgreSQL's immediate mode: no checkpoint, recovery on start
+    # "immediate" is like PostgreSQL's: no checkpoint, recovery on the next start.
+    clean = state.shutdown_mode == "graceful" and engine.fatal_error is None
+    with trio.CancelScope(shield=True):
         await trio.to_thread.run_sync(engine.close, clean)
-        log.info("stopped", mode=state.shutdown_mode, clean=clean, exit_code=state.exit_code)
+    log.info("stopped", mode=state.shutdown_mode, clean=clean, exit_code=state.exit_code)

@@ -234,8 +234,7 @@ def test_damaged_chunk_is_refused_by_read_entry_too(mode):
     r = BackupReader(io.BytesIO(flip(data, (start + end) // 2)), key=key)
     got = []
     with pytest.raises(BackupCorruptError) as exc:
-        for part in r.read_entry("databases/main.sqlite"):
-            got.append(part)
+        got.extend(r.read_entry("databases/main.sqlite"))
     assert (exc.value.entry, exc.value.chunk) == where
     assert len(got) == 2  # chunks before the damaged one, nothing from it
 
@@ -502,7 +501,7 @@ def test_rotate_key_refuses_wrong_key_damage_and_plain_backups(tmp_path):
     path.write_bytes(data)
     with pytest.raises(WrongKeyError):
         rotate_key(str(path), OTHER_KEY, KEY)
-    (start, end, _), = regions(data, KEY)["chunk body"][:1]
+    (start, _end, _), = regions(data, KEY)["chunk body"][:1]
     path.write_bytes(flip(data, start + 3))
     with pytest.raises(BackupCorruptError, match="digest"):
         rotate_key(str(path), KEY, OTHER_KEY)

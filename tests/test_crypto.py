@@ -129,7 +129,8 @@ def test_create_key_file_is_0600_and_exclusive(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert load_key_file(path) == key
-    assert open(path, "rb").read().strip() == key.reveal().hex().encode()
+    with open(path, "rb") as f:
+        assert f.read().strip() == key.reveal().hex().encode()
     with pytest.raises(KeyFileError, match="already exists"):
         create_key_file(path)
     assert load_key_file(path) == key  # not overwritten

@@ -67,6 +67,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -206,8 +207,6 @@ class BackupHeader:
 
 def new_header(backup_type: str, **fields: Any) -> BackupHeader:
     """A header with a fresh UUID4 id and the current UTC time in microseconds."""
-    import time
-
     return BackupHeader(
         backup_id=str(uuid.uuid4()),
         backup_type=backup_type,

@@ -356,6 +356,27 @@ class Engine:
                 ) from e
         return lsn, txid, commit_time
 
+    def vacuum(self, handle: DatabaseHandle, conn) -> int:
+        """Log and run VACUUM (outside any transaction, as SQLite requires)."""
+        with handle.commit_lock:
+            txid = self.allocate_txid()
+            rec = walrec.TxRecord(txid, self._commit_time(), handle.name, replay.VACUUM_STEPS)
+            lsn, _ = self._log_durably(rec)
+            try:
+                conn.execute("VACUUM")
+                conn.execute("BEGIN IMMEDIATE")
+                database.write_state(conn, lsn, txid, rec.commit_time_us)
+                conn.execute("COMMIT")
+            except Exception as e:
+                if not conn.getautocommit():
+                    conn.execute("ROLLBACK")
+                handle.pending.append((lsn, rec))
+                raise EngineError(
+                    f"VACUUM failed after it was logged ({e}); it will be applied before "
+                    "the next write to this database", code="commit_failed") from e
+        log.info("vacuum complete", database=handle.name, lsn=format_lsn(lsn))
+        return lsn
+
     def _catch_up(self, handle: DatabaseHandle) -> None:
         conn = replay.open_replay_connection(handle.path)
         try:

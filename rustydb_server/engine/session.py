@@ -119,8 +119,8 @@ class SqlSession:
 
     # ------------------------------------------------------- sqlite hooks
     def _authorize(self, op, p1, p2, dbname, trigger):
-        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
-            return apsw.SQLITE_DENY
+        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH) and not self._internal:
+            return apsw.SQLITE_DENY  # VACUUM (run internally) attaches a scratch database
         if op == apsw.SQLITE_PRAGMA and p1 and p1.lower() in FORBIDDEN_PRAGMAS:
             return apsw.SQLITE_DENY
         if not self._internal and p1 == STATE_TABLE and (op in _WRITE_OPS or op in _STATE_DDL_OPS):
@@ -184,7 +184,7 @@ class SqlSession:
                                code="no_transaction")
             return self._execute(sql, kw, autocommit_write=False)
         if kw == "VACUUM":
-            raise SqlError("VACUUM is not supported through the server yet", code="unsupported")
+            return self._vacuum(sql, keywords)
         if self.in_transaction:
             return self._execute(sql, kw, autocommit_write=False)
         if kw == "PRAGMA" and not self._is_logged_pragma(sql):
@@ -196,6 +196,23 @@ class SqlSession:
             except apsw.ExecTraceAbort:
                 pass  # a write behind a read keyword (WITH ... INSERT): take the write path
         return self._autocommit_write(sql, kw)
+
+    def _vacuum(self, sql: str, keywords: list[str]) -> StatementRun:
+        if self.in_transaction:
+            raise SqlError("VACUUM cannot run inside a transaction block", code="active_transaction")
+        if sql.split()[1:] and sql.split()[1].upper() not in ("MAIN",):
+            # VACUUM INTO writes a file anywhere the server can; schema names
+            # other than main do not exist here.
+            raise SqlError("only plain VACUUM is allowed (VACUUM INTO would write outside the "
+                           "data directory; take a backup instead)", code="not_allowed")
+        self._internal = True
+        try:
+            self.engine.vacuum(self.handle, self.conn)
+        except apsw.Error as e:
+            raise SqlError(str(e)) from e
+        finally:
+            self._internal = False
+        return self._done(sql, "VACUUM", "VACUUM")
 
     def _begin(self, sql: str) -> StatementRun:
         if self.in_transaction:

@@ -36,6 +36,7 @@ from rustydb_server.wal.segment import (
     WalCorruptError,
     check_segment_header,
     check_segment_size,
+    find_valid_fragment,
     list_segments,
     normalize_lsn,
     parse_fragment,
@@ -67,15 +68,20 @@ def read_wal(
     segment_size: int,
     start_lsn: int,
     system_id: int | None = None,
+    stop_lsn: int | None = None,
     fileops: fileops_mod.FileOps = fileops_mod.REAL,
 ) -> Iterator[WalEntry]:
     """Yield every record of ``timeline`` in ``wal_dir`` from ``start_lsn`` on.
 
     ``start_lsn`` must be a record boundary (a record's LSN or end LSN).
+    A reader of a live WAL passes the writer's ``flushed_lsn`` as
+    ``stop_lsn``: reading stops there, so records being written are never
+    mistaken for a torn tail or for damage.
     """
     check_segment_size(segment_size)
     source = _DirSource(wal_dir, timeline, segment_size, system_id, fileops)
-    return _WalScan(source, segment_size, start_lsn, skip_partial_first=False).entries()
+    scan = _WalScan(source, segment_size, start_lsn, skip_partial_first=False, stop_lsn=stop_lsn)
+    return scan.entries()
 
 
 def find_wal_end(
@@ -298,11 +304,20 @@ class _PathSource:
 class _WalScan:
     """Joins fragments into records across segments and judges where the WAL ends."""
 
-    def __init__(self, source, segment_size: int, start_lsn: int, *, skip_partial_first: bool):
+    def __init__(
+        self,
+        source,
+        segment_size: int,
+        start_lsn: int,
+        *,
+        skip_partial_first: bool,
+        stop_lsn: int | None = None,
+    ):
         self._source = source
         self._size = segment_size
         self._start = start_lsn
         self._skip_partial = skip_partial_first
+        self._stop_lsn = stop_lsn
         # Where a writer should resume; advanced past each record and switch.
         self.resume_lsn = start_lsn
 
@@ -313,13 +328,16 @@ class _WalScan:
         pending_lsn: int | None = None
         pending: list[bytes] = []
         while True:
+            stop_offset = None if self._stop_lsn is None else self._stop_lsn - segno * size
+            if stop_offset is not None and stop_offset <= offset:
+                return
             seg = self._source.open(segno)
             if seg is None:
                 self._refuse_gap(segno)
                 return
             try:
                 stop: SegmentStop | None = None
-                for event in scan_segment(seg.buf, segno, size, offset):
+                for event in scan_segment(seg.buf, segno, size, offset, stop_offset):
                     if isinstance(event, SegmentStop):
                         stop = event
                         break
@@ -328,6 +346,8 @@ class _WalScan:
                         self.resume_lsn = entry.end_lsn
                         yield entry
                 assert stop is not None
+                if stop.how == "limit":
+                    return
                 if stop.how in ("zero", "bad"):
                     self._refuse_valid_data_after(seg, segno, stop)
                     return
@@ -389,13 +409,22 @@ class _WalScan:
 
     def _refuse_valid_data_after(self, seg: _MappedSegment, segno: int, stop: SegmentStop) -> None:
         """Raise WalCorruptError if valid data follows the spot where reading stopped."""
+        evidence = self._valid_data_after(seg, segno, stop)
+        if evidence is None:
+            return  # a torn tail: the WAL ends here
+        if _valid_fragment_at(seg.buf, stop.offset, segno, self._size):
+            return  # the spot was being written as we read (a live WAL grew)
         what = stop.reason or "the data ends (zero header)"
+        raise WalCorruptError(seg.name, stop.offset, f"{what}, but {evidence}")
+
+    def _valid_data_after(self, seg: _MappedSegment, segno: int, stop: SegmentStop) -> str | None:
         nxt = stop.next_offset
         if stop.how == "bad" and nxt is not None and self._size - nxt >= MIN_FRAGMENT_SPACE:
             if _valid_fragment_at(seg.buf, nxt, segno, self._size):
-                raise WalCorruptError(
-                    seg.name, stop.offset, f"{what}, but a valid fragment follows at offset {nxt}"
-                )
+                return f"a valid fragment follows at offset {nxt}"
+        found = find_valid_fragment(seg.buf, stop.offset, segno, self._size)
+        if found is not None:
+            return f"a valid fragment follows at offset {found}"
         for later in self._source.later(segno):
             other = self._source.open(later)
             if other is None:
@@ -405,11 +434,8 @@ class _WalScan:
             finally:
                 other.close()
             if valid:
-                raise WalCorruptError(
-                    seg.name,
-                    stop.offset,
-                    f"{what}, but later segment {other.name} holds valid records",
-                )
+                return f"later segment {other.name} holds valid records"
+        return None
 
 
 def _span(fragment: Fragment) -> int:

@@ -320,6 +320,7 @@ class SegmentStop:
       "switch" - a SWITCH fragment closed the segment: go to the next segment
       "zero"   - a zero header: no more data was written here
       "bad"    - bytes that do not validate (``reason``, ``next_offset`` say more)
+      "limit"  - the caller's stop offset was reached
     """
 
     how: str
@@ -328,11 +329,23 @@ class SegmentStop:
     next_offset: int | None = None
 
 
-def scan_segment(buf, segno: int, segment_size: int, start_offset: int = HEADER_SIZE):
-    """Yield the valid fragments of one segment, then one SegmentStop."""
+def scan_segment(
+    buf,
+    segno: int,
+    segment_size: int,
+    start_offset: int = HEADER_SIZE,
+    stop_offset: int | None = None,
+):
+    """Yield the valid fragments of one segment, then one SegmentStop.
+
+    Fragments at or after ``stop_offset`` are not parsed.
+    """
     segment_lsn = segno * segment_size
     offset = max(start_offset, HEADER_SIZE)
     while True:
+        if stop_offset is not None and offset >= stop_offset:
+            yield SegmentStop("limit", offset)
+            return
         if segment_size - offset < MIN_FRAGMENT_SPACE:
             yield SegmentStop("full", offset)
             return
@@ -349,3 +362,44 @@ def scan_segment(buf, segno: int, segment_size: int, start_offset: int = HEADER_
             yield SegmentStop("switch", offset)
             return
         offset = fragment.next_offset
+
+
+_KIND_BYTE = re.compile(rb"[\x01-\x05]")
+_SEARCH_CHUNK = 1 << 20
+
+
+def find_valid_fragment(buf, start: int, segno: int, segment_size: int) -> int | None:
+    """The first offset after ``start`` where a valid fragment lies, or None.
+
+    Used only once reading has stopped, to tell a torn tail (nothing valid
+    after it) from damage (valid data after it). All-zero space is skipped
+    at C speed; only bytes that could be a fragment kind are tried.
+    """
+    end = min(len(buf), segment_size)
+    # Nothing valid can start after the last non-zero byte but 8 (the kind).
+    last = end
+    while last > start:
+        lo = max(start, last - _SEARCH_CHUNK)
+        stripped = bytes(buf[lo:last]).rstrip(b"\0")
+        if stripped:
+            last = lo + len(stripped)
+            break
+        last = lo
+    else:
+        return None
+    segment_lsn = segno * segment_size
+    first = start + 1
+    region = bytes(buf[first + FRAGMENT_HEADER_SIZE - 1 : last])
+    for match in _KIND_BYTE.finditer(region):
+        candidate = first + match.start()
+        if segment_size - candidate < MIN_FRAGMENT_SPACE:
+            break
+        (length,) = struct.unpack_from(">I", buf, candidate)
+        if candidate + FRAGMENT_HEADER_SIZE + length > end:
+            continue
+        try:
+            if parse_fragment(buf, candidate, segment_lsn, segment_size) is not None:
+                return candidate
+        except BadFragment:
+            continue
+    return None

@@ -212,17 +212,27 @@ class ClientConnection:
     async def _sql(self, sql: str, batch_rows: int) -> None:
         session = self.session
         keywords = leading_keywords(sql, 2)
-        run = await self._in_thread(session.start, sql, keywords)
+        run, rows, finished = await self._in_thread(session.run, sql, keywords, batch_rows)
+        out = []
         if run.columns is not None:
-            await self.send(proto.columns_message(run.columns))
+            out.append(proto.encode_frame(proto.columns_message(run.columns)))
+            if rows:
+                out.append(proto.encode_frame(proto.rows_message(rows)))
+        if finished is None:
+            await self.stream.send_all(b"".join(out))
+            out = []
             while True:
                 rows = await self._in_thread(session.fetch, run, batch_rows)
                 if rows:
                     await self.send(proto.rows_message(rows))
                 if len(rows) < batch_rows:
                     break
-        status, count = await self._in_thread(session.finish, run)
-        await self._complete(status, count)
+            finished = await self._in_thread(session.finish, run)
+        status, count = finished
+        out.append(proto.encode_frame(proto.complete_message(
+            status, count, session.database, session.in_transaction)))
+        # One write for a small answer: fewer syscalls and packets.
+        await self.stream.send_all(b"".join(out))
 
     async def _in_thread(self, fn, *args):
         """Run SQLite work in a worker thread, interrupting it after statement_timeout."""

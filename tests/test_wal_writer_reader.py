@@ -154,27 +154,33 @@ def test_empty_wal_reads_as_empty(tmp_path):
 # -- torn tails
 
 
-def _cut_points(entry):
-    """A sample of byte positions across every fragment of a record."""
+def _cut_points(sizes):
+    """A sample of byte positions across every fragment of the last record."""
+    lsn = 0
+    for size in sizes:
+        fragments, end = build_fragments(bytes(size), lsn, SIZE)
+        lsn = end
     points = []
-    for frag_lsn, data in build_fragments(entry.body, entry.lsn, SIZE)[0]:
+    for frag_lsn, data in fragments:
         n = len(data)
-        points += [frag_lsn + k for k in sorted({0, 3, 4, 8, 9, 10, n // 2, n - 1}) if k < n]
+        points += [frag_lsn + k for k in sorted({0, 3, 4, 8, 9, 10, n // 2, n - 1})]
     return points
 
 
 SMALL_TAIL = [100, 2000, 300, 150]
 SPANNING_TAIL = [100, 2000, 300, SIZE + 500]
+TORN_CASES = [("full", SMALL_TAIL, cut) for cut in _cut_points(SMALL_TAIL)] + [
+    ("spanning", SPANNING_TAIL, cut) for cut in _cut_points(SPANNING_TAIL)
+]
 
 
-@pytest.mark.parametrize("sizes", [SMALL_TAIL, SPANNING_TAIL], ids=["full", "spanning"])
-@pytest.mark.parametrize("point", range(16))
-def test_a_torn_last_record_keeps_every_earlier_record(tmp_path, sizes, point):
+@pytest.mark.parametrize(
+    "sizes, cut", [case[1:] for case in TORN_CASES], ids=[f"{n}-{c}" for n, _, c in TORN_CASES]
+)
+def test_a_torn_last_record_keeps_every_earlier_record(tmp_path, sizes, cut):
     expected = write_records(tmp_path, sizes)
-    cuts = _cut_points(expected[-1])
-    if point >= len(cuts):
-        pytest.skip("fewer cut points for this record")
-    zero_from(tmp_path, cuts[point])
+    assert cut in range(expected[-1].lsn, expected[-1].end_lsn)
+    zero_from(tmp_path, cut)
     assert read_all(tmp_path) == expected[:-1]
     resume = wal_end(tmp_path)
     assert resume == expected[-2].end_lsn
@@ -232,26 +238,25 @@ def test_records_already_read_are_returned_before_corruption_is_raised(tmp_path)
     assert got == expected[:10]
 
 
-def test_damage_with_valid_data_in_a_later_segment_is_refused(tmp_path):
-    # 1 KiB records: three segments' worth.
-    expected = write_records(tmp_path, [1000] * 150)
-    victim = next(e for e in expected if e.lsn > 20_000)
-    # A damaged length hides the next fragment; the later segments still prove damage.
-    patch_byte(tmp_path, victim.lsn, lambda b: b ^ 0x7F)
-    with pytest.raises(WalCorruptError, match="later segment") as info:
+def test_a_damaged_length_is_refused_when_valid_records_follow(tmp_path):
+    expected = _many_records(tmp_path)
+    victim = expected[10]
+    # The claimed length no longer leads to the next fragment; it is found anyway.
+    patch_byte(tmp_path, victim.lsn + 3, lambda b: b ^ 0x7F)
+    with pytest.raises(WalCorruptError, match=f"valid fragment follows at offset {expected[11].lsn}") as info:
         read_all(tmp_path)
     assert info.value.offset == victim.lsn % SIZE
 
 
-def test_a_zeroed_record_in_the_middle_is_refused_when_later_segments_have_data(tmp_path):
-    expected = write_records(tmp_path, [1000] * 150)
-    victim = expected[5]
-    zero_len = victim.end_lsn - victim.lsn
+def test_a_hole_to_the_end_of_a_segment_is_refused_when_later_segments_have_data(tmp_path):
+    expected = write_records(tmp_path, [1000] * 150)  # three segments' worth
+    victim = expected[20]
     with open(segment_path(tmp_path, 0), "r+b") as f:
         f.seek(victim.lsn)
-        f.write(bytes(zero_len))
-    with pytest.raises(WalCorruptError, match="later segment"):
+        f.write(bytes(SIZE - victim.lsn))
+    with pytest.raises(WalCorruptError, match="later segment 000000010000000000000001") as info:
         read_all(tmp_path)
+    assert info.value.offset == victim.lsn
 
 
 def test_damage_in_a_segment_that_a_later_segment_follows_is_corruption(tmp_path):
@@ -341,6 +346,43 @@ def test_a_segment_is_reported_complete_only_once_durable(tmp_path):
     writer.close()
     assert [name for name, _, _ in seen] == [segment_name(1, 0)]
     assert all(durable and syncs > 0 for _, durable, syncs in seen)
+
+
+class OrderOps(FileOps):
+    """Logs pwrites and fdatasyncs by segment file name."""
+
+    def __init__(self):
+        self.names = {}
+        self.log = []
+
+    def open(self, path, flags, mode=0o600):
+        fd = super().open(path, flags, mode)
+        self.names[fd] = os.path.basename(path).removesuffix(".tmp")
+        return fd
+
+    def pwrite(self, fd, data, offset):
+        self.log.append(("pwrite", self.names[fd]))
+        return super().pwrite(fd, data, offset)
+
+    def fdatasync(self, fd):
+        self.log.append(("fdatasync", self.names[fd]))
+        super().fdatasync(fd)
+
+
+@pytest.mark.parametrize("sizes", [[3 * SIZE], [1000] * 200], ids=["spanning", "small"])
+def test_a_segment_is_synced_before_the_next_one_gets_data(tmp_path, sizes):
+    # The reader's corruption test depends on this order: valid data in a
+    # later segment proves the earlier one complete.
+    ops = OrderOps()
+    with open_writer(tmp_path, fileops=ops) as writer:
+        for i, size in enumerate(sizes):
+            writer.append(make_body(i, size))  # never flushed by the caller
+    segments = sorted({name for _, name in ops.log})
+    assert len(segments) >= 3
+    for earlier, later in zip(segments, segments[1:]):
+        first_write_later = ops.log.index(("pwrite", later))
+        last_write_earlier = max(i for i, e in enumerate(ops.log) if e == ("pwrite", earlier))
+        assert ("fdatasync", earlier) in ops.log[last_write_earlier:first_write_later]
 
 
 def test_records_spanning_segments_report_each_segment_in_order(tmp_path):

@@ -52,6 +52,18 @@ class DatabaseHandle:
     pending: list = dataclasses.field(default_factory=list)
     sessions: int = 0
     dropped: bool = False
+    # Signalled whenever a write transaction on this database ends, so a
+    # session waiting for SQLite's write lock retries at once instead of
+    # sleeping through SQLite's own back-off.
+    write_ended: threading.Condition = dataclasses.field(default_factory=threading.Condition)
+
+    def notify_write_ended(self) -> None:
+        with self.write_ended:
+            self.write_ended.notify_all()
+
+    def wait_for_writer(self, timeout: float) -> None:
+        with self.write_ended:
+            self.write_ended.wait(timeout)
 
 
 def now_us() -> int:
@@ -334,6 +346,7 @@ class Engine:
             try:
                 database.write_state(conn, lsn, txid, commit_time)
                 conn.execute("COMMIT")
+                handle.notify_write_ended()
             except Exception as e:
                 # The record is durable, so the transaction will exist after any
                 # restart; make the live database agree before anyone writes again.

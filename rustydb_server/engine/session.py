@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 
 import apsw
 
@@ -95,6 +96,7 @@ class SqlSession:
         self.handle, self.conn = handle, conn
         conn.authorizer = self._authorize
         conn.create_scalar_function("txid_current", self._txid_current, 0)
+        conn.set_busy_handler(self._busy)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -128,6 +130,15 @@ class SqlSession:
         if op in _DDL_OPS and dbname != "temp":
             self._ddl_ops.add(op)
         return apsw.SQLITE_OK
+
+    def _busy(self, attempts: int) -> bool:
+        """Wait for the writer holding the lock to finish; give up after the busy timeout."""
+        if attempts == 0:
+            self._busy_since = time.monotonic()
+        if time.monotonic() - self._busy_since > database.BUSY_TIMEOUT_MS / 1000:
+            return False
+        self.handle.wait_for_writer(0.005)
+        return True
 
     def _txid_current(self) -> int:
         if self.txid is None:
@@ -239,6 +250,7 @@ class SqlSession:
                 self.conn.execute("ROLLBACK")
         except apsw.Error:
             pass
+        self.handle.notify_write_ended()
         self._end_capture()
         self.txid = None
 
@@ -270,6 +282,20 @@ class SqlSession:
         desc = self._trace.get("description") or ()
         columns = [d[0] for d in desc] if desc else None
         return StatementRun(sql, kw, columns, cursor, autocommit_write, first_row=first)
+
+    def run(self, sql: str, keywords: list[str], batch_rows: int):
+        """Start a statement and fetch its first batch in one call (one thread hop).
+
+        Returns (run, first_rows, finished): when the result fits in one batch
+        the statement is also finished (and an autocommit write committed), and
+        ``finished`` is (status, count); otherwise it is None and the caller
+        fetches the rest.
+        """
+        run = self.start(sql, keywords)
+        rows = self.fetch(run, batch_rows) if run.columns is not None else []
+        if run.columns is None or len(rows) < batch_rows:
+            return run, rows, self.finish(run)
+        return run, rows, None
 
     def fetch(self, run: StatementRun, n: int) -> list[list]:
         rows = []
@@ -322,6 +348,7 @@ class SqlSession:
         txid, self.txid = self.txid, None
         if not steps:
             self.conn.execute("COMMIT")
+            self.handle.notify_write_ended()
             return
         self._engine_commit(txid, steps)
 
@@ -348,6 +375,7 @@ class SqlSession:
                 self._engine_commit(txid, steps)
             elif not self.conn.getautocommit():
                 self.conn.execute("COMMIT")
+                self.handle.notify_write_ended()
         except EngineError:
             raise
         except apsw.Error as e:
@@ -362,6 +390,7 @@ class SqlSession:
                 if not self.conn.getautocommit():
                     self.conn.execute("ROLLBACK")
             finally:
+                self.handle.notify_write_ended()
                 self._end_capture()
                 self.in_transaction = False
                 self.txid = None

@@ -42,8 +42,14 @@ def test_segment_names_round_trip_and_sort_like_numbers(timeline, segno):
 
 @pytest.mark.parametrize(
     "name",
-    ["00000001000000000000002a", "0000000100000000000002A", "00000001000000000000002A.ready", "",
-     "0000000100000000000000G0", "00000001000000000000002A\n"],
+    [
+        "00000001000000000000002a",
+        "0000000100000000000002A",
+        "00000001000000000000002A.ready",
+        "",
+        "0000000100000000000000G0",
+        "00000001000000000000002A\n",
+    ],
 )
 def test_parse_segment_name_refuses_other_names(name):
     with pytest.raises(ValueError):
@@ -51,8 +57,14 @@ def test_parse_segment_name_refuses_other_names(name):
 
 
 def test_list_segments_sorts_and_ignores_other_files(tmp_path):
-    for name in ["000000020000000000000001", "000000010000000000000010", "000000010000000000000002",
-                 "000000010000000000000003.tmp", "archive_status", "00000002.history"]:
+    for name in [
+        "000000020000000000000001",
+        "000000010000000000000010",
+        "000000010000000000000002",
+        "000000010000000000000003.tmp",
+        "archive_status",
+        "00000002.history",
+    ]:
         (tmp_path / name).write_bytes(b"")
     assert list_segments(str(tmp_path)) == [
         (1, 2, "000000010000000000000002"),
@@ -71,8 +83,13 @@ def test_segment_header_round_trips():
     raw = encode_segment_header(timeline=3, segno=42, system_id=2**63 + 5, segment_size=SIZE)
     assert len(raw) == HEADER_SIZE and raw.startswith(b"RDBWAL01")
     header = decode_segment_header(raw)
-    assert (header.timeline, header.segno, header.system_id, header.segment_size, header.version) == (
-        3, 42, 2**63 + 5, SIZE, 1)
+    assert (
+        header.timeline,
+        header.segno,
+        header.system_id,
+        header.segment_size,
+        header.version,
+    ) == (3, 42, 2**63 + 5, SIZE, 1)
 
 
 @pytest.mark.parametrize("index", range(40))
@@ -174,17 +191,22 @@ def test_fragments_lay_out_bodies_that_read_back(sizes, start_offset):
 
 def test_fragment_kinds_for_a_body_spanning_three_segments():
     fragments, _ = build_fragments(b"x" * (2 * SIZE + 10), HEADER_SIZE, SIZE)
-    kinds = [parse_fragment(_segments_from([(lsn, d)])[lsn // SIZE], lsn % SIZE, lsn - lsn % SIZE, SIZE).kind
-             for lsn, d in fragments]
+    kinds = [
+        parse_fragment(
+            _segments_from([(lsn, d)])[lsn // SIZE], lsn % SIZE, lsn - lsn % SIZE, SIZE
+        ).kind
+        for lsn, d in fragments
+    ]
     assert kinds == [FragmentKind.FIRST, FragmentKind.MIDDLE, FragmentKind.LAST]
 
 
 def test_a_fragment_only_validates_at_its_own_lsn():
-    (lsn, data), = build_fragments(b"hello", SIZE + 100, SIZE)[0]
+    ((lsn, data),) = build_fragments(b"hello", SIZE + 100, SIZE)[0]
     buf = bytearray(SIZE)
     buf[100 : 100 + len(data)] = data
-    assert parse_fragment(buf, 100, SIZE, SIZE) == Fragment(lsn, FragmentKind.FULL, b"hello",
-                                                          100 + len(data))
+    assert parse_fragment(buf, 100, SIZE, SIZE) == Fragment(
+        lsn, FragmentKind.FULL, b"hello", 100 + len(data)
+    )
     # The same bytes in the same place of another segment: a stale copy.
     with pytest.raises(BadFragment, match="checksum"):
         parse_fragment(buf, 100, 2 * SIZE, SIZE)

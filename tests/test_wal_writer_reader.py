@@ -1,4 +1,5 @@
 import errno
+import itertools
 import os
 import shutil
 import tempfile
@@ -43,7 +44,9 @@ def open_writer(wal_dir, start_lsn=0, **kwargs):
 
 
 def read_all(wal_dir, start_lsn=0, **kwargs):
-    return list(read_wal(str(wal_dir), timeline=1, segment_size=SIZE, start_lsn=start_lsn, **kwargs))
+    return list(
+        read_wal(str(wal_dir), timeline=1, segment_size=SIZE, start_lsn=start_lsn, **kwargs)
+    )
 
 
 def wal_end(wal_dir, start_lsn=0):
@@ -234,7 +237,7 @@ def test_records_already_read_are_returned_before_corruption_is_raised(tmp_path)
     got = []
     with pytest.raises(WalCorruptError):
         for entry in read_wal(str(tmp_path), timeline=1, segment_size=SIZE, start_lsn=0):
-            got.append(entry)
+            got.append(entry)  # noqa: PERF402
     assert got == expected[:10]
 
 
@@ -243,7 +246,9 @@ def test_a_damaged_length_is_refused_when_valid_records_follow(tmp_path):
     victim = expected[10]
     # The claimed length no longer leads to the next fragment; it is found anyway.
     patch_byte(tmp_path, victim.lsn + 3, lambda b: b ^ 0x7F)
-    with pytest.raises(WalCorruptError, match=f"valid fragment follows at offset {expected[11].lsn}") as info:
+    with pytest.raises(
+        WalCorruptError, match=f"valid fragment follows at offset {expected[11].lsn}"
+    ) as info:
         read_all(tmp_path)
     assert info.value.offset == victim.lsn % SIZE
 
@@ -379,7 +384,7 @@ def test_a_segment_is_synced_before_the_next_one_gets_data(tmp_path, sizes):
             writer.append(make_body(i, size))  # never flushed by the caller
     segments = sorted({name for _, name in ops.log})
     assert len(segments) >= 3
-    for earlier, later in zip(segments, segments[1:]):
+    for earlier, later in itertools.pairwise(segments):
         first_write_later = ops.log.index(("pwrite", later))
         last_write_earlier = max(i for i, e in enumerate(ops.log) if e == ("pwrite", earlier))
         assert ("fdatasync", earlier) in ops.log[last_write_earlier:first_write_later]
@@ -561,7 +566,7 @@ def test_one_fsync_covers_every_commit_that_waited_for_it(tmp_path):
             lsn, end = writer.append(make_body(i, 200))
             appended.release()
             results[i] = (lsn, end, writer.flush(end))
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the main thread
             errors.append(exc)
 
     first = threading.Thread(target=commit, args=(0,))
@@ -604,7 +609,7 @@ def test_concurrent_commits_are_all_durable_and_share_fsyncs(tmp_path):
                 assert writer.flushed_lsn >= end
                 with lock:
                     committed.append(WalEntry(lsn, end, body))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
@@ -671,8 +676,9 @@ def test_reopen_refuses_a_segment_of_another_system(tmp_path):
 
 def test_a_new_timeline_starts_mid_segment(tmp_path):
     expected = write_records(tmp_path, [100, 200])
-    with WalWriter(str(tmp_path), timeline=2, system_id=SYSID, segment_size=SIZE,
-                   start_lsn=expected[0].end_lsn) as writer:
+    with WalWriter(
+        str(tmp_path), timeline=2, system_id=SYSID, segment_size=SIZE, start_lsn=expected[0].end_lsn
+    ) as writer:
         entry = WalEntry(*writer.append(b"timeline 2"), b"timeline 2")
         writer.flush()
     assert entry.lsn == expected[0].end_lsn
@@ -693,8 +699,12 @@ def test_remove_segments_before(tmp_path):
     assert removed == [segment_name(1, 0), segment_name(1, 2)]
     assert [s for _, s, _ in _segments(tmp_path)] == [1, 3, 4]
     # The segment holding the LSN is never removed.
-    assert remove_segments_before(str(tmp_path), 3 * SIZE + 100, 1, SIZE,
-                                  keep=lambda name: name == kept_for_archive) == []
+    assert (
+        remove_segments_before(
+            str(tmp_path), 3 * SIZE + 100, 1, SIZE, keep=lambda name: name == kept_for_archive
+        )
+        == []
+    )
 
 
 # -- archived segment files
@@ -721,3 +731,13 @@ def test_archived_segment_files_chain_into_records(tmp_path):
     assert list(read_segments(paths[1:], expected[start].lsn)) == expected[start:]
     with pytest.raises(WalCorruptError, match="missing"):
         list(read_segments(paths[:1] + paths[2:]))
+
+
+def test_a_live_reader_stops_at_the_flushed_lsn(tmp_path):
+    with open_writer(tmp_path) as writer:
+        done = [WalEntry(*writer.append(make_body(i, 3000)), make_body(i, 3000)) for i in range(30)]
+        flushed = writer.flush()
+        writer.append(b"in flight")  # written, not yet durable
+        got = read_all(tmp_path, start_lsn=done[3].lsn, stop_lsn=flushed)
+        assert read_all(tmp_path)[-1].body == b"in flight"
+    assert got == done[3:]

@@ -104,16 +104,17 @@ def read_state(conn: apsw.Connection) -> dict:
     return dict(conn.execute(f"SELECT key, value FROM {STATE_TABLE}").fetchall())
 
 
+_WRITE_STATE = (
+    f"UPDATE {STATE_TABLE} SET value = CASE key WHEN 'applied_lsn' THEN ?1 "
+    "WHEN 'last_txid' THEN coalesce(?2, value) "
+    "ELSE coalesce(?3, value) END "
+    "WHERE key IN ('applied_lsn', 'last_txid', 'last_commit_time_us')"
+)
+
+
 def write_state(conn: apsw.Connection, lsn: int, txid: int | None, commit_time_us: int | None):
     """Record, inside the caller's transaction, that the record at ``lsn`` is applied."""
-    conn.execute(f"UPDATE {STATE_TABLE} SET value=? WHERE key='applied_lsn'", (lsn,))
-    if txid is not None:
-        conn.execute(f"UPDATE {STATE_TABLE} SET value=? WHERE key='last_txid'", (txid,))
-    if commit_time_us is not None:
-        conn.execute(
-            f"UPDATE {STATE_TABLE} SET value=? WHERE key='last_commit_time_us'",
-            (commit_time_us,),
-        )
+    conn.execute(_WRITE_STATE, (lsn, txid, commit_time_us))
 
 
 def user_tables(conn: apsw.Connection) -> list[str]:

@@ -20,6 +20,7 @@ from ..wal import record as walrec
 from ..wal import segment as walseg
 from ..wal import writer as wal_writer
 from . import database, replay
+from .database import ReplayError
 from .replay import format_lsn
 from ..logsetup import get_logger
 
@@ -115,11 +116,11 @@ class Engine:
         c = self.control
         t0 = time.perf_counter()
         applied: dict[str, int] = {}
-        conns = {}
+        replayers: dict[str, replay.Replayer] = {}
         for name in self.datadir.list_databases():
             path = self.datadir.database_path(name)
             conn = replay.open_replay_connection(path)
-            conns[name] = conn
+            replayers[name] = replay.Replayer(conn, name)
             applied[name] = database.read_state(conn)["applied_lsn"]
         replayed = skipped = 0
         max_txid = 0
@@ -138,37 +139,42 @@ class Engine:
                 if isinstance(rec, walrec.TxRecord):
                     max_txid = max(max_txid, rec.txid)
                     last_time = max(last_time, rec.commit_time_us)
-                    conn = conns.get(rec.database)
-                    if conn is None:
+                    replayer = replayers.get(rec.database)
+                    if replayer is None:
                         raise EngineError(
                             f"WAL record at LSN {format_lsn(entry.lsn)} belongs to database "
                             f"{rec.database!r}, whose file is missing from "
                             f"{self.datadir.databases_dir}"
                         )
                     if entry.lsn > applied[rec.database]:
-                        replay.apply_tx_record(conn, entry.lsn, rec)
-                        applied[rec.database] = entry.lsn
+                        replayer.apply(entry.lsn, rec)
                         replayed += 1
                     else:
                         skipped += 1
                 elif isinstance(rec, walrec.DatabaseRecord):
                     path = self.datadir.database_path(rec.database)
-                    if rec.action == "create" and rec.database not in conns:
+                    if rec.action == "create" and rec.database not in replayers:
                         database.create_database_file(path, entry.lsn)
-                        conns[rec.database] = replay.open_replay_connection(path)
+                        replayers[rec.database] = replay.Replayer(
+                            replay.open_replay_connection(path), rec.database)
                         applied[rec.database] = entry.lsn
                         replayed += 1
-                    elif rec.action == "drop" and rec.database in conns:
+                    elif rec.action == "drop" and rec.database in replayers:
                         if applied[rec.database] < entry.lsn:
-                            conns.pop(rec.database).close()
+                            replayers.pop(rec.database).close()
                             applied.pop(rec.database)
                             database.remove_database_files(path)
                             replayed += 1
                 elif isinstance(rec, walrec.CheckpointRecord):
                     max_txid = max(max_txid, rec.next_txid - 1)
+            for replayer in replayers.values():
+                replayer.flush()
         finally:
-            for conn in conns.values():
-                conn.close()
+            for replayer in replayers.values():
+                try:
+                    replayer.close()
+                except Exception:  # already failing; the first error is the one to report
+                    pass
         # The resume point can lie past the last record (after SWITCH WAL).
         end_lsn = max(end_lsn, wal_reader.find_wal_end(
             self.datadir.wal_dir, timeline=c.timeline, segment_size=c.segment_size,
@@ -399,7 +405,7 @@ class Engine:
                 if lsn > applied:
                     try:
                         replay.apply_tx_record(conn, lsn, rec)
-                    except replay.ReplayError as e:
+                    except ReplayError as e:
                         raise EngineError(
                             f'database "{handle.name}" cannot apply a logged transaction '
                             f"yet: {e}", code="catching_up") from e

@@ -76,6 +76,63 @@ def apply_tx_record(conn: apsw.Connection, lsn: int, record) -> None:
         ) from e
 
 
+class Replayer:
+    """Applies many records to one database per SQLite transaction (recovery, PITR).
+
+    Batching is safe because ``applied_lsn`` is written in the same transaction
+    as the batch: after a crash the whole batch is simply replayed again.
+    """
+
+    def __init__(self, conn: apsw.Connection, database_name: str, batch: int = 2000):
+        self.conn = conn
+        self.database_name = database_name
+        self.batch = batch
+        self.applied = 0
+        self._changes_before = conn.total_changes()
+        self._pending = None  # (lsn, txid, commit_time_us) of the last record in the batch
+        self._count = 0
+
+    def apply(self, lsn: int, record) -> None:
+        if tuple(record.steps) == VACUUM_STEPS:
+            self.flush()
+            apply_tx_record(self.conn, lsn, record)
+            self.applied += 1
+            return
+        if self._pending is None:
+            self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            apply_steps(self.conn, record.steps)
+        except apsw.Error as e:
+            self.conn.execute("ROLLBACK")
+            self._pending = None
+            self._count = 0
+            raise ReplayError(
+                f"cannot apply WAL record at LSN {format_lsn(lsn)} (txid {record.txid}) "
+                f"to database {self.database_name!r}: {e}"
+            ) from e
+        self._pending = (lsn, record.txid, record.commit_time_us)
+        self._count += 1
+        self.applied += 1
+        if self._count >= self.batch:
+            self.flush()
+
+    @property
+    def changes(self) -> int:
+        """Rows changed so far (changesets applied plus the state row updates)."""
+        return self.conn.total_changes() - self._changes_before
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            database.write_state(self.conn, *self._pending)
+            self.conn.execute("COMMIT")
+            self._pending = None
+            self._count = 0
+
+    def close(self) -> None:
+        self.flush()
+        self.conn.close()
+
+
 def format_lsn(lsn: int) -> str:
     """LSNs are shown like PostgreSQL's: high and low 32 bits in hex."""
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:08X}"

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from rustydb_server import fileops as fileops_mod
 from rustydb_server.wal.segment import (
@@ -151,9 +151,7 @@ class _MappedSegment:
         fd = fileops.open(path, os.O_RDONLY)
         try:
             self.file_size = os.fstat(fd).st_size
-            self.buf = (
-                mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if self.file_size else b""
-            )
+            self.buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if self.file_size else b""
         finally:
             fileops.close(fd)
 
@@ -378,7 +376,9 @@ class _WalScan:
                     f"{kind.name} fragment follows",
                 )
             if kind == FragmentKind.FULL:
-                return WalEntry(fragment.lsn, fragment.lsn + _span(fragment), fragment.payload), None
+                return WalEntry(
+                    fragment.lsn, fragment.lsn + _span(fragment), fragment.payload
+                ), None
             if kind == FragmentKind.FIRST:
                 pending.clear()
                 pending.append(fragment.payload)
@@ -388,9 +388,7 @@ class _WalScan:
         if pending_lsn is None:
             if self._skip_partial:
                 return None, None  # the tail of a record from an earlier segment
-            raise WalCorruptError(
-                name, offset, f"a {kind.name} fragment continues no record"
-            )
+            raise WalCorruptError(name, offset, f"a {kind.name} fragment continues no record")
         pending.append(fragment.payload)
         if kind == FragmentKind.MIDDLE:
             return None, pending_lsn
@@ -419,9 +417,13 @@ class _WalScan:
 
     def _valid_data_after(self, seg: _MappedSegment, segno: int, stop: SegmentStop) -> str | None:
         nxt = stop.next_offset
-        if stop.how == "bad" and nxt is not None and self._size - nxt >= MIN_FRAGMENT_SPACE:
-            if _valid_fragment_at(seg.buf, nxt, segno, self._size):
-                return f"a valid fragment follows at offset {nxt}"
+        if (
+            stop.how == "bad"
+            and nxt is not None
+            and self._size - nxt >= MIN_FRAGMENT_SPACE
+            and _valid_fragment_at(seg.buf, nxt, segno, self._size)
+        ):
+            return f"a valid fragment follows at offset {nxt}"
         found = find_valid_fragment(seg.buf, stop.offset, segno, self._size)
         if found is not None:
             return f"a valid fragment follows at offset {found}"

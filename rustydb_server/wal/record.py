@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Union
 
 import msgpack
 
@@ -23,7 +22,7 @@ class WalRecordError(ValueError):
     """A WAL record body is malformed."""
 
 
-Step = tuple[str, Union[str, bytes]]
+Step = tuple[str, str | bytes]
 
 # The largest integer msgpack can carry; checked up front so that encoding
 # fails with WalRecordError rather than an OverflowError deep in msgpack.
@@ -131,14 +130,14 @@ class SwitchRecord:
         _check_uint("time_us", self.time_us)
 
 
-Record = Union[
-    TxRecord,
-    CheckpointRecord,
-    RestorePointRecord,
-    DatabaseRecord,
-    EndOfRecoveryRecord,
-    SwitchRecord,
-]
+Record = (
+    TxRecord
+    | CheckpointRecord
+    | RestorePointRecord
+    | DatabaseRecord
+    | EndOfRecoveryRecord
+    | SwitchRecord
+)
 
 # Type keys are part of the on-disk format: never reuse or rename one.
 _TYPE_KEYS: dict[type, str] = {
@@ -188,7 +187,7 @@ def decode_record(body: bytes) -> Record:
             max_map_len=min(size, _MAX_MAP_LEN),
             max_ext_len=0,
         )
-    except Exception as exc:  # msgpack raises a zoo of types for bad input
+    except Exception as exc:  # noqa: BLE001 - msgpack raises a zoo of types for bad input
         raise WalRecordError(f"record body is not valid msgpack: {exc}") from None
     if type(obj) is not dict:
         raise WalRecordError("record body must be a map")

@@ -67,8 +67,7 @@ class WalCorruptError(Exception):
         self.offset = offset
         self.reason = reason
         super().__init__(
-            f"WAL segment {segment_name} is corrupt at offset {offset}: {reason}; "
-            "recovery stopped"
+            f"WAL segment {segment_name} is corrupt at offset {offset}: {reason}; recovery stopped"
         )
 
 
@@ -142,9 +141,7 @@ class SegmentHeader:
     version: int = FORMAT_VERSION
 
 
-def encode_segment_header(
-    *, timeline: int, segno: int, system_id: int, segment_size: int
-) -> bytes:
+def encode_segment_header(*, timeline: int, segno: int, system_id: int, segment_size: int) -> bytes:
     check_segment_size(segment_size)
     fields = _HEADER.pack(MAGIC, FORMAT_VERSION, timeline, segno, system_id, segment_size)
     crc = _HEADER_CRC.pack(crc32c.crc32c(fields))
@@ -153,7 +150,9 @@ def encode_segment_header(
 
 def decode_segment_header(data: bytes) -> SegmentHeader:
     if len(data) < HEADER_SIZE:
-        raise SegmentHeaderError(f"segment header is truncated ({len(data)} of {HEADER_SIZE} bytes)")
+        raise SegmentHeaderError(
+            f"segment header is truncated ({len(data)} of {HEADER_SIZE} bytes)"
+        )
     fields = bytes(data[: _HEADER.size])
     magic, version, timeline, segno, system_id, size = _HEADER.unpack(fields)
     if magic != MAGIC:
@@ -219,7 +218,9 @@ def encode_fragment(lsn: int, kind: FragmentKind, payload: bytes) -> bytes:
     return header + payload
 
 
-def build_fragments(body: bytes, lsn: int, segment_size: int) -> tuple[list[tuple[int, bytes]], int]:
+def build_fragments(
+    body: bytes, lsn: int, segment_size: int
+) -> tuple[list[tuple[int, bytes]], int]:
     """Lay out one record body as fragments starting at (or just after) ``lsn``.
 
     Returns ``([(fragment_lsn, fragment_bytes), ...], end_lsn)``: at most one

@@ -21,7 +21,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
+from typing import Self
 
 import structlog
 
@@ -55,6 +56,14 @@ class WalFsyncError(OSError):
 
 
 class WalWriter:
+    """Appends WAL records for one timeline, from ``start_lsn`` on.
+
+    ``start_lsn`` is where valid WAL ends (``reader.find_wal_end``): anything
+    after it on this timeline is wiped. ``on_segment_complete(name)`` is called
+    once a segment is finished and durable, from the appending thread with
+    appends held: it must be quick and must not append.
+    """
+
     def __init__(
         self,
         wal_dir: str,
@@ -225,7 +234,7 @@ class WalWriter:
             if fd is not None:
                 self._fo.close(fd)
 
-    def __enter__(self) -> WalWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -364,7 +373,7 @@ class WalWriter:
                 _ignore_oserror(self._fo.close, fd)
             if stage != "fsync_dir":
                 _ignore_oserror(self._fo.unlink, tmp)
-            if exc.errno == errno.ENOSPC and stage != "fsync_dir":
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) and stage != "fsync_dir":
                 raise WalDiskFullError(
                     errno.ENOSPC,
                     f"the WAL disk is full: cannot create WAL segment {path}; "
@@ -399,14 +408,16 @@ class WalWriter:
             )
             size = os.fstat(fd).st_size
             if size != self._size:
-                raise WalCorruptError(name, size, f"segment file is {size} bytes, expected {self._size}")
+                raise WalCorruptError(
+                    name, size, f"segment file is {size} bytes, expected {self._size}"
+                )
             # A torn tail must not linger: bytes left past the resume point
             # would be read as garbage, or worse, as a valid stale fragment.
             wiped = False
             pos = offset
             while pos < self._size:
                 n = min(len(_ZERO_CHUNK), self._size - pos)
-                if False:
+                if self._fo.pread(fd, n, pos).count(0) != n:
                     self._fo.pwrite_all(fd, memoryview(_ZERO_CHUNK)[:n], pos)
                     wiped = True
                 pos += n

@@ -1,0 +1,147 @@
+"""Writing a backup container to a file durably: temp name, fsync, rename, fsync dir.
+
+A backup file exists under its final name only once it is complete; until then
+it is ``<name>.partial`` (mode 0600), removed again if the backup fails, so no
+file that looks complete is ever left by a failed backup.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import fileops as _fileops
+from .container import BackupHeader, BackupSummary, BackupWriter
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class _FdFile:
+    """The minimal file object BackupWriter needs, writing through FileOps."""
+
+    def __init__(self, fd: int, fileops: _fileops.FileOps):
+        self.fd = fd
+        self.fileops = fileops
+        self.written = 0
+
+    def write(self, data) -> int:
+        self.fileops.write_all(self.fd, data)
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class BackupFile:
+    """One backup being written to ``path``; ``commit()`` makes it appear, ``abort()`` not."""
+
+    def __init__(self, path: str, header: BackupHeader, *, key=None, codec: str = "lz4",
+                 threads: int = 1, fileops: _fileops.FileOps = _fileops.REAL):
+        self.path = os.path.abspath(path)
+        self.tmp = self.path + PARTIAL_SUFFIX
+        self.fileops = fileops
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"directory {directory} does not exist")
+        if os.path.exists(self.path):
+            raise FileExistsError(f"{self.path} already exists; choose another --output")
+        self._fd = fileops.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(self._fd, 0o600)
+        self._out = _FdFile(self._fd, fileops)
+        try:
+            self.writer = BackupWriter(self._out, header, key=key, codec=codec, threads=threads)
+        except BaseException:
+            self.abort()
+            raise
+        self.header = self.writer.header
+        self._done = False
+
+    @property
+    def bytes_written(self) -> int:
+        return self._out.written
+
+    def begin_entry(self, name: str) -> None:
+        self.writer.begin_entry(name)
+
+    def write(self, data) -> None:
+        self.writer.write(data)
+
+    def end_entry(self) -> None:
+        self.writer.end_entry()
+
+    def commit(self) -> BackupSummary:
+        try:
+            summary = self.writer.finish()
+            self.fileops.fsync(self._fd)
+            self.fileops.close(self._fd)
+            self._fd = None
+            if os.path.exists(self.path):
+                raise FileExistsError(f"{self.path} appeared while the backup ran; not replaced")
+            self.fileops.rename(self.tmp, self.path)
+            self.fileops.fsync_dir(os.path.dirname(self.path))
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return summary
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+        if self._fd is not None:
+            try:
+                self.fileops.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+        self._done = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            self.abort()
+
+
+def header_from_manifest(manifest: dict) -> BackupHeader:
+    """The container header for a backup described by the server's manifest.
+
+    The manifest itself travels in ``extra["manifest"]``: restore needs it to
+    write the control file (system id, timeline, LSNs, next txid).
+    """
+    return BackupHeader(
+        backup_id=manifest["backup_id"],
+        backup_type=manifest["backup_type"],
+        created_us=manifest["created_us"],
+        server_version=manifest["server_version"],
+        system_id=str(manifest["system_id"]),
+        start_lsn=manifest["start_lsn"],
+        end_lsn=manifest["end_lsn"],
+        timeline=manifest["timeline"],
+        parent_id=manifest.get("parent_id"),
+        base_full_id=manifest.get("base_full_id"),
+        databases=[
+            {"name": d["name"], "tables": d["tables"], "size_bytes": d["size_bytes"]}
+            for d in manifest["databases"]
+        ],
+        extra={"manifest": manifest},
+    )
+
+
+def manifest_of(header: BackupHeader) -> dict:
+    manifest = header.extra.get("manifest") if isinstance(header.extra, dict) else None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"backup {header.backup_id} has no manifest; it was not written by "
+                         "rusty-db-backup or the server")
+    return manifest

@@ -99,8 +99,10 @@ def build_app(state) -> Starlette:
         log.error("HTTP handler failed", path=request.url.path, error=repr(exc))
         return error(500, "internal error; see the server log", "internal_error")
 
+    from .backup import api as backup_api
+
     routes = [Route("/api/v1/admin/health", health, methods=["GET"])]
-    routes.extend(getattr(state, "extra_routes", []))
+    routes.extend(backup_api.routes(state))
     app = Starlette(
         routes=routes,
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},

@@ -15,6 +15,7 @@ import trio
 from . import __version__
 from . import datadir as _datadir
 from . import http_api, wire
+from .backup.service import BackupService
 from .engine.instance import Engine, FatalWalError
 from .engine.replay import format_lsn
 from .settings import to_seconds
@@ -40,7 +41,9 @@ class ServerState:
         self.next_session_id = 1
         self.db_limiter = trio.CapacityLimiter(settings["max_connections"] + 4)
         self.checkpoint_wanted = trio.Event()
-        self.extra_routes = []
+        self.backup_service = None
+        self.backup_handler = None
+        self.root_nursery: trio.Nursery | None = None
         self.wire_address = None
 
     def request_shutdown(self, mode: str = "graceful", exit_code: int = 0) -> None:
@@ -153,9 +156,13 @@ async def run(settings, config_path, notifier) -> int:
             state.engine.on_fatal = lambda: trio.from_thread.run_sync(
                 state.request_shutdown, "fatal", 70, trio_token=token
             )
+            state.root_nursery = root
+            state.backup_service = BackupService(state)
+            state.backup_handler = state.backup_service.stream_to_client
             try:
                 await _serve(state, ddir, root)
             finally:
+                state.backup_service.cancel_all()
                 root.cancel_scope.cancel()
                 await _close_engine(state)
     finally:

@@ -21,7 +21,7 @@ import apsw
 
 from .. import __version__
 from ..engine import database
-from ..engine.instance import Engine, EngineError
+from ..engine.instance import Engine
 from ..logsetup import get_logger
 
 log = get_logger("rustydb.backup")
@@ -42,14 +42,14 @@ class Snapshot:
     """Read transactions on every chosen database, all at ``end_lsn``."""
 
     def __init__(self, engine: Engine, names: list[str] | None = None, *,
-                 backup_type: str = "full"):
+                 backup_type: str = "full", backup_id: str | None = None):
         self.engine = engine
         chosen = sorted(names) if names else sorted(engine.databases)
         for name in chosen:
             engine.get_database(name)  # a clear error for an unknown name
         self.names = chosen
         self.backup_type = backup_type
-        self.backup_id = str(uuid.uuid4())
+        self.backup_id = backup_id or str(uuid.uuid4())
         self.conns: dict[str, apsw.Connection] = {}
         self.pause_seconds = 0.0
         self._take()
@@ -155,9 +155,3 @@ class Snapshot:
     def __exit__(self, *exc):
         self.close()
 
-
-def take_snapshot(engine: Engine, names: list[str] | None, backup_type: str = "full") -> Snapshot:
-    try:
-        return Snapshot(engine, names, backup_type=backup_type)
-    except EngineError:
-        raise

@@ -1,0 +1,71 @@
+"""HTTP routes for backups: start one, look one up, list the catalog."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .service import BackupRequestError, parse_api_request
+
+PUBLIC_FIELDS = ("backup_id", "status", "started_at", "completed_at", "size_bytes", "location")
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+def _service(state):
+    service = getattr(state, "backup_service", None)
+    if service is None:
+        raise BackupRequestError("the server is still starting; try again in a moment", 503)
+    return service
+
+
+def describe(entry: dict) -> dict:
+    """The guide's fields first, then everything else the catalog knows."""
+    out = {k: entry.get(k) for k in PUBLIC_FIELDS}
+    out.update({k: v for k, v in entry.items() if k not in out})
+    return out
+
+
+def routes(state) -> list[Route]:
+    async def start(request: Request) -> JSONResponse:
+        raw = await request.body()
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError as e:
+            return _error(400, f"the request body is not valid JSON: {e}", "bad_json")
+        try:
+            service = _service(state)
+            req = parse_api_request(body, state.settings)
+            entry = service.start_backup(state.root_nursery, req)
+        except BackupRequestError as e:
+            return _error(e.status, str(e), "invalid_backup_request")
+        return JSONResponse(describe(entry), status_code=202)
+
+    async def show(request: Request) -> JSONResponse:
+        try:
+            service = _service(state)
+        except BackupRequestError as e:
+            return _error(e.status, str(e), "starting")
+        entry = service.catalog.get(request.path_params["backup_id"])
+        if entry is None:
+            return _error(404, f"no backup with id {request.path_params['backup_id']}",
+                          "not_found")
+        return JSONResponse(describe(entry))
+
+    async def listing(request: Request) -> JSONResponse:
+        try:
+            service = _service(state)
+        except BackupRequestError as e:
+            return _error(e.status, str(e), "starting")
+        return JSONResponse({"backups": [describe(e) for e in service.catalog.list()]})
+
+    return [
+        Route("/api/v1/admin/backup", start, methods=["POST"]),
+        Route("/api/v1/admin/backup/{backup_id}", show, methods=["GET"]),
+        Route("/api/v1/admin/backups", listing, methods=["GET"]),
+    ]

@@ -1,0 +1,261 @@
+"""Backups run by the server: streamed to rusty-db-backup, or written by the server itself.
+
+Both kinds take the same snapshot (``snapshot.py``) and are recorded in the
+catalog. A backup the server writes runs as a task of the server's nursery;
+shutting the server down cancels it, and its partial file is removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import uuid
+
+import trio
+
+from rustydb_client import protocol as proto
+
+from .. import codecs as _codecs
+from ..engine.instance import EngineError
+from ..logsetup import get_logger
+from . import keys
+from .catalog import Catalog
+from .file import BackupFile, header_from_manifest
+from .snapshot import SCRATCH_DIR, BackupCancelled, Snapshot
+
+log = get_logger("rustydb.backup")
+
+SUPPORTED_TYPES = ("full",)
+KNOWN_TYPES = ("full", "incremental", "differential", "pitr-base")
+
+
+class BackupRequestError(Exception):
+    """A backup request that cannot be carried out; the message says why."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass
+class BackupRequest:
+    backup_type: str = "full"
+    databases: list[str] | None = None
+    codec: str = "none"
+    encrypt: bool = False
+    threads: int = 2
+
+
+def check_type(backup_type) -> str:
+    if backup_type not in KNOWN_TYPES:
+        raise BackupRequestError(
+            f"unknown backup_type {backup_type!r}; use one of {', '.join(KNOWN_TYPES)}")
+    if backup_type not in SUPPORTED_TYPES:
+        raise BackupRequestError(
+            f"{backup_type} backups are not available in this version; take a full backup")
+    return backup_type
+
+
+class BackupService:
+    def __init__(self, state):
+        self.state = state
+        self.engine = state.engine
+        data_dir = self.engine.datadir.path
+        self.catalog = Catalog(data_dir)
+        interrupted = self.catalog.mark_interrupted()
+        if interrupted:
+            log.warning("backups interrupted by the last shutdown marked failed",
+                        backups=interrupted)
+        self.scratch = os.path.join(data_dir, SCRATCH_DIR)
+        self._cancels: dict[str, threading.Event] = {}
+        self.limiter = trio.CapacityLimiter(2)
+
+    def backup_dir(self) -> str:
+        configured = self.state.settings["backup_dir"]
+        return configured or os.path.join(self.engine.datadir.path, "backups")
+
+    def cancel_all(self) -> None:
+        for event in self._cancels.values():
+            event.set()
+
+    # ------------------------------------------------------------- to a client
+    async def stream_to_client(self, conn, options: dict) -> None:
+        """Answer a ``backup`` message: header, data frames, end (or an error)."""
+        try:
+            backup_type = check_type(options.get("backup_type", "full"))
+            names = options.get("databases")
+            if names is not None and (not isinstance(names, list)
+                                      or not all(isinstance(n, str) for n in names)):
+                raise BackupRequestError("databases must be a list of names")
+        except BackupRequestError as e:
+            await conn.send(proto.error_message("invalid_backup_request", str(e)))
+            return
+        cancel = threading.Event()
+        try:
+            snap = await trio.to_thread.run_sync(
+                lambda: Snapshot(self.engine, names, backup_type=backup_type),
+                limiter=self.limiter)
+        except EngineError as e:
+            await conn.send(proto.error_message(e.code, str(e)))
+            return
+        self._cancels[snap.backup_id] = cancel
+        manifest = snap.manifest()
+        self.catalog.add(**_catalog_fields(manifest, snap, origin="client",
+                                           location=f"client {conn.peer[0]}"))
+        sent = 0
+        t0 = time.perf_counter()
+        try:
+            await conn.send(proto.backup_header_message(manifest=manifest))
+            for db in manifest["databases"]:
+                gen = snap.stream_database(db["name"], self.scratch, cancel)
+                try:
+                    chunk = await self._next(gen)
+                    empty = chunk is None
+                    while chunk is not None:
+                        following = await self._next(gen)
+                        await conn.send({"type": "backup_data", "entry": db["entry"],
+                                         "data": chunk, "last": following is None})
+                        sent += len(chunk)
+                        chunk = following
+                    if empty:
+                        await conn.send({"type": "backup_data", "entry": db["entry"],
+                                         "data": b"", "last": True})
+                finally:
+                    await trio.to_thread.run_sync(gen.close, limiter=self.limiter)
+            await conn.send(proto.backup_end_message(end_lsn=manifest["end_lsn"], bytes=sent))
+            self.catalog.complete(snap.backup_id, size_bytes=sent)
+            log.info("backup streamed", backup_id=snap.backup_id, bytes=sent,
+                     seconds=round(time.perf_counter() - t0, 3), peer=conn.peer)
+        except BackupCancelled:
+            self.catalog.fail(snap.backup_id, "the server shut down during the backup")
+            await conn.send(proto.error_message(
+                "shutdown", "the server is shutting down; the backup was cancelled"))
+        except BaseException as e:
+            reason = ("the client disconnected during the backup"
+                      if isinstance(e, (trio.BrokenResourceError, trio.ClosedResourceError,
+                                        trio.Cancelled)) else f"backup failed: {e}")
+            self.catalog.fail(snap.backup_id, reason)
+            log.warning("backup failed", backup_id=snap.backup_id, error=reason)
+            raise
+        finally:
+            self._cancels.pop(snap.backup_id, None)
+            await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
+
+    async def _next(self, gen):
+        return await trio.to_thread.run_sync(next, gen, None, limiter=self.limiter)
+
+    # --------------------------------------------------------- written by us
+    def start_backup(self, nursery: trio.Nursery, req: BackupRequest) -> dict:
+        """Record the backup and start it; return its catalog entry at once."""
+        check_type(req.backup_type)
+        key = None
+        if req.encrypt:
+            try:
+                key = keys.resolve_kek(None, setting_key_file=self.state.settings["backup_key_file"]
+                                       or None)
+            except (keys.NoKeyError, keys.KeyFileError) as e:
+                raise BackupRequestError(
+                    f"encryption was requested but the server has no usable backup key: {e}"
+                ) from None
+        for name in req.databases or ():
+            if name not in self.engine.databases:
+                raise BackupRequestError(f'database "{name}" does not exist', status=422)
+        backup_id = str(uuid.uuid4())
+        directory = self.backup_dir()
+        location = os.path.join(directory, f"{backup_id}.backup")
+        entry = self.catalog.add(
+            backup_id=backup_id, backup_type=req.backup_type, status="in_progress",
+            started_at=int(time.time()), location=location, origin="api",
+            compression=req.codec, encryption=req.encrypt, databases=req.databases,
+        )
+        cancel = threading.Event()
+        self._cancels[backup_id] = cancel
+        nursery.start_soon(self._run_job, req, backup_id, location, key, cancel)
+        return entry
+
+    async def _run_job(self, req, backup_id, location, key, cancel) -> None:
+        t0 = time.perf_counter()
+        try:
+            summary = await trio.to_thread.run_sync(
+                self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter)
+        except (BackupCancelled, trio.Cancelled):
+            self.catalog.fail(backup_id, "the server shut down during the backup")
+            raise
+        except Exception as e:
+            self.catalog.fail(backup_id, str(e))
+            log.error("backup failed", backup_id=backup_id, error=str(e))
+            return
+        finally:
+            self._cancels.pop(backup_id, None)
+        self.catalog.complete(backup_id, **summary)
+        log.info("backup completed", backup_id=backup_id, location=location,
+                 size_bytes=summary["size_bytes"], seconds=round(time.perf_counter() - t0, 3))
+
+    def _write_file(self, req, backup_id, location, key, cancel) -> dict:
+        os.makedirs(os.path.dirname(location), mode=0o700, exist_ok=True)
+        with Snapshot(self.engine, req.databases, backup_type=req.backup_type,
+                      backup_id=backup_id) as snap:
+            manifest = snap.manifest()
+            self.catalog.update(backup_id, **{k: v for k, v in _catalog_fields(
+                manifest, snap, origin="api", location=location).items()
+                if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms")})
+            with BackupFile(location, header_from_manifest(manifest), key=key,
+                            codec=req.codec, threads=req.threads) as bf:
+                for db in manifest["databases"]:
+                    bf.begin_entry(db["entry"])
+                    for chunk in snap.stream_database(db["name"], self.scratch, cancel):
+                        bf.write(chunk)
+                    bf.end_entry()
+                summary = bf.commit()
+        return {"size_bytes": summary.size_bytes}
+
+
+def _catalog_fields(manifest: dict, snap: Snapshot, *, origin: str, location: str) -> dict:
+    return {
+        "backup_id": manifest["backup_id"],
+        "backup_type": manifest["backup_type"],
+        "status": "in_progress",
+        "origin": origin,
+        "location": location,
+        "start_lsn": manifest["start_lsn"],
+        "end_lsn": manifest["end_lsn"],
+        "timeline": manifest["timeline"],
+        "databases": [d["name"] for d in manifest["databases"]],
+        "writers_paused_ms": round(snap.pause_seconds * 1000, 3),
+    }
+
+
+def parse_api_request(body, settings) -> BackupRequest:
+    """Validate the JSON body of POST /api/v1/admin/backup."""
+    if not isinstance(body, dict):
+        raise BackupRequestError("the request body must be a JSON object", status=400)
+    allowed = {"backup_type", "compression", "encryption", "databases", "threads"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BackupRequestError(
+            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    backup_type = body.get("backup_type", "full")
+    if not isinstance(backup_type, str):
+        raise BackupRequestError("backup_type must be a string")
+    check_type(backup_type)
+    compression = body.get("compression", False)
+    if isinstance(compression, bool):
+        codec = settings["backup_compression"] if compression else "none"
+    elif isinstance(compression, str) and compression in _codecs.CODECS:
+        codec = compression
+    else:
+        raise BackupRequestError(
+            "compression must be true, false or one of lz4, zstd, snappy, none")
+    encryption = body.get("encryption", False)
+    if not isinstance(encryption, bool):
+        raise BackupRequestError("encryption must be true or false")
+    databases = body.get("databases")
+    if databases is not None and (not isinstance(databases, list) or not databases
+                                  or not all(isinstance(d, str) for d in databases)):
+        raise BackupRequestError("databases must be a non-empty list of database names")
+    threads = body.get("threads", settings["backup_threads"])
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64:
+        raise BackupRequestError("threads must be an integer from 1 to 64")
+    return BackupRequest(backup_type, databases, codec, encryption, threads)

@@ -180,7 +180,10 @@ class BackupService:
         try:
             summary = await trio.to_thread.run_sync(
                 self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter)
-        except (BackupCancelled, trio.Cancelled):
+        except BackupCancelled:
+            self.catalog.fail(backup_id, "the server shut down during the backup")
+            return
+        except trio.Cancelled:
             self.catalog.fail(backup_id, "the server shut down during the backup")
             raise
         except Exception as e:

@@ -10,7 +10,10 @@ import trio
 
 from .. import __version__, auth, server
 from ..datadir import DataDirError
+from ..engine.database import ReplayError
 from ..engine.instance import EngineError
+from ..wal.record import WalRecordError
+from ..wal.segment import WalCorruptError
 from ..logsetup import configure_logging, get_logger
 from ..notify import Notifier
 from ..settings import SettingError, Settings
@@ -75,8 +78,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 0
     except Exception as e:  # WAL corruption and the like: say what, never a traceback
-        log.error("cannot start", error=str(e), kind=type(e).__name__)
-        print(f"rusty-db-server: cannot start: {e}", file=sys.stderr)
+        while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+            e = e.exceptions[0]
+        expected = isinstance(e, (WalCorruptError, ReplayError, WalRecordError))
+        (log.error if expected else log.exception)(
+            "server stopped on an error", error=str(e), kind=type(e).__name__)
+        print(f"rusty-db-server: {e}", file=sys.stderr)
         return 1
 
 

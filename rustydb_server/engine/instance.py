@@ -19,7 +19,7 @@ from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
 from ..wal import writer as wal_writer
-from . import database, replay
+from . import database, recovery, replay
 from .database import ReplayError
 from .replay import format_lsn
 from ..logsetup import get_logger
@@ -115,16 +115,8 @@ class Engine:
     def _recover(self) -> None:
         c = self.control
         t0 = time.perf_counter()
-        applied: dict[str, int] = {}
-        replayers: dict[str, replay.Replayer] = {}
-        for name in self.datadir.list_databases():
-            path = self.datadir.database_path(name)
-            conn = replay.open_replay_connection(path)
-            replayers[name] = replay.Replayer(conn, name)
-            applied[name] = database.read_state(conn)["applied_lsn"]
-        replayed = skipped = 0
-        max_txid = 0
-        last_time = c.last_commit_time_us
+        applier = recovery.RecordApplier(self.datadir)
+        applier.last_commit_time_us = c.last_commit_time_us
         end_lsn = c.redo_lsn
         try:
             for entry in wal_reader.read_wal(
@@ -135,46 +127,17 @@ class Engine:
                 system_id=c.system_id,
             ):
                 end_lsn = entry.end_lsn
-                rec = walrec.decode_record(entry.body)
-                if isinstance(rec, walrec.TxRecord):
-                    max_txid = max(max_txid, rec.txid)
-                    last_time = max(last_time, rec.commit_time_us)
-                    replayer = replayers.get(rec.database)
-                    if replayer is None:
-                        raise EngineError(
-                            f"WAL record at LSN {format_lsn(entry.lsn)} belongs to database "
-                            f"{rec.database!r}, whose file is missing from "
-                            f"{self.datadir.databases_dir}"
-                        )
-                    if entry.lsn > applied[rec.database]:
-                        replayer.apply(entry.lsn, rec)
-                        replayed += 1
-                    else:
-                        skipped += 1
-                elif isinstance(rec, walrec.DatabaseRecord):
-                    path = self.datadir.database_path(rec.database)
-                    if rec.action == "create" and rec.database not in replayers:
-                        database.create_database_file(path, entry.lsn)
-                        replayers[rec.database] = replay.Replayer(
-                            replay.open_replay_connection(path), rec.database)
-                        applied[rec.database] = entry.lsn
-                        replayed += 1
-                    elif rec.action == "drop" and rec.database in replayers:
-                        if applied[rec.database] < entry.lsn:
-                            replayers.pop(rec.database).close()
-                            applied.pop(rec.database)
-                            database.remove_database_files(path)
-                            replayed += 1
-                elif isinstance(rec, walrec.CheckpointRecord):
-                    max_txid = max(max_txid, rec.next_txid - 1)
-            for replayer in replayers.values():
-                replayer.flush()
-        finally:
-            for replayer in replayers.values():
-                try:
-                    replayer.close()
-                except Exception:  # already failing; the first error is the one to report
-                    pass
+                applier.apply(entry.lsn, walrec.decode_record(entry.body))
+            applier.finish()
+        except recovery.RecoveryError as e:
+            applier.close()
+            raise EngineError(str(e)) from e
+        except BaseException:
+            applier.close()
+            raise
+        replayed, skipped = applier.replayed, applier.skipped
+        max_txid, last_time = applier.max_txid, applier.last_commit_time_us
+        applied = applier.applied
         # The resume point can lie past the last record (after SWITCH WAL).
         end_lsn = max(end_lsn, wal_reader.find_wal_end(
             self.datadir.wal_dir, timeline=c.timeline, segment_size=c.segment_size,

@@ -101,7 +101,15 @@ def build_app(state) -> Starlette:
 
     from .backup import api as backup_api
 
-    routes = [Route("/api/v1/admin/health", health, methods=["GET"])]
+    async def archive(request: Request) -> JSONResponse:
+        if state.archiver is None:
+            return error(503, "the server is still starting", "starting")
+        return JSONResponse(state.archiver.report())
+
+    routes = [
+        Route("/api/v1/admin/health", health, methods=["GET"]),
+        Route("/api/v1/admin/archive", archive, methods=["GET"]),
+    ]
     routes.extend(backup_api.routes(state))
     app = Starlette(
         routes=routes,

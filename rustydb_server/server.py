@@ -15,6 +15,7 @@ import trio
 from . import __version__
 from . import datadir as _datadir
 from . import http_api, wire
+from .archive.archiver import Archiver
 from .backup.service import BackupService
 from .engine.instance import Engine, FatalWalError
 from .engine.replay import format_lsn
@@ -35,6 +36,7 @@ class ServerState:
         self.phase = "starting"  # starting | running | stopping
         self.started = time.monotonic()
         self.shutdown_requested = trio.Event()
+        self.on_settings_changed = None
         self.shutdown_mode = "graceful"
         self.exit_code = 0
         self.sessions: dict[int, wire.ClientConnection] = {}
@@ -42,6 +44,7 @@ class ServerState:
         self.db_limiter = trio.CapacityLimiter(settings["max_connections"] + 4)
         self.checkpoint_wanted = trio.Event()
         self.backup_service = None
+        self.archiver = None
         self.backup_handler = None
         self.root_nursery: trio.Nursery | None = None
         self.wire_address = None
@@ -76,6 +79,8 @@ class ServerState:
                 "bytes_since_checkpoint": engine.wal_bytes_since_checkpoint(),
             }
             report["databases"] = sorted(engine.databases)
+            if self.archiver is not None:
+                report["archive"] = self.archiver.report()
             report["recovery"] = engine.recovery_stats
             if engine.fatal_error:
                 report["error"] = engine.fatal_error
@@ -159,6 +164,8 @@ async def run(settings, config_path, notifier) -> int:
             state.root_nursery = root
             state.backup_service = BackupService(state)
             state.backup_handler = state.backup_service.stream_to_client
+            state.archiver = Archiver(state)
+            state.on_settings_changed = state.archiver.poke
             try:
                 await _serve(state, ddir, root)
             finally:
@@ -177,6 +184,7 @@ async def _serve(state: ServerState, ddir, root: trio.Nursery) -> None:
     wire_scope = await root.start(wire.serve_wire, state, listeners)
     root.start_soon(_watch_signals, state)
     root.start_soon(_checkpointer, state)
+    root.start_soon(state.archiver.run)
     root.start_soon(_watchdog, state)
     ddir.write_pid("server", port=settings["port"], http_port=settings["http_port"])
     state.phase = "running"

@@ -86,7 +86,7 @@ from rustydb_server.fileops import REAL, FileOps
 MAGIC = b"RDBBAK01"
 END_MAGIC = b"RDBEND01"
 FORMAT_VERSION = 1
-BACKUP_TYPES = ("full", "incremental", "differential", "pitr-base")
+BACKUP_TYPES = ("full", "incremental", "differential", "pitr-base", "wal-segment")
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 64 << 20
 MAX_HEADER_PART = 16 << 20
@@ -957,34 +957,42 @@ class BackupReader:
         except _ChunkDamage as exc:
             raise self._corrupt(str(exc), entry=info.name, chunk=chunk, offset=offset) from None
 
+    def _check_head(self, info: EntryInfo, chunk: int, pos: int) -> tuple[bytes, int, int, int, int]:
+        """Read and check the record head of ``chunk`` at ``pos``; returns
+        (head, flags, raw_len, stored_len, check). Raises naming entry and chunk."""
+        end = info.offset + info.stored_size
+        cs = self.header.chunk_size
+        max_stored = cs + (crypto.TAG_SIZE if self.header.encrypted else 0)
+
+        def bad(reason: str) -> BackupCorruptError:
+            return self._corrupt(reason, entry=info.name, chunk=chunk, offset=pos)
+
+        if pos + RECORD.size > end:
+            raise bad("entry ends before its last chunk (chunks dropped or truncated)")
+        head = self._read_at(pos, RECORD.size, f"chunk {chunk} of entry {info.name!r}")
+        magic, flags, reserved, e_idx, c_idx, raw_len, stored_len, check, head_crc = RECORD.unpack(head)
+        if crc32c.crc32c(head[:RECORD_CRC_SPAN]) != head_crc or magic != RECORD_MAGIC:
+            raise bad("chunk header missing or damaged (header checksum mismatch)")
+        if e_idx != info.index or c_idx != chunk:
+            raise bad(
+                f"found chunk {c_idx} of entry #{e_idx} where chunk {chunk} of entry #{info.index} "
+                "belongs (chunks reordered, duplicated or dropped)"
+            )
+        last = chunk == info.chunks - 1
+        if bool(flags & FLAG_LAST) != last or flags & ~KNOWN_FLAGS or reserved:
+            raise bad("chunk flags wrong: the last-chunk mark is missing or misplaced (truncated or spliced)")
+        if raw_len > cs or (not last and raw_len != cs) or stored_len > max_stored:
+            raise bad(f"chunk sizes impossible (raw {raw_len}, stored {stored_len}, chunk size {cs})")
+        if pos + RECORD.size + stored_len > end:
+            raise bad("chunk runs past the end of its entry (truncated or spliced)")
+        return head, flags, raw_len, stored_len, check
+
     def _chunk_jobs(self, info: EntryInfo, tap) -> Iterator[tuple]:
         """Read the entry's records in order, checking structure; yields decode jobs."""
         pos, end = info.offset, info.offset + info.stored_size
-        cs = self.header.chunk_size
-        max_stored = cs + (crypto.TAG_SIZE if self.header.encrypted else 0)
         name_bytes = info.name.encode("utf-8")
         for chunk in range(info.chunks):
-            def bad(reason: str, at: int = pos, chunk: int = chunk) -> BackupCorruptError:
-                return self._corrupt(reason, entry=info.name, chunk=chunk, offset=at)
-
-            if pos + RECORD.size > end:
-                raise bad("entry ends before its last chunk (chunks dropped or truncated)")
-            head = self._read_at(pos, RECORD.size, f"chunk {chunk} of entry {info.name!r}")
-            magic, flags, reserved, e_idx, c_idx, raw_len, stored_len, check, head_crc = RECORD.unpack(head)
-            if crc32c.crc32c(head[:RECORD_CRC_SPAN]) != head_crc or magic != RECORD_MAGIC:
-                raise bad("chunk header missing or damaged (header checksum mismatch)")
-            if e_idx != info.index or c_idx != chunk:
-                raise bad(
-                    f"found chunk {c_idx} of entry #{e_idx} where chunk {chunk} of entry #{info.index} "
-                    "belongs (chunks reordered, duplicated or dropped)"
-                )
-            last = chunk == info.chunks - 1
-            if bool(flags & FLAG_LAST) != last or flags & ~KNOWN_FLAGS or reserved:
-                raise bad("chunk flags wrong: the last-chunk mark is missing or misplaced (truncated or spliced)")
-            if raw_len > cs or (not last and raw_len != cs) or stored_len > max_stored:
-                raise bad(f"chunk sizes impossible (raw {raw_len}, stored {stored_len}, chunk size {cs})")
-            if pos + RECORD.size + stored_len > end:
-                raise bad("chunk runs past the end of its entry (truncated or spliced)")
+            head, flags, raw_len, stored_len, check = self._check_head(info, chunk, pos)
             stored = self._read_at(pos + RECORD.size, stored_len, f"chunk {chunk} of entry {info.name!r}")
             if tap is not None:
                 tap(head)
@@ -995,6 +1003,36 @@ class BackupReader:
             pos += RECORD.size + stored_len
         if pos != end:
             raise self._corrupt("extra bytes after the entry's last chunk", entry=info.name, offset=pos)
+
+    # random access (one chunk at a time, for reading a backup without restoring it)
+
+    def chunk_offsets(self, info: EntryInfo) -> list[int]:
+        """The file offset of every chunk record of ``info``, found by walking
+        the record heads only (each checked; no chunk data is read)."""
+        self._require_key()
+        offsets, pos = [], info.offset
+        for chunk in range(info.chunks):
+            stored_len = self._check_head(info, chunk, pos)[3]
+            offsets.append(pos)
+            pos += RECORD.size + stored_len
+        if pos != info.offset + info.stored_size:
+            raise self._corrupt("extra bytes after the entry's last chunk", entry=info.name, offset=pos)
+        return offsets
+
+    def read_chunk(self, info: EntryInfo, chunk_index: int, offset: int) -> bytes:
+        """Decode one chunk whose record starts at ``offset`` (from chunk_offsets):
+        head checked, then decrypted/decompressed and checked exactly as
+        read_entry does. The entry's whole sha256 is not checked (only a full
+        read can); with encryption each chunk is still authenticated, bound to
+        its entry, position and the last-chunk flag."""
+        self._require_key()
+        if not 0 <= chunk_index < info.chunks:
+            raise IndexError(f"entry {info.name!r} has {info.chunks} chunks, not chunk {chunk_index}")
+        _head, flags, raw_len, stored_len, check = self._check_head(info, chunk_index, offset)
+        stored = self._read_at(offset + RECORD.size, stored_len, f"chunk {chunk_index} of entry {info.name!r}")
+        args = (self._ctx, info.index, info.name.encode("utf-8"), chunk_index, info.first_seq + chunk_index,
+                flags, raw_len, check, stored)
+        return self._finish_job(info, (args, chunk_index, offset), None)
 
     # verification
 

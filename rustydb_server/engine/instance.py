@@ -90,6 +90,8 @@ class Engine:
         self.started_us = now_us()
         self.fatal_error: str | None = None
         self.on_fatal = None  # set by the server: stop everything
+        self._dirty_segno: int | None = None  # segment holding records since...
+        self._dirty_since: float | None = None  # ...this time.monotonic() (archive_timeout)
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -155,6 +157,7 @@ class Engine:
             fileops=self.fileops,
             on_segment_complete=self._segment_complete,
         )
+        self._mark_completed_segments_ready(end_lsn)
         elapsed = time.perf_counter() - t0
         self.recovery_stats = {
             "was_clean": c.state == "shutdown",
@@ -168,6 +171,17 @@ class Engine:
         c.state = "running"
         c.next_txid = self._next_txid
         self.datadir.write_control(c)
+
+    def _mark_completed_segments_ready(self, end_lsn: int) -> None:
+        """A crash between finishing a segment and marking it leaves no .ready; fix that."""
+        current = end_lsn // self.control.segment_size
+        status = self.datadir.join(_datadir.ARCHIVE_STATUS_DIR)
+        for timeline, segno, name in walseg.list_segments(self.datadir.wal_dir):
+            if timeline == self.control.timeline and segno >= current:
+                continue
+            marks = [os.path.join(status, name + s) for s in (".ready", ".done")]
+            if not any(os.path.exists(m) for m in marks):
+                self._segment_complete(name)
 
     def _segment_complete(self, name: str) -> None:
         path = os.path.join(self.datadir.join(_datadir.ARCHIVE_STATUS_DIR), name + ".ready")
@@ -237,7 +251,15 @@ class Engine:
             self.wal.flush(end)
         except (wal_writer.WalFsyncError, OSError) as e:
             self._fatal(str(e))
+        segno = (end - 1) // self.control.segment_size
+        if segno != self._dirty_segno:
+            self._dirty_segno, self._dirty_since = segno, time.monotonic()
         return lsn, end
+
+    def segment_dirty_since(self) -> float | None:
+        """When the current WAL segment got its first record (None: it has none)."""
+        current = self.wal.end_lsn // self.control.segment_size
+        return self._dirty_since if self._dirty_segno == current else None
 
     def _fatal(self, reason: str):
         self.fatal_error = reason
@@ -389,6 +411,7 @@ class Engine:
             lsn = self.wal.switch_segment()
         except wal_writer.WalFsyncError as e:
             self._fatal(str(e))
+        self._dirty_segno = self._dirty_since = None
         log.info("WAL switched", lsn=format_lsn(lsn))
         return lsn
 

@@ -78,14 +78,8 @@ class _Bars:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    bars = _Bars()
     try:
-        key = _key_for(args.input, args.key_file)
-        result = restore_full(
-            args.input, args.data_dir, key=key, threads=args.threads,
-            verify_encryption=args.verify_encryption, integrity_check=args.integrity_check,
-            force=args.force, progress=bars,
-        )
+        result = _restore(args)
     except (RestoreError, DataDirError) as exc:
         return _failed(args, str(exc))
     except BackupError as exc:
@@ -98,10 +92,21 @@ def main(argv: list[str] | None = None) -> int:
                        + (f" ({exc.filename})" if exc.filename else ""))
     except KeyboardInterrupt:
         return _failed(args, "interrupted; nothing was restored")
-    finally:
-        bars.finish()
     _print_summary(args, result)
     return 0
+
+
+def _restore(args: argparse.Namespace) -> RestoreResult:
+    bars = _Bars()
+    try:
+        key = _key_for(args.input, args.key_file)
+        return restore_full(
+            args.input, args.data_dir, key=key, threads=args.threads,
+            verify_encryption=args.verify_encryption, integrity_check=args.integrity_check,
+            force=args.force, progress=bars,
+        )
+    finally:
+        bars.finish()  # end the bar's line before any message is printed
 
 
 def _key_for(path: str, key_file: str | None):

@@ -1,0 +1,141 @@
+"""An archived WAL segment: the segment's bytes in a one-entry backup container.
+
+Reusing the backup container gives archived WAL the same compression,
+AES-256-GCM encryption, key handling and tamper detection as backups, and a
+header (system id, timeline, LSN range) that restore checks before trusting a
+file it finds in an archive directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import uuid
+
+from .. import __version__
+from .. import fileops as _fileops
+from ..backup.container import BackupHeader, BackupReader
+from ..backup.file import BackupFile
+from ..wal import segment as walseg
+
+ARCHIVE_SUFFIX = ".walz"
+HISTORY_SUFFIX = ".history"
+_ARCHIVED = re.compile(r"^([0-9A-F]{24})\.walz$")
+_HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
+
+
+class ArchiveError(Exception):
+    pass
+
+
+def archive_name(segment_name: str) -> str:
+    return segment_name + ARCHIVE_SUFFIX
+
+
+def pack_segment(src_path: str, dest_path: str, *, system_id: int, segment_size: int,
+                 codec: str, key=None, fileops: _fileops.FileOps = _fileops.REAL) -> int:
+    """Write ``src_path`` (a complete WAL segment) as an archive file; return its size."""
+    name = os.path.basename(src_path)
+    timeline, segno = walseg.parse_segment_name(name)
+    with open(src_path, "rb") as f:
+        data = f.read()
+    if len(data) != segment_size:
+        raise ArchiveError(f"WAL segment {src_path} has {len(data)} bytes, expected "
+                           f"{segment_size}")
+    header = BackupHeader(
+        backup_id=str(uuid.uuid4()),
+        backup_type="wal-segment",
+        created_us=time.time_ns() // 1000,
+        server_version=__version__,
+        system_id=str(system_id),
+        start_lsn=segno * segment_size,
+        end_lsn=(segno + 1) * segment_size,
+        timeline=timeline,
+        extra={"segment": name, "sha256": hashlib.sha256(data).hexdigest()},
+    )
+    with BackupFile(dest_path, header, key=key, codec=codec, fileops=fileops) as bf:
+        bf.begin_entry(f"wal/{name}")
+        bf.write(data)
+        bf.end_entry()
+        return bf.commit().size_bytes
+
+
+def archived_digest(path: str) -> str | None:
+    """The sha256 of the segment inside an archive file, from its header (no key needed)."""
+    with open(path, "rb") as f:
+        header = BackupReader(f).header
+    return header.extra.get("sha256") if isinstance(header.extra, dict) else None
+
+
+def unpack_segment(path: str, *, system_id: int | None = None, key=None) -> tuple[str, bytes]:
+    """Read an archive file back: (segment name, bytes), every check applied."""
+    with open(path, "rb") as f:
+        reader = BackupReader(f, key=key)
+        h = reader.header
+        if h.backup_type != "wal-segment":
+            raise ArchiveError(f"{path} is a {h.backup_type} backup, not an archived WAL segment")
+        if system_id is not None and h.system_id != str(system_id):
+            raise ArchiveError(
+                f"{path} belongs to another database system (system id {h.system_id}, "
+                f"expected {system_id}); is --archive-dir the right directory?")
+        name = h.extra.get("segment")
+        data = b"".join(reader.read_entry(f"wal/{name}"))
+    if hashlib.sha256(data).hexdigest() != h.extra.get("sha256"):
+        raise ArchiveError(f"{path}: segment digest does not match its header")
+    return name, data
+
+
+def list_archive(archive_dir: str) -> dict[int, dict[int, str]]:
+    """{timeline: {segno: path}} of the archived segments in ``archive_dir``."""
+    out: dict[int, dict[int, str]] = {}
+    try:
+        names = os.listdir(archive_dir)
+    except FileNotFoundError:
+        raise ArchiveError(f"archive directory {archive_dir} does not exist") from None
+    for n in names:
+        m = _ARCHIVED.match(n)
+        if m:
+            tl, segno = walseg.parse_segment_name(m.group(1))
+            out.setdefault(tl, {})[segno] = os.path.join(archive_dir, n)
+    return out
+
+
+def list_history_timelines(archive_dir: str) -> list[int]:
+    return sorted(int(m.group(1), 16) for n in os.listdir(archive_dir)
+                  if (m := _HISTORY.match(n)))
+
+
+def history_name(timeline: int) -> str:
+    return f"{timeline:08X}{HISTORY_SUFFIX}"
+
+
+def format_history(entries: list[tuple[int, int, str]]) -> str:
+    """A timeline history file: one line per ancestor: parent, switch LSN, reason."""
+    return "".join(f"{tl}\t{lsn:X}\t{reason}\n" for tl, lsn, reason in entries)
+
+
+def parse_history(text: str, path: str = "history") -> list[tuple[int, int, str]]:
+    entries = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t", 2)
+        try:
+            entries.append((int(parts[0]), int(parts[1], 16), parts[2] if len(parts) > 2 else ""))
+        except (ValueError, IndexError):
+            raise ArchiveError(f"{path} line {i} is not 'timeline<TAB>lsn<TAB>reason'") from None
+    return entries
+
+
+def read_history(directory: str, timeline: int) -> list[tuple[int, int, str]]:
+    """Ancestors of ``timeline`` (oldest first); empty for timeline 1."""
+    if timeline == 1:
+        return []
+    path = os.path.join(directory, history_name(timeline))
+    try:
+        with open(path) as f:
+            return parse_history(f.read(), path)
+    except FileNotFoundError:
+        raise ArchiveError(f"history file {path} for timeline {timeline} is missing") from None

@@ -27,7 +27,7 @@ from .snapshot import SCRATCH_DIR, BackupCancelled, Snapshot
 
 log = get_logger("rustydb.backup")
 
-SUPPORTED_TYPES = ("full",)
+SUPPORTED_TYPES = ("full", "pitr-base")
 KNOWN_TYPES = ("full", "incremental", "differential", "pitr-base")
 
 
@@ -48,13 +48,17 @@ class BackupRequest:
     threads: int = 2
 
 
-def check_type(backup_type) -> str:
+def check_type(backup_type, settings=None) -> str:
     if backup_type not in KNOWN_TYPES:
         raise BackupRequestError(
             f"unknown backup_type {backup_type!r}; use one of {', '.join(KNOWN_TYPES)}")
     if backup_type not in SUPPORTED_TYPES:
         raise BackupRequestError(
             f"{backup_type} backups are not available in this version; take a full backup")
+    if backup_type == "pitr-base" and settings is not None and not settings["archive_mode"]:
+        raise BackupRequestError(
+            "a pitr-base backup needs WAL archiving: run ALTER SYSTEM SET archive_mode = on; "
+            "and ALTER SYSTEM SET archive_dest = '/path'; first")
     return backup_type
 
 
@@ -84,7 +88,7 @@ class BackupService:
     async def stream_to_client(self, conn, options: dict) -> None:
         """Answer a ``backup`` message: header, data frames, end (or an error)."""
         try:
-            backup_type = check_type(options.get("backup_type", "full"))
+            backup_type = check_type(options.get("backup_type", "full"), self.state.settings)
             names = options.get("databases")
             if names is not None and (not isinstance(names, list)
                                       or not all(isinstance(n, str) for n in names)):
@@ -102,6 +106,8 @@ class BackupService:
             return
         self._cancels[snap.backup_id] = cancel
         manifest = snap.manifest()
+        if backup_type == "pitr-base":
+            await self._switch_for_base()
         self.catalog.add(**_catalog_fields(manifest, snap, origin="client",
                                            location=f"client {conn.peer[0]}"))
         sent = 0
@@ -143,13 +149,19 @@ class BackupService:
             self._cancels.pop(snap.backup_id, None)
             await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
 
+    async def _switch_for_base(self) -> None:
+        """Close the segment holding the base's start, so the archive gets it at once."""
+        await trio.to_thread.run_sync(self.engine.switch_wal, limiter=self.limiter)
+        if self.state.archiver is not None:
+            self.state.archiver.poke()
+
     async def _next(self, gen):
         return await trio.to_thread.run_sync(next, gen, None, limiter=self.limiter)
 
     # --------------------------------------------------------- written by us
     def start_backup(self, nursery: trio.Nursery, req: BackupRequest) -> dict:
         """Record the backup and start it; return its catalog entry at once."""
-        check_type(req.backup_type)
+        check_type(req.backup_type, self.state.settings)
         key = None
         if req.encrypt:
             try:
@@ -201,6 +213,8 @@ class BackupService:
         with Snapshot(self.engine, req.databases, backup_type=req.backup_type,
                       backup_id=backup_id) as snap:
             manifest = snap.manifest()
+            if req.backup_type == "pitr-base":
+                self.engine.switch_wal()
             self.catalog.update(backup_id, **{k: v for k, v in _catalog_fields(
                 manifest, snap, origin="api", location=location).items()
                 if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms")})
@@ -242,7 +256,7 @@ def parse_api_request(body, settings) -> BackupRequest:
     backup_type = body.get("backup_type", "full")
     if not isinstance(backup_type, str):
         raise BackupRequestError("backup_type must be a string")
-    check_type(backup_type)
+    check_type(backup_type, settings)
     compression = body.get("compression", False)
     if isinstance(compression, bool):
         codec = settings["backup_compression"] if compression else "none"

@@ -466,8 +466,8 @@ def show_info(args: argparse.Namespace) -> int:
     print(f"Tables: {info['tables']}")
     print(f"Compression: {info['compression']}")
     if info["encrypted"]:
-        print(f"Key: {'key file' if info['key_type'] == 'keyfile' else 'passphrase'} "
-              f"({info['key_type']})")
+        kdf = info["key_type"]
+        print("Key: key file" if kdf == "keyfile" else f"Key: passphrase ({kdf})")
     print(f"LSN range: {format_lsn(header.start_lsn)} - {format_lsn(header.end_lsn)}")
     print(f"Timeline: {header.timeline}")
     if header.parent_id:

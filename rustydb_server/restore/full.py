@@ -22,6 +22,7 @@ ever left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -203,18 +204,26 @@ def _open_reader(f, input_path: str, key: KeySource | None) -> BackupReader:
 
 class _TargetLock:
     """The target's flock for the whole restore: a server cannot start on it
-    meanwhile and a running one is refused. If the restore fails, a directory
-    we created only to hold the lock is removed again."""
+    meanwhile and a running one is refused. If the restore fails, the target is
+    left as it was: a directory created only to hold the lock is removed, and a
+    pid file the lock created or rewrote is removed or put back."""
 
     def __init__(self, target: str):
         self.target = target
         self.ddir = dd.DataDir(target)
         self.created = not os.path.exists(target)
+        self.pid_path = os.path.join(target, dd.PID_FILE)
+        self.old_pid: bytes | None = None
         self.installed = False
 
     def __enter__(self) -> _TargetLock:
         if self.ddir.is_locked_by_other():
             raise RestoreError(_locked_message(self.target, ""))
+        try:
+            with open(self.pid_path, "rb") as f:
+                self.old_pid = f.read()
+        except FileNotFoundError:
+            pass
         try:
             self.ddir.lock("restore")
         except dd.DataDirLocked as exc:
@@ -222,6 +231,18 @@ class _TargetLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        if not self.installed:
+            # Still holding the lock, so no server can be using this pid file.
+            if self.old_pid is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.pid_path)
+            elif os.path.isdir(self.target):
+                # A new inode under the old name: unlock() truncates the one we
+                # locked, which is then no longer in the directory.
+                tmp = self.pid_path + ".restore-tmp"
+                with open(tmp, "wb") as f:
+                    f.write(self.old_pid)
+                os.rename(tmp, self.pid_path)
         self.ddir.unlock()
         if self.created and not self.installed:
             _remove_lock_only_dir(self.target)

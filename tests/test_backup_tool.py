@@ -13,8 +13,8 @@ import re
 import stat
 
 import pytest
-
 from helpers import free_port, run_tool
+
 from rustydb_client.client import ConnectionFailed
 from rustydb_server import datadir as dd
 from rustydb_server.backup.container import RECORD, BackupReader
@@ -162,7 +162,7 @@ def test_info_on_an_uncompressed_encrypted_backup_needs_no_key(source, tmp_path)
     write_backup(source, out, key=KeyFileSource.from_file(key_path))
     proc = run_tool("rusty-db-backup", "--info", out, env=NO_KEYS, check=True)
     assert "Encryption: AES-256" in proc.stdout.splitlines()
-    assert re.search(r"^Size: .* \(uncompressed\)$", proc.stdout, re.M)
+    assert re.search(r"^Size: .* \(uncompressed\)$", proc.stdout, re.MULTILINE)
 
 
 # ---------------------------------------------------------------- --verify
@@ -191,7 +191,8 @@ def test_verify_names_entry_and_chunk_of_a_flipped_byte(plain_backup, tmp_path):
 
 
 def test_verify_refuses_a_truncated_file(plain_backup, tmp_path):
-    data = open(plain_backup[0], "rb").read()
+    with open(plain_backup[0], "rb") as f:
+        data = f.read()
     path = str(tmp_path / "cut.backup")
     with open(path, "wb") as f:
         f.write(data[: len(data) - 100])
@@ -213,11 +214,13 @@ def test_key_file_is_0600_and_never_overwritten(tmp_path):
     key_path = str(tmp_path / "backup.key")
     run_tool("rusty-db-backup", "--create-key-file", key_path, check=True)
     assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
-    before = open(key_path).read()
+    with open(key_path) as f:
+        before = f.read()
     proc = run_tool("rusty-db-backup", "--create-key-file", key_path)
     assert_clean_error(proc)
     assert "already exists" in proc.stderr
-    assert open(key_path).read() == before
+    with open(key_path) as f:
+        assert f.read() == before
 
 
 def test_encrypted_backup_with_a_key_file(source, tmp_path):
@@ -463,5 +466,5 @@ def test_guide_full_backup_with_all_options_against_a_server(server, tmp_path):
     assert not os.path.exists(tmp_path / "n.backup.partial")
 
 
-__all__ = ["write_backup", "open_engine", "fill_source", "flip_byte_in_chunk", "CUSTOMERS",
-           "NO_KEYS", "run_sql"]
+__all__ = ["CUSTOMERS", "NO_KEYS", "fill_source", "flip_byte_in_chunk", "open_engine", "run_sql",
+           "write_backup"]

@@ -7,13 +7,10 @@ import glob
 import json
 import os
 import stat
+import subprocess
 
 import pytest
-
-from helpers import ServerProcess, run_tool
-from rustydb_server import datadir as dd
-from rustydb_server.backup.keys import KeyFileSource
-from rustydb_server.restore.full import RestoreError, restore_full
+from helpers import ServerProcess, run_tool, tool
 from test_backup_tool import (
     CUSTOMERS,
     NO_KEYS,
@@ -23,6 +20,11 @@ from test_backup_tool import (
     run_sql,
     write_backup,
 )
+
+from rustydb_server import datadir as dd
+from rustydb_server.backup.container import BackupCorruptError
+from rustydb_server.backup.keys import KeyFileSource
+from rustydb_server.restore.full import RestoreError, restore_full
 
 CONTENT_SQL = {
     "rustydb": "SELECT count(*), sum(id), group_concat(name, ','), sum(balance) FROM customers",
@@ -186,9 +188,12 @@ def test_a_damaged_backup_never_touches_the_old_contents(backup, tmp_path):
     target = tmp_path / "old"
     target.mkdir()
     (target / "keep.txt").write_text("old contents")
+    (target / dd.PID_FILE).write_text("4242\nserver\n")  # left by a server that stopped
     proc = restore("--input", bad, "--data-dir", str(target), "--force")
     assert_failed_cleanly(proc)
-    assert sorted(os.listdir(target)) == ["keep.txt"]
+    assert sorted(os.listdir(target)) == ["keep.txt", dd.PID_FILE]
+    assert (target / "keep.txt").read_text() == "old contents"
+    assert (target / dd.PID_FILE).read_text() == "4242\nserver\n"
     assert not leftovers(str(target))
 
 
@@ -204,14 +209,15 @@ def test_verify_encryption_writes_nothing_before_the_damage_is_found(backup, tmp
     def progress(phase, done, total):
         seen.append(phase)
 
-    with pytest.raises(Exception):
+    with pytest.raises(BackupCorruptError):
         restore_full(bad, target, verify_encryption=True, progress=progress)
     assert "restore" not in seen  # not a byte of database data was written
     assert not os.path.exists(target) and not leftovers(target)
 
 
 def test_a_truncated_backup_is_refused(backup, tmp_path):
-    data = open(backup, "rb").read()
+    with open(backup, "rb") as f:
+        data = f.read()
     cut = tmp_path / "cut.backup"
     cut.write_bytes(data[: len(data) // 2])
     target = str(tmp_path / "data")
@@ -296,12 +302,9 @@ def test_guide_monthly_test_restore(backup, tmp_path):
     on its own port answers health and counts rows."""
     test_dir = str(tmp_path / "restore-test")
     log = tmp_path / "backup-test.log"
-    with open(log, "w") as f:
-        import subprocess
-
+    with open(log, "w") as f:  # ">> $LOG_FILE 2>&1"
         rc = subprocess.call(
-            [os.path.join(os.path.dirname(os.sys.executable), "rusty-db-restore"),
-             "--input", backup, "--data-dir", test_dir, "--verify-encryption",
+            [tool("rusty-db-restore"), "--input", backup, "--data-dir", test_dir, "--verify-encryption",
              "--integrity-check"], stdout=f, stderr=subprocess.STDOUT,
             env={**os.environ, **NO_KEYS})
     assert rc == 0, log.read_text()

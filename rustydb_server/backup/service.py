@@ -23,12 +23,13 @@ from ..logsetup import get_logger
 from . import keys
 from .catalog import Catalog
 from .file import BackupFile, header_from_manifest
+from .incremental import IncrementalSource, IncrementalUnavailable
 from .snapshot import SCRATCH_DIR, BackupCancelled, Snapshot
 
 log = get_logger("rustydb.backup")
 
-SUPPORTED_TYPES = ("full", "pitr-base")
 KNOWN_TYPES = ("full", "incremental", "differential", "pitr-base")
+SUPPORTED_TYPES = KNOWN_TYPES
 
 
 class BackupRequestError(Exception):
@@ -80,6 +81,29 @@ class BackupService:
         configured = self.state.settings["backup_dir"]
         return configured or os.path.join(self.engine.datadir.path, "backups")
 
+    def parent_for(self, backup_type: str, base_backup: dict | None) -> dict:
+        """The backup an incremental or differential starts from."""
+        c = self.engine.control
+        if base_backup is not None:
+            return base_backup
+        parent = c.last_full_backup if backup_type == "differential" else c.last_backup
+        if parent is None:
+            raise BackupRequestError(
+                f"a {backup_type} backup needs an earlier full backup of this server; take a "
+                "full backup first")
+        return parent
+
+    def open_source(self, backup_type: str, names, base_backup=None, backup_id=None):
+        """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
+        if backup_type in ("incremental", "differential"):
+            parent = self.parent_for(backup_type, base_backup)
+            try:
+                return IncrementalSource(self.engine, parent, backup_type, names,
+                                         os.path.join(self.scratch, "wal"), backup_id)
+            except IncrementalUnavailable as e:
+                raise BackupRequestError(str(e)) from None
+        return Snapshot(self.engine, names, backup_type=backup_type, backup_id=backup_id)
+
     def cancel_all(self) -> None:
         for event in self._cancels.values():
             event.set()
@@ -97,12 +121,16 @@ class BackupService:
             await conn.send(proto.error_message("invalid_backup_request", str(e)))
             return
         cancel = threading.Event()
+        base_backup = options.get("base_backup")
         try:
             snap = await trio.to_thread.run_sync(
-                lambda: Snapshot(self.engine, names, backup_type=backup_type),
+                lambda: self.open_source(backup_type, names, base_backup),
                 limiter=self.limiter)
         except EngineError as e:
             await conn.send(proto.error_message(e.code, str(e)))
+            return
+        except BackupRequestError as e:
+            await conn.send(proto.error_message("invalid_backup_request", str(e)))
             return
         self._cancels[snap.backup_id] = cancel
         manifest = snap.manifest()
@@ -114,24 +142,24 @@ class BackupService:
         t0 = time.perf_counter()
         try:
             await conn.send(proto.backup_header_message(manifest=manifest))
-            for db in manifest["databases"]:
-                gen = snap.stream_database(db["name"], self.scratch, cancel)
+            for entry, gen in snap.entries(self.scratch, cancel):
                 try:
                     chunk = await self._next(gen)
                     empty = chunk is None
                     while chunk is not None:
                         following = await self._next(gen)
-                        await conn.send({"type": "backup_data", "entry": db["entry"],
+                        await conn.send({"type": "backup_data", "entry": entry,
                                          "data": chunk, "last": following is None})
                         sent += len(chunk)
                         chunk = following
                     if empty:
-                        await conn.send({"type": "backup_data", "entry": db["entry"],
+                        await conn.send({"type": "backup_data", "entry": entry,
                                          "data": b"", "last": True})
                 finally:
                     await trio.to_thread.run_sync(gen.close, limiter=self.limiter)
             await conn.send(proto.backup_end_message(end_lsn=manifest["end_lsn"], bytes=sent))
             self.catalog.complete(snap.backup_id, size_bytes=sent)
+            self.engine.record_backup(manifest)
             log.info("backup streamed", backup_id=snap.backup_id, bytes=sent,
                      seconds=round(time.perf_counter() - t0, 3), peer=conn.peer)
         except BackupCancelled:
@@ -210,8 +238,7 @@ class BackupService:
 
     def _write_file(self, req, backup_id, location, key, cancel) -> dict:
         os.makedirs(os.path.dirname(location), mode=0o700, exist_ok=True)
-        with Snapshot(self.engine, req.databases, backup_type=req.backup_type,
-                      backup_id=backup_id) as snap:
+        with self.open_source(req.backup_type, req.databases, backup_id=backup_id) as snap:
             manifest = snap.manifest()
             if req.backup_type == "pitr-base":
                 self.engine.switch_wal()
@@ -220,13 +247,17 @@ class BackupService:
                 if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms")})
             with BackupFile(location, header_from_manifest(manifest), key=key,
                             codec=req.codec, threads=req.threads) as bf:
-                for db in manifest["databases"]:
-                    bf.begin_entry(db["entry"])
-                    for chunk in snap.stream_database(db["name"], self.scratch, cancel):
+                for entry, chunks in snap.entries(self.scratch, cancel):
+                    bf.begin_entry(entry)
+                    for chunk in chunks:
+                        if cancel.is_set():
+                            raise BackupCancelled("backup cancelled")
                         bf.write(chunk)
                     bf.end_entry()
                 summary = bf.commit()
-        return {"size_bytes": summary.size_bytes}
+            self.engine.record_backup(manifest)
+        return {"size_bytes": summary.size_bytes, "parent_id": manifest.get("parent_id"),
+                "base_full_id": manifest.get("base_full_id")}
 
 
 def _catalog_fields(manifest: dict, snap: Snapshot, *, origin: str, location: str) -> dict:
@@ -241,6 +272,8 @@ def _catalog_fields(manifest: dict, snap: Snapshot, *, origin: str, location: st
         "timeline": manifest["timeline"],
         "databases": [d["name"] for d in manifest["databases"]],
         "writers_paused_ms": round(snap.pause_seconds * 1000, 3),
+        "parent_id": manifest.get("parent_id"),
+        "base_full_id": manifest.get("base_full_id"),
     }
 
 

@@ -139,6 +139,11 @@ class Snapshot:
                 except FileNotFoundError:
                     pass
 
+    def entries(self, scratch_dir: str, cancel: threading.Event | None = None):
+        """(entry name, chunk iterator) for every database, in manifest order."""
+        for db in self.databases:
+            yield db["entry"], self.stream_database(db["name"], scratch_dir, cancel)
+
     def close(self) -> None:
         for conn in self.conns.values():
             try:

@@ -399,6 +399,31 @@ class Engine:
         finally:
             conn.close()
 
+    def record_backup(self, manifest: dict) -> None:
+        """Remember the latest backups: incrementals start from them, and the WAL
+        they need is kept until the next backup."""
+        info = {
+            "backup_id": manifest["backup_id"],
+            "type": manifest["backup_type"],
+            "end_lsn": manifest["end_lsn"],
+            "timeline": manifest["timeline"],
+            "system_id": manifest["system_id"],
+            "base_full_id": manifest.get("base_full_id") or (
+                manifest["backup_id"] if manifest["backup_type"] in ("full", "pitr-base")
+                else None),
+        }
+        with self._checkpoint_lock:
+            self.control.last_backup = info
+            if manifest["backup_type"] in ("full", "pitr-base"):
+                self.control.last_full_backup = info
+            self.datadir.write_control(self.control)
+
+    def _backup_keep_lsn(self) -> int | None:
+        """The oldest LSN a future incremental or differential still needs."""
+        marks = [b["end_lsn"] for b in (self.control.last_backup, self.control.last_full_backup)
+                 if b and b.get("timeline") == self.control.timeline]
+        return min(marks) if marks else None
+
     # ------------------------------------------------------- admin records
     def create_restore_point(self, name: str) -> int:
         lsn, _ = self._log_durably(walrec.RestorePointRecord(name, now_us()))
@@ -470,13 +495,18 @@ class Engine:
         keep_bytes = self.settings["wal_keep_size"]
         limit = redo - keep_bytes
         archive_on = self.settings["archive_mode"]
+        backup_keep = self._backup_keep_lsn()
         removed = 0
         for timeline, segno, name in walseg.list_segments(self.datadir.wal_dir):
             seg_end = (segno + 1) * c.segment_size
             if seg_end > limit:
                 continue
-            if archive_on and not self._segment_archived(name):
+            archived = self._segment_archived(name)
+            if archive_on and not archived:
                 continue  # never remove WAL that the archive has not got
+            if backup_keep is not None and seg_end > backup_keep and not (
+                    archive_on and archived):
+                continue  # the next incremental reads it (from here or the archive)
             try:
                 self.fileops.unlink(os.path.join(self.datadir.wal_dir, name))
                 removed += 1

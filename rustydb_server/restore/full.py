@@ -28,6 +28,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Self
 
 import apsw
 
@@ -36,7 +37,6 @@ from .. import fileops as _fileops
 from ..backup.container import BackupError, BackupHeader, BackupReader
 from ..backup.file import manifest_of
 from ..backup.keys import ENV_KEY_FILE, ENV_PASSPHRASE, KeySource, NoKeyError, resolve_kek
-from ..crypto import CryptoError
 from ..engine import database as engine_db
 from .install import install_data_dir
 
@@ -155,11 +155,7 @@ def restore_full(
     target = os.path.abspath(data_dir)
     if os.path.exists(target) and not os.path.isdir(target):
         raise RestoreError(f"{target} exists and is not a directory; choose another --data-dir")
-    try:
-        f = open(input_path, "rb")
-    except OSError as exc:
-        raise RestoreError(f"cannot open backup {input_path}: {exc.strerror or exc}") from None
-    with f:
+    with _open_input(input_path) as f:
         reader = _open_reader(f, input_path, key)
         manifest = check_manifest(reader)
         with _TargetLock(target) as lock:
@@ -192,6 +188,16 @@ def restore_full(
     )
 
 
+@contextlib.contextmanager
+def _open_input(path: str):
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; only open() errors are translated
+    except OSError as exc:
+        raise RestoreError(f"cannot open backup {path}: {exc.strerror or exc}") from None
+    with f:
+        yield f
+
+
 def _open_reader(f, input_path: str, key: KeySource | None) -> BackupReader:
     try:
         reader = BackupReader(f, key=key)
@@ -216,7 +222,7 @@ class _TargetLock:
         self.old_pid: bytes | None = None
         self.installed = False
 
-    def __enter__(self) -> _TargetLock:
+    def __enter__(self) -> Self:
         if self.ddir.is_locked_by_other():
             raise RestoreError(_locked_message(self.target, ""))
         try:
@@ -383,5 +389,4 @@ def _swap_into_place(staging: str, target: str, lock: _TargetLock,
     return old is not None
 
 
-__all__ = ["RestoreError", "RestoreResult", "check_manifest", "resolve_read_key", "restore_full",
-           "CryptoError"]
+__all__ = ["RestoreError", "RestoreResult", "check_manifest", "resolve_read_key", "restore_full"]

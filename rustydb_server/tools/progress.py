@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TextIO
+from typing import Self, TextIO
 
 MIB = 1024 * 1024
 BAR_WIDTH = 30
@@ -94,7 +94,7 @@ class Progress:
         self.stream.flush()
         self._shown = True
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -215,6 +215,25 @@ def test_verify_encryption_writes_nothing_before_the_damage_is_found(backup, tmp
     assert not os.path.exists(target) and not leftovers(target)
 
 
+def test_a_failure_after_install_swaps_nothing_in(backup, tmp_path):
+    """The hook point-in-time recovery uses runs on the staging directory; if it
+    fails, the target stays as it was."""
+    target = tmp_path / "old"
+    target.mkdir()
+    (target / "keep.txt").write_text("old contents")
+    seen = {}
+
+    def replay_fails(staging, manifest):
+        seen["ready"] = dd.DataDir(staging).is_initialized()
+        raise RuntimeError("archived segment missing")
+
+    with pytest.raises(RuntimeError):
+        restore_full(backup, str(target), force=True, post_install=replay_fails)
+    assert seen == {"ready": True}
+    assert sorted(os.listdir(target)) == ["keep.txt"]
+    assert not leftovers(str(target))
+
+
 def test_a_truncated_backup_is_refused(backup, tmp_path):
     with open(backup, "rb") as f:
         data = f.read()

@@ -107,6 +107,10 @@ class Engine:
         else:
             ddir.check_version()
             control = ddir.read_control()
+            if control.state not in ("running", "shutdown", "restored"):
+                raise EngineError(
+                    f"{ddir.path} is not usable: a restore into it did not finish (state "
+                    f"{control.state!r}); restore it again from the backups")
             ddir.create_layout()
         engine = cls(ddir, control, settings, fileops)
         engine._recover()

@@ -63,31 +63,40 @@ def _token_end(sql: str, i: int) -> int:
 
 
 def name_span(sql: str) -> tuple[int, int]:
-    """(start, end) of the created object's name in a CREATE statement."""
+    """(start, end) of the created object's (possibly schema-qualified) name:
+    CREATE [UNIQUE|VIRTUAL|TEMP|TEMPORARY] TABLE|INDEX|TRIGGER|VIEW [IF NOT EXISTS] [schema.]name"""
+
+    def word_at(i: int) -> tuple[str, int]:
+        if i >= len(sql) or not (sql[i].isalnum() or sql[i] in '_$"[`\'' or ord(sql[i]) > 127):
+            return "", i  # not a name or keyword here
+        end = _token_end(sql, i)
+        return sql[i:end].upper(), end
+
     i = _skip_space(sql, 0)
-    words = 0
-    while True:
-        end = _token_end(sql, i)
-        word = sql[i:end].upper()
-        words += 1
-        if words == 1 and word != "CREATE":
-            raise ValueError(f"not a CREATE statement: {sql[:80]!r}")
-        if words > 1 and word not in ("UNIQUE", "VIRTUAL", "TEMP", "TEMPORARY",
-                                      "TABLE", "INDEX", "TRIGGER", "VIEW"):
-            break
+    word, end = word_at(i)
+    if word != "CREATE":
+        raise ValueError(f"not a CREATE statement: {sql[:80]!r}")
+    i = _skip_space(sql, end)
+    word, end = word_at(i)
+    if word in ("UNIQUE", "VIRTUAL", "TEMP", "TEMPORARY"):
         i = _skip_space(sql, end)
-    if word == "IF":  # IF NOT EXISTS, should the stored text ever keep it
-        for _ in range(2):
-            i = _skip_space(sql, _token_end(sql, i))
-        i = _skip_space(sql, _token_end(sql, i)) if False else i
-        end = _token_end(sql, i)
-        if sql[i:end].upper() == "EXISTS":
-            i = _skip_space(sql, end)
-            end = _token_end(sql, i)
+        word, end = word_at(i)
+    if word not in ("TABLE", "INDEX", "TRIGGER", "VIEW"):
+        raise ValueError(f"not a CREATE TABLE/INDEX/TRIGGER/VIEW statement: {sql[:80]!r}")
+    i = _skip_space(sql, end)
+    word, end = word_at(i)
+    if word == "IF":
+        j = _skip_space(sql, end)
+        if word_at(j)[0] == "NOT":
+            j = _skip_space(sql, word_at(j)[1])
+            if word_at(j)[0] == "EXISTS":
+                i = _skip_space(sql, word_at(j)[1])
+                end = _token_end(sql, i)
     after = _skip_space(sql, end)
-    if after < len(sql) and sql[after] == ".":  # schema.name: the name is the second part
-        i = _skip_space(sql, after + 1)
-        end = _token_end(sql, i)
+    if after < len(sql) and sql[after] == ".":  # schema.name: the span covers both parts
+        end = _token_end(sql, _skip_space(sql, after + 1))
+    if end == i:
+        raise ValueError(f"no object name in {sql[:80]!r}")
     return i, end
 
 

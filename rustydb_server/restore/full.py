@@ -149,8 +149,12 @@ def restore_full(
     integrity_check: bool = False,
     force: bool = False,
     progress: ProgressFn | None = None,
+    post_install: Callable[[str, dict], None] | None = None,
     fileops: _fileops.FileOps = _fileops.REAL,
 ) -> RestoreResult:
+    """Restore ``input_path`` into ``data_dir``. ``post_install(staging, manifest)``
+    runs on the installed staging directory before the swap (point-in-time
+    recovery replays archived WAL there); if it raises, nothing is swapped in."""
     started = time.monotonic()
     target = os.path.abspath(data_dir)
     if os.path.exists(target) and not os.path.isdir(target):
@@ -166,6 +170,8 @@ def restore_full(
             try:
                 written = _write_databases(reader, manifest, staging, threads, progress, fileops)
                 install_data_dir(staging, manifest, fileops=fileops)
+                if post_install is not None:
+                    post_install(staging, manifest)
                 checks = _check_integrity(staging, manifest) if integrity_check else []
                 replaced = _swap_into_place(staging, target, lock, fileops)
             except BaseException:

@@ -1,0 +1,183 @@
+"""Applying an incremental or differential backup onto a restored data directory.
+
+The data directory must hold exactly the backup this one was taken from (its
+control file names the last backup applied): an incremental goes on top of
+its parent, a differential on top of its full backup. Anything else (out of
+order, twice, onto the wrong base, or onto a directory a server has already
+run on) is refused, naming the expected and the found backup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import apsw
+
+from .. import datadir as dd
+from ..backup.container import BackupReader
+from ..backup.file import manifest_of
+from ..backup.incremental import decode_steps
+from ..engine import database, replay
+from ..engine.replay import format_lsn
+from ..wal import segment as walseg
+
+
+class IncrementalRestoreError(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class IncrementalResult:
+    backup_id: str
+    backup_type: str
+    parent_id: str
+    databases: list[str]
+    steps: int
+    seconds: float
+
+
+def expected_parent(control: dd.Control, manifest: dict) -> str | None:
+    last = control.last_backup or {}
+    if manifest["backup_type"] == "differential":
+        full = control.last_full_backup or {}
+        # a differential goes straight onto its full backup, nothing in between
+        return full.get("backup_id") if last.get("backup_id") == full.get("backup_id") else None
+    return last.get("backup_id")
+
+
+def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> None:
+    bid, btype = manifest["backup_id"], manifest["backup_type"]
+    if btype not in ("incremental", "differential"):
+        raise IncrementalRestoreError(
+            f"backup {bid} is a {btype} backup; --incremental applies incremental and "
+            "differential backups (restore a full backup without --incremental)")
+    if str(control.system_id) != str(manifest["system_id"]):
+        raise IncrementalRestoreError(
+            f"backup {bid} belongs to another database system than {ddir.path}")
+    last = control.last_backup or {}
+    if last.get("backup_id") == bid:
+        raise IncrementalRestoreError(f"backup {bid} is already applied to {ddir.path}")
+    if control.state != "restored" or control.redo_lsn != walseg.normalize_lsn(
+            last.get("end_lsn", -1), control.segment_size):
+        raise IncrementalRestoreError(
+            f"{ddir.path} has changed since it was restored (a server ran on it); apply "
+            "incrementals to a freshly restored directory, before starting the server")
+    want = manifest["parent_id"] if btype == "incremental" else manifest["base_full_id"]
+    have = expected_parent(control, manifest)
+    if btype == "differential" and have is None:
+        raise IncrementalRestoreError(
+            f"differential backup {bid} applies to its full backup {want}, but "
+            f"{ddir.path} already has backup {last.get('backup_id')} on top of "
+            f"{(control.last_full_backup or {}).get('backup_id')}; restore the full "
+            "backup again and apply only the differential")
+    if have != want:
+        raise IncrementalRestoreError(
+            f"backup {bid} ({btype}) must be applied on top of backup {want}, but "
+            f"{ddir.path} holds backup {have}"
+            + ("; apply the incrementals in order" if btype == "incremental" else ""))
+
+
+def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
+                      progress=None) -> IncrementalResult:
+    t0 = time.perf_counter()
+    ddir = dd.DataDir(data_dir)
+    if ddir.is_locked_by_other():
+        raise IncrementalRestoreError(f"{data_dir} is in use by a running server; stop it")
+    ddir.lock("restore")
+    try:
+        control = ddir.read_control()
+        manifest = manifest_of(reader.header)
+        check_applicable(ddir, control, manifest)
+        reader.verify(threads=threads)  # no damaged byte may reach the databases
+        # Until every database has it, the directory must not be started on.
+        control.state = "applying-incremental"
+        ddir.write_control(control)
+        steps = 0
+        for db in manifest["databases"]:
+            name = dd.validate_database_name(db["name"])
+            if db["entry"] != f"incremental/{name}.steps":
+                raise IncrementalRestoreError(f"unexpected entry {db['entry']!r} in the backup")
+            chunks = reader.read_entry(db["entry"], threads=threads)
+            steps += _apply_database(ddir, name, decode_steps(chunks), manifest["end_lsn"])
+            if progress is not None:
+                progress(name)
+        _advance_control(ddir, control, manifest)
+    finally:
+        ddir.unlock()
+    return IncrementalResult(manifest["backup_id"], manifest["backup_type"],
+                             manifest["parent_id"], [d["name"] for d in manifest["databases"]],
+                             steps, time.perf_counter() - t0)
+
+
+def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int) -> int:
+    path = ddir.database_path(name)
+    conn = None
+    count = 0
+    try:
+        for kind, payload in steps:
+            count += 1
+            if kind == "create":
+                if conn is None and os.path.exists(path):
+                    database.remove_database_files(path)
+                database.create_database_file(path, 0)
+                continue
+            if kind == "drop":
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                database.remove_database_files(path)
+                continue
+            if conn is None:
+                if not os.path.exists(path):
+                    raise IncrementalRestoreError(
+                        f"database {name!r} is missing from {ddir.path}; the base does not "
+                        "match this backup")
+                conn = replay.open_replay_connection(path)
+                conn.execute("BEGIN IMMEDIATE")
+            if (kind, payload) == replay.VACUUM_STEPS[0]:
+                conn.execute("COMMIT")
+                conn.execute("VACUUM")
+                conn.execute("BEGIN IMMEDIATE")
+                continue
+            try:
+                replay.apply_steps(conn, [(kind, payload)])
+            except (apsw.Error, replay.ReplayError) as e:
+                raise IncrementalRestoreError(
+                    f"cannot apply the backup to database {name!r}: {e}; the data directory "
+                    "does not hold the state this backup was taken from") from e
+        if conn is None and os.path.exists(path):
+            conn = replay.open_replay_connection(path)
+            conn.execute("BEGIN IMMEDIATE")
+        if conn is not None:
+            database.write_state(conn, end_lsn, None, None)
+            conn.execute("COMMIT")
+    except BaseException:
+        if conn is not None and not conn.getautocommit():
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        if conn is not None:
+            conn.close()
+    return count
+
+
+def _advance_control(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> None:
+    end = walseg.normalize_lsn(manifest["end_lsn"], control.segment_size)
+    control.redo_lsn = end
+    control.checkpoint_lsn = end
+    control.state = "restored"
+    control.next_txid = max(control.next_txid, manifest["next_txid"])
+    control.last_commit_time_us = max(control.last_commit_time_us,
+                                      manifest["last_commit_time_us"])
+    control.last_backup = {
+        "backup_id": manifest["backup_id"], "type": manifest["backup_type"],
+        "end_lsn": manifest["end_lsn"], "timeline": manifest["timeline"],
+        "system_id": manifest["system_id"], "base_full_id": manifest["base_full_id"],
+    }
+    ddir.write_control(control)
+
+
+def describe_lsn(lsn: int) -> str:
+    return format_lsn(lsn)

@@ -1,0 +1,139 @@
+"""Tables as an SQL script that ``rusty-db-cli < FILE`` imports.
+
+Layout: a comment header, ``BEGIN;``, then per table its guard (DROP TABLE
+IF EXISTS with --replace), CREATE TABLE, the rows as multi-row INSERTs, its
+indexes and triggers (after the rows: building an index once is cheaper than
+maintaining it per row); views last; ``COMMIT;``. One transaction makes the
+import all or nothing: the cli stops at the first error and the server rolls
+the open transaction back.
+
+Values are written so SQLite reads back exactly what was stored:
+
+- INTEGER: decimal; every int64 including -9223372036854775808 (SQLite
+  parses that literal as an integer).
+- REAL: Python's repr, the shortest text that reads back as the same double,
+  always with "." or "e" so it stays REAL; +-infinity as +-9e999. SQLite
+  stores no NaN (it becomes NULL), so none is ever read.
+- TEXT: '...' with quotes doubled; text holding NUL, a carriage return (the
+  cli reads its input with universal newlines) or other control characters,
+  or bytes that are not UTF-8, as CAST(X'..' AS TEXT), which is exact.
+- BLOB: X'..'.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TextIO
+
+from .schema import add_if_not_exists, rename_table
+from .source import ExportSource, InvalidText, SchemaObject, quote_ident
+
+GUARDS = ("plain", "if-not-exists", "replace")
+DEFAULT_BATCH_ROWS = 500
+# A statement stays well under the wire protocol's 16 MiB frame, whatever the rows.
+BATCH_CHARS = 1 << 20
+_NEEDS_HEX = {chr(c) for c in range(32) if chr(c) not in "\n\t"} | {"\x7f", "\x85", "\u2028", "\u2029"}
+
+
+def sql_literal(value) -> str:
+    """``value`` (as read from SQLite) as an SQL literal that reads back identical."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):  # never from SQLite; refuse to guess
+        raise TypeError("bool is not an SQLite value")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "9e999" if value > 0 else "-9e999"
+        if math.isnan(value):
+            return "NULL"  # what SQLite itself makes of NaN
+        return repr(value)  # "1.0", "1e+16", "5e-324": never read as an integer
+    if isinstance(value, str):
+        if _NEEDS_HEX.isdisjoint(value):
+            return "'" + value.replace("'", "''") + "'"
+        return f"CAST(X'{value.encode('utf-8').hex()}' AS TEXT)"
+    if isinstance(value, InvalidText):
+        return f"CAST(X'{value.data.hex()}' AS TEXT)"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"X'{bytes(value).hex()}'"
+    raise TypeError(f"not an SQLite value: {type(value).__name__}")
+
+
+@dataclass
+class TableCount:
+    name: str
+    rows: int = 0
+
+
+def _guarded(obj: SchemaObject, guard: str) -> str:
+    if guard == "if-not-exists":
+        return add_if_not_exists(obj.sql)
+    return obj.sql
+
+
+def write_table(out: TextIO, source: ExportSource, table: str, *, guard: str = "plain",
+                rename_to: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS) -> TableCount:
+    """The table's schema and rows (not BEGIN/COMMIT); returns the row count."""
+    objects = source.objects_of(table)
+    if rename_to is not None:
+        objects = rename_table(source.schema(), table, rename_to)
+    target = objects[0].name
+    if guard == "replace":
+        out.write(f"DROP TABLE IF EXISTS {quote_ident(target)};\n")
+    out.write(_guarded(objects[0], guard) + ";\n")
+    count = TableCount(target)
+    shape = source.shape(table)
+    if shape.insert_columns:
+        head = f"INSERT INTO {quote_ident(target)}({', '.join(map(quote_ident, shape.insert_columns))}) VALUES\n"
+        count.rows = _write_rows(out, head, source.rows(shape), batch_rows)
+    for obj in objects[1:]:
+        out.write(_guarded(obj, guard) + ";\n")
+    return count
+
+
+def _write_rows(out: TextIO, head: str, rows: Iterable[tuple], batch_rows: int) -> int:
+    """Multi-row INSERTs of at most ``batch_rows`` rows and about BATCH_CHARS characters."""
+    total = in_batch = chars = 0
+    for row in rows:
+        text = "(" + ",".join(map(sql_literal, row)) + ")"
+        if in_batch and (in_batch >= batch_rows or chars + len(text) > BATCH_CHARS):
+            out.write(";\n")
+            in_batch = chars = 0
+        out.write((head if not in_batch else ",\n") + text)
+        in_batch += 1
+        chars += len(text)
+        total += 1
+    if in_batch:
+        out.write(";\n")
+    return total
+
+
+def write_dump(out: TextIO, source: ExportSource, tables: list[str], *, guard: str = "plain",
+               rename_to: str | None = None, views: bool = False,
+               batch_rows: int = DEFAULT_BATCH_ROWS) -> list[TableCount]:
+    """The whole script for ``tables`` (and the database's views when ``views``)."""
+    if guard not in GUARDS:
+        raise ValueError(f"guard must be one of {GUARDS}")
+    if rename_to is not None and len(tables) != 1:
+        raise ValueError("rename_to needs exactly one table")
+    out.write(f"-- RustyDB export of database {source.database!r}: {len(tables)} table(s)\n")
+    out.write("-- Import with: rusty-db-cli < FILE   (one transaction: all or nothing)\n")
+    out.write("BEGIN;\n")
+    counts = [write_table(out, source, t, guard=guard, rename_to=rename_to, batch_rows=batch_rows)
+              for t in tables]
+    if views:
+        schema = source.schema()
+        view_names = {o.name for o in schema if o.type == "view"}
+        for obj in schema:
+            if obj.type == "view":
+                if guard == "replace":
+                    out.write(f"DROP VIEW IF EXISTS {quote_ident(obj.name)};\n")
+                out.write(_guarded(obj, guard) + ";\n")
+        for obj in schema:  # INSTEAD OF triggers, after every view they may name
+            if obj.type == "trigger" and obj.table in view_names:
+                out.write(_guarded(obj, guard) + ";\n")
+    out.write("COMMIT;\n")
+    return counts

@@ -122,6 +122,12 @@ class BackupService:
             return
         cancel = threading.Event()
         base_backup = options.get("base_backup")
+        if base_backup is not None and not (
+                isinstance(base_backup, dict) and isinstance(base_backup.get("backup_id"), str)
+                and isinstance(base_backup.get("end_lsn"), int)):
+            await conn.send(proto.error_message(
+                "invalid_backup_request", "base_backup must name a backup id and its end LSN"))
+            return
         try:
             snap = await trio.to_thread.run_sync(
                 lambda: self.open_source(backup_type, names, base_backup),

@@ -191,7 +191,17 @@ class StreamResult:
 def backup_options(args: argparse.Namespace) -> dict:
     options: dict = {"backup_type": args.type, "databases": args.database or None}
     if args.base_backup:
-        options["base_backup_id"] = read_file_header(args.base_backup).backup_id
+        h = read_file_header(args.base_backup)
+        # What the server needs to start the incremental at this backup's end.
+        options["base_backup"] = {
+            "backup_id": h.backup_id,
+            "type": h.backup_type,
+            "end_lsn": h.end_lsn,
+            "timeline": h.timeline,
+            "system_id": int(h.system_id) if h.system_id.isdigit() else h.system_id,
+            "base_full_id": h.base_full_id or (
+                h.backup_id if h.backup_type in ("full", "pitr-base") else None),
+        }
     return options
 
 

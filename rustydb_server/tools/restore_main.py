@@ -1,7 +1,15 @@
-"""rusty-db-restore: turn a full backup file into a data directory a server starts on.
+"""rusty-db-restore: turn backups into a data directory a server starts on.
 
     rusty-db-restore --input FILE --data-dir D [--threads N] [--verify-encryption]
                      [--integrity-check] [--force] [--key-file F] [--json]
+    rusty-db-restore --input INCR --data-dir D --incremental
+    rusty-db-restore --input LAST --data-dir D --chain-dir DIR
+    rusty-db-restore --input BASE --archive-dir A --data-dir D
+                     --recovery-target-time T | --recovery-target-txid N |
+                     --recovery-target-name NAME | --recovery-target-lsn L |
+                     --recovery-target immediate
+                     [--recovery-target-inclusive true|false]
+                     [--recovery-target-timeline latest|current|N]
 
 The work is done by ``rustydb_server.restore.full``; this module parses
 arguments, finds the key, shows progress and prints the outcome.
@@ -17,7 +25,12 @@ import sys
 from ..backup.container import BackupError, BackupReader
 from ..crypto import CryptoError
 from ..datadir import DataDirError
+from ..archive.segment_file import ArchiveError
+from ..engine.replay import parse_lsn
+from ..restore import pitr
+from ..restore.chain import find_chain
 from ..restore.full import RestoreError, RestoreResult, resolve_read_key, restore_full
+from ..restore.incremental import IncrementalRestoreError, apply_incremental
 from .progress import Progress, fail, human_size, mb_per_second, print_json
 
 PROG = "rusty-db-restore"
@@ -45,6 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "its old contents are removed only once the restore succeeded")
     p.add_argument("--key-file", help="key file of an encrypted backup")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    p.add_argument("--incremental", action="store_true",
+                   help="apply an incremental or differential backup to a data directory "
+                        "restored from its chain (not started since)")
+    p.add_argument("--chain-dir", metavar="DIR",
+                   help="find the whole chain of --input (full, then incrementals) among the "
+                        "backup files in DIR and apply it in order")
+    pitr = p.add_argument_group("point-in-time recovery")
+    pitr.add_argument("--archive-dir", metavar="DIR",
+                      help="archived WAL (archive_dest) to replay on top of the base backup")
+    pitr.add_argument("--recovery-target-time", metavar="TIME",
+                      help="'YYYY-MM-DD HH:MM:SS[.ffffff]' local time, or ISO 8601 with a zone")
+    pitr.add_argument("--recovery-target-txid", type=int, metavar="N")
+    pitr.add_argument("--recovery-target-name", metavar="NAME",
+                      help="a name given to CREATE RESTORE POINT")
+    pitr.add_argument("--recovery-target-lsn", metavar="LSN", help="e.g. 0/1A2B3C4D")
+    pitr.add_argument("--recovery-target", choices=["immediate"],
+                      help="immediate: stop as soon as the base backup is consistent")
+    pitr.add_argument("--recovery-target-inclusive", choices=["true", "false"], default="true",
+                      help="stop just after (true, default) or just before the target")
+    pitr.add_argument("--recovery-target-timeline", default="latest", metavar="TL",
+                      help="latest (default), current, or a timeline number")
     return p
 
 
@@ -76,11 +110,50 @@ class _Bars:
             self.bar.finish()
 
 
+def _target(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    given = [(k, v) for k, v in (
+        ("time", args.recovery_target_time), ("txid", args.recovery_target_txid),
+        ("name", args.recovery_target_name), ("lsn", args.recovery_target_lsn),
+        ("immediate", args.recovery_target)) if v is not None]
+    if len(given) > 1:
+        parser.error("give at most one --recovery-target-* option")
+    if given and not args.archive_dir and given[0][0] != "immediate":
+        parser.error("a recovery target needs --archive-dir (the archived WAL to replay)")
+    if args.archive_dir and not given:
+        parser.error("--archive-dir needs a recovery target (for example "
+                     "--recovery-target-time, or --recovery-target immediate)")
+    if not given:
+        return None
+    kind, value = given[0]
+    inclusive = args.recovery_target_inclusive == "true"
+    if kind == "time":
+        value = pitr.parse_time(value)
+    elif kind == "lsn":
+        try:
+            value = parse_lsn(value)
+        except ValueError:
+            parser.error(f"--recovery-target-lsn {value!r} is not an LSN like 0/1A2B3C4D")
+    return pitr.Target(kind, value, inclusive)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.incremental and (args.archive_dir or args.chain_dir):
+        parser.error("--incremental applies one file; it cannot be combined with "
+                     "--archive-dir or --chain-dir")
     try:
-        result = _restore(args)
-    except (RestoreError, DataDirError) as exc:
+        target = _target(args, parser)
+    except pitr.PitrError as exc:
+        return _failed(args, str(exc))
+    try:
+        if args.incremental:
+            return _apply_incremental(args)
+        if args.chain_dir:
+            return _restore_chain(args)
+        result, report = _restore(args, target)
+    except (RestoreError, DataDirError, pitr.PitrError, IncrementalRestoreError,
+            ArchiveError) as exc:
         return _failed(args, str(exc))
     except BackupError as exc:
         return _failed(args, f"{args.input} is damaged: {exc}. Nothing was restored; use "
@@ -92,21 +165,79 @@ def main(argv: list[str] | None = None) -> int:
                        + (f" ({exc.filename})" if exc.filename else ""))
     except KeyboardInterrupt:
         return _failed(args, "interrupted; nothing was restored")
-    _print_summary(args, result)
+    _print_summary(args, result, report)
     return 0
 
 
-def _restore(args: argparse.Namespace) -> RestoreResult:
+def _restore(args: argparse.Namespace, target=None):
     bars = _Bars()
+    reports = []
+    key = _key_for(args.input, args.key_file)
+
+    def recover(staging: str, manifest: dict) -> None:
+        if target.kind == "immediate" and not args.archive_dir:
+            return
+        reports.append(pitr.recover(staging, manifest, args.archive_dir, target,
+                                    timeline_choice=args.recovery_target_timeline,
+                                    key=key or _archive_key(args)))
+
     try:
-        key = _key_for(args.input, args.key_file)
-        return restore_full(
+        result = restore_full(
             args.input, args.data_dir, key=key, threads=args.threads,
             verify_encryption=args.verify_encryption, integrity_check=args.integrity_check,
             force=args.force, progress=bars,
+            post_install=recover if target is not None else None,
         )
     finally:
         bars.finish()  # end the bar's line before any message is printed
+    return result, (reports[0] if reports else None)
+
+
+def _archive_key(args: argparse.Namespace):
+    """Archived WAL may be encrypted even when the base is not: same key sources."""
+    from ..backup import keys
+
+    try:
+        return keys.resolve_kek(args.key_file)
+    except keys.NoKeyError:
+        return None
+
+
+def _apply_incremental(args: argparse.Namespace) -> int:
+    key = _key_for(args.input, args.key_file)
+    with open(args.input, "rb") as f:
+        reader = BackupReader(f, key=key)
+        r = apply_incremental(reader, args.data_dir, threads=args.threads)
+    summary = {"ok": True, "backup_id": r.backup_id, "type": r.backup_type,
+               "parent_id": r.parent_id, "data_dir": args.data_dir, "databases": r.databases,
+               "steps": r.steps, "seconds": round(r.seconds, 3)}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"Applied {r.backup_type} backup {r.backup_id} (on top of {r.parent_id}) to "
+              f"{args.data_dir}: {r.steps} steps in {r.seconds:.1f} s")
+    return 0
+
+
+def _restore_chain(args: argparse.Namespace) -> int:
+    chain = find_chain(args.input, args.chain_dir)
+    full, rest = chain[0], chain[1:]
+    args_full = argparse.Namespace(**{**vars(args), "input": full, "json": False})
+    result, _ = _restore(args_full)
+    for path in rest:
+        key = _key_for(path, args.key_file)
+        with open(path, "rb") as f:
+            apply_incremental(BackupReader(f, key=key), args.data_dir, threads=args.threads)
+    summary = {"ok": True, "data_dir": args.data_dir, "chain": chain,
+               "backup_id": result.backup_id}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"Restored the chain of {len(chain)} backups into {args.data_dir}:")
+        for p in chain:
+            print(f"  {p}")
+        print(f"Start the server with: rusty-db-server --data-dir {args.data_dir}")
+    return 0
 
 
 def _key_for(path: str, key_file: str | None):
@@ -125,10 +256,11 @@ def _failed(args: argparse.Namespace, message: str) -> int:
     return fail(PROG, f"restore of {args.input} into {args.data_dir} failed: {message}")
 
 
-def _print_summary(args: argparse.Namespace, r: RestoreResult) -> None:
+def _print_summary(args: argparse.Namespace, r: RestoreResult, report=None) -> None:
     rate = mb_per_second(r.bytes_written, r.seconds)
+    extra = report.as_dict() if report is not None else {}
     if args.json:
-        print_json({
+        print_json({**extra, **{
             "ok": True,
             "backup_id": r.backup_id,
             "type": r.backup_type,
@@ -143,7 +275,7 @@ def _print_summary(args: argparse.Namespace, r: RestoreResult) -> None:
             "verified_encryption": r.verified_encryption,
             "integrity_checked": r.integrity_checked,
             "replaced_old": r.replaced_old,
-        })
+        }})
         return
     print(f"Restored backup {r.backup_id} ({r.backup_type}) into {r.data_dir}")
     print(f"Databases: {', '.join(r.databases)} ({r.tables} tables)")
@@ -153,6 +285,14 @@ def _print_summary(args: argparse.Namespace, r: RestoreResult) -> None:
               + ("" if r.encrypted else " (backup not encrypted: checksums only)"))
     for line in r.checks:
         print(f"✓ {line}")
+    if report is not None:
+        d = report.as_dict()
+        print(f"Recovered to {d['recovery_target']}: {d['records_replayed']} WAL records "
+              f"({d['changed_rows']} row changes) in {d['seconds']} s")
+        print(f"Last replayed transaction: txid {d['last_replayed_txid']} committed at "
+              f"{d['last_replayed_commit_time']}")
+        print(f"The server will continue on new timeline {d['timeline']} "
+              f"(from {d['previous_timeline']} at LSN {d['end_lsn']})")
     print(f"Start the server with: rusty-db-server --data-dir {r.data_dir}")
 
 

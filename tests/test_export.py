@@ -1,0 +1,362 @@
+"""rusty-db-export: exact round trips of every SQLite value through the SQL dump,
+schema guards and renames, CSV/JSON Lines, and the errors users meet."""
+
+import itertools
+import json
+import math
+import os
+import struct
+
+import apsw
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import run_tool
+from rustydb_client.sqlsplit import split_statements
+from rustydb_server.datadir import DataDir
+from rustydb_server.engine.database import STATE_TABLE, create_database_file, open_connection
+from rustydb_server.export import ExportError, ExportSource, export_tables
+from rustydb_server.export.schema import add_if_not_exists, name_span, set_name
+from rustydb_server.export.sqldump import sql_literal
+from rustydb_server.tools.export_main import main as export_main
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def make_datadir(path, databases=("rustydb",)):
+    """A data directory as restore leaves it: databases/<name>.sqlite, WAL mode, state table."""
+    os.makedirs(os.path.join(path, "databases"), exist_ok=True)
+    for name in databases:
+        create_database_file(DataDir(path).database_path(name), 0)
+    return str(path)
+
+
+def db(datadir, name="rustydb"):
+    return open_connection(DataDir(datadir).database_path(name))
+
+
+def run_script(conn, text):
+    """Import a dump the way rusty-db-cli does: statement by statement."""
+    for stmt in split_statements(text):
+        conn.execute(stmt.sql)
+
+
+def canonical(conn, table, order="rowid"):
+    """Every value with its storage class; floats by their bits (so -0.0 != 0.0),
+    text and blobs by their bytes."""
+    cols = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
+    picks = ", ".join(f'typeof("{c}"), CASE WHEN typeof("{c}") IN (\'text\', \'blob\') THEN hex("{c}") '
+                      f'ELSE "{c}" END' for c in cols)
+    out = []
+    for row in conn.execute(f'SELECT {picks} FROM "{table}" ORDER BY {order}'):
+        out.append(tuple(struct.pack(">d", v).hex() if isinstance(v, float) else v for v in row))
+    return out
+
+
+_counter = itertools.count()
+
+
+def export_text(datadir, tmp_path, **kw):
+    out = str(tmp_path / f"dump{next(_counter)}.{kw.get('fmt', 'sql')}")
+    result = export_tables(datadir, out, **kw)
+    with open(out, encoding="utf-8", newline="") as f:
+        return f.read(), result
+
+
+# -- values --------------------------------------------------------------------
+
+floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    [-0.0, 0.0, 1e308, -1e308, 5e-324, 2.2250738585072014e-308, 1.0, 1e16, 0.1, 1 / 3])
+values = st.one_of(
+    st.none(),
+    st.integers(*INT64) | st.sampled_from(INT64),
+    floats,
+    st.text(),  # quotes, newlines, CR, NUL, any unicode
+    st.sampled_from(["", "'", "''", "a'b", "\r\n", "\x00", "x\x00y", "--", "/*", ";", "\u2028"]),
+    st.binary(),
+)
+
+
+@pytest.fixture(scope="module")
+def value_dir(tmp_path_factory):
+    return make_datadir(tmp_path_factory.mktemp("values") / "data")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(values, values, floats, st.binary()), max_size=12))
+def test_every_value_round_trips_exactly(value_dir, tmp_path, rows):
+    conn = db(value_dir)
+    conn.execute("DROP TABLE IF EXISTS v; CREATE TABLE v(id INTEGER PRIMARY KEY, a, b ANY, r REAL, t TEXT)")
+    with conn:
+        for i, (a, b, r, raw) in enumerate(rows):
+            # t holds text whose bytes need not be UTF-8
+            conn.execute("INSERT INTO v VALUES (?, ?, ?, ?, CAST(? AS TEXT))", (i, a, b, r, raw))
+    expected = canonical(conn, "v")
+    conn.close()
+    text, result = export_text(value_dir, tmp_path, tables=["v"])
+    assert result.tables[0].rows == len(rows)
+    target = apsw.Connection(":memory:")
+    run_script(target, text)
+    assert canonical(target, "v") == expected
+
+
+@pytest.mark.parametrize("value, literal", [
+    (None, "NULL"), (-(2**63), "-9223372036854775808"), (1.0, "1.0"), (1e16, "1e+16"),
+    (-0.0, "-0.0"), (math.inf, "9e999"), (-math.inf, "-9e999"), ("it's", "'it''s'"),
+    ("a\rb", "CAST(X'610d62' AS TEXT)"), (b"\x00\xff", "X'00ff'"),
+])
+def test_sql_literals(value, literal):
+    assert sql_literal(value) == literal
+    got = apsw.Connection(":memory:").execute(f"SELECT {literal}").fetchall()[0][0]
+    if isinstance(value, float):
+        assert struct.pack(">d", got) == struct.pack(">d", value)
+    else:
+        assert got == value and type(got) is type(value)
+
+
+# -- a realistic table -----------------------------------------------------------
+
+SCHEMA = '''
+CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT UNIQUE, balance REAL);
+CREATE INDEX customers_name ON customers(name);
+CREATE TABLE audit(customer INTEGER, what TEXT);
+CREATE TRIGGER customers_audit AFTER UPDATE ON customers BEGIN
+  INSERT INTO audit VALUES (new.id, 'update of ' || (SELECT count(*) FROM customers));
+END;
+CREATE TABLE "odd ""name"""(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+CREATE TABLE plain(a, b, total AS (a + b));
+CREATE VIEW rich AS SELECT * FROM customers WHERE balance > 100;
+'''
+
+
+@pytest.fixture
+def shop(tmp_path):
+    datadir = make_datadir(tmp_path / "data", ("rustydb", "sales"))
+    conn = db(datadir)
+    conn.execute(SCHEMA)
+    with conn:
+        for i in range(1, 1201):
+            conn.execute("INSERT INTO customers VALUES (?, ?, ?, ?)", (i, f"name {i}", f"c{i}@x", i * 1.25))
+        conn.execute('INSERT INTO "odd ""name""" VALUES (\'k\', 1), (\'l\', x\'00\')')
+        conn.execute("INSERT INTO plain(rowid, a, b) VALUES (10, 1, 2), (7, 3, 4), (99, NULL, 5)")
+    conn.close()
+    return datadir
+
+
+def schema_of(conn, exclude=(STATE_TABLE,)):
+    return sorted(r for r in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema")
+                  if r[2] not in exclude)
+
+
+def test_table_with_indexes_and_triggers_is_reproduced(shop, tmp_path):
+    text, result = export_text(shop, tmp_path, tables=["customers"])
+    assert result.database == "rustydb" and result.tables[0].rows == 1200
+    assert text.count("INSERT INTO \"customers\"") == 3  # batches of 500 rows
+    assert text.index("BEGIN;") < text.index("CREATE TABLE") < text.index("INSERT") \
+        < text.index("CREATE INDEX") < text.index("CREATE TRIGGER") < text.index("COMMIT;")
+    source = db(shop)
+    target = apsw.Connection(":memory:")
+    target.execute("CREATE TABLE audit(customer INTEGER, what TEXT)")
+    run_script(target, text)
+    assert canonical(target, "customers") == canonical(source, "customers")
+    assert [r for r in schema_of(target) if r[2] == "customers"] == \
+        [r for r in schema_of(source) if r[2] == "customers"]
+    # the trigger works in the copy
+    target.execute("UPDATE customers SET balance = 0 WHERE id = 1")
+    assert target.execute("SELECT * FROM audit").fetchall() == [(1, "update of 1200")]
+
+
+def test_rowids_of_tables_without_integer_key_are_kept(shop, tmp_path):
+    text, _ = export_text(shop, tmp_path, tables=["plain", 'odd "name"'])
+    target = apsw.Connection(":memory:")
+    run_script(target, text)
+    assert target.execute("SELECT rowid, a, b, total FROM plain ORDER BY rowid").fetchall() == \
+        [(7, 3, 4, 7), (10, 1, 2, 3), (99, None, 5, None)]
+    assert target.execute('SELECT * FROM "odd ""name"""').fetchall() == [("k", 1), ("l", b"\x00")]
+
+
+def test_plain_create_refuses_an_existing_table(shop, tmp_path):
+    text, _ = export_text(shop, tmp_path, tables=["customers"])
+    target = apsw.Connection(":memory:")
+    target.execute("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT)")
+    with pytest.raises(apsw.SQLError, match="already exists"):
+        run_script(target, text)
+
+
+def test_replace_drops_the_existing_table(shop, tmp_path):
+    text, _ = export_text(shop, tmp_path, tables=["customers"], guard="replace")
+    target = apsw.Connection(":memory:")
+    target.execute("CREATE TABLE customers(x); INSERT INTO customers VALUES ('old'); CREATE TABLE audit(a, b)")
+    run_script(target, text)
+    assert canonical(target, "customers") == canonical(db(shop), "customers")
+
+
+def test_if_not_exists_keeps_the_table_and_adds_rows(shop, tmp_path):
+    text, _ = export_text(shop, tmp_path, tables=["customers"], guard="if-not-exists")
+    assert "CREATE TABLE IF NOT EXISTS customers" in text
+    assert "CREATE INDEX IF NOT EXISTS customers_name" in text
+    target = apsw.Connection(":memory:")
+    target.execute(SCHEMA)  # the table exists, empty; importing twice would hit the keys
+    run_script(target, text)
+    assert canonical(target, "customers") == canonical(db(shop), "customers")
+    with pytest.raises(apsw.ConstraintError):
+        run_script(target, text)
+
+
+def test_rename_to_renames_table_indexes_and_trigger(shop, tmp_path):
+    text, result = export_text(shop, tmp_path, tables=["customers"], rename_to="customers_restored")
+    assert result.tables[0].name == "customers_restored"
+    target = apsw.Connection(":memory:")
+    target.execute(SCHEMA)  # the original is there: the copy must sit beside it
+    target.execute("INSERT INTO customers(id, name) VALUES (1, 'current')")
+    run_script(target, text)
+    assert canonical(target, "customers_restored") == canonical(db(shop), "customers")
+    assert target.execute("SELECT name FROM customers").fetchall() == [("current",)]
+    names = {r[1]: r[2] for r in schema_of(target)}
+    assert names["customers_restored_name"] == "customers_restored"
+    assert names["customers_restored_audit"] == "customers_restored"
+    # the trigger's body now counts the renamed table
+    target.execute("UPDATE customers_restored SET balance = 0 WHERE id = 2")
+    assert target.execute("SELECT * FROM audit").fetchall() == [(2, "update of 1200")]
+
+
+def test_all_tables_exports_views_and_triggers_but_not_internal_state(shop, tmp_path):
+    text, result = export_text(shop, tmp_path)
+    assert STATE_TABLE not in text
+    assert [t.name for t in result.tables] == ["customers", "audit", 'odd "name"', "plain"]
+    target = apsw.Connection(":memory:")
+    run_script(target, text)
+    source = db(shop)
+    assert schema_of(target) == schema_of(source)
+    for table in ("customers", "audit", "plain"):
+        assert canonical(target, table) == canonical(source, table)
+    assert target.execute("SELECT count(*) FROM rich").fetchall() == [(1120,)]
+
+
+# -- names in CREATE statements ------------------------------------------------------
+
+@pytest.mark.parametrize("sql, name", [
+    ("CREATE TABLE t(a)", "t"),
+    ('CREATE TABLE "a ""b"" c" (a)', '"a ""b"" c"'),
+    ("CREATE TABLE [x y](a)", "[x y]"),
+    ("CREATE UNIQUE INDEX `i`ON t(a)", "`i`"),
+    ("CREATE TABLE temp(a)", "temp"),
+    ("CREATE TRIGGER main.tr AFTER INSERT ON t BEGIN SELECT 1; END", "main.tr"),
+    ("CREATE VIRTUAL TABLE f USING fts5(a)", "f"),
+    ("CREATE TABLE /* c */ t2(a)", "t2"),
+])
+def test_name_span_finds_the_created_name(sql, name):
+    start, end = name_span(sql)
+    assert sql[start:end] == name
+    conn = apsw.Connection(":memory:")
+    conn.execute("CREATE TABLE t(a)")
+    conn.execute(add_if_not_exists(sql))
+    conn.execute(add_if_not_exists(sql))  # a second time: skipped, no error
+    conn.execute(set_name(sql, 'new "one"'))
+
+
+# -- CSV and JSON Lines -----------------------------------------------------------------
+
+def test_jsonl_is_exact(shop, tmp_path):
+    conn = db(shop)
+    conn.execute("CREATE TABLE j(a, b); INSERT INTO j VALUES (9223372036854775807, x'00ff'), "
+                 "(NULL, ?), (1.5, 9e999), (CAST(x'ff' AS TEXT), -0.0)", ('q"\n\x00',))
+    text, _ = export_text(shop, tmp_path, tables=["j"], fmt="jsonl")
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert rows == [
+        {"a": 9223372036854775807, "b": {"$blob": "00ff"}},
+        {"a": None, "b": 'q"\n\x00'},
+        {"a": 1.5, "b": {"$real": "inf"}},
+        {"a": {"$text_hex": "ff"}, "b": -0.0},
+    ]
+
+
+def test_csv_quotes_text_and_marks_null_and_blobs(shop, tmp_path):
+    conn = db(shop)
+    conn.execute("CREATE TABLE c(a, b); INSERT INTO c VALUES (1, 'say \"hi\", ok'), (NULL, ''), (2.5, x'beef')")
+    text, result = export_text(shop, tmp_path, tables=["c"], fmt="csv")
+    assert text == '"a","b"\r\n1,"say ""hi"", ok"\r\n,""\r\n2.5,\\xbeef\r\n'
+    assert result.bytes == len(text.encode())
+
+
+# -- consistency and refusals -------------------------------------------------------------
+
+def test_snapshot_sees_one_moment(shop):
+    with ExportSource(shop, snapshot=True) as source:
+        writer = db(shop)
+        writer.execute("INSERT INTO customers(id, name) VALUES (5000, 'late')")
+        ids = [r[0] for r in source.rows(source.shape("customers"))]
+        assert len(ids) == 1200 and 5000 not in ids
+
+
+def test_locked_directory_is_refused_without_snapshot(shop, tmp_path):
+    holder = DataDir(shop)
+    holder.lock("server")  # as a running server holds it
+    try:
+        with pytest.raises(ExportError, match="in use by a running RustyDB server.*--snapshot"):
+            export_tables(shop, str(tmp_path / "x.sql"), tables=["customers"])
+        assert not os.path.exists(tmp_path / "x.sql")
+        result = export_tables(shop, str(tmp_path / "x.sql"), tables=["customers"], snapshot=True)
+        assert result.rows == 1200
+    finally:
+        holder.unlock()
+
+
+def test_missing_table_lists_the_tables(shop, tmp_path):
+    with pytest.raises(ExportError, match=r"no table 'clients'; it has: customers, audit, odd \"name\", plain"):
+        export_tables(shop, str(tmp_path / "x.sql"), tables=["clients"])
+    with pytest.raises(ExportError, match="internal state"):
+        export_tables(shop, str(tmp_path / "x.sql"), tables=[STATE_TABLE])
+    assert os.listdir(tmp_path) == ["data"]  # no output, not even a partial one
+
+
+def test_missing_database_lists_the_databases(shop, tmp_path):
+    with pytest.raises(ExportError, match="no database 'shop'; it holds: rustydb, sales"):
+        export_tables(shop, str(tmp_path / "x.sql"), tables=["customers"], database="shop")
+
+
+def test_only_database_is_the_default(tmp_path):
+    datadir = make_datadir(tmp_path / "d", ("sales",))
+    db(datadir, "sales").execute("CREATE TABLE s(a); INSERT INTO s VALUES (1)")
+    text, result = export_text(datadir, tmp_path, tables=["s"])
+    assert result.database == "sales" and "VALUES\n(1,1);" in text
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def test_cli_writes_the_file_and_a_json_summary(shop, tmp_path, capsys):
+    out = str(tmp_path / "customers_restored.sql")
+    assert export_main(["--table", "customers", "--input-dir", shop, "--output", out, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tables"] == [{"name": "customers", "rows": 1200}]
+    assert summary["bytes"] == os.path.getsize(out)
+    assert oct(os.stat(out).st_mode & 0o777) == "0o600"
+    # a second run does not overwrite the first
+    assert export_main(["--table", "customers", "--input-dir", shop, "--output", out]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [
+    ["--table", "a", "--all-tables"],
+    ["--table", "a", "--replace", "--if-not-exists"],
+    ["--table", "a", "--table", "b", "--rename-to", "c"],
+    ["--table", "a", "--format", "csv", "--replace"],
+    ["--all-tables", "--format", "jsonl"],
+    [],
+])
+def test_cli_usage_errors_exit_2(shop, tmp_path, args):
+    with pytest.raises(SystemExit) as exc:
+        export_main([*args, "--input-dir", shop, "--output", str(tmp_path / "o")])
+    assert exc.value.code == 2
+
+
+def test_installed_command_reports_errors_without_traceback(shop, tmp_path):
+    proc = run_tool("rusty-db-export", "--table", "nope", "--input-dir", shop,
+                    "--output", str(tmp_path / "o.sql"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("rusty-db-export: error: database 'rustydb'")
+    assert "Traceback" not in proc.stderr
+    proc = run_tool("rusty-db-export", "--table", "customers", "--input-dir", str(tmp_path / "none"),
+                    "--output", str(tmp_path / "o.sql"))
+    assert proc.returncode == 1 and "does not exist" in proc.stderr

@@ -4,6 +4,7 @@ read-only VFS, against real backups built from a real Engine."""
 import io
 import os
 import random
+from pathlib import Path
 
 import apsw
 import pytest
@@ -137,7 +138,7 @@ def test_unknown_database_lists_the_ones_there(source):
 def damage_chunk(src_path, dst_path, chunk, key=None):
     """Copy the backup with one byte flipped inside the stored data of ``chunk``
     of the rustydb entry; returns the entry's chunk count."""
-    data = bytearray(open(src_path, "rb").read())
+    data = bytearray(Path(src_path).read_bytes())
     reader = BackupReader(io.BytesIO(bytes(data)), key=key)
     info = reader.entry("databases/rustydb.sqlite")
     offset = reader.chunk_offsets(info)[chunk]
@@ -152,7 +153,8 @@ def test_damaged_chunk_a_query_touches_is_named(source, tmp_path, which):
     key = KEY if which == "sealed" else None
     bad = str(tmp_path / "bad.backup")
     # the last chunk holds the table's last rows: a point query on them reads it
-    info = BackupReader(open(source[which], "rb"), key=key).entry("databases/rustydb.sqlite")
+    with open(source[which], "rb") as f:
+        info = BackupReader(f, key=key).entry("databases/rustydb.sqlite")
     damage_chunk(source[which], bad, info.chunks - 1, key)
     conn = open_backup_database(bad, "rustydb", key=key)
     try:
@@ -167,7 +169,7 @@ def test_damaged_chunk_a_query_touches_is_named(source, tmp_path, which):
 
 
 def test_damaged_record_head_fails_at_open(source, tmp_path):
-    data = bytearray(open(source["plain"], "rb").read())
+    data = bytearray(Path(source["plain"]).read_bytes())
     reader = BackupReader(io.BytesIO(bytes(data)))
     info = reader.entry("databases/rustydb.sqlite")
     offset = reader.chunk_offsets(info)[5]

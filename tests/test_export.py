@@ -9,10 +9,10 @@ import struct
 
 import apsw
 import pytest
+from helpers import run_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import run_tool
 from rustydb_client.sqlsplit import split_statements
 from rustydb_server.datadir import DataDir
 from rustydb_server.engine.database import STATE_TABLE, create_database_file, open_connection
@@ -360,3 +360,44 @@ def test_installed_command_reports_errors_without_traceback(shop, tmp_path):
     proc = run_tool("rusty-db-export", "--table", "customers", "--input-dir", str(tmp_path / "none"),
                     "--output", str(tmp_path / "o.sql"))
     assert proc.returncode == 1 and "does not exist" in proc.stderr
+
+
+# -- the guide's steps 2 and 3 against a real server -------------------------------------------
+
+TRICKY = [
+    (1, None), (2, -(2**63)), (3, 2**63 - 1), (4, -0.0), (5, math.inf), (6, 1e-310),
+    (7, "line\r\nbreak\rcr"), (8, "nul\x00inside"), (9, "quote ' and \" and ; -- /*"), (10, "π ☃ \u2028"),
+    (11, b"\x00\xff" * 40), (12, ""), (13, 0.1),
+]
+
+
+def test_export_then_cli_import_into_a_running_server(server_factory, tmp_path):
+    data = str(tmp_path / "data")
+    with server_factory("data") as server:
+        server.sql("CREATE TABLE customers(id INTEGER PRIMARY KEY, v)")
+        server.sql("CREATE INDEX customers_v ON customers(v)")
+        server.sql("INSERT INTO customers(id) VALUES (1)")
+    # values the cli cannot type go straight into the stopped server's file
+    conn = db(data)
+    with conn:
+        conn.executemany("INSERT OR REPLACE INTO customers VALUES (?, ?)", TRICKY)
+    expected = canonical(conn, "customers")
+    conn.close()
+
+    out = str(tmp_path / "customers_restored.sql")
+    proc = run_tool("rusty-db-export", "--table", "customers", "--input-dir", data, "--output", out,
+                    "--rename-to", "customers_restored")
+    assert proc.returncode == 0, proc.stderr
+    with server_factory("data") as server:
+        with open(out, encoding="utf-8") as f:
+            proc = server.cli(input=f.read())
+        assert proc.returncode == 0, proc.stderr
+        # importing again fails on the existing table, naming the line
+        with open(out, encoding="utf-8") as f:
+            proc = server.cli(input=f.read())
+        assert proc.returncode == 1 and "already exists" in proc.stderr and "line" in proc.stderr
+    conn = db(data)
+    assert canonical(conn, "customers_restored") == expected
+    assert canonical(conn, "customers") == expected
+    assert conn.execute("SELECT name FROM sqlite_schema WHERE tbl_name = 'customers_restored' "
+                        "ORDER BY name").fetchall() == [("customers_restored",), ("customers_restored_v",)]

@@ -84,6 +84,8 @@ def run_workload(conn, rnd, n, history, restore_points, prefix=""):
                 conn.execute(f"DELETE FROM accounts WHERE id = {key}")
             else:
                 conn.execute(f"INSERT INTO notes(body) VALUES (x'{os.urandom(8).hex()}')")
+        # enough bytes that the WAL spans several 64 kB segments
+        conn.execute(f"INSERT INTO notes(body) VALUES (x'{os.urandom(400).hex()}')")
         conn.execute("COMMIT")
         lsn = conn.execute("SHOW wal_lsn").rows[0][0]
         history.append({"txid": txid, "time": time.time(), "lsn": lsn,
@@ -176,6 +178,7 @@ def test_pitr_refuses_impossible_targets(pitr_setup, tmp_path):
     assert proc.returncode == 1 and "not reached" in proc.stderr
     # a gap in the archive: remove a middle segment
     segs = sorted(n for n in os.listdir(archive) if n.endswith(".walz"))
+    assert len(segs) >= 3
     victim = archive / segs[len(segs) // 2]
     saved = victim.read_bytes()
     victim.unlink()

@@ -22,7 +22,7 @@ from .tabular import write_csv, write_jsonl
 
 FORMATS = ("sql", "csv", "jsonl")
 
-__all__ = ["ExportError", "ExportResult", "ExportSource", "FORMATS", "export_tables"]
+__all__ = ["FORMATS", "ExportError", "ExportResult", "ExportSource", "export_tables"]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import apsw
 
-from ..datadir import DataDir, DataDirError, DEFAULT_DATABASE
+from ..datadir import DEFAULT_DATABASE, DataDir, DataDirError
 from ..engine.database import BUSY_TIMEOUT_MS, STATE_TABLE
 
 

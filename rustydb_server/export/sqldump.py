@@ -89,8 +89,7 @@ def write_table(out: TextIO, source: ExportSource, table: str, *, guard: str = "
     if shape.insert_columns:
         head = f"INSERT INTO {quote_ident(target)}({', '.join(map(quote_ident, shape.insert_columns))}) VALUES\n"
         count.rows = _write_rows(out, head, source.rows(shape), batch_rows)
-    for obj in objects[1:]:
-        out.write(_guarded(obj, guard) + ";\n")
+    out.writelines(_guarded(obj, guard) + ";\n" for obj in objects[1:])
     return count
 
 

@@ -21,6 +21,10 @@ class CountingWriter:
         self.bytes += len(text) if text.isascii() else len(text.encode("utf-8"))
         return len(text)
 
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
 
 class OutputFile:
     """``with OutputFile(path) as out: ...``: the file appears only if the block succeeds."""

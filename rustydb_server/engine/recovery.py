@@ -30,8 +30,11 @@ class AppliedRecord:
 class RecordApplier:
     """Applies records in LSN order to every database of ``ddir``."""
 
-    def __init__(self, ddir: _datadir.DataDir, *, table_filter=None):
+    def __init__(self, ddir: _datadir.DataDir, *, only_database: str | None = None,
+                 only_table: str | None = None):
         self.ddir = ddir
+        self.only_database = only_database
+        self.only_table = only_table
         self.applied: dict[str, int] = {}
         self.replayers: dict[str, replay.Replayer] = {}
         self.replayed = 0
@@ -46,10 +49,13 @@ class RecordApplier:
     def _open(self, name: str) -> None:
         path = self.ddir.database_path(name)
         conn = replay.open_replay_connection(path)
-        self.replayers[name] = replay.Replayer(conn, name)
+        self.replayers[name] = replay.Replayer(conn, name, only_table=self.only_table)
         self.applied[name] = database.read_state(conn)["applied_lsn"]
 
     def apply(self, lsn: int, rec) -> None:
+        if self.only_database is not None and getattr(rec, "database", None) not in (
+                None, self.only_database):
+            return  # table-level recovery: other databases are not restored
         if isinstance(rec, walrec.TxRecord):
             self.max_txid = max(self.max_txid, rec.txid)
             self.last_commit_time_us = max(self.last_commit_time_us, rec.commit_time_us)
@@ -72,6 +78,10 @@ class RecordApplier:
                 database.create_database_file(path, lsn)
                 self._open(rec.database)
                 self.replayed += 1
+            elif rec.action == "drop" and self.only_table is not None:
+                raise RecoveryError(
+                    f"database {rec.database!r} was dropped at LSN {format_lsn(lsn)}, before "
+                    "the recovery target; choose an earlier target")
             elif rec.action == "drop" and rec.database in self.replayers:
                 if self.applied[rec.database] < lsn:
                     self.replayers.pop(rec.database).close()

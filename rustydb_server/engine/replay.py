@@ -9,6 +9,8 @@ those changes twice.
 
 from __future__ import annotations
 
+import re
+
 import apsw
 
 from . import database
@@ -76,6 +78,40 @@ def apply_tx_record(conn: apsw.Connection, lsn: int, record) -> None:
         ) from e
 
 
+_IDENT = r'(?:"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|[\w$]+)'
+_QUAL = rf"(?:{_IDENT}\s*\.\s*)?({_IDENT})"
+_DDL_NAME = re.compile(
+    r"^\s*(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+|UNIQUE\s+|VIRTUAL\s+)?"
+    r"(TABLE|INDEX|TRIGGER|VIEW)|DROP\s+(TABLE|INDEX|TRIGGER|VIEW)|ALTER\s+(TABLE))"
+    rf"\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?{_QUAL}", re.I | re.S)
+_ON_TABLE = re.compile(rf"\bON\s+{_QUAL}", re.I | re.S)
+
+
+def unquote_ident(token: str) -> str:
+    if token[:1] in ('"', "`") and token[-1:] == token[:1]:
+        return token[1:-1].replace(token[0] * 2, token[0])
+    if token[:1] == "[" and token[-1:] == "]":
+        return token[1:-1]
+    return token
+
+
+def ddl_touches(sql: str, table: str, conn: apsw.Connection) -> bool:
+    """Whether a logged DDL statement concerns ``table`` or one of its indexes/triggers."""
+    m = _DDL_NAME.match(sql)
+    if not m:
+        return False
+    kind = (m.group(1) or m.group(2) or m.group(3)).upper()
+    name = unquote_ident(m.group(4))
+    if kind == "TABLE":
+        return name.lower() == table.lower()
+    if sql.lstrip()[:4].upper() == "DROP":
+        found = conn.execute("SELECT tbl_name FROM sqlite_schema WHERE name = ?",
+                             (name,)).fetchall()
+        return bool(found) and found[0][0].lower() == table.lower()
+    on = _ON_TABLE.search(sql, m.end())
+    return bool(on) and unquote_ident(on.group(1)).lower() == table.lower()
+
+
 class Replayer:
     """Applies many records to one database per SQLite transaction (recovery, PITR).
 
@@ -83,9 +119,11 @@ class Replayer:
     as the batch: after a crash the whole batch is simply replayed again.
     """
 
-    def __init__(self, conn: apsw.Connection, database_name: str, batch: int = 2000):
+    def __init__(self, conn: apsw.Connection, database_name: str, batch: int = 2000,
+                 only_table: str | None = None):
         self.conn = conn
         self.database_name = database_name
+        self.only_table = only_table
         self.batch = batch
         self.applied = 0
         self._changes_before = conn.total_changes()
@@ -101,7 +139,10 @@ class Replayer:
         if self._pending is None:
             self.conn.execute("BEGIN IMMEDIATE")
         try:
-            apply_steps(self.conn, record.steps)
+            if self.only_table is None:
+                apply_steps(self.conn, record.steps)
+            else:
+                self._apply_table_steps(record.steps)
         except apsw.Error as e:
             self.conn.execute("ROLLBACK")
             self._pending = None
@@ -115,6 +156,14 @@ class Replayer:
         self.applied += 1
         if self._count >= self.batch:
             self.flush()
+
+    def _apply_table_steps(self, steps) -> None:
+        table = self.only_table
+        for kind, payload in steps:
+            if kind == "changeset":
+                apply_steps(self.conn, [(kind, payload)], table_filter=lambda t: t == table)
+            elif ddl_touches(payload, table, self.conn):
+                apply_steps(self.conn, [(kind, payload)])
 
     @property
     def changes(self) -> int:

@@ -18,7 +18,7 @@ import time
 
 from .. import datadir as dd
 from ..archive import segment_file as sf
-from ..engine.recovery import RecordApplier
+from ..engine.recovery import RecordApplier, RecoveryError
 from ..engine.replay import format_lsn
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
@@ -168,7 +168,8 @@ def _unpack_range(archive: dict[int, dict[int, str]], tl: int, first_segno: int,
 
 
 def recover(staging: str, manifest: dict, archive_dir: str, target: Target, *,
-            timeline_choice: str = "latest", key=None, progress=None) -> PitrReport:
+            timeline_choice: str = "latest", key=None, progress=None,
+            only_database: str | None = None, only_table: str | None = None) -> PitrReport:
     """Replay the archive onto the base in ``staging`` up to ``target``; new timeline."""
     t0 = time.perf_counter()
     ddir = dd.DataDir(staging)
@@ -181,7 +182,7 @@ def recover(staging: str, manifest: dict, archive_dir: str, target: Target, *,
     path = timeline_path(archive_dir, manifest["timeline"], base_lsn, timeline_choice)
     scratch = os.path.join(staging, "pitr_wal")
     os.makedirs(scratch, exist_ok=True)
-    applier = RecordApplier(ddir)
+    applier = RecordApplier(ddir, only_database=only_database, only_table=only_table)
     applier.last_commit_time_us = base_time
     end_lsn = walseg.normalize_lsn(base_lsn, size)
     reached = target.kind == "immediate"
@@ -212,7 +213,10 @@ def recover(staging: str, manifest: dict, archive_dir: str, target: Target, *,
                     if verdict == "stop_before":
                         reached = True
                         break
-                    applier.apply(entry.lsn, rec)
+                    try:
+                        applier.apply(entry.lsn, rec)
+                    except RecoveryError as e:
+                        raise PitrError(str(e)) from None
                     end_lsn = entry.end_lsn
                     if isinstance(rec, walrec.RestorePointRecord):
                         names_seen.append(rec.name)

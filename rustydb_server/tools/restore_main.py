@@ -20,17 +20,26 @@ Exit status: 0 success, 1 failure, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 
+from rustydb_client import client as rc
+from rustydb_client.client import ClientError
+
+from ..archive.segment_file import ArchiveError
 from ..backup.container import BackupError, BackupReader
+from ..backup.vfs import BackupQueryError
 from ..crypto import CryptoError
 from ..datadir import DataDirError
-from ..archive.segment_file import ArchiveError
 from ..engine.replay import parse_lsn
+from ..export import ExportError, export_tables
 from ..restore import pitr
 from ..restore.chain import find_chain
 from ..restore.full import RestoreError, RestoreResult, resolve_read_key, restore_full
 from ..restore.incremental import IncrementalRestoreError, apply_incremental
+from ..restore.table import restore_table
 from .progress import Progress, fail, human_size, mb_per_second, print_json
 
 PROG = "rusty-db-restore"
@@ -44,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-file, $RUSTYDB_BACKUP_KEY_FILE or $RUSTYDB_BACKUP_PASSPHRASE.",
     )
     p.add_argument("--input", "-i", required=True, metavar="FILE", help="backup file to restore")
-    p.add_argument("--data-dir", "-D", required=True, metavar="DIR",
+    p.add_argument("--data-dir", "-D", metavar="DIR",
                    help="data directory to create (or replace, with --force)")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="decrypt, decompress and check chunks on N threads (default 1)")
@@ -64,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-dir", metavar="DIR",
                    help="find the whole chain of --input (full, then incrementals) among the "
                         "backup files in DIR and apply it in order")
+    tbl = p.add_argument_group("table-level restore")
+    tbl.add_argument("--table", metavar="NAME",
+                     help="restore only this table (schema, indexes, rows) into --data-dir")
+    tbl.add_argument("--database", metavar="NAME",
+                     help="the database holding --table (default: the only one, else rustydb)")
+    tbl.add_argument("--no-start", action="store_true",
+                     help="leave the data directory without starting a server on it (restore "
+                          "never starts a server; accepted for the guide's command line)")
+    tbl.add_argument("--into-server", metavar="HOST:PORT",
+                     help="import the restored table into a running server (through "
+                          "rusty-db-export's SQL), in one transaction")
+    tbl.add_argument("--rename-to", metavar="NAME",
+                     help="with --into-server: create the table under this name")
     pitr = p.add_argument_group("point-in-time recovery")
     pitr.add_argument("--archive-dir", metavar="DIR",
                       help="archived WAL (archive_dest) to replay on top of the base backup")
@@ -146,14 +168,20 @@ def main(argv: list[str] | None = None) -> int:
         target = _target(args, parser)
     except pitr.PitrError as exc:
         return _failed(args, str(exc))
+    if not args.data_dir and not args.into_server:
+        parser.error("--data-dir is required (or --table with --into-server)")
+    if (args.into_server or args.rename_to) and not args.table:
+        parser.error("--into-server and --rename-to work with --table")
     try:
+        if args.table:
+            return _restore_table(args, target)
         if args.incremental:
             return _apply_incremental(args)
         if args.chain_dir:
             return _restore_chain(args)
         result, report = _restore(args, target)
     except (RestoreError, DataDirError, pitr.PitrError, IncrementalRestoreError,
-            ArchiveError) as exc:
+            ArchiveError, BackupQueryError, ExportError, ClientError) as exc:
         return _failed(args, str(exc))
     except BackupError as exc:
         return _failed(args, f"{args.input} is damaged: {exc}. Nothing was restored; use "
@@ -217,6 +245,73 @@ def _apply_incremental(args: argparse.Namespace) -> int:
         print(f"Applied {r.backup_type} backup {r.backup_id} (on top of {r.parent_id}) to "
               f"{args.data_dir}: {r.steps} steps in {r.seconds:.1f} s")
     return 0
+
+
+def _restore_table(args: argparse.Namespace, target) -> int:
+    key = _key_for(args.input, args.key_file)
+    temp = None
+    data_dir = args.data_dir
+    if data_dir is None:
+        temp = tempfile.mkdtemp(prefix="rustydb-table-")
+        data_dir = os.path.join(temp, "data")
+    try:
+        r = restore_table(args.input, data_dir, args.table, database_name=args.database,
+                          key=key or (_archive_key(args) if args.archive_dir else None),
+                          chain_dir=args.chain_dir, archive_dir=args.archive_dir,
+                          target=target, timeline_choice=args.recovery_target_timeline,
+                          force=args.force)
+        imported = None
+        if args.into_server:
+            imported = _import_table(args, r.data_dir, r.database, temp or tempfile.gettempdir())
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+    summary = {"ok": True, "backup_id": r.backup_id, "database": r.database, "table": r.table,
+               "rows": r.rows, "data_dir": None if temp else r.data_dir, "chain": r.chain,
+               "chunks_decoded": r.chunks_decoded, "chunks_total": r.chunks_total,
+               "seconds": round(r.seconds, 3), "imported_into": args.into_server,
+               "imported_as": imported, **({"pitr": r.pitr} if r.pitr else {})}
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"Restored table {r.table} ({r.rows} rows) of database {r.database} from backup "
+          f"{r.backup_id}; read {r.chunks_decoded} of {r.chunks_total} chunks")
+    if r.pitr:
+        print(f"Recovered to {r.pitr['recovery_target']}: last transaction txid "
+              f"{r.pitr['last_replayed_txid']} at {r.pitr['last_replayed_commit_time']}")
+    if imported:
+        print(f"Imported into {args.into_server} as table {imported}")
+    else:
+        print(f"Export it with: rusty-db-export --table {r.table} --input-dir {r.data_dir} "
+              f"--output {r.table}_restored.sql")
+    return 0
+
+
+def _import_table(args, data_dir: str, database: str, workdir: str) -> str:
+    """Export the restored table as SQL and run it on the server, statement by statement."""
+    from rustydb_client.sqlsplit import StatementSplitter
+
+    host, _, port = args.into_server.rpartition(":")
+    sql_path = os.path.join(workdir, f"{args.table}.import.sql")
+    export_tables(data_dir, sql_path, tables=[args.table], database=database,
+                  rename_to=args.rename_to)
+    conn = rc.connect(host or "127.0.0.1", int(port), database=args.database)
+    try:
+        splitter = StatementSplitter()
+        with open(sql_path) as f:
+            for chunk in iter(lambda: f.read(1 << 20), ""):
+                for stmt in splitter.feed(chunk):
+                    conn.execute(stmt.sql)
+            for stmt in splitter.finish():
+                conn.execute(stmt.sql)
+    except rc.ServerError:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+        os.unlink(sql_path)
+    return args.rename_to or args.table
 
 
 def _restore_chain(args: argparse.Namespace) -> int:

@@ -1,0 +1,191 @@
+"""Table-level restore: one table from a full backup, a chain, or a base plus archive.
+
+The table is read out of the base backup through the read-only backup VFS, so
+only the chunks holding that table's pages (and the schema) are decrypted and
+decompressed. Its schema, rows, indexes and triggers go into a fresh database
+file in a staging directory; then the later changes to that table alone are
+applied: the incrementals of a chain, or the archived WAL up to a recovery
+target. The result is a data directory holding just that table, which
+rusty-db-export reads; no server is ever started on it here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+
+import apsw
+
+from .. import datadir as dd
+from ..backup.container import BackupReader
+from ..backup.file import manifest_of
+from ..backup.incremental import decode_steps
+from ..backup.vfs import open_backup_database
+from ..engine import database, replay
+from . import pitr
+from .chain import find_chain
+from .full import RestoreError, _check_target, _make_staging, _swap_into_place, _TargetLock
+from .install import install_data_dir
+
+
+@dataclasses.dataclass
+class TableRestoreResult:
+    backup_id: str
+    database: str
+    table: str
+    rows: int
+    data_dir: str
+    chain: list[str]
+    chunks_decoded: int
+    chunks_total: int
+    seconds: float
+    pitr: dict | None = None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
+    """Schema, rows (with their rowids), indexes and triggers of ``table``."""
+    objects = src.execute(
+        "SELECT type, name, sql FROM sqlite_schema WHERE tbl_name = ? AND sql IS NOT NULL "
+        "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END",
+        (table,)).fetchall()
+    kinds = {t for t, _, _ in objects}
+    if "table" not in kinds:
+        tables = [r[0] for r in src.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            f"AND name != '{database.STATE_TABLE}' ORDER BY name").fetchall()]
+        raise RestoreError(
+            f"table {table!r} is not in the backup; its tables are: "
+            f"{', '.join(tables) or '(none)'}")
+    table_sql = next(sql for t, _, sql in objects if t == "table")
+    without_rowid = "WITHOUT ROWID" in table_sql.upper()
+    q = _quote(table)
+    cols = [r[1] for r in src.execute(f"PRAGMA table_xinfo({q})").fetchall() if r[6] == 0]
+    col_list = ", ".join(_quote(c) for c in cols)
+    dest.execute("BEGIN")
+    dest.execute(table_sql)
+    if without_rowid:
+        select = f"SELECT {col_list} FROM {q}"
+        insert = f"INSERT INTO {q}({col_list}) VALUES ({', '.join('?' * len(cols))})"
+    else:
+        select = f"SELECT rowid, {col_list} FROM {q}"
+        insert = (f"INSERT INTO {q}(rowid, {col_list}) "
+                  f"VALUES ({', '.join('?' * (len(cols) + 1))})")
+    rows = 0
+    cursor = src.execute(select)
+    while True:
+        batch = cursor.fetchmany(5000) if hasattr(cursor, "fetchmany") else None
+        if batch is None:
+            batch = [r for _, r in zip(range(5000), cursor)]
+        if not batch:
+            break
+        dest.executemany(insert, batch)
+        rows += len(batch)
+    for t, _, sql in objects:
+        if t in ("index", "trigger"):
+            dest.execute(sql)
+    seq = src.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchall() \
+        if src.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall() \
+        else []
+    if seq:
+        dest.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (seq[0][0], table))
+    dest.execute("COMMIT")
+    return rows
+
+
+def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str,
+                       end_lsn: int) -> None:
+    conn = replay.open_replay_connection(db_path)
+    try:
+        with open(path, "rb") as f:
+            reader = BackupReader(f, key=key)
+            manifest = manifest_of(reader.header)
+            conn.execute("BEGIN IMMEDIATE")
+            entry = f"incremental/{db_name}.steps"
+            if any(d["entry"] == entry for d in manifest["databases"]):
+                for kind, payload in decode_steps(reader.read_entry(entry)):
+                    if kind == "changeset":
+                        replay.apply_steps(conn, [(kind, payload)],
+                                           table_filter=lambda t: t == table)
+                    elif kind == "ddl" and replay.ddl_touches(payload, table, conn):
+                        replay.apply_steps(conn, [(kind, payload)])
+                    elif kind == "drop":
+                        raise RestoreError(f"database {db_name!r} was dropped in backup "
+                                           f"{manifest['backup_id']}")
+            database.write_state(conn, manifest["end_lsn"], None, None)
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def restore_table(input_path: str, data_dir: str, table: str, *, database_name: str | None,
+                  key=None, chain_dir: str | None = None, archive_dir: str | None = None,
+                  target: pitr.Target | None = None, timeline_choice: str = "latest",
+                  force: bool = False) -> TableRestoreResult:
+    t0 = time.perf_counter()
+    with open(input_path, "rb") as f:
+        header = BackupReader(f).header
+    manifest = manifest_of(header)
+    chain = [os.path.abspath(input_path)]
+    if manifest["backup_type"] in ("incremental", "differential"):
+        chain = find_chain(input_path, chain_dir or os.path.dirname(os.path.abspath(input_path)))
+    with open(chain[0], "rb") as f:
+        base_manifest = manifest_of(BackupReader(f).header)
+    names = [d["name"] for d in base_manifest["databases"]]
+    db_name = database_name or (names[0] if len(names) == 1 else dd.DEFAULT_DATABASE)
+    if db_name not in names:
+        raise RestoreError(f"the backup has no database {db_name!r}; it holds: "
+                           f"{', '.join(names)}. Pass --database")
+    target_dir = os.path.abspath(data_dir)
+    with _TargetLock(target_dir) as lock:
+        _check_target(lock.ddir, force)
+        staging = _make_staging(target_dir, base_manifest["backup_id"])
+        try:
+            db_path = os.path.join(staging, dd.DATABASES_DIR, f"{db_name}.sqlite")
+            database.create_database_file(db_path, base_manifest["end_lsn"])
+            src = open_backup_database(chain[0], db_name, key=key)
+            dest = database.open_connection(db_path)
+            try:
+                rows = copy_table(src, dest, table)
+                database.write_state(dest, base_manifest["end_lsn"], None, None)
+                decoded = src.entry_reader.chunks_decoded
+                total = src.entry_reader.chunk_count
+            finally:
+                dest.close()
+                src.close()
+            for path in chain[1:]:
+                _apply_chain_steps(path, key, db_path, db_name, table, 0)
+            last_manifest = manifest if len(chain) > 1 else base_manifest
+            install_manifest = dict(last_manifest)
+            install_manifest["databases"] = [{"name": db_name}]
+            install_data_dir(staging, install_manifest)
+            report = None
+            if archive_dir and target is not None:
+                report = pitr.recover(staging, base_manifest, archive_dir, target,
+                                      timeline_choice=timeline_choice, key=key,
+                                      only_database=db_name, only_table=table)
+            _swap_into_place(staging, target_dir, lock, dd_fileops())
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        lock.installed = True
+    count_conn = apsw.Connection(os.path.join(target_dir, dd.DATABASES_DIR, f"{db_name}.sqlite"),
+                                 flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        rows = count_conn.execute(f"SELECT count(*) FROM {_quote(table)}").fetchall()[0][0]
+    finally:
+        count_conn.close()
+    return TableRestoreResult(base_manifest["backup_id"], db_name, table, rows, target_dir,
+                              chain, decoded, total, time.perf_counter() - t0,
+                              report.as_dict() if report else None)
+
+
+def dd_fileops():
+    from .. import fileops
+
+    return fileops.REAL

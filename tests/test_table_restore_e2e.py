@@ -172,3 +172,20 @@ def _offline_rows(data_dir, table):
         return [list(r) for r in db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()]
     finally:
         db.close()
+
+
+def test_query_a_backup_without_restoring_it(shop, tmp_path, monkeypatch):
+    srv = shop
+    monkeypatch.setenv("RUSTYDB_BACKUP_PASSPHRASE", "query me")
+    backup = tmp_path / "b.backup"
+    run_tool("rusty-db-backup", "--port", str(srv.port), "--type", "full", "--output",
+             str(backup), "--encrypt", "--compress", check=True)
+    proc = run_tool("rusty-db-backup", "--query", str(backup),
+                    "SELECT name, balance FROM customers WHERE id = 42", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["rows"] == [["customer 42", 52.5]] and out["columns"] == ["name", "balance"]
+    proc = run_tool("rusty-db-backup", "--query", str(backup), "DELETE FROM customers")
+    assert proc.returncode == 1 and "read" in proc.stderr.lower()
+    proc = run_tool("rusty-db-backup", "--query", str(backup), "SELECT 1", "--database", "nope")
+    assert proc.returncode == 1 and "rustydb" in proc.stderr

@@ -182,7 +182,8 @@ class ClientConnection:
 
     async def _statement(self, sql: str, line: int, batch_rows: int) -> bool:
         try:
-            cmd = parse_admin(sql)
+            keywords = leading_keywords(sql, 2)
+            cmd = parse_admin(sql) if _maybe_admin(keywords) else None
             if cmd is not None:
                 result = await admin.execute(self, cmd)
                 if result.columns is not None:
@@ -195,7 +196,7 @@ class ClientConnection:
                 if result.after is not None:
                     result.after()
                 return True
-            await self._sql(sql, batch_rows)
+            await self._sql(sql, keywords, batch_rows)
             return True
         except (SqlError, EngineError, AdminSyntaxError, admin.AdminError) as e:
             code = getattr(e, "code", "syntax_error")
@@ -209,9 +210,8 @@ class ClientConnection:
                 "and the server is stopping", fatal=True))
             raise _Fatal("wal_failure", "server stopping after a WAL failure")
 
-    async def _sql(self, sql: str, batch_rows: int) -> None:
+    async def _sql(self, sql: str, keywords: list[str], batch_rows: int) -> None:
         session = self.session
-        keywords = leading_keywords(sql, 2)
         run, rows, finished = await self._in_thread(session.run, sql, keywords, batch_rows)
         out = []
         if run.columns is not None:
@@ -262,6 +262,21 @@ class ClientConnection:
                 "unsupported", "this server does not stream backups yet"))
             return
         await handler(self, event.options)
+
+
+_ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH"})
+_ADMIN_PAIRS = {"ALTER": {"SYSTEM"}, "CREATE": {"RESTORE", "DATABASE"}, "DROP": {"DATABASE"}}
+
+
+def _maybe_admin(keywords: list[str]) -> bool:
+    """Cheap first look, so ordinary SQL skips the admin parser."""
+    if not keywords:
+        return False
+    first = keywords[0]
+    if first in _ADMIN_WORDS:
+        return True
+    second = keywords[1] if len(keywords) > 1 else ""
+    return second in _ADMIN_PAIRS.get(first, ())
 
 
 class _Fatal(Exception):

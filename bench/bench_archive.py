@@ -144,7 +144,7 @@ def bench_throughput(work: str, seconds: float) -> None:
           + (f" ({waiting / drain:.2f} segments/s)" if waiting and drain > 0 else ""))
     arch_mb = sum(os.path.getsize(os.path.join(archive, n)) for n in os.listdir(archive)) / MB
     print(f"  archive size: {arch_mb:.1f} MB for {len(os.listdir(archive))} files "
-          "(random blobs: incompressible)")
+          "(each writer repeats one random blob: compressible)")
     srv.stop()
 
 
@@ -207,8 +207,14 @@ def bench_replay(work: str, records: int) -> None:
           f"segments_read={rep['segments_read']} (tool wall time {wall:.1f} s)")
     rows_s = rep["changed_rows"] / secs
     print(f"  replay rate: {rep['records_replayed'] / secs:,.0f} records/s, "
-          f"{rows_s:,.0f} changed rows/s   [target >= 50,000 changed rows/s: "
+          f"{rows_s:,.0f} changed rows/s (as reported)   [target >= 50,000 changed rows/s: "
           f"{'MET' if rows_s >= 50_000 else 'NOT MET'}]")
+    known = rep["records_replayed"] * 4  # every workload record updates 4 rows
+    if rep["changed_rows"] < known:
+        print(f"  NOTE: changed_rows={rep['changed_rows']} is below the {known} rows the "
+              f"workload changed (a bug in the report); from the workload: "
+              f"{known / secs:,.0f} changed rows/s   [target >= 50,000: "
+              f"{'MET' if known / secs >= 50_000 else 'NOT MET'}]")
 
 
 # ------------------------------------------------------------------ 3. RPO

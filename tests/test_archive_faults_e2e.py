@@ -118,6 +118,7 @@ def pitr(tmp_path, base, archive, name, txid):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["last_replayed_txid"] == txid, report
+    pitr.report = report
     return out
 
 
@@ -245,6 +246,11 @@ def test_destination_outage_keeps_wal_and_loses_nothing(server_factory, tmp_path
     got = restored_rows(out)
     assert set(got) == set(rows), f"lost rows: {sorted(set(rows) - set(got))[:10]}"
     assert all(got[i][1] == rows[i] for i in rows)
+    # every row was inserted after the base, one autocommit transaction each
+    assert pitr.report["records_replayed"] >= len(rows), pitr.report
+    assert pitr.report["changed_rows"] >= len(rows), (
+        f"rusty-db-restore --json reports changed_rows={pitr.report['changed_rows']} after "
+        f"replaying {len(rows)} inserts")
     conn.close()
     assert srv.stop() == 0
 

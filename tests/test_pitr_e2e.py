@@ -225,3 +225,22 @@ def test_second_pitr_follows_the_new_timeline(pitr_setup, tmp_path, server_facto
     assert json.loads(proc.stdout.strip().splitlines()[-1])["timeline"] >= 3
     c2.close()
     srv2.stop()
+
+
+def test_find_the_bad_transaction_and_restore_to_just_before_it(pitr_setup, tmp_path):
+    srv, conn, base, archive, history, points = pitr_setup
+    before = live_digest(conn)
+    conn.execute("DELETE FROM accounts")  # the mistake
+    wait_archived(srv)
+    proc = run_tool("rusty-db-restore", "--list-wal", "--archive-dir", str(archive), "--json")
+    assert proc.returncode == 0, proc.stderr
+    listing = [json.loads(line) for line in proc.stdout.splitlines()]
+    deletes = [t for t in listing if any(c.startswith("accounts: -") and "+" not in c
+                                         for c in t.get("changes", []))]
+    bad = deletes[-1]
+    assert bad["txid"] > history[-1]["txid"]
+    text = run_tool("rusty-db-restore", "--list-wal", "--archive-dir", str(archive)).stdout
+    assert f"txid {bad['txid']}" in text
+    out, _ = restore(tmp_path, base, archive, "undo", "--recovery-target-txid",
+                     str(bad["txid"]), "--recovery-target-inclusive", "false")
+    assert restored_digest(out) == before

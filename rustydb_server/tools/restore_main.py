@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in use by a server and must be empty or new (or use --force). Keys come from "
         "--key-file, $RUSTYDB_BACKUP_KEY_FILE or $RUSTYDB_BACKUP_PASSPHRASE.",
     )
-    p.add_argument("--input", "-i", required=True, metavar="FILE", help="backup file to restore")
+    p.add_argument("--input", "-i", metavar="FILE", help="backup file to restore")
     p.add_argument("--data-dir", "-D", metavar="DIR",
                    help="data directory to create (or replace, with --force)")
     p.add_argument("--threads", type=_positive_int, default=1,
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     pitr = p.add_argument_group("point-in-time recovery")
     pitr.add_argument("--archive-dir", metavar="DIR",
                       help="archived WAL (archive_dest) to replay on top of the base backup")
+    pitr.add_argument("--list-wal", action="store_true",
+                      help="list the transactions in --archive-dir (LSN, txid, commit time, "
+                           "what changed) to choose a recovery target; restores nothing")
+    pitr.add_argument("--since", metavar="TIME", help="with --list-wal: from this time on")
     pitr.add_argument("--recovery-target-time", metavar="TIME",
                       help="'YYYY-MM-DD HH:MM:SS[.ffffff]' local time, or ISO 8601 with a zone")
     pitr.add_argument("--recovery-target-txid", type=int, metavar="N")
@@ -164,10 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.incremental and (args.archive_dir or args.chain_dir):
         parser.error("--incremental applies one file; it cannot be combined with "
                      "--archive-dir or --chain-dir")
+    if args.list_wal:
+        if not args.archive_dir:
+            parser.error("--list-wal needs --archive-dir")
+        try:
+            return _list_wal(args)
+        except (pitr.PitrError, ArchiveError, CryptoError, BackupError) as exc:
+            return fail(PROG, str(exc))
     try:
         target = _target(args, parser)
     except pitr.PitrError as exc:
         return _failed(args, str(exc))
+    if not args.input:
+        parser.error("--input FILE is required")
     if not args.data_dir and not args.into_server:
         parser.error("--data-dir is required (or --table with --into-server)")
     if (args.into_server or args.rename_to) and not args.table:
@@ -244,6 +257,25 @@ def _apply_incremental(args: argparse.Namespace) -> int:
     else:
         print(f"Applied {r.backup_type} backup {r.backup_id} (on top of {r.parent_id}) to "
               f"{args.data_dir}: {r.steps} steps in {r.seconds:.1f} s")
+    return 0
+
+
+def _list_wal(args: argparse.Namespace) -> int:
+    from ..restore.walinfo import list_transactions
+
+    since = pitr.parse_time(args.since) if args.since else None
+    timeline = None
+    if args.recovery_target_timeline not in ("latest", "current"):
+        timeline = int(args.recovery_target_timeline)
+    for item in list_transactions(args.archive_dir, timeline=timeline, key=_archive_key(args),
+                                  since_us=since, database=args.database):
+        if args.json:
+            print_json(item)
+        elif "restore_point" in item:
+            print(f"{item['lsn']:>18}  restore point {item['restore_point']!r} at {item['time']}")
+        else:
+            print(f"{item['lsn']:>18}  txid {item['txid']:<8} {item['commit_time']}  "
+                  f"{item['database']}: {'; '.join(item['changes'])}")
     return 0
 
 

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,9 +35,9 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from helpers import ServerProcess, tool  # noqa: E402
+from helpers import ServerProcess, tool
 
-from rustydb_client import client as rc  # noqa: E402
+from rustydb_client import client as rc
 
 MB = 1024 * 1024
 STARTED: list[ServerProcess] = []
@@ -80,7 +79,7 @@ def pct(values, p):
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 # ------------------------------------------------------------ 1. throughput
@@ -193,7 +192,7 @@ def bench_replay(work: str, records: int) -> None:
     t1 = time.time()
     proc = subprocess.run([tool("rusty-db-restore"), "--input", base, "--archive-dir", archive,
                            "--data-dir", out, "--recovery-target-time", iso, "--json"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     wall = time.time() - t1
     if proc.returncode != 0:
         print(f"\n== PITR replay: rusty-db-restore failed:\n{proc.stderr}")

@@ -16,8 +16,8 @@ import base64
 import ipaddress
 import tomllib
 
-
 from rustydb_client.protocol import make_scram_credentials
+
 from .logsetup import get_logger
 
 log = get_logger("rustydb.auth")

@@ -13,7 +13,6 @@ import ipaddress
 import logging
 import os
 
-from .logsetup import get_logger
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -21,6 +20,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from .logsetup import get_logger
 
 log = get_logger("rustydb.http")
 

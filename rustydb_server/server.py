@@ -12,15 +12,14 @@ import time
 
 import trio
 
-from . import __version__
+from . import __version__, http_api, wire
 from . import datadir as _datadir
-from . import http_api, wire
 from .archive.archiver import Archiver
 from .backup.service import BackupService
 from .engine.instance import Engine, FatalWalError
 from .engine.replay import format_lsn
-from .settings import to_seconds
 from .logsetup import get_logger
+from .settings import to_seconds
 
 log = get_logger("rustydb.server")
 

@@ -20,8 +20,8 @@ from . import __version__, admin, auth
 from .admin_parse import AdminSyntaxError, parse_admin
 from .engine.instance import EngineError, FatalWalError
 from .engine.session import SqlError, SqlSession
-from .settings import to_seconds
 from .logsetup import get_logger
+from .settings import to_seconds
 
 log = get_logger("rustydb.wire")
 

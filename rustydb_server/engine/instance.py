@@ -12,9 +12,11 @@ import os
 import threading
 import time
 
+import apsw
 
 from .. import datadir as _datadir
 from .. import fileops as _fileops
+from ..logsetup import get_logger
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
@@ -22,7 +24,6 @@ from ..wal import writer as wal_writer
 from . import database, recovery, replay
 from .database import ReplayError
 from .replay import format_lsn
-from ..logsetup import get_logger
 
 log = get_logger("rustydb.engine")
 
@@ -357,10 +358,13 @@ class Engine:
                     self._catch_up(handle)
                 except EngineError:
                     pass
+                full = isinstance(e, apsw.FullError)
                 raise EngineError(
-                    f"commit failed after the transaction was logged ({e}); it was not "
-                    f"acknowledged but will be applied (txid {txid})",
-                    code="commit_failed",
+                    ("the disk is full: " if full else f"commit failed ({e}): ")
+                    + f"transaction {txid} is in the WAL but SQLite could not commit it. It "
+                    "was not acknowledged; it will be applied automatically as soon as the "
+                    "database can be written again (free disk space). Do not retry it blindly",
+                    code="disk_full" if full else "commit_failed",
                 ) from e
         return lsn, txid, commit_time
 
@@ -384,6 +388,13 @@ class Engine:
                     "the next write to this database", code="commit_failed") from e
         log.info("vacuum complete", database=handle.name, lsn=format_lsn(lsn))
         return lsn
+
+    def ensure_caught_up(self, handle: DatabaseHandle) -> None:
+        """Before a write starts: apply records whose SQLite commit failed earlier."""
+        if handle.pending:
+            with handle.commit_lock:
+                if handle.pending:
+                    self._catch_up(handle)
 
     def _catch_up(self, handle: DatabaseHandle) -> None:
         conn = replay.open_replay_connection(handle.path)

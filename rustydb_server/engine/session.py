@@ -228,6 +228,7 @@ class SqlSession:
     def _begin(self, sql: str) -> StatementRun:
         if self.in_transaction:
             raise SqlError("there is already a transaction in progress", code="active_transaction")
+        self.engine.ensure_caught_up(self.handle)
         self._sqlite(lambda: self.conn.execute(sql))
         self.in_transaction = True
         self._steps = []
@@ -235,6 +236,7 @@ class SqlSession:
         return self._done(sql, "BEGIN", "BEGIN")
 
     def _autocommit_write(self, sql: str, kw: str) -> StatementRun:
+        self.engine.ensure_caught_up(self.handle)
         self._sqlite(lambda: self.conn.execute("BEGIN IMMEDIATE"))
         self._steps = []
         self._start_capture()

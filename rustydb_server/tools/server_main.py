@@ -12,11 +12,11 @@ from .. import __version__, auth, server
 from ..datadir import DataDirError
 from ..engine.database import ReplayError
 from ..engine.instance import EngineError
-from ..wal.record import WalRecordError
-from ..wal.segment import WalCorruptError
 from ..logsetup import configure_logging, get_logger
 from ..notify import Notifier
 from ..settings import SettingError, Settings
+from ..wal.record import WalRecordError
+from ..wal.segment import WalCorruptError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -214,3 +214,27 @@ def test_engine_error_names_missing_database_file(tmp_path):
     with pytest.raises(instance.EngineError) as e:
         open_engine(path)
     assert "rustydb" in str(e.value) and "missing" in str(e.value)
+
+
+def test_autoincrement_counters_survive_replay(tmp_path):
+    path = tmp_path / "d"
+    engine = open_engine(path)
+    s = SqlSession(engine, "rustydb", 1)
+    run(s, "CREATE TABLE a(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
+    s.close()
+    engine.checkpoint()
+    saved = tmp_path / "saved"
+    shutil.copytree(path / "databases", saved)
+    s = SqlSession(engine, "rustydb", 2)
+    run(s, "INSERT INTO a(v) VALUES ('x'), ('y'), ('z')")
+    run(s, "DELETE FROM a WHERE id > 1")  # ids 2 and 3 are used up for good
+    s.close()
+    engine.close(clean=False)
+    shutil.rmtree(path / "databases")
+    shutil.copytree(saved, path / "databases")
+    engine = open_engine(path)  # replays the WAL onto the old files
+    s = SqlSession(engine, "rustydb", 3)
+    run(s, "INSERT INTO a(v) VALUES ('new')")
+    assert run(s, "SELECT id FROM a ORDER BY id") == [[1], [4]]
+    s.close()
+    engine.close()

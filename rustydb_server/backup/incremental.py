@@ -27,6 +27,7 @@ import msgpack
 from .. import __version__
 from ..archive import segment_file as sf
 from ..engine.instance import Engine
+from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..engine.replay import format_lsn
 from ..logsetup import get_logger
 from ..wal import reader as wal_reader
@@ -50,6 +51,7 @@ class NetChanges:
     def __init__(self, name: str):
         self.name = name
         self.steps: list[tuple[str, object]] = []
+        self.sequence: str | None = None
         self._builder: apsw.ChangesetBuilder | None = None
         self.transactions = 0
 
@@ -67,6 +69,11 @@ class NetChanges:
                 self.steps.append(("changeset", out))
 
     def add_ddl(self, sql: str) -> None:
+        if sql.startswith(SEQUENCE_STEP_PREFIX):
+            # Counters only grow (the statement takes max), so the last one
+            # stands for all and moves to the end instead of splitting groups.
+            self.sequence = sql
+            return
         self._close_group()
         self.steps.append(("ddl", sql))
 
@@ -81,6 +88,8 @@ class NetChanges:
 
     def finish(self) -> list[tuple[str, object]]:
         self._close_group()
+        if self.sequence and self.steps[-1:] != [("drop", "")]:
+            self.steps.append(("ddl", self.sequence))
         return self.steps
 
 

@@ -344,9 +344,25 @@ class SqlSession:
         run.first_row = row
         return True
 
+    def _sequence_step(self, steps) -> list:
+        """AUTOINCREMENT counters are not in changesets: log them, so a replayed
+        database never hands out an id the original had already used."""
+        if not any(kind == "changeset" for kind, _ in steps):
+            return steps
+        if not self.conn.execute(
+                "SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall():
+            return steps
+        rows = self.conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall()
+        if not rows:
+            return steps
+        cases = " ".join(f"WHEN {_sql_str(n)} THEN {int(v)}" for n, v in rows)
+        names = ", ".join(_sql_str(n) for n, _ in rows)
+        return steps + [("ddl", f"{SEQUENCE_STEP_PREFIX} = max(seq, CASE name {cases} END) "
+                                f"WHERE name IN ({names})")]
+
     def _commit_autocommit(self) -> None:
         self._cut_changeset()
-        steps, self._steps = self._steps, []
+        steps, self._steps = self._sequence_step(self._steps), []
         txid, self.txid = self.txid, None
         if not steps:
             self.conn.execute("COMMIT")
@@ -368,7 +384,7 @@ class SqlSession:
         if not self.in_transaction:
             return "COMMIT"  # like PostgreSQL: a warning at most, never an error
         self._cut_changeset()
-        steps, self._steps = self._steps, []
+        steps, self._steps = self._sequence_step(self._steps), []
         txid = self.txid
         self.in_transaction = False
         self.txid = None
@@ -423,6 +439,13 @@ class SqlSession:
             raise SqlError(f"disk full: {e}; nothing was committed", code="disk_full") from e
         except apsw.Error as e:
             raise SqlError(str(e)) from e
+
+
+SEQUENCE_STEP_PREFIX = "UPDATE sqlite_sequence SET seq"
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def status_for(kw: str, sql: str, rows: int, changes: int) -> str:

@@ -97,6 +97,12 @@ class ClientConnection:
             await self._try_send(proto.error_message(e.code, e.message, fatal=True))
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception as e:  # a bug or an I/O error: this client, not the server
+            log.exception("internal error; closing this connection", peer=self.peer,
+                          error=str(e))
+            await self._try_send(proto.error_message(
+                "internal_error", f"internal error: {e}; the server log has the details",
+                fatal=True))
         finally:
             if self.session is not None:
                 session, self.session = self.session, None

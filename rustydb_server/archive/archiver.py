@@ -90,6 +90,8 @@ class Archiver:
         }
 
     def poke(self) -> None:
+        """Settings changed (or work arrived): retry at once, without the backoff."""
+        self.status.next_retry_at = None
         self.wakeup.set()
 
     # ------------------------------------------------------------- loop
@@ -153,8 +155,10 @@ class Archiver:
         dest = self.state.settings["archive_dest"]
         if not dest:
             raise segment_file.ArchiveError("archive_mode is on but archive_dest is not set")
-        if not os.path.isdir(dest):
+        if not os.path.exists(dest):
             raise segment_file.ArchiveError(f"archive_dest {dest} does not exist")
+        if not os.path.isdir(dest):
+            raise segment_file.ArchiveError(f"archive_dest {dest} is not a directory")
         return dest
 
     def _key(self):

@@ -45,6 +45,7 @@ class Snapshot:
                  backup_type: str = "full", backup_id: str | None = None):
         self.engine = engine
         chosen = sorted(names) if names else sorted(engine.databases)
+        self.all_databases = set(chosen) == set(engine.databases)
         for name in chosen:
             engine.get_database(name)  # a clear error for an unknown name
         self.names = chosen
@@ -107,6 +108,9 @@ class Snapshot:
             "server_version": __version__,
             "created_us": self.created_us,
             "databases": self.databases,
+            # A backup of some databases only cannot be the base of an
+            # incremental, which covers every database.
+            "all_databases": self.all_databases,
         }
 
     def stream_database(self, name: str, scratch_dir: str,

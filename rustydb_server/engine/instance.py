@@ -193,6 +193,7 @@ class Engine:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
             os.close(fd)
+            self.fileops.fsync_dir(os.path.dirname(path))
         except OSError as e:
             log.warning("cannot mark WAL segment ready for archiving", segment=name,
                         error=str(e))
@@ -417,6 +418,8 @@ class Engine:
     def record_backup(self, manifest: dict) -> None:
         """Remember the latest backups: incrementals start from them, and the WAL
         they need is kept until the next backup."""
+        if not manifest.get("all_databases", True):
+            return  # a backup of some databases only is no base for an incremental
         info = {
             "backup_id": manifest["backup_id"],
             "type": manifest["backup_type"],
@@ -500,16 +503,18 @@ class Engine:
             return {"complete": True, **figures}
 
     def _segment_archived(self, name: str) -> bool:
+        # Only a .done mark proves it: a segment whose .ready could not be
+        # written is not archived either.
         status = self.datadir.join(_datadir.ARCHIVE_STATUS_DIR)
-        return not os.path.exists(os.path.join(status, name + ".ready")) or os.path.exists(
-            os.path.join(status, name + ".done")
-        )
+        return os.path.exists(os.path.join(status, name + ".done"))
 
     def _remove_old_segments(self, redo: int) -> int:
         c = self.control
         keep_bytes = self.settings["wal_keep_size"]
         limit = redo - keep_bytes
         archive_on = self.settings["archive_mode"]
+        if archive_on:
+            self._mark_completed_segments_ready(self.wal.end_lsn)
         backup_keep = self._backup_keep_lsn()
         removed = 0
         for timeline, segno, name in walseg.list_segments(self.datadir.wal_dir):
@@ -533,6 +538,9 @@ class Engine:
                     os.unlink(os.path.join(status, name + suffix))
                 except FileNotFoundError:
                     pass
+                except OSError as e:  # a stale mark does no harm; the segment is gone
+                    log.warning("cannot remove archive status mark", segment=name,
+                                error=str(e))
         if removed:
             self.fileops.fsync_dir(self.datadir.wal_dir)
         return removed

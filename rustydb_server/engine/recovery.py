@@ -84,7 +84,9 @@ class RecordApplier:
                     "the recovery target; choose an earlier target")
             elif rec.action == "drop" and rec.database in self.replayers:
                 if self.applied[rec.database] < lsn:
-                    self.replayers.pop(rec.database).close()
+                    dropped = self.replayers.pop(rec.database)
+                    self._closed_changes += dropped.changes
+                    dropped.close()
                     self.applied.pop(rec.database)
                     database.remove_database_files(path)
                     self.replayed += 1
@@ -93,7 +95,7 @@ class RecordApplier:
 
     @property
     def changed_rows(self) -> int:
-        return sum(r.changes for r in self.replayers.values())
+        return self._closed_changes + sum(r.changes for r in self.replayers.values())
 
     def finish(self) -> None:
         """Commit what is applied and close every database."""
@@ -103,8 +105,14 @@ class RecordApplier:
         finally:
             self.close()
 
+    _closed_changes = 0
+
     def close(self) -> None:
         for replayer in self.replayers.values():
+            try:
+                self._closed_changes += replayer.changes
+            except Exception:
+                pass
             try:
                 replayer.close()
             except Exception:  # already failing; the first error is the one to report

@@ -390,9 +390,37 @@ def _swap_into_place(staging: str, target: str, lock: _TargetLock,
         raise RestoreError(f"could not move the restored data into {target}: "
                            f"{exc.strerror or exc}") from None
     fileops.fsync_dir(parent)
-    if old is not None:
+    if old is not None and _carry_over(old, target):
         shutil.rmtree(old, ignore_errors=True)
     return old is not None
+
+
+# What a restore replaces. Anything else in a replaced data directory (an archive
+# or backups kept inside it as the operations guide does, settings made with
+# ALTER SYSTEM, the backup catalog) is moved into the restored one, never lost.
+_REPLACED = frozenset({dd.VERSION_FILE, dd.CONTROL_FILE, dd.PID_FILE, dd.DATABASES_DIR,
+                       dd.WAL_DIR, "backup_tmp"})
+
+
+def _carry_over(old: str, target: str) -> bool:
+    """Move what the restore does not replace from ``old`` into ``target``.
+
+    Returns False (and leaves ``old`` in place) if anything could not be moved.
+    """
+    ok = True
+    for name in os.listdir(old):
+        if name in _REPLACED or name.startswith(dd.PID_FILE):
+            continue
+        src, dst = os.path.join(old, name), os.path.join(target, name)
+        if os.path.lexists(dst):
+            continue  # the backup brought its own; the old one stays in `old`
+        try:
+            os.rename(src, dst)
+        except OSError:
+            ok = False
+    if not ok or any(n not in _REPLACED for n in os.listdir(old)):
+        return False
+    return True
 
 
 __all__ = ["RestoreError", "RestoreResult", "check_manifest", "resolve_read_key", "restore_full"]

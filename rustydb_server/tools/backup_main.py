@@ -572,6 +572,10 @@ def query_backup(args: argparse.Namespace) -> int:
     path, sql = args.query
     try:
         header = read_file_header(path)
+        if header.backup_type in ("incremental", "differential", "wal-segment"):
+            return fail(PROG, f"{path} is a {header.backup_type} backup: it holds changes, "
+                        "not whole databases; query the full backup it builds on, or restore "
+                        "the chain with rusty-db-restore --chain-dir")
         key = resolve_read_key(header, args.key_file) if header.encrypted else None
         names = [d["name"] for d in header.databases]
         database = (args.database or [None])[0] or (names[0] if len(names) == 1 else "rustydb")

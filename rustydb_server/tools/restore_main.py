@@ -347,16 +347,21 @@ def _import_table(args, data_dir: str, database: str, workdir: str) -> str:
 
 
 def _restore_chain(args: argparse.Namespace) -> int:
+    """The whole chain goes into the staging directory before it is swapped in,
+    so a failing incremental leaves no half-restored data directory."""
     chain = find_chain(args.input, args.chain_dir)
     full, rest = chain[0], chain[1:]
-    args_full = argparse.Namespace(**{**vars(args), "input": full, "json": False})
-    result, _ = _restore(args_full)
-    for path in rest:
-        key = _key_for(path, args.key_file)
-        with open(path, "rb") as f:
-            apply_incremental(BackupReader(f, key=key), args.data_dir, threads=args.threads)
-    summary = {"ok": True, "data_dir": args.data_dir, "chain": chain,
-               "backup_id": result.backup_id}
+
+    def apply_rest(staging: str, manifest: dict) -> None:
+        for path in rest:
+            key = _key_for(path, args.key_file)
+            with open(path, "rb") as f:
+                apply_incremental(BackupReader(f, key=key), staging, threads=args.threads)
+
+    restore_full(full, args.data_dir, key=_key_for(full, args.key_file), threads=args.threads,
+                 verify_encryption=args.verify_encryption,
+                 integrity_check=False, force=args.force, post_install=apply_rest)
+    summary = {"ok": True, "data_dir": args.data_dir, "chain": chain}
     if args.json:
         print_json(summary)
     else:

@@ -89,8 +89,8 @@ class BackupService:
         parent = c.last_full_backup if backup_type == "differential" else c.last_backup
         if parent is None:
             raise BackupRequestError(
-                f"a {backup_type} backup needs an earlier full backup of this server; take a "
-                "full backup first")
+                f"{'an' if backup_type == 'incremental' else 'a'} {backup_type} backup needs an "
+                "earlier full backup of this server; take a full backup first")
         return parent
 
     def open_source(self, backup_type: str, names, base_backup=None, backup_id=None):

@@ -207,8 +207,29 @@ def resolve_kek(
     passphrase = env.get(ENV_PASSPHRASE)
     if passphrase:
         return PassphraseSource(passphrase)
+    configured = configured_key_file(env)
+    if configured:
+        return KeyFileSource.from_file(configured)
     raise NoKeyError(
-        "no backup encryption key: pass --key-file PATH, set backup_key_file, "
-        f"or set {ENV_KEY_FILE} or {ENV_PASSPHRASE}. "
+        "no backup encryption key: pass --key-file PATH, set backup_key_file in "
+        f"{env.get(ENV_CONFIG) or DEFAULT_CONFIG}, or set {ENV_KEY_FILE} or {ENV_PASSPHRASE}. "
         "Create a key file with: rusty-db-backup --create-key-file PATH"
     )
+
+
+ENV_CONFIG = "RUSTYDB_CONFIG"
+DEFAULT_CONFIG = "/etc/rustydb/rustydb.toml"
+
+
+def configured_key_file(env: Mapping[str, str]) -> str | None:
+    """backup_key_file from the server's config file ($RUSTYDB_CONFIG or the default),
+    so the command-line tools on the server's machine find the same key."""
+    path = env.get(ENV_CONFIG) or DEFAULT_CONFIG
+    if not os.path.isfile(path):
+        return None
+    from ..settings import SettingError, read_config_file
+
+    try:
+        return read_config_file(path).get("backup_key_file") or None
+    except SettingError as e:
+        raise NoKeyError(f"cannot read backup_key_file from {path}: {e}") from None

@@ -161,3 +161,34 @@ def test_guides_automated_backup_script_runs_as_written(server, tmp_path):
     backup_id = json.loads((tmp_path / "resp.json").read_text())["backup_id"]
     entry = wait_done(server, backup_id)
     assert entry["status"] == "completed" and entry["backup_type"] == "full"
+
+
+def test_api_chains_incrementals_and_refuses_to_break_them(server, tmp_path):
+    fill(server, 100)
+    server.sql(f"ALTER SYSTEM SET backup_dir = '{tmp_path / 'b'}';")
+    ids = []
+    for kind in ("full", "incremental", "incremental", "differential"):
+        server.sql(f"INSERT INTO customers(name, balance) VALUES ('{kind}', 1);")
+        status, started = call(server, "POST", "/api/v1/admin/backup",
+                               {"backup_type": kind, "compression": True})
+        assert status == 202, started
+        done = wait_done(server, started["backup_id"])
+        assert done["status"] == "completed", done
+        ids.append(done["backup_id"])
+    full, i1, i2, diff = ids
+    status, listing = call(server, "GET", "/api/v1/admin/backups")
+    by_id = {b["backup_id"]: b for b in listing["backups"]}
+    assert by_id[i1]["parent_id"] == full and by_id[i2]["parent_id"] == i1
+    assert by_id[diff]["base_full_id"] == full
+    assert set(by_id[full]["dependents"]) == {i1, i2, diff}
+    # deleting a backup others depend on is refused, naming them
+    status, body = call(server, "DELETE", f"/api/v1/admin/backup/{i1}")
+    assert status == 409 and i2 in body["message"]
+    status, body = call(server, "DELETE", f"/api/v1/admin/backup/{i2}")
+    assert status == 200 and body["deleted"] == [i2]
+    assert not os.path.exists(by_id[i2]["location"])
+    status, body = call(server, "DELETE", f"/api/v1/admin/backup/{full}?cascade=true")
+    assert status == 200 and set(body["deleted"]) == {full, i1, diff}
+    assert not any(n.endswith(".backup") for n in os.listdir(tmp_path / "b"))
+    status, listing = call(server, "GET", "/api/v1/admin/backups")
+    assert listing["backups"] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -62,10 +63,49 @@ def routes(state) -> list[Route]:
             service = _service(state)
         except BackupRequestError as e:
             return _error(e.status, str(e), "starting")
-        return JSONResponse({"backups": [describe(e) for e in service.catalog.list()]})
+        catalog = service.catalog
+        entries = []
+        for e in catalog.list():
+            d = describe(e)
+            d["dependents"] = catalog.dependents(e["backup_id"])
+            entries.append(d)
+        return JSONResponse({"backups": entries})
+
+    async def delete(request: Request) -> JSONResponse:
+        """Delete a backup; refused while others depend on it, unless ?cascade=true."""
+        try:
+            service = _service(state)
+        except BackupRequestError as e:
+            return _error(e.status, str(e), "starting")
+        backup_id = request.path_params["backup_id"]
+        catalog = service.catalog
+        entry = catalog.get(backup_id)
+        if entry is None:
+            return _error(404, f"no backup with id {backup_id}", "not_found")
+        if entry["status"] == "in_progress":
+            return _error(409, f"backup {backup_id} is still running", "in_progress")
+        dependents = catalog.dependents(backup_id)
+        cascade = request.query_params.get("cascade", "false").lower() in ("1", "true", "yes")
+        if dependents and not cascade:
+            return _error(
+                409, f"backup {backup_id} is the base of {len(dependents)} other backup(s) "
+                f"({', '.join(dependents)}); delete them first, or pass ?cascade=true to "
+                "delete the whole dependent chain", "has_dependents")
+        deleted = []
+        for bid in [*reversed(dependents), backup_id]:
+            removed = catalog.remove(bid)
+            location = removed.get("location") or ""
+            if removed.get("origin") == "api" and location.endswith(".backup"):
+                try:
+                    os.unlink(location)
+                except FileNotFoundError:
+                    pass
+            deleted.append(bid)
+        return JSONResponse({"deleted": deleted})
 
     return [
         Route("/api/v1/admin/backup", start, methods=["POST"]),
         Route("/api/v1/admin/backup/{backup_id}", show, methods=["GET"]),
+        Route("/api/v1/admin/backup/{backup_id}", delete, methods=["DELETE"]),
         Route("/api/v1/admin/backups", listing, methods=["GET"]),
     ]

@@ -92,6 +92,29 @@ class Catalog:
             entry = self._entries.get(backup_id)
             return dict(entry) if entry else None
 
+    def dependents(self, backup_id: str) -> list[str]:
+        """Every backup whose chain goes through ``backup_id`` (children first found)."""
+        with self._lock:
+            out: list[str] = []
+            frontier = [backup_id]
+            while frontier:
+                current = frontier.pop()
+                for e in self._entries.values():
+                    if e["backup_id"] in out or e["status"] == "failed":
+                        continue
+                    if e.get("parent_id") == current or (
+                            e.get("backup_type") == "differential"
+                            and e.get("base_full_id") == current):
+                        out.append(e["backup_id"])
+                        frontier.append(e["backup_id"])
+            return out
+
+    def remove(self, backup_id: str) -> dict:
+        with self._lock:
+            entry = self._entries.pop(backup_id)
+            self._save()
+            return entry
+
     def list(self) -> list[dict]:
         with self._lock:
             return sorted((dict(e) for e in self._entries.values()),

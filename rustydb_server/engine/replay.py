@@ -129,6 +129,8 @@ class Replayer:
         self._changes_before = conn.total_changes()
         self._pending = None  # (lsn, txid, commit_time_us) of the last record in the batch
         self._count = 0
+        self._group: apsw.ChangesetBuilder | None = None
+        self._group_lsns = [0, 0]
 
     def apply(self, lsn: int, record) -> None:
         if tuple(record.steps) == VACUUM_STEPS:
@@ -139,14 +141,18 @@ class Replayer:
         if self._pending is None:
             self.conn.execute("BEGIN IMMEDIATE")
         try:
-            if self.only_table is None:
-                apply_steps(self.conn, record.steps)
-            else:
-                self._apply_table_steps(record.steps)
-        except apsw.Error as e:
-            self.conn.execute("ROLLBACK")
-            self._pending = None
-            self._count = 0
+            for kind, payload in record.steps:
+                if kind == "changeset":
+                    self._add_to_group(lsn, payload)
+                else:
+                    self._apply_group()
+                    if self.only_table is None or ddl_touches(payload, self.only_table,
+                                                              self.conn):
+                        self.conn.execute(payload)
+        except (apsw.Error, ReplayError) as e:
+            self._abandon()
+            if isinstance(e, ReplayError):
+                raise
             raise ReplayError(
                 f"cannot apply WAL record at LSN {format_lsn(lsn)} (txid {record.txid}) "
                 f"to database {self.database_name!r}: {e}"
@@ -157,13 +163,52 @@ class Replayer:
         if self._count >= self.batch:
             self.flush()
 
-    def _apply_table_steps(self, steps) -> None:
+    # Consecutive changesets are merged into one changegroup and applied with a
+    # single call: applying a changeset prepares statements for each of its
+    # tables, which costs more than the rows of a small transaction. The merged
+    # result is what applying them one by one would give.
+    def _add_to_group(self, lsn: int, changeset: bytes) -> None:
+        if self._group is None:
+            self._group = apsw.ChangesetBuilder()
+            self._group_lsns = [lsn, lsn]
+        try:
+            self._group.add(changeset)
+        except apsw.Error:
+            # Cannot be merged (a table's shape differs): apply what we have,
+            # then this one on its own.
+            self._apply_group()
+            self._apply_changeset(changeset, lsn, lsn)
+            return
+        self._group_lsns[1] = lsn
+
+    def _apply_group(self) -> None:
+        if self._group is None:
+            return
+        out = self._group.output()
+        self._group.close()
+        self._group = None
+        if out:
+            self._apply_changeset(out, *self._group_lsns)
+
+    def _apply_changeset(self, changeset: bytes, first: int, last: int) -> None:
         table = self.only_table
-        for kind, payload in steps:
-            if kind == "changeset":
-                apply_steps(self.conn, [(kind, payload)], table_filter=lambda t: t == table)
-            elif ddl_touches(payload, table, self.conn):
-                apply_steps(self.conn, [(kind, payload)])
+        try:
+            apply_steps(self.conn, [("changeset", changeset)],
+                        table_filter=None if table is None else (lambda t: t == table))
+        except apsw.Error as e:
+            where = (f"LSN {format_lsn(first)}" if first == last
+                     else f"LSNs {format_lsn(first)}..{format_lsn(last)}")
+            raise ReplayError(f"cannot apply the WAL records at {where} to database "
+                              f"{self.database_name!r}: {e}") from e
+
+    def _abandon(self) -> None:
+        if self._group is not None:
+            self._group.close()
+            self._group = None
+        if not self.conn.getautocommit():
+            self.conn.execute("ROLLBACK")
+        self._pending = None
+        self._count = 0
 
     @property
     def changes(self) -> int:
@@ -172,6 +217,11 @@ class Replayer:
 
     def flush(self) -> None:
         if self._pending is not None:
+            try:
+                self._apply_group()
+            except ReplayError:
+                self._abandon()
+                raise
             database.write_state(self.conn, *self._pending)
             self.conn.execute("COMMIT")
             self._pending = None

@@ -34,7 +34,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import scramp
+
+def _scramp():
+    # Imported on first use: only authenticating connections need it, and it
+    # costs tens of milliseconds at the start of every command-line tool.
+    import scramp
+
+    return scramp
+
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
@@ -524,7 +531,7 @@ def make_scram_credentials(password: str, iteration_count: int = SCRAM_ITERATION
 
     The password itself is never stored; these are what scramp's server needs.
     """
-    return scramp.ScramMechanism(SCRAM_MECHANISM).make_auth_info(
+    return _scramp().ScramMechanism(SCRAM_MECHANISM).make_auth_info(
         password, iteration_count=iteration_count
     )
 
@@ -607,12 +614,12 @@ class ServerProtocol:
         return AuthContinue(({"type": "auth_required", "mechanism": SCRAM_MECHANISM},))
 
     def _on_scram_client_first(self, msg: dict) -> AuthContinue:
-        mechanism = scramp.ScramMechanism(SCRAM_MECHANISM)
+        mechanism = _scramp().ScramMechanism(SCRAM_MECHANISM)
         self._scram = mechanism.make_server(self._lookup_credentials)
         try:
             self._scram.set_client_first(msg["data"])
             first = self._scram.get_server_first()
-        except scramp.ScramException:
+        except _scramp().ScramException:
             raise ProtocolError("auth_failed", AUTH_FAILED_MESSAGE) from None
         self.state = "client_final"
         return AuthContinue(({"type": "scram_server_first", "data": first},))
@@ -621,7 +628,7 @@ class ServerProtocol:
         try:
             self._scram.set_client_final(msg["data"])
             final = self._scram.get_server_final()
-        except scramp.ScramException:
+        except _scramp().ScramException:
             raise ProtocolError("auth_failed", AUTH_FAILED_MESSAGE) from None
         self.state = "session"
         return self._session_requested(({"type": "scram_server_final", "data": final},))
@@ -727,7 +734,7 @@ class ClientProtocol:
                     "the server requires a password; set the RUSTYDB_PASSWORD "
                     "environment variable (or pass password= to connect)",
                 )
-            self._scram = scramp.ScramClient([SCRAM_MECHANISM], self.user, self._password)
+            self._scram = _scramp().ScramClient([SCRAM_MECHANISM], self.user, self._password)
             return AuthContinue(
                 ({"type": "scram_client_first", "data": self._scram.get_client_first()},)
             )
@@ -735,13 +742,13 @@ class ClientProtocol:
             try:
                 self._scram.set_server_first(msg["data"])
                 final = self._scram.get_client_final()
-            except scramp.ScramException as e:
+            except _scramp().ScramException as e:
                 raise ProtocolError("auth_failed", f"the server's SCRAM message is invalid ({e})")
             return AuthContinue(({"type": "scram_client_final", "data": final},))
         if kind == "scram_server_final" and step == "get_client_final":
             try:
                 self._scram.set_server_final(msg["data"])
-            except scramp.ScramException:
+            except _scramp().ScramException:
                 raise ProtocolError(
                     "auth_failed",
                     "the server could not prove that it knows the password; it may not "

@@ -21,9 +21,14 @@ import apsw
 
 from .container import BackupReader, EntryNotFoundError
 from .random_access import DEFAULT_CACHE_CHUNKS, EntryReader
-from .snapshot import entry_name
 
 VFS_NAME = "rustydb-backup"
+
+
+def entry_name(database_name: str) -> str:
+    """The container entry holding a database's pages (as snapshot.py writes it)."""
+    return f"databases/{database_name}.sqlite"
+
 # Names of backup entry files in the VFS; never real paths.
 PATH_PREFIX = "/rustydb-backup/"
 SECTOR_SIZE = 4096

@@ -134,7 +134,7 @@ def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int) -> int:
                     raise IncrementalRestoreError(
                         f"database {name!r} is missing from {ddir.path}; the base does not "
                         "match this backup")
-                conn = replay.open_replay_connection(path)
+                conn = _open_for_apply(path)
                 conn.execute("BEGIN IMMEDIATE")
             if (kind, payload) == replay.VACUUM_STEPS[0]:
                 conn.execute("COMMIT")
@@ -148,11 +148,12 @@ def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int) -> int:
                     f"cannot apply the backup to database {name!r}: {e}; the data directory "
                     "does not hold the state this backup was taken from") from e
         if conn is None and os.path.exists(path):
-            conn = replay.open_replay_connection(path)
+            conn = _open_for_apply(path)
             conn.execute("BEGIN IMMEDIATE")
         if conn is not None:
             database.write_state(conn, end_lsn, None, None)
             conn.execute("COMMIT")
+            _finish_apply(conn, path)
     except BaseException:
         if conn is not None and not conn.getautocommit():
             conn.execute("ROLLBACK")
@@ -161,6 +162,30 @@ def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int) -> int:
         if conn is not None:
             conn.close()
     return count
+
+
+def _open_for_apply(path: str):
+    """A connection that writes pages in place: no SQLite WAL, no fsync per commit.
+
+    Nothing runs on the directory meanwhile and its control file says
+    "applying-incremental" until the end, so a crash here means "restore again",
+    never a silently damaged database; the file is fsynced once at the end.
+    That halves the writes of a large incremental (no WAL copy, no checkpoint).
+    """
+    conn = replay.open_replay_connection(path)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-262144")
+    return conn
+
+
+def _finish_apply(conn, path: str) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")  # as the server runs it
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _advance_control(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> None:

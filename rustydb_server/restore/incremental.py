@@ -175,7 +175,10 @@ def _open_for_apply(path: str):
     conn = replay.open_replay_connection(path)
     conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
-    conn.execute("PRAGMA cache_size=-262144")
+    # Changed rows are spread over the whole file: keep the pages they touch
+    # in memory (allocated only as used) and read the rest through mmap.
+    conn.execute("PRAGMA cache_size=-1048576")
+    conn.execute("PRAGMA mmap_size=4294967296")
     return conn
 
 

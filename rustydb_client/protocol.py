@@ -35,6 +35,7 @@ from typing import Any
 
 import msgpack
 
+
 def _scramp():
     # Imported on first use: only authenticating connections need it, and it
     # costs tens of milliseconds at the start of every command-line tool.
@@ -746,7 +747,7 @@ class ClientProtocol:
                 self._scram.set_server_first(msg["data"])
                 final = self._scram.get_client_final()
             except _scramp().ScramException as e:
-                raise ProtocolError("auth_failed", f"the server's SCRAM message is invalid ({e})")
+                raise ProtocolError("auth_failed", f"the server's SCRAM message is invalid ({e})") from None
             return AuthContinue(({"type": "scram_client_final", "data": final},))
         if kind == "scram_server_final" and step == "get_client_final":
             try:

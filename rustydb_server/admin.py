@@ -8,7 +8,7 @@ sends like any other statement's.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 

@@ -10,8 +10,8 @@ tokenised past them (SQLite's syntax is SQLite's business).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 MAX_RESTORE_POINT_NAME = 63

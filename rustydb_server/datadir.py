@@ -134,7 +134,7 @@ class DataDir:
             with open(self.join(VERSION_FILE)) as f:
                 version = int(f.read().strip())
         except (OSError, ValueError) as e:
-            raise DataDirError(f"{self.join(VERSION_FILE)}: cannot read format version: {e}")
+            raise DataDirError(f"{self.join(VERSION_FILE)}: cannot read format version: {e}") from None
         if version != FORMAT_VERSION:
             raise DataDirError(
                 f"{self.path}: on-disk format version {version}, this server reads "
@@ -147,7 +147,7 @@ class DataDir:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise DataDirError(f"{path}: cannot read control file: {e.strerror}")
+            raise DataDirError(f"{path}: cannot read control file: {e.strerror}") from None
         return Control.decode(data, path)
 
     def write_control(self, control: Control) -> None:
@@ -194,7 +194,7 @@ class DataDir:
             raise DataDirLocked(
                 f"data directory {self.path} is in use by another RustyDB process{who}; "
                 f"stop it first, or use a different --data-dir"
-            )
+            ) from None
         self._lock_fd = fd
         self.write_pid(what)
 

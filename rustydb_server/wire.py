@@ -163,7 +163,7 @@ class ClientConnection:
                 limiter=self.state.db_limiter,
             )
         except EngineError as e:
-            raise _Fatal(e.code, str(e))
+            raise _Fatal(e.code, str(e)) from None
         self.state.sessions[self.session_id] = self
         log.info("session opened", peer=self.peer, session=self.session_id,
                  user=event.user, database=name, client=event.client)
@@ -214,7 +214,7 @@ class ClientConnection:
                 "wal_failure",
                 f"the WAL could not be made durable ({e}); nothing more is acknowledged "
                 "and the server is stopping", fatal=True))
-            raise _Fatal("wal_failure", "server stopping after a WAL failure")
+            raise _Fatal("wal_failure", "server stopping after a WAL failure") from e
 
     async def _sql(self, sql: str, keywords: list[str], batch_rows: int) -> None:
         session = self.session

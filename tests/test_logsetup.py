@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -32,7 +32,7 @@ def test_json_shape_when_not_a_tty(stream):
     assert event["logger"] == "wal"
     assert event["lsn"] == 1234 and event["segments"] == 3
     stamp = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
-    assert stamp.utcoffset() == timezone.utc.utcoffset(None)
+    assert stamp.utcoffset() == UTC.utcoffset(None)
 
 
 def test_one_line_per_event_even_with_newlines_and_exceptions(stream):

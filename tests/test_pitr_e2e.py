@@ -63,7 +63,7 @@ def wait_archived(srv, timeout=30) -> None:
 
 
 def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
 def run_workload(conn, rnd, n, history, restore_points, prefix=""):

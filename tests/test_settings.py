@@ -20,7 +20,6 @@ from rustydb_server.settings import (
     show_all,
 )
 
-
 # ---------------------------------------------------------------- values
 
 

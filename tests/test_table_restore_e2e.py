@@ -152,7 +152,7 @@ def test_table_from_a_chain_and_at_a_pitr_target(shop, tmp_path, monkeypatch):
     out2 = tmp_path / "from-pitr"
     proc = run_tool("rusty-db-restore", "--input", str(base), "--table", "customers",
                     "--archive-dir", str(archive), "--recovery-target-time",
-                    dt.datetime.fromtimestamp(mark, dt.timezone.utc).isoformat(),
+                    dt.datetime.fromtimestamp(mark, dt.UTC).isoformat(),
                     "--data-dir", str(out2))
     assert proc.returncode == 0, proc.stderr
     assert _offline_rows(out2, "customers") == at_incr

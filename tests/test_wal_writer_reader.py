@@ -717,7 +717,7 @@ def test_archived_segment_files_chain_into_records(tmp_path):
     archive.mkdir()
     expected = write_records(wal, [30_000, 30_000, 50_000, 100, SIZE * 2, 10])
     paths = []
-    for _, segno, name in _segments(wal):
+    for _, _segno, name in _segments(wal):
         dest = archive / f"{name}.copy"
         shutil.copy(wal / name, dest)
         paths.append(str(dest))

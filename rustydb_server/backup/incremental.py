@@ -27,8 +27,8 @@ import msgpack
 from .. import __version__
 from ..archive import segment_file as sf
 from ..engine.instance import Engine
-from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..engine.replay import format_lsn
+from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..logsetup import get_logger
 from ..wal import reader as wal_reader
 from ..wal import record as walrec

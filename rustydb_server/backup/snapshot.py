@@ -68,7 +68,7 @@ class Snapshot:
             self.end_lsn = engine.wal.end_lsn
             self.next_txid = engine.peek_next_txid()
             self.last_commit_time_us = engine._last_commit_us
-            for name, conn in self.conns.items():
+            for conn in self.conns.values():
                 conn.execute("BEGIN")
                 conn.execute(f"SELECT count(*) FROM {database.STATE_TABLE}").fetchall()
         self.pause_seconds = time.perf_counter() - t0

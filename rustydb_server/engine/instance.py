@@ -517,7 +517,7 @@ class Engine:
             self._mark_completed_segments_ready(self.wal.end_lsn)
         backup_keep = self._backup_keep_lsn()
         removed = 0
-        for timeline, segno, name in walseg.list_segments(self.datadir.wal_dir):
+        for _timeline, segno, name in walseg.list_segments(self.datadir.wal_dir):
             seg_end = (segno + 1) * c.segment_size
             if seg_end > limit:
                 continue

@@ -399,7 +399,7 @@ class SqlSession:
         except apsw.Error as e:
             if not self.conn.getautocommit():
                 self.conn.execute("ROLLBACK")
-            raise SqlError(f"COMMIT failed, transaction rolled back: {e}")
+            raise SqlError(f"COMMIT failed, transaction rolled back: {e}") from e
         return "COMMIT"
 
     def rollback(self) -> str:

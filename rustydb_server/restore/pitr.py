@@ -76,7 +76,7 @@ class PitrReport:
 
 
 def format_time(us: int) -> str:
-    return dt.datetime.fromtimestamp(us / 1e6, dt.timezone.utc).astimezone().isoformat(
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).astimezone().isoformat(
         sep=" ", timespec="microseconds")
 
 

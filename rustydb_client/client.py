@@ -29,7 +29,7 @@ from rustydb_client.protocol import (
 from rustydb_client.sqlsplit import split_statements
 
 CLIENT_NAME = "rustydb-client"
-_RECV_SIZE = 64 * 1024
+_RECV_SIZE = 1 << 20  # large: backup streams arrive in 1 MiB frames
 
 
 class ClientError(Exception):

@@ -32,6 +32,18 @@ KNOWN_TYPES = ("full", "incremental", "differential", "pitr-base")
 SUPPORTED_TYPES = KNOWN_TYPES
 
 
+READ_BATCH = 4  # chunks read per worker-thread hop
+
+
+def _take(gen, n: int) -> list[bytes]:
+    out = []
+    for chunk in gen:
+        out.append(chunk)
+        if len(out) == n:
+            break
+    return out
+
+
 class BackupRequestError(Exception):
     """A backup request that cannot be carried out; the message says why."""
 
@@ -148,21 +160,7 @@ class BackupService:
         t0 = time.perf_counter()
         try:
             await conn.send(proto.backup_header_message(manifest=manifest))
-            for entry, gen in snap.entries(self.scratch, cancel):
-                try:
-                    chunk = await self._next(gen)
-                    empty = chunk is None
-                    while chunk is not None:
-                        following = await self._next(gen)
-                        await conn.send({"type": "backup_data", "entry": entry,
-                                         "data": chunk, "last": following is None})
-                        sent += len(chunk)
-                        chunk = following
-                    if empty:
-                        await conn.send({"type": "backup_data", "entry": entry,
-                                         "data": b"", "last": True})
-                finally:
-                    await trio.to_thread.run_sync(gen.close, limiter=self.limiter)
+            sent = await self._send_entries(conn, snap, cancel)
             await conn.send(proto.backup_end_message(end_lsn=manifest["end_lsn"], bytes=sent))
             self.catalog.complete(snap.backup_id, size_bytes=sent)
             self.engine.record_backup(manifest)
@@ -189,8 +187,41 @@ class BackupService:
         if self.state.archiver is not None:
             self.state.archiver.poke()
 
-    async def _next(self, gen):
-        return await trio.to_thread.run_sync(next, gen, None, limiter=self.limiter)
+    async def _send_entries(self, conn, snap, cancel) -> int:
+        """Read chunks in a worker thread while the previous ones are being sent."""
+        send_ch, recv_ch = trio.open_memory_channel(8)
+        sent = 0
+
+        async def produce() -> None:
+            async with send_ch:
+                for entry, gen in snap.entries(self.scratch, cancel):
+                    try:
+                        while True:
+                            batch = await trio.to_thread.run_sync(
+                                _take, gen, READ_BATCH, limiter=self.limiter)
+                            for chunk in batch:
+                                await send_ch.send((entry, chunk))
+                            if len(batch) < READ_BATCH:
+                                break
+                    finally:
+                        await trio.to_thread.run_sync(gen.close, limiter=self.limiter)
+                    await send_ch.send((entry, None))  # end of this entry
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                async with recv_ch:
+                    async for entry, chunk in recv_ch:
+                        last = chunk is None
+                        await conn.send({"type": "backup_data", "entry": entry,
+                                         "data": b"" if last else chunk, "last": last})
+                        sent += 0 if last else len(chunk)
+        except BaseExceptionGroup as group:
+            # One failure (a cancelled backup, a dropped client) is what callers handle.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        return sent
 
     # --------------------------------------------------------- written by us
     def start_backup(self, nursery: trio.Nursery, req: BackupRequest) -> dict:

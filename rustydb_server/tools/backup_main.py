@@ -54,7 +54,7 @@ from ..codecs import CODECS
 from ..crypto import CryptoError
 from ..engine.replay import format_lsn
 from ..restore.full import resolve_read_key
-from .progress import Progress, fail, human_size, mb_per_second, print_json
+from .progress import Progress, fail, human_size, mb_per_second, positive_int, print_json
 
 PROG = "rusty-db-backup"
 BACKUP_TYPES = ("full", "incremental", "differential", "pitr-base")
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="{lz4,zstd,snappy}", help="compress chunks (default algorithm lz4)")
     p.add_argument("--encrypt", action="store_true", help="encrypt with AES-256-GCM")
     p.add_argument("--key-file", help="key file for --encrypt, --verify of an encrypted backup")
-    p.add_argument("--threads", type=_positive_int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="compress, encrypt and check chunks on N threads (default 1)")
     p.add_argument("--database", "-d", action="append", metavar="NAME",
                    help="back up only this database (repeatable; default all)")
@@ -109,16 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="user name (default $RUSTYDB_USER or your login name)")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -245,12 +245,19 @@ class ClientConnection:
         timeout = to_seconds("statement_timeout", self.state.settings["statement_timeout"])
         if not timeout:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.state.db_limiter)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._interrupt_after, timeout)
-            try:
-                return await trio.to_thread.run_sync(fn, *args, limiter=self.state.db_limiter)
-            finally:
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._interrupt_after, timeout)
+                try:
+                    return await trio.to_thread.run_sync(fn, *args,
+                                                         limiter=self.state.db_limiter)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The statement's own error (SqlError, ...) is what the caller reports.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
     async def _interrupt_after(self, seconds: float) -> None:
         await trio.sleep(seconds)

@@ -346,3 +346,42 @@ def test_server_help_and_usage_errors():
     proc = subprocess.run([os.path.join(os.path.dirname(__import__("sys").executable),
                                         "rusty-db-cli"), "--bogus"], capture_output=True)
     assert proc.returncode == 2
+
+
+def test_statement_timeout_cancels_and_session_goes_on(server):
+    server.sql("ALTER SYSTEM SET statement_timeout = '200ms';")
+    with connect(server) as c:
+        with pytest.raises(rc.ServerError) as e:
+            c.execute("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c) "
+                      "SELECT count(*) FROM c")
+        assert e.value.code == "query_canceled"
+        assert c.execute("SELECT 1").rows == [[1]]
+
+
+def test_idle_sessions_are_closed_and_the_connection_cap_holds(server_factory, tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text("max_connections = 2\n")
+    srv = server_factory(name="cap", extra_args=["--config", str(conf)]).start()
+    a, b = connect(srv), connect(srv)
+    with pytest.raises(rc.ClientError) as e:
+        connect(srv)
+    assert "max_connections" in str(e.value)
+    a.close()
+    b.close()
+    time.sleep(0.3)
+    srv.sql("ALTER SYSTEM SET idle_session_timeout = '300ms';")
+    idle = connect(srv)
+    time.sleep(1.0)
+    with pytest.raises(rc.ClientError):
+        idle.execute("SELECT 1")
+    srv.stop()
+
+
+def test_shutdown_immediate_skips_the_checkpoint_and_recovers(server):
+    server.sql("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+    proc = server.cli("--command", "SHUTDOWN IMMEDIATE;")
+    assert proc.returncode == 0, proc.stderr
+    assert server.wait_exit(30) == 0
+    server.start()
+    assert server.health()["recovery"]["was_clean"] is False
+    assert server.sql("SELECT count(*) FROM t;", "--csv").stdout.strip().endswith("1")

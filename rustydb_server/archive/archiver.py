@@ -115,7 +115,9 @@ class Archiver:
             try:
                 await trio.to_thread.run_sync(self.engine.switch_wal)
             except FatalWalError:
-                return
+                return  # the server is stopping
+            except Exception as e:  # e.g. the WAL disk is full: switch again later
+                log.warning("archive_timeout could not switch the WAL segment", error=str(e))
 
     async def _archive_pending(self) -> None:
         for name in self.pending_segments():
@@ -125,7 +127,10 @@ class Archiver:
                 self._failed(name, e)
                 return
             self._succeeded(name)
-        await trio.to_thread.run_sync(self._archive_histories)
+        try:
+            await trio.to_thread.run_sync(self._archive_histories)
+        except OSError as e:  # retried with the next segment; never fatal for the server
+            log.warning("copying a timeline history file to the archive failed", error=str(e))
 
     def _succeeded(self, name: str) -> None:
         s = self.status

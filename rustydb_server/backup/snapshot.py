@@ -44,25 +44,33 @@ class Snapshot:
     def __init__(self, engine: Engine, names: list[str] | None = None, *,
                  backup_type: str = "full", backup_id: str | None = None):
         self.engine = engine
-        chosen = sorted(names) if names else sorted(engine.databases)
-        self.all_databases = set(chosen) == set(engine.databases)
-        for name in chosen:
-            engine.get_database(name)  # a clear error for an unknown name
-        self.names = chosen
+        self.requested = sorted(names) if names else None
+        self.names: list[str] = []
+        self.all_databases = True
         self.backup_type = backup_type
         self.backup_id = backup_id or str(uuid.uuid4())
         self.conns: dict[str, apsw.Connection] = {}
         self.pause_seconds = 0.0
-        self._take()
+        try:
+            self._take()
+        except BaseException:
+            self.close()
+            raise
 
     def _take(self) -> None:
         engine = self.engine
-        handles = [engine.get_database(n) for n in self.names]
-        for h in handles:
-            conn = database.open_connection(h.path)
-            self.conns[h.name] = conn
         t0 = time.perf_counter()
         with contextlib.ExitStack() as stack:
+            # The registry lock keeps CREATE/DROP DATABASE out while the set of
+            # databases and the LSN are fixed: a database whose create record
+            # lies before end_lsn is always in the backup.
+            stack.enter_context(engine._registry_lock)
+            self.names = self.requested or sorted(engine.databases)
+            self.all_databases = set(self.names) == set(engine.databases)
+            handles = [engine.get_database(n) for n in self.names]  # unknown: a clear error
+            for h in handles:
+                self.conns[h.name] = database.open_connection(h.path)
+            t0 = time.perf_counter()
             for h in handles:  # sorted order: no deadlock with another snapshot
                 stack.enter_context(h.commit_lock)
             self.end_lsn = engine.wal.end_lsn

@@ -244,3 +244,28 @@ def test_find_the_bad_transaction_and_restore_to_just_before_it(pitr_setup, tmp_
     out, _ = restore(tmp_path, base, archive, "undo", "--recovery-target-txid",
                      str(bad["txid"]), "--recovery-target-inclusive", "false")
     assert restored_digest(out) == before
+
+
+def test_a_plain_restore_continues_on_a_new_timeline(pitr_setup, tmp_path, server_factory):
+    srv, conn, base, archive, history, points = pitr_setup
+    before = {n: (archive / n).read_bytes() for n in os.listdir(archive)}
+    out = tmp_path / "plain"
+    proc = run_tool("rusty-db-restore", "--input", str(base), "--data-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    conn.close()
+    srv.stop()
+    srv2 = server_factory(name="plain")
+    srv2.data_dir = str(out)
+    srv2.start()
+    assert srv2.health()["wal"]["timeline"] == 2
+    srv2.sql("ALTER SYSTEM SET archive_mode = on;")
+    srv2.sql(f"ALTER SYSTEM SET archive_dest = '{archive}';")
+    srv2.sql("INSERT INTO notes(body) VALUES (x'01');")
+    wait_archived(srv2)
+    status = archive_status(srv2)
+    assert status["last_failure_reason"] is None, status
+    # the old timeline's archived segments are untouched, the new ones sit beside them
+    for name, data in before.items():
+        assert (archive / name).read_bytes() == data
+    assert "00000002.history" in os.listdir(archive)
+    srv2.stop()

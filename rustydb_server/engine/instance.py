@@ -153,6 +153,7 @@ class Engine:
         self._last_commit_us = last_time
         for name in sorted(applied):
             self.databases[name] = DatabaseHandle(name, self.datadir.database_path(name))
+        previous_timeline = self._leave_restored_timeline(end_lsn)
         self.wal = wal_writer.WalWriter(
             self.datadir.wal_dir,
             timeline=c.timeline,
@@ -162,6 +163,9 @@ class Engine:
             fileops=self.fileops,
             on_segment_complete=self._segment_complete,
         )
+        if previous_timeline is not None:
+            self._log_durably(walrec.EndOfRecoveryRecord(c.timeline, previous_timeline,
+                                                         now_us()))
         self._mark_completed_segments_ready(end_lsn)
         elapsed = time.perf_counter() - t0
         self.recovery_stats = {
@@ -176,6 +180,45 @@ class Engine:
         c.state = "running"
         c.next_txid = self._next_txid
         self.datadir.write_control(c)
+
+    def _leave_restored_timeline(self, end_lsn: int) -> int | None:
+        """First start after a restore: continue on a new timeline.
+
+        The old timeline's WAL after the backup already exists (in the archive, or
+        on the old server); writing new WAL under the same segment names would
+        clash with it. Like the end of a PostgreSQL recovery, the restored server
+        gets a timeline no archive has seen, with a history file naming where it
+        branched off. A PITR restore has done this already (its segment exists).
+        """
+        c = self.control
+        if c.state != "restored" or any(
+                tl == c.timeline for tl, _, _ in walseg.list_segments(self.datadir.wal_dir)):
+            return None
+        from ..archive import segment_file as sf
+
+        seen = {c.timeline}
+        seen |= {int(n[:8], 16) for n in os.listdir(self.datadir.wal_dir)
+                 if n.endswith(sf.HISTORY_SUFFIX) and len(n) == 16}
+        archive = self.settings["archive_dest"]
+        if archive and os.path.isdir(archive):
+            try:
+                seen |= set(sf.list_archive(archive)) | set(sf.list_history_timelines(archive))
+            except (OSError, sf.ArchiveError) as e:
+                log.warning("cannot list the archive to choose a new timeline", error=str(e))
+        old, new = c.timeline, max(seen) + 1
+        try:
+            ancestors = sf.read_history(self.datadir.wal_dir, old) if old != 1 else []
+        except sf.ArchiveError:
+            ancestors = []
+        backup = (c.last_backup or {}).get("backup_id", "a backup")
+        history = ancestors + [(old, end_lsn, f"restore of backup {backup}")]
+        self.fileops.write_file_atomic(os.path.join(self.datadir.wal_dir, sf.history_name(new)),
+                                       sf.format_history(history).encode())
+        c.timeline = new
+        self.datadir.write_control(c)
+        log.info("restored data directory continues on a new timeline", timeline=new,
+                 previous_timeline=old, lsn=format_lsn(end_lsn))
+        return old
 
     def _mark_completed_segments_ready(self, end_lsn: int) -> None:
         """A crash between finishing a segment and marking it leaves no .ready; fix that."""

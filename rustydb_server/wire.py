@@ -104,11 +104,13 @@ class ClientConnection:
                 "internal_error", f"internal error: {e}; the server log has the details",
                 fatal=True))
         finally:
-            if self.session is not None:
-                session, self.session = self.session, None
-                await trio.to_thread.run_sync(session.close, limiter=self.state.db_limiter)
-            self.state.sessions.pop(self.session_id, None)
+            # Shielded: even when the server is being cancelled, the session's
+            # transaction is rolled back and its SQLite connection closed.
             with trio.CancelScope(shield=True):
+                if self.session is not None:
+                    session, self.session = self.session, None
+                    await trio.to_thread.run_sync(session.close, limiter=self.state.db_limiter)
+                self.state.sessions.pop(self.session_id, None)
                 await self.stream.aclose()
 
     async def _try_send(self, msg: dict) -> None:

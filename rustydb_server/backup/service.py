@@ -105,7 +105,8 @@ class BackupService:
                 "earlier full backup of this server; take a full backup first")
         return parent
 
-    def open_source(self, backup_type: str, names, base_backup=None, backup_id=None):
+    def open_source(self, backup_type: str, names, base_backup=None, backup_id=None,
+                    cancel=None):
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
         if backup_type in ("incremental", "differential"):
             parent = self.parent_for(backup_type, base_backup)
@@ -114,7 +115,8 @@ class BackupService:
                                          os.path.join(self.scratch, "wal"), backup_id)
             except IncrementalUnavailable as e:
                 raise BackupRequestError(str(e)) from None
-        return Snapshot(self.engine, names, backup_type=backup_type, backup_id=backup_id)
+        return Snapshot(self.engine, names, backup_type=backup_type, backup_id=backup_id,
+                        scratch_dir=self.scratch, cancel=cancel)
 
     def cancel_all(self) -> None:
         for event in self._cancels.values():
@@ -142,7 +144,7 @@ class BackupService:
             return
         try:
             snap = await trio.to_thread.run_sync(
-                lambda: self.open_source(backup_type, names, base_backup),
+                lambda: self.open_source(backup_type, names, base_backup, cancel=cancel),
                 limiter=self.limiter)
         except EngineError as e:
             await conn.send(proto.error_message(e.code, str(e)))
@@ -275,7 +277,8 @@ class BackupService:
 
     def _write_file(self, req, backup_id, location, key, cancel) -> dict:
         os.makedirs(os.path.dirname(location), mode=0o700, exist_ok=True)
-        with self.open_source(req.backup_type, req.databases, backup_id=backup_id) as snap:
+        with self.open_source(req.backup_type, req.databases, backup_id=backup_id,
+                              cancel=cancel) as snap:
             manifest = snap.manifest()
             if req.backup_type == "pitr-base":
                 self.engine.switch_wal()

@@ -38,11 +38,42 @@ def entry_name(database_name: str) -> str:
     return f"databases/{database_name}.sqlite"
 
 
+class _Copy:
+    """A database's page copy running in its own thread while rows are counted."""
+
+    def __init__(self, snap: Snapshot, name: str, scratch_dir: str,
+                 cancel: threading.Event | None):
+        os.makedirs(scratch_dir, mode=0o700, exist_ok=True)
+        self.path = os.path.join(scratch_dir, f"{snap.backup_id}-{name}.sqlite")
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(snap, name, cancel),
+                                        name=f"backup-copy-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self, snap: Snapshot, name: str, cancel) -> None:
+        try:
+            snap.copy_database(name, self.path, cancel)
+        except BaseException as e:  # handed to the thread that streams it
+            self.error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def discard(self) -> None:
+        self._thread.join()
+        for p in (self.path, self.path + "-journal", self.path + "-wal", self.path + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+
 class Snapshot:
     """Read transactions on every chosen database, all at ``end_lsn``."""
 
     def __init__(self, engine: Engine, names: list[str] | None = None, *,
-                 backup_type: str = "full", backup_id: str | None = None):
+                 backup_type: str = "full", backup_id: str | None = None,
+                 scratch_dir: str | None = None, cancel: threading.Event | None = None):
         self.engine = engine
         self.requested = sorted(names) if names else None
         self.names: list[str] = []
@@ -50,6 +81,10 @@ class Snapshot:
         self.backup_type = backup_type
         self.backup_id = backup_id or str(uuid.uuid4())
         self.conns: dict[str, apsw.Connection] = {}
+        self._count_conns: dict[str, apsw.Connection] = {}
+        self._copies: dict[str, _Copy] = {}
+        self._scratch = scratch_dir
+        self._cancel = cancel
         self.pause_seconds = 0.0
         try:
             self._take()
@@ -70,19 +105,27 @@ class Snapshot:
             handles = [engine.get_database(n) for n in self.names]  # unknown: a clear error
             for h in handles:
                 self.conns[h.name] = database.open_connection(h.path)
+                # A second reader at the same point counts rows while the
+                # first one copies pages.
+                self._count_conns[h.name] = database.open_connection(h.path)
             t0 = time.perf_counter()
             for h in handles:  # sorted order: no deadlock with another snapshot
                 stack.enter_context(h.commit_lock)
             self.end_lsn = engine.wal.end_lsn
             self.next_txid = engine.peek_next_txid()
             self.last_commit_time_us = engine._last_commit_us
-            for conn in self.conns.values():
+            for conn in [*self.conns.values(), *self._count_conns.values()]:
                 conn.execute("BEGIN")
                 conn.execute(f"SELECT count(*) FROM {database.STATE_TABLE}").fetchall()
         self.pause_seconds = time.perf_counter() - t0
         self.created_us = time.time_ns() // 1000
+        if self._scratch is not None and self.names:
+            # Only the first database: its copy overlaps the row counting; the
+            # others are copied when streamed, so scratch space stays bounded.
+            first = self.names[0]
+            self._copies[first] = _Copy(self, first, self._scratch, self._cancel)
         self.databases = []
-        for name, conn in self.conns.items():
+        for name, conn in self._count_conns.items():
             state = database.read_state(conn)
             tables = [
                 {"name": t, "rows": conn.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0]}
@@ -121,21 +164,32 @@ class Snapshot:
             "all_databases": self.all_databases,
         }
 
+    def copy_database(self, name: str, path: str, cancel: threading.Event | None) -> None:
+        """Copy one database's pages at the snapshot into a scratch file."""
+        dest = apsw.Connection(path)
+        try:
+            with dest.backup("main", self.conns[name], "main") as b:
+                while not b.done:
+                    if cancel is not None and cancel.is_set():
+                        raise BackupCancelled("backup cancelled")
+                    b.step(4096)
+        finally:
+            dest.close()
+
     def stream_database(self, name: str, scratch_dir: str,
                         cancel: threading.Event | None = None) -> Iterator[bytes]:
         """Copy one database's pages at the snapshot, then yield them in chunks."""
-        os.makedirs(scratch_dir, mode=0o700, exist_ok=True)
-        path = os.path.join(scratch_dir, f"{self.backup_id}-{name}.sqlite")
+        copy = self._copies.pop(name, None)
+        if copy is not None:
+            path = copy.path
+        else:
+            os.makedirs(scratch_dir, mode=0o700, exist_ok=True)
+            path = os.path.join(scratch_dir, f"{self.backup_id}-{name}.sqlite")
         try:
-            dest = apsw.Connection(path)
-            try:
-                with dest.backup("main", self.conns[name], "main") as b:
-                    while not b.done:
-                        if cancel is not None and cancel.is_set():
-                            raise BackupCancelled("backup cancelled")
-                        b.step(4096)
-            finally:
-                dest.close()
+            if copy is not None:
+                copy.wait()
+            else:
+                self.copy_database(name, path, cancel)
             with open(path, "rb") as f:
                 while True:
                     if cancel is not None and cancel.is_set():
@@ -157,6 +211,16 @@ class Snapshot:
             yield db["entry"], self.stream_database(db["name"], scratch_dir, cancel)
 
     def close(self) -> None:
+        if self._copies and self._cancel is not None:
+            self._cancel.set()  # a copy nobody will stream: stop it
+        for copy in list(self._copies.values()):
+            copy.discard()
+        self._copies.clear()
+        for conn in self._count_conns.values():
+            with contextlib.suppress(apsw.Error):
+                conn.execute("ROLLBACK")
+            conn.close()
+        self._count_conns.clear()
         for conn in self.conns.values():
             try:
                 if not conn.getautocommit():

@@ -282,10 +282,13 @@ def test_notify_socket_receives_ready_and_stopping(server_factory, tmp_path):
     recv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     recv.bind(sock_path)
     recv.settimeout(30)
-    srv = server_factory(name="notify", env={"NOTIFY_SOCKET": sock_path})
+    srv = server_factory(name="notify", env={"NOTIFY_SOCKET": sock_path,
+                                             "WATCHDOG_USEC": "200000"})
     srv.start()
     messages = []
     while not any("READY=1" in m for m in messages):
+        messages.append(recv.recv(4096).decode())
+    while not any("WATCHDOG=1" in m for m in messages):
         messages.append(recv.recv(4096).decode())
     srv.stop()
     while not any("STOPPING=1" in m for m in messages):

@@ -192,3 +192,42 @@ def test_incremental_after_its_wal_is_gone_refuses(primary, tmp_path):
     assert "full backup" in proc.stderr
     assert not (tmp_path / "i.backup").exists()
     time.sleep(0)
+
+
+def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factory, tmp_path,
+                                                                   monkeypatch):
+    import urllib.request
+
+    monkeypatch.setenv("RUSTYDB_BACKUP_PASSPHRASE", "pw")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    conf = tmp_path / "c.toml"
+    conf.write_text("wal_segment_size = '64kB'\n")
+    srv = server_factory(name="arch", extra_args=["--config", str(conf)]).start()
+    srv.sql("ALTER SYSTEM SET archive_mode = on;")
+    srv.sql(f"ALTER SYSTEM SET archive_dest = '{archive}';")
+    srv.sql("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);")
+    srv.sql("CREATE TABLE plain(a, b);")
+    full = tmp_path / "full.backup"
+    backup(srv, full, "--type", "full")
+    c = rc.connect("127.0.0.1", srv.port)
+    for i in range(300):  # several 64 kB segments of WAL
+        c.execute(f"INSERT INTO items(name, qty) VALUES ('{'x' * 300}{i}', {i})")
+    srv.sql("SWITCH WAL;")
+    deadline = time.monotonic() + 30
+    url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/archive"
+    while json.loads(urllib.request.urlopen(url).read())["segments_waiting"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    srv.sql("CHECKPOINT;")  # archived segments may now leave the server
+    local = [n for n in os.listdir(os.path.join(srv.data_dir, "wal")) if len(n) == 24]
+    archived = [n for n in os.listdir(archive) if n.endswith(".walz")]
+    assert len(archived) > len(local)  # some WAL the incremental needs is only archived
+    incr = tmp_path / "incr.backup"
+    backup(srv, incr, "--type", "incremental")
+    expected = dump(c)
+    data = tmp_path / "restored"
+    restore("--input", full, "--data-dir", data)
+    restore("--input", incr, "--data-dir", data, "--incremental")
+    assert dump(str(data)) == expected
+    c.close()

@@ -269,3 +269,45 @@ def test_a_plain_restore_continues_on_a_new_timeline(pitr_setup, tmp_path, serve
         assert (archive / name).read_bytes() == data
     assert "00000002.history" in os.listdir(archive)
     srv2.stop()
+
+
+def test_pitr_from_an_encrypted_archive(server_factory, tmp_path, monkeypatch):
+    from rustydb_server.backup.keys import create_key_file
+
+    key = tmp_path / "backup.key"
+    create_key_file(str(key))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    conf = tmp_path / "c.toml"
+    conf.write_text("wal_segment_size = '64kB'\n")
+    srv = server_factory(name="enc", extra_args=["--config", str(conf)]).start()
+    for stmt in ("ALTER SYSTEM SET archive_mode = on;",
+                 f"ALTER SYSTEM SET archive_dest = '{archive}';",
+                 "ALTER SYSTEM SET archive_encryption = on;",
+                 f"ALTER SYSTEM SET backup_key_file = '{key}';",
+                 "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER, note TEXT);",
+                 "CREATE TABLE notes(id INTEGER PRIMARY KEY, body BLOB);"):
+        srv.sql(stmt)
+    monkeypatch.setenv("RUSTYDB_BACKUP_KEY_FILE", str(key))
+    base = tmp_path / "base.backup"
+    proc = run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--encrypt",
+                    "--port", str(srv.port))
+    assert proc.returncode == 0, proc.stderr
+    conn = rc.connect("127.0.0.1", srv.port)
+    history = []
+    run_workload(conn, random.Random(5), 40, history, [])
+    wait_archived(srv)
+    # archived segments are encrypted: without the key they cannot be read
+    with open(next(archive.glob("*.walz")), "rb") as f:
+        from rustydb_server.backup.container import BackupReader
+
+        assert BackupReader(f).header.encrypted
+    target = history[25]
+    out, _ = restore(tmp_path, base, archive, "restored-enc", "--recovery-target-txid",
+                     str(target["txid"]))
+    assert restored_digest(out) == target["digest"]
+    monkeypatch.delenv("RUSTYDB_BACKUP_KEY_FILE")
+    out, proc = restore(tmp_path, base, archive, "nokey", "--recovery-target-txid",
+                        str(target["txid"]), check=False)
+    assert proc.returncode == 1 and "key" in proc.stderr.lower()
+    conn.close()

@@ -16,25 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from bench_backup import build_rows  # noqa: E402
+from bench_backup import build_rows
+from bench_backup import run as timed  # noqa: E402
 from helpers import ServerProcess, tool  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
-
-
-def timed(cmd) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr}")
-    return time.perf_counter() - t0
 
 
 def main() -> None:

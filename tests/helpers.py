@@ -89,6 +89,20 @@ class ServerProcess:
         except urllib.error.HTTPError as e:
             return json.loads(e.read())
 
+    def archive_status(self) -> dict:
+        url = f"http://127.0.0.1:{self.http_port}/api/v1/admin/archive"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+
+    def wait_archived(self, timeout: float = 40) -> dict:
+        """SWITCH WAL, then wait until the archive holds every completed segment."""
+        self.sql("SWITCH WAL;")
+        deadline = time.monotonic() + timeout
+        while (status := self.archive_status())["segments_waiting"]:
+            assert time.monotonic() < deadline, f"archive not caught up: {status}"
+            time.sleep(0.1)
+        return status
+
     def log(self) -> str:
         try:
             with open(self.log_path, "rb") as f:

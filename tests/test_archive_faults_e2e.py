@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 
 import apsw
 import pytest
@@ -37,9 +36,7 @@ SEGMENT_SIZE = 64 * 1024
 
 # ------------------------------------------------------------------ helpers
 def archive_status(srv) -> dict:
-    url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/archive"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
+    return srv.archive_status()
 
 
 def wait_for(pred, what, timeout=20.0, interval=0.1):
@@ -53,9 +50,7 @@ def wait_for(pred, what, timeout=20.0, interval=0.1):
 
 
 def wait_archived(srv, timeout=40.0) -> dict:
-    srv.sql("SWITCH WAL;")
-    return wait_for(lambda: (s := archive_status(srv))["segments_waiting"] == 0 and s,
-                    f"the archive to catch up: {archive_status(srv)}", timeout)
+    return srv.wait_archived(timeout)
 
 
 def status_marks(data_dir) -> tuple[set[str], set[str]]:

@@ -196,8 +196,6 @@ def test_incremental_after_its_wal_is_gone_refuses(primary, tmp_path):
 
 def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factory, tmp_path,
                                                                    monkeypatch):
-    import urllib.request
-
     monkeypatch.setenv("RUSTYDB_BACKUP_PASSPHRASE", "pw")
     archive = tmp_path / "archive"
     archive.mkdir()
@@ -213,12 +211,7 @@ def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factor
     c = rc.connect("127.0.0.1", srv.port)
     for i in range(300):  # several 64 kB segments of WAL
         c.execute(f"INSERT INTO items(name, qty) VALUES ('{'x' * 300}{i}', {i})")
-    srv.sql("SWITCH WAL;")
-    deadline = time.monotonic() + 30
-    url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/archive"
-    while json.loads(urllib.request.urlopen(url).read())["segments_waiting"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    srv.wait_archived()
     srv.sql("CHECKPOINT;")  # archived segments may now leave the server
     local = [n for n in os.listdir(os.path.join(srv.data_dir, "wal")) if len(n) == 24]
     archived = [n for n in os.listdir(archive) if n.endswith(".walz")]

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import time
-import urllib.request
 
 import apsw
 import pytest
@@ -49,17 +48,11 @@ def restored_digest(data_dir: str) -> str:
 
 
 def archive_status(srv) -> dict:
-    url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/archive"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
+    return srv.archive_status()
 
 
 def wait_archived(srv, timeout=30) -> None:
-    srv.sql("SWITCH WAL;")
-    deadline = time.monotonic() + timeout
-    while archive_status(srv)["segments_waiting"]:
-        assert time.monotonic() < deadline, archive_status(srv)
-        time.sleep(0.1)
+    srv.wait_archived(timeout)
 
 
 def iso(ts: float) -> str:

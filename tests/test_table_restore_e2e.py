@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 
 import pytest
 from helpers import run_tool, tool
@@ -132,15 +131,7 @@ def test_table_from_a_chain_and_at_a_pitr_target(shop, tmp_path, monkeypatch):
     mark = time.time()
     time.sleep(0.05)
     c.execute("DELETE FROM customers WHERE id > 200")
-    srv.sql("SWITCH WAL;")
-    deadline = time.monotonic() + 20
-    while True:
-        url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/archive"
-        with urllib.request.urlopen(url) as r:
-            if json.loads(r.read())["segments_waiting"] == 0:
-                break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    srv.wait_archived()
     # from the chain (full + incremental): the table as of the incremental
     out = tmp_path / "from-chain"
     proc = run_tool("rusty-db-restore", "--input", str(incr), "--table", "customers",

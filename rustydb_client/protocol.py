@@ -89,6 +89,37 @@ def encode_frame(msg: dict, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+def encode_bulk_frame(msg: dict, key: str, data: bytes | memoryview, *,
+                      max_frame: int = DEFAULT_MAX_FRAME) -> tuple[bytes, bytes | memoryview]:
+    """The frame of ``{**msg, key: data}`` as (head, data), without copying ``data``.
+
+    The bytes are exactly ``encode_frame``'s for that map; a backup's 1 MiB
+    chunks go out without two extra copies each.
+    """
+    if len(msg) + 1 > 15 or key in msg:
+        raise ValueError("a bulk frame holds at most 14 other fields and one bulk field")
+    head = bytearray([0x80 | (len(msg) + 1)])
+    for k, v in msg.items():
+        head += msgpack.packb(k, use_bin_type=True)
+        head += msgpack.packb(v, use_bin_type=True)
+    head += msgpack.packb(key, use_bin_type=True)
+    size = len(data)
+    if size < 1 << 8:
+        head += bytes([0xC4, size])
+    elif size < 1 << 16:
+        head += b"\xc5" + size.to_bytes(2, "big")
+    else:
+        head += b"\xc6" + size.to_bytes(4, "big")
+    body_len = len(head) + size
+    if body_len > max_frame:
+        raise ProtocolError(
+            "frame_too_large",
+            f"a {msg.get('type', '?')} message of {body_len} bytes exceeds the "
+            f"{max_frame}-byte frame limit; send smaller batches",
+        )
+    return _HEADER.pack(body_len) + bytes(head), data
+
+
 class FrameDecoder:
     """Turn received bytes into messages, with hard limits checked early.
 
@@ -109,29 +140,41 @@ class FrameDecoder:
         self.max_frame = max_frame
         self.max_depth = max_depth
         self.max_items = max_items
-        self._buf = bytearray()
+        self._buf = bytearray()  # bytes not yet claimed by a frame header
         self._need: int | None = None  # body length of the frame being received
+        # The body of the frame being received, as the pieces that arrived:
+        # joined once when complete, instead of growing and slicing one buffer
+        # (which cost about 1 ms per MiB frame).
+        self._parts: list[bytes] = []
+        self._have = 0
         self._failed: ProtocolError | None = None
 
     def feed(self, data: bytes) -> None:
         if self._failed:
             raise self._failed
-        self._buf += data
-        self._read_header()
+        if self._need is not None:
+            self._parts.append(data)
+            self._have += len(data)
+        else:
+            self._buf += data
+            self._read_header()
 
     def next_message(self) -> dict | None:
         """The next complete message, or None until more bytes are fed."""
         if self._failed:
             raise self._failed
         self._read_header()
-        if self._need is None or len(self._buf) < self._need:
+        if self._need is None or self._have < self._need:
             return None
-        if len(self._buf) == self._need:  # the common case: no copy of the body
-            body, self._buf = bytes(self._buf), bytearray()
+        parts, self._parts = self._parts, []
+        joined = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(joined) == self._need:  # the common case: no copy of the body
+            body = joined
         else:
-            body = bytes(self._buf[: self._need])
-            del self._buf[: self._need]
+            body = memoryview(joined)[: self._need]
+            self._buf = bytearray(memoryview(joined)[self._need:])
         self._need = None
+        self._have = 0
         try:
             return decode_body(body, self.max_frame, self.max_depth, self.max_items)
         except ProtocolError as e:
@@ -141,7 +184,7 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as messages."""
-        return len(self._buf)
+        return len(self._buf) + self._have
 
     def _read_header(self) -> None:
         if self._need is not None or len(self._buf) < _HEADER.size:
@@ -157,12 +200,15 @@ class FrameDecoder:
         if length == 0:
             self._failed = ProtocolError("bad_frame", "received an empty frame")
             raise self._failed
-        del self._buf[: _HEADER.size]
+        rest = bytes(memoryview(self._buf)[_HEADER.size:])
+        self._buf = bytearray()
         self._need = length
+        self._parts = [rest] if rest else []
+        self._have = len(rest)
 
 
 def decode_body(
-    body: bytes,
+    body: bytes | memoryview,
     max_frame: int = DEFAULT_MAX_FRAME,
     max_depth: int = MAX_DEPTH,
     max_items: int = MAX_CONTAINER_LEN,
@@ -202,7 +248,7 @@ _LEN_PREFIXED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}  # bin, s
 _CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}  # array, map
 
 
-def check_structure(body: bytes, *, max_depth: int = MAX_DEPTH,
+def check_structure(body: bytes | memoryview, *, max_depth: int = MAX_DEPTH,
                     max_items: int = MAX_CONTAINER_LEN) -> None:
     """Walk msgpack bytes without building objects: depth, sizes, ext, truncation.
 

@@ -56,6 +56,12 @@ class ClientConnection:
     async def send(self, msg: dict) -> None:
         await self.stream.send_all(proto.encode_frame(msg))
 
+    async def send_bulk(self, msg: dict, key: str, data: bytes) -> None:
+        """Send ``{**msg, key: data}`` without copying ``data`` into a frame."""
+        head, data = proto.encode_bulk_frame(msg, key, data)
+        await self.stream.send_all(head)
+        await self.stream.send_all(data)
+
     async def recv(self) -> dict:
         while True:
             msg = self.decoder.next_message()

@@ -80,6 +80,40 @@ def test_frames_split_at_every_byte_decode_the_same():
     assert d.buffered == 0
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([0, 1, 255, 256, 65535, 65536, 70000]), st.text(max_size=40), st.booleans())
+def test_bulk_frame_is_byte_identical_to_the_plain_frame(size, entry, last):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    msg = {"type": "backup_data", "entry": entry, "last": last}
+    head, body = p.encode_bulk_frame(msg, "data", data)
+    assert head + body == p.encode_frame({**msg, "data": data})
+
+
+def test_bulk_frame_refuses_what_the_peer_would_refuse():
+    with pytest.raises(ProtocolError) as e:
+        p.encode_bulk_frame({"type": "backup_data"}, "data", b"x" * 2000, max_frame=1000)
+    assert e.value.code == "frame_too_large"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=8),
+       st.lists(st.integers(min_value=0, max_value=4000), min_size=1, max_size=6))
+def test_large_frames_fed_in_any_pieces_decode_the_same(cuts, sizes):
+    msgs = [{"type": "backup_data", "entry": f"e{i}", "last": False, "data": bytes([i]) * n}
+            for i, n in enumerate(sizes)]
+    data = b"".join(p.encode_frame(m) for m in msgs)
+    d = p.FrameDecoder()
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        step = cuts[i % len(cuts)]
+        d.feed(data[pos:pos + step])
+        pos, i = pos + step, i + 1
+        while (m := d.next_message()) is not None:
+            out.append(m)
+    assert out == msgs
+    assert d.buffered == 0
+
+
 @pytest.mark.parametrize(
     "msg, direction",
     [

@@ -66,7 +66,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import struct
+import threading
 import time
 import uuid
 from collections import deque
@@ -450,7 +452,8 @@ class BackupWriter:
 
     The caller owns durability: write to a temporary name, ``finish()``, fsync,
     rename. With ``threads > 1`` chunks are compressed, encrypted and
-    checksummed on a thread pool; output order stays sequential.
+    checksummed on a thread pool, and one more thread hashes them and writes
+    the records in order, so the caller's thread only hands data over.
     """
 
     def __init__(
@@ -495,10 +498,18 @@ class BackupWriter:
         self._entry: _OpenEntry | None = None
         self._buf = bytearray()
         self._held: Any = None  # a full chunk kept back until we know whether it is the last
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="backup-chunk") if threads > 1 else None
-        self._pending: deque = deque()
-        self._max_pending = 2 * threads
+        self._pool = None
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
+        self._abandoned = False
         self._finished = False
+        if threads > 1:
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="backup-chunk")
+            # Bounded: at most this many chunks wait between the caller and the file.
+            self._queue: queue.Queue = queue.Queue(maxsize=2 * threads)
+            self._writer = threading.Thread(target=self._write_loop, name="backup-writer",
+                                            daemon=True)
+            self._writer.start()
 
     # entries
 
@@ -560,18 +571,37 @@ class BackupWriter:
         chunk_index = entry.chunks
         entry.chunks += 1
         entry.raw_size += len(data)
-        entry.sha.update(data)  # on this thread, overlapping the pool's work
         args = (self._ctx, entry.index, entry.name_bytes, chunk_index, seq, flags, data)
         if self._pool is None:
+            entry.sha.update(data)
             self._write_record(entry, *_seal_record(*args))
             return
-        self._pending.append((entry, self._pool.submit(_seal_record, *args)))
-        while len(self._pending) > self._max_pending:
-            self._drain_one()
+        # The writer thread always drains the queue, even after it failed, so
+        # this put cannot block for good.
+        self._queue.put((entry, data, self._pool.submit(_seal_record, *args)))
+        if self._writer_error is not None:
+            raise self._writer_error
 
-    def _drain_one(self) -> None:
-        entry, future = self._pending.popleft()
-        self._write_record(entry, *future.result())
+    def _write_loop(self) -> None:
+        """Hash each chunk and write its record, in submission order."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._writer_error is not None or self._abandoned:
+                continue  # failed or abandoned: drain until the owner stops us
+            entry, data, future = item
+            try:
+                entry.sha.update(data)  # hashlib and write release the GIL
+                self._write_record(entry, *future.result())
+            except BaseException as e:  # handed to the caller's thread
+                self._writer_error = e
+
+    def _stop_writer(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
 
     def _write_record(self, entry: _OpenEntry, head: bytes, stored) -> None:
         if entry.offset < 0:
@@ -594,10 +624,11 @@ class BackupWriter:
         if self._finished:
             raise BackupError(f"backup {self.header.backup_id}: finish() called twice")
         try:
-            while self._pending:
-                self._drain_one()
+            self._stop_writer()
         finally:
             self.close()
+        if self._writer_error is not None:
+            raise self._writer_error
         index = {
             "chunks": self._seq,
             "entries": [
@@ -633,10 +664,11 @@ class BackupWriter:
 
     def close(self) -> None:
         """Stop the worker threads (finish() does this; call it when abandoning)."""
+        self._abandoned = True  # chunks still queued are not written
+        self._stop_writer()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-            self._pending.clear()
 
     def __enter__(self) -> BackupWriter:
         return self

@@ -215,8 +215,8 @@ class BackupService:
                 async with recv_ch:
                     async for entry, chunk in recv_ch:
                         last = chunk is None
-                        await conn.send({"type": "backup_data", "entry": entry,
-                                         "data": b"" if last else chunk, "last": last})
+                        await conn.send_bulk({"type": "backup_data", "entry": entry, "last": last},
+                                             "data", b"" if last else chunk)
                         sent += 0 if last else len(chunk)
         except BaseExceptionGroup as group:
             # One failure (a cancelled backup, a dropped client) is what callers handle.

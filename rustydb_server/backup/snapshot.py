@@ -3,9 +3,18 @@
 Writers are paused only while a read transaction is opened on each database:
 every commit holds its database's commit lock from WAL append to SQLite
 commit, so with all of them held, each SQLite snapshot contains exactly the
-transactions logged before the recorded LSN. The pages are then copied with
-SQLite's online backup API from inside that read transaction, while writers go
-on, into a scratch file that is streamed out and deleted.
+transactions logged before the recorded LSN.
+
+While they are paused, a PASSIVE checkpoint also copies every committed frame
+of SQLite's WAL into the database file (one ran just before, so few are left).
+When it completes, the file itself holds the snapshot, and it keeps holding
+it: SQLite never checkpoints frames newer than an open reader's snapshot into
+the file, and writers only append to the WAL. The file is then streamed as it
+is, through SQLite's own VFS so that closing it cannot drop SQLite's POSIX
+locks. When the checkpoint cannot complete (another reader holds an older
+snapshot), that database's pages are copied with SQLite's online backup API,
+from inside the read transaction, into a scratch file that is streamed and
+deleted.
 """
 
 from __future__ import annotations
@@ -83,6 +92,10 @@ class Snapshot:
         self.conns: dict[str, apsw.Connection] = {}
         self._count_conns: dict[str, apsw.Connection] = {}
         self._copies: dict[str, _Copy] = {}
+        self._paths: dict[str, str] = {}
+        self._geometry: dict[str, tuple[int, int]] = {}
+        # Databases whose file holds the snapshot and is streamed as it is.
+        self.direct: set[str] = set()
         self._scratch = scratch_dir
         self._cancel = cancel
         self.pause_seconds = 0.0
@@ -104,25 +117,30 @@ class Snapshot:
             self.all_databases = set(self.names) == set(engine.databases)
             handles = [engine.get_database(n) for n in self.names]  # unknown: a clear error
             for h in handles:
+                self._paths[h.name] = h.path
                 self.conns[h.name] = database.open_connection(h.path)
                 # A second reader at the same point counts rows while the
-                # first one copies pages.
+                # first one reads pages.
                 self._count_conns[h.name] = database.open_connection(h.path)
+                # Most of SQLite's WAL reaches the file before writers pause.
+                _checkpoint(self.conns[h.name])
             t0 = time.perf_counter()
             for h in handles:  # sorted order: no deadlock with another snapshot
                 stack.enter_context(h.commit_lock)
             self.end_lsn = engine.wal.end_lsn
             self.next_txid = engine.peek_next_txid()
             self.last_commit_time_us = engine._last_commit_us
+            self.direct = {h.name for h in handles if _checkpoint(self.conns[h.name])}
             for conn in [*self.conns.values(), *self._count_conns.values()]:
                 conn.execute("BEGIN")
                 conn.execute(f"SELECT count(*) FROM {database.STATE_TABLE}").fetchall()
         self.pause_seconds = time.perf_counter() - t0
         self.created_us = time.time_ns() // 1000
-        if self._scratch is not None and self.names:
-            # Only the first database: its copy overlaps the row counting; the
-            # others are copied when streamed, so scratch space stays bounded.
-            first = self.names[0]
+        copied = [n for n in self.names if n not in self.direct]
+        if self._scratch is not None and copied:
+            # Only the first copied database: its copy overlaps the row counting;
+            # the others are copied when streamed, so scratch space stays bounded.
+            first = copied[0]
             self._copies[first] = _Copy(self, first, self._scratch, self._cancel)
         self.databases = []
         for name, conn in self._count_conns.items():
@@ -133,6 +151,7 @@ class Snapshot:
             ]
             page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
             pages = conn.execute("PRAGMA page_count").fetchall()[0][0]
+            self._geometry[name] = (page_size, pages)
             self.databases.append({
                 "name": name,
                 "entry": entry_name(name),
@@ -141,7 +160,8 @@ class Snapshot:
                 "size_bytes": page_size * pages,
             })
         log.info("snapshot taken", backup_id=self.backup_id, databases=self.names,
-                 lsn=self.end_lsn, writers_paused_ms=round(self.pause_seconds * 1000, 3))
+                 lsn=self.end_lsn, writers_paused_ms=round(self.pause_seconds * 1000, 3),
+                 copied_through_scratch=copied)
 
     def manifest(self) -> dict:
         c = self.engine.control
@@ -178,7 +198,43 @@ class Snapshot:
 
     def stream_database(self, name: str, scratch_dir: str,
                         cancel: threading.Event | None = None) -> Iterator[bytes]:
-        """Copy one database's pages at the snapshot, then yield them in chunks."""
+        """One database's pages at the snapshot, in chunks."""
+        if name in self.direct:
+            return self._stream_file(name, scratch_dir, cancel)
+        return self._stream_copy(name, scratch_dir, cancel)
+
+    def _stream_file(self, name: str, scratch_dir: str,
+                     cancel: threading.Event | None) -> Iterator[bytes]:
+        """The database file itself, which holds the snapshot (see the module's doc)."""
+        page_size, pages = self._geometry[name]
+        size = page_size * pages
+        path = self._paths[name]
+        f = apsw.VFSFile("", path, [apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_MAIN_DB, 0])
+        try:
+            problem = _file_mismatch(f.xFileSize(), f.xRead(100, 0), page_size, pages)
+            if problem:
+                # Never stream a file that is not the snapshot; the backup API
+                # copies it from inside the read transaction instead.
+                log.warning("database file does not hold the snapshot; copying it instead",
+                            database=name, problem=problem)
+                f.xClose()
+                f = None
+                yield from self._stream_copy(name, scratch_dir, cancel)
+                return
+            pos = 0
+            while pos < size:
+                if cancel is not None and cancel.is_set():
+                    raise BackupCancelled("backup cancelled")
+                n = min(STREAM_CHUNK, size - pos)
+                yield f.xRead(n, pos)
+                pos += n
+        finally:
+            if f is not None:
+                f.xClose()
+
+    def _stream_copy(self, name: str, scratch_dir: str,
+                     cancel: threading.Event | None) -> Iterator[bytes]:
+        """Copy one database's pages at the snapshot to scratch, then yield them."""
         copy = self._copies.pop(name, None)
         if copy is not None:
             path = copy.path
@@ -236,3 +292,26 @@ class Snapshot:
     def __exit__(self, *exc):
         self.close()
 
+
+def _checkpoint(conn: apsw.Connection) -> bool:
+    """A PASSIVE checkpoint; True when every committed frame is in the file."""
+    try:
+        return database.checkpoint(conn)
+    except apsw.BusyError:  # another checkpoint is running
+        return False
+
+
+def _file_mismatch(file_size: int, head: bytes, page_size: int, pages: int) -> str | None:
+    """Why a database file's header disagrees with the snapshot's geometry, or None."""
+    if file_size < page_size * pages:
+        return f"file is {file_size} bytes, the snapshot has {pages} pages of {page_size}"
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        return "no SQLite header"
+    raw_size = int.from_bytes(head[16:18], "big")
+    if (65536 if raw_size == 1 else raw_size) != page_size:
+        return f"header page size {raw_size}, snapshot page size {page_size}"
+    counter, valid_for = head[24:28], head[92:96]
+    in_header = int.from_bytes(head[28:32], "big")
+    if counter == valid_for and in_header != pages:
+        return f"header says {in_header} pages, the snapshot has {pages}"
+    return None

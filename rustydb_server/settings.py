@@ -131,6 +131,10 @@ REGISTRY: dict[str, Setting] = _registry(
             description="Compression of backups."),
     Setting("backup_threads", "int", 2, min=1, max=64,
             description="Threads compressing and encrypting a backup."),
+    Setting("backup_nice", "int", 10, min=0, max=19,
+            description="CPU niceness of the threads compressing and encrypting a backup "
+                        "the server writes, so queries keep the CPU when both are busy "
+                        "(Linux; 0 = normal priority)."),
     Setting("log_format", "enum", "auto", choices=("auto", "json", "console"),
             description="Log format; auto is console on a terminal, JSON otherwise."),
     Setting("log_level", "enum", "info", choices=("debug", "info", "warning", "error"),

@@ -323,10 +323,31 @@ def test_rotate_a_passphrase_backup_to_a_key_file(source, tmp_path):
     ["--info", "a", "--compress"],
     ["--type", "full", "--output", "x", "--threads", "0"],
     ["--type", "full", "--output", "x", "--compress", "gzip"],
+    ["--type", "full", "--output", "x", "--nice", "20"],
+    ["--info", "a", "--nice", "5"],
 ])
 def test_usage_errors_exit_2(args):
     proc = run_tool("rusty-db-backup", *args)
     assert_clean_error(proc, 2)
+
+
+def test_backup_threads_run_at_the_niceness_asked_and_the_caller_keeps_its_own():
+    import threading
+
+    from rustydb_server.backup.container import lower_thread_priority
+
+    seen = []
+
+    def work():
+        lower_thread_priority(7)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == [max(before, 7)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
 
 
 def test_encrypt_without_a_key_fails_before_connecting(tmp_path):
@@ -468,3 +489,15 @@ def test_guide_full_backup_with_all_options_against_a_server(server, tmp_path):
 
 __all__ = ["CUSTOMERS", "NO_KEYS", "fill_source", "flip_byte_in_chunk", "open_engine", "run_sql",
            "write_backup"]
+
+
+def test_taking_a_backup_lowers_the_tools_priority_to_the_niceness_asked():
+    import subprocess
+    import sys
+
+    code = ("import os; from rustydb_server.tools.backup_main import _lower_priority; "
+            "_lower_priority({n}); print(os.getpriority(os.PRIO_PROCESS, 0))")
+    for asked, expected in ((10, 10), (0, 0)):
+        out = subprocess.run([sys.executable, "-c", code.format(n=asked)], capture_output=True,
+                             text=True, check=True).stdout
+        assert int(out) == max(expected, os.getpriority(os.PRIO_PROCESS, 0))

@@ -68,6 +68,7 @@ import hashlib
 import os
 import queue
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -466,6 +467,7 @@ class BackupWriter:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         threads: int = 1,
         level: int | None = None,
+        nice: int = 0,
     ) -> None:
         codecs.check_codec(codec)
         if threads < 1:
@@ -504,7 +506,9 @@ class BackupWriter:
         self._abandoned = False
         self._finished = False
         if threads > 1:
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="backup-chunk")
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="backup-chunk",
+                                            initializer=lower_thread_priority, initargs=(nice,))
+            self._nice = nice
             # Bounded: at most this many chunks wait between the caller and the file.
             self._queue: queue.Queue = queue.Queue(maxsize=2 * threads)
             self._writer = threading.Thread(target=self._write_loop, name="backup-writer",
@@ -584,6 +588,7 @@ class BackupWriter:
 
     def _write_loop(self) -> None:
         """Hash each chunk and write its record, in submission order."""
+        lower_thread_priority(self._nice)
         while True:
             item = self._queue.get()
             if item is None:
@@ -675,6 +680,22 @@ class BackupWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's niceness to ``nice`` (Linux: niceness is per thread).
+
+    Only for threads that end with the backup: raising niceness back needs
+    privileges a service user does not have.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        pass  # refused: the backup still runs, at normal priority
 
 
 def _first_seqs(counts: list[int]) -> list[int]:

@@ -36,7 +36,7 @@ class BackupFile:
     """One backup being written to ``path``; ``commit()`` makes it appear, ``abort()`` not."""
 
     def __init__(self, path: str, header: BackupHeader, *, key=None, codec: str = "lz4",
-                 threads: int = 1, fileops: _fileops.FileOps = _fileops.REAL):
+                 threads: int = 1, nice: int = 0, fileops: _fileops.FileOps = _fileops.REAL):
         self.path = os.path.abspath(path)
         self.tmp = self.path + PARTIAL_SUFFIX
         self.fileops = fileops
@@ -49,7 +49,8 @@ class BackupFile:
         os.fchmod(self._fd, 0o600)
         self._out = _FdFile(self._fd, fileops)
         try:
-            self.writer = BackupWriter(self._out, header, key=key, codec=codec, threads=threads)
+            self.writer = BackupWriter(self._out, header, key=key, codec=codec, threads=threads,
+                                       nice=nice)
         except BaseException:
             self.abort()
             raise

@@ -286,7 +286,8 @@ class BackupService:
                 manifest, snap, origin="api", location=location).items()
                 if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms")})
             with BackupFile(location, header_from_manifest(manifest), key=key,
-                            codec=req.codec, threads=req.threads) as bf:
+                            codec=req.codec, threads=req.threads,
+                            nice=self.state.settings["backup_nice"]) as bf:
                 for entry, chunks in snap.entries(self.scratch, cancel):
                     bf.begin_entry(entry)
                     for chunk in chunks:

@@ -1,7 +1,7 @@
 """rusty-db-backup: take, verify, describe and re-key backup files.
 
     rusty-db-backup --type full --output FILE [--compress [lz4|zstd|snappy]] [--encrypt]
-                    [--key-file F] [--verify] [--threads N] [--database NAME] [--json]
+                    [--key-file F] [--verify] [--threads N] [--database NAME] [--nice N] [--json]
     rusty-db-backup --verify FILE [--key-file F] [--threads N] [--json]
     rusty-db-backup --info FILE [--json]
     rusty-db-backup --rotate-key OLD NEW FILE...
@@ -59,6 +59,18 @@ from .progress import Progress, fail, human_size, mb_per_second, positive_int, p
 PROG = "rusty-db-backup"
 BACKUP_TYPES = ("full", "incremental", "differential", "pitr-base")
 DEFAULT_CODEC = "lz4"
+DEFAULT_NICE = 10
+
+
+def _niceness(text: str) -> int:
+    """argparse type for --nice."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"{value} is not a niceness from 0 to 19")
+    return value
 
 
 # ---------------------------------------------------------------- arguments
@@ -97,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", help="key file for --encrypt, --verify of an encrypted backup")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="compress, encrypt and check chunks on N threads (default 1)")
+    p.add_argument("--nice", type=_niceness, default=None, metavar="N",
+                   help="with --type: run at CPU niceness N, 0..19 (default "
+                   f"{DEFAULT_NICE}), so compressing the backup leaves the CPU to the "
+                   "server it protects when both are busy; 0 keeps normal priority")
     p.add_argument("--database", "-d", action="append", metavar="NAME",
                    help="back up only this database (repeatable; default all)")
     p.add_argument("--base-backup", metavar="FILE",
@@ -131,7 +147,8 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         for flag, value in (("--output", args.output), ("--compress", args.compress),
                             ("--encrypt", args.encrypt),
                             ("--database", args.database if not args.query else None),
-                            ("--base-backup", args.base_backup)):
+                            ("--base-backup", args.base_backup),
+                            ("--nice", args.nice is not None)):
             if value:
                 parser.error(f"{flag} is only used with --type")
     if take and args.key_file and not args.encrypt:
@@ -299,6 +316,7 @@ def take_backup(args: argparse.Namespace) -> int:
         except CryptoError as exc:
             return fail(PROG, str(exc))
     codec = args.compress or "none"
+    _lower_priority(DEFAULT_NICE if args.nice is None else args.nice)
     started = time.monotonic()
     try:
         options = backup_options(args)
@@ -321,6 +339,18 @@ def take_backup(args: argparse.Namespace) -> int:
             return fail(PROG, f"backup {output} was written but does not verify: {exc}")
     _print_backup_summary(args, output, result, seconds, key, codec, report)
     return 0
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise this process's niceness to ``nice`` (never lower it: that needs privileges)."""
+    if nice <= 0 or not hasattr(os, "getpriority"):
+        return
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError:
+            pass  # a platform that refuses: the backup still runs, at normal priority
 
 
 def _output_problem(output: str) -> str | None:

@@ -236,6 +236,42 @@ def test_a_failure_after_install_swaps_nothing_in(backup, tmp_path):
     assert not leftovers(str(target))
 
 
+def test_files_changed_after_install_are_fsynced_before_the_swap(backup, tmp_path):
+    """With more to apply (a chain), the database files are synced once, after
+    the last change and before the directory appears under its name."""
+    from rustydb_server.fileops import FileOps
+
+    target = str(tmp_path / "restored")
+    events = []
+
+    class Recording(FileOps):
+        paths: dict = {}
+
+        def open(self, path, flags, mode=0o600):
+            fd = super().open(path, flags, mode)
+            self.paths[fd] = path
+            return fd
+
+        def fsync(self, fd):
+            path = self.paths.get(fd, "")
+            # Still in the staging directory, not yet swapped in under its name?
+            staged = os.path.dirname(os.path.dirname(path)) != target
+            events.append(("fsync", os.path.basename(path), not staged))
+            super().fsync(fd)
+
+    def change(staging, manifest):
+        events.append(("post_install", None, False))
+
+    restore_full(backup, target, post_install=change, fileops=Recording())
+    mark = events.index(("post_install", None, False))
+    synced_after = {name for kind, name, swapped in events[mark:]
+                    if kind == "fsync" and not swapped}
+    assert {"rustydb.sqlite", "sales.sqlite"} <= synced_after
+    # ...and not before: the pages a chain changes go to disk once.
+    assert not [e for e in events[:mark] if e[1] in ("rustydb.sqlite", "sales.sqlite")]
+    assert os.path.isdir(target)
+
+
 def test_a_truncated_backup_is_refused(backup, tmp_path):
     with open(backup, "rb") as f:
         data = f.read()

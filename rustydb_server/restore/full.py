@@ -168,10 +168,14 @@ def restore_full(
                 _verify_before_writing(reader, threads, progress)
             staging = _make_staging(target, manifest["backup_id"])
             try:
-                written = _write_databases(reader, manifest, staging, threads, progress, fileops)
+                # With more to apply, the files are synced once at the end: pages the
+                # incrementals change are then written to disk once, not twice.
+                written = _write_databases(reader, manifest, staging, threads, progress, fileops,
+                                           sync=post_install is None)
                 install_data_dir(staging, manifest, fileops=fileops)
                 if post_install is not None:
                     post_install(staging, manifest)
+                    _sync_databases(staging, fileops)
                 checks = _check_integrity(staging, manifest) if integrity_check else []
                 replaced = _swap_into_place(staging, target, lock, fileops)
             except BaseException:
@@ -312,7 +316,8 @@ def _make_staging(target: str, backup_id: str) -> str:
 
 
 def _write_databases(reader: BackupReader, manifest: dict, staging: str, threads: int,
-                     progress: ProgressFn | None, fileops: _fileops.FileOps) -> int:
+                     progress: ProgressFn | None, fileops: _fileops.FileOps, *,
+                     sync: bool = True) -> int:
     total = sum(reader.entry(db["entry"]).raw_size for db in manifest["databases"])
     done = 0
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -326,10 +331,26 @@ def _write_databases(reader: BackupReader, manifest: dict, staging: str, threads
                 done += len(chunk)
                 if progress is not None:
                     progress("restore", done, total)
-            fileops.fsync(fd)
+            if sync:
+                fileops.fsync(fd)
         finally:
             fileops.close(fd)
     return done
+
+
+def _sync_databases(staging: str, fileops: _fileops.FileOps) -> None:
+    """fsync every file in the staging directory's databases/ (and the directory)."""
+    directory = os.path.join(staging, dd.DATABASES_DIR)
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            continue
+        fd = fileops.open(path, os.O_RDONLY, 0)
+        try:
+            fileops.fsync(fd)
+        finally:
+            fileops.close(fd)
+    fileops.fsync_dir(directory)
 
 
 def _check_integrity(staging: str, manifest: dict) -> list[str]:

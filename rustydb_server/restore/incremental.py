@@ -80,7 +80,9 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
 
 
 def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
-                      progress=None) -> IncrementalResult:
+                      progress=None, sync: bool = True) -> IncrementalResult:
+    """Apply ``reader``'s backup onto ``data_dir``. ``sync=False`` leaves the fsync
+    of the database files to a caller that syncs them once after a whole chain."""
     t0 = time.perf_counter()
     ddir = dd.DataDir(data_dir)
     if ddir.is_locked_by_other():
@@ -100,7 +102,8 @@ def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
             if db["entry"] != f"incremental/{name}.steps":
                 raise IncrementalRestoreError(f"unexpected entry {db['entry']!r} in the backup")
             chunks = reader.read_entry(db["entry"], threads=threads)
-            steps += _apply_database(ddir, name, decode_steps(chunks), manifest["end_lsn"])
+            steps += _apply_database(ddir, name, decode_steps(chunks), manifest["end_lsn"],
+                                     sync)
             if progress is not None:
                 progress(name)
         _advance_control(ddir, control, manifest)
@@ -111,7 +114,7 @@ def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
                              steps, time.perf_counter() - t0)
 
 
-def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int) -> int:
+def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int, sync: bool) -> int:
     path = ddir.database_path(name)
     conn = None
     count = 0
@@ -153,7 +156,7 @@ def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int) -> int:
         if conn is not None:
             database.write_state(conn, end_lsn, None, None)
             conn.execute("COMMIT")
-            _finish_apply(conn, path)
+            _finish_apply(conn, path, sync)
     except BaseException:
         if conn is not None and not conn.getautocommit():
             conn.execute("ROLLBACK")
@@ -182,8 +185,10 @@ def _open_for_apply(path: str):
     return conn
 
 
-def _finish_apply(conn, path: str) -> None:
+def _finish_apply(conn, path: str, sync: bool) -> None:
     conn.execute("PRAGMA journal_mode=WAL")  # as the server runs it
+    if not sync:
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -346,7 +346,8 @@ def _restore_chain(args: argparse.Namespace) -> int:
         for path in rest:
             key = _key_for(path, args.key_file)
             with open(path, "rb") as f:
-                apply_incremental(BackupReader(f, key=key), staging, threads=args.threads)
+                apply_incremental(BackupReader(f, key=key), staging, threads=args.threads,
+                                  sync=False)  # restore_full syncs the chain's files once
 
     restore_full(full, args.data_dir, key=_key_for(full, args.key_file), threads=args.threads,
                  verify_encryption=args.verify_encryption,

@@ -24,7 +24,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from helpers import ServerProcess  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+import floor  # noqa: E402
+from helpers import ServerProcess, free_port  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
 
@@ -177,7 +179,16 @@ def main() -> None:
     seconds = 3.0 if args.quick else 8.0
     tmp = tempfile.mkdtemp(prefix="rustydb-bench-")
     try:
-        print(f"fsync latency (write 256 B + fdatasync): {fsync_latency_us(tmp):.0f} us")
+        fsync_us = fsync_latency_us(tmp)
+        print(f"fsync latency (write 256 B + fdatasync): {fsync_us:.0f} us")
+        short = min(seconds, 3.0)
+        hop1 = floor.round_trips(free_port(), 1, short, hop=True)
+        hop2 = floor.round_trips(free_port(), 2, short, hop=True)
+        bare2 = floor.round_trips(free_port(), 2, short, hop=False)
+        print(f"design floor, a round trip with no SQL and one worker-thread hop: "
+              f"1 client {hop1:6.0f}/s, 2 clients {hop2:6.0f}/s (no hop: {bare2:6.0f}/s)")
+        print(f"  so 1 client commits at most {1e6 / (1e6 / hop1 + fsync_us):6.0f}/s "
+              f"(one hop + one fdatasync), and 2 clients at most {hop2:6.0f} statements/s")
         srv = ServerProcess(os.path.join(tmp, "data")).start()
         with rc.connect("127.0.0.1", srv.port) as c:
             c.execute("CREATE TABLE ins(id INTEGER PRIMARY KEY, v INTEGER)")

@@ -68,6 +68,7 @@ def build_rows(path: str, size_mb: int) -> None:
 
 def pipeline(path: str, out: str, threads: int = 2, chunk: int = 1 << 20) -> tuple[float, float]:
     """Read + lz4 on N threads + write, and the reverse: seconds each."""
+    settle()
     t0 = time.perf_counter()
     sizes = []
     with open(path, "rb") as f, open(out, "wb") as o, cf.ThreadPoolExecutor(threads) as ex:
@@ -78,6 +79,7 @@ def pipeline(path: str, out: str, threads: int = 2, chunk: int = 1 << 20) -> tup
         o.flush()
         os.fsync(o.fileno())
     backup_s = time.perf_counter() - t0
+    settle()
     t0 = time.perf_counter()
     with open(out, "rb") as f, open(out + ".back", "wb") as o, cf.ThreadPoolExecutor(threads) as ex:
         blocks = (f.read(n) for n in sizes)
@@ -103,7 +105,14 @@ def commit_rate(port: int, seconds: float, stop: threading.Event | None = None) 
     return rate
 
 
+def settle() -> None:
+    """Flush what earlier steps wrote, so each figure pays only for its own writes."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def run(cmd, env=None):
+    settle()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +29,12 @@ from bench_backup import run as timed  # noqa: E402
 from helpers import ServerProcess, tool  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
+
+RUNS = 3
+
+
+def _runs(times: list[float]) -> str:
+    return "(runs: " + ", ".join(f"{t:.2f}" for t in times) + ")"
 
 
 def main() -> None:
@@ -51,9 +58,15 @@ def main() -> None:
             total = c.execute("SELECT max(id) FROM customers").rows[0][0]
         print(f"database: {mb:.0f} MB, {total} customer rows")
         port = str(srv.port)
+        backup = [tool("rusty-db-backup"), "--port", port, "--compress", "lz4", "--threads", "2"]
         full = os.path.join(tmp, "full.backup")
-        full_s = timed([tool("rusty-db-backup"), "--port", port, "--type", "full", "--output",
-                        full, "--compress", "lz4", "--threads", "2"])
+        full_runs = []
+        for i in range(RUNS):  # the last one is the incremental's parent
+            out = full if i == RUNS - 1 else os.path.join(tmp, f"full-{i}.backup")
+            full_runs.append(timed([*backup, "--type", "full", "--output", out]))
+            if out != full:
+                os.unlink(out)
+        full_s = statistics.median(full_runs)
         # 1% of the rows change, each three times
         changed = total // 100
         step = 100
@@ -67,41 +80,53 @@ def main() -> None:
                               f"'{rep}' WHERE id IN ({ids})")
         print(f"changed {changed} rows x3 in {time.perf_counter() - t0:.1f} s")
         incr = os.path.join(tmp, "incr.backup")
-        incr_s = timed([tool("rusty-db-backup"), "--port", port, "--type", "incremental",
-                        "--output", incr, "--compress", "lz4", "--threads", "2"])
+        incr_runs = [timed([*backup, "--type", "incremental", "--output", incr])]
+        for i in range(RUNS - 1):  # the same changes again, from the same parent
+            again = os.path.join(tmp, f"incr-{i}.backup")
+            incr_runs.append(timed([*backup, "--type", "incremental", "--base-backup", full,
+                                    "--output", again]))
+            os.unlink(again)
+        incr_s = statistics.median(incr_runs)
         fsize, isize = os.path.getsize(full), os.path.getsize(incr)
-        print(f"full backup:        {fsize / 1e6:8.1f} MB in {full_s:6.2f} s")
-        print(f"incremental backup: {isize / 1e6:8.1f} MB in {incr_s:6.2f} s   "
-              f"size {isize / fsize:.2%} of full (target <= 3%), "
+        print(f"full backup (median of {RUNS}): {fsize / 1e6:8.1f} MB in {full_s:6.2f} s  "
+              f"{_runs(full_runs)}")
+        print(f"incremental backup (median of {RUNS}): {isize / 1e6:8.1f} MB in {incr_s:6.2f} s  "
+              f"{_runs(incr_runs)}")
+        print(f"  size {isize / fsize:.2%} of full (target <= 3%), "
               f"time {incr_s / full_s:.1%} of full (target <= 10%)")
         srv.stop()
-        r1 = os.path.join(tmp, "r1")
-        full_restore_s = timed([tool("rusty-db-restore"), "--input", full, "--data-dir", r1,
-                                "--threads", "2"])
-        apply_s = timed([tool("rusty-db-restore"), "--input", incr, "--data-dir", r1,
-                         "--incremental", "--threads", "2"])
-        print(f"restore full: {full_restore_s:6.2f} s; + incremental as a second step "
-              f"(the guide's way): {apply_s:6.2f} s (adds {apply_s / full_restore_s:.1%})")
-        # The same two backups restored in one run (--chain-dir): the pages the
-        # incremental changes reach the disk once, with the full restore's.
+        # Restores are timed RUNS times each, interleaved, and the medians compared:
+        # this machine's disk makes single fsync-bound runs vary by 2x.
         chain_dir = os.path.join(tmp, "chain")
         os.mkdir(chain_dir)
         for name in (full, incr):
             os.link(name, os.path.join(chain_dir, os.path.basename(name)))
-        r2, r3 = os.path.join(tmp, "r2"), os.path.join(tmp, "r3")
-        full_again_s = timed([tool("rusty-db-restore"), "--input", full, "--data-dir", r2,
-                              "--threads", "2"])
-        chain_s = timed([tool("rusty-db-restore"), "--input", incr, "--chain-dir", chain_dir,
-                         "--data-dir", r3, "--threads", "2"])
-        print(f"restore full: {full_again_s:6.2f} s; full + incremental in one run "
-              f"(--chain-dir): {chain_s:6.2f} s (adds {chain_s / full_again_s - 1:.1%}, "
-              "target <= 20%)")
-        t_dir = os.path.join(tmp, "t1")
-        table_s = timed([tool("rusty-db-restore"), "--input", full, "--table", "small",
-                         "--data-dir", t_dir, "--no-start"])
+        restore = [tool("rusty-db-restore"), "--threads", "2"]
+        fulls, steps, chains, tables = [], [], [], []
+        for i in range(RUNS):
+            target = os.path.join(tmp, f"r{i}")
+            fulls.append(timed([*restore, "--input", full, "--data-dir", target]))
+            # the guide's way: the incremental applied as a second step
+            steps.append(timed([*restore, "--input", incr, "--data-dir", target,
+                                "--incremental"]))
+            shutil.rmtree(target)
+            # both in one run (--chain-dir): changed pages reach the disk once
+            chains.append(timed([*restore, "--input", incr, "--chain-dir", chain_dir,
+                                 "--data-dir", target]))
+            shutil.rmtree(target)
+            tables.append(timed([tool("rusty-db-restore"), "--input", full, "--table", "small",
+                                 "--data-dir", target, "--no-start"]))
+            shutil.rmtree(target, ignore_errors=True)
+        restore_s, step_s = statistics.median(fulls), statistics.median(steps)
+        chain_s, table_s = statistics.median(chains), statistics.median(tables)
+        print(f"restore full (median of {RUNS}): {restore_s:6.2f} s  {_runs(fulls)}")
+        print(f"  + incremental as a second step (the guide's way): {step_s:6.2f} s "
+              f"(adds {step_s / restore_s:.1%})  {_runs(steps)}")
+        print(f"  full + incremental in one run (--chain-dir): {chain_s:6.2f} s "
+              f"(adds {chain_s / restore_s - 1:.1%}, target <= 20%)  {_runs(chains)}")
         print(f"table restore of 'small' (~1 MB) from the {fsize / 1e6:.0f} MB backup: "
-              f"{table_s:6.2f} s = {table_s / full_restore_s:.1%} of the full restore "
-              "(target <= 10%)")
+              f"{table_s:6.2f} s = {table_s / restore_s:.1%} of the full restore "
+              f"(target <= 10%)  {_runs(tables)}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

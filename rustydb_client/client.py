@@ -26,7 +26,6 @@ from rustydb_client.protocol import (
     Ready,
     Rows,
 )
-from rustydb_client.sqlsplit import split_statements
 
 CLIENT_NAME = "rustydb-client"
 _RECV_SIZE = 1 << 20  # large: backup streams arrive in 1 MiB frames
@@ -170,6 +169,10 @@ class Connection:
 
         Stopping early is safe: the rest of the current answer is read and dropped.
         """
+        # Imported here: tools that only stream backups never split SQL, and
+        # every millisecond of their start counts against a small incremental.
+        from rustydb_client.sqlsplit import split_statements
+
         for statement in split_statements(sql):
             yield from self.stream_statement(statement.sql, batch_rows=batch_rows,
                                              first_line=statement.line)

@@ -13,6 +13,7 @@ import re
 
 import apsw
 
+from ..wal.lsn import format_lsn
 from . import database
 from .database import ReplayError
 
@@ -232,9 +233,6 @@ class Replayer:
         self.conn.close()
 
 
-def format_lsn(lsn: int) -> str:
-    """LSNs are shown like PostgreSQL's: high and low 32 bits in hex."""
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:08X}"
 
 
 def parse_lsn(text: str) -> int:

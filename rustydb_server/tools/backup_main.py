@@ -52,8 +52,7 @@ from ..backup.keys import (
 )
 from ..codecs import CODECS
 from ..crypto import CryptoError
-from ..engine.replay import format_lsn
-from ..restore.full import resolve_read_key
+from ..wal.lsn import format_lsn
 from .progress import Progress, fail, human_size, mb_per_second, positive_int, print_json
 
 PROG = "rusty-db-backup"
@@ -428,6 +427,8 @@ def verify_file(args: argparse.Namespace) -> int:
     try:
         with open(path, "rb") as f:
             header = BackupReader(f).header
+        from ..restore.full import resolve_read_key
+
         key = resolve_read_key(header, args.key_file)
         report = verify_backup(path, key, args.threads)
     except BackupCorruptError as exc:
@@ -596,6 +597,8 @@ def query_backup(args: argparse.Namespace) -> int:
             return fail(PROG, f"{path} is a {header.backup_type} backup: it holds changes, "
                         "not whole databases; query the full backup it builds on, or restore "
                         "the chain with rusty-db-restore --chain-dir")
+        from ..restore.full import resolve_read_key
+
         key = resolve_read_key(header, args.key_file) if header.encrypted else None
         names = [d["name"] for d in header.databases]
         database = (args.database or [None])[0] or (names[0] if len(names) == 1 else "rustydb")

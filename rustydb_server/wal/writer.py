@@ -24,9 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Self
 
-import structlog
-
 from rustydb_server import fileops as fileops_mod
+from rustydb_server.logsetup import get_logger
 from rustydb_server.wal.segment import (
     HEADER_SIZE,
     WalCorruptError,
@@ -41,7 +40,7 @@ from rustydb_server.wal.segment import (
     segment_name,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _ZERO_CHUNK = bytes(1 << 20)
 _TEMP_SUFFIX = ".tmp"

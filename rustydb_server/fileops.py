@@ -54,6 +54,14 @@ class FileOps:
     # -- composed helpers: built only from the primitives above, so a fault
     # injected in a primitive shows up here too.
 
+    def fsync_file(self, path: str) -> None:
+        """fsync a file written earlier (possibly by someone else, e.g. SQLite)."""
+        fd = self.open(path, os.O_RDONLY, 0)
+        try:
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+
     def write_all(self, fd: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:

@@ -213,11 +213,7 @@ class Archiver:
                     tmp = target + ".tmp"
                     shutil.copyfile(os.path.join(wal_dir, n), tmp)
                     os.chmod(tmp, 0o600)
-                    fd = os.open(tmp, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    self.fileops.fsync_file(tmp)
                     os.rename(tmp, target)
                     self.fileops.fsync_dir(dest_dir)
 

@@ -682,18 +682,26 @@ class BackupWriter:
         self.close()
 
 
-def lower_thread_priority(nice: int) -> None:
-    """Raise the calling thread's niceness to ``nice`` (Linux: niceness is per thread).
+def lower_thread_priority(nice: int, *, whole_process: bool = False) -> None:
+    """Raise the calling thread's niceness to ``nice``; never lower it.
 
+    On Linux niceness is per thread, and threads started later inherit it.
+    Elsewhere it is the whole process's, so it is changed only when the
+    caller says the whole process is meant (a backup tool, not the server).
     Only for threads that end with the backup: raising niceness back needs
     privileges a service user does not have.
     """
-    if nice <= 0 or not sys.platform.startswith("linux"):
+    if nice <= 0 or not hasattr(os, "setpriority"):
         return
-    tid = threading.get_native_id()
+    if sys.platform.startswith("linux"):
+        who = threading.get_native_id()
+    elif whole_process:
+        who = 0
+    else:
+        return
     try:
-        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        if os.getpriority(os.PRIO_PROCESS, who) < nice:
+            os.setpriority(os.PRIO_PROCESS, who, nice)
     except OSError:
         pass  # refused: the backup still runs, at normal priority
 

@@ -12,6 +12,8 @@ import os
 
 import apsw
 
+from ..fileops import REAL
+
 STATE_TABLE = "__rustydb_state"
 BUSY_TIMEOUT_MS = 30_000
 
@@ -73,18 +75,10 @@ def create_database_file(path: str, lsn: int) -> None:
         conn.execute("PRAGMA journal_mode=DELETE")
     finally:
         conn.close()
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    REAL.fsync_file(tmp)
     os.chmod(tmp, 0o600)
     os.rename(tmp, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    REAL.fsync_dir(os.path.dirname(path))
 
 
 def remove_database_files(path: str) -> None:

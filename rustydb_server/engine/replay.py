@@ -234,7 +234,6 @@ class Replayer:
 
 
 
-
 def parse_lsn(text: str) -> int:
     text = text.strip()
     if "/" in text:

@@ -343,13 +343,8 @@ def _sync_databases(staging: str, fileops: _fileops.FileOps) -> None:
     directory = os.path.join(staging, dd.DATABASES_DIR)
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
-        if not os.path.isfile(path):
-            continue
-        fd = fileops.open(path, os.O_RDONLY, 0)
-        try:
-            fileops.fsync(fd)
-        finally:
-            fileops.close(fd)
+        if os.path.isfile(path):
+            fileops.fsync_file(path)
     fileops.fsync_dir(directory)
 
 

@@ -16,6 +16,7 @@ import time
 import apsw
 
 from .. import datadir as dd
+from .. import fileops as _fileops
 from ..backup.container import BackupReader
 from ..backup.file import manifest_of
 from ..backup.incremental import decode_steps
@@ -187,13 +188,8 @@ def _open_for_apply(path: str):
 
 def _finish_apply(conn, path: str, sync: bool) -> None:
     conn.execute("PRAGMA journal_mode=WAL")  # as the server runs it
-    if not sync:
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if sync:
+        _fileops.REAL.fsync_file(path)
 
 
 def _advance_control(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> None:

@@ -39,6 +39,7 @@ from ..backup.container import (
     BackupReader,
     BackupSummary,
     VerifyReport,
+    lower_thread_priority,
     rotate_key,
 )
 from ..backup.file import BackupFile, header_from_manifest
@@ -341,15 +342,8 @@ def take_backup(args: argparse.Namespace) -> int:
 
 
 def _lower_priority(nice: int) -> None:
-    """Raise this process's niceness to ``nice`` (never lower it: that needs privileges)."""
-    if nice <= 0 or not hasattr(os, "getpriority"):
-        return
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-        except OSError:
-            pass  # a platform that refuses: the backup still runs, at normal priority
+    """The tool's niceness, set before its threads start so they inherit it."""
+    lower_thread_priority(nice, whole_process=True)
 
 
 def _output_problem(output: str) -> str | None:

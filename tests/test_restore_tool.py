@@ -369,3 +369,39 @@ def test_guide_monthly_test_restore(backup, tmp_path):
         assert server.health()["status"] == "healthy"
         out = server.sql("SELECT COUNT(*) FROM customers;").stdout
         assert str(CUSTOMERS) in out
+
+
+def test_restore_starts_writeback_as_it_writes_and_fsyncs_after(backup, tmp_path, monkeypatch):
+    """Big database files go to disk while later chunks are still being decoded."""
+    from rustydb_server import fileops
+    from rustydb_server.fileops import FileOps
+
+    monkeypatch.setattr(fileops, "FLUSH_AFTER", 4096)
+    events = []
+
+    class Recording(FileOps):
+        paths: dict = {}
+
+        def open(self, path, flags, mode=0o600):
+            fd = super().open(path, flags, mode)
+            self.paths[fd] = os.path.basename(path)
+            return fd
+
+        def start_writeback(self, fd, offset, length):
+            events.append(("writeback", self.paths[fd], offset, length))
+            super().start_writeback(fd, offset, length)
+
+        def fsync(self, fd):
+            events.append(("fsync", self.paths.get(fd), None, None))
+            super().fsync(fd)
+
+    target = str(tmp_path / "restored")
+    restore_full(backup, target, fileops=Recording())
+    for name in ("rustydb.sqlite", "sales.sqlite"):
+        mine = [e for e in events if e[1] == name]
+        ranges = [(off, n) for kind, _, off, n in mine if kind == "writeback"]
+        assert ranges and ranges[0][0] == 0
+        assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))
+        size = os.path.getsize(os.path.join(target, dd.DATABASES_DIR, name))
+        assert ranges[-1][0] + ranges[-1][1] <= size
+        assert mine[-1][0] == "fsync"

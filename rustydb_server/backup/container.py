@@ -737,6 +737,37 @@ class _Layout:
     file_size: int
 
 
+class _OrderedHash:
+    """Feeds one hash on a thread of its own, in order.
+
+    hashlib releases the GIL on large buffers, so while the last chunk is being
+    hashed the caller's thread is already writing it (restore) or reading the
+    next one; a few chunks at most wait.
+    """
+
+    def __init__(self, sha, *, threaded: bool) -> None:
+        self._sha = sha
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="backup-hash") if threaded else None
+        self._pending: deque = deque()
+
+    def update(self, data: bytes) -> None:
+        if self._pool is None:
+            self._sha.update(data)
+            return
+        self._pending.append(self._pool.submit(self._sha.update, data))
+        while len(self._pending) > 4:
+            self._pending.popleft().result()
+
+    def hexdigest(self) -> str:
+        while self._pending:
+            self._pending.popleft().result()
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class BackupReader:
     """Reads and checks a backup. The header needs no key; entries of an
     encrypted backup need ``key`` (a wrong key fails here, before any data)."""
@@ -983,7 +1014,7 @@ class BackupReader:
     def _decode_entry(
         self, info: EntryInfo, threads: int, tap: Callable[[bytes], None] | None = None
     ) -> Iterator[bytes]:
-        sha = hashlib.sha256()
+        sha = _OrderedHash(hashlib.sha256(), threaded=threads > 1)
         total = 0
         pool = ThreadPoolExecutor(threads, thread_name_prefix="backup-read") if threads > 1 else None
         pending: deque = deque()
@@ -1003,12 +1034,14 @@ class BackupReader:
                 sha.update(plain)
                 total += len(plain)
                 yield plain
+            digest = sha.hexdigest()
         finally:
+            sha.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if total != info.raw_size:
             raise self._corrupt(f"entry holds {total} bytes, the index says {info.raw_size}", entry=info.name)
-        if sha.hexdigest() != info.sha256:
+        if digest != info.sha256:
             raise self._corrupt("entry data does not match its sha256 in the index", entry=info.name)
 
     def _finish_job(self, info: EntryInfo, job, future) -> bytes:

@@ -22,10 +22,12 @@ class _FdFile:
         self.fd = fd
         self.fileops = fileops
         self.written = 0
+        self._behind = _fileops.WriteBehind(fileops, fd)
 
     def write(self, data) -> int:
         self.fileops.write_all(self.fd, data)
         self.written += len(data)
+        self._behind.wrote(len(data))
         return len(data)
 
     def flush(self) -> None:

@@ -326,8 +326,11 @@ def _write_databases(reader: BackupReader, manifest: dict, staging: str, threads
         fd = fileops.open(path, flags, 0o600)
         try:
             os.fchmod(fd, 0o600)
+            behind = _fileops.WriteBehind(fileops, fd) if sync else None
             for chunk in reader.read_entry(db["entry"], threads=threads):
                 fileops.write_all(fd, chunk)
+                if behind is not None:
+                    behind.wrote(len(chunk))
                 done += len(chunk)
                 if progress is not None:
                     progress("restore", done, total)

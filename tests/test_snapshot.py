@@ -8,6 +8,8 @@ on, and that a reader pinning an older snapshot makes it fall back to a copy.
 
 from __future__ import annotations
 
+import threading
+
 import apsw
 import pytest
 
@@ -93,6 +95,44 @@ def test_a_reader_on_an_older_snapshot_makes_the_backup_copy_pages_instead(engin
         old_reader.execute("ROLLBACK")
         old_reader.close()
     assert rows == [(i,) for i in range(2000)] + [(i,) for i in range(5000, 5100)]
+
+
+def test_row_counts_agree_with_the_pages_streamed_while_the_file_grows_and_shrinks(
+        engine, tmp_path):
+    """Rows are counted through a memory map of the file; commits, VACUUMs and
+    checkpoints running meanwhile must neither change what it sees nor truncate
+    it under the map (which would kill the server with SIGBUS)."""
+    stop = threading.Event()
+    failures = []
+
+    def churn():
+        i = 0
+        try:
+            while not stop.is_set():
+                insert_rows(engine, 100_000 + i * 1000, 400)
+                run_sql(engine, "DELETE FROM t WHERE id >= 100000")
+                run_sql(engine, "VACUUM")
+                engine.checkpoint("test")
+                i += 1
+        except BaseException as e:  # pragma: no cover - reported below
+            failures.append(e)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for n in range(6):
+            snap = Snapshot(engine, ["rustydb"], scratch_dir=engine.datadir.join("backup_tmp"))
+            try:
+                counted = {t["name"]: t["rows"] for t in snap.databases[0]["tables"]}
+                (tmp_path / str(n)).mkdir()
+                rows = streamed_rows(snap, "rustydb", str(tmp_path / "scratch"), tmp_path / str(n))
+            finally:
+                snap.close()
+            assert counted["t"] == len(rows)
+    finally:
+        stop.set()
+        worker.join()
+    assert not failures
 
 
 def test_file_mismatch_names_what_disagrees():

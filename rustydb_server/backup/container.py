@@ -737,31 +737,30 @@ class _Layout:
     file_size: int
 
 
-class _OrderedHash:
-    """Feeds one hash on a thread of its own, in order.
+class _HashThread:
+    """Feeds hashes on a thread of their own, in the order given.
 
-    hashlib releases the GIL on large buffers, so while the last chunk is being
-    hashed the caller's thread is already writing it (restore) or reading the
-    next one; a few chunks at most wait.
+    hashlib releases the GIL on large buffers, so while one chunk is hashed
+    the caller's thread is already writing it (restore) and the workers decode
+    the next ones; a few chunks at most wait. Unthreaded, it hashes inline.
     """
 
-    def __init__(self, sha, *, threaded: bool) -> None:
-        self._sha = sha
+    def __init__(self, *, threaded: bool) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="backup-hash") if threaded else None
         self._pending: deque = deque()
 
-    def update(self, data: bytes) -> None:
+    def update(self, sha, data) -> None:
         if self._pool is None:
-            self._sha.update(data)
+            sha.update(data)
             return
-        self._pending.append(self._pool.submit(self._sha.update, data))
+        self._pending.append(self._pool.submit(sha.update, data))
         while len(self._pending) > 4:
             self._pending.popleft().result()
 
-    def hexdigest(self) -> str:
+    def drain(self) -> None:
+        """Wait until every update given so far is done."""
         while self._pending:
             self._pending.popleft().result()
-        return self._sha.hexdigest()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -1014,7 +1013,8 @@ class BackupReader:
     def _decode_entry(
         self, info: EntryInfo, threads: int, tap: Callable[[bytes], None] | None = None
     ) -> Iterator[bytes]:
-        sha = _OrderedHash(hashlib.sha256(), threaded=threads > 1)
+        sha = hashlib.sha256()
+        hasher = _HashThread(threaded=threads > 1)
         total = 0
         pool = ThreadPoolExecutor(threads, thread_name_prefix="backup-read") if threads > 1 else None
         pending: deque = deque()
@@ -1026,17 +1026,18 @@ class BackupReader:
                     pending.append((job, pool.submit(_open_record, *job[0])))
                 while len(pending) > (2 * threads if pool else 0):
                     plain = self._finish_job(info, *pending.popleft())
-                    sha.update(plain)
+                    hasher.update(sha, plain)
                     total += len(plain)
                     yield plain
             while pending:
                 plain = self._finish_job(info, *pending.popleft())
-                sha.update(plain)
+                hasher.update(sha, plain)
                 total += len(plain)
                 yield plain
+            hasher.drain()
             digest = sha.hexdigest()
         finally:
-            sha.close()
+            hasher.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if total != info.raw_size:

@@ -37,6 +37,9 @@ log = get_logger("rustydb.backup")
 
 STREAM_CHUNK = 1024 * 1024
 SCRATCH_DIR = "backup_tmp"
+#: Upper bound for mapping a database while its rows are counted; SQLite
+#: caps it at its compile-time SQLITE_MAX_MMAP_SIZE and maps the rest by reads.
+COUNT_MMAP_BYTES = 1 << 40
 
 
 class BackupCancelled(Exception):
@@ -131,6 +134,13 @@ class Snapshot:
             self.next_txid = engine.peek_next_txid()
             self.last_commit_time_us = engine._last_commit_us
             self.direct = {h.name for h in handles if _checkpoint(self.conns[h.name])}
+            for name in self.direct:
+                # Counting reads every page; mapped, it skips a pread per page
+                # (about 4x faster). Safe only where the file is the snapshot:
+                # our read transaction, begun next on a fully checkpointed WAL,
+                # keeps every checkpoint from writing or truncating the file
+                # until it ends, so the mapping cannot lose pages (no SIGBUS).
+                self._count_conns[name].execute(f"PRAGMA mmap_size={COUNT_MMAP_BYTES}")
             for conn in [*self.conns.values(), *self._count_conns.values()]:
                 conn.execute("BEGIN")
                 conn.execute(f"SELECT count(*) FROM {database.STATE_TABLE}").fetchall()

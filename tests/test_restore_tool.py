@@ -267,7 +267,7 @@ def test_files_changed_after_install_are_fsynced_before_the_swap(backup, tmp_pat
     synced_after = {name for kind, name, swapped in events[mark:]
                     if kind == "fsync" and not swapped}
     assert {"rustydb.sqlite", "sales.sqlite"} <= synced_after
-    # ...and not before: the pages a chain changes go to disk once.
+    # ...and not before: one fsync per file for the whole chain.
     assert not [e for e in events[:mark] if e[1] in ("rustydb.sqlite", "sales.sqlite")]
     assert os.path.isdir(target)
 

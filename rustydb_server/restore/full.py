@@ -326,11 +326,13 @@ def _write_databases(reader: BackupReader, manifest: dict, staging: str, threads
         fd = fileops.open(path, flags, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            behind = _fileops.WriteBehind(fileops, fd) if sync else None
+            # Writeback starts as we go, chain or not: pages an incremental
+            # then changes are written twice, but measured on 1 GiB that costs
+            # less than leaving the whole file for the final fsync.
+            behind = _fileops.WriteBehind(fileops, fd)
             for chunk in reader.read_entry(db["entry"], threads=threads):
                 fileops.write_all(fd, chunk)
-                if behind is not None:
-                    behind.wrote(len(chunk))
+                behind.wrote(len(chunk))
                 done += len(chunk)
                 if progress is not None:
                     progress("restore", done, total)

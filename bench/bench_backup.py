@@ -33,7 +33,9 @@ import time
 import apsw
 import lz4.block
 
+sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from bytecode import compile_bytecode  # noqa: E402
 from helpers import ServerProcess, tool  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
@@ -152,6 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=1024)
     args = ap.parse_args()
+    compile_bytecode()  # the tools as installed (see bench/bytecode.py)
     tmp = tempfile.mkdtemp(prefix="rustydb-bench-backup-")
     try:
         data = os.path.join(tmp, "data")

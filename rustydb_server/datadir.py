@@ -19,8 +19,9 @@ import re
 import secrets
 import struct
 
-import crc32c
 import msgpack
+
+from rustydb_server.crc import crc32c
 
 from . import fileops as _fileops
 
@@ -61,7 +62,7 @@ class Control:
 
     def encode(self) -> bytes:
         body = msgpack.packb(dataclasses.asdict(self), use_bin_type=True)
-        return _CONTROL_MAGIC + struct.pack(">II", len(body), crc32c.crc32c(body)) + body
+        return _CONTROL_MAGIC + struct.pack(">II", len(body), crc32c(body)) + body
 
     @classmethod
     def decode(cls, data: bytes, path: str) -> Control:
@@ -69,7 +70,7 @@ class Control:
             raise DataDirError(f"{path}: not a RustyDB control file (bad magic)")
         length, crc = struct.unpack(">II", data[8:16])
         body = data[16 : 16 + length]
-        if len(body) != length or crc32c.crc32c(body) != crc:
+        if len(body) != length or crc32c(body) != crc:
             raise DataDirError(
                 f"{path}: control file is damaged (checksum mismatch); "
                 "restore the data directory from a backup"

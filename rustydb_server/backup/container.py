@@ -78,11 +78,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
-import crc32c
 import msgpack
 
 from rustydb_server import codecs, crypto
 from rustydb_server.backup.keys import KeySource, NoKeyError
+from rustydb_server.crc import crc32c
 from rustydb_server.crypto import SecretKey, WrongKeyError
 from rustydb_server.fileops import REAL, FileOps
 
@@ -282,7 +282,7 @@ def chunk_aad(
 
 def _pack_record(flags: int, entry_index: int, chunk_index: int, raw_len: int, stored_len: int, check: int) -> bytes:
     head = RECORD.pack(RECORD_MAGIC, flags, 0, entry_index, chunk_index, raw_len, stored_len, check, 0)
-    return head[:RECORD_CRC_SPAN] + struct.pack(">I", crc32c.crc32c(head[:RECORD_CRC_SPAN]))
+    return head[:RECORD_CRC_SPAN] + struct.pack(">I", crc32c(head[:RECORD_CRC_SPAN]))
 
 
 def _public_encryption(params: dict) -> dict:
@@ -381,9 +381,9 @@ def _seal_record(
     aad = chunk_aad(ctx.core_hash, entry_index, chunk_index, flags, raw_len, name)
     if ctx.aead is not None:
         stored = crypto.seal_chunk(ctx.aead, ctx.nonce_prefix, seq, stored, aad)
-        check = crc32c.crc32c(stored, crc32c.crc32c(aad))
+        check = crc32c(stored, crc32c(aad))
     else:
-        check = crc32c.crc32c(data, crc32c.crc32c(aad))
+        check = crc32c(data, crc32c(aad))
     return _pack_record(flags, entry_index, chunk_index, raw_len, len(stored), check), stored
 
 
@@ -399,7 +399,7 @@ def _open_record(
     aad = chunk_aad(ctx.core_hash, entry_index, chunk_index, flags, raw_len, name)
     payload = stored
     if ctx.aead is not None:
-        if crc32c.crc32c(stored, crc32c.crc32c(aad)) != check:
+        if crc32c(stored, crc32c(aad)) != check:
             raise _ChunkDamage("stored bytes do not match their checksum (damaged, or moved here)")
         try:
             payload = crypto.open_chunk(ctx.aead, ctx.nonce_prefix, seq, stored, aad)
@@ -416,7 +416,7 @@ def _open_record(
         plain = payload
     if len(plain) != raw_len:
         raise _ChunkDamage(f"holds {len(plain)} bytes, its record says {raw_len}")
-    if ctx.aead is None and crc32c.crc32c(plain, crc32c.crc32c(aad)) != check:
+    if ctx.aead is None and crc32c(plain, crc32c(aad)) != check:
         raise _ChunkDamage("data does not match its checksum (damaged, or moved here)")
     return plain
 
@@ -655,7 +655,7 @@ class BackupWriter:
             )
         index_offset = self._pos
         self._emit_bytes(index_bytes)
-        footer = _pack_footer(index_offset, len(index_bytes), crc32c.crc32c(index_bytes), self._file_sha.digest())
+        footer = _pack_footer(index_offset, len(index_bytes), crc32c(index_bytes), self._file_sha.digest())
         self._emit_bytes(footer)
         if hasattr(self._out, "flush"):
             self._out.flush()
@@ -716,7 +716,7 @@ def _first_seqs(counts: list[int]) -> list[int]:
 
 def _pack_footer(index_offset: int, index_len: int, index_crc: int, digest: bytes) -> bytes:
     body = FOOTER.pack(index_offset, index_len, index_crc, digest, 0, 0, END_MAGIC)
-    return body[:FOOTER_CRC_SPAN] + struct.pack(">I", crc32c.crc32c(body[:FOOTER_CRC_SPAN])) + END_MAGIC
+    return body[:FOOTER_CRC_SPAN] + struct.pack(">I", crc32c(body[:FOOTER_CRC_SPAN])) + END_MAGIC
 
 
 # -- reader -------------------------------------------------------------------
@@ -836,7 +836,7 @@ class BackupReader:
             raise self._corrupt(
                 "file is truncated or incomplete: no end marker at the end of the file", offset=footer_at
             )
-        if crc32c.crc32c(footer[:FOOTER_CRC_SPAN]) != footer_crc:
+        if crc32c(footer[:FOOTER_CRC_SPAN]) != footer_crc:
             raise self._corrupt("footer damaged: footer checksum mismatch", offset=footer_at)
         if index_len > MAX_INDEX_SIZE or footer_at - index_len < body_start:
             raise self._corrupt("footer damaged: index length does not fit the file", offset=footer_at)
@@ -942,7 +942,7 @@ class BackupReader:
         self._require_key()
         lay = self._layout
         raw = self._read_index_bytes() if raw is None else raw
-        if crc32c.crc32c(raw) != lay.index_crc:
+        if crc32c(raw) != lay.index_crc:
             raise self._corrupt("index damaged: index checksum mismatch", offset=lay.index_offset)
         if self._ctx.aead is not None:
             try:
@@ -1066,7 +1066,7 @@ class BackupReader:
             raise bad("entry ends before its last chunk (chunks dropped or truncated)")
         head = self._read_at(pos, RECORD.size, f"chunk {chunk} of entry {info.name!r}")
         magic, flags, reserved, e_idx, c_idx, raw_len, stored_len, check, head_crc = RECORD.unpack(head)
-        if crc32c.crc32c(head[:RECORD_CRC_SPAN]) != head_crc or magic != RECORD_MAGIC:
+        if crc32c(head[:RECORD_CRC_SPAN]) != head_crc or magic != RECORD_MAGIC:
             raise bad("chunk header missing or damaged (header checksum mismatch)")
         if e_idx != info.index or c_idx != chunk:
             raise bad(

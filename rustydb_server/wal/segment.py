@@ -24,7 +24,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-import crc32c
+from rustydb_server.crc import crc32c
 
 HEADER_SIZE = 64
 MAGIC = b"RDBWAL01"
@@ -144,7 +144,7 @@ class SegmentHeader:
 def encode_segment_header(*, timeline: int, segno: int, system_id: int, segment_size: int) -> bytes:
     check_segment_size(segment_size)
     fields = _HEADER.pack(MAGIC, FORMAT_VERSION, timeline, segno, system_id, segment_size)
-    crc = _HEADER_CRC.pack(crc32c.crc32c(fields))
+    crc = _HEADER_CRC.pack(crc32c(fields))
     return (fields + crc).ljust(HEADER_SIZE, b"\0")
 
 
@@ -158,7 +158,7 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
     if magic != MAGIC:
         raise SegmentHeaderError(f"bad magic {magic!r} (not a RustyDB WAL segment)")
     (stored_crc,) = _HEADER_CRC.unpack_from(data, _HEADER.size)
-    if stored_crc != crc32c.crc32c(fields):
+    if stored_crc != crc32c(fields):
         raise SegmentHeaderError("segment header checksum mismatch")
     if version != FORMAT_VERSION:
         raise SegmentHeaderError(f"unsupported WAL format version {version}")
@@ -210,7 +210,7 @@ def check_segment_header(
 
 
 def fragment_crc(lsn: int, kind: int, payload: bytes) -> int:
-    return crc32c.crc32c(payload, crc32c.crc32c(_CRC_PREFIX.pack(lsn, kind)))
+    return crc32c(payload, crc32c(_CRC_PREFIX.pack(lsn, kind)))
 
 
 def encode_fragment(lsn: int, kind: FragmentKind, payload: bytes) -> bytes:

@@ -103,6 +103,24 @@ def test_full_then_incrementals_restore_equals_live(primary, tmp_path):
     c.close()
 
 
+def test_an_incremental_larger_than_a_frame_streams_and_restores(primary, tmp_path):
+    """One table's net changes of ~20 MB, more than a wire frame may hold (16 MiB)."""
+    srv = primary
+    full = tmp_path / "full.backup"
+    backup(srv, full, "--type", "full")
+    srv.sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
+            "INSERT INTO items(name, qty) SELECT hex(randomblob(500)), i FROM n;")
+    incr = tmp_path / "incr.backup"
+    info = backup(srv, incr, "--type", "incremental", "--compress")
+    assert info["type"] == "incremental"
+    with rc.connect("127.0.0.1", srv.port) as c:
+        expected = dump(c)
+    data = tmp_path / "restored"
+    restore("--input", full, "--data-dir", data)
+    restore("--input", incr, "--data-dir", data, "--incremental")
+    assert dump(str(data)) == expected
+
+
 def test_wrong_order_duplicate_and_wrong_base_are_refused(primary, tmp_path):
     srv = primary
     c = rc.connect("127.0.0.1", srv.port)

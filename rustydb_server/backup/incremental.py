@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -221,10 +222,52 @@ def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | Non
     return manifest, steps
 
 
-def encode_steps(steps: list[tuple[str, object]]) -> Iterator[bytes]:
+#: The entry's bytes are handed on in pieces of about this size (each becomes
+#: one frame on the wire, which has a size limit, and one chunk in the file).
+STEPS_CHUNK = 1024 * 1024
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's bin 8/16/32 header (Packer has none), as Packer.pack would write it."""
+    if n < 1 << 8:
+        return struct.pack(">BB", 0xC4, n)
+    if n < 1 << 16:
+        return struct.pack(">BH", 0xC5, n)
+    return struct.pack(">BI", 0xC6, n)
+
+
+def encode_steps(steps: list[tuple[str, object]], chunk: int = STEPS_CHUNK) -> Iterator[bytes]:
+    """The steps as msgpack ``[kind, payload]`` arrays, cut into pieces of at
+    most ``chunk`` bytes wherever they fall: one table's net changes can be
+    far larger than a frame may be, and small steps share a piece."""
     packer = msgpack.Packer(use_bin_type=True)
+    pending = bytearray()
     for kind, payload in steps:
-        yield packer.pack([kind, payload])
+        if isinstance(payload, bytes) and len(payload) >= chunk:
+            # Large changesets are not copied into the encoding: the head
+            # (array, kind, bin length) first, then slices of the payload.
+            pending += packer.pack_array_header(2) + packer.pack(kind)
+            pending += _bin_header(len(payload))
+            view = memoryview(payload)
+        else:
+            pending += packer.pack([kind, payload])
+            view = memoryview(b"")
+        while len(pending) >= chunk:
+            yield bytes(pending[:chunk])
+            del pending[:chunk]
+        if view:
+            fill = min(chunk - len(pending), len(view)) if pending else 0
+            if pending:
+                pending += view[:fill]
+                yield bytes(pending)
+                pending = bytearray()
+            view = view[fill:]
+            while len(view) >= chunk:
+                yield view[:chunk]
+                view = view[chunk:]
+            pending += view
+    if pending:
+        yield bytes(pending)
 
 
 def decode_steps(data_chunks) -> Iterator[tuple[str, object]]:

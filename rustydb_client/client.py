@@ -35,6 +35,10 @@ class ClientError(Exception):
     """Base of the errors this module raises; str() is a message for users."""
 
 
+class RequestTooLarge(ClientError):
+    """A request larger than one message may be; nothing was sent, the session goes on."""
+
+
 class ConnectionFailed(ClientError):
     """No usable session: refused, unreachable, authentication failed, or lost."""
 
@@ -208,7 +212,17 @@ class Connection:
         self._require_open()
         protocol.validate_message(msg, protocol.TO_SERVER)
         try:
-            self._sock.sendall(protocol.encode_frame(msg))
+            frame = protocol.encode_frame(msg)
+        except ProtocolError as e:
+            if msg.get("type") == "query":
+                size = len(msg["sql"].encode("utf-8", "surrogatepass"))
+                raise RequestTooLarge(
+                    f"the statement is {size / 1e6:.1f} MB, more than the "
+                    f"{protocol.DEFAULT_MAX_FRAME / 1e6:.1f} MB one message can carry; split "
+                    "it into smaller statements (several INSERTs, say)") from None
+            raise RequestTooLarge(e.message) from None
+        try:
+            self._sock.sendall(frame)
         except OSError as e:
             self._drop()
             raise ConnectionFailed(

@@ -239,7 +239,7 @@ class ClientConnection:
                 rows = await self._in_thread(session.fetch, run, batch_rows)
                 if rows:
                     await self.send(proto.rows_message(rows))
-                if len(rows) < batch_rows:
+                if run.done:
                     break
             finished = await self._in_thread(session.finish, run)
         status, count = finished

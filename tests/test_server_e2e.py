@@ -102,6 +102,36 @@ def test_all_sqlite_types_and_large_results_in_batches(server):
         assert sum(len(b.rows) for b in batches) == 25000
 
 
+def test_rows_larger_than_a_batch_and_one_too_large_for_any_message(server):
+    """Results travel in messages of at most 16 MiB: batches are cut by size as
+    well as by rows, and a row that fits no message is a clear error that
+    leaves the session (and the data) as they were."""
+    with connect(server) as c:
+        c.execute("CREATE TABLE b(id INTEGER PRIMARY KEY, v BLOB)")
+        c.execute("INSERT INTO b VALUES (1, randomblob(9000000)), (2, randomblob(9000000))")
+        batches = [e for e in c.stream("SELECT id, length(v), v FROM b ORDER BY id")
+                   if type(e).__name__ == "Rows"]
+        assert [[r[0], r[1], len(r[2])] for b in batches for r in b.rows] == [
+            [1, 9000000, 9000000], [2, 9000000, 9000000]]
+        assert len(batches) == 2
+        with pytest.raises(rc.ServerError) as err:
+            c.execute("SELECT zeroblob(20000000)")
+        assert err.value.code == "row_too_large" and "substr" in str(err.value)
+        # An autocommit write whose RETURNING row cannot be sent is not committed.
+        with pytest.raises(rc.ServerError):
+            c.execute("INSERT INTO b VALUES (3, zeroblob(20000000)) RETURNING *")
+        assert c.execute("SELECT count(*) FROM b").rows == [[2]]
+        # The other way: a statement too large to send is refused before sending.
+        with pytest.raises(rc.RequestTooLarge, match="split it"):
+            c.execute("SELECT length('" + "x" * 17_000_000 + "')")
+        assert c.execute("SELECT 1").rows == [[1]]
+    proc = run_tool("rusty-db-cli", "--port", str(server.port),
+                    input="SELECT 1;\nSELECT length('" + "x" * 17_000_000 + "');\n")
+    assert proc.returncode == 1
+    assert "ERROR at line 2: the statement is 17.0 MB" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_databases_create_switch_drop(server):
     server.sql("CREATE DATABASE production_db;")
     server.sql("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);", "--database",

@@ -9,10 +9,13 @@ statement is a ``ddl`` step of its own text, so replay sees them in order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 
 import apsw
+
+from rustydb_client.protocol import DEFAULT_MAX_FRAME
 
 from . import database
 from .database import FORBIDDEN_PRAGMAS, STATE_TABLE
@@ -40,6 +43,27 @@ _STATE_DDL_OPS = frozenset(
 _PRAGMA_ASSIGN = re.compile(r"^\s*PRAGMA\s+(?:main\.)?(\w+)\s*(=|\()", re.I)
 
 
+#: A batch of rows for a client stops before it grows past this (estimated as
+#: msgpack will encode it); smaller batches also keep the server's memory flat.
+BATCH_BYTES = 1024 * 1024
+#: The largest row a client can be sent: a message's limit, less room for the
+#: rest of the message.
+MAX_ROW_BYTES = DEFAULT_MAX_FRAME - 64 * 1024
+
+
+def row_bytes(row) -> int:
+    """About how many bytes msgpack needs for ``row`` (never fewer)."""
+    total = 5
+    for v in row:
+        if isinstance(v, str):
+            total += 5 + (len(v) if v.isascii() else len(v.encode("utf-8", "surrogatepass")))
+        elif isinstance(v, bytes):
+            total += 5 + len(v)
+        else:
+            total += 9
+    return total
+
+
 class SqlError(Exception):
     """A statement failed; the session stays usable."""
 
@@ -60,6 +84,11 @@ class StatementRun:
     rows_seen: int = 0
     first_row: tuple | None = None
     status: str = ""
+
+    @property
+    def done(self) -> bool:
+        """Every row was fetched."""
+        return self.cursor is None and self.first_row is None
 
 
 class SqlSession:
@@ -295,21 +324,39 @@ class SqlSession:
         """
         run = self.start(sql, keywords)
         rows = self.fetch(run, batch_rows) if run.columns is not None else []
-        if run.columns is None or len(rows) < batch_rows:
+        if run.columns is None or run.done:
             return run, rows, self.finish(run)
         return run, rows, None
 
-    def fetch(self, run: StatementRun, n: int) -> list[list]:
-        rows = []
-        if run.first_row is not None:
-            rows.append(list(run.first_row))
-            run.first_row = None
-        cursor = run.cursor
+    def fetch(self, run: StatementRun, n: int, *, for_client: bool = True) -> list[list]:
+        """Up to ``n`` more rows. For a client, a batch also stops before it
+        grows past BATCH_BYTES (it travels as one message, whose size is
+        limited), and a single row too large for any message is an error."""
+        rows: list[list] = []
+        size = 0
         try:
             while len(rows) < n:
-                row = self._sqlite(lambda: next(cursor, None))
-                if row is None:
+                if run.first_row is not None:
+                    row, run.first_row = run.first_row, None
+                elif run.cursor is None:
                     break
+                else:
+                    row = self._sqlite(functools.partial(next, run.cursor, None))
+                    if row is None:
+                        run.cursor = None  # done: nothing more to fetch
+                        break
+                if for_client:
+                    weight = row_bytes(row)
+                    if weight > MAX_ROW_BYTES:
+                        raise SqlError(
+                            f"row {run.rows_seen + len(rows) + 1} of the result is about "
+                            f"{weight / 1e6:.1f} MB, more than the {MAX_ROW_BYTES / 1e6:.1f} MB "
+                            "one message can carry; select large values in parts, e.g. "
+                            "substr(column, 1, 10000000)", "row_too_large")
+                    if rows and size + weight > BATCH_BYTES:
+                        run.first_row = row  # it starts the next batch
+                        break
+                    size += weight
                 rows.append(list(row))
         except BaseException:
             if run.autocommit_write:
@@ -324,7 +371,7 @@ class SqlSession:
             return run.status, 0
         try:
             while run.first_row is not None or (run.cursor is not None and self._more(run)):
-                self.fetch(run, 10_000)
+                self.fetch(run, 10_000, for_client=False)
         except BaseException:
             if run.autocommit_write:
                 self._abort_autocommit()

@@ -101,6 +101,33 @@ def test_every_value_round_trips_exactly(value_dir, tmp_path, rows):
     assert canonical(target, "v") == expected
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(values, values, floats, st.binary()), max_size=6))
+def test_rows_too_large_for_one_statement_round_trip_in_pieces(value_dir, tmp_path, monkeypatch,
+                                                              rows):
+    """With tiny limits, most rows go through the helper table piece by piece."""
+    from rustydb_server.export import sqldump
+
+    monkeypatch.setattr(sqldump, "PIECE_CHARS", 40)
+    monkeypatch.setattr(sqldump, "SMALL_LITERAL", 8)
+    conn = db(value_dir)
+    conn.execute("DROP TABLE IF EXISTS p; CREATE TABLE p(id INTEGER PRIMARY KEY, a, b ANY, r REAL, t TEXT)")
+    with conn:
+        for i, (a, b, r, raw) in enumerate(rows):
+            conn.execute("INSERT INTO p VALUES (?, ?, ?, ?, CAST(? AS TEXT))", (i, a, b, r, raw))
+    expected = canonical(conn, "p")
+    conn.close()
+    text, result = export_text(value_dir, tmp_path, tables=["p"])
+    target = apsw.Connection(":memory:")
+    run_script(target, text)
+    assert canonical(target, "p") == expected
+    assert target.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '__rustydb%'"
+                          ).fetchall() == [(0,)]
+    pieces = [st.sql for st in split_statements(text) if "__rustydb_import_pieces\" VALUES" in st.sql
+              or st.sql.startswith('UPDATE "__rustydb_import_pieces"')]
+    assert all(len(sql) <= 40 + 100 for sql in pieces)  # a piece and the statement around it
+
+
 @pytest.mark.parametrize("value, literal", [
     (None, "NULL"), (-(2**63), "-9223372036854775808"), (1.0, "1.0"), (1e16, "1e+16"),
     (-0.0, "-0.0"), (math.inf, "9e999"), (-math.inf, "-9e999"), ("it's", "'it''s'"),
@@ -401,3 +428,25 @@ def test_export_then_cli_import_into_a_running_server(server_factory, tmp_path):
     assert canonical(conn, "customers") == expected
     assert conn.execute("SELECT name FROM sqlite_schema WHERE tbl_name = 'customers_restored' "
                         "ORDER BY name").fetchall() == [("customers_restored",), ("customers_restored_v",)]
+
+
+def test_values_larger_than_a_message_import_through_the_cli(server_factory, tmp_path):
+    """A 12 MB blob and 20 MB of text: each statement of the dump fits a 16 MiB message."""
+    data = str(tmp_path / "data")
+    with server_factory("data") as server:
+        server.sql("CREATE TABLE files(id INTEGER PRIMARY KEY, body BLOB, note TEXT)")
+        server.sql("INSERT INTO files VALUES (1, randomblob(12000000), "
+                   "printf('%.*c', 20000000, 'x') || 'é''end'), (2, x'00', 'small')")
+    conn = db(data)
+    expected = canonical(conn, "files")
+    conn.close()
+    out = str(tmp_path / "files.sql")
+    proc = run_tool("rusty-db-export", "--table", "files", "--input-dir", data, "--output", out,
+                    "--rename-to", "files_copy")
+    assert proc.returncode == 0, proc.stderr
+    with server_factory("data") as server:
+        with open(out, encoding="utf-8") as f:
+            proc = server.cli(input=f.read())
+        assert proc.returncode == 0, proc.stderr
+    conn = db(data)
+    assert canonical(conn, "files_copy") == expected

@@ -5,7 +5,9 @@ IF EXISTS with --replace), CREATE TABLE, the rows as multi-row INSERTs, its
 indexes and triggers (after the rows: building an index once is cheaper than
 maintaining it per row); views last; ``COMMIT;``. One transaction makes the
 import all or nothing: the cli stops at the first error and the server rolls
-the open transaction back.
+the open transaction back. Every statement fits one 16 MiB wire message: a
+row too large for that is built up piece by piece in a helper table
+(``__rustydb_import_pieces``, dropped again at once) and inserted from there.
 
 Values are written so SQLite reads back exactly what was stored:
 
@@ -23,7 +25,7 @@ Values are written so SQLite reads back exactly what was stored:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -34,6 +36,12 @@ GUARDS = ("plain", "if-not-exists", "replace")
 DEFAULT_BATCH_ROWS = 500
 # A statement stays well under the wire protocol's 16 MiB frame, whatever the rows.
 BATCH_CHARS = 1 << 20
+# A value whose literal is longer than this is written in pieces (see
+# _write_row_in_pieces), each statement then at most about this long.
+PIECE_CHARS = 4 << 20
+PIECES_TABLE = '"__rustydb_import_pieces"'
+# In such a row, values whose literal is longer than this go through pieces too.
+SMALL_LITERAL = 64 * 1024
 _NEEDS_HEX = {chr(c) for c in range(32) if chr(c) not in "\n\t"} | {"\x7f", "\x85", "\u2028", "\u2029"}
 
 
@@ -97,7 +105,15 @@ def _write_rows(out: TextIO, head: str, rows: Iterable[tuple], batch_rows: int) 
     """Multi-row INSERTs of at most ``batch_rows`` rows and about BATCH_CHARS characters."""
     total = in_batch = chars = 0
     for row in rows:
-        text = "(" + ",".join(map(sql_literal, row)) + ")"
+        literals = [sql_literal(v) for v in row]
+        if sum(map(len, literals)) > PIECE_CHARS:
+            if in_batch:
+                out.write(";\n")
+                in_batch = chars = 0
+            _write_row_in_pieces(out, head, row, literals)
+            total += 1
+            continue
+        text = "(" + ",".join(literals) + ")"
         if in_batch and (in_batch >= batch_rows or chars + len(text) > BATCH_CHARS):
             out.write(";\n")
             in_batch = chars = 0
@@ -108,6 +124,43 @@ def _write_rows(out: TextIO, head: str, rows: Iterable[tuple], batch_rows: int) 
     if in_batch:
         out.write(";\n")
     return total
+
+
+def _write_row_in_pieces(out: TextIO, head: str, row: tuple, literals: list[str]) -> None:
+    """One row too large for one statement (a statement must fit one 16 MiB
+    message): its large values are built up in a helper table, piece by piece,
+    then the row is inserted from there and the helper dropped, all inside the
+    import's transaction."""
+    out.write(f"CREATE TABLE {PIECES_TABLE}(i INTEGER PRIMARY KEY, v);\n")
+    exprs = []
+    for i, (value, literal) in enumerate(zip(row, literals)):
+        if len(literal) <= SMALL_LITERAL or not isinstance(value, str | bytes | InvalidText):
+            exprs.append(literal)  # numbers are short whatever the limits
+            continue
+        pieces, kind = _value_pieces(value)
+        out.write(f"INSERT INTO {PIECES_TABLE} VALUES ({i}, {next(pieces)});\n")
+        for piece in pieces:
+            out.write(f"UPDATE {PIECES_TABLE} SET v = v || {piece} WHERE i = {i};\n")
+        # || makes text of anything; the cast gives back the exact bytes as a BLOB.
+        exprs.append(f"(SELECT CAST(v AS {kind}) FROM {PIECES_TABLE} WHERE i = {i})")
+    out.write(head.removesuffix(" VALUES\n") + "\nSELECT " + ", ".join(exprs) + ";\n")
+    out.write(f"DROP TABLE {PIECES_TABLE};\n")
+
+
+def _value_pieces(value) -> tuple[Iterator[str], str]:
+    """A large TEXT or BLOB value as literals of at most about PIECE_CHARS each,
+    whose concatenation is the value; and the type to cast the result to."""
+    step = PIECE_CHARS // 2  # hex doubles bytes; quote doubling at most doubles text
+    if isinstance(value, str) and _NEEDS_HEX.isdisjoint(value):
+        return (sql_literal(value[i:i + step]) for i in range(0, len(value), step)), "TEXT"
+    if isinstance(value, str | InvalidText):
+        data = value.encode("utf-8") if isinstance(value, str) else value.data
+        # Cut anywhere, even inside a UTF-8 sequence: SQLite keeps text bytes as
+        # they are, so the joined value is byte for byte the original.
+        return (f"CAST(X'{data[i:i + step].hex()}' AS TEXT)"
+                for i in range(0, len(data), step)), "TEXT"
+    data = bytes(value)
+    return (f"X'{data[i:i + step].hex()}'" for i in range(0, len(data), step)), "BLOB"
 
 
 def write_dump(out: TextIO, source: ExportSource, tables: list[str], *, guard: str = "plain",

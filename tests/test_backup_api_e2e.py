@@ -92,6 +92,8 @@ def test_api_full_backup_happy_path(server, tmp_path):
     (json.dumps({"backup_type": "full", "encryption": True}).encode(), 422),  # no key set
     (json.dumps({"backup_type": "full", "databases": ["nope"]}).encode(), 422),
     (json.dumps({"backup_type": "full", "threads": 0}).encode(), 422),
+    (b"[" * 50_000, 400),  # nested past the JSON parser's recursion limit
+    (b'{"backup_type": "full", "x": "' + b"a" * 200_000 + b'"}', 413),
 ])
 def test_api_bad_requests_get_4xx_with_a_message(server, raw, code):
     status, body = call(server, "POST", "/api/v1/admin/backup", raw=raw)

@@ -14,6 +14,10 @@ from .service import BackupRequestError, parse_api_request
 PUBLIC_FIELDS = ("backup_id", "status", "started_at", "completed_at", "size_bytes", "location")
 
 
+#: A backup request is a few fields; anything much larger is refused unread.
+MAX_BODY = 64 * 1024
+
+
 def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
@@ -34,9 +38,17 @@ def describe(entry: dict) -> dict:
 
 def routes(state) -> list[Route]:
     async def start(request: Request) -> JSONResponse:
-        raw = await request.body()
+        raw = bytearray()
+        async for piece in request.stream():
+            raw += piece
+            if len(raw) > MAX_BODY:
+                return _error(413, f"the request body is larger than {MAX_BODY} bytes; a "
+                              "backup request is a small JSON object", "body_too_large")
         try:
             body = json.loads(raw or b"{}")
+        except RecursionError:
+            return _error(400, "the request body is not valid JSON: nested too deeply",
+                          "bad_json")
         except ValueError as e:
             return _error(400, f"the request body is not valid JSON: {e}", "bad_json")
         try:

@@ -180,3 +180,26 @@ def test_query_a_backup_without_restoring_it(shop, tmp_path, monkeypatch):
     assert proc.returncode == 1 and "read" in proc.stderr.lower()
     proc = run_tool("rusty-db-backup", "--query", str(backup), "SELECT 1", "--database", "nope")
     assert proc.returncode == 1 and "rustydb" in proc.stderr
+
+
+def test_awkward_table_names_back_up_restore_and_import(server_factory, tmp_path):
+    """Names are data: quotes, spaces, brackets and non-ASCII in a table name
+    break no backup, integrity check, table restore or import."""
+    srv = server_factory(name="awkward").start()
+    names = ['we"ird tab', "[br]", "naïve; DROP", "x'y"]
+    for i, name in enumerate(names):
+        q = '"' + name.replace('"', '""') + '"'
+        srv.sql(f"CREATE TABLE {q}(id INTEGER PRIMARY KEY, v TEXT);")
+        srv.sql(f"INSERT INTO {q} VALUES ({i}, 'row of {i}');")
+    full = tmp_path / "full.backup"
+    proc = run_tool("rusty-db-backup", "--port", str(srv.port), "--type", "full",
+                    "--output", str(full))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_tool("rusty-db-restore", "--input", str(full), "--data-dir",
+                    str(tmp_path / "whole"), "--integrity-check")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_tool("rusty-db-restore", "--input", str(full), "--table", names[0],
+                    "--into-server", f"127.0.0.1:{srv.port}", "--rename-to", 'copy "1"')
+    assert proc.returncode == 0, proc.stderr
+    with rc.connect("127.0.0.1", srv.port) as c:
+        assert c.execute('SELECT * FROM "copy ""1"""').rows == [[0, "row of 0"]]

@@ -156,7 +156,7 @@ class Snapshot:
         for name, conn in self._count_conns.items():
             state = database.read_state(conn)
             tables = [
-                {"name": t, "rows": conn.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0]}
+                {"name": t, "rows": conn.execute(f"SELECT count(*) FROM {database.quote_ident(t)}").fetchall()[0][0]}
                 for t in database.user_tables(conn)
             ]
             page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]

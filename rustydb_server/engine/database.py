@@ -111,6 +111,11 @@ def write_state(conn: apsw.Connection, lsn: int, txid: int | None, commit_time_u
     conn.execute(_WRITE_STATE, (lsn, txid, commit_time_us))
 
 
+def quote_ident(name: str) -> str:
+    """An SQL identifier in double quotes, safe for any name (quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def user_tables(conn: apsw.Connection) -> list[str]:
     rows = conn.execute(
         "SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import apsw
 
 from ..datadir import DEFAULT_DATABASE, DataDir, DataDirError
-from ..engine.database import BUSY_TIMEOUT_MS, STATE_TABLE
+from ..engine.database import BUSY_TIMEOUT_MS, STATE_TABLE, quote_ident
 
 
 class ExportError(Exception):
@@ -53,11 +53,6 @@ class TableShape:
     @property
     def insert_columns(self) -> list[str]:
         return ([self.rowid_alias] if self.rowid_alias else []) + self.columns
-
-
-def quote_ident(name: str) -> str:
-    """An SQL identifier in double quotes, safe for any name."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def choose_database(ddir: DataDir, database: str | None) -> str:

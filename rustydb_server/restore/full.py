@@ -372,8 +372,8 @@ def _check_integrity(staging: str, manifest: dict) -> list[str]:
                 if tname not in present:
                     raise RestoreError(f"database {name!r}: table {tname!r} recorded in the "
                                        "backup is missing from the restored data")
-                quoted = '"' + tname.replace('"', '""') + '"'
-                found = conn.execute(f"SELECT count(*) FROM {quoted}").fetchall()[0][0]
+                found = conn.execute(
+                    f"SELECT count(*) FROM {engine_db.quote_ident(tname)}").fetchall()[0][0]
                 if found != rows:
                     raise RestoreError(
                         f"database {name!r}, table {tname!r}: {found} rows restored, the backup "

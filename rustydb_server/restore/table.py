@@ -44,10 +44,6 @@ class TableRestoreResult:
     pitr: dict | None = None
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
     """Schema, rows (with their rowids), indexes and triggers of ``table``."""
     objects = src.execute(
@@ -64,9 +60,9 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
             f"{', '.join(tables) or '(none)'}")
     table_sql = next(sql for t, _, sql in objects if t == "table")
     without_rowid = "WITHOUT ROWID" in table_sql.upper()
-    q = _quote(table)
+    q = database.quote_ident(table)
     cols = [r[1] for r in src.execute(f"PRAGMA table_xinfo({q})").fetchall() if r[6] == 0]
-    col_list = ", ".join(_quote(c) for c in cols)
+    col_list = ", ".join(database.quote_ident(c) for c in cols)
     dest.execute("BEGIN")
     dest.execute(table_sql)
     if without_rowid:
@@ -177,7 +173,7 @@ def restore_table(input_path: str, data_dir: str, table: str, *, database_name: 
     count_conn = apsw.Connection(os.path.join(target_dir, dd.DATABASES_DIR, f"{db_name}.sqlite"),
                                  flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        rows = count_conn.execute(f"SELECT count(*) FROM {_quote(table)}").fetchall()[0][0]
+        rows = count_conn.execute(f"SELECT count(*) FROM {database.quote_ident(table)}").fetchall()[0][0]
     finally:
         count_conn.close()
     return TableRestoreResult(base_manifest["backup_id"], db_name, table, rows, target_dir,

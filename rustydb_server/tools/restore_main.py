@@ -304,8 +304,10 @@ def _restore_table(args: argparse.Namespace, target) -> int:
     if imported:
         print(f"Imported into {args.into_server} as table {imported}")
     else:
-        print(f"Export it with: rusty-db-export --table {r.table} --input-dir {r.data_dir} "
-              f"--output {r.table}_restored.sql")
+        import shlex  # the line is meant to be pasted into a shell, whatever the names
+
+        print(f"Export it with: rusty-db-export --table {shlex.quote(r.table)} --input-dir "
+              f"{shlex.quote(r.data_dir)} --output {shlex.quote(r.table + '_restored.sql')}")
     return 0
 
 

@@ -14,6 +14,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import sys
 import unicodedata
@@ -50,7 +51,13 @@ def format_value(value: object) -> str:
 
 
 def to_json_value(value: object) -> object:
-    return value.hex() if isinstance(value, bytes) else value
+    """Blobs as hex; infinite REALs as the strings "Infinity" and "-Infinity"
+    (JSON has no such numbers, and strict parsers such as jq refuse them)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "Infinity" if value > 0 else "-Infinity" if value < 0 else None
+    return value
 
 
 def display_width(text: str) -> int:
@@ -134,19 +141,19 @@ class JsonPrinter:
         self._first_row = True
 
     def columns(self, names: list[str]) -> None:
-        self.out.write('{"columns": ' + json.dumps(list(names)) + ', "rows": [')
+        self.out.write('{"columns": ' + json.dumps(list(names), allow_nan=False) + ', "rows": [')
         self._open, self._first_row = True, True
 
     def rows(self, rows: list[list]) -> None:
         for row in rows:
             self.out.write(("" if self._first_row else ", ")
-                           + json.dumps([to_json_value(v) for v in row]))
+                           + json.dumps([to_json_value(v) for v in row], allow_nan=False))
             self._first_row = False
 
     def complete(self, status: str) -> None:
         if not self._open:
             self.out.write('{"columns": [], "rows": [')
-        self.out.write('], "status": ' + json.dumps(status) + "}\n")
+        self.out.write('], "status": ' + json.dumps(status, allow_nan=False) + "}\n")
         self._open = False
 
 

@@ -168,6 +168,20 @@ def test_json_printer_writes_one_object_per_statement():
     assert second == {"columns": [], "rows": [], "status": "INSERT 1"}
 
 
+def test_json_printer_output_is_strict_json_even_for_infinite_reals():
+    out = io.StringIO()
+    printer = cli.JsonPrinter(out)
+    printer.columns(["r"])
+    printer.rows([[float("inf")], [float("-inf")], [1e308]])
+    printer.complete("SELECT 3")
+
+    def refuse(token):
+        raise AssertionError(f"not JSON: {token}")
+
+    doc = json.loads(out.getvalue(), parse_constant=refuse)
+    assert doc["rows"] == [["Infinity"], ["-Infinity"], [1e308]]
+
+
 def test_csv_printer_writes_header_and_quotes():
     out = io.StringIO()
     printer = cli.CsvPrinter(out)

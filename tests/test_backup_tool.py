@@ -322,6 +322,7 @@ def test_rotate_a_passphrase_backup_to_a_key_file(source, tmp_path):
     ["--type", "full", "--output", "x", "--info", "y"],
     ["--info", "a", "--compress"],
     ["--type", "full", "--output", "x", "--threads", "0"],
+    ["--type", "full", "--output", "x", "--threads", "65"],  # the API's limit too
     ["--type", "full", "--output", "x", "--compress", "gzip"],
     ["--type", "full", "--output", "x", "--nice", "20"],
     ["--info", "a", "--nice", "5"],

@@ -405,3 +405,10 @@ def test_restore_starts_writeback_as_it_writes_and_fsyncs_after(backup, tmp_path
         size = os.path.getsize(os.path.join(target, dd.DATABASES_DIR, name))
         assert ranges[-1][0] + ranges[-1][1] <= size
         assert mine[-1][0] == "fsync"
+
+
+@pytest.mark.parametrize("threads", ["0", "65", "two"])
+def test_thread_counts_outside_1_to_64_are_usage_errors(backup, tmp_path, threads):
+    proc = restore("--input", backup, "--data-dir", str(tmp_path / "d"), "--threads", threads)
+    assert proc.returncode == 2 and "--threads" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "d")

@@ -54,7 +54,14 @@ from ..backup.keys import (
 from ..codecs import CODECS
 from ..crypto import CryptoError
 from ..wal.lsn import format_lsn
-from .progress import Progress, fail, human_size, mb_per_second, positive_int, print_json
+from .progress import (
+    Progress,
+    fail,
+    human_size,
+    mb_per_second,
+    print_json,
+    thread_count,
+)
 
 PROG = "rusty-db-backup"
 BACKUP_TYPES = ("full", "incremental", "differential", "pitr-base")
@@ -107,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="{lz4,zstd,snappy}", help="compress chunks (default algorithm lz4)")
     p.add_argument("--encrypt", action="store_true", help="encrypt with AES-256-GCM")
     p.add_argument("--key-file", help="key file for --encrypt, --verify of an encrypted backup")
-    p.add_argument("--threads", type=positive_int, default=1,
+    p.add_argument("--threads", type=thread_count, default=1,
                    help="compress, encrypt and check chunks on N threads (default 1)")
     p.add_argument("--nice", type=_niceness, default=None, metavar="N",
                    help="with --type: run at CPU niceness N, 0..19 (default "

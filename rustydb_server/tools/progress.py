@@ -108,6 +108,20 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+#: More threads than this only use memory (each keeps chunks in flight).
+MAX_THREADS = 64
+
+
+def thread_count(text: str) -> int:
+    """argparse type for --threads: 1 to MAX_THREADS, like the API's "threads"."""
+    import argparse
+
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts such as --threads."""
     import argparse

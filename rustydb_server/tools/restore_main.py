@@ -40,7 +40,14 @@ from ..restore.chain import find_chain
 from ..restore.full import RestoreError, RestoreResult, resolve_read_key, restore_full
 from ..restore.incremental import IncrementalRestoreError, apply_incremental
 from ..restore.table import restore_table
-from .progress import Progress, fail, human_size, mb_per_second, positive_int, print_json
+from .progress import (
+    Progress,
+    fail,
+    human_size,
+    mb_per_second,
+    print_json,
+    thread_count,
+)
 
 PROG = "rusty-db-restore"
 
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", metavar="FILE", help="backup file to restore")
     p.add_argument("--data-dir", "-D", metavar="DIR",
                    help="data directory to create (or replace, with --force)")
-    p.add_argument("--threads", type=positive_int, default=1,
+    p.add_argument("--threads", type=thread_count, default=1,
                    help="decrypt, decompress and check chunks on N threads (default 1)")
     p.add_argument("--verify-encryption", action="store_true",
                    help="authenticate every chunk before writing anything")

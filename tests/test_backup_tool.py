@@ -502,3 +502,28 @@ def test_taking_a_backup_lowers_the_tools_priority_to_the_niceness_asked():
         out = subprocess.run([sys.executable, "-c", code.format(n=asked)], capture_output=True,
                              text=True, check=True).stdout
         assert int(out) == max(expected, os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def test_sigterm_mid_backup_leaves_no_file(server, tmp_path, monkeypatch, capsys):
+    """SIGTERM (a service stop, a cron timeout) cleans up as Ctrl-C does."""
+    import signal
+
+    from rustydb_server.backup.container import BackupWriter
+    from rustydb_server.tools import backup_main
+
+    server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+    server.sql("INSERT INTO t VALUES (1, 'one');")
+    real_write = BackupWriter.write
+
+    def write_then_get_terminated(self, data):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_write(self, data)
+
+    monkeypatch.setattr(BackupWriter, "write", write_then_get_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    out = str(tmp_path / "b.backup")
+    rc = backup_main.main(["--type", "full", "--output", out, "--port", str(server.port),
+                           "--nice", "0"])
+    assert rc == 143 and "stopped by SIGTERM" in capsys.readouterr().err
+    assert_no_backup_left(out)
+    assert signal.getsignal(signal.SIGTERM) == before

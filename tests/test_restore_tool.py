@@ -412,3 +412,29 @@ def test_thread_counts_outside_1_to_64_are_usage_errors(backup, tmp_path, thread
     proc = restore("--input", backup, "--data-dir", str(tmp_path / "d"), "--threads", threads)
     assert proc.returncode == 2 and "--threads" in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "d")
+
+
+def test_sigterm_mid_restore_cleans_up_like_ctrl_c(backup, tmp_path, monkeypatch, capsys):
+    """A service stop or a cron timeout sends SIGTERM: no staging directory and
+    no lock-only data directory may be left for a server to start on."""
+    import signal
+
+    from rustydb_server.fileops import FileOps
+    from rustydb_server.tools import restore_main
+
+    real_write_all = FileOps.write_all
+    calls = []
+
+    def write_then_get_terminated(self, fd, data):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_write_all(self, fd, data)
+
+    monkeypatch.setattr(FileOps, "write_all", write_then_get_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    target = tmp_path / "restored"
+    rc = restore_main.main(["--input", backup, "--data-dir", str(target)])
+    assert rc == 1 and "stopped by SIGTERM; nothing was restored" in capsys.readouterr().err
+    assert not target.exists() and os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -56,10 +56,12 @@ from ..crypto import CryptoError
 from ..wal.lsn import format_lsn
 from .progress import (
     Progress,
+    Terminated,
     fail,
     human_size,
     mb_per_second,
     print_json,
+    sigterm_interrupts,
     thread_count,
 )
 
@@ -177,20 +179,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_usage(parser, args)
     try:
-        if args.type is not None:
-            return take_backup(args)
-        if args.info:
-            return show_info(args)
-        if args.rotate_key:
-            return rotate_keys(args)
-        if args.create_key_file:
-            return create_key(args)
-        if args.query:
-            return query_backup(args)
-        return verify_file(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was left half-written", file=sys.stderr)
-        return 130
+        with sigterm_interrupts():
+            return _run(args)
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{PROG}: {how}; nothing was left half-written", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.type is not None:
+        return take_backup(args)
+    if args.info:
+        return show_info(args)
+    if args.rotate_key:
+        return rotate_keys(args)
+    if args.create_key_file:
+        return create_key(args)
+    if args.query:
+        return query_backup(args)
+    return verify_file(args)
 
 
 # ---------------------------------------------------------------- taking a backup

@@ -7,7 +7,9 @@ line on stdout so scripts can parse them with ``jq``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import time
 from typing import Self, TextIO
@@ -106,6 +108,29 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service stopping, a cron job's timeout), raised in the main
+    thread as Ctrl-C is, so the same clean-up runs: no ``.partial`` backup, no
+    staging directory, no lock-only data directory left behind."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While inside, SIGTERM raises Terminated; the old handler comes back after."""
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread (a caller embedding the tool): leave it be
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 #: More threads than this only use memory (each keeps chunks in flight).

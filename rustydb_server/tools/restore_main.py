@@ -42,10 +42,12 @@ from ..restore.incremental import IncrementalRestoreError, apply_incremental
 from ..restore.table import restore_table
 from .progress import (
     Progress,
+    Terminated,
     fail,
     human_size,
     mb_per_second,
     print_json,
+    sigterm_interrupts,
     thread_count,
 )
 
@@ -183,13 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     if (args.into_server or args.rename_to) and not args.table:
         parser.error("--into-server and --rename-to work with --table")
     try:
-        if args.table:
-            return _restore_table(args, target)
-        if args.incremental:
-            return _apply_incremental(args)
-        if args.chain_dir:
-            return _restore_chain(args)
-        result, report = _restore(args, target)
+        with sigterm_interrupts():
+            if args.table:
+                return _restore_table(args, target)
+            if args.incremental:
+                return _apply_incremental(args)
+            if args.chain_dir:
+                return _restore_chain(args)
+            result, report = _restore(args, target)
     except (RestoreError, DataDirError, pitr.PitrError, IncrementalRestoreError,
             ArchiveError, BackupQueryError, ExportError, ClientError) as exc:
         return _failed(args, str(exc))
@@ -201,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return _failed(args, f"{exc.strerror or exc}"
                        + (f" ({exc.filename})" if exc.filename else ""))
-    except KeyboardInterrupt:
-        return _failed(args, "interrupted; nothing was restored")
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        return _failed(args, f"{how}; nothing was restored")
     _print_summary(args, result, report)
     return 0
 

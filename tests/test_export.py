@@ -450,3 +450,22 @@ def test_values_larger_than_a_message_import_through_the_cli(server_factory, tmp
         assert proc.returncode == 0, proc.stderr
     conn = db(data)
     assert canonical(conn, "files_copy") == expected
+
+
+def test_sigterm_mid_export_leaves_no_output(shop, tmp_path, monkeypatch, capsys):
+    import signal
+
+    from rustydb_server.export import sqldump
+    from rustydb_server.tools import export_main
+
+    real = sqldump.sql_literal
+
+    def literal_then_get_terminated(value):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(value)
+
+    monkeypatch.setattr(sqldump, "sql_literal", literal_then_get_terminated)
+    out = tmp_path / "out.sql"
+    rc = export_main.main(["--table", "customers", "--input-dir", shop, "--output", str(out)])
+    assert rc == 143 and "stopped by SIGTERM" in capsys.readouterr().err
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("out.sql")]

@@ -22,7 +22,7 @@ import sys
 import apsw
 
 from ..export import FORMATS, ExportError, export_tables
-from .progress import fail, human_size, print_json
+from .progress import Terminated, fail, human_size, print_json, sigterm_interrupts
 
 PROG = "rusty-db-export"
 
@@ -68,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     check_usage(parser, args)
     guard = "if-not-exists" if args.if_not_exists else "replace" if args.replace else "plain"
     try:
-        result = export_tables(
-            args.input_dir, args.output, tables=None if args.all_tables else args.table,
-            database=args.database, fmt=args.format, guard=guard, rename_to=args.rename_to,
-            snapshot=args.snapshot, batch_rows=args.batch_rows,
-        )
+        with sigterm_interrupts():
+            result = export_tables(
+                args.input_dir, args.output, tables=None if args.all_tables else args.table,
+                database=args.database, fmt=args.format, guard=guard, rename_to=args.rename_to,
+                snapshot=args.snapshot, batch_rows=args.batch_rows,
+            )
     except ExportError as exc:
         return fail(PROG, str(exc))
     except (FileExistsError, FileNotFoundError, PermissionError) as exc:
@@ -82,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                           "check free space and permissions, then run the export again")
     except apsw.Error as exc:
         return fail(PROG, f"reading the database failed: {exc}; the output was not written")
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no output file was left", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{PROG}: {how}; no output file was left", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     # With --output - the data owns stdout: the summary goes to stderr.
     stream = sys.stderr if args.output == "-" else sys.stdout
     if args.json:

@@ -194,3 +194,18 @@ def test_api_chains_incrementals_and_refuses_to_break_them(server, tmp_path):
     assert not any(n.endswith(".backup") for n in os.listdir(tmp_path / "b"))
     status, listing = call(server, "GET", "/api/v1/admin/backups")
     assert listing["backups"] == []
+
+
+def test_a_damaged_catalog_does_not_keep_the_server_down(server_factory, tmp_path):
+    srv = server_factory(name="cat")
+    srv.start()
+    srv.stop()
+    catalog = tmp_path / "cat" / "backup_catalog.json"
+    catalog.write_bytes(b'{"backups": [{"truncated')
+    srv.start()
+    assert srv.health()["status"] == "healthy"
+    status, listing = call(srv, "GET", "/api/v1/admin/backups")
+    assert status == 200 and listing["backups"] == []
+    kept = [p for p in os.listdir(tmp_path / "cat") if p.startswith("backup_catalog.json.damaged-")]
+    assert len(kept) == 1 and "backup catalog damaged" in srv.log()
+    srv.stop()

@@ -13,6 +13,9 @@ import threading
 import time
 
 from .. import fileops as _fileops
+from ..logsetup import get_logger
+
+log = get_logger("rustydb.backup")
 
 CATALOG_FILE = "backup_catalog.json"
 
@@ -27,10 +30,32 @@ class CatalogError(Exception):
     pass
 
 
+class CatalogDamaged(CatalogError):
+    """The catalog file is not what this server writes (truncated, edited, garbage)."""
+
+
+def _parse(raw: bytes) -> dict[str, dict]:
+    """The catalog's entries by backup id; CatalogDamaged says what is wrong."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise CatalogDamaged(f"not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("backups"), list):
+        raise CatalogDamaged('not a catalog (no "backups" list)')
+    entries = {}
+    for i, entry in enumerate(data["backups"]):
+        if (not isinstance(entry, dict) or not isinstance(entry.get("backup_id"), str)
+                or not isinstance(entry.get("status"), str)):
+            raise CatalogDamaged(f"entry {i} has no backup_id or status")
+        entries[entry["backup_id"]] = {k: None for k in FIELDS} | entry
+    return entries
+
+
 class Catalog:
     def __init__(self, data_dir: str, fileops: _fileops.FileOps = _fileops.REAL):
         self.path = os.path.join(data_dir, CATALOG_FILE)
         self.fileops = fileops
+        self.set_aside: str | None = None  # where a damaged catalog was moved
         self._lock = threading.Lock()
         self._entries: dict[str, dict] = {}
         self._load()
@@ -39,12 +64,30 @@ class Catalog:
         if not os.path.exists(self.path):
             return
         try:
-            with open(self.path) as f:
-                data = json.load(f)
-        except (OSError, ValueError) as e:
-            raise CatalogError(f"cannot read backup catalog {self.path}: {e}") from None
-        for entry in data.get("backups", []):
-            self._entries[entry["backup_id"]] = entry
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise CatalogError(f"cannot read backup catalog {self.path}: {e.strerror or e}; "
+                               "check its owner and permissions") from None
+        try:
+            self._entries = _parse(raw)
+        except CatalogDamaged as e:
+            self._set_aside(str(e))
+
+    def _set_aside(self, reason: str) -> None:
+        """A damaged catalog must not keep the server (and its data) down: it is
+        kept under another name for inspection and the server starts without it.
+        The backup files are not affected, nor are incrementals (their parent
+        comes from the control file); the listing and the delete checks only
+        know the backups taken from then on."""
+        aside = f"{self.path}.damaged-{int(time.time())}"
+        self.fileops.rename(self.path, aside)
+        self.fileops.fsync_dir(os.path.dirname(self.path))
+        self.set_aside = aside
+        log.error("backup catalog damaged; set aside, starting with an empty catalog",
+                  path=self.path, kept_as=aside, reason=reason,
+                  consequence="GET /api/v1/admin/backups lists only backups taken from now "
+                              "on; the backup files and incrementals are not affected")
 
     def _save(self) -> None:
         data = json.dumps({"format": 1, "backups": list(self._entries.values())}, indent=1)
@@ -65,7 +108,7 @@ class Catalog:
     def add(self, **fields) -> dict:
         entry = {k: None for k in FIELDS}
         entry.update(fields)
-        entry.setdefault("status", "in_progress")
+        entry["status"] = entry["status"] or "in_progress"  # FIELDS made the key None
         entry["started_at"] = entry["started_at"] or int(time.time())
         with self._lock:
             self._entries[entry["backup_id"]] = entry

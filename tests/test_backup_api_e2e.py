@@ -209,3 +209,15 @@ def test_a_damaged_catalog_does_not_keep_the_server_down(server_factory, tmp_pat
     kept = [p for p in os.listdir(tmp_path / "cat") if p.startswith("backup_catalog.json.damaged-")]
     assert len(kept) == 1 and "backup catalog damaged" in srv.log()
     srv.stop()
+
+
+def test_a_backup_dir_that_is_a_file_fails_the_backup_with_a_message(server, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    assert server.sql(f"ALTER SYSTEM SET backup_dir = '{blocker}';").returncode == 0
+    status, entry = call(server, "POST", "/api/v1/admin/backup", {"backup_type": "full"})
+    assert status == 202
+    done = wait_done(server, entry["backup_id"])
+    assert done["status"] == "failed"
+    assert done["error"].startswith(f"cannot use backup_dir {blocker}:")
+    assert server.health()["status"] == "healthy"

@@ -276,7 +276,12 @@ class BackupService:
                  size_bytes=summary["size_bytes"], seconds=round(time.perf_counter() - t0, 3))
 
     def _write_file(self, req, backup_id, location, key, cancel) -> dict:
-        os.makedirs(os.path.dirname(location), mode=0o700, exist_ok=True)
+        directory = os.path.dirname(location)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise BackupRequestError(f"cannot use backup_dir {directory}: {e.strerror}; set "
+                                     "backup_dir to a directory the server can write") from None
         with self.open_source(req.backup_type, req.databases, backup_id=backup_id,
                               cancel=cancel) as snap:
             manifest = snap.manifest()

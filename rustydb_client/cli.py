@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None,
     script: TextIO | None = None
     if args.file is not None:
         try:
-            script = open(args.file, encoding="utf-8")  # noqa: SIM115 -- closed in finally
+            script = open(args.file, encoding=SCRIPT_ENCODING,  # noqa: SIM115 -- closed in finally
+                          newline="\n")
         except OSError as e:
             err.write(f"{PROG}: cannot read {args.file}: {e.strerror}; check the path\n")
             return 1
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None,
             if script is not None:
                 return run_script(conn, read_statements(script), printer, err)
             if not stdin.isatty():
-                return run_script(conn, read_statements(stdin), printer, err)
+                return run_script(conn, read_statements(_script_stream(stdin)), printer, err)
             return run_interactive(conn, _terminal_reader(), printer, out, err)
     except KeyboardInterrupt:
         err.write(f"\n{PROG}: interrupted\n")
@@ -359,6 +360,20 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None,
     finally:
         if script is not None:
             script.close()
+
+
+#: Scripts are UTF-8; a byte-order mark (editors on Windows write one) is skipped.
+SCRIPT_ENCODING = "utf-8-sig"
+
+
+def _script_stream(stdin: TextIO) -> TextIO:
+    """Standard input read as a script: strict UTF-8 whatever the locale (which
+    may have Python smuggle bad bytes through as surrogates, later unsendable),
+    without a byte-order mark, and with line ends left as they are."""
+    buffer = getattr(stdin, "buffer", None)
+    if buffer is None:  # a text stream handed in (tests): already decoded
+        return stdin
+    return io.TextIOWrapper(buffer, encoding=SCRIPT_ENCODING, errors="strict", newline="\n")
 
 
 def _terminal_reader() -> Callable[[str], str]:

@@ -221,6 +221,11 @@ class Connection:
                     f"{protocol.DEFAULT_MAX_FRAME / 1e6:.1f} MB one message can carry; split "
                     "it into smaller statements (several INSERTs, say)") from None
             raise RequestTooLarge(e.message) from None
+        except UnicodeEncodeError:
+            # Bytes that were not UTF-8 reach Python strings as lone surrogates
+            # (command-line arguments, a non-UTF-8 locale); they cannot be sent.
+            raise ClientError("the statement holds bytes that are not UTF-8 text; convert it "
+                              "to UTF-8 and try again") from None
         try:
             self._sock.sendall(frame)
         except OSError as e:

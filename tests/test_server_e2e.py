@@ -418,3 +418,23 @@ def test_shutdown_immediate_skips_the_checkpoint_and_recovers(server):
     server.start()
     assert server.health()["recovery"]["was_clean"] is False
     assert server.sql("SELECT count(*) FROM t;", "--csv").stdout.strip().endswith("1")
+
+
+def test_cli_scripts_are_strict_utf8_and_may_start_with_a_bom(server):
+    from helpers import tool
+
+    def cli_bytes(*args: bytes, stdin: bytes = b""):
+        return subprocess.run([tool("rusty-db-cli").encode(), b"--port", str(server.port).encode(),
+                               *args], input=stdin, capture_output=True, timeout=30)
+
+    proc = cli_bytes(stdin="\ufeffCREATE TABLE bom(x);\r\nINSERT INTO bom VALUES ('é');\r\n".encode())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().splitlines() == ["CREATE TABLE", "INSERT 1"]
+    proc = cli_bytes(stdin=b"INSERT INTO bom VALUES ('caf\xe9');\n")  # Latin-1, not UTF-8
+    assert proc.returncode == 1 and b"not valid UTF-8" in proc.stderr
+    assert b"Traceback" not in proc.stderr
+    proc = cli_bytes(b"--command", b"INSERT INTO bom VALUES ('caf\xe9')")
+    assert proc.returncode == 1 and b"not UTF-8 text" in proc.stderr
+    assert b"Traceback" not in proc.stderr
+    with connect(server) as c:
+        assert c.execute("SELECT x FROM bom").rows == [["é"]]

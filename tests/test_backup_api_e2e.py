@@ -221,3 +221,29 @@ def test_a_backup_dir_that_is_a_file_fails_the_backup_with_a_message(server, tmp
     assert done["status"] == "failed"
     assert done["error"].startswith(f"cannot use backup_dir {blocker}:")
     assert server.health()["status"] == "healthy"
+
+
+def test_partial_file_of_a_backup_the_server_was_writing_when_killed_is_removed(
+        server_factory, tmp_path):
+    """What kill -9 in the middle of an API backup leaves: an in_progress entry
+    and its .partial file. The next start fails the entry and removes the file;
+    a client's backup file (written by its tool, elsewhere) is not touched."""
+    srv = server_factory(name="k")
+    srv.start()
+    srv.stop()
+    catalog = tmp_path / "k" / "backup_catalog.json"
+    api_loc, client_loc = tmp_path / "api.backup", tmp_path / "client.backup"
+    for loc in (api_loc, client_loc):
+        (tmp_path / (loc.name + ".partial")).write_bytes(b"half a backup")
+    entries = [{"backup_id": "a", "status": "in_progress", "origin": "api",
+                "location": str(api_loc)},
+               {"backup_id": "c", "status": "in_progress", "origin": "client",
+                "location": str(client_loc)}]
+    catalog.write_text(json.dumps({"format": 1, "backups": entries}))
+    srv.start()
+    assert not (tmp_path / "api.backup.partial").exists()
+    assert (tmp_path / "client.backup.partial").exists()
+    for backup_id in ("a", "c"):
+        status, entry = call(srv, "GET", f"/api/v1/admin/backup/{backup_id}")
+        assert entry["status"] == "failed" and "interrupted" in entry["error"]
+    srv.stop()

@@ -22,7 +22,7 @@ from ..engine.instance import EngineError
 from ..logsetup import get_logger
 from . import keys
 from .catalog import Catalog
-from .file import BackupFile, header_from_manifest
+from .file import PARTIAL_SUFFIX, BackupFile, header_from_manifest
 from .incremental import IncrementalSource, IncrementalUnavailable
 from .snapshot import SCRATCH_DIR, BackupCancelled, Snapshot
 
@@ -84,10 +84,31 @@ class BackupService:
         interrupted = self.catalog.mark_interrupted()
         if interrupted:
             log.warning("backups interrupted by the last shutdown marked failed",
-                        backups=interrupted)
+                        backups=interrupted, partial_files_removed=self._remove_partials(
+                            interrupted))
         self.scratch = os.path.join(data_dir, SCRATCH_DIR)
         self._cancels: dict[str, threading.Event] = {}
         self.limiter = trio.CapacityLimiter(2)
+
+    def _remove_partials(self, backup_ids: list[str]) -> list[str]:
+        """The unfinished files of backups the server itself was writing when it
+        stopped (a crash, kill -9): never complete, only taking space."""
+        removed = []
+        for backup_id in backup_ids:
+            entry = self.catalog.get(backup_id) or {}
+            if entry.get("origin") != "api" or not entry.get("location"):
+                continue  # a client's backup: its tool removes its own file
+            partial = entry["location"] + PARTIAL_SUFFIX
+            try:
+                os.unlink(partial)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.warning("cannot remove an interrupted backup's partial file",
+                            path=partial, error=e.strerror)
+                continue
+            removed.append(partial)
+        return removed
 
     def backup_dir(self) -> str:
         configured = self.state.settings["backup_dir"]

@@ -247,3 +247,17 @@ def test_partial_file_of_a_backup_the_server_was_writing_when_killed_is_removed(
         status, entry = call(srv, "GET", f"/api/v1/admin/backup/{backup_id}")
         assert entry["status"] == "failed" and "interrupted" in entry["error"]
     srv.stop()
+
+
+def test_scratch_files_left_by_a_crash_are_removed_at_start(server_factory, tmp_path):
+    srv = server_factory(name="s")
+    srv.start()
+    srv.stop()
+    scratch = tmp_path / "s" / "backup_tmp"
+    (scratch / "wal").mkdir(parents=True, exist_ok=True)
+    (scratch / "0b7e-rustydb.sqlite").write_bytes(b"a copy that never finished")
+    (scratch / "wal" / "000000010000000000000003").write_bytes(b"x")
+    srv.start()
+    assert list(scratch.iterdir()) == []
+    assert "removed scratch files" in srv.log()
+    srv.stop()

@@ -7,8 +7,10 @@ shutting the server down cancels it, and its partial file is removed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -33,6 +35,22 @@ SUPPORTED_TYPES = KNOWN_TYPES
 
 
 READ_BATCH = 4  # chunks read per worker-thread hop
+
+
+def _clear_scratch(directory: str) -> list[str]:
+    """Empty the server's backup scratch directory; returns what was removed."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return names
 
 
 def _take(gen, n: int) -> list[bytes]:
@@ -87,6 +105,12 @@ class BackupService:
                         backups=interrupted, partial_files_removed=self._remove_partials(
                             interrupted))
         self.scratch = os.path.join(data_dir, SCRATCH_DIR)
+        leftovers = _clear_scratch(self.scratch)
+        if leftovers:
+            # Copies and WAL a backup running at a crash had made: nothing
+            # runs yet, so none of it is in use, and a database copy is large.
+            log.warning("removed scratch files of backups interrupted by the last shutdown",
+                        directory=self.scratch, files=leftovers)
         self._cancels: dict[str, threading.Event] = {}
         self.limiter = trio.CapacityLimiter(2)
 

@@ -196,7 +196,21 @@ class DataDir:
                 f"data directory {self.path} is in use by another RustyDB process{who}; "
                 f"stop it first, or use a different --data-dir"
             ) from None
+        try:
+            before = os.pread(fd, 200, 0).decode(errors="replace").splitlines()
+        except OSError:
+            before = []
         self._lock_fd = fd
+        if what == "server" and before[1:2] == ["restore"] and self.is_empty():
+            # A restore that never finished (kill -9, power loss) leaves only its
+            # lock behind; starting here would make a new, empty database where
+            # the operator expects the restored one.
+            os.close(fd)  # not unlock(): the marker stays for the next attempt too
+            self._lock_fd = None
+            raise DataDirError(
+                f"data directory {self.path} is the target of a restore that did not finish "
+                f"(rusty-db-restore, pid {before[0]}); run the restore again, or remove the "
+                "directory to start a new, empty server there")
         self.write_pid(what)
 
     def write_pid(self, what: str, **info) -> None:

@@ -10,7 +10,7 @@ import stat
 import subprocess
 
 import pytest
-from helpers import ServerProcess, run_tool, tool
+from helpers import ServerProcess, free_port, run_tool, tool
 from test_backup_tool import (
     CUSTOMERS,
     NO_KEYS,
@@ -438,3 +438,24 @@ def test_sigterm_mid_restore_cleans_up_like_ctrl_c(backup, tmp_path, monkeypatch
     assert rc == 1 and "stopped by SIGTERM; nothing was restored" in capsys.readouterr().err
     assert not target.exists() and os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_server_refuses_the_target_of_a_restore_that_was_killed(backup, tmp_path):
+    """kill -9 of rusty-db-restore leaves the target holding only its lock
+    file; a server must not start a new, empty database there."""
+    target = tmp_path / "restored"
+    target.mkdir(mode=0o700)
+    (target / "rustydb.pid").write_text("4242\nrestore\n")  # the killed restore's lock
+    proc = run_tool("rusty-db-server", "--data-dir", str(target), "--port", str(free_port()),
+                    "--http-port", str(free_port()), timeout=30)
+    assert proc.returncode == 1
+    assert "is the target of a restore that did not finish (rusty-db-restore, pid 4242)" \
+        in proc.stderr
+    assert sorted(os.listdir(target)) == ["rustydb.pid"]  # nothing initialized
+    proc = restore("--input", backup, "--data-dir", str(target))
+    assert proc.returncode == 0, proc.stderr
+    server = ServerProcess(str(target)).start()
+    try:
+        assert server.health()["status"] == "healthy"
+    finally:
+        server.stop()

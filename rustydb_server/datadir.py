@@ -179,7 +179,14 @@ class DataDir:
     # -- ownership
     def lock(self, what: str = "server") -> None:
         """Take the flock on rustydb.pid; raise DataDirLocked naming the holder."""
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+        except FileExistsError:
+            raise DataDirError(f"{self.path} exists and is not a directory; choose another "
+                               "data directory") from None
+        except OSError as e:
+            raise DataDirError(f"cannot create data directory {self.path}: {e.strerror}; "
+                               "create it yourself or choose another one") from None
         path = self.join(PID_FILE)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

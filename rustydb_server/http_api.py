@@ -126,5 +126,26 @@ async def serve_http(state, host: str, port: int, *, task_status=trio.TASK_STATU
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = 5.0
-    log.info("HTTP API listening", address=f"{host}:{port}", pid=os.getpid())
-    await serve(build_app(state), config, task_status=task_status)
+    started = []
+
+    class _Started:  # tells a failure to bind apart from one while serving
+        def started(self, value=None):
+            started.append(True)
+            log.info("HTTP API listening", address=f"{host}:{port}", pid=os.getpid())
+            task_status.started(value)
+
+    try:
+        await serve(build_app(state), config, task_status=_Started())
+    except BaseException as exc:
+        e = exc
+        while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+            e = e.exceptions[0]  # hypercorn binds inside a nursery
+        if started or not isinstance(e, OSError):
+            raise
+        from .server import StartupError
+
+        raise StartupError(
+            f"cannot listen for the HTTP API on {host} port {port}: {e.strerror or e}; check "
+            "listen_address (--listen) and http_port (--http-port), and that no other program "
+            "uses that port") from None
+

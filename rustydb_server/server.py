@@ -176,9 +176,20 @@ async def run(settings, config_path, notifier) -> int:
     return state.exit_code
 
 
+class StartupError(Exception):
+    """The server cannot start for a reason the message names (a port in use, ...)."""
+
+
 async def _serve(state: ServerState, ddir, root: trio.Nursery) -> None:
     settings = state.settings
-    listeners = await trio.open_tcp_listeners(settings["port"], host=settings["listen_address"])
+    try:
+        listeners = await trio.open_tcp_listeners(settings["port"],
+                                                  host=settings["listen_address"])
+    except OSError as e:
+        raise StartupError(
+            f"cannot listen on {settings['listen_address']} port {settings['port']}: "
+            f"{e.strerror or e}; check listen_address (--listen) and port (--port), and that "
+            "no other program uses that port") from None
     state.wire_address = listeners[0].socket.getsockname()
     wire_scope = await root.start(wire.serve_wire, state, listeners)
     root.start_soon(_watch_signals, state)

@@ -438,3 +438,27 @@ def test_cli_scripts_are_strict_utf8_and_may_start_with_a_bom(server):
     assert b"Traceback" not in proc.stderr
     with connect(server) as c:
         assert c.execute("SELECT x FROM bom").rows == [["é"]]
+
+
+def test_start_up_errors_name_the_port_or_directory(tmp_path):
+    from helpers import free_port
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    try:
+        for wire, http, what in ((taken, free_port(), "cannot listen on 127.0.0.1 port"),
+                                 (free_port(), taken, "cannot listen for the HTTP API on "
+                                                      "127.0.0.1 port")):
+            proc = run_tool("rusty-db-server", "--data-dir", str(tmp_path / "d"),
+                            "--port", str(wire), "--http-port", str(http), timeout=30)
+            assert proc.returncode == 1
+            assert f"{what} {taken}: Address already in use" in proc.stderr
+            assert "Traceback" not in proc.stderr
+    finally:
+        busy.close()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    proc = run_tool("rusty-db-server", "--data-dir", str(a_file), timeout=30)
+    assert proc.returncode == 1 and "exists and is not a directory" in proc.stderr

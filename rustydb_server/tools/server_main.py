@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     notifier = Notifier()
     try:
         return trio.run(server.run, settings, args.config, notifier)
-    except (DataDirError, EngineError) as e:
+    except (DataDirError, EngineError, server.StartupError) as e:
         log.error("cannot start", error=str(e))
         print(f"rusty-db-server: {e}", file=sys.stderr)
         return 1
@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     except Exception as e:  # WAL corruption and the like: say what, never a traceback
         while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
             e = e.exceptions[0]
-        expected = isinstance(e, (WalCorruptError, ReplayError, WalRecordError))
+        expected = isinstance(e, (WalCorruptError, ReplayError, WalRecordError,
+                                  server.StartupError, DataDirError, EngineError))
         (log.error if expected else log.exception)(
             "server stopped on an error", error=str(e), kind=type(e).__name__)
         print(f"rusty-db-server: {e}", file=sys.stderr)

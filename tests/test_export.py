@@ -83,26 +83,41 @@ def value_dir(tmp_path_factory):
     return make_datadir(tmp_path_factory.mktemp("values") / "data")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(values, values, floats, st.binary()), max_size=12))
-def test_every_value_round_trips_exactly(value_dir, tmp_path, rows):
-    conn = db(value_dir)
-    conn.execute("DROP TABLE IF EXISTS v; CREATE TABLE v(id INTEGER PRIMARY KEY, a, b ANY, r REAL, t TEXT)")
+def fill_value_table(datadir, table, rows):
+    """A table of the generated rows (t holds text whose bytes need not be
+    UTF-8); returns its canonical contents."""
+    conn = db(datadir)
+    conn.execute(f"DROP TABLE IF EXISTS {table}; "
+                 f"CREATE TABLE {table}(id INTEGER PRIMARY KEY, a, b ANY, r REAL, t TEXT)")
     with conn:
         for i, (a, b, r, raw) in enumerate(rows):
-            # t holds text whose bytes need not be UTF-8
-            conn.execute("INSERT INTO v VALUES (?, ?, ?, ?, CAST(? AS TEXT))", (i, a, b, r, raw))
-    expected = canonical(conn, "v")
+            conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?, CAST(? AS TEXT))",
+                         (i, a, b, r, raw))
+    expected = canonical(conn, table)
     conn.close()
-    text, result = export_text(value_dir, tmp_path, tables=["v"])
-    assert result.tables[0].rows == len(rows)
+    return expected
+
+
+def import_into_memory(text):
     target = apsw.Connection(":memory:")
     run_script(target, text)
-    assert canonical(target, "v") == expected
+    return target
+
+
+value_rows = st.tuples(values, values, floats, st.binary())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(value_rows, max_size=12))
+def test_every_value_round_trips_exactly(value_dir, tmp_path, rows):
+    expected = fill_value_table(value_dir, "v", rows)
+    text, result = export_text(value_dir, tmp_path, tables=["v"])
+    assert result.tables[0].rows == len(rows)
+    assert canonical(import_into_memory(text), "v") == expected
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(values, values, floats, st.binary()), max_size=6))
+@given(rows=st.lists(value_rows, max_size=6))
 def test_rows_too_large_for_one_statement_round_trip_in_pieces(value_dir, tmp_path, monkeypatch,
                                                               rows):
     """With tiny limits, most rows go through the helper table piece by piece."""
@@ -110,16 +125,9 @@ def test_rows_too_large_for_one_statement_round_trip_in_pieces(value_dir, tmp_pa
 
     monkeypatch.setattr(sqldump, "PIECE_CHARS", 40)
     monkeypatch.setattr(sqldump, "SMALL_LITERAL", 8)
-    conn = db(value_dir)
-    conn.execute("DROP TABLE IF EXISTS p; CREATE TABLE p(id INTEGER PRIMARY KEY, a, b ANY, r REAL, t TEXT)")
-    with conn:
-        for i, (a, b, r, raw) in enumerate(rows):
-            conn.execute("INSERT INTO p VALUES (?, ?, ?, ?, CAST(? AS TEXT))", (i, a, b, r, raw))
-    expected = canonical(conn, "p")
-    conn.close()
+    expected = fill_value_table(value_dir, "p", rows)
     text, result = export_text(value_dir, tmp_path, tables=["p"])
-    target = apsw.Connection(":memory:")
-    run_script(target, text)
+    target = import_into_memory(text)
     assert canonical(target, "p") == expected
     assert target.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '__rustydb%'"
                           ).fetchall() == [(0,)]
@@ -398,6 +406,21 @@ TRICKY = [
 ]
 
 
+def export_renamed(data, tmp_path, table, new_name) -> str:
+    """rusty-db-export of one table under a new name; returns the SQL file."""
+    out = str(tmp_path / f"{new_name}.sql")
+    proc = run_tool("rusty-db-export", "--table", table, "--input-dir", data, "--output", out,
+                    "--rename-to", new_name)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def import_with_cli(server, path):
+    """The guide's import: rusty-db-cli < FILE."""
+    with open(path, encoding="utf-8") as f:
+        return server.cli(input=f.read())
+
+
 def test_export_then_cli_import_into_a_running_server(server_factory, tmp_path):
     data = str(tmp_path / "data")
     with server_factory("data") as server:
@@ -411,17 +434,12 @@ def test_export_then_cli_import_into_a_running_server(server_factory, tmp_path):
     expected = canonical(conn, "customers")
     conn.close()
 
-    out = str(tmp_path / "customers_restored.sql")
-    proc = run_tool("rusty-db-export", "--table", "customers", "--input-dir", data, "--output", out,
-                    "--rename-to", "customers_restored")
-    assert proc.returncode == 0, proc.stderr
+    out = export_renamed(data, tmp_path, "customers", "customers_restored")
     with server_factory("data") as server:
-        with open(out, encoding="utf-8") as f:
-            proc = server.cli(input=f.read())
+        proc = import_with_cli(server, out)
         assert proc.returncode == 0, proc.stderr
         # importing again fails on the existing table, naming the line
-        with open(out, encoding="utf-8") as f:
-            proc = server.cli(input=f.read())
+        proc = import_with_cli(server, out)
         assert proc.returncode == 1 and "already exists" in proc.stderr and "line" in proc.stderr
     conn = db(data)
     assert canonical(conn, "customers_restored") == expected
@@ -440,13 +458,9 @@ def test_values_larger_than_a_message_import_through_the_cli(server_factory, tmp
     conn = db(data)
     expected = canonical(conn, "files")
     conn.close()
-    out = str(tmp_path / "files.sql")
-    proc = run_tool("rusty-db-export", "--table", "files", "--input-dir", data, "--output", out,
-                    "--rename-to", "files_copy")
-    assert proc.returncode == 0, proc.stderr
+    out = export_renamed(data, tmp_path, "files", "files_copy")
     with server_factory("data") as server:
-        with open(out, encoding="utf-8") as f:
-            proc = server.cli(input=f.read())
+        proc = import_with_cli(server, out)
         assert proc.returncode == 0, proc.stderr
     conn = db(data)
     assert canonical(conn, "files_copy") == expected

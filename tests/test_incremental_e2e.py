@@ -45,6 +45,13 @@ def restore(*args, check=True):
     return proc
 
 
+def restore_in_order(data, full, *incrementals):
+    """The guide's incremental restore: the full backup, then each file with --incremental."""
+    restore("--input", full, "--data-dir", data)
+    for path in incrementals:
+        restore("--input", path, "--data-dir", data, "--incremental")
+
+
 def workload_step(c, step):
     """Inserts, updates, deletes and DDL, different each step."""
     c.execute(f"INSERT INTO items(name, qty) VALUES ('s{step}-a', {step}), ('s{step}-b', 1)")
@@ -88,9 +95,7 @@ def test_full_then_incrementals_restore_equals_live(primary, tmp_path):
     expected = dump(c)
     # the guide's incremental restore, in order
     data = tmp_path / "rusty-db"
-    restore("--input", full, "--data-dir", data)
-    for path in incrs:
-        restore("--input", path, "--data-dir", data, "--incremental")
+    restore_in_order(data, full, *incrs)
     assert dump(str(data)) == expected
     # --info and --verify work on incrementals
     proc = run_tool("rusty-db-backup", "--info", str(incrs[-1]), "--json")
@@ -116,8 +121,7 @@ def test_an_incremental_larger_than_a_frame_streams_and_restores(primary, tmp_pa
     with rc.connect("127.0.0.1", srv.port) as c:
         expected = dump(c)
     data = tmp_path / "restored"
-    restore("--input", full, "--data-dir", data)
-    restore("--input", incr, "--data-dir", data, "--incremental")
+    restore_in_order(data, full, incr)
     assert dump(str(data)) == expected
 
 
@@ -168,11 +172,9 @@ def test_differentials_and_chain_dir(primary, tmp_path):
     expected_end = dump(c)
     # full + differential = state at the differential
     d1 = tmp_path / "d1"
-    restore("--input", full, "--data-dir", d1)
-    restore("--input", diff, "--data-dir", d1, "--incremental")
+    restore_in_order(d1, full, diff)
     d2 = tmp_path / "d2"
-    restore("--input", full, "--data-dir", d2)
-    restore("--input", chain / "i1.backup", "--data-dir", d2, "--incremental")
+    restore_in_order(d2, full, chain / "i1.backup")
     # d1 (full + diff) and the chain up to step 2 agree on the data
     # (the differential was taken after step 2; the chain's i1 after step 1 only)
     assert dump(str(d1))["items"] != dump(str(d2))["items"]
@@ -238,7 +240,6 @@ def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factor
     backup(srv, incr, "--type", "incremental")
     expected = dump(c)
     data = tmp_path / "restored"
-    restore("--input", full, "--data-dir", data)
-    restore("--input", incr, "--data-dir", data, "--incremental")
+    restore_in_order(data, full, incr)
     assert dump(str(data)) == expected
     c.close()

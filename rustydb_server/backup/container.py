@@ -737,30 +737,31 @@ class _Layout:
     file_size: int
 
 
-class _HashThread:
-    """Feeds hashes on a thread of their own, in the order given.
+class _OrderedHash:
+    """One hash fed on a thread of its own, in order.
 
     hashlib releases the GIL on large buffers, so while one chunk is hashed
     the caller's thread is already writing it (restore) and the workers decode
     the next ones; a few chunks at most wait. Unthreaded, it hashes inline.
     """
 
-    def __init__(self, *, threaded: bool) -> None:
+    def __init__(self, sha, *, threaded: bool) -> None:
+        self._sha = sha
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="backup-hash") if threaded else None
         self._pending: deque = deque()
 
-    def update(self, sha, data) -> None:
+    def update(self, data) -> None:
         if self._pool is None:
-            sha.update(data)
+            self._sha.update(data)
             return
-        self._pending.append(self._pool.submit(sha.update, data))
+        self._pending.append(self._pool.submit(self._sha.update, data))
         while len(self._pending) > 4:
             self._pending.popleft().result()
 
-    def drain(self) -> None:
-        """Wait until every update given so far is done."""
+    def hexdigest(self) -> str:
         while self._pending:
             self._pending.popleft().result()
+        return self._sha.hexdigest()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -1013,8 +1014,7 @@ class BackupReader:
     def _decode_entry(
         self, info: EntryInfo, threads: int, tap: Callable[[bytes], None] | None = None
     ) -> Iterator[bytes]:
-        sha = hashlib.sha256()
-        hasher = _HashThread(threaded=threads > 1)
+        sha = _OrderedHash(hashlib.sha256(), threaded=threads > 1)
         total = 0
         pool = ThreadPoolExecutor(threads, thread_name_prefix="backup-read") if threads > 1 else None
         pending: deque = deque()
@@ -1026,18 +1026,17 @@ class BackupReader:
                     pending.append((job, pool.submit(_open_record, *job[0])))
                 while len(pending) > (2 * threads if pool else 0):
                     plain = self._finish_job(info, *pending.popleft())
-                    hasher.update(sha, plain)
+                    sha.update(plain)
                     total += len(plain)
                     yield plain
             while pending:
                 plain = self._finish_job(info, *pending.popleft())
-                hasher.update(sha, plain)
+                sha.update(plain)
                 total += len(plain)
                 yield plain
-            hasher.drain()
             digest = sha.hexdigest()
         finally:
-            hasher.close()
+            sha.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if total != info.raw_size:

@@ -55,8 +55,7 @@ class _Copy:
 
     def __init__(self, snap: Snapshot, name: str, scratch_dir: str,
                  cancel: threading.Event | None):
-        os.makedirs(scratch_dir, mode=0o700, exist_ok=True)
-        self.path = os.path.join(scratch_dir, f"{snap.backup_id}-{name}.sqlite")
+        self.path = _scratch_copy_path(scratch_dir, snap.backup_id, name)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(snap, name, cancel),
                                         name=f"backup-copy-{name}", daemon=True)
@@ -75,9 +74,7 @@ class _Copy:
 
     def discard(self) -> None:
         self._thread.join()
-        for p in (self.path, self.path + "-journal", self.path + "-wal", self.path + "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
+        _remove_copy(self.path)
 
 
 class Snapshot:
@@ -249,8 +246,7 @@ class Snapshot:
         if copy is not None:
             path = copy.path
         else:
-            os.makedirs(scratch_dir, mode=0o700, exist_ok=True)
-            path = os.path.join(scratch_dir, f"{self.backup_id}-{name}.sqlite")
+            path = _scratch_copy_path(scratch_dir, self.backup_id, name)
         try:
             if copy is not None:
                 copy.wait()
@@ -265,11 +261,7 @@ class Snapshot:
                         break
                     yield chunk
         finally:
-            for p in (path, path + "-journal", path + "-wal", path + "-shm"):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
+            _remove_copy(path)
 
     def entries(self, scratch_dir: str, cancel: threading.Event | None = None):
         """(entry name, chunk iterator) for every database, in manifest order."""
@@ -301,6 +293,18 @@ class Snapshot:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _scratch_copy_path(scratch_dir: str, backup_id: str, name: str) -> str:
+    os.makedirs(scratch_dir, mode=0o700, exist_ok=True)
+    return os.path.join(scratch_dir, f"{backup_id}-{name}.sqlite")
+
+
+def _remove_copy(path: str) -> None:
+    """A scratch copy and whatever SQLite kept next to it."""
+    for p in (path, path + "-journal", path + "-wal", path + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
 
 
 def _checkpoint(conn: apsw.Connection) -> bool:

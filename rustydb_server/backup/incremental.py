@@ -237,35 +237,41 @@ def _bin_header(n: int) -> bytes:
 
 
 def encode_steps(steps: list[tuple[str, object]], chunk: int = STEPS_CHUNK) -> Iterator[bytes]:
-    """The steps as msgpack ``[kind, payload]`` arrays, cut into pieces of at
-    most ``chunk`` bytes wherever they fall: one table's net changes can be
-    far larger than a frame may be, and small steps share a piece."""
+    """The steps as msgpack ``[kind, payload]`` arrays, cut into pieces of
+    ``chunk`` bytes (the last one shorter) wherever they fall: one table's net
+    changes can be far larger than a frame may be, and small steps share a piece."""
     packer = msgpack.Packer(use_bin_type=True)
+
+    def encoded():
+        for kind, payload in steps:
+            if isinstance(payload, bytes) and len(payload) >= chunk:
+                # A large changeset is not copied into its encoding: the head
+                # (array, kind, bin length), then the payload itself.
+                yield packer.pack_array_header(2) + packer.pack(kind) + _bin_header(len(payload))
+                yield payload
+            else:
+                yield packer.pack([kind, payload])
+
+    return _rechunk(encoded(), chunk)
+
+
+def _rechunk(pieces, size: int) -> Iterator[bytes]:
+    """Byte strings regrouped into ``size``-byte pieces; large ones sliced, not copied."""
     pending = bytearray()
-    for kind, payload in steps:
-        if isinstance(payload, bytes) and len(payload) >= chunk:
-            # Large changesets are not copied into the encoding: the head
-            # (array, kind, bin length) first, then slices of the payload.
-            pending += packer.pack_array_header(2) + packer.pack(kind)
-            pending += _bin_header(len(payload))
-            view = memoryview(payload)
-        else:
-            pending += packer.pack([kind, payload])
-            view = memoryview(b"")
-        while len(pending) >= chunk:
-            yield bytes(pending[:chunk])
-            del pending[:chunk]
-        if view:
-            fill = min(chunk - len(pending), len(view)) if pending else 0
-            if pending:
-                pending += view[:fill]
-                yield bytes(pending)
-                pending = bytearray()
-            view = view[fill:]
-            while len(view) >= chunk:
-                yield view[:chunk]
-                view = view[chunk:]
-            pending += view
+    for piece in pieces:
+        view = memoryview(piece)
+        if pending:
+            take = view[: size - len(pending)]
+            pending += take
+            view = view[len(take):]
+            if len(pending) < size:
+                continue
+            yield bytes(pending)
+            pending = bytearray()
+        while len(view) >= size:
+            yield view[:size]
+            view = view[size:]
+        pending += view
     if pending:
         yield bytes(pending)
 

@@ -157,10 +157,10 @@ def _value_pieces(value) -> tuple[Iterator[str], str]:
         data = value.encode("utf-8") if isinstance(value, str) else value.data
         # Cut anywhere, even inside a UTF-8 sequence: SQLite keeps text bytes as
         # they are, so the joined value is byte for byte the original.
-        return (f"CAST(X'{data[i:i + step].hex()}' AS TEXT)"
+        return (sql_literal(InvalidText(data[i:i + step]))
                 for i in range(0, len(data), step)), "TEXT"
     data = bytes(value)
-    return (f"X'{data[i:i + step].hex()}'" for i in range(0, len(data), step)), "BLOB"
+    return (sql_literal(data[i:i + step]) for i in range(0, len(data), step)), "BLOB"
 
 
 def write_dump(out: TextIO, source: ExportSource, tables: list[str], *, guard: str = "plain",

@@ -56,9 +56,9 @@ from ..crypto import CryptoError
 from ..wal.lsn import format_lsn
 from .progress import (
     Progress,
-    Terminated,
     fail,
     human_size,
+    interruption,
     mb_per_second,
     print_json,
     sigterm_interrupts,
@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_interrupts():
             return _run(args)
     except KeyboardInterrupt as exc:
-        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        how, status = interruption(exc)
         print(f"{PROG}: {how}; nothing was left half-written", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return status
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import sys
 import apsw
 
 from ..export import FORMATS, ExportError, export_tables
-from .progress import Terminated, fail, human_size, print_json, sigterm_interrupts
+from .progress import fail, human_size, interruption, print_json, sigterm_interrupts
 
 PROG = "rusty-db-export"
 
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except apsw.Error as exc:
         return fail(PROG, f"reading the database failed: {exc}; the output was not written")
     except KeyboardInterrupt as exc:
-        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        how, status = interruption(exc)
         print(f"{PROG}: {how}; no output file was left", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return status
     # With --output - the data owns stdout: the summary goes to stderr.
     stream = sys.stderr if args.output == "-" else sys.stdout
     if args.json:

@@ -116,6 +116,13 @@ class Terminated(KeyboardInterrupt):
     staging directory, no lock-only data directory left behind."""
 
 
+def interruption(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped a tool, in words, and the exit status that says so."""
+    if isinstance(exc, Terminated):
+        return "stopped by SIGTERM", 143
+    return "interrupted", 130
+
+
 @contextlib.contextmanager
 def sigterm_interrupts():
     """While inside, SIGTERM raises Terminated; the old handler comes back after."""

@@ -42,9 +42,9 @@ from ..restore.incremental import IncrementalRestoreError, apply_incremental
 from ..restore.table import restore_table
 from .progress import (
     Progress,
-    Terminated,
     fail,
     human_size,
+    interruption,
     mb_per_second,
     print_json,
     sigterm_interrupts,
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(args, f"{exc.strerror or exc}"
                        + (f" ({exc.filename})" if exc.filename else ""))
     except KeyboardInterrupt as exc:
-        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        how, _ = interruption(exc)  # a failed restore exits 1, whatever stopped it
         return _failed(args, f"{how}; nothing was restored")
     _print_summary(args, result, report)
     return 0

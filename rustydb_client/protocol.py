@@ -89,6 +89,16 @@ def encode_frame(msg: dict, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+def bin_header(size: int) -> bytes:
+    """msgpack's bin 8/16/32 header for ``size`` bytes, as packb writes it
+    (msgpack's Packer has no method for the header alone)."""
+    if size < 1 << 8:
+        return bytes([0xC4, size])
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
 def encode_bulk_frame(msg: dict, key: str, data: bytes | memoryview, *,
                       max_frame: int = DEFAULT_MAX_FRAME) -> tuple[bytes, bytes | memoryview]:
     """The frame of ``{**msg, key: data}`` as (head, data), without copying ``data``.
@@ -103,14 +113,8 @@ def encode_bulk_frame(msg: dict, key: str, data: bytes | memoryview, *,
         head += msgpack.packb(k, use_bin_type=True)
         head += msgpack.packb(v, use_bin_type=True)
     head += msgpack.packb(key, use_bin_type=True)
-    size = len(data)
-    if size < 1 << 8:
-        head += bytes([0xC4, size])
-    elif size < 1 << 16:
-        head += b"\xc5" + size.to_bytes(2, "big")
-    else:
-        head += b"\xc6" + size.to_bytes(4, "big")
-    body_len = len(head) + size
+    head += bin_header(len(data))
+    body_len = len(head) + len(data)
     if body_len > max_frame:
         raise ProtocolError(
             "frame_too_large",

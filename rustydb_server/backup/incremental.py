@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import time
 import uuid
 from collections.abc import Iterator
 
 import apsw
 import msgpack
+
+from rustydb_client.protocol import bin_header
 
 from .. import __version__
 from ..archive import segment_file as sf
@@ -227,15 +228,6 @@ def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | Non
 STEPS_CHUNK = 1024 * 1024
 
 
-def _bin_header(n: int) -> bytes:
-    """msgpack's bin 8/16/32 header (Packer has none), as Packer.pack would write it."""
-    if n < 1 << 8:
-        return struct.pack(">BB", 0xC4, n)
-    if n < 1 << 16:
-        return struct.pack(">BH", 0xC5, n)
-    return struct.pack(">BI", 0xC6, n)
-
-
 def encode_steps(steps: list[tuple[str, object]], chunk: int = STEPS_CHUNK) -> Iterator[bytes]:
     """The steps as msgpack ``[kind, payload]`` arrays, cut into pieces of
     ``chunk`` bytes (the last one shorter) wherever they fall: one table's net
@@ -247,7 +239,7 @@ def encode_steps(steps: list[tuple[str, object]], chunk: int = STEPS_CHUNK) -> I
             if isinstance(payload, bytes) and len(payload) >= chunk:
                 # A large changeset is not copied into its encoding: the head
                 # (array, kind, bin length), then the payload itself.
-                yield packer.pack_array_header(2) + packer.pack(kind) + _bin_header(len(payload))
+                yield packer.pack_array_header(2) + packer.pack(kind) + bin_header(len(payload))
                 yield payload
             else:
                 yield packer.pack([kind, payload])

@@ -9,6 +9,7 @@ import struct
 import crc32c
 import msgpack
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -75,7 +76,7 @@ def test_round_trip(codec, mode, entries, chunk_size, threads):
     for (name, parts), info in zip(entries, r.entries()):
         want = b"".join(parts)
         assert b"".join(r.read_entry(name, threads=threads)) == want
-        assert info.raw_size == len(want) and info.sha256 == hashlib.sha256(want).hexdigest()
+        assert info.raw_size == len(want) and info.digest == xxhash.xxh3_128(want).hexdigest()
         assert info.chunks == max(1, -(-len(want) // chunk_size))
     report = r.verify(threads=threads)
     assert report.encrypted == (key is not None) and report.encryption_ok == (key is not None)
@@ -530,6 +531,26 @@ def test_not_a_backup():
         with pytest.raises(BackupCorruptError):
             BackupReader(io.BytesIO(junk))
     data = make_backup(ENTRIES)
-    future = data[:8] + struct.pack(">H", 2) + data[10:]
-    with pytest.raises(BackupCorruptError, match="unsupported backup format version 2"):
+    future = data[:8] + struct.pack(">H", 3) + data[10:]
+    with pytest.raises(BackupCorruptError, match="unsupported backup format version 3"):
         BackupReader(io.BytesIO(future))
+
+
+def test_entry_digest_mismatch_is_detected():
+    # Chunks that each pass their own check but do not add up to what was
+    # written (the index's digest changed): only the entry digest can tell.
+    data = make_backup([("databases/a", [b"hello world" * 50])])
+    lay = BackupReader(io.BytesIO(data))._layout
+    index = msgpack.unpackb(data[lay.index_offset:lay.index_offset + lay.index_len])
+    assert set(index["entries"][0]) >= {"xxh3_128"} and "sha256" not in index["entries"][0]
+    index["entries"][0]["xxh3_128"] = bytes(16)
+    new_index = msgpack.packb(index)
+    head_body = data[:lay.index_offset]
+    digest = hashlib.sha256(head_body + new_index).digest()
+    bad = head_body + new_index + C._pack_footer(lay.index_offset, len(new_index),
+                                                 crc32c.crc32c(new_index), digest)
+    r = BackupReader(io.BytesIO(bad))
+    with pytest.raises(BackupCorruptError, match="does not match its xxh3_128 digest"):
+        b"".join(r.read_entry("databases/a"))
+    with pytest.raises(BackupCorruptError, match="does not match its xxh3_128 digest"):
+        r.verify()

@@ -9,7 +9,7 @@ reading chunk data. Decoded chunks are kept in a small LRU cache because
 SQLite reads neighbouring pages in bursts.
 
 Each chunk is checked (and authenticated when the backup is encrypted) as it
-is decoded. The entry's whole-file sha256 cannot be checked without reading it
+is decoded. The entry's digest cannot be checked without reading it
 all; with encryption that is no loss, since every chunk is bound to its entry,
 position and the last-chunk flag.
 """

@@ -207,7 +207,8 @@ class BackupService:
         t0 = time.perf_counter()
         try:
             await conn.send(proto.backup_header_message(manifest=manifest))
-            sent = await self._send_entries(conn, snap, cancel)
+            with conn.bulk_sending():
+                sent = await self._send_entries(conn, snap, cancel)
             await conn.send(proto.backup_end_message(end_lsn=manifest["end_lsn"], bytes=sent))
             self.catalog.complete(snap.backup_id, size_bytes=sent)
             self.engine.record_backup(manifest)

@@ -33,6 +33,11 @@ OTHER_KEY = KeyFileSource(os.urandom(32), "/keys/b.key")
 DBS = [{"name": "main", "tables": [{"name": "accounts", "rows": 10}, {"name": "t2", "rows": 0}], "size_bytes": 4096}]
 
 
+def file_digest(data: bytes) -> bytes:
+    """The footer's digest in format 2: XXH3-128, then 16 zero bytes."""
+    return xxhash.xxh3_128(data).digest() + bytes(16)
+
+
 def key_for(mode):
     return {"plain": None, "keyfile": KEY, "passphrase": PassphraseSource("pw", **FAST)}[mode]
 
@@ -46,7 +51,7 @@ def make_backup(entries, *, key=None, codec="lz4", chunk_size=256, threads=1, he
     summary = w.finish()
     data = buf.getvalue()
     assert summary.size_bytes == len(data)
-    assert summary.sha256 == hashlib.sha256(data).hexdigest()
+    assert bytes.fromhex(summary.digest) == file_digest(data[:-C.FOOTER.size])
     return data
 
 
@@ -259,7 +264,7 @@ def rebuild_footer(data, body):
     index = data[lay.index_offset:lay.index_offset + lay.index_len]
     head = data[:lay.body_start]
     index_offset = len(head) + len(body)
-    digest = hashlib.sha256(head + body + index).digest()
+    digest = file_digest(head + body + index)
     return head + body + index + C._pack_footer(index_offset, len(index), crc32c.crc32c(index), digest)
 
 
@@ -404,7 +409,7 @@ def rebuild_header_only(data, head):
     lay = BackupReader(io.BytesIO(data))._layout
     rest = data[lay.body_start:-C.FOOTER.size]
     shift = len(head) - lay.body_start
-    digest = hashlib.sha256(head + rest).digest()
+    digest = file_digest(head + rest)
     return head + rest + C._pack_footer(lay.index_offset + shift, lay.index_len, lay.index_crc, digest)
 
 
@@ -465,7 +470,7 @@ def test_reader_rejects_unsafe_name_in_index():
     index["entries"][0]["name"] = "../../etc/cron.d/x"
     new_index = msgpack.packb(index)
     head_body = data[:lay.index_offset]
-    digest = hashlib.sha256(head_body + new_index).digest()
+    digest = file_digest(head_body + new_index)
     bad = head_body + new_index + C._pack_footer(lay.index_offset, len(new_index), crc32c.crc32c(new_index), digest)
     with pytest.raises(BackupCorruptError, match="unsafe entry name"):
         BackupReader(io.BytesIO(bad)).entries()
@@ -486,7 +491,8 @@ def test_rotate_key_rewraps_only(tmp_path, new):
     path.write_bytes(data)
     summary = rotate_key(str(path), KEY, new)
     rotated = path.read_bytes()
-    assert summary.sha256 == hashlib.sha256(rotated).hexdigest() and summary.size_bytes == len(rotated)
+    assert bytes.fromhex(summary.digest) == file_digest(rotated[:-C.FOOTER.size])
+    assert summary.size_bytes == len(rotated)
     assert span_bytes(rotated, new) == span_bytes(data, KEY)  # chunks and index byte-identical
     with pytest.raises(WrongKeyError):
         BackupReader(io.BytesIO(rotated), key=KEY)
@@ -546,7 +552,7 @@ def test_entry_digest_mismatch_is_detected():
     index["entries"][0]["xxh3_128"] = bytes(16)
     new_index = msgpack.packb(index)
     head_body = data[:lay.index_offset]
-    digest = hashlib.sha256(head_body + new_index).digest()
+    digest = file_digest(head_body + new_index)
     bad = head_body + new_index + C._pack_footer(lay.index_offset, len(new_index),
                                                  crc32c.crc32c(new_index), digest)
     r = BackupReader(io.BytesIO(bad))
@@ -554,3 +560,24 @@ def test_entry_digest_mismatch_is_detected():
         b"".join(r.read_entry("databases/a"))
     with pytest.raises(BackupCorruptError, match="does not match its xxh3_128 digest"):
         r.verify()
+
+
+def test_whole_file_digest_catches_what_every_crc_passes():
+    # The index rewritten with its CRC (and the footer's) fixed, but not the
+    # digest: every local check passes; only the whole-file digest can tell.
+    data = make_backup([("databases/a", [b"hello world" * 50])])
+    lay = BackupReader(io.BytesIO(data))._layout
+    assert lay.version == 2
+    index = msgpack.unpackb(data[lay.index_offset:lay.index_offset + lay.index_len])
+    index["note"] = "added later"
+    new_index = msgpack.packb(index)
+    bad = data[:lay.index_offset] + new_index + C._pack_footer(
+        lay.index_offset, len(new_index), crc32c.crc32c(new_index), lay.digest)
+    r = BackupReader(io.BytesIO(bad))
+    assert b"".join(r.read_entry("databases/a")) == b"hello world" * 50
+    with pytest.raises(BackupCorruptError, match="whole-file digest mismatch"):
+        r.verify()
+    good = data[:lay.index_offset] + new_index + C._pack_footer(
+        lay.index_offset, len(new_index), crc32c.crc32c(new_index),
+        file_digest(data[:lay.index_offset] + new_index))
+    assert BackupReader(io.BytesIO(good)).verify()

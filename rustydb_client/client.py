@@ -28,7 +28,10 @@ from rustydb_client.protocol import (
 )
 
 CLIENT_NAME = "rustydb-client"
-_RECV_SIZE = 1 << 20  # large: backup streams arrive in 1 MiB frames
+# Between frames, and for small ones. The body of a large frame (a backup's
+# 1 MiB data) is received in place instead (FrameDecoder.recv_buffer); a
+# larger receive here would pull most of the next body through two copies.
+_RECV_SIZE = 64 * 1024
 
 
 class ClientError(Exception):
@@ -235,12 +238,16 @@ class Connection:
                 "the server may have stopped", "connection_lost",
             ) from None
 
-    def recv_message(self) -> dict:
-        """The next message from the server, validated; blocks until it arrives."""
+    def recv_message(self, *, bulk_views: bool = False) -> dict:
+        """The next message from the server, validated; blocks until it arrives.
+
+        ``bulk_views``: a large trailing bin (a backup's data) comes back as a
+        read-only memoryview of the received frame instead of a copy.
+        """
         self._require_open()
         while True:
             try:
-                msg = self._decoder.next_message()
+                msg = self._decoder.next_message(bulk_views=bulk_views)
             except ProtocolError as e:
                 self._drop()
                 raise ConnectionFailed(
@@ -249,8 +256,13 @@ class Connection:
                 ) from None
             if msg is not None:
                 return msg
+            place = self._decoder.recv_buffer()
             try:
-                data = self._sock.recv(_RECV_SIZE)
+                if place is not None:  # the rest of a large frame, straight into its body
+                    data, got = None, self._sock.recv_into(place)
+                else:
+                    data = self._sock.recv(_RECV_SIZE)
+                    got = len(data)
             except TimeoutError:
                 self._drop()
                 raise ConnectionFailed(
@@ -263,12 +275,15 @@ class Connection:
                     f"lost the connection to {self._where} ({e.strerror or e}); "
                     "the server may have stopped", "connection_lost",
                 ) from None
-            if not data:
+            if not got:
                 self._drop()
                 raise ConnectionFailed(
                     f"the server at {self._where} closed the connection; it may have "
                     "been shut down or restarted", "connection_lost",
                 )
+            if data is None:
+                self._decoder.received_into(got)
+                continue
             try:
                 self._decoder.feed(data)
             except ProtocolError as e:

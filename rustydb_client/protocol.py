@@ -150,26 +150,69 @@ class FrameDecoder:
         # joined once when complete, instead of growing and slicing one buffer
         # (which cost about 1 ms per MiB frame).
         self._parts: list[bytes] = []
+        # ... or, once recv_buffer() was asked for, the body itself, received
+        # in place: no join at all.
+        self._body: bytearray | None = None
         self._have = 0
         self._failed: ProtocolError | None = None
 
     def feed(self, data: bytes) -> None:
         if self._failed:
             raise self._failed
-        if self._need is not None:
+        if self._body is not None:
+            take = min(len(data), self._need - self._have)
+            self._body[self._have:self._have + take] = memoryview(data)[:take]
+            self._have += take
+            if take < len(data):
+                self._buf += memoryview(data)[take:]  # the next frame's first bytes
+        elif self._need is not None:
             self._parts.append(data)
             self._have += len(data)
         else:
             self._buf += data
             self._read_header()
 
-    def next_message(self) -> dict | None:
-        """The next complete message, or None until more bytes are fed."""
+    def recv_buffer(self) -> memoryview | None:
+        """Where to receive next (``socket.recv_into``), while a large frame's
+        body is due; None otherwise (receive and ``feed`` as usual).
+
+        The view covers exactly the rest of the body, so a receive never
+        reaches into the next frame, and the body needs no join: a backup's
+        1 MiB frames were copied once more each for that.
+        """
+        if self._failed or self._need is None or self._need - self._have < RECV_IN_PLACE_MIN:
+            return None
+        if self._body is None:
+            body = bytearray(self._need)
+            pos = 0
+            for part in self._parts:  # fewer bytes than the body: it is not complete
+                body[pos:pos + len(part)] = part
+                pos += len(part)
+            self._body, self._parts = body, []
+        return memoryview(self._body)[self._have:]
+
+    def received_into(self, n: int) -> None:
+        """``n`` bytes arrived in the view recv_buffer() gave."""
+        if self._body is None or not 0 <= n <= self._need - self._have:
+            raise ValueError("received_into() does not match the last recv_buffer()")
+        self._have += n
+
+    def next_message(self, *, bulk_views: bool = False) -> dict | None:
+        """The next complete message, or None until more bytes are fed.
+
+        ``bulk_views``: a large trailing bin comes back as a read-only view of
+        the frame's body, not a copy (see decode_body).
+        """
         if self._failed:
             raise self._failed
         self._read_header()
         if self._need is None or self._have < self._need:
             return None
+        if self._body is not None:
+            body, self._body = self._body, None
+            self._need = None
+            self._have = 0
+            return self._decode(body, bulk_views)
         parts, self._parts = self._parts, []
         joined = parts[0] if len(parts) == 1 else b"".join(parts)
         if len(joined) == self._need:  # the common case: no copy of the body
@@ -179,8 +222,12 @@ class FrameDecoder:
             self._buf = bytearray(memoryview(joined)[self._need:])
         self._need = None
         self._have = 0
+        return self._decode(body, bulk_views)
+
+    def _decode(self, body, bulk_views: bool) -> dict:
         try:
-            return decode_body(body, self.max_frame, self.max_depth, self.max_items)
+            return decode_body(body, self.max_frame, self.max_depth, self.max_items,
+                               bulk_views=bulk_views)
         except ProtocolError as e:
             self._failed = e
             raise
@@ -212,13 +259,60 @@ class FrameDecoder:
 
 
 def decode_body(
-    body: bytes | memoryview,
+    body: bytes | bytearray | memoryview,
     max_frame: int = DEFAULT_MAX_FRAME,
     max_depth: int = MAX_DEPTH,
     max_items: int = MAX_CONTAINER_LEN,
+    *,
+    bulk_views: bool = False,
 ) -> dict:
-    """Decode one frame body into a message map (limits checked first)."""
-    check_structure(body, max_depth=max_depth, max_items=max_items)
+    """Decode one frame body into a message map (limits checked first).
+
+    With ``bulk_views``, a bin of at least BULK_VIEW_MIN bytes that is the
+    map's last value (as encode_bulk_frame puts it) comes back as a read-only
+    memoryview of ``body`` instead of a copy. The caller then owns ``body``
+    for as long as the view lives and must not change it.
+    """
+    last = check_structure(body, max_depth=max_depth, max_items=max_items)
+    if bulk_views and last is not None:
+        split = _bulk_split(body, *last)
+        if split is not None:
+            return _decode_with_bulk(body, *split, max_frame)
+    return _unpack_message(body, max_frame)
+
+
+def _bulk_split(body, key_at: int, value_at: int) -> tuple[int, int, int] | None:
+    """(key_at, value_at, data_at) when the root map's last value is a large bin."""
+    width = _LEN_PREFIXED.get(body[value_at]) if body[value_at] in _BIN_TAGS else None
+    if width is None:
+        return None
+    data_at = value_at + 1 + width
+    if len(body) - data_at < BULK_VIEW_MIN:
+        return None
+    return key_at, value_at, data_at
+
+
+def _decode_with_bulk(body, key_at: int, value_at: int, data_at: int, max_frame: int) -> dict:
+    view = memoryview(body)
+    # The map with its last value replaced by nil, then that value put back as
+    # a view. The key is decoded on its own: if it also appears earlier, the
+    # last occurrence wins, as unpackb would have it.
+    msg = _unpack_message(bytes(view[:value_at]) + b"\xc0", max_frame)
+    key = _unpack_message_part(bytes(view[key_at:value_at]))
+    msg[key] = view[data_at:].toreadonly()
+    if not isinstance(msg.get("type"), str):
+        raise ProtocolError("bad_message", "a frame must hold a map with a string 'type'")
+    return msg
+
+
+def _unpack_message_part(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:  # noqa: BLE001 -- msgpack raises many types; all mean "bad bytes"
+        raise ProtocolError("bad_frame", f"the frame is not valid msgpack ({e})") from None
+
+
+def _unpack_message(body, max_frame: int) -> dict:
     try:
         # unpackb, not an Unpacker: a streaming Unpacker allocates its whole
         # max_buffer_size for every frame, which made 1 MiB frames cost 1 ms.
@@ -240,6 +334,13 @@ def decode_body(
     return msg
 
 
+_BIN_TAGS = (0xC4, 0xC5, 0xC6)
+# A bin at least this large is worth a view (decode_body); smaller ones copy
+# in less time than the view costs to set up.
+BULK_VIEW_MIN = 64 * 1024
+# Receive a frame's body in place (FrameDecoder.recv_buffer) when at least this much is due.
+RECV_IN_PLACE_MIN = 64 * 1024
+
 # Byte -> (kind, size) for the fixed-size msgpack formats; the scan below
 # only needs to know how far to skip and whether a container opens.
 _FIXED_SKIP = {
@@ -253,22 +354,27 @@ _CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}  # array,
 
 
 def check_structure(body: bytes | memoryview, *, max_depth: int = MAX_DEPTH,
-                    max_items: int = MAX_CONTAINER_LEN) -> None:
+                    max_items: int = MAX_CONTAINER_LEN) -> tuple[int, int] | None:
     """Walk msgpack bytes without building objects: depth, sizes, ext, truncation.
 
     Iterative (an explicit stack of remaining-item counts), so no input can
-    exhaust Python's recursion, and it stops at the first violation.
+    exhaust Python's recursion, and it stops at the first violation. Returns
+    where the root's last two items start (a map's last key and value), or
+    None if the root is not a container of at least two.
     """
     n = len(body)
     pos = 0
     items = 0
     stack = [1]  # items still to read in each open container; the root holds one
+    prev_top = last_top = -1  # starts of the last two items directly in the root
     try:
         while stack:
             if stack[-1] == 0:
                 stack.pop()
                 continue
             stack[-1] -= 1
+            if len(stack) == 2:
+                prev_top, last_top = last_top, pos
             b = body[pos]
             pos += 1
             items += 1
@@ -318,6 +424,7 @@ def check_structure(body: bytes | memoryview, *, max_depth: int = MAX_DEPTH,
         raise ProtocolError("bad_frame", "the frame ends in the middle of a value")
     if pos < n:
         raise ProtocolError("bad_frame", "the frame holds bytes after its message")
+    return (prev_top, last_top) if prev_top >= 0 else None
 
 
 # ---------------------------------------------------------------- messages

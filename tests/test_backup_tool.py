@@ -15,6 +15,7 @@ import stat
 import pytest
 from helpers import free_port, run_tool
 
+from rustydb_client import protocol
 from rustydb_client.client import ConnectionFailed
 from rustydb_server import datadir as dd
 from rustydb_server.backup.container import RECORD, BackupReader
@@ -377,10 +378,17 @@ class ReplayConnection:
     def __init__(self, messages):
         self.messages = list(messages)
 
-    def recv_message(self) -> dict:
+    def recv_message(self, *, bulk_views: bool = False) -> dict:
         if not self.messages:
             raise ConnectionFailed("the server closed the connection", "connection_lost")
-        return self.messages.pop(0)
+        msg = self.messages.pop(0)
+        # Through the real codec, so the tool sees what a socket would give it
+        # (data as read-only views of the frame when it asks for them).
+        if msg.get("type") == "backup_data" and isinstance(msg.get("data"), bytes):
+            head, data = protocol.encode_bulk_frame(
+                {k: v for k, v in msg.items() if k != "data"}, "data", msg["data"])
+            return protocol.decode_body(bytearray(head[4:] + data), bulk_views=bulk_views)
+        return msg
 
 
 def server_messages(engine: Engine, piece: int = 4096) -> list[dict]:

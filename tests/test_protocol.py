@@ -114,6 +114,108 @@ def test_large_frames_fed_in_any_pieces_decode_the_same(cuts, sizes):
     assert d.buffered == 0
 
 
+def receive(data: bytes, cuts: list[int], *, bulk_views: bool) -> list[dict]:
+    """Decode ``data`` as a client socket would deliver it: into the frame's
+    own buffer when the decoder offers one (recv_into), else fed in pieces."""
+    d = p.FrameDecoder()
+    out, pos, i = [], 0, 0
+    while True:
+        while (m := d.next_message(bulk_views=bulk_views)) is not None:
+            out.append(m)
+        if pos >= len(data):
+            break
+        step = cuts[i % len(cuts)]
+        i += 1
+        place = d.recv_buffer()
+        if place is not None:
+            n = min(step, len(place), len(data) - pos)
+            place[:n] = data[pos:pos + n]
+            d.received_into(n)
+        else:
+            n = min(step, len(data) - pos)
+            d.feed(data[pos:pos + n])
+        pos += n
+    assert d.buffered == 0
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=200_000), min_size=1, max_size=6),
+       st.lists(st.sampled_from([0, 5, 4000, p.BULK_VIEW_MIN - 1, p.BULK_VIEW_MIN, 150_000]),
+                min_size=1, max_size=6),
+       st.booleans())
+def test_frames_received_in_place_decode_the_same(cuts, sizes, bulk_views):
+    msgs = []
+    for i, n in enumerate(sizes):
+        msgs.append({"type": "backup_data", "entry": f"e{i}", "last": i % 2 == 0,
+                     "data": bytes([i + 1]) * n})
+        msgs.append({"type": "notice", "message": f"between {i}"})
+    data = b"".join(p.encode_frame(m) for m in msgs)
+    out = receive(data, cuts, bulk_views=bulk_views)
+    assert out == msgs  # a memoryview compares equal to the bytes it shows
+    for m in out:
+        if m["type"] == "backup_data":
+            big = bulk_views and len(m["data"]) >= p.BULK_VIEW_MIN
+            assert isinstance(m["data"], memoryview if big else bytes)
+            if big:
+                assert m["data"].readonly
+
+
+def test_bulk_view_follows_msgpack_for_repeated_and_misplaced_keys():
+    big = b"x" * p.BULK_VIEW_MIN
+    # A key given twice: the last value wins, as with unpackb.
+    body = b"\x83" + msgpack.packb("type") + msgpack.packb("backup_data") + msgpack.packb("data") \
+        + msgpack.packb(1) + msgpack.packb("data") + msgpack.packb(big)
+    msg = p.decode_body(body, bulk_views=True)
+    assert msg == p.decode_body(body) and isinstance(msg["data"], memoryview)
+    assert list(msg) == ["type", "data"]
+    # The bin as the 'type' itself is no message.
+    body = b"\x82" + msgpack.packb("data") + msgpack.packb(1) + msgpack.packb("type") + msgpack.packb(big)
+    with pytest.raises(ProtocolError, match="string 'type'"):
+        p.decode_body(body, bulk_views=True)
+    # A root array ending in a bin is no message either.
+    with pytest.raises(ProtocolError, match="map"):
+        p.decode_body(msgpack.packb(["backup_data", big]), bulk_views=True)
+    # Inside a nested map the bin stays a copy.
+    msg = p.decode_body(msgpack.packb({"type": "t", "inner": {"data": big}}), bulk_views=True)
+    assert isinstance(msg["inner"]["data"], bytes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=5), st.none() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=5)
+                       | st.binary(max_size=5) | st.just(b"z" * p.BULK_VIEW_MIN), max_size=4),
+       st.text(max_size=5))
+def test_bulk_views_decode_like_unpackb(fields, type_):
+    body = msgpack.packb({"type": type_, **fields}, use_bin_type=True)
+    try:
+        plain = p.decode_body(body)
+    except ProtocolError as e:
+        with pytest.raises(ProtocolError) as again:
+            p.decode_body(body, bulk_views=True)
+        assert again.value.code == e.code
+        return
+    assert p.decode_body(body, bulk_views=True) == plain
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bodies_with_bulk_views_only_raise_protocol_error(body):
+    try:
+        p.decode_body(body + b"\xc6\x00\x01\x00\x00" + bytes(65536), bulk_views=True)
+    except ProtocolError:
+        pass
+
+
+def test_received_into_must_match_the_buffer():
+    d = p.FrameDecoder()
+    with pytest.raises(ValueError):
+        d.received_into(1)
+    d.feed(p.encode_frame({"type": "x", "data": bytes(100_000)})[:10])
+    place = d.recv_buffer()
+    with pytest.raises(ValueError):
+        d.received_into(len(place) + 1)
+
+
 @pytest.mark.parametrize(
     "msg, direction",
     [

@@ -561,10 +561,14 @@ class BackupWriter:
         self._entry = entry
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Add ``data`` to the open entry. Chunks outlive this call on worker
+        threads, so anything but ``bytes`` or a read-only memoryview is copied
+        first; a read-only view is taken as a promise that its buffer does not
+        change (a received frame's body, which nothing else holds)."""
         if self._entry is None:
             raise BackupError(f"backup {self.header.backup_id}: write() outside an entry")
-        if not isinstance(data, bytes):
-            data = bytes(data)  # chunks outlive this call on worker threads; freeze them
+        if not isinstance(data, bytes) and not (isinstance(data, memoryview) and data.readonly):
+            data = bytes(data)
         view = memoryview(data)
         size = self._chunk_size
         while view:

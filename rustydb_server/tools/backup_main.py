@@ -293,8 +293,11 @@ def _receive_entries(conn, bf: BackupFile, entries: list[str],
         if not is_open:
             bf.begin_entry(entry)
             is_open = True
-        bf.write(msg["data"])
-        raw += len(msg["data"])
+        data = msg.get("data")
+        if not isinstance(data, (bytes, memoryview)):
+            raise BackupFailed(f"the server sent backup data of type {type(data).__name__}")
+        bf.write(data)
+        raw += len(data)
         if progress is not None:
             progress.update(raw)
         if msg.get("last"):
@@ -311,7 +314,7 @@ def _receive_entries(conn, bf: BackupFile, entries: list[str],
 
 def _next_stream_message(conn) -> dict:
     while True:
-        msg = conn.recv_message()
+        msg = conn.recv_message(bulk_views=True)  # data: views, not copies (BackupWriter.write)
         if msg["type"] == "error":
             raise BackupFailed(f"the server failed the backup: {msg.get('message')} "
                                f"({msg.get('code')})")

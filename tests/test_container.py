@@ -1,6 +1,5 @@
 """The backup container, bytes only: round trips, and every kind of damage detected and named."""
 
-import hashlib
 import io
 import os
 import random

@@ -20,8 +20,8 @@ import struct
 import crc32c
 import msgpack
 import pytest
-
 from helpers import ServerProcess, run_tool
+
 from rustydb_server.backup import container as C
 from rustydb_server.backup.container import BackupCorruptError, BackupReader, rotate_key
 from rustydb_server.backup.keys import KeyFileSource

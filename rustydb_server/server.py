@@ -171,6 +171,7 @@ async def run(settings, config_path, notifier) -> int:
                 state.backup_service.cancel_all()
                 root.cancel_scope.cancel()
                 await _close_engine(state)
+                state.backup_service.close()
     finally:
         ddir.unlock()
     return state.exit_code

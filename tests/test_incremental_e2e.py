@@ -236,6 +236,12 @@ def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factor
     local = [n for n in os.listdir(os.path.join(srv.data_dir, "wal")) if len(n) == 24]
     archived = [n for n in os.listdir(archive) if n.endswith(".walz")]
     assert len(archived) > len(local)  # some WAL the incremental needs is only archived
+    # A restart forgets the changes tracked since the full backup, so the
+    # incremental has to read the WAL, part of it from the archive.
+    c.close()
+    srv.stop()
+    srv.start()
+    c = rc.connect("127.0.0.1", srv.port)
     incr = tmp_path / "incr.backup"
     backup(srv, incr, "--type", "incremental")
     expected = dump(c)
@@ -243,3 +249,34 @@ def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factor
     restore_in_order(data, full, incr)
     assert dump(str(data)) == expected
     c.close()
+
+
+def test_tracked_and_wal_incrementals_restore_the_same(server_factory, tmp_path):
+    """Live, the server answers from the changes it tracked since the full
+    backup; after a restart it reads the WAL. Same parent, same data."""
+    srv = server_factory(name="track").start()
+    srv.sql("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);")
+    srv.sql("INSERT INTO items(name, qty) VALUES ('a', 1), ('b', 2), ('c', 3);")
+    full = tmp_path / "full.backup"
+    backup(srv, full, "--type", "full")
+    c = rc.connect("127.0.0.1", srv.port)
+    for i in range(20):
+        c.execute(f"UPDATE items SET qty = qty + {i} WHERE id = {1 + i % 3}")
+        c.execute(f"INSERT INTO items(name, qty) VALUES ('n{i}', {i})")
+    c.execute("DELETE FROM items WHERE name = 'b'")
+    c.execute("ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'x'")
+    expected = dump(c)
+    c.close()
+    tracked = tmp_path / "tracked.backup"
+    backup(srv, tracked, "--type", "incremental")
+    srv.stop()
+    srv.start()
+    from_wal = tmp_path / "wal.backup"
+    backup(srv, from_wal, "--type", "incremental", "--base-backup", str(full))
+    sources = [json.loads(line)["source"] for line in srv.log().splitlines()
+               if '"incremental computed"' in line]
+    assert sources == ["tracked", "wal"]
+    for name, incr in (("a", tracked), ("b", from_wal)):
+        data = tmp_path / f"restored-{name}"
+        restore_in_order(data, full, incr)
+        assert dump(str(data)) == expected

@@ -20,6 +20,8 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 
 import apsw
 import msgpack
@@ -88,11 +90,64 @@ class NetChanges:
         created_in_range = self.steps[:1] == [("create", "")]
         self.steps = [] if created_in_range else [("drop", "")]
 
+    def peek(self) -> list[tuple[str, object]]:
+        """The steps so far, leaving this open to more (change tracking)."""
+        steps = list(self.steps)
+        if self._builder is not None:
+            out = self._builder.output()  # the group stays as it is
+            if out:
+                steps.append(("changeset", out))
+        if self.sequence and steps[-1:] != [("drop", "")]:
+            steps.append(("ddl", self.sequence))
+        return steps
+
     def finish(self) -> list[tuple[str, object]]:
         self._close_group()
-        if self.sequence and self.steps[-1:] != [("drop", "")]:
-            self.steps.append(("ddl", self.sequence))
-        return self.steps
+        return self.peek()
+
+
+@dataclass
+class NetChangesAt:
+    """The compacted steps of every database changed over a range of records."""
+
+    steps: dict[str, list]
+    transactions: dict[str, int]
+    records: int  # transaction records in the range
+
+
+class Compaction:
+    """Records in, net changes of every database out (NetChanges per database)."""
+
+    def __init__(self) -> None:
+        self.per_db: dict[str, NetChanges] = {}
+        self.records = 0
+        self.changeset_bytes = 0  # taken in; bounds what the changegroups hold
+
+    def add(self, rec) -> None:
+        if isinstance(rec, walrec.TxRecord):
+            net = self.per_db.setdefault(rec.database, NetChanges(rec.database))
+            net.transactions += 1
+            for kind, payload in rec.steps:
+                if kind == "changeset":
+                    self.changeset_bytes += len(payload)
+                    net.add_changeset(payload)
+                else:
+                    net.add_ddl(payload)
+            self.records += 1
+        elif isinstance(rec, walrec.DatabaseRecord):
+            net = self.per_db.setdefault(rec.database, NetChanges(rec.database))
+            net.created() if rec.action == "create" else net.dropped()
+
+    def peek(self) -> NetChangesAt:
+        """The net changes so far; more records may follow."""
+        return self._result({n: net.peek() for n, net in self.per_db.items()})
+
+    def finish(self) -> NetChangesAt:
+        return self._result({n: net.finish() for n, net in self.per_db.items()})
+
+    def _result(self, steps: dict[str, list]) -> NetChangesAt:
+        return NetChangesAt(steps, {n: net.transactions for n, net in self.per_db.items()},
+                            self.records)
 
 
 def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator:
@@ -158,37 +213,31 @@ def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | Non
             f"the server is on timeline {c.timeline} but the base backup was taken on "
             f"timeline {parent['timeline']}; take a full backup")
     t0 = time.perf_counter()
+    start = parent["end_lsn"]
+    tracking = engine.change_tracking
+    tracked = None
     with contextlib.ExitStack() as stack:
+        # Nothing is logged while these are held (creating or dropping a
+        # database takes the registry lock, every commit its database's), so
+        # the end LSN, the tracked changes and the new tracker's base agree.
+        stack.enter_context(engine._registry_lock)
         for name in sorted(engine.databases):
             stack.enter_context(engine.databases[name].commit_lock)
         end_lsn = engine.wal.end_lsn
         next_txid = engine.peek_next_txid()
         last_commit = engine._last_commit_us
-    start = parent["end_lsn"]
+        if tracking is not None and start <= end_lsn:
+            tracked = tracking.net_changes(start)
+            tracking.start(end_lsn)  # the base of the next incremental, if this one completes
     if start > end_lsn:
         raise IncrementalUnavailable("the base backup is newer than this server's WAL")
-    per_db: dict[str, NetChanges] = {}
-    records = 0
-    with engine._checkpoint_lock:  # no segment removal while we read
-        for entry in _wal_records(engine, start, end_lsn, scratch):
-            if entry.lsn < start:
-                continue
-            rec = walrec.decode_record(entry.body)
-            if isinstance(rec, walrec.TxRecord):
-                net = per_db.setdefault(rec.database, NetChanges(rec.database))
-                net.transactions += 1
-                for kind, payload in rec.steps:
-                    if kind == "changeset":
-                        net.add_changeset(payload)
-                    else:
-                        net.add_ddl(payload)
-                records += 1
-            elif isinstance(rec, walrec.DatabaseRecord):
-                net = per_db.setdefault(rec.database, NetChanges(rec.database))
-                net.created() if rec.action == "create" else net.dropped()
+    net = _tracked(tracked)
+    source = "tracked"
+    if net is None:
+        net = _from_wal(engine, start, end_lsn, scratch)
+        source = "wal"
     wanted = set(names) if names else None
-    steps = {n: net.finish() for n, net in sorted(per_db.items())
-             if wanted is None or n in wanted}
+    steps = {n: s for n, s in sorted(net.steps.items()) if wanted is None or n in wanted}
     databases = []
     for name in sorted(set(steps) | (set(engine.databases) if wanted is None else wanted)):
         databases.append({
@@ -196,7 +245,7 @@ def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | Non
             "entry": steps_entry(name),
             "tables": [],
             "size_bytes": sum(len(p) for _, p in steps.get(name, [])),
-            "transactions": per_db[name].transactions if name in per_db else 0,
+            "transactions": net.transactions.get(name, 0),
         })
         steps.setdefault(name, [])
     manifest = {
@@ -215,12 +264,38 @@ def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | Non
         "server_version": __version__,
         "created_us": time.time_ns() // 1000,
         "databases": databases,
-        "wal_records": records,
+        "wal_records": net.records,
     }
     log.info("incremental computed", backup_type=backup_type, parent=parent["backup_id"],
-             start_lsn=format_lsn(start), end_lsn=format_lsn(end_lsn), records=records,
-             seconds=round(time.perf_counter() - t0, 3))
+             start_lsn=format_lsn(start), end_lsn=format_lsn(end_lsn), records=net.records,
+             source=source, seconds=round(time.perf_counter() - t0, 3))
     return manifest, steps
+
+
+#: How long an incremental waits for change tracking to catch up (a burst of
+#: large transactions) before it reads the WAL instead.
+TRACKED_WAIT_S = 30.0
+
+
+def _tracked(future) -> NetChangesAt | None:
+    if future is None:
+        return None
+    try:
+        return future.result(timeout=TRACKED_WAIT_S)
+    except FutureTimeout:
+        future.cancel()
+        log.warning("change tracking is behind; reading the WAL for this incremental")
+        return None
+
+
+def _from_wal(engine: Engine, start: int, end_lsn: int, scratch: str) -> NetChangesAt:
+    """Read the WAL in [start, end_lsn) and compact it per database."""
+    compaction = Compaction()
+    with engine._checkpoint_lock:  # no segment removal while we read
+        for entry in _wal_records(engine, start, end_lsn, scratch):
+            if entry.lsn >= start:
+                compaction.add(walrec.decode_record(entry.body))
+    return compaction.finish()
 
 
 #: The entry's bytes are handed on in pieces of about this size (each becomes

@@ -27,6 +27,7 @@ from .catalog import Catalog
 from .file import PARTIAL_SUFFIX, BackupFile, header_from_manifest
 from .incremental import IncrementalSource, IncrementalUnavailable
 from .snapshot import SCRATCH_DIR, BackupCancelled, Snapshot
+from .tracking import ChangeTracking
 
 log = get_logger("rustydb.backup")
 
@@ -113,6 +114,14 @@ class BackupService:
                         directory=self.scratch, files=leftovers)
         self._cancels: dict[str, threading.Event] = {}
         self.limiter = trio.CapacityLimiter(2)
+        # Net changes since the latest backups, compacted as they commit.
+        self.tracking = ChangeTracking()
+        self.engine.change_tracking = self.tracking
+
+    def close(self) -> None:
+        """Stop change tracking (the engine logs nothing more to it)."""
+        self.engine.change_tracking = None
+        self.tracking.close()
 
     def _remove_partials(self, backup_ids: list[str]) -> list[str]:
         """The unfinished files of backups the server itself was writing when it

@@ -128,6 +128,10 @@ class Snapshot:
             for h in handles:  # sorted order: no deadlock with another snapshot
                 stack.enter_context(h.commit_lock)
             self.end_lsn = engine.wal.end_lsn
+            if engine.change_tracking is not None and self.all_databases:
+                # Every commit lock is held: nothing is logged, so the tracker
+                # sees exactly the records after this snapshot.
+                engine.change_tracking.start(self.end_lsn)
             self.next_txid = engine.peek_next_txid()
             self.last_commit_time_us = engine._last_commit_us
             self.direct = {h.name for h in handles if _checkpoint(self.conns[h.name])}

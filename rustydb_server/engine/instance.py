@@ -91,6 +91,8 @@ class Engine:
         self.started_us = now_us()
         self.fatal_error: str | None = None
         self.on_fatal = None  # set by the server: stop everything
+        # Told of every durable record (backup/tracking.py), if the server set one.
+        self.change_tracking = None
         self._dirty_segno: int | None = None  # segment holding records since...
         self._dirty_since: float | None = None  # ...this time.monotonic() (archive_timeout)
 
@@ -303,6 +305,8 @@ class Engine:
         segno = (end - 1) // self.control.segment_size
         if segno != self._dirty_segno:
             self._dirty_segno, self._dirty_since = segno, time.monotonic()
+        if self.change_tracking is not None:
+            self.change_tracking.logged(lsn, rec)
         return lsn, end
 
     def segment_dirty_since(self) -> float | None:
@@ -478,6 +482,10 @@ class Engine:
             if manifest["backup_type"] in ("full", "pitr-base"):
                 self.control.last_full_backup = info
             self.datadir.write_control(self.control)
+            if self.change_tracking is not None:
+                bases = [b["end_lsn"] for b in (self.control.last_backup,
+                                                self.control.last_full_backup) if b]
+                self.change_tracking.keep(bases, manifest["end_lsn"])
 
     def _backup_keep_lsn(self) -> int | None:
         """The oldest LSN a future incremental or differential still needs."""

@@ -106,6 +106,12 @@ def encode_bulk_frame(msg: dict, key: str, data: bytes | memoryview, *,
     The bytes are exactly ``encode_frame``'s for that map; a backup's 1 MiB
     chunks go out without two extra copies each.
     """
+    return bulk_frame_head(msg, key, len(data), max_frame=max_frame), data
+
+
+def bulk_frame_head(msg: dict, key: str, size: int, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """The bytes of ``{**msg, key: <size bytes>}``'s frame that come before the
+    bulk bytes themselves (which may then come from anywhere, a file say)."""
     if len(msg) + 1 > 15 or key in msg:
         raise ValueError("a bulk frame holds at most 14 other fields and one bulk field")
     head = bytearray([0x80 | (len(msg) + 1)])
@@ -113,15 +119,15 @@ def encode_bulk_frame(msg: dict, key: str, data: bytes | memoryview, *,
         head += msgpack.packb(k, use_bin_type=True)
         head += msgpack.packb(v, use_bin_type=True)
     head += msgpack.packb(key, use_bin_type=True)
-    head += bin_header(len(data))
-    body_len = len(head) + len(data)
+    head += bin_header(size)
+    body_len = len(head) + size
     if body_len > max_frame:
         raise ProtocolError(
             "frame_too_large",
             f"a {msg.get('type', '?')} message of {body_len} bytes exceeds the "
             f"{max_frame}-byte frame limit; send smaller batches",
         )
-    return _HEADER.pack(body_len) + bytes(head), data
+    return _HEADER.pack(body_len) + bytes(head)
 
 
 class FrameDecoder:

@@ -16,7 +16,7 @@ import pytest
 from rustydb_server import datadir as dd
 from rustydb_server.backup.snapshot import Snapshot, _file_mismatch
 from rustydb_server.engine import database
-from rustydb_server.engine.instance import Engine
+from rustydb_server.engine.instance import Engine, EngineError
 from rustydb_server.engine.session import SqlSession
 from rustydb_server.settings import Settings
 
@@ -149,3 +149,46 @@ def test_file_mismatch_names_what_disagrees():
     stale = bytearray(head)
     stale[92:96] = (6).to_bytes(4, "big")  # the in-header size is not trusted then
     assert _file_mismatch(1 << 20, bytes(stale), 4096, 11) is None
+
+
+def fd_is_open(fd: int) -> bool:
+    import os
+
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def test_file_range_is_the_snapshot_and_its_descriptor_outlives_the_snapshot(engine, tmp_path):
+    import os
+
+    snap = Snapshot(engine, ["rustydb"], scratch_dir=engine.datadir.join("backup_tmp"))
+    try:
+        file_range = snap.file_range("rustydb")
+        run_sql(engine, "DELETE FROM t WHERE id < 500")  # after the snapshot
+        engine.checkpoint("test")
+        copy = tmp_path / "range.sqlite"
+        copy.write_bytes(os.pread(file_range.fd, file_range.size, 0))
+    finally:
+        snap.close()
+    conn = apsw.Connection(str(copy))
+    assert conn.execute("SELECT count(*) FROM t").fetchall() == [(2000,)]
+    conn.close()
+    # Closing it would drop SQLite's POSIX locks on the file: it stays open
+    # for as long as the database exists.
+    assert fd_is_open(file_range.fd)
+
+
+def test_dropping_a_database_closes_its_descriptor_after_the_last_backup_using_it(engine):
+    engine.create_database("gone")
+    handle = engine.get_database("gone")
+    snap = Snapshot(engine, ["gone"], scratch_dir=engine.datadir.join("backup_tmp"))
+    file_range = snap.file_range("gone")
+    engine.drop_database("gone")
+    assert fd_is_open(file_range.fd)  # the snapshot still sends from it
+    snap.close()
+    assert not fd_is_open(file_range.fd)
+    with pytest.raises(EngineError):
+        handle.acquire_read_fd()

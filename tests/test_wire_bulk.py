@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import trio
 import trio.testing
 
@@ -48,3 +49,93 @@ async def test_bulk_sending_is_a_no_op_on_streams_without_a_socket():
     conn = ClientConnection(None, a, ("test", 0))
     with conn.bulk_sending():
         pass
+
+
+def frames_of(data: bytes) -> list[dict]:
+    from rustydb_client import protocol
+
+    d = protocol.FrameDecoder()
+    d.feed(data)
+    out = []
+    while (m := d.next_message()) is not None:
+        out.append(m)
+    return out
+
+
+async def test_send_file_bulk_sends_the_file_bytes_as_a_frame(tmp_path):
+    import os
+
+    content = os.urandom(3 * 1024 * 1024 + 17)
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    fd = os.open(path, os.O_RDONLY)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        async with trio.open_nursery() as nursery:
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            server_stream = await listeners[0].accept()
+            conn = ClientConnection(None, server_stream, ("127.0.0.1", 1))
+            received = bytearray()
+
+            async def drain():
+                while chunk := await client.receive_some(1 << 20):
+                    received.extend(chunk)
+
+            nursery.start_soon(drain)
+            with conn.bulk_sending():
+                # two frames from the middle of the file, then a small message
+                await conn.send_file_bulk({"type": "backup_data", "entry": "e", "last": False},
+                                          "data", fd, 5, 2 * 1024 * 1024)
+                await conn.send_file_bulk({"type": "backup_data", "entry": "e", "last": False},
+                                          "data", fd, 5 + 2 * 1024 * 1024, 1024 * 1024 + 12)
+            await conn.send({"type": "notice", "message": "end"})
+            await server_stream.aclose()
+        msgs = frames_of(bytes(received))
+        assert [m["type"] for m in msgs] == ["backup_data", "backup_data", "notice"]
+        assert msgs[0]["data"] + msgs[1]["data"] == content[5:]
+    finally:
+        os.close(fd)
+        await listeners[0].aclose()
+
+
+async def test_send_file_bulk_without_a_socket_reads_the_file(tmp_path):
+    import os
+
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789" * 1000)
+    fd = os.open(path, os.O_RDONLY)
+    a, b = trio.testing.memory_stream_pair()
+    conn = ClientConnection(None, a, ("test", 0))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.send_file_bulk, {"type": "backup_data"}, "data", fd, 3, 4000)
+            received = bytearray()
+            while len(received) < 4000:
+                received.extend(await b.receive_some())
+        assert frames_of(bytes(received))[0]["data"] == (b"0123456789" * 1000)[3:4003]
+    finally:
+        os.close(fd)
+
+
+async def test_send_file_bulk_to_a_peer_that_left_is_a_broken_resource(tmp_path):
+    import os
+
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(8 * 1024 * 1024))
+    fd = os.open(path, os.O_RDONLY)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server_stream = await listeners[0].accept()
+        conn = ClientConnection(None, server_stream, ("127.0.0.1", 1))
+        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        await client.aclose()  # reset, not a clean close
+        with pytest.raises(trio.BrokenResourceError):
+            for _ in range(20):
+                await conn.send_file_bulk({"type": "backup_data"}, "data", fd, 0, 8 * 1024 * 1024)
+        await server_stream.aclose()
+    finally:
+        os.close(fd)
+        await listeners[0].aclose()

@@ -368,7 +368,8 @@ class IncrementalSource:
     def manifest(self) -> dict:
         return self.manifest_data
 
-    def entries(self, scratch: str, cancel=None):
+    def entries(self, scratch: str, cancel=None, *, ranges: bool = False):
+        """(entry name, chunk iterator) per database; never a file to send as is."""
         for db in self.manifest_data["databases"]:
             yield db["entry"], encode_steps(self.steps.get(db["name"], []))
 

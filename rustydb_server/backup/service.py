@@ -26,7 +26,7 @@ from . import keys
 from .catalog import Catalog
 from .file import PARTIAL_SUFFIX, BackupFile, header_from_manifest
 from .incremental import IncrementalSource, IncrementalUnavailable
-from .snapshot import SCRATCH_DIR, BackupCancelled, Snapshot
+from .snapshot import SCRATCH_DIR, STREAM_CHUNK, BackupCancelled, FileRange, Snapshot
 from .tracking import ChangeTracking
 
 log = get_logger("rustydb.backup")
@@ -245,34 +245,61 @@ class BackupService:
             self.state.archiver.poke()
 
     async def _send_entries(self, conn, snap, cancel) -> int:
+        """Every entry in order: a database file that holds the snapshot goes
+        straight from the file to the socket (sendfile); other data is read in
+        a worker thread while the chunks before it are being sent."""
+        sent = 0
+        entries = snap.entries(self.scratch, cancel, ranges=True)
+        try:
+            while True:
+                item = await trio.to_thread.run_sync(next, entries, None, limiter=self.limiter)
+                if item is None:
+                    return sent
+                entry, source = item
+                if isinstance(source, FileRange):
+                    sent += await self._send_file(conn, entry, source, cancel)
+                else:
+                    sent += await self._send_chunks(conn, entry, source)
+                await conn.send_bulk({"type": "backup_data", "entry": entry, "last": True},
+                                     "data", b"")
+        finally:
+            await trio.to_thread.run_sync(entries.close, limiter=self.limiter)
+
+    async def _send_file(self, conn, entry: str, source: FileRange, cancel) -> int:
+        msg = {"type": "backup_data", "entry": entry, "last": False}
+        for offset in range(0, source.size, STREAM_CHUNK):
+            if cancel.is_set():
+                raise BackupCancelled("backup cancelled")
+            await conn.send_file_bulk(msg, "data", source.fd, offset,
+                                      min(STREAM_CHUNK, source.size - offset))
+        return source.size
+
+    async def _send_chunks(self, conn, entry: str, chunks) -> int:
         """Read chunks in a worker thread while the previous ones are being sent."""
         send_ch, recv_ch = trio.open_memory_channel(8)
         sent = 0
 
         async def produce() -> None:
             async with send_ch:
-                for entry, gen in snap.entries(self.scratch, cancel):
-                    try:
-                        while True:
-                            batch = await trio.to_thread.run_sync(
-                                _take, gen, READ_BATCH, limiter=self.limiter)
-                            for chunk in batch:
-                                await send_ch.send((entry, chunk))
-                            if len(batch) < READ_BATCH:
-                                break
-                    finally:
-                        await trio.to_thread.run_sync(gen.close, limiter=self.limiter)
-                    await send_ch.send((entry, None))  # end of this entry
+                try:
+                    while True:
+                        batch = await trio.to_thread.run_sync(
+                            _take, chunks, READ_BATCH, limiter=self.limiter)
+                        for chunk in batch:
+                            await send_ch.send(chunk)
+                        if len(batch) < READ_BATCH:
+                            break
+                finally:
+                    await trio.to_thread.run_sync(chunks.close, limiter=self.limiter)
 
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(produce)
                 async with recv_ch:
-                    async for entry, chunk in recv_ch:
-                        last = chunk is None
-                        await conn.send_bulk({"type": "backup_data", "entry": entry, "last": last},
-                                             "data", b"" if last else chunk)
-                        sent += 0 if last else len(chunk)
+                    async for chunk in recv_ch:
+                        await conn.send_bulk({"type": "backup_data", "entry": entry,
+                                              "last": False}, "data", chunk)
+                        sent += len(chunk)
         except BaseExceptionGroup as group:
             # One failure (a cancelled backup, a dropped client) is what callers handle.
             if len(group.exceptions) == 1:

@@ -20,6 +20,7 @@ deleted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -44,6 +45,15 @@ COUNT_MMAP_BYTES = 1 << 40
 
 class BackupCancelled(Exception):
     pass
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRange:
+    """A database file that holds the snapshot, to be sent as it is (sendfile):
+    ``size`` bytes from offset 0 of ``fd``, which the snapshot owns until closed."""
+
+    fd: int
+    size: int
 
 
 def entry_name(database_name: str) -> str:
@@ -93,6 +103,8 @@ class Snapshot:
         self._count_conns: dict[str, apsw.Connection] = {}
         self._copies: dict[str, _Copy] = {}
         self._paths: dict[str, str] = {}
+        self._handles: dict = {}
+        self._read_fds: list = []  # handles whose read descriptor this snapshot holds
         self._geometry: dict[str, tuple[int, int]] = {}
         # Databases whose file holds the snapshot and is streamed as it is.
         self.direct: set[str] = set()
@@ -118,6 +130,7 @@ class Snapshot:
             handles = [engine.get_database(n) for n in self.names]  # unknown: a clear error
             for h in handles:
                 self._paths[h.name] = h.path
+                self._handles[h.name] = h
                 self.conns[h.name] = database.open_connection(h.path)
                 # A second reader at the same point counts rows while the
                 # first one reads pages.
@@ -217,31 +230,23 @@ class Snapshot:
     def _stream_file(self, name: str, scratch_dir: str,
                      cancel: threading.Event | None) -> Iterator[bytes]:
         """The database file itself, which holds the snapshot (see the module's doc)."""
-        page_size, pages = self._geometry[name]
-        size = page_size * pages
-        path = self._paths[name]
-        f = apsw.VFSFile("", path, [apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_MAIN_DB, 0])
-        try:
-            problem = _file_mismatch(f.xFileSize(), f.xRead(100, 0), page_size, pages)
-            if problem:
-                # Never stream a file that is not the snapshot; the backup API
-                # copies it from inside the read transaction instead.
-                log.warning("database file does not hold the snapshot; copying it instead",
-                            database=name, problem=problem)
-                f.xClose()
-                f = None
-                yield from self._stream_copy(name, scratch_dir, cancel)
-                return
-            pos = 0
-            while pos < size:
-                if cancel is not None and cancel.is_set():
-                    raise BackupCancelled("backup cancelled")
-                n = min(STREAM_CHUNK, size - pos)
-                yield f.xRead(n, pos)
-                pos += n
-        finally:
-            if f is not None:
-                f.xClose()
+        file_range = self.file_range(name)
+        if file_range is None:
+            # Never stream a file that is not the snapshot; the backup API
+            # copies it from inside the read transaction instead.
+            yield from self._stream_copy(name, scratch_dir, cancel)
+            return
+        pos = 0
+        while pos < file_range.size:
+            if cancel is not None and cancel.is_set():
+                raise BackupCancelled("backup cancelled")
+            n = min(STREAM_CHUNK, file_range.size - pos)
+            data = os.pread(file_range.fd, n, pos)
+            if len(data) != n:  # cannot happen while our read transaction is open
+                raise OSError(f"database file {self._paths[name]} ended at {pos + len(data)} "
+                              f"bytes, inside the snapshot's {file_range.size}")
+            yield data
+            pos += n
 
     def _stream_copy(self, name: str, scratch_dir: str,
                      cancel: threading.Event | None) -> Iterator[bytes]:
@@ -267,12 +272,35 @@ class Snapshot:
         finally:
             _remove_copy(path)
 
-    def entries(self, scratch_dir: str, cancel: threading.Event | None = None):
-        """(entry name, chunk iterator) for every database, in manifest order."""
+    def entries(self, scratch_dir: str, cancel: threading.Event | None = None, *,
+                ranges: bool = False):
+        """(entry name, chunk iterator) for every database, in manifest order;
+        with ``ranges``, a FileRange instead for a file that can be sent as it is."""
         for db in self.databases:
-            yield db["entry"], self.stream_database(db["name"], scratch_dir, cancel)
+            name = db["name"]
+            file_range = self.file_range(name) if ranges else None
+            yield db["entry"], file_range or self.stream_database(name, scratch_dir, cancel)
+
+    def file_range(self, name: str) -> FileRange | None:
+        """The database file itself when it holds the snapshot (see the module's
+        doc), else None (stream_database copies it)."""
+        if name not in self.direct:
+            return None
+        handle = self._handles[name]
+        fd = handle.acquire_read_fd()
+        self._read_fds.append(handle)
+        page_size, pages = self._geometry[name]
+        problem = _file_mismatch(os.fstat(fd).st_size, os.pread(fd, 100, 0), page_size, pages)
+        if problem:
+            log.warning("database file does not hold the snapshot; copying it instead",
+                        database=name, problem=problem)
+            return None
+        return FileRange(fd, page_size * pages)
 
     def close(self) -> None:
+        for handle in self._read_fds:
+            handle.release_read_fd()
+        self._read_fds.clear()
         if self._copies and self._cancel is not None:
             self._cancel.set()  # a copy nobody will stream: stop it
         for copy in list(self._copies.values()):

@@ -59,6 +59,42 @@ class DatabaseHandle:
     # sleeping through SQLite's own back-off.
     write_ended: threading.Condition = dataclasses.field(default_factory=threading.Condition)
 
+    # A descriptor for sending the file as it is (a backup's sendfile). Closing
+    # any descriptor of a file drops every POSIX lock this process holds on
+    # it, SQLite's included, so it is opened once and closed only when the
+    # database is gone (dropped, or the engine closed) and no one uses it.
+    _read_fd: int | None = None
+    _read_fd_users: int = 0
+    _read_fd_closing: bool = False
+    _read_fd_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def acquire_read_fd(self) -> int:
+        """The file's read descriptor; give it back with release_read_fd()."""
+        with self._read_fd_lock:
+            if self._read_fd_closing:
+                raise EngineError(f'database "{self.name}" is being closed or dropped',
+                                  code="unknown_database")
+            if self._read_fd is None:
+                self._read_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._read_fd_users += 1
+            return self._read_fd
+
+    def release_read_fd(self) -> None:
+        with self._read_fd_lock:
+            self._read_fd_users -= 1
+            self._close_read_fd_if_unused()
+
+    def close_read_fd(self) -> None:
+        """The database is gone: close the descriptor once its last user is done."""
+        with self._read_fd_lock:
+            self._read_fd_closing = True
+            self._close_read_fd_if_unused()
+
+    def _close_read_fd_if_unused(self) -> None:
+        if self._read_fd_closing and self._read_fd_users == 0 and self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None
+
     def notify_write_ended(self) -> None:
         with self.write_ended:
             self.write_ended.notify_all()
@@ -358,6 +394,7 @@ class Engine:
                 lsn, _ = self._log_durably(walrec.DatabaseRecord("drop", name, now_us()))
                 handle.dropped = True
                 database.remove_database_files(handle.path)
+                handle.close_read_fd()
                 del self.databases[name]
         log.info("database dropped", database=name, lsn=format_lsn(lsn))
         return True
@@ -609,6 +646,8 @@ class Engine:
                 clean = False
         if self.wal is not None:
             self.wal.close()
+        for handle in self.databases.values():
+            handle.close_read_fd()
         if clean and self.fatal_error is None:
             self.control.state = "shutdown"
             self.control.next_txid = self._next_txid

@@ -9,9 +9,10 @@ While they are paused, a PASSIVE checkpoint also copies every committed frame
 of SQLite's WAL into the database file (one ran just before, so few are left).
 When it completes, the file itself holds the snapshot, and it keeps holding
 it: SQLite never checkpoints frames newer than an open reader's snapshot into
-the file, and writers only append to the WAL. The file is then streamed as it
-is, through SQLite's own VFS so that closing it cannot drop SQLite's POSIX
-locks. When the checkpoint cannot complete (another reader holds an older
+the file, and writers only append to the WAL. The file is then sent as it is
+(``file_range``: to a client with sendfile), from a descriptor the database's
+handle keeps open for as long as the database exists, since closing any
+descriptor of the file would drop SQLite's POSIX locks. When the checkpoint cannot complete (another reader holds an older
 snapshot), that database's pages are copied with SQLite's online backup API,
 from inside the read transaction, into a scratch file that is streamed and
 deleted.

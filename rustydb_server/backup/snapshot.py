@@ -12,10 +12,10 @@ it: SQLite never checkpoints frames newer than an open reader's snapshot into
 the file, and writers only append to the WAL. The file is then sent as it is
 (``file_range``: to a client with sendfile), from a descriptor the database's
 handle keeps open for as long as the database exists, since closing any
-descriptor of the file would drop SQLite's POSIX locks. When the checkpoint cannot complete (another reader holds an older
-snapshot), that database's pages are copied with SQLite's online backup API,
-from inside the read transaction, into a scratch file that is streamed and
-deleted.
+descriptor of the file would drop SQLite's POSIX locks. When the checkpoint
+cannot complete (another reader holds an older snapshot), that database's
+pages are copied with SQLite's online backup API, from inside the read
+transaction, into a scratch file that is streamed and deleted.
 """
 
 from __future__ import annotations

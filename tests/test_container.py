@@ -1,5 +1,6 @@
 """The backup container, bytes only: round trips, and every kind of damage detected and named."""
 
+import hashlib
 import io
 import os
 import random
@@ -536,9 +537,16 @@ def test_not_a_backup():
         with pytest.raises(BackupCorruptError):
             BackupReader(io.BytesIO(junk))
     data = make_backup(ENTRIES)
-    future = data[:8] + struct.pack(">H", 3) + data[10:]
-    with pytest.raises(BackupCorruptError, match="unsupported backup format version 3"):
+    lay = BackupReader(io.BytesIO(data))._layout
+    head = bytearray(data[:lay.body_start])
+    head[8:10] = struct.pack(">H", 3)
+    head[-C.HEADER_SUM_SIZE:] = hashlib.sha256(head[:-C.HEADER_SUM_SIZE]).digest()
+    future = bytes(head) + data[lay.body_start:]  # a newer format: its header checks out
+    with pytest.raises(C.UnsupportedFormatError, match="backup format 3, newer than this RustyDB reads"):
         BackupReader(io.BytesIO(future))
+    flipped = data[:8] + struct.pack(">H", 3) + data[10:]  # the same field, damaged
+    with pytest.raises(BackupCorruptError, match=r"header checksum mismatch \(format version reads 3\)"):
+        BackupReader(io.BytesIO(flipped))
 
 
 def test_entry_digest_mismatch_is_detected():

@@ -101,3 +101,19 @@ def test_format_1_chain_verifies_and_restores_with_the_tools(old, tmp_path):
         out = srv.sql("SELECT count(*), sum(balance) FROM accounts").stdout
         assert "490" in out and "1203000" in out
         assert "written after the full backup" in srv.sql("SELECT body FROM notes").stdout
+
+
+def test_a_file_from_a_newer_format_is_not_called_damaged(old, tmp_path):
+    raw = bytearray((old / "incr.backup").read_bytes())
+    body_start = BackupReader(io.BytesIO(bytes(raw)))._layout.body_start
+    raw[8:10] = struct.pack(">H", 3)  # as a newer release would write it: header checksum right
+    raw[body_start - 32:body_start] = hashlib.sha256(raw[:body_start - 32]).digest()
+    newer = tmp_path / "newer.backup"
+    newer.write_bytes(bytes(raw))
+    for proc in (run_tool("rusty-db-backup", "--verify", str(newer)),
+                 run_tool("rusty-db-backup", "--info", str(newer)),
+                 run_tool("rusty-db-restore", "--input", str(newer), "--data-dir",
+                          str(tmp_path / "d"))):
+        assert proc.returncode == 1, proc.stderr
+        assert "backup format 3, newer than this RustyDB reads (1, 2)" in proc.stderr
+        assert "damaged" not in proc.stderr and "Traceback" not in proc.stderr

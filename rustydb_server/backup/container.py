@@ -69,6 +69,10 @@ What binds what:
 
 Offsets in the index are relative to the body start, so rotating a key (whose
 new header may differ in length) leaves the index byte-identical too.
+
+Every format keeps the prefix and the header's sha256 where they are, so a
+reader tells a newer format (its header checks out) from a damaged version
+field (it does not).
 """
 
 from __future__ import annotations
@@ -170,6 +174,11 @@ class BackupCorruptError(BackupError):
         if offset is not None:
             where.append(f"at byte {offset}")
         super().__init__(f"{', '.join(where)}: {reason}")
+
+
+class UnsupportedFormatError(BackupError):
+    """A backup in a format this release cannot read (written by a newer one):
+    not damaged, and not to be given up on."""
 
 
 class EntryNotFoundError(BackupError, KeyError):
@@ -851,9 +860,6 @@ class BackupReader:
         magic, version, _reserved, core_len, keywrap_len = PREFIX.unpack(prefix)
         if magic != MAGIC:
             raise self._corrupt("not a RustyDB backup file (bad magic)")
-        if version not in DIGESTS:
-            raise self._corrupt(f"unsupported backup format version {version} (this reader knows "
-                                f"{', '.join(map(str, DIGESTS))}); is it from a newer RustyDB?")
         if core_len > MAX_HEADER_PART or keywrap_len > MAX_HEADER_PART:
             raise self._corrupt("header damaged: impossible header length")
         body_start = PREFIX.size + core_len + keywrap_len + HEADER_SUM_SIZE
@@ -862,7 +868,16 @@ class BackupReader:
         rest = self._read_at(PREFIX.size, body_start - PREFIX.size, "header")
         header_bytes = prefix + rest
         if hashlib.sha256(header_bytes[:-HEADER_SUM_SIZE]).digest() != header_bytes[-HEADER_SUM_SIZE:]:
-            raise self._corrupt("header damaged: header checksum mismatch", offset=0)
+            raise self._corrupt("header damaged: header checksum mismatch"
+                                + ("" if version in DIGESTS else f" (format version reads {version})"),
+                                offset=0)
+        if version not in DIGESTS:
+            # The prefix and the header checksum keep their place in every
+            # format, so a header that checks out is a newer format, not damage.
+            raise UnsupportedFormatError(
+                f"the file is in backup format {version}, newer than this RustyDB reads "
+                f"({', '.join(map(str, DIGESTS))}); it was written by a newer release: verify "
+                "and restore it with that release or a later one")
         core_bytes = rest[:core_len]
         keywrap_bytes = rest[core_len : core_len + keywrap_len]
         try:  # name the backup in every later error

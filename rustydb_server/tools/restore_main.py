@@ -29,7 +29,7 @@ from rustydb_client import client as rc
 from rustydb_client.client import ClientError
 
 from ..archive.segment_file import ArchiveError
-from ..backup.container import BackupError, BackupReader
+from ..backup.container import BackupError, BackupReader, UnsupportedFormatError
 from ..backup.vfs import BackupQueryError
 from ..crypto import CryptoError
 from ..datadir import DataDirError
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RestoreError, DataDirError, pitr.PitrError, IncrementalRestoreError,
             ArchiveError, BackupQueryError, ExportError, ClientError) as exc:
         return _failed(args, str(exc))
+    except UnsupportedFormatError as exc:
+        return _failed(args, f"cannot restore from {args.input}: {exc}")
     except BackupError as exc:
         return _failed(args, f"{args.input} is damaged: {exc}. Nothing was restored; use "
                        "another backup")

@@ -9,6 +9,7 @@ is closed; nothing it sends can affect the other connections.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -32,6 +33,9 @@ HANDSHAKE_TIMEOUT_S = 30.0
 RECV_SIZE = 65536
 # How many unsent bytes a bulk stream may queue in the kernel (see bulk_sending).
 BULK_NOTSENT_LOWAT = 4 << 20
+# Socket errors that mean the peer is gone (beyond ConnectionError's).
+_PEER_GONE = {errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
+              errno.ENOTCONN}
 
 
 class WireControl:
@@ -100,20 +104,37 @@ class ClientConnection:
         await self.stream.send_all(proto.bulk_frame_head(msg, key, size))
         sock = getattr(self.stream, "socket", None)
         if sock is None or not hasattr(os, "sendfile"):
-            await self.stream.send_all(await trio.to_thread.run_sync(os.pread, fd, size, offset))
+            data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
+            if len(data) != size:
+                await self._abandon_frame()
+                raise OSError(f"the file ended {size - len(data)} bytes short of what was to be sent")
+            await self.stream.send_all(data)
             return
         end = offset + size
         while offset < end:
             try:
-                sent = os.sendfile(sock.fileno(), fd, offset, end - offset)
+                # In a worker thread: the socket does not block, but reading
+                # the file may (pages not cached), and the event loop must not.
+                sent = await trio.to_thread.run_sync(os.sendfile, sock.fileno(), fd, offset,
+                                                     end - offset)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)
                 continue
-            except (BrokenPipeError, ConnectionResetError) as e:
-                raise trio.BrokenResourceError(str(e)) from e
+            except OSError as e:
+                # Part of the frame is out: nothing more can go on this connection.
+                await self._abandon_frame()
+                if isinstance(e, ConnectionError) or e.errno in _PEER_GONE:
+                    raise trio.BrokenResourceError(str(e)) from e
+                raise
             if sent == 0:
+                await self._abandon_frame()
                 raise OSError(f"the file ended {end - offset} bytes short of what was to be sent")
             offset += sent
+
+    async def _abandon_frame(self) -> None:
+        """Close the connection after a frame was cut short: another frame
+        after it would be read as the rest of its body."""
+        await trio.aclose_forcefully(self.stream)
 
     async def recv(self) -> dict:
         while True:

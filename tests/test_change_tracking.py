@@ -202,3 +202,15 @@ def test_only_completed_backups_are_bases(engine, tmp_path):
     # ...and the full backup stays one
     _m, _s, tracked = build(engine, parent_of(full), tmp_path)
     assert tracked
+
+
+def test_an_incremental_of_some_databases_is_no_base(engine, tmp_path):
+    full = full_backup(engine)
+    run_sql(engine, "INSERT INTO t(v, n) VALUES ('in rustydb', 1)")
+    run_sql(engine, "INSERT INTO o(v) VALUES ('in old')", "old")
+    partial, steps = incremental.build(engine, parent_of(full), "incremental", ["old"],
+                                       str(tmp_path / "scratch"))
+    assert set(n for n, s in steps.items() if s) == {"old"}
+    engine.record_backup(partial)
+    # the next incremental still starts at the full, so the change to rustydb is not lost
+    assert engine.control.last_backup["backup_id"] == full["backup_id"]

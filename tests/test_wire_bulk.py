@@ -139,3 +139,30 @@ async def test_send_file_bulk_to_a_peer_that_left_is_a_broken_resource(tmp_path)
     finally:
         os.close(fd)
         await listeners[0].aclose()
+
+
+async def test_a_frame_cut_short_by_the_file_closes_the_connection(tmp_path):
+    import os
+
+    path = tmp_path / "short"
+    path.write_bytes(b"x" * 1000)
+    fd = os.open(path, os.O_RDONLY)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server_stream = await listeners[0].accept()
+        conn = ClientConnection(None, server_stream, ("127.0.0.1", 1))
+        with pytest.raises(OSError, match="short"):
+            await conn.send_file_bulk({"type": "backup_data"}, "data", fd, 0, 5000)
+        received = bytearray()
+        with trio.fail_after(10):
+            while chunk := await client.receive_some(65536):
+                received.extend(chunk)
+        # the frame's head and the 1000 bytes there were, then the end: no
+        # further frame that the client would take for the rest of the body
+        assert received.endswith(b"x" * 1000) and len(received) < 1100
+        await client.aclose()
+    finally:
+        os.close(fd)
+        await listeners[0].aclose()

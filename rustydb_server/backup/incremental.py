@@ -265,6 +265,8 @@ def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | Non
         "created_us": time.time_ns() // 1000,
         "databases": databases,
         "wal_records": net.records,
+        # Only the named databases' changes: no base for the next incremental.
+        "all_databases": wanted is None,
     }
     log.info("incremental computed", backup_type=backup_type, parent=parent["backup_id"],
              start_lsn=format_lsn(start), end_lsn=format_lsn(end_lsn), records=net.records,

@@ -241,7 +241,8 @@ class BackupService:
             raise
         finally:
             self._cancels.pop(snap.backup_id, None)
-            await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
+            with trio.CancelScope(shield=True):  # at shutdown too: descriptors, connections
+                await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
 
     async def _switch_for_base(self) -> None:
         """Close the segment holding the base's start, so the archive gets it at once."""
@@ -268,7 +269,8 @@ class BackupService:
                 await conn.send_bulk({"type": "backup_data", "entry": entry, "last": True},
                                      "data", b"")
         finally:
-            await trio.to_thread.run_sync(entries.close, limiter=self.limiter)
+            with trio.CancelScope(shield=True):  # a scratch copy is removed on close
+                await trio.to_thread.run_sync(entries.close, limiter=self.limiter)
 
     async def _send_file(self, conn, entry: str, source: FileRange, cancel) -> int:
         msg = {"type": "backup_data", "entry": entry, "last": False}

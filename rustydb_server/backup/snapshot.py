@@ -295,6 +295,7 @@ class Snapshot:
         if problem:
             log.warning("database file does not hold the snapshot; copying it instead",
                         database=name, problem=problem)
+            self.direct.discard(name)  # stream_database copies it from now on
             return None
         return FileRange(fd, page_size * pages)
 

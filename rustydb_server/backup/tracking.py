@@ -56,6 +56,7 @@ class ChangeTracking:
         self.max_bytes = max_bytes
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._trackers: dict[int, _Tracker] = {}  # base LSN -> tracker; worker thread only
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="change-tracking", daemon=True)
         self._thread.start()
 
@@ -83,6 +84,7 @@ class ChangeTracking:
         return future
 
     def close(self) -> None:
+        self._stopping = True  # what is still queued is dropped, not compacted
         self._queue.put(("stop",))
         self._thread.join(timeout=10)
 
@@ -93,6 +95,10 @@ class ChangeTracking:
             item = self._queue.get()
             kind = item[0]
             try:
+                if self._stopping and kind != "stop":
+                    if kind == "net":
+                        item[2].set_result(None)
+                    continue
                 if kind == "stop":
                     self._trackers.clear()
                     return

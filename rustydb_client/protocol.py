@@ -289,7 +289,7 @@ def decode_body(
 
 def _bulk_split(body, key_at: int, value_at: int) -> tuple[int, int, int] | None:
     """(key_at, value_at, data_at) when the root map's last value is a large bin."""
-    width = _LEN_PREFIXED.get(body[value_at]) if body[value_at] in _BIN_TAGS else None
+    width = _BIN_WIDTHS.get(body[value_at])
     if width is None:
         return None
     data_at = value_at + 1 + width
@@ -340,7 +340,7 @@ def _unpack_message(body, max_frame: int) -> dict:
     return msg
 
 
-_BIN_TAGS = (0xC4, 0xC5, 0xC6)
+_BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # bin type byte -> width of its length
 # A bin at least this large is worth a view (decode_body); smaller ones copy
 # in less time than the view costs to set up.
 BULK_VIEW_MIN = 64 * 1024

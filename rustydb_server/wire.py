@@ -106,8 +106,7 @@ class ClientConnection:
         if sock is None or not hasattr(os, "sendfile"):
             data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
             if len(data) != size:
-                await self._abandon_frame()
-                raise OSError(f"the file ended {size - len(data)} bytes short of what was to be sent")
+                await self._file_ended_short(size - len(data))
             await self.stream.send_all(data)
             return
         end = offset + size
@@ -127,9 +126,12 @@ class ClientConnection:
                     raise trio.BrokenResourceError(str(e)) from e
                 raise
             if sent == 0:
-                await self._abandon_frame()
-                raise OSError(f"the file ended {end - offset} bytes short of what was to be sent")
+                await self._file_ended_short(end - offset)
             offset += sent
+
+    async def _file_ended_short(self, missing: int) -> None:
+        await self._abandon_frame()
+        raise OSError(f"the file ended {missing} bytes short of what was to be sent")
 
     async def _abandon_frame(self) -> None:
         """Close the connection after a frame was cut short: another frame

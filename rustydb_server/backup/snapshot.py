@@ -103,8 +103,7 @@ class Snapshot:
         self.conns: dict[str, apsw.Connection] = {}
         self._count_conns: dict[str, apsw.Connection] = {}
         self._copies: dict[str, _Copy] = {}
-        self._paths: dict[str, str] = {}
-        self._handles: dict = {}
+        self._handles: dict = {}  # name -> the engine's DatabaseHandle
         self._read_fds: list = []  # handles whose read descriptor this snapshot holds
         self._geometry: dict[str, tuple[int, int]] = {}
         # Databases whose file holds the snapshot and is streamed as it is.
@@ -130,7 +129,6 @@ class Snapshot:
             self.all_databases = set(self.names) == set(engine.databases)
             handles = [engine.get_database(n) for n in self.names]  # unknown: a clear error
             for h in handles:
-                self._paths[h.name] = h.path
                 self._handles[h.name] = h
                 self.conns[h.name] = database.open_connection(h.path)
                 # A second reader at the same point counts rows while the
@@ -244,7 +242,7 @@ class Snapshot:
             n = min(STREAM_CHUNK, file_range.size - pos)
             data = os.pread(file_range.fd, n, pos)
             if len(data) != n:  # cannot happen while our read transaction is open
-                raise OSError(f"database file {self._paths[name]} ended at {pos + len(data)} "
+                raise OSError(f"database file {self._handles[name].path} ended at {pos + len(data)} "
                               f"bytes, inside the snapshot's {file_range.size}")
             yield data
             pos += n

@@ -8,7 +8,7 @@ import time
 
 import apsw
 import pytest
-from helpers import run_tool
+from helpers import free_port, run_tool
 
 from rustydb_client import client as rc
 
@@ -280,3 +280,79 @@ def test_tracked_and_wal_incrementals_restore_the_same(server_factory, tmp_path)
         data = tmp_path / f"restored-{name}"
         restore_in_order(data, full, incr)
         assert dump(str(data)) == expected
+
+
+def test_a_failed_apply_leaves_a_directory_that_must_be_restored_again(primary, tmp_path):
+    srv = primary
+    c = rc.connect("127.0.0.1", srv.port)
+    full = tmp_path / "full.backup"
+    backup(srv, full, "--type", "full")
+    c.execute("UPDATE items SET qty = 42 WHERE name = 'seed'")
+    c.close()
+    incr = tmp_path / "incr.backup"
+    backup(srv, incr, "--type", "incremental")
+    data = tmp_path / "d"
+    restore("--input", full, "--data-dir", data)
+    # the restored row differs from the one the incremental was taken against
+    db = apsw.Connection(str(data / "databases" / "rustydb.sqlite"))
+    db.execute("UPDATE items SET qty = 7 WHERE name = 'seed'")
+    db.close()
+    proc = restore("--input", incr, "--data-dir", data, "--incremental", check=False)
+    assert proc.returncode == 1
+    assert "cannot apply the backup to database 'rustydb'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = restore("--input", incr, "--data-dir", data, "--incremental", check=False)
+    assert proc.returncode == 1
+    assert "did not finish" in proc.stderr and "restore the chain again" in proc.stderr
+    proc = run_tool("rusty-db-server", "--data-dir", str(data), "--port", str(free_port()),
+                    "--http-port", str(free_port()))
+    assert proc.returncode != 0 and "restore it again" in proc.stderr
+    # restoring the chain again works
+    restore("--input", full, "--data-dir", data, "--force")
+    restore("--input", incr, "--data-dir", data, "--incremental")
+    assert dump(str(data))["items"][0][2:] == ["seed", 42]
+
+
+def test_applying_without_sync_never_fsyncs_the_database(primary, tmp_path):
+    """A --chain-dir restore syncs each database once, after the last incremental;
+    SQLite leaving WAL mode must not sync the whole freshly written file first."""
+    from rustydb_server.backup.container import BackupReader
+    from rustydb_server.restore.incremental import apply_incremental
+
+    srv = primary
+    full = tmp_path / "full.backup"
+    backup(srv, full, "--type", "full")
+    with rc.connect("127.0.0.1", srv.port) as c:
+        workload_step(c, 1)
+        expected = dump(c)
+    incr = tmp_path / "incr.backup"
+    backup(srv, incr, "--type", "incremental")
+    data = tmp_path / "d"
+    restore("--input", full, "--data-dir", data)
+    synced = []
+    base = apsw.vfs_names()[0]
+
+    class File(apsw.VFSFile):
+        def __init__(self, vfs, name, flags):
+            self.path = name.filename() if isinstance(name, apsw.URIFilename) else name
+            super().__init__(vfs, name, flags)
+
+        def xSync(self, flags):
+            synced.append(self.path)
+            return super().xSync(flags)
+
+    class CountingVFS(apsw.VFS):
+        def __init__(self):
+            super().__init__("counting-sync", base, makedefault=True)
+
+        def xOpen(self, name, flags):
+            return File(base, name, flags)
+
+    vfs = CountingVFS()
+    try:
+        with open(incr, "rb") as f:
+            apply_incremental(BackupReader(f), str(data), sync=False)
+    finally:
+        vfs.unregister()
+    assert not [p for p in synced if p.endswith(".sqlite")]
+    assert dump(str(data)) == expected

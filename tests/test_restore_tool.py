@@ -236,11 +236,14 @@ def test_a_failure_after_install_swaps_nothing_in(backup, tmp_path):
     assert not leftovers(str(target))
 
 
-def test_files_changed_after_install_are_fsynced_before_the_swap(backup, tmp_path):
+def test_files_changed_after_install_are_fsynced_before_the_swap(backup, tmp_path,
+                                                                 monkeypatch):
     """With more to apply (a chain), the database files are synced once, after
     the last change and before the directory appears under its name."""
+    from rustydb_server import fileops
     from rustydb_server.fileops import FileOps
 
+    monkeypatch.setattr(fileops, "FLUSH_AFTER", 4096)
     target = str(tmp_path / "restored")
     events = []
 
@@ -259,6 +262,10 @@ def test_files_changed_after_install_are_fsynced_before_the_swap(backup, tmp_pat
             events.append(("fsync", os.path.basename(path), not staged))
             super().fsync(fd)
 
+        def start_writeback(self, fd, offset, length):
+            events.append(("writeback", os.path.basename(self.paths[fd]), False))
+            super().start_writeback(fd, offset, length)
+
     def change(staging, manifest):
         events.append(("post_install", None, False))
 
@@ -267,7 +274,8 @@ def test_files_changed_after_install_are_fsynced_before_the_swap(backup, tmp_pat
     synced_after = {name for kind, name, swapped in events[mark:]
                     if kind == "fsync" and not swapped}
     assert {"rustydb.sqlite", "sales.sqlite"} <= synced_after
-    # ...and not before: one fsync per file for the whole chain.
+    # ...and not before: one fsync per file for the whole chain, and no
+    # writeback started early, which would write the pages the chain changes twice.
     assert not [e for e in events[:mark] if e[1] in ("rustydb.sqlite", "sales.sqlite")]
     assert os.path.isdir(target)
 

@@ -20,9 +20,14 @@ from .database import ReplayError
 
 def open_replay_connection(path: str) -> apsw.Connection:
     conn = database.open_connection(path)
+    configure_replay_connection(conn)
+    return conn
+
+
+def configure_replay_connection(conn: apsw.Connection) -> None:
+    """No triggers, no foreign-key actions: the changesets hold their effects."""
     conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
     conn.execute("PRAGMA foreign_keys=OFF")
-    return conn
 
 
 def _refuse_conflict(reason: int, change: apsw.TableChange) -> int:

@@ -60,6 +60,11 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
     last = control.last_backup or {}
     if last.get("backup_id") == bid:
         raise IncrementalRestoreError(f"backup {bid} is already applied to {ddir.path}")
+    if control.state == "applying-incremental":
+        raise IncrementalRestoreError(
+            f"an earlier apply of an incremental to {ddir.path} did not finish, so its "
+            "databases are half-changed; restore the chain again (the full backup, then "
+            "each incremental in order)")
     if control.state != "restored" or control.redo_lsn != walseg.normalize_lsn(
             last.get("end_lsn", -1), control.segment_size):
         raise IncrementalRestoreError(
@@ -169,20 +174,27 @@ def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int, sync: bool
 
 
 def _open_for_apply(path: str):
-    """A connection that writes pages in place: no SQLite WAL, no fsync per commit.
+    """A connection that writes pages in place: no journal, no SQLite WAL, no fsync.
 
     Nothing runs on the directory meanwhile and its control file says
-    "applying-incremental" until the end, so a crash here means "restore again",
-    never a silently damaged database; the file is fsynced once at the end.
-    That halves the writes of a large incremental (no WAL copy, no checkpoint).
+    "applying-incremental" until the end, so a crash or a failed apply means
+    "restore again", never a silently damaged database; the file is fsynced
+    once at the end. That halves the writes of a large incremental (no WAL
+    copy, no checkpoint).
     """
-    conn = replay.open_replay_connection(path)
-    conn.execute("PRAGMA journal_mode=OFF")
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+    conn.set_busy_timeout(database.BUSY_TIMEOUT_MS)
+    # synchronous before journal_mode: leaving WAL mode rewrites the file's
+    # header, and under the default that commit fsyncs the whole file, which a
+    # --chain-dir restore has just written and will sync once at the end.
     conn.execute("PRAGMA synchronous=OFF")
-    # Changed rows are spread over the whole file: keep the pages they touch
-    # in memory (allocated only as used) and read the rest through mmap.
-    conn.execute("PRAGMA cache_size=-1048576")
-    conn.execute("PRAGMA mmap_size=4294967296")
+    conn.execute("PRAGMA journal_mode=OFF")
+    replay.configure_replay_connection(conn)
+    # SQLite's default page cache (2 MB) on purpose: without a journal a page
+    # that leaves the cache is written to the file at once, as it would be at
+    # commit, while a large cache costs a fault for each fresh page of memory
+    # and a sort of every dirty page at commit (0.7 s against 0.45 s for the
+    # benchmark's 69,000 changed rows).
     return conn
 
 

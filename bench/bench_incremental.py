@@ -41,7 +41,7 @@ def apply_floor(restore: list[str], full: str, incr: str, target: str) -> float:
     file, on the restore tool's connection settings: no tool start, no
     verification, no fsync. Any restore of full + incremental costs at least this."""
     from rustydb_server.backup.container import BackupReader
-    from rustydb_server.backup.incremental import decode_steps
+    from rustydb_server.backup.steps import decode_steps
     from rustydb_server.engine import replay
     from rustydb_server.restore.incremental import _open_for_apply
 

@@ -26,15 +26,10 @@ import hashlib
 import hmac
 import os
 import struct
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
-try:  # cryptography >= 44
-    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
-except ImportError:  # pragma: no cover - depends on the installed version
-    Argon2id = None
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEY_SIZE = 32
 NONCE_PREFIX_SIZE = 4
@@ -51,6 +46,28 @@ SCRYPT_DEFAULT = {"n": 2**15, "r": 8, "p": 1}
 ARGON2_DEFAULT = {"iterations": 3, "memory_kib": 64 * 1024, "lanes": 1}
 MIN_SCRYPT_N = 2**10
 MAX_KDF_MEMORY = 1 << 30
+
+
+# cryptography takes about 11 ms to import (of a tool's 0.1-0.15 s start), so
+# it is loaded on first use: work on unencrypted backups never pays for it.
+def _aesgcm() -> type[AESGCM]:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM
+
+
+def argon2id_class():
+    """cryptography's Argon2id, or None before cryptography 44."""
+    try:
+        from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+    except ImportError:  # pragma: no cover - depends on the installed version
+        return None
+    return Argon2id
+
+
+def _aead(key: SecretKey | bytes | AESGCM) -> AESGCM:
+    cls = _aesgcm()
+    return key if isinstance(key, cls) else cls(_raw(key))
 
 
 class CryptoError(Exception):
@@ -133,8 +150,7 @@ def seal_chunk(
     ``seq`` must be unique for ``data_key`` (see the module docstring).
     ``data_key`` may be a prebuilt ``AESGCM`` to skip the per-call key setup.
     """
-    aead = data_key if isinstance(data_key, AESGCM) else AESGCM(_raw(data_key))
-    return aead.encrypt(chunk_nonce(nonce_prefix, seq), plaintext, aad)
+    return _aead(data_key).encrypt(chunk_nonce(nonce_prefix, seq), plaintext, aad)
 
 
 def open_chunk(
@@ -145,31 +161,34 @@ def open_chunk(
     aad: bytes,
 ) -> bytes:
     """Decrypt and authenticate; AuthenticationError if anything differs."""
-    aead = data_key if isinstance(data_key, AESGCM) else AESGCM(_raw(data_key))
+    from cryptography.exceptions import InvalidTag
+
     try:
-        return aead.decrypt(chunk_nonce(nonce_prefix, seq), sealed, aad)
+        return _aead(data_key).decrypt(chunk_nonce(nonce_prefix, seq), sealed, aad)
     except InvalidTag:
         raise AuthenticationError("authentication failed") from None
 
 
 def cipher_for(data_key: SecretKey | bytes) -> AESGCM:
     """An AESGCM object for many seal/open calls (thread-safe)."""
-    return AESGCM(_raw(data_key))
+    return _aesgcm()(_raw(data_key))
 
 
 def wrap_key(kek: SecretKey | bytes, data_key: SecretKey | bytes, aad: bytes) -> bytes:
     """Encrypt ``data_key`` under ``kek``: nonce(12) || ciphertext(32) || tag(16)."""
     nonce = os.urandom(WRAP_NONCE_SIZE)
-    return nonce + AESGCM(_raw(kek)).encrypt(nonce, _raw(data_key), aad)
+    return nonce + _aead(kek).encrypt(nonce, _raw(data_key), aad)
 
 
 def unwrap_key(kek: SecretKey | bytes, wrapped: bytes, aad: bytes) -> SecretKey:
     """Recover the data key; WrongKeyError if ``kek`` (or ``aad``) does not match."""
     if len(wrapped) != WRAPPED_KEY_SIZE:
         raise WrongKeyError(f"wrapped key has {len(wrapped)} bytes, expected {WRAPPED_KEY_SIZE}")
+    from cryptography.exceptions import InvalidTag
+
     nonce, body = wrapped[:WRAP_NONCE_SIZE], wrapped[WRAP_NONCE_SIZE:]
     try:
-        return SecretKey(AESGCM(_raw(kek)).decrypt(nonce, body, aad))
+        return SecretKey(_aead(kek).decrypt(nonce, body, aad))
     except InvalidTag:
         raise WrongKeyError("the key file/passphrase does not match this backup") from None
 
@@ -187,7 +206,7 @@ def new_kdf_params(kdf: str = "scrypt", **overrides: int) -> dict:
     if kdf == "scrypt":
         params = {"kdf": "scrypt", **SCRYPT_DEFAULT, **overrides}
     elif kdf == "argon2id":
-        if Argon2id is None:
+        if argon2id_class() is None:
             raise CryptoError("Argon2id needs cryptography >= 44; use scrypt")
         params = {"kdf": "argon2id", **ARGON2_DEFAULT, **overrides}
     else:
@@ -226,8 +245,11 @@ def derive_kek(passphrase: SecretKey | bytes, params: dict) -> SecretKey:
     check_kdf_params(params)
     secret = passphrase.reveal() if isinstance(passphrase, SecretKey) else bytes(passphrase)
     if params["kdf"] == "scrypt":
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
         kdf = Scrypt(salt=params["salt"], length=KEY_SIZE, n=params["n"], r=params["r"], p=params["p"])
     else:
+        Argon2id = argon2id_class()
         if Argon2id is None:
             raise CryptoError("this backup uses Argon2id, which needs cryptography >= 44")
         kdf = Argon2id(

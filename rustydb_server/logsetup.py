@@ -8,16 +8,14 @@ log_format to a running server: loggers are not cached, so they pick it up.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any, TextIO
 
-# structlog (which imports asyncio) is imported when first needed: the
-# command-line tools import server modules that log, and their start-up time
-# counts (a table restore takes a tenth of a second of work).
+# structlog (which imports asyncio) and logging are imported when first
+# needed: the command-line tools import server modules that log, and their
+# start-up time counts (a table restore takes a tenth of a second of work).
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}  # logging.DEBUG...
 
 REDACTED = "[REDACTED]"
 SECRET_WORDS = ("password", "passphrase", "token", "key", "secret")
@@ -90,6 +88,8 @@ def configure_logging(log_format: str = "auto", level: str = "info",
 
 def _route_stdlib_logging(shared: list[Any], finishing: list[Any], renderer: Any,
                           level: int, stream: TextIO) -> None:
+    import logging
+
     import structlog.stdlib
 
     formatter = structlog.stdlib.ProcessorFormatter(

@@ -6,7 +6,7 @@ import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rustydb_server.backup.incremental import decode_steps, encode_steps
+from rustydb_server.backup.steps import decode_steps, encode_steps
 
 steps_strategy = st.lists(
     st.one_of(

@@ -87,7 +87,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
@@ -143,6 +142,14 @@ DIGESTS = {
     1: _Digest("sha256", hashlib.sha256, slow=True),
     2: _Digest("xxh3_128", xxhash.xxh3_128, slow=False),
 }
+
+
+def _thread_pool(workers: int, name: str, **kwargs):
+    # Imported on first use: concurrent.futures pulls in logging, about 7 ms
+    # of every tool's start, and reading a table out of a backup uses no pool.
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, **kwargs)
 
 
 class BackupError(Exception):
@@ -546,8 +553,8 @@ class BackupWriter:
         self._abandoned = False
         self._finished = False
         if threads > 1:
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="backup-chunk",
-                                            initializer=lower_thread_priority, initargs=(nice,))
+            self._pool = _thread_pool(threads, "backup-chunk",
+                                      initializer=lower_thread_priority, initargs=(nice,))
             self._nice = nice
             # Bounded: at most this many chunks wait between the caller and the file.
             self._queue: queue.Queue = queue.Queue(maxsize=2 * threads)
@@ -794,7 +801,7 @@ class _OrderedHash:
 
     def __init__(self, hasher, *, threaded: bool) -> None:
         self._hasher = hasher
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="backup-hash") if threaded else None
+        self._pool = _thread_pool(1, "backup-hash") if threaded else None
         self._pending: deque = deque()
 
     def update(self, data) -> None:
@@ -1072,7 +1079,7 @@ class BackupReader:
         kind = DIGESTS[self._layout.version]
         hasher = _OrderedHash(kind.new(), threaded=threads > 1 and kind.slow)
         total = 0
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="backup-read") if threads > 1 else None
+        pool = _thread_pool(threads, "backup-read") if threads > 1 else None
         pending: deque = deque()
         try:
             for job in self._chunk_jobs(info, tap):

@@ -8,9 +8,8 @@ at all. A DDL step closes the group and is kept, in order, so schema changes
 land between the right row changes. The size therefore grows with the number
 of distinct rows changed, not with the database size or the number of updates.
 
-Stream format of an entry ``incremental/<db>.steps``: a sequence of msgpack
-arrays ``[kind, payload]`` with kind "create" (the database was created in
-the range), "drop", "ddl" (SQL text) or "changeset" (bytes).
+Each database's net changes are one entry of the backup, in the format of
+``backup/steps.py``.
 """
 
 from __future__ import annotations
@@ -24,9 +23,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import apsw
-import msgpack
-
-from rustydb_client.protocol import bin_header
 
 from .. import __version__
 from ..archive import segment_file as sf
@@ -37,16 +33,13 @@ from ..logsetup import get_logger
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
+from .steps import encode_steps, steps_entry
 
 log = get_logger("rustydb.backup")
 
 
 class IncrementalUnavailable(Exception):
     """The WAL an incremental needs is gone: a full backup is needed."""
-
-
-def steps_entry(database_name: str) -> str:
-    return f"incremental/{database_name}.steps"
 
 
 class NetChanges:
@@ -298,62 +291,6 @@ def _from_wal(engine: Engine, start: int, end_lsn: int, scratch: str) -> NetChan
             if entry.lsn >= start:
                 compaction.add(walrec.decode_record(entry.body))
     return compaction.finish()
-
-
-#: The entry's bytes are handed on in pieces of about this size (each becomes
-#: one frame on the wire, which has a size limit, and one chunk in the file).
-STEPS_CHUNK = 1024 * 1024
-
-
-def encode_steps(steps: list[tuple[str, object]], chunk: int = STEPS_CHUNK) -> Iterator[bytes]:
-    """The steps as msgpack ``[kind, payload]`` arrays, cut into pieces of
-    ``chunk`` bytes (the last one shorter) wherever they fall: one table's net
-    changes can be far larger than a frame may be, and small steps share a piece."""
-    packer = msgpack.Packer(use_bin_type=True)
-
-    def encoded():
-        for kind, payload in steps:
-            if isinstance(payload, bytes) and len(payload) >= chunk:
-                # A large changeset is not copied into its encoding: the head
-                # (array, kind, bin length), then the payload itself.
-                yield packer.pack_array_header(2) + packer.pack(kind) + bin_header(len(payload))
-                yield payload
-            else:
-                yield packer.pack([kind, payload])
-
-    return _rechunk(encoded(), chunk)
-
-
-def _rechunk(pieces, size: int) -> Iterator[bytes]:
-    """Byte strings regrouped into ``size``-byte pieces; large ones sliced, not copied."""
-    pending = bytearray()
-    for piece in pieces:
-        view = memoryview(piece)
-        if pending:
-            take = view[: size - len(pending)]
-            pending += take
-            view = view[len(take):]
-            if len(pending) < size:
-                continue
-            yield bytes(pending)
-            pending = bytearray()
-        while len(view) >= size:
-            yield view[:size]
-            view = view[size:]
-        pending += view
-    if pending:
-        yield bytes(pending)
-
-
-def decode_steps(data_chunks) -> Iterator[tuple[str, object]]:
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 31)
-    for chunk in data_chunks:
-        unpacker.feed(chunk)
-        for item in unpacker:
-            if (not isinstance(item, list) or len(item) != 2
-                    or item[0] not in ("create", "drop", "ddl", "changeset")):
-                raise ValueError("malformed incremental step")
-            yield item[0], item[1]
 
 
 class IncrementalSource:

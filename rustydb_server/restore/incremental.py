@@ -19,7 +19,7 @@ from .. import datadir as dd
 from .. import fileops as _fileops
 from ..backup.container import BackupReader
 from ..backup.file import manifest_of
-from ..backup.incremental import decode_steps
+from ..backup.steps import decode_steps
 from ..engine import database, replay
 from ..engine.replay import format_lsn
 from ..wal import segment as walseg

@@ -21,7 +21,7 @@ import apsw
 from .. import datadir as dd
 from ..backup.container import BackupReader
 from ..backup.file import manifest_of
-from ..backup.incremental import decode_steps
+from ..backup.steps import decode_steps
 from ..backup.vfs import open_backup_database
 from ..engine import database, replay
 from . import pitr

@@ -25,16 +25,12 @@ import shutil
 import sys
 import tempfile
 
-from rustydb_client import client as rc
-from rustydb_client.client import ClientError
-
 from ..archive.segment_file import ArchiveError
 from ..backup.container import BackupError, BackupReader, UnsupportedFormatError
 from ..backup.vfs import BackupQueryError
 from ..crypto import CryptoError
 from ..datadir import DataDirError
 from ..engine.replay import parse_lsn
-from ..export import ExportError, export_tables
 from ..restore import pitr
 from ..restore.chain import find_chain
 from ..restore.full import RestoreError, RestoreResult, resolve_read_key, restore_full
@@ -194,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _restore_chain(args)
             result, report = _restore(args, target)
     except (RestoreError, DataDirError, pitr.PitrError, IncrementalRestoreError,
-            ArchiveError, BackupQueryError, ExportError, ClientError) as exc:
+            ArchiveError, BackupQueryError) as exc:
         return _failed(args, str(exc))
     except UnsupportedFormatError as exc:
         return _failed(args, f"cannot restore from {args.input}: {exc}")
@@ -326,29 +322,40 @@ def _restore_table(args: argparse.Namespace, target) -> int:
 
 def _import_table(args, data_dir: str, database: str, workdir: str) -> str:
     """Export the restored table as SQL and run it on the server, statement by statement."""
+    # Imported here: only this path exports or talks to a server, and every
+    # other restore would pay for the imports at start-up.
+    from rustydb_client import client as rc
     from rustydb_client.sqlsplit import StatementSplitter
+
+    from ..export import ExportError, export_tables
 
     host, _, port = args.into_server.rpartition(":")
     sql_path = os.path.join(workdir, f"{args.table}.import.sql")
-    export_tables(data_dir, sql_path, tables=[args.table], database=database,
-                  rename_to=args.rename_to)
-    conn = rc.connect(host or "127.0.0.1", int(port), database=args.database)
     try:
-        splitter = StatementSplitter()
-        with open(sql_path) as f:
-            for chunk in iter(lambda: f.read(1 << 20), ""):
-                for stmt in splitter.feed(chunk):
-                    conn.execute(stmt.sql)
-            for stmt in splitter.finish():
-                conn.execute(stmt.sql)
-    except rc.ServerError:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        export_tables(data_dir, sql_path, tables=[args.table], database=database,
+                      rename_to=args.rename_to)
+        with rc.connect(host or "127.0.0.1", int(port), database=args.database) as conn:
+            try:
+                _run_script(conn, sql_path, StatementSplitter())
+            except rc.ServerError:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+    except (ExportError, rc.ClientError) as exc:
+        raise RestoreError(str(exc)) from exc
     finally:
-        conn.close()
-        os.unlink(sql_path)
+        if os.path.exists(sql_path):
+            os.unlink(sql_path)
     return args.rename_to or args.table
+
+
+def _run_script(conn, sql_path: str, splitter) -> None:
+    with open(sql_path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), ""):
+            for stmt in splitter.feed(chunk):
+                conn.execute(stmt.sql)
+        for stmt in splitter.finish():
+            conn.execute(stmt.sql)
 
 
 def _restore_chain(args: argparse.Namespace) -> int:

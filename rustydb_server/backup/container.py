@@ -828,6 +828,13 @@ class BackupReader:
 
     def __init__(self, fileobj: BinaryIO, *, key: KeySource | None = None) -> None:
         self._f = fileobj
+        # Positioned reads where there is a descriptor: a buffered file refills
+        # its 8 KiB buffer for every 28-byte chunk head after a seek (15 ms of
+        # a table restore's 45 ms for a 1 GiB backup's 1,026 heads).
+        try:
+            self._fd: int | None = fileobj.fileno()
+        except (AttributeError, OSError):  # io.BytesIO and the like
+            self._fd = None
         self._label = None
         # Structure problems found before the chunks are walked: raised at once by
         # entries()/read_entry(), but only after the chunk walk by verify(), so
@@ -853,8 +860,16 @@ class BackupReader:
         return BackupCorruptError(self._label, reason, **where)
 
     def _read_at(self, offset: int, size: int, what: str) -> bytes:
-        self._f.seek(offset)
-        data = self._f.read(size)
+        if self._fd is None:
+            self._f.seek(offset)
+            data = self._f.read(size)
+        else:
+            data = os.pread(self._fd, size, offset)
+            while len(data) < size:  # short only at the end of the file, or on a signal
+                more = os.pread(self._fd, size - len(data), offset + len(data))
+                if not more:
+                    break
+                data += more
         if len(data) != size:
             raise self._corrupt(f"file ends inside the {what} (truncated)", offset=offset)
         return data

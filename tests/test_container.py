@@ -258,6 +258,31 @@ def test_truncation_at_every_cut_point_is_detected_at_open(mode):
         BackupReader(io.BytesIO(data + b"\0"), key=key)  # bytes appended after the footer
 
 
+
+@pytest.mark.parametrize("mode", ["plain", "keyfile"])
+def test_a_real_file_reads_and_fails_like_bytes(tmp_path, mode):
+    """A file with a descriptor is read with pread, other objects with seek+read."""
+    key = key_for(mode)
+    data = make_backup(ENTRIES, key=key, chunk_size=256)
+    path = tmp_path / "b.backup"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        r = BackupReader(f, key=key)
+        assert r._fd is not None
+        got = {e.name: b"".join(r.read_entry(e.name)) for e in r.entries()}
+        info = r.entry("databases/main.sqlite")
+        chunks = [r.read_chunk(info, i, off) for i, off in enumerate(r.chunk_offsets(info))]
+    assert got == read_all(data, key=key)
+    assert b"".join(chunks) == got["databases/main.sqlite"]
+    for cut in sorted({0, 7, len(data) // 3, len(data) // 2, len(data) - 1}):
+        path.write_bytes(data[:cut])
+        with open(path, "rb") as f, pytest.raises(BackupCorruptError) as from_file:
+            BackupReader(f, key=key)
+        with pytest.raises(BackupCorruptError) as from_bytes:
+            BackupReader(io.BytesIO(data[:cut]), key=key)
+        assert str(from_file.value) == str(from_bytes.value)
+
+
 def rebuild_footer(data, body):
     """An attacker's (or a careless tool's) rewrite: fresh footer around a changed body."""
     lay = BackupReader(io.BytesIO(data))._layout

@@ -6,9 +6,9 @@ For a database of ~size-mb of realistic rows where 1% of the rows then change
 (each changed row updated three times, through the server, so the changes are
 in the WAL): the incremental backup's size and time against the full backup's,
 the time to restore full + incremental against full alone (as two runs, the
-guide's way, and as one --chain-dir run), the floor of that (SQLite alone
-applying the changes, nothing else), and the time to restore one ~1 MB table
-out of the big backup against the full restore.
+guide's way, and as one --chain-dir run), SQLite alone applying the changes
+(nothing else), and the time to restore one ~1 MB table out of the big backup
+against the full restore.
 Targets (issues 5 and 6): incremental size <= 3% and time <= 10% of the full's;
 applying it adds <= 20% to the full restore; table restore <= 10% of a full one.
 """
@@ -39,7 +39,8 @@ RESTORE_RUNS = 5  # this VM's disk makes single restores vary by 2x
 def apply_floor(restore: list[str], full: str, incr: str, target: str) -> float:
     """SQLite alone applying the incremental's changesets to a freshly restored
     file, on the restore tool's connection settings: no tool start, no
-    verification, no fsync. Any restore of full + incremental costs at least this."""
+    verification, no fsync. What a restore of full + incremental must add to
+    writing the full backup's pages, before it syncs them."""
     from rustydb_server.backup.container import BackupReader
     from rustydb_server.backup.steps import decode_steps
     from rustydb_server.engine import replay
@@ -153,7 +154,7 @@ def main() -> None:
         print(f"  full + incremental in one run (--chain-dir): {chain_s:6.2f} s "
               f"(adds {chain_s / restore_s - 1:.1%}, target <= 20%)  {_runs(chains)}")
         floor_s = statistics.median(floors)
-        print(f"  floor: SQLite alone applying the incremental to the restored file: "
+        print(f"  SQLite alone applying the incremental to the restored file: "
               f"{floor_s:6.2f} s = {floor_s / restore_s:.1%} of the full restore  "
               f"{_runs(floors)}")
         print(f"table restore of 'small' (~1 MB) from the {fsize / 1e6:.0f} MB backup: "

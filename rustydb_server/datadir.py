@@ -47,12 +47,26 @@ class DataDirLocked(DataDirError):
     pass
 
 
+#: Control states whose databases are whole. A restore writes its own state
+#: (e.g. "applying-incremental") while it changes databases in place, so a
+#: directory it left half-done is never started on or read from.
+USABLE_STATES = ("running", "shutdown", "restored")
+
+
+def check_usable(control: Control, path: str) -> None:
+    if control.state not in USABLE_STATES:
+        raise DataDirError(
+            f"{path} is not usable: a restore into it did not finish (state "
+            f"{control.state!r}), so its databases may be half-changed; restore it again "
+            "from the backups")
+
+
 @dataclasses.dataclass
 class Control:
     system_id: int
     timeline: int
     segment_size: int
-    state: str = "shutdown"  # "running" | "shutdown" | "restored"
+    state: str = "shutdown"  # USABLE_STATES, or a restore's own while it works
     checkpoint_lsn: int = 0
     redo_lsn: int = 0
     next_txid: int = 1

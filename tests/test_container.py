@@ -283,6 +283,26 @@ def test_a_real_file_reads_and_fails_like_bytes(tmp_path, mode):
         assert str(from_file.value) == str(from_bytes.value)
 
 
+
+def test_short_preads_are_continued(tmp_path, monkeypatch):
+    """pread may return fewer bytes than asked (a signal, some file systems)."""
+    data = make_backup(ENTRIES, key=KEY, chunk_size=256)
+    path = tmp_path / "b.backup"
+    path.write_bytes(data)
+    real = os.pread
+    calls = []
+
+    def short(fd, n, offset):
+        calls.append(n)
+        return real(fd, min(n, 7), offset)
+
+    monkeypatch.setattr(C.os, "pread", short)
+    with open(path, "rb") as f:
+        r = BackupReader(f, key=KEY)
+        got = {e.name: b"".join(r.read_entry(e.name)) for e in r.entries()}
+    assert got == read_all(data, key=KEY)
+    assert any(n > 7 for n in calls)  # reads larger than a piece were asked for
+
 def rebuild_footer(data, body):
     """An attacker's (or a careless tool's) rewrite: fresh footer around a changed body."""
     lay = BackupReader(io.BytesIO(data))._layout

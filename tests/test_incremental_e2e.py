@@ -283,34 +283,49 @@ def test_tracked_and_wal_incrementals_restore_the_same(server_factory, tmp_path)
 
 
 def test_a_failed_apply_leaves_a_directory_that_must_be_restored_again(primary, tmp_path):
+    """Pages are written in place as an incremental is applied, so one that
+    fails half-way cannot be rolled back: nothing may then use the directory."""
     srv = primary
-    c = rc.connect("127.0.0.1", srv.port)
+    srv.sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000) "
+            "INSERT INTO items(name, qty) SELECT hex(randomblob(100)), i FROM n;")
     full = tmp_path / "full.backup"
     backup(srv, full, "--type", "full")
-    c.execute("UPDATE items SET qty = 42 WHERE name = 'seed'")
-    c.close()
+    with rc.connect("127.0.0.1", srv.port) as c:
+        c.execute("UPDATE items SET qty = -qty")  # ~6 MB of pages, more than the apply caches
+        c.execute("CREATE TABLE extra(k)")
     incr = tmp_path / "incr.backup"
     backup(srv, incr, "--type", "incremental")
     data = tmp_path / "d"
     restore("--input", full, "--data-dir", data)
-    # the restored row differs from the one the incremental was taken against
-    db = apsw.Connection(str(data / "databases" / "rustydb.sqlite"))
-    db.execute("UPDATE items SET qty = 7 WHERE name = 'seed'")
+    # The restored directory is not the state the incremental was taken from:
+    # its last step (the CREATE TABLE) fails after the updates were applied.
+    db_path = str(data / "databases" / "rustydb.sqlite")
+    db = apsw.Connection(db_path)
+    db.execute("CREATE TABLE extra(k)")
     db.close()
     proc = restore("--input", incr, "--data-dir", data, "--incremental", check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "cannot apply the backup to database 'rustydb'" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "is left half-changed" in proc.stderr and "restore" in proc.stderr
+    db = apsw.Connection(db_path, flags=apsw.SQLITE_OPEN_READONLY)
+    negative = db.execute("SELECT count(*) FROM items WHERE qty < 0").fetchall()[0][0]
+    db.close()
+    assert negative > 0  # it really is half-changed
     proc = restore("--input", incr, "--data-dir", data, "--incremental", check=False)
     assert proc.returncode == 1
     assert "did not finish" in proc.stderr and "restore the chain again" in proc.stderr
     proc = run_tool("rusty-db-server", "--data-dir", str(data), "--port", str(free_port()),
                     "--http-port", str(free_port()))
     assert proc.returncode != 0 and "restore it again" in proc.stderr
+    proc = run_tool("rusty-db-export", "--input-dir", str(data), "--table", "items",
+                    "--output", str(tmp_path / "items.sql"))
+    assert proc.returncode == 1 and "did not finish" in proc.stderr
+    assert not (tmp_path / "items.sql").exists()
     # restoring the chain again works
     restore("--input", full, "--data-dir", data, "--force")
     restore("--input", incr, "--data-dir", data, "--incremental")
-    assert dump(str(data))["items"][0][2:] == ["seed", 42]
+    with rc.connect("127.0.0.1", srv.port) as c:
+        assert dump(str(data)) == dump(c)
 
 
 def test_applying_without_sync_never_fsyncs_the_database(primary, tmp_path):

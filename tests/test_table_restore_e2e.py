@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import run_tool, tool
+from helpers import free_port, run_tool, tool
 
 from rustydb_client import client as rc
 
@@ -91,6 +91,40 @@ def test_one_command_into_server_with_rename(shop, tmp_path):
     assert rows_of(srv, "customers_restored") == before
     assert all(r[2] == 0 for r in rows_of(srv, "customers"))
 
+
+
+def test_into_server_failures_are_clear_and_leave_nothing_behind(shop, tmp_path, monkeypatch):
+    srv = shop
+    backup = tmp_path / "b.backup"
+    run_tool("rusty-db-backup", "--port", str(srv.port), "--type", "full", "--output",
+             str(backup), check=True)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # where the import's SQL is written
+    restore = ("rusty-db-restore", "--input", str(backup), "--table", "customers")
+    # usage errors: exit 2, before anything is restored
+    for bad in ("localhost", "127.0.0.1:abc", "127.0.0.1:70000"):
+        proc = run_tool(*restore, "--into-server", bad)
+        assert proc.returncode == 2 and "HOST:PORT" in proc.stderr, proc.stderr
+    proc = run_tool(*restore, "--data-dir", str(tmp_path / "x"), "--rename-to", "c2")
+    assert proc.returncode == 2 and "--into-server" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    # nobody listening
+    proc = run_tool(*restore, "--into-server", f"127.0.0.1:{free_port()}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "into the server at 127.0.0.1:" in proc.stderr
+    # the server refuses (the table exists): rolled back, a clear message
+    proc = run_tool(*restore, "--into-server", f"127.0.0.1:{srv.port}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "customers" in proc.stderr and "already exists" in proc.stderr
+    assert len(rows_of(srv, "customers")) == 300
+    # an unrelated file of the same name as an old import's is never touched
+    (scratch / "customers.import.sql").write_text("keep me")
+    proc = run_tool(*restore, "--data-dir", str(tmp_path / "d"), "--into-server",
+                    f"127.0.0.1:{srv.port}", "--rename-to", "customers")
+    assert proc.returncode == 1
+    assert (scratch / "customers.import.sql").read_text() == "keep me"
+    assert sorted(os.listdir(scratch)) == ["customers.import.sql"]
 
 def test_missing_table_and_database_are_clear_errors(shop, tmp_path):
     srv = shop

@@ -146,10 +146,10 @@ class Engine:
         else:
             ddir.check_version()
             control = ddir.read_control()
-            if control.state not in ("running", "shutdown", "restored"):
-                raise EngineError(
-                    f"{ddir.path} is not usable: a restore into it did not finish (state "
-                    f"{control.state!r}); restore it again from the backups")
+            try:
+                _datadir.check_usable(control, ddir.path)
+            except _datadir.DataDirError as exc:
+                raise EngineError(str(exc)) from None
             ddir.create_layout()
         engine = cls(ddir, control, settings, fileops)
         engine._recover()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import apsw
 
-from ..datadir import DEFAULT_DATABASE, DataDir, DataDirError
+from ..datadir import CONTROL_FILE, DEFAULT_DATABASE, DataDir, DataDirError, check_usable
 from ..engine.database import BUSY_TIMEOUT_MS, STATE_TABLE, quote_ident
 
 
@@ -79,6 +79,8 @@ class ExportSource:
         try:
             self.database = choose_database(ddir, database)
             path = ddir.database_path(self.database)
+            if os.path.exists(ddir.join(CONTROL_FILE)):
+                check_usable(ddir.read_control(), ddir.path)
         except DataDirError as exc:
             raise ExportError(str(exc)) from None
         if ddir.is_locked_by_other() and not snapshot:

@@ -86,9 +86,11 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
 
 
 def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
-                      progress=None, sync: bool = True) -> IncrementalResult:
+                      progress=None, sync: bool = True,
+                      staging: bool = False) -> IncrementalResult:
     """Apply ``reader``'s backup onto ``data_dir``. ``sync=False`` leaves the fsync
-    of the database files to a caller that syncs them once after a whole chain."""
+    of the database files to a caller that syncs them once after a whole chain;
+    ``staging=True`` says the caller discards ``data_dir`` if this fails."""
     t0 = time.perf_counter()
     ddir = dd.DataDir(data_dir)
     if ddir.is_locked_by_other():
@@ -103,15 +105,26 @@ def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
         control.state = "applying-incremental"
         ddir.write_control(control)
         steps = 0
-        for db in manifest["databases"]:
-            name = dd.validate_database_name(db["name"])
-            if db["entry"] != f"incremental/{name}.steps":
-                raise IncrementalRestoreError(f"unexpected entry {db['entry']!r} in the backup")
-            chunks = reader.read_entry(db["entry"], threads=threads)
-            steps += _apply_database(ddir, name, decode_steps(chunks), manifest["end_lsn"],
-                                     sync)
-            if progress is not None:
-                progress(name)
+        try:
+            for db in manifest["databases"]:
+                name = dd.validate_database_name(db["name"])
+                if db["entry"] != f"incremental/{name}.steps":
+                    raise IncrementalRestoreError(
+                        f"unexpected entry {db['entry']!r} in the backup")
+                chunks = reader.read_entry(db["entry"], threads=threads)
+                steps += _apply_database(ddir, name, decode_steps(chunks), manifest["end_lsn"],
+                                         sync)
+                if progress is not None:
+                    progress(name)
+        except IncrementalRestoreError as exc:
+            if staging:
+                raise
+            # Pages are written in place as the apply goes (no journal), so
+            # nothing of it can be rolled back.
+            raise IncrementalRestoreError(
+                f"{exc}. {data_dir} is left half-changed: the server and rusty-db-export "
+                "refuse it until the chain is restored again (the full backup, then each "
+                "incremental in order)") from exc
         _advance_control(ddir, control, manifest)
     finally:
         ddir.unlock()

@@ -180,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data-dir is required (or --table with --into-server)")
     if (args.into_server or args.rename_to) and not args.table:
         parser.error("--into-server and --rename-to work with --table")
+    if args.rename_to and not args.into_server:
+        parser.error("--rename-to names the table created by --into-server; without "
+                     "--into-server, export the restored table under any name with "
+                     "rusty-db-export --rename-to")
+    if args.into_server:
+        host, _, port = args.into_server.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error(f"--into-server {args.into_server!r} is not HOST:PORT "
+                         "(e.g. 127.0.0.1:5432)")
     try:
         with sigterm_interrupts():
             if args.table:
@@ -293,7 +302,7 @@ def _restore_table(args: argparse.Namespace, target) -> int:
                           force=args.force)
         imported = None
         if args.into_server:
-            imported = _import_table(args, r.data_dir, r.database, temp or tempfile.gettempdir())
+            imported = _import_table(args, r.data_dir, r.database)
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
@@ -320,7 +329,7 @@ def _restore_table(args: argparse.Namespace, target) -> int:
     return 0
 
 
-def _import_table(args, data_dir: str, database: str, workdir: str) -> str:
+def _import_table(args, data_dir: str, database: str) -> str:
     """Export the restored table as SQL and run it on the server, statement by statement."""
     # Imported here: only this path exports or talks to a server, and every
     # other restore would pay for the imports at start-up.
@@ -330,7 +339,8 @@ def _import_table(args, data_dir: str, database: str, workdir: str) -> str:
     from ..export import ExportError, export_tables
 
     host, _, port = args.into_server.rpartition(":")
-    sql_path = os.path.join(workdir, f"{args.table}.import.sql")
+    workdir = tempfile.mkdtemp(prefix="rustydb-import-")  # private: 0700, a fresh name
+    sql_path = os.path.join(workdir, "table.sql")
     try:
         export_tables(data_dir, sql_path, tables=[args.table], database=database,
                       rename_to=args.rename_to)
@@ -344,8 +354,7 @@ def _import_table(args, data_dir: str, database: str, workdir: str) -> str:
     except (ExportError, rc.ClientError) as exc:
         raise RestoreError(str(exc)) from exc
     finally:
-        if os.path.exists(sql_path):
-            os.unlink(sql_path)
+        shutil.rmtree(workdir, ignore_errors=True)
     return args.rename_to or args.table
 
 
@@ -368,8 +377,10 @@ def _restore_chain(args: argparse.Namespace) -> int:
         for path in rest:
             key = _key_for(path, args.key_file)
             with open(path, "rb") as f:
+                # restore_full syncs the chain's files once, and discards the
+                # staging directory if anything fails
                 apply_incremental(BackupReader(f, key=key), staging, threads=args.threads,
-                                  sync=False)  # restore_full syncs the chain's files once
+                                  sync=False, staging=True)
 
     restore_full(full, args.data_dir, key=_key_for(full, args.key_file), threads=args.threads,
                  verify_encryption=args.verify_encryption,
@@ -398,7 +409,8 @@ def _failed(args: argparse.Namespace, message: str) -> int:
     if args.json:
         print_json({"ok": False, "input": args.input, "data_dir": args.data_dir,
                     "error": message})
-    return fail(PROG, f"restore of {args.input} into {args.data_dir} failed: {message}")
+    into = args.data_dir or f"the server at {args.into_server}"
+    return fail(PROG, f"restore of {args.input} into {into} failed: {message}")
 
 
 def _print_summary(args: argparse.Namespace, r: RestoreResult, report=None) -> None:

@@ -40,7 +40,6 @@ from helpers import ServerProcess, tool  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
 from rustydb_server import fileops  # noqa: E402
-from rustydb_server.restore.full import WRITE_PIECE  # noqa: E402
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
          "november oscar papa quebec romeo sierra tango uniform victor whiskey xray").split()
@@ -78,18 +77,16 @@ def pipeline(path: str, out: str, threads: int = 2, chunk: int = 1 << 20,
 
     With ``write_behind`` the writes start writeback every 8 MiB, as the tools
     do (FileOps.start_writeback); without, the kernel keeps everything dirty
-    until the final fsync. Pieces are written in at most WRITE_PIECE bytes, as
-    the restore does: 1 MiB writes make Linux cache the file in large folios,
-    which fill several times slower here (docs/internals.md).
+    until the final fsync. FileOps.write_all writes in pieces of at most
+    fileops.WRITE_PIECE bytes, as the tools do: 1 MiB writes make Linux cache
+    the file in large folios, which fill several times slower here.
     """
     def write_out(name, pieces):
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         behind = fileops.WriteBehind(fileops.REAL, fd) if write_behind else None
         try:
             for piece in pieces:
-                view = memoryview(piece)
-                for start in range(0, len(view), WRITE_PIECE):
-                    fileops.REAL.write_all(fd, view[start:start + WRITE_PIECE])
+                fileops.REAL.write_all(fd, piece)
                 if behind is not None:
                     behind.wrote(len(piece))
             os.fsync(fd)

@@ -108,13 +108,13 @@ class FileOps:
     def write_all(self, fd: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
-            n = self.write(fd, view)
+            n = self.write(fd, view[:WRITE_PIECE])
             view = view[n:]
 
     def pwrite_all(self, fd: int, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:
-            n = self.pwrite(fd, view, offset)
+            n = self.pwrite(fd, view[:WRITE_PIECE], offset)
             view = view[n:]
             offset += n
 
@@ -137,6 +137,15 @@ class FileOps:
         self.close(fd)
         self.rename(tmp, path)
         self.fsync_dir(directory)
+
+
+# Large writes reach the kernel in pieces of at most this size. Linux (6.x,
+# ext4 here) caches a file in folios as large as the writes that filled it,
+# and both filling large folios and later small writes into them cost far
+# more: 1 GiB written in 1 MiB pieces took 1.1-2.3 s, in 256 KiB pieces
+# 0.24 s; 61,000 scattered 4 KiB writes into it afterwards (an incremental
+# applied on top) 1.2-1.7 s against 0.44 s. Smaller pieces cost more syscalls.
+WRITE_PIECE = 256 * 1024
 
 
 class WriteBehind:

@@ -366,7 +366,7 @@ def test_applying_without_sync_never_fsyncs_the_database(primary, tmp_path):
     vfs = CountingVFS()
     try:
         with open(incr, "rb") as f:
-            apply_incremental(BackupReader(f), str(data), sync=False)
+            apply_incremental(BackupReader(f), str(data), staging=True)
     finally:
         vfs.unregister()
     assert not [p for p in synced if p.endswith(".sqlite")]

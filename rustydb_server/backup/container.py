@@ -130,7 +130,7 @@ class _Digest:
     (see the module doc)."""
 
     field: str  # the entry digest's key in the index
-    new: Callable[[], Any]
+    new: Callable[..., Any]  # new(data=b"") -> a hash object with update/digest
     slow: bool  # worth a thread of its own while restoring
 
     @staticmethod
@@ -1215,8 +1215,7 @@ class BackupReader:
         self._require_key()
         lay = self._layout
         kind = DIGESTS[lay.version]
-        file_hash = kind.new()
-        file_hash.update(lay.header_bytes)
+        file_hash = kind.new(lay.header_bytes)
         index_raw = self._read_index_bytes()
         entries = self._load_index(index_raw, strict=False)
         done = lay.body_start
@@ -1281,9 +1280,7 @@ def rotate_key(
         fd = fileops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             kind = DIGESTS[lay.version]
-            old_hash, new_hash = kind.new(), kind.new()
-            old_hash.update(lay.header_bytes)
-            new_hash.update(header_bytes)
+            old_hash, new_hash = kind.new(lay.header_bytes), kind.new(header_bytes)
             fileops.write_all(fd, header_bytes)
             f.seek(lay.body_start)
             remaining = lay.file_size - FOOTER.size - lay.body_start

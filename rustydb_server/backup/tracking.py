@@ -97,7 +97,7 @@ class ChangeTracking:
             try:
                 if self._stopping and kind != "stop":
                     if kind == "net":
-                        item[2].set_result(None)
+                        _answer(item[2], None)
                     continue
                 if kind == "stop":
                     self._trackers.clear()
@@ -110,14 +110,14 @@ class ChangeTracking:
                     self._keep(item[1], item[2])
                 elif kind == "net":
                     _, base, future = item
-                    if future.set_running_or_notify_cancel():
+                    if future.set_running_or_notify_cancel():  # not given up on (a timeout)
                         future.set_result(self._net(base))
             except Exception as e:  # never let tracking take the server down
                 log.error("change tracking failed; incrementals read the WAL instead",
                           error=f"{type(e).__name__}: {e}")
                 self._trackers.clear()
                 if kind == "net" and not item[2].done():
-                    item[2].set_result(None)
+                    _answer(item[2], None)
 
     def _record(self, lsn: int, rec) -> None:
         for base, tracker in list(self._trackers.items()):
@@ -147,3 +147,9 @@ class ChangeTracking:
         tracker = self._trackers.get(base)
         # Only a completed backup is a base (a running one may still fail).
         return tracker.compaction.peek() if tracker is not None and tracker.kept else None
+
+
+def _answer(future: Future, value) -> None:
+    """Set ``future``'s result unless the asker gave up on it (cancelled it)."""
+    if future.running() or future.set_running_or_notify_cancel():
+        future.set_result(value)

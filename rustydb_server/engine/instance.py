@@ -146,10 +146,7 @@ class Engine:
         else:
             ddir.check_version()
             control = ddir.read_control()
-            try:
-                _datadir.check_usable(control, ddir.path)
-            except _datadir.DataDirError as exc:
-                raise EngineError(str(exc)) from None
+            _datadir.check_usable(control, ddir.path)
             ddir.create_layout()
         engine = cls(ddir, control, settings, fileops)
         engine._recover()

@@ -315,15 +315,6 @@ def _make_staging(target: str, backup_id: str) -> str:
     return staging
 
 
-# Database files are written in pieces of this size, not in the backup's 1 MiB
-# chunks. Linux (6.x, ext4 here) caches a file in folios as large as the
-# writes that filled it, and both filling a large folio and every later 4 KiB
-# write into one cost far more. Measured on 1 GiB: written in 1 MiB pieces
-# 2.2 s, in 256 KiB 0.24 s; then 61,000 scattered page writes (an incremental
-# applied on top) 1.2 s against 0.4 s. Smaller pieces cost more syscalls.
-WRITE_PIECE = 256 * 1024
-
-
 def _write_databases(reader: BackupReader, manifest: dict, staging: str, threads: int,
                      progress: ProgressFn | None, fileops: _fileops.FileOps, *,
                      sync: bool = True) -> int:
@@ -336,15 +327,13 @@ def _write_databases(reader: BackupReader, manifest: dict, staging: str, threads
         try:
             os.fchmod(fd, 0o600)
             # A file synced here goes to disk as it is written. One that
-            # incrementals change next (sync=False, a --chain-dir restore) is
+            # incrementals change next (sync=False: a --chain-dir restore) is
             # left to the single fsync after the last of them: written back
             # now, every page they change would be written twice (measured on
             # the benchmark's chain: 2.56 s with writeback as we go, 2.3 s without).
             behind = _fileops.WriteBehind(fileops, fd) if sync else None
             for chunk in reader.read_entry(db["entry"], threads=threads):
-                view = memoryview(chunk)
-                for start in range(0, len(view), WRITE_PIECE):
-                    fileops.write_all(fd, view[start:start + WRITE_PIECE])
+                fileops.write_all(fd, chunk)  # in pieces: see fileops.WRITE_PIECE
                 if behind is not None:
                     behind.wrote(len(chunk))
                 done += len(chunk)

@@ -86,11 +86,10 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
 
 
 def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
-                      progress=None, sync: bool = True,
-                      staging: bool = False) -> IncrementalResult:
-    """Apply ``reader``'s backup onto ``data_dir``. ``sync=False`` leaves the fsync
-    of the database files to a caller that syncs them once after a whole chain;
-    ``staging=True`` says the caller discards ``data_dir`` if this fails."""
+                      progress=None, staging: bool = False) -> IncrementalResult:
+    """Apply ``reader``'s backup onto ``data_dir``. ``staging=True``: ``data_dir``
+    is a --chain-dir restore's staging directory, whose caller syncs the
+    database files once after the whole chain and discards it if this fails."""
     t0 = time.perf_counter()
     ddir = dd.DataDir(data_dir)
     if ddir.is_locked_by_other():
@@ -113,7 +112,7 @@ def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
                         f"unexpected entry {db['entry']!r} in the backup")
                 chunks = reader.read_entry(db["entry"], threads=threads)
                 steps += _apply_database(ddir, name, decode_steps(chunks), manifest["end_lsn"],
-                                         sync)
+                                         sync=not staging)
                 if progress is not None:
                     progress(name)
         except IncrementalRestoreError as exc:

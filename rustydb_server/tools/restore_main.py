@@ -334,7 +334,6 @@ def _import_table(args, data_dir: str, database: str) -> str:
     # Imported here: only this path exports or talks to a server, and every
     # other restore would pay for the imports at start-up.
     from rustydb_client import client as rc
-    from rustydb_client.sqlsplit import StatementSplitter
 
     from ..export import ExportError, export_tables
 
@@ -346,7 +345,7 @@ def _import_table(args, data_dir: str, database: str) -> str:
                       rename_to=args.rename_to)
         with rc.connect(host or "127.0.0.1", int(port), database=args.database) as conn:
             try:
-                _run_script(conn, sql_path, StatementSplitter())
+                _run_script(conn, sql_path)
             except rc.ServerError:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -358,7 +357,10 @@ def _import_table(args, data_dir: str, database: str) -> str:
     return args.rename_to or args.table
 
 
-def _run_script(conn, sql_path: str, splitter) -> None:
+def _run_script(conn, sql_path: str) -> None:
+    from rustydb_client.sqlsplit import StatementSplitter
+
+    splitter = StatementSplitter()
     with open(sql_path) as f:
         for chunk in iter(lambda: f.read(1 << 20), ""):
             for stmt in splitter.feed(chunk):
@@ -380,7 +382,7 @@ def _restore_chain(args: argparse.Namespace) -> int:
                 # restore_full syncs the chain's files once, and discards the
                 # staging directory if anything fails
                 apply_incremental(BackupReader(f, key=key), staging, threads=args.threads,
-                                  sync=False, staging=True)
+                                  staging=True)
 
     restore_full(full, args.data_dir, key=_key_for(full, args.key_file), threads=args.threads,
                  verify_encryption=args.verify_encryption,

@@ -125,13 +125,17 @@ def bench_throughput(work: str, seconds: float) -> None:
     seg_size = 16 * MB
     times = sorted(done_at.values())
     print(f"\n== archive throughput (16 MB segments, {len(threads)} writers, {elapsed:.0f} s load)")
-    print(f"  WAL written: {wal_mb:.0f} MB ({wal_mb / elapsed:.1f} MB/s, "
-          f"{counts[0] / elapsed:.0f} commits/s of 20 rows x 2 kB)")
+    print(
+        f"  WAL written: {wal_mb:.0f} MB ({wal_mb / elapsed:.1f} MB/s, "
+        f"{counts[0] / elapsed:.0f} commits/s of 20 rows x 2 kB)"
+    )
     if len(times) >= 2:
         span = times[-1] - times[0]
         rate = (len(times) - 1) / span if span > 0 else float("inf")
-        print(f"  segments archived: {len(times)}; rate between first and last .done: "
-              f"{rate:.2f} segments/s = {rate * seg_size / MB:.1f} MB/s of WAL")
+        print(
+            f"  segments archived: {len(times)}; rate between first and last .done: "
+            f"{rate:.2f} segments/s = {rate * seg_size / MB:.1f} MB/s of WAL"
+        )
     else:
         print(f"  segments archived: {len(times)} (too few for a rate; run longer)")
     # the archiver alone: drain the backlog once the load stops
@@ -139,11 +143,15 @@ def bench_throughput(work: str, seconds: float) -> None:
     waiting = archive_status(srv)["segments_waiting"]
     wait_archived(srv)
     drain = time.time() - t1
-    print(f"  backlog after the load: {waiting} segment(s), drained in {drain:.1f} s"
-          + (f" ({waiting / drain:.2f} segments/s)" if waiting and drain > 0 else ""))
+    print(
+        f"  backlog after the load: {waiting} segment(s), drained in {drain:.1f} s"
+        + (f" ({waiting / drain:.2f} segments/s)" if waiting and drain > 0 else "")
+    )
     arch_mb = sum(os.path.getsize(os.path.join(archive, n)) for n in os.listdir(archive)) / MB
-    print(f"  archive size: {arch_mb:.1f} MB for {len(os.listdir(archive))} files "
-          "(each writer repeats one random blob: compressible)")
+    print(
+        f"  archive size: {arch_mb:.1f} MB for {len(os.listdir(archive))} files "
+        "(each writer repeats one random blob: compressible)"
+    )
     srv.stop()
 
 
@@ -157,12 +165,14 @@ def bench_replay(work: str, records: int) -> None:
     with rc.connect("127.0.0.1", srv.port) as c:
         c.execute("BEGIN")
         for start in range(0, n_rows, 500):
-            c.execute("INSERT INTO acc VALUES " + ",".join(
-                f"({i}, 0, 'row {i}')" for i in range(start, start + 500)))
+            c.execute("INSERT INTO acc VALUES " + ",".join(f"({i}, 0, 'row {i}')" for i in range(start, start + 500)))
         c.execute("COMMIT")
     base = os.path.join(work, "replay.base")
-    subprocess.run([tool("rusty-db-backup"), "--type", "pitr-base", "--output", base,
-                    "--port", str(srv.port)], check=True, capture_output=True)
+    subprocess.run(
+        [tool("rusty-db-backup"), "--type", "pitr-base", "--output", base, "--port", str(srv.port)],
+        check=True,
+        capture_output=True,
+    )
     writers = 8
     per = records // writers
 
@@ -171,8 +181,7 @@ def bench_replay(work: str, records: int) -> None:
             for k in range(per):
                 first = (wid * per + k) * 4 % n_rows
                 # one transaction = one WAL record changing 4 rows
-                c.execute(f"UPDATE acc SET balance = balance + 1 WHERE id BETWEEN {first} "
-                          f"AND {first + 3}")
+                c.execute(f"UPDATE acc SET balance = balance + 1 WHERE id BETWEEN {first} AND {first + 3}")
 
     t0 = time.time()
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
@@ -187,33 +196,54 @@ def bench_replay(work: str, records: int) -> None:
     wait_archived(srv)
     srv.stop()
     out = os.path.join(work, "replay-restored")
-    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(target)) + \
-        f".{int(target % 1 * 1e6):06d}+00:00"
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(target)) + f".{int(target % 1 * 1e6):06d}+00:00"
     t1 = time.time()
-    proc = subprocess.run([tool("rusty-db-restore"), "--input", base, "--archive-dir", archive,
-                           "--data-dir", out, "--recovery-target-time", iso, "--json"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            tool("rusty-db-restore"),
+            "--input",
+            base,
+            "--archive-dir",
+            archive,
+            "--data-dir",
+            out,
+            "--recovery-target-time",
+            iso,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.time() - t1
     if proc.returncode != 0:
         print(f"\n== PITR replay: rusty-db-restore failed:\n{proc.stderr}")
         return
     rep = json.loads(proc.stdout.strip().splitlines()[-1])
     secs = rep["seconds"] or 1e-9
-    print(f"\n== PITR replay ({per * writers} transactions of 4 row updates, written in "
-          f"{load_s:.1f} s by {writers} clients)")
-    print(f"  rusty-db-restore: records_replayed={rep['records_replayed']} "
-          f"changed_rows={rep['changed_rows']} seconds={rep['seconds']} "
-          f"segments_read={rep['segments_read']} (tool wall time {wall:.1f} s)")
+    print(
+        f"\n== PITR replay ({per * writers} transactions of 4 row updates, written in "
+        f"{load_s:.1f} s by {writers} clients)"
+    )
+    print(
+        f"  rusty-db-restore: records_replayed={rep['records_replayed']} "
+        f"changed_rows={rep['changed_rows']} seconds={rep['seconds']} "
+        f"segments_read={rep['segments_read']} (tool wall time {wall:.1f} s)"
+    )
     rows_s = rep["changed_rows"] / secs
-    print(f"  replay rate: {rep['records_replayed'] / secs:,.0f} records/s, "
-          f"{rows_s:,.0f} changed rows/s (as reported)   [target >= 50,000 changed rows/s: "
-          f"{'MET' if rows_s >= 50_000 else 'NOT MET'}]")
+    print(
+        f"  replay rate: {rep['records_replayed'] / secs:,.0f} records/s, "
+        f"{rows_s:,.0f} changed rows/s (as reported)   [target >= 50,000 changed rows/s: "
+        f"{'MET' if rows_s >= 50_000 else 'NOT MET'}]"
+    )
     known = rep["records_replayed"] * 4  # every workload record updates 4 rows
     if rep["changed_rows"] < known:
-        print(f"  NOTE: changed_rows={rep['changed_rows']} is below the {known} rows the "
-              f"workload changed (a bug in the report); from the workload: "
-              f"{known / secs:,.0f} changed rows/s   [target >= 50,000: "
-              f"{'MET' if known / secs >= 50_000 else 'NOT MET'}]")
+        print(
+            f"  NOTE: changed_rows={rep['changed_rows']} is below the {known} rows the "
+            f"workload changed (a bug in the report); from the workload: "
+            f"{known / secs:,.0f} changed rows/s   [target >= 50,000: "
+            f"{'MET' if known / secs >= 50_000 else 'NOT MET'}]"
+        )
 
 
 # ------------------------------------------------------------------ 3. RPO
@@ -267,15 +297,21 @@ def bench_rpo(work: str, timeout_s: int, observe: float, rate: float = 20.0) -> 
     scan()
     delays = [seen[seg] - at for at, seg in commits if seg in seen]
     unarchived = sum(1 for _, seg in commits if seg not in seen)
-    print(f"\n== RPO with archive_timeout = {timeout_s} s ({len(commits)} commits at "
-          f"~{rate:.0f}/s over {observe:.0f} s, {len(behind)} samples every 100 ms)")
-    print(f"  per-commit delay until archived: max {max(delays, default=float('nan')):.2f} s, "
-          f"p95 {pct(delays, 95):.2f} s ({len(delays)} archived, {unarchived} still waiting "
-          "at the end)")
-    line = (f"  archive behind the oldest un-archived commit (sampled): max {max(behind):.2f} s,"
-            f" p95 {pct(behind, 95):.2f} s")
+    print(
+        f"\n== RPO with archive_timeout = {timeout_s} s ({len(commits)} commits at "
+        f"~{rate:.0f}/s over {observe:.0f} s, {len(behind)} samples every 100 ms)"
+    )
+    print(
+        f"  per-commit delay until archived: max {max(delays, default=float('nan')):.2f} s, "
+        f"p95 {pct(delays, 95):.2f} s ({len(delays)} archived, {unarchived} still waiting "
+        "at the end)"
+    )
+    line = (
+        f"  archive behind the oldest un-archived commit (sampled): max {max(behind):.2f} s,"
+        f" p95 {pct(behind, 95):.2f} s"
+    )
     if timeout_s == 1:
-        line += (f"   [target <= 2 s: {'MET' if max(behind) <= 2.0 and max(delays) <= 2.0 else 'NOT MET'}]")
+        line += f"   [target <= 2 s: {'MET' if max(behind) <= 2.0 and max(delays) <= 2.0 else 'NOT MET'}]"
     else:
         line += f"   [expected about archive_timeout = {timeout_s} s]"
     print(line)
@@ -284,8 +320,9 @@ def bench_rpo(work: str, timeout_s: int, observe: float, rate: float = 20.0) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="short run (~1 min): fewer records, shorter loads, no 60 s RPO case")
+    ap.add_argument(
+        "--quick", action="store_true", help="short run (~1 min): fewer records, shorter loads, no 60 s RPO case"
+    )
     ap.add_argument("--records", type=int, help="WAL records of the replay workload")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
@@ -297,8 +334,7 @@ def main() -> None:
         bench_replay(work, records)
         bench_rpo(work, 1, 10 if args.quick else 30)
         if args.quick:
-            print("\n== RPO with archive_timeout = 60 s: skipped in --quick "
-                  "(needs >= 70 s of observation)")
+            print("\n== RPO with archive_timeout = 60 s: skipped in --quick (needs >= 70 s of observation)")
         else:
             bench_rpo(work, 60, 70)
     finally:

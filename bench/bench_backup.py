@@ -41,15 +41,19 @@ from helpers import ServerProcess, tool  # noqa: E402
 from rustydb_client import client as rc  # noqa: E402
 from rustydb_server import fileops  # noqa: E402
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
-         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray").split()
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray"
+).split()
 
 
 def build_rows(path: str, size_mb: int) -> None:
     db = apsw.Connection(path)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE IF NOT EXISTS customers(id INTEGER PRIMARY KEY, name TEXT, "
-               "email TEXT, city TEXT, balance REAL, created TEXT, notes TEXT)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS customers(id INTEGER PRIMARY KEY, name TEXT, "
+        "email TEXT, city TEXT, balance REAL, created TEXT, notes TEXT)"
+    )
     rnd = random.Random(42)
     target = size_mb * 1024 * 1024
     i = 0
@@ -59,10 +63,17 @@ def build_rows(path: str, size_mb: int) -> None:
             for _ in range(20000):
                 i += 1
                 first, last = rnd.choice(WORDS), rnd.choice(WORDS)
-                rows.append((i, f"{first.title()} {last.title()}", f"{first}.{last}{i}@example.com",
-                             rnd.choice(WORDS).title() + "ville", round(rnd.uniform(-1e4, 1e5), 2),
-                             f"2025-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d}",
-                             " ".join(rnd.choices(WORDS, k=rnd.randint(3, 18)))))
+                rows.append(
+                    (
+                        i,
+                        f"{first.title()} {last.title()}",
+                        f"{first}.{last}{i}@example.com",
+                        rnd.choice(WORDS).title() + "ville",
+                        round(rnd.uniform(-1e4, 1e5), 2),
+                        f"2025-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d}",
+                        " ".join(rnd.choices(WORDS, k=rnd.randint(3, 18))),
+                    )
+                )
             db.executemany("INSERT INTO customers VALUES (?,?,?,?,?,?,?)", rows)
         pages = db.execute("PRAGMA page_count").fetchall()[0][0] * 4096
         if pages >= target:
@@ -71,8 +82,9 @@ def build_rows(path: str, size_mb: int) -> None:
     db.close()
 
 
-def pipeline(path: str, out: str, threads: int = 2, chunk: int = 1 << 20,
-             write_behind: bool = True) -> tuple[float, float]:
+def pipeline(
+    path: str, out: str, threads: int = 2, chunk: int = 1 << 20, write_behind: bool = True
+) -> tuple[float, float]:
     """Read + lz4 on N threads + write + fsync, and the reverse: seconds each.
 
     With ``write_behind`` the writes start writeback every 8 MiB, as the tools
@@ -81,6 +93,7 @@ def pipeline(path: str, out: str, threads: int = 2, chunk: int = 1 << 20,
     fileops.WRITE_PIECE bytes, as the tools do: 1 MiB writes make Linux cache
     the file in large folios, which fill several times slower here.
     """
+
     def write_out(name, pieces):
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         behind = fileops.WriteBehind(fileops.REAL, fd) if write_behind else None
@@ -171,11 +184,12 @@ def main() -> None:
         mb = db_bytes / 1e6
         print(f"database: {mb:.0f} MB of rows, built in {time.perf_counter() - t0:.0f} s")
         nb_s, nr_s = pipeline(db_path, os.path.join(tmp, "pipe.lz4"), write_behind=False)
-        print(f"plain pipeline, writeback at fsync only: backup {mb / nb_s:6.0f} MB/s, "
-              f"reverse {mb / nr_s:6.0f} MB/s")
+        print(f"plain pipeline, writeback at fsync only: backup {mb / nb_s:6.0f} MB/s, reverse {mb / nr_s:6.0f} MB/s")
         b_s, r_s = pipeline(db_path, os.path.join(tmp, "pipe.lz4"))
-        print(f"plain pipeline (read, lz4 x2 threads, write behind, fsync): backup {mb / b_s:6.0f} MB/s, "
-              f"reverse {mb / r_s:6.0f} MB/s (the ratios use this one, measured again next to each)")
+        print(
+            f"plain pipeline (read, lz4 x2 threads, write behind, fsync): backup {mb / b_s:6.0f} MB/s, "
+            f"reverse {mb / r_s:6.0f} MB/s (the ratios use this one, measured again next to each)"
+        )
         srv.start()
         key = os.path.join(tmp, "key")
         run([tool("rusty-db-backup"), "--create-key-file", key])
@@ -184,15 +198,28 @@ def main() -> None:
             for threads in (1, 2):
                 for enc in (False, True):
                     out = os.path.join(tmp, f"b-{codec}-{threads}-{enc}.backup")
-                    cmd = [tool("rusty-db-backup"), "--type", "full", "--output", out,
-                           "--port", str(srv.port), "--compress", codec, "--threads", str(threads)]
+                    cmd = [
+                        tool("rusty-db-backup"),
+                        "--type",
+                        "full",
+                        "--output",
+                        out,
+                        "--port",
+                        str(srv.port),
+                        "--compress",
+                        codec,
+                        "--threads",
+                        str(threads),
+                    ]
                     if enc:
                         cmd.append("--encrypt")
                     secs = run(cmd, env)
                     size = os.path.getsize(out)
                     os.unlink(out)
-                    print(f"full backup {codec:4s} threads={threads} encrypt={'yes' if enc else 'no ':3s}:"
-                          f" {mb / secs:6.0f} MB/s  ({size / 1e6:.0f} MB file)")
+                    print(
+                        f"full backup {codec:4s} threads={threads} encrypt={'yes' if enc else 'no ':3s}:"
+                        f" {mb / secs:6.0f} MB/s  ({size / 1e6:.0f} MB file)"
+                    )
         # The figures the targets name, three times, each next to the plain
         # pipeline in the same disk state (this VM's disk varies by 2x from one
         # minute to the next): medians, and ratios of medians.
@@ -201,34 +228,67 @@ def main() -> None:
         for i in range(3):
             pb, pr = pipeline(db_path, os.path.join(tmp, "pipe.lz4"))
             out = os.path.join(tmp, f"key-{i}.backup")
-            bsecs = run([tool("rusty-db-backup"), "--type", "full", "--output", out,
-                         "--port", str(srv.port), "--compress", "lz4", "--threads", "2",
-                         "--encrypt"], env)
+            bsecs = run(
+                [
+                    tool("rusty-db-backup"),
+                    "--type",
+                    "full",
+                    "--output",
+                    out,
+                    "--port",
+                    str(srv.port),
+                    "--compress",
+                    "lz4",
+                    "--threads",
+                    "2",
+                    "--encrypt",
+                ],
+                env,
+            )
             shutil.rmtree(target, ignore_errors=True)
-            rsecs = run([tool("rusty-db-restore"), "--input", out, "--data-dir", target,
-                         "--threads", "2"], env)
+            rsecs = run([tool("rusty-db-restore"), "--input", out, "--data-dir", target, "--threads", "2"], env)
             os.unlink(out)
             for k, v in zip(key_runs, (pb, pr, bsecs, rsecs)):
                 key_runs[k].append(mb / v)
-            print(f"  run {i + 1}: pipeline {mb / pb:4.0f} MB/s, backup lz4+encryption x2 "
-                  f"{mb / bsecs:4.0f} MB/s; reverse pipeline {mb / pr:4.0f} MB/s, restore "
-                  f"{mb / rsecs:4.0f} MB/s")
+            print(
+                f"  run {i + 1}: pipeline {mb / pb:4.0f} MB/s, backup lz4+encryption x2 "
+                f"{mb / bsecs:4.0f} MB/s; reverse pipeline {mb / pr:4.0f} MB/s, restore "
+                f"{mb / rsecs:4.0f} MB/s"
+            )
         med = {k: statistics.median(v) for k, v in key_runs.items()}
-        print(f"full backup lz4+encryption, 2 threads (median of 3): {med['backup']:6.0f} MB/s; "
-              f"vs plain pipeline {med['pipe_b']:.0f} MB/s: {med['backup'] / med['pipe_b']:.0%}")
-        print(f"restore (lz4+encryption, 2 threads, median of 3): {med['restore']:6.0f} MB/s; "
-              f"vs reverse pipeline {med['pipe_r']:.0f} MB/s: {med['restore'] / med['pipe_r']:.0%}")
+        print(
+            f"full backup lz4+encryption, 2 threads (median of 3): {med['backup']:6.0f} MB/s; "
+            f"vs plain pipeline {med['pipe_b']:.0f} MB/s: {med['backup'] / med['pipe_b']:.0%}"
+        )
+        print(
+            f"restore (lz4+encryption, 2 threads, median of 3): {med['restore']:6.0f} MB/s; "
+            f"vs reverse pipeline {med['pipe_r']:.0f} MB/s: {med['restore'] / med['pipe_r']:.0%}"
+        )
         alone = commit_rate(srv.port, 4)
         stop = threading.Event()
         rates = []
         t = threading.Thread(target=lambda: rates.append(commit_rate(srv.port, 60, stop)))
         t.start()
-        run([tool("rusty-db-backup"), "--type", "full", "--output", os.path.join(tmp, "during"),
-             "--port", str(srv.port), "--compress", "lz4", "--threads", "2", "--encrypt"], env)
+        run(
+            [
+                tool("rusty-db-backup"),
+                "--type",
+                "full",
+                "--output",
+                os.path.join(tmp, "during"),
+                "--port",
+                str(srv.port),
+                "--compress",
+                "lz4",
+                "--threads",
+                "2",
+                "--encrypt",
+            ],
+            env,
+        )
         stop.set()
         t.join()
-        print(f"commit rate alone {alone:.0f}/s, during a backup {rates[0]:.0f}/s "
-              f"({rates[0] / alone:.0%})")
+        print(f"commit rate alone {alone:.0f}/s, during a backup {rates[0]:.0f}/s ({rates[0] / alone:.0%})")
         srv.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -70,15 +70,14 @@ def _worker(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
             delta = rnd.randint(-5000, 5000)
             try:
                 conn.execute("BEGIN")
-                conn.execute(f"UPDATE pgbench_accounts SET abalance = abalance + {delta} "
-                             f"WHERE aid = {aid}")
+                conn.execute(f"UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid}")
                 conn.execute(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid}")
-                conn.execute(f"UPDATE pgbench_tellers SET tbalance = tbalance + {delta} "
-                             f"WHERE tid = {tid}")
-                conn.execute(f"UPDATE pgbench_branches SET bbalance = bbalance + {delta} "
-                             f"WHERE bid = {bid}")
-                conn.execute("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
-                             f"VALUES ({tid}, {bid}, {aid}, {delta}, CURRENT_TIMESTAMP)")
+                conn.execute(f"UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid}")
+                conn.execute(f"UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = {bid}")
+                conn.execute(
+                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
+                    f"VALUES ({tid}, {bid}, {aid}, {delta}, CURRENT_TIMESTAMP)"
+                )
                 conn.execute("COMMIT")
                 done += 1
             except rc.ServerError:
@@ -89,8 +88,7 @@ def _worker(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
 
 def run_clients(kind: str, port: int, clients: int, seconds: float) -> float:
     q: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_worker, args=(kind, port, seconds, i + 1, q))
-             for i in range(clients)]
+    procs = [mp.Process(target=_worker, args=(kind, port, seconds, i + 1, q)) for i in range(clients)]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -101,30 +99,26 @@ def run_clients(kind: str, port: int, clients: int, seconds: float) -> float:
 
 
 def setup_pgbench(conn) -> None:
-    conn.execute("CREATE TABLE pgbench_branches(bid INTEGER PRIMARY KEY, bbalance INTEGER, "
-                 "filler TEXT)")
-    conn.execute("CREATE TABLE pgbench_tellers(tid INTEGER PRIMARY KEY, bid INTEGER, "
-                 "tbalance INTEGER, filler TEXT)")
-    conn.execute("CREATE TABLE pgbench_accounts(aid INTEGER PRIMARY KEY, bid INTEGER, "
-                 "abalance INTEGER, filler TEXT)")
-    conn.execute("CREATE TABLE pgbench_history(tid INTEGER, bid INTEGER, aid INTEGER, "
-                 "delta INTEGER, mtime TEXT, filler TEXT)")
+    conn.execute("CREATE TABLE pgbench_branches(bid INTEGER PRIMARY KEY, bbalance INTEGER, filler TEXT)")
+    conn.execute("CREATE TABLE pgbench_tellers(tid INTEGER PRIMARY KEY, bid INTEGER, tbalance INTEGER, filler TEXT)")
+    conn.execute("CREATE TABLE pgbench_accounts(aid INTEGER PRIMARY KEY, bid INTEGER, abalance INTEGER, filler TEXT)")
+    conn.execute(
+        "CREATE TABLE pgbench_history(tid INTEGER, bid INTEGER, aid INTEGER, delta INTEGER, mtime TEXT, filler TEXT)"
+    )
     gen = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {n}) "
     conn.execute(gen.format(n=SCALE) + "INSERT INTO pgbench_branches SELECT i, 0, NULL FROM s")
-    conn.execute(gen.format(n=10 * SCALE)
-                 + "INSERT INTO pgbench_tellers SELECT i, (i - 1) / 10 + 1, 0, NULL FROM s")
-    conn.execute(gen.format(n=100_000 * SCALE)
-                 + "INSERT INTO pgbench_accounts SELECT i, (i - 1) / 100000 + 1, 0, "
-                 "printf('%84s', '') FROM s")
+    conn.execute(gen.format(n=10 * SCALE) + "INSERT INTO pgbench_tellers SELECT i, (i - 1) / 10 + 1, 0, NULL FROM s")
+    conn.execute(
+        gen.format(n=100_000 * SCALE) + "INSERT INTO pgbench_accounts SELECT i, (i - 1) / 100000 + 1, 0, "
+        "printf('%84s', '') FROM s"
+    )
 
 
 def bulk_load(conn, rows: int = 1_000_000, batch: int = 1000) -> float:
     conn.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, name TEXT, amount REAL, qty INTEGER)")
     statements = []
     for start in range(0, rows, batch):
-        values = ",".join(
-            f"({i}, 'customer-{i}', {i * 1.25}, {i % 97})" for i in range(start, start + batch)
-        )
+        values = ",".join(f"({i}, 'customer-{i}', {i * 1.25}, {i % 97})" for i in range(start, start + batch))
         statements.append(f"INSERT INTO bulk VALUES {values}")
     t0 = time.perf_counter()
     conn.execute("BEGIN")
@@ -185,10 +179,14 @@ def main() -> None:
         hop1 = floor.round_trips(free_port(), 1, short, hop=True)
         hop2 = floor.round_trips(free_port(), 2, short, hop=True)
         bare2 = floor.round_trips(free_port(), 2, short, hop=False)
-        print(f"design floor, a round trip with no SQL and one worker-thread hop: "
-              f"1 client {hop1:6.0f}/s, 2 clients {hop2:6.0f}/s (no hop: {bare2:6.0f}/s)")
-        print(f"  so 1 client commits at most {1e6 / (1e6 / hop1 + fsync_us):6.0f}/s "
-              f"(one hop + one fdatasync), and 2 clients at most {hop2:6.0f} statements/s")
+        print(
+            f"design floor, a round trip with no SQL and one worker-thread hop: "
+            f"1 client {hop1:6.0f}/s, 2 clients {hop2:6.0f}/s (no hop: {bare2:6.0f}/s)"
+        )
+        print(
+            f"  so 1 client commits at most {1e6 / (1e6 / hop1 + fsync_us):6.0f}/s "
+            f"(one hop + one fdatasync), and 2 clients at most {hop2:6.0f} statements/s"
+        )
         srv = ServerProcess(os.path.join(tmp, "data")).start()
         with rc.connect("127.0.0.1", srv.port) as c:
             c.execute("CREATE TABLE ins(id INTEGER PRIMARY KEY, v INTEGER)")
@@ -209,8 +207,7 @@ def main() -> None:
         rec = replay_rate(tmp, 20_000 if args.quick else 50_000)
         n = rec["replayed_records"]
         secs = max(rec["seconds"], 1e-9)
-        print(f"recovery replay:              {n / secs:8.0f} records/s ({n} records in "
-              f"{secs:.2f} s)")
+        print(f"recovery replay:              {n / secs:8.0f} records/s ({n} records in {secs:.2f} s)")
     finally:
         subprocess.run(["pkill", "-f", tmp], check=False)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -74,8 +74,10 @@ def main() -> None:
         srv = ServerProcess(data).start()
         # a ~1 MB table for the table-level restore
         srv.sql("CREATE TABLE small(id INTEGER PRIMARY KEY, name TEXT, note TEXT);")
-        srv.sql("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 8000) "
-                "INSERT INTO small SELECT i, 'name ' || i, printf('%.100c', 'x') FROM c;")
+        srv.sql(
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 8000) "
+            "INSERT INTO small SELECT i, 'name ' || i, printf('%.100c', 'x') FROM c;"
+        )
         srv.stop()
         db_path = os.path.join(data, "databases", "rustydb.sqlite")
         build_rows(db_path, args.size_mb)
@@ -101,26 +103,22 @@ def main() -> None:
         with rc.connect("127.0.0.1", srv.port) as c:
             for rep in range(3):
                 for start in range(1, changed + 1, 1000):
-                    ids = ",".join(str(i * step) for i in range(start, min(start + 1000,
-                                                                           changed + 1)))
-                    c.execute(f"UPDATE customers SET balance = balance + 1, notes = notes || "
-                              f"'{rep}' WHERE id IN ({ids})")
+                    ids = ",".join(str(i * step) for i in range(start, min(start + 1000, changed + 1)))
+                    c.execute(
+                        f"UPDATE customers SET balance = balance + 1, notes = notes || '{rep}' WHERE id IN ({ids})"
+                    )
         print(f"changed {changed} rows x3 in {time.perf_counter() - t0:.1f} s")
         incr = os.path.join(tmp, "incr.backup")
         incr_runs = [timed([*backup, "--type", "incremental", "--output", incr])]
         for i in range(RUNS - 1):  # the same changes again, from the same parent
             again = os.path.join(tmp, f"incr-{i}.backup")
-            incr_runs.append(timed([*backup, "--type", "incremental", "--base-backup", full,
-                                    "--output", again]))
+            incr_runs.append(timed([*backup, "--type", "incremental", "--base-backup", full, "--output", again]))
             os.unlink(again)
         incr_s = statistics.median(incr_runs)
         fsize, isize = os.path.getsize(full), os.path.getsize(incr)
-        print(f"full backup (median of {RUNS}): {fsize / 1e6:8.1f} MB in {full_s:6.2f} s  "
-              f"{_runs(full_runs)}")
-        print(f"incremental backup (median of {RUNS}): {isize / 1e6:8.1f} MB in {incr_s:6.2f} s  "
-              f"{_runs(incr_runs)}")
-        print(f"  size {isize / fsize:.2%} of full (target <= 3%), "
-              f"time {incr_s / full_s:.1%} of full (target <= 10%)")
+        print(f"full backup (median of {RUNS}): {fsize / 1e6:8.1f} MB in {full_s:6.2f} s  {_runs(full_runs)}")
+        print(f"incremental backup (median of {RUNS}): {isize / 1e6:8.1f} MB in {incr_s:6.2f} s  {_runs(incr_runs)}")
+        print(f"  size {isize / fsize:.2%} of full (target <= 3%), time {incr_s / full_s:.1%} of full (target <= 10%)")
         srv.stop()
         # Restores are timed RESTORE_RUNS times each, interleaved, and the
         # medians compared: this machine's disk makes single runs vary by 2x.
@@ -134,32 +132,41 @@ def main() -> None:
             target = os.path.join(tmp, f"r{i}")
             fulls.append(timed([*restore, "--input", full, "--data-dir", target]))
             # the guide's way: the incremental applied as a second step
-            steps.append(timed([*restore, "--input", incr, "--data-dir", target,
-                                "--incremental"]))
+            steps.append(timed([*restore, "--input", incr, "--data-dir", target, "--incremental"]))
             shutil.rmtree(target)
             # both in one run (--chain-dir): changed pages reach the disk once
-            chains.append(timed([*restore, "--input", incr, "--chain-dir", chain_dir,
-                                 "--data-dir", target]))
+            chains.append(timed([*restore, "--input", incr, "--chain-dir", chain_dir, "--data-dir", target]))
             shutil.rmtree(target)
-            tables.append(timed([tool("rusty-db-restore"), "--input", full, "--table", "small",
-                                 "--data-dir", target, "--no-start"]))
+            tables.append(
+                timed(
+                    [tool("rusty-db-restore"), "--input", full, "--table", "small", "--data-dir", target, "--no-start"]
+                )
+            )
             shutil.rmtree(target, ignore_errors=True)
             floors.append(apply_floor(restore, full, incr, target))
             shutil.rmtree(target)
         restore_s, step_s = statistics.median(fulls), statistics.median(steps)
         chain_s, table_s = statistics.median(chains), statistics.median(tables)
         print(f"restore full (median of {RESTORE_RUNS}): {restore_s:6.2f} s  {_runs(fulls)}")
-        print(f"  + incremental as a second step (the guide's way): {step_s:6.2f} s "
-              f"(adds {step_s / restore_s:.1%})  {_runs(steps)}")
-        print(f"  full + incremental in one run (--chain-dir): {chain_s:6.2f} s "
-              f"(adds {chain_s / restore_s - 1:.1%}, target <= 20%)  {_runs(chains)}")
+        print(
+            f"  + incremental as a second step (the guide's way): {step_s:6.2f} s "
+            f"(adds {step_s / restore_s:.1%})  {_runs(steps)}"
+        )
+        print(
+            f"  full + incremental in one run (--chain-dir): {chain_s:6.2f} s "
+            f"(adds {chain_s / restore_s - 1:.1%}, target <= 20%)  {_runs(chains)}"
+        )
         floor_s = statistics.median(floors)
-        print(f"  SQLite alone applying the incremental to the restored file: "
-              f"{floor_s:6.2f} s = {floor_s / restore_s:.1%} of the full restore  "
-              f"{_runs(floors)}")
-        print(f"table restore of 'small' (~1 MB) from the {fsize / 1e6:.0f} MB backup: "
-              f"{table_s:6.2f} s = {table_s / restore_s:.1%} of the full restore "
-              f"(target <= 10%)  {_runs(tables)}")
+        print(
+            f"  SQLite alone applying the incremental to the restored file: "
+            f"{floor_s:6.2f} s = {floor_s / restore_s:.1%} of the full restore  "
+            f"{_runs(floors)}"
+        )
+        print(
+            f"table restore of 'small' (~1 MB) from the {fsize / 1e6:.0f} MB backup: "
+            f"{table_s:6.2f} s = {table_s / restore_s:.1%} of the full restore "
+            f"(target <= 10%)  {_runs(tables)}"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -17,8 +17,9 @@ import trio
 
 from rustydb_client import protocol as proto
 
-REPLY = proto.encode_frame({"type": "complete", "status": "SELECT 1", "rows_affected": 0,
-                            "database": "rustydb", "in_transaction": False})
+REPLY = proto.encode_frame(
+    {"type": "complete", "status": "SELECT 1", "rows_affected": 0, "database": "rustydb", "in_transaction": False}
+)
 
 
 async def _answer(stream: trio.SocketStream, hop: bool) -> None:

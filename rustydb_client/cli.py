@@ -79,8 +79,7 @@ def format_table(columns: list[str], rows: list[list]) -> str:
     """An aligned table with a header and a "(N rows)" footer, like psql's."""
     cells = [[_table_cell(v) for v in row] for row in rows]
     numeric = [
-        all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and bool(rows)
-        for i in range(len(columns))
+        all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and bool(rows) for i in range(len(columns))
     ]
     widths = [display_width(c) for c in columns]
     for row in cells:
@@ -98,9 +97,7 @@ def format_table(columns: list[str], rows: list[list]) -> str:
     lines = [" " + " | ".join(pad(c, widths[i], "center") for i, c in enumerate(columns))]
     lines.append("-+-".join("-" * w for w in widths).join("--"))
     for row in cells:
-        lines.append(" " + " | ".join(
-            pad(t, widths[i], "right" if numeric[i] else "left") for i, t in enumerate(row)
-        ))
+        lines.append(" " + " | ".join(pad(t, widths[i], "right" if numeric[i] else "left") for i, t in enumerate(row)))
     lines.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
@@ -146,8 +143,9 @@ class JsonPrinter:
 
     def rows(self, rows: list[list]) -> None:
         for row in rows:
-            self.out.write(("" if self._first_row else ", ")
-                           + json.dumps([to_json_value(v) for v in row], allow_nan=False))
+            self.out.write(
+                ("" if self._first_row else ", ") + json.dumps([to_json_value(v) for v in row], allow_nan=False)
+            )
             self._first_row = False
 
     def complete(self, status: str) -> None:
@@ -202,8 +200,9 @@ def run_statement(conn: Connection, statement: Statement, printer, err: TextIO) 
     printer.out.flush()
 
 
-def run_script(conn: Connection, statements: Iterable[Statement], printer, err: TextIO,
-               *, name_lines: bool = True) -> int:
+def run_script(
+    conn: Connection, statements: Iterable[Statement], printer, err: TextIO, *, name_lines: bool = True
+) -> int:
     """Run statements in order; stop at the first error. Returns the exit status."""
     for statement in statements:
         try:
@@ -219,8 +218,7 @@ def run_script(conn: Connection, statements: Iterable[Statement], printer, err: 
     return 0
 
 
-def run_interactive(conn: Connection, read_line: Callable[[str], str], printer,
-                    out: TextIO, err: TextIO) -> int:
+def run_interactive(conn: Connection, read_line: Callable[[str], str], printer, out: TextIO, err: TextIO) -> int:
     """The shell: multi-line statements, backslash commands, errors keep it going."""
     out.write(f"{PROG} connected to {conn.database or 'rustydb'}; type \\? for help, \\q to quit\n")
     splitter = StatementSplitter()
@@ -283,19 +281,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Run SQL against a RustyDB server. The password is read from "
-                    "$RUSTYDB_PASSWORD, never from the command line.",
+        "$RUSTYDB_PASSWORD, never from the command line.",
     )
-    p.add_argument("--host", default=env.get("RUSTYDB_HOST", "127.0.0.1"),
-                   help="server address (default $RUSTYDB_HOST or 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None,
-                   help="server port (default $RUSTYDB_PORT or 5432)")
-    p.add_argument("--database", "-d", default=env.get("RUSTYDB_DATABASE"),
-                   help="database to use (default $RUSTYDB_DATABASE or the server's default)")
-    p.add_argument("--user", "-U", default=env.get("RUSTYDB_USER"),
-                   help="user name (default $RUSTYDB_USER or your login name)")
+    p.add_argument(
+        "--host",
+        default=env.get("RUSTYDB_HOST", "127.0.0.1"),
+        help="server address (default $RUSTYDB_HOST or 127.0.0.1)",
+    )
+    p.add_argument("--port", type=int, default=None, help="server port (default $RUSTYDB_PORT or 5432)")
+    p.add_argument(
+        "--database",
+        "-d",
+        default=env.get("RUSTYDB_DATABASE"),
+        help="database to use (default $RUSTYDB_DATABASE or the server's default)",
+    )
+    p.add_argument(
+        "--user", "-U", default=env.get("RUSTYDB_USER"), help="user name (default $RUSTYDB_USER or your login name)"
+    )
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--command", "-c", metavar="SQL",
-                        help="run SQL (one or more statements) and exit")
+    source.add_argument("--command", "-c", metavar="SQL", help="run SQL (one or more statements) and exit")
     source.add_argument("--file", "-f", metavar="FILE", help="run the script in FILE and exit")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object per statement")
@@ -315,8 +319,13 @@ def resolve_port(parser: argparse.ArgumentParser, port: int | None) -> int:
     return port
 
 
-def main(argv: list[str] | None = None, *, stdin: TextIO | None = None,
-         stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
     stdin = stdin or sys.stdin
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -328,8 +337,11 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None,
     script: TextIO | None = None
     if args.file is not None:
         try:
-            script = open(args.file, encoding=SCRIPT_ENCODING,  # noqa: SIM115 -- closed in finally
-                          newline="\n")
+            script = open(
+                args.file,
+                encoding=SCRIPT_ENCODING,  # noqa: SIM115 -- closed in finally
+                newline="\n",
+            )
         except OSError as e:
             err.write(f"{PROG}: cannot read {args.file}: {e.strerror}; check the path\n")
             return 1
@@ -341,8 +353,13 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None,
             return 1
         with conn:
             if args.command is not None:
-                return run_script(conn, read_statements(io.StringIO(args.command)),
-                                  printer, err, name_lines="\n" in args.command.strip())
+                return run_script(
+                    conn,
+                    read_statements(io.StringIO(args.command)),
+                    printer,
+                    err,
+                    name_lines="\n" in args.command.strip(),
+                )
             if script is not None:
                 return run_script(conn, read_statements(script), printer, err)
             if not stdin.isatty():
@@ -354,8 +371,9 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None,
     except BrokenPipeError:
         return 1  # the reader of our output went away (e.g. `| head`)
     except UnicodeDecodeError as e:
-        err.write(f"{PROG}: the script is not valid UTF-8 ({e.reason} at byte {e.start}); "
-                  "convert it to UTF-8 and try again\n")
+        err.write(
+            f"{PROG}: the script is not valid UTF-8 ({e.reason} at byte {e.start}); convert it to UTF-8 and try again\n"
+        )
         return 1
     finally:
         if script is not None:

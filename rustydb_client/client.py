@@ -54,8 +54,7 @@ class ConnectionFailed(ClientError):
 class ServerError(ClientError):
     """The server refused a statement. The connection stays usable unless `fatal`."""
 
-    def __init__(self, code: str, message: str, statement_line: int | None = None,
-                 fatal: bool = False):
+    def __init__(self, code: str, message: str, statement_line: int | None = None, fatal: bool = False):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -72,10 +71,18 @@ class Result:
     notices: list[str] = field(default_factory=list)
 
 
-def connect(host: str = "127.0.0.1", port: int = 5432, *, database: str | None = None,
-            user: str | None = None, password: str | None = None, timeout: float = 30,
-            query_timeout: float | None = None, client_name: str = CLIENT_NAME,
-            max_frame: int = protocol.DEFAULT_MAX_FRAME) -> Connection:
+def connect(
+    host: str = "127.0.0.1",
+    port: int = 5432,
+    *,
+    database: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    timeout: float = 30,
+    query_timeout: float | None = None,
+    client_name: str = CLIENT_NAME,
+    max_frame: int = protocol.DEFAULT_MAX_FRAME,
+) -> Connection:
     """Open a session. The password comes from `password` or $RUSTYDB_PASSWORD.
 
     `timeout` bounds connecting and authenticating; `query_timeout` (default
@@ -97,14 +104,12 @@ def connect(host: str = "127.0.0.1", port: int = 5432, *, database: str | None =
     except TimeoutError:
         raise ConnectionFailed(
             f"could not connect to {where}: no answer within {timeout} s; check the host, "
-            "the port and any firewall in between", "connection_timeout",
+            "the port and any firewall in between",
+            "connection_timeout",
         ) from None
     except OSError as e:
-        raise ConnectionFailed(
-            f"could not connect to {where}: {e.strerror or e}; check --host and --port"
-        ) from None
-    conn = Connection(sock, protocol.ClientProtocol(user, password, database, client_name),
-                      where, max_frame=max_frame)
+        raise ConnectionFailed(f"could not connect to {where}: {e.strerror or e}; check --host and --port") from None
+    conn = Connection(sock, protocol.ClientProtocol(user, password, database, client_name), where, max_frame=max_frame)
     try:
         conn._handshake()
     except BaseException:
@@ -117,8 +122,14 @@ def connect(host: str = "127.0.0.1", port: int = 5432, *, database: str | None =
 class Connection:
     """One session. Use as a context manager, or call close()."""
 
-    def __init__(self, sock: socket.socket, proto: protocol.ClientProtocol, where: str, *,
-                 max_frame: int = protocol.DEFAULT_MAX_FRAME):
+    def __init__(
+        self,
+        sock: socket.socket,
+        proto: protocol.ClientProtocol,
+        where: str,
+        *,
+        max_frame: int = protocol.DEFAULT_MAX_FRAME,
+    ):
         self._sock: socket.socket | None = sock
         self._proto = proto
         self._decoder = protocol.FrameDecoder(max_frame)
@@ -170,8 +181,9 @@ class Connection:
                 columns, rows = [], []
         return last or Result([], [], "", 0, notices)
 
-    def stream(self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS
-               ) -> Iterator[Columns | Rows | Complete | Notice]:
+    def stream(
+        self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS
+    ) -> Iterator[Columns | Rows | Complete | Notice]:
         """Yield each statement's events as they arrive: Columns, Rows batches, Complete.
 
         Stopping early is safe: the rest of the current answer is read and dropped.
@@ -181,11 +193,11 @@ class Connection:
         from rustydb_client.sqlsplit import split_statements
 
         for statement in split_statements(sql):
-            yield from self.stream_statement(statement.sql, batch_rows=batch_rows,
-                                             first_line=statement.line)
+            yield from self.stream_statement(statement.sql, batch_rows=batch_rows, first_line=statement.line)
 
-    def stream_statement(self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS,
-                         first_line: int = 1) -> Iterator[Columns | Rows | Complete | Notice]:
+    def stream_statement(
+        self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS, first_line: int = 1
+    ) -> Iterator[Columns | Rows | Complete | Notice]:
         """Like stream() for text that is exactly one statement (no splitting)."""
         self._require_open()
         self.send_raw(self._proto.query(sql, batch_rows))
@@ -197,8 +209,10 @@ class Connection:
                     finished = True
                     line = event.statement_line
                     raise ServerError(
-                        event.code, event.message,
-                        None if line is None else first_line + line - 1, event.fatal,
+                        event.code,
+                        event.message,
+                        None if line is None else first_line + line - 1,
+                        event.fatal,
                     )
                 if isinstance(event, Complete):
                     finished = True
@@ -222,20 +236,22 @@ class Connection:
                 raise RequestTooLarge(
                     f"the statement is {size / 1e6:.1f} MB, more than the "
                     f"{protocol.DEFAULT_MAX_FRAME / 1e6:.1f} MB one message can carry; split "
-                    "it into smaller statements (several INSERTs, say)") from None
+                    "it into smaller statements (several INSERTs, say)"
+                ) from None
             raise RequestTooLarge(e.message) from None
         except UnicodeEncodeError:
             # Bytes that were not UTF-8 reach Python strings as lone surrogates
             # (command-line arguments, a non-UTF-8 locale); they cannot be sent.
-            raise ClientError("the statement holds bytes that are not UTF-8 text; convert it "
-                              "to UTF-8 and try again") from None
+            raise ClientError(
+                "the statement holds bytes that are not UTF-8 text; convert it to UTF-8 and try again"
+            ) from None
         try:
             self._sock.sendall(frame)
         except OSError as e:
             self._drop()
             raise ConnectionFailed(
-                f"lost the connection to {self._where} while sending ({e.strerror or e}); "
-                "the server may have stopped", "connection_lost",
+                f"lost the connection to {self._where} while sending ({e.strerror or e}); the server may have stopped",
+                "connection_lost",
             ) from None
 
     def recv_message(self, *, bulk_views: bool = False) -> dict:
@@ -266,20 +282,20 @@ class Connection:
             except TimeoutError:
                 self._drop()
                 raise ConnectionFailed(
-                    f"the server at {self._where} did not answer in time; the connection "
-                    "is closed", "timeout",
+                    f"the server at {self._where} did not answer in time; the connection is closed",
+                    "timeout",
                 ) from None
             except OSError as e:
                 self._drop()
                 raise ConnectionFailed(
-                    f"lost the connection to {self._where} ({e.strerror or e}); "
-                    "the server may have stopped", "connection_lost",
+                    f"lost the connection to {self._where} ({e.strerror or e}); the server may have stopped",
+                    "connection_lost",
                 ) from None
             if not got:
                 self._drop()
                 raise ConnectionFailed(
-                    f"the server at {self._where} closed the connection; it may have "
-                    "been shut down or restarted", "connection_lost",
+                    f"the server at {self._where} closed the connection; it may have been shut down or restarted",
+                    "connection_lost",
                 )
             if data is None:
                 self._decoder.received_into(got)
@@ -336,9 +352,7 @@ class Connection:
             event = self._proto.receive(msg)
         except ProtocolError as e:
             self._drop()
-            raise ConnectionFailed(
-                f"the server at {self._where} broke the protocol ({e.message})", e.code
-            ) from None
+            raise ConnectionFailed(f"the server at {self._where} broke the protocol ({e.message})", e.code) from None
         if isinstance(event, ErrorReported) and event.fatal:
             self._drop()
         return event
@@ -356,9 +370,7 @@ class Connection:
 
     def _require_open(self) -> None:
         if self._sock is None:
-            raise ConnectionFailed(
-                f"the connection to {self._where} is closed; connect again", "closed"
-            )
+            raise ConnectionFailed(f"the connection to {self._where} is closed; connect again", "closed")
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -369,6 +381,15 @@ class Connection:
 
 
 __all__ = [
-    "BackupMessage", "ClientError", "Columns", "Complete", "Connection", "ConnectionFailed",
-    "Notice", "Result", "Rows", "ServerError", "connect",
+    "BackupMessage",
+    "ClientError",
+    "Columns",
+    "Complete",
+    "Connection",
+    "ConnectionFailed",
+    "Notice",
+    "Result",
+    "Rows",
+    "ServerError",
+    "connect",
 ]

@@ -99,8 +99,9 @@ def bin_header(size: int) -> bytes:
     return b"\xc6" + size.to_bytes(4, "big")
 
 
-def encode_bulk_frame(msg: dict, key: str, data: bytes | memoryview, *,
-                      max_frame: int = DEFAULT_MAX_FRAME) -> tuple[bytes, bytes | memoryview]:
+def encode_bulk_frame(
+    msg: dict, key: str, data: bytes | memoryview, *, max_frame: int = DEFAULT_MAX_FRAME
+) -> tuple[bytes, bytes | memoryview]:
     """The frame of ``{**msg, key: data}`` as (head, data), without copying ``data``.
 
     The bytes are exactly ``encode_frame``'s for that map; a backup's 1 MiB
@@ -167,7 +168,7 @@ class FrameDecoder:
             raise self._failed
         if self._body is not None:
             take = min(len(data), self._need - self._have)
-            self._body[self._have:self._have + take] = memoryview(data)[:take]
+            self._body[self._have : self._have + take] = memoryview(data)[:take]
             self._have += take
             if take < len(data):
                 self._buf += memoryview(data)[take:]  # the next frame's first bytes
@@ -192,10 +193,10 @@ class FrameDecoder:
             body = bytearray(self._need)
             pos = 0
             for part in self._parts:  # fewer bytes than the body: it is not complete
-                body[pos:pos + len(part)] = part
+                body[pos : pos + len(part)] = part
                 pos += len(part)
             self._body, self._parts = body, []
-        return memoryview(self._body)[self._have:]
+        return memoryview(self._body)[self._have :]
 
     def received_into(self, n: int) -> None:
         """``n`` bytes arrived in the view recv_buffer() gave."""
@@ -225,15 +226,14 @@ class FrameDecoder:
             body = joined
         else:
             body = memoryview(joined)[: self._need]
-            self._buf = bytearray(memoryview(joined)[self._need:])
+            self._buf = bytearray(memoryview(joined)[self._need :])
         self._need = None
         self._have = 0
         return self._decode(body, bulk_views)
 
     def _decode(self, body, bulk_views: bool) -> dict:
         try:
-            return decode_body(body, self.max_frame, self.max_depth, self.max_items,
-                               bulk_views=bulk_views)
+            return decode_body(body, self.max_frame, self.max_depth, self.max_items, bulk_views=bulk_views)
         except ProtocolError as e:
             self._failed = e
             raise
@@ -257,7 +257,7 @@ class FrameDecoder:
         if length == 0:
             self._failed = ProtocolError("bad_frame", "received an empty frame")
             raise self._failed
-        rest = bytes(memoryview(self._buf)[_HEADER.size:])
+        rest = bytes(memoryview(self._buf)[_HEADER.size :])
         self._buf = bytearray()
         self._need = length
         self._parts = [rest] if rest else []
@@ -350,17 +350,27 @@ RECV_IN_PLACE_MIN = 64 * 1024
 # Byte -> (kind, size) for the fixed-size msgpack formats; the scan below
 # only needs to know how far to skip and whether a container opens.
 _FIXED_SKIP = {
-    0xC0: 0, 0xC2: 0, 0xC3: 0,  # nil, false, true
-    0xCA: 4, 0xCB: 8,  # float32/64
-    0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,  # uint
-    0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8,  # int
+    0xC0: 0,
+    0xC2: 0,
+    0xC3: 0,  # nil, false, true
+    0xCA: 4,
+    0xCB: 8,  # float32/64
+    0xCC: 1,
+    0xCD: 2,
+    0xCE: 4,
+    0xCF: 8,  # uint
+    0xD0: 1,
+    0xD1: 2,
+    0xD2: 4,
+    0xD3: 8,  # int
 }
 _LEN_PREFIXED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}  # bin, str
 _CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}  # array, map
 
 
-def check_structure(body: bytes | memoryview, *, max_depth: int = MAX_DEPTH,
-                    max_items: int = MAX_CONTAINER_LEN) -> tuple[int, int] | None:
+def check_structure(
+    body: bytes | memoryview, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_CONTAINER_LEN
+) -> tuple[int, int] | None:
     """Walk msgpack bytes without building objects: depth, sizes, ext, truncation.
 
     Iterative (an explicit stack of remaining-item counts), so no input can
@@ -385,9 +395,7 @@ def check_structure(body: bytes | memoryview, *, max_depth: int = MAX_DEPTH,
             pos += 1
             items += 1
             if items > max_items:
-                raise ProtocolError(
-                    "frame_too_complex", f"a message holds more than {max_items} values"
-                )
+                raise ProtocolError("frame_too_complex", f"a message holds more than {max_items} values")
             if b <= 0x7F or b >= 0xE0:  # fixint
                 continue
             count = -1
@@ -416,9 +424,7 @@ def check_structure(body: bytes | memoryview, *, max_depth: int = MAX_DEPTH,
                 raise ProtocolError("bad_frame", f"unsupported msgpack type byte 0x{b:02x}")
             if count >= 0:
                 if len(stack) > max_depth:
-                    raise ProtocolError(
-                        "frame_too_deep", f"a message is nested deeper than {max_depth} levels"
-                    )
+                    raise ProtocolError("frame_too_deep", f"a message is nested deeper than {max_depth} levels")
                 # Every entry takes at least one byte: a count beyond what is
                 # left is a lie, refuse it before trusting it.
                 if count > n - pos:
@@ -519,34 +525,24 @@ def validate_message(msg: Any, direction: str) -> dict:
         raise ProtocolError("bad_message", "a message must be a map with a string 'type'")
     schema = _SCHEMAS[direction].get(msg["type"])
     if schema is None:
-        raise ProtocolError(
-            "bad_message", f"unknown message type {msg['type']!r} ({direction.replace('_', ' ')})"
-        )
+        raise ProtocolError("bad_message", f"unknown message type {msg['type']!r} ({direction.replace('_', ' ')})")
     for name, (kind, required) in schema.items():
         if name not in msg:
             if required:
-                raise ProtocolError(
-                    "bad_message", f"{msg['type']} message lacks its {name!r} field"
-                )
+                raise ProtocolError("bad_message", f"{msg['type']} message lacks its {name!r} field")
             continue
         if not _CHECKS[kind](msg[name]):
-            raise ProtocolError(
-                "bad_message", f"{msg['type']} message field {name!r} must be {kind}"
-            )
+            raise ProtocolError("bad_message", f"{msg['type']} message field {name!r} must be {kind}")
     if msg["type"] == "query" and not 1 <= msg.get("batch_rows", 1) <= MAX_CONTAINER_LEN:
-        raise ProtocolError(
-            "bad_message", f"query batch_rows must be between 1 and {MAX_CONTAINER_LEN}"
-        )
+        raise ProtocolError("bad_message", f"query batch_rows must be between 1 and {MAX_CONTAINER_LEN}")
     return msg
 
 
 # Builders: the only places message maps are spelled out.
 
 
-def hello_message(user: str, database: str | None, client: str,
-                  version: int = PROTOCOL_VERSION) -> dict:
-    return {"type": "hello", "version": version, "user": user, "database": database,
-            "client": client}
+def hello_message(user: str, database: str | None, client: str, version: int = PROTOCOL_VERSION) -> dict:
+    return {"type": "hello", "version": version, "user": user, "database": database, "client": client}
 
 
 def query_message(sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
@@ -562,8 +558,7 @@ def goodbye_message() -> dict:
 
 
 def ready_message(server_version: str, database: str, session_id: int) -> dict:
-    return {"type": "ready", "server_version": server_version, "database": database,
-            "session_id": session_id}
+    return {"type": "ready", "server_version": server_version, "database": database, "session_id": session_id}
 
 
 def columns_message(names: list[str]) -> dict:
@@ -574,20 +569,22 @@ def rows_message(rows: list[list]) -> dict:
     return {"type": "rows", "rows": [list(r) for r in rows]}
 
 
-def complete_message(status: str, rows_affected: int, database: str,
-                     in_transaction: bool) -> dict:
-    return {"type": "complete", "status": status, "rows_affected": rows_affected,
-            "database": database, "in_transaction": in_transaction}
+def complete_message(status: str, rows_affected: int, database: str, in_transaction: bool) -> dict:
+    return {
+        "type": "complete",
+        "status": status,
+        "rows_affected": rows_affected,
+        "database": database,
+        "in_transaction": in_transaction,
+    }
 
 
 def notice_message(message: str) -> dict:
     return {"type": "notice", "message": message}
 
 
-def error_message(code: str, message: str, *, fatal: bool = False,
-                  statement_line: int | None = None) -> dict:
-    return {"type": "error", "code": code, "message": message, "fatal": fatal,
-            "statement_line": statement_line}
+def error_message(code: str, message: str, *, fatal: bool = False, statement_line: int | None = None) -> dict:
+    return {"type": "error", "code": code, "message": message, "fatal": fatal, "statement_line": statement_line}
 
 
 def backup_header_message(**fields: Any) -> dict:
@@ -686,8 +683,7 @@ class BackupMessage:
 
 
 ServerEvent = AuthContinue | SessionRequested | Query | BackupRequested | Goodbye
-ClientEvent = (AuthContinue | Ready | Columns | Rows | Complete | Notice | ErrorReported
-               | BackupMessage)
+ClientEvent = AuthContinue | Ready | Columns | Rows | Complete | Notice | ErrorReported | BackupMessage
 
 
 # ---------------------------------------------------------------- SCRAM
@@ -698,9 +694,7 @@ def make_scram_credentials(password: str, iteration_count: int = SCRAM_ITERATION
 
     The password itself is never stored; these are what scramp's server needs.
     """
-    return _scramp().ScramMechanism(SCRAM_MECHANISM).make_auth_info(
-        password, iteration_count=iteration_count
-    )
+    return _scramp().ScramMechanism(SCRAM_MECHANISM).make_auth_info(password, iteration_count=iteration_count)
 
 
 # Per process, so an unknown user always gets the same fake salt within one
@@ -726,8 +720,7 @@ class ServerProtocol:
     and closes the connection.
     """
 
-    def __init__(self, auth_fn: Callable[[str], tuple | None] | None = None, *,
-                 decoy_secret: bytes | None = None):
+    def __init__(self, auth_fn: Callable[[str], tuple | None] | None = None, *, decoy_secret: bytes | None = None):
         self._auth_fn = auth_fn
         self._decoy_secret = decoy_secret or _DECOY_SECRET
         self.state = "hello"
@@ -834,8 +827,9 @@ class ClientProtocol:
     `ready` and `complete` messages.
     """
 
-    def __init__(self, user: str, password: str | None = None, database: str | None = None,
-                 client: str = "rustydb-client"):
+    def __init__(
+        self, user: str, password: str | None = None, database: str | None = None, client: str = "rustydb-client"
+    ):
         self.user = user
         self._password = password
         self.requested_database = database
@@ -864,8 +858,7 @@ class ClientProtocol:
         if kind == "error":
             if msg["fatal"]:
                 self.state = "closed"
-            return ErrorReported(msg["code"], msg["message"], msg["fatal"],
-                                 msg.get("statement_line"))
+            return ErrorReported(msg["code"], msg["message"], msg["fatal"], msg.get("statement_line"))
         if kind == "notice":
             return Notice(msg["message"])
         if self.state == "handshake":
@@ -879,8 +872,7 @@ class ClientProtocol:
         if kind == "complete":
             self.database = msg["database"]
             self.in_transaction = msg["in_transaction"]
-            return Complete(msg["status"], msg["rows_affected"], msg["database"],
-                            msg["in_transaction"])
+            return Complete(msg["status"], msg["rows_affected"], msg["database"], msg["in_transaction"])
         if kind.startswith("backup_"):
             return BackupMessage(msg)
         raise ProtocolError("protocol_violation", f"received {kind} during a session")
@@ -892,8 +884,7 @@ class ClientProtocol:
             if msg["mechanism"] != SCRAM_MECHANISM:
                 raise ProtocolError(
                     "auth_failed",
-                    f"the server asks for {msg['mechanism']}, this client only speaks "
-                    f"{SCRAM_MECHANISM}",
+                    f"the server asks for {msg['mechanism']}, this client only speaks {SCRAM_MECHANISM}",
                 )
             if self._password is None:
                 raise ProtocolError(
@@ -902,9 +893,7 @@ class ClientProtocol:
                     "environment variable (or pass password= to connect)",
                 )
             self._scram = _scramp().ScramClient([SCRAM_MECHANISM], self.user, self._password)
-            return AuthContinue(
-                ({"type": "scram_client_first", "data": self._scram.get_client_first()},)
-            )
+            return AuthContinue(({"type": "scram_client_first", "data": self._scram.get_client_first()},))
         if kind == "scram_server_first" and step == "get_client_first":
             try:
                 self._scram.set_server_first(msg["data"])
@@ -928,6 +917,4 @@ class ClientProtocol:
             self.server_version = msg["server_version"]
             self.session_id = msg["session_id"]
             return Ready(msg["server_version"], msg["database"], msg["session_id"])
-        raise ProtocolError(
-            "protocol_violation", f"received {kind} at the wrong point of the handshake"
-        )
+        raise ProtocolError("protocol_violation", f"received {kind} at the wrong point of the handshake")

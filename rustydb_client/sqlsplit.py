@@ -24,17 +24,21 @@ _SEMI, _WS, _OTHER, _EXPLAIN, _CREATE, _TEMP, _TRIGGER, _END = range(8)
 _START, _NORMAL, _EXPLAIN_S, _CREATE_S, _TRIGGER_S, _SEMI_S, _END_S = 1, 2, 3, 4, 5, 6, 7
 _TRANSITIONS = {
     # state:     SEMI WS OTHER EXPLAIN CREATE TEMP TRIGGER END
-    _START:      (1, 1, 2, 3, 4, 2, 2, 2),
-    _NORMAL:     (1, 2, 2, 2, 2, 2, 2, 2),
-    _EXPLAIN_S:  (1, 3, 3, 2, 4, 2, 2, 2),
-    _CREATE_S:   (1, 4, 2, 2, 2, 4, 5, 2),
-    _TRIGGER_S:  (6, 5, 5, 5, 5, 5, 5, 5),
-    _SEMI_S:     (6, 6, 5, 5, 5, 5, 5, 7),
-    _END_S:      (1, 7, 5, 5, 5, 5, 5, 5),
+    _START: (1, 1, 2, 3, 4, 2, 2, 2),
+    _NORMAL: (1, 2, 2, 2, 2, 2, 2, 2),
+    _EXPLAIN_S: (1, 3, 3, 2, 4, 2, 2, 2),
+    _CREATE_S: (1, 4, 2, 2, 2, 4, 5, 2),
+    _TRIGGER_S: (6, 5, 5, 5, 5, 5, 5, 5),
+    _SEMI_S: (6, 6, 5, 5, 5, 5, 5, 7),
+    _END_S: (1, 7, 5, 5, 5, 5, 5, 5),
 }
 _KEYWORDS = {
-    "EXPLAIN": _EXPLAIN, "CREATE": _CREATE, "TEMP": _TEMP, "TEMPORARY": _TEMP,
-    "TRIGGER": _TRIGGER, "END": _END,
+    "EXPLAIN": _EXPLAIN,
+    "CREATE": _CREATE,
+    "TEMP": _TEMP,
+    "TEMPORARY": _TEMP,
+    "TRIGGER": _TRIGGER,
+    "END": _END,
 }
 # SQLite's identifier characters: ASCII letters, digits, _ and $, and every
 # non-ASCII character.
@@ -65,8 +69,7 @@ class StatementSplitter:
     @property
     def pending(self) -> bool:
         """True while a statement (or a block comment) is open: more input is needed."""
-        return (self._start_line is not None or self._lex == _BLOCK_COMMENT
-                or bool(self._buf.strip()))
+        return self._start_line is not None or self._lex == _BLOCK_COMMENT or bool(self._buf.strip())
 
     def feed(self, chunk: str) -> list[Statement]:
         self._buf += chunk
@@ -223,9 +226,7 @@ def split_statements(text: str) -> list[Statement]:
     return splitter.feed(text) + splitter.finish()
 
 
-_LEADING = re.compile(
-    r"(?:[ \t\n\r\f]+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.DOTALL
-)
+_LEADING = re.compile(r"(?:[ \t\n\r\f]+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.DOTALL)
 
 
 def leading_keywords(sql: str, n: int = 2) -> list[str]:

@@ -59,9 +59,7 @@ async def _alter_set(conn, cmd: ap.AlterSystemSet) -> AdminResult:
     if setting.context == settings_mod.RESTART:
         notices.append(f"{setting.name} = {shown} is saved; it takes effect after a restart")
     elif setting.name not in result.applied and state.settings.source(setting.name) == "command line":
-        notices.append(
-            f"{setting.name} is saved, but a command-line flag overrides it until restart"
-        )
+        notices.append(f"{setting.name} is saved, but a command-line flag overrides it until restart")
     _settings_changed(state)
     return AdminResult("ALTER SYSTEM", notices=notices)
 
@@ -88,9 +86,7 @@ async def _show(conn, cmd: ap.Show) -> AdminResult:
     settings = conn.state.settings
     if cmd.name is None:
         rows = [list(r) for r in settings_mod.show_all(settings)]
-        return AdminResult(
-            "SHOW", ["name", "setting", "unit", "context", "source", "description"], rows
-        )
+        return AdminResult("SHOW", ["name", "setting", "unit", "context", "source", "description"], rows)
     special = _special_show(conn, cmd.name.lower())
     if special is not None:
         return AdminResult("SHOW", [cmd.name.lower()], [[special]])
@@ -130,16 +126,19 @@ async def _shutdown(conn, cmd: ap.Shutdown) -> AdminResult:
 async def _checkpoint(conn, cmd) -> AdminResult:
     result = await _thread(conn, conn.state.engine.checkpoint, "requested")
     if not result["complete"]:
-        return AdminResult("CHECKPOINT", notices=[
-            "checkpoint incomplete: a long-running reader kept SQLite from copying every "
-            "page; the redo point did not move"])
+        return AdminResult(
+            "CHECKPOINT",
+            notices=[
+                "checkpoint incomplete: a long-running reader kept SQLite from copying every "
+                "page; the redo point did not move"
+            ],
+        )
     return AdminResult("CHECKPOINT")
 
 
 async def _restore_point(conn, cmd: ap.CreateRestorePoint) -> AdminResult:
     lsn = await _thread(conn, conn.state.engine.create_restore_point, cmd.name)
-    return AdminResult("CREATE RESTORE POINT", ["restore_point", "lsn"],
-                       [[cmd.name, format_lsn(lsn)]])
+    return AdminResult("CREATE RESTORE POINT", ["restore_point", "lsn"], [[cmd.name, format_lsn(lsn)]])
 
 
 async def _switch_wal(conn, cmd) -> AdminResult:
@@ -155,8 +154,7 @@ async def _create_database(conn, cmd: ap.CreateDatabase) -> AdminResult:
 
 async def _drop_database(conn, cmd: ap.DropDatabase) -> AdminResult:
     current = conn.session.handle if conn.session else None
-    dropped = await _thread(conn, conn.state.engine.drop_database, cmd.name, cmd.if_exists,
-                            current)
+    dropped = await _thread(conn, conn.state.engine.drop_database, cmd.name, cmd.if_exists, current)
     notices = [] if dropped else [f'database "{cmd.name}" does not exist, skipping']
     return AdminResult("DROP DATABASE", notices=notices)
 

@@ -74,12 +74,22 @@ class Use:
     name: str
 
 
-AdminCommand = (AlterSystemSet | AlterSystemReset | Show | Shutdown | Checkpoint
-                | CreateRestorePoint | SwitchWal | CreateDatabase | DropDatabase | Use)
+AdminCommand = (
+    AlterSystemSet
+    | AlterSystemReset
+    | Show
+    | Shutdown
+    | Checkpoint
+    | CreateRestorePoint
+    | SwitchWal
+    | CreateDatabase
+    | DropDatabase
+    | Use
+)
 
 FORMS = {
     "ALTER SYSTEM": "ALTER SYSTEM SET name = value, ALTER SYSTEM SET name TO value, "
-                    "ALTER SYSTEM RESET name or ALTER SYSTEM RESET ALL",
+    "ALTER SYSTEM RESET name or ALTER SYSTEM RESET ALL",
     "SHOW": "SHOW name or SHOW ALL",
     "SHUTDOWN": "SHUTDOWN or SHUTDOWN IMMEDIATE",
     "CHECKPOINT": "CHECKPOINT",
@@ -171,8 +181,7 @@ class _Cursor:
         return token
 
     def fail(self, problem: str) -> AdminSyntaxError:
-        return AdminSyntaxError(
-            f"syntax error in {self.form}: {problem}. Usage: {FORMS[self.form]}")
+        return AdminSyntaxError(f"syntax error in {self.form}: {problem}. Usage: {FORMS[self.form]}")
 
     def keyword(self, *words: str) -> str:
         token = self.take()
@@ -266,8 +275,7 @@ def _parse_alter_system(c: _Cursor) -> AdminCommand:
         raise c.fail(f"expected = or TO after {name} {_where(token)}")
     value = c.take()
     if value is None or value.kind not in ("string", "number", "word"):
-        raise c.fail(f"expected a value for {name} {_where(value)} "
-                     f"(quote paths and text: '/var/lib/rusty-db/archive')")
+        raise c.fail(f"expected a value for {name} {_where(value)} (quote paths and text: '/var/lib/rusty-db/archive')")
     if value.kind == "word" and value.text.upper() == "DEFAULT":
         return AlterSystemReset(name)  # PostgreSQL's SET name TO DEFAULT
     return AlterSystemSet(name, value.text)
@@ -305,16 +313,14 @@ def _parse_restore_point(c: _Cursor) -> AdminCommand:
         raise c.fail(f"expected the restore point's name in single quotes {_where(token)}")
     name = token.text
     if not name or len(name) > MAX_RESTORE_POINT_NAME or not name.isprintable():
-        raise c.fail(f"a restore point name must be 1 to {MAX_RESTORE_POINT_NAME} "
-                     f"printable characters, not {name!r}")
+        raise c.fail(f"a restore point name must be 1 to {MAX_RESTORE_POINT_NAME} printable characters, not {name!r}")
     return CreateRestorePoint(name)
 
 
 def _database_name(c: _Cursor) -> str:
     name = c.name("a database name")
     if not DATABASE_NAME.fullmatch(name):
-        raise c.fail(f"invalid database name {name!r}: use a letter or _ followed by up to 62 "
-                     f"letters, digits or _")
+        raise c.fail(f"invalid database name {name!r}: use a letter or _ followed by up to 62 letters, digits or _")
     return name
 
 
@@ -340,10 +346,9 @@ def _if_exists(c: _Cursor, negated: bool) -> bool:
     if not _is_word(c.peek(), "IF"):
         return False
     # "IF" could be a database name; it is the clause only when EXISTS follows.
-    rest = c.tokens[c.pos + 1:c.pos + 3]
+    rest = c.tokens[c.pos + 1 : c.pos + 3]
     expected = ["NOT", "EXISTS"] if negated else ["EXISTS"]
-    if len(rest) >= len(expected) and all(
-            _is_word(t, w) for t, w in zip(rest, expected)):
+    if len(rest) >= len(expected) and all(_is_word(t, w) for t, w in zip(rest, expected)):
         c.pos += 1 + len(expected)
         return True
     if len(rest) == 0:

@@ -41,8 +41,7 @@ def parse_verifier(text: str) -> tuple:
         stored, server = keys.split(":", 1)
         if mech != "SCRAM-SHA-256":
             raise ValueError(mech)
-        return (base64.b64decode(salt), base64.b64decode(stored), base64.b64decode(server),
-                int(iterations))
+        return (base64.b64decode(salt), base64.b64decode(stored), base64.b64decode(server), int(iterations))
     except ValueError as e:
         raise UsersFileError(f"malformed SCRAM verifier ({e})") from None
 
@@ -56,7 +55,7 @@ def load_users(path: str) -> dict[str, tuple]:
     users = {}
     for name, entry in (data.get("users") or {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("scram"), str):
-            raise UsersFileError(f"users file {path}: [users.{name}] needs a scram = \"...\" line")
+            raise UsersFileError(f'users file {path}: [users.{name}] needs a scram = "..." line')
         users[name] = parse_verifier(entry["scram"])
     return users
 

@@ -23,8 +23,7 @@ def _load():
             path = os.path.join(where, "_crc32c" + suffix)
             if os.path.isfile(path):
                 loader = importlib.machinery.ExtensionFileLoader("crc32c._crc32c", path)
-                module = importlib.util.module_from_spec(
-                    importlib.util.spec_from_loader("crc32c._crc32c", loader))
+                module = importlib.util.module_from_spec(importlib.util.spec_from_loader("crc32c._crc32c", loader))
                 loader.exec_module(module)
                 return module.crc32c
     import crc32c as package  # another layout: the ordinary way

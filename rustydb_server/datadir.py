@@ -58,7 +58,8 @@ def check_usable(control: Control, path: str) -> None:
         raise DataDirError(
             f"{path} is not usable: a restore into it did not finish (state "
             f"{control.state!r}), so its databases may be half-changed; restore it again "
-            "from the backups")
+            "from the backups"
+        )
 
 
 @dataclasses.dataclass
@@ -86,8 +87,7 @@ class Control:
         body = data[16 : 16 + length]
         if len(body) != length or crc32c(body) != crc:
             raise DataDirError(
-                f"{path}: control file is damaged (checksum mismatch); "
-                "restore the data directory from a backup"
+                f"{path}: control file is damaged (checksum mismatch); restore the data directory from a backup"
             )
         fields = msgpack.unpackb(body, raw=False)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -152,8 +152,7 @@ class DataDir:
             raise DataDirError(f"{self.join(VERSION_FILE)}: cannot read format version: {e}") from None
         if version != FORMAT_VERSION:
             raise DataDirError(
-                f"{self.path}: on-disk format version {version}, this server reads "
-                f"version {FORMAT_VERSION}"
+                f"{self.path}: on-disk format version {version}, this server reads version {FORMAT_VERSION}"
             )
 
     def read_control(self) -> Control:
@@ -183,9 +182,7 @@ class DataDir:
                 "point --data-dir at an empty or new directory"
             )
         self.create_layout()
-        control = Control(
-            system_id=secrets.randbits(63) or 1, timeline=timeline, segment_size=segment_size
-        )
+        control = Control(system_id=secrets.randbits(63) or 1, timeline=timeline, segment_size=segment_size)
         self.fileops.write_file_atomic(self.join(VERSION_FILE), f"{FORMAT_VERSION}\n".encode())
         self.write_control(control)
         return control
@@ -196,11 +193,11 @@ class DataDir:
         try:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
         except FileExistsError:
-            raise DataDirError(f"{self.path} exists and is not a directory; choose another "
-                               "data directory") from None
+            raise DataDirError(f"{self.path} exists and is not a directory; choose another data directory") from None
         except OSError as e:
-            raise DataDirError(f"cannot create data directory {self.path}: {e.strerror}; "
-                               "create it yourself or choose another one") from None
+            raise DataDirError(
+                f"cannot create data directory {self.path}: {e.strerror}; create it yourself or choose another one"
+            ) from None
         path = self.join(PID_FILE)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -231,7 +228,8 @@ class DataDir:
             raise DataDirError(
                 f"data directory {self.path} is the target of a restore that did not finish "
                 f"(rusty-db-restore, pid {before[0]}); run the restore again, or remove the "
-                "directory to start a new, empty server there")
+                "directory to start a new, empty server there"
+            )
         self.write_pid(what)
 
     def write_pid(self, what: str, **info) -> None:

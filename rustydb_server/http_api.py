@@ -93,8 +93,7 @@ def build_app(state) -> Starlette:
         return error(404, f"no such endpoint: {request.method} {request.url.path}", "not_found")
 
     async def method_not_allowed(request: Request, exc) -> JSONResponse:
-        return error(405, f"{request.method} is not allowed on {request.url.path}",
-                     "method_not_allowed")
+        return error(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed")
 
     async def server_error(request: Request, exc) -> JSONResponse:
         log.error("HTTP handler failed", path=request.url.path, error=repr(exc))
@@ -147,5 +146,5 @@ async def serve_http(state, host: str, port: int, *, task_status=trio.TASK_STATU
         raise StartupError(
             f"cannot listen for the HTTP API on {host} port {port}: {e.strerror or e}; check "
             "listen_address (--listen) and http_port (--http-port), and that no other program "
-            "uses that port") from None
-
+            "uses that port"
+        ) from None

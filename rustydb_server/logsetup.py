@@ -54,8 +54,7 @@ def _use_json(log_format: str, stream: TextIO) -> bool:
     return not (isatty and isatty())
 
 
-def configure_logging(log_format: str = "auto", level: str = "info",
-                      stream: TextIO | None = None) -> None:
+def configure_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Send every log event to ``stream`` (stderr by default), one per line."""
     import structlog
 
@@ -86,16 +85,14 @@ def configure_logging(log_format: str = "auto", level: str = "info",
     _route_stdlib_logging(shared, finishing, renderer, LEVELS[level], stream)
 
 
-def _route_stdlib_logging(shared: list[Any], finishing: list[Any], renderer: Any,
-                          level: int, stream: TextIO) -> None:
+def _route_stdlib_logging(shared: list[Any], finishing: list[Any], renderer: Any, level: int, stream: TextIO) -> None:
     import logging
 
     import structlog.stdlib
 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    *finishing, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finishing, renderer],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)

@@ -100,8 +100,9 @@ async def _reload(state: ServerState) -> None:
     state.notifier.reloading()
     try:
         changes = state.settings.reload()
-        log.info("configuration reloaded", applied=sorted(changes.applied),
-                 pending_restart=sorted(changes.pending_restart))
+        log.info(
+            "configuration reloaded", applied=sorted(changes.applied), pending_restart=sorted(changes.pending_restart)
+        )
     except Exception as e:  # a broken config file must not take the server down
         log.error("configuration reload failed; keeping the current settings", error=str(e))
     state.notifier.ready()
@@ -184,13 +185,13 @@ class StartupError(Exception):
 async def _serve(state: ServerState, ddir, root: trio.Nursery) -> None:
     settings = state.settings
     try:
-        listeners = await trio.open_tcp_listeners(settings["port"],
-                                                  host=settings["listen_address"])
+        listeners = await trio.open_tcp_listeners(settings["port"], host=settings["listen_address"])
     except OSError as e:
         raise StartupError(
             f"cannot listen on {settings['listen_address']} port {settings['port']}: "
             f"{e.strerror or e}; check listen_address (--listen) and port (--port), and that "
-            "no other program uses that port") from None
+            "no other program uses that port"
+        ) from None
     state.wire_address = listeners[0].socket.getsockname()
     wire_scope = await root.start(wire.serve_wire, state, listeners)
     root.start_soon(_watch_signals, state)
@@ -201,8 +202,7 @@ async def _serve(state: ServerState, ddir, root: trio.Nursery) -> None:
     state.phase = "running"
     state.notifier.ready()
     state.notifier.status(f"ready: accepting connections on port {settings['port']}")
-    log.info("ready", port=settings["port"], http_port=settings["http_port"],
-             listen=settings["listen_address"])
+    log.info("ready", port=settings["port"], http_port=settings["http_port"], listen=settings["listen_address"])
     await state.shutdown_requested.wait()
     state.phase = "stopping"
     state.notifier.stopping()

@@ -79,66 +79,152 @@ def _registry(*settings: Setting) -> dict[str, Setting]:
 
 
 REGISTRY: dict[str, Setting] = _registry(
-    Setting("listen_address", "str", "127.0.0.1", context=RESTART,
-            description="Address the wire protocol and HTTP API listen on."),
-    Setting("port", "int", 5432, context=RESTART, min=1, max=65535,
-            description="TCP port of the wire protocol."),
-    Setting("http_port", "int", 8080, context=RESTART, min=0, max=65535,
-            description="TCP port of the admin HTTP API; 0 disables the API."),
-    Setting("data_dir", "path", "./rustydb-data", context=RESTART,
-            description="Data directory; relative paths are taken from the working directory."),
-    Setting("max_connections", "int", 100, context=RESTART, min=1, max=10000,
-            description="Most client sessions served at once."),
-    Setting("auth_trust_loopback", "bool", True,
-            description="Clients connecting over loopback need no password."),
-    Setting("auth_users_file", "path", "",
-            description="TOML file of SCRAM-SHA-256 credentials; empty means no users."),
-    Setting("http_api_token_file", "path", "",
-            description="File holding the bearer token of the HTTP API."),
-    Setting("statement_timeout", "duration", 0, unit="ms",
-            description="Cancel a statement running longer than this; 0 disables."),
-    Setting("idle_session_timeout", "duration", 0, unit="ms",
-            description="Close a session idle (outside a transaction) this long; 0 disables."),
-    Setting("shutdown_timeout", "duration", 30, unit="s", min=0,
-            description="How long a graceful shutdown waits for running statements."),
-    Setting("checkpoint_timeout", "duration", 300, unit="s", min=1,
-            description="Longest time between automatic checkpoints."),
-    Setting("checkpoint_wal_size", "size", 64 * 1024**2, unit="B", min=1,
-            description="Checkpoint after this much WAL has been written."),
-    Setting("wal_segment_size", "size", 16 * 1024**2, unit="B", context=RESTART,
-            min=64 * 1024, max=1024**3, validator=_power_of_two,
-            description="Size of a WAL segment file; used only when the data "
-                        "directory is initialised. A power of two from 64kB to 1GB."),
-    Setting("wal_keep_size", "size", 0, unit="B",
-            description="Extra WAL kept beyond what checkpoints, archiving and "
-                        "backups need."),
-    Setting("archive_mode", "bool", False,
-            description="Copy every completed WAL segment to archive_dest."),
-    Setting("archive_dest", "path", "",
-            description="Directory WAL segments are archived to."),
-    Setting("archive_timeout", "duration", 60, unit="s", min=1,
-            description="Switch to a new WAL segment at least this often so it gets archived."),
-    Setting("archive_encryption", "bool", False,
-            description="Encrypt archived WAL segments with backup_key_file."),
-    Setting("archive_compression", "enum", "lz4", choices=("lz4", "zstd", "snappy", "none"),
-            description="Compression of archived WAL segments."),
-    Setting("backup_dir", "path", "",
-            description="Directory of backups started through the API; empty means "
-                        "<data_dir>/backups."),
-    Setting("backup_key_file", "path", "",
-            description="Key file used to encrypt backups and archived WAL."),
-    Setting("backup_compression", "enum", "lz4", choices=("lz4", "zstd", "snappy"),
-            description="Compression of backups."),
-    Setting("backup_threads", "int", 2, min=1, max=64,
-            description="Threads compressing and encrypting a backup."),
-    Setting("backup_nice", "int", 10, min=0, max=19,
-            description="CPU niceness of the threads compressing and encrypting a backup "
-                        "the server writes, so queries keep the CPU when both are busy "
-                        "(Linux; 0 = normal priority)."),
-    Setting("log_format", "enum", "auto", choices=("auto", "json", "console"),
-            description="Log format; auto is console on a terminal, JSON otherwise."),
-    Setting("log_level", "enum", "info", choices=("debug", "info", "warning", "error"),
-            description="Least severe log level written."),
+    Setting(
+        "listen_address",
+        "str",
+        "127.0.0.1",
+        context=RESTART,
+        description="Address the wire protocol and HTTP API listen on.",
+    ),
+    Setting("port", "int", 5432, context=RESTART, min=1, max=65535, description="TCP port of the wire protocol."),
+    Setting(
+        "http_port",
+        "int",
+        8080,
+        context=RESTART,
+        min=0,
+        max=65535,
+        description="TCP port of the admin HTTP API; 0 disables the API.",
+    ),
+    Setting(
+        "data_dir",
+        "path",
+        "./rustydb-data",
+        context=RESTART,
+        description="Data directory; relative paths are taken from the working directory.",
+    ),
+    Setting(
+        "max_connections",
+        "int",
+        100,
+        context=RESTART,
+        min=1,
+        max=10000,
+        description="Most client sessions served at once.",
+    ),
+    Setting("auth_trust_loopback", "bool", True, description="Clients connecting over loopback need no password."),
+    Setting("auth_users_file", "path", "", description="TOML file of SCRAM-SHA-256 credentials; empty means no users."),
+    Setting("http_api_token_file", "path", "", description="File holding the bearer token of the HTTP API."),
+    Setting(
+        "statement_timeout",
+        "duration",
+        0,
+        unit="ms",
+        description="Cancel a statement running longer than this; 0 disables.",
+    ),
+    Setting(
+        "idle_session_timeout",
+        "duration",
+        0,
+        unit="ms",
+        description="Close a session idle (outside a transaction) this long; 0 disables.",
+    ),
+    Setting(
+        "shutdown_timeout",
+        "duration",
+        30,
+        unit="s",
+        min=0,
+        description="How long a graceful shutdown waits for running statements.",
+    ),
+    Setting(
+        "checkpoint_timeout",
+        "duration",
+        300,
+        unit="s",
+        min=1,
+        description="Longest time between automatic checkpoints.",
+    ),
+    Setting(
+        "checkpoint_wal_size",
+        "size",
+        64 * 1024**2,
+        unit="B",
+        min=1,
+        description="Checkpoint after this much WAL has been written.",
+    ),
+    Setting(
+        "wal_segment_size",
+        "size",
+        16 * 1024**2,
+        unit="B",
+        context=RESTART,
+        min=64 * 1024,
+        max=1024**3,
+        validator=_power_of_two,
+        description="Size of a WAL segment file; used only when the data "
+        "directory is initialised. A power of two from 64kB to 1GB.",
+    ),
+    Setting(
+        "wal_keep_size",
+        "size",
+        0,
+        unit="B",
+        description="Extra WAL kept beyond what checkpoints, archiving and backups need.",
+    ),
+    Setting("archive_mode", "bool", False, description="Copy every completed WAL segment to archive_dest."),
+    Setting("archive_dest", "path", "", description="Directory WAL segments are archived to."),
+    Setting(
+        "archive_timeout",
+        "duration",
+        60,
+        unit="s",
+        min=1,
+        description="Switch to a new WAL segment at least this often so it gets archived.",
+    ),
+    Setting("archive_encryption", "bool", False, description="Encrypt archived WAL segments with backup_key_file."),
+    Setting(
+        "archive_compression",
+        "enum",
+        "lz4",
+        choices=("lz4", "zstd", "snappy", "none"),
+        description="Compression of archived WAL segments.",
+    ),
+    Setting(
+        "backup_dir",
+        "path",
+        "",
+        description="Directory of backups started through the API; empty means <data_dir>/backups.",
+    ),
+    Setting("backup_key_file", "path", "", description="Key file used to encrypt backups and archived WAL."),
+    Setting(
+        "backup_compression", "enum", "lz4", choices=("lz4", "zstd", "snappy"), description="Compression of backups."
+    ),
+    Setting("backup_threads", "int", 2, min=1, max=64, description="Threads compressing and encrypting a backup."),
+    Setting(
+        "backup_nice",
+        "int",
+        10,
+        min=0,
+        max=19,
+        description="CPU niceness of the threads compressing and encrypting a backup "
+        "the server writes, so queries keep the CPU when both are busy "
+        "(Linux; 0 = normal priority).",
+    ),
+    Setting(
+        "log_format",
+        "enum",
+        "auto",
+        choices=("auto", "json", "console"),
+        description="Log format; auto is console on a terminal, JSON otherwise.",
+    ),
+    Setting(
+        "log_level",
+        "enum",
+        "info",
+        choices=("debug", "info", "warning", "error"),
+        description="Least severe log level written.",
+    ),
 )
 
 
@@ -152,9 +238,7 @@ def lookup(name: str) -> Setting:
     if setting is None:
         close = difflib.get_close_matches(key, REGISTRY, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "."
-        raise SettingError(
-            f"unknown setting {name!r}{hint} SHOW ALL lists every setting."
-        )
+        raise SettingError(f"unknown setting {name!r}{hint} SHOW ALL lists every setting.")
     return setting
 
 
@@ -236,8 +320,7 @@ def _parse_path(setting: Setting, raw: Any) -> str:
     return raw.strip()
 
 
-def _parse_quantity(setting: Setting, raw: Any, units: dict[str, int], base: int,
-                    example: str) -> int:
+def _parse_quantity(setting: Setting, raw: Any, units: dict[str, int], base: int, example: str) -> int:
     """A number with an optional unit, converted to a whole number of base units."""
     unit_names = ", ".join(_unit_names(units))
     expected = f"a number with an optional unit ({unit_names}), for example {example}"
@@ -274,8 +357,7 @@ def _unit_names(units: dict[str, int]) -> list[str]:
 
 
 def _parse_duration(setting: Setting, raw: Any) -> int:
-    return _parse_quantity(setting, raw, DURATION_UNITS_MS, DURATION_UNITS_MS[setting.unit],
-                           "60s or 5min")
+    return _parse_quantity(setting, raw, DURATION_UNITS_MS, DURATION_UNITS_MS[setting.unit], "60s or 5min")
 
 
 def _parse_size(setting: Setting, raw: Any) -> int:
@@ -316,10 +398,7 @@ def _check_range(setting: Setting, value: Any) -> None:
     if too_low or too_high:
         shown = format_value(setting.name, value)
         range_text = _range_text(setting) or " of at least 0"
-        raise SettingError(
-            f"value {shown} is out of range for setting {setting.name}: "
-            f"expected a value{range_text}"
-        )
+        raise SettingError(f"value {shown} is out of range for setting {setting.name}: expected a value{range_text}")
 
 
 # ---------------------------------------------------------------- formatting
@@ -372,9 +451,7 @@ def _read_toml(path: str, what: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise SettingError(
-            f"cannot read {what} {path}: malformed TOML ({e}); fix or remove the file"
-        ) from None
+        raise SettingError(f"cannot read {what} {path}: malformed TOML ({e}); fix or remove the file") from None
     except OSError as e:
         raise SettingError(f"cannot read {what} {path}: {e.strerror}") from None
 
@@ -384,10 +461,7 @@ def _parse_table(table: dict[str, Any], path: str, what: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, raw in table.items():
         if isinstance(raw, dict):
-            raise SettingError(
-                f"{what} {path}: [{key}] is a table; settings are top-level keys "
-                f"such as port = 5432"
-            )
+            raise SettingError(f"{what} {path}: [{key}] is a table; settings are top-level keys such as port = 5432")
         try:
             setting = lookup(key)
             values[setting.name] = parse_value(setting.name, raw)
@@ -420,8 +494,7 @@ def read_auto_file(data_dir: str) -> dict[str, Any]:
 
 
 _AUTO_HEADER = (
-    "# Written by ALTER SYSTEM; do not edit while the server runs.\n"
-    "# ALTER SYSTEM RESET name removes an entry.\n"
+    "# Written by ALTER SYSTEM; do not edit while the server runs.\n# ALTER SYSTEM RESET name removes an entry.\n"
 )
 
 
@@ -480,9 +553,14 @@ class ReloadResult:
 class Settings:
     """The effective value of every setting and where it came from."""
 
-    def __init__(self, values: dict[str, Any], sources: dict[str, str],
-                 config_file: str | None, data_dir_override: str | None,
-                 cli_overrides: dict[str, Any]):
+    def __init__(
+        self,
+        values: dict[str, Any],
+        sources: dict[str, str],
+        config_file: str | None,
+        data_dir_override: str | None,
+        cli_overrides: dict[str, Any],
+    ):
         self._values = values
         self._sources = sources
         self._pending: dict[str, tuple[Any, Any]] = {}
@@ -491,8 +569,12 @@ class Settings:
         self._cli_overrides = dict(cli_overrides)
 
     @classmethod
-    def load(cls, config_file: str | None = None, data_dir_override: str | None = None,
-             cli_overrides: dict[str, Any] | None = None) -> Settings:
+    def load(
+        cls,
+        config_file: str | None = None,
+        data_dir_override: str | None = None,
+        cli_overrides: dict[str, Any] | None = None,
+    ) -> Settings:
         """Defaults < config file < rustydb.auto.toml < command line."""
         cli = dict(cli_overrides or {})
         values, sources = _resolve(config_file, data_dir_override, cli)
@@ -514,8 +596,7 @@ class Settings:
         All or nothing: if any file is invalid, SettingError is raised and no
         value changes.
         """
-        new_values, new_sources = _resolve(self.config_file, self._data_dir_override,
-                                           self._cli_overrides)
+        new_values, new_sources = _resolve(self.config_file, self._data_dir_override, self._cli_overrides)
         result = ReloadResult()
         pending: dict[str, tuple[Any, Any]] = {}
         for name, setting in REGISTRY.items():
@@ -534,8 +615,9 @@ class Settings:
         return result
 
 
-def _resolve(config_file: str | None, data_dir_override: str | None,
-             cli_overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def _resolve(
+    config_file: str | None, data_dir_override: str | None, cli_overrides: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
     values = {name: s.default for name, s in REGISTRY.items()}
     sources = dict.fromkeys(REGISTRY, SOURCE_DEFAULT)
 
@@ -569,6 +651,14 @@ def show_all(settings: Settings) -> list[tuple[str, str, str, str, str, str]]:
     rows = []
     for name in sorted(REGISTRY):
         setting = REGISTRY[name]
-        rows.append((name, format_value(name, settings[name]), setting.unit, setting.context,
-                     settings.source(name), setting.description))
+        rows.append(
+            (
+                name,
+                format_value(name, settings[name]),
+                setting.unit,
+                setting.context,
+                settings.source(name),
+                setting.description,
+            )
+        )
     return rows

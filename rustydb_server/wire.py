@@ -34,8 +34,7 @@ RECV_SIZE = 65536
 # How many unsent bytes a bulk stream may queue in the kernel (see bulk_sending).
 BULK_NOTSENT_LOWAT = 4 << 20
 # Socket errors that mean the peer is gone (beyond ConnectionError's).
-_PEER_GONE = {errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
-              errno.ENOTCONN}
+_PEER_GONE = {errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.ENOTCONN}
 
 
 class WireControl:
@@ -114,8 +113,7 @@ class ClientConnection:
             try:
                 # In a worker thread: the socket does not block, but reading
                 # the file may (pages not cached), and the event loop must not.
-                sent = await trio.to_thread.run_sync(os.sendfile, sock.fileno(), fd, offset,
-                                                     end - offset)
+                sent = await trio.to_thread.run_sync(os.sendfile, sock.fileno(), fd, offset, end - offset)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)
                 continue
@@ -174,17 +172,17 @@ class ClientConnection:
             log.info("closing client connection", peer=self.peer, code=e.code, reason=e.message)
             await self._try_send(proto.error_message(e.code, e.message, fatal=True))
         except proto.ProtocolError as e:
-            log.warning("client broke the protocol", peer=self.peer, code=e.code,
-                        reason=e.message)
+            log.warning("client broke the protocol", peer=self.peer, code=e.code, reason=e.message)
             await self._try_send(proto.error_message(e.code, e.message, fatal=True))
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception as e:  # a bug or an I/O error: this client, not the server
-            log.exception("internal error; closing this connection", peer=self.peer,
-                          error=str(e))
-            await self._try_send(proto.error_message(
-                "internal_error", f"internal error: {e}; the server log has the details",
-                fatal=True))
+            log.exception("internal error; closing this connection", peer=self.peer, error=str(e))
+            await self._try_send(
+                proto.error_message(
+                    "internal_error", f"internal error: {e}; the server log has the details", fatal=True
+                )
+            )
         finally:
             # Shielded: even when the server is being cancelled, the session's
             # transaction is rolled back and its SQLite connection closed.
@@ -243,14 +241,23 @@ class ClientConnection:
         self.state.next_session_id += 1
         try:
             self.session = await trio.to_thread.run_sync(
-                SqlSession, self.state.engine, name, self.session_id,
+                SqlSession,
+                self.state.engine,
+                name,
+                self.session_id,
                 limiter=self.state.db_limiter,
             )
         except EngineError as e:
             raise _Fatal(e.code, str(e)) from None
         self.state.sessions[self.session_id] = self
-        log.info("session opened", peer=self.peer, session=self.session_id,
-                 user=event.user, database=name, client=event.client)
+        log.info(
+            "session opened",
+            peer=self.peer,
+            session=self.session_id,
+            user=event.user,
+            database=name,
+            client=event.client,
+        )
         await self.send(proto.ready_message(__version__, name, self.session_id))
 
     # ------------------------------------------------------------ queries
@@ -262,11 +269,14 @@ class ClientConnection:
             await self._complete("EMPTY", 0)
             return
         if len(statements) > 1:
-            await self.send(proto.error_message(
-                "multiple_statements",
-                f"a query message holds {len(statements)} statements; send one statement "
-                "per query (rusty-db-cli splits scripts for you)",
-                statement_line=statements[1].line))
+            await self.send(
+                proto.error_message(
+                    "multiple_statements",
+                    f"a query message holds {len(statements)} statements; send one statement "
+                    "per query (rusty-db-cli splits scripts for you)",
+                    statement_line=statements[1].line,
+                )
+            )
             return
         await self._statement(statements[0].sql, statements[0].line, query.batch_rows)
 
@@ -294,10 +304,13 @@ class ClientConnection:
             await self.send(proto.error_message(code, str(e), statement_line=line))
             return False
         except FatalWalError as e:
-            await self.send(proto.error_message(
-                "wal_failure",
-                f"the WAL could not be made durable ({e}); nothing more is acknowledged "
-                "and the server is stopping", fatal=True))
+            await self.send(
+                proto.error_message(
+                    "wal_failure",
+                    f"the WAL could not be made durable ({e}); nothing more is acknowledged and the server is stopping",
+                    fatal=True,
+                )
+            )
             raise _Fatal("wal_failure", "server stopping after a WAL failure") from e
 
     async def _sql(self, sql: str, keywords: list[str], batch_rows: int) -> None:
@@ -319,8 +332,7 @@ class ClientConnection:
                     break
             finished = await self._in_thread(session.finish, run)
         status, count = finished
-        out.append(proto.encode_frame(proto.complete_message(
-            status, count, session.database, session.in_transaction)))
+        out.append(proto.encode_frame(proto.complete_message(status, count, session.database, session.in_transaction)))
         # One write for a small answer: fewer syscalls and packets.
         await self.stream.send_all(b"".join(out))
 
@@ -333,8 +345,7 @@ class ClientConnection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._interrupt_after, timeout)
                 try:
-                    return await trio.to_thread.run_sync(fn, *args,
-                                                         limiter=self.state.db_limiter)
+                    return await trio.to_thread.run_sync(fn, *args, limiter=self.state.db_limiter)
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -355,8 +366,7 @@ class ClientConnection:
     async def _backup(self, event: proto.BackupRequested) -> None:
         handler = getattr(self.state, "backup_handler", None)
         if handler is None:
-            await self.send(proto.error_message(
-                "unsupported", "this server does not stream backups yet"))
+            await self.send(proto.error_message("unsupported", "this server does not stream backups yet"))
             return
         await handler(self, event.options)
 
@@ -406,12 +416,14 @@ async def serve_wire(state, listeners, *, task_status=trio.TASK_STATUS_IGNORED):
     async def handle(stream: trio.SocketStream) -> None:
         conn = ClientConnection(state, stream, _peer_of(stream))
         if len(state.sessions) >= limit:
-            log.warning("connection refused: max_connections reached", peer=conn.peer,
-                        max_connections=limit)
-            await conn._try_send(proto.error_message(
-                "too_many_connections",
-                f"the server already has {limit} connections (max_connections); "
-                "try again later", fatal=True))
+            log.warning("connection refused: max_connections reached", peer=conn.peer, max_connections=limit)
+            await conn._try_send(
+                proto.error_message(
+                    "too_many_connections",
+                    f"the server already has {limit} connections (max_connections); try again later",
+                    fatal=True,
+                )
+            )
             await stream.aclose()
             return
         await conn.run()
@@ -436,8 +448,7 @@ async def drain(state, ctl: WireControl, timeout: float) -> None:
         await ctl.all_closed.wait()
         log.info("all sessions closed", seconds=round(time.monotonic() - started, 3))
         return
-    log.warning("shutdown_timeout reached; interrupting running statements",
-                sessions=len(state.sessions))
+    log.warning("shutdown_timeout reached; interrupting running statements", sessions=len(state.sessions))
     await abort_all(state, ctl)
 
 

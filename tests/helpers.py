@@ -29,40 +29,61 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_tool(name: str, *args: str, input: str | None = None, env=None, timeout=60,
-             check=False) -> subprocess.CompletedProcess:
+def run_tool(
+    name: str, *args: str, input: str | None = None, env=None, timeout=60, check=False
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     full_env.update(env or {})
     proc = subprocess.run(
-        [tool(name), *args], input=input, capture_output=True, text=True, env=full_env,
+        [tool(name), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=full_env,
         timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{name} {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
-            f"stderr:\n{proc.stderr}"
+            f"{name} {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
 
 
 class ServerProcess:
-    def __init__(self, data_dir: str, *, port: int | None = None, http_port: int | None = None,
-                 extra_args=(), env=None, log_path: str | None = None):
+    def __init__(
+        self,
+        data_dir: str,
+        *,
+        port: int | None = None,
+        http_port: int | None = None,
+        extra_args=(),
+        env=None,
+        log_path: str | None = None,
+    ):
         self.data_dir = data_dir
         self.port = port or free_port()
         self.http_port = http_port if http_port is not None else free_port()
         self.extra_args = list(extra_args)
         self.env = dict(os.environ, **(env or {}))
-        self.log_path = log_path or os.path.join(os.path.dirname(data_dir.rstrip("/")),
-                                                 f"server-{self.port}.log")
+        self.log_path = log_path or os.path.join(os.path.dirname(data_dir.rstrip("/")), f"server-{self.port}.log")
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> ServerProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [tool("rusty-db-server"), "--data-dir", self.data_dir, "--port", str(self.port),
-             "--http-port", str(self.http_port), *self.extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+            [
+                tool("rusty-db-server"),
+                "--data-dir",
+                self.data_dir,
+                "--port",
+                str(self.port),
+                "--http-port",
+                str(self.http_port),
+                *self.extra_args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
         if wait:
             self.wait_ready()

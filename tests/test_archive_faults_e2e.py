@@ -81,8 +81,7 @@ def start_primary(server_factory, tmp_path, archive, name="primary"):
 
 def take_base(srv, tmp_path):
     base = tmp_path / "pitr_base.backup"
-    proc = run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base),
-                    "--port", str(srv.port))
+    proc = run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port))
     assert proc.returncode == 0, proc.stderr
     return base
 
@@ -108,8 +107,18 @@ def last_commit(conn, rid, rows) -> int:
 
 def pitr(tmp_path, base, archive, name, txid):
     out = tmp_path / name
-    proc = run_tool("rusty-db-restore", "--input", str(base), "--archive-dir", str(archive),
-                    "--data-dir", str(out), "--recovery-target-txid", str(txid), "--json")
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--archive-dir",
+        str(archive),
+        "--data-dir",
+        str(out),
+        "--recovery-target-txid",
+        str(txid),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["last_replayed_txid"] == txid, report
@@ -118,8 +127,7 @@ def pitr(tmp_path, base, archive, name, txid):
 
 
 def restored_rows(data_dir) -> dict:
-    db = apsw.Connection(os.path.join(str(data_dir), "databases", "rustydb.sqlite"),
-                         flags=apsw.SQLITE_OPEN_READONLY)
+    db = apsw.Connection(os.path.join(str(data_dir), "databases", "rustydb.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         return {i: (g, bytes(b)) for i, g, b in db.execute("SELECT id, grp, body FROM t")}
     finally:
@@ -128,9 +136,11 @@ def restored_rows(data_dir) -> dict:
 
 def check_outage_visible(srv, dest, checks_path_in_reason=True) -> dict:
     """During an outage: failure and backlog visible; the waiting WAL is kept."""
-    st = wait_for(lambda: (s := archive_status(srv))["last_failure_reason"]
-                  and s["segments_waiting"] > 0 and s,
-                  "the archive status to show the failure", timeout=15)
+    st = wait_for(
+        lambda: (s := archive_status(srv))["last_failure_reason"] and s["segments_waiting"] > 0 and s,
+        "the archive status to show the failure",
+        timeout=15,
+    )
     assert st["archive_mode"] == "on"
     assert st["failures_in_a_row"] >= 1
     if checks_path_in_reason:
@@ -261,7 +271,8 @@ def test_pitr_report_counts_the_rows_it_changed(server_factory, tmp_path):
     assert pitr.report["records_replayed"] >= len(rows), pitr.report
     assert pitr.report["changed_rows"] >= len(rows), (
         f"rusty-db-restore --json reports changed_rows={pitr.report['changed_rows']} after "
-        f"replaying {len(rows)} single-row inserts")
+        f"replaying {len(rows)} single-row inserts"
+    )
     conn.close()
     assert srv.stop() == 0
 
@@ -279,8 +290,7 @@ def _writer(port, wid, first_n, acked, stop):
             try:
                 conn.execute("BEGIN")
                 for part in (1, 2):
-                    conn.execute(f"INSERT INTO t VALUES ({n * 4 + part}, {n}, "
-                                 f"x'{os.urandom(300).hex()}')")
+                    conn.execute(f"INSERT INTO t VALUES ({n * 4 + part}, {n}, x'{os.urandom(300).hex()}')")
                 conn.execute("COMMIT")
             except (rc.ClientError, OSError):
                 return
@@ -299,10 +309,10 @@ def test_kill_9_while_archiving_loses_and_duplicates_nothing(server_factory, tmp
     rnd = random.Random(11)
     for cycle in range(5):
         stop = threading.Event()
-        threads = [threading.Thread(target=_writer,
-                                    args=(srv.port, w, (cycle * 10 + w) * 100_000, acked[w],
-                                          stop))
-                   for w in (1, 2)]
+        threads = [
+            threading.Thread(target=_writer, args=(srv.port, w, (cycle * 10 + w) * 100_000, acked[w], stop))
+            for w in (1, 2)
+        ]
         for t in threads:
             t.start()
         time.sleep(rnd.uniform(0.8, 2.0))  # long enough for segments to switch and archive
@@ -348,8 +358,9 @@ def test_kill_9_while_archiving_loses_and_duplicates_nothing(server_factory, tmp
             with open(local, "rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == digest, name
     leftovers = [n for n in os.listdir(archive) if n.endswith((".partial", ".tmp"))]
-    assert sorted(leftovers) == ["000000010000000000000FFE.walz.tmp",
-                                 "000000010000000000000FFF.walz.partial"], leftovers
+    assert sorted(leftovers) == ["000000010000000000000FFE.walz.tmp", "000000010000000000000FFF.walz.partial"], (
+        leftovers
+    )
 
     # PITR to the last acknowledged commit: every acknowledged row, nothing half-done
     live = {i: (g, bytes(b)) for i, g, b in conn.execute("SELECT id, grp, body FROM t").rows}
@@ -368,8 +379,7 @@ def test_kill_9_while_archiving_loses_and_duplicates_nothing(server_factory, tmp
     assert srv.stop() == 0
 
 
-def test_existing_archive_file_with_other_content_is_never_overwritten(server_factory,
-                                                                        tmp_path):
+def test_existing_archive_file_with_other_content_is_never_overwritten(server_factory, tmp_path):
     archive = tmp_path / "archive"
     archive.mkdir()
     srv = start_primary(server_factory, tmp_path, archive)
@@ -393,9 +403,15 @@ def test_existing_archive_file_with_other_content_is_never_overwritten(server_fa
     original = foreign.read_bytes()
     stat_before = os.stat(foreign)
     srv.sql(f"ALTER SYSTEM SET archive_dest = '{archive}';")
-    st = wait_for(lambda: (s := archive_status(srv))["last_failed_segment"] == victim
-                  and "already exists" in (s["last_failure_reason"] or "") and s,
-                  "the archiver to report the collision", timeout=70)
+    st = wait_for(
+        lambda: (
+            (s := archive_status(srv))["last_failed_segment"] == victim
+            and "already exists" in (s["last_failure_reason"] or "")
+            and s
+        ),
+        "the archiver to report the collision",
+        timeout=70,
+    )
     assert victim in st["last_failure_reason"]
     assert st["segments_waiting"] >= 1
     time.sleep(1.5)  # a retry or two more
@@ -411,7 +427,6 @@ def test_existing_archive_file_with_other_content_is_never_overwritten(server_fa
     assert "archive" in srv.health()
     conn.close()
     assert srv.stop() == 0
-
 
 
 @contextlib.contextmanager
@@ -455,8 +470,7 @@ def test_segment_whose_ready_mark_cannot_be_written_is_not_deleted(server_factor
     assert srv.stop() == 0
 
 
-def test_checkpoint_that_cannot_tidy_archive_status_keeps_the_server_up(server_factory,
-                                                                        tmp_path):
+def test_checkpoint_that_cannot_tidy_archive_status_keeps_the_server_up(server_factory, tmp_path):
     """An I/O error while CHECKPOINT removes status marks may fail that statement, but
     must not take the whole server down: other sessions keep reading and writing."""
     archive = tmp_path / "archive"

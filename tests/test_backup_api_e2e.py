@@ -19,8 +19,12 @@ from rustydb_server.backup.keys import KeyFileSource
 
 def call(server, method, path, body=None, token=None, raw=None):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=data,
-                                 method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -43,8 +47,10 @@ def wait_done(server, backup_id, timeout=60, token=None):
 
 def fill(server, rows=2000):
     server.sql("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT, balance REAL);")
-    server.sql("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < "
-               f"{rows}) INSERT INTO customers SELECT i, 'customer ' || i, i * 1.5 FROM c;")
+    server.sql(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < "
+        f"{rows}) INSERT INTO customers SELECT i, 'customer ' || i, i * 1.5 FROM c;"
+    )
 
 
 def test_api_full_backup_happy_path(server, tmp_path):
@@ -56,11 +62,11 @@ def test_api_full_backup_happy_path(server, tmp_path):
     backup_dir = tmp_path / "backups"
     server.sql(f"ALTER SYSTEM SET backup_dir = '{backup_dir}';")
     server.sql(f"ALTER SYSTEM SET backup_key_file = '{key}';")
-    status, started = call(server, "POST", "/api/v1/admin/backup",
-                           {"backup_type": "full", "compression": True, "encryption": True})
+    status, started = call(
+        server, "POST", "/api/v1/admin/backup", {"backup_type": "full", "compression": True, "encryption": True}
+    )
     assert status == 202, started
-    assert list(started)[:6] == ["backup_id", "status", "started_at", "completed_at",
-                                 "size_bytes", "location"]
+    assert list(started)[:6] == ["backup_id", "status", "started_at", "completed_at", "size_bytes", "location"]
     assert started["status"] == "in_progress" and started["completed_at"] is None
     assert started["size_bytes"] is None and isinstance(started["started_at"], int)
     done = wait_done(server, started["backup_id"])
@@ -81,20 +87,23 @@ def test_api_full_backup_happy_path(server, tmp_path):
     assert status == 200 and [b["backup_id"] for b in listing["backups"]] == [done["backup_id"]]
 
 
-@pytest.mark.parametrize("raw,code", [
-    (b"{not json", 400),
-    (b"[1, 2]", 400),
-    (json.dumps({"backup_type": "weekly"}).encode(), 422),
-    (json.dumps({"backup_type": "full", "colour": "blue"}).encode(), 422),
-    (json.dumps({"backup_type": 7}).encode(), 422),
-    (json.dumps({"backup_type": "full", "compression": "gzip"}).encode(), 422),
-    (json.dumps({"backup_type": "full", "encryption": "yes"}).encode(), 422),
-    (json.dumps({"backup_type": "full", "encryption": True}).encode(), 422),  # no key set
-    (json.dumps({"backup_type": "full", "databases": ["nope"]}).encode(), 422),
-    (json.dumps({"backup_type": "full", "threads": 0}).encode(), 422),
-    (b"[" * 50_000, 400),  # nested past the JSON parser's recursion limit
-    (b'{"backup_type": "full", "x": "' + b"a" * 200_000 + b'"}', 413),
-])
+@pytest.mark.parametrize(
+    "raw,code",
+    [
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (json.dumps({"backup_type": "weekly"}).encode(), 422),
+        (json.dumps({"backup_type": "full", "colour": "blue"}).encode(), 422),
+        (json.dumps({"backup_type": 7}).encode(), 422),
+        (json.dumps({"backup_type": "full", "compression": "gzip"}).encode(), 422),
+        (json.dumps({"backup_type": "full", "encryption": "yes"}).encode(), 422),
+        (json.dumps({"backup_type": "full", "encryption": True}).encode(), 422),  # no key set
+        (json.dumps({"backup_type": "full", "databases": ["nope"]}).encode(), 422),
+        (json.dumps({"backup_type": "full", "threads": 0}).encode(), 422),
+        (b"[" * 50_000, 400),  # nested past the JSON parser's recursion limit
+        (b'{"backup_type": "full", "x": "' + b"a" * 200_000 + b'"}', 413),
+    ],
+)
 def test_api_bad_requests_get_4xx_with_a_message(server, raw, code):
     status, body = call(server, "POST", "/api/v1/admin/backup", raw=raw)
     assert status == code, body
@@ -118,12 +127,15 @@ def test_api_token_required_when_configured(server, tmp_path):
 
 def test_shutdown_during_backup_marks_it_failed_and_leaves_no_file(server, tmp_path):
     server.sql("CREATE TABLE big(id INTEGER PRIMARY KEY, pad BLOB);")
-    server.sql("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 60000) "
-               "INSERT INTO big SELECT i, randomblob(3000) FROM c;")
+    server.sql(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 60000) "
+        "INSERT INTO big SELECT i, randomblob(3000) FROM c;"
+    )
     backup_dir = tmp_path / "backups"
     server.sql(f"ALTER SYSTEM SET backup_dir = '{backup_dir}';")
-    status, started = call(server, "POST", "/api/v1/admin/backup",
-                           {"backup_type": "full", "compression": "zstd", "threads": 1})
+    status, started = call(
+        server, "POST", "/api/v1/admin/backup", {"backup_type": "full", "compression": "zstd", "threads": 1}
+    )
     assert status == 202
     time.sleep(0.3)
     assert server.stop() == 0
@@ -141,13 +153,15 @@ def test_guides_automated_backup_script_runs_as_written(server, tmp_path):
     fill(server, 100)
     script = open(os.path.join(os.path.dirname(__file__), "guide_backup_script.sh")).read()
     # paths and ports aside, the script is the guide's
-    script = (script.replace("http://localhost:8080", f"http://127.0.0.1:{server.http_port}")
-              .replace('BACKUP_DIR="/backups/rustydb"', f'BACKUP_DIR="{tmp_path}/b"')
-              .replace('LOG_FILE="/var/log/rustydb-backup.log"', f'LOG_FILE="{tmp_path}/log"')
-              .replace('S3_BUCKET="s3://company-rustydb-backups"', 'S3_BUCKET=""')
-              .replace("/tmp/backup_response.json", f"{tmp_path}/resp.json")
-              # take Sunday's branch (a full backup) whatever today is
-              .replace("DAY_OF_WEEK=$(date +%u)", "DAY_OF_WEEK=7"))
+    script = (
+        script.replace("http://localhost:8080", f"http://127.0.0.1:{server.http_port}")
+        .replace('BACKUP_DIR="/backups/rustydb"', f'BACKUP_DIR="{tmp_path}/b"')
+        .replace('LOG_FILE="/var/log/rustydb-backup.log"', f'LOG_FILE="{tmp_path}/log"')
+        .replace('S3_BUCKET="s3://company-rustydb-backups"', 'S3_BUCKET=""')
+        .replace("/tmp/backup_response.json", f"{tmp_path}/resp.json")
+        # take Sunday's branch (a full backup) whatever today is
+        .replace("DAY_OF_WEEK=$(date +%u)", "DAY_OF_WEEK=7")
+    )
     key = tmp_path / "k"
     from rustydb_server.backup.keys import create_key_file
 
@@ -155,8 +169,7 @@ def test_guides_automated_backup_script_runs_as_written(server, tmp_path):
     server.sql(f"ALTER SYSTEM SET backup_key_file = '{key}';")
     server.sql(f"ALTER SYSTEM SET backup_dir = '{tmp_path}/server-backups';")
     env = dict(os.environ)
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env,
-                          timeout=60)
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
     log = (tmp_path / "log").read_text()
     assert proc.returncode == 0, proc.stdout + proc.stderr + log
     assert "Backup started:" in log and "Backup process completed" in log
@@ -171,8 +184,7 @@ def test_api_chains_incrementals_and_refuses_to_break_them(server, tmp_path):
     ids = []
     for kind in ("full", "incremental", "incremental", "differential"):
         server.sql(f"INSERT INTO customers(name, balance) VALUES ('{kind}', 1);")
-        status, started = call(server, "POST", "/api/v1/admin/backup",
-                               {"backup_type": kind, "compression": True})
+        status, started = call(server, "POST", "/api/v1/admin/backup", {"backup_type": kind, "compression": True})
         assert status == 202, started
         done = wait_done(server, started["backup_id"])
         assert done["status"] == "completed", done
@@ -223,8 +235,7 @@ def test_a_backup_dir_that_is_a_file_fails_the_backup_with_a_message(server, tmp
     assert server.health()["status"] == "healthy"
 
 
-def test_partial_file_of_a_backup_the_server_was_writing_when_killed_is_removed(
-        server_factory, tmp_path):
+def test_partial_file_of_a_backup_the_server_was_writing_when_killed_is_removed(server_factory, tmp_path):
     """What kill -9 in the middle of an API backup leaves: an in_progress entry
     and its .partial file. The next start fails the entry and removes the file;
     a client's backup file (written by its tool, elsewhere) is not touched."""
@@ -235,10 +246,10 @@ def test_partial_file_of_a_backup_the_server_was_writing_when_killed_is_removed(
     api_loc, client_loc = tmp_path / "api.backup", tmp_path / "client.backup"
     for loc in (api_loc, client_loc):
         (tmp_path / (loc.name + ".partial")).write_bytes(b"half a backup")
-    entries = [{"backup_id": "a", "status": "in_progress", "origin": "api",
-                "location": str(api_loc)},
-               {"backup_id": "c", "status": "in_progress", "origin": "client",
-                "location": str(client_loc)}]
+    entries = [
+        {"backup_id": "a", "status": "in_progress", "origin": "api", "location": str(api_loc)},
+        {"backup_id": "c", "status": "in_progress", "origin": "client", "location": str(client_loc)},
+    ]
     catalog.write_text(json.dumps({"format": 1, "backups": entries}))
     srv.start()
     assert not (tmp_path / "api.backup.partial").exists()

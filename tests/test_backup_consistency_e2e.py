@@ -46,26 +46,47 @@ def test_backup_while_money_moves_restores_consistent_totals(server_factory, tmp
     for db in ("rustydb", "ledger"):
         if db != "rustydb":
             srv.sql(f"CREATE DATABASE {db};")
-        srv.sql("CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);",
-                "--database", db)
-        srv.sql(f"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < "
-                f"{ACCOUNTS}) INSERT INTO accounts SELECT i, {START} FROM c;", "--database", db)
+        srv.sql("CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);", "--database", db)
+        srv.sql(
+            f"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < "
+            f"{ACCOUNTS}) INSERT INTO accounts SELECT i, {START} FROM c;",
+            "--database",
+            db,
+        )
         # some bulk so the backup takes a moment
         srv.sql("CREATE TABLE filler(id INTEGER PRIMARY KEY, pad BLOB);", "--database", db)
-        srv.sql("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 20000) "
-                "INSERT INTO filler SELECT i, randomblob(400) FROM c;", "--database", db)
+        srv.sql(
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 20000) "
+            "INSERT INTO filler SELECT i, randomblob(400) FROM c;",
+            "--database",
+            db,
+        )
     stop = threading.Event()
     done, errors = [], []
-    workers = [threading.Thread(target=transfers, args=(srv.port, db, stop, done, errors))
-               for db in ("rustydb", "ledger")]
+    workers = [
+        threading.Thread(target=transfers, args=(srv.port, db, stop, done, errors)) for db in ("rustydb", "ledger")
+    ]
     for w in workers:
         w.start()
     while len(done) < 20 and not errors:
         time.sleep(0.01)
     before = len(done)
     backup = tmp_path / "full.backup"
-    proc = run_tool("rusty-db-backup", "--type", "full", "--output", str(backup), "--port",
-                    str(srv.port), "--compress", "zstd", "--threads", "2", "--verify", "--json")
+    proc = run_tool(
+        "rusty-db-backup",
+        "--type",
+        "full",
+        "--output",
+        str(backup),
+        "--port",
+        str(srv.port),
+        "--compress",
+        "zstd",
+        "--threads",
+        "2",
+        "--verify",
+        "--json",
+    )
     during = len(done) - before
     stop.set()
     for w in workers:
@@ -77,19 +98,32 @@ def test_backup_while_money_moves_restores_consistent_totals(server_factory, tmp
     assert summary["verified"] is True
     # restore and start a second server on it
     restored = tmp_path / "restored"
-    proc = run_tool("rusty-db-restore", "--input", str(backup), "--data-dir", str(restored),
-                    "--verify-encryption", "--integrity-check", "--threads", "2")
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(backup),
+        "--data-dir",
+        str(restored),
+        "--verify-encryption",
+        "--integrity-check",
+        "--threads",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     srv2 = ServerProcess(str(restored)).start()
     try:
         for db in ("rustydb", "ledger"):
-            out = srv2.sql("SELECT sum(balance), count(*) FROM accounts;", "--database", db,
-                           "--csv").stdout.strip().splitlines()[-1]
+            out = (
+                srv2.sql("SELECT sum(balance), count(*) FROM accounts;", "--database", db, "--csv")
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             assert out == f"{ACCOUNTS * START},{ACCOUNTS}", (db, out)
         # the live server's totals are unchanged too
         for db in ("rustydb", "ledger"):
-            out = srv.sql("SELECT sum(balance) FROM accounts;", "--database", db,
-                          "--csv").stdout.strip().splitlines()[-1]
+            out = (
+                srv.sql("SELECT sum(balance) FROM accounts;", "--database", db, "--csv").stdout.strip().splitlines()[-1]
+            )
             assert out == str(ACCOUNTS * START)
         srv2.sql("INSERT INTO accounts VALUES (100000, 0);")  # it takes writes
     finally:

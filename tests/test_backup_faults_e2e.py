@@ -41,8 +41,10 @@ def wait_for(predicate, timeout=20):
 def test_a_client_that_resets_mid_stream_fails_only_its_backup(server_factory, tmp_path):
     srv = server_factory(name="drop").start()
     srv.sql("CREATE TABLE blobs(id INTEGER PRIMARY KEY, b BLOB);")
-    srv.sql("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 40000) "
-            "INSERT INTO blobs(b) SELECT randomblob(1000) FROM c;")  # ~40 MB: more than any buffer
+    srv.sql(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 40000) "
+        "INSERT INTO blobs(b) SELECT randomblob(1000) FROM c;"
+    )  # ~40 MB: more than any buffer
     conn = rc.connect("127.0.0.1", srv.port)
     conn.send_raw(protocol.backup_message({"backup_type": "full"}))
     header = conn.recv_message()
@@ -54,15 +56,26 @@ def test_a_client_that_resets_mid_stream_fails_only_its_backup(server_factory, t
     conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn._sock.close()
 
-    entry = wait_for(lambda: next((b for b in backups(srv) if b["backup_id"] == backup_id
-                                   and b["status"] != "in_progress"), None))
+    entry = wait_for(
+        lambda: next((b for b in backups(srv) if b["backup_id"] == backup_id and b["status"] != "in_progress"), None)
+    )
     assert entry["status"] == "failed"
     assert "disconnected" in entry["error"]
     # the server goes on, and the next backup is whole
     assert "40000" in srv.sql("SELECT count(*) FROM blobs;").stdout
     out = tmp_path / "after.backup"
-    proc = run_tool("rusty-db-backup", "--type", "full", "--output", str(out), "--port",
-                    str(srv.port), "--compress", "lz4", "--verify")
+    proc = run_tool(
+        "rusty-db-backup",
+        "--type",
+        "full",
+        "--output",
+        str(out),
+        "--port",
+        str(srv.port),
+        "--compress",
+        "lz4",
+        "--verify",
+    )
     assert proc.returncode == 0, proc.stderr
     with open(out, "rb") as f:
         reader = BackupReader(f)

@@ -48,11 +48,14 @@ def run_sql(engine: Engine, database: str, sql: str):
 
 def fill_source(engine: Engine) -> None:
     """Two databases, three tables, rows of mixed text and numbers."""
-    run_sql(engine, "rustydb", "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT, "
-            "balance REAL)")
-    run_sql(engine, "rustydb", "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c "
-            f"WHERE i < {CUSTOMERS}) INSERT INTO customers SELECT i, 'customer ' || i || "
-            "hex(randomblob(8)), i * 1.5 FROM c")
+    run_sql(engine, "rustydb", "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT, balance REAL)")
+    run_sql(
+        engine,
+        "rustydb",
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c "
+        f"WHERE i < {CUSTOMERS}) INSERT INTO customers SELECT i, 'customer ' || i || "
+        "hex(randomblob(8)), i * 1.5 FROM c",
+    )
     run_sql(engine, "rustydb", "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
     run_sql(engine, "rustydb", "INSERT INTO notes(body) VALUES ('hello'), ('world')")
     engine.create_database("sales")
@@ -60,8 +63,9 @@ def fill_source(engine: Engine) -> None:
     run_sql(engine, "sales", "INSERT INTO orders(amount) VALUES (10), (20), (30)")
 
 
-def write_backup(engine: Engine, out: str, *, key=None, codec: str = "none", edit=None,
-                 extra_entries=(), backup_type: str = "full") -> dict:
+def write_backup(
+    engine: Engine, out: str, *, key=None, codec: str = "none", edit=None, extra_entries=(), backup_type: str = "full"
+) -> dict:
     """A backup file as the tool writes it; ``edit`` changes the manifest it records
     (the data written stays the snapshot's), ``extra_entries`` adds (entry, database)."""
     snap = Snapshot(engine, None, backup_type=backup_type)
@@ -173,7 +177,9 @@ def test_verify_prints_the_guides_lines_for_an_unencrypted_backup(plain_backup):
     proc = run_tool("rusty-db-backup", "--verify", plain_backup[0], check=True)
     # An unencrypted backup must not claim "Encryption verified".
     assert proc.stdout.splitlines() == [
-        "✓ Checksum verified", "✓ Encryption: not encrypted", "✓ File structure valid",
+        "✓ Checksum verified",
+        "✓ Encryption: not encrypted",
+        "✓ File structure valid",
         "Backup is valid",
     ]
 
@@ -234,26 +240,30 @@ def test_encrypted_backup_with_a_key_file(source, tmp_path):
     assert_clean_error(no_key)
     assert "--key-file" in no_key.stderr
 
-    good = run_tool("rusty-db-backup", "--verify", out, "--key-file", key_path, "--threads", "2",
-                    env=NO_KEYS, check=True)
+    good = run_tool(
+        "rusty-db-backup", "--verify", out, "--key-file", key_path, "--threads", "2", env=NO_KEYS, check=True
+    )
     assert good.stdout.splitlines() == [
-        "✓ Checksum verified", "✓ Encryption verified", "✓ File structure valid",
+        "✓ Checksum verified",
+        "✓ Encryption verified",
+        "✓ File structure valid",
         "Backup is valid",
     ]
-    by_env = run_tool("rusty-db-backup", "--verify", out,
-                      env={**NO_KEYS, "RUSTYDB_BACKUP_KEY_FILE": key_path}, check=True)
+    by_env = run_tool(
+        "rusty-db-backup", "--verify", out, env={**NO_KEYS, "RUSTYDB_BACKUP_KEY_FILE": key_path}, check=True
+    )
     assert "✓ Encryption verified" in by_env.stdout
 
 
 def test_passphrase_backup_and_a_wrong_key(source, tmp_path):
     out = str(tmp_path / "pass.backup")
     write_backup(source, out, key=PassphraseSource("correct horse"))
-    good = run_tool("rusty-db-backup", "--verify", out,
-                    env={**NO_KEYS, "RUSTYDB_BACKUP_PASSPHRASE": "correct horse"}, check=True)
+    good = run_tool(
+        "rusty-db-backup", "--verify", out, env={**NO_KEYS, "RUSTYDB_BACKUP_PASSPHRASE": "correct horse"}, check=True
+    )
     assert "Backup is valid" in good.stdout
 
-    wrong = run_tool("rusty-db-backup", "--verify", out,
-                     env={**NO_KEYS, "RUSTYDB_BACKUP_PASSPHRASE": "battery staple"})
+    wrong = run_tool("rusty-db-backup", "--verify", out, env={**NO_KEYS, "RUSTYDB_BACKUP_PASSPHRASE": "battery staple"})
     assert_clean_error(wrong)
     assert "battery staple" not in wrong.stderr + wrong.stdout  # secrets are never echoed
     assert "Backup is valid" not in wrong.stdout
@@ -288,14 +298,11 @@ def test_rotate_key_then_only_the_new_key_opens(source, tmp_path):
     for out in files:
         write_backup(source, out, key=KeyFileSource.from_file(old_key))
 
-    proc = run_tool("rusty-db-backup", "--rotate-key", old_key, new_key, *files, env=NO_KEYS,
-                    check=True)
+    proc = run_tool("rusty-db-backup", "--rotate-key", old_key, new_key, *files, env=NO_KEYS, check=True)
     assert proc.stdout.count("key rotated") == 2
     for out in files:
-        assert_clean_error(run_tool("rusty-db-backup", "--verify", out, "--key-file", old_key,
-                                    env=NO_KEYS))
-        run_tool("rusty-db-backup", "--verify", out, "--key-file", new_key, env=NO_KEYS,
-                 check=True)
+        assert_clean_error(run_tool("rusty-db-backup", "--verify", out, "--key-file", old_key, env=NO_KEYS))
+        run_tool("rusty-db-backup", "--verify", out, "--key-file", new_key, env=NO_KEYS, check=True)
     # Rotating again with the (now wrong) old key fails for each file and says so.
     again = run_tool("rusty-db-backup", "--rotate-key", old_key, new_key, *files, env=NO_KEYS)
     assert_clean_error(again)
@@ -307,27 +314,37 @@ def test_rotate_a_passphrase_backup_to_a_key_file(source, tmp_path):
     write_backup(source, out, key=PassphraseSource("pw-one"))
     new_key = str(tmp_path / "new.key")
     run_tool("rusty-db-backup", "--create-key-file", new_key, check=True)
-    run_tool("rusty-db-backup", "--rotate-key", "-", new_key, out,
-             env={**NO_KEYS, "RUSTYDB_BACKUP_PASSPHRASE": "pw-one"}, check=True)
+    run_tool(
+        "rusty-db-backup",
+        "--rotate-key",
+        "-",
+        new_key,
+        out,
+        env={**NO_KEYS, "RUSTYDB_BACKUP_PASSPHRASE": "pw-one"},
+        check=True,
+    )
     run_tool("rusty-db-backup", "--verify", out, "--key-file", new_key, env=NO_KEYS, check=True)
 
 
 # ---------------------------------------------------------------- usage
 
 
-@pytest.mark.parametrize("args", [
-    [],
-    ["--info", "a", "--verify", "b"],
-    ["--type", "full"],
-    ["--rotate-key", "a", "b"],
-    ["--type", "full", "--output", "x", "--info", "y"],
-    ["--info", "a", "--compress"],
-    ["--type", "full", "--output", "x", "--threads", "0"],
-    ["--type", "full", "--output", "x", "--threads", "65"],  # the API's limit too
-    ["--type", "full", "--output", "x", "--compress", "gzip"],
-    ["--type", "full", "--output", "x", "--nice", "20"],
-    ["--info", "a", "--nice", "5"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--info", "a", "--verify", "b"],
+        ["--type", "full"],
+        ["--rotate-key", "a", "b"],
+        ["--type", "full", "--output", "x", "--info", "y"],
+        ["--info", "a", "--compress"],
+        ["--type", "full", "--output", "x", "--threads", "0"],
+        ["--type", "full", "--output", "x", "--threads", "65"],  # the API's limit too
+        ["--type", "full", "--output", "x", "--compress", "gzip"],
+        ["--type", "full", "--output", "x", "--nice", "20"],
+        ["--info", "a", "--nice", "5"],
+    ],
+)
 def test_usage_errors_exit_2(args):
     proc = run_tool("rusty-db-backup", *args)
     assert_clean_error(proc, 2)
@@ -354,16 +371,26 @@ def test_backup_threads_run_at_the_niceness_asked_and_the_caller_keeps_its_own()
 
 def test_encrypt_without_a_key_fails_before_connecting(tmp_path):
     port = free_port()  # nothing listens there: a key error must come first
-    proc = run_tool("rusty-db-backup", "--type", "full", "--output", str(tmp_path / "x.backup"),
-                    "--encrypt", "--port", str(port), env=NO_KEYS)
+    proc = run_tool(
+        "rusty-db-backup",
+        "--type",
+        "full",
+        "--output",
+        str(tmp_path / "x.backup"),
+        "--encrypt",
+        "--port",
+        str(port),
+        env=NO_KEYS,
+    )
     assert_clean_error(proc)
     assert "no backup encryption key" in proc.stderr
     assert not os.listdir(tmp_path)
 
 
 def test_unreachable_server_is_a_clean_error(tmp_path):
-    proc = run_tool("rusty-db-backup", "--type", "full", "--output", str(tmp_path / "x.backup"),
-                    "--port", str(free_port()))
+    proc = run_tool(
+        "rusty-db-backup", "--type", "full", "--output", str(tmp_path / "x.backup"), "--port", str(free_port())
+    )
     assert_clean_error(proc)
     assert "could not connect" in proc.stderr
     assert not os.listdir(tmp_path)
@@ -385,8 +412,7 @@ class ReplayConnection:
         # Through the real codec, so the tool sees what a socket would give it
         # (data as read-only views of the frame when it asks for them).
         if msg.get("type") == "backup_data" and isinstance(msg.get("data"), bytes):
-            head, data = protocol.encode_bulk_frame(
-                {k: v for k, v in msg.items() if k != "data"}, "data", msg["data"])
+            head, data = protocol.encode_bulk_frame({k: v for k, v in msg.items() if k != "data"}, "data", msg["data"])
             return protocol.decode_body(bytearray(head[4:] + data), bulk_views=bulk_views)
         return msg
 
@@ -400,10 +426,9 @@ def server_messages(engine: Engine, piece: int = 4096) -> list[dict]:
         sent = 0
         for db in manifest["databases"]:
             data = b"".join(snap.stream_database(db["name"], engine.datadir.join("backup_tmp")))
-            pieces = [data[i:i + piece] for i in range(0, len(data), piece)]
+            pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
             for i, p in enumerate(pieces):
-                msgs.append({"type": "backup_data", "entry": db["entry"], "data": p,
-                             "last": i == len(pieces) - 1})
+                msgs.append({"type": "backup_data", "entry": db["entry"], "data": p, "last": i == len(pieces) - 1})
             sent += len(data)
         msgs.append({"type": "backup_end", "end_lsn": manifest["end_lsn"], "bytes": sent})
     finally:
@@ -434,14 +459,12 @@ def test_a_complete_stream_becomes_a_valid_file(stream, tmp_path):
     assert result.raw_bytes == stream[-1]["bytes"]
 
 
-@pytest.mark.parametrize("damage", ["error_midway", "dropped", "out_of_order", "short_count",
-                                    "missing_entry"])
+@pytest.mark.parametrize("damage", ["error_midway", "dropped", "out_of_order", "short_count", "missing_entry"])
 def test_a_broken_stream_leaves_no_backup_file(stream, tmp_path, damage):
     msgs = [dict(m) for m in stream]
     data_at = [i for i, m in enumerate(msgs) if m["type"] == "backup_data"]
     if damage == "error_midway":
-        msgs.insert(data_at[2], {"type": "error", "code": "io", "message": "disk full",
-                                 "fatal": False})
+        msgs.insert(data_at[2], {"type": "error", "code": "io", "message": "disk full", "fatal": False})
     elif damage == "dropped":
         msgs = msgs[: data_at[3]]
     elif damage == "out_of_order":
@@ -465,50 +488,91 @@ def test_a_broken_stream_leaves_no_backup_file(stream, tmp_path, damage):
 
 def test_guide_full_backup_with_all_options_against_a_server(server, tmp_path):
     server.sql("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);")
-    server.sql("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 500) "
-               "INSERT INTO customers SELECT i, 'c' || i FROM c;")
+    server.sql(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 500) "
+        "INSERT INTO customers SELECT i, 'c' || i FROM c;"
+    )
     key_path = str(tmp_path / "k.key")
     run_tool("rusty-db-backup", "--create-key-file", key_path, check=True)
     out = str(tmp_path / "full.backup")
     env = {**NO_KEYS, "RUSTYDB_BACKUP_KEY_FILE": key_path}
-    proc = run_tool("rusty-db-backup", "--type", "full", "--output", out, "--compress",
-                    "--encrypt", "--verify", "--threads", "4", "--port", str(server.port),
-                    env=env, check=True)
+    proc = run_tool(
+        "rusty-db-backup",
+        "--type",
+        "full",
+        "--output",
+        out,
+        "--compress",
+        "--encrypt",
+        "--verify",
+        "--threads",
+        "4",
+        "--port",
+        str(server.port),
+        env=env,
+        check=True,
+    )
     assert proc.stdout.splitlines()[-4:] == [
-        "✓ Checksum verified", "✓ Encryption verified", "✓ File structure valid",
+        "✓ Checksum verified",
+        "✓ Encryption verified",
+        "✓ File structure valid",
         "Backup is valid",
     ]
-    summary = json.loads(run_tool(
-        "rusty-db-backup", "--type", "full", "--database", "rustydb", "--output",
-        str(tmp_path / "db.backup"), "--compress", "zstd", "--json", "--port", str(server.port),
-        env=env, check=True).stdout)
+    summary = json.loads(
+        run_tool(
+            "rusty-db-backup",
+            "--type",
+            "full",
+            "--database",
+            "rustydb",
+            "--output",
+            str(tmp_path / "db.backup"),
+            "--compress",
+            "zstd",
+            "--json",
+            "--port",
+            str(server.port),
+            env=env,
+            check=True,
+        ).stdout
+    )
     assert summary["databases"] == ["rustydb"] and summary["tables"] == 1
     assert summary["compression"] == "zstd" and summary["encrypted"] is False
     assert summary["size_bytes"] == os.path.getsize(tmp_path / "db.backup")
-    again = run_tool("rusty-db-backup", "--type", "full", "--output", out,
-                     "--port", str(server.port), env=env)
+    again = run_tool("rusty-db-backup", "--type", "full", "--output", out, "--port", str(server.port), env=env)
     assert_clean_error(again)
     assert "already exists" in again.stderr
-    unknown = run_tool("rusty-db-backup", "--type", "full", "--database", "nosuchdb",
-                       "--output", str(tmp_path / "n.backup"), "--port", str(server.port))
+    unknown = run_tool(
+        "rusty-db-backup",
+        "--type",
+        "full",
+        "--database",
+        "nosuchdb",
+        "--output",
+        str(tmp_path / "n.backup"),
+        "--port",
+        str(server.port),
+    )
     assert_clean_error(unknown)
     assert not os.path.exists(tmp_path / "n.backup")
     assert not os.path.exists(tmp_path / "n.backup.partial")
 
 
-__all__ = ["CUSTOMERS", "NO_KEYS", "fill_source", "flip_byte_in_chunk", "open_engine", "run_sql",
-           "write_backup"]
+__all__ = ["CUSTOMERS", "NO_KEYS", "fill_source", "flip_byte_in_chunk", "open_engine", "run_sql", "write_backup"]
 
 
 def test_taking_a_backup_lowers_the_tools_priority_to_the_niceness_asked():
     import subprocess
     import sys
 
-    code = ("import os; from rustydb_server.tools.backup_main import _lower_priority; "
-            "_lower_priority({n}); print(os.getpriority(os.PRIO_PROCESS, 0))")
+    code = (
+        "import os; from rustydb_server.tools.backup_main import _lower_priority; "
+        "_lower_priority({n}); print(os.getpriority(os.PRIO_PROCESS, 0))"
+    )
     for asked, expected in ((10, 10), (0, 0)):
-        out = subprocess.run([sys.executable, "-c", code.format(n=asked)], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code.format(n=asked)], capture_output=True, text=True, check=True
+        ).stdout
         assert int(out) == max(expected, os.getpriority(os.PRIO_PROCESS, 0))
 
 
@@ -530,8 +594,7 @@ def test_sigterm_mid_backup_leaves_no_file(server, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(BackupWriter, "write", write_then_get_terminated)
     before = signal.getsignal(signal.SIGTERM)
     out = str(tmp_path / "b.backup")
-    rc = backup_main.main(["--type", "full", "--output", out, "--port", str(server.port),
-                           "--nice", "0"])
+    rc = backup_main.main(["--type", "full", "--output", out, "--port", str(server.port), "--nice", "0"])
     assert rc == 143 and "stopped by SIGTERM" in capsys.readouterr().err
     assert_no_backup_left(out)
     assert signal.getsignal(signal.SIGTERM) == before

@@ -61,10 +61,12 @@ def source(tmp_path_factory):
     session = SqlSession(engine, "rustydb", 1)
     run_sql(session, "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT, balance REAL, photo BLOB)")
     run_sql(session, "CREATE INDEX customers_name ON customers(name)")
-    run_sql(session,
-            f"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<{ROWS}) "
-            "INSERT INTO customers SELECT i, 'customer ' || i || ' ' || hex(randomblob(20)), i * 1.5, "
-            "CASE WHEN i % 7 = 0 THEN randomblob(30) END FROM c")
+    run_sql(
+        session,
+        f"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<{ROWS}) "
+        "INSERT INTO customers SELECT i, 'customer ' || i || ' ' || hex(randomblob(20)), i * 1.5, "
+        "CASE WHEN i % 7 = 0 THEN randomblob(30) END FROM c",
+    )
     run_sql(session, "CREATE TABLE notes(k TEXT PRIMARY KEY, v) WITHOUT ROWID")
     run_sql(session, "INSERT INTO notes VALUES ('a''b', x'00ff'), ('nl\nx', NULL), ('π', 9223372036854775807)")
     plain = str(base / "plain.backup")

@@ -24,10 +24,18 @@ def stat_mode(path) -> int:
     return os.stat(path).st_mode & 0o777
 
 
-@pytest.mark.parametrize("garbage", [
-    b"", b"{not json", b"[]", b'{"backups": 5}', b'{"backups": [7]}',
-    b'{"backups": [{"status": "completed"}]}', b"[" * 50_000,
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"backups": 5}',
+        b'{"backups": [7]}',
+        b'{"backups": [{"status": "completed"}]}',
+        b"[" * 50_000,
+    ],
+)
 def test_a_damaged_catalog_is_set_aside_and_the_server_starts_without_it(tmp_path, garbage):
     (tmp_path / CATALOG_FILE).write_bytes(garbage)
     cat = Catalog(str(tmp_path))
@@ -35,8 +43,7 @@ def test_a_damaged_catalog_is_set_aside_and_the_server_starts_without_it(tmp_pat
     assert cat.set_aside and open(cat.set_aside, "rb").read() == garbage  # kept to inspect
     assert not (tmp_path / CATALOG_FILE).exists()
     cat.add(backup_id="new", backup_type="full", status="completed")
-    assert [e["backup_id"] for e in json.loads((tmp_path / CATALOG_FILE).read_text())["backups"]] \
-        == ["new"]
+    assert [e["backup_id"] for e in json.loads((tmp_path / CATALOG_FILE).read_text())["backups"]] == ["new"]
 
 
 def test_an_unreadable_catalog_is_a_clear_error(tmp_path):

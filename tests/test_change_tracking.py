@@ -67,8 +67,11 @@ def workload(engine: Engine, rnd: random.Random, rounds: int = 30) -> None:
     for i in range(rounds):
         choice = rnd.random()
         if choice < 0.4:
-            run_sql(engine, "INSERT INTO t(v, n) VALUES " + ",".join(
-                f"('{rnd.randrange(10**6)}', {rnd.randrange(100)})" for _ in range(rnd.randint(1, 20))))
+            run_sql(
+                engine,
+                "INSERT INTO t(v, n) VALUES "
+                + ",".join(f"('{rnd.randrange(10**6)}', {rnd.randrange(100)})" for _ in range(rnd.randint(1, 20))),
+            )
         elif choice < 0.7:
             run_sql(engine, f"UPDATE t SET n = n + 1, v = v || 'u' WHERE id % 7 = {rnd.randrange(7)}")
         elif choice < 0.8:
@@ -90,8 +93,7 @@ def workload(engine: Engine, rnd: random.Random, rounds: int = 30) -> None:
 
 
 def from_wal(engine: Engine, manifest: dict, parent: dict, tmp_path) -> dict:
-    net = incremental._from_wal(engine, parent["end_lsn"], manifest["end_lsn"],
-                                str(tmp_path / "scratch"))
+    net = incremental._from_wal(engine, parent["end_lsn"], manifest["end_lsn"], str(tmp_path / "scratch"))
     return {name: steps for name, steps in net.steps.items() if steps}
 
 
@@ -106,8 +108,7 @@ def build(engine: Engine, parent: dict, tmp_path, backup_type="incremental", *, 
 
     incremental._from_wal = counting
     try:
-        manifest, steps = incremental.build(engine, parent, backup_type, None,
-                                            str(tmp_path / "scratch"))
+        manifest, steps = incremental.build(engine, parent, backup_type, None, str(tmp_path / "scratch"))
     finally:
         incremental._from_wal = real
     return manifest, {n: s for n, s in steps.items() if s}, not calls
@@ -208,8 +209,7 @@ def test_an_incremental_of_some_databases_is_no_base(engine, tmp_path):
     full = full_backup(engine)
     run_sql(engine, "INSERT INTO t(v, n) VALUES ('in rustydb', 1)")
     run_sql(engine, "INSERT INTO o(v) VALUES ('in old')", "old")
-    partial, steps = incremental.build(engine, parent_of(full), "incremental", ["old"],
-                                       str(tmp_path / "scratch"))
+    partial, steps = incremental.build(engine, parent_of(full), "incremental", ["old"], str(tmp_path / "scratch"))
     assert set(n for n, s in steps.items() if s) == {"old"}
     engine.record_backup(partial)
     # the next incremental still starts at the full, so the change to rustydb is not lost

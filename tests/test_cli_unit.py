@@ -23,17 +23,20 @@ def canned_answer(sql: str, session: dict) -> list[dict]:
     words = sql.split()
     head = words[0].upper() if words else ""
     db = session["database"]
-    done = lambda status, n=0: p.complete_message(status, n, session["database"],
-                                                  session["in_tx"])
+    done = lambda status, n=0: p.complete_message(status, n, session["database"], session["in_tx"])
     if " ".join(words) == "SELECT * FROM t":
-        return [p.columns_message(["id", "name", "data"]),
-                p.rows_message([[1, "alice", b"\x00\xff"]]),
-                p.rows_message([[22, None, None]]),
-                done("SELECT 2", 2)]
+        return [
+            p.columns_message(["id", "name", "data"]),
+            p.rows_message([[1, "alice", b"\x00\xff"]]),
+            p.rows_message([[22, None, None]]),
+            done("SELECT 2", 2),
+        ]
     if sql == "SELECT big":
-        return [p.columns_message(["n"]),
-                *[p.rows_message([[i] for i in range(k, k + 100)]) for k in range(0, 1000, 100)],
-                done("SELECT 1000", 1000)]
+        return [
+            p.columns_message(["n"]),
+            *[p.rows_message([[i] for i in range(k, k + 100)]) for k in range(0, 1000, 100)],
+            done("SELECT 1000", 1000),
+        ]
     if head == "INSERT":
         return [done("INSERT 1", 1)]
     if head == "USE":
@@ -48,8 +51,7 @@ def canned_answer(sql: str, session: dict) -> list[dict]:
         return [p.notice_message("something to know"), done("OK")]
     if head == "BAD":
         # the error is on the statement's second line when it has one
-        return [p.error_message("syntax_error", 'near "BAD": syntax error',
-                                statement_line=2 if "\n" in sql else 1)]
+        return [p.error_message("syntax_error", 'near "BAD": syntax error', statement_line=2 if "\n" in sql else 1)]
     if head == "FATAL":
         return [p.error_message("shutdown", "the server is shutting down", fatal=True)]
     return [p.complete_message("OK", 0, db, session["in_tx"])]
@@ -128,13 +130,7 @@ def free_port() -> int:
 
 def test_table_aligns_numbers_right_text_left_with_footer():
     text = cli.format_table(["id", "name"], [[1, "alice"], [22, None]])
-    assert text == (
-        " id | name\n"
-        "----+-------\n"
-        "  1 | alice\n"
-        " 22 |\n"
-        "(2 rows)\n"
-    )
+    assert text == (" id | name\n----+-------\n  1 | alice\n 22 |\n(2 rows)\n")
 
 
 def test_table_shows_blobs_as_hex_and_counts_wide_characters():
@@ -163,8 +159,7 @@ def test_json_printer_writes_one_object_per_statement():
     printer.complete("SELECT 3")
     printer.complete("INSERT 1")
     first, second = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert first == {"columns": ["id", "b"], "rows": [[1, "01"], [None, None], [2.5, "x"]],
-                     "status": "SELECT 3"}
+    assert first == {"columns": ["id", "b"], "rows": [[1, "01"], [None, None], [2.5, "x"]], "status": "SELECT 3"}
     assert second == {"columns": [], "rows": [], "status": "INSERT 1"}
 
 
@@ -195,8 +190,7 @@ def test_csv_printer_writes_header_and_quotes():
 
 
 def test_command_prints_table_and_status(server):
-    code, out, err = run_cli(["--port", str(server.port), "--command",
-                              "SELECT * FROM t; INSERT INTO t VALUES (3)"])
+    code, out, err = run_cli(["--port", str(server.port), "--command", "SELECT * FROM t; INSERT INTO t VALUES (3)"])
     assert code == 0, err
     assert server.queries == ["SELECT * FROM t", "INSERT INTO t VALUES (3)"]
     assert "  1 | alice | \\x00ff" in out
@@ -212,8 +206,9 @@ def test_command_sql_error_goes_to_stderr_with_exit_1(server):
 
 
 def test_command_json_output(server):
-    code, out, _ = run_cli(["--port", str(server.port), "--json", "--command",
-                            "SELECT * FROM t; INSERT INTO t VALUES (1);"])
+    code, out, _ = run_cli(
+        ["--port", str(server.port), "--json", "--command", "SELECT * FROM t; INSERT INTO t VALUES (1);"]
+    )
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert rows[0]["rows"] == [[1, "alice", "00ff"], [22, None, None]]
@@ -241,8 +236,7 @@ def test_connection_refused_is_a_clear_message_and_exit_1():
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("args", [["--json", "--csv"], ["--port", "x"],
-                                  ["--command", "x", "--file", "y"], ["--bogus"]])
+@pytest.mark.parametrize("args", [["--json", "--csv"], ["--port", "x"], ["--command", "x", "--file", "y"], ["--bogus"]])
 def test_usage_errors_exit_2(args):
     with pytest.raises(SystemExit) as e:
         run_cli(args)
@@ -278,8 +272,7 @@ def test_script_stops_at_first_error_naming_its_line(server):
     code, out, err = run_cli(["--port", str(server.port)], stdin_text=SCRIPT)
     assert code == 1
     assert err == 'ERROR at line 5: near "BAD": syntax error\n'
-    assert server.queries == ["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES ('a;b')",
-                              "BAD one"]
+    assert server.queries == ["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES ('a;b')", "BAD one"]
     assert out == "INSERT 1\nINSERT 1\n"
 
 
@@ -302,8 +295,7 @@ def test_script_from_file_streams_every_statement(server, tmp_path, monkeypatch)
 
 
 def test_fatal_error_ends_the_script(server):
-    code, _, err = run_cli(["--port", str(server.port)],
-                           stdin_text="FATAL;\nINSERT INTO t VALUES (1);\n")
+    code, _, err = run_cli(["--port", str(server.port)], stdin_text="FATAL;\nINSERT INTO t VALUES (1);\n")
     assert code == 1
     assert "ERROR at line 1: the server is shutting down" in err
     assert server.queries == ["FATAL"]
@@ -332,19 +324,21 @@ def test_script_reads_input_lazily(server):
 
 
 def test_interactive_shell_multiline_prompts_errors_and_meta_commands(server):
-    lines = iter([
-        "SELECT *",
-        "  FROM t;",
-        "BAD;",
-        "\\c sales",
-        "INSERT INTO t",
-        "VALUES (1); INSERT INTO t VALUES (2);",
-        "\\c nowhere",
-        "\\?",
-        "\\x",
-        "\\q",
-        "INSERT INTO never_reached VALUES (1);",
-    ])
+    lines = iter(
+        [
+            "SELECT *",
+            "  FROM t;",
+            "BAD;",
+            "\\c sales",
+            "INSERT INTO t",
+            "VALUES (1); INSERT INTO t VALUES (2);",
+            "\\c nowhere",
+            "\\?",
+            "\\x",
+            "\\q",
+            "INSERT INTO never_reached VALUES (1);",
+        ]
+    )
     prompts = []
 
     def read_line(prompt):
@@ -355,11 +349,26 @@ def test_interactive_shell_multiline_prompts_errors_and_meta_commands(server):
     with client.connect(port=server.port) as conn:
         code = cli.run_interactive(conn, read_line, cli.TablePrinter(out), out, err)
     assert code == 0
-    assert prompts == ["main=> ", "main-> ", "main=> ", "main=> ", "sales=> ", "sales-> ",
-                       "sales=> ", "sales=> ", "sales=> ", "sales=> "]
-    assert server.queries == ["SELECT *\n  FROM t", "BAD", "USE sales",
-                              "INSERT INTO t\nVALUES (1)", "INSERT INTO t VALUES (2)",
-                              "USE nowhere"]
+    assert prompts == [
+        "main=> ",
+        "main-> ",
+        "main=> ",
+        "main=> ",
+        "sales=> ",
+        "sales-> ",
+        "sales=> ",
+        "sales=> ",
+        "sales=> ",
+        "sales=> ",
+    ]
+    assert server.queries == [
+        "SELECT *\n  FROM t",
+        "BAD",
+        "USE sales",
+        "INSERT INTO t\nVALUES (1)",
+        "INSERT INTO t VALUES (2)",
+        "USE nowhere",
+    ]
     assert "(2 rows)" in out.getvalue()
     assert "\\q" in out.getvalue()  # help text was shown
     assert 'ERROR: near "BAD": syntax error' in err.getvalue()
@@ -425,12 +434,10 @@ def test_password_comes_from_the_environment(monkeypatch):
     srv = FakeServer(auth_fn=creds.get)
     try:
         monkeypatch.setenv("RUSTYDB_PASSWORD", "s3cret")
-        code, out, err = run_cli(["--port", str(srv.port), "--user", "alice",
-                                  "--command", "INSERT INTO t VALUES (1)"])
+        code, out, err = run_cli(["--port", str(srv.port), "--user", "alice", "--command", "INSERT INTO t VALUES (1)"])
         assert (code, out) == (0, "INSERT 1\n"), err
         monkeypatch.setenv("RUSTYDB_PASSWORD", "wrong")
-        code, out, err = run_cli(["--port", str(srv.port), "--user", "alice",
-                                  "--command", "INSERT INTO t VALUES (1)"])
+        code, out, err = run_cli(["--port", str(srv.port), "--user", "alice", "--command", "INSERT INTO t VALUES (1)"])
         assert code == 1
         assert p.AUTH_FAILED_MESSAGE in err and "wrong" not in err.replace("is wrong", "")
         monkeypatch.delenv("RUSTYDB_PASSWORD")

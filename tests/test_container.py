@@ -44,14 +44,15 @@ def key_for(mode):
 
 def make_backup(entries, *, key=None, codec="lz4", chunk_size=256, threads=1, header=None):
     buf = io.BytesIO()
-    w = BackupWriter(buf, header or new_header("full", databases=DBS), key=key, codec=codec,
-                     chunk_size=chunk_size, threads=threads)
+    w = BackupWriter(
+        buf, header or new_header("full", databases=DBS), key=key, codec=codec, chunk_size=chunk_size, threads=threads
+    )
     for name, parts in entries:
         w.add_entry(name, parts)
     summary = w.finish()
     data = buf.getvalue()
     assert summary.size_bytes == len(data)
-    assert bytes.fromhex(summary.digest) == file_digest(data[:-C.FOOTER.size])
+    assert bytes.fromhex(summary.digest) == file_digest(data[: -C.FOOTER.size])
     return data
 
 
@@ -63,9 +64,12 @@ def read_all(data, key=None, threads=1):
 # -- round trips ----------------------------------------------------------------
 
 entry_lists = st.lists(
-    st.tuples(st.sampled_from(["databases/main.sqlite", "wal/0001", "manifest", "a/b/c", "x.y"]),
-              st.lists(st.binary(max_size=700) | st.binary(max_size=50).map(lambda b: b * 20), max_size=5)),
-    max_size=4, unique_by=lambda e: e[0],
+    st.tuples(
+        st.sampled_from(["databases/main.sqlite", "wal/0001", "manifest", "a/b/c", "x.y"]),
+        st.lists(st.binary(max_size=700) | st.binary(max_size=50).map(lambda b: b * 20), max_size=5),
+    ),
+    max_size=4,
+    unique_by=lambda e: e[0],
 )
 
 
@@ -89,8 +93,18 @@ def test_round_trip(codec, mode, entries, chunk_size, threads):
 
 
 def test_header_round_trip_and_info_needs_no_key():
-    h = new_header("incremental", databases=DBS, parent_id="p-1", base_full_id="f-1", start_lsn=10,
-                   end_lsn=99, timeline=2, server_version="0.1.0", system_id="sys", extra={"k": [1, "v"]})
+    h = new_header(
+        "incremental",
+        databases=DBS,
+        parent_id="p-1",
+        base_full_id="f-1",
+        start_lsn=10,
+        end_lsn=99,
+        timeline=2,
+        server_version="0.1.0",
+        system_id="sys",
+        extra={"k": [1, "v"]},
+    )
     data = make_backup([("m", [b"x"])], key=KEY, codec="zstd", chunk_size=4096, header=h)
     got = BackupReader(io.BytesIO(data)).header  # no key
     assert got.backup_id == h.backup_id and got.backup_type == "incremental"
@@ -170,7 +184,9 @@ def regions(data, key):
         "header checksum": [(lay.body_start - 32, lay.body_start, None)],
         "index": [(lay.index_offset, lay.index_offset + lay.index_len, None)],
         "footer": [(len(data) - C.FOOTER.size, len(data), None)],
-        "chunk head": [], "chunk body": [], "gcm tag": [],
+        "chunk head": [],
+        "chunk body": [],
+        "gcm tag": [],
     }
     if lay.keywrap_bytes:
         wrapped = r._wrapped
@@ -236,7 +252,7 @@ def test_bit_flip_in_every_region_is_detected_and_located(mode):
 def test_damaged_chunk_is_refused_by_read_entry_too(mode):
     key = key_for(mode)
     data = make_backup(ENTRIES, key=key, chunk_size=256)
-    (start, end, where), = [s for s in regions(data, key)["chunk body"] if s[2] == ("databases/main.sqlite", 2)]
+    ((start, end, where),) = [s for s in regions(data, key)["chunk body"] if s[2] == ("databases/main.sqlite", 2)]
     r = BackupReader(io.BytesIO(flip(data, (start + end) // 2)), key=key)
     got = []
     with pytest.raises(BackupCorruptError) as exc:
@@ -256,7 +272,6 @@ def test_truncation_at_every_cut_point_is_detected_at_open(mode):
         assert "truncated" in msg or "not a complete" in msg or "bad magic" in msg, (cut, msg)
     with pytest.raises(BackupCorruptError, match="truncated or incomplete"):
         BackupReader(io.BytesIO(data + b"\0"), key=key)  # bytes appended after the footer
-
 
 
 @pytest.mark.parametrize("mode", ["plain", "keyfile"])
@@ -283,7 +298,6 @@ def test_a_real_file_reads_and_fails_like_bytes(tmp_path, mode):
         assert str(from_file.value) == str(from_bytes.value)
 
 
-
 def test_short_preads_are_continued(tmp_path, monkeypatch):
     """pread may return fewer bytes than asked (a signal, some file systems)."""
     data = make_backup(ENTRIES, key=KEY, chunk_size=256)
@@ -303,11 +317,12 @@ def test_short_preads_are_continued(tmp_path, monkeypatch):
     assert got == read_all(data, key=KEY)
     assert any(n > 7 for n in calls)  # reads larger than a piece were asked for
 
+
 def rebuild_footer(data, body):
     """An attacker's (or a careless tool's) rewrite: fresh footer around a changed body."""
     lay = BackupReader(io.BytesIO(data))._layout
-    index = data[lay.index_offset:lay.index_offset + lay.index_len]
-    head = data[:lay.body_start]
+    index = data[lay.index_offset : lay.index_offset + lay.index_len]
+    head = data[: lay.body_start]
     index_offset = len(head) + len(body)
     digest = file_digest(head + body + index)
     return head + body + index + C._pack_footer(index_offset, len(index), crc32c.crc32c(index), digest)
@@ -315,7 +330,7 @@ def rebuild_footer(data, body):
 
 def records_of(data, key):
     recs, r = walk_records(data, key)
-    return [(n, c, data[p:p + C.RECORD.size + s]) for n, c, p, s in recs], r
+    return [(n, c, data[p : p + C.RECORD.size + s]) for n, c, p, s in recs], r
 
 
 def splice(data, key, edit, fix_footer):
@@ -326,7 +341,7 @@ def splice(data, key, edit, fix_footer):
     body = b"".join(parts)
     if fix_footer:
         return rebuild_footer(data, body)
-    return data[:lay.body_start] + body + data[lay.index_offset:]
+    return data[: lay.body_start] + body + data[lay.index_offset :]
 
 
 CASES = {
@@ -355,7 +370,7 @@ def test_chunk_moves_are_detected_and_located(mode, case, fix_footer):
 def forge_head(record, core_hash, name, entry_index, chunk_index, encrypted):
     """Rewrite a record's head to claim another place, with valid crcs (what a forger can do)."""
     _, flags, _, _, _, raw_len, stored_len, check, _ = C.RECORD.unpack_from(record)
-    stored = record[C.RECORD.size:]
+    stored = record[C.RECORD.size :]
     aad = C.chunk_aad(core_hash, entry_index, chunk_index, flags, raw_len, name.encode())
     if encrypted:
         check = crc32c.crc32c(stored, crc32c.crc32c(aad))
@@ -367,10 +382,12 @@ def test_forged_reorder_with_valid_checksums_fails_authentication():
     recs, r = records_of(data, KEY)
     name = "databases/main.sqlite"
     parts = [rec for _, _, rec in recs]
-    parts[1], parts[2] = (forge_head(parts[2], r._core_hash, name, 0, 1, True),
-                          forge_head(parts[1], r._core_hash, name, 0, 2, True))
+    parts[1], parts[2] = (
+        forge_head(parts[2], r._core_hash, name, 0, 1, True),
+        forge_head(parts[1], r._core_hash, name, 0, 2, True),
+    )
     lay = r._layout
-    bad = data[:lay.body_start] + b"".join(parts) + data[lay.index_offset:]
+    bad = data[: lay.body_start] + b"".join(parts) + data[lay.index_offset :]
     err = detect(bad, KEY)
     assert (err.entry, err.chunk) == (name, 1) and "authentication" in str(err)
 
@@ -386,11 +403,11 @@ def test_chunk_spliced_from_another_backup_with_the_same_key(mode):
     parts = [rec for _, _, rec in a_recs]
     parts[1] = b_recs[1][2]
     lay = ra._layout
-    err = detect(a[:lay.body_start] + b"".join(parts) + a[lay.index_offset:], key)
+    err = detect(a[: lay.body_start] + b"".join(parts) + a[lay.index_offset :], key)
     assert (err.entry, err.chunk) == ("databases/main.sqlite", 1), str(err)
     if key:  # even with a forged checksum, the chunk is not authentic here
         parts[1] = forge_head(b_recs[1][2], ra._core_hash, "databases/main.sqlite", 0, 1, True)
-        err = detect(a[:lay.body_start] + b"".join(parts) + a[lay.index_offset:], key)
+        err = detect(a[: lay.body_start] + b"".join(parts) + a[lay.index_offset :], key)
         assert err.chunk == 1 and "authentication" in str(err)
 
 
@@ -400,7 +417,7 @@ def test_same_data_encrypted_twice_differs():
     b = make_backup(ENTRIES, key=KEY, header=h)  # even with the same header and key file
     ra, rb = records_of(a, KEY)[0], records_of(b, KEY)[0]
     for (_, _, x), (_, _, y) in zip(ra, rb):
-        assert x[C.RECORD.size:] != y[C.RECORD.size:]
+        assert x[C.RECORD.size :] != y[C.RECORD.size :]
 
 
 class TracingFile(io.BytesIO):
@@ -452,7 +469,7 @@ def rewrite_header(data, *, core=None, params=None):
 
 def rebuild_header_only(data, head):
     lay = BackupReader(io.BytesIO(data))._layout
-    rest = data[lay.body_start:-C.FOOTER.size]
+    rest = data[lay.body_start : -C.FOOTER.size]
     shift = len(head) - lay.body_start
     digest = file_digest(head + rest)
     return head + rest + C._pack_footer(lay.index_offset + shift, lay.index_len, lay.index_crc, digest)
@@ -469,8 +486,11 @@ def test_lowered_kdf_parameters_are_detected():
 
 def test_authenticated_header_fields_cannot_be_changed():
     data = make_backup(ENTRIES, key=KEY)
-    for change in (lambda c: {**c, "type": "incremental"}, lambda c: {**c, "end_lsn": c["end_lsn"] + 1},
-                   lambda c: {**c, "databases": []}):
+    for change in (
+        lambda c: {**c, "type": "incremental"},
+        lambda c: {**c, "end_lsn": c["end_lsn"] + 1},
+        lambda c: {**c, "databases": []},
+    ):
         with pytest.raises(BackupCorruptError, match="header failed authentication"):
             BackupReader(io.BytesIO(rewrite_header(data, core=change)), key=KEY)
     plain = make_backup(ENTRIES)  # unencrypted: detects damage, and a checksum-fixed edit shows in the digest
@@ -484,8 +504,9 @@ def test_decompression_bomb_in_a_chunk_is_rejected(monkeypatch):
 
     bomb = zstandard.ZstdCompressor().compress(bytes(8 << 20))
     real = C.codecs.compress
-    monkeypatch.setattr(C.codecs, "compress", lambda codec, data, level=None:
-                        bomb if len(data) == 4096 else real(codec, data, level))
+    monkeypatch.setattr(
+        C.codecs, "compress", lambda codec, data, level=None: bomb if len(data) == 4096 else real(codec, data, level)
+    )
     for key in (None, KEY):
         data = make_backup([("e", [os.urandom(5000)])], key=key, codec="zstd", chunk_size=4096)
         err = detect(data, key)
@@ -493,8 +514,25 @@ def test_decompression_bomb_in_a_chunk_is_rejected(monkeypatch):
         assert "more than the limit of 4096" in str(err)
 
 
-@pytest.mark.parametrize("name", ["/etc/passwd", "../x", "a/../../x", "a//b", "a/", "", ".", "a/./b",
-                                  "a\\b", "C:\\x", "a\x00b", "a\nb", "..", "x/.."])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/etc/passwd",
+        "../x",
+        "a/../../x",
+        "a//b",
+        "a/",
+        "",
+        ".",
+        "a/./b",
+        "a\\b",
+        "C:\\x",
+        "a\x00b",
+        "a\nb",
+        "..",
+        "x/..",
+    ],
+)
 def test_unsafe_entry_names_rejected(name):
     with pytest.raises(UnsafeEntryNameError):
         safe_entry_name(name)
@@ -511,10 +549,10 @@ def test_safe_entry_names_accepted():
 def test_reader_rejects_unsafe_name_in_index():
     data = make_backup([("databases/evil", [b"x"])])
     lay = BackupReader(io.BytesIO(data))._layout
-    index = msgpack.unpackb(data[lay.index_offset:lay.index_offset + lay.index_len])
+    index = msgpack.unpackb(data[lay.index_offset : lay.index_offset + lay.index_len])
     index["entries"][0]["name"] = "../../etc/cron.d/x"
     new_index = msgpack.packb(index)
-    head_body = data[:lay.index_offset]
+    head_body = data[: lay.index_offset]
     digest = file_digest(head_body + new_index)
     bad = head_body + new_index + C._pack_footer(lay.index_offset, len(new_index), crc32c.crc32c(new_index), digest)
     with pytest.raises(BackupCorruptError, match="unsafe entry name"):
@@ -526,7 +564,7 @@ def test_reader_rejects_unsafe_name_in_index():
 
 def span_bytes(data, key):
     lay = BackupReader(io.BytesIO(data), key=key)._layout
-    return data[lay.body_start:lay.index_offset + lay.index_len]
+    return data[lay.body_start : lay.index_offset + lay.index_len]
 
 
 @pytest.mark.parametrize("new", [OTHER_KEY, PassphraseSource("new pw", **FAST)])
@@ -536,7 +574,7 @@ def test_rotate_key_rewraps_only(tmp_path, new):
     path.write_bytes(data)
     summary = rotate_key(str(path), KEY, new)
     rotated = path.read_bytes()
-    assert bytes.fromhex(summary.digest) == file_digest(rotated[:-C.FOOTER.size])
+    assert bytes.fromhex(summary.digest) == file_digest(rotated[: -C.FOOTER.size])
     assert summary.size_bytes == len(rotated)
     assert span_bytes(rotated, new) == span_bytes(data, KEY)  # chunks and index byte-identical
     with pytest.raises(WrongKeyError):
@@ -553,7 +591,7 @@ def test_rotate_key_refuses_wrong_key_damage_and_plain_backups(tmp_path):
     path.write_bytes(data)
     with pytest.raises(WrongKeyError):
         rotate_key(str(path), OTHER_KEY, KEY)
-    (start, _end, _), = regions(data, KEY)["chunk body"][:1]
+    ((start, _end, _),) = regions(data, KEY)["chunk body"][:1]
     path.write_bytes(flip(data, start + 3))
     with pytest.raises(BackupCorruptError, match="digest"):
         rotate_key(str(path), KEY, OTHER_KEY)
@@ -583,10 +621,10 @@ def test_not_a_backup():
             BackupReader(io.BytesIO(junk))
     data = make_backup(ENTRIES)
     lay = BackupReader(io.BytesIO(data))._layout
-    head = bytearray(data[:lay.body_start])
+    head = bytearray(data[: lay.body_start])
     head[8:10] = struct.pack(">H", 3)
-    head[-C.HEADER_SUM_SIZE:] = hashlib.sha256(head[:-C.HEADER_SUM_SIZE]).digest()
-    future = bytes(head) + data[lay.body_start:]  # a newer format: its header checks out
+    head[-C.HEADER_SUM_SIZE :] = hashlib.sha256(head[: -C.HEADER_SUM_SIZE]).digest()
+    future = bytes(head) + data[lay.body_start :]  # a newer format: its header checks out
     with pytest.raises(C.UnsupportedFormatError, match="backup format 3, newer than this RustyDB reads"):
         BackupReader(io.BytesIO(future))
     flipped = data[:8] + struct.pack(">H", 3) + data[10:]  # the same field, damaged
@@ -599,14 +637,13 @@ def test_entry_digest_mismatch_is_detected():
     # written (the index's digest changed): only the entry digest can tell.
     data = make_backup([("databases/a", [b"hello world" * 50])])
     lay = BackupReader(io.BytesIO(data))._layout
-    index = msgpack.unpackb(data[lay.index_offset:lay.index_offset + lay.index_len])
+    index = msgpack.unpackb(data[lay.index_offset : lay.index_offset + lay.index_len])
     assert set(index["entries"][0]) >= {"xxh3_128"} and "sha256" not in index["entries"][0]
     index["entries"][0]["xxh3_128"] = bytes(16)
     new_index = msgpack.packb(index)
-    head_body = data[:lay.index_offset]
+    head_body = data[: lay.index_offset]
     digest = file_digest(head_body + new_index)
-    bad = head_body + new_index + C._pack_footer(lay.index_offset, len(new_index),
-                                                 crc32c.crc32c(new_index), digest)
+    bad = head_body + new_index + C._pack_footer(lay.index_offset, len(new_index), crc32c.crc32c(new_index), digest)
     r = BackupReader(io.BytesIO(bad))
     with pytest.raises(BackupCorruptError, match="does not match its xxh3_128 digest"):
         b"".join(r.read_entry("databases/a"))
@@ -620,16 +657,26 @@ def test_whole_file_digest_catches_what_every_crc_passes():
     data = make_backup([("databases/a", [b"hello world" * 50])])
     lay = BackupReader(io.BytesIO(data))._layout
     assert lay.version == 2
-    index = msgpack.unpackb(data[lay.index_offset:lay.index_offset + lay.index_len])
+    index = msgpack.unpackb(data[lay.index_offset : lay.index_offset + lay.index_len])
     index["note"] = "added later"
     new_index = msgpack.packb(index)
-    bad = data[:lay.index_offset] + new_index + C._pack_footer(
-        lay.index_offset, len(new_index), crc32c.crc32c(new_index), lay.digest)
+    bad = (
+        data[: lay.index_offset]
+        + new_index
+        + C._pack_footer(lay.index_offset, len(new_index), crc32c.crc32c(new_index), lay.digest)
+    )
     r = BackupReader(io.BytesIO(bad))
     assert b"".join(r.read_entry("databases/a")) == b"hello world" * 50
     with pytest.raises(BackupCorruptError, match="whole-file digest mismatch"):
         r.verify()
-    good = data[:lay.index_offset] + new_index + C._pack_footer(
-        lay.index_offset, len(new_index), crc32c.crc32c(new_index),
-        file_digest(data[:lay.index_offset] + new_index))
+    good = (
+        data[: lay.index_offset]
+        + new_index
+        + C._pack_footer(
+            lay.index_offset,
+            len(new_index),
+            crc32c.crc32c(new_index),
+            file_digest(data[: lay.index_offset] + new_index),
+        )
+    )
     assert BackupReader(io.BytesIO(good)).verify()

@@ -36,16 +36,15 @@ def _writer(port, wid, first_n, acked, stop):
 
 def test_kill_9_loses_no_acknowledged_commit(server_factory):
     srv = server_factory().start()
-    srv.sql("CREATE TABLE log(writer INTEGER, n INTEGER, part INTEGER, "
-            "PRIMARY KEY(writer, n, part))")
+    srv.sql("CREATE TABLE log(writer INTEGER, n INTEGER, part INTEGER, PRIMARY KEY(writer, n, part))")
     acked = {1: [], 2: []}
     rnd = random.Random(7)
     for cycle in range(6):
         stop = threading.Event()
         # each cycle numbers its transactions in a range of its own
-        threads = [threading.Thread(target=_writer,
-                                    args=(srv.port, w, cycle * 1_000_000, acked[w], stop))
-                   for w in (1, 2)]
+        threads = [
+            threading.Thread(target=_writer, args=(srv.port, w, cycle * 1_000_000, acked[w], stop)) for w in (1, 2)
+        ]
         for t in threads:
             t.start()
         time.sleep(rnd.uniform(0.3, 1.0))
@@ -56,8 +55,7 @@ def test_kill_9_loses_no_acknowledged_commit(server_factory):
         srv.start()
         with rc.connect("127.0.0.1", srv.port) as c:
             for w in (1, 2):
-                rows = c.execute(
-                    f"SELECT n, count(*) FROM log WHERE writer = {w} GROUP BY n").rows
+                rows = c.execute(f"SELECT n, count(*) FROM log WHERE writer = {w} GROUP BY n").rows
                 present = dict((n, cnt) for n, cnt in rows)
                 half = {n: cnt for n, cnt in present.items() if cnt != 2}
                 assert not half, f"cycle {cycle}: transactions partly present: {half}"

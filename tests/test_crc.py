@@ -22,7 +22,6 @@ def test_loaded_without_running_the_package_init():
     import subprocess
     import sys
 
-    code = ("import sys; import rustydb_server.crc; "
-            "print('crc32c' in sys.modules, 'importlib.metadata' in sys.modules)")
+    code = "import sys; import rustydb_server.crc; print('crc32c' in sys.modules, 'importlib.metadata' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -21,8 +21,7 @@ from rustydb_client import client as rc
 def small_disk(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
-                          capture_output=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True)
     if proc.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     yield mnt
@@ -65,8 +64,7 @@ def test_full_wal_disk_fails_commits_clearly_and_recovers(server_factory, small_
     c.execute(f"INSERT INTO t VALUES ({failed_id + 1}, 'after')")
     # the failed one was never acknowledged: present or absent, and wholly so
     ids = [r[0] for r in c.execute("SELECT id FROM t ORDER BY id").rows]
-    assert ids in (list(range(1, failed_id)) + [failed_id + 1],
-                   list(range(1, failed_id + 2)))
+    assert ids in (list(range(1, failed_id)) + [failed_id + 1], list(range(1, failed_id + 2)))
     c.close()
     srv.kill()
     srv.start()
@@ -78,12 +76,13 @@ def test_full_wal_disk_fails_commits_clearly_and_recovers(server_factory, small_
 def test_full_backup_disk_marks_backup_failed_and_leaves_no_file(server_factory, small_disk):
     srv = server_factory(name="y").start()
     srv.sql("CREATE TABLE big(id INTEGER PRIMARY KEY, pad BLOB);")
-    srv.sql("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 5000) "
-            "INSERT INTO big SELECT i, randomblob(2000) FROM c;")  # ~10 MB, incompressible
+    srv.sql(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 5000) "
+        "INSERT INTO big SELECT i, randomblob(2000) FROM c;"
+    )  # ~10 MB, incompressible
     srv.sql(f"ALTER SYSTEM SET backup_dir = '{small_disk}';")
     url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/backup"
-    req = urllib.request.Request(url, data=json.dumps({"backup_type": "full"}).encode(),
-                                 method="POST")
+    req = urllib.request.Request(url, data=json.dumps({"backup_type": "full"}).encode(), method="POST")
     with urllib.request.urlopen(req) as r:
         backup_id = json.loads(r.read())["backup_id"]
     deadline = time.monotonic() + 30

@@ -72,14 +72,20 @@ def test_full_wal_disk_fails_the_commit_then_recovers_by_itself(tmp_path):
     ops.disk_full = True
     # enough rows that the record needs a new segment, which cannot be created
     with pytest.raises(EngineError) as e:
-        run(s, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<2000) "
-               "INSERT INTO t SELECT i, printf('%100d', i) FROM c")
+        run(
+            s,
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<2000) "
+            "INSERT INTO t SELECT i, printf('%100d', i) FROM c",
+        )
     assert e.value.code == "disk_full"
     assert "nothing was committed" in str(e.value)
     assert run(s, "SELECT count(*) FROM t") == [[0]]  # reads keep working, nothing visible
     ops.disk_full = False  # space is back
-    run(s, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<2000) "
-           "INSERT INTO t SELECT i, printf('%100d', i) FROM c")
+    run(
+        s,
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<2000) "
+        "INSERT INTO t SELECT i, printf('%100d', i) FROM c",
+    )
     assert run(s, "SELECT count(*) FROM t") == [[2000]]
     s.close()
     engine.close()
@@ -139,8 +145,11 @@ def _engine_with_unapplied_wal(tmp_path):
     # a table without a primary key is captured by rowid, and VACUUM renumbers
     # those rowids: replay must renumber them the same way
     run(s, "CREATE TABLE nopk(a, b)")
-    run(s, "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<50) "
-           "INSERT INTO nopk SELECT i, i * 2 FROM c")
+    run(
+        s,
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<50) "
+        "INSERT INTO nopk SELECT i, i * 2 FROM c",
+    )
     run(s, "DELETE FROM nopk WHERE a % 2 = 0")
     run(s, "VACUUM")
     run(s, "UPDATE nopk SET b = -1 WHERE rowid <= 5")

@@ -46,8 +46,9 @@ def canonical(conn, table, order="rowid"):
     """Every value with its storage class; floats by their bits (so -0.0 != 0.0),
     text and blobs by their bytes."""
     cols = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
-    picks = ", ".join(f'typeof("{c}"), CASE WHEN typeof("{c}") IN (\'text\', \'blob\') THEN hex("{c}") '
-                      f'ELSE "{c}" END' for c in cols)
+    picks = ", ".join(
+        f'typeof("{c}"), CASE WHEN typeof("{c}") IN (\'text\', \'blob\') THEN hex("{c}") ELSE "{c}" END' for c in cols
+    )
     out = []
     for row in conn.execute(f'SELECT {picks} FROM "{table}" ORDER BY {order}'):
         out.append(tuple(struct.pack(">d", v).hex() if isinstance(v, float) else v for v in row))
@@ -67,7 +68,8 @@ def export_text(datadir, tmp_path, **kw):
 # -- values --------------------------------------------------------------------
 
 floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
-    [-0.0, 0.0, 1e308, -1e308, 5e-324, 2.2250738585072014e-308, 1.0, 1e16, 0.1, 1 / 3])
+    [-0.0, 0.0, 1e308, -1e308, 5e-324, 2.2250738585072014e-308, 1.0, 1e16, 0.1, 1 / 3]
+)
 values = st.one_of(
     st.none(),
     st.integers(*INT64) | st.sampled_from(INT64),
@@ -87,12 +89,12 @@ def fill_value_table(datadir, table, rows):
     """A table of the generated rows (t holds text whose bytes need not be
     UTF-8); returns its canonical contents."""
     conn = db(datadir)
-    conn.execute(f"DROP TABLE IF EXISTS {table}; "
-                 f"CREATE TABLE {table}(id INTEGER PRIMARY KEY, a, b ANY, r REAL, t TEXT)")
+    conn.execute(
+        f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table}(id INTEGER PRIMARY KEY, a, b ANY, r REAL, t TEXT)"
+    )
     with conn:
         for i, (a, b, r, raw) in enumerate(rows):
-            conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?, CAST(? AS TEXT))",
-                         (i, a, b, r, raw))
+            conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?, CAST(? AS TEXT))", (i, a, b, r, raw))
     expected = canonical(conn, table)
     conn.close()
     return expected
@@ -118,8 +120,7 @@ def test_every_value_round_trips_exactly(value_dir, tmp_path, rows):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(value_rows, max_size=6))
-def test_rows_too_large_for_one_statement_round_trip_in_pieces(value_dir, tmp_path, monkeypatch,
-                                                              rows):
+def test_rows_too_large_for_one_statement_round_trip_in_pieces(value_dir, tmp_path, monkeypatch, rows):
     """With tiny limits, most rows go through the helper table piece by piece."""
     from rustydb_server.export import sqldump
 
@@ -129,18 +130,30 @@ def test_rows_too_large_for_one_statement_round_trip_in_pieces(value_dir, tmp_pa
     text, result = export_text(value_dir, tmp_path, tables=["p"])
     target = import_into_memory(text)
     assert canonical(target, "p") == expected
-    assert target.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '__rustydb%'"
-                          ).fetchall() == [(0,)]
-    pieces = [st.sql for st in split_statements(text) if "__rustydb_import_pieces\" VALUES" in st.sql
-              or st.sql.startswith('UPDATE "__rustydb_import_pieces"')]
+    assert target.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '__rustydb%'").fetchall() == [(0,)]
+    pieces = [
+        st.sql
+        for st in split_statements(text)
+        if '__rustydb_import_pieces" VALUES' in st.sql or st.sql.startswith('UPDATE "__rustydb_import_pieces"')
+    ]
     assert all(len(sql) <= 40 + 100 for sql in pieces)  # a piece and the statement around it
 
 
-@pytest.mark.parametrize("value, literal", [
-    (None, "NULL"), (-(2**63), "-9223372036854775808"), (1.0, "1.0"), (1e16, "1e+16"),
-    (-0.0, "-0.0"), (math.inf, "9e999"), (-math.inf, "-9e999"), ("it's", "'it''s'"),
-    ("a\rb", "CAST(X'610d62' AS TEXT)"), (b"\x00\xff", "X'00ff'"),
-])
+@pytest.mark.parametrize(
+    "value, literal",
+    [
+        (None, "NULL"),
+        (-(2**63), "-9223372036854775808"),
+        (1.0, "1.0"),
+        (1e16, "1e+16"),
+        (-0.0, "-0.0"),
+        (math.inf, "9e999"),
+        (-math.inf, "-9e999"),
+        ("it's", "'it''s'"),
+        ("a\rb", "CAST(X'610d62' AS TEXT)"),
+        (b"\x00\xff", "X'00ff'"),
+    ],
+)
 def test_sql_literals(value, literal):
     assert sql_literal(value) == literal
     got = apsw.Connection(":memory:").execute(f"SELECT {literal}").fetchall()[0][0]
@@ -173,30 +186,36 @@ def shop(tmp_path):
     with conn:
         for i in range(1, 1201):
             conn.execute("INSERT INTO customers VALUES (?, ?, ?, ?)", (i, f"name {i}", f"c{i}@x", i * 1.25))
-        conn.execute('INSERT INTO "odd ""name""" VALUES (\'k\', 1), (\'l\', x\'00\')')
+        conn.execute("INSERT INTO \"odd \"\"name\"\"\" VALUES ('k', 1), ('l', x'00')")
         conn.execute("INSERT INTO plain(rowid, a, b) VALUES (10, 1, 2), (7, 3, 4), (99, NULL, 5)")
     conn.close()
     return datadir
 
 
 def schema_of(conn, exclude=(STATE_TABLE,)):
-    return sorted(r for r in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema")
-                  if r[2] not in exclude)
+    return sorted(r for r in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema") if r[2] not in exclude)
 
 
 def test_table_with_indexes_and_triggers_is_reproduced(shop, tmp_path):
     text, result = export_text(shop, tmp_path, tables=["customers"])
     assert result.database == "rustydb" and result.tables[0].rows == 1200
-    assert text.count("INSERT INTO \"customers\"") == 3  # batches of 500 rows
-    assert text.index("BEGIN;") < text.index("CREATE TABLE") < text.index("INSERT") \
-        < text.index("CREATE INDEX") < text.index("CREATE TRIGGER") < text.index("COMMIT;")
+    assert text.count('INSERT INTO "customers"') == 3  # batches of 500 rows
+    assert (
+        text.index("BEGIN;")
+        < text.index("CREATE TABLE")
+        < text.index("INSERT")
+        < text.index("CREATE INDEX")
+        < text.index("CREATE TRIGGER")
+        < text.index("COMMIT;")
+    )
     source = db(shop)
     target = apsw.Connection(":memory:")
     target.execute("CREATE TABLE audit(customer INTEGER, what TEXT)")
     run_script(target, text)
     assert canonical(target, "customers") == canonical(source, "customers")
-    assert [r for r in schema_of(target) if r[2] == "customers"] == \
-        [r for r in schema_of(source) if r[2] == "customers"]
+    assert [r for r in schema_of(target) if r[2] == "customers"] == [
+        r for r in schema_of(source) if r[2] == "customers"
+    ]
     # the trigger works in the copy
     target.execute("UPDATE customers SET balance = 0 WHERE id = 1")
     assert target.execute("SELECT * FROM audit").fetchall() == [(1, "update of 1200")]
@@ -206,8 +225,11 @@ def test_rowids_of_tables_without_integer_key_are_kept(shop, tmp_path):
     text, _ = export_text(shop, tmp_path, tables=["plain", 'odd "name"'])
     target = apsw.Connection(":memory:")
     run_script(target, text)
-    assert target.execute("SELECT rowid, a, b, total FROM plain ORDER BY rowid").fetchall() == \
-        [(7, 3, 4, 7), (10, 1, 2, 3), (99, None, 5, None)]
+    assert target.execute("SELECT rowid, a, b, total FROM plain ORDER BY rowid").fetchall() == [
+        (7, 3, 4, 7),
+        (10, 1, 2, 3),
+        (99, None, 5, None),
+    ]
     assert target.execute('SELECT * FROM "odd ""name"""').fetchall() == [("k", 1), ("l", b"\x00")]
 
 
@@ -271,16 +293,20 @@ def test_all_tables_exports_views_and_triggers_but_not_internal_state(shop, tmp_
 
 # -- names in CREATE statements ------------------------------------------------------
 
-@pytest.mark.parametrize("sql, name", [
-    ("CREATE TABLE t(a)", "t"),
-    ('CREATE TABLE "a ""b"" c" (a)', '"a ""b"" c"'),
-    ("CREATE TABLE [x y](a)", "[x y]"),
-    ("CREATE UNIQUE INDEX `i`ON t(a)", "`i`"),
-    ("CREATE TABLE temp(a)", "temp"),
-    ("CREATE TRIGGER main.tr AFTER INSERT ON t BEGIN SELECT 1; END", "main.tr"),
-    ("CREATE VIRTUAL TABLE f USING fts5(a)", "f"),
-    ("CREATE TABLE /* c */ t2(a)", "t2"),
-])
+
+@pytest.mark.parametrize(
+    "sql, name",
+    [
+        ("CREATE TABLE t(a)", "t"),
+        ('CREATE TABLE "a ""b"" c" (a)', '"a ""b"" c"'),
+        ("CREATE TABLE [x y](a)", "[x y]"),
+        ("CREATE UNIQUE INDEX `i`ON t(a)", "`i`"),
+        ("CREATE TABLE temp(a)", "temp"),
+        ("CREATE TRIGGER main.tr AFTER INSERT ON t BEGIN SELECT 1; END", "main.tr"),
+        ("CREATE VIRTUAL TABLE f USING fts5(a)", "f"),
+        ("CREATE TABLE /* c */ t2(a)", "t2"),
+    ],
+)
 def test_name_span_finds_the_created_name(sql, name):
     start, end = name_span(sql)
     assert sql[start:end] == name
@@ -293,10 +319,14 @@ def test_name_span_finds_the_created_name(sql, name):
 
 # -- CSV and JSON Lines -----------------------------------------------------------------
 
+
 def test_jsonl_is_exact(shop, tmp_path):
     conn = db(shop)
-    conn.execute("CREATE TABLE j(a, b); INSERT INTO j VALUES (9223372036854775807, x'00ff'), "
-                 "(NULL, ?), (1.5, 9e999), (CAST(x'ff' AS TEXT), -0.0)", ('q"\n\x00',))
+    conn.execute(
+        "CREATE TABLE j(a, b); INSERT INTO j VALUES (9223372036854775807, x'00ff'), "
+        "(NULL, ?), (1.5, 9e999), (CAST(x'ff' AS TEXT), -0.0)",
+        ('q"\n\x00',),
+    )
     text, _ = export_text(shop, tmp_path, tables=["j"], fmt="jsonl")
     rows = [json.loads(line) for line in text.splitlines()]
     assert rows == [
@@ -316,6 +346,7 @@ def test_csv_quotes_text_and_marks_null_and_blobs(shop, tmp_path):
 
 
 # -- consistency and refusals -------------------------------------------------------------
+
 
 def test_snapshot_sees_one_moment(shop):
     with ExportSource(shop, snapshot=True) as source:
@@ -360,6 +391,7 @@ def test_only_database_is_the_default(tmp_path):
 
 # -- the command line ------------------------------------------------------------------------
 
+
 def test_cli_writes_the_file_and_a_json_summary(shop, tmp_path, capsys):
     out = str(tmp_path / "customers_restored.sql")
     assert export_main(["--table", "customers", "--input-dir", shop, "--output", out, "--json"]) == 0
@@ -372,14 +404,17 @@ def test_cli_writes_the_file_and_a_json_summary(shop, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args", [
-    ["--table", "a", "--all-tables"],
-    ["--table", "a", "--replace", "--if-not-exists"],
-    ["--table", "a", "--table", "b", "--rename-to", "c"],
-    ["--table", "a", "--format", "csv", "--replace"],
-    ["--all-tables", "--format", "jsonl"],
-    [],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--table", "a", "--all-tables"],
+        ["--table", "a", "--replace", "--if-not-exists"],
+        ["--table", "a", "--table", "b", "--rename-to", "c"],
+        ["--table", "a", "--format", "csv", "--replace"],
+        ["--all-tables", "--format", "jsonl"],
+        [],
+    ],
+)
 def test_cli_usage_errors_exit_2(shop, tmp_path, args):
     with pytest.raises(SystemExit) as exc:
         export_main([*args, "--input-dir", shop, "--output", str(tmp_path / "o")])
@@ -387,30 +422,45 @@ def test_cli_usage_errors_exit_2(shop, tmp_path, args):
 
 
 def test_installed_command_reports_errors_without_traceback(shop, tmp_path):
-    proc = run_tool("rusty-db-export", "--table", "nope", "--input-dir", shop,
-                    "--output", str(tmp_path / "o.sql"))
+    proc = run_tool("rusty-db-export", "--table", "nope", "--input-dir", shop, "--output", str(tmp_path / "o.sql"))
     assert proc.returncode == 1
     assert proc.stderr.startswith("rusty-db-export: error: database 'rustydb'")
     assert "Traceback" not in proc.stderr
-    proc = run_tool("rusty-db-export", "--table", "customers", "--input-dir", str(tmp_path / "none"),
-                    "--output", str(tmp_path / "o.sql"))
+    proc = run_tool(
+        "rusty-db-export",
+        "--table",
+        "customers",
+        "--input-dir",
+        str(tmp_path / "none"),
+        "--output",
+        str(tmp_path / "o.sql"),
+    )
     assert proc.returncode == 1 and "does not exist" in proc.stderr
 
 
 # -- the guide's steps 2 and 3 against a real server -------------------------------------------
 
 TRICKY = [
-    (1, None), (2, -(2**63)), (3, 2**63 - 1), (4, -0.0), (5, math.inf), (6, 1e-310),
-    (7, "line\r\nbreak\rcr"), (8, "nul\x00inside"), (9, "quote ' and \" and ; -- /*"), (10, "π ☃ \u2028"),
-    (11, b"\x00\xff" * 40), (12, ""), (13, 0.1),
+    (1, None),
+    (2, -(2**63)),
+    (3, 2**63 - 1),
+    (4, -0.0),
+    (5, math.inf),
+    (6, 1e-310),
+    (7, "line\r\nbreak\rcr"),
+    (8, "nul\x00inside"),
+    (9, "quote ' and \" and ; -- /*"),
+    (10, "π ☃ \u2028"),
+    (11, b"\x00\xff" * 40),
+    (12, ""),
+    (13, 0.1),
 ]
 
 
 def export_renamed(data, tmp_path, table, new_name) -> str:
     """rusty-db-export of one table under a new name; returns the SQL file."""
     out = str(tmp_path / f"{new_name}.sql")
-    proc = run_tool("rusty-db-export", "--table", table, "--input-dir", data, "--output", out,
-                    "--rename-to", new_name)
+    proc = run_tool("rusty-db-export", "--table", table, "--input-dir", data, "--output", out, "--rename-to", new_name)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -444,8 +494,9 @@ def test_export_then_cli_import_into_a_running_server(server_factory, tmp_path):
     conn = db(data)
     assert canonical(conn, "customers_restored") == expected
     assert canonical(conn, "customers") == expected
-    assert conn.execute("SELECT name FROM sqlite_schema WHERE tbl_name = 'customers_restored' "
-                        "ORDER BY name").fetchall() == [("customers_restored",), ("customers_restored_v",)]
+    assert conn.execute(
+        "SELECT name FROM sqlite_schema WHERE tbl_name = 'customers_restored' ORDER BY name"
+    ).fetchall() == [("customers_restored",), ("customers_restored_v",)]
 
 
 def test_values_larger_than_a_message_import_through_the_cli(server_factory, tmp_path):
@@ -453,8 +504,10 @@ def test_values_larger_than_a_message_import_through_the_cli(server_factory, tmp
     data = str(tmp_path / "data")
     with server_factory("data") as server:
         server.sql("CREATE TABLE files(id INTEGER PRIMARY KEY, body BLOB, note TEXT)")
-        server.sql("INSERT INTO files VALUES (1, randomblob(12000000), "
-                   "printf('%.*c', 20000000, 'x') || 'é''end'), (2, x'00', 'small')")
+        server.sql(
+            "INSERT INTO files VALUES (1, randomblob(12000000), "
+            "printf('%.*c', 20000000, 'x') || 'é''end'), (2, x'00', 'small')"
+        )
     conn = db(data)
     expected = canonical(conn, "files")
     conn.close()

@@ -62,13 +62,12 @@ def test_format_1_entries_read_and_check_their_sha256(old):
 def test_format_1_entry_digest_mismatch_is_still_detected(old):
     raw = (old / "incr.backup").read_bytes()
     lay = BackupReader(io.BytesIO(raw))._layout
-    index = msgpack.unpackb(raw[lay.index_offset:lay.index_offset + lay.index_len])
+    index = msgpack.unpackb(raw[lay.index_offset : lay.index_offset + lay.index_len])
     index["entries"][0]["sha256"] = bytes(32)
     new_index = msgpack.packb(index)
-    head_body = raw[:lay.index_offset]
+    head_body = raw[: lay.index_offset]
     digest = hashlib.sha256(head_body + new_index).digest()
-    bad = head_body + new_index + C._pack_footer(lay.index_offset, len(new_index),
-                                                 crc32c.crc32c(new_index), digest)
+    bad = head_body + new_index + C._pack_footer(lay.index_offset, len(new_index), crc32c.crc32c(new_index), digest)
     with pytest.raises(BackupCorruptError, match="does not match its sha256 digest"):
         BackupReader(io.BytesIO(bad)).verify()
 
@@ -88,15 +87,29 @@ def test_format_1_chain_verifies_and_restores_with_the_tools(old, tmp_path):
     for name in ("full.backup", "incr.backup"):
         out = run_tool("rusty-db-backup", "--verify", str(old / name), env=key_env, check=True)
         assert "Backup is valid" in out.stdout
-    info = json.loads(run_tool("rusty-db-backup", "--info", str(old / "incr.backup"), "--json",
-                               check=True).stdout)
+    info = json.loads(run_tool("rusty-db-backup", "--info", str(old / "incr.backup"), "--json", check=True).stdout)
     assert info["type"] == "incremental"
 
     data_dir = tmp_path / "restored"
-    run_tool("rusty-db-restore", "--input", str(old / "full.backup"), "--data-dir", str(data_dir),
-             "--integrity-check", env=key_env, check=True)
-    run_tool("rusty-db-restore", "--input", str(old / "incr.backup"), "--data-dir", str(data_dir),
-             "--incremental", check=True)
+    run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(old / "full.backup"),
+        "--data-dir",
+        str(data_dir),
+        "--integrity-check",
+        env=key_env,
+        check=True,
+    )
+    run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(old / "incr.backup"),
+        "--data-dir",
+        str(data_dir),
+        "--incremental",
+        check=True,
+    )
     with ServerProcess(str(data_dir)) as srv:
         out = srv.sql("SELECT count(*), sum(balance) FROM accounts").stdout
         assert "490" in out and "1203000" in out
@@ -107,13 +120,14 @@ def test_a_file_from_a_newer_format_is_not_called_damaged(old, tmp_path):
     raw = bytearray((old / "incr.backup").read_bytes())
     body_start = BackupReader(io.BytesIO(bytes(raw)))._layout.body_start
     raw[8:10] = struct.pack(">H", 3)  # as a newer release would write it: header checksum right
-    raw[body_start - 32:body_start] = hashlib.sha256(raw[:body_start - 32]).digest()
+    raw[body_start - 32 : body_start] = hashlib.sha256(raw[: body_start - 32]).digest()
     newer = tmp_path / "newer.backup"
     newer.write_bytes(bytes(raw))
-    for proc in (run_tool("rusty-db-backup", "--verify", str(newer)),
-                 run_tool("rusty-db-backup", "--info", str(newer)),
-                 run_tool("rusty-db-restore", "--input", str(newer), "--data-dir",
-                          str(tmp_path / "d"))):
+    for proc in (
+        run_tool("rusty-db-backup", "--verify", str(newer)),
+        run_tool("rusty-db-backup", "--info", str(newer)),
+        run_tool("rusty-db-restore", "--input", str(newer), "--data-dir", str(tmp_path / "d")),
+    ):
         assert proc.returncode == 1, proc.stderr
         assert "backup format 3, newer than this RustyDB reads (1, 2)" in proc.stderr
         assert "damaged" not in proc.stderr and "Traceback" not in proc.stderr

@@ -16,24 +16,26 @@ from rustydb_client import client as rc
 def dump(conn_or_path) -> dict:
     """Every user table of the default database: {table: rows}, plus the schema."""
     if isinstance(conn_or_path, str):
-        db = apsw.Connection(os.path.join(conn_or_path, "databases", "rustydb.sqlite"),
-                             flags=apsw.SQLITE_OPEN_READONLY)
+        db = apsw.Connection(os.path.join(conn_or_path, "databases", "rustydb.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
         q = lambda sql: [list(r) for r in db.execute(sql).fetchall()]  # noqa: E731
     else:
         q = lambda sql: conn_or_path.execute(sql).rows  # noqa: E731
-    tables = [r[0] for r in q("SELECT name FROM sqlite_schema WHERE type='table' AND "
-                              "name NOT LIKE 'sqlite_%' AND name != '__rustydb_state' "
-                              "ORDER BY name")]
-    out = {"schema": q("SELECT type, name, sql FROM sqlite_schema WHERE name != "
-                       "'__rustydb_state' ORDER BY name")}
+    tables = [
+        r[0]
+        for r in q(
+            "SELECT name FROM sqlite_schema WHERE type='table' AND "
+            "name NOT LIKE 'sqlite_%' AND name != '__rustydb_state' "
+            "ORDER BY name"
+        )
+    ]
+    out = {"schema": q("SELECT type, name, sql FROM sqlite_schema WHERE name != '__rustydb_state' ORDER BY name")}
     for t in tables:
         out[t] = q(f'SELECT rowid, * FROM "{t}" ORDER BY rowid')
     return out
 
 
 def backup(srv, path, *args):
-    proc = run_tool("rusty-db-backup", "--port", str(srv.port), "--output", str(path), *args,
-                    "--json")
+    proc = run_tool("rusty-db-backup", "--port", str(srv.port), "--output", str(path), *args, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -113,8 +115,10 @@ def test_an_incremental_larger_than_a_frame_streams_and_restores(primary, tmp_pa
     srv = primary
     full = tmp_path / "full.backup"
     backup(srv, full, "--type", "full")
-    srv.sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
-            "INSERT INTO items(name, qty) SELECT hex(randomblob(500)), i FROM n;")
+    srv.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
+        "INSERT INTO items(name, qty) SELECT hex(randomblob(500)), i FROM n;"
+    )
     incr = tmp_path / "incr.backup"
     info = backup(srv, incr, "--type", "incremental", "--compress")
     assert info["type"] == "incremental"
@@ -183,7 +187,10 @@ def test_differentials_and_chain_dir(primary, tmp_path):
     d3 = tmp_path / "d3"
     proc = restore("--input", last, "--data-dir", d3, "--chain-dir", chain, "--json")
     assert [os.path.basename(p) for p in json.loads(proc.stdout)["chain"]] == [
-        "full.backup", "diff.backup", "i2.backup"]
+        "full.backup",
+        "diff.backup",
+        "i2.backup",
+    ]
     assert dump(str(d3)) == expected_end
     # a differential goes onto its full backup only
     proc = restore("--input", diff, "--data-dir", d2, "--incremental", check=False)
@@ -206,16 +213,16 @@ def test_incremental_after_its_wal_is_gone_refuses(primary, tmp_path):
     with open(os.path.join(srv.data_dir, "control"), "rb"):
         pass
     srv.start()  # recovery finds no WAL to replay: the databases are already durable
-    proc = run_tool("rusty-db-backup", "--port", str(srv.port), "--type", "incremental",
-                    "--output", str(tmp_path / "i.backup"))
+    proc = run_tool(
+        "rusty-db-backup", "--port", str(srv.port), "--type", "incremental", "--output", str(tmp_path / "i.backup")
+    )
     assert proc.returncode == 1
     assert "full backup" in proc.stderr
     assert not (tmp_path / "i.backup").exists()
     time.sleep(0)
 
 
-def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factory, tmp_path,
-                                                                   monkeypatch):
+def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factory, tmp_path, monkeypatch):
     monkeypatch.setenv("RUSTYDB_BACKUP_PASSPHRASE", "pw")
     archive = tmp_path / "archive"
     archive.mkdir()
@@ -273,8 +280,7 @@ def test_tracked_and_wal_incrementals_restore_the_same(server_factory, tmp_path)
     srv.start()
     from_wal = tmp_path / "wal.backup"
     backup(srv, from_wal, "--type", "incremental", "--base-backup", str(full))
-    sources = [json.loads(line)["source"] for line in srv.log().splitlines()
-               if '"incremental computed"' in line]
+    sources = [json.loads(line)["source"] for line in srv.log().splitlines() if '"incremental computed"' in line]
     assert sources == ["tracked", "wal"]
     for name, incr in (("a", tracked), ("b", from_wal)):
         data = tmp_path / f"restored-{name}"
@@ -286,8 +292,10 @@ def test_a_failed_apply_leaves_a_directory_that_must_be_restored_again(primary, 
     """Pages are written in place as an incremental is applied, so one that
     fails half-way cannot be rolled back: nothing may then use the directory."""
     srv = primary
-    srv.sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000) "
-            "INSERT INTO items(name, qty) SELECT hex(randomblob(100)), i FROM n;")
+    srv.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000) "
+        "INSERT INTO items(name, qty) SELECT hex(randomblob(100)), i FROM n;"
+    )
     full = tmp_path / "full.backup"
     backup(srv, full, "--type", "full")
     with rc.connect("127.0.0.1", srv.port) as c:
@@ -314,11 +322,13 @@ def test_a_failed_apply_leaves_a_directory_that_must_be_restored_again(primary, 
     proc = restore("--input", incr, "--data-dir", data, "--incremental", check=False)
     assert proc.returncode == 1
     assert "did not finish" in proc.stderr and "restore the chain again" in proc.stderr
-    proc = run_tool("rusty-db-server", "--data-dir", str(data), "--port", str(free_port()),
-                    "--http-port", str(free_port()))
+    proc = run_tool(
+        "rusty-db-server", "--data-dir", str(data), "--port", str(free_port()), "--http-port", str(free_port())
+    )
     assert proc.returncode != 0 and "restore it again" in proc.stderr
-    proc = run_tool("rusty-db-export", "--input-dir", str(data), "--table", "items",
-                    "--output", str(tmp_path / "items.sql"))
+    proc = run_tool(
+        "rusty-db-export", "--input-dir", str(data), "--table", "items", "--output", str(tmp_path / "items.sql")
+    )
     assert proc.returncode == 1 and "did not finish" in proc.stderr
     assert not (tmp_path / "items.sql").exists()
     # restoring the chain again works
@@ -381,8 +391,10 @@ def test_an_incremental_with_vacuum_and_bulk_changes_restores_both_ways(primary,
     chain = tmp_path / "chain"
     chain.mkdir()
     full = chain / "full.backup"
-    srv.sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000) "
-            "INSERT INTO items(name, qty) SELECT hex(randomblob(100)), i FROM n;")
+    srv.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000) "
+        "INSERT INTO items(name, qty) SELECT hex(randomblob(100)), i FROM n;"
+    )
     backup(srv, full, "--type", "full")
     with rc.connect("127.0.0.1", srv.port) as c:
         c.execute("UPDATE items SET qty = qty + 1 WHERE id % 3 = 0")

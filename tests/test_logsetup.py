@@ -51,8 +51,15 @@ def test_one_line_per_event_even_with_newlines_and_exceptions(stream):
 def test_secrets_are_redacted_at_any_depth(stream):
     configure_logging("json", "info", stream)
     get_logger("auth").info(
-        "login", user="alice", password="hunter2", passphrase="pp", token="tt", key="kk",
-        secret="ss", api_token="at", nested={"data_key": "dk", "inner": [{"Password": "x"}]},
+        "login",
+        user="alice",
+        password="hunter2",
+        passphrase="pp",
+        token="tt",
+        key="kk",
+        secret="ss",
+        api_token="at",
+        nested={"data_key": "dk", "inner": [{"Password": "x"}]},
         backup_key_file="/etc/rustydb/backup.key",
     )
     text = stream.getvalue()
@@ -65,10 +72,19 @@ def test_secrets_are_redacted_at_any_depth(stream):
     assert event["backup_key_file"] == "/etc/rustydb/backup.key"  # where, not what
 
 
-@pytest.mark.parametrize("key, secret", [
-    ("password", True), ("token", True), ("api_token", True), ("key", True),
-    ("keyword", False), ("key_file", False), ("token_file", False), ("monkey", False),
-])
+@pytest.mark.parametrize(
+    "key, secret",
+    [
+        ("password", True),
+        ("token", True),
+        ("api_token", True),
+        ("key", True),
+        ("keyword", False),
+        ("key_file", False),
+        ("token_file", False),
+        ("monkey", False),
+    ],
+)
 def test_is_secret_key(key, secret):
     assert is_secret_key(key) is secret
 

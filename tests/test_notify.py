@@ -77,14 +77,17 @@ def test_vanished_socket_never_raises(tmp_path, monkeypatch):
     Notifier().ready()
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, None),
-    ({"WATCHDOG_USEC": "30000000"}, 15.0),
-    ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}, 15.0),
-    ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),
-    ({"WATCHDOG_USEC": "0"}, None),
-    ({"WATCHDOG_USEC": "soon"}, None),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "30000000"}, 15.0),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}, 15.0),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "soon"}, None),
+    ],
+)
 def test_watchdog_interval(env, expected):
     assert watchdog_interval(env) == expected
 

@@ -38,11 +38,9 @@ def live_digest(conn) -> str:
 
 
 def restored_digest(data_dir: str) -> str:
-    db = apsw.Connection(os.path.join(data_dir, "databases", "rustydb.sqlite"),
-                         flags=apsw.SQLITE_OPEN_READONLY)
+    db = apsw.Connection(os.path.join(data_dir, "databases", "rustydb.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return digest_rows({t: db.execute(f"SELECT * FROM {t} ORDER BY id").fetchall()
-                            for t in TABLES})
+        return digest_rows({t: db.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in TABLES})
     finally:
         db.close()
 
@@ -68,11 +66,11 @@ def run_workload(conn, rnd, n, history, restore_points, prefix=""):
             op = rnd.random()
             key = rnd.randint(1, 40)
             if op < 0.5:
-                conn.execute(f"INSERT OR REPLACE INTO accounts VALUES ({key}, "
-                             f"{rnd.randint(-1000, 1000)}, '{prefix}{i}')")
+                conn.execute(
+                    f"INSERT OR REPLACE INTO accounts VALUES ({key}, {rnd.randint(-1000, 1000)}, '{prefix}{i}')"
+                )
             elif op < 0.8:
-                conn.execute(f"UPDATE accounts SET balance = balance + {rnd.randint(1, 9)} "
-                             f"WHERE id % 7 = {key % 7}")
+                conn.execute(f"UPDATE accounts SET balance = balance + {rnd.randint(1, 9)} WHERE id % 7 = {key % 7}")
             elif op < 0.9:
                 conn.execute(f"DELETE FROM accounts WHERE id = {key}")
             else:
@@ -81,8 +79,7 @@ def run_workload(conn, rnd, n, history, restore_points, prefix=""):
         conn.execute(f"INSERT INTO notes(body) VALUES (x'{os.urandom(400).hex()}')")
         conn.execute("COMMIT")
         lsn = conn.execute("SHOW wal_lsn").rows[0][0]
-        history.append({"txid": txid, "time": time.time(), "lsn": lsn,
-                        "digest": live_digest(conn)})
+        history.append({"txid": txid, "time": time.time(), "lsn": lsn, "digest": live_digest(conn)})
         time.sleep(0.002)  # keep commit times of neighbours apart
         if i % 25 == 12:
             name = f"{prefix}rp{i}"
@@ -92,8 +89,17 @@ def run_workload(conn, rnd, n, history, restore_points, prefix=""):
 
 def restore(tmp_path, base, archive, name, *target, check=True):
     out = tmp_path / name
-    proc = run_tool("rusty-db-restore", "--input", str(base), "--archive-dir", str(archive),
-                    "--data-dir", str(out), *target, "--json")
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--archive-dir",
+        str(archive),
+        "--data-dir",
+        str(out),
+        *target,
+        "--json",
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return out, proc
@@ -112,8 +118,7 @@ def pitr_setup(server_factory, tmp_path):
     srv.sql("CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER, note TEXT);")
     srv.sql("CREATE TABLE notes(id INTEGER PRIMARY KEY, body BLOB);")
     base = tmp_path / "pitr_base.backup"
-    proc = run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base),
-                    "--port", str(srv.port))
+    proc = run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port))
     assert proc.returncode == 0, proc.stderr
     conn = rc.connect("127.0.0.1", srv.port)
     rnd = random.Random(1234)
@@ -129,25 +134,36 @@ def test_pitr_to_every_kind_of_target(pitr_setup, tmp_path):
     picks = sorted(rnd.sample(range(1, len(history) - 1), 3))
     for k in picks:
         h = history[k]
-        out, proc = restore(tmp_path, base, archive, f"time{k}",
-                            "--recovery-target-time", iso(h["time"]))
+        out, proc = restore(tmp_path, base, archive, f"time{k}", "--recovery-target-time", iso(h["time"]))
         assert restored_digest(out) == h["digest"], f"time target after commit {k}"
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         assert report["last_replayed_txid"] == h["txid"]
-        out, _ = restore(tmp_path, base, archive, f"txid{k}",
-                         "--recovery-target-txid", str(h["txid"]))
+        out, _ = restore(tmp_path, base, archive, f"txid{k}", "--recovery-target-txid", str(h["txid"]))
         assert restored_digest(out) == h["digest"], f"txid target {h['txid']}"
-        out, _ = restore(tmp_path, base, archive, f"txidx{k}",
-                         "--recovery-target-txid", str(h["txid"]),
-                         "--recovery-target-inclusive", "false")
+        out, _ = restore(
+            tmp_path,
+            base,
+            archive,
+            f"txidx{k}",
+            "--recovery-target-txid",
+            str(h["txid"]),
+            "--recovery-target-inclusive",
+            "false",
+        )
         assert restored_digest(out) == history[k - 1]["digest"], "exclusive txid target"
-        out, _ = restore(tmp_path, base, archive, f"lsn{k}",
-                         "--recovery-target-lsn", h["lsn"], "--recovery-target-inclusive",
-                         "false")
+        out, _ = restore(
+            tmp_path,
+            base,
+            archive,
+            f"lsn{k}",
+            "--recovery-target-lsn",
+            h["lsn"],
+            "--recovery-target-inclusive",
+            "false",
+        )
         assert restored_digest(out) == h["digest"], f"LSN target {h['lsn']}"
     for name, k in points[:2]:
-        out, _ = restore(tmp_path, base, archive, f"name-{name}",
-                         "--recovery-target-name", name)
+        out, _ = restore(tmp_path, base, archive, f"name-{name}", "--recovery-target-name", name)
         assert restored_digest(out) == history[k]["digest"], f"restore point {name}"
     # the guide's form: local time without a zone
     k = picks[0]
@@ -159,15 +175,14 @@ def test_pitr_to_every_kind_of_target(pitr_setup, tmp_path):
 def test_pitr_refuses_impossible_targets(pitr_setup, tmp_path):
     srv, conn, base, archive, history, points = pitr_setup
     far = time.time() + 3600
-    out, proc = restore(tmp_path, base, archive, "future", "--recovery-target-time", iso(far),
-                        check=False)
+    out, proc = restore(tmp_path, base, archive, "future", "--recovery-target-time", iso(far), check=False)
     assert proc.returncode == 1 and "not reached" in proc.stderr
     assert not out.exists()
-    out, proc = restore(tmp_path, base, archive, "early", "--recovery-target-time",
-                        iso(time.time() - 86400), check=False)
+    out, proc = restore(
+        tmp_path, base, archive, "early", "--recovery-target-time", iso(time.time() - 86400), check=False
+    )
     assert proc.returncode == 1 and "before the end of the base" in proc.stderr
-    out, proc = restore(tmp_path, base, archive, "noname", "--recovery-target-name", "nope",
-                        check=False)
+    out, proc = restore(tmp_path, base, archive, "noname", "--recovery-target-name", "nope", check=False)
     assert proc.returncode == 1 and "not reached" in proc.stderr
     # a gap in the archive: remove a middle segment
     segs = sorted(n for n in os.listdir(archive) if n.endswith(".walz"))
@@ -175,8 +190,7 @@ def test_pitr_refuses_impossible_targets(pitr_setup, tmp_path):
     victim = archive / segs[len(segs) // 2]
     saved = victim.read_bytes()
     victim.unlink()
-    out, proc = restore(tmp_path, base, archive, "gap", "--recovery-target-time",
-                        iso(history[-1]["time"]), check=False)
+    out, proc = restore(tmp_path, base, archive, "gap", "--recovery-target-time", iso(history[-1]["time"]), check=False)
     victim.write_bytes(saved)
     assert proc.returncode == 1 and "missing WAL segment" in proc.stderr
     assert segs[len(segs) // 2].split(".")[0] in proc.stderr
@@ -185,8 +199,7 @@ def test_pitr_refuses_impossible_targets(pitr_setup, tmp_path):
 def test_second_pitr_follows_the_new_timeline(pitr_setup, tmp_path, server_factory):
     srv, conn, base, archive, history, points = pitr_setup
     k = len(history) // 2
-    out, proc = restore(tmp_path, base, archive, "tl2", "--recovery-target-txid",
-                        str(history[k]["txid"]))
+    out, proc = restore(tmp_path, base, archive, "tl2", "--recovery-target-txid", str(history[k]["txid"]))
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["timeline"] == 2
     conn.close()
@@ -207,13 +220,29 @@ def test_second_pitr_follows_the_new_timeline(pitr_setup, tmp_path, server_facto
     assert any(n.startswith("00000002") for n in names) and "00000002.history" in names
     # timeline 1's segments were never overwritten: still readable and a restore
     # along timeline 1 still gives the old future
-    out1, _ = restore(tmp_path, base, archive, "tl1-again", "--recovery-target-txid",
-                      str(history[-1]["txid"]), "--recovery-target-timeline", "1")
+    out1, _ = restore(
+        tmp_path,
+        base,
+        archive,
+        "tl1-again",
+        "--recovery-target-txid",
+        str(history[-1]["txid"]),
+        "--recovery-target-timeline",
+        "1",
+    )
     assert restored_digest(out1) == history[-1]["digest"]
     # a second PITR from the same base follows the history into timeline 2
     target = history2[-3]
-    out3, proc = restore(tmp_path, base, archive, "tl3", "--recovery-target-txid",
-                         str(target["txid"]), "--recovery-target-timeline", "latest")
+    out3, proc = restore(
+        tmp_path,
+        base,
+        archive,
+        "tl3",
+        "--recovery-target-txid",
+        str(target["txid"]),
+        "--recovery-target-timeline",
+        "latest",
+    )
     assert restored_digest(out3) == target["digest"]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["timeline"] >= 3
     c2.close()
@@ -228,14 +257,21 @@ def test_find_the_bad_transaction_and_restore_to_just_before_it(pitr_setup, tmp_
     proc = run_tool("rusty-db-restore", "--list-wal", "--archive-dir", str(archive), "--json")
     assert proc.returncode == 0, proc.stderr
     listing = [json.loads(line) for line in proc.stdout.splitlines()]
-    deletes = [t for t in listing if any(c.startswith("accounts: -") and "+" not in c
-                                         for c in t.get("changes", []))]
+    deletes = [t for t in listing if any(c.startswith("accounts: -") and "+" not in c for c in t.get("changes", []))]
     bad = deletes[-1]
     assert bad["txid"] > history[-1]["txid"]
     text = run_tool("rusty-db-restore", "--list-wal", "--archive-dir", str(archive)).stdout
     assert f"txid {bad['txid']}" in text
-    out, _ = restore(tmp_path, base, archive, "undo", "--recovery-target-txid",
-                     str(bad["txid"]), "--recovery-target-inclusive", "false")
+    out, _ = restore(
+        tmp_path,
+        base,
+        archive,
+        "undo",
+        "--recovery-target-txid",
+        str(bad["txid"]),
+        "--recovery-target-inclusive",
+        "false",
+    )
     assert restored_digest(out) == before
 
 
@@ -274,17 +310,20 @@ def test_pitr_from_an_encrypted_archive(server_factory, tmp_path, monkeypatch):
     conf = tmp_path / "c.toml"
     conf.write_text("wal_segment_size = '64kB'\n")
     srv = server_factory(name="enc", extra_args=["--config", str(conf)]).start()
-    for stmt in ("ALTER SYSTEM SET archive_mode = on;",
-                 f"ALTER SYSTEM SET archive_dest = '{archive}';",
-                 "ALTER SYSTEM SET archive_encryption = on;",
-                 f"ALTER SYSTEM SET backup_key_file = '{key}';",
-                 "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER, note TEXT);",
-                 "CREATE TABLE notes(id INTEGER PRIMARY KEY, body BLOB);"):
+    for stmt in (
+        "ALTER SYSTEM SET archive_mode = on;",
+        f"ALTER SYSTEM SET archive_dest = '{archive}';",
+        "ALTER SYSTEM SET archive_encryption = on;",
+        f"ALTER SYSTEM SET backup_key_file = '{key}';",
+        "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER, note TEXT);",
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, body BLOB);",
+    ):
         srv.sql(stmt)
     monkeypatch.setenv("RUSTYDB_BACKUP_KEY_FILE", str(key))
     base = tmp_path / "base.backup"
-    proc = run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--encrypt",
-                    "--port", str(srv.port))
+    proc = run_tool(
+        "rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--encrypt", "--port", str(srv.port)
+    )
     assert proc.returncode == 0, proc.stderr
     conn = rc.connect("127.0.0.1", srv.port)
     history = []
@@ -296,11 +335,9 @@ def test_pitr_from_an_encrypted_archive(server_factory, tmp_path, monkeypatch):
 
         assert BackupReader(f).header.encrypted
     target = history[25]
-    out, _ = restore(tmp_path, base, archive, "restored-enc", "--recovery-target-txid",
-                     str(target["txid"]))
+    out, _ = restore(tmp_path, base, archive, "restored-enc", "--recovery-target-txid", str(target["txid"]))
     assert restored_digest(out) == target["digest"]
     monkeypatch.delenv("RUSTYDB_BACKUP_KEY_FILE")
-    out, proc = restore(tmp_path, base, archive, "nokey", "--recovery-target-txid",
-                        str(target["txid"]), check=False)
+    out, proc = restore(tmp_path, base, archive, "nokey", "--recovery-target-txid", str(target["txid"]), check=False)
     assert proc.returncode == 1 and "key" in proc.stderr.lower()
     conn.close()

@@ -96,17 +96,20 @@ def test_bulk_frame_refuses_what_the_peer_would_refuse():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=8),
-       st.lists(st.integers(min_value=0, max_value=4000), min_size=1, max_size=6))
+@given(
+    st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=8),
+    st.lists(st.integers(min_value=0, max_value=4000), min_size=1, max_size=6),
+)
 def test_large_frames_fed_in_any_pieces_decode_the_same(cuts, sizes):
-    msgs = [{"type": "backup_data", "entry": f"e{i}", "last": False, "data": bytes([i]) * n}
-            for i, n in enumerate(sizes)]
+    msgs = [
+        {"type": "backup_data", "entry": f"e{i}", "last": False, "data": bytes([i]) * n} for i, n in enumerate(sizes)
+    ]
     data = b"".join(p.encode_frame(m) for m in msgs)
     d = p.FrameDecoder()
     out, pos, i = [], 0, 0
     while pos < len(data):
         step = cuts[i % len(cuts)]
-        d.feed(data[pos:pos + step])
+        d.feed(data[pos : pos + step])
         pos, i = pos + step, i + 1
         while (m := d.next_message()) is not None:
             out.append(m)
@@ -129,26 +132,26 @@ def receive(data: bytes, cuts: list[int], *, bulk_views: bool) -> list[dict]:
         place = d.recv_buffer()
         if place is not None:
             n = min(step, len(place), len(data) - pos)
-            place[:n] = data[pos:pos + n]
+            place[:n] = data[pos : pos + n]
             d.received_into(n)
         else:
             n = min(step, len(data) - pos)
-            d.feed(data[pos:pos + n])
+            d.feed(data[pos : pos + n])
         pos += n
     assert d.buffered == 0
     return out
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=200_000), min_size=1, max_size=6),
-       st.lists(st.sampled_from([0, 5, 4000, p.BULK_VIEW_MIN - 1, p.BULK_VIEW_MIN, 150_000]),
-                min_size=1, max_size=6),
-       st.booleans())
+@given(
+    st.lists(st.integers(min_value=1, max_value=200_000), min_size=1, max_size=6),
+    st.lists(st.sampled_from([0, 5, 4000, p.BULK_VIEW_MIN - 1, p.BULK_VIEW_MIN, 150_000]), min_size=1, max_size=6),
+    st.booleans(),
+)
 def test_frames_received_in_place_decode_the_same(cuts, sizes, bulk_views):
     msgs = []
     for i, n in enumerate(sizes):
-        msgs.append({"type": "backup_data", "entry": f"e{i}", "last": i % 2 == 0,
-                     "data": bytes([i + 1]) * n})
+        msgs.append({"type": "backup_data", "entry": f"e{i}", "last": i % 2 == 0, "data": bytes([i + 1]) * n})
         msgs.append({"type": "notice", "message": f"between {i}"})
     data = b"".join(p.encode_frame(m) for m in msgs)
     out = receive(data, cuts, bulk_views=bulk_views)
@@ -164,8 +167,15 @@ def test_frames_received_in_place_decode_the_same(cuts, sizes, bulk_views):
 def test_bulk_view_follows_msgpack_for_repeated_and_misplaced_keys():
     big = b"x" * p.BULK_VIEW_MIN
     # A key given twice: the last value wins, as with unpackb.
-    body = b"\x83" + msgpack.packb("type") + msgpack.packb("backup_data") + msgpack.packb("data") \
-        + msgpack.packb(1) + msgpack.packb("data") + msgpack.packb(big)
+    body = (
+        b"\x83"
+        + msgpack.packb("type")
+        + msgpack.packb("backup_data")
+        + msgpack.packb("data")
+        + msgpack.packb(1)
+        + msgpack.packb("data")
+        + msgpack.packb(big)
+    )
     msg = p.decode_body(body, bulk_views=True)
     assert msg == p.decode_body(body) and isinstance(msg["data"], memoryview)
     assert list(msg) == ["type", "data"]
@@ -182,9 +192,18 @@ def test_bulk_view_follows_msgpack_for_repeated_and_misplaced_keys():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.text(max_size=5), st.none() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=5)
-                       | st.binary(max_size=5) | st.just(b"z" * p.BULK_VIEW_MIN), max_size=4),
-       st.text(max_size=5))
+@given(
+    st.dictionaries(
+        st.text(max_size=5),
+        st.none()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.text(max_size=5)
+        | st.binary(max_size=5)
+        | st.just(b"z" * p.BULK_VIEW_MIN),
+        max_size=4,
+    ),
+    st.text(max_size=5),
+)
 def test_bulk_views_decode_like_unpackb(fields, type_):
     body = msgpack.packb({"type": type_, **fields}, use_bin_type=True)
     try:
@@ -228,10 +247,8 @@ def test_received_into_must_match_the_buffer():
         ({"type": "columns", "names": ["a", 1]}, p.TO_CLIENT),
         ({"type": "rows", "rows": [[{"a": 1}]]}, p.TO_CLIENT),
         ({"type": "rows", "rows": [1, 2]}, p.TO_CLIENT),
-        ({"type": "complete", "status": "X", "rows_affected": 0, "database": "m",
-          "in_transaction": 0}, p.TO_CLIENT),
-        ({"type": "error", "code": "x", "message": "y", "fatal": False,
-          "statement_line": "3"}, p.TO_CLIENT),
+        ({"type": "complete", "status": "X", "rows_affected": 0, "database": "m", "in_transaction": 0}, p.TO_CLIENT),
+        ({"type": "error", "code": "x", "message": "y", "fatal": False, "statement_line": "3"}, p.TO_CLIENT),
         ({"type": "query", "sql": "SELECT 1"}, p.TO_CLIENT),  # wrong direction
         ({"type": "columns", "names": []}, p.TO_SERVER),
         ({"type": "launch_missiles"}, p.TO_SERVER),
@@ -413,8 +430,7 @@ def test_wrong_password_and_unknown_user_fail_identically():
     wrong = handshake(p.ClientProtocol("alice", "nope"), p.ServerProtocol(lookup))
     unknown = handshake(p.ClientProtocol("mallory", "s3cret"), p.ServerProtocol(lookup))
     assert isinstance(wrong, ProtocolError) and isinstance(unknown, ProtocolError)
-    assert (wrong.code, wrong.message) == (unknown.code, unknown.message) == (
-        "auth_failed", p.AUTH_FAILED_MESSAGE)
+    assert (wrong.code, wrong.message) == (unknown.code, unknown.message) == ("auth_failed", p.AUTH_FAILED_MESSAGE)
     assert "mallory" not in unknown.message
 
 
@@ -489,11 +505,9 @@ def test_wrong_version_names_both_versions():
         (None, [p.query_message("SELECT 1")]),  # query before hello
         (None, [p.hello_message("a", None, "c"), p.hello_message("a", None, "c")]),
         (lookup, [p.hello_message("a", None, "c"), p.query_message("SELECT 1")]),
-        (lookup, [p.hello_message("a", None, "c"),
-                  {"type": "scram_client_final", "data": "c=biws"}]),
+        (lookup, [p.hello_message("a", None, "c"), {"type": "scram_client_final", "data": "c=biws"}]),
         (None, [p.hello_message("a", None, "c"), {"type": "scram_client_first", "data": "x"}]),
-        (None, [p.hello_message("a", None, "c"), p.goodbye_message(),
-                p.query_message("SELECT 1")]),
+        (None, [p.hello_message("a", None, "c"), p.goodbye_message(), p.query_message("SELECT 1")]),
     ],
 )
 def test_out_of_order_messages_are_rejected(auth, sequence):

@@ -120,8 +120,17 @@ def test_encrypted_restore_with_verification(source, expected, tmp_path):
     assert "--key-file" in no_key.stderr
     assert not os.path.exists(target)
 
-    proc = restore("--input", out, "--data-dir", target, "--verify-encryption",
-                   "--integrity-check", "--threads", "4", env={"RUSTYDB_BACKUP_KEY_FILE": key_path})
+    proc = restore(
+        "--input",
+        out,
+        "--data-dir",
+        target,
+        "--verify-encryption",
+        "--integrity-check",
+        "--threads",
+        "4",
+        env={"RUSTYDB_BACKUP_KEY_FILE": key_path},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "row counts match" in proc.stdout
     assert_same_data(target, expected)
@@ -236,8 +245,7 @@ def test_a_failure_after_install_swaps_nothing_in(backup, tmp_path):
     assert not leftovers(str(target))
 
 
-def test_files_changed_after_install_are_fsynced_before_the_swap(backup, tmp_path,
-                                                                 monkeypatch):
+def test_files_changed_after_install_are_fsynced_before_the_swap(backup, tmp_path, monkeypatch):
     """With more to apply (a chain), the database files are synced once, after
     the last change and before the directory appears under its name."""
     from rustydb_server import fileops
@@ -271,8 +279,7 @@ def test_files_changed_after_install_are_fsynced_before_the_swap(backup, tmp_pat
 
     restore_full(backup, target, post_install=change, fileops=Recording())
     mark = events.index(("post_install", None, False))
-    synced_after = {name for kind, name, swapped in events[mark:]
-                    if kind == "fsync" and not swapped}
+    synced_after = {name for kind, name, swapped in events[mark:] if kind == "fsync" and not swapped}
     assert {"rustydb.sqlite", "sales.sqlite"} <= synced_after
     # ...and not before: one fsync per file for the whole chain, and no
     # writeback started early, which would write the pages the chain changes twice.
@@ -313,8 +320,7 @@ def test_integrity_check_catches_row_counts_the_manifest_disagrees_with(source, 
 
 
 def test_integrity_check_passes_on_good_data(backup, tmp_path):
-    proc = restore("--input", backup, "--data-dir", str(tmp_path / "d"), "--integrity-check",
-                   "--verify-encryption")
+    proc = restore("--input", backup, "--data-dir", str(tmp_path / "d"), "--integrity-check", "--verify-encryption")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("row counts match") == 2
 
@@ -329,16 +335,20 @@ def _rename_first(entry=None, name=None):
             db["name"] = name
         if entry is not None:
             db["entry"] = entry
+
     return edit
 
 
-@pytest.mark.parametrize("edit,extra,expect", [
-    (_rename_first(entry="databases/../x.sqlite"), (), "databases/../x.sqlite"),
-    (_rename_first(name="../x"), (), "../x"),
-    (_rename_first(name="a/b", entry="databases/a/b.sqlite"), (), "a/b"),
-    (None, [("databases/evil/x.sqlite", "sales")], "unexpected entries"),
-    (None, [("RUSTYDB_VERSION", "sales")], "unexpected entries"),
-])
+@pytest.mark.parametrize(
+    "edit,extra,expect",
+    [
+        (_rename_first(entry="databases/../x.sqlite"), (), "databases/../x.sqlite"),
+        (_rename_first(name="../x"), (), "../x"),
+        (_rename_first(name="a/b", entry="databases/a/b.sqlite"), (), "a/b"),
+        (None, [("databases/evil/x.sqlite", "sales")], "unexpected entries"),
+        (None, [("RUSTYDB_VERSION", "sales")], "unexpected entries"),
+    ],
+)
 def test_unsafe_or_unexpected_entries_are_refused(source, tmp_path, edit, extra, expect):
     out = str(tmp_path / "odd.backup")
     write_backup(source, out, edit=edit, extra_entries=extra)
@@ -369,9 +379,19 @@ def test_guide_monthly_test_restore(backup, tmp_path):
     log = tmp_path / "backup-test.log"
     with open(log, "w") as f:  # ">> $LOG_FILE 2>&1"
         rc = subprocess.call(
-            [tool("rusty-db-restore"), "--input", backup, "--data-dir", test_dir, "--verify-encryption",
-             "--integrity-check"], stdout=f, stderr=subprocess.STDOUT,
-            env={**os.environ, **NO_KEYS})
+            [
+                tool("rusty-db-restore"),
+                "--input",
+                backup,
+                "--data-dir",
+                test_dir,
+                "--verify-encryption",
+                "--integrity-check",
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **NO_KEYS},
+        )
     assert rc == 0, log.read_text()
     with ServerProcess(test_dir) as server:
         assert server.health()["status"] == "healthy"
@@ -454,11 +474,18 @@ def test_a_server_refuses_the_target_of_a_restore_that_was_killed(backup, tmp_pa
     target = tmp_path / "restored"
     target.mkdir(mode=0o700)
     (target / "rustydb.pid").write_text("4242\nrestore\n")  # the killed restore's lock
-    proc = run_tool("rusty-db-server", "--data-dir", str(target), "--port", str(free_port()),
-                    "--http-port", str(free_port()), timeout=30)
+    proc = run_tool(
+        "rusty-db-server",
+        "--data-dir",
+        str(target),
+        "--port",
+        str(free_port()),
+        "--http-port",
+        str(free_port()),
+        timeout=30,
+    )
     assert proc.returncode == 1
-    assert "is the target of a restore that did not finish (rusty-db-restore, pid 4242)" \
-        in proc.stderr
+    assert "is the target of a restore that did not finish (rusty-db-restore, pid 4242)" in proc.stderr
     assert sorted(os.listdir(target)) == ["rustydb.pid"]  # nothing initialized
     proc = restore("--input", backup, "--data-dir", str(target))
     assert proc.returncode == 0, proc.stderr

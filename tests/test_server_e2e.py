@@ -89,15 +89,18 @@ def test_txids_increase_and_match_commits(server):
 def test_all_sqlite_types_and_large_results_in_batches(server):
     with connect(server) as c:
         c.execute("CREATE TABLE v(i INTEGER, r REAL, t TEXT, b BLOB, n)")
-        c.execute("INSERT INTO v VALUES (?, ?, ?, ?, NULL)".replace("?", "{}").format(
-            -9223372036854775808, 1.5, "'héllo'", "x'00ff'"))
-        assert c.execute("SELECT * FROM v").rows == [
-            [-9223372036854775808, 1.5, "héllo", b"\x00\xff", None]]
+        c.execute(
+            "INSERT INTO v VALUES (?, ?, ?, ?, NULL)".replace("?", "{}").format(
+                -9223372036854775808, 1.5, "'héllo'", "x'00ff'"
+            )
+        )
+        assert c.execute("SELECT * FROM v").rows == [[-9223372036854775808, 1.5, "héllo", b"\x00\xff", None]]
         c.execute("CREATE TABLE big(x INTEGER PRIMARY KEY, s TEXT)")
-        c.execute("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 25000)"
-                  " INSERT INTO big SELECT i, 'row ' || i FROM c")
-        batches = [e for e in c.stream("SELECT * FROM big ORDER BY x", batch_rows=1000)
-                   if type(e).__name__ == "Rows"]
+        c.execute(
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 25000)"
+            " INSERT INTO big SELECT i, 'row ' || i FROM c"
+        )
+        batches = [e for e in c.stream("SELECT * FROM big ORDER BY x", batch_rows=1000) if type(e).__name__ == "Rows"]
         assert len(batches) >= 25
         assert sum(len(b.rows) for b in batches) == 25000
 
@@ -109,10 +112,11 @@ def test_rows_larger_than_a_batch_and_one_too_large_for_any_message(server):
     with connect(server) as c:
         c.execute("CREATE TABLE b(id INTEGER PRIMARY KEY, v BLOB)")
         c.execute("INSERT INTO b VALUES (1, randomblob(9000000)), (2, randomblob(9000000))")
-        batches = [e for e in c.stream("SELECT id, length(v), v FROM b ORDER BY id")
-                   if type(e).__name__ == "Rows"]
+        batches = [e for e in c.stream("SELECT id, length(v), v FROM b ORDER BY id") if type(e).__name__ == "Rows"]
         assert [[r[0], r[1], len(r[2])] for b in batches for r in b.rows] == [
-            [1, 9000000, 9000000], [2, 9000000, 9000000]]
+            [1, 9000000, 9000000],
+            [2, 9000000, 9000000],
+        ]
         assert len(batches) == 2
         with pytest.raises(rc.ServerError) as err:
             c.execute("SELECT zeroblob(20000000)")
@@ -125,8 +129,9 @@ def test_rows_larger_than_a_batch_and_one_too_large_for_any_message(server):
         with pytest.raises(rc.RequestTooLarge, match="split it"):
             c.execute("SELECT length('" + "x" * 17_000_000 + "')")
         assert c.execute("SELECT 1").rows == [[1]]
-    proc = run_tool("rusty-db-cli", "--port", str(server.port),
-                    input="SELECT 1;\nSELECT length('" + "x" * 17_000_000 + "');\n")
+    proc = run_tool(
+        "rusty-db-cli", "--port", str(server.port), input="SELECT 1;\nSELECT length('" + "x" * 17_000_000 + "');\n"
+    )
     assert proc.returncode == 1
     assert "ERROR at line 2: the statement is 17.0 MB" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -134,10 +139,8 @@ def test_rows_larger_than_a_batch_and_one_too_large_for_any_message(server):
 
 def test_databases_create_switch_drop(server):
     server.sql("CREATE DATABASE production_db;")
-    server.sql("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);", "--database",
-               "production_db")
-    server.sql("INSERT INTO customers(name) VALUES ('ada'), ('grace');", "--database",
-               "production_db")
+    server.sql("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);", "--database", "production_db")
+    server.sql("INSERT INTO customers(name) VALUES ('ada'), ('grace');", "--database", "production_db")
     out = server.sql("SELECT COUNT(*) FROM customers;", "--database", "production_db", "--csv")
     assert out.stdout.strip().splitlines()[-1] == "2"
     # not visible from the default database
@@ -235,12 +238,15 @@ def _read_frame(s: socket.socket) -> dict | None:
     return msgpack.unpackb(body, raw=False)
 
 
-@pytest.mark.parametrize("payload", [
-    b"\xff\xff\xff\xff" + b"x" * 10,                      # claims 4 GiB
-    struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1",        # not msgpack
-    struct.pack(">I", 30) + b"\x91" * 30,                 # nesting bomb
-    struct.pack(">I", 3) + msgpack.packb({"a": 1}),        # no type
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xff\xff\xff" + b"x" * 10,  # claims 4 GiB
+        struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1",  # not msgpack
+        struct.pack(">I", 30) + b"\x91" * 30,  # nesting bomb
+        struct.pack(">I", 3) + msgpack.packb({"a": 1}),  # no type
+    ],
+)
 def test_bad_frames_close_only_that_connection(server, payload):
     with connect(server) as good:
         good.execute("CREATE TABLE IF NOT EXISTS t(x)")
@@ -312,8 +318,7 @@ def test_notify_socket_receives_ready_and_stopping(server_factory, tmp_path):
     recv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     recv.bind(sock_path)
     recv.settimeout(30)
-    srv = server_factory(name="notify", env={"NOTIFY_SOCKET": sock_path,
-                                             "WATCHDOG_USEC": "200000"})
+    srv = server_factory(name="notify", env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "200000"})
     srv.start()
     messages = []
     while not any("READY=1" in m for m in messages):
@@ -343,8 +348,10 @@ def test_sighup_reloads_config(server_factory, tmp_path):
 def test_concurrent_clients_see_consistent_state(server):
     with connect(server) as c:
         c.execute("CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER)")
-        c.execute("WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i<10) "
-                  "INSERT INTO acct SELECT i, 1000 FROM s")
+        c.execute(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i<10) "
+            "INSERT INTO acct SELECT i, 1000 FROM s"
+        )
     errors = []
 
     def transfer(seed):
@@ -376,8 +383,9 @@ def test_concurrent_clients_see_consistent_state(server):
 def test_server_help_and_usage_errors():
     assert run_tool("rusty-db-server", "--help").returncode == 0
     assert run_tool("rusty-db-server", "--bogus").returncode == 2
-    proc = subprocess.run([os.path.join(os.path.dirname(__import__("sys").executable),
-                                        "rusty-db-cli"), "--bogus"], capture_output=True)
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(__import__("sys").executable), "rusty-db-cli"), "--bogus"], capture_output=True
+    )
     assert proc.returncode == 2
 
 
@@ -385,8 +393,7 @@ def test_statement_timeout_cancels_and_session_goes_on(server):
     server.sql("ALTER SYSTEM SET statement_timeout = '200ms';")
     with connect(server) as c:
         with pytest.raises(rc.ServerError) as e:
-            c.execute("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c) "
-                      "SELECT count(*) FROM c")
+            c.execute("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c) SELECT count(*) FROM c")
         assert e.value.code == "query_canceled"
         assert c.execute("SELECT 1").rows == [[1]]
 
@@ -424,8 +431,12 @@ def test_cli_scripts_are_strict_utf8_and_may_start_with_a_bom(server):
     from helpers import tool
 
     def cli_bytes(*args: bytes, stdin: bytes = b""):
-        return subprocess.run([tool("rusty-db-cli").encode(), b"--port", str(server.port).encode(),
-                               *args], input=stdin, capture_output=True, timeout=30)
+        return subprocess.run(
+            [tool("rusty-db-cli").encode(), b"--port", str(server.port).encode(), *args],
+            input=stdin,
+            capture_output=True,
+            timeout=30,
+        )
 
     proc = cli_bytes(stdin="\ufeffCREATE TABLE bom(x);\r\nINSERT INTO bom VALUES ('é');\r\n".encode())
     assert proc.returncode == 0, proc.stderr
@@ -448,11 +459,20 @@ def test_start_up_errors_name_the_port_or_directory(tmp_path):
     busy.listen()
     taken = busy.getsockname()[1]
     try:
-        for wire, http, what in ((taken, free_port(), "cannot listen on 127.0.0.1 port"),
-                                 (free_port(), taken, "cannot listen for the HTTP API on "
-                                                      "127.0.0.1 port")):
-            proc = run_tool("rusty-db-server", "--data-dir", str(tmp_path / "d"),
-                            "--port", str(wire), "--http-port", str(http), timeout=30)
+        for wire, http, what in (
+            (taken, free_port(), "cannot listen on 127.0.0.1 port"),
+            (free_port(), taken, "cannot listen for the HTTP API on 127.0.0.1 port"),
+        ):
+            proc = run_tool(
+                "rusty-db-server",
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--port",
+                str(wire),
+                "--http-port",
+                str(http),
+                timeout=30,
+            )
             assert proc.returncode == 1
             assert f"{what} {taken}: Address already in use" in proc.stderr
             assert "Traceback" not in proc.stderr

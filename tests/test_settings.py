@@ -31,72 +31,101 @@ def test_every_default_parses_and_round_trips_through_show(name):
     assert parse_value(name, format_value(name, setting.default)) == setting.default
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("on", True), ("OFF", False), ("True", True), ("false", False), ("yes", True),
-    ("No", False), ("1", True), ("0", False), (True, True), (0, False), (" on ", True),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("on", True),
+        ("OFF", False),
+        ("True", True),
+        ("false", False),
+        ("yes", True),
+        ("No", False),
+        ("1", True),
+        ("0", False),
+        (True, True),
+        (0, False),
+        (" on ", True),
+    ],
+)
 def test_bool_words(raw, expected):
     assert parse_value("archive_mode", raw) is expected
 
 
-@pytest.mark.parametrize("name, raw, expected", [
-    ("archive_timeout", "60s", 60),
-    ("archive_timeout", "1min", 60),
-    ("archive_timeout", "2h", 7200),
-    ("archive_timeout", "1d", 86400),
-    ("archive_timeout", "90", 90),          # bare number: the setting's base unit
-    ("archive_timeout", 90, 90),
-    ("archive_timeout", "120000ms", 120),
-    ("archive_timeout", "60 S", 60),
-    ("statement_timeout", "1.5s", 1500),
-    ("statement_timeout", "250", 250),
-    ("statement_timeout", "0", 0),
-    ("checkpoint_timeout", "5min", 300),
-    ("checkpoint_wal_size", "64MB", 64 * 1024**2),
-    ("checkpoint_wal_size", "1GB", 1024**3),
-    ("checkpoint_wal_size", "512kB", 512 * 1024),
-    ("checkpoint_wal_size", "4096", 4096),
-    ("checkpoint_wal_size", "1.5kb", 1536),
-    ("wal_segment_size", "64kB", 64 * 1024),
-    ("wal_segment_size", "1GB", 1024**3),
-    ("port", "5433", 5433),
-    ("port", 65535, 65535),
-    ("http_port", "0", 0),
-    ("backup_threads", "64", 64),
-    ("archive_compression", "ZSTD", "zstd"),
-    ("archive_compression", "none", "none"),
-    ("log_level", "debug", "debug"),
-    ("listen_address", "0.0.0.0", "0.0.0.0"),
-    ("archive_dest", "/var/lib/rusty-db/archive", "/var/lib/rusty-db/archive"),
-])
+@pytest.mark.parametrize(
+    "name, raw, expected",
+    [
+        ("archive_timeout", "60s", 60),
+        ("archive_timeout", "1min", 60),
+        ("archive_timeout", "2h", 7200),
+        ("archive_timeout", "1d", 86400),
+        ("archive_timeout", "90", 90),  # bare number: the setting's base unit
+        ("archive_timeout", 90, 90),
+        ("archive_timeout", "120000ms", 120),
+        ("archive_timeout", "60 S", 60),
+        ("statement_timeout", "1.5s", 1500),
+        ("statement_timeout", "250", 250),
+        ("statement_timeout", "0", 0),
+        ("checkpoint_timeout", "5min", 300),
+        ("checkpoint_wal_size", "64MB", 64 * 1024**2),
+        ("checkpoint_wal_size", "1GB", 1024**3),
+        ("checkpoint_wal_size", "512kB", 512 * 1024),
+        ("checkpoint_wal_size", "4096", 4096),
+        ("checkpoint_wal_size", "1.5kb", 1536),
+        ("wal_segment_size", "64kB", 64 * 1024),
+        ("wal_segment_size", "1GB", 1024**3),
+        ("port", "5433", 5433),
+        ("port", 65535, 65535),
+        ("http_port", "0", 0),
+        ("backup_threads", "64", 64),
+        ("archive_compression", "ZSTD", "zstd"),
+        ("archive_compression", "none", "none"),
+        ("log_level", "debug", "debug"),
+        ("listen_address", "0.0.0.0", "0.0.0.0"),
+        ("archive_dest", "/var/lib/rusty-db/archive", "/var/lib/rusty-db/archive"),
+    ],
+)
 def test_good_values(name, raw, expected):
     assert parse_value(name, raw) == expected
 
 
-@pytest.mark.parametrize("name, raw", [
-    ("port", "0"), ("port", "65536"), ("port", "x"), ("port", "54.5"), ("port", True),
-    ("http_port", "-1"), ("max_connections", "0"), ("max_connections", "10001"),
-    ("backup_threads", "65"),
-    ("archive_timeout", "0"),            # min 1s
-    ("archive_timeout", "500ms"),        # not a whole number of seconds
-    ("archive_timeout", "10 parsecs"),   # wrong unit
-    ("archive_timeout", "10MB"),         # a size unit on a duration
-    ("archive_timeout", "-5s"),
-    ("checkpoint_timeout", "0s"),
-    ("statement_timeout", "0.5ms"),
-    ("checkpoint_wal_size", "64Mbit"),
-    ("checkpoint_wal_size", "10s"),      # a duration unit on a size
-    ("checkpoint_wal_size", "0"),
-    ("wal_keep_size", "-1MB"),
-    ("wal_segment_size", "3MB"),         # not a power of two
-    ("wal_segment_size", "32kB"),        # below 64kB
-    ("wal_segment_size", "2GB"),         # above 1GB
-    ("archive_mode", "maybe"), ("archive_mode", 2), ("archive_mode", "2"),
-    ("archive_compression", "gzip"), ("backup_compression", "none"),
-    ("log_format", "xml"), ("log_level", "trace"),
-    ("archive_dest", 5), ("listen_address", 127),
-    ("archive_dest", "/tmp/a\0b"),
-])
+@pytest.mark.parametrize(
+    "name, raw",
+    [
+        ("port", "0"),
+        ("port", "65536"),
+        ("port", "x"),
+        ("port", "54.5"),
+        ("port", True),
+        ("http_port", "-1"),
+        ("max_connections", "0"),
+        ("max_connections", "10001"),
+        ("backup_threads", "65"),
+        ("archive_timeout", "0"),  # min 1s
+        ("archive_timeout", "500ms"),  # not a whole number of seconds
+        ("archive_timeout", "10 parsecs"),  # wrong unit
+        ("archive_timeout", "10MB"),  # a size unit on a duration
+        ("archive_timeout", "-5s"),
+        ("checkpoint_timeout", "0s"),
+        ("statement_timeout", "0.5ms"),
+        ("checkpoint_wal_size", "64Mbit"),
+        ("checkpoint_wal_size", "10s"),  # a duration unit on a size
+        ("checkpoint_wal_size", "0"),
+        ("wal_keep_size", "-1MB"),
+        ("wal_segment_size", "3MB"),  # not a power of two
+        ("wal_segment_size", "32kB"),  # below 64kB
+        ("wal_segment_size", "2GB"),  # above 1GB
+        ("archive_mode", "maybe"),
+        ("archive_mode", 2),
+        ("archive_mode", "2"),
+        ("archive_compression", "gzip"),
+        ("backup_compression", "none"),
+        ("log_format", "xml"),
+        ("log_level", "trace"),
+        ("archive_dest", 5),
+        ("listen_address", 127),
+        ("archive_dest", "/tmp/a\0b"),
+    ],
+)
 def test_bad_values_are_rejected_naming_the_setting(name, raw):
     with pytest.raises(SettingError) as e:
         parse_value(name, raw)
@@ -122,14 +151,22 @@ def test_setting_names_are_case_insensitive():
     assert parse_value("Archive_Mode", "on") is True
 
 
-@pytest.mark.parametrize("name, value, shown", [
-    ("archive_mode", True, "on"), ("archive_mode", False, "off"),
-    ("archive_timeout", 60, "60s"), ("statement_timeout", 1500, "1500ms"),
-    ("statement_timeout", 0, "0"),
-    ("wal_segment_size", 16 * 1024**2, "16MB"), ("checkpoint_wal_size", 1024**3, "1GB"),
-    ("checkpoint_wal_size", 1536, "1536B"), ("checkpoint_wal_size", 1024 * 3, "3kB"),
-    ("port", 5432, "5432"), ("archive_compression", "zstd", "zstd"),
-])
+@pytest.mark.parametrize(
+    "name, value, shown",
+    [
+        ("archive_mode", True, "on"),
+        ("archive_mode", False, "off"),
+        ("archive_timeout", 60, "60s"),
+        ("statement_timeout", 1500, "1500ms"),
+        ("statement_timeout", 0, "0"),
+        ("wal_segment_size", 16 * 1024**2, "16MB"),
+        ("checkpoint_wal_size", 1024**3, "1GB"),
+        ("checkpoint_wal_size", 1536, "1536B"),
+        ("checkpoint_wal_size", 1024 * 3, "3kB"),
+        ("port", 5432, "5432"),
+        ("archive_compression", "zstd", "zstd"),
+    ],
+)
 def test_format_value(name, value, shown):
     assert format_value(name, value) == shown
 
@@ -172,9 +209,10 @@ def test_defaults_when_nothing_is_configured(tmp_path):
 def test_precedence_default_config_auto_cli(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    config = write(tmp_path / "rustydb.toml",
-                   f'data_dir = "{data}"\nport = 6000\nhttp_port = 6001\n'
-                   f'max_connections = 7\narchive_timeout = "2min"\n')
+    config = write(
+        tmp_path / "rustydb.toml",
+        f'data_dir = "{data}"\nport = 6000\nhttp_port = 6001\nmax_connections = 7\narchive_timeout = "2min"\n',
+    )
     set_auto(str(data), "http_port", "7001")
     set_auto(str(data), "max_connections", "8")
     s = Settings.load(config, None, {"max_connections": 9, "port": None})
@@ -211,12 +249,15 @@ def test_relative_data_dir_is_made_absolute(tmp_path, monkeypatch):
     assert s["data_dir"] == str(tmp_path / "rustydb-data")
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("port = ", "malformed TOML"),
-    ("prot = 5432\n", "port"),
-    ("port = 0\n", "port"),
-    ("[server]\nport = 5432\n", "top-level"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("port = ", "malformed TOML"),
+        ("prot = 5432\n", "port"),
+        ("port = 0\n", "port"),
+        ("[server]\nport = 5432\n", "top-level"),
+    ],
+)
 def test_bad_config_file_is_named_in_the_error(tmp_path, text, fragment):
     config = write(tmp_path / "bad.toml", text)
     with pytest.raises(SettingError) as e:
@@ -256,8 +297,12 @@ def test_auto_file_round_trip_as_in_the_guide(tmp_path):
     path = os.path.join(data, st.AUTO_FILE_NAME)
     with open(path, "rb") as f:
         on_disk = tomllib.load(f)
-    assert on_disk == {"archive_mode": True, "archive_dest": "/var/lib/rusty-db/archive",
-                       "checkpoint_wal_size": "128MB", "archive_timeout": "300s"}
+    assert on_disk == {
+        "archive_mode": True,
+        "archive_dest": "/var/lib/rusty-db/archive",
+        "checkpoint_wal_size": "128MB",
+        "archive_timeout": "300s",
+    }
     assert os.stat(path).st_mode & 0o777 == 0o600
     s = Settings.load(None, data, {})
     assert s["archive_mode"] is True and s["archive_dest"] == "/var/lib/rusty-db/archive"
@@ -321,17 +366,22 @@ def test_failed_fsync_leaves_the_old_auto_file(tmp_path):
     assert os.listdir(tmp_path) == [st.AUTO_FILE_NAME]  # no temp file left behind
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("archive_mode = \n", "malformed TOML"),
-    ("archive_mod = true\n", "archive_mode"),
-    ("port = 0\n", "port"),
-    ('data_dir = "/elsewhere"\n', "data_dir"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("archive_mode = \n", "malformed TOML"),
+        ("archive_mod = true\n", "archive_mode"),
+        ("port = 0\n", "port"),
+        ('data_dir = "/elsewhere"\n', "data_dir"),
+    ],
+)
 def test_bad_auto_file_is_named(tmp_path, text, fragment):
     path = tmp_path / st.AUTO_FILE_NAME
     path.write_text(text)
-    for attempt in (lambda: Settings.load(None, str(tmp_path), {}),
-                    lambda: set_auto(str(tmp_path), "backup_threads", 3)):
+    for attempt in (
+        lambda: Settings.load(None, str(tmp_path), {}),
+        lambda: set_auto(str(tmp_path), "backup_threads", 3),
+    ):
         with pytest.raises(SettingError) as e:
             attempt()
         assert str(path) in str(e.value) and fragment in str(e.value)
@@ -348,8 +398,7 @@ def test_reload_applies_live_and_holds_restart_settings(tmp_path):
     config.write_text(f'data_dir = "{data}"\nport = 6000\nlog_level = "info"\n')
     s = Settings.load(str(config), None, {"backup_threads": 3})
 
-    config.write_text(f'data_dir = "{data}"\nport = 6100\nlog_level = "debug"\n'
-                      f'backup_threads = 10\n')
+    config.write_text(f'data_dir = "{data}"\nport = 6100\nlog_level = "debug"\nbackup_threads = 10\n')
     set_auto(str(data), "archive_mode", "on")
     result = s.reload()
     assert result.applied == {"log_level": ("info", "debug"), "archive_mode": (False, True)}

@@ -34,9 +34,12 @@ def run_sql(engine: Engine, sql: str, db: str = "rustydb"):
 
 
 def insert_rows(engine: Engine, first: int, count: int) -> None:
-    run_sql(engine, "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i+1 FROM c "
-            f"WHERE i < {count - 1}) INSERT INTO t SELECT {first} + i, "
-            "hex(randomblob(200)) FROM c")
+    run_sql(
+        engine,
+        "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i+1 FROM c "
+        f"WHERE i < {count - 1}) INSERT INTO t SELECT {first} + i, "
+        "hex(randomblob(200)) FROM c",
+    )
 
 
 def streamed_rows(snap: Snapshot, name: str, scratch: str, tmp_path) -> list:
@@ -62,8 +65,7 @@ def engine(tmp_path):
     eng.close()
 
 
-def test_file_streamed_as_is_holds_the_snapshot_while_writers_and_checkpoints_go_on(
-        engine, tmp_path):
+def test_file_streamed_as_is_holds_the_snapshot_while_writers_and_checkpoints_go_on(engine, tmp_path):
     scratch = engine.datadir.join("backup_tmp")
     snap = Snapshot(engine, ["rustydb"], scratch_dir=scratch)
     try:
@@ -97,8 +99,7 @@ def test_a_reader_on_an_older_snapshot_makes_the_backup_copy_pages_instead(engin
     assert rows == [(i,) for i in range(2000)] + [(i,) for i in range(5000, 5100)]
 
 
-def test_row_counts_agree_with_the_pages_streamed_while_the_file_grows_and_shrinks(
-        engine, tmp_path):
+def test_row_counts_agree_with_the_pages_streamed_while_the_file_grows_and_shrinks(engine, tmp_path):
     """Rows are counted through a memory map of the file; commits, VACUUMs and
     checkpoints running meanwhile must neither change what it sees nor truncate
     it under the map (which would kill the server with SIGBUS)."""

@@ -17,10 +17,7 @@ def split_in_chunks(text: str, size: int) -> list[Statement]:
 
 
 def test_semicolons_inside_strings_identifiers_and_comments_do_not_split():
-    text = (
-        "SELECT 'a;b', 'it''s;', \"c;d\", `e;f`, [g;h] FROM t; -- x; y\n"
-        "/* one; two */ SELECT 2 /* ; */;"
-    )
+    text = "SELECT 'a;b', 'it''s;', \"c;d\", `e;f`, [g;h] FROM t; -- x; y\n/* one; two */ SELECT 2 /* ; */;"
     assert split_statements(text) == [
         Statement("SELECT 'a;b', 'it''s;', \"c;d\", `e;f`, [g;h] FROM t", 1),
         Statement("SELECT 2", 2),
@@ -59,8 +56,7 @@ def test_empty_and_comment_only_input_gives_nothing():
 
 
 def test_last_statement_needs_no_semicolon():
-    assert split_statements("SELECT 1;\nSELECT 2") == [
-        Statement("SELECT 1", 1), Statement("SELECT 2", 2)]
+    assert split_statements("SELECT 1;\nSELECT 2") == [Statement("SELECT 1", 1), Statement("SELECT 2", 2)]
 
 
 def test_unterminated_string_at_end_is_still_returned_for_the_server_to_reject():
@@ -99,11 +95,29 @@ def test_large_script_streams_with_bounded_buffer():
 # ---------------------------------------------------------------- properties
 
 words = st.sampled_from(
-    ["SELECT", "1", "x", "FROM", "t", "END", "BEGIN", "CREATE", "TABLE", "TRIGGER", "a_b",
-     "+", "(", ")", ",", "*", "é", "$v", "2.5"]
+    [
+        "SELECT",
+        "1",
+        "x",
+        "FROM",
+        "t",
+        "END",
+        "BEGIN",
+        "CREATE",
+        "TABLE",
+        "TRIGGER",
+        "a_b",
+        "+",
+        "(",
+        ")",
+        ",",
+        "*",
+        "é",
+        "$v",
+        "2.5",
+    ]
 )
-strings = st.text(alphabet="ab;'\"-/*\n ", max_size=8).map(
-    lambda s: "'" + s.replace("'", "''") + "'")
+strings = st.text(alphabet="ab;'\"-/*\n ", max_size=8).map(lambda s: "'" + s.replace("'", "''") + "'")
 idents = st.text(alphabet="ab;'-*\n ", max_size=6).map(lambda s: '"' + s + '"')
 comments = st.one_of(
     st.text(alphabet="ab;'\"/* ", max_size=8).map(lambda s: "-- " + s + "\n"),
@@ -138,9 +152,22 @@ def test_chunked_feeding_matches_whole_text(stmts, size):
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.one_of(words, strings, idents, comments, st.just(";"), st.just(" END ;"),
-                          st.just("CREATE TRIGGER"), st.just("CREATE TEMP TRIGGER"),
-                          st.just("EXPLAIN")), max_size=14))
+@given(
+    st.lists(
+        st.one_of(
+            words,
+            strings,
+            idents,
+            comments,
+            st.just(";"),
+            st.just(" END ;"),
+            st.just("CREATE TRIGGER"),
+            st.just("CREATE TEMP TRIGGER"),
+            st.just("EXPLAIN"),
+        ),
+        max_size=14,
+    )
+)
 def test_statements_agree_with_sqlite_complete(tokens):
     text = " ".join(tokens)
     stmts = split_statements(text)

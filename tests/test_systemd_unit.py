@@ -31,15 +31,12 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     # /usr/bin/rusty-db-server exists only on an installed system. Every other
     # line is checked as shipped: the copy differs only in the binary's path.
     text = UNIT.read_text()
-    assert re.search(r"^ExecStart=/usr/bin/rusty-db-server --config /etc/rustydb/rustydb.toml$",
-                     text, re.M)
+    assert re.search(r"^ExecStart=/usr/bin/rusty-db-server --config /etc/rustydb/rustydb.toml$", text, re.M)
     copy = tmp_path / "rustydb.service"
     copy.write_text(text.replace("ExecStart=/usr/bin/rusty-db-server", "ExecStart=/bin/true"))
-    result = subprocess.run(["systemd-analyze", "verify", str(copy)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
     # Unknown or misspelled keys are only warnings (exit 0), so the output counts too.
-    complaints = [line for line in (result.stdout + result.stderr).splitlines()
-                  if "rustydb" in line]
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if "rustydb" in line]
     assert result.returncode == 0 and complaints == [], result.stderr
 
 
@@ -64,8 +61,11 @@ def test_stop_timeout_outlasts_graceful_shutdown():
 
 
 def test_sysusers_creates_the_unit_user():
-    entries = [line.split() for line in (ROOT / "systemd" / "rustydb.sysusers").read_text()
-               .splitlines() if line.strip() and not line.startswith("#")]
+    entries = [
+        line.split()
+        for line in (ROOT / "systemd" / "rustydb.sysusers").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert ["u", "rustydb"] in [e[:2] for e in entries]
 
 
@@ -91,5 +91,5 @@ def test_config_file_documents_every_setting_with_a_valid_default(tmp_path):
     for name, setting in REGISTRY.items():
         # The comment paragraph right above the key line states live or restart.
         key_line = re.search(rf"^#?{name} = ", text, re.M)
-        paragraph = text[:key_line.start()].rsplit("\n\n", 1)[-1]
+        paragraph = text[: key_line.start()].rsplit("\n\n", 1)[-1]
         assert re.search(rf"\({setting.context}[;)]", paragraph), f"{name}: context not documented"

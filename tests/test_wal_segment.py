@@ -192,9 +192,7 @@ def test_fragments_lay_out_bodies_that_read_back(sizes, start_offset):
 def test_fragment_kinds_for_a_body_spanning_three_segments():
     fragments, _ = build_fragments(b"x" * (2 * SIZE + 10), HEADER_SIZE, SIZE)
     kinds = [
-        parse_fragment(
-            _segments_from([(lsn, d)])[lsn // SIZE], lsn % SIZE, lsn - lsn % SIZE, SIZE
-        ).kind
+        parse_fragment(_segments_from([(lsn, d)])[lsn // SIZE], lsn % SIZE, lsn - lsn % SIZE, SIZE).kind
         for lsn, d in fragments
     ]
     assert kinds == [FragmentKind.FIRST, FragmentKind.MIDDLE, FragmentKind.LAST]
@@ -204,9 +202,7 @@ def test_a_fragment_only_validates_at_its_own_lsn():
     ((lsn, data),) = build_fragments(b"hello", SIZE + 100, SIZE)[0]
     buf = bytearray(SIZE)
     buf[100 : 100 + len(data)] = data
-    assert parse_fragment(buf, 100, SIZE, SIZE) == Fragment(
-        lsn, FragmentKind.FULL, b"hello", 100 + len(data)
-    )
+    assert parse_fragment(buf, 100, SIZE, SIZE) == Fragment(lsn, FragmentKind.FULL, b"hello", 100 + len(data))
     # The same bytes in the same place of another segment: a stale copy.
     with pytest.raises(BadFragment, match="checksum"):
         parse_fragment(buf, 100, 2 * SIZE, SIZE)

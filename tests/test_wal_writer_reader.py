@@ -38,15 +38,11 @@ SYSID = 0x5EED
 
 
 def open_writer(wal_dir, start_lsn=0, **kwargs):
-    return WalWriter(
-        str(wal_dir), timeline=1, system_id=SYSID, segment_size=SIZE, start_lsn=start_lsn, **kwargs
-    )
+    return WalWriter(str(wal_dir), timeline=1, system_id=SYSID, segment_size=SIZE, start_lsn=start_lsn, **kwargs)
 
 
 def read_all(wal_dir, start_lsn=0, **kwargs):
-    return list(
-        read_wal(str(wal_dir), timeline=1, segment_size=SIZE, start_lsn=start_lsn, **kwargs)
-    )
+    return list(read_wal(str(wal_dir), timeline=1, segment_size=SIZE, start_lsn=start_lsn, **kwargs))
 
 
 def wal_end(wal_dir, start_lsn=0):
@@ -177,9 +173,7 @@ TORN_CASES = [("full", SMALL_TAIL, cut) for cut in _cut_points(SMALL_TAIL)] + [
 ]
 
 
-@pytest.mark.parametrize(
-    "sizes, cut", [case[1:] for case in TORN_CASES], ids=[f"{n}-{c}" for n, _, c in TORN_CASES]
-)
+@pytest.mark.parametrize("sizes, cut", [case[1:] for case in TORN_CASES], ids=[f"{n}-{c}" for n, _, c in TORN_CASES])
 def test_a_torn_last_record_keeps_every_earlier_record(tmp_path, sizes, cut):
     expected = write_records(tmp_path, sizes)
     assert cut in range(expected[-1].lsn, expected[-1].end_lsn)
@@ -246,9 +240,7 @@ def test_a_damaged_length_is_refused_when_valid_records_follow(tmp_path):
     victim = expected[10]
     # The claimed length no longer leads to the next fragment; it is found anyway.
     patch_byte(tmp_path, victim.lsn + 3, lambda b: b ^ 0x7F)
-    with pytest.raises(
-        WalCorruptError, match=f"valid fragment follows at offset {expected[11].lsn}"
-    ) as info:
+    with pytest.raises(WalCorruptError, match=f"valid fragment follows at offset {expected[11].lsn}") as info:
         read_all(tmp_path)
     assert info.value.offset == victim.lsn % SIZE
 
@@ -693,17 +685,12 @@ def test_a_new_timeline_starts_mid_segment(tmp_path):
 def test_remove_segments_before(tmp_path):
     write_records(tmp_path, [1000] * 300)  # 5 segments
     kept_for_archive = segment_name(1, 1)
-    removed = remove_segments_before(
-        str(tmp_path), 3 * SIZE, 1, SIZE, keep=lambda name: name == kept_for_archive
-    )
+    removed = remove_segments_before(str(tmp_path), 3 * SIZE, 1, SIZE, keep=lambda name: name == kept_for_archive)
     assert removed == [segment_name(1, 0), segment_name(1, 2)]
     assert [s for _, s, _ in _segments(tmp_path)] == [1, 3, 4]
     # The segment holding the LSN is never removed.
     assert (
-        remove_segments_before(
-            str(tmp_path), 3 * SIZE + 100, 1, SIZE, keep=lambda name: name == kept_for_archive
-        )
-        == []
+        remove_segments_before(str(tmp_path), 3 * SIZE + 100, 1, SIZE, keep=lambda name: name == kept_for_archive) == []
     )
 
 

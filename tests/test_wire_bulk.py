@@ -99,10 +99,16 @@ async def test_send_file_bulk_sends_the_file_bytes_as_a_frame(tmp_path):
                 nursery.start_soon(drain)
                 with conn.bulk_sending():
                     # two frames from the middle of the file, then a small message
-                    await conn.send_file_bulk({"type": "backup_data", "entry": "e", "last": False},
-                                              "data", fd, 5, 2 * 1024 * 1024)
-                    await conn.send_file_bulk({"type": "backup_data", "entry": "e", "last": False},
-                                              "data", fd, 5 + 2 * 1024 * 1024, 1024 * 1024 + 12)
+                    await conn.send_file_bulk(
+                        {"type": "backup_data", "entry": "e", "last": False}, "data", fd, 5, 2 * 1024 * 1024
+                    )
+                    await conn.send_file_bulk(
+                        {"type": "backup_data", "entry": "e", "last": False},
+                        "data",
+                        fd,
+                        5 + 2 * 1024 * 1024,
+                        1024 * 1024 + 12,
+                    )
                 await conn.send({"type": "notice", "message": "end"})
                 await conn.stream.aclose()
     msgs = frames_of(bytes(received))
@@ -125,13 +131,11 @@ async def test_send_file_bulk_without_a_socket_reads_the_file(tmp_path):
 async def test_send_file_bulk_to_a_peer_that_left_is_a_broken_resource(tmp_path):
     with open_file(tmp_path, os.urandom(8 * 1024 * 1024)) as fd:
         async with connected() as (client, conn):
-            client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                     b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             await client.aclose()  # reset, not a clean close
             with pytest.raises(trio.BrokenResourceError):
                 for _ in range(20):
-                    await conn.send_file_bulk({"type": "backup_data"}, "data", fd, 0,
-                                              8 * 1024 * 1024)
+                    await conn.send_file_bulk({"type": "backup_data"}, "data", fd, 0, 8 * 1024 * 1024)
 
 
 async def test_a_frame_cut_short_by_the_file_closes_the_connection(tmp_path):

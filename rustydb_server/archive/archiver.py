@@ -150,10 +150,14 @@ class Archiver:
         s.last_failure_reason = str(error)
         backoff = min(MAX_BACKOFF_S, 2 ** min(s.failures_in_a_row - 1, 6))
         s.next_retry_at = time.monotonic() + backoff
-        log.warning("archiving a WAL segment failed; the segment is kept and retried",
-                    segment=name, reason=str(error), retry_in_seconds=backoff,
-                    failures_in_a_row=s.failures_in_a_row,
-                    segments_waiting=len(self.pending_segments()))
+        log.warning(
+            "archiving a WAL segment failed; the segment is kept and retried",
+            segment=name,
+            reason=str(error),
+            retry_in_seconds=backoff,
+            failures_in_a_row=s.failures_in_a_row,
+            segments_waiting=len(self.pending_segments()),
+        )
 
     # ------------------------------------------------------- one segment
     def _destination(self) -> str:
@@ -170,8 +174,7 @@ class Archiver:
         if not self.state.settings["archive_encryption"]:
             return None
         try:
-            return keys.resolve_kek(None, setting_key_file=self.state.settings["backup_key_file"]
-                                    or None)
+            return keys.resolve_kek(None, setting_key_file=self.state.settings["backup_key_file"] or None)
         except (keys.NoKeyError, keys.KeyFileError) as e:
             raise segment_file.ArchiveError(f"archive_encryption is on but {e}") from None
 
@@ -188,12 +191,19 @@ class Archiver:
             if segment_file.archived_digest(target) != ours:
                 raise segment_file.ArchiveError(
                     f"{target} already exists with different content; another server may "
-                    "archive into the same archive_dest on the same timeline")
+                    "archive into the same archive_dest on the same timeline"
+                )
         else:
             codec = self.state.settings["archive_compression"]
-            segment_file.pack_segment(src, target, system_id=c.system_id,
-                                      segment_size=c.segment_size, codec=codec,
-                                      key=self._key(), fileops=self.fileops)
+            segment_file.pack_segment(
+                src,
+                target,
+                system_id=c.system_id,
+                segment_size=c.segment_size,
+                codec=codec,
+                key=self._key(),
+                fileops=self.fileops,
+            )
         done = os.path.join(self.status_dir, name + ".done")
         fd = os.open(done, os.O_WRONLY | os.O_CREAT, 0o600)
         os.close(fd)
@@ -216,4 +226,3 @@ class Archiver:
                     self.fileops.fsync_file(tmp)
                     os.rename(tmp, target)
                     self.fileops.fsync_dir(dest_dir)
-

@@ -34,16 +34,23 @@ def archive_name(segment_name: str) -> str:
     return segment_name + ARCHIVE_SUFFIX
 
 
-def pack_segment(src_path: str, dest_path: str, *, system_id: int, segment_size: int,
-                 codec: str, key=None, fileops: _fileops.FileOps = _fileops.REAL) -> int:
+def pack_segment(
+    src_path: str,
+    dest_path: str,
+    *,
+    system_id: int,
+    segment_size: int,
+    codec: str,
+    key=None,
+    fileops: _fileops.FileOps = _fileops.REAL,
+) -> int:
     """Write ``src_path`` (a complete WAL segment) as an archive file; return its size."""
     name = os.path.basename(src_path)
     timeline, segno = walseg.parse_segment_name(name)
     with open(src_path, "rb") as f:
         data = f.read()
     if len(data) != segment_size:
-        raise ArchiveError(f"WAL segment {src_path} has {len(data)} bytes, expected "
-                           f"{segment_size}")
+        raise ArchiveError(f"WAL segment {src_path} has {len(data)} bytes, expected {segment_size}")
     header = BackupHeader(
         backup_id=str(uuid.uuid4()),
         backup_type="wal-segment",
@@ -79,7 +86,8 @@ def unpack_segment(path: str, *, system_id: int | None = None, key=None) -> tupl
         if system_id is not None and h.system_id != str(system_id):
             raise ArchiveError(
                 f"{path} belongs to another database system (system id {h.system_id}, "
-                f"expected {system_id}); is --archive-dir the right directory?")
+                f"expected {system_id}); is --archive-dir the right directory?"
+            )
         name = h.extra.get("segment")
         data = b"".join(reader.read_entry(f"wal/{name}"))
     if hashlib.sha256(data).hexdigest() != h.extra.get("sha256"):
@@ -103,8 +111,7 @@ def list_archive(archive_dir: str) -> dict[int, dict[int, str]]:
 
 
 def list_history_timelines(archive_dir: str) -> list[int]:
-    return sorted(int(m.group(1), 16) for n in os.listdir(archive_dir)
-                  if (m := _HISTORY.match(n)))
+    return sorted(int(m.group(1), 16) for n in os.listdir(archive_dir) if (m := _HISTORY.match(n)))
 
 
 def history_name(timeline: int) -> str:

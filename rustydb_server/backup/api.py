@@ -42,13 +42,15 @@ def routes(state) -> list[Route]:
         async for piece in request.stream():
             raw += piece
             if len(raw) > MAX_BODY:
-                return _error(413, f"the request body is larger than {MAX_BODY} bytes; a "
-                              "backup request is a small JSON object", "body_too_large")
+                return _error(
+                    413,
+                    f"the request body is larger than {MAX_BODY} bytes; a backup request is a small JSON object",
+                    "body_too_large",
+                )
         try:
             body = json.loads(raw or b"{}")
         except RecursionError:
-            return _error(400, "the request body is not valid JSON: nested too deeply",
-                          "bad_json")
+            return _error(400, "the request body is not valid JSON: nested too deeply", "bad_json")
         except ValueError as e:
             return _error(400, f"the request body is not valid JSON: {e}", "bad_json")
         try:
@@ -66,8 +68,7 @@ def routes(state) -> list[Route]:
             return _error(e.status, str(e), "starting")
         entry = service.catalog.get(request.path_params["backup_id"])
         if entry is None:
-            return _error(404, f"no backup with id {request.path_params['backup_id']}",
-                          "not_found")
+            return _error(404, f"no backup with id {request.path_params['backup_id']}", "not_found")
         return JSONResponse(describe(entry))
 
     async def listing(request: Request) -> JSONResponse:
@@ -100,9 +101,12 @@ def routes(state) -> list[Route]:
         cascade = request.query_params.get("cascade", "false").lower() in ("1", "true", "yes")
         if dependents and not cascade:
             return _error(
-                409, f"backup {backup_id} is the base of {len(dependents)} other backup(s) "
+                409,
+                f"backup {backup_id} is the base of {len(dependents)} other backup(s) "
                 f"({', '.join(dependents)}); delete them first, or pass ?cascade=true to "
-                "delete the whole dependent chain", "has_dependents")
+                "delete the whole dependent chain",
+                "has_dependents",
+            )
         deleted = []
         for bid in [*reversed(dependents), backup_id]:
             removed = catalog.remove(bid)

@@ -20,9 +20,24 @@ log = get_logger("rustydb.backup")
 CATALOG_FILE = "backup_catalog.json"
 
 FIELDS = (
-    "backup_id", "backup_type", "status", "started_at", "completed_at", "size_bytes",
-    "location", "origin", "start_lsn", "end_lsn", "timeline", "parent_id", "base_full_id",
-    "databases", "compression", "encryption", "error", "writers_paused_ms",
+    "backup_id",
+    "backup_type",
+    "status",
+    "started_at",
+    "completed_at",
+    "size_bytes",
+    "location",
+    "origin",
+    "start_lsn",
+    "end_lsn",
+    "timeline",
+    "parent_id",
+    "base_full_id",
+    "databases",
+    "compression",
+    "encryption",
+    "error",
+    "writers_paused_ms",
 )
 
 
@@ -44,8 +59,11 @@ def _parse(raw: bytes) -> dict[str, dict]:
         raise CatalogDamaged('not a catalog (no "backups" list)')
     entries = {}
     for i, entry in enumerate(data["backups"]):
-        if (not isinstance(entry, dict) or not isinstance(entry.get("backup_id"), str)
-                or not isinstance(entry.get("status"), str)):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("backup_id"), str)
+            or not isinstance(entry.get("status"), str)
+        ):
             raise CatalogDamaged(f"entry {i} has no backup_id or status")
         entries[entry["backup_id"]] = {k: None for k in FIELDS} | entry
     return entries
@@ -67,8 +85,9 @@ class Catalog:
             with open(self.path, "rb") as f:
                 raw = f.read()
         except OSError as e:
-            raise CatalogError(f"cannot read backup catalog {self.path}: {e.strerror or e}; "
-                               "check its owner and permissions") from None
+            raise CatalogError(
+                f"cannot read backup catalog {self.path}: {e.strerror or e}; check its owner and permissions"
+            ) from None
         try:
             self._entries = _parse(raw)
         except CatalogDamaged as e:
@@ -84,10 +103,14 @@ class Catalog:
         self.fileops.rename(self.path, aside)
         self.fileops.fsync_dir(os.path.dirname(self.path))
         self.set_aside = aside
-        log.error("backup catalog damaged; set aside, starting with an empty catalog",
-                  path=self.path, kept_as=aside, reason=reason,
-                  consequence="GET /api/v1/admin/backups lists only backups taken from now "
-                              "on; the backup files and incrementals are not affected")
+        log.error(
+            "backup catalog damaged; set aside, starting with an empty catalog",
+            path=self.path,
+            kept_as=aside,
+            reason=reason,
+            consequence="GET /api/v1/admin/backups lists only backups taken from now "
+            "on; the backup files and incrementals are not affected",
+        )
 
     def _save(self) -> None:
         data = json.dumps({"format": 1, "backups": list(self._entries.values())}, indent=1)
@@ -123,12 +146,10 @@ class Catalog:
             return dict(entry)
 
     def complete(self, backup_id: str, **fields) -> dict:
-        return self.update(backup_id, status="completed", completed_at=int(time.time()),
-                           error=None, **fields)
+        return self.update(backup_id, status="completed", completed_at=int(time.time()), error=None, **fields)
 
     def fail(self, backup_id: str, error: str) -> dict:
-        return self.update(backup_id, status="failed", completed_at=int(time.time()),
-                           error=error)
+        return self.update(backup_id, status="failed", completed_at=int(time.time()), error=error)
 
     def get(self, backup_id: str) -> dict | None:
         with self._lock:
@@ -146,8 +167,8 @@ class Catalog:
                     if e["backup_id"] in out or e["status"] == "failed":
                         continue
                     if e.get("parent_id") == current or (
-                            e.get("backup_type") == "differential"
-                            and e.get("base_full_id") == current):
+                        e.get("backup_type") == "differential" and e.get("base_full_id") == current
+                    ):
                         out.append(e["backup_id"])
                         frontier.append(e["backup_id"])
             return out
@@ -160,5 +181,6 @@ class Catalog:
 
     def list(self) -> list[dict]:
         with self._lock:
-            return sorted((dict(e) for e in self._entries.values()),
-                          key=lambda e: (e["started_at"] or 0, e["backup_id"]))
+            return sorted(
+                (dict(e) for e in self._entries.values()), key=lambda e: (e["started_at"] or 0, e["backup_id"])
+            )

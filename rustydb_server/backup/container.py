@@ -321,9 +321,7 @@ def _index_aad(core_hash: bytes) -> bytes:
     return b"I" + core_hash
 
 
-def chunk_aad(
-    core_hash: bytes, entry_index: int, chunk_index: int, flags: int, raw_len: int, name: bytes
-) -> bytes:
+def chunk_aad(core_hash: bytes, entry_index: int, chunk_index: int, flags: int, raw_len: int, name: bytes) -> bytes:
     return b"C" + core_hash + struct.pack(">IIBI", entry_index, chunk_index, flags, raw_len) + name
 
 
@@ -439,8 +437,15 @@ class _ChunkDamage(Exception):
 
 
 def _open_record(
-    ctx: _ChunkContext, entry_index: int, name: bytes, chunk_index: int, seq: int,
-    flags: int, raw_len: int, check: int, stored: bytes,
+    ctx: _ChunkContext,
+    entry_index: int,
+    name: bytes,
+    chunk_index: int,
+    seq: int,
+    flags: int,
+    raw_len: int,
+    check: int,
+    stored: bytes,
 ) -> bytes:
     """Check, decrypt and decompress one stored chunk; _ChunkDamage says what is wrong."""
     aad = chunk_aad(ctx.core_hash, entry_index, chunk_index, flags, raw_len, name)
@@ -451,9 +456,7 @@ def _open_record(
         try:
             payload = crypto.open_chunk(ctx.aead, ctx.nonce_prefix, seq, stored, aad)
         except crypto.AuthenticationError:
-            raise _ChunkDamage(
-                "chunk failed authentication (tampered, moved, or from another backup)"
-            ) from None
+            raise _ChunkDamage("chunk failed authentication (tampered, moved, or from another backup)") from None
     if flags & FLAG_COMPRESSED:
         try:
             plain = codecs.decompress(ctx.codec, payload, raw_len)
@@ -553,13 +556,11 @@ class BackupWriter:
         self._abandoned = False
         self._finished = False
         if threads > 1:
-            self._pool = _thread_pool(threads, "backup-chunk",
-                                      initializer=lower_thread_priority, initargs=(nice,))
+            self._pool = _thread_pool(threads, "backup-chunk", initializer=lower_thread_priority, initargs=(nice,))
             self._nice = nice
             # Bounded: at most this many chunks wait between the caller and the file.
             self._queue: queue.Queue = queue.Queue(maxsize=2 * threads)
-            self._writer = threading.Thread(target=self._write_loop, name="backup-writer",
-                                            daemon=True)
+            self._writer = threading.Thread(target=self._write_loop, name="backup-writer", daemon=True)
             self._writer.start()
 
     # entries
@@ -571,8 +572,7 @@ class BackupWriter:
         if name in self._names:
             raise BackupError(f"backup {self.header.backup_id}: duplicate entry name {name!r}")
         self._names.add(name)
-        entry = _OpenEntry(len(self._entries), name, name.encode("utf-8"),
-                           DIGESTS[FORMAT_VERSION].new())
+        entry = _OpenEntry(len(self._entries), name, name.encode("utf-8"), DIGESTS[FORMAT_VERSION].new())
         self._entries.append(entry)
         self._entry = entry
 
@@ -714,8 +714,9 @@ class BackupWriter:
             self._out.flush()
         self._finished = True
         entries = [
-            EntryInfo(e.name, e.index, e.raw_size, e.chunks, e.span, e.digest.hexdigest(),
-                      self._body_start + e.offset, first)
+            EntryInfo(
+                e.name, e.index, e.raw_size, e.chunks, e.span, e.digest.hexdigest(), self._body_start + e.offset, first
+            )
             for e, first in zip(self._entries, _first_seqs([e.chunks for e in self._entries]))
         ]
         return BackupSummary(self._pos, digest.hex(), entries)
@@ -890,16 +891,19 @@ class BackupReader:
         rest = self._read_at(PREFIX.size, body_start - PREFIX.size, "header")
         header_bytes = prefix + rest
         if hashlib.sha256(header_bytes[:-HEADER_SUM_SIZE]).digest() != header_bytes[-HEADER_SUM_SIZE:]:
-            raise self._corrupt("header damaged: header checksum mismatch"
-                                + ("" if version in DIGESTS else f" (format version reads {version})"),
-                                offset=0)
+            raise self._corrupt(
+                "header damaged: header checksum mismatch"
+                + ("" if version in DIGESTS else f" (format version reads {version})"),
+                offset=0,
+            )
         if version not in DIGESTS:
             # The prefix and the header checksum keep their place in every
             # format, so a header that checks out is a newer format, not damage.
             raise UnsupportedFormatError(
                 f"the file is in backup format {version}, newer than this RustyDB reads "
                 f"({', '.join(map(str, DIGESTS))}); it was written by a newer release: verify "
-                "and restore it with that release or a later one")
+                "and restore it with that release or a later one"
+            )
         core_bytes = rest[:core_len]
         keywrap_bytes = rest[core_len : core_len + keywrap_len]
         try:  # name the backup in every later error
@@ -929,8 +933,18 @@ class BackupReader:
                 )
             )
             index_offset = footer_at - index_len
-        return _Layout(version, header_bytes, core_bytes, keywrap_bytes, body_start, index_offset,
-                       index_len, index_crc, digest, size)
+        return _Layout(
+            version,
+            header_bytes,
+            core_bytes,
+            keywrap_bytes,
+            body_start,
+            index_offset,
+            index_len,
+            index_crc,
+            digest,
+            size,
+        )
 
     def _parse_header(self) -> tuple[BackupHeader, bytes | None]:
         lay = self._layout
@@ -1023,8 +1037,9 @@ class BackupReader:
             raise self._corrupt("index damaged: index checksum mismatch", offset=lay.index_offset)
         if self._ctx.aead is not None:
             try:
-                raw = crypto.open_chunk(self._ctx.aead, self._nonce_prefix, crypto.INDEX_SEQ, raw,
-                                        _index_aad(self._core_hash))
+                raw = crypto.open_chunk(
+                    self._ctx.aead, self._nonce_prefix, crypto.INDEX_SEQ, raw, _index_aad(self._core_hash)
+                )
             except crypto.AuthenticationError:
                 raise self._corrupt("index failed authentication", offset=lay.index_offset) from None
         try:
@@ -1043,7 +1058,13 @@ class BackupReader:
         digest_field = DIGESTS[lay.version].field
         for i, e in enumerate(index["entries"]):
             name, offset, span, chunks, raw_size, digest = (
-                e["name"], e["offset"], e["span"], e["chunks"], e["raw_size"], e[digest_field])
+                e["name"],
+                e["offset"],
+                e["span"],
+                e["chunks"],
+                e["raw_size"],
+                e[digest_field],
+            )
             try:
                 safe_entry_name(name)
             except UnsafeEntryNameError as exc:
@@ -1062,10 +1083,12 @@ class BackupReader:
             expect_offset += span
             seq += chunks
         if lay.body_start + expect_offset != lay.index_offset:
-            self._layout_problems.append(self._corrupt(
-                "chunk data and index do not line up (chunks appended, dropped or truncated)",
-                offset=lay.body_start + expect_offset,
-            ))
+            self._layout_problems.append(
+                self._corrupt(
+                    "chunk data and index do not line up (chunks appended, dropped or truncated)",
+                    offset=lay.body_start + expect_offset,
+                )
+            )
         if index["chunks"] != seq:
             raise self._corrupt("index damaged: chunk total does not match its entries")
         return entries
@@ -1120,8 +1143,7 @@ class BackupReader:
         if total != info.raw_size:
             raise self._corrupt(f"entry holds {total} bytes, the index says {info.raw_size}", entry=info.name)
         if digest != info.digest:
-            raise self._corrupt(f"entry data does not match its {kind.field} digest in the index",
-                                entry=info.name)
+            raise self._corrupt(f"entry data does not match its {kind.field} digest in the index", entry=info.name)
 
     def _finish_job(self, info: EntryInfo, job, future) -> bytes:
         args, chunk, offset = job
@@ -1170,8 +1192,7 @@ class BackupReader:
             if tap is not None:
                 tap(head)
                 tap(stored)
-            args = (self._ctx, info.index, name_bytes, chunk, info.first_seq + chunk,
-                    flags, raw_len, check, stored)
+            args = (self._ctx, info.index, name_bytes, chunk, info.first_seq + chunk, flags, raw_len, check, stored)
             yield args, chunk, pos
             pos += RECORD.size + stored_len
         if pos != end:
@@ -1203,8 +1224,17 @@ class BackupReader:
             raise IndexError(f"entry {info.name!r} has {info.chunks} chunks, not chunk {chunk_index}")
         _head, flags, raw_len, stored_len, check = self._check_head(info, chunk_index, offset)
         stored = self._read_at(offset + RECORD.size, stored_len, f"chunk {chunk_index} of entry {info.name!r}")
-        args = (self._ctx, info.index, info.name.encode("utf-8"), chunk_index, info.first_seq + chunk_index,
-                flags, raw_len, check, stored)
+        args = (
+            self._ctx,
+            info.index,
+            info.name.encode("utf-8"),
+            chunk_index,
+            info.first_seq + chunk_index,
+            flags,
+            raw_len,
+            check,
+            stored,
+        )
         return self._finish_job(info, (args, chunk_index, offset), None)
 
     # verification
@@ -1310,4 +1340,4 @@ def rotate_key(
     fileops.fsync_dir(os.path.dirname(os.path.abspath(path)))
     with open(path, "rb") as f:
         entries = BackupReader(f, key=new_key).entries()
-    return BackupSummary(len(header_bytes) + (lay.file_size - lay.body_start) , new_digest.hex(), entries)
+    return BackupSummary(len(header_bytes) + (lay.file_size - lay.body_start), new_digest.hex(), entries)

@@ -37,8 +37,17 @@ class _FdFile:
 class BackupFile:
     """One backup being written to ``path``; ``commit()`` makes it appear, ``abort()`` not."""
 
-    def __init__(self, path: str, header: BackupHeader, *, key=None, codec: str = "lz4",
-                 threads: int = 1, nice: int = 0, fileops: _fileops.FileOps = _fileops.REAL):
+    def __init__(
+        self,
+        path: str,
+        header: BackupHeader,
+        *,
+        key=None,
+        codec: str = "lz4",
+        threads: int = 1,
+        nice: int = 0,
+        fileops: _fileops.FileOps = _fileops.REAL,
+    ):
         self.path = os.path.abspath(path)
         self.tmp = self.path + PARTIAL_SUFFIX
         self.fileops = fileops
@@ -51,8 +60,7 @@ class BackupFile:
         os.fchmod(self._fd, 0o600)
         self._out = _FdFile(self._fd, fileops)
         try:
-            self.writer = BackupWriter(self._out, header, key=key, codec=codec, threads=threads,
-                                       nice=nice)
+            self.writer = BackupWriter(self._out, header, key=key, codec=codec, threads=threads, nice=nice)
         except BaseException:
             self.abort()
             raise
@@ -135,8 +143,7 @@ def header_from_manifest(manifest: dict) -> BackupHeader:
         parent_id=manifest.get("parent_id"),
         base_full_id=manifest.get("base_full_id"),
         databases=[
-            {"name": d["name"], "tables": d["tables"], "size_bytes": d["size_bytes"]}
-            for d in manifest["databases"]
+            {"name": d["name"], "tables": d["tables"], "size_bytes": d["size_bytes"]} for d in manifest["databases"]
         ],
         extra={"manifest": manifest},
     )
@@ -145,6 +152,7 @@ def header_from_manifest(manifest: dict) -> BackupHeader:
 def manifest_of(header: BackupHeader) -> dict:
     manifest = header.extra.get("manifest") if isinstance(header.extra, dict) else None
     if not isinstance(manifest, dict):
-        raise ValueError(f"backup {header.backup_id} has no manifest; it was not written by "
-                         "rusty-db-backup or the server")
+        raise ValueError(
+            f"backup {header.backup_id} has no manifest; it was not written by rusty-db-backup or the server"
+        )
     return manifest

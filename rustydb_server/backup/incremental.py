@@ -139,8 +139,7 @@ class Compaction:
         return self._result({n: net.finish() for n, net in self.per_db.items()})
 
     def _result(self, steps: dict[str, list]) -> NetChangesAt:
-        return NetChangesAt(steps, {n: net.transactions for n, net in self.per_db.items()},
-                            self.records)
+        return NetChangesAt(steps, {n: net.transactions for n, net in self.per_db.items()}, self.records)
 
 
 def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator:
@@ -148,12 +147,16 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
     c = engine.control
     size = c.segment_size
     first = start // size
-    local = {segno for tl, segno, _ in walseg.list_segments(engine.datadir.wal_dir)
-             if tl == c.timeline}
+    local = {segno for tl, segno, _ in walseg.list_segments(engine.datadir.wal_dir) if tl == c.timeline}
     if first in local:
-        yield from wal_reader.read_wal(engine.datadir.wal_dir, timeline=c.timeline,
-                                       segment_size=size, start_lsn=start,
-                                       system_id=c.system_id, stop_lsn=end)
+        yield from wal_reader.read_wal(
+            engine.datadir.wal_dir,
+            timeline=c.timeline,
+            segment_size=size,
+            start_lsn=start,
+            system_id=c.system_id,
+            stop_lsn=end,
+        )
         return
     archive_dir = engine.settings["archive_dest"]
     archived = sf.list_archive(archive_dir).get(c.timeline, {}) if archive_dir else {}
@@ -161,7 +164,8 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
         raise IncrementalUnavailable(
             f"the WAL needed since the parent backup (from LSN {format_lsn(start)}, segment "
             f"{walseg.segment_name(c.timeline, first)}) is no longer available; take a full "
-            "backup")
+            "backup"
+        )
     # Archived segments up to the first one still on local disk, then the local WAL.
     os.makedirs(scratch, mode=0o700, exist_ok=True)
     paths = []
@@ -177,26 +181,34 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
         if segno not in local and segno * size < end:
             raise IncrementalUnavailable(
                 f"WAL segment {walseg.segment_name(c.timeline, segno)} is neither on the "
-                "server nor in the archive; take a full backup")
+                "server nor in the archive; take a full backup"
+            )
         last_end = start
-        for entry in wal_reader.read_segments(paths, start, timeline=c.timeline,
-                                              segment_size=size, system_id=c.system_id):
+        for entry in wal_reader.read_segments(
+            paths, start, timeline=c.timeline, segment_size=size, system_id=c.system_id
+        ):
             if entry.lsn >= end:
                 return
             last_end = entry.end_lsn
             yield entry
         resume = max(last_end, walseg.normalize_lsn(segno * size, size))
-        yield from wal_reader.read_wal(engine.datadir.wal_dir, timeline=c.timeline,
-                                       segment_size=size, start_lsn=resume,
-                                       system_id=c.system_id, stop_lsn=end)
+        yield from wal_reader.read_wal(
+            engine.datadir.wal_dir,
+            timeline=c.timeline,
+            segment_size=size,
+            start_lsn=resume,
+            system_id=c.system_id,
+            stop_lsn=end,
+        )
     finally:
         for p in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 
 
-def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | None,
-          scratch: str) -> tuple[dict, dict[str, list]]:
+def build(
+    engine: Engine, parent: dict, backup_type: str, names: list[str] | None, scratch: str
+) -> tuple[dict, dict[str, list]]:
     """Compute the net changes since ``parent``; return (manifest, steps per database)."""
     c = engine.control
     if parent.get("system_id") not in (None, c.system_id):
@@ -204,7 +216,8 @@ def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | Non
     if parent.get("timeline", c.timeline) != c.timeline:
         raise IncrementalUnavailable(
             f"the server is on timeline {c.timeline} but the base backup was taken on "
-            f"timeline {parent['timeline']}; take a full backup")
+            f"timeline {parent['timeline']}; take a full backup"
+        )
     t0 = time.perf_counter()
     start = parent["end_lsn"]
     tracking = engine.change_tracking
@@ -233,13 +246,15 @@ def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | Non
     steps = {n: s for n, s in sorted(net.steps.items()) if wanted is None or n in wanted}
     databases = []
     for name in sorted(set(steps) | (set(engine.databases) if wanted is None else wanted)):
-        databases.append({
-            "name": name,
-            "entry": steps_entry(name),
-            "tables": [],
-            "size_bytes": sum(len(p) for _, p in steps.get(name, [])),
-            "transactions": net.transactions.get(name, 0),
-        })
+        databases.append(
+            {
+                "name": name,
+                "entry": steps_entry(name),
+                "tables": [],
+                "size_bytes": sum(len(p) for _, p in steps.get(name, [])),
+                "transactions": net.transactions.get(name, 0),
+            }
+        )
         steps.setdefault(name, [])
     manifest = {
         "format": 1,
@@ -261,9 +276,16 @@ def build(engine: Engine, parent: dict, backup_type: str, names: list[str] | Non
         # Only the named databases' changes: no base for the next incremental.
         "all_databases": wanted is None,
     }
-    log.info("incremental computed", backup_type=backup_type, parent=parent["backup_id"],
-             start_lsn=format_lsn(start), end_lsn=format_lsn(end_lsn), records=net.records,
-             source=source, seconds=round(time.perf_counter() - t0, 3))
+    log.info(
+        "incremental computed",
+        backup_type=backup_type,
+        parent=parent["backup_id"],
+        start_lsn=format_lsn(start),
+        end_lsn=format_lsn(end_lsn),
+        records=net.records,
+        source=source,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     return manifest, steps
 
 
@@ -296,8 +318,15 @@ def _from_wal(engine: Engine, start: int, end_lsn: int, scratch: str) -> NetChan
 class IncrementalSource:
     """The same shape as a Snapshot for the code that writes or streams a backup."""
 
-    def __init__(self, engine: Engine, parent: dict, backup_type: str,
-                 names: list[str] | None, scratch: str, backup_id: str | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        parent: dict,
+        backup_type: str,
+        names: list[str] | None,
+        scratch: str,
+        backup_id: str | None = None,
+    ):
         self.manifest_data, self.steps = build(engine, parent, backup_type, names, scratch)
         if backup_id:
             self.manifest_data["backup_id"] = backup_id

@@ -122,8 +122,7 @@ class PassphraseSource:
     def kek_for(self, params: dict) -> SecretKey:
         if params.get("kdf") == "keyfile":
             raise WrongKeyError(
-                "this backup is protected by a key file, but a passphrase was given; "
-                f"use --key-file or {ENV_KEY_FILE}"
+                f"this backup is protected by a key file, but a passphrase was given; use --key-file or {ENV_KEY_FILE}"
             )
         return self._derive(params)
 

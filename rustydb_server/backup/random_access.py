@@ -32,8 +32,14 @@ class EntryReader:
     tests can see how little of the backup a query touched.
     """
 
-    def __init__(self, reader: BackupReader, entry_name: str, *,
-                 cache_chunks: int = DEFAULT_CACHE_CHUNKS, owned_file: BinaryIO | None = None) -> None:
+    def __init__(
+        self,
+        reader: BackupReader,
+        entry_name: str,
+        *,
+        cache_chunks: int = DEFAULT_CACHE_CHUNKS,
+        owned_file: BinaryIO | None = None,
+    ) -> None:
         if cache_chunks < 1:
             raise ValueError("cache_chunks must be >= 1")
         self.reader = reader

@@ -87,15 +87,14 @@ class BackupRequest:
 
 def check_type(backup_type, settings=None) -> str:
     if backup_type not in KNOWN_TYPES:
-        raise BackupRequestError(
-            f"unknown backup_type {backup_type!r}; use one of {', '.join(KNOWN_TYPES)}")
+        raise BackupRequestError(f"unknown backup_type {backup_type!r}; use one of {', '.join(KNOWN_TYPES)}")
     if backup_type not in SUPPORTED_TYPES:
-        raise BackupRequestError(
-            f"{backup_type} backups are not available in this version; take a full backup")
+        raise BackupRequestError(f"{backup_type} backups are not available in this version; take a full backup")
     if backup_type == "pitr-base" and settings is not None and not settings["archive_mode"]:
         raise BackupRequestError(
             "a pitr-base backup needs WAL archiving: run ALTER SYSTEM SET archive_mode = on; "
-            "and ALTER SYSTEM SET archive_dest = '/path'; first")
+            "and ALTER SYSTEM SET archive_dest = '/path'; first"
+        )
     return backup_type
 
 
@@ -107,16 +106,21 @@ class BackupService:
         self.catalog = Catalog(data_dir)
         interrupted = self.catalog.mark_interrupted()
         if interrupted:
-            log.warning("backups interrupted by the last shutdown marked failed",
-                        backups=interrupted, partial_files_removed=self._remove_partials(
-                            interrupted))
+            log.warning(
+                "backups interrupted by the last shutdown marked failed",
+                backups=interrupted,
+                partial_files_removed=self._remove_partials(interrupted),
+            )
         self.scratch = os.path.join(data_dir, SCRATCH_DIR)
         leftovers = _clear_scratch(self.scratch)
         if leftovers:
             # Copies and WAL a backup running at a crash had made: nothing
             # runs yet, so none of it is in use, and a database copy is large.
-            log.warning("removed scratch files of backups interrupted by the last shutdown",
-                        directory=self.scratch, files=leftovers)
+            log.warning(
+                "removed scratch files of backups interrupted by the last shutdown",
+                directory=self.scratch,
+                files=leftovers,
+            )
         self._cancels: dict[str, threading.Event] = {}
         self.limiter = trio.CapacityLimiter(2)
         # Net changes since the latest backups, compacted as they commit.
@@ -142,8 +146,7 @@ class BackupService:
             except FileNotFoundError:
                 continue
             except OSError as e:
-                log.warning("cannot remove an interrupted backup's partial file",
-                            path=partial, error=e.strerror)
+                log.warning("cannot remove an interrupted backup's partial file", path=partial, error=e.strerror)
                 continue
             removed.append(partial)
         return removed
@@ -161,21 +164,23 @@ class BackupService:
         if parent is None:
             raise BackupRequestError(
                 f"{'an' if backup_type == 'incremental' else 'a'} {backup_type} backup needs an "
-                "earlier full backup of this server; take a full backup first")
+                "earlier full backup of this server; take a full backup first"
+            )
         return parent
 
-    def open_source(self, backup_type: str, names, base_backup=None, backup_id=None,
-                    cancel=None):
+    def open_source(self, backup_type: str, names, base_backup=None, backup_id=None, cancel=None):
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
         if backup_type in ("incremental", "differential"):
             parent = self.parent_for(backup_type, base_backup)
             try:
-                return IncrementalSource(self.engine, parent, backup_type, names,
-                                         os.path.join(self.scratch, "wal"), backup_id)
+                return IncrementalSource(
+                    self.engine, parent, backup_type, names, os.path.join(self.scratch, "wal"), backup_id
+                )
             except IncrementalUnavailable as e:
                 raise BackupRequestError(str(e)) from None
-        return Snapshot(self.engine, names, backup_type=backup_type, backup_id=backup_id,
-                        scratch_dir=self.scratch, cancel=cancel)
+        return Snapshot(
+            self.engine, names, backup_type=backup_type, backup_id=backup_id, scratch_dir=self.scratch, cancel=cancel
+        )
 
     def cancel_all(self) -> None:
         for event in self._cancels.values():
@@ -187,8 +192,7 @@ class BackupService:
         try:
             backup_type = check_type(options.get("backup_type", "full"), self.state.settings)
             names = options.get("databases")
-            if names is not None and (not isinstance(names, list)
-                                      or not all(isinstance(n, str) for n in names)):
+            if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
                 raise BackupRequestError("databases must be a list of names")
         except BackupRequestError as e:
             await conn.send(proto.error_message("invalid_backup_request", str(e)))
@@ -196,15 +200,18 @@ class BackupService:
         cancel = threading.Event()
         base_backup = options.get("base_backup")
         if base_backup is not None and not (
-                isinstance(base_backup, dict) and isinstance(base_backup.get("backup_id"), str)
-                and isinstance(base_backup.get("end_lsn"), int)):
-            await conn.send(proto.error_message(
-                "invalid_backup_request", "base_backup must name a backup id and its end LSN"))
+            isinstance(base_backup, dict)
+            and isinstance(base_backup.get("backup_id"), str)
+            and isinstance(base_backup.get("end_lsn"), int)
+        ):
+            await conn.send(
+                proto.error_message("invalid_backup_request", "base_backup must name a backup id and its end LSN")
+            )
             return
         try:
             snap = await trio.to_thread.run_sync(
-                lambda: self.open_source(backup_type, names, base_backup, cancel=cancel),
-                limiter=self.limiter)
+                lambda: self.open_source(backup_type, names, base_backup, cancel=cancel), limiter=self.limiter
+            )
         except EngineError as e:
             await conn.send(proto.error_message(e.code, str(e)))
             return
@@ -215,8 +222,7 @@ class BackupService:
         manifest = snap.manifest()
         if backup_type == "pitr-base":
             await self._switch_for_base()
-        self.catalog.add(**_catalog_fields(manifest, snap, origin="client",
-                                           location=f"client {conn.peer[0]}"))
+        self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=f"client {conn.peer[0]}"))
         sent = 0
         t0 = time.perf_counter()
         try:
@@ -226,16 +232,22 @@ class BackupService:
             await conn.send(proto.backup_end_message(end_lsn=manifest["end_lsn"], bytes=sent))
             self.catalog.complete(snap.backup_id, size_bytes=sent)
             self.engine.record_backup(manifest)
-            log.info("backup streamed", backup_id=snap.backup_id, bytes=sent,
-                     seconds=round(time.perf_counter() - t0, 3), peer=conn.peer)
+            log.info(
+                "backup streamed",
+                backup_id=snap.backup_id,
+                bytes=sent,
+                seconds=round(time.perf_counter() - t0, 3),
+                peer=conn.peer,
+            )
         except BackupCancelled:
             self.catalog.fail(snap.backup_id, "the server shut down during the backup")
-            await conn.send(proto.error_message(
-                "shutdown", "the server is shutting down; the backup was cancelled"))
+            await conn.send(proto.error_message("shutdown", "the server is shutting down; the backup was cancelled"))
         except BaseException as e:
-            reason = ("the client disconnected during the backup"
-                      if isinstance(e, (trio.BrokenResourceError, trio.ClosedResourceError,
-                                        trio.Cancelled)) else f"backup failed: {e}")
+            reason = (
+                "the client disconnected during the backup"
+                if isinstance(e, (trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled))
+                else f"backup failed: {e}"
+            )
             self.catalog.fail(snap.backup_id, reason)
             log.warning("backup failed", backup_id=snap.backup_id, error=reason)
             raise
@@ -266,8 +278,7 @@ class BackupService:
                     sent += await self._send_file(conn, entry, source, cancel)
                 else:
                     sent += await self._send_chunks(conn, entry, source)
-                await conn.send_bulk({"type": "backup_data", "entry": entry, "last": True},
-                                     "data", b"")
+                await conn.send_bulk({"type": "backup_data", "entry": entry, "last": True}, "data", b"")
         finally:
             with trio.CancelScope(shield=True):  # a scratch copy is removed on close
                 await trio.to_thread.run_sync(entries.close, limiter=self.limiter)
@@ -277,8 +288,7 @@ class BackupService:
         for offset in range(0, source.size, FILE_FRAME):
             if cancel.is_set():
                 raise BackupCancelled("backup cancelled")
-            await conn.send_file_bulk(msg, "data", source.fd, offset,
-                                      min(FILE_FRAME, source.size - offset))
+            await conn.send_file_bulk(msg, "data", source.fd, offset, min(FILE_FRAME, source.size - offset))
         return source.size
 
     async def _send_chunks(self, conn, entry: str, chunks) -> int:
@@ -290,8 +300,7 @@ class BackupService:
             async with send_ch:
                 try:
                     while True:
-                        batch = await trio.to_thread.run_sync(
-                            _take, chunks, READ_BATCH, limiter=self.limiter)
+                        batch = await trio.to_thread.run_sync(_take, chunks, READ_BATCH, limiter=self.limiter)
                         for chunk in batch:
                             await send_ch.send(chunk)
                         if len(batch) < READ_BATCH:
@@ -304,8 +313,7 @@ class BackupService:
                 nursery.start_soon(produce)
                 async with recv_ch:
                     async for chunk in recv_ch:
-                        await conn.send_bulk({"type": "backup_data", "entry": entry,
-                                              "last": False}, "data", chunk)
+                        await conn.send_bulk({"type": "backup_data", "entry": entry, "last": False}, "data", chunk)
                         sent += len(chunk)
         except BaseExceptionGroup as group:
             # One failure (a cancelled backup, a dropped client) is what callers handle.
@@ -321,8 +329,7 @@ class BackupService:
         key = None
         if req.encrypt:
             try:
-                key = keys.resolve_kek(None, setting_key_file=self.state.settings["backup_key_file"]
-                                       or None)
+                key = keys.resolve_kek(None, setting_key_file=self.state.settings["backup_key_file"] or None)
             except (keys.NoKeyError, keys.KeyFileError) as e:
                 raise BackupRequestError(
                     f"encryption was requested but the server has no usable backup key: {e}"
@@ -334,9 +341,15 @@ class BackupService:
         directory = self.backup_dir()
         location = os.path.join(directory, f"{backup_id}.backup")
         entry = self.catalog.add(
-            backup_id=backup_id, backup_type=req.backup_type, status="in_progress",
-            started_at=int(time.time()), location=location, origin="api",
-            compression=req.codec, encryption=req.encrypt, databases=req.databases,
+            backup_id=backup_id,
+            backup_type=req.backup_type,
+            status="in_progress",
+            started_at=int(time.time()),
+            location=location,
+            origin="api",
+            compression=req.codec,
+            encryption=req.encrypt,
+            databases=req.databases,
         )
         cancel = threading.Event()
         self._cancels[backup_id] = cancel
@@ -347,7 +360,8 @@ class BackupService:
         t0 = time.perf_counter()
         try:
             summary = await trio.to_thread.run_sync(
-                self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter)
+                self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter
+            )
         except BackupCancelled:
             self.catalog.fail(backup_id, "the server shut down during the backup")
             return
@@ -361,27 +375,42 @@ class BackupService:
         finally:
             self._cancels.pop(backup_id, None)
         self.catalog.complete(backup_id, **summary)
-        log.info("backup completed", backup_id=backup_id, location=location,
-                 size_bytes=summary["size_bytes"], seconds=round(time.perf_counter() - t0, 3))
+        log.info(
+            "backup completed",
+            backup_id=backup_id,
+            location=location,
+            size_bytes=summary["size_bytes"],
+            seconds=round(time.perf_counter() - t0, 3),
+        )
 
     def _write_file(self, req, backup_id, location, key, cancel) -> dict:
         directory = os.path.dirname(location)
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         except OSError as e:
-            raise BackupRequestError(f"cannot use backup_dir {directory}: {e.strerror}; set "
-                                     "backup_dir to a directory the server can write") from None
-        with self.open_source(req.backup_type, req.databases, backup_id=backup_id,
-                              cancel=cancel) as snap:
+            raise BackupRequestError(
+                f"cannot use backup_dir {directory}: {e.strerror}; set backup_dir to a directory the server can write"
+            ) from None
+        with self.open_source(req.backup_type, req.databases, backup_id=backup_id, cancel=cancel) as snap:
             manifest = snap.manifest()
             if req.backup_type == "pitr-base":
                 self.engine.switch_wal()
-            self.catalog.update(backup_id, **{k: v for k, v in _catalog_fields(
-                manifest, snap, origin="api", location=location).items()
-                if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms")})
-            with BackupFile(location, header_from_manifest(manifest), key=key,
-                            codec=req.codec, threads=req.threads,
-                            nice=self.state.settings["backup_nice"]) as bf:
+            self.catalog.update(
+                backup_id,
+                **{
+                    k: v
+                    for k, v in _catalog_fields(manifest, snap, origin="api", location=location).items()
+                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms")
+                },
+            )
+            with BackupFile(
+                location,
+                header_from_manifest(manifest),
+                key=key,
+                codec=req.codec,
+                threads=req.threads,
+                nice=self.state.settings["backup_nice"],
+            ) as bf:
                 for entry, chunks in snap.entries(self.scratch, cancel):
                     bf.begin_entry(entry)
                     for chunk in chunks:
@@ -391,8 +420,11 @@ class BackupService:
                     bf.end_entry()
                 summary = bf.commit()
             self.engine.record_backup(manifest)
-        return {"size_bytes": summary.size_bytes, "parent_id": manifest.get("parent_id"),
-                "base_full_id": manifest.get("base_full_id")}
+        return {
+            "size_bytes": summary.size_bytes,
+            "parent_id": manifest.get("parent_id"),
+            "base_full_id": manifest.get("base_full_id"),
+        }
 
 
 def _catalog_fields(manifest: dict, snap: Snapshot, *, origin: str, location: str) -> dict:
@@ -419,8 +451,7 @@ def parse_api_request(body, settings) -> BackupRequest:
     allowed = {"backup_type", "compression", "encryption", "databases", "threads"}
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise BackupRequestError(
-            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        raise BackupRequestError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     backup_type = body.get("backup_type", "full")
     if not isinstance(backup_type, str):
         raise BackupRequestError("backup_type must be a string")
@@ -431,14 +462,14 @@ def parse_api_request(body, settings) -> BackupRequest:
     elif isinstance(compression, str) and compression in _codecs.CODECS:
         codec = compression
     else:
-        raise BackupRequestError(
-            "compression must be true, false or one of lz4, zstd, snappy, none")
+        raise BackupRequestError("compression must be true, false or one of lz4, zstd, snappy, none")
     encryption = body.get("encryption", False)
     if not isinstance(encryption, bool):
         raise BackupRequestError("encryption must be true or false")
     databases = body.get("databases")
-    if databases is not None and (not isinstance(databases, list) or not databases
-                                  or not all(isinstance(d, str) for d in databases)):
+    if databases is not None and (
+        not isinstance(databases, list) or not databases or not all(isinstance(d, str) for d in databases)
+    ):
         raise BackupRequestError("databases must be a non-empty list of database names")
     threads = body.get("threads", settings["backup_threads"])
     if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64:

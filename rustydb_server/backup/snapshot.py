@@ -64,12 +64,12 @@ def entry_name(database_name: str) -> str:
 class _Copy:
     """A database's page copy running in its own thread while rows are counted."""
 
-    def __init__(self, snap: Snapshot, name: str, scratch_dir: str,
-                 cancel: threading.Event | None):
+    def __init__(self, snap: Snapshot, name: str, scratch_dir: str, cancel: threading.Event | None):
         self.path = _scratch_copy_path(scratch_dir, snap.backup_id, name)
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(snap, name, cancel),
-                                        name=f"backup-copy-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(snap, name, cancel), name=f"backup-copy-{name}", daemon=True
+        )
         self._thread.start()
 
     def _run(self, snap: Snapshot, name: str, cancel) -> None:
@@ -91,9 +91,16 @@ class _Copy:
 class Snapshot:
     """Read transactions on every chosen database, all at ``end_lsn``."""
 
-    def __init__(self, engine: Engine, names: list[str] | None = None, *,
-                 backup_type: str = "full", backup_id: str | None = None,
-                 scratch_dir: str | None = None, cancel: threading.Event | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        names: list[str] | None = None,
+        *,
+        backup_type: str = "full",
+        backup_id: str | None = None,
+        scratch_dir: str | None = None,
+        cancel: threading.Event | None = None,
+    ):
         self.engine = engine
         self.requested = sorted(names) if names else None
         self.names: list[str] = []
@@ -175,16 +182,23 @@ class Snapshot:
             page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
             pages = conn.execute("PRAGMA page_count").fetchall()[0][0]
             self._geometry[name] = (page_size, pages)
-            self.databases.append({
-                "name": name,
-                "entry": entry_name(name),
-                "applied_lsn": state["applied_lsn"],
-                "tables": tables,
-                "size_bytes": page_size * pages,
-            })
-        log.info("snapshot taken", backup_id=self.backup_id, databases=self.names,
-                 lsn=self.end_lsn, writers_paused_ms=round(self.pause_seconds * 1000, 3),
-                 copied_through_scratch=copied)
+            self.databases.append(
+                {
+                    "name": name,
+                    "entry": entry_name(name),
+                    "applied_lsn": state["applied_lsn"],
+                    "tables": tables,
+                    "size_bytes": page_size * pages,
+                }
+            )
+        log.info(
+            "snapshot taken",
+            backup_id=self.backup_id,
+            databases=self.names,
+            lsn=self.end_lsn,
+            writers_paused_ms=round(self.pause_seconds * 1000, 3),
+            copied_through_scratch=copied,
+        )
 
     def manifest(self) -> dict:
         c = self.engine.control
@@ -219,15 +233,13 @@ class Snapshot:
         finally:
             dest.close()
 
-    def stream_database(self, name: str, scratch_dir: str,
-                        cancel: threading.Event | None = None) -> Iterator[bytes]:
+    def stream_database(self, name: str, scratch_dir: str, cancel: threading.Event | None = None) -> Iterator[bytes]:
         """One database's pages at the snapshot, in chunks."""
         if name in self.direct:
             return self._stream_file(name, scratch_dir, cancel)
         return self._stream_copy(name, scratch_dir, cancel)
 
-    def _stream_file(self, name: str, scratch_dir: str,
-                     cancel: threading.Event | None) -> Iterator[bytes]:
+    def _stream_file(self, name: str, scratch_dir: str, cancel: threading.Event | None) -> Iterator[bytes]:
         """The database file itself, which holds the snapshot (see the module's doc)."""
         file_range = self.file_range(name)
         if file_range is None:
@@ -242,13 +254,14 @@ class Snapshot:
             n = min(STREAM_CHUNK, file_range.size - pos)
             data = os.pread(file_range.fd, n, pos)
             if len(data) != n:  # cannot happen while our read transaction is open
-                raise OSError(f"database file {self._handles[name].path} ended at {pos + len(data)} "
-                              f"bytes, inside the snapshot's {file_range.size}")
+                raise OSError(
+                    f"database file {self._handles[name].path} ended at {pos + len(data)} "
+                    f"bytes, inside the snapshot's {file_range.size}"
+                )
             yield data
             pos += n
 
-    def _stream_copy(self, name: str, scratch_dir: str,
-                     cancel: threading.Event | None) -> Iterator[bytes]:
+    def _stream_copy(self, name: str, scratch_dir: str, cancel: threading.Event | None) -> Iterator[bytes]:
         """Copy one database's pages at the snapshot to scratch, then yield them."""
         copy = self._copies.pop(name, None)
         if copy is not None:
@@ -271,8 +284,7 @@ class Snapshot:
         finally:
             _remove_copy(path)
 
-    def entries(self, scratch_dir: str, cancel: threading.Event | None = None, *,
-                ranges: bool = False):
+    def entries(self, scratch_dir: str, cancel: threading.Event | None = None, *, ranges: bool = False):
         """(entry name, chunk iterator) for every database, in manifest order;
         with ``ranges``, a FileRange instead for a file that can be sent as it is."""
         for db in self.databases:
@@ -291,8 +303,7 @@ class Snapshot:
         page_size, pages = self._geometry[name]
         problem = _file_mismatch(os.fstat(fd).st_size, os.pread(fd, 100, 0), page_size, pages)
         if problem:
-            log.warning("database file does not hold the snapshot; copying it instead",
-                        database=name, problem=problem)
+            log.warning("database file does not hold the snapshot; copying it instead", database=name, problem=problem)
             self.direct.discard(name)  # stream_database copies it from now on
             return None
         return FileRange(fd, page_size * pages)

@@ -56,7 +56,7 @@ def _rechunk(pieces, size: int) -> Iterator[bytes]:
         if pending:
             take = view[: size - len(pending)]
             pending += take
-            view = view[len(take):]
+            view = view[len(take) :]
             if len(pending) < size:
                 continue
             yield bytes(pending)

@@ -113,8 +113,7 @@ class ChangeTracking:
                     if future.set_running_or_notify_cancel():  # not given up on (a timeout)
                         future.set_result(self._net(base))
             except Exception as e:  # never let tracking take the server down
-                log.error("change tracking failed; incrementals read the WAL instead",
-                          error=f"{type(e).__name__}: {e}")
+                log.error("change tracking failed; incrementals read the WAL instead", error=f"{type(e).__name__}: {e}")
                 self._trackers.clear()
                 if kind == "net" and not item[2].done():
                     _answer(item[2], None)
@@ -126,9 +125,12 @@ class ChangeTracking:
             tracker.compaction.add(rec)
             if tracker.compaction.changeset_bytes > self.max_bytes:
                 del self._trackers[base]
-                log.info("change tracking stopped for a backup base: too many changes to "
-                         "hold; the next incremental from it reads the WAL",
-                         base_lsn=format_lsn(base), limit_bytes=self.max_bytes)
+                log.info(
+                    "change tracking stopped for a backup base: too many changes to "
+                    "hold; the next incremental from it reads the WAL",
+                    base_lsn=format_lsn(base),
+                    limit_bytes=self.max_bytes,
+                )
 
     def _start(self, base: int) -> None:
         self._trackers.setdefault(base, _Tracker())

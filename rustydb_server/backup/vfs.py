@@ -29,6 +29,7 @@ def entry_name(database_name: str) -> str:
     """The container entry holding a database's pages (as snapshot.py writes it)."""
     return f"databases/{database_name}.sqlite"
 
+
 # Names of backup entry files in the VFS; never real paths.
 PATH_PREFIX = "/rustydb-backup/"
 SECTOR_SIZE = 4096
@@ -171,8 +172,9 @@ class BackupConnection(apsw.Connection):
     database_name: str
 
 
-def open_backup_database(path: str, database_name: str, key=None, *,
-                         cache_chunks: int = DEFAULT_CACHE_CHUNKS) -> BackupConnection:
+def open_backup_database(
+    path: str, database_name: str, key=None, *, cache_chunks: int = DEFAULT_CACHE_CHUNKS
+) -> BackupConnection:
     """Open database ``database_name`` of the backup file at ``path`` read-only.
 
     ``key`` is a KeySource for an encrypted backup. Raises BackupQueryError when

@@ -72,8 +72,7 @@ class DatabaseHandle:
         """The file's read descriptor; give it back with release_read_fd()."""
         with self._read_fd_lock:
             if self._read_fd_closing:
-                raise EngineError(f'database "{self.name}" is being closed or dropped',
-                                  code="unknown_database")
+                raise EngineError(f'database "{self.name}" is being closed or dropped', code="unknown_database")
             if self._read_fd is None:
                 self._read_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             self._read_fd_users += 1
@@ -141,8 +140,12 @@ class Engine:
             control = ddir.initialize(segment_size=settings["wal_segment_size"])
             control.redo_lsn = control.segment_size * FIRST_SEGMENT + walseg.HEADER_SIZE
             ddir.write_control(control)
-            log.info("initialized data directory", data_dir=ddir.path,
-                     system_id=control.system_id, segment_size=control.segment_size)
+            log.info(
+                "initialized data directory",
+                data_dir=ddir.path,
+                system_id=control.system_id,
+                segment_size=control.segment_size,
+            )
         else:
             ddir.check_version()
             control = ddir.read_control()
@@ -181,9 +184,16 @@ class Engine:
         max_txid, last_time = applier.max_txid, applier.last_commit_time_us
         applied = applier.applied
         # The resume point can lie past the last record (after SWITCH WAL).
-        end_lsn = max(end_lsn, wal_reader.find_wal_end(
-            self.datadir.wal_dir, timeline=c.timeline, segment_size=c.segment_size,
-            start_lsn=c.redo_lsn, system_id=c.system_id))
+        end_lsn = max(
+            end_lsn,
+            wal_reader.find_wal_end(
+                self.datadir.wal_dir,
+                timeline=c.timeline,
+                segment_size=c.segment_size,
+                start_lsn=c.redo_lsn,
+                system_id=c.system_id,
+            ),
+        )
         self._next_txid = max(self._next_txid, max_txid + 1)
         self._last_commit_us = last_time
         for name in sorted(applied):
@@ -199,8 +209,7 @@ class Engine:
             on_segment_complete=self._segment_complete,
         )
         if previous_timeline is not None:
-            self._log_durably(walrec.EndOfRecoveryRecord(c.timeline, previous_timeline,
-                                                         now_us()))
+            self._log_durably(walrec.EndOfRecoveryRecord(c.timeline, previous_timeline, now_us()))
         self._mark_completed_segments_ready(end_lsn)
         elapsed = time.perf_counter() - t0
         self.recovery_stats = {
@@ -226,14 +235,14 @@ class Engine:
         branched off. A PITR restore has done this already (its segment exists).
         """
         c = self.control
-        if c.state != "restored" or any(
-                tl == c.timeline for tl, _, _ in walseg.list_segments(self.datadir.wal_dir)):
+        if c.state != "restored" or any(tl == c.timeline for tl, _, _ in walseg.list_segments(self.datadir.wal_dir)):
             return None
         from ..archive import segment_file as sf
 
         seen = {c.timeline}
-        seen |= {int(n[:8], 16) for n in os.listdir(self.datadir.wal_dir)
-                 if n.endswith(sf.HISTORY_SUFFIX) and len(n) == 16}
+        seen |= {
+            int(n[:8], 16) for n in os.listdir(self.datadir.wal_dir) if n.endswith(sf.HISTORY_SUFFIX) and len(n) == 16
+        }
         archive = self.settings["archive_dest"]
         if archive and os.path.isdir(archive):
             try:
@@ -247,12 +256,17 @@ class Engine:
             ancestors = []
         backup = (c.last_backup or {}).get("backup_id", "a backup")
         history = ancestors + [(old, end_lsn, f"restore of backup {backup}")]
-        self.fileops.write_file_atomic(os.path.join(self.datadir.wal_dir, sf.history_name(new)),
-                                       sf.format_history(history).encode())
+        self.fileops.write_file_atomic(
+            os.path.join(self.datadir.wal_dir, sf.history_name(new)), sf.format_history(history).encode()
+        )
         c.timeline = new
         self.datadir.write_control(c)
-        log.info("restored data directory continues on a new timeline", timeline=new,
-                 previous_timeline=old, lsn=format_lsn(end_lsn))
+        log.info(
+            "restored data directory continues on a new timeline",
+            timeline=new,
+            previous_timeline=old,
+            lsn=format_lsn(end_lsn),
+        )
         return old
 
     def _mark_completed_segments_ready(self, end_lsn: int) -> None:
@@ -273,8 +287,7 @@ class Engine:
             os.close(fd)
             self.fileops.fsync_dir(os.path.dirname(path))
         except OSError as e:
-            log.warning("cannot mark WAL segment ready for archiving", segment=name,
-                        error=str(e))
+            log.warning("cannot mark WAL segment ready for archiving", segment=name, error=str(e))
 
     # ------------------------------------------------------------- txids
     def allocate_txid(self) -> int:
@@ -383,8 +396,11 @@ class Engine:
             if current is handle or others > 0:
                 raise EngineError(
                     f'database "{name}" is being accessed by '
-                    + ("this session; switch to another database first" if current is handle
-                       else f"{others} other session(s); disconnect them first"),
+                    + (
+                        "this session; switch to another database first"
+                        if current is handle
+                        else f"{others} other session(s); disconnect them first"
+                    ),
                     code="database_in_use",
                 )
             with handle.commit_lock:
@@ -434,8 +450,12 @@ class Engine:
                         conn.execute("ROLLBACK")
                 except Exception:
                     pass
-                log.error("SQLite commit failed after the WAL record was durable",
-                          database=handle.name, lsn=format_lsn(lsn), error=str(e))
+                log.error(
+                    "SQLite commit failed after the WAL record was durable",
+                    database=handle.name,
+                    lsn=format_lsn(lsn),
+                    error=str(e),
+                )
                 try:
                     self._catch_up(handle)
                 except EngineError:
@@ -467,7 +487,9 @@ class Engine:
                 handle.pending.append((lsn, rec))
                 raise EngineError(
                     f"VACUUM failed after it was logged ({e}); it will be applied before "
-                    "the next write to this database", code="commit_failed") from e
+                    "the next write to this database",
+                    code="commit_failed",
+                ) from e
         log.info("vacuum complete", database=handle.name, lsn=format_lsn(lsn))
         return lsn
 
@@ -489,8 +511,8 @@ class Engine:
                         replay.apply_tx_record(conn, lsn, rec)
                     except ReplayError as e:
                         raise EngineError(
-                            f'database "{handle.name}" cannot apply a logged transaction '
-                            f"yet: {e}", code="catching_up") from e
+                            f'database "{handle.name}" cannot apply a logged transaction yet: {e}', code="catching_up"
+                        ) from e
                 handle.pending.pop(0)
             log.info("database caught up after a failed commit", database=handle.name)
         finally:
@@ -507,9 +529,8 @@ class Engine:
             "end_lsn": manifest["end_lsn"],
             "timeline": manifest["timeline"],
             "system_id": manifest["system_id"],
-            "base_full_id": manifest.get("base_full_id") or (
-                manifest["backup_id"] if manifest["backup_type"] in ("full", "pitr-base")
-                else None),
+            "base_full_id": manifest.get("base_full_id")
+            or (manifest["backup_id"] if manifest["backup_type"] in ("full", "pitr-base") else None),
         }
         with self._checkpoint_lock:
             self.control.last_backup = info
@@ -517,14 +538,16 @@ class Engine:
                 self.control.last_full_backup = info
             self.datadir.write_control(self.control)
             if self.change_tracking is not None:
-                bases = [b["end_lsn"] for b in (self.control.last_backup,
-                                                self.control.last_full_backup) if b]
+                bases = [b["end_lsn"] for b in (self.control.last_backup, self.control.last_full_backup) if b]
                 self.change_tracking.keep(bases, manifest["end_lsn"])
 
     def _backup_keep_lsn(self) -> int | None:
         """The oldest LSN a future incremental or differential still needs."""
-        marks = [b["end_lsn"] for b in (self.control.last_backup, self.control.last_full_backup)
-                 if b and b.get("timeline") == self.control.timeline]
+        marks = [
+            b["end_lsn"]
+            for b in (self.control.last_backup, self.control.last_full_backup)
+            if b and b.get("timeline") == self.control.timeline
+        ]
         return min(marks) if marks else None
 
     # ------------------------------------------------------- admin records
@@ -566,9 +589,7 @@ class Engine:
                 # point so recovery still starts early enough.
                 log.info("checkpoint incomplete, redo point kept", reason=reason)
                 return {"complete": False}
-            ck_lsn, _ = self._log_durably(
-                walrec.CheckpointRecord(redo, self._next_txid, now_us())
-            )
+            ck_lsn, _ = self._log_durably(walrec.CheckpointRecord(redo, self._next_txid, now_us()))
             c = self.control
             c.redo_lsn = redo
             c.checkpoint_lsn = ck_lsn
@@ -609,8 +630,7 @@ class Engine:
             archived = self._segment_archived(name)
             if archive_on and not archived:
                 continue  # never remove WAL that the archive has not got
-            if backup_keep is not None and seg_end > backup_keep and not (
-                    archive_on and archived):
+            if backup_keep is not None and seg_end > backup_keep and not (archive_on and archived):
                 continue  # the next incremental reads it (from here or the archive)
             try:
                 self.fileops.unlink(os.path.join(self.datadir.wal_dir, name))
@@ -624,8 +644,7 @@ class Engine:
                 except FileNotFoundError:
                     pass
                 except OSError as e:  # a stale mark does no harm; the segment is gone
-                    log.warning("cannot remove archive status mark", segment=name,
-                                error=str(e))
+                    log.warning("cannot remove archive status mark", segment=name, error=str(e))
         if removed:
             self.fileops.fsync_dir(self.datadir.wal_dir)
         return removed

@@ -30,8 +30,7 @@ class AppliedRecord:
 class RecordApplier:
     """Applies records in LSN order to every database of ``ddir``."""
 
-    def __init__(self, ddir: _datadir.DataDir, *, only_database: str | None = None,
-                 only_table: str | None = None):
+    def __init__(self, ddir: _datadir.DataDir, *, only_database: str | None = None, only_table: str | None = None):
         self.ddir = ddir
         self.only_database = only_database
         self.only_table = only_table
@@ -53,8 +52,7 @@ class RecordApplier:
         self.applied[name] = database.read_state(conn)["applied_lsn"]
 
     def apply(self, lsn: int, rec) -> None:
-        if self.only_database is not None and getattr(rec, "database", None) not in (
-                None, self.only_database):
+        if self.only_database is not None and getattr(rec, "database", None) not in (None, self.only_database):
             return  # table-level recovery: other databases are not restored
         if isinstance(rec, walrec.TxRecord):
             self.max_txid = max(self.max_txid, rec.txid)
@@ -81,7 +79,8 @@ class RecordApplier:
             elif rec.action == "drop" and self.only_table is not None:
                 raise RecoveryError(
                     f"database {rec.database!r} was dropped at LSN {format_lsn(lsn)}, before "
-                    "the recovery target; choose an earlier target")
+                    "the recovery target; choose an earlier target"
+                )
             elif rec.action == "drop" and rec.database in self.replayers:
                 if self.applied[rec.database] < lsn:
                     dropped = self.replayers.pop(rec.database)

@@ -89,7 +89,9 @@ _QUAL = rf"(?:{_IDENT}\s*\.\s*)?({_IDENT})"
 _DDL_NAME = re.compile(
     r"^\s*(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+|UNIQUE\s+|VIRTUAL\s+)?"
     r"(TABLE|INDEX|TRIGGER|VIEW)|DROP\s+(TABLE|INDEX|TRIGGER|VIEW)|ALTER\s+(TABLE))"
-    rf"\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?{_QUAL}", re.I | re.S)
+    rf"\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?{_QUAL}",
+    re.I | re.S,
+)
 _ON_TABLE = re.compile(rf"\bON\s+{_QUAL}", re.I | re.S)
 
 
@@ -111,8 +113,7 @@ def ddl_touches(sql: str, table: str, conn: apsw.Connection) -> bool:
     if kind == "TABLE":
         return name.lower() == table.lower()
     if sql.lstrip()[:4].upper() == "DROP":
-        found = conn.execute("SELECT tbl_name FROM sqlite_schema WHERE name = ?",
-                             (name,)).fetchall()
+        found = conn.execute("SELECT tbl_name FROM sqlite_schema WHERE name = ?", (name,)).fetchall()
         return bool(found) and found[0][0].lower() == table.lower()
     on = _ON_TABLE.search(sql, m.end())
     return bool(on) and unquote_ident(on.group(1)).lower() == table.lower()
@@ -125,8 +126,7 @@ class Replayer:
     as the batch: after a crash the whole batch is simply replayed again.
     """
 
-    def __init__(self, conn: apsw.Connection, database_name: str, batch: int = 2000,
-                 only_table: str | None = None):
+    def __init__(self, conn: apsw.Connection, database_name: str, batch: int = 2000, only_table: str | None = None):
         self.conn = conn
         self.database_name = database_name
         self.only_table = only_table
@@ -152,8 +152,7 @@ class Replayer:
                     self._add_to_group(lsn, payload)
                 else:
                     self._apply_group()
-                    if self.only_table is None or ddl_touches(payload, self.only_table,
-                                                              self.conn):
+                    if self.only_table is None or ddl_touches(payload, self.only_table, self.conn):
                         self.conn.execute(payload)
         except (apsw.Error, ReplayError) as e:
             self._abandon()
@@ -199,13 +198,12 @@ class Replayer:
     def _apply_changeset(self, changeset: bytes, first: int, last: int) -> None:
         table = self.only_table
         try:
-            apply_steps(self.conn, [("changeset", changeset)],
-                        table_filter=None if table is None else (lambda t: t == table))
+            apply_steps(
+                self.conn, [("changeset", changeset)], table_filter=None if table is None else (lambda t: t == table)
+            )
         except apsw.Error as e:
-            where = (f"LSN {format_lsn(first)}" if first == last
-                     else f"LSNs {format_lsn(first)}..{format_lsn(last)}")
-            raise ReplayError(f"cannot apply the WAL records at {where} to database "
-                              f"{self.database_name!r}: {e}") from e
+            where = f"LSN {format_lsn(first)}" if first == last else f"LSNs {format_lsn(first)}..{format_lsn(last)}"
+            raise ReplayError(f"cannot apply the WAL records at {where} to database {self.database_name!r}: {e}") from e
 
     def _abandon(self) -> None:
         if self._group is not None:
@@ -236,7 +234,6 @@ class Replayer:
     def close(self) -> None:
         self.flush()
         self.conn.close()
-
 
 
 def parse_lsn(text: str) -> int:

@@ -29,16 +29,30 @@ LOGGED_PRAGMAS = frozenset({"user_version", "application_id"})
 _DDL_OPS = frozenset(
     getattr(apsw, n)
     for n in (
-        "SQLITE_CREATE_INDEX", "SQLITE_CREATE_TABLE", "SQLITE_CREATE_TRIGGER",
-        "SQLITE_CREATE_VIEW", "SQLITE_DROP_INDEX", "SQLITE_DROP_TABLE",
-        "SQLITE_DROP_TRIGGER", "SQLITE_DROP_VIEW", "SQLITE_ALTER_TABLE",
-        "SQLITE_REINDEX", "SQLITE_ANALYZE", "SQLITE_CREATE_VTABLE", "SQLITE_DROP_VTABLE",
+        "SQLITE_CREATE_INDEX",
+        "SQLITE_CREATE_TABLE",
+        "SQLITE_CREATE_TRIGGER",
+        "SQLITE_CREATE_VIEW",
+        "SQLITE_DROP_INDEX",
+        "SQLITE_DROP_TABLE",
+        "SQLITE_DROP_TRIGGER",
+        "SQLITE_DROP_VIEW",
+        "SQLITE_ALTER_TABLE",
+        "SQLITE_REINDEX",
+        "SQLITE_ANALYZE",
+        "SQLITE_CREATE_VTABLE",
+        "SQLITE_DROP_VTABLE",
     )
 )
 _WRITE_OPS = frozenset((apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE))
 _STATE_DDL_OPS = frozenset(
-    (apsw.SQLITE_DROP_TABLE, apsw.SQLITE_ALTER_TABLE, apsw.SQLITE_CREATE_INDEX,
-     apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_DROP_INDEX)
+    (
+        apsw.SQLITE_DROP_TABLE,
+        apsw.SQLITE_ALTER_TABLE,
+        apsw.SQLITE_CREATE_INDEX,
+        apsw.SQLITE_CREATE_TRIGGER,
+        apsw.SQLITE_DROP_INDEX,
+    )
 )
 _PRAGMA_ASSIGN = re.compile(r"^\s*PRAGMA\s+(?:main\.)?(\w+)\s*(=|\()", re.I)
 
@@ -113,8 +127,9 @@ class SqlSession:
 
     def use(self, name: str) -> None:
         if self.in_transaction:
-            raise SqlError("cannot switch database inside a transaction; COMMIT or ROLLBACK first",
-                           code="active_transaction")
+            raise SqlError(
+                "cannot switch database inside a transaction; COMMIT or ROLLBACK first", code="active_transaction"
+            )
         handle = self.engine.attach_session(name)
         try:
             conn = database.open_connection(handle.path)
@@ -220,8 +235,7 @@ class SqlSession:
             return self._done(sql, kw, self.rollback())
         if kw in ("SAVEPOINT", "RELEASE") or (kw == "ROLLBACK" and kw2 == "TO"):
             if not self.in_transaction:
-                raise SqlError(f"{kw} can only be used in transaction blocks; BEGIN first",
-                               code="no_transaction")
+                raise SqlError(f"{kw} can only be used in transaction blocks; BEGIN first", code="no_transaction")
             return self._execute(sql, kw, autocommit_write=False)
         if kw == "VACUUM":
             return self._vacuum(sql, keywords)
@@ -243,8 +257,11 @@ class SqlSession:
         if sql.split()[1:] and sql.split()[1].upper() not in ("MAIN",):
             # VACUUM INTO writes a file anywhere the server can; schema names
             # other than main do not exist here.
-            raise SqlError("only plain VACUUM is allowed (VACUUM INTO would write outside the "
-                           "data directory; take a backup instead)", code="not_allowed")
+            raise SqlError(
+                "only plain VACUUM is allowed (VACUUM INTO would write outside the "
+                "data directory; take a backup instead)",
+                code="not_allowed",
+            )
         self._internal = True
         try:
             self.engine.vacuum(self.handle, self.conn)
@@ -352,7 +369,9 @@ class SqlSession:
                             f"row {run.rows_seen + len(rows) + 1} of the result is about "
                             f"{weight / 1e6:.1f} MB, more than the {MAX_ROW_BYTES / 1e6:.1f} MB "
                             "one message can carry; select large values in parts, e.g. "
-                            "substr(column, 1, 10000000)", "row_too_large")
+                            "substr(column, 1, 10000000)",
+                            "row_too_large",
+                        )
                     if rows and size + weight > BATCH_BYTES:
                         run.first_row = row  # it starts the next batch
                         break
@@ -396,16 +415,14 @@ class SqlSession:
         database never hands out an id the original had already used."""
         if not any(kind == "changeset" for kind, _ in steps):
             return steps
-        if not self.conn.execute(
-                "SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall():
+        if not self.conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall():
             return steps
         rows = self.conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall()
         if not rows:
             return steps
         cases = " ".join(f"WHEN {_sql_str(n)} THEN {int(v)}" for n, v in rows)
         names = ", ".join(_sql_str(n) for n, _ in rows)
-        return steps + [("ddl", f"{SEQUENCE_STEP_PREFIX} = max(seq, CASE name {cases} END) "
-                                f"WHERE name IN ({names})")]
+        return steps + [("ddl", f"{SEQUENCE_STEP_PREFIX} = max(seq, CASE name {cases} END) WHERE name IN ({names})")]
 
     def _commit_autocommit(self) -> None:
         self._cut_changeset()
@@ -472,16 +489,17 @@ class SqlSession:
             raise
         except apsw.BusyError as e:
             raise SqlError(
-                "could not serialize access due to a concurrent write "
-                f"({e}); ROLLBACK and retry the transaction",
+                f"could not serialize access due to a concurrent write ({e}); ROLLBACK and retry the transaction",
                 code="serialization_failure",
             ) from e
         except apsw.InterruptError as e:
             raise SqlError("statement canceled", code="query_canceled") from e
         except apsw.AuthError as e:
-            raise SqlError(f"not allowed: {e} (ATTACH, internal tables and pragmas that "
-                           "would weaken durability are reserved to the server)",
-                           code="not_allowed") from e
+            raise SqlError(
+                f"not allowed: {e} (ATTACH, internal tables and pragmas that "
+                "would weaken durability are reserved to the server)",
+                code="not_allowed",
+            ) from e
         except apsw.FullError as e:
             raise SqlError(f"disk full: {e}; nothing was committed", code="disk_full") from e
         except apsw.Error as e:

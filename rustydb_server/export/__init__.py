@@ -38,15 +38,28 @@ class ExportResult:
         return sum(t.rows for t in self.tables)
 
     def as_json(self) -> dict:
-        return {"database": self.database, "output": self.output, "format": self.format,
-                "tables": [{"name": t.name, "rows": t.rows} for t in self.tables],
-                "rows": self.rows, "bytes": self.bytes}
+        return {
+            "database": self.database,
+            "output": self.output,
+            "format": self.format,
+            "tables": [{"name": t.name, "rows": t.rows} for t in self.tables],
+            "rows": self.rows,
+            "bytes": self.bytes,
+        }
 
 
-def export_tables(input_dir: str, output: str, *, tables: list[str] | None = None,
-                  database: str | None = None, fmt: str = "sql", guard: str = "plain",
-                  rename_to: str | None = None, snapshot: bool = False,
-                  batch_rows: int = DEFAULT_BATCH_ROWS) -> ExportResult:
+def export_tables(
+    input_dir: str,
+    output: str,
+    *,
+    tables: list[str] | None = None,
+    database: str | None = None,
+    fmt: str = "sql",
+    guard: str = "plain",
+    rename_to: str | None = None,
+    snapshot: bool = False,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> ExportResult:
     """Export ``tables`` (None: every table, views and triggers too) to ``output``.
 
     Raises ExportError for a missing directory, database or table and for a
@@ -65,8 +78,9 @@ def export_tables(input_dir: str, output: str, *, tables: list[str] | None = Non
         result = ExportResult(source.database, output, fmt)
         with OutputFile(output) as out:
             if fmt == "sql":
-                result.tables = write_dump(out, source, names, guard=guard, rename_to=rename_to,
-                                           views=every, batch_rows=batch_rows)
+                result.tables = write_dump(
+                    out, source, names, guard=guard, rename_to=rename_to, views=every, batch_rows=batch_rows
+                )
             else:
                 shape = source.shape(names[0])
                 write = write_csv if fmt == "csv" else write_jsonl

@@ -67,7 +67,7 @@ def name_span(sql: str) -> tuple[int, int]:
     CREATE [UNIQUE|VIRTUAL|TEMP|TEMPORARY] TABLE|INDEX|TRIGGER|VIEW [IF NOT EXISTS] [schema.]name"""
 
     def word_at(i: int) -> tuple[str, int]:
-        if i >= len(sql) or not (sql[i].isalnum() or sql[i] in '_$"[`\'' or ord(sql[i]) > 127):
+        if i >= len(sql) or not (sql[i].isalnum() or sql[i] in "_$\"[`'" or ord(sql[i]) > 127):
             return "", i  # not a name or keyword here
         end = _token_end(sql, i)
         return sql[i:end].upper(), end
@@ -120,7 +120,7 @@ def add_if_not_exists(sql: str) -> str:
 def renamed_object_name(name: str, old_table: str, new_table: str) -> str:
     """customers_name -> restored_name for table customers -> restored; else restored_<name>."""
     if name.lower().startswith(old_table.lower()):
-        return new_table + name[len(old_table):]
+        return new_table + name[len(old_table) :]
     return f"{new_table}_{name}"
 
 
@@ -136,18 +136,24 @@ def rename_table(all_objects: list[SchemaObject], table: str, new_table: str) ->
         for obj in all_objects:
             # Other objects are created too so trigger bodies that mention them still
             # parse during the rename; one that cannot be created here is not ours.
-            sql = set_name(obj.sql, renamed_object_name(obj.name, table, new_table)) if (
-                obj in own and obj.type != "table") else obj.sql
+            sql = (
+                set_name(obj.sql, renamed_object_name(obj.name, table, new_table))
+                if (obj in own and obj.type != "table")
+                else obj.sql
+            )
             try:
                 mem.execute(sql)
             except apsw.Error as exc:
                 if obj in own:
-                    raise ExportError(f"cannot rename {table!r}: its {obj.type} {obj.name!r} "
-                                      f"does not rebuild: {exc}") from None
+                    raise ExportError(
+                        f"cannot rename {table!r}: its {obj.type} {obj.name!r} does not rebuild: {exc}"
+                    ) from None
         taken = {r[0].lower() for r in mem.execute("SELECT name FROM sqlite_schema")}
         if new_table.lower() in taken:
-            raise ExportError(f"--rename-to {new_table!r}: the source database already has an object "
-                              "of that name; choose another name")
+            raise ExportError(
+                f"--rename-to {new_table!r}: the source database already has an object "
+                "of that name; choose another name"
+            )
         try:
             mem.execute(f"ALTER TABLE {quote_ident(table)} RENAME TO {quote_ident(new_table)}")
         except apsw.Error as exc:
@@ -155,8 +161,7 @@ def rename_table(all_objects: list[SchemaObject], table: str, new_table: str) ->
         out = []
         for obj in own:
             name = new_table if obj.type == "table" else renamed_object_name(obj.name, table, new_table)
-            row = mem.execute("SELECT sql FROM sqlite_schema WHERE name = ? AND type = ?",
-                              (name, obj.type)).fetchall()
+            row = mem.execute("SELECT sql FROM sqlite_schema WHERE name = ? AND type = ?", (name, obj.type)).fetchall()
             if not row:
                 raise ExportError(f"cannot rename {table!r}: its {obj.type} {obj.name!r} was lost in the rename")
             out.append(SchemaObject(obj.type, name, new_table, row[0][0]))

@@ -73,8 +73,10 @@ class ExportSource:
 
     def __init__(self, input_dir: str, database: str | None = None, *, snapshot: bool = False) -> None:
         if not os.path.isdir(input_dir):
-            raise ExportError(f"input directory {input_dir} does not exist or is not a directory; "
-                              "pass the --data-dir that rusty-db-restore wrote")
+            raise ExportError(
+                f"input directory {input_dir} does not exist or is not a directory; "
+                "pass the --data-dir that rusty-db-restore wrote"
+            )
         ddir = DataDir(input_dir)
         try:
             self.database = choose_database(ddir, database)
@@ -159,8 +161,9 @@ class ExportSource:
 
     def _rowid_alias(self, table: str, info: list) -> str | None:
         """The name to carry the rowid under, when the rowid is not a column already."""
-        sql = self.conn.execute("SELECT sql FROM sqlite_schema WHERE type='table' AND name=?",
-                                (table,)).fetchall()[0][0]
+        sql = self.conn.execute("SELECT sql FROM sqlite_schema WHERE type='table' AND name=?", (table,)).fetchall()[0][
+            0
+        ]
         if sql.upper().startswith("CREATE VIRTUAL TABLE"):
             return None
         try:
@@ -184,11 +187,15 @@ class ExportSource:
         cols = shape.insert_columns
         if not cols:
             return
-        picks = [f"CASE WHEN typeof({quote_ident(c)})='text' THEN CAST({quote_ident(c)} AS BLOB) "
-                 f"ELSE {quote_ident(c)} END" for c in cols]
+        picks = [
+            f"CASE WHEN typeof({quote_ident(c)})='text' THEN CAST({quote_ident(c)} AS BLOB) ELSE {quote_ident(c)} END"
+            for c in cols
+        ]
         masks = [
-            " | ".join(f"((typeof({quote_ident(c)})='text') << {i - start})"
-                       for i, c in enumerate(cols[start : start + 62], start))
+            " | ".join(
+                f"((typeof({quote_ident(c)})='text') << {i - start})"
+                for i, c in enumerate(cols[start : start + 62], start)
+            )
             for start in range(0, len(cols), 62)
         ]
         order = f" ORDER BY {shape.rowid_alias}" if shape.rowid_alias else ""

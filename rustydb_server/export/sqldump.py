@@ -82,8 +82,15 @@ def _guarded(obj: SchemaObject, guard: str) -> str:
     return obj.sql
 
 
-def write_table(out: TextIO, source: ExportSource, table: str, *, guard: str = "plain",
-                rename_to: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS) -> TableCount:
+def write_table(
+    out: TextIO,
+    source: ExportSource,
+    table: str,
+    *,
+    guard: str = "plain",
+    rename_to: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> TableCount:
     """The table's schema and rows (not BEGIN/COMMIT); returns the row count."""
     objects = source.objects_of(table)
     if rename_to is not None:
@@ -152,20 +159,26 @@ def _value_pieces(value) -> tuple[Iterator[str], str]:
     whose concatenation is the value; and the type to cast the result to."""
     step = PIECE_CHARS // 2  # hex doubles bytes; quote doubling at most doubles text
     if isinstance(value, str) and _NEEDS_HEX.isdisjoint(value):
-        return (sql_literal(value[i:i + step]) for i in range(0, len(value), step)), "TEXT"
+        return (sql_literal(value[i : i + step]) for i in range(0, len(value), step)), "TEXT"
     if isinstance(value, str | InvalidText):
         data = value.encode("utf-8") if isinstance(value, str) else value.data
         # Cut anywhere, even inside a UTF-8 sequence: SQLite keeps text bytes as
         # they are, so the joined value is byte for byte the original.
-        return (sql_literal(InvalidText(data[i:i + step]))
-                for i in range(0, len(data), step)), "TEXT"
+        return (sql_literal(InvalidText(data[i : i + step])) for i in range(0, len(data), step)), "TEXT"
     data = bytes(value)
-    return (sql_literal(data[i:i + step]) for i in range(0, len(data), step)), "BLOB"
+    return (sql_literal(data[i : i + step]) for i in range(0, len(data), step)), "BLOB"
 
 
-def write_dump(out: TextIO, source: ExportSource, tables: list[str], *, guard: str = "plain",
-               rename_to: str | None = None, views: bool = False,
-               batch_rows: int = DEFAULT_BATCH_ROWS) -> list[TableCount]:
+def write_dump(
+    out: TextIO,
+    source: ExportSource,
+    tables: list[str],
+    *,
+    guard: str = "plain",
+    rename_to: str | None = None,
+    views: bool = False,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> list[TableCount]:
     """The whole script for ``tables`` (and the database's views when ``views``)."""
     if guard not in GUARDS:
         raise ValueError(f"guard must be one of {GUARDS}")
@@ -174,8 +187,7 @@ def write_dump(out: TextIO, source: ExportSource, tables: list[str], *, guard: s
     out.write(f"-- RustyDB export of database {source.database!r}: {len(tables)} table(s)\n")
     out.write("-- Import with: rusty-db-cli < FILE   (one transaction: all or nothing)\n")
     out.write("BEGIN;\n")
-    counts = [write_table(out, source, t, guard=guard, rename_to=rename_to, batch_rows=batch_rows)
-              for t in tables]
+    counts = [write_table(out, source, t, guard=guard, rename_to=rename_to, batch_rows=batch_rows) for t in tables]
     if views:
         schema = source.schema()
         view_names = {o.name for o in schema if o.type == "view"}

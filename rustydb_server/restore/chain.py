@@ -32,12 +32,12 @@ def find_chain(last_path: str, directory: str) -> list[str]:
     header = last
     seen = {header.backup_id}
     while header.backup_type in ("incremental", "differential"):
-        parent_id = header.parent_id if header.backup_type == "incremental" else (
-            header.base_full_id)
+        parent_id = header.parent_id if header.backup_type == "incremental" else (header.base_full_id)
         if parent_id not in known:
             raise RestoreError(
                 f"backup {header.backup_id} ({header.backup_type}) needs backup {parent_id}, "
-                f"which is not in {directory}")
+                f"which is not in {directory}"
+            )
         path, header = known[parent_id]
         if header.backup_id in seen:
             raise RestoreError(f"the backups in {directory} form a loop at {header.backup_id}")

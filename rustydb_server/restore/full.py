@@ -67,8 +67,7 @@ class RestoreResult:
     checks: list[str] = field(default_factory=list)
 
 
-def resolve_read_key(header: BackupHeader, key_file: str | None,
-                     env: dict | None = None) -> KeySource | None:
+def resolve_read_key(header: BackupHeader, key_file: str | None, env: dict | None = None) -> KeySource | None:
     """The key needed to read ``header``'s backup, or None when it is not encrypted."""
     if not header.encrypted:
         return None
@@ -76,11 +75,13 @@ def resolve_read_key(header: BackupHeader, key_file: str | None,
         return resolve_kek(key_file, env)
     except NoKeyError:
         kdf = (header.encryption or {}).get("kdf")
-        how = (f"set {ENV_PASSPHRASE} to its passphrase" if kdf and kdf != "keyfile"
-               else f"pass --key-file PATH or set {ENV_KEY_FILE}")
+        how = (
+            f"set {ENV_PASSPHRASE} to its passphrase"
+            if kdf and kdf != "keyfile"
+            else f"pass --key-file PATH or set {ENV_KEY_FILE}"
+        )
         raise NoKeyError(
-            f"backup {header.backup_id} is encrypted ({kdf or 'unknown key type'}) and no key "
-            f"was given: {how}"
+            f"backup {header.backup_id} is encrypted ({kdf or 'unknown key type'}) and no key was given: {how}"
         ) from None
 
 
@@ -97,8 +98,9 @@ def check_manifest(reader: BackupReader) -> dict:
     except ValueError as exc:
         raise RestoreError(str(exc)) from None
     if manifest.get("backup_id") != bid:
-        raise RestoreError(f"backup {bid}: its manifest names another backup "
-                           f"({manifest.get('backup_id')!r}); the file is not usable")
+        raise RestoreError(
+            f"backup {bid}: its manifest names another backup ({manifest.get('backup_id')!r}); the file is not usable"
+        )
     kind = manifest.get("backup_type")
     if kind not in RESTORABLE_TYPES:
         raise RestoreError(
@@ -170,8 +172,9 @@ def restore_full(
             try:
                 # With more to apply, the files are synced once at the end: pages the
                 # incrementals change are then written to disk once, not twice.
-                written = _write_databases(reader, manifest, staging, threads, progress, fileops,
-                                           sync=post_install is None)
+                written = _write_databases(
+                    reader, manifest, staging, threads, progress, fileops, sync=post_install is None
+                )
                 install_data_dir(staging, manifest, fileops=fileops)
                 if post_install is not None:
                     post_install(staging, manifest)
@@ -269,7 +272,7 @@ def _locked_message(target: str, detail: str) -> str:
         f"data directory {target} is held by a running RustyDB server (or another restore)"
         + (f" [{detail}]" if detail else "")
         + "; stop the server first (systemctl stop rustydb, or rusty-db-cli --command "
-        "\"SHUTDOWN;\"). --force never replaces a running server's data"
+        '"SHUTDOWN;"). --force never replaces a running server\'s data'
     )
 
 
@@ -315,9 +318,16 @@ def _make_staging(target: str, backup_id: str) -> str:
     return staging
 
 
-def _write_databases(reader: BackupReader, manifest: dict, staging: str, threads: int,
-                     progress: ProgressFn | None, fileops: _fileops.FileOps, *,
-                     sync: bool = True) -> int:
+def _write_databases(
+    reader: BackupReader,
+    manifest: dict,
+    staging: str,
+    threads: int,
+    progress: ProgressFn | None,
+    fileops: _fileops.FileOps,
+    *,
+    sync: bool = True,
+) -> int:
     total = sum(reader.entry(db["entry"]).raw_size for db in manifest["databases"])
     done = 0
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -366,17 +376,15 @@ def _check_integrity(staging: str, manifest: dict) -> list[str]:
         try:
             result = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
             if result != ["ok"]:
-                raise RestoreError(
-                    f"database {name!r} failed SQLite's integrity check: {'; '.join(result[:5])}"
-                )
+                raise RestoreError(f"database {name!r} failed SQLite's integrity check: {'; '.join(result[:5])}")
             present = set(engine_db.user_tables(conn))
             for table in db.get("tables", []):
                 tname, rows = table["name"], table["rows"]
                 if tname not in present:
-                    raise RestoreError(f"database {name!r}: table {tname!r} recorded in the "
-                                       "backup is missing from the restored data")
-                found = conn.execute(
-                    f"SELECT count(*) FROM {engine_db.quote_ident(tname)}").fetchall()[0][0]
+                    raise RestoreError(
+                        f"database {name!r}: table {tname!r} recorded in the backup is missing from the restored data"
+                    )
+                found = conn.execute(f"SELECT count(*) FROM {engine_db.quote_ident(tname)}").fetchall()[0][0]
                 if found != rows:
                     raise RestoreError(
                         f"database {name!r}, table {tname!r}: {found} rows restored, the backup "
@@ -384,8 +392,9 @@ def _check_integrity(staging: str, manifest: dict) -> list[str]:
                     )
             unexpected = present - {t["name"] for t in db.get("tables", [])}
             if unexpected:
-                raise RestoreError(f"database {name!r}: tables {sorted(unexpected)} are not "
-                                   "recorded in the backup's manifest")
+                raise RestoreError(
+                    f"database {name!r}: tables {sorted(unexpected)} are not recorded in the backup's manifest"
+                )
             report.append(f"{name}: integrity ok, {len(present)} tables, row counts match")
         except apsw.Error as exc:
             raise RestoreError(f"database {name!r} cannot be checked: {exc}") from None
@@ -394,8 +403,7 @@ def _check_integrity(staging: str, manifest: dict) -> list[str]:
     return report
 
 
-def _swap_into_place(staging: str, target: str, lock: _TargetLock,
-                     fileops: _fileops.FileOps) -> bool:
+def _swap_into_place(staging: str, target: str, lock: _TargetLock, fileops: _fileops.FileOps) -> bool:
     """Rename the staging directory to ``target``; True if old contents were replaced."""
     parent = os.path.dirname(target)
     old = None
@@ -411,8 +419,7 @@ def _swap_into_place(staging: str, target: str, lock: _TargetLock,
     except OSError as exc:
         if old is not None:
             os.rename(old, target)  # put the old contents back where they were
-        raise RestoreError(f"could not move the restored data into {target}: "
-                           f"{exc.strerror or exc}") from None
+        raise RestoreError(f"could not move the restored data into {target}: {exc.strerror or exc}") from None
     fileops.fsync_dir(parent)
     if old is not None and _carry_over(old, target):
         shutil.rmtree(old, ignore_errors=True)
@@ -422,8 +429,7 @@ def _swap_into_place(staging: str, target: str, lock: _TargetLock,
 # What a restore replaces. Anything else in a replaced data directory (an archive
 # or backups kept inside it as the operations guide does, settings made with
 # ALTER SYSTEM, the backup catalog) is moved into the restored one, never lost.
-_REPLACED = frozenset({dd.VERSION_FILE, dd.CONTROL_FILE, dd.PID_FILE, dd.DATABASES_DIR,
-                       dd.WAL_DIR, "backup_tmp"})
+_REPLACED = frozenset({dd.VERSION_FILE, dd.CONTROL_FILE, dd.PID_FILE, dd.DATABASES_DIR, dd.WAL_DIR, "backup_tmp"})
 
 
 def _carry_over(old: str, target: str) -> bool:

@@ -53,10 +53,10 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
     if btype not in ("incremental", "differential"):
         raise IncrementalRestoreError(
             f"backup {bid} is a {btype} backup; --incremental applies incremental and "
-            "differential backups (restore a full backup without --incremental)")
+            "differential backups (restore a full backup without --incremental)"
+        )
     if str(control.system_id) != str(manifest["system_id"]):
-        raise IncrementalRestoreError(
-            f"backup {bid} belongs to another database system than {ddir.path}")
+        raise IncrementalRestoreError(f"backup {bid} belongs to another database system than {ddir.path}")
     last = control.last_backup or {}
     if last.get("backup_id") == bid:
         raise IncrementalRestoreError(f"backup {bid} is already applied to {ddir.path}")
@@ -64,12 +64,15 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
         raise IncrementalRestoreError(
             f"an earlier apply of an incremental to {ddir.path} did not finish, so its "
             "databases are half-changed; restore the chain again (the full backup, then "
-            "each incremental in order)")
+            "each incremental in order)"
+        )
     if control.state != "restored" or control.redo_lsn != walseg.normalize_lsn(
-            last.get("end_lsn", -1), control.segment_size):
+        last.get("end_lsn", -1), control.segment_size
+    ):
         raise IncrementalRestoreError(
             f"{ddir.path} has changed since it was restored (a server ran on it); apply "
-            "incrementals to a freshly restored directory, before starting the server")
+            "incrementals to a freshly restored directory, before starting the server"
+        )
     want = manifest["parent_id"] if btype == "incremental" else manifest["base_full_id"]
     have = expected_parent(control, manifest)
     if btype == "differential" and have is None:
@@ -77,16 +80,18 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
             f"differential backup {bid} applies to its full backup {want}, but "
             f"{ddir.path} already has backup {last.get('backup_id')} on top of "
             f"{(control.last_full_backup or {}).get('backup_id')}; restore the full "
-            "backup again and apply only the differential")
+            "backup again and apply only the differential"
+        )
     if have != want:
         raise IncrementalRestoreError(
             f"backup {bid} ({btype}) must be applied on top of backup {want}, but "
-            f"{ddir.path} holds backup {have}"
-            + ("; apply the incrementals in order" if btype == "incremental" else ""))
+            f"{ddir.path} holds backup {have}" + ("; apply the incrementals in order" if btype == "incremental" else "")
+        )
 
 
-def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
-                      progress=None, staging: bool = False) -> IncrementalResult:
+def apply_incremental(
+    reader: BackupReader, data_dir: str, *, threads: int = 1, progress=None, staging: bool = False
+) -> IncrementalResult:
     """Apply ``reader``'s backup onto ``data_dir``. ``staging=True``: ``data_dir``
     is a --chain-dir restore's staging directory, whose caller syncs the
     database files once after the whole chain and discards it if this fails."""
@@ -108,11 +113,9 @@ def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
             for db in manifest["databases"]:
                 name = dd.validate_database_name(db["name"])
                 if db["entry"] != f"incremental/{name}.steps":
-                    raise IncrementalRestoreError(
-                        f"unexpected entry {db['entry']!r} in the backup")
+                    raise IncrementalRestoreError(f"unexpected entry {db['entry']!r} in the backup")
                 chunks = reader.read_entry(db["entry"], threads=threads)
-                steps += _apply_database(ddir, name, decode_steps(chunks), manifest["end_lsn"],
-                                         sync=not staging)
+                steps += _apply_database(ddir, name, decode_steps(chunks), manifest["end_lsn"], sync=not staging)
                 if progress is not None:
                     progress(name)
         except IncrementalRestoreError as exc:
@@ -123,13 +126,19 @@ def apply_incremental(reader: BackupReader, data_dir: str, *, threads: int = 1,
             raise IncrementalRestoreError(
                 f"{exc}. {data_dir} is left half-changed: the server and rusty-db-export "
                 "refuse it until the chain is restored again (the full backup, then each "
-                "incremental in order)") from exc
+                "incremental in order)"
+            ) from exc
         _advance_control(ddir, control, manifest)
     finally:
         ddir.unlock()
-    return IncrementalResult(manifest["backup_id"], manifest["backup_type"],
-                             manifest["parent_id"], [d["name"] for d in manifest["databases"]],
-                             steps, time.perf_counter() - t0)
+    return IncrementalResult(
+        manifest["backup_id"],
+        manifest["backup_type"],
+        manifest["parent_id"],
+        [d["name"] for d in manifest["databases"]],
+        steps,
+        time.perf_counter() - t0,
+    )
 
 
 def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int, sync: bool) -> int:
@@ -153,8 +162,8 @@ def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int, sync: bool
             if conn is None:
                 if not os.path.exists(path):
                     raise IncrementalRestoreError(
-                        f"database {name!r} is missing from {ddir.path}; the base does not "
-                        "match this backup")
+                        f"database {name!r} is missing from {ddir.path}; the base does not match this backup"
+                    )
                 conn = _open_for_apply(path)
                 conn.execute("BEGIN IMMEDIATE")
             if (kind, payload) == replay.VACUUM_STEPS[0]:
@@ -167,7 +176,8 @@ def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int, sync: bool
             except (apsw.Error, replay.ReplayError) as e:
                 raise IncrementalRestoreError(
                     f"cannot apply the backup to database {name!r}: {e}; the data directory "
-                    "does not hold the state this backup was taken from") from e
+                    "does not hold the state this backup was taken from"
+                ) from e
         if conn is None and os.path.exists(path):
             conn = _open_for_apply(path)
             conn.execute("BEGIN IMMEDIATE")
@@ -222,12 +232,14 @@ def _advance_control(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
     control.checkpoint_lsn = end
     control.state = "restored"
     control.next_txid = max(control.next_txid, manifest["next_txid"])
-    control.last_commit_time_us = max(control.last_commit_time_us,
-                                      manifest["last_commit_time_us"])
+    control.last_commit_time_us = max(control.last_commit_time_us, manifest["last_commit_time_us"])
     control.last_backup = {
-        "backup_id": manifest["backup_id"], "type": manifest["backup_type"],
-        "end_lsn": manifest["end_lsn"], "timeline": manifest["timeline"],
-        "system_id": manifest["system_id"], "base_full_id": manifest["base_full_id"],
+        "backup_id": manifest["backup_id"],
+        "type": manifest["backup_type"],
+        "end_lsn": manifest["end_lsn"],
+        "timeline": manifest["timeline"],
+        "system_id": manifest["system_id"],
+        "base_full_id": manifest["base_full_id"],
     }
     ddir.write_control(control)
 

@@ -40,8 +40,9 @@ def control_from_manifest(manifest: dict) -> dd.Control:
     )
 
 
-def install_data_dir(staging: str, manifest: dict, control: dd.Control | None = None,
-                     fileops: _fileops.FileOps = _fileops.REAL) -> dd.Control:
+def install_data_dir(
+    staging: str, manifest: dict, control: dd.Control | None = None, fileops: _fileops.FileOps = _fileops.REAL
+) -> dd.Control:
     """Write version, control and WAL layout around already-written database files."""
     ddir = dd.DataDir(staging, fileops)
     ddir.create_layout()

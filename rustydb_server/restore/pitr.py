@@ -68,16 +68,14 @@ class PitrReport:
             "records_replayed": self.records_replayed,
             "changed_rows": self.changed_rows,
             "last_replayed_txid": self.last_txid,
-            "last_replayed_commit_time": format_time(self.last_commit_time_us)
-            if self.last_commit_time_us else None,
+            "last_replayed_commit_time": format_time(self.last_commit_time_us) if self.last_commit_time_us else None,
             "seconds": round(self.seconds, 3),
             "segments_read": self.segments_read,
         }
 
 
 def format_time(us: int) -> str:
-    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).astimezone().isoformat(
-        sep=" ", timespec="microseconds")
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).astimezone().isoformat(sep=" ", timespec="microseconds")
 
 
 def parse_time(text: str) -> int:
@@ -87,34 +85,37 @@ def parse_time(text: str) -> int:
     except ValueError:
         raise PitrError(
             f"cannot read recovery target time {text!r}; use 'YYYY-MM-DD HH:MM:SS' (local "
-            "time) or ISO 8601 with a zone, e.g. 2025-12-11T14:30:00+01:00") from None
+            "time) or ISO 8601 with a zone, e.g. 2025-12-11T14:30:00+01:00"
+        ) from None
     if value.tzinfo is None:
         value = value.astimezone()  # the operator's local time, as the guide's example
     return int(value.timestamp() * 1_000_000)
 
 
 # ------------------------------------------------------------ timelines
-def timeline_path(archive_dir: str, base_timeline: int, base_lsn: int,
-                  choice: str) -> list[tuple[int, int, int | None]]:
+def timeline_path(
+    archive_dir: str, base_timeline: int, base_lsn: int, choice: str
+) -> list[tuple[int, int, int | None]]:
     """[(timeline, from_lsn, to_lsn or None)] to read, from the base to the target timeline."""
     archived = sf.list_archive(archive_dir)
     known = set(archived) | set(sf.list_history_timelines(archive_dir)) | {base_timeline}
     if choice == "current":
         target = base_timeline
     elif choice == "latest":
-        candidates = [tl for tl in sorted(known, reverse=True)
-                      if _descends_from(archive_dir, tl, base_timeline, base_lsn)]
+        candidates = [
+            tl for tl in sorted(known, reverse=True) if _descends_from(archive_dir, tl, base_timeline, base_lsn)
+        ]
         target = candidates[0] if candidates else base_timeline
     else:
         try:
             target = int(choice)
         except ValueError:
-            raise PitrError(f"--recovery-target-timeline must be latest, current or a "
-                            f"number, not {choice!r}") from None
+            raise PitrError(f"--recovery-target-timeline must be latest, current or a number, not {choice!r}") from None
         if not _descends_from(archive_dir, target, base_timeline, base_lsn):
             raise PitrError(
                 f"timeline {target} does not descend from the base backup's timeline "
-                f"{base_timeline} after its LSN {format_lsn(base_lsn)}")
+                f"{base_timeline} after its LSN {format_lsn(base_lsn)}"
+            )
     if target == base_timeline:
         return [(base_timeline, base_lsn, None)]
     history = sf.read_history(archive_dir, target)  # ancestors, oldest first
@@ -145,8 +146,15 @@ def _descends_from(archive_dir: str, tl: int, base_tl: int, base_lsn: int) -> bo
 
 
 # ------------------------------------------------------------- replay
-def _unpack_range(archive: dict[int, dict[int, str]], tl: int, first_segno: int,
-                  scratch: str, system_id: int, key, stop_segno: int | None) -> list[str]:
+def _unpack_range(
+    archive: dict[int, dict[int, str]],
+    tl: int,
+    first_segno: int,
+    scratch: str,
+    system_id: int,
+    key,
+    stop_segno: int | None,
+) -> list[str]:
     """Unpack consecutive segments of ``tl`` from ``first_segno``; stop at a gap or the end."""
     have = archive.get(tl, {})
     paths = []
@@ -163,13 +171,23 @@ def _unpack_range(archive: dict[int, dict[int, str]], tl: int, first_segno: int,
         raise PitrError(
             f"the archive is missing WAL segment {walseg.segment_name(tl, segno)} "
             f"(it holds {walseg.segment_name(tl, min(later))} after it); recovery "
-            "cannot skip a gap")
+            "cannot skip a gap"
+        )
     return paths
 
 
-def recover(staging: str, manifest: dict, archive_dir: str, target: Target, *,
-            timeline_choice: str = "latest", key=None, progress=None,
-            only_database: str | None = None, only_table: str | None = None) -> PitrReport:
+def recover(
+    staging: str,
+    manifest: dict,
+    archive_dir: str,
+    target: Target,
+    *,
+    timeline_choice: str = "latest",
+    key=None,
+    progress=None,
+    only_database: str | None = None,
+    only_table: str | None = None,
+) -> PitrReport:
     """Replay the archive onto the base in ``staging`` up to ``target``; new timeline."""
     t0 = time.perf_counter()
     ddir = dd.DataDir(staging)
@@ -194,18 +212,18 @@ def recover(staging: str, manifest: dict, archive_dir: str, target: Target, *,
             for tl, start, stop in path:
                 first = start // size
                 stop_segno = None if stop is None else (stop - 1) // size
-                paths = _unpack_range(archive, tl, first, scratch, manifest["system_id"], key,
-                                      stop_segno)
+                paths = _unpack_range(archive, tl, first, scratch, manifest["system_id"], key, stop_segno)
                 if not paths and stop is not None:
                     raise PitrError(
                         f"the archive has no segment {walseg.segment_name(tl, first)}, needed "
-                        f"to follow timeline {tl} from LSN {format_lsn(start)}")
+                        f"to follow timeline {tl} from LSN {format_lsn(start)}"
+                    )
                 segments += len(paths)
                 if not paths:
                     break
-                for entry in wal_reader.read_segments(paths, start, timeline=tl,
-                                                      segment_size=size,
-                                                      system_id=manifest["system_id"]):
+                for entry in wal_reader.read_segments(
+                    paths, start, timeline=tl, segment_size=size, system_id=manifest["system_id"]
+                ):
                     if stop is not None and entry.lsn >= stop:
                         break
                     rec = walrec.decode_record(entry.body)
@@ -242,13 +260,18 @@ def recover(staging: str, manifest: dict, archive_dir: str, target: Target, *,
     last_tl = path[-1][0] if target.kind != "immediate" else manifest["timeline"]
     control.next_txid = max(control.next_txid, applier.max_txid + 1)
     control.last_commit_time_us = max(control.last_commit_time_us, last_time or 0)
-    new_tl = _start_new_timeline(ddir, control, archive_dir, archive, last_tl, end_lsn,
-                                 target)
+    new_tl = _start_new_timeline(ddir, control, archive_dir, archive, last_tl, end_lsn, target)
     return PitrReport(
-        target=target.describe(), timeline=last_tl, new_timeline=new_tl, end_lsn=end_lsn,
-        records_replayed=applier.replayed, changed_rows=applier.changed_rows,
-        last_txid=applier.last_txid, last_commit_time_us=last_time,
-        seconds=time.perf_counter() - t0, segments_read=segments,
+        target=target.describe(),
+        timeline=last_tl,
+        new_timeline=new_tl,
+        end_lsn=end_lsn,
+        records_replayed=applier.replayed,
+        changed_rows=applier.changed_rows,
+        last_txid=applier.last_txid,
+        last_commit_time_us=last_time,
+        seconds=time.perf_counter() - t0,
+        segments_read=segments,
     )
 
 
@@ -257,12 +280,14 @@ def _check_target_against_base(target: Target, manifest: dict) -> None:
     if target.kind == "lsn" and target.value < base_lsn:
         raise PitrError(
             f"recovery target LSN {format_lsn(target.value)} is before the end of the base "
-            f"backup ({format_lsn(base_lsn)}); use an older base backup")
+            f"backup ({format_lsn(base_lsn)}); use an older base backup"
+        )
     if target.kind == "time" and target.value < manifest["last_commit_time_us"]:
         raise PitrError(
             f"recovery target time {format_time(target.value)} is before the end of the base "
             f"backup (its last commit is at {format_time(manifest['last_commit_time_us'])}); "
-            "use an older base backup")
+            "use an older base backup"
+        )
 
 
 def _check(target: Target, lsn: int, rec) -> str:
@@ -296,18 +321,23 @@ def _not_reached(target: Target, end_lsn: int, last_time, names_seen) -> str:
         where += f" (last commit {format_time(last_time)})"
     msg = f"recovery target {target.describe()} was not reached: {where}"
     if target.kind == "name":
-        msg += (f"; restore points after the base: {', '.join(names_seen)}" if names_seen
-                else "; no restore point was created after the base backup")
+        msg += (
+            f"; restore points after the base: {', '.join(names_seen)}"
+            if names_seen
+            else "; no restore point was created after the base backup"
+        )
     elif target.kind == "txid":
-        msg += ("; that transaction committed before the base backup ended, never "
-                "committed, or its WAL is not archived yet")
+        msg += (
+            "; that transaction committed before the base backup ended, never committed, or its WAL is not archived yet"
+        )
     else:
         msg += "; wait for archiving to catch up (or SWITCH WAL on the server) and retry"
     return msg
 
 
-def _start_new_timeline(ddir: dd.DataDir, control: dd.Control, archive_dir: str, archive,
-                        last_tl: int, end_lsn: int, target: Target) -> int:
+def _start_new_timeline(
+    ddir: dd.DataDir, control: dd.Control, archive_dir: str, archive, last_tl: int, end_lsn: int, target: Target
+) -> int:
     """Pick an unused timeline, write its history and an end-of-recovery record."""
     used = set(archive) | set(sf.list_history_timelines(archive_dir)) | {last_tl}
     new_tl = max(used) + 1
@@ -318,11 +348,13 @@ def _start_new_timeline(ddir: dd.DataDir, control: dd.Control, archive_dir: str,
         f.flush()
         os.fsync(f.fileno())
     end_lsn = walseg.normalize_lsn(end_lsn, control.segment_size)
-    writer = WalWriter(ddir.wal_dir, timeline=new_tl, system_id=control.system_id,
-                       segment_size=control.segment_size, start_lsn=end_lsn)
+    writer = WalWriter(
+        ddir.wal_dir, timeline=new_tl, system_id=control.system_id, segment_size=control.segment_size, start_lsn=end_lsn
+    )
     try:
-        lsn, _ = writer.append(walrec.encode_record(walrec.EndOfRecoveryRecord(
-            new_tl, last_tl, time.time_ns() // 1000)))
+        lsn, _ = writer.append(
+            walrec.encode_record(walrec.EndOfRecoveryRecord(new_tl, last_tl, time.time_ns() // 1000))
+        )
         writer.flush()
     finally:
         writer.close()

@@ -49,15 +49,18 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
     objects = src.execute(
         "SELECT type, name, sql FROM sqlite_schema WHERE tbl_name = ? AND sql IS NOT NULL "
         "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END",
-        (table,)).fetchall()
+        (table,),
+    ).fetchall()
     kinds = {t for t, _, _ in objects}
     if "table" not in kinds:
-        tables = [r[0] for r in src.execute(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-            f"AND name != '{database.STATE_TABLE}' ORDER BY name").fetchall()]
-        raise RestoreError(
-            f"table {table!r} is not in the backup; its tables are: "
-            f"{', '.join(tables) or '(none)'}")
+        tables = [
+            r[0]
+            for r in src.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+                f"AND name != '{database.STATE_TABLE}' ORDER BY name"
+            ).fetchall()
+        ]
+        raise RestoreError(f"table {table!r} is not in the backup; its tables are: {', '.join(tables) or '(none)'}")
     table_sql = next(sql for t, _, sql in objects if t == "table")
     without_rowid = "WITHOUT ROWID" in table_sql.upper()
     q = database.quote_ident(table)
@@ -70,8 +73,7 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
         insert = f"INSERT INTO {q}({col_list}) VALUES ({', '.join('?' * len(cols))})"
     else:
         select = f"SELECT rowid, {col_list} FROM {q}"
-        insert = (f"INSERT INTO {q}(rowid, {col_list}) "
-                  f"VALUES ({', '.join('?' * (len(cols) + 1))})")
+        insert = f"INSERT INTO {q}(rowid, {col_list}) VALUES ({', '.join('?' * (len(cols) + 1))})"
     rows = 0
     cursor = src.execute(select)
     while True:
@@ -85,17 +87,18 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
     for t, _, sql in objects:
         if t in ("index", "trigger"):
             dest.execute(sql)
-    seq = src.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchall() \
-        if src.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall() \
+    seq = (
+        src.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchall()
+        if src.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall()
         else []
+    )
     if seq:
         dest.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (seq[0][0], table))
     dest.execute("COMMIT")
     return rows
 
 
-def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str,
-                       end_lsn: int) -> None:
+def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str, end_lsn: int) -> None:
     conn = replay.open_replay_connection(db_path)
     try:
         with open(path, "rb") as f:
@@ -106,23 +109,30 @@ def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str,
             if any(d["entry"] == entry for d in manifest["databases"]):
                 for kind, payload in decode_steps(reader.read_entry(entry)):
                     if kind == "changeset":
-                        replay.apply_steps(conn, [(kind, payload)],
-                                           table_filter=lambda t: t == table)
+                        replay.apply_steps(conn, [(kind, payload)], table_filter=lambda t: t == table)
                     elif kind == "ddl" and replay.ddl_touches(payload, table, conn):
                         replay.apply_steps(conn, [(kind, payload)])
                     elif kind == "drop":
-                        raise RestoreError(f"database {db_name!r} was dropped in backup "
-                                           f"{manifest['backup_id']}")
+                        raise RestoreError(f"database {db_name!r} was dropped in backup {manifest['backup_id']}")
             database.write_state(conn, manifest["end_lsn"], None, None)
             conn.execute("COMMIT")
     finally:
         conn.close()
 
 
-def restore_table(input_path: str, data_dir: str, table: str, *, database_name: str | None,
-                  key=None, chain_dir: str | None = None, archive_dir: str | None = None,
-                  target: pitr.Target | None = None, timeline_choice: str = "latest",
-                  force: bool = False) -> TableRestoreResult:
+def restore_table(
+    input_path: str,
+    data_dir: str,
+    table: str,
+    *,
+    database_name: str | None,
+    key=None,
+    chain_dir: str | None = None,
+    archive_dir: str | None = None,
+    target: pitr.Target | None = None,
+    timeline_choice: str = "latest",
+    force: bool = False,
+) -> TableRestoreResult:
     t0 = time.perf_counter()
     with open(input_path, "rb") as f:
         header = BackupReader(f).header
@@ -135,8 +145,7 @@ def restore_table(input_path: str, data_dir: str, table: str, *, database_name: 
     names = [d["name"] for d in base_manifest["databases"]]
     db_name = database_name or (names[0] if len(names) == 1 else dd.DEFAULT_DATABASE)
     if db_name not in names:
-        raise RestoreError(f"the backup has no database {db_name!r}; it holds: "
-                           f"{', '.join(names)}. Pass --database")
+        raise RestoreError(f"the backup has no database {db_name!r}; it holds: {', '.join(names)}. Pass --database")
     target_dir = os.path.abspath(data_dir)
     with _TargetLock(target_dir) as lock:
         _check_target(lock.ddir, force)
@@ -162,23 +171,40 @@ def restore_table(input_path: str, data_dir: str, table: str, *, database_name: 
             install_data_dir(staging, install_manifest)
             report = None
             if archive_dir and target is not None:
-                report = pitr.recover(staging, base_manifest, archive_dir, target,
-                                      timeline_choice=timeline_choice, key=key,
-                                      only_database=db_name, only_table=table)
+                report = pitr.recover(
+                    staging,
+                    base_manifest,
+                    archive_dir,
+                    target,
+                    timeline_choice=timeline_choice,
+                    key=key,
+                    only_database=db_name,
+                    only_table=table,
+                )
             _swap_into_place(staging, target_dir, lock, dd_fileops())
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         lock.installed = True
-    count_conn = apsw.Connection(os.path.join(target_dir, dd.DATABASES_DIR, f"{db_name}.sqlite"),
-                                 flags=apsw.SQLITE_OPEN_READONLY)
+    count_conn = apsw.Connection(
+        os.path.join(target_dir, dd.DATABASES_DIR, f"{db_name}.sqlite"), flags=apsw.SQLITE_OPEN_READONLY
+    )
     try:
         rows = count_conn.execute(f"SELECT count(*) FROM {database.quote_ident(table)}").fetchall()[0][0]
     finally:
         count_conn.close()
-    return TableRestoreResult(base_manifest["backup_id"], db_name, table, rows, target_dir,
-                              chain, decoded, total, time.perf_counter() - t0,
-                              report.as_dict() if report else None)
+    return TableRestoreResult(
+        base_manifest["backup_id"],
+        db_name,
+        table,
+        rows,
+        target_dir,
+        chain,
+        decoded,
+        total,
+        time.perf_counter() - t0,
+        report.as_dict() if report else None,
+    )
 
 
 def dd_fileops():

@@ -31,8 +31,11 @@ def summarize_steps(steps) -> list[str]:
         counts: dict[str, list[int]] = {}
         for change in apsw.Changeset.iter(payload):
             c = counts.setdefault(change.name, [0, 0, 0])
-            c[{apsw.SQLITE_INSERT: 0, apsw.SQLITE_UPDATE: 1, apsw.SQLITE_DELETE: 2}[
-                change.op if isinstance(change.op, int) else _op(change.op)]] += 1
+            c[
+                {apsw.SQLITE_INSERT: 0, apsw.SQLITE_UPDATE: 1, apsw.SQLITE_DELETE: 2}[
+                    change.op if isinstance(change.op, int) else _op(change.op)
+                ]
+            ] += 1
         for table, (ins, upd, dele) in counts.items():
             parts = [f"+{ins}" if ins else "", f"~{upd}" if upd else "", f"-{dele}" if dele else ""]
             out.append(f"{table}: {' '.join(p for p in parts if p)}")
@@ -40,12 +43,12 @@ def summarize_steps(steps) -> list[str]:
 
 
 def _op(name: str) -> int:
-    return {"INSERT": apsw.SQLITE_INSERT, "UPDATE": apsw.SQLITE_UPDATE,
-            "DELETE": apsw.SQLITE_DELETE}[name]
+    return {"INSERT": apsw.SQLITE_INSERT, "UPDATE": apsw.SQLITE_UPDATE, "DELETE": apsw.SQLITE_DELETE}[name]
 
 
-def list_transactions(archive_dir: str, *, timeline: int | None = None, key=None,
-                      since_us: int | None = None, database: str | None = None) -> Iterator[dict]:
+def list_transactions(
+    archive_dir: str, *, timeline: int | None = None, key=None, since_us: int | None = None, database: str | None = None
+) -> Iterator[dict]:
     archive = sf.list_archive(archive_dir)
     if not archive:
         return
@@ -67,11 +70,14 @@ def list_transactions(archive_dir: str, *, timeline: int | None = None, key=None
                     continue
                 if database is not None and rec.database != database:
                     continue
-                yield {"lsn": format_lsn(entry.lsn), "txid": rec.txid,
-                       "commit_time": pitr.format_time(rec.commit_time_us),
-                       "database": rec.database, "changes": summarize_steps(rec.steps)}
+                yield {
+                    "lsn": format_lsn(entry.lsn),
+                    "txid": rec.txid,
+                    "commit_time": pitr.format_time(rec.commit_time_us),
+                    "database": rec.database,
+                    "changes": summarize_steps(rec.steps),
+                }
             elif isinstance(rec, walrec.RestorePointRecord):
-                yield {"lsn": format_lsn(entry.lsn), "restore_point": rec.name,
-                       "time": pitr.format_time(rec.time_us)}
+                yield {"lsn": format_lsn(entry.lsn), "restore_point": rec.name, "time": pitr.format_time(rec.time_us)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -97,41 +97,71 @@ def build_parser() -> argparse.ArgumentParser:
     # "exactly one mode" rule is checked in check_usage, not by argparse.
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--type", choices=BACKUP_TYPES, help="take a backup of this type")
-    p.add_argument("--verify", dest="verify_file", metavar="FILE", nargs="?", const=True,
-                   default=None,
-                   help="check every chunk and digest of FILE without writing anything "
-                        "(with --type: verify the new backup once written)")
+    p.add_argument(
+        "--verify",
+        dest="verify_file",
+        metavar="FILE",
+        nargs="?",
+        const=True,
+        default=None,
+        help="check every chunk and digest of FILE without writing anything "
+        "(with --type: verify the new backup once written)",
+    )
     mode.add_argument("--info", metavar="FILE", help="print FILE's metadata (no key needed)")
-    mode.add_argument("--rotate-key", nargs="+", metavar="OLD NEW FILE",
-                      help="re-wrap the data key of each FILE from key file OLD to key file NEW "
-                           f"(OLD '-' means the passphrase in ${ENV_PASSPHRASE})")
-    mode.add_argument("--query", nargs=2, metavar=("FILE", "SQL"),
-                      help="run a read-only SQL query on a backup without restoring it "
-                           "(only the chunks the query reads are decrypted); --database "
-                           "picks the database")
-    mode.add_argument("--create-key-file", metavar="PATH",
-                      help="create a new random key file (mode 0600; never overwrites)")
+    mode.add_argument(
+        "--rotate-key",
+        nargs="+",
+        metavar="OLD NEW FILE",
+        help="re-wrap the data key of each FILE from key file OLD to key file NEW "
+        f"(OLD '-' means the passphrase in ${ENV_PASSPHRASE})",
+    )
+    mode.add_argument(
+        "--query",
+        nargs=2,
+        metavar=("FILE", "SQL"),
+        help="run a read-only SQL query on a backup without restoring it "
+        "(only the chunks the query reads are decrypted); --database "
+        "picks the database",
+    )
+    mode.add_argument(
+        "--create-key-file", metavar="PATH", help="create a new random key file (mode 0600; never overwrites)"
+    )
     p.add_argument("--output", "-o", metavar="FILE", help="backup file to write (with --type)")
-    p.add_argument("--compress", nargs="?", const=DEFAULT_CODEC, choices=CODECS[1:],
-                   metavar="{lz4,zstd,snappy}", help="compress chunks (default algorithm lz4)")
+    p.add_argument(
+        "--compress",
+        nargs="?",
+        const=DEFAULT_CODEC,
+        choices=CODECS[1:],
+        metavar="{lz4,zstd,snappy}",
+        help="compress chunks (default algorithm lz4)",
+    )
     p.add_argument("--encrypt", action="store_true", help="encrypt with AES-256-GCM")
     p.add_argument("--key-file", help="key file for --encrypt, --verify of an encrypted backup")
-    p.add_argument("--threads", type=thread_count, default=1,
-                   help="compress, encrypt and check chunks on N threads (default 1)")
-    p.add_argument("--nice", type=_niceness, default=None, metavar="N",
-                   help="with --type: run at CPU niceness N, 0..19 (default "
-                   f"{DEFAULT_NICE}), so compressing the backup leaves the CPU to the "
-                   "server it protects when both are busy; 0 keeps normal priority")
-    p.add_argument("--database", "-d", action="append", metavar="NAME",
-                   help="back up only this database (repeatable; default all)")
-    p.add_argument("--base-backup", metavar="FILE",
-                   help="for --type incremental: the backup to take changes since")
-    p.add_argument("--host", default=env.get("RUSTYDB_HOST", "127.0.0.1"),
-                   help="server address (default $RUSTYDB_HOST or 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None,
-                   help="server port (default $RUSTYDB_PORT or 5432)")
-    p.add_argument("--user", "-U", default=env.get("RUSTYDB_USER"),
-                   help="user name (default $RUSTYDB_USER or your login name)")
+    p.add_argument(
+        "--threads", type=thread_count, default=1, help="compress, encrypt and check chunks on N threads (default 1)"
+    )
+    p.add_argument(
+        "--nice",
+        type=_niceness,
+        default=None,
+        metavar="N",
+        help="with --type: run at CPU niceness N, 0..19 (default "
+        f"{DEFAULT_NICE}), so compressing the backup leaves the CPU to the "
+        "server it protects when both are busy; 0 keeps normal priority",
+    )
+    p.add_argument(
+        "--database", "-d", action="append", metavar="NAME", help="back up only this database (repeatable; default all)"
+    )
+    p.add_argument("--base-backup", metavar="FILE", help="for --type incremental: the backup to take changes since")
+    p.add_argument(
+        "--host",
+        default=env.get("RUSTYDB_HOST", "127.0.0.1"),
+        help="server address (default $RUSTYDB_HOST or 127.0.0.1)",
+    )
+    p.add_argument("--port", type=int, default=None, help="server port (default $RUSTYDB_PORT or 5432)")
+    p.add_argument(
+        "--user", "-U", default=env.get("RUSTYDB_USER"), help="user name (default $RUSTYDB_USER or your login name)"
+    )
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     return p
 
@@ -141,23 +171,24 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     take = args.type is not None
     modes = [args.type, args.info, args.rotate_key, args.create_key_file, args.query]
     if not any(m is not None for m in modes) and args.verify_file is None:
-        parser.error("choose one of --type, --verify FILE, --info FILE, --rotate-key, "
-                     "--create-key-file")
+        parser.error("choose one of --type, --verify FILE, --info FILE, --rotate-key, --create-key-file")
     if take and isinstance(args.verify_file, str):
         parser.error("with --type, --verify takes no FILE (it verifies the new backup)")
     if not take and any(m is not None for m in modes) and args.verify_file is not None:
-        parser.error("--verify FILE cannot be combined with --info, --rotate-key or "
-                     "--create-key-file")
+        parser.error("--verify FILE cannot be combined with --info, --rotate-key or --create-key-file")
     if not take and args.verify_file is True:
         parser.error("--verify needs the backup FILE to check")
     if take and not args.output:
         parser.error("--type needs --output FILE (where to write the backup)")
     if not take:
-        for flag, value in (("--output", args.output), ("--compress", args.compress),
-                            ("--encrypt", args.encrypt),
-                            ("--database", args.database if not args.query else None),
-                            ("--base-backup", args.base_backup),
-                            ("--nice", args.nice is not None)):
+        for flag, value in (
+            ("--output", args.output),
+            ("--compress", args.compress),
+            ("--encrypt", args.encrypt),
+            ("--database", args.database if not args.query else None),
+            ("--base-backup", args.base_backup),
+            ("--nice", args.nice is not None),
+        ):
             if value:
                 parser.error(f"{flag} is only used with --type")
     if take and args.key_file and not args.encrypt:
@@ -228,14 +259,14 @@ def backup_options(args: argparse.Namespace) -> dict:
             "end_lsn": h.end_lsn,
             "timeline": h.timeline,
             "system_id": int(h.system_id) if h.system_id.isdigit() else h.system_id,
-            "base_full_id": h.base_full_id or (
-                h.backup_id if h.backup_type in ("full", "pitr-base") else None),
+            "base_full_id": h.base_full_id or (h.backup_id if h.backup_type in ("full", "pitr-base") else None),
         }
     return options
 
 
-def receive_backup(conn, output: str, *, key: KeySource | None, codec: str, threads: int,
-                   progress: Progress | None = None) -> StreamResult:
+def receive_backup(
+    conn, output: str, *, key: KeySource | None, codec: str, threads: int, progress: Progress | None = None
+) -> StreamResult:
     """Read one backup stream from ``conn`` (after the request was sent) into ``output``.
 
     The file is committed only when the server's backup_end arrived and every
@@ -245,8 +276,10 @@ def receive_backup(conn, output: str, *, key: KeySource | None, codec: str, thre
     try:
         header = header_from_manifest(manifest)
     except (KeyError, TypeError, ValueError) as exc:
-        raise BackupFailed(f"the server sent an incomplete backup manifest ({exc!r} missing "
-                           "or wrong); is the server the same version as this tool?") from None
+        raise BackupFailed(
+            f"the server sent an incomplete backup manifest ({exc!r} missing "
+            "or wrong); is the server the same version as this tool?"
+        ) from None
     entries = [db["entry"] for db in manifest["databases"]]
     if progress is not None:
         progress.update(0, sum(int(db.get("size_bytes", 0)) for db in manifest["databases"]))
@@ -266,16 +299,14 @@ def receive_backup(conn, output: str, *, key: KeySource | None, codec: str, thre
 def _receive_manifest(conn) -> dict:
     msg = _next_stream_message(conn)
     if msg["type"] != "backup_header":
-        raise BackupFailed(f"the server answered the backup request with {msg['type']!r} "
-                           "instead of a backup header")
+        raise BackupFailed(f"the server answered the backup request with {msg['type']!r} instead of a backup header")
     manifest = msg.get("manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("databases"), list):
         raise BackupFailed("the server's backup header carries no usable manifest")
     return manifest
 
 
-def _receive_entries(conn, bf: BackupFile, entries: list[str],
-                     progress: Progress | None) -> tuple[int, dict]:
+def _receive_entries(conn, bf: BackupFile, entries: list[str], progress: Progress | None) -> tuple[int, dict]:
     position, is_open, raw = 0, False, 0
     while True:
         msg = _next_stream_message(conn)
@@ -288,8 +319,9 @@ def _receive_entries(conn, bf: BackupFile, entries: list[str],
             raise BackupFailed("the server sent data after the last entry of its manifest")
         entry = msg.get("entry")
         if entry != entries[position]:
-            raise BackupFailed(f"the server sent data for entry {entry!r} where "
-                               f"{entries[position]!r} was due (stream out of order)")
+            raise BackupFailed(
+                f"the server sent data for entry {entry!r} where {entries[position]!r} was due (stream out of order)"
+            )
         if not is_open:
             bf.begin_entry(entry)
             is_open = True
@@ -304,8 +336,9 @@ def _receive_entries(conn, bf: BackupFile, entries: list[str],
             bf.end_entry()
             is_open, position = False, position + 1
     if position != len(entries):
-        raise BackupFailed(f"the backup stream ended after {position} of {len(entries)} "
-                           f"entries (next missing: {entries[position]!r})")
+        raise BackupFailed(
+            f"the backup stream ended after {position} of {len(entries)} entries (next missing: {entries[position]!r})"
+        )
     claimed = msg.get("bytes")
     if isinstance(claimed, int) and claimed != raw:
         raise BackupFailed(f"the server says it sent {claimed} bytes, {raw} arrived")
@@ -316,8 +349,7 @@ def _next_stream_message(conn) -> dict:
     while True:
         msg = conn.recv_message(bulk_views=True)  # data: views, not copies (BackupWriter.write)
         if msg["type"] == "error":
-            raise BackupFailed(f"the server failed the backup: {msg.get('message')} "
-                               f"({msg.get('code')})")
+            raise BackupFailed(f"the server failed the backup: {msg.get('message')} ({msg.get('code')})")
         if msg["type"] != "notice":  # notices are informational; the stream goes on
             return msg
 
@@ -341,13 +373,11 @@ def take_backup(args: argparse.Namespace) -> int:
         with connect(args.host, args.port, user=args.user) as conn:
             conn.send_raw(protocol.backup_message(options))
             with Progress("backup", 0) as bar:
-                result = receive_backup(conn, output, key=key, codec=codec,
-                                        threads=args.threads, progress=bar)
+                result = receive_backup(conn, output, key=key, codec=codec, threads=args.threads, progress=bar)
     except (BackupFailed, ClientError, BackupError, CryptoError) as exc:
         return fail(PROG, f"backup to {output} failed: {exc}; no backup file was written")
     except OSError as exc:
-        return fail(PROG, f"backup to {output} failed: {exc.strerror or exc}; "
-                    "no backup file was written")
+        return fail(PROG, f"backup to {output} failed: {exc.strerror or exc}; no backup file was written")
     seconds = time.monotonic() - started
     report = None
     if args.verify_file:
@@ -373,33 +403,44 @@ def _output_problem(output: str) -> str | None:
     return None
 
 
-def _print_backup_summary(args, output: str, result: StreamResult, seconds: float,
-                          key: KeySource | None, codec: str, report: VerifyReport | None) -> None:
+def _print_backup_summary(
+    args,
+    output: str,
+    result: StreamResult,
+    seconds: float,
+    key: KeySource | None,
+    codec: str,
+    report: VerifyReport | None,
+) -> None:
     names = [db["name"] for db in result.manifest["databases"]]
     tables = result.header.table_count
     if args.json:
-        print_json({
-            "backup_id": result.header.backup_id,
-            "type": result.header.backup_type,
-            "output": output,
-            "size_bytes": result.summary.size_bytes,
-            "raw_bytes": result.raw_bytes,
-            "databases": names,
-            "tables": tables,
-            "start_lsn": result.header.start_lsn,
-            "end_lsn": result.end_lsn,
-            "seconds": round(seconds, 3),
-            "verified": report is not None,
-            "encrypted": key is not None,
-            "compression": codec,
-        })
+        print_json(
+            {
+                "backup_id": result.header.backup_id,
+                "type": result.header.backup_type,
+                "output": output,
+                "size_bytes": result.summary.size_bytes,
+                "raw_bytes": result.raw_bytes,
+                "databases": names,
+                "tables": tables,
+                "start_lsn": result.header.start_lsn,
+                "end_lsn": result.end_lsn,
+                "seconds": round(seconds, 3),
+                "verified": report is not None,
+                "encrypted": key is not None,
+                "compression": codec,
+            }
+        )
         return
     print(f"Backup ID: {result.header.backup_id}")
     print(f"Output: {output}")
     print(f"Type: {result.header.backup_type}")
     print(f"Databases: {', '.join(names)} ({tables} tables)")
-    print(f"Size: {human_size(result.summary.size_bytes)} from {human_size(result.raw_bytes)} "
-          f"of data (compression {codec}, encryption {'AES-256' if key else 'none'})")
+    print(
+        f"Size: {human_size(result.summary.size_bytes)} from {human_size(result.raw_bytes)} "
+        f"of data (compression {codec}, encryption {'AES-256' if key else 'none'})"
+    )
     print(f"LSN: {format_lsn(result.header.start_lsn)} - {format_lsn(result.end_lsn)}")
     print(f"Time: {seconds:.1f} s, {mb_per_second(result.raw_bytes, seconds)} MB/s")
     if report is not None:
@@ -445,10 +486,17 @@ def verify_file(args: argparse.Namespace) -> int:
         report = verify_backup(path, key, args.threads)
     except BackupCorruptError as exc:
         if args.json:
-            print_json({"file": path, "valid": False, "backup_id": exc.backup_id,
-                        "entry": exc.entry, "chunk": exc.chunk, "error": str(exc)})
-        return fail(PROG, f"{path} is damaged: {exc}. Do not restore from it; use another "
-                    "backup and take a new one")
+            print_json(
+                {
+                    "file": path,
+                    "valid": False,
+                    "backup_id": exc.backup_id,
+                    "entry": exc.entry,
+                    "chunk": exc.chunk,
+                    "error": str(exc),
+                }
+            )
+        return fail(PROG, f"{path} is damaged: {exc}. Do not restore from it; use another backup and take a new one")
     except (BackupError, CryptoError) as exc:
         if args.json:
             print_json({"file": path, "valid": False, "error": str(exc)})
@@ -456,11 +504,21 @@ def verify_file(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(PROG, f"cannot read {path}: {exc.strerror or exc}")
     if args.json:
-        print_json({"file": path, "valid": True, "backup_id": report.backup_id,
-                    "encrypted": report.encrypted, "entries": report.entries,
-                    "chunks": report.chunks, "raw_bytes": report.raw_bytes,
-                    "file_bytes": report.file_bytes, "checksum_ok": report.checksum_ok,
-                    "encryption_ok": report.encryption_ok, "structure_ok": report.structure_ok})
+        print_json(
+            {
+                "file": path,
+                "valid": True,
+                "backup_id": report.backup_id,
+                "encrypted": report.encrypted,
+                "entries": report.entries,
+                "chunks": report.chunks,
+                "raw_bytes": report.raw_bytes,
+                "file_bytes": report.file_bytes,
+                "checksum_ok": report.checksum_ok,
+                "encryption_ok": report.encryption_ok,
+                "structure_ok": report.structure_ok,
+            }
+        )
     else:
         print_verify_lines(report)
     return 0
@@ -535,8 +593,7 @@ def _old_key_source(spec: str) -> KeySource:
     if spec == "-":
         passphrase = os.environ.get(ENV_PASSPHRASE)
         if not passphrase:
-            raise CryptoError(f"OLD is '-' but {ENV_PASSPHRASE} is not set; set it to the "
-                              "backups' passphrase")
+            raise CryptoError(f"OLD is '-' but {ENV_PASSPHRASE} is not set; set it to the backups' passphrase")
         return PassphraseSource(passphrase)
     return KeyFileSource.from_file(spec)
 
@@ -566,8 +623,10 @@ def rotate_keys(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"rotated": rotated, "failed": failed})
     if failed:
-        return fail(PROG, f"{len(failed)} of {len(files)} backups were not rotated (see above); "
-                    "they still open with the old key")
+        return fail(
+            PROG,
+            f"{len(failed)} of {len(files)} backups were not rotated (see above); they still open with the old key",
+        )
     return 0
 
 
@@ -582,8 +641,10 @@ def create_key(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"key_file": os.path.abspath(path), "mode": "0600"})
     else:
-        print(f"Created key file {path} (mode 0600). Keep a copy somewhere safe and apart "
-              "from the backups: without it, backups encrypted with it cannot be restored.")
+        print(
+            f"Created key file {path} (mode 0600). Keep a copy somewhere safe and apart "
+            "from the backups: without it, backups encrypted with it cannot be restored."
+        )
     return 0
 
 
@@ -606,9 +667,12 @@ def query_backup(args: argparse.Namespace) -> int:
     try:
         header = read_file_header(path)
         if header.backup_type in ("incremental", "differential", "wal-segment"):
-            return fail(PROG, f"{path} is a {header.backup_type} backup: it holds changes, "
-                        "not whole databases; query the full backup it builds on, or restore "
-                        "the chain with rusty-db-restore --chain-dir")
+            return fail(
+                PROG,
+                f"{path} is a {header.backup_type} backup: it holds changes, "
+                "not whole databases; query the full backup it builds on, or restore "
+                "the chain with rusty-db-restore --chain-dir",
+            )
         from ..restore.full import resolve_read_key
 
         key = resolve_read_key(header, args.key_file) if header.encrypted else None
@@ -634,8 +698,14 @@ def query_backup(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     if args.json:
-        print_json({"columns": columns, "rows": [[_jsonable(v) for v in r] for r in rows],
-                    "chunks_decoded": decoded, "chunks_total": total})
+        print_json(
+            {
+                "columns": columns,
+                "rows": [[_jsonable(v) for v in r] for r in rows],
+                "chunks_decoded": decoded,
+                "chunks_total": total,
+            }
+        )
     else:
         print(format_table(columns, rows) if columns else "(no rows)")
         print(f"(read {decoded} of {total} chunks of database {database})", file=sys.stderr)

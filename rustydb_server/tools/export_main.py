@@ -31,19 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Export tables of a RustyDB data directory.")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--table", action="append", metavar="NAME", help="a table to export (repeatable)")
-    which.add_argument("--all-tables", action="store_true",
-                       help="every table of the database, with its views and triggers")
+    which.add_argument(
+        "--all-tables", action="store_true", help="every table of the database, with its views and triggers"
+    )
     p.add_argument("--input-dir", required=True, metavar="DIR", help="the data directory to read")
     p.add_argument("--output", required=True, metavar="FILE", help='the file to write ("-": stdout)')
     p.add_argument("--database", metavar="NAME", help='database to read (default: the only one, else "rustydb")')
     p.add_argument("--format", choices=FORMATS, default="sql", help="output format (default sql)")
     guard = p.add_mutually_exclusive_group()
-    guard.add_argument("--if-not-exists", action="store_true",
-                       help="CREATE ... IF NOT EXISTS: keep an existing table and add the rows to it")
+    guard.add_argument(
+        "--if-not-exists",
+        action="store_true",
+        help="CREATE ... IF NOT EXISTS: keep an existing table and add the rows to it",
+    )
     guard.add_argument("--replace", action="store_true", help="DROP TABLE IF EXISTS before creating it")
     guard.add_argument("--rename-to", metavar="NEW", help="create the table (and its indexes) under a new name")
-    p.add_argument("--snapshot", action="store_true",
-                   help="read a consistent snapshot even while a server runs on the directory")
+    p.add_argument(
+        "--snapshot", action="store_true", help="read a consistent snapshot even while a server runs on the directory"
+    )
     p.add_argument("--batch-rows", type=int, default=500, metavar="N", help="rows per INSERT (default 500)")
     p.add_argument("--json", action="store_true", help="print the summary as one line of JSON")
     return p
@@ -70,17 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_interrupts():
             result = export_tables(
-                args.input_dir, args.output, tables=None if args.all_tables else args.table,
-                database=args.database, fmt=args.format, guard=guard, rename_to=args.rename_to,
-                snapshot=args.snapshot, batch_rows=args.batch_rows,
+                args.input_dir,
+                args.output,
+                tables=None if args.all_tables else args.table,
+                database=args.database,
+                fmt=args.format,
+                guard=guard,
+                rename_to=args.rename_to,
+                snapshot=args.snapshot,
+                batch_rows=args.batch_rows,
             )
     except ExportError as exc:
         return fail(PROG, str(exc))
     except (FileExistsError, FileNotFoundError, PermissionError) as exc:
         return fail(PROG, f"cannot write the export: {exc}")
     except OSError as exc:
-        return fail(PROG, f"cannot write {args.output}: {exc.strerror or exc}; "
-                          "check free space and permissions, then run the export again")
+        return fail(
+            PROG,
+            f"cannot write {args.output}: {exc.strerror or exc}; "
+            "check free space and permissions, then run the export again",
+        )
     except apsw.Error as exc:
         return fail(PROG, f"reading the database failed: {exc}; the output was not written")
     except KeyboardInterrupt as exc:
@@ -93,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         print_json(result.as_json(), stream)
     else:
         tables = ", ".join(f"{t.name} ({t.rows} rows)" for t in result.tables) or "no tables"
-        print(f"exported {len(result.tables)} table(s) from database {result.database!r}: {tables}; "
-              f"{result.rows} rows, {human_size(result.bytes)} written to {args.output}", file=stream)
+        print(
+            f"exported {len(result.tables)} table(s) from database {result.database!r}: {tables}; "
+            f"{result.rows} rows, {human_size(result.bytes)} written to {args.output}",
+            file=stream,
+        )
     return 0
 
 

@@ -50,8 +50,7 @@ def fail(prog: str, message: str) -> int:
 class Progress:
     """A one-line bar on a terminal; silent anywhere else."""
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None,
-                 enabled: bool | None = None):
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, enabled: bool | None = None):
         self.stream = stream or sys.stderr
         if enabled is None:
             enabled = _is_terminal(self.stream)
@@ -90,8 +89,10 @@ class Progress:
         filled = int(fraction * BAR_WIDTH)
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
         rate = mb_per_second(self.done, now - self.started)
-        line = (f"\r{self.label} [{bar}] {fraction * 100:5.1f}% "
-                f"{human_size(self.done)}/{human_size(self.total)} {rate:.1f} MB/s")
+        line = (
+            f"\r{self.label} [{bar}] {fraction * 100:5.1f}% "
+            f"{human_size(self.done)}/{human_size(self.total)} {rate:.1f} MB/s"
+        )
         self.stream.write(line.ljust(79))
         self.stream.flush()
         self._shown = True
@@ -126,6 +127,7 @@ def interruption(exc: KeyboardInterrupt) -> tuple[str, int]:
 @contextlib.contextmanager
 def sigterm_interrupts():
     """While inside, SIGTERM raises Terminated; the old handler comes back after."""
+
     def raise_terminated(signum, frame):
         raise Terminated()
 

@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, help="HTTP API port (default 8080, 0 disables it)")
     p.add_argument("--listen", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--config", help="TOML config file (see etc/rustydb/rustydb.toml)")
-    p.add_argument("--make-user", metavar="NAME",
-                   help="read a password from stdin and print a users-file entry for NAME")
+    p.add_argument(
+        "--make-user", metavar="NAME", help="read a password from stdin and print a users-file entry for NAME"
+    )
     p.add_argument("--version", action="version", version=f"rusty-db-server {__version__}")
     return p
 
@@ -80,10 +81,10 @@ def main(argv=None) -> int:
     except Exception as e:  # WAL corruption and the like: say what, never a traceback
         while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
             e = e.exceptions[0]
-        expected = isinstance(e, (WalCorruptError, ReplayError, WalRecordError,
-                                  server.StartupError, DataDirError, EngineError))
-        (log.error if expected else log.exception)(
-            "server stopped on an error", error=str(e), kind=type(e).__name__)
+        expected = isinstance(
+            e, (WalCorruptError, ReplayError, WalRecordError, server.StartupError, DataDirError, EngineError)
+        )
+        (log.error if expected else log.exception)("server stopped on an error", error=str(e), kind=type(e).__name__)
         print(f"rusty-db-server: {e}", file=sys.stderr)
         return 1
 

@@ -125,15 +125,11 @@ def read_segments(
         return iter(())
     size = source.segment_size
     if start_lsn is None:
-        return _WalScan(
-            source, size, source.first_segno * size + HEADER_SIZE, skip_partial_first=True
-        ).entries()
+        return _WalScan(source, size, source.first_segno * size + HEADER_SIZE, skip_partial_first=True).entries()
     return _WalScan(source, size, start_lsn, skip_partial_first=False).entries()
 
 
-def read_segment_file(
-    path: str, *, fileops: fileops_mod.FileOps = fileops_mod.REAL
-) -> Iterator[WalEntry]:
+def read_segment_file(path: str, *, fileops: fileops_mod.FileOps = fileops_mod.REAL) -> Iterator[WalEntry]:
     """Yield the records that start and end in one segment file."""
     return read_segments([path], fileops=fileops)
 
@@ -231,9 +227,7 @@ class _DirSource:
 
     def later(self, segno: int) -> list[int]:
         return [
-            other
-            for timeline, other, _ in list_segments(self._dir)
-            if timeline == self._timeline and other > segno
+            other for timeline, other, _ in list_segments(self._dir) if timeline == self._timeline and other > segno
         ]
 
 
@@ -372,13 +366,10 @@ class _WalScan:
                 raise WalCorruptError(
                     name,
                     offset,
-                    f"the record at LSN {pending_lsn} is unfinished but a "
-                    f"{kind.name} fragment follows",
+                    f"the record at LSN {pending_lsn} is unfinished but a {kind.name} fragment follows",
                 )
             if kind == FragmentKind.FULL:
-                return WalEntry(
-                    fragment.lsn, fragment.lsn + _span(fragment), fragment.payload
-                ), None
+                return WalEntry(fragment.lsn, fragment.lsn + _span(fragment), fragment.payload), None
             if kind == FragmentKind.FIRST:
                 pending.clear()
                 pending.append(fragment.payload)

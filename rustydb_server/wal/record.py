@@ -130,14 +130,7 @@ class SwitchRecord:
         _check_uint("time_us", self.time_us)
 
 
-Record = (
-    TxRecord
-    | CheckpointRecord
-    | RestorePointRecord
-    | DatabaseRecord
-    | EndOfRecoveryRecord
-    | SwitchRecord
-)
+Record = TxRecord | CheckpointRecord | RestorePointRecord | DatabaseRecord | EndOfRecoveryRecord | SwitchRecord
 
 # Type keys are part of the on-disk format: never reuse or rename one.
 _TYPE_KEYS: dict[type, str] = {
@@ -199,9 +192,7 @@ def decode_record(body: bytes) -> Record:
     if keys != set(fields):
         missing = sorted(set(fields) - keys)
         extra = sorted(keys - set(fields))
-        raise WalRecordError(
-            f"{obj['t']} record has wrong fields (missing {missing}, unexpected {extra})"
-        )
+        raise WalRecordError(f"{obj['t']} record has wrong fields (missing {missing}, unexpected {extra})")
     values = {name: obj[name] for name in fields}
     if cls is TxRecord:
         values["steps"] = _decode_steps(values["steps"])

@@ -66,9 +66,7 @@ class WalCorruptError(Exception):
         self.segment_name = segment_name
         self.offset = offset
         self.reason = reason
-        super().__init__(
-            f"WAL segment {segment_name} is corrupt at offset {offset}: {reason}; recovery stopped"
-        )
+        super().__init__(f"WAL segment {segment_name} is corrupt at offset {offset}: {reason}; recovery stopped")
 
 
 # -- names and positions
@@ -80,10 +78,7 @@ def check_segment_size(segment_size: int) -> None:
         or not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE
         or segment_size & (segment_size - 1)
     ):
-        raise ValueError(
-            f"WAL segment size must be a power of two between 64 KiB and 1 GiB, "
-            f"got {segment_size!r}"
-        )
+        raise ValueError(f"WAL segment size must be a power of two between 64 KiB and 1 GiB, got {segment_size!r}")
 
 
 def segment_name(timeline: int, segno: int) -> str:
@@ -150,9 +145,7 @@ def encode_segment_header(*, timeline: int, segno: int, system_id: int, segment_
 
 def decode_segment_header(data: bytes) -> SegmentHeader:
     if len(data) < HEADER_SIZE:
-        raise SegmentHeaderError(
-            f"segment header is truncated ({len(data)} of {HEADER_SIZE} bytes)"
-        )
+        raise SegmentHeaderError(f"segment header is truncated ({len(data)} of {HEADER_SIZE} bytes)")
     fields = bytes(data[: _HEADER.size])
     magic, version, timeline, segno, system_id, size = _HEADER.unpack(fields)
     if magic != MAGIC:
@@ -200,9 +193,7 @@ def check_segment_header(
     }
     for what, want in expected.items():
         if want is not None and actual[what] != want:
-            raise WalCorruptError(
-                name, 0, f"segment header has {what} {actual[what]}, expected {want}"
-            )
+            raise WalCorruptError(name, 0, f"segment header has {what} {actual[what]}, expected {want}")
     return header
 
 
@@ -218,9 +209,7 @@ def encode_fragment(lsn: int, kind: FragmentKind, payload: bytes) -> bytes:
     return header + payload
 
 
-def build_fragments(
-    body: bytes, lsn: int, segment_size: int
-) -> tuple[list[tuple[int, bytes]], int]:
+def build_fragments(body: bytes, lsn: int, segment_size: int) -> tuple[list[tuple[int, bytes]], int]:
     """Lay out one record body as fragments starting at (or just after) ``lsn``.
 
     Returns ``([(fragment_lsn, fragment_bytes), ...], end_lsn)``: at most one

@@ -407,9 +407,7 @@ class WalWriter:
             )
             size = os.fstat(fd).st_size
             if size != self._size:
-                raise WalCorruptError(
-                    name, size, f"segment file is {size} bytes, expected {self._size}"
-                )
+                raise WalCorruptError(name, size, f"segment file is {size} bytes, expected {self._size}")
             # A torn tail must not linger: bytes left past the resume point
             # would be read as garbage, or worse, as a valid stale fragment.
             wiped = False

@@ -38,14 +38,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from helpers import ServerProcess, tool
 
 from rustydb_client import client as rc
+from rustydb_server.wal.lsn import parse_lsn
 
 MB = 1024 * 1024
 STARTED: list[ServerProcess] = []
-
-
-def parse_lsn(text: str) -> int:
-    hi, lo = text.strip().split("/", 1)
-    return (int(hi, 16) << 32) | int(lo, 16)
 
 
 def archive_status(srv) -> dict:

@@ -14,8 +14,8 @@ import trio
 
 from . import admin_parse as ap
 from . import settings as settings_mod
-from .engine.replay import format_lsn
 from .logsetup import get_logger
+from .wal.lsn import format_lsn
 
 log = get_logger("rustydb.admin")
 

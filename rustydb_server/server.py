@@ -17,9 +17,9 @@ from . import datadir as _datadir
 from .archive.archiver import Archiver
 from .backup.service import BackupService
 from .engine.instance import Engine, FatalWalError
-from .engine.replay import format_lsn
 from .logsetup import get_logger
 from .settings import to_seconds
+from .wal.lsn import format_lsn
 
 log = get_logger("rustydb.server")
 

@@ -27,12 +27,12 @@ import apsw
 from .. import __version__
 from ..archive import segment_file as sf
 from ..engine.instance import Engine
-from ..engine.replay import format_lsn
 from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..logsetup import get_logger
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
+from ..wal.lsn import format_lsn
 from .steps import encode_steps, steps_entry
 
 log = get_logger("rustydb.backup")

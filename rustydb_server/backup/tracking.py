@@ -31,9 +31,9 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from ..engine.replay import format_lsn
 from ..logsetup import get_logger
 from ..wal import record as walrec
+from ..wal.lsn import format_lsn
 from .incremental import Compaction, NetChangesAt
 
 log = get_logger("rustydb.backup")

@@ -21,9 +21,9 @@ from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
 from ..wal import writer as wal_writer
+from ..wal.lsn import format_lsn
 from . import database, recovery, replay
 from .database import ReplayError
-from .replay import format_lsn
 
 log = get_logger("rustydb.engine")
 

@@ -12,8 +12,8 @@ import dataclasses
 
 from .. import datadir as _datadir
 from ..wal import record as walrec
+from ..wal.lsn import format_lsn
 from . import database, replay
-from .replay import format_lsn
 
 
 class RecoveryError(Exception):

@@ -234,11 +234,3 @@ class Replayer:
     def close(self) -> None:
         self.flush()
         self.conn.close()
-
-
-def parse_lsn(text: str) -> int:
-    text = text.strip()
-    if "/" in text:
-        hi, lo = text.split("/", 1)
-        return (int(hi, 16) << 32) | int(lo, 16)
-    return int(text, 0)

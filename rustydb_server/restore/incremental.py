@@ -21,7 +21,6 @@ from ..backup.container import BackupReader
 from ..backup.file import manifest_of
 from ..backup.steps import decode_steps
 from ..engine import database, replay
-from ..engine.replay import format_lsn
 from ..wal import segment as walseg
 
 
@@ -242,7 +241,3 @@ def _advance_control(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
         "base_full_id": manifest["base_full_id"],
     }
     ddir.write_control(control)
-
-
-def describe_lsn(lsn: int) -> str:
-    return format_lsn(lsn)

@@ -19,10 +19,10 @@ import time
 from .. import datadir as dd
 from ..archive import segment_file as sf
 from ..engine.recovery import RecordApplier, RecoveryError
-from ..engine.replay import format_lsn
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
+from ..wal.lsn import format_lsn
 from ..wal.writer import WalWriter
 
 

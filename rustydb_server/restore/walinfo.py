@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import apsw
 
 from ..archive import segment_file as sf
-from ..engine.replay import format_lsn
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
+from ..wal.lsn import format_lsn
 from . import pitr
 
 

@@ -30,12 +30,12 @@ from ..backup.container import BackupError, BackupReader, UnsupportedFormatError
 from ..backup.vfs import BackupQueryError
 from ..crypto import CryptoError
 from ..datadir import DataDirError
-from ..engine.replay import parse_lsn
 from ..restore import pitr
 from ..restore.chain import find_chain
 from ..restore.full import RestoreError, RestoreResult, resolve_read_key, restore_full
 from ..restore.incremental import IncrementalRestoreError, apply_incremental
 from ..restore.table import restore_table
+from ..wal.lsn import parse_lsn
 from .progress import (
     Progress,
     fail,

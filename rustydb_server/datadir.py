@@ -29,7 +29,6 @@ FORMAT_VERSION = 1
 VERSION_FILE = "RUSTYDB_VERSION"
 CONTROL_FILE = "control"
 PID_FILE = "rustydb.pid"
-AUTO_CONF = "rustydb.auto.toml"
 DATABASES_DIR = "databases"
 WAL_DIR = "wal"
 ARCHIVE_STATUS_DIR = os.path.join("wal", "archive_status")

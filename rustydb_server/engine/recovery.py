@@ -8,8 +8,6 @@ record twice is impossible and starting from an early point is always safe.
 
 from __future__ import annotations
 
-import dataclasses
-
 from .. import datadir as _datadir
 from ..wal import record as walrec
 from ..wal.lsn import format_lsn
@@ -18,13 +16,6 @@ from . import database, replay
 
 class RecoveryError(Exception):
     """The records cannot be applied to this data directory."""
-
-
-@dataclasses.dataclass
-class AppliedRecord:
-    lsn: int
-    end_lsn: int
-    record: object
 
 
 class RecordApplier:
@@ -41,7 +32,6 @@ class RecordApplier:
         self.max_txid = 0
         self.last_commit_time_us = 0
         self.last_txid: int | None = None
-        self.last_record_lsn: int | None = None
         for name in ddir.list_databases():
             self._open(name)
 
@@ -67,7 +57,6 @@ class RecordApplier:
                 replayer.apply(lsn, rec)
                 self.replayed += 1
                 self.last_txid = rec.txid
-                self.last_record_lsn = lsn
             else:
                 self.skipped += 1
         elif isinstance(rec, walrec.DatabaseRecord):

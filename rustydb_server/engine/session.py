@@ -217,11 +217,6 @@ class SqlSession:
             self._capture = None
         self._steps = []
 
-    def _has_changes(self) -> bool:
-        if self._steps:
-            return True
-        return self._capture is not None and not self._capture.is_empty
-
     # ------------------------------------------------------------ statements
     def start(self, sql: str, keywords: list[str]) -> StatementRun:
         """Run a statement up to its first row; the caller fetches and finishes."""

@@ -29,7 +29,6 @@ from rustydb_server.crc import crc32c
 HEADER_SIZE = 64
 MAGIC = b"RDBWAL01"
 FORMAT_VERSION = 1
-DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 MIN_SEGMENT_SIZE = 64 * 1024
 MAX_SEGMENT_SIZE = 1024 * 1024 * 1024
 
@@ -105,10 +104,6 @@ def list_segments(wal_dir: str) -> list[tuple[int, int, str]]:
         found.append((timeline, segno, entry))
     found.sort()
     return found
-
-
-def segment_start_lsn(segno: int, segment_size: int) -> int:
-    return segno * segment_size
 
 
 def normalize_lsn(lsn: int, segment_size: int) -> int:

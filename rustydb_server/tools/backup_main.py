@@ -54,32 +54,15 @@ from ..backup.keys import (
 from ..codecs import CODECS
 from ..crypto import CryptoError
 from ..wal.lsn import format_lsn
-from .progress import (
-    Progress,
-    fail,
-    human_size,
-    interruption,
-    mb_per_second,
-    print_json,
-    sigterm_interrupts,
-    thread_count,
-)
+from .argtypes import niceness, thread_count
+from .interrupt import interruption, sigterm_interrupts
+from .output import fail, human_size, mb_per_second, print_json
+from .progress import Progress
 
 PROG = "rusty-db-backup"
 BACKUP_TYPES = ("full", "incremental", "differential", "pitr-base")
 DEFAULT_CODEC = "lz4"
 DEFAULT_NICE = 10
-
-
-def _niceness(text: str) -> int:
-    """argparse type for --nice."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= 19:
-        raise argparse.ArgumentTypeError(f"{value} is not a niceness from 0 to 19")
-    return value
 
 
 # ---------------------------------------------------------------- arguments
@@ -142,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--nice",
-        type=_niceness,
+        type=niceness,
         default=None,
         metavar="N",
         help="with --type: run at CPU niceness N, 0..19 (default "

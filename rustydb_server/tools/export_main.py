@@ -22,7 +22,8 @@ import sys
 import apsw
 
 from ..export import FORMATS, ExportError, export_tables
-from .progress import fail, human_size, interruption, print_json, sigterm_interrupts
+from .interrupt import interruption, sigterm_interrupts
+from .output import fail, human_size, print_json
 
 PROG = "rusty-db-export"
 

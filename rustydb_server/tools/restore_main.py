@@ -36,16 +36,10 @@ from ..restore.full import RestoreError, RestoreResult, resolve_read_key, restor
 from ..restore.incremental import IncrementalRestoreError, apply_incremental
 from ..restore.table import restore_table
 from ..wal.lsn import parse_lsn
-from .progress import (
-    Progress,
-    fail,
-    human_size,
-    interruption,
-    mb_per_second,
-    print_json,
-    sigterm_interrupts,
-    thread_count,
-)
+from .argtypes import thread_count
+from .interrupt import interruption, sigterm_interrupts
+from .output import fail, human_size, mb_per_second, print_json
+from .progress import Progress
 
 PROG = "rusty-db-restore"
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 from helpers import ServerProcess, free_port, run_tool, tool
-from test_backup_tool import (
+from sample_backups import (
     CUSTOMERS,
     NO_KEYS,
     fill_source,

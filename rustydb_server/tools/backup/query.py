@@ -1,0 +1,77 @@
+"""--query FILE SQL: run a read-only query on a backup in place, through the
+backup VFS, decrypting only the chunks the query reads."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ...backup.container import BackupError
+from ...crypto import CryptoError
+from ..output import fail, print_json
+from . import PROG
+from .header import UnreadableBackup, read_file_header
+
+
+def run(args: argparse.Namespace) -> int:
+    path, sql = args.query
+    return query_backup(path, sql, database=(args.database or [None])[0], key_file=args.key_file, as_json=args.json)
+
+
+def query_backup(path: str, sql: str, *, database: str | None, key_file: str | None, as_json: bool) -> int:
+    import apsw
+
+    from rustydb_client.cli import format_table
+
+    from ...backup.vfs import BackupQueryError, open_backup_database
+
+    try:
+        header = read_file_header(path)
+        if header.backup_type in ("incremental", "differential", "wal-segment"):
+            return fail(
+                PROG,
+                f"{path} is a {header.backup_type} backup: it holds changes, "
+                "not whole databases; query the full backup it builds on, or restore "
+                "the chain with rusty-db-restore --chain-dir",
+            )
+        from ...restore.full import resolve_read_key
+
+        key = resolve_read_key(header, key_file) if header.encrypted else None
+        names = [d["name"] for d in header.databases]
+        database = database or (names[0] if len(names) == 1 else "rustydb")
+        conn = open_backup_database(path, database, key=key)
+    except (UnreadableBackup, BackupQueryError, BackupError, CryptoError, OSError) as exc:
+        return fail(PROG, str(exc))
+    try:
+        cursor = conn.cursor()
+        try:
+            cursor.execute(sql)
+            try:
+                columns = [d[0] for d in cursor.description]
+            except apsw.ExecutionCompleteError:  # no rows at all
+                columns = []
+            rows = [list(r) for r in cursor]
+        except apsw.Error as exc:
+            return fail(PROG, f"query failed: {exc}")
+        except BackupError as exc:
+            return fail(PROG, f"{path} is damaged where the query reads it: {exc}")
+        decoded, total = conn.entry_reader.chunks_decoded, conn.entry_reader.chunk_count
+    finally:
+        conn.close()
+    if as_json:
+        print_json(
+            {
+                "columns": columns,
+                "rows": [[_jsonable(v) for v in r] for r in rows],
+                "chunks_decoded": decoded,
+                "chunks_total": total,
+            }
+        )
+    else:
+        print(format_table(columns, rows) if columns else "(no rows)")
+        print(f"(read {decoded} of {total} chunks of database {database})", file=sys.stderr)
+    return 0
+
+
+def _jsonable(value):
+    return value.hex() if isinstance(value, bytes) else value

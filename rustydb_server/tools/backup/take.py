@@ -1,0 +1,244 @@
+"""--type TYPE --output FILE: take a backup from a running server.
+
+The client side of a backup: send the request over the wire protocol, receive
+the stream (a header carrying the manifest, data frames entry by entry, an
+end message), and write it through ``FILE.partial`` (0600, fsynced, renamed
+when complete), so a failed backup never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+
+from rustydb_client import protocol
+from rustydb_client.client import ClientError, connect
+
+from ...backup.container import BackupError, BackupHeader, BackupSummary, VerifyReport, lower_thread_priority
+from ...backup.file import BackupFile, header_from_manifest
+from ...backup.keys import KeySource, resolve_kek
+from ...crypto import CryptoError
+from ...wal.lsn import format_lsn
+from ..output import fail, human_size, mb_per_second, print_json
+from ..progress import Progress
+from . import PROG
+from .header import UnreadableBackup, read_file_header
+from .verify import print_verify_lines, verify_backup
+
+DEFAULT_NICE = 10
+
+
+class BackupFailed(Exception):
+    """The backup could not be taken; the message says why."""
+
+
+@dataclass
+class StreamResult:
+    manifest: dict
+    header: BackupHeader
+    summary: BackupSummary
+    raw_bytes: int
+    end_lsn: int
+
+
+def run(args: argparse.Namespace) -> int:
+    output = os.path.abspath(args.output)
+    problem = _output_problem(output)
+    if problem:
+        return fail(PROG, problem)
+    key = None
+    if args.encrypt:
+        try:
+            key = resolve_kek(args.key_file)  # before connecting: no key, no backup
+        except CryptoError as exc:
+            return fail(PROG, str(exc))
+    codec = args.compress or "none"
+    lower_priority(DEFAULT_NICE if args.nice is None else args.nice)
+    started = time.monotonic()
+    try:
+        options = backup_options(args.type, args.database, args.base_backup)
+        with connect(args.host, args.port, user=args.user) as conn:
+            conn.send_raw(protocol.backup_message(options))
+            with Progress("backup", 0) as bar:
+                result = receive_backup(conn, output, key=key, codec=codec, threads=args.threads, progress=bar)
+    except (BackupFailed, UnreadableBackup, ClientError, BackupError, CryptoError) as exc:
+        return fail(PROG, f"backup to {output} failed: {exc}; no backup file was written")
+    except OSError as exc:
+        return fail(PROG, f"backup to {output} failed: {exc.strerror or exc}; no backup file was written")
+    seconds = time.monotonic() - started
+    report = None
+    if args.verify_file:
+        try:
+            report = verify_backup(output, key, args.threads)
+        except (BackupError, CryptoError, OSError) as exc:
+            return fail(PROG, f"backup {output} was written but does not verify: {exc}")
+    _print_summary(output, result, seconds, key, codec, report, as_json=args.json)
+    return 0
+
+
+def lower_priority(nice: int) -> None:
+    """The tool's niceness, set before its threads start so they inherit it."""
+    lower_thread_priority(nice, whole_process=True)
+
+
+def backup_options(backup_type: str, databases: list[str] | None, base_backup: str | None) -> dict:
+    """The backup request's options; an incremental names its base by that backup's header."""
+    options: dict = {"backup_type": backup_type, "databases": databases or None}
+    if base_backup:
+        h = read_file_header(base_backup)
+        # What the server needs to start the incremental at this backup's end.
+        options["base_backup"] = {
+            "backup_id": h.backup_id,
+            "type": h.backup_type,
+            "end_lsn": h.end_lsn,
+            "timeline": h.timeline,
+            "system_id": int(h.system_id) if h.system_id.isdigit() else h.system_id,
+            "base_full_id": h.base_full_id or (h.backup_id if h.backup_type in ("full", "pitr-base") else None),
+        }
+    return options
+
+
+def receive_backup(
+    conn, output: str, *, key: KeySource | None, codec: str, threads: int, progress: Progress | None = None
+) -> StreamResult:
+    """Read one backup stream from ``conn`` (after the request was sent) into ``output``.
+
+    The file is committed only when the server's backup_end arrived and every
+    entry of the manifest was received whole; on anything else it is aborted.
+    """
+    manifest = _receive_manifest(conn)
+    try:
+        header = header_from_manifest(manifest)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackupFailed(
+            f"the server sent an incomplete backup manifest ({exc!r} missing "
+            "or wrong); is the server the same version as this tool?"
+        ) from None
+    entries = [db["entry"] for db in manifest["databases"]]
+    if progress is not None:
+        progress.update(0, sum(int(db.get("size_bytes", 0)) for db in manifest["databases"]))
+    try:
+        bf = BackupFile(output, header, key=key, codec=codec, threads=threads)
+    except (OSError, ValueError, BackupError) as exc:
+        raise BackupFailed(f"cannot create {output}: {exc}") from None
+    try:
+        raw, end = _receive_entries(conn, bf, entries, progress)
+        summary = bf.commit()
+    except BaseException:
+        bf.abort()
+        raise
+    return StreamResult(manifest, bf.header, summary, raw, end.get("end_lsn", header.end_lsn))
+
+
+def _receive_manifest(conn) -> dict:
+    msg = _next_stream_message(conn)
+    if msg["type"] != "backup_header":
+        raise BackupFailed(f"the server answered the backup request with {msg['type']!r} instead of a backup header")
+    manifest = msg.get("manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("databases"), list):
+        raise BackupFailed("the server's backup header carries no usable manifest")
+    return manifest
+
+
+def _receive_entries(conn, bf: BackupFile, entries: list[str], progress: Progress | None) -> tuple[int, dict]:
+    position, is_open, raw = 0, False, 0
+    while True:
+        msg = _next_stream_message(conn)
+        kind = msg["type"]
+        if kind == "backup_end":
+            break
+        if kind != "backup_data":
+            raise BackupFailed(f"unexpected {kind!r} message in the middle of the backup stream")
+        if position >= len(entries):
+            raise BackupFailed("the server sent data after the last entry of its manifest")
+        entry = msg.get("entry")
+        if entry != entries[position]:
+            raise BackupFailed(
+                f"the server sent data for entry {entry!r} where {entries[position]!r} was due (stream out of order)"
+            )
+        if not is_open:
+            bf.begin_entry(entry)
+            is_open = True
+        data = msg.get("data")
+        if not isinstance(data, (bytes, memoryview)):
+            raise BackupFailed(f"the server sent backup data of type {type(data).__name__}")
+        bf.write(data)
+        raw += len(data)
+        if progress is not None:
+            progress.update(raw)
+        if msg.get("last"):
+            bf.end_entry()
+            is_open, position = False, position + 1
+    if position != len(entries):
+        raise BackupFailed(
+            f"the backup stream ended after {position} of {len(entries)} entries (next missing: {entries[position]!r})"
+        )
+    claimed = msg.get("bytes")
+    if isinstance(claimed, int) and claimed != raw:
+        raise BackupFailed(f"the server says it sent {claimed} bytes, {raw} arrived")
+    return raw, msg
+
+
+def _next_stream_message(conn) -> dict:
+    while True:
+        msg = conn.recv_message(bulk_views=True)  # data: views, not copies (BackupWriter.write)
+        if msg["type"] == "error":
+            raise BackupFailed(f"the server failed the backup: {msg.get('message')} ({msg.get('code')})")
+        if msg["type"] != "notice":  # notices are informational; the stream goes on
+            return msg
+
+
+def _output_problem(output: str) -> str | None:
+    directory = os.path.dirname(output)
+    if not os.path.isdir(directory):
+        return f"directory {directory} does not exist; create it or choose another --output"
+    if os.path.exists(output):
+        return f"{output} already exists; backups are never overwritten, choose another --output"
+    return None
+
+
+def _print_summary(
+    output: str,
+    result: StreamResult,
+    seconds: float,
+    key: KeySource | None,
+    codec: str,
+    report: VerifyReport | None,
+    *,
+    as_json: bool,
+) -> None:
+    names = [db["name"] for db in result.manifest["databases"]]
+    tables = result.header.table_count
+    if as_json:
+        print_json(
+            {
+                "backup_id": result.header.backup_id,
+                "type": result.header.backup_type,
+                "output": output,
+                "size_bytes": result.summary.size_bytes,
+                "raw_bytes": result.raw_bytes,
+                "databases": names,
+                "tables": tables,
+                "start_lsn": result.header.start_lsn,
+                "end_lsn": result.end_lsn,
+                "seconds": round(seconds, 3),
+                "verified": report is not None,
+                "encrypted": key is not None,
+                "compression": codec,
+            }
+        )
+        return
+    print(f"Backup ID: {result.header.backup_id}")
+    print(f"Output: {output}")
+    print(f"Type: {result.header.backup_type}")
+    print(f"Databases: {', '.join(names)} ({tables} tables)")
+    print(
+        f"Size: {human_size(result.summary.size_bytes)} from {human_size(result.raw_bytes)} "
+        f"of data (compression {codec}, encryption {'AES-256' if key else 'none'})"
+    )
+    print(f"LSN: {format_lsn(result.header.start_lsn)} - {format_lsn(result.end_lsn)}")
+    print(f"Time: {seconds:.1f} s, {mb_per_second(result.raw_bytes, seconds)} MB/s")
+    if report is not None:
+        print_verify_lines(report)

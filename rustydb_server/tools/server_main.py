@@ -49,15 +49,22 @@ def _make_user(name: str) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.make_user:
         return _make_user(args.make_user)
-    overrides = {}
-    for flag, name in (("port", "port"), ("http_port", "http_port"), ("listen", "listen_address")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[name] = value
+    return _serve(args)
+
+
+def _setting_overrides(args: argparse.Namespace) -> dict:
+    """The flags that stand for settings, by the setting's name; unset flags leave the config's value."""
+    flags = {"port": args.port, "http_port": args.http_port, "listen_address": args.listen}
+    return {name: value for name, value in flags.items() if value is not None}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the server until it is stopped; the exit status says how it ended."""
+    overrides = _setting_overrides(args)
     try:
         settings = Settings.load(args.config, args.data_dir, overrides)
     except SettingError as e:

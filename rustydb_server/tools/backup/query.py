@@ -19,6 +19,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def query_backup(path: str, sql: str, *, database: str | None, key_file: str | None, as_json: bool) -> int:
+    # Imported here: every verb module loads with rusty-db-backup,
+    # and only --query needs SQLite and the VFS.
     import apsw
 
     from rustydb_client.cli import format_table

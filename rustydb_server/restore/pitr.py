@@ -17,11 +17,13 @@ import shutil
 import time
 
 from .. import datadir as dd
+from .. import fileops as _fileops
 from ..archive import segment_file as sf
 from ..engine.recovery import RecordApplier, RecoveryError
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
+from ..wal import timeline as waltl
 from ..wal.lsn import format_lsn
 from ..wal.writer import WalWriter
 
@@ -98,7 +100,7 @@ def timeline_path(
 ) -> list[tuple[int, int, int | None]]:
     """[(timeline, from_lsn, to_lsn or None)] to read, from the base to the target timeline."""
     archived = sf.list_archive(archive_dir)
-    known = set(archived) | set(sf.list_history_timelines(archive_dir)) | {base_timeline}
+    known = set(archived) | set(waltl.list_history_timelines(archive_dir)) | {base_timeline}
     if choice == "current":
         target = base_timeline
     elif choice == "latest":
@@ -118,7 +120,7 @@ def timeline_path(
             )
     if target == base_timeline:
         return [(base_timeline, base_lsn, None)]
-    history = sf.read_history(archive_dir, target)  # ancestors, oldest first
+    history = waltl.read_history(archive_dir, target)  # ancestors, oldest first
     path = []
     start = base_lsn
     on_path = False
@@ -136,8 +138,8 @@ def _descends_from(archive_dir: str, tl: int, base_tl: int, base_lsn: int) -> bo
     if tl == base_tl:
         return True
     try:
-        history = sf.read_history(archive_dir, tl)
-    except sf.ArchiveError:
+        history = waltl.read_history(archive_dir, tl)
+    except waltl.HistoryError:
         return False
     for ancestor, switch_lsn, _ in history:
         if ancestor == base_tl:
@@ -187,10 +189,11 @@ def recover(
     progress=None,
     only_database: str | None = None,
     only_table: str | None = None,
+    fileops: _fileops.FileOps = _fileops.REAL,
 ) -> PitrReport:
     """Replay the archive onto the base in ``staging`` up to ``target``; new timeline."""
     t0 = time.perf_counter()
-    ddir = dd.DataDir(staging)
+    ddir = dd.DataDir(staging, fileops)
     control = ddir.read_control()
     base_lsn = manifest["end_lsn"]
     base_time = manifest["last_commit_time_us"]
@@ -339,17 +342,20 @@ def _start_new_timeline(
     ddir: dd.DataDir, control: dd.Control, archive_dir: str, archive, last_tl: int, end_lsn: int, target: Target
 ) -> int:
     """Pick an unused timeline, write its history and an end-of-recovery record."""
-    used = set(archive) | set(sf.list_history_timelines(archive_dir)) | {last_tl}
-    new_tl = max(used) + 1
-    ancestors = sf.read_history(archive_dir, last_tl) if last_tl != 1 else []
-    history = ancestors + [(last_tl, end_lsn, f"recovery to {target.describe()}")]
-    with open(os.path.join(ddir.wal_dir, sf.history_name(new_tl)), "w") as f:
-        f.write(sf.format_history(history))
-        f.flush()
-        os.fsync(f.fileno())
+    used = set(archive) | set(waltl.list_history_timelines(archive_dir)) | {last_tl}
+    new_tl = waltl.next_timeline(used)
+    history = waltl.branch(
+        waltl.read_history(archive_dir, last_tl), last_tl, end_lsn, f"recovery to {target.describe()}"
+    )
+    waltl.write_history(ddir.wal_dir, new_tl, history, ddir.fileops)
     end_lsn = walseg.normalize_lsn(end_lsn, control.segment_size)
     writer = WalWriter(
-        ddir.wal_dir, timeline=new_tl, system_id=control.system_id, segment_size=control.segment_size, start_lsn=end_lsn
+        ddir.wal_dir,
+        timeline=new_tl,
+        system_id=control.system_id,
+        segment_size=control.segment_size,
+        start_lsn=end_lsn,
+        fileops=ddir.fileops,
     )
     try:
         lsn, _ = writer.append(

@@ -36,6 +36,7 @@ from ..restore.full import RestoreError, RestoreResult, resolve_read_key, restor
 from ..restore.incremental import IncrementalRestoreError, apply_incremental
 from ..restore.table import restore_table
 from ..wal.lsn import parse_lsn
+from ..wal.timeline import HistoryError
 from .progress import (
     Progress,
     fail,
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--list-wal needs --archive-dir")
         try:
             return _list_wal(args)
-        except (pitr.PitrError, ArchiveError, CryptoError, BackupError) as exc:
+        except (pitr.PitrError, ArchiveError, HistoryError, CryptoError, BackupError) as exc:
             return fail(PROG, str(exc))
     try:
         target = _target(args, parser)
@@ -235,7 +236,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.chain_dir:
                 return _restore_chain(args)
             result, report = _restore(args, target)
-    except (RestoreError, DataDirError, pitr.PitrError, IncrementalRestoreError, ArchiveError, BackupQueryError) as exc:
+    except (
+        RestoreError,
+        DataDirError,
+        pitr.PitrError,
+        IncrementalRestoreError,
+        ArchiveError,
+        HistoryError,
+        BackupQueryError,
+    ) as exc:
         return _failed(args, str(exc))
     except UnsupportedFormatError as exc:
         return _failed(args, f"cannot restore from {args.input}: {exc}")

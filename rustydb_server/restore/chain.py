@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..backup.container import BackupError, BackupReader
-from .full import RestoreError
+from .errors import RestoreError
 
 
 def _headers(directory: str) -> dict[str, tuple[str, object]]:

@@ -32,7 +32,8 @@ from ..crypto import CryptoError
 from ..datadir import DataDirError
 from ..restore import pitr
 from ..restore.chain import find_chain
-from ..restore.full import RestoreError, RestoreResult, resolve_read_key, restore_full
+from ..restore.errors import RestoreError
+from ..restore.full import RestoreResult, resolve_read_key, restore_full
 from ..restore.incremental import IncrementalRestoreError, apply_incremental
 from ..restore.table import restore_table
 from ..wal.lsn import parse_lsn

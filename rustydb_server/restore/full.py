@@ -208,6 +208,16 @@ def _open_reader(f, input_path: str, key: KeySource | None) -> BackupReader:
     return reader
 
 
+def read_key_for(path: str, key_file: str | None) -> KeySource | None:
+    """The key that reads the backup file at ``path`` (None if it is not encrypted)."""
+    try:
+        with open(path, "rb") as f:
+            header = BackupReader(f).header
+    except OSError as exc:
+        raise RestoreError(f"cannot open backup {path}: {exc.strerror or exc}") from None
+    return resolve_read_key(header, key_file)
+
+
 def _verify_before_writing(reader: BackupReader, threads: int, progress: ProgressFn | None) -> None:
     report_progress = (lambda done, total: progress("verify", done, total)) if progress else None
     reader.verify(report_progress, threads=threads)

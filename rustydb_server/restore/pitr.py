@@ -1,11 +1,13 @@
 """Point-in-time recovery: replay archived WAL on a restored base up to a target.
 
-The base (a full or pitr-base backup) is already installed in a staging data
-directory. Archived segments are unpacked into a scratch directory, read in
-LSN order along the chosen timeline's history and applied with the same
-record applier as crash recovery, stopping at the target. Recovery then
-starts a new timeline (history file + end-of-recovery record) so the restored
-server never writes WAL under names the archive already holds.
+``restore_to_target`` is the whole restore: the base (a full or pitr-base
+backup) is restored into a staging data directory, then ``recover`` unpacks
+the archived segments into a scratch directory, reads them in LSN order along
+the chosen timeline's history and applies them with the same record applier
+as crash recovery, stopping at the target. Recovery then starts a new
+timeline (history file + end-of-recovery record) so the restored server never
+writes WAL under names the archive already holds. Only then is the staging
+directory swapped in.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import time
 from .. import datadir as dd
 from .. import fileops as _fileops
 from ..archive import segment_file as sf
+from ..backup import keys
 from ..engine.recovery import RecordApplier, RecoveryError
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
 from ..wal import timeline as waltl
-from ..wal.lsn import format_lsn
+from ..wal.lsn import format_lsn, parse_lsn
 from ..wal.writer import WalWriter
+from .full import ProgressFn, RestoreResult, read_key_for, restore_full
 
 
 class PitrError(Exception):
@@ -92,6 +96,71 @@ def parse_time(text: str) -> int:
     if value.tzinfo is None:
         value = value.astimezone()  # the operator's local time, as the guide's example
     return int(value.timestamp() * 1_000_000)
+
+
+def make_target(kind: str, value, inclusive: bool = True) -> Target:
+    """The target an operator asked for, ``value`` as typed: a time as
+    ``parse_time`` reads it (PitrError if it cannot), an LSN like 0/1A2B3C4D
+    (ValueError if it is not one), a txid or restore point name as it is."""
+    if kind == "time":
+        value = parse_time(value)
+    elif kind == "lsn":
+        value = parse_lsn(value)
+    return Target(kind, value, inclusive)
+
+
+def archive_key(key_file: str | None) -> keys.KeySource | None:
+    """Archived WAL may be encrypted even when the base is not: same key sources."""
+    try:
+        return keys.resolve_kek(key_file)
+    except keys.NoKeyError:
+        return None
+
+
+def restore_to_target(
+    input_path: str,
+    data_dir: str,
+    archive_dir: str,
+    target: Target,
+    *,
+    key_file: str | None = None,
+    timeline_choice: str = "latest",
+    threads: int = 1,
+    verify_encryption: bool = False,
+    integrity_check: bool = False,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    fileops: _fileops.FileOps = _fileops.REAL,
+) -> tuple[RestoreResult, PitrReport]:
+    """Restore the base ``input_path`` into ``data_dir``, recovered to ``target`` from ``archive_dir``."""
+    key = read_key_for(input_path, key_file)
+    report: PitrReport | None = None
+
+    def replay(staging: str, manifest: dict) -> None:
+        nonlocal report
+        report = recover(
+            staging,
+            manifest,
+            archive_dir,
+            target,
+            timeline_choice=timeline_choice,
+            key=key or archive_key(key_file),
+            fileops=fileops,
+        )
+
+    result = restore_full(
+        input_path,
+        data_dir,
+        key=key,
+        threads=threads,
+        verify_encryption=verify_encryption,
+        integrity_check=integrity_check,
+        force=force,
+        progress=progress,
+        post_install=replay,
+        fileops=fileops,
+    )
+    return result, report
 
 
 # ------------------------------------------------------------ timelines

@@ -1,5 +1,6 @@
-"""rusty-db-restore and restore.full: real backups from an in-process Engine, restored,
-then opened by a new Engine (or, for the guide's test-restore procedure, a real server)."""
+"""rusty-db-restore --input FILE --data-dir D (tools/restore/full.py) and restore.full: real
+backups from an in-process Engine, restored, then opened by a new Engine (or, for the
+guide's test-restore procedure, a real server)."""
 
 from __future__ import annotations
 

@@ -52,12 +52,6 @@ def test_one_table_at_the_end_of_a_chain(chain, tmp_path, capsys):  # noqa: F811
     assert summary["rows"] == count and {"1", "2"}.isdisjoint(ids.split(","))  # both incrementals deleted one
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, kept out of this behaviour-neutral restructuring: the table restore "
-    "records the base's end LSN as the table's applied LSN, so the first transaction "
-    "committed right at that LSN (here the first of the 20 inserts) is skipped",
-)
 def test_one_table_at_a_recovery_target(archived, tmp_path, capsys):  # noqa: F811
     base, archive, _ = archived
     data = str(tmp_path / "data")

@@ -98,7 +98,7 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
     return rows
 
 
-def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str, end_lsn: int) -> None:
+def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str) -> None:
     conn = replay.open_replay_connection(db_path)
     try:
         with open(path, "rb") as f:
@@ -114,7 +114,9 @@ def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str, e
                         replay.apply_steps(conn, [(kind, payload)])
                     elif kind == "drop":
                         raise RestoreError(f"database {db_name!r} was dropped in backup {manifest['backup_id']}")
-            database.write_state(conn, manifest["end_lsn"], None, None)
+            # applied_lsn names the last record applied; the first record after
+            # the backup starts at its end_lsn and must still be replayed.
+            database.write_state(conn, manifest["end_lsn"] - 1, None, None)
             conn.execute("COMMIT")
     finally:
         conn.close()
@@ -151,19 +153,22 @@ def restore_table(
         lock.check_empty(force)
         with lock.stage(base_manifest["backup_id"]) as staging:
             db_path = os.path.join(staging.path, dd.DATABASES_DIR, f"{db_name}.sqlite")
-            database.create_database_file(db_path, base_manifest["end_lsn"])
             src = open_backup_database(chain[0], db_name, key=key)
+            # The table is as of the backed-up database's own applied_lsn: the
+            # records above it (the first at the backup's end_lsn) are replayed.
+            applied = database.read_state(src)["applied_lsn"]
+            database.create_database_file(db_path, applied)
             dest = database.open_connection(db_path)
             try:
                 rows = copy_table(src, dest, table)
-                database.write_state(dest, base_manifest["end_lsn"], None, None)
+                database.write_state(dest, applied, None, None)
                 decoded = src.entry_reader.chunks_decoded
                 total = src.entry_reader.chunk_count
             finally:
                 dest.close()
                 src.close()
             for path in chain[1:]:
-                _apply_chain_steps(path, key, db_path, db_name, table, 0)
+                _apply_chain_steps(path, key, db_path, db_name, table)
             last_manifest = manifest if len(chain) > 1 else base_manifest
             install_manifest = dict(last_manifest)
             install_manifest["databases"] = [{"name": db_name}]

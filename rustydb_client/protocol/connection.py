@@ -175,10 +175,10 @@ class Connection(ABC):
         return message_of(event)
 
     def _state_after_sending(self, event) -> State:
-        if isinstance(event, Error) and event.fatal and self.state is not State.CLOSED:
-            return State.CLOSED
         if self.state is State.CLOSED:
             raise LocalProtocolError("protocol_violation", f"cannot send {event.type}: the connection is closed")
+        if type(event) is Error and event.fatal:
+            return State.CLOSED
         if self._owed:
             if event is not self._owed[0]:
                 raise LocalProtocolError(
@@ -200,30 +200,39 @@ class Connection(ABC):
             self._owed = []
         elif self._owed and event is self._owed[0]:
             self._owed.pop(0)
-        if after in (State.QUERY, State.BACKUP) and self.state is not after:
+        self._advance(event, after)
+
+    def _advance(self, event, after: State) -> None:
+        """Move on to ``after`` once ``event`` went out or came in."""
+        if after is not self.state:
             self._answering = False
+        elif type(event) is Columns or type(event) is BackupHeader:
+            self._answering = True
         self.state = after
 
-    def _answer_part(self, event, state: State) -> State | None:
+    def _answer_part(self, event) -> State | None:
         """Where a part of a query's answer or a backup stream leads (either
-        direction): the first part opens the answer, the rest follow it."""
-        if state is State.QUERY:
+        direction): the first part opens the answer, the rest follow it, a
+        non-fatal Error ends it like its last part; None if it is out of place."""
+        # A query's answer is Columns, Rows* and Complete (a statement without
+        # rows only Complete); a backup stream BackupHeader, BackupData* and BackupEnd.
+        if self.state is State.QUERY:
             first, more, last = Columns, Rows, Complete
-        elif state is State.BACKUP:
+        elif self.state is State.BACKUP:
             first, more, last = BackupHeader, BackupData, BackupEnd
         else:
             return None
-        if isinstance(event, first) and not self._answering:
-            self._answering = True
-            return state
-        if isinstance(event, more) and self._answering:
-            return state
-        if isinstance(event, last) and (self._answering or last is Complete):
+        kind = type(event)
+        if kind is more:
+            return self.state if self._answering else None
+        if kind is last:
+            return State.IDLE if self._answering or last is Complete else None
+        if kind is first:
+            return None if self._answering else self.state
+        if kind is Notice:
+            return self.state
+        if kind is Error:
             return State.IDLE
-        if isinstance(event, Error):
-            return State.IDLE
-        if isinstance(event, Notice):
-            return state
         return None
 
 
@@ -268,7 +277,7 @@ class ServerSide(Connection):
     def _allowed_send(self, event) -> State | None:
         if isinstance(event, Ready) and self.state is State.OPENING:
             return State.IDLE
-        return self._answer_part(event, self.state)
+        return self._answer_part(event)
 
     def _receive(self, msg: dict):
         if self.state is State.CLOSED:
@@ -302,8 +311,7 @@ class ServerSide(Connection):
             final = self._scram.server_final(event.data)
             self.state = State.OPENING
             return self._session_requested((ScramServerFinal(final),))
-        self.state = State.QUERY if isinstance(event, Query) else State.BACKUP
-        self._answering = False
+        self._advance(event, State.QUERY if type(event) is Query else State.BACKUP)
         return event
 
     def _on_hello(self, hello: Hello):
@@ -396,13 +404,13 @@ class ClientSide(Connection):
             return event
         if self.state is State.HANDSHAKE:
             return self._receive_handshake(event)
-        after = self._answer_part(event, self.state)
+        after = self._answer_part(event)
         if after is None:
             raise RemoteProtocolError("protocol_violation", f"received {event.type} in state {self.state}")
-        if isinstance(event, Complete):
+        if type(event) is Complete:
             self.database = event.database
             self.in_transaction = event.in_transaction
-        self.state = after
+        self._advance(event, after)
         return event
 
     def _receive_handshake(self, event):

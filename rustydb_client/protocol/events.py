@@ -20,7 +20,7 @@ SCRAM_MECHANISM = "SCRAM-SHA-256"
 # ------------------------------------------------------- client to server
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Hello:
     type: ClassVar[str] = "hello"
     # First on the wire, but keyword-only: the caller rarely names it.
@@ -30,19 +30,19 @@ class Hello:
     client: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScramClientFirst:
     type: ClassVar[str] = "scram_client_first"
     data: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScramClientFinal:
     type: ClassVar[str] = "scram_client_final"
     data: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Query:
     """One statement; its answer is Columns, Rows*, Complete, or an Error."""
 
@@ -51,7 +51,7 @@ class Query:
     batch_rows: int = DEFAULT_BATCH_ROWS
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BackupRequested:
     """Stream a backup: answered by BackupHeader, BackupData*, BackupEnd, or an Error.
 
@@ -65,7 +65,7 @@ class BackupRequested:
     base_backup: dict | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Goodbye:
     type: ClassVar[str] = "goodbye"
 
@@ -73,25 +73,25 @@ class Goodbye:
 # ------------------------------------------------------- server to client
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AuthRequired:
     type: ClassVar[str] = "auth_required"
     mechanism: str = SCRAM_MECHANISM
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScramServerFirst:
     type: ClassVar[str] = "scram_server_first"
     data: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScramServerFinal:
     type: ClassVar[str] = "scram_server_final"
     data: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ready:
     type: ClassVar[str] = "ready"
     server_version: str
@@ -99,19 +99,19 @@ class Ready:
     session_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Columns:
     type: ClassVar[str] = "columns"
     names: list[str]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Rows:
     type: ClassVar[str] = "rows"
     rows: list[list]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Complete:
     type: ClassVar[str] = "complete"
     status: str
@@ -120,13 +120,13 @@ class Complete:
     in_transaction: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Notice:
     type: ClassVar[str] = "notice"
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Error:
     """A refused request, or with ``fatal`` the end of the connection."""
 
@@ -137,13 +137,13 @@ class Error:
     statement_line: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BackupHeader:
     type: ClassVar[str] = "backup_header"
     manifest: dict
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BackupData:
     """A piece of one entry; ``last`` ends the entry. ``data`` is last on the
     wire, so a large one travels as a bulk frame (frames.encode_bulk_frame)."""
@@ -154,7 +154,7 @@ class BackupData:
     data: bytes | memoryview
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BackupEnd:
     type: ClassVar[str] = "backup_end"
     end_lsn: int
@@ -164,14 +164,14 @@ class BackupEnd:
 # ------------------------------------------------------- about the conversation
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AuthContinue:
     """Authentication is under way: send ``replies``, in order, then read on."""
 
     replies: tuple
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SessionRequested:
     """Server side: the client is who it says. Send ``replies`` (the SCRAM
     final message, if any), open the session, then send Ready, or a fatal
@@ -183,7 +183,7 @@ class SessionRequested:
     replies: tuple = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ConnectionClosed:
     """The peer closed the connection between two messages."""
 

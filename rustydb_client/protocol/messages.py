@@ -8,7 +8,6 @@ wire are spelled out once (events.py's declaration order).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any
@@ -143,7 +142,7 @@ def _check_fields(what: str, msg: dict, schema: dict[str, tuple[str, bool]]) -> 
 
 def message_of(event) -> dict:
     """The map that carries a wire event (see events.py)."""
-    if isinstance(event, BackupRequested):
+    if type(event) is BackupRequested:
         # The request's fields travel inside an options map; base_backup only
         # when there is one.
         options: dict = {"backup_type": event.backup_type, "databases": event.databases}
@@ -151,21 +150,9 @@ def message_of(event) -> dict:
             options["base_backup"] = event.base_backup
         return {"type": "backup", "options": options}
     msg = {"type": event.type}
-    for name in _field_names(type(event)):
+    for name, _ in _FIELDS[type(event)]:
         msg[name] = getattr(event, name)
     return msg
-
-
-@functools.cache
-def _field_names(cls) -> tuple[str, ...]:
-    # Once per class: an answer's every rows batch goes through message_of.
-    return tuple(f.name for f in fields(cls))
-
-
-_EVENT_CLASSES = {
-    TO_SERVER: {cls.type: cls for cls in TO_SERVER_EVENTS},
-    TO_CLIENT: {cls.type: cls for cls in TO_CLIENT_EVENTS},
-}
 
 
 def event_of(msg: dict, direction: str):
@@ -173,10 +160,17 @@ def event_of(msg: dict, direction: str):
     cls = _EVENT_CLASSES[direction][msg["type"]]
     if cls is BackupRequested:
         msg = msg["options"]
-    values = {}
-    for f in fields(cls):
-        if f.name in msg:
-            values[f.name] = msg[f.name]
-        elif f.default is MISSING:  # optional on the wire (the schema said so), absent
-            values[f.name] = None
-    return cls(**values)
+    return cls(**{name: msg.get(name, absent) for name, absent in _FIELDS[cls]})
+
+
+# Worked out once per class, as every statement's answer goes through these:
+# each event's fields in wire order, with what an absent optional field is
+# (its default, or None where the schema makes it optional without one).
+_FIELDS = {
+    cls: tuple((f.name, None if f.default is MISSING else f.default) for f in fields(cls))
+    for cls in TO_SERVER_EVENTS + TO_CLIENT_EVENTS
+}
+_EVENT_CLASSES = {
+    TO_SERVER: {cls.type: cls for cls in TO_SERVER_EVENTS},
+    TO_CLIENT: {cls.type: cls for cls in TO_CLIENT_EVENTS},
+}

@@ -52,7 +52,6 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "[str]": _is_str_list,
     "[str]|None": lambda v: v is None or _is_str_list(v),
     "base backup|None": lambda v: v is None or _is_base_backup(v),
-    "backup options": lambda v: isinstance(v, dict),
     "rows": _is_rows,
 }
 
@@ -69,7 +68,7 @@ _SCHEMAS: dict[str, dict[str, dict[str, tuple[str, bool]]]] = {
         "scram_client_first": {"data": ("str", True)},
         "scram_client_final": {"data": ("str", True)},
         "query": {"sql": ("str", True), "batch_rows": ("int", False)},
-        "backup": {"options": ("backup options", True)},
+        "backup": {"options": ("map", True)},
         "goodbye": {},
     },
     TO_CLIENT: {

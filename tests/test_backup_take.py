@@ -11,8 +11,9 @@ import pytest
 from helpers import free_port, run_tool
 from sample_backups import NO_KEYS, assert_clean_error
 
-from rustydb_client import protocol
 from rustydb_client.client import ConnectionFailed
+from rustydb_client.protocol.frames import decode_body, encode_bulk_frame, encode_frame
+from rustydb_client.protocol.messages import TO_CLIENT, event_of, validate_message
 from rustydb_server.backup.container import BackupReader
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.engine.instance import Engine
@@ -76,16 +77,18 @@ class ReplayConnection:
     def __init__(self, messages):
         self.messages = list(messages)
 
-    def recv_message(self, *, bulk_views: bool = False) -> dict:
+    def next_event(self):
         if not self.messages:
             raise ConnectionFailed("the server closed the connection", "connection_lost")
         msg = self.messages.pop(0)
         # Through the real codec, so the tool sees what a socket would give it
-        # (data as read-only views of the frame when it asks for them).
+        # (data as read-only views of the frame).
         if msg.get("type") == "backup_data" and isinstance(msg.get("data"), bytes):
-            head, data = protocol.encode_bulk_frame({k: v for k, v in msg.items() if k != "data"}, "data", msg["data"])
-            return protocol.decode_body(bytearray(head[4:] + data), bulk_views=bulk_views)
-        return msg
+            head, data = encode_bulk_frame({k: v for k, v in msg.items() if k != "data"}, "data", msg["data"])
+            frame = head + data
+        else:
+            frame = encode_frame(msg)
+        return event_of(validate_message(decode_body(bytearray(frame[4:]), bulk_views=True), TO_CLIENT), TO_CLIENT)
 
 
 def server_messages(engine: Engine, piece: int = 4096) -> list[dict]:

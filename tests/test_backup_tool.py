@@ -21,10 +21,10 @@ from rustydb_client.protocol.messages import TO_CLIENT, event_of, validate_messa
 from rustydb_server import datadir as dd
 from rustydb_server.backup.container import RECORD, BackupReader
 from rustydb_server.backup.file import BackupFile, header_from_manifest
-from rustydb_server.backup.keys import KeyFileSource, PassphraseSource
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.session import SqlSession
+from rustydb_server.keys import KeyFileSource, PassphraseSource
 from rustydb_server.settings import Settings
 from rustydb_server.tools.backup_main import BackupFailed, receive_backup
 

@@ -19,12 +19,12 @@ from rustydb_server.backup.container import (
     new_header,
 )
 from rustydb_server.backup.file import header_from_manifest
-from rustydb_server.backup.keys import KeyFileSource
 from rustydb_server.backup.random_access import EntryReader
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.backup.vfs import BackupQueryError, open_backup_database
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.session import SqlSession
+from rustydb_server.keys import KeyFileSource
 from rustydb_server.settings import Settings
 
 KEY = KeyFileSource(os.urandom(32), "/keys/test.key")

@@ -23,9 +23,9 @@ from rustydb_server.backup.container import (
     rotate_key,
     safe_entry_name,
 )
-from rustydb_server.backup.keys import KeyFileSource, NoKeyError, PassphraseSource
 from rustydb_server.crypto import WrongKeyError
 from rustydb_server.fileops import FileOps
+from rustydb_server.keys import KeyFileSource, NoKeyError, PassphraseSource
 
 FAST = {"n": 2**10, "r": 8, "p": 1}
 KEY = KeyFileSource(os.urandom(32), "/keys/a.key")

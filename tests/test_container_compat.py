@@ -20,7 +20,7 @@ import pytest
 
 from rustydb_server.backup import container as C
 from rustydb_server.backup.container import BackupHeader, BackupReader, BackupWriter, rotate_key
-from rustydb_server.backup.keys import KeyFileSource
+from rustydb_server.keys import KeyFileSource
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "format2")
 DIGESTS = {

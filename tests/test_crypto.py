@@ -6,9 +6,10 @@ import stat
 
 import pytest
 
-from rustydb_server import crypto
-from rustydb_server.backup import keys
-from rustydb_server.backup.keys import (
+from rustydb_server import crypto, keys
+from rustydb_server.crypto import AuthenticationError, SecretKey, WrongKeyError
+from rustydb_server.fileops import FileOps
+from rustydb_server.keys import (
     KeyFileError,
     KeyFileSource,
     NoKeyError,
@@ -17,8 +18,6 @@ from rustydb_server.backup.keys import (
     load_key_file,
     resolve_kek,
 )
-from rustydb_server.crypto import AuthenticationError, SecretKey, WrongKeyError
-from rustydb_server.fileops import FileOps
 
 FAST_SCRYPT = {"n": 2**10, "r": 8, "p": 1}
 

@@ -24,7 +24,7 @@ from helpers import ServerProcess, run_tool
 
 from rustydb_server.backup import container as C
 from rustydb_server.backup.container import BackupCorruptError, BackupReader, rotate_key
-from rustydb_server.backup.keys import KeyFileSource
+from rustydb_server.keys import KeyFileSource
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "format1")
 

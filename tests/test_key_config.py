@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rustydb_server.backup import keys
+from rustydb_server import keys
 
 
 def test_key_file_from_config(tmp_path):

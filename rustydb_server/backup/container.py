@@ -94,10 +94,10 @@ import msgpack
 import xxhash
 
 from rustydb_server import codecs, crypto
-from rustydb_server.backup.keys import KeySource, NoKeyError
 from rustydb_server.crc import crc32c
 from rustydb_server.crypto import SecretKey, WrongKeyError
 from rustydb_server.fileops import REAL, FileOps
+from rustydb_server.keys import KeySource, NoKeyError
 
 MAGIC = b"RDBBAK01"
 END_MAGIC = b"RDBEND01"

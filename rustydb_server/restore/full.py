@@ -32,8 +32,8 @@ from .. import datadir as dd
 from .. import fileops as _fileops
 from ..backup.container import BackupError, BackupHeader, BackupReader
 from ..backup.file import manifest_of
-from ..backup.keys import ENV_KEY_FILE, ENV_PASSPHRASE, KeySource, NoKeyError, resolve_kek
 from ..engine import database as engine_db
+from ..keys import ENV_KEY_FILE, ENV_PASSPHRASE, KeySource, NoKeyError, resolve_kek
 from .errors import RestoreError
 from .install import install_data_dir
 from .staging import TargetLock

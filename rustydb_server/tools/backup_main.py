@@ -43,7 +43,9 @@ from ..backup.container import (
     rotate_key,
 )
 from ..backup.file import BackupFile, header_from_manifest
-from ..backup.keys import (
+from ..codecs import CODECS
+from ..crypto import CryptoError
+from ..keys import (
     ENV_PASSPHRASE,
     KeyFileSource,
     KeySource,
@@ -51,8 +53,6 @@ from ..backup.keys import (
     create_key_file,
     resolve_kek,
 )
-from ..codecs import CODECS
-from ..crypto import CryptoError
 from ..wal.lsn import format_lsn
 from .progress import (
     Progress,

@@ -226,7 +226,7 @@ def configured_key_file(env: Mapping[str, str]) -> str | None:
     path = env.get(ENV_CONFIG) or DEFAULT_CONFIG
     if not os.path.isfile(path):
         return None
-    from ..settings import SettingError, read_config_file
+    from .settings import SettingError, read_config_file
 
     try:
         return read_config_file(path).get("backup_key_file") or None

@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from rustydb_server.backup.container import BackupReader
-from rustydb_server.backup.file import manifest_of
+from rustydb_server.backup.manifest import manifest_of
+from rustydb_server.container.reader import BackupReader
 from rustydb_server.keys import KeyFileSource
 
 

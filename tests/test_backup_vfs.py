@@ -11,17 +11,13 @@ import pytest
 
 from rustydb_client.sqlsplit import leading_keywords
 from rustydb_server import datadir as dd
-from rustydb_server.backup.container import (
-    RECORD,
-    BackupCorruptError,
-    BackupReader,
-    BackupWriter,
-    new_header,
-)
-from rustydb_server.backup.file import header_from_manifest
-from rustydb_server.backup.random_access import EntryReader
+from rustydb_server.backup.manifest import header_from_manifest
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.backup.vfs import BackupQueryError, open_backup_database
+from rustydb_server.container.errors import BackupCorruptError
+from rustydb_server.container.format import RECORD, new_header
+from rustydb_server.container.reader import BackupReader, EntryReader
+from rustydb_server.container.writer import BackupWriter
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.session import SqlSession
 from rustydb_server.keys import KeyFileSource

@@ -18,8 +18,11 @@ from dataclasses import replace
 
 import pytest
 
-from rustydb_server.backup import container as C
-from rustydb_server.backup.container import BackupHeader, BackupReader, BackupWriter, rotate_key
+from rustydb_server.container import format as F
+from rustydb_server.container.format import BackupHeader
+from rustydb_server.container.reader import BackupReader
+from rustydb_server.container.rotate import rotate_key
+from rustydb_server.container.writer import BackupWriter
 from rustydb_server.keys import KeyFileSource
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "format2")
@@ -75,9 +78,9 @@ def record_heads(data: bytes, key=None) -> list[tuple]:
     for e in r.entries():
         pos = e.offset
         for _ in range(e.chunks):
-            _magic, flags, _r, e_idx, c_idx, raw_len, stored_len, _check, _crc = C.RECORD.unpack_from(data, pos)
+            _magic, flags, _r, e_idx, c_idx, raw_len, stored_len, _check, _crc = F.RECORD.unpack_from(data, pos)
             out.append((e.name, flags, e_idx, c_idx, raw_len, stored_len))
-            pos += C.RECORD.size + stored_len
+            pos += F.RECORD.size + stored_len
     return out
 
 
@@ -100,7 +103,7 @@ def test_an_encrypted_backup_has_the_same_header_fields_and_chunk_layout_as_befo
     assert len(new) == len(old)  # same header, keywrap, chunk and index sizes: only random bytes differ
     got_old, got_new = BackupReader(io.BytesIO(old), key=key), BackupReader(io.BytesIO(new), key=key)
     assert got_new.header == got_old.header
-    assert got_new._layout.core_bytes[:-4] == got_old._layout.core_bytes[:-4]  # all but the nonce prefix
+    assert got_new.layout.core_bytes[:-4] == got_old.layout.core_bytes[:-4]  # all but the nonce prefix
     assert record_heads(new, key) == record_heads(old, key)
     assert [(e.name, e.raw_size, e.chunks, e.stored_size, e.digest, e.offset) for e in got_new.entries()] == [
         (e.name, e.raw_size, e.chunks, e.stored_size, e.digest, e.offset) for e in got_old.entries()
@@ -120,7 +123,7 @@ def test_files_written_before_read_back_and_verify(name, key):
     report = r.verify()
     assert report.encryption_ok == (k is not None) and report.raw_bytes == sum(map(len, want.values()))
     assert report.file_bytes == len(data)
-    assert data[-C.FOOTER.size :][16:32].hex() == DIGESTS[name]
+    assert data[-F.FOOTER.size :][16:32].hex() == DIGESTS[name]
 
 
 def test_an_old_encrypted_file_rotates_to_a_new_key(key, tmp_path):

@@ -30,8 +30,10 @@ import apsw
 
 from .. import datadir as dd
 from .. import fileops as _fileops
-from ..backup.container import BackupError, BackupHeader, BackupReader
-from ..backup.file import manifest_of
+from ..backup.manifest import manifest_of
+from ..container.errors import BackupError
+from ..container.format import BackupHeader
+from ..container.reader import BackupReader
 from ..engine import database as engine_db
 from ..keys import ENV_KEY_FILE, ENV_PASSPHRASE, KeySource, NoKeyError, resolve_kek
 from .errors import RestoreError

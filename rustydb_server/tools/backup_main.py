@@ -32,18 +32,14 @@ from dataclasses import dataclass
 from rustydb_client.client import ClientError, connect
 from rustydb_client.protocol import events
 
-from ..backup.container import (
-    BackupCorruptError,
-    BackupError,
-    BackupHeader,
-    BackupReader,
-    BackupSummary,
-    VerifyReport,
-    lower_thread_priority,
-    rotate_key,
-)
-from ..backup.file import BackupFile, header_from_manifest
+from ..backup.manifest import header_from_manifest
 from ..codecs import CODECS
+from ..container.errors import BackupCorruptError, BackupError
+from ..container.file import BackupFile
+from ..container.format import BackupHeader, BackupSummary
+from ..container.reader import BackupReader, VerifyReport
+from ..container.rotate import rotate_key
+from ..container.threads import lower_thread_priority
 from ..crypto import CryptoError
 from ..keys import (
     ENV_PASSPHRASE,

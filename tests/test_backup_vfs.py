@@ -33,6 +33,13 @@ def run_sql(session, sql):
     return rows
 
 
+def add_entry(writer, name, parts):
+    writer.begin_entry(name)
+    for part in parts:
+        writer.write(part)
+    writer.end_entry()
+
+
 def write_backup(engine, path, *, key=None, chunk_size=CHUNK):
     """A full backup of ``engine`` at ``path``, written as the server does,
     with a small chunk size so that entries have many chunks."""
@@ -187,7 +194,7 @@ def test_entry_reader_reads_any_range(size):
     payload = rng.randbytes(size)
     buf = io.BytesIO()
     w = BackupWriter(buf, new_header("full"), key=KEY, codec="zstd", chunk_size=256)
-    w.add_entry("e", [payload[:100], payload[100:]])
+    add_entry(w, "e", [payload[:100], payload[100:]])
     w.finish()
     reader = EntryReader(BackupReader(io.BytesIO(buf.getvalue()), key=KEY), "e", cache_chunks=2)
     assert reader.size == size
@@ -202,7 +209,7 @@ def test_entry_reader_cache_is_bounded_and_reused():
     payload = bytes(range(256)) * 40  # 10240 bytes = 10 chunks of 1024
     buf = io.BytesIO()
     w = BackupWriter(buf, new_header("full"), codec="none", chunk_size=1024)
-    w.add_entry("e", [payload])
+    add_entry(w, "e", [payload])
     w.finish()
     reader = EntryReader(BackupReader(io.BytesIO(buf.getvalue())), "e", cache_chunks=3)
     reader.read(0, 10)
@@ -223,8 +230,8 @@ def test_read_chunk_matches_read_entry():
     payload = os.urandom(5000)
     buf = io.BytesIO()
     w = BackupWriter(buf, new_header("full"), key=KEY, codec="lz4", chunk_size=700)
-    w.add_entry("first", [b"x" * 1500])
-    w.add_entry("second", [payload])
+    add_entry(w, "first", [b"x" * 1500])
+    add_entry(w, "second", [payload])
     w.finish()
     reader = BackupReader(io.BytesIO(buf.getvalue()), key=KEY)
     info = reader.entry("second")

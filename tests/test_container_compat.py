@@ -66,7 +66,10 @@ def write(codec: str, key=None) -> bytes:
     out = io.BytesIO()
     w = BackupWriter(out, header(), key=key, codec=codec, chunk_size=1024)
     for name, parts in entries():
-        w.add_entry(name, parts)
+        w.begin_entry(name)
+        for part in parts:
+            w.write(part)
+        w.end_entry()
     w.finish()
     return out.getvalue()
 

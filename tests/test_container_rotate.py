@@ -34,7 +34,10 @@ def make_backup(entries, *, key=None):
     buf = io.BytesIO()
     w = BackupWriter(buf, new_header("full"), key=key, codec="lz4", chunk_size=256)
     for name, parts in entries:
-        w.add_entry(name, parts)
+        w.begin_entry(name)
+        for part in parts:
+            w.write(part)
+        w.end_entry()
     w.finish()
     return buf.getvalue()
 

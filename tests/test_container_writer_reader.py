@@ -43,7 +43,10 @@ def make_backup(entries, *, key=None, codec="lz4", chunk_size=256, threads=1, he
         buf, header or new_header("full", databases=DBS), key=key, codec=codec, chunk_size=chunk_size, threads=threads
     )
     for name, parts in entries:
-        w.add_entry(name, parts)
+        w.begin_entry(name)
+        for part in parts:
+            w.write(part)
+        w.end_entry()
     summary = w.finish()
     data = buf.getvalue()
     assert summary.size_bytes == len(data)

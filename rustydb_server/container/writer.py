@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
@@ -163,12 +162,6 @@ class BackupWriter:
         self._held, self._buf = None, bytearray()
         self._submit(final, last=True)  # an empty entry still gets one (empty) LAST chunk
         self._entry = None
-
-    def add_entry(self, name: str, chunks: Iterable[bytes]) -> None:
-        self.begin_entry(name)
-        for data in chunks:
-            self.write(data)
-        self.end_entry()
 
     # chunks
 

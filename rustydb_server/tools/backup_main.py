@@ -48,6 +48,7 @@ from ..keys import (
     PassphraseSource,
     create_key_file,
     resolve_kek,
+    resolve_read_key,
 )
 from ..wal.lsn import format_lsn
 from .progress import (
@@ -474,8 +475,6 @@ def verify_file(args: argparse.Namespace) -> int:
     try:
         with open(path, "rb") as f:
             header = BackupReader(f).header
-        from ..restore.full import resolve_read_key
-
         key = resolve_read_key(header, args.key_file)
         report = verify_backup(path, key, args.threads)
     except BackupCorruptError as exc:
@@ -667,8 +666,6 @@ def query_backup(args: argparse.Namespace) -> int:
                 "not whole databases; query the full backup it builds on, or restore "
                 "the chain with rusty-db-restore --chain-dir",
             )
-        from ..restore.full import resolve_read_key
-
         key = resolve_read_key(header, args.key_file) if header.encrypted else None
         names = [d["name"] for d in header.databases]
         database = (args.database or [None])[0] or (names[0] if len(names) == 1 else "rustydb")

@@ -17,7 +17,7 @@ from rustydb_server.container import format as F
 from rustydb_server.container import reader as reader_module
 from rustydb_server.container.errors import BackupCorruptError, BackupError, UnsupportedFormatError
 from rustydb_server.container.format import BackupHeader, new_header
-from rustydb_server.container.reader import BackupReader
+from rustydb_server.container.reader import BackupReader, EntryReader
 from rustydb_server.container.writer import BackupWriter
 from rustydb_server.crypto import WrongKeyError
 from rustydb_server.keys import KeyFileSource, NoKeyError, PassphraseSource
@@ -590,3 +590,50 @@ def test_whole_file_digest_catches_what_every_crc_passes():
         )
     )
     assert BackupReader(io.BytesIO(good)).verify()
+
+
+# -- random access: byte ranges of one entry ------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 257, 1000, 2048])
+def test_entry_reader_reads_any_range(size):
+    rng = random.Random(size)
+    payload = rng.randbytes(size)
+    data = make_backup([("e", [payload[:100], payload[100:]])], key=KEY, codec="zstd", chunk_size=256)
+    reader = EntryReader(BackupReader(io.BytesIO(data), key=KEY), "e", cache_chunks=2)
+    assert reader.size == size
+    for _ in range(200):
+        a = rng.randrange(size + 10)
+        n = rng.randrange(600)
+        assert reader.read(a, n) == payload[a : a + n]
+    assert reader.read(0, size) == payload
+
+
+def test_entry_reader_cache_is_bounded_and_reused():
+    payload = bytes(range(256)) * 40  # 10240 bytes = 10 chunks of 1024
+    data = make_backup([("e", [payload])], codec="none", chunk_size=1024)
+    reader = EntryReader(BackupReader(io.BytesIO(data)), "e", cache_chunks=3)
+    reader.read(0, 10)
+    reader.read(500, 10)
+    assert reader.chunks_decoded == 1  # the same chunk, from the cache
+    reader.read(1000, 100)  # spans chunks 0 and 1
+    assert reader.chunks_decoded == 2
+    for chunk in range(10):
+        reader.read(chunk * 1024, 1)
+    assert reader.chunks_decoded == 10
+    assert len(reader._cache) == 3
+    reader.read(0, 1)  # evicted long ago
+    assert reader.chunks_decoded == 11
+
+
+def test_read_chunk_matches_read_entry():
+    """BackupReader.chunk_offsets + read_chunk give exactly read_entry's chunks."""
+    payload = os.urandom(5000)
+    data = make_backup([("first", [b"x" * 1500]), ("second", [payload])], key=KEY, codec="lz4", chunk_size=700)
+    reader = BackupReader(io.BytesIO(data), key=KEY)
+    info = reader.entry("second")
+    offsets = reader.chunk_offsets(info)
+    assert len(offsets) == info.chunks == 8
+    assert [reader.read_chunk(info, i, off) for i, off in enumerate(offsets)] == list(reader.read_entry("second"))
+    with pytest.raises(BackupCorruptError, match="chunk 2"):
+        reader.read_chunk(info, 2, offsets[3])  # the head found there belongs to chunk 3

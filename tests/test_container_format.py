@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from rustydb_server import codecs, crypto
 from rustydb_server.container import format as F
-from rustydb_server.container.errors import UnsafeEntryNameError
+from rustydb_server.container.errors import UnsafeEntryNameError, UnsupportedFormatError
 from rustydb_server.container.format import (
     FLAG_COMPRESSED,
     FLAG_LAST,
     BackupHeader,
     ChunkContext,
-    ChunkDamage,
+    FormatDamage,
     new_header,
     open_record,
     safe_entry_name,
@@ -90,7 +90,7 @@ def test_any_flipped_bit_of_a_record_is_detected(r, data):
     damaged[bit // 8] ^= 1 << (bit % 8)
     try:
         got = reopen(ctx, fields, bytes(damaged))
-    except ChunkDamage:
+    except FormatDamage:
         return
     assert not r["encrypted"] and got == r["data"]
 
@@ -119,7 +119,7 @@ def test_a_record_opened_as_another_place_fails(field, r):
     if moved.get("raw_len") == raw_len:
         moved["raw_len"] = raw_len + 1
     w = {**where, **moved}
-    with pytest.raises(ChunkDamage):
+    with pytest.raises(FormatDamage):
         open_record(ctx, w["entry"], w["name"], w["chunk"], 17, w["flags"], w["raw_len"], check, stored)
 
 
@@ -129,10 +129,10 @@ def test_an_encrypted_record_is_bound_to_its_position_in_the_backup(data, seq):
     ctx = context("lz4", True)
     fields, stored = seal(ctx, data, seq=seq)
     assert reopen(ctx, fields, stored, seq=seq) == data
-    with pytest.raises(ChunkDamage, match="authentication"):
+    with pytest.raises(FormatDamage, match="authentication"):
         reopen(ctx, fields, stored, seq=seq + 1)
     other = ChunkContext(CORE_HASH, "lz4", 4096, crypto.cipher_for(crypto.generate_data_key()), NONCE_PREFIX)
-    with pytest.raises(ChunkDamage, match="authentication"):
+    with pytest.raises(FormatDamage, match="authentication"):
         reopen(other, fields, stored, seq=seq)
 
 
@@ -140,7 +140,7 @@ def test_a_record_that_decompresses_past_the_chunk_size_is_refused():
     ctx = context("zstd", False, chunk_size=4096)
     bomb = codecs.compress("zstd", bytes(1 << 20))
     aad = F.chunk_aad(CORE_HASH, 0, 0, FLAG_LAST | FLAG_COMPRESSED, 4096, b"e")
-    with pytest.raises(ChunkDamage, match="more than the limit of 4096"):
+    with pytest.raises(FormatDamage, match="more than the limit of 4096"):
         open_record(ctx, 0, b"e", 0, 0, FLAG_LAST | FLAG_COMPRESSED, 4096, crc32c(bomb, crc32c(aad)), bomb)
 
 
@@ -234,6 +234,115 @@ def test_chunk_aad_layout():
     assert aad == b"C" + CORE_HASH + struct.pack(">IIBI", 1, 2, FLAG_LAST, 3) + "é".encode()
     assert F.index_aad(CORE_HASH) == b"I" + CORE_HASH
     assert F.wrap_aad(CORE_HASH, b"p") == b"RDBBAK01 wrap" + CORE_HASH + b"p"
+
+
+# -- record heads, index, prefix -----------------------------------------------------------
+
+
+@given(
+    entry=st.integers(0, 2**32 - 1),
+    chunk=st.integers(0, 2**32 - 1),
+    raw_len=st.integers(0, 1024),
+    compressed=st.booleans(),
+    encrypted=st.booleans(),
+)
+def test_a_record_head_unpacks_where_it_belongs_and_nowhere_else(entry, chunk, raw_len, compressed, encrypted):
+    flags = FLAG_LAST | (FLAG_COMPRESSED if compressed else 0)
+    stored_len = raw_len + (crypto.TAG_SIZE if encrypted else 0)
+    head = F.pack_record(flags, entry, chunk, raw_len, stored_len, 0xDEADBEEF)
+    where = {"last": True, "chunk_size": 1024, "encrypted": encrypted}
+    assert F.unpack_record_head(head, entry, chunk, **where) == F.RecordHead(flags, raw_len, stored_len, 0xDEADBEEF)
+    with pytest.raises(FormatDamage, match="reordered, duplicated or dropped"):
+        F.unpack_record_head(head, entry ^ 1, chunk, **where)
+    with pytest.raises(FormatDamage, match="last-chunk mark"):
+        F.unpack_record_head(head, entry, chunk, **{**where, "last": False})
+    for byte in range(F.RECORD.size):
+        damaged = bytearray(head)
+        damaged[byte] ^= 0x10
+        with pytest.raises(FormatDamage, match="header checksum mismatch"):
+            F.unpack_record_head(bytes(damaged), entry, chunk, **where)
+
+
+def test_record_heads_with_impossible_sizes_are_refused():
+    for raw_len, stored_len, last in ((1025, 10, True), (1000, 1000, False), (10, 1024 + 17, True)):
+        head = F.pack_record(FLAG_LAST if last else 0, 0, 0, raw_len, stored_len, 0)
+        with pytest.raises(FormatDamage, match="chunk sizes impossible"):
+            F.unpack_record_head(head, 0, 0, last=last, chunk_size=1024, encrypted=True)
+
+
+index_entries = st.lists(
+    st.tuples(st.sampled_from(["a", "b/c", "databases/x.sqlite", "wal/1"]), st.integers(1, 5), st.integers(0, 99)),
+    max_size=4,
+    unique_by=lambda e: e[0],
+)
+
+
+def build_index(spec, chunk_size=100, digest_size=16):
+    entries, offset = [], 0
+    for name, chunks, extra in spec:
+        span = chunks * F.RECORD.size + extra
+        raw = (chunks - 1) * chunk_size + min(extra, chunk_size)
+        entries.append(F.IndexEntry(name, offset, span, chunks, raw, bytes(range(digest_size))))
+        offset += span
+    return entries
+
+
+@given(index_entries, st.sampled_from([1, 2]))
+def test_an_index_parses_back_to_its_entries(spec, version):
+    entries = build_index(spec, digest_size=32 if version == 1 else 16)
+    packed = F.pack_index(entries, version)
+    assert F.parse_index(packed, version, 100) == entries
+    assert F.unpack_msgpack(packed)["chunks"] == sum(chunks for _, chunks, _ in spec)
+
+
+def test_an_index_whose_entries_do_not_follow_each_other_is_refused():
+    a, b = build_index([("a", 2, 5), ("b", 1, 0)])
+    cases = {
+        "does not follow the previous one": [a, F.IndexEntry("b", b.offset + 1, b.span, 1, 0, b.digest)],
+        "raw size does not fit the chunk count": [a, F.IndexEntry("b", b.offset, b.span, 1, 101, b.digest)],
+        "lists entry 'a' twice": [a, F.IndexEntry("a", b.offset, b.span, 1, 0, b.digest)],
+        "unsafe entry name": [a, F.IndexEntry("../b", b.offset, b.span, 1, 0, b.digest)],
+    }
+    for reason, entries in cases.items():
+        with pytest.raises(FormatDamage, match=reason) as exc:
+            F.parse_index(F.pack_index(entries), 2, 100)
+        assert exc.value.entry in (None, entries[1].name)
+    packed = F.unpack_msgpack(F.pack_index([a, b]))
+    packed["chunks"] += 1
+    with pytest.raises(FormatDamage, match="chunk total"):
+        F.parse_index(F.pack_msgpack(packed), 2, 100)
+
+
+def test_an_encrypted_index_opens_only_under_its_header():
+    ctx = context("none", True)
+    sealed = F.seal_index(ctx, b"index bytes")
+    assert sealed != b"index bytes" and F.open_index(ctx, sealed) == b"index bytes"
+    other = ChunkContext(hashlib.sha256(b"another header").digest(), "none", 4096, ctx.aead, NONCE_PREFIX)
+    with pytest.raises(FormatDamage, match="index failed authentication"):
+        F.open_index(other, sealed)
+    assert F.seal_index(context("none", False), b"plain") == b"plain"
+
+
+def test_prefix_footer_and_header_sum_damage_is_named():
+    head = F.pack_header(b"core", b"", 2)
+    assert F.unpack_prefix(head[: F.PREFIX.size]) == (2, 4, 0)
+    with pytest.raises(FormatDamage, match="bad magic"):
+        F.unpack_prefix(b"X" + head[1 : F.PREFIX.size])
+    with pytest.raises(FormatDamage, match="impossible header length"):
+        F.unpack_prefix(F.PREFIX.pack(F.MAGIC, 2, 0, F.MAX_HEADER_PART + 1, 0))
+    F.check_header_sum(head, 2)
+    with pytest.raises(UnsupportedFormatError, match="backup format 3, newer than this RustyDB reads"):
+        F.check_header_sum(F.pack_header(b"core", b"", 3), 3)
+    with pytest.raises(FormatDamage, match=r"header checksum mismatch \(format version reads 3\)"):
+        F.check_header_sum(head[:8] + b"\x00\x03" + head[10:], 3)
+    with pytest.raises(FormatDamage, match=r"header checksum mismatch$"):
+        F.check_header_sum(head[:-1] + bytes([head[-1] ^ 1]), 2)
+    footer = F.pack_footer(10, 20, 30, bytes(32))
+    assert F.unpack_footer(footer) == F.Footer(10, 20, 30, bytes(32))
+    with pytest.raises(FormatDamage, match="no end marker"):
+        F.unpack_footer(footer[:-1] + b"X")
+    with pytest.raises(FormatDamage, match="footer checksum mismatch"):
+        F.unpack_footer(b"\x01" + footer[1:])
 
 
 # -- entry names ---------------------------------------------------------------------------

@@ -93,7 +93,7 @@ from rustydb_server import codecs, crypto
 from rustydb_server.crc import crc32c
 from rustydb_server.crypto import SecretKey
 
-from .errors import UnsafeEntryNameError
+from .errors import UnsafeEntryNameError, UnsupportedFormatError
 
 MAGIC = b"RDBBAK01"
 END_MAGIC = b"RDBEND01"
@@ -428,8 +428,12 @@ def seal_record(
     return pack_record(flags, entry_index, chunk_index, raw_len, len(stored), check), stored
 
 
-class ChunkDamage(Exception):
-    pass
+class FormatDamage(Exception):
+    """Bytes that are not as the format says; the reader adds which backup and where."""
+
+    def __init__(self, reason: str, *, entry: str | None = None) -> None:
+        super().__init__(reason)
+        self.entry = entry
 
 
 def open_record(
@@ -443,25 +447,187 @@ def open_record(
     check: int,
     stored: bytes,
 ) -> bytes:
-    """Check, decrypt and decompress one stored chunk; ChunkDamage says what is wrong."""
+    """Check, decrypt and decompress one stored chunk; FormatDamage says what is wrong."""
     aad = chunk_aad(ctx.core_hash, entry_index, chunk_index, flags, raw_len, name)
     payload = stored
     if ctx.aead is not None:
         if crc32c(stored, crc32c(aad)) != check:
-            raise ChunkDamage("stored bytes do not match their checksum (damaged, or moved here)")
+            raise FormatDamage("stored bytes do not match their checksum (damaged, or moved here)")
         try:
             payload = crypto.open_chunk(ctx.aead, ctx.nonce_prefix, seq, stored, aad)
         except crypto.AuthenticationError:
-            raise ChunkDamage("chunk failed authentication (tampered, moved, or from another backup)") from None
+            raise FormatDamage("chunk failed authentication (tampered, moved, or from another backup)") from None
     if flags & FLAG_COMPRESSED:
         try:
             plain = codecs.decompress(ctx.codec, payload, raw_len)
         except codecs.CodecError as exc:
-            raise ChunkDamage(f"does not decompress: {exc}") from None
+            raise FormatDamage(f"does not decompress: {exc}") from None
     else:
         plain = payload
     if len(plain) != raw_len:
-        raise ChunkDamage(f"holds {len(plain)} bytes, its record says {raw_len}")
+        raise FormatDamage(f"holds {len(plain)} bytes, its record says {raw_len}")
     if ctx.aead is None and crc32c(plain, crc32c(aad)) != check:
-        raise ChunkDamage("data does not match its checksum (damaged, or moved here)")
+        raise FormatDamage("data does not match its checksum (damaged, or moved here)")
     return plain
+
+
+def seal_index(ctx: ChunkContext, index_bytes: bytes) -> bytes:
+    """The index as stored: sealed under the data key when encrypted."""
+    if ctx.aead is None:
+        return index_bytes
+    return crypto.seal_chunk(ctx.aead, ctx.nonce_prefix, crypto.INDEX_SEQ, index_bytes, index_aad(ctx.core_hash))
+
+
+def open_index(ctx: ChunkContext, stored: bytes) -> bytes:
+    if ctx.aead is None:
+        return stored
+    try:
+        return crypto.open_chunk(ctx.aead, ctx.nonce_prefix, crypto.INDEX_SEQ, stored, index_aad(ctx.core_hash))
+    except crypto.AuthenticationError:
+        raise FormatDamage("index failed authentication") from None
+
+
+# -- prefix, record heads, index and footer --------------------------------------
+
+
+def unpack_prefix(prefix: bytes) -> tuple[int, int, int]:
+    """(format version, core length, keywrap length) from the header's first bytes."""
+    magic, version, _reserved, core_len, keywrap_len = PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise FormatDamage("not a RustyDB backup file (bad magic)")
+    if core_len > MAX_HEADER_PART or keywrap_len > MAX_HEADER_PART:
+        raise FormatDamage("header damaged: impossible header length")
+    return version, core_len, keywrap_len
+
+
+def check_header_sum(header_bytes: bytes, version: int) -> None:
+    """Check the header's own sha256, then that its format is one this release reads."""
+    if hashlib.sha256(header_bytes[:-HEADER_SUM_SIZE]).digest() != header_bytes[-HEADER_SUM_SIZE:]:
+        raise FormatDamage(
+            "header damaged: header checksum mismatch"
+            + ("" if version in DIGESTS else f" (format version reads {version})")
+        )
+    if version not in DIGESTS:
+        # The prefix and the header checksum keep their place in every
+        # format, so a header that checks out is a newer format, not damage.
+        raise UnsupportedFormatError(
+            f"the file is in backup format {version}, newer than this RustyDB reads "
+            f"({', '.join(map(str, DIGESTS))}); it was written by a newer release: verify "
+            "and restore it with that release or a later one"
+        )
+
+
+@dataclass(frozen=True)
+class RecordHead:
+    flags: int
+    raw_len: int
+    stored_len: int
+    check: int
+
+
+def unpack_record_head(
+    head: bytes, entry_index: int, chunk_index: int, *, last: bool, chunk_size: int, encrypted: bool
+) -> RecordHead:
+    """The head of a chunk record found where chunk ``chunk_index`` of entry
+    ``entry_index`` belongs, checked against that place."""
+    magic, flags, reserved, e_idx, c_idx, raw_len, stored_len, check, head_crc = RECORD.unpack(head)
+    if crc32c(head[:RECORD_CRC_SPAN]) != head_crc or magic != RECORD_MAGIC:
+        raise FormatDamage("chunk header missing or damaged (header checksum mismatch)")
+    if e_idx != entry_index or c_idx != chunk_index:
+        raise FormatDamage(
+            f"found chunk {c_idx} of entry #{e_idx} where chunk {chunk_index} of entry #{entry_index} "
+            "belongs (chunks reordered, duplicated or dropped)"
+        )
+    if bool(flags & FLAG_LAST) != last or flags & ~KNOWN_FLAGS or reserved:
+        raise FormatDamage("chunk flags wrong: the last-chunk mark is missing or misplaced (truncated or spliced)")
+    max_stored = chunk_size + (crypto.TAG_SIZE if encrypted else 0)
+    if raw_len > chunk_size or (not last and raw_len != chunk_size) or stored_len > max_stored:
+        raise FormatDamage(f"chunk sizes impossible (raw {raw_len}, stored {stored_len}, chunk size {chunk_size})")
+    return RecordHead(flags, raw_len, stored_len, check)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    offset: int  # of its first chunk record, from the start of the body
+    span: int  # bytes of its chunk records, heads included
+    chunks: int
+    raw_size: int
+    digest: bytes  # of its plaintext (DIGESTS of the file's format)
+
+
+def pack_index(entries: list[IndexEntry], version: int = FORMAT_VERSION) -> bytes:
+    digest_field = DIGESTS[version].field
+    return pack_msgpack(
+        {
+            "chunks": sum(e.chunks for e in entries),
+            "entries": [
+                {
+                    "name": e.name,
+                    "offset": e.offset,
+                    "span": e.span,
+                    "chunks": e.chunks,
+                    "raw_size": e.raw_size,
+                    digest_field: e.digest,
+                }
+                for e in entries
+            ],
+        }
+    )
+
+
+def parse_index(index_bytes: bytes, version: int, chunk_size: int) -> list[IndexEntry]:
+    """The entries of an index, each checked to follow the previous one and to
+    fit its chunk count; FormatDamage names what is wrong (and where the index
+    is merely malformed, any exception does)."""
+    index = unpack_msgpack(index_bytes)
+    entries: list[IndexEntry] = []
+    names: set[str] = set()
+    expect_offset = seq = 0
+    digest_field = DIGESTS[version].field
+    for e in index["entries"]:
+        name, offset, span, chunks, raw_size, digest = (
+            e["name"],
+            e["offset"],
+            e["span"],
+            e["chunks"],
+            e["raw_size"],
+            e[digest_field],
+        )
+        try:
+            safe_entry_name(name)
+        except UnsafeEntryNameError as exc:
+            raise FormatDamage(f"index holds an {exc}") from None
+        if name in names:
+            raise FormatDamage(f"index lists entry {name!r} twice")
+        names.add(name)
+        ints = (offset, span, chunks, raw_size)
+        if not all(isinstance(v, int) and v >= 0 for v in ints) or not isinstance(digest, bytes):
+            raise FormatDamage("index damaged: bad field types", entry=name)
+        if offset != expect_offset or chunks < 1 or span < chunks * RECORD.size:
+            raise FormatDamage("index damaged: entry does not follow the previous one", entry=name)
+        if not (chunks - 1) * chunk_size <= raw_size <= chunks * chunk_size:
+            raise FormatDamage("index damaged: raw size does not fit the chunk count", entry=name)
+        entries.append(IndexEntry(name, offset, span, chunks, raw_size, digest))
+        expect_offset += span
+        seq += chunks
+    if index["chunks"] != seq:
+        raise FormatDamage("index damaged: chunk total does not match its entries")
+    return entries
+
+
+@dataclass(frozen=True)
+class Footer:
+    index_offset: int  # absolute
+    index_len: int
+    index_crc: int
+    digest: bytes  # of every byte before the footer
+
+
+def unpack_footer(footer: bytes) -> Footer:
+    index_offset, index_len, index_crc, digest, _reserved, footer_crc, end_magic = FOOTER.unpack(footer)
+    if end_magic != END_MAGIC:
+        raise FormatDamage("file is truncated or incomplete: no end marker at the end of the file")
+    if crc32c(footer[:FOOTER_CRC_SPAN]) != footer_crc:
+        raise FormatDamage("footer damaged: footer checksum mismatch")
+    return Footer(index_offset, index_len, index_crc, digest)

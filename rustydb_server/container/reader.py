@@ -14,7 +14,6 @@ loss, since every chunk is bound to its entry, position and the last-chunk flag.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict, deque
@@ -27,31 +26,28 @@ from rustydb_server.crc import crc32c
 from rustydb_server.crypto import SecretKey, WrongKeyError
 from rustydb_server.keys import KeySource, NoKeyError
 
-from .errors import BackupCorruptError, EntryNotFoundError, UnsafeEntryNameError, UnsupportedFormatError
+from .errors import BackupCorruptError, EntryNotFoundError
 from .format import (
     DIGESTS,
-    END_MAGIC,
-    FLAG_LAST,
     FOOTER,
-    FOOTER_CRC_SPAN,
     HEADER_SUM_SIZE,
-    KNOWN_FLAGS,
-    MAGIC,
-    MAX_HEADER_PART,
     MAX_INDEX_SIZE,
     PREFIX,
     RECORD,
-    RECORD_CRC_SPAN,
-    RECORD_MAGIC,
     ChunkContext,
-    ChunkDamage,
     EntryInfo,
+    FormatDamage,
+    RecordHead,
+    check_header_sum,
     hash_core,
-    index_aad,
+    open_index,
     open_record,
     parse_header,
-    safe_entry_name,
+    parse_index,
+    unpack_footer,
     unpack_msgpack,
+    unpack_prefix,
+    unpack_record_head,
     wrap_aad,
 )
 from .threads import thread_pool
@@ -147,7 +143,7 @@ class BackupReader:
         self._params_bytes = parsed.params_bytes
         self._wrapped = parsed.wrapped_key
         self.core_hash = hash_core(self.layout.core_bytes, self.layout.version)
-        nonce_prefix = self._nonce_prefix = parsed.nonce_prefix
+        nonce_prefix = parsed.nonce_prefix
         self._data_key: SecretKey | None = None
         aead = None
         if key is not None and self.header.encrypted:
@@ -181,30 +177,19 @@ class BackupReader:
         if size < PREFIX.size:
             raise self._corrupt(f"file is only {size} bytes: not a complete RustyDB backup")
         prefix = self._read_at(0, PREFIX.size, "header")
-        magic, version, _reserved, core_len, keywrap_len = PREFIX.unpack(prefix)
-        if magic != MAGIC:
-            raise self._corrupt("not a RustyDB backup file (bad magic)")
-        if core_len > MAX_HEADER_PART or keywrap_len > MAX_HEADER_PART:
-            raise self._corrupt("header damaged: impossible header length")
+        try:
+            version, core_len, keywrap_len = unpack_prefix(prefix)
+        except FormatDamage as exc:
+            raise self._corrupt(str(exc)) from None
         body_start = PREFIX.size + core_len + keywrap_len + HEADER_SUM_SIZE
         if body_start + FOOTER.size > size:
             raise self._corrupt("file ends inside the header or has no footer (truncated)")
         rest = self._read_at(PREFIX.size, body_start - PREFIX.size, "header")
         header_bytes = prefix + rest
-        if hashlib.sha256(header_bytes[:-HEADER_SUM_SIZE]).digest() != header_bytes[-HEADER_SUM_SIZE:]:
-            raise self._corrupt(
-                "header damaged: header checksum mismatch"
-                + ("" if version in DIGESTS else f" (format version reads {version})"),
-                offset=0,
-            )
-        if version not in DIGESTS:
-            # The prefix and the header checksum keep their place in every
-            # format, so a header that checks out is a newer format, not damage.
-            raise UnsupportedFormatError(
-                f"the file is in backup format {version}, newer than this RustyDB reads "
-                f"({', '.join(map(str, DIGESTS))}); it was written by a newer release: verify "
-                "and restore it with that release or a later one"
-            )
+        try:
+            check_header_sum(header_bytes, version)
+        except FormatDamage as exc:
+            raise self._corrupt(str(exc), offset=0) from None
         core_bytes = rest[:core_len]
         keywrap_bytes = rest[core_len : core_len + keywrap_len]
         try:  # name the backup in every later error
@@ -212,14 +197,11 @@ class BackupReader:
         except Exception:
             pass
         footer_at = size - FOOTER.size
-        footer = self._read_at(footer_at, FOOTER.size, "footer")
-        index_offset, index_len, index_crc, digest, _r, footer_crc, end_magic = FOOTER.unpack(footer)
-        if end_magic != END_MAGIC:
-            raise self._corrupt(
-                "file is truncated or incomplete: no end marker at the end of the file", offset=footer_at
-            )
-        if crc32c(footer[:FOOTER_CRC_SPAN]) != footer_crc:
-            raise self._corrupt("footer damaged: footer checksum mismatch", offset=footer_at)
+        try:
+            footer = unpack_footer(self._read_at(footer_at, FOOTER.size, "footer"))
+        except FormatDamage as exc:
+            raise self._corrupt(str(exc), offset=footer_at) from None
+        index_offset, index_len = footer.index_offset, footer.index_len
         if index_len > MAX_INDEX_SIZE or footer_at - index_len < body_start:
             raise self._corrupt("footer damaged: index length does not fit the file", offset=footer_at)
         if index_offset != footer_at - index_len:
@@ -242,8 +224,8 @@ class BackupReader:
             body_start,
             index_offset,
             index_len,
-            index_crc,
-            digest,
+            footer.index_crc,
+            footer.digest,
             size,
         )
 
@@ -297,62 +279,29 @@ class BackupReader:
         raw = self._read_index_bytes() if raw is None else raw
         if crc32c(raw) != lay.index_crc:
             raise self._corrupt("index damaged: index checksum mismatch", offset=lay.index_offset)
-        if self._ctx.aead is not None:
-            try:
-                raw = crypto.open_chunk(
-                    self._ctx.aead, self._nonce_prefix, crypto.INDEX_SEQ, raw, index_aad(self.core_hash)
-                )
-            except crypto.AuthenticationError:
-                raise self._corrupt("index failed authentication", offset=lay.index_offset) from None
         try:
-            return self._parse_index(unpack_msgpack(raw))
-        except BackupCorruptError:
-            raise
+            raw = open_index(self._ctx, raw)
+        except FormatDamage as exc:
+            raise self._corrupt(str(exc), offset=lay.index_offset) from None
+        try:
+            index = parse_index(raw, lay.version, self.header.chunk_size)
+        except FormatDamage as exc:
+            raise self._corrupt(str(exc), entry=exc.entry) from None
         except Exception as exc:
             raise self._corrupt(f"index damaged: {type(exc).__name__}: {exc}", offset=lay.index_offset) from None
-
-    def _parse_index(self, index: dict) -> list[EntryInfo]:
-        lay = self.layout
-        entries: list[EntryInfo] = []
-        names: set[str] = set()
-        expect_offset, seq = 0, 0
-        cs = self.header.chunk_size
-        digest_field = DIGESTS[lay.version].field
-        for i, e in enumerate(index["entries"]):
-            name, offset, span, chunks, raw_size, digest = (
-                e["name"],
-                e["offset"],
-                e["span"],
-                e["chunks"],
-                e["raw_size"],
-                e[digest_field],
+        entries, seq = [], 0
+        for i, e in enumerate(index):
+            entries.append(
+                EntryInfo(e.name, i, e.raw_size, e.chunks, e.span, e.digest.hex(), lay.body_start + e.offset, seq)
             )
-            try:
-                safe_entry_name(name)
-            except UnsafeEntryNameError as exc:
-                raise self._corrupt(f"index holds an {exc}") from None
-            if name in names:
-                raise self._corrupt(f"index lists entry {name!r} twice")
-            names.add(name)
-            ints = (offset, span, chunks, raw_size)
-            if not all(isinstance(v, int) and v >= 0 for v in ints) or not isinstance(digest, bytes):
-                raise self._corrupt("index damaged: bad field types", entry=name)
-            if offset != expect_offset or chunks < 1 or span < chunks * RECORD.size:
-                raise self._corrupt("index damaged: entry does not follow the previous one", entry=name)
-            if not (chunks - 1) * cs <= raw_size <= chunks * cs:
-                raise self._corrupt("index damaged: raw size does not fit the chunk count", entry=name)
-            entries.append(EntryInfo(name, i, raw_size, chunks, span, digest.hex(), lay.body_start + offset, seq))
-            expect_offset += span
-            seq += chunks
-        if lay.body_start + expect_offset != lay.index_offset:
+            seq += e.chunks
+        body_end = lay.body_start + sum(e.span for e in index)
+        if body_end != lay.index_offset:
             self._layout_problems.append(
                 self._corrupt(
-                    "chunk data and index do not line up (chunks appended, dropped or truncated)",
-                    offset=lay.body_start + expect_offset,
+                    "chunk data and index do not line up (chunks appended, dropped or truncated)", offset=body_end
                 )
             )
-        if index["chunks"] != seq:
-            raise self._corrupt("index damaged: chunk total does not match its entries")
         return entries
 
     def entries(self) -> list[EntryInfo]:
@@ -411,15 +360,12 @@ class BackupReader:
         args, chunk, offset = job
         try:
             return open_record(*args) if future is None else future.result()
-        except ChunkDamage as exc:
+        except FormatDamage as exc:
             raise self._corrupt(str(exc), entry=info.name, chunk=chunk, offset=offset) from None
 
-    def _check_head(self, info: EntryInfo, chunk: int, pos: int) -> tuple[bytes, int, int, int, int]:
-        """Read and check the record head of ``chunk`` at ``pos``; returns
-        (head, flags, raw_len, stored_len, check). Raises naming entry and chunk."""
+    def _check_head(self, info: EntryInfo, chunk: int, pos: int) -> tuple[bytes, RecordHead]:
+        """Read and check the record head of ``chunk`` at ``pos``. Raises naming entry and chunk."""
         end = info.offset + info.stored_size
-        cs = self.header.chunk_size
-        max_stored = cs + (crypto.TAG_SIZE if self.header.encrypted else 0)
 
         def bad(reason: str) -> BackupCorruptError:
             return self._corrupt(reason, entry=info.name, chunk=chunk, offset=pos)
@@ -427,36 +373,38 @@ class BackupReader:
         if pos + RECORD.size > end:
             raise bad("entry ends before its last chunk (chunks dropped or truncated)")
         head = self._read_at(pos, RECORD.size, f"chunk {chunk} of entry {info.name!r}")
-        magic, flags, reserved, e_idx, c_idx, raw_len, stored_len, check, head_crc = RECORD.unpack(head)
-        if crc32c(head[:RECORD_CRC_SPAN]) != head_crc or magic != RECORD_MAGIC:
-            raise bad("chunk header missing or damaged (header checksum mismatch)")
-        if e_idx != info.index or c_idx != chunk:
-            raise bad(
-                f"found chunk {c_idx} of entry #{e_idx} where chunk {chunk} of entry #{info.index} "
-                "belongs (chunks reordered, duplicated or dropped)"
+        try:
+            record = unpack_record_head(
+                head,
+                info.index,
+                chunk,
+                last=chunk == info.chunks - 1,
+                chunk_size=self.header.chunk_size,
+                encrypted=self.header.encrypted,
             )
-        last = chunk == info.chunks - 1
-        if bool(flags & FLAG_LAST) != last or flags & ~KNOWN_FLAGS or reserved:
-            raise bad("chunk flags wrong: the last-chunk mark is missing or misplaced (truncated or spliced)")
-        if raw_len > cs or (not last and raw_len != cs) or stored_len > max_stored:
-            raise bad(f"chunk sizes impossible (raw {raw_len}, stored {stored_len}, chunk size {cs})")
-        if pos + RECORD.size + stored_len > end:
+        except FormatDamage as exc:
+            raise bad(str(exc)) from None
+        if pos + RECORD.size + record.stored_len > end:
             raise bad("chunk runs past the end of its entry (truncated or spliced)")
-        return head, flags, raw_len, stored_len, check
+        return head, record
 
     def _chunk_jobs(self, info: EntryInfo, tap) -> Iterator[tuple]:
         """Read the entry's records in order, checking structure; yields decode jobs."""
         pos, end = info.offset, info.offset + info.stored_size
         name_bytes = info.name.encode("utf-8")
         for chunk in range(info.chunks):
-            head, flags, raw_len, stored_len, check = self._check_head(info, chunk, pos)
-            stored = self._read_at(pos + RECORD.size, stored_len, f"chunk {chunk} of entry {info.name!r}")
+            head, record = self._check_head(info, chunk, pos)
+            stored = self._read_at(pos + RECORD.size, record.stored_len, f"chunk {chunk} of entry {info.name!r}")
             if tap is not None:
                 tap(head)
                 tap(stored)
-            args = (self._ctx, info.index, name_bytes, chunk, info.first_seq + chunk, flags, raw_len, check, stored)
-            yield args, chunk, pos
-            pos += RECORD.size + stored_len
+            seq = info.first_seq + chunk
+            yield (
+                (self._ctx, info.index, name_bytes, chunk, seq, record.flags, record.raw_len, record.check, stored),
+                chunk,
+                pos,
+            )
+            pos += RECORD.size + record.stored_len
         if pos != end:
             raise self._corrupt("extra bytes after the entry's last chunk", entry=info.name, offset=pos)
 
@@ -468,9 +416,8 @@ class BackupReader:
         self._require_key()
         offsets, pos = [], info.offset
         for chunk in range(info.chunks):
-            stored_len = self._check_head(info, chunk, pos)[3]
             offsets.append(pos)
-            pos += RECORD.size + stored_len
+            pos += RECORD.size + self._check_head(info, chunk, pos)[1].stored_len
         if pos != info.offset + info.stored_size:
             raise self._corrupt("extra bytes after the entry's last chunk", entry=info.name, offset=pos)
         return offsets
@@ -484,17 +431,17 @@ class BackupReader:
         self._require_key()
         if not 0 <= chunk_index < info.chunks:
             raise IndexError(f"entry {info.name!r} has {info.chunks} chunks, not chunk {chunk_index}")
-        _head, flags, raw_len, stored_len, check = self._check_head(info, chunk_index, offset)
-        stored = self._read_at(offset + RECORD.size, stored_len, f"chunk {chunk_index} of entry {info.name!r}")
+        record = self._check_head(info, chunk_index, offset)[1]
+        stored = self._read_at(offset + RECORD.size, record.stored_len, f"chunk {chunk_index} of entry {info.name!r}")
         args = (
             self._ctx,
             info.index,
             info.name.encode("utf-8"),
             chunk_index,
             info.first_seq + chunk_index,
-            flags,
-            raw_len,
-            check,
+            record.flags,
+            record.raw_len,
+            record.check,
             stored,
         )
         return self._finish_job(info, (args, chunk_index, offset), None)

@@ -23,16 +23,18 @@ from .format import (
     BackupSummary,
     ChunkContext,
     EntryInfo,
+    IndexEntry,
     check_header_fields,
     hash_core,
     header_core,
-    index_aad,
     pack_footer,
     pack_header,
+    pack_index,
     pack_keywrap,
     pack_msgpack,
     public_encryption,
     safe_entry_name,
+    seal_index,
     seal_record,
 )
 from .threads import lower_thread_priority, thread_pool
@@ -232,25 +234,8 @@ class BackupWriter:
             self.close()
         if self._writer_error is not None:
             raise self._writer_error
-        index = {
-            "chunks": self._seq,
-            "entries": [
-                {
-                    "name": e.name,
-                    "offset": e.offset,
-                    "span": e.span,
-                    "chunks": e.chunks,
-                    "raw_size": e.raw_size,
-                    DIGESTS[FORMAT_VERSION].field: e.digest.digest(),
-                }
-                for e in self._entries
-            ],
-        }
-        index_bytes = pack_msgpack(index)
-        if self._ctx.aead is not None:
-            index_bytes = crypto.seal_chunk(
-                self._ctx.aead, self._ctx.nonce_prefix, crypto.INDEX_SEQ, index_bytes, index_aad(self._ctx.core_hash)
-            )
+        index = [IndexEntry(e.name, e.offset, e.span, e.chunks, e.raw_size, e.digest.digest()) for e in self._entries]
+        index_bytes = seal_index(self._ctx, pack_index(index))
         index_offset = self._pos
         self._emit_bytes(index_bytes)
         digest = DIGESTS[FORMAT_VERSION].footer_bytes(self._file_hash)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import copy
 
 from rustydb_server import datadir as dd
-from rustydb_server.backup.container import RECORD, BackupReader
-from rustydb_server.backup.file import BackupFile, header_from_manifest
+from rustydb_server.backup.manifest import header_from_manifest
 from rustydb_server.backup.snapshot import Snapshot
+from rustydb_server.container.file import BackupFile
+from rustydb_server.container.format import RECORD
+from rustydb_server.container.reader import BackupReader
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.session import SqlSession
 from rustydb_server.settings import Settings

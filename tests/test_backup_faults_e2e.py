@@ -18,7 +18,7 @@ from helpers import run_tool
 
 from rustydb_client import client as rc
 from rustydb_client.protocol import events
-from rustydb_server.backup.container import BackupReader
+from rustydb_server.container.reader import BackupReader
 
 
 def backups(srv) -> list[dict]:

@@ -9,7 +9,7 @@ import re
 from helpers import run_tool
 from sample_backups import CUSTOMERS, NO_KEYS, write_backup
 
-from rustydb_server.backup.keys import KeyFileSource
+from rustydb_server.keys import KeyFileSource
 
 pytest_plugins = ["backup_fixtures"]
 

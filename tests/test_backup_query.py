@@ -10,7 +10,7 @@ import sys
 from helpers import run_tool
 from sample_backups import CUSTOMERS, NO_KEYS, assert_clean_error, write_backup
 
-from rustydb_server.backup.keys import PassphraseSource
+from rustydb_server.keys import PassphraseSource
 
 pytest_plugins = ["backup_fixtures"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from helpers import run_tool
 from sample_backups import NO_KEYS, assert_clean_error, write_backup
 
-from rustydb_server.backup.keys import KeyFileSource, PassphraseSource
+from rustydb_server.keys import KeyFileSource, PassphraseSource
 
 pytest_plugins = ["backup_fixtures"]
 

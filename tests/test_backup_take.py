@@ -14,8 +14,8 @@ from sample_backups import NO_KEYS, assert_clean_error
 from rustydb_client.client import ConnectionFailed
 from rustydb_client.protocol.frames import decode_body, encode_bulk_frame, encode_frame
 from rustydb_client.protocol.messages import TO_CLIENT, event_of, validate_message
-from rustydb_server.backup.container import BackupReader
 from rustydb_server.backup.snapshot import Snapshot
+from rustydb_server.container.reader import BackupReader
 from rustydb_server.engine.instance import Engine
 from rustydb_server.tools.backup.take import BackupFailed, receive_backup
 
@@ -25,7 +25,7 @@ pytest_plugins = ["backup_fixtures"]
 def test_backup_threads_run_at_the_niceness_asked_and_the_caller_keeps_its_own():
     import threading
 
-    from rustydb_server.backup.container import lower_thread_priority
+    from rustydb_server.container.threads import lower_thread_priority
 
     seen = []
 
@@ -251,7 +251,7 @@ def test_sigterm_mid_backup_leaves_no_file(server, tmp_path, monkeypatch, capsys
     """SIGTERM (a service stop, a cron timeout) cleans up as Ctrl-C does."""
     import signal
 
-    from rustydb_server.backup.container import BackupWriter
+    from rustydb_server.container.writer import BackupWriter
     from rustydb_server.tools import backup_main
 
     server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")

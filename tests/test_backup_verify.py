@@ -9,7 +9,7 @@ import os
 from helpers import run_tool
 from sample_backups import NO_KEYS, assert_clean_error, copy_file, flip_byte_in_chunk, write_backup
 
-from rustydb_server.backup.keys import KeyFileSource, PassphraseSource
+from rustydb_server.keys import KeyFileSource, PassphraseSource
 
 pytest_plugins = ["backup_fixtures"]
 

@@ -21,7 +21,7 @@ import trio
 
 from .. import datadir as _datadir
 from .. import fileops as _fileops
-from ..backup import keys
+from .. import keys
 from ..engine.instance import FatalWalError
 from ..logsetup import get_logger
 from ..settings import to_seconds

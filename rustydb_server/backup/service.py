@@ -20,12 +20,13 @@ import trio
 from rustydb_client.protocol import events
 
 from .. import codecs as _codecs
+from .. import keys
+from ..container.file import PARTIAL_SUFFIX, BackupFile
 from ..engine.instance import EngineError
 from ..logsetup import get_logger
-from . import keys
 from .catalog import Catalog
-from .file import PARTIAL_SUFFIX, BackupFile, header_from_manifest
 from .incremental import IncrementalSource, IncrementalUnavailable
+from .manifest import header_from_manifest
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
 from .tracking import ChangeTracking
 

@@ -26,8 +26,8 @@ import argparse
 import os
 import sys
 
-from ..backup.keys import ENV_PASSPHRASE
 from ..codecs import CODECS
+from ..keys import ENV_PASSPHRASE
 from .argtypes import niceness, thread_count
 from .backup import PROG, create_key, info, query, rotate_key, take, verify
 from .interrupt import interruption, sigterm_interrupts

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ...backup.keys import create_key_file
 from ...crypto import CryptoError
+from ...keys import create_key_file
 from ..output import fail, print_json
 from . import PROG
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from ...backup.container import BackupError, BackupHeader, BackupReader
+from ...container.errors import BackupError
+from ...container.format import BackupHeader
+from ...container.reader import BackupReader
 
 
 class UnreadableBackup(Exception):

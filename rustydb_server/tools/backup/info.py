@@ -6,7 +6,7 @@ import argparse
 import datetime
 import os
 
-from ...backup.container import BackupHeader
+from ...container.format import BackupHeader
 from ...wal.lsn import format_lsn
 from ..output import fail, human_size, print_json
 from . import PROG

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ...backup.container import BackupError
+from ...container.errors import BackupError
 from ...crypto import CryptoError
+from ...keys import resolve_read_key
 from ..output import fail, print_json
 from . import PROG
 from .header import UnreadableBackup, read_file_header
@@ -36,8 +37,6 @@ def query_backup(path: str, sql: str, *, database: str | None, key_file: str | N
                 "not whole databases; query the full backup it builds on, or restore "
                 "the chain with rusty-db-restore --chain-dir",
             )
-        from ...restore.full import resolve_read_key
-
         key = resolve_read_key(header, key_file) if header.encrypted else None
         names = [d["name"] for d in header.databases]
         database = database or (names[0] if len(names) == 1 else "rustydb")

@@ -7,9 +7,10 @@ import argparse
 import os
 import sys
 
-from ...backup.container import BackupError, rotate_key
-from ...backup.keys import ENV_PASSPHRASE, KeyFileSource, KeySource, PassphraseSource
+from ...container.errors import BackupError
+from ...container.rotate import rotate_key
 from ...crypto import CryptoError
+from ...keys import ENV_PASSPHRASE, KeyFileSource, KeySource, PassphraseSource
 from ..output import fail, print_json
 from . import PROG
 

@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from rustydb_client.client import ClientError, connect
 from rustydb_client.protocol import events
 
-from ...backup.container import BackupError, BackupHeader, BackupSummary, VerifyReport, lower_thread_priority
-from ...backup.file import BackupFile, header_from_manifest
-from ...backup.keys import KeySource, resolve_kek
+from ...backup.manifest import header_from_manifest
+from ...container.errors import BackupError
+from ...container.file import BackupFile
+from ...container.format import BackupHeader, BackupSummary
+from ...container.reader import VerifyReport
+from ...container.threads import lower_thread_priority
 from ...crypto import CryptoError
+from ...keys import KeySource, resolve_kek
 from ...wal.lsn import format_lsn
 from ..output import fail, human_size, mb_per_second, print_json
 from ..progress import Progress

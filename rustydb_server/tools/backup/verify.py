@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from ...backup.container import BackupCorruptError, BackupError, BackupReader, VerifyReport
-from ...backup.keys import KeySource
+from ...container.errors import BackupCorruptError, BackupError
+from ...container.reader import BackupReader, VerifyReport
 from ...crypto import CryptoError
+from ...keys import KeySource, resolve_read_key
 from ..output import fail, print_json
 from ..progress import Progress
 from . import PROG
@@ -21,8 +22,6 @@ def verify_file(path: str, *, key_file: str | None, threads: int, as_json: bool)
     try:
         with open(path, "rb") as f:
             header = BackupReader(f).header
-        from ...restore.full import resolve_read_key
-
         key = resolve_read_key(header, key_file)
         report = verify_backup(path, key, threads)
     except BackupCorruptError as exc:

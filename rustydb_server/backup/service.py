@@ -1,8 +1,12 @@
 """Backups run by the server: streamed to rusty-db-backup, or written by the server itself.
 
 Both kinds take the same snapshot (``snapshot.py``) and are recorded in the
-catalog. A backup the server writes runs as a task of the server's nursery;
-shutting the server down cancels it, and its partial file is removed.
+catalog. The service is a component of the server's root nursery and owns a
+nursery of its own: a backup the server writes (started from the HTTP API)
+runs there, so shutting the server down cancels it, the catalog records it
+failed and its partial file is removed. A streamed backup runs in its
+client connection's task and ends with it. Work in worker threads stops at
+the next chunk once the backup's cancel scope is cancelled.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -68,6 +73,41 @@ def _take(gen, n: int) -> list[bytes]:
     return out
 
 
+async def _set_when_cancelled(flag: threading.Event) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        flag.set()
+
+
+@contextlib.asynccontextmanager
+async def cancel_flag() -> AsyncIterator[threading.Event]:
+    """A flag that the enclosing cancel scope sets when it is cancelled.
+
+    For the threads a snapshot starts itself, which cannot ask trio (worker
+    threads of trio.to_thread use trio.from_thread.check_cancelled instead).
+    Set at the end of the block too: the snapshot's copies stop with it.
+    """
+    flag = threading.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_when_cancelled, flag)
+            try:
+                yield flag
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The block's own error is what callers handle; the flag's task only
+        # adds a Cancelled when the enclosing scope was cancelled, and that
+        # scope raises Cancelled again at its next checkpoint.
+        cancelled, rest = group.split(trio.Cancelled)
+        if rest is None:
+            raise cancelled.exceptions[0] from None
+        if len(rest.exceptions) == 1 and not isinstance(rest.exceptions[0], BaseExceptionGroup):
+            raise rest.exceptions[0] from None
+        raise
+
+
 class BackupRequestError(Exception):
     """A backup request that cannot be carried out; the message says why."""
 
@@ -99,11 +139,32 @@ def check_type(backup_type, settings=None) -> str:
 
 
 class BackupService:
-    def __init__(self, state):
-        self.state = state
-        self.engine = state.engine
-        data_dir = self.engine.datadir.path
-        self.catalog = Catalog(data_dir)
+    def __init__(self, engine, settings, catalog: Catalog, wal_switched: Callable[[], None]):
+        self.engine = engine
+        self.settings = settings
+        self.catalog = catalog
+        self._wal_switched = wal_switched  # a pitr-base closed its segment: archive it now
+        self.scratch = os.path.join(engine.datadir.path, SCRATCH_DIR)
+        self.limiter = trio.CapacityLimiter(2)
+        # Net changes since the latest backups, compacted as they commit.
+        self.tracking = ChangeTracking()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Tidy what the last run left, then own the backups the server writes until cancelled."""
+        self._tidy_interrupted()
+        self.engine.change_tracking = self.tracking
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self.engine.change_tracking = None  # the engine logs nothing more to it
+            self.tracking.close()
+
+    def _tidy_interrupted(self) -> None:
         interrupted = self.catalog.mark_interrupted()
         if interrupted:
             log.warning(
@@ -111,7 +172,6 @@ class BackupService:
                 backups=interrupted,
                 partial_files_removed=self._remove_partials(interrupted),
             )
-        self.scratch = os.path.join(data_dir, SCRATCH_DIR)
         leftovers = _clear_scratch(self.scratch)
         if leftovers:
             # Copies and WAL a backup running at a crash had made: nothing
@@ -121,16 +181,6 @@ class BackupService:
                 directory=self.scratch,
                 files=leftovers,
             )
-        self._cancels: dict[str, threading.Event] = {}
-        self.limiter = trio.CapacityLimiter(2)
-        # Net changes since the latest backups, compacted as they commit.
-        self.tracking = ChangeTracking()
-        self.engine.change_tracking = self.tracking
-
-    def close(self) -> None:
-        """Stop change tracking (the engine logs nothing more to it)."""
-        self.engine.change_tracking = None
-        self.tracking.close()
 
     def _remove_partials(self, backup_ids: list[str]) -> list[str]:
         """The unfinished files of backups the server itself was writing when it
@@ -152,7 +202,7 @@ class BackupService:
         return removed
 
     def backup_dir(self) -> str:
-        configured = self.state.settings["backup_dir"]
+        configured = self.settings["backup_dir"]
         return configured or os.path.join(self.engine.datadir.path, "backups")
 
     def parent_for(self, backup_type: str, base_backup: dict | None) -> dict:
@@ -182,22 +232,21 @@ class BackupService:
             self.engine, names, backup_type=backup_type, backup_id=backup_id, scratch_dir=self.scratch, cancel=cancel
         )
 
-    def cancel_all(self) -> None:
-        for event in self._cancels.values():
-            event.set()
-
     # ------------------------------------------------------------- to a client
     async def stream_to_client(self, conn, options: dict) -> None:
         """Answer a ``backup`` message: header, data frames, end (or an error)."""
+        async with cancel_flag() as cancel:
+            await self._stream(conn, options, cancel)
+
+    async def _stream(self, conn, options: dict, cancel: threading.Event) -> None:
         try:
-            backup_type = check_type(options.get("backup_type", "full"), self.state.settings)
+            backup_type = check_type(options.get("backup_type", "full"), self.settings)
             names = options.get("databases")
             if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
                 raise BackupRequestError("databases must be a list of names")
         except BackupRequestError as e:
             await conn.send(proto.error_message("invalid_backup_request", str(e)))
             return
-        cancel = threading.Event()
         base_backup = options.get("base_backup")
         if base_backup is not None and not (
             isinstance(base_backup, dict)
@@ -218,7 +267,6 @@ class BackupService:
         except BackupRequestError as e:
             await conn.send(proto.error_message("invalid_backup_request", str(e)))
             return
-        self._cancels[snap.backup_id] = cancel
         manifest = snap.manifest()
         if backup_type == "pitr-base":
             await self._switch_for_base()
@@ -252,15 +300,13 @@ class BackupService:
             log.warning("backup failed", backup_id=snap.backup_id, error=reason)
             raise
         finally:
-            self._cancels.pop(snap.backup_id, None)
             with trio.CancelScope(shield=True):  # at shutdown too: descriptors, connections
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
 
     async def _switch_for_base(self) -> None:
         """Close the segment holding the base's start, so the archive gets it at once."""
         await trio.to_thread.run_sync(self.engine.switch_wal, limiter=self.limiter)
-        if self.state.archiver is not None:
-            self.state.archiver.poke()
+        self._wal_switched()
 
     async def _send_entries(self, conn, snap, cancel) -> int:
         """Every entry in order: a database file that holds the snapshot goes
@@ -275,7 +321,7 @@ class BackupService:
                     return sent
                 entry, source = item
                 if isinstance(source, FileRange):
-                    sent += await self._send_file(conn, entry, source, cancel)
+                    sent += await self._send_file(conn, entry, source)
                 else:
                     sent += await self._send_chunks(conn, entry, source)
                 await conn.send_bulk({"type": "backup_data", "entry": entry, "last": True}, "data", b"")
@@ -283,11 +329,9 @@ class BackupService:
             with trio.CancelScope(shield=True):  # a scratch copy is removed on close
                 await trio.to_thread.run_sync(entries.close, limiter=self.limiter)
 
-    async def _send_file(self, conn, entry: str, source: FileRange, cancel) -> int:
+    async def _send_file(self, conn, entry: str, source: FileRange) -> int:
         msg = {"type": "backup_data", "entry": entry, "last": False}
         for offset in range(0, source.size, FILE_FRAME):
-            if cancel.is_set():
-                raise BackupCancelled("backup cancelled")
             await conn.send_file_bulk(msg, "data", source.fd, offset, min(FILE_FRAME, source.size - offset))
         return source.size
 
@@ -323,13 +367,13 @@ class BackupService:
         return sent
 
     # --------------------------------------------------------- written by us
-    def start_backup(self, nursery: trio.Nursery, req: BackupRequest) -> dict:
-        """Record the backup and start it; return its catalog entry at once."""
-        check_type(req.backup_type, self.state.settings)
+    def start_backup(self, req: BackupRequest) -> dict:
+        """Record the backup and start it in the service's nursery; return its catalog entry at once."""
+        check_type(req.backup_type, self.settings)
         key = None
         if req.encrypt:
             try:
-                key = keys.resolve_kek(None, setting_key_file=self.state.settings["backup_key_file"] or None)
+                key = keys.resolve_kek(None, setting_key_file=self.settings["backup_key_file"] or None)
             except (keys.NoKeyError, keys.KeyFileError) as e:
                 raise BackupRequestError(
                     f"encryption was requested but the server has no usable backup key: {e}"
@@ -351,17 +395,16 @@ class BackupService:
             encryption=req.encrypt,
             databases=req.databases,
         )
-        cancel = threading.Event()
-        self._cancels[backup_id] = cancel
-        nursery.start_soon(self._run_job, req, backup_id, location, key, cancel)
+        self._nursery.start_soon(self._run_job, req, backup_id, location, key)
         return entry
 
-    async def _run_job(self, req, backup_id, location, key, cancel) -> None:
+    async def _run_job(self, req, backup_id, location, key) -> None:
         t0 = time.perf_counter()
         try:
-            summary = await trio.to_thread.run_sync(
-                self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter
-            )
+            async with cancel_flag() as cancel:
+                summary = await trio.to_thread.run_sync(
+                    self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter
+                )
         except BackupCancelled:
             self.catalog.fail(backup_id, "the server shut down during the backup")
             return
@@ -372,8 +415,6 @@ class BackupService:
             self.catalog.fail(backup_id, str(e))
             log.error("backup failed", backup_id=backup_id, error=str(e))
             return
-        finally:
-            self._cancels.pop(backup_id, None)
         self.catalog.complete(backup_id, **summary)
         log.info(
             "backup completed",
@@ -409,13 +450,12 @@ class BackupService:
                 key=key,
                 codec=req.codec,
                 threads=req.threads,
-                nice=self.state.settings["backup_nice"],
+                nice=self.settings["backup_nice"],
             ) as bf:
                 for entry, chunks in snap.entries(self.scratch, cancel):
                     bf.begin_entry(entry)
                     for chunk in chunks:
-                        if cancel.is_set():
-                            raise BackupCancelled("backup cancelled")
+                        trio.from_thread.check_cancelled()
                         bf.write(chunk)
                     bf.end_entry()
                 summary = bf.commit()

@@ -619,12 +619,14 @@ class Engine:
 
     def _remove_old_segments(self, redo: int) -> int:
         archive_on = self.settings["archive_mode"]
-        if archive_on:
-            self._mark_completed_segments_ready(self.wal.end_lsn)
+        # Decided on the .done marks as they are now: a segment marked ready
+        # below may be archived while this runs, and is kept until next time.
         segments = [
             retention.SegmentFacts(segno, name, archive_status.is_archived(self.archive_status_dir, name))
             for _timeline, segno, name in walseg.list_segments(self.datadir.wal_dir)
         ]
+        if archive_on:
+            self._mark_completed_segments_ready(self.wal.end_lsn)
         doomed = retention.recyclable(
             segments,
             segment_size=self.control.segment_size,

@@ -168,7 +168,8 @@ class HttpApi:
         app = build_app(self._settings, self._lifecycle, engine, archiver, backups, sessions)
         self._app = TokenGuard(app, self._settings)
 
-    async def _asgi(self, scope, receive, send):
+    async def __call__(self, scope, receive, send):
+        """The ASGI app hypercorn serves: the starting one, then the running one."""
         await self._app(scope, receive, send)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -189,7 +190,7 @@ class HttpApi:
                 task_status.started(value)
 
         try:
-            await serve(self._asgi, config, task_status=_Started())
+            await serve(self, config, task_status=_Started())
         except BaseException as exc:
             e = exc
             while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:

@@ -89,23 +89,24 @@ async def cancel_flag() -> AsyncIterator[threading.Event]:
     Set at the end of the block too: the snapshot's copies stop with it.
     """
     flag = threading.Event()
+    body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_set_when_cancelled, flag)
             try:
                 yield flag
+            except BaseException as e:
+                body_error = e
+                raise
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The block's own error is what callers handle; the flag's task only
-        # adds a Cancelled when the enclosing scope was cancelled, and that
-        # scope raises Cancelled again at its next checkpoint.
-        cancelled, rest = group.split(trio.Cancelled)
-        if rest is None:
-            raise cancelled.exceptions[0] from None
-        if len(rest.exceptions) == 1 and not isinstance(rest.exceptions[0], BaseExceptionGroup):
-            raise rest.exceptions[0] from None
-        raise
+    except BaseExceptionGroup:
+        # The flag's task adds a Cancelled when the enclosing scope was
+        # cancelled; that scope raises it again at its next checkpoint. What
+        # callers handle is the block's own error, or, when the block finished
+        # before it noticed, its result.
+        if body_error is not None:
+            raise body_error from None
 
 
 class BackupRequestError(Exception):

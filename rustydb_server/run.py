@@ -19,6 +19,7 @@ from . import datadir as _datadir
 from .archive.archiver import Archiver
 from .backup.catalog import Catalog
 from .backup.service import BackupService
+from .backup.tracking import ChangeTracking
 from .checkpointer import Checkpointer
 from .doorbell import Doorbell
 from .engine.instance import Engine
@@ -41,6 +42,8 @@ async def run(settings, notifier: Notifier) -> int:
     ddir = _datadir.DataDir(settings["data_dir"])
     ddir.lock("server")
     engine = None
+    # Net changes since the latest backups, compacted as they commit.
+    tracking = ChangeTracking()
     try:
         async with trio.open_nursery() as root:
             http = HttpApi(settings, lifecycle)
@@ -52,7 +55,9 @@ async def run(settings, notifier: Notifier) -> int:
             log.info("starting", version=__version__, data_dir=ddir.path, pid=os.getpid())
             checkpoint_due, archive_work = Doorbell(), Doorbell()
             events = EngineEvents(trio.lowlevel.current_trio_token(), lifecycle, checkpoint_due, archive_work)
-            engine = await trio.to_thread.run_sync(functools.partial(Engine.open, ddir, settings, observer=events))
+            engine = await trio.to_thread.run_sync(
+                functools.partial(Engine.open, ddir, settings, observer=events, change_tracking=tracking)
+            )
 
             checkpointer = Checkpointer(engine, settings, lifecycle, checkpoint_due)
             archiver = Archiver(engine, settings, archive_work)
@@ -99,6 +104,7 @@ async def run(settings, notifier: Notifier) -> int:
             if engine is not None:
                 await _close_engine(engine, lifecycle)
         finally:
+            tracking.close()
             ddir.unlock()
     return lifecycle.exit_code
 

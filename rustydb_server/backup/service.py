@@ -32,7 +32,6 @@ from .catalog import Catalog
 from .file import PARTIAL_SUFFIX, BackupFile, header_from_manifest
 from .incremental import IncrementalSource, IncrementalUnavailable
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
-from .tracking import ChangeTracking
 
 log = get_logger("rustydb.backup")
 
@@ -147,14 +146,11 @@ class BackupService:
         self._wal_switched = wal_switched  # a pitr-base closed its segment: archive it now
         self.scratch = os.path.join(engine.datadir.path, SCRATCH_DIR)
         self.limiter = trio.CapacityLimiter(2)
-        # Net changes since the latest backups, compacted as they commit.
-        self.tracking = ChangeTracking()
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
         self._tidy_interrupted()
-        self.engine.change_tracking = self.tracking
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -162,8 +158,6 @@ class BackupService:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
-            self.engine.change_tracking = None  # the engine logs nothing more to it
-            self.tracking.close()
 
     def _tidy_interrupted(self) -> None:
         interrupted = self.catalog.mark_interrupted()

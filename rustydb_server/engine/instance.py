@@ -110,7 +110,15 @@ def now_us() -> int:
 
 
 class Engine:
-    def __init__(self, ddir: _datadir.DataDir, control: _datadir.Control, settings, fileops, observer: EngineObserver):
+    def __init__(
+        self,
+        ddir: _datadir.DataDir,
+        control: _datadir.Control,
+        settings,
+        fileops,
+        observer: EngineObserver,
+        change_tracking=None,
+    ):
         self.datadir = ddir
         self.control = control
         self.settings = settings
@@ -131,17 +139,26 @@ class Engine:
         self.archive_status_dir = ddir.join(_datadir.ARCHIVE_STATUS_DIR)
         # Told once per crossing of checkpoint_wal_size; a checkpoint rearms it.
         self._checkpoint_asked = False
-        # Told of every durable record (backup/tracking.py), if the server set one.
-        self.change_tracking = None
+        # Told of every durable record (backup/tracking.py), if the server gave one.
+        self.change_tracking = change_tracking
         self._dirty_segno: int | None = None  # segment holding records since...
         self._dirty_since: float | None = None  # ...this time.monotonic() (archive_timeout)
 
     # ------------------------------------------------------------------ open
     @classmethod
     def open(
-        cls, ddir: _datadir.DataDir, settings, fileops=_fileops.REAL, observer: EngineObserver | None = None
+        cls,
+        ddir: _datadir.DataDir,
+        settings,
+        fileops=_fileops.REAL,
+        observer: EngineObserver | None = None,
+        change_tracking=None,
     ) -> Engine:
-        """Initialize an empty data directory or recover an existing one."""
+        """Initialize an empty data directory or recover an existing one.
+
+        ``observer`` hears what the rest of the server acts on; ``change_tracking``
+        (backup/tracking.py), if given, is told of every durable record.
+        """
         fresh = not ddir.is_initialized()
         if fresh:
             control = ddir.initialize(segment_size=settings["wal_segment_size"])
@@ -158,7 +175,7 @@ class Engine:
             control = ddir.read_control()
             _datadir.check_usable(control, ddir.path)
             ddir.create_layout()
-        engine = cls(ddir, control, settings, fileops, observer or EngineObserver())
+        engine = cls(ddir, control, settings, fileops, observer or EngineObserver(), change_tracking)
         engine._recover()
         if fresh:
             engine.create_database(_datadir.DEFAULT_DATABASE)

@@ -30,7 +30,7 @@ from ..doorbell import Doorbell
 from ..engine.instance import FatalWalError
 from ..logsetup import get_logger
 from ..settings import to_seconds
-from ..wal import archive_status
+from ..wal import archive_status, timeline
 from . import segment_file
 
 log = get_logger("rustydb.archive")
@@ -240,7 +240,7 @@ class Archiver:
             return
         wal_dir = self.engine.datadir.wal_dir
         for n in os.listdir(wal_dir):
-            if n.endswith(segment_file.HISTORY_SUFFIX):
+            if n.endswith(timeline.HISTORY_SUFFIX):
                 target = os.path.join(dest_dir, n)
                 if not os.path.exists(target):
                     tmp = target + ".tmp"

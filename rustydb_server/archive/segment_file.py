@@ -21,9 +21,7 @@ from ..backup.file import BackupFile
 from ..wal import segment as walseg
 
 ARCHIVE_SUFFIX = ".walz"
-HISTORY_SUFFIX = ".history"
 _ARCHIVED = re.compile(r"^([0-9A-F]{24})\.walz$")
-_HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
 
 
 class ArchiveError(Exception):
@@ -108,41 +106,3 @@ def list_archive(archive_dir: str) -> dict[int, dict[int, str]]:
             tl, segno = walseg.parse_segment_name(m.group(1))
             out.setdefault(tl, {})[segno] = os.path.join(archive_dir, n)
     return out
-
-
-def list_history_timelines(archive_dir: str) -> list[int]:
-    return sorted(int(m.group(1), 16) for n in os.listdir(archive_dir) if (m := _HISTORY.match(n)))
-
-
-def history_name(timeline: int) -> str:
-    return f"{timeline:08X}{HISTORY_SUFFIX}"
-
-
-def format_history(entries: list[tuple[int, int, str]]) -> str:
-    """A timeline history file: one line per ancestor: parent, switch LSN, reason."""
-    return "".join(f"{tl}\t{lsn:X}\t{reason}\n" for tl, lsn, reason in entries)
-
-
-def parse_history(text: str, path: str = "history") -> list[tuple[int, int, str]]:
-    entries = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        parts = line.split("\t", 2)
-        try:
-            entries.append((int(parts[0]), int(parts[1], 16), parts[2] if len(parts) > 2 else ""))
-        except (ValueError, IndexError):
-            raise ArchiveError(f"{path} line {i} is not 'timeline<TAB>lsn<TAB>reason'") from None
-    return entries
-
-
-def read_history(directory: str, timeline: int) -> list[tuple[int, int, str]]:
-    """Ancestors of ``timeline`` (oldest first); empty for timeline 1."""
-    if timeline == 1:
-        return []
-    path = os.path.join(directory, history_name(timeline))
-    try:
-        with open(path) as f:
-            return parse_history(f.read(), path)
-    except FileNotFoundError:
-        raise ArchiveError(f"history file {path} for timeline {timeline} is missing") from None

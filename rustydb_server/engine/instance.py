@@ -21,6 +21,7 @@ from ..wal import archive_status, retention
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
+from ..wal import timeline as waltl
 from ..wal import writer as wal_writer
 from ..wal.lsn import format_lsn
 from . import database, recovery, replay
@@ -263,26 +264,21 @@ class Engine:
             return None
         from ..archive import segment_file as sf
 
-        seen = {c.timeline}
-        seen |= {
-            int(n[:8], 16) for n in os.listdir(self.datadir.wal_dir) if n.endswith(sf.HISTORY_SUFFIX) and len(n) == 16
-        }
+        seen = {c.timeline, *waltl.list_history_timelines(self.datadir.wal_dir)}
         archive = self.settings["archive_dest"]
         if archive and os.path.isdir(archive):
             try:
-                seen |= set(sf.list_archive(archive)) | set(sf.list_history_timelines(archive))
+                seen |= set(sf.list_archive(archive)) | set(waltl.list_history_timelines(archive))
             except (OSError, sf.ArchiveError) as e:
                 log.warning("cannot list the archive to choose a new timeline", error=str(e))
-        old, new = c.timeline, max(seen) + 1
+        old, new = c.timeline, waltl.next_timeline(seen)
         try:
-            ancestors = sf.read_history(self.datadir.wal_dir, old) if old != 1 else []
-        except sf.ArchiveError:
+            ancestors = waltl.read_history(self.datadir.wal_dir, old)
+        except waltl.HistoryError:
             ancestors = []
         backup = (c.last_backup or {}).get("backup_id", "a backup")
-        history = ancestors + [(old, end_lsn, f"restore of backup {backup}")]
-        self.fileops.write_file_atomic(
-            os.path.join(self.datadir.wal_dir, sf.history_name(new)), sf.format_history(history).encode()
-        )
+        history = waltl.branch(ancestors, old, end_lsn, f"restore of backup {backup}")
+        waltl.write_history(self.datadir.wal_dir, new, history, self.fileops)
         c.timeline = new
         self.datadir.write_control(c)
         log.info(

@@ -1,11 +1,22 @@
-"""Finding a backup's chain (full, then incrementals in order) among backup files."""
+"""Restoring a backup's whole chain: the full backup, then its incrementals in order.
+
+``find_chain`` finds the chain of the last backup among the backup files of a
+directory, following parent ids (an incremental's parent, a differential's
+full backup). ``restore_chain`` restores the full backup and applies the rest
+on top of it in the staging directory, before the swap: a failing
+incremental leaves no half-restored data directory.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 
+from .. import fileops as _fileops
 from ..backup.container import BackupError, BackupReader
-from .full import RestoreError
+from .errors import RestoreError
+from .full import read_key_for, restore_full
+from .incremental import apply_incremental
 
 
 def _headers(directory: str) -> dict[str, tuple[str, object]]:
@@ -45,3 +56,40 @@ def find_chain(last_path: str, directory: str) -> list[str]:
         chain.append(os.path.abspath(path))
     chain.reverse()
     return chain
+
+
+def restore_chain(
+    last_path: str,
+    chain_dir: str,
+    data_dir: str,
+    *,
+    key_file: str | None = None,
+    threads: int = 1,
+    verify_encryption: bool = False,
+    force: bool = False,
+    fileops: _fileops.FileOps = _fileops.REAL,
+) -> list[str]:
+    """Restore the chain ending at ``last_path`` into ``data_dir``; return the chain's paths."""
+    chain = find_chain(last_path, chain_dir)
+    full, rest = chain[0], chain[1:]
+    restore_full(
+        full,
+        data_dir,
+        key=read_key_for(full, key_file),
+        threads=threads,
+        verify_encryption=verify_encryption,
+        integrity_check=False,
+        force=force,
+        post_install=functools.partial(_apply_incrementals, rest, key_file, threads),
+        fileops=fileops,
+    )
+    return chain
+
+
+def _apply_incrementals(paths: list[str], key_file: str | None, threads: int, staging: str, manifest: dict) -> None:
+    for path in paths:
+        with open(path, "rb") as f:
+            reader = BackupReader(f, key=read_key_for(path, key_file))
+            # restore_full syncs the chain's files once, and discards the
+            # staging directory if anything fails
+            apply_incremental(reader, staging, threads=threads, staging=True)

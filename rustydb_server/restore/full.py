@@ -2,33 +2,29 @@
 
 Read top to bottom, a restore is:
 
-1. take the data directory's lock (a running server holds it, so it is
-   refused; a second restore is kept out for the same reason) and check that
-   the directory is empty unless ``force``;
-2. open the backup, check its manifest: every entry must be exactly
+1. open the backup, check its manifest: every entry must be exactly
    ``databases/<valid name>.sqlite`` and the file must hold nothing else
    (names in a backup are never trusted as paths);
+2. take the data directory's lock and check that it is empty unless ``force``
+   (``staging.TargetLock``);
 3. with ``verify_encryption``, authenticate every chunk before writing a byte;
-4. write the databases into a staging directory next to the target (same
-   filesystem, 0700), files 0600, fsynced; then the control file and WAL layout
-   (``install_data_dir``); with ``integrity_check``, run SQLite's integrity
-   check and compare row counts with the manifest;
-5. swap the staging directory into place with renames.
+4. write the databases into a staging directory next to the target, files
+   0600, fsynced; then the control file and WAL layout (``install_data_dir``);
+   run ``post_install`` (a chain's incrementals, point-in-time recovery); with
+   ``integrity_check``, run SQLite's integrity check and compare row counts
+   with the manifest;
+5. swap the staging directory into place (``staging.Staging.swap``).
 
-Any failure before the swap removes the staging directory and leaves the
-target as it was, so no half-written directory a server would start on is
-ever left behind.
+Any failure before the swap leaves the target as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Self
 
 import apsw
 
@@ -38,17 +34,13 @@ from ..backup.container import BackupError, BackupHeader, BackupReader
 from ..backup.file import manifest_of
 from ..backup.keys import ENV_KEY_FILE, ENV_PASSPHRASE, KeySource, NoKeyError, resolve_kek
 from ..engine import database as engine_db
+from .errors import RestoreError
 from .install import install_data_dir
+from .staging import TargetLock
 
 RESTORABLE_TYPES = ("full", "pitr-base")
-STAGING_MARK = ".restoring-"
-OLD_MARK = ".old-"
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
-
-
-class RestoreError(Exception):
-    """The restore cannot go on; the message says what, why and what to do."""
 
 
 @dataclass
@@ -164,27 +156,22 @@ def restore_full(
     with _open_input(input_path) as f:
         reader = _open_reader(f, input_path, key)
         manifest = check_manifest(reader)
-        with _TargetLock(target) as lock:
-            _check_target(lock.ddir, force)
+        with TargetLock(target) as lock:
+            lock.check_empty(force)
             if verify_encryption:
                 _verify_before_writing(reader, threads, progress)
-            staging = _make_staging(target, manifest["backup_id"])
-            try:
+            with lock.stage(manifest["backup_id"], fileops) as staging:
                 # With more to apply, the files are synced once at the end: pages the
                 # incrementals change are then written to disk once, not twice.
                 written = _write_databases(
-                    reader, manifest, staging, threads, progress, fileops, sync=post_install is None
+                    reader, manifest, staging.path, threads, progress, fileops, sync=post_install is None
                 )
-                install_data_dir(staging, manifest, fileops=fileops)
+                install_data_dir(staging.path, manifest, fileops=fileops)
                 if post_install is not None:
-                    post_install(staging, manifest)
-                    _sync_databases(staging, fileops)
-                checks = _check_integrity(staging, manifest) if integrity_check else []
-                replaced = _swap_into_place(staging, target, lock, fileops)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            lock.installed = True
+                    post_install(staging.path, manifest)
+                    _sync_databases(staging.path, fileops)
+                checks = _check_integrity(staging.path, manifest) if integrity_check else []
+                replaced = staging.swap()
     return RestoreResult(
         backup_id=manifest["backup_id"],
         backup_type=manifest["backup_type"],
@@ -221,101 +208,19 @@ def _open_reader(f, input_path: str, key: KeySource | None) -> BackupReader:
     return reader
 
 
-class _TargetLock:
-    """The target's flock for the whole restore: a server cannot start on it
-    meanwhile and a running one is refused. If the restore fails, the target is
-    left as it was: a directory created only to hold the lock is removed, and a
-    pid file the lock created or rewrote is removed or put back."""
-
-    def __init__(self, target: str):
-        self.target = target
-        self.ddir = dd.DataDir(target)
-        self.created = not os.path.exists(target)
-        self.pid_path = os.path.join(target, dd.PID_FILE)
-        self.old_pid: bytes | None = None
-        self.installed = False
-
-    def __enter__(self) -> Self:
-        if self.ddir.is_locked_by_other():
-            raise RestoreError(_locked_message(self.target, ""))
-        try:
-            with open(self.pid_path, "rb") as f:
-                self.old_pid = f.read()
-        except FileNotFoundError:
-            pass
-        try:
-            self.ddir.lock("restore")
-        except dd.DataDirLocked as exc:
-            raise RestoreError(_locked_message(self.target, str(exc))) from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if not self.installed:
-            # Still holding the lock, so no server can be using this pid file.
-            if self.old_pid is None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.pid_path)
-            elif os.path.isdir(self.target):
-                # A new inode under the old name: unlock() truncates the one we
-                # locked, which is then no longer in the directory.
-                tmp = self.pid_path + ".restore-tmp"
-                with open(tmp, "wb") as f:
-                    f.write(self.old_pid)
-                os.rename(tmp, self.pid_path)
-        self.ddir.unlock()
-        if self.created and not self.installed:
-            _remove_lock_only_dir(self.target)
-
-
-def _locked_message(target: str, detail: str) -> str:
-    return (
-        f"data directory {target} is held by a running RustyDB server (or another restore)"
-        + (f" [{detail}]" if detail else "")
-        + "; stop the server first (systemctl stop rustydb, or rusty-db-cli --command "
-        '"SHUTDOWN;"). --force never replaces a running server\'s data'
-    )
-
-
-def _remove_lock_only_dir(path: str) -> None:
-    # Only what the lock created: the pid file and the (then empty) directory.
+def read_key_for(path: str, key_file: str | None) -> KeySource | None:
+    """The key that reads the backup file at ``path`` (None if it is not encrypted)."""
     try:
-        os.unlink(os.path.join(path, dd.PID_FILE))
-    except FileNotFoundError:
-        pass
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
-
-
-def _check_target(ddir: dd.DataDir, force: bool) -> None:
-    if not ddir.is_empty() and not force:
-        raise RestoreError(
-            f"data directory {ddir.path} is not empty; restore into an empty or new directory, "
-            "or pass --force to replace its contents (the old contents are removed only after "
-            "the restore succeeded)"
-        )
+        with open(path, "rb") as f:
+            header = BackupReader(f).header
+    except OSError as exc:
+        raise RestoreError(f"cannot open backup {path}: {exc.strerror or exc}") from None
+    return resolve_read_key(header, key_file)
 
 
 def _verify_before_writing(reader: BackupReader, threads: int, progress: ProgressFn | None) -> None:
     report_progress = (lambda done, total: progress("verify", done, total)) if progress else None
     reader.verify(report_progress, threads=threads)
-
-
-def _make_staging(target: str, backup_id: str) -> str:
-    staging = f"{target}{STAGING_MARK}{backup_id[:8]}"
-    if os.path.lexists(staging):
-        # We hold the target's lock, so no other restore to it is running: this
-        # is what an interrupted restore left behind.
-        if os.path.islink(staging) or not os.path.isdir(staging):
-            os.unlink(staging)
-        else:
-            shutil.rmtree(staging)
-    os.mkdir(staging, 0o700)
-    os.chmod(staging, 0o700)  # whatever the umask
-    os.mkdir(os.path.join(staging, dd.DATABASES_DIR), 0o700)
-    os.chmod(os.path.join(staging, dd.DATABASES_DIR), 0o700)
-    return staging
 
 
 def _write_databases(
@@ -401,56 +306,3 @@ def _check_integrity(staging: str, manifest: dict) -> list[str]:
         finally:
             conn.close()
     return report
-
-
-def _swap_into_place(staging: str, target: str, lock: _TargetLock, fileops: _fileops.FileOps) -> bool:
-    """Rename the staging directory to ``target``; True if old contents were replaced."""
-    parent = os.path.dirname(target)
-    old = None
-    if lock.ddir.is_empty():
-        # Empty apart from the pid file we hold the lock through: the lock fd
-        # stays valid after the unlink and is released by unlock().
-        _remove_lock_only_dir(target)
-    else:
-        old = f"{target}{OLD_MARK}{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
-        os.rename(target, old)
-    try:
-        os.rename(staging, target)
-    except OSError as exc:
-        if old is not None:
-            os.rename(old, target)  # put the old contents back where they were
-        raise RestoreError(f"could not move the restored data into {target}: {exc.strerror or exc}") from None
-    fileops.fsync_dir(parent)
-    if old is not None and _carry_over(old, target):
-        shutil.rmtree(old, ignore_errors=True)
-    return old is not None
-
-
-# What a restore replaces. Anything else in a replaced data directory (an archive
-# or backups kept inside it as the operations guide does, settings made with
-# ALTER SYSTEM, the backup catalog) is moved into the restored one, never lost.
-_REPLACED = frozenset({dd.VERSION_FILE, dd.CONTROL_FILE, dd.PID_FILE, dd.DATABASES_DIR, dd.WAL_DIR, "backup_tmp"})
-
-
-def _carry_over(old: str, target: str) -> bool:
-    """Move what the restore does not replace from ``old`` into ``target``.
-
-    Returns False (and leaves ``old`` in place) if anything could not be moved.
-    """
-    ok = True
-    for name in os.listdir(old):
-        if name in _REPLACED or name.startswith(dd.PID_FILE):
-            continue
-        src, dst = os.path.join(old, name), os.path.join(target, name)
-        if os.path.lexists(dst):
-            continue  # the backup brought its own; the old one stays in `old`
-        try:
-            os.rename(src, dst)
-        except OSError:
-            ok = False
-    if not ok or any(n not in _REPLACED for n in os.listdir(old)):
-        return False
-    return True
-
-
-__all__ = ["RestoreError", "RestoreResult", "check_manifest", "resolve_read_key", "restore_full"]

@@ -1,11 +1,13 @@
 """Point-in-time recovery: replay archived WAL on a restored base up to a target.
 
-The base (a full or pitr-base backup) is already installed in a staging data
-directory. Archived segments are unpacked into a scratch directory, read in
-LSN order along the chosen timeline's history and applied with the same
-record applier as crash recovery, stopping at the target. Recovery then
-starts a new timeline (history file + end-of-recovery record) so the restored
-server never writes WAL under names the archive already holds.
+``restore_to_target`` is the whole restore: the base (a full or pitr-base
+backup) is restored into a staging data directory, then ``recover`` unpacks
+the archived segments into a scratch directory, reads them in LSN order along
+the chosen timeline's history and applies them with the same record applier
+as crash recovery, stopping at the target. Recovery then starts a new
+timeline (history file + end-of-recovery record) so the restored server never
+writes WAL under names the archive already holds. Only then is the staging
+directory swapped in.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ import shutil
 import time
 
 from .. import datadir as dd
+from .. import fileops as _fileops
 from ..archive import segment_file as sf
+from ..backup import keys
 from ..engine.recovery import RecordApplier, RecoveryError
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
-from ..wal.lsn import format_lsn
+from ..wal import timeline as waltl
+from ..wal.lsn import format_lsn, parse_lsn
 from ..wal.writer import WalWriter
+from .full import ProgressFn, RestoreResult, read_key_for, restore_full
 
 
 class PitrError(Exception):
@@ -92,13 +98,78 @@ def parse_time(text: str) -> int:
     return int(value.timestamp() * 1_000_000)
 
 
+def make_target(kind: str, value, inclusive: bool = True) -> Target:
+    """The target an operator asked for, ``value`` as typed: a time as
+    ``parse_time`` reads it (PitrError if it cannot), an LSN like 0/1A2B3C4D
+    (ValueError if it is not one), a txid or restore point name as it is."""
+    if kind == "time":
+        value = parse_time(value)
+    elif kind == "lsn":
+        value = parse_lsn(value)
+    return Target(kind, value, inclusive)
+
+
+def archive_key(key_file: str | None) -> keys.KeySource | None:
+    """Archived WAL may be encrypted even when the base is not: same key sources."""
+    try:
+        return keys.resolve_kek(key_file)
+    except keys.NoKeyError:
+        return None
+
+
+def restore_to_target(
+    input_path: str,
+    data_dir: str,
+    archive_dir: str,
+    target: Target,
+    *,
+    key_file: str | None = None,
+    timeline_choice: str = "latest",
+    threads: int = 1,
+    verify_encryption: bool = False,
+    integrity_check: bool = False,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    fileops: _fileops.FileOps = _fileops.REAL,
+) -> tuple[RestoreResult, PitrReport]:
+    """Restore the base ``input_path`` into ``data_dir``, recovered to ``target`` from ``archive_dir``."""
+    key = read_key_for(input_path, key_file)
+    report: PitrReport | None = None
+
+    def replay(staging: str, manifest: dict) -> None:
+        nonlocal report
+        report = recover(
+            staging,
+            manifest,
+            archive_dir,
+            target,
+            timeline_choice=timeline_choice,
+            key=key or archive_key(key_file),
+            fileops=fileops,
+        )
+
+    result = restore_full(
+        input_path,
+        data_dir,
+        key=key,
+        threads=threads,
+        verify_encryption=verify_encryption,
+        integrity_check=integrity_check,
+        force=force,
+        progress=progress,
+        post_install=replay,
+        fileops=fileops,
+    )
+    return result, report
+
+
 # ------------------------------------------------------------ timelines
 def timeline_path(
     archive_dir: str, base_timeline: int, base_lsn: int, choice: str
 ) -> list[tuple[int, int, int | None]]:
     """[(timeline, from_lsn, to_lsn or None)] to read, from the base to the target timeline."""
     archived = sf.list_archive(archive_dir)
-    known = set(archived) | set(sf.list_history_timelines(archive_dir)) | {base_timeline}
+    known = set(archived) | set(waltl.list_history_timelines(archive_dir)) | {base_timeline}
     if choice == "current":
         target = base_timeline
     elif choice == "latest":
@@ -118,7 +189,7 @@ def timeline_path(
             )
     if target == base_timeline:
         return [(base_timeline, base_lsn, None)]
-    history = sf.read_history(archive_dir, target)  # ancestors, oldest first
+    history = waltl.read_history(archive_dir, target)  # ancestors, oldest first
     path = []
     start = base_lsn
     on_path = False
@@ -136,8 +207,8 @@ def _descends_from(archive_dir: str, tl: int, base_tl: int, base_lsn: int) -> bo
     if tl == base_tl:
         return True
     try:
-        history = sf.read_history(archive_dir, tl)
-    except sf.ArchiveError:
+        history = waltl.read_history(archive_dir, tl)
+    except waltl.HistoryError:
         return False
     for ancestor, switch_lsn, _ in history:
         if ancestor == base_tl:
@@ -187,10 +258,11 @@ def recover(
     progress=None,
     only_database: str | None = None,
     only_table: str | None = None,
+    fileops: _fileops.FileOps = _fileops.REAL,
 ) -> PitrReport:
     """Replay the archive onto the base in ``staging`` up to ``target``; new timeline."""
     t0 = time.perf_counter()
-    ddir = dd.DataDir(staging)
+    ddir = dd.DataDir(staging, fileops)
     control = ddir.read_control()
     base_lsn = manifest["end_lsn"]
     base_time = manifest["last_commit_time_us"]
@@ -339,17 +411,20 @@ def _start_new_timeline(
     ddir: dd.DataDir, control: dd.Control, archive_dir: str, archive, last_tl: int, end_lsn: int, target: Target
 ) -> int:
     """Pick an unused timeline, write its history and an end-of-recovery record."""
-    used = set(archive) | set(sf.list_history_timelines(archive_dir)) | {last_tl}
-    new_tl = max(used) + 1
-    ancestors = sf.read_history(archive_dir, last_tl) if last_tl != 1 else []
-    history = ancestors + [(last_tl, end_lsn, f"recovery to {target.describe()}")]
-    with open(os.path.join(ddir.wal_dir, sf.history_name(new_tl)), "w") as f:
-        f.write(sf.format_history(history))
-        f.flush()
-        os.fsync(f.fileno())
+    used = set(archive) | set(waltl.list_history_timelines(archive_dir)) | {last_tl}
+    new_tl = waltl.next_timeline(used)
+    history = waltl.branch(
+        waltl.read_history(archive_dir, last_tl), last_tl, end_lsn, f"recovery to {target.describe()}"
+    )
+    waltl.write_history(ddir.wal_dir, new_tl, history, ddir.fileops)
     end_lsn = walseg.normalize_lsn(end_lsn, control.segment_size)
     writer = WalWriter(
-        ddir.wal_dir, timeline=new_tl, system_id=control.system_id, segment_size=control.segment_size, start_lsn=end_lsn
+        ddir.wal_dir,
+        timeline=new_tl,
+        system_id=control.system_id,
+        segment_size=control.segment_size,
+        start_lsn=end_lsn,
+        fileops=ddir.fileops,
     )
     try:
         lsn, _ = writer.append(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 
 import apsw
@@ -26,8 +25,9 @@ from ..backup.vfs import open_backup_database
 from ..engine import database, replay
 from . import pitr
 from .chain import find_chain
-from .full import RestoreError, _check_target, _make_staging, _swap_into_place, _TargetLock
+from .errors import RestoreError
 from .install import install_data_dir
+from .staging import TargetLock
 
 
 @dataclasses.dataclass
@@ -98,7 +98,7 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
     return rows
 
 
-def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str, end_lsn: int) -> None:
+def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str) -> None:
     conn = replay.open_replay_connection(db_path)
     try:
         with open(path, "rb") as f:
@@ -114,7 +114,9 @@ def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str, e
                         replay.apply_steps(conn, [(kind, payload)])
                     elif kind == "drop":
                         raise RestoreError(f"database {db_name!r} was dropped in backup {manifest['backup_id']}")
-            database.write_state(conn, manifest["end_lsn"], None, None)
+            # applied_lsn names the last record applied; the first record after
+            # the backup starts at its end_lsn and must still be replayed.
+            database.write_state(conn, manifest["end_lsn"] - 1, None, None)
             conn.execute("COMMIT")
     finally:
         conn.close()
@@ -147,32 +149,34 @@ def restore_table(
     if db_name not in names:
         raise RestoreError(f"the backup has no database {db_name!r}; it holds: {', '.join(names)}. Pass --database")
     target_dir = os.path.abspath(data_dir)
-    with _TargetLock(target_dir) as lock:
-        _check_target(lock.ddir, force)
-        staging = _make_staging(target_dir, base_manifest["backup_id"])
-        try:
-            db_path = os.path.join(staging, dd.DATABASES_DIR, f"{db_name}.sqlite")
-            database.create_database_file(db_path, base_manifest["end_lsn"])
+    with TargetLock(target_dir) as lock:
+        lock.check_empty(force)
+        with lock.stage(base_manifest["backup_id"]) as staging:
+            db_path = os.path.join(staging.path, dd.DATABASES_DIR, f"{db_name}.sqlite")
             src = open_backup_database(chain[0], db_name, key=key)
+            # The table is as of the backed-up database's own applied_lsn: the
+            # records above it (the first at the backup's end_lsn) are replayed.
+            applied = database.read_state(src)["applied_lsn"]
+            database.create_database_file(db_path, applied)
             dest = database.open_connection(db_path)
             try:
                 rows = copy_table(src, dest, table)
-                database.write_state(dest, base_manifest["end_lsn"], None, None)
+                database.write_state(dest, applied, None, None)
                 decoded = src.entry_reader.chunks_decoded
                 total = src.entry_reader.chunk_count
             finally:
                 dest.close()
                 src.close()
             for path in chain[1:]:
-                _apply_chain_steps(path, key, db_path, db_name, table, 0)
+                _apply_chain_steps(path, key, db_path, db_name, table)
             last_manifest = manifest if len(chain) > 1 else base_manifest
             install_manifest = dict(last_manifest)
             install_manifest["databases"] = [{"name": db_name}]
-            install_data_dir(staging, install_manifest)
+            install_data_dir(staging.path, install_manifest)
             report = None
             if archive_dir and target is not None:
                 report = pitr.recover(
-                    staging,
+                    staging.path,
                     base_manifest,
                     archive_dir,
                     target,
@@ -181,11 +185,7 @@ def restore_table(
                     only_database=db_name,
                     only_table=table,
                 )
-            _swap_into_place(staging, target_dir, lock, dd_fileops())
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        lock.installed = True
+            staging.swap()
     count_conn = apsw.Connection(
         os.path.join(target_dir, dd.DATABASES_DIR, f"{db_name}.sqlite"), flags=apsw.SQLITE_OPEN_READONLY
     )
@@ -205,9 +205,3 @@ def restore_table(
         time.perf_counter() - t0,
         report.as_dict() if report else None,
     )
-
-
-def dd_fileops():
-    from .. import fileops
-
-    return fileops.REAL

@@ -1,5 +1,6 @@
-"""rusty-db-restore and restore.full: real backups from an in-process Engine, restored,
-then opened by a new Engine (or, for the guide's test-restore procedure, a real server)."""
+"""rusty-db-restore --input FILE --data-dir D (tools/restore/full.py) and restore.full: real
+backups from an in-process Engine, restored, then opened by a new Engine (or, for the
+guide's test-restore procedure, a real server)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from test_backup_tool import (
 from rustydb_server import datadir as dd
 from rustydb_server.backup.container import BackupCorruptError
 from rustydb_server.backup.keys import KeyFileSource
-from rustydb_server.restore.full import RestoreError, restore_full
+from rustydb_server.restore.errors import RestoreError
+from rustydb_server.restore.full import restore_full
 
 CONTENT_SQL = {
     "rustydb": "SELECT count(*), sum(id), group_concat(name, ','), sum(balance) FROM customers",

@@ -1,0 +1,189 @@
+"""Where every restore writes: the target's lock, a staging directory, the swap.
+
+A restore never writes into the data directory it restores. It
+
+1. takes the target's flock (``TargetLock``): a running server holds it, so it
+   is refused, and a second restore is kept out the same way; the target must
+   be empty unless ``force``;
+2. builds the new data directory in a staging directory next to the target
+   (same filesystem, 0700; ``TargetLock.stage``);
+3. swaps it into place with renames (``Staging.swap``). With ``force``, the
+   old contents are set aside and what is not part of a data directory
+   (archives or backups kept inside it, ALTER SYSTEM settings, the backup
+   catalog) is carried over into the new one.
+
+Any failure before the swap removes the staging directory and leaves the
+target as it was, so no half-written directory a server would start on is
+ever left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from typing import Self
+
+from .. import datadir as dd
+from .. import fileops as _fileops
+from .errors import RestoreError
+
+STAGING_MARK = ".restoring-"
+OLD_MARK = ".old-"
+
+# What a restore replaces. Anything else in a replaced data directory is moved
+# into the restored one, never lost.
+_REPLACED = frozenset({dd.VERSION_FILE, dd.CONTROL_FILE, dd.PID_FILE, dd.DATABASES_DIR, dd.WAL_DIR, "backup_tmp"})
+
+
+class TargetLock:
+    """The target's flock for the whole restore: a server cannot start on it
+    meanwhile and a running one is refused. If the restore fails, the target is
+    left as it was: a directory created only to hold the lock is removed, and a
+    pid file the lock created or rewrote is removed or put back."""
+
+    def __init__(self, target: str):
+        self.target = os.path.abspath(target)
+        self.ddir = dd.DataDir(self.target)
+        self.created = not os.path.exists(self.target)
+        self.pid_path = os.path.join(self.target, dd.PID_FILE)
+        self.old_pid: bytes | None = None
+        self.installed = False
+
+    def __enter__(self) -> Self:
+        if self.ddir.is_locked_by_other():
+            raise RestoreError(_locked_message(self.target, ""))
+        try:
+            with open(self.pid_path, "rb") as f:
+                self.old_pid = f.read()
+        except FileNotFoundError:
+            pass
+        try:
+            self.ddir.lock("restore")
+        except dd.DataDirLocked as exc:
+            raise RestoreError(_locked_message(self.target, str(exc))) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.installed:
+            # Still holding the lock, so no server can be using this pid file.
+            if self.old_pid is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.pid_path)
+            elif os.path.isdir(self.target):
+                # A new inode under the old name: unlock() truncates the one we
+                # locked, which is then no longer in the directory.
+                tmp = self.pid_path + ".restore-tmp"
+                with open(tmp, "wb") as f:
+                    f.write(self.old_pid)
+                os.rename(tmp, self.pid_path)
+        self.ddir.unlock()
+        if self.created and not self.installed:
+            _remove_lock_only_dir(self.target)
+
+    def check_empty(self, force: bool) -> None:
+        """Refuse a target with contents unless ``force`` (they are replaced only by the swap)."""
+        if not self.ddir.is_empty() and not force:
+            raise RestoreError(
+                f"data directory {self.ddir.path} is not empty; restore into an empty or new directory, "
+                "or pass --force to replace its contents (the old contents are removed only after "
+                "the restore succeeded)"
+            )
+
+    def stage(self, backup_id: str, fileops: _fileops.FileOps = _fileops.REAL) -> Staging:
+        """A fresh staging directory (with its ``databases/``) for the backup ``backup_id``."""
+        path = f"{self.target}{STAGING_MARK}{backup_id[:8]}"
+        if os.path.lexists(path):
+            # We hold the target's lock, so no other restore to it is running: this
+            # is what an interrupted restore left behind.
+            if os.path.islink(path) or not os.path.isdir(path):
+                os.unlink(path)
+            else:
+                shutil.rmtree(path)
+        for d in (path, os.path.join(path, dd.DATABASES_DIR)):
+            os.mkdir(d, 0o700)
+            os.chmod(d, 0o700)  # whatever the umask
+        return Staging(path, self, fileops)
+
+
+class Staging:
+    """A staging directory; removed on leaving its ``with`` block unless swapped in."""
+
+    def __init__(self, path: str, lock: TargetLock, fileops: _fileops.FileOps):
+        self.path = path
+        self.lock = lock
+        self.fileops = fileops
+        self.swapped = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.swapped:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def swap(self) -> bool:
+        """Rename the staging directory to the target; True if old contents were replaced."""
+        target = self.lock.target
+        old = None
+        if self.lock.ddir.is_empty():
+            # Empty apart from the pid file we hold the lock through: the lock fd
+            # stays valid after the unlink and is released by unlock().
+            _remove_lock_only_dir(target)
+        else:
+            old = f"{target}{OLD_MARK}{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+            os.rename(target, old)
+        try:
+            os.rename(self.path, target)
+        except OSError as exc:
+            if old is not None:
+                os.rename(old, target)  # put the old contents back where they were
+            raise RestoreError(f"could not move the restored data into {target}: {exc.strerror or exc}") from None
+        self.swapped = self.lock.installed = True
+        self.fileops.fsync_dir(os.path.dirname(target))
+        if old is not None and _carry_over(old, target):
+            shutil.rmtree(old, ignore_errors=True)
+        return old is not None
+
+
+def _locked_message(target: str, detail: str) -> str:
+    return (
+        f"data directory {target} is held by a running RustyDB server (or another restore)"
+        + (f" [{detail}]" if detail else "")
+        + "; stop the server first (systemctl stop rustydb, or rusty-db-cli --command "
+        '"SHUTDOWN;"). --force never replaces a running server\'s data'
+    )
+
+
+def _remove_lock_only_dir(path: str) -> None:
+    # Only what the lock created: the pid file and the (then empty) directory.
+    try:
+        os.unlink(os.path.join(path, dd.PID_FILE))
+    except FileNotFoundError:
+        pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _carry_over(old: str, target: str) -> bool:
+    """Move what the restore does not replace from ``old`` into ``target``.
+
+    Returns False (and leaves ``old`` in place) if anything could not be moved.
+    """
+    ok = True
+    for name in os.listdir(old):
+        if name in _REPLACED or name.startswith(dd.PID_FILE):
+            continue
+        src, dst = os.path.join(old, name), os.path.join(target, name)
+        if os.path.lexists(dst):
+            continue  # the backup brought its own; the old one stays in `old`
+        try:
+            os.rename(src, dst)
+        except OSError:
+            ok = False
+    if not ok or any(n not in _REPLACED for n in os.listdir(old)):
+        return False
+    return True

@@ -1,0 +1,55 @@
+"""How a failed restore is reported: one message on stderr (and a JSON line with
+--json) saying what failed, why and what to do, and exit status 1."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from ...archive.segment_file import ArchiveError
+from ...backup.container import BackupError, UnsupportedFormatError
+from ...backup.vfs import BackupQueryError
+from ...crypto import CryptoError
+from ...datadir import DataDirError
+from ...restore.errors import RestoreError
+from ...restore.incremental import IncrementalRestoreError
+from ...restore.pitr import PitrError
+from ...wal.timeline import HistoryError
+from ..progress import fail, interruption, print_json, sigterm_interrupts
+
+PROG = "rusty-db-restore"
+
+
+def run_reporting_failures(args: argparse.Namespace, command: Callable[[], int]) -> int:
+    """Run one restore verb; whatever stops it is reported, never a traceback."""
+    try:
+        with sigterm_interrupts():
+            return command()
+    except (
+        RestoreError,
+        DataDirError,
+        PitrError,
+        IncrementalRestoreError,
+        ArchiveError,
+        HistoryError,
+        BackupQueryError,
+    ) as exc:
+        return report_failure(args, str(exc))
+    except UnsupportedFormatError as exc:
+        return report_failure(args, f"cannot restore from {args.input}: {exc}")
+    except BackupError as exc:
+        return report_failure(args, f"{args.input} is damaged: {exc}. Nothing was restored; use another backup")
+    except CryptoError as exc:
+        return report_failure(args, str(exc))
+    except OSError as exc:
+        return report_failure(args, f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""))
+    except KeyboardInterrupt as exc:
+        how, _ = interruption(exc)  # a failed restore exits 1, whatever stopped it
+        return report_failure(args, f"{how}; nothing was restored")
+
+
+def report_failure(args: argparse.Namespace, message: str) -> int:
+    if args.json:
+        print_json({"ok": False, "input": args.input, "data_dir": args.data_dir, "error": message})
+    into = args.data_dir or f"the server at {args.into_server}"
+    return fail(PROG, f"restore of {args.input} into {into} failed: {message}")

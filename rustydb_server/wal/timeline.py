@@ -1,0 +1,90 @@
+"""Timeline history files and the choice of a new timeline.
+
+A restored server must never write WAL under segment names its old history
+already used, so after a restore (or a point-in-time recovery) it continues
+on a new timeline. ``wal/<TTTTTTTT>.history`` records where that timeline
+branched off: one line per ancestor, oldest first, ``timeline<TAB>switch
+LSN in hex<TAB>reason``. The archiver copies these files next to the archived
+segments, and recovery follows them to go from one timeline to the next.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from .. import fileops as _fileops
+
+HISTORY_SUFFIX = ".history"
+_HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
+
+
+class HistoryError(Exception):
+    """A history file is missing or unreadable."""
+
+
+class Switch(NamedTuple):
+    """One line of a history file: ``timeline`` ended at ``lsn`` for ``reason``."""
+
+    timeline: int
+    lsn: int
+    reason: str
+
+
+def history_name(timeline: int) -> str:
+    return f"{timeline:08X}{HISTORY_SUFFIX}"
+
+
+def list_history_timelines(directory: str) -> list[int]:
+    """The timelines that have a history file in ``directory``, in order."""
+    return sorted(int(m.group(1), 16) for n in os.listdir(directory) if (m := _HISTORY.match(n)))
+
+
+def format_history(entries: Iterable[tuple[int, int, str]]) -> str:
+    return "".join(f"{tl}\t{lsn:X}\t{reason}\n" for tl, lsn, reason in entries)
+
+
+def parse_history(text: str, path: str = "history") -> list[Switch]:
+    entries = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t", 2)
+        try:
+            entries.append(Switch(int(parts[0]), int(parts[1], 16), parts[2] if len(parts) > 2 else ""))
+        except (ValueError, IndexError):
+            raise HistoryError(f"{path} line {i} is not 'timeline<TAB>lsn<TAB>reason'") from None
+    return entries
+
+
+def read_history(directory: str, timeline: int) -> list[Switch]:
+    """Ancestors of ``timeline`` (oldest first); empty for timeline 1, which has none."""
+    if timeline == 1:
+        return []
+    path = os.path.join(directory, history_name(timeline))
+    try:
+        with open(path) as f:
+            return parse_history(f.read(), path)
+    except FileNotFoundError:
+        raise HistoryError(f"history file {path} for timeline {timeline} is missing") from None
+
+
+def next_timeline(used: Iterable[int]) -> int:
+    """A timeline above every one in ``used`` (segments or history files seen anywhere)."""
+    return max(used, default=0) + 1
+
+
+def branch(ancestors: list[Switch], timeline: int, lsn: int, reason: str) -> list[Switch]:
+    """The history of a timeline that leaves ``timeline`` (whose own history is ``ancestors``) at ``lsn``."""
+    return [*ancestors, Switch(timeline, lsn, reason)]
+
+
+def write_history(
+    directory: str, timeline: int, entries: list[Switch], fileops: _fileops.FileOps = _fileops.REAL
+) -> str:
+    """Write ``timeline``'s history file atomically (temp, fsync, rename, fsync dir); return its path."""
+    path = os.path.join(directory, history_name(timeline))
+    fileops.write_file_atomic(path, format_history(entries).encode())
+    return path

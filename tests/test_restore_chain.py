@@ -1,0 +1,77 @@
+"""rusty-db-restore --input LAST --chain-dir DIR (tools/restore/chain.py, restore/chain.py):
+the chain is found, ordered, checked and applied in the staging directory."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import pytest
+from test_restore_incremental import chain, rows  # noqa: F401 - chain is a fixture
+
+from rustydb_server.restore.chain import find_chain, restore_chain
+from rustydb_server.restore.errors import RestoreError
+from rustydb_server.tools import restore_main
+
+
+def test_the_chain_is_found_in_order(chain):  # noqa: F811
+    paths, _ = chain
+    directory = os.path.dirname(paths["full"])
+    assert find_chain(paths["incr2"], directory) == [paths["full"], paths["incr1"], paths["incr2"]]
+    assert find_chain(paths["diff2"], directory) == [paths["full"], paths["diff2"]]
+    assert find_chain(paths["full"], directory) == [paths["full"]]
+
+
+def test_chain_dir_restores_the_whole_chain(chain, tmp_path, capsys):  # noqa: F811
+    paths, states = chain
+    data = str(tmp_path / "data")
+    directory = os.path.dirname(paths["full"])
+    assert restore_main.main(["--input", paths["incr2"], "--chain-dir", directory, "--data-dir", data]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"Restored the chain of 3 backups into {data}:"
+    assert out[1:4] == [f"  {paths[n]}" for n in ("full", "incr1", "incr2")]
+    assert out[4] == f"Start the server with: rusty-db-server --data-dir {data}"
+    assert rows(data) == states["incr2"]
+
+    again = str(tmp_path / "again")
+    argv = ["--input", paths["diff2"], "--chain-dir", directory, "--data-dir", again, "--json"]
+    capsys.readouterr()  # the engine's log lines above
+    assert restore_main.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == {"ok": True, "data_dir": again, "chain": [paths["full"], paths["diff2"]]}
+    assert rows(again) == states["incr2"]
+
+
+def test_a_missing_link_is_named_and_nothing_is_written(chain, tmp_path):  # noqa: F811
+    paths, _ = chain
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("full", "incr2"):
+        shutil.copy(paths[name], partial)
+    data = str(tmp_path / "data")
+    with pytest.raises(RestoreError, match=f"needs backup .*, which is not in {partial}"):
+        restore_chain(str(partial / "incr2.backup"), str(partial), data)
+    assert not os.path.exists(data)
+
+
+def test_a_failing_incremental_leaves_no_half_restored_directory(chain, tmp_path, capsys):  # noqa: F811
+    paths, _ = chain
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("full", "incr1", "incr2"):
+        shutil.copy(paths[name], broken)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "keep.txt").write_text("old contents")
+    with open(broken / "incr2.backup", "r+b") as f:  # damage the last incremental's data
+        f.seek(os.path.getsize(broken / "incr2.backup") // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    argv = ["--input", str(broken / "incr2.backup"), "--chain-dir", str(broken), "--data-dir", str(data), "--force"]
+    assert restore_main.main(argv) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    assert sorted(os.listdir(data)) == ["keep.txt"]
+    assert not glob.glob(str(data) + ".restoring-*") and not glob.glob(str(data) + ".old-*")

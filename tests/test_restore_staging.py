@@ -1,0 +1,87 @@
+"""restore/staging.py: the target lock, the staging directory and the swap, on their own."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+
+from rustydb_server import datadir as dd
+from rustydb_server.restore.errors import RestoreError
+from rustydb_server.restore.staging import TargetLock
+
+
+def leftovers(target: str) -> list[str]:
+    return glob.glob(target + ".restoring-*") + glob.glob(target + ".old-*")
+
+
+def test_a_swapped_stage_becomes_the_new_target(tmp_path):
+    target = str(tmp_path / "data")
+    with TargetLock(target) as lock:
+        lock.check_empty(force=False)
+        with lock.stage("0123456789abcdef") as staging:
+            assert staging.path == target + ".restoring-01234567"
+            assert os.stat(staging.path).st_mode & 0o777 == 0o700
+            assert os.path.isdir(os.path.join(staging.path, dd.DATABASES_DIR))
+            Path(staging.path, "new.txt").write_text("new")
+            assert staging.swap() is False  # nothing was replaced
+    assert sorted(os.listdir(target)) == [dd.DATABASES_DIR, "new.txt"]
+    assert not leftovers(target) and not dd.DataDir(target).is_locked_by_other()
+
+
+def test_a_failure_inside_the_stage_leaves_no_trace(tmp_path):
+    target = str(tmp_path / "data")
+    with pytest.raises(RuntimeError), TargetLock(target) as lock, lock.stage("abc") as staging:
+        Path(staging.path, "half.txt").write_text("half")
+        raise RuntimeError("failed half way")
+    assert os.listdir(tmp_path) == []  # neither the target the lock created nor the stage
+
+
+def test_a_stage_left_by_an_interrupted_restore_is_replaced(tmp_path):
+    target = str(tmp_path / "data")
+    os.mkdir(target + ".restoring-abc")
+    (tmp_path / "data.restoring-abc" / "stale").write_text("old attempt")
+    with TargetLock(target) as lock, lock.stage("abc") as staging:
+        assert os.listdir(staging.path) == [dd.DATABASES_DIR]
+        staging.swap()
+
+
+def test_force_replaces_a_data_directory_and_keeps_what_is_not_part_of_one(tmp_path):
+    target = tmp_path / "data"
+    (target / dd.DATABASES_DIR).mkdir(parents=True)
+    (target / dd.DATABASES_DIR / "old.sqlite").write_text("old")
+    (target / "archive").mkdir()
+    (target / "rustydb.auto.toml").write_text("x = 1\n")
+    with TargetLock(str(target)) as lock:
+        with pytest.raises(RestoreError, match="not empty.*--force"):
+            lock.check_empty(force=False)
+        lock.check_empty(force=True)
+        with lock.stage("abc") as staging:
+            assert staging.swap() is True
+    assert sorted(os.listdir(target)) == ["archive", dd.DATABASES_DIR, "rustydb.auto.toml"]
+    assert os.listdir(target / dd.DATABASES_DIR) == []
+    assert not leftovers(str(target))
+
+
+def test_a_held_target_is_refused_and_left_alone(tmp_path):
+    target = str(tmp_path / "live")
+    holder = dd.DataDir(target)
+    holder.lock()
+    try:
+        with pytest.raises(RestoreError, match="held by a running RustyDB server"), TargetLock(target):
+            pass
+        assert os.listdir(target) == [dd.PID_FILE]
+    finally:
+        holder.unlock()
+
+
+def test_an_unswapped_restore_puts_the_old_pid_file_back(tmp_path):
+    target = tmp_path / "old"
+    target.mkdir()
+    (target / dd.PID_FILE).write_text("4242\nserver\n")
+    with TargetLock(str(target)) as lock, lock.stage("abc"):
+        pass
+    assert (target / dd.PID_FILE).read_text() == "4242\nserver\n"
+    assert not leftovers(str(target))

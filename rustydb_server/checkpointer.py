@@ -12,7 +12,6 @@ import trio
 
 from .doorbell import Doorbell
 from .engine.instance import FatalWalError
-from .lifecycle import Lifecycle
 from .logsetup import get_logger
 from .settings import to_seconds
 
@@ -29,10 +28,9 @@ class _Request:
 
 
 class Checkpointer:
-    def __init__(self, engine, settings, lifecycle: Lifecycle, doorbell: Doorbell):
+    def __init__(self, engine, settings, doorbell: Doorbell):
         self._engine = engine
         self._settings = settings
-        self._lifecycle = lifecycle
         self._doorbell = doorbell
         self._requests: list[_Request] = []
 
@@ -77,7 +75,7 @@ class Checkpointer:
         try:
             result = await trio.to_thread.run_sync(self._engine.checkpoint, reason)
         except Exception as e:
-            if not isinstance(e, FatalWalError):  # that one has stopped the server already
+            if not isinstance(e, FatalWalError):  # the engine's observer has asked for the stop
                 log.error("checkpoint failed", reason=reason, error=str(e))
             for request in served:
                 request.error = e

@@ -59,7 +59,7 @@ async def run(settings, notifier: Notifier) -> int:
                 functools.partial(Engine.open, ddir, settings, observer=events, change_tracking=tracking)
             )
 
-            checkpointer = Checkpointer(engine, settings, lifecycle, checkpoint_due)
+            checkpointer = Checkpointer(engine, settings, checkpoint_due)
             archiver = Archiver(engine, settings, archive_work)
 
             def settings_changed() -> None:

@@ -24,7 +24,7 @@ async def conn(tmp_path, nursery):
     settings = Settings.load(None, path, {"wal_segment_size": 1 << 20})
     engine = Engine.open(dd.DataDir(path), settings)
     lifecycle = Lifecycle()
-    checkpointer = Checkpointer(engine, settings, lifecycle, Doorbell())
+    checkpointer = Checkpointer(engine, settings, Doorbell())
     await nursery.start(checkpointer.run)
     changes = []
     listener = WireListener(

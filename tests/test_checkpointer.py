@@ -9,7 +9,6 @@ import trio.testing
 from rustydb_server.checkpointer import Checkpointer
 from rustydb_server.doorbell import Doorbell
 from rustydb_server.engine.instance import EngineError
-from rustydb_server.lifecycle import Lifecycle
 
 TIMEOUT_S = 300
 WAL_SIZE = 1000
@@ -59,7 +58,7 @@ def doorbell():
 
 @pytest.fixture
 async def checkpointer(nursery, engine, settings, doorbell):
-    cp = Checkpointer(engine, settings, Lifecycle(), doorbell)
+    cp = Checkpointer(engine, settings, doorbell)
     await nursery.start(cp.run)
     return cp
 

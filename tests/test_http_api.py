@@ -8,6 +8,7 @@ import trio
 
 from rustydb_server import datadir as dd
 from rustydb_server.archive.archiver import Archiver
+from rustydb_server.backup import api as backup_api
 from rustydb_server.backup.catalog import Catalog
 from rustydb_server.backup.service import BackupService
 from rustydb_server.doorbell import Doorbell
@@ -79,3 +80,10 @@ async def test_running_server_reports_and_takes_backups(settings, data_dir, nurs
         nursery.cancel_scope.cancel()
     finally:
         engine.close()
+
+
+def test_a_backup_is_described_with_the_guides_fields_first():
+    entry = {"backup_type": "full", "status": "completed", "backup_id": "b1", "size_bytes": 10}
+    described = backup_api.describe(entry)
+    assert list(described)[:6] == list(backup_api.PUBLIC_FIELDS)
+    assert described["backup_type"] == "full" and described["completed_at"] is None

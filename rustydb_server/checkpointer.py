@@ -3,10 +3,14 @@
 It sleeps until one is due: checkpoint_timeout after the last one, the engine
 ringing its doorbell because the WAL crossed checkpoint_wal_size, or a
 CHECKPOINT statement asking for one and waiting for its result. Checkpoints
-run one at a time, in a worker thread.
+run one at a time, in a worker thread. One that a long reader kept from
+completing is tried again a second later while the WAL is over the size (the
+engine rings only once per crossing).
 """
 
 from __future__ import annotations
+
+import math
 
 import trio
 
@@ -16,6 +20,9 @@ from .logsetup import get_logger
 from .settings import to_seconds
 
 log = get_logger("rustydb.checkpointer")
+
+#: How soon an incomplete checkpoint is tried again while the WAL is over checkpoint_wal_size.
+RETRY_INCOMPLETE_S = 1.0
 
 
 class _Request:
@@ -33,6 +40,7 @@ class Checkpointer:
         self._settings = settings
         self._doorbell = doorbell
         self._requests: list[_Request] = []
+        self._retry_at = math.inf  # trio time to look at the WAL size again after an incomplete one
 
     def settings_changed(self) -> None:
         """checkpoint_timeout or checkpoint_wal_size may have changed: look again."""
@@ -53,13 +61,17 @@ class Checkpointer:
         last = trio.current_time()
         while True:
             deadline = last + to_seconds("checkpoint_timeout", self._settings["checkpoint_timeout"])
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(min(deadline, self._retry_at)):
                 await self._doorbell.wait()
+            if trio.current_time() >= self._retry_at:
+                self._retry_at = math.inf
             reason = self._due(deadline)
             if reason is None:
                 continue
-            await self._run_one(reason)
+            complete = await self._run_one(reason)
             last = trio.current_time()
+            if not complete:
+                self._retry_at = last + RETRY_INCOMPLETE_S
 
     def _due(self, deadline: float) -> str | None:
         if self._requests:
@@ -70,7 +82,8 @@ class Checkpointer:
             return "wal size"
         return None
 
-    async def _run_one(self, reason: str) -> None:
+    async def _run_one(self, reason: str) -> bool:
+        """Run one checkpoint and answer the requests it serves; False if it did not complete."""
         served, self._requests = self._requests, []
         try:
             result = await trio.to_thread.run_sync(self._engine.checkpoint, reason)
@@ -80,7 +93,8 @@ class Checkpointer:
             for request in served:
                 request.error = e
                 request.done.set()
-            return
+            return True  # failed, not incomplete: the next reason to checkpoint tries again
         for request in served:
             request.result = result
             request.done.set()
+        return result["complete"]

@@ -21,6 +21,7 @@ class Engine:
         self.wal_bytes = 0
         self.reasons: list[str] = []
         self.fail_with: Exception | None = None
+        self.complete = True
 
     def wal_bytes_since_checkpoint(self) -> int:
         return self.wal_bytes
@@ -29,6 +30,8 @@ class Engine:
         self.reasons.append(reason)
         if self.fail_with is not None:
             raise self.fail_with
+        if not self.complete:
+            return {"complete": False}
         self.wal_bytes = 0
         return {"complete": True, "reason": reason}
 
@@ -123,3 +126,24 @@ async def test_a_shorter_timeout_applies_at_once(checkpointer, engine, settings,
 async def test_nothing_happens_without_a_reason(checkpointer, engine, clock):
     await trio.sleep_until(TIMEOUT_S - 1)
     assert engine.reasons == []
+
+
+async def test_an_incomplete_checkpoint_is_retried_while_the_wal_is_over_the_size(
+    checkpointer, doorbell, engine, clock
+):
+    engine.wal_bytes = WAL_SIZE
+    engine.complete = False  # a long reader holds an old snapshot
+    doorbell.ring()
+    await trio.sleep(2.5)
+    assert engine.reasons == ["wal size"] * 3  # at 0, 1 and 2 s
+    engine.complete = True
+    await trio.sleep(1)
+    assert engine.reasons == ["wal size"] * 4
+    await trio.sleep(10)  # complete, and the WAL is small again: no more
+    assert engine.reasons == ["wal size"] * 4
+
+
+async def test_an_incomplete_timed_checkpoint_is_not_retried_below_the_size(checkpointer, engine, clock):
+    engine.complete = False
+    await trio.sleep_until(TIMEOUT_S + 5)
+    assert engine.reasons == ["time"]

@@ -138,7 +138,7 @@ class Engine:
         self.fatal_error: str | None = None
         self.observer = observer
         self.archive_status_dir = ddir.join(_datadir.ARCHIVE_STATUS_DIR)
-        # Told once per crossing of checkpoint_wal_size; a checkpoint rearms it.
+        # Told once per crossing of checkpoint_wal_size; a completed checkpoint rearms it.
         self._checkpoint_asked = False
         # Told of every durable record (backup/tracking.py), if the server gave one.
         self.change_tracking = change_tracking
@@ -608,7 +608,6 @@ class Engine:
                 # A reader kept SQLite from copying every frame; keep the old redo
                 # point so recovery still starts early enough.
                 log.info("checkpoint incomplete, redo point kept", reason=reason)
-                self._checkpoint_asked = False  # the next record asks again
                 return {"complete": False}
             ck_lsn, _ = self._log_durably(walrec.CheckpointRecord(redo, self._next_txid, now_us()))
             c = self.control

@@ -124,6 +124,10 @@ def build_starting_app(settings, lifecycle: Lifecycle) -> Starlette:
         return error(503, "the server is still starting", "starting")
 
     async def start_backup(request: Request) -> JSONResponse:
+        try:
+            await backup_api.read_body(request)
+        except backup_api.BadBody as e:
+            return e.response()
         return error(503, "the server is still starting; try again in a moment", "invalid_backup_request")
 
     async def backups(request: Request) -> JSONResponse:

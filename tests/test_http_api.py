@@ -43,6 +43,7 @@ async def test_while_starting_only_health_answers(settings):
         assert health.json()["data_directory"]["state"] == "recovering"
         assert (await http.get("/archive")).json()["error"] == "starting"
         assert (await http.post("/backup", json={})).status_code == 503
+        assert (await http.post("/backup", content=b"{")).json()["error"] == "bad_json"
         assert (await http.get("/backups")).status_code == 503
         assert (await http.get("/nothing")).status_code == 404
 

@@ -22,6 +22,37 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
+class BadBody(Exception):
+    """A request body that is too large or not JSON."""
+
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def response(self) -> JSONResponse:
+        return _error(self.status, str(self), self.code)
+
+
+async def read_body(request: Request):
+    """The request's JSON body (an empty one is ``{}``), read up to MAX_BODY bytes."""
+    raw = bytearray()
+    async for piece in request.stream():
+        raw += piece
+        if len(raw) > MAX_BODY:
+            raise BadBody(
+                413,
+                f"the request body is larger than {MAX_BODY} bytes; a backup request is a small JSON object",
+                "body_too_large",
+            )
+    try:
+        return json.loads(raw or b"{}")
+    except RecursionError:
+        raise BadBody(400, "the request body is not valid JSON: nested too deeply", "bad_json") from None
+    except ValueError as e:
+        raise BadBody(400, f"the request body is not valid JSON: {e}", "bad_json") from None
+
+
 def describe(entry: dict) -> dict:
     """The guide's fields first, then everything else the catalog knows."""
     out = {k: entry.get(k) for k in PUBLIC_FIELDS}
@@ -31,21 +62,10 @@ def describe(entry: dict) -> dict:
 
 def routes(service: BackupService, settings) -> list[Route]:
     async def start(request: Request) -> JSONResponse:
-        raw = bytearray()
-        async for piece in request.stream():
-            raw += piece
-            if len(raw) > MAX_BODY:
-                return _error(
-                    413,
-                    f"the request body is larger than {MAX_BODY} bytes; a backup request is a small JSON object",
-                    "body_too_large",
-                )
         try:
-            body = json.loads(raw or b"{}")
-        except RecursionError:
-            return _error(400, "the request body is not valid JSON: nested too deeply", "bad_json")
-        except ValueError as e:
-            return _error(400, f"the request body is not valid JSON: {e}", "bad_json")
+            body = await read_body(request)
+        except BadBody as e:
+            return e.response()
         try:
             req = parse_api_request(body, settings)
             entry = service.start_backup(req)

@@ -63,13 +63,23 @@ class ArchiveProgress:
 
 
 class Archiver:
-    def __init__(self, engine, settings, doorbell: Doorbell, fileops: _fileops.FileOps = _fileops.REAL):
+    def __init__(
+        self,
+        engine,
+        settings,
+        doorbell: Doorbell,
+        fileops: _fileops.FileOps = _fileops.REAL,
+        run_sync=trio.to_thread.run_sync,
+    ):
         self.engine = engine
         self.settings = settings
         self.fileops = fileops
         self.progress = ArchiveProgress()
         self.status_dir = engine.archive_status_dir
         self._work = doorbell  # rung by the engine: a segment is ready, or started
+        # How blocking work runs: in worker threads (tests on the mock clock
+        # run it inline, so time never jumps while a copy is in progress).
+        self._run_sync = run_sync
         self._settings_changed = Doorbell()
         self._retry_at: float | None = None  # trio time of the next try after failures
         self._switch_retry_at = -math.inf  # trio time before which a failed switch is not retried
@@ -139,7 +149,7 @@ class Archiver:
         if self._switch_due_in() != 0.0 or trio.current_time() < self._switch_retry_at:
             return
         try:
-            await trio.to_thread.run_sync(self.engine.switch_wal)
+            await self._run_sync(self.engine.switch_wal)
         except Exception as e:
             self._switch_retry_at = trio.current_time() + SWITCH_RETRY_S
             if not isinstance(e, FatalWalError):  # that one stops the server
@@ -148,13 +158,13 @@ class Archiver:
     async def _archive_waiting(self) -> None:
         for name in archive_status.waiting(self.status_dir):
             try:
-                await trio.to_thread.run_sync(self._archive_one, name)
+                await self._run_sync(self._archive_one, name)
             except Exception as e:
                 self._failed(name, e)
                 return
             self._succeeded(name)
         try:
-            await trio.to_thread.run_sync(self._archive_histories)
+            await self._run_sync(self._archive_histories)
         except OSError as e:  # retried with the next segment; never fatal for the server
             log.warning("copying a timeline history file to the archive failed", error=str(e))
 

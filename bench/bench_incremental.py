@@ -41,8 +41,8 @@ def apply_floor(restore: list[str], full: str, incr: str, target: str) -> float:
     file, on the restore tool's connection settings: no tool start, no
     verification, no fsync. What a restore of full + incremental must add to
     writing the full backup's pages, before it syncs them."""
-    from rustydb_server.backup.container import BackupReader
     from rustydb_server.backup.steps import decode_steps
+    from rustydb_server.container.reader import BackupReader
     from rustydb_server.engine import replay
     from rustydb_server.restore.incremental import _open_for_apply
 

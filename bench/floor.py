@@ -1,6 +1,6 @@
 """The floor of the fixed design: a round trip with no SQL in it.
 
-A trio server that answers each framed msgpack request (the real protocol
+A trio server that answers each framed msgpack request (the real frames
 module) with one ``trio.to_thread.run_sync`` hop, as the design requires for
 every blocking SQLite call, and nothing else: no session, no SQLite, no WAL.
 Every statement the real server runs costs at least this much, so it bounds
@@ -15,7 +15,7 @@ import time
 
 import trio
 
-from rustydb_client import protocol as proto
+from rustydb_client.protocol import frames as proto
 
 REPLY = proto.encode_frame(
     {"type": "complete", "status": "SELECT 1", "rows_affected": 0, "database": "rustydb", "in_transaction": False}

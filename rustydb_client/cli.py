@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
 from rustydb_client.client import ClientError, Connection, ConnectionFailed, ServerError, connect
-from rustydb_client.protocol import Columns, Complete, Notice, Rows
+from rustydb_client.protocol.events import Columns, Complete, Notice, Rows
 from rustydb_client.sqlsplit import Statement, StatementSplitter
 
 PROG = "rusty-db-cli"

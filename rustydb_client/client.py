@@ -1,4 +1,4 @@
-"""A blocking RustyDB client: a socket loop around the sans-IO ClientProtocol.
+"""A blocking RustyDB client: a socket loop around the sans-IO ClientSide.
 
 Every query message carries exactly one statement (scripts are split here
 with sqlsplit), so each is answered by one `complete` or one `error` and the
@@ -14,18 +14,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Self
 
-from rustydb_client import protocol
-from rustydb_client.protocol import (
+from rustydb_client.protocol.connection import ClientSide
+from rustydb_client.protocol.errors import LocalProtocolError, RemoteProtocolError
+from rustydb_client.protocol.events import (
+    DEFAULT_BATCH_ROWS,
+    NEED_DATA,
     AuthContinue,
-    BackupMessage,
     Columns,
     Complete,
-    ErrorReported,
+    ConnectionClosed,
+    Error,
+    Goodbye,
+    Hello,
     Notice,
-    ProtocolError,
+    Query,
     Ready,
     Rows,
 )
+from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
 
 CLIENT_NAME = "rustydb-client"
 # Between frames, and for small ones. The body of a large frame (a backup's
@@ -81,7 +87,7 @@ def connect(
     timeout: float = 30,
     query_timeout: float | None = None,
     client_name: str = CLIENT_NAME,
-    max_frame: int = protocol.DEFAULT_MAX_FRAME,
+    max_frame: int = DEFAULT_MAX_FRAME,
 ) -> Connection:
     """Open a session. The password comes from `password` or $RUSTYDB_PASSWORD.
 
@@ -109,9 +115,9 @@ def connect(
         ) from None
     except OSError as e:
         raise ConnectionFailed(f"could not connect to {where}: {e.strerror or e}; check --host and --port") from None
-    conn = Connection(sock, protocol.ClientProtocol(user, password, database, client_name), where, max_frame=max_frame)
+    conn = Connection(sock, ClientSide(password, max_frame=max_frame), where)
     try:
-        conn._handshake()
+        conn._handshake(Hello(user, database, client_name))
     except BaseException:
         conn._drop()
         raise
@@ -120,38 +126,31 @@ def connect(
 
 
 class Connection:
-    """One session. Use as a context manager, or call close()."""
+    """One session: a blocking socket around the sans-IO ClientSide. Use as a
+    context manager, or call close()."""
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        proto: protocol.ClientProtocol,
-        where: str,
-        *,
-        max_frame: int = protocol.DEFAULT_MAX_FRAME,
-    ):
+    def __init__(self, sock: socket.socket, protocol: ClientSide, where: str):
         self._sock: socket.socket | None = sock
-        self._proto = proto
-        self._decoder = protocol.FrameDecoder(max_frame)
+        self._protocol = protocol
         self._where = where
 
     # -- state
 
     @property
     def database(self) -> str | None:
-        return self._proto.database
+        return self._protocol.database
 
     @property
     def in_transaction(self) -> bool:
-        return self._proto.in_transaction
+        return self._protocol.in_transaction
 
     @property
     def server_version(self) -> str | None:
-        return self._proto.server_version
+        return self._protocol.server_version
 
     @property
     def session_id(self) -> int | None:
-        return self._proto.session_id
+        return self._protocol.session_id
 
     @property
     def closed(self) -> bool:
@@ -159,7 +158,7 @@ class Connection:
 
     # -- statements
 
-    def execute(self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS) -> Result:
+    def execute(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> Result:
         """Run every statement of `sql` in order; return the last one's Result.
 
         Raises ServerError at the first failing statement, with statement_line
@@ -181,9 +180,7 @@ class Connection:
                 columns, rows = [], []
         return last or Result([], [], "", 0, notices)
 
-    def stream(
-        self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS
-    ) -> Iterator[Columns | Rows | Complete | Notice]:
+    def stream(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[Columns | Rows | Complete | Notice]:
         """Yield each statement's events as they arrive: Columns, Rows batches, Complete.
 
         Stopping early is safe: the rest of the current answer is read and dropped.
@@ -196,16 +193,15 @@ class Connection:
             yield from self.stream_statement(statement.sql, batch_rows=batch_rows, first_line=statement.line)
 
     def stream_statement(
-        self, sql: str, *, batch_rows: int = protocol.DEFAULT_BATCH_ROWS, first_line: int = 1
+        self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, first_line: int = 1
     ) -> Iterator[Columns | Rows | Complete | Notice]:
         """Like stream() for text that is exactly one statement (no splitting)."""
-        self._require_open()
-        self.send_raw(self._proto.query(sql, batch_rows))
+        self.send(Query(sql, batch_rows))
         finished = False
         try:
             while True:
-                event = self._receive_event()
-                if isinstance(event, ErrorReported):
+                event = self.next_event()
+                if isinstance(event, Error):
                     finished = True
                     line = event.statement_line
                     raise ServerError(
@@ -223,19 +219,21 @@ class Connection:
             if not finished and not self.closed:
                 self._drain()
 
-    # -- raw messages (backup streaming and other tools)
+    # -- events (backup streaming and other tools)
 
-    def send_raw(self, msg: dict) -> None:
+    def send(self, event) -> None:
+        """Send one request (Query, BackupRequested, ...)."""
         self._require_open()
-        protocol.validate_message(msg, protocol.TO_SERVER)
         try:
-            frame = protocol.encode_frame(msg)
-        except ProtocolError as e:
-            if msg.get("type") == "query":
-                size = len(msg["sql"].encode("utf-8", "surrogatepass"))
+            frame = self._protocol.send(event)
+        except LocalProtocolError as e:
+            if e.code != "frame_too_large":
+                raise ClientError(f"cannot send {event.type} now: {e.message}") from None
+            if isinstance(event, Query):
+                size = len(event.sql.encode("utf-8", "surrogatepass"))
                 raise RequestTooLarge(
                     f"the statement is {size / 1e6:.1f} MB, more than the "
-                    f"{protocol.DEFAULT_MAX_FRAME / 1e6:.1f} MB one message can carry; split "
+                    f"{DEFAULT_MAX_FRAME / 1e6:.1f} MB one message can carry; split "
                     "it into smaller statements (several INSERTs, say)"
                 ) from None
             raise RequestTooLarge(e.message) from None
@@ -254,59 +252,31 @@ class Connection:
                 "connection_lost",
             ) from None
 
-    def recv_message(self, *, bulk_views: bool = False) -> dict:
-        """The next message from the server, validated; blocks until it arrives.
+    def next_event(self):
+        """The next event from the server; blocks until it arrives.
 
-        ``bulk_views``: a large trailing bin (a backup's data) comes back as a
-        read-only memoryview of the received frame instead of a copy.
+        A backup's large data pieces come as read-only views of the frames
+        they arrived in, not copies.
         """
         self._require_open()
         while True:
             try:
-                msg = self._decoder.next_message(bulk_views=bulk_views)
-            except ProtocolError as e:
+                event = self._protocol.next_event()
+            except RemoteProtocolError as e:
                 self._drop()
-                raise ConnectionFailed(
-                    f"the server at {self._where} sent an invalid message ({e.message})",
-                    e.code,
-                ) from None
-            if msg is not None:
-                return msg
-            place = self._decoder.recv_buffer()
-            try:
-                if place is not None:  # the rest of a large frame, straight into its body
-                    data, got = None, self._sock.recv_into(place)
-                else:
-                    data = self._sock.recv(_RECV_SIZE)
-                    got = len(data)
-            except TimeoutError:
+                if e.code == "connection_lost":
+                    raise self._closed_by_server() from None
+                what = "sent an invalid message" if e.code in _FRAME_ERRORS else "broke the protocol"
+                raise ConnectionFailed(f"the server at {self._where} {what} ({e.message})", e.code) from None
+            if event is NEED_DATA:
+                self._receive()
+            elif isinstance(event, ConnectionClosed):
                 self._drop()
-                raise ConnectionFailed(
-                    f"the server at {self._where} did not answer in time; the connection is closed",
-                    "timeout",
-                ) from None
-            except OSError as e:
-                self._drop()
-                raise ConnectionFailed(
-                    f"lost the connection to {self._where} ({e.strerror or e}); the server may have stopped",
-                    "connection_lost",
-                ) from None
-            if not got:
-                self._drop()
-                raise ConnectionFailed(
-                    f"the server at {self._where} closed the connection; it may have been shut down or restarted",
-                    "connection_lost",
-                )
-            if data is None:
-                self._decoder.received_into(got)
-                continue
-            try:
-                self._decoder.feed(data)
-            except ProtocolError as e:
-                self._drop()
-                raise ConnectionFailed(
-                    f"the server at {self._where} sent an invalid frame ({e.message})", e.code
-                ) from None
+                raise self._closed_by_server()
+            else:
+                if isinstance(event, Error) and event.fatal:
+                    self._drop()
+                return event
 
     # -- lifecycle
 
@@ -314,7 +284,7 @@ class Connection:
         if self._sock is None:
             return
         try:
-            self._sock.sendall(protocol.encode_frame(protocol.goodbye_message()))
+            self._sock.sendall(self._protocol.send(Goodbye()))
         except OSError:
             pass  # the server may already be gone (e.g. after SHUTDOWN)
         self._drop()
@@ -327,43 +297,59 @@ class Connection:
 
     # -- internals
 
-    def _handshake(self) -> None:
-        try:
-            for msg in self._proto.start():
-                self.send_raw(msg)
-            while True:
-                event = self._receive_event()
-                if isinstance(event, AuthContinue):
-                    for msg in event.replies:
-                        self.send_raw(msg)
-                elif isinstance(event, Ready):
-                    return
-                elif isinstance(event, ErrorReported):
-                    raise ConnectionFailed(
-                        f"the server at {self._where} refused the session: {event.message}",
-                        event.code,
-                    )
-        except ProtocolError as e:
-            raise ConnectionFailed(e.message, e.code) from None
+    def _handshake(self, hello: Hello) -> None:
+        self.send(hello)
+        while True:
+            event = self.next_event()
+            if isinstance(event, AuthContinue):
+                for reply in event.replies:
+                    self.send(reply)
+            elif isinstance(event, Ready):
+                return
+            elif isinstance(event, Error):
+                raise ConnectionFailed(
+                    f"the server at {self._where} refused the session: {event.message}",
+                    event.code,
+                )
 
-    def _receive_event(self):
-        msg = self.recv_message()
+    def _receive(self) -> None:
+        place = self._protocol.recv_buffer()
         try:
-            event = self._proto.receive(msg)
-        except ProtocolError as e:
+            if place is not None:  # the rest of a large frame, straight into its body
+                got = self._sock.recv_into(place)
+                if got:
+                    self._protocol.received_into(got)
+                    return
+                data = b""
+            else:
+                data = self._sock.recv(_RECV_SIZE)
+        except TimeoutError:
             self._drop()
-            raise ConnectionFailed(f"the server at {self._where} broke the protocol ({e.message})", e.code) from None
-        if isinstance(event, ErrorReported) and event.fatal:
+            raise ConnectionFailed(
+                f"the server at {self._where} did not answer in time; the connection is closed",
+                "timeout",
+            ) from None
+        except OSError as e:
             self._drop()
-        return event
+            raise ConnectionFailed(
+                f"lost the connection to {self._where} ({e.strerror or e}); the server may have stopped",
+                "connection_lost",
+            ) from None
+        self._protocol.receive_data(data)
+
+    def _closed_by_server(self) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"the server at {self._where} closed the connection; it may have been shut down or restarted",
+            "connection_lost",
+        )
 
     def _drain(self) -> None:
         # The caller stopped reading mid-answer: read the rest so the next
         # statement's answer is not mistaken for this one's.
         try:
             while True:
-                event = self._receive_event()
-                if isinstance(event, (Complete, ErrorReported)):
+                event = self.next_event()
+                if isinstance(event, (Complete, Error)):
                     return
         except ClientError:
             pass
@@ -380,8 +366,11 @@ class Connection:
                 self._sock = None
 
 
+# What the frame decoder refuses, as opposed to a message at the wrong time.
+_FRAME_ERRORS = frozenset({"bad_frame", "bad_message", "frame_too_large", "frame_too_deep", "frame_too_complex"})
+
+
 __all__ = [
-    "BackupMessage",
     "ClientError",
     "Columns",
     "Complete",

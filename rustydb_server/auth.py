@@ -16,7 +16,7 @@ import base64
 import ipaddress
 import tomllib
 
-from rustydb_client.protocol import make_scram_credentials
+from rustydb_client.protocol.scram import make_scram_credentials
 
 from .logsetup import get_logger
 

@@ -1,6 +1,6 @@
 """AES-256-GCM sealing of backup chunks, key wrapping and passphrase KDFs.
 
-Pure functions over bytes (no files: key files live in ``backup/keys.py``).
+Pure functions over bytes (no files: key files live in ``keys.py``).
 
 Nonces. Every backup gets a fresh random 256-bit data key (``generate_data_key``)
 that encrypts nothing but that backup's chunks and index. A chunk's 96-bit

@@ -8,8 +8,10 @@ cuts a write short, and check what the caller did about it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 #: Start writing a large file's pages to disk after this many new bytes.
 FLUSH_AFTER = 8 << 20
@@ -120,12 +122,20 @@ class FileOps:
 
     def write_file_atomic(self, path: str, data: bytes, mode: int = 0o600) -> None:
         """Replace ``path`` with ``data``: temp name, fsync, rename, fsync dir."""
+        with self.replace_file(path, mode) as fd:
+            self.write_all(fd, data)
+
+    @contextlib.contextmanager
+    def replace_file(self, path: str, mode: int = 0o600) -> Iterator[int]:
+        """Replace ``path`` with what the block writes to the yielded descriptor:
+        temp name, fsync, rename, fsync dir. If the block raises, ``path`` is
+        left as it was and the temporary file is removed."""
         directory = os.path.dirname(os.path.abspath(path))
         tmp = f"{path}.tmp.{os.getpid()}"
         fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
             os.fchmod(fd, mode)
-            self.write_all(fd, data)
+            yield fd
             self.fsync(fd)
         except BaseException:
             self.close(fd)

@@ -18,7 +18,9 @@ from collections.abc import Callable
 
 import trio
 
-from rustydb_client import protocol as proto
+from rustydb_client.protocol import events
+from rustydb_client.protocol.connection import ServerSide
+from rustydb_client.protocol.errors import LocalProtocolError, RemoteProtocolError
 from rustydb_client.sqlsplit import leading_keywords, split_statements
 
 from . import __version__, admin, auth
@@ -50,15 +52,15 @@ class ClientConnection:
         self.listener = listener
         self.stream = stream
         self.peer = peer
-        self.decoder = proto.FrameDecoder()
+        self.protocol = ServerSide(auth.auth_fn_for(listener.settings, peer))
         self.session: SqlSession | None = None
         self.session_id = 0
         self.idle_scope: trio.CancelScope | None = None
         self.busy = False
 
     # ------------------------------------------------------------- i/o
-    async def send(self, msg: dict) -> None:
-        await self.stream.send_all(proto.encode_frame(msg))
+    async def send(self, event) -> None:
+        await self.stream.send_all(self.protocol.send(event))
 
     @contextlib.contextmanager
     def bulk_sending(self):
@@ -83,20 +85,20 @@ class ClientConnection:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, option, before)
 
-    async def send_bulk(self, msg: dict, key: str, data: bytes) -> None:
-        """Send ``{**msg, key: data}`` without copying ``data`` into a frame."""
-        head, data = proto.encode_bulk_frame(msg, key, data)
+    async def send_bulk(self, event: events.BackupData) -> None:
+        """Send ``event`` without copying its data into a frame."""
+        head, data = self.protocol.send_with_data_passthrough(event)
         await self.stream.send_all(head)
         await self.stream.send_all(data)
 
-    async def send_file_bulk(self, msg: dict, key: str, fd: int, offset: int, size: int) -> None:
-        """Send ``{**msg, key: <size bytes of fd at offset>}``, the bytes straight
+    async def send_file_bulk(self, entry: str, last: bool, fd: int, offset: int, size: int) -> None:
+        """Send a BackupData of ``size`` bytes of fd at offset, the bytes straight
         from the file to the socket (sendfile): no read into Python, no copy.
 
         Writes to the socket past trio's stream; that is safe because only this
         connection's own task ever sends on it.
         """
-        await self.stream.send_all(proto.bulk_frame_head(msg, key, size))
+        await self.stream.send_all(self.protocol.send_backup_data_head(entry, last, size))
         sock = getattr(self.stream, "socket", None)
         if sock is None or not hasattr(os, "sendfile"):
             data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
@@ -132,18 +134,18 @@ class ClientConnection:
         after it would be read as the rest of its body."""
         await trio.aclose_forcefully(self.stream)
 
-    async def recv(self) -> dict:
+    async def recv(self):
         while True:
-            msg = self.decoder.next_message()
-            if msg is not None:
-                return msg
+            event = self.protocol.next_event()
+            if event is not events.NEED_DATA:
+                return event
             data = await self.stream.receive_some(RECV_SIZE)
             if not data:
                 raise ConnectionClosed()
-            self.decoder.feed(data)
+            self.protocol.receive_data(data)
 
-    async def recv_idle(self) -> dict | None:
-        """Wait for the next message; None when shutdown interrupts the wait."""
+    async def recv_idle(self):
+        """Wait for the next event; None when shutdown interrupts the wait."""
         settings = self.listener.settings
         idle = to_seconds("idle_session_timeout", settings["idle_session_timeout"])
         with trio.CancelScope() as scope:
@@ -152,9 +154,9 @@ class ClientConnection:
                 scope.cancel()
             if idle:
                 scope.deadline = trio.current_time() + idle
-            msg = await self.recv()
+            event = await self.recv()
             self.idle_scope = None
-            return msg
+            return event
         self.idle_scope = None
         if not self.listener.lifecycle.stopping:
             raise _Fatal("idle_timeout", "closing the connection after idle_session_timeout")
@@ -166,18 +168,16 @@ class ClientConnection:
             await self._run()
         except _Fatal as e:
             log.info("closing client connection", peer=self.peer, code=e.code, reason=e.message)
-            await self._try_send(proto.error_message(e.code, e.message, fatal=True))
-        except proto.ProtocolError as e:
+            await self._try_send(events.Error(e.code, e.message, fatal=True))
+        except RemoteProtocolError as e:
             log.warning("client broke the protocol", peer=self.peer, code=e.code, reason=e.message)
-            await self._try_send(proto.error_message(e.code, e.message, fatal=True))
+            await self._try_send(events.Error(e.code, e.message, fatal=True))
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception as e:  # a bug or an I/O error: this client, not the server
             log.exception("internal error; closing this connection", peer=self.peer, error=str(e))
             await self._try_send(
-                proto.error_message(
-                    "internal_error", f"internal error: {e}; the server log has the details", fatal=True
-                )
+                events.Error("internal_error", f"internal error: {e}; the server log has the details", fatal=True)
             )
         finally:
             # Shielded: even when the server is being cancelled, the session's
@@ -189,24 +189,23 @@ class ClientConnection:
                 self.listener.sessions.pop(self.session_id, None)
                 await self.stream.aclose()
 
-    async def _try_send(self, msg: dict) -> None:
+    async def _try_send(self, event) -> None:
         with trio.move_on_after(2):
             try:
-                await self.send(msg)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                await self.send(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError):
+                pass  # gone, or already told a fatal error
 
     async def _run(self) -> None:
-        server_proto = proto.ServerProtocol(auth.auth_fn_for(self.listener.settings, self.peer))
         with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as handshake:
-            event = server_proto.receive(await self.recv())
-            while isinstance(event, proto.AuthContinue):
+            event = await self.recv()
+            while isinstance(event, events.AuthContinue):
                 for reply in event.replies:
                     await self.send(reply)
-                event = server_proto.receive(await self.recv())
+                event = await self.recv()
         if handshake.cancelled_caught:
             raise _Fatal("timeout", "the handshake took too long; connection closed")
-        if isinstance(event, proto.Goodbye):
+        if isinstance(event, events.Goodbye):
             return
         for reply in event.replies:
             await self.send(reply)
@@ -214,22 +213,21 @@ class ClientConnection:
         while True:
             if self.listener.lifecycle.stopping:
                 raise _Fatal("shutdown", "the server is shutting down")
-            msg = await self.recv_idle()
-            if msg is None:
+            event = await self.recv_idle()
+            if event is None:
                 raise _Fatal("shutdown", "the server is shutting down")
-            event = server_proto.receive(msg)
-            if isinstance(event, proto.Goodbye):
+            if isinstance(event, events.Goodbye):
                 return
             self.busy = True
             try:
-                if isinstance(event, proto.Query):
+                if isinstance(event, events.Query):
                     await self._query(event)
-                elif isinstance(event, proto.BackupRequested):
+                elif isinstance(event, events.BackupRequested):
                     await self._backup(event)
             finally:
                 self.busy = False
 
-    async def _open_session(self, event: proto.SessionRequested) -> None:
+    async def _open_session(self, event: events.SessionRequested) -> None:
         from .datadir import DEFAULT_DATABASE
 
         name = event.database or DEFAULT_DATABASE
@@ -254,10 +252,10 @@ class ClientConnection:
             database=name,
             client=event.client,
         )
-        await self.send(proto.ready_message(__version__, name, self.session_id))
+        await self.send(events.Ready(__version__, name, self.session_id))
 
     # ------------------------------------------------------------ queries
-    async def _query(self, query: proto.Query) -> None:
+    async def _query(self, query: events.Query) -> None:
         # One statement per query message, so every query gets exactly one
         # complete or error; rusty-db-cli and the client library split scripts.
         statements = split_statements(query.sql)
@@ -266,7 +264,7 @@ class ClientConnection:
             return
         if len(statements) > 1:
             await self.send(
-                proto.error_message(
+                events.Error(
                     "multiple_statements",
                     f"a query message holds {len(statements)} statements; send one statement "
                     "per query (rusty-db-cli splits scripts for you)",
@@ -283,11 +281,11 @@ class ClientConnection:
             if cmd is not None:
                 result = await admin.execute(self, cmd)
                 if result.columns is not None:
-                    await self.send(proto.columns_message(result.columns))
+                    await self.send(events.Columns(result.columns))
                     if result.rows:
-                        await self.send(proto.rows_message(result.rows))
+                        await self.send(events.Rows(result.rows))
                 for notice in result.notices:
-                    await self.send(proto.notice_message(notice))
+                    await self.send(events.Notice(notice))
                 await self._complete(result.status, len(result.rows or ()))
                 if result.after is not None:
                     result.after()
@@ -297,11 +295,11 @@ class ClientConnection:
         except (SqlError, EngineError, AdminSyntaxError, admin.AdminError) as e:
             code = getattr(e, "code", "syntax_error")
             log.info("statement failed", session=self.session_id, code=code, error=str(e))
-            await self.send(proto.error_message(code, str(e), statement_line=line))
+            await self.send(events.Error(code, str(e), statement_line=line))
             return False
         except FatalWalError as e:
             await self.send(
-                proto.error_message(
+                events.Error(
                     "wal_failure",
                     f"the WAL could not be made durable ({e}); nothing more is acknowledged and the server is stopping",
                     fatal=True,
@@ -314,21 +312,21 @@ class ClientConnection:
         run, rows, finished = await self._in_thread(session.run, sql, keywords, batch_rows)
         out = []
         if run.columns is not None:
-            out.append(proto.encode_frame(proto.columns_message(run.columns)))
+            out.append(self.protocol.send(events.Columns(run.columns)))
             if rows:
-                out.append(proto.encode_frame(proto.rows_message(rows)))
+                out.append(self.protocol.send(events.Rows(rows)))
         if finished is None:
             await self.stream.send_all(b"".join(out))
             out = []
             while True:
                 rows = await self._in_thread(session.fetch, run, batch_rows)
                 if rows:
-                    await self.send(proto.rows_message(rows))
+                    await self.send(events.Rows(rows))
                 if run.done:
                     break
             finished = await self._in_thread(session.finish, run)
         status, count = finished
-        out.append(proto.encode_frame(proto.complete_message(status, count, session.database, session.in_transaction)))
+        out.append(self.protocol.send(events.Complete(status, count, session.database, session.in_transaction)))
         # One write for a small answer: fewer syscalls and packets.
         await self.stream.send_all(b"".join(out))
 
@@ -357,14 +355,14 @@ class ClientConnection:
 
     async def _complete(self, status: str, rows: int) -> None:
         s = self.session
-        await self.send(proto.complete_message(status, rows, s.database, s.in_transaction))
+        await self.send(events.Complete(status, rows, s.database, s.in_transaction))
 
-    async def _backup(self, event: proto.BackupRequested) -> None:
+    async def _backup(self, event: events.BackupRequested) -> None:
         backups = self.listener.backups
         if backups is None:
-            await self.send(proto.error_message("unsupported", "this server does not stream backups yet"))
+            await self.send(events.Error("unsupported", "this server does not stream backups yet"))
             return
-        await backups.stream_to_client(self, event.options)
+        await backups.stream_to_client(self, event)
 
 
 _ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH"})
@@ -458,7 +456,7 @@ class WireListener:
         if len(self.sessions) >= limit:
             log.warning("connection refused: max_connections reached", peer=conn.peer, max_connections=limit)
             await conn._try_send(
-                proto.error_message(
+                events.Error(
                     "too_many_connections",
                     f"the server already has {limit} connections (max_connections); try again later",
                     fatal=True,

@@ -12,9 +12,9 @@ import urllib.request
 
 import pytest
 
-from rustydb_server.backup.container import BackupReader
-from rustydb_server.backup.file import manifest_of
-from rustydb_server.backup.keys import KeyFileSource
+from rustydb_server.backup.manifest import manifest_of
+from rustydb_server.container.reader import BackupReader
+from rustydb_server.keys import KeyFileSource
 
 
 def call(server, method, path, body=None, token=None, raw=None):
@@ -56,7 +56,7 @@ def fill(server, rows=2000):
 def test_api_full_backup_happy_path(server, tmp_path):
     fill(server)
     key = tmp_path / "backup.key"
-    from rustydb_server.backup.keys import create_key_file
+    from rustydb_server.keys import create_key_file
 
     create_key_file(str(key))
     backup_dir = tmp_path / "backups"
@@ -163,7 +163,7 @@ def test_guides_automated_backup_script_runs_as_written(server, tmp_path):
         .replace("DAY_OF_WEEK=$(date +%u)", "DAY_OF_WEEK=7")
     )
     key = tmp_path / "k"
-    from rustydb_server.backup.keys import create_key_file
+    from rustydb_server.keys import create_key_file
 
     create_key_file(str(key))
     server.sql(f"ALTER SYSTEM SET backup_key_file = '{key}';")

@@ -17,8 +17,8 @@ import urllib.request
 from helpers import run_tool
 
 from rustydb_client import client as rc
-from rustydb_client import protocol
-from rustydb_server.backup.container import BackupReader
+from rustydb_client.protocol import events
+from rustydb_server.container.reader import BackupReader
 
 
 def backups(srv) -> list[dict]:
@@ -46,12 +46,12 @@ def test_a_client_that_resets_mid_stream_fails_only_its_backup(server_factory, t
         "INSERT INTO blobs(b) SELECT randomblob(1000) FROM c;"
     )  # ~40 MB: more than any buffer
     conn = rc.connect("127.0.0.1", srv.port)
-    conn.send_raw(protocol.backup_message({"backup_type": "full"}))
-    header = conn.recv_message()
-    assert header["type"] == "backup_header"
-    backup_id = header["manifest"]["backup_id"]
-    first = conn.recv_message(bulk_views=True)
-    assert first["type"] == "backup_data" and len(first["data"]) > 0
+    conn.send(events.BackupRequested("full"))
+    header = conn.next_event()
+    assert isinstance(header, events.BackupHeader)
+    backup_id = header.manifest["backup_id"]
+    first = conn.next_event()
+    assert isinstance(first, events.BackupData) and len(first.data) > 0
     # Reset, not a clean close: the server's next sendfile fails at once.
     conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn._sock.close()

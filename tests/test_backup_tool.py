@@ -15,15 +15,18 @@ import stat
 import pytest
 from helpers import free_port, run_tool
 
-from rustydb_client import protocol
 from rustydb_client.client import ConnectionFailed
+from rustydb_client.protocol.frames import decode_body, encode_bulk_frame, encode_frame
+from rustydb_client.protocol.messages import TO_CLIENT, event_of, validate_message
 from rustydb_server import datadir as dd
-from rustydb_server.backup.container import RECORD, BackupReader
-from rustydb_server.backup.file import BackupFile, header_from_manifest
-from rustydb_server.backup.keys import KeyFileSource, PassphraseSource
+from rustydb_server.backup.manifest import header_from_manifest
 from rustydb_server.backup.snapshot import Snapshot
+from rustydb_server.container.file import BackupFile
+from rustydb_server.container.format import RECORD
+from rustydb_server.container.reader import BackupReader
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.session import SqlSession
+from rustydb_server.keys import KeyFileSource, PassphraseSource
 from rustydb_server.settings import Settings
 from rustydb_server.tools.backup_main import BackupFailed, receive_backup
 
@@ -353,7 +356,7 @@ def test_usage_errors_exit_2(args):
 def test_backup_threads_run_at_the_niceness_asked_and_the_caller_keeps_its_own():
     import threading
 
-    from rustydb_server.backup.container import lower_thread_priority
+    from rustydb_server.container.threads import lower_thread_priority
 
     seen = []
 
@@ -405,16 +408,18 @@ class ReplayConnection:
     def __init__(self, messages):
         self.messages = list(messages)
 
-    def recv_message(self, *, bulk_views: bool = False) -> dict:
+    def next_event(self):
         if not self.messages:
             raise ConnectionFailed("the server closed the connection", "connection_lost")
         msg = self.messages.pop(0)
         # Through the real codec, so the tool sees what a socket would give it
-        # (data as read-only views of the frame when it asks for them).
+        # (data as read-only views of the frame).
         if msg.get("type") == "backup_data" and isinstance(msg.get("data"), bytes):
-            head, data = protocol.encode_bulk_frame({k: v for k, v in msg.items() if k != "data"}, "data", msg["data"])
-            return protocol.decode_body(bytearray(head[4:] + data), bulk_views=bulk_views)
-        return msg
+            head, data = encode_bulk_frame({k: v for k, v in msg.items() if k != "data"}, "data", msg["data"])
+            frame = head + data
+        else:
+            frame = encode_frame(msg)
+        return event_of(validate_message(decode_body(bytearray(frame[4:]), bulk_views=True), TO_CLIENT), TO_CLIENT)
 
 
 def server_messages(engine: Engine, piece: int = 4096) -> list[dict]:
@@ -580,7 +585,7 @@ def test_sigterm_mid_backup_leaves_no_file(server, tmp_path, monkeypatch, capsys
     """SIGTERM (a service stop, a cron timeout) cleans up as Ctrl-C does."""
     import signal
 
-    from rustydb_server.backup.container import BackupWriter
+    from rustydb_server.container.writer import BackupWriter
     from rustydb_server.tools import backup_main
 
     server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")

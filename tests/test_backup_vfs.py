@@ -1,9 +1,8 @@
-"""Reading a backup without restoring it: EntryReader byte ranges and the
-read-only VFS, against real backups built from a real Engine."""
+"""Reading a backup without restoring it: the read-only VFS, against real
+backups built from a real Engine."""
 
 import io
 import os
-import random
 from pathlib import Path
 
 import apsw
@@ -11,20 +10,16 @@ import pytest
 
 from rustydb_client.sqlsplit import leading_keywords
 from rustydb_server import datadir as dd
-from rustydb_server.backup.container import (
-    RECORD,
-    BackupCorruptError,
-    BackupReader,
-    BackupWriter,
-    new_header,
-)
-from rustydb_server.backup.file import header_from_manifest
-from rustydb_server.backup.keys import KeyFileSource
-from rustydb_server.backup.random_access import EntryReader
+from rustydb_server.backup.manifest import header_from_manifest
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.backup.vfs import BackupQueryError, open_backup_database
+from rustydb_server.container.errors import BackupCorruptError
+from rustydb_server.container.format import RECORD
+from rustydb_server.container.reader import BackupReader
+from rustydb_server.container.writer import BackupWriter
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.session import SqlSession
+from rustydb_server.keys import KeyFileSource
 from rustydb_server.settings import Settings
 
 KEY = KeyFileSource(os.urandom(32), "/keys/test.key")
@@ -180,60 +175,3 @@ def test_damaged_record_head_fails_at_open(source, tmp_path):
     bad.write_bytes(data)
     with pytest.raises(BackupCorruptError, match="chunk 5.*header checksum"):
         open_backup_database(str(bad), "rustydb")
-
-
-# -- EntryReader on synthetic entries ------------------------------------------
-
-
-@pytest.mark.parametrize("size", [0, 1, 255, 256, 257, 1000, 2048])
-def test_entry_reader_reads_any_range(size):
-    rng = random.Random(size)
-    payload = rng.randbytes(size)
-    buf = io.BytesIO()
-    w = BackupWriter(buf, new_header("full"), key=KEY, codec="zstd", chunk_size=256)
-    w.add_entry("e", [payload[:100], payload[100:]])
-    w.finish()
-    reader = EntryReader(BackupReader(io.BytesIO(buf.getvalue()), key=KEY), "e", cache_chunks=2)
-    assert reader.size == size
-    for _ in range(200):
-        a = rng.randrange(size + 10)
-        n = rng.randrange(600)
-        assert reader.read(a, n) == payload[a : a + n]
-    assert reader.read(0, size) == payload
-
-
-def test_entry_reader_cache_is_bounded_and_reused():
-    payload = bytes(range(256)) * 40  # 10240 bytes = 10 chunks of 1024
-    buf = io.BytesIO()
-    w = BackupWriter(buf, new_header("full"), codec="none", chunk_size=1024)
-    w.add_entry("e", [payload])
-    w.finish()
-    reader = EntryReader(BackupReader(io.BytesIO(buf.getvalue())), "e", cache_chunks=3)
-    reader.read(0, 10)
-    reader.read(500, 10)
-    assert reader.chunks_decoded == 1  # the same chunk, from the cache
-    reader.read(1000, 100)  # spans chunks 0 and 1
-    assert reader.chunks_decoded == 2
-    for chunk in range(10):
-        reader.read(chunk * 1024, 1)
-    assert reader.chunks_decoded == 10
-    assert len(reader._cache) == 3
-    reader.read(0, 1)  # evicted long ago
-    assert reader.chunks_decoded == 11
-
-
-def test_read_chunk_matches_read_entry():
-    """BackupReader.chunk_offsets + read_chunk give exactly read_entry's chunks."""
-    payload = os.urandom(5000)
-    buf = io.BytesIO()
-    w = BackupWriter(buf, new_header("full"), key=KEY, codec="lz4", chunk_size=700)
-    w.add_entry("first", [b"x" * 1500])
-    w.add_entry("second", [payload])
-    w.finish()
-    reader = BackupReader(io.BytesIO(buf.getvalue()), key=KEY)
-    info = reader.entry("second")
-    offsets = reader.chunk_offsets(info)
-    assert len(offsets) == info.chunks == 8
-    assert [reader.read_chunk(info, i, off) for i, off in enumerate(offsets)] == list(reader.read_entry("second"))
-    with pytest.raises(BackupCorruptError, match="chunk 2"):
-        reader.read_chunk(info, 2, offsets[3])  # the head found there belongs to chunk 3

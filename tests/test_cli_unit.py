@@ -1,7 +1,7 @@
 """rusty-db-cli and the blocking client against a tiny in-test server.
 
 The fake server is a thread with a real socket speaking the real protocol
-through ServerProtocol; only the SQL answers are canned.
+through ServerSide; only the SQL answers are canned.
 """
 
 import io
@@ -12,49 +12,52 @@ import threading
 import pytest
 
 from rustydb_client import cli, client
-from rustydb_client import protocol as p
+from rustydb_client.protocol import events as p
+from rustydb_client.protocol.connection import ServerSide
+from rustydb_client.protocol.errors import ProtocolError
+from rustydb_client.protocol.scram import AUTH_FAILED_MESSAGE, make_scram_credentials
 from rustydb_client.sqlsplit import Statement
 
 # ---------------------------------------------------------------- fake server
 
 
-def canned_answer(sql: str, session: dict) -> list[dict]:
+def canned_answer(sql: str, session: dict) -> list:
     """What the fake server answers to one statement."""
     words = sql.split()
     head = words[0].upper() if words else ""
     db = session["database"]
-    done = lambda status, n=0: p.complete_message(status, n, session["database"], session["in_tx"])
+    done = lambda status, n=0: p.Complete(status, n, session["database"], session["in_tx"])
     if " ".join(words) == "SELECT * FROM t":
         return [
-            p.columns_message(["id", "name", "data"]),
-            p.rows_message([[1, "alice", b"\x00\xff"]]),
-            p.rows_message([[22, None, None]]),
+            p.Columns(["id", "name", "data"]),
+            p.Rows([[1, "alice", b"\x00\xff"]]),
+            p.Rows([[22, None, None]]),
             done("SELECT 2", 2),
         ]
     if sql == "SELECT big":
         return [
-            p.columns_message(["n"]),
-            *[p.rows_message([[i] for i in range(k, k + 100)]) for k in range(0, 1000, 100)],
+            p.Columns(["n"]),
+            *[p.Rows([[i] for i in range(k, k + 100)]) for k in range(0, 1000, 100)],
             done("SELECT 1000", 1000),
         ]
     if head == "INSERT":
         return [done("INSERT 1", 1)]
     if head == "USE":
         if words[1] == "nowhere":
-            return [p.error_message("unknown_database", "database nowhere does not exist")]
+            return [p.Error("unknown_database", "database nowhere does not exist")]
         session["database"] = words[1]
         return [done("USE")]
     if head == "BEGIN":
         session["in_tx"] = True
         return [done("BEGIN")]
     if head == "NOTICE":
-        return [p.notice_message("something to know"), done("OK")]
+        return [p.Notice("something to know"), done("OK")]
     if head == "BAD":
         # the error is on the statement's second line when it has one
-        return [p.error_message("syntax_error", 'near "BAD": syntax error', statement_line=2 if "\n" in sql else 1)]
+        return [p.Error("syntax_error", 'near "BAD": syntax error', statement_line=2 if "\n" in sql else 1)]
     if head == "FATAL":
-        return [p.error_message("shutdown", "the server is shutting down", fatal=True)]
-    return [p.complete_message("OK", 0, db, session["in_tx"])]
+        return [p.Error("shutdown", "the server is shutting down", fatal=True)]
+    return [p.Complete("OK", 0, db, session["in_tx"])]
 
 
 class FakeServer:
@@ -75,31 +78,29 @@ class FakeServer:
             threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
     def _serve(self, sock):
-        proto = p.ServerProtocol(self.auth_fn)
-        decoder = p.FrameDecoder()
+        proto = ServerSide(self.auth_fn)
         session = {"database": "main", "in_tx": False}
-        send = lambda m: sock.sendall(p.encode_frame(m))
+        send = lambda event: sock.sendall(proto.send(event))
         with sock:
             try:
                 while data := sock.recv(65536):
-                    decoder.feed(data)
-                    while (msg := decoder.next_message()) is not None:
-                        event = proto.receive(msg)
+                    proto.receive_data(data)
+                    while (event := proto.next_event()) is not p.NEED_DATA:
                         for reply in getattr(event, "replies", ()):
                             send(reply)
                         if isinstance(event, p.SessionRequested):
                             session["database"] = event.database or "main"
-                            send(p.ready_message("0.1.0", session["database"], 1))
+                            send(p.Ready("0.1.0", session["database"], 1))
                         elif isinstance(event, p.Query):
                             self.queries.append(event.sql)
                             for answer in canned_answer(event.sql, session):
                                 send(answer)
-                                if answer["type"] == "error" and answer["fatal"]:
+                                if isinstance(answer, p.Error) and answer.fatal:
                                     return
                         elif isinstance(event, p.Goodbye):
                             return
-            except p.ProtocolError as e:
-                send(p.error_message(e.code, e.message, fatal=True))
+            except ProtocolError as e:
+                send(p.Error(e.code, e.message, fatal=True))
             except OSError:
                 pass
 
@@ -430,7 +431,7 @@ def test_fatal_error_closes_the_connection(server):
 
 
 def test_password_comes_from_the_environment(monkeypatch):
-    creds = {"alice": p.make_scram_credentials("s3cret")}
+    creds = {"alice": make_scram_credentials("s3cret")}
     srv = FakeServer(auth_fn=creds.get)
     try:
         monkeypatch.setenv("RUSTYDB_PASSWORD", "s3cret")
@@ -439,7 +440,7 @@ def test_password_comes_from_the_environment(monkeypatch):
         monkeypatch.setenv("RUSTYDB_PASSWORD", "wrong")
         code, out, err = run_cli(["--port", str(srv.port), "--user", "alice", "--command", "INSERT INTO t VALUES (1)"])
         assert code == 1
-        assert p.AUTH_FAILED_MESSAGE in err and "wrong" not in err.replace("is wrong", "")
+        assert AUTH_FAILED_MESSAGE in err and "wrong" not in err.replace("is wrong", "")
         monkeypatch.delenv("RUSTYDB_PASSWORD")
         with pytest.raises(client.ConnectionFailed) as e:
             client.connect(port=srv.port, user="alice")

@@ -60,3 +60,33 @@ def test_without_sync_file_range_writeback_is_a_no_op(tmp_path, monkeypatch):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
 def test_sync_file_range_resolves_on_linux():
     assert fileops._load_sync_file_range()
+
+
+def test_replace_file_replaces_whole_or_not_at_all(tmp_path):
+    calls = []
+
+    class Recording(FileOps):
+        def fsync(self, fd):
+            calls.append("fsync")
+            super().fsync(fd)
+
+        def rename(self, src, dst):
+            calls.append("rename")
+            super().rename(src, dst)
+
+        def fsync_dir(self, path):
+            calls.append("fsync_dir")
+            super().fsync_dir(path)
+
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    ops = Recording()
+    with ops.replace_file(str(path)) as fd:
+        ops.write_all(fd, b"new ")
+        ops.write_all(fd, b"content")
+    assert path.read_bytes() == b"new content" and os.stat(path).st_mode & 0o777 == 0o600
+    assert calls == ["fsync", "rename", "fsync_dir"]
+    with pytest.raises(RuntimeError), ops.replace_file(str(path)) as fd:
+        ops.write_all(fd, b"half")
+        raise RuntimeError("the writer failed")
+    assert path.read_bytes() == b"new content" and os.listdir(tmp_path) == ["f"]

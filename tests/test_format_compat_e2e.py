@@ -22,9 +22,11 @@ import msgpack
 import pytest
 from helpers import ServerProcess, run_tool
 
-from rustydb_server.backup import container as C
-from rustydb_server.backup.container import BackupCorruptError, BackupReader, rotate_key
-from rustydb_server.backup.keys import KeyFileSource
+from rustydb_server.container import format as F
+from rustydb_server.container.errors import BackupCorruptError
+from rustydb_server.container.reader import BackupReader
+from rustydb_server.container.rotate import rotate_key
+from rustydb_server.keys import KeyFileSource
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "format1")
 
@@ -46,7 +48,7 @@ def test_format_1_files_are_what_this_test_claims():
     for name in ("full.backup", "incr.backup"):
         with open(os.path.join(DATA, name), "rb") as f:
             assert struct.unpack(">H", f.read(10)[8:])[0] == 1, name
-    assert C.FORMAT_VERSION == 2
+    assert F.FORMAT_VERSION == 2
 
 
 def test_format_1_entries_read_and_check_their_sha256(old):
@@ -61,13 +63,13 @@ def test_format_1_entries_read_and_check_their_sha256(old):
 
 def test_format_1_entry_digest_mismatch_is_still_detected(old):
     raw = (old / "incr.backup").read_bytes()
-    lay = BackupReader(io.BytesIO(raw))._layout
+    lay = BackupReader(io.BytesIO(raw)).layout
     index = msgpack.unpackb(raw[lay.index_offset : lay.index_offset + lay.index_len])
     index["entries"][0]["sha256"] = bytes(32)
     new_index = msgpack.packb(index)
     head_body = raw[: lay.index_offset]
     digest = hashlib.sha256(head_body + new_index).digest()
-    bad = head_body + new_index + C._pack_footer(lay.index_offset, len(new_index), crc32c.crc32c(new_index), digest)
+    bad = head_body + new_index + F.pack_footer(lay.index_offset, len(new_index), crc32c.crc32c(new_index), digest)
     with pytest.raises(BackupCorruptError, match="does not match its sha256 digest"):
         BackupReader(io.BytesIO(bad)).verify()
 
@@ -118,7 +120,7 @@ def test_format_1_chain_verifies_and_restores_with_the_tools(old, tmp_path):
 
 def test_a_file_from_a_newer_format_is_not_called_damaged(old, tmp_path):
     raw = bytearray((old / "incr.backup").read_bytes())
-    body_start = BackupReader(io.BytesIO(bytes(raw)))._layout.body_start
+    body_start = BackupReader(io.BytesIO(bytes(raw))).layout.body_start
     raw[8:10] = struct.pack(">H", 3)  # as a newer release would write it: header checksum right
     raw[body_start - 32 : body_start] = hashlib.sha256(raw[: body_start - 32]).digest()
     newer = tmp_path / "newer.backup"

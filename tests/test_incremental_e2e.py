@@ -341,7 +341,7 @@ def test_a_failed_apply_leaves_a_directory_that_must_be_restored_again(primary, 
 def test_applying_without_sync_never_fsyncs_the_database(primary, tmp_path):
     """A --chain-dir restore syncs each database once, after the last incremental;
     SQLite leaving WAL mode must not sync the whole freshly written file first."""
-    from rustydb_server.backup.container import BackupReader
+    from rustydb_server.container.reader import BackupReader
     from rustydb_server.restore.incremental import apply_incremental
 
     srv = primary

@@ -301,7 +301,7 @@ def test_a_plain_restore_continues_on_a_new_timeline(pitr_setup, tmp_path, serve
 
 
 def test_pitr_from_an_encrypted_archive(server_factory, tmp_path, monkeypatch):
-    from rustydb_server.backup.keys import create_key_file
+    from rustydb_server.keys import create_key_file
 
     key = tmp_path / "backup.key"
     create_key_file(str(key))
@@ -331,7 +331,7 @@ def test_pitr_from_an_encrypted_archive(server_factory, tmp_path, monkeypatch):
     wait_archived(srv)
     # archived segments are encrypted: without the key they cannot be read
     with open(next(archive.glob("*.walz")), "rb") as f:
-        from rustydb_server.backup.container import BackupReader
+        from rustydb_server.container.reader import BackupReader
 
         assert BackupReader(f).header.encrypted
     target = history[25]

@@ -23,8 +23,8 @@ from test_backup_tool import (
 )
 
 from rustydb_server import datadir as dd
-from rustydb_server.backup.container import BackupCorruptError
-from rustydb_server.backup.keys import KeyFileSource
+from rustydb_server.container.errors import BackupCorruptError
+from rustydb_server.keys import KeyFileSource
 from rustydb_server.restore.errors import RestoreError
 from rustydb_server.restore.full import restore_full
 

@@ -9,8 +9,9 @@ import json
 import pytest
 from test_backup_tool import fill_source, open_engine, run_sql, write_backup
 
-from rustydb_server.backup.file import BackupFile, header_from_manifest
 from rustydb_server.backup.incremental import IncrementalSource
+from rustydb_server.backup.manifest import header_from_manifest
+from rustydb_server.container.file import BackupFile
 from rustydb_server.tools import restore_main
 
 ROWS_SQL = "SELECT count(*), sum(id), group_concat(name, ',') FROM customers"

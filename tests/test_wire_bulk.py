@@ -6,13 +6,33 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 import trio
 import trio.testing
 
-from rustydb_client import protocol
+from rustydb_client.protocol import events
+from rustydb_client.protocol.frames import FrameDecoder, encode_frame
+from rustydb_client.protocol.messages import message_of
 from rustydb_server.wire import BULK_NOTSENT_LOWAT, ClientConnection
+
+# A server that trusts loopback peers: no authentication to go through.
+TRUSTING = SimpleNamespace(settings={"auth_trust_loopback": True, "auth_users_file": ""})
+PEER = ("127.0.0.1", 1)
+
+
+def backup_streaming(conn: ClientConnection) -> ClientConnection:
+    """Bring the connection's protocol to a backup stream, as a client's hello
+    and backup request would (what the server answers before it is dropped)."""
+    proto = conn.protocol
+    proto.receive_data(encode_frame(message_of(events.Hello("t", None, "test"))))
+    assert isinstance(proto.next_event(), events.SessionRequested)
+    proto.send(events.Ready("0", "main", 1))
+    proto.receive_data(encode_frame(message_of(events.BackupRequested())))
+    assert isinstance(proto.next_event(), events.BackupRequested)
+    proto.send(events.BackupHeader({}))
+    return conn
 
 
 def lowat(stream) -> int:
@@ -28,7 +48,7 @@ async def connected():
         client = await trio.open_tcp_stream("127.0.0.1", port)
         server_stream = await listeners[0].accept()
         try:
-            yield client, ClientConnection(None, server_stream, ("127.0.0.1", 1))
+            yield client, backup_streaming(ClientConnection(TRUSTING, server_stream, PEER))
         finally:
             await trio.aclose_forcefully(client)
             await trio.aclose_forcefully(server_stream)
@@ -48,7 +68,7 @@ def open_file(tmp_path, content: bytes):
 
 
 def frames_of(data: bytes) -> list[dict]:
-    d = protocol.FrameDecoder()
+    d = FrameDecoder()
     d.feed(data)
     out = []
     while (m := d.next_message()) is not None:
@@ -80,7 +100,7 @@ async def test_bulk_sending_raises_the_low_water_mark_and_restores_it():
 
 async def test_bulk_sending_is_a_no_op_on_streams_without_a_socket():
     a, _b = trio.testing.memory_stream_pair()
-    conn = ClientConnection(None, a, ("test", 0))
+    conn = ClientConnection(TRUSTING, a, PEER)
     with conn.bulk_sending():
         pass
 
@@ -99,17 +119,9 @@ async def test_send_file_bulk_sends_the_file_bytes_as_a_frame(tmp_path):
                 nursery.start_soon(drain)
                 with conn.bulk_sending():
                     # two frames from the middle of the file, then a small message
-                    await conn.send_file_bulk(
-                        {"type": "backup_data", "entry": "e", "last": False}, "data", fd, 5, 2 * 1024 * 1024
-                    )
-                    await conn.send_file_bulk(
-                        {"type": "backup_data", "entry": "e", "last": False},
-                        "data",
-                        fd,
-                        5 + 2 * 1024 * 1024,
-                        1024 * 1024 + 12,
-                    )
-                await conn.send({"type": "notice", "message": "end"})
+                    await conn.send_file_bulk("e", False, fd, 5, 2 * 1024 * 1024)
+                    await conn.send_file_bulk("e", False, fd, 5 + 2 * 1024 * 1024, 1024 * 1024 + 12)
+                await conn.send(events.Notice("end"))
                 await conn.stream.aclose()
     msgs = frames_of(bytes(received))
     assert [m["type"] for m in msgs] == ["backup_data", "backup_data", "notice"]
@@ -118,11 +130,11 @@ async def test_send_file_bulk_sends_the_file_bytes_as_a_frame(tmp_path):
 
 async def test_send_file_bulk_without_a_socket_reads_the_file(tmp_path):
     a, b = trio.testing.memory_stream_pair()
-    conn = ClientConnection(None, a, ("test", 0))
+    conn = backup_streaming(ClientConnection(TRUSTING, a, PEER))
     received = bytearray()
     with open_file(tmp_path, b"0123456789" * 1000) as fd:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(conn.send_file_bulk, {"type": "backup_data"}, "data", fd, 3, 4000)
+            nursery.start_soon(conn.send_file_bulk, "e", False, fd, 3, 4000)
             while len(received) < 4000:
                 received.extend(await b.receive_some())
     assert frames_of(bytes(received))[0]["data"] == (b"0123456789" * 1000)[3:4003]
@@ -135,14 +147,14 @@ async def test_send_file_bulk_to_a_peer_that_left_is_a_broken_resource(tmp_path)
             await client.aclose()  # reset, not a clean close
             with pytest.raises(trio.BrokenResourceError):
                 for _ in range(20):
-                    await conn.send_file_bulk({"type": "backup_data"}, "data", fd, 0, 8 * 1024 * 1024)
+                    await conn.send_file_bulk("e", False, fd, 0, 8 * 1024 * 1024)
 
 
 async def test_a_frame_cut_short_by_the_file_closes_the_connection(tmp_path):
     with open_file(tmp_path, b"x" * 1000) as fd:
         async with connected() as (client, conn):
             with pytest.raises(OSError, match="short"):
-                await conn.send_file_bulk({"type": "backup_data"}, "data", fd, 0, 5000)
+                await conn.send_file_bulk("e", False, fd, 0, 5000)
             received = bytearray()
             with trio.fail_after(10):
                 while chunk := await client.receive_some(65536):

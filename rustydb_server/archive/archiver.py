@@ -25,7 +25,7 @@ import time
 import trio
 
 from .. import fileops as _fileops
-from ..backup import keys
+from .. import keys
 from ..doorbell import Doorbell
 from ..engine.instance import FatalWalError
 from ..logsetup import get_logger

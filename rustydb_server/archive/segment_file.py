@@ -16,8 +16,9 @@ import uuid
 
 from .. import __version__
 from .. import fileops as _fileops
-from ..backup.container import BackupHeader, BackupReader
-from ..backup.file import BackupFile
+from ..container.file import BackupFile
+from ..container.format import BackupHeader
+from ..container.reader import BackupReader
 from ..wal import segment as walseg
 
 ARCHIVE_SUFFIX = ".walz"

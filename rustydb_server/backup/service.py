@@ -22,15 +22,16 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from rustydb_client import protocol as proto
+from rustydb_client.protocol import events
 
 from .. import codecs as _codecs
+from .. import keys
+from ..container.file import PARTIAL_SUFFIX, BackupFile
 from ..engine.instance import EngineError
 from ..logsetup import get_logger
-from . import keys
 from .catalog import Catalog
-from .file import PARTIAL_SUFFIX, BackupFile, header_from_manifest
 from .incremental import IncrementalSource, IncrementalUnavailable
+from .manifest import header_from_manifest
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
 
 log = get_logger("rustydb.backup")
@@ -228,39 +229,28 @@ class BackupService:
         )
 
     # ------------------------------------------------------------- to a client
-    async def stream_to_client(self, conn, options: dict) -> None:
-        """Answer a ``backup`` message: header, data frames, end (or an error)."""
+    async def stream_to_client(self, conn, request: events.BackupRequested) -> None:
+        """Answer a backup request: header, data frames, end (or an error)."""
         async with cancel_flag() as cancel:
-            await self._stream(conn, options, cancel)
+            await self._stream(conn, request, cancel)
 
-    async def _stream(self, conn, options: dict, cancel: threading.Event) -> None:
+    async def _stream(self, conn, request: events.BackupRequested, cancel: threading.Event) -> None:
         try:
-            backup_type = check_type(options.get("backup_type", "full"), self.settings)
-            names = options.get("databases")
-            if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-                raise BackupRequestError("databases must be a list of names")
+            backup_type = check_type(request.backup_type, self.settings)
         except BackupRequestError as e:
-            await conn.send(proto.error_message("invalid_backup_request", str(e)))
+            await conn.send(events.Error("invalid_backup_request", str(e)))
             return
-        base_backup = options.get("base_backup")
-        if base_backup is not None and not (
-            isinstance(base_backup, dict)
-            and isinstance(base_backup.get("backup_id"), str)
-            and isinstance(base_backup.get("end_lsn"), int)
-        ):
-            await conn.send(
-                proto.error_message("invalid_backup_request", "base_backup must name a backup id and its end LSN")
-            )
-            return
+        names = request.databases
+        base_backup = request.base_backup
         try:
             snap = await trio.to_thread.run_sync(
                 lambda: self.open_source(backup_type, names, base_backup, cancel=cancel), limiter=self.limiter
             )
         except EngineError as e:
-            await conn.send(proto.error_message(e.code, str(e)))
+            await conn.send(events.Error(e.code, str(e)))
             return
         except BackupRequestError as e:
-            await conn.send(proto.error_message("invalid_backup_request", str(e)))
+            await conn.send(events.Error("invalid_backup_request", str(e)))
             return
         manifest = snap.manifest()
         if backup_type == "pitr-base":
@@ -269,10 +259,10 @@ class BackupService:
         sent = 0
         t0 = time.perf_counter()
         try:
-            await conn.send(proto.backup_header_message(manifest=manifest))
+            await conn.send(events.BackupHeader(manifest))
             with conn.bulk_sending():
                 sent = await self._send_entries(conn, snap, cancel)
-            await conn.send(proto.backup_end_message(end_lsn=manifest["end_lsn"], bytes=sent))
+            await conn.send(events.BackupEnd(manifest["end_lsn"], sent))
             self.catalog.complete(snap.backup_id, size_bytes=sent)
             self.engine.record_backup(manifest)
             log.info(
@@ -284,7 +274,7 @@ class BackupService:
             )
         except BackupCancelled:
             self.catalog.fail(snap.backup_id, "the server shut down during the backup")
-            await conn.send(proto.error_message("shutdown", "the server is shutting down; the backup was cancelled"))
+            await conn.send(events.Error("shutdown", "the server is shutting down; the backup was cancelled"))
         except BaseException as e:
             reason = (
                 "the client disconnected during the backup"
@@ -319,15 +309,14 @@ class BackupService:
                     sent += await self._send_file(conn, entry, source)
                 else:
                     sent += await self._send_chunks(conn, entry, source)
-                await conn.send_bulk({"type": "backup_data", "entry": entry, "last": True}, "data", b"")
+                await conn.send_bulk(events.BackupData(entry, True, b""))
         finally:
             with trio.CancelScope(shield=True):  # a scratch copy is removed on close
                 await trio.to_thread.run_sync(entries.close, limiter=self.limiter)
 
     async def _send_file(self, conn, entry: str, source: FileRange) -> int:
-        msg = {"type": "backup_data", "entry": entry, "last": False}
         for offset in range(0, source.size, FILE_FRAME):
-            await conn.send_file_bulk(msg, "data", source.fd, offset, min(FILE_FRAME, source.size - offset))
+            await conn.send_file_bulk(entry, False, source.fd, offset, min(FILE_FRAME, source.size - offset))
         return source.size
 
     async def _send_chunks(self, conn, entry: str, chunks) -> int:
@@ -352,7 +341,7 @@ class BackupService:
                 nursery.start_soon(produce)
                 async with recv_ch:
                     async for chunk in recv_ch:
-                        await conn.send_bulk({"type": "backup_data", "entry": entry, "last": False}, "data", chunk)
+                        await conn.send_bulk(events.BackupData(entry, False, chunk))
                         sent += len(chunk)
         except BaseExceptionGroup as group:
             # One failure (a cancelled backup, a dropped client) is what callers handle.

@@ -31,7 +31,7 @@ def encode_steps(steps: list[tuple[str, object]], chunk: int = STEPS_CHUNK) -> I
     changes can be far larger than a frame may be, and small steps share a piece."""
     # Imported here: the server, which encodes, has the protocol loaded; the
     # tools only decode and would pay for its import at every start.
-    from rustydb_client.protocol import bin_header
+    from rustydb_client.protocol.frames import bin_header
 
     packer = msgpack.Packer(use_bin_type=True)
 

@@ -19,8 +19,8 @@ import threading
 
 import apsw
 
-from .container import BackupReader, EntryNotFoundError
-from .random_access import DEFAULT_CACHE_CHUNKS, EntryReader
+from ..container.errors import EntryNotFoundError
+from ..container.reader import DEFAULT_CACHE_CHUNKS, BackupReader, EntryReader
 
 VFS_NAME = "rustydb-backup"
 

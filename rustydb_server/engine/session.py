@@ -15,7 +15,7 @@ import time
 
 import apsw
 
-from rustydb_client.protocol import DEFAULT_MAX_FRAME
+from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
 
 from . import database
 from .database import FORBIDDEN_PRAGMAS, STATE_TABLE

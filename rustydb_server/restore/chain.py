@@ -13,7 +13,8 @@ import functools
 import os
 
 from .. import fileops as _fileops
-from ..backup.container import BackupError, BackupReader
+from ..container.errors import BackupError
+from ..container.reader import BackupReader
 from .errors import RestoreError
 from .full import read_key_for, restore_full
 from .incremental import apply_incremental

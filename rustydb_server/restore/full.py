@@ -30,10 +30,11 @@ import apsw
 
 from .. import datadir as dd
 from .. import fileops as _fileops
-from ..backup.container import BackupError, BackupHeader, BackupReader
-from ..backup.file import manifest_of
-from ..backup.keys import ENV_KEY_FILE, ENV_PASSPHRASE, KeySource, NoKeyError, resolve_kek
+from ..backup.manifest import manifest_of
+from ..container.errors import BackupError
+from ..container.reader import BackupReader
 from ..engine import database as engine_db
+from ..keys import KeySource, resolve_read_key
 from .errors import RestoreError
 from .install import install_data_dir
 from .staging import TargetLock
@@ -57,24 +58,6 @@ class RestoreResult:
     encrypted: bool
     replaced_old: bool = False
     checks: list[str] = field(default_factory=list)
-
-
-def resolve_read_key(header: BackupHeader, key_file: str | None, env: dict | None = None) -> KeySource | None:
-    """The key needed to read ``header``'s backup, or None when it is not encrypted."""
-    if not header.encrypted:
-        return None
-    try:
-        return resolve_kek(key_file, env)
-    except NoKeyError:
-        kdf = (header.encryption or {}).get("kdf")
-        how = (
-            f"set {ENV_PASSPHRASE} to its passphrase"
-            if kdf and kdf != "keyfile"
-            else f"pass --key-file PATH or set {ENV_KEY_FILE}"
-        )
-        raise NoKeyError(
-            f"backup {header.backup_id} is encrypted ({kdf or 'unknown key type'}) and no key was given: {how}"
-        ) from None
 
 
 def expected_entry(name: str) -> str:

@@ -17,9 +17,9 @@ import apsw
 
 from .. import datadir as dd
 from .. import fileops as _fileops
-from ..backup.container import BackupReader
-from ..backup.file import manifest_of
+from ..backup.manifest import manifest_of
 from ..backup.steps import decode_steps
+from ..container.reader import BackupReader
 from ..engine import database, replay
 from ..wal import segment as walseg
 

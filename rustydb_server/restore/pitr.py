@@ -20,8 +20,8 @@ import time
 
 from .. import datadir as dd
 from .. import fileops as _fileops
+from .. import keys
 from ..archive import segment_file as sf
-from ..backup import keys
 from ..engine.recovery import RecordApplier, RecoveryError
 from ..wal import reader as wal_reader
 from ..wal import record as walrec

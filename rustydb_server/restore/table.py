@@ -18,10 +18,10 @@ import time
 import apsw
 
 from .. import datadir as dd
-from ..backup.container import BackupReader
-from ..backup.file import manifest_of
+from ..backup.manifest import manifest_of
 from ..backup.steps import decode_steps
 from ..backup.vfs import open_backup_database
+from ..container.reader import BackupReader
 from ..engine import database, replay
 from . import pitr
 from .chain import find_chain

@@ -29,30 +29,27 @@ import sys
 import time
 from dataclasses import dataclass
 
-from rustydb_client import protocol
 from rustydb_client.client import ClientError, connect
+from rustydb_client.protocol import events
 
-from ..backup.container import (
-    BackupCorruptError,
-    BackupError,
-    BackupHeader,
-    BackupReader,
-    BackupSummary,
-    VerifyReport,
-    lower_thread_priority,
-    rotate_key,
-)
-from ..backup.file import BackupFile, header_from_manifest
-from ..backup.keys import (
+from ..backup.manifest import header_from_manifest
+from ..codecs import CODECS
+from ..container.errors import BackupCorruptError, BackupError
+from ..container.file import BackupFile
+from ..container.format import BackupHeader, BackupSummary
+from ..container.reader import BackupReader, VerifyReport
+from ..container.rotate import rotate_key
+from ..container.threads import lower_thread_priority
+from ..crypto import CryptoError
+from ..keys import (
     ENV_PASSPHRASE,
     KeyFileSource,
     KeySource,
     PassphraseSource,
     create_key_file,
     resolve_kek,
+    resolve_read_key,
 )
-from ..codecs import CODECS
-from ..crypto import CryptoError
 from ..wal.lsn import format_lsn
 from .progress import (
     Progress,
@@ -248,12 +245,12 @@ class StreamResult:
     end_lsn: int
 
 
-def backup_options(args: argparse.Namespace) -> dict:
-    options: dict = {"backup_type": args.type, "databases": args.database or None}
+def backup_request(args: argparse.Namespace) -> events.BackupRequested:
+    base_backup = None
     if args.base_backup:
         h = read_file_header(args.base_backup)
         # What the server needs to start the incremental at this backup's end.
-        options["base_backup"] = {
+        base_backup = {
             "backup_id": h.backup_id,
             "type": h.backup_type,
             "end_lsn": h.end_lsn,
@@ -261,7 +258,7 @@ def backup_options(args: argparse.Namespace) -> dict:
             "system_id": int(h.system_id) if h.system_id.isdigit() else h.system_id,
             "base_full_id": h.base_full_id or (h.backup_id if h.backup_type in ("full", "pitr-base") else None),
         }
-    return options
+    return events.BackupRequested(args.type, args.database or None, base_backup)
 
 
 def receive_backup(
@@ -293,31 +290,32 @@ def receive_backup(
     except BaseException:
         bf.abort()
         raise
-    return StreamResult(manifest, bf.header, summary, raw, end.get("end_lsn", header.end_lsn))
+    return StreamResult(manifest, bf.header, summary, raw, end.end_lsn)
 
 
 def _receive_manifest(conn) -> dict:
-    msg = _next_stream_message(conn)
-    if msg["type"] != "backup_header":
-        raise BackupFailed(f"the server answered the backup request with {msg['type']!r} instead of a backup header")
-    manifest = msg.get("manifest")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("databases"), list):
+    event = _next_stream_event(conn)
+    if not isinstance(event, events.BackupHeader):
+        raise BackupFailed(f"the server answered the backup request with {event.type!r} instead of a backup header")
+    manifest = event.manifest
+    if not isinstance(manifest.get("databases"), list):
         raise BackupFailed("the server's backup header carries no usable manifest")
     return manifest
 
 
-def _receive_entries(conn, bf: BackupFile, entries: list[str], progress: Progress | None) -> tuple[int, dict]:
+def _receive_entries(
+    conn, bf: BackupFile, entries: list[str], progress: Progress | None
+) -> tuple[int, events.BackupEnd]:
     position, is_open, raw = 0, False, 0
     while True:
-        msg = _next_stream_message(conn)
-        kind = msg["type"]
-        if kind == "backup_end":
+        event = _next_stream_event(conn)
+        if isinstance(event, events.BackupEnd):
             break
-        if kind != "backup_data":
-            raise BackupFailed(f"unexpected {kind!r} message in the middle of the backup stream")
+        if not isinstance(event, events.BackupData):
+            raise BackupFailed(f"unexpected {event.type!r} message in the middle of the backup stream")
         if position >= len(entries):
             raise BackupFailed("the server sent data after the last entry of its manifest")
-        entry = msg.get("entry")
+        entry = event.entry
         if entry != entries[position]:
             raise BackupFailed(
                 f"the server sent data for entry {entry!r} where {entries[position]!r} was due (stream out of order)"
@@ -325,33 +323,30 @@ def _receive_entries(conn, bf: BackupFile, entries: list[str], progress: Progres
         if not is_open:
             bf.begin_entry(entry)
             is_open = True
-        data = msg.get("data")
-        if not isinstance(data, (bytes, memoryview)):
-            raise BackupFailed(f"the server sent backup data of type {type(data).__name__}")
+        data = event.data
         bf.write(data)
         raw += len(data)
         if progress is not None:
             progress.update(raw)
-        if msg.get("last"):
+        if event.last:
             bf.end_entry()
             is_open, position = False, position + 1
     if position != len(entries):
         raise BackupFailed(
             f"the backup stream ended after {position} of {len(entries)} entries (next missing: {entries[position]!r})"
         )
-    claimed = msg.get("bytes")
-    if isinstance(claimed, int) and claimed != raw:
-        raise BackupFailed(f"the server says it sent {claimed} bytes, {raw} arrived")
-    return raw, msg
+    if event.bytes != raw:
+        raise BackupFailed(f"the server says it sent {event.bytes} bytes, {raw} arrived")
+    return raw, event
 
 
-def _next_stream_message(conn) -> dict:
+def _next_stream_event(conn):
     while True:
-        msg = conn.recv_message(bulk_views=True)  # data: views, not copies (BackupWriter.write)
-        if msg["type"] == "error":
-            raise BackupFailed(f"the server failed the backup: {msg.get('message')} ({msg.get('code')})")
-        if msg["type"] != "notice":  # notices are informational; the stream goes on
-            return msg
+        event = conn.next_event()  # data: views, not copies (BackupWriter.write)
+        if isinstance(event, events.Error):
+            raise BackupFailed(f"the server failed the backup: {event.message} ({event.code})")
+        if not isinstance(event, events.Notice):  # notices are informational; the stream goes on
+            return event
 
 
 def take_backup(args: argparse.Namespace) -> int:
@@ -369,9 +364,9 @@ def take_backup(args: argparse.Namespace) -> int:
     _lower_priority(DEFAULT_NICE if args.nice is None else args.nice)
     started = time.monotonic()
     try:
-        options = backup_options(args)
+        request = backup_request(args)
         with connect(args.host, args.port, user=args.user) as conn:
-            conn.send_raw(protocol.backup_message(options))
+            conn.send(request)
             with Progress("backup", 0) as bar:
                 result = receive_backup(conn, output, key=key, codec=codec, threads=args.threads, progress=bar)
     except (BackupFailed, ClientError, BackupError, CryptoError) as exc:
@@ -480,8 +475,6 @@ def verify_file(args: argparse.Namespace) -> int:
     try:
         with open(path, "rb") as f:
             header = BackupReader(f).header
-        from ..restore.full import resolve_read_key
-
         key = resolve_read_key(header, args.key_file)
         report = verify_backup(path, key, args.threads)
     except BackupCorruptError as exc:
@@ -673,8 +666,6 @@ def query_backup(args: argparse.Namespace) -> int:
                 "not whole databases; query the full backup it builds on, or restore "
                 "the chain with rusty-db-restore --chain-dir",
             )
-        from ..restore.full import resolve_read_key
-
         key = resolve_read_key(header, args.key_file) if header.encrypted else None
         names = [d["name"] for d in header.databases]
         database = (args.database or [None])[0] or (names[0] if len(names) == 1 else "rustydb")

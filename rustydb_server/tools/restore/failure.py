@@ -7,8 +7,8 @@ import argparse
 from collections.abc import Callable
 
 from ...archive.segment_file import ArchiveError
-from ...backup.container import BackupError, UnsupportedFormatError
 from ...backup.vfs import BackupQueryError
+from ...container.errors import BackupError, UnsupportedFormatError
 from ...crypto import CryptoError
 from ...datadir import DataDirError
 from ...restore.errors import RestoreError

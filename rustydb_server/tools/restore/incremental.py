@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...backup.container import BackupReader
+from ...container.reader import BackupReader
 from ...restore.full import read_key_for
 from ...restore.incremental import apply_incremental
 from ..progress import print_json

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ...archive.segment_file import ArchiveError
-from ...backup.container import BackupError
+from ...container.errors import BackupError
 from ...crypto import CryptoError
 from ...restore.pitr import PitrError, archive_key, parse_time
 from ...restore.walinfo import list_transactions

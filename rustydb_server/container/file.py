@@ -1,4 +1,4 @@
-"""Writing a backup container to a file durably: temp name, fsync, rename, fsync dir.
+"""A backup file on disk, written durably: temp name, fsync, rename, fsync dir.
 
 A backup file exists under its final name only once it is complete; until then
 it is ``<name>.partial`` (mode 0600), removed again if the backup fails, so no
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 
-from .. import fileops as _fileops
-from .container import BackupHeader, BackupSummary, BackupWriter
+from rustydb_server import fileops as _fileops
+
+from .format import BackupHeader, BackupSummary
+from .writer import BackupWriter
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -21,17 +23,12 @@ class _FdFile:
     def __init__(self, fd: int, fileops: _fileops.FileOps):
         self.fd = fd
         self.fileops = fileops
-        self.written = 0
         self._behind = _fileops.WriteBehind(fileops, fd)
 
     def write(self, data) -> int:
         self.fileops.write_all(self.fd, data)
-        self.written += len(data)
         self._behind.wrote(len(data))
         return len(data)
-
-    def flush(self) -> None:
-        pass
 
 
 class BackupFile:
@@ -66,10 +63,6 @@ class BackupFile:
             raise
         self.header = self.writer.header
         self._done = False
-
-    @property
-    def bytes_written(self) -> int:
-        return self._out.written
 
     def begin_entry(self, name: str) -> None:
         self.writer.begin_entry(name)
@@ -123,36 +116,3 @@ class BackupFile:
     def __exit__(self, exc_type, *exc):
         if exc_type is not None:
             self.abort()
-
-
-def header_from_manifest(manifest: dict) -> BackupHeader:
-    """The container header for a backup described by the server's manifest.
-
-    The manifest itself travels in ``extra["manifest"]``: restore needs it to
-    write the control file (system id, timeline, LSNs, next txid).
-    """
-    return BackupHeader(
-        backup_id=manifest["backup_id"],
-        backup_type=manifest["backup_type"],
-        created_us=manifest["created_us"],
-        server_version=manifest["server_version"],
-        system_id=str(manifest["system_id"]),
-        start_lsn=manifest["start_lsn"],
-        end_lsn=manifest["end_lsn"],
-        timeline=manifest["timeline"],
-        parent_id=manifest.get("parent_id"),
-        base_full_id=manifest.get("base_full_id"),
-        databases=[
-            {"name": d["name"], "tables": d["tables"], "size_bytes": d["size_bytes"]} for d in manifest["databases"]
-        ],
-        extra={"manifest": manifest},
-    )
-
-
-def manifest_of(header: BackupHeader) -> dict:
-    manifest = header.extra.get("manifest") if isinstance(header.extra, dict) else None
-    if not isinstance(manifest, dict):
-        raise ValueError(
-            f"backup {header.backup_id} has no manifest; it was not written by rusty-db-backup or the server"
-        )
-    return manifest

@@ -10,7 +10,9 @@ into the key-encryption key (KEK) that unwraps the backup's data key:
   header records the KDF, its parameters and salt.
 
 ``resolve_kek`` picks the source: ``--key-file``, then the ``backup_key_file``
-setting, then ``RUSTYDB_BACKUP_KEY_FILE``, then ``RUSTYDB_BACKUP_PASSPHRASE``.
+setting, then ``RUSTYDB_BACKUP_KEY_FILE``, then ``RUSTYDB_BACKUP_PASSPHRASE``;
+``resolve_read_key`` does so for reading one backup, saying which kind of key
+it needs when none was given.
 """
 
 from __future__ import annotations
@@ -216,6 +218,33 @@ def resolve_kek(
     )
 
 
+class KeyedHeader(Protocol):
+    """What choosing a key needs of a backup's header (the container's BackupHeader)."""
+
+    backup_id: str
+    encryption: dict | None  # public key parameters, or None when not encrypted
+
+
+def resolve_read_key(
+    header: KeyedHeader, key_file: str | None, env: Mapping[str, str] | None = None
+) -> KeySource | None:
+    """The key needed to read ``header``'s backup, or None when it is not encrypted."""
+    if header.encryption is None:
+        return None
+    try:
+        return resolve_kek(key_file, env)
+    except NoKeyError:
+        kdf = header.encryption.get("kdf")
+        how = (
+            f"set {ENV_PASSPHRASE} to its passphrase"
+            if kdf and kdf != "keyfile"
+            else f"pass --key-file PATH or set {ENV_KEY_FILE}"
+        )
+        raise NoKeyError(
+            f"backup {header.backup_id} is encrypted ({kdf or 'unknown key type'}) and no key was given: {how}"
+        ) from None
+
+
 ENV_CONFIG = "RUSTYDB_CONFIG"
 DEFAULT_CONFIG = "/etc/rustydb/rustydb.toml"
 
@@ -226,7 +255,7 @@ def configured_key_file(env: Mapping[str, str]) -> str | None:
     path = env.get(ENV_CONFIG) or DEFAULT_CONFIG
     if not os.path.isfile(path):
         return None
-    from ..settings import SettingError, read_config_file
+    from .settings import SettingError, read_config_file
 
     try:
         return read_config_file(path).get("backup_key_file") or None

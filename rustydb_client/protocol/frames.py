@@ -1,0 +1,292 @@
+"""Frames: a 4-byte big-endian length, then one msgpack map with a string "type".
+
+Encoding (plain, and bulk frames whose large bin goes out without being copied
+into the frame) and the FrameDecoder that turns received bytes into message
+maps, with the frame limits checked as early as the bytes allow. Messages are
+plain maps here; what they mean is messages.py's and events.py's business.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .scan import MAX_CONTAINER_LEN, MAX_DEPTH, check_structure
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+
+_HEADER = struct.Struct(">I")
+
+
+def encode_frame(msg: dict, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Pack one message into a frame, refusing one the peer would refuse."""
+    body = msgpack.packb(msg, use_bin_type=True)
+    if len(body) > max_frame:
+        raise LocalProtocolError(
+            "frame_too_large",
+            f"a {msg.get('type', '?')} message of {len(body)} bytes exceeds the "
+            f"{max_frame}-byte frame limit; send smaller batches",
+        )
+    return _HEADER.pack(len(body)) + body
+
+
+def bin_header(size: int) -> bytes:
+    """msgpack's bin 8/16/32 header for ``size`` bytes, as packb writes it
+    (msgpack's Packer has no method for the header alone)."""
+    if size < 1 << 8:
+        return bytes([0xC4, size])
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def encode_bulk_frame(
+    msg: dict, key: str, data: bytes | memoryview, *, max_frame: int = DEFAULT_MAX_FRAME
+) -> tuple[bytes, bytes | memoryview]:
+    """The frame of ``{**msg, key: data}`` as (head, data), without copying ``data``.
+
+    The bytes are exactly ``encode_frame``'s for that map; a backup's 1 MiB
+    chunks go out without two extra copies each.
+    """
+    return bulk_frame_head(msg, key, len(data), max_frame=max_frame), data
+
+
+def bulk_frame_head(msg: dict, key: str, size: int, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """The bytes of ``{**msg, key: <size bytes>}``'s frame that come before the
+    bulk bytes themselves (which may then come from anywhere, a file say)."""
+    if len(msg) + 1 > 15 or key in msg:
+        raise ValueError("a bulk frame holds at most 14 other fields and one bulk field")
+    head = bytearray([0x80 | (len(msg) + 1)])
+    for k, v in msg.items():
+        head += msgpack.packb(k, use_bin_type=True)
+        head += msgpack.packb(v, use_bin_type=True)
+    head += msgpack.packb(key, use_bin_type=True)
+    head += bin_header(size)
+    body_len = len(head) + size
+    if body_len > max_frame:
+        raise LocalProtocolError(
+            "frame_too_large",
+            f"a {msg.get('type', '?')} message of {body_len} bytes exceeds the "
+            f"{max_frame}-byte frame limit; send smaller batches",
+        )
+    return _HEADER.pack(body_len) + bytes(head)
+
+
+class FrameDecoder:
+    """Turn received bytes into messages, with hard limits checked early.
+
+    The claimed length is checked as soon as the 4 header bytes arrive, so a
+    peer announcing a huge frame is refused before its body is buffered. The
+    body's structure (depth, container sizes, total number of values) is
+    checked by a byte scan *before* msgpack builds any Python object, so a
+    small frame that would inflate into millions of objects is refused too.
+    """
+
+    def __init__(
+        self,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        *,
+        max_depth: int = MAX_DEPTH,
+        max_items: int = MAX_CONTAINER_LEN,
+    ):
+        self.max_frame = max_frame
+        self.max_depth = max_depth
+        self.max_items = max_items
+        self._buf = bytearray()  # bytes not yet claimed by a frame header
+        self._need: int | None = None  # body length of the frame being received
+        # The body of the frame being received, as the pieces that arrived:
+        # joined once when complete, instead of growing and slicing one buffer
+        # (which cost about 1 ms per MiB frame).
+        self._parts: list[bytes] = []
+        # ... or, once recv_buffer() was asked for, the body itself, received
+        # in place: no join at all.
+        self._body: bytearray | None = None
+        self._have = 0
+        self._failed: RemoteProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._failed:
+            raise self._failed
+        if self._body is not None:
+            take = min(len(data), self._need - self._have)
+            self._body[self._have : self._have + take] = memoryview(data)[:take]
+            self._have += take
+            if take < len(data):
+                self._buf += memoryview(data)[take:]  # the next frame's first bytes
+        elif self._need is not None:
+            self._parts.append(data)
+            self._have += len(data)
+        else:
+            self._buf += data
+            self._read_header()
+
+    def recv_buffer(self) -> memoryview | None:
+        """Where to receive next (``socket.recv_into``), while a large frame's
+        body is due; None otherwise (receive and ``feed`` as usual).
+
+        The view covers exactly the rest of the body, so a receive never
+        reaches into the next frame, and the body needs no join: a backup's
+        1 MiB frames were copied once more each for that.
+        """
+        if self._failed or self._need is None or self._need - self._have < RECV_IN_PLACE_MIN:
+            return None
+        if self._body is None:
+            body = bytearray(self._need)
+            pos = 0
+            for part in self._parts:  # fewer bytes than the body: it is not complete
+                body[pos : pos + len(part)] = part
+                pos += len(part)
+            self._body, self._parts = body, []
+        return memoryview(self._body)[self._have :]
+
+    def received_into(self, n: int) -> None:
+        """``n`` bytes arrived in the view recv_buffer() gave."""
+        if self._body is None or not 0 <= n <= self._need - self._have:
+            raise ValueError("received_into() does not match the last recv_buffer()")
+        self._have += n
+
+    def next_message(self, *, bulk_views: bool = False) -> dict | None:
+        """The next complete message, or None until more bytes are fed.
+
+        ``bulk_views``: a large trailing bin comes back as a read-only view of
+        the frame's body, not a copy (see decode_body).
+        """
+        if self._failed:
+            raise self._failed
+        self._read_header()
+        if self._need is None or self._have < self._need:
+            return None
+        if self._body is not None:
+            body, self._body = self._body, None
+            self._need = None
+            self._have = 0
+            return self._decode(body, bulk_views)
+        parts, self._parts = self._parts, []
+        joined = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(joined) == self._need:  # the common case: no copy of the body
+            body = joined
+        else:
+            body = memoryview(joined)[: self._need]
+            self._buf = bytearray(memoryview(joined)[self._need :])
+        self._need = None
+        self._have = 0
+        return self._decode(body, bulk_views)
+
+    def _decode(self, body, bulk_views: bool) -> dict:
+        try:
+            return decode_body(body, self.max_frame, self.max_depth, self.max_items, bulk_views=bulk_views)
+        except RemoteProtocolError as e:
+            self._failed = e
+            raise
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as messages."""
+        return len(self._buf) + self._have
+
+    def _read_header(self) -> None:
+        if self._need is not None or len(self._buf) < _HEADER.size:
+            return
+        (length,) = _HEADER.unpack_from(self._buf)
+        if length > self.max_frame:
+            self._failed = RemoteProtocolError(
+                "frame_too_large",
+                f"the peer announced a frame of {length} bytes, more than the "
+                f"{self.max_frame}-byte limit; the connection is closed",
+            )
+            raise self._failed
+        if length == 0:
+            self._failed = RemoteProtocolError("bad_frame", "received an empty frame")
+            raise self._failed
+        rest = bytes(memoryview(self._buf)[_HEADER.size :])
+        self._buf = bytearray()
+        self._need = length
+        self._parts = [rest] if rest else []
+        self._have = len(rest)
+
+
+def decode_body(
+    body: bytes | bytearray | memoryview,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    max_depth: int = MAX_DEPTH,
+    max_items: int = MAX_CONTAINER_LEN,
+    *,
+    bulk_views: bool = False,
+) -> dict:
+    """Decode one frame body into a message map (limits checked first).
+
+    With ``bulk_views``, a bin of at least BULK_VIEW_MIN bytes that is the
+    map's last value (as encode_bulk_frame puts it) comes back as a read-only
+    memoryview of ``body`` instead of a copy. The caller then owns ``body``
+    for as long as the view lives and must not change it.
+    """
+    last = check_structure(body, max_depth=max_depth, max_items=max_items)
+    if bulk_views and last is not None:
+        split = _bulk_split(body, *last)
+        if split is not None:
+            return _decode_with_bulk(body, *split, max_frame)
+    return _unpack_message(body, max_frame)
+
+
+def _bulk_split(body, key_at: int, value_at: int) -> tuple[int, int, int] | None:
+    """(key_at, value_at, data_at) when the root map's last value is a large bin."""
+    width = _BIN_WIDTHS.get(body[value_at])
+    if width is None:
+        return None
+    data_at = value_at + 1 + width
+    if len(body) - data_at < BULK_VIEW_MIN:
+        return None
+    return key_at, value_at, data_at
+
+
+def _decode_with_bulk(body, key_at: int, value_at: int, data_at: int, max_frame: int) -> dict:
+    view = memoryview(body)
+    # The map with its last value replaced by nil, then that value put back as
+    # a view. The key is decoded on its own: if it also appears earlier, the
+    # last occurrence wins, as unpackb would have it.
+    msg = _unpack_message(bytes(view[:value_at]) + b"\xc0", max_frame)
+    key = _unpack_message_part(bytes(view[key_at:value_at]))
+    msg[key] = view[data_at:].toreadonly()
+    if not isinstance(msg.get("type"), str):
+        raise RemoteProtocolError("bad_message", "a frame must hold a map with a string 'type'")
+    return msg
+
+
+def _unpack_message_part(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:  # noqa: BLE001 -- msgpack raises many types; all mean "bad bytes"
+        raise RemoteProtocolError("bad_frame", f"the frame is not valid msgpack ({e})") from None
+
+
+def _unpack_message(body, max_frame: int) -> dict:
+    try:
+        # unpackb, not an Unpacker: a streaming Unpacker allocates its whole
+        # max_buffer_size for every frame, which made 1 MiB frames cost 1 ms.
+        msg = msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=max_frame,
+            max_bin_len=max_frame,
+            max_array_len=MAX_CONTAINER_LEN,
+            max_map_len=MAX_CONTAINER_LEN,
+            max_ext_len=0,
+        )
+    except Exception as e:  # noqa: BLE001 -- msgpack raises many types; all mean "bad bytes"
+        raise RemoteProtocolError("bad_frame", f"the frame is not valid msgpack ({e})") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise RemoteProtocolError("bad_message", "a frame must hold a map with a string 'type'")
+    return msg
+
+
+_BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # bin type byte -> width of its length
+# A bin at least this large is worth a view (decode_body); smaller ones copy
+# in less time than the view costs to set up.
+BULK_VIEW_MIN = 64 * 1024
+# Receive a frame's body in place (FrameDecoder.recv_buffer) when at least this much is due.
+RECV_IN_PLACE_MIN = 64 * 1024

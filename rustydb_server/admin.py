@@ -41,16 +41,16 @@ async def execute(conn, cmd) -> AdminResult:
 
 
 def _thread(conn, fn, *args):
-    return trio.to_thread.run_sync(fn, *args, limiter=conn.state.db_limiter)
+    return trio.to_thread.run_sync(fn, *args, limiter=conn.listener.db_limiter)
 
 
 async def _alter_set(conn, cmd: ap.AlterSystemSet) -> AdminResult:
-    state = conn.state
-    data_dir = state.settings["data_dir"]
+    listener = conn.listener
+    data_dir = listener.settings["data_dir"]
     try:
         setting = settings_mod.lookup(cmd.name)
         value = settings_mod.set_auto(data_dir, setting.name, cmd.raw_value)
-        result = state.settings.reload()
+        result = listener.settings.reload()
     except settings_mod.SettingError as e:
         raise AdminError(str(e), code="invalid_setting") from None
     shown = settings_mod.format_value(setting.name, value)
@@ -58,32 +58,26 @@ async def _alter_set(conn, cmd: ap.AlterSystemSet) -> AdminResult:
     notices = []
     if setting.context == settings_mod.RESTART:
         notices.append(f"{setting.name} = {shown} is saved; it takes effect after a restart")
-    elif setting.name not in result.applied and state.settings.source(setting.name) == "command line":
+    elif setting.name not in result.applied and listener.settings.source(setting.name) == "command line":
         notices.append(f"{setting.name} is saved, but a command-line flag overrides it until restart")
-    _settings_changed(state)
+    listener.settings_changed()
     return AdminResult("ALTER SYSTEM", notices=notices)
 
 
 async def _alter_reset(conn, cmd: ap.AlterSystemReset) -> AdminResult:
-    state = conn.state
+    listener = conn.listener
     try:
-        settings_mod.reset_auto(state.settings["data_dir"], cmd.name)
-        state.settings.reload()
+        settings_mod.reset_auto(listener.settings["data_dir"], cmd.name)
+        listener.settings.reload()
     except settings_mod.SettingError as e:
         raise AdminError(str(e), code="invalid_setting") from None
     log.info("ALTER SYSTEM RESET", setting=cmd.name or "ALL", session=conn.session_id)
-    _settings_changed(state)
+    listener.settings_changed()
     return AdminResult("ALTER SYSTEM")
 
 
-def _settings_changed(state) -> None:
-    hook = getattr(state, "on_settings_changed", None)
-    if hook is not None:
-        hook()
-
-
 async def _show(conn, cmd: ap.Show) -> AdminResult:
-    settings = conn.state.settings
+    settings = conn.listener.settings
     if cmd.name is None:
         rows = [list(r) for r in settings_mod.show_all(settings)]
         return AdminResult("SHOW", ["name", "setting", "unit", "context", "source", "description"], rows)
@@ -99,7 +93,7 @@ async def _show(conn, cmd: ap.Show) -> AdminResult:
 
 
 def _special_show(conn, name: str):
-    engine = conn.state.engine
+    engine = conn.listener.engine
     if name == "server_version":
         from . import __version__
 
@@ -119,12 +113,12 @@ async def _shutdown(conn, cmd: ap.Shutdown) -> AdminResult:
     return AdminResult(
         "SHUTDOWN",
         notices=[f"the server is shutting down ({mode})"],
-        after=lambda: conn.state.request_shutdown(mode),
+        after=lambda: conn.listener.lifecycle.request_shutdown(mode),
     )
 
 
 async def _checkpoint(conn, cmd) -> AdminResult:
-    result = await _thread(conn, conn.state.engine.checkpoint, "requested")
+    result = await conn.listener.checkpointer.checkpoint()
     if not result["complete"]:
         return AdminResult(
             "CHECKPOINT",
@@ -137,24 +131,24 @@ async def _checkpoint(conn, cmd) -> AdminResult:
 
 
 async def _restore_point(conn, cmd: ap.CreateRestorePoint) -> AdminResult:
-    lsn = await _thread(conn, conn.state.engine.create_restore_point, cmd.name)
+    lsn = await _thread(conn, conn.listener.engine.create_restore_point, cmd.name)
     return AdminResult("CREATE RESTORE POINT", ["restore_point", "lsn"], [[cmd.name, format_lsn(lsn)]])
 
 
 async def _switch_wal(conn, cmd) -> AdminResult:
-    lsn = await _thread(conn, conn.state.engine.switch_wal)
+    lsn = await _thread(conn, conn.listener.engine.switch_wal)
     return AdminResult("SWITCH WAL", ["lsn"], [[format_lsn(lsn)]])
 
 
 async def _create_database(conn, cmd: ap.CreateDatabase) -> AdminResult:
-    created = await _thread(conn, conn.state.engine.create_database, cmd.name, cmd.if_not_exists)
+    created = await _thread(conn, conn.listener.engine.create_database, cmd.name, cmd.if_not_exists)
     notices = [] if created else [f'database "{cmd.name}" already exists, skipping']
     return AdminResult("CREATE DATABASE", notices=notices)
 
 
 async def _drop_database(conn, cmd: ap.DropDatabase) -> AdminResult:
     current = conn.session.handle if conn.session else None
-    dropped = await _thread(conn, conn.state.engine.drop_database, cmd.name, cmd.if_exists, current)
+    dropped = await _thread(conn, conn.listener.engine.drop_database, cmd.name, cmd.if_exists, current)
     notices = [] if dropped else [f'database "{cmd.name}" does not exist, skipping']
     return AdminResult("DROP DATABASE", notices=notices)
 

@@ -14,6 +14,7 @@ import ipaddress
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -24,8 +25,11 @@ from rustydb_client.sqlsplit import leading_keywords, split_statements
 
 from . import __version__, admin, auth
 from .admin_parse import AdminSyntaxError, parse_admin
+from .backup.service import BackupService
+from .checkpointer import Checkpointer
 from .engine.instance import EngineError, FatalWalError
 from .engine.session import SqlError, SqlSession
+from .lifecycle import Lifecycle, StartupError
 from .logsetup import get_logger
 from .settings import to_seconds
 
@@ -39,24 +43,16 @@ BULK_NOTSENT_LOWAT = 4 << 20
 _PEER_GONE = {errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.ENOTCONN}
 
 
-class WireControl:
-    """What shutdown needs: the accept loop's scope and the open connections."""
-
-    def __init__(self):
-        self.accept_scope = trio.CancelScope()
-        self.all_closed = trio.Event()
-
-
 class ConnectionClosed(Exception):
     pass
 
 
 class ClientConnection:
-    def __init__(self, state, stream: trio.SocketStream, peer):
-        self.state = state
+    def __init__(self, listener: WireListener, stream: trio.SocketStream, peer):
+        self.listener = listener
         self.stream = stream
         self.peer = peer
-        self.protocol = ServerSide(auth.auth_fn_for(state.settings, peer))
+        self.protocol = ServerSide(auth.auth_fn_for(listener.settings, peer))
         self.session: SqlSession | None = None
         self.session_id = 0
         self.idle_scope: trio.CancelScope | None = None
@@ -150,11 +146,11 @@ class ClientConnection:
 
     async def recv_idle(self):
         """Wait for the next event; None when shutdown interrupts the wait."""
-        settings = self.state.settings
+        settings = self.listener.settings
         idle = to_seconds("idle_session_timeout", settings["idle_session_timeout"])
         with trio.CancelScope() as scope:
             self.idle_scope = scope
-            if self.state.phase == "stopping":
+            if self.listener.lifecycle.stopping:
                 scope.cancel()
             if idle:
                 scope.deadline = trio.current_time() + idle
@@ -162,7 +158,7 @@ class ClientConnection:
             self.idle_scope = None
             return event
         self.idle_scope = None
-        if self.state.phase != "stopping":
+        if not self.listener.lifecycle.stopping:
             raise _Fatal("idle_timeout", "closing the connection after idle_session_timeout")
         return None
 
@@ -189,8 +185,8 @@ class ClientConnection:
             with trio.CancelScope(shield=True):
                 if self.session is not None:
                     session, self.session = self.session, None
-                    await trio.to_thread.run_sync(session.close, limiter=self.state.db_limiter)
-                self.state.sessions.pop(self.session_id, None)
+                    await trio.to_thread.run_sync(session.close, limiter=self.listener.db_limiter)
+                self.listener.sessions.pop(self.session_id, None)
                 await self.stream.aclose()
 
     async def _try_send(self, event) -> None:
@@ -215,7 +211,7 @@ class ClientConnection:
             await self.send(reply)
         await self._open_session(event)
         while True:
-            if self.state.phase == "stopping":
+            if self.listener.lifecycle.stopping:
                 raise _Fatal("shutdown", "the server is shutting down")
             event = await self.recv_idle()
             if event is None:
@@ -235,19 +231,19 @@ class ClientConnection:
         from .datadir import DEFAULT_DATABASE
 
         name = event.database or DEFAULT_DATABASE
-        self.session_id = self.state.next_session_id
-        self.state.next_session_id += 1
+        self.session_id = self.listener.next_session_id
+        self.listener.next_session_id += 1
         try:
             self.session = await trio.to_thread.run_sync(
                 SqlSession,
-                self.state.engine,
+                self.listener.engine,
                 name,
                 self.session_id,
-                limiter=self.state.db_limiter,
+                limiter=self.listener.db_limiter,
             )
         except EngineError as e:
             raise _Fatal(e.code, str(e)) from None
-        self.state.sessions[self.session_id] = self
+        self.listener.sessions[self.session_id] = self
         log.info(
             "session opened",
             peer=self.peer,
@@ -336,14 +332,14 @@ class ClientConnection:
 
     async def _in_thread(self, fn, *args):
         """Run SQLite work in a worker thread, interrupting it after statement_timeout."""
-        timeout = to_seconds("statement_timeout", self.state.settings["statement_timeout"])
+        timeout = to_seconds("statement_timeout", self.listener.settings["statement_timeout"])
         if not timeout:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.state.db_limiter)
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.listener.db_limiter)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._interrupt_after, timeout)
                 try:
-                    return await trio.to_thread.run_sync(fn, *args, limiter=self.state.db_limiter)
+                    return await trio.to_thread.run_sync(fn, *args, limiter=self.listener.db_limiter)
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -362,11 +358,11 @@ class ClientConnection:
         await self.send(events.Complete(status, rows, s.database, s.in_transaction))
 
     async def _backup(self, event: events.BackupRequested) -> None:
-        handler = getattr(self.state, "backup_handler", None)
-        if handler is None:
+        backups = self.listener.backups
+        if backups is None:
             await self.send(events.Error("unsupported", "this server does not stream backups yet"))
             return
-        await handler(self, event)
+        await backups.stream_to_client(self, event)
 
 
 _ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH"})
@@ -406,14 +402,58 @@ def is_loopback(host) -> bool:
         return False
 
 
-async def serve_wire(state, listeners, *, task_status=trio.TASK_STATUS_IGNORED):
-    """Accept connections until the accept scope is cancelled, then wait for all to close."""
-    ctl = WireControl()
-    limit = state.settings["max_connections"]
+class WireListener:
+    """The wire protocol's listener: one task per client connection, in its own nursery.
 
-    async def handle(stream: trio.SocketStream) -> None:
-        conn = ClientConnection(state, stream, _peer_of(stream))
-        if len(state.sessions) >= limit:
+    Shutdown (``drain`` or ``abort``) closes the listening sockets and ends the
+    connections; ``run`` returns once the last one has closed.
+    """
+
+    def __init__(
+        self,
+        engine,
+        settings,
+        lifecycle: Lifecycle,
+        *,
+        backups: BackupService | None,
+        checkpointer: Checkpointer,
+        settings_changed: Callable[[], None],
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.backups = backups
+        self.checkpointer = checkpointer
+        self.settings_changed = settings_changed
+        self.db_limiter = trio.CapacityLimiter(settings["max_connections"] + 4)
+        self.sessions: dict[int, ClientConnection] = {}
+        self.next_session_id = 1
+        self._accept_scope = trio.CancelScope()
+        self._all_closed = trio.Event()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, then accept connections until shutdown and wait for all to close."""
+        settings = self.settings
+        try:
+            listeners = await trio.open_tcp_listeners(settings["port"], host=settings["listen_address"])
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on {settings['listen_address']} port {settings['port']}: "
+                f"{e.strerror or e}; check listen_address (--listen) and port (--port), and that "
+                "no other program uses that port"
+            ) from None
+        async with trio.open_nursery() as connections:
+            task_status.started()
+            with self._accept_scope:
+                await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
+            for listener in listeners:
+                await listener.aclose()
+        self._all_closed.set()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        limit = self.settings["max_connections"]
+        conn = ClientConnection(self, stream, _peer_of(stream))
+        if len(self.sessions) >= limit:
             log.warning("connection refused: max_connections reached", peer=conn.peer, max_connections=limit)
             await conn._try_send(
                 events.Error(
@@ -426,36 +466,27 @@ async def serve_wire(state, listeners, *, task_status=trio.TASK_STATUS_IGNORED):
             return
         await conn.run()
 
-    async with trio.open_nursery() as connections:
-        task_status.started(ctl)
-        with ctl.accept_scope:
-            await trio.serve_listeners(handle, listeners, handler_nursery=connections)
-        for listener in listeners:
-            await listener.aclose()
-    ctl.all_closed.set()
+    async def drain(self, timeout: float) -> None:
+        """Graceful stop: no new connections, idle ones closed, running statements finish."""
+        self._accept_scope.cancel()
+        started = time.monotonic()
+        for conn in list(self.sessions.values()):
+            if conn.idle_scope is not None:
+                conn.idle_scope.cancel()
+        with trio.move_on_after(timeout):
+            await self._all_closed.wait()
+            log.info("all sessions closed", seconds=round(time.monotonic() - started, 3))
+            return
+        log.warning("shutdown_timeout reached; interrupting running statements", sessions=len(self.sessions))
+        await self.abort()
 
-
-async def drain(state, ctl: WireControl, timeout: float) -> None:
-    """Graceful stop: no new connections, idle ones closed, running statements finish."""
-    ctl.accept_scope.cancel()
-    started = time.monotonic()
-    for conn in list(state.sessions.values()):
-        if conn.idle_scope is not None:
-            conn.idle_scope.cancel()
-    with trio.move_on_after(timeout):
-        await ctl.all_closed.wait()
-        log.info("all sessions closed", seconds=round(time.monotonic() - started, 3))
-        return
-    log.warning("shutdown_timeout reached; interrupting running statements", sessions=len(state.sessions))
-    await abort_all(state, ctl)
-
-
-async def abort_all(state, ctl: WireControl) -> None:
-    ctl.accept_scope.cancel()
-    for conn in list(state.sessions.values()):
-        if conn.session is not None:
-            conn.session.interrupt()
-        if conn.idle_scope is not None:
-            conn.idle_scope.cancel()
-    with trio.move_on_after(5):
-        await ctl.all_closed.wait()
+    async def abort(self) -> None:
+        """Immediate stop: running statements are interrupted, every connection closed."""
+        self._accept_scope.cancel()
+        for conn in list(self.sessions.values()):
+            if conn.session is not None:
+                conn.session.interrupt()
+            if conn.idle_scope is not None:
+                conn.idle_scope.cancel()
+        with trio.move_on_after(5):
+            await self._all_closed.wait()

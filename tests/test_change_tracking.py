@@ -23,8 +23,9 @@ from rustydb_server.engine.session import SqlSession
 from rustydb_server.settings import Settings
 
 
-def open_engine(path: str) -> Engine:
-    return Engine.open(dd.DataDir(path), Settings.load(None, path, {"wal_segment_size": 1 << 20}))
+def open_engine(path: str, tracking: ChangeTracking) -> Engine:
+    settings = Settings.load(None, path, {"wal_segment_size": 1 << 20})
+    return Engine.open(dd.DataDir(path), settings, change_tracking=tracking)
 
 
 def run_sql(engine: Engine, sql: str, db: str = "rustydb"):
@@ -37,8 +38,7 @@ def run_sql(engine: Engine, sql: str, db: str = "rustydb"):
 
 @pytest.fixture
 def engine(tmp_path):
-    eng = open_engine(str(tmp_path / "data"))
-    eng.change_tracking = ChangeTracking()
+    eng = open_engine(str(tmp_path / "data"), ChangeTracking())
     run_sql(eng, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
     run_sql(eng, "CREATE TABLE seq(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
     eng.create_database("old")

@@ -15,6 +15,7 @@ import pytest
 from rustydb_server import datadir as dd
 from rustydb_server.engine import instance
 from rustydb_server.engine.instance import Engine, EngineError, FatalWalError
+from rustydb_server.engine.observer import EngineObserver
 from rustydb_server.engine.session import SqlSession
 from rustydb_server.fileops import FileOps
 from rustydb_server.settings import Settings
@@ -50,9 +51,9 @@ class FaultyOps(FileOps):
         super().fdatasync(fd)
 
 
-def open_engine(path, ops=None) -> Engine:
+def open_engine(path, ops=None, observer=None) -> Engine:
     settings = Settings.load(None, str(path), {"wal_segment_size": SEGMENT})
-    return Engine.open(dd.DataDir(str(path)), settings, ops or FileOps())
+    return Engine.open(dd.DataDir(str(path)), settings, ops or FileOps(), observer=observer)
 
 
 def run(session: SqlSession, sql: str):
@@ -99,9 +100,13 @@ def test_full_wal_disk_fails_the_commit_then_recovers_by_itself(tmp_path):
 
 def test_failed_fsync_is_fatal_never_retried(tmp_path):
     ops = FaultyOps()
-    engine = open_engine(tmp_path / "d", ops)
     stopped = []
-    engine.on_fatal = lambda: stopped.append(True)
+
+    class Observer(EngineObserver):
+        def wal_failed(self, reason):
+            stopped.append(reason)
+
+    engine = open_engine(tmp_path / "d", ops, Observer())
     s = SqlSession(engine, "rustydb", 1)
     run(s, "CREATE TABLE t(x)")
     run(s, "INSERT INTO t VALUES (1)")

@@ -1,37 +1,43 @@
 """The archiver: copies each completed WAL segment to archive_dest, in order.
 
-A task of the server's root nursery. For each segment marked ``.ready`` it
-writes ``<segment>.walz`` into archive_dest (temp name, fsync, rename, fsync
-dir), then marks the segment ``.done``; a checkpoint never removes a segment
-before that. When the destination is missing, unwritable or full, it keeps
-the WAL, logs the reason once per retry and backs off; nothing is lost when
-the destination comes back. With archive_timeout it switches a segment that
-has held commits for that long, so the archive is at most that far behind.
+A component of the server's root nursery. For each segment marked ``.ready``
+it writes ``<segment>.walz`` into archive_dest (temp name, fsync, rename,
+fsync dir), then marks the segment ``.done``; a checkpoint never removes a
+segment before that. It sleeps until there is work: the engine rings its
+doorbell when a segment is ready or the current one gets its first record,
+and a settings change wakes it; while archive_mode is off it waits for
+nothing else. When the destination is missing, unwritable or full, it keeps
+the WAL, logs the reason once per retry and backs off, so nothing is lost
+when the destination comes back. With archive_timeout it switches a segment
+that has held commits for that long, so the archive is at most that far
+behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import shutil
 import time
 
 import trio
 
-from .. import datadir as _datadir
 from .. import fileops as _fileops
 from .. import keys
+from ..doorbell import Doorbell
 from ..engine.instance import FatalWalError
 from ..logsetup import get_logger
 from ..settings import to_seconds
-from ..wal import timeline
+from ..wal import archive_status, timeline
 from . import segment_file
 
 log = get_logger("rustydb.archive")
 
 MAX_BACKOFF_S = 60.0
-TICK_S = 0.2
+#: After archive_timeout could not switch the segment (a full disk), try again this much later.
+SWITCH_RETRY_S = 1.0
 
 
 def iso(ts: float | None) -> str | None:
@@ -40,8 +46,13 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def backoff_seconds(failures_in_a_row: int) -> float:
+    """1, 2, 4, ... seconds after each failure in a row, at most MAX_BACKOFF_S."""
+    return min(MAX_BACKOFF_S, 2 ** min(failures_in_a_row - 1, 6))
+
+
 @dataclasses.dataclass
-class ArchiveStatus:
+class ArchiveProgress:
     last_archived_segment: str | None = None
     last_archived_time: float | None = None
     last_failed_segment: str | None = None
@@ -49,32 +60,35 @@ class ArchiveStatus:
     last_failure_reason: str | None = None
     failures_in_a_row: int = 0
     archived_count: int = 0
-    next_retry_at: float | None = None
 
 
 class Archiver:
-    def __init__(self, state, fileops: _fileops.FileOps = _fileops.REAL):
-        self.state = state
-        self.engine = state.engine
+    def __init__(
+        self,
+        engine,
+        settings,
+        doorbell: Doorbell,
+        fileops: _fileops.FileOps = _fileops.REAL,
+        run_sync=trio.to_thread.run_sync,
+    ):
+        self.engine = engine
+        self.settings = settings
         self.fileops = fileops
-        self.status = ArchiveStatus()
-        self.wakeup = trio.Event()
-        self.status_dir = self.engine.datadir.join(_datadir.ARCHIVE_STATUS_DIR)
+        self.progress = ArchiveProgress()
+        self.status_dir = engine.archive_status_dir
+        self._work = doorbell  # rung by the engine: a segment is ready, or started
+        # How blocking work runs: in worker threads (tests on the mock clock
+        # run it inline, so time never jumps while a copy is in progress).
+        self._run_sync = run_sync
+        self._settings_changed = Doorbell()
+        self._retry_at: float | None = None  # trio time of the next try after failures
+        self._switch_retry_at = -math.inf  # trio time before which a failed switch is not retried
 
     # ------------------------------------------------------------ state
-    def pending_segments(self) -> list[str]:
-        try:
-            names = os.listdir(self.status_dir)
-        except FileNotFoundError:
-            return []
-        ready = {n[: -len(".ready")] for n in names if n.endswith(".ready")}
-        done = {n[: -len(".done")] for n in names if n.endswith(".done")}
-        return sorted(ready - done)
-
     def report(self) -> dict:
-        s = self.status
-        settings = self.state.settings
-        pending = self.pending_segments() if settings["archive_mode"] else []
+        s = self.progress
+        settings = self.settings
+        pending = archive_status.waiting(self.status_dir) if settings["archive_mode"] else []
         return {
             "archive_mode": "on" if settings["archive_mode"] else "off",
             "archive_dest": settings["archive_dest"] or None,
@@ -90,79 +104,100 @@ class Archiver:
             "archived_since_start": s.archived_count,
         }
 
-    def poke(self) -> None:
-        """Settings changed (or work arrived): retry at once, without the backoff."""
-        self.status.next_retry_at = None
-        self.wakeup.set()
+    def retry_now(self) -> None:
+        """Try the waiting segments at once, without waiting out the backoff."""
+        self._retry_at = None
+        self._work.ring()
+
+    def settings_changed(self) -> None:
+        """archive_mode or archive_dest may have changed: look again at once."""
+        self._settings_changed.ring()
+        self.retry_now()
 
     # ------------------------------------------------------------- loop
-    async def run(self) -> None:
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
         while True:
-            with trio.move_on_after(TICK_S):
-                await self.wakeup.wait()
-            self.wakeup = trio.Event()
-            settings = self.state.settings
-            if not settings["archive_mode"]:
+            if not self.settings["archive_mode"]:
+                await self._settings_changed.wait()
                 continue
             await self._switch_if_due()
-            if self.status.next_retry_at and time.monotonic() < self.status.next_retry_at:
-                continue
-            await self._archive_pending()
+            if self._retry_at is None or trio.current_time() >= self._retry_at:
+                await self._archive_waiting()
+            with trio.move_on_at(self._next_wakeup()):
+                await self._work.wait()
+
+    def _next_wakeup(self) -> float:
+        """The trio time of the next retry or archive_timeout switch, if any."""
+        times = [math.inf]
+        if self._retry_at is not None:
+            times.append(self._retry_at)
+        due = self._switch_due_in()
+        if due is not None:
+            times.append(max(trio.current_time() + due, self._switch_retry_at))
+        return min(times)
+
+    def _switch_due_in(self) -> float | None:
+        """Seconds until archive_timeout switches the current segment (None: it holds nothing)."""
+        since = self.engine.segment_dirty_since()
+        if since is None:
+            return None
+        timeout = to_seconds("archive_timeout", self.settings["archive_timeout"])
+        return max(0.0, since + timeout - time.monotonic())
 
     async def _switch_if_due(self) -> None:
-        timeout = to_seconds("archive_timeout", self.state.settings["archive_timeout"])
-        since = self.engine.segment_dirty_since()
-        if since is not None and time.monotonic() - since >= timeout:
-            try:
-                await trio.to_thread.run_sync(self.engine.switch_wal)
-            except FatalWalError:
-                return  # the server is stopping
-            except Exception as e:  # e.g. the WAL disk is full: switch again later
+        if self._switch_due_in() != 0.0 or trio.current_time() < self._switch_retry_at:
+            return
+        try:
+            await self._run_sync(self.engine.switch_wal)
+        except Exception as e:
+            self._switch_retry_at = trio.current_time() + SWITCH_RETRY_S
+            if not isinstance(e, FatalWalError):  # that one stops the server
                 log.warning("archive_timeout could not switch the WAL segment", error=str(e))
 
-    async def _archive_pending(self) -> None:
-        for name in self.pending_segments():
+    async def _archive_waiting(self) -> None:
+        for name in archive_status.waiting(self.status_dir):
             try:
-                await trio.to_thread.run_sync(self._archive_one, name)
+                await self._run_sync(self._archive_one, name)
             except Exception as e:
                 self._failed(name, e)
                 return
             self._succeeded(name)
         try:
-            await trio.to_thread.run_sync(self._archive_histories)
+            await self._run_sync(self._archive_histories)
         except OSError as e:  # retried with the next segment; never fatal for the server
             log.warning("copying a timeline history file to the archive failed", error=str(e))
 
     def _succeeded(self, name: str) -> None:
-        s = self.status
+        s = self.progress
         if s.failures_in_a_row:
             log.info("archiving works again", segment=name, after_failures=s.failures_in_a_row)
         s.last_archived_segment = name
         s.last_archived_time = time.time()
         s.archived_count += 1
         s.failures_in_a_row = 0
-        s.next_retry_at = None
+        self._retry_at = None
 
     def _failed(self, name: str, error: Exception) -> None:
-        s = self.status
+        s = self.progress
         s.failures_in_a_row += 1
         s.last_failed_segment = name
         s.last_failure_time = time.time()
         s.last_failure_reason = str(error)
-        backoff = min(MAX_BACKOFF_S, 2 ** min(s.failures_in_a_row - 1, 6))
-        s.next_retry_at = time.monotonic() + backoff
+        backoff = backoff_seconds(s.failures_in_a_row)
+        self._retry_at = trio.current_time() + backoff
         log.warning(
             "archiving a WAL segment failed; the segment is kept and retried",
             segment=name,
             reason=str(error),
             retry_in_seconds=backoff,
             failures_in_a_row=s.failures_in_a_row,
-            segments_waiting=len(self.pending_segments()),
+            segments_waiting=len(archive_status.waiting(self.status_dir)),
         )
 
     # ------------------------------------------------------- one segment
     def _destination(self) -> str:
-        dest = self.state.settings["archive_dest"]
+        dest = self.settings["archive_dest"]
         if not dest:
             raise segment_file.ArchiveError("archive_mode is on but archive_dest is not set")
         if not os.path.exists(dest):
@@ -172,10 +207,10 @@ class Archiver:
         return dest
 
     def _key(self):
-        if not self.state.settings["archive_encryption"]:
+        if not self.settings["archive_encryption"]:
             return None
         try:
-            return keys.resolve_kek(None, setting_key_file=self.state.settings["backup_key_file"] or None)
+            return keys.resolve_kek(None, setting_key_file=self.settings["backup_key_file"] or None)
         except (keys.NoKeyError, keys.KeyFileError) as e:
             raise segment_file.ArchiveError(f"archive_encryption is on but {e}") from None
 
@@ -195,7 +230,7 @@ class Archiver:
                     "archive into the same archive_dest on the same timeline"
                 )
         else:
-            codec = self.state.settings["archive_compression"]
+            codec = self.settings["archive_compression"]
             segment_file.pack_segment(
                 src,
                 target,
@@ -205,10 +240,7 @@ class Archiver:
                 key=self._key(),
                 fileops=self.fileops,
             )
-        done = os.path.join(self.status_dir, name + ".done")
-        fd = os.open(done, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.close(fd)
-        self.fileops.fsync_dir(self.status_dir)
+        archive_status.mark_done(self.status_dir, name, self.fileops)
 
     def _archive_histories(self) -> None:
         """Copy timeline history files the archive does not have yet."""

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .service import BackupRequestError, parse_api_request
+from .service import BackupRequestError, BackupService, parse_api_request
 
 PUBLIC_FIELDS = ("backup_id", "status", "started_at", "completed_at", "size_bytes", "location")
 
@@ -22,11 +22,35 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-def _service(state):
-    service = getattr(state, "backup_service", None)
-    if service is None:
-        raise BackupRequestError("the server is still starting; try again in a moment", 503)
-    return service
+class BadBody(Exception):
+    """A request body that is too large or not JSON."""
+
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def response(self) -> JSONResponse:
+        return _error(self.status, str(self), self.code)
+
+
+async def read_body(request: Request):
+    """The request's JSON body (an empty one is ``{}``), read up to MAX_BODY bytes."""
+    raw = bytearray()
+    async for piece in request.stream():
+        raw += piece
+        if len(raw) > MAX_BODY:
+            raise BadBody(
+                413,
+                f"the request body is larger than {MAX_BODY} bytes; a backup request is a small JSON object",
+                "body_too_large",
+            )
+    try:
+        return json.loads(raw or b"{}")
+    except RecursionError:
+        raise BadBody(400, "the request body is not valid JSON: nested too deeply", "bad_json") from None
+    except ValueError as e:
+        raise BadBody(400, f"the request body is not valid JSON: {e}", "bad_json") from None
 
 
 def describe(entry: dict) -> dict:
@@ -36,46 +60,26 @@ def describe(entry: dict) -> dict:
     return out
 
 
-def routes(state) -> list[Route]:
+def routes(service: BackupService, settings) -> list[Route]:
     async def start(request: Request) -> JSONResponse:
-        raw = bytearray()
-        async for piece in request.stream():
-            raw += piece
-            if len(raw) > MAX_BODY:
-                return _error(
-                    413,
-                    f"the request body is larger than {MAX_BODY} bytes; a backup request is a small JSON object",
-                    "body_too_large",
-                )
         try:
-            body = json.loads(raw or b"{}")
-        except RecursionError:
-            return _error(400, "the request body is not valid JSON: nested too deeply", "bad_json")
-        except ValueError as e:
-            return _error(400, f"the request body is not valid JSON: {e}", "bad_json")
+            body = await read_body(request)
+        except BadBody as e:
+            return e.response()
         try:
-            service = _service(state)
-            req = parse_api_request(body, state.settings)
-            entry = service.start_backup(state.root_nursery, req)
+            req = parse_api_request(body, settings)
+            entry = service.start_backup(req)
         except BackupRequestError as e:
             return _error(e.status, str(e), "invalid_backup_request")
         return JSONResponse(describe(entry), status_code=202)
 
     async def show(request: Request) -> JSONResponse:
-        try:
-            service = _service(state)
-        except BackupRequestError as e:
-            return _error(e.status, str(e), "starting")
         entry = service.catalog.get(request.path_params["backup_id"])
         if entry is None:
             return _error(404, f"no backup with id {request.path_params['backup_id']}", "not_found")
         return JSONResponse(describe(entry))
 
     async def listing(request: Request) -> JSONResponse:
-        try:
-            service = _service(state)
-        except BackupRequestError as e:
-            return _error(e.status, str(e), "starting")
         catalog = service.catalog
         entries = []
         for e in catalog.list():
@@ -86,10 +90,6 @@ def routes(state) -> list[Route]:
 
     async def delete(request: Request) -> JSONResponse:
         """Delete a backup; refused while others depend on it, unless ?cascade=true."""
-        try:
-            service = _service(state)
-        except BackupRequestError as e:
-            return _error(e.status, str(e), "starting")
         backup_id = request.path_params["backup_id"]
         catalog = service.catalog
         entry = catalog.get(backup_id)

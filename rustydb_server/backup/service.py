@@ -1,8 +1,12 @@
 """Backups run by the server: streamed to rusty-db-backup, or written by the server itself.
 
 Both kinds take the same snapshot (``snapshot.py``) and are recorded in the
-catalog. A backup the server writes runs as a task of the server's nursery;
-shutting the server down cancels it, and its partial file is removed.
+catalog. The service is a component of the server's root nursery and owns a
+nursery of its own: a backup the server writes (started from the HTTP API)
+runs there, so shutting the server down cancels it, the catalog records it
+failed and its partial file is removed. A streamed backup runs in its
+client connection's task and ends with it. Work in worker threads stops at
+the next chunk once the backup's cancel scope is cancelled.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -28,7 +33,6 @@ from .catalog import Catalog
 from .incremental import IncrementalSource, IncrementalUnavailable
 from .manifest import header_from_manifest
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
-from .tracking import ChangeTracking
 
 log = get_logger("rustydb.backup")
 
@@ -69,6 +73,42 @@ def _take(gen, n: int) -> list[bytes]:
     return out
 
 
+async def _set_when_cancelled(flag: threading.Event) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        flag.set()
+
+
+@contextlib.asynccontextmanager
+async def cancel_flag() -> AsyncIterator[threading.Event]:
+    """A flag that the enclosing cancel scope sets when it is cancelled.
+
+    For the threads a snapshot starts itself, which cannot ask trio (worker
+    threads of trio.to_thread use trio.from_thread.check_cancelled instead).
+    Set at the end of the block too: the snapshot's copies stop with it.
+    """
+    flag = threading.Event()
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_when_cancelled, flag)
+            try:
+                yield flag
+            except BaseException as e:
+                body_error = e
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup:
+        # The flag's task adds a Cancelled when the enclosing scope was
+        # cancelled; that scope raises it again at its next checkpoint. What
+        # callers handle is the block's own error, or, when the block finished
+        # before it noticed, its result.
+        if body_error is not None:
+            raise body_error from None
+
+
 class BackupRequestError(Exception):
     """A backup request that cannot be carried out; the message says why."""
 
@@ -100,11 +140,27 @@ def check_type(backup_type, settings=None) -> str:
 
 
 class BackupService:
-    def __init__(self, state):
-        self.state = state
-        self.engine = state.engine
-        data_dir = self.engine.datadir.path
-        self.catalog = Catalog(data_dir)
+    def __init__(self, engine, settings, catalog: Catalog, wal_switched: Callable[[], None]):
+        self.engine = engine
+        self.settings = settings
+        self.catalog = catalog
+        self._wal_switched = wal_switched  # a pitr-base closed its segment: archive it now
+        self.scratch = os.path.join(engine.datadir.path, SCRATCH_DIR)
+        self.limiter = trio.CapacityLimiter(2)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Tidy what the last run left, then own the backups the server writes until cancelled."""
+        self._tidy_interrupted()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    def _tidy_interrupted(self) -> None:
         interrupted = self.catalog.mark_interrupted()
         if interrupted:
             log.warning(
@@ -112,7 +168,6 @@ class BackupService:
                 backups=interrupted,
                 partial_files_removed=self._remove_partials(interrupted),
             )
-        self.scratch = os.path.join(data_dir, SCRATCH_DIR)
         leftovers = _clear_scratch(self.scratch)
         if leftovers:
             # Copies and WAL a backup running at a crash had made: nothing
@@ -122,16 +177,6 @@ class BackupService:
                 directory=self.scratch,
                 files=leftovers,
             )
-        self._cancels: dict[str, threading.Event] = {}
-        self.limiter = trio.CapacityLimiter(2)
-        # Net changes since the latest backups, compacted as they commit.
-        self.tracking = ChangeTracking()
-        self.engine.change_tracking = self.tracking
-
-    def close(self) -> None:
-        """Stop change tracking (the engine logs nothing more to it)."""
-        self.engine.change_tracking = None
-        self.tracking.close()
 
     def _remove_partials(self, backup_ids: list[str]) -> list[str]:
         """The unfinished files of backups the server itself was writing when it
@@ -153,7 +198,7 @@ class BackupService:
         return removed
 
     def backup_dir(self) -> str:
-        configured = self.state.settings["backup_dir"]
+        configured = self.settings["backup_dir"]
         return configured or os.path.join(self.engine.datadir.path, "backups")
 
     def parent_for(self, backup_type: str, base_backup: dict | None) -> dict:
@@ -183,20 +228,19 @@ class BackupService:
             self.engine, names, backup_type=backup_type, backup_id=backup_id, scratch_dir=self.scratch, cancel=cancel
         )
 
-    def cancel_all(self) -> None:
-        for event in self._cancels.values():
-            event.set()
-
     # ------------------------------------------------------------- to a client
     async def stream_to_client(self, conn, request: events.BackupRequested) -> None:
         """Answer a backup request: header, data frames, end (or an error)."""
+        async with cancel_flag() as cancel:
+            await self._stream(conn, request, cancel)
+
+    async def _stream(self, conn, request: events.BackupRequested, cancel: threading.Event) -> None:
         try:
-            backup_type = check_type(request.backup_type, self.state.settings)
+            backup_type = check_type(request.backup_type, self.settings)
         except BackupRequestError as e:
             await conn.send(events.Error("invalid_backup_request", str(e)))
             return
         names = request.databases
-        cancel = threading.Event()
         base_backup = request.base_backup
         try:
             snap = await trio.to_thread.run_sync(
@@ -208,7 +252,6 @@ class BackupService:
         except BackupRequestError as e:
             await conn.send(events.Error("invalid_backup_request", str(e)))
             return
-        self._cancels[snap.backup_id] = cancel
         manifest = snap.manifest()
         if backup_type == "pitr-base":
             await self._switch_for_base()
@@ -242,15 +285,13 @@ class BackupService:
             log.warning("backup failed", backup_id=snap.backup_id, error=reason)
             raise
         finally:
-            self._cancels.pop(snap.backup_id, None)
             with trio.CancelScope(shield=True):  # at shutdown too: descriptors, connections
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
 
     async def _switch_for_base(self) -> None:
         """Close the segment holding the base's start, so the archive gets it at once."""
         await trio.to_thread.run_sync(self.engine.switch_wal, limiter=self.limiter)
-        if self.state.archiver is not None:
-            self.state.archiver.poke()
+        self._wal_switched()
 
     async def _send_entries(self, conn, snap, cancel) -> int:
         """Every entry in order: a database file that holds the snapshot goes
@@ -265,7 +306,7 @@ class BackupService:
                     return sent
                 entry, source = item
                 if isinstance(source, FileRange):
-                    sent += await self._send_file(conn, entry, source, cancel)
+                    sent += await self._send_file(conn, entry, source)
                 else:
                     sent += await self._send_chunks(conn, entry, source)
                 await conn.send_bulk(events.BackupData(entry, True, b""))
@@ -273,10 +314,8 @@ class BackupService:
             with trio.CancelScope(shield=True):  # a scratch copy is removed on close
                 await trio.to_thread.run_sync(entries.close, limiter=self.limiter)
 
-    async def _send_file(self, conn, entry: str, source: FileRange, cancel) -> int:
+    async def _send_file(self, conn, entry: str, source: FileRange) -> int:
         for offset in range(0, source.size, FILE_FRAME):
-            if cancel.is_set():
-                raise BackupCancelled("backup cancelled")
             await conn.send_file_bulk(entry, False, source.fd, offset, min(FILE_FRAME, source.size - offset))
         return source.size
 
@@ -312,13 +351,13 @@ class BackupService:
         return sent
 
     # --------------------------------------------------------- written by us
-    def start_backup(self, nursery: trio.Nursery, req: BackupRequest) -> dict:
-        """Record the backup and start it; return its catalog entry at once."""
-        check_type(req.backup_type, self.state.settings)
+    def start_backup(self, req: BackupRequest) -> dict:
+        """Record the backup and start it in the service's nursery; return its catalog entry at once."""
+        check_type(req.backup_type, self.settings)
         key = None
         if req.encrypt:
             try:
-                key = keys.resolve_kek(None, setting_key_file=self.state.settings["backup_key_file"] or None)
+                key = keys.resolve_kek(None, setting_key_file=self.settings["backup_key_file"] or None)
             except (keys.NoKeyError, keys.KeyFileError) as e:
                 raise BackupRequestError(
                     f"encryption was requested but the server has no usable backup key: {e}"
@@ -340,17 +379,16 @@ class BackupService:
             encryption=req.encrypt,
             databases=req.databases,
         )
-        cancel = threading.Event()
-        self._cancels[backup_id] = cancel
-        nursery.start_soon(self._run_job, req, backup_id, location, key, cancel)
+        self._nursery.start_soon(self._run_job, req, backup_id, location, key)
         return entry
 
-    async def _run_job(self, req, backup_id, location, key, cancel) -> None:
+    async def _run_job(self, req, backup_id, location, key) -> None:
         t0 = time.perf_counter()
         try:
-            summary = await trio.to_thread.run_sync(
-                self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter
-            )
+            async with cancel_flag() as cancel:
+                summary = await trio.to_thread.run_sync(
+                    self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter
+                )
         except BackupCancelled:
             self.catalog.fail(backup_id, "the server shut down during the backup")
             return
@@ -361,8 +399,6 @@ class BackupService:
             self.catalog.fail(backup_id, str(e))
             log.error("backup failed", backup_id=backup_id, error=str(e))
             return
-        finally:
-            self._cancels.pop(backup_id, None)
         self.catalog.complete(backup_id, **summary)
         log.info(
             "backup completed",
@@ -398,13 +434,12 @@ class BackupService:
                 key=key,
                 codec=req.codec,
                 threads=req.threads,
-                nice=self.state.settings["backup_nice"],
+                nice=self.settings["backup_nice"],
             ) as bf:
                 for entry, chunks in snap.entries(self.scratch, cancel):
                     bf.begin_entry(entry)
                     for chunk in chunks:
-                        if cancel.is_set():
-                            raise BackupCancelled("backup cancelled")
+                        trio.from_thread.check_cancelled()
                         bf.write(chunk)
                     bf.end_entry()
                 summary = bf.commit()

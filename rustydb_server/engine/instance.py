@@ -17,6 +17,7 @@ import apsw
 from .. import datadir as _datadir
 from .. import fileops as _fileops
 from ..logsetup import get_logger
+from ..wal import archive_status, retention
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
@@ -25,6 +26,7 @@ from ..wal import writer as wal_writer
 from ..wal.lsn import format_lsn
 from . import database, recovery, replay
 from .database import ReplayError
+from .observer import EngineObserver
 
 log = get_logger("rustydb.engine")
 
@@ -109,7 +111,15 @@ def now_us() -> int:
 
 
 class Engine:
-    def __init__(self, ddir: _datadir.DataDir, control: _datadir.Control, settings, fileops):
+    def __init__(
+        self,
+        ddir: _datadir.DataDir,
+        control: _datadir.Control,
+        settings,
+        fileops,
+        observer: EngineObserver,
+        change_tracking=None,
+    ):
         self.datadir = ddir
         self.control = control
         self.settings = settings
@@ -126,16 +136,30 @@ class Engine:
         self.recovery_stats: dict = {}
         self.started_us = now_us()
         self.fatal_error: str | None = None
-        self.on_fatal = None  # set by the server: stop everything
-        # Told of every durable record (backup/tracking.py), if the server set one.
-        self.change_tracking = None
+        self.observer = observer
+        self.archive_status_dir = ddir.join(_datadir.ARCHIVE_STATUS_DIR)
+        # Told once per crossing of checkpoint_wal_size; a completed checkpoint rearms it.
+        self._checkpoint_asked = False
+        # Told of every durable record (backup/tracking.py), if the server gave one.
+        self.change_tracking = change_tracking
         self._dirty_segno: int | None = None  # segment holding records since...
         self._dirty_since: float | None = None  # ...this time.monotonic() (archive_timeout)
 
     # ------------------------------------------------------------------ open
     @classmethod
-    def open(cls, ddir: _datadir.DataDir, settings, fileops=_fileops.REAL) -> Engine:
-        """Initialize an empty data directory or recover an existing one."""
+    def open(
+        cls,
+        ddir: _datadir.DataDir,
+        settings,
+        fileops=_fileops.REAL,
+        observer: EngineObserver | None = None,
+        change_tracking=None,
+    ) -> Engine:
+        """Initialize an empty data directory or recover an existing one.
+
+        ``observer`` hears what the rest of the server acts on; ``change_tracking``
+        (backup/tracking.py), if given, is told of every durable record.
+        """
         fresh = not ddir.is_initialized()
         if fresh:
             control = ddir.initialize(segment_size=settings["wal_segment_size"])
@@ -152,7 +176,7 @@ class Engine:
             control = ddir.read_control()
             _datadir.check_usable(control, ddir.path)
             ddir.create_layout()
-        engine = cls(ddir, control, settings, fileops)
+        engine = cls(ddir, control, settings, fileops, observer or EngineObserver(), change_tracking)
         engine._recover()
         if fresh:
             engine.create_database(_datadir.DEFAULT_DATABASE)
@@ -268,22 +292,19 @@ class Engine:
     def _mark_completed_segments_ready(self, end_lsn: int) -> None:
         """A crash between finishing a segment and marking it leaves no .ready; fix that."""
         current = end_lsn // self.control.segment_size
-        status = self.datadir.join(_datadir.ARCHIVE_STATUS_DIR)
         for timeline, segno, name in walseg.list_segments(self.datadir.wal_dir):
             if timeline == self.control.timeline and segno >= current:
                 continue
-            marks = [os.path.join(status, name + s) for s in (".ready", ".done")]
-            if not any(os.path.exists(m) for m in marks):
+            if not archive_status.is_marked(self.archive_status_dir, name):
                 self._segment_complete(name)
 
     def _segment_complete(self, name: str) -> None:
-        path = os.path.join(self.datadir.join(_datadir.ARCHIVE_STATUS_DIR), name + ".ready")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-            os.close(fd)
-            self.fileops.fsync_dir(os.path.dirname(path))
+            archive_status.mark_ready(self.archive_status_dir, name, self.fileops)
         except OSError as e:
             log.warning("cannot mark WAL segment ready for archiving", segment=name, error=str(e))
+            return
+        self.observer.segment_ready(name)
 
     # ------------------------------------------------------------- txids
     def allocate_txid(self) -> int:
@@ -347,6 +368,10 @@ class Engine:
         segno = (end - 1) // self.control.segment_size
         if segno != self._dirty_segno:
             self._dirty_segno, self._dirty_since = segno, time.monotonic()
+            self.observer.segment_started()
+        if not self._checkpoint_asked and end - self.control.redo_lsn >= self.settings["checkpoint_wal_size"]:
+            self._checkpoint_asked = True
+            self.observer.checkpoint_due()
         if self.change_tracking is not None:
             self.change_tracking.logged(lsn, rec)
         return lsn, end
@@ -363,8 +388,7 @@ class Engine:
             "restart it to recover from the WAL",
             error=reason,
         )
-        if self.on_fatal is not None:
-            self.on_fatal()
+        self.observer.wal_failed(reason)
         raise FatalWalError(reason)
 
     def create_database(self, name: str, if_not_exists: bool = False) -> bool:
@@ -592,6 +616,7 @@ class Engine:
             c.next_txid = self._next_txid
             c.last_commit_time_us = self._last_commit_us
             self.datadir.write_control(c)
+            self._checkpoint_asked = False
             removed = self._remove_old_segments(redo)
             self.last_checkpoint_us = now_us()
             self.last_checkpoint_lsn = ck_lsn
@@ -604,43 +629,32 @@ class Engine:
             log.info("checkpoint complete", **figures)
             return {"complete": True, **figures}
 
-    def _segment_archived(self, name: str) -> bool:
-        # Only a .done mark proves it: a segment whose .ready could not be
-        # written is not archived either.
-        status = self.datadir.join(_datadir.ARCHIVE_STATUS_DIR)
-        return os.path.exists(os.path.join(status, name + ".done"))
-
     def _remove_old_segments(self, redo: int) -> int:
-        c = self.control
-        keep_bytes = self.settings["wal_keep_size"]
-        limit = redo - keep_bytes
         archive_on = self.settings["archive_mode"]
+        # Decided on the .done marks as they are now: a segment marked ready
+        # below may be archived while this runs, and is kept until next time.
+        segments = [
+            retention.SegmentFacts(segno, name, archive_status.is_archived(self.archive_status_dir, name))
+            for _timeline, segno, name in walseg.list_segments(self.datadir.wal_dir)
+        ]
         if archive_on:
             self._mark_completed_segments_ready(self.wal.end_lsn)
-        backup_keep = self._backup_keep_lsn()
+        doomed = retention.recyclable(
+            segments,
+            segment_size=self.control.segment_size,
+            redo_lsn=redo,
+            keep_bytes=self.settings["wal_keep_size"],
+            archive_mode=archive_on,
+            backup_keep_lsn=self._backup_keep_lsn(),
+        )
         removed = 0
-        for _timeline, segno, name in walseg.list_segments(self.datadir.wal_dir):
-            seg_end = (segno + 1) * c.segment_size
-            if seg_end > limit:
-                continue
-            archived = self._segment_archived(name)
-            if archive_on and not archived:
-                continue  # never remove WAL that the archive has not got
-            if backup_keep is not None and seg_end > backup_keep and not (archive_on and archived):
-                continue  # the next incremental reads it (from here or the archive)
+        for name in doomed:
             try:
                 self.fileops.unlink(os.path.join(self.datadir.wal_dir, name))
                 removed += 1
             except FileNotFoundError:
                 pass
-            status = self.datadir.join(_datadir.ARCHIVE_STATUS_DIR)
-            for suffix in (".ready", ".done"):
-                try:
-                    os.unlink(os.path.join(status, name + suffix))
-                except FileNotFoundError:
-                    pass
-                except OSError as e:  # a stale mark does no harm; the segment is gone
-                    log.warning("cannot remove archive status mark", segment=name, error=str(e))
+            archive_status.remove_marks(self.archive_status_dir, name)
         if removed:
             self.fileops.fsync_dir(self.datadir.wal_dir)
         return removed

@@ -8,10 +8,11 @@ import sys
 
 import trio
 
-from .. import __version__, auth, server
+from .. import __version__, auth, run
 from ..datadir import DataDirError
 from ..engine.database import ReplayError
 from ..engine.instance import EngineError
+from ..lifecycle import StartupError
 from ..logsetup import configure_logging, get_logger
 from ..notify import Notifier
 from ..settings import SettingError, Settings
@@ -74,8 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
     log = get_logger("rustydb.server")
     notifier = Notifier()
     try:
-        return trio.run(server.run, settings, args.config, notifier)
-    except (DataDirError, EngineError, server.StartupError) as e:
+        return trio.run(run.run, settings, notifier)
+    except (DataDirError, EngineError, StartupError) as e:
         log.error("cannot start", error=str(e))
         print(f"rusty-db-server: {e}", file=sys.stderr)
         return 1
@@ -89,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
         while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
             e = e.exceptions[0]
         expected = isinstance(
-            e, (WalCorruptError, ReplayError, WalRecordError, server.StartupError, DataDirError, EngineError)
+            e, (WalCorruptError, ReplayError, WalRecordError, StartupError, DataDirError, EngineError)
         )
         (log.error if expected else log.exception)("server stopped on an error", error=str(e), kind=type(e).__name__)
         print(f"rusty-db-server: {e}", file=sys.stderr)

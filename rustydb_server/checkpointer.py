@@ -1,0 +1,103 @@
+"""The checkpointer: one task that runs every checkpoint of a running server.
+
+It sleeps until one is due: checkpoint_timeout after the last one, the engine
+ringing its doorbell because the WAL crossed checkpoint_wal_size, or a
+CHECKPOINT statement asking for one and waiting for its result. Checkpoints
+run one at a time, in a worker thread. One that a long reader kept from
+completing is tried again a second later while the WAL is over the size (the
+engine rings only once per crossing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from .doorbell import Doorbell
+from .engine.instance import FatalWalError
+from .logsetup import get_logger
+from .settings import to_seconds
+
+log = get_logger("rustydb.checkpointer")
+
+#: How soon an incomplete checkpoint is tried again while the WAL is over checkpoint_wal_size.
+RETRY_INCOMPLETE_S = 1.0
+
+
+class _Request:
+    """A CHECKPOINT statement waiting for the checkpoint that serves it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: dict | None = None
+        self.error: BaseException | None = None
+
+
+class Checkpointer:
+    def __init__(self, engine, settings, doorbell: Doorbell, run_sync=trio.to_thread.run_sync):
+        self._engine = engine
+        self._settings = settings
+        self._doorbell = doorbell
+        # How a checkpoint runs: in a worker thread (tests on the mock clock
+        # run it inline, so time never jumps while one is in progress).
+        self._run_sync = run_sync
+        self._requests: list[_Request] = []
+        self._retry_at = math.inf  # trio time to look at the WAL size again after an incomplete one
+
+    def settings_changed(self) -> None:
+        """checkpoint_timeout or checkpoint_wal_size may have changed: look again."""
+        self._doorbell.ring()
+
+    async def checkpoint(self) -> dict:
+        """Run a checkpoint that starts after this call, and return the engine's result."""
+        request = _Request()
+        self._requests.append(request)
+        self._doorbell.ring()
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        last = trio.current_time()
+        while True:
+            deadline = last + to_seconds("checkpoint_timeout", self._settings["checkpoint_timeout"])
+            with trio.move_on_at(min(deadline, self._retry_at)):
+                await self._doorbell.wait()
+            if trio.current_time() >= self._retry_at:
+                self._retry_at = math.inf
+            reason = self._due(deadline)
+            if reason is None:
+                continue
+            complete = await self._run_one(reason)
+            last = trio.current_time()
+            if not complete:
+                self._retry_at = last + RETRY_INCOMPLETE_S
+
+    def _due(self, deadline: float) -> str | None:
+        if self._requests:
+            return "requested"
+        if trio.current_time() >= deadline:
+            return "time"
+        if self._engine.wal_bytes_since_checkpoint() >= self._settings["checkpoint_wal_size"]:
+            return "wal size"
+        return None
+
+    async def _run_one(self, reason: str) -> bool:
+        """Run one checkpoint and answer the requests it serves; False if it did not complete."""
+        served, self._requests = self._requests, []
+        try:
+            result = await self._run_sync(self._engine.checkpoint, reason)
+        except Exception as e:
+            if not isinstance(e, FatalWalError):  # the engine's observer has asked for the stop
+                log.error("checkpoint failed", reason=reason, error=str(e))
+            for request in served:
+                request.error = e
+                request.done.set()
+            return True  # failed, not incomplete: the next reason to checkpoint tries again
+        for request in served:
+            request.result = result
+            request.done.set()
+        return result["complete"]

@@ -1,0 +1,45 @@
+"""The health report of GET /api/v1/admin/health: phase, WAL, archive, recovery.
+
+Before recovery has finished there is no engine or archiver yet, and the
+report says "starting"; it never holds anything secret (it answers without
+the API token).
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import __version__
+from .lifecycle import STARTING, STOPPING, Lifecycle
+from .wal.lsn import format_lsn
+
+
+def health_report(settings, lifecycle: Lifecycle, engine=None, archiver=None, sessions: int = 0) -> dict:
+    status = {STARTING: "starting", STOPPING: "unhealthy"}.get(lifecycle.phase, "healthy")
+    if engine is not None and engine.fatal_error:
+        status = "unhealthy"
+    report = {
+        "status": status,
+        "version": __version__,
+        "uptime_seconds": round(time.monotonic() - lifecycle.started, 3),
+        "phase": lifecycle.phase,
+        "data_directory": {
+            "path": settings["data_dir"],
+            "state": engine.control.state if engine else "recovering",
+        },
+        "connections": sessions,
+    }
+    if engine is not None:
+        report["wal"] = {
+            "lsn": format_lsn(engine.wal.end_lsn),
+            "flushed_lsn": format_lsn(engine.wal.flushed_lsn),
+            "timeline": engine.control.timeline,
+            "bytes_since_checkpoint": engine.wal_bytes_since_checkpoint(),
+        }
+        report["databases"] = sorted(engine.databases)
+        if archiver is not None:
+            report["archive"] = archiver.report()
+        report["recovery"] = engine.recovery_stats
+        if engine.fatal_error:
+            report["error"] = engine.fatal_error
+    return report

@@ -1,0 +1,117 @@
+"""The server's root nursery: each component started in it, in order, and the stop.
+
+As in hypercorn's trio worker, every component is a class given its
+collaborators and started with ``nursery.start(component.run)``; each owns
+its own tasks. Stopping is letting the wire listener finish (or interrupt)
+its sessions, then cancelling the nursery; the engine is closed once every
+component has stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import trio
+
+from . import __version__
+from . import datadir as _datadir
+from .archive.archiver import Archiver
+from .backup.catalog import Catalog
+from .backup.service import BackupService
+from .backup.tracking import ChangeTracking
+from .checkpointer import Checkpointer
+from .doorbell import Doorbell
+from .engine.instance import Engine
+from .engine_events import EngineEvents
+from .http_api import HttpApi
+from .lifecycle import RUNNING, STOPPING, Lifecycle
+from .logsetup import get_logger
+from .notify import Notifier
+from .settings import to_seconds
+from .signals import SignalWatcher
+from .watchdog import Watchdog
+from .wire import WireListener
+
+log = get_logger("rustydb.server")
+
+
+async def run(settings, notifier: Notifier) -> int:
+    """Run one server until shutdown; return the process exit code."""
+    lifecycle = Lifecycle()
+    ddir = _datadir.DataDir(settings["data_dir"])
+    ddir.lock("server")
+    engine = None
+    # Net changes since the latest backups, compacted as they commit.
+    tracking = ChangeTracking()
+    try:
+        async with trio.open_nursery() as root:
+            http = HttpApi(settings, lifecycle)
+            if settings["http_port"]:
+                # Up before recovery, so health says "starting" (503) while a
+                # long recovery runs instead of refusing connections.
+                await root.start(http.run)
+            notifier.status("recovering")
+            log.info("starting", version=__version__, data_dir=ddir.path, pid=os.getpid())
+            checkpoint_due, archive_work = Doorbell(), Doorbell()
+            events = EngineEvents(trio.lowlevel.current_trio_token(), lifecycle, checkpoint_due, archive_work)
+            engine = await trio.to_thread.run_sync(
+                functools.partial(Engine.open, ddir, settings, observer=events, change_tracking=tracking)
+            )
+
+            checkpointer = Checkpointer(engine, settings, checkpoint_due)
+            archiver = Archiver(engine, settings, archive_work)
+
+            def settings_changed() -> None:
+                archiver.settings_changed()
+                checkpointer.settings_changed()
+
+            backups = BackupService(engine, settings, Catalog(ddir.path), wal_switched=archiver.retry_now)
+            listener = WireListener(
+                engine,
+                settings,
+                lifecycle,
+                backups=backups,
+                checkpointer=checkpointer,
+                settings_changed=settings_changed,
+            )
+            await root.start(backups.run)
+            await root.start(listener.run)
+            http.serve_running(engine, archiver, backups, listener.sessions)
+            await root.start(SignalWatcher(settings, notifier, lifecycle, settings_changed).run)
+            await root.start(checkpointer.run)
+            await root.start(archiver.run)
+            await root.start(Watchdog(notifier).run)
+
+            ddir.write_pid("server", port=settings["port"], http_port=settings["http_port"])
+            lifecycle.phase = RUNNING
+            notifier.ready()
+            notifier.status(f"ready: accepting connections on port {settings['port']}")
+            log.info("ready", port=settings["port"], http_port=settings["http_port"], listen=settings["listen_address"])
+
+            await lifecycle.wait_for_shutdown()
+            lifecycle.phase = STOPPING
+            notifier.stopping()
+            notifier.status(f"stopping ({lifecycle.shutdown_mode})")
+            log.info("stopping", mode=lifecycle.shutdown_mode)
+            if lifecycle.shutdown_mode == "graceful":
+                await listener.drain(to_seconds("shutdown_timeout", settings["shutdown_timeout"]))
+            else:
+                await listener.abort()
+            root.cancel_scope.cancel()
+    finally:
+        try:
+            if engine is not None:
+                await _close_engine(engine, lifecycle)
+        finally:
+            tracking.close()
+            ddir.unlock()
+    return lifecycle.exit_code
+
+
+async def _close_engine(engine: Engine, lifecycle: Lifecycle) -> None:
+    # "immediate" is like PostgreSQL's: no checkpoint, recovery on the next start.
+    clean = lifecycle.shutdown_mode == "graceful" and engine.fatal_error is None
+    with trio.CancelScope(shield=True):
+        await trio.to_thread.run_sync(engine.close, clean)
+    log.info("stopped", mode=lifecycle.shutdown_mode, clean=clean, exit_code=lifecycle.exit_code)

@@ -4,16 +4,19 @@ transactions and restore points, to choose a recovery target; nothing is restore
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
 from rustydb_server.tools import restore_main
+from tests.support.servers import tool
 
 # The fixtures build unencrypted backups: no key from the environment.
 pytestmark = pytest.mark.usefixtures("no_keys")
 
 
-def test_every_transaction_and_the_restore_point_are_listed(archived, capsys):  # noqa: F811
+def test_every_transaction_and_the_restore_point_are_listed(archived, capsys):
     _base, archive, _ = archived
     assert restore_main.main(["--archive-dir", archive, "--list-wal"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -25,7 +28,7 @@ def test_every_transaction_and_the_restore_point_are_listed(archived, capsys):  
     assert any("rustydb: notes: -20" in line for line in lines[lines.index(point[0]) :])
 
 
-def test_json_lines_and_a_database_filter(archived, capsys):  # noqa: F811
+def test_json_lines_and_a_database_filter(archived, capsys):
     _base, archive, _ = archived
     assert restore_main.main(["--archive-dir", archive, "--list-wal", "--json", "--database", "rustydb"]) == 0
     items = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -43,3 +46,20 @@ def test_list_wal_needs_an_archive_that_exists(tmp_path, capsys):
     assert info.value.code == 2 and "--list-wal needs --archive-dir" in capsys.readouterr().err
     assert restore_main.main(["--list-wal", "--archive-dir", str(tmp_path / "none")]) == 1
     assert capsys.readouterr().err == f"rusty-db-restore: error: archive directory {tmp_path / 'none'} does not exist\n"
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_a_reader_that_stops_early_ends_the_listing_quietly(archived, extra):
+    """``rusty-db-restore --list-wal ... | head``: no traceback when head exits."""
+    _base, archive, _ = archived
+    env = {**os.environ, "RUSTYDB_BACKUP_KEY_FILE": "", "RUSTYDB_BACKUP_PASSPHRASE": ""}
+    proc = subprocess.Popen(
+        [tool("rusty-db-restore"), "--archive-dir", archive, "--list-wal", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 1
+    assert err == "", err

@@ -209,7 +209,12 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
 
 
 def build(
-    engine: Engine, parent: dict, backup_type: BackupType, names: list[str] | None, scratch: str
+    engine: Engine,
+    parent: dict,
+    backup_type: BackupType,
+    names: list[str] | None,
+    scratch: str,
+    backup_id: str | None = None,
 ) -> tuple[Manifest, dict[str, list]]:
     """Compute the net changes since ``parent``; return (manifest, steps per database)."""
     c = engine.control
@@ -259,7 +264,7 @@ def build(
         )
         steps.setdefault(name, [])
     manifest = Manifest(
-        backup_id=str(uuid.uuid4()),
+        backup_id=backup_id or str(uuid.uuid4()),
         backup_type=BackupType(backup_type),
         parent_id=parent["backup_id"],
         base_full_id=parent.get("base_full_id") or parent["backup_id"],
@@ -328,9 +333,7 @@ class IncrementalSource:
         scratch: str,
         backup_id: str | None = None,
     ):
-        self._manifest, self.steps = build(engine, parent, backup_type, names, scratch)
-        if backup_id:
-            self._manifest = self._manifest.with_backup_id(backup_id)
+        self._manifest, self.steps = build(engine, parent, backup_type, names, scratch, backup_id)
         self.backup_id = self._manifest.backup_id
         self.pause_seconds = 0.0
 

@@ -10,7 +10,7 @@ the maps of older backups too, which lack the keys added since.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ..container.format import BackupHeader, BackupType
@@ -97,7 +97,7 @@ class Manifest:
 
     @property
     def chain_base_id(self) -> str | None:
-        """The full backup a differential taken on top of this one would start from."""
+        """The full backup this one's chain starts from: itself, for a full one."""
         return self.base_full_id or (self.backup_id if self.backup_type.is_full_base else None)
 
     @property
@@ -115,9 +115,6 @@ class Manifest:
             "system_id": self.system_id,
             "base_full_id": self.chain_base_id,
         }
-
-    def with_backup_id(self, backup_id: str) -> Manifest:
-        return replace(self, backup_id=backup_id)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"format": self.format, "backup_id": self.backup_id, "backup_type": self.backup_type}

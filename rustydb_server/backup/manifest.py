@@ -169,6 +169,7 @@ class Manifest:
 
     def to_header(self) -> BackupHeader:
         """The container header of a backup this manifest describes."""
+        manifest = self.to_dict()
         return BackupHeader(
             backup_id=self.backup_id,
             backup_type=self.backup_type,
@@ -180,15 +181,11 @@ class Manifest:
             timeline=self.timeline,
             parent_id=self.parent_id,
             base_full_id=self.base_full_id,
+            # The header's own list, which --info shows: names, tables and sizes only.
             databases=[
-                {
-                    "name": d.name,
-                    "tables": [{"name": t.name, "rows": t.rows} for t in d.tables],
-                    "size_bytes": d.size_bytes,
-                }
-                for d in self.databases
+                {"name": d["name"], "tables": d["tables"], "size_bytes": d["size_bytes"]} for d in manifest["databases"]
             ],
-            extra={"manifest": self.to_dict()},
+            extra={"manifest": manifest},
         )
 
     @classmethod

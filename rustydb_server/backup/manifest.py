@@ -170,6 +170,8 @@ class Manifest:
         backup_type = _field(d, "backup_type", str)
         if backup_type not in BackupType.taken_by_server():
             raise ManifestError(f"a manifest's backup_type {backup_type!r} is not a server backup's type")
+        databases = tuple(DatabaseEntry.from_dict(db) for db in _field(d, "databases", list))
+        _check_entries(BackupType(backup_type), databases)
         return cls(
             format=_field(d, "format", int),
             backup_id=_field(d, "backup_id", str),
@@ -183,7 +185,7 @@ class Manifest:
             last_commit_time_us=_field(d, "last_commit_time_us", int),
             server_version=_field(d, "server_version", str),
             created_us=_field(d, "created_us", int),
-            databases=tuple(DatabaseEntry.from_dict(db) for db in _field(d, "databases", list)),
+            databases=databases,
             parent_id=_field(d, "parent_id", str, required=False),
             base_full_id=_field(d, "base_full_id", str, required=False),
             wal_records=_field(d, "wal_records", int, required=False),
@@ -223,6 +225,27 @@ class Manifest:
             return cls.from_dict(manifest)
         except ManifestError as e:
             raise ManifestError(f"backup {header.backup_id} has an unusable manifest: {e}") from None
+
+
+def database_entry(backup_type: BackupType, name: str) -> str:
+    """The container entry that holds database ``name`` in a backup of this type."""
+    if backup_type.is_full_base:
+        return f"databases/{name}.sqlite"
+    return f"incremental/{name}.steps"
+
+
+def _check_entries(backup_type: BackupType, databases: tuple[DatabaseEntry, ...]) -> None:
+    seen: set[str] = set()
+    for db in databases:
+        expected = database_entry(backup_type, db.name)
+        if db.entry != expected:
+            raise ManifestError(
+                f"database {db.name!r} points at entry {db.entry!r}, expected {expected!r}; "
+                "refusing an entry that is not that database's own"
+            )
+        if db.name in seen:
+            raise ManifestError(f"a manifest lists database {db.name!r} twice")
+        seen.add(db.name)
 
 
 def _is_int(v: Any) -> bool:

@@ -10,6 +10,7 @@ engine rings only once per crossing).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import trio
@@ -89,7 +90,10 @@ class Checkpointer:
         """Run one checkpoint and answer the requests it serves; False if it did not complete."""
         served, self._requests = self._requests, []
         try:
-            result = await self._run_sync(self._engine.checkpoint, reason)
+            # A timed checkpoint with nothing logged since the last one is skipped.
+            result = await self._run_sync(
+                functools.partial(self._engine.checkpoint, reason, skip_if_idle=reason == "time")
+            )
         except Exception as e:
             if not isinstance(e, FatalWalError):  # the engine's observer has asked for the stop
                 log.error("checkpoint failed", reason=reason, error=str(e))

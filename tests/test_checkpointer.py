@@ -20,14 +20,16 @@ class Engine:
     def __init__(self):
         self.wal_bytes = 0
         self.reasons: list[str] = []
+        self.skip_if_idle: list[bool] = []
         self.fail_with: Exception | None = None
         self.complete = True
 
     def wal_bytes_since_checkpoint(self) -> int:
         return self.wal_bytes
 
-    def checkpoint(self, reason: str) -> dict:
+    def checkpoint(self, reason: str, *, skip_if_idle: bool = False) -> dict:
         self.reasons.append(reason)
+        self.skip_if_idle.append(skip_if_idle)
         if self.fail_with is not None:
             raise self.fail_with
         if not self.complete:
@@ -150,3 +152,13 @@ async def test_an_incomplete_timed_checkpoint_is_not_retried_below_the_size(chec
     engine.complete = False
     await trio.sleep_until(TIMEOUT_S + 5)
     assert engine.reasons == ["time"]
+
+
+async def test_only_timed_checkpoints_may_be_skipped_on_an_idle_server(checkpointer, doorbell, engine, clock):
+    await trio.sleep_until(TIMEOUT_S + 1)
+    engine.wal_bytes = WAL_SIZE
+    doorbell.ring()
+    await trio.sleep(1)
+    await checkpointer.checkpoint()
+    assert engine.reasons == ["time", "wal size", "requested"]
+    assert engine.skip_if_idle == [True, False, False]

@@ -132,6 +132,7 @@ class Engine:
         self._registry_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
         self.last_checkpoint_lsn: int = control.checkpoint_lsn
+        self._checkpoint_end_lsn: int | None = None  # where this process's last checkpoint record ends
         self.recovery_stats: dict = {}
         self.fatal_error: str | None = None
         self.observer = observer
@@ -578,11 +579,19 @@ class Engine:
         return lsn
 
     # ---------------------------------------------------------- checkpoint
-    def checkpoint(self, reason: str = "requested") -> dict:
-        """Make every commit so far durable in SQLite, then move the redo point."""
+    def checkpoint(self, reason: str = "requested", *, skip_if_idle: bool = False) -> dict:
+        """Make every commit so far durable in SQLite, then move the redo point.
+
+        ``skip_if_idle``: do nothing if nothing was logged since the last
+        checkpoint, as PostgreSQL skips its timed checkpoints on an idle
+        server (each would log a record, so archive_timeout would archive a
+        new segment holding nothing but it, forever).
+        """
         with self._checkpoint_lock:
             t0 = time.perf_counter()
             redo = self.wal.end_lsn
+            if skip_if_idle and redo == self._checkpoint_end_lsn:
+                return {"complete": True, "skipped": True, "reason": reason}
             complete = True
             for handle in list(self.databases.values()):
                 with handle.commit_lock:
@@ -600,7 +609,9 @@ class Engine:
                 # point so recovery still starts early enough.
                 log.info("checkpoint incomplete, redo point kept", reason=reason)
                 return {"complete": False}
-            ck_lsn, _ = self._log_durably(walrec.CheckpointRecord(redo, self._next_txid, now_us()))
+            ck_lsn, self._checkpoint_end_lsn = self._log_durably(
+                walrec.CheckpointRecord(redo, self._next_txid, now_us())
+            )
             c = self.control
             c.redo_lsn = redo
             c.checkpoint_lsn = ck_lsn

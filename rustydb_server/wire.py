@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import socket
 import time
@@ -393,13 +392,6 @@ def _peer_of(stream: trio.SocketStream):
         return host, port
     except OSError:
         return None, None
-
-
-def is_loopback(host) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WireListener:

@@ -16,6 +16,7 @@ import apsw
 
 from .. import datadir as _datadir
 from .. import fileops as _fileops
+from ..errors import ReportedError
 from ..logsetup import get_logger
 from ..wal import archive_status, retention
 from ..wal import reader as wal_reader
@@ -33,16 +34,25 @@ log = get_logger("rustydb.engine")
 FIRST_SEGMENT = 1
 
 
-class EngineError(Exception):
+class EngineError(ReportedError):
     """An error the client should see as a plain message (not a crash)."""
 
     def __init__(self, message: str, code: str = "engine_error"):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
-class FatalWalError(Exception):
-    """The WAL cannot be trusted any more; the server must stop."""
+class FatalWalError(ReportedError):
+    """The WAL cannot be trusted any more; the server must stop.
+
+    The client whose commit found out hears it, and its connection ends.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(
+            f"the WAL could not be made durable ({reason}); nothing more is acknowledged and the server is stopping",
+            "wal_failure",
+            fatal=True,
+        )
 
 
 @dataclasses.dataclass

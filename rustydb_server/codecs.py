@@ -35,8 +35,8 @@ class CodecError(ValueError):
     """Data that does not decompress, or would exceed its size limit."""
 
 
-# zstandard and cramjam are imported on first use (about 6 ms of every tool's
-# start): lz4, the default, needs neither.
+# zstandard and cramjam are imported on first use (part of every tool's
+# start-up otherwise): lz4, the default, needs neither.
 def _zstandard():
     import zstandard
 

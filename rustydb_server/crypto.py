@@ -48,8 +48,8 @@ MIN_SCRYPT_N = 2**10
 MAX_KDF_MEMORY = 1 << 30
 
 
-# cryptography takes about 11 ms to import (of a tool's 0.1-0.15 s start), so
-# it is loaded on first use: work on unencrypted backups never pays for it.
+# cryptography is a noticeable part of a tool's start-up, so it is loaded on
+# first use: work on unencrypted backups never pays for it.
 def _aesgcm() -> type[AESGCM]:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 

@@ -149,12 +149,11 @@ class FileOps:
         self.fsync_dir(directory)
 
 
-# Large writes reach the kernel in pieces of at most this size. Linux (6.x,
-# ext4 here) caches a file in folios as large as the writes that filled it,
-# and both filling large folios and later small writes into them cost far
-# more: 1 GiB written in 1 MiB pieces took 1.1-2.3 s, in 256 KiB pieces
-# 0.24 s; 61,000 scattered 4 KiB writes into it afterwards (an incremental
-# applied on top) 1.2-1.7 s against 0.44 s. Smaller pieces cost more syscalls.
+# Large writes reach the kernel in pieces of at most this size. Linux caches a
+# file in folios as large as the writes that filled it, and both filling large
+# folios and later small writes into them (an incremental applied on top) cost
+# far more; smaller pieces cost more syscalls. Figures: docs/internals.md,
+# "Measured choices".
 WRITE_PIECE = 256 * 1024
 
 

@@ -102,7 +102,7 @@ class PassphraseSource:
         self._passphrase = SecretKey(raw)
         self._kdf = kdf
         self._kdf_params = kdf_params
-        self._cache: dict[tuple, SecretKey] = {}  # deriving costs ~0.1 s; verify after write reuses it
+        self._cache: dict[tuple, SecretKey] = {}  # a derivation is slow by design; verify after write reuses it
 
     def describe(self) -> str:
         return "passphrase"

@@ -44,4 +44,4 @@ class SignalWatcher:
             log.error("configuration reload failed; keeping the current settings", error=str(e))
         else:
             self._settings_changed()
-        self._notifier.ready()
+        self._notifier.reloaded()

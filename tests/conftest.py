@@ -1,11 +1,8 @@
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+from tests.support.servers import ServerProcess
 
-from helpers import ServerProcess  # noqa: E402
+pytest_plugins = ["tests.support.fixtures"]
 
 
 @pytest.fixture

@@ -26,10 +26,10 @@ import time
 
 import apsw
 import pytest
-from helpers import run_tool
 
 from rustydb_client import client as rc
 from rustydb_server.archive import segment_file as sf
+from tests.support.servers import run_tool
 
 SEGMENT_SIZE = 64 * 1024
 

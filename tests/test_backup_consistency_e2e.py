@@ -12,9 +12,8 @@ import random
 import threading
 import time
 
-from helpers import ServerProcess, run_tool
-
 from rustydb_client import client as rc
+from tests.support.servers import ServerProcess, run_tool
 
 ACCOUNTS = 200
 START = 1000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import stat
 
-from helpers import run_tool
-from sample_backups import assert_clean_error
+from tests.support.backups import assert_clean_error
+from tests.support.servers import run_tool
 
 
 def test_key_file_is_0600_and_never_overwritten(tmp_path):

@@ -14,11 +14,10 @@ import struct
 import time
 import urllib.request
 
-from helpers import run_tool
-
 from rustydb_client import client as rc
 from rustydb_client.protocol import events
 from rustydb_server.container.reader import BackupReader
+from tests.support.servers import run_tool
 
 
 def backups(srv) -> list[dict]:

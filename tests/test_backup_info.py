@@ -6,12 +6,9 @@ import json
 import os
 import re
 
-from helpers import run_tool
-from sample_backups import CUSTOMERS, NO_KEYS, write_backup
-
 from rustydb_server.keys import KeyFileSource
-
-pytest_plugins = ["backup_fixtures"]
+from tests.support.backups import CUSTOMERS, NO_KEYS, write_backup
+from tests.support.servers import run_tool
 
 
 def test_info_prints_the_guides_fields(plain_backup):

@@ -4,11 +4,11 @@ and each form the guide uses reaches its verb."""
 from __future__ import annotations
 
 import pytest
-from helpers import run_tool
-from sample_backups import assert_clean_error
 
 from rustydb_server.tools import backup_main
 from rustydb_server.tools.backup import create_key, info, query, rotate_key, take, verify
+from tests.support.backups import assert_clean_error
+from tests.support.servers import run_tool
 
 
 @pytest.mark.parametrize(

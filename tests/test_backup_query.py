@@ -7,12 +7,9 @@ import json
 import subprocess
 import sys
 
-from helpers import run_tool
-from sample_backups import CUSTOMERS, NO_KEYS, assert_clean_error, write_backup
-
 from rustydb_server.keys import PassphraseSource
-
-pytest_plugins = ["backup_fixtures"]
+from tests.support.backups import CUSTOMERS, NO_KEYS, assert_clean_error, write_backup
+from tests.support.servers import run_tool
 
 
 def test_query_prints_the_rows_as_json(plain_backup):

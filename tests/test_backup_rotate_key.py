@@ -3,12 +3,9 @@ after which only the new key opens the backups."""
 
 from __future__ import annotations
 
-from helpers import run_tool
-from sample_backups import NO_KEYS, assert_clean_error, write_backup
-
 from rustydb_server.keys import KeyFileSource, PassphraseSource
-
-pytest_plugins = ["backup_fixtures"]
+from tests.support.backups import NO_KEYS, assert_clean_error, write_backup
+from tests.support.servers import run_tool
 
 
 def test_rotate_key_then_only_the_new_key_opens(source, tmp_path):

@@ -8,8 +8,6 @@ import os
 import stat
 
 import pytest
-from helpers import free_port, run_tool
-from sample_backups import NO_KEYS, assert_clean_error
 
 from rustydb_client.client import ConnectionFailed
 from rustydb_client.protocol.frames import decode_body, encode_bulk_frame, encode_frame
@@ -18,8 +16,8 @@ from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.container.reader import BackupReader
 from rustydb_server.engine.instance import Engine
 from rustydb_server.tools.backup.take import BackupFailed, receive_backup
-
-pytest_plugins = ["backup_fixtures"]
+from tests.support.backups import NO_KEYS, assert_clean_error
+from tests.support.servers import free_port, run_tool
 
 
 def test_backup_threads_run_at_the_niceness_asked_and_the_caller_keeps_its_own():

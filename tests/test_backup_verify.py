@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 import os
 
-from helpers import run_tool
-from sample_backups import NO_KEYS, assert_clean_error, copy_file, flip_byte_in_chunk, write_backup
-
 from rustydb_server.keys import KeyFileSource, PassphraseSource
-
-pytest_plugins = ["backup_fixtures"]
+from tests.support.backups import NO_KEYS, assert_clean_error, copy_file, flip_byte_in_chunk, write_backup
+from tests.support.servers import run_tool
 
 
 def test_verify_prints_the_guides_lines_for_an_unencrypted_backup(plain_backup):

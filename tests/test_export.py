@@ -9,7 +9,6 @@ import struct
 
 import apsw
 import pytest
-from helpers import run_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,7 @@ from rustydb_server.export import ExportError, ExportSource, export_tables
 from rustydb_server.export.schema import add_if_not_exists, name_span, set_name
 from rustydb_server.export.sqldump import sql_literal
 from rustydb_server.tools.export_main import main as export_main
+from tests.support.servers import run_tool
 
 INT64 = (-(2**63), 2**63 - 1)
 

@@ -20,13 +20,13 @@ import struct
 import crc32c
 import msgpack
 import pytest
-from helpers import ServerProcess, run_tool
 
 from rustydb_server.container import format as F
 from rustydb_server.container.errors import BackupCorruptError
 from rustydb_server.container.reader import BackupReader
 from rustydb_server.container.rotate import rotate_key
 from rustydb_server.keys import KeyFileSource
+from tests.support.servers import ServerProcess, run_tool
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "format1")
 

@@ -8,9 +8,9 @@ import time
 
 import apsw
 import pytest
-from helpers import free_port, run_tool
 
 from rustydb_client import client as rc
+from tests.support.servers import free_port, run_tool
 
 
 def dump(conn_or_path) -> dict:

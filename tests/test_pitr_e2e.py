@@ -17,9 +17,9 @@ import time
 
 import apsw
 import pytest
-from helpers import run_tool
 
 from rustydb_client import client as rc
+from tests.support.servers import run_tool
 
 TABLES = ("accounts", "notes")
 

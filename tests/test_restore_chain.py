@@ -9,11 +9,11 @@ import os
 import shutil
 
 import pytest
-from test_restore_incremental import chain, rows  # noqa: F401 - chain is a fixture
 
 from rustydb_server.restore.chain import find_chain, restore_chain
 from rustydb_server.restore.errors import RestoreError
 from rustydb_server.tools import restore_main
+from tests.support.backups import rows
 
 
 def test_the_chain_is_found_in_order(chain):  # noqa: F811

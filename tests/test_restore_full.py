@@ -11,36 +11,26 @@ import stat
 import subprocess
 
 import pytest
-from helpers import ServerProcess, free_port, run_tool, tool
-from sample_backups import (
-    CUSTOMERS,
-    NO_KEYS,
-    fill_source,
-    flip_byte_in_chunk,
-    open_engine,
-    run_sql,
-    write_backup,
-)
 
 from rustydb_server import datadir as dd
 from rustydb_server.container.errors import BackupCorruptError
 from rustydb_server.keys import KeyFileSource
 from rustydb_server.restore.errors import RestoreError
 from rustydb_server.restore.full import restore_full
+from tests.support.backups import (
+    CUSTOMERS,
+    NO_KEYS,
+    flip_byte_in_chunk,
+    open_engine,
+    run_sql,
+    write_backup,
+)
+from tests.support.servers import ServerProcess, free_port, run_tool, tool
 
 CONTENT_SQL = {
     "rustydb": "SELECT count(*), sum(id), group_concat(name, ','), sum(balance) FROM customers",
     "sales": "SELECT count(*), sum(amount) FROM orders",
 }
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("source") / "data")
-    engine = open_engine(path)
-    fill_source(engine)
-    yield engine
-    engine.close()
 
 
 @pytest.fixture(scope="module")

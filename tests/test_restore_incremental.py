@@ -7,63 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from sample_backups import fill_source, open_engine, run_sql, write_backup
 
-from rustydb_server.backup.incremental import IncrementalSource
-from rustydb_server.backup.manifest import header_from_manifest
-from rustydb_server.container.file import BackupFile
 from rustydb_server.tools import restore_main
-
-ROWS_SQL = "SELECT count(*), sum(id), group_concat(name, ',') FROM customers"
-
-
-def write_incremental(engine, parent: dict, out: str, backup_type: str = "incremental") -> dict:
-    """An incremental (or differential) backup of ``engine`` on top of ``parent``'s manifest."""
-    scratch = engine.datadir.join("backup_tmp")
-    with IncrementalSource(engine, parent, backup_type, None, scratch) as src:
-        manifest = src.manifest()
-        bf = BackupFile(out, header_from_manifest(manifest), codec="none")
-        for entry, chunks in src.entries(scratch):
-            bf.begin_entry(entry)
-            for chunk in chunks:
-                bf.write(chunk)
-            bf.end_entry()
-        bf.commit()
-    return manifest
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """full, incr1, incr2 and diff2 (a differential at incr2's state) in one directory,
-    with the data of the source after each one."""
-    backups = tmp_path_factory.mktemp("chain")
-    engine = open_engine(str(tmp_path_factory.mktemp("source") / "data"))
-    try:
-        fill_source(engine)
-        paths, states = {}, {}
-        paths["full"] = str(backups / "full.backup")
-        full = write_backup(engine, paths["full"])
-        states["full"] = run_sql(engine, "rustydb", ROWS_SQL)
-        parent = full
-        for n in (1, 2):
-            run_sql(engine, "rustydb", f"INSERT INTO customers(name) VALUES ('incr {n}')")
-            run_sql(engine, "rustydb", f"DELETE FROM customers WHERE id = {n}")
-            paths[f"incr{n}"] = str(backups / f"incr{n}.backup")
-            parent = write_incremental(engine, parent, paths[f"incr{n}"])
-            states[f"incr{n}"] = run_sql(engine, "rustydb", ROWS_SQL)
-        paths["diff2"] = str(backups / "diff2.backup")
-        write_incremental(engine, full, paths["diff2"], backup_type="differential")
-        yield paths, states
-    finally:
-        engine.close()
-
-
-def rows(data_dir: str):
-    engine = open_engine(data_dir)
-    try:
-        return run_sql(engine, "rustydb", ROWS_SQL)
-    finally:
-        engine.close()
+from tests.support.backups import rows
 
 
 def test_incrementals_applied_in_order_give_the_source_data(chain, tmp_path, capsys):

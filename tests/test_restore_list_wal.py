@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_restore_pitr import archived, no_keys  # noqa: F401 - fixtures
 
 from rustydb_server.tools import restore_main
+
+# The fixtures build unencrypted backups: no key from the environment.
+pytestmark = pytest.mark.usefixtures("no_keys")
 
 
 def test_every_transaction_and_the_restore_point_are_listed(archived, capsys):  # noqa: F811

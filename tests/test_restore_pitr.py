@@ -8,68 +8,16 @@ import json
 import os
 
 import pytest
-from sample_backups import NO_KEYS, open_engine, run_sql, write_backup
 
 from rustydb_server import datadir as dd
-from rustydb_server.archive import segment_file as sf
 from rustydb_server.fileops import FileOps
 from rustydb_server.restore import pitr
 from rustydb_server.tools import restore_main
 from rustydb_server.wal import timeline as waltl
+from tests.support.backups import notes
 
-COUNT_SQL = "SELECT count(*), group_concat(body, ',') FROM notes"
-
-
-@pytest.fixture(scope="module")
-def archived(tmp_path_factory):
-    """(base backup, archive directory, {point: the notes' state then}) with a restore
-    point 'before_purge' between the inserts and a delete of every note."""
-    root = tmp_path_factory.mktemp("pitr")
-    engine = open_engine(str(root / "source"))
-    try:
-        run_sql(engine, "rustydb", "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
-        base = str(root / "base.backup")
-        write_backup(engine, base)
-        states = {"base": run_sql(engine, "rustydb", COUNT_SQL)}
-        for i in range(20):
-            run_sql(engine, "rustydb", f"INSERT INTO notes(body) VALUES ('note {i}')")
-        states["before_purge"] = run_sql(engine, "rustydb", COUNT_SQL)
-        engine.create_restore_point("before_purge")
-        run_sql(engine, "rustydb", "DELETE FROM notes")
-        states["end"] = run_sql(engine, "rustydb", COUNT_SQL)
-        engine.switch_wal()
-        archive = root / "archive"
-        archive.mkdir()
-        c = engine.control
-        # what the archiver would copy: the segments marked ready
-        ready = os.listdir(engine.datadir.join(dd.ARCHIVE_STATUS_DIR))
-        assert ready, "the switch completed no segment"
-        for name in sorted(n.removesuffix(".ready") for n in ready):
-            sf.pack_segment(
-                os.path.join(engine.datadir.wal_dir, name),
-                str(archive / sf.archive_name(name)),
-                system_id=c.system_id,
-                segment_size=c.segment_size,
-                codec="none",
-            )
-    finally:
-        engine.close()
-    return base, str(archive), states
-
-
-def notes(data_dir: str):
-    engine = open_engine(data_dir)
-    try:
-        return run_sql(engine, "rustydb", COUNT_SQL)
-    finally:
-        engine.close()
-
-
-@pytest.fixture(autouse=True)
-def no_keys(monkeypatch):
-    for name, value in NO_KEYS.items():
-        monkeypatch.setenv(name, value)
-
+# The fixtures build unencrypted backups: no key from the environment.
+pytestmark = pytest.mark.usefixtures("no_keys")
 
 # ---------------------------------------------------------------- targets as typed
 

@@ -9,11 +9,12 @@ import os
 
 import apsw
 import pytest
-from test_restore_incremental import chain  # noqa: F401 - a fixture
-from test_restore_pitr import archived, no_keys  # noqa: F401 - fixtures
 
 from rustydb_server import datadir as dd
 from rustydb_server.tools import restore_main
+
+# The fixtures build unencrypted backups: no key from the environment.
+pytestmark = pytest.mark.usefixtures("no_keys")
 
 
 def table_rows(data_dir: str, table: str, database: str = "rustydb"):

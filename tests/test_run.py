@@ -36,6 +36,9 @@ class Notifier:
     def reloading(self):
         self.states.append("reloading")
 
+    def reloaded(self):  # READY=1 again, as systemd expects after RELOADING=1
+        self.states.append("reloaded")
+
     def watchdog_interval(self):
         return None
 
@@ -95,7 +98,7 @@ async def test_sighup_reloads_and_sigterm_stops(data_dir):
             while "reloading" not in notifier.states:
                 await trio.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)
-    assert notifier.states == ["ready", "reloading", "ready", "stopping"]
+    assert notifier.states == ["ready", "reloading", "reloaded", "stopping"]
 
 
 async def test_a_port_in_use_is_a_startup_error(data_dir):

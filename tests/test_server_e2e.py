@@ -13,9 +13,9 @@ import time
 
 import msgpack
 import pytest
-from helpers import run_tool
 
 from rustydb_client import client as rc
+from tests.support.servers import run_tool
 
 
 def connect(server, **kw):
@@ -428,7 +428,7 @@ def test_shutdown_immediate_skips_the_checkpoint_and_recovers(server):
 
 
 def test_cli_scripts_are_strict_utf8_and_may_start_with_a_bom(server):
-    from helpers import tool
+    from tests.support.servers import tool
 
     def cli_bytes(*args: bytes, stdin: bytes = b""):
         return subprocess.run(
@@ -452,7 +452,7 @@ def test_cli_scripts_are_strict_utf8_and_may_start_with_a_bom(server):
 
 
 def test_start_up_errors_name_the_port_or_directory(tmp_path):
-    from helpers import free_port
+    from tests.support.servers import free_port
 
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))

@@ -10,9 +10,9 @@ import subprocess
 import time
 
 import pytest
-from helpers import free_port, run_tool, tool
 
 from rustydb_client import client as rc
+from tests.support.servers import free_port, run_tool, tool
 
 
 def rows_of(srv, table, database=None):

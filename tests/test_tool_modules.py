@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from helpers import run_tool
+
+from tests.support.servers import run_tool
 
 TOOLS = {
     "rusty-db-server": "server_main",

@@ -30,7 +30,6 @@ from rustydb_server.wal.writer import (
     WalDiskFullError,
     WalFsyncError,
     WalWriter,
-    remove_segments_before,
 )
 
 SIZE = 64 * 1024
@@ -677,21 +676,6 @@ def test_a_new_timeline_starts_mid_segment(tmp_path):
     got = list(read_wal(str(tmp_path), timeline=2, segment_size=SIZE, start_lsn=entry.lsn))
     assert got == [entry]
     assert read_all(tmp_path) == expected  # timeline 1 untouched
-
-
-# -- removing old segments
-
-
-def test_remove_segments_before(tmp_path):
-    write_records(tmp_path, [1000] * 300)  # 5 segments
-    kept_for_archive = segment_name(1, 1)
-    removed = remove_segments_before(str(tmp_path), 3 * SIZE, 1, SIZE, keep=lambda name: name == kept_for_archive)
-    assert removed == [segment_name(1, 0), segment_name(1, 2)]
-    assert [s for _, s, _ in _segments(tmp_path)] == [1, 3, 4]
-    # The segment holding the LSN is never removed.
-    assert (
-        remove_segments_before(str(tmp_path), 3 * SIZE + 100, 1, SIZE, keep=lambda name: name == kept_for_archive) == []
-    )
 
 
 # -- archived segment files

@@ -43,8 +43,8 @@ SUPPORTED_TYPES = KNOWN_TYPES
 READ_BATCH = 4  # chunks read per worker-thread hop
 # Data per frame when a database file is sent as it is. Larger than the 1 MiB
 # chunks (the client cuts them without a copy), so both sides pay their
-# per-frame costs a quarter as often: 11% off a 1 GiB backup's time, measured;
-# 8 MiB gained nothing more. The frame limit is 16 MiB.
+# per-frame costs a quarter as often; 8 MiB gained nothing more (figures:
+# docs/internals.md, "Measured choices"). The frame limit is 16 MiB.
 FILE_FRAME = 4 * 1024 * 1024
 
 

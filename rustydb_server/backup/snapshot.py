@@ -155,8 +155,8 @@ class Snapshot:
             self.last_commit_time_us = engine._last_commit_us
             self.direct = {h.name for h in handles if _checkpoint(self.conns[h.name])}
             for name in self.direct:
-                # Counting reads every page; mapped, it skips a pread per page
-                # (about 4x faster). Safe only where the file is the snapshot:
+                # Counting reads every page; mapped, it skips a pread per page.
+                # Safe only where the file is the snapshot:
                 # our read transaction, begun next on a fully checkpointed WAL,
                 # keeps every checkpoint from writing or truncating the file
                 # until it ends, so the mapping cannot lose pages (no SIGBUS).

@@ -61,8 +61,8 @@ What binds what:
   the chunks too. Neither is what resists forgery: with encryption, GCM and
   the AAD above do that; without, nothing can (anyone could recompute any
   unkeyed hash). So format 2 uses XXH3-128 for both, 128 bits against
-  accidental damage at ~25 GB/s, where format 1's SHA-256 ran at ~1.8 GB/s
-  and cost the backup about a fifth of its CPU outside compression.
+  accidental damage at a small fraction of the cost of format 1's SHA-256,
+  which took about a fifth of a backup's CPU outside compression.
 - ``check``: without encryption, crc(AAD || plaintext), so a chunk from
   another place fails its own checksum; with encryption, crc(AAD || stored),
   which says "damaged on disk" before decryption and leaks nothing about the

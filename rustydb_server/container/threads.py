@@ -9,8 +9,8 @@ import threading
 
 
 def thread_pool(workers: int, name: str, **kwargs):
-    # Imported on first use: concurrent.futures pulls in logging, about 7 ms
-    # of every tool's start, and reading a table out of a backup uses no pool.
+    # Imported on first use: concurrent.futures pulls in logging, a part of
+    # every tool's start-up, and reading a table out of a backup uses no pool.
     from concurrent.futures import ThreadPoolExecutor
 
     return ThreadPoolExecutor(workers, thread_name_prefix=name, **kwargs)

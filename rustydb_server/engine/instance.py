@@ -143,10 +143,8 @@ class Engine:
         self._last_commit_us = control.last_commit_time_us
         self._registry_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
-        self.last_checkpoint_us: int | None = None
         self.last_checkpoint_lsn: int = control.checkpoint_lsn
         self.recovery_stats: dict = {}
-        self.started_us = now_us()
         self.fatal_error: str | None = None
         self.observer = observer
         self.archive_status_dir = ddir.join(_datadir.ARCHIVE_STATUS_DIR)
@@ -633,7 +631,6 @@ class Engine:
             self.datadir.write_control(c)
             self._checkpoint_asked = False
             removed = self._remove_old_segments(redo)
-            self.last_checkpoint_us = now_us()
             self.last_checkpoint_lsn = ck_lsn
             figures = {
                 "reason": reason,

@@ -227,8 +227,7 @@ def _write_databases(
             # A file synced here goes to disk as it is written. One that
             # incrementals change next (sync=False: a --chain-dir restore) is
             # left to the single fsync after the last of them: written back
-            # now, every page they change would be written twice (measured on
-            # the benchmark's chain: 2.56 s with writeback as we go, 2.3 s without).
+            # now, every page they change would be written twice.
             behind = _fileops.WriteBehind(fileops, fd) if sync else None
             for chunk in reader.read_entry(db["entry"], threads=threads):
                 fileops.write_all(fd, chunk)  # in pieces: see fileops.WRITE_PIECE

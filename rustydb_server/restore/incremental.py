@@ -214,8 +214,8 @@ def _open_for_apply(path: str):
     # SQLite's default page cache (2 MB) on purpose: without a journal a page
     # that leaves the cache is written to the file at once, as it would be at
     # commit, while a large cache costs a fault for each fresh page of memory
-    # and a sort of every dirty page at commit (0.7 s against 0.45 s for the
-    # benchmark's 69,000 changed rows).
+    # and a sort of every dirty page at commit (docs/internals.md, "Measured
+    # choices").
     return conn
 
 

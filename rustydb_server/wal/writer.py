@@ -482,34 +482,3 @@ def _ignore_oserror(func: Callable[..., object], *args: object) -> None:
         func(*args)
     except OSError:
         pass
-
-
-def remove_segments_before(
-    wal_dir: str,
-    lsn: int,
-    timeline: int,
-    segment_size: int,
-    keep: Callable[[str], bool] | None = None,
-    *,
-    fileops: fileops_mod.FileOps = fileops_mod.REAL,
-) -> list[str]:
-    """Unlink whole segments that end at or before ``lsn``; return their names.
-
-    Covers ``timeline`` and older ones (their history before ``lsn`` is
-    equally replayed). The segment holding ``lsn`` is never removed, nor any
-    segment for which ``keep(name)`` is true (e.g. not archived yet).
-    """
-    check_segment_size(segment_size)
-    removed = []
-    for seg_timeline, segno, name in list_segments(wal_dir):
-        if seg_timeline > timeline:
-            continue
-        if (segno + 1) * segment_size > lsn:
-            continue
-        if keep is not None and keep(name):
-            continue
-        fileops.unlink(os.path.join(wal_dir, name))
-        removed.append(name)
-    if removed:
-        fileops.fsync_dir(wal_dir)
-    return removed

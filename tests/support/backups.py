@@ -2,7 +2,7 @@
 
 An in-process Engine (no server process) filled with known data, backups of it
 written as the tool writes them, and the damage and checks the tests share.
-The fixtures built from them are in ``backup_fixtures``.
+The fixtures built from them are in ``tests.support.fixtures``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from rustydb_server import datadir as dd
+from rustydb_server.backup.incremental import IncrementalSource
 from rustydb_server.backup.manifest import header_from_manifest
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.container.file import BackupFile
@@ -99,3 +100,40 @@ def copy_file(src: str, dst: str) -> str:
 def assert_clean_error(proc, code: int = 1) -> None:
     assert proc.returncode == code, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
+
+
+#: What the chain fixture's states record: the customers after each backup.
+ROWS_SQL = "SELECT count(*), sum(id), group_concat(name, ',') FROM customers"
+#: What the archived fixture's states record: the notes at each point.
+COUNT_SQL = "SELECT count(*), group_concat(body, ',') FROM notes"
+
+
+def write_incremental(engine, parent: dict, out: str, backup_type: str = "incremental") -> dict:
+    """An incremental (or differential) backup of ``engine`` on top of ``parent``'s manifest."""
+    scratch = engine.datadir.join("backup_tmp")
+    with IncrementalSource(engine, parent, backup_type, None, scratch) as src:
+        manifest = src.manifest()
+        bf = BackupFile(out, header_from_manifest(manifest), codec="none")
+        for entry, chunks in src.entries(scratch):
+            bf.begin_entry(entry)
+            for chunk in chunks:
+                bf.write(chunk)
+            bf.end_entry()
+        bf.commit()
+    return manifest
+
+
+def rows(data_dir: str):
+    engine = open_engine(data_dir)
+    try:
+        return run_sql(engine, "rustydb", ROWS_SQL)
+    finally:
+        engine.close()
+
+
+def notes(data_dir: str):
+    engine = open_engine(data_dir)
+    try:
+        return run_sql(engine, "rustydb", COUNT_SQL)
+    finally:
+        engine.close()

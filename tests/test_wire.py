@@ -4,8 +4,6 @@ connection reach the client as fatal errors with their codes."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import trio
 
@@ -18,12 +16,7 @@ from rustydb_server.engine.instance import Engine
 from rustydb_server.lifecycle import STOPPING, Lifecycle
 from rustydb_server.settings import Settings
 from rustydb_server.wire import WireListener
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.servers import free_port
 
 
 @pytest.fixture

@@ -193,3 +193,23 @@ def test_dropping_a_database_closes_its_descriptor_after_the_last_backup_using_i
     assert not fd_is_open(file_range.fd)
     with pytest.raises(EngineError):
         handle.acquire_read_fd()
+
+
+def test_a_database_named_twice_is_snapshotted_once_without_deadlock(engine, tmp_path):
+    """A backup request naming a database twice took its commit lock twice: the
+    server hung. Every name is taken once, in order, whatever the request says."""
+    outcome = {}
+
+    def take():
+        snap = Snapshot(engine, ["rustydb", "rustydb"], scratch_dir=str(tmp_path / "scratch"))
+        try:
+            outcome["names"] = snap.names
+        finally:
+            snap.close()
+
+    worker = threading.Thread(target=take, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the snapshot deadlocked on a database named twice"
+    assert outcome["names"] == ["rustydb"]
+    insert_rows(engine, 10_000, 1)  # commits go on

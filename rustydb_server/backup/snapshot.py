@@ -102,7 +102,9 @@ class Snapshot:
         cancel: threading.Event | None = None,
     ):
         self.engine = engine
-        self.requested = sorted(names) if names else None
+        # Each database once, in name order: its commit lock is taken once, and
+        # two snapshots take theirs in the same order, so neither can deadlock.
+        self.requested = sorted(set(names)) if names else None
         self.names: list[str] = []
         self.all_databases = True
         self.backup_type = backup_type

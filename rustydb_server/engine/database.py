@@ -15,24 +15,9 @@ import apsw
 from ..fileops import REAL
 
 STATE_TABLE = "__rustydb_state"
+# The server names it with its schema everywhere: a client's temporary table
+# or view of the same name would otherwise shadow it.
 BUSY_TIMEOUT_MS = 30_000
-
-# PRAGMAs that would undo the guarantees the server builds on (WAL mode,
-# fsync discipline, schema integrity). Anything else is allowed.
-FORBIDDEN_PRAGMAS = frozenset(
-    {
-        "journal_mode",
-        "synchronous",
-        "locking_mode",
-        "writable_schema",
-        "wal_autocheckpoint",
-        "wal_checkpoint",
-        "mmap_size",
-        "temp_store_directory",
-        "data_store_directory",
-        "database_list",
-    }
-)
 
 
 class ReplayError(Exception):
@@ -95,11 +80,11 @@ def remove_database_files(path: str) -> None:
 
 
 def read_state(conn: apsw.Connection) -> dict:
-    return dict(conn.execute(f"SELECT key, value FROM {STATE_TABLE}").fetchall())
+    return dict(conn.execute(f"SELECT key, value FROM main.{STATE_TABLE}").fetchall())
 
 
 _WRITE_STATE = (
-    f"UPDATE {STATE_TABLE} SET value = CASE key WHEN 'applied_lsn' THEN ?1 "
+    f"UPDATE main.{STATE_TABLE} SET value = CASE key WHEN 'applied_lsn' THEN ?1 "
     "WHEN 'last_txid' THEN coalesce(?2, value) "
     "ELSE coalesce(?3, value) END "
     "WHERE key IN ('applied_lsn', 'last_txid', 'last_commit_time_us')"

@@ -19,7 +19,8 @@ from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
 
 from ..errors import ReportedError
 from . import database
-from .database import FORBIDDEN_PRAGMAS, STATE_TABLE
+from .authorizer import decide
+from .database import STATE_TABLE
 from .instance import Engine, EngineError
 
 DDL_KEYWORDS = frozenset({"CREATE", "DROP", "ALTER", "REINDEX", "ANALYZE"})
@@ -43,16 +44,6 @@ _DDL_OPS = frozenset(
         "SQLITE_ANALYZE",
         "SQLITE_CREATE_VTABLE",
         "SQLITE_DROP_VTABLE",
-    )
-)
-_WRITE_OPS = frozenset((apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE))
-_STATE_DDL_OPS = frozenset(
-    (
-        apsw.SQLITE_DROP_TABLE,
-        apsw.SQLITE_ALTER_TABLE,
-        apsw.SQLITE_CREATE_INDEX,
-        apsw.SQLITE_CREATE_TRIGGER,
-        apsw.SQLITE_DROP_INDEX,
     )
 )
 _PRAGMA_ASSIGN = re.compile(r"^\s*PRAGMA\s+(?:main\.)?(\w+)\s*(=|\()", re.I)
@@ -165,15 +156,10 @@ class SqlSession:
 
     # ------------------------------------------------------- sqlite hooks
     def _authorize(self, op, p1, p2, dbname, trigger):
-        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH) and not self._internal:
-            return apsw.SQLITE_DENY  # VACUUM (run internally) attaches a scratch database
-        if op == apsw.SQLITE_PRAGMA and p1 and p1.lower() in FORBIDDEN_PRAGMAS:
-            return apsw.SQLITE_DENY
-        if not self._internal and p1 == STATE_TABLE and (op in _WRITE_OPS or op in _STATE_DDL_OPS):
-            return apsw.SQLITE_DENY
-        if op in _DDL_OPS and dbname != "temp":
+        decision = decide(op, p1, p2, internal=self._internal)
+        if decision == apsw.SQLITE_OK and op in _DDL_OPS and dbname != "temp":
             self._ddl_ops.add(op)
-        return apsw.SQLITE_OK
+        return decision
 
     def _busy(self, attempts: int) -> bool:
         """Wait for the writer holding the lock to finish; give up after the busy timeout."""

@@ -29,6 +29,10 @@ FORMAT_VERSION = 1
 VERSION_FILE = "RUSTYDB_VERSION"
 CONTROL_FILE = "control"
 PID_FILE = "rustydb.pid"
+# Beside a data directory D, a restore builds D.restoring-<id> and, replacing
+# D's contents, moves them to D.old-<time>-<pid> until the swap is done.
+RESTORE_STAGING_MARK = ".restoring-"
+RESTORE_OLD_MARK = ".old-"
 DATABASES_DIR = "databases"
 WAL_DIR = "wal"
 ARCHIVE_STATUS_DIR = os.path.join("wal", "archive_status")
@@ -172,8 +176,33 @@ class DataDir:
             os.makedirs(d, mode=0o700, exist_ok=True)
             os.chmod(d, 0o700)
 
+    def interrupted_restore(self) -> list[str]:
+        """What a restore into this directory left beside it if it was stopped
+        before it finished: its staging directory, or the old contents it had
+        moved aside. Empty when no restore was interrupted."""
+        parent, base = os.path.split(self.path.rstrip(os.sep))
+        try:
+            names = os.listdir(parent or ".")
+        except OSError:
+            return []
+        marks = (base + RESTORE_STAGING_MARK, base + RESTORE_OLD_MARK)
+        return sorted(os.path.join(parent, n) for n in names if n.startswith(marks))
+
     def initialize(self, segment_size: int, timeline: int = 1) -> Control:
-        """Turn an empty directory into a data directory (control, version, layout)."""
+        """Turn an empty directory into a data directory (control, version, layout).
+
+        Refused where a restore into it was interrupted: a fresh, empty data
+        directory would hide the data that restore had moved aside.
+        """
+        left = self.interrupted_restore()
+        if left:
+            raise DataDirError(
+                f"{self.path} holds no data directory, but a restore into it did not finish: "
+                f"{', '.join(left)} {'is' if len(left) == 1 else 'are'} left beside it "
+                f"(*{RESTORE_OLD_MARK}*: the data from before the restore; *{RESTORE_STAGING_MARK}*: the "
+                f"restore's own). Run the restore again, or move the one you want back to {self.path}; "
+                "remove them all to start a new, empty data directory"
+            )
         leftovers = set(os.listdir(self.path)) - {PID_FILE} if os.path.exists(self.path) else ()
         if leftovers:
             raise DataDirError(

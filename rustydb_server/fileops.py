@@ -9,6 +9,7 @@ cuts a write short, and check what the caller did about it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,43 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         # Advisory: an error here (a filesystem without support) changes
         # nothing, because the fsync that follows is what makes data durable.
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # <linux/fs.h>
+_renameat2 = None  # resolved on first use: a ctypes function, or False
+
+
+def _exchange(a: str, b: str) -> None:
+    """Linux ``renameat2(a, b, RENAME_EXCHANGE)``: swap two paths in one step.
+
+    Raises OSError(ENOSYS) where the call does not exist, and whatever the
+    kernel says (EINVAL: a filesystem without support) where it fails.
+    """
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = _load_renameat2()
+    if not _renameat2:
+        raise OSError(errno.ENOSYS, "renameat2 is not available here")
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), a, None, b)
+
+
+def _load_renameat2():
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
 
 
 def _load_sync_file_range():
@@ -74,6 +112,13 @@ class FileOps:
 
     def rename(self, src: str, dst: str) -> None:
         os.rename(src, dst)
+
+    def exchange(self, a: str, b: str) -> None:
+        """Swap what ``a`` and ``b`` name, atomically (Linux ``RENAME_EXCHANGE``).
+
+        OSError where the system or filesystem cannot: callers fall back to renames.
+        """
+        _exchange(a, b)
 
     def unlink(self, path: str) -> None:
         os.unlink(path)

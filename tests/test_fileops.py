@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rustydb_server import fileops
-from rustydb_server.fileops import FileOps, WriteBehind
+from rustydb_server.fileops import REAL, FileOps, WriteBehind
 
 
 class Recording(FileOps):
@@ -90,3 +90,17 @@ def test_replace_file_replaces_whole_or_not_at_all(tmp_path):
         ops.write_all(fd, b"half")
         raise RuntimeError("the writer failed")
     assert path.read_bytes() == b"new content" and os.listdir(tmp_path) == ["f"]
+
+
+def test_exchange_swaps_two_directories_in_one_step(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "from-a").write_text("a")
+    try:
+        REAL.exchange(str(a), str(b))
+    except OSError as e:  # no RENAME_EXCHANGE on this system: callers fall back to renames
+        pytest.skip(f"no RENAME_EXCHANGE here: {e}")
+    assert os.listdir(b) == ["from-a"] and os.listdir(a) == []
+    with pytest.raises(OSError):
+        REAL.exchange(str(a), str(tmp_path / "missing"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from rustydb_server import datadir as dd
+from rustydb_server.fileops import FileOps
 from rustydb_server.restore.errors import RestoreError
+from rustydb_server.restore.full import restore_full
 from rustydb_server.restore.staging import TargetLock
 
 
@@ -85,3 +88,88 @@ def test_an_unswapped_restore_puts_the_old_pid_file_back(tmp_path):
         pass
     assert (target / dd.PID_FILE).read_text() == "4242\nserver\n"
     assert not leftovers(str(target))
+
+
+# ------------------------------------------------ a --force restore killed at every step
+
+STEPS = ("rename", "exchange", "fsync", "fsync_dir")
+
+
+class KilledAt(FileOps):
+    """Counts the renames and fsyncs of a restore; at the ``at``-th the process dies
+    as under kill -9 (nothing after it runs, no clean-up). ``exchange=False``: a
+    system without RENAME_EXCHANGE."""
+
+    def __init__(self, at: int | None, *, exchange: bool = True):
+        self.at = at
+        self.calls = 0
+        self.has_exchange = exchange
+
+    def _step(self) -> None:
+        self.calls += 1
+        if self.calls == self.at:
+            os._exit(137)
+
+    def rename(self, src, dst):
+        self._step()
+        super().rename(src, dst)
+
+    def exchange(self, a, b):
+        if not self.has_exchange:
+            raise OSError(errno.ENOSYS, "no RENAME_EXCHANGE here")
+        self._step()
+        super().exchange(a, b)
+
+    def fsync(self, fd):
+        self._step()
+        super().fsync(fd)
+
+    def fsync_dir(self, path):
+        self._step()
+        super().fsync_dir(path)
+
+
+def old_data_directory(backup: str, target: str) -> None:
+    restore_full(backup, target)
+    Path(target, dd.DATABASES_DIR, "marker-old").write_text("the data from before")
+    os.mkdir(os.path.join(target, "archive"))  # kept inside it, carried over by --force
+    Path(target, "archive", "segment").write_text("archived")
+
+
+def what_a_server_finds(target: str) -> str:
+    ddir = dd.DataDir(target)
+    if ddir.is_initialized():
+        return "old" if os.path.exists(os.path.join(target, dd.DATABASES_DIR, "marker-old")) else "new"
+    with pytest.raises(dd.DataDirError, match="a restore into it did not finish"):
+        ddir.initialize(segment_size=65536)
+    return "refused"
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_a_force_restore_killed_at_any_step_leaves_old_data_or_new_never_nothing(plain_backup, tmp_path, exchange):
+    backup, _ = plain_backup
+    dry = tmp_path / "dry"
+    old_data_directory(backup, str(dry))
+    counter = KilledAt(None, exchange=exchange)
+    restore_full(backup, str(dry), force=True, fileops=counter)
+    assert counter.calls > 3
+    seen = set()
+    for at in range(1, counter.calls + 1):
+        target = str(tmp_path / f"at{at}" / "data")
+        old_data_directory(backup, target)
+        pid = os.fork()
+        if pid == 0:  # the restore, killed at its at-th step
+            try:
+                restore_full(backup, target, force=True, fileops=KilledAt(at, exchange=exchange))
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 137, f"step {at} was not reached"
+        found = what_a_server_finds(target)
+        seen.add(found)
+        if found == "refused":
+            assert not exchange, f"killed at step {at}: with an atomic exchange the target is never missing"
+        left = leftovers(target)
+        archived = [p for p in [target, *left] if os.path.exists(os.path.join(p, "archive", "segment"))]
+        assert archived, f"killed at step {at}: the archive kept in the data directory is gone"
+    assert "old" in seen and "new" in seen

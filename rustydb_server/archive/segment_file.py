@@ -89,6 +89,15 @@ def unpack_segment(path: str, *, system_id: int | None = None, key=None) -> tupl
                 f"expected {system_id}); is --archive-dir the right directory?"
             )
         name = h.extra.get("segment")
+        # The name becomes a path when the segment is unpacked: only a segment
+        # name, and only the one the file is archived under (a copy of another
+        # segment under this name would replay the wrong records).
+        expected = os.path.basename(path).removesuffix(ARCHIVE_SUFFIX)
+        if not isinstance(name, str) or name != expected:
+            raise ArchiveError(
+                f"{path} holds segment {name!r}, not {expected}: a file copied or renamed by hand? "
+                "Move it out of the archive directory"
+            )
         data = b"".join(reader.read_entry(f"wal/{name}"))
     if hashlib.sha256(data).hexdigest() != h.extra.get("sha256"):
         raise ArchiveError(f"{path}: segment digest does not match its header")

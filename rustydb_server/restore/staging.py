@@ -29,8 +29,8 @@ from .. import datadir as dd
 from .. import fileops as _fileops
 from .errors import RestoreError
 
-STAGING_MARK = ".restoring-"
-OLD_MARK = ".old-"
+STAGING_MARK = dd.RESTORE_STAGING_MARK
+OLD_MARK = dd.RESTORE_OLD_MARK
 
 # What a restore replaces. Anything else in a replaced data directory is moved
 # into the restored one, never lost.
@@ -99,6 +99,10 @@ class TargetLock:
             # is what an interrupted restore left behind.
             if os.path.islink(path) or not os.path.isdir(path):
                 os.unlink(path)
+            elif set(os.listdir(path)) - _REPLACED:
+                # Not only a half-built stage: a restore stopped right after its
+                # exchange left the old contents here, some not carried over yet.
+                os.rename(path, f"{self.target}{OLD_MARK}{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")
             else:
                 shutil.rmtree(path)
         for d in (path, os.path.join(path, dd.DATABASES_DIR)):
@@ -124,7 +128,15 @@ class Staging:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def swap(self) -> bool:
-        """Rename the staging directory to the target; True if old contents were replaced."""
+        """Move the staging directory to the target; True if old contents were replaced.
+
+        Replacing contents is one atomic exchange where the system has it
+        (Linux ``RENAME_EXCHANGE``): a crash leaves the target holding either
+        the old data or the new, never nothing. Elsewhere it is two renames,
+        and a crash between them leaves the target missing with both
+        directories beside it, which the server then refuses to start on
+        (DataDir.initialize) instead of creating an empty one.
+        """
         target = self.lock.target
         old = None
         if self.lock.ddir.is_empty():
@@ -133,12 +145,25 @@ class Staging:
             _remove_lock_only_dir(target)
         else:
             old = f"{target}{OLD_MARK}{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
-            os.rename(target, old)
+            try:
+                self.fileops.exchange(self.path, target)
+            except OSError:
+                self.fileops.rename(target, old)
+            else:
+                self.swapped = self.lock.installed = True
+                try:  # the old contents, under their own name
+                    self.fileops.rename(self.path, old)
+                except OSError:
+                    old = self.path  # kept where the exchange put them
+                self.fileops.fsync_dir(os.path.dirname(target))
+                if _carry_over(old, target):
+                    shutil.rmtree(old, ignore_errors=True)
+                return True
         try:
-            os.rename(self.path, target)
+            self.fileops.rename(self.path, target)
         except OSError as exc:
             if old is not None:
-                os.rename(old, target)  # put the old contents back where they were
+                self.fileops.rename(old, target)  # put the old contents back where they were
             raise RestoreError(f"could not move the restored data into {target}: {exc.strerror or exc}") from None
         self.swapped = self.lock.installed = True
         self.fileops.fsync_dir(os.path.dirname(target))

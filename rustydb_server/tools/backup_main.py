@@ -31,6 +31,7 @@ from ..keys import ENV_PASSPHRASE
 from .argtypes import niceness, thread_count
 from .backup import PROG, create_key, info, query, rotate_key, take, verify
 from .interrupt import interruption, sigterm_interrupts
+from .output import stdout_closed
 
 BACKUP_TYPES = ("full", "incremental", "differential", "pitr-base")
 DEFAULT_CODEC = "lz4"
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_interrupts():
             return run(args)
+    except BrokenPipeError:
+        return stdout_closed()
     except KeyboardInterrupt as exc:
         how, status = interruption(exc)
         print(f"{PROG}: {how}; nothing was left half-written", file=sys.stderr)

@@ -23,7 +23,7 @@ import apsw
 
 from ..export import FORMATS, ExportError, export_tables
 from .interrupt import interruption, sigterm_interrupts
-from .output import fail, human_size, print_json
+from .output import fail, human_size, print_json, stdout_closed
 
 PROG = "rusty-db-export"
 
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 snapshot=args.snapshot,
                 batch_rows=args.batch_rows,
             )
+    except BrokenPipeError:  # --output - into a reader that stopped reading
+        return stdout_closed()
     except ExportError as exc:
         return fail(PROG, str(exc))
     except (FileExistsError, FileNotFoundError, PermissionError) as exc:

@@ -8,6 +8,7 @@ one-line JSON summaries for scripts, and error lines.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import TextIO
 
@@ -39,4 +40,19 @@ def print_json(summary: dict, out: TextIO | None = None) -> None:
 def fail(prog: str, message: str) -> int:
     """Print a user-facing error (what failed, why, what to do) and return exit code 1."""
     print(f"{prog}: error: {message}", file=sys.stderr)
+    return 1
+
+
+def stdout_closed() -> int:
+    """The reader of our output went away (``| head``): stop quietly with 1.
+
+    stdout is pointed at /dev/null, so the interpreter's last flush at exit
+    does not fail a second time with a traceback.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # a stdout without a descriptor (tests)
+        pass
     return 1

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from ..restore.pitr import PitrError, Target, make_target
 from .argtypes import thread_count
+from .output import stdout_closed
 from .restore import chain, full, incremental, list_wal, pitr, table
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
@@ -134,6 +135,13 @@ VERBS: tuple[tuple[str, Callable[[argparse.Namespace, Target | None], int]], ...
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(parser, args)
+    except BrokenPipeError:
+        return stdout_closed()
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.incremental and (args.archive_dir or args.chain_dir):
         parser.error("--incremental applies one file; it cannot be combined with --archive-dir or --chain-dir")
     if args.list_wal:

@@ -14,6 +14,7 @@ from ...datadir import DataDirError
 from ...restore.errors import RestoreError
 from ...restore.incremental import IncrementalRestoreError
 from ...restore.pitr import PitrError
+from ...wal.segment import WalCorruptError
 from ...wal.timeline import HistoryError
 from ..interrupt import interruption, sigterm_interrupts
 from ..output import fail, print_json
@@ -36,6 +37,8 @@ def run_reporting_failures(args: argparse.Namespace, command: Callable[[], int])
         BackupQueryError,
     ) as exc:
         return report_failure(args, str(exc))
+    except WalCorruptError as exc:
+        return report_failure(args, f"{exc}; nothing was restored")
     except UnsupportedFormatError as exc:
         return report_failure(args, f"cannot restore from {args.input}: {exc}")
     except BackupError as exc:

@@ -10,6 +10,7 @@ from ...container.errors import BackupError
 from ...crypto import CryptoError
 from ...restore.pitr import PitrError, archive_key, parse_time
 from ...restore.walinfo import list_transactions
+from ...wal.segment import WalCorruptError
 from ...wal.timeline import HistoryError
 from ..output import fail, print_json
 from .failure import PROG
@@ -20,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
         return _list(args)
     except (PitrError, ArchiveError, HistoryError, CryptoError, BackupError) as exc:
         return fail(PROG, str(exc))
+    except WalCorruptError as exc:
+        return fail(PROG, f"{exc}; the transactions before it are listed above")
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from rustydb_server.backup.manifest import manifest_of
+from rustydb_server.backup.manifest import Manifest
 from rustydb_server.container.reader import BackupReader
 from rustydb_server.keys import KeyFileSource
 
@@ -80,8 +80,8 @@ def test_api_full_backup_happy_path(server, tmp_path):
         assert reader.header.encrypted and reader.header.compression == "lz4"
         report = reader.verify()
         assert report.encryption_ok and report.checksum_ok
-        manifest = manifest_of(reader.header)
-    counts = {t["name"]: t["rows"] for d in manifest["databases"] for t in d["tables"]}
+        manifest = Manifest.from_header(reader.header)
+    counts = {t.name: t.rows for d in manifest.databases for t in d.tables}
     assert counts["customers"] == 2000
     status, listing = call(server, "GET", "/api/v1/admin/backups")
     assert status == 200 and [b["backup_id"] for b in listing["backups"]] == [done["backup_id"]]

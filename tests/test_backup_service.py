@@ -9,7 +9,8 @@ import trio
 
 from rustydb_server import datadir as dd
 from rustydb_server.backup.catalog import Catalog
-from rustydb_server.backup.service import BackupRequest, BackupService, cancel_flag
+from rustydb_server.backup.request import BackupRequest
+from rustydb_server.backup.service import BackupService, cancel_flag
 from rustydb_server.container.file import PARTIAL_SUFFIX
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.session import SqlSession

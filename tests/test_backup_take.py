@@ -93,7 +93,7 @@ def server_messages(engine: Engine, piece: int = 4096) -> list[dict]:
     """What the server sends for a full backup, data cut into small frames."""
     snap = Snapshot(engine, None)
     try:
-        manifest = snap.manifest()
+        manifest = snap.manifest().to_dict()
         msgs = [{"type": "backup_header", "manifest": manifest}]
         sent = 0
         for db in manifest["databases"]:

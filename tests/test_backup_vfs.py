@@ -10,7 +10,6 @@ import pytest
 
 from rustydb_client.sqlsplit import leading_keywords
 from rustydb_server import datadir as dd
-from rustydb_server.backup.manifest import header_from_manifest
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.backup.vfs import BackupQueryError, open_backup_database
 from rustydb_server.container.errors import BackupCorruptError
@@ -38,10 +37,10 @@ def write_backup(engine, path, *, key=None, chunk_size=CHUNK):
     with Snapshot(engine, None) as snap:
         manifest = snap.manifest()
         with open(path, "wb") as f:
-            w = BackupWriter(f, header_from_manifest(manifest), key=key, codec="lz4", chunk_size=chunk_size)
-            for db in manifest["databases"]:
-                w.begin_entry(db["entry"])
-                for part in snap.stream_database(db["name"], engine.datadir.join("backup_tmp")):
+            w = BackupWriter(f, manifest.to_header(), key=key, codec="lz4", chunk_size=chunk_size)
+            for db in manifest.databases:
+                w.begin_entry(db.entry)
+                for part in snap.stream_database(db.name, engine.datadir.join("backup_tmp")):
                     w.write(part)
                 w.end_entry()
             w.finish()

@@ -16,6 +16,7 @@ import pytest
 from rustydb_client.sqlsplit import leading_keywords
 from rustydb_server import datadir as dd
 from rustydb_server.backup import incremental
+from rustydb_server.backup.manifest import Manifest
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.backup.tracking import ChangeTracking
 from rustydb_server.engine.instance import Engine
@@ -49,7 +50,7 @@ def engine(tmp_path):
     eng.close()
 
 
-def full_backup(engine: Engine, backup_type: str = "full") -> dict:
+def full_backup(engine: Engine, backup_type: str = "full") -> Manifest:
     snap = Snapshot(engine, None, backup_type=backup_type)
     try:
         manifest = snap.manifest()
@@ -59,8 +60,8 @@ def full_backup(engine: Engine, backup_type: str = "full") -> dict:
     return manifest
 
 
-def parent_of(manifest: dict) -> dict:
-    return {k: manifest[k] for k in ("backup_id", "end_lsn", "timeline", "system_id")}
+def parent_of(manifest: Manifest) -> dict:
+    return {k: getattr(manifest, k) for k in ("backup_id", "end_lsn", "timeline", "system_id")}
 
 
 def workload(engine: Engine, rnd: random.Random, rounds: int = 30) -> None:
@@ -92,8 +93,8 @@ def workload(engine: Engine, rnd: random.Random, rounds: int = 30) -> None:
             run_sql(engine, "INSERT INTO o(v) VALUES ('y')", "old")
 
 
-def from_wal(engine: Engine, manifest: dict, parent: dict, tmp_path) -> dict:
-    net = incremental._from_wal(engine, parent["end_lsn"], manifest["end_lsn"], str(tmp_path / "scratch"))
+def from_wal(engine: Engine, manifest: Manifest, parent: dict, tmp_path) -> dict:
+    net = incremental._from_wal(engine, parent["end_lsn"], manifest.end_lsn, str(tmp_path / "scratch"))
     return {name: steps for name, steps in net.steps.items() if steps}
 
 
@@ -134,7 +135,7 @@ def test_tracked_incrementals_equal_the_wal(engine, tmp_path, seed):
     assert tracked and steps2 == from_wal(engine, m2, parent_of(m1), tmp_path)
     m3, steps3, tracked = build(engine, parent_of(full), tmp_path, "differential")
     assert tracked and steps3 == from_wal(engine, m3, parent_of(full), tmp_path)
-    assert m3["wal_records"] > m2["wal_records"]
+    assert m3.wal_records > m2.wal_records
 
 
 def test_tracking_while_writers_commit(engine, tmp_path):
@@ -213,4 +214,4 @@ def test_an_incremental_of_some_databases_is_no_base(engine, tmp_path):
     assert set(n for n, s in steps.items() if s) == {"old"}
     engine.record_backup(partial)
     # the next incremental still starts at the full, so the change to rustydb is not lost
-    assert engine.control.last_backup["backup_id"] == full["backup_id"]
+    assert engine.control.last_backup["backup_id"] == full.backup_id

@@ -149,7 +149,7 @@ def test_a_record_that_decompresses_past_the_chunk_size_is_refused():
 headers = st.builds(
     BackupHeader,
     backup_id=st.uuids().map(str),
-    backup_type=st.sampled_from(F.BACKUP_TYPES),
+    backup_type=st.sampled_from(list(F.BackupType)),
     created_us=st.integers(0, 2**62),
     server_version=st.text(max_size=10),
     system_id=st.text(max_size=20),

@@ -124,7 +124,7 @@ def test_row_counts_agree_with_the_pages_streamed_while_the_file_grows_and_shrin
         for n in range(6):
             snap = Snapshot(engine, ["rustydb"], scratch_dir=engine.datadir.join("backup_tmp"))
             try:
-                counted = {t["name"]: t["rows"] for t in snap.databases[0]["tables"]}
+                counted = {t.name: t.rows for t in snap.databases[0].tables}
                 (tmp_path / str(n)).mkdir()
                 rows = streamed_rows(snap, "rustydb", str(tmp_path / "scratch"), tmp_path / str(n))
             finally:

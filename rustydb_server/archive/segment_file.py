@@ -17,7 +17,7 @@ import uuid
 from .. import __version__
 from .. import fileops as _fileops
 from ..container.file import BackupFile
-from ..container.format import BackupHeader
+from ..container.format import BackupHeader, BackupType
 from ..container.reader import BackupReader
 from ..wal import segment as walseg
 from ..wal import timeline as waltl
@@ -53,7 +53,7 @@ def pack_segment(
         raise ArchiveError(f"WAL segment {src_path} has {len(data)} bytes, expected {segment_size}")
     header = BackupHeader(
         backup_id=str(uuid.uuid4()),
-        backup_type="wal-segment",
+        backup_type=BackupType.WAL_SEGMENT,
         created_us=time.time_ns() // 1000,
         server_version=__version__,
         system_id=str(system_id),
@@ -81,7 +81,7 @@ def unpack_segment(path: str, *, system_id: int | None = None, key=None) -> tupl
     with open(path, "rb") as f:
         reader = BackupReader(f, key=key)
         h = reader.header
-        if h.backup_type != "wal-segment":
+        if h.backup_type is not BackupType.WAL_SEGMENT:
             raise ArchiveError(f"{path} is a {h.backup_type} backup, not an archived WAL segment")
         if system_id is not None and h.system_id != str(system_id):
             raise ArchiveError(

@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .service import BackupRequestError, BackupService, parse_api_request
+from .request import BackupRequestError, parse_request
+from .service import BackupService
 
 PUBLIC_FIELDS = ("backup_id", "status", "started_at", "completed_at", "size_bytes", "location")
 
@@ -67,7 +68,7 @@ def routes(service: BackupService, settings) -> list[Route]:
         except BadBody as e:
             return e.response()
         try:
-            req = parse_api_request(body, settings)
+            req = parse_request(body, settings)
             entry = service.start_backup(req)
         except BackupRequestError as e:
             return _error(e.status, str(e), "invalid_backup_request")

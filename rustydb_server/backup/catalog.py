@@ -13,6 +13,7 @@ import threading
 import time
 
 from .. import fileops as _fileops
+from ..container.format import BackupType
 from ..logsetup import get_logger
 
 log = get_logger("rustydb.backup")
@@ -167,7 +168,7 @@ class Catalog:
                     if e["backup_id"] in out or e["status"] == "failed":
                         continue
                     if e.get("parent_id") == current or (
-                        e.get("backup_type") == "differential" and e.get("base_full_id") == current
+                        e.get("backup_type") == BackupType.DIFFERENTIAL and e.get("base_full_id") == current
                     ):
                         out.append(e["backup_id"])
                         frontier.append(e["backup_id"])

@@ -26,6 +26,7 @@ import apsw
 
 from .. import __version__
 from ..archive import segment_file as sf
+from ..container.format import BackupType
 from ..engine.instance import Engine
 from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..logsetup import get_logger
@@ -33,6 +34,7 @@ from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
 from ..wal.lsn import format_lsn
+from .manifest import DatabaseEntry, Manifest
 from .steps import encode_steps, steps_entry
 
 log = get_logger("rustydb.backup")
@@ -207,8 +209,13 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
 
 
 def build(
-    engine: Engine, parent: dict, backup_type: str, names: list[str] | None, scratch: str
-) -> tuple[dict, dict[str, list]]:
+    engine: Engine,
+    parent: dict,
+    backup_type: BackupType,
+    names: list[str] | None,
+    scratch: str,
+    backup_id: str | None = None,
+) -> tuple[Manifest, dict[str, list]]:
     """Compute the net changes since ``parent``; return (manifest, steps per database)."""
     c = engine.control
     if parent.get("system_id") not in (None, c.system_id):
@@ -247,35 +254,34 @@ def build(
     databases = []
     for name in sorted(set(steps) | (set(engine.databases) if wanted is None else wanted)):
         databases.append(
-            {
-                "name": name,
-                "entry": steps_entry(name),
-                "tables": [],
-                "size_bytes": sum(len(p) for _, p in steps.get(name, [])),
-                "transactions": net.transactions.get(name, 0),
-            }
+            DatabaseEntry(
+                name=name,
+                entry=steps_entry(name),
+                tables=(),
+                size_bytes=sum(len(p) for _, p in steps.get(name, [])),
+                transactions=net.transactions.get(name, 0),
+            )
         )
         steps.setdefault(name, [])
-    manifest = {
-        "format": 1,
-        "backup_id": str(uuid.uuid4()),
-        "backup_type": backup_type,
-        "parent_id": parent["backup_id"],
-        "base_full_id": parent.get("base_full_id") or parent["backup_id"],
-        "system_id": c.system_id,
-        "timeline": c.timeline,
-        "segment_size": c.segment_size,
-        "start_lsn": start,
-        "end_lsn": end_lsn,
-        "next_txid": next_txid,
-        "last_commit_time_us": last_commit,
-        "server_version": __version__,
-        "created_us": time.time_ns() // 1000,
-        "databases": databases,
-        "wal_records": net.records,
+    manifest = Manifest(
+        backup_id=backup_id or str(uuid.uuid4()),
+        backup_type=BackupType(backup_type),
+        parent_id=parent["backup_id"],
+        base_full_id=parent.get("base_full_id") or parent["backup_id"],
+        system_id=c.system_id,
+        timeline=c.timeline,
+        segment_size=c.segment_size,
+        start_lsn=start,
+        end_lsn=end_lsn,
+        next_txid=next_txid,
+        last_commit_time_us=last_commit,
+        server_version=__version__,
+        created_us=time.time_ns() // 1000,
+        databases=tuple(databases),
+        wal_records=net.records,
         # Only the named databases' changes: no base for the next incremental.
-        "all_databases": wanted is None,
-    }
+        all_databases=wanted is None,
+    )
     log.info(
         "incremental computed",
         backup_type=backup_type,
@@ -322,24 +328,22 @@ class IncrementalSource:
         self,
         engine: Engine,
         parent: dict,
-        backup_type: str,
+        backup_type: BackupType,
         names: list[str] | None,
         scratch: str,
         backup_id: str | None = None,
     ):
-        self.manifest_data, self.steps = build(engine, parent, backup_type, names, scratch)
-        if backup_id:
-            self.manifest_data["backup_id"] = backup_id
-        self.backup_id = self.manifest_data["backup_id"]
+        self._manifest, self.steps = build(engine, parent, backup_type, names, scratch, backup_id)
+        self.backup_id = self._manifest.backup_id
         self.pause_seconds = 0.0
 
-    def manifest(self) -> dict:
-        return self.manifest_data
+    def manifest(self) -> Manifest:
+        return self._manifest
 
     def entries(self, scratch: str, cancel=None, *, ranges: bool = False):
         """(entry name, chunk iterator) per database; never a file to send as is."""
-        for db in self.manifest_data["databases"]:
-            yield db["entry"], encode_steps(self.steps.get(db["name"], []))
+        for db in self._manifest.databases:
+            yield db.entry, encode_steps(self.steps.get(db.name, []))
 
     def close(self) -> None:
         self.steps = {}

@@ -1,36 +1,217 @@
-"""A server backup's manifest in its container header: the manifest travels
-in ``extra["manifest"]``, where restore finds it to write the control file
-(system id, timeline, LSNs, next txid)."""
+"""A server backup's manifest: what the backup holds and where it sits in the
+server's history (system id, timeline, LSNs, next txid), which a restore
+needs to write the control file.
+
+It travels as a map: in the container header's ``extra["manifest"]`` and in
+the wire protocol's backup header. ``to_dict`` writes that map key for key as
+every version has (the same keys in the same order), and ``from_dict`` reads
+the maps of older backups too, which lack the keys added since.
+"""
 
 from __future__ import annotations
 
-from ..container.format import BackupHeader
+from dataclasses import dataclass
+from typing import Any
+
+from ..container.format import BackupHeader, BackupType
+
+#: The manifest's own version, written into every manifest.
+MANIFEST_FORMAT = 1
 
 
-def header_from_manifest(manifest: dict) -> BackupHeader:
-    """The container header for a backup described by the server's manifest."""
-    return BackupHeader(
-        backup_id=manifest["backup_id"],
-        backup_type=manifest["backup_type"],
-        created_us=manifest["created_us"],
-        server_version=manifest["server_version"],
-        system_id=str(manifest["system_id"]),
-        start_lsn=manifest["start_lsn"],
-        end_lsn=manifest["end_lsn"],
-        timeline=manifest["timeline"],
-        parent_id=manifest.get("parent_id"),
-        base_full_id=manifest.get("base_full_id"),
-        databases=[
-            {"name": d["name"], "tables": d["tables"], "size_bytes": d["size_bytes"]} for d in manifest["databases"]
-        ],
-        extra={"manifest": manifest},
-    )
+class ManifestError(ValueError):
+    """A manifest map that lacks a field or holds one of the wrong type."""
 
 
-def manifest_of(header: BackupHeader) -> dict:
-    manifest = header.extra.get("manifest") if isinstance(header.extra, dict) else None
-    if not isinstance(manifest, dict):
-        raise ValueError(
-            f"backup {header.backup_id} has no manifest; it was not written by rusty-db-backup or the server"
+@dataclass(frozen=True)
+class TableRows:
+    name: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class DatabaseEntry:
+    """One database in a backup and the container entry holding it."""
+
+    name: str
+    entry: str
+    tables: tuple[TableRows, ...]
+    size_bytes: int
+    applied_lsn: int | None = None  # full and pitr-base backups
+    transactions: int | None = None  # incremental and differential backups
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "entry": self.entry}
+        if self.applied_lsn is not None:
+            out["applied_lsn"] = self.applied_lsn
+        out["tables"] = [{"name": t.name, "rows": t.rows} for t in self.tables]
+        out["size_bytes"] = self.size_bytes
+        if self.transactions is not None:
+            out["transactions"] = self.transactions
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DatabaseEntry:
+        if not isinstance(d, dict):
+            raise ManifestError(f"a manifest's databases[] must be maps, not {type(d).__name__}")
+        tables = _field(d, "tables", list, "databases[].")
+        for t in tables:
+            if not (isinstance(t, dict) and isinstance(t.get("name"), str) and _is_int(t.get("rows"))):
+                raise ManifestError("a manifest's databases[].tables[] needs a name and an int row count")
+        return cls(
+            name=_field(d, "name", str, "databases[]."),
+            entry=_field(d, "entry", str, "databases[]."),
+            tables=tuple(TableRows(t["name"], t["rows"]) for t in tables),
+            size_bytes=_field(d, "size_bytes", int, "databases[]."),
+            applied_lsn=_field(d, "applied_lsn", int, "databases[].", required=False),
+            transactions=_field(d, "transactions", int, "databases[].", required=False),
         )
-    return manifest
+
+
+@dataclass(frozen=True)
+class Manifest:
+    backup_id: str
+    backup_type: BackupType
+    system_id: int
+    timeline: int
+    segment_size: int
+    start_lsn: int
+    end_lsn: int
+    next_txid: int
+    last_commit_time_us: int
+    server_version: str
+    created_us: int
+    databases: tuple[DatabaseEntry, ...]
+    parent_id: str | None = None  # incremental: the previous backup; differential: its full one
+    base_full_id: str | None = None  # the full backup a chain starts from (absent on full ones)
+    wal_records: int | None = None  # incremental and differential backups
+    # False: some databases only, so no base for an incremental. None: written
+    # before such backups existed, when every backup held every database.
+    all_databases: bool | None = None
+    format: int = MANIFEST_FORMAT
+
+    @property
+    def partial(self) -> bool:
+        """Holds some databases only: no base for the next incremental."""
+        return self.all_databases is False
+
+    @property
+    def chain_base_id(self) -> str | None:
+        """The full backup this one's chain starts from: itself, for a full one."""
+        return self.base_full_id or (self.backup_id if self.backup_type.is_full_base else None)
+
+    @property
+    def database_names(self) -> list[str]:
+        return [d.name for d in self.databases]
+
+    def control_record(self) -> dict:
+        """This backup as the control file remembers it: where the next
+        incremental (or differential) starts."""
+        return {
+            "backup_id": self.backup_id,
+            "type": self.backup_type,
+            "end_lsn": self.end_lsn,
+            "timeline": self.timeline,
+            "system_id": self.system_id,
+            "base_full_id": self.chain_base_id,
+        }
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"format": self.format, "backup_id": self.backup_id, "backup_type": self.backup_type}
+        if self.parent_id is not None:
+            out["parent_id"] = self.parent_id
+        if self.base_full_id is not None:
+            out["base_full_id"] = self.base_full_id
+        out.update(
+            system_id=self.system_id,
+            timeline=self.timeline,
+            segment_size=self.segment_size,
+            start_lsn=self.start_lsn,
+            end_lsn=self.end_lsn,
+            next_txid=self.next_txid,
+            last_commit_time_us=self.last_commit_time_us,
+            server_version=self.server_version,
+            created_us=self.created_us,
+            databases=[d.to_dict() for d in self.databases],
+        )
+        if self.wal_records is not None:
+            out["wal_records"] = self.wal_records
+        if self.all_databases is not None:
+            out["all_databases"] = self.all_databases
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Manifest:
+        if not isinstance(d, dict):
+            raise ManifestError(f"a manifest must be a map, not {type(d).__name__}")
+        backup_type = _field(d, "backup_type", str)
+        if backup_type not in BackupType.taken_by_server():
+            raise ManifestError(f"a manifest's backup_type {backup_type!r} is not a server backup's type")
+        return cls(
+            format=_field(d, "format", int),
+            backup_id=_field(d, "backup_id", str),
+            backup_type=BackupType(backup_type),
+            system_id=_field(d, "system_id", int),
+            timeline=_field(d, "timeline", int),
+            segment_size=_field(d, "segment_size", int),
+            start_lsn=_field(d, "start_lsn", int),
+            end_lsn=_field(d, "end_lsn", int),
+            next_txid=_field(d, "next_txid", int),
+            last_commit_time_us=_field(d, "last_commit_time_us", int),
+            server_version=_field(d, "server_version", str),
+            created_us=_field(d, "created_us", int),
+            databases=tuple(DatabaseEntry.from_dict(db) for db in _field(d, "databases", list)),
+            parent_id=_field(d, "parent_id", str, required=False),
+            base_full_id=_field(d, "base_full_id", str, required=False),
+            wal_records=_field(d, "wal_records", int, required=False),
+            all_databases=_field(d, "all_databases", bool, required=False),
+        )
+
+    def to_header(self) -> BackupHeader:
+        """The container header of a backup this manifest describes."""
+        manifest = self.to_dict()
+        return BackupHeader(
+            backup_id=self.backup_id,
+            backup_type=self.backup_type,
+            created_us=self.created_us,
+            server_version=self.server_version,
+            system_id=str(self.system_id),
+            start_lsn=self.start_lsn,
+            end_lsn=self.end_lsn,
+            timeline=self.timeline,
+            parent_id=self.parent_id,
+            base_full_id=self.base_full_id,
+            # The header's own list, which --info shows: names, tables and sizes only.
+            databases=[
+                {"name": d["name"], "tables": d["tables"], "size_bytes": d["size_bytes"]} for d in manifest["databases"]
+            ],
+            extra={"manifest": manifest},
+        )
+
+    @classmethod
+    def from_header(cls, header: BackupHeader) -> Manifest:
+        manifest = header.extra.get("manifest") if isinstance(header.extra, dict) else None
+        if not isinstance(manifest, dict):
+            raise ManifestError(
+                f"backup {header.backup_id} has no manifest; it was not written by rusty-db-backup or the server"
+            )
+        try:
+            return cls.from_dict(manifest)
+        except ManifestError as e:
+            raise ManifestError(f"backup {header.backup_id} has an unusable manifest: {e}") from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _field(d: dict, name: str, kind: type, where: str = "", *, required: bool = True) -> Any:
+    value = d.get(name)
+    if value is None:
+        if required:
+            raise ManifestError(f"a manifest lacks its {where}{name} field")
+        return None
+    ok = _is_int(value) if kind is int else isinstance(value, kind)
+    if not ok:
+        raise ManifestError(f"a manifest's {where}{name} must be {kind.__name__}, not {type(value).__name__}")
+    return value

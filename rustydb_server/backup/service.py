@@ -12,7 +12,6 @@ the next chunk once the backup's cancel scope is cancelled.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import threading
@@ -24,21 +23,18 @@ import trio
 
 from rustydb_client.protocol import events
 
-from .. import codecs as _codecs
 from .. import keys
 from ..container.file import PARTIAL_SUFFIX, BackupFile
+from ..container.format import BackupType
 from ..engine.instance import EngineError
 from ..logsetup import get_logger
 from .catalog import Catalog
 from .incremental import IncrementalSource, IncrementalUnavailable
-from .manifest import header_from_manifest
+from .manifest import Manifest
+from .request import WIRE_FIELDS, BackupRequest, BackupRequestError, parse_request, wire_fields
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
 
 log = get_logger("rustydb.backup")
-
-KNOWN_TYPES = ("full", "incremental", "differential", "pitr-base")
-SUPPORTED_TYPES = KNOWN_TYPES
-
 
 READ_BATCH = 4  # chunks read per worker-thread hop
 # Data per frame when a database file is sent as it is. Larger than the 1 MiB
@@ -109,36 +105,6 @@ async def cancel_flag() -> AsyncIterator[threading.Event]:
             raise body_error from None
 
 
-class BackupRequestError(Exception):
-    """A backup request that cannot be carried out; the message says why."""
-
-    def __init__(self, message: str, status: int = 422):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclasses.dataclass
-class BackupRequest:
-    backup_type: str = "full"
-    databases: list[str] | None = None
-    codec: str = "none"
-    encrypt: bool = False
-    threads: int = 2
-
-
-def check_type(backup_type, settings=None) -> str:
-    if backup_type not in KNOWN_TYPES:
-        raise BackupRequestError(f"unknown backup_type {backup_type!r}; use one of {', '.join(KNOWN_TYPES)}")
-    if backup_type not in SUPPORTED_TYPES:
-        raise BackupRequestError(f"{backup_type} backups are not available in this version; take a full backup")
-    if backup_type == "pitr-base" and settings is not None and not settings["archive_mode"]:
-        raise BackupRequestError(
-            "a pitr-base backup needs WAL archiving: run ALTER SYSTEM SET archive_mode = on; "
-            "and ALTER SYSTEM SET archive_dest = '/path'; first"
-        )
-    return backup_type
-
-
 class BackupService:
     def __init__(self, engine, settings, catalog: Catalog, wal_switched: Callable[[], None]):
         self.engine = engine
@@ -201,22 +167,22 @@ class BackupService:
         configured = self.settings["backup_dir"]
         return configured or os.path.join(self.engine.datadir.path, "backups")
 
-    def parent_for(self, backup_type: str, base_backup: dict | None) -> dict:
+    def parent_for(self, backup_type: BackupType, base_backup: dict | None) -> dict:
         """The backup an incremental or differential starts from."""
         c = self.engine.control
         if base_backup is not None:
             return base_backup
-        parent = c.last_full_backup if backup_type == "differential" else c.last_backup
+        parent = c.last_full_backup if backup_type is BackupType.DIFFERENTIAL else c.last_backup
         if parent is None:
             raise BackupRequestError(
-                f"{'an' if backup_type == 'incremental' else 'a'} {backup_type} backup needs an "
+                f"{'an' if backup_type is BackupType.INCREMENTAL else 'a'} {backup_type} backup needs an "
                 "earlier full backup of this server; take a full backup first"
             )
         return parent
 
-    def open_source(self, backup_type: str, names, base_backup=None, backup_id=None, cancel=None):
+    def open_source(self, backup_type: BackupType, names, base_backup=None, backup_id=None, cancel=None):
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
-        if backup_type in ("incremental", "differential"):
+        if backup_type.needs_parent:
             parent = self.parent_for(backup_type, base_backup)
             try:
                 return IncrementalSource(
@@ -236,15 +202,14 @@ class BackupService:
 
     async def _stream(self, conn, request: events.BackupRequested, cancel: threading.Event) -> None:
         try:
-            backup_type = check_type(request.backup_type, self.settings)
+            req = parse_request(wire_fields(request), self.settings, WIRE_FIELDS)
         except BackupRequestError as e:
             await conn.send(events.Error("invalid_backup_request", str(e)))
             return
-        names = request.databases
-        base_backup = request.base_backup
         try:
             snap = await trio.to_thread.run_sync(
-                lambda: self.open_source(backup_type, names, base_backup, cancel=cancel), limiter=self.limiter
+                lambda: self.open_source(req.backup_type, req.databases, req.base_backup, cancel=cancel),
+                limiter=self.limiter,
             )
         except EngineError as e:
             await conn.send(events.Error(e.code, str(e)))
@@ -253,16 +218,16 @@ class BackupService:
             await conn.send(events.Error("invalid_backup_request", str(e)))
             return
         manifest = snap.manifest()
-        if backup_type == "pitr-base":
+        if req.backup_type is BackupType.PITR_BASE:
             await self._switch_for_base()
         self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=f"client {conn.peer[0]}"))
         sent = 0
         t0 = time.perf_counter()
         try:
-            await conn.send(events.BackupHeader(manifest))
+            await conn.send(events.BackupHeader(manifest.to_dict()))
             with conn.bulk_sending():
                 sent = await self._send_entries(conn, snap, cancel)
-            await conn.send(events.BackupEnd(manifest["end_lsn"], sent))
+            await conn.send(events.BackupEnd(manifest.end_lsn, sent))
             self.catalog.complete(snap.backup_id, size_bytes=sent)
             self.engine.record_backup(manifest)
             log.info(
@@ -353,7 +318,6 @@ class BackupService:
     # --------------------------------------------------------- written by us
     def start_backup(self, req: BackupRequest) -> dict:
         """Record the backup and start it in the service's nursery; return its catalog entry at once."""
-        check_type(req.backup_type, self.settings)
         key = None
         if req.encrypt:
             try:
@@ -418,7 +382,7 @@ class BackupService:
             ) from None
         with self.open_source(req.backup_type, req.databases, backup_id=backup_id, cancel=cancel) as snap:
             manifest = snap.manifest()
-            if req.backup_type == "pitr-base":
+            if req.backup_type is BackupType.PITR_BASE:
                 self.engine.switch_wal()
             self.catalog.update(
                 backup_id,
@@ -430,7 +394,7 @@ class BackupService:
             )
             with BackupFile(
                 location,
-                header_from_manifest(manifest),
+                manifest.to_header(),
                 key=key,
                 codec=req.codec,
                 threads=req.threads,
@@ -446,56 +410,23 @@ class BackupService:
             self.engine.record_backup(manifest)
         return {
             "size_bytes": summary.size_bytes,
-            "parent_id": manifest.get("parent_id"),
-            "base_full_id": manifest.get("base_full_id"),
+            "parent_id": manifest.parent_id,
+            "base_full_id": manifest.base_full_id,
         }
 
 
-def _catalog_fields(manifest: dict, snap: Snapshot, *, origin: str, location: str) -> dict:
+def _catalog_fields(manifest: Manifest, snap: Snapshot, *, origin: str, location: str) -> dict:
     return {
-        "backup_id": manifest["backup_id"],
-        "backup_type": manifest["backup_type"],
+        "backup_id": manifest.backup_id,
+        "backup_type": manifest.backup_type,
         "status": "in_progress",
         "origin": origin,
         "location": location,
-        "start_lsn": manifest["start_lsn"],
-        "end_lsn": manifest["end_lsn"],
-        "timeline": manifest["timeline"],
-        "databases": [d["name"] for d in manifest["databases"]],
+        "start_lsn": manifest.start_lsn,
+        "end_lsn": manifest.end_lsn,
+        "timeline": manifest.timeline,
+        "databases": manifest.database_names,
         "writers_paused_ms": round(snap.pause_seconds * 1000, 3),
-        "parent_id": manifest.get("parent_id"),
-        "base_full_id": manifest.get("base_full_id"),
+        "parent_id": manifest.parent_id,
+        "base_full_id": manifest.base_full_id,
     }
-
-
-def parse_api_request(body, settings) -> BackupRequest:
-    """Validate the JSON body of POST /api/v1/admin/backup."""
-    if not isinstance(body, dict):
-        raise BackupRequestError("the request body must be a JSON object", status=400)
-    allowed = {"backup_type", "compression", "encryption", "databases", "threads"}
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BackupRequestError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    backup_type = body.get("backup_type", "full")
-    if not isinstance(backup_type, str):
-        raise BackupRequestError("backup_type must be a string")
-    check_type(backup_type, settings)
-    compression = body.get("compression", False)
-    if isinstance(compression, bool):
-        codec = settings["backup_compression"] if compression else "none"
-    elif isinstance(compression, str) and compression in _codecs.CODECS:
-        codec = compression
-    else:
-        raise BackupRequestError("compression must be true, false or one of lz4, zstd, snappy, none")
-    encryption = body.get("encryption", False)
-    if not isinstance(encryption, bool):
-        raise BackupRequestError("encryption must be true or false")
-    databases = body.get("databases")
-    if databases is not None and (
-        not isinstance(databases, list) or not databases or not all(isinstance(d, str) for d in databases)
-    ):
-        raise BackupRequestError("databases must be a non-empty list of database names")
-    threads = body.get("threads", settings["backup_threads"])
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64:
-        raise BackupRequestError("threads must be an integer from 1 to 64")
-    return BackupRequest(backup_type, databases, codec, encryption, threads)

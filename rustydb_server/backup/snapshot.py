@@ -31,9 +31,11 @@ from collections.abc import Iterator
 import apsw
 
 from .. import __version__
+from ..container.format import BackupType
 from ..engine import database
 from ..engine.instance import Engine
 from ..logsetup import get_logger
+from .manifest import DatabaseEntry, Manifest, TableRows
 
 log = get_logger("rustydb.backup")
 
@@ -96,7 +98,7 @@ class Snapshot:
         engine: Engine,
         names: list[str] | None = None,
         *,
-        backup_type: str = "full",
+        backup_type: BackupType = BackupType.FULL,
         backup_id: str | None = None,
         scratch_dir: str | None = None,
         cancel: threading.Event | None = None,
@@ -107,7 +109,7 @@ class Snapshot:
         self.requested = sorted(set(names)) if names else None
         self.names: list[str] = []
         self.all_databases = True
-        self.backup_type = backup_type
+        self.backup_type = BackupType(backup_type)
         self.backup_id = backup_id or str(uuid.uuid4())
         self.conns: dict[str, apsw.Connection] = {}
         self._count_conns: dict[str, apsw.Connection] = {}
@@ -174,24 +176,24 @@ class Snapshot:
             # the others are copied when streamed, so scratch space stays bounded.
             first = copied[0]
             self._copies[first] = _Copy(self, first, self._scratch, self._cancel)
-        self.databases = []
+        self.databases: list[DatabaseEntry] = []
         for name, conn in self._count_conns.items():
             state = database.read_state(conn)
-            tables = [
-                {"name": t, "rows": conn.execute(f"SELECT count(*) FROM {database.quote_ident(t)}").fetchall()[0][0]}
+            tables = tuple(
+                TableRows(t, conn.execute(f"SELECT count(*) FROM {database.quote_ident(t)}").fetchall()[0][0])
                 for t in database.user_tables(conn)
-            ]
+            )
             page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
             pages = conn.execute("PRAGMA page_count").fetchall()[0][0]
             self._geometry[name] = (page_size, pages)
             self.databases.append(
-                {
-                    "name": name,
-                    "entry": entry_name(name),
-                    "applied_lsn": state["applied_lsn"],
-                    "tables": tables,
-                    "size_bytes": page_size * pages,
-                }
+                DatabaseEntry(
+                    name=name,
+                    entry=entry_name(name),
+                    applied_lsn=state["applied_lsn"],
+                    tables=tables,
+                    size_bytes=page_size * pages,
+                )
             )
         log.info(
             "snapshot taken",
@@ -202,26 +204,25 @@ class Snapshot:
             copied_through_scratch=copied,
         )
 
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         c = self.engine.control
-        return {
-            "format": 1,
-            "backup_id": self.backup_id,
-            "backup_type": self.backup_type,
-            "system_id": c.system_id,
-            "timeline": c.timeline,
-            "segment_size": c.segment_size,
-            "start_lsn": self.end_lsn,
-            "end_lsn": self.end_lsn,
-            "next_txid": self.next_txid,
-            "last_commit_time_us": self.last_commit_time_us,
-            "server_version": __version__,
-            "created_us": self.created_us,
-            "databases": self.databases,
+        return Manifest(
+            backup_id=self.backup_id,
+            backup_type=self.backup_type,
+            system_id=c.system_id,
+            timeline=c.timeline,
+            segment_size=c.segment_size,
+            start_lsn=self.end_lsn,
+            end_lsn=self.end_lsn,
+            next_txid=self.next_txid,
+            last_commit_time_us=self.last_commit_time_us,
+            server_version=__version__,
+            created_us=self.created_us,
+            databases=tuple(self.databases),
             # A backup of some databases only cannot be the base of an
             # incremental, which covers every database.
-            "all_databases": self.all_databases,
-        }
+            all_databases=self.all_databases,
+        )
 
     def copy_database(self, name: str, path: str, cancel: threading.Event | None) -> None:
         """Copy one database's pages at the snapshot into a scratch file."""
@@ -290,9 +291,9 @@ class Snapshot:
         """(entry name, chunk iterator) for every database, in manifest order;
         with ``ranges``, a FileRange instead for a file that can be sent as it is."""
         for db in self.databases:
-            name = db["name"]
+            name = db.name
             file_range = self.file_range(name) if ranges else None
-            yield db["entry"], file_range or self.stream_database(name, scratch_dir, cancel)
+            yield db.entry, file_range or self.stream_database(name, scratch_dir, cancel)
 
     def file_range(self, name: str) -> FileRange | None:
         """The database file itself when it holds the snapshot (see the module's

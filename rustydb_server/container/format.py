@@ -84,6 +84,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import msgpack
@@ -98,7 +99,6 @@ from .errors import UnsafeEntryNameError, UnsupportedFormatError
 MAGIC = b"RDBBAK01"
 END_MAGIC = b"RDBEND01"
 FORMAT_VERSION = 2
-BACKUP_TYPES = ("full", "incremental", "differential", "pitr-base", "wal-segment")
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 64 << 20
 MAX_HEADER_PART = 16 << 20
@@ -118,6 +118,31 @@ FLAG_COMPRESSED = 2
 KNOWN_FLAGS = FLAG_LAST | FLAG_COMPRESSED
 
 WRAP_AAD_PREFIX = b"RDBBAK01 wrap"
+
+
+class BackupType(StrEnum):
+    """What a backup file holds: the header's ``type``."""
+
+    FULL = "full"
+    INCREMENTAL = "incremental"
+    DIFFERENTIAL = "differential"
+    PITR_BASE = "pitr-base"
+    WAL_SEGMENT = "wal-segment"  # one archived WAL segment (archive/segment_file.py)
+
+    @property
+    def is_full_base(self) -> bool:
+        """Holds every database whole: restored on its own, and a differential's base."""
+        return self in (BackupType.FULL, BackupType.PITR_BASE)
+
+    @property
+    def needs_parent(self) -> bool:
+        """Holds net changes only: applied on top of the backup it was taken from."""
+        return self in (BackupType.INCREMENTAL, BackupType.DIFFERENTIAL)
+
+    @classmethod
+    def taken_by_server(cls) -> tuple[BackupType, ...]:
+        """The types a server backs its databases up as (``--type``, ``backup_type``)."""
+        return tuple(t for t in cls if t is not cls.WAL_SEGMENT)
 
 
 @dataclass(frozen=True)
@@ -173,7 +198,7 @@ class BackupHeader:
     set by the writer from its own arguments (values passed in are replaced)."""
 
     backup_id: str
-    backup_type: str
+    backup_type: BackupType
     created_us: int
     server_version: str = ""
     system_id: str = ""
@@ -316,7 +341,8 @@ def check_header_fields(h: BackupHeader) -> None:
         uuid.UUID(h.backup_id)
     except ValueError:
         raise ValueError(f"backup header field backup_id {h.backup_id!r} is not a UUID") from None
-    need(h.backup_type in BACKUP_TYPES, f"type {h.backup_type!r} is not one of {BACKUP_TYPES}")
+    types = tuple(t.value for t in BackupType)
+    need(h.backup_type in types, f"type {h.backup_type!r} is not one of {types}")
     for name in ("created_us", "start_lsn", "end_lsn", "timeline"):
         value = getattr(h, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value >= 0, f"{name} must be an int >= 0")
@@ -376,6 +402,7 @@ def parse_header(core_bytes: bytes, keywrap_bytes: bytes, version: int) -> Parse
         chunk_size=core["chunk_size"],
     )
     check_header_fields(header)
+    header.backup_type = BackupType(header.backup_type)
     nonce_prefix = core["nonce_prefix"]
     if not core["encrypted"]:
         if keywrap is not None or nonce_prefix is not None:

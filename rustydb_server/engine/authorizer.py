@@ -2,10 +2,10 @@
 
 SQLite calls the authorizer while it prepares a statement (and while it codes
 the triggers a statement fires) with an action code and two arguments whose
-meaning depends on the code. The internal tables (``__rustydb_*``, today
-``__rustydb_state``) are what crash recovery trusts, so a client may read them
-but never change, drop, rename, index or put a trigger on them, nor create an
-object under a reserved name. PRAGMAs that would undo the server's guarantees
+meaning depends on the code. The internal tables (``__rustydb_state``) are
+what crash recovery trusts, so a client may read them but never change, drop,
+rename, index or put a trigger on them, nor create an object of their name
+(a temporary one would shadow them for unqualified names). PRAGMAs that would undo the server's guarantees
 (WAL mode, fsync discipline, its own checkpoints, schema integrity) or that
 are process-wide in SQLite (one session would change them for all) are
 refused; the harmless per-connection ones stay open to sessions.
@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import apsw
 
-RESERVED_PREFIX = "__rustydb_"
+from .database import STATE_TABLE
+
+# Lower case: SQLite compares names without case. (Other __rustydb_ names are
+# not reserved: rusty-db-export's dumps build large rows in a helper table
+# called __rustydb_import_pieces.)
+INTERNAL_TABLES = frozenset({STATE_TABLE.lower()})
 
 # PRAGMAs refused whatever their form: reading some tells file paths, the rest
 # act on files, durability or the whole process.
@@ -94,8 +99,8 @@ _TABLE_IN_SECOND = frozenset(
 
 
 def is_reserved(name: str | None) -> bool:
-    """A name clients may not create or change: SQLite compares names without case."""
-    return name is not None and name.lower().startswith(RESERVED_PREFIX)
+    """A name clients may not create or change: one of the internal tables'."""
+    return name is not None and name.lower() in INTERNAL_TABLES
 
 
 def decide(op: int, first: str | None, second: str | None, *, internal: bool) -> int:

@@ -551,28 +551,21 @@ class Engine:
         finally:
             conn.close()
 
-    def record_backup(self, manifest: dict) -> None:
-        """Remember the latest backups: incrementals start from them, and the WAL
+    def record_backup(self, manifest) -> None:
+        """Remember the latest backups (``manifest`` is a completed backup's
+        backup.manifest.Manifest): incrementals start from them, and the WAL
         they need is kept until the next backup."""
-        if not manifest.get("all_databases", True):
+        if manifest.partial:
             return  # a backup of some databases only is no base for an incremental
-        info = {
-            "backup_id": manifest["backup_id"],
-            "type": manifest["backup_type"],
-            "end_lsn": manifest["end_lsn"],
-            "timeline": manifest["timeline"],
-            "system_id": manifest["system_id"],
-            "base_full_id": manifest.get("base_full_id")
-            or (manifest["backup_id"] if manifest["backup_type"] in ("full", "pitr-base") else None),
-        }
+        info = manifest.control_record()
         with self._checkpoint_lock:
             self.control.last_backup = info
-            if manifest["backup_type"] in ("full", "pitr-base"):
+            if manifest.backup_type.is_full_base:
                 self.control.last_full_backup = info
             self.datadir.write_control(self.control)
             if self.change_tracking is not None:
                 bases = [b["end_lsn"] for b in (self.control.last_backup, self.control.last_full_backup) if b]
-                self.change_tracking.keep(bases, manifest["end_lsn"])
+                self.change_tracking.keep(bases, manifest.end_lsn)
 
     def _backup_keep_lsn(self) -> int | None:
         """The oldest LSN a future incremental or differential still needs."""

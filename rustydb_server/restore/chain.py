@@ -13,7 +13,9 @@ import functools
 import os
 
 from .. import fileops as _fileops
+from ..backup.manifest import Manifest
 from ..container.errors import BackupError
+from ..container.format import BackupType
 from ..container.reader import BackupReader
 from .errors import RestoreError
 from .full import read_key_for, restore_full
@@ -43,8 +45,8 @@ def find_chain(last_path: str, directory: str) -> list[str]:
     chain = [os.path.abspath(last_path)]
     header = last
     seen = {header.backup_id}
-    while header.backup_type in ("incremental", "differential"):
-        parent_id = header.parent_id if header.backup_type == "incremental" else (header.base_full_id)
+    while header.backup_type.needs_parent:
+        parent_id = header.parent_id if header.backup_type is BackupType.INCREMENTAL else header.base_full_id
         if parent_id not in known:
             raise RestoreError(
                 f"backup {header.backup_id} ({header.backup_type}) needs backup {parent_id}, "
@@ -87,7 +89,7 @@ def restore_chain(
     return chain
 
 
-def _apply_incrementals(paths: list[str], key_file: str | None, threads: int, staging: str, manifest: dict) -> None:
+def _apply_incrementals(paths: list[str], key_file: str | None, threads: int, staging: str, manifest: Manifest) -> None:
     for path in paths:
         with open(path, "rb") as f:
             reader = BackupReader(f, key=read_key_for(path, key_file))

@@ -30,7 +30,7 @@ import apsw
 
 from .. import datadir as dd
 from .. import fileops as _fileops
-from ..backup.manifest import manifest_of
+from ..backup.manifest import Manifest, ManifestError
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..engine import database as engine_db
@@ -38,8 +38,6 @@ from ..keys import KeySource, resolve_read_key
 from .errors import RestoreError
 from .install import install_data_dir
 from .staging import TargetLock
-
-RESTORABLE_TYPES = ("full", "pitr-base")
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -64,30 +62,28 @@ def expected_entry(name: str) -> str:
     return f"databases/{name}.sqlite"
 
 
-def check_manifest(reader: BackupReader) -> dict:
+def check_manifest(reader: BackupReader) -> Manifest:
     """The manifest, once every database name and entry in it is safe and matches the file."""
     header = reader.header
     bid = header.backup_id
     try:
-        manifest = manifest_of(header)
-    except ValueError as exc:
+        manifest = Manifest.from_header(header)
+    except ManifestError as exc:
         raise RestoreError(str(exc)) from None
-    if manifest.get("backup_id") != bid:
+    if manifest.backup_id != bid:
         raise RestoreError(
-            f"backup {bid}: its manifest names another backup ({manifest.get('backup_id')!r}); the file is not usable"
+            f"backup {bid}: its manifest names another backup ({manifest.backup_id!r}); the file is not usable"
         )
-    kind = manifest.get("backup_type")
-    if kind not in RESTORABLE_TYPES:
+    if not manifest.backup_type.is_full_base:
         raise RestoreError(
-            f"backup {bid} is a {kind} backup; restore its full base backup first, then apply "
+            f"backup {bid} is a {manifest.backup_type} backup; restore its full base backup first, then apply "
             "this one on top of it (incremental restore)"
         )
-    dbs = manifest.get("databases")
-    if not isinstance(dbs, list) or not dbs:
+    if not manifest.databases:
         raise RestoreError(f"backup {bid} holds no databases; there is nothing to restore")
     seen: set[str] = set()
-    for db in dbs:
-        name = db.get("name") if isinstance(db, dict) else None
+    for db in manifest.databases:
+        name = db.name
         try:
             dd.validate_database_name(name)
         except dd.DataDirError:
@@ -95,9 +91,9 @@ def check_manifest(reader: BackupReader) -> dict:
                 f"backup {bid} names a database {name!r} that is not a valid database name; "
                 "refusing to use it as a file name"
             ) from None
-        if db.get("entry") != expected_entry(name):
+        if db.entry != expected_entry(name):
             raise RestoreError(
-                f"backup {bid}: database {name!r} points at entry {db.get('entry')!r}, "
+                f"backup {bid}: database {name!r} points at entry {db.entry!r}, "
                 f"expected {expected_entry(name)!r}; refusing an entry that is not a plain "
                 "database file"
             )
@@ -126,7 +122,7 @@ def restore_full(
     integrity_check: bool = False,
     force: bool = False,
     progress: ProgressFn | None = None,
-    post_install: Callable[[str, dict], None] | None = None,
+    post_install: Callable[[str, Manifest], None] | None = None,
     fileops: _fileops.FileOps = _fileops.REAL,
 ) -> RestoreResult:
     """Restore ``input_path`` into ``data_dir``. ``post_install(staging, manifest)``
@@ -143,7 +139,7 @@ def restore_full(
             lock.check_empty(force)
             if verify_encryption:
                 _verify_before_writing(reader, threads, progress)
-            with lock.stage(manifest["backup_id"], fileops) as staging:
+            with lock.stage(manifest.backup_id, fileops) as staging:
                 # With more to apply, the files are synced once at the end: pages the
                 # incrementals change are then written to disk once, not twice.
                 written = _write_databases(
@@ -156,11 +152,11 @@ def restore_full(
                 checks = _check_integrity(staging.path, manifest) if integrity_check else []
                 replaced = staging.swap()
     return RestoreResult(
-        backup_id=manifest["backup_id"],
-        backup_type=manifest["backup_type"],
+        backup_id=manifest.backup_id,
+        backup_type=manifest.backup_type,
         data_dir=target,
-        databases=[db["name"] for db in manifest["databases"]],
-        tables=sum(len(db.get("tables", [])) for db in manifest["databases"]),
+        databases=manifest.database_names,
+        tables=sum(len(db.tables) for db in manifest.databases),
         bytes_written=written,
         seconds=time.monotonic() - started,
         verified_encryption=verify_encryption,
@@ -208,7 +204,7 @@ def _verify_before_writing(reader: BackupReader, threads: int, progress: Progres
 
 def _write_databases(
     reader: BackupReader,
-    manifest: dict,
+    manifest: Manifest,
     staging: str,
     threads: int,
     progress: ProgressFn | None,
@@ -216,11 +212,11 @@ def _write_databases(
     *,
     sync: bool = True,
 ) -> int:
-    total = sum(reader.entry(db["entry"]).raw_size for db in manifest["databases"])
+    total = sum(reader.entry(db.entry).raw_size for db in manifest.databases)
     done = 0
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    for db in manifest["databases"]:
-        path = os.path.join(staging, dd.DATABASES_DIR, db["name"] + ".sqlite")
+    for db in manifest.databases:
+        path = os.path.join(staging, dd.DATABASES_DIR, db.name + ".sqlite")
         fd = fileops.open(path, flags, 0o600)
         try:
             os.fchmod(fd, 0o600)
@@ -229,7 +225,7 @@ def _write_databases(
             # left to the single fsync after the last of them: written back
             # now, every page they change would be written twice.
             behind = _fileops.WriteBehind(fileops, fd) if sync else None
-            for chunk in reader.read_entry(db["entry"], threads=threads):
+            for chunk in reader.read_entry(db.entry, threads=threads):
                 fileops.write_all(fd, chunk)  # in pieces: see fileops.WRITE_PIECE
                 if behind is not None:
                     behind.wrote(len(chunk))
@@ -253,11 +249,11 @@ def _sync_databases(staging: str, fileops: _fileops.FileOps) -> None:
     fileops.fsync_dir(directory)
 
 
-def _check_integrity(staging: str, manifest: dict) -> list[str]:
+def _check_integrity(staging: str, manifest: Manifest) -> list[str]:
     """SQLite's integrity check and the manifest's row counts, per database."""
     report = []
-    for db in manifest["databases"]:
-        name = db["name"]
+    for db in manifest.databases:
+        name = db.name
         path = os.path.join(staging, dd.DATABASES_DIR, name + ".sqlite")
         conn = apsw.Connection(path)
         try:
@@ -265,8 +261,8 @@ def _check_integrity(staging: str, manifest: dict) -> list[str]:
             if result != ["ok"]:
                 raise RestoreError(f"database {name!r} failed SQLite's integrity check: {'; '.join(result[:5])}")
             present = set(engine_db.user_tables(conn))
-            for table in db.get("tables", []):
-                tname, rows = table["name"], table["rows"]
+            for table in db.tables:
+                tname, rows = table.name, table.rows
                 if tname not in present:
                     raise RestoreError(
                         f"database {name!r}: table {tname!r} recorded in the backup is missing from the restored data"
@@ -277,7 +273,7 @@ def _check_integrity(staging: str, manifest: dict) -> list[str]:
                         f"database {name!r}, table {tname!r}: {found} rows restored, the backup "
                         f"recorded {rows}; the backup does not match its own manifest"
                     )
-            unexpected = present - {t["name"] for t in db.get("tables", [])}
+            unexpected = present - {t.name for t in db.tables}
             if unexpected:
                 raise RestoreError(
                     f"database {name!r}: tables {sorted(unexpected)} are not recorded in the backup's manifest"

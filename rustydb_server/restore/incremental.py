@@ -17,8 +17,9 @@ import apsw
 
 from .. import datadir as dd
 from .. import fileops as _fileops
-from ..backup.manifest import manifest_of
+from ..backup.manifest import Manifest
 from ..backup.steps import decode_steps
+from ..container.format import BackupType
 from ..container.reader import BackupReader
 from ..engine import database, replay
 from ..wal import segment as walseg
@@ -38,23 +39,23 @@ class IncrementalResult:
     seconds: float
 
 
-def expected_parent(control: dd.Control, manifest: dict) -> str | None:
+def expected_parent(control: dd.Control, manifest: Manifest) -> str | None:
     last = control.last_backup or {}
-    if manifest["backup_type"] == "differential":
+    if manifest.backup_type is BackupType.DIFFERENTIAL:
         full = control.last_full_backup or {}
         # a differential goes straight onto its full backup, nothing in between
         return full.get("backup_id") if last.get("backup_id") == full.get("backup_id") else None
     return last.get("backup_id")
 
 
-def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> None:
-    bid, btype = manifest["backup_id"], manifest["backup_type"]
-    if btype not in ("incremental", "differential"):
+def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: Manifest) -> None:
+    bid, btype = manifest.backup_id, manifest.backup_type
+    if not btype.needs_parent:
         raise IncrementalRestoreError(
             f"backup {bid} is a {btype} backup; --incremental applies incremental and "
             "differential backups (restore a full backup without --incremental)"
         )
-    if str(control.system_id) != str(manifest["system_id"]):
+    if str(control.system_id) != str(manifest.system_id):
         raise IncrementalRestoreError(f"backup {bid} belongs to another database system than {ddir.path}")
     last = control.last_backup or {}
     if last.get("backup_id") == bid:
@@ -72,9 +73,9 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
             f"{ddir.path} has changed since it was restored (a server ran on it); apply "
             "incrementals to a freshly restored directory, before starting the server"
         )
-    want = manifest["parent_id"] if btype == "incremental" else manifest["base_full_id"]
+    want = manifest.parent_id if btype is BackupType.INCREMENTAL else manifest.base_full_id
     have = expected_parent(control, manifest)
-    if btype == "differential" and have is None:
+    if btype is BackupType.DIFFERENTIAL and have is None:
         raise IncrementalRestoreError(
             f"differential backup {bid} applies to its full backup {want}, but "
             f"{ddir.path} already has backup {last.get('backup_id')} on top of "
@@ -84,7 +85,8 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> N
     if have != want:
         raise IncrementalRestoreError(
             f"backup {bid} ({btype}) must be applied on top of backup {want}, but "
-            f"{ddir.path} holds backup {have}" + ("; apply the incrementals in order" if btype == "incremental" else "")
+            f"{ddir.path} holds backup {have}"
+            + ("; apply the incrementals in order" if btype is BackupType.INCREMENTAL else "")
         )
 
 
@@ -101,7 +103,7 @@ def apply_incremental(
     ddir.lock("restore")
     try:
         control = ddir.read_control()
-        manifest = manifest_of(reader.header)
+        manifest = Manifest.from_header(reader.header)
         check_applicable(ddir, control, manifest)
         reader.verify(threads=threads)  # no damaged byte may reach the databases
         # Until every database has it, the directory must not be started on.
@@ -109,12 +111,12 @@ def apply_incremental(
         ddir.write_control(control)
         steps = 0
         try:
-            for db in manifest["databases"]:
-                name = dd.validate_database_name(db["name"])
-                if db["entry"] != f"incremental/{name}.steps":
-                    raise IncrementalRestoreError(f"unexpected entry {db['entry']!r} in the backup")
-                chunks = reader.read_entry(db["entry"], threads=threads)
-                steps += _apply_database(ddir, name, decode_steps(chunks), manifest["end_lsn"], sync=not staging)
+            for db in manifest.databases:
+                name = dd.validate_database_name(db.name)
+                if db.entry != f"incremental/{name}.steps":
+                    raise IncrementalRestoreError(f"unexpected entry {db.entry!r} in the backup")
+                chunks = reader.read_entry(db.entry, threads=threads)
+                steps += _apply_database(ddir, name, decode_steps(chunks), manifest.end_lsn, sync=not staging)
                 if progress is not None:
                     progress(name)
         except IncrementalRestoreError as exc:
@@ -131,10 +133,10 @@ def apply_incremental(
     finally:
         ddir.unlock()
     return IncrementalResult(
-        manifest["backup_id"],
-        manifest["backup_type"],
-        manifest["parent_id"],
-        [d["name"] for d in manifest["databases"]],
+        manifest.backup_id,
+        manifest.backup_type,
+        manifest.parent_id,
+        manifest.database_names,
         steps,
         time.perf_counter() - t0,
     )
@@ -225,19 +227,12 @@ def _finish_apply(conn, path: str, sync: bool) -> None:
         _fileops.REAL.fsync_file(path)
 
 
-def _advance_control(ddir: dd.DataDir, control: dd.Control, manifest: dict) -> None:
-    end = walseg.normalize_lsn(manifest["end_lsn"], control.segment_size)
+def _advance_control(ddir: dd.DataDir, control: dd.Control, manifest: Manifest) -> None:
+    end = walseg.normalize_lsn(manifest.end_lsn, control.segment_size)
     control.redo_lsn = end
     control.checkpoint_lsn = end
     control.state = "restored"
-    control.next_txid = max(control.next_txid, manifest["next_txid"])
-    control.last_commit_time_us = max(control.last_commit_time_us, manifest["last_commit_time_us"])
-    control.last_backup = {
-        "backup_id": manifest["backup_id"],
-        "type": manifest["backup_type"],
-        "end_lsn": manifest["end_lsn"],
-        "timeline": manifest["timeline"],
-        "system_id": manifest["system_id"],
-        "base_full_id": manifest["base_full_id"],
-    }
+    control.next_txid = max(control.next_txid, manifest.next_txid)
+    control.last_commit_time_us = max(control.last_commit_time_us, manifest.last_commit_time_us)
+    control.last_backup = manifest.control_record()
     ddir.write_control(control)

@@ -12,36 +12,35 @@ import os
 
 from .. import datadir as dd
 from .. import fileops as _fileops
+from ..backup.manifest import Manifest
 from ..wal import segment as walseg
 
 
-def control_from_manifest(manifest: dict) -> dd.Control:
-    end_lsn = manifest["end_lsn"]
-    segment_size = manifest["segment_size"]
+def control_from_manifest(manifest: Manifest) -> dd.Control:
     # A WAL position at a segment boundary means "first record of that segment".
-    end_lsn = walseg.normalize_lsn(end_lsn, segment_size)
+    end_lsn = walseg.normalize_lsn(manifest.end_lsn, manifest.segment_size)
     backup = {
-        "backup_id": manifest["backup_id"],
-        "type": manifest["backup_type"],
-        "end_lsn": manifest["end_lsn"],
-        "timeline": manifest["timeline"],
+        "backup_id": manifest.backup_id,
+        "type": manifest.backup_type,
+        "end_lsn": manifest.end_lsn,
+        "timeline": manifest.timeline,
     }
     return dd.Control(
-        system_id=manifest["system_id"],
-        timeline=manifest["timeline"],
-        segment_size=segment_size,
+        system_id=manifest.system_id,
+        timeline=manifest.timeline,
+        segment_size=manifest.segment_size,
         state="restored",
         checkpoint_lsn=end_lsn,
         redo_lsn=end_lsn,
-        next_txid=manifest["next_txid"],
-        last_commit_time_us=manifest["last_commit_time_us"],
+        next_txid=manifest.next_txid,
+        last_commit_time_us=manifest.last_commit_time_us,
         last_backup=backup,
-        last_full_backup=backup if manifest["backup_type"] in ("full", "pitr-base") else None,
+        last_full_backup=backup if manifest.backup_type.is_full_base else None,
     )
 
 
 def install_data_dir(
-    staging: str, manifest: dict, control: dd.Control | None = None, fileops: _fileops.FileOps = _fileops.REAL
+    staging: str, manifest: Manifest, control: dd.Control | None = None, fileops: _fileops.FileOps = _fileops.REAL
 ) -> dd.Control:
     """Write version, control and WAL layout around already-written database files."""
     ddir = dd.DataDir(staging, fileops)

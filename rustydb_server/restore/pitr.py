@@ -22,6 +22,7 @@ from .. import datadir as dd
 from .. import fileops as _fileops
 from .. import keys
 from ..archive import segment_file as sf
+from ..backup.manifest import Manifest
 from ..engine.recovery import RecordApplier, RecoveryError
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
@@ -136,7 +137,7 @@ def restore_to_target(
     key = read_key_for(input_path, key_file)
     report: PitrReport | None = None
 
-    def replay(staging: str, manifest: dict) -> None:
+    def replay(staging: str, manifest: Manifest) -> None:
         nonlocal report
         report = recover(
             staging,
@@ -249,7 +250,7 @@ def _unpack_range(
 
 def recover(
     staging: str,
-    manifest: dict,
+    manifest: Manifest,
     archive_dir: str,
     target: Target,
     *,
@@ -264,12 +265,12 @@ def recover(
     t0 = time.perf_counter()
     ddir = dd.DataDir(staging, fileops)
     control = ddir.read_control()
-    base_lsn = manifest["end_lsn"]
-    base_time = manifest["last_commit_time_us"]
-    size = manifest["segment_size"]
+    base_lsn = manifest.end_lsn
+    base_time = manifest.last_commit_time_us
+    size = manifest.segment_size
     _check_target_against_base(target, manifest)
     archive = sf.list_archive(archive_dir)
-    path = timeline_path(archive_dir, manifest["timeline"], base_lsn, timeline_choice)
+    path = timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice)
     scratch = os.path.join(staging, "pitr_wal")
     os.makedirs(scratch, exist_ok=True)
     applier = RecordApplier(ddir, only_database=only_database, only_table=only_table)
@@ -284,7 +285,7 @@ def recover(
             for tl, start, stop in path:
                 first = start // size
                 stop_segno = None if stop is None else (stop - 1) // size
-                paths = _unpack_range(archive, tl, first, scratch, manifest["system_id"], key, stop_segno)
+                paths = _unpack_range(archive, tl, first, scratch, manifest.system_id, key, stop_segno)
                 if not paths and stop is not None:
                     raise PitrError(
                         f"the archive has no segment {walseg.segment_name(tl, first)}, needed "
@@ -294,7 +295,7 @@ def recover(
                 if not paths:
                     break
                 for entry in wal_reader.read_segments(
-                    paths, start, timeline=tl, segment_size=size, system_id=manifest["system_id"]
+                    paths, start, timeline=tl, segment_size=size, system_id=manifest.system_id
                 ):
                     if stop is not None and entry.lsn >= stop:
                         break
@@ -329,7 +330,7 @@ def recover(
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    last_tl = path[-1][0] if target.kind != "immediate" else manifest["timeline"]
+    last_tl = path[-1][0] if target.kind != "immediate" else manifest.timeline
     control.next_txid = max(control.next_txid, applier.max_txid + 1)
     control.last_commit_time_us = max(control.last_commit_time_us, last_time or 0)
     new_tl = _start_new_timeline(ddir, control, archive_dir, archive, last_tl, end_lsn, target)
@@ -347,17 +348,17 @@ def recover(
     )
 
 
-def _check_target_against_base(target: Target, manifest: dict) -> None:
-    base_lsn = manifest["end_lsn"]
+def _check_target_against_base(target: Target, manifest: Manifest) -> None:
+    base_lsn = manifest.end_lsn
     if target.kind == "lsn" and target.value < base_lsn:
         raise PitrError(
             f"recovery target LSN {format_lsn(target.value)} is before the end of the base "
             f"backup ({format_lsn(base_lsn)}); use an older base backup"
         )
-    if target.kind == "time" and target.value < manifest["last_commit_time_us"]:
+    if target.kind == "time" and target.value < manifest.last_commit_time_us:
         raise PitrError(
             f"recovery target time {format_time(target.value)} is before the end of the base "
-            f"backup (its last commit is at {format_time(manifest['last_commit_time_us'])}); "
+            f"backup (its last commit is at {format_time(manifest.last_commit_time_us)}); "
             "use an older base backup"
         )
 

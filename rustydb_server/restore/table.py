@@ -18,7 +18,7 @@ import time
 import apsw
 
 from .. import datadir as dd
-from ..backup.manifest import manifest_of
+from ..backup.manifest import Manifest
 from ..backup.steps import decode_steps
 from ..backup.vfs import open_backup_database
 from ..container.reader import BackupReader
@@ -103,20 +103,20 @@ def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str) -
     try:
         with open(path, "rb") as f:
             reader = BackupReader(f, key=key)
-            manifest = manifest_of(reader.header)
+            manifest = Manifest.from_header(reader.header)
             conn.execute("BEGIN IMMEDIATE")
             entry = f"incremental/{db_name}.steps"
-            if any(d["entry"] == entry for d in manifest["databases"]):
+            if any(d.entry == entry for d in manifest.databases):
                 for kind, payload in decode_steps(reader.read_entry(entry)):
                     if kind == "changeset":
                         replay.apply_steps(conn, [(kind, payload)], table_filter=lambda t: t == table)
                     elif kind == "ddl" and replay.ddl_touches(payload, table, conn):
                         replay.apply_steps(conn, [(kind, payload)])
                     elif kind == "drop":
-                        raise RestoreError(f"database {db_name!r} was dropped in backup {manifest['backup_id']}")
+                        raise RestoreError(f"database {db_name!r} was dropped in backup {manifest.backup_id}")
             # applied_lsn names the last record applied; the first record after
             # the backup starts at its end_lsn and must still be replayed.
-            database.write_state(conn, manifest["end_lsn"] - 1, None, None)
+            database.write_state(conn, manifest.end_lsn - 1, None, None)
             conn.execute("COMMIT")
     finally:
         conn.close()
@@ -138,20 +138,20 @@ def restore_table(
     t0 = time.perf_counter()
     with open(input_path, "rb") as f:
         header = BackupReader(f).header
-    manifest = manifest_of(header)
+    manifest = Manifest.from_header(header)
     chain = [os.path.abspath(input_path)]
-    if manifest["backup_type"] in ("incremental", "differential"):
+    if manifest.backup_type.needs_parent:
         chain = find_chain(input_path, chain_dir or os.path.dirname(os.path.abspath(input_path)))
     with open(chain[0], "rb") as f:
-        base_manifest = manifest_of(BackupReader(f).header)
-    names = [d["name"] for d in base_manifest["databases"]]
+        base_manifest = Manifest.from_header(BackupReader(f).header)
+    names = base_manifest.database_names
     db_name = database_name or (names[0] if len(names) == 1 else dd.DEFAULT_DATABASE)
     if db_name not in names:
         raise RestoreError(f"the backup has no database {db_name!r}; it holds: {', '.join(names)}. Pass --database")
     target_dir = os.path.abspath(data_dir)
     with TargetLock(target_dir) as lock:
         lock.check_empty(force)
-        with lock.stage(base_manifest["backup_id"]) as staging:
+        with lock.stage(base_manifest.backup_id) as staging:
             db_path = os.path.join(staging.path, dd.DATABASES_DIR, f"{db_name}.sqlite")
             src = open_backup_database(chain[0], db_name, key=key)
             # The table is as of the backed-up database's own applied_lsn: the
@@ -169,10 +169,7 @@ def restore_table(
                 src.close()
             for path in chain[1:]:
                 _apply_chain_steps(path, key, db_path, db_name, table)
-            last_manifest = manifest if len(chain) > 1 else base_manifest
-            install_manifest = dict(last_manifest)
-            install_manifest["databases"] = [{"name": db_name}]
-            install_data_dir(staging.path, install_manifest)
+            install_data_dir(staging.path, manifest if len(chain) > 1 else base_manifest)
             report = None
             if archive_dir and target is not None:
                 report = pitr.recover(
@@ -194,7 +191,7 @@ def restore_table(
     finally:
         count_conn.close()
     return TableRestoreResult(
-        base_manifest["backup_id"],
+        base_manifest.backup_id,
         db_name,
         table,
         rows,

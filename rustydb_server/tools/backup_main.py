@@ -27,13 +27,13 @@ import os
 import sys
 
 from ..codecs import CODECS
+from ..container.format import BackupType
 from ..keys import ENV_PASSPHRASE
 from .argtypes import niceness, thread_count
 from .backup import PROG, create_key, info, query, rotate_key, take, verify
 from .interrupt import interruption, sigterm_interrupts
 from .output import stdout_closed
 
-BACKUP_TYPES = ("full", "incremental", "differential", "pitr-base")
 DEFAULT_CODEC = "lz4"
 
 #: The verbs by the flag that names them (its argparse dest). --type comes
@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     # --verify is both a mode (--verify FILE) and a flag of --type, so the
     # "exactly one mode" rule is checked in check_usage, not by argparse.
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--type", choices=BACKUP_TYPES, help="take a backup of this type")
+    mode.add_argument(
+        "--type", choices=[t.value for t in BackupType.taken_by_server()], help="take a backup of this type"
+    )
     p.add_argument(
         "--verify",
         dest="verify_file",
@@ -156,7 +158,7 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                 parser.error(f"{flag} is only used with --type")
     if taking and args.key_file and not args.encrypt:
         parser.error("--key-file with --type needs --encrypt (an unencrypted backup uses no key)")
-    if args.base_backup and args.type != "incremental":
+    if args.base_backup and args.type != BackupType.INCREMENTAL:
         parser.error("--base-backup is only used with --type incremental")
     if args.rotate_key is not None and len(args.rotate_key) < 3:
         parser.error("--rotate-key needs OLD NEW FILE... (two key files, then backup files)")

@@ -11,7 +11,7 @@ import copy
 
 from rustydb_server import datadir as dd
 from rustydb_server.backup.incremental import IncrementalSource
-from rustydb_server.backup.manifest import header_from_manifest
+from rustydb_server.backup.manifest import Manifest
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.container.file import BackupFile
 from rustydb_server.container.format import RECORD
@@ -60,12 +60,12 @@ def write_backup(
     (the data written stays the snapshot's), ``extra_entries`` adds (entry, database)."""
     snap = Snapshot(engine, None, backup_type=backup_type)
     try:
-        manifest = snap.manifest()
+        manifest = snap.manifest().to_dict()
         real = [(db["entry"], db["name"]) for db in manifest["databases"]]
         manifest = copy.deepcopy(manifest)
         if edit is not None:
             edit(manifest)
-        bf = BackupFile(out, header_from_manifest(manifest), key=key, codec=codec)
+        bf = BackupFile(out, Manifest.from_dict(manifest).to_header(), key=key, codec=codec)
         scratch = engine.datadir.join("backup_tmp")
         for entry, name in real + list(extra_entries):
             bf.begin_entry(entry)
@@ -113,14 +113,14 @@ def write_incremental(engine, parent: dict, out: str, backup_type: str = "increm
     scratch = engine.datadir.join("backup_tmp")
     with IncrementalSource(engine, parent, backup_type, None, scratch) as src:
         manifest = src.manifest()
-        bf = BackupFile(out, header_from_manifest(manifest), codec="none")
+        bf = BackupFile(out, manifest.to_header(), codec="none")
         for entry, chunks in src.entries(scratch):
             bf.begin_entry(entry)
             for chunk in chunks:
                 bf.write(chunk)
             bf.end_entry()
         bf.commit()
-    return manifest
+    return manifest.to_dict()
 
 
 def rows(data_dir: str):

@@ -30,7 +30,7 @@ def query_backup(path: str, sql: str, *, database: str | None, key_file: str | N
 
     try:
         header = read_file_header(path)
-        if header.backup_type in ("incremental", "differential", "wal-segment"):
+        if not header.backup_type.is_full_base:
             return fail(
                 PROG,
                 f"{path} is a {header.backup_type} backup: it holds changes, "

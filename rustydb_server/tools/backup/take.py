@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rustydb_client.client import ClientError, connect
 from rustydb_client.protocol import events
 
-from ...backup.manifest import header_from_manifest
+from ...backup.manifest import Manifest, ManifestError
 from ...container.errors import BackupError
 from ...container.file import BackupFile
 from ...container.format import BackupHeader, BackupSummary
@@ -40,7 +40,7 @@ class BackupFailed(Exception):
 
 @dataclass
 class StreamResult:
-    manifest: dict
+    manifest: Manifest
     header: BackupHeader
     summary: BackupSummary
     raw_bytes: int
@@ -101,7 +101,7 @@ def backup_request(
             "end_lsn": h.end_lsn,
             "timeline": h.timeline,
             "system_id": int(h.system_id) if h.system_id.isdigit() else h.system_id,
-            "base_full_id": h.base_full_id or (h.backup_id if h.backup_type in ("full", "pitr-base") else None),
+            "base_full_id": h.base_full_id or (h.backup_id if h.backup_type.is_full_base else None),
         }
     return events.BackupRequested(backup_type, databases or None, base_backup)
 
@@ -115,16 +115,10 @@ def receive_backup(
     entry of the manifest was received whole; on anything else it is aborted.
     """
     manifest = _receive_manifest(conn)
-    try:
-        header = header_from_manifest(manifest)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BackupFailed(
-            f"the server sent an incomplete backup manifest ({exc!r} missing "
-            "or wrong); is the server the same version as this tool?"
-        ) from None
-    entries = [db["entry"] for db in manifest["databases"]]
+    header = manifest.to_header()
+    entries = [db.entry for db in manifest.databases]
     if progress is not None:
-        progress.update(0, sum(int(db.get("size_bytes", 0)) for db in manifest["databases"]))
+        progress.update(0, sum(db.size_bytes for db in manifest.databases))
     try:
         bf = BackupFile(output, header, key=key, codec=codec, threads=threads)
     except (OSError, ValueError, BackupError) as exc:
@@ -138,14 +132,16 @@ def receive_backup(
     return StreamResult(manifest, bf.header, summary, raw, end.end_lsn)
 
 
-def _receive_manifest(conn) -> dict:
+def _receive_manifest(conn) -> Manifest:
     event = _next_stream_event(conn)
     if not isinstance(event, events.BackupHeader):
         raise BackupFailed(f"the server answered the backup request with {event.type!r} instead of a backup header")
-    manifest = event.manifest
-    if not isinstance(manifest.get("databases"), list):
-        raise BackupFailed("the server's backup header carries no usable manifest")
-    return manifest
+    try:
+        return Manifest.from_dict(event.manifest)
+    except ManifestError as exc:
+        raise BackupFailed(
+            f"the server sent an incomplete backup manifest ({exc}); is the server the same version as this tool?"
+        ) from None
 
 
 def _receive_entries(
@@ -213,7 +209,7 @@ def _print_summary(
     *,
     as_json: bool,
 ) -> None:
-    names = [db["name"] for db in result.manifest["databases"]]
+    names = result.manifest.database_names
     tables = result.header.table_count
     if as_json:
         print_json(

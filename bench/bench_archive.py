@@ -34,11 +34,10 @@ import threading
 import time
 import urllib.request
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from helpers import ServerProcess, tool
-
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' support package
 from rustydb_client import client as rc
 from rustydb_server.wal.lsn import parse_lsn
+from tests.support.servers import ServerProcess, tool
 
 MB = 1024 * 1024
 STARTED: list[ServerProcess] = []

@@ -34,12 +34,12 @@ import apsw
 import lz4.block
 
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' support package
 from bytecode import compile_bytecode  # noqa: E402
-from helpers import ServerProcess, tool  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
 from rustydb_server import fileops  # noqa: E402
+from tests.support.servers import ServerProcess, tool  # noqa: E402
 
 WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "

@@ -23,12 +23,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' support package
 sys.path.insert(0, os.path.dirname(__file__))
 import floor  # noqa: E402
-from helpers import ServerProcess, free_port  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
+from tests.support.servers import ServerProcess, free_port  # noqa: E402
 
 SCALE = 10
 

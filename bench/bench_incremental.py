@@ -24,13 +24,13 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' support package
 from bench_backup import build_rows
 from bench_backup import run as timed  # noqa: E402
 from bytecode import compile_bytecode  # noqa: E402
-from helpers import ServerProcess, tool  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
+from tests.support.servers import ServerProcess, tool  # noqa: E402
 
 RUNS = 3
 RESTORE_RUNS = 5  # this VM's disk makes single restores vary by 2x

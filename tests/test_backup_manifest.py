@@ -285,6 +285,46 @@ def test_a_broken_manifest_names_what_is_wrong(edit, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/tmp/victim",
+        "../victim",
+        "..",
+        "a/b",
+        "a\\b",
+        "a\x00b",
+        "x" * 64,
+        "",
+        "r\u0443stydb",  # a Cyrillic look-alike
+        "rustydb\u2215etc",  # a division slash
+        "1starts_with_a_digit",
+    ],
+)
+def test_a_database_name_a_path_could_be_built_from_is_refused_at_the_parser(name):
+    d = copy.deepcopy(CAPTURED["pitr-base"])
+    d["databases"][0]["name"] = name
+    with pytest.raises(ManifestError, match="which is not a database name: the backup is damaged"):
+        Manifest.from_dict(d)
+
+
+@pytest.mark.parametrize("key", ["start_lsn", "end_lsn"])
+def test_a_negative_lsn_is_damage(key):
+    d = copy.deepcopy(CAPTURED["pitr-base"])
+    d[key] = -1
+    with pytest.raises(ManifestError, match=f"{key} is negative"):
+        Manifest.from_dict(d)
+
+
+def test_keys_a_newer_server_adds_are_kept_as_they_came():
+    d = copy.deepcopy(CAPTURED["incremental"])
+    d["added_later"] = {"x": 1}
+    d["databases"][0]["also_later"] = [1, 2]
+    again = Manifest.from_dict(d).to_dict()
+    assert again == d and list(again) == list(d)
+    assert packed(again) == packed(d)
+
+
 def test_a_header_without_a_manifest_says_so():
     header = BackupHeader(backup_id=FULL_ID, backup_type=BackupType.FULL, created_us=0)
     with pytest.raises(ManifestError, match="has no manifest"):

@@ -5,14 +5,21 @@ needs to write the control file.
 It travels as a map: in the container header's ``extra["manifest"]`` and in
 the wire protocol's backup header. ``to_dict`` writes that map key for key as
 every version has (the same keys in the same order), and ``from_dict`` reads
-the maps of older backups too, which lack the keys added since.
+the maps of older backups too, which lack the keys added since; keys it does
+not know (a newer server's) are kept and written back as they came.
+
+Every name a restore later builds a path from is checked here, once: a
+database name must be one (``datadir.validate_database_name``), so a damaged
+or forged backup cannot make a restore write outside its target.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from .. import datadir as dd
 from ..container.format import BackupHeader, BackupType
 
 #: The manifest's own version, written into every manifest.
@@ -39,6 +46,7 @@ class DatabaseEntry:
     size_bytes: int
     applied_lsn: int | None = None  # full and pitr-base backups
     transactions: int | None = None  # incremental and differential backups
+    unknown: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name, "entry": self.entry}
@@ -48,6 +56,7 @@ class DatabaseEntry:
         out["size_bytes"] = self.size_bytes
         if self.transactions is not None:
             out["transactions"] = self.transactions
+        out.update(self.unknown)
         return out
 
     @classmethod
@@ -58,13 +67,22 @@ class DatabaseEntry:
         for t in tables:
             if not (isinstance(t, dict) and isinstance(t.get("name"), str) and _is_int(t.get("rows"))):
                 raise ManifestError("a manifest's databases[].tables[] needs a name and an int row count")
+        name = _field(d, "name", str, "databases[].")
+        try:
+            dd.validate_database_name(name)
+        except dd.DataDirError:
+            raise ManifestError(
+                f"a manifest names database {name!r}, which is not a database name: "
+                "the backup is damaged or was not written by RustyDB"
+            ) from None
         return cls(
-            name=_field(d, "name", str, "databases[]."),
+            name=name,
             entry=_field(d, "entry", str, "databases[]."),
             tables=tuple(TableRows(t["name"], t["rows"]) for t in tables),
             size_bytes=_field(d, "size_bytes", int, "databases[]."),
             applied_lsn=_field(d, "applied_lsn", int, "databases[].", required=False),
             transactions=_field(d, "transactions", int, "databases[].", required=False),
+            unknown={k: v for k, v in d.items() if k not in _DATABASE_KEYS},
         )
 
 
@@ -88,6 +106,7 @@ class Manifest:
     # False: some databases only, so no base for an incremental. None: written
     # before such backups existed, when every backup held every database.
     all_databases: bool | None = None
+    unknown: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     format: int = MANIFEST_FORMAT
 
     @property
@@ -138,15 +157,21 @@ class Manifest:
             out["wal_records"] = self.wal_records
         if self.all_databases is not None:
             out["all_databases"] = self.all_databases
+        out.update(self.unknown)
         return out
 
     @classmethod
     def from_dict(cls, d: Any) -> Manifest:
         if not isinstance(d, dict):
             raise ManifestError(f"a manifest must be a map, not {type(d).__name__}")
+        for name in ("start_lsn", "end_lsn"):
+            if _is_int(d.get(name)) and d[name] < 0:
+                raise ManifestError(f"a manifest's {name} is negative ({d[name]}): the backup is damaged")
         backup_type = _field(d, "backup_type", str)
         if backup_type not in BackupType.taken_by_server():
             raise ManifestError(f"a manifest's backup_type {backup_type!r} is not a server backup's type")
+        databases = tuple(DatabaseEntry.from_dict(db) for db in _field(d, "databases", list))
+        _check_entries(BackupType(backup_type), databases)
         return cls(
             format=_field(d, "format", int),
             backup_id=_field(d, "backup_id", str),
@@ -160,11 +185,12 @@ class Manifest:
             last_commit_time_us=_field(d, "last_commit_time_us", int),
             server_version=_field(d, "server_version", str),
             created_us=_field(d, "created_us", int),
-            databases=tuple(DatabaseEntry.from_dict(db) for db in _field(d, "databases", list)),
+            databases=databases,
             parent_id=_field(d, "parent_id", str, required=False),
             base_full_id=_field(d, "base_full_id", str, required=False),
             wal_records=_field(d, "wal_records", int, required=False),
             all_databases=_field(d, "all_databases", bool, required=False),
+            unknown={k: v for k, v in d.items() if k not in _MANIFEST_KEYS},
         )
 
     def to_header(self) -> BackupHeader:
@@ -201,6 +227,27 @@ class Manifest:
             raise ManifestError(f"backup {header.backup_id} has an unusable manifest: {e}") from None
 
 
+def database_entry(backup_type: BackupType, name: str) -> str:
+    """The container entry that holds database ``name`` in a backup of this type."""
+    if backup_type.is_full_base:
+        return f"databases/{name}.sqlite"
+    return f"incremental/{name}.steps"
+
+
+def _check_entries(backup_type: BackupType, databases: tuple[DatabaseEntry, ...]) -> None:
+    seen: set[str] = set()
+    for db in databases:
+        expected = database_entry(backup_type, db.name)
+        if db.entry != expected:
+            raise ManifestError(
+                f"database {db.name!r} points at entry {db.entry!r}, expected {expected!r}; "
+                "refusing an entry that is not that database's own"
+            )
+        if db.name in seen:
+            raise ManifestError(f"a manifest lists database {db.name!r} twice")
+        seen.add(db.name)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -215,3 +262,28 @@ def _field(d: dict, name: str, kind: type, where: str = "", *, required: bool = 
     if not ok:
         raise ManifestError(f"a manifest's {where}{name} must be {kind.__name__}, not {type(value).__name__}")
     return value
+
+
+# The keys each version so far has written; any other is a newer server's, kept as it is.
+_DATABASE_KEYS = frozenset({"name", "entry", "applied_lsn", "tables", "size_bytes", "transactions"})
+_MANIFEST_KEYS = frozenset(
+    {
+        "format",
+        "backup_id",
+        "backup_type",
+        "parent_id",
+        "base_full_id",
+        "system_id",
+        "timeline",
+        "segment_size",
+        "start_lsn",
+        "end_lsn",
+        "next_txid",
+        "last_commit_time_us",
+        "server_version",
+        "created_us",
+        "databases",
+        "wal_records",
+        "all_databases",
+    }
+)

@@ -8,10 +8,10 @@ The fixtures built from them are in ``tests.support.fixtures``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from rustydb_server import datadir as dd
 from rustydb_server.backup.incremental import IncrementalSource
-from rustydb_server.backup.manifest import Manifest
 from rustydb_server.backup.snapshot import Snapshot
 from rustydb_server.container.file import BackupFile
 from rustydb_server.container.format import RECORD
@@ -65,7 +65,16 @@ def write_backup(
         manifest = copy.deepcopy(manifest)
         if edit is not None:
             edit(manifest)
-        bf = BackupFile(out, Manifest.from_dict(manifest).to_header(), key=key, codec=codec)
+        # Written as an attacker or damage would: the edited map as it is, unparsed.
+        header = dataclasses.replace(
+            snap.manifest().to_header(),
+            extra={"manifest": manifest},
+            databases=[
+                {"name": d.get("name"), "tables": d.get("tables"), "size_bytes": d.get("size_bytes")}
+                for d in manifest["databases"]
+            ],
+        )
+        bf = BackupFile(out, header, key=key, codec=codec)
         scratch = engine.datadir.join("backup_tmp")
         for entry, name in real + list(extra_entries):
             bf.begin_entry(entry)

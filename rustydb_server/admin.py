@@ -1,8 +1,9 @@
 """Admin SQL that the server handles itself (never passed to SQLite).
 
 Parsing is in ``admin_parse``; this module carries a parsed command out
-against the running server and says what happened in a result the wire layer
-sends like any other statement's.
+against the running server, on behalf of one session's dispatcher
+(``dispatch.py``), and says what happened in a result the dispatcher sends
+like any other statement's.
 """
 
 from __future__ import annotations
@@ -14,16 +15,11 @@ import trio
 
 from . import admin_parse as ap
 from . import settings as settings_mod
+from .errors import ReportedError
 from .logsetup import get_logger
 from .wal.lsn import format_lsn
 
 log = get_logger("rustydb.admin")
-
-
-class AdminError(Exception):
-    def __init__(self, message: str, code: str = "admin_error"):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclasses.dataclass
@@ -35,65 +31,65 @@ class AdminResult:
     after: Callable[[], None] | None = None  # runs once the client has its answer
 
 
-async def execute(conn, cmd) -> AdminResult:
+async def execute(dispatcher, cmd) -> AdminResult:
     handler = _HANDLERS[type(cmd)]
-    return await handler(conn, cmd)
+    return await handler(dispatcher, cmd)
 
 
-def _thread(conn, fn, *args):
-    return trio.to_thread.run_sync(fn, *args, limiter=conn.listener.db_limiter)
+def _thread(dispatcher, fn, *args):
+    return trio.to_thread.run_sync(fn, *args, limiter=dispatcher.services.db_limiter)
 
 
-async def _alter_set(conn, cmd: ap.AlterSystemSet) -> AdminResult:
-    listener = conn.listener
-    data_dir = listener.settings["data_dir"]
+async def _alter_set(dispatcher, cmd: ap.AlterSystemSet) -> AdminResult:
+    services = dispatcher.services
+    data_dir = services.settings["data_dir"]
     try:
         setting = settings_mod.lookup(cmd.name)
         value = settings_mod.set_auto(data_dir, setting.name, cmd.raw_value)
-        result = listener.settings.reload()
+        result = services.settings.reload()
     except settings_mod.SettingError as e:
-        raise AdminError(str(e), code="invalid_setting") from None
+        raise ReportedError(str(e), "invalid_setting") from None
     shown = settings_mod.format_value(setting.name, value)
-    log.info("ALTER SYSTEM SET", setting=setting.name, value=shown, session=conn.session_id)
+    log.info("ALTER SYSTEM SET", setting=setting.name, value=shown, session=dispatcher.session_id)
     notices = []
     if setting.context == settings_mod.RESTART:
         notices.append(f"{setting.name} = {shown} is saved; it takes effect after a restart")
-    elif setting.name not in result.applied and listener.settings.source(setting.name) == "command line":
+    elif setting.name not in result.applied and services.settings.source(setting.name) == "command line":
         notices.append(f"{setting.name} is saved, but a command-line flag overrides it until restart")
-    listener.settings_changed()
+    services.settings_changed()
     return AdminResult("ALTER SYSTEM", notices=notices)
 
 
-async def _alter_reset(conn, cmd: ap.AlterSystemReset) -> AdminResult:
-    listener = conn.listener
+async def _alter_reset(dispatcher, cmd: ap.AlterSystemReset) -> AdminResult:
+    services = dispatcher.services
     try:
-        settings_mod.reset_auto(listener.settings["data_dir"], cmd.name)
-        listener.settings.reload()
+        settings_mod.reset_auto(services.settings["data_dir"], cmd.name)
+        services.settings.reload()
     except settings_mod.SettingError as e:
-        raise AdminError(str(e), code="invalid_setting") from None
-    log.info("ALTER SYSTEM RESET", setting=cmd.name or "ALL", session=conn.session_id)
-    listener.settings_changed()
+        raise ReportedError(str(e), "invalid_setting") from None
+    log.info("ALTER SYSTEM RESET", setting=cmd.name or "ALL", session=dispatcher.session_id)
+    services.settings_changed()
     return AdminResult("ALTER SYSTEM")
 
 
-async def _show(conn, cmd: ap.Show) -> AdminResult:
-    settings = conn.listener.settings
+async def _show(dispatcher, cmd: ap.Show) -> AdminResult:
+    settings = dispatcher.services.settings
     if cmd.name is None:
         rows = [list(r) for r in settings_mod.show_all(settings)]
         return AdminResult("SHOW", ["name", "setting", "unit", "context", "source", "description"], rows)
-    special = _special_show(conn, cmd.name.lower())
+    special = _special_show(dispatcher, cmd.name.lower())
     if special is not None:
         return AdminResult("SHOW", [cmd.name.lower()], [[special]])
     try:
         setting = settings_mod.lookup(cmd.name)
     except settings_mod.SettingError as e:
-        raise AdminError(str(e), code="invalid_setting") from None
+        raise ReportedError(str(e), "invalid_setting") from None
     value = settings_mod.format_value(setting.name, settings[setting.name])
     return AdminResult("SHOW", [setting.name], [[value]])
 
 
-def _special_show(conn, name: str):
-    engine = conn.listener.engine
+def _special_show(dispatcher, name: str):
+    engine = dispatcher.services.engine
     if name == "server_version":
         from . import __version__
 
@@ -107,18 +103,18 @@ def _special_show(conn, name: str):
     return None
 
 
-async def _shutdown(conn, cmd: ap.Shutdown) -> AdminResult:
+async def _shutdown(dispatcher, cmd: ap.Shutdown) -> AdminResult:
     mode = "immediate" if cmd.immediate else "graceful"
-    log.info("SHUTDOWN requested", mode=mode, session=conn.session_id, peer=conn.peer)
+    log.info("SHUTDOWN requested", mode=mode, session=dispatcher.session_id, peer=dispatcher.peer)
     return AdminResult(
         "SHUTDOWN",
         notices=[f"the server is shutting down ({mode})"],
-        after=lambda: conn.listener.lifecycle.request_shutdown(mode),
+        after=lambda: dispatcher.services.lifecycle.request_shutdown(mode),
     )
 
 
-async def _checkpoint(conn, cmd) -> AdminResult:
-    result = await conn.listener.checkpointer.checkpoint()
+async def _checkpoint(dispatcher, cmd) -> AdminResult:
+    result = await dispatcher.services.checkpointer.checkpoint()
     if not result["complete"]:
         return AdminResult(
             "CHECKPOINT",
@@ -130,31 +126,31 @@ async def _checkpoint(conn, cmd) -> AdminResult:
     return AdminResult("CHECKPOINT")
 
 
-async def _restore_point(conn, cmd: ap.CreateRestorePoint) -> AdminResult:
-    lsn = await _thread(conn, conn.listener.engine.create_restore_point, cmd.name)
+async def _restore_point(dispatcher, cmd: ap.CreateRestorePoint) -> AdminResult:
+    lsn = await _thread(dispatcher, dispatcher.services.engine.create_restore_point, cmd.name)
     return AdminResult("CREATE RESTORE POINT", ["restore_point", "lsn"], [[cmd.name, format_lsn(lsn)]])
 
 
-async def _switch_wal(conn, cmd) -> AdminResult:
-    lsn = await _thread(conn, conn.listener.engine.switch_wal)
+async def _switch_wal(dispatcher, cmd) -> AdminResult:
+    lsn = await _thread(dispatcher, dispatcher.services.engine.switch_wal)
     return AdminResult("SWITCH WAL", ["lsn"], [[format_lsn(lsn)]])
 
 
-async def _create_database(conn, cmd: ap.CreateDatabase) -> AdminResult:
-    created = await _thread(conn, conn.listener.engine.create_database, cmd.name, cmd.if_not_exists)
+async def _create_database(dispatcher, cmd: ap.CreateDatabase) -> AdminResult:
+    created = await _thread(dispatcher, dispatcher.services.engine.create_database, cmd.name, cmd.if_not_exists)
     notices = [] if created else [f'database "{cmd.name}" already exists, skipping']
     return AdminResult("CREATE DATABASE", notices=notices)
 
 
-async def _drop_database(conn, cmd: ap.DropDatabase) -> AdminResult:
-    current = conn.session.handle if conn.session else None
-    dropped = await _thread(conn, conn.listener.engine.drop_database, cmd.name, cmd.if_exists, current)
+async def _drop_database(dispatcher, cmd: ap.DropDatabase) -> AdminResult:
+    current = dispatcher.session.handle if dispatcher.session else None
+    dropped = await _thread(dispatcher, dispatcher.services.engine.drop_database, cmd.name, cmd.if_exists, current)
     notices = [] if dropped else [f'database "{cmd.name}" does not exist, skipping']
     return AdminResult("DROP DATABASE", notices=notices)
 
 
-async def _use(conn, cmd: ap.Use) -> AdminResult:
-    await _thread(conn, conn.session.use, cmd.name)
+async def _use(dispatcher, cmd: ap.Use) -> AdminResult:
+    await _thread(dispatcher, dispatcher.session.use, cmd.name)
     return AdminResult("USE")
 
 

@@ -13,12 +13,17 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .errors import ReportedError
+
 DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 MAX_RESTORE_POINT_NAME = 63
 
 
-class AdminSyntaxError(ValueError):
+class AdminSyntaxError(ReportedError):
     """An admin statement was malformed; the message shows the expected form."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "syntax_error")
 
 
 @dataclass(frozen=True)

@@ -60,16 +60,23 @@ def load_users(path: str) -> dict[str, tuple]:
     return users
 
 
-def _is_loopback(host) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
+def is_loopback(host: str | None) -> bool:
+    """Whether a peer is on this machine's loopback interface: the one check
+    behind trusting the wire protocol's loopback peers and the HTTP API's
+    tokenless clients."""
+    if not host:
         return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        # A name rather than an address (an ASGI scope may hold one): only
+        # "localhost" is known to mean this machine without a lookup.
+        return host == "localhost"
 
 
 def auth_fn_for(settings, peer):
     """None when this peer is trusted; otherwise a credentials lookup for SCRAM."""
-    if settings["auth_trust_loopback"] and _is_loopback(peer[0]):
+    if settings["auth_trust_loopback"] and is_loopback(peer[0]):
         return None
     path = settings["auth_users_file"]
 

@@ -12,7 +12,6 @@ the network by default).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 
@@ -24,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .auth import is_loopback
 from .backup import api as backup_api
 from .backup.service import BackupService
 from .health import health_report
@@ -31,15 +31,6 @@ from .lifecycle import Lifecycle, StartupError
 from .logsetup import get_logger
 
 log = get_logger("rustydb.http")
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def read_token(path: str) -> str | None:
@@ -70,7 +61,7 @@ class TokenGuard:
         except OSError as e:
             resp = error(503, f"cannot read http_api_token_file: {e.strerror}", "config_error")
             return await resp(scope, receive, send)
-        if token is None and _is_loopback(client[0]):
+        if token is None and is_loopback(client[0]):
             return await self.app(scope, receive, send)
         if token is None:
             resp = error(

@@ -16,6 +16,7 @@ import trio
 
 from . import __version__
 from . import datadir as _datadir
+from .archive import segment_file
 from .archive.archiver import Archiver
 from .backup.catalog import Catalog
 from .backup.service import BackupService
@@ -56,7 +57,14 @@ async def run(settings, notifier: Notifier) -> int:
             checkpoint_due, archive_work = Doorbell(), Doorbell()
             events = EngineEvents(trio.lowlevel.current_trio_token(), lifecycle, checkpoint_due, archive_work)
             engine = await trio.to_thread.run_sync(
-                functools.partial(Engine.open, ddir, settings, observer=events, change_tracking=tracking)
+                functools.partial(
+                    Engine.open,
+                    ddir,
+                    settings,
+                    observer=events,
+                    change_tracking=tracking,
+                    archived_timelines=lambda: segment_file.archived_timelines(settings["archive_dest"]),
+                )
             )
 
             checkpointer = Checkpointer(engine, settings, checkpoint_due)

@@ -1,16 +1,17 @@
 """The wire listener: one trio task per client connection.
 
 The protocol logic lives in ``rustydb_client.protocol`` (sans-IO); this module
-moves bytes between a socket and it, and runs each statement of a session in
-a worker thread. A connection that breaks the protocol gets a fatal error and
-is closed; nothing it sends can affect the other connections.
+moves bytes between a socket and it: the handshake, then each request of the
+session handed to its dispatcher (``dispatch.py``), whose answers go out
+through ``send`` or, for a backup, the bulk and sendfile paths. A connection
+that breaks the protocol gets a fatal error and is closed; nothing it sends
+can affect the other connections.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import socket
 import time
@@ -21,14 +22,12 @@ import trio
 from rustydb_client.protocol import events
 from rustydb_client.protocol.connection import ServerSide
 from rustydb_client.protocol.errors import LocalProtocolError, RemoteProtocolError
-from rustydb_client.sqlsplit import leading_keywords, split_statements
 
-from . import __version__, admin, auth
-from .admin_parse import AdminSyntaxError, parse_admin
+from . import auth
 from .backup.service import BackupService
 from .checkpointer import Checkpointer
-from .engine.instance import EngineError, FatalWalError
-from .engine.session import SqlError, SqlSession
+from .dispatch import Dispatcher, Services
+from .errors import ReportedError
 from .lifecycle import Lifecycle, StartupError
 from .logsetup import get_logger
 from .settings import to_seconds
@@ -47,20 +46,24 @@ class ConnectionClosed(Exception):
     pass
 
 
+def _closing(code: str, message: str) -> ReportedError:
+    """Why the server ends a connection that did nothing wrong."""
+    return ReportedError(message, code, fatal=True)
+
+
 class ClientConnection:
     def __init__(self, listener: WireListener, stream: trio.SocketStream, peer):
         self.listener = listener
         self.stream = stream
         self.peer = peer
         self.protocol = ServerSide(auth.auth_fn_for(listener.settings, peer))
-        self.session: SqlSession | None = None
-        self.session_id = 0
+        self.dispatcher: Dispatcher | None = None  # once the handshake is over
         self.idle_scope: trio.CancelScope | None = None
-        self.busy = False
 
     # ------------------------------------------------------------- i/o
-    async def send(self, event) -> None:
-        await self.stream.send_all(self.protocol.send(event))
+    async def send(self, *answer) -> None:
+        """Send events in one write."""
+        await self.stream.send_all(b"".join(map(self.protocol.send, answer)))
 
     @contextlib.contextmanager
     def bulk_sending(self):
@@ -159,16 +162,16 @@ class ClientConnection:
             return event
         self.idle_scope = None
         if not self.listener.lifecycle.stopping:
-            raise _Fatal("idle_timeout", "closing the connection after idle_session_timeout")
+            raise _closing("idle_timeout", "closing the connection after idle_session_timeout")
         return None
 
     # ------------------------------------------------------------- flow
     async def run(self) -> None:
         try:
             await self._run()
-        except _Fatal as e:
-            log.info("closing client connection", peer=self.peer, code=e.code, reason=e.message)
-            await self._try_send(events.Error(e.code, e.message, fatal=True))
+        except ReportedError as e:
+            log.info("closing client connection", peer=self.peer, code=e.code, reason=str(e))
+            await self._try_send(events.Error(e.code, str(e), fatal=True))
         except RemoteProtocolError as e:
             log.warning("client broke the protocol", peer=self.peer, code=e.code, reason=e.message)
             await self._try_send(events.Error(e.code, e.message, fatal=True))
@@ -183,10 +186,9 @@ class ClientConnection:
             # Shielded: even when the server is being cancelled, the session's
             # transaction is rolled back and its SQLite connection closed.
             with trio.CancelScope(shield=True):
-                if self.session is not None:
-                    session, self.session = self.session, None
-                    await trio.to_thread.run_sync(session.close, limiter=self.listener.db_limiter)
-                self.listener.sessions.pop(self.session_id, None)
+                if self.dispatcher is not None:
+                    await self.dispatcher.close()
+                    self.listener.sessions.pop(self.dispatcher.session_id, None)
                 await self.stream.aclose()
 
     async def _try_send(self, event) -> None:
@@ -204,187 +206,26 @@ class ClientConnection:
                     await self.send(reply)
                 event = await self.recv()
         if handshake.cancelled_caught:
-            raise _Fatal("timeout", "the handshake took too long; connection closed")
+            raise _closing("timeout", "the handshake took too long; connection closed")
         if isinstance(event, events.Goodbye):
             return
         for reply in event.replies:
             await self.send(reply)
-        await self._open_session(event)
+        listener = self.listener
+        self.dispatcher = Dispatcher(listener.services, self, listener.next_session_id)
+        listener.next_session_id += 1
+        ready = await self.dispatcher.open_session(event)
+        listener.sessions[self.dispatcher.session_id] = self
+        await self.send(ready)
         while True:
-            if self.listener.lifecycle.stopping:
-                raise _Fatal("shutdown", "the server is shutting down")
+            if listener.lifecycle.stopping:
+                raise _closing("shutdown", "the server is shutting down")
             event = await self.recv_idle()
             if event is None:
-                raise _Fatal("shutdown", "the server is shutting down")
+                raise _closing("shutdown", "the server is shutting down")
             if isinstance(event, events.Goodbye):
                 return
-            self.busy = True
-            try:
-                if isinstance(event, events.Query):
-                    await self._query(event)
-                elif isinstance(event, events.BackupRequested):
-                    await self._backup(event)
-            finally:
-                self.busy = False
-
-    async def _open_session(self, event: events.SessionRequested) -> None:
-        from .datadir import DEFAULT_DATABASE
-
-        name = event.database or DEFAULT_DATABASE
-        self.session_id = self.listener.next_session_id
-        self.listener.next_session_id += 1
-        try:
-            self.session = await trio.to_thread.run_sync(
-                SqlSession,
-                self.listener.engine,
-                name,
-                self.session_id,
-                limiter=self.listener.db_limiter,
-            )
-        except EngineError as e:
-            raise _Fatal(e.code, str(e)) from None
-        self.listener.sessions[self.session_id] = self
-        log.info(
-            "session opened",
-            peer=self.peer,
-            session=self.session_id,
-            user=event.user,
-            database=name,
-            client=event.client,
-        )
-        await self.send(events.Ready(__version__, name, self.session_id))
-
-    # ------------------------------------------------------------ queries
-    async def _query(self, query: events.Query) -> None:
-        # One statement per query message, so every query gets exactly one
-        # complete or error; rusty-db-cli and the client library split scripts.
-        statements = split_statements(query.sql)
-        if not statements:
-            await self._complete("EMPTY", 0)
-            return
-        if len(statements) > 1:
-            await self.send(
-                events.Error(
-                    "multiple_statements",
-                    f"a query message holds {len(statements)} statements; send one statement "
-                    "per query (rusty-db-cli splits scripts for you)",
-                    statement_line=statements[1].line,
-                )
-            )
-            return
-        await self._statement(statements[0].sql, statements[0].line, query.batch_rows)
-
-    async def _statement(self, sql: str, line: int, batch_rows: int) -> bool:
-        try:
-            keywords = leading_keywords(sql, 2)
-            cmd = parse_admin(sql) if _maybe_admin(keywords) else None
-            if cmd is not None:
-                result = await admin.execute(self, cmd)
-                if result.columns is not None:
-                    await self.send(events.Columns(result.columns))
-                    if result.rows:
-                        await self.send(events.Rows(result.rows))
-                for notice in result.notices:
-                    await self.send(events.Notice(notice))
-                await self._complete(result.status, len(result.rows or ()))
-                if result.after is not None:
-                    result.after()
-                return True
-            await self._sql(sql, keywords, batch_rows)
-            return True
-        except (SqlError, EngineError, AdminSyntaxError, admin.AdminError) as e:
-            code = getattr(e, "code", "syntax_error")
-            log.info("statement failed", session=self.session_id, code=code, error=str(e))
-            await self.send(events.Error(code, str(e), statement_line=line))
-            return False
-        except FatalWalError as e:
-            await self.send(
-                events.Error(
-                    "wal_failure",
-                    f"the WAL could not be made durable ({e}); nothing more is acknowledged and the server is stopping",
-                    fatal=True,
-                )
-            )
-            raise _Fatal("wal_failure", "server stopping after a WAL failure") from e
-
-    async def _sql(self, sql: str, keywords: list[str], batch_rows: int) -> None:
-        session = self.session
-        run, rows, finished = await self._in_thread(session.run, sql, keywords, batch_rows)
-        out = []
-        if run.columns is not None:
-            out.append(self.protocol.send(events.Columns(run.columns)))
-            if rows:
-                out.append(self.protocol.send(events.Rows(rows)))
-        if finished is None:
-            await self.stream.send_all(b"".join(out))
-            out = []
-            while True:
-                rows = await self._in_thread(session.fetch, run, batch_rows)
-                if rows:
-                    await self.send(events.Rows(rows))
-                if run.done:
-                    break
-            finished = await self._in_thread(session.finish, run)
-        status, count = finished
-        out.append(self.protocol.send(events.Complete(status, count, session.database, session.in_transaction)))
-        # One write for a small answer: fewer syscalls and packets.
-        await self.stream.send_all(b"".join(out))
-
-    async def _in_thread(self, fn, *args):
-        """Run SQLite work in a worker thread, interrupting it after statement_timeout."""
-        timeout = to_seconds("statement_timeout", self.listener.settings["statement_timeout"])
-        if not timeout:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.listener.db_limiter)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._interrupt_after, timeout)
-                try:
-                    return await trio.to_thread.run_sync(fn, *args, limiter=self.listener.db_limiter)
-                finally:
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The statement's own error (SqlError, ...) is what the caller reports.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-
-    async def _interrupt_after(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-        if self.session is not None:
-            self.session.interrupt()
-
-    async def _complete(self, status: str, rows: int) -> None:
-        s = self.session
-        await self.send(events.Complete(status, rows, s.database, s.in_transaction))
-
-    async def _backup(self, event: events.BackupRequested) -> None:
-        backups = self.listener.backups
-        if backups is None:
-            await self.send(events.Error("unsupported", "this server does not stream backups yet"))
-            return
-        await backups.stream_to_client(self, event)
-
-
-_ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH"})
-_ADMIN_PAIRS = {"ALTER": {"SYSTEM"}, "CREATE": {"RESTORE", "DATABASE"}, "DROP": {"DATABASE"}}
-
-
-def _maybe_admin(keywords: list[str]) -> bool:
-    """Cheap first look, so ordinary SQL skips the admin parser."""
-    if not keywords:
-        return False
-    first = keywords[0]
-    if first in _ADMIN_WORDS:
-        return True
-    second = keywords[1] if len(keywords) > 1 else ""
-    return second in _ADMIN_PAIRS.get(first, ())
-
-
-class _Fatal(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+            await self.dispatcher.handle(event)
 
 
 def _peer_of(stream: trio.SocketStream):
@@ -393,13 +234,6 @@ def _peer_of(stream: trio.SocketStream):
         return host, port
     except OSError:
         return None, None
-
-
-def is_loopback(host) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WireListener:
@@ -415,17 +249,21 @@ class WireListener:
         settings,
         lifecycle: Lifecycle,
         *,
-        backups: BackupService | None,
+        backups: BackupService,
         checkpointer: Checkpointer,
         settings_changed: Callable[[], None],
     ):
-        self.engine = engine
         self.settings = settings
         self.lifecycle = lifecycle
-        self.backups = backups
-        self.checkpointer = checkpointer
-        self.settings_changed = settings_changed
-        self.db_limiter = trio.CapacityLimiter(settings["max_connections"] + 4)
+        self.services = Services(
+            engine,
+            settings,
+            lifecycle,
+            checkpointer,
+            backups,
+            settings_changed,
+            trio.CapacityLimiter(settings["max_connections"] + 4),
+        )
         self.sessions: dict[int, ClientConnection] = {}
         self.next_session_id = 1
         self._accept_scope = trio.CancelScope()
@@ -484,8 +322,8 @@ class WireListener:
         """Immediate stop: running statements are interrupted, every connection closed."""
         self._accept_scope.cancel()
         for conn in list(self.sessions.values()):
-            if conn.session is not None:
-                conn.session.interrupt()
+            if conn.dispatcher is not None:
+                conn.dispatcher.interrupt()
             if conn.idle_scope is not None:
                 conn.idle_scope.cancel()
         with trio.move_on_after(5):

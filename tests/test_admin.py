@@ -5,21 +5,22 @@ from __future__ import annotations
 import types
 
 import pytest
+import trio
 
 from rustydb_server import admin
 from rustydb_server import datadir as dd
 from rustydb_server.admin_parse import parse_admin
 from rustydb_server.checkpointer import Checkpointer
+from rustydb_server.dispatch import Services
 from rustydb_server.doorbell import Doorbell
 from rustydb_server.engine.instance import Engine
 from rustydb_server.lifecycle import Lifecycle
 from rustydb_server.settings import Settings
-from rustydb_server.wire import WireListener
 
 
 @pytest.fixture
 async def conn(tmp_path, nursery):
-    """A client connection's view of the server, without a socket."""
+    """A session dispatcher's view of the server, without a socket."""
     path = str(tmp_path / "data")
     settings = Settings.load(None, path, {"wal_segment_size": 1 << 20})
     engine = Engine.open(dd.DataDir(path), settings)
@@ -27,15 +28,16 @@ async def conn(tmp_path, nursery):
     checkpointer = Checkpointer(engine, settings, Doorbell())
     await nursery.start(checkpointer.run)
     changes = []
-    listener = WireListener(
+    services = Services(
         engine,
         settings,
         lifecycle,
+        checkpointer,
         backups=None,
-        checkpointer=checkpointer,
         settings_changed=lambda: changes.append(True),
+        db_limiter=trio.CapacityLimiter(4),
     )
-    yield types.SimpleNamespace(listener=listener, session_id=1, peer=("127.0.0.1", 1), session=None, changes=changes)
+    yield types.SimpleNamespace(services=services, session_id=1, peer=("127.0.0.1", 1), session=None, changes=changes)
     engine.close()
 
 
@@ -44,7 +46,7 @@ async def execute(conn, sql: str) -> admin.AdminResult:
 
 
 async def test_checkpoint_runs_in_the_checkpointer(conn):
-    engine = conn.listener.engine
+    engine = conn.services.engine
     engine.create_restore_point("a")
     before = engine.control.checkpoint_lsn
     assert (await execute(conn, "CHECKPOINT")).status == "CHECKPOINT"
@@ -61,7 +63,7 @@ async def test_alter_system_tells_the_components(conn):
 
 async def test_shutdown_asks_the_lifecycle_once_answered(conn):
     result = await execute(conn, "SHUTDOWN IMMEDIATE")
-    lifecycle = conn.listener.lifecycle
+    lifecycle = conn.services.lifecycle
     assert lifecycle.shutdown_mode == "graceful"  # not before the client has its answer
     result.after()
     assert lifecycle.shutdown_mode == "immediate"

@@ -20,6 +20,7 @@ from ..container.file import BackupFile
 from ..container.format import BackupHeader, BackupType
 from ..container.reader import BackupReader
 from ..wal import segment as walseg
+from ..wal import timeline as waltl
 
 ARCHIVE_SUFFIX = ".walz"
 _ARCHIVED = re.compile(r"^([0-9A-F]{24})\.walz$")
@@ -101,6 +102,18 @@ def unpack_segment(path: str, *, system_id: int | None = None, key=None) -> tupl
     if hashlib.sha256(data).hexdigest() != h.extra.get("sha256"):
         raise ArchiveError(f"{path}: segment digest does not match its header")
     return name, data
+
+
+def archived_timelines(archive_dir: str) -> set[int]:
+    """The timelines ``archive_dir`` holds segments or history files of; none
+    without an archive there. OSError when it cannot be listed."""
+    if not archive_dir or not os.path.isdir(archive_dir):
+        return set()
+    try:
+        segments = list_archive(archive_dir)
+    except ArchiveError:  # removed since the look above
+        return set()
+    return set(segments) | set(waltl.list_history_timelines(archive_dir))
 
 
 def list_archive(archive_dir: str) -> dict[int, dict[int, str]]:

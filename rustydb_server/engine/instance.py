@@ -11,11 +11,13 @@ import dataclasses
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 
 import apsw
 
 from .. import datadir as _datadir
 from .. import fileops as _fileops
+from ..errors import ReportedError
 from ..logsetup import get_logger
 from ..wal import archive_status, retention
 from ..wal import reader as wal_reader
@@ -33,16 +35,25 @@ log = get_logger("rustydb.engine")
 FIRST_SEGMENT = 1
 
 
-class EngineError(Exception):
+class EngineError(ReportedError):
     """An error the client should see as a plain message (not a crash)."""
 
     def __init__(self, message: str, code: str = "engine_error"):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
-class FatalWalError(Exception):
-    """The WAL cannot be trusted any more; the server must stop."""
+class FatalWalError(ReportedError):
+    """The WAL cannot be trusted any more; the server must stop.
+
+    The client whose commit found out hears it, and its connection ends.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(
+            f"the WAL could not be made durable ({reason}); nothing more is acknowledged and the server is stopping",
+            "wal_failure",
+            fatal=True,
+        )
 
 
 @dataclasses.dataclass
@@ -119,6 +130,7 @@ class Engine:
         fileops,
         observer: EngineObserver,
         change_tracking=None,
+        archived_timelines: Callable[[], Iterable[int]] | None = None,
     ):
         self.datadir = ddir
         self.control = control
@@ -141,6 +153,7 @@ class Engine:
         self._checkpoint_asked = False
         # Told of every durable record (backup/tracking.py), if the server gave one.
         self.change_tracking = change_tracking
+        self._archived_timelines = archived_timelines
         self._dirty_segno: int | None = None  # segment holding records since...
         self._dirty_since: float | None = None  # ...this time.monotonic() (archive_timeout)
 
@@ -153,11 +166,14 @@ class Engine:
         fileops=_fileops.REAL,
         observer: EngineObserver | None = None,
         change_tracking=None,
+        archived_timelines: Callable[[], Iterable[int]] | None = None,
     ) -> Engine:
         """Initialize an empty data directory or recover an existing one.
 
         ``observer`` hears what the rest of the server acts on; ``change_tracking``
-        (backup/tracking.py), if given, is told of every durable record.
+        (backup/tracking.py), if given, is told of every durable record;
+        ``archived_timelines``, if given, lists the timelines the WAL archive
+        has seen, which a restored directory's new timeline must avoid.
         """
         fresh = not ddir.is_initialized()
         if fresh:
@@ -175,7 +191,9 @@ class Engine:
             control = ddir.read_control()
             _datadir.check_usable(control, ddir.path)
             ddir.create_layout()
-        engine = cls(ddir, control, settings, fileops, observer or EngineObserver(), change_tracking)
+        engine = cls(
+            ddir, control, settings, fileops, observer or EngineObserver(), change_tracking, archived_timelines
+        )
         engine._recover()
         if fresh:
             engine.create_database(_datadir.DEFAULT_DATABASE)
@@ -261,14 +279,11 @@ class Engine:
         c = self.control
         if c.state != "restored" or any(tl == c.timeline for tl, _, _ in walseg.list_segments(self.datadir.wal_dir)):
             return None
-        from ..archive import segment_file as sf
-
         seen = {c.timeline, *waltl.list_history_timelines(self.datadir.wal_dir)}
-        archive = self.settings["archive_dest"]
-        if archive and os.path.isdir(archive):
+        if self._archived_timelines is not None:
             try:
-                seen |= set(sf.list_archive(archive)) | set(waltl.list_history_timelines(archive))
-            except (OSError, sf.ArchiveError) as e:
+                seen.update(self._archived_timelines())
+            except OSError as e:
                 log.warning("cannot list the archive to choose a new timeline", error=str(e))
         old, new = c.timeline, waltl.next_timeline(seen)
         try:

@@ -17,6 +17,7 @@ import apsw
 
 from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
 
+from ..errors import ReportedError
 from . import database
 from .authorizer import decide
 from .database import STATE_TABLE
@@ -69,12 +70,11 @@ def row_bytes(row) -> int:
     return total
 
 
-class SqlError(Exception):
+class SqlError(ReportedError):
     """A statement failed; the session stays usable."""
 
     def __init__(self, message: str, code: str = "sql_error"):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,207 @@
+"""Statement dispatch: what one client session's requests run, and how the answers go back.
+
+The wire listener's connection (``wire.py``) moves bytes and hands each
+request of an open session here. A query is one statement: the server's own
+admin SQL goes to ``admin``, everything else to the session's SQLite
+connection in a worker thread (under the shared limiter, interrupted after
+``statement_timeout``), and the columns, rows and completion stream back. A
+backup request goes to the backup service, which streams on the connection
+itself. Any ``ReportedError`` becomes an error message with its code; a fatal
+one ends the connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import trio
+
+from rustydb_client.protocol import events
+from rustydb_client.sqlsplit import leading_keywords, split_statements
+
+from . import __version__, admin
+from .admin_parse import parse_admin
+from .backup.service import BackupService
+from .checkpointer import Checkpointer
+from .datadir import DEFAULT_DATABASE
+from .engine.instance import Engine
+from .engine.session import SqlSession
+from .errors import ReportedError
+from .lifecycle import Lifecycle
+from .logsetup import get_logger
+from .settings import Settings, to_seconds
+
+log = get_logger("rustydb.wire")
+
+
+@dataclasses.dataclass(frozen=True)
+class Services:
+    """The server's parts that every session's statements act on."""
+
+    engine: Engine
+    settings: Settings
+    lifecycle: Lifecycle
+    checkpointer: Checkpointer
+    backups: BackupService
+    settings_changed: Callable[[], None]
+    # Every SQLite call of every session runs in a worker thread under it.
+    db_limiter: trio.CapacityLimiter
+
+
+class Dispatcher:
+    """One connection's session, from its opening to its close.
+
+    ``conn`` is the connection answers go out on: ``send(*events)`` writes
+    them in one go, and the backup service streams a backup through it.
+    """
+
+    def __init__(self, services: Services, conn, session_id: int):
+        self.services = services
+        self.conn = conn
+        self.peer = conn.peer
+        self.session_id = session_id
+        self.session: SqlSession | None = None
+
+    async def open_session(self, request: events.SessionRequested) -> events.Ready:
+        """Open the session's SQLite connection; the answer the client waits for."""
+        name = request.database or DEFAULT_DATABASE
+        self.session = await trio.to_thread.run_sync(
+            SqlSession, self.services.engine, name, self.session_id, limiter=self.services.db_limiter
+        )
+        log.info(
+            "session opened",
+            peer=self.peer,
+            session=self.session_id,
+            user=request.user,
+            database=name,
+            client=request.client,
+        )
+        return events.Ready(__version__, name, self.session_id)
+
+    async def close(self) -> None:
+        """Roll back whatever transaction is open and close the SQLite connection."""
+        if self.session is not None:
+            session, self.session = self.session, None
+            await trio.to_thread.run_sync(session.close, limiter=self.services.db_limiter)
+
+    def interrupt(self) -> None:
+        """Stop the running statement (it fails with query_canceled)."""
+        if self.session is not None:
+            self.session.interrupt()
+
+    async def handle(self, request: events.Query | events.BackupRequested) -> None:
+        """Answer one request of the open session."""
+        if isinstance(request, events.Query):
+            await self._query(request)
+        else:
+            await self.services.backups.stream_to_client(self.conn, request)
+
+    async def _query(self, query: events.Query) -> None:
+        # One statement per query message, so every query gets exactly one
+        # complete or error; rusty-db-cli and the client library split scripts.
+        statements = split_statements(query.sql)
+        if not statements:
+            await self.conn.send(self._complete("EMPTY", 0))
+            return
+        if len(statements) > 1:
+            await self.conn.send(
+                events.Error(
+                    "multiple_statements",
+                    f"a query message holds {len(statements)} statements; send one statement "
+                    "per query (rusty-db-cli splits scripts for you)",
+                    statement_line=statements[1].line,
+                )
+            )
+            return
+        statement = statements[0]
+        try:
+            keywords = leading_keywords(statement.sql, 2)
+            cmd = parse_admin(statement.sql) if _maybe_admin(keywords) else None
+            if cmd is None:
+                await self._sql(statement.sql, keywords, query.batch_rows)
+            else:
+                await self._admin(cmd)
+        except ReportedError as e:
+            if e.fatal:
+                raise
+            log.info("statement failed", session=self.session_id, code=e.code, error=str(e))
+            await self.conn.send(events.Error(e.code, str(e), statement_line=statement.line))
+
+    async def _admin(self, cmd) -> None:
+        result = await admin.execute(self, cmd)
+        answer = []
+        if result.columns is not None:
+            answer.append(events.Columns(result.columns))
+            if result.rows:
+                answer.append(events.Rows(result.rows))
+        answer.extend(events.Notice(notice) for notice in result.notices)
+        answer.append(self._complete(result.status, len(result.rows or ())))
+        await self.conn.send(*answer)
+        if result.after is not None:
+            result.after()
+
+    async def _sql(self, sql: str, keywords: list[str], batch_rows: int) -> None:
+        session = self.session
+        run, rows, finished = await self._in_thread(session.run, sql, keywords, batch_rows)
+        answer = []
+        if run.columns is not None:
+            answer.append(events.Columns(run.columns))
+            if rows:
+                answer.append(events.Rows(rows))
+        if finished is None:
+            if answer:
+                await self.conn.send(*answer)
+                answer = []
+            while True:
+                rows = await self._in_thread(session.fetch, run, batch_rows)
+                if rows:
+                    await self.conn.send(events.Rows(rows))
+                if run.done:
+                    break
+            finished = await self._in_thread(session.finish, run)
+        answer.append(self._complete(*finished))
+        # One write for a small answer: fewer syscalls and packets.
+        await self.conn.send(*answer)
+
+    async def _in_thread(self, fn, *args):
+        """Run SQLite work in a worker thread, interrupting it after statement_timeout."""
+        limiter = self.services.db_limiter
+        timeout = to_seconds("statement_timeout", self.services.settings["statement_timeout"])
+        if not timeout:
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._interrupt_after, timeout)
+                try:
+                    return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The statement's own error (SqlError, ...) is what the caller reports.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _interrupt_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.interrupt()
+
+    def _complete(self, status: str, rows: int) -> events.Complete:
+        session = self.session
+        return events.Complete(status, rows, session.database, session.in_transaction)
+
+
+_ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH"})
+_ADMIN_PAIRS = {"ALTER": {"SYSTEM"}, "CREATE": {"RESTORE", "DATABASE"}, "DROP": {"DATABASE"}}
+
+
+def _maybe_admin(keywords: list[str]) -> bool:
+    """Cheap first look, so ordinary SQL skips the admin parser."""
+    if not keywords:
+        return False
+    first = keywords[0]
+    if first in _ADMIN_WORDS:
+        return True
+    second = keywords[1] if len(keywords) > 1 else ""
+    return second in _ADMIN_PAIRS.get(first, ())

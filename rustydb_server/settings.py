@@ -110,7 +110,42 @@ REGISTRY: dict[str, Setting] = _registry(
         context=RESTART,
         min=1,
         max=10000,
-        description="Most client sessions served at once.",
+        description="Most client connections at once, counted from accept to close (handshakes included).",
+    ),
+    Setting(
+        "superuser_reserved_connections",
+        "int",
+        3,
+        context=RESTART,
+        min=0,
+        max=10000,
+        description="Connections of max_connections kept for the superuser (until roles exist: a trusted "
+        "loopback client, auth_trust_loopback); other clients get the rest.",
+    ),
+    Setting(
+        "max_handshakes",
+        "int",
+        64,
+        min=1,
+        max=10000,
+        description="Most connections still authenticating at once; more are refused (the superuser's "
+        "are not counted).",
+    ),
+    Setting(
+        "authentication_timeout",
+        "duration",
+        10_000,
+        unit="ms",
+        min=1,
+        description="Close a connection that has not finished authenticating within this long.",
+    ),
+    Setting(
+        "client_send_timeout",
+        "duration",
+        60_000,
+        unit="ms",
+        description="Close a session whose client has not taken a piece of its answer within this long "
+        "(a client that stopped reading), releasing its snapshot; 0 disables.",
     ),
     Setting("auth_trust_loopback", "bool", True, description="Clients connecting over loopback need no password."),
     Setting("auth_users_file", "path", "", description="TOML file of SCRAM-SHA-256 credentials; empty means no users."),

@@ -483,3 +483,38 @@ def test_valid_messages_in_any_order_only_ever_raise_the_protocol_error(to_serve
             fed(side, data, 1 << 20)
         except RemoteProtocolError:
             pass
+
+
+# ---------------------------------------------------------------- before authentication
+
+
+def test_a_frame_over_the_handshake_limit_is_refused_before_authentication():
+    server = ServerSide(lookup)
+    # A header announcing 16 MiB, far below the session's limit: refused at its 4 bytes.
+    server.receive_data((16 << 20).to_bytes(4, "big"))
+    with pytest.raises(RemoteProtocolError) as e:
+        server.next_event()
+    assert e.value.code == "frame_too_large"
+    assert "4096-byte limit before authentication" in e.value.message
+
+
+def test_a_hello_padded_past_the_handshake_limit_is_refused():
+    server = ServerSide(None)
+    with pytest.raises(RemoteProtocolError) as e:
+        events_of(server, frame(ev.Hello("x" * 5000, None, "test")))
+    assert e.value.code == "frame_too_large"
+
+
+def test_full_size_frames_are_taken_once_the_session_is_established():
+    client, server = session()
+    big = "SELECT '" + "x" * 100_000 + "'"
+    assert events_of(server, client.send(ev.Query(big))) == [ev.Query(big)]
+
+
+def test_the_handshake_limit_holds_while_scram_is_under_way():
+    server = ServerSide(lookup)
+    (auth,) = events_of(server, frame(ev.Hello("alice", None, "test")))
+    server.send(auth.replies[0])
+    with pytest.raises(RemoteProtocolError) as e:
+        events_of(server, frame(ev.ScramClientFirst(b"n,,n=alice,r=" + b"r" * 8000)))
+    assert e.value.code == "frame_too_large"

@@ -61,7 +61,14 @@ from .events import (
     ScramServerFirst,
     SessionRequested,
 )
-from .frames import DEFAULT_MAX_FRAME, FrameDecoder, bulk_frame_head, encode_bulk_frame, encode_frame
+from .frames import (
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_MAX_FRAME,
+    FrameDecoder,
+    bulk_frame_head,
+    encode_bulk_frame,
+    encode_frame,
+)
 from .messages import TO_CLIENT, TO_SERVER, event_of, message_of, validate_message
 from .scram import ClientScram, ServerScram
 
@@ -243,6 +250,11 @@ class ServerSide(Connection):
     returning None or raising LookupError for an unknown user; None as
     ``auth_fn`` disables authentication. On a RemoteProtocolError the server
     sends ``Error(e.code, e.message, fatal=True)`` and closes the connection.
+
+    Until Ready is sent, frames from the client are limited to
+    ``handshake_max_frame`` bytes (a hello and SCRAM messages are small), so a
+    peer that has not authenticated cannot make the server buffer a large
+    frame; ``max_frame`` applies from then on.
     """
 
     def __init__(
@@ -251,8 +263,11 @@ class ServerSide(Connection):
         *,
         decoy_secret: bytes | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
+        handshake_max_frame: int = HANDSHAKE_MAX_FRAME,
     ):
         super().__init__(max_frame)
+        self._decoder.max_frame = min(handshake_max_frame, max_frame)
+        self._decoder.limit_note = " before authentication"
         self.state = State.HELLO
         self._auth_fn = auth_fn
         self._decoy_secret = decoy_secret
@@ -278,6 +293,12 @@ class ServerSide(Connection):
         if isinstance(event, Ready) and self.state is State.OPENING:
             return State.IDLE
         return self._answer_part(event)
+
+    def _sent(self, event, after: State) -> None:
+        super()._sent(event, after)
+        if type(event) is Ready:  # the session is established: full-size frames from now on
+            self._decoder.max_frame = self._max_frame
+            self._decoder.limit_note = ""
 
     def _receive(self, msg: dict):
         if self.state is State.CLOSED:

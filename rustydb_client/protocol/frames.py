@@ -17,6 +17,10 @@ from .errors import LocalProtocolError, RemoteProtocolError
 from .scan import MAX_CONTAINER_LEN, MAX_DEPTH, check_structure
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+#: The largest frame a server takes before the session is established: a
+#: hello or a SCRAM message is a few hundred bytes, and an unauthenticated
+#: peer must cost the server no more than this much buffer.
+HANDSHAKE_MAX_FRAME = 4 * 1024
 
 _HEADER = struct.Struct(">I")
 
@@ -93,6 +97,8 @@ class FrameDecoder:
         max_items: int = MAX_CONTAINER_LEN,
     ):
         self.max_frame = max_frame
+        # Said after the limit when a frame exceeds it ("before authentication").
+        self.limit_note = ""
         self.max_depth = max_depth
         self.max_items = max_items
         self._buf = bytearray()  # bytes not yet claimed by a frame header
@@ -195,7 +201,7 @@ class FrameDecoder:
             self._failed = RemoteProtocolError(
                 "frame_too_large",
                 f"the peer announced a frame of {length} bytes, more than the "
-                f"{self.max_frame}-byte limit; the connection is closed",
+                f"{self.max_frame}-byte limit{self.limit_note}; the connection is closed",
             )
             raise self._failed
         if length == 0:

@@ -74,9 +74,20 @@ def is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
+def is_superuser_peer(settings, peer) -> bool:
+    """Whether a connection from ``peer`` is the superuser's.
+
+    Until roles exist, the superuser is a client trusted without a password:
+    one on loopback while auth_trust_loopback is on. It may use the
+    connections superuser_reserved_connections keeps, and its handshake is
+    not counted against max_handshakes.
+    """
+    return bool(settings["auth_trust_loopback"]) and is_loopback(peer[0])
+
+
 def auth_fn_for(settings, peer):
     """None when this peer is trusted; otherwise a credentials lookup for SCRAM."""
-    if settings["auth_trust_loopback"] and is_loopback(peer[0]):
+    if is_superuser_peer(settings, peer):
         return None
     path = settings["auth_users_file"]
 

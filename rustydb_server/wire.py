@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import socket
 import time
@@ -34,7 +35,6 @@ from .settings import to_seconds
 
 log = get_logger("rustydb.wire")
 
-HANDSHAKE_TIMEOUT_S = 30.0
 RECV_SIZE = 65536
 # How many unsent bytes a bulk stream may queue in the kernel (see bulk_sending).
 BULK_NOTSENT_LOWAT = 4 << 20
@@ -46,16 +46,22 @@ class ConnectionClosed(Exception):
     pass
 
 
+class SendTimedOut(Exception):
+    """The client took no part of an answer within client_send_timeout: it
+    stopped reading. The stream was closed (a frame may be cut short)."""
+
+
 def _closing(code: str, message: str) -> ReportedError:
     """Why the server ends a connection that did nothing wrong."""
     return ReportedError(message, code, fatal=True)
 
 
 class ClientConnection:
-    def __init__(self, listener: WireListener, stream: trio.SocketStream, peer):
+    def __init__(self, listener: WireListener, stream: trio.SocketStream, peer, *, superuser: bool = False):
         self.listener = listener
         self.stream = stream
         self.peer = peer
+        self.superuser = superuser
         self.protocol = ServerSide(auth.auth_fn_for(listener.settings, peer))
         self.dispatcher: Dispatcher | None = None  # once the handshake is over
         self.idle_scope: trio.CancelScope | None = None
@@ -63,7 +69,28 @@ class ClientConnection:
     # ------------------------------------------------------------- i/o
     async def send(self, *answer) -> None:
         """Send events in one write."""
-        await self.stream.send_all(b"".join(map(self.protocol.send, answer)))
+        await self._send_all(b"".join(map(self.protocol.send, answer)))
+
+    def _send_timeout(self) -> float:
+        return to_seconds("client_send_timeout", self.listener.settings["client_send_timeout"])
+
+    async def _send_all(self, data) -> None:
+        """Write ``data``; a client that takes none of it for client_send_timeout
+        has stopped reading, and its connection is closed (SendTimedOut), so
+        its session's transaction and snapshot are released."""
+        timeout = self._send_timeout()
+        if not timeout:
+            await self.stream.send_all(data)
+            return
+        with trio.move_on_after(timeout) as scope:
+            await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            await self._stopped_reading(timeout)
+
+    async def _stopped_reading(self, timeout: float):
+        # Part of a frame may be out: nothing more can go on this connection.
+        await self._abandon_frame()
+        raise SendTimedOut(f"the client took nothing of the answer for {timeout:g} s (client_send_timeout)")
 
     @contextlib.contextmanager
     def bulk_sending(self):
@@ -91,8 +118,8 @@ class ClientConnection:
     async def send_bulk(self, event: events.BackupData) -> None:
         """Send ``event`` without copying its data into a frame."""
         head, data = self.protocol.send_with_data_passthrough(event)
-        await self.stream.send_all(head)
-        await self.stream.send_all(data)
+        await self._send_all(head)
+        await self._send_all(data)
 
     async def send_file_bulk(self, entry: str, last: bool, fd: int, offset: int, size: int) -> None:
         """Send a BackupData of ``size`` bytes of fd at offset, the bytes straight
@@ -101,13 +128,13 @@ class ClientConnection:
         Writes to the socket past trio's stream; that is safe because only this
         connection's own task ever sends on it.
         """
-        await self.stream.send_all(self.protocol.send_backup_data_head(entry, last, size))
+        await self._send_all(self.protocol.send_backup_data_head(entry, last, size))
         sock = getattr(self.stream, "socket", None)
         if sock is None or not hasattr(os, "sendfile"):
             data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
             if len(data) != size:
                 await self._file_ended_short(size - len(data))
-            await self.stream.send_all(data)
+            await self._send_all(data)
             return
         end = offset + size
         while offset < end:
@@ -116,7 +143,11 @@ class ClientConnection:
                 # the file may (pages not cached), and the event loop must not.
                 sent = await trio.to_thread.run_sync(os.sendfile, sock.fileno(), fd, offset, end - offset)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+                timeout = self._send_timeout()
+                with trio.move_on_after(timeout or math.inf) as scope:
+                    await trio.lowlevel.wait_writable(sock)
+                if scope.cancelled_caught:
+                    await self._stopped_reading(timeout)
                 continue
             except OSError as e:
                 # Part of the frame is out: nothing more can go on this connection.
@@ -175,6 +206,13 @@ class ClientConnection:
         except RemoteProtocolError as e:
             log.warning("client broke the protocol", peer=self.peer, code=e.code, reason=e.message)
             await self._try_send(events.Error(e.code, e.message, fatal=True))
+        except SendTimedOut as e:
+            log.warning(
+                "client stopped reading; closing its connection and rolling back its session",
+                peer=self.peer,
+                session=self.dispatcher.session_id if self.dispatcher is not None else None,
+                reason=str(e),
+            )
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception as e:  # a bug or an I/O error: this client, not the server
@@ -198,15 +236,33 @@ class ClientConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError):
                 pass  # gone, or already told a fatal error
 
-    async def _run(self) -> None:
-        with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as handshake:
+    async def _handshake(self):
+        """Read the hello and authenticate: the session request, or Goodbye.
+
+        Bounded in time (authentication_timeout) and in memory (the
+        protocol's small frame limit until the session is established).
+        """
+        settings = self.listener.settings
+        timeout = to_seconds("authentication_timeout", settings["authentication_timeout"])
+        with trio.move_on_after(timeout) as handshake:
             event = await self.recv()
             while isinstance(event, events.AuthContinue):
                 for reply in event.replies:
                     await self.send(reply)
                 event = await self.recv()
         if handshake.cancelled_caught:
-            raise _closing("timeout", "the handshake took too long; connection closed")
+            raise _closing(
+                "authentication_timeout",
+                f"the client did not finish authenticating within {timeout:g} s "
+                "(authentication_timeout); connection closed",
+            )
+        return event
+
+    async def _run(self) -> None:
+        try:
+            event = await self._handshake()
+        finally:
+            self.listener.handshake_ended(self)
         if isinstance(event, events.Goodbye):
             return
         for reply in event.replies:
@@ -265,6 +321,10 @@ class WireListener:
             trio.CapacityLimiter(settings["max_connections"] + 4),
         )
         self.sessions: dict[int, ClientConnection] = {}
+        # Every connection from accept to close, and those still authenticating:
+        # what max_connections and max_handshakes limit.
+        self.connections = 0
+        self._handshaking: set[ClientConnection] = set()
         self.next_session_id = 1
         self._accept_scope = trio.CancelScope()
         self._all_closed = trio.Event()
@@ -280,6 +340,13 @@ class WireListener:
                 f"{e.strerror or e}; check listen_address (--listen) and port (--port), and that "
                 "no other program uses that port"
             ) from None
+        limit, reserved = settings["max_connections"], settings["superuser_reserved_connections"]
+        if reserved >= limit:
+            log.warning(
+                "superuser_reserved_connections leaves no connection for clients other than the superuser",
+                max_connections=limit,
+                superuser_reserved_connections=reserved,
+            )
         async with trio.open_nursery() as connections:
             task_status.started()
             with self._accept_scope:
@@ -289,20 +356,54 @@ class WireListener:
         self._all_closed.set()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        limit = self.settings["max_connections"]
-        conn = ClientConnection(self, stream, _peer_of(stream))
-        if len(self.sessions) >= limit:
-            log.warning("connection refused: max_connections reached", peer=conn.peer, max_connections=limit)
-            await conn._try_send(
-                events.Error(
-                    "too_many_connections",
-                    f"the server already has {limit} connections (max_connections); try again later",
-                    fatal=True,
-                )
-            )
+        peer = _peer_of(stream)
+        conn = ClientConnection(self, stream, peer, superuser=auth.is_superuser_peer(self.settings, peer))
+        refusal = self._refusal(conn)
+        if refusal is not None:
+            log.warning("connection refused", peer=conn.peer, reason=refusal)
+            await conn._try_send(events.Error("too_many_connections", refusal, fatal=True))
             await stream.aclose()
             return
-        await conn.run()
+        # Counted from here to close, with no checkpoint between the check
+        # above and these: a client that connects and waits before its hello
+        # holds its slot as much as one with a session.
+        self.connections += 1
+        self._handshaking.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._handshaking.discard(conn)
+            self.connections -= 1
+
+    def handshake_ended(self, conn: ClientConnection) -> None:
+        """``conn`` authenticated (or gave up): no longer counted as handshaking."""
+        self._handshaking.discard(conn)
+
+    def _refusal(self, conn: ClientConnection) -> str | None:
+        """Why a new connection may not be served now, or None."""
+        settings = self.settings
+        limit, reserved = settings["max_connections"], settings["superuser_reserved_connections"]
+        if self.connections >= limit:
+            return (
+                f"the server already has {self.connections} connections, its limit (max_connections "
+                f"{limit}); try again later, or raise max_connections"
+            )
+        if conn.superuser:
+            return None
+        ordinary = max(limit - reserved, 0)
+        if self.connections >= ordinary:
+            return (
+                f"the server already has {self.connections} connections; the other {limit - ordinary} of "
+                f"max_connections {limit} are reserved for the superuser (superuser_reserved_connections); "
+                "try again later"
+            )
+        handshaking = sum(1 for c in self._handshaking if not c.superuser)
+        if handshaking >= settings["max_handshakes"]:
+            return (
+                f"{handshaking} connections are still authenticating, the limit (max_handshakes "
+                f"{settings['max_handshakes']}); try again shortly"
+            )
+        return None
 
     async def drain(self, timeout: float) -> None:
         """Graceful stop: no new connections, idle ones closed, running statements finish."""

@@ -9,12 +9,14 @@ import trio
 
 from rustydb_client.protocol import events
 from rustydb_client.protocol.connection import ClientSide
+from rustydb_client.protocol.frames import FrameDecoder, encode_frame
+from rustydb_client.protocol.messages import TO_CLIENT, event_of, message_of, validate_message
 from rustydb_server import datadir as dd
 from rustydb_server.checkpointer import Checkpointer
 from rustydb_server.doorbell import Doorbell
 from rustydb_server.engine.instance import Engine
 from rustydb_server.lifecycle import STOPPING, Lifecycle
-from rustydb_server.settings import Settings
+from rustydb_server.settings import Settings, set_auto
 from rustydb_server.wire import WireListener
 from tests.support.servers import free_port
 
@@ -136,3 +138,145 @@ async def test_draining_closes_idle_sessions_with_shutdown(listener):
         error = await client.next_event()
         assert (error.code, error.fatal) == ("shutdown", True)
     await client.stream.aclose()
+
+
+# ------------------------------------------------- connection limits and timeouts
+
+
+class RawClient(Client):
+    """A client without the state machine: it may send anything, and reads
+    whatever the server answers (the refusal of a connection that said nothing)."""
+
+    def __init__(self, stream: trio.SocketStream):
+        super().__init__(stream)
+        self.decoder = FrameDecoder()
+
+    async def send(self, event) -> None:
+        await self.stream.send_all(encode_frame(message_of(event)))
+
+    async def next_event(self):
+        while (msg := self.decoder.next_message()) is None:
+            try:
+                data = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:
+                return None
+            self.decoder.feed(data)
+        return event_of(validate_message(msg, TO_CLIENT), TO_CLIENT)
+
+
+async def open_raw(listener) -> RawClient:
+    """A connection that has said nothing yet."""
+    return RawClient(await trio.open_tcp_stream("127.0.0.1", listener.settings["port"]))
+
+
+def trust_loopback(listener, on: bool) -> None:
+    """Loopback clients are the superuser while auth_trust_loopback is on (a live setting)."""
+    set_auto(listener.settings["data_dir"], "auth_trust_loopback", "on" if on else "off")
+    listener.settings.reload()
+
+
+async def until(predicate) -> None:
+    while not predicate():
+        await trio.sleep(0.01)
+
+
+async def test_a_frame_over_the_limit_before_authentication_is_refused_and_closed(listener):
+    client = await open_raw(listener)
+    with trio.fail_after(10):
+        # A header claiming 16 MiB, the session limit; before authentication the limit is 4 KiB.
+        await client.stream.send_all((16 << 20).to_bytes(4, "big") + b"\x00" * 100)
+        error = await client.next_event()
+        assert (error.code, error.fatal) == ("frame_too_large", True)
+        assert "before authentication" in error.message
+        assert await client.next_event() is None
+        await until(lambda: listener.connections == 0)
+    await client.stream.aclose()
+
+
+@pytest.mark.parametrize("overrides", [{"authentication_timeout": "200ms"}])
+async def test_a_silent_connection_is_closed_after_authentication_timeout(listener):
+    client = await open_raw(listener)
+    with trio.fail_after(10):
+        error = await client.next_event()
+        assert (error.code, error.fatal) == ("authentication_timeout", True)
+        assert "authentication_timeout" in error.message
+        assert await client.next_event() is None
+        await until(lambda: listener.connections == 0)
+    await client.stream.aclose()
+
+
+@pytest.mark.parametrize("overrides", [{"authentication_timeout": "300ms"}])
+async def test_a_client_dribbling_its_hello_is_closed_after_authentication_timeout(listener):
+    client = await open_raw(listener)
+    hello = encode_frame(message_of(events.Hello("tester", None, "test")))
+    with trio.fail_after(10):
+        for byte in hello[:-1]:  # never the last byte
+            try:
+                await client.stream.send_all(bytes([byte]))
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(0.02)
+        error = await client.next_event()
+        assert (error.code, error.fatal) == ("authentication_timeout", True)
+    await client.stream.aclose()
+
+
+@pytest.mark.parametrize("overrides", [{"max_handshakes": 2, "max_connections": 50}])
+async def test_connections_beyond_max_handshakes_are_refused(listener):
+    trust_loopback(listener, False)  # loopback clients must authenticate, like remote ones
+    waiting = [await open_raw(listener) for _ in range(2)]
+    with trio.fail_after(10):
+        await until(lambda: listener.connections == 2)
+        third = await open_raw(listener)
+        error = await third.next_event()
+        assert (error.code, error.fatal) == ("too_many_connections", True)
+        assert "max_handshakes" in error.message
+        # A session is not a handshake: once one of them has gone, another gets in.
+        await waiting[0].stream.aclose()
+        await until(lambda: listener.connections == 1)
+        fourth = await open_raw(listener)
+        await fourth.send(events.Hello("tester", None, "test"))
+        assert isinstance(await fourth.next_event(), events.AuthRequired)
+    for c in (*waiting, third, fourth):
+        await c.stream.aclose()
+
+
+@pytest.mark.parametrize("overrides", [{"max_connections": 5}])
+async def test_max_connections_counts_connections_that_have_not_said_hello(listener):
+    clients = [await open_raw(listener) for _ in range(8)]
+    with trio.fail_after(10):
+        for client in clients:
+            await client.send(events.Hello("tester", None, "test"))
+        answers = [await client.next_event() for client in clients]
+        ready = [a for a in answers if isinstance(a, events.Ready)]
+        refused = [a for a in answers if isinstance(a, events.Error)]
+        assert (len(ready), len(refused)) == (5, 3)
+        assert {(e.code, e.fatal) for e in refused} == {("too_many_connections", True)}
+        assert "max_connections 5" in refused[0].message
+        assert len(listener.sessions) == 5
+    for client in clients:
+        await client.stream.aclose()
+
+
+@pytest.mark.parametrize("overrides", [{"max_connections": 5, "superuser_reserved_connections": 2}])
+async def test_reserved_connections_let_the_superuser_in_when_other_slots_are_full(listener):
+    trust_loopback(listener, False)
+    ordinary = [await open_raw(listener) for _ in range(3)]
+    with trio.fail_after(10):
+        await until(lambda: listener.connections == 3)
+        refused = await open_raw(listener)
+        error = await refused.next_event()
+        assert (error.code, error.fatal) == ("too_many_connections", True)
+        assert "reserved for the superuser (superuser_reserved_connections)" in error.message
+        trust_loopback(listener, True)  # now a loopback client is the superuser
+        admins = [await connect(listener) for _ in range(2)]
+        for admin in admins:
+            assert isinstance(await admin.next_event(), events.Ready)
+        beyond = await connect(listener)
+        error = await beyond.next_event()
+        assert (error.code, error.fatal) == ("too_many_connections", True)
+        assert "max_connections 5" in error.message
+    for c in (*ordinary, refused, *admins, beyond):
+        await c.stream.aclose()

@@ -116,11 +116,16 @@ async def _shutdown(dispatcher, cmd: ap.Shutdown) -> AdminResult:
 async def _checkpoint(dispatcher, cmd) -> AdminResult:
     result = await dispatcher.services.checkpointer.checkpoint()
     if not result["complete"]:
+        pinned = result.get("pinned_by") or []
+        who = "; ".join(
+            f"session {p['session']}" + (f" ({p['peer']})" if p["peer"] else "") + f" for {p['seconds']:g} s"
+            for p in pinned[:5]
+        )
         return AdminResult(
             "CHECKPOINT",
             notices=[
                 "checkpoint incomplete: a long-running reader kept SQLite from copying every "
-                "page; the redo point did not move"
+                "page; the redo point did not move" + (f"; holding a snapshot: {who}" if who else "")
             ],
         )
     return AdminResult("CHECKPOINT")

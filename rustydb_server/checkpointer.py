@@ -17,6 +17,7 @@ import trio
 
 from .doorbell import Doorbell
 from .engine.instance import FatalWalError
+from .engine.session import pinning_sessions
 from .logsetup import get_logger
 from .settings import to_seconds
 
@@ -24,6 +25,8 @@ log = get_logger("rustydb.checkpointer")
 
 #: How soon an incomplete checkpoint is tried again while the WAL is over checkpoint_wal_size.
 RETRY_INCOMPLETE_S = 1.0
+#: How often the sessions that keep checkpoints from completing are named in the log.
+PIN_LOG_EVERY_S = 30.0
 
 
 class _Request:
@@ -45,6 +48,7 @@ class Checkpointer:
         self._run_sync = run_sync
         self._requests: list[_Request] = []
         self._retry_at = math.inf  # trio time to look at the WAL size again after an incomplete one
+        self._pins_logged_at = -math.inf
 
     def settings_changed(self) -> None:
         """checkpoint_timeout or checkpoint_wal_size may have changed: look again."""
@@ -101,7 +105,24 @@ class Checkpointer:
                 request.error = e
                 request.done.set()
             return True  # failed, not incomplete: the next reason to checkpoint tries again
+        if not result["complete"]:
+            result = {**result, "pinned_by": pinning_sessions(self._engine, result.get("databases"))}
+            self._log_pins(reason, result, asked=bool(served))
         for request in served:
             request.result = result
             request.done.set()
         return result["complete"]
+
+    def _log_pins(self, reason: str, result: dict, *, asked: bool) -> None:
+        """Name the sessions that keep checkpoints from completing: at every
+        CHECKPOINT, otherwise every PIN_LOG_EVERY_S while it lasts."""
+        now = trio.current_time()
+        if not asked and now - self._pins_logged_at < PIN_LOG_EVERY_S:
+            return
+        self._pins_logged_at = now
+        log.warning(
+            "checkpoint incomplete: sessions hold old snapshots",
+            reason=reason,
+            databases=result.get("databases"),
+            pinned_by=result["pinned_by"],
+        )

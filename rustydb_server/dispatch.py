@@ -13,6 +13,7 @@ one ends the connection.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import trio
@@ -67,7 +68,8 @@ class Dispatcher:
         """Open the session's SQLite connection; the answer the client waits for."""
         name = request.database or DEFAULT_DATABASE
         self.session = await trio.to_thread.run_sync(
-            SqlSession, self.services.engine, name, self.session_id, limiter=self.services.db_limiter
+            functools.partial(SqlSession, self.services.engine, name, self.session_id, peer=self.peer),
+            limiter=self.services.db_limiter,
         )
         log.info(
             "session opened",

@@ -23,6 +23,7 @@ class Engine:
         self.skip_if_idle: list[bool] = []
         self.fail_with: Exception | None = None
         self.complete = True
+        self.sessions = set()  # open client sessions: none here
 
     def wal_bytes_since_checkpoint(self) -> int:
         return self.wal_bytes

@@ -137,6 +137,9 @@ class Engine:
         self.settings = settings
         self.fileops = fileops
         self.databases: dict[str, DatabaseHandle] = {}
+        # Every open client session (engine/session.py adds and removes itself),
+        # so a checkpoint that cannot complete can say who holds it back.
+        self.sessions: set = set()
         self.wal: wal_writer.WalWriter | None = None
         self._txid_lock = threading.Lock()
         self._next_txid = control.next_txid
@@ -607,7 +610,7 @@ class Engine:
             redo = self.wal.end_lsn
             if skip_if_idle and redo == self._checkpoint_end_lsn:
                 return {"complete": True, "skipped": True, "reason": reason}
-            complete = True
+            incomplete = []
             for handle in list(self.databases.values()):
                 with handle.commit_lock:
                     pass  # wait for a commit between WAL append and SQLite commit
@@ -616,14 +619,15 @@ class Engine:
                 except FileNotFoundError:
                     continue
                 try:
-                    complete = database.checkpoint(conn) and complete
+                    if not database.checkpoint(conn):
+                        incomplete.append(handle.name)
                 finally:
                     conn.close()
-            if not complete:
+            if incomplete:
                 # A reader kept SQLite from copying every frame; keep the old redo
                 # point so recovery still starts early enough.
-                log.info("checkpoint incomplete, redo point kept", reason=reason)
-                return {"complete": False}
+                log.info("checkpoint incomplete, redo point kept", reason=reason, databases=incomplete)
+                return {"complete": False, "databases": incomplete}
             ck_lsn, self._checkpoint_end_lsn = self._log_durably(
                 walrec.CheckpointRecord(redo, self._next_txid, now_us())
             )

@@ -97,9 +97,13 @@ class StatementRun:
 
 
 class SqlSession:
-    def __init__(self, engine: Engine, database_name: str, session_id: int):
+    def __init__(self, engine: Engine, database_name: str, session_id: int, *, peer=None):
         self.engine = engine
         self.session_id = session_id
+        self.peer = peer  # the client's (host, port), for the logs
+        # time.monotonic() since which a statement or transaction has been open
+        # (holding a SQLite snapshot that keeps checkpoints from completing).
+        self.open_since: float | None = None
         self.handle = None
         self.conn: apsw.Connection | None = None
         self.in_transaction = False
@@ -129,11 +133,14 @@ class SqlSession:
             raise
         self.close()
         self.handle, self.conn = handle, conn
+        self.engine.sessions.add(self)
         conn.authorizer = self._authorize
         conn.create_scalar_function("txid_current", self._txid_current, 0)
         conn.set_busy_handler(self._busy)
 
     def close(self) -> None:
+        self.engine.sessions.discard(self)
+        self.open_since = None
         if self.conn is not None:
             try:
                 if not self.conn.getautocommit():
@@ -320,11 +327,36 @@ class SqlSession:
         ``finished`` is (status, count); otherwise it is None and the caller
         fetches the rest.
         """
-        run = self.start(sql, keywords)
-        rows = self.fetch(run, batch_rows) if run.columns is not None else []
-        if run.columns is None or run.done:
-            return run, rows, self.finish(run)
+        if self.open_since is None:
+            self.open_since = time.monotonic()
+        try:
+            run = self.start(sql, keywords)
+            rows = self.fetch(run, batch_rows) if run.columns is not None else []
+            if run.columns is None or run.done:
+                return run, rows, self.finish(run)
+        except BaseException:
+            self._settle()
+            raise
         return run, rows, None
+
+    def _settle(self) -> None:
+        """A statement ended: outside a transaction, no snapshot is held now."""
+        if not self.in_transaction:
+            self.open_since = None
+
+    def pinning(self) -> dict | None:
+        """What the logs say of this session while it holds a snapshot: id,
+        peer, database and for how many seconds; None when it holds none."""
+        since = self.open_since
+        if since is None:
+            return None
+        peer = self.peer
+        return {
+            "session": self.session_id,
+            "peer": f"{peer[0]}:{peer[1]}" if peer and peer[0] else None,
+            "database": self.database,
+            "seconds": round(time.monotonic() - since, 1),
+        }
 
     def fetch(self, run: StatementRun, n: int, *, for_client: bool = True) -> list[list]:
         """Up to ``n`` more rows. For a client, a batch also stops before it
@@ -361,12 +393,19 @@ class SqlSession:
         except BaseException:
             if run.autocommit_write:
                 self._abort_autocommit()
+            self._settle()
             raise
         run.rows_seen += len(rows)
         return rows
 
     def finish(self, run: StatementRun) -> tuple[str, int]:
         """Drain the statement, commit an autocommit write, and return (status, rows)."""
+        try:
+            return self._finish(run)
+        finally:
+            self._settle()
+
+    def _finish(self, run: StatementRun) -> tuple[str, int]:
         if run.status:
             return run.status, 0
         try:
@@ -488,6 +527,15 @@ class SqlSession:
 
 
 SEQUENCE_STEP_PREFIX = "UPDATE sqlite_sequence SET seq"
+
+
+def pinning_sessions(engine: Engine, databases=None) -> list[dict]:
+    """The sessions holding a snapshot (on ``databases``, if given), longest first:
+    the ones that can keep a checkpoint from completing."""
+    found = [p for s in list(engine.sessions) if (p := s.pinning()) is not None]
+    if databases is not None:
+        found = [p for p in found if p["database"] in databases]
+    return sorted(found, key=lambda p: -p["seconds"])
 
 
 def _sql_str(text: str) -> str:

@@ -38,6 +38,8 @@ log = get_logger("rustydb.wire")
 RECV_SIZE = 65536
 # How many unsent bytes a bulk stream may queue in the kernel (see bulk_sending).
 BULK_NOTSENT_LOWAT = 4 << 20
+# A flood of refused connections is logged at most this often, with a count.
+REFUSAL_LOG_EVERY_S = 10.0
 # Socket errors that mean the peer is gone (beyond ConnectionError's).
 _PEER_GONE = {errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.ENOTCONN}
 
@@ -325,6 +327,8 @@ class WireListener:
         # what max_connections and max_handshakes limit.
         self.connections = 0
         self._handshaking: set[ClientConnection] = set()
+        self._refused = 0  # refusals not logged yet
+        self._refusal_logged_at = -math.inf
         self.next_session_id = 1
         self._accept_scope = trio.CancelScope()
         self._all_closed = trio.Event()
@@ -360,7 +364,7 @@ class WireListener:
         conn = ClientConnection(self, stream, peer, superuser=auth.is_superuser_peer(self.settings, peer))
         refusal = self._refusal(conn)
         if refusal is not None:
-            log.warning("connection refused", peer=conn.peer, reason=refusal)
+            self._log_refusal(conn.peer, refusal)
             await conn._try_send(events.Error("too_many_connections", refusal, fatal=True))
             await stream.aclose()
             return
@@ -374,6 +378,17 @@ class WireListener:
         finally:
             self._handshaking.discard(conn)
             self.connections -= 1
+
+    def _log_refusal(self, peer, reason: str) -> None:
+        """Log a refused connection; in a flood, one line per REFUSAL_LOG_EVERY_S
+        with how many were refused, so the log cannot be flooded too."""
+        self._refused += 1
+        now = trio.current_time()
+        if now - self._refusal_logged_at < REFUSAL_LOG_EVERY_S:
+            return
+        log.warning("connection refused", peer=peer, reason=reason, refused=self._refused)
+        self._refused = 0
+        self._refusal_logged_at = now
 
     def handshake_ended(self, conn: ClientConnection) -> None:
         """``conn`` authenticated (or gave up): no longer counted as handshaking."""

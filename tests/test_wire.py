@@ -280,3 +280,16 @@ async def test_reserved_connections_let_the_superuser_in_when_other_slots_are_fu
         assert "max_connections 5" in error.message
     for c in (*ordinary, refused, *admins, beyond):
         await c.stream.aclose()
+
+
+@pytest.mark.parametrize("overrides", [{"max_connections": 1}])
+async def test_a_flood_of_refused_connections_is_logged_once_with_a_count(listener, capsys):
+    first = await connect(listener)
+    with trio.fail_after(10):
+        assert isinstance(await first.next_event(), events.Ready)
+        for _ in range(5):
+            refused = await open_raw(listener)
+            assert (await refused.next_event()).code == "too_many_connections"
+            await refused.stream.aclose()
+    await first.stream.aclose()
+    assert capsys.readouterr().out.count("connection refused") == 1

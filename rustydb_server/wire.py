@@ -11,6 +11,7 @@ can affect the other connections.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import math
 import os
@@ -38,10 +39,36 @@ log = get_logger("rustydb.wire")
 RECV_SIZE = 65536
 # How many unsent bytes a bulk stream may queue in the kernel (see bulk_sending).
 BULK_NOTSENT_LOWAT = 4 << 20
+# A connection that received a frame this large hands freed memory back to
+# the OS when it closes (see return_freed_memory).
+TRIM_AFTER_FRAME = 1 << 20
 # A flood of refused connections is logged at most this often, with a count.
 REFUSAL_LOG_EVERY_S = 10.0
 # Socket errors that mean the peer is gone (beyond ConnectionError's).
 _PEER_GONE = {errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.ENOTCONN}
+
+
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Give the heap memory Python has freed back to the OS.
+
+    A large frame is received in 64 KiB pieces; glibc keeps the freed pieces
+    in its heaps instead of returning them, so 40 clients that had each sent
+    a 15 MiB frame left the server 570 MB larger after they had all closed.
+    malloc_trim(0) releases the free pages of every heap (a no-op elsewhere
+    than glibc).
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 class ConnectionClosed(Exception):
@@ -230,6 +257,9 @@ class ClientConnection:
                     await self.dispatcher.close()
                     self.listener.sessions.pop(self.dispatcher.session_id, None)
                 await self.stream.aclose()
+                if self.protocol.largest_frame_received >= TRIM_AFTER_FRAME:
+                    self.protocol = None  # its buffers with it
+                    await trio.to_thread.run_sync(return_freed_memory)  # ~30 ms after 600 MB
 
     async def _try_send(self, event) -> None:
         with trio.move_on_after(2):

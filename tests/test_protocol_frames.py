@@ -308,3 +308,12 @@ def test_random_bytes_only_ever_raise_protocol_error(data):
             pass
     except RemoteProtocolError:
         pass
+
+
+def test_the_decoder_remembers_the_largest_frame_it_took():
+    decoder = FrameDecoder()
+    small, large = encode_frame({"type": "x"}), encode_frame({"type": "x", "pad": b"p" * 100_000})
+    for frame in (small, large, small):
+        decoder.feed(frame)
+        assert decoder.next_message() is not None
+    assert decoder.largest_frame == len(large) - 4

@@ -12,6 +12,7 @@ from rustydb_client.protocol.connection import ClientSide
 from rustydb_client.protocol.frames import FrameDecoder, encode_frame
 from rustydb_client.protocol.messages import TO_CLIENT, event_of, message_of, validate_message
 from rustydb_server import datadir as dd
+from rustydb_server import wire
 from rustydb_server.checkpointer import Checkpointer
 from rustydb_server.doorbell import Doorbell
 from rustydb_server.engine.instance import Engine
@@ -293,3 +294,25 @@ async def test_a_flood_of_refused_connections_is_logged_once_with_a_count(listen
             await refused.stream.aclose()
     await first.stream.aclose()
     assert capsys.readouterr().out.count("connection refused") == 1
+
+
+async def test_a_connection_that_received_a_large_frame_returns_freed_memory_when_it_closes(listener, monkeypatch):
+    trims = []
+    monkeypatch.setattr(wire, "return_freed_memory", lambda: trims.append(1))
+    small = await connect(listener)
+    large = await connect(listener)
+    with trio.fail_after(10):
+        for client in (small, large):
+            assert isinstance(await client.next_event(), events.Ready)
+        await small.send(events.Query("SELECT 1"))
+        await small.answer()
+        await large.send(events.Query("SELECT '" + "x" * (2 << 20) + "'"))
+        await large.answer()
+        for client in (small, large):
+            await client.send(events.Goodbye())
+            assert await client.next_event() is None
+        await until(lambda: listener.connections == 0)
+        await until(lambda: trims)
+    assert trims == [1]  # only the one that took a frame of more than 1 MiB
+    for client in (small, large):
+        await client.stream.aclose()

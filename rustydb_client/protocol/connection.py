@@ -114,6 +114,11 @@ class Connection(ABC):
             except RemoteProtocolError as e:
                 self._failed = e
 
+    @property
+    def largest_frame_received(self) -> int:
+        """The size of the largest frame the peer sent so far."""
+        return self._decoder.largest_frame
+
     def recv_buffer(self) -> memoryview | None:
         """Where to receive next (``socket.recv_into``) while a large frame's body
         is due, so it needs no copy; None otherwise (use receive_data)."""

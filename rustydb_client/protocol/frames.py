@@ -99,6 +99,8 @@ class FrameDecoder:
         self.max_frame = max_frame
         # Said after the limit when a frame exceeds it ("before authentication").
         self.limit_note = ""
+        # The largest frame taken in so far (its body was buffered whole).
+        self.largest_frame = 0
         self.max_depth = max_depth
         self.max_items = max_items
         self._buf = bytearray()  # bytes not yet claimed by a frame header
@@ -209,6 +211,7 @@ class FrameDecoder:
             raise self._failed
         rest = bytes(memoryview(self._buf)[_HEADER.size :])
         self._buf = bytearray()
+        self.largest_frame = max(self.largest_frame, length)
         self._need = length
         self._parts = [rest] if rest else []
         self._have = len(rest)

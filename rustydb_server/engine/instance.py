@@ -19,6 +19,7 @@ from .. import datadir as _datadir
 from .. import fileops as _fileops
 from ..errors import ReportedError
 from ..logsetup import get_logger
+from ..settings import to_seconds
 from ..wal import archive_status, retention
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
@@ -28,6 +29,7 @@ from ..wal import writer as wal_writer
 from ..wal.lsn import format_lsn
 from . import database, recovery, replay
 from .database import ReplayError
+from .lockwatch import WatchedLock
 from .observer import EngineObserver
 
 log = get_logger("rustydb.engine")
@@ -60,9 +62,10 @@ class FatalWalError(ReportedError):
 class DatabaseHandle:
     name: str
     path: str
+    clock: Callable[[], float] = time.monotonic
     # Held from WAL append to SQLite commit, so a checkpoint can wait for commits
     # in flight and a failed SQLite commit can be caught up before the next one.
-    commit_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    commit_lock: WatchedLock = dataclasses.field(init=False)
     # Records that are durable in the WAL but whose SQLite commit failed (e.g. disk
     # full); applied before the next write to this database.
     pending: list = dataclasses.field(default_factory=list)
@@ -81,6 +84,9 @@ class DatabaseHandle:
     _read_fd_users: int = 0
     _read_fd_closing: bool = False
     _read_fd_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.commit_lock = WatchedLock(f'the commit lock of database "{self.name}"', "a commit", self.clock)
 
     def acquire_read_fd(self) -> int:
         """The file's read descriptor; give it back with release_read_fd()."""
@@ -131,8 +137,10 @@ class Engine:
         observer: EngineObserver,
         change_tracking=None,
         archived_timelines: Callable[[], Iterable[int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.datadir = ddir
+        self.clock = clock
         self.control = control
         self.settings = settings
         self.fileops = fileops
@@ -141,8 +149,8 @@ class Engine:
         self._txid_lock = threading.Lock()
         self._next_txid = control.next_txid
         self._last_commit_us = control.last_commit_time_us
-        self._registry_lock = threading.Lock()
-        self._checkpoint_lock = threading.Lock()
+        self._registry_lock = WatchedLock("the database registry lock", "a session or database change", clock)
+        self._checkpoint_lock = WatchedLock("the checkpoint lock", "a checkpoint", clock)
         self.last_checkpoint_lsn: int = control.checkpoint_lsn
         self._checkpoint_end_lsn: int | None = None  # where this process's last checkpoint record ends
         self.recovery_stats: dict = {}
@@ -167,13 +175,15 @@ class Engine:
         observer: EngineObserver | None = None,
         change_tracking=None,
         archived_timelines: Callable[[], Iterable[int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Engine:
         """Initialize an empty data directory or recover an existing one.
 
         ``observer`` hears what the rest of the server acts on; ``change_tracking``
         (backup/tracking.py), if given, is told of every durable record;
         ``archived_timelines``, if given, lists the timelines the WAL archive
-        has seen, which a restored directory's new timeline must avoid.
+        has seen, which a restored directory's new timeline must avoid;
+        ``clock`` times the engine's locks (``stall``).
         """
         fresh = not ddir.is_initialized()
         if fresh:
@@ -192,7 +202,7 @@ class Engine:
             _datadir.check_usable(control, ddir.path)
             ddir.create_layout()
         engine = cls(
-            ddir, control, settings, fileops, observer or EngineObserver(), change_tracking, archived_timelines
+            ddir, control, settings, fileops, observer or EngineObserver(), change_tracking, archived_timelines, clock
         )
         engine._recover()
         if fresh:
@@ -239,7 +249,7 @@ class Engine:
         self._next_txid = max(self._next_txid, max_txid + 1)
         self._last_commit_us = last_time
         for name in sorted(applied):
-            self.databases[name] = DatabaseHandle(name, self.datadir.database_path(name))
+            self.databases[name] = DatabaseHandle(name, self.datadir.database_path(name), self.clock)
         previous_timeline = self._leave_restored_timeline(end_lsn)
         self.wal = wal_writer.WalWriter(
             self.datadir.wal_dir,
@@ -349,7 +359,7 @@ class Engine:
         return handle
 
     def attach_session(self, name: str) -> DatabaseHandle:
-        with self._registry_lock:
+        with self._registry_lock.held("a new session"):
             handle = self.get_database(name)
             handle.sessions += 1
             return handle
@@ -407,7 +417,7 @@ class Engine:
 
     def create_database(self, name: str, if_not_exists: bool = False) -> bool:
         _datadir.validate_database_name(name)
-        with self._registry_lock:
+        with self._registry_lock.held("CREATE DATABASE"):
             if name in self.databases and not self.databases[name].dropped:
                 if if_not_exists:
                     return False
@@ -415,12 +425,12 @@ class Engine:
             lsn, _ = self._log_durably(walrec.DatabaseRecord("create", name, now_us()))
             path = self.datadir.database_path(name)
             database.create_database_file(path, lsn)
-            self.databases[name] = DatabaseHandle(name, path)
+            self.databases[name] = DatabaseHandle(name, path, self.clock)
         log.info("database created", database=name, lsn=format_lsn(lsn))
         return True
 
     def drop_database(self, name: str, if_exists: bool = False, current=None) -> bool:
-        with self._registry_lock:
+        with self._registry_lock.held("DROP DATABASE"):
             handle = self.databases.get(name)
             if handle is None or handle.dropped:
                 if if_exists:
@@ -437,7 +447,7 @@ class Engine:
                     ),
                     code="database_in_use",
                 )
-            with handle.commit_lock:
+            with handle.commit_lock.held("DROP DATABASE"):
                 lsn, _ = self._log_durably(walrec.DatabaseRecord("drop", name, now_us()))
                 handle.dropped = True
                 database.remove_database_files(handle.path)
@@ -506,7 +516,8 @@ class Engine:
 
     def vacuum(self, handle: DatabaseHandle, conn) -> int:
         """Log and run VACUUM (outside any transaction, as SQLite requires)."""
-        with handle.commit_lock:
+        # VACUUM rewrites the whole file: long, but working, so not a stall.
+        with handle.commit_lock.held("VACUUM", bounded=False):
             txid = self.allocate_txid()
             rec = walrec.TxRecord(txid, self._commit_time(), handle.name, replay.VACUUM_STEPS)
             lsn, _ = self._log_durably(rec)
@@ -530,7 +541,7 @@ class Engine:
     def ensure_caught_up(self, handle: DatabaseHandle) -> None:
         """Before a write starts: apply records whose SQLite commit failed earlier."""
         if handle.pending:
-            with handle.commit_lock:
+            with handle.commit_lock.held("catching up a committed transaction"):
                 if handle.pending:
                     self._catch_up(handle)
 
@@ -559,7 +570,7 @@ class Engine:
         if manifest.partial:
             return  # a backup of some databases only is no base for an incremental
         info = manifest.control_record()
-        with self._checkpoint_lock:
+        with self._checkpoint_lock.held("recording a backup"):
             self.control.last_backup = info
             if manifest.backup_type.is_full_base:
                 self.control.last_full_backup = info
@@ -609,7 +620,7 @@ class Engine:
                 return {"complete": True, "skipped": True, "reason": reason}
             complete = True
             for handle in list(self.databases.values()):
-                with handle.commit_lock:
+                with handle.commit_lock.held("a checkpoint"):
                     pass  # wait for a commit between WAL append and SQLite commit
                 try:
                     conn = database.open_connection(handle.path)
@@ -674,6 +685,21 @@ class Engine:
         if removed:
             self.fileops.fsync_dir(self.datadir.wal_dir)
         return removed
+
+    def stall(self) -> str | None:
+        """Why commits cannot go on, or None: one of the engine's locks held,
+        or waited for, longer than ``engine_stall_timeout``. Never blocks; the
+        health check and the systemd watchdog ask it."""
+        bound = to_seconds("engine_stall_timeout", self.settings["engine_stall_timeout"])
+        if not bound:
+            return None
+        now = self.clock()
+        locks = [self._registry_lock, self._checkpoint_lock, *(h.commit_lock for h in list(self.databases.values()))]
+        for lock in locks:
+            reason = lock.stall(bound, now)
+            if reason is not None:
+                return reason
+        return None
 
     def wal_bytes_since_checkpoint(self) -> int:
         return self.wal.end_lsn - self.control.redo_lsn

@@ -41,6 +41,11 @@ def health_report(settings, lifecycle: Lifecycle, engine=None, archiver=None, se
             "bytes_since_checkpoint": engine.wal_bytes_since_checkpoint(),
         }
         report["databases"] = sorted(engine.databases)
+        catching_up = engine.pending_databases()
+        if catching_up:
+            # Committed transactions SQLite could not apply yet (a full disk):
+            # reads go on, writes wait; not unhealthy, but worth an alert.
+            report["catching_up"] = catching_up
         if archiver is not None:
             report["archive"] = archiver.report()
         report["recovery"] = engine.recovery_stats

@@ -150,6 +150,8 @@ class Snapshot:
             t0 = time.perf_counter()
             for h in handles:  # sorted order: no deadlock with another snapshot
                 stack.enter_context(h.commit_lock.held("a backup snapshot"))
+                # A committed transaction SQLite failed to apply would be missing.
+                engine.require_caught_up(h)
             self.end_lsn = engine.wal.end_lsn
             if engine.change_tracking is not None and self.all_databases:
                 # Every commit lock is held: nothing is logged, so the tracker

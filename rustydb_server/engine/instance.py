@@ -27,8 +27,7 @@ from ..wal import segment as walseg
 from ..wal import timeline as waltl
 from ..wal import writer as wal_writer
 from ..wal.lsn import format_lsn
-from . import database, recovery, replay
-from .database import ReplayError
+from . import database, recovery, replay, sqlite_steps
 from .lockwatch import WatchedLock
 from .observer import EngineObserver
 
@@ -128,6 +127,9 @@ def now_us() -> int:
 
 
 class Engine:
+    #: The SQLite steps after a commit's WAL record is durable (a seam for tests).
+    sqlite_steps: sqlite_steps.SqliteSteps = sqlite_steps.REAL
+
     def __init__(
         self,
         ddir: _datadir.DataDir,
@@ -460,13 +462,23 @@ class Engine:
     def commit(self, handle: DatabaseHandle, conn, txid: int | None, steps) -> tuple[int, int, int]:
         """Log and commit the session's open SQLite transaction; return (lsn, txid, time).
 
-        Caller holds an open write transaction on ``conn``. On an EngineError the
-        SQLite transaction is rolled back and nothing is acknowledged.
+        Caller holds an open write transaction on ``conn``. An EngineError
+        raised before the WAL record is durable means the transaction was
+        rolled back and nothing was committed. Once the record is durable the
+        transaction IS committed (recovery replays it): if SQLite then fails,
+        the record is applied from the WAL and the commit answered as usual,
+        or, if that fails too, the error is ``committed_not_applied``, which
+        says so (see ``_after_durable_failure``).
         """
         with handle.commit_lock:
             if handle.pending:
                 conn.execute("ROLLBACK")
-                self._catch_up(handle)
+                try:
+                    self._catch_up(handle)
+                except EngineError as e:
+                    raise EngineError(
+                        f"{e}; your transaction was rolled back and nothing of it was committed", code=e.code
+                    ) from e
                 raise EngineError(
                     f'database "{handle.name}" was catching up after a failed commit; '
                     "your transaction was rolled back, run it again",
@@ -482,59 +494,63 @@ class Engine:
                 conn.execute("ROLLBACK")
                 raise
             try:
-                database.write_state(conn, lsn, txid, commit_time)
-                conn.execute("COMMIT")
-                handle.notify_write_ended()
+                self.sqlite_steps.commit(conn, lsn, txid, commit_time)
             except Exception as e:
-                # The record is durable, so the transaction will exist after any
-                # restart; make the live database agree before anyone writes again.
-                handle.pending.append((lsn, rec))
-                try:
-                    if not conn.getautocommit():
-                        conn.execute("ROLLBACK")
-                except Exception:
-                    pass
-                log.error(
-                    "SQLite commit failed after the WAL record was durable",
-                    database=handle.name,
-                    lsn=format_lsn(lsn),
-                    error=str(e),
-                )
-                try:
-                    self._catch_up(handle)
-                except EngineError:
-                    pass
-                full = isinstance(e, apsw.FullError)
-                raise EngineError(
-                    ("the disk is full: " if full else f"commit failed ({e}): ")
-                    + f"transaction {txid} is in the WAL but SQLite could not commit it. It "
-                    "was not acknowledged; it will be applied automatically as soon as the "
-                    "database can be written again (free disk space). Do not retry it blindly",
-                    code="disk_full" if full else "commit_failed",
-                ) from e
+                self._after_durable_failure(handle, conn, lsn, rec, e)
+            finally:
+                handle.notify_write_ended()
         return lsn, txid, commit_time
+
+    def _after_durable_failure(self, handle: DatabaseHandle, conn, lsn: int, rec, error: Exception) -> None:
+        """SQLite failed after ``rec`` was durable at ``lsn``: the transaction is
+        committed all the same. Apply it from the WAL now (a no-op if SQLite's
+        commit did happen), so the answer is a plain success; if it cannot be
+        applied yet, say that it IS committed and what that means. Never
+        "failed": a client that retried would commit it twice."""
+        handle.pending.append((lsn, rec))
+        try:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+        except Exception:
+            pass
+        what = "VACUUM" if tuple(rec.steps) == replay.VACUUM_STEPS else f"transaction {rec.txid}"
+        log.error(
+            "SQLite failed after the WAL record was durable; applying the record from the WAL",
+            database=handle.name,
+            lsn=format_lsn(lsn),
+            txid=rec.txid,
+            error=str(error),
+        )
+        try:
+            self._catch_up(handle)
+        except EngineError as e:
+            full = isinstance(error, apsw.FullError) or isinstance(e.__cause__, apsw.FullError)
+            raise EngineError(
+                f"{what} IS committed: its WAL record is durable and it will be in database "
+                f'"{handle.name}" after any restart, but SQLite could not apply it yet '
+                f"({'the disk is full' if full else error}). Do not run it again. Reads of "
+                f'"{handle.name}" show it once it is applied; writes to "{handle.name}" are refused '
+                "until then" + (" (free disk space)" if full else "") + "; the server applies it at the "
+                "next write or checkpoint",
+                code="committed_not_applied",
+            ) from error
+        log.warning(
+            "a commit that SQLite failed was applied from its WAL record", database=handle.name, lsn=format_lsn(lsn)
+        )
 
     def vacuum(self, handle: DatabaseHandle, conn) -> int:
         """Log and run VACUUM (outside any transaction, as SQLite requires)."""
         # VACUUM rewrites the whole file: long, but working, so not a stall.
         with handle.commit_lock.held("VACUUM", bounded=False):
+            if handle.pending:
+                self._catch_up(handle)
             txid = self.allocate_txid()
             rec = walrec.TxRecord(txid, self._commit_time(), handle.name, replay.VACUUM_STEPS)
             lsn, _ = self._log_durably(rec)
             try:
-                conn.execute("VACUUM")
-                conn.execute("BEGIN IMMEDIATE")
-                database.write_state(conn, lsn, txid, rec.commit_time_us)
-                conn.execute("COMMIT")
+                self.sqlite_steps.vacuum(conn, lsn, txid, rec.commit_time_us)
             except Exception as e:
-                if not conn.getautocommit():
-                    conn.execute("ROLLBACK")
-                handle.pending.append((lsn, rec))
-                raise EngineError(
-                    f"VACUUM failed after it was logged ({e}); it will be applied before "
-                    "the next write to this database",
-                    code="commit_failed",
-                ) from e
+                self._after_durable_failure(handle, conn, lsn, rec, e)
         log.info("vacuum complete", database=handle.name, lsn=format_lsn(lsn))
         return lsn
 
@@ -545,23 +561,46 @@ class Engine:
                 if handle.pending:
                     self._catch_up(handle)
 
+    def require_caught_up(self, handle: DatabaseHandle) -> None:
+        """With ``handle``'s commit lock held (a backup snapshot): apply what is
+        pending, or refuse, since the database file would lack a committed
+        transaction."""
+        if handle.pending:
+            self._catch_up(handle)
+
     def _catch_up(self, handle: DatabaseHandle) -> None:
-        conn = replay.open_replay_connection(handle.path)
+        """Apply ``handle.pending`` (committed records SQLite failed) from the WAL."""
+        try:
+            conn = replay.open_replay_connection(handle.path)
+        except Exception as e:
+            raise self._catching_up_error(handle, e) from e
         try:
             applied = database.read_state(conn)["applied_lsn"]
             while handle.pending:
                 lsn, rec = handle.pending[0]
                 if lsn > applied:
                     try:
-                        replay.apply_tx_record(conn, lsn, rec)
-                    except ReplayError as e:
-                        raise EngineError(
-                            f'database "{handle.name}" cannot apply a logged transaction yet: {e}', code="catching_up"
-                        ) from e
+                        self.sqlite_steps.apply(conn, lsn, rec)
+                    except Exception as e:
+                        raise self._catching_up_error(handle, e) from e
                 handle.pending.pop(0)
             log.info("database caught up after a failed commit", database=handle.name)
+        except apsw.Error as e:
+            raise self._catching_up_error(handle, e) from e
         finally:
             conn.close()
+
+    def _catching_up_error(self, handle: DatabaseHandle, e: Exception) -> EngineError:
+        full = isinstance(e, apsw.FullError) or isinstance(e.__cause__, apsw.FullError)
+        return EngineError(
+            f'database "{handle.name}" cannot apply a committed transaction yet ({e}); writes to it are '
+            "refused until it can" + (" (free disk space)" if full else "") + ", reads go on",
+            code="catching_up",
+        )
+
+    def pending_databases(self) -> list[str]:
+        """Databases holding committed transactions SQLite has not applied yet."""
+        return sorted(h.name for h in list(self.databases.values()) if h.pending)
 
     def record_backup(self, manifest) -> None:
         """Remember the latest backups (``manifest`` is a completed backup's
@@ -616,12 +655,20 @@ class Engine:
         with self._checkpoint_lock:
             t0 = time.perf_counter()
             redo = self.wal.end_lsn
-            if skip_if_idle and redo == self._checkpoint_end_lsn:
+            if skip_if_idle and redo == self._checkpoint_end_lsn and not self.pending_databases():
                 return {"complete": True, "skipped": True, "reason": reason}
             complete = True
             for handle in list(self.databases.values()):
+                # Waits for a commit between WAL append and SQLite commit.
                 with handle.commit_lock.held("a checkpoint"):
-                    pass  # wait for a commit between WAL append and SQLite commit
+                    if handle.pending:
+                        try:
+                            self._catch_up(handle)
+                        except EngineError as e:
+                            log.warning("checkpoint could not apply a committed transaction", error=str(e))
+                        if handle.pending:
+                            # Recovery must still replay it: redo from its record.
+                            redo = min(redo, handle.pending[0][0])
                 try:
                     conn = database.open_connection(handle.path)
                 except FileNotFoundError:

@@ -62,7 +62,11 @@ class ServerProcess:
         extra_args=(),
         env=None,
         log_path: str | None = None,
+        command: list[str] | None = None,
     ):
+        # What runs the server: the installed rusty-db-server, or (fault
+        # tests) a wrapper that runs the same main() with faults injected.
+        self.command = command
         self.data_dir = data_dir
         self.port = port or free_port()
         self.http_port = http_port if http_port is not None else free_port()
@@ -75,7 +79,7 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
-                tool("rusty-db-server"),
+                *(self.command or [tool("rusty-db-server")]),
                 "--data-dir",
                 self.data_dir,
                 "--port",

@@ -255,3 +255,24 @@ async def test_the_checkpointer_retries_a_read_only_engine_every_second(autojump
         await trio.sleep(RETRY_READ_ONLY_S * 10)
         assert engine.attempts == 3  # writable after the third: no more attempts
         nursery.cancel_scope.cancel()
+
+
+async def test_an_http_request_that_hits_a_full_disk_is_disk_full_not_internal_error():
+    import json
+
+    from starlette.requests import Request
+
+    from rustydb_server import http_api
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/v1/admin/backup",
+        "headers": [],
+        "query_string": b"",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8080),
+    }
+    resp = await http_api._server_error(Request(scope), OSError(errno.ENOSPC, "No space left on device"))
+    assert resp.status_code == 507
+    assert json.loads(resp.body)["error"] == "disk_full"

@@ -15,6 +15,7 @@ segment, the control file, rustydb.auto.toml), as on a real full disk.
 
 from __future__ import annotations
 
+import http.client
 import os
 import sys
 import time
@@ -42,7 +43,7 @@ def wait_for_health(srv, status, timeout=30):
             health = srv.health()
             if health.get("status") == status:
                 return health
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):
             pass
         assert srv.proc.poll() is None, f"server exited:\n{srv.log()}"
         assert time.monotonic() < deadline, f"health never said {status}:\n{srv.log()}"
@@ -134,3 +135,13 @@ def test_checkpoint_on_a_full_disk_is_disk_full_and_keeps_the_connection(full_di
     with rc.connect("127.0.0.1", srv.port) as c:
         assert c.execute("SELECT count(*) FROM t").rows == [[2]]
     srv.stop()
+
+
+def test_a_new_data_directory_on_a_full_disk_is_refused_with_a_clear_message(full_disk_server):
+    srv, flag = full_disk_server
+    flag.touch()
+    srv.start(wait=False)
+    assert srv.wait_exit(30) == 1
+    log = srv.log()
+    assert "cannot start: the disk is full" in log and "free space on the filesystem of" in log
+    assert "Traceback" not in log

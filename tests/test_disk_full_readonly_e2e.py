@@ -16,14 +16,17 @@ segment, the control file, rustydb.auto.toml), as on a real full disk.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import sys
 import time
+import urllib.request
 
 import pytest
 
 from rustydb_client import client as rc
 from tests.support.disk_full_server import FLAG_ENV
+from tests.support.servers import run_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,3 +148,22 @@ def test_a_new_data_directory_on_a_full_disk_is_refused_with_a_clear_message(ful
     log = srv.log()
     assert "cannot start: the disk is full" in log and "free space on the filesystem of" in log
     assert "Traceback" not in log
+
+
+def test_a_backup_requested_on_a_full_disk_is_disk_full_and_the_catalog_stays_clean(full_disk_server, tmp_path):
+    srv, flag = full_disk_server
+    start_read_only(srv, flag)
+    out = tmp_path / "b.rdb"
+    proc = run_tool("rusty-db-backup", "--port", str(srv.port), "--output", str(out), "--type", "full")
+    assert proc.returncode != 0
+    assert "disk is full" in proc.stderr and "internal" not in proc.stderr and not out.exists()
+    assert "Traceback" not in srv.log()
+    flag.unlink()
+    wait_for_health(srv, "healthy")
+    proc = run_tool("rusty-db-backup", "--port", str(srv.port), "--output", str(out), "--type", "full")
+    assert proc.returncode == 0, proc.stderr
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/api/v1/admin/backups", timeout=10) as r:
+        body = json.loads(r.read())
+    listed = body["backups"] if isinstance(body, dict) else body
+    assert [b["status"] for b in listed] == ["completed"]  # the refused one left nothing behind
+    srv.stop()

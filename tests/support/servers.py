@@ -64,10 +64,10 @@ class ServerProcess:
         log_path: str | None = None,
         command: list[str] | None = None,
     ):
-        # What runs the server: the installed rusty-db-server, or (fault
-        # tests) a wrapper that runs the same main() with faults injected.
-        self.command = command
         self.data_dir = data_dir
+        # What starts the server: the installed console script unless a test
+        # gives another launcher (tests/support/faulty_server.py).
+        self.command = command
         self.port = port or free_port()
         self.http_port = http_port if http_port is not None else free_port()
         self.extra_args = list(extra_args)

@@ -34,6 +34,7 @@ from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
 from ..wal.lsn import format_lsn
+from ..wal.segment import HEADER_SIZE
 from .manifest import DatabaseEntry, Manifest
 from .steps import encode_steps, steps_entry
 
@@ -145,67 +146,69 @@ class Compaction:
 
 
 def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator:
-    """Records in [start, end): from the server's WAL, else from the archive."""
+    """Records in [start, end) of the server's timeline, as one WAL.
+
+    Each segment comes from the server's wal/ directory if it is still there,
+    else from the archive (unpacked into ``scratch``); the whole sequence is
+    then read by one reader, so a record that begins in an archived segment
+    and ends in one still on the server is joined like any other.
+    """
     c = engine.control
     size = c.segment_size
-    first = start // size
-    local = {segno for tl, segno, _ in walseg.list_segments(engine.datadir.wal_dir) if tl == c.timeline}
-    if first in local:
-        yield from wal_reader.read_wal(
-            engine.datadir.wal_dir,
+    first = walseg.normalize_lsn(start, size) // size
+    # The last segment holding a byte of the range (none if the range is empty).
+    last = (end - HEADER_SIZE - 1) // size
+    if last < first:
+        return
+    wal_dir = engine.datadir.wal_dir
+    local = {
+        segno: os.path.join(wal_dir, name)
+        for tl, segno, name in walseg.list_segments(wal_dir)
+        if tl == c.timeline and first <= segno <= last
+    }
+    archived: dict[int, str] | None = None
+    sequence: dict[int, str] = {}
+    unpacked: list[str] = []
+    try:
+        for segno in range(first, last + 1):
+            if segno in local:
+                sequence[segno] = local[segno]
+                continue
+            if archived is None:
+                archive_dir = engine.settings["archive_dest"]
+                archived = sf.list_archive(archive_dir).get(c.timeline, {}) if archive_dir else {}
+            if segno not in archived:
+                raise IncrementalUnavailable(_missing(c.timeline, segno, first, start))
+            if not unpacked:
+                os.makedirs(scratch, mode=0o700, exist_ok=True)
+            name, data = sf.unpack_segment(archived[segno], system_id=c.system_id)
+            path = os.path.join(scratch, name)
+            unpacked.append(path)
+            with open(path, "wb") as f:
+                f.write(data)
+            sequence[segno] = path
+        yield from wal_reader.read_segment_sequence(
+            sequence,
             timeline=c.timeline,
             segment_size=size,
             start_lsn=start,
             system_id=c.system_id,
             stop_lsn=end,
         )
-        return
-    archive_dir = engine.settings["archive_dest"]
-    archived = sf.list_archive(archive_dir).get(c.timeline, {}) if archive_dir else {}
-    if first not in archived:
-        raise IncrementalUnavailable(
-            f"the WAL needed since the parent backup (from LSN {format_lsn(start)}, segment "
-            f"{walseg.segment_name(c.timeline, first)}) is no longer available; take a full "
-            "backup"
-        )
-    # Archived segments up to the first one still on local disk, then the local WAL.
-    os.makedirs(scratch, mode=0o700, exist_ok=True)
-    paths = []
-    segno = first
-    try:
-        while segno in archived and segno not in local:
-            name, data = sf.unpack_segment(archived[segno], system_id=c.system_id)
-            path = os.path.join(scratch, name)
-            with open(path, "wb") as f:
-                f.write(data)
-            paths.append(path)
-            segno += 1
-        if segno not in local and segno * size < end:
-            raise IncrementalUnavailable(
-                f"WAL segment {walseg.segment_name(c.timeline, segno)} is neither on the "
-                "server nor in the archive; take a full backup"
-            )
-        last_end = start
-        for entry in wal_reader.read_segments(
-            paths, start, timeline=c.timeline, segment_size=size, system_id=c.system_id
-        ):
-            if entry.lsn >= end:
-                return
-            last_end = entry.end_lsn
-            yield entry
-        resume = max(last_end, walseg.normalize_lsn(segno * size, size))
-        yield from wal_reader.read_wal(
-            engine.datadir.wal_dir,
-            timeline=c.timeline,
-            segment_size=size,
-            start_lsn=resume,
-            system_id=c.system_id,
-            stop_lsn=end,
-        )
     finally:
-        for p in paths:
+        for p in unpacked:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+
+
+def _missing(timeline: int, segno: int, first: int, start: int) -> str:
+    name = walseg.segment_name(timeline, segno)
+    if segno == first:
+        return (
+            f"the WAL needed since the parent backup (from LSN {format_lsn(start)}, segment "
+            f"{name}) is no longer available; take a full backup"
+        )
+    return f"WAL segment {name} is neither on the server nor in the archive; take a full backup"
 
 
 def build(

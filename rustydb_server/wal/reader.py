@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from rustydb_server import fileops as fileops_mod
@@ -49,6 +49,7 @@ __all__ = [
     "WalEntry",
     "find_wal_end",
     "read_segment_file",
+    "read_segment_sequence",
     "read_segments",
     "read_wal",
 ]
@@ -127,6 +128,33 @@ def read_segments(
     if start_lsn is None:
         return _WalScan(source, size, source.first_segno * size + HEADER_SIZE, skip_partial_first=True).entries()
     return _WalScan(source, size, start_lsn, skip_partial_first=False).entries()
+
+
+def read_segment_sequence(
+    paths: Mapping[int, str],
+    *,
+    timeline: int,
+    segment_size: int,
+    start_lsn: int,
+    system_id: int | None = None,
+    stop_lsn: int | None = None,
+    fileops: fileops_mod.FileOps = fileops_mod.REAL,
+) -> Iterator[WalEntry]:
+    """Yield the records of ``timeline`` from ``start_lsn`` on, segments taken from ``paths``.
+
+    ``paths`` maps each segment number to its file, wherever that file is:
+    segments gathered from several places (an archive unpacked to a scratch
+    directory and the server's own ``wal/``) are read as one WAL, so a record
+    that begins in a file from one place and ends in a file from another is
+    joined like any other. Each file's header must name that timeline and
+    segment number. ``start_lsn`` must be a record boundary; reading stops at
+    ``stop_lsn`` (as ``read_wal``) or at the first segment ``paths`` lacks
+    (WalCorruptError if it holds a later one).
+    """
+    check_segment_size(segment_size)
+    source = _MapSource(dict(paths), timeline, segment_size, system_id, fileops)
+    scan = _WalScan(source, segment_size, start_lsn, skip_partial_first=False, stop_lsn=stop_lsn)
+    return scan.entries()
 
 
 def read_segment_file(path: str, *, fileops: fileops_mod.FileOps = fileops_mod.REAL) -> Iterator[WalEntry]:
@@ -285,6 +313,50 @@ class _PathSource:
             segment_size=self.segment_size,
             system_id=None,
         )
+
+    def later(self, segno: int) -> list[int]:
+        return sorted(other for other in self._paths if other > segno)
+
+
+class _MapSource:
+    """Segments of one timeline, each a file anywhere (segment number -> path)."""
+
+    def __init__(
+        self,
+        paths: dict[int, str],
+        timeline: int,
+        segment_size: int,
+        system_id: int | None,
+        fileops: fileops_mod.FileOps,
+    ) -> None:
+        self._paths = paths
+        self._timeline = timeline
+        self.segment_size = segment_size
+        self._system_id = system_id
+        self._fo = fileops
+
+    def name(self, segno: int) -> str:
+        return segment_name(self._timeline, segno)
+
+    def open(self, segno: int) -> _MappedSegment | None:
+        path = self._paths.get(segno)
+        if path is None:
+            return None
+        try:
+            seg = _open_checked(
+                path,
+                self.name(segno),
+                self._fo,
+                timeline=self._timeline,
+                segno=segno,
+                segment_size=self.segment_size,
+                system_id=self._system_id,
+            )
+        except FileNotFoundError:
+            return None
+        # Without an expected system id, the first segment sets it for the rest.
+        self._system_id = seg.header.system_id
+        return seg
 
     def later(self, segno: int) -> list[int]:
         return sorted(other for other in self._paths if other > segno)

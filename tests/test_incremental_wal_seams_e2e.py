@@ -10,11 +10,14 @@ like any other.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 from rustydb_client import client as rc
 from rustydb_server.wal import segment as walseg
+from rustydb_server.wal.lsn import parse_lsn
+from tests.support.servers import run_tool
 from tests.test_incremental_e2e import backup, dump, restore_in_order
 
 SEGMENT = 64 * 1024
@@ -53,13 +56,15 @@ def local_segments(srv, timeline=None) -> list[tuple[int, int, str]]:
     return sorted(s for s in segs if timeline is None or s[0] == timeline)
 
 
-def first_fragment_kind(srv, name) -> walseg.FragmentKind:
+def continues_a_record(srv, name) -> bool:
+    """Whether the server's segment ``name`` begins with the rest of a record
+    begun in the segment before it."""
     with open(os.path.join(srv.data_dir, "wal", name), "rb") as f:
         buf = f.read()
-    tl, segno = walseg.parse_segment_name(name)
+    _tl, segno = walseg.parse_segment_name(name)
     frag = walseg.parse_fragment(buf, walseg.HEADER_SIZE, segno * SEGMENT, SEGMENT)
     assert frag is not None
-    return frag.kind
+    return frag.kind in (walseg.FragmentKind.MIDDLE, walseg.FragmentKind.LAST)
 
 
 def archive_and_trim(srv) -> str:
@@ -89,11 +94,126 @@ def test_incremental_reads_a_record_spanning_the_archive_and_the_server(server_f
     archived = sorted(n.removesuffix(".walz") for n in os.listdir(archive) if n.endswith(".walz"))
     assert archived[0] < first_local
     # ... and a record begun in the archive ends on the server
-    assert first_fragment_kind(srv, first_local) in (walseg.FragmentKind.MIDDLE, walseg.FragmentKind.LAST)
+    assert continues_a_record(srv, first_local)
     incr = tmp_path / "incr.backup"
     backup(srv, incr, "--type", "incremental")
     expected = dump(c)
     c.close()
+    data = tmp_path / "restored"
+    restore_in_order(data, full, incr)
+    assert dump(str(data)) == expected
+
+
+def incremental_sources(srv) -> list[str]:
+    return [json.loads(line)["source"] for line in srv.log().splitlines() if '"incremental computed"' in line]
+
+
+def test_incremental_reads_records_spanning_the_servers_own_segments(server_factory, tmp_path):
+    """No archive: every segment is local, records cross from one to the next."""
+    conf = tmp_path / "local.toml"
+    conf.write_text("wal_segment_size = '64kB'\n")
+    srv = server_factory(name="local", extra_args=["--config", str(conf)]).start()
+    srv.sql("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);")
+    full = tmp_path / "full.backup"
+    start = backup(srv, full, "--type", "full")["end_lsn"]
+    srv.stop()
+    srv.start()
+    c = rc.connect("127.0.0.1", srv.port)
+    write_spanning(c, 30, 6000, "l")
+    c.execute(f"INSERT INTO items(name, qty) VALUES ('big' || hex(randomblob({SEGMENT})), -1)")
+    write_spanning(c, 5, 6000, "m")
+    segs = [(segno, name) for _, segno, name in local_segments(srv)]
+    continued = [n for segno, n in segs if segno > start // SEGMENT and continues_a_record(srv, n)]
+    assert len(continued) >= 3  # records cross several boundaries inside the range
+    incr = tmp_path / "incr.backup"
+    backup(srv, incr, "--type", "incremental")
+    assert incremental_sources(srv) == ["wal"]
+    expected = dump(c)
+    c.close()
+    data = tmp_path / "restored"
+    restore_in_order(data, full, incr)
+    assert dump(str(data)) == expected
+
+
+def test_incrementals_across_a_timeline_switch(server_factory, tmp_path):
+    """A server restored to a point in time writes a new timeline from the
+    middle of a segment whose number the old timeline's archive also holds.
+    An incremental whose parent is on the old timeline is refused; one whose
+    parent is on the new timeline reads the new timeline's segments (the
+    switch segment from the archive) across the archive/server seam."""
+    srv, archive = archived_server(server_factory, tmp_path, "tl1")
+    srv.sql("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);")
+    base = tmp_path / "base.backup"
+    backup(srv, base, "--type", "pitr-base")
+    c = rc.connect("127.0.0.1", srv.port)
+    write_spanning(c, 12, 6000, "a")
+    c.execute("CREATE RESTORE POINT 'mid'")
+    write_spanning(c, 25, 6000, "b")  # timeline 1 goes on past the restore point
+    c.close()
+    srv.wait_archived()
+    srv.stop()
+    out = tmp_path / "tl2"
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--archive-dir",
+        str(archive),
+        "--data-dir",
+        str(out),
+        "--recovery-target-name",
+        "mid",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    switch_lsn = parse_lsn(json.loads(proc.stdout.strip().splitlines()[-1])["end_lsn"])
+    srv2 = server_factory(name="tl2")
+    srv2.data_dir = str(out)
+    srv2.extra_args = list(srv.extra_args)
+    srv2.start()
+    assert srv2.health()["wal"]["timeline"] == 2
+    srv2.sql("ALTER SYSTEM SET archive_mode = on;")
+    srv2.sql(f"ALTER SYSTEM SET archive_dest = '{archive}';")
+    # the parent is on timeline 1: refused, saying why and what to do
+    refused = tmp_path / "refused.backup"
+    proc = run_tool(
+        "rusty-db-backup",
+        "--port",
+        str(srv2.port),
+        "--type",
+        "incremental",
+        "--base-backup",
+        str(base),
+        "--output",
+        str(refused),
+    )
+    assert proc.returncode == 1
+    assert "timeline 2" in proc.stderr and "timeline 1" in proc.stderr and "take a full backup" in proc.stderr
+    assert "Traceback" not in proc.stderr and not refused.exists()
+    # a full backup on timeline 2, taken in the segment where timeline 2 began
+    full = tmp_path / "full2.backup"
+    start = backup(srv2, full, "--type", "full")["end_lsn"]
+    switch_segno = switch_lsn // SEGMENT
+    assert start // SEGMENT == switch_segno
+    srv2.stop()
+    srv2.start()  # the incremental reads the WAL, not the change tracker
+    c2 = rc.connect("127.0.0.1", srv2.port)
+    write_spanning(c2, 30, 6000, "c")
+    c2.execute(f"INSERT INTO items(name, qty) VALUES ('big' || hex(randomblob({SEGMENT})), -1)")
+    first_local = archive_and_trim(srv2)
+    tl, first_local_segno = walseg.parse_segment_name(first_local)
+    assert tl == 2 and first_local_segno > switch_segno and continues_a_record(srv2, first_local)
+    names = set(os.listdir(archive))
+    # timeline 2's switch segment is read from the archive, where timeline 1
+    # has a segment of the same number with other records after the switch
+    for timeline in (1, 2):
+        assert walseg.segment_name(timeline, switch_segno) + ".walz" in names
+    incr = tmp_path / "incr2.backup"
+    backup(srv2, incr, "--type", "incremental")
+    assert incremental_sources(srv2)[-1] == "wal"
+    expected = dump(c2)
+    c2.close()
+    srv2.stop()
     data = tmp_path / "restored"
     restore_in_order(data, full, incr)
     assert dump(str(data)) == expected

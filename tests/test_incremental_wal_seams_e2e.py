@@ -126,6 +126,20 @@ def test_incremental_reads_records_spanning_the_servers_own_segments(server_fact
     continued = [n for segno, n in segs if segno > start // SEGMENT and continues_a_record(srv, n)]
     assert len(continued) >= 3  # records cross several boundaries inside the range
     incr = tmp_path / "incr.backup"
+    # damage inside the range, with valid records after it: named, never an internal error
+    victim = os.path.join(srv.data_dir, "wal", continued[0])
+    with open(victim, "r+b") as f:
+        f.seek(walseg.HEADER_SIZE + 100)
+        byte = f.read(1)
+        f.seek(walseg.HEADER_SIZE + 100)
+        f.write(bytes([byte[0] ^ 0x01]))
+    proc = run_tool("rusty-db-backup", "--port", str(srv.port), "--type", "incremental", "--output", str(incr))
+    assert proc.returncode == 1 and not incr.exists()
+    assert f"segment {continued[0]} is corrupt at offset {walseg.HEADER_SIZE}" in proc.stderr, proc.stderr
+    assert "take a full backup" in proc.stderr and "internal" not in proc.stderr and "Traceback" not in proc.stderr
+    with open(victim, "r+b") as f:
+        f.seek(walseg.HEADER_SIZE + 100)
+        f.write(byte)
     backup(srv, incr, "--type", "incremental")
     assert incremental_sources(srv) == ["wal"]
     expected = dump(c)
@@ -212,8 +226,72 @@ def test_incrementals_across_a_timeline_switch(server_factory, tmp_path):
     backup(srv2, incr, "--type", "incremental")
     assert incremental_sources(srv2)[-1] == "wal"
     expected = dump(c2)
+    c2.execute("CREATE RESTORE POINT 'tl2-end'")
     c2.close()
+    srv2.wait_archived()
     srv2.stop()
+    data = tmp_path / "restored"
+    restore_in_order(data, full, incr)
+    assert dump(str(data)) == expected
+    # PITR reads only the archive, one reader per timeline: from the first
+    # base along timeline 1 to the switch, then timeline 2's spanning records
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--archive-dir",
+        str(archive),
+        "--data-dir",
+        str(tmp_path / "pitr"),
+        "--recovery-target-name",
+        "tl2-end",
+        "--recovery-target-timeline",
+        "latest",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert dump(str(tmp_path / "pitr")) == expected
+
+
+def test_incremental_reads_an_encrypted_archive(server_factory, tmp_path):
+    from rustydb_server.keys import create_key_file
+
+    key = tmp_path / "archive.key"
+    create_key_file(str(key))
+    srv, archive = archived_server(server_factory, tmp_path, "enc")
+    srv.sql("ALTER SYSTEM SET archive_encryption = on;")
+    srv.sql(f"ALTER SYSTEM SET backup_key_file = '{key}';")
+    srv.sql("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);")
+    full = tmp_path / "full.backup"
+    backup(srv, full, "--type", "full")
+    srv.stop()
+    srv.start()
+    c = rc.connect("127.0.0.1", srv.port)
+    write_spanning(c, 30, 6000, "e")
+    c.execute(f"INSERT INTO items(name, qty) VALUES ('big' || hex(randomblob({SEGMENT})), -1)")
+    first_local = archive_and_trim(srv)
+    assert continues_a_record(srv, first_local)
+    incr = tmp_path / "incr.backup"
+    # without the key the server cannot read its archive: refused, saying so
+    srv.sql("ALTER SYSTEM RESET backup_key_file;")
+    proc = run_tool("rusty-db-backup", "--port", str(srv.port), "--type", "incremental", "--output", str(incr))
+    assert proc.returncode == 1 and not incr.exists()
+    assert "is encrypted and the server has no key" in proc.stderr and "backup_key_file" in proc.stderr
+    assert "take a full backup" in proc.stderr and "Traceback" not in proc.stderr
+    srv.sql(f"ALTER SYSTEM SET backup_key_file = '{key}';")
+    # a damaged archived segment is named, with what to do
+    victim = sorted(archive.glob("*.walz"))[1]
+    original = victim.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x40
+    victim.write_bytes(bytes(damaged))
+    proc = run_tool("rusty-db-backup", "--port", str(srv.port), "--type", "incremental", "--output", str(incr))
+    assert proc.returncode == 1 and not incr.exists()
+    assert victim.name in proc.stderr and "cannot be read" in proc.stderr and "take a full backup" in proc.stderr
+    assert "internal" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    victim.write_bytes(original)
+    backup(srv, incr, "--type", "incremental")
+    expected = dump(c)
+    c.close()
     data = tmp_path / "restored"
     restore_in_order(data, full, incr)
     assert dump(str(data)) == expected

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 
 import apsw
 
-from .. import __version__
+from .. import __version__, keys
 from ..archive import segment_file as sf
+from ..container.errors import BackupError
 from ..container.format import BackupType
+from ..crypto import CryptoError
 from ..engine.instance import Engine
 from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..logsetup import get_logger
@@ -167,6 +169,7 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
         if tl == c.timeline and first <= segno <= last
     }
     archived: dict[int, str] | None = None
+    archive = _ArchiveKey(engine)
     sequence: dict[int, str] = {}
     unpacked: list[str] = []
     try:
@@ -181,7 +184,7 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
                 raise IncrementalUnavailable(_missing(c.timeline, segno, first, start))
             if not unpacked:
                 os.makedirs(scratch, mode=0o700, exist_ok=True)
-            name, data = sf.unpack_segment(archived[segno], system_id=c.system_id)
+            name, data = archive.unpack(archived[segno], c.system_id)
             path = os.path.join(scratch, name)
             unpacked.append(path)
             with open(path, "wb") as f:
@@ -199,6 +202,39 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
         for p in unpacked:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+
+
+class _ArchiveKey:
+    """Unpacks archived segments with the key the archiver seals them with
+    (``backup_key_file`` or the server's environment), read once if needed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._key = None
+        self._looked = False
+
+    def _get(self):
+        if not self._looked:
+            self._looked = True
+            try:
+                self._key = keys.resolve_kek(None, setting_key_file=self._engine.settings["backup_key_file"] or None)
+            except keys.NoKeyError:
+                self._key = None  # enough for unencrypted segments
+        return self._key
+
+    def unpack(self, path: str, system_id: int) -> tuple[str, bytes]:
+        what = f"archived WAL segment {path}, needed since the parent backup,"
+        try:
+            return sf.unpack_segment(path, system_id=system_id, key=self._get())
+        except keys.NoKeyError:
+            raise IncrementalUnavailable(
+                f"{what} is encrypted and the server has no key for it: set backup_key_file to the "
+                "key file archive_encryption used, or take a full backup"
+            ) from None
+        except (sf.ArchiveError, BackupError, CryptoError) as e:
+            raise IncrementalUnavailable(
+                f"{what} cannot be read: {e}; repair the archive or take a full backup"
+            ) from None
 
 
 def _missing(timeline: int, segno: int, first: int, start: int) -> str:
@@ -318,9 +354,16 @@ def _from_wal(engine: Engine, start: int, end_lsn: int, scratch: str) -> NetChan
     """Read the WAL in [start, end_lsn) and compact it per database."""
     compaction = Compaction()
     with engine._checkpoint_lock:  # no segment removal while we read
-        for entry in _wal_records(engine, start, end_lsn, scratch):
-            if entry.lsn >= start:
-                compaction.add(walrec.decode_record(entry.body))
+        try:
+            for entry in _wal_records(engine, start, end_lsn, scratch):
+                if entry.lsn >= start:
+                    compaction.add(walrec.decode_record(entry.body))
+        except wal_reader.WalCorruptError as e:
+            raise IncrementalUnavailable(
+                f"the WAL since the parent backup cannot be read: segment {e.segment_name} is corrupt "
+                f"at offset {e.offset} ({e.reason}); take a full backup, and check the disk or archive "
+                "that holds the segment"
+            ) from None
     return compaction.finish()
 
 

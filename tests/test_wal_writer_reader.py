@@ -763,6 +763,39 @@ def test_a_sequence_with_a_hole_or_a_wrong_file_is_refused(tmp_path):
         read_sequence(paths)
 
 
+def test_a_sequence_that_ends_before_its_stop_lsn_is_refused(tmp_path):
+    """Records before stop_lsn are known to exist: the WAL ending earlier is
+    damage, never a torn tail that silently drops them."""
+    expected = write_records(tmp_path, [40_000] * 6)
+    paths = {segno: str(tmp_path / name) for _, segno, name in _segments(tmp_path)}
+    stop = expected[-1].end_lsn
+    assert read_sequence(paths, stop_lsn=stop) == expected
+    # the last segment missing
+    last = max(paths)
+    with pytest.raises(WalCorruptError, match="known to reach LSN") as err:
+        read_sequence({k: v for k, v in paths.items() if k != last}, stop_lsn=stop)
+    assert segment_name(1, last) in str(err.value) and "missing" in str(err.value)
+    # the last record zeroed: without a stop LSN a torn tail, with one damage
+    first, offset = divmod(expected[-1].lsn, SIZE)
+    for segno in range(first, last + 1):
+        start = offset if segno == first else HEADER_SIZE
+        with open(paths[segno], "r+b") as f:
+            f.seek(start)
+            f.write(bytes(SIZE - start))
+    assert read_sequence(paths) == expected[:-1]
+    with pytest.raises(WalCorruptError, match="known to reach LSN"):
+        read_sequence(paths, stop_lsn=stop)
+    # stopping exactly at a segment start after a switch is reaching the stop
+    switched = tmp_path / "switched"
+    switched.mkdir()
+    with open_writer(switched) as writer:
+        entry = WalEntry(*writer.append(b"one"), b"one")
+        end = writer.switch_segment()
+        writer.flush()
+    one = {segno: str(switched / name) for _, segno, name in _segments(switched)}
+    assert read_sequence(one, stop_lsn=end) == [entry]
+
+
 def test_a_live_reader_stops_at_the_flushed_lsn(tmp_path):
     with open_writer(tmp_path) as writer:
         done = [WalEntry(*writer.append(make_body(i, 3000)), make_body(i, 3000)) for i in range(30)]

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from rustydb_server import fileops as fileops_mod
+from rustydb_server.wal.lsn import format_lsn
 from rustydb_server.wal.segment import (
     FRAGMENT_HEADER_SIZE,
     HEADER_SIZE,
@@ -147,13 +148,20 @@ def read_segment_sequence(
     directory and the server's own ``wal/``) are read as one WAL, so a record
     that begins in a file from one place and ends in a file from another is
     joined like any other. Each file's header must name that timeline and
-    segment number. ``start_lsn`` must be a record boundary; reading stops at
-    ``stop_lsn`` (as ``read_wal``) or at the first segment ``paths`` lacks
-    (WalCorruptError if it holds a later one).
+    segment number. ``start_lsn`` must be a record boundary.
+
+    With ``stop_lsn`` (a position every record before which is durable, such
+    as the writer's ``flushed_lsn``) reading stops there, and the WAL ending
+    earlier (a missing segment, a zero header, a fragment that does not
+    validate) is WalCorruptError, never a torn tail: records known to exist
+    are never silently left out. Without it the end is judged as by
+    ``read_wal``.
     """
     check_segment_size(segment_size)
     source = _MapSource(dict(paths), timeline, segment_size, system_id, fileops)
-    scan = _WalScan(source, segment_size, start_lsn, skip_partial_first=False, stop_lsn=stop_lsn)
+    scan = _WalScan(
+        source, segment_size, start_lsn, skip_partial_first=False, stop_lsn=stop_lsn, require_stop=stop_lsn is not None
+    )
     return scan.entries()
 
 
@@ -376,12 +384,15 @@ class _WalScan:
         *,
         skip_partial_first: bool,
         stop_lsn: int | None = None,
+        require_stop: bool = False,
     ):
         self._source = source
         self._size = segment_size
         self._start = start_lsn
         self._skip_partial = skip_partial_first
         self._stop_lsn = stop_lsn
+        # Whether the WAL is known to reach stop_lsn (ending before it is damage).
+        self._require_stop = require_stop
         # Where a writer should resume; advanced past each record and switch.
         self.resume_lsn = start_lsn
 
@@ -398,6 +409,7 @@ class _WalScan:
             seg = self._source.open(segno)
             if seg is None:
                 self._refuse_gap(segno)
+                self._refuse_short(self._source.name(segno), offset, segno * size + offset, "the segment is missing")
                 return
             try:
                 stop: SegmentStop | None = None
@@ -414,6 +426,9 @@ class _WalScan:
                     return
                 if stop.how in ("zero", "bad"):
                     self._refuse_valid_data_after(seg, segno, stop)
+                    self._refuse_short(
+                        seg.name, stop.offset, segno * size + stop.offset, stop.reason or "the data ends (zero header)"
+                    )
                     return
             finally:
                 seg.close()
@@ -458,6 +473,13 @@ class _WalScan:
         body = b"".join(pending)
         pending.clear()
         return WalEntry(pending_lsn, fragment.lsn + _span(fragment), body), None
+
+    def _refuse_short(self, name: str, offset: int, lsn: int, what: str) -> None:
+        """Raise WalCorruptError if the WAL ends at ``lsn`` but is known to reach further."""
+        if self._require_stop and self._stop_lsn is not None and lsn < self._stop_lsn:
+            raise WalCorruptError(
+                name, offset, f"{what}, but the WAL is known to reach LSN {format_lsn(self._stop_lsn)}"
+            )
 
     def _refuse_gap(self, segno: int) -> None:
         later = self._source.later(segno)

@@ -250,6 +250,26 @@ def test_incrementals_across_a_timeline_switch(server_factory, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert dump(str(tmp_path / "pitr")) == expected
+    # timeline 1's WAL up to the switch is needed: without its last segments
+    # the restore fails naming the first one missing, it does not jump to
+    # timeline 2 short of the switch
+    for path in archive.glob("00000001*.walz"):
+        if walseg.parse_segment_name(path.name.removesuffix(".walz"))[1] >= switch_segno:
+            path.rename(tmp_path / path.name)
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--archive-dir",
+        str(archive),
+        "--data-dir",
+        str(tmp_path / "pitr-gap"),
+        "--recovery-target-name",
+        "tl2-end",
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert walseg.segment_name(1, switch_segno) in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "pitr-gap" / "control").exists()
 
 
 def test_incremental_reads_an_encrypted_archive(server_factory, tmp_path):

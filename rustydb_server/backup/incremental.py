@@ -169,7 +169,7 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
         if tl == c.timeline and first <= segno <= last
     }
     archived: dict[int, str] | None = None
-    archive = _ArchiveKey(engine)
+    archive = _ArchivedSegments(engine)
     sequence: dict[int, str] = {}
     unpacked: list[str] = []
     try:
@@ -204,7 +204,7 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
                 os.unlink(p)
 
 
-class _ArchiveKey:
+class _ArchivedSegments:
     """Unpacks archived segments with the key the archiver seals them with
     (``backup_key_file`` or the server's environment), read once if needed."""
 

@@ -16,7 +16,11 @@ from .wal.lsn import format_lsn
 
 def health_report(settings, lifecycle: Lifecycle, engine=None, archiver=None, sessions: int = 0) -> dict:
     status = {STARTING: "starting", STOPPING: "unhealthy"}.get(lifecycle.phase, "healthy")
-    if engine is not None and engine.fatal_error:
+    problem = None
+    if engine is not None:
+        # A fatal WAL error, or commits that cannot go on (engine.stall).
+        problem = engine.fatal_error or engine.stall()
+    if problem:
         status = "unhealthy"
     report = {
         "status": status,
@@ -37,9 +41,14 @@ def health_report(settings, lifecycle: Lifecycle, engine=None, archiver=None, se
             "bytes_since_checkpoint": engine.wal_bytes_since_checkpoint(),
         }
         report["databases"] = sorted(engine.databases)
+        catching_up = engine.pending_databases()
+        if catching_up:
+            # Committed transactions SQLite could not apply yet (a full disk):
+            # reads go on, writes wait; not unhealthy, but worth an alert.
+            report["catching_up"] = catching_up
         if archiver is not None:
             report["archive"] = archiver.report()
         report["recovery"] = engine.recovery_stats
-        if engine.fatal_error:
-            report["error"] = engine.fatal_error
+        if problem:
+            report["error"] = problem
     return report

@@ -89,7 +89,7 @@ async def run(settings, notifier: Notifier) -> int:
             await root.start(SignalWatcher(settings, notifier, lifecycle, settings_changed).run)
             await root.start(checkpointer.run)
             await root.start(archiver.run)
-            await root.start(Watchdog(notifier).run)
+            await root.start(Watchdog(notifier, engine.stall).run)
 
             ddir.write_pid("server", port=settings["port"], http_port=settings["http_port"])
             lifecycle.phase = RUNNING

@@ -138,6 +138,15 @@ REGISTRY: dict[str, Setting] = _registry(
         description="How long a graceful shutdown waits for running statements.",
     ),
     Setting(
+        "engine_stall_timeout",
+        "duration",
+        60,
+        unit="s",
+        min=0,
+        description="A commit or checkpoint lock held, or waited for, longer than this makes health "
+        "unhealthy and stops the systemd watchdog's pings (so WatchdogSec restarts the server); 0 disables.",
+    ),
+    Setting(
         "checkpoint_timeout",
         "duration",
         300,

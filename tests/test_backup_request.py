@@ -23,6 +23,7 @@ PITR_NEEDS_ARCHIVING = (
     "a pitr-base backup needs WAL archiving: run ALTER SYSTEM SET archive_mode = on; "
     "and ALTER SYSTEM SET archive_dest = '/path'; first"
 )
+NAMED_TWICE = 'database "rustydb" is named more than once in databases; name each database once'
 UNKNOWN_TYPE = "unknown backup_type 'weekly'; use one of full, incremental, differential, pitr-base"
 
 
@@ -76,6 +77,8 @@ def test_api_requests_accepted(body, settings, expected):
         ({"databases": []}, SETTINGS, "databases must be a non-empty list of database names", 422),
         ({"databases": "rustydb"}, SETTINGS, "databases must be a non-empty list of database names", 422),
         ({"databases": ["a", 1]}, SETTINGS, "databases must be a non-empty list of database names", 422),
+        ({"databases": ["rustydb", "rustydb"]}, SETTINGS, NAMED_TWICE, 422),
+        ({"databases": ["sales", "rustydb", "sales"]}, SETTINGS, NAMED_TWICE.replace("rustydb", "sales"), 422),
         ({"threads": 0}, SETTINGS, "threads must be an integer from 1 to 64", 422),
         ({"threads": 65}, SETTINGS, "threads must be an integer from 1 to 64", 422),
         ({"threads": True}, SETTINGS, "threads must be an integer from 1 to 64", 422),
@@ -113,13 +116,17 @@ def test_wire_requests_accepted(event, settings, expected):
     [
         (events.BackupRequested("weekly"), SETTINGS, UNKNOWN_TYPE),
         (events.BackupRequested("pitr-base"), SETTINGS, PITR_NEEDS_ARCHIVING),
+        (events.BackupRequested("full", ["rustydb", "rustydb"]), SETTINGS, NAMED_TWICE),
     ],
 )
 def test_wire_requests_refused_as_the_api_refuses_them(event, settings, message):
     with pytest.raises(BackupRequestError) as wire:
         parse_request(wire_fields(event), settings, WIRE_FIELDS)
+    body = {"backup_type": event.backup_type}
+    if event.databases:
+        body["databases"] = event.databases
     with pytest.raises(BackupRequestError) as api:
-        parse_request({"backup_type": event.backup_type}, settings)
+        parse_request(body, settings)
     assert str(wire.value) == str(api.value) == message
 
 

@@ -272,9 +272,9 @@ def build(
         # Nothing is logged while these are held (creating or dropping a
         # database takes the registry lock, every commit its database's), so
         # the end LSN, the tracked changes and the new tracker's base agree.
-        stack.enter_context(engine._registry_lock)
+        stack.enter_context(engine._registry_lock.held("an incremental backup"))
         for name in sorted(engine.databases):
-            stack.enter_context(engine.databases[name].commit_lock)
+            stack.enter_context(engine.databases[name].commit_lock.held("an incremental backup"))
         end_lsn = engine.wal.end_lsn
         next_txid = engine.peek_next_txid()
         last_commit = engine._last_commit_us
@@ -353,7 +353,8 @@ def _tracked(future) -> NetChangesAt | None:
 def _from_wal(engine: Engine, start: int, end_lsn: int, scratch: str) -> NetChangesAt:
     """Read the WAL in [start, end_lsn) and compact it per database."""
     compaction = Compaction()
-    with engine._checkpoint_lock:  # no segment removal while we read
+    # No segment removal while we read; reading a long WAL is work, not a stall.
+    with engine._checkpoint_lock.held("reading the WAL for an incremental backup", bounded=False):
         try:
             for entry in _wal_records(engine, start, end_lsn, scratch):
                 if entry.lsn >= start:

@@ -70,12 +70,25 @@ def parse_request(fields: Any, settings, allowed: frozenset[str] = API_FIELDS) -
         not isinstance(databases, list) or not databases or not all(isinstance(d, str) for d in databases)
     ):
         raise BackupRequestError("databases must be a non-empty list of database names")
+    if databases is not None:
+        _check_each_named_once(databases)
     threads = fields.get("threads", settings["backup_threads"])
     if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64:
         raise BackupRequestError("threads must be an integer from 1 to 64")
     # Only the wire path allows it, and its protocol checked its shape.
     base_backup = fields.get("base_backup")
     return BackupRequest(backup_type, databases, codec, encryption, threads, base_backup)
+
+
+def _check_each_named_once(databases: list[str]) -> None:
+    """A database named twice is refused, not merged: a repeated name in a
+    script usually stands where another database was meant, and a backup that
+    silently left that one out would be found missing only at restore time."""
+    seen: set[str] = set()
+    for name in databases:
+        if name in seen:
+            raise BackupRequestError(f'database "{name}" is named more than once in databases; name each database once')
+        seen.add(name)
 
 
 def wire_fields(event: events.BackupRequested) -> dict:

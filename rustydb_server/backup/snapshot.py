@@ -135,7 +135,7 @@ class Snapshot:
             # The registry lock keeps CREATE/DROP DATABASE out while the set of
             # databases and the LSN are fixed: a database whose create record
             # lies before end_lsn is always in the backup.
-            stack.enter_context(engine._registry_lock)
+            stack.enter_context(engine._registry_lock.held("a backup snapshot"))
             self.names = self.requested or sorted(engine.databases)
             self.all_databases = set(self.names) == set(engine.databases)
             handles = [engine.get_database(n) for n in self.names]  # unknown: a clear error
@@ -149,7 +149,9 @@ class Snapshot:
                 _checkpoint(self.conns[h.name])
             t0 = time.perf_counter()
             for h in handles:  # sorted order: no deadlock with another snapshot
-                stack.enter_context(h.commit_lock)
+                stack.enter_context(h.commit_lock.held("a backup snapshot"))
+                # A committed transaction SQLite failed to apply would be missing.
+                engine.require_caught_up(h)
             self.end_lsn = engine.wal.end_lsn
             if engine.change_tracking is not None and self.all_databases:
                 # Every commit lock is held: nothing is logged, so the tracker

@@ -19,6 +19,7 @@ from .. import datadir as _datadir
 from .. import fileops as _fileops
 from ..errors import ReportedError
 from ..logsetup import get_logger
+from ..settings import to_seconds
 from ..wal import archive_status, retention
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
@@ -26,8 +27,8 @@ from ..wal import segment as walseg
 from ..wal import timeline as waltl
 from ..wal import writer as wal_writer
 from ..wal.lsn import format_lsn
-from . import database, recovery, replay
-from .database import ReplayError
+from . import database, recovery, replay, sqlite_steps
+from .lockwatch import WatchedLock
 from .observer import EngineObserver
 
 log = get_logger("rustydb.engine")
@@ -60,9 +61,10 @@ class FatalWalError(ReportedError):
 class DatabaseHandle:
     name: str
     path: str
+    clock: Callable[[], float] = time.monotonic
     # Held from WAL append to SQLite commit, so a checkpoint can wait for commits
     # in flight and a failed SQLite commit can be caught up before the next one.
-    commit_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    commit_lock: WatchedLock = dataclasses.field(init=False)
     # Records that are durable in the WAL but whose SQLite commit failed (e.g. disk
     # full); applied before the next write to this database.
     pending: list = dataclasses.field(default_factory=list)
@@ -81,6 +83,9 @@ class DatabaseHandle:
     _read_fd_users: int = 0
     _read_fd_closing: bool = False
     _read_fd_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.commit_lock = WatchedLock(f'the commit lock of database "{self.name}"', "a commit", self.clock)
 
     def acquire_read_fd(self) -> int:
         """The file's read descriptor; give it back with release_read_fd()."""
@@ -122,6 +127,9 @@ def now_us() -> int:
 
 
 class Engine:
+    #: The SQLite steps after a commit's WAL record is durable (a seam for tests).
+    sqlite_steps: sqlite_steps.SqliteSteps = sqlite_steps.REAL
+
     def __init__(
         self,
         ddir: _datadir.DataDir,
@@ -131,8 +139,10 @@ class Engine:
         observer: EngineObserver,
         change_tracking=None,
         archived_timelines: Callable[[], Iterable[int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.datadir = ddir
+        self.clock = clock
         self.control = control
         self.settings = settings
         self.fileops = fileops
@@ -141,8 +151,8 @@ class Engine:
         self._txid_lock = threading.Lock()
         self._next_txid = control.next_txid
         self._last_commit_us = control.last_commit_time_us
-        self._registry_lock = threading.Lock()
-        self._checkpoint_lock = threading.Lock()
+        self._registry_lock = WatchedLock("the database registry lock", "a session or database change", clock)
+        self._checkpoint_lock = WatchedLock("the checkpoint lock", "a checkpoint", clock)
         self.last_checkpoint_lsn: int = control.checkpoint_lsn
         self._checkpoint_end_lsn: int | None = None  # where this process's last checkpoint record ends
         self.recovery_stats: dict = {}
@@ -167,13 +177,15 @@ class Engine:
         observer: EngineObserver | None = None,
         change_tracking=None,
         archived_timelines: Callable[[], Iterable[int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Engine:
         """Initialize an empty data directory or recover an existing one.
 
         ``observer`` hears what the rest of the server acts on; ``change_tracking``
         (backup/tracking.py), if given, is told of every durable record;
         ``archived_timelines``, if given, lists the timelines the WAL archive
-        has seen, which a restored directory's new timeline must avoid.
+        has seen, which a restored directory's new timeline must avoid;
+        ``clock`` times the engine's locks (``stall``).
         """
         fresh = not ddir.is_initialized()
         if fresh:
@@ -192,7 +204,7 @@ class Engine:
             _datadir.check_usable(control, ddir.path)
             ddir.create_layout()
         engine = cls(
-            ddir, control, settings, fileops, observer or EngineObserver(), change_tracking, archived_timelines
+            ddir, control, settings, fileops, observer or EngineObserver(), change_tracking, archived_timelines, clock
         )
         engine._recover()
         if fresh:
@@ -239,7 +251,7 @@ class Engine:
         self._next_txid = max(self._next_txid, max_txid + 1)
         self._last_commit_us = last_time
         for name in sorted(applied):
-            self.databases[name] = DatabaseHandle(name, self.datadir.database_path(name))
+            self.databases[name] = DatabaseHandle(name, self.datadir.database_path(name), self.clock)
         previous_timeline = self._leave_restored_timeline(end_lsn)
         self.wal = wal_writer.WalWriter(
             self.datadir.wal_dir,
@@ -349,7 +361,7 @@ class Engine:
         return handle
 
     def attach_session(self, name: str) -> DatabaseHandle:
-        with self._registry_lock:
+        with self._registry_lock.held("a new session"):
             handle = self.get_database(name)
             handle.sessions += 1
             return handle
@@ -407,7 +419,7 @@ class Engine:
 
     def create_database(self, name: str, if_not_exists: bool = False) -> bool:
         _datadir.validate_database_name(name)
-        with self._registry_lock:
+        with self._registry_lock.held("CREATE DATABASE"):
             if name in self.databases and not self.databases[name].dropped:
                 if if_not_exists:
                     return False
@@ -415,12 +427,12 @@ class Engine:
             lsn, _ = self._log_durably(walrec.DatabaseRecord("create", name, now_us()))
             path = self.datadir.database_path(name)
             database.create_database_file(path, lsn)
-            self.databases[name] = DatabaseHandle(name, path)
+            self.databases[name] = DatabaseHandle(name, path, self.clock)
         log.info("database created", database=name, lsn=format_lsn(lsn))
         return True
 
     def drop_database(self, name: str, if_exists: bool = False, current=None) -> bool:
-        with self._registry_lock:
+        with self._registry_lock.held("DROP DATABASE"):
             handle = self.databases.get(name)
             if handle is None or handle.dropped:
                 if if_exists:
@@ -437,7 +449,7 @@ class Engine:
                     ),
                     code="database_in_use",
                 )
-            with handle.commit_lock:
+            with handle.commit_lock.held("DROP DATABASE"):
                 lsn, _ = self._log_durably(walrec.DatabaseRecord("drop", name, now_us()))
                 handle.dropped = True
                 database.remove_database_files(handle.path)
@@ -450,13 +462,23 @@ class Engine:
     def commit(self, handle: DatabaseHandle, conn, txid: int | None, steps) -> tuple[int, int, int]:
         """Log and commit the session's open SQLite transaction; return (lsn, txid, time).
 
-        Caller holds an open write transaction on ``conn``. On an EngineError the
-        SQLite transaction is rolled back and nothing is acknowledged.
+        Caller holds an open write transaction on ``conn``. An EngineError
+        raised before the WAL record is durable means the transaction was
+        rolled back and nothing was committed. Once the record is durable the
+        transaction IS committed (recovery replays it): if SQLite then fails,
+        the record is applied from the WAL and the commit answered as usual,
+        or, if that fails too, the error is ``committed_not_applied``, which
+        says so (see ``_after_durable_failure``).
         """
         with handle.commit_lock:
             if handle.pending:
                 conn.execute("ROLLBACK")
-                self._catch_up(handle)
+                try:
+                    self._catch_up(handle)
+                except EngineError as e:
+                    raise EngineError(
+                        f"{e}; your transaction was rolled back and nothing of it was committed", code=e.code
+                    ) from e
                 raise EngineError(
                     f'database "{handle.name}" was catching up after a failed commit; '
                     "your transaction was rolled back, run it again",
@@ -472,85 +494,113 @@ class Engine:
                 conn.execute("ROLLBACK")
                 raise
             try:
-                database.write_state(conn, lsn, txid, commit_time)
-                conn.execute("COMMIT")
-                handle.notify_write_ended()
+                self.sqlite_steps.commit(conn, lsn, txid, commit_time)
             except Exception as e:
-                # The record is durable, so the transaction will exist after any
-                # restart; make the live database agree before anyone writes again.
-                handle.pending.append((lsn, rec))
-                try:
-                    if not conn.getautocommit():
-                        conn.execute("ROLLBACK")
-                except Exception:
-                    pass
-                log.error(
-                    "SQLite commit failed after the WAL record was durable",
-                    database=handle.name,
-                    lsn=format_lsn(lsn),
-                    error=str(e),
-                )
-                try:
-                    self._catch_up(handle)
-                except EngineError:
-                    pass
-                full = isinstance(e, apsw.FullError)
-                raise EngineError(
-                    ("the disk is full: " if full else f"commit failed ({e}): ")
-                    + f"transaction {txid} is in the WAL but SQLite could not commit it. It "
-                    "was not acknowledged; it will be applied automatically as soon as the "
-                    "database can be written again (free disk space). Do not retry it blindly",
-                    code="disk_full" if full else "commit_failed",
-                ) from e
+                self._after_durable_failure(handle, conn, lsn, rec, e)
+            finally:
+                handle.notify_write_ended()
         return lsn, txid, commit_time
+
+    def _after_durable_failure(self, handle: DatabaseHandle, conn, lsn: int, rec, error: Exception) -> None:
+        """SQLite failed after ``rec`` was durable at ``lsn``: the transaction is
+        committed all the same. Apply it from the WAL now (a no-op if SQLite's
+        commit did happen), so the answer is a plain success; if it cannot be
+        applied yet, say that it IS committed and what that means. Never
+        "failed": a client that retried would commit it twice."""
+        handle.pending.append((lsn, rec))
+        try:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+        except Exception:
+            pass
+        what = "VACUUM" if tuple(rec.steps) == replay.VACUUM_STEPS else f"transaction {rec.txid}"
+        log.error(
+            "SQLite failed after the WAL record was durable; applying the record from the WAL",
+            database=handle.name,
+            lsn=format_lsn(lsn),
+            txid=rec.txid,
+            error=str(error),
+        )
+        try:
+            self._catch_up(handle)
+        except EngineError as e:
+            full = isinstance(error, apsw.FullError) or isinstance(e.__cause__, apsw.FullError)
+            raise EngineError(
+                f"{what} IS committed: its WAL record is durable and it will be in database "
+                f'"{handle.name}" after any restart, but SQLite could not apply it yet '
+                f"({'the disk is full' if full else error}). Do not run it again. Reads of "
+                f'"{handle.name}" show it once it is applied; writes to "{handle.name}" are refused '
+                "until then" + (" (free disk space)" if full else "") + "; the server applies it at the "
+                "next write or checkpoint",
+                code="committed_not_applied",
+            ) from error
+        log.warning(
+            "a commit that SQLite failed was applied from its WAL record", database=handle.name, lsn=format_lsn(lsn)
+        )
 
     def vacuum(self, handle: DatabaseHandle, conn) -> int:
         """Log and run VACUUM (outside any transaction, as SQLite requires)."""
-        with handle.commit_lock:
+        # VACUUM rewrites the whole file: long, but working, so not a stall.
+        with handle.commit_lock.held("VACUUM", bounded=False):
+            if handle.pending:
+                self._catch_up(handle)
             txid = self.allocate_txid()
             rec = walrec.TxRecord(txid, self._commit_time(), handle.name, replay.VACUUM_STEPS)
             lsn, _ = self._log_durably(rec)
             try:
-                conn.execute("VACUUM")
-                conn.execute("BEGIN IMMEDIATE")
-                database.write_state(conn, lsn, txid, rec.commit_time_us)
-                conn.execute("COMMIT")
+                self.sqlite_steps.vacuum(conn, lsn, txid, rec.commit_time_us)
             except Exception as e:
-                if not conn.getautocommit():
-                    conn.execute("ROLLBACK")
-                handle.pending.append((lsn, rec))
-                raise EngineError(
-                    f"VACUUM failed after it was logged ({e}); it will be applied before "
-                    "the next write to this database",
-                    code="commit_failed",
-                ) from e
+                self._after_durable_failure(handle, conn, lsn, rec, e)
         log.info("vacuum complete", database=handle.name, lsn=format_lsn(lsn))
         return lsn
 
     def ensure_caught_up(self, handle: DatabaseHandle) -> None:
         """Before a write starts: apply records whose SQLite commit failed earlier."""
         if handle.pending:
-            with handle.commit_lock:
+            with handle.commit_lock.held("catching up a committed transaction"):
                 if handle.pending:
                     self._catch_up(handle)
 
+    def require_caught_up(self, handle: DatabaseHandle) -> None:
+        """With ``handle``'s commit lock held (a backup snapshot): apply what is
+        pending, or refuse, since the database file would lack a committed
+        transaction."""
+        if handle.pending:
+            self._catch_up(handle)
+
     def _catch_up(self, handle: DatabaseHandle) -> None:
-        conn = replay.open_replay_connection(handle.path)
+        """Apply ``handle.pending`` (committed records SQLite failed) from the WAL."""
+        try:
+            conn = replay.open_replay_connection(handle.path)
+        except Exception as e:
+            raise self._catching_up_error(handle, e) from e
         try:
             applied = database.read_state(conn)["applied_lsn"]
             while handle.pending:
                 lsn, rec = handle.pending[0]
                 if lsn > applied:
                     try:
-                        replay.apply_tx_record(conn, lsn, rec)
-                    except ReplayError as e:
-                        raise EngineError(
-                            f'database "{handle.name}" cannot apply a logged transaction yet: {e}', code="catching_up"
-                        ) from e
+                        self.sqlite_steps.apply(conn, lsn, rec)
+                    except Exception as e:
+                        raise self._catching_up_error(handle, e) from e
                 handle.pending.pop(0)
             log.info("database caught up after a failed commit", database=handle.name)
+        except apsw.Error as e:
+            raise self._catching_up_error(handle, e) from e
         finally:
             conn.close()
+
+    def _catching_up_error(self, handle: DatabaseHandle, e: Exception) -> EngineError:
+        full = isinstance(e, apsw.FullError) or isinstance(e.__cause__, apsw.FullError)
+        return EngineError(
+            f'database "{handle.name}" cannot apply a committed transaction yet ({e}); writes to it are '
+            "refused until it can" + (" (free disk space)" if full else "") + ", reads go on",
+            code="catching_up",
+        )
+
+    def pending_databases(self) -> list[str]:
+        """Databases holding committed transactions SQLite has not applied yet."""
+        return sorted(h.name for h in list(self.databases.values()) if h.pending)
 
     def record_backup(self, manifest) -> None:
         """Remember the latest backups (``manifest`` is a completed backup's
@@ -559,7 +609,7 @@ class Engine:
         if manifest.partial:
             return  # a backup of some databases only is no base for an incremental
         info = manifest.control_record()
-        with self._checkpoint_lock:
+        with self._checkpoint_lock.held("recording a backup"):
             self.control.last_backup = info
             if manifest.backup_type.is_full_base:
                 self.control.last_full_backup = info
@@ -605,12 +655,20 @@ class Engine:
         with self._checkpoint_lock:
             t0 = time.perf_counter()
             redo = self.wal.end_lsn
-            if skip_if_idle and redo == self._checkpoint_end_lsn:
+            if skip_if_idle and redo == self._checkpoint_end_lsn and not self.pending_databases():
                 return {"complete": True, "skipped": True, "reason": reason}
             complete = True
             for handle in list(self.databases.values()):
-                with handle.commit_lock:
-                    pass  # wait for a commit between WAL append and SQLite commit
+                # Waits for a commit between WAL append and SQLite commit.
+                with handle.commit_lock.held("a checkpoint"):
+                    if handle.pending:
+                        try:
+                            self._catch_up(handle)
+                        except EngineError as e:
+                            log.warning("checkpoint could not apply a committed transaction", error=str(e))
+                        if handle.pending:
+                            # Recovery must still replay it: redo from its record.
+                            redo = min(redo, handle.pending[0][0])
                 try:
                     conn = database.open_connection(handle.path)
                 except FileNotFoundError:
@@ -674,6 +732,21 @@ class Engine:
         if removed:
             self.fileops.fsync_dir(self.datadir.wal_dir)
         return removed
+
+    def stall(self) -> str | None:
+        """Why commits cannot go on, or None: one of the engine's locks held,
+        or waited for, longer than ``engine_stall_timeout``. Never blocks; the
+        health check and the systemd watchdog ask it."""
+        bound = to_seconds("engine_stall_timeout", self.settings["engine_stall_timeout"])
+        if not bound:
+            return None
+        now = self.clock()
+        locks = [self._registry_lock, self._checkpoint_lock, *(h.commit_lock for h in list(self.databases.values()))]
+        for lock in locks:
+            reason = lock.stall(bound, now)
+            if reason is not None:
+                return reason
+        return None
 
     def wal_bytes_since_checkpoint(self) -> int:
         return self.wal.end_lsn - self.control.redo_lsn

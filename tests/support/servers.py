@@ -62,8 +62,12 @@ class ServerProcess:
         extra_args=(),
         env=None,
         log_path: str | None = None,
+        command: list[str] | None = None,
     ):
         self.data_dir = data_dir
+        # What starts the server: the installed console script unless a test
+        # gives another launcher (tests/support/faulty_server.py).
+        self.command = command
         self.port = port or free_port()
         self.http_port = http_port if http_port is not None else free_port()
         self.extra_args = list(extra_args)
@@ -75,7 +79,7 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
-                tool("rusty-db-server"),
+                *(self.command or [tool("rusty-db-server")]),
                 "--data-dir",
                 self.data_dir,
                 "--port",

@@ -1,0 +1,63 @@
+"""rusty-db-server whose SQLite steps after a durable WAL record fail on demand.
+
+Run as ``python -m tests.support.faulty_server ARGS`` (the server's own
+arguments). The directory in ``RUSTYDB_FAULT_DIR`` holds the faults, one file
+each, so a test switches them from outside the process:
+
+* ``commit-once``: the next session commit fails before SQLite commits (an
+  I/O error); the file is removed when it fires.
+* ``commit-after-once``: the next session commit fails after SQLite committed.
+* ``commit-full``: every session commit fails as on a full disk.
+* ``apply-full``: applying a record from the WAL fails as on a full disk.
+
+It replaces the engine's ``sqlite_steps`` seam, the same one in-process
+tests use, then runs the real server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import apsw
+
+from rustydb_server.engine.instance import Engine
+from rustydb_server.engine.sqlite_steps import SqliteSteps
+
+
+class FaultySteps(SqliteSteps):
+    def __init__(self, fault_dir: str):
+        self.fault_dir = fault_dir
+
+    def _on(self, name: str, once: bool = False) -> bool:
+        path = os.path.join(self.fault_dir, name)
+        if not os.path.exists(path):
+            return False
+        if once:
+            os.unlink(path)
+        return True
+
+    def commit(self, conn, lsn, txid, commit_time_us):
+        if self._on("commit-once", once=True):
+            raise apsw.IOError("disk I/O error (injected)")
+        if self._on("commit-full"):
+            raise apsw.FullError("database or disk is full (injected)")
+        super().commit(conn, lsn, txid, commit_time_us)
+        if self._on("commit-after-once", once=True):
+            raise apsw.IOError("disk I/O error after the commit (injected)")
+
+    def apply(self, conn, lsn, record):
+        if self._on("apply-full"):
+            raise apsw.FullError("database or disk is full (injected)")
+        super().apply(conn, lsn, record)
+
+
+def main() -> int:
+    Engine.sqlite_steps = FaultySteps(os.environ["RUSTYDB_FAULT_DIR"])
+    from rustydb_server.tools.server_main import main as server_main
+
+    return server_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

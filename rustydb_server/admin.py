@@ -9,6 +9,7 @@ like any other statement's.
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections.abc import Callable
 
 import trio
@@ -36,6 +37,17 @@ async def execute(dispatcher, cmd) -> AdminResult:
     return await handler(dispatcher, cmd)
 
 
+def _settings_not_saved(e: OSError) -> ReportedError:
+    """rustydb.auto.toml could not be written: the setting is unchanged."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ReportedError(
+            f"the disk is full: cannot save rustydb.auto.toml ({e.strerror or e}); the setting "
+            "was not changed. Free disk space and run ALTER SYSTEM again",
+            "disk_full",
+        )
+    return ReportedError(f"cannot save rustydb.auto.toml ({e.strerror or e}); the setting was not changed", "io_error")
+
+
 def _thread(dispatcher, fn, *args):
     return trio.to_thread.run_sync(fn, *args, limiter=dispatcher.services.db_limiter)
 
@@ -49,6 +61,8 @@ async def _alter_set(dispatcher, cmd: ap.AlterSystemSet) -> AdminResult:
         result = services.settings.reload()
     except settings_mod.SettingError as e:
         raise ReportedError(str(e), "invalid_setting") from None
+    except OSError as e:
+        raise _settings_not_saved(e) from None
     shown = settings_mod.format_value(setting.name, value)
     log.info("ALTER SYSTEM SET", setting=setting.name, value=shown, session=dispatcher.session_id)
     notices = []
@@ -67,6 +81,8 @@ async def _alter_reset(dispatcher, cmd: ap.AlterSystemReset) -> AdminResult:
         services.settings.reload()
     except settings_mod.SettingError as e:
         raise ReportedError(str(e), "invalid_setting") from None
+    except OSError as e:
+        raise _settings_not_saved(e) from None
     log.info("ALTER SYSTEM RESET", setting=cmd.name or "ALL", session=dispatcher.session_id)
     services.settings_changed()
     return AdminResult("ALTER SYSTEM")

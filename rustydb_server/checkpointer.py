@@ -5,7 +5,9 @@ ringing its doorbell because the WAL crossed checkpoint_wal_size, or a
 CHECKPOINT statement asking for one and waiting for its result. Checkpoints
 run one at a time, in a worker thread. One that a long reader kept from
 completing is tried again a second later while the WAL is over the size (the
-engine rings only once per crossing).
+engine rings only once per crossing). While the engine is read-only for lack
+of disk space, it also asks the engine every second to try writing again, so
+the server becomes writable by itself once space is freed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ log = get_logger("rustydb.checkpointer")
 RETRY_INCOMPLETE_S = 1.0
 #: How often the sessions that keep checkpoints from completing are named in the log.
 PIN_LOG_EVERY_S = 30.0
+#: How often a server read-only for lack of space tries to write again.
+RETRY_READ_ONLY_S = 1.0
 
 
 class _Request:
@@ -69,10 +73,15 @@ class Checkpointer:
         last = trio.current_time()
         while True:
             deadline = last + to_seconds("checkpoint_timeout", self._settings["checkpoint_timeout"])
-            with trio.move_on_at(min(deadline, self._retry_at)):
+            wake = min(deadline, self._retry_at)
+            if self._engine.read_only_reason is not None:
+                wake = min(wake, trio.current_time() + RETRY_READ_ONLY_S)
+            with trio.move_on_at(wake):
                 await self._doorbell.wait()
             if trio.current_time() >= self._retry_at:
                 self._retry_at = math.inf
+            if self._engine.read_only_reason is not None and not self._requests:
+                await self._try_resume()
             reason = self._due(deadline)
             if reason is None:
                 continue
@@ -80,6 +89,13 @@ class Checkpointer:
             last = trio.current_time()
             if not complete:
                 self._retry_at = last + RETRY_INCOMPLETE_S
+
+    async def _try_resume(self) -> None:
+        try:
+            await self._run_sync(self._engine.try_resume_writes)
+        except Exception as e:
+            if not isinstance(e, FatalWalError):
+                log.error("read-only server could not write again", error=str(e))
 
     def _due(self, deadline: float) -> str | None:
         if self._requests:
@@ -99,7 +115,9 @@ class Checkpointer:
                 functools.partial(self._engine.checkpoint, reason, skip_if_idle=reason == "time")
             )
         except Exception as e:
-            if not isinstance(e, FatalWalError):  # the engine's observer has asked for the stop
+            if getattr(e, "code", None) == "disk_full":
+                log.warning("checkpoint failed", reason=reason, error=str(e))
+            elif not isinstance(e, FatalWalError):  # the engine's observer has asked for the stop
                 log.error("checkpoint failed", reason=reason, error=str(e))
             for request in served:
                 request.error = e

@@ -13,6 +13,7 @@ one ends the connection.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 from collections.abc import Callable
 
@@ -129,6 +130,20 @@ class Dispatcher:
                 raise
             log.info("statement failed", session=self.session_id, code=e.code, error=str(e))
             await self.conn.send(events.Error(e.code, str(e), statement_line=statement.line))
+        except OSError as e:
+            # Whatever write a statement caused, a full disk is the client's
+            # clear error, never an internal one that drops the connection.
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("statement failed: disk full", session=self.session_id, error=str(e))
+            await self.conn.send(
+                events.Error(
+                    "disk_full",
+                    f"the disk is full: {e.strerror or e}; the statement could not write what it "
+                    "needed. Free disk space and run it again",
+                    statement_line=statement.line,
+                )
+            )
 
     async def _admin(self, cmd) -> None:
         result = await admin.execute(self, cmd)

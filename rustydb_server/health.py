@@ -1,5 +1,9 @@
 """The health report of GET /api/v1/admin/health: phase, WAL, archive, recovery.
 
+"degraded" (503) means serving reads but refusing writes: the server found
+its disk full and is read-only (``read_only``, ``read_only_reason``) until
+space is freed.
+
 Before recovery has finished there is no engine or archiver yet, and the
 report says "starting"; it never holds anything secret (it answers without
 the API token).
@@ -22,6 +26,9 @@ def health_report(settings, lifecycle: Lifecycle, engine=None, archiver=None, se
         problem = engine.fatal_error or engine.stall()
     if problem:
         status = "unhealthy"
+    read_only = engine.read_only_reason if engine is not None else None
+    if read_only and status == "healthy":
+        status = "degraded"  # serving reads, refusing writes until space is freed
     report = {
         "status": status,
         "version": __version__,
@@ -49,6 +56,9 @@ def health_report(settings, lifecycle: Lifecycle, engine=None, archiver=None, se
         if archiver is not None:
             report["archive"] = archiver.report()
         report["recovery"] = engine.recovery_stats
+        report["read_only"] = read_only is not None
+        if read_only:
+            report["read_only_reason"] = f"the disk is full: {read_only}; free disk space, writes resume by themselves"
         if problem:
             report["error"] = problem
     return report

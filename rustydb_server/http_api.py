@@ -11,6 +11,7 @@ the network by default).
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
 import os
@@ -90,6 +91,9 @@ async def _method_not_allowed(request: Request, exc) -> JSONResponse:
 
 
 async def _server_error(request: Request, exc) -> JSONResponse:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.warning("HTTP request failed: disk full", path=request.url.path, error=str(exc))
+        return error(507, f"the disk is full: {exc.strerror or exc}; free disk space and try again", "disk_full")
     log.error("HTTP handler failed", path=request.url.path, error=repr(exc))
     return error(500, "internal error; see the server log", "internal_error")
 

@@ -17,6 +17,8 @@ WAL_SIZE = 1000
 class Engine:
     """What the checkpointer asks of the engine, recording each checkpoint's reason."""
 
+    read_only_reason = None
+
     def __init__(self):
         self.wal_bytes = 0
         self.reasons: list[str] = []

@@ -16,6 +16,7 @@ from rustydb_server.wal.reader import (
     WalEntry,
     find_wal_end,
     read_segment_file,
+    read_segment_sequence,
     read_segments,
     read_wal,
 )
@@ -702,6 +703,97 @@ def test_archived_segment_files_chain_into_records(tmp_path):
     assert list(read_segments(paths[1:], expected[start].lsn)) == expected[start:]
     with pytest.raises(WalCorruptError, match="missing"):
         list(read_segments(paths[:1] + paths[2:]))
+
+
+def _split_between(wal, other, moved):
+    """Move the segments numbered in ``moved`` from ``wal`` to ``other``; return {segno: path}."""
+    paths = {}
+    for _, segno, name in _segments(wal):
+        if segno in moved:
+            shutil.move(wal / name, other / name)
+            paths[segno] = str(other / name)
+        else:
+            paths[segno] = str(wal / name)
+    return paths
+
+
+def read_sequence(paths, start_lsn=0, **kwargs):
+    return list(read_segment_sequence(paths, timeline=1, segment_size=SIZE, start_lsn=start_lsn, **kwargs))
+
+
+def test_segments_from_two_places_read_as_one_wal(tmp_path):
+    """Archived segments unpacked in one directory, the rest still in wal/: a
+    record that begins in one place and ends in the other is joined."""
+    wal, scratch = tmp_path / "wal", tmp_path / "scratch"
+    wal.mkdir()
+    scratch.mkdir()
+    # 40 kB records: every segment boundary is crossed by one
+    expected = write_records(wal, [40_000] * 8 + [SIZE * 2, 500])
+    segnos = [segno for _, segno, _ in _segments(wal)]
+    assert len(segnos) >= 6
+    for moved in ({0, 1}, {0, 1, 2, 3}, {1, 3}, {segnos[-1]}):
+        tmp_wal, tmp_scratch = tmp_path / "w", tmp_path / "s"
+        shutil.copytree(wal, tmp_wal)
+        tmp_scratch.mkdir()
+        paths = _split_between(tmp_wal, tmp_scratch, moved)
+        assert read_sequence(paths) == expected, moved
+        # from a record boundary in the middle, up to a stop LSN
+        mid = next(i for i, e in enumerate(expected) if e.lsn >= SIZE)
+        stop = expected[-2].end_lsn
+        assert read_sequence(paths, expected[mid].lsn, stop_lsn=stop) == expected[mid:-1]
+        shutil.rmtree(tmp_wal)
+        shutil.rmtree(tmp_scratch)
+
+
+def test_a_sequence_with_a_hole_or_a_wrong_file_is_refused(tmp_path):
+    expected = write_records(tmp_path, [40_000] * 6)
+    paths = {segno: str(tmp_path / name) for _, segno, name in _segments(tmp_path)}
+    assert read_sequence(paths) == expected
+    holed = {k: v for k, v in paths.items() if k != 1}
+    with pytest.raises(WalCorruptError, match="missing but later segment"):
+        read_sequence(holed)
+    # the file given for segment 1 is segment 2: its header says so
+    swapped = {**paths, 1: paths[2]}
+    with pytest.raises(WalCorruptError) as err:
+        read_sequence(swapped)
+    assert segment_name(1, 1) in str(err.value)
+    # a file that vanished before it was read is a hole, not a crash
+    os.unlink(paths[1])
+    with pytest.raises(WalCorruptError, match="missing"):
+        read_sequence(paths)
+
+
+def test_a_sequence_that_ends_before_its_stop_lsn_is_refused(tmp_path):
+    """Records before stop_lsn are known to exist: the WAL ending earlier is
+    damage, never a torn tail that silently drops them."""
+    expected = write_records(tmp_path, [40_000] * 6)
+    paths = {segno: str(tmp_path / name) for _, segno, name in _segments(tmp_path)}
+    stop = expected[-1].end_lsn
+    assert read_sequence(paths, stop_lsn=stop) == expected
+    # the last segment missing
+    last = max(paths)
+    with pytest.raises(WalCorruptError, match="known to reach LSN") as err:
+        read_sequence({k: v for k, v in paths.items() if k != last}, stop_lsn=stop)
+    assert segment_name(1, last) in str(err.value) and "missing" in str(err.value)
+    # the last record zeroed: without a stop LSN a torn tail, with one damage
+    first, offset = divmod(expected[-1].lsn, SIZE)
+    for segno in range(first, last + 1):
+        start = offset if segno == first else HEADER_SIZE
+        with open(paths[segno], "r+b") as f:
+            f.seek(start)
+            f.write(bytes(SIZE - start))
+    assert read_sequence(paths) == expected[:-1]
+    with pytest.raises(WalCorruptError, match="known to reach LSN"):
+        read_sequence(paths, stop_lsn=stop)
+    # stopping exactly at a segment start after a switch is reaching the stop
+    switched = tmp_path / "switched"
+    switched.mkdir()
+    with open_writer(switched) as writer:
+        entry = WalEntry(*writer.append(b"one"), b"one")
+        end = writer.switch_segment()
+        writer.flush()
+    one = {segno: str(switched / name) for _, segno, name in _segments(switched)}
+    assert read_sequence(one, stop_lsn=end) == [entry]
 
 
 def test_a_live_reader_stops_at_the_flushed_lsn(tmp_path):

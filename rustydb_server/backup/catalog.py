@@ -136,7 +136,12 @@ class Catalog:
         entry["started_at"] = entry["started_at"] or int(time.time())
         with self._lock:
             self._entries[entry["backup_id"]] = entry
-            self._save()
+            try:
+                self._save()
+            except BaseException:
+                # Not on disk (a full disk): not listed either, never "in_progress" forever.
+                del self._entries[entry["backup_id"]]
+                raise
         return dict(entry)
 
     def update(self, backup_id: str, **fields) -> dict:

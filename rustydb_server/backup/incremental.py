@@ -24,9 +24,11 @@ from dataclasses import dataclass
 
 import apsw
 
-from .. import __version__
+from .. import __version__, keys
 from ..archive import segment_file as sf
+from ..container.errors import BackupError
 from ..container.format import BackupType
+from ..crypto import CryptoError
 from ..engine.instance import Engine
 from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..logsetup import get_logger
@@ -34,6 +36,7 @@ from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
 from ..wal.lsn import format_lsn
+from ..wal.segment import HEADER_SIZE
 from .manifest import DatabaseEntry, Manifest
 from .steps import encode_steps, steps_entry
 
@@ -145,67 +148,103 @@ class Compaction:
 
 
 def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator:
-    """Records in [start, end): from the server's WAL, else from the archive."""
+    """Records in [start, end) of the server's timeline, as one WAL.
+
+    Each segment comes from the server's wal/ directory if it is still there,
+    else from the archive (unpacked into ``scratch``); the whole sequence is
+    then read by one reader, so a record that begins in an archived segment
+    and ends in one still on the server is joined like any other.
+    """
     c = engine.control
     size = c.segment_size
-    first = start // size
-    local = {segno for tl, segno, _ in walseg.list_segments(engine.datadir.wal_dir) if tl == c.timeline}
-    if first in local:
-        yield from wal_reader.read_wal(
-            engine.datadir.wal_dir,
+    first = walseg.normalize_lsn(start, size) // size
+    # The last segment holding a byte of the range (none if the range is empty).
+    last = (end - HEADER_SIZE - 1) // size
+    if last < first:
+        return
+    wal_dir = engine.datadir.wal_dir
+    local = {
+        segno: os.path.join(wal_dir, name)
+        for tl, segno, name in walseg.list_segments(wal_dir)
+        if tl == c.timeline and first <= segno <= last
+    }
+    archived: dict[int, str] | None = None
+    archive = _ArchivedSegments(engine)
+    sequence: dict[int, str] = {}
+    unpacked: list[str] = []
+    try:
+        for segno in range(first, last + 1):
+            if segno in local:
+                sequence[segno] = local[segno]
+                continue
+            if archived is None:
+                archive_dir = engine.settings["archive_dest"]
+                archived = sf.list_archive(archive_dir).get(c.timeline, {}) if archive_dir else {}
+            if segno not in archived:
+                raise IncrementalUnavailable(_missing(c.timeline, segno, first, start))
+            if not unpacked:
+                os.makedirs(scratch, mode=0o700, exist_ok=True)
+            name, data = archive.unpack(archived[segno], c.system_id)
+            path = os.path.join(scratch, name)
+            unpacked.append(path)
+            with open(path, "wb") as f:
+                f.write(data)
+            sequence[segno] = path
+        yield from wal_reader.read_segment_sequence(
+            sequence,
             timeline=c.timeline,
             segment_size=size,
             start_lsn=start,
             system_id=c.system_id,
             stop_lsn=end,
         )
-        return
-    archive_dir = engine.settings["archive_dest"]
-    archived = sf.list_archive(archive_dir).get(c.timeline, {}) if archive_dir else {}
-    if first not in archived:
-        raise IncrementalUnavailable(
-            f"the WAL needed since the parent backup (from LSN {format_lsn(start)}, segment "
-            f"{walseg.segment_name(c.timeline, first)}) is no longer available; take a full "
-            "backup"
-        )
-    # Archived segments up to the first one still on local disk, then the local WAL.
-    os.makedirs(scratch, mode=0o700, exist_ok=True)
-    paths = []
-    segno = first
-    try:
-        while segno in archived and segno not in local:
-            name, data = sf.unpack_segment(archived[segno], system_id=c.system_id)
-            path = os.path.join(scratch, name)
-            with open(path, "wb") as f:
-                f.write(data)
-            paths.append(path)
-            segno += 1
-        if segno not in local and segno * size < end:
-            raise IncrementalUnavailable(
-                f"WAL segment {walseg.segment_name(c.timeline, segno)} is neither on the "
-                "server nor in the archive; take a full backup"
-            )
-        last_end = start
-        for entry in wal_reader.read_segments(
-            paths, start, timeline=c.timeline, segment_size=size, system_id=c.system_id
-        ):
-            if entry.lsn >= end:
-                return
-            last_end = entry.end_lsn
-            yield entry
-        resume = max(last_end, walseg.normalize_lsn(segno * size, size))
-        yield from wal_reader.read_wal(
-            engine.datadir.wal_dir,
-            timeline=c.timeline,
-            segment_size=size,
-            start_lsn=resume,
-            system_id=c.system_id,
-            stop_lsn=end,
-        )
     finally:
-        for p in paths:
+        for p in unpacked:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+
+
+class _ArchivedSegments:
+    """Unpacks archived segments with the key the archiver seals them with
+    (``backup_key_file`` or the server's environment), read once if needed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._key = None
+        self._looked = False
+
+    def _get(self):
+        if not self._looked:
+            self._looked = True
+            try:
+                self._key = keys.resolve_kek(None, setting_key_file=self._engine.settings["backup_key_file"] or None)
+            except keys.NoKeyError:
+                self._key = None  # enough for unencrypted segments
+        return self._key
+
+    def unpack(self, path: str, system_id: int) -> tuple[str, bytes]:
+        what = f"archived WAL segment {path}, needed since the parent backup,"
+        try:
+            return sf.unpack_segment(path, system_id=system_id, key=self._get())
+        except keys.NoKeyError:
+            raise IncrementalUnavailable(
+                f"{what} is encrypted and the server has no key for it: set backup_key_file to the "
+                "key file archive_encryption used, or take a full backup"
+            ) from None
+        except (sf.ArchiveError, BackupError, CryptoError) as e:
+            raise IncrementalUnavailable(
+                f"{what} cannot be read: {e}; repair the archive or take a full backup"
+            ) from None
+
+
+def _missing(timeline: int, segno: int, first: int, start: int) -> str:
+    name = walseg.segment_name(timeline, segno)
+    if segno == first:
+        return (
+            f"the WAL needed since the parent backup (from LSN {format_lsn(start)}, segment "
+            f"{name}) is no longer available; take a full backup"
+        )
+    return f"WAL segment {name} is neither on the server nor in the archive; take a full backup"
 
 
 def build(
@@ -316,9 +355,16 @@ def _from_wal(engine: Engine, start: int, end_lsn: int, scratch: str) -> NetChan
     compaction = Compaction()
     # No segment removal while we read; reading a long WAL is work, not a stall.
     with engine._checkpoint_lock.held("reading the WAL for an incremental backup", bounded=False):
-        for entry in _wal_records(engine, start, end_lsn, scratch):
-            if entry.lsn >= start:
-                compaction.add(walrec.decode_record(entry.body))
+        try:
+            for entry in _wal_records(engine, start, end_lsn, scratch):
+                if entry.lsn >= start:
+                    compaction.add(walrec.decode_record(entry.body))
+        except wal_reader.WalCorruptError as e:
+            raise IncrementalUnavailable(
+                f"the WAL since the parent backup cannot be read: segment {e.segment_name} is corrupt "
+                f"at offset {e.offset} ({e.reason}); take a full backup, and check the disk or archive "
+                "that holds the segment"
+            ) from None
     return compaction.finish()
 
 

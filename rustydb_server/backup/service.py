@@ -12,6 +12,7 @@ the next chunk once the backup's cancel scope is cancelled.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import threading
@@ -218,9 +219,27 @@ class BackupService:
             await conn.send(events.Error("invalid_backup_request", str(e)))
             return
         manifest = snap.manifest()
-        if req.backup_type is BackupType.PITR_BASE:
-            await self._switch_for_base()
-        self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=f"client {conn.peer[0]}"))
+        try:
+            if req.backup_type is BackupType.PITR_BASE:
+                await self._switch_for_base()
+            self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=f"client {conn.peer[0]}"))
+        except (EngineError, OSError) as e:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
+            if isinstance(e, EngineError):
+                await conn.send(events.Error(e.code, str(e)))
+                return
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("backup refused: disk full", error=str(e))
+            await conn.send(
+                events.Error(
+                    "disk_full",
+                    f"the disk is full: the backup catalog could not record a new backup ({e.strerror or e}); "
+                    "no backup was taken. Free disk space on the data directory and run it again",
+                )
+            )
+            return
         sent = 0
         t0 = time.perf_counter()
         try:
@@ -228,7 +247,17 @@ class BackupService:
             with conn.bulk_sending():
                 sent = await self._send_entries(conn, snap, cancel)
             await conn.send(events.BackupEnd(manifest.end_lsn, sent))
-            self.catalog.complete(snap.backup_id, size_bytes=sent)
+            try:
+                self.catalog.complete(snap.backup_id, size_bytes=sent)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # The client has the whole backup; only the listing lags behind.
+                log.warning(
+                    "the disk is full: the backup is complete, but the catalog could not record it",
+                    backup_id=snap.backup_id,
+                    error=str(e),
+                )
             self.engine.record_backup(manifest)
             log.info(
                 "backup streamed",

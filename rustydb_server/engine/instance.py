@@ -8,6 +8,7 @@ SQLite commit that also stores ``applied_lsn``, then the answer to the client.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import threading
 import time
@@ -55,6 +56,28 @@ class FatalWalError(ReportedError):
             "wal_failure",
             fatal=True,
         )
+
+
+#: errno values that mean "no space": a full disk, or the user's quota spent.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """True for every way a full disk shows up: an OSError, SQLite's, the engine's own.
+
+    Not a failed WAL fsync, whatever its errno: that one is never retried.
+    """
+    if isinstance(e, wal_writer.WalFsyncError):
+        return False
+    if isinstance(e, (wal_writer.WalDiskFullError, apsw.FullError)):
+        return True
+    if isinstance(e, EngineError):
+        return e.code == "disk_full"
+    return isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
+
+
+def _reason(e: BaseException) -> str:
+    return (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
 
 
 @dataclasses.dataclass
@@ -169,6 +192,19 @@ class Engine:
         self._archived_timelines = archived_timelines
         self._dirty_segno: int | None = None  # segment holding records since...
         self._dirty_since: float | None = None  # ...this time.monotonic() (archive_timeout)
+        # Set while the server is read-only because the disk was full when it
+        # had to write (at startup: the control file saying "running"); says
+        # what failed. Reads are served, writes refused with disk_full, and
+        # every write attempt and the checkpointer try again (try_resume_writes).
+        self.read_only_reason: str | None = None
+        # What startup still has to write before a write may be accepted:
+        # the new timeline of a restored directory, its end-of-recovery record,
+        # the control file's "running" state (see _finish_startup).
+        self._pending_branch = False
+        self._branch: tuple[int, list] | None = None  # the new timeline and its history, once chosen
+        self._pending_end_of_recovery: int | None = None  # the timeline left, whose record is due
+        self._pending_running = False
+        self._recovery_end_lsn = 0
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -255,18 +291,10 @@ class Engine:
         self._last_commit_us = last_time
         for name in sorted(applied):
             self.databases[name] = DatabaseHandle(name, self.datadir.database_path(name), self.clock)
-        previous_timeline = self._leave_restored_timeline(end_lsn)
-        self.wal = wal_writer.WalWriter(
-            self.datadir.wal_dir,
-            timeline=c.timeline,
-            system_id=c.system_id,
-            segment_size=c.segment_size,
-            start_lsn=end_lsn,
-            fileops=self.fileops,
-            on_segment_complete=self._segment_complete,
-        )
-        if previous_timeline is not None:
-            self._log_durably(walrec.EndOfRecoveryRecord(c.timeline, previous_timeline, now_us()))
+        self._recovery_end_lsn = end_lsn
+        self._pending_branch = self._must_leave_restored_timeline()
+        self.wal = self._new_wal_writer(end_lsn)
+        self._pending_running = True
         self._mark_completed_segments_ready(end_lsn)
         elapsed = time.perf_counter() - t0
         self.recovery_stats = {
@@ -278,38 +306,136 @@ class Engine:
             "seconds": round(elapsed, 3),
         }
         log.info("recovery complete", **self.recovery_stats, databases=len(self.databases))
-        c.state = "running"
-        c.next_txid = self._next_txid
-        self.datadir.write_control(c)
+        try:
+            self._finish_startup()
+        except Exception as e:
+            if not is_disk_full(e):
+                raise
+            self._enter_read_only(e)
 
-    def _leave_restored_timeline(self, end_lsn: int) -> int | None:
-        """First start after a restore: continue on a new timeline.
+    def _new_wal_writer(self, start_lsn: int) -> wal_writer.WalWriter:
+        c = self.control
+        return wal_writer.WalWriter(
+            self.datadir.wal_dir,
+            timeline=c.timeline,
+            system_id=c.system_id,
+            segment_size=c.segment_size,
+            start_lsn=start_lsn,
+            fileops=self.fileops,
+            on_segment_complete=self._segment_complete,
+        )
+
+    def _finish_startup(self) -> None:
+        """The writes that end startup; each step is done once, so a retry
+        after a full disk goes on where the last attempt stopped."""
+        c = self.control
+        if self._pending_branch:
+            previous = self._leave_restored_timeline(self._recovery_end_lsn)
+            self._pending_branch = False
+            # The writer was opened on the timeline left (it holds no segment
+            # of it); new records go to the new one.
+            self.wal.close()
+            self.wal = self._new_wal_writer(self._recovery_end_lsn)
+            self._pending_end_of_recovery = previous
+        if self._pending_end_of_recovery is not None:
+            rec = walrec.EndOfRecoveryRecord(c.timeline, self._pending_end_of_recovery, now_us())
+            self._log_durably(rec, startup=True)
+            self._pending_end_of_recovery = None
+        if self._pending_running:
+            self.datadir.write_control(dataclasses.replace(c, state="running", next_txid=self._next_txid))
+            c.state = "running"
+            c.next_txid = self._next_txid
+            self._pending_running = False
+
+    def _enter_read_only(self, e: BaseException) -> None:
+        self.read_only_reason = f"could not write the data directory at startup: {_reason(e)}"
+        log.error(
+            "the disk is full: the server starts read-only; reads are served, writes refused "
+            "until disk space is freed, then it accepts writes again by itself",
+            error=_reason(e),
+            data_dir=self.datadir.path,
+        )
+
+    def try_resume_writes(self) -> bool:
+        """Read-only for lack of space: try the skipped writes again; True once writable.
+
+        Called by every write attempt and by the checkpointer, without engine
+        locks held (it takes the checkpoint lock, which orders control file
+        writes).
+        """
+        if self.read_only_reason is None:
+            return True
+        with self._checkpoint_lock.held("leaving read-only"):
+            return self._try_resume_locked()
+
+    def _try_resume_locked(self) -> bool:
+        if self.read_only_reason is None:
+            return True
+        try:
+            self._finish_startup()
+        except FatalWalError:
+            raise
+        except Exception as e:
+            if is_disk_full(e):
+                return False
+            raise EngineError(
+                f"the server is read-only and could not write its data directory: {_reason(e)}",
+                code="io_error",
+            ) from e
+        self.read_only_reason = None
+        log.info("disk space is back: the server accepts writes again", data_dir=self.datadir.path)
+        return True
+
+    def _read_only_error(self) -> EngineError:
+        return EngineError(
+            f"the server is read-only because the disk is full ({self.read_only_reason}); reads "
+            f"are served but nothing can be written. Free disk space on {self.datadir.path}; "
+            "the server accepts writes again by itself",
+            code="disk_full",
+        )
+
+    def ensure_writable(self) -> None:
+        """Before a write: raise disk_full while the server stays read-only."""
+        if self.read_only_reason is not None and not self.try_resume_writes():
+            raise self._read_only_error()
+
+    def _must_leave_restored_timeline(self) -> bool:
+        c = self.control
+        return c.state == "restored" and not any(
+            tl == c.timeline for tl, _, _ in walseg.list_segments(self.datadir.wal_dir)
+        )
+
+    def _leave_restored_timeline(self, end_lsn: int) -> int:
+        """First start after a restore: continue on a new timeline; return the old one.
 
         The old timeline's WAL after the backup already exists (in the archive, or
         on the old server); writing new WAL under the same segment names would
         clash with it. Like the end of a PostgreSQL recovery, the restored server
         gets a timeline no archive has seen, with a history file naming where it
         branched off. A PITR restore has done this already (its segment exists).
+        The control file changes only once the history file is written, so a
+        full disk leaves it naming the old timeline and a retry picks the same
+        new one.
         """
         c = self.control
-        if c.state != "restored" or any(tl == c.timeline for tl, _, _ in walseg.list_segments(self.datadir.wal_dir)):
-            return None
-        seen = {c.timeline, *waltl.list_history_timelines(self.datadir.wal_dir)}
-        if self._archived_timelines is not None:
+        if self._branch is None:
+            seen = {c.timeline, *waltl.list_history_timelines(self.datadir.wal_dir)}
+            if self._archived_timelines is not None:
+                try:
+                    seen.update(self._archived_timelines())
+                except OSError as e:
+                    log.warning("cannot list the archive to choose a new timeline", error=str(e))
+            new = waltl.next_timeline(seen)
             try:
-                seen.update(self._archived_timelines())
-            except OSError as e:
-                log.warning("cannot list the archive to choose a new timeline", error=str(e))
-        old, new = c.timeline, waltl.next_timeline(seen)
-        try:
-            ancestors = waltl.read_history(self.datadir.wal_dir, old)
-        except waltl.HistoryError:
-            ancestors = []
-        backup = (c.last_backup or {}).get("backup_id", "a backup")
-        history = waltl.branch(ancestors, old, end_lsn, f"restore of backup {backup}")
+                ancestors = waltl.read_history(self.datadir.wal_dir, c.timeline)
+            except waltl.HistoryError:
+                ancestors = []
+            backup = (c.last_backup or {}).get("backup_id", "a backup")
+            self._branch = (new, waltl.branch(ancestors, c.timeline, end_lsn, f"restore of backup {backup}"))
+        old, (new, history) = c.timeline, self._branch
         waltl.write_history(self.datadir.wal_dir, new, history, self.fileops)
+        self.datadir.write_control(dataclasses.replace(c, timeline=new))
         c.timeline = new
-        self.datadir.write_control(c)
         log.info(
             "restored data directory continues on a new timeline",
             timeline=new,
@@ -373,19 +499,21 @@ class Engine:
         with self._registry_lock:
             handle.sessions -= 1
 
-    def _log_durably(self, rec) -> tuple[int, int]:
+    def _log_durably(self, rec, *, startup: bool = False) -> tuple[int, int]:
+        if self.read_only_reason is not None and not startup:
+            raise self._read_only_error()
         body = walrec.encode_record(rec)
         try:
             lsn, end = self.wal.append(body)
-        except wal_writer.WalDiskFullError as e:
-            raise EngineError(
-                f"could not write the WAL: {e}; the transaction was rolled back and "
-                "nothing was committed. Free disk space; the server resumes by itself",
-                code="disk_full",
-            ) from e
         except wal_writer.WalFsyncError as e:
             self._fatal(str(e))
         except OSError as e:
+            if is_disk_full(e):
+                raise EngineError(
+                    f"could not write the WAL: {e}; the transaction was rolled back and "
+                    "nothing was committed. Free disk space; the server resumes by itself",
+                    code="disk_full",
+                ) from e
             raise EngineError(
                 f"could not write the WAL: {e}; the transaction was rolled back",
                 code="io_error",
@@ -422,6 +550,7 @@ class Engine:
 
     def create_database(self, name: str, if_not_exists: bool = False) -> bool:
         _datadir.validate_database_name(name)
+        self.ensure_writable()
         with self._registry_lock.held("CREATE DATABASE"):
             if name in self.databases and not self.databases[name].dropped:
                 if if_not_exists:
@@ -429,12 +558,26 @@ class Engine:
                 raise EngineError(f'database "{name}" already exists', code="duplicate_database")
             lsn, _ = self._log_durably(walrec.DatabaseRecord("create", name, now_us()))
             path = self.datadir.database_path(name)
-            database.create_database_file(path, lsn)
+            try:
+                database.create_database_file(path, lsn)
+            except (OSError, apsw.Error) as e:
+                if not is_disk_full(e):
+                    raise
+                # The record is durable: recovery would create the database
+                # at the next start; running CREATE DATABASE again now does
+                # it at once (recovery takes the first create of a name).
+                raise EngineError(
+                    f'the disk is full: database "{name}" is in the WAL but its file could not be '
+                    f"created ({_reason(e)}). Free disk space and run CREATE DATABASE {name} again "
+                    "(a restart also creates it)",
+                    code="disk_full",
+                ) from e
             self.databases[name] = DatabaseHandle(name, path, self.clock)
         log.info("database created", database=name, lsn=format_lsn(lsn))
         return True
 
     def drop_database(self, name: str, if_exists: bool = False, current=None) -> bool:
+        self.ensure_writable()
         with self._registry_lock.held("DROP DATABASE"):
             handle = self.databases.get(name)
             if handle is None or handle.dropped:
@@ -473,6 +616,8 @@ class Engine:
         or, if that fails too, the error is ``committed_not_applied``, which
         says so (see ``_after_durable_failure``).
         """
+        if self.read_only_reason is not None:
+            self.try_resume_writes()  # still read-only: the WAL append below refuses
         with handle.commit_lock:
             if handle.pending:
                 conn.execute("ROLLBACK")
@@ -543,6 +688,7 @@ class Engine:
 
     def vacuum(self, handle: DatabaseHandle, conn) -> int:
         """Log and run VACUUM (outside any transaction, as SQLite requires)."""
+        self.ensure_writable()
         # VACUUM rewrites the whole file: long, but working, so not a stall.
         with handle.commit_lock.held("VACUUM", bounded=False):
             if handle.pending:
@@ -616,7 +762,19 @@ class Engine:
             self.control.last_backup = info
             if manifest.backup_type.is_full_base:
                 self.control.last_full_backup = info
-            self.datadir.write_control(self.control)
+            try:
+                self.datadir.write_control(self.control)
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                # The backup itself is whole; the server knows it as the base
+                # of the next incremental, and the next checkpoint's control
+                # file write records it on disk.
+                log.warning(
+                    "the disk is full: the backup is complete, but the control file could not record it yet",
+                    backup_id=info.get("backup_id"),
+                    error=_reason(e),
+                )
             if self.change_tracking is not None:
                 bases = [b["end_lsn"] for b in (self.control.last_backup, self.control.last_full_backup) if b]
                 self.change_tracking.keep(bases, manifest.end_lsn)
@@ -632,16 +790,26 @@ class Engine:
 
     # ------------------------------------------------------- admin records
     def create_restore_point(self, name: str) -> int:
+        self.ensure_writable()
         lsn, _ = self._log_durably(walrec.RestorePointRecord(name, now_us()))
         log.info("restore point created", name=name, lsn=format_lsn(lsn))
         return lsn
 
     def switch_wal(self) -> int:
+        self.ensure_writable()
         self._log_durably(walrec.SwitchRecord(now_us()))
         try:
             lsn = self.wal.switch_segment()
         except wal_writer.WalFsyncError as e:
             self._fatal(str(e))
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise EngineError(
+                f"could not switch the WAL: the disk is full ({_reason(e)}); the switch record is "
+                "logged, the segment was not switched. Free disk space and run SWITCH WAL again",
+                code="disk_full",
+            ) from e
         self._dirty_segno = self._dirty_since = None
         log.info("WAL switched", lsn=format_lsn(lsn))
         return lsn
@@ -656,56 +824,76 @@ class Engine:
         new segment holding nothing but it, forever).
         """
         with self._checkpoint_lock:
-            t0 = time.perf_counter()
-            redo = self.wal.end_lsn
-            if skip_if_idle and redo == self._checkpoint_end_lsn and not self.pending_databases():
-                return {"complete": True, "skipped": True, "reason": reason}
-            incomplete = []
-            for handle in list(self.databases.values()):
-                # Waits for a commit between WAL append and SQLite commit.
-                with handle.commit_lock.held("a checkpoint"):
+            if not self._try_resume_locked():
+                raise self._read_only_error()
+            try:
+                return self._checkpoint_locked(reason, skip_if_idle)
+            except (EngineError, FatalWalError):
+                raise
+            except (OSError, apsw.Error) as e:
+                if is_disk_full(e):
+                    raise EngineError(
+                        f"checkpoint failed: the disk is full ({_reason(e)}); nothing is lost (the WAL "
+                        "holds every commit) but the WAL keeps growing. Free disk space; the "
+                        "checkpointer tries again by itself",
+                        code="disk_full",
+                    ) from e
+                raise EngineError(f"checkpoint failed: {_reason(e)}", code="io_error") from e
+
+    def _checkpoint_locked(self, reason: str, skip_if_idle: bool) -> dict:
+        t0 = time.perf_counter()
+        redo = self.wal.end_lsn
+        if skip_if_idle and redo == self._checkpoint_end_lsn and not self.pending_databases():
+            return {"complete": True, "skipped": True, "reason": reason}
+        incomplete = []
+        for handle in list(self.databases.values()):
+            # Waits for a commit between WAL append and SQLite commit.
+            with handle.commit_lock.held("a checkpoint"):
+                if handle.pending:
+                    try:
+                        self._catch_up(handle)
+                    except EngineError as e:
+                        log.warning("checkpoint could not apply a committed transaction", error=str(e))
                     if handle.pending:
-                        try:
-                            self._catch_up(handle)
-                        except EngineError as e:
-                            log.warning("checkpoint could not apply a committed transaction", error=str(e))
-                        if handle.pending:
-                            # Recovery must still replay it: redo from its record.
-                            redo = min(redo, handle.pending[0][0])
-                try:
-                    conn = database.open_connection(handle.path)
-                except FileNotFoundError:
-                    continue
-                try:
-                    if not database.checkpoint(conn):
-                        incomplete.append(handle.name)
-                finally:
-                    conn.close()
-            if incomplete:
-                # A reader kept SQLite from copying every frame; keep the old redo
-                # point so recovery still starts early enough.
-                log.info("checkpoint incomplete, redo point kept", reason=reason, databases=incomplete)
-                return {"complete": False, "databases": incomplete}
-            ck_lsn, self._checkpoint_end_lsn = self._log_durably(
-                walrec.CheckpointRecord(redo, self._next_txid, now_us())
-            )
-            c = self.control
-            c.redo_lsn = redo
-            c.checkpoint_lsn = ck_lsn
-            c.next_txid = self._next_txid
-            c.last_commit_time_us = self._last_commit_us
-            self.datadir.write_control(c)
-            self._checkpoint_asked = False
-            removed = self._remove_old_segments(redo)
-            self.last_checkpoint_lsn = ck_lsn
-            figures = {
-                "reason": reason,
-                "redo_lsn": format_lsn(redo),
-                "segments_removed": removed,
-                "seconds": round(time.perf_counter() - t0, 4),
-            }
-            log.info("checkpoint complete", **figures)
-            return {"complete": True, **figures}
+                        # Recovery must still replay it: redo from its record.
+                        redo = min(redo, handle.pending[0][0])
+            try:
+                conn = database.open_connection(handle.path)
+            except FileNotFoundError:
+                continue
+            try:
+                if not database.checkpoint(conn):
+                    incomplete.append(handle.name)
+            finally:
+                conn.close()
+        if incomplete:
+            # A reader kept SQLite from copying every frame; keep the old redo
+            # point so recovery still starts early enough.
+            log.info("checkpoint incomplete, redo point kept", reason=reason, databases=incomplete)
+            return {"complete": False, "databases": incomplete}
+        ck_lsn, self._checkpoint_end_lsn = self._log_durably(walrec.CheckpointRecord(redo, self._next_txid, now_us()))
+        moved = {
+            "redo_lsn": redo,
+            "checkpoint_lsn": ck_lsn,
+            "next_txid": self._next_txid,
+            "last_commit_time_us": self._last_commit_us,
+        }
+        # Written before it is taken in: if the disk is full, the redo point
+        # stays where the control file on disk says it is.
+        self.datadir.write_control(dataclasses.replace(self.control, **moved))
+        for field, value in moved.items():
+            setattr(self.control, field, value)
+        self._checkpoint_asked = False
+        removed = self._remove_old_segments(redo)
+        self.last_checkpoint_lsn = ck_lsn
+        figures = {
+            "reason": reason,
+            "redo_lsn": format_lsn(redo),
+            "segments_removed": removed,
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+        log.info("checkpoint complete", **figures)
+        return {"complete": True, **figures}
 
     def _remove_old_segments(self, redo: int) -> int:
         archive_on = self.settings["archive_mode"]
@@ -768,9 +956,18 @@ class Engine:
         for handle in self.databases.values():
             handle.close_read_fd()
         if clean and self.fatal_error is None:
+            try:
+                self.datadir.write_control(
+                    dataclasses.replace(self.control, state="shutdown", next_txid=self._next_txid)
+                )
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                # Recovery at the next start redoes from the checkpoint just made.
+                log.error("the disk is full: the control file could not record the clean shutdown", error=_reason(e))
+                return
             self.control.state = "shutdown"
             self.control.next_txid = self._next_txid
-            self.datadir.write_control(self.control)
 
     def status(self) -> dict:
         return {

@@ -270,6 +270,8 @@ class SqlSession:
         return self._done(sql, "BEGIN", "BEGIN")
 
     def _autocommit_write(self, sql: str, kw: str) -> StatementRun:
+        # Read-only for lack of space: refused before SQLite does any work.
+        self.engine.ensure_writable()
         self.engine.ensure_caught_up(self.handle)
         self._sqlite(lambda: self.conn.execute("BEGIN IMMEDIATE"))
         self._steps = []

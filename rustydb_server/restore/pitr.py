@@ -282,7 +282,7 @@ def recover(
     last_time = None
     try:
         if not reached:
-            for tl, start, stop in path:
+            for step, (tl, start, stop) in enumerate(path):
                 first = start // size
                 stop_segno = None if stop is None else (stop - 1) // size
                 paths = _unpack_range(archive, tl, first, scratch, manifest.system_id, key, stop_segno)
@@ -294,9 +294,7 @@ def recover(
                 segments += len(paths)
                 if not paths:
                     break
-                for entry in wal_reader.read_segments(
-                    paths, start, timeline=tl, segment_size=size, system_id=manifest.system_id
-                ):
+                for entry in _read_timeline(paths, tl, start, stop, size, manifest.system_id, path[step + 1 :]):
                     if stop is not None and entry.lsn >= stop:
                         break
                     rec = walrec.decode_record(entry.body)
@@ -346,6 +344,35 @@ def recover(
         seconds=time.perf_counter() - t0,
         segments_read=segments,
     )
+
+
+def _read_timeline(paths: list[str], tl: int, start: int, stop: int | None, size: int, system_id: int, rest):
+    """The records of ``tl`` in the consecutive segment files ``paths``, from ``start``.
+
+    A timeline left at a switch (``stop``) is read as far as the switch: the
+    next timeline starts there, so a segment missing before it is refused,
+    never skipped (the last timeline ends where the archive does).
+    """
+    if stop is None:
+        yield from wal_reader.read_segments(paths, start, timeline=tl, segment_size=size, system_id=system_id)
+        return
+    sequence = {walseg.parse_segment_name(os.path.basename(p))[1]: p for p in paths}
+    try:
+        yield from wal_reader.read_segment_sequence(
+            sequence, timeline=tl, segment_size=size, start_lsn=start, system_id=system_id, stop_lsn=stop
+        )
+    except wal_reader.WalCorruptError as e:
+        try:
+            segno = walseg.parse_segment_name(e.segment_name)[1]
+        except ValueError:
+            raise e from None
+        if segno in sequence:
+            raise
+        raise PitrError(
+            f"the archive is missing WAL segment {e.segment_name}, needed to follow timeline {tl} up to "
+            f"LSN {format_lsn(stop)}, where timeline {rest[0][0]} branched off; recovery cannot skip it: "
+            "copy the segment back into the archive directory and retry"
+        ) from None
 
 
 def _check_target_against_base(target: Target, manifest: Manifest) -> None:

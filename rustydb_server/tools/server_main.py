@@ -11,7 +11,7 @@ import trio
 from .. import __version__, auth, run
 from ..datadir import DataDirError
 from ..engine.database import ReplayError
-from ..engine.instance import EngineError
+from ..engine.instance import EngineError, is_disk_full
 from ..lifecycle import StartupError
 from ..logsetup import configure_logging, get_logger
 from ..notify import Notifier
@@ -63,6 +63,18 @@ def _setting_overrides(args: argparse.Namespace) -> dict:
     return {name: value for name, value in flags.items() if value is not None}
 
 
+def _cannot_start_disk_full(e: BaseException, settings, log) -> int:
+    # A data directory that exists starts read-only on a full disk; this is
+    # one that could not even be created, or whose recovery could not write.
+    log.error("cannot start: the disk is full", error=str(e))
+    print(
+        f"rusty-db-server: cannot start: the disk is full ({e}); free space on the "
+        f"filesystem of {settings['data_dir']} and start the server again",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Run the server until it is stopped; the exit status says how it ended."""
     overrides = _setting_overrides(args)
@@ -81,6 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"rusty-db-server: {e}", file=sys.stderr)
         return 1
     except OSError as e:
+        if is_disk_full(e):
+            return _cannot_start_disk_full(e, settings, log)
         log.error("cannot start", error=str(e))
         print(f"rusty-db-server: cannot start: {e}", file=sys.stderr)
         return 1
@@ -89,6 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as e:  # WAL corruption and the like: say what, never a traceback
         while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
             e = e.exceptions[0]
+        if is_disk_full(e):
+            return _cannot_start_disk_full(e, settings, log)
         expected = isinstance(
             e, (WalCorruptError, ReplayError, WalRecordError, StartupError, DataDirError, EngineError)
         )

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from rustydb_server import fileops as fileops_mod
+from rustydb_server.wal.lsn import format_lsn
 from rustydb_server.wal.segment import (
     FRAGMENT_HEADER_SIZE,
     HEADER_SIZE,
@@ -49,6 +50,7 @@ __all__ = [
     "WalEntry",
     "find_wal_end",
     "read_segment_file",
+    "read_segment_sequence",
     "read_segments",
     "read_wal",
 ]
@@ -127,6 +129,40 @@ def read_segments(
     if start_lsn is None:
         return _WalScan(source, size, source.first_segno * size + HEADER_SIZE, skip_partial_first=True).entries()
     return _WalScan(source, size, start_lsn, skip_partial_first=False).entries()
+
+
+def read_segment_sequence(
+    paths: Mapping[int, str],
+    *,
+    timeline: int,
+    segment_size: int,
+    start_lsn: int,
+    system_id: int | None = None,
+    stop_lsn: int | None = None,
+    fileops: fileops_mod.FileOps = fileops_mod.REAL,
+) -> Iterator[WalEntry]:
+    """Yield the records of ``timeline`` from ``start_lsn`` on, segments taken from ``paths``.
+
+    ``paths`` maps each segment number to its file, wherever that file is:
+    segments gathered from several places (an archive unpacked to a scratch
+    directory and the server's own ``wal/``) are read as one WAL, so a record
+    that begins in a file from one place and ends in a file from another is
+    joined like any other. Each file's header must name that timeline and
+    segment number. ``start_lsn`` must be a record boundary.
+
+    With ``stop_lsn`` (a position every record before which is durable, such
+    as the writer's ``flushed_lsn``) reading stops there, and the WAL ending
+    earlier (a missing segment, a zero header, a fragment that does not
+    validate) is WalCorruptError, never a torn tail: records known to exist
+    are never silently left out. Without it the end is judged as by
+    ``read_wal``.
+    """
+    check_segment_size(segment_size)
+    source = _MapSource(dict(paths), timeline, segment_size, system_id, fileops)
+    scan = _WalScan(
+        source, segment_size, start_lsn, skip_partial_first=False, stop_lsn=stop_lsn, require_stop=stop_lsn is not None
+    )
+    return scan.entries()
 
 
 def read_segment_file(path: str, *, fileops: fileops_mod.FileOps = fileops_mod.REAL) -> Iterator[WalEntry]:
@@ -290,6 +326,50 @@ class _PathSource:
         return sorted(other for other in self._paths if other > segno)
 
 
+class _MapSource:
+    """Segments of one timeline, each a file anywhere (segment number -> path)."""
+
+    def __init__(
+        self,
+        paths: dict[int, str],
+        timeline: int,
+        segment_size: int,
+        system_id: int | None,
+        fileops: fileops_mod.FileOps,
+    ) -> None:
+        self._paths = paths
+        self._timeline = timeline
+        self.segment_size = segment_size
+        self._system_id = system_id
+        self._fo = fileops
+
+    def name(self, segno: int) -> str:
+        return segment_name(self._timeline, segno)
+
+    def open(self, segno: int) -> _MappedSegment | None:
+        path = self._paths.get(segno)
+        if path is None:
+            return None
+        try:
+            seg = _open_checked(
+                path,
+                self.name(segno),
+                self._fo,
+                timeline=self._timeline,
+                segno=segno,
+                segment_size=self.segment_size,
+                system_id=self._system_id,
+            )
+        except FileNotFoundError:
+            return None
+        # Without an expected system id, the first segment sets it for the rest.
+        self._system_id = seg.header.system_id
+        return seg
+
+    def later(self, segno: int) -> list[int]:
+        return sorted(other for other in self._paths if other > segno)
+
+
 # -- the scan itself
 
 
@@ -304,12 +384,15 @@ class _WalScan:
         *,
         skip_partial_first: bool,
         stop_lsn: int | None = None,
+        require_stop: bool = False,
     ):
         self._source = source
         self._size = segment_size
         self._start = start_lsn
         self._skip_partial = skip_partial_first
         self._stop_lsn = stop_lsn
+        # Whether the WAL is known to reach stop_lsn (ending before it is damage).
+        self._require_stop = require_stop
         # Where a writer should resume; advanced past each record and switch.
         self.resume_lsn = start_lsn
 
@@ -326,6 +409,7 @@ class _WalScan:
             seg = self._source.open(segno)
             if seg is None:
                 self._refuse_gap(segno)
+                self._refuse_short(self._source.name(segno), offset, segno * size + offset, "the segment is missing")
                 return
             try:
                 stop: SegmentStop | None = None
@@ -342,6 +426,9 @@ class _WalScan:
                     return
                 if stop.how in ("zero", "bad"):
                     self._refuse_valid_data_after(seg, segno, stop)
+                    self._refuse_short(
+                        seg.name, stop.offset, segno * size + stop.offset, stop.reason or "the data ends (zero header)"
+                    )
                     return
             finally:
                 seg.close()
@@ -386,6 +473,13 @@ class _WalScan:
         body = b"".join(pending)
         pending.clear()
         return WalEntry(pending_lsn, fragment.lsn + _span(fragment), body), None
+
+    def _refuse_short(self, name: str, offset: int, lsn: int, what: str) -> None:
+        """Raise WalCorruptError if the WAL ends at ``lsn`` but is known to reach further."""
+        if self._require_stop and self._stop_lsn is not None and lsn < self._stop_lsn:
+            raise WalCorruptError(
+                name, offset, f"{what}, but the WAL is known to reach LSN {format_lsn(self._stop_lsn)}"
+            )
 
     def _refuse_gap(self, segno: int) -> None:
         later = self._source.later(segno)

@@ -243,18 +243,19 @@ def test_partial_file_of_a_backup_the_server_was_writing_when_killed_is_removed(
     srv.start()
     srv.stop()
     catalog = tmp_path / "k" / "backup_catalog.json"
-    api_loc, client_loc = tmp_path / "api.backup", tmp_path / "client.backup"
+    api_id, client_id = "5f0d9a52-8a4e-4c1e-9f43-5b1d2c3e4f50", "c"
+    api_loc, client_loc = tmp_path / f"{api_id}.backup", tmp_path / "client.backup"
     for loc in (api_loc, client_loc):
         (tmp_path / (loc.name + ".partial")).write_bytes(b"half a backup")
     entries = [
-        {"backup_id": "a", "status": "in_progress", "origin": "api", "location": str(api_loc)},
-        {"backup_id": "c", "status": "in_progress", "origin": "client", "location": str(client_loc)},
+        {"backup_id": api_id, "status": "in_progress", "origin": "api", "location": str(api_loc)},
+        {"backup_id": client_id, "status": "in_progress", "origin": "client", "location": str(client_loc)},
     ]
     catalog.write_text(json.dumps({"format": 1, "backups": entries}))
     srv.start()
-    assert not (tmp_path / "api.backup.partial").exists()
+    assert not (tmp_path / f"{api_id}.backup.partial").exists()
     assert (tmp_path / "client.backup.partial").exists()
-    for backup_id in ("a", "c"):
+    for backup_id in (api_id, client_id):
         status, entry = call(srv, "GET", f"/api/v1/admin/backup/{backup_id}")
         assert entry["status"] == "failed" and "interrupted" in entry["error"]
     srv.stop()

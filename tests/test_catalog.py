@@ -50,3 +50,31 @@ def test_an_unreadable_catalog_is_a_clear_error(tmp_path):
     (tmp_path / CATALOG_FILE).mkdir()  # reading it fails (EISDIR), whoever we are
     with pytest.raises(CatalogError, match="cannot read backup catalog"):
         Catalog(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "backup_id,location",
+    [
+        ("0b0c5d1e-6f3a-4d2b-9c1e-2a3b4c5d6e7f", "/etc/passwd"),
+        ("0b0c5d1e-6f3a-4d2b-9c1e-2a3b4c5d6e7f", "relative/0b0c5d1e-6f3a-4d2b-9c1e-2a3b4c5d6e7f.backup"),
+        ("../../etc/passwd", "/backups/../../etc/passwd.backup"),
+        ("0b0c5d1e-6f3a-4d2b-9c1e-2a3b4c5d6e7f", "/backups/0b0c5d1e-6f3a-4d2b-9c1e-2a3b4c5d6e7f.backup\x00x"),
+        ("0b0c5d1e-6f3a-4d2b-9c1e-2a3b4c5d6e7f", 42),
+    ],
+)
+def test_a_server_backup_whose_location_the_server_never_writes_sets_the_catalog_aside(tmp_path, backup_id, location):
+    """The server unlinks <location>.partial of its own interrupted backups: an
+    edited catalog must not point that at any other file."""
+    entry = {"backup_id": backup_id, "status": "in_progress", "origin": "api", "location": location}
+    (tmp_path / CATALOG_FILE).write_text(json.dumps({"format": 1, "backups": [entry]}))
+    cat = Catalog(str(tmp_path))
+    assert cat.set_aside and cat.get(backup_id) is None
+    assert cat.mark_interrupted() == []
+
+
+def test_a_server_backup_at_its_own_file_loads(tmp_path):
+    backup_id = "0b0c5d1e-6f3a-4d2b-9c1e-2a3b4c5d6e7f"
+    entry = {"backup_id": backup_id, "status": "in_progress", "origin": "api", "location": f"/b/{backup_id}.backup"}
+    (tmp_path / CATALOG_FILE).write_text(json.dumps({"format": 1, "backups": [entry]}))
+    cat = Catalog(str(tmp_path))
+    assert not cat.set_aside and cat.mark_interrupted() == [backup_id]

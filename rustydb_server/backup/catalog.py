@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+import uuid
 
 from .. import fileops as _fileops
 from ..container.format import BackupType
@@ -66,8 +67,26 @@ def _parse(raw: bytes) -> dict[str, dict]:
             or not isinstance(entry.get("status"), str)
         ):
             raise CatalogDamaged(f"entry {i} has no backup_id or status")
+        _check_location(i, entry)
         entries[entry["backup_id"]] = {k: None for k in FIELDS} | entry
     return entries
+
+
+def _check_location(i: int, entry: dict) -> None:
+    """A backup the server wrote lives at <backup_dir>/<uuid>.backup, and the
+    server removes its partial file after a crash: any other location in the
+    file (edited or damaged) must never become a path the server unlinks."""
+    if entry.get("origin") != "api" or entry.get("location") is None:
+        return
+    location, backup_id = entry["location"], entry["backup_id"]
+    try:
+        canonical = str(uuid.UUID(backup_id)) == backup_id
+    except ValueError:
+        canonical = False
+    if not (canonical and isinstance(location, str) and os.path.isabs(location)):
+        raise CatalogDamaged(f"entry {i} has a backup id or location the server never writes")
+    if os.path.basename(location) != f"{backup_id}.backup" or "\x00" in location:
+        raise CatalogDamaged(f"entry {i}'s location {location!r} is not that backup's file")
 
 
 class Catalog:

@@ -29,7 +29,7 @@ import pytest
 
 from rustydb_client import client as rc
 from rustydb_server.archive import segment_file as sf
-from tests.support.servers import run_tool
+from tests.support.servers import restore_to_target, run_tool
 
 SEGMENT_SIZE = 64 * 1024
 
@@ -107,18 +107,7 @@ def last_commit(conn, rid, rows) -> int:
 
 def pitr(tmp_path, base, archive, name, txid):
     out = tmp_path / name
-    proc = run_tool(
-        "rusty-db-restore",
-        "--input",
-        str(base),
-        "--archive-dir",
-        str(archive),
-        "--data-dir",
-        str(out),
-        "--recovery-target-txid",
-        str(txid),
-        "--json",
-    )
+    proc = restore_to_target(base, archive, out, "--recovery-target-txid", str(txid), "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["last_replayed_txid"] == txid, report

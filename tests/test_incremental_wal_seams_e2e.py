@@ -17,7 +17,7 @@ import time
 from rustydb_client import client as rc
 from rustydb_server.wal import segment as walseg
 from rustydb_server.wal.lsn import parse_lsn
-from tests.support.servers import run_tool
+from tests.support.servers import restore_to_target, run_tool
 from tests.test_incremental_e2e import backup, dump, restore_in_order
 
 SEGMENT = 64 * 1024
@@ -167,18 +167,7 @@ def test_incrementals_across_a_timeline_switch(server_factory, tmp_path):
     srv.wait_archived()
     srv.stop()
     out = tmp_path / "tl2"
-    proc = run_tool(
-        "rusty-db-restore",
-        "--input",
-        str(base),
-        "--archive-dir",
-        str(archive),
-        "--data-dir",
-        str(out),
-        "--recovery-target-name",
-        "mid",
-        "--json",
-    )
+    proc = restore_to_target(base, archive, out, "--recovery-target-name", "mid", "--json")
     assert proc.returncode == 0, proc.stderr
     switch_lsn = parse_lsn(json.loads(proc.stdout.strip().splitlines()[-1])["end_lsn"])
     srv2 = server_factory(name="tl2")
@@ -235,18 +224,8 @@ def test_incrementals_across_a_timeline_switch(server_factory, tmp_path):
     assert dump(str(data)) == expected
     # PITR reads only the archive, one reader per timeline: from the first
     # base along timeline 1 to the switch, then timeline 2's spanning records
-    proc = run_tool(
-        "rusty-db-restore",
-        "--input",
-        str(base),
-        "--archive-dir",
-        str(archive),
-        "--data-dir",
-        str(tmp_path / "pitr"),
-        "--recovery-target-name",
-        "tl2-end",
-        "--recovery-target-timeline",
-        "latest",
+    proc = restore_to_target(
+        base, archive, tmp_path / "pitr", "--recovery-target-name", "tl2-end", "--recovery-target-timeline", "latest"
     )
     assert proc.returncode == 0, proc.stderr
     assert dump(str(tmp_path / "pitr")) == expected
@@ -256,17 +235,7 @@ def test_incrementals_across_a_timeline_switch(server_factory, tmp_path):
     for path in archive.glob("00000001*.walz"):
         if walseg.parse_segment_name(path.name.removesuffix(".walz"))[1] >= switch_segno:
             path.rename(tmp_path / path.name)
-    proc = run_tool(
-        "rusty-db-restore",
-        "--input",
-        str(base),
-        "--archive-dir",
-        str(archive),
-        "--data-dir",
-        str(tmp_path / "pitr-gap"),
-        "--recovery-target-name",
-        "tl2-end",
-    )
+    proc = restore_to_target(base, archive, tmp_path / "pitr-gap", "--recovery-target-name", "tl2-end")
     assert proc.returncode == 1, proc.stderr
     assert walseg.segment_name(1, switch_segno) in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "pitr-gap" / "control").exists()

@@ -19,7 +19,7 @@ import apsw
 import pytest
 
 from rustydb_client import client as rc
-from tests.support.servers import run_tool
+from tests.support.servers import restore_to_target, run_tool
 
 TABLES = ("accounts", "notes")
 
@@ -89,17 +89,7 @@ def run_workload(conn, rnd, n, history, restore_points, prefix=""):
 
 def restore(tmp_path, base, archive, name, *target, check=True):
     out = tmp_path / name
-    proc = run_tool(
-        "rusty-db-restore",
-        "--input",
-        str(base),
-        "--archive-dir",
-        str(archive),
-        "--data-dir",
-        str(out),
-        *target,
-        "--json",
-    )
+    proc = restore_to_target(base, archive, out, *target, "--json")
     if check:
         assert proc.returncode == 0, proc.stderr
     return out, proc

@@ -225,48 +225,6 @@ def _open_checked(
     return seg
 
 
-class _DirSource:
-    def __init__(
-        self,
-        wal_dir: str,
-        timeline: int,
-        segment_size: int,
-        system_id: int | None,
-        fileops: fileops_mod.FileOps,
-    ) -> None:
-        self._dir = wal_dir
-        self._timeline = timeline
-        self.segment_size = segment_size
-        self._system_id = system_id
-        self._fo = fileops
-
-    def name(self, segno: int) -> str:
-        return segment_name(self._timeline, segno)
-
-    def open(self, segno: int) -> _MappedSegment | None:
-        name = self.name(segno)
-        try:
-            seg = _open_checked(
-                os.path.join(self._dir, name),
-                name,
-                self._fo,
-                timeline=self._timeline,
-                segno=segno,
-                segment_size=self.segment_size,
-                system_id=self._system_id,
-            )
-        except FileNotFoundError:
-            return None
-        # Without an expected system id, the first segment sets it for the rest.
-        self._system_id = seg.header.system_id
-        return seg
-
-    def later(self, segno: int) -> list[int]:
-        return [
-            other for timeline, other, _ in list_segments(self._dir) if timeline == self._timeline and other > segno
-        ]
-
-
 class _PathSource:
     def __init__(
         self,
@@ -346,8 +304,11 @@ class _MapSource:
     def name(self, segno: int) -> str:
         return segment_name(self._timeline, segno)
 
+    def _path(self, segno: int) -> str | None:
+        return self._paths.get(segno)
+
     def open(self, segno: int) -> _MappedSegment | None:
-        path = self._paths.get(segno)
+        path = self._path(segno)
         if path is None:
             return None
         try:
@@ -368,6 +329,29 @@ class _MapSource:
 
     def later(self, segno: int) -> list[int]:
         return sorted(other for other in self._paths if other > segno)
+
+
+class _DirSource(_MapSource):
+    """Segments of one timeline in a WAL directory."""
+
+    def __init__(
+        self,
+        wal_dir: str,
+        timeline: int,
+        segment_size: int,
+        system_id: int | None,
+        fileops: fileops_mod.FileOps,
+    ) -> None:
+        super().__init__({}, timeline, segment_size, system_id, fileops)
+        self._dir = wal_dir
+
+    def _path(self, segno: int) -> str | None:
+        return os.path.join(self._dir, self.name(segno))  # a missing file: open() returns None
+
+    def later(self, segno: int) -> list[int]:
+        return [
+            other for timeline, other, _ in list_segments(self._dir) if timeline == self._timeline and other > segno
+        ]
 
 
 # -- the scan itself

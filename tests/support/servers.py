@@ -52,6 +52,13 @@ def run_tool(
     return proc
 
 
+def restore_to_target(base, archive, data_dir, *target: str) -> subprocess.CompletedProcess:
+    """rusty-db-restore --input BASE --archive-dir ARCHIVE --data-dir D and a target's flags."""
+    return run_tool(
+        "rusty-db-restore", "--input", str(base), "--archive-dir", str(archive), "--data-dir", str(data_dir), *target
+    )
+
+
 class ServerProcess:
     def __init__(
         self,

@@ -32,6 +32,7 @@ from rustydb_server.restore.full import restore_full
 from rustydb_server.restore.incremental import apply_incremental
 from rustydb_server.settings import Settings
 from rustydb_server.wal import archive_status
+from rustydb_server.wal import segment as walseg
 
 from .fault_matrix import Injector, Scenario
 
@@ -62,9 +63,9 @@ def insert(session: SqlSession, marker: str, rows: int, pad: int = 20) -> None:
     )
 
 
-def counts(data: str) -> dict[str, int]:
+def counts(data: str, **extra) -> dict[str, int]:
     """{marker: rows} of the data directory, after its recovery (raises if that fails)."""
-    engine = open_engine(data)
+    engine = open_engine(data, **extra)
     try:
         session = SqlSession(engine, "rustydb", 1)
         try:
@@ -75,9 +76,9 @@ def counts(data: str) -> dict[str, int]:
         engine.close()
 
 
-def recovered_counts(data: str, problems: list[str]) -> dict[str, int] | None:
+def recovered_counts(data: str, problems: list[str], **extra) -> dict[str, int] | None:
     try:
-        return counts(data)
+        return counts(data, **extra)
     except Exception as e:
         problems.append(f"the data directory does not recover: {type(e).__name__}: {e}")
         return None
@@ -110,6 +111,8 @@ class EngineScenario(Scenario):
 
     #: rows of the operation under test, if it writes any
     act_rows: tuple[str, int, int] | None = None
+    #: archive_mode: segments are marked ready (on), or removed by checkpoints (off)
+    archive = True
 
     def build(self, template: str) -> None:
         engine = new_source(os.path.join(template, "data"))
@@ -117,7 +120,7 @@ class EngineScenario(Scenario):
 
     def prepare(self, root: str, ops: Injector) -> EngineState:
         data = os.path.join(root, "data")
-        engine = open_engine(data, ops, archive_mode=True, archive_dest=os.path.join(root, "archive"))
+        engine = open_engine(data, ops, archive_mode=self.archive, archive_dest=os.path.join(root, "archive"))
         state = EngineState(root, ops, engine, SqlSession(engine, "rustydb", 1), {"base": 10}, {})
         self.before(state)
         return state
@@ -163,7 +166,8 @@ class EngineScenario(Scenario):
 
     def check(self, root: str, outcome: str, state: EngineState) -> list[str]:
         problems: list[str] = []
-        got = recovered_counts(os.path.join(root, "data"), problems)
+        archive = os.path.join(root, "archive")
+        got = recovered_counts(os.path.join(root, "data"), problems, archive_mode=self.archive, archive_dest=archive)
         if got is None:
             return problems
         for marker, rows in state.acked.items():
@@ -175,6 +179,13 @@ class EngineScenario(Scenario):
         unknown = set(got) - set(state.acked) - set(state.maybe)
         if unknown:
             problems.append(f"rows nobody wrote: {sorted(unknown)}")
+        if self.archive:  # a completed segment never mark-less once the server ran again: archived some day
+            data = os.path.join(root, "data")
+            segments = walseg.list_segments(os.path.join(data, dd.WAL_DIR))
+            status_dir = os.path.join(data, dd.ARCHIVE_STATUS_DIR)
+            unmarked = [name for _, _, name in segments[:-1] if not archive_status.is_marked(status_dir, name)]
+            if unmarked:
+                problems.append(f"completed WAL segments never marked for archiving: {unmarked}")
         return problems
 
 
@@ -197,6 +208,7 @@ class Checkpoint(EngineScenario):
     file, removal of the segments it no longer needs."""
 
     name = "checkpoint"
+    archive = False  # so that it removes the segments before its redo point
 
     def before(self, state: EngineState) -> None:
         for i in range(3):
@@ -388,6 +400,8 @@ class Backup(Scenario):
         problems = []
         if os.path.exists(state.location + PARTIAL_SUFFIX):
             problems.append("a failed backup left its .partial file")
+        if state.engine.fatal_error:
+            return problems  # the WAL failed (a pitr-base's switch): the server stops, by design
         again = os.path.join(state.root, "backups", "again.backup")
         try:
             _take(state.service, self.backup_type, again)
@@ -610,6 +624,7 @@ def scenarios() -> list[Scenario]:
         Archive(),
         Backup(BackupType.FULL),
         Backup(BackupType.INCREMENTAL),
+        Backup(BackupType.PITR_BASE),
         Restore("full"),
         Restore("chain"),
         Restore("pitr"),

@@ -6,10 +6,13 @@ right after the call); prints what was tried and what went wrong.
 
 The same scenarios and checks as tests/test_fault_matrix.py (which runs a
 subset of them in CI): tests/support/fault_matrix.py and fault_scenarios.py.
-Columns: the durable calls the operation makes, injections run, how each
-ended (acknowledged, reported as an error, crashed), and the runs whose checks
-failed (data lost or half there, a torn file under its final name, an error
-that is not clean, a directory that does not recover). Exit 1 if any failed.
+Columns: the durable calls the operation makes; injections run; how each
+ended: ok (the fault did not stop it: acknowledged), error (refused), clean
+(refused with an error that passed every check), crash; lost (runs after
+which acknowledged data was missing, unacknowledged data half there, a torn
+archive or backup file under its final name, a restore target holding
+neither the old data nor the new, or a directory that did not recover);
+failed (runs with any failed check, lost or not). Exit 1 if any failed.
 """
 
 from __future__ import annotations
@@ -35,22 +38,26 @@ def main(argv=None) -> int:
     logging.disable(logging.CRITICAL)  # the server's own log lines for each of the runs
     chosen = [s for s in all_scenarios if not args.scenario or s.name in args.scenario]
     matrix = Matrix()
-    total_runs = total_bad = 0
-    print(f"{'scenario':<20} {'calls':>5} {'runs':>5} {'ok':>5} {'error':>5} {'crash':>5} {'failed':>6} {'s':>6}")
+    totals = {"runs": 0, "ok": 0, "error": 0, "clean": 0, "crash": 0, "lost": 0, "failed": 0}
+    header = ("calls", "runs", "ok", "error", "clean", "crash", "lost", "failed", "s")
+    print(f"{'scenario':<20}" + "".join(f"{h:>7}" for h in header))
     try:
         for scenario in chosen:
             t0 = time.perf_counter()
             t = tally(matrix, scenario, every=args.every)
-            ends = {
-                end: sum(n for key, n in t.outcomes.items() if key.endswith(":" + end))
-                for end in ("ok", "error", "crash")
+            row = {
+                "runs": t.runs,
+                "ok": t.count("ok"),
+                "error": t.count("error"),
+                "clean": t.reported_cleanly,
+                "crash": t.count("crash"),
+                "lost": t.lost,
+                "failed": len(t.problems),
             }
-            print(
-                f"{scenario.name:<20} {t.calls:>5} {t.runs:>5} {ends['ok']:>5} {ends['error']:>5} "
-                f"{ends['crash']:>5} {len(t.problems):>6} {time.perf_counter() - t0:>6.1f}"
-            )
-            total_runs += t.runs
-            total_bad += len(t.problems)
+            for key, value in row.items():
+                totals[key] += value
+            cells = [t.calls, *row.values()]
+            print(f"{scenario.name:<20}" + "".join(f"{c:>7}" for c in cells) + f"{time.perf_counter() - t0:>7.1f}")
             if args.verbose:
                 for case in t.problems:
                     print(f"    {case.fault} at call {case.at} {case.call}: {case.outcome} {case.message}")
@@ -58,7 +65,12 @@ def main(argv=None) -> int:
                         print(f"        {problem}")
     finally:
         matrix.close()
-    print(f"{total_runs} injections, {total_bad} with a failed check (data lost, torn files, unclean errors)")
+    print(
+        f"{totals['runs']} injections: {totals['ok']} still acknowledged, {totals['error']} refused "
+        f"({totals['clean']} reported cleanly), {totals['crash']} crashes recovered from; "
+        f"data lost: {totals['lost']}; failed checks: {totals['failed']}"
+    )
+    total_bad = totals["failed"]
     return 1 if total_bad else 0
 
 

@@ -119,6 +119,7 @@ def test_the_matrix_finds_a_torn_archive_file_written_in_place(matrix):
     t = tally(matrix, _ArchiveInPlace(), every=2)
     torn = [c for c in t.problems if any("not a whole segment" in p for p in c.problems)]
     assert {c.fault for c in torn} == set(FAULTS)  # a crash, or a failed write left behind
+    assert t.lost == len(t.problems) >= len(torn)  # counted as data lost, as bench/faults.py prints it
 
 
 # ------------------------------------------------- the failures the matrix found

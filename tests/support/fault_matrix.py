@@ -36,6 +36,10 @@ from collections.abc import Callable, Iterable
 from rustydb_server.fileops import FileOps
 
 FAULTS = ("enospc", "eio", "crash")
+#: How a check's problem starts when data was lost, half there or torn, or
+#: does not recover (the rest: an unclean error, something left behind, an
+#: operation that does not work again once the disk does).
+LOST = "lost: "
 
 _ERRNO = {"enospc": errno.ENOSPC, "eio": errno.EIO}
 _WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -297,6 +301,20 @@ class Tally:
         self.outcomes[f"{case.fault}:{case.outcome}"] += 1
         if case.problems:
             self.problems.append(case)
+
+    def count(self, end: str) -> int:
+        """Runs that ended ``end`` (ok, error, crash), whatever the fault."""
+        return sum(n for key, n in self.outcomes.items() if key.endswith(":" + end))
+
+    @property
+    def lost(self) -> int:
+        """Runs after which data was lost, half there or torn, or did not recover."""
+        return sum(1 for case in self.problems if any(p.startswith(LOST) for p in case.problems))
+
+    @property
+    def reported_cleanly(self) -> int:
+        """Runs whose failure was reported as an error that passed every check."""
+        return self.count("error") - sum(1 for case in self.problems if case.outcome == "error")
 
 
 def tally(matrix: Matrix, scenario: Scenario, every: int = 1) -> Tally:

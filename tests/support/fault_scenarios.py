@@ -34,7 +34,7 @@ from rustydb_server.settings import Settings
 from rustydb_server.wal import archive_status
 from rustydb_server.wal import segment as walseg
 
-from .fault_matrix import Injector, Scenario
+from .fault_matrix import LOST, Injector, Scenario
 
 SEGMENT = 64 * 1024
 ROWS_SQL = "SELECT v, count(*) FROM t GROUP BY v ORDER BY v"
@@ -80,7 +80,7 @@ def recovered_counts(data: str, problems: list[str], **extra) -> dict[str, int] 
     try:
         return counts(data, **extra)
     except Exception as e:
-        problems.append(f"the data directory does not recover: {type(e).__name__}: {e}")
+        problems.append(f"{LOST}the data directory does not recover: {type(e).__name__}: {e}")
         return None
 
 
@@ -172,20 +172,20 @@ class EngineScenario(Scenario):
             return problems
         for marker, rows in state.acked.items():
             if got.get(marker, 0) != rows:
-                problems.append(f"acknowledged {marker!r}: {rows} rows, found {got.get(marker, 0)}")
+                problems.append(f"{LOST}acknowledged {marker!r}: {rows} rows, found {got.get(marker, 0)}")
         for marker, rows in state.maybe.items():
             if got.get(marker, 0) not in (0, rows):
-                problems.append(f"unacknowledged {marker!r} half there: {got.get(marker, 0)} of {rows} rows")
+                problems.append(f"{LOST}unacknowledged {marker!r} half there: {got.get(marker, 0)} of {rows} rows")
         unknown = set(got) - set(state.acked) - set(state.maybe)
         if unknown:
-            problems.append(f"rows nobody wrote: {sorted(unknown)}")
+            problems.append(f"{LOST}rows nobody wrote: {sorted(unknown)}")
         if self.archive:  # a completed segment never mark-less once the server ran again: archived some day
             data = os.path.join(root, "data")
             segments = walseg.list_segments(os.path.join(data, dd.WAL_DIR))
             status_dir = os.path.join(data, dd.ARCHIVE_STATUS_DIR)
             unmarked = [name for _, _, name in segments[:-1] if not archive_status.is_marked(status_dir, name)]
             if unmarked:
-                problems.append(f"completed WAL segments never marked for archiving: {unmarked}")
+                problems.append(f"{LOST}completed WAL segments never marked for archiving: {unmarked}")
         return problems
 
 
@@ -310,14 +310,14 @@ class Archive(Scenario):
             if mark.endswith(".done") and not os.path.exists(
                 os.path.join(archive, sf.archive_name(mark.removesuffix(".done")))
             ):
-                problems.append(f"{mark}: marked archived, but the archive does not hold it")
+                problems.append(f"{LOST}{mark}: marked archived, but the archive does not hold it")
         if outcome == "ok" and archive_status.waiting(status_dir):
             problems.append(f"reported archived, still waiting: {archive_status.waiting(status_dir)}")
         # The server started again archives what is left, whatever the fault left behind.
         try:
             engine = open_engine(data, archive_mode=True, archive_dest=archive)
         except Exception as e:
-            return [*problems, f"the data directory does not recover: {type(e).__name__}: {e}"]
+            return [*problems, f"{LOST}the data directory does not recover: {type(e).__name__}: {e}"]
         try:
             _archive_all(_archiver(root, engine, REAL))
         except Exception as e:
@@ -334,12 +334,12 @@ def _check_archived(path: str, wal_dir: str, system_id: int) -> list[str]:
     try:
         name, data = sf.unpack_segment(path, system_id=system_id)
     except Exception as e:
-        return [f"{os.path.basename(path)} under its final name is not a whole segment: {type(e).__name__}: {e}"]
+        return [f"{LOST}{os.path.basename(path)} under its final name is not a whole segment: {type(e).__name__}: {e}"]
     src = os.path.join(wal_dir, name)
     if os.path.exists(src):
         with open(src, "rb") as f:
             if f.read() != data:
-                return [f"{os.path.basename(path)} differs from the segment it archives"]
+                return [f"{LOST}{os.path.basename(path)} differs from the segment it archives"]
     return []
 
 
@@ -417,9 +417,9 @@ class Backup(Scenario):
         data = os.path.join(root, "data")
         got = recovered_counts(data, problems)
         if got is not None and got != state.acked:
-            problems.append(f"the data changed: {got}, expected {state.acked}")
+            problems.append(f"{LOST}the data changed: {got}, expected {state.acked}")
         if outcome == "ok" and not os.path.exists(state.location):
-            problems.append("the backup was reported done, but its file is not there")
+            problems.append(f"{LOST}the backup was reported done, but its file is not there")
         for path in glob.glob(os.path.join(root, "backups", "*.backup")):
             problems += self._check_file(root, path, state)
         # What a crash left, the next server start removes.
@@ -440,7 +440,7 @@ class Backup(Scenario):
                 reader.verify()
                 backup_type = reader.header.backup_type
         except Exception as e:
-            return [f"{os.path.basename(path)} under its final name does not verify: {type(e).__name__}: {e}"]
+            return [f"{LOST}{os.path.basename(path)} under its final name does not verify: {type(e).__name__}: {e}"]
         if os.path.basename(path) == "parent.backup" or backup_type is not self.backup_type:
             return []
         # and it restores to the data it was taken of
@@ -452,11 +452,11 @@ class Backup(Scenario):
                 restore_chain(path, os.path.join(root, "backups"), target)
             got = counts(target)
         except Exception as e:
-            return [f"{os.path.basename(path)} does not restore: {type(e).__name__}: {e}"]
+            return [f"{LOST}{os.path.basename(path)} does not restore: {type(e).__name__}: {e}"]
         finally:
             shutil.rmtree(target, ignore_errors=True)
         if got != state.acked:
-            return [f"{os.path.basename(path)} restores {got}, expected {state.acked}"]
+            return [f"{LOST}{os.path.basename(path)} restores {got}, expected {state.acked}"]
         return []
 
 
@@ -588,12 +588,12 @@ class Restore(Scenario):
         new = self.new
         got = self._state(target)
         if outcome == "ok" and got != new:
-            problems.append(f"the restore reported success, the target holds {got}")
+            problems.append(f"{LOST}the restore reported success, the target holds {got}")
         elif got not in (new, self.old):
             # An incremental applied in place that stopped half way is refused
             # until restored again (its control file says so), never served.
             if not (self.mode == "incremental" and isinstance(got, str) and "restore into it did not finish" in got):
-                problems.append(f"the target holds neither the old data nor the new: {got}")
+                problems.append(f"{LOST}the target holds neither the old data nor the new: {got}")
         if outcome != "ok":
             # The same restore run again (the disk working) finishes the job.
             if self.mode == "incremental":  # onto the full again (opening it above moved it on)

@@ -145,6 +145,7 @@ class Case:
     outcome: str = ""  # "ok" (acknowledged), "error" (reported), "crash"
     message: str = ""
     problems: list[str] = dataclasses.field(default_factory=list)
+    calls: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # every counted call made
 
 
 class Scenario:
@@ -212,7 +213,7 @@ class Matrix:
         case = self.run(scenario, None, -1)
         if case.outcome != "ok" or case.problems:
             raise AssertionError(f"{scenario.name} fails without any fault: {case.message} {case.problems}")
-        return case.call  # type: ignore[return-value]
+        return case.calls
 
     def run(self, scenario: Scenario, fault: str | None, at: int) -> Case:
         root = self._fresh_root(scenario)
@@ -234,9 +235,8 @@ class Matrix:
             error = e
         finally:
             ops.armed = False
-        if fault is None:
-            case.call = ops.calls  # type: ignore[assignment]
-        elif 0 <= at < len(ops.calls):
+        case.calls = ops.calls
+        if 0 <= at < len(ops.calls):
             case.call = ops.calls[at]
         if fault is not None and not ops.fired:
             case.problems.append(f"call {at} was never reached (the scenario's calls are not deterministic)")
@@ -254,8 +254,12 @@ class Matrix:
             # Everything after the crash never happened: the files are those set aside.
             shutil.rmtree(root)
             os.rename(crashed, root)
-        case.problems += scenario.check(root, case.outcome, state)
+        try:
+            case.problems += scenario.check(root, case.outcome, state)
+        except Exception as e:
+            case.problems.append(f"{LOST}the files left cannot even be checked: {type(e).__name__}: {e}")
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(crashed, ignore_errors=True)  # a crash the code swallowed
         return case
 
     def cases(

@@ -251,7 +251,7 @@ class ArchiveState:
     archiver: Archiver
 
 
-def _archiver(root: str, engine: Engine, ops: FileOps) -> Archiver:
+def _archiver(engine: Engine, ops: FileOps) -> Archiver:
     return Archiver(engine, engine.settings, Doorbell(), fileops=ops)
 
 
@@ -281,7 +281,7 @@ class Archive(Scenario):
 
     def prepare(self, root: str, ops: Injector) -> ArchiveState:
         engine = open_engine(os.path.join(root, "data"), archive_mode=True, archive_dest=os.path.join(root, "archive"))
-        return ArchiveState(root, engine, _archiver(root, engine, ops))
+        return ArchiveState(root, engine, _archiver(engine, ops))
 
     def act(self, state: ArchiveState) -> None:
         _archive_all(state.archiver)
@@ -319,7 +319,7 @@ class Archive(Scenario):
         except Exception as e:
             return [*problems, f"{LOST}the data directory does not recover: {type(e).__name__}: {e}"]
         try:
-            _archive_all(_archiver(root, engine, REAL))
+            _archive_all(_archiver(engine, REAL))
         except Exception as e:
             problems.append(f"archiving after the fault fails: {type(e).__name__}: {e}")
         finally:
@@ -517,7 +517,7 @@ class Restore(Scenario):
         _take(service, BackupType.INCREMENTAL, os.path.join(backups, "incr.backup"))
         session.close()
         engine.switch_wal()
-        _archive_all(_archiver(template, engine, REAL))
+        _archive_all(_archiver(engine, REAL))
         engine.close()
         shutil.rmtree(src)
         # the data directory a --force restore replaces

@@ -257,5 +257,5 @@ class Archiver:
                     shutil.copyfile(os.path.join(wal_dir, n), tmp)
                     os.chmod(tmp, 0o600)
                     self.fileops.fsync_file(tmp)
-                    os.rename(tmp, target)
+                    self.fileops.rename(tmp, target)
                     self.fileops.fsync_dir(dest_dir)

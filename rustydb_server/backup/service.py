@@ -428,6 +428,7 @@ class BackupService:
                 codec=req.codec,
                 threads=req.threads,
                 nice=self.settings["backup_nice"],
+                fileops=self.engine.fileops,
             ) as bf:
                 for entry, chunks in snap.entries(self.scratch, cancel):
                     bf.begin_entry(entry)

@@ -77,7 +77,10 @@ def is_disk_full(e: BaseException) -> bool:
 
 
 def _reason(e: BaseException) -> str:
-    return (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
+    """What failed, for a message: the system's words and the file they are about."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e)
 
 
 @dataclasses.dataclass
@@ -804,7 +807,11 @@ class Engine:
             self._fatal(str(e))
         except OSError as e:
             if not is_disk_full(e):
-                raise
+                raise EngineError(
+                    f"could not switch the WAL: {_reason(e)}; the switch record is logged, the segment "
+                    "was not switched. Check the disk (the system log), then run SWITCH WAL again",
+                    code="io_error",
+                ) from e
             raise EngineError(
                 f"could not switch the WAL: the disk is full ({_reason(e)}); the switch record is "
                 "logged, the segment was not switched. Free disk space and run SWITCH WAL again",

@@ -83,16 +83,18 @@ def restore_chain(
         verify_encryption=verify_encryption,
         integrity_check=False,
         force=force,
-        post_install=functools.partial(_apply_incrementals, rest, key_file, threads),
+        post_install=functools.partial(_apply_incrementals, rest, key_file, threads, fileops),
         fileops=fileops,
     )
     return chain
 
 
-def _apply_incrementals(paths: list[str], key_file: str | None, threads: int, staging: str, manifest: Manifest) -> None:
+def _apply_incrementals(
+    paths: list[str], key_file: str | None, threads: int, fileops: _fileops.FileOps, staging: str, manifest: Manifest
+) -> None:
     for path in paths:
         with open(path, "rb") as f:
             reader = BackupReader(f, key=read_key_for(path, key_file))
             # restore_full syncs the chain's files once, and discards the
             # staging directory if anything fails
-            apply_incremental(reader, staging, threads=threads, staging=True)
+            apply_incremental(reader, staging, threads=threads, staging=True, fileops=fileops)

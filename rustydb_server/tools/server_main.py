@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 
 import trio
@@ -18,6 +19,7 @@ from ..notify import Notifier
 from ..settings import SettingError, Settings
 from ..wal.record import WalRecordError
 from ..wal.segment import WalCorruptError
+from . import systemd_unit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config file (see etc/rustydb/rustydb.toml)")
     p.add_argument(
         "--make-user", metavar="NAME", help="read a password from stdin and print a users-file entry for NAME"
+    )
+    p.add_argument(
+        "--print-systemd-unit",
+        action="store_true",
+        help="print a systemd unit that runs this installed rusty-db-server with --config "
+        f"(default {systemd_unit.DEFAULT_CONFIG}), and exit",
     )
     p.add_argument("--version", action="version", version=f"rusty-db-server {__version__}")
     return p
@@ -51,10 +59,28 @@ def _make_user(name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.make_user:
         return _make_user(args.make_user)
+    if args.print_systemd_unit:
+        return _print_systemd_unit(parser, args)
     return _serve(args)
+
+
+def _print_systemd_unit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if _setting_overrides(args) or args.data_dir:
+        # The unit's StateDirectory and ReadWritePaths are the guide's
+        # /var/lib/rusty-db; other values belong in the config file.
+        parser.error("--print-systemd-unit takes only --config; put data_dir, port, http_port and listen_address in it")
+    config = os.path.abspath(args.config) if args.config else systemd_unit.DEFAULT_CONFIG
+    try:
+        text = systemd_unit.unit_text(systemd_unit.installed_server(), config)
+    except systemd_unit.UnitError as e:
+        print(f"rusty-db-server: error: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
 
 
 def _setting_overrides(args: argparse.Namespace) -> dict:

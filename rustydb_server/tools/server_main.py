@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
+import json
 import os
+import socket
 import sys
+import urllib.request
 
 import trio
 
@@ -16,7 +20,7 @@ from ..engine.instance import EngineError, is_disk_full
 from ..lifecycle import StartupError
 from ..logsetup import configure_logging, get_logger
 from ..notify import Notifier
-from ..settings import SettingError, Settings
+from ..settings import SOURCE_DEFAULT, SettingError, Settings
 from ..wal.record import WalRecordError
 from ..wal.segment import WalCorruptError
 from . import systemd_unit
@@ -101,6 +105,38 @@ def _cannot_start_disk_full(e: BaseException, settings, log) -> int:
     return 1
 
 
+def _http_port_clash(settings) -> str | None:
+    """Why a second server on this machine did not start, when it took the default HTTP port.
+
+    The guide's test restore starts one with only ``--port 5433``: its HTTP API
+    wants 8080, where production listens, and the script's health check of
+    port 8080 then gets production's answer. Say so where the script's
+    operator sees it, naming the server that holds the port.
+    """
+    host, port = settings["listen_address"], settings["http_port"]
+    if not port or settings.source("http_port") != SOURCE_DEFAULT:
+        return None
+    try:
+        with socket.create_server((host, port)):
+            return None  # free now: the failure was something else
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            return None
+    holder = "another program"
+    try:
+        url = f"http://{host}:{port}/api/v1/admin/health"
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            path = json.loads(answer.read())["data_directory"]["path"]
+        holder = f"the RustyDB server of {path}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return (
+        f"this server was not given an HTTP port, so it took the default {port}, where {holder} "
+        f"listens: a health check of port {port} gets that server's answer, not this one's. "
+        f"Start this server with its own --http-port PORT as well as --port, and check that port"
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Run the server until it is stopped; the exit status says how it ended."""
     overrides = _setting_overrides(args)
@@ -117,6 +153,10 @@ def _serve(args: argparse.Namespace) -> int:
     except (DataDirError, EngineError, StartupError) as e:
         log.error("cannot start", error=str(e))
         print(f"rusty-db-server: {e}", file=sys.stderr)
+        if isinstance(e, StartupError):
+            hint = _http_port_clash(settings)
+            if hint:
+                print(f"rusty-db-server: {hint}", file=sys.stderr)
         return 1
     except OSError as e:
         if is_disk_full(e):
@@ -136,6 +176,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
         (log.error if expected else log.exception)("server stopped on an error", error=str(e), kind=type(e).__name__)
         print(f"rusty-db-server: {e}", file=sys.stderr)
+        hint = _http_port_clash(settings) if isinstance(e, StartupError) else None
+        if hint:
+            print(f"rusty-db-server: {hint}", file=sys.stderr)
         return 1
 
 

@@ -73,7 +73,7 @@ def production(tmp_path):
 TEST_DIRS = ("restore-test", "rt2")
 
 
-def test_servers(tmp_path: Path) -> list[int]:
+def running_test_servers(tmp_path: Path) -> list[int]:
     """The pids of the test servers the script started (it sends SIGTERM and does not wait)."""
     wanted = {str(tmp_path / name).encode() for name in TEST_DIRS}
     pids = []
@@ -93,7 +93,7 @@ def run_script(text: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, 
         proc = subprocess.run(["bash", "-c", text], capture_output=True, text=True, env=env, timeout=120)
     finally:
         deadline = time.monotonic() + 30
-        while (pids := test_servers(tmp_path)) and time.monotonic() < deadline:
+        while (pids := running_test_servers(tmp_path)) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in pids:  # still running after 30 s: not stopping by itself
             os.kill(pid, signal.SIGKILL)
@@ -153,7 +153,7 @@ def test_guide_script_next_to_production_says_the_check_asks_production(producti
     ) in proc.stderr
     assert "--http-port PORT" in proc.stderr
     # and the validation query finds no test server on the script's port
-    assert "Connection refused" in log or "could not connect" in log.lower(), log
+    assert "could not connect to 127.0.0.1" in log and "connection refused" in log, log
     assert production.health()["status"] == "healthy"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -144,3 +145,25 @@ def test_config_file_documents_every_setting_with_a_valid_default(tmp_path):
         key_line = re.search(rf"^#?{name} = ", text, re.M)
         paragraph = text[: key_line.start()].rsplit("\n\n", 1)[-1]
         assert re.search(rf"\({setting.context}[;)]", paragraph), f"{name}: context not documented"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (shutil.which("systemd-sysusers") and shutil.which("systemd-tmpfiles")),
+    reason="needs root and systemd-sysusers/systemd-tmpfiles",
+)
+def test_readme_install_of_sysusers_and_tmpfiles_into_a_scratch_root(tmp_path):
+    # The README's install steps, with --root: the account exists and the
+    # guide's archive directory is created private to it.
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for name, kind in (("rustydb.sysusers", "sysusers.d"), ("rustydb.tmpfiles", "tmpfiles.d")):
+        target = root / "usr" / "lib" / kind / "rustydb.conf"
+        target.parent.mkdir(parents=True)
+        shutil.copy(ROOT / "systemd" / name, target)
+    subprocess.run(["systemd-sysusers", f"--root={root}"], check=True, capture_output=True, timeout=60)
+    passwd = (root / "etc" / "passwd").read_text()
+    entry = next(line.split(":") for line in passwd.splitlines() if line.startswith("rustydb:"))
+    assert entry[5] == "/var/lib/rusty-db"
+    subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create"], check=True, capture_output=True, timeout=60)
+    archive = (root / "var" / "lib" / "rusty-db" / "archive").stat()
+    assert (archive.st_uid, archive.st_mode & 0o777) == (int(entry[2]), 0o700)

@@ -105,6 +105,13 @@ def _cannot_start_disk_full(e: BaseException, settings, log) -> int:
     return 1
 
 
+def _say_cannot_start(e: BaseException, settings) -> None:
+    print(f"rusty-db-server: {e}", file=sys.stderr)
+    hint = _http_port_clash(settings) if isinstance(e, StartupError) else None
+    if hint:
+        print(f"rusty-db-server: {hint}", file=sys.stderr)
+
+
 def _http_port_clash(settings) -> str | None:
     """Why a second server on this machine did not start, when it took the default HTTP port.
 
@@ -116,15 +123,18 @@ def _http_port_clash(settings) -> str | None:
     host, port = settings["listen_address"], settings["http_port"]
     if not port or settings.source("http_port") != SOURCE_DEFAULT:
         return None
+    ipv6 = ":" in host
     try:
-        with socket.create_server((host, port)):
+        with socket.create_server((host, port), family=socket.AF_INET6 if ipv6 else socket.AF_INET):
             return None  # free now: the failure was something else
     except OSError as e:
         if e.errno != errno.EADDRINUSE:
             return None
     holder = "another program"
     try:
-        url = f"http://{host}:{port}/api/v1/admin/health"
+        # What listens on every address also answers on loopback.
+        address = f"[{host}]" if ipv6 and host != "::" else "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        url = f"http://{address}:{port}/api/v1/admin/health"
         with urllib.request.urlopen(url, timeout=2) as answer:
             path = json.loads(answer.read())["data_directory"]["path"]
         holder = f"the RustyDB server of {path}"
@@ -152,11 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
         return trio.run(run.run, settings, notifier)
     except (DataDirError, EngineError, StartupError) as e:
         log.error("cannot start", error=str(e))
-        print(f"rusty-db-server: {e}", file=sys.stderr)
-        if isinstance(e, StartupError):
-            hint = _http_port_clash(settings)
-            if hint:
-                print(f"rusty-db-server: {hint}", file=sys.stderr)
+        _say_cannot_start(e, settings)
         return 1
     except OSError as e:
         if is_disk_full(e):
@@ -175,10 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
             e, (WalCorruptError, ReplayError, WalRecordError, StartupError, DataDirError, EngineError)
         )
         (log.error if expected else log.exception)("server stopped on an error", error=str(e), kind=type(e).__name__)
-        print(f"rusty-db-server: {e}", file=sys.stderr)
-        hint = _http_port_clash(settings) if isinstance(e, StartupError) else None
-        if hint:
-            print(f"rusty-db-server: {hint}", file=sys.stderr)
+        _say_cannot_start(e, settings)
         return 1
 
 

@@ -77,6 +77,8 @@ class Control:
     last_commit_time_us: int = 0
     last_backup: dict | None = None  # {"backup_id", "type", "end_lsn", "timeline"}
     last_full_backup: dict | None = None
+    # Set by a restore that kept the data directory it replaced: where it is.
+    previous_data_dir: str | None = None
 
     def encode(self) -> bytes:
         body = msgpack.packb(dataclasses.asdict(self), use_bin_type=True)

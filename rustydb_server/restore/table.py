@@ -150,7 +150,7 @@ def restore_table(
         raise RestoreError(f"the backup has no database {db_name!r}; it holds: {', '.join(names)}. Pass --database")
     target_dir = os.path.abspath(data_dir)
     with TargetLock(target_dir) as lock:
-        lock.check_empty(force)
+        lock.check_target(force)
         with lock.stage(base_manifest.backup_id) as staging:
             db_path = os.path.join(staging.path, dd.DATABASES_DIR, f"{db_name}.sqlite")
             src = open_backup_database(chain[0], db_name, key=key)

@@ -1,0 +1,165 @@
+"""The operations guide's restore procedures, run as the guide prints them (only paths
+and the port differ): a full restore over a stopped server's data directory, the
+incremental restore's steps, the table-level restore into production, and backups
+found wherever the CLI wrote them."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+
+import apsw
+
+from tests.support.servers import BIN, ServerProcess
+
+GUIDE = "../shared/spec/backup-and-recovery-guide.md"
+
+
+class Guide:
+    """Runs the guide's shell lines with its paths mapped into a test directory."""
+
+    def __init__(self, root):
+        self.root = str(root)
+        self.data = os.path.join(self.root, "var/lib/rusty-db")
+        self.backups = os.path.join(self.root, "backups")
+        self.cwd = os.path.join(self.root, "work")
+        for d in (self.backups, self.cwd):
+            os.makedirs(d, exist_ok=True)
+        os.makedirs(os.path.dirname(self.data), exist_ok=True)
+        self.env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", RUSTYDB_PORT="0")
+
+    def server(self, data_dir: str | None = None) -> ServerProcess:
+        """A server the guide's commands talk to (on the port they use)."""
+        srv = ServerProcess(data_dir or self.data)
+        self.env["RUSTYDB_PORT"] = str(srv.port)
+        return srv
+
+    def path(self, text: str) -> str:
+        return text.replace("/var/lib/rusty-db", self.data).replace("/backups", self.backups)
+
+    def run(self, script: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            ["bash", "-c", self.path(script)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+            timeout=120,
+        )
+        if check:
+            assert proc.returncode == 0, (script, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+
+def rows(data_dir: str, sql: str, database: str = "rustydb") -> list:
+    conn = apsw.Connection(os.path.join(data_dir, "databases", f"{database}.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return [list(r) for r in conn.execute(sql).fetchall()]
+    finally:
+        conn.close()
+
+
+def stop_the_database(guide: Guide, srv: ServerProcess) -> None:
+    """The guide's 'Stop Database First', its CLI way."""
+    guide.run('rusty-db-cli --command "SHUTDOWN;"')
+    assert srv.wait_exit() == 0
+
+
+# ------------------------------------------------------------ item 4: restoring over a stopped server
+
+
+def test_full_restore_over_a_stopped_servers_data_directory_keeps_it_aside(tmp_path):
+    guide = Guide(tmp_path)
+    srv = guide.server()
+    with srv:
+        srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        srv.sql("INSERT INTO t(v) VALUES ('in the backup')")
+        guide.run("rusty-db-backup --type full --output /backups/full_20251211_000000.backup")
+        srv.sql("INSERT INTO t(v) VALUES ('after the backup')")
+        stop_the_database(guide, srv)
+
+    proc = guide.run(
+        "rusty-db-restore --input /backups/full_20251211_000000.backup \\\n  --data-dir /var/lib/rusty-db \\\n"
+        "  --threads 4"
+    )
+    (kept,) = glob.glob(guide.data + ".pre-restore-*")
+    assert f"kept in {kept}" in proc.stdout and f"rm -rf {kept}" in proc.stdout
+    # nothing lost: the data from after the backup is in the kept directory
+    assert rows(kept, "SELECT v FROM t ORDER BY id") == [["in the backup"], ["after the backup"]]
+    assert rows(guide.data, "SELECT v FROM t ORDER BY id") == [["in the backup"]]
+    assert not glob.glob(guide.data + ".restoring-*") + glob.glob(guide.data + ".old-*")
+
+    with guide.server() as again:
+        assert again.sql("SELECT v FROM t ORDER BY id").stdout.count("in the backup") == 1
+        assert "after the backup" not in again.sql("SELECT v FROM t").stdout
+        assert f"rm -rf {kept}" in again.log()
+
+    # the same again with --json, over the restored (and since started) directory
+    proc = guide.run(
+        "rusty-db-restore --input /backups/full_20251211_000000.backup --data-dir /var/lib/rusty-db --json"
+    )
+    summary = json.loads(proc.stdout)
+    assert summary["ok"] is True and summary["replaced_old"] is True
+    second = summary["previous_data_dir"]
+    assert second != kept and sorted(glob.glob(guide.data + ".pre-restore-*")) == sorted([kept, second])
+    assert rows(second, "SELECT v FROM t ORDER BY id") == [["in the backup"]]
+
+    # --force discards what was there instead
+    proc = guide.run(
+        "rusty-db-restore --input /backups/full_20251211_000000.backup --data-dir /var/lib/rusty-db --force --json"
+    )
+    summary = json.loads(proc.stdout)
+    assert summary["replaced_old"] is True and summary["previous_data_dir"] is None
+    assert sorted(glob.glob(guide.data + ".pre-restore-*")) == sorted([kept, second])
+
+
+def test_a_target_that_is_not_a_data_directory_is_still_refused(tmp_path):
+    guide = Guide(tmp_path)
+    with guide.server(str(tmp_path / "elsewhere")):
+        guide.run("rusty-db-backup --type full --output /backups/full_20251211_000000.backup")
+    os.makedirs(guide.data)
+    with open(os.path.join(guide.data, "notes.txt"), "w") as f:
+        f.write("not a database")
+    line = "rusty-db-restore --input /backups/full_20251211_000000.backup --data-dir /var/lib/rusty-db --threads 4"
+    proc = guide.run(line, check=False)
+    assert proc.returncode == 1 and "holds no RustyDB data directory" in proc.stderr
+    assert os.listdir(guide.data) == ["notes.txt"]
+    assert not glob.glob(guide.data + ".*")
+
+
+def test_the_incremental_restore_steps_over_a_stopped_servers_data_directory(tmp_path):
+    guide = Guide(tmp_path)
+    srv = guide.server()
+    with srv:
+        srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        srv.sql("INSERT INTO t(v) VALUES ('full')")
+        guide.run("rusty-db-backup --type full --output /backups/full_20251207_000000.backup")
+        srv.sql("INSERT INTO t(v) VALUES ('incr 1')")
+        guide.run("rusty-db-backup --type incremental --output /backups/incr_20251208_000000.backup")
+        srv.sql("INSERT INTO t(v) VALUES ('incr 2')")
+        guide.run("rusty-db-backup --type incremental --output /backups/incr_20251209_000000.backup")
+        srv.sql("INSERT INTO t(v) VALUES ('lost without a backup')")
+        stop_the_database(guide, srv)
+
+    guide.run(
+        """
+rusty-db-restore --input /backups/full_20251207_000000.backup \\
+  --data-dir /var/lib/rusty-db
+
+rusty-db-restore --input /backups/incr_20251208_000000.backup \\
+  --data-dir /var/lib/rusty-db \\
+  --incremental
+
+rusty-db-restore --input /backups/incr_20251209_000000.backup \\
+  --data-dir /var/lib/rusty-db \\
+  --incremental
+"""
+    )
+    (kept,) = glob.glob(guide.data + ".pre-restore-*")
+    assert rows(kept, "SELECT v FROM t ORDER BY id")[-1] == ["lost without a backup"]
+    with guide.server() as again:
+        out = again.sql("SELECT v FROM t ORDER BY id").stdout
+        assert "incr 2" in out and "lost without a backup" not in out

@@ -163,3 +163,46 @@ rusty-db-restore --input /backups/incr_20251209_000000.backup \\
     with guide.server() as again:
         out = again.sql("SELECT v FROM t ORDER BY id").stdout
         assert "incr 2" in out and "lost without a backup" not in out
+
+
+# ------------------------------------------------------------ item 5: the table-level restore
+
+
+def test_table_level_restore_brings_back_lost_rows_and_keeps_the_updated_ones(tmp_path):
+    guide = Guide(tmp_path)
+    with guide.server() as srv:
+        srv.sql("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT NOT NULL, balance REAL)")
+        srv.sql("CREATE INDEX customers_name ON customers(name)")
+        values = ", ".join(f"({i}, 'customer {i}', {i}.5)" for i in range(1, 101))
+        srv.sql(f"INSERT INTO customers VALUES {values}")
+        guide.run("rusty-db-backup --type full --output /backups/full_20251211_000000.backup")
+        # the damage: some rows deleted, others updated since the backup (and kept)
+        srv.sql("DELETE FROM customers WHERE id % 10 = 0")
+        srv.sql("UPDATE customers SET balance = -1, name = 'changed' WHERE id % 10 = 5")
+        srv.sql("INSERT INTO customers VALUES (1000, 'new since the backup', 0)")
+
+        guide.run(
+            """
+rusty-db-restore --input /backups/full_20251211_000000.backup \\
+  --table customers \\
+  --data-dir /var/lib/rusty-db/temp \\
+  --no-start
+
+rusty-db-export --table customers \\
+  --input-dir /var/lib/rusty-db/temp \\
+  --output customers_restored.sql
+
+rusty-db-cli < customers_restored.sql
+
+rm -rf /var/lib/rusty-db/temp
+"""
+        )
+        with open(os.path.join(guide.cwd, "customers_restored.sql")) as f:
+            header = "".join(line for line in f if line.startswith("--"))
+        assert "only the rows it lacks are" in header and "primary key (id)" in header
+        assert srv.stop() == 0
+        got = {r[0]: (r[1], r[2]) for r in rows(guide.data, "SELECT id, name, balance FROM customers")}
+    expected = {i: ("changed", -1.0) if i % 10 == 5 else (f"customer {i}", i + 0.5) for i in range(1, 101)}
+    expected[1000] = ("new since the backup", 0.0)
+    assert got == expected
+    assert not os.path.exists(os.path.join(guide.data, "temp"))

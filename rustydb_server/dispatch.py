@@ -124,7 +124,20 @@ class Dispatcher:
                 events.Error("invalid_backup_request", f"{stored.location!r} is not an absolute path; not recorded")
             )
             return
-        self.services.backups.client_stored(awaiting, stored.location)
+        try:
+            self.services.backups.client_stored(awaiting, stored.location)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("backup not recorded: disk full", backup_id=awaiting.backup_id, error=str(e))
+            await self.conn.send(
+                events.Error(
+                    "disk_full",
+                    f"the disk is full: the backup catalog could not record where backup {awaiting.backup_id} "
+                    f"is ({e.strerror or e}); the file is complete. Free disk space on the data directory",
+                )
+            )
+            return
         await self.conn.send(self._complete("BACKUP STORED", 0))
 
     def _not_stored(self, reason: str) -> None:

@@ -9,9 +9,13 @@ import glob
 import json
 import os
 import subprocess
+import time
+import urllib.request
 
 import apsw
 
+from rustydb_client import client as rc
+from rustydb_client.protocol import events
 from tests.support.servers import BIN, ServerProcess
 
 GUIDE = "../shared/spec/backup-and-recovery-guide.md"
@@ -206,3 +210,104 @@ rm -rf /var/lib/rusty-db/temp
     expected[1000] = ("new since the backup", 0.0)
     assert got == expected
     assert not os.path.exists(os.path.join(guide.data, "temp"))
+
+
+# ------------------------------------------------------------ item 6: every backup is findable
+
+
+def catalog(srv: ServerProcess) -> dict:
+    url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/backups"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return {b["backup_id"]: b for b in json.loads(r.read())["backups"]}
+
+
+def backup_id_in(output: str) -> str:
+    return next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("Backup ID: "))
+
+
+def test_cli_backups_are_recorded_where_written_and_bases_skip_files_that_are_gone(tmp_path):
+    guide = Guide(tmp_path)
+    elsewhere = tmp_path / "mnt" / "other-disk"
+    elsewhere.mkdir(parents=True)
+    guide.env["RUSTYDB_BACKUP_PASSPHRASE"] = "correct horse battery staple"
+    with guide.server() as srv:
+        srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        srv.sql("INSERT INTO t(v) VALUES ('full 1')")
+        full1 = guide.path("/backups/full_20251211_000000.backup")
+        proc = guide.run("rusty-db-backup --type full \\\n  --output /backups/full_20251211_000000.backup")
+        full1_id = backup_id_in(proc.stdout)
+        entry = catalog(srv)[full1_id]
+        assert entry["location"] == full1 and entry["status"] == "completed"
+
+        # a second full backup written elsewhere, then lost
+        srv.sql("INSERT INTO t(v) VALUES ('full 2')")
+        full2 = str(elsewhere / "full2.backup")
+        proc = guide.run(f"rusty-db-backup --type full --output {full2}")
+        full2_id = backup_id_in(proc.stdout)
+        assert catalog(srv)[full2_id]["location"] == full2
+        os.unlink(full2)
+
+        # the guide's incremental: based on the full backup still on disk, and it says so
+        srv.sql("INSERT INTO t(v) VALUES ('incremental')")
+        proc = guide.run(
+            "rusty-db-backup --type incremental \\\n  --output /backups/incr_$(date +%Y%m%d_%H%M%S).backup \\\n"
+            "  --compress \\\n  --encrypt"
+        )
+        assert f"Based on: {full1_id} at {full1}" in proc.stdout
+        incr_id = backup_id_in(proc.stdout)
+        (incr,) = glob.glob(guide.path("/backups/incr_*.backup"))
+        assert catalog(srv)[incr_id]["location"] == incr
+
+        # an incremental written to another directory finds its chain through the catalog
+        srv.sql("INSERT INTO t(v) VALUES ('incremental 2')")
+        incr2 = str(elsewhere / "incr2.backup")
+        proc = guide.run(f"rusty-db-backup --type incremental --output {incr2} --json")
+        summary = json.loads(proc.stdout)
+        assert summary["based_on"] == f"based on {incr_id} at {incr}" and summary["recorded_by_server"] is True
+        stop_the_database(guide, srv)
+
+    proc = guide.run(f"rusty-db-restore --input {incr2} --chain-dir {elsewhere} --data-dir /var/lib/rusty-db --json")
+    restored = json.loads(proc.stdout)
+    assert restored["chain"] == [full1, incr, incr2]
+    assert rows(guide.data, "SELECT v FROM t ORDER BY id") == [
+        ["full 1"],
+        ["full 2"],
+        ["incremental"],
+        ["incremental 2"],
+    ]
+    # several --chain-dir directories, without the catalog
+    again = str(tmp_path / "again")
+    proc = guide.run(f"rusty-db-restore --input {incr2} --chain-dir {elsewhere} /backups --data-dir {again} --json")
+    assert json.loads(proc.stdout)["chain"] == [full1, incr, incr2]
+
+
+def test_a_backup_the_client_did_not_store_is_not_recorded_and_older_clients_still_work(tmp_path):
+    guide = Guide(tmp_path)
+    with guide.server() as srv:
+        srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        full = guide.path("/backups/full.backup")
+        guide.run("rusty-db-backup --type full --output /backups/full.backup")
+        # a client that asked to record its file, then went away without writing it
+        with rc.connect("127.0.0.1", srv.port) as conn:
+            conn.send(events.BackupRequested("full", None, None, guide.path("/backups/never-written.backup")))
+            while not isinstance(event := conn.next_event(), events.BackupEnd):
+                pass
+            assert event.awaiting_location
+            lost_id = next(b for b, e in catalog(srv).items() if e["location"].endswith("never-written.backup"))
+        for _ in range(100):
+            if catalog(srv)[lost_id]["status"] != "in_progress":
+                break
+            time.sleep(0.05)
+        assert catalog(srv)[lost_id]["status"] == "failed"
+        assert "disconnected" in catalog(srv)[lost_id]["error"]
+        # so the next incremental is based on the full backup that is on disk
+        proc = guide.run("rusty-db-backup --type incremental --output /backups/incr.backup")
+        assert f"at {full}" in proc.stdout
+        # a client that does not say where it writes: recorded as before, by its address
+        with rc.connect("127.0.0.1", srv.port) as conn:
+            conn.send(events.BackupRequested("full"))
+            while not isinstance(event := conn.next_event(), events.BackupEnd):
+                pass
+            assert not event.awaiting_location
+        old_style = [e for e in catalog(srv).values() if e["location"] == "client 127.0.0.1"]
+        assert [e["status"] for e in old_style] == ["completed"]

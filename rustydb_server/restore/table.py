@@ -129,7 +129,7 @@ def restore_table(
     *,
     database_name: str | None,
     key=None,
-    chain_dir: str | None = None,
+    chain_dir: str | list[str] | None = None,
     archive_dir: str | None = None,
     target: pitr.Target | None = None,
     timeline_choice: str = "latest",
@@ -141,7 +141,7 @@ def restore_table(
     manifest = Manifest.from_header(header)
     chain = [os.path.abspath(input_path)]
     if manifest.backup_type.needs_parent:
-        chain = find_chain(input_path, chain_dir or os.path.dirname(os.path.abspath(input_path)))
+        chain = find_chain(input_path, chain_dir or [os.path.dirname(os.path.abspath(input_path))])
     with open(chain[0], "rb") as f:
         base_manifest = Manifest.from_header(BackupReader(f).header)
     names = base_manifest.database_names

@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chain-dir",
         metavar="DIR",
+        action="extend",
+        nargs="+",
         help="find the whole chain of --input (full, then incrementals) among the "
-        "backup files in DIR and apply it in order",
+        "backup files in DIR (several directories may be given) and apply it in order; a backup "
+        "in none of them is looked for where the backup catalog of --data-dir recorded it",
     )
     tbl = p.add_argument_group("table-level restore")
     tbl.add_argument("--table", metavar="NAME", help="restore only this table (schema, indexes, rows) into --data-dir")

@@ -33,7 +33,7 @@ from .errors import RestoreError
 
 STAGING_MARK = dd.RESTORE_STAGING_MARK
 OLD_MARK = dd.RESTORE_OLD_MARK
-PRE_RESTORE_MARK = ".pre-restore-"
+PRE_RESTORE_MARK = dd.RESTORE_KEPT_MARK
 
 # What a restore replaces. Anything else in a replaced data directory is moved
 # into the restored one, never lost.
@@ -227,7 +227,10 @@ def _is_own_stage(path: str, backup_id: str) -> bool:
         return not os.path.exists(os.path.join(path, dd.CONTROL_FILE))
     if control.state in ("running", "shutdown"):
         return False
-    return str((control.last_backup or {}).get("backup_id", "")).startswith(backup_id[:8])
+    # A stage is named after the backup restored first; a chain's incrementals
+    # then record the last one as last_backup, the full one stays.
+    ids = [str((b or {}).get("backup_id", "")) for b in (control.last_backup, control.last_full_backup)]
+    return any(i.startswith(backup_id[:8]) for i in ids if i)
 
 
 def _remove_lock_only_dir(path: str) -> None:

@@ -42,6 +42,7 @@ class TableRestoreResult:
     chunks_total: int
     seconds: float
     pitr: dict | None = None
+    kept_old: str | None = None  # where a data directory found at the target was kept
 
 
 def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
@@ -201,4 +202,5 @@ def restore_table(
         total,
         time.perf_counter() - t0,
         report.as_dict() if report else None,
+        staging.kept,
     )

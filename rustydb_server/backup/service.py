@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import trio
 
@@ -29,7 +30,7 @@ from ..container.file import PARTIAL_SUFFIX, BackupFile
 from ..container.format import BackupType
 from ..engine.instance import EngineError
 from ..logsetup import get_logger
-from .catalog import Catalog
+from .catalog import Catalog, known_path
 from .incremental import IncrementalSource, IncrementalUnavailable
 from .manifest import Manifest
 from .request import WIRE_FIELDS, BackupRequest, BackupRequestError, parse_request, wire_fields
@@ -170,16 +171,46 @@ class BackupService:
 
     def parent_for(self, backup_type: BackupType, base_backup: dict | None) -> dict:
         """The backup an incremental or differential starts from."""
+        return self.choose_parent(backup_type, base_backup)[0]
+
+    def choose_parent(self, backup_type: BackupType, base_backup: dict | None) -> tuple[dict, str | None]:
+        """The backup an incremental or differential starts from, and its file's
+        path when the catalog knows it.
+
+        The latest backup the server recorded (a differential: the latest full
+        one) unless its file, or a file of its chain, is gone from disk; then
+        the newest other completed backup whose chain is all there.
+        """
         c = self.engine.control
         if base_backup is not None:
-            return base_backup
-        parent = c.last_full_backup if backup_type is BackupType.DIFFERENTIAL else c.last_backup
-        if parent is None:
+            return base_backup, self._location_of(base_backup["backup_id"])
+        recorded = c.last_full_backup if backup_type is BackupType.DIFFERENTIAL else c.last_backup
+        if recorded is None:
             raise BackupRequestError(
                 f"{'an' if backup_type is BackupType.INCREMENTAL else 'a'} {backup_type} backup needs an "
                 "earlier full backup of this server; take a full backup first"
             )
-        return parent
+        candidates = [recorded] + [
+            _record_of(e, c.system_id)
+            for e in self.catalog.base_candidates(backup_type, c.timeline)
+            if e["backup_id"] != recorded["backup_id"]
+        ]
+        gone = []
+        for candidate in candidates:
+            missing = self.catalog.missing_file(candidate["backup_id"])
+            if missing is None:
+                if gone:
+                    log.warning("the latest backups' files are gone; basing on an earlier one", gone=gone)
+                return candidate, self._location_of(candidate["backup_id"])
+            gone.append(f"{candidate['backup_id']} ({missing} no longer exists)")
+        raise BackupRequestError(
+            f"no earlier backup to base this {backup_type} backup on is still on disk: {'; '.join(gone)}; "
+            "take a full backup"
+        )
+
+    def _location_of(self, backup_id: str) -> str | None:
+        location = (self.catalog.get(backup_id) or {}).get("location")
+        return location if known_path(location) else None
 
     def open_source(self, backup_type: BackupType, names, base_backup=None, backup_id=None, cancel=None):
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
@@ -196,39 +227,49 @@ class BackupService:
         )
 
     # ------------------------------------------------------------- to a client
-    async def stream_to_client(self, conn, request: events.BackupRequested) -> None:
-        """Answer a backup request: header, data frames, end (or an error)."""
-        async with cancel_flag() as cancel:
-            await self._stream(conn, request, cancel)
+    async def stream_to_client(self, conn, request: events.BackupRequested) -> AwaitingLocation | None:
+        """Answer a backup request: header, data frames, end (or an error).
 
-    async def _stream(self, conn, request: events.BackupRequested, cancel: threading.Event) -> None:
+        A request naming its ``output`` returns the backup, to be recorded
+        when the client confirms it (``client_stored``) or failed if it does
+        not (``not_stored``)."""
+        async with cancel_flag() as cancel:
+            return await self._stream(conn, request, cancel)
+
+    async def _stream(self, conn, request: events.BackupRequested, cancel: threading.Event) -> AwaitingLocation | None:
         try:
             req = parse_request(wire_fields(request), self.settings, WIRE_FIELDS)
+            if request.output is not None and not os.path.isabs(request.output):
+                raise BackupRequestError(f"the backup's output {request.output!r} is not an absolute path")
+            base, where = None, None
+            if req.backup_type.needs_parent:
+                base, where = self.choose_parent(req.backup_type, req.base_backup)
         except BackupRequestError as e:
             await conn.send(events.Error("invalid_backup_request", str(e)))
-            return
+            return None
         try:
             snap = await trio.to_thread.run_sync(
-                lambda: self.open_source(req.backup_type, req.databases, req.base_backup, cancel=cancel),
+                lambda: self.open_source(req.backup_type, req.databases, base, cancel=cancel),
                 limiter=self.limiter,
             )
         except EngineError as e:
             await conn.send(events.Error(e.code, str(e)))
-            return
+            return None
         except BackupRequestError as e:
             await conn.send(events.Error("invalid_backup_request", str(e)))
-            return
+            return None
         manifest = snap.manifest()
+        location = request.output or f"client {conn.peer[0]}"
         try:
             if req.backup_type is BackupType.PITR_BASE:
                 await self._switch_for_base()
-            self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=f"client {conn.peer[0]}"))
+            self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=location))
         except (EngineError, OSError) as e:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
             if isinstance(e, EngineError):
                 await conn.send(events.Error(e.code, str(e)))
-                return
+                return None
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             log.warning("backup refused: disk full", error=str(e))
@@ -239,13 +280,26 @@ class BackupService:
                     "no backup was taken. Free disk space on the data directory and run it again",
                 )
             )
-            return
+            return None
         sent = 0
         t0 = time.perf_counter()
         try:
+            if base is not None:
+                await conn.send(events.Notice(based_on(base, where)))
             await conn.send(events.BackupHeader(manifest.to_dict()))
             with conn.bulk_sending():
                 sent = await self._send_entries(conn, snap, cancel)
+            if request.output is not None:
+                # Present only once the client says its file is durable.
+                await conn.send(events.BackupEnd(manifest.end_lsn, sent, awaiting_location=True))
+                log.info(
+                    "backup streamed; waiting for the client to store it",
+                    backup_id=snap.backup_id,
+                    bytes=sent,
+                    output=request.output,
+                    peer=conn.peer,
+                )
+                return AwaitingLocation(snap.backup_id, manifest, request.output, sent)
             await conn.send(events.BackupEnd(manifest.end_lsn, sent))
             try:
                 self.catalog.complete(snap.backup_id, size_bytes=sent)
@@ -281,6 +335,17 @@ class BackupService:
         finally:
             with trio.CancelScope(shield=True):  # at shutdown too: descriptors, connections
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
+
+    def client_stored(self, awaiting: AwaitingLocation, location: str) -> None:
+        """The client wrote the backup durably at ``location``: it is present."""
+        self.catalog.complete(awaiting.backup_id, size_bytes=awaiting.size_bytes, location=location)
+        self.engine.record_backup(awaiting.manifest)
+        log.info("backup stored by the client", backup_id=awaiting.backup_id, location=location)
+
+    def not_stored(self, awaiting: AwaitingLocation, reason: str) -> None:
+        """The client did not confirm its file: the backup is not there to use."""
+        self.catalog.fail(awaiting.backup_id, reason)
+        log.warning("backup not stored by the client", backup_id=awaiting.backup_id, reason=reason)
 
     async def _switch_for_base(self) -> None:
         """Close the segment holding the base's start, so the archive gets it at once."""
@@ -418,7 +483,7 @@ class BackupService:
                 **{
                     k: v
                     for k, v in _catalog_fields(manifest, snap, origin="api", location=location).items()
-                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms")
+                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms", "partial")
                 },
             )
             with BackupFile(
@@ -459,4 +524,34 @@ def _catalog_fields(manifest: Manifest, snap: Snapshot, *, origin: str, location
         "writers_paused_ms": round(snap.pause_seconds * 1000, 3),
         "parent_id": manifest.parent_id,
         "base_full_id": manifest.base_full_id,
+        "partial": manifest.partial,
+    }
+
+
+def based_on(base: dict, where: str | None) -> str:
+    """The notice that says which backup an incremental or differential starts from."""
+    at = where or "a location the server does not know (taken before backups recorded their path)"
+    return f"based on {base['backup_id']} at {at}"
+
+
+@dataclass
+class AwaitingLocation:
+    """A backup streamed to a client that said where it writes it: recorded as
+    present once the client confirms the file is durable (BackupStored)."""
+
+    backup_id: str
+    manifest: Manifest
+    output: str
+    size_bytes: int
+
+
+def _record_of(entry: dict, system_id: int) -> dict:
+    """A catalog entry as the control file records a backup (Manifest.control_record)."""
+    return {
+        "backup_id": entry["backup_id"],
+        "type": entry["backup_type"],
+        "end_lsn": entry["end_lsn"],
+        "timeline": entry["timeline"],
+        "system_id": system_id,
+        "base_full_id": entry.get("base_full_id") or entry["backup_id"],
     }

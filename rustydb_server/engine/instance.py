@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -244,6 +245,12 @@ class Engine:
             ddir.check_version()
             control = ddir.read_control()
             _datadir.check_usable(control, ddir.path)
+            if control.state == "restored" and control.previous_data_dir:
+                log.info(
+                    "this data directory was restored; the data directory it replaced is kept beside it, "
+                    f"remove it once it is no longer needed: rm -rf {shlex.quote(control.previous_data_dir)}",
+                    previous_data_dir=control.previous_data_dir,
+                )
             ddir.create_layout()
         engine = cls(
             ddir, control, settings, fileops, observer or EngineObserver(), change_tracking, archived_timelines, clock

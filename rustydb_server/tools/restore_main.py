@@ -34,11 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Restore a full backup into a data directory. The directory must not be "
-        "in use by a server and must be empty or new (or use --force). Keys come from "
+        "in use by a server; it must be empty or new, or hold a stopped server's data directory, "
+        "which is kept as DIR.pre-restore-TIME (or replaced with --force). Keys come from "
         "--key-file, $RUSTYDB_BACKUP_KEY_FILE or $RUSTYDB_BACKUP_PASSPHRASE.",
     )
     p.add_argument("--input", "-i", metavar="FILE", help="backup file to restore")
-    p.add_argument("--data-dir", "-D", metavar="DIR", help="data directory to create (or replace, with --force)")
+    p.add_argument(
+        "--data-dir", "-D", metavar="DIR", help="data directory to create or restore over (the one there is kept aside)"
+    )
     p.add_argument(
         "--threads", type=thread_count, default=1, help="decrypt, decompress and check chunks on N threads (default 1)"
     )
@@ -51,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace a non-empty data directory (never one a running server holds); "
-        "its old contents are removed only once the restore succeeded",
+        help="discard what the target holds instead of keeping it aside (never a running server's "
+        "data); the old contents are removed only once the restore succeeded",
     )
     p.add_argument("--key-file", help="key file of an encrypted backup")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
@@ -65,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chain-dir",
         metavar="DIR",
+        action="extend",
+        nargs="+",
         help="find the whole chain of --input (full, then incrementals) among the "
-        "backup files in DIR and apply it in order",
+        "backup files in DIR (several directories may be given) and apply it in order; a backup "
+        "in none of them is looked for where the backup catalog of --data-dir recorded it",
     )
     tbl = p.add_argument_group("table-level restore")
     tbl.add_argument("--table", metavar="NAME", help="restore only this table (schema, indexes, rows) into --data-dir")

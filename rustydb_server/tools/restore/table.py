@@ -58,6 +58,7 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
         "seconds": round(r.seconds, 3),
         "imported_into": args.into_server,
         "imported_as": imported,
+        "previous_data_dir": r.kept_old,
         **({"pitr": r.pitr} if r.pitr else {}),
     }
     if args.json:
@@ -72,6 +73,9 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
             f"Recovered to {r.pitr['recovery_target']}: last transaction txid "
             f"{r.pitr['last_replayed_txid']} at {r.pitr['last_replayed_commit_time']}"
         )
+    if r.kept_old is not None:
+        print(f"The data directory that was in {r.data_dir} is kept in {r.kept_old}")
+        print(f"Delete it once it is no longer needed: rm -rf {shlex.quote(r.kept_old)}")
     if imported:
         print(f"Imported into {args.into_server} as table {imported}")
     else:

@@ -135,9 +135,7 @@ class WalListing:
     def _stretch(self, tl: int, start: int | None, stop: int | None) -> Iterator[dict]:
         segments = self._archive.get(tl, {})
         if not segments:
-            raise pitr.PitrError(
-                f"the archive has no segments of timeline {tl}, whose history the listing follows"
-            )
+            raise pitr.PitrError(f"the archive has no segments of timeline {tl}, whose history the listing follows")
         size = _segment_size(segments[min(segments)])
         first = min(segments) if start is None else max(min(segments), start // size)
         last = None if stop is None else (stop - 1) // size

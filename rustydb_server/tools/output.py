@@ -56,13 +56,15 @@ class JsonOutput:
 
     def __init__(self) -> None:
         self.written = False
+        # Where the document goes: stdout, unless stdout carries the tool's data.
+        self.out: TextIO | None = None
         self._stream: JsonStream | None = None
 
     def document(self, doc: dict, out: TextIO | None = None) -> None:
         if "ok" not in doc:
             doc = {"ok": True, **doc}
         self.written = True
-        _write_line(out or sys.stdout, _dumps(doc))
+        _write_line(out or self.out or sys.stdout, _dumps(doc))
 
     def stream(self, fields: dict, key: str) -> JsonStream:
         """Start the document: ``fields``, then ``key``'s array, its items added one by one."""

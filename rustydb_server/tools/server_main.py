@@ -52,9 +52,15 @@ def _make_user(name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.make_user:
-        return _make_user(args.make_user)
-    return _serve(args)
+    try:
+        if args.make_user:
+            return _make_user(args.make_user)
+        return _serve(args)
+    except BrokenPipeError:  # --make-user's entry into a reader that went away
+        return 1
+    except Exception as e:  # anything _serve does not name: one line, never a traceback
+        print(f"rusty-db-server: cannot start: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 def _setting_overrides(args: argparse.Namespace) -> dict:

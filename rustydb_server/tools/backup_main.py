@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--user", "-U", default=env.get("RUSTYDB_USER"), help="user name (default $RUSTYDB_USER or your login name)"
     )
+    p.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="with --type: read the password from the first line of FILE (instead of $RUSTYDB_PASSWORD)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout, whatever the outcome")
     return p
 
@@ -153,6 +158,7 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             ("--database", args.database if not args.query else None),
             ("--base-backup", args.base_backup),
             ("--nice", args.nice is not None),
+            ("--password-file", args.password_file),
         ):
             if value:
                 parser.error(f"{flag} is only used with --type")

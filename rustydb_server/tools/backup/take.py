@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from rustydb_client.client import ClientError, connect
+from rustydb_client.client import ClientError, connect, read_password_file
 from rustydb_client.protocol import events
 
 from ...backup.manifest import Manifest, ManifestError
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         request = backup_request(args.type, args.database, args.base_backup)
-        with connect(args.host, args.port, user=args.user) as conn:
+        password = read_password_file(args.password_file)
+        with connect(args.host, args.port, user=args.user, password=password) as conn:
             conn.send(request)
             with Progress("backup", 0) as bar:
                 result = receive_backup(conn, output, key=key, codec=codec, threads=args.threads, progress=bar)

@@ -41,6 +41,8 @@ def two_timelines(server_factory, tmp_path):
         txids1.append(conn.execute("SELECT txid_current()").rows[0][0])
         conn.execute(f"INSERT INTO notes(body) VALUES ('tl1 {i}')")
         conn.execute("COMMIT")
+        if i == 8:  # on timeline 1 after the point timeline 2 branches off at
+            conn.execute("CREATE RESTORE POINT 'late_on_tl1'")
     conn.close()
     srv.wait_archived()
     srv.stop()
@@ -64,7 +66,7 @@ def two_timelines(server_factory, tmp_path):
     conn.close()
     srv2.wait_archived()
     srv2.stop()
-    return archive, txids1, txids2
+    return archive, txids1, txids2, base
 
 
 def _listing(*args: str) -> dict:
@@ -75,7 +77,7 @@ def _listing(*args: str) -> dict:
 
 
 def test_list_wal_lists_every_timeline_and_names_each_ones(two_timelines):
-    archive, txids1, txids2 = two_timelines
+    archive, txids1, txids2, _ = two_timelines
     # the guide's command line, as printed
     proc = run_tool("rusty-db-restore", "--list-wal", "--archive-dir", str(archive))
     assert proc.returncode == 0, proc.stderr
@@ -99,7 +101,7 @@ def test_list_wal_lists_every_timeline_and_names_each_ones(two_timelines):
 
 
 def test_list_wal_along_timeline_2_gives_its_history(two_timelines):
-    archive, txids1, txids2 = two_timelines
+    archive, txids1, txids2, _ = two_timelines
     doc = _listing("--archive-dir", str(archive), "--recovery-target-timeline", "2")
     txs = [(t["timeline"], t["txid"]) for t in doc["transactions"] if "txid" in t]
     # timeline 1 up to the switch (txids1[5] was the last replayed), then timeline 2
@@ -113,7 +115,7 @@ def test_list_wal_along_timeline_2_gives_its_history(two_timelines):
 
 
 def test_a_timeline_the_archive_does_not_hold_is_one_error_line(two_timelines):
-    archive, _, _ = two_timelines
+    archive, _, _, _ = two_timelines
     proc = run_tool("rusty-db-restore", "--list-wal", "--archive-dir", str(archive), "--recovery-target-timeline", "7")
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "timeline 7" in proc.stderr, proc.stderr
@@ -122,3 +124,34 @@ def test_a_timeline_the_archive_does_not_hold_is_one_error_line(two_timelines):
     )
     doc = json.loads(proc.stdout)
     assert proc.returncode == 1 and doc["ok"] is False and "timeline 7" in doc["error"]
+
+
+def test_a_pitr_target_on_another_timeline_says_which_and_how(two_timelines, tmp_path):
+    """The guide's PITR line to a transaction that timeline 1 committed after
+    timeline 2 branched off: the latest timeline never had it."""
+    archive, txids1, txids2, base = two_timelines
+    assert txids1[-1] not in txids2
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--archive-dir",
+        str(archive),
+        "--recovery-target-txid",
+        str(txids1[-1]),
+        "--data-dir",
+        str(tmp_path / "d1"),
+    )
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"transaction {txids1[-1]} is on timeline 1 " in proc.stderr
+    assert "another timeline's history" in proc.stderr
+    assert "restore with --recovery-target-timeline 1" in proc.stderr
+    proc = restore_to_target(base, archive, tmp_path / "d2", "--recovery-target-name", "late_on_tl1")
+    assert proc.returncode == 1
+    assert "restore point 'late_on_tl1' is on timeline 1 " in proc.stderr
+    assert "no restore point was created" not in proc.stderr
+    # what the message says to do works
+    proc = restore_to_target(
+        base, archive, tmp_path / "d3", "--recovery-target-name", "late_on_tl1", "--recovery-target-timeline", "1"
+    )
+    assert proc.returncode == 0, proc.stderr

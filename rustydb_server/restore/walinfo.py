@@ -70,12 +70,13 @@ class TimelineInfo:
         }
 
     def describe(self) -> str:
+        count = f"{self.segments} archived segment{'' if self.segments == 1 else 's'}"
         if self.parent is None:
-            return f"timeline {self.timeline} ({self.segments} archived segments)"
+            return f"timeline {self.timeline} ({count})"
         because = f": {self.reason}" if self.reason else ""
         return (
             f"timeline {self.timeline}, branched from timeline {self.parent} at LSN "
-            f"{format_lsn(self.switch_lsn)}{because} ({self.segments} archived segments)"
+            f"{format_lsn(self.switch_lsn)}{because} ({count})"
         )
 
 

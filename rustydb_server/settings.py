@@ -496,6 +496,10 @@ def _read_toml(path: str, what: str) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise SettingError(f"cannot read {what} {path}: malformed TOML ({e}); fix or remove the file") from None
+    except UnicodeDecodeError as e:
+        raise SettingError(
+            f"cannot read {what} {path}: it is not UTF-8 text (byte {e.start}); is it the right file?"
+        ) from None
     except OSError as e:
         raise SettingError(f"cannot read {what} {path}: {e.strerror}") from None
 

@@ -27,13 +27,13 @@ import apsw
 
 from ..export import FORMATS, ExportError, export_tables
 from .interrupt import interruption, sigterm_interrupts
-from .output import fail, human_size, print_json, stdout_closed
+from .output import ToolParser, fail, human_size, json_output, print_json, run_main, stdout_closed
 
 PROG = "rusty-db-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Export tables of a RustyDB data directory.")
+    p = ToolParser(prog=PROG, description="Export tables of a RustyDB data directory.")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--table", action="append", metavar="NAME", help="a table to export (repeatable)")
     which.add_argument(
@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--snapshot", action="store_true", help="read a consistent snapshot even while a server runs on the directory"
     )
     p.add_argument("--batch-rows", type=int, default=500, metavar="N", help="rows per INSERT (default 500)")
-    p.add_argument("--json", action="store_true", help="print the summary as one line of JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout, whatever the outcome (on stderr with --output -)",
+    )
     return p
 
 
@@ -79,7 +83,13 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_main(PROG, parser, argv, lambda args: _run(parser, args))
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    doc = json_output()
+    if doc is not None and args.output == "-":
+        doc.out = sys.stderr  # stdout carries the data
     check_usage(parser, args)
     # --rename-to creates a new table beside the old one: it must not exist yet.
     guard = (
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, f"reading the database failed: {exc}; the output was not written")
     except KeyboardInterrupt as exc:
         how, status = interruption(exc)
-        print(f"{PROG}: {how}; no output file was left", file=sys.stderr)
+        fail(PROG, f"{how}; no output file was left")
         return status
     # With --output - the data owns stdout: the summary goes to stderr.
     stream = sys.stderr if args.output == "-" else sys.stdout

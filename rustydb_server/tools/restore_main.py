@@ -25,13 +25,13 @@ from collections.abc import Callable
 
 from ..restore.pitr import PitrError, Target, make_target
 from .argtypes import thread_count
-from .output import stdout_closed
+from .output import ToolParser, run_main
 from .restore import chain, full, incremental, list_wal, pitr, table
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ToolParser(
         prog=PROG,
         description="Restore a full backup into a data directory. The directory must not be "
         "in use by a server; it must be empty or new, or hold a stopped server's data directory, "
@@ -58,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         "data); the old contents are removed only once the restore succeeded",
     )
     p.add_argument("--key-file", help="key file of an encrypted backup")
-    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout, whatever the outcome (with --list-wal: the whole listing)",
+    )
     p.add_argument(
         "--incremental",
         action="store_true",
@@ -121,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recovery.add_argument(
         "--recovery-target-timeline",
-        default="latest",
+        default=None,
         metavar="TL",
-        help="latest (default), current, or a timeline number",
+        help="latest (default), current, or a timeline number; with --list-wal: list only that "
+        "timeline's history (default: every timeline in the archive)",
     )
     return p
 
@@ -140,11 +145,7 @@ VERBS: tuple[tuple[str, Callable[[argparse.Namespace, Target | None], int]], ...
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return _dispatch(parser, args)
-    except BrokenPipeError:
-        return stdout_closed()
+    return run_main(PROG, parser, argv, lambda args: _dispatch(parser, args))
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -153,7 +154,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.list_wal:
         if not args.archive_dir:
             parser.error("--list-wal needs --archive-dir")
+        if args.recovery_target_timeline == "current":
+            parser.error("--list-wal has no base backup, so no current timeline: give latest or a timeline number")
         return list_wal.run(args)
+    args.recovery_target_timeline = args.recovery_target_timeline or "latest"
     try:
         target = _target(args, parser)
     except PitrError as exc:

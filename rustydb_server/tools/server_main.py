@@ -65,11 +65,17 @@ def _make_user(name: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.make_user:
-        return _make_user(args.make_user)
-    if args.print_systemd_unit:
-        return _print_systemd_unit(parser, args)
-    return _serve(args)
+    try:
+        if args.make_user:
+            return _make_user(args.make_user)
+        if args.print_systemd_unit:
+            return _print_systemd_unit(parser, args)
+        return _serve(args)
+    except BrokenPipeError:  # --make-user's or the unit's output into a reader that went away
+        return 1
+    except Exception as e:  # anything _serve does not name: one line, never a traceback
+        print(f"rusty-db-server: cannot start: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 def _print_systemd_unit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

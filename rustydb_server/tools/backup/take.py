@@ -68,14 +68,9 @@ def run(args: argparse.Namespace) -> int:
     lower_priority(DEFAULT_NICE if args.nice is None else args.nice)
     started = time.monotonic()
     try:
-<<<<<<< HEAD
         request = backup_request(args.type, args.database, args.base_backup, output)
-        with connect(args.host, args.port, user=args.user) as conn:
-=======
-        request = backup_request(args.type, args.database, args.base_backup)
         password = read_password_file(args.password_file)
         with connect(args.host, args.port, user=args.user, password=password) as conn:
->>>>>>> tools
             conn.send(request)
             with Progress("backup", 0) as bar:
                 result = receive_backup(conn, output, key=key, codec=codec, threads=args.threads, progress=bar)

@@ -30,7 +30,7 @@ from ..container.format import BackupType
 from ..engine.instance import EngineError
 from ..logsetup import get_logger
 from .catalog import Catalog
-from .incremental import IncrementalSource, IncrementalUnavailable
+from .incremental import IncrementalSource, IncrementalUnavailable, check_parent
 from .manifest import Manifest
 from .request import WIRE_FIELDS, BackupRequest, BackupRequestError, parse_request, wire_fields
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
@@ -181,6 +181,20 @@ class BackupService:
             )
         return parent
 
+    def check_request(self, req: BackupRequest) -> None:
+        """Refuse now what could not succeed later: the one check both request
+        paths (the wire's rusty-db-backup, the HTTP API) run before anything
+        is recorded. An incremental or differential needs a base backup of this
+        server on its timeline and the WAL since it (on the server or in the
+        archive); a pitr-base needs a usable archive. BackupRequestError says
+        why not."""
+        if req.backup_type.needs_parent:
+            parent = self.parent_for(req.backup_type, req.base_backup)
+            try:
+                check_parent(self.engine, parent)
+            except IncrementalUnavailable as e:
+                raise BackupRequestError(str(e)) from None
+
     def open_source(self, backup_type: BackupType, names, base_backup=None, backup_id=None, cancel=None):
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
         if backup_type.needs_parent:
@@ -208,6 +222,7 @@ class BackupService:
             await conn.send(events.Error("invalid_backup_request", str(e)))
             return
         try:
+            await trio.to_thread.run_sync(self.check_request, req, limiter=self.limiter)
             snap = await trio.to_thread.run_sync(
                 lambda: self.open_source(req.backup_type, req.databases, req.base_backup, cancel=cancel),
                 limiter=self.limiter,
@@ -358,8 +373,10 @@ class BackupService:
         for name in req.databases or ():
             if name not in self.engine.databases:
                 raise BackupRequestError(f'database "{name}" does not exist', status=422)
-        backup_id = str(uuid.uuid4())
+        self.check_request(req)
         directory = self.backup_dir()
+        _usable_backup_dir(directory)
+        backup_id = str(uuid.uuid4())
         location = os.path.join(directory, f"{backup_id}.backup")
         entry = self.catalog.add(
             backup_id=backup_id,
@@ -402,13 +419,7 @@ class BackupService:
         )
 
     def _write_file(self, req, backup_id, location, key, cancel) -> dict:
-        directory = os.path.dirname(location)
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise BackupRequestError(
-                f"cannot use backup_dir {directory}: {e.strerror}; set backup_dir to a directory the server can write"
-            ) from None
+        _usable_backup_dir(os.path.dirname(location))
         with self.open_source(req.backup_type, req.databases, backup_id=backup_id, cancel=cancel) as snap:
             manifest = snap.manifest()
             if req.backup_type is BackupType.PITR_BASE:
@@ -443,6 +454,20 @@ class BackupService:
             "parent_id": manifest.parent_id,
             "base_full_id": manifest.base_full_id,
         }
+
+
+def _usable_backup_dir(directory: str) -> None:
+    """Make backup_dir (mode 0700) if it is missing; refuse one the server cannot write."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not os.path.isdir(directory):
+            raise NotADirectoryError(errno.ENOTDIR, "it is not a directory")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "the server's user cannot write it")
+    except OSError as e:
+        raise BackupRequestError(
+            f"cannot use backup_dir {directory}: {e.strerror}; set backup_dir to a directory the server can write"
+        ) from None
 
 
 def _catalog_fields(manifest: Manifest, snap: Snapshot, *, origin: str, location: str) -> dict:

@@ -23,15 +23,9 @@ def health(srv) -> tuple[int, dict]:
 
 
 def block_archive_dest(path) -> None:
-    """Put a file where the archive directory is, so archiving fails; the archiver
-    makes a missing directory again at any moment, hence the loop."""
-    while True:
-        shutil.rmtree(path, ignore_errors=True)
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            return
-        except FileExistsError:
-            continue
+    """Put a file where the archive directory is, so archiving fails."""
+    shutil.rmtree(path)
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def wait_for(predicate, what, timeout=30):
@@ -139,8 +133,9 @@ def test_a_pitr_base_fails_while_archiving_fails_and_health_is_degraded(server_f
     assert done["status"] == "failed" and "the archive check failed" in done["error"]
     assert os.listdir(tmp_path / "b") == []
 
-    # fixed: the archiver makes the directory again, health is healthy, a pitr-base succeeds
+    # fixed (ALTER SYSTEM makes the directory again): health is healthy, a pitr-base succeeds
     archive.unlink()
+    srv.sql(f"ALTER SYSTEM SET archive_dest = '{archive}';")
     wait_for(lambda: health(srv)[1]["status"] == "healthy", "health back to healthy", timeout=90)
     proc = run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port))
     assert proc.returncode == 0, proc.stderr

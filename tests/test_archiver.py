@@ -48,8 +48,7 @@ def test_backoff_grows_to_a_minute():
 
 
 async def test_a_failing_destination_is_retried_with_growing_delay(tmp_path, nursery, clock):
-    dest = str(tmp_path / "archive")  # a file, not a directory, until the end (a missing one is made)
-    open(dest, "w").close()
+    dest = str(tmp_path / "archive")  # missing until the end
     doorbell = Doorbell()
     engine, settings = open_engine(str(tmp_path / "data"), dest, True, doorbell)
     archiver = Archiver(engine, settings, doorbell, run_sync=inline)
@@ -63,9 +62,8 @@ async def test_a_failing_destination_is_retried_with_growing_delay(tmp_path, nur
         await trio.sleep_until(start + at)
         assert (at, archiver.progress.failures_in_a_row) == (at, failures)
     assert archiver.report()["last_failed_segment"] == waiting
-    assert "exists and is not a directory" in archiver.report()["last_failure_reason"]
+    assert "does not exist" in archiver.report()["last_failure_reason"]
 
-    os.unlink(dest)
     os.mkdir(dest)
     await trio.sleep(backoff_seconds(5) + 1)
     assert archived(dest) == [segment_file.archive_name(waiting)]
@@ -76,7 +74,6 @@ async def test_a_failing_destination_is_retried_with_growing_delay(tmp_path, nur
 
 async def test_a_settings_change_retries_at_once(tmp_path, nursery, clock):
     dest = str(tmp_path / "archive")
-    open(dest, "w").close()  # not a directory
     doorbell = Doorbell()
     engine, settings = open_engine(str(tmp_path / "data"), dest, True, doorbell)
     archiver = Archiver(engine, settings, doorbell, run_sync=inline)
@@ -84,12 +81,10 @@ async def test_a_settings_change_retries_at_once(tmp_path, nursery, clock):
     engine.switch_wal()
     await trio.sleep(7.5)
     assert archiver.progress.failures_in_a_row == 4  # the next try is 8 s away
-    assert "WAL archiving is failing: archive_dest" in archiver.failing()
-    os.unlink(dest)
+    os.mkdir(dest)
     archiver.settings_changed()
     await trio.sleep(0.5)
-    assert len(archived(dest)) == 1  # made by the archiver
-    assert archiver.failing() is None
+    assert len(archived(dest)) == 1
     engine.close()
 
 

@@ -6,8 +6,9 @@ fsync dir), then marks the segment ``.done``; a checkpoint never removes a
 segment before that. It sleeps until there is work: the engine rings its
 doorbell when a segment is ready or the current one gets its first record,
 and a settings change wakes it; while archive_mode is off it waits for
-nothing else. A missing archive_dest is made as ``destination.prepare``
-says. When the destination cannot be made, is unwritable or full, it keeps
+nothing else. ALTER SYSTEM and the start make a missing archive_dest
+(``destination.prepare``); the archiver never does: when the destination
+is missing (unmounted, moved away), unwritable or full, it keeps
 the WAL, logs the reason once per retry and backs off, so nothing is lost
 when the destination comes back; ``failing()`` says why meanwhile (health
 turns "degraded"). With archive_timeout it switches a segment
@@ -213,8 +214,7 @@ class Archiver:
     def _destination(self) -> str:
         dest = self.settings["archive_dest"]
         try:
-            if destination.prepare(dest, self.fileops):
-                log.info("archive_dest created", path=dest, mode="0700")
+            destination.check(dest)
         except destination.ArchiveDestError as e:
             raise segment_file.ArchiveError(str(e)) from None
         return dest

@@ -9,9 +9,10 @@ the server's own; a directory someone else owns is not either). The last
 component itself is made wherever the server may write, as ``mkdir`` would.
 
 ``prepare`` is called by ALTER SYSTEM before the setting is saved (a refusal
-changes nothing), at startup (a refusal stops the start with the reason),
-and by the archiver before each copy (a destination removed while the server
-runs is made again; one that cannot be is an archiving failure, retried).
+changes nothing) and at startup (a refusal stops the start with the reason).
+The archiver only ``check``s before each copy: a destination that disappears
+while the server runs (an unmounted disk, a directory moved away) is an
+archiving failure, retried, never a new empty archive made in its place.
 """
 
 from __future__ import annotations
@@ -34,6 +35,25 @@ def _own(path: str) -> str | None:
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return "it is writable by other users"
     return None
+
+
+def check(path: str) -> None:
+    """The archiver's look before each copy: ArchiveDestError unless ``path`` is
+    a directory the server can write. Makes nothing."""
+    if not path:
+        raise ArchiveDestError("archive_mode is on but archive_dest is not set")
+    if not os.path.lexists(path):
+        raise ArchiveDestError(
+            f"archive_dest {path} does not exist (removed or unmounted while the server runs); "
+            "bring it back, or run ALTER SYSTEM SET archive_dest again, which makes it"
+        )
+    if not os.path.isdir(path):
+        raise ArchiveDestError(f"archive_dest {path} exists and is not a directory; remove it or choose another path")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ArchiveDestError(
+            f"archive_dest {path} is not writable by the server's user (uid {os.geteuid()}); "
+            "give it to that user (chown) or choose another directory"
+        )
 
 
 def prepare(path: str, fileops: _fileops.FileOps = _fileops.REAL) -> bool:

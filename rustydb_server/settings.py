@@ -226,6 +226,15 @@ REGISTRY: dict[str, Setting] = _registry(
         min=1,
         description="Switch to a new WAL segment at least this often so it gets archived.",
     ),
+    Setting(
+        "archive_check_timeout",
+        "duration",
+        60,
+        unit="s",
+        min=1,
+        description="How long a pitr-base backup waits for the archive to hold the WAL segment of its "
+        "start before it fails with the archiver's last error.",
+    ),
     Setting("archive_encryption", "bool", False, description="Encrypt archived WAL segments with backup_key_file."),
     Setting(
         "archive_compression",

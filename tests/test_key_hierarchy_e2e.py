@@ -180,7 +180,7 @@ def test_an_archive_from_before_format_3_restores_and_mixes_with_new_segments(
     assert proc.returncode == 0, proc.stderr
     assert restored_digest(str(out)) == target["digest"]
 
-    # a wrong passphrase is named as such, for the old base and for the archive
+    # a wrong passphrase is named as such
     proc = run_tool(
         "rusty-db-restore",
         *("--input", str(base), "--archive-dir", str(archive), "--data-dir", str(tmp_path / "wrong")),
@@ -190,6 +190,25 @@ def test_an_archive_from_before_format_3_restores_and_mixes_with_new_segments(
     assert proc.returncode == 1
     assert "does not match" in proc.stderr and "damaged" not in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "wrong") or not os.listdir(tmp_path / "wrong")
+
+    # --rotate-key re-wraps every file, old layout and new, from the passphrase to a key file
+    new_key = tmp_path / "new.key"
+    keys.create_key_file(str(new_key))
+    files = [str(base), *(str(archive / n) for n in sorted(os.listdir(archive)) if n.endswith(".walz"))]
+    before = {f: key_params(f)[0] for f in files}
+    proc = run_tool("rusty-db-backup", "--rotate-key", "-", str(new_key), *files, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert {f: key_params(f)[0] for f in files} == before  # each file keeps its format
+    assert {key_params(f)[1]["kdf"] for f in files} == {"keyfile"}
+    out = tmp_path / "rotated"
+    proc = run_tool(
+        "rusty-db-restore",
+        *("--input", str(base), "--archive-dir", str(archive), "--data-dir", str(out), "--key-file", str(new_key)),
+        *("--recovery-target-txid", str(target["txid"]), "--recovery-target-timeline", "latest"),
+        env={keys.ENV_PASSPHRASE: ""},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert restored_digest(str(out)) == target["digest"]
 
 
 def test_a_wrong_passphrase_for_a_format_3_archive_is_refused_clearly(tmp_path, passphrase_env):

@@ -17,11 +17,13 @@ whole archive on the first full backup; both must hold what was acknowledged
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 
 from rustydb_client import client as rc
@@ -45,6 +47,9 @@ class SoakConfig:
     backup_chance: float = 0.5
     #: Every how many backups taken the next one is full (the others incremental).
     full_every: int = 4
+    #: Of the backups started during the cycles, this share are full backups the
+    #: server writes itself (POST /api/v1/admin/backup) instead of rusty-db-backup's.
+    api_share: float = 0.3
 
 
 @dataclasses.dataclass
@@ -73,6 +78,7 @@ class SoakResult:
     backups_interrupted: int = 0
     backups_verified: int = 0
     backups_bad: int = 0  # a failed backup that left its file, or a file that does not verify
+    api_backups_taken: int = 0  # of backups_taken, written by the server (HTTP API)
     segments_archived: int = 0
     restore: Check | None = None
     pitr: Check | None = None
@@ -105,7 +111,8 @@ class SoakResult:
             f"acknowledged commits lost: {self.lost}",
             f"transactions half-present: {self.half_present}",
             f"in flight at a kill and found committed whole: {self.unacknowledged_present}",
-            f"backups taken: {self.backups_taken} (interrupted by a kill: {self.backups_interrupted})",
+            f"backups taken: {self.backups_taken}, {self.api_backups_taken} of them through the HTTP API "
+            f"(interrupted by a kill: {self.backups_interrupted})",
             f"backups verified: {self.backups_verified}; bad: {self.backups_bad}",
             f"WAL segments archived: {self.segments_archived}",
         ]
@@ -194,6 +201,8 @@ class Soak:
         self.archive = os.path.join(workdir, "archive")
         self.backups = os.path.join(workdir, "backups")
         self.key_file = os.path.join(workdir, KEY_FILE)
+        self.api_backups = os.path.join(workdir, "api-backups")
+        self.api_started = 0
         #: Backups taken: (path, type, ledger mark when it was started).
         self.taken: list[tuple[str, str, int]] = []
         self.server: ServerProcess | None = None
@@ -226,6 +235,7 @@ class Soak:
     def _setup(self) -> None:
         os.makedirs(self.archive)
         os.makedirs(self.backups)
+        os.makedirs(self.api_backups)
         run_tool("rusty-db-backup", "--create-key-file", self.key_file, check=True)
         conf = os.path.join(self.workdir, "rustydb.toml")
         with open(conf, "w") as f:
@@ -234,6 +244,8 @@ class Soak:
             f.write(f"archive_dest = '{self.archive}'\n")
             f.write("archive_timeout = 1\n")
             f.write("checkpoint_wal_size = 1048576\n")  # checkpoints (and WAL removal) during the cycles
+            f.write(f"backup_dir = '{self.api_backups}'\n")
+            f.write(f"backup_key_file = '{self.key_file}'\n")
         self.server = ServerProcess(os.path.join(self.workdir, "data"), extra_args=["--config", conf]).start()
         for database in self.databases:
             self.server.sql(f"CREATE DATABASE {database}")
@@ -265,12 +277,15 @@ class Soak:
         for t in writers:
             t.start()
         run_for = self.rnd.uniform(cfg.min_run, cfg.max_run)
+        deadline = time.monotonic() + run_for
         backup = None
         if self.rnd.random() < cfg.backup_chance:
-            time.sleep(self.rnd.uniform(0, run_for / 2))
-            backup = threading.Thread(target=self._backup, daemon=True)
+            time.sleep(self.rnd.uniform(0, run_for))
+            take = self._api_backup if self.rnd.random() < cfg.api_share else self._backup
+            backup = threading.Thread(target=take, daemon=True)
             backup.start()
-        deadline = time.monotonic() + run_for
+            if self.rnd.random() < 0.5:  # aim the kill at the backup, while it runs
+                deadline = time.monotonic() + self.rnd.uniform(0.05, 0.4)
         time.sleep(max(0.0, deadline - time.monotonic()))
         self.server.kill()  # SIGKILL at a random moment: commits, checkpoints, archiving, a backup in flight
         stop.set()
@@ -319,6 +334,24 @@ class Soak:
                 self.result.backups_bad += 1
                 self.result.problems.append(f"backup {out} failed ({proc.stderr.strip()}) but left its file")
 
+    def _api_backup(self) -> None:
+        """A full backup the server writes into backup_dir; a kill may interrupt it."""
+        self.api_started += 1
+        body = {"backup_type": "full", "compression": True, "encryption": True}
+        try:
+            entry = self._api("POST", "/api/v1/admin/backup", body)
+            while entry["status"] == "in_progress":
+                time.sleep(0.05)
+                entry = self._api("GET", f"/api/v1/admin/backup/{entry['backup_id']}")
+        except (OSError, ValueError):
+            pass  # the server was killed under it: its catalog says what became of the backup
+
+    def _api(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://127.0.0.1:{self.server.http_port}{path}", data=data, method=method)
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+
     # ------------------------------------------------------------ the end
 
     def _finish(self) -> None:
@@ -330,6 +363,7 @@ class Soak:
                 self.result.backups_bad += 1
                 self.result.problems.append(f"backup {path} does not verify: {proc.stderr.strip()}")
         final = self.ledger.since_start()
+        self._check_api_backups()
         self.server.sql("CREATE RESTORE POINT 'soak_end'")
         self.server.wait_archived()
         self.server.stop()
@@ -363,6 +397,37 @@ class Soak:
                 self.result.problems.append(
                     f"{check.where}: {check.lost} acknowledged commits lost, {check.half_present} half-present"
                 )
+
+    def _check_api_backups(self) -> None:
+        """Every backup the server's catalog lists as completed verifies; those a kill
+        interrupted are marked failed as interrupted (none left in_progress, none failed
+        for another reason) and no partial file is left on disk."""
+        completed = 0
+        for entry in self._api("GET", "/api/v1/admin/backups")["backups"]:
+            if entry.get("origin") != "api":
+                continue
+            if entry["status"] == "failed" and str(entry.get("error")).startswith("interrupted"):
+                continue
+            if entry["status"] != "completed":
+                self.result.backups_bad += 1
+                self.result.problems.append(
+                    f"backup {entry['backup_id']} through the API: {entry['status']} ({entry.get('error')})"
+                )
+            else:
+                completed += 1
+                self.result.backups_taken += 1
+                self.result.api_backups_taken += 1
+                proc = run_tool("rusty-db-backup", "--verify", entry["location"], "--key-file", self.key_file)
+                if proc.returncode == 0:
+                    self.result.backups_verified += 1
+                else:
+                    self.result.backups_bad += 1
+                    self.result.problems.append(f"backup {entry['location']} does not verify: {proc.stderr.strip()}")
+        # Interrupted: failed as interrupted, or killed before the server had its request.
+        self.result.backups_interrupted += self.api_started - completed
+        partial = [n for n in os.listdir(self.api_backups) if n.endswith(".partial")]
+        if partial:
+            self.result.problems.append(f"partial backup files left in {self.api_backups}: {partial}")
 
     # ------------------------------------------------------------ checks
 

@@ -98,6 +98,7 @@ def secrets_setup(tmp_path):
         "wrong_password": "nope-" + secrets.token_hex(12),
         "token": secrets.token_hex(24),
         "passphrase": "pass phrase " + secrets.token_hex(12),
+        "pasted": "pasted-" + secrets.token_hex(12),
     }
     return s
 
@@ -233,6 +234,14 @@ def test_no_secret_appears_in_logs_outputs_command_lines_api_answers_or_show(tmp
         while (archived := api.call("GET", "/api/v1/admin/archive")[1])["segments_waiting"]:
             assert time.monotonic() < deadline, archived
             time.sleep(0.1)
+        # A password pasted into the users file by mistake: the login is refused, the log says
+        # why without quoting the line.
+        good_users = users.read_text()
+        users.write_text(good_users + f'[users.bob]\nscram = "SCRAM-SHA-256${s["pasted"]}:c2FsdA==$YQ==:Yg=="\n')
+        with pytest.raises(rc.ClientError) as refused:
+            rc.connect("127.0.0.1", srv.port, user="alice", password=s["password"])
+        emitted.add("refused while the users file is malformed", str(refused.value))
+        users.write_text(good_users)
         # A reload, so the log also holds what the server says when it rereads its files.
         srv.proc.send_signal(1)
         time.sleep(0.5)
@@ -250,6 +259,7 @@ def test_no_secret_appears_in_logs_outputs_command_lines_api_answers_or_show(tmp
         "wrong password": s["wrong_password"],
         "token": s["token"],
         "passphrase": s["passphrase"],
+        "password pasted into the users file": s["pasted"],
         "key (hex)": key_bytes.hex(),
         "key (HEX)": key_bytes.hex().upper(),
         "key (base64)": base64.b64encode(key_bytes).decode(),
@@ -261,6 +271,7 @@ def test_no_secret_appears_in_logs_outputs_command_lines_api_answers_or_show(tmp
     # What was searched is what was emitted: the things that may be shown are there.
     seen = {where: text for where, text in emitted.items}
     assert '"user": "alice"' in seen["server log"] and "session opened" in seen["server log"]
+    assert "users file" in seen["server log"] and "[users.bob]" in seen["server log"]
     assert str(token_file) in seen["SHOW http_api_token_file"] and str(key_file) in seen["SHOW backup_key_file"]
     assert entry["location"] in seen[f"API GET /api/v1/admin/backup/{started['backup_id']} 200 body"]
     assert f"--key-file {key_file}" in seen["rusty-db-backup cmdline"]

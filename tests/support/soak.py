@@ -219,8 +219,9 @@ class Soak:
                 self.result.cycles += 1
             self._backup(wait=True, kind="incremental")  # the last, so its restore is a chain's
             self._finish()
-        except AssertionError as exc:  # a server that did not start, a tool that failed
-            self.result.problems.append(str(exc).splitlines()[0])
+        except (AssertionError, rc.ClientError, OSError, subprocess.SubprocessError) as exc:
+            # a server that did not start or answer, a tool that failed or hung
+            self.result.problems.append(f"the soak stopped: {str(exc).splitlines()[0] if str(exc) else repr(exc)}")
         finally:
             if self.server is not None and self.server.proc.poll() is None:
                 try:

@@ -21,7 +21,14 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
-from rustydb_client.client import ClientError, Connection, ConnectionFailed, ServerError, connect
+from rustydb_client.client import (
+    ClientError,
+    Connection,
+    ConnectionFailed,
+    ServerError,
+    connect,
+    read_password_file,
+)
 from rustydb_client.protocol.events import Columns, Complete, Notice, Rows
 from rustydb_client.sqlsplit import Statement, StatementSplitter
 
@@ -154,6 +161,15 @@ class JsonPrinter:
         self.out.write('], "status": ' + json.dumps(status, allow_nan=False) + "}\n")
         self._open = False
 
+    def error(self, message: str, code: str | None = None, line: int | None = None) -> None:
+        """The failure's document: ends a result cut short, then says what failed."""
+        if self._open:
+            self.out.write('], "status": null}\n')
+            self._open = False
+        doc = {"ok": False, "error": message, "code": code, "line": line}
+        self.out.write(json.dumps(doc, allow_nan=False) + "\n")
+        self.out.flush()
+
 
 class CsvPrinter:
     """CSV with a header per result; statements without rows print nothing."""
@@ -211,11 +227,19 @@ def run_script(
             line = e.statement_line or statement.line
             where = f" at line {line}" if name_lines else ""
             err.write(f"ERROR{where}: {e.message}\n")
+            _report(printer, e.message, e.code, line)
             return 1
         except ClientError as e:
             err.write(f"ERROR at line {statement.line}: {e}\n" if name_lines else f"ERROR: {e}\n")
+            _report(printer, str(e), getattr(e, "code", None), statement.line)
             return 1
     return 0
+
+
+def _report(printer, message: str, code: str | None = None, line: int | None = None) -> None:
+    """With --json, a failure is a document on stdout too."""
+    if isinstance(printer, JsonPrinter):
+        printer.error(message, code, line)
 
 
 def run_interactive(conn: Connection, read_line: Callable[[str], str], printer, out: TextIO, err: TextIO) -> int:
@@ -276,9 +300,21 @@ def run_meta_command(conn: Connection, line: str, printer, out: TextIO, err: Tex
 # ---------------------------------------------------------------- main
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse; with --json, a usage error (exit 2) is a document on stdout too."""
+
+    json_out: TextIO | None = None
+
+    def error(self, message: str):
+        if self.json_out is not None:
+            self.json_out.write(json.dumps({"ok": False, "error": message, "usage_error": True}) + "\n")
+            self.json_out.flush()
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Run SQL against a RustyDB server. The password is read from "
         "$RUSTYDB_PASSWORD, never from the command line.",
@@ -298,11 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--user", "-U", default=env.get("RUSTYDB_USER"), help="user name (default $RUSTYDB_USER or your login name)"
     )
+    p.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="read the password from the first line of FILE (instead of $RUSTYDB_PASSWORD)",
+    )
     source = p.add_mutually_exclusive_group()
     source.add_argument("--command", "-c", metavar="SQL", help="run SQL (one or more statements) and exit")
     source.add_argument("--file", "-f", metavar="FILE", help="run the script in FILE and exit")
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="one JSON object per statement")
+    fmt.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per statement, one line each; a failure ends with {"ok": false, "error": ...}',
+    )
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
     return p
 
@@ -330,6 +375,8 @@ def main(
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
+    if "--json" in (sys.argv[1:] if argv is None else argv):
+        parser.json_out = out
     args = parser.parse_args(argv)
     port = resolve_port(parser, args.port)
     printer = PRINTERS["json" if args.json else "csv" if args.csv else "table"](out)
@@ -343,13 +390,17 @@ def main(
                 newline="\n",
             )
         except OSError as e:
-            err.write(f"{PROG}: cannot read {args.file}: {e.strerror}; check the path\n")
+            message = f"cannot read {args.file}: {e.strerror}; check the path"
+            err.write(f"{PROG}: {message}\n")
+            _report(printer, message, "file")
             return 1
     try:
         try:
-            conn = connect(args.host, port, database=args.database, user=args.user)
+            password = read_password_file(args.password_file)
+            conn = connect(args.host, port, database=args.database, user=args.user, password=password)
         except ConnectionFailed as e:
             err.write(f"{PROG}: {e}\n")
+            _report(printer, str(e), e.code)
             return 1
         with conn:
             if args.command is not None:
@@ -368,8 +419,8 @@ def main(
     except KeyboardInterrupt:
         err.write(f"\n{PROG}: interrupted\n")
         return 130
-    except BrokenPipeError:
-        return 1  # the reader of our output went away (e.g. `| head`)
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`)
+        return _stdout_closed(out)
     except UnicodeDecodeError as e:
         err.write(
             f"{PROG}: the script is not valid UTF-8 ({e.reason} at byte {e.start}); convert it to UTF-8 and try again\n"
@@ -378,6 +429,18 @@ def main(
     finally:
         if script is not None:
             script.close()
+
+
+def _stdout_closed(out: TextIO) -> int:
+    """Exit 1 quietly: stdout now points at /dev/null, so the interpreter's last
+    flush at exit does not fail a second time with a message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # a stream without a descriptor
+        pass
+    return 1
 
 
 #: Scripts are UTF-8; a byte-order mark (editors on Windows write one) is skipped.

@@ -125,6 +125,24 @@ def connect(
     return conn
 
 
+def read_password_file(path: str | None) -> str | None:
+    """The password on the first line of ``path`` (None without a file: $RUSTYDB_PASSWORD then)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or "it is not UTF-8 text"
+        raise ConnectionFailed(f"cannot read the password file {path}: {why}", "password_file") from None
+    password = line.rstrip("\r\n")
+    if not password:
+        raise ConnectionFailed(
+            f"the password file {path} is empty; put the password on its first line", "password_file"
+        )
+    return password
+
+
 class Connection:
     """One session: a blocking socket around the sans-IO ClientSide. Use as a
     context manager, or call close()."""
@@ -133,6 +151,10 @@ class Connection:
         self._sock: socket.socket | None = sock
         self._protocol = protocol
         self._where = where
+        self._user: str | None = None
+        # The first bytes the server sent: an answer that starts like HTTP's
+        # means the port is an HTTP server's (the admin API), not the wire protocol's.
+        self._first_bytes: bytes | None = None
 
     # -- state
 
@@ -264,6 +286,14 @@ class Connection:
                 event = self._protocol.next_event()
             except RemoteProtocolError as e:
                 self._drop()
+                if self._first_bytes is not None and self._first_bytes.startswith(_HTTP_ANSWER):
+                    raise self._http_port() from None
+                if e.code == "password_required":
+                    raise ConnectionFailed(
+                        f"the server at {self._where} requires a password for user {self._user}: "
+                        "set RUSTYDB_PASSWORD or use --password-file",
+                        "password_required",
+                    ) from None
                 if e.code == "connection_lost":
                     raise self._closed_by_server() from None
                 what = "sent an invalid message" if e.code in _FRAME_ERRORS else "broke the protocol"
@@ -272,6 +302,8 @@ class Connection:
                 self._receive()
             elif isinstance(event, ConnectionClosed):
                 self._drop()
+                if self._first_bytes is not None and self._first_bytes.startswith(_HTTP_ANSWER):
+                    raise self._http_port()
                 raise self._closed_by_server()
             else:
                 if isinstance(event, Error) and event.fatal:
@@ -298,6 +330,7 @@ class Connection:
     # -- internals
 
     def _handshake(self, hello: Hello) -> None:
+        self._user = hello.user
         self.send(hello)
         while True:
             event = self.next_event()
@@ -335,7 +368,16 @@ class Connection:
                 f"lost the connection to {self._where} ({e.strerror or e}); the server may have stopped",
                 "connection_lost",
             ) from None
+        if self._first_bytes is None and data:
+            self._first_bytes = bytes(data[: len(_HTTP_ANSWER)])
         self._protocol.receive_data(data)
+
+    def _http_port(self) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"{self._where} answered in HTTP: it is the server's HTTP API port, not its wire protocol "
+            "port; use the port the server's `port` setting names (5432 by default) with --port",
+            "http_port",
+        )
 
     def _closed_by_server(self) -> ConnectionFailed:
         return ConnectionFailed(
@@ -366,6 +408,8 @@ class Connection:
                 self._sock = None
 
 
+_HTTP_ANSWER = b"HTTP/"
+
 # What the frame decoder refuses, as opposed to a message at the wrong time.
 _FRAME_ERRORS = frozenset({"bad_frame", "bad_message", "frame_too_large", "frame_too_deep", "frame_too_complex"})
 
@@ -381,4 +425,5 @@ __all__ = [
     "Rows",
     "ServerError",
     "connect",
+    "read_password_file",
 ]

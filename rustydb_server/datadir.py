@@ -33,6 +33,8 @@ PID_FILE = "rustydb.pid"
 # D's contents, moves them to D.old-<time>-<pid> until the swap is done.
 RESTORE_STAGING_MARK = ".restoring-"
 RESTORE_OLD_MARK = ".old-"
+# A restore over a stopped server's data directory D keeps it as D.pre-restore-<time>.
+RESTORE_KEPT_MARK = ".pre-restore-"
 DATABASES_DIR = "databases"
 WAL_DIR = "wal"
 ARCHIVE_STATUS_DIR = os.path.join("wal", "archive_status")
@@ -77,6 +79,8 @@ class Control:
     last_commit_time_us: int = 0
     last_backup: dict | None = None  # {"backup_id", "type", "end_lsn", "timeline"}
     last_full_backup: dict | None = None
+    # Set by a restore that kept the data directory it replaced: where it is.
+    previous_data_dir: str | None = None
 
     def encode(self) -> bytes:
         body = msgpack.packb(dataclasses.asdict(self), use_bin_type=True)
@@ -185,7 +189,7 @@ class DataDir:
             names = os.listdir(parent or ".")
         except OSError:
             return []
-        marks = (base + RESTORE_STAGING_MARK, base + RESTORE_OLD_MARK)
+        marks = (base + RESTORE_STAGING_MARK, base + RESTORE_OLD_MARK, base + RESTORE_KEPT_MARK)
         return sorted(os.path.join(parent, n) for n in names if n.startswith(marks))
 
     def initialize(self, segment_size: int, timeline: int = 1) -> Control:
@@ -197,11 +201,11 @@ class DataDir:
         left = self.interrupted_restore()
         if left:
             raise DataDirError(
-                f"{self.path} holds no data directory, but a restore into it did not finish: "
-                f"{', '.join(left)} {'is' if len(left) == 1 else 'are'} left beside it "
-                f"(*{RESTORE_OLD_MARK}*: the data from before the restore; *{RESTORE_STAGING_MARK}*: the "
-                f"restore's own). Run the restore again, or move the one you want back to {self.path}; "
-                "remove them all to start a new, empty data directory"
+                f"{self.path} holds no data directory, but a restore into it did not finish or set "
+                f"data aside: {', '.join(left)} {'is' if len(left) == 1 else 'are'} left beside it "
+                f"(*{RESTORE_OLD_MARK}* and *{RESTORE_KEPT_MARK}*: data from before a restore; "
+                f"*{RESTORE_STAGING_MARK}*: the restore's own). Run the restore again, or move the one "
+                f"you want back to {self.path}; remove them all to start a new, empty data directory"
             )
         leftovers = set(os.listdir(self.path)) - {PID_FILE} if os.path.exists(self.path) else ()
         if leftovers:

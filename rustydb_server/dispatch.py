@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import os
 from collections.abc import Callable
 
 import trio
@@ -64,6 +65,8 @@ class Dispatcher:
         self.peer = conn.peer
         self.session_id = session_id
         self.session: SqlSession | None = None
+        # A backup streamed to this client, waiting for its BackupStored.
+        self.awaiting_location = None
 
     async def open_session(self, request: events.SessionRequested) -> events.Ready:
         """Open the session's SQLite connection; the answer the client waits for."""
@@ -84,6 +87,7 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Roll back whatever transaction is open and close the SQLite connection."""
+        self._not_stored("the client disconnected before saying its backup file was stored")
         if self.session is not None:
             session, self.session = self.session, None
             await trio.to_thread.run_sync(session.close, limiter=self.services.db_limiter)
@@ -93,12 +97,53 @@ class Dispatcher:
         if self.session is not None:
             self.session.interrupt()
 
-    async def handle(self, request: events.Query | events.BackupRequested) -> None:
+    async def handle(self, request: events.Query | events.BackupRequested | events.BackupStored) -> None:
         """Answer one request of the open session."""
+        if isinstance(request, events.BackupStored):
+            await self._backup_stored(request)
+            return
+        self._not_stored(f"the client sent a {request.type} request instead of saying its backup file was stored")
         if isinstance(request, events.Query):
             await self._query(request)
         else:
-            await self.services.backups.stream_to_client(self.conn, request)
+            self.awaiting_location = await self.services.backups.stream_to_client(self.conn, request)
+
+    async def _backup_stored(self, stored: events.BackupStored) -> None:
+        awaiting, self.awaiting_location = self.awaiting_location, None
+        if awaiting is None or awaiting.backup_id != stored.backup_id:
+            await self.conn.send(
+                events.Error(
+                    "no_backup_pending",
+                    f"backup {stored.backup_id} is not the backup this session just streamed; nothing was recorded",
+                )
+            )
+            return
+        if not os.path.isabs(stored.location):
+            self.services.backups.not_stored(awaiting, f"the client named no absolute path ({stored.location!r})")
+            await self.conn.send(
+                events.Error("invalid_backup_request", f"{stored.location!r} is not an absolute path; not recorded")
+            )
+            return
+        try:
+            self.services.backups.client_stored(awaiting, stored.location)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("backup not recorded: disk full", backup_id=awaiting.backup_id, error=str(e))
+            await self.conn.send(
+                events.Error(
+                    "disk_full",
+                    f"the disk is full: the backup catalog could not record where backup {awaiting.backup_id} "
+                    f"is ({e.strerror or e}); the file is complete. Free disk space on the data directory",
+                )
+            )
+            return
+        await self.conn.send(self._complete("BACKUP STORED", 0))
+
+    def _not_stored(self, reason: str) -> None:
+        awaiting, self.awaiting_location = self.awaiting_location, None
+        if awaiting is not None:
+            self.services.backups.not_stored(awaiting, reason)
 
     async def _query(self, query: events.Query) -> None:
         # One statement per query message, so every query gets exactly one

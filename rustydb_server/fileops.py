@@ -84,34 +84,79 @@ def _load_sync_file_range():
 
 
 class FileOps:
-    """Real file operations. Subclass and override to inject faults."""
+    """Real file operations. Subclass and override to inject faults.
+
+    An error of an operation on a descriptor names the file it was opened
+    as (``OSError.filename``), as errors of operations on paths do, so every
+    message built from it can say which file failed.
+    """
+
+    #: the path each open descriptor was opened as (subclasses need not call __init__)
+    _names: dict[int, str] | None = None
+
+    def named(self, error: OSError, fd: int) -> OSError:
+        """``error`` of an operation on ``fd``, naming the file ``fd`` was opened as."""
+        if error.filename is None and self._names is not None:
+            name = self._names.get(fd)
+            if name is not None:
+                error.filename = name
+        return error
 
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
-        return os.open(path, flags, mode)
+        fd = os.open(path, flags, mode)
+        if self._names is None:
+            self._names = {}
+        self._names[fd] = os.fsdecode(path)
+        return fd
 
     def close(self, fd: int) -> None:
+        if self._names is not None:
+            self._names.pop(fd, None)
         os.close(fd)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
-        return os.write(fd, data)
+        try:
+            return os.write(fd, data)
+        except OSError as e:
+            raise self.named(e, fd) from None
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
-        return os.pwrite(fd, data, offset)
+        try:
+            return os.pwrite(fd, data, offset)
+        except OSError as e:
+            raise self.named(e, fd) from None
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
-        return os.pread(fd, size, offset)
+        try:
+            return os.pread(fd, size, offset)
+        except OSError as e:
+            raise self.named(e, fd) from None
 
     def fsync(self, fd: int) -> None:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise self.named(e, fd) from None
 
     def fdatasync(self, fd: int) -> None:
-        os.fdatasync(fd)
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            raise self.named(e, fd) from None
 
     def ftruncate(self, fd: int, size: int) -> None:
-        os.ftruncate(fd, size)
+        try:
+            os.ftruncate(fd, size)
+        except OSError as e:
+            raise self.named(e, fd) from None
 
     def rename(self, src: str, dst: str) -> None:
         os.rename(src, dst)
+        if self._names:  # a file still open (a new WAL segment) is named by its new name
+            src, dst = os.fsdecode(src), os.fsdecode(dst)
+            for fd, name in list(self._names.items()):
+                if name == src:
+                    self._names[fd] = dst
 
     def exchange(self, a: str, b: str) -> None:
         """Swap what ``a`` and ``b`` name, atomically (Linux ``RENAME_EXCHANGE``).
@@ -124,11 +169,16 @@ class FileOps:
         os.unlink(path)
 
     def fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if e.filename is None:
+                e.filename = path
+            raise
 
     def start_writeback(self, fd: int, offset: int, length: int) -> None:
         """Ask the kernel to start writing this range to disk now, without waiting.

@@ -18,7 +18,7 @@ import trio
 
 from . import __version__
 from . import datadir as _datadir
-from .archive import segment_file
+from .archive import destination, segment_file
 from .archive.archiver import Archiver
 from .backup.catalog import Catalog
 from .backup.service import BackupService
@@ -28,7 +28,7 @@ from .doorbell import Doorbell
 from .engine.instance import Engine
 from .engine_events import EngineEvents
 from .http_api import HttpApi
-from .lifecycle import RUNNING, STOPPING, Lifecycle
+from .lifecycle import RUNNING, STOPPING, Lifecycle, StartupError
 from .logsetup import get_logger
 from .notify import Notifier
 from .settings import to_seconds
@@ -42,6 +42,7 @@ log = get_logger("rustydb.server")
 async def run(settings, notifier: Notifier) -> int:
     """Run one server until shutdown; return the process exit code."""
     lifecycle = Lifecycle()
+    _check_archive_dest(settings)
     ddir = _datadir.DataDir(settings["data_dir"])
     ddir.lock("server")
     engine = None
@@ -77,7 +78,9 @@ async def run(settings, notifier: Notifier) -> int:
                 archiver.settings_changed()
                 checkpointer.settings_changed()
 
-            backups = BackupService(engine, settings, Catalog(ddir.path), wal_switched=archiver.retry_now)
+            backups = BackupService(
+                engine, settings, Catalog(ddir.path), wal_switched=archiver.retry_now, archive_failing=archiver.failing
+            )
             listener = WireListener(
                 engine,
                 settings,
@@ -125,6 +128,25 @@ async def run(settings, notifier: Notifier) -> int:
             tracking.close()
             ddir.unlock()
     return lifecycle.exit_code
+
+
+def _check_archive_dest(settings) -> None:
+    """With archiving on, archive_dest (from any source) is made or refused before anything starts."""
+    if not (settings["archive_mode"] and settings["archive_dest"]):
+        return
+    try:
+        made = destination.prepare(settings["archive_dest"])
+    except destination.ArchiveDestError as e:
+        source = settings.source("archive_dest")
+        where = {
+            "config file": f"the config file {settings.config_file}",
+            "auto file": "rustydb.auto.toml (ALTER SYSTEM)",
+        }.get(source, f"the {source}")
+        raise StartupError(
+            f"cannot start: {e} (archive_dest is set in {where}); fix it there, or turn archive_mode off"
+        ) from None
+    if made:
+        log.info("archive_dest created", path=settings["archive_dest"], mode="0700")
 
 
 #: How long a stop may take beyond shutdown_timeout: the listener gives

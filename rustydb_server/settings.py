@@ -228,6 +228,15 @@ REGISTRY: dict[str, Setting] = _registry(
         min=1,
         description="Switch to a new WAL segment at least this often so it gets archived.",
     ),
+    Setting(
+        "archive_check_timeout",
+        "duration",
+        60,
+        unit="s",
+        min=1,
+        description="How long a pitr-base backup waits for the archive to hold the WAL segment of its "
+        "start before it fails with the archiver's last error.",
+    ),
     Setting("archive_encryption", "bool", False, description="Encrypt archived WAL segments with backup_key_file."),
     Setting(
         "archive_compression",
@@ -498,6 +507,10 @@ def _read_toml(path: str, what: str) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise SettingError(f"cannot read {what} {path}: malformed TOML ({e}); fix or remove the file") from None
+    except UnicodeDecodeError as e:
+        raise SettingError(
+            f"cannot read {what} {path}: it is not UTF-8 text (byte {e.start}); is it the right file?"
+        ) from None
     except OSError as e:
         raise SettingError(f"cannot read {what} {path}: {e.strerror}") from None
 

@@ -118,18 +118,22 @@ def test_every_value_round_trips_exactly(value_dir, tmp_path, rows):
     assert canonical(import_into_memory(text), "v") == expected
 
 
+@pytest.mark.parametrize("guard", ["plain", "merge"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(value_rows, max_size=6))
-def test_rows_too_large_for_one_statement_round_trip_in_pieces(value_dir, tmp_path, monkeypatch, rows):
+def test_rows_too_large_for_one_statement_round_trip_in_pieces(value_dir, tmp_path, monkeypatch, rows, guard):
     """With tiny limits, most rows go through the helper table piece by piece."""
     from rustydb_server.export import sqldump
 
     monkeypatch.setattr(sqldump, "PIECE_CHARS", 40)
     monkeypatch.setattr(sqldump, "SMALL_LITERAL", 8)
     expected = fill_value_table(value_dir, "p", rows)
-    text, result = export_text(value_dir, tmp_path, tables=["p"])
+    text, result = export_text(value_dir, tmp_path, tables=["p"], guard=guard)
     target = import_into_memory(text)
     assert canonical(target, "p") == expected
+    if guard == "merge":  # every key is there now: a second import changes nothing
+        run_script(target, text)
+        assert canonical(target, "p") == expected
     assert target.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '__rustydb%'").fetchall() == [(0,)]
     pieces = [
         st.sql
@@ -536,3 +540,71 @@ def test_sigterm_mid_export_leaves_no_output(shop, tmp_path, monkeypatch, capsys
     rc = export_main.main(["--table", "customers", "--input-dir", shop, "--output", str(out)])
     assert rc == 143 and "stopped by SIGTERM" in capsys.readouterr().err
     assert not [f for f in os.listdir(tmp_path) if f.startswith("out.sql")]
+
+
+# -- restoring lost rows into a table that exists (the default) ----------------
+
+
+def test_merge_brings_back_lost_rows_and_leaves_the_others_alone(shop, tmp_path):
+    text, result = export_text(shop, tmp_path, tables=["customers", "plain", 'odd "name"'], guard="merge")
+    assert "CREATE TABLE IF NOT EXISTS customers" in text
+    assert "CREATE INDEX IF NOT EXISTS customers_name" in text
+    assert "CREATE TRIGGER IF NOT EXISTS customers_audit" in text
+    assert "primary key (id)" in text and "plain: no primary key, so rows are compared whole" in text
+    everything = ["audit", "customers", "plain", 'odd "name"']
+    production = import_into_memory(export_text(shop, tmp_path, tables=everything)[0])
+    production.execute(
+        "DELETE FROM customers WHERE id % 7 = 0; UPDATE customers SET balance = -1 WHERE id % 5 = 0;"
+        "DELETE FROM plain WHERE a = 3; UPDATE plain SET b = 50 WHERE a IS NULL;"
+        'DELETE FROM "odd ""name""" WHERE k = \'l\'; DELETE FROM audit'
+    )
+    run_script(production, text)
+    source = db(shop)
+    # customers: the deleted rows are back as they were; the updated ones keep the update
+    got = dict(production.execute("SELECT id, balance FROM customers").fetchall())
+    assert len(got) == 1200
+    assert all(got[i] == (-1 if i % 5 == 0 and i % 7 else i * 1.25) for i in got)
+    assert production.execute("SELECT count(*) FROM audit").fetchall() == [(0,)]  # nothing was updated
+    # plain (rowids only): the deleted row is back; the changed one stays, its old self beside it
+    assert sorted(production.execute("SELECT a, b FROM plain").fetchall(), key=repr) == sorted(
+        [(1, 2), (3, 4), (None, 50), (None, 5)], key=repr
+    )
+    assert (
+        production.execute('SELECT * FROM "odd ""name"""').fetchall()
+        == source.execute('SELECT * FROM "odd ""name"""').fetchall()
+    )
+    assert production.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '__rustydb%'").fetchall() == [(0,)]
+    # once everything is back, importing again changes nothing
+    before = [canonical(production, t) for t in ("customers", "plain")]
+    run_script(production, text)
+    assert [canonical(production, t) for t in ("customers", "plain")] == before
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(value_rows, max_size=8))
+def test_merging_a_table_without_a_key_compares_every_value_exactly(value_dir, tmp_path, rows):
+    conn = db(value_dir)
+    conn.execute("DROP TABLE IF EXISTS nk; CREATE TABLE nk(a, b ANY, r REAL, t TEXT)")
+    with conn:
+        conn.executemany("INSERT INTO nk VALUES (?, ?, ?, CAST(? AS TEXT))", rows)
+    expected = canonical(conn, "nk")
+    conn.close()
+    text, _ = export_text(value_dir, tmp_path, tables=["nk"], guard="merge")
+    target = import_into_memory(text)
+    assert canonical(target, "nk") == expected
+    run_script(target, text)  # every row has its equal there now
+    assert canonical(target, "nk") == expected
+
+
+def test_the_cli_merges_by_default_and_replaces_on_request(shop, tmp_path, capsys):
+    out = str(tmp_path / "customers_restored.sql")
+    assert export_main(["--table", "customers", "--input-dir", shop, "--output", out]) == 0
+    with open(out) as f:
+        text = f.read()
+    assert 'ON CONFLICT("id") DO NOTHING' in text and "DROP TABLE" not in text
+    replaced = str(tmp_path / "replace.sql")
+    assert export_main(["--table", "customers", "--input-dir", shop, "--output", replaced, "--replace"]) == 0
+    with open(replaced) as f:
+        text = f.read()
+    assert 'DROP TABLE IF EXISTS "customers"' in text and "ON CONFLICT" not in text
+    assert "dropped if it exists and created again" in text

@@ -246,7 +246,7 @@ def test_find_the_bad_transaction_and_restore_to_just_before_it(pitr_setup, tmp_
     wait_archived(srv)
     proc = run_tool("rusty-db-restore", "--list-wal", "--archive-dir", str(archive), "--json")
     assert proc.returncode == 0, proc.stderr
-    listing = [json.loads(line) for line in proc.stdout.splitlines()]
+    listing = json.loads(proc.stdout)["transactions"]
     deletes = [t for t in listing if any(c.startswith("accounts: -") and "+" not in c for c in t.get("changes", []))]
     bad = deletes[-1]
     assert bad["txid"] > history[-1]["txid"]

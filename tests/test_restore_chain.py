@@ -24,6 +24,35 @@ def test_the_chain_is_found_in_order(chain):  # noqa: F811
     assert find_chain(paths["full"], directory) == [paths["full"]]
 
 
+def test_the_chain_is_found_across_several_directories_and_the_catalog(chain, tmp_path):  # noqa: F811
+    paths, _ = chain
+    spread = {n: tmp_path / n for n in ("a", "b", "c")}
+    for d in spread.values():
+        d.mkdir()
+    full = shutil.copy(paths["full"], spread["a"])
+    incr1 = shutil.copy(paths["incr1"], spread["b"])
+    incr2 = shutil.copy(paths["incr2"], spread["c"])
+    assert find_chain(incr2, [str(spread["b"]), str(spread["a"])]) == [full, incr1, incr2]
+    with pytest.raises(RestoreError, match="not in .*/b; pass the directory holding it with --chain-dir"):
+        find_chain(incr2, [str(spread["b"])])
+    # a stopped server's catalog knows where its backups were written
+    data = tmp_path / "data"
+    data.mkdir()
+    entry = {"backup_id": _id_of(full), "status": "completed", "origin": "client", "location": full}
+    (data / "backup_catalog.json").write_text(json.dumps({"format": 1, "backups": [entry]}))
+    assert find_chain(incr2, [str(spread["b"])], str(data)) == [full, incr1, incr2]
+    os.unlink(full)
+    with pytest.raises(RestoreError, match=f"nor at {full} where the backup catalog recorded it"):
+        find_chain(incr2, [str(spread["b"])], str(data))
+
+
+def _id_of(path: str) -> str:
+    from rustydb_server.container.reader import BackupReader
+
+    with open(path, "rb") as f:
+        return BackupReader(f).header.backup_id
+
+
 def test_chain_dir_restores_the_whole_chain(chain, tmp_path, capsys):  # noqa: F811
     paths, states = chain
     data = str(tmp_path / "data")
@@ -40,7 +69,12 @@ def test_chain_dir_restores_the_whole_chain(chain, tmp_path, capsys):  # noqa: F
     capsys.readouterr()  # the engine's log lines above
     assert restore_main.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary == {"ok": True, "data_dir": again, "chain": [paths["full"], paths["diff2"]]}
+    assert summary == {
+        "ok": True,
+        "data_dir": again,
+        "chain": [paths["full"], paths["diff2"]],
+        "previous_data_dir": None,
+    }
     assert rows(again) == states["incr2"]
 
 

@@ -32,16 +32,21 @@ def test_every_transaction_and_the_restore_point_are_listed(archived, capsys):
     assert any("rustydb: notes: -20" in line for line in lines[lines.index(point[0]) :])
 
 
-def test_json_lines_and_a_database_filter(archived, capsys):
+def test_json_is_one_document_and_a_database_filter(archived, capsys):
     _base, archive, _ = archived
     assert restore_main.main(["--archive-dir", archive, "--list-wal", "--json", "--database", "rustydb"]) == 0
-    items = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["archive_dir"] == archive
+    assert [t["timeline"] for t in doc["timelines"]] == [1]
+    items = doc["transactions"]
     txs = [i for i in items if "txid" in i]
     assert {i["database"] for i in txs} == {"rustydb"}
-    assert {"lsn", "txid", "commit_time", "database", "changes"} == set(txs[0])
+    assert {"timeline", "lsn", "txid", "commit_time", "database", "changes"} == set(txs[0])
     assert [i["restore_point"] for i in items if "restore_point" in i] == ["before_purge"]
     assert restore_main.main(["--archive-dir", archive, "--list-wal", "--json", "--database", "other"]) == 0
-    assert [json.loads(line) for line in capsys.readouterr().out.splitlines() if "txid" in line] == []
+    assert [i for i in json.loads(capsys.readouterr().out)["transactions"] if "txid" in i] == []
 
 
 def test_list_wal_needs_an_archive_that_exists(tmp_path, capsys):

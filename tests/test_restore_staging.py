@@ -20,10 +20,14 @@ def leftovers(target: str) -> list[str]:
     return glob.glob(target + ".restoring-*") + glob.glob(target + ".old-*")
 
 
+def kept(target: str) -> list[str]:
+    return glob.glob(target + ".pre-restore-*")
+
+
 def test_a_swapped_stage_becomes_the_new_target(tmp_path):
     target = str(tmp_path / "data")
     with TargetLock(target) as lock:
-        lock.check_empty(force=False)
+        lock.check_target(force=False)
         with lock.stage("0123456789abcdef") as staging:
             assert staging.path == target + ".restoring-01234567"
             assert os.stat(staging.path).st_mode & 0o777 == 0o700
@@ -59,8 +63,8 @@ def test_force_replaces_a_data_directory_and_keeps_what_is_not_part_of_one(tmp_p
     (target / "rustydb.auto.toml").write_text("x = 1\n")
     with TargetLock(str(target)) as lock:
         with pytest.raises(RestoreError, match="not empty.*--force"):
-            lock.check_empty(force=False)
-        lock.check_empty(force=True)
+            lock.check_target(force=False)
+        lock.check_target(force=True)
         with lock.stage("abc") as staging:
             assert staging.swap() is True
     assert sorted(os.listdir(target)) == ["archive", dd.DATABASES_DIR, "rustydb.auto.toml"]
@@ -145,13 +149,14 @@ def what_a_server_finds(target: str) -> str:
     return "refused"
 
 
+@pytest.mark.parametrize("force", [True, False], ids=["force", "keep"])
 @pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
-def test_a_force_restore_killed_at_any_step_leaves_old_data_or_new_never_nothing(plain_backup, tmp_path, exchange):
+def test_a_restore_killed_at_any_step_leaves_old_data_or_new_never_nothing(plain_backup, tmp_path, exchange, force):
     backup, _ = plain_backup
     dry = tmp_path / "dry"
     old_data_directory(backup, str(dry))
     counter = KilledAt(None, exchange=exchange)
-    restore_full(backup, str(dry), force=True, fileops=counter)
+    restore_full(backup, str(dry), force=force, fileops=counter)
     assert counter.calls > 3
     seen = set()
     for at in range(1, counter.calls + 1):
@@ -160,7 +165,7 @@ def test_a_force_restore_killed_at_any_step_leaves_old_data_or_new_never_nothing
         pid = os.fork()
         if pid == 0:  # the restore, killed at its at-th step
             try:
-                restore_full(backup, target, force=True, fileops=KilledAt(at, exchange=exchange))
+                restore_full(backup, target, force=force, fileops=KilledAt(at, exchange=exchange))
             finally:
                 os._exit(0)
         _, status = os.waitpid(pid, 0)
@@ -169,7 +174,33 @@ def test_a_force_restore_killed_at_any_step_leaves_old_data_or_new_never_nothing
         seen.add(found)
         if found == "refused":
             assert not exchange, f"killed at step {at}: with an atomic exchange the target is never missing"
-        left = leftovers(target)
+        left = leftovers(target) + kept(target)
         archived = [p for p in [target, *left] if os.path.exists(os.path.join(p, "archive", "segment"))]
         assert archived, f"killed at step {at}: the archive kept in the data directory is gone"
+        if not force:
+            # Nothing lost, even when the restore is run again after the kill.
+            assert has_old_data(target), f"killed at step {at}: the old data is gone"
+            restore_full(backup, target)
+            assert has_old_data(target), f"killed at step {at}, run again: the old data is gone"
+            assert what_a_server_finds(target) == "new"
     assert "old" in seen and "new" in seen
+
+
+def has_old_data(target: str) -> bool:
+    places = [target, *leftovers(target), *kept(target)]
+    return any(os.path.exists(os.path.join(p, dd.DATABASES_DIR, "marker-old")) for p in places)
+
+
+def test_a_stopped_servers_data_directory_is_kept_aside(plain_backup, tmp_path):
+    backup, _ = plain_backup
+    target = str(tmp_path / "data")
+    old_data_directory(backup, target)
+    result = restore_full(backup, target)
+    (aside,) = kept(target)
+    assert result.kept_old == aside and result.replaced_old
+    assert os.path.exists(os.path.join(aside, dd.DATABASES_DIR, "marker-old"))
+    # what is not part of a data directory goes on with the restored one
+    assert os.path.exists(os.path.join(target, "archive", "segment"))
+    assert not os.path.exists(os.path.join(target, dd.DATABASES_DIR, "marker-old"))
+    assert dd.DataDir(target).read_control().previous_data_dir == aside
+    assert not leftovers(target)

@@ -18,6 +18,8 @@ against the same conversation:
                                           <- Columns, Rows* / Complete   (or Error)
     BackupRequested                      ->
                                           <- BackupHeader, BackupData* / BackupEnd   (or Error)
+    BackupStored                         ->   (after a BackupEnd awaiting_location)
+                                          <- Complete   (or Error)
     Goodbye                              ->
 
 Notices may come before any answer's end; a fatal Error may come at any time
@@ -45,6 +47,7 @@ from .events import (
     BackupEnd,
     BackupHeader,
     BackupRequested,
+    BackupStored,
     Columns,
     Complete,
     ConnectionClosed,
@@ -337,7 +340,8 @@ class ServerSide(Connection):
             final = self._scram.server_final(event.data)
             self.state = State.OPENING
             return self._session_requested((ScramServerFinal(final),))
-        self._advance(event, State.QUERY if type(event) is Query else State.BACKUP)
+        # BackupStored is answered like a query: Complete or Error.
+        self._advance(event, State.BACKUP if type(event) is BackupRequested else State.QUERY)
         return event
 
     def _on_hello(self, hello: Hello):
@@ -362,7 +366,7 @@ _SERVER_EXPECTS = {
     State.HELLO: (Hello,),
     State.CLIENT_FIRST: (ScramClientFirst,),
     State.CLIENT_FINAL: (ScramClientFinal,),
-    State.IDLE: (Query, BackupRequested),
+    State.IDLE: (Query, BackupRequested, BackupStored),
 }
 
 
@@ -417,6 +421,8 @@ class ClientSide(Connection):
                 return State.QUERY
             if isinstance(event, BackupRequested):
                 return State.BACKUP
+            if isinstance(event, BackupStored):
+                return State.QUERY
         return None
 
     def _receive(self, msg: dict):

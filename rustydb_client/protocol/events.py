@@ -57,12 +57,26 @@ class BackupRequested:
 
     ``base_backup`` names where an incremental starts: at least ``backup_id``
     and ``end_lsn``, and what the tool read from that backup's header.
+    ``output``: the absolute path the client writes the backup to. A server
+    that records it answers with ``BackupEnd(awaiting_location=True)`` and
+    records the backup as present only once the client sent BackupStored.
     """
 
     type: ClassVar[str] = "backup"
     backup_type: str = "full"
     databases: list[str] | None = None
     base_backup: dict | None = None
+    output: str | None = None
+
+
+@dataclass(slots=True)
+class BackupStored:
+    """The backup streamed last is durable at ``location`` (after a BackupEnd
+    with ``awaiting_location``): answered by Complete, or an Error."""
+
+    type: ClassVar[str] = "backup_stored"
+    backup_id: str
+    location: str
 
 
 @dataclass(slots=True)
@@ -156,9 +170,13 @@ class BackupData:
 
 @dataclass(slots=True)
 class BackupEnd:
+    """The stream's end. ``awaiting_location``: the server records the backup
+    once the client says where it is durable (BackupStored)."""
+
     type: ClassVar[str] = "backup_end"
     end_lsn: int
     bytes: int
+    awaiting_location: bool = False
 
 
 # ------------------------------------------------------- about the conversation
@@ -196,7 +214,7 @@ class _NeedData:
 #: next_event()'s answer when no whole message is buffered: receive more bytes.
 NEED_DATA = _NeedData()
 
-TO_SERVER_EVENTS = (Hello, ScramClientFirst, ScramClientFinal, Query, BackupRequested, Goodbye)
+TO_SERVER_EVENTS = (Hello, ScramClientFirst, ScramClientFinal, Query, BackupRequested, BackupStored, Goodbye)
 TO_CLIENT_EVENTS = (
     AuthRequired,
     ScramServerFirst,

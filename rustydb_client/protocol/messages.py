@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from .errors import RemoteProtocolError
-from .events import TO_CLIENT_EVENTS, TO_SERVER_EVENTS, BackupRequested
+from .events import TO_CLIENT_EVENTS, TO_SERVER_EVENTS, BackupEnd, BackupRequested
 from .scan import MAX_CONTAINER_LEN
 
 TO_SERVER = "to_server"
@@ -69,6 +69,7 @@ _SCHEMAS: dict[str, dict[str, dict[str, tuple[str, bool]]]] = {
         "scram_client_final": {"data": ("str", True)},
         "query": {"sql": ("str", True), "batch_rows": ("int", False)},
         "backup": {"options": ("map", True)},
+        "backup_stored": {"backup_id": ("str", True), "location": ("str", True)},
         "goodbye": {},
     },
     TO_CLIENT: {
@@ -97,7 +98,7 @@ _SCHEMAS: dict[str, dict[str, dict[str, tuple[str, bool]]]] = {
         },
         "backup_header": {"manifest": ("map", True)},
         "backup_data": {"entry": ("str", True), "last": ("bool", True), "data": ("bytes", True)},
-        "backup_end": {"end_lsn": ("int", True), "bytes": ("int", True)},
+        "backup_end": {"end_lsn": ("int", True), "bytes": ("int", True), "awaiting_location": ("bool", False)},
     },
 }
 
@@ -107,6 +108,7 @@ _BACKUP_OPTIONS = {
     "backup_type": ("str", False),
     "databases": ("[str]|None", False),
     "base_backup": ("base backup|None", False),
+    "output": ("str|None", False),
 }
 
 
@@ -147,10 +149,14 @@ def message_of(event) -> dict:
         options: dict = {"backup_type": event.backup_type, "databases": event.databases}
         if event.base_backup is not None:
             options["base_backup"] = event.base_backup
+        if event.output is not None:
+            options["output"] = event.output
         return {"type": "backup", "options": options}
     msg = {"type": event.type}
     for name, _ in _FIELDS[type(event)]:
         msg[name] = getattr(event, name)
+    if type(event) is BackupEnd and not event.awaiting_location:
+        del msg["awaiting_location"]  # the frame earlier versions sent and read
     return msg
 
 

@@ -16,6 +16,7 @@ import uuid
 
 from .. import __version__
 from .. import fileops as _fileops
+from ..container.errors import BackupError
 from ..container.file import BackupFile
 from ..container.format import BackupHeader, BackupType
 from ..container.reader import BackupReader
@@ -77,7 +78,17 @@ def archived_digest(path: str) -> str | None:
 
 
 def unpack_segment(path: str, *, system_id: int | None = None, key=None) -> tuple[str, bytes]:
-    """Read an archive file back: (segment name, bytes), every check applied."""
+    """Read an archive file back: (segment name, bytes), every check applied.
+
+    A file that is no readable container is ArchiveError naming it (a
+    BackupError would be taken for damage to the backup being restored)."""
+    try:
+        return _unpack_segment(path, system_id=system_id, key=key)
+    except BackupError as exc:
+        raise ArchiveError(f"{path} is not a readable archived WAL segment: {exc}") from None
+
+
+def _unpack_segment(path: str, *, system_id: int | None, key) -> tuple[str, bytes]:
     with open(path, "rb") as f:
         reader = BackupReader(f, key=key)
         h = reader.header

@@ -3,6 +3,14 @@
 Kept as ``backup_catalog.json`` in the data directory and replaced atomically on
 every change. A backup still ``in_progress`` when the server starts again was
 interrupted; it is marked ``failed`` with that reason.
+
+``location`` is the backup file's absolute path: the server's own file for a
+backup taken through the API (origin "api"), the file the client wrote for
+one streamed to rusty-db-backup (origin "client"; the client names it in its
+request and confirms it once the file is durable). Entries written before
+clients said where ("client <address>") have no known path. ``base_for``
+chooses the backup the next incremental or differential starts from among
+those whose files (and whose chain's files) are still on disk.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ FIELDS = (
     "encryption",
     "error",
     "writers_paused_ms",
+    "partial",
 )
 
 
@@ -204,8 +213,59 @@ class Catalog:
             self._save()
             return entry
 
+    def missing_file(self, backup_id: str) -> str | None:
+        """The first file of ``backup_id``'s chain (itself, then its parents) known
+        to be gone from disk, or None. A backup the catalog does not know, or
+        whose location is no path (a client's, before clients said where), is
+        taken to be there: nothing says otherwise."""
+        with self._lock:
+            seen: set[str] = set()
+            current: str | None = backup_id
+            while current and current not in seen:
+                seen.add(current)
+                entry = self._entries.get(current)
+                if entry is None:
+                    return None
+                location = entry.get("location")
+                if known_path(location) and not os.path.isfile(location):
+                    return location
+                kind = _type_of(entry.get("backup_type"))
+                if kind is not None and kind.needs_parent:
+                    current = entry.get("base_full_id" if kind is BackupType.DIFFERENTIAL else "parent_id")
+                else:
+                    current = None
+            return None
+
+    def base_candidates(self, backup_type: BackupType, timeline: int) -> list[dict]:
+        """Completed whole-server backups an incremental (any type) or a
+        differential (full bases only) could start from, newest first."""
+        with self._lock:
+            out = []
+            for e in self._entries.values():
+                if e["status"] != "completed" or e.get("partial") is not False or e.get("timeline") != timeline:
+                    continue
+                kind = _type_of(e.get("backup_type"))
+                if kind is None or not isinstance(e.get("end_lsn"), int):
+                    continue
+                if backup_type is BackupType.DIFFERENTIAL and not kind.is_full_base:
+                    continue
+                out.append(dict(e))
+            return sorted(out, key=lambda e: (e["end_lsn"], e["completed_at"] or 0), reverse=True)
+
     def list(self) -> list[dict]:
         with self._lock:
             return sorted(
                 (dict(e) for e in self._entries.values()), key=lambda e: (e["started_at"] or 0, e["backup_id"])
             )
+
+
+def known_path(location) -> bool:
+    """Whether a catalog location is a file's path (not "client <address>")."""
+    return isinstance(location, str) and os.path.isabs(location)
+
+
+def _type_of(value) -> BackupType | None:
+    try:
+        return BackupType(value)
+    except ValueError:
+        return None

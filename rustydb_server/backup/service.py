@@ -19,18 +19,23 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import trio
 
 from rustydb_client.protocol import events
 
 from .. import keys
+from ..archive import segment_file
 from ..container.file import PARTIAL_SUFFIX, BackupFile
 from ..container.format import BackupType
 from ..engine.instance import EngineError
 from ..logsetup import get_logger
-from .catalog import Catalog
-from .incremental import IncrementalSource, IncrementalUnavailable
+from ..settings import to_seconds
+from ..wal import archive_status
+from ..wal import segment as walseg
+from .catalog import Catalog, known_path
+from .incremental import IncrementalSource, IncrementalUnavailable, check_parent
 from .manifest import Manifest
 from .request import WIRE_FIELDS, BackupRequest, BackupRequestError, parse_request, wire_fields
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
@@ -106,15 +111,32 @@ async def cancel_flag() -> AsyncIterator[threading.Event]:
             raise body_error from None
 
 
+class ArchiveCheckFailed(Exception):
+    """A pitr-base backup's start segment did not reach the archive in time."""
+
+
+#: How often the archive check looks whether the segment has been archived.
+ARCHIVE_CHECK_POLL_S = 0.1
+
+
 class BackupService:
-    def __init__(self, engine, settings, catalog: Catalog, wal_switched: Callable[[], None]):
+    def __init__(
+        self,
+        engine,
+        settings,
+        catalog: Catalog,
+        wal_switched: Callable[[], None],
+        archive_failing: Callable[[], str | None] = lambda: None,
+    ):
         self.engine = engine
         self.settings = settings
         self.catalog = catalog
         self._wal_switched = wal_switched  # a pitr-base closed its segment: archive it now
+        self._archive_failing = archive_failing  # the archiver's reason, while it fails
         self.scratch = os.path.join(engine.datadir.path, SCRATCH_DIR)
         self.limiter = trio.CapacityLimiter(2)
         self._nursery: trio.Nursery | None = None
+        self._running: dict[str, trio.Event] = {}  # backups the server writes, set when each ends
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
@@ -170,16 +192,65 @@ class BackupService:
 
     def parent_for(self, backup_type: BackupType, base_backup: dict | None) -> dict:
         """The backup an incremental or differential starts from."""
+        return self.choose_parent(backup_type, base_backup)[0]
+
+    def choose_parent(self, backup_type: BackupType, base_backup: dict | None) -> tuple[dict, str | None]:
+        """The backup an incremental or differential starts from, and its file's
+        path when the catalog knows it.
+
+        The latest backup the server recorded (a differential: the latest full
+        one) unless its file, or a file of its chain, is gone from disk; then
+        the newest other completed backup whose chain is all there.
+        """
         c = self.engine.control
         if base_backup is not None:
-            return base_backup
-        parent = c.last_full_backup if backup_type is BackupType.DIFFERENTIAL else c.last_backup
-        if parent is None:
+            return base_backup, self._location_of(base_backup["backup_id"])
+        recorded = c.last_full_backup if backup_type is BackupType.DIFFERENTIAL else c.last_backup
+        if recorded is None:
             raise BackupRequestError(
                 f"{'an' if backup_type is BackupType.INCREMENTAL else 'a'} {backup_type} backup needs an "
                 "earlier full backup of this server; take a full backup first"
             )
-        return parent
+        candidates = [recorded] + [
+            _record_of(e, c.system_id)
+            for e in self.catalog.base_candidates(backup_type, c.timeline)
+            if e["backup_id"] != recorded["backup_id"]
+        ]
+        gone = []
+        for candidate in candidates:
+            missing = self.catalog.missing_file(candidate["backup_id"])
+            if missing is None:
+                if gone:
+                    log.warning("the latest backups' files are gone; basing on an earlier one", gone=gone)
+                return candidate, self._location_of(candidate["backup_id"])
+            gone.append(f"{candidate['backup_id']} ({missing} no longer exists)")
+        raise BackupRequestError(
+            f"no earlier backup to base this {backup_type} backup on is still on disk: {'; '.join(gone)}; "
+            "take a full backup"
+        )
+
+    def _location_of(self, backup_id: str) -> str | None:
+        location = (self.catalog.get(backup_id) or {}).get("location")
+        return location if known_path(location) else None
+
+    def check_request(self, req: BackupRequest) -> None:
+        """Refuse now what could not succeed later: the one check both request
+        paths (the wire's rusty-db-backup, the HTTP API) run before anything
+        is recorded. An incremental or differential needs a base backup of this
+        server on its timeline and the WAL since it (on the server or in the
+        archive); a pitr-base needs a usable archive. BackupRequestError says
+        why not."""
+        if req.backup_type is BackupType.PITR_BASE and not self.settings["archive_dest"]:
+            raise BackupRequestError(
+                "a pitr-base backup needs WAL archiving, and archive_dest is not set: run ALTER SYSTEM "
+                "SET archive_dest = '/path'; first"
+            )
+        if req.backup_type.needs_parent:
+            parent = self.parent_for(req.backup_type, req.base_backup)
+            try:
+                check_parent(self.engine, parent)
+            except IncrementalUnavailable as e:
+                raise BackupRequestError(str(e)) from None
 
     def open_source(self, backup_type: BackupType, names, base_backup=None, backup_id=None, cancel=None):
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
@@ -196,39 +267,50 @@ class BackupService:
         )
 
     # ------------------------------------------------------------- to a client
-    async def stream_to_client(self, conn, request: events.BackupRequested) -> None:
-        """Answer a backup request: header, data frames, end (or an error)."""
-        async with cancel_flag() as cancel:
-            await self._stream(conn, request, cancel)
+    async def stream_to_client(self, conn, request: events.BackupRequested) -> AwaitingLocation | None:
+        """Answer a backup request: header, data frames, end (or an error).
 
-    async def _stream(self, conn, request: events.BackupRequested, cancel: threading.Event) -> None:
+        A request naming its ``output`` returns the backup, to be recorded
+        when the client confirms it (``client_stored``) or failed if it does
+        not (``not_stored``)."""
+        async with cancel_flag() as cancel:
+            return await self._stream(conn, request, cancel)
+
+    async def _stream(self, conn, request: events.BackupRequested, cancel: threading.Event) -> AwaitingLocation | None:
         try:
             req = parse_request(wire_fields(request), self.settings, WIRE_FIELDS)
+            if request.output is not None and not os.path.isabs(request.output):
+                raise BackupRequestError(f"the backup's output {request.output!r} is not an absolute path")
+            base, where = None, None
+            if req.backup_type.needs_parent:
+                base, where = self.choose_parent(req.backup_type, req.base_backup)
         except BackupRequestError as e:
             await conn.send(events.Error("invalid_backup_request", str(e)))
-            return
+            return None
         try:
+            await trio.to_thread.run_sync(self.check_request, req, limiter=self.limiter)
             snap = await trio.to_thread.run_sync(
-                lambda: self.open_source(req.backup_type, req.databases, req.base_backup, cancel=cancel),
+                lambda: self.open_source(req.backup_type, req.databases, base, cancel=cancel),
                 limiter=self.limiter,
             )
         except EngineError as e:
             await conn.send(events.Error(e.code, str(e)))
-            return
+            return None
         except BackupRequestError as e:
             await conn.send(events.Error("invalid_backup_request", str(e)))
-            return
+            return None
         manifest = snap.manifest()
+        location = request.output or f"client {conn.peer[0]}"
         try:
             if req.backup_type is BackupType.PITR_BASE:
                 await self._switch_for_base()
-            self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=f"client {conn.peer[0]}"))
+            self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=location))
         except (EngineError, OSError) as e:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
             if isinstance(e, EngineError):
                 await conn.send(events.Error(e.code, str(e)))
-                return
+                return None
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             log.warning("backup refused: disk full", error=str(e))
@@ -239,13 +321,34 @@ class BackupService:
                     "no backup was taken. Free disk space on the data directory and run it again",
                 )
             )
-            return
+            return None
         sent = 0
         t0 = time.perf_counter()
         try:
+            if base is not None:
+                await conn.send(events.Notice(based_on(base, where)))
             await conn.send(events.BackupHeader(manifest.to_dict()))
             with conn.bulk_sending():
                 sent = await self._send_entries(conn, snap, cancel)
+            if req.backup_type is BackupType.PITR_BASE:
+                try:
+                    await self.check_archived(manifest.timeline, manifest.start_lsn)
+                except ArchiveCheckFailed as e:
+                    self.catalog.fail(snap.backup_id, str(e))
+                    log.warning("backup failed", backup_id=snap.backup_id, error=str(e))
+                    await conn.send(events.Error("archive_check_failed", str(e)))
+                    return
+            if request.output is not None:
+                # Present only once the client says its file is durable.
+                await conn.send(events.BackupEnd(manifest.end_lsn, sent, awaiting_location=True))
+                log.info(
+                    "backup streamed; waiting for the client to store it",
+                    backup_id=snap.backup_id,
+                    bytes=sent,
+                    output=request.output,
+                    peer=conn.peer,
+                )
+                return AwaitingLocation(snap.backup_id, manifest, request.output, sent)
             await conn.send(events.BackupEnd(manifest.end_lsn, sent))
             try:
                 self.catalog.complete(snap.backup_id, size_bytes=sent)
@@ -281,6 +384,44 @@ class BackupService:
         finally:
             with trio.CancelScope(shield=True):  # at shutdown too: descriptors, connections
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
+
+    def client_stored(self, awaiting: AwaitingLocation, location: str) -> None:
+        """The client wrote the backup durably at ``location``: it is present."""
+        self.catalog.complete(awaiting.backup_id, size_bytes=awaiting.size_bytes, location=location)
+        self.engine.record_backup(awaiting.manifest)
+        log.info("backup stored by the client", backup_id=awaiting.backup_id, location=location)
+
+    def not_stored(self, awaiting: AwaitingLocation, reason: str) -> None:
+        """The client did not confirm its file: the backup is not there to use."""
+        self.catalog.fail(awaiting.backup_id, reason)
+        log.warning("backup not stored by the client", backup_id=awaiting.backup_id, reason=reason)
+
+    async def check_archived(self, timeline: int, start_lsn: int) -> None:
+        """A pitr-base proves the archive works before it reports success (as
+        pgBackRest's archive-check): wait, up to archive_check_timeout, until
+        the archive holds the WAL segment of the backup's start (the backup
+        switched it, so it is complete); ArchiveCheckFailed with the
+        archiver's last error if it does not."""
+        size = self.engine.control.segment_size
+        segment = walseg.segment_name(timeline, walseg.normalize_lsn(start_lsn, size) // size)
+        timeout = to_seconds("archive_check_timeout", self.settings["archive_check_timeout"])
+        with trio.move_on_after(timeout):
+            while not self._archived(segment):
+                await trio.sleep(ARCHIVE_CHECK_POLL_S)
+            return
+        reason = self._archive_failing() or "the archiver has not copied it yet (no error so far)"
+        raise ArchiveCheckFailed(
+            f"the archive check failed: WAL segment {segment}, which holds the start of this pitr-base "
+            f"backup, was not archived within archive_check_timeout ({timeout:g} s): {reason}. Without it "
+            "the backup cannot be recovered to any point; fix archiving (GET /api/v1/admin/archive says "
+            "why it fails) and take the backup again"
+        )
+
+    def _archived(self, segment: str) -> bool:
+        if archive_status.is_archived(self.engine.archive_status_dir, segment):
+            return True
+        dest = self.settings["archive_dest"]  # the mark goes once a checkpoint removes the segment
+        return bool(dest) and os.path.exists(os.path.join(dest, segment_file.archive_name(segment)))
 
     async def _switch_for_base(self) -> None:
         """Close the segment holding the base's start, so the archive gets it at once."""
@@ -358,8 +499,10 @@ class BackupService:
         for name in req.databases or ():
             if name not in self.engine.databases:
                 raise BackupRequestError(f'database "{name}" does not exist', status=422)
-        backup_id = str(uuid.uuid4())
+        self.check_request(req)
         directory = self.backup_dir()
+        _usable_backup_dir(directory)
+        backup_id = str(uuid.uuid4())
         location = os.path.join(directory, f"{backup_id}.backup")
         entry = self.catalog.add(
             backup_id=backup_id,
@@ -372,10 +515,25 @@ class BackupService:
             encryption=req.encrypt,
             databases=req.databases,
         )
+        self._running[backup_id] = trio.Event()
         self._nursery.start_soon(self._run_job, req, backup_id, location, key)
         return entry
 
+    async def finished(self, backup_id: str) -> dict:
+        """Wait until a backup the server writes has ended; its final catalog entry.
+        Cancelling the wait (a client that went away) leaves the backup running."""
+        event = self._running.get(backup_id)
+        if event is not None:
+            await event.wait()
+        return self.catalog.get(backup_id) or {}
+
     async def _run_job(self, req, backup_id, location, key) -> None:
+        try:
+            await self._job(req, backup_id, location, key)
+        finally:
+            self._running.pop(backup_id).set()
+
+    async def _job(self, req, backup_id, location, key) -> None:
         t0 = time.perf_counter()
         try:
             async with cancel_flag() as cancel:
@@ -392,6 +550,20 @@ class BackupService:
             self.catalog.fail(backup_id, str(e))
             log.error("backup failed", backup_id=backup_id, error=str(e))
             return
+        if req.backup_type is BackupType.PITR_BASE:
+            self._wal_switched()  # archive the start segment now, whatever the backoff
+            try:
+                entry = self.catalog.get(backup_id) or {}
+                await self.check_archived(entry["timeline"], entry["start_lsn"])
+            except ArchiveCheckFailed as e:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(location)  # no pitr-base without its archive: nothing to restore from
+                self.catalog.fail(backup_id, str(e))
+                log.error("backup failed", backup_id=backup_id, error=str(e))
+                return
+            except trio.Cancelled:
+                self.catalog.fail(backup_id, "the server shut down during the backup's archive check")
+                raise
         self.catalog.complete(backup_id, **summary)
         log.info(
             "backup completed",
@@ -402,13 +574,7 @@ class BackupService:
         )
 
     def _write_file(self, req, backup_id, location, key, cancel) -> dict:
-        directory = os.path.dirname(location)
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise BackupRequestError(
-                f"cannot use backup_dir {directory}: {e.strerror}; set backup_dir to a directory the server can write"
-            ) from None
+        _usable_backup_dir(os.path.dirname(location))
         with self.open_source(req.backup_type, req.databases, backup_id=backup_id, cancel=cancel) as snap:
             manifest = snap.manifest()
             if req.backup_type is BackupType.PITR_BASE:
@@ -418,7 +584,7 @@ class BackupService:
                 **{
                     k: v
                     for k, v in _catalog_fields(manifest, snap, origin="api", location=location).items()
-                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms")
+                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms", "partial")
                 },
             )
             with BackupFile(
@@ -428,6 +594,7 @@ class BackupService:
                 codec=req.codec,
                 threads=req.threads,
                 nice=self.settings["backup_nice"],
+                fileops=self.engine.fileops,
             ) as bf:
                 for entry, chunks in snap.entries(self.scratch, cancel):
                     bf.begin_entry(entry)
@@ -444,6 +611,20 @@ class BackupService:
         }
 
 
+def _usable_backup_dir(directory: str) -> None:
+    """Make backup_dir (mode 0700) if it is missing; refuse one the server cannot write."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not os.path.isdir(directory):
+            raise NotADirectoryError(errno.ENOTDIR, "it is not a directory")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "the server's user cannot write it")
+    except OSError as e:
+        raise BackupRequestError(
+            f"cannot use backup_dir {directory}: {e.strerror}; set backup_dir to a directory the server can write"
+        ) from None
+
+
 def _catalog_fields(manifest: Manifest, snap: Snapshot, *, origin: str, location: str) -> dict:
     return {
         "backup_id": manifest.backup_id,
@@ -458,4 +639,34 @@ def _catalog_fields(manifest: Manifest, snap: Snapshot, *, origin: str, location
         "writers_paused_ms": round(snap.pause_seconds * 1000, 3),
         "parent_id": manifest.parent_id,
         "base_full_id": manifest.base_full_id,
+        "partial": manifest.partial,
+    }
+
+
+def based_on(base: dict, where: str | None) -> str:
+    """The notice that says which backup an incremental or differential starts from."""
+    at = where or "a location the server does not know (taken before backups recorded their path)"
+    return f"based on {base['backup_id']} at {at}"
+
+
+@dataclass
+class AwaitingLocation:
+    """A backup streamed to a client that said where it writes it: recorded as
+    present once the client confirms the file is durable (BackupStored)."""
+
+    backup_id: str
+    manifest: Manifest
+    output: str
+    size_bytes: int
+
+
+def _record_of(entry: dict, system_id: int) -> dict:
+    """A catalog entry as the control file records a backup (Manifest.control_record)."""
+    return {
+        "backup_id": entry["backup_id"],
+        "type": entry["backup_type"],
+        "end_lsn": entry["end_lsn"],
+        "timeline": entry["timeline"],
+        "system_id": system_id,
+        "base_full_id": entry.get("base_full_id") or entry["backup_id"],
     }

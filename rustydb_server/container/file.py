@@ -53,16 +53,18 @@ class BackupFile:
             raise FileNotFoundError(f"directory {directory} does not exist")
         if os.path.exists(self.path):
             raise FileExistsError(f"{self.path} already exists; choose another --output")
+        # Set before anything can fail, so abort() always finds them.
+        self._done = False
+        self.writer = None
         self._fd = fileops.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(self._fd, 0o600)
-        self._out = _FdFile(self._fd, fileops)
         try:
+            os.fchmod(self._fd, 0o600)
+            self._out = _FdFile(self._fd, fileops)
             self.writer = BackupWriter(self._out, header, key=key, codec=codec, threads=threads, nice=nice)
         except BaseException:
             self.abort()
             raise
         self.header = self.writer.header
-        self._done = False
 
     def begin_entry(self, name: str) -> None:
         self.writer.begin_entry(name)
@@ -92,7 +94,7 @@ class BackupFile:
     def abort(self) -> None:
         if self._done:
             return
-        writer = getattr(self, "writer", None)
+        writer = self.writer
         if writer is not None:
             try:
                 writer.close()

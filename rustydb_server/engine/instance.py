@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -77,7 +78,10 @@ def is_disk_full(e: BaseException) -> bool:
 
 
 def _reason(e: BaseException) -> str:
-    return (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
+    """What failed, for a message: the system's words and the file they are about."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e)
 
 
 @dataclasses.dataclass
@@ -241,6 +245,12 @@ class Engine:
             ddir.check_version()
             control = ddir.read_control()
             _datadir.check_usable(control, ddir.path)
+            if control.state == "restored" and control.previous_data_dir:
+                log.info(
+                    "this data directory was restored; the data directory it replaced is kept beside it, "
+                    f"remove it once it is no longer needed: rm -rf {shlex.quote(control.previous_data_dir)}",
+                    previous_data_dir=control.previous_data_dir,
+                )
             ddir.create_layout()
         engine = cls(
             ddir, control, settings, fileops, observer or EngineObserver(), change_tracking, archived_timelines, clock
@@ -804,7 +814,11 @@ class Engine:
             self._fatal(str(e))
         except OSError as e:
             if not is_disk_full(e):
-                raise
+                raise EngineError(
+                    f"could not switch the WAL: {_reason(e)}; the switch record is logged, the segment "
+                    "was not switched. Check the disk (the system log), then run SWITCH WAL again",
+                    code="io_error",
+                ) from e
             raise EngineError(
                 f"could not switch the WAL: the disk is full ({_reason(e)}); the switch record is "
                 "logged, the segment was not switched. Free disk space and run SWITCH WAL again",

@@ -417,12 +417,12 @@ class SqlSession:
             if run.autocommit_write:
                 self._abort_autocommit()
             raise
-        changes = self.conn.changes() if run.keyword in ("INSERT", "UPDATE", "DELETE", "REPLACE") else 0
+        # WITH ... INSERT (UPDATE, DELETE) reports what its statement did, as the plain form does
+        kw = statement_verb(run.sql) if run.keyword == "WITH" else run.keyword
+        changes = self.conn.changes() if kw in WRITE_VERBS else 0
         if run.autocommit_write:
             self._commit_autocommit()
-        return status_for(run.keyword, run.sql, run.rows_seen, changes), (
-            changes if run.keyword in ("INSERT", "UPDATE", "DELETE", "REPLACE") else run.rows_seen
-        )
+        return status_for(kw, run.sql, run.rows_seen, changes), (changes if kw in WRITE_VERBS else run.rows_seen)
 
     def _more(self, run: StatementRun) -> bool:
         row = self._sqlite(lambda: next(run.cursor, None))
@@ -542,6 +542,49 @@ def pinning_sessions(engine: Engine, databases=None) -> list[dict]:
 
 def _sql_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+_VERBS = frozenset({*WRITE_VERBS, "SELECT", "VALUES"})
+
+
+def statement_verb(sql: str) -> str:
+    """The verb of a statement that starts with a WITH clause: the first of
+    SELECT, VALUES, INSERT, REPLACE, UPDATE, DELETE outside parentheses,
+    quotes and comments (every common table expression's body is in
+    parentheses). "WITH" when there is none."""
+    depth, i, n = 0, 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "'\"`[":
+            close = "]" if ch == "[" else ch
+            i = sql.find(close, i + 1)
+            if i < 0:
+                break
+        elif sql.startswith("--", i):
+            i = sql.find("\n", i)
+            if i < 0:
+                break
+        elif sql.startswith("/*", i):
+            i = sql.find("*/", i + 2)
+            if i < 0:
+                break
+            i += 1
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif depth == 0 and (ch.isalpha() or ch == "_"):
+            j = i
+            while j < n and (sql[j].isalnum() or sql[j] in "_$"):
+                j += 1
+            word = sql[i:j].upper()
+            if word in _VERBS:
+                return word
+            i = j
+            continue
+        i += 1
+    return "WITH"
 
 
 def status_for(kw: str, sql: str, rows: int, changes: int) -> str:

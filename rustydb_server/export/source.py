@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apsw
 
@@ -49,6 +49,9 @@ class TableShape:
     name: str
     columns: list[str]  # the columns an INSERT sets (generated columns left out)
     rowid_alias: str | None  # a rowid name to carry the rowid in, or None when it needs none
+    # The declared primary key's columns in key order; empty without one (and for
+    # a virtual table, which has no key an INSERT could be checked against).
+    primary_key: list[str] = field(default_factory=list)
 
     @property
     def insert_columns(self) -> list[str]:
@@ -157,13 +160,18 @@ class ExportSource:
             self.missing_table(table)
         # hidden: 0 ordinary, 1 hidden column of a virtual table, 2/3 generated.
         columns = [name for name, _type, _pk, hidden in info if hidden == 0]
-        return TableShape(table, columns, self._rowid_alias(table, info))
+        alias = self._rowid_alias(table, info)
+        virtual = self._create_sql(table).upper().startswith("CREATE VIRTUAL TABLE")
+        key = [] if virtual else [name for name, _t, pk, _h in sorted(info, key=lambda r: r[2]) if pk]
+        return TableShape(table, columns, alias, key)
+
+    def _create_sql(self, table: str) -> str:
+        rows = self.conn.execute("SELECT sql FROM sqlite_schema WHERE type='table' AND name=?", (table,)).fetchall()
+        return rows[0][0] if rows else ""
 
     def _rowid_alias(self, table: str, info: list) -> str | None:
         """The name to carry the rowid under, when the rowid is not a column already."""
-        sql = self.conn.execute("SELECT sql FROM sqlite_schema WHERE type='table' AND name=?", (table,)).fetchall()[0][
-            0
-        ]
+        sql = self._create_sql(table)
         if sql.upper().startswith("CREATE VIRTUAL TABLE"):
             return None
         try:

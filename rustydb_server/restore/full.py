@@ -5,8 +5,10 @@ Read top to bottom, a restore is:
 1. open the backup, check its manifest: every entry must be exactly
    ``databases/<valid name>.sqlite`` and the file must hold nothing else
    (names in a backup are never trusted as paths);
-2. take the data directory's lock and check that it is empty unless ``force``
-   (``staging.TargetLock``);
+2. take the data directory's lock and check the target: empty, or a stopped
+   server's data directory, which is kept aside as
+   ``<target>.pre-restore-<time>`` (removed instead with ``force``); anything
+   else is refused unless ``force`` (``staging.TargetLock.check_target``);
 3. with ``verify_encryption``, authenticate every chunk before writing a byte;
 4. write the databases into a staging directory next to the target, files
    0600, fsynced; then the control file and WAL layout (``install_data_dir``);
@@ -36,7 +38,7 @@ from ..container.reader import BackupReader
 from ..engine import database as engine_db
 from ..keys import KeySource, resolve_read_key
 from .errors import RestoreError
-from .install import install_data_dir
+from .install import control_from_manifest, install_data_dir
 from .staging import TargetLock
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
@@ -55,6 +57,7 @@ class RestoreResult:
     integrity_checked: bool
     encrypted: bool
     replaced_old: bool = False
+    kept_old: str | None = None  # where the replaced data directory was kept
     checks: list[str] = field(default_factory=list)
 
 
@@ -114,7 +117,7 @@ def restore_full(
         reader = _open_reader(f, input_path, key)
         manifest = check_manifest(reader)
         with TargetLock(target) as lock:
-            lock.check_empty(force)
+            lock.check_target(force)
             if verify_encryption:
                 _verify_before_writing(reader, threads, progress)
             with lock.stage(manifest.backup_id, fileops) as staging:
@@ -123,7 +126,9 @@ def restore_full(
                 written = _write_databases(
                     reader, manifest, staging.path, threads, progress, fileops, sync=post_install is None
                 )
-                install_data_dir(staging.path, manifest, fileops=fileops)
+                control = control_from_manifest(manifest)
+                control.previous_data_dir = lock.keep_as
+                install_data_dir(staging.path, manifest, control, fileops=fileops)
                 if post_install is not None:
                     post_install(staging.path, manifest)
                     _sync_databases(staging.path, fileops)
@@ -141,6 +146,7 @@ def restore_full(
         integrity_checked=integrity_check,
         encrypted=reader.header.encrypted,
         replaced_old=replaced,
+        kept_old=staging.kept,
         checks=checks,
     )
 

@@ -91,13 +91,19 @@ def check_applicable(ddir: dd.DataDir, control: dd.Control, manifest: Manifest) 
 
 
 def apply_incremental(
-    reader: BackupReader, data_dir: str, *, threads: int = 1, progress=None, staging: bool = False
+    reader: BackupReader,
+    data_dir: str,
+    *,
+    threads: int = 1,
+    progress=None,
+    staging: bool = False,
+    fileops: _fileops.FileOps = _fileops.REAL,
 ) -> IncrementalResult:
     """Apply ``reader``'s backup onto ``data_dir``. ``staging=True``: ``data_dir``
     is a --chain-dir restore's staging directory, whose caller syncs the
     database files once after the whole chain and discards it if this fails."""
     t0 = time.perf_counter()
-    ddir = dd.DataDir(data_dir)
+    ddir = dd.DataDir(data_dir, fileops)
     if ddir.is_locked_by_other():
         raise IncrementalRestoreError(f"{data_dir} is in use by a running server; stop it")
     ddir.lock("restore")
@@ -185,7 +191,7 @@ def _apply_database(ddir: dd.DataDir, name: str, steps, end_lsn: int, sync: bool
         if conn is not None:
             database.write_state(conn, end_lsn, None, None)
             conn.execute("COMMIT")
-            _finish_apply(conn, path, sync)
+            _finish_apply(conn, path, sync, ddir.fileops)
     except BaseException:
         if conn is not None and not conn.getautocommit():
             conn.execute("ROLLBACK")
@@ -221,10 +227,10 @@ def _open_for_apply(path: str):
     return conn
 
 
-def _finish_apply(conn, path: str, sync: bool) -> None:
+def _finish_apply(conn, path: str, sync: bool, fileops: _fileops.FileOps) -> None:
     conn.execute("PRAGMA journal_mode=WAL")  # as the server runs it
     if sync:
-        _fileops.REAL.fsync_file(path)
+        fileops.fsync_file(path)
 
 
 def _advance_control(ddir: dd.DataDir, control: dd.Control, manifest: Manifest) -> None:

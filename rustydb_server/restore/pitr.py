@@ -321,7 +321,8 @@ def recover(
                 if reached:
                     break
         if not reached:
-            raise PitrError(_not_reached(target, end_lsn, last_time, names_seen))
+            message = _not_reached(target, end_lsn, last_time, names_seen)
+            raise PitrError(_found_elsewhere(archive_dir, target, path, manifest, key) or message)
         applier.finish()
     except BaseException:
         applier.close()
@@ -433,6 +434,44 @@ def _not_reached(target: Target, end_lsn: int, last_time, names_seen) -> str:
     else:
         msg += "; wait for archiving to catch up (or SWITCH WAL on the server) and retry"
     return msg
+
+
+def _found_elsewhere(archive_dir: str, target: Target, path, manifest: Manifest, key) -> str | None:
+    """Where a restore point or txid that recovery did not meet is in the archive
+    after all: before the base, or on a timeline the path from the base does not take."""
+    if target.kind not in ("name", "txid"):
+        return None
+    from .walinfo import WalListing  # walinfo builds on this module
+
+    on_path = {tl: (start, stop) for tl, start, stop in path}
+    try:
+        items = list(WalListing(archive_dir, key=key).transactions())
+    except Exception:  # noqa: BLE001 -- only a better message was at stake; the plain one stands
+        return None
+    field = "restore_point" if target.kind == "name" else "txid"
+    found = [i for i in items if i.get(field) == target.value]
+    what = f"restore point {target.value!r}" if target.kind == "name" else f"transaction {target.value}"
+    base = f"the base backup (timeline {manifest.timeline}, ending at LSN {format_lsn(manifest.end_lsn)})"
+    taken = " -> ".join(str(tl) for tl, _, _ in path)
+    for item in found:
+        tl, lsn = item["timeline"], parse_lsn(item["lsn"])
+        span = on_path.get(tl)
+        if span is not None and lsn < manifest.end_lsn:
+            return (
+                f"{what} is at LSN {item['lsn']} on timeline {tl}, before the end of {base}: "
+                "recovery can only go forward from its base; restore from an older base backup"
+            )
+        if span is None or (span[1] is not None and lsn >= span[1]):
+            how = (
+                f"restore with --recovery-target-timeline {tl}"
+                if _descends_from(archive_dir, tl, manifest.timeline, manifest.end_lsn)
+                else f"restore from a base backup taken on timeline {tl}'s history"
+            )
+            return (
+                f"{what} is on timeline {tl} (LSN {item['lsn']}), another timeline's history than the one "
+                f"recovery followed from {base} (timelines {taken}); {how}"
+            )
+    return None
 
 
 def _start_new_timeline(

@@ -4,13 +4,15 @@ A restore never writes into the data directory it restores. It
 
 1. takes the target's flock (``TargetLock``): a running server holds it, so it
    is refused, and a second restore is kept out the same way; the target must
-   be empty unless ``force``;
+   be empty, or hold a (stopped) server's data directory, which is kept aside
+   as ``<target>.pre-restore-<time>``, unless ``force`` (``check_target``);
 2. builds the new data directory in a staging directory next to the target
    (same filesystem, 0700; ``TargetLock.stage``);
-3. swaps it into place with renames (``Staging.swap``). With ``force``, the
-   old contents are set aside and what is not part of a data directory
-   (archives or backups kept inside it, ALTER SYSTEM settings, the backup
-   catalog) is carried over into the new one.
+3. swaps it into place with renames (``Staging.swap``). The old contents are
+   set aside and what is not part of a data directory (archives or backups
+   kept inside it, ALTER SYSTEM settings, the backup catalog) is carried over
+   into the new one; the rest (the old databases and WAL) stays in
+   ``<target>.pre-restore-<time>``, or with ``force`` is removed.
 
 Any failure before the swap removes the staging directory and leaves the
 target as it was, so no half-written directory a server would start on is
@@ -31,6 +33,7 @@ from .errors import RestoreError
 
 STAGING_MARK = dd.RESTORE_STAGING_MARK
 OLD_MARK = dd.RESTORE_OLD_MARK
+PRE_RESTORE_MARK = dd.RESTORE_KEPT_MARK
 
 # What a restore replaces. Anything else in a replaced data directory is moved
 # into the restored one, never lost.
@@ -50,6 +53,8 @@ class TargetLock:
         self.pid_path = os.path.join(self.target, dd.PID_FILE)
         self.old_pid: bytes | None = None
         self.installed = False
+        # Where the data directory found in the target is kept (check_target).
+        self.keep_as: str | None = None
 
     def __enter__(self) -> Self:
         if self.ddir.is_locked_by_other():
@@ -82,14 +87,28 @@ class TargetLock:
         if self.created and not self.installed:
             _remove_lock_only_dir(self.target)
 
-    def check_empty(self, force: bool) -> None:
-        """Refuse a target with contents unless ``force`` (they are replaced only by the swap)."""
-        if not self.ddir.is_empty() and not force:
+    def check_target(self, force: bool) -> None:
+        """Decide what becomes of the target's contents (replaced only by the swap).
+
+        An empty target is simply filled. A stopped server's data directory is
+        kept, renamed to ``<target>.pre-restore-<time>`` (``keep_as``), unless
+        ``force`` discards it. Anything else that is not empty is refused
+        unless ``force``: it is not ours to move.
+        """
+        if self.ddir.is_empty() or force:
+            return
+        if not self.ddir.is_initialized():
             raise RestoreError(
-                f"data directory {self.ddir.path} is not empty; restore into an empty or new directory, "
-                "or pass --force to replace its contents (the old contents are removed only after "
-                "the restore succeeded)"
+                f"{self.ddir.path} is not empty and holds no RustyDB data directory; restore into an "
+                "empty or new directory, or pass --force to replace its contents (files that are not "
+                "part of a data directory are carried over into the restored one)"
             )
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name, n = f"{self.target}{PRE_RESTORE_MARK}{stamp}", 1
+        while os.path.lexists(name):
+            n += 1
+            name = f"{self.target}{PRE_RESTORE_MARK}{stamp}-{n}"
+        self.keep_as = name
 
     def stage(self, backup_id: str, fileops: _fileops.FileOps = _fileops.REAL) -> Staging:
         """A fresh staging directory (with its ``databases/``) for the backup ``backup_id``."""
@@ -99,7 +118,7 @@ class TargetLock:
             # is what an interrupted restore left behind.
             if os.path.islink(path) or not os.path.isdir(path):
                 os.unlink(path)
-            elif set(os.listdir(path)) - _REPLACED:
+            elif set(os.listdir(path)) - _REPLACED or not _is_own_stage(path, backup_id):
                 # Not only a half-built stage: a restore stopped right after its
                 # exchange left the old contents here, some not carried over yet.
                 os.rename(path, f"{self.target}{OLD_MARK}{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")
@@ -119,6 +138,7 @@ class Staging:
         self.lock = lock
         self.fileops = fileops
         self.swapped = False
+        self.kept: str | None = None  # where the old data directory was kept, if it was
 
     def __enter__(self) -> Self:
         return self
@@ -136,15 +156,20 @@ class Staging:
         and a crash between them leaves the target missing with both
         directories beside it, which the server then refuses to start on
         (DataDir.initialize) instead of creating an empty one.
+
+        The old contents end in ``lock.keep_as`` (a data directory kept, named
+        in ``kept``) or, with ``force``, a ``.old-`` directory removed once
+        what is not part of a data directory has been carried over.
         """
         target = self.lock.target
+        keep = self.lock.keep_as
         old = None
         if self.lock.ddir.is_empty():
             # Empty apart from the pid file we hold the lock through: the lock fd
             # stays valid after the unlink and is released by unlock().
             _remove_lock_only_dir(target)
         else:
-            old = f"{target}{OLD_MARK}{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+            old = keep or f"{target}{OLD_MARK}{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
             try:
                 self.fileops.exchange(self.path, target)
             except OSError:
@@ -156,8 +181,7 @@ class Staging:
                 except OSError:
                     old = self.path  # kept where the exchange put them
                 self.fileops.fsync_dir(os.path.dirname(target))
-                if _carry_over(old, target):
-                    shutil.rmtree(old, ignore_errors=True)
+                self._finish(old, target, keep)
                 return True
         try:
             self.fileops.rename(self.path, target)
@@ -167,9 +191,18 @@ class Staging:
             raise RestoreError(f"could not move the restored data into {target}: {exc.strerror or exc}") from None
         self.swapped = self.lock.installed = True
         self.fileops.fsync_dir(os.path.dirname(target))
-        if old is not None and _carry_over(old, target):
-            shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            self._finish(old, target, keep)
         return old is not None
+
+    def _finish(self, old: str, target: str, keep: str | None) -> None:
+        """Carry over what is not part of a data directory; keep or remove the rest."""
+        carried = _carry_over(old, target)
+        if keep is not None:
+            self.kept = old
+            self.fileops.fsync_dir(os.path.dirname(target))
+        elif carried:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _locked_message(target: str, detail: str) -> str:
@@ -179,6 +212,25 @@ def _locked_message(target: str, detail: str) -> str:
         + "; stop the server first (systemctl stop rustydb, or rusty-db-cli --command "
         '"SHUTDOWN;"). --force never replaces a running server\'s data'
     )
+
+
+def _is_own_stage(path: str, backup_id: str) -> bool:
+    """Whether a leftover staging directory is only a restore's own work.
+
+    A restore killed right after its exchange leaves the old data directory
+    under the stage's name: that one (a control file that is not a restore's
+    of this backup) is set aside, never removed.
+    """
+    try:
+        control = dd.DataDir(path).read_control()
+    except dd.DataDirError:
+        return not os.path.exists(os.path.join(path, dd.CONTROL_FILE))
+    if control.state in ("running", "shutdown"):
+        return False
+    # A stage is named after the backup restored first; a chain's incrementals
+    # then record the last one as last_backup, the full one stays.
+    ids = [str((b or {}).get("backup_id", "")) for b in (control.last_backup, control.last_full_backup)]
+    return any(i.startswith(backup_id[:8]) for i in ids if i)
 
 
 def _remove_lock_only_dir(path: str) -> None:

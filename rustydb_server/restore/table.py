@@ -42,6 +42,7 @@ class TableRestoreResult:
     chunks_total: int
     seconds: float
     pitr: dict | None = None
+    kept_old: str | None = None  # where a data directory found at the target was kept
 
 
 def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
@@ -129,7 +130,7 @@ def restore_table(
     *,
     database_name: str | None,
     key=None,
-    chain_dir: str | None = None,
+    chain_dir: str | list[str] | None = None,
     archive_dir: str | None = None,
     target: pitr.Target | None = None,
     timeline_choice: str = "latest",
@@ -141,7 +142,7 @@ def restore_table(
     manifest = Manifest.from_header(header)
     chain = [os.path.abspath(input_path)]
     if manifest.backup_type.needs_parent:
-        chain = find_chain(input_path, chain_dir or os.path.dirname(os.path.abspath(input_path)))
+        chain = find_chain(input_path, chain_dir or [os.path.dirname(os.path.abspath(input_path))])
     with open(chain[0], "rb") as f:
         base_manifest = Manifest.from_header(BackupReader(f).header)
     names = base_manifest.database_names
@@ -150,7 +151,7 @@ def restore_table(
         raise RestoreError(f"the backup has no database {db_name!r}; it holds: {', '.join(names)}. Pass --database")
     target_dir = os.path.abspath(data_dir)
     with TargetLock(target_dir) as lock:
-        lock.check_empty(force)
+        lock.check_target(force)
         with lock.stage(base_manifest.backup_id) as staging:
             db_path = os.path.join(staging.path, dd.DATABASES_DIR, f"{db_name}.sqlite")
             src = open_backup_database(chain[0], db_name, key=key)
@@ -201,4 +202,5 @@ def restore_table(
         total,
         time.perf_counter() - t0,
         report.as_dict() if report else None,
+        staging.kept,
     )

@@ -32,7 +32,7 @@ from ..keys import ENV_PASSPHRASE
 from .argtypes import niceness, thread_count
 from .backup import PROG, create_key, info, query, rotate_key, take, verify
 from .interrupt import interruption, sigterm_interrupts
-from .output import stdout_closed
+from .output import ToolParser, fail, run_main
 
 DEFAULT_CODEC = "lz4"
 
@@ -50,7 +50,7 @@ VERBS = {
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ
-    p = argparse.ArgumentParser(
+    p = ToolParser(
         prog=PROG,
         description="Take a backup from a running RustyDB server, or verify, describe or "
         "re-key a backup file. The password comes from $RUSTYDB_PASSWORD; encryption keys "
@@ -127,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--user", "-U", default=env.get("RUSTYDB_USER"), help="user name (default $RUSTYDB_USER or your login name)"
     )
-    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    p.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="with --type: read the password from the first line of FILE (instead of $RUSTYDB_PASSWORD)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout, whatever the outcome")
     return p
 
 
@@ -153,6 +158,7 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             ("--database", args.database if not args.query else None),
             ("--base-backup", args.base_backup),
             ("--nice", args.nice is not None),
+            ("--password-file", args.password_file),
         ):
             if value:
                 parser.error(f"{flag} is only used with --type")
@@ -177,17 +183,18 @@ def chosen_verb(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_main(PROG, parser, argv, lambda args: _run(parser, args))
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     check_usage(parser, args)
     run = chosen_verb(args)
     try:
         with sigterm_interrupts():
             return run(args)
-    except BrokenPipeError:
-        return stdout_closed()
     except KeyboardInterrupt as exc:
         how, status = interruption(exc)
-        print(f"{PROG}: {how}; nothing was left half-written", file=sys.stderr)
+        fail(PROG, f"{how}; nothing was left half-written")
         return status
 
 

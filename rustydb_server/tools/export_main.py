@@ -2,13 +2,17 @@
 
     rusty-db-export --table T [--table T2 ...] | --all-tables
                     --input-dir DIR --output FILE|- [--database NAME]
-                    [--format sql|csv|jsonl] [--if-not-exists | --replace | --rename-to NEW]
+                    [--format sql|csv|jsonl] [--replace | --if-not-exists | --rename-to NEW]
                     [--snapshot] [--batch-rows N] [--json]
 
 DIR is an offline data directory, such as the one `rusty-db-restore ...
 --no-start` leaves. A directory a running server holds is refused unless
 --snapshot: then the export reads one consistent snapshot while the server
 runs. The SQL output imports with `rusty-db-cli < FILE` in one transaction.
+By default it restores lost rows into a table that exists: CREATE ... IF NOT
+EXISTS, and only the rows the table lacks are inserted (a primary key already
+there is skipped; a table without one has its rows compared whole); --replace
+drops and recreates the table instead.
 --database defaults to the only database, else "rustydb".
 
 Exit status: 0 success, 1 failure, 2 usage error.
@@ -23,13 +27,13 @@ import apsw
 
 from ..export import FORMATS, ExportError, export_tables
 from .interrupt import interruption, sigterm_interrupts
-from .output import fail, human_size, print_json, stdout_closed
+from .output import ToolParser, fail, human_size, json_output, print_json, run_main, stdout_closed
 
 PROG = "rusty-db-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Export tables of a RustyDB data directory.")
+    p = ToolParser(prog=PROG, description="Export tables of a RustyDB data directory.")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--table", action="append", metavar="NAME", help="a table to export (repeatable)")
     which.add_argument(
@@ -43,15 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     guard.add_argument(
         "--if-not-exists",
         action="store_true",
-        help="CREATE ... IF NOT EXISTS: keep an existing table and add the rows to it",
+        help="CREATE ... IF NOT EXISTS and insert every row (a key already in the table fails the import)",
     )
-    guard.add_argument("--replace", action="store_true", help="DROP TABLE IF EXISTS before creating it")
+    guard.add_argument(
+        "--replace",
+        action="store_true",
+        help="DROP TABLE IF EXISTS and create it as exported (by default an existing table keeps its "
+        "rows and only the rows it lacks are added)",
+    )
     guard.add_argument("--rename-to", metavar="NEW", help="create the table (and its indexes) under a new name")
     p.add_argument(
         "--snapshot", action="store_true", help="read a consistent snapshot even while a server runs on the directory"
     )
     p.add_argument("--batch-rows", type=int, default=500, metavar="N", help="rows per INSERT (default 500)")
-    p.add_argument("--json", action="store_true", help="print the summary as one line of JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout, whatever the outcome (on stderr with --output -)",
+    )
     return p
 
 
@@ -70,9 +83,24 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_main(PROG, parser, argv, lambda args: _run(parser, args))
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    doc = json_output()
+    if doc is not None and args.output == "-":
+        doc.out = sys.stderr  # stdout carries the data
     check_usage(parser, args)
-    guard = "if-not-exists" if args.if_not_exists else "replace" if args.replace else "plain"
+    # --rename-to creates a new table beside the old one: it must not exist yet.
+    guard = (
+        "if-not-exists"
+        if args.if_not_exists
+        else "replace"
+        if args.replace
+        else "plain"
+        if args.rename_to is not None
+        else "merge"
+    )
     try:
         with sigterm_interrupts():
             result = export_tables(
@@ -102,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, f"reading the database failed: {exc}; the output was not written")
     except KeyboardInterrupt as exc:
         how, status = interruption(exc)
-        print(f"{PROG}: {how}; no output file was left", file=sys.stderr)
+        fail(PROG, f"{how}; no output file was left")
         return status
     # With --output - the data owns stdout: the summary goes to stderr.
     stream = sys.stderr if args.output == "-" else sys.stdout

@@ -25,20 +25,23 @@ from collections.abc import Callable
 
 from ..restore.pitr import PitrError, Target, make_target
 from .argtypes import thread_count
-from .output import stdout_closed
+from .output import ToolParser, run_main
 from .restore import chain, full, incremental, list_wal, pitr, table
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ToolParser(
         prog=PROG,
         description="Restore a full backup into a data directory. The directory must not be "
-        "in use by a server and must be empty or new (or use --force). Keys come from "
+        "in use by a server; it must be empty or new, or hold a stopped server's data directory, "
+        "which is kept as DIR.pre-restore-TIME (or replaced with --force). Keys come from "
         "--key-file, $RUSTYDB_BACKUP_KEY_FILE or $RUSTYDB_BACKUP_PASSPHRASE.",
     )
     p.add_argument("--input", "-i", metavar="FILE", help="backup file to restore")
-    p.add_argument("--data-dir", "-D", metavar="DIR", help="data directory to create (or replace, with --force)")
+    p.add_argument(
+        "--data-dir", "-D", metavar="DIR", help="data directory to create or restore over (the one there is kept aside)"
+    )
     p.add_argument(
         "--threads", type=thread_count, default=1, help="decrypt, decompress and check chunks on N threads (default 1)"
     )
@@ -51,11 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace a non-empty data directory (never one a running server holds); "
-        "its old contents are removed only once the restore succeeded",
+        help="discard what the target holds instead of keeping it aside (never a running server's "
+        "data); the old contents are removed only once the restore succeeded",
     )
     p.add_argument("--key-file", help="key file of an encrypted backup")
-    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout, whatever the outcome (with --list-wal: the whole listing)",
+    )
     p.add_argument(
         "--incremental",
         action="store_true",
@@ -65,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chain-dir",
         metavar="DIR",
+        action="extend",
+        nargs="+",
         help="find the whole chain of --input (full, then incrementals) among the "
-        "backup files in DIR and apply it in order",
+        "backup files in DIR (several directories may be given) and apply it in order; a backup "
+        "in none of them is looked for where the backup catalog of --data-dir recorded it",
     )
     tbl = p.add_argument_group("table-level restore")
     tbl.add_argument("--table", metavar="NAME", help="restore only this table (schema, indexes, rows) into --data-dir")
@@ -85,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="import the restored table into a running server (through rusty-db-export's SQL), in one transaction",
     )
     tbl.add_argument("--rename-to", metavar="NAME", help="with --into-server: create the table under this name")
+    tbl.add_argument(
+        "--user", "-U", help="with --into-server: the user to connect as (default $RUSTYDB_USER or your login name)"
+    )
+    tbl.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="with --into-server: read the password from the first line of FILE (instead of $RUSTYDB_PASSWORD)",
+    )
     recovery = p.add_argument_group("point-in-time recovery")
     recovery.add_argument(
         "--archive-dir", metavar="DIR", help="archived WAL (archive_dest) to replay on top of the base backup"
@@ -115,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recovery.add_argument(
         "--recovery-target-timeline",
-        default="latest",
+        default=None,
         metavar="TL",
-        help="latest (default), current, or a timeline number",
+        help="latest (default), current, or a timeline number; with --list-wal: list only that "
+        "timeline's history (default: every timeline in the archive)",
     )
     return p
 
@@ -134,11 +153,7 @@ VERBS: tuple[tuple[str, Callable[[argparse.Namespace, Target | None], int]], ...
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return _dispatch(parser, args)
-    except BrokenPipeError:
-        return stdout_closed()
+    return run_main(PROG, parser, argv, lambda args: _dispatch(parser, args))
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -147,7 +162,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.list_wal:
         if not args.archive_dir:
             parser.error("--list-wal needs --archive-dir")
+        if args.recovery_target_timeline == "current":
+            parser.error("--list-wal has no base backup, so no current timeline: give latest or a timeline number")
         return list_wal.run(args)
+    args.recovery_target_timeline = args.recovery_target_timeline or "latest"
     try:
         target = _target(args, parser)
     except PitrError as exc:
@@ -193,6 +211,8 @@ def _check_restore_options(args: argparse.Namespace, parser: argparse.ArgumentPa
         parser.error("--data-dir is required (or --table with --into-server)")
     if (args.into_server or args.rename_to) and not args.table:
         parser.error("--into-server and --rename-to work with --table")
+    if (args.user or args.password_file) and not args.into_server:
+        parser.error("--user and --password-file are for --into-server (the server the table is imported into)")
     if args.rename_to and not args.into_server:
         parser.error(
             "--rename-to names the table created by --into-server; without "

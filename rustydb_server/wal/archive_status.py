@@ -20,8 +20,8 @@ DONE = ".done"
 
 
 def _touch(status_dir: str, name: str, fileops: fileops_mod.FileOps) -> None:
-    fd = os.open(os.path.join(status_dir, name), os.O_WRONLY | os.O_CREAT, 0o600)
-    os.close(fd)
+    fd = fileops.open(os.path.join(status_dir, name), os.O_WRONLY | os.O_CREAT, 0o600)
+    fileops.close(fd)
     fileops.fsync_dir(status_dir)
 
 

@@ -71,6 +71,30 @@ def read_history(directory: str, timeline: int) -> list[Switch]:
         raise HistoryError(f"history file {path} for timeline {timeline} is missing") from None
 
 
+def branch_point(history: list[Switch]) -> Switch | None:
+    """Where a timeline with this history began: its parent and the parent's switch LSN.
+
+    A timeline's first record is at that LSN, usually part-way through a
+    segment whose bytes before it are zero (the parent's records up to there
+    live in the parent's segment of the same number): a reader of the
+    timeline starts at the switch LSN, never at its first segment's start.
+    None for timeline 1, which branched from nothing.
+    """
+    return history[-1] if history else None
+
+
+def path_to(history: list[Switch], timeline: int) -> list[tuple[int, int | None, int | None]]:
+    """The stretches of WAL that make up ``timeline``'s history, oldest first:
+    ``(timeline, from LSN or None for its beginning, to LSN or None for its end)``."""
+    stretches: list[tuple[int, int | None, int | None]] = []
+    start: int | None = None
+    for switch in history:
+        stretches.append((switch.timeline, start, switch.lsn))
+        start = switch.lsn
+    stretches.append((timeline, start, None))
+    return stretches
+
+
 def next_timeline(used: Iterable[int]) -> int:
     """A timeline above every one in ``used`` (segments or history files seen anywhere)."""
     return max(used, default=0) + 1

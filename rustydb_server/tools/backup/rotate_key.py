@@ -11,7 +11,7 @@ from ...container.errors import BackupError
 from ...container.rotate import rotate_key
 from ...crypto import CryptoError
 from ...keys import ENV_PASSPHRASE, KeyFileSource, KeySource, PassphraseSource
-from ..output import fail, print_json
+from ..output import describe_os_error, fail, print_json
 from . import PROG
 
 
@@ -32,23 +32,26 @@ def rotate_keys(old_spec: str, new_path: str, files: list[str], *, as_json: bool
             rotate_key(path, old, new)
         except (BackupError, CryptoError) as exc:
             failed.append({"file": path, "error": str(exc)})
-            print(f"✗ {path}: {exc}", file=sys.stderr)
-            continue
         except OSError as exc:
-            failed.append({"file": path, "error": exc.strerror or str(exc)})
-            print(f"✗ {path}: {exc.strerror or exc}", file=sys.stderr)
+            failed.append({"file": path, "error": describe_os_error(exc)})
+        else:
+            rotated.append(path)
+            if not as_json:
+                print(f"✓ {path}: key rotated to {new.describe()}")
             continue
-        rotated.append(path)
-        if not as_json:
-            print(f"✓ {path}: key rotated to {new.describe()}")
-    if as_json:
-        print_json({"rotated": rotated, "failed": failed})
-    if failed:
-        return fail(
-            PROG,
-            f"{len(failed)} of {len(files)} backups were not rotated (see above); they still open with the old key",
+        if len(files) > 1:  # which of them failed; one file's failure is the error line itself
+            print(f"✗ {path}: {failed[-1]['error']}", file=sys.stderr)
+    if len(failed) == 1 and len(files) == 1:
+        message = (
+            f"the key of {failed[0]['file']} was not rotated: {failed[0]['error']}; it still opens with the old key"
         )
-    return 0
+    else:
+        message = (
+            f"{len(failed)} of {len(files)} backups were not rotated (see above); they still open with the old key"
+        )
+    if as_json:
+        print_json({"ok": not failed, "rotated": rotated, "failed": failed, **({"error": message} if failed else {})})
+    return fail(PROG, message) if failed else 0
 
 
 def _old_key_source(spec: str) -> KeySource:

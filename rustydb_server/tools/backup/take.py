@@ -4,16 +4,20 @@ The client side of a backup: send the request over the wire protocol, receive
 the stream (a header carrying the manifest, data frames entry by entry, an
 end message), and write it through ``FILE.partial`` (0600, fsynced, renamed
 when complete), so a failed backup never leaves a file that looks complete.
+The request names FILE; once it is durable the tool tells the server
+(BackupStored), which only then records the backup, with that path, as present
+and as the base of the next incremental.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from rustydb_client.client import ClientError, connect
+from rustydb_client.client import ClientError, connect, read_password_file
 from rustydb_client.protocol import events
 
 from ...backup.manifest import Manifest, ManifestError
@@ -45,6 +49,8 @@ class StreamResult:
     summary: BackupSummary
     raw_bytes: int
     end_lsn: int
+    notices: list[str] = field(default_factory=list)  # e.g. "based on <id> at <path>"
+    recorded: bool | None = None  # whether the server recorded the file's path (None: it does not ask)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     lower_priority(DEFAULT_NICE if args.nice is None else args.nice)
     started = time.monotonic()
     try:
-        request = backup_request(args.type, args.database, args.base_backup)
-        with connect(args.host, args.port, user=args.user) as conn:
+        request = backup_request(args.type, args.database, args.base_backup, output)
+        password = read_password_file(args.password_file)
+        with connect(args.host, args.port, user=args.user, password=password) as conn:
             conn.send(request)
             with Progress("backup", 0) as bar:
                 result = receive_backup(conn, output, key=key, codec=codec, threads=args.threads, progress=bar)
@@ -88,7 +95,7 @@ def lower_priority(nice: int) -> None:
 
 
 def backup_request(
-    backup_type: str, databases: list[str] | None, base_backup_path: str | None
+    backup_type: str, databases: list[str] | None, base_backup_path: str | None, output: str | None = None
 ) -> events.BackupRequested:
     """The request to send; an incremental names its base by that backup's header."""
     base_backup = None
@@ -103,7 +110,7 @@ def backup_request(
             "system_id": int(h.system_id) if h.system_id.isdigit() else h.system_id,
             "base_full_id": h.base_full_id or (h.backup_id if h.backup_type.is_full_base else None),
         }
-    return events.BackupRequested(backup_type, databases or None, base_backup)
+    return events.BackupRequested(backup_type, databases or None, base_backup, output)
 
 
 def receive_backup(
@@ -114,7 +121,8 @@ def receive_backup(
     The file is committed only when the server's backup_end arrived and every
     entry of the manifest was received whole; on anything else it is aborted.
     """
-    manifest = _receive_manifest(conn)
+    notices: list[str] = []
+    manifest = _receive_manifest(conn, notices)
     header = manifest.to_header()
     entries = [db.entry for db in manifest.databases]
     if progress is not None:
@@ -124,16 +132,35 @@ def receive_backup(
     except (OSError, ValueError, BackupError) as exc:
         raise BackupFailed(f"cannot create {output}: {exc}") from None
     try:
-        raw, end = _receive_entries(conn, bf, entries, progress)
+        raw, end = _receive_entries(conn, bf, entries, progress, notices)
         summary = bf.commit()
     except BaseException:
         bf.abort()
         raise
-    return StreamResult(manifest, bf.header, summary, raw, end.end_lsn)
+    result = StreamResult(manifest, bf.header, summary, raw, end.end_lsn, notices)
+    if end.awaiting_location:
+        result.recorded = _confirm_stored(conn, manifest.backup_id, output)
+    return result
 
 
-def _receive_manifest(conn) -> Manifest:
-    event = _next_stream_event(conn)
+def _confirm_stored(conn, backup_id: str, output: str) -> bool:
+    """Tell the server the file is durable at ``output``; whether it recorded it."""
+    conn.send(events.BackupStored(backup_id, output))
+    while True:
+        event = conn.next_event()
+        if isinstance(event, events.Complete):
+            return True
+        if isinstance(event, events.Error):
+            print(
+                f"{PROG}: warning: the backup file {output} is complete, but the server did not record where it is "
+                f"({event.message}); pass it as --base-backup to base an incremental on it",
+                file=sys.stderr,
+            )
+            return False
+
+
+def _receive_manifest(conn, notices: list[str]) -> Manifest:
+    event = _next_stream_event(conn, notices)
     if not isinstance(event, events.BackupHeader):
         raise BackupFailed(f"the server answered the backup request with {event.type!r} instead of a backup header")
     try:
@@ -145,11 +172,11 @@ def _receive_manifest(conn) -> Manifest:
 
 
 def _receive_entries(
-    conn, bf: BackupFile, entries: list[str], progress: Progress | None
+    conn, bf: BackupFile, entries: list[str], progress: Progress | None, notices: list[str]
 ) -> tuple[int, events.BackupEnd]:
     position, is_open, raw = 0, False, 0
     while True:
-        event = _next_stream_event(conn)
+        event = _next_stream_event(conn, notices)
         if isinstance(event, events.BackupEnd):
             break
         if not isinstance(event, events.BackupData):
@@ -181,13 +208,14 @@ def _receive_entries(
     return raw, event
 
 
-def _next_stream_event(conn):
+def _next_stream_event(conn, notices: list[str]):
     while True:
         event = conn.next_event()  # data: views, not copies (BackupWriter.write)
         if isinstance(event, events.Error):
             raise BackupFailed(f"the server failed the backup: {event.message} ({event.code})")
         if not isinstance(event, events.Notice):  # notices are informational; the stream goes on
             return event
+        notices.append(event.message)
 
 
 def _output_problem(output: str) -> str | None:
@@ -227,12 +255,16 @@ def _print_summary(
                 "verified": report is not None,
                 "encrypted": key is not None,
                 "compression": codec,
+                "based_on": _based_on(result),
+                "recorded_by_server": result.recorded,
             }
         )
         return
     print(f"Backup ID: {result.header.backup_id}")
     print(f"Output: {output}")
     print(f"Type: {result.header.backup_type}")
+    if _based_on(result):
+        print(f"Based on: {_based_on(result).removeprefix('based on ')}")
     print(f"Databases: {', '.join(names)} ({tables} tables)")
     print(
         f"Size: {human_size(result.summary.size_bytes)} from {human_size(result.raw_bytes)} "
@@ -242,3 +274,8 @@ def _print_summary(
     print(f"Time: {seconds:.1f} s, {mb_per_second(result.raw_bytes, seconds)} MB/s")
     if report is not None:
         print_verify_lines(report)
+
+
+def _based_on(result: StreamResult) -> str | None:
+    """The server's "based on <id> at <path>" for an incremental or differential."""
+    return next((n for n in result.notices if n.startswith("based on ")), None)

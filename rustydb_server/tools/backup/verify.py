@@ -25,22 +25,25 @@ def verify_file(path: str, *, key_file: str | None, threads: int, as_json: bool)
         key = resolve_read_key(header, key_file)
         report = verify_backup(path, key, threads)
     except BackupCorruptError as exc:
+        message = f"{path} is damaged: {exc}. Do not restore from it; use another backup and take a new one"
         if as_json:
             print_json(
                 {
+                    "ok": False,
                     "file": path,
                     "valid": False,
                     "backup_id": exc.backup_id,
                     "entry": exc.entry,
                     "chunk": exc.chunk,
-                    "error": str(exc),
+                    "error": message,
                 }
             )
-        return fail(PROG, f"{path} is damaged: {exc}. Do not restore from it; use another backup and take a new one")
+        return fail(PROG, message)
     except (BackupError, CryptoError) as exc:
+        message = f"cannot verify {path}: {exc}"
         if as_json:
-            print_json({"file": path, "valid": False, "error": str(exc)})
-        return fail(PROG, f"cannot verify {path}: {exc}")
+            print_json({"ok": False, "file": path, "valid": False, "error": message})
+        return fail(PROG, message)
     except OSError as exc:
         return fail(PROG, f"cannot read {path}: {exc.strerror or exc}")
     if as_json:

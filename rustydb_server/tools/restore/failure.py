@@ -53,7 +53,8 @@ def run_reporting_failures(args: argparse.Namespace, command: Callable[[], int])
 
 
 def report_failure(args: argparse.Namespace, message: str) -> int:
-    if args.json:
-        print_json({"ok": False, "input": args.input, "data_dir": args.data_dir, "error": message})
     into = args.data_dir or f"the server at {args.into_server}"
-    return fail(PROG, f"restore of {args.input} into {into} failed: {message}")
+    line = f"restore of {args.input} into {into} failed: {message}"
+    if args.json:  # the document names the input and the target in fields of their own
+        print_json({"ok": False, "input": args.input, "data_dir": args.data_dir, "error": message})
+    return fail(PROG, line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from ...restore.full import RestoreResult, read_key_for, restore_full
 from ...restore.pitr import PitrReport
@@ -69,6 +70,7 @@ def print_summary(args: argparse.Namespace, r: RestoreResult, report: PitrReport
                     "verified_encryption": r.verified_encryption,
                     "integrity_checked": r.integrity_checked,
                     "replaced_old": r.replaced_old,
+                    "previous_data_dir": r.kept_old,
                 },
             }
         )
@@ -95,4 +97,9 @@ def print_summary(args: argparse.Namespace, r: RestoreResult, report: PitrReport
             f"The server will continue on new timeline {d['timeline']} "
             f"(from {d['previous_timeline']} at LSN {d['end_lsn']})"
         )
+    if r.kept_old is not None:
+        print(f"The data directory that was in {r.data_dir} is kept in {r.kept_old}")
+        print(f"Once the restored server is checked, delete it with: rm -rf {shlex.quote(r.kept_old)}")
+    elif r.replaced_old:
+        print(f"The previous contents of {r.data_dir} were replaced (--force)")
     print(f"Start the server with: rusty-db-server --data-dir {r.data_dir}")

@@ -40,7 +40,14 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
         imported = None
         if args.into_server:
             imported = import_table(
-                args.into_server, r.data_dir, r.database, args.table, rename_to=args.rename_to, database=args.database
+                args.into_server,
+                r.data_dir,
+                r.database,
+                args.table,
+                rename_to=args.rename_to,
+                database=args.database,
+                user=args.user,
+                password_file=args.password_file,
             )
     finally:
         if temp is not None:
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
         "seconds": round(r.seconds, 3),
         "imported_into": args.into_server,
         "imported_as": imported,
+        "previous_data_dir": r.kept_old,
         **({"pitr": r.pitr} if r.pitr else {}),
     }
     if args.json:
@@ -72,6 +80,9 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
             f"Recovered to {r.pitr['recovery_target']}: last transaction txid "
             f"{r.pitr['last_replayed_txid']} at {r.pitr['last_replayed_commit_time']}"
         )
+    if r.kept_old is not None:
+        print(f"The data directory that was in {r.data_dir} is kept in {r.kept_old}")
+        print(f"Delete it once it is no longer needed: rm -rf {shlex.quote(r.kept_old)}")
     if imported:
         print(f"Imported into {args.into_server} as table {imported}")
     else:
@@ -84,7 +95,15 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
 
 
 def import_table(
-    server: str, data_dir: str, source_database: str, table: str, *, rename_to: str | None, database: str | None
+    server: str,
+    data_dir: str,
+    source_database: str,
+    table: str,
+    *,
+    rename_to: str | None,
+    database: str | None,
+    user: str | None = None,
+    password_file: str | None = None,
 ) -> str:
     """Export the restored table as SQL and run it on ``server`` (HOST:PORT), statement by
     statement, in one transaction; return the name it was created under."""
@@ -99,7 +118,8 @@ def import_table(
     sql_path = os.path.join(workdir, "table.sql")
     try:
         export_tables(data_dir, sql_path, tables=[table], database=source_database, rename_to=rename_to)
-        with rc.connect(host or "127.0.0.1", int(port), database=database) as conn:
+        password = rc.read_password_file(password_file)
+        with rc.connect(host or "127.0.0.1", int(port), database=database, user=user, password=password) as conn:
             try:
                 _run_script(conn, sql_path)
             except rc.ServerError:

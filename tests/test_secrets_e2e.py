@@ -176,6 +176,20 @@ def test_no_secret_appears_in_logs_outputs_command_lines_api_answers_or_show(tmp
             ok=False,
         )
 
+        # The password from a file instead of the environment (a wrong one too).
+        password_file, wrong_file = tmp_path / "password", tmp_path / "wrong-password"
+        password_file.write_text(s["password"] + "\n")
+        wrong_file.write_text(s["wrong_password"] + "\n")
+        by_file = {**no_key, "RUSTYDB_USER": "alice"}
+        emitted.run("rusty-db-cli", *cli, "--password-file", str(password_file), "--command", "SELECT 2", env=by_file)
+        emitted.run(
+            "rusty-db-cli", *cli, "--password-file", str(wrong_file), "--command", "SELECT 2", env=by_file, ok=False
+        )
+        emitted.run(
+            "rusty-db-backup", *cli, "--type", "full", "--output", str(tmp_path / "by-file.backup"),
+            "--password-file", str(password_file), "--encrypt", "--key-file", str(key_file), env=by_file,
+        )  # fmt: skip
+
         # Backups: a key file, a passphrase; verify, info, query, rotate, restore; a wrong passphrase.
         keyed, phrased = str(tmp_path / "keyed.backup"), str(tmp_path / "phrased.backup")
         emitted.run(

@@ -170,7 +170,9 @@ REGISTRY: dict[str, Setting] = _registry(
         30,
         unit="s",
         min=0,
-        description="How long a graceful shutdown waits for running statements.",
+        description="How long a graceful shutdown waits for running statements; then they are "
+        "interrupted, and work stuck in the engine 6 s later is abandoned (exit 1; the next start "
+        "recovers from the WAL).",
     ),
     Setting(
         "engine_stall_timeout",

@@ -939,13 +939,15 @@ class Engine:
             self.fileops.fsync_dir(self.datadir.wal_dir)
         return removed
 
-    def stall(self) -> str | None:
+    def stall(self, bound: float | None = None) -> str | None:
         """Why commits cannot go on, or None: one of the engine's locks held,
-        or waited for, longer than ``engine_stall_timeout``. Never blocks; the
-        health check and the systemd watchdog ask it."""
-        bound = to_seconds("engine_stall_timeout", self.settings["engine_stall_timeout"])
-        if not bound:
-            return None
+        or waited for, longer than ``bound`` seconds (by default
+        ``engine_stall_timeout``). Never blocks; the health check, the systemd
+        watchdog and a stop that cannot finish ask it."""
+        if bound is None:
+            bound = to_seconds("engine_stall_timeout", self.settings["engine_stall_timeout"])
+            if not bound:
+                return None
         now = self.clock()
         locks = [self._registry_lock, self._checkpoint_lock, *(h.commit_lock for h in list(self.databases.values()))]
         for lock in locks:

@@ -75,6 +75,7 @@ async def run(settings, notifier: Notifier) -> int:
             archiver = Archiver(engine, settings, archive_work)
 
             def settings_changed() -> None:
+                _prepare_changed_archive_dest(settings)
                 archiver.settings_changed()
                 checkpointer.settings_changed()
 
@@ -128,6 +129,22 @@ async def run(settings, notifier: Notifier) -> int:
             tracking.close()
             ddir.unlock()
     return lifecycle.exit_code
+
+
+def _prepare_changed_archive_dest(settings) -> None:
+    """After ALTER SYSTEM or a reload: a newly named archive_dest is made as at start.
+    ALTER SYSTEM has already made or refused it; a reload from the config file
+    cannot be refused, so a destination that cannot be made is logged, and the
+    archiver's failures (health "degraded") say so until it is fixed."""
+    if not (settings["archive_mode"] and settings["archive_dest"]):
+        return
+    try:
+        made = destination.prepare(settings["archive_dest"])
+    except destination.ArchiveDestError as e:
+        log.error("archive_dest cannot be used; archiving fails until it is fixed", error=str(e))
+        return
+    if made:
+        log.info("archive_dest created", path=settings["archive_dest"], mode="0700")
 
 
 def _check_archive_dest(settings) -> None:

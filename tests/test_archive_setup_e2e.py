@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import time
 import urllib.request
@@ -139,4 +140,28 @@ def test_a_pitr_base_fails_while_archiving_fails_and_health_is_degraded(server_f
     wait_for(lambda: health(srv)[1]["status"] == "healthy", "health back to healthy", timeout=90)
     proc = run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port))
     assert proc.returncode == 0, proc.stderr
+    srv.stop()
+
+
+def test_archiving_on_without_a_destination_is_degraded_and_a_reload_makes_a_new_one(server_factory, tmp_path):
+    conf = tmp_path / "rustydb.toml"
+    conf.write_text("archive_mode = true\n")
+    srv = server_factory(extra_args=["--config", str(conf)]).start()
+    # the guide's first line alone: archiving is on, with nowhere to archive to
+    code, report = health(srv)
+    assert code == 200 and report["status"] == "degraded"
+    (reason,) = report["reasons"]
+    assert "archive_dest is not set" in reason and "ALTER SYSTEM SET archive_dest" in reason
+    # a reload naming a missing destination makes it, as at start, and archiving works
+    archive = tmp_path / "archive"
+    conf.write_text(f"archive_mode = true\narchive_dest = '{archive}'\n")
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while not archive.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert archive.is_dir() and stat.S_IMODE(archive.stat().st_mode) == 0o700
+    srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY);")
+    srv.wait_archived()
+    code, report = health(srv)
+    assert code == 200 and report["status"] == "healthy", report
     srv.stop()

@@ -110,7 +110,14 @@ class Archiver:
     def failing(self) -> str | None:
         """Why archiving fails now (health's "degraded" reason), or None while it works or is off."""
         s = self.progress
-        if not self.settings["archive_mode"] or not s.failures_in_a_row:
+        if not self.settings["archive_mode"]:
+            return None
+        if not self.settings["archive_dest"]:
+            return (
+                "WAL archiving is on but archive_dest is not set: segments wait in wal/ and PITR cannot reach "
+                "past the last archived one; run ALTER SYSTEM SET archive_dest = '/path';"
+            )
+        if not s.failures_in_a_row:
             return None
         waiting = len(archive_status.waiting(self.status_dir))
         return (

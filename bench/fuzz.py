@@ -60,11 +60,12 @@ def _executions(stderr: str) -> int:
     return int(counts[-1]) if counts else 0
 
 
-def fuzz_target(target: str, seconds: float, artifacts: str, input_timeout: int) -> Result:
+def fuzz_target(target: str, seconds: float, artifacts: str, input_timeout: int, *, module: str = "") -> Result:
+    """Fuzz one target (the harness module ``fuzz.<target>`` unless ``module`` names another)."""
     result = Result(target)
     work = tempfile.mkdtemp(prefix=f"rustydb-fuzz-{target}-")
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    module = [sys.executable, "-m", f"fuzz.{target}"]
+    module = [sys.executable, "-m", module or f"fuzz.{target}"]
     try:
         corpus = os.path.join(work, "corpus")
         subprocess.run([*module, "--seeds", corpus], cwd=ROOT, env=env, check=True)

@@ -6,19 +6,35 @@ the key errors (CryptoError: a wrong or missing key) and ManifestError; a
 backup that verifies reads back whole, the same bytes either way; a manifest
 read from it writes back the same map.
 
-The input's first byte chooses the key offered: none, the key file the seeds
-were sealed with, the passphrase they were sealed with, or another key file.
+The input's first byte chooses the key offered (its low two bits: none, the
+key file the seeds were sealed with, the passphrase they were sealed with, or
+another key file) and, with bit 2, a structured input: an unencrypted
+backup's header core and index (msgpack), then its chunk records, put
+together with every checksum and offset right, so the fuzzer gets past the
+checksums to the header, manifest, index and record parsers.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 
 from rustydb_server.backup.manifest import DatabaseEntry, Manifest, ManifestError, TableRows, database_entry
 from rustydb_server.container.errors import BackupError
-from rustydb_server.container.format import BackupType
+from rustydb_server.container.format import (
+    DIGESTS,
+    FORMAT_VERSION,
+    HEADER_SUM_SIZE,
+    PREFIX,
+    RECORD,
+    RECORD_CRC_SPAN,
+    BackupType,
+    pack_footer,
+    pack_header,
+)
 from rustydb_server.container.reader import BackupReader, EntryReader
 from rustydb_server.container.writer import BackupWriter
+from rustydb_server.crc import crc32c
 from rustydb_server.crypto import CryptoError
 from rustydb_server.keys import KeyFileSource, PassphraseSource
 
@@ -62,9 +78,43 @@ def _read(data: bytes, key) -> None:
             assert ranges.read(info.raw_size // 3, 700) == whole[info.raw_size // 3 : info.raw_size // 3 + 700]
 
 
+def assemble(data: bytes) -> bytes:
+    """A file from (u16 core length, core, u16 index length, index, chunk records),
+    its header sum, record head crcs, footer and whole-file digest made right."""
+    parts = []
+    for _ in range(2):
+        (n,) = struct.unpack_from(">H", data.ljust(2, b"\0"))
+        parts.append(data[2 : 2 + n])
+        data = data[2 + n :]
+    core, index = parts
+    body = bytearray(data)
+    pos = 0
+    while pos + RECORD.size <= len(body):
+        struct.pack_into(">I", body, pos + RECORD_CRC_SPAN, crc32c(bytes(body[pos : pos + RECORD_CRC_SPAN])))
+        (stored_len,) = struct.unpack_from(">I", body, pos + 20)
+        pos += RECORD.size + stored_len
+    head = pack_header(core, b"")
+    digest = DIGESTS[FORMAT_VERSION].new(head + bytes(body) + index)
+    footer = pack_footer(len(head) + len(body), len(index), crc32c(index), DIGESTS[FORMAT_VERSION].footer_bytes(digest))
+    return head + bytes(body) + index + footer
+
+
+def disassemble(file: bytes) -> bytes:
+    """The structured input ``assemble`` makes ``file`` (an unencrypted backup) from."""
+    _magic, _version, _reserved, core_len, keywrap_len = PREFIX.unpack_from(file)
+    assert keywrap_len == 0
+    core = file[PREFIX.size : PREFIX.size + core_len]
+    body_start = PREFIX.size + core_len + HEADER_SUM_SIZE
+    reader = BackupReader(io.BytesIO(file))
+    index = file[reader.layout.index_offset : reader.layout.index_offset + reader.layout.index_len]
+    body = file[body_start : reader.layout.index_offset]
+    return struct.pack(">H", len(core)) + core + struct.pack(">H", len(index)) + index + body
+
+
 def check(data: bytes) -> None:
-    key = KEYS[data[0] % len(KEYS)] if data else None
-    _read(data[1:], key)
+    mode = data[0] if data else 0
+    key = KEYS[mode % len(KEYS)]
+    _read(assemble(data[1:]) if mode & 4 else data[1:], key)
 
 
 def make_manifest(backup_id: str, names: list[str]) -> Manifest:
@@ -106,7 +156,8 @@ def seeds() -> list[bytes]:
         "databases/main.sqlite": b"SQLite format 3\x00" + bytes(range(256)) * 6,
         "wal/000000010000000000000001": b"\x02" * 700,
     }
-    return [bytes([i]) + write_backup(manifest, entries, key=KEYS[i]) for i in range(3)]
+    files = [write_backup(manifest, entries, key=KEYS[i]) for i in range(3)]
+    return [bytes([i]) + f for i, f in enumerate(files)] + [bytes([4]) + disassemble(files[0])]
 
 
 if __name__ == "__main__":

@@ -17,14 +17,20 @@ import types
 from collections.abc import Callable, Iterable
 
 STATS_ENV = "RUSTYDB_FUZZ_STATS"
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def crash_signature(exc: BaseException) -> str:
-    """The exception's type and the innermost frame of our code it came from:
-    two inputs failing the same way count as one crash."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    ours = [f for f in frames if "rustydb" in f.filename or "/fuzz/" in f.filename] or frames
-    where = f"{os.path.basename(ours[-1].filename)}:{ours[-1].lineno}" if ours else "?"
+    """The exception's type and where it was raised (and, if that is in a
+    library, the innermost frame of the project's code that called it): two
+    inputs failing the same way count as one crash."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+    if not frames:
+        return type(exc).__name__
+    where = f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}"
+    ours = [f for f in frames if f.filename.startswith(_ROOT)]
+    if ours and ours[-1] is not frames[-1]:
+        where += f" (from {os.path.basename(ours[-1].filename)}:{ours[-1].lineno})"
     return f"{type(exc).__name__} at {where}"
 
 

@@ -73,7 +73,7 @@ class StatementSplitter:
     @property
     def pending(self) -> bool:
         """True while a statement (or a block comment) is open: more input is needed."""
-        return self._start_line is not None or self._lex == _BLOCK_COMMENT or bool(self._buf.strip())
+        return self._start_line is not None or self._lex == _BLOCK_COMMENT or bool(self._buf.strip(_WHITESPACE))
 
     def feed(self, chunk: str) -> list[Statement]:
         self._buf += chunk

@@ -31,11 +31,13 @@ from rustydb_server.container.format import (
     BackupType,
     pack_footer,
     pack_header,
+    safe_entry_name,
 )
 from rustydb_server.container.reader import BackupReader, EntryReader
 from rustydb_server.container.writer import BackupWriter
 from rustydb_server.crc import crc32c
 from rustydb_server.crypto import CryptoError
+from rustydb_server.datadir import validate_database_name
 from rustydb_server.keys import KeyFileSource, PassphraseSource
 
 KEY = KeyFileSource(bytes(range(32)), "/keys/fuzz.key")
@@ -51,6 +53,9 @@ def _read(data: bytes, key) -> None:
         reader = BackupReader(io.BytesIO(data), key=key)
     except DOCUMENTED:
         return
+    # Every name a tool could build a path or open a database from was checked by the parser.
+    for db in reader.header.databases:
+        validate_database_name(db["name"])
     try:
         manifest = Manifest.from_header(reader.header)
     except ManifestError:
@@ -61,6 +66,7 @@ def _read(data: bytes, key) -> None:
     contents: dict[str, bytes] = {}
     try:
         for info in reader.entries():
+            safe_entry_name(info.name)
             contents[info.name] = b"".join(reader.read_entry(info.name))
     except DOCUMENTED:
         contents = {}

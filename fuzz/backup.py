@@ -4,7 +4,7 @@ Contract: opening, listing, reading every entry (whole and by byte range),
 verifying, and reading the manifest raise only the container's BackupError,
 the key errors (CryptoError: a wrong or missing key) and ManifestError; a
 backup that verifies reads back whole, the same bytes either way; a manifest
-read from it writes back the same map.
+read from it writes back the same map (a nil optional key written as absent).
 
 The input's first byte chooses the key offered (its low two bits: none, the
 key file the seeds were sealed with, the passphrase they were sealed with, or
@@ -62,7 +62,7 @@ def _read(data: bytes, key) -> None:
         pass
     else:
         assert Manifest.from_dict(manifest.to_dict()) == manifest
-        assert manifest.to_dict() == reader.header.extra["manifest"]
+        assert manifest.to_dict() == _without_nil_options(reader.header.extra["manifest"])
     contents: dict[str, bytes] = {}
     try:
         for info in reader.entries():
@@ -115,6 +115,19 @@ def disassemble(file: bytes) -> bytes:
     index = file[reader.layout.index_offset : reader.layout.index_offset + reader.layout.index_len]
     body = file[body_start : reader.layout.index_offset]
     return struct.pack(">H", len(core)) + core + struct.pack(">H", len(index)) + index + body
+
+
+# Optional manifest keys: a nil one reads as absent, and is written back absent.
+_OPTIONAL = frozenset({"parent_id", "base_full_id", "wal_records", "all_databases"})
+_OPTIONAL_PER_DATABASE = frozenset({"applied_lsn", "transactions"})
+
+
+def _without_nil_options(manifest: dict) -> dict:
+    out = {k: v for k, v in manifest.items() if not (v is None and k in _OPTIONAL)}
+    out["databases"] = [
+        {k: v for k, v in db.items() if not (v is None and k in _OPTIONAL_PER_DATABASE)} for db in out["databases"]
+    ]
+    return out
 
 
 def check(data: bytes) -> None:

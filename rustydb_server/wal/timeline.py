@@ -25,6 +25,10 @@ class HistoryError(Exception):
     """A history file is missing or unreadable."""
 
 
+class HistoryMissing(HistoryError):
+    """A timeline has no history file (as opposed to a damaged one)."""
+
+
 class Switch(NamedTuple):
     """One line of a history file: ``timeline`` ended at ``lsn`` for ``reason``."""
 
@@ -75,7 +79,7 @@ def read_history(directory: str, timeline: int) -> list[Switch]:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise HistoryError(f"history file {path} for timeline {timeline} is missing") from None
+        raise HistoryMissing(f"history file {path} for timeline {timeline} is missing") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -428,3 +428,15 @@ def test_the_installed_tools_refuse_a_backup_naming_a_path_outside_the_target(ch
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "not a database name" in lines[0], proc.stderr
     assert not os.path.exists(victim + ".sqlite") and not os.path.exists(target)
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED))
+def test_the_writer_refuses_a_crafted_database_name_and_leaves_no_file(kind, tmp_path):
+    """The writer applies the same check, and a header it refuses leaves no partial file behind."""
+    from rustydb_server.container.format import new_header
+
+    name = crafted(kind, tmp_path)
+    header = new_header("full", databases=[{"name": name, "tables": [], "size_bytes": 0}])
+    with pytest.raises(ValueError, match="not a database name"):
+        BackupFile(str(tmp_path / "out.backup"), header)
+    assert os.listdir(tmp_path) == []

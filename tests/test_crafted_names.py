@@ -317,6 +317,8 @@ def test_a_crafted_history_file_is_refused(line, archived, tmp_path, capsys):
             "--data-dir",
             target,
         ],
+        ["--archive-dir", archive, "--list-wal"],
+        ["--archive-dir", archive, "--list-wal", "--recovery-target-timeline", "2"],
     ):
         assert_refused(run(restore_main.main, argv, capsys), "00000002.history")
         assert files_under(tmp_path) == before, argv

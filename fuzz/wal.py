@@ -159,7 +159,7 @@ def seeds() -> list[bytes]:
             writer.append(encode_record(TxRecord(1, 1_700_000_000_000_000, "main", ())))
             writer.append(encode_record(CheckpointRecord(START_LSN, 2, 1_700_000_000_000_001)))
             writer.append(encode_record(TxRecord(2, 1_700_000_000_000_002, "main", (("ddl", "CREATE TABLE t(a)"),))))
-            writer.append(b"\x01" * 5000)  # spans into the second segment
+            writer.append(b"\xaa" * 5000)  # spans into the second segment (no byte a fragment kind)
             writer.append(encode_record(TxRecord(3, 1_700_000_000_000_003, "main", (("changeset", b"x"),))))
             writer.flush()
         with open(os.path.join(work, segment_name(1, FIRST_SEGNO)), "rb") as f:

@@ -28,7 +28,7 @@ def test_the_seeds_read_back_as_written():
     entries = list(read_wal(wal._workdir, timeline=1, segment_size=wal.SIZE, start_lsn=wal.START_LSN))
     assert len(entries) == 5
     assert decode_record(entries[0].body).txid == 1
-    assert entries[3].body == b"\x01" * 5000  # the record spanning both segments
+    assert entries[3].body == b"\xaa" * 5000  # the record spanning both segments
     assert decode_record(entries[4].body).steps == (("changeset", b"x"),)
     assert entries[3].lsn // wal.SIZE == wal.FIRST_SEGNO and entries[4].lsn // wal.SIZE == wal.FIRST_SEGNO + 1
     assert os.listdir(wal._workdir)

@@ -161,7 +161,7 @@ headers = st.builds(
     databases=st.lists(
         st.fixed_dictionaries(
             {
-                "name": st.text(min_size=1, max_size=8),
+                "name": st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,7}", fullmatch=True),  # database names
                 "tables": st.lists(st.fixed_dictionaries({"name": st.text(max_size=8), "rows": st.integers(0, 99)})),
                 "size_bytes": st.integers(0, 2**40),
             }

@@ -103,6 +103,7 @@ import xxhash
 from rustydb_server import codecs, crypto
 from rustydb_server.crc import crc32c
 from rustydb_server.crypto import SecretKey
+from rustydb_server.datadir import DataDirError, validate_database_name
 
 from .errors import UnsafeEntryNameError, UnsupportedFormatError
 
@@ -383,6 +384,10 @@ def check_header_fields(h: BackupHeader) -> None:
     need(isinstance(h.databases, list), "databases must be a list")
     for db in h.databases:
         need(isinstance(db, dict) and isinstance(db.get("name"), str), "databases[] needs a name")
+        try:  # the one check of a database name, as the manifest's (a tool opens it by this name)
+            validate_database_name(db["name"])
+        except DataDirError:
+            raise ValueError(f"backup header field databases[] names {db['name']!r}, not a database name") from None
         tables = db.get("tables", [])
         need(isinstance(tables, list), f"databases[{db['name']}].tables must be a list")
         for t in tables:

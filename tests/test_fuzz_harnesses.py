@@ -24,7 +24,17 @@ pytest.importorskip("atheris", reason="atheris is not installed: pip install -e 
 @pytest.mark.parametrize("target", TARGETS)
 def test_the_harness_runs_and_finds_nothing(target, tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "fuzz.py"), "--seconds", "3", "--target", target],
+        # A generous per-input limit: on a loaded machine a slow input is not a finding here.
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fuzz.py"),
+            "--seconds",
+            "3",
+            "--target",
+            target,
+            "--input-timeout",
+            "60",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Self
 
 from rustydb_server import fileops as fileops_mod
@@ -29,7 +29,7 @@ from rustydb_server.logsetup import get_logger
 from rustydb_server.wal.segment import (
     HEADER_SIZE,
     WalCorruptError,
-    build_fragments,
+    build_fragment_pieces,
     build_switch_fragment,
     check_segment_header,
     check_segment_size,
@@ -44,6 +44,9 @@ log = get_logger(__name__)
 
 _ZERO_CHUNK = bytes(1 << 20)
 _TEMP_SUFFIX = ".tmp"
+# A piece of a record at least this large is written from its own buffer;
+# smaller ones are joined into one write.
+_DIRECT_WRITE_BYTES = 64 * 1024
 
 
 class WalDiskFullError(OSError):
@@ -124,15 +127,19 @@ class WalWriter:
     def segment_size(self) -> int:
         return self._size
 
-    def append(self, body: bytes) -> tuple[int, int]:
+    def append(self, body: bytes | Sequence[bytes]) -> tuple[int, int]:
         """Write one record body; return (lsn, end_lsn). Not durable until flush().
 
+        ``body`` is the record's bytes, or pieces to be written one after the
+        other as those bytes (``record.encode_record_parts``): a large piece
+        goes from its own buffer to the file, never copied into a body.
         On any exception nothing of the record remains (the writer is rolled
         back to where it was), unless the writer is poisoned.
         """
+        pieces = [body] if isinstance(body, (bytes, bytearray, memoryview)) else body
         with self._append_lock:
             self._check_usable()
-            fragments, end = build_fragments(body, self._pos, self._size)
+            fragments, end = build_fragment_pieces(pieces, self._pos, self._size)
             orig_fd = self._fd
             segno, fd = self._segno, self._fd
             created: list[tuple[int, int]] = []
@@ -150,8 +157,8 @@ class WalWriter:
                         fd = self._create_segment(segno)
                         created.append((segno, fd))
                     offset = frag_lsn % self._size
-                    written.append((fd, offset, len(data)))
-                    self._fo.pwrite_all(fd, data, offset)
+                    written.append((fd, offset, sum(len(piece) for piece in data)))
+                    self._write_pieces(fd, data, offset)
             except BaseException:
                 self._roll_back(orig_fd, written, created)
                 raise
@@ -238,6 +245,24 @@ class WalWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _write_pieces(self, fd: int, pieces: list, offset: int) -> None:
+        """Write one fragment's pieces from ``offset`` on: small pieces joined
+        (a small record stays one write), a large one straight from its buffer."""
+        small: list = []
+        for piece in pieces:
+            if len(piece) < _DIRECT_WRITE_BYTES:
+                small.append(piece)
+                continue
+            if small:
+                joined = b"".join(small)
+                self._fo.pwrite_all(fd, joined, offset)
+                offset += len(joined)
+                small = []
+            self._fo.pwrite_all(fd, piece, offset)
+            offset += len(piece)
+        if small:
+            self._fo.pwrite_all(fd, b"".join(small), offset)
 
     # -- flushing and poisoning
 

@@ -12,8 +12,11 @@ Two locks, so that appends never wait for an fsync:
 Ordering rules the reader relies on (see reader.py):
   * a segment is fdatasynced before anything is written to the next one, so
     valid data in a later segment proves every earlier segment is complete;
-  * a segment is created whole (zero-filled, header, fsync, rename, fsync of
-    the directory) before use, so a write into it can never hit ENOSPC.
+  * a segment is created whole (header, zero-filled, fsync, rename, fsync of
+    the directory) before use, so a write into it can never hit ENOSPC; a
+    segment that a record's fragment starts is created holding that fragment
+    (the middle segments of a large record are written once, not zeroed
+    first), which the same fsync makes durable.
 """
 
 from __future__ import annotations
@@ -153,10 +156,17 @@ class WalWriter:
                         self._sync_segment(fd, self._path(segno))
                         left.append((segno, fd))
                         segno, fd = frag_segno, None
+                    offset = frag_lsn % self._size
+                    if fd is None and offset == HEADER_SIZE:
+                        # A new segment that starts with this fragment is
+                        # created holding it: its bytes are written once, not
+                        # zeros first and the fragment over them.
+                        fd = self._create_segment(segno, data)
+                        created.append((segno, fd))
+                        continue
                     if fd is None:
                         fd = self._create_segment(segno)
                         created.append((segno, fd))
-                    offset = frag_lsn % self._size
                     written.append((fd, offset, sum(len(piece) for piece in data)))
                     self._write_pieces(fd, data, offset)
             except BaseException:
@@ -364,8 +374,12 @@ class WalWriter:
     def _path(self, segno: int) -> str:
         return os.path.join(self._dir, segment_name(self._timeline, segno))
 
-    def _create_segment(self, segno: int) -> int:
-        """Create a whole, durable, zero-filled segment; return its open fd."""
+    def _create_segment(self, segno: int, first: Sequence = ()) -> int:
+        """Create a whole, durable segment; return its open fd.
+
+        After its header the segment holds the pieces of ``first`` (its first
+        fragment, if given), then zeros to its end.
+        """
         path = self._path(segno)
         tmp = path + _TEMP_SUFFIX
         fd: int | None = None
@@ -380,7 +394,9 @@ class WalWriter:
                 segment_size=self._size,
             )
             self._fo.write_all(fd, header)
-            remaining = self._size - len(header)
+            for piece in first:
+                self._fo.write_all(fd, piece)
+            remaining = self._size - len(header) - sum(len(piece) for piece in first)
             zeros = memoryview(_ZERO_CHUNK)
             while remaining:
                 n = min(remaining, len(zeros))

@@ -86,17 +86,34 @@ def pgbench_init(conn, scale: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_variant(work: str, name: str, src: str | None, rows: int, scale: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_variant(work: str, name: str, src: str | None, rows: int, scale: int) -> tuple[dict, dict]:
+    """Wall seconds of each load, and the server's CPU seconds for it."""
     data = os.path.join(work, f"data-{name}")
     shutil.rmtree(data, ignore_errors=True)
     srv = ServerProcess(data, command=server_command(src), log_path=os.path.join(work, f"{name}.log")).start()
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+
+    def timed(key, fn, *args):
+        before = cpu_seconds(srv.proc.pid)
+        wall[key] = fn(*args)
+        cpu[key] = cpu_seconds(srv.proc.pid) - before
+
     try:
         with rc.connect("127.0.0.1", srv.port) as c:
-            figures = {"insert_select": insert_select(c, rows), "executemany": executemany(c, rows)}
+            timed("insert_select", insert_select, c, rows)
+            timed("executemany", executemany, c, rows)
             c.execute("CREATE DATABASE pgb")
             c.execute("USE pgb")
-            figures["pgbench_init"] = pgbench_init(c, scale)
-        return figures
+            timed("pgbench_init", pgbench_init, c, scale)
+        return wall, cpu
     finally:
         srv.stop()
         shutil.rmtree(data, ignore_errors=True)
@@ -159,15 +176,21 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="rustydb-bench-load-")
     variants = [("this", None)] + ([("baseline", os.path.abspath(args.baseline_src))] if args.baseline_src else [])
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
+    cpus: dict[str, list[dict]] = {name: [] for name, _ in variants}
     pg_times: list[float] = []
     bindir = None if args.no_postgres else postgres_bin()
     try:
         for rep in range(args.reps):
             order = variants if rep % 2 == 0 else variants[::-1]
             for name, src in order:
-                figures = run_variant(work, name, src, rows, scale)
+                figures, cpu = run_variant(work, name, src, rows, scale)
                 results[name].append(figures)
-                print(f"run {rep + 1} {name:8s} " + "  ".join(f"{k} {v:.2f} s" for k, v in figures.items()), flush=True)
+                cpus[name].append(cpu)
+                print(
+                    f"run {rep + 1} {name:8s} "
+                    + "  ".join(f"{k} {v:.2f} s (server CPU {cpu[k]:.2f} s)" for k, v in figures.items()),
+                    flush=True,
+                )
             if bindir:
                 pg = Postgres(bindir, work)
                 try:
@@ -184,13 +207,17 @@ def main() -> None:
                 f"executemany-style: {rows / m['executemany']:9.0f} rows/s  "
                 f"pgbench-style load scale {scale}: {m['pgbench_init']:6.2f} s"
             )
+        cpu_med = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in cpus.items()}
+        for name, m in cpu_med.items():
+            print(f"{name:8s} server CPU seconds (median): " + "  ".join(f"{k} {v:.2f}" for k, v in m.items()))
         if "baseline" in med:
-            this, base = med["this"], med["baseline"]
-            print(
-                "this/baseline time ratio (median): "
-                + "  ".join(f"{k} {this[k] / base[k]:.2f}x" for k in this)
-                + " (below 1: faster)"
-            )
+            for what, figures in (("time", med), ("server CPU", cpu_med)):
+                this, base = figures["this"], figures["baseline"]
+                print(
+                    f"this/baseline {what} ratio (median): "
+                    + "  ".join(f"{k} {this[k] / base[k]:.2f}x" for k in this)
+                    + " (below 1: less)"
+                )
         if pg_times:
             pgm = statistics.median(pg_times)
             for name, m in med.items():

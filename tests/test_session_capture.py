@@ -108,6 +108,7 @@ def test_savepoint_names_are_read_as_sqlite_reads_them():
     assert savepoint_name('savepoint "Odd ""name"""') == 'odd "name"'
     assert savepoint_name("RELEASE SAVEPOINT [B]") == "b"
     assert savepoint_name("RELEASE b") == "b"
+    assert savepoint_name("SAVEPOINT 'it''s'") == "it's"
     assert savepoint_name("RELEASE savepoint") == "savepoint"
     assert savepoint_name("ROLLBACK TO x") == "x"
     assert savepoint_name("ROLLBACK /* c */ TRANSACTION TO SAVEPOINT `y`") == "y"

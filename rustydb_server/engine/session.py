@@ -592,7 +592,7 @@ class SqlSession:
 SEQUENCE_STEP_PREFIX = "UPDATE sqlite_sequence SET seq"
 
 _SKIP = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.S)
-_TOKEN = re.compile(r'"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|[\w$]+')
+_TOKEN = re.compile(r'"(?:[^"]|"")*"|\'(?:[^\']|\'\')*\'|`(?:[^`]|``)*`|\[[^\]]*\]|[\w$]+')
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -635,7 +635,7 @@ def savepoint_name(sql: str) -> str | None:
     if words[0] not in ("SAVEPOINT", "RELEASE", "ROLLBACK") or len(tokens) <= i:
         return None
     token = tokens[i]
-    if token[:1] in ('"', "`") and token[-1:] == token[:1] and len(token) > 1:
+    if token[:1] in ('"', "'", "`") and token[-1:] == token[:1] and len(token) > 1:
         token = token[1:-1].replace(token[0] * 2, token[0])
     elif token[:1] == "[" and token[-1:] == "]":
         token = token[1:-1]

@@ -83,11 +83,13 @@ def primary(server_factory, tmp_path):
 
 def test_an_acknowledged_bulk_load_survives_kill_9_and_replays_from_the_wal(primary, tmp_path):
     srv, _ = primary
-    srv.sql("CHECKPOINT;")
-    # The database files as they were before the load: put back after the
-    # kill, recovery has only the WAL to find the load in.
+    # The database files as they were before the load, copied while the
+    # server is stopped: put back after the kill, recovery has only the WAL
+    # to find the load in.
+    srv.stop()
     before = tmp_path / "databases-before"
     shutil.copytree(os.path.join(srv.data_dir, "databases"), before)
+    srv.start()
     with rc.connect("127.0.0.1", srv.port) as c:
         load(c)  # every COMMIT acknowledged
         expected = live_digest(c)

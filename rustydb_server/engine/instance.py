@@ -512,7 +512,9 @@ class Engine:
     def _log_durably(self, rec, *, startup: bool = False) -> tuple[int, int]:
         if self.read_only_reason is not None and not startup:
             raise self._read_only_error()
-        body = walrec.encode_record(rec)
+        # A large changeset goes from the session's buffer to the WAL file as
+        # it is: no msgpack body, no joined fragments (a bulk load's record).
+        body = walrec.encode_record_parts(rec)
         try:
             lsn, end = self.wal.append(body)
         except wal_writer.WalFsyncError as e:

@@ -76,7 +76,9 @@ class PitrReport:
             "changed_rows": self.changed_rows,
             "last_replayed_txid": self.last_txid,
             "last_replayed_commit_time": format_time(self.last_commit_time_us) if self.last_commit_time_us else None,
-            "seconds": round(self.seconds, 3),
+            # Not "seconds": a PITR restore's summary holds this report beside the
+            # whole restore's own "seconds" (base restore + replay).
+            "replay_seconds": round(self.seconds, 3),
             "segments_read": self.segments_read,
         }
 

@@ -227,9 +227,7 @@ def bench_replay(work: str, records: int) -> None:
         f"restore seconds={rep['seconds']} "
         f"segments_read={rep['segments_read']} (tool wall time {wall:.1f} s)"
     )
-    print(
-        f"  whole restore (base + replay) rate: {rep['records_replayed'] / (rep['seconds'] or 1e-9):,.0f} records/s"
-    )
+    print(f"  whole restore (base + replay) rate: {rep['records_replayed'] / (rep['seconds'] or 1e-9):,.0f} records/s")
     rows_s = rep["changed_rows"] / secs
     print(
         f"  replay phase rate: {rep['records_replayed'] / secs:,.0f} records/s, "

@@ -121,7 +121,7 @@ def ddl_touches(sql: str, table: str, conn: apsw.Connection) -> bool:
 
 # A batch's bounds: records per SQLite transaction, and changeset bytes merged
 # into one changegroup before it is applied (its memory).
-BATCH_RECORDS = 2000
+BATCH_RECORDS = 50_000
 BATCH_BYTES = 32 * 1024 * 1024
 
 

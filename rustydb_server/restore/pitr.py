@@ -65,6 +65,7 @@ class PitrReport:
     last_commit_time_us: int | None
     seconds: float
     segments_read: int
+    read_wait_seconds: float = 0.0  # the replay waiting for a segment still being unpacked
 
     def as_dict(self) -> dict:
         return {
@@ -80,6 +81,7 @@ class PitrReport:
             # whole restore's own "seconds" (base restore + replay).
             "replay_seconds": round(self.seconds, 3),
             "segments_read": self.segments_read,
+            "read_wait_seconds": round(self.read_wait_seconds, 3),
         }
 
 
@@ -255,6 +257,7 @@ def recover(
     end_lsn = walseg.normalize_lsn(base_lsn, size)
     reached = target.kind == "immediate"
     segments = 0
+    waited = 0.0
     names_seen: list[str] = []
     last_time = None
     try:
@@ -308,6 +311,7 @@ def recover(
                         raise PitrError(str(e)) from None
                     finally:
                         segments += supplier.segments_read
+                        waited += supplier.wait_seconds
                 if reached:
                     break
             if target.kind == "end":
@@ -334,6 +338,7 @@ def recover(
         last_commit_time_us=last_time,
         seconds=time.perf_counter() - t0,
         segments_read=segments,
+        read_wait_seconds=waited,
     )
 
 

@@ -118,7 +118,9 @@ def pgbench_n_load(port: int, scale: int, seconds: float, clients: int = 2) -> i
     return sum(counts)
 
 
-def restore(cmd_prefix: list[str], env, base: str, archive: str, out: str, target: list[str]) -> tuple[float, dict]:
+def restore(
+    cmd_prefix: list[str], env, cwd: str | None, base: str, archive: str, out: str, target: list[str]
+) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -127,6 +129,7 @@ def restore(cmd_prefix: list[str], env, base: str, archive: str, out: str, targe
         text=True,
         check=False,
         env=env,
+        cwd=cwd,
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -196,8 +199,9 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
     targets = {"end": ["--recovery-target-name", "bench_end"], "tenth": ["--recovery-target-lsn", format_lsn(tenth)]}
     baseline = None
     if args.baseline_src:
-        baseline_env = dict(env, PYTHONPATH=os.path.abspath(args.baseline_src))
-        baseline = ([sys.executable, "-m", "rustydb_server.tools.restore_main"], baseline_env)
+        # run from the baseline tree: "python -m" puts the working directory first on sys.path
+        src = os.path.abspath(args.baseline_src)
+        baseline = ([sys.executable, "-m", "rustydb_server.tools.restore_main"], dict(env, PYTHONPATH=src), src)
     for _ in range(args.repeat):
         for kind in ("end", "tenth", "baseline"):
             if kind == "baseline":
@@ -205,7 +209,7 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
                     continue
                 wall, rep = restore(*baseline, base, archive, out, targets["end"])
             else:
-                wall, rep = restore(this, env, base, archive, out, targets[kind])
+                wall, rep = restore(this, env, None, base, archive, out, targets[kind])
             start = start_until_answering(out)
             # a tree from before replay_seconds printed only the whole restore's "seconds"
             replay_s = rep.get("replay_seconds")

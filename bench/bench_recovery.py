@@ -235,11 +235,13 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
             f"\n== PITR {label}: {records} transactions replayed from {rs[0]['segments']} segments; "
             f"medians of {len(rs)}: restore {wall:.2f} s + start until answering {start:.2f} s = {wall + start:.2f} s"
         )
-        line = f"  transactions/s over the whole: {records / (wall + start):,.0f}; in the replay phase: "
-        line += f"{records / replay:,.0f} ({replay:.2f} s"
-        line += (
-            ")" if rs[0]["wait"] is None else f", of which waiting for a segment {med([r['wait'] for r in rs]):.3f} s)"
-        )
+        line = f"  transactions/s over the whole: {records / (wall + start):,.0f}"
+        if replay is None:
+            line += f"; over the restore alone: {records / wall:,.0f} (its --json has no replay-phase time)"
+        else:
+            line += f"; in the replay phase: {records / replay:,.0f} ({replay:.2f} s"
+            wait = rs[0]["wait"]
+            line += ")" if wait is None else f", of which waiting for a segment {med([r['wait'] for r in rs]):.3f} s)"
         if kind == "end":
             line += f"   [target >= 30,000: {'MET' if records / replay >= 30_000 else 'NOT MET'}]"
         print(line)

@@ -24,9 +24,11 @@ from rustydb_server.engine import database, replay
 from rustydb_server.engine.recovery import RecordApplier
 from rustydb_server.engine.session import SqlSession
 from rustydb_server.restore import pitr
+from rustydb_server.restore.archived_wal import ArchivedSegments
 from rustydb_server.tools import restore_main
 from rustydb_server.wal import reader as wal_reader
 from rustydb_server.wal import record as walrec
+from rustydb_server.wal import segment as walseg
 from tests.support.backups import open_engine, write_backup
 
 pytestmark = pytest.mark.usefixtures("no_keys")
@@ -224,6 +226,36 @@ def test_a_damaged_segment_after_the_target_does_not_matter(history, tmp_path):
     # ... while a target in them reads them, and says which one it cannot read
     with pytest.raises(sf.ArchiveError, match=f"{names[2]} is not a readable archived WAL segment"):
         pitr.restore_to_target(history["base"], str(tmp_path / "e"), archive, pitr.Target("name", "the_end"))
+
+
+def test_the_read_ahead_is_bounded(history, monkeypatch):
+    """Reading only the first segment with a read-ahead of 1 unpacks at most the
+    two after it (the one ahead of it, then the one ahead of that once the
+    first is handed over); the rest of the archive is never opened."""
+    opened = []
+    real = sf.unpack_segment
+
+    def spy(path, **kw):
+        opened.append(os.path.basename(path))
+        return real(path, **kw)
+
+    monkeypatch.setattr(sf, "unpack_segment", spy)
+    segments = sf.list_archive(history["archive"])[1]
+    first = min(segments)
+    assert len(segments) >= 5
+    with ArchivedSegments(segments, 1, first=first, system_id=None, depth=1) as supplier:
+        for entry in wal_reader.read_supplied_segments(
+            supplier, timeline=1, segment_size=65536, start_lsn=first * 65536 + 64
+        ):
+            rec = walrec.decode_record(entry.body)
+            if isinstance(rec, walrec.RestorePointRecord) and rec.name == "point5":
+                break
+        else:
+            pytest.fail("restore point point5 not met")
+        supplier_read = supplier.segments_read
+    assert supplier_read == 1
+    window = {sf.archive_name(walseg.segment_name(1, s)) for s in (first, first + 1, first + 2)}
+    assert sf.archive_name(walseg.segment_name(1, first)) in opened and set(opened) <= window
 
 
 # ---------------------------------------------------------------- batched replay

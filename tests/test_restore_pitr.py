@@ -81,6 +81,8 @@ def test_recovery_to_a_restore_point_through_the_tool(archived, tmp_path, capsys
     assert summary["ok"] is True and summary["recovery_target"] == "name 'before_purge'"
     assert summary["timeline"] == 2 and summary["previous_timeline"] == 1
     assert summary["records_replayed"] >= 20 and summary["data_dir"] == data
+    # the replay's own time beside the whole restore's, neither overwriting the other
+    assert 0 < summary["replay_seconds"] <= summary["seconds"]
     assert notes(data) == states["before_purge"]
 
     again = str(tmp_path / "again")

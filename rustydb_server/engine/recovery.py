@@ -21,8 +21,18 @@ class RecoveryError(Exception):
 class RecordApplier:
     """Applies records in LSN order to every database of ``ddir``."""
 
-    def __init__(self, ddir: _datadir.DataDir, *, only_database: str | None = None, only_table: str | None = None):
+    def __init__(
+        self,
+        ddir: _datadir.DataDir,
+        *,
+        only_database: str | None = None,
+        only_table: str | None = None,
+        batch: int = replay.BATCH_RECORDS,
+        batch_bytes: int = replay.BATCH_BYTES,
+    ):
         self.ddir = ddir
+        self.batch = batch
+        self.batch_bytes = batch_bytes
         self.only_database = only_database
         self.only_table = only_table
         self.applied: dict[str, int] = {}
@@ -38,7 +48,9 @@ class RecordApplier:
     def _open(self, name: str) -> None:
         path = self.ddir.database_path(name)
         conn = replay.open_replay_connection(path)
-        self.replayers[name] = replay.Replayer(conn, name, only_table=self.only_table)
+        self.replayers[name] = replay.Replayer(
+            conn, name, batch=self.batch, only_table=self.only_table, batch_bytes=self.batch_bytes
+        )
         self.applied[name] = database.read_state(conn)["applied_lsn"]
 
     def apply(self, lsn: int, rec) -> None:

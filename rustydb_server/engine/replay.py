@@ -119,18 +119,36 @@ def ddl_touches(sql: str, table: str, conn: apsw.Connection) -> bool:
     return bool(on) and unquote_ident(on.group(1)).lower() == table.lower()
 
 
+# A batch's bounds: records per SQLite transaction, and changeset bytes merged
+# into one changegroup before it is applied (its memory).
+BATCH_RECORDS = 50_000
+BATCH_BYTES = 32 * 1024 * 1024
+
+
 class Replayer:
     """Applies many records to one database per SQLite transaction (recovery, PITR).
 
     Batching is safe because ``applied_lsn`` is written in the same transaction
     as the batch: after a crash the whole batch is simply replayed again.
+    A batch ends after ``batch`` records or ``batch_bytes`` bytes of
+    changesets (what the changegroup holds in memory), at a VACUUM, and at
+    ``flush`` (the caller's end: a recovery target, the end of the WAL).
     """
 
-    def __init__(self, conn: apsw.Connection, database_name: str, batch: int = 2000, only_table: str | None = None):
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        database_name: str,
+        batch: int = BATCH_RECORDS,
+        only_table: str | None = None,
+        batch_bytes: int = BATCH_BYTES,
+    ):
         self.conn = conn
         self.database_name = database_name
         self.only_table = only_table
         self.batch = batch
+        self.batch_bytes = batch_bytes
+        self._bytes = 0
         self.applied = 0
         self._changes_before = conn.total_changes()
         self._pending = None  # (lsn, txid, commit_time_us) of the last record in the batch
@@ -150,6 +168,7 @@ class Replayer:
             for kind, payload in record.steps:
                 if kind == "changeset":
                     self._add_to_group(lsn, payload)
+                    self._bytes += len(payload)
                 else:
                     self._apply_group()
                     if self.only_table is None or ddl_touches(payload, self.only_table, self.conn):
@@ -165,7 +184,7 @@ class Replayer:
         self._pending = (lsn, record.txid, record.commit_time_us)
         self._count += 1
         self.applied += 1
-        if self._count >= self.batch:
+        if self._count >= self.batch or self._bytes >= self.batch_bytes:
             self.flush()
 
     # Consecutive changesets are merged into one changegroup and applied with a
@@ -213,6 +232,7 @@ class Replayer:
             self.conn.execute("ROLLBACK")
         self._pending = None
         self._count = 0
+        self._bytes = 0
 
     @property
     def changes(self) -> int:
@@ -230,6 +250,7 @@ class Replayer:
             self.conn.execute("COMMIT")
             self._pending = None
             self._count = 0
+            self._bytes = 0
 
     def close(self) -> None:
         self.flush()

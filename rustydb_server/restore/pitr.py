@@ -1,10 +1,11 @@
 """Point-in-time recovery: replay archived WAL on a restored base up to a target.
 
 ``restore_to_target`` is the whole restore: the base (a full or pitr-base
-backup) is restored into a staging data directory, then ``recover`` unpacks
-the archived segments into a scratch directory, reads them in LSN order along
-the chosen timeline's history and applies them with the same record applier
-as crash recovery, stopping at the target. Recovery then starts a new
+backup) is restored into a staging data directory, then ``recover`` reads
+the archived segments it needs, one at a time in LSN order along the chosen
+timeline's history (each unpacked ahead in a worker thread), and applies
+their records with the same record applier as crash recovery, stopping at
+the target: the segments after it are never opened. Recovery then starts a new
 timeline (history file + end-of-recovery record) so the restored server never
 writes WAL under names the archive already holds. Only then is the staging
 directory swapped in.
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
-import shutil
 import time
 
 from .. import datadir as dd
@@ -30,6 +29,7 @@ from ..wal import segment as walseg
 from ..wal import timeline as waltl
 from ..wal.lsn import format_lsn, parse_lsn
 from ..wal.writer import WalWriter
+from .archived_wal import ArchivedSegments, ArchiveGapError
 from .full import ProgressFn, RestoreResult, read_key_for, restore_full
 
 
@@ -65,6 +65,7 @@ class PitrReport:
     last_commit_time_us: int | None
     seconds: float
     segments_read: int
+    read_wait_seconds: float = 0.0  # the replay waiting for a segment still being unpacked
 
     def as_dict(self) -> dict:
         return {
@@ -76,8 +77,11 @@ class PitrReport:
             "changed_rows": self.changed_rows,
             "last_replayed_txid": self.last_txid,
             "last_replayed_commit_time": format_time(self.last_commit_time_us) if self.last_commit_time_us else None,
-            "seconds": round(self.seconds, 3),
+            # Not "seconds": a PITR restore's summary holds this report beside the
+            # whole restore's own "seconds" (base restore + replay).
+            "replay_seconds": round(self.seconds, 3),
             "segments_read": self.segments_read,
+            "read_wait_seconds": round(self.read_wait_seconds, 3),
         }
 
 
@@ -146,6 +150,7 @@ def restore_to_target(
             target,
             timeline_choice=timeline_choice,
             key=key or archive_key(key_file),
+            threads=max(2, threads),
             fileops=fileops,
         )
 
@@ -218,36 +223,6 @@ def _descends_from(archive_dir: str, tl: int, base_tl: int, base_lsn: int) -> bo
 
 
 # ------------------------------------------------------------- replay
-def _unpack_range(
-    archive: dict[int, dict[int, str]],
-    tl: int,
-    first_segno: int,
-    scratch: str,
-    system_id: int,
-    key,
-    stop_segno: int | None,
-) -> list[str]:
-    """Unpack consecutive segments of ``tl`` from ``first_segno``; stop at a gap or the end."""
-    have = archive.get(tl, {})
-    paths = []
-    segno = first_segno
-    while segno in have and (stop_segno is None or segno <= stop_segno):
-        name, data = sf.unpack_segment(have[segno], system_id=system_id, key=key)
-        path = os.path.join(scratch, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        paths.append(path)
-        segno += 1
-    later = [s for s in have if s > segno]
-    if later and (stop_segno is None or segno <= stop_segno):
-        raise PitrError(
-            f"the archive is missing WAL segment {walseg.segment_name(tl, segno)} "
-            f"(it holds {walseg.segment_name(tl, min(later))} after it); recovery "
-            "cannot skip a gap"
-        )
-    return paths
-
-
 def recover(
     staging: str,
     manifest: Manifest,
@@ -259,9 +234,15 @@ def recover(
     progress=None,
     only_database: str | None = None,
     only_table: str | None = None,
+    threads: int = 2,
     fileops: _fileops.FileOps = _fileops.REAL,
 ) -> PitrReport:
-    """Replay the archive onto the base in ``staging`` up to ``target``; new timeline."""
+    """Replay the archive onto the base in ``staging`` up to ``target``; new timeline.
+
+    The archived segments are read lazily in LSN order, each unpacked in a
+    worker thread a few segments ahead of the replay (``archived_wal``), and
+    reading stops at the target: the segments after it are never opened.
+    """
     t0 = time.perf_counter()
     ddir = dd.DataDir(staging, fileops)
     control = ddir.read_control()
@@ -271,55 +252,70 @@ def recover(
     _check_target_against_base(target, manifest)
     archive = sf.list_archive(archive_dir)
     path = timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice)
-    scratch = os.path.join(staging, "pitr_wal")
-    os.makedirs(scratch, exist_ok=True)
     applier = RecordApplier(ddir, only_database=only_database, only_table=only_table)
     applier.last_commit_time_us = base_time
     end_lsn = walseg.normalize_lsn(base_lsn, size)
     reached = target.kind == "immediate"
     segments = 0
+    waited = 0.0
     names_seen: list[str] = []
     last_time = None
     try:
         if not reached:
             for step, (tl, start, stop) in enumerate(path):
                 first = start // size
-                stop_segno = None if stop is None else (stop - 1) // size
-                paths = _unpack_range(archive, tl, first, scratch, manifest.system_id, key, stop_segno)
-                if not paths and stop is not None:
-                    raise PitrError(
-                        f"the archive has no segment {walseg.segment_name(tl, first)}, needed "
-                        f"to follow timeline {tl} from LSN {format_lsn(start)}"
-                    )
-                segments += len(paths)
-                if not paths:
+                have = archive.get(tl, {})
+                if first not in have:
+                    if stop is not None:
+                        raise PitrError(
+                            f"the archive has no segment {walseg.segment_name(tl, first)}, needed "
+                            f"to follow timeline {tl} from LSN {format_lsn(start)}"
+                        )
                     break
-                for entry in _read_timeline(paths, tl, start, stop, size, manifest.system_id, path[step + 1 :]):
-                    if stop is not None and entry.lsn >= stop:
-                        break
-                    rec = walrec.decode_record(entry.body)
-                    verdict = _check(target, entry.lsn, rec)
-                    if verdict == "stop_before":
-                        reached = True
-                        break
+                supplier = ArchivedSegments(
+                    have,
+                    tl,
+                    first=first,
+                    last=None if stop is None else (stop - 1) // size,
+                    system_id=manifest.system_id,
+                    key=key,
+                    workers=threads,
+                )
+                with supplier:
                     try:
-                        applier.apply(entry.lsn, rec)
-                    except RecoveryError as e:
+                        for entry in _read_timeline(
+                            supplier, tl, start, stop, size, manifest.system_id, path[step + 1 :]
+                        ):
+                            if stop is not None and entry.lsn >= stop:
+                                break
+                            rec = walrec.decode_record(entry.body)
+                            verdict = _check(target, entry.lsn, rec)
+                            if verdict == "stop_before":
+                                reached = True
+                                break
+                            try:
+                                applier.apply(entry.lsn, rec)
+                            except RecoveryError as e:
+                                raise PitrError(str(e)) from None
+                            end_lsn = entry.end_lsn
+                            if isinstance(rec, walrec.RestorePointRecord):
+                                names_seen.append(rec.name)
+                            if isinstance(rec, walrec.TxRecord):
+                                last_time = rec.commit_time_us
+                            if verdict == "stop_after":
+                                reached = True
+                                break
+                            if progress is not None:
+                                progress(entry.lsn)
+                    except ArchiveGapError as e:
                         raise PitrError(str(e)) from None
-                    end_lsn = entry.end_lsn
-                    if isinstance(rec, walrec.RestorePointRecord):
-                        names_seen.append(rec.name)
-                    if isinstance(rec, walrec.TxRecord):
-                        last_time = rec.commit_time_us
-                    if verdict == "stop_after":
-                        reached = True
-                        break
-                    if progress is not None:
-                        progress(entry.lsn)
-                for p in paths:
-                    os.unlink(p)
+                    finally:
+                        segments += supplier.segments_read
+                        waited += supplier.wait_seconds
                 if reached:
                     break
+            if target.kind == "end":
+                reached = True  # everything archived along the path is replayed
         if not reached:
             message = _not_reached(target, end_lsn, last_time, names_seen)
             raise PitrError(_found_elsewhere(archive_dir, target, path, manifest, key) or message)
@@ -327,8 +323,6 @@ def recover(
     except BaseException:
         applier.close()
         raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     last_tl = path[-1][0] if target.kind != "immediate" else manifest.timeline
     control.next_txid = max(control.next_txid, applier.max_txid + 1)
     control.last_commit_time_us = max(control.last_commit_time_us, last_time or 0)
@@ -344,30 +338,31 @@ def recover(
         last_commit_time_us=last_time,
         seconds=time.perf_counter() - t0,
         segments_read=segments,
+        read_wait_seconds=waited,
     )
 
 
-def _read_timeline(paths: list[str], tl: int, start: int, stop: int | None, size: int, system_id: int, rest):
-    """The records of ``tl`` in the consecutive segment files ``paths``, from ``start``.
+def _read_timeline(supplier: ArchivedSegments, tl: int, start: int, stop: int | None, size: int, system_id: int, rest):
+    """The records of ``tl`` from ``start``, its segments asked of ``supplier`` as reading reaches them.
 
     A timeline left at a switch (``stop``) is read as far as the switch: the
     next timeline starts there, so a segment missing before it is refused,
     never skipped (the last timeline ends where the archive does).
     """
+    entries = wal_reader.read_supplied_segments(
+        supplier, timeline=tl, segment_size=size, start_lsn=start, system_id=system_id, stop_lsn=stop
+    )
     if stop is None:
-        yield from wal_reader.read_segments(paths, start, timeline=tl, segment_size=size, system_id=system_id)
+        yield from entries
         return
-    sequence = {walseg.parse_segment_name(os.path.basename(p))[1]: p for p in paths}
     try:
-        yield from wal_reader.read_segment_sequence(
-            sequence, timeline=tl, segment_size=size, start_lsn=start, system_id=system_id, stop_lsn=stop
-        )
+        yield from entries
     except wal_reader.WalCorruptError as e:
         try:
             segno = walseg.parse_segment_name(e.segment_name)[1]
         except ValueError:
             raise e from None
-        if segno in sequence:
+        if segno in supplier:
             raise
         raise PitrError(
             f"the archive is missing WAL segment {e.segment_name}, needed to follow timeline {tl} up to "

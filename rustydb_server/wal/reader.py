@@ -22,6 +22,7 @@ import mmap
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from rustydb_server import fileops as fileops_mod
 from rustydb_server.wal.lsn import format_lsn
@@ -52,7 +53,9 @@ __all__ = [
     "read_segment_file",
     "read_segment_sequence",
     "read_segments",
+    "read_supplied_segments",
     "read_wal",
+    "SegmentSupplier",
 ]
 
 
@@ -165,6 +168,42 @@ def read_segment_sequence(
     return scan.entries()
 
 
+class SegmentSupplier(Protocol):
+    """Where ``read_supplied_segments`` gets segment bytes from (e.g. an archive
+    unpacked on demand): only the segments the reading reaches are asked for."""
+
+    def get(self, segno: int) -> bytes | None:
+        """The whole segment ``segno``, or None if there is none."""
+
+    def later(self, segno: int) -> list[int]:
+        """The segment numbers after ``segno`` that exist, ascending."""
+
+
+def read_supplied_segments(
+    supplier: SegmentSupplier,
+    *,
+    timeline: int,
+    segment_size: int,
+    start_lsn: int,
+    system_id: int | None = None,
+    stop_lsn: int | None = None,
+) -> Iterator[WalEntry]:
+    """Yield the records of ``timeline`` from ``start_lsn`` on, segments asked of
+    ``supplier`` one at a time in LSN order as the reading reaches them.
+
+    Reading stops as soon as the caller stops iterating: a segment after that
+    point is never asked for. The end of the WAL and ``stop_lsn`` are judged as
+    by ``read_segment_sequence``; each segment's header must name ``timeline``
+    and its segment number.
+    """
+    check_segment_size(segment_size)
+    source = _SupplierSource(supplier, timeline, segment_size, system_id)
+    scan = _WalScan(
+        source, segment_size, start_lsn, skip_partial_first=False, stop_lsn=stop_lsn, require_stop=stop_lsn is not None
+    )
+    return scan.entries()
+
+
 def read_segment_file(path: str, *, fileops: fileops_mod.FileOps = fileops_mod.REAL) -> Iterator[WalEntry]:
     """Yield the records that start and end in one segment file."""
     return read_segments([path], fileops=fileops)
@@ -192,6 +231,20 @@ class _MappedSegment:
             self.buf.close()
 
 
+class _BufferSegment:
+    """One whole segment already in memory."""
+
+    header: SegmentHeader
+
+    def __init__(self, name: str, buf: bytes) -> None:
+        self.name = name
+        self.buf = buf
+        self.file_size = len(buf)
+
+    def close(self) -> None:
+        pass
+
+
 def _open_checked(
     path: str,
     name: str,
@@ -202,7 +255,18 @@ def _open_checked(
     segment_size: int | None,
     system_id: int | None,
 ) -> _MappedSegment:
-    seg = _MappedSegment(path, name, fileops)
+    return _checked(
+        _MappedSegment(path, name, fileops),
+        timeline=timeline,
+        segno=segno,
+        segment_size=segment_size,
+        system_id=system_id,
+    )
+
+
+def _checked(seg, *, timeline, segno, segment_size, system_id):
+    """``seg`` with its header checked (closed and WalCorruptError if it is wrong)."""
+    name = seg.name
     try:
         header = check_segment_header(
             seg.buf[:HEADER_SIZE],
@@ -329,6 +393,36 @@ class _MapSource:
 
     def later(self, segno: int) -> list[int]:
         return sorted(other for other in self._paths if other > segno)
+
+
+class _SupplierSource:
+    """Segments of one timeline handed over in memory by a SegmentSupplier."""
+
+    def __init__(self, supplier: SegmentSupplier, timeline: int, segment_size: int, system_id: int | None) -> None:
+        self._supplier = supplier
+        self._timeline = timeline
+        self.segment_size = segment_size
+        self._system_id = system_id
+
+    def name(self, segno: int) -> str:
+        return segment_name(self._timeline, segno)
+
+    def open(self, segno: int) -> _BufferSegment | None:
+        data = self._supplier.get(segno)
+        if data is None:
+            return None
+        seg = _checked(
+            _BufferSegment(self.name(segno), data),
+            timeline=self._timeline,
+            segno=segno,
+            segment_size=self.segment_size,
+            system_id=self._system_id,
+        )
+        self._system_id = seg.header.system_id
+        return seg
+
+    def later(self, segno: int) -> list[int]:
+        return self._supplier.later(segno)
 
 
 class _DirSource(_MapSource):

@@ -88,7 +88,7 @@ def print_summary(args: argparse.Namespace, r: RestoreResult, report: PitrReport
         d = report.as_dict()
         print(
             f"Recovered to {d['recovery_target']}: {d['records_replayed']} WAL records "
-            f"({d['changed_rows']} row changes) in {d['seconds']} s"
+            f"({d['changed_rows']} row changes) in {d['replay_seconds']} s"
         )
         print(
             f"Last replayed transaction: txid {d['last_replayed_txid']} committed at {d['last_replayed_commit_time']}"

@@ -158,6 +158,17 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Cancel a statement running longer than this; 0 disables.",
     ),
     Setting(
+        "inline_statement_budget",
+        "duration",
+        1,
+        unit="ms",
+        min=0,
+        max=100,
+        description="A read (or plain BEGIN) that ran in a worker thread within this long runs on the event "
+        "loop next time, with no thread hop, stopped and rerun in a worker past it; 0 runs every statement "
+        "in a worker thread.",
+    ),
+    Setting(
         "idle_session_timeout",
         "duration",
         0,

@@ -267,7 +267,7 @@ class SqlSession:
         if kw == "PRAGMA" and not self._is_logged_pragma(sql):
             # Connection pragmas (foreign_keys, ...) are no-ops inside a transaction.
             return self._execute(sql, kw, autocommit_write=False)
-        if kw in READ_KEYWORDS and not self._is_logged_pragma(sql):
+        if kw in READ_KEYWORDS and not (kw == "PRAGMA" and self._is_logged_pragma(sql)):
             try:
                 return self._execute(sql, kw, autocommit_write=False, require_readonly=True)
             except apsw.ExecTraceAbort:
@@ -332,7 +332,7 @@ class SqlSession:
         return bool(m and m.group(1).lower() in LOGGED_PRAGMAS and m.group(2) == "=")
 
     def _execute(self, sql, kw, *, autocommit_write, require_readonly=False) -> StatementRun:
-        is_ddl = kw in DDL_KEYWORDS or self._is_logged_pragma(sql)
+        is_ddl = kw in DDL_KEYWORDS or (kw == "PRAGMA" and self._is_logged_pragma(sql))
         if is_ddl and self._capture is not None:
             self._cut_changeset()
         self._ddl_ops.clear()
@@ -446,7 +446,10 @@ class SqlSession:
                 elif run.cursor is None:
                     break
                 else:
-                    row = self._sqlite(functools.partial(next, run.cursor, None))
+                    try:
+                        row = next(run.cursor, None)
+                    except apsw.Error as e:
+                        self._sqlite(functools.partial(_reraise, e))  # what the user is told
                     if row is None:
                         run.cursor = None  # done: nothing more to fetch
                         break
@@ -610,6 +613,10 @@ class SqlSession:
         if isinstance(e, apsw.FullError):
             return SqlError(f"disk full: {e}; nothing was committed", code="disk_full")
         return SqlError(str(e))
+
+
+def _reraise(error: BaseException):
+    raise error
 
 
 def _plain_begin(keywords: list[str]) -> bool:

@@ -9,7 +9,8 @@ other end. What is timed is the process's CPU time (worker threads
 included), so other work on a shared machine barely moves the figure: the
 minimum and the median of 7 rounds of 2,000 statements. Without a client
 process or a network round trip, it isolates what the server spends per
-statement: decoding, dispatch, SQLite, encoding, the send. ``--profile``
+statement: decoding, dispatch, SQLite, encoding, the send (and, for the
+autocommit INSERT, the WAL append and the CPU side of its fdatasync). ``--profile``
 prints where it goes. It imports the server its interpreter has installed: run it with a venv
 bound to another checkout to compare the two.
 """
@@ -89,25 +90,28 @@ async def _main(budget: str | None, profile: bool) -> None:
         )
     )
     rnd = random.Random(1)
-    frames = [
+    selects = [
         _query_frame(f"SELECT abalance FROM a WHERE aid = {rnd.randint(1, ROWS)}") for _ in range(ROUND * (ROUNDS + 1))
     ]
-    for frame in frames[:ROUND]:  # warm up (and learn the statement)
+    inserts = [_query_frame(f"INSERT INTO b VALUES ({i}, {rnd.randint(1, ROWS)})") for i in range(ROUND * ROUNDS)]
+    await one(_query_frame("CREATE TABLE b(id INTEGER PRIMARY KEY, v INTEGER)"))
+    for frame in selects[:ROUND]:  # warm up (and learn the statement)
         await one(frame)
-    rounds = []
-    for r in range(1, ROUNDS + 1):
-        t0 = time.process_time()
-        for frame in frames[r * ROUND : (r + 1) * ROUND]:
-            await one(frame)
-        rounds.append((time.process_time() - t0) / ROUND * 1e6)
-    print(
-        f"point SELECT, server CPU per statement: min {min(rounds):.1f} us, median {statistics.median(rounds):.1f} us "
-        f"({ROUNDS} rounds of {ROUND})"
-    )
+    for what, frames in (("point SELECT", selects[ROUND:]), ("autocommit INSERT", inserts)):
+        rounds = []
+        for r in range(ROUNDS):
+            t0 = time.process_time()
+            for frame in frames[r * ROUND : (r + 1) * ROUND]:
+                await one(frame)
+            rounds.append((time.process_time() - t0) / ROUND * 1e6)
+        print(
+            f"{what}, server CPU per statement: min {min(rounds):.1f} us, median {statistics.median(rounds):.1f} us "
+            f"({ROUNDS} rounds of {ROUND})"
+        )
     if profile:
         prof = cProfile.Profile()
         prof.enable()
-        for frame in frames[ROUND : 4 * ROUND]:
+        for frame in selects[ROUND : 4 * ROUND]:
             await one(frame)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)

@@ -3,11 +3,15 @@
 The wire listener's connection (``wire.py``) moves bytes and hands each
 request of an open session here. A query is one statement: the server's own
 admin SQL goes to ``admin``, everything else to the session's SQLite
-connection in a worker thread (under the shared limiter, interrupted after
-``statement_timeout``), and the columns, rows and completion stream back. A
-backup request goes to the backup service, which streams on the connection
-itself. Any ``ReportedError`` becomes an error message with its code; a fatal
-one ends the connection.
+connection, and the columns, rows and completion stream back. A statement
+known to be short (``engine/statement_costs.py``: a read or a plain BEGIN that
+ran in a worker thread within ``inline_statement_budget``) runs right here on
+the event loop, with no thread hop, under a deadline: past it, or on a busy
+lock, it stops having done nothing lasting and runs again in a worker.
+Everything else runs in a worker thread (under the shared limiter,
+interrupted after ``statement_timeout``). A backup request goes to the backup
+service, which streams on the connection itself. Any ``ReportedError``
+becomes an error message with its code; a fatal one ends the connection.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """One client session's SQL: its SQLite connection, transaction state and change capture.
 
-Synchronous; every method runs in a trio worker thread, one call at a time per
-session. Write transactions are captured with SQLite's session extension: the
+Synchronous, one call at a time per session: in a trio worker thread, or, for
+a statement known to be short, on the event loop itself (``run`` with a
+deadline: reads and plain BEGINs only, stopped by SQLite's progress handler
+at the deadline and never waiting for a lock, so they can run again in a
+worker). Write transactions are captured with SQLite's session extension: the
 changes since the last DDL statement form one ``changeset`` step, and each DDL
 statement is a ``ddl`` step of its own text, so replay sees them in order.
 """

@@ -98,15 +98,16 @@ async def _main(budget: str | None, profile: bool) -> None:
     for frame in selects[:ROUND]:  # warm up (and learn the statement)
         await one(frame)
     for what, frames in (("point SELECT", selects[ROUND:]), ("autocommit INSERT", inserts)):
-        rounds = []
+        rounds, walls = [], []
         for r in range(ROUNDS):
-            t0 = time.process_time()
+            t0, w0 = time.process_time(), time.perf_counter()
             for frame in frames[r * ROUND : (r + 1) * ROUND]:
                 await one(frame)
             rounds.append((time.process_time() - t0) / ROUND * 1e6)
+            walls.append((time.perf_counter() - w0) / ROUND * 1e6)
         print(
-            f"{what}, server CPU per statement: min {min(rounds):.1f} us, median {statistics.median(rounds):.1f} us "
-            f"({ROUNDS} rounds of {ROUND})"
+            f"{what}, server CPU per statement: min {min(rounds):.1f} us, median {statistics.median(rounds):.1f} us; "
+            f"wall median {statistics.median(walls):.1f} us ({ROUNDS} rounds of {ROUND})"
         )
     if profile:
         prof = cProfile.Profile()

@@ -48,8 +48,12 @@ _OTHER_RUN = re.compile(r"[^ \t\n\r\f;'\"`\[\-/A-Za-z0-9_$\u0080-\U0010FFFF]+")
 # In these states only semicolons, quotes and comments matter: skip the rest fast.
 _UNINTERESTING = re.compile(r"[^;'\"`\[\-/]+")
 _CLOSING = {"'": "'", '"': '"', "`": "`", "[": "]"}
+_QUOTE = re.compile("['\"`]")
 
 _CODE, _QUOTED, _LINE_COMMENT, _BLOCK_COMMENT = range(4)
+# SQLite's whitespace, and only it: str.strip() would also take \v, \x1c or
+# U+3000, which SQLite reads as part of a token (an identifier, for U+3000).
+_WHITESPACE = " \t\n\r\f"
 
 
 class StatementSplitter:
@@ -69,7 +73,7 @@ class StatementSplitter:
     @property
     def pending(self) -> bool:
         """True while a statement (or a block comment) is open: more input is needed."""
-        return self._start_line is not None or self._lex == _BLOCK_COMMENT or bool(self._buf.strip())
+        return self._start_line is not None or self._lex == _BLOCK_COMMENT or bool(self._buf.strip(_WHITESPACE))
 
     def feed(self, chunk: str) -> list[Statement]:
         self._buf += chunk
@@ -89,7 +93,7 @@ class StatementSplitter:
     def _take_statement(self) -> Statement:
         # Trailing comments are dropped: a trailing "-- x" would otherwise
         # swallow anything appended to the statement (such as ";").
-        sql = "".join(self._parts)[: self._end].rstrip()
+        sql = "".join(self._parts)[: self._end].rstrip(_WHITESPACE)
         statement = Statement(sql, self._start_line)
         self._parts, self._length, self._end = [], 0, 0
         self._start_line = None
@@ -152,7 +156,7 @@ class StatementSplitter:
                 m = _UNINTERESTING.match(buf, pos)
                 if m:
                     pos = m.end()
-                    text = m.group().rstrip(" \t\n\r\f")
+                    text = m.group().rstrip(_WHITESPACE)
                     if text:  # whitespace alone must not pull a comment into the statement
                         mark_end(m.start() + len(text))
                     continue
@@ -207,14 +211,21 @@ def _plainly_one(text: str) -> list[Statement] | None:
     """
     if "--" in text or "/*" in text or "[" in text:
         return None
-    if text.count("'") % 2 or text.count('"') % 2 or text.count("`") % 2:
-        return None  # an unterminated quote: the full scan knows what it swallows
-    body = text.strip().rstrip(";").rstrip()
+    # Quotes pair up in order, each kind closed only by itself (a ` inside a
+    # '...' string is just a character): an unterminated one may swallow the
+    # trailing semicolons, which the full scan knows how to keep.
+    pos = 0
+    while m := _QUOTE.search(text, pos):
+        close = text.find(m.group(), m.end())
+        if close < 0:
+            return None
+        pos = close + 1
+    body = text.strip(_WHITESPACE).rstrip(";").rstrip(_WHITESPACE)
     if ";" in body:
         return None
     if not body:
         return []
-    return [Statement(body, 1 + text[: len(text) - len(text.lstrip())].count("\n"))]
+    return [Statement(body, 1 + text[: len(text) - len(text.lstrip(_WHITESPACE))].count("\n"))]
 
 
 def split_statements(text: str) -> list[Statement]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 from collections.abc import Callable
 
 import trio
 
 from . import admin_parse as ap
 from . import settings as settings_mod
+from .archive import destination
 from .errors import ReportedError
 from .logsetup import get_logger
 from .wal.lsn import format_lsn
@@ -57,6 +59,11 @@ async def _alter_set(dispatcher, cmd: ap.AlterSystemSet) -> AdminResult:
     data_dir = services.settings["data_dir"]
     try:
         setting = settings_mod.lookup(cmd.name)
+        dest = _archive_dest_after(
+            services.settings, setting.name, settings_mod.parse_value(setting.name, cmd.raw_value)
+        )
+        if dest is not None:
+            await _thread(dispatcher, _prepare_archive_dest, dest)
         value = settings_mod.set_auto(data_dir, setting.name, cmd.raw_value)
         result = services.settings.reload()
     except settings_mod.SettingError as e:
@@ -72,6 +79,27 @@ async def _alter_set(dispatcher, cmd: ap.AlterSystemSet) -> AdminResult:
         notices.append(f"{setting.name} is saved, but a command-line flag overrides it until restart")
     services.settings_changed()
     return AdminResult("ALTER SYSTEM", notices=notices)
+
+
+def _archive_dest_after(settings, name: str, value) -> str | None:
+    """The archive_dest that archiving would use once ``name = value`` is set
+    (None: archiving would stay off, or the setting changes nothing now)."""
+    if name not in ("archive_mode", "archive_dest") or settings.source(name) == settings_mod.SOURCE_CLI:
+        return None
+    mode = value if name == "archive_mode" else settings["archive_mode"]
+    dest = value if name == "archive_dest" else settings["archive_dest"]
+    if not mode or not dest:
+        return None
+    return os.path.normpath(os.path.join(settings["data_dir"], dest))
+
+
+def _prepare_archive_dest(dest: str) -> None:
+    try:
+        made = destination.prepare(dest)
+    except destination.ArchiveDestError as e:
+        raise ReportedError(f"{e}. The setting was not changed", "invalid_setting") from None
+    if made:
+        log.info("archive_dest created", path=dest, mode="0700")
 
 
 async def _alter_reset(dispatcher, cmd: ap.AlterSystemReset) -> AdminResult:

@@ -34,16 +34,21 @@ def format_verifier(password: str) -> str:
 
 
 def parse_verifier(text: str) -> tuple:
+    """(salt, stored key, server key, iterations) of a verifier. A malformed one is
+    refused without quoting any of it: it may be a password pasted in by mistake."""
     try:
         mech, rest = text.split("$", 1)
         iter_salt, keys = rest.split("$", 1)
         iterations, salt = iter_salt.split(":", 1)
         stored, server = keys.split(":", 1)
         if mech != "SCRAM-SHA-256":
-            raise ValueError(mech)
+            raise ValueError("not SCRAM-SHA-256")
         return (base64.b64decode(salt), base64.b64decode(stored), base64.b64decode(server), int(iterations))
-    except ValueError as e:
-        raise UsersFileError(f"malformed SCRAM verifier ({e})") from None
+    except ValueError:
+        raise UsersFileError(
+            "malformed SCRAM verifier: expected SCRAM-SHA-256$<iterations>:<salt>$<stored key>:<server key>, "
+            "as rusty-db-server --make-user prints it"
+        ) from None
 
 
 def load_users(path: str) -> dict[str, tuple]:
@@ -56,7 +61,10 @@ def load_users(path: str) -> dict[str, tuple]:
     for name, entry in (data.get("users") or {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("scram"), str):
             raise UsersFileError(f'users file {path}: [users.{name}] needs a scram = "..." line')
-        users[name] = parse_verifier(entry["scram"])
+        try:
+            users[name] = parse_verifier(entry["scram"])
+        except UsersFileError as e:
+            raise UsersFileError(f"users file {path}: [users.{name}]: {e}") from None
     return users
 
 

@@ -12,9 +12,18 @@ key every nonce is distinct by construction, and no two backups share a key
 re-wraps the same data key without re-encrypting, so it adds no new
 encryptions under it. ``INDEX_SEQ`` (2**64 - 1) is reserved for the index.
 
-Key wrapping uses AES-256-GCM under the key-encryption key (KEK) with a random
-96-bit nonce; a KEK wraps one key per backup, far below the 2**32 random-nonce
-limit.
+Key hierarchy. A key file's key, or a passphrase stretched once per process
+(``keys.py`` caches the derivation), is the key-encryption key (KEK). Since
+backup format 3 one KEK wraps the data keys of every file a process writes (an
+archiver wraps one per WAL segment for as long as it runs), so the KEK never
+wraps directly: each file's data key is wrapped under a key derived from the
+KEK and that file's header hash (``file_wrapping_key``, HKDF-SHA256), used for
+that one wrap. No (key, nonce) pair of the wrap can repeat however many files
+share the KEK, and a KDF runs once per passphrase and salt, not once per file.
+Formats 1 and 2 wrapped under the KEK itself (``wrap_key`` with the KEK), with
+a fresh salt, and so a fresh KDF run, per file.
+
+Key wrapping uses AES-256-GCM with a random 96-bit nonce.
 
 Key bytes never appear in a repr, a log line or an exception: they travel in
 ``SecretKey``.
@@ -191,6 +200,19 @@ def unwrap_key(kek: SecretKey | bytes, wrapped: bytes, aad: bytes) -> SecretKey:
         return SecretKey(_aead(kek).decrypt(nonce, body, aad))
     except InvalidTag:
         raise WrongKeyError("the key file/passphrase does not match this backup") from None
+
+
+WRAPPING_KEY_INFO = b"rustydb backup key wrap v3"
+
+
+def file_wrapping_key(kek: SecretKey | bytes, context: bytes) -> SecretKey:
+    """The key that wraps one file's data key: HKDF-SHA256 of the KEK, bound to
+    ``context`` (the file's header hash), so each file's wrap has a key of its own."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=WRAPPING_KEY_INFO + bytes(context))
+    return SecretKey(hkdf.derive(_raw(kek)))
 
 
 def key_fingerprint(key: SecretKey | bytes) -> str:

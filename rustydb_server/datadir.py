@@ -41,7 +41,8 @@ ARCHIVE_STATUS_DIR = os.path.join("wal", "archive_status")
 DEFAULT_DATABASE = "rustydb"
 
 _CONTROL_MAGIC = b"RDBCTL01"
-_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Matched whole (fullmatch): with re.match, "$" would also take a name ending in a newline.
+_DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 class DataDirError(Exception):
@@ -102,7 +103,7 @@ class Control:
 
 
 def validate_database_name(name: str) -> str:
-    if not isinstance(name, str) or not _DB_NAME.match(name):
+    if not isinstance(name, str) or not _DB_NAME.fullmatch(name):
         raise DataDirError(
             f"invalid database name {name!r}: use letters, digits and underscores, "
             "starting with a letter or underscore, at most 63 characters"
@@ -140,7 +141,7 @@ class DataDir:
             return []
         out = []
         for n in names:
-            if n.endswith(".sqlite") and _DB_NAME.match(n[: -len(".sqlite")]):
+            if n.endswith(".sqlite") and _DB_NAME.fullmatch(n[: -len(".sqlite")]):
                 out.append(n[: -len(".sqlite")])
         return sorted(out)
 

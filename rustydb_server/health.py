@@ -1,8 +1,11 @@
 """The health report of GET /api/v1/admin/health: phase, WAL, archive, recovery.
 
-"degraded" (503) means serving reads but refusing writes: the server found
-its disk full and is read-only (``read_only``, ``read_only_reason``) until
-space is freed.
+"degraded" (HTTP 200: the server runs and serves, but needs attention) has
+its causes in ``reasons``: the server found its disk full and is read-only
+(``read_only``, ``read_only_reason``) until space is freed, or WAL archiving
+is failing (the archiver's last error; WAL piles up in wal/ meanwhile and
+PITR stops at the last archived segment). "unhealthy" and "starting" answer
+503.
 
 Before recovery has finished there is no engine or archiver yet, and the
 report says "starting"; it never holds anything secret (it answers without
@@ -27,8 +30,14 @@ def health_report(settings, lifecycle: Lifecycle, engine=None, archiver=None, se
     if problem:
         status = "unhealthy"
     read_only = engine.read_only_reason if engine is not None else None
-    if read_only and status == "healthy":
-        status = "degraded"  # serving reads, refusing writes until space is freed
+    reasons = []
+    if read_only:
+        reasons.append(f"the disk is full: {read_only}; free disk space, writes resume by themselves")
+    archiving = archiver.failing() if archiver is not None else None
+    if archiving:
+        reasons.append(archiving)
+    if reasons and status == "healthy":
+        status = "degraded"
     report = {
         "status": status,
         "version": __version__,
@@ -40,6 +49,8 @@ def health_report(settings, lifecycle: Lifecycle, engine=None, archiver=None, se
         },
         "connections": sessions,
     }
+    if status == "degraded":
+        report["reasons"] = reasons
     if engine is not None:
         report["wal"] = {
             "lsn": format_lsn(engine.wal.end_lsn),
@@ -58,7 +69,7 @@ def health_report(settings, lifecycle: Lifecycle, engine=None, archiver=None, se
         report["recovery"] = engine.recovery_stats
         report["read_only"] = read_only is not None
         if read_only:
-            report["read_only_reason"] = f"the disk is full: {read_only}; free disk space, writes resume by themselves"
+            report["read_only_reason"] = reasons[0]
         if problem:
             report["error"] = problem
     return report

@@ -106,7 +106,8 @@ def _app(routes: list[Route]) -> Starlette:
 
 
 def _health_answer(report: dict) -> JSONResponse:
-    return JSONResponse(report, status_code=200 if report["status"] == "healthy" else 503)
+    # degraded: running and serving, with its reasons; starting, stopping, unhealthy: 503
+    return JSONResponse(report, status_code=200 if report["status"] in ("healthy", "degraded") else 503)
 
 
 def build_starting_app(settings, lifecycle: Lifecycle) -> Starlette:

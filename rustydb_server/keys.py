@@ -9,6 +9,14 @@ into the key-encryption key (KEK) that unwraps the backup's data key:
 - ``PassphraseSource``: a passphrase stretched with scrypt (or Argon2id); the
   header records the KDF, its parameters and salt.
 
+A passphrase is stretched once per process and salt (``_PassphraseKeks``):
+every file a process writes gets the same KDF parameters and salt, chosen the
+first time it writes one, so the archiver, the server's backups and a tool
+writing many files run the KDF once, and a reader runs it once per salt it
+meets (a whole archive written by one server process: once). Each file still
+has its own random data key, wrapped under a key derived from the KEK and that
+file's header (``crypto.file_wrapping_key``, backup format 3).
+
 ``resolve_kek`` picks the source: ``--key-file``, then the ``backup_key_file``
 setting, then ``RUSTYDB_BACKUP_KEY_FILE``, then ``RUSTYDB_BACKUP_PASSPHRASE``;
 ``resolve_read_key`` does so for reading one backup, saying which kind of key
@@ -17,8 +25,10 @@ it needs when none was given.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import threading
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -92,6 +102,45 @@ class KeyFileSource:
         return self.key
 
 
+class _PassphraseKeks:
+    """The KEKs this process derived from passphrases, by passphrase and KDF
+    parameters, and the parameters (salt included) it gives the files it writes.
+
+    A derivation is slow by design (scrypt: ~0.1 s), and every file a process
+    writes is wrapped under one KEK (see the module doc), so each runs once per
+    process: the lock makes threads that need the same KEK wait for one run.
+    Passphrases are known by a SHA-256 of them, held in memory only, like the
+    KEKs themselves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keks: dict[tuple, SecretKey] = {}
+        self._new_params: dict[tuple, dict] = {}
+
+    @staticmethod
+    def _id(passphrase: SecretKey) -> bytes:
+        return hashlib.sha256(b"rustydb passphrase cache\0" + passphrase.reveal()).digest()
+
+    def kek(self, passphrase: SecretKey, params: dict) -> SecretKey:
+        cache_key = (self._id(passphrase), tuple(sorted(params.items())))
+        with self._lock:
+            kek = self._keks.get(cache_key)
+            if kek is None:
+                kek = self._keks[cache_key] = crypto.derive_kek(passphrase, params)
+            return kek
+
+    def params_for_new(self, passphrase: SecretKey, kdf: str, overrides: dict) -> dict:
+        cache_key = (self._id(passphrase), kdf, tuple(sorted(overrides.items())))
+        with self._lock:
+            params = self._new_params.get(cache_key)
+            if params is None:
+                params = self._new_params[cache_key] = crypto.new_kdf_params(kdf, **overrides)
+            return dict(params)
+
+
+_PASSPHRASE_KEKS = _PassphraseKeks()
+
+
 class PassphraseSource:
     kind = "passphrase"
 
@@ -102,7 +151,6 @@ class PassphraseSource:
         self._passphrase = SecretKey(raw)
         self._kdf = kdf
         self._kdf_params = kdf_params
-        self._cache: dict[tuple, SecretKey] = {}  # a derivation is slow by design; verify after write reuses it
 
     def describe(self) -> str:
         return "passphrase"
@@ -111,14 +159,12 @@ class PassphraseSource:
         return f"PassphraseSource(kdf={self._kdf!r})"
 
     def _derive(self, params: dict) -> SecretKey:
-        cache_key = tuple(sorted(params.items()))
-        kek = self._cache.get(cache_key)
-        if kek is None:
-            kek = self._cache[cache_key] = crypto.derive_kek(self._passphrase, params)
-        return kek
+        return _PASSPHRASE_KEKS.kek(self._passphrase, params)
 
     def kek_for_new_backup(self) -> tuple[dict, SecretKey]:
-        params = crypto.new_kdf_params(self._kdf, **self._kdf_params)
+        """This process's parameters for the passphrase (one salt for every file
+        it writes), and the KEK, derived the first time only."""
+        params = _PASSPHRASE_KEKS.params_for_new(self._passphrase, self._kdf, self._kdf_params)
         return params, self._derive(params)
 
     def kek_for(self, params: dict) -> SecretKey:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+from collections.abc import Callable
 
 import trio
 
 from . import __version__
 from . import datadir as _datadir
-from .archive import segment_file
+from .archive import destination, segment_file
 from .archive.archiver import Archiver
 from .backup.catalog import Catalog
 from .backup.service import BackupService
@@ -26,7 +28,7 @@ from .doorbell import Doorbell
 from .engine.instance import Engine
 from .engine_events import EngineEvents
 from .http_api import HttpApi
-from .lifecycle import RUNNING, STOPPING, Lifecycle
+from .lifecycle import RUNNING, STOPPING, Lifecycle, StartupError
 from .logsetup import get_logger
 from .notify import Notifier
 from .settings import to_seconds
@@ -40,9 +42,11 @@ log = get_logger("rustydb.server")
 async def run(settings, notifier: Notifier) -> int:
     """Run one server until shutdown; return the process exit code."""
     lifecycle = Lifecycle()
+    _check_archive_dest(settings)
     ddir = _datadir.DataDir(settings["data_dir"])
     ddir.lock("server")
     engine = None
+    guard = None
     # Net changes since the latest backups, compacted as they commit.
     tracking = ChangeTracking()
     try:
@@ -71,10 +75,13 @@ async def run(settings, notifier: Notifier) -> int:
             archiver = Archiver(engine, settings, archive_work)
 
             def settings_changed() -> None:
+                _prepare_changed_archive_dest(settings)
                 archiver.settings_changed()
                 checkpointer.settings_changed()
 
-            backups = BackupService(engine, settings, Catalog(ddir.path), wal_switched=archiver.retry_now)
+            backups = BackupService(
+                engine, settings, Catalog(ddir.path), wal_switched=archiver.retry_now, archive_failing=archiver.failing
+            )
             listener = WireListener(
                 engine,
                 settings,
@@ -99,6 +106,11 @@ async def run(settings, notifier: Notifier) -> int:
 
             await lifecycle.wait_for_shutdown()
             lifecycle.phase = STOPPING
+            graceful = lifecycle.shutdown_mode == "graceful"
+            guard = StopGuard(
+                engine, (to_seconds("shutdown_timeout", settings["shutdown_timeout"]) if graceful else 0) + STOP_GRACE
+            )
+            guard.start()
             notifier.stopping()
             notifier.status(f"stopping ({lifecycle.shutdown_mode})")
             log.info("stopping", mode=lifecycle.shutdown_mode)
@@ -112,9 +124,105 @@ async def run(settings, notifier: Notifier) -> int:
             if engine is not None:
                 await _close_engine(engine, lifecycle)
         finally:
+            if guard is not None:
+                guard.done()
             tracking.close()
             ddir.unlock()
     return lifecycle.exit_code
+
+
+def _prepare_changed_archive_dest(settings) -> None:
+    """After ALTER SYSTEM or a reload: a newly named archive_dest is made as at start.
+    ALTER SYSTEM has already made or refused it; a reload from the config file
+    cannot be refused, so a destination that cannot be made is logged, and the
+    archiver's failures (health "degraded") say so until it is fixed."""
+    if not (settings["archive_mode"] and settings["archive_dest"]):
+        return
+    try:
+        made = destination.prepare(settings["archive_dest"])
+    except destination.ArchiveDestError as e:
+        log.error("archive_dest cannot be used; archiving fails until it is fixed", error=str(e))
+        return
+    if made:
+        log.info("archive_dest created", path=settings["archive_dest"], mode="0700")
+
+
+def _check_archive_dest(settings) -> None:
+    """With archiving on, archive_dest (from any source) is made or refused before anything starts."""
+    if not (settings["archive_mode"] and settings["archive_dest"]):
+        return
+    try:
+        made = destination.prepare(settings["archive_dest"])
+    except destination.ArchiveDestError as e:
+        source = settings.source("archive_dest")
+        where = {
+            "config file": f"the config file {settings.config_file}",
+            "auto file": "rustydb.auto.toml (ALTER SYSTEM)",
+        }.get(source, f"the {source}")
+        raise StartupError(
+            f"cannot start: {e} (archive_dest is set in {where}); fix it there, or turn archive_mode off"
+        ) from None
+    if made:
+        log.info("archive_dest created", path=settings["archive_dest"], mode="0700")
+
+
+#: How long a stop may take beyond shutdown_timeout: the listener gives
+#: interrupted statements 5 s to end (WireListener.abort), then the components
+#: stop and the engine closes.
+STOP_GRACE = 6.0
+#: The exit code of a stop that had to abandon work stuck in the engine.
+EXIT_ABANDONED = 1
+
+
+class StopGuard:
+    """Ends the process when a stop cannot finish.
+
+    Work stuck in a worker thread while holding one of the engine's locks (a
+    commit whose SQLite step never returns) cannot be cancelled: trio waits
+    for the thread and the engine's close for the lock, for ever, and SIGTERM
+    would never stop the server. Once the stop has had ``after`` seconds
+    (shutdown_timeout and the listener's grace), a lock held or waited for
+    since before the stop began belongs to work that will not end: the guard
+    logs which and why, and exits the process with EXIT_ABANDONED without a
+    clean stop. Every acknowledged commit is durable in the WAL, so the next
+    start recovers as after a crash. A stop still making progress (a shutdown
+    checkpoint, which took its locks after the stop began) is left to finish.
+    """
+
+    def __init__(self, engine, after: float, exit: Callable[[int], None] = os._exit, poll: float = 1.0):
+        self._engine = engine
+        self._after = after
+        self._exit = exit
+        self._poll = poll
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stop-guard", daemon=True)
+
+    def start(self) -> None:
+        if self._engine is not None:
+            self._began = self._engine.clock()
+            self._thread.start()
+
+    def done(self) -> None:
+        self._finished.set()
+
+    def _watch(self) -> None:
+        clock, began = self._engine.clock, self._began
+        if self._finished.wait(self._after):
+            return
+        while True:
+            reason = self._engine.stall(bound=clock() - began)
+            if reason is not None:
+                log.error(
+                    "the stop cannot finish: work in the engine did not end; exiting without a clean stop "
+                    "(the next start recovers every committed transaction from the WAL)",
+                    reason=reason,
+                    seconds=round(clock() - began, 1),
+                    exit_code=EXIT_ABANDONED,
+                )
+                self._exit(EXIT_ABANDONED)
+                return
+            if self._finished.wait(self._poll):
+                return
 
 
 async def _close_engine(engine: Engine, lifecycle: Lifecycle) -> None:

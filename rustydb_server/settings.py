@@ -181,7 +181,9 @@ REGISTRY: dict[str, Setting] = _registry(
         30,
         unit="s",
         min=0,
-        description="How long a graceful shutdown waits for running statements.",
+        description="How long a graceful shutdown waits for running statements; then they are "
+        "interrupted, and work stuck in the engine 6 s later is abandoned (exit 1; the next start "
+        "recovers from the WAL).",
     ),
     Setting(
         "engine_stall_timeout",
@@ -236,6 +238,15 @@ REGISTRY: dict[str, Setting] = _registry(
         unit="s",
         min=1,
         description="Switch to a new WAL segment at least this often so it gets archived.",
+    ),
+    Setting(
+        "archive_check_timeout",
+        "duration",
+        60,
+        unit="s",
+        min=1,
+        description="How long a pitr-base backup waits for the archive to hold the WAL segment of its "
+        "start before it fails with the archiver's last error.",
     ),
     Setting("archive_encryption", "bool", False, description="Encrypt archived WAL segments with backup_key_file."),
     Setting(

@@ -31,6 +31,8 @@ from rustydb_client import client as rc
 from rustydb_server.archive import segment_file as sf
 from tests.support.servers import restore_to_target, run_tool
 
+from .test_archive_setup_e2e import block_archive_dest
+
 SEGMENT_SIZE = 64 * 1024
 
 
@@ -380,7 +382,8 @@ def test_existing_archive_file_with_other_content_is_never_overwritten(server_fa
     assert len(archived) >= 2
     # hold the next segments back while the foreign file is put in place
     elsewhere = tmp_path / "nowhere"
-    srv.sql(f"ALTER SYSTEM SET archive_dest = '{elsewhere}';")
+    srv.sql(f"ALTER SYSTEM SET archive_dest = '{elsewhere}';")  # made by the server
+    block_archive_dest(elsewhere)  # a file there: the archiver cannot use it
     commit_rows(conn, 1000, 200, rows)
     srv.sql("SWITCH WAL;")
     wait_for(lambda: archive_status(srv)["segments_waiting"] >= 2, "segments to wait")

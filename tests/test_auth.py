@@ -46,3 +46,21 @@ def test_remote_peers_log_in_against_the_users_file(tmp_path):
 def test_without_a_users_file_nobody_logs_in_remotely():
     lookup = auth.auth_fn_for({"auth_trust_loopback": True, "auth_users_file": ""}, ("192.0.2.7", 5000))
     assert lookup("alice") is None
+
+
+@pytest.mark.parametrize(
+    "scram",
+    [
+        "SCRAM-SHA-256$hunter2-pasted:c2FsdA==$YQ==:Yg==",  # int() would quote it
+        "hunter2-pasted$4096:c2FsdA==$YQ==:Yg==",  # the mechanism would be quoted
+        "SCRAM-SHA-256$4096:hunter2-pasted$YQ==:Yg==",  # base64 of the salt
+    ],
+)
+def test_a_malformed_verifier_is_refused_without_quoting_it(tmp_path, scram):
+    users = tmp_path / "users.toml"
+    users.write_text(f'[users.alice]\nscram = "{scram}"\n')
+    with pytest.raises(auth.UsersFileError) as refused:
+        auth.load_users(str(users))
+    message = str(refused.value)
+    assert "hunter2" not in message
+    assert f"users file {users}: [users.alice]: malformed SCRAM verifier: expected SCRAM-SHA-256$" in message

@@ -223,18 +223,6 @@ def test_a_damaged_catalog_does_not_keep_the_server_down(server_factory, tmp_pat
     srv.stop()
 
 
-def test_a_backup_dir_that_is_a_file_fails_the_backup_with_a_message(server, tmp_path):
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("x")
-    assert server.sql(f"ALTER SYSTEM SET backup_dir = '{blocker}';").returncode == 0
-    status, entry = call(server, "POST", "/api/v1/admin/backup", {"backup_type": "full"})
-    assert status == 202
-    done = wait_done(server, entry["backup_id"])
-    assert done["status"] == "failed"
-    assert done["error"].startswith(f"cannot use backup_dir {blocker}:")
-    assert server.health()["status"] == "healthy"
-
-
 def test_partial_file_of_a_backup_the_server_was_writing_when_killed_is_removed(server_factory, tmp_path):
     """What kill -9 in the middle of an API backup leaves: an in_progress entry
     and its .partial file. The next start fails the entry and removes the file;

@@ -11,7 +11,9 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize("script", [*sorted(p.name for p in BENCH.glob("bench_*.py")), "faults.py"])
+@pytest.mark.parametrize(
+    "script", [*sorted(p.name for p in BENCH.glob("bench_*.py")), "faults.py", "fuzz.py", "soak.py"]
+)
 def test_bench_script_shows_its_help(script):
     proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

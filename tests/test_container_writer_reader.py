@@ -532,13 +532,13 @@ def test_not_a_backup():
     data = make_backup(ENTRIES)
     lay = BackupReader(io.BytesIO(data)).layout
     head = bytearray(data[: lay.body_start])
-    head[8:10] = struct.pack(">H", 3)
+    head[8:10] = struct.pack(">H", 4)
     head[-F.HEADER_SUM_SIZE :] = hashlib.sha256(head[: -F.HEADER_SUM_SIZE]).digest()
     future = bytes(head) + data[lay.body_start :]  # a newer format: its header checks out
-    with pytest.raises(UnsupportedFormatError, match="backup format 3, newer than this RustyDB reads"):
+    with pytest.raises(UnsupportedFormatError, match="backup format 4, newer than this RustyDB reads"):
         BackupReader(io.BytesIO(future))
-    flipped = data[:8] + struct.pack(">H", 3) + data[10:]  # the same field, damaged
-    with pytest.raises(BackupCorruptError, match=r"header checksum mismatch \(format version reads 3\)"):
+    flipped = data[:8] + struct.pack(">H", 4) + data[10:]  # the same field, damaged
+    with pytest.raises(BackupCorruptError, match=r"header checksum mismatch \(format version reads 4\)"):
         BackupReader(io.BytesIO(flipped))
 
 
@@ -566,7 +566,7 @@ def test_whole_file_digest_catches_what_every_crc_passes():
     # digest: every local check passes; only the whole-file digest can tell.
     data = make_backup([("databases/a", [b"hello world" * 50])])
     lay = BackupReader(io.BytesIO(data)).layout
-    assert lay.version == 2
+    assert lay.version == F.FORMAT_VERSION
     index = msgpack.unpackb(data[lay.index_offset : lay.index_offset + lay.index_len])
     index["note"] = "added later"
     new_index = msgpack.packb(index)

@@ -76,6 +76,9 @@ def test_starts_read_only_on_a_full_disk_and_writes_resume_on_the_next_write(ful
     health = start_read_only(srv, flag)
     assert health["read_only"] is True
     assert "disk is full" in health["read_only_reason"] and "free disk space" in health["read_only_reason"]
+    assert health["reasons"] == [health["read_only_reason"]]
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/api/v1/admin/health", timeout=5) as r:
+        assert r.status == 200  # degraded: running, serving reads; 503 is for starting and unhealthy
     with rc.connect("127.0.0.1", srv.port) as c:
         assert c.execute("SELECT id, v FROM t ORDER BY id").rows == [[1, "one"], [2, "two"]]
         err = refused(c, "INSERT INTO t VALUES (3, 'three')")

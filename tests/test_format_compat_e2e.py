@@ -48,7 +48,7 @@ def test_format_1_files_are_what_this_test_claims():
     for name in ("full.backup", "incr.backup"):
         with open(os.path.join(DATA, name), "rb") as f:
             assert struct.unpack(">H", f.read(10)[8:])[0] == 1, name
-    assert F.FORMAT_VERSION == 2
+    assert F.FORMAT_VERSION == 3
 
 
 def test_format_1_entries_read_and_check_their_sha256(old):
@@ -121,7 +121,7 @@ def test_format_1_chain_verifies_and_restores_with_the_tools(old, tmp_path):
 def test_a_file_from_a_newer_format_is_not_called_damaged(old, tmp_path):
     raw = bytearray((old / "incr.backup").read_bytes())
     body_start = BackupReader(io.BytesIO(bytes(raw))).layout.body_start
-    raw[8:10] = struct.pack(">H", 3)  # as a newer release would write it: header checksum right
+    raw[8:10] = struct.pack(">H", 4)  # as a newer release would write it: header checksum right
     raw[body_start - 32 : body_start] = hashlib.sha256(raw[: body_start - 32]).digest()
     newer = tmp_path / "newer.backup"
     newer.write_bytes(bytes(raw))
@@ -131,5 +131,5 @@ def test_a_file_from_a_newer_format_is_not_called_damaged(old, tmp_path):
         run_tool("rusty-db-restore", "--input", str(newer), "--data-dir", str(tmp_path / "d")),
     ):
         assert proc.returncode == 1, proc.stderr
-        assert "backup format 3, newer than this RustyDB reads (1, 2)" in proc.stderr
+        assert "backup format 4, newer than this RustyDB reads (1, 2, 3)" in proc.stderr
         assert "damaged" not in proc.stderr and "Traceback" not in proc.stderr

@@ -128,3 +128,55 @@ def test_with_insert_reports_the_rows_it_inserted(server):
     assert proc.stdout.split() == ["BEGIN", "INSERT", "2", "COMMIT"], proc.stdout
     proc = server.cli("--json", "--command", "WITH n(x) AS (VALUES (1)) SELECT x FROM n;")
     assert json.loads(proc.stdout)["status"] == "SELECT 1"
+
+
+def test_table_restore_into_a_password_server_takes_user_and_password_file(password_server, tmp_path):
+    srv = password_server
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    env = _without_password({"RUSTYDB_USER": "alice", "RUSTYDB_PASSWORD": "s3cret"})
+    sql = [tool("rusty-db-cli"), "--port", str(srv.port), "--command"]
+    assert (
+        _run([*sql, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');"], env).returncode
+        == 0
+    )
+    backup = tmp_path / "b.backup"
+    proc = _run([tool("rusty-db-backup"), "--port", str(srv.port), "--type", "full", "--output", str(backup)], env)
+    assert proc.returncode == 0, proc.stderr
+    restore = [
+        tool("rusty-db-restore"),
+        "--input",
+        str(backup),
+        "--table",
+        "t",
+        "--into-server",
+        f"127.0.0.1:{srv.port}",
+    ]
+    # without a password: the one line that says how to give one
+    proc = _run([*restore, "--user", "alice", "--rename-to", "t_a"], _without_password())
+    assert proc.returncode == 1 and "requires a password for user alice" in proc.stderr, proc.stderr
+    # with --user and --password-file: imported
+    proc = _run(
+        [*restore, "--user", "alice", "--password-file", str(secret), "--rename-to", "t_b", "--json"],
+        _without_password(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["imported_as"] == "t_b"
+    rows = _run([*sql, "SELECT id, v FROM t_b;", "--csv"], env).stdout
+    assert "1,a" in rows
+    # the flags belong to --into-server
+    proc = _run(
+        [
+            tool("rusty-db-restore"),
+            "--input",
+            str(backup),
+            "--table",
+            "t",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--user",
+            "alice",
+        ],
+        env,
+    )
+    assert proc.returncode == 2 and "--into-server" in proc.stderr

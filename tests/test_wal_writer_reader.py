@@ -346,7 +346,8 @@ def test_a_segment_is_reported_complete_only_once_durable(tmp_path):
 
 
 class OrderOps(FileOps):
-    """Logs pwrites and fdatasyncs by segment file name."""
+    """Logs writes (a new segment's, under its temporary name, too) and
+    fdatasyncs by segment file name."""
 
     def __init__(self):
         self.names = {}
@@ -358,8 +359,12 @@ class OrderOps(FileOps):
         return fd
 
     def pwrite(self, fd, data, offset):
-        self.log.append(("pwrite", self.names[fd]))
+        self.log.append(("write", self.names[fd]))
         return super().pwrite(fd, data, offset)
+
+    def write(self, fd, data):
+        self.log.append(("write", self.names[fd]))
+        return super().write(fd, data)
 
     def fdatasync(self, fd):
         self.log.append(("fdatasync", self.names[fd]))
@@ -377,8 +382,8 @@ def test_a_segment_is_synced_before_the_next_one_gets_data(tmp_path, sizes):
     segments = sorted({name for _, name in ops.log})
     assert len(segments) >= 3
     for earlier, later in itertools.pairwise(segments):
-        first_write_later = ops.log.index(("pwrite", later))
-        last_write_earlier = max(i for i, e in enumerate(ops.log) if e == ("pwrite", earlier))
+        first_write_later = ops.log.index(("write", later))
+        last_write_earlier = max(i for i, e in enumerate(ops.log) if e == ("write", earlier))
         assert ("fdatasync", earlier) in ops.log[last_write_earlier:first_write_later]
 
 
@@ -501,26 +506,45 @@ def test_disk_full_in_the_middle_of_a_spanning_record(tmp_path):
 
 
 class FailingWriteOps(FileOps):
-    """Fails the n-th pwrite with EIO, once."""
+    """Fails the first write into the segment named ``fail_in`` with EIO, once,
+    after writing half of it (a short write first)."""
 
-    def __init__(self, fail_at):
-        self.fail_at = fail_at
-        self.pwrites = 0
+    def __init__(self, fail_in):
+        self.fail_in = fail_in
+        self.names = {}
+        self.failed = False
+
+    def open(self, path, flags, mode=0o600):
+        fd = super().open(path, flags, mode)
+        self.names[fd] = os.path.basename(path).removesuffix(".tmp")
+        return fd
+
+    def _fails(self, fd, data):
+        if self.failed or self.names.get(fd) != self.fail_in:
+            return False
+        self.failed = True
+        return True
 
     def pwrite(self, fd, data, offset):
-        self.pwrites += 1
-        if self.pwrites == self.fail_at:
-            os.pwrite(fd, bytes(data[: len(data) // 2]), offset)  # a short write first
+        if self._fails(fd, data):
+            os.pwrite(fd, bytes(data[: len(data) // 2]), offset)
             raise OSError(errno.EIO, "Input/output error")
         return super().pwrite(fd, data, offset)
 
+    def write(self, fd, data):
+        if self._fails(fd, data):
+            os.write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.EIO, "Input/output error")
+        return super().write(fd, data)
+
 
 def test_a_failed_append_is_rolled_back(tmp_path):
-    ops = FailingWriteOps(fail_at=3)  # the second fragment of the second record
+    ops = FailingWriteOps(fail_in=segment_name(1, 1))  # the second fragment of the second record
     writer = open_writer(tmp_path, fileops=ops)
     first = writer.append(b"a" * 100)
     with pytest.raises(OSError, match="Input/output"):
         writer.append(b"b" * (SIZE + 100))
+    assert ops.failed
     second = writer.append(b"c" * 10)
     assert second[0] == first[1]
     writer.flush()

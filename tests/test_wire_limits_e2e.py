@@ -1,7 +1,8 @@
 """The wire listener's limits against a real server: the connection cap counts
-connections that have not said hello yet, and a client that stops reading a
+connections that have not said hello yet, a client that stops reading a
 large result is closed after client_send_timeout, so it no longer keeps
-checkpoints from completing."""
+checkpoints from completing, and a flood of connections held open neither
+locks users out nor keeps the memory it took."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import time
 from rustydb_client import client as rc
 from rustydb_client.protocol import events
 from rustydb_client.protocol.connection import ClientSide
+from rustydb_client.protocol.frames import encode_frame
+from rustydb_client.protocol.messages import message_of
+from tests.support.servers import run_tool
 
 
 def connect(server, **kw):
@@ -107,3 +111,63 @@ def test_a_client_that_stops_reading_is_closed_and_checkpoints_complete_again(se
         pass
     slow.close()
     srv.stop()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def test_a_flood_of_connections_held_open_leaves_logins_working_and_its_memory_is_returned(server_factory, tmp_path):
+    """400 strangers connect and hold on (half announce a 16 MiB frame, half dribble a
+    hello they never finish): a user with a password still logs in and is answered
+    while they are held, and once they are gone the server's memory comes back."""
+    users = tmp_path / "users.toml"
+    users.write_text(run_tool("rusty-db-server", "--make-user", "alice", input="s3cret\n", check=True).stdout)
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f"auth_users_file = '{users}'\nauth_trust_loopback = false\n"
+        "max_connections = 600\nmax_handshakes = 500\nauthentication_timeout = '3s'\n"
+    )
+    srv = server_factory(name="flood", extra_args=["--config", str(conf)]).start()
+    login = {"user": "alice", "password": "s3cret"}
+    with connect(srv, **login) as c:
+        c.execute("CREATE TABLE t(x)")
+    before = rss_kib(srv.proc.pid)
+    hello = encode_frame(message_of(events.Hello("intruder", None, "flood")))
+    flood = []
+    for i in range(400):
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall((16 << 20).to_bytes(4, "big") + b"\0" * 65536 if i % 2 == 0 else hello[:1])
+        flood.append(s)
+    for sent in range(1, len(hello) - 1):  # the dribblers' hellos go on, a byte at a time
+        for s in flood[1::2]:
+            s.send(hello[sent : sent + 1])
+    with connect(srv, **login) as c:
+        c.execute("INSERT INTO t VALUES (1)")
+        assert c.execute("SELECT count(*) FROM t").rows == [[1]]
+    # Held, they cost little: no 16 MiB frame was taken before authentication
+    # (60 such connections once took the server from 184 MB to 1.1 GB) ...
+    assert rss_kib(srv.proc.pid) < before + 64 * 1024
+    # ... the server refused each of those frames and closed its connection.
+    for s in flood[0::2]:
+        s.settimeout(10)
+        try:
+            while s.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    for s in flood:
+        s.close()
+    # The dribblers the server still holds end at authentication_timeout; then the
+    # memory they took is back (within a bound far below what 400 frames of 16 MiB are).
+    deadline = time.monotonic() + 30
+    while rss_kib(srv.proc.pid) > before + 32 * 1024:
+        assert time.monotonic() < deadline, f"RSS {rss_kib(srv.proc.pid)} KiB, {before} KiB before the flood"
+        time.sleep(0.2)
+    with connect(srv, **login) as c:
+        assert c.execute("SELECT count(*) FROM t").rows == [[1]]
+    assert srv.stop() == 0

@@ -6,9 +6,12 @@ fsync dir), then marks the segment ``.done``; a checkpoint never removes a
 segment before that. It sleeps until there is work: the engine rings its
 doorbell when a segment is ready or the current one gets its first record,
 and a settings change wakes it; while archive_mode is off it waits for
-nothing else. When the destination is missing, unwritable or full, it keeps
+nothing else. ALTER SYSTEM and the start make a missing archive_dest
+(``destination.prepare``); the archiver never does: when the destination
+is missing (unmounted, moved away), unwritable or full, it keeps
 the WAL, logs the reason once per retry and backs off, so nothing is lost
-when the destination comes back. With archive_timeout it switches a segment
+when the destination comes back; ``failing()`` says why meanwhile (health
+turns "degraded"). With archive_timeout it switches a segment
 that has held commits for that long, so the archive is at most that far
 behind.
 """
@@ -31,7 +34,7 @@ from ..engine.instance import FatalWalError
 from ..logsetup import get_logger
 from ..settings import to_seconds
 from ..wal import archive_status, timeline
-from . import segment_file
+from . import destination, segment_file
 
 log = get_logger("rustydb.archive")
 
@@ -103,6 +106,25 @@ class Archiver:
             "oldest_waiting_segment": pending[0] if pending else None,
             "archived_since_start": s.archived_count,
         }
+
+    def failing(self) -> str | None:
+        """Why archiving fails now (health's "degraded" reason), or None while it works or is off."""
+        s = self.progress
+        if not self.settings["archive_mode"]:
+            return None
+        if not self.settings["archive_dest"]:
+            return (
+                "WAL archiving is on but archive_dest is not set: segments wait in wal/ and PITR cannot reach "
+                "past the last archived one; run ALTER SYSTEM SET archive_dest = '/path';"
+            )
+        if not s.failures_in_a_row:
+            return None
+        waiting = len(archive_status.waiting(self.status_dir))
+        return (
+            f"WAL archiving is failing: {s.last_failure_reason} (segment {s.last_failed_segment}, "
+            f"{s.failures_in_a_row} failure(s) in a row, {waiting} segment(s) waiting in wal/); "
+            "see GET /api/v1/admin/archive"
+        )
 
     def retry_now(self) -> None:
         """Try the waiting segments at once, without waiting out the backoff."""
@@ -198,12 +220,10 @@ class Archiver:
     # ------------------------------------------------------- one segment
     def _destination(self) -> str:
         dest = self.settings["archive_dest"]
-        if not dest:
-            raise segment_file.ArchiveError("archive_mode is on but archive_dest is not set")
-        if not os.path.exists(dest):
-            raise segment_file.ArchiveError(f"archive_dest {dest} does not exist")
-        if not os.path.isdir(dest):
-            raise segment_file.ArchiveError(f"archive_dest {dest} is not a directory")
+        try:
+            destination.check(dest)
+        except destination.ArchiveDestError as e:
+            raise segment_file.ArchiveError(str(e)) from None
         return dest
 
     def _key(self):

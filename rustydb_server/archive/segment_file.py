@@ -24,7 +24,7 @@ from ..wal import segment as walseg
 from ..wal import timeline as waltl
 
 ARCHIVE_SUFFIX = ".walz"
-_ARCHIVED = re.compile(r"^([0-9A-F]{24})\.walz$")
+_ARCHIVED = re.compile(r"([0-9A-F]{24})\.walz")  # matched whole (fullmatch)
 
 
 class ArchiveError(Exception):
@@ -104,7 +104,7 @@ def _unpack_segment(path: str, *, system_id: int | None, key) -> tuple[str, byte
         # name, and only the one the file is archived under (a copy of another
         # segment under this name would replay the wrong records).
         expected = os.path.basename(path).removesuffix(ARCHIVE_SUFFIX)
-        if not isinstance(name, str) or name != expected:
+        if not isinstance(name, str) or name != expected or not _is_segment_name(name):
             raise ArchiveError(
                 f"{path} holds segment {name!r}, not {expected}: a file copied or renamed by hand? "
                 "Move it out of the archive directory"
@@ -113,6 +113,14 @@ def _unpack_segment(path: str, *, system_id: int | None, key) -> tuple[str, byte
     if hashlib.sha256(data).hexdigest() != h.extra.get("sha256"):
         raise ArchiveError(f"{path}: segment digest does not match its header")
     return name, data
+
+
+def _is_segment_name(name: str) -> bool:
+    try:
+        walseg.parse_segment_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def archived_timelines(archive_dir: str) -> set[int]:
@@ -135,7 +143,7 @@ def list_archive(archive_dir: str) -> dict[int, dict[int, str]]:
     except FileNotFoundError:
         raise ArchiveError(f"archive directory {archive_dir} does not exist") from None
     for n in names:
-        m = _ARCHIVED.match(n)
+        m = _ARCHIVED.fullmatch(n)
         if m:
             tl, segno = walseg.parse_segment_name(m.group(1))
             out.setdefault(tl, {})[segno] = os.path.join(archive_dir, n)

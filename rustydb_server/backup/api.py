@@ -72,7 +72,22 @@ def routes(service: BackupService, settings) -> list[Route]:
             entry = service.start_backup(req)
         except BackupRequestError as e:
             return _error(e.status, str(e), "invalid_backup_request")
-        return JSONResponse(describe(entry), status_code=202)
+        if not req.wait:
+            return JSONResponse(describe(entry), status_code=202)
+        # "wait": true: answer with the outcome. The backup belongs to the
+        # server, not to this request: a client that goes away stops waiting,
+        # the backup goes on (GET /api/v1/admin/backup/{id} has its outcome).
+        final = await service.finished(entry["backup_id"])
+        if final.get("status") == "completed":
+            return JSONResponse(describe(final))
+        return JSONResponse(
+            {
+                "error": "backup_failed",
+                "message": f"backup {final.get('backup_id')} failed: {final.get('error')}",
+                "backup": describe(final),
+            },
+            status_code=500,
+        )
 
     async def show(request: Request) -> JSONResponse:
         entry = service.catalog.get(request.path_params["backup_id"])

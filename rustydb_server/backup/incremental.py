@@ -157,34 +157,20 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
     """
     c = engine.control
     size = c.segment_size
-    first = walseg.normalize_lsn(start, size) // size
-    # The last segment holding a byte of the range (none if the range is empty).
-    last = (end - HEADER_SIZE - 1) // size
-    if last < first:
+    located = _locate_segments(engine, start, end)
+    if not located:
         return
-    wal_dir = engine.datadir.wal_dir
-    local = {
-        segno: os.path.join(wal_dir, name)
-        for tl, segno, name in walseg.list_segments(wal_dir)
-        if tl == c.timeline and first <= segno <= last
-    }
-    archived: dict[int, str] | None = None
     archive = _ArchivedSegments(engine)
     sequence: dict[int, str] = {}
     unpacked: list[str] = []
     try:
-        for segno in range(first, last + 1):
-            if segno in local:
-                sequence[segno] = local[segno]
+        for segno, (path, is_archived) in located.items():
+            if not is_archived:
+                sequence[segno] = path
                 continue
-            if archived is None:
-                archive_dir = engine.settings["archive_dest"]
-                archived = sf.list_archive(archive_dir).get(c.timeline, {}) if archive_dir else {}
-            if segno not in archived:
-                raise IncrementalUnavailable(_missing(c.timeline, segno, first, start))
             if not unpacked:
                 os.makedirs(scratch, mode=0o700, exist_ok=True)
-            name, data = archive.unpack(archived[segno], c.system_id)
+            name, data = archive.unpack(path, c.system_id)
             path = os.path.join(scratch, name)
             unpacked.append(path)
             with open(path, "wb") as f:
@@ -202,6 +188,63 @@ def _wal_records(engine: Engine, start: int, end: int, scratch: str) -> Iterator
         for p in unpacked:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+
+
+def _locate_segments(engine: Engine, start: int, end: int) -> dict[int, tuple[str, bool]]:
+    """Where each segment of [start, end) on the server's timeline is:
+    {segno: (path, archived)}, in order, from the server's wal/ directory when
+    it is still there, else from the archive. Only lists directories."""
+    c = engine.control
+    size = c.segment_size
+    first = walseg.normalize_lsn(start, size) // size
+    # The last segment holding a byte of the range (none if the range is empty).
+    last = (end - HEADER_SIZE - 1) // size
+    if last < first:
+        return {}
+    wal_dir = engine.datadir.wal_dir
+    local = {
+        segno: os.path.join(wal_dir, name)
+        for tl, segno, name in walseg.list_segments(wal_dir)
+        if tl == c.timeline and first <= segno <= last
+    }
+    archived: dict[int, str] | None = None
+    out: dict[int, tuple[str, bool]] = {}
+    for segno in range(first, last + 1):
+        if segno in local:
+            out[segno] = (local[segno], False)
+            continue
+        if archived is None:
+            archive_dir = engine.settings["archive_dest"]
+            try:
+                archived = sf.list_archive(archive_dir).get(c.timeline, {}) if archive_dir else {}
+            except sf.ArchiveError:
+                archived = {}
+        if segno not in archived:
+            raise IncrementalUnavailable(_missing(c.timeline, segno, first, start))
+        out[segno] = (archived[segno], True)
+    return out
+
+
+def _check_lineage(engine: Engine, parent: dict) -> None:
+    c = engine.control
+    if parent.get("system_id") not in (None, c.system_id):
+        raise IncrementalUnavailable("the base backup belongs to another database system")
+    if parent.get("timeline", c.timeline) != c.timeline:
+        raise IncrementalUnavailable(
+            f"the server is on timeline {c.timeline} but the base backup was taken on "
+            f"timeline {parent['timeline']}; take a full backup"
+        )
+
+
+def check_parent(engine: Engine, parent: dict) -> None:
+    """Whether an incremental or differential on ``parent`` can be taken now;
+    IncrementalUnavailable says why not. Cheap (it reads no WAL, only lists
+    where it is), so a request is refused before anything is recorded."""
+    _check_lineage(engine, parent)
+    end_lsn = engine.wal.end_lsn
+    if parent["end_lsn"] > end_lsn:
+        raise IncrementalUnavailable("the base backup is newer than this server's WAL")
+    _locate_segments(engine, parent["end_lsn"], end_lsn)
 
 
 class _ArchivedSegments:
@@ -257,13 +300,7 @@ def build(
 ) -> tuple[Manifest, dict[str, list]]:
     """Compute the net changes since ``parent``; return (manifest, steps per database)."""
     c = engine.control
-    if parent.get("system_id") not in (None, c.system_id):
-        raise IncrementalUnavailable("the base backup belongs to another database system")
-    if parent.get("timeline", c.timeline) != c.timeline:
-        raise IncrementalUnavailable(
-            f"the server is on timeline {c.timeline} but the base backup was taken on "
-            f"timeline {parent['timeline']}; take a full backup"
-        )
+    _check_lineage(engine, parent)
     t0 = time.perf_counter()
     start = parent["end_lsn"]
     tracking = engine.change_tracking

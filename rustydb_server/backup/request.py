@@ -36,10 +36,12 @@ class BackupRequest:
     threads: int = 2
     # Where an incremental starts when not at the server's last backup (wire only).
     base_backup: dict | None = None
+    # Answer only once the backup has finished (HTTP only; the wire always streams it whole).
+    wait: bool = False
 
 
 #: The fields of the HTTP API's JSON body.
-API_FIELDS = frozenset({"backup_type", "compression", "encryption", "databases", "threads"})
+API_FIELDS = frozenset({"backup_type", "compression", "encryption", "databases", "threads", "wait"})
 #: The fields of the wire protocol's backup message; the tool compresses and encrypts itself.
 WIRE_FIELDS = frozenset({"backup_type", "databases", "base_backup"})
 
@@ -77,7 +79,10 @@ def parse_request(fields: Any, settings, allowed: frozenset[str] = API_FIELDS) -
         raise BackupRequestError("threads must be an integer from 1 to 64")
     # Only the wire path allows it, and its protocol checked its shape.
     base_backup = fields.get("base_backup")
-    return BackupRequest(backup_type, databases, codec, encryption, threads, base_backup)
+    wait = fields.get("wait", False)
+    if not isinstance(wait, bool):
+        raise BackupRequestError("wait must be true or false")
+    return BackupRequest(backup_type, databases, codec, encryption, threads, base_backup, wait)
 
 
 def _check_each_named_once(databases: list[str]) -> None:

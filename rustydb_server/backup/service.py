@@ -26,12 +26,16 @@ import trio
 from rustydb_client.protocol import events
 
 from .. import keys
+from ..archive import segment_file
 from ..container.file import PARTIAL_SUFFIX, BackupFile
 from ..container.format import BackupType
 from ..engine.instance import EngineError
 from ..logsetup import get_logger
+from ..settings import to_seconds
+from ..wal import archive_status
+from ..wal import segment as walseg
 from .catalog import Catalog, known_path
-from .incremental import IncrementalSource, IncrementalUnavailable
+from .incremental import IncrementalSource, IncrementalUnavailable, check_parent
 from .manifest import Manifest
 from .request import WIRE_FIELDS, BackupRequest, BackupRequestError, parse_request, wire_fields
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
@@ -107,15 +111,32 @@ async def cancel_flag() -> AsyncIterator[threading.Event]:
             raise body_error from None
 
 
+class ArchiveCheckFailed(Exception):
+    """A pitr-base backup's start segment did not reach the archive in time."""
+
+
+#: How often the archive check looks whether the segment has been archived.
+ARCHIVE_CHECK_POLL_S = 0.1
+
+
 class BackupService:
-    def __init__(self, engine, settings, catalog: Catalog, wal_switched: Callable[[], None]):
+    def __init__(
+        self,
+        engine,
+        settings,
+        catalog: Catalog,
+        wal_switched: Callable[[], None],
+        archive_failing: Callable[[], str | None] = lambda: None,
+    ):
         self.engine = engine
         self.settings = settings
         self.catalog = catalog
         self._wal_switched = wal_switched  # a pitr-base closed its segment: archive it now
+        self._archive_failing = archive_failing  # the archiver's reason, while it fails
         self.scratch = os.path.join(engine.datadir.path, SCRATCH_DIR)
         self.limiter = trio.CapacityLimiter(2)
         self._nursery: trio.Nursery | None = None
+        self._running: dict[str, trio.Event] = {}  # backups the server writes, set when each ends
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
@@ -212,6 +233,25 @@ class BackupService:
         location = (self.catalog.get(backup_id) or {}).get("location")
         return location if known_path(location) else None
 
+    def check_request(self, req: BackupRequest) -> None:
+        """Refuse now what could not succeed later: the one check both request
+        paths (the wire's rusty-db-backup, the HTTP API) run before anything
+        is recorded. An incremental or differential needs a base backup of this
+        server on its timeline and the WAL since it (on the server or in the
+        archive); a pitr-base needs a usable archive. BackupRequestError says
+        why not."""
+        if req.backup_type is BackupType.PITR_BASE and not self.settings["archive_dest"]:
+            raise BackupRequestError(
+                "a pitr-base backup needs WAL archiving, and archive_dest is not set: run ALTER SYSTEM "
+                "SET archive_dest = '/path'; first"
+            )
+        if req.backup_type.needs_parent:
+            parent = self.parent_for(req.backup_type, req.base_backup)
+            try:
+                check_parent(self.engine, parent)
+            except IncrementalUnavailable as e:
+                raise BackupRequestError(str(e)) from None
+
     def open_source(self, backup_type: BackupType, names, base_backup=None, backup_id=None, cancel=None):
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
         if backup_type.needs_parent:
@@ -248,6 +288,7 @@ class BackupService:
             await conn.send(events.Error("invalid_backup_request", str(e)))
             return None
         try:
+            await trio.to_thread.run_sync(self.check_request, req, limiter=self.limiter)
             snap = await trio.to_thread.run_sync(
                 lambda: self.open_source(req.backup_type, req.databases, base, cancel=cancel),
                 limiter=self.limiter,
@@ -289,6 +330,14 @@ class BackupService:
             await conn.send(events.BackupHeader(manifest.to_dict()))
             with conn.bulk_sending():
                 sent = await self._send_entries(conn, snap, cancel)
+            if req.backup_type is BackupType.PITR_BASE:
+                try:
+                    await self.check_archived(manifest.timeline, manifest.start_lsn)
+                except ArchiveCheckFailed as e:
+                    self.catalog.fail(snap.backup_id, str(e))
+                    log.warning("backup failed", backup_id=snap.backup_id, error=str(e))
+                    await conn.send(events.Error("archive_check_failed", str(e)))
+                    return
             if request.output is not None:
                 # Present only once the client says its file is durable.
                 await conn.send(events.BackupEnd(manifest.end_lsn, sent, awaiting_location=True))
@@ -346,6 +395,33 @@ class BackupService:
         """The client did not confirm its file: the backup is not there to use."""
         self.catalog.fail(awaiting.backup_id, reason)
         log.warning("backup not stored by the client", backup_id=awaiting.backup_id, reason=reason)
+
+    async def check_archived(self, timeline: int, start_lsn: int) -> None:
+        """A pitr-base proves the archive works before it reports success (as
+        pgBackRest's archive-check): wait, up to archive_check_timeout, until
+        the archive holds the WAL segment of the backup's start (the backup
+        switched it, so it is complete); ArchiveCheckFailed with the
+        archiver's last error if it does not."""
+        size = self.engine.control.segment_size
+        segment = walseg.segment_name(timeline, walseg.normalize_lsn(start_lsn, size) // size)
+        timeout = to_seconds("archive_check_timeout", self.settings["archive_check_timeout"])
+        with trio.move_on_after(timeout):
+            while not self._archived(segment):
+                await trio.sleep(ARCHIVE_CHECK_POLL_S)
+            return
+        reason = self._archive_failing() or "the archiver has not copied it yet (no error so far)"
+        raise ArchiveCheckFailed(
+            f"the archive check failed: WAL segment {segment}, which holds the start of this pitr-base "
+            f"backup, was not archived within archive_check_timeout ({timeout:g} s): {reason}. Without it "
+            "the backup cannot be recovered to any point; fix archiving (GET /api/v1/admin/archive says "
+            "why it fails) and take the backup again"
+        )
+
+    def _archived(self, segment: str) -> bool:
+        if archive_status.is_archived(self.engine.archive_status_dir, segment):
+            return True
+        dest = self.settings["archive_dest"]  # the mark goes once a checkpoint removes the segment
+        return bool(dest) and os.path.exists(os.path.join(dest, segment_file.archive_name(segment)))
 
     async def _switch_for_base(self) -> None:
         """Close the segment holding the base's start, so the archive gets it at once."""
@@ -423,8 +499,10 @@ class BackupService:
         for name in req.databases or ():
             if name not in self.engine.databases:
                 raise BackupRequestError(f'database "{name}" does not exist', status=422)
-        backup_id = str(uuid.uuid4())
+        self.check_request(req)
         directory = self.backup_dir()
+        _usable_backup_dir(directory)
+        backup_id = str(uuid.uuid4())
         location = os.path.join(directory, f"{backup_id}.backup")
         entry = self.catalog.add(
             backup_id=backup_id,
@@ -437,10 +515,25 @@ class BackupService:
             encryption=req.encrypt,
             databases=req.databases,
         )
+        self._running[backup_id] = trio.Event()
         self._nursery.start_soon(self._run_job, req, backup_id, location, key)
         return entry
 
+    async def finished(self, backup_id: str) -> dict:
+        """Wait until a backup the server writes has ended; its final catalog entry.
+        Cancelling the wait (a client that went away) leaves the backup running."""
+        event = self._running.get(backup_id)
+        if event is not None:
+            await event.wait()
+        return self.catalog.get(backup_id) or {}
+
     async def _run_job(self, req, backup_id, location, key) -> None:
+        try:
+            await self._job(req, backup_id, location, key)
+        finally:
+            self._running.pop(backup_id).set()
+
+    async def _job(self, req, backup_id, location, key) -> None:
         t0 = time.perf_counter()
         try:
             async with cancel_flag() as cancel:
@@ -457,6 +550,20 @@ class BackupService:
             self.catalog.fail(backup_id, str(e))
             log.error("backup failed", backup_id=backup_id, error=str(e))
             return
+        if req.backup_type is BackupType.PITR_BASE:
+            self._wal_switched()  # archive the start segment now, whatever the backoff
+            try:
+                entry = self.catalog.get(backup_id) or {}
+                await self.check_archived(entry["timeline"], entry["start_lsn"])
+            except ArchiveCheckFailed as e:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(location)  # no pitr-base without its archive: nothing to restore from
+                self.catalog.fail(backup_id, str(e))
+                log.error("backup failed", backup_id=backup_id, error=str(e))
+                return
+            except trio.Cancelled:
+                self.catalog.fail(backup_id, "the server shut down during the backup's archive check")
+                raise
         self.catalog.complete(backup_id, **summary)
         log.info(
             "backup completed",
@@ -467,13 +574,7 @@ class BackupService:
         )
 
     def _write_file(self, req, backup_id, location, key, cancel) -> dict:
-        directory = os.path.dirname(location)
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise BackupRequestError(
-                f"cannot use backup_dir {directory}: {e.strerror}; set backup_dir to a directory the server can write"
-            ) from None
+        _usable_backup_dir(os.path.dirname(location))
         with self.open_source(req.backup_type, req.databases, backup_id=backup_id, cancel=cancel) as snap:
             manifest = snap.manifest()
             if req.backup_type is BackupType.PITR_BASE:
@@ -508,6 +609,20 @@ class BackupService:
             "parent_id": manifest.parent_id,
             "base_full_id": manifest.base_full_id,
         }
+
+
+def _usable_backup_dir(directory: str) -> None:
+    """Make backup_dir (mode 0700) if it is missing; refuse one the server cannot write."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not os.path.isdir(directory):
+            raise NotADirectoryError(errno.ENOTDIR, "it is not a directory")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "the server's user cannot write it")
+    except OSError as e:
+        raise BackupRequestError(
+            f"cannot use backup_dir {directory}: {e.strerror}; set backup_dir to a directory the server can write"
+        ) from None
 
 
 def _catalog_fields(manifest: Manifest, snap: Snapshot, *, origin: str, location: str) -> dict:

@@ -7,7 +7,7 @@ SHA-256, "crc" is CRC-32C, "xxh3" is XXH3-128.
 
 File layout::
 
-    header   magic "RDBBAK01" | u16 format (2; 1 is still read) | u16 reserved (0)
+    header   magic "RDBBAK01" | u16 format (3; 1 and 2 are still read) | u16 reserved (0)
              | u32 core_len | u32 keywrap_len
              | core     (msgpack map, core_len bytes)
              | keywrap  (msgpack map, keywrap_len bytes; 0 bytes if not encrypted)
@@ -28,6 +28,16 @@ public key parameters: {kdf: "keyfile", fingerprint} or {kdf: "scrypt", salt,
 n, r, p} or {kdf: "argon2id", salt, iterations, memory_kib, lanes}),
 wrapped_key: bin (60 bytes)}``. The header is readable without a key
 (``--info``).
+
+Key hierarchy (format 3). The key file's key, or the passphrase stretched by
+the KDF in ``params``, is the key-encryption key (KEK); ``wrapped_key`` is the
+file's random data key sealed with AES-256-GCM (random 12-byte nonce || 32
+bytes || 16-byte tag) under ``HKDF-SHA256(KEK, info = "rustydb backup key
+wrap v3" || core_hash)`` (``crypto.file_wrapping_key``). A process writes every
+file under one KEK and so one set of KDF parameters (one salt), so reading an
+archive of many segments runs the KDF once per salt, not once per segment;
+the per-file HKDF keeps each wrap under a key of its own. Formats 1 and 2
+sealed the data key under the KEK itself and gave each file a salt of its own.
 
 Chunk record (28-byte head, then ``stored_len`` bytes)::
 
@@ -93,12 +103,13 @@ import xxhash
 from rustydb_server import codecs, crypto
 from rustydb_server.crc import crc32c
 from rustydb_server.crypto import SecretKey
+from rustydb_server.datadir import DataDirError, validate_database_name
 
 from .errors import UnsafeEntryNameError, UnsupportedFormatError
 
 MAGIC = b"RDBBAK01"
 END_MAGIC = b"RDBEND01"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 64 << 20
 MAX_HEADER_PART = 16 << 20
@@ -162,7 +173,12 @@ class Digest:
 DIGESTS = {
     1: Digest("sha256", hashlib.sha256, slow=True),
     2: Digest("xxh3_128", xxhash.xxh3_128, slow=False),
+    3: Digest("xxh3_128", xxhash.xxh3_128, slow=False),
 }
+
+# The first format whose data key is wrapped under a per-file key derived from
+# the KEK (see "Key hierarchy" above); older files wrap under the KEK itself.
+FIRST_PER_FILE_WRAP = 3
 
 
 def safe_entry_name(name: str) -> str:
@@ -293,10 +309,23 @@ def pack_header(core_bytes: bytes, keywrap_bytes: bytes, version: int = FORMAT_V
     return body + hashlib.sha256(body).digest()
 
 
-def pack_keywrap(core_hash: bytes, params: dict, kek: SecretKey, data_key: SecretKey) -> bytes:
+def wrapping_key(kek: SecretKey, core_hash: bytes, version: int) -> SecretKey:
+    """The key a file of format ``version`` wraps its data key under."""
+    return crypto.file_wrapping_key(kek, core_hash) if version >= FIRST_PER_FILE_WRAP else kek
+
+
+def pack_keywrap(
+    core_hash: bytes, params: dict, kek: SecretKey, data_key: SecretKey, version: int = FORMAT_VERSION
+) -> bytes:
     params_bytes = pack_msgpack(params)
-    wrapped = crypto.wrap_key(kek, data_key, wrap_aad(core_hash, params_bytes))
+    wrapped = crypto.wrap_key(wrapping_key(kek, core_hash, version), data_key, wrap_aad(core_hash, params_bytes))
     return pack_msgpack({"params": params_bytes, "wrapped_key": wrapped})
+
+
+def unwrap_data_key(kek: SecretKey, wrapped: bytes, core_hash: bytes, params_bytes: bytes, version: int) -> SecretKey:
+    """The data key of a file of format ``version``; WrongKeyError if ``kek``
+    (or the header the wrap is bound to) does not match."""
+    return crypto.unwrap_key(wrapping_key(kek, core_hash, version), wrapped, wrap_aad(core_hash, params_bytes))
 
 
 def public_encryption(params: dict) -> dict:
@@ -306,9 +335,9 @@ def public_encryption(params: dict) -> dict:
     return out
 
 
-def header_core(header: BackupHeader, nonce_prefix: bytes | None) -> dict:
+def header_core(header: BackupHeader, nonce_prefix: bytes | None, version: int = FORMAT_VERSION) -> dict:
     return {
-        "format": FORMAT_VERSION,
+        "format": version,
         "backup_id": header.backup_id,
         "type": header.backup_type,
         "created_us": header.created_us,
@@ -355,6 +384,10 @@ def check_header_fields(h: BackupHeader) -> None:
     need(isinstance(h.databases, list), "databases must be a list")
     for db in h.databases:
         need(isinstance(db, dict) and isinstance(db.get("name"), str), "databases[] needs a name")
+        try:  # the one check of a database name, as the manifest's (a tool opens it by this name)
+            validate_database_name(db["name"])
+        except DataDirError:
+            raise ValueError(f"backup header field databases[] names {db['name']!r}, not a database name") from None
         tables = db.get("tables", [])
         need(isinstance(tables, list), f"databases[{db['name']}].tables must be a list")
         for t in tables:

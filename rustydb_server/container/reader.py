@@ -48,7 +48,7 @@ from .format import (
     unpack_msgpack,
     unpack_prefix,
     unpack_record_head,
-    wrap_aad,
+    unwrap_data_key,
 )
 from .threads import thread_pool
 
@@ -232,7 +232,7 @@ class BackupReader:
     def _unwrap(self, key: KeySource) -> SecretKey:
         try:
             kek = key.kek_for(self._key_params)  # a key file's fingerprint is checked here
-            return crypto.unwrap_key(kek, self._wrapped, wrap_aad(self.core_hash, self._params_bytes))
+            return unwrap_data_key(kek, self._wrapped, self.core_hash, self._params_bytes, self.layout.version)
         except WrongKeyError as exc:
             if key.kind == "keyfile" and self._key_params.get("fingerprint") == getattr(key, "fingerprint", None):
                 # The right key (its fingerprint matches) failed to unwrap: the

@@ -1,5 +1,10 @@
 """Rotating a backup's key: its data key re-wrapped under a new key-encryption
-key, every chunk and the index copied byte for byte (nothing is re-encrypted)."""
+key, every chunk and the index copied byte for byte (nothing is re-encrypted).
+
+The file keeps its format version (the version is part of the header hash every
+chunk is bound to), so its data key is re-wrapped the way that format wraps it:
+under a per-file key derived from the new KEK in format 3, under the KEK itself
+in formats 1 and 2."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ def rotate_key(
         reader.check_layout()
         lay = reader.layout
         params, kek = new_key.kek_for_new_backup()
-        keywrap = pack_keywrap(reader.core_hash, params, kek, reader.data_key)
+        keywrap = pack_keywrap(reader.core_hash, params, kek, reader.data_key, lay.version)
         header_bytes = pack_header(lay.core_bytes, keywrap, lay.version)
         shift = len(header_bytes) - lay.body_start
         kind = DIGESTS[lay.version]

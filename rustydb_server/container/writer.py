@@ -39,6 +39,8 @@ from .format import (
 )
 from .threads import lower_thread_priority, thread_pool
 
+WRITABLE_VERSIONS = (2, FORMAT_VERSION)
+
 
 @dataclass
 class _OpenEntry:
@@ -59,6 +61,9 @@ class BackupWriter:
     rename. With ``threads > 1`` chunks are compressed, encrypted and
     checksummed on a thread pool, and one more thread hashes them and writes
     the records in order, so the caller's thread only hands data over.
+
+    ``version`` is the format written: the current one, or 2 (the layout
+    before the key hierarchy) for tests and benchmarks that compare the two.
     """
 
     def __init__(
@@ -72,8 +77,11 @@ class BackupWriter:
         threads: int = 1,
         level: int | None = None,
         nice: int = 0,
+        version: int = FORMAT_VERSION,
     ) -> None:
         codecs.check_codec(codec)
+        if version not in WRITABLE_VERSIONS:
+            raise ValueError(f"cannot write backup format {version} (writes {WRITABLE_VERSIONS})")
         if threads < 1:
             raise ValueError("threads must be >= 1")
         header = replace(header, compression=codec, chunk_size=chunk_size, encryption=None)
@@ -87,16 +95,18 @@ class BackupWriter:
             nonce_prefix = crypto.generate_nonce_prefix()
             aead = crypto.cipher_for(data_key)
             header.encryption = public_encryption(params)
-        core_bytes = pack_msgpack(header_core(header, nonce_prefix))
+        core_bytes = pack_msgpack(header_core(header, nonce_prefix, version))
         if len(core_bytes) > MAX_HEADER_PART:
             raise ValueError(f"backup {header.backup_id}: header is too large ({len(core_bytes)} bytes)")
-        core_hash = hash_core(core_bytes)
-        keywrap = pack_keywrap(core_hash, params, kek, data_key) if key is not None else b""
+        core_hash = hash_core(core_bytes, version)
+        keywrap = pack_keywrap(core_hash, params, kek, data_key, version) if key is not None else b""
         self.header = header
         self._ctx = ChunkContext(core_hash, codec, chunk_size, aead, nonce_prefix, level)
-        self._file_hash = DIGESTS[FORMAT_VERSION].new()
+        self._version = version
+        self._digest = DIGESTS[version]
+        self._file_hash = self._digest.new()
         self._pos = 0
-        self._emit_bytes(pack_header(core_bytes, keywrap))
+        self._emit_bytes(pack_header(core_bytes, keywrap, version))
         self._body_start = self._pos
         self._seq = 0
         self._entries: list[_OpenEntry] = []
@@ -126,7 +136,7 @@ class BackupWriter:
         if name in self._names:
             raise BackupError(f"backup {self.header.backup_id}: duplicate entry name {name!r}")
         self._names.add(name)
-        entry = _OpenEntry(len(self._entries), name, name.encode("utf-8"), DIGESTS[FORMAT_VERSION].new())
+        entry = _OpenEntry(len(self._entries), name, name.encode("utf-8"), self._digest.new())
         self._entries.append(entry)
         self._entry = entry
 
@@ -235,10 +245,10 @@ class BackupWriter:
         if self._writer_error is not None:
             raise self._writer_error
         index = [IndexEntry(e.name, e.offset, e.span, e.chunks, e.raw_size, e.digest.digest()) for e in self._entries]
-        index_bytes = seal_index(self._ctx, pack_index(index))
+        index_bytes = seal_index(self._ctx, pack_index(index, self._version))
         index_offset = self._pos
         self._emit_bytes(index_bytes)
-        digest = DIGESTS[FORMAT_VERSION].footer_bytes(self._file_hash)
+        digest = self._digest.footer_bytes(self._file_hash)
         footer = pack_footer(index_offset, len(index_bytes), crc32c(index_bytes), digest)
         self._emit_bytes(footer)
         if hasattr(self._out, "flush"):

@@ -512,7 +512,9 @@ class Engine:
     def _log_durably(self, rec, *, startup: bool = False) -> tuple[int, int]:
         if self.read_only_reason is not None and not startup:
             raise self._read_only_error()
-        body = walrec.encode_record(rec)
+        # A large changeset goes from the session's buffer to the WAL file as
+        # it is: no msgpack body, no joined fragments (a bulk load's record).
+        body = walrec.encode_record_parts(rec)
         try:
             lsn, end = self.wal.append(body)
         except wal_writer.WalFsyncError as e:
@@ -939,13 +941,15 @@ class Engine:
             self.fileops.fsync_dir(self.datadir.wal_dir)
         return removed
 
-    def stall(self) -> str | None:
+    def stall(self, bound: float | None = None) -> str | None:
         """Why commits cannot go on, or None: one of the engine's locks held,
-        or waited for, longer than ``engine_stall_timeout``. Never blocks; the
-        health check and the systemd watchdog ask it."""
-        bound = to_seconds("engine_stall_timeout", self.settings["engine_stall_timeout"])
-        if not bound:
-            return None
+        or waited for, longer than ``bound`` seconds (by default
+        ``engine_stall_timeout``). Never blocks; the health check, the systemd
+        watchdog and a stop that cannot finish ask it."""
+        if bound is None:
+            bound = to_seconds("engine_stall_timeout", self.settings["engine_stall_timeout"])
+            if not bound:
+                return None
         now = self.clock()
         locks = [self._registry_lock, self._checkpoint_lock, *(h.commit_lock for h in list(self.databases.values()))]
         for lock in locks:

@@ -7,6 +7,15 @@ at the deadline and never waiting for a lock, so they can run again in a
 worker). Write transactions are captured with SQLite's session extension: the
 changes since the last DDL statement form one ``changeset`` step, and each DDL
 statement is a ``ddl`` step of its own text, so replay sees them in order.
+
+Two more things end a changeset step early. A SAVEPOINT does, so that ROLLBACK
+TO it can drop the steps taken since (a DDL statement it undid must not be
+replayed). And a transaction whose capture has grown past CUT_SESSION_BYTES
+does, at the end of a statement: the session extension builds a changeset
+holding the GIL (a 1M-row one for about 0.4 s of CPU, during which no other
+client is served), so a bulk load of many statements is captured in pieces of
+bounded size as it goes rather than all at its COMMIT. Replay applies the
+pieces in order, which gives what one changeset of the whole would.
 """
 
 from __future__ import annotations
@@ -50,6 +59,11 @@ _DDL_OPS = frozenset(
     )
 )
 _PRAGMA_ASSIGN = re.compile(r"^\s*PRAGMA\s+(?:main\.)?(\w+)\s*(=|\()", re.I)
+
+#: A transaction's capture is cut into a changeset step at the end of a
+#: statement once the session extension holds this much memory for it (about
+#: 240,000 inserted rows), which bounds the time one changeset takes to build.
+CUT_SESSION_BYTES = 16 * 1024 * 1024
 
 
 #: A batch of rows for a client stops before it grows past this (estimated as
@@ -130,6 +144,8 @@ class SqlSession:
         self.txid: int | None = None
         self._capture: apsw.Session | None = None
         self._steps: list = []
+        # The open savepoints, innermost last: (name, steps taken before it).
+        self._savepoints: list[tuple[str, int]] = []
         self._internal = False
         self._ddl_ops: set[int] = set()
         self._trace: dict = {}
@@ -247,6 +263,17 @@ class SqlSession:
             self._capture.close()
             self._capture = None
         self._steps = []
+        self._savepoints = []
+
+    def _restart_capture(self, *, keep: bool) -> None:
+        """A new session object from here on; the old one's changes become a
+        step (``keep``) or are dropped (they were rolled back)."""
+        if keep:
+            self._cut_changeset()
+        elif self._capture is not None:
+            self._capture.close()
+            self._capture = None
+        self._start_capture()
 
     # ------------------------------------------------------------ statements
     def start(self, sql: str, keywords: list[str]) -> StatementRun:
@@ -257,12 +284,14 @@ class SqlSession:
             return self._begin(sql)
         if kw in ("COMMIT", "END"):
             return self._done(sql, kw, self.commit())
-        if kw == "ROLLBACK" and kw2 != "TO":
+        if kw == "ROLLBACK" and not _is_rollback_to(sql):
             return self._done(sql, kw, self.rollback())
-        if kw in ("SAVEPOINT", "RELEASE") or (kw == "ROLLBACK" and kw2 == "TO"):
+        if kw in ("SAVEPOINT", "RELEASE") or (
+            kw == "ROLLBACK" and kw2 in ("TO", "TRANSACTION") and _is_rollback_to(sql)
+        ):
             if not self.in_transaction:
                 raise SqlError(f"{kw} can only be used in transaction blocks; BEGIN first", code="no_transaction")
-            return self._execute(sql, kw, autocommit_write=False)
+            return self._savepoint(sql, kw)
         if kw == "VACUUM":
             return self._vacuum(sql, keywords)
         if self.in_transaction:
@@ -276,6 +305,35 @@ class SqlSession:
             except apsw.ExecTraceAbort:
                 pass  # a write behind a read keyword (WITH ... INSERT): take the write path
         return self._autocommit_write(sql, kw)
+
+    def _savepoint(self, sql: str, kw: str) -> StatementRun:
+        name = savepoint_name(sql)
+        if name is None:
+            raise SqlError(
+                f"cannot read the savepoint name in {sql.strip()[:80]!r}; write it as "
+                "SAVEPOINT name, RELEASE [SAVEPOINT] name or ROLLBACK [TRANSACTION] TO [SAVEPOINT] name",
+                code="syntax_error",
+            )
+        if kw == "SAVEPOINT":
+            # What was captured before the savepoint becomes a step of its
+            # own: ROLLBACK TO drops only the steps after it.
+            self._restart_capture(keep=True)
+            run = self._execute(sql, kw, autocommit_write=False)
+            self._savepoints.append((name, len(self._steps)))
+            return run
+        run = self._execute(sql, kw, autocommit_write=False)
+        found = [i for i, (n, _) in enumerate(self._savepoints) if n == name]
+        if found:
+            at = found[-1]
+            if kw == "RELEASE":
+                del self._savepoints[at:]  # it and every savepoint after it
+            else:
+                # ROLLBACK TO keeps the savepoint and undoes everything after
+                # it, DDL included: so are the steps taken since.
+                del self._steps[self._savepoints[at][1] :]
+                del self._savepoints[at + 1 :]
+                self._restart_capture(keep=False)
+        return run
 
     def _vacuum(self, sql: str, keywords: list[str]) -> StatementRun:
         if self.in_transaction:
@@ -304,6 +362,7 @@ class SqlSession:
         self._sqlite(lambda: self.conn.execute(sql))
         self.in_transaction = True
         self._steps = []
+        self._savepoints = []
         self._start_capture()
         return self._done(sql, "BEGIN", "BEGIN")
 
@@ -501,6 +560,8 @@ class SqlSession:
         changes = self.conn.changes() if kw in WRITE_VERBS else 0
         if run.autocommit_write:
             self._commit_autocommit()
+        elif self.in_transaction and self._capture is not None and self._capture.memory_used > CUT_SESSION_BYTES:
+            self._restart_capture(keep=True)  # see the module's doc
         return status_for(kw, run.sql, run.rows_seen, changes), (changes if kw in WRITE_VERBS else run.rows_seen)
 
     def _more(self, run: StatementRun) -> bool:
@@ -628,6 +689,56 @@ def _plain_begin(keywords: list[str]) -> bool:
 
 
 SEQUENCE_STEP_PREFIX = "UPDATE sqlite_sequence SET seq"
+
+_SKIP = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.S)
+_TOKEN = re.compile(r'"(?:[^"]|"")*"|\'(?:[^\']|\'\')*\'|`(?:[^`]|``)*`|\[[^\]]*\]|[\w$]+')
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _tokens(sql: str, n: int) -> list[str]:
+    """The first ``n`` words or quoted names of a statement, skipping comments."""
+    out: list[str] = []
+    pos = 0
+    while len(out) < n:
+        pos = _SKIP.match(sql, pos).end()
+        m = _TOKEN.match(sql, pos)
+        if not m:
+            break
+        out.append(m.group())
+        pos = m.end()
+    return out
+
+
+def _is_rollback_to(sql: str) -> bool:
+    """ROLLBACK [TRANSACTION] TO ..., as opposed to a plain ROLLBACK."""
+    words = [t.upper() for t in _tokens(sql, 3)]
+    return words[1:2] == ["TO"] or words[1:3] == ["TRANSACTION", "TO"]
+
+
+def savepoint_name(sql: str) -> str | None:
+    """The savepoint a SAVEPOINT, RELEASE or ROLLBACK TO statement names, as
+    SQLite compares names (unquoted, ASCII letters folded); None if unreadable."""
+    tokens = _tokens(sql, 6)
+    words = [t.upper() for t in tokens]
+    if not words:
+        return None
+    i = 1
+    if words[0] == "ROLLBACK":
+        if words[i : i + 1] == ["TRANSACTION"]:
+            i += 1
+        if words[i : i + 1] != ["TO"]:
+            return None
+        i += 1
+    if words[0] in ("RELEASE", "ROLLBACK") and words[i : i + 1] == ["SAVEPOINT"] and len(tokens) > i + 1:
+        i += 1
+    if words[0] not in ("SAVEPOINT", "RELEASE", "ROLLBACK") or len(tokens) <= i:
+        return None
+    token = tokens[i]
+    if token[:1] in ('"', "'", "`") and token[-1:] == token[:1] and len(token) > 1:
+        token = token[1:-1].replace(token[0] * 2, token[0])
+    elif token[:1] == "[" and token[-1:] == "]":
+        token = token[1:-1]
+    return token.translate(_ASCII_LOWER)
 
 
 def pinning_sessions(engine: Engine, databases=None) -> list[dict]:

@@ -209,8 +209,8 @@ def _descends_from(archive_dir: str, tl: int, base_tl: int, base_lsn: int) -> bo
         return True
     try:
         history = waltl.read_history(archive_dir, tl)
-    except waltl.HistoryError:
-        return False
+    except waltl.HistoryMissing:
+        return False  # a damaged one is an error: "latest" must not quietly pass its timeline over
     for ancestor, switch_lsn, _ in history:
         if ancestor == base_tl:
             return switch_lsn >= base_lsn

@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="import the restored table into a running server (through rusty-db-export's SQL), in one transaction",
     )
     tbl.add_argument("--rename-to", metavar="NAME", help="with --into-server: create the table under this name")
+    tbl.add_argument(
+        "--user", "-U", help="with --into-server: the user to connect as (default $RUSTYDB_USER or your login name)"
+    )
+    tbl.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="with --into-server: read the password from the first line of FILE (instead of $RUSTYDB_PASSWORD)",
+    )
     recovery = p.add_argument_group("point-in-time recovery")
     recovery.add_argument(
         "--archive-dir", metavar="DIR", help="archived WAL (archive_dest) to replay on top of the base backup"
@@ -203,6 +211,8 @@ def _check_restore_options(args: argparse.Namespace, parser: argparse.ArgumentPa
         parser.error("--data-dir is required (or --table with --into-server)")
     if (args.into_server or args.rename_to) and not args.table:
         parser.error("--into-server and --rename-to work with --table")
+    if (args.user or args.password_file) and not args.into_server:
+        parser.error("--user and --password-file are for --into-server (the server the table is imported into)")
     if args.rename_to and not args.into_server:
         parser.error(
             "--rename-to names the table created by --into-server; without "

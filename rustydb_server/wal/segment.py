@@ -22,6 +22,7 @@ import enum
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rustydb_server.crc import crc32c
@@ -212,15 +213,29 @@ def build_fragments(body: bytes, lsn: int, segment_size: int) -> tuple[list[tupl
     own LSN is the first fragment's LSN; ``end_lsn`` is the byte after the
     last fragment.
     """
-    body = bytes(body)
-    out: list[tuple[int, bytes]] = []
+    fragments, end = build_fragment_pieces([body], lsn, segment_size)
+    return [(pos, b"".join(pieces)) for pos, pieces in fragments], end
+
+
+def build_fragment_pieces(
+    body_pieces: Sequence[bytes | memoryview], lsn: int, segment_size: int
+) -> tuple[list[tuple[int, list[bytes | memoryview]]], int]:
+    """``build_fragments`` for a body given as pieces to be joined, without joining them.
+
+    Each fragment is ``(fragment_lsn, [header, payload views...])``: the
+    views point into the caller's buffers, so a large body is never copied
+    (the caller keeps the buffers alive until the pieces are written).
+    """
+    views = [memoryview(piece).cast("B") for piece in body_pieces if len(piece)]
+    total = sum(len(view) for view in views)
+    out: list[tuple[int, list[bytes | memoryview]]] = []
     pos = normalize_lsn(lsn, segment_size)
-    start = 0
+    start = index = inside = 0  # bytes laid out so far; where they stop in ``views``
     while True:
         room = segment_size - pos % segment_size - FRAGMENT_HEADER_SIZE
-        chunk = body[start : start + room]
+        take = min(room, total - start)
         first = start == 0
-        last = start + room >= len(body)
+        last = start + room >= total
         if first and last:
             kind = FragmentKind.FULL
         elif first:
@@ -229,11 +244,24 @@ def build_fragments(body: bytes, lsn: int, segment_size: int) -> tuple[list[tupl
             kind = FragmentKind.LAST
         else:
             kind = FragmentKind.MIDDLE
-        out.append((pos, encode_fragment(pos, kind, chunk)))
-        end = pos + FRAGMENT_HEADER_SIZE + len(chunk)
+        payload: list[bytes | memoryview] = []
+        crc = crc32c(_CRC_PREFIX.pack(pos, kind))
+        need = take
+        while need:
+            view = views[index]
+            n = min(need, len(view) - inside)
+            piece = view[inside : inside + n]
+            payload.append(piece)
+            crc = crc32c(piece, crc)
+            need -= n
+            inside += n
+            if inside == len(view):
+                index, inside = index + 1, 0
+        out.append((pos, [_FRAGMENT_HEADER.pack(take, crc, kind), *payload]))
+        end = pos + FRAGMENT_HEADER_SIZE + take
         if last:
             return out, end
-        start += room
+        start += take
         pos = normalize_lsn(end, segment_size)
 
 

@@ -18,11 +18,15 @@ from typing import NamedTuple
 from .. import fileops as _fileops
 
 HISTORY_SUFFIX = ".history"
-_HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
+_HISTORY = re.compile(r"([0-9A-F]{8})\.history")
 
 
 class HistoryError(Exception):
     """A history file is missing or unreadable."""
+
+
+class HistoryMissing(HistoryError):
+    """A timeline has no history file (as opposed to a damaged one)."""
 
 
 class Switch(NamedTuple):
@@ -39,23 +43,30 @@ def history_name(timeline: int) -> str:
 
 def list_history_timelines(directory: str) -> list[int]:
     """The timelines that have a history file in ``directory``, in order."""
-    return sorted(int(m.group(1), 16) for n in os.listdir(directory) if (m := _HISTORY.match(n)))
+    return sorted(int(m.group(1), 16) for n in os.listdir(directory) if (m := _HISTORY.fullmatch(n)))
 
 
 def format_history(entries: Iterable[tuple[int, int, str]]) -> str:
     return "".join(f"{tl}\t{lsn:X}\t{reason}\n" for tl, lsn, reason in entries)
 
 
+# One line: a timeline in decimal, an LSN in hex, the reason. ASCII digits
+# only (int() would also take "+1", " 1", "1_0" or "١"), and a timeline a
+# segment name can hold: these numbers become the names of segment files.
+_LINE = re.compile(r"([0-9]{1,10})\t([0-9A-Fa-f]{1,16})(?:\t([^\x00]*))?")
+
+
 def parse_history(text: str, path: str = "history") -> list[Switch]:
+    """The lines of a history file; HistoryError for one that is not exactly
+    ``timeline<TAB>lsn<TAB>reason`` with a timeline from 1 to 2**32-1."""
     entries = []
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        parts = line.split("\t", 2)
-        try:
-            entries.append(Switch(int(parts[0]), int(parts[1], 16), parts[2] if len(parts) > 2 else ""))
-        except (ValueError, IndexError):
-            raise HistoryError(f"{path} line {i} is not 'timeline<TAB>lsn<TAB>reason'") from None
+        m = _LINE.fullmatch(line)
+        if m is None or not 1 <= int(m.group(1)) < 2**32:
+            raise HistoryError(f"{path} line {i} is not 'timeline<TAB>lsn<TAB>reason' (timeline 1 to {2**32 - 1})")
+        entries.append(Switch(int(m.group(1)), int(m.group(2), 16), m.group(3) or ""))
     return entries
 
 
@@ -65,10 +76,15 @@ def read_history(directory: str, timeline: int) -> list[Switch]:
         return []
     path = os.path.join(directory, history_name(timeline))
     try:
-        with open(path) as f:
-            return parse_history(f.read(), path)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
-        raise HistoryError(f"history file {path} for timeline {timeline} is missing") from None
+        raise HistoryMissing(f"history file {path} for timeline {timeline} is missing") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HistoryError(f"history file {path} is not text (damaged, or not a history file)") from None
+    return parse_history(text, path)
 
 
 def branch_point(history: list[Switch]) -> Switch | None:

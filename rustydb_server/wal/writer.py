@@ -12,8 +12,11 @@ Two locks, so that appends never wait for an fsync:
 Ordering rules the reader relies on (see reader.py):
   * a segment is fdatasynced before anything is written to the next one, so
     valid data in a later segment proves every earlier segment is complete;
-  * a segment is created whole (zero-filled, header, fsync, rename, fsync of
-    the directory) before use, so a write into it can never hit ENOSPC.
+  * a segment is created whole (header, zero-filled, fsync, rename, fsync of
+    the directory) before use, so a write into it can never hit ENOSPC; a
+    segment that a record's fragment starts is created holding that fragment
+    (the middle segments of a large record are written once, not zeroed
+    first), which the same fsync makes durable.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Self
 
 from rustydb_server import fileops as fileops_mod
@@ -29,7 +32,7 @@ from rustydb_server.logsetup import get_logger
 from rustydb_server.wal.segment import (
     HEADER_SIZE,
     WalCorruptError,
-    build_fragments,
+    build_fragment_pieces,
     build_switch_fragment,
     check_segment_header,
     check_segment_size,
@@ -44,6 +47,9 @@ log = get_logger(__name__)
 
 _ZERO_CHUNK = bytes(1 << 20)
 _TEMP_SUFFIX = ".tmp"
+# A piece of a record at least this large is written from its own buffer;
+# smaller ones are joined into one write.
+_DIRECT_WRITE_BYTES = 64 * 1024
 
 
 class WalDiskFullError(OSError):
@@ -124,15 +130,19 @@ class WalWriter:
     def segment_size(self) -> int:
         return self._size
 
-    def append(self, body: bytes) -> tuple[int, int]:
+    def append(self, body: bytes | Sequence[bytes]) -> tuple[int, int]:
         """Write one record body; return (lsn, end_lsn). Not durable until flush().
 
+        ``body`` is the record's bytes, or pieces to be written one after the
+        other as those bytes (``record.encode_record_parts``): a large piece
+        goes from its own buffer to the file, never copied into a body.
         On any exception nothing of the record remains (the writer is rolled
         back to where it was), unless the writer is poisoned.
         """
+        pieces = [body] if isinstance(body, (bytes, bytearray, memoryview)) else body
         with self._append_lock:
             self._check_usable()
-            fragments, end = build_fragments(body, self._pos, self._size)
+            fragments, end = build_fragment_pieces(pieces, self._pos, self._size)
             orig_fd = self._fd
             segno, fd = self._segno, self._fd
             created: list[tuple[int, int]] = []
@@ -146,12 +156,19 @@ class WalWriter:
                         self._sync_segment(fd, self._path(segno))
                         left.append((segno, fd))
                         segno, fd = frag_segno, None
+                    offset = frag_lsn % self._size
+                    if fd is None and offset == HEADER_SIZE:
+                        # A new segment that starts with this fragment is
+                        # created holding it: its bytes are written once, not
+                        # zeros first and the fragment over them.
+                        fd = self._create_segment(segno, data)
+                        created.append((segno, fd))
+                        continue
                     if fd is None:
                         fd = self._create_segment(segno)
                         created.append((segno, fd))
-                    offset = frag_lsn % self._size
-                    written.append((fd, offset, len(data)))
-                    self._fo.pwrite_all(fd, data, offset)
+                    written.append((fd, offset, sum(len(piece) for piece in data)))
+                    self._write_pieces(fd, data, offset)
             except BaseException:
                 self._roll_back(orig_fd, written, created)
                 raise
@@ -238,6 +255,24 @@ class WalWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _write_pieces(self, fd: int, pieces: list, offset: int) -> None:
+        """Write one fragment's pieces from ``offset`` on: small pieces joined
+        (a small record stays one write), a large one straight from its buffer."""
+        small: list = []
+        for piece in pieces:
+            if len(piece) < _DIRECT_WRITE_BYTES:
+                small.append(piece)
+                continue
+            if small:
+                joined = b"".join(small)
+                self._fo.pwrite_all(fd, joined, offset)
+                offset += len(joined)
+                small = []
+            self._fo.pwrite_all(fd, piece, offset)
+            offset += len(piece)
+        if small:
+            self._fo.pwrite_all(fd, b"".join(small), offset)
 
     # -- flushing and poisoning
 
@@ -339,8 +374,12 @@ class WalWriter:
     def _path(self, segno: int) -> str:
         return os.path.join(self._dir, segment_name(self._timeline, segno))
 
-    def _create_segment(self, segno: int) -> int:
-        """Create a whole, durable, zero-filled segment; return its open fd."""
+    def _create_segment(self, segno: int, first: Sequence = ()) -> int:
+        """Create a whole, durable segment; return its open fd.
+
+        After its header the segment holds the pieces of ``first`` (its first
+        fragment, if given), then zeros to its end.
+        """
         path = self._path(segno)
         tmp = path + _TEMP_SUFFIX
         fd: int | None = None
@@ -355,7 +394,9 @@ class WalWriter:
                 segment_size=self._size,
             )
             self._fo.write_all(fd, header)
-            remaining = self._size - len(header)
+            for piece in first:
+                self._fo.write_all(fd, piece)
+            remaining = self._size - len(header) - sum(len(piece) for piece in first)
             zeros = memoryview(_ZERO_CHUNK)
             while remaining:
                 n = min(remaining, len(zeros))

@@ -9,6 +9,8 @@ each, so a test switches them from outside the process:
 * ``commit-after-once``: the next session commit fails after SQLite committed.
 * ``commit-full``: every session commit fails as on a full disk.
 * ``apply-full``: applying a record from the WAL fails as on a full disk.
+* ``commit-stall``: a session commit never returns while the file exists,
+  holding its database's commit lock (a stalled engine).
 
 It replaces the engine's ``sqlite_steps`` seam, the same one in-process
 tests use, then runs the real server.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import apsw
 
@@ -38,6 +41,8 @@ class FaultySteps(SqliteSteps):
         return True
 
     def commit(self, conn, lsn, txid, commit_time_us):
+        while self._on("commit-stall"):
+            time.sleep(0.05)
         if self._on("commit-once", once=True):
             raise apsw.IOError("disk I/O error (injected)")
         if self._on("commit-full"):

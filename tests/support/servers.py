@@ -109,7 +109,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if self.health()["status"] == "healthy":
+                if self.health()["status"] in ("healthy", "degraded"):  # serving; degraded says why
                     return
             except (OSError, ValueError):
                 pass

@@ -40,7 +40,14 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
         imported = None
         if args.into_server:
             imported = import_table(
-                args.into_server, r.data_dir, r.database, args.table, rename_to=args.rename_to, database=args.database
+                args.into_server,
+                r.data_dir,
+                r.database,
+                args.table,
+                rename_to=args.rename_to,
+                database=args.database,
+                user=args.user,
+                password_file=args.password_file,
             )
     finally:
         if temp is not None:
@@ -88,7 +95,15 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
 
 
 def import_table(
-    server: str, data_dir: str, source_database: str, table: str, *, rename_to: str | None, database: str | None
+    server: str,
+    data_dir: str,
+    source_database: str,
+    table: str,
+    *,
+    rename_to: str | None,
+    database: str | None,
+    user: str | None = None,
+    password_file: str | None = None,
 ) -> str:
     """Export the restored table as SQL and run it on ``server`` (HOST:PORT), statement by
     statement, in one transaction; return the name it was created under."""
@@ -103,7 +118,8 @@ def import_table(
     sql_path = os.path.join(workdir, "table.sql")
     try:
         export_tables(data_dir, sql_path, tables=[table], database=source_database, rename_to=rename_to)
-        with rc.connect(host or "127.0.0.1", int(port), database=database) as conn:
+        password = rc.read_password_file(password_file)
+        with rc.connect(host or "127.0.0.1", int(port), database=database, user=user, password=password) as conn:
             try:
                 _run_script(conn, sql_path)
             except rc.ServerError:

@@ -1,18 +1,27 @@
 """Server-core benchmark: prints figures and same-run ratios; never run as a test.
 
-    python bench/bench_core.py [--quick]
+    python bench/bench_core.py [--quick] [--only a,b] [--inline-budget 1ms] [--json]
 
-Figures: single-row autocommit INSERT commits/s with 1 and 4 clients; the
-pgbench-like TPC-B transaction (scale 10) with 2 clients; point SELECTs/s by
-primary key with 2 clients; bulk load rows/s (1M rows, one transaction);
-recovery replay records/s; and the fsync latency of the same disk.
-Clients are separate processes, so the client side does not share the
-server's GIL.
+Figures (``--only`` picks some): ``floor`` (a round trip with no SQL, with
+and without a thread hop), ``insert`` (single-row autocommit INSERT commits/s
+with 1 and 4 clients), ``update`` (single-row autocommit UPDATE by primary key,
+1 client), ``tpcb`` (the pgbench-like TPC-B transaction, scale 10, 2
+clients), ``select`` (point SELECTs/s by primary key, 2 clients), ``mixed``
+(long scans from one client while two run point SELECTs: the server's worst
+event-loop scheduling delay, measured by bench/loop_probe.py, must stay under
+5 ms), ``bulk`` (rows/s, 1M rows in one transaction), ``replay`` (recovery
+records/s), ``pgbench`` (PostgreSQL 15's pgbench -S, -N and TPC-B on the same
+machine, when installed). ``--inline-budget`` sets the server's
+inline_statement_budget (0 runs every statement in a worker thread, as
+before issue 20). ``--json`` ends with one line of every figure, for
+bench/bench_ab.py. Clients are separate processes, so the client side does
+not share the server's GIL.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import random
@@ -26,6 +35,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' support package
 sys.path.insert(0, os.path.dirname(__file__))
 import floor  # noqa: E402
+import pgbench_side  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
 from tests.support.servers import ServerProcess, free_port  # noqa: E402
@@ -62,6 +72,15 @@ def _worker(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
             aid = rnd.randint(1, 100_000 * SCALE)
             conn.execute(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid}")
             done += 1
+    elif kind == "update":
+        while time.perf_counter() < deadline:
+            aid = rnd.randint(1, 100_000 * SCALE)
+            conn.execute(f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = {aid}")
+            done += 1
+    elif kind == "scan":
+        while time.perf_counter() < deadline:
+            conn.execute("SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE filler <> 'x'")
+            done += 1
     elif kind == "tpcb":
         while time.perf_counter() < deadline:
             aid = rnd.randint(1, 100_000 * SCALE)
@@ -87,15 +106,25 @@ def _worker(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
 
 
 def run_clients(kind: str, port: int, clients: int, seconds: float) -> float:
-    q: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_worker, args=(kind, port, seconds, i + 1, q)) for i in range(clients)]
+    return run_mix([(kind, clients)], port, seconds)[kind]
+
+
+def run_mix(kinds: list[tuple[str, int]], port: int, seconds: float) -> dict[str, float]:
+    """Clients of each kind at once; each kind's statements (or transactions) per second."""
+    queues = {kind: mp.Queue() for kind, _ in kinds}
+    procs = [
+        (kind, mp.Process(target=_worker, args=(kind, port, seconds, i + 1, queues[kind])))
+        for kind, clients in kinds
+        for i in range(clients)
+    ]
     t0 = time.perf_counter()
-    for p in procs:
+    for _, p in procs:
         p.start()
-    total = sum(q.get() for _ in procs)
-    for p in procs:
+    totals = {kind: sum(queues[kind].get() for _ in range(clients)) for kind, clients in kinds}
+    for _, p in procs:
         p.join()
-    return total / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    return {kind: total / elapsed for kind, total in totals.items()}
 
 
 def setup_pgbench(conn) -> None:
@@ -166,48 +195,137 @@ def run_n(port: int, n: int, clients: int) -> None:
         p.join()
 
 
+FIGURES = ("floor", "insert", "update", "tpcb", "select", "mixed", "bulk", "replay", "pgbench")
+
+
+def _server(tmp: str, budget: str | None, probe: str | None = None) -> ServerProcess:
+    extra = []
+    if budget is not None:
+        conf = os.path.join(tmp, "rustydb.toml")
+        with open(conf, "w") as f:
+            f.write(f'inline_statement_budget = "{budget}"\n')
+        extra = ["--config", conf]
+    command = [sys.executable, os.path.join(os.path.dirname(__file__), "loop_probe.py"), probe] if probe else None
+    return ServerProcess(os.path.join(tmp, "data"), extra_args=extra, command=command).start()
+
+
+def _probe_read(path: str, after: float) -> dict:
+    """The probe's report written after ``after`` (time.time())."""
+    while True:
+        try:
+            if os.stat(path).st_mtime > after:
+                with open(path) as f:
+                    return json.load(f)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs")
+    ap.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated figures of {', '.join(FIGURES)}")
+    ap.add_argument("--inline-budget", help="the server's inline_statement_budget, e.g. 0 or 1ms")
+    ap.add_argument("--json", action="store_true", help="end with one JSON line of every figure")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - set(FIGURES):
+        ap.error(f"unknown figures: {', '.join(sorted(only - set(FIGURES)))}")
     seconds = 3.0 if args.quick else 8.0
+    figures: dict[str, float] = {}
     tmp = tempfile.mkdtemp(prefix="rustydb-bench-")
     try:
         fsync_us = fsync_latency_us(tmp)
         print(f"fsync latency (write 256 B + fdatasync): {fsync_us:.0f} us")
-        short = min(seconds, 3.0)
-        hop1 = floor.round_trips(free_port(), 1, short, hop=True)
-        hop2 = floor.round_trips(free_port(), 2, short, hop=True)
-        bare2 = floor.round_trips(free_port(), 2, short, hop=False)
-        print(
-            f"design floor, a round trip with no SQL and one worker-thread hop: "
-            f"1 client {hop1:6.0f}/s, 2 clients {hop2:6.0f}/s (no hop: {bare2:6.0f}/s)"
-        )
-        print(
-            f"  so 1 client commits at most {1e6 / (1e6 / hop1 + fsync_us):6.0f}/s "
-            f"(one hop + one fdatasync), and 2 clients at most {hop2:6.0f} statements/s"
-        )
-        srv = ServerProcess(os.path.join(tmp, "data")).start()
+        if "floor" in only:
+            short = min(seconds, 3.0)
+            hop1 = floor.round_trips(free_port(), 1, short, hop=True)
+            hop2 = floor.round_trips(free_port(), 2, short, hop=True)
+            bare2 = floor.round_trips(free_port(), 2, short, hop=False)
+            figures.update(floor_hop_1=hop1, floor_hop_2=hop2, floor_no_hop_2=bare2)
+            print(
+                f"design floor, a round trip with no SQL: one worker-thread hop 1 client {hop1:6.0f}/s, "
+                f"2 clients {hop2:6.0f}/s; no hop (inline) 2 clients {bare2:6.0f}/s"
+            )
+            print(
+                f"  so 1 client commits at most {1e6 / (1e6 / hop1 + fsync_us):6.0f}/s "
+                f"(one hop + one fdatasync), and 2 clients at most {bare2:6.0f} inline statements/s"
+            )
+        srv = _server(tmp, args.inline_budget)
         with rc.connect("127.0.0.1", srv.port) as c:
             c.execute("CREATE TABLE ins(id INTEGER PRIMARY KEY, v INTEGER)")
-            one = run_clients("insert", srv.port, 1, seconds)
-            four = run_clients("insert", srv.port, 4, seconds)
-            print(f"autocommit INSERT, 1 client:  {one:8.0f} commits/s")
-            print(f"autocommit INSERT, 4 clients: {four:8.0f} commits/s  ({four / one:.2f}x)")
-            t0 = time.perf_counter()
-            setup_pgbench(c)
-            print(f"pgbench scale {SCALE} set up in {time.perf_counter() - t0:.1f} s")
-            tps = run_clients("tpcb", srv.port, 2, seconds)
-            print(f"TPC-B-like, 2 clients:        {tps:8.0f} tx/s")
-            sel = run_clients("select", srv.port, 2, seconds)
-            print(f"point SELECT by PK, 2 clients:{sel:8.0f} /s")
-            rows = bulk_load(c)
-            print(f"bulk load (1M rows, 1 tx):    {rows:8.0f} rows/s")
+            if "insert" in only:
+                one = figures["insert_1"] = run_clients("insert", srv.port, 1, seconds)
+                four = figures["insert_4"] = run_clients("insert", srv.port, 4, seconds)
+                print(f"autocommit INSERT, 1 client:  {one:8.0f} commits/s")
+                print(f"autocommit INSERT, 4 clients: {four:8.0f} commits/s  ({four / one:.2f}x)")
+            if only & {"update", "tpcb", "select", "mixed"}:
+                t0 = time.perf_counter()
+                setup_pgbench(c)
+                print(f"pgbench scale {SCALE} set up in {time.perf_counter() - t0:.1f} s")
+            if "update" in only:
+                ups = figures["update_1"] = run_clients("update", srv.port, 1, seconds)
+                print(f"autocommit UPDATE, 1 client:  {ups:8.0f} commits/s")
+            if "tpcb" in only:
+                tps = figures["tpcb_2"] = run_clients("tpcb", srv.port, 2, seconds)
+                print(f"TPC-B-like, 2 clients:        {tps:8.0f} tx/s")
+            if "select" in only:
+                sel = figures["select_2"] = run_clients("select", srv.port, 2, seconds)
+                print(f"point SELECT by PK, 2 clients:{sel:8.0f} /s")
         srv.stop()
-        rec = replay_rate(tmp, 20_000 if args.quick else 50_000)
-        n = rec["replayed_records"]
-        secs = max(rec["seconds"], 1e-9)
-        print(f"recovery replay:              {n / secs:8.0f} records/s ({n} records in {secs:.2f} s)")
+        if "mixed" in only:
+            report = os.path.join(tmp, "loop-probe.json")
+            srv = _server(tmp, args.inline_budget, probe=report)
+            run_clients("select", srv.port, 2, 1.0)  # warm up: the point SELECT is learned
+            open(report + ".reset", "w").close()
+            started = time.time()
+            while os.path.exists(report + ".reset"):
+                time.sleep(0.05)
+            mix = run_mix([("scan", 1), ("select", 2)], srv.port, seconds)
+            delay = _probe_read(report, time.time())
+            srv.stop()
+            figures.update(mixed_select_2=mix["select"], mixed_scans=mix["scan"])
+            figures.update(loop_worst_ms=delay["worst_ms"], loop_p99_ms=delay["p99_ms"])
+            figures["loop_worst_cpu_ms"] = delay["worst_cpu_ms"]
+            verdict = "ok" if delay["worst_ms"] < 5 else "OVER the 5 ms bound"
+            print(
+                f"mixed load ({mix['scan']:.1f} full scans/s from 1 client, {mix['select']:.0f} point SELECTs/s "
+                f"from 2): the loop's worst scheduling delay {delay['worst_ms']:.2f} ms ({verdict}), "
+                f"p99 {delay['p99_ms']:.2f} ms over {delay['steps']} task steps in {time.time() - started:.0f} s; "
+                f"worst loop-thread CPU time while a task waited {delay['worst_cpu_ms']:.2f} ms "
+                "(the rest of the wall figure is the OS or the GIL giving the time to others)"
+            )
+        if "bulk" in only:
+            srv = _server(tmp, args.inline_budget)
+            with rc.connect("127.0.0.1", srv.port) as c:
+                rows = figures["bulk"] = bulk_load(c)
+            srv.stop()
+            print(f"bulk load (1M rows, 1 tx):    {rows:8.0f} rows/s")
+        if "replay" in only:
+            rec = replay_rate(tmp, 20_000 if args.quick else 50_000)
+            n = rec["replayed_records"]
+            secs = max(rec["seconds"], 1e-9)
+            figures["replay"] = n / secs
+            print(f"recovery replay:              {n / secs:8.0f} records/s ({n} records in {secs:.2f} s)")
+        if "pgbench" in only:
+            pg = pgbench_side.run(free_port(), seconds, scale=SCALE, clients=2)
+            if not pg:
+                print("pgbench: PostgreSQL 15 is not installed here; no figures beside")
+            for name, tps in pg.items():
+                figures[f"pgbench_{name}"] = tps
+            if pg:
+                print(
+                    f"PostgreSQL 15 pgbench, scale {SCALE}, 2 clients, same machine: -S {pg['select']:.0f} tps, "
+                    f"-N {pg['simple_update']:.0f} tps, TPC-B {pg['tpcb']:.0f} tps"
+                )
+                for ours, theirs, what in (
+                    ("select_2", "select", "point SELECT"),
+                    ("tpcb_2", "tpcb", "TPC-B"),
+                ):
+                    if ours in figures:
+                        print(f"  {what}: {figures[ours] / pg[theirs]:.2f}x pgbench")
+        if args.json:
+            print(json.dumps(figures))
     finally:
         subprocess.run(["pkill", "-f", tmp], check=False)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,11 +3,15 @@
 The wire listener's connection (``wire.py``) moves bytes and hands each
 request of an open session here. A query is one statement: the server's own
 admin SQL goes to ``admin``, everything else to the session's SQLite
-connection in a worker thread (under the shared limiter, interrupted after
-``statement_timeout``), and the columns, rows and completion stream back. A
-backup request goes to the backup service, which streams on the connection
-itself. Any ``ReportedError`` becomes an error message with its code; a fatal
-one ends the connection.
+connection, and the columns, rows and completion stream back. A statement
+known to be short (``engine/statement_costs.py``: a read or a plain BEGIN that
+ran in a worker thread within ``inline_statement_budget``) runs right here on
+the event loop, with no thread hop, under a deadline: past it, or on a busy
+lock, it stops having done nothing lasting and runs again in a worker.
+Everything else runs in a worker thread (under the shared limiter,
+interrupted after ``statement_timeout``). A backup request goes to the backup
+service, which streams on the connection itself. Any ``ReportedError``
+becomes an error message with its code; a fatal one ends the connection.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import dataclasses
 import errno
 import functools
 import os
+import time
 from collections.abc import Callable
 
 import trio
@@ -29,7 +34,8 @@ from .backup.service import BackupService
 from .checkpointer import Checkpointer
 from .datadir import DEFAULT_DATABASE
 from .engine.instance import Engine
-from .engine.session import SqlSession
+from .engine.session import RunInWorker, SqlError, SqlSession
+from .engine.statement_costs import StatementCosts
 from .errors import ReportedError
 from .lifecycle import Lifecycle
 from .logsetup import get_logger
@@ -48,8 +54,10 @@ class Services:
     checkpointer: Checkpointer
     backups: BackupService
     settings_changed: Callable[[], None]
-    # Every SQLite call of every session runs in a worker thread under it.
+    # Every SQLite call of every session that runs in a worker thread runs under it.
     db_limiter: trio.CapacityLimiter
+    # Which statements are short enough to run on the event loop (learned).
+    statement_costs: StatementCosts = dataclasses.field(default_factory=StatementCosts)
 
 
 class Dispatcher:
@@ -205,7 +213,19 @@ class Dispatcher:
 
     async def _sql(self, sql: str, keywords: list[str], batch_rows: int) -> None:
         session = self.session
-        run, rows, finished = await self._in_thread(session.run, sql, keywords, batch_rows)
+        settings = self.services.settings
+        budget = to_seconds("inline_statement_budget", settings["inline_statement_budget"])
+        result = None
+        if budget:
+            costs = self.services.statement_costs
+            key = costs.key(session.database, sql)
+            if costs.may_inline(key):
+                result = self._inline(key, sql, keywords, batch_rows, budget)
+        if result is None:
+            result = await self._in_thread(session.run, sql, keywords, batch_rows)
+            if budget:
+                costs.record(key, session.last_seconds, session.last_kind, budget, inline=False)
+        run, rows, finished = result
         answer = []
         if run.columns is not None:
             answer.append(events.Columns(run.columns))
@@ -225,6 +245,29 @@ class Dispatcher:
         answer.append(self._complete(*finished))
         # One write for a small answer: fewer syscalls and packets.
         await self.conn.send(*answer)
+
+    def _inline(self, key, sql: str, keywords: list[str], batch_rows: int, budget: float):
+        """Run a statement known to be short on the event loop, with no thread
+        hop: the result of ``session.run``, or None when it must run in a
+        worker after all (stopped at its deadline, a lock busy, not a read:
+        nothing lasting was done). A statement_timeout shorter than the
+        budget cancels it as it would in a worker."""
+        costs = self.services.statement_costs
+        session = self.session
+        timeout = to_seconds("statement_timeout", self.services.settings["statement_timeout"])
+        limit = min(budget, timeout) if timeout else budget
+        started = time.perf_counter()
+        try:
+            result = session.run(sql, keywords, batch_rows, deadline=started + limit)
+        except RunInWorker as stopped:
+            if stopped.at_deadline:
+                costs.ran_over(key, time.perf_counter() - started)
+                if limit < budget:
+                    raise SqlError("statement canceled", code="query_canceled") from None
+            return None
+        # A result larger than one batch leaves rows pending: never inline again.
+        costs.record(key, session.last_seconds, session.last_kind if result[2] else None, budget, inline=True)
+        return result
 
     async def _in_thread(self, fn, *args):
         """Run SQLite work in a worker thread, interrupting it after statement_timeout."""

@@ -158,6 +158,17 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Cancel a statement running longer than this; 0 disables.",
     ),
     Setting(
+        "inline_statement_budget",
+        "duration",
+        1,
+        unit="ms",
+        min=0,
+        max=100,
+        description="A read (or plain BEGIN) that ran in a worker thread within this long runs on the event "
+        "loop next time, with no thread hop, stopped and rerun in a worker past it; 0 runs every statement "
+        "in a worker thread.",
+    ),
+    Setting(
         "idle_session_timeout",
         "duration",
         0,
@@ -485,7 +496,7 @@ def _format_size(value: int) -> str:
 
 def to_seconds(name: str, value: int) -> float:
     """A duration setting's value in seconds, for trio timeouts."""
-    setting = lookup(name)
+    setting = REGISTRY.get(name) or lookup(name)
     if setting.type != "duration":
         raise SettingError(f"setting {setting.name} is not a duration")
     return value * DURATION_UNITS_MS[setting.unit] / 1000
@@ -640,7 +651,10 @@ class Settings:
         return cls(values, sources, config_file, data_dir_override, cli)
 
     def __getitem__(self, name: str) -> Any:
-        return self._values[lookup(name).name]
+        try:
+            return self._values[name]  # the exact name: every statement reads a few
+        except KeyError:
+            return self._values[lookup(name).name]
 
     def source(self, name: str) -> str:
         return self._sources[lookup(name).name]

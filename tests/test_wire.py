@@ -97,6 +97,29 @@ async def test_a_session_is_served_then_closed_on_goodbye(listener):
     await client.stream.aclose()
 
 
+async def test_an_answer_larger_than_the_socket_buffers_reaches_a_slow_reader_whole(listener):
+    # Answers are first written straight to the socket; what does not fit
+    # (here most of 12 MB, while the client is not reading) must follow in
+    # order through trio's send_all, byte for byte.
+    client = await connect(listener)
+    with trio.fail_after(30):
+        await client.next_event()
+        await client.send(
+            events.Query(
+                "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 60) "
+                "SELECT i, printf('%0200000d', i) FROM c"
+            )
+        )
+        await trio.sleep(0.5)  # the server fills the socket buffers meanwhile
+        answer = await client.answer()
+        rows = [row for e in answer if isinstance(e, events.Rows) for row in e.rows]
+        assert rows == [[i, f"{i:0200000d}"] for i in range(1, 61)]
+        assert answer[-1] == events.Complete("SELECT 60", 60, "rustydb", False)
+        await client.send(events.Query("SELECT 40 + 2"))
+        assert (await client.answer())[1:] == [events.Rows([[42]]), events.Complete("SELECT 1", 1, "rustydb", False)]
+    await client.stream.aclose()
+
+
 async def test_a_session_on_a_missing_database_ends_with_a_fatal_error(listener):
     client = await connect(listener, "nowhere")
     with trio.fail_after(10):

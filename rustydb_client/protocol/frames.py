@@ -9,6 +9,7 @@ plain maps here; what they mean is messages.py's and events.py's business.
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -24,10 +25,24 @@ HANDSHAKE_MAX_FRAME = 4 * 1024
 
 _HEADER = struct.Struct(">I")
 
+# One Packer per thread, reused: msgpack.packb builds a new Packer for every
+# call, which cost more than packing a statement's small answer itself
+# (1.7 us against 0.3 us a message). A Packer is not thread-safe, and its
+# buffer is reset after a failed pack, so a reused one gives packb's bytes.
+_packers = threading.local()
+
+
+def _pack(obj) -> bytes:
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)
+
 
 def encode_frame(msg: dict, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     """Pack one message into a frame, refusing one the peer would refuse."""
-    body = msgpack.packb(msg, use_bin_type=True)
+    body = _pack(msg)
     if len(body) > max_frame:
         raise LocalProtocolError(
             "frame_too_large",

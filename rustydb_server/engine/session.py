@@ -1,7 +1,10 @@
 """One client session's SQL: its SQLite connection, transaction state and change capture.
 
-Synchronous; every method runs in a trio worker thread, one call at a time per
-session. Write transactions are captured with SQLite's session extension: the
+Synchronous, one call at a time per session: in a trio worker thread, or, for
+a statement known to be short, on the event loop itself (``run`` with a
+deadline: reads and plain BEGINs only, stopped by SQLite's progress handler
+at the deadline and never waiting for a lock, so they can run again in a
+worker). Write transactions are captured with SQLite's session extension: the
 changes since the last DDL statement form one ``changeset`` step, and each DDL
 statement is a ``ddl`` step of its own text, so replay sees them in order.
 
@@ -91,6 +94,23 @@ class SqlError(ReportedError):
         super().__init__(message, code)
 
 
+class RunInWorker(Exception):
+    """An inline run stopped before it did anything lasting (its deadline
+    passed, a lock was busy, or it turned out not to be a read): run the
+    statement again in a worker thread."""
+
+    def __init__(self, why: str, *, at_deadline: bool = False):
+        super().__init__(why)
+        self.at_deadline = at_deadline
+
+
+#: Keywords of the statements that may run inline as reads (with SQLite's
+#: own word that they are read-only).
+INLINE_READ_KEYWORDS = frozenset({"SELECT", "VALUES", "WITH"})
+#: An inline statement's deadline is checked every this many SQLite VM steps.
+PROGRESS_STEPS = 200
+
+
 @dataclasses.dataclass
 class StatementRun:
     """A statement that has started; rows are fetched in batches, then it finishes."""
@@ -129,6 +149,15 @@ class SqlSession:
         self._internal = False
         self._ddl_ops: set[int] = set()
         self._trace: dict = {}
+        # An inline run (on the event loop): its deadline (time.perf_counter),
+        # and whether the progress handler stopped it there.
+        self._inline = False
+        self._deadline = 0.0
+        self._deadline_passed = False
+        # What the last successful run was ("read", "begin" or None: a kind
+        # that never runs inline) and how long it took (seconds).
+        self.last_kind: str | None = None
+        self.last_seconds = 0.0
         self.use(database_name)
 
     # ------------------------------------------------------------ lifecycle
@@ -186,12 +215,21 @@ class SqlSession:
 
     def _busy(self, attempts: int) -> bool:
         """Wait for the writer holding the lock to finish; give up after the busy timeout."""
+        if self._inline:
+            return False  # never wait on the event loop: the worker will
         if attempts == 0:
             self._busy_since = time.monotonic()
         if time.monotonic() - self._busy_since > database.BUSY_TIMEOUT_MS / 1000:
             return False
         self.handle.wait_for_writer(0.005)
         return True
+
+    def _past_deadline(self) -> bool:
+        """SQLite's progress handler during an inline run: stop it at its deadline."""
+        if time.perf_counter() > self._deadline:
+            self._deadline_passed = True
+            return True
+        return False
 
     def _txid_current(self) -> int:
         if self.txid is None:
@@ -261,7 +299,7 @@ class SqlSession:
         if kw == "PRAGMA" and not self._is_logged_pragma(sql):
             # Connection pragmas (foreign_keys, ...) are no-ops inside a transaction.
             return self._execute(sql, kw, autocommit_write=False)
-        if kw in READ_KEYWORDS and not self._is_logged_pragma(sql):
+        if kw in READ_KEYWORDS and not (kw == "PRAGMA" and self._is_logged_pragma(sql)):
             try:
                 return self._execute(sql, kw, autocommit_write=False, require_readonly=True)
             except apsw.ExecTraceAbort:
@@ -356,7 +394,7 @@ class SqlSession:
         return bool(m and m.group(1).lower() in LOGGED_PRAGMAS and m.group(2) == "=")
 
     def _execute(self, sql, kw, *, autocommit_write, require_readonly=False) -> StatementRun:
-        is_ddl = kw in DDL_KEYWORDS or self._is_logged_pragma(sql)
+        is_ddl = kw in DDL_KEYWORDS or (kw == "PRAGMA" and self._is_logged_pragma(sql))
         if is_ddl and self._capture is not None:
             self._cut_changeset()
         self._ddl_ops.clear()
@@ -380,25 +418,63 @@ class SqlSession:
         columns = [d[0] for d in desc] if desc else None
         return StatementRun(sql, kw, columns, cursor, autocommit_write, first_row=first)
 
-    def run(self, sql: str, keywords: list[str], batch_rows: int):
+    def run(self, sql: str, keywords: list[str], batch_rows: int, *, deadline: float | None = None):
         """Start a statement and fetch its first batch in one call (one thread hop).
 
         Returns (run, first_rows, finished): when the result fits in one batch
         the statement is also finished (and an autocommit write committed), and
         ``finished`` is (status, count); otherwise it is None and the caller
-        fetches the rest.
+        fetches the rest. ``last_kind`` and ``last_seconds`` then say what it
+        was and how long it took.
+
+        With a ``deadline`` (time.perf_counter) the statement runs inline, on
+        the caller's thread, the event loop's: only a read or a plain BEGIN
+        may, and it raises RunInWorker instead of waiting for a lock, of
+        running past the deadline, or of being anything else. Nothing lasting
+        has happened then, so it can run again in a worker.
         """
+        started = time.perf_counter()
+        self.last_kind = None
         if self.open_since is None:
             self.open_since = time.monotonic()
+        if deadline is not None:
+            self._inline, self._deadline, self._deadline_passed = True, deadline, False
+            self.conn.set_progress_handler(self._past_deadline, PROGRESS_STEPS)
         try:
-            run = self.start(sql, keywords)
+            self._trace.clear()
+            run = self._start_inline(sql, keywords) if deadline is not None else self.start(sql, keywords)
             rows = self.fetch(run, batch_rows) if run.columns is not None else []
             if run.columns is None or run.done:
-                return run, rows, self.finish(run)
+                finished = self.finish(run)
+                self.last_kind = self._inline_kind(run, keywords)
+                self.last_seconds = time.perf_counter() - started
+                return run, rows, finished
         except BaseException:
             self._settle()
             raise
+        finally:
+            if deadline is not None:
+                self._inline = False
+                self.conn.set_progress_handler(None)
+        self.last_seconds = time.perf_counter() - started
         return run, rows, None
+
+    def _start_inline(self, sql: str, keywords: list[str]) -> StatementRun:
+        kw = keywords[0] if keywords else ""
+        if kw == "BEGIN" and _plain_begin(keywords) and not self.handle.pending:
+            return self._begin(sql)
+        if kw in INLINE_READ_KEYWORDS:
+            return self._execute(sql, kw, autocommit_write=False, require_readonly=True)
+        raise RunInWorker(kw)
+
+    def _inline_kind(self, run: StatementRun, keywords: list[str]) -> str | None:
+        """Whether a statement that just finished may run inline next time."""
+        kw = run.keyword
+        if kw == "BEGIN":
+            return "begin" if _plain_begin(keywords) else None
+        if kw in INLINE_READ_KEYWORDS and not run.autocommit_write and self._trace.get("readonly"):
+            return "read"
+        return None
 
     def _settle(self) -> None:
         """A statement ended: outside a transaction, no snapshot is held now."""
@@ -432,7 +508,10 @@ class SqlSession:
                 elif run.cursor is None:
                     break
                 else:
-                    row = self._sqlite(functools.partial(next, run.cursor, None))
+                    try:
+                        row = next(run.cursor, None)
+                    except apsw.Error as e:
+                        self._sqlite(functools.partial(_reraise, e))  # what the user is told
                     if row is None:
                         run.cursor = None  # done: nothing more to fetch
                         break
@@ -569,24 +648,44 @@ class SqlSession:
         try:
             return fn()
         except apsw.ExecTraceAbort:
+            if self._inline:
+                raise RunInWorker("not a read") from None
             raise
-        except apsw.BusyError as e:
-            raise SqlError(
+        except (apsw.BusyError, apsw.InterruptError) as e:
+            if self._inline and (isinstance(e, apsw.BusyError) or self._deadline_passed):
+                raise RunInWorker(str(e), at_deadline=self._deadline_passed) from None
+            raise self._sqlite_error(e) from e
+        except apsw.Error as e:
+            raise self._sqlite_error(e) from e
+
+    @staticmethod
+    def _sqlite_error(e: apsw.Error) -> SqlError:
+        """What a user is told of SQLite's error ``e``."""
+        if isinstance(e, apsw.BusyError):
+            return SqlError(
                 f"could not serialize access due to a concurrent write ({e}); ROLLBACK and retry the transaction",
                 code="serialization_failure",
-            ) from e
-        except apsw.InterruptError as e:
-            raise SqlError("statement canceled", code="query_canceled") from e
-        except apsw.AuthError as e:
-            raise SqlError(
+            )
+        if isinstance(e, apsw.InterruptError):
+            return SqlError("statement canceled", code="query_canceled")
+        if isinstance(e, apsw.AuthError):
+            return SqlError(
                 f"not allowed: {e} (ATTACH, internal tables and pragmas that "
                 "would weaken durability are reserved to the server)",
                 code="not_allowed",
-            ) from e
-        except apsw.FullError as e:
-            raise SqlError(f"disk full: {e}; nothing was committed", code="disk_full") from e
-        except apsw.Error as e:
-            raise SqlError(str(e)) from e
+            )
+        if isinstance(e, apsw.FullError):
+            return SqlError(f"disk full: {e}; nothing was committed", code="disk_full")
+        return SqlError(str(e))
+
+
+def _reraise(error: BaseException):
+    raise error
+
+
+def _plain_begin(keywords: list[str]) -> bool:
+    """A BEGIN that takes no lock (deferred): it never waits for a writer."""
+    return len(keywords) < 2 or keywords[1] not in ("IMMEDIATE", "EXCLUSIVE")
 
 
 SEQUENCE_STEP_PREFIX = "UPDATE sqlite_sequence SET seq"

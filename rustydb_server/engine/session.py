@@ -127,7 +127,7 @@ class SqlSession:
             )
         handle = self.engine.attach_session(name)
         try:
-            conn = database.open_connection(handle.path)
+            conn = database.open_client_connection(handle.path)
         except Exception:
             self.engine.detach_session(handle)
             raise
@@ -242,7 +242,7 @@ class SqlSession:
     def _vacuum(self, sql: str, keywords: list[str]) -> StatementRun:
         if self.in_transaction:
             raise SqlError("VACUUM cannot run inside a transaction block", code="active_transaction")
-        if sql.split()[1:] and sql.split()[1].upper() not in ("MAIN",):
+        if not _is_plain_vacuum(sql):
             # VACUUM INTO writes a file anywhere the server can; schema names
             # other than main do not exist here.
             raise SqlError(
@@ -526,6 +526,16 @@ class SqlSession:
             raise SqlError(f"disk full: {e}; nothing was committed", code="disk_full") from e
         except apsw.Error as e:
             raise SqlError(str(e)) from e
+
+
+_COMMENT = re.compile(r"/\*.*?(\*/|$)|--[^\n]*", re.S)
+
+
+def _is_plain_vacuum(sql: str) -> bool:
+    """``VACUUM`` or ``VACUUM main``, nothing else (the engine runs a plain VACUUM,
+    so anything more, such as ``VACUUM main INTO 'file'``, would be ignored)."""
+    words = [w.strip('"[]`').upper() for w in _COMMENT.sub(" ", sql).replace(";", " ").split()]
+    return words in (["VACUUM"], ["VACUUM", "MAIN"])
 
 
 SEQUENCE_STEP_PREFIX = "UPDATE sqlite_sequence SET seq"

@@ -90,7 +90,7 @@ def routes(service: BackupService, settings) -> list[Route]:
             **_who(request),
             via="http",
             backup_id=entry["backup_id"],
-            backup_type=getattr(req.backup_type, "value", str(req.backup_type)),
+            backup_type=req.backup_type.value,
         )
         if not req.wait:
             return JSONResponse(describe(entry), status_code=202)

@@ -92,11 +92,6 @@ def check_token_file(settings) -> None:
         raise StartupError(str(e)) from None
 
 
-def peer_of(request: Request):
-    client = request.client
-    return (client.host, client.port) if client else None
-
-
 async def _not_found(request: Request, exc) -> JSONResponse:
     return error(404, f"no such endpoint: {request.method} {request.url.path}", "not_found")
 

@@ -107,7 +107,7 @@ def connect(
     server during a statement.
     """
     if password is None:
-        password = os.environ.get("RUSTYDB_PASSWORD")
+        password = os.environ.get("RUSTYDB_PASSWORD") or None
     if user is None:
         user = os.environ.get("RUSTYDB_USER") or getpass.getuser()
     sock, where = _open_socket(host, port, timeout)

@@ -246,3 +246,13 @@ def parse_peer_map(text: str) -> dict[str, str]:
             raise ValueError(f"auth_peer_map entry {part!r} is not os_user=role")
         result[os_user] = role
     return result
+
+
+def stored_roles(data_dir: str) -> dict:
+    """The roles of a data directory as a backup's manifest carries them."""
+    return read_roles(roles_path(data_dir)).stored()
+
+
+def restore_roles(data_dir: str, stored: dict, fileops: FileOps = REAL) -> None:
+    """Write the roles a backup's manifest carried into a restored data directory."""
+    write_roles(roles_path(data_dir), Roles.from_stored(stored), fileops)

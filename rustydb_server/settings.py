@@ -167,7 +167,7 @@ REGISTRY: dict[str, Setting] = _registry(
     Setting(
         "auth_trust_loopback",
         "bool",
-        True,
+        False,
         description="Clients connecting over TCP loopback need no password and are the superuser (an opt-in; "
         "the server logs a warning while it is on).",
     ),

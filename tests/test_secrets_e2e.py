@@ -150,7 +150,7 @@ def test_no_secret_appears_in_logs_outputs_command_lines_api_answers_or_show(tmp
             time.sleep(0.1)
 
         # Sessions: the password right, then wrong (client library and cli).
-        with rc.connect("127.0.0.1", srv.port, user="alice", password=s["password"]) as c:
+        with rc.connect(port=srv.port, user="alice", password=s["password"]) as c:
             c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
             c.execute("INSERT INTO t(v) VALUES ('one'), ('two')")
             show = c.execute("SHOW ALL")
@@ -159,10 +159,10 @@ def test_no_secret_appears_in_logs_outputs_command_lines_api_answers_or_show(tmp
                 emitted.add(f"SHOW {name}", repr(c.execute(f"SHOW {name}").rows))
         for password in (s["wrong_password"], s["password"] + "x"):
             with pytest.raises(rc.ClientError) as refused:
-                rc.connect("127.0.0.1", srv.port, user="alice", password=password)
+                rc.connect(port=srv.port, user="alice", password=password)
             emitted.add("refused connection", str(refused.value))
         with pytest.raises(rc.ClientError) as unknown:
-            rc.connect("127.0.0.1", srv.port, user="mallory", password=s["password"])
+            rc.connect(port=srv.port, user="mallory", password=s["password"])
         emitted.add("refused unknown user", str(unknown.value))
         cli = ("--port", str(srv.port))
         emitted.run("rusty-db-cli", *cli, "--command", "SHOW ALL", env=as_alice)
@@ -242,7 +242,7 @@ def test_no_secret_appears_in_logs_outputs_command_lines_api_answers_or_show(tmp
         assert api.call("GET", "/api/v1/admin/settings")[0] == 404
         assert api.call("POST", "/api/v1/admin/backup", {"backup_type": "full", "key": s["passphrase"]})[0] == 422
         emitted.run("rusty-db-backup", "--verify", entry["location"], "--key-file", str(key_file))
-        with rc.connect("127.0.0.1", srv.port, user="alice", password=s["password"]) as c:
+        with rc.connect(port=srv.port, user="alice", password=s["password"]) as c:
             c.execute("SWITCH WAL")
         deadline = time.monotonic() + 30
         while (archived := api.call("GET", "/api/v1/admin/archive")[1])["segments_waiting"]:
@@ -253,7 +253,7 @@ def test_no_secret_appears_in_logs_outputs_command_lines_api_answers_or_show(tmp
         good_users = users.read_text()
         users.write_text(good_users + f'[users.bob]\nscram = "SCRAM-SHA-256${s["pasted"]}:c2FsdA==$YQ==:Yg=="\n')
         with pytest.raises(rc.ClientError) as refused:
-            rc.connect("127.0.0.1", srv.port, user="alice", password=s["password"])
+            rc.connect(port=srv.port, user="alice", password=s["password"])
         emitted.add("refused while the users file is malformed", str(refused.value))
         users.write_text(good_users)
         # A reload, so the log also holds what the server says when it rereads its files.

@@ -186,7 +186,7 @@ def test_table_from_a_chain_and_at_a_pitr_target(shop, tmp_path, monkeypatch):
     chain.mkdir()
     base = chain / "base.backup"
     run_tool("rusty-db-backup", "--port", str(srv.port), "--type", "pitr-base", "--output", str(base), check=True)
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     c.execute("UPDATE customers SET balance = balance + 100 WHERE id <= 50")
     c.execute("ALTER TABLE customers ADD COLUMN tier TEXT DEFAULT 'bronze'")
     c.execute("UPDATE customers SET tier = 'gold' WHERE id % 10 = 0")
@@ -304,5 +304,5 @@ def test_awkward_table_names_back_up_restore_and_import(server_factory, tmp_path
         'copy "1"',
     )
     assert proc.returncode == 0, proc.stderr
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert c.execute('SELECT * FROM "copy ""1"""').rows == [[0, "row of 0"]]

@@ -136,8 +136,8 @@ REGISTRY: dict[str, Setting] = _registry(
         context=RESTART,
         min=0,
         max=10000,
-        description="Connections of max_connections kept for the superuser (until roles exist: a trusted "
-        "loopback client, auth_trust_loopback); other clients get the rest.",
+        description="Connections of max_connections kept for the superuser (the server's OS user or root "
+        "on the Unix socket; a loopback client while auth_trust_loopback is on); other clients get the rest.",
     ),
     Setting(
         "max_handshakes",

@@ -101,7 +101,7 @@ def test_one_command_into_server_with_rename(shop, tmp_path):
         "--table",
         "customers",
         "--into-server",
-        f"127.0.0.1:{srv.port}",
+        f":{srv.port}",
         "--rename-to",
         "customers_restored",
         "--json",
@@ -134,7 +134,7 @@ def test_into_server_failures_are_clear_and_leave_nothing_behind(shop, tmp_path,
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "into the server at 127.0.0.1:" in proc.stderr
     # the server refuses (the table exists): rolled back, a clear message
-    proc = run_tool(*restore, "--into-server", f"127.0.0.1:{srv.port}")
+    proc = run_tool(*restore, "--into-server", f":{srv.port}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "customers" in proc.stderr and "already exists" in proc.stderr
     assert len(rows_of(srv, "customers")) == 300
@@ -145,7 +145,7 @@ def test_into_server_failures_are_clear_and_leave_nothing_behind(shop, tmp_path,
         "--data-dir",
         str(tmp_path / "d"),
         "--into-server",
-        f"127.0.0.1:{srv.port}",
+        f":{srv.port}",
         "--rename-to",
         "customers",
     )
@@ -299,7 +299,7 @@ def test_awkward_table_names_back_up_restore_and_import(server_factory, tmp_path
         "--table",
         names[0],
         "--into-server",
-        f"127.0.0.1:{srv.port}",
+        f":{srv.port}",
         "--rename-to",
         'copy "1"',
     )

@@ -185,11 +185,20 @@ def session_role(settings, roles: roles_mod.Roles, peer, uid: int | None, user: 
 
 
 def users_file_verifiers(path: str) -> dict[str, str]:
-    """The users file's entries as name -> verifier text (to migrate them into roles)."""
+    """The users file's well-formed entries as name -> verifier text (to migrate
+    them into roles). A malformed one is left out and logged, without quoting
+    it: it may be a password pasted in by mistake."""
     with open(path, "rb") as f:
         data = tomllib.load(f)
-    return {
-        name: entry["scram"]
-        for name, entry in (data.get("users") or {}).items()
-        if isinstance(entry, dict) and isinstance(entry.get("scram"), str)
-    }
+    verifiers = {}
+    for name, entry in (data.get("users") or {}).items():
+        scram = entry.get("scram") if isinstance(entry, dict) else None
+        try:
+            if not isinstance(scram, str):
+                raise UsersFileError('needs a scram = "..." line')
+            parse_verifier(scram)
+        except UsersFileError as e:
+            log.error("users file entry not migrated into a role", path=path, error=f"[users.{name}]: {e}")
+            continue
+        verifiers[name] = scram
+    return verifiers

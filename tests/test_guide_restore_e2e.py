@@ -309,5 +309,7 @@ def test_a_backup_the_client_did_not_store_is_not_recorded_and_older_clients_sti
             while not isinstance(event := conn.next_event(), events.BackupEnd):
                 pass
             assert not event.awaiting_location
-        old_style = [e for e in catalog(srv).values() if e["location"] == "client 127.0.0.1"]
+        old_style = [
+            e for e in catalog(srv).values() if e["location"] == "client [local]"
+        ]  # the Unix socket, as PostgreSQL names it
         assert [e["status"] for e in old_style] == ["completed"]

@@ -89,7 +89,7 @@ def bench_throughput(work: str, seconds: float) -> None:
     counts = [0]
 
     def writer(wid):
-        conn = rc.connect("127.0.0.1", srv.port)
+        conn = rc.connect(port=srv.port)
         blob = os.urandom(2000).hex()
         n = wid * 100_000_000
         while not stop.is_set():
@@ -116,7 +116,7 @@ def bench_throughput(work: str, seconds: float) -> None:
     for t in threads:
         t.join()
     elapsed = time.time() - t0
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         wal_mb = parse_lsn(c.execute("SHOW wal_lsn").rows[0][0]) / MB
     seg_size = 16 * MB
     times = sorted(done_at.values())
@@ -158,7 +158,7 @@ def bench_replay(work: str, records: int) -> None:
     srv = start_server(work, "replay", "", archive)
     srv.sql("CREATE TABLE acc(id INTEGER PRIMARY KEY, balance INTEGER, note TEXT);")
     n_rows = 20_000
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("BEGIN")
         for start in range(0, n_rows, 500):
             c.execute("INSERT INTO acc VALUES " + ",".join(f"({i}, 0, 'row {i}')" for i in range(start, start + 500)))
@@ -173,7 +173,7 @@ def bench_replay(work: str, records: int) -> None:
     per = records // writers
 
     def writer(wid):
-        with rc.connect("127.0.0.1", srv.port) as c:
+        with rc.connect(port=srv.port) as c:
             for k in range(per):
                 first = (wid * per + k) * 4 % n_rows
                 # one transaction = one WAL record changing 4 rows
@@ -257,7 +257,7 @@ def bench_rpo(work: str, timeout_s: int, observe: float, rate: float = 20.0) -> 
     stop = threading.Event()
 
     def writer():
-        with rc.connect("127.0.0.1", srv.port) as c:
+        with rc.connect(port=srv.port) as c:
             i = 0
             nxt = time.time()
             while not stop.is_set():

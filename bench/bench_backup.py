@@ -139,7 +139,7 @@ def pipeline(
 
 
 def commit_rate(port: int, seconds: float, stop: threading.Event | None = None) -> float:
-    conn = rc.connect("127.0.0.1", port)
+    conn = rc.connect(port=port)
     n = 0
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds and not (stop and stop.is_set()):

@@ -60,7 +60,7 @@ def fsync_latency_us(directory: str, n: int = 500) -> float:
 
 def _worker(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> None:
     rnd = random.Random(seed)
-    conn = rc.connect("127.0.0.1", port)
+    conn = rc.connect(port=port)
     done = 0
     deadline = time.perf_counter() + seconds
     if kind == "insert":
@@ -181,7 +181,7 @@ def replay_rate(tmp: str, records: int) -> dict:
 
 
 def _insert_n(port: int, n: int, seed: int) -> None:
-    conn = rc.connect("127.0.0.1", port)
+    conn = rc.connect(port=port)
     for i in range(n):
         conn.execute(f"INSERT INTO r(v) VALUES ('{seed}-{i}')")
     conn.close()
@@ -252,7 +252,7 @@ def main() -> None:
                 f"(one hop + one fdatasync), and 2 clients at most {bare2:6.0f} inline statements/s"
             )
         srv = _server(tmp, args.inline_budget)
-        with rc.connect("127.0.0.1", srv.port) as c:
+        with rc.connect(port=srv.port) as c:
             c.execute("CREATE TABLE ins(id INTEGER PRIMARY KEY, v INTEGER)")
             if "insert" in only:
                 one = figures["insert_1"] = run_clients("insert", srv.port, 1, seconds)

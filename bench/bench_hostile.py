@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         try:
             pid = srv.proc.pid
             # The first session's one-off allocations, before the figure.
-            with contextlib.suppress(rc.ClientError), rc.connect("127.0.0.1", srv.port) as c:
+            with contextlib.suppress(rc.ClientError), rc.connect(port=srv.port) as c:
                 c.execute("SELECT 1")
             before = rss_kib(pid)
             bound = before + int(args.bound_mb * 1024)

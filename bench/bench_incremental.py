@@ -83,7 +83,7 @@ def main() -> None:
         build_rows(db_path, args.size_mb)
         mb = os.path.getsize(db_path) / 1e6
         srv.start()
-        with rc.connect("127.0.0.1", srv.port) as c:
+        with rc.connect(port=srv.port) as c:
             total = c.execute("SELECT max(id) FROM customers").rows[0][0]
         print(f"database: {mb:.0f} MB, {total} customer rows")
         port = str(srv.port)
@@ -100,7 +100,7 @@ def main() -> None:
         changed = total // 100
         step = 100
         t0 = time.perf_counter()
-        with rc.connect("127.0.0.1", srv.port) as c:
+        with rc.connect(port=srv.port) as c:
             for rep in range(3):
                 for start in range(1, changed + 1, 1000):
                     ids = ",".join(str(i * step) for i in range(start, min(start + 1000, changed + 1)))

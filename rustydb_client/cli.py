@@ -316,13 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     env = os.environ
     p = _Parser(
         prog=PROG,
-        description="Run SQL against a RustyDB server. The password is read from "
-        "$RUSTYDB_PASSWORD, never from the command line.",
+        description="Run SQL against a RustyDB server. On the Unix socket your OS user decides your role; "
+        "over TCP the password is read from $RUSTYDB_PASSWORD, --password-file or ~/.rustydbpass (mode 0600), "
+        "never from the command line.",
     )
     p.add_argument(
         "--host",
-        default=env.get("RUSTYDB_HOST", "127.0.0.1"),
-        help="server address (default $RUSTYDB_HOST or 127.0.0.1)",
+        default=env.get("RUSTYDB_HOST"),
+        help="server address, or a directory holding its Unix socket (default $RUSTYDB_HOST, else the "
+        "socket in /run/rustydb, then 127.0.0.1)",
     )
     p.add_argument("--port", type=int, default=None, help="server port (default $RUSTYDB_PORT or 5432)")
     p.add_argument(

@@ -77,8 +77,16 @@ class Result:
     notices: list[str] = field(default_factory=list)
 
 
+DEFAULT_SOCKET_DIR = "/run/rustydb"
+SOCKET_NAME = ".s.RUSTYDB.{port}"
+
+
+def socket_path(directory: str, port: int) -> str:
+    return os.path.join(directory, SOCKET_NAME.format(port=port))
+
+
 def connect(
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int = 5432,
     *,
     database: str | None = None,
@@ -91,13 +99,49 @@ def connect(
 ) -> Connection:
     """Open a session. The password comes from `password` or $RUSTYDB_PASSWORD.
 
-    `timeout` bounds connecting and authenticating; `query_timeout` (default
-    none) bounds each wait for the server during a statement.
+    `host` None: the server's Unix socket in /run/rustydb first (peer
+    authentication: the OS user decides the role), then TCP on 127.0.0.1, as
+    psql does. A `host` that starts with "/" is a socket directory, used
+    alone; any other is a TCP host. `timeout` bounds connecting and
+    authenticating; `query_timeout` (default none) bounds each wait for the
+    server during a statement.
     """
     if password is None:
-        password = os.environ.get("RUSTYDB_PASSWORD")
+        password = os.environ.get("RUSTYDB_PASSWORD") or None
     if user is None:
         user = os.environ.get("RUSTYDB_USER") or getpass.getuser()
+    sock, where = _open_socket(host, port, timeout)
+    if password is None and sock.family != socket.AF_UNIX:
+        password = passfile_password(where.rpartition(":")[0], port, database, user)
+    conn = Connection(sock, ClientSide(password, max_frame=max_frame), where)
+    try:
+        conn._handshake(Hello(user, database, client_name))
+    except BaseException:
+        conn._drop()
+        raise
+    sock.settimeout(query_timeout)
+    return conn
+
+
+def _open_socket(host: str | None, port: int, timeout: float) -> tuple[socket.socket, str]:
+    if host is None or host.startswith("/"):
+        path = socket_path(host or DEFAULT_SOCKET_DIR, port)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock, path
+        except OSError as e:
+            sock.close()
+            if host is not None:
+                raise ConnectionFailed(
+                    f"could not connect to the Unix socket {path}: {e.strerror or e}; the RustyDB server may "
+                    "not be running, or its unix_socket_directory or port may be other (see --host/--port)",
+                    "connection_refused"
+                    if isinstance(e, (ConnectionRefusedError, FileNotFoundError))
+                    else "connection_failed",
+                ) from None
+        host = "127.0.0.1"  # no socket here: TCP, as before sockets
     where = f"{host}:{port}"
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -115,14 +159,7 @@ def connect(
         ) from None
     except OSError as e:
         raise ConnectionFailed(f"could not connect to {where}: {e.strerror or e}; check --host and --port") from None
-    conn = Connection(sock, ClientSide(password, max_frame=max_frame), where)
-    try:
-        conn._handshake(Hello(user, database, client_name))
-    except BaseException:
-        conn._drop()
-        raise
-    sock.settimeout(query_timeout)
-    return conn
+    return sock, where
 
 
 def read_password_file(path: str | None) -> str | None:
@@ -141,6 +178,68 @@ def read_password_file(path: str | None) -> str | None:
             f"the password file {path} is empty; put the password on its first line", "password_file"
         )
     return password
+
+
+PASSFILE = "~/.rustydbpass"
+
+
+def passfile_password(host: str, port: int, database: str | None, user: str, path: str | None = None) -> str | None:
+    """The password ~/.rustydbpass (or $RUSTYDB_PASSFILE) holds for this server, as .pgpass does.
+
+    Each line is ``host:port:database:user:password``; ``*`` matches anything,
+    ``\\:`` and ``\\\\`` are a literal colon and backslash, lines starting with
+    # are comments. The file is ignored unless only its owner can read it
+    (mode 0600 or stricter), with a warning on stderr, as psql does.
+    """
+    path = os.path.expanduser(path or os.environ.get("RUSTYDB_PASSFILE") or PASSFILE)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        mode = os.fstat(fd).st_mode
+        if mode & 0o077:
+            import sys
+
+            print(
+                f"WARNING: password file {path} has group or world access; permissions should be "
+                "u=rw (0600) or less. It is ignored",
+                file=sys.stderr,
+            )
+            return None
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+            fd = -1
+            lines = f.read().splitlines()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    wanted = [host, str(port), database or "*", user]
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = _passfile_fields(line)
+        if len(fields) != 5:
+            continue
+        if all(f == "*" or f == w or (w == "*" and i == 2) for i, (f, w) in enumerate(zip(fields[:4], wanted))):
+            return fields[4]
+    return None
+
+
+def _passfile_fields(line: str) -> list[str]:
+    fields, current, escaped = [], [], False
+    for c in line:
+        if escaped:
+            current.append(c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == ":" and len(fields) < 4:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+    fields.append("".join(current))
+    return fields
 
 
 class Connection:

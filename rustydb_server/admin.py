@@ -16,9 +16,11 @@ from collections.abc import Callable
 import trio
 
 from . import admin_parse as ap
+from . import auth
+from . import roles as roles_mod
 from . import settings as settings_mod
 from .archive import destination
-from .audit import audit
+from .audit import OK, audit
 from .errors import ReportedError
 from .logsetup import get_logger
 from .wal.lsn import format_lsn
@@ -76,6 +78,29 @@ def _audit_details(dispatcher, cmd, *, done: bool) -> dict:
     if isinstance(cmd, ap.Shutdown):
         return {"mode": "immediate" if cmd.immediate else "graceful"}
     return {"name": cmd.name}
+
+
+# The privilege each admin statement needs (roles.may); SHOW and USE need none
+# (USE is checked by the statements run after it).
+_ACTIONS = {
+    ap.AlterSystemSet: roles_mod.ALTER_SYSTEM,
+    ap.AlterSystemReset: roles_mod.ALTER_SYSTEM,
+    ap.Shutdown: roles_mod.SHUTDOWN,
+    ap.Checkpoint: roles_mod.CHECKPOINT,
+    ap.CreateRestorePoint: roles_mod.CREATE_RESTORE_POINT,
+    ap.SwitchWal: roles_mod.SWITCH_WAL,
+    ap.CreateDatabase: roles_mod.CREATE_DATABASE,
+    ap.DropDatabase: roles_mod.DROP_DATABASE,
+    ap.CreateRole: roles_mod.MANAGE_ROLES,
+    ap.AlterRole: roles_mod.MANAGE_ROLES,
+    ap.DropRole: roles_mod.MANAGE_ROLES,
+    ap.Grant: roles_mod.MANAGE_ROLES,
+}
+
+
+def required_action(cmd) -> str | None:
+    """What ``cmd`` needs the privilege of, as named in "permission denied for ..."."""
+    return _ACTIONS.get(type(cmd))
 
 
 def _settings_not_saved(e: OSError) -> ReportedError:
@@ -183,6 +208,8 @@ def _special_show(dispatcher, name: str):
         return str(engine.control.timeline)
     if name == "databases":
         return ", ".join(sorted(engine.databases))
+    if name == "role":
+        return dispatcher.role.name
     return None
 
 
@@ -242,6 +269,79 @@ async def _use(dispatcher, cmd: ap.Use) -> AdminResult:
     return AdminResult("USE")
 
 
+def _role_store(dispatcher) -> roles_mod.RoleStore:
+    return dispatcher.services.role_store
+
+
+def _save_roles(dispatcher, roles: roles_mod.Roles, what: str, name: str) -> None:
+    try:
+        _role_store(dispatcher).save(roles)
+    except OSError as e:
+        code = "disk_full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "io_error"
+        raise ReportedError(f"cannot save the roles file ({e.strerror or e}); the role was not changed", code) from None
+    audit("role", OK, user=dispatcher.role.name, peer=dispatcher.peer, statement=what, role=name)
+
+
+def _role_changes(options: ap.RoleOptions) -> dict:
+    changes = {}
+    if options.login is not None:
+        changes["login"] = options.login
+    if options.password is not None:
+        changes["verifier"] = auth.format_verifier(options.password)
+    elif options.clear_password:
+        changes["verifier"] = None
+    if options.attribute is not None:
+        changes["attribute"] = options.attribute
+    elif options.clear_attribute:
+        changes["attribute"] = None
+    return changes
+
+
+async def _create_role(dispatcher, cmd: ap.CreateRole) -> AdminResult:
+    changes = _role_changes(cmd.options)
+    try:
+        roles = _role_store(dispatcher).roles.create(roles_mod.Role(cmd.name, **changes))
+    except roles_mod.RoleError as e:
+        raise ReportedError(str(e), "role_error") from None
+    _save_roles(dispatcher, roles, "CREATE ROLE", cmd.name)
+    return AdminResult("CREATE ROLE")
+
+
+async def _alter_role(dispatcher, cmd: ap.AlterRole) -> AdminResult:
+    try:
+        roles = _role_store(dispatcher).roles.alter(cmd.name, **_role_changes(cmd.options))
+    except roles_mod.RoleError as e:
+        raise ReportedError(str(e), "role_error") from None
+    _save_roles(dispatcher, roles, "ALTER ROLE", cmd.name)
+    return AdminResult("ALTER ROLE")
+
+
+async def _drop_role(dispatcher, cmd: ap.DropRole) -> AdminResult:
+    try:
+        roles = _role_store(dispatcher).roles.drop(cmd.name, cmd.if_exists)
+    except roles_mod.RoleError as e:
+        raise ReportedError(str(e), "role_error") from None
+    if roles is None:
+        return AdminResult("DROP ROLE", notices=[f'role "{cmd.name}" does not exist, skipping'])
+    _save_roles(dispatcher, roles, "DROP ROLE", cmd.name)
+    return AdminResult("DROP ROLE")
+
+
+async def _grant(dispatcher, cmd: ap.Grant) -> AdminResult:
+    store = _role_store(dispatcher)
+    privileges = roles_mod.privileges_of(cmd.privilege)
+    if cmd.revoke and cmd.privilege == "WRITE":
+        privileges = frozenset({roles_mod.WRITE})
+    try:
+        change = store.roles.revoke if cmd.revoke else store.roles.grant
+        roles = change(cmd.role, cmd.database, privileges)
+    except roles_mod.RoleError as e:
+        raise ReportedError(str(e), "role_error") from None
+    verb = "REVOKE" if cmd.revoke else "GRANT"
+    _save_roles(dispatcher, roles, verb, cmd.role)
+    return AdminResult(verb)
+
+
 _HANDLERS = {
     ap.AlterSystemSet: _alter_set,
     ap.AlterSystemReset: _alter_reset,
@@ -253,4 +353,8 @@ _HANDLERS = {
     ap.CreateDatabase: _create_database,
     ap.DropDatabase: _drop_database,
     ap.Use: _use,
+    ap.CreateRole: _create_role,
+    ap.AlterRole: _alter_role,
+    ap.DropRole: _drop_role,
+    ap.Grant: _grant,
 }

@@ -79,6 +79,46 @@ class Use:
     name: str
 
 
+@dataclass(frozen=True)
+class RoleOptions:
+    login: bool | None = None  # None: unchanged
+    password: str | None = None
+    clear_password: bool = False
+    attribute: str | None = None  # superuser, backup, readonly
+    clear_attribute: bool = False
+
+    def __repr__(self) -> str:  # never the password, in logs or tracebacks
+        return (
+            f"RoleOptions(login={self.login}, attribute={self.attribute}, password={'***' if self.password else None})"
+        )
+
+
+@dataclass(frozen=True)
+class CreateRole:
+    name: str
+    options: RoleOptions
+
+
+@dataclass(frozen=True)
+class AlterRole:
+    name: str
+    options: RoleOptions
+
+
+@dataclass(frozen=True)
+class DropRole:
+    name: str
+    if_exists: bool = False
+
+
+@dataclass(frozen=True)
+class Grant:
+    privilege: str  # SELECT, WRITE or ALL
+    database: str
+    role: str
+    revoke: bool = False
+
+
 AdminCommand = (
     AlterSystemSet
     | AlterSystemReset
@@ -90,6 +130,10 @@ AdminCommand = (
     | CreateDatabase
     | DropDatabase
     | Use
+    | CreateRole
+    | AlterRole
+    | DropRole
+    | Grant
 )
 
 FORMS = {
@@ -103,6 +147,12 @@ FORMS = {
     "CREATE DATABASE": "CREATE DATABASE [IF NOT EXISTS] name",
     "DROP DATABASE": "DROP DATABASE [IF EXISTS] name",
     "USE": "USE name",
+    "CREATE ROLE": "CREATE ROLE name [LOGIN | NOLOGIN] [PASSWORD 'password'] [SUPERUSER | BACKUP | READONLY]",
+    "ALTER ROLE": "ALTER ROLE name [LOGIN | NOLOGIN] [PASSWORD 'password' | PASSWORD NULL] "
+    "[SUPERUSER | BACKUP | READONLY | NOSUPERUSER | NOBACKUP | NOREADONLY]",
+    "DROP ROLE": "DROP ROLE [IF EXISTS] name",
+    "GRANT": "GRANT {SELECT | WRITE | ALL} ON DATABASE name TO role",
+    "REVOKE": "REVOKE {SELECT | WRITE | ALL} ON DATABASE name FROM role",
 }
 
 
@@ -241,6 +291,10 @@ def _form_of(first: Token, second: Token | None) -> str | None:
         return "CREATE DATABASE"
     if word == "DROP" and _is_word(second, "DATABASE"):
         return "DROP DATABASE"
+    if word in ("CREATE", "ALTER", "DROP") and _is_word(second, "ROLE"):
+        return f"{word} ROLE"
+    if word in ("GRANT", "REVOKE"):
+        return word
     return None
 
 
@@ -366,6 +420,79 @@ def _parse_use(c: _Cursor) -> AdminCommand:
     return Use(_database_name(c))
 
 
+ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
+_ATTRIBUTES = {"SUPERUSER": "superuser", "BACKUP": "backup", "READONLY": "readonly"}
+
+
+def _role_name(c: _Cursor) -> str:
+    name = c.name("a role name")
+    if not ROLE_NAME.fullmatch(name):
+        raise c.fail(f"invalid role name {name!r}: use a letter or _ followed by up to 62 letters, digits, _, . or -")
+    return name
+
+
+def _role_options(c: _Cursor, *, altering: bool) -> RoleOptions:
+    login = password = attribute = None
+    clear_password = clear_attribute = False
+    c.optional("WITH")
+    while (token := c.peek()) is not None and not (token.kind == "symbol" and token.text == ";"):
+        word = token.text.upper() if token.kind == "word" else ""
+        c.take()
+        if word in ("LOGIN", "NOLOGIN"):
+            login = word == "LOGIN"
+        elif word == "PASSWORD":
+            value = c.take()
+            if altering and _is_word(value, "NULL"):
+                clear_password = True
+            elif value is None or value.kind != "string" or not value.text:
+                # The value is never quoted back: it may be a password.
+                raise c.fail("expected the password in single quotes after PASSWORD")
+            else:
+                password = value.text
+        elif word in _ATTRIBUTES:
+            if attribute is not None and attribute != _ATTRIBUTES[word]:
+                raise c.fail("a role has at most one of SUPERUSER, BACKUP and READONLY")
+            attribute = _ATTRIBUTES[word]
+        elif altering and word.startswith("NO") and word[2:] in _ATTRIBUTES:
+            clear_attribute = True
+        else:
+            raise c.fail(f"unexpected {_describe(token) if token.kind != 'string' else 'text'}")
+    return RoleOptions(login, password, clear_password, attribute, clear_attribute)
+
+
+def _parse_create_role(c: _Cursor) -> AdminCommand:
+    c.keyword("CREATE")
+    c.keyword("ROLE")
+    name = _role_name(c)
+    return CreateRole(name, _role_options(c, altering=False))
+
+
+def _parse_alter_role(c: _Cursor) -> AdminCommand:
+    c.keyword("ALTER")
+    c.keyword("ROLE")
+    name = _role_name(c)
+    return AlterRole(name, _role_options(c, altering=True))
+
+
+def _parse_drop_role(c: _Cursor) -> AdminCommand:
+    c.keyword("DROP")
+    c.keyword("ROLE")
+    if_exists = _if_exists(c, negated=False)
+    return DropRole(_role_name(c), if_exists)
+
+
+def _parse_grant(c: _Cursor) -> AdminCommand:
+    revoke = c.keyword("GRANT", "REVOKE") == "REVOKE"
+    privilege = c.keyword("SELECT", "WRITE", "ALL")
+    if privilege == "ALL":
+        c.optional("PRIVILEGES")
+    c.keyword("ON")
+    c.keyword("DATABASE")
+    database = _database_name(c)
+    c.keyword("FROM" if revoke else "TO")
+    return Grant(privilege, database, _role_name(c), revoke)
+
+
 _PARSERS = {
     "ALTER SYSTEM": _parse_alter_system,
     "SHOW": _parse_show,
@@ -376,4 +503,9 @@ _PARSERS = {
     "CREATE DATABASE": _parse_create_database,
     "DROP DATABASE": _parse_drop_database,
     "USE": _parse_use,
+    "CREATE ROLE": _parse_create_role,
+    "ALTER ROLE": _parse_alter_role,
+    "DROP ROLE": _parse_drop_role,
+    "GRANT": _parse_grant,
+    "REVOKE": _parse_grant,
 }

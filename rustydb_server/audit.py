@@ -36,6 +36,7 @@ ACTIONS = frozenset(
         "authenticate",  # a login over the wire protocol (failures)
         "http_request",  # the HTTP API refusing a request (no token, wrong token, foreign Host or Origin)
         "sql",  # a statement the authorizer refused (files, internal tables, PRAGMAs)
+        "privilege",  # a statement refused because the session's role lacks the privilege
         "alter_system",
         "shutdown",
         "backup",

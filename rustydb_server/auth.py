@@ -1,4 +1,6 @@
-"""Who may connect: loopback trust and SCRAM-SHA-256 credentials from a users file.
+"""Who may connect and as which role: peer authentication on the Unix socket,
+SCRAM-SHA-256 over TCP (loopback trust only as an opt-in), and the users file
+of before roles, migrated into them at start.
 
 The users file (setting ``auth_users_file``) is TOML, one table per user, with
 the SCRAM verifier in PostgreSQL's text form, never the password:
@@ -14,10 +16,16 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
+import pwd
+import socket
+import struct
 import tomllib
+from collections.abc import Callable
 
 from rustydb_client.protocol.scram import make_scram_credentials
 
+from . import roles as roles_mod
 from .logsetup import get_logger
 
 log = get_logger("rustydb.auth")
@@ -82,30 +90,115 @@ def is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
-def is_superuser_peer(settings, peer) -> bool:
-    """Whether a connection from ``peer`` is the superuser's.
+LOCAL = "[local]"  # the host of a Unix-socket peer, in logs and peers
 
-    Until roles exist, the superuser is a client trusted without a password:
-    one on loopback while auth_trust_loopback is on. It may use the
-    connections superuser_reserved_connections keeps, and its handshake is
-    not counted against max_handshakes.
+
+def peer_uid(sock) -> int | None:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def os_user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def is_service_uid(uid: int | None) -> bool:
+    """The server's own OS user and root: the built-in superuser on the Unix socket."""
+    return uid is not None and uid in (0, os.geteuid())
+
+
+def is_superuser_peer(settings, peer, uid: int | None = None) -> bool:
+    """Whether a connection is the superuser's before it has authenticated.
+
+    On the Unix socket: the server's own OS user and root. Over TCP: a loopback
+    client while auth_trust_loopback is on. It may use the connections
+    superuser_reserved_connections keeps, and its handshake is not counted
+    against max_handshakes.
     """
+    if peer[0] == LOCAL:
+        return is_service_uid(uid)
     return bool(settings["auth_trust_loopback"]) and is_loopback(peer[0])
 
 
-def auth_fn_for(settings, peer):
-    """None when this peer is trusted; otherwise a credentials lookup for SCRAM."""
-    if is_superuser_peer(settings, peer):
+def auth_fn_for(settings, peer, roles_of: Callable[[], roles_mod.Roles]):
+    """None when the peer needs no password (the Unix socket: its OS user decides;
+    a trusted loopback client); otherwise the SCRAM credentials of LOGIN roles."""
+    if peer[0] == LOCAL or is_superuser_peer(settings, peer):
         return None
-    path = settings["auth_users_file"]
 
     def lookup(user: str):
-        if not path:
-            return None  # nobody can log in remotely until a users file is set
+        role = roles_of().get(user)
+        if role is None or not role.login or not role.verifier:
+            return None
         try:
-            return load_users(path).get(user)
+            return parse_verifier(role.verifier)
         except UsersFileError as e:
-            log.error("cannot use the users file; refusing the login", error=str(e))
+            log.error("the role's password verifier is malformed; refusing the login", role=user, error=str(e))
             return None
 
     return lookup
+
+
+class PeerAuthFailed(Exception):
+    """No role for this client: the message says which and what to do."""
+
+
+def session_role(settings, roles: roles_mod.Roles, peer, uid: int | None, user: str) -> roles_mod.Role:
+    """The role a session that finished its handshake acts as.
+
+    On the Unix socket the peer's OS user decides (SO_PEERCRED): the server's
+    own user and root are the built-in superuser; another user is the role
+    auth_peer_map names for it, or the role of its own name, which must exist
+    and have LOGIN. Over TCP: the superuser for a trusted loopback client,
+    otherwise the role SCRAM authenticated.
+    """
+    if peer[0] == LOCAL:
+        if is_service_uid(uid):
+            return roles_mod.BUILTIN
+        name = os_user_name(uid) if uid is not None else "?"
+        try:
+            mapped = roles_mod.parse_peer_map(settings["auth_peer_map"]).get(name, name)
+        except ValueError:
+            mapped = name
+        role = roles.get(mapped)
+        if role is None or not role.login:
+            why = "does not exist" if role is None else "has no LOGIN"
+            raise PeerAuthFailed(
+                f'peer authentication failed for OS user "{name}": role "{mapped}" {why}; the '
+                f"superuser can run CREATE ROLE {mapped} LOGIN (or map the OS user with auth_peer_map)"
+            )
+        return role
+    if is_superuser_peer(settings, peer):
+        return roles_mod.BUILTIN
+    role = roles.get(user)
+    if role is None or not role.login:
+        raise PeerAuthFailed(f'role "{user}" may not log in')
+    return role
+
+
+def users_file_verifiers(path: str) -> dict[str, str]:
+    """The users file's well-formed entries as name -> verifier text (to migrate
+    them into roles). A malformed one is left out and logged, without quoting
+    it: it may be a password pasted in by mistake."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    verifiers = {}
+    for name, entry in (data.get("users") or {}).items():
+        scram = entry.get("scram") if isinstance(entry, dict) else None
+        try:
+            if not isinstance(scram, str):
+                raise UsersFileError('needs a scram = "..." line')
+            parse_verifier(scram)
+        except UsersFileError as e:
+            log.error("users file entry not migrated into a role", path=path, error=f"[users.{name}]: {e}")
+            continue
+        verifiers[name] = scram
+    return verifiers

@@ -20,6 +20,7 @@ import dataclasses
 import errno
 import functools
 import os
+import re
 import time
 from collections.abc import Callable
 
@@ -29,7 +30,9 @@ from rustydb_client.protocol import events
 from rustydb_client.sqlsplit import leading_keywords, split_statements
 
 from . import __version__, admin
+from . import roles as roles_mod
 from .admin_parse import parse_admin
+from .audit import DENIED, audit
 from .backup.service import BackupService
 from .checkpointer import Checkpointer
 from .datadir import DEFAULT_DATABASE
@@ -56,6 +59,7 @@ class Services:
     settings_changed: Callable[[], None]
     # Every SQLite call of every session that runs in a worker thread runs under it.
     db_limiter: trio.CapacityLimiter
+    role_store: roles_mod.RoleStore
     # Which statements are short enough to run on the event loop (learned).
     statement_costs: StatementCosts = dataclasses.field(default_factory=StatementCosts)
 
@@ -72,6 +76,7 @@ class Dispatcher:
         self.conn = conn
         self.peer = conn.peer
         self.session_id = session_id
+        self.role: roles_mod.Role = conn.role  # who the session acts as (wire.py's handshake)
         self.session: SqlSession | None = None
         # A backup streamed to this client, waiting for its BackupStored.
         self.awaiting_location = None
@@ -115,6 +120,8 @@ class Dispatcher:
         self._not_stored(f"the client sent a {request.type} request instead of saying its backup file was stored")
         if isinstance(request, events.Query):
             await self._query(request)
+        elif not self._allowed(roles_mod.TAKE_BACKUP):
+            await self.conn.send(self._denied(roles_mod.TAKE_BACKUP))
         else:
             self.awaiting_location = await self.services.backups.stream_to_client(
                 self.conn, request, user=self.session.user
@@ -178,7 +185,10 @@ class Dispatcher:
         try:
             keywords = leading_keywords(statement.sql, 2)
             cmd = parse_admin(statement.sql) if _maybe_admin(keywords) else None
-            if cmd is None:
+            action = self._denied_action(cmd, statement.sql, keywords)
+            if action is not None:
+                await self.conn.send(self._denied(action, statement.line))
+            elif cmd is None:
                 await self._sql(statement.sql, keywords, query.batch_rows)
             else:
                 await self._admin(cmd)
@@ -201,6 +211,36 @@ class Dispatcher:
                     statement_line=statement.line,
                 )
             )
+
+    # ------------------------------------------------------- privileges
+    def _allowed(self, action: str) -> bool:
+        return roles_mod.may(self._current_role(), action)
+
+    def _current_role(self) -> roles_mod.Role:
+        """The session's role as the roles file has it now (ALTER ROLE and DROP ROLE
+        apply to open sessions at their next statement)."""
+        if self.role.name == roles_mod.SUPERUSER_ROLE:
+            return self.role
+        return self.services.role_store.roles.get(self.role.name) or roles_mod.Role(self.role.name)
+
+    def _denied_action(self, cmd, sql: str, keywords: list[str]) -> str | None:
+        """The action this statement needs and the session's role lacks, or None."""
+        role = self._current_role()
+        if role.superuser:
+            return None
+        if cmd is not None:
+            action = admin.required_action(cmd)
+            return action if action is not None and not roles_mod.may(role, action) else None
+        database = self.session.database
+        if not roles_mod.may_read(role, database):
+            return f'database "{database}"'
+        if not roles_mod.may_write(role, database) and not _reads_only(sql, keywords):
+            return f'writing to database "{database}"'
+        return None
+
+    def _denied(self, action: str, line: int | None = None) -> events.Error:
+        audit("privilege", DENIED, user=self.role.name, peer=self.peer, privilege=action)
+        return events.Error("permission_denied", f"permission denied for {action}", statement_line=line)
 
     async def _admin(self, cmd) -> None:
         result = await admin.execute(self, cmd)
@@ -301,8 +341,25 @@ class Dispatcher:
         return events.Complete(status, rows, session.database, session.in_transaction)
 
 
-_ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH"})
-_ADMIN_PAIRS = {"ALTER": {"SYSTEM"}, "CREATE": {"RESTORE", "DATABASE"}, "DROP": {"DATABASE"}}
+_ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH", "GRANT", "REVOKE"})
+_ADMIN_PAIRS = {"ALTER": {"SYSTEM", "ROLE"}, "CREATE": {"RESTORE", "DATABASE", "ROLE"}, "DROP": {"DATABASE", "ROLE"}}
+
+# What a role without WRITE on a database may run there: reading statements
+# and transaction control. Conservative: a WITH naming a writing verb anywhere
+# is refused, and so is any PRAGMA with an argument.
+_READ_WORDS = frozenset({"SELECT", "VALUES", "EXPLAIN", "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+_WRITING_WORD = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE|UPSERT)\b", re.IGNORECASE)
+
+
+def _reads_only(sql: str, keywords: list[str]) -> bool:
+    first = keywords[0] if keywords else ""
+    if first in _READ_WORDS:
+        return True
+    if first == "WITH":
+        return not _WRITING_WORD.search(sql)
+    if first == "PRAGMA":
+        return "=" not in sql and "(" not in sql
+    return False
 
 
 def _maybe_admin(keywords: list[str]) -> bool:

@@ -74,6 +74,23 @@ def _power_of_two(value: int) -> str | None:
     return None
 
 
+def _peer_map_problem(value: str) -> str | None:
+    for part in value.split(","):
+        if part.strip() and not all(p.strip() for p in part.partition("=")[::2]) or (part.strip() and "=" not in part):
+            return f"entry {part.strip()!r} is not os_user=role (for example 'backupsvc=backup_role')"
+    return None
+
+
+def _octal_mode_problem(value: str) -> str | None:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        return "must be an octal mode such as 0770 or 0777"
+    if not 0 <= mode <= 0o777:
+        return "must be an octal mode between 0000 and 0777"
+    return None
+
+
 def _registry(*settings: Setting) -> dict[str, Setting]:
     return {s.name: s for s in settings}
 
@@ -119,8 +136,8 @@ REGISTRY: dict[str, Setting] = _registry(
         context=RESTART,
         min=0,
         max=10000,
-        description="Connections of max_connections kept for the superuser (until roles exist: a trusted "
-        "loopback client, auth_trust_loopback); other clients get the rest.",
+        description="Connections of max_connections kept for the superuser (the server's OS user or root "
+        "on the Unix socket; a loopback client while auth_trust_loopback is on); other clients get the rest.",
     ),
     Setting(
         "max_handshakes",
@@ -147,8 +164,51 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Close a session whose client has not taken a piece of its answer within this long "
         "(a client that stopped reading), releasing its snapshot; 0 disables.",
     ),
-    Setting("auth_trust_loopback", "bool", True, description="Clients connecting over loopback need no password."),
-    Setting("auth_users_file", "path", "", description="TOML file of SCRAM-SHA-256 credentials; empty means no users."),
+    Setting(
+        "auth_trust_loopback",
+        "bool",
+        False,
+        description="Clients connecting over TCP loopback need no password and are the superuser (an opt-in; "
+        "the server logs a warning while it is on).",
+    ),
+    Setting(
+        "auth_users_file",
+        "path",
+        "",
+        description="The users file of SCRAM-SHA-256 credentials from before roles: its users become LOGIN "
+        "SUPERUSER roles at the next start.",
+    ),
+    Setting(
+        "auth_peer_map",
+        "str",
+        "",
+        description="On the Unix socket, OS users mapped to roles of other names: 'osuser=role, other=role2' "
+        "(others map to the role of their own name).",
+        validator=_peer_map_problem,
+    ),
+    Setting(
+        "unix_socket_directory",
+        "str",
+        "/run/rustydb",
+        context=RESTART,
+        description="Directory of the Unix socket .s.RUSTYDB.<port> (peer authentication); the data "
+        "directory when this one is not writable; empty: no Unix socket.",
+    ),
+    Setting(
+        "unix_socket_permissions",
+        "str",
+        "0777",
+        context=RESTART,
+        description="Mode of the Unix socket, in octal (peer authentication decides who gets in).",
+        validator=_octal_mode_problem,
+    ),
+    Setting(
+        "unix_socket_group",
+        "str",
+        "",
+        context=RESTART,
+        description="Group owning the Unix socket; empty: the server's own group.",
+    ),
     Setting(
         "http_api_token_file",
         "path",

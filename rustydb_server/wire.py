@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import grp
 import math
 import os
 import socket
@@ -26,7 +27,8 @@ from rustydb_client.protocol.connection import ServerSide
 from rustydb_client.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 from . import auth
-from .audit import audit
+from . import roles as roles_mod
+from .audit import DENIED, audit
 from .backup.service import BackupService
 from .checkpointer import Checkpointer
 from .dispatch import Dispatcher, Services
@@ -87,12 +89,14 @@ def _closing(code: str, message: str) -> ReportedError:
 
 
 class ClientConnection:
-    def __init__(self, listener: WireListener, stream: trio.SocketStream, peer, *, superuser: bool = False):
+    def __init__(self, listener: WireListener, stream: trio.SocketStream, peer, *, uid: int | None = None):
         self.listener = listener
         self.stream = stream
         self.peer = peer
-        self.superuser = superuser
-        self.protocol = ServerSide(auth.auth_fn_for(listener.settings, peer))
+        self.uid = uid  # the peer's OS user on the Unix socket (SO_PEERCRED)
+        self.superuser = auth.is_superuser_peer(listener.settings, peer, uid)
+        self.role: roles_mod.Role | None = None  # once the handshake is over
+        self.protocol = ServerSide(auth.auth_fn_for(listener.settings, peer, lambda: listener.role_store.roles))
         self.dispatcher: Dispatcher | None = None  # once the handshake is over
         self.idle_scope: trio.CancelScope | None = None
 
@@ -328,9 +332,14 @@ class ClientConnection:
             self.listener.handshake_ended(self)
         if isinstance(event, events.Goodbye):
             return
+        listener = self.listener
+        try:
+            self.role = auth.session_role(listener.settings, listener.role_store.roles, self.peer, self.uid, event.user)
+        except auth.PeerAuthFailed as e:
+            audit("authenticate", DENIED, user=event.user, peer=self.peer, method="peer", reason=str(e))
+            raise ReportedError(str(e), "auth_failed", fatal=True) from None
         for reply in event.replies:
             await self.send(reply)
-        listener = self.listener
         self.dispatcher = Dispatcher(listener.services, self, listener.next_session_id)
         listener.next_session_id += 1
         ready = await self.dispatcher.open_session(event)
@@ -348,11 +357,92 @@ class ClientConnection:
 
 
 def _peer_of(stream: trio.SocketStream):
+    """(host, port) of a TCP peer; (auth.LOCAL, OS user name) and its uid on the Unix socket."""
+    sock = stream.socket
+    if sock.family == socket.AF_UNIX:
+        uid = auth.peer_uid(sock)
+        return (auth.LOCAL, auth.os_user_name(uid) if uid is not None else "?"), uid
     try:
-        host, port = stream.socket.getpeername()[:2]
-        return host, port
+        host, port = sock.getpeername()[:2]
+        return (host, port), None
     except OSError:
-        return None, None
+        return (None, None), None
+
+
+def _open_role_store(data_dir: str) -> roles_mod.RoleStore:
+    try:
+        return roles_mod.RoleStore(data_dir)
+    except roles_mod.RoleError as e:
+        raise StartupError(str(e)) from None
+
+
+SOCKET_NAME = ".s.RUSTYDB.{port}"
+
+
+def socket_path(settings) -> str | None:
+    """Where the Unix socket goes: unix_socket_directory when it is writable
+    (created when its parent is), else the data directory; None when it is off."""
+    directory = settings["unix_socket_directory"]
+    if not directory:
+        return None
+    name = SOCKET_NAME.format(port=settings["port"])
+    with contextlib.suppress(OSError):
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    if os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+        return os.path.join(directory, name)
+    log.info(
+        "unix_socket_directory is not writable; the Unix socket goes in the data directory",
+        unix_socket_directory=directory,
+    )
+    return os.path.join(settings["data_dir"], name)
+
+
+def _open_unix_listener(settings, path: str) -> trio.SocketListener:
+    """Listen on ``path`` with unix_socket_permissions and unix_socket_group.
+
+    A socket file left by a server that is gone is replaced; one a running
+    server answers on is not (that server holds the port too, so this is
+    reached only when another server's socket directory is shared).
+    """
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: nobody listens on it
+        else:
+            raise StartupError(f"another server listens on the Unix socket {path}; give this one another port")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        mode = int(settings["unix_socket_permissions"], 8)
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)
+        group = settings["unix_socket_group"]
+        if group:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise StartupError(
+                    f"unix_socket_group {group!r} is not a group on this machine; name an existing group"
+                ) from None
+            os.chown(path, -1, gid)
+        sock.listen(socket.SOMAXCONN)
+    except OSError as e:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on the Unix socket {path}: {e.strerror or e}; check unix_socket_directory "
+            "(or set it to '' to listen on TCP only)"
+        ) from None
+    except StartupError:
+        sock.close()
+        raise
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
 class WireListener:
@@ -382,6 +472,7 @@ class WireListener:
             backups,
             settings_changed,
             trio.CapacityLimiter(settings["max_connections"] + 4),
+            _open_role_store(settings["data_dir"]),
         )
         self.sessions: dict[int, ClientConnection] = {}
         # Every connection from accept to close, and those still authenticating:
@@ -393,10 +484,33 @@ class WireListener:
         self.next_session_id = 1
         self._accept_scope = trio.CancelScope()
         self._all_closed = trio.Event()
+        self.role_store = self.services.role_store
+        self.socket_path: str | None = None
+
+    def _migrate_users_file(self) -> None:
+        """The users file of before roles: its users become LOGIN SUPERUSER roles, once."""
+        path = self.settings["auth_users_file"]
+        if not path:
+            return
+        try:
+            added = roles_mod.migrate_users_file(self.role_store, auth.users_file_verifiers(path))
+        except (OSError, ValueError) as e:
+            raise StartupError(
+                f"cannot migrate the users file {path} into roles: {getattr(e, 'strerror', None) or e}; "
+                "fix it or unset auth_users_file"
+            ) from None
+        if added:
+            log.info("users file migrated into roles (LOGIN SUPERUSER)", path=path, roles=added)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen, then accept connections until shutdown and wait for all to close."""
         settings = self.settings
+        self._migrate_users_file()
+        if settings["auth_trust_loopback"]:
+            log.warning(
+                "auth_trust_loopback is on: any local OS user can connect over TCP loopback without a "
+                "password as the superuser; turn it off and use the Unix socket or passwords"
+            )
         try:
             listeners = await trio.open_tcp_listeners(settings["port"], host=settings["listen_address"])
         except OSError as e:
@@ -405,6 +519,16 @@ class WireListener:
                 f"{e.strerror or e}; check listen_address (--listen) and port (--port), and that "
                 "no other program uses that port"
             ) from None
+        path = socket_path(settings)
+        if path is not None:
+            try:
+                listeners.append(_open_unix_listener(settings, path))
+            except StartupError:
+                for listener in listeners:
+                    await listener.aclose()
+                raise
+            self.socket_path = path
+            log.info("listening on a Unix socket", path=path, mode=settings["unix_socket_permissions"])
         limit, reserved = settings["max_connections"], settings["superuser_reserved_connections"]
         if reserved >= limit:
             log.warning(
@@ -418,11 +542,14 @@ class WireListener:
                 await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
             for listener in listeners:
                 await listener.aclose()
+            if self.socket_path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.socket_path)
         self._all_closed.set()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        peer = _peer_of(stream)
-        conn = ClientConnection(self, stream, peer, superuser=auth.is_superuser_peer(self.settings, peer))
+        peer, uid = _peer_of(stream)
+        conn = ClientConnection(self, stream, peer, uid=uid)
         refusal = self._refusal(conn)
         if refusal is not None:
             self._log_refusal(conn.peer, refusal)

@@ -15,6 +15,7 @@ from rustydb_server.dispatch import Services
 from rustydb_server.doorbell import Doorbell
 from rustydb_server.engine.instance import Engine
 from rustydb_server.lifecycle import Lifecycle
+from rustydb_server.roles import BUILTIN, RoleStore
 from rustydb_server.settings import Settings
 
 
@@ -36,8 +37,11 @@ async def conn(tmp_path, nursery):
         backups=None,
         settings_changed=lambda: changes.append(True),
         db_limiter=trio.CapacityLimiter(4),
+        role_store=RoleStore(path),
     )
-    yield types.SimpleNamespace(services=services, session_id=1, peer=("127.0.0.1", 1), session=None, changes=changes)
+    yield types.SimpleNamespace(
+        services=services, session_id=1, peer=("127.0.0.1", 1), session=None, role=BUILTIN, changes=changes
+    )
     engine.close()
 
 

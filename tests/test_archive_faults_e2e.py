@@ -213,7 +213,7 @@ def test_destination_outage_keeps_wal_and_loses_nothing(server_factory, tmp_path
     archive.mkdir()
     srv = start_primary(server_factory, tmp_path, archive)
     base = take_base(srv, tmp_path)
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     rows: dict[int, bytes] = {}
     commit_rows(conn, 1, 40, rows)
     wait_archived(srv)
@@ -253,7 +253,7 @@ def test_pitr_report_counts_the_rows_it_changed(server_factory, tmp_path):
     archive.mkdir()
     srv = start_primary(server_factory, tmp_path, archive)
     base = take_base(srv, tmp_path)
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     rows: dict[int, bytes] = {}
     commit_rows(conn, 1, 30, rows, size=20)
     txid = last_commit(conn, 9999, rows)
@@ -271,7 +271,7 @@ def test_pitr_report_counts_the_rows_it_changed(server_factory, tmp_path):
 def _writer(port, wid, first_n, acked, stop):
     """Two-row transactions with bulky bodies; each acknowledged one is remembered."""
     try:
-        conn = rc.connect("127.0.0.1", port)
+        conn = rc.connect(port=port)
     except (rc.ClientError, OSError):
         return
     n = first_n
@@ -321,7 +321,7 @@ def test_kill_9_while_archiving_loses_and_duplicates_nothing(server_factory, tmp
     # stray leftovers in the archive are not segments
     (archive / "000000010000000000000FFF.walz.partial").write_bytes(os.urandom(100))
     (archive / "000000010000000000000FFE.walz.tmp").write_bytes(os.urandom(100))
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     final = {}
     txid = last_commit(conn, 1, final)
     wait_archived(srv)
@@ -374,7 +374,7 @@ def test_existing_archive_file_with_other_content_is_never_overwritten(server_fa
     archive = tmp_path / "archive"
     archive.mkdir()
     srv = start_primary(server_factory, tmp_path, archive)
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     rows: dict[int, bytes] = {}
     commit_rows(conn, 1, 200, rows)
     wait_archived(srv)
@@ -440,7 +440,7 @@ def test_segment_whose_ready_mark_cannot_be_written_is_not_deleted(server_factor
     archive.mkdir()
     srv = start_primary(server_factory, tmp_path, archive)
     base = take_base(srv, tmp_path)
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     rows: dict[int, bytes] = {}
     commit_rows(conn, 1, 20, rows)
     wait_archived(srv)
@@ -468,7 +468,7 @@ def test_checkpoint_that_cannot_tidy_archive_status_keeps_the_server_up(server_f
     archive = tmp_path / "archive"
     archive.mkdir()
     srv = start_primary(server_factory, tmp_path, archive)
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     rows: dict[int, bytes] = {}
     commit_rows(conn, 1, 200, rows)
     wait_archived(srv)  # archived segments: the next CHECKPOINT removes them and their marks

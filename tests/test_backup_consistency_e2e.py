@@ -22,7 +22,7 @@ START = 1000
 def transfers(port, database, stop, done, errors):
     rnd = random.Random(hash(database))
     try:
-        conn = rc.connect("127.0.0.1", port, database=database)
+        conn = rc.connect(port=port, database=database)
         while not stop.is_set():
             a, b = rnd.sample(range(1, ACCOUNTS + 1), 2)
             amount = rnd.randint(1, 50)

@@ -44,7 +44,7 @@ def test_a_client_that_resets_mid_stream_fails_only_its_backup(server_factory, t
         "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 40000) "
         "INSERT INTO blobs(b) SELECT randomblob(1000) FROM c;"
     )  # ~40 MB: more than any buffer
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     conn.send(events.BackupRequested("full"))
     header = conn.next_event()
     assert isinstance(header, events.BackupHeader)

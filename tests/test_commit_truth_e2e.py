@@ -42,7 +42,7 @@ def ids(conn, table="t"):
 @pytest.mark.parametrize("fault", ["commit-once", "commit-after-once"])
 def test_a_failed_sqlite_commit_is_applied_from_the_wal_and_answered_committed(faulty, fault):
     srv, faults = faulty
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         (faults / fault).touch()
         result = c.execute("INSERT INTO t VALUES (1, 'durable')")
@@ -59,13 +59,13 @@ def test_a_failed_sqlite_commit_is_applied_from_the_wal_and_answered_committed(f
     assert srv.health()["status"] == "healthy"
     srv.kill()  # recovery replays the WAL: still once
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert ids(c) == [1, 2]
 
 
 def test_a_commit_sqlite_cannot_apply_yet_is_reported_committed_and_is_there_once(faulty):
     srv, faults = faulty
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("CREATE TABLE t(id INTEGER, v TEXT)")  # no key: a second copy would show
         c.execute("INSERT INTO t VALUES (1, 'before')")
         (faults / "commit-full").touch()
@@ -89,7 +89,7 @@ def test_a_commit_sqlite_cannot_apply_yet_is_reported_committed_and_is_there_onc
     (faults / "commit-full").unlink()
     (faults / "apply-full").unlink()
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert ids(c) == [1, 2]
         c.execute("INSERT INTO t VALUES (3, 'after')")
         assert ids(c) == [1, 2, 3]
@@ -98,7 +98,7 @@ def test_a_commit_sqlite_cannot_apply_yet_is_reported_committed_and_is_there_onc
 
 def test_a_pending_commit_is_applied_at_the_next_write_once_space_is_back(faulty):
     srv, faults = faulty
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("CREATE TABLE t(id INTEGER, v TEXT)")
         (faults / "commit-full").touch()
         (faults / "apply-full").touch()
@@ -111,5 +111,5 @@ def test_a_pending_commit_is_applied_at_the_next_write_once_space_is_back(faulty
         assert ids(c) == [1, 2]
     srv.kill()
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert ids(c) == [1, 2]

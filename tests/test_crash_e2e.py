@@ -12,7 +12,7 @@ from rustydb_client import client as rc
 def _writer(port, wid, first_n, acked, stop):
     """Commit two-row transactions; remember each one the server acknowledged."""
     try:
-        conn = rc.connect("127.0.0.1", port)
+        conn = rc.connect(port=port)
     except rc.ClientError:
         return
     n = first_n
@@ -53,7 +53,7 @@ def test_kill_9_loses_no_acknowledged_commit(server_factory):
         for t in threads:
             t.join(10)
         srv.start()
-        with rc.connect("127.0.0.1", srv.port) as c:
+        with rc.connect(port=srv.port) as c:
             for w in (1, 2):
                 rows = c.execute(f"SELECT n, count(*) FROM log WHERE writer = {w} GROUP BY n").rows
                 present = dict((n, cnt) for n, cnt in rows)

@@ -43,7 +43,7 @@ def test_full_wal_disk_fails_commits_clearly_and_recovers(server_factory, small_
     srv.data_dir = str(small_disk / "data")
     srv.start()
     srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT);")
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     c.execute("INSERT INTO t VALUES (1, 'before')")
     fill(small_disk, 16 * 1024)
     failures = []
@@ -74,7 +74,7 @@ def test_full_wal_disk_fails_commits_clearly_and_recovers(server_factory, small_
     c.close()
     srv.kill()
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c2:
+    with rc.connect(port=srv.port) as c2:
         assert [r[0] for r in c2.execute("SELECT id FROM t ORDER BY id").rows] == ids
     srv.stop()
 

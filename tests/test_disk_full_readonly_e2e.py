@@ -79,7 +79,7 @@ def test_starts_read_only_on_a_full_disk_and_writes_resume_on_the_next_write(ful
     assert health["reasons"] == [health["read_only_reason"]]
     with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/api/v1/admin/health", timeout=5) as r:
         assert r.status == 200  # degraded: running, serving reads; 503 is for starting and unhealthy
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert c.execute("SELECT id, v FROM t ORDER BY id").rows == [[1, "one"], [2, "two"]]
         err = refused(c, "INSERT INTO t VALUES (3, 'three')")
         assert "read-only" in str(err) and "Free disk space" in str(err)
@@ -102,7 +102,7 @@ def test_starts_read_only_on_a_full_disk_and_writes_resume_on_the_next_write(ful
     assert health["status"] == "healthy" and health["read_only"] is False
     srv.stop()
     srv.start()  # the refused writes never happened; the accepted one is durable
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert c.execute("SELECT id FROM t ORDER BY id").rows == [[1], [2], [3]]
     srv.stop()
 
@@ -112,11 +112,11 @@ def test_the_checkpointer_makes_a_read_only_server_writable_once_space_is_back(f
     start_read_only(srv, flag)
     flag.unlink()
     wait_for_health(srv, "healthy")  # no client wrote anything
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("INSERT INTO t VALUES (3, 'three')")
     srv.kill()
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert c.execute("SELECT count(*) FROM t").rows == [[3]]
     srv.stop()
 
@@ -124,7 +124,7 @@ def test_the_checkpointer_makes_a_read_only_server_writable_once_space_is_back(f
 def test_checkpoint_on_a_full_disk_is_disk_full_and_keeps_the_connection(full_disk_server):
     srv, flag = full_disk_server
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
         c.execute("INSERT INTO t VALUES (1)")
         flag.touch()
@@ -138,7 +138,7 @@ def test_checkpoint_on_a_full_disk_is_disk_full_and_keeps_the_connection(full_di
     assert srv.health()["status"] == "healthy"
     srv.stop()
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert c.execute("SELECT count(*) FROM t").rows == [[2]]
     srv.stop()
 

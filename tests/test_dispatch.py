@@ -20,6 +20,7 @@ from rustydb_server.engine.instance import Engine, FatalWalError
 from rustydb_server.errors import ReportedError
 from rustydb_server.fileops import FileOps
 from rustydb_server.lifecycle import Lifecycle
+from rustydb_server.roles import BUILTIN, RoleStore
 from rustydb_server.settings import Settings
 
 
@@ -27,6 +28,7 @@ class Connection:
     """What the dispatcher sends on, with the client's side of the protocol reading it."""
 
     peer = ("127.0.0.1", 1)
+    role = BUILTIN
 
     def __init__(self, database: str | None = None):
         self.client = ClientSide()
@@ -88,6 +90,7 @@ async def server(tmp_path, nursery):
         Backups(),
         settings_changed=lambda: None,
         db_limiter=trio.CapacityLimiter(4),
+        role_store=RoleStore(path),
     )
     yield types.SimpleNamespace(services=services, fileops=fileops)
     engine.close()

@@ -32,7 +32,7 @@ def test_sigterm_stops_a_server_whose_commit_lock_is_held_forever(server_factory
         env={"RUSTYDB_FAULT_DIR": str(faults), "PYTHONPATH": ROOT},
         extra_args=["--config", str(conf)],
     ).start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
         c.execute("INSERT INTO t VALUES (1)")
     (faults / "commit-stall").touch()
@@ -40,7 +40,7 @@ def test_sigterm_stops_a_server_whose_commit_lock_is_held_forever(server_factory
 
     def commit(n):
         try:
-            with rc.connect("127.0.0.1", srv.port) as c:
+            with rc.connect(port=srv.port) as c:
                 answers[n] = c.execute(f"INSERT INTO t VALUES ({n})").status
         except (rc.ClientError, OSError) as e:
             answers[n] = e
@@ -60,7 +60,7 @@ def test_sigterm_stops_a_server_whose_commit_lock_is_held_forever(server_factory
     assert not any(isinstance(a, str) for a in answers.values()), answers  # neither was acknowledged
     (faults / "commit-stall").unlink()
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         ids = [r[0] for r in c.execute("SELECT id FROM t ORDER BY id").rows]
     # 1 was acknowledged; the stalled one's WAL record was durable, so it is committed;
     # the other waited for SQLite's write lock and committed nothing

@@ -288,7 +288,7 @@ def test_a_backup_the_client_did_not_store_is_not_recorded_and_older_clients_sti
         full = guide.path("/backups/full.backup")
         guide.run("rusty-db-backup --type full --output /backups/full.backup")
         # a client that asked to record its file, then went away without writing it
-        with rc.connect("127.0.0.1", srv.port) as conn:
+        with rc.connect(port=srv.port) as conn:
             conn.send(events.BackupRequested("full", None, None, guide.path("/backups/never-written.backup")))
             while not isinstance(event := conn.next_event(), events.BackupEnd):
                 pass
@@ -304,10 +304,12 @@ def test_a_backup_the_client_did_not_store_is_not_recorded_and_older_clients_sti
         proc = guide.run("rusty-db-backup --type incremental --output /backups/incr.backup")
         assert f"at {full}" in proc.stdout
         # a client that does not say where it writes: recorded as before, by its address
-        with rc.connect("127.0.0.1", srv.port) as conn:
+        with rc.connect(port=srv.port) as conn:
             conn.send(events.BackupRequested("full"))
             while not isinstance(event := conn.next_event(), events.BackupEnd):
                 pass
             assert not event.awaiting_location
-        old_style = [e for e in catalog(srv).values() if e["location"] == "client 127.0.0.1"]
+        old_style = [
+            e for e in catalog(srv).values() if e["location"] == "client [local]"
+        ]  # the Unix socket, as PostgreSQL names it
         assert [e["status"] for e in old_style] == ["completed"]

@@ -85,7 +85,7 @@ def primary(server_factory, monkeypatch):
 
 def test_full_then_incrementals_restore_equals_live(primary, tmp_path):
     srv = primary
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     full = tmp_path / "full_20251207_000000.backup"
     backup(srv, full, "--type", "full", "--compress")
     incrs = []
@@ -122,7 +122,7 @@ def test_an_incremental_larger_than_a_frame_streams_and_restores(primary, tmp_pa
     incr = tmp_path / "incr.backup"
     info = backup(srv, incr, "--type", "incremental", "--compress")
     assert info["type"] == "incremental"
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         expected = dump(c)
     data = tmp_path / "restored"
     restore_in_order(data, full, incr)
@@ -131,7 +131,7 @@ def test_an_incremental_larger_than_a_frame_streams_and_restores(primary, tmp_pa
 
 def test_wrong_order_duplicate_and_wrong_base_are_refused(primary, tmp_path):
     srv = primary
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     full = tmp_path / "full.backup"
     backup(srv, full, "--type", "full")
     workload_step(c, 1)
@@ -160,7 +160,7 @@ def test_wrong_order_duplicate_and_wrong_base_are_refused(primary, tmp_path):
 
 def test_differentials_and_chain_dir(primary, tmp_path):
     srv = primary
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     chain = tmp_path / "chain"
     chain.mkdir()
     full = chain / "full.backup"
@@ -200,7 +200,7 @@ def test_differentials_and_chain_dir(primary, tmp_path):
 
 def test_incremental_after_its_wal_is_gone_refuses(primary, tmp_path):
     srv = primary
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     backup(srv, tmp_path / "full.backup", "--type", "full")
     workload_step(c, 1)
     c.close()
@@ -235,7 +235,7 @@ def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factor
     srv.sql("CREATE TABLE plain(a, b);")
     full = tmp_path / "full.backup"
     backup(srv, full, "--type", "full")
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     for i in range(300):  # several 64 kB segments of WAL
         c.execute(f"INSERT INTO items(name, qty) VALUES ('{'x' * 300}{i}', {i})")
     srv.wait_archived()
@@ -248,7 +248,7 @@ def test_incremental_reads_wal_the_server_removed_from_the_archive(server_factor
     c.close()
     srv.stop()
     srv.start()
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     incr = tmp_path / "incr.backup"
     backup(srv, incr, "--type", "incremental")
     expected = dump(c)
@@ -266,7 +266,7 @@ def test_tracked_and_wal_incrementals_restore_the_same(server_factory, tmp_path)
     srv.sql("INSERT INTO items(name, qty) VALUES ('a', 1), ('b', 2), ('c', 3);")
     full = tmp_path / "full.backup"
     backup(srv, full, "--type", "full")
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     for i in range(20):
         c.execute(f"UPDATE items SET qty = qty + {i} WHERE id = {1 + i % 3}")
         c.execute(f"INSERT INTO items(name, qty) VALUES ('n{i}', {i})")
@@ -298,7 +298,7 @@ def test_a_failed_apply_leaves_a_directory_that_must_be_restored_again(primary, 
     )
     full = tmp_path / "full.backup"
     backup(srv, full, "--type", "full")
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("UPDATE items SET qty = -qty")  # ~6 MB of pages, more than the apply caches
         c.execute("CREATE TABLE extra(k)")
     incr = tmp_path / "incr.backup"
@@ -334,7 +334,7 @@ def test_a_failed_apply_leaves_a_directory_that_must_be_restored_again(primary, 
     # restoring the chain again works
     restore("--input", full, "--data-dir", data, "--force")
     restore("--input", incr, "--data-dir", data, "--incremental")
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert dump(str(data)) == dump(c)
 
 
@@ -347,7 +347,7 @@ def test_applying_without_sync_never_fsyncs_the_database(primary, tmp_path):
     srv = primary
     full = tmp_path / "full.backup"
     backup(srv, full, "--type", "full")
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         workload_step(c, 1)
         expected = dump(c)
     incr = tmp_path / "incr.backup"
@@ -396,7 +396,7 @@ def test_an_incremental_with_vacuum_and_bulk_changes_restores_both_ways(primary,
         "INSERT INTO items(name, qty) SELECT hex(randomblob(100)), i FROM n;"
     )
     backup(srv, full, "--type", "full")
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("UPDATE items SET qty = qty + 1 WHERE id % 3 = 0")
         c.execute("DELETE FROM items WHERE id % 7 = 0")
         c.execute("VACUUM")

@@ -84,7 +84,7 @@ def test_incremental_reads_a_record_spanning_the_archive_and_the_server(server_f
     # A restart: the change tracker knows nothing, the incremental reads the WAL.
     srv.stop()
     srv.start()
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     write_spanning(c, 30, 6000, "a")
     # the last transaction is larger than a segment: it surely crosses the
     # boundary the checkpoint below trims the server's WAL at
@@ -118,7 +118,7 @@ def test_incremental_reads_records_spanning_the_servers_own_segments(server_fact
     start = backup(srv, full, "--type", "full")["end_lsn"]
     srv.stop()
     srv.start()
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     write_spanning(c, 30, 6000, "l")
     c.execute(f"INSERT INTO items(name, qty) VALUES ('big' || hex(randomblob({SEGMENT})), -1)")
     write_spanning(c, 5, 6000, "m")
@@ -159,7 +159,7 @@ def test_incrementals_across_a_timeline_switch(server_factory, tmp_path):
     srv.sql("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);")
     base = tmp_path / "base.backup"
     backup(srv, base, "--type", "pitr-base")
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     write_spanning(c, 12, 6000, "a")
     c.execute("CREATE RESTORE POINT 'mid'")
     write_spanning(c, 25, 6000, "b")  # timeline 1 goes on past the restore point
@@ -200,7 +200,7 @@ def test_incrementals_across_a_timeline_switch(server_factory, tmp_path):
     assert start // SEGMENT == switch_segno
     srv2.stop()
     srv2.start()  # the incremental reads the WAL, not the change tracker
-    c2 = rc.connect("127.0.0.1", srv2.port)
+    c2 = rc.connect(port=srv2.port)
     write_spanning(c2, 30, 6000, "c")
     c2.execute(f"INSERT INTO items(name, qty) VALUES ('big' || hex(randomblob({SEGMENT})), -1)")
     first_local = archive_and_trim(srv2)
@@ -254,7 +254,7 @@ def test_incremental_reads_an_encrypted_archive(server_factory, tmp_path):
     backup(srv, full, "--type", "full")
     srv.stop()
     srv.start()
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     write_spanning(c, 30, 6000, "e")
     c.execute(f"INSERT INTO items(name, qty) VALUES ('big' || hex(randomblob({SEGMENT})), -1)")
     first_local = archive_and_trim(srv)

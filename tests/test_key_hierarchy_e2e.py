@@ -91,7 +91,7 @@ def test_pitr_over_many_segments_runs_the_kdf_once_per_salt(server_factory, tmp_
         "rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--encrypt", "--port", str(srv.port)
     )
     assert proc.returncode == 0, proc.stderr
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     history: list[dict] = []
     rnd = random.Random(11)
     for _ in range(5):  # the workload, with filler between so the WAL before the target spans many segments
@@ -157,7 +157,7 @@ def test_an_archive_from_before_format_3_restores_and_mixes_with_new_segments(
     srv.data_dir = str(out)
     srv.start()
     start_archiving(srv, archive)
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     assert live_digest(conn) == history[-1]["digest"]
     history2 = list(history)
     run_workload(conn, random.Random(3), 130, history2, [], prefix="new-")

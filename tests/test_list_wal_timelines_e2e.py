@@ -34,7 +34,7 @@ def two_timelines(server_factory, tmp_path):
     srv.sql("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);")
     base = tmp_path / "pitr_base.backup"
     run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port), check=True)
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     txids1 = []
     for i in range(12):
         conn.execute("BEGIN")
@@ -56,7 +56,7 @@ def two_timelines(server_factory, tmp_path):
     srv2.start()
     srv2.sql("ALTER SYSTEM SET archive_mode = on;")
     srv2.sql(f"ALTER SYSTEM SET archive_dest = '{archive}';")
-    conn = rc.connect("127.0.0.1", srv2.port)
+    conn = rc.connect(port=srv2.port)
     txids2 = []
     for i in range(4):
         conn.execute("BEGIN")

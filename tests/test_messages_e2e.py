@@ -19,13 +19,10 @@ NO_PASSWORD = {"RUSTYDB_PASSWORD": ""}
 
 
 @pytest.fixture
-def password_server(server_factory, tmp_path):
-    users = tmp_path / "users.toml"
-    entry = run_tool("rusty-db-server", "--make-user", "alice", input="s3cret\n", check=True)
-    users.write_text(entry.stdout)
+def password_server(server_factory):
+    """A server with a LOGIN SUPERUSER role alice (password s3cret), reached over TCP."""
     srv = server_factory(name="auth").start()
-    srv.sql(f"ALTER SYSTEM SET auth_users_file = '{users}';")
-    srv.sql("ALTER SYSTEM SET auth_trust_loopback = off;")
+    srv.sql("CREATE ROLE alice LOGIN SUPERUSER PASSWORD 's3cret'")  # through the socket
     yield srv
     srv.stop()
 
@@ -46,7 +43,17 @@ def test_a_missing_password_says_how_to_give_one(password_server, tmp_path):
         f"the server at 127.0.0.1:{srv.port} requires a password for user alice: "
         "set RUSTYDB_PASSWORD or use --password-file"
     )
-    cli = [tool("rusty-db-cli"), "--port", str(srv.port), "--user", "alice", "--command", "SELECT 1;"]
+    cli = [
+        tool("rusty-db-cli"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(srv.port),
+        "--user",
+        "alice",
+        "--command",
+        "SELECT 1;",
+    ]
     proc = _run(cli, _without_password())
     assert proc.returncode == 1
     assert proc.stderr == f"rusty-db-cli: {expected}\n"
@@ -54,7 +61,7 @@ def test_a_missing_password_says_how_to_give_one(password_server, tmp_path):
     proc = _run([*cli, "--json"], _without_password())
     assert proc.returncode == 1 and json.loads(proc.stdout)["error"] == expected
     backup = [tool("rusty-db-backup"), "--type", "full", "--output", str(tmp_path / "b.backup")]
-    backup += ["--port", str(srv.port), "--user", "alice"]
+    backup += ["--host", "127.0.0.1", "--port", str(srv.port), "--user", "alice"]
     proc = _run(backup, _without_password())
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert expected in proc.stderr and "broke the protocol" not in proc.stderr
@@ -135,13 +142,26 @@ def test_table_restore_into_a_password_server_takes_user_and_password_file(passw
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")
     env = _without_password({"RUSTYDB_USER": "alice", "RUSTYDB_PASSWORD": "s3cret"})
-    sql = [tool("rusty-db-cli"), "--port", str(srv.port), "--command"]
+    sql = [tool("rusty-db-cli"), "--host", "127.0.0.1", "--port", str(srv.port), "--command"]
     assert (
         _run([*sql, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');"], env).returncode
         == 0
     )
     backup = tmp_path / "b.backup"
-    proc = _run([tool("rusty-db-backup"), "--port", str(srv.port), "--type", "full", "--output", str(backup)], env)
+    proc = _run(
+        [
+            tool("rusty-db-backup"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(srv.port),
+            "--type",
+            "full",
+            "--output",
+            str(backup),
+        ],
+        env,
+    )
     assert proc.returncode == 0, proc.stderr
     restore = [
         tool("rusty-db-restore"),

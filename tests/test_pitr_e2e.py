@@ -110,7 +110,7 @@ def pitr_setup(server_factory, tmp_path):
     base = tmp_path / "pitr_base.backup"
     proc = run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port))
     assert proc.returncode == 0, proc.stderr
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     rnd = random.Random(1234)
     history, points = [], []
     run_workload(conn, rnd, 120, history, points)
@@ -201,7 +201,7 @@ def test_second_pitr_follows_the_new_timeline(pitr_setup, tmp_path, server_facto
     assert srv2.health()["wal"]["timeline"] == 2
     srv2.sql("ALTER SYSTEM SET archive_mode = on;")
     srv2.sql(f"ALTER SYSTEM SET archive_dest = '{archive}';")
-    c2 = rc.connect("127.0.0.1", srv2.port)
+    c2 = rc.connect(port=srv2.port)
     assert live_digest(c2) == history[k]["digest"]
     history2 = list(history[: k + 1])
     run_workload(c2, random.Random(7), 30, history2, [], prefix="tl2-")
@@ -315,7 +315,7 @@ def test_pitr_from_an_encrypted_archive(server_factory, tmp_path, monkeypatch):
         "rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--encrypt", "--port", str(srv.port)
     )
     assert proc.returncode == 0, proc.stderr
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     history = []
     run_workload(conn, random.Random(5), 40, history, [])
     wait_archived(srv)

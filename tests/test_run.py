@@ -59,7 +59,7 @@ def settings_for(data_dir: str, port: int) -> Settings:
 
 
 def query_then_shutdown(port: int) -> list:
-    conn = rc.connect("127.0.0.1", port)
+    conn = rc.connect(port=port)
     try:
         rows = conn.execute("SELECT 40 + 2").rows
         conn.execute("SHUTDOWN")

@@ -19,7 +19,7 @@ from tests.support.servers import run_tool
 
 
 def connect(server, **kw):
-    return rc.connect("127.0.0.1", server.port, **kw)
+    return rc.connect(port=server.port, **kw)
 
 
 def test_first_start_initializes_and_serves(server):
@@ -293,24 +293,31 @@ def test_cli_connection_refused_is_clear():
     assert "Traceback" not in proc.stderr and "127.0.0.1:1" in proc.stderr
 
 
-def test_remote_clients_need_a_password_loopback_does_not(server_factory, tmp_path):
-    users = tmp_path / "users.toml"
-    entry = run_tool("rusty-db-server", "--make-user", "alice", input="s3cret\n", check=True)
-    users.write_text(entry.stdout)
+def test_tcp_clients_need_a_password_loopback_included_the_socket_does_not(server_factory):
     srv = server_factory(name="auth").start()
-    srv.sql(f"ALTER SYSTEM SET auth_users_file = '{users}';")
-    srv.sql("ALTER SYSTEM SET auth_trust_loopback = off;")
-    with pytest.raises(rc.ClientError):
-        rc.connect("127.0.0.1", srv.port, user="alice", password="wrong")
+    srv.sql("CREATE ROLE alice LOGIN PASSWORD 's3cret'")  # through the socket: the superuser
+    with pytest.raises(rc.ClientError) as none:
+        rc.connect("127.0.0.1", srv.port, user="alice")
+    assert none.value.code == "password_required"
     with pytest.raises(rc.ClientError) as unknown:
         rc.connect("127.0.0.1", srv.port, user="mallory", password="s3cret")
     with pytest.raises(rc.ClientError) as wrong:
         rc.connect("127.0.0.1", srv.port, user="alice", password="nope")
     assert str(unknown.value) == str(wrong.value)  # no hint which part was wrong
+    srv.sql("GRANT ALL ON DATABASE rustydb TO alice")
     with rc.connect("127.0.0.1", srv.port, user="alice", password="s3cret") as c:
         assert c.execute("SELECT 1").rows == [[1]]
-    proc = srv.cli("--user", "alice", "--command", "SELECT 2", env={"RUSTYDB_PASSWORD": "s3cret"})
+    proc = srv.cli(
+        "--host", "127.0.0.1", "--user", "alice", "--command", "SELECT 2", env={"RUSTYDB_PASSWORD": "s3cret"}
+    )
     assert proc.returncode == 0, proc.stderr
+    # auth_trust_loopback is an opt-in, and warned of
+    srv.sql("ALTER SYSTEM SET auth_trust_loopback = on")
+    with rc.connect("127.0.0.1", srv.port, user="anyone") as c:
+        assert c.execute("SHOW role").rows == [["rustydb"]]
+    srv.stop()
+    srv.start()
+    assert "auth_trust_loopback is on" in srv.log()
     srv.stop()
 
 

@@ -101,6 +101,9 @@ def test_unit_has_the_service_contract():
     assert d["KillSignal"] == "SIGTERM"
     assert d["Restart"] == "on-failure"
     assert d["StateDirectory"] == "rusty-db" and d["StateDirectoryMode"] == "0700"
+    # the Unix socket's directory, the default unix_socket_directory
+    assert d["RuntimeDirectory"] == "rustydb" and d["RuntimeDirectoryMode"] == "0755"
+    assert REGISTRY["unix_socket_directory"].default == "/run/rustydb"
     assert d["NoNewPrivileges"] == "yes" and d["ProtectSystem"] == "strict"
     assert "/var/lib/rusty-db" in d["ReadWritePaths"].split()
 

@@ -101,7 +101,7 @@ def test_one_command_into_server_with_rename(shop, tmp_path):
         "--table",
         "customers",
         "--into-server",
-        f"127.0.0.1:{srv.port}",
+        f":{srv.port}",
         "--rename-to",
         "customers_restored",
         "--json",
@@ -134,7 +134,7 @@ def test_into_server_failures_are_clear_and_leave_nothing_behind(shop, tmp_path,
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "into the server at 127.0.0.1:" in proc.stderr
     # the server refuses (the table exists): rolled back, a clear message
-    proc = run_tool(*restore, "--into-server", f"127.0.0.1:{srv.port}")
+    proc = run_tool(*restore, "--into-server", f":{srv.port}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "customers" in proc.stderr and "already exists" in proc.stderr
     assert len(rows_of(srv, "customers")) == 300
@@ -145,7 +145,7 @@ def test_into_server_failures_are_clear_and_leave_nothing_behind(shop, tmp_path,
         "--data-dir",
         str(tmp_path / "d"),
         "--into-server",
-        f"127.0.0.1:{srv.port}",
+        f":{srv.port}",
         "--rename-to",
         "customers",
     )
@@ -186,7 +186,7 @@ def test_table_from_a_chain_and_at_a_pitr_target(shop, tmp_path, monkeypatch):
     chain.mkdir()
     base = chain / "base.backup"
     run_tool("rusty-db-backup", "--port", str(srv.port), "--type", "pitr-base", "--output", str(base), check=True)
-    c = rc.connect("127.0.0.1", srv.port)
+    c = rc.connect(port=srv.port)
     c.execute("UPDATE customers SET balance = balance + 100 WHERE id <= 50")
     c.execute("ALTER TABLE customers ADD COLUMN tier TEXT DEFAULT 'bronze'")
     c.execute("UPDATE customers SET tier = 'gold' WHERE id % 10 = 0")
@@ -299,10 +299,10 @@ def test_awkward_table_names_back_up_restore_and_import(server_factory, tmp_path
         "--table",
         names[0],
         "--into-server",
-        f"127.0.0.1:{srv.port}",
+        f":{srv.port}",
         "--rename-to",
         'copy "1"',
     )
     assert proc.returncode == 0, proc.stderr
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert c.execute('SELECT * FROM "copy ""1"""').rows == [[0, "row of 0"]]

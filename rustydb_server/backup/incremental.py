@@ -32,6 +32,7 @@ from ..crypto import CryptoError
 from ..engine.instance import Engine
 from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..logsetup import get_logger
+from ..roles import stored_roles
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
@@ -357,6 +358,7 @@ def build(
         wal_records=net.records,
         # Only the named databases' changes: no base for the next incremental.
         all_databases=wanted is None,
+        roles=stored_roles(engine.datadir.path),
     )
     log.info(
         "incremental computed",

@@ -106,6 +106,9 @@ class Manifest:
     # False: some databases only, so no base for an incremental. None: written
     # before such backups existed, when every backup held every database.
     all_databases: bool | None = None
+    # The server's roles when the backup was taken (roles.Roles.stored()); a
+    # restore writes them back. None: a backup from before roles.
+    roles: Mapping[str, Any] | None = None
     unknown: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     format: int = MANIFEST_FORMAT
 
@@ -157,6 +160,8 @@ class Manifest:
             out["wal_records"] = self.wal_records
         if self.all_databases is not None:
             out["all_databases"] = self.all_databases
+        if self.roles is not None:
+            out["roles"] = dict(self.roles)
         out.update(self.unknown)
         return out
 
@@ -190,6 +195,7 @@ class Manifest:
             base_full_id=_field(d, "base_full_id", str, required=False),
             wal_records=_field(d, "wal_records", int, required=False),
             all_databases=_field(d, "all_databases", bool, required=False),
+            roles=_field(d, "roles", dict, required=False),
             unknown={k: v for k, v in d.items() if k not in _MANIFEST_KEYS},
         )
 
@@ -285,5 +291,6 @@ _MANIFEST_KEYS = frozenset(
         "databases",
         "wal_records",
         "all_databases",
+        "roles",
     }
 )

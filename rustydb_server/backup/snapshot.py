@@ -35,6 +35,7 @@ from ..container.format import BackupType
 from ..engine import database
 from ..engine.instance import Engine
 from ..logsetup import get_logger
+from ..roles import stored_roles
 from .manifest import DatabaseEntry, Manifest, TableRows
 
 log = get_logger("rustydb.backup")
@@ -224,6 +225,7 @@ class Snapshot:
             # A backup of some databases only cannot be the base of an
             # incremental, which covers every database.
             all_databases=self.all_databases,
+            roles=stored_roles(self.engine.datadir.path),
         )
 
     def copy_database(self, name: str, path: str, cancel: threading.Event | None) -> None:

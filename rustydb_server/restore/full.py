@@ -37,6 +37,7 @@ from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..engine import database as engine_db
 from ..keys import KeySource, resolve_read_key
+from ..roles import restore_roles
 from .errors import RestoreError
 from .install import control_from_manifest, install_data_dir
 from .staging import TargetLock
@@ -129,6 +130,8 @@ def restore_full(
                 control = control_from_manifest(manifest)
                 control.previous_data_dir = lock.keep_as
                 install_data_dir(staging.path, manifest, control, fileops=fileops)
+                if manifest.roles is not None:
+                    restore_roles(staging.path, manifest.roles, fileops)
                 if post_install is not None:
                     post_install(staging.path, manifest)
                     _sync_databases(staging.path, fileops)

@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-backup", metavar="FILE", help="for --type incremental: the backup to take changes since")
     p.add_argument(
         "--host",
-        default=env.get("RUSTYDB_HOST", "127.0.0.1"),
-        help="server address (default $RUSTYDB_HOST or 127.0.0.1)",
+        default=env.get("RUSTYDB_HOST"),
+        help="server address, or a directory holding its Unix socket (default $RUSTYDB_HOST, else the "
+        "socket in /run/rustydb, then 127.0.0.1)",
     )
     p.add_argument("--port", type=int, default=None, help="server port (default $RUSTYDB_PORT or 5432)")
     p.add_argument(

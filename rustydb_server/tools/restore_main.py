@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     tbl.add_argument(
         "--into-server",
         metavar="HOST:PORT",
-        help="import the restored table into a running server (through rusty-db-export's SQL), in one transaction",
+        help="import the restored table into a running server (through rusty-db-export's SQL), in one transaction; "
+        ":PORT with no host: the local server through its Unix socket first",
     )
     tbl.add_argument("--rename-to", metavar="NAME", help="with --into-server: create the table under this name")
     tbl.add_argument(

@@ -71,6 +71,12 @@ RestartSec=2s
 # server refuses nothing here, but the data and key material are private.
 StateDirectory=rusty-db
 StateDirectoryMode=0700
+# /run/rustydb: the Unix socket .s.RUSTYDB.5432 (the default
+# unix_socket_directory), where the server's OS user and root log in by peer
+# authentication, as rusty-db-cli does with no --host. 0755 so other local
+# users reach the socket; unix_socket_permissions and roles decide the rest.
+RuntimeDirectory=rustydb
+RuntimeDirectoryMode=0755
 UMask=0077
 LimitNOFILE=65536
 

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 
 from rustydb_client.cli import main as cli_main
+from rustydb_client.client import DEFAULT_SOCKET_DIR
+from rustydb_client.client import socket_path as client_socket_path
 
 BIN = os.path.dirname(sys.executable)
 
@@ -81,6 +83,11 @@ class ServerProcess:
         self.env = dict(os.environ, **(env or {}))
         self.log_path = log_path or os.path.join(os.path.dirname(data_dir.rstrip("/")), f"server-{self.port}.log")
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def socket_path(self) -> str:
+        """The server's Unix socket, where clients with no --host look first."""
+        return client_socket_path(DEFAULT_SOCKET_DIR, self.port)
 
     def start(self, wait: bool = True) -> ServerProcess:
         self._log = open(self.log_path, "ab")

@@ -145,7 +145,7 @@ def _writer(port: int, database: str, writer: int, seed: int, ledger: Ledger, st
     """Commit transactions of 2-4 rows until stopped or the server is gone."""
     rnd = random.Random(seed)
     try:
-        conn = rc.connect("127.0.0.1", port, database=database, timeout=10)
+        conn = rc.connect(port=port, database=database, timeout=10)
     except (rc.ClientError, OSError):
         return
     n = 0
@@ -437,7 +437,7 @@ class Soak:
     def check_server(self, where: str, expected) -> Check:
         groups = {}
         for database in self.databases:
-            with rc.connect("127.0.0.1", self.server.port, database=database) as c:
+            with rc.connect(port=self.server.port, database=database) as c:
                 groups[database] = c.execute(GROUPS_SQL).rows
         return check_groups(where, groups, expected)
 

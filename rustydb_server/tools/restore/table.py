@@ -119,7 +119,8 @@ def import_table(
     try:
         export_tables(data_dir, sql_path, tables=[table], database=source_database, rename_to=rename_to)
         password = rc.read_password_file(password_file)
-        with rc.connect(host or "127.0.0.1", int(port), database=database, user=user, password=password) as conn:
+        # No host (":5432"): the local server, through its Unix socket first.
+        with rc.connect(host or None, int(port), database=database, user=user, password=password) as conn:
             try:
                 _run_script(conn, sql_path)
             except rc.ServerError:

@@ -107,7 +107,7 @@ def run_variant(work: str, name: str, src: str | None, rows: int, scale: int) ->
         cpu[key] = cpu_seconds(srv.proc.pid) - before
 
     try:
-        with rc.connect("127.0.0.1", srv.port) as c:
+        with rc.connect(port=srv.port) as c:
             timed("insert_select", insert_select, c, rows)
             timed("executemany", executemany, c, rows)
             c.execute("CREATE DATABASE pgb")

@@ -94,7 +94,7 @@ def pgbench_n_load(port: int, scale: int, seconds: float, clients: int = 2) -> i
 
     def client(i: int) -> None:
         rnd = random.Random(i)
-        with rc.connect("127.0.0.1", port) as c:
+        with rc.connect(port=port) as c:
             while time.monotonic() < deadline:
                 aid = rnd.randint(1, scale * ACCOUNTS_PER_SCALE)
                 tid = rnd.randint(1, scale * 10)
@@ -161,7 +161,7 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
     srv = ServerProcess(os.path.join(work, "source"), extra_args=["--config", conf])
     STARTED.append(srv)
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         init_pgbench(c, args.scale)
     base = os.path.join(work, "base.backup")
     subprocess.run(
@@ -169,19 +169,19 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
         check=True,
         capture_output=True,
     )
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         start_lsn = parse_lsn(c.execute("SHOW wal_lsn").rows[0][0])
     t0 = time.perf_counter()
     txs = pgbench_n_load(srv.port, args.scale, args.seconds)
     seg_bytes = args.segment_kb * 1024
     while True:  # on until the load's WAL spans --min-segments (a slow machine commits fewer)
-        with rc.connect("127.0.0.1", srv.port) as c:
+        with rc.connect(port=srv.port) as c:
             end_lsn = parse_lsn(c.execute("SHOW wal_lsn").rows[0][0])
         if end_lsn - start_lsn >= args.min_segments * seg_bytes:
             break
         txs += pgbench_n_load(srv.port, args.scale, 2.0)
     load_s = time.perf_counter() - t0
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         c.execute("CREATE RESTORE POINT 'bench_end'")
     wait_archived(srv)
     srv.stop()

@@ -41,7 +41,8 @@ def test_each_audited_act_is_one_event_with_who_where_and_outcome(tmp_path):
     alice = {"RUSTYDB_USER": "alice", "RUSTYDB_PASSWORD": password}
 
     def cli(sql: str, env=alice):
-        return run_tool("rusty-db-cli", "--port", str(server.port), "--command", sql, env=env)
+        # over TCP, where passwords count (the Unix socket would take the OS user)
+        return run_tool("rusty-db-cli", "--host", "127.0.0.1", "--port", str(server.port), "--command", sql, env=env)
 
     with server:
         assert cli("SELECT 1", env={"RUSTYDB_USER": "alice", "RUSTYDB_PASSWORD": "wrong"}).returncode != 0
@@ -57,6 +58,8 @@ def test_each_audited_act_is_one_event_with_who_where_and_outcome(tmp_path):
             "full",
             "--output",
             str(tmp_path / "full.backup"),
+            "--host",
+            "127.0.0.1",
             "--port",
             str(server.port),
             env=alice,

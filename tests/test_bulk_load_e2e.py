@@ -90,7 +90,7 @@ def test_an_acknowledged_bulk_load_survives_kill_9_and_replays_from_the_wal(prim
     before = tmp_path / "databases-before"
     shutil.copytree(os.path.join(srv.data_dir, "databases"), before)
     srv.start()
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         load(c)  # every COMMIT acknowledged
         expected = live_digest(c)
         assert c.execute("SELECT count(*) FROM bulk").rows == [[ROWS - ROWS // 1000]]
@@ -100,7 +100,7 @@ def test_an_acknowledged_bulk_load_survives_kill_9_and_replays_from_the_wal(prim
     srv.start()
     recovery = srv.health()["recovery"]
     assert recovery["replayed_records"] >= 2, recovery
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         assert live_digest(c) == expected
     srv.stop()
     assert file_digest(srv.data_dir) == expected
@@ -114,7 +114,7 @@ def test_pitr_and_an_incremental_see_a_bulk_load_exactly(primary, tmp_path):
     full = tmp_path / "full.backup"
     proc = run_tool("rusty-db-backup", "--type", "full", "--output", str(full), "--port", str(srv.port))
     assert proc.returncode == 0, proc.stderr
-    with rc.connect("127.0.0.1", srv.port) as c:
+    with rc.connect(port=srv.port) as c:
         load(c)
         at_point = live_digest(c)
         c.execute("CREATE RESTORE POINT 'after_load'")

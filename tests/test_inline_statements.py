@@ -23,6 +23,7 @@ from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.statement_costs import MAX_REQUALIFY, StatementCosts, shape
 from rustydb_server.fileops import FileOps
 from rustydb_server.lifecycle import Lifecycle
+from rustydb_server.roles import BUILTIN, RoleStore
 from rustydb_server.settings import Settings
 
 MS = 0.001
@@ -129,6 +130,7 @@ class Connection:
     """What the dispatcher sends on, with the client's side of the protocol reading it."""
 
     peer = ("127.0.0.1", 1)
+    role = BUILTIN
 
     def __init__(self):
         self.client = ClientSide()
@@ -184,6 +186,7 @@ def _server(tmp_path, overrides):
         Backups(),
         settings_changed=lambda: None,
         db_limiter=trio.CapacityLimiter(4),
+        role_store=RoleStore(path),
     )
     return types.SimpleNamespace(services=services, fileops=fileops, costs=services.statement_costs)
 

@@ -9,6 +9,7 @@ replays exactly the records above it (and each one at most once).
 from __future__ import annotations
 
 import os
+import time
 
 import apsw
 
@@ -32,13 +33,29 @@ def open_connection(path: str, *, create: bool = False) -> apsw.Connection:
         raise FileNotFoundError(path)
     conn = apsw.Connection(path, flags=flags)
     conn.set_busy_timeout(BUSY_TIMEOUT_MS)
-    conn.execute("PRAGMA journal_mode=WAL")
+    _set_wal_mode(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
     # Checkpoints of SQLite's own WAL are run by our checkpointer, which knows
     # which of our LSNs they make durable; automatic ones would still be safe
     # but make the timing of fsyncs unpredictable.
     conn.execute("PRAGMA wal_autocheckpoint=10000")
     return conn
+
+
+def _set_wal_mode(conn: apsw.Connection) -> None:
+    """journal_mode=WAL, waiting out a connection opening the same file at the
+    same moment: SQLite answers SQLITE_BUSY at once, without its busy handler,
+    while another connection rebuilds the WAL index, so two sessions opening a
+    database together could fail one of them."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except apsw.BusyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
 
 
 def open_client_connection(path: str) -> apsw.Connection:

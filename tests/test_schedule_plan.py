@@ -15,12 +15,12 @@ from rustydb_server.schedule.plan import (
     INCREMENTAL,
     Config,
     Handled,
-    check_cron,
     handled_after,
     next_fire,
     plan,
     retry_after,
 )
+from rustydb_server.settings import check_cron
 
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = dt.UTC

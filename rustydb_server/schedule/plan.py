@@ -39,19 +39,6 @@ KINDS = (FULL, DIFFERENTIAL, INCREMENTAL)
 MISSED_AFTER = dt.timedelta(seconds=60)
 
 
-class ScheduleError(ValueError):
-    """A schedule setting that cannot be used; the message says what to write instead."""
-
-
-def check_cron(expression: str) -> str | None:
-    """Why ``expression`` is not a usable five-field cron expression, or None."""
-    if len(expression.split()) != 5:
-        return "must be a cron expression of five fields (minute hour day month weekday), for example '0 2 * * 0'"
-    if not croniter.is_valid(expression):
-        return "is not a valid cron expression; for example '0 2 * * 0' is Sunday at 02:00"
-    return None
-
-
 @dataclass(frozen=True)
 class Config:
     crons: Mapping[str, str]  # backup type -> cron expression; only the types that are scheduled

@@ -7,6 +7,8 @@ import json
 import os
 import time
 
+import pytest
+
 from rustydb_server.schedule.scheduler import STATE_FILE
 
 from .test_backup_api_e2e import call, fill
@@ -60,3 +62,13 @@ def test_missed_run_runs_once_at_startup_as_a_full(server_factory, tmp_path):
     srv.sql("SELECT 1;")
     assert len(wait_for_backups(srv, 2, timeout=0)) == 1
     srv.stop()
+
+
+def test_alter_system_checks_and_sets_a_schedule(server):
+    with pytest.raises(AssertionError, match="must be a cron expression of five fields"):
+        server.sql("ALTER SYSTEM SET backup_schedule_full = '0 2 * *';")
+    with pytest.raises(AssertionError, match="is not a known time zone"):
+        server.sql("ALTER SYSTEM SET backup_schedule_timezone = 'Mars/Olympus';")
+    assert server.sql("ALTER SYSTEM SET backup_schedule_full = '30 3 * * 0';").returncode == 0
+    shown = server.sql("SHOW backup_schedule_full;")
+    assert "30 3 * * 0" in shown.stdout

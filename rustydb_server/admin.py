@@ -215,3 +215,14 @@ _HANDLERS = {
     ap.DropDatabase: _drop_database,
     ap.Use: _use,
 }
+
+
+# --- SHOW BACKUP SCHEDULE (the backup scheduler, schedule/scheduler.py) ---
+async def _show_backup_schedule(dispatcher, cmd: ap.ShowBackupSchedule) -> AdminResult:
+    scheduler = dispatcher.services.backups.scheduler
+    if scheduler is None:
+        raise ReportedError("this server runs no backup scheduler", "not_available")
+    return AdminResult("SHOW", list(scheduler.SHOW_COLUMNS), scheduler.show_rows())
+
+
+_HANDLERS[ap.ShowBackupSchedule] = _show_backup_schedule

@@ -92,6 +92,7 @@ async def run(settings, notifier: Notifier) -> int:
                 state_dir=ddir.path,
                 fileops=engine.fileops,
             )
+            backups.scheduler = scheduler
             listener = WireListener(
                 engine,
                 settings,

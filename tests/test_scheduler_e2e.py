@@ -56,6 +56,23 @@ def test_missed_run_runs_once_at_startup_as_a_full(server_factory, tmp_path):
     until = dt.datetime.fromisoformat(json.load(open(state_path))["handled"]["incremental"]["until"])
     assert until > three_days_ago + dt.timedelta(days=2)  # every missed run is dealt with
     assert "scheduled backup completed" in srv.log()
+
+    status, report = call(srv, "GET", "/api/v1/admin/schedule")
+    assert status == 200, report
+    assert report["enabled"] is True and report["time_zone"] == "UTC"
+    by_type = {s["backup_type"]: s for s in report["schedules"]}
+    assert by_type["full"]["expression"] == "off" and by_type["full"]["last_run"] is None
+    last = by_type["incremental"]["last_run"]
+    assert (last["outcome"], last["backup_id"], last["size_bytes"]) == (
+        "completed",
+        backup["backup_id"],
+        backup["size_bytes"],
+    )
+    assert (last["backup_type"], last["reason"]) == ("full", "no full backup")
+    assert by_type["incremental"]["next_run_at"].endswith("T02:00:00+00:00")
+    shown = srv.sql("SHOW BACKUP SCHEDULE;").stdout
+    print(shown)
+    assert "incremental" in shown and "0 2 * * *" in shown and backup["started_at"] and "completed" in shown
     srv.stop()
 
     srv.start()  # nothing missed since: no second backup

@@ -76,7 +76,7 @@ def _utc_now() -> dt.datetime:
 
 
 def _iso(t: dt.datetime | None) -> str | None:
-    return None if t is None else t.astimezone(dt.UTC).isoformat()
+    return None if t is None else t.astimezone(dt.UTC).isoformat(timespec="seconds")
 
 
 class Scheduler:
@@ -251,6 +251,37 @@ class Scheduler:
             else {"at": _iso(nxt.at), "backup_type": nxt.kind, "reason": nxt.reason, "attempt": nxt.attempt},
             "schedules": schedules,
         }
+
+    SHOW_COLUMNS = (
+        "backup_type",
+        "schedule",
+        "last_started_at",
+        "last_duration_s",
+        "last_size_bytes",
+        "last_outcome",
+        "next_run_at",
+    )
+
+    def show_rows(self) -> list[list[str | None]]:
+        """SHOW BACKUP SCHEDULE's rows, one per backup type, in SHOW_COLUMNS order."""
+        rows = []
+        for s in self.status()["schedules"]:
+            last = s["last_run"] or {}
+            outcome = last.get("outcome")
+            if outcome in ("failed", "skipped") and last.get("error"):
+                outcome = f"{outcome}: {last['error']}"
+            rows.append(
+                [
+                    s["backup_type"],
+                    s["expression"],
+                    last.get("started_at"),
+                    None if last.get("duration_s") is None else str(last["duration_s"]),
+                    None if last.get("size_bytes") is None else str(last["size_bytes"]),
+                    outcome,
+                    s["next_run_at"],
+                ]
+            )
+        return rows
 
     # ---------------------------------------------------------------- state
     def _load(self) -> dict[str, p.Handled]:

@@ -186,6 +186,11 @@ async def test_alter_system_changes_the_schedule_live(tmp_path, clock):
         await trio.sleep(48 * HOUR)
         assert len(service.started) == 1
         assert sched.status()["enabled"] is False
+        s["backup_schedule"] = True  # back on two days later: nothing was missed while off
+        sched.settings_changed()
+        await trio.sleep(HOUR)
+        assert len(service.started) == 1
+        assert sched.status()["next_run"]["at"] == "2026-03-10T13:30:00+00:00"  # Monday 13:30 passed while off
         n.cancel_scope.cancel()
 
 

@@ -134,8 +134,12 @@ class Scheduler:
                 self._begin(config, run, now, nursery)
 
     def _settle(self, config: p.Config | None, now: dt.datetime) -> None:
-        """A schedule never run here (or changed) starts from now: it has missed nothing."""
+        """A schedule never run here (or changed) starts from now: it has missed nothing.
+        So does one turned back on: while backup_schedule was off nothing was missed."""
         if config is None:
+            if self._handled:
+                self._handled, self._retry = {}, None
+                self._save()
             return
         changed = False
         for kind, expression in config.crons.items():

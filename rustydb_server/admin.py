@@ -18,6 +18,7 @@ import trio
 from . import admin_parse as ap
 from . import settings as settings_mod
 from .archive import destination
+from .audit import audit
 from .errors import ReportedError
 from .logsetup import get_logger
 from .wal.lsn import format_lsn
@@ -36,7 +37,45 @@ class AdminResult:
 
 async def execute(dispatcher, cmd) -> AdminResult:
     handler = _HANDLERS[type(cmd)]
-    return await handler(dispatcher, cmd)
+    action = _AUDITED.get(type(cmd))
+    if action is None:
+        return await handler(dispatcher, cmd)
+    session = dispatcher.session
+    who = {"user": getattr(session, "user", None), "peer": dispatcher.peer, "session": dispatcher.session_id}
+    try:
+        result = await handler(dispatcher, cmd)
+    except ReportedError as e:
+        audit(action, "failed", **who, **_audit_details(dispatcher, cmd, done=False), error=str(e))
+        raise
+    audit(action, "ok", **who, **_audit_details(dispatcher, cmd, done=True))
+    return result
+
+
+# The admin commands of the audit trail (audit.py), by the action they are logged as.
+_AUDITED = {
+    ap.AlterSystemSet: "alter_system",
+    ap.AlterSystemReset: "alter_system",
+    ap.Shutdown: "shutdown",
+    ap.CreateRestorePoint: "restore_point",
+}
+
+
+def _audit_details(dispatcher, cmd, *, done: bool) -> dict:
+    """What an audited command did: the setting (with its new value once set: a
+    refused value is not logged, it may be a password pasted in the wrong place),
+    the shutdown's mode, the restore point's name."""
+    if isinstance(cmd, ap.AlterSystemSet):
+        details = {"statement": "ALTER SYSTEM SET", "setting": cmd.name}
+        if done:
+            name = settings_mod.lookup(cmd.name).name
+            details["setting"] = name
+            details["value"] = settings_mod.format_value(name, settings_mod.parse_value(name, cmd.raw_value))
+        return details
+    if isinstance(cmd, ap.AlterSystemReset):
+        return {"statement": "ALTER SYSTEM RESET", "setting": cmd.name or "ALL"}
+    if isinstance(cmd, ap.Shutdown):
+        return {"mode": "immediate" if cmd.immediate else "graceful"}
+    return {"name": cmd.name}
 
 
 def _settings_not_saved(e: OSError) -> ReportedError:

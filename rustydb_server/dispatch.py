@@ -80,7 +80,9 @@ class Dispatcher:
         """Open the session's SQLite connection; the answer the client waits for."""
         name = request.database or DEFAULT_DATABASE
         self.session = await trio.to_thread.run_sync(
-            functools.partial(SqlSession, self.services.engine, name, self.session_id, peer=self.peer),
+            functools.partial(
+                SqlSession, self.services.engine, name, self.session_id, peer=self.peer, user=request.user
+            ),
             limiter=self.services.db_limiter,
         )
         log.info(
@@ -114,7 +116,9 @@ class Dispatcher:
         if isinstance(request, events.Query):
             await self._query(request)
         else:
-            self.awaiting_location = await self.services.backups.stream_to_client(self.conn, request)
+            self.awaiting_location = await self.services.backups.stream_to_client(
+                self.conn, request, user=self.session.user
+            )
 
     async def _backup_stored(self, stored: events.BackupStored) -> None:
         awaiting, self.awaiting_location = self.awaiting_location, None

@@ -3,16 +3,15 @@
 A component of the server's root nursery, started before recovery so that
 health answers "starting" (503) while a long recovery runs; every other route
 answers 503 until the run module hands it the running server's components.
-Every route lives under /api/v1/admin/ as the operations guide shows. A bearer
-token is required when one is configured, and always for clients that are not
-on the loopback interface (an API that can start backups is not left open to
-the network by default).
+Every route lives under /api/v1/admin/ as the operations guide shows. Who may
+use which route, and how, is ``http_access.decide``: health answers everyone
+(the whole report only to a trusted client), every other route needs the
+bearer token but from trusted loopback clients, and browsers cannot drive it.
 """
 
 from __future__ import annotations
 
 import errno
-import hmac
 import logging
 import os
 
@@ -24,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .auth import is_loopback
+from . import http_access
+from .audit import audit
 from .backup import api as backup_api
 from .backup.service import BackupService
 from .health import health_report
@@ -35,20 +35,13 @@ from .schedule import api as schedule_api
 log = get_logger("rustydb.http")
 
 
-def read_token(path: str) -> str | None:
-    if not path:
-        return None
-    with open(path) as f:
-        token = f.read().strip()
-    return token or None
-
-
 def error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-class TokenGuard:
-    """ASGI middleware: bearer token check in constant time."""
+class AccessGuard:
+    """ASGI middleware: who may use the API and how (``http_access.decide``);
+    refusals of a token or a trust are audit events."""
 
     def __init__(self, app, settings):
         self.app = app
@@ -59,28 +52,45 @@ class TokenGuard:
             return await self.app(scope, receive, send)
         client = scope.get("client") or (None, None)
         try:
-            token = read_token(self.settings["http_api_token_file"])
-        except OSError as e:
-            resp = error(503, f"cannot read http_api_token_file: {e.strerror}", "config_error")
+            token = http_access.read_token(self.settings["http_api_token_file"])
+        except http_access.TokenFileError as e:
+            log.error("the HTTP API cannot check tokens", error=str(e))
+            resp = error(503, str(e), "config_error")
             return await resp(scope, receive, send)
-        if token is None and is_loopback(client[0]):
-            return await self.app(scope, receive, send)
-        if token is None:
-            resp = error(
-                401,
-                "the HTTP API needs a bearer token for clients that are not on loopback; "
-                "set http_api_token_file on the server",
-                "unauthorized",
-            )
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        verdict = http_access.decide(
+            scope["method"],
+            scope["path"],
+            headers,
+            client[0],
+            token,
+            trust_loopback_setting=self.settings["http_api_trust_loopback"],
+            allowed_host_names=http_access.allowed_hosts(self.settings["http_api_allowed_hosts"]),
+        )
+        if verdict.status:
+            if verdict.audit:
+                audit(
+                    "http_request",
+                    verdict.audit,
+                    peer=client,
+                    method=scope["method"],
+                    path=scope["path"],
+                    reason=verdict.code,
+                )
+            resp = error(verdict.status, verdict.message, verdict.code)
+            if verdict.status == 401:
+                resp.headers["WWW-Authenticate"] = "Bearer"
             return await resp(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        expected = "Bearer " + token
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            resp = error(401, "missing or wrong bearer token", "unauthorized")
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return await resp(scope, receive, send)
+        scope.setdefault("state", {})["access"] = verdict
         return await self.app(scope, receive, send)
+
+
+def check_token_file(settings) -> None:
+    """At start: a token file that cannot be read, or that others may read, stops the server."""
+    try:
+        http_access.read_token(settings["http_api_token_file"])
+    except http_access.TokenFileError as e:
+        raise StartupError(str(e)) from None
 
 
 async def _not_found(request: Request, exc) -> JSONResponse:
@@ -106,16 +116,22 @@ def _app(routes: list[Route]) -> Starlette:
     )
 
 
-def _health_answer(report: dict) -> JSONResponse:
+def _health_answer(request: Request, report: dict) -> JSONResponse:
     # degraded: running and serving, with its reasons; starting, stopping, unhealthy: 503
-    return JSONResponse(report, status_code=200 if report["status"] in ("healthy", "degraded") else 503)
+    code = 200 if report["status"] in ("healthy", "degraded") else 503
+    access = getattr(request.state, "access", None)
+    if access is None or not access.full:
+        # An untrusted client (a load balancer, a monitor) learns whether the
+        # server is up, and which release, nothing else: no paths, no WAL positions.
+        report = {"status": report["status"], "version": report["version"]}
+    return JSONResponse(report, status_code=code)
 
 
 def build_starting_app(settings, lifecycle: Lifecycle) -> Starlette:
     """While the server recovers: health, and 503 for what needs the running server."""
 
     async def health(request: Request) -> JSONResponse:
-        return _health_answer(health_report(settings, lifecycle))
+        return _health_answer(request, health_report(settings, lifecycle))
 
     async def archive(request: Request) -> JSONResponse:
         return error(503, "the server is still starting", "starting")
@@ -147,7 +163,7 @@ def build_app(settings, lifecycle: Lifecycle, engine, archiver, backups: BackupS
     """The running server's API; ``sessions`` is the wire listener's open sessions."""
 
     async def health(request: Request) -> JSONResponse:
-        return _health_answer(health_report(settings, lifecycle, engine, archiver, len(sessions)))
+        return _health_answer(request, health_report(settings, lifecycle, engine, archiver, len(sessions)))
 
     async def archive(request: Request) -> JSONResponse:
         return JSONResponse(archiver.report())
@@ -166,12 +182,12 @@ class HttpApi:
     def __init__(self, settings, lifecycle: Lifecycle):
         self._settings = settings
         self._lifecycle = lifecycle
-        self._app = TokenGuard(build_starting_app(settings, lifecycle), settings)
+        self._app = AccessGuard(build_starting_app(settings, lifecycle), settings)
 
     def serve_running(self, engine, archiver, backups: BackupService, sessions) -> None:
         """Recovery is over: from now on every route answers."""
         app = build_app(self._settings, self._lifecycle, engine, archiver, backups, sessions)
-        self._app = TokenGuard(app, self._settings)
+        self._app = AccessGuard(app, self._settings)
 
     async def __call__(self, scope, receive, send):
         """The ASGI app hypercorn serves: the starting one, then the running one."""
@@ -179,6 +195,7 @@ class HttpApi:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve on listen_address:http_port until cancelled."""
+        check_token_file(self._settings)
         host, port = self._settings["listen_address"], self._settings["http_port"]
         config = Config()
         config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

@@ -175,7 +175,27 @@ REGISTRY: dict[str, Setting] = _registry(
     ),
     Setting("auth_trust_loopback", "bool", True, description="Clients connecting over loopback need no password."),
     Setting("auth_users_file", "path", "", description="TOML file of SCRAM-SHA-256 credentials; empty means no users."),
-    Setting("http_api_token_file", "path", "", description="File holding the bearer token of the HTTP API."),
+    Setting(
+        "http_api_token_file",
+        "path",
+        "",
+        description="File holding the bearer token of the HTTP API; it must be mode 0600 (the server "
+        "refuses to start if group or others may read it).",
+    ),
+    Setting(
+        "http_api_trust_loopback",
+        "enum",
+        "auto",
+        choices=("auto", "on", "off"),
+        description="Loopback clients of the HTTP API need no token; auto: only while no http_api_token_file is set.",
+    ),
+    Setting(
+        "http_api_allowed_hosts",
+        "str",
+        "",
+        description="Host names (comma-separated) the HTTP API answers to besides IP addresses and "
+        "localhost; * for any.",
+    ),
     Setting(
         "statement_timeout",
         "duration",

@@ -26,6 +26,7 @@ from rustydb_client.protocol.connection import ServerSide
 from rustydb_client.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 from . import auth
+from .audit import audit
 from .backup.service import BackupService
 from .checkpointer import Checkpointer
 from .dispatch import Dispatcher, Services
@@ -262,6 +263,8 @@ class ClientConnection:
             await self._try_send(events.Error(e.code, str(e), fatal=True))
         except RemoteProtocolError as e:
             log.warning("client broke the protocol", peer=self.peer, code=e.code, reason=e.message)
+            if e.code == "auth_failed":
+                audit("authenticate", "failed", user=self.protocol.hello_user, peer=self.peer, method="scram")
             await self._try_send(events.Error(e.code, e.message, fatal=True))
         except SendTimedOut as e:
             log.warning(

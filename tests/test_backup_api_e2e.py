@@ -116,7 +116,12 @@ def test_api_bad_requests_get_4xx_with_a_message(server, raw, code):
 def test_api_token_required_when_configured(server, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("t0ps3cret\n")
+    token_file.chmod(0o644)
     server.sql(f"ALTER SYSTEM SET http_api_token_file = '{token_file}';")
+    # a token others can read protects nothing: refused until it is 0600
+    status, body = call(server, "GET", "/api/v1/admin/backups", token="t0ps3cret")
+    assert status == 503 and body["error"] == "config_error" and f"chmod 600 {token_file}" in body["message"]
+    token_file.chmod(0o600)
     status, body = call(server, "GET", "/api/v1/admin/backups")
     assert status == 401
     status, body = call(server, "GET", "/api/v1/admin/backups", token="wrong")

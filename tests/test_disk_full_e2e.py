@@ -88,7 +88,12 @@ def test_full_backup_disk_marks_backup_failed_and_leaves_no_file(server_factory,
     )  # ~10 MB, incompressible
     srv.sql(f"ALTER SYSTEM SET backup_dir = '{small_disk}';")
     url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/backup"
-    req = urllib.request.Request(url, data=json.dumps({"backup_type": "full"}).encode(), method="POST")
+    req = urllib.request.Request(
+        url,
+        data=json.dumps({"backup_type": "full"}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req) as r:
         backup_id = json.loads(r.read())["backup_id"]
     deadline = time.monotonic() + 30

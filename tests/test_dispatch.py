@@ -68,8 +68,8 @@ class Backups:
     def __init__(self):
         self.streamed = []
 
-    async def stream_to_client(self, conn, request):
-        self.streamed.append((conn, request))
+    async def stream_to_client(self, conn, request, *, user=None):
+        self.streamed.append((conn, request, user))
 
 
 @pytest.fixture
@@ -271,4 +271,4 @@ async def test_a_backup_request_goes_to_the_backup_service_with_the_connection(s
     dispatcher, conn = session
     request = conn.request(events.BackupRequested("full"))
     await dispatcher.handle(request)
-    assert server.services.backups.streamed == [(conn, request)]
+    assert server.services.backups.streamed == [(conn, request, "tester")]

@@ -48,23 +48,57 @@ TABLE_ARGUMENT = {
 ALLOWED_ON_INTERNAL = {"SQLITE_READ"}
 
 
+# Actions refused whatever they name: they reach files outside the database.
+ALWAYS_REFUSED = {"SQLITE_ATTACH", "SQLITE_DETACH"}
+# The second argument of a virtual table's creation or drop is its module.
+VTABLE_ACTIONS = {"SQLITE_CREATE_VTABLE", "SQLITE_DROP_VTABLE"}
+
+
 @pytest.mark.parametrize("name", sorted(n for n in CODES if n != "SQLITE_PRAGMA"))  # PRAGMAs: below
 def test_every_action_on_an_internal_table(name):
     code = CODES[name]
     position = TABLE_ARGUMENT.get(name)
     for table in (STATE_TABLE, STATE_TABLE.upper()):
-        args = ("main", table) if position == 2 else (table, None)
+        args = ("main", table) if position == 2 else (table, "fts5" if name in VTABLE_ACTIONS else None)
         decision = authorizer.decide(code, *args, internal=False)
         if position is None or name in ALLOWED_ON_INTERNAL:
-            assert decision == (DENY if name in ("SQLITE_ATTACH", "SQLITE_DETACH") else OK), name
+            assert decision == (DENY if name in ALWAYS_REFUSED else OK), name
         else:
             assert decision == DENY, f"{name} on {table} must be refused"
-        # the server's own statements on the same connection are not refused
-        assert authorizer.decide(code, *args, internal=True) == OK
+        # the server's own statements on the same connection are not refused,
+        # but for an ATTACH of a named file (its VACUUM attaches an unnamed one)
+        expected = DENY if name == "SQLITE_ATTACH" else OK
+        assert authorizer.decide(code, *args, internal=True) == expected
     # the same action on a user table is allowed (ATTACH/DETACH never are)
-    user_args = ("main", "customers") if position == 2 else ("customers", None)
-    expected = DENY if name in ("SQLITE_ATTACH", "SQLITE_DETACH") else OK
+    user_args = ("main", "customers") if position == 2 else ("customers", "fts5" if name in VTABLE_ACTIONS else None)
+    expected = DENY if name in ALWAYS_REFUSED else OK
     assert authorizer.decide(code, *user_args, internal=False) == expected
+
+
+def test_only_the_servers_vacuum_attaches_and_only_its_scratch_database():
+    attach = CODES["SQLITE_ATTACH"]
+    assert authorizer.decide(attach, "", None, internal=True) == OK
+    for path in ("/tmp/x.db", "file:/tmp/x.db?mode=rwc", ":memory:"):
+        assert authorizer.decide(attach, path, None, internal=True) == DENY
+        assert authorizer.decide(attach, path, None, internal=False) == DENY
+    assert authorizer.decide(attach, "", None, internal=False) == DENY
+
+
+@pytest.mark.parametrize("function", sorted(authorizer.FORBIDDEN_FUNCTIONS) + ["LOAD_EXTENSION"])
+def test_functions_that_load_code_or_touch_files_are_refused(function):
+    for internal in (False, True):
+        assert authorizer.decide(CODES["SQLITE_FUNCTION"], None, function, internal=internal) == DENY
+
+
+def test_ordinary_functions_are_allowed():
+    for function in ("abs", "json_extract", "txid_current", "snippet", "random"):
+        assert authorizer.decide(CODES["SQLITE_FUNCTION"], None, function, internal=False) == OK
+
+
+@pytest.mark.parametrize("module", ["fsdir", "zipfile", "csv", "FSDIR", None])
+def test_virtual_tables_of_other_modules_are_refused(module):
+    for action in VTABLE_ACTIONS:
+        assert authorizer.decide(CODES[action], "f", module, internal=False) == DENY
 
 
 @pytest.mark.parametrize(
@@ -117,6 +151,13 @@ def test_other_double_underscore_names_stay_usable():
         ("busy_timeout", "1", False),
         ("database_list", None, False),
         ("JOURNAL_MODE", None, False),
+        ("temp_store", None, True),
+        ("temp_store", "FILE", False),
+        ("temp_store_directory", "'/tmp'", False),
+        ("data_store_directory", "'/tmp'", False),
+        ("fullfsync", "OFF", False),
+        ("checkpoint_fullfsync", "OFF", False),
+        ("lock_proxy_file", "'/tmp/x'", False),
     ],
 )
 def test_pragmas(pragma, argument, allowed):

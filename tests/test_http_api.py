@@ -6,6 +6,7 @@ import httpx
 import pytest
 import trio
 
+from rustydb_server import __version__
 from rustydb_server import datadir as dd
 from rustydb_server.archive.archiver import Archiver
 from rustydb_server.backup import api as backup_api
@@ -17,7 +18,10 @@ from rustydb_server.http_api import HttpApi
 from rustydb_server.lifecycle import RUNNING, Lifecycle
 from rustydb_server.settings import Settings
 
-BASE = "http://rustydb/api/v1/admin"
+BASE = "http://localhost/api/v1/admin"
+
+
+JSON = {"Content-Type": "application/json"}
 
 
 def client(app, host="127.0.0.1") -> httpx.AsyncClient:
@@ -43,14 +47,17 @@ async def test_while_starting_only_health_answers(settings):
         assert health.json()["data_directory"]["state"] == "recovering"
         assert (await http.get("/archive")).json()["error"] == "starting"
         assert (await http.post("/backup", json={})).status_code == 503
-        assert (await http.post("/backup", content=b"{")).json()["error"] == "bad_json"
+        assert (await http.post("/backup", content=b"{", headers=JSON)).json()["error"] == "bad_json"
         assert (await http.get("/backups")).status_code == 503
         assert (await http.get("/nothing")).status_code == 404
 
 
-async def test_clients_off_loopback_need_a_token(settings):
+async def test_clients_off_loopback_need_a_token_but_for_a_bare_health(settings):
     async with client(HttpApi(settings, Lifecycle()), host="192.0.2.7") as http:
-        assert (await http.get("/health")).status_code == 401
+        health = await http.get("/health")
+        assert health.status_code == 503 and health.json() == {"status": "starting", "version": __version__}
+        assert (await http.get("/archive")).status_code == 401
+        assert (await http.post("/backup", json={})).status_code == 401
 
 
 async def test_running_server_reports_and_takes_backups(settings, data_dir, nursery):

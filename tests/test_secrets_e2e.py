@@ -78,6 +78,8 @@ class Api:
     def call(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
         token = self.token if token is None else token
         if token:
             request.add_header("Authorization", f"Bearer {token}")

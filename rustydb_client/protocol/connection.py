@@ -344,6 +344,11 @@ class ServerSide(Connection):
         self._advance(event, State.BACKUP if type(event) is BackupRequested else State.QUERY)
         return event
 
+    @property
+    def hello_user(self) -> str | None:
+        """The user the client's hello named (None before the hello): for the server's logs."""
+        return self._hello.user if self._hello is not None else None
+
     def _on_hello(self, hello: Hello):
         self._hello = hello
         if self._auth_fn is None:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from ..audit import audit
 from .request import BackupRequestError, parse_request
 from .service import BackupService
 
@@ -61,6 +62,16 @@ def describe(entry: dict) -> dict:
     return out
 
 
+def _who(request: Request) -> dict:
+    """The audit fields of an API client: its address, and how it was trusted."""
+    client = request.client
+    access = getattr(request.state, "access", None)
+    return {
+        "peer": (client.host, client.port) if client else None,
+        "user": f"http:{access.by}" if access is not None and access.by else None,
+    }
+
+
 def routes(service: BackupService, settings) -> list[Route]:
     async def start(request: Request) -> JSONResponse:
         try:
@@ -71,7 +82,16 @@ def routes(service: BackupService, settings) -> list[Route]:
             req = parse_request(body, settings)
             entry = service.start_backup(req)
         except BackupRequestError as e:
+            audit("backup", "failed", **_who(request), via="http", error=str(e))
             return _error(e.status, str(e), "invalid_backup_request")
+        audit(
+            "backup",
+            "ok",
+            **_who(request),
+            via="http",
+            backup_id=entry["backup_id"],
+            backup_type=req.backup_type.value,
+        )
         if not req.wait:
             return JSONResponse(describe(entry), status_code=202)
         # "wait": true: answer with the outcome. The backup belongs to the

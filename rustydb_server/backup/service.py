@@ -27,6 +27,7 @@ from rustydb_client.protocol import events
 
 from .. import keys
 from ..archive import segment_file
+from ..audit import audit
 from ..container.file import PARTIAL_SUFFIX, BackupFile
 from ..container.format import BackupType
 from ..engine.instance import EngineError
@@ -270,16 +271,18 @@ class BackupService:
         )
 
     # ------------------------------------------------------------- to a client
-    async def stream_to_client(self, conn, request: events.BackupRequested) -> AwaitingLocation | None:
+    async def stream_to_client(self, conn, request: events.BackupRequested, *, user=None) -> AwaitingLocation | None:
         """Answer a backup request: header, data frames, end (or an error).
 
         A request naming its ``output`` returns the backup, to be recorded
         when the client confirms it (``client_stored``) or failed if it does
         not (``not_stored``)."""
         async with cancel_flag() as cancel:
-            return await self._stream(conn, request, cancel)
+            return await self._stream(conn, request, cancel, user)
 
-    async def _stream(self, conn, request: events.BackupRequested, cancel: threading.Event) -> AwaitingLocation | None:
+    async def _stream(
+        self, conn, request: events.BackupRequested, cancel: threading.Event, user=None
+    ) -> AwaitingLocation | None:
         try:
             req = parse_request(wire_fields(request), self.settings, WIRE_FIELDS)
             if request.output is not None and not os.path.isabs(request.output):
@@ -325,6 +328,16 @@ class BackupService:
                 )
             )
             return None
+        audit(
+            "backup",
+            "ok",
+            user=user,
+            peer=conn.peer,
+            via="wire",
+            backup_id=snap.backup_id,
+            backup_type=req.backup_type.value,
+            output=request.output,
+        )
         sent = 0
         t0 = time.perf_counter()
         try:

@@ -9,6 +9,16 @@ rename, index or put a trigger on them, nor create an object of their name
 (WAL mode, fsync discipline, its own checkpoints, schema integrity) or that
 are process-wide in SQLite (one session would change them for all) are
 refused; the harmless per-connection ones stay open to sessions.
+
+No SQL reaches a file outside the data directory: ATTACH and DETACH are
+refused (the server's own VACUUM attaches its unnamed scratch database, the
+one ATTACH allowed), so is VACUUM INTO (an ATTACH of its target, refused
+here as well as by the session's check of the statement), every PRAGMA that
+names or acts on files, the functions that load code or touch files, and
+virtual tables of any module but the built-in ones that live inside the
+database file (full-text search, R-trees, dbstat). The session's connection
+is also opened defensive (``database.confine``), a second wall behind this
+one.
 """
 
 from __future__ import annotations
@@ -43,6 +53,10 @@ FORBIDDEN_PRAGMAS = frozenset(
         "incremental_vacuum",
         "optimize",
         "busy_timeout",
+        # durability of the file on macOS, the lock file of a proxy lock
+        "fullfsync",
+        "checkpoint_fullfsync",
+        "lock_proxy_file",
     }
 )
 
@@ -58,7 +72,31 @@ READ_ONLY_PRAGMAS = frozenset(
         "journal_size_limit",
         "legacy_alter_table",
         "trusted_schema",
+        # FILE puts a session's temporary tables in files outside the data directory
+        "temp_store",
     }
+)
+
+# Functions no client may call: they load code into the server, write into its
+# log, or read and write files (readfile, writefile and edit come with SQLite's
+# fileio extension, not built in here, and are refused should a build have them).
+FORBIDDEN_FUNCTIONS = frozenset(
+    {
+        "load_extension",
+        "fts3_tokenizer",
+        "sqlite_log",
+        "readfile",
+        "writefile",
+        "edit",
+        "lsmode",
+    }
+)
+
+# The virtual table modules a client may create: the built-in ones whose data
+# lives inside the database file. Any other (fsdir, zipfile, csv, ...) could
+# reach files outside it.
+ALLOWED_VTABLE_MODULES = frozenset(
+    {"fts3", "fts4", "fts5", "fts3tokenize", "fts4aux", "fts5vocab", "rtree", "rtree_i32", "geopoly", "dbstat"}
 )
 
 # Actions whose first argument is the table (or view) they act on or create.
@@ -111,9 +149,19 @@ def decide(op: int, first: str | None, second: str | None, *, internal: bool) ->
     """
     if op == apsw.SQLITE_PRAGMA:
         return _decide_pragma(first, second)
+    if op == apsw.SQLITE_ATTACH:
+        # The server's own VACUUM attaches an unnamed scratch database; any
+        # file name (VACUUM INTO's target included) is refused, even then.
+        return apsw.SQLITE_OK if internal and not first else apsw.SQLITE_DENY
+    if op == apsw.SQLITE_FUNCTION and (second or "").lower() in FORBIDDEN_FUNCTIONS:
+        return apsw.SQLITE_DENY
     if internal:
         return apsw.SQLITE_OK
-    if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+    if op == apsw.SQLITE_DETACH:
+        return apsw.SQLITE_DENY
+    if op in (apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_DROP_VTABLE) and (second or "").lower() not in (
+        ALLOWED_VTABLE_MODULES
+    ):
         return apsw.SQLITE_DENY
     if op in _TABLE_IN_FIRST and is_reserved(first):
         return apsw.SQLITE_DENY

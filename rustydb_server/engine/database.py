@@ -41,6 +41,30 @@ def open_connection(path: str, *, create: bool = False) -> apsw.Connection:
     return conn
 
 
+def open_client_connection(path: str) -> apsw.Connection:
+    """A client session's connection: opened as every other, then confined."""
+    conn = open_connection(path)
+    confine(conn)
+    return conn
+
+
+def confine(conn: apsw.Connection) -> None:
+    """Close the ways a client's SQL could reach past its database file.
+
+    The authorizer (``authorizer.decide``) refuses each of them by name; these
+    are SQLite's own switches behind it: defensive mode (no writable_schema,
+    no journal_mode=OFF, no writes to shadow tables or a corrupting schema
+    change), no extension loading at all, the schema trusted to call only
+    functions without side effects, and no attached database (the server's
+    VACUUM raises the limit to one for its scratch database while it runs).
+    """
+    conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+    conn.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+    conn.config(apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0)
+    conn.enable_load_extension(False)
+    conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
+
+
 def create_database_file(path: str, lsn: int) -> None:
     """Create a new SQLite file with its state table, durable before return."""
     tmp = path + ".creating"

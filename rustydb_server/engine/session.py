@@ -29,6 +29,7 @@ import apsw
 
 from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
 
+from ..audit import audit
 from ..errors import ReportedError
 from . import database
 from .authorizer import decide
@@ -131,10 +132,11 @@ class StatementRun:
 
 
 class SqlSession:
-    def __init__(self, engine: Engine, database_name: str, session_id: int, *, peer=None):
+    def __init__(self, engine: Engine, database_name: str, session_id: int, *, peer=None, user=None):
         self.engine = engine
         self.session_id = session_id
         self.peer = peer  # the client's (host, port), for the logs
+        self.user = user  # the user the client named, for the audit trail
         # time.monotonic() since which a statement or transaction has been open
         # (holding a SQLite snapshot that keeps checkpoints from completing).
         self.open_since: float | None = None
@@ -172,7 +174,7 @@ class SqlSession:
             )
         handle = self.engine.attach_session(name)
         try:
-            conn = database.open_connection(handle.path)
+            conn = database.open_client_connection(handle.path)
         except Exception:
             self.engine.detach_session(handle)
             raise
@@ -211,7 +213,22 @@ class SqlSession:
         decision = decide(op, p1, p2, internal=self._internal)
         if decision == apsw.SQLITE_OK and op in _DDL_OPS and dbname != "temp":
             self._ddl_ops.add(op)
+        elif decision == apsw.SQLITE_DENY:
+            self._audit_refusal(apsw.mapping_authorizer_function.get(op, str(op)), p1, p2)
         return decision
+
+    def _audit_refusal(self, refused: str, target, argument) -> None:
+        audit(
+            "sql",
+            "denied",
+            user=self.user,
+            peer=self.peer,
+            session=self.session_id,
+            database=self.database,
+            refused=refused,
+            target=target,
+            argument=argument,
+        )
 
     def _busy(self, attempts: int) -> bool:
         """Wait for the writer holding the lock to finish; give up after the busy timeout."""
@@ -338,7 +355,8 @@ class SqlSession:
     def _vacuum(self, sql: str, keywords: list[str]) -> StatementRun:
         if self.in_transaction:
             raise SqlError("VACUUM cannot run inside a transaction block", code="active_transaction")
-        if sql.split()[1:] and sql.split()[1].upper() not in ("MAIN",):
+        if not _is_plain_vacuum(sql):
+            self._audit_refusal("VACUUM INTO", sql[:200], None)
             # VACUUM INTO writes a file anywhere the server can; schema names
             # other than main do not exist here.
             raise SqlError(
@@ -686,6 +704,16 @@ def _reraise(error: BaseException):
 def _plain_begin(keywords: list[str]) -> bool:
     """A BEGIN that takes no lock (deferred): it never waits for a writer."""
     return len(keywords) < 2 or keywords[1] not in ("IMMEDIATE", "EXCLUSIVE")
+
+
+_COMMENT = re.compile(r"/\*.*?(\*/|$)|--[^\n]*", re.S)
+
+
+def _is_plain_vacuum(sql: str) -> bool:
+    """``VACUUM`` or ``VACUUM main``, nothing else (the engine runs a plain VACUUM,
+    so anything more, such as ``VACUUM main INTO 'file'``, would be ignored)."""
+    words = [w.strip('"[]`').upper() for w in _COMMENT.sub(" ", sql).replace(";", " ").split()]
+    return words in (["VACUUM"], ["VACUUM", "MAIN"])
 
 
 SEQUENCE_STEP_PREFIX = "UPDATE sqlite_sequence SET seq"

@@ -11,6 +11,8 @@ triggers off the state table).
 
 from __future__ import annotations
 
+import apsw
+
 from . import database, replay
 
 
@@ -22,7 +24,12 @@ class SqliteSteps:
 
     def vacuum(self, conn, lsn: int, txid: int, commit_time_us: int) -> None:
         """Run a logged VACUUM on the session's connection, recording ``lsn``."""
-        conn.execute("VACUUM")
+        # VACUUM attaches a scratch database: a confined connection allows none.
+        allowed = conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 1)
+        try:
+            conn.execute("VACUUM")
+        finally:
+            conn.limit(apsw.SQLITE_LIMIT_ATTACHED, allowed)
         conn.execute("BEGIN IMMEDIATE")
         self.commit(conn, lsn, txid, commit_time_us)
 

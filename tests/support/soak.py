@@ -350,6 +350,8 @@ class Soak:
     def _api(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"http://127.0.0.1:{self.server.http_port}{path}", data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(request, timeout=30) as r:
             return json.loads(r.read())
 

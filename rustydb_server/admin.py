@@ -358,3 +358,14 @@ _HANDLERS = {
     ap.DropRole: _drop_role,
     ap.Grant: _grant,
 }
+
+
+# --- SHOW BACKUP SCHEDULE (the backup scheduler, schedule/scheduler.py) ---
+async def _show_backup_schedule(dispatcher, cmd: ap.ShowBackupSchedule) -> AdminResult:
+    scheduler = dispatcher.services.backups.scheduler
+    if scheduler is None:
+        raise ReportedError("this server runs no backup scheduler", "not_available")
+    return AdminResult("SHOW", list(scheduler.SHOW_COLUMNS), scheduler.show_rows())
+
+
+_HANDLERS[ap.ShowBackupSchedule] = _show_backup_schedule

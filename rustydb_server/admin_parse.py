@@ -43,6 +43,11 @@ class Show:
 
 
 @dataclass(frozen=True)
+class ShowBackupSchedule:
+    """SHOW BACKUP SCHEDULE: each backup schedule's last and next run."""
+
+
+@dataclass(frozen=True)
 class Shutdown:
     immediate: bool = False
 
@@ -123,6 +128,7 @@ AdminCommand = (
     AlterSystemSet
     | AlterSystemReset
     | Show
+    | ShowBackupSchedule
     | Shutdown
     | Checkpoint
     | CreateRestorePoint
@@ -139,7 +145,7 @@ AdminCommand = (
 FORMS = {
     "ALTER SYSTEM": "ALTER SYSTEM SET name = value, ALTER SYSTEM SET name TO value, "
     "ALTER SYSTEM RESET name or ALTER SYSTEM RESET ALL",
-    "SHOW": "SHOW name or SHOW ALL",
+    "SHOW": "SHOW name or SHOW ALL; SHOW BACKUP SCHEDULE",
     "SHUTDOWN": "SHUTDOWN or SHUTDOWN IMMEDIATE",
     "CHECKPOINT": "CHECKPOINT",
     "CREATE RESTORE POINT": "CREATE RESTORE POINT 'name'",
@@ -344,6 +350,9 @@ def _parse_show(c: _Cursor) -> AdminCommand:
     c.keyword("SHOW")
     if c.optional("ALL"):
         return Show(None)
+    if c.optional("BACKUP"):
+        c.keyword("SCHEDULE")
+        return ShowBackupSchedule()
     return Show(c.name("a setting name or ALL").lower())
 
 

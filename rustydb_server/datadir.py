@@ -6,6 +6,7 @@ Layout (see docs/internals.md):
     control                  msgpack with a crc, replaced atomically
     rustydb.auto.toml        ALTER SYSTEM settings
     rustydb.pid              pid and ports; an flock on it keeps a second owner out
+    backup_schedule.json     which scheduled backup runs are dealt with (schedule/scheduler.py)
     databases/<name>.sqlite  one SQLite file per database
     wal/                     WAL segments, archive_status/, timeline history files
 """

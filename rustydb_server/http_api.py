@@ -30,6 +30,7 @@ from .backup.service import BackupService
 from .health import health_report
 from .lifecycle import Lifecycle, StartupError
 from .logsetup import get_logger
+from .schedule import api as schedule_api
 
 log = get_logger("rustydb.http")
 
@@ -152,6 +153,8 @@ def build_starting_app(settings, lifecycle: Lifecycle) -> Starlette:
             Route("/api/v1/admin/backup", start_backup, methods=["POST"]),
             Route("/api/v1/admin/backup/{backup_id}", backups, methods=["GET", "DELETE"]),
             Route("/api/v1/admin/backups", backups, methods=["GET"]),
+            # The backup scheduler's last and next runs (schedule/api.py).
+            Route("/api/v1/admin/schedule", backups, methods=["GET"]),
         ]
     )
 
@@ -170,6 +173,8 @@ def build_app(settings, lifecycle: Lifecycle, engine, archiver, backups: BackupS
         Route("/api/v1/admin/archive", archive, methods=["GET"]),
     ]
     routes.extend(backup_api.routes(backups, settings))
+    # The backup scheduler's last and next runs.
+    routes.extend(schedule_api.routes(backups))
     return _app(routes)
 
 

@@ -31,6 +31,7 @@ from .http_api import HttpApi
 from .lifecycle import RUNNING, STOPPING, Lifecycle, StartupError
 from .logsetup import get_logger
 from .notify import Notifier
+from .schedule.scheduler import Scheduler
 from .settings import to_seconds
 from .signals import SignalWatcher
 from .watchdog import Watchdog
@@ -78,10 +79,20 @@ async def run(settings, notifier: Notifier) -> int:
                 _prepare_changed_archive_dest(settings)
                 archiver.settings_changed()
                 checkpointer.settings_changed()
+                scheduler.settings_changed()
 
             backups = BackupService(
                 engine, settings, Catalog(ddir.path), wal_switched=archiver.retry_now, archive_failing=archiver.failing
             )
+            scheduler = Scheduler(
+                backups,
+                settings,
+                Doorbell(),
+                has_full=lambda: engine.control.last_full_backup is not None,
+                state_dir=ddir.path,
+                fileops=engine.fileops,
+            )
+            backups.scheduler = scheduler
             listener = WireListener(
                 engine,
                 settings,
@@ -96,6 +107,7 @@ async def run(settings, notifier: Notifier) -> int:
             await root.start(SignalWatcher(settings, notifier, lifecycle, settings_changed).run)
             await root.start(checkpointer.run)
             await root.start(archiver.run)
+            await root.start(scheduler.run)
             await root.start(Watchdog(notifier, engine.stall).run)
 
             ddir.write_pid("server", port=settings["port"], http_port=settings["http_port"])

@@ -19,11 +19,13 @@ import math
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import tomli_w
+from croniter import croniter
 
 from rustydb_server.fileops import REAL, FileOps
 
@@ -88,6 +90,30 @@ def _octal_mode_problem(value: str) -> str | None:
         return "must be an octal mode such as 0770 or 0777"
     if not 0 <= mode <= 0o777:
         return "must be an octal mode between 0000 and 0777"
+    return None
+
+
+def check_cron(expression: str) -> str | None:
+    """Why ``expression`` is not a usable five-field cron expression ("" or "off": no schedule), or None."""
+    if expression in ("", "off"):
+        return None
+    if len(expression.split()) != 5:
+        return (
+            "must be a cron expression of five fields (minute hour day month weekday), "
+            "for example '0 2 * * 0', or 'off'"
+        )
+    if not croniter.is_valid(expression):
+        return "is not a valid cron expression; for example '0 2 * * 0' is Sunday at 02:00"
+    return None
+
+
+def _time_zone(name: str) -> str | None:
+    if not name:
+        return None
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "is not a known time zone; use an IANA name such as 'Europe/Berlin' or 'UTC', or '' for the system's"
     return None
 
 
@@ -356,6 +382,57 @@ REGISTRY: dict[str, Setting] = _registry(
         description="CPU niceness of the threads compressing and encrypting a backup "
         "the server writes, so queries keep the CPU when both are busy "
         "(Linux; 0 = normal priority).",
+    ),
+    Setting(
+        "backup_schedule",
+        "bool",
+        True,
+        description="Take the scheduled backups below into backup_dir (off: the server takes none by itself).",
+    ),
+    Setting(
+        "backup_schedule_full",
+        "str",
+        "0 2 * * 0",
+        validator=check_cron,
+        description="Cron expression of scheduled full backups, in backup_schedule_timezone; 'off' for none.",
+    ),
+    Setting(
+        "backup_schedule_incremental",
+        "str",
+        "0 2 * * 1-6",
+        validator=check_cron,
+        description="Cron expression of scheduled incremental backups; 'off' for none. "
+        "One due while no full backup exists is taken as a full.",
+    ),
+    Setting(
+        "backup_schedule_differential",
+        "str",
+        "off",
+        validator=check_cron,
+        description="Cron expression of scheduled differential backups; 'off' for none.",
+    ),
+    Setting(
+        "backup_schedule_timezone",
+        "str",
+        "",
+        validator=_time_zone,
+        description="IANA time zone the backup schedules are read in; empty means the server's ($TZ, /etc/localtime).",
+    ),
+    Setting(
+        "backup_schedule_retries",
+        "int",
+        3,
+        min=0,
+        max=100,
+        description="How often a failed scheduled backup is tried again before it is given up.",
+    ),
+    Setting(
+        "backup_schedule_retry_delay",
+        "duration",
+        300,
+        unit="s",
+        min=1,
+        description="Wait before the first retry of a failed scheduled backup; it doubles for each further one.",
     ),
     Setting(
         "log_format",

@@ -13,6 +13,7 @@ from rustydb_server.admin_parse import (
     CreateRestorePoint,
     DropDatabase,
     Show,
+    ShowBackupSchedule,
     Shutdown,
     SwitchWal,
     Use,
@@ -56,6 +57,7 @@ from rustydb_server.admin_parse import (
         ("SHOW port", Show("port")),
         ("show ALL;", Show(None)),
         ("SHOW Archive_Mode", Show("archive_mode")),
+        ("show backup schedule;", ShowBackupSchedule()),
         ("SHUTDOWN IMMEDIATE", Shutdown(immediate=True)),
         ("shutdown immediate;", Shutdown(immediate=True)),
         ("CHECKPOINT;", Checkpoint()),
@@ -155,6 +157,8 @@ def test_ordinary_sql_is_left_to_sqlite(sql):
         ("USE", "USE name"),
         ("USE /tmp/x", "USE name"),
         ("USE a b", "USE name"),
+        ("SHOW BACKUP", "SHOW BACKUP SCHEDULE"),
+        ("SHOW BACKUP SCHEDULES", "SHOW BACKUP SCHEDULE"),
     ],
 )
 def test_malformed_admin_statements_show_the_expected_form(sql, form):

@@ -138,6 +138,9 @@ class BackupService:
         self.limiter = trio.CapacityLimiter(2)
         self._nursery: trio.Nursery | None = None
         self._running: dict[str, trio.Event] = {}  # backups the server writes, set when each ends
+        # The backup scheduler (schedule/scheduler.py), once the server runs one:
+        # what SHOW BACKUP SCHEDULE and GET /api/v1/admin/schedule report.
+        self.scheduler = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""

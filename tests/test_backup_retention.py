@@ -120,6 +120,13 @@ CASES = [
         {"F"},
         id="partial-not-counted-as-full",
     ),
+    pytest.param(
+        # Catalog times are whole seconds: the catalog's order says which came first.
+        [full("F", 900), incr("I", 900, "F", "F"), full("G", 900), incr("J", 900, "G", "G")],
+        r.Policy(backup_days=None, full_count=1),
+        {"F", "I"},
+        id="same-second-ordered-by-catalog",
+    ),
 ]
 
 
@@ -274,8 +281,11 @@ def test_everything_old_and_not_depended_upon_is_removed(entries, policy, now_da
 
 
 def _kept_by_rule(bid, entries, policy, now):
-    completed = sorted((e for e in entries if e["status"] == "completed"), key=r._order)
-    return bid in r._policy_kept(completed, policy, now)
+    seq = {e["backup_id"]: i for i, e in enumerate(entries)}
+    completed = sorted(
+        (e for e in entries if e["status"] == "completed"), key=lambda e: (e["completed_at"], seq[e["backup_id"]])
+    )
+    return bid in r._policy_kept(completed, policy, now, lambda e: (e["started_at"], seq[e["backup_id"]]))
 
 
 @settings(max_examples=200, deadline=None)
@@ -298,6 +308,6 @@ def test_no_segment_a_kept_backup_replays_is_removed(entries, policy, now_day, d
     if archive_days is not None:
         window = now_day * DAY - archive_days * DAY
         assert all(segments[n].archived_at < window for n in gone)
-    newest = max(kept, key=r._order, default=None)
+    newest = kept[-1] if kept else None  # plan.kept is oldest first
     if newest is not None:  # WAL after the newest kept backup is always there
         assert all((n + 1) * SEG <= newest["start_lsn"] for n in gone)

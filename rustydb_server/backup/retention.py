@@ -121,11 +121,21 @@ def plan(
     """What expires under ``policy`` at ``now``; ``histories`` maps a timeline to
     its ancestors (``wal.timeline.Switch`` lines, oldest first)."""
     by_id = {e["backup_id"]: e for e in entries}
+    # Catalog times are whole seconds: backups taken in the same second are
+    # ordered by their place in the catalog, which is the order they started.
+    seq = {backup_id: i for i, backup_id in enumerate(by_id)}
+
+    def order(e: Mapping):
+        return (e.get("completed_at") or e.get("started_at") or 0, seq[e["backup_id"]])
+
+    def started(e: Mapping):
+        return (e.get("started_at") or 0, seq[e["backup_id"]])
+
     completed = sorted(
         (e for e in by_id.values() if e.get("status") == "completed" and _type(e) is not None),
-        key=_order,
+        key=order,
     )
-    keep_reason = _policy_kept(completed, policy, now)
+    keep_reason = _policy_kept(completed, policy, now, started)
     kept: set[str] = set()
     for backup_id in keep_reason:
         kept.update(chain_of(backup_id, by_id))
@@ -135,11 +145,11 @@ def plan(
         for e in completed:
             if e["backup_id"] not in kept:
                 expired.append(_expire(e, _why(e, policy)))
-        oldest_kept = min((by_id[b].get("started_at") or 0) for b in kept)
-        for e in sorted(by_id.values(), key=_order):
-            if e.get("status") == "failed" and (e.get("started_at") or 0) < oldest_kept:
+        oldest_kept = min(started(by_id[b]) for b in kept)
+        for e in sorted(by_id.values(), key=order):
+            if e.get("status") == "failed" and started(e) < oldest_kept:
                 expired.append(_expire(e, "failed backup, older than the oldest kept backup"))
-    kept_entries = sorted((by_id[b] for b in kept), key=_order)
+    kept_entries = sorted((by_id[b] for b in kept), key=order)
     segs = _expired_segments(kept_entries, policy, now, list(segments), histories or {}, segment_size)
     return Plan(backups=expired, segments=segs, kept=[e["backup_id"] for e in kept_entries])
 
@@ -152,16 +162,12 @@ def _type(entry: Mapping) -> BackupType | None:
     return None if kind is BackupType.WAL_SEGMENT else kind
 
 
-def _order(entry: Mapping):
-    return (entry.get("completed_at") or entry.get("started_at") or 0, entry["backup_id"])
-
-
 def _is_whole_full(entry: Mapping) -> bool:
     kind = _type(entry)
     return kind is not None and kind.is_full_base and entry.get("partial") is not True
 
 
-def _policy_kept(completed: list[Mapping], policy: Policy, now: float) -> dict[str, str]:
+def _policy_kept(completed: list[Mapping], policy: Policy, now: float, started) -> dict[str, str]:
     """The backups a rule keeps by itself (before chains), each with the rule."""
     kept: dict[str, str] = {}
     if policy.backup_days is not None:
@@ -175,9 +181,9 @@ def _policy_kept(completed: list[Mapping], policy: Policy, now: float) -> dict[s
     if policy.full_count is not None:
         fulls = [e for e in completed if _is_whole_full(e)]
         # Fewer whole fulls than the count: the count is not reached, everything stays.
-        since = (fulls[-policy.full_count].get("started_at") or 0) if len(fulls) >= policy.full_count else None
+        since = started(fulls[-policy.full_count]) if len(fulls) >= policy.full_count else None
         for e in completed:
-            if since is None or (e.get("started_at") or 0) >= since:
+            if since is None or started(e) >= since:
                 kept.setdefault(e["backup_id"], f"within the newest {policy.full_count} full backups")
     return kept
 

@@ -211,3 +211,14 @@ def test_a_file_that_now_holds_another_backup_is_left(setup):
     assert os.path.exists(victim)
     assert ids["F1"] in [e["backup_id"] for e in load_entries(data)]
     assert ids["I1"] not in [e["backup_id"] for e in load_entries(data)]
+
+
+def test_an_entry_without_a_file_path_loses_only_its_entry(setup):
+    data, backups, archive, ids, now = setup
+    catalog = Catalog(data)
+    catalog.update(ids["F1"], location="client 127.0.0.1", origin="client")
+    p = expire.make_plan(expire.gather(data, archive), POLICY, now)
+    out = expire.apply(p, data)
+    assert ids["F1"] in out.removed_entries
+    assert os.path.exists(os.path.join(backups, f"{ids['F1']}.backup"))  # not a path the catalog knows
+    assert not os.path.exists(os.path.join(backups, f"{ids['I1']}.backup"))

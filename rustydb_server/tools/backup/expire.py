@@ -22,7 +22,7 @@ import os
 
 from ...archive.segment_file import ArchiveError
 from ...backup import expire, retention
-from ...backup.catalog import CatalogError
+from ...backup.catalog import CatalogError, known_path
 from ...datadir import DataDir, DataDirError, DataDirLocked
 from ...keys import DEFAULT_CONFIG, ENV_CONFIG
 from ...settings import SettingError, Settings
@@ -131,7 +131,10 @@ def _report(data_dir, archive_dir, policy, facts, plan, outcome) -> int:
         for b in backups:
             if b["backup_id"] in refused:
                 continue
-            where = f" ({b['location']})" if b["location"] else ""
+            if known_path(b["location"]):
+                where = f" ({b['location']})"
+            else:  # a client's backup from before clients said where: only its entry goes
+                where = f" (file not known to the catalog, {b['location'] or 'no location'}: remove it yourself)"
             print(f"{verb} {b['type']} backup {b['backup_id']}{where}: {b['reason']}")
         for s in segments:
             print(f"{verb} WAL segment {s['segment']} (timeline {s['timeline']}): {s['reason']}")

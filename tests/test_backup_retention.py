@@ -198,6 +198,12 @@ def test_archive_window_shorter_drops_wal_of_older_backups_but_not_their_own_ran
     assert set(p.kept) == {"F", "G", "H"}
 
 
+def test_a_kept_backup_without_lsn_keeps_all_wal():
+    entries = [full("F", 980, lsn=3 * SEG) | {"start_lsn": None}, full("G", 990, lsn=8 * SEG)]
+    p = r.plan(entries, r.Policy(backup_days=30), now=NOW, segments=segs(1, 0, 12), segment_size=SEG)
+    assert set(p.kept) == {"F", "G"} and not p.segments
+
+
 def test_no_kept_backup_no_segment_expires():
     p = r.plan([], r.Policy(backup_days=30), now=NOW, segments=segs(1, 0, 5), segment_size=SEG)
     assert p.is_empty()

@@ -27,7 +27,9 @@ The rules, in order:
   the bound is then the start of the newest kept backup completed before the
   window (segments before it expire even if older backups are kept), and a
   segment archived inside the window is kept even below every kept backup.
-  Segments on timelines no kept backup descends from are never expired.
+  Segments on timelines no kept backup descends from are never expired, and
+  no segment is while a kept backup's catalog entry lacks its start LSN or
+  timeline.
 """
 
 from __future__ import annotations
@@ -214,8 +216,8 @@ def _expired_segments(
     segment_size: int,
 ) -> list[ExpireSegment]:
     usable = [e for e in kept if isinstance(e.get("start_lsn"), int) and isinstance(e.get("timeline"), int)]
-    if not usable or not segments:
-        return []
+    if not usable or len(usable) < len(kept) or not segments:
+        return []  # a kept backup whose WAL needs are unknown: no segment can be shown unneeded
     anchors = usable
     window = None
     if policy.archive_days is not None:

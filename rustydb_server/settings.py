@@ -435,6 +435,35 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Wait before the first retry of a failed scheduled backup; it doubles for each further one.",
     ),
     Setting(
+        "backup_retention_days",
+        "int",
+        30,
+        min=0,
+        max=36500,
+        description="Keep every backup completed in the last N days, and the newest one before them, "
+        "each with the whole chain it restores from (0 = no day window; then "
+        "backup_retention_full_count must be set). Applied by rusty-db-backup --expire.",
+    ),
+    Setting(
+        "backup_retention_full_count",
+        "int",
+        0,
+        min=0,
+        max=10000,
+        description="Keep the N newest whole-server full backups and every backup taken since the "
+        "oldest of them (0 = no count). With backup_retention_days too, a backup either keeps stays.",
+    ),
+    Setting(
+        "archive_retention_days",
+        "int",
+        0,
+        min=0,
+        max=36500,
+        description="Point-in-time window of archived WAL, in days, separate from the backups' own "
+        "(0 = keep the WAL every kept backup can replay). Shorter: WAL before the newest kept backup "
+        "older than the window goes; longer: WAL archived inside the window stays.",
+    ),
+    Setting(
         "log_format",
         "enum",
         "auto",

@@ -98,6 +98,24 @@ def _check_location(i: int, entry: dict) -> None:
         raise CatalogDamaged(f"entry {i}'s location {location!r} is not that backup's file")
 
 
+def load_entries(data_dir: str) -> list[dict]:
+    """The catalog's entries, read only (a damaged file is CatalogDamaged, not set aside)."""
+    path = os.path.join(data_dir, CATALOG_FILE)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise CatalogError(
+            f"cannot read backup catalog {path}: {e.strerror or e}; check its owner and permissions"
+        ) from None
+    try:
+        return list(_parse(raw).values())
+    except CatalogDamaged as e:
+        raise CatalogDamaged(f"backup catalog {path} is damaged: {e}") from None
+
+
 class Catalog:
     def __init__(self, data_dir: str, fileops: _fileops.FileOps = _fileops.REAL):
         self.path = os.path.join(data_dir, CATALOG_FILE)

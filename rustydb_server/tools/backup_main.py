@@ -7,6 +7,7 @@
     rusty-db-backup --query FILE SQL [--database NAME] [--key-file F] [--json]
     rusty-db-backup --rotate-key OLD NEW FILE...
     rusty-db-backup --create-key-file PATH
+    rusty-db-backup --expire --data-dir D [--archive-dir A] [--dry-run] [--json]
 
 This module parses the flags and hands them to the verb they name; each verb
 is a module of ``tools/backup/``. Taking a backup streams it from a running
@@ -30,7 +31,7 @@ from ..codecs import CODECS
 from ..container.format import BackupType
 from ..keys import ENV_PASSPHRASE
 from .argtypes import niceness, thread_count
-from .backup import PROG, create_key, info, query, rotate_key, take, verify
+from .backup import PROG, create_key, expire, info, query, rotate_key, take, verify
 from .interrupt import interruption, sigterm_interrupts
 from .output import ToolParser, fail, run_main
 
@@ -45,6 +46,7 @@ VERBS = {
     "create_key_file": create_key.run,
     "query": query.run,
     "verify_file": verify.run,
+    "expire": expire.run,
 }
 
 
@@ -91,6 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--create-key-file", metavar="PATH", help="create a new random key file (mode 0600; never overwrites)"
     )
+    mode.add_argument(
+        "--expire",
+        action="store_const",
+        const=True,
+        default=None,
+        help="remove the backups and archived WAL the retention settings no longer keep "
+        "(backup_retention_days, backup_retention_full_count, archive_retention_days); "
+        "a kept backup always keeps its whole chain. Needs --data-dir; no server may run there",
+    )
+    p.add_argument("--data-dir", "-D", metavar="DIR", help="with --expire: the data directory whose catalog to use")
+    p.add_argument(
+        "--archive-dir",
+        metavar="DIR",
+        help="with --expire: the archived WAL to expire too (default the archive_dest setting)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="with --expire: list what would go and why, remove nothing")
     p.add_argument("--output", "-o", metavar="FILE", help="backup file to write (with --type)")
     p.add_argument(
         "--compress",
@@ -140,13 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; parser.error exits with status 2."""
     taking = args.type is not None
-    modes = [args.type, args.info, args.rotate_key, args.create_key_file, args.query]
+    modes = [args.type, args.info, args.rotate_key, args.create_key_file, args.query, args.expire]
     if not any(m is not None for m in modes) and args.verify_file is None:
-        parser.error("choose one of --type, --verify FILE, --info FILE, --rotate-key, --create-key-file")
+        parser.error("choose one of --type, --verify FILE, --info FILE, --rotate-key, --create-key-file, --expire")
     if taking and isinstance(args.verify_file, str):
         parser.error("with --type, --verify takes no FILE (it verifies the new backup)")
     if not taking and any(m is not None for m in modes) and args.verify_file is not None:
-        parser.error("--verify FILE cannot be combined with --info, --rotate-key or --create-key-file")
+        parser.error("--verify FILE cannot be combined with --info, --rotate-key, --create-key-file or --expire")
     if not taking and args.verify_file is True:
         parser.error("--verify needs the backup FILE to check")
     if taking and not args.output:
@@ -165,6 +183,16 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                 parser.error(f"{flag} is only used with --type")
     if taking and args.key_file and not args.encrypt:
         parser.error("--key-file with --type needs --encrypt (an unencrypted backup uses no key)")
+    if args.expire and not args.data_dir:
+        parser.error("--expire needs --data-dir DIR (the data directory whose backup catalog to use)")
+    if not args.expire:
+        for flag, value in (
+            ("--data-dir", args.data_dir),
+            ("--archive-dir", args.archive_dir),
+            ("--dry-run", args.dry_run),
+        ):
+            if value:
+                parser.error(f"{flag} is only used with --expire")
     if args.base_backup and args.type != BackupType.INCREMENTAL:
         parser.error("--base-backup is only used with --type incremental")
     if args.rotate_key is not None and len(args.rotate_key) < 3:

@@ -297,7 +297,7 @@ def main() -> None:
             )
         if "bulk" in only:
             srv = _server(tmp, args.inline_budget)
-            with rc.connect("127.0.0.1", srv.port) as c:
+            with rc.connect(port=srv.port) as c:
                 rows = figures["bulk"] = bulk_load(c)
             srv.stop()
             print(f"bulk load (1M rows, 1 tx):    {rows:8.0f} rows/s")

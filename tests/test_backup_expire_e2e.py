@@ -38,7 +38,7 @@ def chains(server_factory, tmp_path, monkeypatch):
     srv.sql("ALTER SYSTEM SET archive_mode = on;")
     srv.sql(f"ALTER SYSTEM SET archive_dest = '{archive}';")
     srv.sql("CREATE TABLE items(id INTEGER PRIMARY KEY, body TEXT);")
-    conn = rc.connect("127.0.0.1", srv.port)
+    conn = rc.connect(port=srv.port)
     ids = {}
 
     def work(n):

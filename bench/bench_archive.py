@@ -33,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' support package
 from rustydb_client import client as rc
@@ -42,21 +41,6 @@ from tests.support.servers import ServerProcess, tool
 
 MB = 1024 * 1024
 STARTED: list[ServerProcess] = []
-
-
-def archive_status(srv) -> dict:
-    url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/archive"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
-def wait_archived(srv, timeout=120.0) -> None:
-    srv.sql("SWITCH WAL;")
-    deadline = time.monotonic() + timeout
-    while archive_status(srv)["segments_waiting"]:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"archive did not catch up: {archive_status(srv)}")
-        time.sleep(0.1)
 
 
 def start_server(work: str, name: str, conf_text: str, archive: str) -> ServerProcess:
@@ -136,8 +120,8 @@ def bench_throughput(work: str, seconds: float) -> None:
         print(f"  segments archived: {len(times)} (too few for a rate; run longer)")
     # the archiver alone: drain the backlog once the load stops
     t1 = time.time()
-    waiting = archive_status(srv)["segments_waiting"]
-    wait_archived(srv)
+    waiting = srv.archive_status()["segments_waiting"]
+    srv.wait_archived(timeout=120.0)
     drain = time.time() - t1
     print(
         f"  backlog after the load: {waiting} segment(s), drained in {drain:.1f} s"
@@ -189,7 +173,7 @@ def bench_replay(work: str, records: int) -> None:
     target = time.time()
     time.sleep(0.05)
     srv.sql("INSERT INTO acc VALUES (-1, 0, 'after the target');")
-    wait_archived(srv)
+    srv.wait_archived(timeout=120.0)
     srv.stop()
     out = os.path.join(work, "replay-restored")
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(target)) + f".{int(target % 1 * 1e6):06d}+00:00"
@@ -250,7 +234,7 @@ def bench_rpo(work: str, timeout_s: int, observe: float, rate: float = 20.0) -> 
     os.mkdir(archive)
     srv = start_server(work, f"rpo{timeout_s}", f"archive_timeout = '{timeout_s}s'\n", archive)
     srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
-    wait_archived(srv)
+    srv.wait_archived(timeout=120.0)
     seg_size = 16 * MB
     timeline_hex = None
     commits: list[tuple[float, int]] = []  # (acknowledged at, segno)

@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' support package
 from rustydb_client import client as rc
@@ -49,21 +48,6 @@ from tests.support.servers import ServerProcess, tool
 
 STARTED: list[ServerProcess] = []
 ACCOUNTS_PER_SCALE = 100_000
-
-
-def archive_status(srv) -> dict:
-    url = f"http://127.0.0.1:{srv.http_port}/api/v1/admin/archive"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
-def wait_archived(srv, timeout=300.0) -> None:
-    srv.sql("SWITCH WAL;")
-    deadline = time.monotonic() + timeout
-    while archive_status(srv)["segments_waiting"]:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"archive did not catch up: {archive_status(srv)}")
-        time.sleep(0.1)
 
 
 def init_pgbench(c, scale: int) -> None:
@@ -183,7 +167,7 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
     load_s = time.perf_counter() - t0
     with rc.connect(port=srv.port) as c:
         c.execute("CREATE RESTORE POINT 'bench_end'")
-    wait_archived(srv)
+    srv.wait_archived(timeout=300.0)
     srv.stop()
     segments = len([n for n in os.listdir(archive) if n.endswith(".walz")])
     tenth = start_lsn + (end_lsn - start_lsn) // 10

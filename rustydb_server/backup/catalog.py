@@ -49,6 +49,9 @@ FIELDS = (
     "error",
     "writers_paused_ms",
     "partial",
+    # The backup history (backup/history.py): who started it, and how long it ran.
+    "trigger",
+    "duration_s",
 )
 
 

@@ -29,6 +29,7 @@ from ..archive import segment_file as sf
 from ..container.errors import BackupError
 from ..container.format import BackupType
 from ..crypto import CryptoError
+from ..engine import database as engine_db
 from ..engine.instance import Engine
 from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..logsetup import get_logger
@@ -38,7 +39,7 @@ from ..wal import record as walrec
 from ..wal import segment as walseg
 from ..wal.lsn import format_lsn
 from ..wal.segment import HEADER_SIZE
-from .manifest import DatabaseEntry, Manifest
+from .manifest import DatabaseEntry, Manifest, TableRows
 from .steps import encode_steps, steps_entry
 
 log = get_logger("rustydb.backup")
@@ -319,8 +320,15 @@ def build(
         if tracking is not None and start <= end_lsn:
             tracked = tracking.net_changes(start)
             tracking.start(end_lsn)  # the base of the next incremental, if this one completes
-    if start > end_lsn:
-        raise IncrementalUnavailable("the base backup is newer than this server's WAL")
+        # Readers pinned at end_lsn while nothing commits; they count after the locks are released.
+        readers = _pin_readers(engine, names)
+    try:
+        if start > end_lsn:
+            raise IncrementalUnavailable("the base backup is newer than this server's WAL")
+        row_counts = _count_rows(readers)
+    finally:
+        for conn in readers.values():
+            conn.close()
     net = _tracked(tracked)
     source = "tracked"
     if net is None:
@@ -334,7 +342,7 @@ def build(
             DatabaseEntry(
                 name=name,
                 entry=steps_entry(name),
-                tables=(),
+                tables=row_counts.get(name, ()),
                 size_bytes=sum(len(p) for _, p in steps.get(name, [])),
                 transactions=net.transactions.get(name, 0),
             )
@@ -371,6 +379,37 @@ def build(
         seconds=round(time.perf_counter() - t0, 3),
     )
     return manifest, steps
+
+
+def _pin_readers(engine: Engine, names: list[str] | None) -> dict[str, apsw.Connection]:
+    """A read transaction per database, begun with its commit lock held: the
+    rows as of the incremental's end LSN (what the restore drill compares)."""
+    readers: dict[str, apsw.Connection] = {}
+    try:
+        for name in sorted(names or engine.databases):
+            handle = engine.databases.get(name)
+            if handle is None or handle.dropped:
+                continue
+            engine.require_caught_up(handle)
+            conn = engine_db.open_connection(handle.path)
+            readers[name] = conn
+            conn.execute("BEGIN")
+            conn.execute(f"SELECT count(*) FROM {engine_db.STATE_TABLE}").fetchall()
+    except BaseException:
+        for conn in readers.values():
+            conn.close()
+        raise
+    return readers
+
+
+def _count_rows(readers: dict[str, apsw.Connection]) -> dict[str, tuple[TableRows, ...]]:
+    return {
+        name: tuple(
+            TableRows(t, conn.execute(f"SELECT count(*) FROM {engine_db.quote_ident(t)}").fetchall()[0][0])
+            for t in engine_db.user_tables(conn)
+        )
+        for name, conn in readers.items()
+    }
 
 
 #: How long an incremental waits for change tracking to catch up (a burst of

@@ -46,7 +46,18 @@ def choose(entries: Iterable[Mapping], which: str) -> dict:
                 "the backup catalog lists no completed backup with a known file to drill; take a backup "
                 "first (rusty-db-backup --output FILE, or POST /api/v1/admin/backup)"
             )
-        return dict(max(usable, key=lambda e: (e.get("completed_at") or 0, e.get("started_at") or 0)))
+        # Catalog times are whole seconds: within one, the later end LSN, then the later entry, is newer.
+        order = {id(e): i for i, e in enumerate(usable)}
+        return dict(
+            max(
+                usable,
+                key=lambda e: (
+                    e.get("completed_at") or 0,
+                    e.get("end_lsn") if isinstance(e.get("end_lsn"), int) else -1,
+                    order[id(e)],
+                ),
+            )
+        )
     for e in entries:
         if e.get("backup_id") == which:
             if e.get("status") != "completed":

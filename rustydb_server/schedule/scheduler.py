@@ -183,6 +183,7 @@ class Scheduler:
                     backup_type=BackupType(run.kind),
                     codec=self._settings["backup_compression"],
                     threads=self._settings["backup_threads"],
+                    trigger="schedule",
                 )
             )
         except BackupRequestError as e:

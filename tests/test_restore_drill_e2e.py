@@ -1,0 +1,100 @@
+"""rusty-db-restore --drill end to end: a real server's backups drilled by the real tool."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from rustydb_server.backup import checks
+from tests.support.backups import flip_byte_in_chunk
+from tests.support.servers import ServerProcess, run_tool
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory):
+    """A server with a full backup and an incremental on top of it, both taken by rusty-db-backup."""
+    top = tmp_path_factory.mktemp("drill")
+    server = ServerProcess(str(top / "data"))
+    with server:
+        server.sql("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);")
+        server.sql("INSERT INTO customers(name) VALUES ('Ada'), ('Grace'), ('Linus');")
+        server.sql("CREATE DATABASE sales;")
+        server.sql("CREATE TABLE orders(id INTEGER PRIMARY KEY, total REAL);", "--database", "sales")
+        server.sql("INSERT INTO orders(total) VALUES (1.5), (2.5);", "--database", "sales")
+        paths = {}
+        for kind in ("full", "incremental"):
+            paths[kind] = str(top / f"{kind}.backup")
+            run_tool("rusty-db-backup", "--port", str(server.port), "--type", kind, "--output", paths[kind], check=True)
+            server.sql("INSERT INTO customers(name) VALUES ('Barbara');")
+        yield server, paths, top
+
+
+def drill(*args: str):
+    return run_tool("rusty-db-restore", "--drill", "--json", *args, timeout=120)
+
+
+def test_a_drill_of_the_latest_backup_restores_its_chain_and_checks_the_server_it_started(production):
+    server, paths, top = production
+    drills = top / "drills"
+    proc = drill("--data-dir", server.data_dir, "--drill-dir", str(drills))
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and doc["reason"] is None
+    assert doc["chain"] == [paths["full"], paths["incremental"]]  # latest is the incremental: its chain
+    steps = {s["step"]: s for s in doc["steps"]}
+    assert list(steps) == ["find backup", "restore", "identity", "health", "row counts", "integrity", "stop"]
+    assert all(s["ok"] for s in steps.values())
+    # The incremental recorded its own row counts (4 customers, 2 orders), and the drill compared them.
+    assert "2 tables in 2 databases hold the rows the backup recorded" in steps["row counts"]["detail"]
+    assert os.listdir(drills) == []  # the temporary directory is gone
+    recorded = checks.load(server.data_dir)[doc["backup_id"]]
+    assert recorded["drill_outcome"] == "ok" and recorded["drilled_at"] is not None
+    # The listing shows it.
+    listing = {b["backup_id"]: b for b in server_backups(server)}
+    drilled = listing[doc["backup_id"]]
+    assert drilled["drill_outcome"] == "ok" and drilled["drill_reason"] is None
+    assert drilled["trigger"] == "cli" and drilled["backup_type"] == "incremental"
+    full_id = drilled["chain_base"]
+    assert drilled["chain"] == [full_id, doc["backup_id"]]
+    assert listing[full_id]["chain"] == [full_id] and listing[full_id]["drill_outcome"] is None
+    assert drilled["retention"] == "kept" and drilled["duration_s"] is not None and drilled["progress"] is None
+    shown = server.sql("SHOW BACKUPS;").stdout
+    row = next(line for line in shown.splitlines() if doc["backup_id"] in line)
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[1:4] == ["incremental", "completed", "cli"]
+    assert cells[7] == full_id and cells[8] == "kept"
+    assert cells[10].startswith("ok at ")
+
+
+def test_a_drill_of_a_backup_with_a_flipped_byte_fails_and_says_why(production, tmp_path):
+    server, paths, _top = production
+    damaged = str(tmp_path / "damaged.backup")
+    with open(paths["full"], "rb") as f, open(damaged, "wb") as g:
+        g.write(f.read())
+    flip_byte_in_chunk(damaged)
+    proc = drill("--input", damaged, "--data-dir", server.data_dir, "--drill-dir", str(tmp_path / "drills"))
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False
+    assert doc["reason"].startswith("restore: the backup is damaged")
+    assert "chunk" in doc["reason"]
+    assert os.listdir(tmp_path / "drills") == []
+    assert checks.load(server.data_dir)[doc["backup_id"]]["drill_outcome"] == "failed"
+
+
+def test_a_drill_of_an_unknown_backup_is_a_clear_error(production):
+    server, _paths, _top = production
+    proc = run_tool("rusty-db-restore", "--drill", "--data-dir", server.data_dir, "--backup", "nope")
+    assert proc.returncode == 1
+    assert "the backup catalog has no backup nope" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def server_backups(server) -> list[dict]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/api/v1/admin/backups", timeout=5) as r:
+        return json.loads(r.read())["backups"]

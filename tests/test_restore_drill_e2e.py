@@ -6,8 +6,11 @@ import json
 import os
 
 import pytest
+import trio
 
 from rustydb_server.backup import checks
+from rustydb_server.container.errors import BackupCorruptError
+from rustydb_server.schedule.checks import drill_subprocess, verify_file
 from tests.support.backups import flip_byte_in_chunk
 from tests.support.servers import ServerProcess, run_tool
 
@@ -98,3 +101,35 @@ def server_backups(server) -> list[dict]:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/api/v1/admin/backups", timeout=5) as r:
         return json.loads(r.read())["backups"]
+
+
+async def test_the_scheduled_drill_runs_the_real_tool_without_blocking_the_event_loop(production):
+    """What the server's check scheduler runs: the drill tool as a subprocess, its JSON document back."""
+    server, paths, _top = production
+    ticks = 0
+
+    async def tick():
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.01)
+            ticks += 1
+
+    async with trio.open_nursery() as n:
+        n.start_soon(tick)
+        doc = await drill_subprocess(server.data_dir, None)
+        n.cancel_scope.cancel()
+    assert doc["ok"] is True, doc
+    assert doc["chain"] == [paths["full"], paths["incremental"]]
+    assert ticks > 10  # the loop ran on while the drill did
+
+
+def test_the_scheduled_verify_reads_a_real_backup_and_names_the_damaged_chunk(production, tmp_path):
+    _server, paths, _top = production
+    verify_file(paths["full"], None)  # intact: no error
+    damaged = str(tmp_path / "damaged.backup")
+    with open(paths["full"], "rb") as f, open(damaged, "wb") as g:
+        g.write(f.read())
+    entry, chunk = flip_byte_in_chunk(damaged)
+    with pytest.raises(BackupCorruptError) as e:
+        verify_file(damaged, None)
+    assert e.value.entry == entry and e.value.chunk == chunk

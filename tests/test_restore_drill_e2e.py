@@ -71,21 +71,39 @@ def test_a_drill_of_the_latest_backup_restores_its_chain_and_checks_the_server_i
     assert cells[10].startswith("ok at ")
 
 
-def test_a_drill_of_a_backup_with_a_flipped_byte_fails_and_says_why(production, tmp_path):
+def test_a_drill_of_a_backup_with_a_flipped_byte_fails_and_says_why(tmp_path):
+    server = ServerProcess(str(tmp_path / "data"))
+    backup = str(tmp_path / "full.backup")
+    with server:
+        server.sql("CREATE TABLE t(x);")
+        server.sql("INSERT INTO t VALUES (1);")
+        run_tool("rusty-db-backup", "--port", str(server.port), "--type", "full", "--output", backup, check=True)
+        entry, chunk = flip_byte_in_chunk(backup)
+        proc = drill("--data-dir", server.data_dir, "--drill-dir", str(tmp_path / "drills"))
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        doc = json.loads(proc.stdout)
+        assert doc["ok"] is False
+        assert doc["reason"].startswith("restore: the backup is damaged")
+        assert f"entry '{entry}', chunk {chunk}" in doc["reason"]
+        assert [s["step"] for s in doc["steps"]] == ["find backup", "restore"]
+        assert os.listdir(tmp_path / "drills") == []
+        recorded = checks.load(server.data_dir)[doc["backup_id"]]
+        assert recorded["drill_outcome"] == "failed" and recorded["drill_reason"] == doc["reason"]
+        (listed,) = server_backups(server)
+        assert listed["drill_outcome"] == "failed"
+
+
+def test_a_drill_of_a_copy_is_not_recorded_against_the_catalogs_backup(production, tmp_path):
     server, paths, _top = production
-    damaged = str(tmp_path / "damaged.backup")
-    with open(paths["full"], "rb") as f, open(damaged, "wb") as g:
+    copy = str(tmp_path / "copy.backup")
+    with open(paths["full"], "rb") as f, open(copy, "wb") as g:
         g.write(f.read())
-    flip_byte_in_chunk(damaged)
-    proc = drill("--input", damaged, "--data-dir", server.data_dir, "--drill-dir", str(tmp_path / "drills"))
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    doc = json.loads(proc.stdout)
-    assert doc["ok"] is False
-    assert doc["reason"].startswith("restore: the backup is damaged")
-    assert "chunk" in doc["reason"]
-    assert os.listdir(tmp_path / "drills") == []
-    assert checks.load(server.data_dir)[doc["backup_id"]]["drill_outcome"] == "failed"
+    flip_byte_in_chunk(copy)
+    before = checks.load(server.data_dir)
+    proc = drill("--input", copy, "--data-dir", server.data_dir)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["reason"].startswith("restore: the backup is damaged")
+    assert checks.load(server.data_dir) == before
 
 
 def test_a_drill_of_an_unknown_backup_is_a_clear_error(production):

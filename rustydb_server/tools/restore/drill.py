@@ -326,10 +326,24 @@ def _tail(path: str) -> str:
     return " | ".join(text[-3:]) or "no output"
 
 
+def _recorded_file(args: argparse.Namespace, backup_id: str) -> bool:
+    """Whether the file drilled is the one --data-dir's catalog records for ``backup_id``:
+    a drill of a copy elsewhere (damaged or not) says nothing about the catalog's backup."""
+    if not args.input:
+        return True
+    try:
+        entries = load_entries(args.data_dir)
+    except CatalogError:
+        return False
+    location = next((e.get("location") for e in entries if e.get("backup_id") == backup_id), None)
+    return isinstance(location, str) and os.path.realpath(location) == os.path.realpath(args.input)
+
+
 def _record(args: argparse.Namespace, drill: core.Drill) -> None:
-    """The outcome in the data directory's backup_checks.json, the audit trail and the log."""
+    """The outcome in the data directory's backup_checks.json (for the catalog's own file of the
+    backup), the audit trail and the log."""
     outcome = checks.OK if drill.ok else checks.FAILED
-    if args.data_dir and drill.backup_id:
+    if args.data_dir and drill.backup_id and _recorded_file(args, drill.backup_id):
         try:
             checks.record(args.data_dir, drill.backup_id, checks.DRILL, outcome, drill.reason)
         except OSError as e:

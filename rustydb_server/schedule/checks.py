@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from ..audit import FAILED, OK, audit
 from ..backup import checks as _checks
 from ..backup.catalog import known_path
 from ..container.errors import BackupError
@@ -197,6 +198,14 @@ class CheckScheduler:
         log.info("scheduled restore drill started")
         doc = await self._run_drill()
         record["backup_id"] = doc.get("backup_id")
+        audit(
+            "drill",
+            OK if doc.get("ok") else FAILED,
+            peer="local",
+            via="schedule",
+            backup_id=doc.get("backup_id"),
+            reason=doc.get("reason"),
+        )
         if doc.get("ok"):
             record["outcome"] = "completed"
             log.info("scheduled restore drill passed", backup_id=doc.get("backup_id"))

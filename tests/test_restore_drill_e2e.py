@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 import trio
@@ -12,7 +15,7 @@ from rustydb_server.backup import checks
 from rustydb_server.container.errors import BackupCorruptError
 from rustydb_server.schedule.checks import drill_subprocess, verify_file
 from tests.support.backups import flip_byte_in_chunk
-from tests.support.servers import ServerProcess, run_tool
+from tests.support.servers import ServerProcess, run_tool, tool
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +154,30 @@ def test_the_scheduled_verify_reads_a_real_backup_and_names_the_damaged_chunk(pr
     with pytest.raises(BackupCorruptError) as e:
         verify_file(damaged, None)
     assert e.value.entry == entry and e.value.chunk == chunk
+
+
+def test_sigterm_during_a_drill_stops_its_server_and_removes_its_directory(production, tmp_path):
+    """What a server stopping during its scheduled drill does to the drill tool (trio sends SIGTERM)."""
+    server, _paths, _top = production
+    drills = tmp_path / "drills"
+    proc = subprocess.Popen(
+        [tool("rusty-db-restore"), "--drill", "--json", "--data-dir", server.data_dir, "--drill-dir", str(drills)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pid_files = []
+    deadline = time.monotonic() + 60
+    while not pid_files:  # the drill's server is running once its pid file names it
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        pid_files = [p for p in drills.glob("rustydb-drill-*/data/rustydb.pid") if "server" in p.read_text()]
+        time.sleep(0.02)
+    drill_server = int(pid_files[0].read_text().split()[0])
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, (out, err)
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["reason"].startswith("interrupted: stopped by SIGTERM")
+    assert os.listdir(drills) == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(drill_server, 0)

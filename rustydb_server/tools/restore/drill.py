@@ -55,6 +55,7 @@ from ...restore.chain import find_chain, restore_chain
 from ...restore.errors import RestoreError
 from ...restore.incremental import IncrementalRestoreError
 from ...settings import AUTO_FILE_NAME
+from ..interrupt import interruption, sigterm_interrupts
 from ..output import fail, print_json
 from .failure import PROG
 
@@ -64,6 +65,8 @@ log = get_logger("rustydb.drill")
 START_TIMEOUT_S = 300.0
 #: How long it may take to stop once asked (SIGTERM), before it is killed.
 STOP_TIMEOUT_S = 60.0
+#: Servers started before the drill gives up on ports others keep taking.
+PORT_ATTEMPTS = 3
 #: The settings the drill's server runs with, whatever the restored directory or a config file say:
 #: it must not archive into production's archive, take backups, drill or verify, or trust a token file.
 SERVER_SETTINGS = {
@@ -98,15 +101,22 @@ def run(args: argparse.Namespace) -> int:
     configure_logging("json" if args.json else "auto", "info", stream=sys.stderr)
     drill = core.Drill(backup_id=None)
     started = time.monotonic()
+    chain = None
     try:
-        chain = _chain(args, drill)
-    except (core.DrillError, CatalogError) as e:
-        return fail(PROG, f"restore drill: {e}") if not args.json else _report_unstarted(str(e))
-    except RESTORE_ERRORS as e:
-        drill.failed("find backup", _describe(e))
-        chain = None
-    if chain is not None:
-        _drill_chain(args, chain, drill)
+        # SIGTERM (the server stopping during a scheduled drill) unwinds as Ctrl-C does:
+        # the drill's server is stopped and its directory removed on the way out.
+        with sigterm_interrupts():
+            try:
+                chain = _chain(args, drill)
+            except (core.DrillError, CatalogError) as e:
+                return fail(PROG, f"restore drill: {e}") if not args.json else _report_unstarted(str(e))
+            except RESTORE_ERRORS as e:
+                drill.failed("find backup", _describe(e))
+            if chain is not None:
+                _drill_chain(args, chain, drill)
+    except KeyboardInterrupt as exc:
+        how, _code = interruption(exc)
+        drill.failed("interrupted", f"{how}; the drill's server was stopped and its directory removed")
     seconds = round(time.monotonic() - started, 3)
     _record(args, drill)
     summary = {**drill.as_dict(), "chain": chain or [], "seconds": seconds}
@@ -195,48 +205,70 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve_and_check(target: str, top: str, manifest: Manifest, drill: core.Drill) -> None:
-    port, http_port = _free_port(), _free_port()
+def _start(target: str, log_path: str, started: list) -> tuple[subprocess.Popen, int, int, dict | None]:
+    """The restored server started on free ports: (process, port, HTTP port, its first health report).
+    A port another program took between choosing it and binding it is chosen again. Each process
+    is in ``started`` from the moment it exists, so whatever stops the drill stops it too."""
     env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
-    log_path = os.path.join(top, "server.log")
-    command = [
-        sys.executable,
-        "-m",
-        "rustydb_server.tools.server_main",
-        "--data-dir",
-        target,
-        "--port",
-        str(port),
-        "--http-port",
-        str(http_port),
-        "--listen",
-        "127.0.0.1",
-    ]
-    with open(log_path, "ab") as server_log:
-        proc = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env)
-    try:
+    for _attempt in range(PORT_ATTEMPTS):
+        port, http_port = _free_port(), _free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "rustydb_server.tools.server_main",
+            "--data-dir",
+            target,
+            "--port",
+            str(port),
+            "--http-port",
+            str(http_port),
+            "--listen",
+            "127.0.0.1",
+        ]
+        with open(log_path, "ab") as server_log:
+            proc = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env)
+        started.append(proc)
         health = _wait_healthy(proc, http_port)
-        if health is None:
-            drill.failed("start", f"the restored server did not come up: {_tail(log_path)}")
-            return
-        pid_file = _read(os.path.join(target, PID_FILE))
-        problem = core.identity_problem(health, pid_file, data_dir=target, pid=proc.pid, port=port, http_port=http_port)
-        if problem:
-            drill.failed("identity", problem)
-            return
-        drill.passed("identity", f"pid {proc.pid} serves {target} on port {port}")
-        problem = core.health_problem(health)
-        if problem:
-            drill.failed("health", problem)
-            return
-        drill.passed("health", "healthy")
-        _check_data(os.path.join(top, "sock"), port, health.get("databases") or [], manifest, drill)
-    finally:
-        code = _stop(proc)
-        if drill.ok and code != 0:
-            drill.failed("stop", f"the restored server exited with status {code}: {_tail(log_path)}")
-        elif drill.ok:
-            drill.passed("stop", "stopped cleanly")
+        if health is not None or proc.poll() is None or "Address already in use" not in (_read(log_path) or ""):
+            return proc, port, http_port, health
+        with open(log_path, "ab") as server_log:
+            server_log.write(b"(the drill chooses other ports)\n")
+    return proc, port, http_port, health
+
+
+def _serve_and_check(target: str, top: str, manifest: Manifest, drill: core.Drill) -> None:
+    log_path = os.path.join(top, "server.log")
+    started: list[subprocess.Popen] = []
+    try:
+        _check_server(target, top, log_path, manifest, drill, started)
+    except BaseException:  # interrupted: stop what runs, judge nothing more
+        for proc in started:
+            _stop(proc)
+        raise
+    codes = [_stop(proc) for proc in started]
+    if drill.ok and codes and codes[-1] != 0:
+        drill.failed("stop", f"the restored server exited with status {codes[-1]}: {_tail(log_path)}")
+    elif drill.ok:
+        drill.passed("stop", "stopped cleanly")
+
+
+def _check_server(target: str, top: str, log_path: str, manifest: Manifest, drill: core.Drill, started: list) -> None:
+    proc, port, http_port, health = _start(target, log_path, started)
+    if health is None:
+        drill.failed("start", f"the restored server did not come up: {_tail(log_path)}")
+        return
+    pid_file = _read(os.path.join(target, PID_FILE))
+    problem = core.identity_problem(health, pid_file, data_dir=target, pid=proc.pid, port=port, http_port=http_port)
+    if problem:
+        drill.failed("identity", problem)
+        return
+    drill.passed("identity", f"pid {proc.pid} serves {target} on port {port}")
+    problem = core.health_problem(health)
+    if problem:
+        drill.failed("health", problem)
+        return
+    drill.passed("health", "healthy")
+    _check_data(os.path.join(top, "sock"), port, health.get("databases") or [], manifest, drill)
 
 
 def _wait_healthy(proc: subprocess.Popen, http_port: int) -> dict | None:

@@ -181,3 +181,18 @@ def test_sigterm_during_a_drill_stops_its_server_and_removes_its_directory(produ
     assert os.listdir(drills) == []
     with pytest.raises(ProcessLookupError):
         os.kill(drill_server, 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--drill"], "--drill needs --data-dir"),
+        (["--drill", "--input", "f", "--backup", "x", "--data-dir", "d"], "not both"),
+        (["--drill", "--data-dir", "d", "--table", "t"], "--drill cannot be combined with --table"),
+        (["--input", "f", "--data-dir", "d", "--backup", "latest"], "--backup and --drill-dir are for --drill"),
+    ],
+)
+def test_drill_usage_errors_exit_2(args, message):
+    proc = run_tool("rusty-db-restore", *args)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message in proc.stderr

@@ -214,7 +214,8 @@ class CheckScheduler:
         self._failed("restore drill failed", {"backup_id": doc.get("backup_id"), "reason": record["error"]})
 
     async def _verify_stale(self, record: dict, since: dt.datetime) -> None:
-        todo = stale(self._entries(), _checks.load(self._data_dir), since.timestamp())
+        recorded = await self._to_thread(_checks.load, self._data_dir, limiter=self._limiter)
+        todo = stale(self._entries(), recorded, since.timestamp())
         key_file = self._settings["backup_key_file"] or None
         failed = []
         for entry in todo:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 import trio
@@ -14,6 +16,7 @@ import trio
 from rustydb_server.backup import checks
 from rustydb_server.container.errors import BackupCorruptError
 from rustydb_server.schedule.checks import drill_subprocess, verify_file
+from rustydb_server.schedule.scheduler import system_zone
 from tests.support.backups import flip_byte_in_chunk
 from tests.support.servers import ServerProcess, run_tool, tool
 
@@ -118,8 +121,6 @@ def test_a_drill_of_an_unknown_backup_is_a_clear_error(production):
 
 
 def server_backups(server) -> list[dict]:
-    import urllib.request
-
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/api/v1/admin/backups", timeout=5) as r:
         return json.loads(r.read())["backups"]
 
@@ -196,3 +197,29 @@ def test_drill_usage_errors_exit_2(args, message):
     proc = run_tool("rusty-db-restore", *args)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert message in proc.stderr
+
+
+def test_the_server_shows_its_drill_and_verify_schedules_and_alter_system_changes_them(production):
+    server, _paths, _top = production
+
+    def checks_of() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/api/v1/admin/schedule", timeout=5) as r:
+            return {c["kind"]: c for c in json.loads(r.read())["checks"]}
+
+    shown = checks_of()
+    assert shown["restore drill"]["expression"] == "0 4 1-7 * 0"
+    # In the server's time zone (the test's: the server inherits $TZ and /etc/localtime).
+    first_sunday = dt.datetime.fromisoformat(shown["restore drill"]["next_run_at"]).astimezone(system_zone())
+    assert first_sunday.day <= 7 and first_sunday.weekday() == 6 and first_sunday.hour == 4
+    assert shown["verify"]["expression"] == "0 5 * * 6" and shown["verify"]["next_run_at"] is not None
+    server.sql("ALTER SYSTEM SET restore_drill_schedule = 'off';")
+    try:
+        deadline = time.monotonic() + 10
+        while checks_of()["restore drill"]["next_run_at"] is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        rows = server.sql("SHOW BACKUP SCHEDULE;").stdout
+        drill_row = next(line for line in rows.splitlines() if "restore drill" in line)
+        assert [c.strip() for c in drill_row.split("|")][1] == "off"
+    finally:
+        server.sql("ALTER SYSTEM RESET restore_drill_schedule;")

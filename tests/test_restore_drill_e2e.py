@@ -91,6 +91,8 @@ def test_a_drill_of_a_backup_with_a_flipped_byte_fails_and_says_why(tmp_path):
         doc = json.loads(proc.stdout)
         assert doc["ok"] is False
         assert doc["reason"].startswith("restore: the backup is damaged")
+        assert doc["error"] == f"restore drill of backup {doc['backup_id']} failed: {doc['reason']}"
+        assert f"rusty-db-restore: error: {doc['error']}" in proc.stderr
         assert f"entry '{entry}', chunk {chunk}" in doc["reason"]
         assert [s["step"] for s in doc["steps"]] == ["find backup", "restore"]
         assert os.listdir(tmp_path / "drills") == []

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 chain = _chain(args, drill)
             except (core.DrillError, CatalogError) as e:
-                return fail(PROG, f"restore drill: {e}") if not args.json else _report_unstarted(str(e))
+                return fail(PROG, f"restore drill: {e}")
             except RESTORE_ERRORS as e:
                 drill.failed("find backup", _describe(e))
             if chain is not None:
@@ -120,21 +120,14 @@ def run(args: argparse.Namespace) -> int:
     seconds = round(time.monotonic() - started, 3)
     _record(args, drill)
     summary = {**drill.as_dict(), "chain": chain or [], "seconds": seconds}
+    error = None if drill.ok else f"restore drill of backup {drill.backup_id} failed: {drill.reason}"
     if args.json:
-        print_json(summary)
+        print_json(summary if error is None else {**summary, "error": error})
     else:
         for s in drill.steps:
             print(f"{'✓' if s.ok else '✗'} {s.name}: {s.detail}")
-        print(
-            f"Restore drill of backup {drill.backup_id} {'passed' if drill.ok else 'FAILED'} in {seconds:.1f} s"
-            + ("" if drill.ok else f": {drill.reason}")
-        )
-    return 0 if drill.ok else 1
-
-
-def _report_unstarted(message: str) -> int:
-    print_json({"ok": False, "backup_id": None, "reason": message, "steps": [], "error": message})
-    return fail(PROG, f"restore drill: {message}")
+        print(f"Restore drill of backup {drill.backup_id} {'passed' if drill.ok else 'FAILED'} in {seconds:.1f} s")
+    return 0 if error is None else fail(PROG, error)
 
 
 def _describe(e: BaseException) -> str:

@@ -52,6 +52,8 @@ FIELDS = (
     # The backup history (backup/history.py): who started it, and how long it ran.
     "trigger",
     "duration_s",
+    # Rows per table per database as the backup recorded them (an incremental's start from its parent's).
+    "tables",
 )
 
 

@@ -275,6 +275,8 @@ class BackupService:
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
         if backup_type.needs_parent:
             parent = self.parent_for(backup_type, base_backup)
+            # The parent's row counts: the incremental's follow from them and its net changes.
+            parent = dict(parent, tables=(self.catalog.get(parent["backup_id"]) or {}).get("tables"))
             try:
                 return IncrementalSource(
                     self.engine, parent, backup_type, names, os.path.join(self.scratch, "wal"), backup_id
@@ -633,7 +635,7 @@ class BackupService:
                 **{
                     k: v
                     for k, v in _catalog_fields(manifest, snap, origin="api", location=location).items()
-                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms", "partial")
+                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms", "partial", "tables")
                 },
             )
             with BackupFile(
@@ -690,6 +692,8 @@ def _catalog_fields(manifest: Manifest, snap: Snapshot, *, origin: str, location
         "parent_id": manifest.parent_id,
         "base_full_id": manifest.base_full_id,
         "partial": manifest.partial,
+        # Rows per table, per database that recorded them: the next incremental's counts start from them.
+        "tables": {db.name: {t.name: t.rows for t in db.tables} for db in manifest.databases if db.tables},
     }
 
 

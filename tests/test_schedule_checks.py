@@ -209,3 +209,18 @@ async def test_a_missing_file_fails_its_verify(tmp_path, clock):
     await run_for(sched, 1.5 * HOUR)
     got = checks.load(str(tmp_path))["gone"]
     assert got["verify_outcome"] == "failed" and "no longer exists" in got["verify_error"]
+
+
+async def test_a_drill_that_cannot_even_start_is_a_failed_run_not_the_schedulers_end(tmp_path, clock):
+    calls = []
+
+    async def broken():
+        calls.append(trio.current_time())
+        raise FileNotFoundError(2, "No such file or directory")
+
+    sched = make(tmp_path, settings(restore_drill_schedule="0 * * * *"), drills=broken)
+    await run_for(sched, 2.5 * HOUR)
+    assert len(calls) == 2  # it went on to the next run
+    last = sched.status()[0]["last_run"]
+    assert last["outcome"] == "failed"
+    assert last["error"] == "the restore drill could not run: No such file or directory"

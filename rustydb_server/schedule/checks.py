@@ -189,6 +189,10 @@ class CheckScheduler:
                 await self._drill(record)
             else:
                 await self._verify_stale(record, fresh_since(expression, tz, now))
+        except Exception as e:  # never the server's end: the run failed, and says why
+            reason = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else f"{e.strerror or e}"
+            record.update(outcome="failed", error=f"the {kind} could not run: {reason}")
+            self._failed(f"{kind} failed", {"reason": record["error"]})
         finally:
             self.running = None
             record["finished_at"] = _iso(self._now())

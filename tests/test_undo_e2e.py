@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 import threading
 import time
@@ -229,3 +230,29 @@ def test_through_the_cli(srv):
     assert proc.returncode == 0 and str(len(w.after(w.bad))) in proc.stdout
     proc = srv.cli("-d", "cli", "--command", "UNDO TRANSACTION banana")
     assert proc.returncode == 1 and "Usage: UNDO TRANSACTION txid" in proc.stderr
+
+
+def test_undo_and_as_of_read_the_archive_once_the_server_removed_the_segments(server_factory, tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    conf = tmp_path / "rustydb.toml"
+    conf.write_text("wal_segment_size = '64kB'\n")
+    srv = server_factory(extra_args=["--config", str(conf)]).start()
+    srv.sql("ALTER SYSTEM SET archive_mode = on")
+    srv.sql(f"ALTER SYSTEM SET archive_dest = '{archive}'")
+    w = Workload(srv, "archived")
+    wal_dir = tmp_path / "data" / "wal"
+    first_segments = set(os.listdir(wal_dir))
+    srv.wait_archived()
+    srv.sql("CHECKPOINT")
+    assert first_segments - set(os.listdir(wal_dir)), "the checkpoint removed no segment"
+    got = w.conn.execute(f"SELECT * FROM items AS OF TXID {w.bad} ORDER BY id")
+    assert [tuple(r) for r in got.rows] == w.after(w.bad)
+    _restored(w.undo(f"UNDO TRANSACTION {w.bad} CASCADE"))
+    assert w.table() == w.replay_without({w.bad, *w.conflicting})
+    # Without the archive the WAL needed is gone: refused, saying how far back it reaches.
+    srv.sql("ALTER SYSTEM SET archive_mode = off")
+    srv.sql("ALTER SYSTEM RESET archive_dest")
+    with pytest.raises(rc.ServerError, match="oldest record the server's WAL still hold") as e:
+        w.conn.execute(f"SELECT * FROM items AS OF TXID {w.bad}")
+    assert e.value.code == "wal_unavailable"

@@ -40,6 +40,13 @@ class AsOfQuery:
         return tx.commit_time_us > self.time_us
 
 
+def reaches(txs: list[undo_mod.Tx], query: AsOfQuery, reach_time_us: int | None) -> bool:
+    """Whether a history that begins at ``reach_time_us`` holds every change after the target."""
+    if query.txid is not None:
+        return any(tx.txid == query.txid for tx in txs)
+    return reach_time_us is not None and reach_time_us <= query.time_us
+
+
 def after_target(
     txs: list[undo_mod.Tx], query: AsOfQuery, applied_lsn: int, *, reach_time_us: int | None
 ) -> list[undo_mod.Tx]:

@@ -2,7 +2,9 @@
 
 Synchronous, run in a worker thread by the admin statements (admin.py).
 The history of a database is read from the server's own WAL segments
-(``wal/``, the current timeline, up to what is durable).
+(``wal/``, the current timeline, up to what is durable) through
+forensics/walscan.py, and from the archive (archive_dest) too when the
+segments needed were removed by a checkpoint after they were archived.
 
 An undo is an ordinary transaction of a session of its own: BEGIN
 IMMEDIATE, the inverse changeset applied, COMMIT through the session's
@@ -25,15 +27,18 @@ from collections.abc import Iterator
 
 import apsw
 
+from .. import keys
+from ..archive import segment_file as sf
 from ..engine import database as dbfile
 from ..engine import replay
 from ..errors import ReportedError
+from ..restore.pitr import format_time
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
-from ..wal import segment as walseg
 from ..wal.lsn import format_lsn
 from . import asof as asof_mod
 from . import undo as undo_mod
+from . import walscan
 
 
 class ForensicsError(ReportedError):
@@ -49,43 +54,49 @@ class History:
     first_time_us: int | None  # the time of the first record read (any database): the WAL's reach
     first_lsn: int | None
     end_lsn: int | None  # after the last record read
+    with_archive: bool = False  # read from the archive too
 
 
-def _segment_paths(engine) -> list[str]:
-    wal_dir = engine.datadir.wal_dir
-    timeline = engine.control.timeline
-    return [os.path.join(wal_dir, name) for tl, _segno, name in walseg.list_segments(wal_dir) if tl == timeline]
+def _archive(engine) -> tuple[str | None, object]:
+    """The archive directory the server archives to (None: none set) and its key."""
+    settings = engine.settings
+    dest = settings["archive_dest"]
+    if not dest:
+        return None, None
+    path = os.path.normpath(os.path.join(settings["data_dir"], dest))
+    if not os.path.isdir(path):
+        return None, None
+    key = None
+    if settings["archive_encryption"]:
+        try:
+            key = keys.resolve_kek(None, setting_key_file=settings["backup_key_file"] or None)
+        except (keys.NoKeyError, keys.KeyFileError) as e:
+            raise ForensicsError(f"cannot read the encrypted WAL archive: {e}", "wal_unavailable") from None
+    return path, key
 
 
-def _entries(engine, start_lsn: int | None) -> Iterator[wal_reader.WalEntry]:
-    """The durable records of the server's WAL, from the oldest segment kept
-    (``start_lsn`` None) or from a record boundary."""
-    stop = engine.wal.flushed_lsn
+def _entries(engine, start_lsn: int | None, with_archive: bool) -> Iterator[wal_reader.WalEntry]:
+    """The durable records of the server's timeline: its own ``wal/`` segments,
+    and (``with_archive``) the archived ones a checkpoint removed from there;
+    from the oldest segment held (``start_lsn`` None) or from a record boundary."""
     control = engine.control
+    archive_dir, key = _archive(engine) if with_archive else (None, None)
     try:
-        if start_lsn is None:
-            entries = wal_reader.read_segments(
-                _segment_paths(engine), timeline=control.timeline, segment_size=control.segment_size
-            )
-        else:
-            entries = wal_reader.read_wal(
-                engine.datadir.wal_dir,
-                timeline=control.timeline,
-                segment_size=control.segment_size,
-                start_lsn=start_lsn,
-                stop_lsn=stop,
-            )
-        for entry in entries:
-            if entry.end_lsn > stop:
-                return
+        supplier = walscan.LocalThenArchived(engine.datadir.wal_dir, archive_dir, control.timeline, key=key)
+        held = supplier.segments()
+        if not held:
+            return
+        entries = walscan.supplied_entries(
+            supplier,
+            timeline=control.timeline,
+            segment_size=control.segment_size,
+            start_lsn=held[0] * control.segment_size if start_lsn is None else start_lsn,
+            stop_lsn=engine.wal.flushed_lsn,
+            skip_partial_first=start_lsn is None,
+        )
+        for _timeline, entry in entries:
             yield entry
-    except FileNotFoundError as e:
-        raise ForensicsError(
-            f"a WAL segment was removed while it was being read ({os.path.basename(e.filename or '')}); "
-            "run the statement again",
-            "wal_unavailable",
-        ) from None
-    except wal_reader.WalCorruptError as e:
+    except (walscan.WalScanError, sf.ArchiveError) as e:
         raise ForensicsError(f"cannot read the server's WAL: {e}", "wal_unavailable") from None
 
 
@@ -95,11 +106,11 @@ def _time_of(rec) -> int | None:
     return getattr(rec, "time_us", None)
 
 
-def read_history(engine, database: str, history: History | None = None) -> History:
+def read_history(engine, database: str, history: History | None = None, *, with_archive: bool = False) -> History:
     """The transactions of ``database`` in the server's WAL (or those after ``history``'s end, added to it)."""
     if history is None:
-        history = History([], None, None, None)
-    for entry in _entries(engine, history.end_lsn):
+        history = History([], None, None, None, with_archive)
+    for entry in _entries(engine, history.end_lsn, history.with_archive):
         rec = walrec.decode_record(entry.body)
         if history.first_time_us is None:
             history.first_time_us = _time_of(rec)
@@ -113,12 +124,11 @@ def read_history(engine, database: str, history: History | None = None) -> Histo
 
 
 def _reach(history: History) -> str:
+    where = "the server's WAL and its archive" if history.with_archive else "the server's WAL"
     if history.first_lsn is None:
-        return "the server's WAL holds no records"
-    from ..restore.pitr import format_time
-
+        return f"{where} hold no records"
     when = f" (committed {format_time(history.first_time_us)})" if history.first_time_us else ""
-    return f"the oldest record the server's WAL still holds is at LSN {format_lsn(history.first_lsn)}{when}"
+    return f"the oldest record {where} still hold is at LSN {format_lsn(history.first_lsn)}{when}"
 
 
 # ------------------------------------------------------------------ undo
@@ -139,6 +149,21 @@ class UndoOutcome:
     undone: list[int]
     rows: dict[str, int]  # rows restored per table
     skipped: int  # rows left alone (NONCONFLICTING)
+
+
+def _history_for(engine, database: str, enough) -> History:
+    """The database's history from the server's own WAL, or, when that does not
+    reach back far enough (``enough(history)`` is false), from the archive too."""
+    history = read_history(engine, database)
+    if enough(history) or _archive(engine)[0] is None:
+        return history
+    return read_history(engine, database, with_archive=True)
+
+
+def _reaches(request: UndoRequest, history: History) -> bool:
+    if request.txid is not None:
+        return any(tx.txid == request.txid for tx in history.txs)
+    return history.first_time_us is not None and history.first_time_us <= request.from_us
 
 
 def _targets(request: UndoRequest, history: History, database: str) -> set[int]:
@@ -185,7 +210,7 @@ def _plan(request: UndoRequest, history: History, database: str) -> undo_mod.Und
 
 def undo(engine, new_session, database: str, request: UndoRequest) -> UndoOutcome:
     """Undo as ``request`` says, in a transaction of ``new_session()`` (a SqlSession on ``database``)."""
-    history = read_history(engine, database)
+    history = _history_for(engine, database, lambda h: _reaches(request, h))
     _plan(request, history, database)  # refuse early, before taking any lock
     session = new_session()
     try:
@@ -260,7 +285,7 @@ def as_of(engine, database: str, query: asof_mod.AsOfQuery, max_bytes: int) -> t
     finally:
         conn.close()
     try:
-        history = read_history(engine, database)
+        history = _history_for(engine, database, lambda h: asof_mod.reaches(h.txs, query, h.first_time_us))
         try:
             later = asof_mod.after_target(history.txs, query, applied, reach_time_us=history.first_time_us)
         except asof_mod.AsOfRefused as e:

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from rustydb_client import client as rc
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, run_tool
 
 SEED = 19
 ROWS = 60
@@ -256,3 +256,25 @@ def test_undo_and_as_of_read_the_archive_once_the_server_removed_the_segments(se
     with pytest.raises(rc.ServerError, match="oldest record the server's WAL still hold") as e:
         w.conn.execute(f"SELECT * FROM items AS OF TXID {w.bad}")
     assert e.value.code == "wal_unavailable"
+
+
+def test_privileges_undo_needs_write_and_as_of_needs_read(srv):
+    w = Workload(srv, "grants")
+    srv.sql("CREATE ROLE undoer LOGIN PASSWORD 'undo pass'")
+
+    def as_undoer(sql: str):
+        return run_tool(
+            "rusty-db-cli", "--host", "127.0.0.1", "--port", str(srv.port), "-U", "undoer", "-d", "grants",
+            "--command", sql, env={"RUSTYDB_PASSWORD": "undo pass"},
+        )  # fmt: skip
+
+    denied = as_undoer(f"SELECT count(*) FROM items AS OF TXID {w.bad}")
+    assert denied.returncode == 1 and 'permission denied for database "grants"' in denied.stderr
+    srv.sql("GRANT SELECT ON DATABASE grants TO undoer")
+    assert as_undoer(f"SELECT count(*) FROM items AS OF TXID {w.bad}").returncode == 0
+    denied = as_undoer(f"UNDO TRANSACTION {w.bad} NONCONFLICTING")
+    assert denied.returncode == 1 and 'permission denied for writing to database "grants"' in denied.stderr
+    srv.sql("GRANT WRITE ON DATABASE grants TO undoer")
+    done = as_undoer(f"UNDO TRANSACTION {w.bad} NONCONFLICTING")
+    assert done.returncode == 0, done.stderr
+    assert "rows_restored" in done.stdout and "NOTICE: undid transaction" in done.stdout + done.stderr

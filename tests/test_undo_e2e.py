@@ -253,7 +253,7 @@ def test_undo_and_as_of_read_the_archive_once_the_server_removed_the_segments(se
     # Without the archive the WAL needed is gone: refused, saying how far back it reaches.
     srv.sql("ALTER SYSTEM SET archive_mode = off")
     srv.sql("ALTER SYSTEM RESET archive_dest")
-    with pytest.raises(rc.ServerError, match="oldest record the server's WAL still hold") as e:
+    with pytest.raises(rc.ServerError, match="oldest record still in the server's WAL") as e:
         w.conn.execute(f"SELECT * FROM items AS OF TXID {w.bad}")
     assert e.value.code == "wal_unavailable"
 

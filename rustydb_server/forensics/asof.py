@@ -17,6 +17,7 @@ costs the rows changed since the target rather than a restore.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import apsw
 
@@ -38,6 +39,9 @@ class AsOfQuery:
         if self.txid is not None:
             return target_lsn is not None and tx.lsn > target_lsn
         return tx.commit_time_us > self.time_us
+
+
+_CREATE_TABLE = re.compile(r"\s*CREATE\s+TABLE\b", re.I)
 
 
 def reaches(txs: list[undo_mod.Tx], query: AsOfQuery, reach_time_us: int | None) -> bool:
@@ -73,6 +77,8 @@ def after_target(
     for tx in later:
         for sql in undo_mod.ddl_steps(tx):
             if undo_mod.ddl_may_touch(sql, {table}):
+                if _CREATE_TABLE.match(sql):
+                    raise AsOfRefused(f"table {query.table} did not exist then: transaction {tx.txid} created it later")
                 raise AsOfRefused(
                     f"transaction {tx.txid} changed the schema of table {query.table} after that point "
                     f"({' '.join(sql.split())[:80]}); AS OF reads across row changes only"

@@ -128,7 +128,7 @@ def _reach(history: History) -> str:
     if history.first_lsn is None:
         return f"{where} hold no records"
     when = f" (committed {format_time(history.first_time_us)})" if history.first_time_us else ""
-    return f"the oldest record {where} still hold is at LSN {format_lsn(history.first_lsn)}{when}"
+    return f"the oldest record still in {where} is at LSN {format_lsn(history.first_lsn)}{when}"
 
 
 # ------------------------------------------------------------------ undo
@@ -222,7 +222,10 @@ def undo(engine, new_session, database: str, request: UndoRequest) -> UndoOutcom
             plan = _plan(request, history, database)
             rows = _apply(session.conn, plan)
             if not rows:
-                raise ForensicsError("there is nothing to undo: every row it changed was changed again since")
+                raise ForensicsError(
+                    "there is nothing to undo: the rows are already as they were before it "
+                    "(its changes were undone since, or every row it changed was changed again and is left)"
+                )
             session.commit()
         except BaseException:
             session.rollback()

@@ -575,7 +575,7 @@ def _string(c: _Cursor, what: str) -> str:
 
 _AS_OF_IDENT = r'(?:"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|[A-Za-z_][\w$]*)'
 _AS_OF = re.compile(
-    rf"\bFROM\s+(?:main\s*\.\s*)?({_AS_OF_IDENT})\s+(AS\s+OF\s+(?:(TIME)\s+'((?:[^']|'')*)'|(TXID)\s+(\S+)))",
+    rf"\bFROM\s+(?:main\s*\.\s*)?({_AS_OF_IDENT})\s+(AS\s+OF\s+(?:(TIME)\s+'((?:[^']|'')*)'|(TXID)\s+([^\s;),]+)))",
     re.I | re.S,
 )
 _HAS_AS_OF = re.compile(r"\bAS\s+OF\b", re.I)
@@ -592,7 +592,7 @@ def _parse_as_of(sql: str) -> AdminCommand | None:
     found = list(_AS_OF.finditer(sql))
     if not found:
         return None  # "as of" in a string or a name: SQLite's business
-    if len(found) > 1:
+    if len(found) > 1 or len(_HAS_AS_OF.findall(sql)) > 1:
         raise AdminSyntaxError("AS OF reads one table: a query may have one AS OF clause")
     m = found[0]
     table = m.group(1)
@@ -602,9 +602,9 @@ def _parse_as_of(sql: str) -> AdminCommand | None:
         table = table[1:-1]
     rest = sql[: m.start(2)] + sql[m.end(2) :]
     if m.group(5):
-        if not m.group(6).rstrip(";").isdigit():
+        if not m.group(6).isdigit():
             raise AdminSyntaxError(f"syntax error in AS OF: expected a txid after TXID. Usage: {FORMS['AS OF']}")
-        return AsOf(rest, table, txid=int(m.group(6).rstrip(";")))
+        return AsOf(rest, table, txid=int(m.group(6)))
     return AsOf(rest, table, time=m.group(4).replace("''", "'"))
 
 

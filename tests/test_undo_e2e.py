@@ -15,10 +15,11 @@ import random
 import threading
 import time
 
+import apsw
 import pytest
 
 from rustydb_client import client as rc
-from tests.support.servers import ServerProcess, run_tool
+from tests.support.servers import ServerProcess, restore_to_target, run_tool
 
 SEED = 19
 ROWS = 60
@@ -240,6 +241,8 @@ def test_undo_and_as_of_read_the_archive_once_the_server_removed_the_segments(se
     srv = server_factory(extra_args=["--config", str(conf)]).start()
     srv.sql("ALTER SYSTEM SET archive_mode = on")
     srv.sql(f"ALTER SYSTEM SET archive_dest = '{archive}'")
+    base = tmp_path / "base.backup"
+    run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port), check=True)
     w = Workload(srv, "archived")
     wal_dir = tmp_path / "data" / "wal"
     first_segments = set(os.listdir(wal_dir))
@@ -248,6 +251,18 @@ def test_undo_and_as_of_read_the_archive_once_the_server_removed_the_segments(se
     assert first_segments - set(os.listdir(wal_dir)), "the checkpoint removed no segment"
     got = w.conn.execute(f"SELECT * FROM items AS OF TXID {w.bad} ORDER BY id")
     assert [tuple(r) for r in got.rows] == w.after(w.bad)
+    # AS OF gives what a point-in-time restore to the same point gives.
+    point = w.conflicting[1]
+    as_of = w.conn.execute(f"SELECT * FROM items AS OF TIME '{w.times[point]}' ORDER BY id").rows
+    restored = tmp_path / "restored"
+    proc = restore_to_target(base, archive, restored, "--recovery-target-time", w.times[point])
+    assert proc.returncode == 0, proc.stderr
+    db = apsw.Connection(str(restored / "databases" / "archived.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        assert db.execute("SELECT * FROM items ORDER BY id").fetchall() == [tuple(r) for r in as_of]
+    finally:
+        db.close()
+    assert [tuple(r) for r in as_of] == w.after(point)
     _restored(w.undo(f"UNDO TRANSACTION {w.bad} CASCADE"))
     assert w.table() == w.replay_without({w.bad, *w.conflicting})
     # Without the archive the WAL needed is gone: refused, saying how far back it reaches.

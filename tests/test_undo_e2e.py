@@ -34,12 +34,14 @@ def srv(tmp_path_factory):
 class Workload:
     """The workload, its transactions' txids and the table after each one (the model)."""
 
-    def __init__(self, srv: ServerProcess, database: str):
+    def __init__(self, srv: ServerProcess, database: str, created=None):
         self.srv = srv
         self.database = database
         srv.sql(f"CREATE DATABASE {database}")
         self.conn = rc.connect(port=srv.port, database=database)
         self.conn.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
+        if created is not None:
+            created()  # before any row: the test's base backup
         self.model: dict[int, tuple] = {}
         self.txs: list[tuple[int, dict]] = []  # (txid, table after it)
         self.times: dict[int, str] = {}  # txid -> a local time just after it committed
@@ -242,8 +244,11 @@ def test_undo_and_as_of_read_the_archive_once_the_server_removed_the_segments(se
     srv.sql("ALTER SYSTEM SET archive_mode = on")
     srv.sql(f"ALTER SYSTEM SET archive_dest = '{archive}'")
     base = tmp_path / "base.backup"
-    run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port), check=True)
-    w = Workload(srv, "archived")
+
+    def take_base():
+        run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port), check=True)
+
+    w = Workload(srv, "archived", created=take_base)
     wal_dir = tmp_path / "data" / "wal"
     first_segments = set(os.listdir(wal_dir))
     srv.wait_archived()
@@ -263,6 +268,14 @@ def test_undo_and_as_of_read_the_archive_once_the_server_removed_the_segments(se
     finally:
         db.close()
     assert [tuple(r) for r in as_of] == w.after(point)
+    # So does rusty-db-backup --query on the base and the archive, with no server and no restore.
+    for flag, value in (("--recovery-target-time", w.times[point]), ("--recovery-target-txid", str(point))):
+        proc = run_tool(
+            "rusty-db-backup", "--query", str(base), "SELECT * FROM items ORDER BY id", "--database", "archived",
+            "--archive-dir", str(archive), flag, value, "--json",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["rows"] == as_of
     _restored(w.undo(f"UNDO TRANSACTION {w.bad} CASCADE"))
     assert w.table() == w.replay_without({w.bad, *w.conflicting})
     # Without the archive the WAL needed is gone: refused, saying how far back it reaches.

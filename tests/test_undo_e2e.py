@@ -212,6 +212,16 @@ def test_as_of_gives_the_table_at_that_point(srv):
         got = w.conn.execute(f"SELECT * FROM items AS OF TIME '{w.times[txid]}' WHERE n >= 0 ORDER BY id")
         assert [tuple(r) for r in got.rows] == w.after(txid)
         assert got.columns == ["id", "v", "n"]
+    # A table without a primary key (its rows known by rowid).
+    w.conn.execute("CREATE TABLE notes(a, b)")
+    w.conn.execute("INSERT INTO notes VALUES ('x', 1), ('y', 2), ('x', 3)")
+    w.conn.execute("BEGIN")
+    before = w.conn.execute("SELECT txid_current()").rows[0][0]
+    w.conn.execute("UPDATE notes SET b = b * 10 WHERE a = 'x'")
+    w.conn.execute("COMMIT")
+    w.conn.execute("DELETE FROM notes WHERE a = 'y'")
+    got = w.conn.execute(f"SELECT rowid, * FROM notes AS OF TXID {before} ORDER BY rowid").rows
+    assert got == [[1, "x", 10], [2, "y", 2], [3, "x", 30]]
     # The table now is unchanged, and a point the WAL does not reach is refused.
     assert w.table() == sorted(w.model.values())
     with pytest.raises(rc.ServerError, match="no longer reaches back"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Iterator
 
 import apsw
@@ -279,14 +280,7 @@ def _apply(conn: apsw.Connection, plan: undo_mod.UndoPlan) -> dict[str, int]:
 def as_of(engine, database: str, query: asof_mod.AsOfQuery, max_bytes: int) -> tuple[list[str], list[list]]:
     """Run ``query`` on its table as it was at its target point; (columns, rows)."""
     handle = engine.get_database(database)
-    conn = dbfile.open_connection(handle.path)
-    try:
-        conn.execute("BEGIN")
-        applied = int(dbfile.read_state(conn)["applied_lsn"])
-        mem = _copy_table(conn, query.table)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    mem, applied = _copy_table(handle.path, query.table)
     try:
         history = _history_for(engine, database, lambda h: asof_mod.reaches(h.txs, query, h.first_time_us))
         try:
@@ -306,28 +300,33 @@ def as_of(engine, database: str, query: asof_mod.AsOfQuery, max_bytes: int) -> t
         mem.close()
 
 
-def _copy_table(conn: apsw.Connection, table: str) -> apsw.Connection:
-    found = conn.execute(
-        "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE", (table,)
-    ).fetchall()
-    if not found or found[0][0] == dbfile.STATE_TABLE:
-        raise ForensicsError(f'table "{table}" does not exist', "undefined_table")
-    name, sql = found[0]
-    mem = apsw.Connection(":memory:")
+def _copy_table(path: str, table: str) -> tuple[apsw.Connection, int]:
+    """A new in-memory database holding ``table`` of the database file at ``path``
+    as it is now, and the applied_lsn of that state. The rows are copied by
+    SQLite itself (the file attached read-only for the copy, then detached)."""
+    mem = apsw.Connection(":memory:", flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI)
     try:
-        mem.execute(sql)
-        columns = [r[1] for r in conn.execute(f"PRAGMA main.table_info({dbfile.quote_ident(name)})")]
-        has_pk = any(r[5] for r in conn.execute(f"PRAGMA main.table_info({dbfile.quote_ident(name)})"))
-        names = ([] if has_pk else ["rowid"]) + columns
-        quoted = ", ".join(dbfile.quote_ident(c) if c != "rowid" else "rowid" for c in names)
-        marks = ", ".join("?" for _ in names)
+        mem.set_busy_timeout(dbfile.BUSY_TIMEOUT_MS)
+        mem.execute("ATTACH DATABASE ? AS src", ("file:" + urllib.parse.quote(path) + "?mode=ro",))
         mem.execute("BEGIN")
-        mem.executemany(
-            f"INSERT INTO {dbfile.quote_ident(name)}({quoted}) VALUES ({marks})",
-            conn.execute(f"SELECT {quoted} FROM main.{dbfile.quote_ident(name)}"),
-        )
+        applied = int(dict(mem.execute(f"SELECT key, value FROM src.{dbfile.STATE_TABLE}").fetchall())["applied_lsn"])
+        found = mem.execute(
+            "SELECT name, sql FROM src.sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE", (table,)
+        ).fetchall()
+        if not found or found[0][0] == dbfile.STATE_TABLE:
+            raise ForensicsError(f'table "{table}" does not exist', "undefined_table")
+        name, sql = found[0]
+        mem.execute(sql)
+        info = mem.execute(f"PRAGMA src.table_info({dbfile.quote_ident(name)})").fetchall()
+        columns = [dbfile.quote_ident(r[1]) for r in info]
+        if not any(r[5] for r in info):
+            columns.insert(0, "rowid")  # captured by rowid: the copy keeps the rowids
+        listed = ", ".join(columns)
+        quoted = dbfile.quote_ident(name)
+        mem.execute(f"INSERT INTO main.{quoted}({listed}) SELECT {listed} FROM src.{quoted}")
         mem.execute("COMMIT")
+        mem.execute("DETACH DATABASE src")
     except BaseException:
         mem.close()
         raise
-    return mem
+    return mem, applied

@@ -35,6 +35,10 @@ class AsOfQuery:
     txid: int | None = None  # the state right after this transaction committed, or
     time_us: int | None = None  # the state at this time (transactions committed at or before it)
 
+    def first_to_keep(self, tx: undo_mod.Tx) -> bool:
+        """Whether ``tx`` is the first transaction of the history AS OF needs (the target, or after it)."""
+        return tx.txid == self.txid if self.txid is not None else tx.commit_time_us > self.time_us
+
     def after(self, tx: undo_mod.Tx, target_lsn: int | None) -> bool:
         if self.txid is not None:
             return target_lsn is not None and tx.lsn > target_lsn

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import apsw
 
@@ -56,6 +56,10 @@ class History:
     first_lsn: int | None
     end_lsn: int | None  # after the last record read
     with_archive: bool = False  # read from the archive too
+    # The first transaction worth keeping (None: all): the earlier ones are read
+    # past without being kept, so memory holds only what the plan needs.
+    keep_from: Callable[[undo_mod.Tx], bool] | None = None
+    keeping: bool = False
 
 
 def _archive(engine) -> tuple[str | None, object]:
@@ -107,10 +111,13 @@ def _time_of(rec) -> int | None:
     return getattr(rec, "time_us", None)
 
 
-def read_history(engine, database: str, history: History | None = None, *, with_archive: bool = False) -> History:
-    """The transactions of ``database`` in the server's WAL (or those after ``history``'s end, added to it)."""
+def read_history(
+    engine, database: str, history: History | None = None, *, with_archive: bool = False, keep_from=None
+) -> History:
+    """The transactions of ``database`` in the server's WAL (or those after ``history``'s end, added to it),
+    from the first one ``keep_from`` accepts on (all without it)."""
     if history is None:
-        history = History([], None, None, None, with_archive)
+        history = History([], None, None, None, with_archive, keep_from, keep_from is None)
     for entry in _entries(engine, history.end_lsn, history.with_archive):
         rec = walrec.decode_record(entry.body)
         if history.first_time_us is None:
@@ -118,9 +125,14 @@ def read_history(engine, database: str, history: History | None = None, *, with_
             history.first_lsn = entry.lsn
         history.end_lsn = entry.end_lsn
         if isinstance(rec, walrec.TxRecord) and rec.database == database:
-            history.txs.append(undo_mod.Tx(entry.lsn, rec.txid, rec.commit_time_us, tuple(rec.steps)))
+            tx = undo_mod.Tx(entry.lsn, rec.txid, rec.commit_time_us, tuple(rec.steps))
+            history.keeping = history.keeping or history.keep_from(tx)
+            if history.keeping:
+                history.txs.append(tx)
         elif isinstance(rec, walrec.DatabaseRecord) and rec.database == database:
-            history.txs.clear()  # a database of this name dropped or created again: nothing before counts
+            # A database of this name dropped or created again: nothing before counts.
+            history.txs.clear()
+            history.keeping = history.keep_from is None
     return history
 
 
@@ -152,13 +164,13 @@ class UndoOutcome:
     skipped: int  # rows left alone (NONCONFLICTING)
 
 
-def _history_for(engine, database: str, enough) -> History:
+def _history_for(engine, database: str, enough, keep_from) -> History:
     """The database's history from the server's own WAL, or, when that does not
     reach back far enough (``enough(history)`` is false), from the archive too."""
-    history = read_history(engine, database)
+    history = read_history(engine, database, keep_from=keep_from)
     if enough(history) or _archive(engine)[0] is None:
         return history
-    return read_history(engine, database, with_archive=True)
+    return read_history(engine, database, with_archive=True, keep_from=keep_from)
 
 
 def _reaches(request: UndoRequest, history: History) -> bool:
@@ -211,7 +223,11 @@ def _plan(request: UndoRequest, history: History, database: str) -> undo_mod.Und
 
 def undo(engine, new_session, database: str, request: UndoRequest) -> UndoOutcome:
     """Undo as ``request`` says, in a transaction of ``new_session()`` (a SqlSession on ``database``)."""
-    history = _history_for(engine, database, lambda h: _reaches(request, h))
+    if request.txid is not None:
+        keep_from = lambda tx: tx.txid == request.txid  # noqa: E731
+    else:
+        keep_from = lambda tx: tx.commit_time_us >= request.from_us  # noqa: E731
+    history = _history_for(engine, database, lambda h: _reaches(request, h), keep_from)
     _plan(request, history, database)  # refuse early, before taking any lock
     session = new_session()
     try:
@@ -282,7 +298,9 @@ def as_of(engine, database: str, query: asof_mod.AsOfQuery, max_bytes: int) -> t
     handle = engine.get_database(database)
     mem, applied = _copy_table(handle.path, query.table)
     try:
-        history = _history_for(engine, database, lambda h: asof_mod.reaches(h.txs, query, h.first_time_us))
+        history = _history_for(
+            engine, database, lambda h: asof_mod.reaches(h.txs, query, h.first_time_us), query.first_to_keep
+        )
         try:
             later = asof_mod.after_target(history.txs, query, applied, reach_time_us=history.first_time_us)
         except asof_mod.AsOfRefused as e:

@@ -425,7 +425,9 @@ async def _undo(dispatcher, cmd: ap.UndoTransaction) -> AdminResult:
     audit("undo", OK, **who, **asked, undone=outcome.undone, new_txid=outcome.txid, rows=outcome.rows)
     log.info("transactions undone", undone=outcome.undone, txid=outcome.txid, rows=outcome.rows, database=database)
     rows = [[outcome.txid, table, count] for table, count in sorted(outcome.rows.items())]
-    undone = ", ".join(map(str, outcome.undone))
+    undone = ", ".join(map(str, outcome.undone[:20])) + (
+        f" and {len(outcome.undone) - 20} more" if len(outcome.undone) > 20 else ""
+    )
     notices = [f"undid transaction{'s' if len(outcome.undone) > 1 else ''} {undone} as transaction {outcome.txid}"]
     if outcome.skipped:
         notices.append(f"{outcome.skipped} row(s) changed since were left as they are (NONCONFLICTING)")

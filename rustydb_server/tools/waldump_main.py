@@ -121,7 +121,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except PitrError as exc:
         parser.error(str(exc))
     try:
-        source, entries = _source(args)
+        source, entries = _source(args, flt)
         schemas = _schemas(args) if args.changes else None
         if args.stats:
             return _print_stats(source, walscan.transactions(entries, flt), flt)
@@ -167,19 +167,30 @@ def _key(key_file: str | None):
         return None
 
 
-def _source(args: argparse.Namespace) -> tuple[str, Iterator[walscan.TimelineEntry]]:
-    to_lsn = args.to_lsn and parse_lsn(args.to_lsn)
-    if args.as_of is not None and args.as_of.kind == "lsn":
-        to_lsn = args.as_of.value
+def _source(args: argparse.Namespace, flt: walscan.Filter) -> tuple[str, Iterator[walscan.TimelineEntry]]:
     if args.archive_dir:
         entries = walscan.archive_entries(
-            args.archive_dir, key=_key(args.key_file), timeline=args.timeline, to_lsn=to_lsn
+            args.archive_dir, key=_key(args.key_file), timeline=args.timeline, to_lsn=flt.to_lsn
         )
         return args.archive_dir, entries
     if args.backup:
         return args.backup, _segment_file_entries(args.backup, _key(args.key_file))
     wal_dir = args.wal_dir or walscan.data_dir_wal(args.data_dir or DEFAULT_DATA_DIR)
-    return wal_dir, walscan.wal_dir_entries(wal_dir, timeline=args.timeline, to_lsn=to_lsn)
+    return wal_dir, walscan.wal_dir_entries(wal_dir, timeline=args.timeline, to_lsn=flt.to_lsn)
+
+
+class _OneSegment:
+    """A SegmentSupplier of one segment held in memory."""
+
+    def __init__(self, segno: int, data: bytes) -> None:
+        self._segno = segno
+        self._data = data
+
+    def get(self, segno: int) -> bytes | None:
+        return self._data if segno == self._segno else None
+
+    def later(self, segno: int) -> list[int]:
+        return []
 
 
 def _segment_file_entries(path: str, key) -> Iterator[walscan.TimelineEntry]:
@@ -191,28 +202,20 @@ def _segment_file_entries(path: str, key) -> Iterator[walscan.TimelineEntry]:
         raise walscan.WalScanError(f"{path} is not a readable backup file: {exc}") from None
     if header.backup_type is not BackupType.WAL_SEGMENT:
         raise walscan.WalScanError(
-            f"{path} is a {header.backup_type} backup: it holds databases, not transactions; give an "
-            "archived WAL segment file, or the whole archive with --archive-dir"
+            f"{path} is a {header.backup_type} backup: it holds databases or their net changes, not "
+            "transactions; give an archived WAL segment file, or the whole archive with --archive-dir"
         )
     try:
         name, data = sf.unpack_segment(path, key=key)
     except (sf.ArchiveError, CryptoError, BackupError) as exc:
         raise walscan.WalScanError(f"cannot read {path}: {exc}") from None
-    timeline = walscan.walseg.parse_segment_name(name)[0]
-
-    class _One:
-        def get(self, segno):
-            return data if segno == first else None
-
-        def later(self, segno):
-            return []
-
-    first = header.start_lsn // (header.end_lsn - header.start_lsn)
+    timeline, segno = walscan.walseg.parse_segment_name(name)
+    size = header.end_lsn - header.start_lsn
     return walscan.supplied_entries(
-        _One(),
+        _OneSegment(segno, data),
         timeline=timeline,
-        segment_size=header.end_lsn - header.start_lsn,
-        start_lsn=header.start_lsn,
+        segment_size=size,
+        start_lsn=segno * size,
         skip_partial_first=True,
     )
 

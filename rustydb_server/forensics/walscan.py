@@ -42,6 +42,7 @@ from ..restore.walinfo import TimelineInfo, WalListing
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import segment as walseg
+from ..wal.lsn import format_lsn
 from ..wal.timeline import HistoryError
 
 OPERATIONS = ("insert", "update", "delete")
@@ -250,7 +251,7 @@ def transactions(entries: Iterable[TimelineEntry], flt: Filter | None = None) ->
             rec = walrec.decode_record(entry.body)
         except walrec.WalRecordError as exc:
             raise WalScanError(
-                f"the WAL record at LSN {_lsn(entry.lsn)} (timeline {timeline}) is damaged: {exc}"
+                f"the WAL record at LSN {format_lsn(entry.lsn)} (timeline {timeline}) is damaged: {exc}"
             ) from None
         if isinstance(rec, walrec.TxRecord):
             tx = Transaction.from_record(timeline, entry, rec)
@@ -264,12 +265,6 @@ def find_transaction(entries: Iterable[TimelineEntry], txid: int) -> Transaction
     for tx in transactions(entries, Filter(from_txid=txid, to_txid=txid)):
         found = tx
     return found
-
-
-def _lsn(lsn: int) -> str:
-    from ..wal.lsn import format_lsn
-
-    return format_lsn(lsn)
 
 
 # ------------------------------------------------------------------ sources

@@ -243,6 +243,17 @@ def test_through_the_cli(srv):
     assert proc.returncode == 0 and str(len(w.after(w.bad))) in proc.stdout
     proc = srv.cli("-d", "cli", "--command", "UNDO TRANSACTION banana")
     assert proc.returncode == 1 and "Usage: UNDO TRANSACTION txid" in proc.stderr
+    # Not inside a transaction block; and each undo, done or refused, is in the audit trail.
+    w.conn.execute("BEGIN")
+    with pytest.raises(rc.ServerError, match="cannot run inside a transaction block"):
+        w.undo(f"UNDO TRANSACTION {w.bad} CASCADE")
+    w.conn.execute("ROLLBACK")
+    with open(srv.log_path, encoding="utf-8", errors="replace") as f:
+        events = [json.loads(line) for line in f if '"action": "undo"' in line]
+    mine = [e for e in events if e.get("database") == "cli"]
+    done = next(e for e in mine if e["outcome"] == "ok")
+    assert done["txid"] == w.bad and done["mode"] == "nonconflicting" and done["rows"] == {"items": len(w.doomed) - 2}
+    assert any(e["outcome"] == "failed" and "later transactions" in e["error"] for e in mine)
 
 
 def test_undo_and_as_of_read_the_archive_once_the_server_removed_the_segments(server_factory, tmp_path):
@@ -316,3 +327,84 @@ def test_privileges_undo_needs_write_and_as_of_needs_read(srv):
     done = as_undoer(f"UNDO TRANSACTION {w.bad} NONCONFLICTING")
     assert done.returncode == 0, done.stderr
     assert "rows_restored" in done.stdout and "NOTICE: undid transaction" in done.stdout + done.stderr
+
+
+class RandomWorkload(Workload):
+    """A seeded random workload: inserts, updates and deletes; one bad DELETE of many rows,
+    then random edits anywhere, re-inserting some deleted rows and editing others.
+    Every transaction's touched ids are kept (the model of what a conflict is)."""
+
+    def __init__(self, srv: ServerProcess, database: str, seed: int):
+        self.srv, self.database = srv, database
+        srv.sql(f"CREATE DATABASE {database}")
+        self.conn = rc.connect(port=srv.port, database=database)
+        self.conn.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
+        self.model, self.txs, self.times, self.touched = {}, [], {}, {}
+        rnd = random.Random(seed)
+        self.tx([("insert", i, f"v{i}", rnd.randint(0, 9)) for i in range(1, ROWS + 1)])
+        for _ in range(8):
+            self.tx(self._random_ops(rnd))
+        self.doomed = sorted(i for i in self.model if self.model[i][2] < 4)
+        self.bad = self.tx([("delete", i) for i in self.doomed])
+        for _ in range(15):
+            self.tx(self._random_ops(rnd))
+
+    def _random_ops(self, rnd) -> list:
+        ops, seen = [], set()
+        for _ in range(rnd.randint(1, 3)):
+            i = rnd.randint(1, ROWS + 5)
+            if i in seen:
+                continue
+            seen.add(i)
+            if i not in self.model:
+                ops.append(("insert", i, f"r{rnd.randint(0, 999)}", rnd.randint(0, 9)))
+            elif rnd.random() < 0.2:
+                ops.append(("delete", i))
+            else:
+                ops.append(("update", i, f"u{rnd.randint(0, 999)}", rnd.randint(0, 9)))
+        return ops
+
+    def tx(self, ops) -> int:
+        txid = super().tx(ops)
+        self.touched[txid] = {op[1] for op in ops}
+        return txid
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_workloads_each_mode_gives_the_models_table(srv, seed):
+    order = []
+    for mode in ("refuse", "nonconflicting", "cascade"):
+        w = RandomWorkload(srv, f"rnd{seed}{mode[:3]}", seed)
+        order = [t for t, _ in w.txs]
+        later = order[order.index(w.bad) + 1 :]
+        conflicting = [t for t in later if w.touched[t] & set(w.doomed)]
+        if mode == "refuse":
+            if not conflicting:
+                _restored(w.undo(f"UNDO TRANSACTION {w.bad}"))
+                assert w.table() == w.replay_without({w.bad})
+                continue
+            before = w.table()
+            with pytest.raises(rc.ServerError) as e:
+                w.undo(f"UNDO TRANSACTION {w.bad}")
+            assert f"txid {', '.join(map(str, conflicting))} (" in str(e.value)
+            assert w.table() == before
+        elif mode == "nonconflicting":
+            before_bad = dict(w.txs[order.index(w.bad) - 1][1])
+            kept = set().union(*(w.touched[t] for t in later)) if later else set()
+            expected = dict(w.model)
+            for i in w.doomed:
+                if i not in kept:
+                    expected[i] = before_bad[i]
+            _restored(w.undo(f"UNDO TRANSACTION {w.bad} NONCONFLICTING"))
+            assert w.table() == sorted(expected.values())
+        else:
+            # The closure: the bad DELETE, every later transaction touching a row an undone
+            # one touched before it, and so on.
+            undone, rows = {w.bad}, set(w.doomed)
+            for t in later:
+                if w.touched[t] & rows:
+                    undone.add(t)
+                    rows |= w.touched[t]
+            result = w.undo(f"UNDO TRANSACTION {w.bad} CASCADE")
+            _restored(result)
+            assert w.table() == w.replay_without(undone)

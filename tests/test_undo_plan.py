@@ -22,7 +22,7 @@ class Db:
         session.attach()
         steps = []
         for statement in sql:
-            if statement.split()[0].upper() in ("CREATE", "ALTER", "DROP"):
+            if statement.split()[0].upper() in ("CREATE", "ALTER", "DROP", "ANALYZE"):
                 steps.append(("ddl", statement))
             self.conn.execute(statement)
         cs = session.changeset()
@@ -101,7 +101,13 @@ def test_ddl_in_the_transaction_refuses(db):
 def test_ddl_after_on_a_touched_table_refuses_but_not_on_another(db):
     bad = db.tx("DELETE FROM t WHERE id = 2")
     db.tx("CREATE INDEX u_a ON u(a)")
+    db.tx("CREATE INDEX t_v ON t(v)")
+    db.tx("ANALYZE")
     assert undo.plan_undo(db.txs, {bad}).rows_by_table() == {"t": 1}
+    db.txs.append(undo.Tx(98, 998, 98, (("ddl", "VACUUM"),)))  # as the server logs it
+    with pytest.raises(undo.UndoRefused, match="VACUUM"):
+        undo.plan_undo(db.txs, {bad})
+    db.txs.pop()
     db.tx("ALTER TABLE t ADD COLUMN w")
     with pytest.raises(undo.UndoRefused, match="after the transaction to undo"):
         undo.plan_undo(db.txs, {bad})

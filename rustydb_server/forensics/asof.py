@@ -80,7 +80,7 @@ def after_target(
     table = query.table.lower()
     for tx in later:
         for sql in undo_mod.ddl_steps(tx):
-            if undo_mod.ddl_may_touch(sql, {table}):
+            if undo_mod.reshapes(sql, {table}):
                 if _CREATE_TABLE.match(sql):
                     raise AsOfRefused(f"table {query.table} did not exist then: transaction {tx.txid} created it later")
                 raise AsOfRefused(

@@ -22,8 +22,9 @@ The inverse is one changeset: the undone transactions' changesets merged in
 commit order (a changegroup), inverted. Applying it reverses the newest
 change first, which is what undoing them one by one from the newest would do.
 DDL in a transaction to undo refuses the undo (a changeset cannot reverse a
-schema change), and so does DDL after it on a table whose rows are undone
-(the rows no longer have the shape the changeset records).
+schema change), and so does DDL after it that may change the rows or columns
+of a table whose rows are undone (``reshapes``: the rows would no longer have
+the shape the changeset records).
 """
 
 from __future__ import annotations
@@ -151,6 +152,23 @@ def ddl_may_touch(sql: str, tables: set[str]) -> bool:
     return bool(names & tables)
 
 
+# DDL that leaves a table's rows and their shape as they are: a changeset
+# recorded before it still applies after it.
+_SHAPE_KEEPING = re.compile(
+    r"^\s*(?:ANALYZE|REINDEX|PRAGMA|CREATE\s+(?:UNIQUE\s+)?INDEX|CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:TRIGGER|VIEW)|"
+    r"DROP\s+(?:INDEX|TRIGGER|VIEW))\b",
+    re.I,
+)
+
+
+def reshapes(sql: str, tables: set[str]) -> bool:
+    """Whether a logged DDL statement may change the rows or columns of one of
+    ``tables`` (lower case): ALTER, DROP or CREATE TABLE of it, or a statement we
+    cannot read (VACUUM renumbers the rowids of tables without a primary key).
+    Indexes, triggers, views, ANALYZE and PRAGMAs do not."""
+    return not _SHAPE_KEEPING.match(sql) and ddl_may_touch(sql, tables)
+
+
 def _short(sql: str) -> str:
     sql = " ".join(sql.split())
     return sql if len(sql) <= 80 else sql[:77] + "..."
@@ -233,7 +251,7 @@ def _refuse_later_ddl(txs: list[Tx], selected: set[int], tables: set[str]) -> No
         if j in selected:
             continue
         for sql in ddl_steps(tx):
-            if ddl_may_touch(sql, tables):
+            if reshapes(sql, tables):
                 raise UndoRefused(
                     f"transaction {tx.txid} changed the schema after the transaction to undo "
                     f"({_short(sql)}); the undo cannot reverse row changes across it"
@@ -259,10 +277,13 @@ def _conflicts(txs: list[Tx], rows: list[set[Key]], keys: list[set[Key]], select
 
 def _refusal(conflicts: list[Conflict]) -> str:
     later = sorted({c.later_txid for c in conflicts})
+    txids = ", ".join(map(str, later[:SHOWN_CONFLICTS])) + (
+        f" and {len(later) - SHOWN_CONFLICTS} more" if len(later) > SHOWN_CONFLICTS else ""
+    )
     rows = [f"{_describe_key(c.table, c.key)} by txid {c.later_txid}" for c in conflicts[:SHOWN_CONFLICTS]]
     more = f" and {len(conflicts) - SHOWN_CONFLICTS} more" if len(conflicts) > SHOWN_CONFLICTS else ""
     return (
-        f"later transactions changed rows this undo would restore: txid {', '.join(map(str, later))} "
+        f"later transactions changed rows this undo would restore: txid {txids} "
         f"({'; '.join(rows)}{more}). Add CASCADE to undo those too, or NONCONFLICTING to restore only "
         "the rows nobody changed since"
     )

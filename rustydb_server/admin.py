@@ -21,8 +21,12 @@ from . import roles as roles_mod
 from . import settings as settings_mod
 from .archive import destination
 from .audit import DENIED, OK, audit
+from .engine.session import MAX_ROW_BYTES, SqlSession
 from .errors import ReportedError
+from .forensics import asof as forensics_asof
+from .forensics import live as forensics_live
 from .logsetup import get_logger
+from .restore.pitr import PitrError, parse_time
 from .wal.lsn import format_lsn
 
 log = get_logger("rustydb.admin")
@@ -380,25 +384,19 @@ def _require(dispatcher, allowed, what: str) -> None:
         raise ReportedError(f"permission denied for {what}", "permission_denied")
 
 
-def _undo_request(cmd: ap.UndoTransaction):
-    from .forensics import live
-    from .restore.pitr import PitrError, parse_time
-
+def _undo_request(cmd: ap.UndoTransaction) -> forensics_live.UndoRequest:
     if cmd.txid is not None:
-        return live.UndoRequest(txid=cmd.txid, mode=cmd.mode)
+        return forensics_live.UndoRequest(txid=cmd.txid, mode=cmd.mode)
     try:
         start, end = parse_time(cmd.from_time), parse_time(cmd.to_time)
     except PitrError as e:
         raise ReportedError(str(e).replace("recovery target time", "time"), "syntax_error") from None
     if start > end:
         raise ReportedError("the range's start time is after its end time", "syntax_error")
-    return live.UndoRequest(from_us=start, to_us=end, table=cmd.table, mode=cmd.mode)
+    return forensics_live.UndoRequest(from_us=start, to_us=end, table=cmd.table, mode=cmd.mode)
 
 
 async def _undo(dispatcher, cmd: ap.UndoTransaction) -> AdminResult:
-    from .engine.session import SqlSession
-    from .forensics import live
-
     session = dispatcher.session
     database = session.database
     _require(dispatcher, roles_mod.may_write, f'writing to database "{database}"')
@@ -418,7 +416,7 @@ async def _undo(dispatcher, cmd: ap.UndoTransaction) -> AdminResult:
         return SqlSession(engine, database, dispatcher.session_id, peer=dispatcher.peer, user=session.user)
 
     try:
-        outcome = await _thread(dispatcher, live.undo, engine, new_session, database, request)
+        outcome = await _thread(dispatcher, forensics_live.undo, engine, new_session, database, request)
     except ReportedError as e:
         audit("undo", "failed", **who, **asked, error=str(e))
         raise
@@ -435,23 +433,19 @@ async def _undo(dispatcher, cmd: ap.UndoTransaction) -> AdminResult:
 
 
 async def _as_of(dispatcher, cmd: ap.AsOf) -> AdminResult:
-    from .engine.session import MAX_ROW_BYTES
-    from .forensics import asof, live
-    from .restore.pitr import PitrError, parse_time
-
     database = dispatcher.session.database
     _require(dispatcher, roles_mod.may_read, f'database "{database}"')
     if cmd.txid is not None:
-        query = asof.AsOfQuery(cmd.sql, cmd.table, txid=cmd.txid)
+        query = forensics_asof.AsOfQuery(cmd.sql, cmd.table, txid=cmd.txid)
     else:
         try:
-            query = asof.AsOfQuery(cmd.sql, cmd.table, time_us=parse_time(cmd.time))
+            query = forensics_asof.AsOfQuery(cmd.sql, cmd.table, time_us=parse_time(cmd.time))
         except PitrError as e:
             raise ReportedError(str(e).replace("recovery target time", "AS OF time"), "syntax_error") from None
     engine = dispatcher.services.engine
     try:
-        columns, rows = await _thread(dispatcher, live.as_of, engine, database, query, MAX_ROW_BYTES)
-    except asof.AsOfRefused as e:
+        columns, rows = await _thread(dispatcher, forensics_live.as_of, engine, database, query, MAX_ROW_BYTES)
+    except forensics_asof.AsOfRefused as e:
         raise ReportedError(str(e), "as_of_refused") from None
     return AdminResult(f"SELECT {len(rows)}", columns, rows)
 

@@ -339,7 +339,10 @@ def data_dir_wal(data_dir: str) -> str:
     """The WAL directory of a data directory (WalScanError if it is not one)."""
     ddir = dd.DataDir(data_dir)
     if not ddir.is_initialized():
-        raise WalScanError(f"{data_dir} is not a RustyDB data directory (no control file)")
+        raise WalScanError(
+            f"{data_dir} is not a RustyDB data directory (no control file); give the server's --data-dir, "
+            "or read a WAL directory (--wal-dir) or an archive (--archive-dir)"
+        )
     return ddir.wal_dir
 
 

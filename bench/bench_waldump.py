@@ -153,6 +153,7 @@ def main() -> int:
             f"plan said {plan['records_replayed']}): dry run / restore {dry_s / real_s:.2f}, "
             f"estimate / real {plan['estimated_seconds'] / real_s:.2f}"
         )
+        print(f"  the estimate: {plan['estimate_basis']}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -317,6 +317,28 @@ def test_dry_run_fails_naming_a_missing_segment_or_a_damaged_chunk(workload, tmp
     assert not os.path.exists(tmp_path / "r")
 
 
+def test_dry_run_fails_for_a_target_not_reached_or_a_running_servers_directory(workload, tmp_path):
+    srv, base, archive = workload["srv"], str(workload["base"]), str(workload["archive"])
+    far = _restore(
+        "--input",
+        base,
+        "--archive-dir",
+        archive,
+        "--data-dir",
+        str(tmp_path / "r"),
+        "--as-of",
+        "txid:999999",
+        "--dry-run",
+    )
+    assert far.returncode == 1
+    assert "recovery target txid 999999 was not reached" in json.loads(far.stdout)["error"]
+    busy = _restore(
+        "--input", base, "--archive-dir", archive, "--data-dir", srv.data_dir, "--as-of", "txid:10", "--dry-run"
+    )
+    assert busy.returncode == 1
+    assert "in use by a running server" in json.loads(busy.stdout)["error"]
+
+
 def test_table_restore_as_of_a_txid(workload, tmp_path):
     model, base, archive = workload["model"], str(workload["base"]), str(workload["archive"])
     point = next(i for i, m in enumerate(model) if i > 10 and m["table"] == "orders")

@@ -246,3 +246,17 @@ def test_encrypted_archive_and_one_segment_file_through_the_tool(tmp_path):
     assert proc.returncode == 0, proc.stderr
     in_file = __import__("json").loads(proc.stdout)["transactions"]
     assert in_file and [t["txid"] for t in in_file] == [t["txid"] for t in doc["transactions"][: len(in_file)]]
+
+
+def test_autoincrement_bookkeeping_is_not_shown_as_ddl(tmp_path):
+    engine = open_engine(str(tmp_path / "data"))
+    try:
+        run_sql(engine, "rustydb", "CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
+        run_sql(engine, "rustydb", "INSERT INTO t(v) VALUES ('a'), ('b')")
+        txs = list(walscan.transactions(walscan.wal_dir_entries(engine.datadir.wal_dir)))
+    finally:
+        engine.close()
+    create, insert = txs
+    assert create.ddl == ["CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)"]
+    assert insert.ddl == [] and insert.sequence_updates, insert.steps
+    assert {t: c.insert for t, c in insert.counts.items()} == {"t": 2}

@@ -36,6 +36,7 @@ from ..archive import segment_file as sf
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..crypto import CryptoError
+from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..restore.archived_wal import ArchivedSegments, ArchiveGapError
 from ..restore.pitr import PitrError
 from ..restore.walinfo import TimelineInfo, WalListing
@@ -161,7 +162,14 @@ class Transaction:
 
     @property
     def ddl(self) -> list[str]:
-        return [payload for kind, payload in self.steps if kind == "ddl"]
+        """The schema statements the transaction ran (the engine's own bookkeeping of
+        AUTOINCREMENT counters, also a "ddl" step in the WAL, is not one of them)."""
+        return [p for kind, p in self.steps if kind == "ddl" and not p.startswith(SEQUENCE_STEP_PREFIX)]
+
+    @property
+    def sequence_updates(self) -> list[str]:
+        """The AUTOINCREMENT counter updates the engine logged with the transaction."""
+        return [p for kind, p in self.steps if kind == "ddl" and p.startswith(SEQUENCE_STEP_PREFIX)]
 
     @functools.cached_property
     def counts(self) -> dict[str, TableCounts]:
@@ -339,7 +347,10 @@ def data_dir_wal(data_dir: str) -> str:
     """The WAL directory of a data directory (WalScanError if it is not one)."""
     ddir = dd.DataDir(data_dir)
     if not ddir.is_initialized():
-        raise WalScanError(f"{data_dir} is not a RustyDB data directory (no control file)")
+        raise WalScanError(
+            f"{data_dir} is not a RustyDB data directory (no control file); give the server's --data-dir, "
+            "or read a WAL directory (--wal-dir) or an archive (--archive-dir)"
+        )
     return ddir.wal_dir
 
 

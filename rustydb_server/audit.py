@@ -43,6 +43,7 @@ ACTIONS = frozenset(
         "restore_point",
         "role",  # role changes (CREATE/ALTER/DROP ROLE, GRANT, REVOKE)
         "drill",  # a restore drill
+        "undo",  # UNDO TRANSACTION(S): what was undone, as which new transaction
     }
 )
 

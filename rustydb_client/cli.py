@@ -31,6 +31,7 @@ from rustydb_client.client import (
 )
 from rustydb_client.protocol.events import Columns, Complete, Notice, Rows
 from rustydb_client.sqlsplit import Statement, StatementSplitter
+from rustydb_client.tls import add_arguments as add_tls_arguments
 
 PROG = "rusty-db-cli"
 READ_CHUNK = 64 * 1024
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="read the password from the first line of FILE (instead of $RUSTYDB_PASSWORD)",
     )
+    add_tls_arguments(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--command", "-c", metavar="SQL", help="run SQL (one or more statements) and exit")
     source.add_argument("--file", "-f", metavar="FILE", help="run the script in FILE and exit")
@@ -399,7 +401,17 @@ def main(
     try:
         try:
             password = read_password_file(args.password_file)
-            conn = connect(args.host, port, database=args.database, user=args.user, password=password)
+            conn = connect(
+                args.host,
+                port,
+                database=args.database,
+                user=args.user,
+                password=password,
+                tls=args.tls,
+                tls_ca_file=args.tls_ca_file,
+                tls_cert_file=args.tls_cert_file,
+                tls_key_file=args.tls_key_file,
+            )
         except ConnectionFailed as e:
             err.write(f"{PROG}: {e}\n")
             _report(printer, str(e), e.code)

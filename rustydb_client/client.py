@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Self
@@ -30,8 +31,10 @@ from rustydb_client.protocol.events import (
     Query,
     Ready,
     Rows,
+    TlsAnswer,
 )
 from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
+from rustydb_client.tls import DISABLE, VERIFY_FULL, TlsOptionError, client_context, resolve_mode
 
 CLIENT_NAME = "rustydb-client"
 # Between frames, and for small ones. The body of a large frame (a backup's
@@ -96,6 +99,10 @@ def connect(
     query_timeout: float | None = None,
     client_name: str = CLIENT_NAME,
     max_frame: int = DEFAULT_MAX_FRAME,
+    tls: str | None = None,
+    tls_ca_file: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
 ) -> Connection:
     """Open a session. The password comes from `password` or $RUSTYDB_PASSWORD.
 
@@ -105,7 +112,26 @@ def connect(
     alone; any other is a TCP host. `timeout` bounds connecting and
     authenticating; `query_timeout` (default none) bounds each wait for the
     server during a statement.
+
+    `tls` (default $RUSTYDB_TLS, else prefer) is one of rustydb_client.tls's
+    modes, for TCP only; the CA, certificate and key files default to
+    $RUSTYDB_TLS_CA_FILE, $RUSTYDB_TLS_CERT_FILE and $RUSTYDB_TLS_KEY_FILE.
     """
+    env = os.environ
+    try:
+        mode = resolve_mode(tls)
+        context = None
+        cert_file = tls_cert_file or env.get("RUSTYDB_TLS_CERT_FILE")
+        has_cert = bool(cert_file)
+        if mode != DISABLE:
+            context = client_context(
+                mode,
+                tls_ca_file or env.get("RUSTYDB_TLS_CA_FILE"),
+                cert_file,
+                tls_key_file or env.get("RUSTYDB_TLS_KEY_FILE"),
+            )
+    except TlsOptionError as e:
+        raise ConnectionFailed(str(e), "tls_options") from None
     if password is None:
         password = os.environ.get("RUSTYDB_PASSWORD") or None
     if user is None:
@@ -115,11 +141,13 @@ def connect(
         password = passfile_password(where.rpartition(":")[0], port, database, user)
     conn = Connection(sock, ClientSide(password, max_frame=max_frame), where)
     try:
+        if context is not None and sock.family != socket.AF_UNIX:
+            conn._start_tls(mode, context, where.rpartition(":")[0], client_name, client_cert=has_cert)
         conn._handshake(Hello(user, database, client_name))
     except BaseException:
         conn._drop()
         raise
-    sock.settimeout(query_timeout)
+    conn._sock.settimeout(query_timeout)
     return conn
 
 
@@ -254,6 +282,7 @@ class Connection:
         # The first bytes the server sent: an answer that starts like HTTP's
         # means the port is an HTTP server's (the admin API), not the wire protocol's.
         self._first_bytes: bytes | None = None
+        self._client_cert = False  # whether the TLS context holds a client certificate
 
     # -- state
 
@@ -426,7 +455,73 @@ class Connection:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version in use ("TLSv1.3"), or None in plaintext."""
+        return self._sock.version() if isinstance(self._sock, ssl.SSLSocket) else None
+
     # -- internals
+
+    def _start_tls(
+        self, mode: str, context: ssl.SSLContext, host: str, client_name: str, *, client_cert: bool = False
+    ) -> None:
+        """Ask for TLS right away (a hello naming no user) and, if the server
+        accepts, wrap the socket; without it, go on in plaintext only under prefer."""
+        self.send(Hello("", None, client_name, tls=True))
+        event = self.next_event()
+        if isinstance(event, Error):
+            raise ConnectionFailed(f"the server at {self._where} refused the session: {event.message}", event.code)
+        if not isinstance(event, TlsAnswer):
+            self._drop()
+            raise ConnectionFailed(
+                f"the server at {self._where} sent {event.type} instead of answering the request for TLS",
+                "protocol_violation",
+            )
+        if not event.accepted:
+            if mode != "prefer":
+                self._drop()
+                raise ConnectionFailed(
+                    f"the server at {self._where} does not offer TLS ({event.reason}) and --tls is {mode}; "
+                    "enable TLS on the server (tls_cert_file, tls_key_file) or connect with --tls prefer",
+                    "tls_unavailable",
+                )
+            return
+        try:
+            self._protocol.start_tls()
+        except RemoteProtocolError as e:
+            self._drop()
+            raise ConnectionFailed(f"the server at {self._where} broke the protocol ({e.message})", e.code) from None
+        try:
+            self._sock = context.wrap_socket(self._sock, server_hostname=host)
+            self._client_cert = client_cert
+        except ssl.SSLCertVerificationError as e:
+            self._drop()
+            hint = (
+                "the certificate does not name this host; connect with the host name it was issued for"
+                if "mismatch" in (e.verify_message or "").lower()
+                else "check --tls-ca-file names the CA that signed the server's certificate"
+            )
+            raise ConnectionFailed(
+                f"the server at {self._where} presented a TLS certificate that --tls {VERIFY_FULL} refuses: "
+                f"{e.verify_message or e.reason}; {hint}",
+                "tls_verify_failed",
+            ) from None
+        except ssl.SSLError as e:
+            self._drop()
+            raise ConnectionFailed(
+                f"the TLS handshake with {self._where} failed: {e.reason or e}", "tls_failed"
+            ) from None
+        except TimeoutError:
+            self._drop()
+            raise ConnectionFailed(
+                f"the TLS handshake with {self._where} did not finish in time; the connection is closed", "timeout"
+            ) from None
+        except OSError as e:
+            self._drop()
+            raise ConnectionFailed(
+                f"lost the connection to {self._where} during the TLS handshake ({e.strerror or e})",
+                "connection_lost",
+            ) from None
 
     def _handshake(self, hello: Hello) -> None:
         self._user = hello.user
@@ -461,6 +556,19 @@ class Connection:
                 f"the server at {self._where} did not answer in time; the connection is closed",
                 "timeout",
             ) from None
+        except ssl.SSLError as e:
+            self._drop()
+            reason = e.reason or str(e)
+            hint = (
+                "; the server requires a client certificate: give one with --tls-cert-file and --tls-key-file"
+                if "CERTIFICATE_REQUIRED" in reason.upper()
+                else "; the server may not accept this client's certificate"
+                if "CERTIFICATE" in reason.upper()
+                else ""
+            )
+            raise ConnectionFailed(
+                f"the server at {self._where} ended the TLS session ({reason}){hint}", "tls_failed"
+            ) from None
         except OSError as e:
             self._drop()
             raise ConnectionFailed(
@@ -479,6 +587,18 @@ class Connection:
         )
 
     def _closed_by_server(self) -> ConnectionFailed:
+        if self._protocol.tls_active and self._protocol.session_id is None:
+            # A TLS server that refuses the client's certificate (or its lack of
+            # one) closes the connection once the client's hello arrives.
+            why = (
+                "it may not accept the client certificate given (one its tls_ca_file's CAs did not sign)"
+                if self._client_cert
+                else "it may require a client certificate: give one with --tls-cert-file and --tls-key-file"
+            )
+            return ConnectionFailed(
+                f"the server at {self._where} closed the connection after the TLS handshake; {why}",
+                "tls_failed",
+            )
         return ConnectionFailed(
             f"the server at {self._where} closed the connection; it may have been shut down or restarted",
             "connection_lost",

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -72,6 +73,7 @@ class ServerProcess:
         env=None,
         log_path: str | None = None,
         command: list[str] | None = None,
+        https_ca_file: str | None = None,
     ):
         self.data_dir = data_dir
         # What starts the server: the installed console script unless a test
@@ -83,6 +85,12 @@ class ServerProcess:
         self.env = dict(os.environ, **(env or {}))
         self.log_path = log_path or os.path.join(os.path.dirname(data_dir.rstrip("/")), f"server-{self.port}.log")
         self.proc: subprocess.Popen | None = None
+        # A server with TLS on serves its HTTP API over HTTPS: reached with this CA.
+        self._https = ssl.create_default_context(cafile=https_ca_file) if https_ca_file else None
+
+    @property
+    def http_url(self) -> str:
+        return f"{'https' if self._https else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def socket_path(self) -> str:
@@ -124,16 +132,16 @@ class ServerProcess:
         raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")
 
     def health(self) -> dict:
-        url = f"http://127.0.0.1:{self.http_port}/api/v1/admin/health"
+        url = f"{self.http_url}/api/v1/admin/health"
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=self._https) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             return json.loads(e.read())
 
     def archive_status(self) -> dict:
-        url = f"http://127.0.0.1:{self.http_port}/api/v1/admin/archive"
-        with urllib.request.urlopen(url, timeout=5) as r:
+        url = f"{self.http_url}/api/v1/admin/archive"
+        with urllib.request.urlopen(url, timeout=5, context=self._https) as r:
             return json.loads(r.read())
 
     def wait_archived(self, timeout: float = 40) -> dict:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from rustydb_client.protocol.connection import ClientSide
 from rustydb_client.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -35,6 +34,9 @@ from rustydb_client.protocol.events import (
 )
 from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
 from rustydb_client.tls import DISABLE, VERIFY_FULL, TlsOptionError, client_context, resolve_mode
+
+if TYPE_CHECKING:
+    import ssl
 
 CLIENT_NAME = "rustydb-client"
 # Between frames, and for small ones. The body of a large frame (a backup's
@@ -117,19 +119,8 @@ def connect(
     modes, for TCP only; the CA, certificate and key files default to
     $RUSTYDB_TLS_CA_FILE, $RUSTYDB_TLS_CERT_FILE and $RUSTYDB_TLS_KEY_FILE.
     """
-    env = os.environ
     try:
         mode = resolve_mode(tls)
-        context = None
-        cert_file = tls_cert_file or env.get("RUSTYDB_TLS_CERT_FILE")
-        has_cert = bool(cert_file)
-        if mode != DISABLE:
-            context = client_context(
-                mode,
-                tls_ca_file or env.get("RUSTYDB_TLS_CA_FILE"),
-                cert_file,
-                tls_key_file or env.get("RUSTYDB_TLS_KEY_FILE"),
-            )
     except TlsOptionError as e:
         raise ConnectionFailed(str(e), "tls_options") from None
     if password is None:
@@ -139,10 +130,24 @@ def connect(
     sock, where = _open_socket(host, port, timeout)
     if password is None and sock.family != socket.AF_UNIX:
         password = passfile_password(where.rpartition(":")[0], port, database, user)
+    context = None
+    if mode != DISABLE and sock.family != socket.AF_UNIX:  # the Unix socket never uses TLS
+        env = os.environ
+        cert_file = tls_cert_file or env.get("RUSTYDB_TLS_CERT_FILE")
+        try:
+            context = client_context(
+                mode,
+                tls_ca_file or env.get("RUSTYDB_TLS_CA_FILE"),
+                cert_file,
+                tls_key_file or env.get("RUSTYDB_TLS_KEY_FILE"),
+            )
+        except TlsOptionError as e:
+            sock.close()
+            raise ConnectionFailed(str(e), "tls_options") from None
     conn = Connection(sock, ClientSide(password, max_frame=max_frame), where)
     try:
-        if context is not None and sock.family != socket.AF_UNIX:
-            conn._start_tls(mode, context, where.rpartition(":")[0], client_name, client_cert=has_cert)
+        if context is not None:
+            conn._start_tls(mode, context, where.rpartition(":")[0], client_name, client_cert=bool(cert_file))
         conn._handshake(Hello(user, database, client_name))
     except BaseException:
         conn._drop()
@@ -458,7 +463,8 @@ class Connection:
     @property
     def tls_version(self) -> str | None:
         """The TLS version in use ("TLSv1.3"), or None in plaintext."""
-        return self._sock.version() if isinstance(self._sock, ssl.SSLSocket) else None
+        version = getattr(self._sock, "version", None)  # an ssl.SSLSocket's
+        return version() if version is not None else None
 
     # -- internals
 
@@ -467,6 +473,8 @@ class Connection:
     ) -> None:
         """Ask for TLS right away (a hello naming no user) and, if the server
         accepts, wrap the socket; without it, go on in plaintext only under prefer."""
+        import ssl  # imported by client_context already; not at all over the Unix socket
+
         self.send(Hello("", None, client_name, tls=True))
         event = self.next_event()
         if isinstance(event, Error):
@@ -556,28 +564,30 @@ class Connection:
                 f"the server at {self._where} did not answer in time; the connection is closed",
                 "timeout",
             ) from None
-        except ssl.SSLError as e:
-            self._drop()
-            reason = e.reason or str(e)
-            hint = (
-                "; the server requires a client certificate: give one with --tls-cert-file and --tls-key-file"
-                if "CERTIFICATE_REQUIRED" in reason.upper()
-                else "; the server may not accept this client's certificate"
-                if "CERTIFICATE" in reason.upper()
-                else ""
-            )
-            raise ConnectionFailed(
-                f"the server at {self._where} ended the TLS session ({reason}){hint}", "tls_failed"
-            ) from None
         except OSError as e:
             self._drop()
-            raise ConnectionFailed(
+            failure = self._tls_failure(e) if self._protocol.tls_active else None
+            raise failure or ConnectionFailed(
                 f"lost the connection to {self._where} ({e.strerror or e}); the server may have stopped",
                 "connection_lost",
             ) from None
         if self._first_bytes is None and data:
             self._first_bytes = bytes(data[: len(_HTTP_ANSWER)])
         self._protocol.receive_data(data)
+
+    def _tls_failure(self, e: OSError) -> ConnectionFailed | None:
+        """What a TLS error while receiving means; None if ``e`` is no TLS error."""
+        import ssl  # loaded already: the session is over TLS
+
+        if not isinstance(e, ssl.SSLError):
+            return None
+        reason = e.reason or str(e)
+        hint = ""
+        if "CERTIFICATE_REQUIRED" in reason.upper():
+            hint = "; the server requires a client certificate: give one with --tls-cert-file and --tls-key-file"
+        elif "CERTIFICATE" in reason.upper():
+            hint = "; the server may not accept this client's certificate"
+        return ConnectionFailed(f"the server at {self._where} ended the TLS session ({reason}){hint}", "tls_failed")
 
     def _http_port(self) -> ConnectionFailed:
         return ConnectionFailed(

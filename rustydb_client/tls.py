@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
 
 DISABLE, PREFER, REQUIRE, VERIFY_FULL = "disable", "prefer", "require", "verify-full"
 MODES = (DISABLE, PREFER, REQUIRE, VERIFY_FULL)
@@ -37,6 +40,8 @@ def client_context(
     mode: str, ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
 ) -> ssl.SSLContext:
     """The TLS context of a client in ``mode`` (not disable)."""
+    import ssl  # here: a client on the Unix socket never pays for loading it
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if mode == VERIFY_FULL:

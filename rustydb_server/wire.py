@@ -272,7 +272,10 @@ class ClientConnection:
             log.info("closing client connection", peer=self.peer, code=e.code, reason=str(e))
             await self._try_send(events.Error(e.code, str(e), fatal=True))
         except RemoteProtocolError as e:
-            log.warning("client broke the protocol", peer=self.peer, code=e.code, reason=e.message)
+            if e.code == "tls_required":  # policy, not a broken protocol: the audit event says it
+                audit("authenticate", DENIED, peer=self.peer, method="plaintext", reason="TLS is required")
+            else:
+                log.warning("client broke the protocol", peer=self.peer, code=e.code, reason=e.message)
             if e.code == "auth_failed":
                 audit("authenticate", "failed", user=self.protocol.hello_user, peer=self.peer, method="scram")
             await self._try_send(events.Error(e.code, e.message, fatal=True))

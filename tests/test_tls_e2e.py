@@ -50,6 +50,16 @@ def tls_server(certs, tmp_path_factory):
         yield srv
 
 
+def _log_events(srv) -> list[dict]:
+    events = []
+    for line in open(srv.log_path, encoding="utf-8", errors="replace"):
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    return events
+
+
 def cli_tcp(srv, *args, host="127.0.0.1", user="app", env=None):
     return run_tool(
         "rusty-db-cli",
@@ -108,6 +118,8 @@ def test_require_refuses_a_plaintext_client_with_a_message_the_cli_prints(tls_se
     assert plain.returncode == 1
     assert "only over TLS (tls_mode = require)" in plain.stderr
     assert "--tls require" in plain.stderr and "Traceback" not in plain.stderr
+    refusals = [e for e in _log_events(tls_server) if e.get("event") == "audit" and e.get("method") == "plaintext"]
+    assert refusals and refusals[-1]["outcome"] == "denied"
     # require encrypts without checking the certificate (no CA given)
     assert cli_tcp(tls_server, "--tls", "require", "-c", "SELECT 1").returncode == 0
 

@@ -286,8 +286,9 @@ REGISTRY: dict[str, Setting] = _registry(
         "allow",
         choices=("off", "allow", "require"),
         context=RESTART,
-        description="TLS for TCP clients of the wire protocol: off; allow (when the client asks and a "
-        "certificate is set); require (plaintext TCP clients are refused). The Unix socket never uses TLS.",
+        description="TLS for TCP clients of the wire protocol: off (no TLS, no HTTPS either); allow (when the "
+        "client asks and a certificate is set); require (plaintext TCP clients are refused). The Unix socket "
+        "never uses TLS.",
     ),
     Setting(
         "statement_timeout",

@@ -329,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=None, help="server port (default $RUSTYDB_PORT or 5432)")
     p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="with no --host: look for the server's Unix socket in its data directory DIR too, after "
+        "/run/rustydb (where the server puts it when /run/rustydb is not writable; default $RUSTYDB_DATA_DIR)",
+    )
+    p.add_argument(
         "--database",
         "-d",
         default=env.get("RUSTYDB_DATABASE"),
@@ -411,6 +418,7 @@ def main(
                 tls_ca_file=args.tls_ca_file,
                 tls_cert_file=args.tls_cert_file,
                 tls_key_file=args.tls_key_file,
+                data_dir=args.data_dir,
             )
         except ConnectionFailed as e:
             err.write(f"{PROG}: {e}\n")

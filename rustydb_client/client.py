@@ -105,13 +105,16 @@ def connect(
     tls_ca_file: str | None = None,
     tls_cert_file: str | None = None,
     tls_key_file: str | None = None,
+    data_dir: str | None = None,
 ) -> Connection:
     """Open a session. The password comes from `password` or $RUSTYDB_PASSWORD.
 
     `host` None: the server's Unix socket in /run/rustydb first (peer
-    authentication: the OS user decides the role), then TCP on 127.0.0.1, as
-    psql does. A `host` that starts with "/" is a socket directory, used
-    alone; any other is a TCP host. `timeout` bounds connecting and
+    authentication: the OS user decides the role), then in `data_dir` (default
+    $RUSTYDB_DATA_DIR; several separated by ":"), where the server puts it when
+    /run/rustydb is not writable, then TCP on 127.0.0.1, as psql does. A
+    `host` that starts with "/" is a socket directory, used alone; any other
+    is a TCP host. `timeout` bounds connecting and
     authenticating; `query_timeout` (default none) bounds each wait for the
     server during a statement.
 
@@ -127,7 +130,7 @@ def connect(
         password = os.environ.get("RUSTYDB_PASSWORD") or None
     if user is None:
         user = os.environ.get("RUSTYDB_USER") or getpass.getuser()
-    sock, where = _open_socket(host, port, timeout)
+    sock, where = _open_socket(host, port, timeout, data_dir)
     if password is None and sock.family != socket.AF_UNIX:
         password = passfile_password(where.rpartition(":")[0], port, database, user)
     context = None
@@ -156,24 +159,35 @@ def connect(
     return conn
 
 
-def _open_socket(host: str | None, port: int, timeout: float) -> tuple[socket.socket, str]:
+def socket_candidates(port: int, data_dir: str | None = None) -> list[str]:
+    """Where a client with no --host looks for the server's Unix socket, in order:
+    /run/rustydb, then each data directory of ``data_dir`` (else $RUSTYDB_DATA_DIR),
+    ":"-separated, where the server puts it when /run/rustydb is not writable."""
+    paths = [socket_path(DEFAULT_SOCKET_DIR, port)]
+    dirs = data_dir if data_dir is not None else os.environ.get("RUSTYDB_DATA_DIR", "")
+    paths += [socket_path(d, port) for d in dirs.split(os.pathsep) if d]
+    return paths
+
+
+def _open_socket(host: str | None, port: int, timeout: float, data_dir: str | None = None) -> tuple[socket.socket, str]:
     if host is None or host.startswith("/"):
-        path = socket_path(host or DEFAULT_SOCKET_DIR, port)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-            return sock, path
-        except OSError as e:
-            sock.close()
-            if host is not None:
-                raise ConnectionFailed(
-                    f"could not connect to the Unix socket {path}: {e.strerror or e}; the RustyDB server may "
-                    "not be running, or its unix_socket_directory or port may be other (see --host/--port)",
-                    "connection_refused"
-                    if isinstance(e, (ConnectionRefusedError, FileNotFoundError))
-                    else "connection_failed",
-                ) from None
+        paths = [socket_path(host, port)] if host is not None else socket_candidates(port, data_dir)
+        for path in paths:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+                return sock, path
+            except OSError as e:
+                sock.close()
+                if host is not None:
+                    raise ConnectionFailed(
+                        f"could not connect to the Unix socket {path}: {e.strerror or e}; the RustyDB server may "
+                        "not be running, or its unix_socket_directory or port may be other (see --host/--port)",
+                        "connection_refused"
+                        if isinstance(e, (ConnectionRefusedError, FileNotFoundError))
+                        else "connection_failed",
+                    ) from None
         host = "127.0.0.1"  # no socket here: TCP, as before sockets
     where = f"{host}:{port}"
     try:

@@ -206,6 +206,10 @@ def _open_socket(host: str | None, port: int, timeout: float, data_dir: str | No
         ) from None
     except OSError as e:
         raise ConnectionFailed(f"could not connect to {where}: {e.strerror or e}; check --host and --port") from None
+    # As libpq: no Nagle delay. A TLS session writes its handshake's last
+    # message and the hello back to back, and the second would otherwise wait
+    # for the delayed ACK of the first (40 ms a connection).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock, where
 
 

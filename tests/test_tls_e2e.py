@@ -7,6 +7,7 @@ the real rusty-db-cli and rusty-db-backup over TCP, HTTPS with urllib.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -14,6 +15,8 @@ import urllib.request
 import pytest
 
 import rustydb_client.client as rc
+from rustydb_client.protocol import events as ev
+from rustydb_client.protocol.connection import ClientSide
 from tests.support.servers import ServerProcess, run_tool
 from tests.support.tls_certs import write_certs
 
@@ -111,6 +114,26 @@ def test_the_session_is_encrypted_and_prefer_takes_tls(tls_server, certs):
     with rc.connect(port=tls_server.port, tls="verify-full", tls_ca_file=certs.ca) as conn:
         assert conn.tls_version is None
         assert conn.execute("SELECT 1").rows == [[1]]
+
+
+def test_a_tls_request_on_the_unix_socket_is_declined_and_the_session_goes_on(tls_server):
+    """The Unix socket never uses TLS, under tls_mode = require too: a client
+    that asks there (ours never does) is told so and may go on in plaintext."""
+
+    def next_event(protocol, sock):
+        while (event := protocol.next_event()) is ev.NEED_DATA:
+            protocol.receive_data(sock.recv(65536))
+        return event
+
+    protocol = ClientSide()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(tls_server.socket_path)
+        sock.sendall(protocol.send(ev.Hello("", None, "test", tls=True)))
+        answer = next_event(protocol, sock)
+        assert answer == ev.TlsAnswer(False, "the Unix socket never uses TLS")
+        sock.sendall(protocol.send(ev.Hello("root", None, "test")))
+        assert isinstance(next_event(protocol, sock), ev.Ready)
 
 
 def test_require_refuses_a_plaintext_client_with_a_message_the_cli_prints(tls_server):

@@ -129,6 +129,7 @@ def test_policy_follows_tls_mode_and_the_files(certs):
         ({"tls_mode": "require", "tls_cert_file": "", "tls_key_file": ""}, "no certificate is set"),
         ({"tls_key_file": ""}, "tls_key_file is not set"),
         ({"tls_ca_file": "/nonexistent/ca.pem"}, "cannot read /nonexistent/ca.pem (tls_ca_file)"),
+        ({"tls_cert_file": "/nonexistent/server.pem"}, "cannot read /nonexistent/server.pem (tls_cert_file)"),
         ({"tls_cert_file": "", "tls_key_file": "", "tls_ca_file": "CA"}, "tls_ca_file is set but TLS is not"),
     ],
 )

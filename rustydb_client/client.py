@@ -33,7 +33,7 @@ from rustydb_client.protocol.events import (
     TlsAnswer,
 )
 from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
-from rustydb_client.tls import DISABLE, VERIFY_FULL, TlsOptionError, client_context, resolve_mode
+from rustydb_client.tls import DISABLE, PREFER, VERIFY_FULL, TlsOptionError, client_context, resolve_mode
 
 if TYPE_CHECKING:
     import ssl
@@ -114,9 +114,9 @@ def connect(
     $RUSTYDB_DATA_DIR; several separated by ":"), where the server puts it when
     /run/rustydb is not writable, then TCP on 127.0.0.1, as psql does. A
     `host` that starts with "/" is a socket directory, used alone; any other
-    is a TCP host. `timeout` bounds connecting and
-    authenticating; `query_timeout` (default none) bounds each wait for the
-    server during a statement.
+    is a TCP host. `timeout` bounds connecting and authenticating;
+    `query_timeout` (default none) bounds each wait for the server during a
+    statement.
 
     `tls` (default $RUSTYDB_TLS, else prefer) is one of rustydb_client.tls's
     modes, for TCP only; the CA, certificate and key files default to
@@ -504,7 +504,7 @@ class Connection:
                 "protocol_violation",
             )
         if not event.accepted:
-            if mode != "prefer":
+            if mode != PREFER:
                 self._drop()
                 raise ConnectionFailed(
                     f"the server at {self._where} does not offer TLS ({event.reason}) and --tls is {mode}; "

@@ -246,6 +246,9 @@ def _report(printer, message: str, code: str | None = None, line: int | None = N
 def run_interactive(conn: Connection, read_line: Callable[[str], str], printer, out: TextIO, err: TextIO) -> int:
     """The shell: multi-line statements, backslash commands, errors keep it going."""
     out.write(f"{PROG} connected to {conn.database or 'rustydb'}; type \\? for help, \\q to quit\n")
+    tls = getattr(conn, "tls_description", None)
+    if tls:
+        out.write(f"TLS connection ({tls})\n")  # as psql's "SSL connection (protocol: ...)"
     splitter = StatementSplitter()
     while True:
         name = conn.database or "rustydb"

@@ -484,6 +484,15 @@ class Connection:
         version = getattr(self._sock, "version", None)  # an ssl.SSLSocket's
         return version() if version is not None else None
 
+    @property
+    def tls_description(self) -> str | None:
+        """ "TLSv1.3, cipher TLS_AES_256_GCM_SHA384" over TLS; None in plaintext."""
+        cipher = getattr(self._sock, "cipher", None)  # an ssl.SSLSocket's
+        if cipher is None or cipher() is None:
+            return None
+        name, version, _bits = cipher()
+        return f"{version}, cipher {name}"
+
     # -- internals
 
     def _start_tls(

@@ -6,6 +6,7 @@ the real rusty-db-cli and rusty-db-backup over TCP, HTTPS with urllib.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import ssl
@@ -15,6 +16,7 @@ import urllib.request
 import pytest
 
 import rustydb_client.client as rc
+from rustydb_client import cli
 from rustydb_client.protocol import events as ev
 from rustydb_client.protocol.connection import ClientSide
 from tests.support.servers import ServerProcess, run_tool
@@ -101,6 +103,14 @@ def test_the_session_is_encrypted_and_prefer_takes_tls(tls_server, certs):
         "127.0.0.1", tls_server.port, user="app", password=PASSWORD, tls="verify-full", tls_ca_file=certs.ca
     ) as conn:
         assert conn.tls_version in ("TLSv1.2", "TLSv1.3")
+        # the shell says so, as psql does
+        out = io.StringIO()
+
+        def read_line(prompt):
+            raise EOFError
+
+        assert cli.run_interactive(conn, read_line, cli.TablePrinter(out), out, io.StringIO()) == 0
+        assert f"TLS connection ({conn.tls_version}, cipher " in out.getvalue()
         # a large answer crosses many TLS records
         rows = conn.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 20000) "

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import http_access
+from . import tls as tls_mod
 from .audit import audit
 from .backup import api as backup_api
 from .backup.service import BackupService
@@ -90,6 +91,14 @@ def check_token_file(settings) -> None:
     try:
         http_access.read_token(settings["http_api_token_file"])
     except http_access.TokenFileError as e:
+        raise StartupError(str(e)) from None
+
+
+def _tls_on(settings) -> bool:
+    """Whether the API is served over HTTPS; a StartupError when the TLS settings cannot work."""
+    try:
+        return tls_mod.policy(settings).enabled
+    except tls_mod.TlsConfigError as e:
         raise StartupError(str(e)) from None
 
 
@@ -203,12 +212,18 @@ class HttpApi:
         config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = 1.0
         config.keep_alive_timeout = 5.0
+        scheme = "http"
+        if _tls_on(self._settings):
+            # HTTPS with the wire protocol's certificate and key (checked there);
+            # client certificates (tls_ca_file) are the wire protocol's only.
+            config.certfile, config.keyfile = self._settings["tls_cert_file"], self._settings["tls_key_file"]
+            scheme = "https"
         started = []
 
         class _Started:  # tells a failure to bind apart from one while serving
             def started(self, value=None):
                 started.append(True)
-                log.info("HTTP API listening", address=f"{host}:{port}", pid=os.getpid())
+                log.info("HTTP API listening", address=f"{host}:{port}", scheme=scheme, pid=os.getpid())
                 task_status.started(value)
 
         try:

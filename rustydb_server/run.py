@@ -35,7 +35,7 @@ from .schedule.scheduler import Scheduler
 from .settings import to_seconds
 from .signals import SignalWatcher
 from .watchdog import Watchdog
-from .wire import WireListener
+from .wire import WireListener, tls_policy
 
 log = get_logger("rustydb.server")
 
@@ -44,6 +44,7 @@ async def run(settings, notifier: Notifier) -> int:
     """Run one server until shutdown; return the process exit code."""
     lifecycle = Lifecycle()
     _check_archive_dest(settings)
+    tls_policy(settings)  # a TLS setting that cannot work stops the start at once
     ddir = _datadir.DataDir(settings["data_dir"])
     ddir.lock("server")
     engine = None

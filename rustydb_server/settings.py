@@ -257,6 +257,40 @@ REGISTRY: dict[str, Setting] = _registry(
         "localhost; * for any.",
     ),
     Setting(
+        "tls_cert_file",
+        "path",
+        "",
+        context=RESTART,
+        description="PEM certificate (chain) of the server: with tls_key_file, TLS for TCP clients of the wire "
+        "protocol and HTTPS for the HTTP API.",
+    ),
+    Setting(
+        "tls_key_file",
+        "path",
+        "",
+        context=RESTART,
+        description="PEM private key of tls_cert_file, unencrypted; it must be mode 0600 or less (the server "
+        "refuses to start if group or others may read it).",
+    ),
+    Setting(
+        "tls_ca_file",
+        "path",
+        "",
+        context=RESTART,
+        description="PEM CA certificates: when set, TCP clients of the wire protocol must use TLS and present a "
+        "client certificate signed by one of them.",
+    ),
+    Setting(
+        "tls_mode",
+        "enum",
+        "allow",
+        choices=("off", "allow", "require"),
+        context=RESTART,
+        description="TLS for TCP clients of the wire protocol: off (no TLS, no HTTPS either); allow (when the "
+        "client asks and a certificate is set); require (plaintext TCP clients are refused). The Unix socket "
+        "never uses TLS.",
+    ),
+    Setting(
         "statement_timeout",
         "duration",
         0,

@@ -28,6 +28,8 @@ import argparse
 import os
 import sys
 
+from rustydb_client.tls import add_arguments as add_tls_arguments
+
 from ..codecs import CODECS
 from ..container.format import BackupType
 from ..keys import ENV_PASSPHRASE
@@ -164,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="with --type: read the password from the first line of FILE (instead of $RUSTYDB_PASSWORD)",
     )
+    add_tls_arguments(p)  # with --type: the backup streams over TLS from a server on a TCP --host
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout, whatever the outcome")
     return p
 

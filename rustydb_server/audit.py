@@ -43,6 +43,7 @@ ACTIONS = frozenset(
         "restore_point",
         "role",  # role changes (CREATE/ALTER/DROP ROLE, GRANT, REVOKE)
         "drill",  # a restore drill
+        "expire",  # retention removing expired backups and archived WAL (on demand or after a scheduled backup)
     }
 )
 

@@ -141,6 +141,10 @@ class BackupService:
         # The backup scheduler (schedule/scheduler.py), once the server runs one:
         # what SHOW BACKUP SCHEDULE and GET /api/v1/admin/schedule report.
         self.scheduler = None
+        # Retention in the running server (expire.Expirer), and while it removes
+        # files, why a backup may not start (a 409: try again in a moment).
+        self.expirer = None
+        self.expiring: str | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
@@ -285,6 +289,8 @@ class BackupService:
     ) -> AwaitingLocation | None:
         try:
             req = parse_request(wire_fields(request), self.settings, WIRE_FIELDS)
+            if self.expiring:
+                raise BackupRequestError(self.expiring, status=409)
             if request.output is not None and not os.path.isabs(request.output):
                 raise BackupRequestError(f"the backup's output {request.output!r} is not an absolute path")
             base, where = None, None
@@ -504,6 +510,8 @@ class BackupService:
     # --------------------------------------------------------- written by us
     def start_backup(self, req: BackupRequest) -> dict:
         """Record the backup and start it in the service's nursery; return its catalog entry at once."""
+        if self.expiring:
+            raise BackupRequestError(self.expiring, status=409)
         key = None
         if req.encrypt:
             try:

@@ -1,0 +1,148 @@
+"""GET /metrics, health "degraded" for the backups, and retention in the running server, against real servers.
+
+/metrics is scraped after real commits and a real backup and parsed with
+prometheus-client's own parser: the commit count moves by exactly the
+commits made, the backup's size and time are the catalog's, the open
+sessions are counted. Health turns degraded (200, with reasons) when no
+full backup is recent enough or a file system is nearly full, and healthy
+again once fixed. POST /api/v1/admin/expire lists (dry run) then removes
+what retention no longer keeps, from the running server's own catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from rustydb_client import client as rc
+from tests.support.servers import ServerProcess
+
+
+def call(server: ServerProcess, method: str, path: str, body=None):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def scrape(server: ServerProcess) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def backup(server: ServerProcess, kind: str = "full") -> dict:
+    status, entry = call(server, "POST", "/api/v1/admin/backup", {"backup_type": kind, "wait": True})
+    assert status == 200, entry
+    return entry
+
+
+def test_metrics_count_commits_backups_and_sessions(server, tmp_path):
+    backup_dir = tmp_path / "backups"
+    server.sql(f"ALTER SYSTEM SET backup_dir = '{backup_dir}';")
+    server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+    before = scrape(server)
+    for i in range(5):
+        server.sql(f"INSERT INTO t VALUES ({i}, 'row {i}');")
+    after = scrape(server)
+    assert after[("rustydb_commits_total", ())] - before[("rustydb_commits_total", ())] == 5
+    assert after[("rustydb_wal_bytes_written_total", ())] > before[("rustydb_wal_bytes_written_total", ())]
+
+    entry = backup(server)
+    conn = rc.connect(port=server.port)
+    try:
+        m = scrape(server)
+    finally:
+        conn.close()
+    full = (("backup_type", "full"),)
+    assert m[("rustydb_backup_last_size_bytes", full)] == entry["size_bytes"] == os.path.getsize(entry["location"])
+    assert m[("rustydb_backup_last_success_timestamp_seconds", full)] == entry["completed_at"]
+    assert m[("rustydb_backup_last_duration_seconds", full)] == entry["completed_at"] - entry["started_at"]
+    assert m[("rustydb_backup_failures_total", full)] == 0
+    assert m[("rustydb_backup_bytes_written_total", (("destination", str(backup_dir)),))] == entry["size_bytes"]
+    assert m[("rustydb_connections", ())] == 1
+    st = os.statvfs(backup_dir)
+    role = (("path", str(backup_dir)), ("role", "backup_dir"))
+    assert m[("rustydb_filesystem_size_bytes", role)] == st.f_blocks * st.f_frsize
+    assert 0 < m[("rustydb_filesystem_free_bytes", role)] <= st.f_blocks * st.f_frsize
+    # the default schedule: Sunday's full, the other days' incrementals
+    assert m[("rustydb_backup_schedule_next_run_timestamp_seconds", full)] > entry["completed_at"]
+    assert (("rustydb_backup_schedule_next_run_timestamp_seconds", (("backup_type", "incremental"),))) in m
+    assert m[("rustydb_archive_lag_segments", ())] == 0
+
+    # a pitr-base whose WAL cannot reach the archive (moved away) fails its archive check
+    server.sql(f"ALTER SYSTEM SET archive_dest = '{tmp_path / 'archive'}';")
+    server.sql("ALTER SYSTEM SET archive_mode = on;")
+    server.sql("ALTER SYSTEM SET archive_check_timeout = '1s';")
+    (tmp_path / "archive").rename(tmp_path / "archive.moved")
+    status, failed = call(server, "POST", "/api/v1/admin/backup", {"backup_type": "pitr-base", "wait": True})
+    assert status == 500 and failed["backup"]["status"] == "failed", failed
+    m = scrape(server)
+    assert m[("rustydb_backup_failures_total", (("backup_type", "pitr-base"),))] == 1
+    assert m[("rustydb_archive_lag_segments", ())] >= 1 and m[("rustydb_archive_failures_in_a_row", ())] >= 1
+    assert m[("rustydb_backup_last_size_bytes", full)] == entry["size_bytes"]
+
+
+def test_health_degraded_until_a_full_backup_and_while_a_disk_is_nearly_full(server, tmp_path):
+    server.sql(f"ALTER SYSTEM SET backup_dir = '{tmp_path / 'backups'}';")
+    assert server.health()["status"] == "healthy"
+    server.sql("ALTER SYSTEM SET health_full_backup_max_age = '1h';")
+    report = server.health()
+    assert report["status"] == "degraded", report
+    assert any("no full backup was ever taken" in r for r in report["reasons"]), report
+    backup(server)
+    assert server.health()["status"] == "healthy"
+    # No real file system is 100% free: every one is "nearly full" at 100.
+    server.sql("ALTER SYSTEM SET health_min_free_percent = 100;")
+    report = server.health()
+    assert report["status"] == "degraded" and len(report["reasons"]) == 1, report
+    assert report["reasons"][0].startswith(f"the file system of backup_dir {tmp_path / 'backups'} is nearly full")
+    server.sql("ALTER SYSTEM SET health_min_free_percent = 0;")
+    assert server.health()["status"] == "healthy"
+
+
+def test_expire_through_the_running_server(server, tmp_path):
+    server.sql(f"ALTER SYSTEM SET backup_dir = '{tmp_path / 'backups'}';")
+    server.sql("CREATE TABLE t(v);")
+    old = [backup(server), backup(server)]
+    newest = backup(server)
+    server.sql("ALTER SYSTEM SET backup_retention_days = 0;")
+    server.sql("ALTER SYSTEM SET backup_retention_full_count = 1;")
+
+    status, plan = call(server, "POST", "/api/v1/admin/expire", {"dry_run": True})
+    assert status == 200 and plan["dry_run"] is True, plan
+    assert sorted(b["backup_id"] for b in plan["backups"]) == sorted(b["backup_id"] for b in old)
+    assert all(not b["removed"] and b["reason"] for b in plan["backups"])
+    assert plan["kept"] == [newest["backup_id"]]
+    assert all(os.path.exists(b["location"]) for b in old)
+
+    status, done = call(server, "POST", "/api/v1/admin/expire", {"dry_run": False})
+    assert status == 200 and done["ok"] and done["dry_run"] is False, done
+    assert sorted(b["backup_id"] for b in done["backups"] if b["removed"]) == sorted(b["backup_id"] for b in old)
+    assert not any(os.path.exists(b["location"]) for b in old) and os.path.exists(newest["location"])
+    status, listing = call(server, "GET", "/api/v1/admin/backups")
+    assert [b["backup_id"] for b in listing["backups"]] == [newest["backup_id"]]
+    # the server's catalog is the one changed: an incremental still finds its base
+    assert backup(server, "incremental")["parent_id"] == newest["backup_id"]
+
+    status, body = call(server, "POST", "/api/v1/admin/expire", {"dry_run": "yes"})
+    assert status == 400 and body["error"] == "bad_request"
+    server.sql("ALTER SYSTEM SET backup_retention_full_count = 0;")
+    status, body = call(server, "POST", "/api/v1/admin/expire", {})
+    assert status == 409 and "backup_retention_days" in body["message"], body

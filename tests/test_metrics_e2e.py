@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 
@@ -146,3 +147,30 @@ def test_expire_through_the_running_server(server, tmp_path):
     server.sql("ALTER SYSTEM SET backup_retention_full_count = 0;")
     status, body = call(server, "POST", "/api/v1/admin/expire", {})
     assert status == 409 and "backup_retention_days" in body["message"], body
+
+
+def test_retention_runs_after_a_scheduled_backup(server_factory, tmp_path):
+    conf = tmp_path / "rustydb.toml"
+    conf.write_text(
+        f'backup_dir = "{tmp_path / "backups"}"\nbackup_schedule_incremental = "off"\n'
+        "backup_retention_days = 0\nbackup_retention_full_count = 1\n"
+    )
+    server = server_factory(extra_args=["--config", str(conf)])
+    with server:
+        old = [backup(server), backup(server)]
+    # Sunday's full was missed while the server was down: it runs once at the start.
+    with open(os.path.join(server.data_dir, "backup_schedule.json"), "w") as f:
+        json.dump({"handled": {"full": {"expression": "0 2 * * 0", "until": "2020-01-05T03:00:00+00:00"}}}, f)
+    with server.start():
+        deadline = 100
+        while deadline:
+            listing = call(server, "GET", "/api/v1/admin/backups")[1]["backups"]
+            if len(listing) == 1 and listing[0]["status"] == "completed":
+                break
+            deadline -= 1
+            time.sleep(0.1)
+        (kept,) = listing
+        assert kept["backup_id"] not in {b["backup_id"] for b in old}
+        assert not any(os.path.exists(b["location"]) for b in old) and os.path.exists(kept["location"])
+        log = server.log()
+    assert '"action": "expire"' in log and '"trigger": "schedule"' in log

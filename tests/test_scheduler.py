@@ -206,3 +206,27 @@ async def test_dst_spring_forward_runs_once(tmp_path, clock):
     await run_for(sched, 2 * 24 * HOUR)
     started = [(epoch + dt.timedelta(seconds=t)).isoformat() for t, _ in service.started]
     assert started == ["2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"]  # 03:00 CEST, then 02:30 CEST
+
+
+async def test_steps_after_a_backup_run_after_each_completed_one_only(tmp_path, clock):
+    """Retention's hook: awaited after every completed scheduled backup, never after a failed
+    one, and a hook that fails leaves the schedule going."""
+    service = FakeService()
+    service.outcomes = ["completed", "failed", "completed", "completed"]
+    sched = make(tmp_path, service, settings(backup_schedule_full="0 * * * *", backup_schedule_incremental=""))
+    seen = []
+
+    async def step(record):
+        seen.append((record["backup_id"], record["outcome"]))
+        if len(seen) == 1:
+            raise OSError("expire failed")
+
+    sched.after_backup.append(step)
+    await run_for(sched, 3.5 * HOUR)
+    assert [(r["backup_id"], r["outcome"]) for r in sched.history] == [
+        ("b0", "completed"),
+        ("b1", "failed"),
+        ("b2", "completed"),  # the retry of b1
+        ("b3", "completed"),
+    ]
+    assert seen == [("b0", "completed"), ("b2", "completed"), ("b3", "completed")]

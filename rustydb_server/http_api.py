@@ -167,8 +167,11 @@ def build_starting_app(settings, lifecycle: Lifecycle) -> Starlette:
     )
 
 
-def build_app(settings, lifecycle: Lifecycle, engine, archiver, backups: BackupService, sessions) -> Starlette:
-    """The running server's API; ``sessions`` is the wire listener's open sessions."""
+def build_app(
+    settings, lifecycle: Lifecycle, engine, archiver, backups: BackupService, sessions, metrics: Metrics | None = None
+) -> Starlette:
+    """The running server's API; ``sessions`` is the wire listener's open sessions,
+    ``metrics`` what GET /metrics renders."""
 
     async def health(request: Request) -> JSONResponse:
         return _health_answer(
@@ -185,9 +188,10 @@ def build_app(settings, lifecycle: Lifecycle, engine, archiver, backups: BackupS
     routes.extend(backup_api.routes(backups, settings))
     # The backup scheduler's last and next runs.
     routes.extend(schedule_api.routes(backups))
-    metrics = Metrics(settings, engine, archiver, backups, sessions)
 
     async def scrape(request: Request) -> Response:
+        if metrics is None:
+            return error(503, "this server keeps no metrics", "not_available")
         body = await trio.to_thread.run_sync(metrics.render)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -229,7 +233,8 @@ class HttpApi:
 
     def serve_running(self, engine, archiver, backups: BackupService, sessions) -> None:
         """Recovery is over: from now on every route answers."""
-        app = build_app(self._settings, self._lifecycle, engine, archiver, backups, sessions)
+        metrics = Metrics(self._settings, engine, archiver, backups, sessions)
+        app = build_app(self._settings, self._lifecycle, engine, archiver, backups, sessions, metrics)
         self._app = AccessGuard(app, self._settings)
 
     async def __call__(self, scope, receive, send):

@@ -448,7 +448,8 @@ REGISTRY: dict[str, Setting] = _registry(
         max=36500,
         description="Keep every backup completed in the last N days, and the newest one before them, "
         "each with the whole chain it restores from (0 = no day window; then "
-        "backup_retention_full_count must be set). Applied by rusty-db-backup --expire.",
+        "backup_retention_full_count must be set). Applied after each scheduled backup, by "
+        "POST /api/v1/admin/expire and by rusty-db-backup --expire.",
     ),
     Setting(
         "backup_retention_full_count",

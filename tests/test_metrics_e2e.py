@@ -20,7 +20,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from rustydb_client import client as rc
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, run_tool
 
 
 def call(server: ServerProcess, method: str, path: str, body=None):
@@ -174,3 +174,26 @@ def test_retention_runs_after_a_scheduled_backup(server_factory, tmp_path):
         assert not any(os.path.exists(b["location"]) for b in old) and os.path.exists(kept["location"])
         log = server.log()
     assert '"action": "expire"' in log and '"trigger": "schedule"' in log
+
+
+def test_the_cli_expire_asks_the_running_server(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("RUSTYDB_CONFIG", str(tmp_path / "absent.toml"))  # never the machine's config
+    server.sql(f"ALTER SYSTEM SET backup_dir = '{tmp_path / 'backups'}';")
+    old = [backup(server), backup(server)]
+    newest = backup(server)
+    server.sql("ALTER SYSTEM SET backup_retention_days = 0;")
+    server.sql("ALTER SYSTEM SET backup_retention_full_count = 1;")
+    proc = run_tool("rusty-db-backup", "--expire", "--data-dir", server.data_dir, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] and not doc["dry_run"]
+    assert sorted(b["backup_id"] for b in doc["backups"] if b["removed"]) == sorted(b["backup_id"] for b in old)
+    # the running server's own catalog changed: it did the work
+    _, listing = call(server, "GET", "/api/v1/admin/backups")
+    assert [b["backup_id"] for b in listing["backups"]] == [newest["backup_id"]]
+    assert not any(os.path.exists(b["location"]) for b in old)
+
+    proc = run_tool("rusty-db-backup", "--expire", "--data-dir", server.data_dir, "--archive-dir", str(tmp_path))
+    assert proc.returncode == 1 and "expires its own archive_dest" in proc.stderr, proc.stderr
+    proc = run_tool("rusty-db-backup", "--expire", "--data-dir", server.data_dir)
+    assert proc.returncode == 0 and "0 backup(s) and 0 WAL segment(s) expired; 1 backup(s) kept" in proc.stdout

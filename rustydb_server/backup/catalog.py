@@ -284,6 +284,12 @@ class Catalog:
                 out.append(dict(e))
             return sorted(out, key=lambda e: (e["end_lsn"], e["completed_at"] or 0), reverse=True)
 
+    def in_file_order(self) -> list[dict]:
+        """The entries as the catalog file holds them: in the order they were added
+        (retention orders backups of the same second by it)."""
+        with self._lock:
+            return [dict(e) for e in self._entries.values()]
+
     def list(self) -> list[dict]:
         with self._lock:
             return sorted(

@@ -288,7 +288,7 @@ class Expirer:
 
     def _plan(self, data_dir, archive_dir, policy):
         try:
-            facts = gather(data_dir, archive_dir, self._service.catalog.list())
+            facts = gather(data_dir, archive_dir, self._service.catalog.in_file_order())
         except (CatalogError, DataDirError, HistoryError, ArchiveError) as e:
             raise ExpireFailed(str(e)) from None
         return facts, make_plan(facts, policy)

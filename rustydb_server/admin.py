@@ -21,6 +21,7 @@ from . import roles as roles_mod
 from . import settings as settings_mod
 from .archive import destination
 from .audit import OK, audit
+from .backup.expire import ExpireFailed
 from .errors import ReportedError
 from .logsetup import get_logger
 from .wal.lsn import format_lsn
@@ -59,6 +60,7 @@ _AUDITED = {
     ap.AlterSystemReset: "alter_system",
     ap.Shutdown: "shutdown",
     ap.CreateRestorePoint: "restore_point",
+    ap.ExpireBackups: "expire",
 }
 
 
@@ -77,6 +79,8 @@ def _audit_details(dispatcher, cmd, *, done: bool) -> dict:
         return {"statement": "ALTER SYSTEM RESET", "setting": cmd.name or "ALL"}
     if isinstance(cmd, ap.Shutdown):
         return {"mode": "immediate" if cmd.immediate else "graceful"}
+    if isinstance(cmd, ap.ExpireBackups):
+        return {"via": "sql", "dry_run": cmd.dry_run}
     return {"name": cmd.name}
 
 
@@ -95,6 +99,7 @@ _ACTIONS = {
     ap.AlterRole: roles_mod.MANAGE_ROLES,
     ap.DropRole: roles_mod.MANAGE_ROLES,
     ap.Grant: roles_mod.MANAGE_ROLES,
+    ap.ExpireBackups: roles_mod.TAKE_BACKUP,
 }
 
 
@@ -369,3 +374,35 @@ async def _show_backup_schedule(dispatcher, cmd: ap.ShowBackupSchedule) -> Admin
 
 
 _HANDLERS[ap.ShowBackupSchedule] = _show_backup_schedule
+
+
+# --- EXPIRE BACKUPS [DRY RUN] (retention in the running server, backup/expire.py) ---
+EXPIRE_COLUMNS = ["action", "kind", "id", "type", "location", "reason"]
+
+
+async def _expire_backups(dispatcher, cmd: ap.ExpireBackups) -> AdminResult:
+    expirer = dispatcher.services.backups.expirer
+    if expirer is None:
+        raise ReportedError("this server runs no retention", "not_available")
+    try:
+        doc = await expirer.run(dry_run=cmd.dry_run)
+    except ExpireFailed as e:
+        raise ReportedError(str(e), "expire_failed") from None
+    refused = {r["backup_id"]: r["reason"] for r in doc["refused"]}
+    verb = "would expire" if cmd.dry_run else "expired"
+    rows = []
+    for b in doc["backups"]:
+        if b["backup_id"] in refused:
+            rows.append(["refused", "backup", b["backup_id"], b["type"], b["location"], refused[b["backup_id"]]])
+        else:
+            rows.append([verb, "backup", b["backup_id"], b["type"], b["location"], b["reason"]])
+    for s in doc["segments"]:
+        rows.append([verb, "wal segment", s["segment"], f"timeline {s['timeline']}", s["path"], s["reason"]])
+    notice = (
+        f"{'Dry run: ' if cmd.dry_run else ''}{len(doc['backups']) - len(refused)} backup(s) and "
+        f"{len(doc['segments'])} WAL segment(s) {verb}; {len(doc['kept'])} backup(s) kept"
+    )
+    return AdminResult("EXPIRE BACKUPS", EXPIRE_COLUMNS, rows, notices=[notice])
+
+
+_HANDLERS[ap.ExpireBackups] = _expire_backups

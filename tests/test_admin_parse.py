@@ -165,3 +165,14 @@ def test_malformed_admin_statements_show_the_expected_form(sql, form):
     with pytest.raises(AdminSyntaxError) as e:
         parse_admin(sql)
     assert form in str(e.value)
+
+
+def test_expire_backups_forms():
+    from rustydb_server.admin_parse import ExpireBackups
+
+    assert parse_admin("EXPIRE BACKUPS;") == ExpireBackups(dry_run=False)
+    assert parse_admin("expire backups dry run") == ExpireBackups(dry_run=True)
+    for bad in ("EXPIRE BACKUPS DRY;", "EXPIRE BACKUPS NOW;"):
+        with pytest.raises(AdminSyntaxError, match="EXPIRE BACKUPS or EXPIRE BACKUPS DRY RUN"):
+            parse_admin(bad)
+    assert parse_admin("EXPIRE something") is None  # not ours: SQLite's error

@@ -126,6 +126,9 @@ def test_expire_through_the_running_server(server, tmp_path):
     server.sql("ALTER SYSTEM SET backup_retention_days = 0;")
     server.sql("ALTER SYSTEM SET backup_retention_full_count = 1;")
 
+    shown = server.sql("EXPIRE BACKUPS DRY RUN;")
+    assert "Dry run: 2 backup(s) and 0 WAL segment(s) would expire; 1 backup(s) kept" in shown.stdout + shown.stderr
+    assert all(f"would expire | backup | {b['backup_id']}" in shown.stdout for b in old), shown.stdout
     status, plan = call(server, "POST", "/api/v1/admin/expire", {"dry_run": True})
     assert status == 200 and plan["dry_run"] is True, plan
     assert sorted(b["backup_id"] for b in plan["backups"]) == sorted(b["backup_id"] for b in old)
@@ -139,6 +142,8 @@ def test_expire_through_the_running_server(server, tmp_path):
     assert not any(os.path.exists(b["location"]) for b in old) and os.path.exists(newest["location"])
     status, listing = call(server, "GET", "/api/v1/admin/backups")
     assert [b["backup_id"] for b in listing["backups"]] == [newest["backup_id"]]
+    again = server.sql("EXPIRE BACKUPS;")
+    assert "0 backup(s) and 0 WAL segment(s) expired; 1 backup(s) kept" in again.stdout + again.stderr
     # the server's catalog is the one changed: an incremental still finds its base
     assert backup(server, "incremental")["parent_id"] == newest["backup_id"]
 

@@ -121,3 +121,26 @@ def test_webhook_gets_the_event_and_a_failed_post_is_retried(server_factory, tmp
     (ctype1, first), (ctype2, second) = _Hook.received
     assert ctype1 == ctype2 == "application/json"
     assert first == second and first["event"] == "backup_failed" and "cannot use backup_dir" in first["error"]
+
+
+def test_archive_failure_and_recovery_are_alerted(server_factory, tmp_path):
+    out = tmp_path / "alerts.jsonl"
+    archive = tmp_path / "archive"
+    with configured(
+        server_factory,
+        tmp_path,
+        alert_command=f"cat >> {out}; echo >> {out}",
+        alert_archive_failure_after="0s",
+        archive_mode=True,
+        archive_dest=str(archive),
+    ) as server:
+        server.sql("CREATE TABLE t(v);")
+        server.wait_archived()
+        archive.rename(tmp_path / "unmounted")
+        server.sql("INSERT INTO t VALUES (1);")
+        server.sql("SWITCH WAL;")
+        (failed,) = wait_for(lambda: events_in(out), "the archive failure's alert")
+        assert failed["event"] == "archive_failed" and "does not exist" in failed["error"], failed
+        (tmp_path / "unmounted").rename(archive)
+        _, recovered = wait_for(lambda: len(events_in(out)) == 2 and events_in(out), "the recovery", timeout=40)
+        assert recovered["event"] == "archive_recovered", recovered

@@ -54,7 +54,7 @@ def emit(kind: str, **fields) -> bool:
     """Send an event from anywhere in the server (any thread); False when no alerter runs."""
     alerter = _current
     if alerter is None:
-        log.info("alert not sent: the server runs no alerter", alert=kind, **_loggable(fields))
+        log.warning("alert not sent: the server runs no alerter", alert=kind, **_loggable(fields))
         return False
     alerter.emit(kind, **fields)
     return True
@@ -81,7 +81,8 @@ def success(subject: str, scope: str = "", **fields) -> bool:
 
 
 def _loggable(fields: dict) -> dict:
-    return {k: v for k, v in fields.items() if k not in ("event", "severity")}
+    """The fields of an event as log fields ("event" is the log line's own name)."""
+    return {k: v for k, v in fields.items() if k not in ("event", "alert")}
 
 
 class Alerter:
@@ -123,8 +124,10 @@ class Alerter:
                 pass
 
     def _enqueue(self, event: dict) -> None:
-        log.warning(
+        emit_log = log.info if event["severity"] == "info" else log.warning
+        emit_log(
             "alert",
+            alert=event["event"],
             **_loggable(event),
             delivered_to=self._targets() or "nothing (no alert_command or alert_webhook_url)",
         )

@@ -441,6 +441,12 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Wait before the first retry of a failed scheduled backup; it doubles for each further one.",
     ),
     Setting(
+        "backup_schedule_encryption",
+        "bool",
+        False,
+        description="Encrypt the scheduled backups with backup_key_file (AES-256-GCM), as --encrypt does.",
+    ),
+    Setting(
         "backup_retention_days",
         "int",
         30,

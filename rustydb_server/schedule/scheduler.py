@@ -186,6 +186,7 @@ class Scheduler:
                 BackupRequest(
                     backup_type=BackupType(run.kind),
                     codec=self._settings["backup_compression"],
+                    encrypt=self._settings["backup_schedule_encryption"],
                     threads=self._settings["backup_threads"],
                 )
             )

@@ -11,6 +11,7 @@ what retention no longer keeps, from the running server's own catalog.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -20,6 +21,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from rustydb_client import client as rc
+from rustydb_server import http_access
 from tests.support.servers import ServerProcess, run_tool
 
 
@@ -202,3 +204,11 @@ def test_the_cli_expire_asks_the_running_server(server, tmp_path, monkeypatch):
     assert proc.returncode == 1 and "expires its own archive_dest" in proc.stderr, proc.stderr
     proc = run_tool("rusty-db-backup", "--expire", "--data-dir", server.data_dir)
     assert proc.returncode == 0 and "0 backup(s) and 0 WAL segment(s) expired; 1 backup(s) kept" in proc.stdout
+
+
+def test_metrics_follow_the_api_access_rules():
+    decide = functools.partial(http_access.decide, trust_loopback_setting="auto", allowed_host_names=frozenset())
+    assert decide("GET", "/metrics", {}, "127.0.0.1", None).status == 0  # loopback, no token set
+    assert decide("GET", "/metrics", {}, "10.0.0.5", None).status == 401  # no token: loopback only
+    assert decide("GET", "/metrics", {}, "127.0.0.1", "t0k").status == 401  # a token set: needed
+    assert decide("GET", "/metrics", {"authorization": "Bearer t0k"}, "10.0.0.5", "t0k").status == 0

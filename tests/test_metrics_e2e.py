@@ -5,8 +5,10 @@ prometheus-client's own parser: the commit count moves by exactly the
 commits made, the backup's size and time are the catalog's, the open
 sessions are counted. Health turns degraded (200, with reasons) when no
 full backup is recent enough or a file system is nearly full, and healthy
-again once fixed. POST /api/v1/admin/expire lists (dry run) then removes
-what retention no longer keeps, from the running server's own catalog.
+again once fixed. POST /api/v1/admin/expire and EXPIRE BACKUPS list (dry
+run) then remove what retention no longer keeps, from the running server's
+own catalog; rusty-db-backup --expire asks a running server to; and a
+scheduled backup is followed by retention.
 """
 
 from __future__ import annotations

@@ -249,7 +249,10 @@ class Expirer:
         return dest if dest and os.path.isdir(dest) else None
 
     def _busy(self) -> list[str]:
-        return [e["backup_id"] for e in self._service.catalog.list() if e["status"] == "in_progress"]
+        busy = [e["backup_id"] for e in self._service.catalog.list() if e["status"] == "in_progress"]
+        if self._service.streams and not busy:  # one starting: its entry is not written yet
+            busy.append(f"{self._service.streams} backup(s) starting for rusty-db-backup")
+        return busy
 
     async def run(self, *, dry_run: bool) -> dict:
         """The document of ``document``; ExpireFailed says why it could not run."""

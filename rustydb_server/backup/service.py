@@ -145,6 +145,7 @@ class BackupService:
         # files, why a backup may not start (a 409: try again in a moment).
         self.expirer = None
         self.expiring: str | None = None
+        self.streams = 0  # backups being streamed to rusty-db-backup
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
@@ -281,8 +282,12 @@ class BackupService:
         A request naming its ``output`` returns the backup, to be recorded
         when the client confirms it (``client_stored``) or failed if it does
         not (``not_stored``)."""
-        async with cancel_flag() as cancel:
-            return await self._stream(conn, request, cancel, user)
+        self.streams += 1  # before the stream's own check of ``expiring``: an expire waits for it
+        try:
+            async with cancel_flag() as cancel:
+                return await self._stream(conn, request, cancel, user)
+        finally:
+            self.streams -= 1
 
     async def _stream(
         self, conn, request: events.BackupRequested, cancel: threading.Event, user=None

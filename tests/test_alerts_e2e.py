@@ -144,3 +144,30 @@ def test_archive_failure_and_recovery_are_alerted(server_factory, tmp_path):
         (tmp_path / "unmounted").rename(archive)
         _, recovered = wait_for(lambda: len(events_in(out)) == 2 and events_in(out), "the recovery", timeout=40)
         assert recovered["event"] == "archive_recovered", recovered
+
+
+def test_a_failed_scheduled_backup_alerts_and_turns_health_degraded(server_factory, tmp_path):
+    out = tmp_path / "alerts.jsonl"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    server = configured(
+        server_factory,
+        tmp_path,
+        alert_command=f"cat >> {out}; echo >> {out}",
+        backup_dir=str(blocker / "backups"),
+        backup_schedule_incremental="off",
+    )
+    with server:  # made, then stopped
+        pass
+    # Sunday's full was missed while the server was down: it runs once at the start, and fails.
+    with open(os.path.join(server.data_dir, "backup_schedule.json"), "w") as f:
+        json.dump({"handled": {"full": {"expression": "0 2 * * 0", "until": "2020-01-05T03:00:00+00:00"}}}, f)
+    with server.start():
+        (failed,) = wait_for(lambda: events_in(out), "the scheduled failure's alert")
+        assert failed["event"] == "backup_failed" and failed["trigger"] == "schedule", failed
+        assert "cannot use backup_dir" in failed["error"] and failed["retry_at"]
+        report = server.health()
+        assert report["status"] == "degraded", report
+        (reason,) = report["reasons"]
+        assert reason.startswith("the last scheduled backup (full, started ") and "cannot use backup_dir" in reason
+        assert f"retried at {failed['retry_at']}" in reason

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import signal
 import socket
@@ -44,8 +45,6 @@ log = get_logger("rustydb.alerts")
 QUEUE_SIZE = 100
 #: The first wait before a webhook POST is tried again; it doubles each time.
 WEBHOOK_RETRY_S = 1.0
-#: How often the archive watch looks at the archiver.
-ARCHIVE_POLL_S = 1.0
 
 _current: Alerter | None = None
 
@@ -255,26 +254,29 @@ def _message(kind: str, fields: dict) -> str:
 
 class ArchiveWatch:
     """Alerts once WAL archiving has failed for longer than ``alert_archive_failure_after``,
-    and again when it works again."""
+    and again when it works again. It wakes when the archiver reports an outcome
+    (``archiver.outcome``) or when a failure reaches the threshold."""
 
     def __init__(self, settings, archiver, clock=time.time):
         self._settings = settings
         self._archiver = archiver
         self._clock = clock
 
-    def check(self) -> None:
+    def check(self) -> float | None:
+        """Alert if due; the seconds until the next look is due, None: at the next outcome."""
         if _current is None:
-            return
+            return None
         progress = self._archiver.progress
         since = progress.failing_since
         if since is None:
             success("archive", last_archived_segment=progress.last_archived_segment)
-            return
-        after = to_seconds("alert_archive_failure_after", self._settings["alert_archive_failure_after"])
-        if self._clock() - since < after:
-            return
+            return None
         if ("archive", "") in _current.failing:
-            return
+            return None
+        after = to_seconds("alert_archive_failure_after", self._settings["alert_archive_failure_after"])
+        remaining = since + after - self._clock()
+        if remaining > 0:
+            return remaining
         failure(
             "archive",
             error=progress.last_failure_reason,
@@ -282,12 +284,14 @@ class ArchiveWatch:
             failures_in_a_row=progress.failures_in_a_row,
             failing_for_seconds=round(self._clock() - since, 1),
         )
+        return None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await trio.sleep(ARCHIVE_POLL_S)
-            self.check()
+            due = self.check()
+            with trio.move_on_after(math.inf if due is None else due):
+                await self._archiver.outcome.wait()
 
 
 def backup_ended(entry: dict) -> None:

@@ -79,13 +79,13 @@ async def test_archive_watch_alerts_after_the_threshold_and_on_recovery(tmp_path
         progress.failing_since, progress.failures_in_a_row = 1000.0, 3
         progress.last_failure_reason = "archive_dest /a does not exist"
         now[0] = 1059.0
-        watch.check()
+        assert watch.check() == 1.0  # look again when the threshold is reached
         assert alerter.sent == 0 and not alerter.failing
         now[0] = 1061.0
-        watch.check()
-        watch.check()  # once per failure
+        assert watch.check() is None
+        assert watch.check() is None  # once per failure
         progress.failing_since = None
-        watch.check()
+        assert watch.check() is None
         while alerter.sent < 2:
             await trio.sleep(0.01)
         nursery.cancel_scope.cancel()

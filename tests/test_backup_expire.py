@@ -234,7 +234,7 @@ async def test_the_servers_expire_waits_for_running_backups_and_holds_new_ones_o
     from rustydb_server.backup.expire import Expirer
 
     entries = [{"backup_id": "b1", "status": "in_progress"}]
-    catalog = types.SimpleNamespace(list=lambda: [dict(e) for e in entries])
+    catalog = types.SimpleNamespace(list=lambda: [dict(e) for e in entries], listeners=[])
     service = types.SimpleNamespace(
         catalog=catalog,
         streams=1,
@@ -268,9 +268,12 @@ async def test_the_servers_expire_waits_for_running_backups_and_holds_new_ones_o
         await trio.sleep(1)
         assert applied == []  # a backup runs (and a stream starts)
         entries[0]["status"] = "completed"
+        for listener in catalog.listeners:  # as Catalog.complete tells them
+            listener(dict(entries[0]))
         await trio.sleep(1)
         assert applied == []  # the stream still starts
         service.streams = 0
+        expirer.wake()  # as the service does when a stream ends
         await trio.sleep(1)
     assert applied == ["retention is removing expired backups right now; try again in a moment"]
     assert failures == ["stop here"] and service.expiring is None  # cleared whatever happened

@@ -86,6 +86,7 @@ class Archiver:
         # run it inline, so time never jumps while a copy is in progress).
         self._run_sync = run_sync
         self._settings_changed = Doorbell()
+        self.outcome = Doorbell()  # rung at each archive success or failure (the alerts' archive watch)
         self._retry_at: float | None = None  # trio time of the next try after failures
         self._switch_retry_at = -math.inf  # trio time before which a failed switch is not retried
 
@@ -216,6 +217,7 @@ class Archiver:
         s.failures_in_a_row = 0
         s.failing_since = None
         self._retry_at = None
+        self.outcome.ring()
 
     def _failed(self, name: str, error: Exception) -> None:
         s = self.progress
@@ -227,6 +229,7 @@ class Archiver:
         s.last_failure_reason = str(error)
         backoff = backoff_seconds(s.failures_in_a_row)
         self._retry_at = trio.current_time() + backoff
+        self.outcome.ring()
         log.warning(
             "archiving a WAL segment failed; the segment is kept and retried",
             segment=name,

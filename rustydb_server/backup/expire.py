@@ -24,6 +24,7 @@ from ..archive.segment_file import ArchiveError
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..datadir import DataDir, DataDirError
+from ..doorbell import Doorbell
 from ..logsetup import get_logger
 from ..settings import SettingError
 from ..wal import timeline as waltl
@@ -225,10 +226,6 @@ class ExpireFailed(Exception):
         self.status = status
 
 
-#: While a backup runs, the server's expire looks again this often.
-BUSY_POLL_S = 0.2
-
-
 class Expirer:
     """Retention run by the running server, on its own catalog.
 
@@ -243,6 +240,19 @@ class Expirer:
         self._service = service
         self._settings = settings
         self._lock = trio.Lock()
+        # Rung when a backup ends (the catalog's listener) or a stream does (``wake``).
+        self._changed = Doorbell()
+        self._token = trio.lowlevel.current_trio_token()
+        service.catalog.listeners.append(lambda entry: self.wake())
+
+    def wake(self) -> None:
+        """A backup ended: look again whether any still runs (from any thread)."""
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            self._token.run_sync_soon(self._changed.ring)
+        else:
+            self._changed.ring()
 
     def archive_dir(self) -> str | None:
         dest = self._settings["archive_dest"]
@@ -272,7 +282,7 @@ class Expirer:
                 if not waited:
                     log.info("expire waits for running backups to end", backups=busy)
                     waited = True
-                await trio.sleep(BUSY_POLL_S)
+                await self._changed.wait()
             # No await between the check and the flag: no backup can start in between.
             service.expiring = "retention is removing expired backups right now; try again in a moment"
             try:

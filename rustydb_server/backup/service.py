@@ -288,6 +288,8 @@ class BackupService:
                 return await self._stream(conn, request, cancel, user)
         finally:
             self.streams -= 1
+            if self.expirer is not None:
+                self.expirer.wake()
 
     async def _stream(
         self, conn, request: events.BackupRequested, cancel: threading.Event, user=None

@@ -21,6 +21,7 @@ from . import roles as roles_mod
 from . import settings as settings_mod
 from .archive import destination
 from .audit import DENIED, OK, audit
+from .backup.expire import ExpireFailed
 from .engine.session import MAX_ROW_BYTES, SqlSession
 from .errors import ReportedError
 from .forensics import asof as forensics_asof
@@ -63,6 +64,7 @@ _AUDITED = {
     ap.AlterSystemReset: "alter_system",
     ap.Shutdown: "shutdown",
     ap.CreateRestorePoint: "restore_point",
+    ap.ExpireBackups: "expire",
 }
 
 
@@ -81,6 +83,8 @@ def _audit_details(dispatcher, cmd, *, done: bool) -> dict:
         return {"statement": "ALTER SYSTEM RESET", "setting": cmd.name or "ALL"}
     if isinstance(cmd, ap.Shutdown):
         return {"mode": "immediate" if cmd.immediate else "graceful"}
+    if isinstance(cmd, ap.ExpireBackups):
+        return {"via": "sql", "dry_run": cmd.dry_run}
     return {"name": cmd.name}
 
 
@@ -99,6 +103,7 @@ _ACTIONS = {
     ap.AlterRole: roles_mod.MANAGE_ROLES,
     ap.DropRole: roles_mod.MANAGE_ROLES,
     ap.Grant: roles_mod.MANAGE_ROLES,
+    ap.ExpireBackups: roles_mod.TAKE_BACKUP,
 }
 
 
@@ -452,3 +457,35 @@ async def _as_of(dispatcher, cmd: ap.AsOf) -> AdminResult:
 
 _HANDLERS[ap.UndoTransaction] = _undo
 _HANDLERS[ap.AsOf] = _as_of
+
+
+# --- EXPIRE BACKUPS [DRY RUN] (retention in the running server, backup/expire.py) ---
+EXPIRE_COLUMNS = ["action", "kind", "id", "type", "location", "reason"]
+
+
+async def _expire_backups(dispatcher, cmd: ap.ExpireBackups) -> AdminResult:
+    expirer = dispatcher.services.backups.expirer
+    if expirer is None:
+        raise ReportedError("this server runs no retention", "not_available")
+    try:
+        doc = await expirer.run(dry_run=cmd.dry_run)
+    except ExpireFailed as e:
+        raise ReportedError(str(e), "expire_failed") from None
+    refused = {r["backup_id"]: r["reason"] for r in doc["refused"]}
+    verb = "would expire" if cmd.dry_run else "expired"
+    rows = []
+    for b in doc["backups"]:
+        if b["backup_id"] in refused:
+            rows.append(["refused", "backup", b["backup_id"], b["type"], b["location"], refused[b["backup_id"]]])
+        else:
+            rows.append([verb, "backup", b["backup_id"], b["type"], b["location"], b["reason"]])
+    for s in doc["segments"]:
+        rows.append([verb, "wal segment", s["segment"], f"timeline {s['timeline']}", s["path"], s["reason"]])
+    notice = (
+        f"{'Dry run: ' if cmd.dry_run else ''}{len(doc['backups']) - len(refused)} backup(s) and "
+        f"{len(doc['segments'])} WAL segment(s) {verb}; {len(doc['kept'])} backup(s) kept"
+    )
+    return AdminResult("EXPIRE BACKUPS", EXPIRE_COLUMNS, rows, notices=[notice])
+
+
+_HANDLERS[ap.ExpireBackups] = _expire_backups

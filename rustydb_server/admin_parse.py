@@ -48,6 +48,13 @@ class ShowBackupSchedule:
 
 
 @dataclass(frozen=True)
+class ExpireBackups:
+    """EXPIRE BACKUPS [DRY RUN]: retention now, in the running server."""
+
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
 class Shutdown:
     immediate: bool = False
 
@@ -150,6 +157,7 @@ AdminCommand = (
     | AlterSystemReset
     | Show
     | ShowBackupSchedule
+    | ExpireBackups
     | Shutdown
     | Checkpoint
     | CreateRestorePoint
@@ -170,6 +178,7 @@ FORMS = {
     "ALTER SYSTEM RESET name or ALTER SYSTEM RESET ALL",
     "SHOW": "SHOW name or SHOW ALL; SHOW BACKUP SCHEDULE",
     "SHUTDOWN": "SHUTDOWN or SHUTDOWN IMMEDIATE",
+    "EXPIRE BACKUPS": "EXPIRE BACKUPS or EXPIRE BACKUPS DRY RUN",
     "CHECKPOINT": "CHECKPOINT",
     "CREATE RESTORE POINT": "CREATE RESTORE POINT 'name'",
     "SWITCH WAL": "SWITCH WAL",
@@ -315,6 +324,8 @@ def _form_of(first: Token, second: Token | None) -> str | None:
         return word
     if word == "SWITCH":
         return "SWITCH WAL"
+    if word == "EXPIRE" and _is_word(second, "BACKUPS"):
+        return "EXPIRE BACKUPS"
     if word == "ALTER" and _is_word(second, "SYSTEM"):
         return "ALTER SYSTEM"
     if word == "CREATE" and _is_word(second, "RESTORE"):
@@ -384,6 +395,15 @@ def _parse_show(c: _Cursor) -> AdminCommand:
         c.keyword("SCHEDULE")
         return ShowBackupSchedule()
     return Show(c.name("a setting name or ALL").lower())
+
+
+def _parse_expire_backups(c: _Cursor) -> AdminCommand:
+    c.keyword("EXPIRE")
+    c.keyword("BACKUPS")
+    if c.optional("DRY"):
+        c.keyword("RUN")
+        return ExpireBackups(dry_run=True)
+    return ExpireBackups()
 
 
 def _parse_shutdown(c: _Cursor) -> AdminCommand:
@@ -624,4 +644,5 @@ _PARSERS = {
     "GRANT": _parse_grant,
     "REVOKE": _parse_grant,
     "UNDO": _parse_undo,
+    "EXPIRE BACKUPS": _parse_expire_backups,
 }

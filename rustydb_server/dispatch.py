@@ -344,7 +344,12 @@ class Dispatcher:
 
 
 _ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH", "GRANT", "REVOKE", "UNDO"})
-_ADMIN_PAIRS = {"ALTER": {"SYSTEM", "ROLE"}, "CREATE": {"RESTORE", "DATABASE", "ROLE"}, "DROP": {"DATABASE", "ROLE"}}
+_ADMIN_PAIRS = {
+    "ALTER": {"SYSTEM", "ROLE"},
+    "CREATE": {"RESTORE", "DATABASE", "ROLE"},
+    "DROP": {"DATABASE", "ROLE"},
+    "EXPIRE": {"BACKUPS"},
+}
 
 # What a role without WRITE on a database may run there: reading statements
 # and transaction control. Conservative: a WITH naming a writing verb anywhere

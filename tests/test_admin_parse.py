@@ -216,3 +216,14 @@ def test_as_of_in_text_or_nowhere_is_sqlites_business(sql):
 def test_malformed_undo_and_as_of(sql, problem):
     with pytest.raises(AdminSyntaxError, match=problem):
         parse_admin(sql)
+
+
+def test_expire_backups_forms():
+    from rustydb_server.admin_parse import ExpireBackups
+
+    assert parse_admin("EXPIRE BACKUPS;") == ExpireBackups(dry_run=False)
+    assert parse_admin("expire backups dry run") == ExpireBackups(dry_run=True)
+    for bad in ("EXPIRE BACKUPS DRY;", "EXPIRE BACKUPS NOW;"):
+        with pytest.raises(AdminSyntaxError, match="EXPIRE BACKUPS or EXPIRE BACKUPS DRY RUN"):
+            parse_admin(bad)
+    assert parse_admin("EXPIRE something") is None  # not ours: SQLite's error

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="remove the backups and archived WAL the retention settings no longer keep "
         "(backup_retention_days, backup_retention_full_count, archive_retention_days); "
-        "a kept backup always keeps its whole chain. Needs --data-dir; no server may run there",
+        "a kept backup always keeps its whole chain. Needs --data-dir; a server running there is asked to "
+        "do it (through its HTTP API)",
     )
     p.add_argument("--data-dir", "-D", metavar="DIR", help="with --expire: the data directory whose catalog to use")
     p.add_argument(

@@ -45,3 +45,11 @@ def test_dry_run_of_a_chain_names_a_damaged_or_missing_link(chain, tmp_path):
     proc = run_tool("rusty-db-restore", *args, "--dry-run")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "needs backup" in proc.stderr  # the missing parent, by id
+
+
+def test_dry_run_of_one_full_backup(chain, tmp_path):
+    paths, _states = chain
+    proc = run_tool("rusty-db-restore", "--input", paths["full"], "--data-dir", str(tmp_path / "d"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "1. " + paths["full"] in proc.stdout and "the restore would succeed" in proc.stdout
+    assert "Archived WAL" not in proc.stdout and not os.path.exists(tmp_path / "d")

@@ -19,6 +19,7 @@ import shutil
 import pytest
 
 from rustydb_client import client as rc
+from rustydb_server.tools import waldump_main
 from tests.support.backups import flip_byte_in_chunk
 from tests.support.servers import ServerProcess, run_tool
 
@@ -128,12 +129,17 @@ def test_listing_of_the_running_servers_wal_matches_the_workload(workload):
         assert (f"txid {m['txid']} " in text) == (m["database"] == "shop")
 
 
-def test_filters_against_the_workload(workload):
+def test_filters_against_the_workload(workload, capsys):
+    """Each filter of the real command line (its main(), in this process: a process
+    per filter would cost most of this test's time) against the workload's record."""
     srv, model = workload["srv"], workload["model"]
     src = ("--data-dir", srv.data_dir)
 
     def txids(*args):
-        return [i["txid"] for i in _ours(listing(*src, *args), model)]
+        assert waldump_main.main([*src, *args, "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["ok"] is True
+        return [i["txid"] for i in _ours(doc["transactions"], model)]
 
     assert txids("--table", "orders") == [m["txid"] for m in model if m["table"] == "orders"]
     assert txids("--database", "rustydb") == [m["txid"] for m in model if m["database"] == "rustydb"]
@@ -144,7 +150,8 @@ def test_filters_against_the_workload(workload):
     lo, hi = model[5]["txid"], model[20]["txid"]
     assert txids("--from-txid", str(lo), "--to-txid", str(hi)) == [m["txid"] for m in model[5:21]]
     assert txids("--from-txid", str(lo), "--as-of", f"txid:{hi}") == [m["txid"] for m in model[5:21]]
-    every = _ours(listing(*src), model)
+    assert waldump_main.main([*src, "--json"]) == 0
+    every = _ours(json.loads(capsys.readouterr().out)["transactions"], model)
     by_lsn = txids("--from-lsn", every[5]["lsn"], "--to-lsn", every[20]["lsn"])
     assert by_lsn == [m["txid"] for m in model[5:21]]
     assert txids("--from-lsn", every[5]["lsn"], "--as-of", f"lsn:{every[20]['lsn']}") == by_lsn

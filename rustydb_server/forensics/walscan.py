@@ -138,37 +138,26 @@ class TableCounts:
         return {"insert": self.insert, "update": self.update, "delete": self.delete}
 
 
-@dataclasses.dataclass(frozen=True)
-class Transaction:
-    """One committed transaction of the WAL."""
+class _Steps:
+    """What a list of WAL steps (DDL and changesets) changed; ``steps`` is the subclass's field."""
 
-    timeline: int
-    lsn: int
-    end_lsn: int
-    txid: int
-    commit_time_us: int
-    database: str
-    steps: tuple[walrec.Step, ...]
-
-    @classmethod
-    def from_record(cls, timeline: int, entry: wal_reader.WalEntry, rec: walrec.TxRecord) -> Transaction:
-        return cls(timeline, entry.lsn, entry.end_lsn, rec.txid, rec.commit_time_us, rec.database, rec.steps)
+    steps: tuple
 
     def row_changes(self) -> Iterator[RowChange]:
-        """Every row change, in the order the transaction made them (DDL steps left out)."""
+        """Every row change, in the order they were made (DDL steps left out)."""
         for kind, payload in self.steps:
             if kind == "changeset":
                 yield from decode_changeset(payload)
 
     @property
     def ddl(self) -> list[str]:
-        """The schema statements the transaction ran (the engine's own bookkeeping of
-        AUTOINCREMENT counters, also a "ddl" step in the WAL, is not one of them)."""
+        """The schema statements run (the engine's own bookkeeping of AUTOINCREMENT
+        counters, also a "ddl" step in the WAL, is not one of them)."""
         return [p for kind, p in self.steps if kind == "ddl" and not p.startswith(SEQUENCE_STEP_PREFIX)]
 
     @property
     def sequence_updates(self) -> list[str]:
-        """The AUTOINCREMENT counter updates the engine logged with the transaction."""
+        """The AUTOINCREMENT counter updates the engine logged with the changes."""
         return [p for kind, p in self.steps if kind == "ddl" and p.startswith(SEQUENCE_STEP_PREFIX)]
 
     @functools.cached_property
@@ -183,10 +172,50 @@ class Transaction:
     def tables(self) -> list[str]:
         return list(self.counts)
 
+
+@dataclasses.dataclass(frozen=True)
+class Transaction(_Steps):
+    """One committed transaction of the WAL."""
+
+    timeline: int
+    lsn: int
+    end_lsn: int
+    txid: int
+    commit_time_us: int
+    database: str
+    steps: tuple[walrec.Step, ...]
+
+    @classmethod
+    def from_record(cls, timeline: int, entry: wal_reader.WalEntry, rec: walrec.TxRecord) -> Transaction:
+        return cls(timeline, entry.lsn, entry.end_lsn, rec.txid, rec.commit_time_us, rec.database, rec.steps)
+
     @property
     def size(self) -> int:
         """The record's bytes in the WAL (its fragments' headers included)."""
         return self.end_lsn - self.lsn
+
+
+@dataclasses.dataclass(frozen=True)
+class NetChanges(_Steps):
+    """An incremental or differential backup's changes to one database: the net
+    effect of ``transactions`` transactions between two LSNs (a row inserted then
+    updated is one insert of its last values; one inserted then deleted is gone),
+    so they have no txids or commit times of their own. ``created``/``dropped``:
+    the database was created or dropped in that range."""
+
+    database: str
+    start_lsn: int
+    end_lsn: int
+    transactions: int | None
+    steps: tuple
+    created: bool = False
+    dropped: bool = False
+
+    @classmethod
+    def from_backup_steps(cls, database, start_lsn, end_lsn, transactions, steps) -> NetChanges:
+        kept = tuple((k, p) for k, p in steps if k in ("ddl", "changeset"))
+        kinds = {k for k, _ in steps}
+        return cls(database, start_lsn, end_lsn, transactions, kept, "create" in kinds, "drop" in kinds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,11 +255,22 @@ class Filter:
             return False
         if not _within(tx.lsn, self.from_lsn, self.to_lsn):
             return False
-        if self.database is not None and tx.database != self.database:
+        return self.changes_match(tx)
+
+    def changes_match(self, changes: Transaction | NetChanges) -> bool:
+        """The database, table and operation part of ``matches`` (all there is to
+        match for a backup's net changes, which have no txid, time or LSN of their own)."""
+        if self.database is not None and changes.database != self.database:
             return False
         if self.tables is None and self.operations is None:
             return True
-        return any(self.row_matches(c) for c in tx.row_changes())
+        return any(self.row_matches(c) for c in changes.row_changes())
+
+    @property
+    def has_ranges(self) -> bool:
+        """Whether a time, txid or LSN bound is set."""
+        bounds = (self.from_time_us, self.to_time_us, self.from_txid, self.to_txid, self.from_lsn, self.to_lsn)
+        return any(b is not None for b in bounds)
 
     def past_end(self, lsn: int) -> bool:
         """Whether nothing at or after ``lsn`` of one timeline can match."""

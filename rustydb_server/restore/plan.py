@@ -42,7 +42,6 @@ from ..wal.segment import WalCorruptError
 from ..wal.timeline import HistoryError
 from . import pitr
 from .archived_wal import ArchivedSegments, ArchiveGapError
-from .errors import RestoreError
 
 #: Changesets applied to measure this machine's apply rate (the first ones replayed).
 APPLY_SAMPLE_CHANGESETS = 200
@@ -416,21 +415,3 @@ def backup_schema(path: str, key_file: str | None):
             conn.close()
 
     return tables
-
-
-def chain_paths(last_path: str, chain_dir, data_dir: str | None) -> list[str]:
-    """The chain ``restore_chain`` would restore (RestoreError if it is incomplete)."""
-    from .chain import find_chain
-
-    return find_chain(last_path, chain_dir, data_dir)
-
-
-__all__ = [
-    "RestoreError",
-    "RestorePlan",
-    "backup_schema",
-    "chain_paths",
-    "check_backup",
-    "check_data_dir",
-    "plan_replay",
-]

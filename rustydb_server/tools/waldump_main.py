@@ -1,6 +1,6 @@
 """rusty-db-waldump: the transactions of a WAL, what they changed, row by row if asked.
 
-    rusty-db-waldump [--data-dir D | --wal-dir W | --archive-dir A | --backup SEGMENT_FILE]
+    rusty-db-waldump [--data-dir D | --wal-dir W | --archive-dir A | --backup SEGMENT_FILE|INCREMENTAL]
                      [--timeline N] [--from-time T] [--to-time T] [--from-txid N] [--to-txid N]
                      [--from-lsn L] [--to-lsn L] [--as-of POINT] [--database DB] [--table T]...
                      [--operation insert|update|delete]... [--changes | --stats] [--json]
@@ -41,6 +41,7 @@ from ..restore.pitr import PitrError, format_time, parse_time
 from ..wal.lsn import format_lsn, parse_lsn
 from .argtypes import as_of
 from .output import ToolParser, fail, json_output, run_main
+from .waldump import net_changes
 
 PROG = "rusty-db-waldump"
 DEFAULT_DATA_DIR = "./rustydb-data"
@@ -67,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--wal-dir", metavar="DIR", help="a WAL directory (a data directory's wal/, or a copy)")
     one.add_argument("--archive-dir", metavar="DIR", help="an archive directory (archive_dest)")
     one.add_argument(
-        "--backup", metavar="FILE", help="one archived WAL segment file (as the archiver writes it into archive_dest)"
+        "--backup",
+        metavar="FILE",
+        help="one archived WAL segment file (as the archiver writes it into archive_dest), or an incremental "
+        "or differential backup (its net changes per database)",
     )
     src.add_argument(
         "--timeline",
@@ -121,6 +125,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except PitrError as exc:
         parser.error(str(exc))
     try:
+        if args.backup and _backup_type(args.backup).needs_parent:
+            if flt.has_ranges or args.timeline is not None:
+                parser.error(
+                    f"{args.backup} is an incremental or differential backup: its net changes have no txid, "
+                    "time or LSN of their own; filter them with --database, --table and --operation only"
+                )
+            return net_changes.run(args, flt, _schemas(args) if args.changes else None)
         source, entries = _source(args, flt)
         schemas = _schemas(args) if args.changes else None
         if args.stats:
@@ -193,17 +204,25 @@ class _OneSegment:
         return []
 
 
-def _segment_file_entries(path: str, key) -> Iterator[walscan.TimelineEntry]:
-    """The records that start and end in one archived segment file."""
+def _header(path: str):
     try:
         with open(path, "rb") as f:
-            header = BackupReader(f).header
+            return BackupReader(f).header
     except (BackupError, OSError) as exc:
         raise walscan.WalScanError(f"{path} is not a readable backup file: {exc}") from None
+
+
+def _backup_type(path: str) -> BackupType:
+    return _header(path).backup_type
+
+
+def _segment_file_entries(path: str, key) -> Iterator[walscan.TimelineEntry]:
+    """The records that start and end in one archived segment file."""
+    header = _header(path)
     if header.backup_type is not BackupType.WAL_SEGMENT:
         raise walscan.WalScanError(
-            f"{path} is a {header.backup_type} backup: it holds databases or their net changes, not "
-            "transactions; give an archived WAL segment file, or the whole archive with --archive-dir"
+            f"{path} is a {header.backup_type} backup: it holds whole databases, not transactions; give an "
+            "archived WAL segment file or an incremental or differential backup, or the archive with --archive-dir"
         )
     try:
         name, data = sf.unpack_segment(path, key=key)

@@ -14,10 +14,11 @@ import argparse
 
 from ...crypto import CryptoError
 from ...keys import NoKeyError
+from ...restore.chain import find_chain
 from ...restore.errors import RestoreError
 from ...restore.full import read_key_for
 from ...restore.pitr import Target, archive_key, format_time
-from ...restore.plan import RestorePlan, backup_schema, chain_paths, check_backup, check_data_dir, plan_replay
+from ...restore.plan import RestorePlan, backup_schema, check_backup, check_data_dir, plan_replay
 from ..output import fail, human_size, print_json
 from .failure import PROG
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
     paths = [args.input]
     if args.chain_dir:
         try:
-            paths = chain_paths(args.input, args.chain_dir, args.data_dir)
+            paths = find_chain(args.input, args.chain_dir, args.data_dir)
         except (RestoreError, OSError) as exc:
             plan.problems.append(str(exc))
             paths = []

@@ -59,6 +59,8 @@ class Drills:
 
 
 def make(tmp_path, s, *, drills=None, entries=(), verify=None, alerts=None):
+    """``alerts``, if given, receives ("failed" | "recovered", subject, scope, fields) for each alert."""
+    sent = alerts if alerts is not None else []
     kw = {}
     if verify is not None:
         kw["verify"] = verify
@@ -69,7 +71,8 @@ def make(tmp_path, s, *, drills=None, entries=(), verify=None, alerts=None):
         entries=lambda: list(entries),
         run_drill=drills or Drills(),
         now=lambda: EPOCH + dt.timedelta(seconds=trio.current_time()),
-        alert=(lambda event, fields: alerts.append((event, fields))) if alerts is not None else None,
+        failure=lambda subject, scope="", **f: sent.append(("failed", subject, scope, f)),
+        success=lambda subject, scope="", **f: sent.append(("recovered", subject, scope, f)),
         to_thread=inline,
         **kw,
     )
@@ -131,9 +134,7 @@ async def test_a_failed_drill_is_reported_with_its_reason_and_alerted(tmp_path, 
     )
     backups.checks = sched
     await run_for(sched, 30 * DAY)
-    assert alerts == [
-        ("restore drill failed", {"backup_id": "b9", "reason": "restore: the backup is damaged: chunk 0"})
-    ]
+    assert alerts == [("failed", "drill", "", {"backup_id": "b9", "reason": "restore: the backup is damaged: chunk 0"})]
     rows = {r[0]: r for r in backups.show_rows()}
     assert rows[DRILL][1] == "0 4 1-7 * 0"
     assert rows[DRILL][5] == "failed: restore: the backup is damaged: chunk 0"
@@ -196,7 +197,7 @@ async def test_verify_rereads_each_backup_not_verified_in_the_period_and_records
     last = sched.status()[1]["last_run"]
     assert (last["outcome"], last["verified"], last["failed"]) == ("failed", 2, 1)
     assert last["error"].startswith("1 of 2 backups failed: bad: /b/bad.backup is damaged")
-    assert [event for event, _ in alerts] == ["backup verify failed"]
+    assert [a[:3] for a in alerts] == [("recovered", "verify", "good"), ("failed", "verify", "bad")]
     # A week later every backup is due again: those this run read, and "new".
     read.clear()
     await run_for(sched, 7 * DAY)
@@ -224,3 +225,12 @@ async def test_a_drill_that_cannot_even_start_is_a_failed_run_not_the_schedulers
     last = sched.status()[0]["last_run"]
     assert last["outcome"] == "failed"
     assert last["error"] == "the restore drill could not run: No such file or directory"
+
+
+async def test_a_drill_passing_after_a_failure_is_a_recovery(tmp_path, clock):
+    drills = Drills()
+    drills.outcomes.append({"ok": False, "backup_id": "b1", "reason": "row counts: off by one"})
+    alerts: list = []
+    sched = make(tmp_path, settings(), drills=drills, alerts=alerts)
+    await run_for(sched, 62 * DAY)  # April's drill fails, May's passes
+    assert [a[:2] for a in alerts] == [("failed", "drill"), ("recovered", "drill")]

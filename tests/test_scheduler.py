@@ -218,3 +218,27 @@ async def test_scheduled_backups_are_encrypted_when_the_setting_says_so(tmp_path
     await run_for(sched, 2 * 24 * HOUR)
     assert service.requests and all(r.encrypt is encrypt for r in service.requests)
     assert all(r.codec == "lz4" for r in service.requests)
+
+
+async def test_steps_after_a_backup_run_after_each_completed_one_only(tmp_path, clock):
+    """Retention's hook: awaited after every completed scheduled backup, never after a failed
+    one, and a hook that fails leaves the schedule going."""
+    service = FakeService()
+    service.outcomes = ["completed", "failed", "completed", "completed"]
+    sched = make(tmp_path, service, settings(backup_schedule_full="0 * * * *", backup_schedule_incremental=""))
+    seen = []
+
+    async def step(record):
+        seen.append((record["backup_id"], record["outcome"]))
+        if len(seen) == 1:
+            raise OSError("expire failed")
+
+    sched.after_backup.append(step)
+    await run_for(sched, 3.5 * HOUR)
+    assert [(r["backup_id"], r["outcome"]) for r in sched.history] == [
+        ("b0", "completed"),
+        ("b1", "failed"),
+        ("b2", "completed"),  # the retry of b1
+        ("b3", "completed"),
+    ]
+    assert seen == [("b0", "completed"), ("b2", "completed"), ("b3", "completed")]

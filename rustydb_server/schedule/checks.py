@@ -23,7 +23,9 @@ Each schedule starts afresh at start-up and when its expression changes
 (ALTER SYSTEM rings the doorbell): a run missed while the server was down is
 not made up (the next one comes within a week, or a month). One run at a
 time; a failure is logged at error level (``restore drill failed``,
-``backup verify failed``) and shown in SHOW BACKUP SCHEDULE and
+``backup verify failed``), alerted (alerts.py: ``drill_failed``,
+``verify_failed`` per backup, then ``drill_recovered`` / ``verify_recovered``
+once it passes again) and shown in SHOW BACKUP SCHEDULE and
 GET /api/v1/admin/schedule with its reason.
 """
 
@@ -37,6 +39,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from .. import alerts
 from ..audit import FAILED, OK, audit
 from ..backup import checks as _checks
 from ..backup.catalog import known_path
@@ -127,7 +130,8 @@ class CheckScheduler:
         verify: Callable[[str, str | None], None] = verify_file,
         now: Callable[[], dt.datetime] = _utc_now,
         zone: Callable[[], dt.tzinfo] = system_zone,
-        alert: Callable[[str, dict], None] | None = None,
+        failure: Callable[..., object] = alerts.failure,
+        success: Callable[..., object] = alerts.success,
         to_thread=trio.to_thread.run_sync,
     ):
         self._settings = settings
@@ -138,7 +142,8 @@ class CheckScheduler:
         self._verify = verify
         self._now = now
         self._zone = zone
-        self._alert = alert  # (event, fields) on a failure, where the server has alerts
+        # Alerts (alerts.py): drill_failed / verify_failed, and _recovered after a failure.
+        self._failure, self._success = failure, success
         # How a file is verified off the event loop (tests on the mock clock verify inline:
         # the clock would jump while a worker thread runs).
         self._to_thread = to_thread
@@ -192,7 +197,7 @@ class CheckScheduler:
         except Exception as e:  # never the server's end: the run failed, and says why
             reason = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else f"{e.strerror or e}"
             record.update(outcome="failed", error=f"the {kind} could not run: {reason}")
-            self._failed(f"{kind} failed", {"reason": record["error"]})
+            self._failed("drill" if kind == DRILL else "verify", "", {"reason": record["error"]})
         finally:
             self.running = None
             record["finished_at"] = _iso(self._now())
@@ -213,9 +218,10 @@ class CheckScheduler:
         if doc.get("ok"):
             record["outcome"] = "completed"
             log.info("scheduled restore drill passed", backup_id=doc.get("backup_id"))
+            self._success("drill", backup_id=doc.get("backup_id"))
             return
         record.update(outcome="failed", error=doc.get("reason") or "the drill failed")
-        self._failed("restore drill failed", {"backup_id": doc.get("backup_id"), "reason": record["error"]})
+        self._failed("drill", "", {"backup_id": doc.get("backup_id"), "reason": record["error"]})
 
     async def _verify_stale(self, record: dict, since: dt.datetime) -> None:
         recorded = await self._to_thread(_checks.load, self._data_dir, limiter=self._limiter)
@@ -225,10 +231,13 @@ class CheckScheduler:
         for entry in todo:
             at = self._now().timestamp()
             reason = await self._to_thread(self._verify_one, entry, key_file, at, limiter=self._limiter)
-            if reason is not None:
+            if reason is None:
+                self._success("verify", entry["backup_id"], backup_id=entry["backup_id"])
+            else:
                 failed.append(f"{entry['backup_id']}: {reason}")
                 self._failed(
-                    "backup verify failed",
+                    "verify",
+                    entry["backup_id"],
                     {"backup_id": entry["backup_id"], "location": entry["location"], "reason": reason},
                 )
         record.update(verified=len(todo), failed=len(failed))
@@ -245,8 +254,10 @@ class CheckScheduler:
             self._verify(entry["location"], key_file)
         except FileNotFoundError:
             reason = f"its file {entry['location']} no longer exists"
-        except (BackupError, CryptoError) as e:
+        except BackupError as e:
             reason = f"{entry['location']} is damaged: {e}"
+        except CryptoError as e:  # no key, a wrong key
+            reason = f"cannot verify {entry['location']}: {e}"
         except OSError as e:
             reason = f"cannot read {entry['location']}: {e.strerror or e}"
         try:
@@ -262,10 +273,14 @@ class CheckScheduler:
             log.error("cannot record a verify outcome", backup_id=entry["backup_id"], error=str(e))
         return reason
 
-    def _failed(self, event: str, fields: dict) -> None:
-        log.error(event, **{k: v for k, v in fields.items() if v is not None})
-        if self._alert is not None:
-            self._alert(event, fields)
+    def _failed(self, subject: str, scope: str, fields: dict) -> None:
+        """Logged at error level (``restore drill failed``, ``backup verify failed``) and alerted
+        (``drill_failed``, ``verify_failed``; per backup for a verify)."""
+        log.error(
+            "restore drill failed" if subject == "drill" else "backup verify failed",
+            **{k: v for k, v in fields.items() if v is not None},
+        )
+        self._failure(subject, scope, **fields)
 
     def status(self) -> list[dict]:
         """Each check schedule's expression, last run and next run (SHOW BACKUP SCHEDULE, the schedule API)."""

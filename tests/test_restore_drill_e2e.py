@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from rustydb_server.backup import checks
 from rustydb_server.container.errors import BackupCorruptError
@@ -209,6 +210,14 @@ def test_the_server_shows_its_drill_and_verify_schedules_and_alter_system_change
             return {c["kind"]: c for c in json.loads(r.read())["checks"]}
 
     shown = checks_of()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5) as r:
+        families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    next_runs = {s.labels["check"]: s.value for s in families["rustydb_check_next_run_timestamp_seconds"].samples}
+    failures = {
+        s.labels["check"]: s.value for s in families["rustydb_check_failures"].samples if s.name.endswith("_total")
+    }
+    assert failures == {"restore drill": 0.0, "verify": 0.0}
+    assert next_runs["restore drill"] == dt.datetime.fromisoformat(shown["restore drill"]["next_run_at"]).timestamp()
     assert shown["restore drill"]["expression"] == "0 4 1-7 * 0"
     # In the server's time zone (the test's: the server inherits $TZ and /etc/localtime).
     first_sunday = dt.datetime.fromisoformat(shown["restore drill"]["next_run_at"]).astimezone(system_zone())

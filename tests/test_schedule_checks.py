@@ -234,3 +234,6 @@ async def test_a_drill_passing_after_a_failure_is_a_recovery(tmp_path, clock):
     sched = make(tmp_path, settings(), drills=drills, alerts=alerts)
     await run_for(sched, 62 * DAY)  # April's drill fails, May's passes
     assert [a[:2] for a in alerts] == [("failed", "drill"), ("recovered", "drill")]
+    # What GET /metrics shows: one failed run, and May's drill the last success (04:00 + its 120 s).
+    assert sched.failures == {DRILL: 1, VERIFY: 0}
+    assert sched.last_success[DRILL] == dt.datetime(2026, 5, 3, 4, 2, tzinfo=UTC).timestamp()

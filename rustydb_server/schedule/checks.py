@@ -150,6 +150,9 @@ class CheckScheduler:
         self._since: dict[str, p.Handled] = {}
         self.next_at: dict[str, dt.datetime] = {}
         self.last: dict[str, dict] = {}
+        # For GET /metrics: each check's last success (Unix time) and failed runs since the start.
+        self.last_success: dict[str, float] = {}
+        self.failures: dict[str, int] = dict.fromkeys(SETTING_OF, 0)
         self.running: str | None = None
         self._limiter = trio.CapacityLimiter(1)
 
@@ -200,6 +203,10 @@ class CheckScheduler:
             self._failed("drill" if kind == DRILL else "verify", "", {"reason": record["error"]})
         finally:
             self.running = None
+            if record["outcome"] == "completed":
+                self.last_success[kind] = self._now().timestamp()
+            elif record["outcome"] == "failed":
+                self.failures[kind] += 1
             record["finished_at"] = _iso(self._now())
             record["duration_s"] = round(trio.current_time() - t0, 3)
 

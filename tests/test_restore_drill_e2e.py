@@ -234,3 +234,25 @@ def test_the_server_shows_its_drill_and_verify_schedules_and_alter_system_change
         assert [c.strip() for c in drill_row.split("|")][1] == "off"
     finally:
         server.sql("ALTER SYSTEM RESET restore_drill_schedule;")
+
+
+def test_a_drill_of_a_backup_whose_file_is_gone_fails_and_is_recorded(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    gone = str(tmp_path / "gone.backup")
+    (data / "backup_catalog.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "backups": [
+                    {"backup_id": "b-gone", "status": "completed", "location": gone, "origin": "client"},
+                ],
+            }
+        )
+    )
+    proc = drill("--data-dir", str(data))
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    doc = json.loads(proc.stdout)
+    assert doc["backup_id"] == "b-gone"
+    assert doc["reason"] == f"find backup: No such file or directory ({gone})"
+    assert checks.load(str(data))["b-gone"]["drill_outcome"] == "failed"

@@ -145,6 +145,7 @@ def _chain(args: argparse.Namespace, drill: core.Drill) -> list[str]:
         directories = args.chain_dir or [os.path.dirname(last)]
     else:
         entry = core.choose(load_entries(args.data_dir), args.backup or "latest")
+        drill.backup_id = entry["backup_id"]  # a file gone from disk fails this backup's drill
         last = entry["location"]
         directories = [os.path.dirname(last)]
     with open(last, "rb") as f:

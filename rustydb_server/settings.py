@@ -520,6 +520,13 @@ REGISTRY: dict[str, Setting] = _registry(
         "is the first Sunday of the month at 04:00); 'off' for none.",
     ),
     Setting(
+        "restore_drill_dir",
+        "path",
+        "",
+        description="Where the scheduled restore drill restores into (a temporary directory made and "
+        "removed there; it needs room for a copy of the databases); empty means $TMPDIR.",
+    ),
+    Setting(
         "verify_schedule",
         "str",
         "0 5 * * 6",

@@ -128,7 +128,7 @@ def server_backups(server) -> list[dict]:
         return json.loads(r.read())["backups"]
 
 
-async def test_the_scheduled_drill_runs_the_real_tool_without_blocking_the_event_loop(production):
+async def test_the_scheduled_drill_runs_the_real_tool_without_blocking_the_event_loop(production, tmp_path):
     """What the server's check scheduler runs: the drill tool as a subprocess, its JSON document back."""
     server, paths, _top = production
     ticks = 0
@@ -141,10 +141,13 @@ async def test_the_scheduled_drill_runs_the_real_tool_without_blocking_the_event
 
     async with trio.open_nursery() as n:
         n.start_soon(tick)
-        doc = await drill_subprocess(server.data_dir, None)
+        doc = await drill_subprocess(server.data_dir, None, str(tmp_path / "drills"))  # restore_drill_dir
         n.cancel_scope.cancel()
     assert doc["ok"] is True, doc
     assert doc["chain"] == [paths["full"], paths["incremental"]]
+    restore = next(s for s in doc["steps"] if s["step"] == "restore")
+    assert restore["detail"].startswith(f"restored into {tmp_path / 'drills'}/rustydb-drill-")
+    assert os.listdir(tmp_path / "drills") == []
     assert ticks > 10  # the loop ran on while the drill did
 
 

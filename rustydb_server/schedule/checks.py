@@ -96,11 +96,13 @@ def verify_file(path: str, key_file: str | None) -> None:
         BackupReader(f, key=resolve_read_key(header, key_file)).verify()
 
 
-async def drill_subprocess(data_dir: str, key_file: str | None) -> dict:
+async def drill_subprocess(data_dir: str, key_file: str | None, drill_dir: str | None = None) -> dict:
     """Run ``rusty-db-restore --drill`` on this server's latest backup; its JSON document."""
     command = [sys.executable, "-m", "rustydb_server.tools.restore_main", "--drill", "--data-dir", data_dir, "--json"]
     if key_file:
         command += ["--key-file", key_file]
+    if drill_dir:
+        command += ["--drill-dir", drill_dir]
     proc = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
     try:
         doc = json.loads(proc.stdout.decode(errors="replace").strip().splitlines()[-1])
@@ -138,7 +140,11 @@ class CheckScheduler:
         self._doorbell = doorbell
         self._data_dir = data_dir
         self._entries = entries  # the backup catalog's entries
-        self._run_drill = run_drill or (lambda: drill_subprocess(data_dir, settings["backup_key_file"] or None))
+        self._run_drill = run_drill or (
+            lambda: drill_subprocess(
+                data_dir, settings["backup_key_file"] or None, settings["restore_drill_dir"] or None
+            )
+        )
         self._verify = verify
         self._now = now
         self._zone = zone

@@ -67,6 +67,8 @@ START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 #: Servers started before the drill gives up on ports others keep taking.
 PORT_ATTEMPTS = 3
+#: A Unix socket's path must be shorter than this (sun_path is 108 bytes on Linux).
+SOCKET_PATH_MAX = 104
 #: The settings the drill's server runs with, whatever the restored directory or a config file say:
 #: it must not archive into production's archive, take backups, drill or verify, or trust a token file.
 SERVER_SETTINGS = {
@@ -160,6 +162,7 @@ def _drill_chain(args: argparse.Namespace, chain: list[str], drill: core.Drill) 
     if parent:
         os.makedirs(parent, mode=0o700, exist_ok=True)
     top = tempfile.mkdtemp(prefix="rustydb-drill-", dir=parent)
+    sockets = None
     try:
         target = os.path.join(top, "data")
         try:
@@ -177,17 +180,29 @@ def _drill_chain(args: argparse.Namespace, chain: list[str], drill: core.Drill) 
             drill.failed("restore", _describe(e))
             return
         drill.passed("restore", f"restored into {target}")
-        _write_server_settings(target, top)
-        _serve_and_check(target, top, manifest, drill)
+        sockets = _socket_dir(top)
+        _write_server_settings(target, sockets)
+        _serve_and_check(target, top, sockets, manifest, drill)
     finally:
-        shutil.rmtree(top, ignore_errors=True)
-        if os.path.exists(top):
-            drill.failed("clean up", f"could not remove {top}; remove it by hand")
+        for directory in (top, sockets):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+                if os.path.exists(directory):
+                    drill.failed("clean up", f"could not remove {directory}; remove it by hand")
 
 
-def _write_server_settings(target: str, top: str) -> None:
-    sockets = os.path.join(top, "sock")
-    os.mkdir(sockets, 0o700)
+def _socket_dir(top: str) -> str:
+    """The drill server's own Unix socket directory: in the drill's directory, unless that
+    path is too long for a socket (about 108 bytes on Linux), then a new one in $TMPDIR."""
+    inside = os.path.join(top, "sock")
+    if len(inside) + len("/.s.RUSTYDB.65535") < SOCKET_PATH_MAX:
+        os.mkdir(inside, 0o700)
+        return inside
+    base = tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix="rustydb-drill-", dir=base if len(base) < 60 else "/tmp")
+
+
+def _write_server_settings(target: str, sockets: str) -> None:
     values = dict(SERVER_SETTINGS, unix_socket_directory=sockets)
     with open(os.path.join(target, AUTO_FILE_NAME), "wb") as f:
         tomli_w.dump(values, f)
@@ -230,11 +245,11 @@ def _start(target: str, log_path: str, started: list) -> tuple[subprocess.Popen,
     return proc, port, http_port, health
 
 
-def _serve_and_check(target: str, top: str, manifest: Manifest, drill: core.Drill) -> None:
+def _serve_and_check(target: str, top: str, sockets: str, manifest: Manifest, drill: core.Drill) -> None:
     log_path = os.path.join(top, "server.log")
     started: list[subprocess.Popen] = []
     try:
-        _check_server(target, top, log_path, manifest, drill, started)
+        _check_server(target, sockets, log_path, manifest, drill, started)
     except BaseException:  # interrupted: stop what runs, judge nothing more
         for proc in started:
             _stop(proc)
@@ -246,7 +261,9 @@ def _serve_and_check(target: str, top: str, manifest: Manifest, drill: core.Dril
         drill.passed("stop", "stopped cleanly")
 
 
-def _check_server(target: str, top: str, log_path: str, manifest: Manifest, drill: core.Drill, started: list) -> None:
+def _check_server(
+    target: str, sockets: str, log_path: str, manifest: Manifest, drill: core.Drill, started: list
+) -> None:
     proc, port, http_port, health = _start(target, log_path, started)
     if health is None:
         drill.failed("start", f"the restored server did not come up: {_tail(log_path)}")
@@ -262,7 +279,7 @@ def _check_server(target: str, top: str, log_path: str, manifest: Manifest, dril
         drill.failed("health", problem)
         return
     drill.passed("health", "healthy")
-    _check_data(os.path.join(top, "sock"), port, health.get("databases") or [], manifest, drill)
+    _check_data(sockets, port, health.get("databases") or [], manifest, drill)
 
 
 def _wait_healthy(proc: subprocess.Popen, http_port: int) -> dict | None:

@@ -34,6 +34,7 @@ from .http_api import HttpApi
 from .lifecycle import RUNNING, STOPPING, Lifecycle, StartupError
 from .logsetup import get_logger
 from .notify import Notifier
+from .schedule.checks import CheckScheduler
 from .schedule.scheduler import Scheduler
 from .settings import to_seconds
 from .signals import SignalWatcher
@@ -84,6 +85,7 @@ async def run(settings, notifier: Notifier) -> int:
                 archiver.settings_changed()
                 checkpointer.settings_changed()
                 scheduler.settings_changed()
+                checks.settings_changed()
 
             backups = BackupService(
                 engine, settings, Catalog(ddir.path), wal_switched=archiver.retry_now, archive_failing=archiver.failing
@@ -104,6 +106,8 @@ async def run(settings, notifier: Notifier) -> int:
             backups.catalog.listeners.append(alerts.backup_ended)
             alerter = Alerter(settings)
             await root.start(alerter.run)
+            checks = CheckScheduler(settings, Doorbell(), data_dir=ddir.path, entries=backups.catalog.list)
+            scheduler.checks = checks
             listener = WireListener(
                 engine,
                 settings,
@@ -120,6 +124,7 @@ async def run(settings, notifier: Notifier) -> int:
             await root.start(archiver.run)
             await root.start(ArchiveWatch(settings, archiver).run)
             await root.start(scheduler.run)
+            await root.start(checks.run)
             await root.start(Watchdog(notifier, engine.stall).run)
 
             ddir.write_pid("server", port=settings["port"], http_port=settings["http_port"])

@@ -50,6 +50,11 @@ FIELDS = (
     "error",
     "writers_paused_ms",
     "partial",
+    # The backup history (backup/history.py): who started it, and how long it ran.
+    "trigger",
+    "duration_s",
+    # Rows per table per database as the backup recorded them (an incremental's start from its parent's).
+    "tables",
 )
 
 

@@ -107,6 +107,8 @@ class Scheduler:
         self.next_run: p.Run | None = None
         self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY)
         self.last: dict[str, dict] = {}  # per backup type: its last run's record
+        # The scheduled restore drill and verify (schedule/checks.py), shown with the backups' schedules.
+        self.checks = None
         # Awaited, in order, after each scheduled backup that completed (with its
         # record): retention. A hook's failure is its own; it never fails the backup.
         self.after_backup: list[Callable[[dict], Awaitable[None]]] = []
@@ -188,6 +190,7 @@ class Scheduler:
                     codec=self._settings["backup_compression"],
                     encrypt=self._settings["backup_schedule_encryption"],
                     threads=self._settings["backup_threads"],
+                    trigger="schedule",
                 )
             )
         except BackupRequestError as e:
@@ -270,6 +273,7 @@ class Scheduler:
             if nxt is None
             else {"at": _iso(nxt.at), "backup_type": nxt.kind, "reason": nxt.reason, "attempt": nxt.attempt},
             "schedules": schedules,
+            "checks": self.checks.status() if self.checks is not None else [],
         }
 
     SHOW_COLUMNS = (
@@ -299,6 +303,23 @@ class Scheduler:
                     None if last.get("size_bytes") is None else str(last["size_bytes"]),
                     outcome,
                     s["next_run_at"],
+                ]
+            )
+        for c in self.checks.status() if self.checks is not None else []:
+            last = c["last_run"] or {}
+            outcome = last.get("outcome")
+            if outcome == "failed" and last.get("error"):
+                outcome = f"failed: {last['error']}"
+            duration = last.get("duration_s")
+            rows.append(
+                [
+                    c["kind"],
+                    c["expression"],
+                    last.get("started_at"),
+                    None if duration is None else str(duration),
+                    None,
+                    outcome,
+                    c["next_run_at"],
                 ]
             )
         return rows

@@ -8,6 +8,7 @@ import os
 import threading
 
 import botocore.exceptions
+import crc32c
 import pytest
 
 from rustydb_server.repository import ObjectExists, RepositoryError, open_repository
@@ -44,15 +45,26 @@ class CountingClient:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
         try:
-            self.parts.append((kw["PartNumber"], len(kw["Body"]), kw["ChecksumSHA256"]))
+            field = next(k for k in ("ChecksumCRC32C", "ChecksumSHA256", "ContentMD5") if k in kw)
+            self.parts.append((kw["PartNumber"], len(kw["Body"]), field, kw[field]))
             return self._client.upload_part(**kw)
         finally:
             with self._lock:
                 self.active -= 1
 
 
-def test_large_object_goes_up_in_checksummed_parallel_parts(seaweed, s3_bucket):
-    settings = seaweed.settings(repository_s3_part_size=MIN_PART_SIZE, repository_s3_concurrency=3)
+EXPECTED = {
+    "crc32c": ("ChecksumCRC32C", lambda b: base64.b64encode(crc32c.crc32c(b).to_bytes(4, "big")).decode()),
+    "sha256": ("ChecksumSHA256", lambda b: base64.b64encode(hashlib.sha256(b).digest()).decode()),
+    "md5": ("ContentMD5", lambda b: base64.b64encode(hashlib.md5(b).digest()).decode()),
+}
+
+
+@pytest.mark.parametrize("checksum", ["crc32c", "sha256", "md5"])
+def test_large_object_goes_up_in_checksummed_parallel_parts(seaweed, s3_bucket, checksum):
+    settings = seaweed.settings(
+        repository_s3_part_size=MIN_PART_SIZE, repository_s3_concurrency=3, repository_s3_checksum=checksum
+    )
     repo = open_repository(f"s3://{s3_bucket}/big", settings)
     counting = CountingClient(repo._client)
     repo._client = counting
@@ -61,9 +73,10 @@ def test_large_object_goes_up_in_checksummed_parallel_parts(seaweed, s3_bucket):
     assert info.size == len(data)
     assert sorted(p[0] for p in counting.parts) == [1, 2, 3, 4, 5]
     assert [p[1] for p in sorted(counting.parts)] == [MIN_PART_SIZE] * 4 + [12345]
-    for number, _size, checksum in counting.parts:
+    field, expected = EXPECTED[checksum]
+    for number, _size, sent_field, sent in counting.parts:
         part = data[(number - 1) * MIN_PART_SIZE : number * MIN_PART_SIZE]
-        assert checksum == base64.b64encode(hashlib.sha256(part).digest()).decode()
+        assert (sent_field, sent) == (field, expected(part))
     assert 1 <= counting.max_active <= 3
     head = seaweed.client().head_object(Bucket=s3_bucket, Key="big/backups/b/data")
     assert head["ETag"].strip('"').endswith("-5")  # a multipart object

@@ -35,6 +35,7 @@ _S3_SETTINGS = (
     "repository_s3_credentials_file",
     "repository_s3_part_size",
     "repository_s3_concurrency",
+    "repository_s3_checksum",
 )
 
 

@@ -145,3 +145,37 @@ def test_store_down_keeps_the_wal_and_catches_up(server_factory, tmp_path, seawe
     after = wal_objects(seaweed, s3_bucket, "db1/wal/")
     assert set(before) < set(after)
     assert not seaweed.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+def test_expire_removes_old_wal_from_the_bucket(server_factory, tmp_path, seaweed, s3_bucket, monkeypatch):
+    from tests.test_backup_expire_e2e import take
+
+    conf = server_config(tmp_path, seaweed)
+    monkeypatch.setenv("RUSTYDB_CONFIG", conf)  # the tool reaches the store with the server's settings
+    srv = server_factory(name="data", extra_args=["--config", conf]).start()
+    srv.sql("ALTER SYSTEM SET archive_mode = on;")
+    srv.sql(f"ALTER SYSTEM SET archive_dest = 's3://{s3_bucket}/rustydb';")
+    srv.sql("CREATE TABLE items(id INTEGER PRIMARY KEY, body TEXT);")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    for name in ("F1", "F2"):
+        srv.sql(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 40) "
+            "INSERT INTO items(body) SELECT hex(randomblob(2000)) FROM n;"
+        )
+        srv.wait_archived()
+        take(srv, backups / f"{name}.backup", "full")
+    srv.sql("INSERT INTO items(body) VALUES ('after');")
+    srv.wait_archived()
+    srv.sql("ALTER SYSTEM SET backup_retention_days = 0;")
+    srv.sql("ALTER SYSTEM SET backup_retention_full_count = 1;")
+    assert srv.stop() == 0
+    before = wal_objects(seaweed, s3_bucket, "rustydb/wal/")
+    proc = run_tool("rusty-db-backup", "--expire", "--data-dir", srv.data_dir, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    gone = {s["path"].rsplit("/", 1)[1] for s in doc["segments"]}
+    assert gone and all(s["removed"] for s in doc["segments"])
+    after = wal_objects(seaweed, s3_bucket, "rustydb/wal/")
+    assert {k.rsplit("/", 1)[1] for k in set(before) - set(after)} == gone
+    assert doc["archive_dir"] == f"s3://{s3_bucket}/rustydb/wal"

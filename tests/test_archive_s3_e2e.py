@@ -179,3 +179,8 @@ def test_expire_removes_old_wal_from_the_bucket(server_factory, tmp_path, seawee
     after = wal_objects(seaweed, s3_bucket, "rustydb/wal/")
     assert {k.rsplit("/", 1)[1] for k in set(before) - set(after)} == gone
     assert doc["archive_dir"] == f"s3://{s3_bucket}/rustydb/wal"
+
+
+def test_repo_and_archive_dir_are_one_or_the_other(tmp_path):
+    proc = run_tool("rusty-db-restore", "--list-wal", "--repo", "s3://b/p", "--archive-dir", str(tmp_path))
+    assert proc.returncode == 2 and "give --repo or --archive-dir, not both" in proc.stderr

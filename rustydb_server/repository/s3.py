@@ -70,8 +70,8 @@ def parse_url(url: str) -> tuple[str, str]:
     if not bucket:
         raise RepositoryError(f"repository URL {url!r} names no bucket: write s3://bucket/prefix")
     if "@" in bucket or ":" in bucket:
-        raise RepositoryError(
-            f"repository URL {url!r} must not carry credentials or a port: the endpoint goes in "
+        raise RepositoryError(  # the URL is not repeated: it may hold a secret
+            "an s3:// repository URL must not carry credentials or a port: the endpoint goes in "
             "repository_s3_endpoint_url (or AWS_ENDPOINT_URL), credentials in repository_s3_credentials_file "
             "or the AWS environment"
         )

@@ -184,3 +184,31 @@ def test_expire_removes_old_wal_from_the_bucket(server_factory, tmp_path, seawee
 def test_repo_and_archive_dir_are_one_or_the_other(tmp_path):
     proc = run_tool("rusty-db-restore", "--list-wal", "--repo", "s3://b/p", "--archive-dir", str(tmp_path))
     assert proc.returncode == 2 and "give --repo or --archive-dir, not both" in proc.stderr
+
+
+def test_incremental_reads_wal_from_the_bucket(server_factory, tmp_path, seaweed, s3_bucket):
+    """After a restart and a checkpoint that removed archived segments, an
+    incremental backup reads the WAL since its parent from the bucket."""
+    from tests.test_incremental_e2e import backup, dump, restore_in_order
+    from tests.test_incremental_wal_seams_e2e import archive_and_trim, incremental_sources, write_spanning
+
+    srv = server_factory(name="incr", extra_args=["--config", server_config(tmp_path, seaweed)]).start()
+    srv.sql("ALTER SYSTEM SET archive_mode = on;")
+    srv.sql(f"ALTER SYSTEM SET archive_dest = 's3://{s3_bucket}/rustydb';")
+    srv.sql("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);")
+    full = tmp_path / "full.backup"
+    backup(srv, full, "--type", "full")
+    srv.stop()
+    srv.start()  # the change tracker knows nothing now: the incremental reads WAL
+    c = rc.connect(port=srv.port)
+    write_spanning(c, 30, 6000, "a")
+    first_local = archive_and_trim(srv)
+    archived = [k.rsplit("/", 1)[1].removesuffix(".walz") for k in wal_objects(seaweed, s3_bucket, "rustydb/wal/")]
+    assert archived and archived[0] < first_local  # the WAL since the full starts in the bucket only
+    incr = tmp_path / "incr.backup"
+    backup(srv, incr, "--type", "incremental")
+    assert incremental_sources(srv)[-1] == "wal"
+    expected = dump(c)
+    c.close()
+    restore_in_order(tmp_path / "restored", full, incr)
+    assert dump(str(tmp_path / "restored")) == expected

@@ -101,6 +101,81 @@ def test_archive_to_s3_and_pitr_from_the_bucket(server_factory, tmp_path, seawee
     assert {h["txid"] for h in history} <= listed
 
 
+def test_restored_server_continues_on_a_new_timeline_in_the_bucket(server_factory, tmp_path, seaweed, s3_bucket):
+    """The restored server archives timeline 2 (segments and history file) into
+    the same bucket, never over timeline 1's; a second PITR follows the history
+    from the bucket into timeline 2."""
+    conf = server_config(tmp_path, seaweed)
+    srv = server_factory(name="primary", extra_args=["--config", conf]).start()
+    srv.sql("ALTER SYSTEM SET archive_mode = on;")
+    srv.sql(f"ALTER SYSTEM SET archive_dest = 's3://{s3_bucket}/rustydb';")
+    srv.sql("CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER, note TEXT);")
+    srv.sql("CREATE TABLE notes(id INTEGER PRIMARY KEY, body BLOB);")
+    base = tmp_path / "base.backup"
+    assert (
+        run_tool("rusty-db-backup", "--type", "pitr-base", "--output", str(base), "--port", str(srv.port)).returncode
+        == 0
+    )
+    conn = rc.connect(port=srv.port)
+    history = []
+    run_workload(conn, random.Random(3), 30, history, [])
+    srv.wait_archived()
+    conn.close()
+    srv.stop()
+    tl1 = set(wal_objects(seaweed, s3_bucket, "rustydb/wal/"))
+    env = seaweed.env()
+    k = len(history) // 2
+    out = tmp_path / "tl2"
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--repo",
+        f"s3://{s3_bucket}/rustydb",
+        "--data-dir",
+        str(out),
+        "--recovery-target-txid",
+        str(history[k]["txid"]),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    srv2 = server_factory(name="tl2", extra_args=["--config", conf])
+    srv2.data_dir = str(out)
+    srv2.start()
+    assert srv2.health()["wal"]["timeline"] == 2
+    srv2.sql("ALTER SYSTEM SET archive_mode = on;")
+    srv2.sql(f"ALTER SYSTEM SET archive_dest = 's3://{s3_bucket}/rustydb';")
+    c2 = rc.connect(port=srv2.port)
+    history2 = list(history[: k + 1])
+    run_workload(c2, random.Random(4), 10, history2, [], prefix="tl2-")
+    srv2.wait_archived()
+    c2.close()
+    srv2.stop()
+    names = {key.rsplit("/", 1)[1] for key in wal_objects(seaweed, s3_bucket, "rustydb/wal/")}
+    assert "00000002.history" in names and any(n.startswith("00000002") and n.endswith(".walz") for n in names)
+    assert tl1 <= {f"rustydb/wal/{n}" for n in names}
+    target = history2[-2]
+    out3 = tmp_path / "tl3"
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--repo",
+        f"s3://{s3_bucket}/rustydb",
+        "--data-dir",
+        str(out3),
+        "--recovery-target-txid",
+        str(target["txid"]),
+        "--recovery-target-timeline",
+        "latest",
+        "--json",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert restored_digest(str(out3)) == target["digest"]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["timeline"] >= 3
+
+
 def test_restore_with_wrong_credentials_is_a_clear_error(tmp_path, seaweed, s3_bucket):
     env = dict(seaweed.env(), AWS_SECRET_ACCESS_KEY="wrong-secret")
     proc = run_tool("rusty-db-restore", "--list-wal", "--repo", f"s3://{s3_bucket}/rustydb", env=env)

@@ -197,3 +197,18 @@ def test_local_unusable_root_is_a_clear_error(tmp_path):
         r.put_bytes("backups/b/k", b"x")
     assert str(tmp_path / "file" / "repo") in str(e.value) and "backups/b/k" in str(e.value)
     assert "Traceback" not in str(e.value)
+
+
+def test_put_stream_takes_a_buffer_the_caller_refills(repo):
+    """A producer that reads into one bytearray and yields it each time: every chunk's bytes are kept as they were."""
+    data = os.urandom(200_000)
+    buf = bytearray(30_000)
+
+    def chunks():
+        for i in range(0, len(data), len(buf)):
+            n = len(data[i : i + len(buf)])
+            buf[:n] = data[i : i + n]
+            yield memoryview(buf)[:n]
+
+    repo.put_stream("k", chunks())
+    assert repo.get_bytes("k") == data

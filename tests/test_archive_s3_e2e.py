@@ -94,6 +94,23 @@ def test_archive_to_s3_and_pitr_from_the_bucket(server_factory, tmp_path, seawee
     assert proc.returncode == 0, proc.stderr
     assert restored_digest(str(out2)) == history[k2]["digest"]
 
+    # --dry-run plans it from the bucket: every segment read and verified, nothing written
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--repo",
+        f"s3://{s3_bucket}/rustydb",
+        "--data-dir",
+        str(tmp_path / "never"),
+        "--recovery-target-txid",
+        str(history[k2]["txid"]),
+        "--dry-run",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "never").exists()
+
     # --list-wal reads the bucket too
     proc = run_tool("rusty-db-restore", "--list-wal", "--repo", f"s3://{s3_bucket}/rustydb", "--json", env=env)
     assert proc.returncode == 0, proc.stderr

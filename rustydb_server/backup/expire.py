@@ -13,19 +13,21 @@ since hold another file).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import time
 
 import trio
 
 from .. import fileops as _fileops
-from ..archive import segment_file
+from ..archive import destination, segment_file
 from ..archive.segment_file import ArchiveError
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..datadir import DataDir, DataDirError
 from ..doorbell import Doorbell
 from ..logsetup import get_logger
+from ..repository import RepositoryError, location
 from ..settings import SettingError
 from ..wal import timeline as waltl
 from ..wal.timeline import HistoryError
@@ -69,10 +71,19 @@ def gather(data_dir: str, archive_dir: str | None, entries: list[dict] | None = 
 
 def _archived_at(path: str) -> float | None:
     try:
-        with open(path, "rb") as f:
+        if location.is_url(path):  # the header only, not the whole segment
+            try:
+                return BackupReader(io.BytesIO(location.read_head(path, HEAD_BYTES))).header.created_us / 1e6
+            except BackupError:
+                pass  # a header longer than that: read the object
+        with location.open_read(path) as f:
             return BackupReader(f).header.created_us / 1e6
-    except (OSError, BackupError):
+    except (OSError, BackupError, RepositoryError):
         return None
+
+
+#: What one ranged read of an archived segment in an object store fetches for its header.
+HEAD_BYTES = 64 * 1024
 
 
 def make_plan(facts: Facts, policy: retention.Policy, now: float | None = None) -> retention.Plan:
@@ -122,7 +133,10 @@ def apply(
         out.removed_entries.append(b.backup_id)
     dirs = set()
     for s in plan.segments:
-        if _unlink(fileops, s.path):
+        if location.is_url(s.path):  # an object store: the delete is durable when it returns
+            location.remove(s.path)
+            out.removed_segments.append(s.path)
+        elif _unlink(fileops, s.path):
             out.removed_segments.append(s.path)
             dirs.add(os.path.dirname(s.path))
     for d in sorted(dirs):
@@ -256,6 +270,8 @@ class Expirer:
 
     def archive_dir(self) -> str | None:
         dest = self._settings["archive_dest"]
+        if dest and location.is_url(dest):  # an s3:// repository: its wal/
+            return destination.location(dest)
         return dest if dest and os.path.isdir(dest) else None
 
     def _busy(self) -> list[str]:
@@ -302,7 +318,7 @@ class Expirer:
     def _plan(self, data_dir, archive_dir, policy):
         try:
             facts = gather(data_dir, archive_dir, self._service.catalog.in_file_order())
-        except (CatalogError, DataDirError, HistoryError, ArchiveError) as e:
+        except (CatalogError, DataDirError, HistoryError, ArchiveError, RepositoryError) as e:
             raise ExpireFailed(str(e)) from None
         return facts, make_plan(facts, policy)
 
@@ -310,6 +326,6 @@ class Expirer:
         facts, plan = self._plan(data_dir, archive_dir, policy)
         try:
             outcome = apply(plan, data_dir, self._service.engine.fileops, self._service.catalog)
-        except OSError as e:
+        except (OSError, RepositoryError) as e:
             raise ExpireFailed(f"removing expired backups failed: {e}; the next expire finishes the job") from None
         return facts, plan, outcome

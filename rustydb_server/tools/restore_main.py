@@ -4,7 +4,7 @@
                      [--integrity-check] [--force] [--key-file F] [--json]
     rusty-db-restore --input INCR --data-dir D --incremental
     rusty-db-restore --input LAST --data-dir D --chain-dir DIR
-    rusty-db-restore --input BASE --archive-dir A --data-dir D
+    rusty-db-restore --input BASE --archive-dir A|--repo URL --data-dir D
                      --recovery-target-time T | --recovery-target-txid N |
                      --recovery-target-name NAME | --recovery-target-lsn L |
                      --recovery-target immediate
@@ -24,10 +24,15 @@ Exit status: 0 success, 1 failure, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
+from ..archive import destination
+from ..repository import is_s3_url
 from ..restore.pitr import PitrError, Target, make_target
+from ..settings import SettingError
+from . import repository_settings
 from .argtypes import as_of, thread_count
 from .output import ToolParser, run_main
 from .restore import chain, drill, dry_run, full, incremental, list_wal, pitr, table
@@ -110,7 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recovery = p.add_argument_group("point-in-time recovery")
     recovery.add_argument(
-        "--archive-dir", metavar="DIR", help="archived WAL (archive_dest) to replay on top of the base backup"
+        "--archive-dir",
+        metavar="DIR",
+        help="archived WAL (the archive_dest value: a directory, or s3://bucket/prefix) to replay on top of "
+        "the base backup",
+    )
+    recovery.add_argument(
+        "--repo",
+        metavar="URL",
+        help="a repository (a directory or s3://bucket/prefix): replay the archived WAL it holds (under wal/); "
+        "S3 endpoint and credentials come from the config file's repository_s3_* settings or the AWS "
+        "environment",
     )
     recovery.add_argument(
         "--list-wal",
@@ -192,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    _archive_location(parser, args)
     if args.incremental and (args.archive_dir or args.chain_dir):
         parser.error("--incremental applies one file; it cannot be combined with --archive-dir or --chain-dir")
     if args.drill:
@@ -201,7 +217,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--backup and --drill-dir are for --drill")
     if args.list_wal:
         if not args.archive_dir:
-            parser.error("--list-wal needs --archive-dir")
+            parser.error("--list-wal needs --archive-dir (or --repo)")
         if args.recovery_target_timeline == "current":
             parser.error("--list-wal has no base backup, so no current timeline: give latest or a timeline number")
         return list_wal.run(args)
@@ -253,6 +269,28 @@ def _check_drill_options(args: argparse.Namespace, parser: argparse.ArgumentPars
         parser.error(f"--drill cannot be combined with {', '.join(others) or 'a recovery target'}")
 
 
+def _archive_location(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--repo R is --archive-dir R/wal; an s3:// --archive-dir (archive_dest's value) is its wal/ prefix."""
+    if args.repo:
+        if args.archive_dir:
+            parser.error("give --repo or --archive-dir, not both")
+        args.archive_dir = repository_wal(args.repo)
+    elif args.archive_dir and is_s3_url(args.archive_dir):
+        args.archive_dir = destination.location(args.archive_dir)
+    if args.archive_dir and is_s3_url(args.archive_dir):
+        try:
+            repository_settings.configure()
+        except SettingError as exc:
+            parser.error(str(exc))
+
+
+def repository_wal(repo: str) -> str:
+    """Where a repository keeps its archived WAL."""
+    if is_s3_url(repo):
+        return destination.location(repo)
+    return os.path.join(repo, destination.WAL_PREFIX)
+
+
 def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target | None:
     given = [
         (k, v)
@@ -269,7 +307,7 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
     if len(given) > 1:
         parser.error("give at most one --recovery-target-* option (or --as-of)")
     if given and not args.archive_dir and given[0][0] != "immediate":
-        parser.error("a recovery target needs --archive-dir (the archived WAL to replay)")
+        parser.error("a recovery target needs --archive-dir or --repo (the archived WAL to replay)")
     if args.archive_dir and not given:
         parser.error(
             "--archive-dir needs a recovery target (for example --recovery-target-time, or --recovery-target immediate)"

@@ -25,12 +25,14 @@ import os
 import urllib.error
 import urllib.request
 
+from ...archive import destination
 from ...archive.segment_file import ArchiveError
 from ...backup import expire, retention
 from ...backup.catalog import CatalogError, known_path
 from ...datadir import PID_FILE, DataDir, DataDirError, DataDirLocked
 from ...http_access import TokenFileError, read_token
 from ...keys import DEFAULT_CONFIG, ENV_CONFIG
+from ...repository import RepositoryError, is_s3_url, location
 from ...settings import SettingError, Settings
 from ...wal.timeline import HistoryError
 from ..output import fail, json_output, print_json
@@ -42,7 +44,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings, policy, archive_dir = _settings(data_dir, args.archive_dir)
         return _expire(data_dir, archive_dir, policy, dry_run=args.dry_run, settings=settings, args=args)
-    except (CatalogError, DataDirError, HistoryError, ArchiveError, SettingError, ServerExpireError) as exc:
+    except (
+        CatalogError,
+        DataDirError,
+        HistoryError,
+        ArchiveError,
+        SettingError,
+        ServerExpireError,
+        RepositoryError,
+    ) as exc:
         return fail(PROG, str(exc))
 
 
@@ -56,7 +66,11 @@ def _settings(data_dir: str, archive_flag: str | None) -> tuple[Settings, retent
     config = os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG
     s = Settings.load(config if os.path.isfile(config) else None, data_dir)
     policy = expire.policy_of(s)
-    archive_dir = os.path.abspath(archive_flag) if archive_flag else (s["archive_dest"] or None)
+    archive_dir = archive_flag or s["archive_dest"] or None
+    if archive_dir and is_s3_url(archive_dir):  # a repository: its wal/, reached with the repository_s3_* settings
+        location.configure(s)
+        return s, policy, destination.location(archive_dir)
+    archive_dir = os.path.abspath(archive_dir) if archive_dir else None
     if archive_dir and not os.path.isdir(archive_dir):
         raise ArchiveError(f"archive directory {archive_dir} does not exist; check --archive-dir or archive_dest")
     return s, policy, archive_dir

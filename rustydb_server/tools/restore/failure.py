@@ -11,6 +11,7 @@ from ...backup.vfs import BackupQueryError
 from ...container.errors import BackupError, UnsupportedFormatError
 from ...crypto import CryptoError
 from ...datadir import DataDirError
+from ...repository import RepositoryError
 from ...restore.errors import RestoreError
 from ...restore.incremental import IncrementalRestoreError
 from ...restore.pitr import PitrError
@@ -35,6 +36,7 @@ def run_reporting_failures(args: argparse.Namespace, command: Callable[[], int])
         ArchiveError,
         HistoryError,
         BackupQueryError,
+        RepositoryError,
     ) as exc:
         return report_failure(args, str(exc))
     except WalCorruptError as exc:

@@ -368,6 +368,14 @@ REGISTRY: dict[str, Setting] = _registry(
         "",
         description="Directory of backups started through the API; empty means <data_dir>/backups.",
     ),
+    Setting(
+        "backup_repositories",
+        "list",
+        [],
+        description="Repositories every backup goes to: local directories or s3://bucket/prefix URLs. The "
+        "server writes each backup to the first and copies it to the others in the background, with retries; "
+        "empty means backup_dir.",
+    ),
     Setting("backup_key_file", "path", "", description="Key file used to encrypt backups and archived WAL."),
     Setting(
         "backup_compression", "enum", "lz4", choices=("lz4", "zstd", "snappy"), description="Compression of backups."
@@ -572,6 +580,20 @@ def _parse_path(setting: Setting, raw: Any) -> str:
     return raw.strip()
 
 
+def _parse_list(setting: Setting, raw: Any) -> list[str]:
+    """A list of strings: a TOML array, or one string with comma-separated items (ALTER SYSTEM SET)."""
+    if isinstance(raw, str):
+        raw = [part for part in (p.strip() for p in raw.split(",")) if part]
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
+        raise _reject(setting, raw, "a list of strings, for example ['/var/backups/rustydb', 's3://bucket/prefix']")
+    if any("\0" in item for item in raw):
+        raise _reject(setting, raw, "items without NUL characters")
+    items = [item.strip() for item in raw]
+    if len(set(items)) != len(items):
+        raise _reject(setting, raw, "each item once")
+    return items
+
+
 def _parse_quantity(setting: Setting, raw: Any, units: dict[str, int], base: int, example: str) -> int:
     """A number with an optional unit, converted to a whole number of base units."""
     unit_names = ", ".join(_unit_names(units))
@@ -625,6 +647,7 @@ _PARSERS: dict[str, Callable[[Setting, Any], Any]] = {
     "path": _parse_path,
     "duration": _parse_duration,
     "size": _parse_size,
+    "list": _parse_list,
 }
 
 
@@ -668,6 +691,8 @@ def format_value(name: str, value: Any) -> str:
         return _format_size(int(value))
     if setting.type == "float":
         return repr(float(value))
+    if setting.type == "list":
+        return ", ".join(value)
     return str(value)
 
 
@@ -902,6 +927,9 @@ def _resolve(
     for name, setting in REGISTRY.items():
         if setting.type == "path" and name != "data_dir" and values[name]:
             values[name] = os.path.normpath(os.path.join(data_dir, values[name]))
+        if setting.type == "list" and name.endswith("_repositories"):
+            # A local repository given relative is relative to the data directory, like a path.
+            values[name] = [v if "://" in v else os.path.normpath(os.path.join(data_dir, v)) for v in values[name]]
     return values, sources
 
 

@@ -49,6 +49,9 @@ FIELDS = (
     "error",
     "writers_paused_ms",
     "partial",
+    # {repository URL: {"state": copied|pending|failing, "error", "attempts", "updated_at"}}:
+    # where the backup is copied to (backup_repositories), written by backup/replicate.py.
+    "repositories",
 )
 
 
@@ -194,6 +197,18 @@ class Catalog:
         with self._lock:
             entry = self._entries[backup_id]
             entry.update(fields)
+            self._save()
+            return dict(entry)
+
+    def update_repository(self, backup_id: str, url: str, **state) -> dict | None:
+        """Record the copy of a backup to one repository; None if the backup is gone."""
+        with self._lock:
+            entry = self._entries.get(backup_id)
+            if entry is None:
+                return None
+            repositories = dict(entry.get("repositories") or {})
+            repositories[url] = {**repositories.get(url, {}), **state, "updated_at": int(time.time())}
+            entry["repositories"] = repositories
             self._save()
             return dict(entry)
 

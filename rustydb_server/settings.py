@@ -39,7 +39,7 @@ SOURCE_CONFIG = "config file"
 SOURCE_AUTO = "auto file"
 SOURCE_CLI = "command line"
 
-TYPES = ("bool", "int", "float", "str", "enum", "path", "duration", "size")
+TYPES = ("bool", "int", "float", "str", "enum", "path", "duration", "size", "list")
 
 # Sizes follow PostgreSQL: binary multiples, "kB" for kilobytes.
 SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}

@@ -122,7 +122,8 @@ def routes(service: BackupService, settings) -> list[Route]:
             d = describe(e)
             d["dependents"] = catalog.dependents(e["backup_id"])
             entries.append(d)
-        return JSONResponse({"backups": entries})
+        # Per repository of backup_repositories: backups copied, waiting, the last error.
+        return JSONResponse({"backups": entries, "repositories": service.replicator.summary()})
 
     async def delete(request: Request) -> JSONResponse:
         """Delete a backup; refused while others depend on it, unless ?cascade=true."""

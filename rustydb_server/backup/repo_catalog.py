@@ -182,9 +182,7 @@ def pick(entries: dict[str, dict], which: str, *, url: str) -> dict:
     if which == "latest":
         whole = [e for e in entries.values() if e.get("partial") is not True]
         if not whole:
-            raise RepoCatalogError(
-                f"repository {url} holds only backups of some databases; name one with --backup ID"
-            )
+            raise RepoCatalogError(f"repository {url} holds only backups of some databases; name one with --backup ID")
         return max(whole, key=_age)
     if which in entries:
         return entries[which]

@@ -36,10 +36,10 @@ from ..settings import to_seconds
 from ..wal import archive_status
 from ..wal import segment as walseg
 from .catalog import Catalog, known_path
-from .repo_catalog import backup_key
-from .replicate import Replicator, initial_states, is_s3, location_in
 from .incremental import IncrementalSource, IncrementalUnavailable, check_parent
 from .manifest import Manifest
+from .replicate import Replicator, initial_states, is_s3, location_in
+from .repo_catalog import backup_key
 from .request import WIRE_FIELDS, BackupRequest, BackupRequestError, parse_request, wire_fields
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
 
@@ -306,7 +306,7 @@ class BackupService:
     ) -> AwaitingLocation | None:
         try:
             req = parse_request(wire_fields(request), self.settings, WIRE_FIELDS)
-            if request.output is not None and not os.path.isabs(request.output):
+            if request.output is not None and not (os.path.isabs(request.output) or is_s3(request.output)):
                 raise BackupRequestError(f"the backup's output {request.output!r} is not an absolute path")
             base, where = None, None
             if req.backup_type.needs_parent:

@@ -2,8 +2,10 @@
 
     rusty-db-backup --type full --output FILE [--compress [lz4|zstd|snappy]] [--encrypt]
                     [--key-file F] [--verify] [--threads N] [--database NAME] [--nice N] [--json]
+    rusty-db-backup --type full --repo URL [...]     (into a repository: a directory or s3://bucket/prefix)
     rusty-db-backup --verify FILE [--key-file F] [--threads N] [--json]
     rusty-db-backup --info FILE [--json]
+    rusty-db-backup --repo URL --info ID|latest | --verify ID|latest
     rusty-db-backup --query FILE SQL [--database NAME] [--key-file F] [--json]
     rusty-db-backup --rotate-key OLD NEW FILE...
     rusty-db-backup --create-key-file PATH
@@ -111,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="with --expire: list what would go and why, remove nothing")
     p.add_argument("--output", "-o", metavar="FILE", help="backup file to write (with --type)")
     p.add_argument(
+        "--repo",
+        metavar="URL",
+        help="a repository (a local directory or s3://bucket/prefix): with --type, write the backup into it "
+        "(instead of --output) and into its catalog; with --info and --verify, FILE is a backup id there, or "
+        "latest. S3 credentials come from the AWS environment and files, never from the command line",
+    )
+    p.add_argument(
         "--compress",
         nargs="?",
         const=DEFAULT_CODEC,
@@ -167,8 +176,12 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--verify FILE cannot be combined with --info, --rotate-key, --create-key-file or --expire")
     if not taking and args.verify_file is True:
         parser.error("--verify needs the backup FILE to check")
-    if taking and not args.output:
-        parser.error("--type needs --output FILE (where to write the backup)")
+    if taking and not args.output and not args.repo:
+        parser.error("--type needs --output FILE or --repo URL (where to write the backup)")
+    if args.output and args.repo:
+        parser.error("give --output FILE or --repo URL, not both")
+    if args.repo and not (taking or args.info or isinstance(args.verify_file, str)):
+        parser.error("--repo is used with --type, --info or --verify")
     if not taking:
         for flag, value in (
             ("--output", args.output),

@@ -10,6 +10,8 @@
                      --recovery-target immediate
                      [--recovery-target-inclusive true|false]
                      [--recovery-target-timeline latest|current|N]
+    rusty-db-restore --repo URL --data-dir D [--backup latest|ID] [--recovery-target-* ...]
+                     [--table NAME]   (from a repository alone: a directory or s3://bucket/prefix)
 
 Each verb lives in its own module under ``rustydb_server.tools.restore``; this
 module parses the arguments, checks that they go together and dispatches.
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from ..restore.pitr import PitrError, Target, make_target
 from .argtypes import thread_count
 from .output import ToolParser, run_main
-from .restore import chain, full, incremental, list_wal, pitr, table
+from .restore import chain, full, incremental, list_wal, pitr, repo, table
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
 
@@ -77,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="find the whole chain of --input (full, then incrementals) among the "
         "backup files in DIR (several directories may be given) and apply it in order; a backup "
         "in none of them is looked for where the backup catalog of --data-dir recorded it",
+    )
+    rep = p.add_argument_group("restore from a repository")
+    rep.add_argument(
+        "--repo",
+        metavar="URL",
+        help="restore from this repository alone (a local directory or s3://bucket/prefix): its catalog gives "
+        "the chain, its wal/ the archived WAL (replayed to the target, or to the latest point when no target "
+        "is given); S3 credentials come from the AWS environment and files",
+    )
+    rep.add_argument(
+        "--backup",
+        metavar="ID",
+        help="with --repo: the backup to restore, by id (or a unique prefix), or latest (default)",
     )
     tbl = p.add_argument_group("table-level restore")
     tbl.add_argument("--table", metavar="NAME", help="restore only this table (schema, indexes, rows) into --data-dir")
@@ -144,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Which verb a command line asks for: the first whose option is given.
 VERBS: tuple[tuple[str, Callable[[argparse.Namespace, Target | None], int]], ...] = (
+    ("repo", repo.run),
     ("table", table.run),
     ("incremental", lambda args, _target: incremental.run(args)),
     ("chain_dir", lambda args, _target: chain.run(args)),
@@ -190,9 +206,9 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
     ]
     if len(given) > 1:
         parser.error("give at most one --recovery-target-* option")
-    if given and not args.archive_dir and given[0][0] != "immediate":
+    if given and not args.archive_dir and not args.repo and given[0][0] != "immediate":
         parser.error("a recovery target needs --archive-dir (the archived WAL to replay)")
-    if args.archive_dir and not given:
+    if args.archive_dir and not given and not args.repo:
         parser.error(
             "--archive-dir needs a recovery target (for example --recovery-target-time, or --recovery-target immediate)"
         )
@@ -206,8 +222,18 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
 
 
 def _check_restore_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if not args.input:
-        parser.error("--input FILE is required")
+    if args.repo:
+        for flag, value in (
+            ("--input", args.input),
+            ("--chain-dir", args.chain_dir),
+            ("--incremental", args.incremental),
+        ):
+            if value:
+                parser.error(f"{flag} reads local files; with --repo the repository's catalog chooses the backups")
+    elif args.backup:
+        parser.error("--backup names a backup of --repo URL")
+    elif not args.input:
+        parser.error("--input FILE is required (or --repo URL)")
     if not args.data_dir and not args.into_server:
         parser.error("--data-dir is required (or --table with --into-server)")
     if (args.into_server or args.rename_to) and not args.table:

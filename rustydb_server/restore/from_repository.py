@@ -1,0 +1,122 @@
+"""Restoring from a repository alone: its catalog, its backup files, its archived WAL.
+
+The disaster case: a new machine with nothing but the repository's address,
+its credentials and the backup key. ``fetch`` reads the repository's catalog
+(backup/repo_catalog.py), chooses what to restore and downloads it into a
+private working directory beside the data directory (same file system, so
+the space is checked where the restore writes): the backup files of the
+chain, and the archived WAL (``wal/``) when recovery replays it. The
+restore itself is then the one of local files (restore_full, restore_chain,
+restore_to_target), which verifies every chunk as it reads it; the working
+directory is removed at the end, whatever happens.
+
+What is restored:
+- a recovery target: the newest full or pitr-base backup before it (or the
+  one --backup names), then the archived WAL up to the target;
+- no target, and the repository holds archived WAL: the newest full or
+  pitr-base backup (or --backup's) and every archived WAL record after it,
+  to the latest point the archive reaches;
+- no target and no archived WAL: the backup's whole chain (the newest
+  backup, or --backup's: its full backup, then its incrementals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..backup import repo_catalog
+from ..container.format import BackupType
+from .errors import RestoreError
+from .pitr import Target
+
+WAL_PREFIX = "wal/"
+
+
+@dataclass
+class Fetched:
+    repository: str
+    chain: list[dict]  # catalog entries, full backup first
+    paths: list[str]  # their downloaded files, in the same order
+    archive_dir: str | None  # the downloaded archive, when WAL is replayed
+    target: Target | None  # what to recover to (None: the chain alone)
+    workdir: str
+
+
+def _choose(entries: dict, which: str, target: Target | None, has_wal: bool, url: str) -> tuple[list[dict], bool]:
+    """The entries to restore, and whether archived WAL is replayed on top."""
+    if target is None and not (has_wal and which == "latest"):
+        return repo_catalog.chain_of(entries, repo_catalog.pick(entries, which, url=url), url=url), False
+    if which != "latest":
+        base = repo_catalog.pick(entries, which, url=url)
+        if not BackupType(base["backup_type"]).is_full_base:
+            raise RestoreError(
+                f"backup {base['backup_id']} in repository {url} is {base['backup_type']}: recovery with "
+                "archived WAL starts from a full or pitr-base backup; name one with --backup"
+            )
+    else:
+        before = target.value if target is not None and target.kind == "time" else None
+        base = repo_catalog.base_for_target(entries, before, url=url)
+    return [base], True
+
+
+@contextlib.contextmanager
+def fetch(
+    repo, data_dir: str, *, which: str = "latest", target: Target | None = None, archive_dir: str | None = None
+) -> Iterator[Fetched]:
+    """Download what restoring ``which`` (or to ``target``) from ``repo`` needs; see the module doc."""
+    entries = repo_catalog.load(repo)
+    has_wal = archive_dir is not None or next(iter(repo.list(WAL_PREFIX)), None) is not None
+    chain, replay = _choose(entries, which, target, has_wal, repo.url)
+    if replay and not has_wal:
+        raise RestoreError(
+            f"repository {repo.url} holds no archived WAL ({WAL_PREFIX} is empty) to recover to the target; "
+            "give the archive with --archive-dir, or restore a backup without a target"
+        )
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    os.makedirs(parent, exist_ok=True)
+    workdir = tempfile.mkdtemp(dir=parent, prefix=".rustydb-repository-restore-")
+    try:
+        paths = [_download(repo, e["key"], os.path.join(workdir, f"{e['backup_id']}.backup"), e) for e in chain]
+        archive = None
+        if replay:
+            archive = archive_dir or _download_archive(repo, os.path.join(workdir, "wal"))
+        yield Fetched(
+            repository=repo.url,
+            chain=chain,
+            paths=paths,
+            archive_dir=archive,
+            target=(target or Target("end")) if replay else None,
+            workdir=workdir,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _download(repo, key: str, path: str, entry: dict | None = None) -> str:
+    size = 0
+    with open(path, "xb") as f:
+        for chunk in repo.open_stream(key, 4 << 20):
+            f.write(chunk)
+            size += len(chunk)
+    expected = (entry or {}).get("size_bytes")
+    if isinstance(expected, int) and size != expected:
+        raise RestoreError(
+            f"repository {repo.url}: {key} is {size} bytes, its catalog entry says {expected}; the copy is "
+            "damaged or was replaced: restore from another repository"
+        )
+    return path
+
+
+def _download_archive(repo, directory: str) -> str:
+    os.makedirs(directory, mode=0o700)
+    for info in repo.list(WAL_PREFIX):
+        name = info.key[len(WAL_PREFIX) :]
+        if "/" in name:
+            continue  # the archive is flat; nothing else belongs to it
+        _download(repo, info.key, os.path.join(directory, name))
+    return directory

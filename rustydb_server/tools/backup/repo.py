@@ -1,0 +1,98 @@
+"""rusty-db-backup --repo URL: backups in a repository (a local directory or s3://bucket/prefix).
+
+With --type, the backup streamed from the server goes into the repository:
+straight into its file for a local directory, through a temporary file and
+an upload for S3; then its entry into the repository's catalog
+(backup/repo_catalog.py); only then is the server told where it is. With
+--info and --verify, FILE is a backup id of the repository (or "latest"),
+read by byte ranges: --info reads the head and tail of the object only.
+
+S3 credentials, endpoint and region come from the standard AWS environment
+and files (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ~/.aws/credentials, ...),
+never from the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+from ...backup import repo_catalog
+from ...backup.manifest import Manifest
+from ...backup.replicate import is_s3, location_in
+from ...backup.repo_file import RepositoryFile
+from ...container.format import BackupHeader
+
+
+def open_repo(url: str):
+    """The repository at ``url``; RepositoryError says why not."""
+    from ...repository import open_repository
+
+    return open_repository(url)
+
+
+def find_backup(repo, which: str) -> dict:
+    """The repository's catalog entry of backup ``which`` (an id, a prefix of one, or latest)."""
+    return repo_catalog.pick(repo_catalog.load(repo), which, url=repo.url)
+
+
+def open_backup(repo, entry: dict) -> RepositoryFile:
+    return RepositoryFile(repo, entry["key"])
+
+
+class RepoTarget:
+    """Where rusty-db-backup --type ... --repo URL writes the backup it receives."""
+
+    def __init__(self, url: str):
+        self.url = url if is_s3(url) else os.path.abspath(url)
+        self.repo = open_repo(self.url)
+        self.local = not is_s3(url)
+        self._tmp: str | None = None
+
+    @property
+    def request_output(self) -> str:
+        """What the request names as the output, before the backup has an id."""
+        return self.url
+
+    def output_for(self, manifest: Manifest) -> str:
+        """The file to write the backup into, once its id is known."""
+        key = repo_catalog.backup_key(manifest.backup_id)
+        if self.repo.stat(key) is not None:
+            raise FileExistsError(f"repository {self.repo.url} already holds {key}; backups are never overwritten")
+        if self.local:
+            path = self.repo.path(key)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            return path
+        self._tmp = tempfile.mkdtemp(prefix="rustydb-backup-")
+        return os.path.join(self._tmp, f"{manifest.backup_id}.backup")
+
+    def store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
+        """Upload the complete file (S3), record it in the repository's catalog; its location."""
+        key = repo_catalog.backup_key(manifest.backup_id)
+        size = os.path.getsize(path)
+        if not self.local:
+            self.repo.put_stream(key, repo_catalog.file_chunks(path), if_absent=True)
+        entry = {
+            "backup_id": header.backup_id,
+            "backup_type": str(header.backup_type),
+            "started_at": header.created_us // 1_000_000,
+            "completed_at": int(time.time()),
+            "start_lsn": header.start_lsn,
+            "end_lsn": end_lsn,
+            "timeline": header.timeline,
+            "parent_id": header.parent_id,
+            "base_full_id": header.base_full_id,
+            "databases": manifest.database_names,
+            "compression": header.compression,
+            "encryption": header.encrypted,
+            "partial": manifest.partial,
+        }
+        repo_catalog.record(self.repo, repo_catalog.entry_document(entry, size))
+        return location_in(self.url, key)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None

@@ -1,0 +1,124 @@
+"""backup_repositories against real servers and the real tools: every backup written
+to the first repository and copied to the others in the background, each with its
+own catalog; a repository that is down; restore from one repository alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from rustydb_client import client as rc
+from tests.support.servers import ServerProcess, run_tool
+from tests.test_backup_api_e2e import call
+
+
+def backup(server, kind="full"):
+    status, done = call(server, "POST", "/api/v1/admin/backup", {"backup_type": kind, "wait": True})
+    assert status == 200, done
+    return done
+
+
+def wait_copied(server, backup_id, urls, timeout=60):
+    """The backup's per-repository states once every one of ``urls`` is copied."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, listing = call(server, "GET", "/api/v1/admin/backups")
+        assert status == 200, listing
+        entry = next(e for e in listing["backups"] if e["backup_id"] == backup_id)
+        states = entry["repositories"] or {}
+        if all(states.get(u, {}).get("state") == "copied" for u in urls):
+            return states, listing
+        assert time.monotonic() < deadline, f"not copied to {urls} after {timeout}s: {states}"
+        time.sleep(0.1)
+
+
+def index_ids(repo) -> list[str]:
+    with open(os.path.join(repo, "catalog", "index.json")) as f:
+        return [e["backup_id"] for e in json.load(f)["backups"]]
+
+
+def count(port, table="t"):
+    with rc.connect(port=port) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").rows[0][0]
+
+
+def add_rows(server, start, stop):
+    server.sql(
+        f"WITH RECURSIVE c(i) AS (SELECT {start} UNION ALL SELECT i+1 FROM c WHERE i < {stop}) "
+        "INSERT INTO t SELECT i, 'row ' || i FROM c;"
+    )
+
+
+def test_two_local_repositories_copy_and_restore_from_the_second_alone(server, tmp_path):
+    repo1, repo2 = str(tmp_path / "repo1"), str(tmp_path / "repo2")
+    server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+    add_rows(server, 1, 500)
+    server.sql(f"ALTER SYSTEM SET backup_repositories = '{repo1}, {repo2}';")
+    full = backup(server)
+    # Written into the first repository itself, then copied to the second.
+    assert full["location"] == os.path.join(repo1, "backups", full["backup_id"], f"{full['backup_id']}.backup")
+    states, listing = wait_copied(server, full["backup_id"], [repo1, repo2])
+    assert states[repo2]["error"] is None
+    assert listing["repositories"][repo2]["copied"] == 1 and listing["repositories"][repo2]["failing"] is None
+    for repo in (repo1, repo2):
+        assert index_ids(repo) == [full["backup_id"]]
+        with open(os.path.join(repo, "catalog", f"{full['backup_id']}.json")) as f:
+            assert json.load(f)["key"] == f"backups/{full['backup_id']}/{full['backup_id']}.backup"
+
+    # An incremental taken by the CLI into the first repository: recorded there, copied to the second.
+    add_rows(server, 501, 800)
+    took = run_tool(
+        "rusty-db-backup", "--type", "incremental", "--repo", repo1, "--port", str(server.port), "--json", check=True
+    )
+    incr = json.loads(took.stdout)
+    assert incr["output"] == os.path.join(repo1, "backups", incr["backup_id"], f"{incr['backup_id']}.backup")
+    assert incr["recorded_by_server"] is True
+    wait_copied(server, incr["backup_id"], [repo1, repo2])
+    assert index_ids(repo2) == [full["backup_id"], incr["backup_id"]]
+
+    # --info and --verify against the second repository, by id and as latest.
+    info = json.loads(run_tool("rusty-db-backup", "--repo", repo2, "--info", "latest", "--json", check=True).stdout)
+    assert info["backup_id"] == incr["backup_id"] and info["parent_id"] == full["backup_id"]
+    verified = run_tool("rusty-db-backup", "--repo", repo2, "--verify", full["backup_id"][:8], "--json", check=True)
+    assert json.loads(verified.stdout)["valid"] is True
+
+    # A new machine: nothing but the second repository.
+    fresh = str(tmp_path / "fresh" / "data")
+    restored = run_tool("rusty-db-restore", "--repo", repo2, "--data-dir", fresh, "--json", check=True)
+    assert json.loads(restored.stdout)["chain"] == [full["backup_id"], incr["backup_id"]]
+    assert not [n for n in os.listdir(os.path.dirname(fresh)) if n.startswith(".rustydb-repository-restore-")]
+    with ServerProcess(fresh).start() as copy:
+        assert count(copy.port) == 800
+
+
+def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up(server, tmp_path):
+    repo1 = str(tmp_path / "repo1")
+    blocker = tmp_path / "offsite"
+    blocker.write_text("not a directory: the second repository cannot be written")
+    repo2 = str(blocker / "repo")
+    server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+    add_rows(server, 1, 300)
+    server.sql(f"ALTER SYSTEM SET backup_repositories = '{repo1}, {repo2}';")
+    full = backup(server)  # succeeds whatever the second repository does
+    assert full["status"] == "completed"
+    states, _ = wait_copied(server, full["backup_id"], [repo1])
+    deadline = time.monotonic() + 30
+    while states[repo2]["state"] != "failing":
+        assert time.monotonic() < deadline, states
+        time.sleep(0.1)
+        states, _ = wait_copied(server, full["backup_id"], [repo1])
+    assert repo2 in states[repo2]["error"] and states[repo2]["attempts"] >= 1
+    status, listing = call(server, "GET", "/api/v1/admin/backups")
+    assert listing["repositories"][repo2]["pending"] == 1 and listing["repositories"][repo2]["failing"]
+
+    blocker.unlink()  # the repository is back
+    wait_copied(server, full["backup_id"], [repo1, repo2])
+    assert index_ids(repo2) == [full["backup_id"]]
+    leftovers = [n for _, _, files in os.walk(repo2) for n in files if ".part-" in n]
+    assert leftovers == []
+
+    fresh = str(tmp_path / "fresh")
+    run_tool("rusty-db-restore", "--repo", repo2, "--data-dir", fresh, check=True)
+    with ServerProcess(fresh).start() as copy:
+        assert count(copy.port) == 300

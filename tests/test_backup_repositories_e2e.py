@@ -122,3 +122,52 @@ def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up(server, t
     run_tool("rusty-db-restore", "--repo", repo2, "--data-dir", fresh, check=True)
     with ServerProcess(fresh).start() as copy:
         assert count(copy.port) == 300
+
+
+def test_point_in_time_and_latest_point_from_a_repository_alone(server, tmp_path):
+    import datetime as dt
+
+    repo = str(tmp_path / "repo")
+    server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+    server.sql("ALTER SYSTEM SET archive_mode = on;")
+    server.sql(f"ALTER SYSTEM SET archive_dest = '{os.path.join(repo, 'wal')}';")
+    server.sql(f"ALTER SYSTEM SET backup_repositories = '{repo}';")
+    add_rows(server, 1, 100)
+    base = backup(server, "pitr-base")
+    wait_copied(server, base["backup_id"], [repo])
+    add_rows(server, 101, 200)
+    time.sleep(0.2)
+    target = dt.datetime.now(dt.UTC).isoformat()
+    time.sleep(0.2)
+    add_rows(server, 201, 300)
+    server.wait_archived()
+
+    at_target = str(tmp_path / "at-target")
+    out = run_tool(
+        "rusty-db-restore", "--repo", repo, "--data-dir", at_target, "--recovery-target-time", target, "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["backup_id"] == base["backup_id"]
+    latest = str(tmp_path / "latest")
+    run_tool("rusty-db-restore", "--repo", repo, "--data-dir", latest, check=True)
+    with ServerProcess(at_target).start() as a, ServerProcess(latest).start() as b:
+        assert count(a.port) == 200
+        assert count(b.port) == 300
+
+
+def test_table_restore_from_a_repository(server, tmp_path):
+    repo = str(tmp_path / "repo")
+    server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+    server.sql("CREATE TABLE other(id INTEGER PRIMARY KEY);")
+    add_rows(server, 1, 250)
+    server.sql(f"ALTER SYSTEM SET backup_repositories = '{repo}';")
+    full = backup(server)
+    wait_copied(server, full["backup_id"], [repo])
+    add_rows(server, 251, 400)
+    incr = backup(server, "incremental")
+    wait_copied(server, incr["backup_id"], [repo])
+    out = str(tmp_path / "table")
+    done = run_tool("rusty-db-restore", "--repo", repo, "--table", "t", "--data-dir", out, "--json", check=True)
+    summary = json.loads(done.stdout)
+    assert summary["rows"] == 400 and summary["backup_id"] == full["backup_id"]
+    assert len(summary["chain"]) == 2

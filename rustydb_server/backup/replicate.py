@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -140,7 +141,14 @@ class Replicator:
                     return
                 backup_id = waiting[0]
                 try:
-                    await trio.to_thread.run_sync(self.copy, url, backup_id)
+                    from .service import cancel_flag  # the service imports this module
+
+                    # At shutdown the copy stops at its next chunk (the upload is
+                    # aborted, nothing is listed) and stays pending for the next start.
+                    async with cancel_flag() as cancel:
+                        await trio.to_thread.run_sync(self.copy, url, backup_id, cancel)
+                except CopyCancelled:
+                    return
                 except Exception as e:  # a repository error, an OSError, a damaged catalog: retried
                     error = str(e) or type(e).__name__
                     entry = self.catalog.get(backup_id) or {}
@@ -166,8 +174,8 @@ class Replicator:
             self._busy.discard(url)
             self._wake.set()
 
-    def copy(self, url: str, backup_id: str) -> None:
-        """Copy one backup to one repository (blocking)."""
+    def copy(self, url: str, backup_id: str, cancel: threading.Event | None = None) -> None:
+        """Copy one backup to one repository (blocking); CopyCancelled once ``cancel`` is set."""
         entry = self.catalog.get(backup_id)
         if entry is None:
             return  # deleted meanwhile
@@ -176,7 +184,9 @@ class Replicator:
         size, chunks = self._source(entry, url, key)
         there = repo.stat(key)
         if there is None or there.size != size:
-            repo.put_stream(key, chunks(), if_absent=True)
+            repo.put_stream(key, _until(cancel, chunks()), if_absent=True)
+        if cancel is not None and cancel.is_set():
+            raise CopyCancelled()
         repo_catalog.record(repo, repo_catalog.entry_document(entry, size))
 
     def _source(self, entry: dict, url: str, key: str):
@@ -195,6 +205,17 @@ class Replicator:
             f"backup {entry['backup_id']} has no copy to copy from: its file {location} is gone and no "
             "repository holds it yet"
         )
+
+
+class CopyCancelled(Exception):
+    """The server is shutting down: the copy stopped, to be done at the next start."""
+
+
+def _until(cancel: threading.Event | None, chunks):
+    for chunk in chunks:
+        if cancel is not None and cancel.is_set():
+            raise CopyCancelled()
+        yield chunk
 
 
 def _open_repository(url: str, settings):

@@ -171,3 +171,19 @@ def test_table_restore_from_a_repository(server, tmp_path):
     summary = json.loads(done.stdout)
     assert summary["rows"] == 400 and summary["backup_id"] == full["backup_id"]
     assert len(summary["chain"]) == 2
+
+
+def test_deleting_a_backup_removes_it_from_every_repository(server, tmp_path):
+    repo1, repo2 = str(tmp_path / "repo1"), str(tmp_path / "repo2")
+    server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+    add_rows(server, 1, 10)
+    server.sql(f"ALTER SYSTEM SET backup_repositories = '{repo1}, {repo2}';")
+    first, second = backup(server), backup(server)
+    wait_copied(server, second["backup_id"], [repo1, repo2])
+    wait_copied(server, first["backup_id"], [repo1, repo2])
+    status, body = call(server, "DELETE", f"/api/v1/admin/backup/{first['backup_id']}")
+    assert status == 200 and body == {"deleted": [first["backup_id"]]}, body
+    for repo in (repo1, repo2):
+        assert index_ids(repo) == [second["backup_id"]]
+        assert not os.path.exists(os.path.join(repo, "backups", first["backup_id"], f"{first['backup_id']}.backup"))
+        assert not os.path.exists(os.path.join(repo, "catalog", f"{first['backup_id']}.json"))

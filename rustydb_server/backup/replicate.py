@@ -189,6 +189,10 @@ class Replicator:
             raise CopyCancelled()
         repo_catalog.record(repo, repo_catalog.entry_document(entry, size))
 
+    def forget(self, url: str, backup_id: str) -> None:
+        """Remove a deleted backup from one repository (blocking)."""
+        repo_catalog.forget(self._open(url, self.settings), backup_id)
+
     def _source(self, entry: dict, url: str, key: str):
         """The backup's size and its bytes: the server's file, else a repository holding it."""
         location = entry.get("location")

@@ -336,7 +336,7 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Extra WAL kept beyond what checkpoints, archiving and backups need.",
     ),
     Setting("archive_mode", "bool", False, description="Copy every completed WAL segment to archive_dest."),
-    Setting("archive_dest", "path", "", description="Directory WAL segments are archived to."),
+    Setting("archive_dest", "path", "", description="Directory, or s3://bucket/prefix, WAL segments are archived to."),
     Setting(
         "archive_timeout",
         "duration",
@@ -485,6 +485,49 @@ REGISTRY: dict[str, Setting] = _registry(
         choices=("debug", "info", "warning", "error"),
         description="Least severe log level written.",
     ),
+    Setting(
+        "repository_s3_endpoint_url",
+        "str",
+        "",
+        description="S3 endpoint of s3:// repositories and archive_dest (e.g. http://minio.internal:9000); "
+        "empty: AWS_ENDPOINT_URL or AWS's own.",
+    ),
+    Setting(
+        "repository_s3_region",
+        "str",
+        "",
+        description="S3 region of s3:// repositories; empty: AWS_REGION, ~/.aws/config or the default.",
+    ),
+    Setting(
+        "repository_s3_force_path_style",
+        "bool",
+        False,
+        description="Address buckets as ENDPOINT/bucket instead of bucket.ENDPOINT (most self-hosted stores).",
+    ),
+    Setting(
+        "repository_s3_credentials_file",
+        "path",
+        "",
+        description="AWS-style credentials file ([default] aws_access_key_id, aws_secret_access_key) for s3:// "
+        "repositories; empty: the standard AWS chain (environment, ~/.aws/credentials, instance role).",
+    ),
+    Setting(
+        "repository_s3_part_size",
+        "size",
+        16 * 1024**2,
+        unit="B",
+        min=5 * 1024**2,
+        max=5 * 1024**3,
+        description="Part size of multipart uploads to S3; objects smaller than this go up in one request.",
+    ),
+    Setting(
+        "repository_s3_concurrency",
+        "int",
+        4,
+        min=1,
+        max=64,
+        description="Parts uploaded, or ranges downloaded, in parallel per S3 object (memory: this x part size).",
+    ),
 )
 
 
@@ -570,6 +613,11 @@ def _parse_enum(setting: Setting, raw: Any) -> str:
     if word not in setting.choices:
         raise _reject(setting, raw, f"one of {', '.join(setting.choices)}")
     return word
+
+
+def is_url(value: str) -> bool:
+    """A path setting that names an object store (s3://bucket/prefix) rather than a directory."""
+    return isinstance(value, str) and value.startswith("s3://")
 
 
 def _parse_path(setting: Setting, raw: Any) -> str:
@@ -925,7 +973,7 @@ def _resolve(
     layer(cli, SOURCE_CLI)
     values["data_dir"] = data_dir
     for name, setting in REGISTRY.items():
-        if setting.type == "path" and name != "data_dir" and values[name]:
+        if setting.type == "path" and name != "data_dir" and values[name] and not is_url(values[name]):
             values[name] = os.path.normpath(os.path.join(data_dir, values[name]))
         if setting.type == "list" and name.endswith("_repositories"):
             # A local repository given relative is relative to the data directory, like a path.

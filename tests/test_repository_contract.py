@@ -19,14 +19,16 @@ from rustydb_server.repository import (
     open_repository,
 )
 
-KINDS = ["local"]
+KINDS = ["local", "s3"]
 
 
 @pytest.fixture(params=KINDS)
 def repo(request, tmp_path) -> Repository:
     if request.param == "local":
         return LocalRepository(str(tmp_path / "repo"))
-    raise AssertionError(request.param)
+    seaweed = request.getfixturevalue("seaweed")
+    bucket = request.getfixturevalue("s3_bucket")
+    return open_repository(f"s3://{bucket}/some/prefix", seaweed.settings())
 
 
 def keys(repo, prefix=""):

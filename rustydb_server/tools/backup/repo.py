@@ -50,6 +50,8 @@ class RepoTarget:
         self.repo = open_repo(self.url)
         self.local = not is_s3(url)
         self._tmp: str | None = None
+        # Reachable, with working credentials, before the server starts a backup for nothing.
+        self.repo.stat(repo_catalog.INDEX_KEY)
 
     @property
     def request_output(self) -> str:

@@ -187,3 +187,13 @@ def test_deleting_a_backup_removes_it_from_every_repository(server, tmp_path):
         assert index_ids(repo) == [second["backup_id"]]
         assert not os.path.exists(os.path.join(repo, "backups", first["backup_id"], f"{first['backup_id']}.backup"))
         assert not os.path.exists(os.path.join(repo, "catalog", f"{first['backup_id']}.json"))
+
+    # rusty-db-backup --repo N: the server's N-th repository, copied to the others.
+    took = run_tool("rusty-db-backup", "--type", "full", "--repo", "2", "--port", str(server.port), "--json")
+    assert took.returncode == 0, took.stderr
+    third = json.loads(took.stdout)
+    assert third["output"].startswith(os.path.join(repo2, "backups", third["backup_id"]))
+    wait_copied(server, third["backup_id"], [repo1, repo2])
+    assert index_ids(repo1) == [second["backup_id"], third["backup_id"]]
+    three = run_tool("rusty-db-backup", "--type", "full", "--repo", "3", "--port", str(server.port))
+    assert three.returncode == 1 and "the server has no backup repository 3" in three.stderr

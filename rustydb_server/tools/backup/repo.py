@@ -42,6 +42,25 @@ def open_backup(repo, entry: dict) -> RepositoryFile:
     return RepositoryFile(repo, entry["key"])
 
 
+def server_repository(args, number: int) -> str:
+    """The URL of the server's ``number``-th (from 1) entry of backup_repositories."""
+    from rustydb_client.client import connect, read_password_file
+
+    from .take import BackupFailed
+
+    password = read_password_file(args.password_file)
+    with connect(args.host, args.port, user=args.user, password=password) as conn:
+        shown = conn.execute("SHOW backup_repositories").rows[0][0]
+    urls = [u for u in shown.split(", ") if u]
+    if not 1 <= number <= len(urls):
+        configured = ", ".join(f"{i} = {u}" for i, u in enumerate(urls, 1)) or "none"
+        raise BackupFailed(
+            f"the server has no backup repository {number} (backup_repositories: {configured}); "
+            "give a number from that list, or the repository's directory or s3:// URL"
+        )
+    return urls[number - 1]
+
+
 class RepoTarget:
     """Where rusty-db-backup --type ... --repo URL writes the backup it receives."""
 

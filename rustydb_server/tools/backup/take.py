@@ -59,11 +59,14 @@ def run(args: argparse.Namespace) -> int:
     target = None
     if args.repo:
         from ...repository import RepositoryError
-        from .repo import RepoTarget
+        from .repo import RepoTarget, server_repository
 
         try:
-            target = RepoTarget(args.repo)
-        except RepositoryError as exc:
+            url = args.repo
+            if url.isdigit():  # --repo N: the server's N-th backup repository
+                url = server_repository(args, int(url))
+            target = RepoTarget(url)
+        except (RepositoryError, BackupFailed, ClientError) as exc:
             return fail(PROG, f"cannot use repository {args.repo}: {exc}")
         output = target.request_output
     else:

@@ -71,6 +71,19 @@ def test_local_and_s3_repositories_and_restore_from_the_bucket_alone(server_fact
     assert json.loads(restored.stdout)["chain"] == [full["backup_id"], incr["backup_id"]]
     with ServerProcess(fresh).start() as copy:
         assert count(copy.port) == 700
+    table = run_tool(
+        "rusty-db-restore",
+        "--repo",
+        remote,
+        "--table",
+        "t",
+        "--data-dir",
+        str(tmp_path / "t"),
+        "--json",
+        env=seaweed.env(),
+        check=True,
+    )
+    assert json.loads(table.stdout)["rows"] == 700
 
 
 def test_a_missing_bucket_is_failing_then_catches_up(server_factory, seaweed, tmp_path):

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..backup import repo_catalog
+from ..backup.repo_file import RepositoryFile
 from ..container.format import BackupType
 from .errors import RestoreError
 from .pitr import Target
@@ -37,11 +38,26 @@ from .pitr import Target
 WAL_PREFIX = "wal/"
 
 
+@dataclass(frozen=True)
+class RepositoryObject:
+    """A backup in a repository, read in place by byte ranges (table restore)."""
+
+    repo: object
+    key: str
+    size: int
+
+    def open(self) -> RepositoryFile:
+        return RepositoryFile(self.repo, self.key, self.size)
+
+    def __str__(self) -> str:
+        return f"{self.repo.url}/{self.key}"
+
+
 @dataclass
 class Fetched:
     repository: str
     chain: list[dict]  # catalog entries, full backup first
-    paths: list[str]  # their downloaded files, in the same order
+    paths: list  # their downloaded files (or, without download, RepositoryObjects), in the same order
     archive_dir: str | None  # the downloaded archive, when WAL is replayed
     target: Target | None  # what to recover to (None: the chain alone)
     workdir: str
@@ -66,9 +82,17 @@ def _choose(entries: dict, which: str, target: Target | None, has_wal: bool, url
 
 @contextlib.contextmanager
 def fetch(
-    repo, data_dir: str, *, which: str = "latest", target: Target | None = None, archive_dir: str | None = None
+    repo,
+    data_dir: str,
+    *,
+    which: str = "latest",
+    target: Target | None = None,
+    archive_dir: str | None = None,
+    download: bool = True,
 ) -> Iterator[Fetched]:
-    """Download what restoring ``which`` (or to ``target``) from ``repo`` needs; see the module doc."""
+    """Download what restoring ``which`` (or to ``target``) from ``repo`` needs; see the module doc.
+    With ``download`` false the backups stay in the repository (RepositoryObjects,
+    read by ranges); only the archived WAL is downloaded."""
     entries = repo_catalog.load(repo)
     has_wal = archive_dir is not None or next(iter(repo.list(WAL_PREFIX)), None) is not None
     chain, replay = _choose(entries, which, target, has_wal, repo.url)
@@ -81,7 +105,10 @@ def fetch(
     os.makedirs(parent, exist_ok=True)
     workdir = tempfile.mkdtemp(dir=parent, prefix=".rustydb-repository-restore-")
     try:
-        paths = [_download(repo, e["key"], os.path.join(workdir, f"{e['backup_id']}.backup"), e) for e in chain]
+        if download:
+            paths = [_download(repo, e["key"], os.path.join(workdir, f"{e['backup_id']}.backup"), e) for e in chain]
+        else:
+            paths = [RepositoryObject(repo, e["key"], _size(repo, e)) for e in chain]
         archive = None
         if replay:
             archive = archive_dir or _download_archive(repo, os.path.join(workdir, "wal"))
@@ -95,6 +122,16 @@ def fetch(
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _size(repo, entry: dict) -> int:
+    info = repo.stat(entry["key"])
+    if info is None:
+        raise RestoreError(
+            f"repository {repo.url}: its catalog lists backup {entry['backup_id']}, but {entry['key']} is "
+            "missing; restore from another repository"
+        )
+    return info.size
 
 
 def _download(repo, key: str, path: str, entry: dict | None = None) -> str:

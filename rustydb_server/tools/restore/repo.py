@@ -24,15 +24,21 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
 
     repo = open_repository(args.repo)
     which = args.backup or "latest"
-    with fetch(repo, args.data_dir or ".", which=which, target=target, archive_dir=args.archive_dir) as got:
+    # A table is read out of the backups in place, by byte ranges; a whole restore downloads them.
+    with fetch(
+        repo,
+        args.data_dir or ".",
+        which=which,
+        target=target,
+        archive_dir=args.archive_dir,
+        download=not args.table,
+    ) as got:
         args.input = f"{got.repository} ({', '.join(e['backup_id'] for e in got.chain)})"
         if args.table:
             from . import table
 
-            args.input = got.paths[-1]
-            args.chain_dir = [got.workdir]
             args.archive_dir = got.archive_dir
-            return table.run(args, got.target if got.archive_dir else None)
+            return table.run(args, got.target if got.archive_dir else None, chain=got.paths)
         if got.target is not None:
             bars = Bars()
             try:

@@ -91,9 +91,11 @@ def test_a_missing_bucket_is_failing_then_catches_up(server_factory, seaweed, tm
     bucket = f"later-{uuid.uuid4().hex[:10]}"
     local, remote = str(tmp_path / "repo"), f"s3://{bucket}/db"
     add_rows(srv, 1, 50)
-    srv.sql(f"ALTER SYSTEM SET backup_repositories = '{local}, {remote}';")
+    # The bucket first: the server writes the backup into backup_dir and uploads it from there.
+    srv.sql(f"ALTER SYSTEM SET backup_repositories = '{remote}, {local}';")
     full = backup(srv)
     assert full["status"] == "completed"  # the backup does not wait for the copies
+    assert full["location"] == os.path.join(srv.data_dir, "backups", f"{full['backup_id']}.backup")
     import time
 
     deadline = time.monotonic() + 30

@@ -198,3 +198,25 @@ def test_deleting_a_backup_removes_it_from_every_repository(server, tmp_path):
     assert index_ids(repo1) == [second["backup_id"], third["backup_id"]]
     three = run_tool("rusty-db-backup", "--type", "full", "--repo", "3", "--port", str(server.port))
     assert three.returncode == 1 and "the server has no backup repository 3" in three.stderr
+
+
+def test_expire_removes_the_copies_from_every_repository(server, tmp_path):
+    repo1, repo2 = str(tmp_path / "repo1"), str(tmp_path / "repo2")
+    server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+    server.sql(f"ALTER SYSTEM SET backup_repositories = '{repo1}, {repo2}';")
+    server.sql("ALTER SYSTEM SET backup_retention_full_count = 1;")
+    server.sql("ALTER SYSTEM SET backup_retention_days = 0;")
+    old, new = backup(server), backup(server)
+    for b in (old, new):
+        wait_copied(server, b["backup_id"], [repo1, repo2])
+    server.stop()
+    assert sorted(index_ids(repo1)) == sorted(index_ids(repo2)) == sorted([old["backup_id"], new["backup_id"]])
+    out = run_tool("rusty-db-backup", "--expire", "--data-dir", server.data_dir, "--json", check=True)
+    report = json.loads(out.stdout)
+    assert report["repository_errors"] == []
+    [gone] = [b["backup_id"] for b in report["backups"]]
+    [kept] = {old["backup_id"], new["backup_id"]} - {gone}
+    for repo in (repo1, repo2):
+        assert index_ids(repo) == [kept]
+        assert not os.path.exists(os.path.join(repo, "backups", gone, f"{gone}.backup"))
+        assert not os.path.exists(os.path.join(repo, "catalog", f"{gone}.json"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 from .. import fileops as _fileops
 from ..archive import segment_file
@@ -82,11 +83,21 @@ class Outcome:
     removed_entries: list[str] = dataclasses.field(default_factory=list)
     removed_segments: list[str] = dataclasses.field(default_factory=list)
     refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (backup id, why)
+    # (backup id, repository, error): a copy in backup_repositories that could not be removed
+    repository_errors: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
-def apply(plan: retention.Plan, data_dir: str, fileops: _fileops.FileOps = _fileops.REAL) -> Outcome:
+def apply(
+    plan: retention.Plan,
+    data_dir: str,
+    fileops: _fileops.FileOps = _fileops.REAL,
+    forget: Callable[[str, str], None] | None = None,
+) -> Outcome:
     """Remove what ``plan`` names (see the module doc for the order). The caller
-    holds the data directory's lock: a running server keeps its catalog in memory."""
+    holds the data directory's lock: a running server keeps its catalog in memory.
+    ``forget(url, backup_id)`` removes a backup's copy from a repository of
+    backup_repositories (its catalog entry, then its file): done first, so no
+    repository lists a backup whose file is gone."""
     out = Outcome()
     removable = []
     for b in plan.backups:
@@ -95,6 +106,14 @@ def apply(plan: retention.Plan, data_dir: str, fileops: _fileops.FileOps = _file
             out.refused.append((b.backup_id, why))
         else:
             removable.append(b)
+    catalog = Catalog(data_dir, fileops)
+    if forget is not None:
+        for b in removable:
+            for url in (catalog.get(b.backup_id) or {}).get("repositories") or {}:
+                try:
+                    forget(url, b.backup_id)
+                except Exception as e:  # a repository that is down: the rest still expires
+                    out.repository_errors.append((b.backup_id, url, str(e)))
     dirs: set[str] = set()
     for b in removable:
         if known_path(b.location) and _unlink(fileops, b.location):
@@ -102,7 +121,6 @@ def apply(plan: retention.Plan, data_dir: str, fileops: _fileops.FileOps = _file
             dirs.add(os.path.dirname(b.location))
     for d in sorted(dirs):
         fileops.fsync_dir(d)
-    catalog = Catalog(data_dir, fileops)
     for b in removable:
         if catalog.get(b.backup_id) is not None:
             catalog.remove(b.backup_id)

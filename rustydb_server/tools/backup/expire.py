@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ...archive.segment_file import ArchiveError
 from ...backup import expire, retention
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = os.path.abspath(args.data_dir)
     try:
         policy, archive_dir = _settings(data_dir, args.archive_dir)
-        return _expire(data_dir, archive_dir, policy, dry_run=args.dry_run)
+        return _expire(data_dir, archive_dir, policy, dry_run=args.dry_run, forget=_forget_in_repositories(data_dir))
     except (CatalogError, DataDirError, HistoryError, ArchiveError, SettingError) as exc:
         return fail(PROG, str(exc))
 
@@ -62,7 +63,21 @@ def _settings(data_dir: str, archive_flag: str | None) -> tuple[retention.Policy
     return policy, archive_dir
 
 
-def _expire(data_dir: str, archive_dir: str | None, policy: retention.Policy, *, dry_run: bool) -> int:
+def _forget_in_repositories(data_dir: str):
+    """How --expire removes a backup's copy from a repository of backup_repositories."""
+    config = os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG
+    s = Settings.load(config if os.path.isfile(config) else None, data_dir)
+
+    def forget(url: str, backup_id: str) -> None:
+        from ...backup import repo_catalog
+        from ...repository import open_repository
+
+        repo_catalog.forget(open_repository(url, s), backup_id)
+
+    return forget
+
+
+def _expire(data_dir: str, archive_dir: str | None, policy: retention.Policy, *, dry_run: bool, forget=None) -> int:
     if dry_run:
         facts = expire.gather(data_dir, archive_dir)
         plan = expire.make_plan(facts, policy)
@@ -78,7 +93,7 @@ def _expire(data_dir: str, archive_dir: str | None, policy: retention.Policy, *,
     try:
         facts = expire.gather(data_dir, archive_dir)
         plan = expire.make_plan(facts, policy)
-        outcome = expire.apply(plan, data_dir)
+        outcome = expire.apply(plan, data_dir, forget=forget)
     finally:
         owner.unlock()
     return _report(data_dir, archive_dir, policy, facts, plan, outcome)
@@ -124,6 +139,10 @@ def _report(data_dir, archive_dir, policy, facts, plan, outcome) -> int:
                 "segments": segments,
                 "refused": [{"backup_id": b, "reason": why} for b, why in refused.items()],
                 "unreadable_segments": facts.unreadable,
+                "repository_errors": [
+                    {"backup_id": b, "repository": url, "error": e}
+                    for b, url, e in (outcome.repository_errors if outcome else [])
+                ],
             }
         )
     else:
@@ -143,6 +162,12 @@ def _report(data_dir, archive_dir, policy, facts, plan, outcome) -> int:
         print(
             f"{'Dry run: ' if outcome is None else ''}{len(backups) - len(refused)} backup(s) and "
             f"{len(segments)} WAL segment(s) {verb}; {len(plan.kept)} backup(s) kept"
+        )
+    for backup_id, url, error in outcome.repository_errors if outcome else []:
+        print(
+            f"{PROG}: warning: backup {backup_id} expired, but its copy in repository {url} is still there: "
+            f"{error}; remove it there by hand: catalog/{backup_id}.json first, then backups/{backup_id}/",
+            file=sys.stderr,
         )
     for backup_id, why in refused.items():
         fail(PROG, f"backup {backup_id} not expired: {why}")

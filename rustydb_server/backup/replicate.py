@@ -153,7 +153,7 @@ class Replicator:
                     error = str(e) or type(e).__name__
                     entry = self.catalog.get(backup_id) or {}
                     attempts = ((entry.get("repositories") or {}).get(url) or {}).get("attempts", 0) + 1
-                    self.catalog.update_repository(backup_id, url, state=FAILING, error=error, attempts=attempts)
+                    self._record(backup_id, url, state=FAILING, error=error, attempts=attempts)
                     delay = min(self._delay.get(url, RETRY_FIRST_S / 2) * 2, RETRY_MAX_S)
                     self._delay[url] = delay
                     self._retry_at[url] = trio.current_time() + delay
@@ -168,11 +168,27 @@ class Replicator:
                     return
                 self._delay.pop(url, None)
                 self._retry_at.pop(url, None)
-                self.catalog.update_repository(backup_id, url, state=COPIED, error=None)
+                if not self._record(backup_id, url, state=COPIED, error=None):
+                    self._retry_at[url] = trio.current_time() + RETRY_MAX_S
+                    return
                 log.info("backup copied to a repository", backup_id=backup_id, repository=url)
         finally:
             self._busy.discard(url)
             self._wake.set()
+
+    def _record(self, backup_id: str, url: str, **state) -> bool:
+        """Write a copy's state to the catalog; a full disk must not stop the server."""
+        try:
+            self.catalog.update_repository(backup_id, url, **state)
+            return True
+        except OSError as e:
+            log.error(
+                "cannot record a backup copy's state in the catalog",
+                backup_id=backup_id,
+                repository=url,
+                error=e.strerror or str(e),
+            )
+            return False
 
     def copy(self, url: str, backup_id: str, cancel: threading.Event | None = None) -> None:
         """Copy one backup to one repository (blocking); CopyCancelled once ``cancel`` is set."""

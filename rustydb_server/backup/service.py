@@ -26,12 +26,13 @@ import trio
 from rustydb_client.protocol import events
 
 from .. import keys
-from ..archive import segment_file
+from ..archive import destination, segment_file
 from ..audit import audit
 from ..container.file import PARTIAL_SUFFIX, BackupFile
 from ..container.format import BackupType
 from ..engine.instance import EngineError
 from ..logsetup import get_logger
+from ..repository import RepositoryError, location
 from ..settings import to_seconds
 from ..wal import archive_status
 from ..wal import segment as walseg
@@ -465,7 +466,13 @@ class BackupService:
         if archive_status.is_archived(self.engine.archive_status_dir, segment):
             return True
         dest = self.settings["archive_dest"]  # the mark goes once a checkpoint removes the segment
-        return bool(dest) and os.path.exists(os.path.join(dest, segment_file.archive_name(segment)))
+        if not dest:
+            return False
+        where = location.join(destination.location(dest), segment_file.archive_name(segment))
+        try:
+            return location.exists(where)
+        except RepositoryError:
+            return False
 
     async def _switch_for_base(self) -> None:
         """Close the segment holding the base's start, so the archive gets it at once."""

@@ -5,7 +5,8 @@ its credentials and the backup key. ``fetch`` reads the repository's catalog
 (backup/repo_catalog.py), chooses what to restore and downloads it into a
 private working directory beside the data directory (same file system, so
 the space is checked where the restore writes): the backup files of the
-chain, and the archived WAL (``wal/``) when recovery replays it. The
+chain; the archived WAL (``wal/``), when recovery replays it, is read in
+place like any archive (segment by segment, unpacked ahead). The
 restore itself is then the one of local files (restore_full, restore_chain,
 restore_to_target), which verifies every chunk as it reads it; the working
 directory is removed at the end, whatever happens.
@@ -58,7 +59,7 @@ class Fetched:
     repository: str
     chain: list[dict]  # catalog entries, full backup first
     paths: list  # their downloaded files (or, without download, RepositoryObjects), in the same order
-    archive_dir: str | None  # the downloaded archive, when WAL is replayed
+    archive_dir: str | None  # the archive (the repository's wal/, read in place), when WAL is replayed
     target: Target | None  # what to recover to (None: the chain alone)
     workdir: str
 
@@ -92,7 +93,7 @@ def fetch(
 ) -> Iterator[Fetched]:
     """Download what restoring ``which`` (or to ``target``) from ``repo`` needs; see the module doc.
     With ``download`` false the backups stay in the repository (RepositoryObjects,
-    read by ranges); only the archived WAL is downloaded."""
+    read by ranges)."""
     entries = repo_catalog.load(repo)
     has_wal = archive_dir is not None or next(iter(repo.list(WAL_PREFIX)), None) is not None
     chain, replay = _choose(entries, which, target, has_wal, repo.url)
@@ -111,7 +112,8 @@ def fetch(
             paths = [RepositoryObject(repo, e["key"], _size(repo, e)) for e in chain]
         archive = None
         if replay:
-            archive = archive_dir or _download_archive(repo, os.path.join(workdir, "wal"))
+            # Read in place, as archive_dest's archive is: segment by segment, unpacked ahead.
+            archive = archive_dir or wal_location(repo.url)
         yield Fetched(
             repository=repo.url,
             chain=chain,
@@ -149,11 +151,8 @@ def _download(repo, key: str, path: str, entry: dict | None = None) -> str:
     return path
 
 
-def _download_archive(repo, directory: str) -> str:
-    os.makedirs(directory, mode=0o700)
-    for info in repo.list(WAL_PREFIX):
-        name = info.key[len(WAL_PREFIX) :]
-        if "/" in name:
-            continue  # the archive is flat; nothing else belongs to it
-        _download(repo, info.key, os.path.join(directory, name))
-    return directory
+def wal_location(url: str) -> str:
+    """Where a repository's archived WAL is, as --archive-dir takes it (a directory or an s3:// prefix)."""
+    if url.startswith("s3://"):
+        return f"{url.rstrip('/')}/{WAL_PREFIX.rstrip('/')}"
+    return os.path.join(url, WAL_PREFIX.rstrip("/"))

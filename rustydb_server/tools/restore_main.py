@@ -4,7 +4,7 @@
                      [--integrity-check] [--force] [--key-file F] [--json]
     rusty-db-restore --input INCR --data-dir D --incremental
     rusty-db-restore --input LAST --data-dir D --chain-dir DIR
-    rusty-db-restore --input BASE --archive-dir A --data-dir D
+    rusty-db-restore --input BASE --archive-dir A|--repo URL --data-dir D
                      --recovery-target-time T | --recovery-target-txid N |
                      --recovery-target-name NAME | --recovery-target-lsn L |
                      --recovery-target immediate
@@ -22,10 +22,15 @@ Exit status: 0 success, 1 failure, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
+from ..archive import destination
+from ..repository import is_s3_url
 from ..restore.pitr import PitrError, Target, make_target
+from ..settings import SettingError
+from . import repository_settings
 from .argtypes import thread_count
 from .output import ToolParser, run_main
 from .restore import chain, full, incremental, list_wal, pitr, repo, table
@@ -80,14 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backup files in DIR (several directories may be given) and apply it in order; a backup "
         "in none of them is looked for where the backup catalog of --data-dir recorded it",
     )
-    rep = p.add_argument_group("restore from a repository")
-    rep.add_argument(
-        "--repo",
-        metavar="URL",
-        help="restore from this repository alone (a local directory or s3://bucket/prefix): its catalog gives "
-        "the chain, its wal/ the archived WAL (replayed to the target, or to the latest point when no target "
-        "is given); S3 credentials come from the AWS environment and files",
-    )
+    rep = p.add_argument_group("restore from a repository (--repo URL without --input)")
     rep.add_argument(
         "--backup",
         metavar="ID",
@@ -121,7 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recovery = p.add_argument_group("point-in-time recovery")
     recovery.add_argument(
-        "--archive-dir", metavar="DIR", help="archived WAL (archive_dest) to replay on top of the base backup"
+        "--archive-dir",
+        metavar="DIR",
+        help="archived WAL (the archive_dest value: a directory, or s3://bucket/prefix) to replay on top of "
+        "the base backup",
+    )
+    recovery.add_argument(
+        "--repo",
+        metavar="URL",
+        help="a repository (a directory or s3://bucket/prefix). With --input: replay the archived WAL it "
+        "holds (under wal/). Without --input: restore from it alone, on a machine with nothing else: its "
+        "catalog gives the backup and its chain (--backup, default the latest), its wal/ the archived WAL "
+        "(replayed to the target, or to the latest point when no target is given). S3 endpoint and "
+        "credentials come from the config file's repository_s3_* settings or the AWS environment",
     )
     recovery.add_argument(
         "--list-wal",
@@ -159,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Which verb a command line asks for: the first whose option is given.
 VERBS: tuple[tuple[str, Callable[[argparse.Namespace, Target | None], int]], ...] = (
-    ("repo", repo.run),
+    ("repo_alone", repo.run),
     ("table", table.run),
     ("incremental", lambda args, _target: incremental.run(args)),
     ("chain_dir", lambda args, _target: chain.run(args)),
@@ -174,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    # --repo without --input: everything comes from the repository (tools/restore/repo.py).
+    args.repo_alone = bool(args.repo) and not args.input and not args.list_wal
+    _archive_location(parser, args)
     if args.incremental and (args.archive_dir or args.chain_dir):
         parser.error("--incremental applies one file; it cannot be combined with --archive-dir or --chain-dir")
     if args.list_wal:
@@ -192,6 +205,35 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return run_reporting_failures(args, lambda: run(args, target))
 
 
+def _archive_location(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--repo R is --archive-dir R/wal; an s3:// --archive-dir (archive_dest's value) is its wal/ prefix."""
+    if args.repo:
+        if args.archive_dir:
+            parser.error("give --repo or --archive-dir, not both")
+        if args.repo_alone:
+            if is_s3_url(args.repo):
+                try:
+                    repository_settings.configure()
+                except SettingError as exc:
+                    parser.error(str(exc))
+            return
+        args.archive_dir = repository_wal(args.repo)
+    elif args.archive_dir and is_s3_url(args.archive_dir):
+        args.archive_dir = destination.location(args.archive_dir)
+    if args.archive_dir and is_s3_url(args.archive_dir):
+        try:
+            repository_settings.configure()
+        except SettingError as exc:
+            parser.error(str(exc))
+
+
+def repository_wal(repo: str) -> str:
+    """Where a repository keeps its archived WAL."""
+    if is_s3_url(repo):
+        return destination.location(repo)
+    return os.path.join(repo, destination.WAL_PREFIX)
+
+
 def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target | None:
     given = [
         (k, v)
@@ -206,9 +248,9 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
     ]
     if len(given) > 1:
         parser.error("give at most one --recovery-target-* option")
-    if given and not args.archive_dir and not args.repo and given[0][0] != "immediate":
+    if given and not args.archive_dir and not args.repo_alone and given[0][0] != "immediate":
         parser.error("a recovery target needs --archive-dir (the archived WAL to replay)")
-    if args.archive_dir and not given and not args.repo:
+    if args.archive_dir and not given:
         parser.error(
             "--archive-dir needs a recovery target (for example --recovery-target-time, or --recovery-target immediate)"
         )
@@ -222,9 +264,8 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
 
 
 def _check_restore_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if args.repo:
+    if args.repo_alone:
         for flag, value in (
-            ("--input", args.input),
             ("--chain-dir", args.chain_dir),
             ("--incremental", args.incremental),
         ):

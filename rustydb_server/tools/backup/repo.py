@@ -27,10 +27,12 @@ from ...container.format import BackupHeader
 
 
 def open_repo(url: str):
-    """The repository at ``url``; RepositoryError says why not."""
+    """The repository at ``url``, S3 reached with the config file's repository_s3_* settings
+    and the AWS environment; RepositoryError (or SettingError: a bad config line) says why not."""
     from ...repository import open_repository
+    from ..repository_settings import load
 
-    return open_repository(url)
+    return open_repository(url, load() if is_s3(url) else None)
 
 
 def find_backup(repo, which: str) -> dict:

@@ -12,7 +12,7 @@ from ...backup.vfs import BackupQueryError
 from ...container.errors import BackupError, UnsupportedFormatError
 from ...crypto import CryptoError
 from ...datadir import DataDirError
-from ...repository.base import RepositoryError
+from ...repository import RepositoryError
 from ...restore.errors import RestoreError
 from ...restore.incremental import IncrementalRestoreError
 from ...restore.pitr import PitrError
@@ -37,9 +37,10 @@ def run_reporting_failures(args: argparse.Namespace, command: Callable[[], int])
         ArchiveError,
         HistoryError,
         BackupQueryError,
+        RepositoryError,
     ) as exc:
         return report_failure(args, str(exc))
-    except (RepositoryError, RepoCatalogError) as exc:
+    except RepoCatalogError as exc:
         return report_failure(args, f"{exc}; nothing was restored")
     except WalCorruptError as exc:
         return report_failure(args, f"{exc}; nothing was restored")

@@ -20,9 +20,9 @@ from .full import Bars, print_summary
 
 
 def run(args: argparse.Namespace, target: Target | None) -> int:
-    from ...repository import open_repository
+    from ...repository import location
 
-    repo = open_repository(args.repo)
+    repo = location.repository(args.repo)  # with the config file's repository_s3_* (restore_main)
     which = args.backup or "latest"
     # A table is read out of the backups in place, by byte ranges; a whole restore downloads them.
     with fetch(

@@ -140,3 +140,45 @@ def test_wrong_credentials_and_a_missing_bucket_are_clear_errors(server_factory,
     )
     assert missing.returncode == 1 and "no-such-bucket-here" in missing.stderr, missing.stderr
     assert not fresh.exists()
+
+
+def test_new_machine_recovers_to_a_time_and_to_the_latest_point_from_the_bucket(
+    server_factory, seaweed, s3_bucket, tmp_path
+):
+    import datetime as dt
+    import time
+
+    srv = s3_server(server_factory, seaweed)
+    remote = f"s3://{s3_bucket}/rustydb"
+    srv.sql("ALTER SYSTEM SET archive_mode = on;")
+    srv.sql(f"ALTER SYSTEM SET archive_dest = '{remote}';")
+    srv.sql(f"ALTER SYSTEM SET backup_repositories = '{str(tmp_path / 'local')}, {remote}';")
+    add_rows(srv, 1, 100)
+    base = backup(srv, "pitr-base")
+    wait_copied(srv, base["backup_id"], [remote])
+    add_rows(srv, 101, 200)
+    time.sleep(0.2)
+    target = dt.datetime.now(dt.UTC).isoformat()
+    time.sleep(0.2)
+    add_rows(srv, 201, 300)
+    srv.wait_archived()
+    srv.stop()
+
+    at_target, latest = str(tmp_path / "at-target"), str(tmp_path / "latest")
+    run_tool(
+        "rusty-db-restore",
+        "--repo",
+        remote,
+        "--data-dir",
+        at_target,
+        "--recovery-target-time",
+        target,
+        env=seaweed.env(),
+        check=True,
+    )
+    done = run_tool("rusty-db-restore", "--repo", remote, "--data-dir", latest, "--json", env=seaweed.env())
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["backup_id"] == base["backup_id"]
+    with ServerProcess(at_target).start() as a, ServerProcess(latest).start() as b:
+        assert count(a.port) == 200
+        assert count(b.port) == 300

@@ -92,7 +92,7 @@ def test_two_local_repositories_copy_and_restore_from_the_second_alone(server, t
         assert count(copy.port) == 800
 
 
-def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up(server, tmp_path):
+def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up_after_a_restart(server, tmp_path):
     repo1 = str(tmp_path / "repo1")
     blocker = tmp_path / "offsite"
     blocker.write_text("not a directory: the second repository cannot be written")
@@ -112,7 +112,10 @@ def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up(server, t
     status, listing = call(server, "GET", "/api/v1/admin/backups")
     assert listing["repositories"][repo2]["pending"] == 1 and listing["repositories"][repo2]["failing"]
 
-    blocker.unlink()  # the repository is back
+    # The server stops with the copy still due; the repository is back by its next start.
+    server.stop()
+    blocker.unlink()
+    server.start()
     wait_copied(server, full["backup_id"], [repo1, repo2])
     assert index_ids(repo2) == [full["backup_id"]]
     leftovers = [n for _, _, files in os.walk(repo2) for n in files if ".part-" in n]

@@ -8,6 +8,8 @@ import json
 import os
 import uuid
 
+import apsw
+
 from tests.support.servers import ServerProcess, run_tool
 from tests.test_backup_repositories_e2e import add_rows, backup, count, wait_copied
 
@@ -179,6 +181,10 @@ def test_new_machine_recovers_to_a_time_and_to_the_latest_point_from_the_bucket(
     done = run_tool("rusty-db-restore", "--repo", remote, "--data-dir", latest, "--json", env=seaweed.env())
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["backup_id"] == base["backup_id"]
-    with ServerProcess(at_target).start() as a, ServerProcess(latest).start() as b:
-        assert count(a.port) == 200
+    db = apsw.Connection(os.path.join(at_target, "databases", "rustydb.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        assert db.execute("SELECT count(*) FROM t").fetchall() == [(200,)]
+    finally:
+        db.close()
+    with ServerProcess(latest).start() as b:  # the restored directory starts as a server
         assert count(b.port) == 300

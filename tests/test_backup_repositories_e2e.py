@@ -158,19 +158,38 @@ def test_point_in_time_and_latest_point_from_a_repository_alone(server, tmp_path
         assert count(b.port) == 300
 
 
-def test_table_restore_from_a_repository(server, tmp_path):
+def test_encrypted_table_restore_from_a_repository(server, tmp_path):
+    from rustydb_server.keys import create_key_file
+
+    key = str(tmp_path / "backup.key")
+    create_key_file(key)
     repo = str(tmp_path / "repo")
     server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
     server.sql("CREATE TABLE other(id INTEGER PRIMARY KEY);")
     add_rows(server, 1, 250)
     server.sql(f"ALTER SYSTEM SET backup_repositories = '{repo}';")
-    full = backup(server)
-    wait_copied(server, full["backup_id"], [repo])
+    server.sql(f"ALTER SYSTEM SET backup_key_file = '{key}';")
+
+    def encrypted(kind):
+        status, done = call(
+            server, "POST", "/api/v1/admin/backup", {"backup_type": kind, "encryption": True, "wait": True}
+        )
+        assert status == 200, done
+        wait_copied(server, done["backup_id"], [repo])
+        return done
+
+    full = encrypted("full")
     add_rows(server, 251, 400)
-    incr = backup(server, "incremental")
-    wait_copied(server, incr["backup_id"], [repo])
+    incr = encrypted("incremental")
     out = str(tmp_path / "table")
-    done = run_tool("rusty-db-restore", "--repo", repo, "--table", "t", "--data-dir", out, "--json", check=True)
+    no_key = run_tool("rusty-db-restore", "--repo", repo, "--table", "t", "--data-dir", out)
+    assert no_key.returncode == 1 and "key" in no_key.stderr and not os.path.exists(out)
+    no_key = run_tool("rusty-db-backup", "--repo", repo, "--verify", "latest")
+    assert no_key.returncode == 1 and "key" in no_key.stderr
+    run_tool("rusty-db-backup", "--repo", repo, "--verify", "latest", "--key-file", key, check=True)
+    done = run_tool(
+        "rusty-db-restore", "--repo", repo, "--table", "t", "--data-dir", out, "--key-file", key, "--json", check=True
+    )
     summary = json.loads(done.stdout)
     assert summary["rows"] == 400 and summary["backup_id"] == full["backup_id"]
     # Read in place from the repository (by ranges), not from downloaded copies.

@@ -5,8 +5,9 @@ its credentials and the backup key. ``fetch`` reads the repository's catalog
 (backup/repo_catalog.py), chooses what to restore and downloads it into a
 private working directory beside the data directory (same file system, so
 the space is checked where the restore writes): the backup files of the
-chain; the archived WAL (``wal/``), when recovery replays it, is read in
-place like any archive (segment by segment, unpacked ahead). The
+chain (a local repository's files are read where they are); the archived
+WAL (``wal/``), when recovery replays it, is read in place like any archive
+(segment by segment, unpacked ahead). The
 restore itself is then the one of local files (restore_full, restore_chain,
 restore_to_target), which verifies every chunk as it reads it; the working
 directory is removed at the end, whatever happens.
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from ..backup import repo_catalog
 from ..backup.repo_file import RepositoryFile
 from ..container.format import BackupType
+from ..repository import LocalRepository
 from .errors import RestoreError
 from .pitr import Target
 
@@ -106,7 +108,10 @@ def fetch(
     os.makedirs(parent, exist_ok=True)
     workdir = tempfile.mkdtemp(dir=parent, prefix=".rustydb-repository-restore-")
     try:
-        if download:
+        if download and isinstance(repo, LocalRepository):
+            # A local repository's objects are files: restored from where they are, no copy.
+            paths = [_local_file(repo, e) for e in chain]
+        elif download:
             paths = [_download(repo, e["key"], os.path.join(workdir, f"{e['backup_id']}.backup"), e) for e in chain]
         else:
             paths = [RepositoryObject(repo, e["key"], _size(repo, e)) for e in chain]
@@ -124,6 +129,17 @@ def fetch(
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _local_file(repo, entry: dict) -> str:
+    size = _size(repo, entry)
+    expected = entry.get("size_bytes")
+    if isinstance(expected, int) and size != expected:
+        raise RestoreError(
+            f"repository {repo.url}: {entry['key']} is {size} bytes, its catalog entry says {expected}; the "
+            "copy is damaged or was replaced: restore from another repository"
+        )
+    return repo.path(entry["key"])
 
 
 def _size(repo, entry: dict) -> int:

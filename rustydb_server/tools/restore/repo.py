@@ -10,6 +10,7 @@ and files, never from the command line."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from ...restore.chain import restore_chain
 from ...restore.from_repository import fetch
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
         kept: list = []
         restore_chain(
             got.paths[-1],
-            [got.workdir],
+            sorted({os.path.dirname(p) for p in got.paths}),  # the chain's files, wherever they are
             args.data_dir,
             key_file=args.key_file,
             threads=args.threads,

@@ -528,6 +528,14 @@ REGISTRY: dict[str, Setting] = _registry(
         max=64,
         description="Parts uploaded, or ranges downloaded, in parallel per S3 object (memory: this x part size).",
     ),
+    Setting(
+        "repository_s3_checksum",
+        "enum",
+        "crc32c",
+        choices=("crc32c", "sha256", "md5"),
+        description="Checksum sent with every part uploaded to S3, verified by the store before it takes the "
+        "part; md5 (Content-MD5) for stores without S3's newer checksums.",
+    ),
 )
 
 

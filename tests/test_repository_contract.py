@@ -27,8 +27,8 @@ def repo(request, tmp_path) -> Repository:
     if request.param == "local":
         return LocalRepository(str(tmp_path / "repo"))
     seaweed = request.getfixturevalue("seaweed")
-    bucket = request.getfixturevalue("s3_bucket")
-    return open_repository(f"s3://{bucket}/some/prefix", seaweed.settings())
+    url = request.getfixturevalue("s3_prefix_url")
+    return open_repository(f"{url}/some/prefix", seaweed.settings())
 
 
 def keys(repo, prefix=""):

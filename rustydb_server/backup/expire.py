@@ -13,6 +13,7 @@ since hold another file).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from ..archive import segment_file
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..datadir import DataDir
+from ..repository import RepositoryError, location
 from ..wal import timeline as waltl
 from . import retention
 from .catalog import Catalog, known_path, load_entries
@@ -60,10 +62,19 @@ def gather(data_dir: str, archive_dir: str | None) -> Facts:
 
 def _archived_at(path: str) -> float | None:
     try:
-        with open(path, "rb") as f:
+        if location.is_url(path):  # the header only, not the whole segment
+            try:
+                return BackupReader(io.BytesIO(location.read_head(path, HEAD_BYTES))).header.created_us / 1e6
+            except BackupError:
+                pass  # a header longer than that: read the object
+        with location.open_read(path) as f:
             return BackupReader(f).header.created_us / 1e6
-    except (OSError, BackupError):
+    except (OSError, BackupError, RepositoryError):
         return None
+
+
+#: What one ranged read of an archived segment in an object store fetches for its header.
+HEAD_BYTES = 64 * 1024
 
 
 def make_plan(facts: Facts, policy: retention.Policy, now: float | None = None) -> retention.Plan:
@@ -127,7 +138,10 @@ def apply(
         out.removed_entries.append(b.backup_id)
     dirs = set()
     for s in plan.segments:
-        if _unlink(fileops, s.path):
+        if location.is_url(s.path):  # an object store: the delete is durable when it returns
+            location.remove(s.path)
+            out.removed_segments.append(s.path)
+        elif _unlink(fileops, s.path):
             out.removed_segments.append(s.path)
             dirs.add(os.path.dirname(s.path))
     for d in sorted(dirs):

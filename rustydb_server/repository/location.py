@@ -35,6 +35,7 @@ _S3_SETTINGS = (
     "repository_s3_credentials_file",
     "repository_s3_part_size",
     "repository_s3_concurrency",
+    "repository_s3_checksum",
 )
 
 
@@ -138,3 +139,28 @@ def open_read(location: str):
     if not is_s3_url(location):
         return open(location, "rb")
     return io.BytesIO(read_bytes(location))
+
+
+def read_head(location: str, size: int) -> bytes:
+    """The first ``size`` bytes of a file (one range request for an S3 object)."""
+    if not is_s3_url(location):
+        with open(location, "rb") as f:
+            return f.read(size)
+    repo, key = _split(location)
+    try:
+        return repo.get_range(key, 0, size)
+    except ObjectNotFound:
+        raise FileNotFoundError(2, "no such object", location) from None
+
+
+def remove(location: str, fileops=None) -> bool:
+    """Remove a file or object; False when a local file was already gone (an object store cannot tell)."""
+    if not is_s3_url(location):
+        try:
+            (fileops.unlink if fileops is not None else os.unlink)(location)
+        except FileNotFoundError:
+            return False
+        return True
+    repo, key = _split(location)
+    repo.delete(key)
+    return True

@@ -25,6 +25,7 @@ NAMES = (
     "repository_s3_credentials_file",
     "repository_s3_part_size",
     "repository_s3_concurrency",
+    "repository_s3_checksum",
 )
 
 

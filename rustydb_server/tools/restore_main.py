@@ -191,7 +191,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--incremental applies one file; it cannot be combined with --archive-dir or --chain-dir")
     if args.list_wal:
         if not args.archive_dir:
-            parser.error("--list-wal needs --archive-dir")
+            parser.error("--list-wal needs --archive-dir (or --repo)")
         if args.recovery_target_timeline == "current":
             parser.error("--list-wal has no base backup, so no current timeline: give latest or a timeline number")
         return list_wal.run(args)
@@ -249,7 +249,7 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
     if len(given) > 1:
         parser.error("give at most one --recovery-target-* option")
     if given and not args.archive_dir and not args.repo_alone and given[0][0] != "immediate":
-        parser.error("a recovery target needs --archive-dir (the archived WAL to replay)")
+        parser.error("a recovery target needs --archive-dir or --repo (the archived WAL to replay)")
     if args.archive_dir and not given:
         parser.error(
             "--archive-dir needs a recovery target (for example --recovery-target-time, or --recovery-target immediate)"

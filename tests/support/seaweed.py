@@ -238,5 +238,17 @@ def seaweed(tmp_path_factory):
 
 @pytest.fixture
 def s3_bucket(seaweed) -> str:
-    """A new empty bucket in the session's store."""
+    """A new empty bucket in the session's store (making one takes the store about a second)."""
     return seaweed.new_bucket()
+
+
+@pytest.fixture(scope="session")
+def s3_shared_bucket(seaweed) -> str:
+    """One bucket for the session's tests that each work under a prefix of their own."""
+    return seaweed.new_bucket()
+
+
+@pytest.fixture
+def s3_prefix_url(s3_shared_bucket) -> str:
+    """s3://bucket/prefix, a prefix no other test uses."""
+    return f"s3://{s3_shared_bucket}/{uuid.uuid4().hex[:12]}"

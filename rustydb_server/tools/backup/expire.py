@@ -21,11 +21,13 @@ import argparse
 import os
 import sys
 
+from ...archive import destination
 from ...archive.segment_file import ArchiveError
 from ...backup import expire, retention
 from ...backup.catalog import CatalogError, known_path
 from ...datadir import DataDir, DataDirError, DataDirLocked
 from ...keys import DEFAULT_CONFIG, ENV_CONFIG
+from ...repository import RepositoryError, is_s3_url, location
 from ...settings import SettingError, Settings
 from ...wal.timeline import HistoryError
 from ..output import fail, json_output, print_json
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy, archive_dir = _settings(data_dir, args.archive_dir)
         return _expire(data_dir, archive_dir, policy, dry_run=args.dry_run, forget=_forget_in_repositories(data_dir))
-    except (CatalogError, DataDirError, HistoryError, ArchiveError, SettingError) as exc:
+    except (CatalogError, DataDirError, HistoryError, ArchiveError, SettingError, RepositoryError) as exc:
         return fail(PROG, str(exc))
 
 
@@ -57,7 +59,11 @@ def _settings(data_dir: str, archive_flag: str | None) -> tuple[retention.Policy
             "backups to keep; set one of them (ALTER SYSTEM SET backup_retention_days = 30)"
         )
     policy = retention.Policy(backup_days=days or None, full_count=count or None, archive_days=archive_days or None)
-    archive_dir = os.path.abspath(archive_flag) if archive_flag else (s["archive_dest"] or None)
+    archive_dir = archive_flag or s["archive_dest"] or None
+    if archive_dir and is_s3_url(archive_dir):  # a repository: its wal/, reached with the repository_s3_* settings
+        location.configure(s)
+        return policy, destination.location(archive_dir)
+    archive_dir = os.path.abspath(archive_dir) if archive_dir else None
     if archive_dir and not os.path.isdir(archive_dir):
         raise ArchiveError(f"archive directory {archive_dir} does not exist; check --archive-dir or archive_dest")
     return policy, archive_dir

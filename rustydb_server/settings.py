@@ -117,6 +117,15 @@ def _time_zone(name: str) -> str | None:
     return None
 
 
+def _repositories_problem(value: list[str]) -> str | None:
+    for item in value:
+        if item.startswith("s3://") and not item[len("s3://") :].split("/", 1)[0]:
+            return f"has {item!r}, which names no bucket: write s3://bucket or s3://bucket/prefix"
+        if "://" in item and not item.startswith("s3://"):
+            return f"has {item!r}: a repository is a local directory or an s3://bucket/prefix URL"
+    return None
+
+
 def _registry(*settings: Setting) -> dict[str, Setting]:
     return {s.name: s for s in settings}
 
@@ -372,6 +381,7 @@ REGISTRY: dict[str, Setting] = _registry(
         "backup_repositories",
         "list",
         [],
+        validator=_repositories_problem,
         description="Repositories every backup goes to: local directories or s3://bucket/prefix URLs. The "
         "server writes each backup to the first and copies it to the others in the background, with retries; "
         "empty means backup_dir.",

@@ -116,3 +116,34 @@ def test_repository_file_reads_what_the_object_holds(tmp_path_factory, data, rea
             assert f.tell() == offset + len(data[offset : offset + size])
         f.seek(0)
         assert f.read() == data
+
+
+def test_backup_repositories_setting():
+    from rustydb_server.settings import SettingError, format_value, parse_value
+
+    assert parse_value("backup_repositories", ["/a", "s3://b/p"]) == ["/a", "s3://b/p"]
+    assert parse_value("backup_repositories", "/a, s3://b/p") == ["/a", "s3://b/p"]  # ALTER SYSTEM SET
+    assert parse_value("backup_repositories", "") == []
+    assert format_value("backup_repositories", ["/a", "s3://b/p"]) == "/a, s3://b/p"
+    for bad, why in (
+        (["s3://"], "names no bucket"),
+        (["gs://b"], "a local directory or an s3://bucket/prefix URL"),
+        (["/a", "/a"], "each item once"),
+        ([1], "a list of strings"),
+    ):
+        with pytest.raises(SettingError, match=why):
+            parse_value("backup_repositories", bad)
+
+
+def test_replicator_ignores_repository_states_it_did_not_write(tmp_path):
+    """A hand-edited catalog must not stop the server's copies (nor the server)."""
+    from rustydb_server.backup.catalog import Catalog
+    from rustydb_server.backup.replicate import Replicator
+
+    catalog = Catalog(str(tmp_path))
+    catalog.add(backup_id="a", status="completed", repositories=["not", "a", "map"])
+    catalog.add(backup_id="b", status="completed", repositories={"/r": "pending", 3: {}})
+    catalog.add(backup_id="c", status="completed", repositories={"/r": {"state": "pending"}})
+    replicator = Replicator(catalog, {"backup_repositories": ["/r"]})
+    assert replicator.due() == {"/r": ["c"]}
+    assert replicator.summary() == {"/r": {"copied": 0, "pending": 1, "failing": None}}

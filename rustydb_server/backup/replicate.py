@@ -100,7 +100,7 @@ class Replicator:
         for entry in self.catalog.list():
             if entry["status"] != "completed":
                 continue
-            for url, state in (entry.get("repositories") or {}).items():
+            for url, state in _states(entry).items():
                 if state.get("state") in (PENDING, FAILING):
                     out.setdefault(url, []).append(entry["backup_id"])
         return out
@@ -109,7 +109,7 @@ class Replicator:
         """Per repository: how many backups it holds, how many wait, the last error."""
         out = {url: {"copied": 0, "pending": 0, "failing": None} for url in self.urls()}
         for entry in self.catalog.list():
-            for url, state in (entry.get("repositories") or {}).items():
+            for url, state in _states(entry).items():
                 s = out.setdefault(url, {"copied": 0, "pending": 0, "failing": None})
                 if state.get("state") == COPIED:
                     s["copied"] += 1
@@ -214,7 +214,7 @@ class Replicator:
         location = entry.get("location")
         if known_path(location) and os.path.isfile(location):
             return os.path.getsize(location), lambda: repo_catalog.file_chunks(location)
-        for other, state in (entry.get("repositories") or {}).items():
+        for other, state in _states(entry).items():
             if other == url or state.get("state") != COPIED:
                 continue
             src = self._open(other, self.settings)
@@ -225,6 +225,14 @@ class Replicator:
             f"backup {entry['backup_id']} has no copy to copy from: its file {location} is gone and no "
             "repository holds it yet"
         )
+
+
+def _states(entry: dict) -> dict[str, dict]:
+    """An entry's per-repository states; whatever a hand-edited catalog holds, never a crash."""
+    states = entry.get("repositories")
+    if not isinstance(states, dict):
+        return {}
+    return {url: s for url, s in states.items() if isinstance(url, str) and isinstance(s, dict)}
 
 
 class CopyCancelled(Exception):

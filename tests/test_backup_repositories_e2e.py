@@ -242,3 +242,19 @@ def test_expire_removes_the_copies_from_every_repository(server, tmp_path):
         assert index_ids(repo) == [kept]
         assert not os.path.exists(os.path.join(repo, "backups", gone, f"{gone}.backup"))
         assert not os.path.exists(os.path.join(repo, "catalog", f"{gone}.json"))
+
+
+def test_a_first_repository_that_is_down_gets_the_backup_once_it_is_back(server, tmp_path):
+    blocker = tmp_path / "mnt"
+    blocker.write_text("an unmounted disk: the first repository cannot be written")
+    repo1, repo2 = str(blocker / "repo"), str(tmp_path / "repo2")
+    server.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+    add_rows(server, 1, 20)
+    server.sql(f"ALTER SYSTEM SET backup_repositories = '{repo1}, {repo2}';")
+    full = backup(server)  # written to backup_dir instead
+    assert full["location"] == os.path.join(server.data_dir, "backups", f"{full['backup_id']}.backup")
+    wait_copied(server, full["backup_id"], [repo2])
+    blocker.unlink()
+    backup(server)  # the next backup makes every repository try again at once
+    wait_copied(server, full["backup_id"], [repo1, repo2])
+    assert full["backup_id"] in index_ids(repo1)

@@ -553,7 +553,22 @@ class BackupService:
         self.check_request(req)
         backup_id = str(uuid.uuid4())
         location = self.location_for(backup_id)
-        _usable_backup_dir(os.path.dirname(location))
+        try:
+            _usable_backup_dir(os.path.dirname(location))
+        except BackupRequestError as e:
+            fallback = os.path.join(self.backup_dir(), f"{backup_id}.backup")
+            if fallback == location:
+                raise
+            # The first repository is down: the backup goes to backup_dir, and
+            # into the repository by the copies once it is back.
+            log.warning(
+                "the first backup repository cannot be written; writing the backup to backup_dir",
+                repository=self.repositories()[0],
+                error=str(e),
+                location=fallback,
+            )
+            location = fallback
+            _usable_backup_dir(os.path.dirname(location))
         entry = self.catalog.add(
             backup_id=backup_id,
             backup_type=req.backup_type,

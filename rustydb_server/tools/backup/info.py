@@ -25,6 +25,7 @@ def show_info_in_repository(url: str, which: str, *, as_json: bool) -> int:
     from ...container.errors import BackupError
     from ...container.reader import BackupReader
     from ...repository import RepositoryError
+    from ...settings import SettingError
     from .repo import find_backup, open_backup, open_repo
 
     try:
@@ -33,7 +34,7 @@ def show_info_in_repository(url: str, which: str, *, as_json: bool) -> int:
         with open_backup(repo, entry) as f:
             header = BackupReader(f).header
             size = f.size
-    except (RepositoryError, RepoCatalogError) as exc:
+    except (RepositoryError, RepoCatalogError, SettingError) as exc:
         return fail(PROG, str(exc))
     except BackupError as exc:
         return fail(PROG, f"backup {which} in repository {url} is not a usable backup: {exc}")

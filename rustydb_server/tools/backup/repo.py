@@ -14,6 +14,7 @@ never from the command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -93,6 +94,15 @@ class RepoTarget:
 
     def store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
         """Upload the complete file (S3), record it in the repository's catalog; its location."""
+        try:
+            return self._store(path, manifest, header, end_lsn)
+        except BaseException:
+            if self.local:  # never recorded: not left taking space in the repository
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
+
+    def _store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
         key = repo_catalog.backup_key(manifest.backup_id)
         size = os.path.getsize(path)
         if not self.local:

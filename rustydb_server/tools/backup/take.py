@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     target = None
     if args.repo:
         from ...repository import RepositoryError
+        from ...settings import SettingError
         from .repo import RepoTarget, server_repository
 
         try:
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             if url.isdigit():  # --repo N: the server's N-th backup repository
                 url = server_repository(args, int(url))
             target = RepoTarget(url)
-        except (RepositoryError, BackupFailed, ClientError) as exc:
+        except (RepositoryError, BackupFailed, ClientError, SettingError) as exc:
             return fail(PROG, f"cannot use repository {args.repo}: {exc}")
         output = target.request_output
     else:

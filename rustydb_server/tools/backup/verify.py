@@ -34,6 +34,7 @@ def _verify_in_repository(url: str, which: str, key_file: str | None, threads: i
 def verify_file(path: str, *, key_file: str | None, threads: int, as_json: bool, repo_url: str | None = None) -> int:
     from ...backup.repo_catalog import RepoCatalogError
     from ...repository import RepositoryError
+    from ...settings import SettingError
 
     try:
         if repo_url:
@@ -43,7 +44,7 @@ def verify_file(path: str, *, key_file: str | None, threads: int, as_json: bool,
                 header = BackupReader(f).header
             key = resolve_read_key(header, key_file)
             report = verify_backup(path, key, threads)
-    except (RepositoryError, RepoCatalogError) as exc:
+    except (RepositoryError, RepoCatalogError, SettingError) as exc:
         message = f"cannot verify {path} in repository {repo_url}: {exc}"
         if as_json:
             print_json({"ok": False, "file": path, "valid": False, "error": message})

@@ -144,6 +144,7 @@ def test_replicator_ignores_repository_states_it_did_not_write(tmp_path):
     catalog.add(backup_id="a", status="completed", repositories=["not", "a", "map"])
     catalog.add(backup_id="b", status="completed", repositories={"/r": "pending", 3: {}})
     catalog.add(backup_id="c", status="completed", repositories={"/r": {"state": "pending"}})
+    catalog.add(backup_id="d", status="completed", repositories={"/gone": {"state": "pending"}})
     replicator = Replicator(catalog, {"backup_repositories": ["/r"]})
-    assert replicator.due() == {"/r": ["c"]}
+    assert replicator.due() == {"/r": ["c"]}  # /gone is no longer configured: no more copies to it
     assert replicator.summary() == {"/r": {"copied": 0, "pending": 1, "failing": None}}

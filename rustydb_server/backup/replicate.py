@@ -95,13 +95,15 @@ class Replicator:
         self._wake.set()
 
     def due(self) -> dict[str, list[str]]:
-        """Backups still to copy, by repository URL, oldest first."""
+        """Backups still to copy, by repository URL, oldest first; only to the
+        repositories backup_repositories names now (one taken off the list gets no more)."""
+        configured = set(self.urls())
         out: dict[str, list[str]] = {}
         for entry in self.catalog.list():
             if entry["status"] != "completed":
                 continue
             for url, state in _states(entry).items():
-                if state.get("state") in (PENDING, FAILING):
+                if url in configured and state.get("state") in (PENDING, FAILING):
                     out.setdefault(url, []).append(entry["backup_id"])
         return out
 
@@ -110,7 +112,9 @@ class Replicator:
         out = {url: {"copied": 0, "pending": 0, "failing": None} for url in self.urls()}
         for entry in self.catalog.list():
             for url, state in _states(entry).items():
-                s = out.setdefault(url, {"copied": 0, "pending": 0, "failing": None})
+                s = out.get(url)
+                if s is None:
+                    continue  # no longer in backup_repositories
                 if state.get("state") == COPIED:
                     s["copied"] += 1
                 elif entry["status"] == "completed":

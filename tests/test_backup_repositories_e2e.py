@@ -8,6 +8,8 @@ import json
 import os
 import time
 
+import apsw
+
 from rustydb_client import client as rc
 from tests.support.servers import ServerProcess, run_tool
 from tests.test_backup_api_e2e import call
@@ -90,6 +92,14 @@ def test_two_local_repositories_copy_and_restore_from_the_second_alone(server, t
     assert not [n for n in os.listdir(os.path.dirname(fresh)) if n.startswith(".rustydb-repository-restore-")]
     with ServerProcess(fresh).start() as copy:
         assert count(copy.port) == 800
+    # An earlier backup, by a prefix of its id.
+    older = str(tmp_path / "older")
+    run_tool("rusty-db-restore", "--repo", repo2, "--backup", full["backup_id"][:13], "--data-dir", older, check=True)
+    db = apsw.Connection(os.path.join(older, "databases", "rustydb.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        assert db.execute("SELECT count(*) FROM t").fetchall() == [(500,)]
+    finally:
+        db.close()
 
 
 def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up_after_a_restart(server, tmp_path):

@@ -146,6 +146,14 @@ def test_interrupted_put_leaves_nothing(repo):
     assert keys(repo) == ["backups/b2/file"]
 
 
+def test_list_never_leaves_the_repository(repo, tmp_path):
+    (tmp_path / "outside").write_bytes(b"not the repository's")
+    repo.put_bytes("inside", b"x")
+    for prefix in ("../", "../../", "./", "a/../", "..", "a//"):
+        assert [i.key for i in repo.list(prefix) if ".." in i.key or i.key.startswith(".")] == [], prefix
+    assert keys(repo, "..") == []
+
+
 @pytest.mark.parametrize("bad", ["", "/abs", "a//b", "a/../b", "..", "a/./b", "trailing/", "back\\slash"])
 def test_invalid_keys(repo, bad):
     with pytest.raises(InvalidKey):
@@ -197,3 +205,42 @@ def test_local_unusable_root_is_a_clear_error(tmp_path):
         r.put_bytes("backups/b/k", b"x")
     assert str(tmp_path / "file" / "repo") in str(e.value) and "backups/b/k" in str(e.value)
     assert "Traceback" not in str(e.value)
+
+
+def test_put_stream_takes_a_buffer_the_caller_refills(repo):
+    """A producer that reads into one bytearray and yields it each time: every chunk's bytes are kept as they were."""
+    data = os.urandom(200_000)
+    buf = bytearray(30_000)
+
+    def chunks():
+        for i in range(0, len(data), len(buf)):
+            n = len(data[i : i + len(buf)])
+            buf[:n] = data[i : i + n]
+            yield memoryview(buf)[:n]
+
+    repo.put_stream("k", chunks())
+    assert repo.get_bytes("k") == data
+
+
+def _no_file_under_file(keys_: set[str]) -> bool:
+    """A local repository cannot hold both a/b and a/b/c (a file and a directory of one name)."""
+    return not any(other.startswith(k + "/") for k in keys_ for other in keys_)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    keyset=st.sets(_key, min_size=1, max_size=8).filter(_no_file_under_file),
+    extra_prefixes=st.lists(st.text(alphabet="abcXYZ019-_.=/", max_size=6), max_size=3),
+)
+def test_property_list_is_the_sorted_keys_with_the_prefix(repo, keyset, extra_prefixes):
+    base = f"p{uuid.uuid4().hex[:8]}/"
+    for k in keyset:
+        repo.put_bytes(base + k, k.encode())
+    try:
+        full = sorted(base + k for k in keyset)
+        prefixes = {base, *(base + k[: len(k) // 2] for k in keyset), *(base + p.lstrip("/") for p in extra_prefixes)}
+        for prefix in prefixes:
+            assert keys(repo, prefix) == [k for k in full if k.startswith(prefix)], prefix
+    finally:
+        for k in keyset:
+            repo.delete(base + k)

@@ -205,6 +205,8 @@ class LocalRepository:
         check_prefix(prefix)
         # Walk only below the deepest directory the prefix names.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        if base and any(part in ("", ".", "..") for part in base.split("/")):
+            return iter(())  # no key has such a part: and the walk must never leave the root
         start = os.path.join(self.root, *base.split("/")) if base else self.root
         found: list[ObjectInfo] = []
         try:

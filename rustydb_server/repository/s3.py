@@ -290,7 +290,7 @@ class S3Repository:
             if existing is not None:
                 size, digest = sha256_of(chunks)
                 return self._same_or_exists(key, existing, size, digest)
-        parts = _Parts(chunks, self.part_size)
+        parts = _Parts(chunks, self.part_size, digest=if_absent)
         first = parts.next_part()
         try:
             if parts.done:  # the whole object fits in one part: one PutObject
@@ -524,33 +524,50 @@ def _pieces(data: bytes, size: int) -> Iterator[bytes]:
 
 
 class _Parts:
-    """Cuts a stream of chunks into parts of ``part_size`` bytes (the last one shorter),
-    hashing everything that passes."""
+    """Cuts a stream of chunks into parts of ``part_size`` bytes (the last one
+    shorter), copying each byte once (into its part); with ``digest`` it also
+    hashes everything that passes (SHA-256, for the ``if_absent`` comparison)."""
 
-    def __init__(self, chunks: Iterable[bytes], part_size: int):
+    def __init__(self, chunks: Iterable[bytes], part_size: int, *, digest: bool = False):
         self._it = iter(chunks)
         self._part_size = part_size
-        self._pending = bytearray()
+        self._pending: list[memoryview] = []
+        self._pending_size = 0
         self.done = False
         self.size = 0
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if digest else None
 
     def next_part(self) -> bytes | None:
         """The next part, or None after the last. ``done`` turns true once the stream has ended."""
-        while not self.done and len(self._pending) < self._part_size:
+        while not self.done and self._pending_size < self._part_size:
             try:
                 chunk = next(self._it)
             except StopIteration:
                 self.done = True
                 break
             if chunk:
-                self._pending += chunk
-                self.size += len(chunk)
-                self._sha.update(chunk)
-        if not self._pending:
+                if not isinstance(chunk, bytes):  # a buffer the caller may refill once it has the next chunk
+                    chunk = bytes(chunk)
+                view = memoryview(chunk)
+                self._pending.append(view)
+                self._pending_size += len(view)
+                self.size += len(view)
+                if self._sha is not None:
+                    self._sha.update(view)
+        if not self._pending_size:
             return None
-        part = bytes(self._pending[: self._part_size])
-        del self._pending[: self._part_size]
+        take, pieces = self._part_size, []
+        while take and self._pending:
+            head = self._pending[0]
+            if len(head) <= take:
+                pieces.append(self._pending.pop(0))
+                take -= len(head)
+            else:
+                pieces.append(head[:take])
+                self._pending[0] = head[take:]
+                take = 0
+        part = b"".join(pieces)
+        self._pending_size -= len(part)
         return part
 
     def rest(self) -> Iterator[bytes]:
@@ -561,4 +578,5 @@ class _Parts:
             yield p
 
     def hexdigest(self) -> str:
+        assert self._sha is not None
         return self._sha.hexdigest()

@@ -222,7 +222,7 @@ def test_deleting_a_backup_removes_it_from_every_repository(server, tmp_path):
         assert not os.path.exists(os.path.join(repo, "catalog", f"{first['backup_id']}.json"))
 
     # rusty-db-backup --repo N: the server's N-th repository, copied to the others.
-    took = run_tool("rusty-db-backup", "--type", "full", "--repo", "2", "--port", str(server.port), "--json")
+    took = run_tool("rusty-db-backup", "--type", "full", "--repo", "repo2", "--port", str(server.port), "--json")
     assert took.returncode == 0, took.stderr
     third = json.loads(took.stdout)
     assert third["output"].startswith(os.path.join(repo2, "backups", third["backup_id"]))

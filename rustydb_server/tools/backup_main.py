@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from ..codecs import CODECS
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repo",
         metavar="URL",
         help="a repository (a local directory or s3://bucket/prefix): with --type, write the backup into it "
-        "(instead of --output) and into its catalog, and a number N names the server's N-th "
+        "(instead of --output) and into its catalog, and N or repoN names the server's N-th "
         "backup_repositories entry (the server copies the backup to the others); with --info and --verify, "
         "FILE is a backup id there, or latest. S3 credentials come from the AWS environment and files, "
         "never from the command line",
@@ -184,7 +185,7 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("give --output FILE or --repo URL, not both")
     if args.repo and not (taking or args.info or isinstance(args.verify_file, str)):
         parser.error("--repo is used with --type, --info or --verify")
-    if args.repo and args.repo.isdigit() and not taking:
+    if args.repo and re.fullmatch(r"(?:repo)?[0-9]+", args.repo) and not taking:
         parser.error("--repo N (the server's N-th backup repository) is for --type; give the repository's URL")
     if not taking:
         for flag, value in (

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,6 +44,13 @@ def find_backup(repo, which: str) -> dict:
 
 def open_backup(repo, entry: dict) -> RepositoryFile:
     return RepositoryFile(repo, entry["key"])
+
+
+def repository_number(value: str) -> int | None:
+    """N for "--repo N" or "--repo repoN" (the server's N-th repository), else None (a URL or directory:
+    a directory called like that is written ./repo1)."""
+    match = re.fullmatch(r"(?:repo)?([0-9]+)", value)
+    return int(match.group(1)) if match else None
 
 
 def server_repository(args, number: int) -> str:

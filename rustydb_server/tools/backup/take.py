@@ -60,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
     if args.repo:
         from ...repository import RepositoryError
         from ...settings import SettingError
-        from .repo import RepoTarget, server_repository
+        from .repo import RepoTarget, repository_number, server_repository
 
         try:
             url = args.repo
-            if url.isdigit():  # --repo N: the server's N-th backup repository
-                url = server_repository(args, int(url))
+            number = repository_number(url)
+            if number is not None:  # --repo N (or repoN): the server's N-th backup repository
+                url = server_repository(args, number)
             target = RepoTarget(url)
         except (RepositoryError, BackupFailed, ClientError, SettingError) as exc:
             return fail(PROG, f"cannot use repository {args.repo}: {exc}")

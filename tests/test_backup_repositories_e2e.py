@@ -79,6 +79,11 @@ def test_two_local_repositories_copy_and_restore_from_the_second_alone(server, t
     wait_copied(server, incr["backup_id"], [repo1, repo2])
     assert index_ids(repo2) == [full["backup_id"], incr["backup_id"]]
 
+    listed = run_tool("rusty-db-backup", "--repo", repo2, "--list", "--json", check=True)
+    assert [b["backup_id"] for b in json.loads(listed.stdout)["backups"]] == [full["backup_id"], incr["backup_id"]]
+    text = run_tool("rusty-db-backup", "--repo", repo2, "--list", check=True).stdout
+    assert f"{incr['backup_id']}  incremental" in text and f"on {full['backup_id']}" in text
+
     # --info and --verify against the second repository, by id and as latest.
     info = json.loads(run_tool("rusty-db-backup", "--repo", repo2, "--info", "latest", "--json", check=True).stdout)
     assert info["backup_id"] == incr["backup_id"] and info["parent_id"] == full["backup_id"]

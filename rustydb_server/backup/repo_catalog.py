@@ -159,6 +159,11 @@ def _dump(doc: dict) -> bytes:
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 
+def sort_key(doc: dict) -> tuple:
+    """Oldest first: by completion, then WAL position, then id."""
+    return _age(doc)
+
+
 def _age(doc: dict) -> tuple:
     return (doc.get("completed_at") or 0, doc.get("end_lsn") or 0, doc["backup_id"])
 

@@ -5,7 +5,7 @@
     rusty-db-backup --type full --repo URL [...]     (into a repository: a directory or s3://bucket/prefix)
     rusty-db-backup --verify FILE [--key-file F] [--threads N] [--json]
     rusty-db-backup --info FILE [--json]
-    rusty-db-backup --repo URL --info ID|latest | --verify ID|latest
+    rusty-db-backup --repo URL --list | --info ID|latest | --verify ID|latest
     rusty-db-backup --query FILE SQL [--database NAME] [--key-file F] [--json]
     rusty-db-backup --rotate-key OLD NEW FILE...
     rusty-db-backup --create-key-file PATH
@@ -35,6 +35,7 @@ from ..container.format import BackupType
 from ..keys import ENV_PASSPHRASE
 from .argtypes import niceness, thread_count
 from .backup import PROG, create_key, expire, info, query, rotate_key, take, verify
+from .backup import repo as repo_list
 from .interrupt import interruption, sigterm_interrupts
 from .output import ToolParser, fail, run_main
 
@@ -50,6 +51,7 @@ VERBS = {
     "query": query.run,
     "verify_file": verify.run,
     "expire": expire.run,
+    "list": repo_list.run,
 }
 
 
@@ -95,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument(
         "--create-key-file", metavar="PATH", help="create a new random key file (mode 0600; never overwrites)"
+    )
+    mode.add_argument(
+        "--list",
+        action="store_const",
+        const=True,
+        default=None,
+        help="with --repo URL: list the repository's backups from its own catalog (no server needed)",
     )
     mode.add_argument(
         "--expire",
@@ -170,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; parser.error exits with status 2."""
     taking = args.type is not None
-    modes = [args.type, args.info, args.rotate_key, args.create_key_file, args.query, args.expire]
+    modes = [args.type, args.info, args.rotate_key, args.create_key_file, args.query, args.expire, args.list]
     if not any(m is not None for m in modes) and args.verify_file is None:
         parser.error("choose one of --type, --verify FILE, --info FILE, --rotate-key, --create-key-file, --expire")
     if taking and isinstance(args.verify_file, str):
@@ -183,8 +192,10 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--type needs --output FILE or --repo URL (where to write the backup)")
     if args.output and args.repo:
         parser.error("give --output FILE or --repo URL, not both")
-    if args.repo and not (taking or args.info or isinstance(args.verify_file, str)):
-        parser.error("--repo is used with --type, --info or --verify")
+    if args.repo and not (taking or args.info or args.list or isinstance(args.verify_file, str)):
+        parser.error("--repo is used with --type, --list, --info or --verify")
+    if args.list and not args.repo:
+        parser.error("--list needs --repo URL (the repository whose backups to list)")
     if args.repo and re.fullmatch(r"(?:repo)?[0-9]+", args.repo) and not taking:
         parser.error("--repo N (the server's N-th backup repository) is for --type; give the repository's URL")
     if not taking:

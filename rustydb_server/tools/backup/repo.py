@@ -37,6 +37,31 @@ def open_repo(url: str):
     return open_repository(url, load() if is_s3(url) else None)
 
 
+def run(args) -> int:
+    """--repo URL --list: the repository's backups, oldest first, from its own catalog."""
+    from ...backup.repo_catalog import RepoCatalogError
+    from ...repository import RepositoryError
+    from ...settings import SettingError
+    from ..output import fail, human_size, print_json
+    from . import PROG
+
+    try:
+        repo = open_repo(args.repo)
+        entries = sorted(repo_catalog.load(repo).values(), key=repo_catalog.sort_key)
+    except (RepositoryError, RepoCatalogError, SettingError) as exc:
+        return fail(PROG, f"cannot list repository {args.repo}: {exc}")
+    if args.json:
+        print_json({"ok": True, "repository": repo.url, "backups": entries})
+        return 0
+    print(f"Repository {repo.url}: {len(entries)} backup(s)")
+    for e in entries:
+        completed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("completed_at") or 0))
+        parent = f"  on {e['parent_id']}" if e.get("parent_id") else ""
+        size = human_size(e.get("size_bytes") or 0)
+        print(f"{e['backup_id']}  {e['backup_type']:<12}  {completed}  {size:>9}{parent}")
+    return 0
+
+
 def find_backup(repo, which: str) -> dict:
     """The repository's catalog entry of backup ``which`` (an id, a prefix of one, or latest)."""
     return repo_catalog.pick(repo_catalog.load(repo), which, url=repo.url)

@@ -58,6 +58,8 @@ def test_local_and_s3_repositories_and_restore_from_the_bucket_alone(server_fact
         + ["rustydb/catalog/index.json"]
     )
 
+    listed = run_tool("rusty-db-backup", "--repo", remote, "--list", "--json", env=seaweed.env(), check=True)
+    assert [b["backup_id"] for b in json.loads(listed.stdout)["backups"]] == [full["backup_id"], incr["backup_id"]]
     info = run_tool("rusty-db-backup", "--repo", remote, "--info", "latest", "--json", env=seaweed.env(), check=True)
     assert json.loads(info.stdout)["backup_id"] == incr["backup_id"]
     verified = run_tool(

@@ -148,3 +148,37 @@ def test_replicator_ignores_repository_states_it_did_not_write(tmp_path):
     replicator = Replicator(catalog, {"backup_repositories": ["/r"]})
     assert replicator.due() == {"/r": ["c"]}  # /gone is no longer configured: no more copies to it
     assert replicator.summary() == {"/r": {"copied": 0, "pending": 1, "failing": None}}
+
+
+async def test_a_backup_with_nothing_to_copy_from_does_not_hold_up_the_next(tmp_path):
+    """Its file gone and no repository holding it: it is failing, the newer backups are copied."""
+    import trio
+
+    from rustydb_server.backup.catalog import Catalog
+    from rustydb_server.backup.replicate import Replicator
+
+    catalog = Catalog(str(tmp_path))
+    repo = str(tmp_path / "repo")
+    for backup_id, completed in (("old", 1), ("new", 2)):
+        path = tmp_path / f"{backup_id}.backup"
+        path.write_bytes(backup_id.encode() * 100)
+        catalog.add(
+            backup_id=backup_id,
+            backup_type="full",
+            status="completed",
+            started_at=completed,
+            completed_at=completed,
+            location=str(path),
+            repositories={repo: {"state": "pending"}},
+        )
+    (tmp_path / "old.backup").unlink()
+    replicator = Replicator(catalog, {"backup_repositories": [repo]})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(replicator.run)
+        with trio.fail_after(10):
+            while catalog.get("new")["repositories"][repo]["state"] != "copied":
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    old = catalog.get("old")["repositories"][repo]
+    assert old["state"] == "failing" and "has no copy to copy from" in old["error"]
+    assert list(rc.load(LocalRepository(repo))) == ["new"]

@@ -138,10 +138,13 @@ class Replicator:
                 self._wake = trio.Event()
 
     async def _copy_all(self, url: str) -> None:
+        skipped: set[str] = set()  # backups with nothing to copy from: the next ones go on
         try:
             while True:
-                waiting = self.due().get(url)
+                waiting = [b for b in self.due().get(url, []) if b not in skipped]
                 if not waiting:
+                    if skipped:  # look again later whether their files came back
+                        self._retry_at[url] = trio.current_time() + RETRY_MAX_S
                     return
                 backup_id = waiting[0]
                 try:
@@ -153,10 +156,14 @@ class Replicator:
                         await trio.to_thread.run_sync(self.copy, url, backup_id, cancel)
                 except CopyCancelled:
                     return
+                except NoSource as e:  # this backup's problem, not the repository's
+                    skipped.add(backup_id)
+                    self._record(backup_id, url, state=FAILING, error=str(e), attempts=self._attempts(backup_id, url))
+                    log.warning("a backup cannot be copied to a repository", backup_id=backup_id, error=str(e))
+                    continue
                 except Exception as e:  # a repository error, an OSError, a damaged catalog: retried
                     error = str(e) or type(e).__name__
-                    entry = self.catalog.get(backup_id) or {}
-                    attempts = ((entry.get("repositories") or {}).get(url) or {}).get("attempts", 0) + 1
+                    attempts = self._attempts(backup_id, url)
                     self._record(backup_id, url, state=FAILING, error=error, attempts=attempts)
                     delay = min(self._delay.get(url, RETRY_FIRST_S / 2) * 2, RETRY_MAX_S)
                     self._delay[url] = delay
@@ -179,6 +186,11 @@ class Replicator:
         finally:
             self._busy.discard(url)
             self._wake.set()
+
+    def _attempts(self, backup_id: str, url: str) -> int:
+        """The number of this attempt to copy a backup to a repository."""
+        before = _states(self.catalog.get(backup_id) or {}).get(url, {}).get("attempts")
+        return (before if isinstance(before, int) else 0) + 1
 
     def _record(self, backup_id: str, url: str, **state) -> bool:
         """Write a copy's state to the catalog; a full disk must not stop the server."""
@@ -225,7 +237,7 @@ class Replicator:
             info = src.stat(key)
             if info is not None:
                 return info.size, lambda src=src: src.open_stream(key)
-        raise FileNotFoundError(
+        raise NoSource(
             f"backup {entry['backup_id']} has no copy to copy from: its file {location} is gone and no "
             "repository holds it yet"
         )
@@ -237,6 +249,10 @@ def _states(entry: dict) -> dict[str, dict]:
     if not isinstance(states, dict):
         return {}
     return {url: s for url, s in states.items() if isinstance(url, str) and isinstance(s, dict)}
+
+
+class NoSource(Exception):
+    """The backup's file is gone and no repository holds it: nothing to copy from."""
 
 
 class CopyCancelled(Exception):

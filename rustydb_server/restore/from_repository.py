@@ -102,7 +102,8 @@ def fetch(
     if replay and not has_wal:
         raise RestoreError(
             f"repository {repo.url} holds no archived WAL ({WAL_PREFIX} is empty) to recover to the target; "
-            "give the archive with --archive-dir, or restore a backup without a target"
+            "restore a backup without a recovery target, or give the archive kept elsewhere: "
+            "--input FILE --archive-dir DIR"
         )
     parent = os.path.dirname(os.path.abspath(data_dir))
     os.makedirs(parent, exist_ok=True)

@@ -97,6 +97,12 @@ def test_two_local_repositories_copy_and_restore_from_the_second_alone(server, t
     assert not [n for n in os.listdir(os.path.dirname(fresh)) if n.startswith(".rustydb-repository-restore-")]
     with ServerProcess(fresh).start() as copy:
         assert count(copy.port) == 800
+    # A recovery target needs archived WAL, which this repository does not hold.
+    no_wal = run_tool(
+        "rusty-db-restore", "--repo", repo2, "--data-dir", str(tmp_path / "x"), "--recovery-target-time", "2030-01-01"
+    )
+    assert no_wal.returncode == 1 and "holds no archived WAL" in no_wal.stderr
+    assert not os.path.exists(tmp_path / "x")
     # An earlier backup, by a prefix of its id.
     older = str(tmp_path / "older")
     run_tool("rusty-db-restore", "--repo", repo2, "--backup", full["backup_id"][:13], "--data-dir", older, check=True)

@@ -94,6 +94,23 @@ def test_archive_to_s3_and_pitr_from_the_bucket(server_factory, tmp_path, seawee
     assert proc.returncode == 0, proc.stderr
     assert restored_digest(str(out2)) == history[k2]["digest"]
 
+    # --dry-run plans it from the bucket: every segment read and verified, nothing written
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(base),
+        "--repo",
+        f"s3://{s3_bucket}/rustydb",
+        "--data-dir",
+        str(tmp_path / "never"),
+        "--recovery-target-txid",
+        str(history[k2]["txid"]),
+        "--dry-run",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "never").exists()
+
     # --list-wal reads the bucket too
     proc = run_tool("rusty-db-restore", "--list-wal", "--repo", f"s3://{s3_bucket}/rustydb", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -287,3 +304,27 @@ def test_incremental_reads_wal_from_the_bucket(server_factory, tmp_path, seaweed
     c.close()
     restore_in_order(tmp_path / "restored", full, incr)
     assert dump(str(tmp_path / "restored")) == expected
+
+
+def test_restore_reaches_the_store_with_the_config_files_settings(tmp_path, seaweed, s3_bucket):
+    """No AWS environment: endpoint, path style and credentials come from $RUSTYDB_CONFIG's repository_s3_* lines."""
+    bare = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")}
+    bare["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
+    bare["AWS_CONFIG_FILE"] = str(tmp_path / "none")
+    conf = server_config(tmp_path, seaweed)
+    proc = run_tool(
+        "rusty-db-restore", "--list-wal", "--repo", f"s3://{s3_bucket}/rustydb", env=dict(bare, RUSTYDB_CONFIG=conf)
+    )
+    assert proc.returncode == 0, proc.stderr
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(
+        open(conf).read().replace(seaweed.credentials_path, seaweed.credentials_file(str(tmp_path), secret="nope"))
+    )
+    proc = run_tool(
+        "rusty-db-restore",
+        "--list-wal",
+        "--repo",
+        f"s3://{s3_bucket}/rustydb",
+        env=dict(bare, RUSTYDB_CONFIG=str(wrong)),
+    )
+    assert proc.returncode == 1 and "access denied" in proc.stderr, proc.stderr

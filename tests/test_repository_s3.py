@@ -248,3 +248,33 @@ def test_parallel_ranged_read_returns_the_bytes_in_order(seaweed, s3_prefix_url,
     repo.put_bytes("k", data)
     chunks = list(repo.open_stream("k", chunk_size=100_000))
     assert b"".join(chunks) == data and max(map(len, chunks)) <= 100_000
+
+
+def test_store_stopped_during_an_upload(seaweed, s3_bucket):
+    """The store goes down part-way through a multipart upload: a clear error, nothing listed once it is
+    back, and the next upload of the key cleans up what the first one left."""
+    repo = open_repository(
+        f"s3://{s3_bucket}/p", seaweed.settings(repository_s3_part_size=MIN_PART_SIZE, repository_s3_concurrency=1)
+    )
+    data = os.urandom(3 * MIN_PART_SIZE)
+
+    def chunks():
+        yield data[:MIN_PART_SIZE]
+        yield data[MIN_PART_SIZE : MIN_PART_SIZE + 1]  # the first part is under way now
+        seaweed.stop()
+        yield data[MIN_PART_SIZE + 1 :]
+
+    try:
+        with pytest.raises(RepositoryError) as e:
+            repo.put_stream("backups/b/file", chunks())
+        assert "cannot be reached" in str(e.value) and "backups/b/file" in str(e.value)
+    finally:
+        seaweed.start()
+    assert list(repo.list()) == []
+    assert repo.stat("backups/b/file") is None
+    # the abort could not reach the store: the upload is left, never an object
+    left = seaweed.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    assert [u["Key"] for u in left] == ["p/backups/b/file"]
+    repo.put_bytes("backups/b/file", data)
+    assert repo.get_bytes("backups/b/file") == data
+    assert not seaweed.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")

@@ -146,6 +146,11 @@ class BackupService:
         self.scheduler = None
         # Copies to backup_repositories, in the background (backup/replicate.py).
         self.replicator = Replicator(catalog, settings)
+        # Retention in the running server (expire.Expirer), and while it removes
+        # files, why a backup may not start (a 409: try again in a moment).
+        self.expirer = None
+        self.expiring: str | None = None
+        self.streams = 0  # backups being streamed to rusty-db-backup
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
@@ -299,14 +304,22 @@ class BackupService:
         A request naming its ``output`` returns the backup, to be recorded
         when the client confirms it (``client_stored``) or failed if it does
         not (``not_stored``)."""
-        async with cancel_flag() as cancel:
-            return await self._stream(conn, request, cancel, user)
+        self.streams += 1  # before the stream's own check of ``expiring``: an expire waits for it
+        try:
+            async with cancel_flag() as cancel:
+                return await self._stream(conn, request, cancel, user)
+        finally:
+            self.streams -= 1
+            if self.expirer is not None:
+                self.expirer.wake()
 
     async def _stream(
         self, conn, request: events.BackupRequested, cancel: threading.Event, user=None
     ) -> AwaitingLocation | None:
         try:
             req = parse_request(wire_fields(request), self.settings, WIRE_FIELDS)
+            if self.expiring:
+                raise BackupRequestError(self.expiring, status=409)
             if request.output is not None and not (os.path.isabs(request.output) or is_s3(request.output)):
                 raise BackupRequestError(f"the backup's output {request.output!r} is not an absolute path")
             base, where = None, None
@@ -539,6 +552,8 @@ class BackupService:
     # --------------------------------------------------------- written by us
     def start_backup(self, req: BackupRequest) -> dict:
         """Record the backup and start it in the service's nursery; return its catalog entry at once."""
+        if self.expiring:
+            raise BackupRequestError(self.expiring, status=409)
         key = None
         if req.encrypt:
             try:

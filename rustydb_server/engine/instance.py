@@ -187,6 +187,9 @@ class Engine:
         self._checkpoint_end_lsn: int | None = None  # where this process's last checkpoint record ends
         self.recovery_stats: dict = {}
         self.fatal_error: str | None = None
+        # Transactions committed since start (GET /metrics).
+        self._commits_lock = threading.Lock()
+        self.commits = 0
         self.observer = observer
         self.archive_status_dir = ddir.join(_datadir.ARCHIVE_STATUS_DIR)
         # Told once per crossing of checkpoint_wal_size; a completed checkpoint rearms it.
@@ -659,6 +662,8 @@ class Engine:
                 self._after_durable_failure(handle, conn, lsn, rec, e)
             finally:
                 handle.notify_write_ended()
+            with self._commits_lock:
+                self.commits += 1
         return lsn, txid, commit_time
 
     def _after_durable_failure(self, handle: DatabaseHandle, conn, lsn: int, rec, error: Exception) -> None:

@@ -12,6 +12,8 @@
                      [--recovery-target-timeline latest|current|N]
     rusty-db-restore --repo URL --data-dir D [--backup latest|ID] [--recovery-target-* ...]
                      [--table NAME]   (from a repository alone: a directory or s3://bucket/prefix)
+    rusty-db-restore ... --as-of 'TIME' | txid:N | lsn:X   (a recovery target's shorthand)
+    rusty-db-restore ... --dry-run   (the plan, every piece verified; writes nothing)
 
 Each verb lives in its own module under ``rustydb_server.tools.restore``; this
 module parses the arguments, checks that they go together and dispatches.
@@ -31,9 +33,9 @@ from ..repository import is_s3_url
 from ..restore.pitr import PitrError, Target, make_target
 from ..settings import SettingError
 from . import repository_settings
-from .argtypes import thread_count
+from .argtypes import as_of, thread_count
 from .output import ToolParser, run_main
-from .restore import chain, full, incremental, list_wal, pitr, repo, table
+from .restore import chain, dry_run, full, incremental, list_wal, pitr, repo, table
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
 
@@ -146,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="'YYYY-MM-DD HH:MM:SS[.ffffff]' local time, or ISO 8601 with a zone",
     )
     recovery.add_argument("--recovery-target-txid", type=int, metavar="N")
+    recovery.add_argument(
+        "--as-of",
+        type=as_of,
+        metavar="POINT",
+        help="shorthand for a recovery target: 'YYYY-MM-DD HH:MM:SS' (= --recovery-target-time), txid:N "
+        "(= --recovery-target-txid) or lsn:X (= --recovery-target-lsn); as in rusty-db-waldump",
+    )
     recovery.add_argument("--recovery-target-name", metavar="NAME", help="a name given to CREATE RESTORE POINT")
     recovery.add_argument("--recovery-target-lsn", metavar="LSN", help="e.g. 0/1A2B3C4D")
     recovery.add_argument(
@@ -163,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TL",
         help="latest (default), current, or a timeline number; with --list-wal: list only that "
         "timeline's history (default: every timeline in the archive)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (backups in order, archived segments, transactions and bytes to replay, "
+        "estimated time) after verifying every piece, and write nothing; exit 0 only if the restore would succeed",
     )
     return p
 
@@ -201,6 +216,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except PitrError as exc:
         return report_failure(args, str(exc))
     _check_restore_options(args, parser)
+    if args.dry_run:
+        if args.repo_alone:
+            parser.error("--dry-run plans a restore of --input FILE; it does not plan a restore from --repo alone")
+        if args.table or args.incremental or args.into_server:
+            parser.error("--dry-run plans a full, --chain-dir or point-in-time restore, not --table or --incremental")
+        return run_reporting_failures(args, lambda: dry_run.run(args, target))
     run = next(run for option, run in VERBS if getattr(args, option))
     return run_reporting_failures(args, lambda: run(args, target))
 
@@ -243,11 +264,12 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
             ("name", args.recovery_target_name),
             ("lsn", args.recovery_target_lsn),
             ("immediate", args.recovery_target),
+            ("as_of", args.as_of),
         )
         if v is not None
     ]
     if len(given) > 1:
-        parser.error("give at most one --recovery-target-* option")
+        parser.error("give at most one --recovery-target-* option (or --as-of)")
     if given and not args.archive_dir and not args.repo_alone and given[0][0] != "immediate":
         parser.error("a recovery target needs --archive-dir or --repo (the archived WAL to replay)")
     if args.archive_dir and not given:
@@ -257,6 +279,8 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
     if not given:
         return None
     kind, value = given[0]
+    if kind == "as_of":  # parsed already (tools/argtypes.as_of)
+        return Target(value.kind, value.value, args.recovery_target_inclusive == "true")
     try:
         return make_target(kind, value, args.recovery_target_inclusive == "true")
     except ValueError:  # only an LSN is read that way; a time raises PitrError

@@ -21,6 +21,7 @@ from . import roles as roles_mod
 from . import settings as settings_mod
 from .archive import destination
 from .audit import DENIED, OK, audit
+from .backup import history as backup_history
 from .backup.expire import ExpireFailed
 from .engine.session import MAX_ROW_BYTES, SqlSession
 from .errors import ReportedError
@@ -380,6 +381,15 @@ async def _show_backup_schedule(dispatcher, cmd: ap.ShowBackupSchedule) -> Admin
 
 
 _HANDLERS[ap.ShowBackupSchedule] = _show_backup_schedule
+
+
+# --- SHOW BACKUPS (the backup history, backup/history.py) ---
+async def _show_backups(dispatcher, cmd: ap.ShowBackups) -> AdminResult:
+    rows = await _thread(dispatcher, dispatcher.services.backups.history)
+    return AdminResult("SHOW", list(backup_history.SHOW_COLUMNS), backup_history.show_rows(rows))
+
+
+_HANDLERS[ap.ShowBackups] = _show_backups
 
 
 # --- UNDO TRANSACTION and AS OF (forensics/) ---

@@ -48,6 +48,11 @@ class ShowBackupSchedule:
 
 
 @dataclass(frozen=True)
+class ShowBackups:
+    """SHOW BACKUPS: every backup with its trigger, duration, chain, retention, checks and progress."""
+
+
+@dataclass(frozen=True)
 class ExpireBackups:
     """EXPIRE BACKUPS [DRY RUN]: retention now, in the running server."""
 
@@ -157,6 +162,7 @@ AdminCommand = (
     | AlterSystemReset
     | Show
     | ShowBackupSchedule
+    | ShowBackups
     | ExpireBackups
     | Shutdown
     | Checkpoint
@@ -176,7 +182,7 @@ AdminCommand = (
 FORMS = {
     "ALTER SYSTEM": "ALTER SYSTEM SET name = value, ALTER SYSTEM SET name TO value, "
     "ALTER SYSTEM RESET name or ALTER SYSTEM RESET ALL",
-    "SHOW": "SHOW name or SHOW ALL; SHOW BACKUP SCHEDULE",
+    "SHOW": "SHOW name or SHOW ALL; SHOW BACKUP SCHEDULE; SHOW BACKUPS",
     "SHUTDOWN": "SHUTDOWN or SHUTDOWN IMMEDIATE",
     "EXPIRE BACKUPS": "EXPIRE BACKUPS or EXPIRE BACKUPS DRY RUN",
     "CHECKPOINT": "CHECKPOINT",
@@ -394,6 +400,8 @@ def _parse_show(c: _Cursor) -> AdminCommand:
     if c.optional("BACKUP"):
         c.keyword("SCHEDULE")
         return ShowBackupSchedule()
+    if c.optional("BACKUPS"):
+        return ShowBackups()
     return Show(c.name("a setting name or ALL").lower())
 
 

@@ -298,6 +298,8 @@ def backup_ended(entry: dict) -> None:
     """The backup catalog's listener: a failed backup alerts, the next success of its type recovers."""
     kind = str(entry.get("backup_type"))
     fields = {"backup_id": entry.get("backup_id"), "backup_type": kind, "origin": entry.get("origin")}
+    if entry.get("trigger"):  # who started it (cli, api, schedule): backup/history.py
+        fields["trigger"] = entry["trigger"]
     if entry.get("status") == "failed":
         failure("backup", kind, error=entry.get("error"), **fields)
     else:

@@ -113,6 +113,7 @@ class _Collector:
         yield from self._archive()
         yield from self._engine()
         yield from self._schedule()
+        yield from self._checks()
 
     def _backups(self) -> Iterator[Metric]:
         last, failures, by_destination = self.stats.snapshot()
@@ -224,3 +225,31 @@ class _Collector:
             for kind, expression in sorted(config.crons.items()):
                 nxt.add_metric([kind], schedule_plan.next_fire(expression, config.tz, now).timestamp())
         yield nxt
+
+    def _checks(self) -> Iterator[Metric]:
+        """The scheduled restore drill and verify (schedule/checks.py)."""
+        scheduler = self.backups.scheduler
+        checks = scheduler.checks if scheduler is not None else None
+        success = GaugeMetricFamily(
+            "rustydb_check_last_success_timestamp_seconds",
+            "When the scheduled restore drill or verify last passed in this server's run (Unix time)",
+            labels=["check"],
+        )
+        failures = CounterMetricFamily(
+            "rustydb_check_failures",
+            "Scheduled restore drills or verifies that failed since the server started",
+            labels=["check"],
+        )
+        nxt = GaugeMetricFamily(
+            "rustydb_check_next_run_timestamp_seconds",
+            "When the scheduled restore drill or verify runs next (Unix time)",
+            labels=["check"],
+        )
+        if checks is not None:
+            for kind, at in sorted(checks.last_success.items()):
+                success.add_metric([kind], at)
+            for kind, count in sorted(checks.failures.items()):
+                failures.add_metric([kind], count)
+            for kind, at in sorted(checks.next_at.items()):
+                nxt.add_metric([kind], at.timestamp())
+        yield from (success, failures, nxt)

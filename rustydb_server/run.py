@@ -35,6 +35,7 @@ from .lifecycle import RUNNING, STOPPING, Lifecycle, StartupError
 from .logsetup import get_logger
 from .notify import Notifier
 from .repository import location as repository_location
+from .schedule.checks import CheckScheduler
 from .schedule.scheduler import Scheduler
 from .settings import to_seconds
 from .signals import SignalWatcher
@@ -88,6 +89,7 @@ async def run(settings, notifier: Notifier) -> int:
                 archiver.settings_changed()
                 checkpointer.settings_changed()
                 scheduler.settings_changed()
+                checks.settings_changed()
 
             backups = BackupService(
                 engine, settings, Catalog(ddir.path), wal_switched=archiver.retry_now, archive_failing=archiver.failing
@@ -108,6 +110,8 @@ async def run(settings, notifier: Notifier) -> int:
             backups.catalog.listeners.append(alerts.backup_ended)
             alerter = Alerter(settings)
             await root.start(alerter.run)
+            checks = CheckScheduler(settings, Doorbell(), data_dir=ddir.path, entries=backups.catalog.list)
+            scheduler.checks = checks
             listener = WireListener(
                 engine,
                 settings,
@@ -124,6 +128,7 @@ async def run(settings, notifier: Notifier) -> int:
             await root.start(archiver.run)
             await root.start(ArchiveWatch(settings, archiver).run)
             await root.start(scheduler.run)
+            await root.start(checks.run)
             await root.start(Watchdog(notifier, engine.stall).run)
 
             ddir.write_pid("server", port=settings["port"], http_port=settings["http_port"])

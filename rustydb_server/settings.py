@@ -529,6 +529,30 @@ REGISTRY: dict[str, Setting] = _registry(
         "older than the window goes; longer: WAL archived inside the window stays.",
     ),
     Setting(
+        "restore_drill_schedule",
+        "str",
+        "0 4 1-7 * 0",
+        validator=check_cron,
+        description="Cron expression of the scheduled restore drill (rusty-db-restore --drill of the latest "
+        "backup), in backup_schedule_timezone; day of month and day of week must both match (the default "
+        "is the first Sunday of the month at 04:00); 'off' for none.",
+    ),
+    Setting(
+        "restore_drill_dir",
+        "path",
+        "",
+        description="Where the scheduled restore drill restores into (a temporary directory made and "
+        "removed there; it needs room for a copy of the databases); empty means $TMPDIR.",
+    ),
+    Setting(
+        "verify_schedule",
+        "str",
+        "0 5 * * 6",
+        validator=check_cron,
+        description="Cron expression of the scheduled verify: every backup not verified within the "
+        "schedule's period is re-read chunk by chunk (default Saturdays 05:00); 'off' for none.",
+    ),
+    Setting(
         "backup_retention_after_schedule",
         "bool",
         True,

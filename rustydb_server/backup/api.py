@@ -132,7 +132,7 @@ def routes(service: BackupService, settings) -> list[Route]:
     async def listing(request: Request) -> JSONResponse:
         catalog = service.catalog
         entries = []
-        for e in catalog.list():
+        for e in await trio.to_thread.run_sync(service.history):
             d = describe(e)
             d["dependents"] = catalog.dependents(e["backup_id"])
             entries.append(d)

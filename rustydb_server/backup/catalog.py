@@ -53,6 +53,11 @@ FIELDS = (
     # {repository URL: {"state": copied|pending|failing, "error", "attempts", "updated_at"}}:
     # where the backup is copied to (backup_repositories), written by backup/replicate.py.
     "repositories",
+    # The backup history (backup/history.py): who started it, and how long it ran.
+    "trigger",
+    "duration_s",
+    # Rows per table per database as the backup recorded them (an incremental's start from its parent's).
+    "tables",
 )
 
 

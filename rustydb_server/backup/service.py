@@ -36,6 +36,7 @@ from ..repository import RepositoryError, location
 from ..settings import to_seconds
 from ..wal import archive_status
 from ..wal import segment as walseg
+from . import checks, history
 from .catalog import Catalog, known_path
 from .incremental import IncrementalSource, IncrementalUnavailable, check_parent
 from .manifest import Manifest
@@ -151,6 +152,20 @@ class BackupService:
         self.expirer = None
         self.expiring: str | None = None
         self.streams = 0  # backups being streamed to rusty-db-backup
+        # Running backups' progress (bytes done, total estimate): GET /api/v1/admin/backups, SHOW BACKUPS.
+        self.progress: dict[str, history.Progress] = {}
+
+    def history(self) -> list[dict]:
+        """Every backup with its trigger, duration, chain, retention state, checks and progress
+        (backup/history.py); reads backup_checks.json: call it in a worker thread."""
+        return history.listing(
+            self.catalog.list(),
+            checks.load(self.engine.datadir.path),
+            history.policy_of(self.settings),
+            dict(self.progress),
+            now=time.time(),
+            monotonic_now=time.monotonic(),
+        )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
@@ -287,6 +302,8 @@ class BackupService:
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
         if backup_type.needs_parent:
             parent = self.parent_for(backup_type, base_backup)
+            # The parent's row counts: the incremental's follow from them and its net changes.
+            parent = dict(parent, tables=(self.catalog.get(parent["backup_id"]) or {}).get("tables"))
             try:
                 return IncrementalSource(
                     self.engine, parent, backup_type, names, os.path.join(self.scratch, "wal"), backup_id
@@ -345,7 +362,7 @@ class BackupService:
         try:
             if req.backup_type is BackupType.PITR_BASE:
                 await self._switch_for_base()
-            self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=location))
+            self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=location), trigger="cli")
         except (EngineError, OSError) as e:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
@@ -375,6 +392,9 @@ class BackupService:
         )
         sent = 0
         t0 = time.perf_counter()
+        self.progress[snap.backup_id] = history.Progress(
+            time.monotonic(), total_estimate=sum(db.size_bytes for db in manifest.databases)
+        )
         try:
             if base is not None:
                 await conn.send(events.Notice(based_on(base, where)))
@@ -399,10 +419,10 @@ class BackupService:
                     output=request.output,
                     peer=conn.peer,
                 )
-                return AwaitingLocation(snap.backup_id, manifest, request.output, sent)
+                return AwaitingLocation(snap.backup_id, manifest, request.output, sent, started=t0)
             await conn.send(events.BackupEnd(manifest.end_lsn, sent))
             try:
-                self.catalog.complete(snap.backup_id, size_bytes=sent)
+                self.catalog.complete(snap.backup_id, size_bytes=sent, duration_s=round(time.perf_counter() - t0, 3))
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -433,6 +453,7 @@ class BackupService:
             log.warning("backup failed", backup_id=snap.backup_id, error=reason)
             raise
         finally:
+            self.progress.pop(snap.backup_id, None)
             with trio.CancelScope(shield=True):  # at shutdown too: descriptors, connections
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
 
@@ -443,7 +464,10 @@ class BackupService:
         key = backup_key(awaiting.backup_id)
         in_repository = any(location == location_in(url, key) for url in self.repositories())
         queued = self._completed_in_repositories(awaiting.backup_id, location) if in_repository else {}
-        self.catalog.complete(awaiting.backup_id, size_bytes=awaiting.size_bytes, location=location, **queued)
+        duration = None if awaiting.started is None else round(time.perf_counter() - awaiting.started, 3)
+        self.catalog.complete(
+            awaiting.backup_id, size_bytes=awaiting.size_bytes, location=location, duration_s=duration, **queued
+        )
         if queued:
             self.replicator.kick()
         self.engine.record_backup(awaiting.manifest)
@@ -497,6 +521,7 @@ class BackupService:
         straight from the file to the socket (sendfile); other data is read in
         a worker thread while the chunks before it are being sent."""
         sent = 0
+        progress = self.progress.get(snap.backup_id)
         entries = snap.entries(self.scratch, cancel, ranges=True)
         try:
             while True:
@@ -505,20 +530,23 @@ class BackupService:
                     return sent
                 entry, source = item
                 if isinstance(source, FileRange):
-                    sent += await self._send_file(conn, entry, source)
+                    sent += await self._send_file(conn, entry, source, progress)
                 else:
-                    sent += await self._send_chunks(conn, entry, source)
+                    sent += await self._send_chunks(conn, entry, source, progress)
                 await conn.send_bulk(events.BackupData(entry, True, b""))
         finally:
             with trio.CancelScope(shield=True):  # a scratch copy is removed on close
                 await trio.to_thread.run_sync(entries.close, limiter=self.limiter)
 
-    async def _send_file(self, conn, entry: str, source: FileRange) -> int:
+    async def _send_file(self, conn, entry: str, source: FileRange, progress=None) -> int:
         for offset in range(0, source.size, FILE_FRAME):
-            await conn.send_file_bulk(entry, False, source.fd, offset, min(FILE_FRAME, source.size - offset))
+            size = min(FILE_FRAME, source.size - offset)
+            await conn.send_file_bulk(entry, False, source.fd, offset, size)
+            if progress is not None:
+                progress.bytes_done += size
         return source.size
 
-    async def _send_chunks(self, conn, entry: str, chunks) -> int:
+    async def _send_chunks(self, conn, entry: str, chunks, progress=None) -> int:
         """Read chunks in a worker thread while the previous ones are being sent."""
         send_ch, recv_ch = trio.open_memory_channel(8)
         sent = 0
@@ -542,6 +570,8 @@ class BackupService:
                     async for chunk in recv_ch:
                         await conn.send_bulk(events.BackupData(entry, False, chunk))
                         sent += len(chunk)
+                        if progress is not None:
+                            progress.bytes_done += len(chunk)
         except BaseExceptionGroup as group:
             # One failure (a cancelled backup, a dropped client) is what callers handle.
             if len(group.exceptions) == 1:
@@ -594,7 +624,9 @@ class BackupService:
             compression=req.codec,
             encryption=req.encrypt,
             databases=req.databases,
+            trigger=req.trigger,
         )
+        self.progress[backup_id] = history.Progress(time.monotonic())
         self._running[backup_id] = trio.Event()
         self._nursery.start_soon(self._run_job, req, backup_id, location, key)
         return entry
@@ -611,6 +643,7 @@ class BackupService:
         try:
             await self._job(req, backup_id, location, key)
         finally:
+            self.progress.pop(backup_id, None)
             self._running.pop(backup_id).set()
 
     async def _job(self, req, backup_id, location, key) -> None:
@@ -644,7 +677,12 @@ class BackupService:
             except trio.Cancelled:
                 self.catalog.fail(backup_id, "the server shut down during the backup's archive check")
                 raise
-        self.catalog.complete(backup_id, **summary, **self._completed_in_repositories(backup_id, location))
+        self.catalog.complete(
+            backup_id,
+            duration_s=round(time.perf_counter() - t0, 3),
+            **summary,
+            **self._completed_in_repositories(backup_id, location),
+        )
         self.replicator.kick()
         log.info(
             "backup completed",
@@ -658,6 +696,8 @@ class BackupService:
         _usable_backup_dir(os.path.dirname(location))
         with self.open_source(req.backup_type, req.databases, backup_id=backup_id, cancel=cancel) as snap:
             manifest = snap.manifest()
+            progress = self.progress.get(backup_id) or history.Progress(time.monotonic())
+            progress.total_estimate = sum(db.size_bytes for db in manifest.databases)
             if req.backup_type is BackupType.PITR_BASE:
                 self.engine.switch_wal()
             self.catalog.update(
@@ -665,7 +705,7 @@ class BackupService:
                 **{
                     k: v
                     for k, v in _catalog_fields(manifest, snap, origin="api", location=location).items()
-                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms", "partial")
+                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms", "partial", "tables")
                 },
             )
             with BackupFile(
@@ -682,6 +722,7 @@ class BackupService:
                     for chunk in chunks:
                         trio.from_thread.check_cancelled()
                         bf.write(chunk)
+                        progress.bytes_done += len(chunk)
                     bf.end_entry()
                 summary = bf.commit()
             self.engine.record_backup(manifest)
@@ -721,6 +762,8 @@ def _catalog_fields(manifest: Manifest, snap: Snapshot, *, origin: str, location
         "parent_id": manifest.parent_id,
         "base_full_id": manifest.base_full_id,
         "partial": manifest.partial,
+        # Rows per table, per database that recorded them: the next incremental's counts start from them.
+        "tables": {db.name: {t.name: t.rows for t in db.tables} for db in manifest.databases if db.tables},
     }
 
 
@@ -739,6 +782,7 @@ class AwaitingLocation:
     manifest: Manifest
     output: str
     size_bytes: int
+    started: float | None = None  # time.perf_counter() when the backup began: its duration at the end
 
 
 def _record_of(entry: dict, system_id: int) -> dict:

@@ -12,6 +12,8 @@
                      [--recovery-target-timeline latest|current|N]
     rusty-db-restore --repo URL --data-dir D [--backup latest|ID] [--recovery-target-* ...]
                      [--table NAME]   (from a repository alone: a directory or s3://bucket/prefix)
+    rusty-db-restore --drill --data-dir SERVER_DATA_DIR [--backup latest|ID] [--json]
+    rusty-db-restore --drill --input FILE [--chain-dir DIR] [--data-dir SERVER_DATA_DIR]
     rusty-db-restore ... --as-of 'TIME' | txid:N | lsn:X   (a recovery target's shorthand)
     rusty-db-restore ... --dry-run   (the plan, every piece verified; writes nothing)
 
@@ -35,7 +37,7 @@ from ..settings import SettingError
 from . import repository_settings
 from .argtypes import as_of, thread_count
 from .output import ToolParser, run_main
-from .restore import chain, dry_run, full, incremental, list_wal, pitr, repo, table
+from .restore import chain, drill, dry_run, full, incremental, list_wal, pitr, repo, table
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
 
@@ -86,12 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="find the whole chain of --input (full, then incrementals) among the "
         "backup files in DIR (several directories may be given) and apply it in order; a backup "
         "in none of them is looked for where the backup catalog of --data-dir recorded it",
-    )
-    rep = p.add_argument_group("restore from a repository (--repo URL without --input)")
-    rep.add_argument(
-        "--backup",
-        metavar="ID",
-        help="with --repo: the backup to restore, by id (or a unique prefix), or latest (default)",
     )
     tbl = p.add_argument_group("table-level restore")
     tbl.add_argument("--table", metavar="NAME", help="restore only this table (schema, indexes, rows) into --data-dir")
@@ -173,6 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="latest (default), current, or a timeline number; with --list-wal: list only that "
         "timeline's history (default: every timeline in the archive)",
     )
+    dr = p.add_argument_group("restore drill (the monthly test restore as one command)")
+    dr.add_argument(
+        "--drill",
+        action="store_true",
+        help="restore a backup's whole chain into a temporary directory, start a server on it (free ports, "
+        "its own socket), check its health, every table's row count against the backup and PRAGMA "
+        "integrity_check, stop it, remove the directory and record the outcome in --data-dir "
+        "(the data directory of the server whose backup catalog lists the backup; only read otherwise)",
+    )
+    dr.add_argument(
+        "--backup",
+        metavar="latest|ID",
+        help="with --drill: the backup of --data-dir's catalog to drill (default latest); with --repo URL "
+        "(no --input): the backup of the repository to restore, by id or a unique prefix (default latest)",
+    )
+    dr.add_argument(
+        "--drill-dir", metavar="DIR", help="with --drill: where the temporary directory goes (default $TMPDIR)"
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -204,6 +218,13 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _archive_location(parser, args)
     if args.incremental and (args.archive_dir or args.chain_dir):
         parser.error("--incremental applies one file; it cannot be combined with --archive-dir or --chain-dir")
+    if args.drill:
+        if args.repo:
+            parser.error("--drill drills a backup of --data-dir's catalog or --input FILE; not --repo")
+        _check_drill_options(args, parser)
+        return drill.run(args)
+    if (args.backup and not args.repo_alone) or args.drill_dir:
+        parser.error("--backup and --drill-dir are for --drill (and --backup for --repo URL without --input)")
     if args.list_wal:
         if not args.archive_dir:
             parser.error("--list-wal needs --archive-dir (or --repo)")
@@ -253,6 +274,40 @@ def repository_wal(repo: str) -> str:
     if is_s3_url(repo):
         return destination.location(repo)
     return os.path.join(repo, destination.WAL_PREFIX)
+
+
+def _check_drill_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not args.data_dir and not args.input:
+        parser.error("--drill needs --data-dir (the server's data directory, whose backup catalog lists the backups)")
+    if args.input and args.backup:
+        parser.error("--drill drills --input FILE or --backup latest|ID of --data-dir's catalog, not both")
+    if args.chain_dir and not args.input:
+        parser.error("--chain-dir with --drill goes with --input FILE")
+    others = [
+        f"--{name.replace('_', '-')}"
+        for name in (
+            "incremental",
+            "table",
+            "archive_dir",
+            "list_wal",
+            "into_server",
+            "force",
+            "integrity_check",
+            "dry_run",
+        )
+        if getattr(args, name)
+    ]
+    if others or any(
+        getattr(args, n) is not None
+        for n in (
+            "recovery_target_time",
+            "recovery_target_txid",
+            "recovery_target_name",
+            "recovery_target_lsn",
+            "as_of",
+        )
+    ):
+        parser.error(f"--drill cannot be combined with {', '.join(others) or 'a recovery target'}")
 
 
 def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target | None:

@@ -244,3 +244,19 @@ def test_property_list_is_the_sorted_keys_with_the_prefix(repo, keyset, extra_pr
     finally:
         for k in keyset:
             repo.delete(base + k)
+
+
+def test_local_if_absent_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    import errno
+
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    r = LocalRepository(str(tmp_path / "repo"))
+    r.put_bytes("wal/seg", b"segment", if_absent=True)
+    assert r.put_bytes("wal/seg", b"segment", if_absent=True).size == 7
+    with pytest.raises(ObjectExists):
+        r.put_bytes("wal/seg", b"another", if_absent=True)
+    assert r.get_bytes("wal/seg") == b"segment"
+    assert keys(r) == ["wal/seg"]

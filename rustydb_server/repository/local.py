@@ -31,6 +31,8 @@ from .base import (
 )
 
 _TEMP = re.compile(r"\..+\.part-[0-9a-f]{16}")
+#: link() errors of file systems that have no hard links (FAT, some network and FUSE file systems)
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV}
 
 
 def is_temporary(name: str) -> bool:
@@ -103,10 +105,18 @@ class LocalRepository:
                 fops.close(fd)
             if if_absent:
                 try:
-                    os.link(tmp, target)
+                    os.link(tmp, target)  # never replaces: EEXIST if the key is taken
                     linked = True
                 except FileExistsError:
                     return self._same_or_exists(key, target, hashing.size, hashing.hexdigest())
+                except OSError as e:
+                    if e.errno not in _NO_HARD_LINKS:
+                        raise
+                    # A file system without hard links: look, then rename (a
+                    # writer racing for the same key is not excluded there).
+                    if os.path.lexists(target):
+                        return self._same_or_exists(key, target, hashing.size, hashing.hexdigest())
+                    fops.rename(tmp, target)
             else:
                 fops.rename(tmp, target)
             fops.fsync_dir(directory)

@@ -39,7 +39,7 @@ SOURCE_CONFIG = "config file"
 SOURCE_AUTO = "auto file"
 SOURCE_CLI = "command line"
 
-TYPES = ("bool", "int", "float", "str", "enum", "path", "duration", "size")
+TYPES = ("bool", "int", "float", "str", "enum", "path", "duration", "size", "list")
 
 # Sizes follow PostgreSQL: binary multiples, "kB" for kilobytes.
 SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
@@ -114,6 +114,15 @@ def _time_zone(name: str) -> str | None:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return "is not a known time zone; use an IANA name such as 'Europe/Berlin' or 'UTC', or '' for the system's"
+    return None
+
+
+def _repositories_problem(value: list[str]) -> str | None:
+    for item in value:
+        if item.startswith("s3://") and not item[len("s3://") :].split("/", 1)[0]:
+            return f"has {item!r}, which names no bucket: write s3://bucket or s3://bucket/prefix"
+        if "://" in item and not item.startswith("s3://"):
+            return f"has {item!r}: a repository is a local directory or an s3://bucket/prefix URL"
     return None
 
 
@@ -407,6 +416,15 @@ REGISTRY: dict[str, Setting] = _registry(
         "path",
         "",
         description="Directory of backups started through the API; empty means <data_dir>/backups.",
+    ),
+    Setting(
+        "backup_repositories",
+        "list",
+        [],
+        validator=_repositories_problem,
+        description="Repositories every backup goes to: local directories or s3://bucket/prefix URLs. The "
+        "server writes each backup to the first and copies it to the others in the background, with retries; "
+        "empty means backup_dir.",
     ),
     Setting("backup_key_file", "path", "", description="Key file used to encrypt backups and archived WAL."),
     Setting(
@@ -779,6 +797,20 @@ def _parse_path(setting: Setting, raw: Any) -> str:
     return raw.strip()
 
 
+def _parse_list(setting: Setting, raw: Any) -> list[str]:
+    """A list of strings: a TOML array, or one string with comma-separated items (ALTER SYSTEM SET)."""
+    if isinstance(raw, str):
+        raw = [part for part in (p.strip() for p in raw.split(",")) if part]
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
+        raise _reject(setting, raw, "a list of strings, for example ['/var/backups/rustydb', 's3://bucket/prefix']")
+    if any("\0" in item for item in raw):
+        raise _reject(setting, raw, "items without NUL characters")
+    items = [item.strip() for item in raw]
+    if len(set(items)) != len(items):
+        raise _reject(setting, raw, "each item once")
+    return items
+
+
 def _parse_quantity(setting: Setting, raw: Any, units: dict[str, int], base: int, example: str) -> int:
     """A number with an optional unit, converted to a whole number of base units."""
     unit_names = ", ".join(_unit_names(units))
@@ -832,6 +864,7 @@ _PARSERS: dict[str, Callable[[Setting, Any], Any]] = {
     "path": _parse_path,
     "duration": _parse_duration,
     "size": _parse_size,
+    "list": _parse_list,
 }
 
 
@@ -875,6 +908,8 @@ def format_value(name: str, value: Any) -> str:
         return _format_size(int(value))
     if setting.type == "float":
         return repr(float(value))
+    if setting.type == "list":
+        return ", ".join(value)
     return str(value)
 
 
@@ -1109,6 +1144,9 @@ def _resolve(
     for name, setting in REGISTRY.items():
         if setting.type == "path" and name != "data_dir" and values[name] and not is_url(values[name]):
             values[name] = os.path.normpath(os.path.join(data_dir, values[name]))
+        if setting.type == "list" and name.endswith("_repositories"):
+            # A local repository given relative is relative to the data directory, like a path.
+            values[name] = [v if "://" in v else os.path.normpath(os.path.join(data_dir, v)) for v in values[name]]
     return values, sources
 
 

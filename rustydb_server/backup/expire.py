@@ -16,6 +16,7 @@ import dataclasses
 import io
 import os
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -103,14 +104,23 @@ class Outcome:
     removed_entries: list[str] = dataclasses.field(default_factory=list)
     removed_segments: list[str] = dataclasses.field(default_factory=list)
     refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (backup id, why)
+    # (backup id, repository, error): a copy in backup_repositories that could not be removed
+    repository_errors: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
 def apply(
-    plan: retention.Plan, data_dir: str, fileops: _fileops.FileOps = _fileops.REAL, catalog: Catalog | None = None
+    plan: retention.Plan,
+    data_dir: str,
+    fileops: _fileops.FileOps = _fileops.REAL,
+    catalog: Catalog | None = None,
+    forget: Callable[[str, str], None] | None = None,
 ) -> Outcome:
     """Remove what ``plan`` names (see the module doc for the order). The caller
     holds the data directory's lock, or is the running server and gives its
-    own ``catalog`` (it keeps the catalog in memory)."""
+    own ``catalog`` (it keeps the catalog in memory).
+    ``forget(url, backup_id)`` removes a backup's copy from a repository of
+    backup_repositories (its catalog entry, then its file): done first, so no
+    repository lists a backup whose file is gone."""
     out = Outcome()
     removable = []
     for b in plan.backups:
@@ -119,6 +129,14 @@ def apply(
             out.refused.append((b.backup_id, why))
         else:
             removable.append(b)
+    catalog = Catalog(data_dir, fileops) if catalog is None else catalog
+    if forget is not None:
+        for b in removable:
+            for url in (catalog.get(b.backup_id) or {}).get("repositories") or {}:
+                try:
+                    forget(url, b.backup_id)
+                except Exception as e:  # a repository that is down: the rest still expires
+                    out.repository_errors.append((b.backup_id, url, str(e)))
     dirs: set[str] = set()
     for b in removable:
         if known_path(b.location) and _unlink(fileops, b.location):
@@ -126,7 +144,6 @@ def apply(
             dirs.add(os.path.dirname(b.location))
     for d in sorted(dirs):
         fileops.fsync_dir(d)
-    catalog = Catalog(data_dir, fileops) if catalog is None else catalog
     for b in removable:
         if catalog.get(b.backup_id) is not None:
             catalog.remove(b.backup_id)
@@ -229,6 +246,11 @@ def document(
         ],
         "refused": [{"backup_id": b, "reason": why} for b, why in refused.items()],
         "unreadable_segments": facts.unreadable,
+        # copies in backup_repositories that could not be removed (a repository down)
+        "repository_errors": [
+            {"backup_id": b, "repository": url, "error": e}
+            for b, url, e in (outcome.repository_errors if outcome else [])
+        ],
     }
 
 
@@ -325,7 +347,13 @@ class Expirer:
     def _apply(self, data_dir, archive_dir, policy):
         facts, plan = self._plan(data_dir, archive_dir, policy)
         try:
-            outcome = apply(plan, data_dir, self._service.engine.fileops, self._service.catalog)
+            outcome = apply(
+                plan,
+                data_dir,
+                self._service.engine.fileops,
+                self._service.catalog,
+                forget=self._service.replicator.forget,
+            )
         except (OSError, RepositoryError) as e:
             raise ExpireFailed(f"removing expired backups failed: {e}; the next expire finishes the job") from None
         return facts, plan, outcome

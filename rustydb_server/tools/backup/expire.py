@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 
@@ -91,10 +92,22 @@ def _expire(data_dir: str, archive_dir: str | None, policy: retention.Policy, *,
     try:
         facts = expire.gather(data_dir, archive_dir)
         plan = expire.make_plan(facts, policy)
-        outcome = expire.apply(plan, data_dir)
+        outcome = expire.apply(plan, data_dir, forget=_forget_in_repositories(settings))
     finally:
         owner.unlock()
     return _report(expire.document(data_dir, archive_dir, policy, facts, plan, outcome))
+
+
+def _forget_in_repositories(settings):
+    """How --expire removes a backup's copy from a repository of backup_repositories."""
+
+    def forget(url: str, backup_id: str) -> None:
+        from ...backup import repo_catalog
+        from ...repository import open_repository
+
+        repo_catalog.forget(open_repository(url, settings), backup_id)
+
+    return forget
 
 
 def _server_ports(data_dir: str) -> dict[str, str]:
@@ -180,6 +193,13 @@ def _report(doc: dict) -> int:
         print(
             f"{'Dry run: ' if doc['dry_run'] else ''}{len(doc['backups']) - len(refused)} backup(s) and "
             f"{len(doc['segments'])} WAL segment(s) {verb}; {len(doc['kept'])} backup(s) kept"
+        )
+    for left in doc.get("repository_errors") or []:
+        print(
+            f"{PROG}: warning: backup {left['backup_id']} expired, but its copy in repository "
+            f"{left['repository']} is still there: {left['error']}; remove it there by hand: "
+            f"catalog/{left['backup_id']}.json first, then backups/{left['backup_id']}/",
+            file=sys.stderr,
         )
     for backup_id, why in refused.items():
         fail(PROG, f"backup {backup_id} not expired: {why}")

@@ -314,6 +314,9 @@ def build(
         for name in sorted(engine.databases):
             stack.enter_context(engine.databases[name].commit_lock.held("an incremental backup"))
         end_lsn = engine.wal.end_lsn
+        # Sessions commit in SQLite before their WAL flush: the incremental
+        # holds only durable records.
+        engine.flush_wal(end_lsn)
         next_txid = engine.peek_next_txid()
         last_commit = engine._last_commit_us
         if tracking is not None and start <= end_lsn:

@@ -106,6 +106,12 @@ class DatabaseHandle:
     # A database's checkpoints: attempted, and completed (every frame copied).
     checkpoints: int = 0
     checkpoints_complete: int = 0
+    # The last checkpoint could not copy every frame (a reader's snapshot
+    # held it back). SQLite copies, per page, only its newest frame, so the
+    # file alone is then no whole state: the control file keeps naming the
+    # database (recovery keeps its -wal) and each commit's WAL record is
+    # made durable before SQLite commits it, until a checkpoint completes.
+    durable_first: bool = False
     # Signalled whenever a write transaction on this database ends, so a
     # session waiting for SQLite's write lock retries at once instead of
     # sleeping through SQLite's own back-off.
@@ -156,6 +162,13 @@ class DatabaseHandle:
     def wait_for_writer(self, timeout: float) -> None:
         with self.write_ended:
             self.write_ended.wait(timeout)
+
+
+def _has_sqlite_wal(path: str) -> bool:
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except FileNotFoundError:
+        return False
 
 
 def now_us() -> int:
@@ -430,8 +443,13 @@ class Engine:
             self._log_durably(rec, startup=True)
             self._pending_end_of_recovery = None
         if self._pending_running:
-            # Recovery dealt with every SQLite -wal: no checkpoint is in progress.
-            self._write_control(state="running", next_txid=self._next_txid, checkpointing=[])
+            # Recovery's last connection to each database checkpointed it
+            # whole and removed its -wal; a database whose -wal is still
+            # there stays marked, its commits durable first.
+            marks = [n for n in c.checkpointing if n in self.databases and _has_sqlite_wal(self.databases[n].path)]
+            for name in marks:
+                self.databases[name].durable_first = True
+            self._write_control(state="running", next_txid=self._next_txid, checkpointing=marks)
             self._pending_running = False
 
     def _enter_read_only(self, e: BaseException) -> None:
@@ -761,9 +779,9 @@ class Engine:
             except (EngineError, FatalWalError):
                 conn.execute("ROLLBACK")
                 raise
-            if self._durable_first:
-                # The control file may say a checkpoint of this database is
-                # in progress: its -wal would survive a crash, so nothing
+            if self._durable_first or handle.durable_first:
+                # The control file may name this database as being
+                # checkpointed: its -wal would survive a crash, so nothing
                 # may reach it before it is durable.
                 self.flush_wal(end)
             try:
@@ -1037,21 +1055,33 @@ class Engine:
         tears the copy, and discards it otherwise. ``conn`` (a server
         connection opened with ``synchronous=NORMAL``) is used if given, else
         one is opened for the checkpoint. A reader's snapshot never makes it
-        wait: frames it still needs are left for the next checkpoint (False),
-        and the file then holds an older commit, whole.
+        wait: frames it still needs are left for the next checkpoint (False).
+        SQLite then copied only each page's newest frame older than that
+        snapshot, which leaves the file alone in no whole state: the control
+        file keeps naming the database, so recovery keeps its -wal, and its
+        commits make their WAL record durable before SQLite commits them
+        (``DatabaseHandle.durable_first``) until a checkpoint completes.
         """
         own = conn is None
         if own:
             conn = database.open_connection(handle.path, server=True, synchronous="NORMAL", vfs=self.fileops.sqlite_vfs)
         try:
             self.flush_wal()
-            self._mark_checkpointing(handle.name, True)
+            if handle.name not in self.control.checkpointing:
+                self._mark_checkpointing(handle.name, True)
+            complete = False
             try:
                 complete = database.checkpoint(conn)
             except apsw.BusyError:
-                complete = False  # another connection's checkpoint is running
+                pass  # another connection's checkpoint is running
             finally:
-                self._mark_checkpointing(handle.name, False)
+                if complete:
+                    self._mark_checkpointing(handle.name, False)
+                    handle.durable_first = False
+                else:
+                    # Half copied, or not at all: the mark stays (see
+                    # DatabaseHandle.durable_first) until one completes.
+                    handle.durable_first = True
         finally:
             if own:
                 conn.close()

@@ -164,6 +164,17 @@ class DatabaseHandle:
             self.write_ended.wait(timeout)
 
 
+def _checkpoint_error(e: BaseException) -> EngineError:
+    if is_disk_full(e):
+        return EngineError(
+            f"checkpoint failed: the disk is full ({_reason(e)}); nothing is lost (the WAL "
+            "holds every commit) but the WAL keeps growing. Free disk space; the "
+            "checkpointer tries again by itself",
+            code="disk_full",
+        )
+    return EngineError(f"checkpoint failed: {_reason(e)}", code="io_error")
+
+
 def _has_sqlite_wal(path: str) -> bool:
     try:
         return os.path.getsize(path + "-wal") > 0
@@ -982,14 +993,7 @@ class Engine:
             except (EngineError, FatalWalError):
                 raise
             except (OSError, apsw.Error) as e:
-                if is_disk_full(e):
-                    raise EngineError(
-                        f"checkpoint failed: the disk is full ({_reason(e)}); nothing is lost (the WAL "
-                        "holds every commit) but the WAL keeps growing. Free disk space; the "
-                        "checkpointer tries again by itself",
-                        code="disk_full",
-                    ) from e
-                raise EngineError(f"checkpoint failed: {_reason(e)}", code="io_error") from e
+                raise _checkpoint_error(e) from e
 
     def _checkpoint_locked(self, reason: str, skip_if_idle: bool) -> dict:
         t0 = time.perf_counter()
@@ -1068,7 +1072,10 @@ class Engine:
         try:
             self.flush_wal()
             if handle.name not in self.control.checkpointing:
-                self._mark_checkpointing(handle.name, True)
+                try:
+                    self._mark_checkpointing(handle.name, True)
+                except OSError as e:
+                    raise _checkpoint_error(e) from e
             complete = False
             try:
                 complete = database.checkpoint(conn)

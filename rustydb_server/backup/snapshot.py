@@ -146,10 +146,8 @@ class Snapshot:
                 # A second reader at the same point counts rows while the
                 # first one reads pages.
                 self._count_conns[h.name] = _open(engine, h.path)
-                # Most of SQLite's WAL reaches the file before all writers
-                # pause (the engine's checkpoint pauses this database's).
-                with h.commit_lock.held("a backup snapshot's checkpoint"):
-                    engine.checkpoint_database(h, self.conns[h.name])
+                # Most of SQLite's WAL reaches the file before writers pause.
+                engine.checkpoint_ahead(h)
             t0 = time.perf_counter()
             for h in handles:  # sorted order: no deadlock with another snapshot
                 stack.enter_context(h.commit_lock.held("a backup snapshot"))

@@ -37,6 +37,8 @@ def _answer_server(server: ServerSide, event) -> None:
         server.send(ev.Complete("SELECT 1", 1, "main", False))
     elif isinstance(event, ev.BackupRequested):
         server.send(ev.Error("backup_failed", "no", False))
+    elif isinstance(event, ev.TlsRequested):  # declined, as on the Unix socket
+        server.send(ev.TlsAnswer(False, "no TLS here"))
 
 
 def _answer_client(client: ClientSide, event) -> None:

@@ -31,6 +31,7 @@ from rustydb_client.client import (
 )
 from rustydb_client.protocol.events import Columns, Complete, Notice, Rows
 from rustydb_client.sqlsplit import Statement, StatementSplitter
+from rustydb_client.tls import add_arguments as add_tls_arguments
 
 PROG = "rusty-db-cli"
 READ_CHUNK = 64 * 1024
@@ -245,6 +246,9 @@ def _report(printer, message: str, code: str | None = None, line: int | None = N
 def run_interactive(conn: Connection, read_line: Callable[[str], str], printer, out: TextIO, err: TextIO) -> int:
     """The shell: multi-line statements, backslash commands, errors keep it going."""
     out.write(f"{PROG} connected to {conn.database or 'rustydb'}; type \\? for help, \\q to quit\n")
+    tls = getattr(conn, "tls_description", None)
+    if tls:
+        out.write(f"TLS connection ({tls})\n")  # as psql's "SSL connection (protocol: ...)"
     splitter = StatementSplitter()
     while True:
         name = conn.database or "rustydb"
@@ -328,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=None, help="server port (default $RUSTYDB_PORT or 5432)")
     p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="with no --host: look for the server's Unix socket in its data directory DIR too, after "
+        "/run/rustydb (where the server puts it when /run/rustydb is not writable; default $RUSTYDB_DATA_DIR)",
+    )
+    p.add_argument(
         "--database",
         "-d",
         default=env.get("RUSTYDB_DATABASE"),
@@ -341,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="read the password from the first line of FILE (instead of $RUSTYDB_PASSWORD)",
     )
+    add_tls_arguments(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--command", "-c", metavar="SQL", help="run SQL (one or more statements) and exit")
     source.add_argument("--file", "-f", metavar="FILE", help="run the script in FILE and exit")
@@ -399,7 +411,18 @@ def main(
     try:
         try:
             password = read_password_file(args.password_file)
-            conn = connect(args.host, port, database=args.database, user=args.user, password=password)
+            conn = connect(
+                args.host,
+                port,
+                database=args.database,
+                user=args.user,
+                password=password,
+                tls=args.tls,
+                tls_ca_file=args.tls_ca_file,
+                tls_cert_file=args.tls_cert_file,
+                tls_key_file=args.tls_key_file,
+                data_dir=args.data_dir,
+            )
         except ConnectionFailed as e:
             err.write(f"{PROG}: {e}\n")
             _report(printer, str(e), e.code)

@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from rustydb_client.protocol.connection import ClientSide
 from rustydb_client.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -30,8 +30,13 @@ from rustydb_client.protocol.events import (
     Query,
     Ready,
     Rows,
+    TlsAnswer,
 )
 from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
+from rustydb_client.tls import DISABLE, PREFER, VERIFY_FULL, TlsOptionError, client_context, resolve_mode
+
+if TYPE_CHECKING:
+    import ssl
 
 CLIENT_NAME = "rustydb-client"
 # Between frames, and for small ones. The body of a large frame (a backup's
@@ -96,51 +101,93 @@ def connect(
     query_timeout: float | None = None,
     client_name: str = CLIENT_NAME,
     max_frame: int = DEFAULT_MAX_FRAME,
+    tls: str | None = None,
+    tls_ca_file: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
+    data_dir: str | None = None,
 ) -> Connection:
     """Open a session. The password comes from `password` or $RUSTYDB_PASSWORD.
 
     `host` None: the server's Unix socket in /run/rustydb first (peer
-    authentication: the OS user decides the role), then TCP on 127.0.0.1, as
-    psql does. A `host` that starts with "/" is a socket directory, used
-    alone; any other is a TCP host. `timeout` bounds connecting and
-    authenticating; `query_timeout` (default none) bounds each wait for the
-    server during a statement.
+    authentication: the OS user decides the role), then in `data_dir` (default
+    $RUSTYDB_DATA_DIR; several separated by ":"), where the server puts it when
+    /run/rustydb is not writable, then TCP on 127.0.0.1, as psql does. A
+    `host` that starts with "/" is a socket directory, used alone; any other
+    is a TCP host. `timeout` bounds connecting and authenticating;
+    `query_timeout` (default none) bounds each wait for the server during a
+    statement.
+
+    `tls` (default $RUSTYDB_TLS, else prefer) is one of rustydb_client.tls's
+    modes, for TCP only; the CA, certificate and key files default to
+    $RUSTYDB_TLS_CA_FILE, $RUSTYDB_TLS_CERT_FILE and $RUSTYDB_TLS_KEY_FILE.
     """
+    try:
+        mode = resolve_mode(tls)
+    except TlsOptionError as e:
+        raise ConnectionFailed(str(e), "tls_options") from None
     if password is None:
         password = os.environ.get("RUSTYDB_PASSWORD") or None
     if user is None:
         user = os.environ.get("RUSTYDB_USER") or getpass.getuser()
-    sock, where = _open_socket(host, port, timeout)
+    sock, where = _open_socket(host, port, timeout, data_dir)
     if password is None and sock.family != socket.AF_UNIX:
         password = passfile_password(where.rpartition(":")[0], port, database, user)
+    context = None
+    if mode != DISABLE and sock.family != socket.AF_UNIX:  # the Unix socket never uses TLS
+        env = os.environ
+        cert_file = tls_cert_file or env.get("RUSTYDB_TLS_CERT_FILE")
+        try:
+            context = client_context(
+                mode,
+                tls_ca_file or env.get("RUSTYDB_TLS_CA_FILE"),
+                cert_file,
+                tls_key_file or env.get("RUSTYDB_TLS_KEY_FILE"),
+            )
+        except TlsOptionError as e:
+            sock.close()
+            raise ConnectionFailed(str(e), "tls_options") from None
     conn = Connection(sock, ClientSide(password, max_frame=max_frame), where)
     try:
+        if context is not None:
+            conn._start_tls(mode, context, where.rpartition(":")[0], client_name, client_cert=bool(cert_file))
         conn._handshake(Hello(user, database, client_name))
     except BaseException:
         conn._drop()
         raise
-    sock.settimeout(query_timeout)
+    conn._sock.settimeout(query_timeout)
     return conn
 
 
-def _open_socket(host: str | None, port: int, timeout: float) -> tuple[socket.socket, str]:
+def socket_candidates(port: int, data_dir: str | None = None) -> list[str]:
+    """Where a client with no --host looks for the server's Unix socket, in order:
+    /run/rustydb, then each data directory of ``data_dir`` (else $RUSTYDB_DATA_DIR),
+    ":"-separated, where the server puts it when /run/rustydb is not writable."""
+    paths = [socket_path(DEFAULT_SOCKET_DIR, port)]
+    dirs = data_dir if data_dir is not None else os.environ.get("RUSTYDB_DATA_DIR", "")
+    paths += [socket_path(d, port) for d in dirs.split(os.pathsep) if d]
+    return paths
+
+
+def _open_socket(host: str | None, port: int, timeout: float, data_dir: str | None = None) -> tuple[socket.socket, str]:
     if host is None or host.startswith("/"):
-        path = socket_path(host or DEFAULT_SOCKET_DIR, port)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-            return sock, path
-        except OSError as e:
-            sock.close()
-            if host is not None:
-                raise ConnectionFailed(
-                    f"could not connect to the Unix socket {path}: {e.strerror or e}; the RustyDB server may "
-                    "not be running, or its unix_socket_directory or port may be other (see --host/--port)",
-                    "connection_refused"
-                    if isinstance(e, (ConnectionRefusedError, FileNotFoundError))
-                    else "connection_failed",
-                ) from None
+        paths = [socket_path(host, port)] if host is not None else socket_candidates(port, data_dir)
+        for path in paths:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+                return sock, path
+            except OSError as e:
+                sock.close()
+                if host is not None:
+                    raise ConnectionFailed(
+                        f"could not connect to the Unix socket {path}: {e.strerror or e}; the RustyDB server may "
+                        "not be running, or its unix_socket_directory or port may be other (see --host/--port)",
+                        "connection_refused"
+                        if isinstance(e, (ConnectionRefusedError, FileNotFoundError))
+                        else "connection_failed",
+                    ) from None
         host = "127.0.0.1"  # no socket here: TCP, as before sockets
     where = f"{host}:{port}"
     try:
@@ -159,6 +206,10 @@ def _open_socket(host: str | None, port: int, timeout: float) -> tuple[socket.so
         ) from None
     except OSError as e:
         raise ConnectionFailed(f"could not connect to {where}: {e.strerror or e}; check --host and --port") from None
+    # As libpq: no Nagle delay. A TLS session writes its handshake's last
+    # message and the hello back to back, and the second would otherwise wait
+    # for the delayed ACK of the first (40 ms a connection).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock, where
 
 
@@ -254,6 +305,7 @@ class Connection:
         # The first bytes the server sent: an answer that starts like HTTP's
         # means the port is an HTTP server's (the admin API), not the wire protocol's.
         self._first_bytes: bytes | None = None
+        self._client_cert = False  # whether the TLS context holds a client certificate
 
     # -- state
 
@@ -426,7 +478,85 @@ class Connection:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version in use ("TLSv1.3"), or None in plaintext."""
+        version = getattr(self._sock, "version", None)  # an ssl.SSLSocket's
+        return version() if version is not None else None
+
+    @property
+    def tls_description(self) -> str | None:
+        """ "TLSv1.3, cipher TLS_AES_256_GCM_SHA384" over TLS; None in plaintext."""
+        cipher = getattr(self._sock, "cipher", None)  # an ssl.SSLSocket's
+        if cipher is None or cipher() is None:
+            return None
+        name, version, _bits = cipher()
+        return f"{version}, cipher {name}"
+
     # -- internals
+
+    def _start_tls(
+        self, mode: str, context: ssl.SSLContext, host: str, client_name: str, *, client_cert: bool = False
+    ) -> None:
+        """Ask for TLS right away (a hello naming no user) and, if the server
+        accepts, wrap the socket; without it, go on in plaintext only under prefer."""
+        import ssl  # imported by client_context already; not at all over the Unix socket
+
+        self.send(Hello("", None, client_name, tls=True))
+        event = self.next_event()
+        if isinstance(event, Error):
+            raise ConnectionFailed(f"the server at {self._where} refused the session: {event.message}", event.code)
+        if not isinstance(event, TlsAnswer):
+            self._drop()
+            raise ConnectionFailed(
+                f"the server at {self._where} sent {event.type} instead of answering the request for TLS",
+                "protocol_violation",
+            )
+        if not event.accepted:
+            if mode != PREFER:
+                self._drop()
+                raise ConnectionFailed(
+                    f"the server at {self._where} does not offer TLS ({event.reason}) and --tls is {mode}; "
+                    "enable TLS on the server (tls_cert_file, tls_key_file) or connect with --tls prefer",
+                    "tls_unavailable",
+                )
+            return
+        try:
+            self._protocol.start_tls()
+        except RemoteProtocolError as e:
+            self._drop()
+            raise ConnectionFailed(f"the server at {self._where} broke the protocol ({e.message})", e.code) from None
+        try:
+            self._sock = context.wrap_socket(self._sock, server_hostname=host)
+            self._client_cert = client_cert
+        except ssl.SSLCertVerificationError as e:
+            self._drop()
+            hint = (
+                "the certificate does not name this host; connect with the host name it was issued for"
+                if "mismatch" in (e.verify_message or "").lower()
+                else "check --tls-ca-file names the CA that signed the server's certificate"
+            )
+            raise ConnectionFailed(
+                f"the server at {self._where} presented a TLS certificate that --tls {VERIFY_FULL} refuses: "
+                f"{e.verify_message or e.reason}; {hint}",
+                "tls_verify_failed",
+            ) from None
+        except ssl.SSLError as e:
+            self._drop()
+            raise ConnectionFailed(
+                f"the TLS handshake with {self._where} failed: {e.reason or e}", "tls_failed"
+            ) from None
+        except TimeoutError:
+            self._drop()
+            raise ConnectionFailed(
+                f"the TLS handshake with {self._where} did not finish in time; the connection is closed", "timeout"
+            ) from None
+        except OSError as e:
+            self._drop()
+            raise ConnectionFailed(
+                f"lost the connection to {self._where} during the TLS handshake ({e.strerror or e})",
+                "connection_lost",
+            ) from None
 
     def _handshake(self, hello: Hello) -> None:
         self._user = hello.user
@@ -463,13 +593,28 @@ class Connection:
             ) from None
         except OSError as e:
             self._drop()
-            raise ConnectionFailed(
+            failure = self._tls_failure(e) if self._protocol.tls_active else None
+            raise failure or ConnectionFailed(
                 f"lost the connection to {self._where} ({e.strerror or e}); the server may have stopped",
                 "connection_lost",
             ) from None
         if self._first_bytes is None and data:
             self._first_bytes = bytes(data[: len(_HTTP_ANSWER)])
         self._protocol.receive_data(data)
+
+    def _tls_failure(self, e: OSError) -> ConnectionFailed | None:
+        """What a TLS error while receiving means; None if ``e`` is no TLS error."""
+        import ssl  # loaded already: the session is over TLS
+
+        if not isinstance(e, ssl.SSLError):
+            return None
+        reason = e.reason or str(e)
+        hint = ""
+        if "CERTIFICATE_REQUIRED" in reason.upper():
+            hint = "; the server requires a client certificate: give one with --tls-cert-file and --tls-key-file"
+        elif "CERTIFICATE" in reason.upper():
+            hint = "; the server may not accept this client's certificate"
+        return ConnectionFailed(f"the server at {self._where} ended the TLS session ({reason}){hint}", "tls_failed")
 
     def _http_port(self) -> ConnectionFailed:
         return ConnectionFailed(
@@ -479,6 +624,18 @@ class Connection:
         )
 
     def _closed_by_server(self) -> ConnectionFailed:
+        if self._protocol.tls_active and self._protocol.session_id is None:
+            # A TLS server that refuses the client's certificate (or its lack of
+            # one) closes the connection once the client's hello arrives.
+            why = (
+                "it may not accept the client certificate given (one its tls_ca_file's CAs did not sign)"
+                if self._client_cert
+                else "it may require a client certificate: give one with --tls-cert-file and --tls-key-file"
+            )
+            return ConnectionFailed(
+                f"the server at {self._where} closed the connection after the TLS handshake; {why}",
+                "tls_failed",
+            )
         return ConnectionFailed(
             f"the server at {self._where} closed the connection; it may have been shut down or restarted",
             "connection_lost",

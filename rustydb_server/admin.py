@@ -20,9 +20,15 @@ from . import auth
 from . import roles as roles_mod
 from . import settings as settings_mod
 from .archive import destination
-from .audit import OK, audit
+from .audit import DENIED, OK, audit
+from .backup import history as backup_history
+from .backup.expire import ExpireFailed
+from .engine.session import MAX_ROW_BYTES, SqlSession
 from .errors import ReportedError
+from .forensics import asof as forensics_asof
+from .forensics import live as forensics_live
 from .logsetup import get_logger
+from .restore.pitr import PitrError, parse_time
 from .wal.lsn import format_lsn
 
 log = get_logger("rustydb.admin")
@@ -59,6 +65,7 @@ _AUDITED = {
     ap.AlterSystemReset: "alter_system",
     ap.Shutdown: "shutdown",
     ap.CreateRestorePoint: "restore_point",
+    ap.ExpireBackups: "expire",
 }
 
 
@@ -77,6 +84,8 @@ def _audit_details(dispatcher, cmd, *, done: bool) -> dict:
         return {"statement": "ALTER SYSTEM RESET", "setting": cmd.name or "ALL"}
     if isinstance(cmd, ap.Shutdown):
         return {"mode": "immediate" if cmd.immediate else "graceful"}
+    if isinstance(cmd, ap.ExpireBackups):
+        return {"via": "sql", "dry_run": cmd.dry_run}
     return {"name": cmd.name}
 
 
@@ -95,6 +104,7 @@ _ACTIONS = {
     ap.AlterRole: roles_mod.MANAGE_ROLES,
     ap.DropRole: roles_mod.MANAGE_ROLES,
     ap.Grant: roles_mod.MANAGE_ROLES,
+    ap.ExpireBackups: roles_mod.TAKE_BACKUP,
 }
 
 
@@ -369,3 +379,123 @@ async def _show_backup_schedule(dispatcher, cmd: ap.ShowBackupSchedule) -> Admin
 
 
 _HANDLERS[ap.ShowBackupSchedule] = _show_backup_schedule
+
+
+# --- SHOW BACKUPS (the backup history, backup/history.py) ---
+async def _show_backups(dispatcher, cmd: ap.ShowBackups) -> AdminResult:
+    rows = await _thread(dispatcher, dispatcher.services.backups.history)
+    return AdminResult("SHOW", list(backup_history.SHOW_COLUMNS), backup_history.show_rows(rows))
+
+
+_HANDLERS[ap.ShowBackups] = _show_backups
+
+
+# --- UNDO TRANSACTION and AS OF (forensics/) ---
+def _require(dispatcher, allowed, what: str) -> None:
+    """Refuse, as a missing privilege is refused, unless ``allowed(role, database)``."""
+    database = dispatcher.session.database
+    if not allowed(dispatcher._current_role(), database):
+        audit("privilege", DENIED, user=dispatcher.role.name, peer=dispatcher.peer, privilege=what)
+        raise ReportedError(f"permission denied for {what}", "permission_denied")
+
+
+def _undo_request(cmd: ap.UndoTransaction) -> forensics_live.UndoRequest:
+    if cmd.txid is not None:
+        return forensics_live.UndoRequest(txid=cmd.txid, mode=cmd.mode)
+    try:
+        start, end = parse_time(cmd.from_time), parse_time(cmd.to_time)
+    except PitrError as e:
+        raise ReportedError(str(e).replace("recovery target time", "time"), "syntax_error") from None
+    if start > end:
+        raise ReportedError("the range's start time is after its end time", "syntax_error")
+    return forensics_live.UndoRequest(from_us=start, to_us=end, table=cmd.table, mode=cmd.mode)
+
+
+async def _undo(dispatcher, cmd: ap.UndoTransaction) -> AdminResult:
+    session = dispatcher.session
+    database = session.database
+    _require(dispatcher, roles_mod.may_write, f'writing to database "{database}"')
+    if session.in_transaction:
+        raise ReportedError(
+            "UNDO cannot run inside a transaction block; COMMIT or ROLLBACK first", "active_transaction"
+        )
+    request = _undo_request(cmd)
+    engine = dispatcher.services.engine
+    who = {"user": getattr(session, "user", None), "peer": dispatcher.peer, "session": dispatcher.session_id}
+    asked = {"database": database, "mode": cmd.mode}
+    asked.update({"txid": cmd.txid} if cmd.txid is not None else {"from": cmd.from_time, "to": cmd.to_time})
+    if cmd.table:
+        asked["table"] = cmd.table
+
+    def new_session():
+        return SqlSession(engine, database, dispatcher.session_id, peer=dispatcher.peer, user=session.user)
+
+    try:
+        outcome = await _thread(dispatcher, forensics_live.undo, engine, new_session, database, request)
+    except ReportedError as e:
+        audit("undo", "failed", **who, **asked, error=str(e))
+        raise
+    audit("undo", OK, **who, **asked, undone=outcome.undone, new_txid=outcome.txid, rows=outcome.rows)
+    log.info("transactions undone", undone=outcome.undone, txid=outcome.txid, rows=outcome.rows, database=database)
+    rows = [[outcome.txid, table, count] for table, count in sorted(outcome.rows.items())]
+    undone = ", ".join(map(str, outcome.undone[:20])) + (
+        f" and {len(outcome.undone) - 20} more" if len(outcome.undone) > 20 else ""
+    )
+    notices = [f"undid transaction{'s' if len(outcome.undone) > 1 else ''} {undone} as transaction {outcome.txid}"]
+    if outcome.skipped:
+        notices.append(f"{outcome.skipped} row(s) changed since were left as they are (NONCONFLICTING)")
+    return AdminResult("UNDO", ["txid", "table", "rows_restored"], rows, notices)
+
+
+async def _as_of(dispatcher, cmd: ap.AsOf) -> AdminResult:
+    database = dispatcher.session.database
+    _require(dispatcher, roles_mod.may_read, f'database "{database}"')
+    if cmd.txid is not None:
+        query = forensics_asof.AsOfQuery(cmd.sql, cmd.table, txid=cmd.txid)
+    else:
+        try:
+            query = forensics_asof.AsOfQuery(cmd.sql, cmd.table, time_us=parse_time(cmd.time))
+        except PitrError as e:
+            raise ReportedError(str(e).replace("recovery target time", "AS OF time"), "syntax_error") from None
+    engine = dispatcher.services.engine
+    try:
+        columns, rows = await _thread(dispatcher, forensics_live.as_of, engine, database, query, MAX_ROW_BYTES)
+    except forensics_asof.AsOfRefused as e:
+        raise ReportedError(str(e), "as_of_refused") from None
+    return AdminResult(f"SELECT {len(rows)}", columns, rows)
+
+
+_HANDLERS[ap.UndoTransaction] = _undo
+_HANDLERS[ap.AsOf] = _as_of
+
+
+# --- EXPIRE BACKUPS [DRY RUN] (retention in the running server, backup/expire.py) ---
+EXPIRE_COLUMNS = ["action", "kind", "id", "type", "location", "reason"]
+
+
+async def _expire_backups(dispatcher, cmd: ap.ExpireBackups) -> AdminResult:
+    expirer = dispatcher.services.backups.expirer
+    if expirer is None:
+        raise ReportedError("this server runs no retention", "not_available")
+    try:
+        doc = await expirer.run(dry_run=cmd.dry_run)
+    except ExpireFailed as e:
+        raise ReportedError(str(e), "expire_failed") from None
+    refused = {r["backup_id"]: r["reason"] for r in doc["refused"]}
+    verb = "would expire" if cmd.dry_run else "expired"
+    rows = []
+    for b in doc["backups"]:
+        if b["backup_id"] in refused:
+            rows.append(["refused", "backup", b["backup_id"], b["type"], b["location"], refused[b["backup_id"]]])
+        else:
+            rows.append([verb, "backup", b["backup_id"], b["type"], b["location"], b["reason"]])
+    for s in doc["segments"]:
+        rows.append([verb, "wal segment", s["segment"], f"timeline {s['timeline']}", s["path"], s["reason"]])
+    notice = (
+        f"{'Dry run: ' if cmd.dry_run else ''}{len(doc['backups']) - len(refused)} backup(s) and "
+        f"{len(doc['segments'])} WAL segment(s) {verb}; {len(doc['kept'])} backup(s) kept"
+    )
+    return AdminResult("EXPIRE BACKUPS", EXPIRE_COLUMNS, rows, notices=[notice])
+
+
+_HANDLERS[ap.ExpireBackups] = _expire_backups

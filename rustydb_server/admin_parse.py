@@ -48,6 +48,18 @@ class ShowBackupSchedule:
 
 
 @dataclass(frozen=True)
+class ShowBackups:
+    """SHOW BACKUPS: every backup with its trigger, duration, chain, retention, checks and progress."""
+
+
+@dataclass(frozen=True)
+class ExpireBackups:
+    """EXPIRE BACKUPS [DRY RUN]: retention now, in the running server."""
+
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
 class Shutdown:
     immediate: bool = False
 
@@ -124,11 +136,34 @@ class Grant:
     revoke: bool = False
 
 
+@dataclass(frozen=True)
+class UndoTransaction:
+    """UNDO TRANSACTION txid | UNDO TRANSACTIONS FROM TIME '...' TO TIME '...' [WHERE table = 'x']."""
+
+    txid: int | None = None
+    from_time: str | None = None  # as typed; the server reads it (restore/pitr.py's parse_time)
+    to_time: str | None = None
+    table: str | None = None
+    mode: str = "refuse"  # refuse, cascade or nonconflicting
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """SELECT ... FROM table AS OF {TIME '...' | TXID n} ...: ``sql`` is the query without the clause."""
+
+    sql: str
+    table: str
+    txid: int | None = None
+    time: str | None = None
+
+
 AdminCommand = (
     AlterSystemSet
     | AlterSystemReset
     | Show
     | ShowBackupSchedule
+    | ShowBackups
+    | ExpireBackups
     | Shutdown
     | Checkpoint
     | CreateRestorePoint
@@ -140,13 +175,16 @@ AdminCommand = (
     | AlterRole
     | DropRole
     | Grant
+    | UndoTransaction
+    | AsOf
 )
 
 FORMS = {
     "ALTER SYSTEM": "ALTER SYSTEM SET name = value, ALTER SYSTEM SET name TO value, "
     "ALTER SYSTEM RESET name or ALTER SYSTEM RESET ALL",
-    "SHOW": "SHOW name or SHOW ALL; SHOW BACKUP SCHEDULE",
+    "SHOW": "SHOW name or SHOW ALL; SHOW BACKUP SCHEDULE; SHOW BACKUPS",
     "SHUTDOWN": "SHUTDOWN or SHUTDOWN IMMEDIATE",
+    "EXPIRE BACKUPS": "EXPIRE BACKUPS or EXPIRE BACKUPS DRY RUN",
     "CHECKPOINT": "CHECKPOINT",
     "CREATE RESTORE POINT": "CREATE RESTORE POINT 'name'",
     "SWITCH WAL": "SWITCH WAL",
@@ -159,6 +197,9 @@ FORMS = {
     "DROP ROLE": "DROP ROLE [IF EXISTS] name",
     "GRANT": "GRANT {SELECT | WRITE | ALL} ON DATABASE name TO role",
     "REVOKE": "REVOKE {SELECT | WRITE | ALL} ON DATABASE name FROM role",
+    "UNDO": "UNDO TRANSACTION txid [CASCADE | NONCONFLICTING] or UNDO TRANSACTIONS FROM TIME 'start' "
+    "TO TIME 'end' [WHERE table = 'name'] [CASCADE | NONCONFLICTING]",
+    "AS OF": "SELECT ... FROM table AS OF TIME 'YYYY-MM-DD HH:MM:SS' ... or SELECT ... FROM table AS OF TXID n ...",
 }
 
 
@@ -289,6 +330,8 @@ def _form_of(first: Token, second: Token | None) -> str | None:
         return word
     if word == "SWITCH":
         return "SWITCH WAL"
+    if word == "EXPIRE" and _is_word(second, "BACKUPS"):
+        return "EXPIRE BACKUPS"
     if word == "ALTER" and _is_word(second, "SYSTEM"):
         return "ALTER SYSTEM"
     if word == "CREATE" and _is_word(second, "RESTORE"):
@@ -300,6 +343,8 @@ def _form_of(first: Token, second: Token | None) -> str | None:
     if word in ("CREATE", "ALTER", "DROP") and _is_word(second, "ROLE"):
         return f"{word} ROLE"
     if word in ("GRANT", "REVOKE"):
+        return word
+    if word == "UNDO":
         return word
     return None
 
@@ -314,6 +359,8 @@ def parse_admin(sql: str) -> AdminCommand | None:
         return None  # not recognisably ours; let SQLite report it
     if first is None:
         return None
+    if _is_word(first, "SELECT", "WITH"):
+        return _parse_as_of(sql)
     form = _form_of(first, second)
     if form is None:
         return None
@@ -353,7 +400,18 @@ def _parse_show(c: _Cursor) -> AdminCommand:
     if c.optional("BACKUP"):
         c.keyword("SCHEDULE")
         return ShowBackupSchedule()
+    if c.optional("BACKUPS"):
+        return ShowBackups()
     return Show(c.name("a setting name or ALL").lower())
+
+
+def _parse_expire_backups(c: _Cursor) -> AdminCommand:
+    c.keyword("EXPIRE")
+    c.keyword("BACKUPS")
+    if c.optional("DRY"):
+        c.keyword("RUN")
+        return ExpireBackups(dry_run=True)
+    return ExpireBackups()
 
 
 def _parse_shutdown(c: _Cursor) -> AdminCommand:
@@ -502,6 +560,82 @@ def _parse_grant(c: _Cursor) -> AdminCommand:
     return Grant(privilege, database, _role_name(c), revoke)
 
 
+_MODES = {"CASCADE": "cascade", "NONCONFLICTING": "nonconflicting"}
+
+
+def _parse_undo(c: _Cursor) -> AdminCommand:
+    c.keyword("UNDO")
+    if c.keyword("TRANSACTION", "TRANSACTIONS") == "TRANSACTION" and not _is_word(c.peek(), "FROM"):
+        token = c.take()
+        if token is None or token.kind != "number" or not token.text.isdigit():
+            raise c.fail(f"expected the txid to undo {_where(token)}")
+        return UndoTransaction(txid=int(token.text), mode=_undo_mode(c))
+    c.keyword("FROM")
+    c.keyword("TIME")
+    start = _string(c, "the start time in single quotes")
+    c.keyword("TO")
+    c.keyword("TIME")
+    end = _string(c, "the end time in single quotes")
+    table = None
+    if c.optional("WHERE"):
+        c.keyword("TABLE")
+        token = c.take()
+        if not (token and token.kind == "symbol" and token.text == "="):
+            raise c.fail(f"expected = after WHERE table {_where(token)}")
+        table = _string(c, "the table name in single quotes")
+    return UndoTransaction(from_time=start, to_time=end, table=table, mode=_undo_mode(c))
+
+
+def _undo_mode(c: _Cursor) -> str:
+    token = c.peek()
+    if _is_word(token, *_MODES):
+        c.take()
+        return _MODES[token.text.upper()]
+    return "refuse"
+
+
+def _string(c: _Cursor, what: str) -> str:
+    token = c.take()
+    if token is None or token.kind != "string":
+        raise c.fail(f"expected {what} {_where(token)}")
+    return token.text
+
+
+_AS_OF_IDENT = r'(?:"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|[A-Za-z_][\w$]*)'
+_AS_OF = re.compile(
+    rf"\bFROM\s+(?:main\s*\.\s*)?({_AS_OF_IDENT})\s+(AS\s+OF\s+(?:(TIME)\s+'((?:[^']|'')*)'|(TXID)\s+([^\s;),]+)))",
+    re.I | re.S,
+)
+_HAS_AS_OF = re.compile(r"\bAS\s+OF\b", re.I)
+
+
+def may_be_as_of(sql: str) -> bool:
+    """A cheap look for an AS OF clause (the dispatcher's, before parsing)."""
+    return _HAS_AS_OF.search(sql) is not None
+
+
+def _parse_as_of(sql: str) -> AdminCommand | None:
+    if not _HAS_AS_OF.search(sql):
+        return None
+    found = list(_AS_OF.finditer(sql))
+    if not found:
+        return None  # "as of" in a string or a name: SQLite's business
+    if len(found) > 1 or len(_HAS_AS_OF.findall(sql)) > 1:
+        raise AdminSyntaxError("AS OF reads one table: a query may have one AS OF clause")
+    m = found[0]
+    table = m.group(1)
+    if table[:1] in ('"', "`") and table[-1:] == table[:1]:
+        table = table[1:-1].replace(table[0] * 2, table[0])
+    elif table[:1] == "[":
+        table = table[1:-1]
+    rest = sql[: m.start(2)] + sql[m.end(2) :]
+    if m.group(5):
+        if not m.group(6).isdigit():
+            raise AdminSyntaxError(f"syntax error in AS OF: expected a txid after TXID. Usage: {FORMS['AS OF']}")
+        return AsOf(rest, table, txid=int(m.group(6)))
+    return AsOf(rest, table, time=m.group(4).replace("''", "'"))
+
+
 _PARSERS = {
     "ALTER SYSTEM": _parse_alter_system,
     "SHOW": _parse_show,
@@ -517,4 +651,6 @@ _PARSERS = {
     "DROP ROLE": _parse_drop_role,
     "GRANT": _parse_grant,
     "REVOKE": _parse_grant,
+    "UNDO": _parse_undo,
+    "EXPIRE BACKUPS": _parse_expire_backups,
 }

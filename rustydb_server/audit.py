@@ -43,6 +43,8 @@ ACTIONS = frozenset(
         "restore_point",
         "role",  # role changes (CREATE/ALTER/DROP ROLE, GRANT, REVOKE)
         "drill",  # a restore drill
+        "undo",  # UNDO TRANSACTION(S): what was undone, as which new transaction
+        "expire",  # retention removing expired backups and archived WAL (on demand or after a scheduled backup)
     }
 )
 

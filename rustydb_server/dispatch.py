@@ -31,7 +31,7 @@ from rustydb_client.sqlsplit import leading_keywords, split_statements
 
 from . import __version__, admin
 from . import roles as roles_mod
-from .admin_parse import parse_admin
+from .admin_parse import may_be_as_of, parse_admin
 from .audit import DENIED, audit
 from .backup.service import BackupService
 from .checkpointer import Checkpointer
@@ -184,7 +184,9 @@ class Dispatcher:
         statement = statements[0]
         try:
             keywords = leading_keywords(statement.sql, 2)
-            cmd = parse_admin(statement.sql) if _maybe_admin(keywords) else None
+            cmd = (
+                parse_admin(statement.sql) if _maybe_admin(keywords) or _maybe_as_of(keywords, statement.sql) else None
+            )
             action = self._denied_action(cmd, statement.sql, keywords)
             if action is not None:
                 await self.conn.send(self._denied(action, statement.line))
@@ -345,8 +347,13 @@ class Dispatcher:
         return events.Complete(status, rows, session.database, session.in_transaction)
 
 
-_ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH", "GRANT", "REVOKE"})
-_ADMIN_PAIRS = {"ALTER": {"SYSTEM", "ROLE"}, "CREATE": {"RESTORE", "DATABASE", "ROLE"}, "DROP": {"DATABASE", "ROLE"}}
+_ADMIN_WORDS = frozenset({"SHOW", "SHUTDOWN", "CHECKPOINT", "USE", "SWITCH", "GRANT", "REVOKE", "UNDO"})
+_ADMIN_PAIRS = {
+    "ALTER": {"SYSTEM", "ROLE"},
+    "CREATE": {"RESTORE", "DATABASE", "ROLE"},
+    "DROP": {"DATABASE", "ROLE"},
+    "EXPIRE": {"BACKUPS"},
+}
 
 # What a role without WRITE on a database may run there: reading statements
 # and transaction control. Conservative: a WITH naming a writing verb anywhere
@@ -364,6 +371,11 @@ def _reads_only(sql: str, keywords: list[str]) -> bool:
     if first == "PRAGMA":
         return "=" not in sql and "(" not in sql
     return False
+
+
+def _maybe_as_of(keywords: list[str], sql: str) -> bool:
+    """A SELECT with an AS OF clause (admin.py serves it from the WAL)."""
+    return bool(keywords) and keywords[0] in ("SELECT", "WITH") and may_be_as_of(sql)
 
 
 def _maybe_admin(keywords: list[str]) -> bool:

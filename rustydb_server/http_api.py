@@ -20,16 +20,19 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import http_access
+from . import tls as tls_mod
 from .audit import audit
 from .backup import api as backup_api
+from .backup.expire import ExpireFailed
 from .backup.service import BackupService
 from .health import health_report
 from .lifecycle import Lifecycle, StartupError
 from .logsetup import get_logger
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .schedule import api as schedule_api
 
 log = get_logger("rustydb.http")
@@ -93,6 +96,14 @@ def check_token_file(settings) -> None:
         raise StartupError(str(e)) from None
 
 
+def _tls_on(settings) -> bool:
+    """Whether the API is served over HTTPS; a StartupError when the TLS settings cannot work."""
+    try:
+        return tls_mod.policy(settings).enabled
+    except tls_mod.TlsConfigError as e:
+        raise StartupError(str(e)) from None
+
+
 async def _not_found(request: Request, exc) -> JSONResponse:
     return error(404, f"no such endpoint: {request.method} {request.url.path}", "not_found")
 
@@ -146,6 +157,9 @@ def build_starting_app(settings, lifecycle: Lifecycle) -> Starlette:
     async def backups(request: Request) -> JSONResponse:
         return error(503, "the server is still starting; try again in a moment", "starting")
 
+    async def starting(request: Request) -> JSONResponse:
+        return error(503, "the server is still starting; try again in a moment", "starting")
+
     return _app(
         [
             Route("/api/v1/admin/health", health, methods=["GET"]),
@@ -155,15 +169,23 @@ def build_starting_app(settings, lifecycle: Lifecycle) -> Starlette:
             Route("/api/v1/admin/backups", backups, methods=["GET"]),
             # The backup scheduler's last and next runs (schedule/api.py).
             Route("/api/v1/admin/schedule", backups, methods=["GET"]),
+            # Retention on demand, and the Prometheus figures (metrics.py).
+            Route("/api/v1/admin/expire", starting, methods=["POST"]),
+            Route("/metrics", starting, methods=["GET"]),
         ]
     )
 
 
-def build_app(settings, lifecycle: Lifecycle, engine, archiver, backups: BackupService, sessions) -> Starlette:
-    """The running server's API; ``sessions`` is the wire listener's open sessions."""
+def build_app(
+    settings, lifecycle: Lifecycle, engine, archiver, backups: BackupService, sessions, metrics: Metrics | None = None
+) -> Starlette:
+    """The running server's API; ``sessions`` is the wire listener's open sessions,
+    ``metrics`` what GET /metrics renders."""
 
     async def health(request: Request) -> JSONResponse:
-        return _health_answer(request, health_report(settings, lifecycle, engine, archiver, len(sessions)))
+        return _health_answer(
+            request, health_report(settings, lifecycle, engine, archiver, len(sessions), backups=backups)
+        )
 
     async def archive(request: Request) -> JSONResponse:
         return JSONResponse(archiver.report())
@@ -175,6 +197,40 @@ def build_app(settings, lifecycle: Lifecycle, engine, archiver, backups: BackupS
     routes.extend(backup_api.routes(backups, settings))
     # The backup scheduler's last and next runs.
     routes.extend(schedule_api.routes(backups))
+
+    async def scrape(request: Request) -> Response:
+        if metrics is None:
+            return error(503, "this server keeps no metrics", "not_available")
+        body = await trio.to_thread.run_sync(metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def expire(request: Request) -> JSONResponse:
+        try:
+            body = await backup_api.read_body(request)
+        except backup_api.BadBody as e:
+            return e.response()
+        dry_run = body.get("dry_run", False) if isinstance(body, dict) else None
+        if not isinstance(dry_run, bool) or set(body) - {"dry_run"}:
+            return error(400, 'the body is {"dry_run": true} or {"dry_run": false} (or empty)', "bad_request")
+        who = backup_api.who(request)
+        try:
+            doc = await backups.expirer.run(dry_run=dry_run)
+        except ExpireFailed as e:
+            audit("expire", "failed", **who, via="http", dry_run=dry_run, error=str(e))
+            return error(e.status, str(e), "expire_failed")
+        audit(
+            "expire",
+            "ok",
+            **who,
+            via="http",
+            dry_run=dry_run,
+            backups=[b["backup_id"] for b in doc["backups"] if b["removed"]],
+            segments=sum(1 for s in doc["segments"] if s["removed"]),
+        )
+        return JSONResponse(doc, status_code=200 if doc["ok"] else 500)
+
+    routes.append(Route("/api/v1/admin/expire", expire, methods=["POST"]))
+    routes.append(Route("/metrics", scrape, methods=["GET"]))
     return _app(routes)
 
 
@@ -186,7 +242,8 @@ class HttpApi:
 
     def serve_running(self, engine, archiver, backups: BackupService, sessions) -> None:
         """Recovery is over: from now on every route answers."""
-        app = build_app(self._settings, self._lifecycle, engine, archiver, backups, sessions)
+        metrics = Metrics(self._settings, engine, archiver, backups, sessions)
+        app = build_app(self._settings, self._lifecycle, engine, archiver, backups, sessions, metrics)
         self._app = AccessGuard(app, self._settings)
 
     async def __call__(self, scope, receive, send):
@@ -203,12 +260,18 @@ class HttpApi:
         config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = 1.0
         config.keep_alive_timeout = 5.0
+        scheme = "http"
+        if _tls_on(self._settings):
+            # HTTPS with the wire protocol's certificate and key (checked there);
+            # client certificates (tls_ca_file) are the wire protocol's only.
+            config.certfile, config.keyfile = self._settings["tls_cert_file"], self._settings["tls_key_file"]
+            scheme = "https"
         started = []
 
         class _Started:  # tells a failure to bind apart from one while serving
             def started(self, value=None):
                 started.append(True)
-                log.info("HTTP API listening", address=f"{host}:{port}", pid=os.getpid())
+                log.info("HTTP API listening", address=f"{host}:{port}", scheme=scheme, pid=os.getpid())
                 task_status.started(value)
 
         try:

@@ -16,11 +16,14 @@ from collections.abc import Callable
 
 import trio
 
-from . import __version__
+from . import __version__, alerts
 from . import datadir as _datadir
+from .alerts import Alerter, ArchiveWatch
 from .archive import destination, segment_file
 from .archive.archiver import Archiver
+from .audit import audit
 from .backup.catalog import Catalog
+from .backup.expire import ExpireFailed, Expirer
 from .backup.service import BackupService
 from .backup.tracking import ChangeTracking
 from .checkpointer import Checkpointer
@@ -31,11 +34,12 @@ from .http_api import HttpApi
 from .lifecycle import RUNNING, STOPPING, Lifecycle, StartupError
 from .logsetup import get_logger
 from .notify import Notifier
+from .schedule.checks import CheckScheduler
 from .schedule.scheduler import Scheduler
 from .settings import to_seconds
 from .signals import SignalWatcher
 from .watchdog import Watchdog
-from .wire import WireListener
+from .wire import WireListener, tls_policy
 
 log = get_logger("rustydb.server")
 
@@ -44,6 +48,7 @@ async def run(settings, notifier: Notifier) -> int:
     """Run one server until shutdown; return the process exit code."""
     lifecycle = Lifecycle()
     _check_archive_dest(settings)
+    tls_policy(settings)  # a TLS setting that cannot work stops the start at once
     ddir = _datadir.DataDir(settings["data_dir"])
     ddir.lock("server")
     engine = None
@@ -80,6 +85,7 @@ async def run(settings, notifier: Notifier) -> int:
                 archiver.settings_changed()
                 checkpointer.settings_changed()
                 scheduler.settings_changed()
+                checks.settings_changed()
 
             backups = BackupService(
                 engine, settings, Catalog(ddir.path), wal_switched=archiver.retry_now, archive_failing=archiver.failing
@@ -93,6 +99,15 @@ async def run(settings, notifier: Notifier) -> int:
                 fileops=engine.fileops,
             )
             backups.scheduler = scheduler
+            # Retention in the running server, also after each scheduled backup;
+            # alerts hear of every backup that ends.
+            backups.expirer = Expirer(backups, settings)
+            scheduler.after_backup.append(functools.partial(_expire_after_schedule, backups.expirer, settings))
+            backups.catalog.listeners.append(alerts.backup_ended)
+            alerter = Alerter(settings)
+            await root.start(alerter.run)
+            checks = CheckScheduler(settings, Doorbell(), data_dir=ddir.path, entries=backups.catalog.list)
+            scheduler.checks = checks
             listener = WireListener(
                 engine,
                 settings,
@@ -107,7 +122,9 @@ async def run(settings, notifier: Notifier) -> int:
             await root.start(SignalWatcher(settings, notifier, lifecycle, settings_changed).run)
             await root.start(checkpointer.run)
             await root.start(archiver.run)
+            await root.start(ArchiveWatch(settings, archiver).run)
             await root.start(scheduler.run)
+            await root.start(checks.run)
             await root.start(Watchdog(notifier, engine.stall).run)
 
             ddir.write_pid("server", port=settings["port"], http_port=settings["http_port"])
@@ -141,6 +158,34 @@ async def run(settings, notifier: Notifier) -> int:
             tracking.close()
             ddir.unlock()
     return lifecycle.exit_code
+
+
+async def _expire_after_schedule(expirer: Expirer, settings, record: dict) -> None:
+    """Retention after a scheduled backup completed: logged, audited, alerted on
+    failure; never a failure of the backup."""
+    if not settings["backup_retention_after_schedule"]:
+        return
+    try:
+        doc = await expirer.run(dry_run=False)
+    except ExpireFailed as e:
+        log.error("retention after the scheduled backup failed", backup_id=record["backup_id"], error=str(e))
+        audit("expire", "failed", user="scheduler", trigger="schedule", error=str(e))
+        alerts.failure("expire", error=str(e), after_backup=record["backup_id"])
+        return
+    removed = [b["backup_id"] for b in doc["backups"] if b["removed"]]
+    audit(
+        "expire",
+        "ok" if doc["ok"] else "failed",
+        user="scheduler",
+        trigger="schedule",
+        backups=removed,
+        segments=len(doc["segments"]),
+        refused=doc["refused"] or None,
+    )
+    if doc["ok"]:
+        alerts.success("expire", after_backup=record["backup_id"])
+    else:
+        alerts.failure("expire", error="; ".join(r["reason"] for r in doc["refused"]), after_backup=record["backup_id"])
 
 
 def _prepare_changed_archive_dest(settings) -> None:

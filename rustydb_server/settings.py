@@ -117,6 +117,12 @@ def _time_zone(name: str) -> str | None:
     return None
 
 
+def _webhook_url(value: str) -> str | None:
+    if value == "" or value.startswith(("http://", "https://")):
+        return None
+    return "must be an http:// or https:// URL, or '' for none"
+
+
 def _registry(*settings: Setting) -> dict[str, Setting]:
     return {s.name: s for s in settings}
 
@@ -255,6 +261,40 @@ REGISTRY: dict[str, Setting] = _registry(
         "",
         description="Host names (comma-separated) the HTTP API answers to besides IP addresses and "
         "localhost; * for any.",
+    ),
+    Setting(
+        "tls_cert_file",
+        "path",
+        "",
+        context=RESTART,
+        description="PEM certificate (chain) of the server: with tls_key_file, TLS for TCP clients of the wire "
+        "protocol and HTTPS for the HTTP API.",
+    ),
+    Setting(
+        "tls_key_file",
+        "path",
+        "",
+        context=RESTART,
+        description="PEM private key of tls_cert_file, unencrypted; it must be mode 0600 or less (the server "
+        "refuses to start if group or others may read it).",
+    ),
+    Setting(
+        "tls_ca_file",
+        "path",
+        "",
+        context=RESTART,
+        description="PEM CA certificates: when set, TCP clients of the wire protocol must use TLS and present a "
+        "client certificate signed by one of them.",
+    ),
+    Setting(
+        "tls_mode",
+        "enum",
+        "allow",
+        choices=("off", "allow", "require"),
+        context=RESTART,
+        description="TLS for TCP clients of the wire protocol: off (no TLS, no HTTPS either); allow (when the "
+        "client asks and a certificate is set); require (plaintext TCP clients are refused). The Unix socket "
+        "never uses TLS.",
     ),
     Setting(
         "statement_timeout",
@@ -435,6 +475,12 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Wait before the first retry of a failed scheduled backup; it doubles for each further one.",
     ),
     Setting(
+        "backup_schedule_encryption",
+        "bool",
+        False,
+        description="Encrypt the scheduled backups with backup_key_file (AES-256-GCM), as --encrypt does.",
+    ),
+    Setting(
         "backup_retention_days",
         "int",
         30,
@@ -442,7 +488,8 @@ REGISTRY: dict[str, Setting] = _registry(
         max=36500,
         description="Keep every backup completed in the last N days, and the newest one before them, "
         "each with the whole chain it restores from (0 = no day window; then "
-        "backup_retention_full_count must be set). Applied by rusty-db-backup --expire.",
+        "backup_retention_full_count must be set). Applied after each scheduled backup, by "
+        "POST /api/v1/admin/expire and by rusty-db-backup --expire.",
     ),
     Setting(
         "backup_retention_full_count",
@@ -462,6 +509,110 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Point-in-time window of archived WAL, in days, separate from the backups' own "
         "(0 = keep the WAL every kept backup can replay). Shorter: WAL before the newest kept backup "
         "older than the window goes; longer: WAL archived inside the window stays.",
+    ),
+    Setting(
+        "restore_drill_schedule",
+        "str",
+        "0 4 1-7 * 0",
+        validator=check_cron,
+        description="Cron expression of the scheduled restore drill (rusty-db-restore --drill of the latest "
+        "backup), in backup_schedule_timezone; day of month and day of week must both match (the default "
+        "is the first Sunday of the month at 04:00); 'off' for none.",
+    ),
+    Setting(
+        "restore_drill_dir",
+        "path",
+        "",
+        description="Where the scheduled restore drill restores into (a temporary directory made and "
+        "removed there; it needs room for a copy of the databases); empty means $TMPDIR.",
+    ),
+    Setting(
+        "verify_schedule",
+        "str",
+        "0 5 * * 6",
+        validator=check_cron,
+        description="Cron expression of the scheduled verify: every backup not verified within the "
+        "schedule's period is re-read chunk by chunk (default Saturdays 05:00); 'off' for none.",
+    ),
+    Setting(
+        "backup_retention_after_schedule",
+        "bool",
+        True,
+        description="Apply the retention settings (expire what they no longer keep) after every "
+        "successful scheduled backup; a failure to expire is logged and alerted, never fails the backup.",
+    ),
+    Setting(
+        "health_full_backup_max_age",
+        "duration",
+        0,
+        unit="s",
+        min=0,
+        description="Health turns degraded when no full backup completed within this long (0 = off); "
+        "for the guide's weekly full, 8d.",
+    ),
+    Setting(
+        "health_archive_lag_max_segments",
+        "int",
+        0,
+        min=0,
+        description="Health turns degraded when more than this many completed WAL segments wait to be "
+        "archived (0 = off).",
+    ),
+    Setting(
+        "health_archive_lag_max_seconds",
+        "duration",
+        0,
+        unit="s",
+        min=0,
+        description="Health turns degraded when the oldest WAL segment waiting to be archived has waited "
+        "longer than this (0 = off).",
+    ),
+    Setting(
+        "health_min_free_percent",
+        "float",
+        5.0,
+        min=0,
+        max=100,
+        description="Health turns degraded when the file system of backup_dir or archive_dest has less "
+        "than this percentage free (0 = off).",
+    ),
+    Setting(
+        "alert_command",
+        "str",
+        "",
+        description="Shell command run (/bin/sh -c) for each alert, with the event as one JSON object on "
+        "its stdin; for example mail -s 'RustyDB alert' dba@example.com. Empty: none.",
+    ),
+    Setting(
+        "alert_webhook_url",
+        "str",
+        "",
+        validator=_webhook_url,
+        description="URL each alert is POSTed to as JSON (retried on failure). Empty: none.",
+    ),
+    Setting(
+        "alert_timeout",
+        "duration",
+        30,
+        unit="s",
+        min=1,
+        description="How long alert_command may run (then it is killed), and each webhook attempt may take.",
+    ),
+    Setting(
+        "alert_webhook_retries",
+        "int",
+        3,
+        min=0,
+        max=20,
+        description="How often a failed webhook POST is tried again (waiting 1 s, then doubling).",
+    ),
+    Setting(
+        "alert_archive_failure_after",
+        "duration",
+        300,
+        unit="s",
+        min=0,
+        description="Alert once WAL archiving has been failing for this long (0 = at the first failure).",
     ),
     Setting(
         "log_format",

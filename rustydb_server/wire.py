@@ -17,6 +17,7 @@ import grp
 import math
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ from rustydb_client.protocol.errors import LocalProtocolError, RemoteProtocolErr
 
 from . import auth
 from . import roles as roles_mod
+from . import tls as tls_mod
 from .audit import DENIED, audit
 from .backup.service import BackupService
 from .checkpointer import Checkpointer
@@ -96,7 +98,11 @@ class ClientConnection:
         self.uid = uid  # the peer's OS user on the Unix socket (SO_PEERCRED)
         self.superuser = auth.is_superuser_peer(listener.settings, peer, uid)
         self.role: roles_mod.Role | None = None  # once the handshake is over
-        self.protocol = ServerSide(auth.auth_fn_for(listener.settings, peer, lambda: listener.role_store.roles))
+        self.local = peer[0] == auth.LOCAL  # on the Unix socket, which never uses TLS
+        self.protocol = ServerSide(
+            auth.auth_fn_for(listener.settings, peer, lambda: listener.role_store.roles),
+            tls_required=None if self.local else listener.tls.plaintext_refusal,
+        )
         self.dispatcher: Dispatcher | None = None  # once the handshake is over
         self.idle_scope: trio.CancelScope | None = None
 
@@ -266,7 +272,10 @@ class ClientConnection:
             log.info("closing client connection", peer=self.peer, code=e.code, reason=str(e))
             await self._try_send(events.Error(e.code, str(e), fatal=True))
         except RemoteProtocolError as e:
-            log.warning("client broke the protocol", peer=self.peer, code=e.code, reason=e.message)
+            if e.code == "tls_required":  # policy, not a broken protocol: the audit event says it
+                audit("authenticate", DENIED, peer=self.peer, method="plaintext", reason="TLS is required")
+            else:
+                log.warning("client broke the protocol", peer=self.peer, code=e.code, reason=e.message)
             if e.code == "auth_failed":
                 audit("authenticate", "failed", user=self.protocol.hello_user, peer=self.peer, method="scram")
             await self._try_send(events.Error(e.code, e.message, fatal=True))
@@ -291,10 +300,22 @@ class ClientConnection:
                 if self.dispatcher is not None:
                     await self.dispatcher.close()
                     self.listener.sessions.pop(self.dispatcher.session_id, None)
-                await self.stream.aclose()
+                await self._close_stream()
                 if self.protocol.largest_frame_received >= TRIM_AFTER_FRAME:
                     self.protocol = None  # its buffers with it
                     await trio.to_thread.run_sync(return_freed_memory)  # ~30 ms after 600 MB
+
+    async def _close_stream(self) -> None:
+        """Close the stream; over TLS, a peer that takes no close_notify within
+        a second is not waited for."""
+        if isinstance(self.stream, trio.SSLStream):
+            with trio.move_on_after(1):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.stream.aclose()
+                return
+            await trio.aclose_forcefully(self.stream)
+            return
+        await self.stream.aclose()
 
     async def _try_send(self, event) -> None:
         with trio.move_on_after(2):
@@ -313,9 +334,12 @@ class ClientConnection:
         timeout = to_seconds("authentication_timeout", settings["authentication_timeout"])
         with trio.move_on_after(timeout) as handshake:
             event = await self.recv()
-            while isinstance(event, events.AuthContinue):
-                for reply in event.replies:
-                    await self.send(reply)
+            while isinstance(event, (events.AuthContinue, events.TlsRequested)):
+                if isinstance(event, events.TlsRequested):
+                    await self._answer_tls()
+                else:
+                    for reply in event.replies:
+                        await self.send(reply)
                 event = await self.recv()
         if handshake.cancelled_caught:
             raise _closing(
@@ -324,6 +348,30 @@ class ClientConnection:
                 "(authentication_timeout); connection closed",
             )
         return event
+
+    async def _answer_tls(self) -> None:
+        """Answer a hello that asked for TLS; if accepted, wrap the stream in TLS
+        (the handshake, under authentication_timeout with the rest)."""
+        context = self.listener.tls.context
+        if self.local or context is None:
+            reason = tls_mod.NOT_ON_UNIX_SOCKET if self.local else tls_mod.NOT_ENABLED
+            await self.send(events.TlsAnswer(False, reason))
+            return
+        await self.send(events.TlsAnswer(True))
+        self.protocol.start_tls()
+        stream = trio.SSLStream(self.stream, context, server_side=True)
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as e:
+            why = e.__cause__
+            reason = getattr(why, "reason", None) or str(why or e)
+            log.info("TLS handshake failed", peer=self.peer, reason=reason)
+            if isinstance(why, ssl.SSLError):
+                audit("authenticate", "failed", peer=self.peer, method="tls", reason=reason)
+            raise ConnectionClosed() from None
+        self.stream = stream
+        cert = stream.getpeercert() or {}
+        log.debug("TLS started", peer=self.peer, version=stream.version(), client_cert=bool(cert))
 
     async def _run(self) -> None:
         try:
@@ -373,6 +421,14 @@ def _open_role_store(data_dir: str) -> roles_mod.RoleStore:
     try:
         return roles_mod.RoleStore(data_dir)
     except roles_mod.RoleError as e:
+        raise StartupError(str(e)) from None
+
+
+def tls_policy(settings) -> tls_mod.TlsPolicy:
+    """The TLS policy of the settings; a StartupError when they cannot work."""
+    try:
+        return tls_mod.policy(settings)
+    except tls_mod.TlsConfigError as e:
         raise StartupError(str(e)) from None
 
 
@@ -486,6 +542,7 @@ class WireListener:
         self._all_closed = trio.Event()
         self.role_store = self.services.role_store
         self.socket_path: str | None = None
+        self.tls = tls_policy(settings)
 
     def _migrate_users_file(self) -> None:
         """The users file of before roles: its users become LOGIN SUPERUSER roles, once."""

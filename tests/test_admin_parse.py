@@ -165,3 +165,65 @@ def test_malformed_admin_statements_show_the_expected_form(sql, form):
     with pytest.raises(AdminSyntaxError) as e:
         parse_admin(sql)
     assert form in str(e.value)
+
+
+# --- UNDO TRANSACTION and AS OF ---
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("UNDO TRANSACTION 12", "UndoTransaction(txid=12, from_time=None, to_time=None, table=None, mode='refuse')"),
+        (
+            "undo transaction 12 cascade;",
+            "UndoTransaction(txid=12, from_time=None, to_time=None, table=None, mode='cascade')",
+        ),
+        (
+            "UNDO TRANSACTIONS FROM TIME '2026-12-01 14:00' TO TIME '2026-12-01 15:00' "
+            "WHERE table = 'it''s' NONCONFLICTING",
+            "UndoTransaction(txid=None, from_time='2026-12-01 14:00', to_time='2026-12-01 15:00', table=\"it's\", "
+            "mode='nonconflicting')",
+        ),
+        (
+            "SELECT * FROM t AS OF TIME '2026-12-01 14:30' WHERE id > 3",
+            "AsOf(sql='SELECT * FROM t  WHERE id > 3', table='t', txid=None, time='2026-12-01 14:30')",
+        ),
+        (
+            'SELECT count(*) FROM main."my t" as of txid 42;',
+            "AsOf(sql='SELECT count(*) FROM main.\"my t\" ;', table='my t', txid=42, time=None)",
+        ),
+    ],
+)
+def test_undo_and_as_of_parse(sql, expected):
+    assert repr(parse_admin(sql)) == expected
+
+
+@pytest.mark.parametrize("sql", ["SELECT 'known as of now' FROM t", "SELECT 1", "WITH x AS (SELECT 1) SELECT * FROM x"])
+def test_as_of_in_text_or_nowhere_is_sqlites_business(sql):
+    assert parse_admin(sql) is None
+
+
+@pytest.mark.parametrize(
+    "sql, problem",
+    [
+        ("UNDO TRANSACTION", "expected the txid"),
+        ("UNDO TRANSACTION x", "expected the txid"),
+        ("UNDO TRANSACTION 3 SOFTLY", "unexpected 'SOFTLY'"),
+        ("UNDO TRANSACTIONS FROM TIME 5 TO TIME '6'", "start time in single quotes"),
+        ("UNDO TRANSACTIONS FROM TIME '5' TO TIME '6' WHERE tbl = 'x'", "expected TABLE"),
+        ("SELECT * FROM t AS OF TXID x", "expected a txid after TXID"),
+        ("SELECT * FROM a AS OF TXID 1 JOIN b AS OF TXID 2", "one AS OF clause"),
+    ],
+)
+def test_malformed_undo_and_as_of(sql, problem):
+    with pytest.raises(AdminSyntaxError, match=problem):
+        parse_admin(sql)
+
+
+def test_expire_backups_forms():
+    from rustydb_server.admin_parse import ExpireBackups
+
+    assert parse_admin("EXPIRE BACKUPS;") == ExpireBackups(dry_run=False)
+    assert parse_admin("expire backups dry run") == ExpireBackups(dry_run=True)
+    for bad in ("EXPIRE BACKUPS DRY;", "EXPIRE BACKUPS NOW;"):
+        with pytest.raises(AdminSyntaxError, match="EXPIRE BACKUPS or EXPIRE BACKUPS DRY RUN"):
+            parse_admin(bad)
+    assert parse_admin("EXPIRE something") is None  # not ours: SQLite's error

@@ -222,3 +222,58 @@ def test_an_entry_without_a_file_path_loses_only_its_entry(setup):
     assert ids["F1"] in out.removed_entries
     assert os.path.exists(os.path.join(backups, f"{ids['F1']}.backup"))  # not a path the catalog knows
     assert not os.path.exists(os.path.join(backups, f"{ids['I1']}.backup"))
+
+
+async def test_the_servers_expire_waits_for_running_backups_and_holds_new_ones_off(monkeypatch, autojump_clock):
+    """Expirer never races a backup: it waits while one is in progress (or a stream is
+    starting), and while it removes files the service's ``expiring`` refuses new ones."""
+    import types
+
+    import trio
+
+    from rustydb_server.backup.expire import Expirer
+
+    entries = [{"backup_id": "b1", "status": "in_progress"}]
+    catalog = types.SimpleNamespace(list=lambda: [dict(e) for e in entries], listeners=[])
+    service = types.SimpleNamespace(
+        catalog=catalog,
+        streams=1,
+        expiring=None,
+        engine=types.SimpleNamespace(datadir=types.SimpleNamespace(path="/d")),
+    )
+    settings = {
+        "backup_retention_days": 30,
+        "backup_retention_full_count": 0,
+        "archive_retention_days": 0,
+        "archive_dest": "",
+    }
+    expirer = Expirer(service, settings)
+    applied = []
+
+    def fake_apply(data_dir, archive_dir, policy):
+        applied.append(service.expiring)
+        raise RuntimeError("stop here")  # the rest is tested on real catalogs above
+
+    monkeypatch.setattr(expirer, "_apply", fake_apply)
+    async with trio.open_nursery() as nursery:
+        failures = []
+
+        async def run():
+            try:
+                await expirer.run(dry_run=False)
+            except RuntimeError as e:
+                failures.append(str(e))
+
+        nursery.start_soon(run)
+        await trio.sleep(1)
+        assert applied == []  # a backup runs (and a stream starts)
+        entries[0]["status"] = "completed"
+        for listener in catalog.listeners:  # as Catalog.complete tells them
+            listener(dict(entries[0]))
+        await trio.sleep(1)
+        assert applied == []  # the stream still starts
+        service.streams = 0
+        expirer.wake()  # as the service does when a stream ends
+        await trio.sleep(1)
+    assert applied == ["retention is removing expired backups right now; try again in a moment"]
+    assert failures == ["stop here"] and service.expiring is None  # cleared whatever happened

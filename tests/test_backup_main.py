@@ -25,6 +25,20 @@ from tests.support.servers import run_tool
         ["--type", "full", "--output", "x", "--compress", "gzip"],
         ["--type", "full", "--output", "x", "--nice", "20"],
         ["--info", "a", "--nice", "5"],
+        ["--query", "f", "SELECT 1", "--archive-dir", "a"],  # no target
+        ["--query", "f", "SELECT 1", "--recovery-target-txid", "3"],  # no archive
+        [
+            "--query",
+            "f",
+            "SELECT 1",
+            "--archive-dir",
+            "a",
+            "--recovery-target-txid",
+            "3",
+            "--recovery-target-time",
+            "t",
+        ],
+        ["--info", "f", "--recovery-target-txid", "3"],
     ],
 )
 def test_usage_errors_exit_2(args):
@@ -40,6 +54,7 @@ def test_usage_errors_exit_2(args):
         (["--verify", "/b/f.backup", "--key-file", "/k"], verify),
         (["--info", "/b/f.backup", "--json"], info),
         (["--query", "/b/f.backup", "SELECT 1", "--database", "sales"], query),
+        (["--query", "/b/f.backup", "SELECT 1", "--archive-dir", "/a", "--recovery-target-txid", "7"], query),
         (["--rotate-key", "/old.key", "/new.key", "/b/1.backup", "/b/2.backup"], rotate_key),
         (["--create-key-file", "/etc/rustydb/backup.key"], create_key),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import trio
@@ -14,6 +15,7 @@ from rustydb_server.backup.service import BackupService, cancel_flag
 from rustydb_server.container.file import PARTIAL_SUFFIX
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.session import SqlSession
+from rustydb_server.fileops import FileOps
 from rustydb_server.settings import Settings
 
 
@@ -133,3 +135,59 @@ async def test_cancel_flag_passes_the_blocks_error():
     with pytest.raises(ValueError, match="mine"):
         async with cancel_flag():
             raise ValueError("mine")
+
+
+class GatedBackupWrites(FileOps):
+    """Backup files' writes wait at the gate once their header is written: a backup held mid-way."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self._backup_fds: set[int] = set()
+        self._writes: dict[int, int] = {}
+
+    def open(self, path, flags, mode=0o600):
+        fd = super().open(path, flags, mode)
+        if ".backup" in os.path.basename(path):
+            self._backup_fds.add(fd)
+        return fd
+
+    def write(self, fd, data):
+        if fd in self._backup_fds:
+            self._writes[fd] = self._writes.get(fd, 0) + 1
+            if self._writes[fd] > 1:
+                self.gate.wait(60)
+        return super().write(fd, data)
+
+
+async def test_a_running_backup_shows_its_progress_and_the_history_its_trigger_and_duration(data_dir, settings):
+    gated = GatedBackupWrites()
+    engine = Engine.open(dd.DataDir(data_dir), settings, fileops=gated)
+    try:
+        run_sql(engine, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        fill(engine, 6000)  # several 1 MiB chunks
+        service = service_for(engine, settings, data_dir)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            entry = service.start_backup(BackupRequest(threads=1))
+            with trio.fail_after(30):
+                while True:
+                    (row,) = await trio.to_thread.run_sync(service.history)
+                    if row["progress"] is not None and row["progress"]["bytes_done"] > 0:
+                        break
+                    await trio.sleep(0.01)
+            assert row["status"] == "in_progress" and row["trigger"] == "api"
+            progress = row["progress"]
+            total = progress["total_estimate"]
+            assert total > 2 << 20  # the database's size as the snapshot found it
+            assert 0 < progress["bytes_done"] <= total
+            assert progress["eta_s"] is not None and progress["rate_bytes_per_s"] > 0
+            gated.gate.set()
+            done = await wait_until_done(service.catalog, entry["backup_id"])
+            nursery.cancel_scope.cancel()
+        assert done["status"] == "completed"
+        (row,) = service.history()
+        assert row["progress"] is None and row["trigger"] == "api" and row["duration_s"] > 0
+        assert row["chain"] == [entry["backup_id"]] and row["retention"] == "kept"
+    finally:
+        gated.gate.set()
+        engine.close()

@@ -88,7 +88,9 @@ class FakeServer:
                     while (event := proto.next_event()) is not p.NEED_DATA:
                         for reply in getattr(event, "replies", ()):
                             send(reply)
-                        if isinstance(event, p.SessionRequested):
+                        if isinstance(event, p.TlsRequested):  # the cli asks first (--tls prefer)
+                            send(p.TlsAnswer(False, "this fake server has no TLS"))
+                        elif isinstance(event, p.SessionRequested):
                             session["database"] = event.database or "main"
                             send(p.Ready("0.1.0", session["database"], 1))
                         elif isinstance(event, p.Query):

@@ -65,9 +65,13 @@ def test_full_wal_disk_fails_commits_clearly_and_recovers(server_factory, small_
     failed_id = i
     acked = c.execute("SELECT max(id) FROM t").rows[0][0]  # reads keep working
     assert acked == failed_id - 1  # nothing is visible before it is applied
-    assert srv.health()["status"] == "healthy"
+    # Still serving, and the full file system (backup_dir lies on it) is the reason it is not healthy.
+    health = srv.health()
+    assert health["status"] == "degraded", health
+    assert any("nearly full" in r for r in health["reasons"]), health
     os.unlink(small_disk / "ballast")  # space is back
     c.execute(f"INSERT INTO t VALUES ({failed_id + 1}, 'after')")
+    assert srv.health()["status"] == "healthy"
     # present exactly when it was reported committed, and wholly so
     ids = [r[0] for r in c.execute("SELECT id FROM t ORDER BY id").rows]
     assert ids == (list(range(1, failed_id + 2)) if committed else list(range(1, failed_id)) + [failed_id + 1])

@@ -30,6 +30,7 @@ def settings(**overrides) -> dict:
         "backup_schedule_retry_delay": 300,
         "backup_compression": "lz4",
         "backup_threads": 2,
+        "backup_schedule_encryption": False,
     }
     s.update(overrides)
     return s
@@ -41,6 +42,7 @@ class FakeService:
     def __init__(self, duration: float = 60.0):
         self.duration = duration
         self.started: list[tuple[float, str]] = []  # (trio time, backup type)
+        self.requests: list = []
         self.outcomes: list[str] = []  # "completed", "failed", "refused"; default completed
         self.has_full = False
         self._ends: dict[str, tuple[float, str]] = {}
@@ -50,6 +52,7 @@ class FakeService:
         if outcome == "refused":
             raise BackupRequestError("backup_dir is not writable")
         backup_id = f"b{len(self.started)}"
+        self.requests.append(req)
         self.started.append((trio.current_time(), str(req.backup_type)))
         self._ends[backup_id] = (trio.current_time() + self.duration, outcome)
         return {"backup_id": backup_id, "status": "in_progress"}
@@ -206,3 +209,36 @@ async def test_dst_spring_forward_runs_once(tmp_path, clock):
     await run_for(sched, 2 * 24 * HOUR)
     started = [(epoch + dt.timedelta(seconds=t)).isoformat() for t, _ in service.started]
     assert started == ["2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"]  # 03:00 CEST, then 02:30 CEST
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+async def test_scheduled_backups_are_encrypted_when_the_setting_says_so(tmp_path, clock, encrypt):
+    service = FakeService()
+    sched = make(tmp_path, service, settings(backup_schedule_encryption=encrypt))
+    await run_for(sched, 2 * 24 * HOUR)
+    assert service.requests and all(r.encrypt is encrypt for r in service.requests)
+    assert all(r.codec == "lz4" for r in service.requests)
+
+
+async def test_steps_after_a_backup_run_after_each_completed_one_only(tmp_path, clock):
+    """Retention's hook: awaited after every completed scheduled backup, never after a failed
+    one, and a hook that fails leaves the schedule going."""
+    service = FakeService()
+    service.outcomes = ["completed", "failed", "completed", "completed"]
+    sched = make(tmp_path, service, settings(backup_schedule_full="0 * * * *", backup_schedule_incremental=""))
+    seen = []
+
+    async def step(record):
+        seen.append((record["backup_id"], record["outcome"]))
+        if len(seen) == 1:
+            raise OSError("expire failed")
+
+    sched.after_backup.append(step)
+    await run_for(sched, 3.5 * HOUR)
+    assert [(r["backup_id"], r["outcome"]) for r in sched.history] == [
+        ("b0", "completed"),
+        ("b1", "failed"),
+        ("b2", "completed"),  # the retry of b1
+        ("b3", "completed"),
+    ]
+    assert seen == [("b0", "completed"), ("b2", "completed"), ("b3", "completed")]

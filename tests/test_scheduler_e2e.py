@@ -89,3 +89,38 @@ def test_alter_system_checks_and_sets_a_schedule(server):
     assert server.sql("ALTER SYSTEM SET backup_schedule_full = '30 3 * * 0';").returncode == 0
     shown = server.sql("SHOW backup_schedule_full;")
     assert "30 3 * * 0" in shown.stdout
+
+
+def test_scheduled_backup_is_encrypted_with_the_servers_key(server_factory, tmp_path):
+    from rustydb_server.keys import create_key_file
+
+    from .support.servers import run_tool
+
+    key = tmp_path / "backup.key"
+    create_key_file(str(key))
+    conf = tmp_path / "rustydb.toml"
+    conf.write_text(
+        f"backup_dir = '{tmp_path / 'b'}'\n"
+        f"backup_key_file = '{key}'\n"
+        "backup_schedule_encryption = true\n"
+        "backup_schedule_full = 'off'\n"
+        "backup_schedule_incremental = '0 2 * * *'\n"
+        "backup_schedule_timezone = 'UTC'\n"
+    )
+    srv = server_factory(extra_args=["--config", str(conf)]).start()
+    fill(srv, 50)
+    srv.stop()
+    state_path = os.path.join(srv.data_dir, STATE_FILE)
+    state = json.load(open(state_path))
+    state["handled"]["incremental"]["until"] = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat()
+    open(state_path, "w").write(json.dumps(state))
+
+    srv.start()
+    (backup,) = wait_for_backups(srv, 1)
+    assert backup["status"] == "completed", backup
+    srv.stop()
+    info = run_tool("rusty-db-backup", "--info", backup["location"], "--json", check=True)
+    assert json.loads(info.stdout)["encrypted"] is True
+    # Only the server's key opens it: verify with the key passes, without it fails.
+    assert run_tool("rusty-db-backup", "--verify", backup["location"], "--key-file", str(key)).returncode == 0
+    assert run_tool("rusty-db-backup", "--verify", backup["location"]).returncode == 1

@@ -16,6 +16,7 @@ TOOLS = {
     "rusty-db-backup": "backup_main",
     "rusty-db-restore": "restore_main",
     "rusty-db-export": "export_main",
+    "rusty-db-waldump": "waldump_main",
 }
 
 

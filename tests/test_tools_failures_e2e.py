@@ -19,7 +19,7 @@ from rustydb_server.keys import KeyFileSource
 from tests.support.backups import NO_KEYS, open_engine, run_sql, write_backup
 from tests.support.servers import free_port, run_tool, tool
 
-TOOLS_WITH_JSON = ("rusty-db-backup", "rusty-db-restore", "rusty-db-export")
+TOOLS_WITH_JSON = ("rusty-db-backup", "rusty-db-restore", "rusty-db-export", "rusty-db-waldump")
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,19 @@ def _cases():
         ("--table", "nope", "--input-dir", "{root}/restored", "--output", "{root}/e6.sql"),
         ("--table", "t", "--input-dir", "{root}/restored", "--output", "{root}/e7.sql", "--database", "nope"),
     ]
+    waldump = [
+        ("--data-dir", "{missing}"),
+        ("--data-dir", "{root}/a-directory"),
+        ("--wal-dir", "{missing}"),
+        ("--wal-dir", "{root}/not-a-dir"),
+        ("--archive-dir", "{missing}"),
+        ("--archive-dir", "{root}/garbage-archive"),
+        ("--archive-dir", "{root}/backup-archive"),
+        ("--backup", "{missing}"),
+        ("--backup", "{root}/garbage.backup"),
+        ("--backup", "{root}/good.backup"),
+        ("--backup", "{root}/a-directory"),
+    ]
     cli = [
         ("--port", closed, "--command", "SELECT 1;"),
         ("--port", closed, "--file", "{missing}"),
@@ -165,6 +178,7 @@ def _cases():
         ("rusty-db-backup", backup),
         ("rusty-db-restore", restore),
         ("rusty-db-export", export),
+        ("rusty-db-waldump", waldump),
         ("rusty-db-cli", cli),
         ("rusty-db-server", server),
     ):
@@ -274,6 +288,10 @@ def test_an_unreadable_file_is_one_error_line(inputs, restored, name, args):
         ("rusty-db-restore", ("--list-wal", "--archive-dir", "a", "--recovery-target-timeline", "current")),
         ("rusty-db-export", ("--table", "t")),
         ("rusty-db-export", ("--table", "t", "--input-dir", "d", "--output", "o", "--batch-rows", "0")),
+        ("rusty-db-waldump", ("--wal-dir", "w", "--archive-dir", "a")),
+        ("rusty-db-waldump", ("--as-of", "txid:soon")),
+        ("rusty-db-waldump", ("--changes", "--stats")),
+        ("rusty-db-restore", ("--input", "x", "--data-dir", "d", "--table", "t", "--dry-run")),
     ],
 )
 def test_a_usage_error_exits_2_and_still_gives_one_json_document(name, args):

@@ -240,3 +240,18 @@ def test_scan_segment_stops_at_switch_and_at_a_full_tail():
     segments = _segments_from(fragments)
     events = list(scan_segment(bytes(segments[0]), 0, SIZE))
     assert events[-1] == SegmentStop("full", SIZE - 5)
+
+
+def test_a_segment_number_beyond_the_lsn_space_is_a_damaged_header_not_a_crash():
+    from rustydb_server.wal import segment as seg
+
+    size = 1 << 16
+    segno = (1 << 64) // size  # the first segment number whose LSNs do not fit 64 bits
+    fields = seg._HEADER.pack(seg.MAGIC, seg.FORMAT_VERSION, 1, segno, 7, size)
+    data = (fields + seg._HEADER_CRC.pack(seg.crc32c(fields))).ljust(seg.HEADER_SIZE, b"\0")
+    with pytest.raises(seg.SegmentHeaderError, match="beyond the 64-bit LSN space"):
+        seg.decode_segment_header(data)
+    buf = data + seg.encode_fragment(0, seg.FragmentKind.FULL, b"x").ljust(size - seg.HEADER_SIZE, b"\0")
+    with pytest.raises(seg.BadFragment):
+        seg.parse_fragment(buf, seg.HEADER_SIZE, segno * size, size)
+    assert seg.find_valid_fragment(buf, 0, segno, size) is None

@@ -18,7 +18,10 @@ from rustydb_client.protocol.messages import message_of
 from rustydb_server.wire import BULK_NOTSENT_LOWAT, ClientConnection
 
 # A server that trusts loopback peers: no authentication to go through.
-TRUSTING = SimpleNamespace(settings={"auth_trust_loopback": True, "auth_users_file": "", "client_send_timeout": 60_000})
+TRUSTING = SimpleNamespace(
+    settings={"auth_trust_loopback": True, "auth_users_file": "", "client_send_timeout": 60_000},
+    tls=SimpleNamespace(plaintext_refusal=None, context=None),  # TLS off
+)
 PEER = ("127.0.0.1", 1)
 
 

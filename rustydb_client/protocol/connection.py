@@ -7,6 +7,9 @@ the bytes to write or raises LocalProtocolError. Both directions are checked
 against the same conversation:
 
     client                                server
+    [Hello(tls=True)                     ->   (TCP clients asking for TLS)
+                                          <- TlsAnswer
+     TLS handshake, if accepted]
     Hello                                ->
                                           <- AuthRequired          (only if auth is on)
     ScramClientFirst                     ->
@@ -21,6 +24,12 @@ against the same conversation:
     BackupStored                         ->   (after a BackupEnd awaiting_location)
                                           <- Complete   (or Error)
     Goodbye                              ->
+
+A hello that asks for TLS names no user: the real hello follows the
+TlsAnswer, inside TLS when the server accepted (the shells wrap their sockets
+between the two; ``start_tls()`` checks no plaintext byte is left over to be
+mistaken for one sent under TLS). A server that requires TLS refuses a
+plaintext hello with a fatal ``tls_required`` error.
 
 Notices may come before any answer's end; a fatal Error may come at any time
 and ends the connection. The client sends one statement per query, so every
@@ -63,6 +72,8 @@ from .events import (
     ScramServerFinal,
     ScramServerFirst,
     SessionRequested,
+    TlsAnswer,
+    TlsRequested,
 )
 from .frames import (
     DEFAULT_MAX_FRAME,
@@ -79,6 +90,7 @@ from .scram import ClientScram, ServerScram
 class State(StrEnum):
     START = "start"  # client: nothing sent yet
     HANDSHAKE = "handshake"  # client: hello sent, no ready yet
+    TLS = "tls"  # client: asked for TLS, no answer yet; server: owes the TlsAnswer
     HELLO = "hello"  # server: waiting for hello
     CLIENT_FIRST = "client_first"  # server: waiting for the client's first SCRAM message
     CLIENT_FINAL = "client_final"  # server: waiting for the client's final SCRAM message
@@ -104,6 +116,8 @@ class Connection(ABC):
         self._failed: RemoteProtocolError | None = None
         self._owed: list = []  # replies this side was told to send, in order
         self._answering = False  # the answer under way sent (or got) its first part
+        self._tls_asked = False
+        self.tls_active = False  # start_tls() was called
 
     # ------------------------------------------------------------ receiving
 
@@ -121,6 +135,18 @@ class Connection(ABC):
     def largest_frame_received(self) -> int:
         """The size of the largest frame the peer sent so far."""
         return self._decoder.largest_frame
+
+    def start_tls(self) -> None:
+        """The TlsAnswer accepted TLS: from here the bytes come through TLS.
+
+        A byte received before the handshake and not read yet would be taken
+        as sent under TLS (the STARTTLS injection): that breaks the protocol.
+        """
+        if self._decoder.buffered:
+            raise RemoteProtocolError(
+                "protocol_violation", "the peer sent data before the TLS handshake; the connection is closed"
+            )
+        self.tls_active = True
 
     def recv_buffer(self) -> memoryview | None:
         """Where to receive next (``socket.recv_into``) while a large frame's body
@@ -263,6 +289,9 @@ class ServerSide(Connection):
     ``handshake_max_frame`` bytes (a hello and SCRAM messages are small), so a
     peer that has not authenticated cannot make the server buffer a large
     frame; ``max_frame`` applies from then on.
+
+    ``tls_required``: why a plaintext hello is refused (the server requires
+    TLS of this client), or None.
     """
 
     def __init__(
@@ -272,8 +301,10 @@ class ServerSide(Connection):
         decoy_secret: bytes | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
         handshake_max_frame: int = HANDSHAKE_MAX_FRAME,
+        tls_required: str | None = None,
     ):
         super().__init__(max_frame)
+        self._tls_required = tls_required
         self._decoder.max_frame = min(handshake_max_frame, max_frame)
         self._decoder.limit_note = " before authentication"
         self.state = State.HELLO
@@ -300,6 +331,8 @@ class ServerSide(Connection):
     def _allowed_send(self, event) -> State | None:
         if isinstance(event, Ready) and self.state is State.OPENING:
             return State.IDLE
+        if isinstance(event, TlsAnswer) and self.state is State.TLS:
+            return State.HELLO
         return self._answer_part(event)
 
     def _sent(self, event, after: State) -> None:
@@ -350,6 +383,14 @@ class ServerSide(Connection):
         return self._hello.user if self._hello is not None else None
 
     def _on_hello(self, hello: Hello):
+        if hello.tls:
+            if self._tls_asked:
+                raise RemoteProtocolError("protocol_violation", "the client asked for TLS twice")
+            self._tls_asked = True
+            self.state = State.TLS
+            return TlsRequested()
+        if self._tls_required is not None and not self.tls_active:
+            raise RemoteProtocolError("tls_required", self._tls_required)
         self._hello = hello
         if self._auth_fn is None:
             self.state = State.OPENING
@@ -419,6 +460,11 @@ class ClientSide(Connection):
         if isinstance(event, Goodbye):
             return State.CLOSED
         if isinstance(event, Hello) and self.state is State.START:
+            if event.tls:
+                if self._tls_asked:
+                    return None
+                self._tls_asked = True
+                return State.TLS
             self._user = event.user
             return State.HANDSHAKE
         if self.state is State.IDLE:
@@ -438,6 +484,15 @@ class ClientSide(Connection):
             self.state = State.CLOSED
             return event
         if isinstance(event, Notice):
+            return event
+        if self.state is State.TLS:
+            if not isinstance(event, TlsAnswer):
+                raise RemoteProtocolError(
+                    "protocol_violation",
+                    f"the server answered the request for TLS with {event.type}; it may be older than this "
+                    "client (connect with --tls disable, or upgrade the server)",
+                )
+            self.state = State.START  # the real hello is next
             return event
         if self.state is State.HANDSHAKE:
             return self._receive_handshake(event)

@@ -28,6 +28,10 @@ class Hello:
     user: str
     database: str | None
     client: str
+    # True: the client asks for TLS. Such a hello names no user (its user is
+    # ""); the server answers TlsAnswer alone, and the client then sends its
+    # real hello, inside TLS when the server accepted.
+    tls: bool = False
 
 
 @dataclass(slots=True)
@@ -85,6 +89,17 @@ class Goodbye:
 
 
 # ------------------------------------------------------- server to client
+
+
+@dataclass(slots=True)
+class TlsAnswer:
+    """The answer to a hello that asked for TLS: ``accepted``, the TLS handshake
+    starts right after this frame; else ``reason`` says why not, and the client
+    may go on in plaintext with its real hello, or close."""
+
+    type: ClassVar[str] = "tls_answer"
+    accepted: bool
+    reason: str = ""
 
 
 @dataclass(slots=True)
@@ -190,6 +205,12 @@ class AuthContinue:
 
 
 @dataclass(slots=True)
+class TlsRequested:
+    """Server side: the client's hello asked for TLS. Send a TlsAnswer; if it
+    accepts, call ``start_tls()`` and run the TLS handshake, then read on."""
+
+
+@dataclass(slots=True)
 class SessionRequested:
     """Server side: the client is who it says. Send ``replies`` (the SCRAM
     final message, if any), open the session, then send Ready, or a fatal
@@ -217,6 +238,7 @@ NEED_DATA = _NeedData()
 TO_SERVER_EVENTS = (Hello, ScramClientFirst, ScramClientFinal, Query, BackupRequested, BackupStored, Goodbye)
 TO_CLIENT_EVENTS = (
     AuthRequired,
+    TlsAnswer,
     ScramServerFirst,
     ScramServerFinal,
     Ready,

@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from .errors import RemoteProtocolError
-from .events import TO_CLIENT_EVENTS, TO_SERVER_EVENTS, BackupEnd, BackupRequested
+from .events import TO_CLIENT_EVENTS, TO_SERVER_EVENTS, BackupEnd, BackupRequested, Hello, TlsAnswer
 from .scan import MAX_CONTAINER_LEN
 
 TO_SERVER = "to_server"
@@ -64,6 +64,7 @@ _SCHEMAS: dict[str, dict[str, dict[str, tuple[str, bool]]]] = {
             "user": ("str", True),
             "database": ("str|None", False),
             "client": ("str", True),
+            "tls": ("bool", False),
         },
         "scram_client_first": {"data": ("str", True)},
         "scram_client_final": {"data": ("str", True)},
@@ -74,6 +75,7 @@ _SCHEMAS: dict[str, dict[str, dict[str, tuple[str, bool]]]] = {
     },
     TO_CLIENT: {
         "auth_required": {"mechanism": ("str", True)},
+        "tls_answer": {"accepted": ("bool", True), "reason": ("str", False)},
         "scram_server_first": {"data": ("str", True)},
         "scram_server_final": {"data": ("str", True)},
         "ready": {
@@ -157,6 +159,10 @@ def message_of(event) -> dict:
         msg[name] = getattr(event, name)
     if type(event) is BackupEnd and not event.awaiting_location:
         del msg["awaiting_location"]  # the frame earlier versions sent and read
+    elif type(event) is Hello and not event.tls:
+        del msg["tls"]  # likewise
+    elif type(event) is TlsAnswer and not event.reason:
+        del msg["reason"]
     return msg
 
 

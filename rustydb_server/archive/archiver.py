@@ -63,6 +63,8 @@ class ArchiveProgress:
     last_failure_reason: str | None = None
     failures_in_a_row: int = 0
     archived_count: int = 0
+    failing_since: float | None = None  # when the current run of failures began (metrics, alerts)
+    archived_bytes: int = 0  # bytes written to archive_dest since start (metrics)
 
 
 class Archiver:
@@ -84,6 +86,7 @@ class Archiver:
         # run it inline, so time never jumps while a copy is in progress).
         self._run_sync = run_sync
         self._settings_changed = Doorbell()
+        self.outcome = Doorbell()  # rung at each archive success or failure (the alerts' archive watch)
         self._retry_at: float | None = None  # trio time of the next try after failures
         self._switch_retry_at = -math.inf  # trio time before which a failed switch is not retried
 
@@ -125,6 +128,20 @@ class Archiver:
             f"{s.failures_in_a_row} failure(s) in a row, {waiting} segment(s) waiting in wal/); "
             "see GET /api/v1/admin/archive"
         )
+
+    def lag(self) -> tuple[int, float]:
+        """How far the archive is behind: completed segments waiting, and how long
+        the oldest has waited in seconds (its ``.ready`` mark's age); (0, 0.0) while off."""
+        if not self.settings["archive_mode"]:
+            return 0, 0.0
+        pending = archive_status.waiting(self.status_dir)
+        if not pending:
+            return 0, 0.0
+        try:
+            marked = os.stat(os.path.join(self.status_dir, pending[0] + archive_status.READY)).st_mtime
+        except OSError:
+            return len(pending), 0.0
+        return len(pending), max(0.0, time.time() - marked)
 
     def retry_now(self) -> None:
         """Try the waiting segments at once, without waiting out the backoff."""
@@ -198,16 +215,21 @@ class Archiver:
         s.last_archived_time = time.time()
         s.archived_count += 1
         s.failures_in_a_row = 0
+        s.failing_since = None
         self._retry_at = None
+        self.outcome.ring()
 
     def _failed(self, name: str, error: Exception) -> None:
         s = self.progress
         s.failures_in_a_row += 1
+        if s.failing_since is None:
+            s.failing_since = time.time()
         s.last_failed_segment = name
         s.last_failure_time = time.time()
         s.last_failure_reason = str(error)
         backoff = backoff_seconds(s.failures_in_a_row)
         self._retry_at = trio.current_time() + backoff
+        self.outcome.ring()
         log.warning(
             "archiving a WAL segment failed; the segment is kept and retried",
             segment=name,
@@ -260,6 +282,7 @@ class Archiver:
                 key=self._key(),
                 fileops=self.fileops,
             )
+            self.progress.archived_bytes += os.path.getsize(target)
         archive_status.mark_done(self.status_dir, name, self.fileops)
 
     def _archive_histories(self) -> None:

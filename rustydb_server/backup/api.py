@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .. import alerts
 from ..audit import audit
 from .request import BackupRequestError, parse_request
 from .service import BackupService
@@ -72,6 +74,10 @@ def _who(request: Request) -> dict:
     }
 
 
+#: For the other routes of the admin API.
+who = _who
+
+
 def routes(service: BackupService, settings) -> list[Route]:
     async def start(request: Request) -> JSONResponse:
         try:
@@ -80,9 +86,17 @@ def routes(service: BackupService, settings) -> list[Route]:
             return e.response()
         try:
             req = parse_request(body, settings)
+        except BackupRequestError as e:
+            audit("backup", "failed", **_who(request), via="http", error=str(e))
+            return _error(e.status, str(e), "invalid_backup_request")
+        try:
             entry = service.start_backup(req)
         except BackupRequestError as e:
             audit("backup", "failed", **_who(request), via="http", error=str(e))
+            if e.status != 409:  # a well-formed request the server could not carry out
+                alerts.failure(
+                    "backup", req.backup_type.value, backup_type=req.backup_type.value, trigger="api", error=str(e)
+                )
             return _error(e.status, str(e), "invalid_backup_request")
         audit(
             "backup",
@@ -118,7 +132,7 @@ def routes(service: BackupService, settings) -> list[Route]:
     async def listing(request: Request) -> JSONResponse:
         catalog = service.catalog
         entries = []
-        for e in catalog.list():
+        for e in await trio.to_thread.run_sync(service.history):
             d = describe(e)
             d["dependents"] = catalog.dependents(e["backup_id"])
             entries.append(d)

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from .. import fileops as _fileops
 from ..container.format import BackupType
@@ -49,6 +50,11 @@ FIELDS = (
     "error",
     "writers_paused_ms",
     "partial",
+    # The backup history (backup/history.py): who started it, and how long it ran.
+    "trigger",
+    "duration_s",
+    # Rows per table per database as the backup recorded them (an incremental's start from its parent's).
+    "tables",
 )
 
 
@@ -123,6 +129,9 @@ class Catalog:
         self.set_aside: str | None = None  # where a damaged catalog was moved
         self._lock = threading.Lock()
         self._entries: dict[str, dict] = {}
+        # Told of every backup that ends (completed or failed), with its final
+        # entry: the metrics and the alerts. A listener must be quick.
+        self.listeners: list[Callable[[dict], None]] = []
         self._load()
 
     def _load(self) -> None:
@@ -198,10 +207,20 @@ class Catalog:
             return dict(entry)
 
     def complete(self, backup_id: str, **fields) -> dict:
-        return self.update(backup_id, status="completed", completed_at=int(time.time()), error=None, **fields)
+        return self._ended(
+            self.update(backup_id, status="completed", completed_at=int(time.time()), error=None, **fields)
+        )
 
     def fail(self, backup_id: str, error: str) -> dict:
-        return self.update(backup_id, status="failed", completed_at=int(time.time()), error=error)
+        return self._ended(self.update(backup_id, status="failed", completed_at=int(time.time()), error=error))
+
+    def _ended(self, entry: dict) -> dict:
+        for listener in list(self.listeners):
+            try:
+                listener(dict(entry))
+            except Exception as e:  # a listener's bug never fails a backup's bookkeeping
+                log.error("a backup listener failed", listener=repr(listener), error=repr(e))
+        return entry
 
     def get(self, backup_id: str) -> dict | None:
         with self._lock:
@@ -269,6 +288,12 @@ class Catalog:
                     continue
                 out.append(dict(e))
             return sorted(out, key=lambda e: (e["end_lsn"], e["completed_at"] or 0), reverse=True)
+
+    def in_file_order(self) -> list[dict]:
+        """The entries as the catalog file holds them: in the order they were added
+        (retention orders backups of the same second by it)."""
+        with self._lock:
+            return [dict(e) for e in self._entries.values()]
 
     def list(self) -> list[dict]:
         with self._lock:

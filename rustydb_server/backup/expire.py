@@ -16,14 +16,23 @@ import dataclasses
 import os
 import time
 
+import trio
+
 from .. import fileops as _fileops
 from ..archive import segment_file
+from ..archive.segment_file import ArchiveError
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
-from ..datadir import DataDir
+from ..datadir import DataDir, DataDirError
+from ..doorbell import Doorbell
+from ..logsetup import get_logger
+from ..settings import SettingError
 from ..wal import timeline as waltl
+from ..wal.timeline import HistoryError
 from . import retention
-from .catalog import Catalog, known_path, load_entries
+from .catalog import Catalog, CatalogError, known_path, load_entries
+
+log = get_logger("rustydb.backup")
 
 
 @dataclasses.dataclass
@@ -35,11 +44,12 @@ class Facts:
     unreadable: list[str]  # archive files left alone: no readable header
 
 
-def gather(data_dir: str, archive_dir: str | None) -> Facts:
-    """Read the catalog, the control file's segment size and the archive.
+def gather(data_dir: str, archive_dir: str | None, entries: list[dict] | None = None) -> Facts:
+    """Read the catalog (unless the running server gives its ``entries``), the
+    control file's segment size and the archive.
 
     CatalogError, DataDirError, HistoryError or ArchiveError say what could not be read."""
-    entries = load_entries(data_dir)
+    entries = load_entries(data_dir) if entries is None else entries
     segment_size = DataDir(data_dir).read_control().segment_size
     segments: list[retention.Segment] = []
     histories: dict[int, list[waltl.Switch]] = {}
@@ -84,9 +94,12 @@ class Outcome:
     refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (backup id, why)
 
 
-def apply(plan: retention.Plan, data_dir: str, fileops: _fileops.FileOps = _fileops.REAL) -> Outcome:
+def apply(
+    plan: retention.Plan, data_dir: str, fileops: _fileops.FileOps = _fileops.REAL, catalog: Catalog | None = None
+) -> Outcome:
     """Remove what ``plan`` names (see the module doc for the order). The caller
-    holds the data directory's lock: a running server keeps its catalog in memory."""
+    holds the data directory's lock, or is the running server and gives its
+    own ``catalog`` (it keeps the catalog in memory)."""
     out = Outcome()
     removable = []
     for b in plan.backups:
@@ -102,7 +115,7 @@ def apply(plan: retention.Plan, data_dir: str, fileops: _fileops.FileOps = _file
             dirs.add(os.path.dirname(b.location))
     for d in sorted(dirs):
         fileops.fsync_dir(d)
-    catalog = Catalog(data_dir, fileops)
+    catalog = Catalog(data_dir, fileops) if catalog is None else catalog
     for b in removable:
         if catalog.get(b.backup_id) is not None:
             catalog.remove(b.backup_id)
@@ -140,3 +153,163 @@ def _unlink(fileops: _fileops.FileOps, path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def policy_of(settings) -> retention.Policy:
+    """The retention settings as a Policy; SettingError when they keep nothing in particular."""
+    days, count, archive_days = (
+        settings["backup_retention_days"],
+        settings["backup_retention_full_count"],
+        settings["archive_retention_days"],
+    )
+    if not days and not count:
+        raise SettingError(
+            "backup_retention_days and backup_retention_full_count are both 0: nothing says which "
+            "backups to keep; set one of them (ALTER SYSTEM SET backup_retention_days = 30)"
+        )
+    return retention.Policy(backup_days=days or None, full_count=count or None, archive_days=archive_days or None)
+
+
+def document(
+    data_dir: str,
+    archive_dir: str | None,
+    policy: retention.Policy,
+    facts: Facts,
+    plan: retention.Plan,
+    outcome: Outcome | None,
+) -> dict:
+    """What was (``outcome``) or would be (None: a dry run) removed and why: the
+    document of ``rusty-db-backup --expire --json`` and ``POST /api/v1/admin/expire``."""
+    refused = dict(outcome.refused) if outcome else {}
+    return {
+        "ok": not refused,
+        "dry_run": outcome is None,
+        "data_dir": data_dir,
+        "archive_dir": archive_dir,
+        "policy": {
+            "backup_retention_days": policy.backup_days or 0,
+            "backup_retention_full_count": policy.full_count or 0,
+            "archive_retention_days": policy.archive_days or 0,
+        },
+        "kept": plan.kept,
+        "backups": [
+            {
+                "backup_id": b.backup_id,
+                "type": b.backup_type,
+                "location": b.location,
+                "reason": b.reason,
+                "removed": outcome is not None and b.backup_id not in refused,
+            }
+            for b in plan.backups
+        ],
+        "segments": [
+            {
+                "segment": os.path.basename(s.path),
+                "path": s.path,
+                "timeline": s.timeline,
+                "segno": s.segno,
+                "reason": s.reason,
+                "removed": outcome is not None,
+            }
+            for s in plan.segments
+        ],
+        "refused": [{"backup_id": b, "reason": why} for b, why in refused.items()],
+        "unreadable_segments": facts.unreadable,
+    }
+
+
+class ExpireFailed(Exception):
+    """Retention could not run in the server; the message says why and what to do."""
+
+    def __init__(self, message: str, status: int = 500):
+        super().__init__(message)
+        self.status = status
+
+
+class Expirer:
+    """Retention run by the running server, on its own catalog.
+
+    It never races a backup: it waits until no backup is in progress (one the
+    server writes, or one streamed to rusty-db-backup), and while it removes
+    files the backup service refuses to start another (``service.expiring``,
+    409: try again in a moment). A dry run only reads, and runs at once.
+    One expire runs at a time.
+    """
+
+    def __init__(self, service, settings):
+        self._service = service
+        self._settings = settings
+        self._lock = trio.Lock()
+        # Rung when a backup ends (the catalog's listener) or a stream does (``wake``).
+        self._changed = Doorbell()
+        self._token = trio.lowlevel.current_trio_token()
+        service.catalog.listeners.append(lambda entry: self.wake())
+
+    def wake(self) -> None:
+        """A backup ended: look again whether any still runs (from any thread)."""
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            self._token.run_sync_soon(self._changed.ring)
+        else:
+            self._changed.ring()
+
+    def archive_dir(self) -> str | None:
+        dest = self._settings["archive_dest"]
+        return dest if dest and os.path.isdir(dest) else None
+
+    def _busy(self) -> list[str]:
+        busy = [e["backup_id"] for e in self._service.catalog.list() if e["status"] == "in_progress"]
+        if self._service.streams and not busy:  # one starting: its entry is not written yet
+            busy.append(f"{self._service.streams} backup(s) starting for rusty-db-backup")
+        return busy
+
+    async def run(self, *, dry_run: bool) -> dict:
+        """The document of ``document``; ExpireFailed says why it could not run."""
+        try:
+            policy = policy_of(self._settings)
+        except SettingError as e:
+            raise ExpireFailed(str(e), 409) from None
+        service = self._service
+        data_dir = service.engine.datadir.path
+        archive_dir = self.archive_dir()
+        if dry_run:
+            facts, plan = await trio.to_thread.run_sync(self._plan, data_dir, archive_dir, policy)
+            return document(data_dir, archive_dir, policy, facts, plan, None)
+        async with self._lock:
+            waited = False
+            while busy := self._busy():
+                if not waited:
+                    log.info("expire waits for running backups to end", backups=busy)
+                    waited = True
+                await self._changed.wait()
+            # No await between the check and the flag: no backup can start in between.
+            service.expiring = "retention is removing expired backups right now; try again in a moment"
+            try:
+                facts, plan, outcome = await trio.to_thread.run_sync(self._apply, data_dir, archive_dir, policy)
+            finally:
+                service.expiring = None
+        doc = document(data_dir, archive_dir, policy, facts, plan, outcome)
+        log.info(
+            "expired backups and archived WAL",
+            backups=[b["backup_id"] for b in doc["backups"] if b["removed"]],
+            segments=len(doc["segments"]),
+            kept=len(plan.kept),
+            refused=doc["refused"] or None,
+        )
+        return doc
+
+    def _plan(self, data_dir, archive_dir, policy):
+        try:
+            facts = gather(data_dir, archive_dir, self._service.catalog.in_file_order())
+        except (CatalogError, DataDirError, HistoryError, ArchiveError) as e:
+            raise ExpireFailed(str(e)) from None
+        return facts, make_plan(facts, policy)
+
+    def _apply(self, data_dir, archive_dir, policy):
+        facts, plan = self._plan(data_dir, archive_dir, policy)
+        try:
+            outcome = apply(plan, data_dir, self._service.engine.fileops, self._service.catalog)
+        except OSError as e:
+            raise ExpireFailed(f"removing expired backups failed: {e}; the next expire finishes the job") from None
+        return facts, plan, outcome

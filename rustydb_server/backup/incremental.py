@@ -29,6 +29,7 @@ from ..archive import segment_file as sf
 from ..container.errors import BackupError
 from ..container.format import BackupType
 from ..crypto import CryptoError
+from ..engine import database as engine_db
 from ..engine.instance import Engine
 from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..logsetup import get_logger
@@ -38,7 +39,7 @@ from ..wal import record as walrec
 from ..wal import segment as walseg
 from ..wal.lsn import format_lsn
 from ..wal.segment import HEADER_SIZE
-from .manifest import DatabaseEntry, Manifest
+from .manifest import DatabaseEntry, Manifest, TableRows
 from .steps import encode_steps, steps_entry
 
 log = get_logger("rustydb.backup")
@@ -322,22 +323,30 @@ def build(
         if tracking is not None and start <= end_lsn:
             tracked = tracking.net_changes(start)
             tracking.start(end_lsn)  # the base of the next incremental, if this one completes
-    if start > end_lsn:
-        raise IncrementalUnavailable("the base backup is newer than this server's WAL")
-    net = _tracked(tracked)
-    source = "tracked"
-    if net is None:
-        net = _from_wal(engine, start, end_lsn, scratch)
-        source = "wal"
-    wanted = set(names) if names else None
-    steps = {n: s for n, s in sorted(net.steps.items()) if wanted is None or n in wanted}
+        # Readers pinned at end_lsn while nothing commits: they count the rows the
+        # parent's counts and the net changes cannot tell, after the locks are released.
+        readers = _pin_readers(engine, names)
+    try:
+        if start > end_lsn:
+            raise IncrementalUnavailable("the base backup is newer than this server's WAL")
+        net = _tracked(tracked)
+        source = "tracked"
+        if net is None:
+            net = _from_wal(engine, start, end_lsn, scratch)
+            source = "wal"
+        wanted = set(names) if names else None
+        steps = {n: s for n, s in sorted(net.steps.items()) if wanted is None or n in wanted}
+        row_counts = _row_counts(readers, parent.get("tables"), steps)
+    finally:
+        for conn in readers.values():
+            conn.close()
     databases = []
     for name in sorted(set(steps) | (set(engine.databases) if wanted is None else wanted)):
         databases.append(
             DatabaseEntry(
                 name=name,
                 entry=steps_entry(name),
-                tables=(),
+                tables=row_counts.get(name, ()),
                 size_bytes=sum(len(p) for _, p in steps.get(name, [])),
                 transactions=net.transactions.get(name, 0),
             )
@@ -374,6 +383,67 @@ def build(
         seconds=round(time.perf_counter() - t0, 3),
     )
     return manifest, steps
+
+
+def _pin_readers(engine: Engine, names: list[str] | None) -> dict[str, apsw.Connection]:
+    """A read transaction per database, begun with its commit lock held: the
+    rows as of the incremental's end LSN (what the restore drill compares)."""
+    readers: dict[str, apsw.Connection] = {}
+    try:
+        for name in sorted(names or engine.databases):
+            handle = engine.databases.get(name)
+            if handle is None or handle.dropped:
+                continue
+            engine.require_caught_up(handle)
+            # A server connection: SQLite never checkpoints from it, not even
+            # when it is the last to close (the engine's rule for live databases).
+            conn = engine_db.open_connection(handle.path, server=True, vfs=engine.fileops.sqlite_vfs)
+            readers[name] = conn
+            conn.execute("BEGIN")
+            conn.execute(f"SELECT count(*) FROM {engine_db.STATE_TABLE}").fetchall()
+    except BaseException:
+        for conn in readers.values():
+            conn.close()
+        raise
+    return readers
+
+
+def _row_counts(
+    readers: dict[str, apsw.Connection], parent_tables: dict | None, steps: dict[str, list]
+) -> dict[str, tuple[TableRows, ...]]:
+    """Each database's rows per table as of the incremental's end: the parent's
+    counts (its catalog entry's) plus the net changes' inserts and minus their
+    deletes, where they tell it (changesets only); counted through the pinned
+    reader where they cannot (schema changes, a database or parent unknown)."""
+    out = {}
+    for name, conn in readers.items():
+        derived = _derived(((parent_tables or {}).get(name)), steps.get(name, []))
+        if derived is None:
+            derived = {
+                t: conn.execute(f"SELECT count(*) FROM {engine_db.quote_ident(t)}").fetchall()[0][0]
+                for t in engine_db.user_tables(conn)
+            }
+        out[name] = tuple(TableRows(t, n) for t, n in sorted(derived.items()))
+    return out
+
+
+def _derived(base, db_steps: list) -> dict[str, int] | None:
+    if not isinstance(base, dict) or not all(isinstance(v, int) for v in base.values()):
+        return None
+    rows = dict(base)
+    for kind, payload in db_steps:
+        if kind == "ddl" and isinstance(payload, str) and payload.startswith(SEQUENCE_STEP_PREFIX):
+            continue  # AUTOINCREMENT's counters: no table's rows
+        if kind != "changeset":
+            return None  # a schema change, a database created or dropped: count
+        for change in apsw.Changeset.iter(payload):
+            if change.name not in rows:
+                return None
+            if change.op == "INSERT":
+                rows[change.name] += 1
+            elif change.op == "DELETE":
+                rows[change.name] -= 1
+    return rows
 
 
 #: How long an incremental waits for change tracking to catch up (a burst of

@@ -38,6 +38,8 @@ class BackupRequest:
     base_backup: dict | None = None
     # Answer only once the backup has finished (HTTP only; the wire always streams it whole).
     wait: bool = False
+    # Who asked, as the backup history shows it (backup/history.py): "api" or "schedule".
+    trigger: str = "api"
 
 
 #: The fields of the HTTP API's JSON body.

@@ -35,6 +35,7 @@ from ..logsetup import get_logger
 from ..settings import to_seconds
 from ..wal import archive_status
 from ..wal import segment as walseg
+from . import checks, history
 from .catalog import Catalog, known_path
 from .incremental import IncrementalSource, IncrementalUnavailable, check_parent
 from .manifest import Manifest
@@ -141,6 +142,25 @@ class BackupService:
         # The backup scheduler (schedule/scheduler.py), once the server runs one:
         # what SHOW BACKUP SCHEDULE and GET /api/v1/admin/schedule report.
         self.scheduler = None
+        # Retention in the running server (expire.Expirer), and while it removes
+        # files, why a backup may not start (a 409: try again in a moment).
+        self.expirer = None
+        self.expiring: str | None = None
+        self.streams = 0  # backups being streamed to rusty-db-backup
+        # Running backups' progress (bytes done, total estimate): GET /api/v1/admin/backups, SHOW BACKUPS.
+        self.progress: dict[str, history.Progress] = {}
+
+    def history(self) -> list[dict]:
+        """Every backup with its trigger, duration, chain, retention state, checks and progress
+        (backup/history.py); reads backup_checks.json: call it in a worker thread."""
+        return history.listing(
+            self.catalog.list(),
+            checks.load(self.engine.datadir.path),
+            history.policy_of(self.settings),
+            dict(self.progress),
+            now=time.time(),
+            monotonic_now=time.monotonic(),
+        )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
@@ -260,6 +280,8 @@ class BackupService:
         """A Snapshot (full, pitr-base) or the net WAL changes (incremental, differential)."""
         if backup_type.needs_parent:
             parent = self.parent_for(backup_type, base_backup)
+            # The parent's row counts: the incremental's follow from them and its net changes.
+            parent = dict(parent, tables=(self.catalog.get(parent["backup_id"]) or {}).get("tables"))
             try:
                 return IncrementalSource(
                     self.engine, parent, backup_type, names, os.path.join(self.scratch, "wal"), backup_id
@@ -277,14 +299,22 @@ class BackupService:
         A request naming its ``output`` returns the backup, to be recorded
         when the client confirms it (``client_stored``) or failed if it does
         not (``not_stored``)."""
-        async with cancel_flag() as cancel:
-            return await self._stream(conn, request, cancel, user)
+        self.streams += 1  # before the stream's own check of ``expiring``: an expire waits for it
+        try:
+            async with cancel_flag() as cancel:
+                return await self._stream(conn, request, cancel, user)
+        finally:
+            self.streams -= 1
+            if self.expirer is not None:
+                self.expirer.wake()
 
     async def _stream(
         self, conn, request: events.BackupRequested, cancel: threading.Event, user=None
     ) -> AwaitingLocation | None:
         try:
             req = parse_request(wire_fields(request), self.settings, WIRE_FIELDS)
+            if self.expiring:
+                raise BackupRequestError(self.expiring, status=409)
             if request.output is not None and not os.path.isabs(request.output):
                 raise BackupRequestError(f"the backup's output {request.output!r} is not an absolute path")
             base, where = None, None
@@ -310,7 +340,7 @@ class BackupService:
         try:
             if req.backup_type is BackupType.PITR_BASE:
                 await self._switch_for_base()
-            self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=location))
+            self.catalog.add(**_catalog_fields(manifest, snap, origin="client", location=location), trigger="cli")
         except (EngineError, OSError) as e:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
@@ -340,6 +370,9 @@ class BackupService:
         )
         sent = 0
         t0 = time.perf_counter()
+        self.progress[snap.backup_id] = history.Progress(
+            time.monotonic(), total_estimate=sum(db.size_bytes for db in manifest.databases)
+        )
         try:
             if base is not None:
                 await conn.send(events.Notice(based_on(base, where)))
@@ -364,10 +397,10 @@ class BackupService:
                     output=request.output,
                     peer=conn.peer,
                 )
-                return AwaitingLocation(snap.backup_id, manifest, request.output, sent)
+                return AwaitingLocation(snap.backup_id, manifest, request.output, sent, started=t0)
             await conn.send(events.BackupEnd(manifest.end_lsn, sent))
             try:
-                self.catalog.complete(snap.backup_id, size_bytes=sent)
+                self.catalog.complete(snap.backup_id, size_bytes=sent, duration_s=round(time.perf_counter() - t0, 3))
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -398,12 +431,16 @@ class BackupService:
             log.warning("backup failed", backup_id=snap.backup_id, error=reason)
             raise
         finally:
+            self.progress.pop(snap.backup_id, None)
             with trio.CancelScope(shield=True):  # at shutdown too: descriptors, connections
                 await trio.to_thread.run_sync(snap.close, limiter=self.limiter)
 
     def client_stored(self, awaiting: AwaitingLocation, location: str) -> None:
         """The client wrote the backup durably at ``location``: it is present."""
-        self.catalog.complete(awaiting.backup_id, size_bytes=awaiting.size_bytes, location=location)
+        duration = None if awaiting.started is None else round(time.perf_counter() - awaiting.started, 3)
+        self.catalog.complete(
+            awaiting.backup_id, size_bytes=awaiting.size_bytes, location=location, duration_s=duration
+        )
         self.engine.record_backup(awaiting.manifest)
         log.info("backup stored by the client", backup_id=awaiting.backup_id, location=location)
 
@@ -449,6 +486,7 @@ class BackupService:
         straight from the file to the socket (sendfile); other data is read in
         a worker thread while the chunks before it are being sent."""
         sent = 0
+        progress = self.progress.get(snap.backup_id)
         entries = snap.entries(self.scratch, cancel, ranges=True)
         try:
             while True:
@@ -457,20 +495,23 @@ class BackupService:
                     return sent
                 entry, source = item
                 if isinstance(source, FileRange):
-                    sent += await self._send_file(conn, entry, source)
+                    sent += await self._send_file(conn, entry, source, progress)
                 else:
-                    sent += await self._send_chunks(conn, entry, source)
+                    sent += await self._send_chunks(conn, entry, source, progress)
                 await conn.send_bulk(events.BackupData(entry, True, b""))
         finally:
             with trio.CancelScope(shield=True):  # a scratch copy is removed on close
                 await trio.to_thread.run_sync(entries.close, limiter=self.limiter)
 
-    async def _send_file(self, conn, entry: str, source: FileRange) -> int:
+    async def _send_file(self, conn, entry: str, source: FileRange, progress=None) -> int:
         for offset in range(0, source.size, FILE_FRAME):
-            await conn.send_file_bulk(entry, False, source.fd, offset, min(FILE_FRAME, source.size - offset))
+            size = min(FILE_FRAME, source.size - offset)
+            await conn.send_file_bulk(entry, False, source.fd, offset, size)
+            if progress is not None:
+                progress.bytes_done += size
         return source.size
 
-    async def _send_chunks(self, conn, entry: str, chunks) -> int:
+    async def _send_chunks(self, conn, entry: str, chunks, progress=None) -> int:
         """Read chunks in a worker thread while the previous ones are being sent."""
         send_ch, recv_ch = trio.open_memory_channel(8)
         sent = 0
@@ -494,6 +535,8 @@ class BackupService:
                     async for chunk in recv_ch:
                         await conn.send_bulk(events.BackupData(entry, False, chunk))
                         sent += len(chunk)
+                        if progress is not None:
+                            progress.bytes_done += len(chunk)
         except BaseExceptionGroup as group:
             # One failure (a cancelled backup, a dropped client) is what callers handle.
             if len(group.exceptions) == 1:
@@ -504,6 +547,8 @@ class BackupService:
     # --------------------------------------------------------- written by us
     def start_backup(self, req: BackupRequest) -> dict:
         """Record the backup and start it in the service's nursery; return its catalog entry at once."""
+        if self.expiring:
+            raise BackupRequestError(self.expiring, status=409)
         key = None
         if req.encrypt:
             try:
@@ -530,7 +575,9 @@ class BackupService:
             compression=req.codec,
             encryption=req.encrypt,
             databases=req.databases,
+            trigger=req.trigger,
         )
+        self.progress[backup_id] = history.Progress(time.monotonic())
         self._running[backup_id] = trio.Event()
         self._nursery.start_soon(self._run_job, req, backup_id, location, key)
         return entry
@@ -547,6 +594,7 @@ class BackupService:
         try:
             await self._job(req, backup_id, location, key)
         finally:
+            self.progress.pop(backup_id, None)
             self._running.pop(backup_id).set()
 
     async def _job(self, req, backup_id, location, key) -> None:
@@ -580,7 +628,7 @@ class BackupService:
             except trio.Cancelled:
                 self.catalog.fail(backup_id, "the server shut down during the backup's archive check")
                 raise
-        self.catalog.complete(backup_id, **summary)
+        self.catalog.complete(backup_id, duration_s=round(time.perf_counter() - t0, 3), **summary)
         log.info(
             "backup completed",
             backup_id=backup_id,
@@ -593,6 +641,8 @@ class BackupService:
         _usable_backup_dir(os.path.dirname(location))
         with self.open_source(req.backup_type, req.databases, backup_id=backup_id, cancel=cancel) as snap:
             manifest = snap.manifest()
+            progress = self.progress.get(backup_id) or history.Progress(time.monotonic())
+            progress.total_estimate = sum(db.size_bytes for db in manifest.databases)
             if req.backup_type is BackupType.PITR_BASE:
                 self.engine.switch_wal()
             self.catalog.update(
@@ -600,7 +650,7 @@ class BackupService:
                 **{
                     k: v
                     for k, v in _catalog_fields(manifest, snap, origin="api", location=location).items()
-                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms", "partial")
+                    if k in ("start_lsn", "end_lsn", "timeline", "databases", "writers_paused_ms", "partial", "tables")
                 },
             )
             with BackupFile(
@@ -617,6 +667,7 @@ class BackupService:
                     for chunk in chunks:
                         trio.from_thread.check_cancelled()
                         bf.write(chunk)
+                        progress.bytes_done += len(chunk)
                     bf.end_entry()
                 summary = bf.commit()
             self.engine.record_backup(manifest)
@@ -656,6 +707,8 @@ def _catalog_fields(manifest: Manifest, snap: Snapshot, *, origin: str, location
         "parent_id": manifest.parent_id,
         "base_full_id": manifest.base_full_id,
         "partial": manifest.partial,
+        # Rows per table, per database that recorded them: the next incremental's counts start from them.
+        "tables": {db.name: {t.name: t.rows for t in db.tables} for db in manifest.databases if db.tables},
     }
 
 
@@ -674,6 +727,7 @@ class AwaitingLocation:
     manifest: Manifest
     output: str
     size_bytes: int
+    started: float | None = None  # time.perf_counter() when the backup began: its duration at the end
 
 
 def _record_of(entry: dict, system_id: int) -> dict:

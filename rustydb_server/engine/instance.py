@@ -230,6 +230,9 @@ class Engine:
         self._checkpoint_end_lsn: int | None = None  # where this process's last checkpoint record ends
         self.recovery_stats: dict = {}
         self.fatal_error: str | None = None
+        # Transactions committed since start (GET /metrics).
+        self._commits_lock = threading.Lock()
+        self.commits = 0
         self.observer = observer
         self.archive_status_dir = ddir.join(_datadir.ARCHIVE_STATUS_DIR)
         # Told once per crossing of checkpoint_wal_size; a completed checkpoint rearms it.
@@ -803,6 +806,8 @@ class Engine:
             finally:
                 handle.notify_write_ended()
         self.flush_wal(end)
+        with self._commits_lock:
+            self.commits += 1
         return lsn, txid, commit_time
 
     def _after_durable_failure(self, handle: DatabaseHandle, conn, lsn: int, rec, error: Exception) -> None:

@@ -88,13 +88,27 @@ def to_instant(naive: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
     return hi.replace(microsecond=0)
 
 
-def next_fire(expression: str, tz: dt.tzinfo, after: dt.datetime) -> dt.datetime:
-    """The first instant strictly after ``after`` at which ``expression`` runs in ``tz`` (UTC, aware)."""
+def next_fire(expression: str, tz: dt.tzinfo, after: dt.datetime, *, day_or: bool = True) -> dt.datetime:
+    """The first instant strictly after ``after`` at which ``expression`` runs in ``tz`` (UTC, aware).
+
+    ``day_or``: cron's rule, a day matches when its day of month OR its day of
+    week does (both restricted); False: only when both do ("0 4 1-7 * 0", the
+    first Sunday of the month, for the restore drill's schedule)."""
     wall = after.astimezone(tz).replace(tzinfo=None)
-    it = croniter(expression, wall - dt.timedelta(seconds=1))
+    it = croniter(expression, wall - dt.timedelta(seconds=1), day_or=day_or)
     while True:
         instant = to_instant(it.get_next(dt.datetime), tz)
         if instant > after:
+            return instant
+
+
+def previous_fire(expression: str, tz: dt.tzinfo, at: dt.datetime, *, day_or: bool = True) -> dt.datetime:
+    """The last instant strictly before ``at`` at which ``expression`` ran in ``tz`` (UTC, aware)."""
+    wall = at.astimezone(tz).replace(tzinfo=None)
+    it = croniter(expression, wall, day_or=day_or)
+    while True:
+        instant = to_instant(it.get_prev(dt.datetime), tz)
+        if instant < at:
             return instant
 
 

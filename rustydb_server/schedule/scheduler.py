@@ -17,10 +17,11 @@ import datetime as dt
 import json
 import os
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
+from .. import alerts
 from ..backup.request import BackupRequest, BackupRequestError
 from ..container.format import BackupType
 from ..doorbell import Doorbell
@@ -106,6 +107,11 @@ class Scheduler:
         self.next_run: p.Run | None = None
         self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY)
         self.last: dict[str, dict] = {}  # per backup type: its last run's record
+        # The scheduled restore drill and verify (schedule/checks.py), shown with the backups' schedules.
+        self.checks = None
+        # Awaited, in order, after each scheduled backup that completed (with its
+        # record): retention. A hook's failure is its own; it never fails the backup.
+        self.after_backup: list[Callable[[dict], Awaitable[None]]] = []
 
     def settings_changed(self) -> None:
         """A schedule setting may have changed: plan again."""
@@ -182,7 +188,9 @@ class Scheduler:
                 BackupRequest(
                     backup_type=BackupType(run.kind),
                     codec=self._settings["backup_compression"],
+                    encrypt=self._settings["backup_schedule_encryption"],
                     threads=self._settings["backup_threads"],
+                    trigger="schedule",
                 )
             )
         except BackupRequestError as e:
@@ -212,6 +220,12 @@ class Scheduler:
             record["duration_s"] = round((now - started).total_seconds(), 3)
             self._failed(config, run, record, now, final.get("error") or "the backup did not complete")
         self._doorbell.ring()
+        if record["outcome"] == "completed":
+            for hook in list(self.after_backup):
+                try:
+                    await hook(record)
+                except Exception as e:
+                    log.error("a step after the scheduled backup failed", step=repr(hook), error=repr(e))
 
     def _failed(self, config: p.Config, run: p.Run, record: dict, now: dt.datetime, error: str) -> None:
         self._retry = p.retry_after(config, run, now)
@@ -219,6 +233,11 @@ class Scheduler:
         record["retry_at"] = _iso(self._retry.at) if self._retry else None
         if record not in self.history:
             self._record(record)
+        if record["backup_id"] is None:
+            # Refused before it began: no catalog entry tells the alerts (the catalog's end does otherwise).
+            alerts.failure(
+                "backup", run.kind, backup_type=run.kind, trigger="schedule", error=error, retry_at=record["retry_at"]
+            )
         if self._retry is None:
             log.error("scheduled backup failed; no retries left", **_log_fields(record))
         else:
@@ -254,6 +273,7 @@ class Scheduler:
             if nxt is None
             else {"at": _iso(nxt.at), "backup_type": nxt.kind, "reason": nxt.reason, "attempt": nxt.attempt},
             "schedules": schedules,
+            "checks": self.checks.status() if self.checks is not None else [],
         }
 
     SHOW_COLUMNS = (
@@ -283,6 +303,23 @@ class Scheduler:
                     None if last.get("size_bytes") is None else str(last["size_bytes"]),
                     outcome,
                     s["next_run_at"],
+                ]
+            )
+        for c in self.checks.status() if self.checks is not None else []:
+            last = c["last_run"] or {}
+            outcome = last.get("outcome")
+            if outcome == "failed" and last.get("error"):
+                outcome = f"failed: {last['error']}"
+            duration = last.get("duration_s")
+            rows.append(
+                [
+                    c["kind"],
+                    c["expression"],
+                    last.get("started_at"),
+                    None if duration is None else str(duration),
+                    None,
+                    outcome,
+                    c["next_run_at"],
                 ]
             )
         return rows

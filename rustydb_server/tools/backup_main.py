@@ -5,6 +5,7 @@
     rusty-db-backup --verify FILE [--key-file F] [--threads N] [--json]
     rusty-db-backup --info FILE [--json]
     rusty-db-backup --query FILE SQL [--database NAME] [--key-file F] [--json]
+                    [--archive-dir A (--recovery-target-time T | --recovery-target-txid X)]
     rusty-db-backup --rotate-key OLD NEW FILE...
     rusty-db-backup --create-key-file PATH
     rusty-db-backup --expire --data-dir D [--archive-dir A] [--dry-run] [--json]
@@ -26,6 +27,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from rustydb_client.tls import add_arguments as add_tls_arguments
 
 from ..codecs import CODECS
 from ..container.format import BackupType
@@ -100,13 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="remove the backups and archived WAL the retention settings no longer keep "
         "(backup_retention_days, backup_retention_full_count, archive_retention_days); "
-        "a kept backup always keeps its whole chain. Needs --data-dir; no server may run there",
+        "a kept backup always keeps its whole chain. Needs --data-dir; a server running there is asked to "
+        "do it (through its HTTP API)",
     )
     p.add_argument("--data-dir", "-D", metavar="DIR", help="with --expire: the data directory whose catalog to use")
     p.add_argument(
         "--archive-dir",
         metavar="DIR",
-        help="with --expire: the archived WAL to expire too (default the archive_dest setting)",
+        help="with --expire: the archived WAL to expire too (default the archive_dest setting); with --query: "
+        "the archived WAL replayed from the base backup up to a --recovery-target-*",
+    )
+    p.add_argument(
+        "--recovery-target-time",
+        metavar="T",
+        help="with --query and --archive-dir: query the state at time T (local time, or ISO 8601 with a zone)",
+    )
+    p.add_argument(
+        "--recovery-target-txid",
+        metavar="X",
+        type=int,
+        help="with --query and --archive-dir: query the state right after transaction X",
     )
     p.add_argument("--dry-run", action="store_true", help="with --expire: list what would go and why, remove nothing")
     p.add_argument("--output", "-o", metavar="FILE", help="backup file to write (with --type)")
@@ -151,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="with --type: read the password from the first line of FILE (instead of $RUSTYDB_PASSWORD)",
     )
+    add_tls_arguments(p)  # with --type: the backup streams over TLS from a server on a TCP --host
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout, whatever the outcome")
     return p
 
@@ -188,11 +205,16 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if not args.expire:
         for flag, value in (
             ("--data-dir", args.data_dir),
-            ("--archive-dir", args.archive_dir),
+            ("--archive-dir", args.archive_dir if not args.query else None),
             ("--dry-run", args.dry_run),
         ):
             if value:
                 parser.error(f"{flag} is only used with --expire")
+    targets = [t for t in (args.recovery_target_time, args.recovery_target_txid) if t is not None]
+    if targets and not (args.query and args.archive_dir):
+        parser.error("--recovery-target-time and --recovery-target-txid are only used with --query and --archive-dir")
+    if args.query and args.archive_dir and len(targets) != 1:
+        parser.error("--query with --archive-dir needs one of --recovery-target-time or --recovery-target-txid")
     if args.base_backup and args.type != BackupType.INCREMENTAL:
         parser.error("--base-backup is only used with --type incremental")
     if args.rotate_key is not None and len(args.rotate_key) < 3:

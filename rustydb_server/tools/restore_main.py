@@ -10,6 +10,10 @@
                      --recovery-target immediate
                      [--recovery-target-inclusive true|false]
                      [--recovery-target-timeline latest|current|N]
+    rusty-db-restore --drill --data-dir SERVER_DATA_DIR [--backup latest|ID] [--json]
+    rusty-db-restore --drill --input FILE [--chain-dir DIR] [--data-dir SERVER_DATA_DIR]
+    rusty-db-restore ... --as-of 'TIME' | txid:N | lsn:X   (a recovery target's shorthand)
+    rusty-db-restore ... --dry-run   (the plan, every piece verified; writes nothing)
 
 Each verb lives in its own module under ``rustydb_server.tools.restore``; this
 module parses the arguments, checks that they go together and dispatches.
@@ -24,9 +28,9 @@ import sys
 from collections.abc import Callable
 
 from ..restore.pitr import PitrError, Target, make_target
-from .argtypes import thread_count
+from .argtypes import as_of, thread_count
 from .output import ToolParser, run_main
-from .restore import chain, full, incremental, list_wal, pitr, table
+from .restore import chain, drill, dry_run, full, incremental, list_wal, pitr, table
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
 
@@ -121,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="'YYYY-MM-DD HH:MM:SS[.ffffff]' local time, or ISO 8601 with a zone",
     )
     recovery.add_argument("--recovery-target-txid", type=int, metavar="N")
+    recovery.add_argument(
+        "--as-of",
+        type=as_of,
+        metavar="POINT",
+        help="shorthand for a recovery target: 'YYYY-MM-DD HH:MM:SS' (= --recovery-target-time), txid:N "
+        "(= --recovery-target-txid) or lsn:X (= --recovery-target-lsn); as in rusty-db-waldump",
+    )
     recovery.add_argument("--recovery-target-name", metavar="NAME", help="a name given to CREATE RESTORE POINT")
     recovery.add_argument("--recovery-target-lsn", metavar="LSN", help="e.g. 0/1A2B3C4D")
     recovery.add_argument(
@@ -138,6 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TL",
         help="latest (default), current, or a timeline number; with --list-wal: list only that "
         "timeline's history (default: every timeline in the archive)",
+    )
+    dr = p.add_argument_group("restore drill (the monthly test restore as one command)")
+    dr.add_argument(
+        "--drill",
+        action="store_true",
+        help="restore a backup's whole chain into a temporary directory, start a server on it (free ports, "
+        "its own socket), check its health, every table's row count against the backup and PRAGMA "
+        "integrity_check, stop it, remove the directory and record the outcome in --data-dir "
+        "(the data directory of the server whose backup catalog lists the backup; only read otherwise)",
+    )
+    dr.add_argument(
+        "--backup",
+        metavar="latest|ID",
+        help="with --drill: the backup of --data-dir's catalog to drill (default latest)",
+    )
+    dr.add_argument(
+        "--drill-dir", metavar="DIR", help="with --drill: where the temporary directory goes (default $TMPDIR)"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (backups in order, archived segments, transactions and bytes to replay, "
+        "estimated time) after verifying every piece, and write nothing; exit 0 only if the restore would succeed",
     )
     return p
 
@@ -160,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.incremental and (args.archive_dir or args.chain_dir):
         parser.error("--incremental applies one file; it cannot be combined with --archive-dir or --chain-dir")
+    if args.drill:
+        _check_drill_options(args, parser)
+        return drill.run(args)
+    if args.backup or args.drill_dir:
+        parser.error("--backup and --drill-dir are for --drill")
     if args.list_wal:
         if not args.archive_dir:
             parser.error("--list-wal needs --archive-dir")
@@ -172,8 +211,46 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except PitrError as exc:
         return report_failure(args, str(exc))
     _check_restore_options(args, parser)
+    if args.dry_run:
+        if args.table or args.incremental or args.into_server:
+            parser.error("--dry-run plans a full, --chain-dir or point-in-time restore, not --table or --incremental")
+        return run_reporting_failures(args, lambda: dry_run.run(args, target))
     run = next(run for option, run in VERBS if getattr(args, option))
     return run_reporting_failures(args, lambda: run(args, target))
+
+
+def _check_drill_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not args.data_dir and not args.input:
+        parser.error("--drill needs --data-dir (the server's data directory, whose backup catalog lists the backups)")
+    if args.input and args.backup:
+        parser.error("--drill drills --input FILE or --backup latest|ID of --data-dir's catalog, not both")
+    if args.chain_dir and not args.input:
+        parser.error("--chain-dir with --drill goes with --input FILE")
+    others = [
+        f"--{name.replace('_', '-')}"
+        for name in (
+            "incremental",
+            "table",
+            "archive_dir",
+            "list_wal",
+            "into_server",
+            "force",
+            "integrity_check",
+            "dry_run",
+        )
+        if getattr(args, name)
+    ]
+    if others or any(
+        getattr(args, n) is not None
+        for n in (
+            "recovery_target_time",
+            "recovery_target_txid",
+            "recovery_target_name",
+            "recovery_target_lsn",
+            "as_of",
+        )
+    ):
+        parser.error(f"--drill cannot be combined with {', '.join(others) or 'a recovery target'}")
 
 
 def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target | None:
@@ -185,11 +262,12 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
             ("name", args.recovery_target_name),
             ("lsn", args.recovery_target_lsn),
             ("immediate", args.recovery_target),
+            ("as_of", args.as_of),
         )
         if v is not None
     ]
     if len(given) > 1:
-        parser.error("give at most one --recovery-target-* option")
+        parser.error("give at most one --recovery-target-* option (or --as-of)")
     if given and not args.archive_dir and given[0][0] != "immediate":
         parser.error("a recovery target needs --archive-dir (the archived WAL to replay)")
     if args.archive_dir and not given:
@@ -199,6 +277,8 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
     if not given:
         return None
     kind, value = given[0]
+    if kind == "as_of":  # parsed already (tools/argtypes.as_of)
+        return Target(value.kind, value.value, args.recovery_target_inclusive == "true")
     try:
         return make_target(kind, value, args.recovery_target_inclusive == "true")
     except ValueError:  # only an LSN is read that way; a time raises PitrError

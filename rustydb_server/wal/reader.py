@@ -75,17 +75,20 @@ def read_wal(
     system_id: int | None = None,
     stop_lsn: int | None = None,
     fileops: fileops_mod.FileOps = fileops_mod.REAL,
+    skip_partial_first: bool = False,
 ) -> Iterator[WalEntry]:
     """Yield every record of ``timeline`` in ``wal_dir`` from ``start_lsn`` on.
 
-    ``start_lsn`` must be a record boundary (a record's LSN or end LSN).
+    ``start_lsn`` must be a record boundary (a record's LSN or end LSN), or,
+    with ``skip_partial_first``, the start of a segment: the tail of a record
+    begun in an earlier segment is then skipped.
     A reader of a live WAL passes the writer's ``flushed_lsn`` as
     ``stop_lsn``: reading stops there, so records being written are never
     mistaken for a torn tail or for damage.
     """
     check_segment_size(segment_size)
     source = _DirSource(wal_dir, timeline, segment_size, system_id, fileops)
-    scan = _WalScan(source, segment_size, start_lsn, skip_partial_first=False, stop_lsn=stop_lsn)
+    scan = _WalScan(source, segment_size, start_lsn, skip_partial_first=skip_partial_first, stop_lsn=stop_lsn)
     return scan.entries()
 
 
@@ -187,9 +190,11 @@ def read_supplied_segments(
     start_lsn: int,
     system_id: int | None = None,
     stop_lsn: int | None = None,
+    skip_partial_first: bool = False,
 ) -> Iterator[WalEntry]:
     """Yield the records of ``timeline`` from ``start_lsn`` on, segments asked of
-    ``supplier`` one at a time in LSN order as the reading reaches them.
+    ``supplier`` one at a time in LSN order as the reading reaches them
+    (``skip_partial_first``: as in ``read_wal``).
 
     Reading stops as soon as the caller stops iterating: a segment after that
     point is never asked for. The end of the WAL and ``stop_lsn`` are judged as
@@ -199,7 +204,12 @@ def read_supplied_segments(
     check_segment_size(segment_size)
     source = _SupplierSource(supplier, timeline, segment_size, system_id)
     scan = _WalScan(
-        source, segment_size, start_lsn, skip_partial_first=False, stop_lsn=stop_lsn, require_stop=stop_lsn is not None
+        source,
+        segment_size,
+        start_lsn,
+        skip_partial_first=skip_partial_first,
+        stop_lsn=stop_lsn,
+        require_stop=stop_lsn is not None,
     )
     return scan.entries()
 

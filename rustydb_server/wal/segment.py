@@ -40,6 +40,7 @@ _HEADER_CRC = struct.Struct(">I")
 FRAGMENT_HEADER_SIZE = 9
 _FRAGMENT_HEADER = struct.Struct(">IIB")
 _CRC_PREFIX = struct.Struct(">QB")
+_MAX_LSN = (1 << 64) - 1
 # A fragment needs its header plus at least one payload byte to be worth
 # writing; a smaller segment tail stays zero and the stream moves on.
 MIN_FRAGMENT_SPACE = 10
@@ -155,6 +156,10 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
         check_segment_size(size)
     except ValueError as exc:
         raise SegmentHeaderError(str(exc)) from None
+    if (segno + 1) * size > _MAX_LSN:
+        # LSNs are 64-bit: a segment number this large names no LSN the
+        # server can write, so the header is damaged whatever its checksum.
+        raise SegmentHeaderError(f"segment number {segno} is beyond the 64-bit LSN space")
     return SegmentHeader(timeline, segno, system_id, size, version)
 
 
@@ -301,6 +306,8 @@ def parse_fragment(buf, offset: int, segment_lsn: int, segment_size: int) -> Fra
     """
     if offset + FRAGMENT_HEADER_SIZE > len(buf):
         raise BadFragment(offset, "fragment header runs past the end of the file", None)
+    if segment_lsn + segment_size > _MAX_LSN:
+        raise BadFragment(offset, "the segment lies beyond the 64-bit LSN space", None)
     length, crc, kind = _FRAGMENT_HEADER.unpack_from(buf, offset)
     if length == 0 and crc == 0 and kind == 0:
         return None

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -14,8 +15,7 @@ import urllib.error
 import urllib.request
 
 from rustydb_client.cli import main as cli_main
-from rustydb_client.client import DEFAULT_SOCKET_DIR
-from rustydb_client.client import socket_path as client_socket_path
+from rustydb_client.client import socket_candidates
 
 BIN = os.path.dirname(sys.executable)
 
@@ -61,6 +61,23 @@ def restore_to_target(base, archive, data_dir, *target: str) -> subprocess.Compl
     )
 
 
+def _socket_search(data_dir: str, add: bool) -> None:
+    """Add ``data_dir`` to (or take it from) $RUSTYDB_DATA_DIR, the data directories
+    a client with no --host looks in for a server's Unix socket after /run/rustydb.
+
+    A server whose /run/rustydb is not writable (a CI runner not root) puts its
+    socket in its data directory: this is how the tests' clients, in this
+    process and in the tools run_tool starts, still find it.
+    """
+    dirs = [d for d in os.environ.get("RUSTYDB_DATA_DIR", "").split(os.pathsep) if d and d != data_dir]
+    if add:
+        dirs.append(data_dir)
+    if dirs:
+        os.environ["RUSTYDB_DATA_DIR"] = os.pathsep.join(dirs)
+    else:
+        os.environ.pop("RUSTYDB_DATA_DIR", None)
+
+
 class ServerProcess:
     def __init__(
         self,
@@ -72,6 +89,7 @@ class ServerProcess:
         env=None,
         log_path: str | None = None,
         command: list[str] | None = None,
+        https_ca_file: str | None = None,
     ):
         self.data_dir = data_dir
         # What starts the server: the installed console script unless a test
@@ -83,13 +101,21 @@ class ServerProcess:
         self.env = dict(os.environ, **(env or {}))
         self.log_path = log_path or os.path.join(os.path.dirname(data_dir.rstrip("/")), f"server-{self.port}.log")
         self.proc: subprocess.Popen | None = None
+        # A server with TLS on serves its HTTP API over HTTPS: reached with this CA.
+        self._https = ssl.create_default_context(cafile=https_ca_file) if https_ca_file else None
+
+    @property
+    def http_url(self) -> str:
+        return f"{'https' if self._https else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def socket_path(self) -> str:
-        """The server's Unix socket, where clients with no --host look first."""
-        return client_socket_path(DEFAULT_SOCKET_DIR, self.port)
+        """The server's Unix socket: in /run/rustydb, else in its data directory."""
+        candidates = socket_candidates(self.port, os.path.abspath(self.data_dir))
+        return next((path for path in candidates if os.path.exists(path)), candidates[0])
 
     def start(self, wait: bool = True) -> ServerProcess:
+        _socket_search(os.path.abspath(self.data_dir), add=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
@@ -124,16 +150,16 @@ class ServerProcess:
         raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")
 
     def health(self) -> dict:
-        url = f"http://127.0.0.1:{self.http_port}/api/v1/admin/health"
+        url = f"{self.http_url}/api/v1/admin/health"
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=self._https) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             return json.loads(e.read())
 
     def archive_status(self) -> dict:
-        url = f"http://127.0.0.1:{self.http_port}/api/v1/admin/archive"
-        with urllib.request.urlopen(url, timeout=5) as r:
+        url = f"{self.http_url}/api/v1/admin/archive"
+        with urllib.request.urlopen(url, timeout=5, context=self._https) as r:
             return json.loads(r.read())
 
     def wait_archived(self, timeout: float = 40) -> dict:
@@ -177,12 +203,14 @@ class ServerProcess:
             return self.proc.wait(timeout)
         finally:
             self._log.close()
+            _socket_search(os.path.abspath(self.data_dir), add=False)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
             self._log.close()
+        _socket_search(os.path.abspath(self.data_dir), add=False)
 
     def wait_exit(self, timeout: float = 30) -> int:
         return self.proc.wait(timeout)

@@ -16,7 +16,12 @@ from .header import UnreadableBackup, read_file_header
 
 def run(args: argparse.Namespace) -> int:
     path, sql = args.query
-    return query_backup(path, sql, database=(args.database or [None])[0], key_file=args.key_file, as_json=args.json)
+    database = (args.database or [None])[0]
+    if args.archive_dir:
+        from .query_past import query_past
+
+        return query_past(path, sql, args, database=database)
+    return query_backup(path, sql, database=database, key_file=args.key_file, as_json=args.json)
 
 
 def query_backup(path: str, sql: str, *, database: str | None, key_file: str | None, as_json: bool) -> int:

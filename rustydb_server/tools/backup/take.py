@@ -70,7 +70,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         request = backup_request(args.type, args.database, args.base_backup, output)
         password = read_password_file(args.password_file)
-        with connect(args.host, args.port, user=args.user, password=password) as conn:
+        with connect(
+            args.host,
+            args.port,
+            user=args.user,
+            password=password,
+            tls=args.tls,
+            tls_ca_file=args.tls_ca_file,
+            tls_cert_file=args.tls_cert_file,
+            tls_key_file=args.tls_key_file,
+        ) as conn:
             conn.send(request)
             with Progress("backup", 0) as bar:
                 result = receive_backup(conn, output, key=key, codec=codec, threads=args.threads, progress=bar)

@@ -1,0 +1,1 @@
+"""rusty-db-waldump's modes beyond the WAL listing of waldump_main.py."""

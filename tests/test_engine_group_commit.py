@@ -241,3 +241,24 @@ def test_recovery_discards_sqlites_wal_unless_a_checkpoint_was_copying_it(tmp_pa
         assert engine.datadir.read_control().checkpointing == []  # recovery checkpointed it whole
     finally:
         engine.close()
+
+
+def test_a_dropped_database_leaves_no_checkpoint_mark_for_one_created_under_its_name(tmp_path):
+    engine = open_engine(str(tmp_path / "data"))
+    try:
+        engine.create_database("x")
+        writer, reader = SqlSession(engine, "x", 1), SqlSession(engine, "x", 2)
+        run(writer, "CREATE TABLE t(id INTEGER PRIMARY KEY)")
+        run(reader, "BEGIN")
+        run(reader, "SELECT count(*) FROM t")
+        run(writer, "INSERT INTO t VALUES (1)")
+        assert not engine.checkpoint()["complete"]
+        assert engine.datadir.read_control().checkpointing == ["x"]
+        reader.close()
+        writer.close()
+        engine.drop_database("x")
+        assert engine.datadir.read_control().checkpointing == []
+        engine.create_database("x")
+        assert not engine.get_database("x").durable_first
+    finally:
+        engine.close()

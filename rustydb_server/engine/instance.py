@@ -714,7 +714,10 @@ class Engine:
                     "(a restart also creates it)",
                     code="disk_full",
                 ) from e
-            self.databases[name] = DatabaseHandle(name, path, self.clock)
+            handle = self.databases[name] = DatabaseHandle(name, path, self.clock)
+            # Named as being checkpointed (a mark a failed write left): its
+            # -wal would be kept by recovery, so its commits are durable first.
+            handle.durable_first = name in self.control.checkpointing
         log.info("database created", database=name, lsn=format_lsn(lsn))
         return True
 
@@ -743,6 +746,13 @@ class Engine:
                 database.remove_database_files(handle.path)
                 handle.close_read_fd()
                 del self.databases[name]
+                if name in self.control.checkpointing:
+                    # A database created later under the name must not
+                    # inherit the mark (recovery would keep its -wal).
+                    try:
+                        self._mark_checkpointing(name, False)
+                    except OSError as e:
+                        log.warning("the control file still names a dropped database as checkpointed", error=_reason(e))
         log.info("database dropped", database=name, lsn=format_lsn(lsn))
         return True
 

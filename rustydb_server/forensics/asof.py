@@ -138,13 +138,22 @@ def names_rowid(sql: str) -> bool:
 
 
 def present(
-    conn: apsw.Connection, source: str, name: str, create_sql: str, inverse: bytes, *, copy_all: bool = False
+    conn: apsw.Connection,
+    source: str,
+    name: str,
+    create_sql: str,
+    inverse: bytes,
+    *,
+    copy_all: bool = False,
+    keys_table: str = KEYS_TABLE,
 ) -> Presented:
     """Show table ``name`` of database ``source`` (attached to ``conn``, read inside an
     open transaction: the state ``inverse`` was made against) as it was before the changes
     ``inverse`` takes back, under its own name: a TEMP VIEW over the live rows and the
     before-images of the changed ones (in ``main``), or (``copy_all``) a copy of the whole
-    table in ``main`` with the inverse applied. ``conn``'s ``main`` is scratch (``:memory:``)."""
+    table in ``main`` with the inverse applied. ``conn``'s ``main`` is scratch (``:memory:``).
+    ``inverse`` may be any changeset made against that state: forward changes too
+    (rusty-db-backup --query shows a base backup's table with the changes since)."""
     q = _q(name)
     src = f"{_q(source)}.{q}"
     xinfo = conn.execute(f"PRAGMA {_q(source)}.table_xinfo({q})").fetchall()
@@ -167,9 +176,9 @@ def present(
         return Presented("temp", name, 0)
     key_cols = ["rowid"] if key_is_rowid else [_q(c) for c in pk]
     decl = ["k0 INTEGER"] if key_is_rowid else [_key_decl(conn, source, name, c, i) for i, c in enumerate(pk)]
-    kq = f"temp.{KEYS_TABLE}"
+    kq = f"temp.{_q(keys_table)}"
     ks = [f"k{i}" for i in range(len(key_cols))]
-    conn.execute(f"CREATE TEMP TABLE {KEYS_TABLE}({', '.join(decl)}, PRIMARY KEY({', '.join(ks)})) WITHOUT ROWID")
+    conn.execute(f"CREATE TEMP TABLE {_q(keys_table)}({', '.join(decl)}, PRIMARY KEY({', '.join(ks)})) WITHOUT ROWID")
     conn.executemany(f"INSERT OR IGNORE INTO {kq} VALUES ({', '.join('?' * len(ks))})", keys)
     match = " AND ".join(f"k.{k} = t.{c}" for k, c in zip(ks, key_cols))
     # From the keys to the live rows (CROSS JOIN keeps that order): the cost is the keys'.
@@ -228,17 +237,19 @@ _READS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, 
 _BLOCKED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
 
 
-def _authorizer(presented: Presented | None):
+def authorizer(presented: list[Presented] | None):
+    """An authorizer allowing reads alone, and with ``presented``, reads of those tables alone."""
+    names = {p.name.lower(): p.schema for p in presented or ()}
+
     def authorize(op, p1, p2, dbname, trigger):
         if op not in _READS:
             return apsw.SQLITE_DENY
         if op == apsw.SQLITE_FUNCTION and (p2 or "").lower() in _BLOCKED_FUNCTIONS:
             return apsw.SQLITE_DENY
         if op == apsw.SQLITE_READ and presented is not None and p1:
-            # The table as of then, and what its view reads; nothing else of the database.
-            if (trigger or "").lower() != presented.name.lower() and (
-                (dbname or presented.schema).lower() != presented.schema or p1.lower() != presented.name.lower()
-            ):
+            # The tables as of then, and what their views read; nothing else of the database.
+            schema = names.get(p1.lower())
+            if (trigger or "").lower() not in names and (schema is None or (dbname or schema).lower() != schema):
                 return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
 
@@ -250,7 +261,7 @@ def run_read_only(
 ) -> tuple[list[str], list[list]]:
     """Run one read-only query; (columns, rows). With ``presented``, it may read that table
     alone. A result larger than ``max_bytes`` (about, as the rows would be sent) is refused."""
-    conn.authorizer = _authorizer(presented)
+    conn.authorizer = authorizer(None if presented is None else [presented])
     cursor = conn.cursor()
     described: list[list[str]] = []
 

@@ -69,7 +69,7 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
     q = database.quote_ident(table)
     cols = [r[1] for r in src.execute(f"PRAGMA table_xinfo({q})").fetchall() if r[6] == 0]
     col_list = ", ".join(([] if without_rowid else ["rowid"]) + [database.quote_ident(c) for c in cols])
-    dest.execute(f"ATTACH DATABASE ? AS {_SOURCE}", (_attach_uri(src),))
+    dest.execute(f"ATTACH DATABASE ? AS {_SOURCE}", (attach_uri(src),))
     try:
         dest.execute("BEGIN")
         dest.execute(table_sql)
@@ -100,7 +100,7 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
 _SOURCE = "rustydb_copy_source"
 
 
-def _attach_uri(src: apsw.Connection) -> str:
+def attach_uri(src: apsw.Connection) -> str:
     """A URI naming ``src``'s main database read-only, through the VFS it was opened with
     (the backup VFS: the pages are read through it from the backup, as ``src`` reads them)."""
     uri = "file:" + urllib.parse.quote(src.db_filename("main"))

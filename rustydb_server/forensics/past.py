@@ -114,7 +114,8 @@ def changes_to_target(
 def _take(group: apsw.ChangesetBuilder, rec, tables: set[str], lsn: int) -> int:
     """Add a record of the database to the merged changes; 1 for a transaction."""
     if isinstance(rec, walrec.DatabaseRecord):
-        raise NeedsRestore(f"the database was {rec.action}d at LSN {format_lsn(lsn)}")
+        done = {"create": "created", "drop": "dropped"}.get(rec.action, rec.action)
+        raise NeedsRestore(f"the database was {done} at LSN {format_lsn(lsn)}")
     if not isinstance(rec, walrec.TxRecord):
         return 0
     if tuple(rec.steps) == VACUUM_STEPS:

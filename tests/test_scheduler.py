@@ -242,3 +242,32 @@ async def test_steps_after_a_backup_run_after_each_completed_one_only(tmp_path, 
         ("b3", "completed"),
     ]
     assert seen == [("b0", "completed"), ("b2", "completed"), ("b3", "completed")]
+
+
+async def test_last_runs_survive_a_restart_and_a_run_cut_short_shows_as_interrupted(tmp_path, clock):
+    service = FakeService(duration=3600)
+    first = make(tmp_path, service)
+    # Sunday's full completes; Monday's incremental is still running when the server stops.
+    await run_for(first, 38.5 * HOUR)  # EPOCH is Saturday noon: up to Monday 02:30
+    before = {s["backup_type"]: s["last_run"] for s in first.status()["schedules"]}
+    assert before["full"]["outcome"] == "completed" and before["incremental"]["outcome"] == "running"
+
+    again = make(tmp_path, FakeService())  # the same clock goes on: a restart a moment later
+    await run_for(again, 1)
+    after = {s["backup_type"]: s["last_run"] for s in again.status()["schedules"]}
+    assert after["full"] == before["full"]
+    assert after["incremental"]["backup_id"] == before["incremental"]["backup_id"]
+    assert after["incremental"]["outcome"] == "interrupted"
+    assert "stopped" in after["incremental"]["error"]
+    assert len(again.history) == len(first.history)
+
+
+async def test_a_damaged_history_in_the_state_file_is_skipped(tmp_path, clock):
+    import json
+
+    from rustydb_server.schedule.scheduler import STATE_FILE
+
+    (tmp_path / STATE_FILE).write_text(json.dumps({"handled": {}, "history": [1, {"x": 2}, "y"]}))
+    sched = make(tmp_path, FakeService())
+    await run_for(sched, 1)
+    assert list(sched.history) == []

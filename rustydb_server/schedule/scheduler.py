@@ -182,6 +182,7 @@ class Scheduler:
             )
             log.warning("scheduled backup skipped: the last one is still running", **_log_fields(record))
             self._record(record)
+            self._save()
             return
         try:
             entry = self._service.start_backup(
@@ -199,6 +200,7 @@ class Scheduler:
         record["backup_id"] = entry["backup_id"]
         self._running = record
         self._record(record)
+        self._save()
         log.info("scheduled backup started", **_log_fields(record))
         nursery.start_soon(self._follow, config, run, record, now)
 
@@ -219,6 +221,7 @@ class Scheduler:
         else:
             record["duration_s"] = round((now - started).total_seconds(), 3)
             self._failed(config, run, record, now, final.get("error") or "the backup did not complete")
+        self._save()
         self._doorbell.ring()
         if record["outcome"] == "completed":
             for hook in list(self.after_backup):
@@ -233,6 +236,7 @@ class Scheduler:
         record["retry_at"] = _iso(self._retry.at) if self._retry else None
         if record not in self.history:
             self._record(record)
+        self._save()
         if record["backup_id"] is None:
             # Refused before it began: no catalog entry tells the alerts (the catalog's end does otherwise).
             alerts.failure(
@@ -329,11 +333,13 @@ class Scheduler:
         try:
             with open(self._state_path, "rb") as f:
                 raw = json.load(f)
-            return {
+            handled = {
                 kind: p.Handled(v["expression"], dt.datetime.fromisoformat(v["until"]))
                 for kind, v in raw.get("handled", {}).items()
                 if kind in SETTING_OF
             }
+            self._load_history(raw.get("history", []))
+            return handled
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -345,8 +351,23 @@ class Scheduler:
             )
             return {}
 
+    def _load_history(self, records) -> None:
+        """The runs of before the restart, so SHOW BACKUP SCHEDULE keeps each schedule's last run.
+        A run the server stopped during is shown as interrupted (its backup, if any, is in the catalog)."""
+        for r in records if isinstance(records, list) else []:
+            if not (
+                isinstance(r, dict) and isinstance(r.get("backup_type"), str) and isinstance(r.get("schedules"), list)
+            ):
+                continue
+            if r.get("outcome") == "running":
+                r = {**r, "outcome": "interrupted", "error": "the server stopped while this run was going"}
+            self._record(r)
+
     def _save(self) -> None:
-        data = {"handled": {k: {"expression": h.expression, "until": _iso(h.until)} for k, h in self._handled.items()}}
+        data = {
+            "handled": {k: {"expression": h.expression, "until": _iso(h.until)} for k, h in self._handled.items()},
+            "history": list(self.history),
+        }
         try:
             self._fileops.write_file_atomic(self._state_path, json.dumps(data, indent=1).encode())
         except OSError as e:

@@ -7,15 +7,16 @@ One run, a real server process and the real tools:
      a database of about that size), a pitr-base backup, then --transactions
      single-row UPDATE transactions (archived);
   2. the same point query (one primary key) on the table as of the transaction
-     halfway through (median of --repeat, each answer checked against the first):
+     halfway through (median of --repeat; every answer checked against the
+     workload's own record of that key's updates):
      - SELECT ... AS OF TXID on the running server (a view over the live
        table and the before-images of the rows changed since, taken from the
        server's WAL);
      - the same query naming rowid, which a view lacks: the table copied
        into memory first and the later changes taken back there (the cost
        AS OF had before the view);
-     - rusty-db-backup --query on the base backup and the archive (the table
-       restored alone, the archived WAL replayed for it up to the target);
+     - rusty-db-backup --query on the base backup and the archive (the base
+       read in place, the archived changes up to the target shown over it);
      - a full PITR restore to that txid with rusty-db-restore (the whole
        database restored, every database's WAL replayed), for comparison;
   3. UNDO TRANSACTION of an update a third of the way (the one on a row no

@@ -1,9 +1,11 @@
 """archive_extra_dests with a real server: WAL archived to a local directory and to
 an S3 bucket (a SeaweedFS this test kills and brings back); the bucket down delays
-only its own copies, the WAL is kept until it catches up, PITR from the bucket."""
+only its own copies, the WAL is kept until it catches up, PITR from the bucket;
+rusty-db-waldump reads the bucket's archive (--archive-dir s3://..., --repo)."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -83,3 +85,16 @@ def test_a_local_archive_and_a_bucket_one_down_then_back_and_pitr_from_the_bucke
         check=True,
     )
     assert restored_digest(str(out)) == history[-1]["digest"]
+
+    # rusty-db-waldump reads the bucket's archive as it reads the directory: the same transactions.
+    dumps = {}
+    for option, where in [("--archive-dir", str(local)), ("--archive-dir", remote), ("--repo", remote)]:
+        proc = run_tool("rusty-db-waldump", option, where, "--json", env=store.env(), check=True)
+        doc = json.loads(proc.stdout)
+        assert doc["ok"] is True
+        dumps[(option, where)] = [(t["txid"], t["lsn"]) for t in doc["transactions"]]
+    first = dumps[("--archive-dir", str(local))]
+    assert {h["txid"] for h in history} <= {txid for txid, _ in first}
+    assert dumps[("--archive-dir", remote)] == first == dumps[("--repo", remote)]
+    missing = run_tool("rusty-db-waldump", "--repo", f"s3://no-such-{bucket}/x", "--json", env=store.env())
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

@@ -75,6 +75,22 @@ def test_local_and_s3_repositories_and_restore_from_the_bucket_alone(server_fact
     assert json.loads(restored.stdout)["chain"] == [full["backup_id"], incr["backup_id"]]
     with ServerProcess(fresh).start() as copy:
         assert count(copy.port) == 700
+    # The full backup alone: restored straight from the bucket by parallel ranges, no temporary copy.
+    older = str(tmp_path / "older" / "data")
+    run_tool(
+        "rusty-db-restore",
+        "--repo",
+        remote,
+        "--backup",
+        full["backup_id"],
+        "--data-dir",
+        older,
+        env=seaweed.env(),
+        check=True,
+    )
+    assert not [n for n in os.listdir(os.path.dirname(older)) if n.startswith(".rustydb-repository-restore-")]
+    with ServerProcess(older).start() as copy:
+        assert count(copy.port) == 400
     table = run_tool(
         "rusty-db-restore",
         "--repo",

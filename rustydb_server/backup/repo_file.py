@@ -46,13 +46,12 @@ class RepositoryFile(io.RawIOBase):
         self._readahead = max(0, readahead)
         self._keep = KEEP_BLOCKS + self._readahead
         self._ahead: dict[int, Future] = {}
+        self._last: int | None = None  # the block read last: reading ahead starts once reads go block after block
         self._pool = ThreadPoolExecutor(self._readahead, thread_name_prefix="repo-read") if self._readahead else None
 
     def close(self) -> None:
         if self._pool is not None:
-            for f in self._ahead.values():
-                f.cancel()
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)  # a block being fetched is dropped
             self._pool = None
             self._ahead.clear()
         super().close()
@@ -133,8 +132,11 @@ class RepositoryFile(io.RawIOBase):
         return block
 
     def _read_ahead(self, index: int) -> None:
-        """(With the lock held) start fetching the blocks after ``index`` not held or coming yet."""
-        if self._pool is None:
+        """(With the lock held) start fetching the blocks after ``index`` not held or coming yet,
+        once the reads go front to back (not for a header, then the index at the end)."""
+        sequential = self._last is not None and index == self._last + 1
+        self._last = index
+        if self._pool is None or not (sequential or self._ahead):
             return
         last = (self.size - 1) // self._block
         for n in range(index + 1, min(index + self._readahead, last) + 1):

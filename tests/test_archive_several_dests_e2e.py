@@ -29,6 +29,8 @@ def test_a_local_archive_and_a_bucket_one_down_then_back_and_pitr_from_the_bucke
     srv = server_factory(name="primary", extra_args=["--config", server_config(tmp_path, store)]).start()
     srv.sql("ALTER SYSTEM SET archive_mode = on;")
     srv.sql(f"ALTER SYSTEM SET archive_dest = '{local}';")
+    refused = srv.cli("--command", f"ALTER SYSTEM SET archive_extra_dests = 's3://no-such-{bucket}/x';")
+    assert refused.returncode != 0 and "does not exist" in refused.stderr and "not changed" in refused.stderr
     srv.sql(f"ALTER SYSTEM SET archive_extra_dests = '{remote}';")
     srv.sql("CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER, note TEXT);")
     srv.sql("CREATE TABLE notes(id INTEGER PRIMARY KEY, body BLOB);")

@@ -135,3 +135,19 @@ async def test_a_destination_taken_off_the_list_no_longer_holds_segments_back(tm
     assert archive_status.is_archived(engine.archive_status_dir, name)
     assert marks(engine) == [name + archive_status.DONE]
     engine.close()
+
+
+def test_archive_extra_dests_setting():
+    import pytest
+
+    from rustydb_server.settings import SettingError, parse_value
+
+    assert parse_value("archive_extra_dests", "/mnt/a, s3://b/p") == ["/mnt/a", "s3://b/p"]  # ALTER SYSTEM SET
+    assert parse_value("archive_extra_dests", "") == []
+    for bad, why in (
+        ("archive", "absolute path"),
+        ("s3://", "names no bucket"),
+        ("gs://b", "a directory or an s3://bucket/prefix URL"),
+    ):
+        with pytest.raises(SettingError, match=why):
+            parse_value("archive_extra_dests", bad)

@@ -27,11 +27,13 @@ def test_a_local_archive_and_a_bucket_one_down_then_back_and_pitr_from_the_bucke
     remote = f"s3://{bucket}/rustydb"
     local = tmp_path / "archive"
     srv = server_factory(name="primary", extra_args=["--config", server_config(tmp_path, store)]).start()
-    srv.sql("ALTER SYSTEM SET archive_mode = on;")
     srv.sql(f"ALTER SYSTEM SET archive_dest = '{local}';")
-    refused = srv.cli("--command", f"ALTER SYSTEM SET archive_extra_dests = 's3://no-such-{bucket}/x';")
+    # Turning archiving on probes every destination: a bucket that does not exist is refused.
+    srv.sql(f"ALTER SYSTEM SET archive_extra_dests = 's3://no-such-{bucket}/x';")
+    refused = srv.cli("--command", "ALTER SYSTEM SET archive_mode = on;")
     assert refused.returncode != 0 and "does not exist" in refused.stderr and "not changed" in refused.stderr
     srv.sql(f"ALTER SYSTEM SET archive_extra_dests = '{remote}';")
+    srv.sql("ALTER SYSTEM SET archive_mode = on;")
     srv.sql("CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER, note TEXT);")
     srv.sql("CREATE TABLE notes(id INTEGER PRIMARY KEY, body BLOB);")
     base = tmp_path / "base.backup"

@@ -11,7 +11,14 @@ started here:
      (one request each), and through LocalRepository (a directory: written,
      fsynced, renamed); MB/s, median of --runs, and the repository's rate as
      a share of the plain one's;
-  2. WAL archive throughput: a server under a steady insert load (16 MB
+  2. a backup the server takes while backup_repositories = ['s3://...']: the
+     time from the backup's start until its copy is complete and listed in
+     the bucket's catalog, in MB/s of the backup file, next to a plain boto3
+     upload_file and put_object of the same file; then `rusty-db-restore --repo
+     s3://...` of it next to a plain get_object of the same object and to
+     `rusty-db-restore --input` of the same file on local disk (each restore
+     tool run includes starting Python);
+  3. WAL archive throughput: a server under a steady insert load (16 MB
      segments, 4 writers) archiving to s3://bucket/prefix, then the same to a
      local directory: segments/s from the times the archiver marked segments
      .done, and how long the backlog took to drain once the load stopped.
@@ -25,10 +32,12 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' support package
 
@@ -103,6 +112,132 @@ def bench_objects(store, work: str, size_mb: int, runs: int, part_size: int, con
     put_ratio = rates["S3Repository.put_bytes"] / rates["plain boto3 put_object"]
     get_ratio = rates["S3Repository.open_stream"] / rates["plain boto3 get_object"]
     print(f"  repository put / plain put: {put_ratio:.0%}   repository get / plain get: {get_ratio:.0%}")
+
+
+def _http(server, method: str, path: str, body=None):
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read())
+
+
+def bench_backup_restore(store, work: str, size_mb: int) -> None:
+    from rustydb_client import client as rc
+    from tests.support.servers import ServerProcess, run_tool
+
+    bucket = store.new_bucket()
+    url = f"s3://{bucket}/rustydb"
+    srv = ServerProcess(os.path.join(work, "data-backup"), env=store.env())
+    srv.start()
+    try:
+        srv.sql("ALTER SYSTEM SET repository_s3_force_path_style = on;")
+        srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB);")
+        conn = rc.connect(port=srv.port)
+        rows_per_mb = 16  # 64 KiB of random bytes a row: the backup does not compress
+        for n in range(size_mb):
+            values = ",".join(f"({n * rows_per_mb + k}, randomblob(65536))" for k in range(rows_per_mb))
+            conn.execute(f"INSERT INTO t VALUES {values}")
+        conn.close()
+        srv.sql(f"ALTER SYSTEM SET backup_repositories = '{url}';")
+
+        t0 = time.perf_counter()
+        started = _http(srv, "POST", "/api/v1/admin/backup", {"backup_type": "full"})
+        backup_id = started["backup_id"]
+        t_local = None
+        while True:
+            entry = next(
+                e for e in _http(srv, "GET", "/api/v1/admin/backups")["backups"] if e["backup_id"] == backup_id
+            )
+            if entry["status"] == "completed" and t_local is None:
+                t_local = time.perf_counter() - t0
+            if entry["status"] == "failed":
+                raise RuntimeError(f"the backup failed: {entry.get('error')}")
+            if (entry.get("repositories") or {}).get(url, {}).get("state") == "copied":
+                break
+            time.sleep(0.02)
+        t_s3 = time.perf_counter() - t0
+        path = entry["location"]
+        size = os.path.getsize(path)
+        client = store.client()
+        listed = client.get_object(Bucket=bucket, Key="rustydb/catalog/index.json")["Body"].read()
+        assert backup_id.encode() in listed, "the copy is not listed in the bucket's catalog"
+
+        t = time.perf_counter()
+        client.upload_file(path, bucket, "plain/upload_file")
+        t_upload_file = time.perf_counter() - t
+        with open(path, "rb") as f:
+            data = f.read()
+        t = time.perf_counter()
+        client.put_object(Bucket=bucket, Key="plain/put_object", Body=data)
+        t_put = time.perf_counter() - t
+        del data
+
+        key = f"rustydb/backups/{backup_id}/{backup_id}.backup"
+        t = time.perf_counter()
+        got = len(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        t_get = time.perf_counter() - t
+        assert got == size
+        # What an operator's own download costs in a new process (Python, boto3 and
+        # its client set up, the object written to a file): what the tool also pays.
+        fetched = os.path.join(work, "fetched.backup")
+        script = (
+            "import sys, boto3; from botocore.config import Config; "
+            "boto3.client('s3', config=Config(s3={'addressing_style': 'path'}))"
+            ".download_file(sys.argv[1], sys.argv[2], sys.argv[3])"
+        )
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", script, bucket, key, fetched], env=dict(os.environ, **store.env()), check=True
+        )
+        t_get_process = time.perf_counter() - t
+        assert os.path.getsize(fetched) == size
+        os.unlink(fetched)
+        srv.stop()
+
+        def restore(*args):
+            target = os.path.join(work, f"restored-{uuid.uuid4().hex[:6]}", "data")
+            t = time.perf_counter()
+            run_tool("rusty-db-restore", *args, "--data-dir", target, env=store.env(), timeout=900, check=True)
+            took = time.perf_counter() - t
+            shutil.rmtree(os.path.dirname(target), ignore_errors=True)
+            return took
+
+        t_restore_s3 = restore("--repo", url)
+        t_restore_local = restore("--input", path)
+    finally:
+        srv.stop()
+
+    mb = size / MB
+    rate = {
+        "backup, local file only (backup start to completed)": mb / t_local,
+        "backup into s3:// (backup start to copy listed)": mb / t_s3,
+        "plain boto3 upload_file of the same file": mb / t_upload_file,
+        "plain boto3 put_object of the same bytes": mb / t_put,
+        "rusty-db-restore --repo s3://...": mb / t_restore_s3,
+        "rusty-db-restore --input FILE (local)": mb / t_restore_local,
+        "plain boto3 get_object of the same object": mb / t_get,
+        "plain boto3 download_file to a file, in a new process": mb / t_get_process,
+    }
+    print(f"\n== a {mb:.0f} MB backup taken by the server with backup_repositories = ['s3://...'], then restored")
+    for name, r in rate.items():
+        print(f"  {name:<56} {r:8.1f} MB/s")
+    plain_up = max(rate["plain boto3 upload_file of the same file"], rate["plain boto3 put_object of the same bytes"])
+    print(
+        f"  backup into s3 / best plain upload: {mb / t_s3 / plain_up:.0%}"
+        f"   (the copy alone, after the local backup: {mb / (t_s3 - t_local) / plain_up:.0%})"
+    )
+    print(
+        f"  restore from s3 / plain get_object: {t_get / t_restore_s3:.0%}"
+        f"   restore from s3 / download_file in a new process: {t_get_process / t_restore_s3:.0%}"
+        f"   restore from s3 / restore of the local file: {t_restore_local / t_restore_s3:.0%}"
+    )
 
 
 def bench_archive(store, work: str, seconds: float) -> None:
@@ -180,6 +315,8 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--archive-seconds", type=float, default=20.0)
     p.add_argument("--skip-archive", action="store_true")
+    p.add_argument("--skip-objects", action="store_true")
+    p.add_argument("--skip-backup", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.size_mb, args.runs, args.archive_seconds = 64, 1, 10.0
@@ -194,7 +331,10 @@ def main(argv=None) -> int:
     store = SeaweedS3(os.path.join(work, "seaweedfs"))
     store.start()
     try:
-        bench_objects(store, work, args.size_mb, args.runs, args.part_size_mb * MB, args.concurrency)
+        if not args.skip_objects:
+            bench_objects(store, work, args.size_mb, args.runs, args.part_size_mb * MB, args.concurrency)
+        if not args.skip_backup:
+            bench_backup_restore(store, work, args.size_mb)
         if not args.skip_archive:
             bench_archive(store, work, args.archive_seconds)
     finally:

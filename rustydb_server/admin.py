@@ -138,6 +138,8 @@ async def _alter_set(dispatcher, cmd: ap.AlterSystemSet) -> AdminResult:
         )
         if dest is not None:
             await _thread(dispatcher, _prepare_archive_dest, dest, services.settings)
+        for extra in _archive_extra_dests_after(services.settings, setting.name, cmd.raw_value):
+            await _thread(dispatcher, _prepare_archive_dest, extra, services.settings)
         value = settings_mod.set_auto(data_dir, setting.name, cmd.raw_value)
         result = services.settings.reload()
     except settings_mod.SettingError as e:
@@ -167,6 +169,16 @@ def _archive_dest_after(settings, name: str, value) -> str | None:
     if settings_mod.is_url(dest):
         return dest
     return os.path.normpath(os.path.join(settings["data_dir"], dest))
+
+
+def _archive_extra_dests_after(settings, name: str, raw_value) -> list[str]:
+    """The archive_extra_dests to make or probe once ``name = raw_value`` is set (none while archiving is off)."""
+    if name not in ("archive_mode", "archive_extra_dests") or settings.source(name) == settings_mod.SOURCE_CLI:
+        return []
+    value = settings_mod.parse_value(name, raw_value)
+    mode = value if name == "archive_mode" else settings["archive_mode"]
+    extras = value if name == "archive_extra_dests" else settings["archive_extra_dests"]
+    return list(extras or []) if mode and settings["archive_dest"] else []
 
 
 def _prepare_archive_dest(dest: str, settings=None) -> None:

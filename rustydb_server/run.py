@@ -199,13 +199,14 @@ def _prepare_changed_archive_dest(settings) -> None:
     archiver's failures (health "degraded") say so until it is fixed."""
     if not (settings["archive_mode"] and settings["archive_dest"]):
         return
-    try:
-        made = destination.prepare(settings["archive_dest"], settings=settings)
-    except destination.ArchiveDestError as e:
-        log.error("archive_dest cannot be used; archiving fails until it is fixed", error=str(e))
-        return
-    if made:
-        log.info("archive_dest created", path=settings["archive_dest"], mode="0700")
+    for dest in [settings["archive_dest"], *(settings["archive_extra_dests"] or [])]:
+        try:
+            made = destination.prepare(dest, settings=settings)
+        except destination.ArchiveDestError as e:
+            log.error("an archive destination cannot be used; archiving fails until it is fixed", error=str(e))
+            continue
+        if made:
+            log.info("archive_dest created", path=dest, mode="0700")
 
 
 def _check_archive_dest(settings) -> None:
@@ -225,6 +226,16 @@ def _check_archive_dest(settings) -> None:
         ) from None
     if made:
         log.info("archive_dest created", path=settings["archive_dest"], mode="0700")
+    for dest in settings["archive_extra_dests"] or []:
+        try:
+            made = destination.prepare(dest, settings=settings)
+        except destination.ArchiveDestError as e:
+            raise StartupError(
+                f"cannot start: {e} (in archive_extra_dests, from the {settings.source('archive_extra_dests')}); "
+                "fix it there, or turn archive_mode off"
+            ) from None
+        if made:
+            log.info("archive_dest created", path=dest, mode="0700")
 
 
 #: How long a stop may take beyond shutdown_timeout: the listener gives

@@ -126,6 +126,18 @@ def _repositories_problem(value: list[str]) -> str | None:
     return None
 
 
+def _archive_extra_dests_problem(value: list[str]) -> str | None:
+    for item in value:
+        if item.startswith("s3://"):
+            if not item[len("s3://") :].split("/", 1)[0]:
+                return f"has {item!r}, which names no bucket: write s3://bucket or s3://bucket/prefix"
+        elif "://" in item:
+            return f"has {item!r}: an archive destination is a directory or an s3://bucket/prefix URL"
+        elif not os.path.isabs(item):
+            return f"has {item!r}: write the directory as an absolute path"
+    return None
+
+
 def _webhook_url(value: str) -> str | None:
     if value == "" or value.startswith(("http://", "https://")):
         return None
@@ -402,6 +414,15 @@ REGISTRY: dict[str, Setting] = _registry(
         min=1,
         description="How long a pitr-base backup waits for the archive to hold the WAL segment of its "
         "start before it fails with the archiver's last error.",
+    ),
+    Setting(
+        "archive_extra_dests",
+        "list",
+        [],
+        validator=_archive_extra_dests_problem,
+        description="More places every WAL segment is archived to besides archive_dest (absolute directories "
+        "or s3://bucket/prefix URLs): a segment counts as archived once every one holds it; one that is down "
+        "delays only its own copies, and the WAL is kept until it catches up.",
     ),
     Setting("archive_encryption", "bool", False, description="Encrypt archived WAL segments with backup_key_file."),
     Setting(

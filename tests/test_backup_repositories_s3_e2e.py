@@ -75,6 +75,22 @@ def test_local_and_s3_repositories_and_restore_from_the_bucket_alone(server_fact
     assert json.loads(restored.stdout)["chain"] == [full["backup_id"], incr["backup_id"]]
     with ServerProcess(fresh).start() as copy:
         assert count(copy.port) == 700
+    # The full backup alone: restored straight from the bucket by parallel ranges, no temporary copy.
+    older = str(tmp_path / "older" / "data")
+    run_tool(
+        "rusty-db-restore",
+        "--repo",
+        remote,
+        "--backup",
+        full["backup_id"],
+        "--data-dir",
+        older,
+        env=seaweed.env(),
+        check=True,
+    )
+    assert not [n for n in os.listdir(os.path.dirname(older)) if n.startswith(".rustydb-repository-restore-")]
+    with ServerProcess(older).start() as copy:
+        assert count(copy.port) == 400
     table = run_tool(
         "rusty-db-restore",
         "--repo",
@@ -190,3 +206,70 @@ def test_new_machine_recovers_to_a_time_and_to_the_latest_point_from_the_bucket(
         db.close()
     with ServerProcess(latest).start() as b:  # the restored directory starts as a server
         assert count(b.port) == 300
+
+
+def test_the_store_killed_during_a_copy_the_backup_stands_nothing_partial_is_listed_and_the_copy_catches_up(
+    server_factory, seaweed_own, tmp_path
+):
+    import hashlib
+    import time
+
+    from rustydb_client import client as rc
+    from tests.test_backup_api_e2e import call
+
+    store = seaweed_own
+    bucket = store.new_bucket()
+    srv = s3_server(server_factory, store)
+    with rc.connect(port=srv.port) as conn:
+        conn.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, body BLOB)")
+        for n in range(24):  # 24 MB of random bytes: a backup of five 5 MB parts, sent one at a time
+            conn.execute("INSERT INTO big VALUES " + ",".join(f"({n * 16 + k}, randomblob(65536))" for k in range(16)))
+    srv.sql("ALTER SYSTEM SET repository_s3_part_size = '5MB';")
+    srv.sql("ALTER SYSTEM SET repository_s3_concurrency = 1;")
+    local, remote = str(tmp_path / "repo"), f"s3://{bucket}/db"
+    srv.sql(f"ALTER SYSTEM SET backup_repositories = '{local}, {remote}';")
+
+    status, started = call(srv, "POST", "/api/v1/admin/backup", {"backup_type": "full"})
+    assert status == 202, started
+    backup_id = started["backup_id"]
+    key = f"db/backups/{backup_id}/{backup_id}.backup"
+    client = store.client()
+    deadline = time.monotonic() + 60
+    while not any(u["Key"] == key for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])):
+        assert time.monotonic() < deadline, "the copy to the bucket never started"
+        time.sleep(0.02)
+    store.kill()  # mid-copy: some parts sent, the upload not completed
+
+    # The backup itself stands: completed in the first (local) repository; the bucket's copy fails.
+    deadline = time.monotonic() + 60
+    while True:
+        status, entry = call(srv, "GET", f"/api/v1/admin/backup/{backup_id}")
+        state = (entry.get("repositories") or {}).get(remote, {})
+        if entry["status"] == "completed" and state.get("state") == "failing":
+            break
+        assert entry["status"] != "failed" and state.get("state") != "copied", entry
+        assert time.monotonic() < deadline, entry
+        time.sleep(0.1)
+    assert entry["repositories"][local]["state"] == "copied"
+    path = os.path.join(local, "backups", backup_id, f"{backup_id}.backup")
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    assert "cannot be reached" in state["error"], state
+
+    store.start()  # the same data directory and ports
+    listed = keys(store, bucket)
+    # Nothing partial: the backup's object is there whole or not at all, and listed in the catalog only after it.
+    if key in listed:
+        head = client.head_object(Bucket=bucket, Key=key)
+        assert head["ContentLength"] == os.path.getsize(path)
+    else:
+        assert f"db/catalog/{backup_id}.json" not in listed
+        assert "db/catalog/index.json" not in listed
+
+    wait_copied(srv, backup_id, [local, remote], timeout=90)
+    assert keys(store, bucket) == [key, f"db/catalog/{backup_id}.json", "db/catalog/index.json"]
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == digest
+    index = json.loads(client.get_object(Bucket=bucket, Key="db/catalog/index.json")["Body"].read())
+    assert [e["backup_id"] for e in index["backups"]] == [backup_id]
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # the cut-off upload is gone

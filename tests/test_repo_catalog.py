@@ -104,11 +104,12 @@ def test_forget_removes_the_entry_then_the_file(repo):
     data=st.binary(min_size=0, max_size=5000),
     reads=st.lists(st.tuples(st.integers(0, 6000), st.integers(0, 3000)), max_size=12),
     block=st.integers(1, 700),
+    readahead=st.integers(0, 5),  # blocks fetched ahead in threads (a whole restore from a store)
 )
-def test_repository_file_reads_what_the_object_holds(tmp_path_factory, data, reads, block):
+def test_repository_file_reads_what_the_object_holds(tmp_path_factory, data, reads, block, readahead):
     repo = LocalRepository(str(tmp_path_factory.mktemp("r")))
     repo.put_bytes("o", data)
-    with RepositoryFile(repo, "o", block=block) as f:
+    with RepositoryFile(repo, "o", block=block, readahead=readahead) as f:
         assert f.seek(0, os.SEEK_END) == len(data)
         for offset, size in reads:
             f.seek(offset)

@@ -56,6 +56,23 @@ def backoff_seconds(failures_in_a_row: int) -> float:
     return min(MAX_BACKOFF_S, 2 ** min(failures_in_a_row - 1, 6))
 
 
+def _tag(dest: str) -> str:
+    """A short stable name of an archive destination, for its status marks and scratch files."""
+    return hashlib.sha256(dest.encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass
+class DestinationState:
+    """One destination's copies when there are several (archive_extra_dests)."""
+
+    failures_in_a_row: int = 0
+    last_failure_reason: str | None = None
+    last_failed_segment: str | None = None
+    last_archived_segment: str | None = None
+    retry_at: float | None = None  # trio time of its next try after failures
+    busy: bool = False
+
+
 @dataclasses.dataclass
 class ArchiveProgress:
     last_archived_segment: str | None = None
@@ -91,6 +108,21 @@ class Archiver:
         self.outcome = Doorbell()  # rung at each archive success or failure (the alerts' archive watch)
         self._retry_at: float | None = None  # trio time of the next try after failures
         self._switch_retry_at = -math.inf  # trio time before which a failed switch is not retried
+        self._dests: dict[str, DestinationState] = {}  # with several destinations: each one's state
+        self._nursery: trio.Nursery | None = None  # where run() copies to each destination
+        self._done_lock = trio.Lock()
+
+    def destinations(self) -> list[str]:
+        """Where every segment goes: archive_dest, then archive_extra_dests (each once);
+        none while archive_dest is not set."""
+        first = self.settings["archive_dest"]
+        if not first:
+            return []
+        out = [first]
+        for dest in self.settings["archive_extra_dests"] or []:
+            if dest and dest not in out:
+                out.append(dest)
+        return out
 
     # ------------------------------------------------------------ state
     def report(self) -> dict:
@@ -110,7 +142,32 @@ class Archiver:
             "segments_waiting": len(pending),
             "oldest_waiting_segment": pending[0] if pending else None,
             "archived_since_start": s.archived_count,
+            "archive_extra_dests": list(settings["archive_extra_dests"] or []),
+            "destinations": self._destination_report(pending),
         }
+
+    def _destination_report(self, pending: list[str]) -> list[dict]:
+        """Per destination: how far it is, and its own failures (several destinations only)."""
+        dests = self.destinations()
+        if len(dests) < 2:
+            return []
+        out = []
+        for dest in dests:
+            st = self._dests.get(dest) or DestinationState()
+            tag = _tag(dest)
+            out.append(
+                {
+                    "dest": dest,
+                    "last_archived_segment": st.last_archived_segment,
+                    "segments_waiting": sum(
+                        1 for n in pending if not archive_status.is_copied(self.status_dir, n, tag)
+                    ),
+                    "failures_in_a_row": st.failures_in_a_row,
+                    "last_failed_segment": st.last_failed_segment,
+                    "last_failure_reason": st.last_failure_reason,
+                }
+            )
+        return out
 
     def failing(self) -> str | None:
         """Why archiving fails now (health's "degraded" reason), or None while it works or is off."""
@@ -148,6 +205,8 @@ class Archiver:
     def retry_now(self) -> None:
         """Try the waiting segments at once, without waiting out the backoff."""
         self._retry_at = None
+        for st in self._dests.values():
+            st.retry_at = None
         self._work.ring()
 
     def settings_changed(self) -> None:
@@ -157,16 +216,20 @@ class Archiver:
 
     # ------------------------------------------------------------- loop
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            if not self.settings["archive_mode"]:
-                await self._settings_changed.wait()
-                continue
-            await self._switch_if_due()
-            if self._retry_at is None or trio.current_time() >= self._retry_at:
-                await self._archive_waiting()
-            with trio.move_on_at(self._next_wakeup()):
-                await self._work.wait()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                if not self.settings["archive_mode"]:
+                    await self._settings_changed.wait()
+                    continue
+                await self._switch_if_due()
+                # With several destinations each has its own backoff (_archive_to_each).
+                several = len(self.destinations()) > 1
+                if several or self._retry_at is None or trio.current_time() >= self._retry_at:
+                    await self._archive_waiting()
+                with trio.move_on_at(self._next_wakeup()):
+                    await self._work.wait()
 
     def _next_wakeup(self) -> float:
         """The trio time of the next retry or archive_timeout switch, if any."""
@@ -197,6 +260,10 @@ class Archiver:
                 log.warning("archive_timeout could not switch the WAL segment", error=str(e))
 
     async def _archive_waiting(self) -> None:
+        dests = self.destinations()
+        if len(dests) > 1:
+            await self._archive_to_each(dests)
+            return
         for name in archive_status.waiting(self.status_dir):
             try:
                 await self._run_sync(self._archive_one, name)
@@ -241,6 +308,148 @@ class Archiver:
             segments_waiting=len(archive_status.waiting(self.status_dir)),
         )
 
+    # ------------------------------------------------ several destinations
+    async def _archive_to_each(self, dests: list[str]) -> None:
+        """Start a copy pass to every destination that is not busy or backing off.
+        Each pass goes through the waiting segments in order and stops at its
+        own first failure, so a destination that is down (or slow) delays only
+        its own copies; a segment is marked ``.done`` once every destination has
+        it (``archive_status.mark_copied`` per destination until then), and WAL
+        retention keeps it until then. In run() the passes go on in the
+        archiver's nursery; called alone (tests), they run to their end here."""
+        async with self._done_lock:  # segments all destinations hold (one was taken off the list)
+            for name in await self._run_sync(self._sweep_done, dests):
+                self._archived_everywhere(name)
+        now = trio.current_time()
+        due = []
+        for dest in dests:
+            st = self._dests.setdefault(dest, DestinationState())
+            if not st.busy and (st.retry_at is None or now >= st.retry_at):
+                st.busy = True
+                due.append(dest)
+        if self._nursery is not None:
+            for dest in due:
+                self._nursery.start_soon(self._pass, dest)
+        else:
+            async with trio.open_nursery() as nursery:
+                for dest in due:
+                    nursery.start_soon(self._pass, dest)
+        self._update_retry_at(dests)
+
+    def _update_retry_at(self, dests: list[str]) -> None:
+        """The loop wakes at the soonest retry of a destination that backs off."""
+        times = [self._dests[d].retry_at for d in dests if d in self._dests and not self._dests[d].busy]
+        self._retry_at = min((t for t in times if t is not None), default=None)
+
+    async def _pass(self, dest: str) -> None:
+        st = self._dests[dest]
+        tag = _tag(dest)
+        worked = False
+        try:
+            for name in archive_status.waiting(self.status_dir):
+                dests = self.destinations()
+                if dest not in dests:
+                    return  # taken off archive_extra_dests meanwhile
+                if archive_status.is_copied(self.status_dir, name, tag):
+                    continue
+                worked = True
+                try:
+                    await self._run_sync(self._copy_marked, dest, name)
+                except Exception as e:
+                    self._dest_failed(dest, name, e)
+                    return
+                self._dest_succeeded(dest, name)
+                await self._done_if_everywhere(name, dests)
+            try:
+                await self._run_sync(self._copy_histories_checked, dest)
+            except (OSError, RepositoryError, segment_file.ArchiveError) as e:
+                log.warning("copying a timeline history file to the archive failed", destination=dest, error=str(e))
+        finally:
+            st.busy = False
+            self._update_retry_at(self.destinations())
+            if worked:
+                self._work.ring()  # look again: new segments, or a retry time to wait for
+
+    def _copy_marked(self, dest: str, name: str) -> None:
+        try:
+            destination.check(dest)
+        except destination.ArchiveDestError as e:
+            raise segment_file.ArchiveError(str(e)) from None
+        self._copy_segment(dest, name)
+        archive_status.mark_copied(self.status_dir, name, _tag(dest), self.fileops)
+
+    def _copy_histories_checked(self, dest: str) -> None:
+        try:
+            destination.check(dest)
+        except destination.ArchiveDestError:
+            return
+        self._copy_histories(dest)
+
+    async def _done_if_everywhere(self, name: str, dests: list[str]) -> None:
+        async with self._done_lock:  # two passes finishing the same segment mark it once
+            if await self._run_sync(self._mark_done_if_everywhere, name, dests):
+                self._archived_everywhere(name)
+
+    def _sweep_done(self, dests: list[str]) -> list[str]:
+        return [n for n in archive_status.waiting(self.status_dir) if self._mark_done_if_everywhere(n, dests)]
+
+    def _archived_everywhere(self, name: str) -> None:
+        s = self.progress
+        s.last_archived_segment = name
+        s.last_archived_time = time.time()
+        s.archived_count += 1
+        self.outcome.ring()
+
+    def _mark_done_if_everywhere(self, name: str, dests: list[str]) -> bool:
+        if archive_status.is_archived(self.status_dir, name):
+            return False
+        if not all(archive_status.is_copied(self.status_dir, name, _tag(d)) for d in dests):
+            return False
+        archive_status.mark_done(self.status_dir, name, self.fileops)
+        archive_status.forget_copies(self.status_dir, name)
+        return True
+
+    def _dest_succeeded(self, dest: str, name: str) -> None:
+        st = self._dests[dest]
+        if st.failures_in_a_row:
+            log.info("archiving to a destination works again", destination=dest, after_failures=st.failures_in_a_row)
+        st.failures_in_a_row = 0
+        st.retry_at = None
+        st.last_archived_segment = name
+        self._sum_failures()
+
+    def _dest_failed(self, dest: str, name: str, error: Exception) -> None:
+        st = self._dests[dest]
+        st.failures_in_a_row += 1
+        st.last_failed_segment = name
+        st.last_failure_reason = str(error)
+        backoff = backoff_seconds(st.failures_in_a_row)
+        st.retry_at = trio.current_time() + backoff
+        s = self.progress
+        if s.failing_since is None:
+            s.failing_since = time.time()
+        s.last_failed_segment = name
+        s.last_failure_time = time.time()
+        s.last_failure_reason = str(error)
+        self._sum_failures()
+        self.outcome.ring()
+        log.warning(
+            "archiving a WAL segment to one destination failed; the segment is kept and retried there",
+            destination=dest,
+            segment=name,
+            reason=str(error),
+            retry_in_seconds=backoff,
+            failures_in_a_row=st.failures_in_a_row,
+        )
+
+    def _sum_failures(self) -> None:
+        """The archiver's failures are those of its worst destination (health, alerts, metrics)."""
+        s = self.progress
+        dests = self.destinations()
+        s.failures_in_a_row = max((st.failures_in_a_row for d, st in self._dests.items() if d in dests), default=0)
+        if not s.failures_in_a_row:
+            s.failing_since = None
+
     # ------------------------------------------------------- one segment
     def _destination(self) -> str:
         dest = self.settings["archive_dest"]
@@ -264,8 +473,13 @@ class Archiver:
 
     def _archive_one(self, name: str) -> None:
         dest_dir = self._destination()
+        self._copy_segment(dest_dir, name)
+        archive_status.mark_done(self.status_dir, name, self.fileops)
+
+    def _copy_segment(self, dest_dir: str, name: str) -> None:
+        """Put the segment into one destination (the archive holds it once this returns); no mark."""
         if is_s3_url(dest_dir):
-            self._archive_one_to_repository(name, self._repository(dest_dir))
+            self._copy_to_repository(name, self._repository(dest_dir))
             return
         src = os.path.join(self.engine.datadir.wal_dir, name)
         target = os.path.join(dest_dir, segment_file.archive_name(name))
@@ -292,13 +506,12 @@ class Archiver:
                 fileops=self.fileops,
             )
             self.progress.archived_bytes += os.path.getsize(target)
-        archive_status.mark_done(self.status_dir, name, self.fileops)
 
-    def _archive_one_to_repository(self, name: str, repo: Repository) -> None:
+    def _copy_to_repository(self, name: str, repo: Repository) -> None:
         """The segment as an object ``<name>.walz``: packed into a scratch file
         beside the archive marks, uploaded with ``if_absent`` (never replacing
-        a different object), then marked ``.done``: only once the store has
-        confirmed the complete object."""
+        a different object); it returns (and the caller marks the segment)
+        only once the store has confirmed the complete object."""
         src = os.path.join(self.engine.datadir.wal_dir, name)
         key = segment_file.archive_name(name)
         existing = repo.stat(key)
@@ -306,7 +519,7 @@ class Archiver:
             self._same_segment_or_refuse(repo, key, src)
         else:
             c = self.engine.control
-            scratch = os.path.join(self.status_dir, f".{key}.upload")
+            scratch = os.path.join(self.status_dir, f".{key}.{_tag(repo.url)}.upload")
             try:
                 segment_file.pack_segment(
                     src,
@@ -329,7 +542,6 @@ class Archiver:
                     os.unlink(scratch)
                 except FileNotFoundError:
                     pass
-        archive_status.mark_done(self.status_dir, name, self.fileops)
 
     def _same_segment_or_refuse(self, repo: Repository, key: str, src: str) -> None:
         with open(src, "rb") as f:
@@ -346,6 +558,9 @@ class Archiver:
             dest_dir = self._destination()
         except segment_file.ArchiveError:
             return
+        self._copy_histories(dest_dir)
+
+    def _copy_histories(self, dest_dir: str) -> None:
         wal_dir = self.engine.datadir.wal_dir
         if is_s3_url(dest_dir):
             repo = self._repository(dest_dir)

@@ -5,7 +5,9 @@
 its header, its index at the end, then the chunks it needs). Reads are
 fetched in blocks of BLOCK bytes and the last few blocks kept, so reading a
 header or walking a table's chunks costs a few requests, and verifying a
-whole backup reads it once, block after block. --info reads only the head
+whole backup reads it once, block after block; with ``readahead`` (a whole
+restore straight from an object store) the next blocks are fetched in
+parallel while one is used. --info reads only the head
 and tail; a table restore only that database's chunks.
 """
 
@@ -15,13 +17,14 @@ import io
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 
 BLOCK = 4 << 20
 KEEP_BLOCKS = 4
 
 
 class RepositoryFile(io.RawIOBase):
-    def __init__(self, repo, key: str, size: int | None = None, *, block: int = BLOCK):
+    def __init__(self, repo, key: str, size: int | None = None, *, block: int = BLOCK, readahead: int = 0):
         super().__init__()
         self.repo = repo
         self.key = key
@@ -38,6 +41,20 @@ class RepositoryFile(io.RawIOBase):
         self._pos = 0
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        # Read ahead (a whole restore reads the backup front to back): the next
+        # ``readahead`` blocks are fetched in parallel while the current one is used.
+        self._readahead = max(0, readahead)
+        self._keep = KEEP_BLOCKS + self._readahead
+        self._ahead: dict[int, Future] = {}
+        self._last: int | None = None  # the block read last: reading ahead starts once reads go block after block
+        self._pool = ThreadPoolExecutor(self._readahead, thread_name_prefix="repo-read") if self._readahead else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # a block being fetched is dropped
+            self._pool = None
+            self._ahead.clear()
+        super().close()
 
     def readable(self) -> bool:
         return True
@@ -94,16 +111,36 @@ class RepositoryFile(io.RawIOBase):
             pos += len(piece)
         return b"".join(parts)
 
+    def _fetch(self, index: int) -> bytes:
+        offset = index * self._block
+        return self.repo.get_range(self.key, offset, min(self._block, self.size - offset))
+
     def _get_block(self, index: int) -> bytes:
         with self._lock:
             block = self._cache.get(index)
             if block is not None:
                 self._cache.move_to_end(index)
+                self._read_ahead(index)
                 return block
-        offset = index * self._block
-        block = self.repo.get_range(self.key, offset, min(self._block, self.size - offset))
+            pending = self._ahead.pop(index, None)
+            self._read_ahead(index)
+        block = pending.result() if pending is not None else self._fetch(index)
         with self._lock:
             self._cache[index] = block
-            while len(self._cache) > KEEP_BLOCKS:
+            while len(self._cache) > self._keep:
                 self._cache.popitem(last=False)
         return block
+
+    def _read_ahead(self, index: int) -> None:
+        """(With the lock held) start fetching the blocks after ``index`` not held or coming yet,
+        once the reads go front to back (not for a header, then the index at the end)."""
+        sequential = self._last is not None and index == self._last + 1
+        self._last = index
+        if self._pool is None or not (sequential or self._ahead):
+            return
+        last = (self.size - 1) // self._block
+        for n in range(index + 1, min(index + self._readahead, last) + 1):
+            if n not in self._cache and n not in self._ahead:
+                self._ahead[n] = self._pool.submit(self._fetch, n)
+        for n in [n for n in self._ahead if n < index]:  # a seek back: no longer wanted
+            self._ahead.pop(n).cancel()

@@ -12,7 +12,8 @@ transaction in memory:
 * ``wal_dir_entries``: a server's ``wal/`` directory, even while the server
   writes to it. Segments are mapped, not copied, and the reading ends at the
   torn tail: a record being written is not returned and is not damage.
-* ``archive_entries``: an archive directory (archive_dest), encrypted or not,
+* ``archive_entries``: an archive directory (archive_dest), or an s3:// prefix
+  read through repository/location.py as a restore reads it, encrypted or not,
   every timeline from where it began, or one timeline's history.
 * ``supplied_entries``: segments handed over by a ``SegmentSupplier`` (the
   server's own WAL and the archive joined, with the writer's flushed LSN as
@@ -37,6 +38,7 @@ from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..crypto import CryptoError
 from ..engine.session import SEQUENCE_STEP_PREFIX
+from ..repository import RepositoryError, location
 from ..restore.archived_wal import ArchivedSegments, ArchiveGapError
 from ..restore.pitr import PitrError
 from ..restore.walinfo import TimelineInfo, WalListing
@@ -328,7 +330,15 @@ def _guarded(entries: Iterator[TimelineEntry]) -> Iterator[TimelineEntry]:
         yield from entries
     except walseg.WalCorruptError as exc:
         raise WalScanError(str(exc).replace("; recovery stopped", "")) from None
-    except (ArchiveGapError, sf.ArchiveError, PitrError, HistoryError, CryptoError, BackupError) as exc:
+    except (
+        ArchiveGapError,
+        sf.ArchiveError,
+        PitrError,
+        HistoryError,
+        CryptoError,
+        BackupError,
+        RepositoryError,
+    ) as exc:
         raise WalScanError(str(exc)) from None
 
 
@@ -398,7 +408,7 @@ def archive_timelines(archive_dir: str, *, timeline: int | None = None) -> list[
     """The timelines an archive holds (with ``timeline``: those on its history)."""
     try:
         return WalListing(archive_dir, timeline=timeline).timelines
-    except (sf.ArchiveError, PitrError, HistoryError, OSError) as exc:
+    except (sf.ArchiveError, PitrError, HistoryError, OSError, RepositoryError) as exc:
         raise WalScanError(str(exc)) from None
 
 
@@ -421,7 +431,7 @@ def archive_entries(
 
 
 def _archive_entries(archive_dir: str, key, timeline: int | None, to_lsn: int | None) -> Iterator[TimelineEntry]:
-    if not os.path.isdir(archive_dir):
+    if not location.isdir(archive_dir):
         raise WalScanError(f"{archive_dir} is not a directory; give the archive directory (archive_dest)")
     listing = WalListing(archive_dir, timeline=timeline)
     archive = sf.list_archive(archive_dir)
@@ -451,9 +461,9 @@ def _archive_entries(archive_dir: str, key, timeline: int | None, to_lsn: int | 
 def archived_segment_size(archived_path: str) -> int:
     """The segment size an archived segment's header records (no key needed)."""
     try:
-        with open(archived_path, "rb") as f:
+        with location.open_read(archived_path) as f:
             header = BackupReader(f).header
-    except (BackupError, OSError) as exc:
+    except (BackupError, OSError, RepositoryError) as exc:
         raise WalScanError(f"{archived_path} is not a readable archived WAL segment: {exc}") from None
     return header.end_lsn - header.start_lsn
 

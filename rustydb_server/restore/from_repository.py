@@ -5,7 +5,9 @@ its credentials and the backup key. ``fetch`` reads the repository's catalog
 (backup/repo_catalog.py), chooses what to restore and downloads it into a
 private working directory beside the data directory (same file system, so
 the space is checked where the restore writes): the backup files of the
-chain (a local repository's files are read where they are); the archived
+chain (a local repository's files are read where they are; a single full
+backup from an object store is read in place, front to back, by ranges
+fetched in parallel ahead: no temporary copy); the archived
 WAL (``wal/``), when recovery replays it, is read in place like any archive
 (segment by segment, unpacked ahead). The
 restore itself is then the one of local files (restore_full, restore_chain,
@@ -39,6 +41,8 @@ from .errors import RestoreError
 from .pitr import Target
 
 WAL_PREFIX = "wal/"
+#: Block size of a backup restored straight from an object store (one range request each).
+STREAM_BLOCK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,12 @@ class RepositoryObject:
     repo: object
     key: str
     size: int
+    readahead: int = 0  # blocks fetched ahead in parallel: a whole restore read front to back
 
     def open(self) -> RepositoryFile:
-        return RepositoryFile(self.repo, self.key, self.size)
+        if not self.readahead:
+            return RepositoryFile(self.repo, self.key, self.size)
+        return RepositoryFile(self.repo, self.key, self.size, block=STREAM_BLOCK, readahead=self.readahead)
 
     def __str__(self) -> str:
         return f"{self.repo.url}/{self.key}"
@@ -112,6 +119,10 @@ def fetch(
         if download and isinstance(repo, LocalRepository):
             # A local repository's objects are files: restored from where they are, no copy.
             paths = [_local_file(repo, e) for e in chain]
+        elif download and len(chain) == 1 and not replay:
+            # One full backup: restored straight from the store, read front to back by
+            # parallel ranges, with no temporary copy on disk.
+            paths = [_streamed(repo, chain[0])]
         elif download:
             paths = [_download(repo, e["key"], os.path.join(workdir, f"{e['backup_id']}.backup"), e) for e in chain]
         else:
@@ -141,6 +152,18 @@ def _local_file(repo, entry: dict) -> str:
             "copy is damaged or was replaced: restore from another repository"
         )
     return repo.path(entry["key"])
+
+
+def _streamed(repo, entry: dict) -> RepositoryObject:
+    size = _size(repo, entry)
+    expected = entry.get("size_bytes")
+    if isinstance(expected, int) and size != expected:
+        raise RestoreError(
+            f"repository {repo.url}: {entry['key']} is {size} bytes, its catalog entry says {expected}; the "
+            "copy is damaged or was replaced: restore from another repository"
+        )
+    readahead = max(4, 2 * int(getattr(repo, "concurrency", 2)))
+    return RepositoryObject(repo, entry["key"], size, readahead=readahead)
 
 
 def _size(repo, entry: dict) -> int:

@@ -155,7 +155,12 @@ def restore_full(
 
 
 @contextlib.contextmanager
-def _open_input(path: str):
+def _open_input(path):
+    """The backup file; or an object in a repository (a RepositoryObject), read in place by ranges."""
+    if not isinstance(path, str):
+        with path.open() as f:
+            yield f
+        return
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below; only open() errors are translated
     except OSError as exc:
@@ -177,7 +182,7 @@ def _open_reader(f, input_path: str, key: KeySource | None) -> BackupReader:
 def read_key_for(path: str, key_file: str | None) -> KeySource | None:
     """The key that reads the backup file at ``path`` (None if it is not encrypted)."""
     try:
-        with open(path, "rb") as f:
+        with _open_input(path) as f:
             header = BackupReader(f).header
     except OSError as exc:
         raise RestoreError(f"cannot open backup {path}: {exc.strerror or exc}") from None

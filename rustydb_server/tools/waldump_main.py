@@ -1,6 +1,6 @@
 """rusty-db-waldump: the transactions of a WAL, what they changed, row by row if asked.
 
-    rusty-db-waldump [--data-dir D | --wal-dir W | --archive-dir A | --backup SEGMENT_FILE|INCREMENTAL]
+    rusty-db-waldump [--data-dir D | --wal-dir W | --archive-dir A | --repo URL | --backup SEGMENT_FILE|INCREMENTAL]
                      [--timeline N] [--from-time T] [--to-time T] [--from-txid N] [--to-txid N]
                      [--from-lsn L] [--to-lsn L] [--as-of POINT] [--database DB] [--table T]...
                      [--operation insert|update|delete]... [--changes | --stats] [--json]
@@ -16,6 +16,11 @@ and, before that, from the data directory's databases as they are now.
 ``{"source", "transactions": [...], "ok", "count"}`` or, with --stats,
 ``{"source", "tables": [...], "minutes": [...], "total", "ok"}``.
 
+--archive-dir takes archive_dest's value as it is, a directory or an
+s3://bucket/prefix (its wal/); --repo reads a repository's archived WAL (a
+directory's or an s3:// prefix's wal/). S3 endpoint and credentials come
+from the config file's repository_s3_* settings and the AWS environment.
+
 Exit status: 0 success (even when nothing matched), 1 failure, 2 usage error.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 
@@ -66,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     one = src.add_mutually_exclusive_group()
     one.add_argument("--wal-dir", metavar="DIR", help="a WAL directory (a data directory's wal/, or a copy)")
-    one.add_argument("--archive-dir", metavar="DIR", help="an archive directory (archive_dest)")
+    one.add_argument(
+        "--archive-dir", metavar="DIR", help="an archive: archive_dest's value, a directory or an s3://bucket/prefix"
+    )
+    one.add_argument(
+        "--repo", metavar="URL", help="a repository's archived WAL (its wal/): a directory or s3://bucket/prefix"
+    )
     one.add_argument(
         "--backup",
         metavar="FILE",
@@ -119,7 +130,28 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(PROG, parser, argv, lambda args: _run(parser, args))
 
 
+def _archive_location(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--repo R reads R's wal/; an s3:// --archive-dir (archive_dest's value) is its wal/ prefix."""
+    from ..archive import destination
+    from ..repository import is_s3_url
+    from ..settings import SettingError
+    from . import repository_settings
+
+    if args.repo:
+        args.archive_dir = (
+            destination.location(args.repo) if is_s3_url(args.repo) else os.path.join(args.repo, destination.WAL_PREFIX)
+        )
+    elif args.archive_dir and is_s3_url(args.archive_dir):
+        args.archive_dir = destination.location(args.archive_dir)
+    if args.archive_dir and is_s3_url(args.archive_dir):
+        try:
+            repository_settings.configure()
+        except SettingError as exc:
+            parser.error(str(exc))
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    _archive_location(parser, args)
     try:
         flt = _filter(args, parser)
     except PitrError as exc:

@@ -1,7 +1,11 @@
 """Archive status marks: ``wal/archive_status/<segment>.ready`` and ``.done``.
 
 A segment gets ``.ready`` once it is complete and durable (the engine writes
-it), and ``.done`` once the archive holds it (the archiver writes it). Only
+it), and ``.done`` once the archive holds it (the archiver writes it). With several
+archive destinations (archive_dest and archive_extra_dests) each one that
+holds the segment gets ``<segment>.done-<tag>`` (``mark_copied``; the tag
+names the destination), and ``.done`` comes only when every destination has
+its mark (the per-destination marks are then removed). Only
 ``.done`` proves a segment archived; WAL retention keeps every segment
 without it while archiving is on. Empty files; their names are the state.
 """
@@ -35,6 +39,34 @@ def mark_done(status_dir: str, segment: str, fileops: fileops_mod.FileOps = file
     _touch(status_dir, segment + DONE, fileops)
 
 
+COPIED = ".done-"
+
+
+def mark_copied(status_dir: str, segment: str, tag: str, fileops: fileops_mod.FileOps = fileops_mod.REAL) -> None:
+    """One of several archive destinations (named by ``tag``) holds the segment."""
+    _touch(status_dir, segment + COPIED + tag, fileops)
+
+
+def is_copied(status_dir: str, segment: str, tag: str) -> bool:
+    return os.path.exists(os.path.join(status_dir, segment + COPIED + tag))
+
+
+def forget_copies(status_dir: str, segment: str) -> None:
+    """Remove a segment's per-destination marks (it is .done, or gone)."""
+    try:
+        names = os.listdir(status_dir)
+    except FileNotFoundError:
+        return
+    for n in names:
+        if n.startswith(segment + COPIED):
+            try:
+                os.unlink(os.path.join(status_dir, n))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("cannot remove archive status mark", segment=segment, error=str(e))
+
+
 def is_archived(status_dir: str, segment: str) -> bool:
     return os.path.exists(os.path.join(status_dir, segment + DONE))
 
@@ -64,3 +96,4 @@ def remove_marks(status_dir: str, segment: str) -> None:
             pass
         except OSError as e:
             log.warning("cannot remove archive status mark", segment=segment, error=str(e))
+    forget_copies(status_dir, segment)

@@ -6,8 +6,9 @@ one S3 identity (access key + secret from an s3 config file). Buckets are not
 created on upload (``-s3.autoCreateBucket=false``), so a test of a missing
 bucket sees what it would see on a real store. ``stop()``/``start()`` take the
 store down and bring it back with the same data and ports (a store that is
-down during an upload); the session fixture in conftest.py starts one for the
-whole test run and stops it at the end.
+down during an upload), ``kill()`` takes it down at once; the session fixture
+starts one for the whole test run and stops it at the end, ``seaweed_own``
+starts one a single test may kill.
 """
 
 from __future__ import annotations
@@ -207,6 +208,17 @@ class SeaweedS3:
         except OSError:
             return ""
 
+    def kill(self) -> None:
+        """Take the store down at once (SIGKILL, nothing flushed or closed), as a crash or a cut cable does."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        proc.wait(timeout=10)
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
@@ -234,6 +246,20 @@ def seaweed(tmp_path_factory):
         yield store
     finally:
         store.stop()
+
+
+@pytest.fixture
+def seaweed_own(tmp_path):
+    """A SeaweedFS S3 store of this test alone, which it may kill and start again."""
+    why = why_weed_cannot_run()
+    if why:
+        pytest.skip(why)
+    store = SeaweedS3(str(tmp_path / "seaweedfs-own"))
+    store.start()
+    try:
+        yield store
+    finally:
+        store.kill()  # its data goes with tmp_path; a weed restarted after a kill can take 20 s to stop
 
 
 @pytest.fixture

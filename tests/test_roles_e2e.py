@@ -261,3 +261,35 @@ def test_the_users_file_is_migrated_into_roles(server_factory, tmp_path):
     proc = cli_tcp(srv.port, "olduser", "old pass", "SHOW role; CHECKPOINT")
     assert proc.returncode == 0, proc.stderr  # a LOGIN SUPERUSER role, as the user had every privilege
     assert "migrated" in srv.log()
+
+
+def test_a_chain_restore_brings_back_the_roles_of_its_last_incremental(server_factory, tmp_path):
+    env = {"RUSTYDB_BACKUP_KEY_FILE": "", "RUSTYDB_BACKUP_PASSPHRASE": ""}
+    source = server_factory(name="source").start()
+    source.sql("CREATE TABLE x(a)")
+    full, incr = tmp_path / "full.backup", tmp_path / "incr.backup"
+    port = ["--port", str(source.port)]
+    run_tool("rusty-db-backup", "--type", "full", "--output", str(full), *port, env=env, check=True)
+    source.sql("CREATE ROLE later LOGIN PASSWORD 'made after the full' READONLY")
+    source.sql("INSERT INTO x VALUES (1)")
+    run_tool(
+        "rusty-db-backup",
+        "--type",
+        "incremental",
+        "--base-backup",
+        str(full),
+        "--output",
+        str(incr),
+        *port,
+        env=env,
+        check=True,
+    )
+    source.sql("DROP ROLE later")  # after the incremental: the chain brings it back
+    source.stop()
+    data = str(tmp_path / "restored")
+    run_tool("rusty-db-restore", "--input", str(full), "--data-dir", data, env=env, check=True)
+    run_tool("rusty-db-restore", "--input", str(incr), "--data-dir", data, "--incremental", env=env, check=True)
+    restored = server_factory(name="restored").start()
+    back = cli_tcp(restored.port, "later", "made after the full", "SELECT count(*) FROM x")
+    assert back.returncode == 0, back.stderr
+    assert "1" in back.stdout

@@ -22,6 +22,7 @@ from ..backup.steps import decode_steps
 from ..container.format import BackupType
 from ..container.reader import BackupReader
 from ..engine import database, replay
+from ..roles import restore_roles
 from ..wal import segment as walseg
 
 
@@ -135,6 +136,10 @@ def apply_incremental(
                 "refuse it until the chain is restored again (the full backup, then each "
                 "incremental in order)"
             ) from exc
+        if manifest.roles is not None:
+            # The roles as of this backup, not of the full one: a role made or
+            # changed between them is in the chain's last manifest only.
+            restore_roles(data_dir, manifest.roles, ddir.fileops)
         _advance_control(ddir, control, manifest)
     finally:
         ddir.unlock()

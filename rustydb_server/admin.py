@@ -137,7 +137,7 @@ async def _alter_set(dispatcher, cmd: ap.AlterSystemSet) -> AdminResult:
             services.settings, setting.name, settings_mod.parse_value(setting.name, cmd.raw_value)
         )
         if dest is not None:
-            await _thread(dispatcher, _prepare_archive_dest, dest)
+            await _thread(dispatcher, _prepare_archive_dest, dest, services.settings)
         value = settings_mod.set_auto(data_dir, setting.name, cmd.raw_value)
         result = services.settings.reload()
     except settings_mod.SettingError as e:
@@ -164,12 +164,14 @@ def _archive_dest_after(settings, name: str, value) -> str | None:
     dest = value if name == "archive_dest" else settings["archive_dest"]
     if not mode or not dest:
         return None
+    if settings_mod.is_url(dest):
+        return dest
     return os.path.normpath(os.path.join(settings["data_dir"], dest))
 
 
-def _prepare_archive_dest(dest: str) -> None:
+def _prepare_archive_dest(dest: str, settings=None) -> None:
     try:
-        made = destination.prepare(dest)
+        made = destination.prepare(dest, settings=settings, probe=True)
     except destination.ArchiveDestError as e:
         raise ReportedError(f"{e}. The setting was not changed", "invalid_setting") from None
     if made:

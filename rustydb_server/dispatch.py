@@ -137,7 +137,7 @@ class Dispatcher:
                 )
             )
             return
-        if not os.path.isabs(stored.location):
+        if not (os.path.isabs(stored.location) or stored.location.startswith("s3://")):
             self.services.backups.not_stored(awaiting, f"the client named no absolute path ({stored.location!r})")
             await self.conn.send(
                 events.Error("invalid_backup_request", f"{stored.location!r} is not an absolute path; not recorded")

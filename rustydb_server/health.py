@@ -27,6 +27,7 @@ import time
 
 from . import __version__
 from .lifecycle import STARTING, STOPPING, Lifecycle
+from .settings import is_url
 from .wal.lsn import format_lsn
 
 
@@ -93,8 +94,8 @@ def attention_reasons(settings, backups=None, archiver=None, now: float | None =
     min_free = settings["health_min_free_percent"]
     if min_free and backups is not None:
         dirs = [("backup_dir", backups.backup_dir())]
-        if settings["archive_mode"] and settings["archive_dest"]:
-            dirs.append(("archive_dest", settings["archive_dest"]))
+        if settings["archive_mode"] and settings["archive_dest"] and not is_url(settings["archive_dest"]):
+            dirs.append(("archive_dest", settings["archive_dest"]))  # an object store has no file system to watch
         for role, path in dirs:
             space = free_space(path)
             if space is not None and space[1] and space[0] * 100 / space[1] < min_free:

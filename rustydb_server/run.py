@@ -34,6 +34,7 @@ from .http_api import HttpApi
 from .lifecycle import RUNNING, STOPPING, Lifecycle, StartupError
 from .logsetup import get_logger
 from .notify import Notifier
+from .repository import location as repository_location
 from .schedule.checks import CheckScheduler
 from .schedule.scheduler import Scheduler
 from .settings import to_seconds
@@ -47,6 +48,7 @@ log = get_logger("rustydb.server")
 async def run(settings, notifier: Notifier) -> int:
     """Run one server until shutdown; return the process exit code."""
     lifecycle = Lifecycle()
+    repository_location.configure(settings)  # s3:// locations opened with the server's repository_s3_* settings
     _check_archive_dest(settings)
     tls_policy(settings)  # a TLS setting that cannot work stops the start at once
     ddir = _datadir.DataDir(settings["data_dir"])
@@ -73,7 +75,9 @@ async def run(settings, notifier: Notifier) -> int:
                     settings,
                     observer=events,
                     change_tracking=tracking,
-                    archived_timelines=lambda: segment_file.archived_timelines(settings["archive_dest"]),
+                    archived_timelines=lambda: segment_file.archived_timelines(
+                        destination.location(settings["archive_dest"])
+                    ),
                 )
             )
 
@@ -196,7 +200,7 @@ def _prepare_changed_archive_dest(settings) -> None:
     if not (settings["archive_mode"] and settings["archive_dest"]):
         return
     try:
-        made = destination.prepare(settings["archive_dest"])
+        made = destination.prepare(settings["archive_dest"], settings=settings)
     except destination.ArchiveDestError as e:
         log.error("archive_dest cannot be used; archiving fails until it is fixed", error=str(e))
         return
@@ -209,7 +213,7 @@ def _check_archive_dest(settings) -> None:
     if not (settings["archive_mode"] and settings["archive_dest"]):
         return
     try:
-        made = destination.prepare(settings["archive_dest"])
+        made = destination.prepare(settings["archive_dest"], settings=settings)
     except destination.ArchiveDestError as e:
         source = settings.source("archive_dest")
         where = {

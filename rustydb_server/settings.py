@@ -39,7 +39,7 @@ SOURCE_CONFIG = "config file"
 SOURCE_AUTO = "auto file"
 SOURCE_CLI = "command line"
 
-TYPES = ("bool", "int", "float", "str", "enum", "path", "duration", "size")
+TYPES = ("bool", "int", "float", "str", "enum", "path", "duration", "size", "list")
 
 # Sizes follow PostgreSQL: binary multiples, "kB" for kilobytes.
 SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
@@ -114,6 +114,15 @@ def _time_zone(name: str) -> str | None:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return "is not a known time zone; use an IANA name such as 'Europe/Berlin' or 'UTC', or '' for the system's"
+    return None
+
+
+def _repositories_problem(value: list[str]) -> str | None:
+    for item in value:
+        if item.startswith("s3://") and not item[len("s3://") :].split("/", 1)[0]:
+            return f"has {item!r}, which names no bucket: write s3://bucket or s3://bucket/prefix"
+        if "://" in item and not item.startswith("s3://"):
+            return f"has {item!r}: a repository is a local directory or an s3://bucket/prefix URL"
     return None
 
 
@@ -376,7 +385,7 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Extra WAL kept beyond what checkpoints, archiving and backups need.",
     ),
     Setting("archive_mode", "bool", False, description="Copy every completed WAL segment to archive_dest."),
-    Setting("archive_dest", "path", "", description="Directory WAL segments are archived to."),
+    Setting("archive_dest", "path", "", description="Directory, or s3://bucket/prefix, WAL segments are archived to."),
     Setting(
         "archive_timeout",
         "duration",
@@ -407,6 +416,15 @@ REGISTRY: dict[str, Setting] = _registry(
         "path",
         "",
         description="Directory of backups started through the API; empty means <data_dir>/backups.",
+    ),
+    Setting(
+        "backup_repositories",
+        "list",
+        [],
+        validator=_repositories_problem,
+        description="Repositories every backup goes to: local directories or s3://bucket/prefix URLs. The "
+        "server writes each backup to the first and copies it to the others in the background, with retries; "
+        "empty means backup_dir.",
     ),
     Setting("backup_key_file", "path", "", description="Key file used to encrypt backups and archived WAL."),
     Setting(
@@ -628,6 +646,57 @@ REGISTRY: dict[str, Setting] = _registry(
         choices=("debug", "info", "warning", "error"),
         description="Least severe log level written.",
     ),
+    Setting(
+        "repository_s3_endpoint_url",
+        "str",
+        "",
+        description="S3 endpoint of s3:// repositories and archive_dest (e.g. http://minio.internal:9000); "
+        "empty: AWS_ENDPOINT_URL or AWS's own.",
+    ),
+    Setting(
+        "repository_s3_region",
+        "str",
+        "",
+        description="S3 region of s3:// repositories; empty: AWS_REGION, ~/.aws/config or the default.",
+    ),
+    Setting(
+        "repository_s3_force_path_style",
+        "bool",
+        False,
+        description="Address buckets as ENDPOINT/bucket instead of bucket.ENDPOINT (most self-hosted stores).",
+    ),
+    Setting(
+        "repository_s3_credentials_file",
+        "path",
+        "",
+        description="AWS-style credentials file ([default] aws_access_key_id, aws_secret_access_key) for s3:// "
+        "repositories; empty: the standard AWS chain (environment, ~/.aws/credentials, instance role).",
+    ),
+    Setting(
+        "repository_s3_part_size",
+        "size",
+        16 * 1024**2,
+        unit="B",
+        min=5 * 1024**2,
+        max=5 * 1024**3,
+        description="Part size of multipart uploads to S3; objects smaller than this go up in one request.",
+    ),
+    Setting(
+        "repository_s3_concurrency",
+        "int",
+        4,
+        min=1,
+        max=64,
+        description="Parts uploaded, or ranges downloaded, in parallel per S3 object (memory: this x part size).",
+    ),
+    Setting(
+        "repository_s3_checksum",
+        "enum",
+        "crc32c",
+        choices=("crc32c", "sha256", "md5"),
+        description="Checksum sent with every part uploaded to S3, verified by the store before it takes the "
+        "part; md5 (Content-MD5) for stores without S3's newer checksums.",
+    ),
 )
 
 
@@ -715,12 +784,31 @@ def _parse_enum(setting: Setting, raw: Any) -> str:
     return word
 
 
+def is_url(value: str) -> bool:
+    """A path setting that names an object store (s3://bucket/prefix) rather than a directory."""
+    return isinstance(value, str) and value.startswith("s3://")
+
+
 def _parse_path(setting: Setting, raw: Any) -> str:
     if not isinstance(raw, str):
         raise _reject(setting, raw, "a path in quotes, for example '/var/lib/rusty-db/archive'")
     if "\0" in raw:
         raise _reject(setting, raw, "a path without NUL characters")
     return raw.strip()
+
+
+def _parse_list(setting: Setting, raw: Any) -> list[str]:
+    """A list of strings: a TOML array, or one string with comma-separated items (ALTER SYSTEM SET)."""
+    if isinstance(raw, str):
+        raw = [part for part in (p.strip() for p in raw.split(",")) if part]
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
+        raise _reject(setting, raw, "a list of strings, for example ['/var/backups/rustydb', 's3://bucket/prefix']")
+    if any("\0" in item for item in raw):
+        raise _reject(setting, raw, "items without NUL characters")
+    items = [item.strip() for item in raw]
+    if len(set(items)) != len(items):
+        raise _reject(setting, raw, "each item once")
+    return items
 
 
 def _parse_quantity(setting: Setting, raw: Any, units: dict[str, int], base: int, example: str) -> int:
@@ -776,6 +864,7 @@ _PARSERS: dict[str, Callable[[Setting, Any], Any]] = {
     "path": _parse_path,
     "duration": _parse_duration,
     "size": _parse_size,
+    "list": _parse_list,
 }
 
 
@@ -819,6 +908,8 @@ def format_value(name: str, value: Any) -> str:
         return _format_size(int(value))
     if setting.type == "float":
         return repr(float(value))
+    if setting.type == "list":
+        return ", ".join(value)
     return str(value)
 
 
@@ -1051,8 +1142,11 @@ def _resolve(
     layer(cli, SOURCE_CLI)
     values["data_dir"] = data_dir
     for name, setting in REGISTRY.items():
-        if setting.type == "path" and name != "data_dir" and values[name]:
+        if setting.type == "path" and name != "data_dir" and values[name] and not is_url(values[name]):
             values[name] = os.path.normpath(os.path.join(data_dir, values[name]))
+        if setting.type == "list" and name.endswith("_repositories"):
+            # A local repository given relative is relative to the data directory, like a path.
+            values[name] = [v if "://" in v else os.path.normpath(os.path.join(data_dir, v)) for v in values[name]]
     return values, sources
 
 

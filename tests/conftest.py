@@ -2,7 +2,7 @@ import pytest
 
 from tests.support.servers import ServerProcess
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.seaweed"]
 
 
 @pytest.fixture

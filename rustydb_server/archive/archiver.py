@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import math
 import os
 import shutil
@@ -32,6 +33,7 @@ from .. import keys
 from ..doorbell import Doorbell
 from ..engine.instance import FatalWalError
 from ..logsetup import get_logger
+from ..repository import ObjectExists, Repository, RepositoryError, is_s3_url, location
 from ..settings import to_seconds
 from ..wal import archive_status, timeline
 from . import destination, segment_file
@@ -204,7 +206,7 @@ class Archiver:
             self._succeeded(name)
         try:
             await self._run_sync(self._archive_histories)
-        except OSError as e:  # retried with the next segment; never fatal for the server
+        except (OSError, RepositoryError) as e:  # retried with the next segment; never fatal for the server
             log.warning("copying a timeline history file to the archive failed", error=str(e))
 
     def _succeeded(self, name: str) -> None:
@@ -256,8 +258,15 @@ class Archiver:
         except (keys.NoKeyError, keys.KeyFileError) as e:
             raise segment_file.ArchiveError(f"archive_encryption is on but {e}") from None
 
+    def _repository(self, dest: str) -> Repository:
+        """The repository prefix archived WAL goes to, for an s3:// archive_dest."""
+        return location.repository(destination.location(dest), self.settings)
+
     def _archive_one(self, name: str) -> None:
         dest_dir = self._destination()
+        if is_s3_url(dest_dir):
+            self._archive_one_to_repository(name, self._repository(dest_dir))
+            return
         src = os.path.join(self.engine.datadir.wal_dir, name)
         target = os.path.join(dest_dir, segment_file.archive_name(name))
         c = self.engine.control
@@ -285,6 +294,52 @@ class Archiver:
             self.progress.archived_bytes += os.path.getsize(target)
         archive_status.mark_done(self.status_dir, name, self.fileops)
 
+    def _archive_one_to_repository(self, name: str, repo: Repository) -> None:
+        """The segment as an object ``<name>.walz``: packed into a scratch file
+        beside the archive marks, uploaded with ``if_absent`` (never replacing
+        a different object), then marked ``.done``: only once the store has
+        confirmed the complete object."""
+        src = os.path.join(self.engine.datadir.wal_dir, name)
+        key = segment_file.archive_name(name)
+        existing = repo.stat(key)
+        if existing is not None:
+            self._same_segment_or_refuse(repo, key, src)
+        else:
+            c = self.engine.control
+            scratch = os.path.join(self.status_dir, f".{key}.upload")
+            try:
+                segment_file.pack_segment(
+                    src,
+                    scratch,
+                    system_id=c.system_id,
+                    segment_size=c.segment_size,
+                    codec=self.settings["archive_compression"],
+                    key=self._key(),
+                    fileops=self.fileops,
+                )
+                with open(scratch, "rb") as f:
+                    try:
+                        repo.put_stream(key, iter(lambda: f.read(1 << 20), b""), if_absent=True)
+                    except ObjectExists:
+                        # Archived meanwhile (or before a crash) with another
+                        # container around it: the same segment is fine.
+                        self._same_segment_or_refuse(repo, key, src)
+            finally:
+                try:
+                    os.unlink(scratch)
+                except FileNotFoundError:
+                    pass
+        archive_status.mark_done(self.status_dir, name, self.fileops)
+
+    def _same_segment_or_refuse(self, repo: Repository, key: str, src: str) -> None:
+        with open(src, "rb") as f:
+            ours = hashlib.sha256(f.read()).hexdigest()
+        if segment_file.archived_digest_of(io.BytesIO(repo.get_bytes(key))) != ours:
+            raise segment_file.ArchiveError(
+                f"{repo.url}/{key} already exists with different content; another server may "
+                "archive into the same archive_dest on the same timeline"
+            )
+
     def _archive_histories(self) -> None:
         """Copy timeline history files the archive does not have yet."""
         try:
@@ -292,6 +347,13 @@ class Archiver:
         except segment_file.ArchiveError:
             return
         wal_dir = self.engine.datadir.wal_dir
+        if is_s3_url(dest_dir):
+            repo = self._repository(dest_dir)
+            for n in os.listdir(wal_dir):
+                if n.endswith(timeline.HISTORY_SUFFIX) and repo.stat(n) is None:
+                    with open(os.path.join(wal_dir, n), "rb") as f:
+                        repo.put_bytes(n, f.read(), if_absent=True)
+            return
         for n in os.listdir(wal_dir):
             if n.endswith(timeline.HISTORY_SUFFIX):
                 target = os.path.join(dest_dir, n)

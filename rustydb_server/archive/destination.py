@@ -13,6 +13,12 @@ changes nothing) and at startup (a refusal stops the start with the reason).
 The archiver only ``check``s before each copy: a destination that disappears
 while the server runs (an unmounted disk, a directory moved away) is an
 archiving failure, retried, never a new empty archive made in its place.
+
+archive_dest may also be an object store, ``s3://bucket/prefix``: a
+repository, whose archived WAL is under ``wal/`` (``location``). ALTER SYSTEM
+checks that the store answers and takes a write there (``prepare`` with
+``probe``); the start does not wait for the network (a store that is down
+only makes archiving fail and retry, as a missing directory does).
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ import os
 import stat
 
 from .. import fileops as _fileops
+from ..repository import RepositoryError, is_s3_url
+from ..repository import location as _location
+
+#: Where archived WAL lives inside a repository (docs: the repository layout).
+WAL_PREFIX = "wal"
 
 
 class ArchiveDestError(Exception):
@@ -37,11 +48,21 @@ def _own(path: str) -> str | None:
     return None
 
 
+def location(archive_dest: str) -> str:
+    """Where the segments of ``archive_dest`` are: the directory itself, or an
+    s3:// repository's ``wal/`` prefix."""
+    if is_s3_url(archive_dest):
+        return f"{archive_dest.rstrip('/')}/{WAL_PREFIX}"
+    return archive_dest
+
+
 def check(path: str) -> None:
     """The archiver's look before each copy: ArchiveDestError unless ``path`` is
     a directory the server can write. Makes nothing."""
     if not path:
         raise ArchiveDestError("archive_mode is on but archive_dest is not set")
+    if is_s3_url(path):
+        return  # the store says what is wrong when the copy is made
     if not os.path.lexists(path):
         raise ArchiveDestError(
             f"archive_dest {path} does not exist (removed or unmounted while the server runs); "
@@ -56,12 +77,19 @@ def check(path: str) -> None:
         )
 
 
-def prepare(path: str, fileops: _fileops.FileOps = _fileops.REAL) -> bool:
+def prepare(path: str, fileops: _fileops.FileOps = _fileops.REAL, *, settings=None, probe: bool = False) -> bool:
     """Make sure archive_dest ``path`` is a directory the server can write;
     make it (and parents inside the server's own directory) when missing.
-    Returns whether anything was made; ArchiveDestError says why it cannot."""
+    Returns whether anything was made; ArchiveDestError says why it cannot.
+
+    For an s3:// archive_dest: the URL is checked, and with ``probe`` (ALTER
+    SYSTEM) a small object is written under ``wal/`` and removed again, so a
+    wrong endpoint, credentials or bucket is refused before it is saved."""
     if not path:
         raise ArchiveDestError("archive_mode is on but archive_dest is not set")
+    if is_s3_url(path):
+        _prepare_s3(path, settings, probe)
+        return False
     path = os.path.abspath(path)
     if os.path.isdir(path):
         if not os.access(path, os.W_OK | os.X_OK):
@@ -104,3 +132,16 @@ def prepare(path: str, fileops: _fileops.FileOps = _fileops.REAL) -> bool:
     if not os.path.isdir(path):
         raise ArchiveDestError(f"archive_dest {path} exists and is not a directory; remove it or choose another path")
     return True
+
+
+PROBE_KEY = ".rustydb-archive-probe"
+
+
+def _prepare_s3(url: str, settings, probe: bool) -> None:
+    try:
+        repo = _location.repository(location(url), settings)
+        if probe:
+            repo.put_bytes(PROBE_KEY, b"rustydb archive_dest check\n")
+            repo.delete(PROBE_KEY)
+    except RepositoryError as e:
+        raise ArchiveDestError(f"archive_dest {url} cannot be used: {e}") from None

@@ -20,6 +20,8 @@ from ..container.errors import BackupError
 from ..container.file import BackupFile
 from ..container.format import BackupHeader, BackupType
 from ..container.reader import BackupReader
+from ..repository import location
+from ..repository.base import RepositoryError
 from ..wal import segment as walseg
 from ..wal import timeline as waltl
 
@@ -71,9 +73,14 @@ def pack_segment(
 
 
 def archived_digest(path: str) -> str | None:
-    """The sha256 of the segment inside an archive file, from its header (no key needed)."""
-    with open(path, "rb") as f:
-        header = BackupReader(f).header
+    """The sha256 of the segment inside an archive file (a path or an s3:// URL), from its header (no key needed)."""
+    with location.open_read(path) as f:
+        return archived_digest_of(f)
+
+
+def archived_digest_of(f) -> str | None:
+    """The sha256 of the segment inside the archive file open as ``f``."""
+    header = BackupReader(f).header
     return header.extra.get("sha256") if isinstance(header.extra, dict) else None
 
 
@@ -86,10 +93,12 @@ def unpack_segment(path: str, *, system_id: int | None = None, key=None) -> tupl
         return _unpack_segment(path, system_id=system_id, key=key)
     except BackupError as exc:
         raise ArchiveError(f"{path} is not a readable archived WAL segment: {exc}") from None
+    except RepositoryError as exc:
+        raise ArchiveError(f"cannot read archived WAL segment {path}: {exc}") from None
 
 
 def _unpack_segment(path: str, *, system_id: int | None, key) -> tuple[str, bytes]:
-    with open(path, "rb") as f:
+    with location.open_read(path) as f:
         reader = BackupReader(f, key=key)
         h = reader.header
         if h.backup_type is not BackupType.WAL_SEGMENT:
@@ -103,7 +112,7 @@ def _unpack_segment(path: str, *, system_id: int | None, key) -> tuple[str, byte
         # The name becomes a path when the segment is unpacked: only a segment
         # name, and only the one the file is archived under (a copy of another
         # segment under this name would replay the wrong records).
-        expected = os.path.basename(path).removesuffix(ARCHIVE_SUFFIX)
+        expected = location.basename(path).removesuffix(ARCHIVE_SUFFIX)
         if not isinstance(name, str) or name != expected or not _is_segment_name(name):
             raise ArchiveError(
                 f"{path} holds segment {name!r}, not {expected}: a file copied or renamed by hand? "
@@ -126,25 +135,32 @@ def _is_segment_name(name: str) -> bool:
 def archived_timelines(archive_dir: str) -> set[int]:
     """The timelines ``archive_dir`` holds segments or history files of; none
     without an archive there. OSError when it cannot be listed."""
-    if not archive_dir or not os.path.isdir(archive_dir):
+    if not archive_dir or not location.isdir(archive_dir):
         return set()
     try:
         segments = list_archive(archive_dir)
-    except ArchiveError:  # removed since the look above
+        histories = waltl.list_history_timelines(archive_dir)
+    except ArchiveError as e:  # removed since the look above; an object store that fails
+        if location.is_url(archive_dir):
+            raise OSError(str(e)) from None
         return set()
-    return set(segments) | set(waltl.list_history_timelines(archive_dir))
+    except RepositoryError as e:
+        raise OSError(str(e)) from None
+    return set(segments) | set(histories)
 
 
 def list_archive(archive_dir: str) -> dict[int, dict[int, str]]:
     """{timeline: {segno: path}} of the archived segments in ``archive_dir``."""
     out: dict[int, dict[int, str]] = {}
     try:
-        names = os.listdir(archive_dir)
+        names = location.listdir(archive_dir)
     except FileNotFoundError:
         raise ArchiveError(f"archive directory {archive_dir} does not exist") from None
+    except RepositoryError as e:
+        raise ArchiveError(f"cannot list the WAL archive {archive_dir}: {e}") from None
     for n in names:
         m = _ARCHIVED.fullmatch(n)
         if m:
             tl, segno = walseg.parse_segment_name(m.group(1))
-            out.setdefault(tl, {})[segno] = os.path.join(archive_dir, n)
+            out.setdefault(tl, {})[segno] = location.join(archive_dir, n)
     return out

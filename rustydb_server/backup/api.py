@@ -136,7 +136,8 @@ def routes(service: BackupService, settings) -> list[Route]:
             d = describe(e)
             d["dependents"] = catalog.dependents(e["backup_id"])
             entries.append(d)
-        return JSONResponse({"backups": entries})
+        # Per repository of backup_repositories: backups copied, waiting, the last error.
+        return JSONResponse({"backups": entries, "repositories": service.replicator.summary()})
 
     async def delete(request: Request) -> JSONResponse:
         """Delete a backup; refused while others depend on it, unless ?cascade=true."""
@@ -158,6 +159,7 @@ def routes(service: BackupService, settings) -> list[Route]:
                 "has_dependents",
             )
         deleted = []
+        repository_errors = []
         for bid in [*reversed(dependents), backup_id]:
             removed = catalog.remove(bid)
             location = removed.get("location") or ""
@@ -166,8 +168,18 @@ def routes(service: BackupService, settings) -> list[Route]:
                     os.unlink(location)
                 except FileNotFoundError:
                     pass
+            # Its copies in backup_repositories go too: entry first, then file.
+            for url in removed.get("repositories") or {}:
+                try:
+                    await trio.to_thread.run_sync(service.replicator.forget, url, bid)
+                except Exception as e:
+                    repository_errors.append({"backup_id": bid, "repository": url, "error": str(e)})
             deleted.append(bid)
-        return JSONResponse({"deleted": deleted})
+        body: dict = {"deleted": deleted}
+        if repository_errors:
+            # Still listed there: delete them again once the repository is back.
+            body["repository_errors"] = repository_errors
+        return JSONResponse(body)
 
     return [
         Route("/api/v1/admin/backup", start, methods=["POST"]),

@@ -50,6 +50,9 @@ FIELDS = (
     "error",
     "writers_paused_ms",
     "partial",
+    # {repository URL: {"state": copied|pending|failing, "error", "attempts", "updated_at"}}:
+    # where the backup is copied to (backup_repositories), written by backup/replicate.py.
+    "repositories",
     # The backup history (backup/history.py): who started it, and how long it ran.
     "trigger",
     "duration_s",
@@ -203,6 +206,18 @@ class Catalog:
         with self._lock:
             entry = self._entries[backup_id]
             entry.update(fields)
+            self._save()
+            return dict(entry)
+
+    def update_repository(self, backup_id: str, url: str, **state) -> dict | None:
+        """Record the copy of a backup to one repository; None if the backup is gone."""
+        with self._lock:
+            entry = self._entries.get(backup_id)
+            if entry is None:
+                return None
+            repositories = dict(entry.get("repositories") or {})
+            repositories[url] = {**repositories.get(url, {}), **state, "updated_at": int(time.time())}
+            entry["repositories"] = repositories
             self._save()
             return dict(entry)
 

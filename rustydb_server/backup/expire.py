@@ -13,19 +13,22 @@ since hold another file).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import time
+from collections.abc import Callable
 
 import trio
 
 from .. import fileops as _fileops
-from ..archive import segment_file
+from ..archive import destination, segment_file
 from ..archive.segment_file import ArchiveError
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..datadir import DataDir, DataDirError
 from ..doorbell import Doorbell
 from ..logsetup import get_logger
+from ..repository import RepositoryError, location
 from ..settings import SettingError
 from ..wal import timeline as waltl
 from ..wal.timeline import HistoryError
@@ -69,10 +72,19 @@ def gather(data_dir: str, archive_dir: str | None, entries: list[dict] | None = 
 
 def _archived_at(path: str) -> float | None:
     try:
-        with open(path, "rb") as f:
+        if location.is_url(path):  # the header only, not the whole segment
+            try:
+                return BackupReader(io.BytesIO(location.read_head(path, HEAD_BYTES))).header.created_us / 1e6
+            except BackupError:
+                pass  # a header longer than that: read the object
+        with location.open_read(path) as f:
             return BackupReader(f).header.created_us / 1e6
-    except (OSError, BackupError):
+    except (OSError, BackupError, RepositoryError):
         return None
+
+
+#: What one ranged read of an archived segment in an object store fetches for its header.
+HEAD_BYTES = 64 * 1024
 
 
 def make_plan(facts: Facts, policy: retention.Policy, now: float | None = None) -> retention.Plan:
@@ -92,14 +104,23 @@ class Outcome:
     removed_entries: list[str] = dataclasses.field(default_factory=list)
     removed_segments: list[str] = dataclasses.field(default_factory=list)
     refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (backup id, why)
+    # (backup id, repository, error): a copy in backup_repositories that could not be removed
+    repository_errors: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
 def apply(
-    plan: retention.Plan, data_dir: str, fileops: _fileops.FileOps = _fileops.REAL, catalog: Catalog | None = None
+    plan: retention.Plan,
+    data_dir: str,
+    fileops: _fileops.FileOps = _fileops.REAL,
+    catalog: Catalog | None = None,
+    forget: Callable[[str, str], None] | None = None,
 ) -> Outcome:
     """Remove what ``plan`` names (see the module doc for the order). The caller
     holds the data directory's lock, or is the running server and gives its
-    own ``catalog`` (it keeps the catalog in memory)."""
+    own ``catalog`` (it keeps the catalog in memory).
+    ``forget(url, backup_id)`` removes a backup's copy from a repository of
+    backup_repositories (its catalog entry, then its file): done first, so no
+    repository lists a backup whose file is gone."""
     out = Outcome()
     removable = []
     for b in plan.backups:
@@ -108,6 +129,14 @@ def apply(
             out.refused.append((b.backup_id, why))
         else:
             removable.append(b)
+    catalog = Catalog(data_dir, fileops) if catalog is None else catalog
+    if forget is not None:
+        for b in removable:
+            for url in (catalog.get(b.backup_id) or {}).get("repositories") or {}:
+                try:
+                    forget(url, b.backup_id)
+                except Exception as e:  # a repository that is down: the rest still expires
+                    out.repository_errors.append((b.backup_id, url, str(e)))
     dirs: set[str] = set()
     for b in removable:
         if known_path(b.location) and _unlink(fileops, b.location):
@@ -115,14 +144,16 @@ def apply(
             dirs.add(os.path.dirname(b.location))
     for d in sorted(dirs):
         fileops.fsync_dir(d)
-    catalog = Catalog(data_dir, fileops) if catalog is None else catalog
     for b in removable:
         if catalog.get(b.backup_id) is not None:
             catalog.remove(b.backup_id)
         out.removed_entries.append(b.backup_id)
     dirs = set()
     for s in plan.segments:
-        if _unlink(fileops, s.path):
+        if location.is_url(s.path):  # an object store: the delete is durable when it returns
+            location.remove(s.path)
+            out.removed_segments.append(s.path)
+        elif _unlink(fileops, s.path):
             out.removed_segments.append(s.path)
             dirs.add(os.path.dirname(s.path))
     for d in sorted(dirs):
@@ -215,6 +246,11 @@ def document(
         ],
         "refused": [{"backup_id": b, "reason": why} for b, why in refused.items()],
         "unreadable_segments": facts.unreadable,
+        # copies in backup_repositories that could not be removed (a repository down)
+        "repository_errors": [
+            {"backup_id": b, "repository": url, "error": e}
+            for b, url, e in (outcome.repository_errors if outcome else [])
+        ],
     }
 
 
@@ -256,6 +292,8 @@ class Expirer:
 
     def archive_dir(self) -> str | None:
         dest = self._settings["archive_dest"]
+        if dest and location.is_url(dest):  # an s3:// repository: its wal/
+            return destination.location(dest)
         return dest if dest and os.path.isdir(dest) else None
 
     def _busy(self) -> list[str]:
@@ -302,14 +340,20 @@ class Expirer:
     def _plan(self, data_dir, archive_dir, policy):
         try:
             facts = gather(data_dir, archive_dir, self._service.catalog.in_file_order())
-        except (CatalogError, DataDirError, HistoryError, ArchiveError) as e:
+        except (CatalogError, DataDirError, HistoryError, ArchiveError, RepositoryError) as e:
             raise ExpireFailed(str(e)) from None
         return facts, make_plan(facts, policy)
 
     def _apply(self, data_dir, archive_dir, policy):
         facts, plan = self._plan(data_dir, archive_dir, policy)
         try:
-            outcome = apply(plan, data_dir, self._service.engine.fileops, self._service.catalog)
-        except OSError as e:
+            outcome = apply(
+                plan,
+                data_dir,
+                self._service.engine.fileops,
+                self._service.catalog,
+                forget=self._service.replicator.forget,
+            )
+        except (OSError, RepositoryError) as e:
             raise ExpireFailed(f"removing expired backups failed: {e}; the next expire finishes the job") from None
         return facts, plan, outcome

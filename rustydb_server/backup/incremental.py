@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import apsw
 
 from .. import __version__, keys
+from ..archive import destination
 from ..archive import segment_file as sf
 from ..container.errors import BackupError
 from ..container.format import BackupType
@@ -218,7 +219,7 @@ def _locate_segments(engine: Engine, start: int, end: int) -> dict[int, tuple[st
         if archived is None:
             archive_dir = engine.settings["archive_dest"]
             try:
-                archived = sf.list_archive(archive_dir).get(c.timeline, {}) if archive_dir else {}
+                archived = sf.list_archive(destination.location(archive_dir)).get(c.timeline, {}) if archive_dir else {}
             except sf.ArchiveError:
                 archived = {}
         if segno not in archived:

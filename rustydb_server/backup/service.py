@@ -26,12 +26,13 @@ import trio
 from rustydb_client.protocol import events
 
 from .. import keys
-from ..archive import segment_file
+from ..archive import destination, segment_file
 from ..audit import audit
 from ..container.file import PARTIAL_SUFFIX, BackupFile
 from ..container.format import BackupType
 from ..engine.instance import EngineError
 from ..logsetup import get_logger
+from ..repository import RepositoryError, location
 from ..settings import to_seconds
 from ..wal import archive_status
 from ..wal import segment as walseg
@@ -39,6 +40,8 @@ from . import checks, history
 from .catalog import Catalog, known_path
 from .incremental import IncrementalSource, IncrementalUnavailable, check_parent
 from .manifest import Manifest
+from .replicate import Replicator, initial_states, is_s3, location_in
+from .repo_catalog import backup_key
 from .request import WIRE_FIELDS, BackupRequest, BackupRequestError, parse_request, wire_fields
 from .snapshot import SCRATCH_DIR, BackupCancelled, FileRange, Snapshot
 
@@ -142,6 +145,8 @@ class BackupService:
         # The backup scheduler (schedule/scheduler.py), once the server runs one:
         # what SHOW BACKUP SCHEDULE and GET /api/v1/admin/schedule report.
         self.scheduler = None
+        # Copies to backup_repositories, in the background (backup/replicate.py).
+        self.replicator = Replicator(catalog, settings)
         # Retention in the running server (expire.Expirer), and while it removes
         # files, why a backup may not start (a 409: try again in a moment).
         self.expirer = None
@@ -168,6 +173,7 @@ class BackupService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.replicator.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -209,6 +215,22 @@ class BackupService:
                 continue
             removed.append(partial)
         return removed
+
+    def repositories(self) -> list[str]:
+        return list(self.settings["backup_repositories"] or [])
+
+    def location_for(self, backup_id: str) -> str:
+        """Where the server writes a backup: into the first repository when it is
+        a local directory, else into backup_dir (and copied from there)."""
+        repos = self.repositories()
+        if repos and not is_s3(repos[0]):
+            return location_in(repos[0], backup_key(backup_id))
+        return os.path.join(self.backup_dir(), f"{backup_id}.backup")
+
+    def _completed_in_repositories(self, backup_id: str, location: str | None) -> dict:
+        """The catalog fields that queue a completed backup's copies (none without repositories)."""
+        states = initial_states(self.repositories(), location, backup_id)
+        return {} if states is None else {"repositories": states}
 
     def backup_dir(self) -> str:
         configured = self.settings["backup_dir"]
@@ -315,7 +337,7 @@ class BackupService:
             req = parse_request(wire_fields(request), self.settings, WIRE_FIELDS)
             if self.expiring:
                 raise BackupRequestError(self.expiring, status=409)
-            if request.output is not None and not os.path.isabs(request.output):
+            if request.output is not None and not (os.path.isabs(request.output) or is_s3(request.output)):
                 raise BackupRequestError(f"the backup's output {request.output!r} is not an absolute path")
             base, where = None, None
             if req.backup_type.needs_parent:
@@ -437,10 +459,17 @@ class BackupService:
 
     def client_stored(self, awaiting: AwaitingLocation, location: str) -> None:
         """The client wrote the backup durably at ``location``: it is present."""
+        # A backup rusty-db-backup --repo wrote into one of backup_repositories is
+        # copied to the others; one written elsewhere (--output FILE) stays there.
+        key = backup_key(awaiting.backup_id)
+        in_repository = any(location == location_in(url, key) for url in self.repositories())
+        queued = self._completed_in_repositories(awaiting.backup_id, location) if in_repository else {}
         duration = None if awaiting.started is None else round(time.perf_counter() - awaiting.started, 3)
         self.catalog.complete(
-            awaiting.backup_id, size_bytes=awaiting.size_bytes, location=location, duration_s=duration
+            awaiting.backup_id, size_bytes=awaiting.size_bytes, location=location, duration_s=duration, **queued
         )
+        if queued:
+            self.replicator.kick()
         self.engine.record_backup(awaiting.manifest)
         log.info("backup stored by the client", backup_id=awaiting.backup_id, location=location)
 
@@ -474,7 +503,13 @@ class BackupService:
         if archive_status.is_archived(self.engine.archive_status_dir, segment):
             return True
         dest = self.settings["archive_dest"]  # the mark goes once a checkpoint removes the segment
-        return bool(dest) and os.path.exists(os.path.join(dest, segment_file.archive_name(segment)))
+        if not dest:
+            return False
+        where = location.join(destination.location(dest), segment_file.archive_name(segment))
+        try:
+            return location.exists(where)
+        except RepositoryError:
+            return False
 
     async def _switch_for_base(self) -> None:
         """Close the segment holding the base's start, so the archive gets it at once."""
@@ -561,10 +596,24 @@ class BackupService:
             if name not in self.engine.databases:
                 raise BackupRequestError(f'database "{name}" does not exist', status=422)
         self.check_request(req)
-        directory = self.backup_dir()
-        _usable_backup_dir(directory)
         backup_id = str(uuid.uuid4())
-        location = os.path.join(directory, f"{backup_id}.backup")
+        location = self.location_for(backup_id)
+        try:
+            _usable_backup_dir(os.path.dirname(location))
+        except BackupRequestError as e:
+            fallback = os.path.join(self.backup_dir(), f"{backup_id}.backup")
+            if fallback == location:
+                raise
+            # The first repository is down: the backup goes to backup_dir, and
+            # into the repository by the copies once it is back.
+            log.warning(
+                "the first backup repository cannot be written; writing the backup to backup_dir",
+                repository=self.repositories()[0],
+                error=str(e),
+                location=fallback,
+            )
+            location = fallback
+            _usable_backup_dir(os.path.dirname(location))
         entry = self.catalog.add(
             backup_id=backup_id,
             backup_type=req.backup_type,
@@ -628,7 +677,13 @@ class BackupService:
             except trio.Cancelled:
                 self.catalog.fail(backup_id, "the server shut down during the backup's archive check")
                 raise
-        self.catalog.complete(backup_id, duration_s=round(time.perf_counter() - t0, 3), **summary)
+        self.catalog.complete(
+            backup_id,
+            duration_s=round(time.perf_counter() - t0, 3),
+            **summary,
+            **self._completed_in_repositories(backup_id, location),
+        )
+        self.replicator.kick()
         log.info(
             "backup completed",
             backup_id=backup_id,

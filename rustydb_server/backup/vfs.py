@@ -173,9 +173,12 @@ class BackupConnection(apsw.Connection):
 
 
 def open_backup_database(
-    path: str, database_name: str, key=None, *, cache_chunks: int = DEFAULT_CACHE_CHUNKS
+    path, database_name: str, key=None, *, cache_chunks: int = DEFAULT_CACHE_CHUNKS
 ) -> BackupConnection:
     """Open database ``database_name`` of the backup file at ``path`` read-only.
+
+    ``path`` may also be an object whose ``open()`` gives a seekable file (a
+    backup in a repository, read by byte ranges: restore/from_repository.py).
 
     ``key`` is a KeySource for an encrypted backup. Raises BackupQueryError when
     the backup holds no such database (naming the ones it holds); damage raises
@@ -183,7 +186,7 @@ def open_backup_database(
     reads the damaged chunk.
     """
     vfs = backup_vfs()
-    f = open(path, "rb")
+    f = open(path, "rb") if isinstance(path, str) else path.open()
     try:
         reader = BackupReader(f, key=key)
         name = entry_name(database_name)

@@ -29,10 +29,12 @@ from collections.abc import Callable, Iterator
 import apsw
 
 from .. import keys
+from ..archive import destination
 from ..archive import segment_file as sf
 from ..engine import database as dbfile
 from ..engine import replay
 from ..errors import ReportedError
+from ..repository import is_s3_url
 from ..restore.pitr import format_time
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
@@ -68,9 +70,12 @@ def _archive(engine) -> tuple[str | None, object]:
     dest = settings["archive_dest"]
     if not dest:
         return None, None
-    path = os.path.normpath(os.path.join(settings["data_dir"], dest))
-    if not os.path.isdir(path):
-        return None, None
+    if is_s3_url(dest):  # an s3:// repository: the segments under its wal/
+        path = destination.location(dest)
+    else:
+        path = os.path.normpath(os.path.join(settings["data_dir"], dest))
+        if not os.path.isdir(path):
+            return None, None
     key = None
     if settings["archive_encryption"]:
         try:

@@ -99,10 +99,15 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
     return rows
 
 
-def _apply_chain_steps(path: str, key, db_path: str, db_name: str, table: str) -> None:
+def _open(source):
+    """A backup file's path, or an object in a repository (``open()``: read by ranges)."""
+    return open(source, "rb") if isinstance(source, str) else source.open()
+
+
+def _apply_chain_steps(path, key, db_path: str, db_name: str, table: str) -> None:
     conn = replay.open_replay_connection(db_path)
     try:
-        with open(path, "rb") as f:
+        with _open(path) as f:
             reader = BackupReader(f, key=key)
             manifest = Manifest.from_header(reader.header)
             conn.execute("BEGIN IMMEDIATE")
@@ -135,15 +140,19 @@ def restore_table(
     target: pitr.Target | None = None,
     timeline_choice: str = "latest",
     force: bool = False,
+    chain: list | None = None,
 ) -> TableRestoreResult:
+    """``chain``, when given, is the chain itself, full backup first: paths, or
+    objects of a repository (read by ranges, never downloaded whole)."""
     t0 = time.perf_counter()
-    with open(input_path, "rb") as f:
+    with _open(chain[-1] if chain else input_path) as f:
         header = BackupReader(f).header
     manifest = Manifest.from_header(header)
-    chain = [os.path.abspath(input_path)]
-    if manifest.backup_type.needs_parent:
-        chain = find_chain(input_path, chain_dir or [os.path.dirname(os.path.abspath(input_path))])
-    with open(chain[0], "rb") as f:
+    if chain is None:
+        chain = [os.path.abspath(input_path)]
+        if manifest.backup_type.needs_parent:
+            chain = find_chain(input_path, chain_dir or [os.path.dirname(os.path.abspath(input_path))])
+    with _open(chain[0]) as f:
         base_manifest = Manifest.from_header(BackupReader(f).header)
     names = base_manifest.database_names
     db_name = database_name or (names[0] if len(names) == 1 else dd.DEFAULT_DATABASE)
@@ -197,7 +206,7 @@ def restore_table(
         table,
         rows,
         target_dir,
-        chain,
+        [str(c) for c in chain],
         decoded,
         total,
         time.perf_counter() - t0,

@@ -19,6 +19,7 @@ import apsw
 from ..archive import segment_file as sf
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
+from ..repository import RepositoryError, location
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
 from ..wal import timeline as waltl
@@ -190,8 +191,10 @@ class WalListing:
 def _segment_size(archived_path: str) -> int:
     """The segment size an archived segment's header records (no key needed)."""
     try:
-        with open(archived_path, "rb") as f:
+        with location.open_read(archived_path) as f:
             header = BackupReader(f).header
+    except RepositoryError as exc:
+        raise sf.ArchiveError(f"cannot read archived WAL segment {archived_path}: {exc}") from None
     except BackupError as exc:
         raise sf.ArchiveError(f"{archived_path} is not a readable archived WAL segment: {exc}") from None
     return header.end_lsn - header.start_lsn

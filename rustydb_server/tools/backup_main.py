@@ -2,8 +2,10 @@
 
     rusty-db-backup --type full --output FILE [--compress [lz4|zstd|snappy]] [--encrypt]
                     [--key-file F] [--verify] [--threads N] [--database NAME] [--nice N] [--json]
+    rusty-db-backup --type full --repo URL [...]     (into a repository: a directory or s3://bucket/prefix)
     rusty-db-backup --verify FILE [--key-file F] [--threads N] [--json]
     rusty-db-backup --info FILE [--json]
+    rusty-db-backup --repo URL --list | --info ID|latest | --verify ID|latest
     rusty-db-backup --query FILE SQL [--database NAME] [--key-file F] [--json]
                     [--archive-dir A (--recovery-target-time T | --recovery-target-txid X)]
     rusty-db-backup --rotate-key OLD NEW FILE...
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from rustydb_client.tls import add_arguments as add_tls_arguments
@@ -35,6 +38,7 @@ from ..container.format import BackupType
 from ..keys import ENV_PASSPHRASE
 from .argtypes import niceness, thread_count
 from .backup import PROG, create_key, expire, info, query, rotate_key, take, verify
+from .backup import repo as repo_list
 from .interrupt import interruption, sigterm_interrupts
 from .output import ToolParser, fail, run_main
 
@@ -50,6 +54,7 @@ VERBS = {
     "query": query.run,
     "verify_file": verify.run,
     "expire": expire.run,
+    "list": repo_list.run,
 }
 
 
@@ -97,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--create-key-file", metavar="PATH", help="create a new random key file (mode 0600; never overwrites)"
     )
     mode.add_argument(
+        "--list",
+        action="store_const",
+        const=True,
+        default=None,
+        help="with --repo URL: list the repository's backups from its own catalog (no server needed)",
+    )
+    mode.add_argument(
         "--expire",
         action="store_const",
         const=True,
@@ -126,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="with --expire: list what would go and why, remove nothing")
     p.add_argument("--output", "-o", metavar="FILE", help="backup file to write (with --type)")
+    p.add_argument(
+        "--repo",
+        metavar="URL",
+        help="a repository (a local directory or s3://bucket/prefix): with --type, write the backup into it "
+        "(instead of --output) and into its catalog, and N or repoN names the server's N-th "
+        "backup_repositories entry (the server copies the backup to the others); with --info and --verify, "
+        "FILE is a backup id there, or latest. S3 credentials come from the AWS environment and files, "
+        "never from the command line",
+    )
     p.add_argument(
         "--compress",
         nargs="?",
@@ -175,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; parser.error exits with status 2."""
     taking = args.type is not None
-    modes = [args.type, args.info, args.rotate_key, args.create_key_file, args.query, args.expire]
+    modes = [args.type, args.info, args.rotate_key, args.create_key_file, args.query, args.expire, args.list]
     if not any(m is not None for m in modes) and args.verify_file is None:
         parser.error("choose one of --type, --verify FILE, --info FILE, --rotate-key, --create-key-file, --expire")
     if taking and isinstance(args.verify_file, str):
@@ -184,8 +205,16 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--verify FILE cannot be combined with --info, --rotate-key, --create-key-file or --expire")
     if not taking and args.verify_file is True:
         parser.error("--verify needs the backup FILE to check")
-    if taking and not args.output:
-        parser.error("--type needs --output FILE (where to write the backup)")
+    if taking and not args.output and not args.repo:
+        parser.error("--type needs --output FILE or --repo URL (where to write the backup)")
+    if args.output and args.repo:
+        parser.error("give --output FILE or --repo URL, not both")
+    if args.repo and not (taking or args.info or args.list or isinstance(args.verify_file, str)):
+        parser.error("--repo is used with --type, --list, --info or --verify")
+    if args.list and not args.repo:
+        parser.error("--list needs --repo URL (the repository whose backups to list)")
+    if args.repo and re.fullmatch(r"(?:repo)?[0-9]+", args.repo) and not taking:
+        parser.error("--repo N (the server's N-th backup repository) is for --type; give the repository's URL")
     if not taking:
         for flag, value in (
             ("--output", args.output),

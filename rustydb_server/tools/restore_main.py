@@ -4,12 +4,14 @@
                      [--integrity-check] [--force] [--key-file F] [--json]
     rusty-db-restore --input INCR --data-dir D --incremental
     rusty-db-restore --input LAST --data-dir D --chain-dir DIR
-    rusty-db-restore --input BASE --archive-dir A --data-dir D
+    rusty-db-restore --input BASE --archive-dir A|--repo URL --data-dir D
                      --recovery-target-time T | --recovery-target-txid N |
                      --recovery-target-name NAME | --recovery-target-lsn L |
                      --recovery-target immediate
                      [--recovery-target-inclusive true|false]
                      [--recovery-target-timeline latest|current|N]
+    rusty-db-restore --repo URL --data-dir D [--backup latest|ID] [--recovery-target-* ...]
+                     [--table NAME]   (from a repository alone: a directory or s3://bucket/prefix)
     rusty-db-restore --drill --data-dir SERVER_DATA_DIR [--backup latest|ID] [--json]
     rusty-db-restore --drill --input FILE [--chain-dir DIR] [--data-dir SERVER_DATA_DIR]
     rusty-db-restore ... --as-of 'TIME' | txid:N | lsn:X   (a recovery target's shorthand)
@@ -24,13 +26,18 @@ Exit status: 0 success, 1 failure, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
+from ..archive import destination
+from ..repository import is_s3_url
 from ..restore.pitr import PitrError, Target, make_target
+from ..settings import SettingError
+from . import repository_settings
 from .argtypes import as_of, thread_count
 from .output import ToolParser, run_main
-from .restore import chain, drill, dry_run, full, incremental, list_wal, pitr, table
+from .restore import chain, drill, dry_run, full, incremental, list_wal, pitr, repo, table
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
 
@@ -110,7 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recovery = p.add_argument_group("point-in-time recovery")
     recovery.add_argument(
-        "--archive-dir", metavar="DIR", help="archived WAL (archive_dest) to replay on top of the base backup"
+        "--archive-dir",
+        metavar="DIR",
+        help="archived WAL (the archive_dest value: a directory, or s3://bucket/prefix) to replay on top of "
+        "the base backup",
+    )
+    recovery.add_argument(
+        "--repo",
+        metavar="URL",
+        help="a repository (a directory or s3://bucket/prefix). With --input: replay the archived WAL it "
+        "holds (under wal/). Without --input: restore from it alone, on a machine with nothing else: its "
+        "catalog gives the backup and its chain (--backup, default the latest), its wal/ the archived WAL "
+        "(replayed to the target, or to the latest point when no target is given). S3 endpoint and "
+        "credentials come from the config file's repository_s3_* settings or the AWS environment",
     )
     recovery.add_argument(
         "--list-wal",
@@ -162,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument(
         "--backup",
         metavar="latest|ID",
-        help="with --drill: the backup of --data-dir's catalog to drill (default latest)",
+        help="with --drill: the backup of --data-dir's catalog to drill (default latest); with --repo URL "
+        "(no --input): the backup of the repository to restore, by id or a unique prefix (default latest)",
     )
     dr.add_argument(
         "--drill-dir", metavar="DIR", help="with --drill: where the temporary directory goes (default $TMPDIR)"
@@ -178,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Which verb a command line asks for: the first whose option is given.
 VERBS: tuple[tuple[str, Callable[[argparse.Namespace, Target | None], int]], ...] = (
+    ("repo_alone", repo.run),
     ("table", table.run),
     ("incremental", lambda args, _target: incremental.run(args)),
     ("chain_dir", lambda args, _target: chain.run(args)),
@@ -192,16 +213,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    # --repo without --input: everything comes from the repository (tools/restore/repo.py).
+    args.repo_alone = bool(args.repo) and not args.input and not args.list_wal
+    _archive_location(parser, args)
     if args.incremental and (args.archive_dir or args.chain_dir):
         parser.error("--incremental applies one file; it cannot be combined with --archive-dir or --chain-dir")
     if args.drill:
+        if args.repo:
+            parser.error("--drill drills a backup of --data-dir's catalog or --input FILE; not --repo")
         _check_drill_options(args, parser)
         return drill.run(args)
-    if args.backup or args.drill_dir:
-        parser.error("--backup and --drill-dir are for --drill")
+    if (args.backup and not args.repo_alone) or args.drill_dir:
+        parser.error("--backup and --drill-dir are for --drill (and --backup for --repo URL without --input)")
     if args.list_wal:
         if not args.archive_dir:
-            parser.error("--list-wal needs --archive-dir")
+            parser.error("--list-wal needs --archive-dir (or --repo)")
         if args.recovery_target_timeline == "current":
             parser.error("--list-wal has no base backup, so no current timeline: give latest or a timeline number")
         return list_wal.run(args)
@@ -212,11 +238,42 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return report_failure(args, str(exc))
     _check_restore_options(args, parser)
     if args.dry_run:
+        if args.repo_alone:
+            parser.error("--dry-run plans a restore of --input FILE; it does not plan a restore from --repo alone")
         if args.table or args.incremental or args.into_server:
             parser.error("--dry-run plans a full, --chain-dir or point-in-time restore, not --table or --incremental")
         return run_reporting_failures(args, lambda: dry_run.run(args, target))
     run = next(run for option, run in VERBS if getattr(args, option))
     return run_reporting_failures(args, lambda: run(args, target))
+
+
+def _archive_location(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--repo R is --archive-dir R/wal; an s3:// --archive-dir (archive_dest's value) is its wal/ prefix."""
+    if args.repo:
+        if args.archive_dir:
+            parser.error("give --repo or --archive-dir, not both")
+        if args.repo_alone:
+            if is_s3_url(args.repo):
+                try:
+                    repository_settings.configure()
+                except SettingError as exc:
+                    parser.error(str(exc))
+            return
+        args.archive_dir = repository_wal(args.repo)
+    elif args.archive_dir and is_s3_url(args.archive_dir):
+        args.archive_dir = destination.location(args.archive_dir)
+    if args.archive_dir and is_s3_url(args.archive_dir):
+        try:
+            repository_settings.configure()
+        except SettingError as exc:
+            parser.error(str(exc))
+
+
+def repository_wal(repo: str) -> str:
+    """Where a repository keeps its archived WAL."""
+    if is_s3_url(repo):
+        return destination.location(repo)
+    return os.path.join(repo, destination.WAL_PREFIX)
 
 
 def _check_drill_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -268,8 +325,8 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
     ]
     if len(given) > 1:
         parser.error("give at most one --recovery-target-* option (or --as-of)")
-    if given and not args.archive_dir and given[0][0] != "immediate":
-        parser.error("a recovery target needs --archive-dir (the archived WAL to replay)")
+    if given and not args.archive_dir and not args.repo_alone and given[0][0] != "immediate":
+        parser.error("a recovery target needs --archive-dir or --repo (the archived WAL to replay)")
     if args.archive_dir and not given:
         parser.error(
             "--archive-dir needs a recovery target (for example --recovery-target-time, or --recovery-target immediate)"
@@ -286,8 +343,17 @@ def _target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target
 
 
 def _check_restore_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if not args.input:
-        parser.error("--input FILE is required")
+    if args.repo_alone:
+        for flag, value in (
+            ("--chain-dir", args.chain_dir),
+            ("--incremental", args.incremental),
+        ):
+            if value:
+                parser.error(f"{flag} reads local files; with --repo the repository's catalog chooses the backups")
+    elif args.backup:
+        parser.error("--backup names a backup of --repo URL")
+    elif not args.input:
+        parser.error("--input FILE is required (or --repo URL)")
     if not args.data_dir and not args.into_server:
         parser.error("--data-dir is required (or --table with --into-server)")
     if (args.into_server or args.rename_to) and not args.table:

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from .. import fileops as _fileops
+from ..repository import location
+from ..repository.base import RepositoryError
 
 HISTORY_SUFFIX = ".history"
 _HISTORY = re.compile(r"([0-9A-F]{8})\.history")
@@ -42,8 +44,8 @@ def history_name(timeline: int) -> str:
 
 
 def list_history_timelines(directory: str) -> list[int]:
-    """The timelines that have a history file in ``directory``, in order."""
-    return sorted(int(m.group(1), 16) for n in os.listdir(directory) if (m := _HISTORY.fullmatch(n)))
+    """The timelines that have a history file in ``directory`` (a path or an s3:// prefix), in order."""
+    return sorted(int(m.group(1), 16) for n in location.listdir(directory) if (m := _HISTORY.fullmatch(n)))
 
 
 def format_history(entries: Iterable[tuple[int, int, str]]) -> str:
@@ -74,12 +76,13 @@ def read_history(directory: str, timeline: int) -> list[Switch]:
     """Ancestors of ``timeline`` (oldest first); empty for timeline 1, which has none."""
     if timeline == 1:
         return []
-    path = os.path.join(directory, history_name(timeline))
+    path = location.join(directory, history_name(timeline))
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = location.read_bytes(path)
     except FileNotFoundError:
         raise HistoryMissing(f"history file {path} for timeline {timeline} is missing") from None
+    except RepositoryError as e:
+        raise HistoryError(f"cannot read history file {path}: {e}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -22,15 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 
+from ...archive import destination
 from ...archive.segment_file import ArchiveError
 from ...backup import expire, retention
 from ...backup.catalog import CatalogError, known_path
 from ...datadir import PID_FILE, DataDir, DataDirError, DataDirLocked
 from ...http_access import TokenFileError, read_token
 from ...keys import DEFAULT_CONFIG, ENV_CONFIG
+from ...repository import RepositoryError, is_s3_url, location
 from ...settings import SettingError, Settings
 from ...wal.timeline import HistoryError
 from ..output import fail, json_output, print_json
@@ -42,7 +45,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings, policy, archive_dir = _settings(data_dir, args.archive_dir)
         return _expire(data_dir, archive_dir, policy, dry_run=args.dry_run, settings=settings, args=args)
-    except (CatalogError, DataDirError, HistoryError, ArchiveError, SettingError, ServerExpireError) as exc:
+    except (
+        CatalogError,
+        DataDirError,
+        HistoryError,
+        ArchiveError,
+        SettingError,
+        ServerExpireError,
+        RepositoryError,
+    ) as exc:
         return fail(PROG, str(exc))
 
 
@@ -56,7 +67,11 @@ def _settings(data_dir: str, archive_flag: str | None) -> tuple[Settings, retent
     config = os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG
     s = Settings.load(config if os.path.isfile(config) else None, data_dir)
     policy = expire.policy_of(s)
-    archive_dir = os.path.abspath(archive_flag) if archive_flag else (s["archive_dest"] or None)
+    archive_dir = archive_flag or s["archive_dest"] or None
+    if archive_dir and is_s3_url(archive_dir):  # a repository: its wal/, reached with the repository_s3_* settings
+        location.configure(s)
+        return s, policy, destination.location(archive_dir)
+    archive_dir = os.path.abspath(archive_dir) if archive_dir else None
     if archive_dir and not os.path.isdir(archive_dir):
         raise ArchiveError(f"archive directory {archive_dir} does not exist; check --archive-dir or archive_dest")
     return s, policy, archive_dir
@@ -77,10 +92,22 @@ def _expire(data_dir: str, archive_dir: str | None, policy: retention.Policy, *,
     try:
         facts = expire.gather(data_dir, archive_dir)
         plan = expire.make_plan(facts, policy)
-        outcome = expire.apply(plan, data_dir)
+        outcome = expire.apply(plan, data_dir, forget=_forget_in_repositories(settings))
     finally:
         owner.unlock()
     return _report(expire.document(data_dir, archive_dir, policy, facts, plan, outcome))
+
+
+def _forget_in_repositories(settings):
+    """How --expire removes a backup's copy from a repository of backup_repositories."""
+
+    def forget(url: str, backup_id: str) -> None:
+        from ...backup import repo_catalog
+        from ...repository import open_repository
+
+        repo_catalog.forget(open_repository(url, settings), backup_id)
+
+    return forget
 
 
 def _server_ports(data_dir: str) -> dict[str, str]:
@@ -166,6 +193,13 @@ def _report(doc: dict) -> int:
         print(
             f"{'Dry run: ' if doc['dry_run'] else ''}{len(doc['backups']) - len(refused)} backup(s) and "
             f"{len(doc['segments'])} WAL segment(s) {verb}; {len(doc['kept'])} backup(s) kept"
+        )
+    for left in doc.get("repository_errors") or []:
+        print(
+            f"{PROG}: warning: backup {left['backup_id']} expired, but its copy in repository "
+            f"{left['repository']} is still there: {left['error']}; remove it there by hand: "
+            f"catalog/{left['backup_id']}.json first, then backups/{left['backup_id']}/",
+            file=sys.stderr,
         )
     for backup_id, why in refused.items():
         fail(PROG, f"backup {backup_id} not expired: {why}")

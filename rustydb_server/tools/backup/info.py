@@ -14,7 +14,31 @@ from .header import UnreadableBackup, read_file_header
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repo:
+        return show_info_in_repository(args.repo, args.info, as_json=args.json)
     return show_info(args.info, as_json=args.json)
+
+
+def show_info_in_repository(url: str, which: str, *, as_json: bool) -> int:
+    """--repo URL --info ID|latest: the header of a backup in a repository, read by ranges."""
+    from ...backup.repo_catalog import RepoCatalogError
+    from ...container.errors import BackupError
+    from ...container.reader import BackupReader
+    from ...repository import RepositoryError
+    from ...settings import SettingError
+    from .repo import find_backup, open_backup, open_repo
+
+    try:
+        repo = open_repo(url)
+        entry = find_backup(repo, which)
+        with open_backup(repo, entry) as f:
+            header = BackupReader(f).header
+            size = f.size
+    except (RepositoryError, RepoCatalogError, SettingError) as exc:
+        return fail(PROG, str(exc))
+    except BackupError as exc:
+        return fail(PROG, f"backup {which} in repository {url} is not a usable backup: {exc}")
+    return print_info(header, size, as_json=as_json, extra={"repository": url, "key": entry["key"]})
 
 
 def show_info(path: str, *, as_json: bool) -> int:
@@ -23,11 +47,17 @@ def show_info(path: str, *, as_json: bool) -> int:
         size = os.path.getsize(path)
     except UnreadableBackup as exc:
         return fail(PROG, str(exc))
-    info = describe(header, size)
+    return print_info(header, size, as_json=as_json)
+
+
+def print_info(header: BackupHeader, size: int, *, as_json: bool, extra: dict | None = None) -> int:
+    info = describe(header, size) | (extra or {})
     if as_json:
         print_json(info)
         return 0
     print(f"Backup ID: {info['backup_id']}")
+    if extra:
+        print(f"Repository: {extra['repository']} ({extra['key']})")
     print(f"Type: {info['type']}")
     print(f"Created: {info['created']}")
     print(f"Size: {human_size(size)} ({'compressed' if info['compressed'] else 'uncompressed'})")

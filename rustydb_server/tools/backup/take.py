@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rustydb_client.client import ClientError, connect, read_password_file
@@ -33,7 +34,7 @@ from ..output import fail, human_size, mb_per_second, print_json
 from ..progress import Progress
 from . import PROG
 from .header import UnreadableBackup, read_file_header
-from .verify import print_verify_lines, verify_backup
+from .verify import print_verify_lines, verify_backup, verify_reader
 
 DEFAULT_NICE = 10
 
@@ -51,13 +52,40 @@ class StreamResult:
     end_lsn: int
     notices: list[str] = field(default_factory=list)  # e.g. "based on <id> at <path>"
     recorded: bool | None = None  # whether the server recorded the file's path (None: it does not ask)
+    location: str | None = None  # where the backup is, when ``store`` moved it (a repository)
 
 
 def run(args: argparse.Namespace) -> int:
-    output = os.path.abspath(args.output)
-    problem = _output_problem(output)
-    if problem:
-        return fail(PROG, problem)
+    target = None
+    if args.repo:
+        from ...repository import RepositoryError
+        from ...settings import SettingError
+        from .repo import RepoTarget, repository_number, server_repository
+
+        try:
+            url = args.repo
+            number = repository_number(url)
+            if number is not None:  # --repo N (or repoN): the server's N-th backup repository
+                url = server_repository(args, number)
+            target = RepoTarget(url)
+        except (RepositoryError, BackupFailed, ClientError, SettingError) as exc:
+            return fail(PROG, f"cannot use repository {args.repo}: {exc}")
+        output = target.request_output
+    else:
+        output = os.path.abspath(args.output)
+        problem = _output_problem(output)
+        if problem:
+            return fail(PROG, problem)
+    try:
+        return _take(args, output, target)
+    finally:
+        if target is not None:
+            target.close()
+
+
+def _take(args: argparse.Namespace, output: str, target) -> int:
+    from ...repository import RepositoryError
+
     key = None
     if args.encrypt:
         try:
@@ -82,17 +110,33 @@ def run(args: argparse.Namespace) -> int:
         ) as conn:
             conn.send(request)
             with Progress("backup", 0) as bar:
-                result = receive_backup(conn, output, key=key, codec=codec, threads=args.threads, progress=bar)
-    except (BackupFailed, UnreadableBackup, ClientError, BackupError, CryptoError) as exc:
+                result = receive_backup(
+                    conn,
+                    target.output_for if target else output,
+                    key=key,
+                    codec=codec,
+                    threads=args.threads,
+                    progress=bar,
+                    store=target.store if target else None,
+                )
+    except (BackupFailed, UnreadableBackup, ClientError, BackupError, CryptoError, RepositoryError) as exc:
         return fail(PROG, f"backup to {output} failed: {exc}; no backup file was written")
     except OSError as exc:
         return fail(PROG, f"backup to {output} failed: {exc.strerror or exc}; no backup file was written")
     seconds = time.monotonic() - started
+    output = result.location or output
     report = None
     if args.verify_file:
         try:
-            report = verify_backup(output, key, args.threads)
-        except (BackupError, CryptoError, OSError) as exc:
+            if target is not None:
+                from ...backup.repo_catalog import backup_key
+                from ...backup.repo_file import RepositoryFile
+
+                with RepositoryFile(target.repo, backup_key(result.header.backup_id)) as f:
+                    report = verify_reader(f, key, args.threads)
+            else:
+                report = verify_backup(output, key, args.threads)
+        except (BackupError, CryptoError, OSError, RepositoryError) as exc:
             return fail(PROG, f"backup {output} was written but does not verify: {exc}")
     _print_summary(output, result, seconds, key, codec, report, as_json=args.json)
     return 0
@@ -123,15 +167,28 @@ def backup_request(
 
 
 def receive_backup(
-    conn, output: str, *, key: KeySource | None, codec: str, threads: int, progress: Progress | None = None
+    conn,
+    output: str | Callable[[Manifest], str],
+    *,
+    key: KeySource | None,
+    codec: str,
+    threads: int,
+    progress: Progress | None = None,
+    store: Callable[[str, Manifest, BackupHeader, int], str] | None = None,
 ) -> StreamResult:
     """Read one backup stream from ``conn`` (after the request was sent) into ``output``.
 
     The file is committed only when the server's backup_end arrived and every
     entry of the manifest was received whole; on anything else it is aborted.
+    ``output`` may be a function of the manifest (a repository names the file
+    by the backup's id); ``store(path, manifest, header, end_lsn)``, called
+    once the file is complete, puts it where it belongs (a repository and its
+    catalog) and returns the location the server records.
     """
     notices: list[str] = []
     manifest = _receive_manifest(conn, notices)
+    if callable(output):
+        output = output(manifest)
     header = manifest.to_header()
     entries = [db.entry for db in manifest.databases]
     if progress is not None:
@@ -147,8 +204,11 @@ def receive_backup(
         bf.abort()
         raise
     result = StreamResult(manifest, bf.header, summary, raw, end.end_lsn, notices)
+    location = output
+    if store is not None:
+        location = result.location = store(output, manifest, bf.header, end.end_lsn)
     if end.awaiting_location:
-        result.recorded = _confirm_stored(conn, manifest.backup_id, output)
+        result.recorded = _confirm_stored(conn, manifest.backup_id, location)
     return result
 
 

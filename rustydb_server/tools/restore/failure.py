@@ -7,10 +7,12 @@ import argparse
 from collections.abc import Callable
 
 from ...archive.segment_file import ArchiveError
+from ...backup.repo_catalog import RepoCatalogError
 from ...backup.vfs import BackupQueryError
 from ...container.errors import BackupError, UnsupportedFormatError
 from ...crypto import CryptoError
 from ...datadir import DataDirError
+from ...repository import RepositoryError
 from ...restore.errors import RestoreError
 from ...restore.incremental import IncrementalRestoreError
 from ...restore.pitr import PitrError
@@ -35,8 +37,11 @@ def run_reporting_failures(args: argparse.Namespace, command: Callable[[], int])
         ArchiveError,
         HistoryError,
         BackupQueryError,
+        RepositoryError,
     ) as exc:
         return report_failure(args, str(exc))
+    except RepoCatalogError as exc:
+        return report_failure(args, f"{exc}; nothing was restored")
     except WalCorruptError as exc:
         return report_failure(args, f"{exc}; nothing was restored")
     except UnsupportedFormatError as exc:
@@ -54,7 +59,8 @@ def run_reporting_failures(args: argparse.Namespace, command: Callable[[], int])
 
 def report_failure(args: argparse.Namespace, message: str) -> int:
     into = args.data_dir or f"the server at {args.into_server}"
-    line = f"restore of {args.input} into {into} failed: {message}"
+    source = args.input or getattr(args, "repo", None)
+    line = f"restore of {source} into {into} failed: {message}"
     if args.json:  # the document names the input and the target in fields of their own
         print_json({"ok": False, "input": args.input, "data_dir": args.data_dir, "error": message})
     return fail(PROG, line)

@@ -15,6 +15,7 @@ import argparse
 from ...archive.segment_file import ArchiveError
 from ...container.errors import BackupError
 from ...crypto import CryptoError
+from ...repository import RepositoryError
 from ...restore.pitr import PitrError, archive_key, parse_time
 from ...restore.walinfo import WalListing
 from ...wal.segment import WalCorruptError
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if doc is not None:
             stream.close({"ok": True})
         return 0
-    except (PitrError, ArchiveError, HistoryError, CryptoError, BackupError) as exc:
+    except (PitrError, ArchiveError, HistoryError, CryptoError, BackupError, RepositoryError) as exc:
         return fail(PROG, str(exc))
     except WalCorruptError as exc:
         before = "; the transactions before it are listed above" if listed else ""

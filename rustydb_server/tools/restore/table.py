@@ -10,6 +10,8 @@ import shlex
 import shutil
 import tempfile
 
+from ...container.reader import BackupReader
+from ...keys import resolve_read_key
 from ...restore.errors import RestoreError
 from ...restore.full import read_key_for
 from ...restore.pitr import Target, archive_key
@@ -17,8 +19,13 @@ from ...restore.table import restore_table
 from ..output import print_json
 
 
-def run(args: argparse.Namespace, target: Target | None) -> int:
-    key = read_key_for(args.input, args.key_file)
+def run(args: argparse.Namespace, target: Target | None, chain: list | None = None) -> int:
+    """``chain``: the backups themselves, full first (objects of a repository: --repo)."""
+    if chain is None:
+        key = read_key_for(args.input, args.key_file)
+    else:
+        with chain[-1].open() as f:
+            key = resolve_read_key(BackupReader(f).header, args.key_file)
     temp = None
     data_dir = args.data_dir
     if data_dir is None:
@@ -36,6 +43,7 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
             target=target,
             timeline_choice=args.recovery_target_timeline,
             force=args.force,
+            chain=chain,
         )
         imported = None
         if args.into_server:

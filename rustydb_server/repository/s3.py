@@ -1,0 +1,582 @@
+"""A repository in an S3 bucket (AWS or any S3-compatible store), over boto3.
+
+``s3://bucket/prefix``: every key is stored as ``prefix/key``. Where the
+client connects and with which credentials comes from the server's settings
+(``repository_s3_endpoint_url``, ``repository_s3_region``,
+``repository_s3_force_path_style``, ``repository_s3_credentials_file``) and,
+for whatever they leave unset, from the standard AWS chain (AWS_* environment
+variables, ~/.aws/credentials and ~/.aws/config, instance roles). Credentials
+never come from a command line.
+
+Writes: an object smaller than ``repository_s3_part_size`` is one PutObject;
+a larger one is a multipart upload whose parts (that size each) are sent by
+up to ``repository_s3_concurrency`` threads at once, so memory stays bounded
+at about concurrency x part size. Every part (and every single-request
+object) carries its checksum (``repository_s3_checksum``: CRC32C by default,
+SHA-256, or Content-MD5 for stores without S3's newer checksums), which the
+store verifies before it accepts the part. The object appears under its key only when CompleteMultipartUpload
+succeeds; a failed or interrupted upload is aborted, and an upload of the
+same key left behind by a crash is aborted by the next put of that key.
+``if_absent`` adds ``If-None-Match: *`` so the store itself refuses to
+replace an object that appeared meanwhile.
+
+Reads: ``open_stream`` of a large object fetches ranges of it in parallel
+(``If-Match`` its ETag, so an object replaced during the read fails instead
+of mixing two versions) and yields them in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import boto3
+import botocore.exceptions
+import crc32c
+from botocore.config import Config
+
+from .base import (
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    RepositoryError,
+    check_key,
+    check_prefix,
+    check_range,
+    sha256_of,
+)
+
+DEFAULT_PART_SIZE = 16 << 20
+MIN_PART_SIZE = 5 << 20  # S3's smallest part (all but the last)
+DEFAULT_CONCURRENCY = 4
+#: ranges fetched by open_stream are at least this large
+READ_RANGE = 8 << 20
+
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix without slashes at either end) of ``s3://bucket/prefix``."""
+    if not url.startswith("s3://"):
+        raise RepositoryError(f"{url!r} is not an s3://bucket/prefix URL")
+    rest = url[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise RepositoryError(f"repository URL {url!r} names no bucket: write s3://bucket/prefix")
+    if "@" in bucket or ":" in bucket:
+        raise RepositoryError(  # the URL is not repeated: it may hold a secret
+            "an s3:// repository URL must not carry credentials or a port: the endpoint goes in "
+            "repository_s3_endpoint_url (or AWS_ENDPOINT_URL), credentials in repository_s3_credentials_file "
+            "or the AWS environment"
+        )
+    prefix = prefix.strip("/")
+    if prefix:
+        check_prefix(prefix)
+    return bucket, prefix
+
+
+def _setting(settings, name: str, default):
+    if settings is None:
+        return default
+    try:
+        value = settings[name]
+    except (KeyError, LookupError):
+        return default
+    return default if value in (None, "") else value
+
+
+def read_credentials_file(path: str) -> dict[str, str]:
+    """Access key id, secret (and session token) from an AWS-style credentials file ([default] section)."""
+    parser = configparser.ConfigParser()
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise RepositoryError(
+            f"cannot read the S3 credentials file {path} (repository_s3_credentials_file): {e.strerror or e}; "
+            "check the path and that the server's user may read it"
+        ) from None
+    except configparser.Error:
+        raise RepositoryError(
+            f"the S3 credentials file {path} is not in the AWS credentials format "
+            "([default] with aws_access_key_id and aws_secret_access_key)"
+        ) from None
+    section = parser["default"] if parser.has_section("default") else None
+    if section is None or not section.get("aws_access_key_id") or not section.get("aws_secret_access_key"):
+        raise RepositoryError(
+            f"the S3 credentials file {path} has no [default] section with aws_access_key_id and aws_secret_access_key"
+        )
+    out = {
+        "aws_access_key_id": section["aws_access_key_id"].strip(),
+        "aws_secret_access_key": section["aws_secret_access_key"].strip(),
+    }
+    if section.get("aws_session_token"):
+        out["aws_session_token"] = section["aws_session_token"].strip()
+    return out
+
+
+def _b64sha256(data: bytes | memoryview) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _b64crc32c(data: bytes | memoryview) -> str:
+    return base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
+
+
+def _b64md5(data: bytes | memoryview) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+#: The checksum sent with every part (and single-request object), which the
+#: store verifies before it takes it: setting value -> (request field, function,
+#: S3 ChecksumAlgorithm or None). crc32c is hardware-accelerated (several GB/s);
+#: sha256 costs a core about 1.6 s per GB here; md5 (Content-MD5) is what
+#: stores without S3's newer checksums still verify.
+CHECKSUMS = {
+    "crc32c": ("ChecksumCRC32C", _b64crc32c, "CRC32C"),
+    "sha256": ("ChecksumSHA256", _b64sha256, "SHA256"),
+    "md5": ("ContentMD5", _b64md5, None),
+}
+DEFAULT_CHECKSUM = "crc32c"
+
+
+class S3Repository:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        force_path_style: bool = False,
+        credentials: dict[str, str] | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        checksum: str = DEFAULT_CHECKSUM,
+    ):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.endpoint_url = endpoint_url or None
+        self.part_size = max(MIN_PART_SIZE, int(part_size))
+        self.concurrency = max(1, int(concurrency))
+        if checksum not in CHECKSUMS:
+            raise RepositoryError(f"unknown S3 checksum {checksum!r}: use one of {', '.join(CHECKSUMS)}")
+        self.checksum = checksum
+        self._checksum_field, self._checksum_of, self._checksum_algorithm = CHECKSUMS[checksum]
+        config = Config(
+            s3={"addressing_style": "path"} if force_path_style else {},
+            retries={"max_attempts": 4, "mode": "standard"},
+            max_pool_connections=max(10, 2 * self.concurrency),
+            connect_timeout=10,
+            read_timeout=120,
+            # The checksums this module computes itself (one per part) are
+            # the ones sent; no extra ones a store might not know.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        try:
+            session = boto3.session.Session(**(credentials or {}))
+            self._client = session.client(
+                "s3", endpoint_url=self.endpoint_url, region_name=region or None, config=config
+            )
+        except (botocore.exceptions.BotoCoreError, ValueError) as e:
+            raise RepositoryError(f"repository {self.url}: cannot set up the S3 client: {e}") from None
+        self._bucket_checked = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, settings=None) -> S3Repository:
+        bucket, prefix = parse_url(url)
+        credentials = None
+        creds_file = _setting(settings, "repository_s3_credentials_file", "")
+        if creds_file:
+            credentials = read_credentials_file(creds_file)
+        return cls(
+            bucket,
+            prefix,
+            endpoint_url=_setting(settings, "repository_s3_endpoint_url", None),
+            region=_setting(settings, "repository_s3_region", None),
+            force_path_style=bool(_setting(settings, "repository_s3_force_path_style", False)),
+            credentials=credentials,
+            part_size=_setting(settings, "repository_s3_part_size", DEFAULT_PART_SIZE),
+            concurrency=_setting(settings, "repository_s3_concurrency", DEFAULT_CONCURRENCY),
+            checksum=_setting(settings, "repository_s3_checksum", DEFAULT_CHECKSUM),
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Repository({self.url!r}, endpoint={self.endpoint_url!r})"
+
+    # ------------------------------------------------------------ helpers
+    def _full(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _where(self) -> str:
+        return f"{self.url} (endpoint {self.endpoint_url})" if self.endpoint_url else self.url
+
+    def _error(self, what: str, key: str, e: Exception) -> RepositoryError:
+        """A RepositoryError for ``e`` that says what failed, why and what to do."""
+        where = self._where()
+        if isinstance(e, RepositoryError):
+            return e
+        if isinstance(e, botocore.exceptions.NoCredentialsError):
+            return RepositoryError(
+                f"repository {where}: cannot {what} {key}: no S3 credentials found; set "
+                "repository_s3_credentials_file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile "
+                "in ~/.aws/credentials"
+            )
+        if isinstance(e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectionError):
+            return RepositoryError(
+                f"repository {where}: cannot {what} {key}: the store cannot be reached ({e}); check that it is "
+                "up and that repository_s3_endpoint_url (or AWS_ENDPOINT_URL) names it"
+            )
+        if isinstance(e, botocore.exceptions.ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            message = e.response.get("Error", {}).get("Message") or code
+            if code == "NoSuchBucket":
+                return RepositoryError(
+                    f"repository {where}: cannot {what} {key}: bucket {self.bucket} does not exist; "
+                    "create it, or correct the repository URL"
+                )
+            if code in _DENIED:
+                return RepositoryError(
+                    f"repository {where}: cannot {what} {key}: access denied ({code}: {message}); check the "
+                    "access key and secret (repository_s3_credentials_file or the AWS environment) and that they "
+                    f"may read and write bucket {self.bucket}"
+                )
+            if code in _NOT_FOUND:
+                return ObjectNotFound(f"repository {where}: no object {key}")
+            return RepositoryError(f"repository {where}: cannot {what} {key}: {code}: {message}")
+        if isinstance(e, botocore.exceptions.BotoCoreError):
+            return RepositoryError(f"repository {where}: cannot {what} {key}: {e}")
+        return RepositoryError(f"repository {where}: cannot {what} {key}: {e}")
+
+    @staticmethod
+    def _code(e: Exception) -> str:
+        if isinstance(e, botocore.exceptions.ClientError):
+            return str(e.response.get("Error", {}).get("Code", ""))
+        return ""
+
+    def _check_bucket(self, key: str) -> None:
+        """A missing object in a missing bucket is a missing bucket (HEAD answers both with a bare 404)."""
+        if self._bucket_checked:
+            return
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except Exception as e:
+            if self._code(e) in ("404", "NoSuchBucket", "NotFound"):
+                raise RepositoryError(
+                    f"repository {self._where()}: cannot look at {key}: bucket {self.bucket} does not exist; "
+                    "create it, or correct the repository URL"
+                ) from None
+            raise self._error("look at", key, e) from None
+        self._bucket_checked = True
+
+    # --------------------------------------------------------------- write
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> ObjectInfo:
+        return self.put_stream(key, [data], if_absent=if_absent)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes], *, if_absent: bool = False) -> ObjectInfo:
+        full = self._full(key)
+        if if_absent:
+            existing = self.stat(key)
+            if existing is not None:
+                size, digest = sha256_of(chunks)
+                return self._same_or_exists(key, existing, size, digest)
+        parts = _Parts(chunks, self.part_size, digest=if_absent)
+        first = parts.next_part()
+        try:
+            if parts.done:  # the whole object fits in one part: one PutObject
+                data = first or b""
+                extra = {"IfNoneMatch": "*"} if if_absent else {}
+                extra[self._checksum_field] = self._checksum_of(data)
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)
+            else:
+                self._multipart(full, first, parts, if_absent)
+        except Exception as e:
+            if if_absent and self._code(e) in ("PreconditionFailed", "412"):
+                for _ in parts.rest():  # the rest of the stream, for its digest
+                    pass
+                existing = self.stat(key)
+                if existing is not None:
+                    return self._same_or_exists(key, existing, parts.size, parts.hexdigest())
+            if isinstance(e, RepositoryError):
+                raise
+            if isinstance(e, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
+                raise self._error("write", key, e) from None
+            raise
+        info = self.stat(key)
+        if info is None:
+            raise RepositoryError(f"repository {self._where()}: {key} was written but cannot be found after it")
+        return info
+
+    def _multipart(self, full: str, first: bytes, parts: _Parts, if_absent: bool) -> None:
+        self._abort_stale(full)
+        upload = self._client.create_multipart_upload(
+            Bucket=self.bucket,
+            Key=full,
+            **({"ChecksumAlgorithm": self._checksum_algorithm} if self._checksum_algorithm else {}),
+        )
+        upload_id = upload["UploadId"]
+        done: list[dict] = []
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put") as pool:
+                in_flight: deque[Future] = deque()
+                number = 0
+                part = first
+                while part is not None:
+                    number += 1
+                    in_flight.append(pool.submit(self._upload_part, full, upload_id, number, part))
+                    if len(in_flight) >= self.concurrency:
+                        done.append(in_flight.popleft().result())
+                    part = parts.next_part()
+                while in_flight:
+                    done.append(in_flight.popleft().result())
+            extra = {"IfNoneMatch": "*"} if if_absent else {}
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": done}, **extra
+            )
+        except BaseException:
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            except Exception:
+                pass  # left for the next put of this key, which aborts it
+            raise
+
+    def _upload_part(self, full: str, upload_id: str, number: int, data: bytes) -> dict:
+        field = self._checksum_field
+        checksum = self._checksum_of(data)
+        r = self._client.upload_part(
+            Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=data, **{field: checksum}
+        )
+        returned = r.get(field)
+        if returned is not None and returned != checksum:
+            raise RepositoryError(
+                f"repository {self._where()}: part {number} of {full}: the store computed checksum {returned}, "
+                f"the part sent has {checksum}; the upload is aborted"
+            )
+        if self._checksum_algorithm is None:  # Content-MD5: checked on arrival, not part of the completion
+            return {"PartNumber": number, "ETag": r["ETag"]}
+        return {"PartNumber": number, "ETag": r["ETag"], field: checksum}
+
+    def _abort_stale(self, full: str) -> None:
+        """Abort uploads of exactly this key left by an earlier put that was cut off."""
+        try:
+            r = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+        except Exception:
+            return  # a store without the listing: nothing to clean here
+        for u in r.get("Uploads", []) or []:
+            if u.get("Key") == full:
+                try:
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=u["UploadId"])
+                except Exception:
+                    pass
+
+    def abort_incomplete_uploads(self, prefix: str = "") -> int:
+        """Abort every incomplete multipart upload under ``prefix``; how many were aborted."""
+        full = self._full(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        count = 0
+        try:
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for u in page.get("Uploads", []) or []:
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+                    count += 1
+        except Exception as e:
+            raise self._error("clean up uploads under", prefix or "(all keys)", e) from None
+        return count
+
+    def _same_or_exists(self, key: str, existing: ObjectInfo, size: int, digest: str) -> ObjectInfo:
+        if existing.size == size:
+            _, theirs = sha256_of(self.open_stream(key))
+            if theirs == digest:
+                return existing
+        raise ObjectExists(
+            f"repository {self._where()}: {key} already exists with different content ({existing.size} bytes); "
+            "it is never overwritten: another server may be writing to the same repository"
+        )
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+        except Exception as e:
+            if self._code(e) in _NOT_FOUND - {"404"}:
+                return
+            raise self._error("delete", key, e) from None
+
+    # ---------------------------------------------------------------- read
+    def stat(self, key: str) -> ObjectInfo | None:
+        full = self._full(key)
+        try:
+            r = self._client.head_object(Bucket=self.bucket, Key=full)
+        except Exception as e:
+            if self._code(e) in _NOT_FOUND:
+                self._check_bucket(key)
+                return None
+            raise self._error("look at", key, e) from None
+        return ObjectInfo(
+            key=key,
+            size=int(r["ContentLength"]),
+            mtime=r["LastModified"].timestamp(),
+            etag=(r.get("ETag") or "").strip('"') or None,
+        )
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            r = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
+            with r["Body"] as body:
+                return body.read()
+        except Exception as e:
+            raise self._error("read", key, e) from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        check_range(key, offset, length)
+        if length == 0:
+            if self.stat(key) is None:
+                raise ObjectNotFound(f"repository {self._where()}: no object {key}")
+            return b""
+        return self._range(key, offset, length, None)
+
+    def _range(self, key: str, offset: int, length: int, etag: str | None) -> bytes:
+        extra = {"IfMatch": f'"{etag}"'} if etag else {}
+        try:
+            r = self._client.get_object(
+                Bucket=self.bucket, Key=self._full(key), Range=f"bytes={offset}-{offset + length - 1}", **extra
+            )
+            with r["Body"] as body:
+                return body.read()
+        except Exception as e:
+            code = self._code(e)
+            if code == "InvalidRange":
+                if self.stat(key) is None:
+                    raise ObjectNotFound(f"repository {self._where()}: no object {key}") from None
+                return b""
+            if code in ("PreconditionFailed", "412"):
+                raise RepositoryError(
+                    f"repository {self._where()}: {key} was replaced while it was being read; read it again"
+                ) from None
+            raise self._error("read", key, e) from None
+
+    def open_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        info = self.stat(key)  # a missing key fails here, not at the first chunk
+        if info is None:
+            raise ObjectNotFound(f"repository {self._where()}: no object {key}")
+        return self._stream(info, max(1, chunk_size))
+
+    def _stream(self, info: ObjectInfo, chunk_size: int) -> Iterator[bytes]:
+        span = max(READ_RANGE, chunk_size)
+        if info.size <= span:
+            data = self._range(info.key, 0, info.size, info.etag) if info.size else b""
+            yield from _pieces(data, chunk_size)
+            return
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-get") as pool:
+            ahead: deque[Future] = deque()
+            next_offset = 0
+            try:
+                while next_offset < info.size or ahead:
+                    while next_offset < info.size and len(ahead) < self.concurrency:
+                        n = min(span, info.size - next_offset)
+                        ahead.append(pool.submit(self._range, info.key, next_offset, n, info.etag))
+                        next_offset += n
+                    yield from _pieces(ahead.popleft().result(), chunk_size)
+            finally:
+                for f in ahead:
+                    f.cancel()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(prefix)
+        base = f"{self.prefix}/" if self.prefix else ""
+        found: list[ObjectInfo] = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
+                for o in page.get("Contents", []) or []:
+                    key = o["Key"][len(base) :]
+                    if not key or key.endswith("/"):
+                        continue  # a "directory" marker some tools write
+                    found.append(
+                        ObjectInfo(
+                            key=key,
+                            size=int(o["Size"]),
+                            mtime=o["LastModified"].timestamp(),
+                            etag=(o.get("ETag") or "").strip('"') or None,
+                        )
+                    )
+        except Exception as e:
+            raise self._error("list", prefix or "(all keys)", e) from None
+        found.sort(key=lambda i: i.key)
+        return iter(found)
+
+    def free_bytes(self) -> int | None:
+        return None
+
+
+def _pieces(data: bytes, size: int) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+class _Parts:
+    """Cuts a stream of chunks into parts of ``part_size`` bytes (the last one
+    shorter), copying each byte once (into its part); with ``digest`` it also
+    hashes everything that passes (SHA-256, for the ``if_absent`` comparison)."""
+
+    def __init__(self, chunks: Iterable[bytes], part_size: int, *, digest: bool = False):
+        self._it = iter(chunks)
+        self._part_size = part_size
+        self._pending: list[memoryview] = []
+        self._pending_size = 0
+        self.done = False
+        self.size = 0
+        self._sha = hashlib.sha256() if digest else None
+
+    def next_part(self) -> bytes | None:
+        """The next part, or None after the last. ``done`` turns true once the stream has ended."""
+        while not self.done and self._pending_size < self._part_size:
+            try:
+                chunk = next(self._it)
+            except StopIteration:
+                self.done = True
+                break
+            if chunk:
+                if not isinstance(chunk, bytes):  # a buffer the caller may refill once it has the next chunk
+                    chunk = bytes(chunk)
+                view = memoryview(chunk)
+                self._pending.append(view)
+                self._pending_size += len(view)
+                self.size += len(view)
+                if self._sha is not None:
+                    self._sha.update(view)
+        if not self._pending_size:
+            return None
+        take, pieces = self._part_size, []
+        while take and self._pending:
+            head = self._pending[0]
+            if len(head) <= take:
+                pieces.append(self._pending.pop(0))
+                take -= len(head)
+            else:
+                pieces.append(head[:take])
+                self._pending[0] = head[take:]
+                take = 0
+        part = b"".join(pieces)
+        self._pending_size -= len(part)
+        return part
+
+    def rest(self) -> Iterator[bytes]:
+        while True:
+            p = self.next_part()
+            if not p:
+                return
+            yield p
+
+    def hexdigest(self) -> str:
+        assert self._sha is not None
+        return self._sha.hexdigest()

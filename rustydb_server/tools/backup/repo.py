@@ -1,0 +1,164 @@
+"""rusty-db-backup --repo URL: backups in a repository (a local directory or s3://bucket/prefix).
+
+With --type, the backup streamed from the server goes into the repository:
+straight into its file for a local directory, through a temporary file and
+an upload for S3; then its entry into the repository's catalog
+(backup/repo_catalog.py); only then is the server told where it is. With
+--info and --verify, FILE is a backup id of the repository (or "latest"),
+read by byte ranges: --info reads the head and tail of the object only.
+
+S3 credentials, endpoint and region come from the standard AWS environment
+and files (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ~/.aws/credentials, ...),
+never from the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import time
+
+from ...backup import repo_catalog
+from ...backup.manifest import Manifest
+from ...backup.replicate import is_s3, location_in
+from ...backup.repo_file import RepositoryFile
+from ...container.format import BackupHeader
+
+
+def open_repo(url: str):
+    """The repository at ``url``, S3 reached with the config file's repository_s3_* settings
+    and the AWS environment; RepositoryError (or SettingError: a bad config line) says why not."""
+    from ...repository import open_repository
+    from ..repository_settings import load
+
+    return open_repository(url, load() if is_s3(url) else None)
+
+
+def run(args) -> int:
+    """--repo URL --list: the repository's backups, oldest first, from its own catalog."""
+    from ...backup.repo_catalog import RepoCatalogError
+    from ...repository import RepositoryError
+    from ...settings import SettingError
+    from ..output import fail, human_size, print_json
+    from . import PROG
+
+    try:
+        repo = open_repo(args.repo)
+        entries = sorted(repo_catalog.load(repo).values(), key=repo_catalog.sort_key)
+    except (RepositoryError, RepoCatalogError, SettingError) as exc:
+        return fail(PROG, f"cannot list repository {args.repo}: {exc}")
+    if args.json:
+        print_json({"ok": True, "repository": repo.url, "backups": entries})
+        return 0
+    print(f"Repository {repo.url}: {len(entries)} backup(s)")
+    for e in entries:
+        completed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("completed_at") or 0))
+        parent = f"  on {e['parent_id']}" if e.get("parent_id") else ""
+        size = human_size(e.get("size_bytes") or 0)
+        print(f"{e['backup_id']}  {e['backup_type']:<12}  {completed}  {size:>9}{parent}")
+    return 0
+
+
+def find_backup(repo, which: str) -> dict:
+    """The repository's catalog entry of backup ``which`` (an id, a prefix of one, or latest)."""
+    return repo_catalog.pick(repo_catalog.load(repo), which, url=repo.url)
+
+
+def open_backup(repo, entry: dict) -> RepositoryFile:
+    return RepositoryFile(repo, entry["key"])
+
+
+def repository_number(value: str) -> int | None:
+    """N for "--repo N" or "--repo repoN" (the server's N-th repository), else None (a URL or directory:
+    a directory called like that is written ./repo1)."""
+    match = re.fullmatch(r"(?:repo)?([0-9]+)", value)
+    return int(match.group(1)) if match else None
+
+
+def server_repository(args, number: int) -> str:
+    """The URL of the server's ``number``-th (from 1) entry of backup_repositories."""
+    from rustydb_client.client import connect, read_password_file
+
+    from .take import BackupFailed
+
+    password = read_password_file(args.password_file)
+    with connect(args.host, args.port, user=args.user, password=password) as conn:
+        shown = conn.execute("SHOW backup_repositories").rows[0][0]
+    urls = [u for u in shown.split(", ") if u]
+    if not 1 <= number <= len(urls):
+        configured = ", ".join(f"{i} = {u}" for i, u in enumerate(urls, 1)) or "none"
+        raise BackupFailed(
+            f"the server has no backup repository {number} (backup_repositories: {configured}); "
+            "give a number from that list, or the repository's directory or s3:// URL"
+        )
+    return urls[number - 1]
+
+
+class RepoTarget:
+    """Where rusty-db-backup --type ... --repo URL writes the backup it receives."""
+
+    def __init__(self, url: str):
+        self.url = url if is_s3(url) else os.path.abspath(url)
+        self.repo = open_repo(self.url)
+        self.local = not is_s3(url)
+        self._tmp: str | None = None
+        # Reachable, with working credentials, before the server starts a backup for nothing.
+        self.repo.stat(repo_catalog.INDEX_KEY)
+
+    @property
+    def request_output(self) -> str:
+        """What the request names as the output, before the backup has an id."""
+        return self.url
+
+    def output_for(self, manifest: Manifest) -> str:
+        """The file to write the backup into, once its id is known."""
+        key = repo_catalog.backup_key(manifest.backup_id)
+        if self.repo.stat(key) is not None:
+            raise FileExistsError(f"repository {self.repo.url} already holds {key}; backups are never overwritten")
+        if self.local:
+            path = self.repo.path(key)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            return path
+        self._tmp = tempfile.mkdtemp(prefix="rustydb-backup-")
+        return os.path.join(self._tmp, f"{manifest.backup_id}.backup")
+
+    def store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
+        """Upload the complete file (S3), record it in the repository's catalog; its location."""
+        try:
+            return self._store(path, manifest, header, end_lsn)
+        except BaseException:
+            if self.local:  # never recorded: not left taking space in the repository
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
+
+    def _store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
+        key = repo_catalog.backup_key(manifest.backup_id)
+        size = os.path.getsize(path)
+        if not self.local:
+            self.repo.put_stream(key, repo_catalog.file_chunks(path), if_absent=True)
+        entry = {
+            "backup_id": header.backup_id,
+            "backup_type": str(header.backup_type),
+            "started_at": header.created_us // 1_000_000,
+            "completed_at": int(time.time()),
+            "start_lsn": header.start_lsn,
+            "end_lsn": end_lsn,
+            "timeline": header.timeline,
+            "parent_id": header.parent_id,
+            "base_full_id": header.base_full_id,
+            "databases": manifest.database_names,
+            "compression": header.compression,
+            "encryption": header.encrypted,
+            "partial": manifest.partial,
+        }
+        repo_catalog.record(self.repo, repo_catalog.entry_document(entry, size))
+        return location_in(self.url, key)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None

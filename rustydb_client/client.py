@@ -419,11 +419,37 @@ class Connection:
         try:
             self._sock.sendall(frame)
         except OSError as e:
+            refusal = self._error_before_close()
             self._drop()
+            if refusal is not None:
+                what = "refused the session" if self._protocol.session_id is None else "closed the connection"
+                raise ConnectionFailed(f"the server at {self._where} {what}: {refusal.message}", refusal.code) from None
             raise ConnectionFailed(
                 f"lost the connection to {self._where} while sending ({e.strerror or e}); the server may have stopped",
                 "connection_lost",
             ) from None
+
+    def _error_before_close(self) -> Error | None:
+        """After a failed send: the error the server sent before closing, or None.
+
+        A server refusing a connection (max_connections, say) answers at once
+        and closes without reading the hello; the hello's send then fails, but
+        the answer saying why is waiting to be read."""
+        try:
+            self._sock.settimeout(1.0)
+            while True:
+                event = self._protocol.next_event()
+                if event is NEED_DATA:
+                    data = self._sock.recv(_RECV_SIZE)
+                    if not data:
+                        return None
+                    self._protocol.receive_data(data)
+                elif isinstance(event, Error):
+                    return event
+                elif isinstance(event, ConnectionClosed):
+                    return None
+        except Exception:  # whatever the broken connection holds, the send's failure is reported instead
+            return None
 
     def next_event(self):
         """The next event from the server; blocks until it arrives.

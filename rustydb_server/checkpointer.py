@@ -74,6 +74,10 @@ class Checkpointer:
         while True:
             deadline = last + to_seconds("checkpoint_timeout", self._settings["checkpoint_timeout"])
             wake = min(deadline, self._retry_at)
+            if self._engine.durable_first_databases():
+                # Their commits fsync before SQLite commits them until a
+                # checkpoint of them completes: try again soon.
+                wake = min(wake, last + RETRY_INCOMPLETE_S)
             if self._engine.read_only_reason is not None:
                 wake = min(wake, trio.current_time() + RETRY_READ_ONLY_S)
             with trio.move_on_at(wake):
@@ -83,6 +87,12 @@ class Checkpointer:
             if self._engine.read_only_reason is not None and not self._requests:
                 await self._try_resume()
             reason = self._due(deadline)
+            if (
+                reason is None
+                and self._engine.durable_first_databases()
+                and trio.current_time() >= last + RETRY_INCOMPLETE_S
+            ):
+                reason = "incomplete"
             if reason is None:
                 continue
             complete = await self._run_one(reason)

@@ -83,6 +83,11 @@ class Control:
     last_full_backup: dict | None = None
     # Set by a restore that kept the data directory it replaced: where it is.
     previous_data_dir: str | None = None
+    # The databases a SQLite checkpoint is copying frames into right now
+    # (written, fsynced, before it starts and again after it ends). Recovery
+    # keeps their SQLite -wal (every frame in it is durable, SQLite redoes the
+    # copy) and discards every other database's -wal and -shm.
+    checkpointing: list = dataclasses.field(default_factory=list)
 
     def encode(self) -> bytes:
         body = msgpack.packb(dataclasses.asdict(self), use_bin_type=True)

@@ -267,6 +267,10 @@ class Dispatcher:
             key = costs.key(session.database, sql)
             if costs.may_inline(key):
                 result = self._inline(key, sql, keywords, batch_rows, budget)
+                if result is not None and session.durable_wait:
+                    # What it read includes commits not yet durable: the
+                    # answer waits for their flush, off the event loop.
+                    await trio.to_thread.run_sync(self.services.engine.flush_wal, session.durable_wait)
         if result is None:
             result = await self._in_thread(session.run, sql, keywords, batch_rows)
             if budget:

@@ -93,6 +93,10 @@ class FileOps:
 
     #: the path each open descriptor was opened as (subclasses need not call __init__)
     _names: dict[int, str] | None = None
+    #: the SQLite VFS the engine opens its databases through (None: SQLite's
+    #: default). A test registers one that records what SQLite synced, to
+    #: simulate a power cut on SQLite's files as this class does on ours.
+    sqlite_vfs: str | None = None
 
     def named(self, error: OSError, fd: int) -> OSError:
         """``error`` of an operation on ``fd``, naming the file ``fd`` was opened as."""

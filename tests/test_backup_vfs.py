@@ -16,9 +16,11 @@ from rustydb_server.container.errors import BackupCorruptError
 from rustydb_server.container.format import RECORD
 from rustydb_server.container.reader import BackupReader
 from rustydb_server.container.writer import BackupWriter
+from rustydb_server.engine.database import create_database_file, open_connection
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.session import SqlSession
 from rustydb_server.keys import KeyFileSource
+from rustydb_server.restore.table import copy_table
 from rustydb_server.settings import Settings
 
 KEY = KeyFileSource(os.urandom(32), "/keys/test.key")
@@ -174,3 +176,28 @@ def test_damaged_record_head_fails_at_open(source, tmp_path):
     bad.write_bytes(data)
     with pytest.raises(BackupCorruptError, match="chunk 5.*header checksum"):
         open_backup_database(str(bad), "rustydb")
+
+
+@pytest.mark.parametrize("which", ["plain", "sealed"])
+def test_copy_table_attaches_the_backup_and_leaves_it_readable(source, which, tmp_path):
+    """restore/table.py's copy: SQLite itself copies the rows (the backup's database attached to
+    the new file through this VFS); detaching it leaves the backup connection working."""
+    key = KEY if which == "sealed" else None
+    src = apsw.Connection(source["db"], flags=apsw.SQLITE_OPEN_READONLY)
+    conn = open_backup_database(source[which], "rustydb", key=key)
+    dest_path = str(tmp_path / "copy.sqlite")
+    create_database_file(dest_path, 1)
+    dest = open_connection(dest_path)
+    try:
+        assert copy_table(conn, dest, "customers") == ROWS
+        assert copy_table(conn, dest, "notes") == 3
+        for sql in ("SELECT rowid, * FROM customers ORDER BY id", "SELECT * FROM notes ORDER BY k"):
+            assert rows_of(dest, sql) == rows_of(src, sql), sql
+        assert rows_of(dest, "SELECT name FROM sqlite_schema WHERE type = 'index' AND name = 'customers_name'")
+        assert rows_of(dest, "PRAGMA integrity_check") == [("ok",)]
+        assert {r[1] for r in rows_of(dest, "PRAGMA database_list")} <= {"main", "temp"}  # the backup detached
+        assert rows_of(conn, "SELECT count(*) FROM customers") == [(ROWS,)]  # and still reads
+    finally:
+        dest.close()
+        conn.close()
+        src.close()

@@ -26,6 +26,11 @@ class Engine:
         self.fail_with: Exception | None = None
         self.complete = True
         self.sessions = set()  # open client sessions: none here
+        # Databases whose last checkpoint was incomplete (commits durable first).
+        self.durable_first: list[str] = []
+
+    def durable_first_databases(self) -> list[str]:
+        return self.durable_first
 
     def wal_bytes_since_checkpoint(self) -> int:
         return self.wal_bytes
@@ -165,3 +170,20 @@ async def test_only_timed_checkpoints_may_be_skipped_on_an_idle_server(checkpoin
     await checkpointer.checkpoint()
     assert engine.reasons == ["time", "wal size", "requested"]
     assert engine.skip_if_idle == [True, False, False]
+
+
+async def test_a_database_left_durable_first_is_checkpointed_again_soon_until_one_completes(
+    checkpointer, engine, clock
+):
+    """A backup snapshot's checkpoint (not the checkpointer's) ended incomplete:
+    its database's commits fsync first until a checkpoint of it completes."""
+    engine.durable_first = ["rustydb"]
+    engine.complete = False
+    checkpointer.settings_changed()
+    await trio.sleep(5)
+    assert engine.reasons and set(engine.reasons) == {"incomplete"}
+    tries = len(engine.reasons)
+    engine.complete = True
+    engine.durable_first = []
+    await trio.sleep(60)
+    assert len(engine.reasons) <= tries + 1  # the one that completed, then quiet until the timeout

@@ -238,6 +238,9 @@ async def test_the_checkpointer_retries_a_read_only_engine_every_second(autojump
         def wal_bytes_since_checkpoint(self):
             return 0
 
+        def durable_first_databases(self):
+            return []
+
         def try_resume_writes(self):
             self.attempts += 1
             if self.attempts == 3:

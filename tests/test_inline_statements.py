@@ -356,7 +356,9 @@ async def test_an_inline_plain_begin_opens_the_transaction(server, session):
     assert rows_of(await query(session, "SELECT id FROM t")) == [[9]]
 
 
-async def test_no_inline_read_sees_a_commit_before_its_wal_record_is_durable(server, session):
+async def test_no_inline_read_answers_with_a_commit_before_its_wal_record_is_durable(server, session):
+    """SQLite commits before the WAL flush; a read whose snapshot holds that
+    commit answers only after the flush, still inline (its wait is off the loop)."""
     costs = server.costs
     await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY)")
     await query(session, "INSERT INTO t VALUES (1)")
@@ -365,15 +367,24 @@ async def test_no_inline_read_sees_a_commit_before_its_wal_record_is_durable(ser
         await learn(server, reader, "SELECT count(*) FROM t")
         fileops = server.fileops
         fileops.hold = True
+        answers = []
+
+        async def read():
+            answers.append(rows_of(await query(reader, "SELECT count(*) FROM t")))
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(query, session, "INSERT INTO t VALUES (2)")
             await trio.to_thread.run_sync(fileops.held.wait, 30)
-            # The insert's WAL record is written, its fdatasync not done.
+            # The insert's WAL record is written and SQLite committed it; its
+            # fdatasync is not done: the read sees the row and must wait.
             inline_runs = costs.inline_runs
-            assert rows_of(await query(reader, "SELECT count(*) FROM t")) == [[1]]
+            nursery.start_soon(read)
+            await trio.sleep(0.3)
+            assert answers == []
             assert costs.inline_runs == inline_runs + 1
             fileops.hold = False
             fileops.release.set()
+        assert answers == [[[2]]]
         assert rows_of(await query(reader, "SELECT count(*) FROM t")) == [[2]]
     finally:
         await reader[0].close()

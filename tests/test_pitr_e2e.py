@@ -327,6 +327,19 @@ def test_pitr_from_an_encrypted_archive(server_factory, tmp_path, monkeypatch):
     target = history[25]
     out, _ = restore(tmp_path, base, archive, "restored-enc", "--recovery-target-txid", str(target["txid"]))
     assert restored_digest(out) == target["digest"]
+    # rusty-db-backup --query at that point reads the encrypted base and archive in place: the same rows.
+    sql = "SELECT * FROM accounts ORDER BY id"
+    proc = run_tool(
+        "rusty-db-backup", "--query", str(base), sql, "--archive-dir", str(archive),
+        "--recovery-target-txid", str(target["txid"]), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    db = apsw.Connection(os.path.join(out, "databases", "rustydb.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        assert [tuple(r) for r in answer["rows"]] == db.execute(sql).fetchall() and answer["in_place"]
+    finally:
+        db.close()
     monkeypatch.delenv("RUSTYDB_BACKUP_KEY_FILE")
     out, proc = restore(tmp_path, base, archive, "nokey", "--recovery-target-txid", str(target["txid"]), check=False)
     assert proc.returncode == 1 and "key" in proc.stderr.lower()

@@ -316,6 +316,9 @@ def build(
         for name in sorted(engine.databases):
             stack.enter_context(engine.databases[name].commit_lock.held("an incremental backup"))
         end_lsn = engine.wal.end_lsn
+        # Sessions commit in SQLite before their WAL flush: the incremental
+        # holds only durable records.
+        engine.flush_wal(end_lsn)
         next_txid = engine.peek_next_txid()
         last_commit = engine._last_commit_us
         if tracking is not None and start <= end_lsn:
@@ -393,7 +396,9 @@ def _pin_readers(engine: Engine, names: list[str] | None) -> dict[str, apsw.Conn
             if handle is None or handle.dropped:
                 continue
             engine.require_caught_up(handle)
-            conn = engine_db.open_connection(handle.path)
+            # A server connection: SQLite never checkpoints from it, not even
+            # when it is the last to close (the engine's rule for live databases).
+            conn = engine_db.open_connection(handle.path, server=True, vfs=engine.fileops.sqlite_vfs)
             readers[name] = conn
             conn.execute("BEGIN")
             conn.execute(f"SELECT count(*) FROM {engine_db.STATE_TABLE}").fetchall()

@@ -142,12 +142,12 @@ class Snapshot:
             handles = [engine.get_database(n) for n in self.names]  # unknown: a clear error
             for h in handles:
                 self._handles[h.name] = h
-                self.conns[h.name] = database.open_connection(h.path)
+                self.conns[h.name] = _open(engine, h.path)
                 # A second reader at the same point counts rows while the
                 # first one reads pages.
-                self._count_conns[h.name] = database.open_connection(h.path)
+                self._count_conns[h.name] = _open(engine, h.path)
                 # Most of SQLite's WAL reaches the file before writers pause.
-                _checkpoint(self.conns[h.name])
+                engine.checkpoint_ahead(h)
             t0 = time.perf_counter()
             for h in handles:  # sorted order: no deadlock with another snapshot
                 stack.enter_context(h.commit_lock.held("a backup snapshot"))
@@ -160,7 +160,7 @@ class Snapshot:
                 engine.change_tracking.start(self.end_lsn)
             self.next_txid = engine.peek_next_txid()
             self.last_commit_time_us = engine._last_commit_us
-            self.direct = {h.name for h in handles if _checkpoint(self.conns[h.name])}
+            self.direct = {h.name for h in handles if engine.checkpoint_database(h, self.conns[h.name])}
             for name in self.direct:
                 # Counting reads every page; mapped, it skips a pread per page.
                 # Safe only where the file is the snapshot:
@@ -357,12 +357,10 @@ def _remove_copy(path: str) -> None:
             os.unlink(p)
 
 
-def _checkpoint(conn: apsw.Connection) -> bool:
-    """A PASSIVE checkpoint; True when every committed frame is in the file."""
-    try:
-        return database.checkpoint(conn)
-    except apsw.BusyError:  # another checkpoint is running
-        return False
+def _open(engine, path: str) -> apsw.Connection:
+    """A server connection to a live database (SQLite checkpoints only when the
+    engine says), syncing its checkpoints (``Engine.checkpoint_database``)."""
+    return database.open_connection(path, server=True, synchronous="NORMAL", vfs=engine.fileops.sqlite_vfs)
 
 
 def _file_mismatch(file_size: int, head: bytes, page_size: int, pages: int) -> str | None:

@@ -100,6 +100,7 @@ class BackupVFS(apsw.VFS):
         self._files: dict[str, EntryReader] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._opens: dict[str, int] = {}  # open handles per path: another connection may attach it
 
     def register(self, reader: EntryReader) -> str:
         """A fresh file name under which the VFS serves ``reader``."""
@@ -119,6 +120,8 @@ class BackupVFS(apsw.VFS):
         path = name.filename() if isinstance(name, apsw.URIFilename) else name
         with self._lock:
             reader = self._files.get(path)
+            if reader is not None:
+                self._opens[path] = self._opens.get(path, 0) + 1
         if reader is None:
             # Journals and WAL files of a backup image do not exist; nor does anything else.
             raise apsw.CantOpenError(f"{path}: no such file in the backup VFS")
@@ -126,6 +129,12 @@ class BackupVFS(apsw.VFS):
         return BackupEntryFile(reader, lambda: self._close(path))
 
     def _close(self, path: str) -> None:
+        """The last handle on ``path`` closed: the entry is served no more."""
+        with self._lock:
+            self._opens[path] -= 1
+            if self._opens[path]:
+                return
+            del self._opens[path]
         reader = self.unregister(path)
         if reader is not None:
             reader.close()

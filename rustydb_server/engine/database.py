@@ -25,20 +25,39 @@ class ReplayError(Exception):
     """A WAL record could not be applied; the database is left as it was."""
 
 
-def open_connection(path: str, *, create: bool = False) -> apsw.Connection:
+def open_connection(
+    path: str, *, create: bool = False, server: bool = False, synchronous: str = "NORMAL", vfs: str | None = None
+) -> apsw.Connection:
+    """Open a database file in WAL mode.
+
+    ``server``: a connection of the running server to one of its live
+    databases. SQLite then never checkpoints by itself, neither when its WAL
+    grows (``wal_autocheckpoint=0``) nor when the last connection closes: a
+    session commits in SQLite before its WAL record is flushed, so only the
+    engine, which flushes first, may let frames into the database file (see
+    ``Engine.checkpoint_database``). ``synchronous``: sessions commit with
+    ``OFF`` (our WAL is what makes a commit durable), the engine's checkpoint
+    connection uses ``NORMAL`` (SQLite syncs its WAL before copying and the
+    database file after). ``vfs``: the SQLite VFS (a power-cut simulation
+    in tests; ``FileOps.sqlite_vfs``).
+    """
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
     if create:
         flags |= apsw.SQLITE_OPEN_CREATE
     elif not os.path.exists(path):
         raise FileNotFoundError(path)
-    conn = apsw.Connection(path, flags=flags)
+    conn = apsw.Connection(path, flags=flags, vfs=vfs) if vfs else apsw.Connection(path, flags=flags)
+    if server:
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
     conn.set_busy_timeout(BUSY_TIMEOUT_MS)
     _set_wal_mode(conn)
-    conn.execute("PRAGMA synchronous=NORMAL")
-    # Checkpoints of SQLite's own WAL are run by our checkpointer, which knows
-    # which of our LSNs they make durable; automatic ones would still be safe
-    # but make the timing of fsyncs unpredictable.
-    conn.execute("PRAGMA wal_autocheckpoint=10000")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    if server:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+    else:
+        # Outside the running server (restores, PITR, recovery of durable
+        # records) SQLite may checkpoint as it likes.
+        conn.execute("PRAGMA wal_autocheckpoint=10000")
     return conn
 
 
@@ -58,9 +77,11 @@ def _set_wal_mode(conn: apsw.Connection) -> None:
             time.sleep(0.002)
 
 
-def open_client_connection(path: str) -> apsw.Connection:
-    """A client session's connection: opened as every other, then confined."""
-    conn = open_connection(path)
+def open_client_connection(path: str, vfs: str | None = None) -> apsw.Connection:
+    """A client session's connection: a server connection that commits
+    without syncing (synchronous=OFF: the engine's WAL flush makes a commit
+    durable), then confined."""
+    conn = open_connection(path, server=True, synchronous="OFF", vfs=vfs)
     confine(conn)
     return conn
 
@@ -153,8 +174,11 @@ def user_tables(conn: apsw.Connection) -> list[str]:
 def checkpoint(conn: apsw.Connection) -> bool:
     """Run a PASSIVE checkpoint; True when every frame reached the database file.
 
-    SQLite syncs its WAL before it backfills, so a complete checkpoint means every
-    commit made so far is on disk.
+    On a ``synchronous=NORMAL`` connection SQLite syncs its WAL before it
+    backfills and the database file after, so a complete checkpoint means every
+    commit made so far is on disk. A PASSIVE checkpoint never waits for a
+    reader: frames newer than the oldest reader's snapshot are left for the
+    next one, and the file then holds the state of an older commit, whole.
     """
     busy, log_frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
     return busy == 0 and (log_frames == -1 or done == log_frames)

@@ -1,8 +1,14 @@
 """The storage engine of one data directory: databases, the WAL, txids, checkpoints.
 
 This is synchronous code, called from trio worker threads. The order of a
-commit is fixed (see ``commit``): WAL record appended and fsynced, then the
-SQLite commit that also stores ``applied_lsn``, then the answer to the client.
+commit is fixed (see ``commit``): WAL record appended (written, not yet
+fsynced), then the SQLite commit that also stores ``applied_lsn`` (SQLite's
+``synchronous=OFF``), then the shared WAL flush that covers the record, then
+the answer to the client. SQLite may hold a commit our WAL has not made
+durable yet, so SQLite never checkpoints by itself: the engine does
+(``checkpoint_database``), after a flush with the database's commits paused,
+recording it in the control file; recovery discards SQLite's -wal unless a
+checkpoint was copying it (``_discard_sqlite_wals``).
 """
 
 from __future__ import annotations
@@ -97,6 +103,15 @@ class DatabaseHandle:
     pending: list = dataclasses.field(default_factory=list)
     sessions: int = 0
     dropped: bool = False
+    # A database's checkpoints: attempted, and completed (every frame copied).
+    checkpoints: int = 0
+    checkpoints_complete: int = 0
+    # The last checkpoint could not copy every frame (a reader's snapshot
+    # held it back). SQLite copies, per page, only its newest frame, so the
+    # file alone is then no whole state: the control file keeps naming the
+    # database (recovery keeps its -wal) and each commit's WAL record is
+    # made durable before SQLite commits it, until a checkpoint completes.
+    durable_first: bool = False
     # Signalled whenever a write transaction on this database ends, so a
     # session waiting for SQLite's write lock retries at once instead of
     # sleeping through SQLite's own back-off.
@@ -149,6 +164,24 @@ class DatabaseHandle:
             self.write_ended.wait(timeout)
 
 
+def _checkpoint_error(e: BaseException) -> EngineError:
+    if is_disk_full(e):
+        return EngineError(
+            f"checkpoint failed: the disk is full ({_reason(e)}); nothing is lost (the WAL "
+            "holds every commit) but the WAL keeps growing. Free disk space; the "
+            "checkpointer tries again by itself",
+            code="disk_full",
+        )
+    return EngineError(f"checkpoint failed: {_reason(e)}", code="io_error")
+
+
+def _has_sqlite_wal(path: str) -> bool:
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except FileNotFoundError:
+        return False
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -183,6 +216,16 @@ class Engine:
         self._last_commit_us = control.last_commit_time_us
         self._registry_lock = WatchedLock("the database registry lock", "a session or database change", clock)
         self._checkpoint_lock = WatchedLock("the checkpoint lock", "a checkpoint", clock)
+        # Held while the control file is built from self.control and written,
+        # so concurrent writers (a checkpoint's marks, a backup's record) never
+        # write an older picture over a newer one. Innermost: nothing is
+        # taken while it is held.
+        self._control_lock = threading.Lock()
+        # Set when the control file may still name a database as being
+        # checkpointed after its checkpoint ended (the end could not be
+        # written): commits then flush before SQLite commits, as recovery
+        # would keep that database's -wal, until a control write succeeds.
+        self._durable_first = False
         self.last_checkpoint_lsn: int = control.checkpoint_lsn
         self._checkpoint_end_lsn: int | None = None  # where this process's last checkpoint record ends
         self.recovery_stats: dict = {}
@@ -266,6 +309,11 @@ class Engine:
     def _recover(self) -> None:
         c = self.control
         t0 = time.perf_counter()
+        discarded = self._discard_sqlite_wals()
+        # Replay hands records to SQLite connections that may checkpoint: the
+        # records must be durable first (after a crash the WAL's tail may
+        # still be only in the page cache).
+        self._sync_wal_from(c.redo_lsn)
         applier = recovery.RecordApplier(self.datadir)
         applier.last_commit_time_us = c.last_commit_time_us
         end_lsn = c.redo_lsn
@@ -312,6 +360,8 @@ class Engine:
         elapsed = time.perf_counter() - t0
         self.recovery_stats = {
             "was_clean": c.state == "shutdown",
+            "sqlite_wals_discarded": discarded,
+            "sqlite_wals_kept": sorted(set(c.checkpointing)),
             "replayed_records": replayed,
             "skipped_records": skipped,
             "redo_lsn": format_lsn(c.redo_lsn),
@@ -326,6 +376,47 @@ class Engine:
                 raise
             self._enter_read_only(e)
 
+    def _discard_sqlite_wals(self) -> int:
+        """Rule (d) of recovery: SQLite's -wal of a database may hold commits
+        our WAL never made durable (sessions commit in SQLite first), so it is
+        discarded, with its -shm, before anything opens the database: the file
+        then holds exactly what the last checkpoint copied, all of it durable,
+        and replay brings it up to date. The -wal of a database the control
+        file says was being checkpointed is kept: the checkpoint ran after a
+        flush with the database's commits paused, so every frame in it is
+        durable, and SQLite redoes the copy the crash may have torn.
+
+        A restored directory's first start keeps every file: the restore, not
+        this server, wrote them. Returns how many -wal files were removed.
+        """
+        c = self.control
+        if c.state == "restored":
+            return 0
+        keep = set(c.checkpointing)
+        removed = 0
+        for name in self.datadir.list_databases():
+            if name in keep:
+                log.info("a checkpoint was in progress: SQLite's WAL kept", database=name)
+                continue
+            path = self.datadir.database_path(name)
+            for suffix in ("-wal", "-shm"):
+                try:
+                    self.fileops.unlink(path + suffix)
+                except FileNotFoundError:
+                    continue
+                removed += suffix == "-wal"
+        if removed:
+            self.fileops.fsync_dir(self.datadir.databases_dir)
+        return removed
+
+    def _sync_wal_from(self, start_lsn: int) -> None:
+        """fsync this timeline's segments from the one holding ``start_lsn`` on."""
+        c = self.control
+        first = start_lsn // c.segment_size
+        for timeline, segno, name in walseg.list_segments(self.datadir.wal_dir):
+            if timeline == c.timeline and segno >= first:
+                self.fileops.fsync_file(os.path.join(self.datadir.wal_dir, name))
+
     def _new_wal_writer(self, start_lsn: int) -> wal_writer.WalWriter:
         c = self.control
         return wal_writer.WalWriter(
@@ -337,6 +428,17 @@ class Engine:
             fileops=self.fileops,
             on_segment_complete=self._segment_complete,
         )
+
+    def _write_control(self, **changes) -> None:
+        """Write the control file with ``changes``, then take them in memory.
+
+        If the write fails, memory keeps what the file on disk says.
+        """
+        with self._control_lock:
+            self.datadir.write_control(dataclasses.replace(self.control, **changes))
+            for field, value in changes.items():
+                setattr(self.control, field, value)
+            self._durable_first = False
 
     def _finish_startup(self) -> None:
         """The writes that end startup; each step is done once, so a retry
@@ -355,9 +457,13 @@ class Engine:
             self._log_durably(rec, startup=True)
             self._pending_end_of_recovery = None
         if self._pending_running:
-            self.datadir.write_control(dataclasses.replace(c, state="running", next_txid=self._next_txid))
-            c.state = "running"
-            c.next_txid = self._next_txid
+            # Recovery's last connection to each database checkpointed it
+            # whole and removed its -wal; a database whose -wal is still
+            # there stays marked, its commits durable first.
+            marks = [n for n in c.checkpointing if n in self.databases and _has_sqlite_wal(self.databases[n].path)]
+            for name in marks:
+                self.databases[name].durable_first = True
+            self._write_control(state="running", next_txid=self._next_txid, checkpointing=marks)
             self._pending_running = False
 
     def _enter_read_only(self, e: BaseException) -> None:
@@ -447,8 +553,7 @@ class Engine:
             self._branch = (new, waltl.branch(ancestors, c.timeline, end_lsn, f"restore of backup {backup}"))
         old, (new, history) = c.timeline, self._branch
         waltl.write_history(self.datadir.wal_dir, new, history, self.fileops)
-        self.datadir.write_control(dataclasses.replace(c, timeline=new))
-        c.timeline = new
+        self._write_control(timeline=new)
         log.info(
             "restored data directory continues on a new timeline",
             timeline=new,
@@ -513,6 +618,19 @@ class Engine:
             handle.sessions -= 1
 
     def _log_durably(self, rec, *, startup: bool = False) -> tuple[int, int]:
+        """Append ``rec`` and flush the WAL over it: durable on return."""
+        lsn, end = self._append(rec, startup=startup)
+        self.flush_wal(end)
+        return lsn, end
+
+    def _append(self, rec, *, startup: bool = False) -> tuple[int, int]:
+        """Write ``rec`` to the WAL, not yet durable; return (lsn, end).
+
+        Raises EngineError (disk_full, io_error) when nothing was written.
+        The record becomes durable at the next flush, or the server stops
+        (a failed fsync is fatal), so the change tracker hears of it now, in
+        the order of the caller's lock (a database's commit lock).
+        """
         if self.read_only_reason is not None and not startup:
             raise self._read_only_error()
         # A large changeset goes from the session's buffer to the WAL file as
@@ -533,10 +651,6 @@ class Engine:
                 f"could not write the WAL: {e}; the transaction was rolled back",
                 code="io_error",
             ) from e
-        try:
-            self.wal.flush(end)
-        except (wal_writer.WalFsyncError, OSError) as e:
-            self._fatal(str(e))
         segno = (end - 1) // self.control.segment_size
         if segno != self._dirty_segno:
             self._dirty_segno, self._dirty_since = segno, time.monotonic()
@@ -547,6 +661,19 @@ class Engine:
         if self.change_tracking is not None:
             self.change_tracking.logged(lsn, rec)
         return lsn, end
+
+    def flush_wal(self, upto: int | None = None) -> int:
+        """Make the WAL durable up to ``upto`` (default: all of it); return the
+        flushed LSN. One fdatasync covers every record written meanwhile, from
+        any session and database (group commit); a failed one stops the server."""
+        try:
+            return self.wal.flush(upto)
+        except (wal_writer.WalFsyncError, OSError) as e:
+            self._fatal(str(e))
+
+    def is_durable(self, lsn: int) -> bool:
+        """Whether the WAL is durable up to ``lsn``, without waiting."""
+        return self.wal.flushed_lsn >= lsn
 
     def segment_dirty_since(self) -> float | None:
         """When the current WAL segment got its first record (None: it has none)."""
@@ -587,7 +714,10 @@ class Engine:
                     "(a restart also creates it)",
                     code="disk_full",
                 ) from e
-            self.databases[name] = DatabaseHandle(name, path, self.clock)
+            handle = self.databases[name] = DatabaseHandle(name, path, self.clock)
+            # Named as being checkpointed (a mark a failed write left): its
+            # -wal would be kept by recovery, so its commits are durable first.
+            handle.durable_first = name in self.control.checkpointing
         log.info("database created", database=name, lsn=format_lsn(lsn))
         return True
 
@@ -616,6 +746,13 @@ class Engine:
                 database.remove_database_files(handle.path)
                 handle.close_read_fd()
                 del self.databases[name]
+                if name in self.control.checkpointing:
+                    # A database created later under the name must not
+                    # inherit the mark (recovery would keep its -wal).
+                    try:
+                        self._mark_checkpointing(name, False)
+                    except OSError as e:
+                        log.warning("the control file still names a dropped database as checkpointed", error=_reason(e))
         log.info("database dropped", database=name, lsn=format_lsn(lsn))
         return True
 
@@ -623,13 +760,23 @@ class Engine:
     def commit(self, handle: DatabaseHandle, conn, txid: int | None, steps) -> tuple[int, int, int]:
         """Log and commit the session's open SQLite transaction; return (lsn, txid, time).
 
-        Caller holds an open write transaction on ``conn``. An EngineError
-        raised before the WAL record is durable means the transaction was
-        rolled back and nothing was committed. Once the record is durable the
-        transaction IS committed (recovery replays it): if SQLite then fails,
-        the record is applied from the WAL and the commit answered as usual,
-        or, if that fails too, the error is ``committed_not_applied``, which
-        says so (see ``_after_durable_failure``).
+        Caller holds an open write transaction on ``conn``. Under the
+        database's commit lock the record is written to the WAL (not yet
+        durable) and SQLite commits with the record's LSN as ``applied_lsn``,
+        releasing its write lock for the next transaction at once; then,
+        outside the lock, this waits for the flush that covers the record
+        (one fdatasync for every commit that arrived meanwhile). Nothing
+        reads the commit before that flush either (``SqlSession``'s
+        visibility wait), and SQLite copies nothing into the database file
+        before it (``checkpoint_database``).
+
+        An EngineError raised before the record was written means the
+        transaction was rolled back and nothing was committed. Once it is
+        written the transaction IS committed (recovery replays it once it is
+        durable, and the server stops if it cannot be made so): if SQLite
+        then fails, the record is made durable and applied from the WAL and
+        the commit answered as usual, or, if that fails too, the error is
+        ``committed_not_applied``, which says so (see ``_after_durable_failure``).
         """
         if self.read_only_reason is not None:
             self.try_resume_writes()  # still read-only: the WAL append below refuses
@@ -652,18 +799,25 @@ class Engine:
             commit_time = self._commit_time()
             rec = walrec.TxRecord(txid, commit_time, handle.name, tuple(steps))
             try:
-                lsn, _ = self._log_durably(rec)
+                lsn, end = self._append(rec)
             except (EngineError, FatalWalError):
                 conn.execute("ROLLBACK")
                 raise
+            if self._durable_first or handle.durable_first:
+                # The control file may name this database as being
+                # checkpointed: its -wal would survive a crash, so nothing
+                # may reach it before it is durable.
+                self.flush_wal(end)
             try:
                 self.sqlite_steps.commit(conn, lsn, txid, commit_time)
             except Exception as e:
+                self.flush_wal(end)
                 self._after_durable_failure(handle, conn, lsn, rec, e)
             finally:
                 handle.notify_write_ended()
-            with self._commits_lock:
-                self.commits += 1
+        self.flush_wal(end)
+        with self._commits_lock:
+            self.commits += 1
         return lsn, txid, commit_time
 
     def _after_durable_failure(self, handle: DatabaseHandle, conn, lsn: int, rec, error: Exception) -> None:
@@ -737,7 +891,7 @@ class Engine:
     def _catch_up(self, handle: DatabaseHandle) -> None:
         """Apply ``handle.pending`` (committed records SQLite failed) from the WAL."""
         try:
-            conn = replay.open_replay_connection(handle.path)
+            conn = replay.open_replay_connection(handle.path, server=True, vfs=self.fileops.sqlite_vfs)
         except Exception as e:
             raise self._catching_up_error(handle, e) from e
         try:
@@ -764,6 +918,11 @@ class Engine:
             code="catching_up",
         )
 
+    def durable_first_databases(self) -> list[str]:
+        """Databases whose last checkpoint did not complete: their commits
+        flush before SQLite commits them until one does."""
+        return sorted(h.name for h in list(self.databases.values()) if h.durable_first)
+
     def pending_databases(self) -> list[str]:
         """Databases holding committed transactions SQLite has not applied yet."""
         return sorted(h.name for h in list(self.databases.values()) if h.pending)
@@ -776,12 +935,14 @@ class Engine:
             return  # a backup of some databases only is no base for an incremental
         info = manifest.control_record()
         with self._checkpoint_lock.held("recording a backup"):
-            self.control.last_backup = info
+            changes = {"last_backup": info}
             if manifest.backup_type.is_full_base:
-                self.control.last_full_backup = info
+                changes["last_full_backup"] = info
             try:
-                self.datadir.write_control(self.control)
+                self._write_control(**changes)
             except OSError as e:
+                for field, value in changes.items():
+                    setattr(self.control, field, value)
                 if not is_disk_full(e):
                     raise
                 # The backup itself is whole; the server knows it as the base
@@ -852,14 +1013,7 @@ class Engine:
             except (EngineError, FatalWalError):
                 raise
             except (OSError, apsw.Error) as e:
-                if is_disk_full(e):
-                    raise EngineError(
-                        f"checkpoint failed: the disk is full ({_reason(e)}); nothing is lost (the WAL "
-                        "holds every commit) but the WAL keeps growing. Free disk space; the "
-                        "checkpointer tries again by itself",
-                        code="disk_full",
-                    ) from e
-                raise EngineError(f"checkpoint failed: {_reason(e)}", code="io_error") from e
+                raise _checkpoint_error(e) from e
 
     def _checkpoint_locked(self, reason: str, skip_if_idle: bool) -> dict:
         t0 = time.perf_counter()
@@ -868,7 +1022,12 @@ class Engine:
             return {"complete": True, "skipped": True, "reason": reason}
         incomplete = []
         for handle in list(self.databases.values()):
-            # Waits for a commit between WAL append and SQLite commit.
+            try:
+                self.checkpoint_ahead(handle)
+            except FileNotFoundError:
+                continue
+            # Pauses this database's commits (waiting for one in flight)
+            # while the rest of its checkpoint runs; the others' go on.
             with handle.commit_lock.held("a checkpoint"):
                 if handle.pending:
                     try:
@@ -878,15 +1037,12 @@ class Engine:
                     if handle.pending:
                         # Recovery must still replay it: redo from its record.
                         redo = min(redo, handle.pending[0][0])
-            try:
-                conn = database.open_connection(handle.path)
-            except FileNotFoundError:
-                continue
-            try:
-                if not database.checkpoint(conn):
-                    incomplete.append(handle.name)
-            finally:
-                conn.close()
+                try:
+                    complete = self.checkpoint_database(handle)
+                except FileNotFoundError:
+                    continue
+            if not complete:
+                incomplete.append(handle.name)
         if incomplete:
             # A reader kept SQLite from copying every frame; keep the old redo
             # point so recovery still starts early enough.
@@ -901,9 +1057,7 @@ class Engine:
         }
         # Written before it is taken in: if the disk is full, the redo point
         # stays where the control file on disk says it is.
-        self.datadir.write_control(dataclasses.replace(self.control, **moved))
-        for field, value in moved.items():
-            setattr(self.control, field, value)
+        self._write_control(**moved)
         self._checkpoint_asked = False
         removed = self._remove_old_segments(redo)
         self.last_checkpoint_lsn = ck_lsn
@@ -915,6 +1069,111 @@ class Engine:
         }
         log.info("checkpoint complete", **figures)
         return {"complete": True, **figures}
+
+    def checkpoint_database(self, handle: DatabaseHandle, conn=None) -> bool:
+        """Run a SQLite checkpoint of ``handle``'s database; True when every
+        frame of its SQLite WAL is now in the database file.
+
+        The caller holds ``handle.commit_lock``, so no commit of the
+        database runs meanwhile. SQLite may hold commits whose WAL record is
+        not durable yet, so the WAL is flushed first: every frame the
+        checkpoint copies is then a durable commit. The control file names
+        the database from before the copy starts to after it ends (both
+        written with fsync), so that recovery keeps SQLite's -wal if a crash
+        tears the copy, and discards it otherwise. ``conn`` (a server
+        connection opened with ``synchronous=NORMAL``) is used if given, else
+        one is opened for the checkpoint. A reader's snapshot never makes it
+        wait: frames it still needs are left for the next checkpoint (False).
+        SQLite then copied only each page's newest frame older than that
+        snapshot, which leaves the file alone in no whole state: the control
+        file keeps naming the database, so recovery keeps its -wal, and its
+        commits make their WAL record durable before SQLite commits them
+        (``DatabaseHandle.durable_first``) until a checkpoint completes.
+        """
+        own = conn is None
+        if own:
+            conn = database.open_connection(handle.path, server=True, synchronous="NORMAL", vfs=self.fileops.sqlite_vfs)
+        try:
+            self.flush_wal()
+            if handle.name not in self.control.checkpointing:
+                try:
+                    self._mark_checkpointing(handle.name, True)
+                except OSError as e:
+                    raise _checkpoint_error(e) from e
+            complete = False
+            try:
+                complete = database.checkpoint(conn)
+            except apsw.BusyError:
+                pass  # another connection's checkpoint is running
+            finally:
+                if complete:
+                    self._mark_checkpointing(handle.name, False)
+                    handle.durable_first = False
+                else:
+                    # Half copied, or not at all: the mark stays (see
+                    # DatabaseHandle.durable_first) until one completes.
+                    handle.durable_first = True
+        finally:
+            if own:
+                conn.close()
+        handle.checkpoints += 1
+        handle.checkpoints_complete += complete
+        return complete
+
+    def checkpoint_ahead(self, handle: DatabaseHandle) -> None:
+        """Copy most of SQLite's WAL of ``handle`` into its file without
+        pausing its commits, before ``checkpoint_database`` copies the rest
+        with them paused (a bulk load leaves hundreds of MB to copy).
+
+        With the commit lock held for a moment: the WAL is flushed, the
+        database named in the control file, its commits switched to durable
+        first (each WAL record flushed before SQLite commits it), and a read
+        transaction opened, whose snapshot holds only durable commits. Then,
+        without the lock, a PASSIVE checkpoint copies what that snapshot
+        holds and no more, while commits go on at the speed of one fsync
+        each: every frame SQLite's -wal gets meanwhile is durable, so
+        recovery may keep it. The caller's ``checkpoint_database`` then
+        clears the mark and the switch if it completes.
+        """
+        vfs = self.fileops.sqlite_vfs
+        conn = database.open_connection(handle.path, server=True, synchronous="NORMAL", vfs=vfs)
+        pin = database.open_connection(handle.path, server=True, vfs=vfs)
+        try:
+            with handle.commit_lock.held("a checkpoint's start"):
+                self.flush_wal()
+                if handle.name not in self.control.checkpointing:
+                    try:
+                        self._mark_checkpointing(handle.name, True)
+                    except OSError as e:
+                        raise _checkpoint_error(e) from e
+                handle.durable_first = True
+                pin.execute("BEGIN")
+                database.read_state(pin)
+            try:
+                database.checkpoint(conn)
+            except apsw.BusyError:
+                pass  # another connection's checkpoint is running
+            pin.execute("COMMIT")
+        finally:
+            pin.close()
+            conn.close()
+
+    def _mark_checkpointing(self, name: str, started: bool) -> None:
+        """Name ``name`` in the control file's ``checkpointing`` (or remove it), durably."""
+        with self._control_lock:
+            now = [n for n in self.control.checkpointing if n != name]
+            marks = [*now, name] if started else now
+            try:
+                self.datadir.write_control(dataclasses.replace(self.control, checkpointing=marks))
+            except BaseException:
+                # The file on disk may say either: until a control write
+                # succeeds, commits flush before SQLite commits.
+                self._durable_first = True
+                if not started:
+                    self.control.checkpointing = marks
+                raise
+            self.control.checkpointing = marks
+            self._durable_first = False
 
     def _remove_old_segments(self, redo: int) -> int:
         archive_on = self.settings["archive_mode"]
@@ -980,17 +1239,13 @@ class Engine:
             handle.close_read_fd()
         if clean and self.fatal_error is None:
             try:
-                self.datadir.write_control(
-                    dataclasses.replace(self.control, state="shutdown", next_txid=self._next_txid)
-                )
+                self._write_control(state="shutdown", next_txid=self._next_txid)
             except OSError as e:
                 if not is_disk_full(e):
                     raise
                 # Recovery at the next start redoes from the checkpoint just made.
                 log.error("the disk is full: the control file could not record the clean shutdown", error=_reason(e))
                 return
-            self.control.state = "shutdown"
-            self.control.next_txid = self._next_txid
 
     def status(self) -> dict:
         return {

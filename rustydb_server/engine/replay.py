@@ -18,8 +18,9 @@ from . import database
 from .database import ReplayError
 
 
-def open_replay_connection(path: str) -> apsw.Connection:
-    conn = database.open_connection(path)
+def open_replay_connection(path: str, **options) -> apsw.Connection:
+    """A connection that applies records; ``options`` as ``database.open_connection``'s."""
+    conn = database.open_connection(path, **options)
     configure_replay_connection(conn)
     return conn
 

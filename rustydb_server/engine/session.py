@@ -105,6 +105,8 @@ class RunInWorker(Exception):
         self.at_deadline = at_deadline
 
 
+_APPLIED_LSN = f"SELECT value FROM main.{STATE_TABLE} WHERE key = 'applied_lsn'"
+
 #: Keywords of the statements that may run inline as reads (with SQLite's
 #: own word that they are read-only).
 INLINE_READ_KEYWORDS = frozenset({"SELECT", "VALUES", "WITH"})
@@ -160,6 +162,12 @@ class SqlSession:
         # that never runs inline) and how long it took (seconds).
         self.last_kind: str | None = None
         self.last_seconds = 0.0
+        # Durable-only visibility: after an inline run, the WAL LSN the flush
+        # must reach before its answer goes out (the caller waits for it,
+        # off the event loop); 0 when none. ``_snapshot_durable``: the open
+        # transaction's snapshot was found durable (it never changes).
+        self.durable_wait = 0
+        self._snapshot_durable = False
         self.use(database_name)
 
     # ------------------------------------------------------------ lifecycle
@@ -174,7 +182,7 @@ class SqlSession:
             )
         handle = self.engine.attach_session(name)
         try:
-            conn = database.open_client_connection(handle.path)
+            conn = database.open_client_connection(handle.path, vfs=self.engine.fileops.sqlite_vfs)
         except Exception:
             self.engine.detach_session(handle)
             raise
@@ -379,6 +387,7 @@ class SqlSession:
         self.engine.ensure_caught_up(self.handle)
         self._sqlite(lambda: self.conn.execute(sql))
         self.in_transaction = True
+        self._snapshot_durable = False
         self._steps = []
         self._savepoints = []
         self._start_capture()
@@ -453,6 +462,7 @@ class SqlSession:
         """
         started = time.perf_counter()
         self.last_kind = None
+        self.durable_wait = 0
         if self.open_since is None:
             self.open_since = time.monotonic()
         if deadline is not None:
@@ -462,6 +472,12 @@ class SqlSession:
             self._trace.clear()
             run = self._start_inline(sql, keywords) if deadline is not None else self.start(sql, keywords)
             rows = self.fetch(run, batch_rows) if run.columns is not None else []
+            wait = self._visibility_wait(run)
+            if wait:
+                if deadline is None:
+                    self.engine.flush_wal(wait)  # in a worker thread: wait here
+                else:
+                    self.durable_wait = wait  # on the event loop: the caller waits
             if run.columns is None or run.done:
                 finished = self.finish(run)
                 self.last_kind = self._inline_kind(run, keywords)
@@ -476,6 +492,36 @@ class SqlSession:
                 self.conn.set_progress_handler(None)
         self.last_seconds = time.perf_counter() - started
         return run, rows, None
+
+    def _visibility_wait(self, run: StatementRun) -> int:
+        """The LSN the WAL must be durable to before ``run``'s answer goes
+        out (0: it is already). A statement's snapshot may include commits
+        SQLite made before their WAL flush; none of what it read may reach
+        the client before they are durable.
+
+        Every commit a snapshot sees wrote its WAL record before SQLite
+        committed, so when the WAL is durable to its end as read now, after
+        the snapshot was taken, there is nothing to wait for. Otherwise the
+        database's ``applied_lsn`` read now (in the same snapshot while the
+        transaction or statement is open, else in a newer one, whose value
+        is never lower: a database's commits store increasing LSNs) names the
+        last commit it can see; the flush must pass that record's LSN.
+        """
+        if run.status or run.autocommit_write or self._snapshot_durable:
+            return 0  # no snapshot read (BEGIN, COMMIT, ...), or its own commit flushed
+        wal = self.engine.wal
+        end = wal.end_lsn
+        if wal.flushed_lsn < end:
+            self._internal = True
+            try:
+                applied = self._sqlite(lambda: self.conn.execute(_APPLIED_LSN).fetchall())[0][0]
+            finally:
+                self._internal = False
+            if wal.flushed_lsn <= applied:
+                return applied + 1
+        if self.in_transaction and not self.conn.getautocommit():
+            self._snapshot_durable = True
+        return 0
 
     def _start_inline(self, sql: str, keywords: list[str]) -> StatementRun:
         kw = keywords[0] if keywords else ""
@@ -631,6 +677,7 @@ class SqlSession:
         steps, self._steps = self._sequence_step(self._steps), []
         txid = self.txid
         self.in_transaction = False
+        self._snapshot_durable = False
         self.txid = None
         try:
             if steps:
@@ -655,6 +702,7 @@ class SqlSession:
                 self.handle.notify_write_ended()
                 self._end_capture()
                 self.in_transaction = False
+                self._snapshot_durable = False
                 self.txid = None
         return "ROLLBACK"
 

@@ -14,9 +14,11 @@ holding the database's write lock, the records committed meanwhile are read
 too and the plan is made again on the whole history, so nothing committed
 between planning and applying is overwritten.
 
-AS OF copies the table as it is now into an in-memory database and applies
-to it the inverse of every change made to it since the target point, read
-from the server's WAL; the query runs on that copy, read-only.
+AS OF reads the database file in a read-only transaction of its own (one
+snapshot: the applied_lsn it holds, and the rows), takes the inverse of every
+change made to the table since the target point from the server's WAL, and
+has asof.present show the table as it was then (a view over the live rows
+and the before-images of the changed ones); the query runs on it, read-only.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from .. import keys
 from ..archive import destination
 from ..archive import segment_file as sf
 from ..engine import database as dbfile
-from ..engine import replay
 from ..errors import ReportedError
 from ..repository import is_s3_url
 from ..restore.pitr import format_time
@@ -301,7 +302,7 @@ def _apply(conn: apsw.Connection, plan: undo_mod.UndoPlan) -> dict[str, int]:
 def as_of(engine, database: str, query: asof_mod.AsOfQuery, max_bytes: int) -> tuple[list[str], list[list]]:
     """Run ``query`` on its table as it was at its target point; (columns, rows)."""
     handle = engine.get_database(database)
-    mem, applied = _copy_table(handle.path, query.table)
+    conn, applied, name, create_sql = _snapshot(handle.path, query.table)
     try:
         history = _history_for(
             engine, database, lambda h: asof_mod.reaches(h.txs, query, h.first_time_us), query.first_to_keep
@@ -311,45 +312,36 @@ def as_of(engine, database: str, query: asof_mod.AsOfQuery, max_bytes: int) -> t
         except asof_mod.AsOfRefused as e:
             raise ForensicsError(f"{e} ({_reach(history)})", "wal_unavailable") from None
         inverse = asof_mod.inverse_for_table(later, query.table)
-        if inverse:
-            try:
-                replay.apply_steps(
-                    mem, [("changeset", inverse)], table_filter=lambda t: t.lower() == query.table.lower()
-                )
-            except apsw.Error as e:
-                raise ForensicsError(f"cannot rebuild table {query.table} as of then: {e}", "as_of_failed") from None
-        return asof_mod.run_read_only(mem, query.sql, max_bytes)
+        try:
+            presented = asof_mod.present(
+                conn, "src", name, create_sql, inverse, copy_all=asof_mod.names_rowid(query.sql)
+            )
+        except apsw.Error as e:
+            raise ForensicsError(f"cannot rebuild table {query.table} as of then: {e}", "as_of_failed") from None
+        return asof_mod.run_read_only(conn, query.sql, max_bytes, presented)
     finally:
-        mem.close()
+        conn.close()  # ends the read transaction on the database file
 
 
-def _copy_table(path: str, table: str) -> tuple[apsw.Connection, int]:
-    """A new in-memory database holding ``table`` of the database file at ``path``
-    as it is now, and the applied_lsn of that state. The rows are copied by
-    SQLite itself (the file attached read-only for the copy, then detached)."""
-    mem = apsw.Connection(":memory:", flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI)
+def _snapshot(path: str, table: str) -> tuple[apsw.Connection, int, str, str]:
+    """A new in-memory connection with the database file at ``path`` attached
+    read-only as ``src`` inside a read transaction (one snapshot until it is
+    closed); the applied_lsn of that snapshot, and ``table``'s name and CREATE
+    statement."""
+    conn = apsw.Connection(
+        ":memory:", flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
+    )
     try:
-        mem.set_busy_timeout(dbfile.BUSY_TIMEOUT_MS)
-        mem.execute("ATTACH DATABASE ? AS src", ("file:" + urllib.parse.quote(path) + "?mode=ro",))
-        mem.execute("BEGIN")
-        applied = int(dict(mem.execute(f"SELECT key, value FROM src.{dbfile.STATE_TABLE}").fetchall())["applied_lsn"])
-        found = mem.execute(
+        conn.set_busy_timeout(dbfile.BUSY_TIMEOUT_MS)
+        conn.execute("ATTACH DATABASE ? AS src", ("file:" + urllib.parse.quote(path) + "?mode=ro",))
+        conn.execute("BEGIN")
+        applied = int(dict(conn.execute(f"SELECT key, value FROM src.{dbfile.STATE_TABLE}").fetchall())["applied_lsn"])
+        found = conn.execute(
             "SELECT name, sql FROM src.sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE", (table,)
         ).fetchall()
         if not found or found[0][0] == dbfile.STATE_TABLE:
             raise ForensicsError(f'table "{table}" does not exist', "undefined_table")
-        name, sql = found[0]
-        mem.execute(sql)
-        info = mem.execute(f"PRAGMA src.table_info({dbfile.quote_ident(name)})").fetchall()
-        columns = [dbfile.quote_ident(r[1]) for r in info]
-        if not any(r[5] for r in info):
-            columns.insert(0, "rowid")  # captured by rowid: the copy keeps the rowids
-        listed = ", ".join(columns)
-        quoted = dbfile.quote_ident(name)
-        mem.execute(f"INSERT INTO main.{quoted}({listed}) SELECT {listed} FROM src.{quoted}")
-        mem.execute("COMMIT")
-        mem.execute("DETACH DATABASE src")
     except BaseException:
-        mem.close()
+        conn.close()
         raise
-    return mem, applied
+    return conn, applied, found[0][0], found[0][1]

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import urllib.parse
 
 import apsw
 
 from .. import datadir as dd
 from ..backup.manifest import Manifest
 from ..backup.steps import decode_steps
-from ..backup.vfs import open_backup_database
+from ..backup.vfs import VFS_NAME, BackupConnection, open_backup_database
 from ..container.reader import BackupReader
 from ..engine import database, replay
 from . import pitr
@@ -46,7 +47,8 @@ class TableRestoreResult:
 
 
 def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
-    """Schema, rows (with their rowids), indexes and triggers of ``table``."""
+    """Schema, rows (with their rowids), indexes and triggers of ``table``: ``src``'s
+    database is attached to ``dest`` (a connection opened with URIs allowed) for the copy."""
     objects = src.execute(
         "SELECT type, name, sql FROM sqlite_schema WHERE tbl_name = ? AND sql IS NOT NULL "
         "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END",
@@ -66,37 +68,45 @@ def copy_table(src: apsw.Connection, dest: apsw.Connection, table: str) -> int:
     without_rowid = "WITHOUT ROWID" in table_sql.upper()
     q = database.quote_ident(table)
     cols = [r[1] for r in src.execute(f"PRAGMA table_xinfo({q})").fetchall() if r[6] == 0]
-    col_list = ", ".join(database.quote_ident(c) for c in cols)
-    dest.execute("BEGIN")
-    dest.execute(table_sql)
-    if without_rowid:
-        select = f"SELECT {col_list} FROM {q}"
-        insert = f"INSERT INTO {q}({col_list}) VALUES ({', '.join('?' * len(cols))})"
-    else:
-        select = f"SELECT rowid, {col_list} FROM {q}"
-        insert = f"INSERT INTO {q}(rowid, {col_list}) VALUES ({', '.join('?' * (len(cols) + 1))})"
-    rows = 0
-    cursor = src.execute(select)
-    while True:
-        batch = cursor.fetchmany(5000) if hasattr(cursor, "fetchmany") else None
-        if batch is None:
-            batch = [r for _, r in zip(range(5000), cursor)]
-        if not batch:
-            break
-        dest.executemany(insert, batch)
-        rows += len(batch)
-    for t, _, sql in objects:
-        if t in ("index", "trigger"):
-            dest.execute(sql)
-    seq = (
-        src.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchall()
-        if src.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall()
-        else []
-    )
-    if seq:
-        dest.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (seq[0][0], table))
-    dest.execute("COMMIT")
+    col_list = ", ".join(([] if without_rowid else ["rowid"]) + [database.quote_ident(c) for c in cols])
+    dest.execute(f"ATTACH DATABASE ? AS {_SOURCE}", (attach_uri(src),))
+    try:
+        dest.execute("BEGIN")
+        dest.execute(table_sql)
+        # The rows are copied by SQLite itself (with their rowids), before the
+        # indexes exist: one pass, each index then built from sorted keys.
+        dest.execute(f"INSERT INTO main.{q}({col_list}) SELECT {col_list} FROM {_SOURCE}.{q}")
+        rows = dest.changes()
+        for t, _, sql in objects:
+            if t in ("index", "trigger"):
+                dest.execute(sql)
+        seq = (
+            src.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchall()
+            if src.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall()
+            else []
+        )
+        if seq:
+            dest.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (seq[0][0], table))
+        dest.execute("COMMIT")
+    except BaseException:
+        if not dest.getautocommit():
+            dest.execute("ROLLBACK")
+        raise
+    finally:
+        dest.execute(f"DETACH DATABASE {_SOURCE}")
     return rows
+
+
+_SOURCE = "rustydb_copy_source"
+
+
+def attach_uri(src: apsw.Connection) -> str:
+    """A URI naming ``src``'s main database read-only, through the VFS it was opened with
+    (the backup VFS: the pages are read through it from the backup, as ``src`` reads them)."""
+    uri = "file:" + urllib.parse.quote(src.db_filename("main"))
+    if isinstance(src, BackupConnection):
+        return uri + f"?immutable=1&vfs={VFS_NAME}"
+    return uri + "?mode=ro"
 
 
 def _open(source):

@@ -11,9 +11,13 @@ each, so a test switches them from outside the process:
 * ``apply-full``: applying a record from the WAL fails as on a full disk.
 * ``commit-stall``: a session commit never returns while the file exists,
   holding its database's commit lock (a stalled engine).
+* ``flush-stall``: every fdatasync of the WAL waits while the file exists,
+  after creating ``flush-stalled`` (so a test knows a commit is there:
+  SQLite has committed it, its WAL record is written but not durable).
 
 It replaces the engine's ``sqlite_steps`` seam, the same one in-process
-tests use, then runs the real server.
+tests use (and the WAL's fdatasync on the FileOps the server uses), then
+runs the real server.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 
 import apsw
 
+from rustydb_server import fileops
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.sqlite_steps import SqliteSteps
 
@@ -57,8 +62,22 @@ class FaultySteps(SqliteSteps):
         super().apply(conn, lsn, record)
 
 
+def stall_fdatasync(fault_dir: str):
+    real = fileops.REAL.fdatasync
+
+    def fdatasync(fd):
+        if os.path.exists(os.path.join(fault_dir, "flush-stall")):
+            open(os.path.join(fault_dir, "flush-stalled"), "w").close()
+            while os.path.exists(os.path.join(fault_dir, "flush-stall")):
+                time.sleep(0.05)
+        real(fd)
+
+    return fdatasync
+
+
 def main() -> int:
     Engine.sqlite_steps = FaultySteps(os.environ["RUSTYDB_FAULT_DIR"])
+    fileops.REAL.fdatasync = stall_fdatasync(os.environ["RUSTYDB_FAULT_DIR"])
     from rustydb_server.tools.server_main import main as server_main
 
     return server_main(sys.argv[1:])

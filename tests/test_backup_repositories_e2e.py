@@ -13,6 +13,7 @@ import apsw
 from rustydb_client import client as rc
 from tests.support.servers import ServerProcess, run_tool
 from tests.test_backup_api_e2e import call
+from tests.test_metrics_e2e import scrape
 
 
 def backup(server, kind="full"):
@@ -132,6 +133,9 @@ def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up_after_a_r
     assert repo2 in states[repo2]["error"] and states[repo2]["attempts"] >= 1
     status, listing = call(server, "GET", "/api/v1/admin/backups")
     assert listing["repositories"][repo2]["pending"] == 1 and listing["repositories"][repo2]["failing"]
+    m = scrape(server)
+    assert m[("rustydb_repository_failing", (("repository", repo2),))] == 1
+    assert m[("rustydb_repository_backups", (("repository", repo2), ("state", "pending")))] == 1
 
     # The server stops with the copy still due; the repository is back by its next start.
     server.stop()
@@ -139,6 +143,11 @@ def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up_after_a_r
     server.start()
     wait_copied(server, full["backup_id"], [repo1, repo2])
     assert index_ids(repo2) == [full["backup_id"]]
+    m = scrape(server)
+    assert m[("rustydb_repository_failing", (("repository", repo2),))] == 0
+    assert m[("rustydb_repository_backups", (("repository", repo2), ("state", "copied")))] == 1
+    assert m[("rustydb_repository_bytes_copied_total", (("repository", repo2),))] == os.path.getsize(full["location"])
+    assert ("rustydb_filesystem_free_bytes", (("path", repo2), ("role", "backup_repository"))) in m
     leftovers = [n for _, _, files in os.walk(repo2) for n in files if ".part-" in n]
     assert leftovers == []
 

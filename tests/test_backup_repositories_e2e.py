@@ -11,6 +11,8 @@ import time
 import apsw
 
 from rustydb_client import client as rc
+from rustydb_server.backup.catalog import load_entries
+from rustydb_server.schedule.checks import verify_copies
 from tests.support.servers import ServerProcess, run_tool
 from tests.test_backup_api_e2e import call
 from tests.test_metrics_e2e import scrape
@@ -155,6 +157,18 @@ def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up_after_a_r
     run_tool("rusty-db-restore", "--repo", repo2, "--data-dir", fresh, check=True)
     with ServerProcess(fresh).start() as copy:
         assert count(copy.port) == 300
+
+    # The scheduled verify reads every copy: sound ones pass; a damaged copy is named.
+    entry = next(e for e in load_entries(server.data_dir) if e["backup_id"] == full["backup_id"])
+    assert verify_copies(entry, None, None) == []
+    copy_path = os.path.join(repo2, "backups", full["backup_id"], f"{full['backup_id']}.backup")
+    with open(copy_path, "r+b") as f:
+        f.seek(os.path.getsize(copy_path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    (reason,) = verify_copies(entry, None, None)
+    assert reason.startswith(f"the copy in {repo2} is damaged"), reason
 
 
 def test_point_in_time_and_latest_point_from_a_repository_alone(server, tmp_path):

@@ -201,6 +201,18 @@ def test_point_in_time_and_latest_point_from_a_repository_alone(server, tmp_path
         assert count(a.port) == 200
         assert count(b.port) == 300
 
+    # The same point queried without a restore: the backup and the WAL both from the repository alone.
+    sql = "SELECT count(*), max(id) FROM t"
+    q = run_tool(
+        "rusty-db-backup", "--query", "latest", sql, "--repo", repo, "--recovery-target-time", target, "--json"
+    )
+    assert q.returncode == 0, q.stderr
+    assert json.loads(q.stdout)["rows"] == [[200, 200]]
+    now = run_tool("rusty-db-backup", "--query", base["backup_id"][:10], sql, "--repo", repo, "--json", check=True)
+    assert json.loads(now.stdout)["rows"] == [[100, 100]]  # the backup itself, as taken
+    missing = run_tool("rusty-db-backup", "--query", "nosuchid", sql, "--repo", repo)
+    assert missing.returncode == 1 and f"of repository {repo}" in missing.stderr
+
 
 def test_encrypted_table_restore_from_a_repository(server, tmp_path):
     from rustydb_server.keys import create_key_file

@@ -94,6 +94,10 @@ def attention_reasons(settings, backups=None, archiver=None, now: float | None =
     min_free = settings["health_min_free_percent"]
     if min_free and backups is not None:
         dirs = [("backup_dir", backups.backup_dir())]
+        replicator = getattr(backups, "replicator", None)
+        for url in replicator.urls() if replicator is not None else []:
+            if not url.startswith("s3://"):  # an object store's free space cannot be known
+                dirs.append(("backup repository", url))
         if settings["archive_mode"] and settings["archive_dest"] and not is_url(settings["archive_dest"]):
             dirs.append(("archive_dest", settings["archive_dest"]))  # an object store has no file system to watch
         for role, path in dirs:

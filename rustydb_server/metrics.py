@@ -114,6 +114,34 @@ class _Collector:
         yield from self._engine()
         yield from self._schedule()
         yield from self._checks()
+        yield from self._repositories()
+
+    def _repositories(self) -> Iterator[Metric]:
+        """backup_repositories: what each holds, waits for and has been sent (the first one too)."""
+        replicator = getattr(self.backups, "replicator", None)
+        if replicator is None:
+            return
+        held = GaugeMetricFamily(
+            "rustydb_repository_backups",
+            "Backups in each of backup_repositories by copy state (copied, pending)",
+            labels=["repository", "state"],
+        )
+        failing = GaugeMetricFamily(
+            "rustydb_repository_failing",
+            "1 while copying to this repository fails (retried with backoff), else 0",
+            labels=["repository"],
+        )
+        sent = CounterMetricFamily(
+            "rustydb_repository_bytes_copied",
+            "Bytes of backups copied to each repository since the server started",
+            labels=["repository"],
+        )
+        for url, s in sorted(replicator.summary().items()):
+            held.add_metric([url, "copied"], s["copied"])
+            held.add_metric([url, "pending"], s["pending"])
+            failing.add_metric([url], 1 if s["failing"] else 0)
+            sent.add_metric([url], replicator.bytes_copied.get(url, 0))
+        yield from (held, failing, sent)
 
     def _backups(self) -> Iterator[Metric]:
         last, failures, by_destination = self.stats.snapshot()
@@ -155,8 +183,12 @@ class _Collector:
 
     def _directories(self) -> list[tuple[str, str]]:
         out = [("backup_dir", self.backups.backup_dir())]
-        if self.settings["archive_dest"]:
+        if self.settings["archive_dest"] and not self.settings["archive_dest"].startswith("s3://"):
             out.append(("archive_dest", self.settings["archive_dest"]))
+        replicator = getattr(self.backups, "replicator", None)
+        for url in replicator.urls() if replicator is not None else []:
+            if not url.startswith("s3://"):  # an object store's free space cannot be known
+                out.append(("backup_repository", url))
         return out
 
     def _filesystems(self) -> Iterator[Metric]:

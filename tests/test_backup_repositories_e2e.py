@@ -11,8 +11,11 @@ import time
 import apsw
 
 from rustydb_client import client as rc
+from rustydb_server.backup.catalog import load_entries
+from rustydb_server.schedule.checks import verify_copies
 from tests.support.servers import ServerProcess, run_tool
 from tests.test_backup_api_e2e import call
+from tests.test_metrics_e2e import scrape
 
 
 def backup(server, kind="full"):
@@ -132,6 +135,9 @@ def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up_after_a_r
     assert repo2 in states[repo2]["error"] and states[repo2]["attempts"] >= 1
     status, listing = call(server, "GET", "/api/v1/admin/backups")
     assert listing["repositories"][repo2]["pending"] == 1 and listing["repositories"][repo2]["failing"]
+    m = scrape(server)
+    assert m[("rustydb_repository_failing", (("repository", repo2),))] == 1
+    assert m[("rustydb_repository_backups", (("repository", repo2), ("state", "pending")))] == 1
 
     # The server stops with the copy still due; the repository is back by its next start.
     server.stop()
@@ -139,6 +145,11 @@ def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up_after_a_r
     server.start()
     wait_copied(server, full["backup_id"], [repo1, repo2])
     assert index_ids(repo2) == [full["backup_id"]]
+    m = scrape(server)
+    assert m[("rustydb_repository_failing", (("repository", repo2),))] == 0
+    assert m[("rustydb_repository_backups", (("repository", repo2), ("state", "copied")))] == 1
+    assert m[("rustydb_repository_bytes_copied_total", (("repository", repo2),))] == os.path.getsize(full["location"])
+    assert ("rustydb_filesystem_free_bytes", (("path", repo2), ("role", "backup_repository"))) in m
     leftovers = [n for _, _, files in os.walk(repo2) for n in files if ".part-" in n]
     assert leftovers == []
 
@@ -146,6 +157,18 @@ def test_a_repository_that_is_down_delays_only_its_copy_and_catches_up_after_a_r
     run_tool("rusty-db-restore", "--repo", repo2, "--data-dir", fresh, check=True)
     with ServerProcess(fresh).start() as copy:
         assert count(copy.port) == 300
+
+    # The scheduled verify reads every copy: sound ones pass; a damaged copy is named.
+    entry = next(e for e in load_entries(server.data_dir) if e["backup_id"] == full["backup_id"])
+    assert verify_copies(entry, None, None) == []
+    copy_path = os.path.join(repo2, "backups", full["backup_id"], f"{full['backup_id']}.backup")
+    with open(copy_path, "r+b") as f:
+        f.seek(os.path.getsize(copy_path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    (reason,) = verify_copies(entry, None, None)
+    assert reason.startswith(f"the copy in {repo2} is damaged"), reason
 
 
 def test_point_in_time_and_latest_point_from_a_repository_alone(server, tmp_path):
@@ -177,6 +200,18 @@ def test_point_in_time_and_latest_point_from_a_repository_alone(server, tmp_path
     with ServerProcess(at_target).start() as a, ServerProcess(latest).start() as b:
         assert count(a.port) == 200
         assert count(b.port) == 300
+
+    # The same point queried without a restore: the backup and the WAL both from the repository alone.
+    sql = "SELECT count(*), max(id) FROM t"
+    q = run_tool(
+        "rusty-db-backup", "--query", "latest", sql, "--repo", repo, "--recovery-target-time", target, "--json"
+    )
+    assert q.returncode == 0, q.stderr
+    assert json.loads(q.stdout)["rows"] == [[200, 200]]
+    now = run_tool("rusty-db-backup", "--query", base["backup_id"][:10], sql, "--repo", repo, "--json", check=True)
+    assert json.loads(now.stdout)["rows"] == [[100, 100]]  # the backup itself, as taken
+    missing = run_tool("rusty-db-backup", "--query", "nosuchid", sql, "--repo", repo)
+    assert missing.returncode == 1 and f"of repository {repo}" in missing.stderr
 
 
 def test_encrypted_table_restore_from_a_repository(server, tmp_path):

@@ -118,6 +118,11 @@ def test_health_degraded_until_a_full_backup_and_while_a_disk_is_nearly_full(ser
     report = server.health()
     assert report["status"] == "degraded" and len(report["reasons"]) == 1, report
     assert report["reasons"][0].startswith(f"the file system of backup_dir {tmp_path / 'backups'} is nearly full")
+    # A local backup repository is watched too (an s3:// one has no file system to watch).
+    offsite = tmp_path / "offsite"
+    server.sql(f"ALTER SYSTEM SET backup_repositories = '{offsite}';")
+    reasons = server.health()["reasons"]
+    assert any(r.startswith(f"the file system of backup repository {offsite} is nearly full") for r in reasons)
     server.sql("ALTER SYSTEM SET health_min_free_percent = 0;")
     assert server.health()["status"] == "healthy"
 

@@ -78,6 +78,7 @@ def initial_states(urls: list[str], location: str | None, backup_id: str) -> dic
 
 class Replicator:
     def __init__(self, catalog: Catalog, settings, open_repository: Callable | None = None):
+        self.bytes_copied: dict[str, int] = {}  # per repository, since the server started (for /metrics)
         self.catalog = catalog
         self.settings = settings
         self._open = open_repository or _open_repository
@@ -217,6 +218,7 @@ class Replicator:
         there = repo.stat(key)
         if there is None or there.size != size:
             repo.put_stream(key, _until(cancel, chunks()), if_absent=True)
+            self.bytes_copied[url] = self.bytes_copied.get(url, 0) + size
         if cancel is not None and cancel.is_set():
             raise CopyCancelled()
         repo_catalog.record(repo, repo_catalog.entry_document(entry, size))

@@ -13,7 +13,8 @@ the month, not every one of the first seven days and every Sunday):
 * ``verify_schedule``: every completed backup whose file the catalog knows
   and that was not verified within the schedule's period is re-read chunk by
   chunk (the container reader's verify, as
-  ``rusty-db-backup --verify``), one at a time in a worker thread, and each
+  ``rusty-db-backup --verify``), one at a time in a worker thread, with its
+  copy in every repository of ``backup_repositories`` (range reads), and each
   outcome recorded in ``backup_checks.json``. "Within the period" is within
   the last half of the time since the schedule's previous run: the backups
   the previous run read (a whole period ago) are read again, one verified by
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import zoneinfo
 from collections.abc import Awaitable, Callable
@@ -96,6 +98,39 @@ def verify_file(path: str, key_file: str | None) -> None:
         BackupReader(f, key=resolve_read_key(header, key_file)).verify()
 
 
+def verify_copies(entry: dict, settings, key_file: str | None) -> list[str]:
+    """Verify the copies of a backup in backup_repositories, chunk by chunk with range reads;
+    one reason per damaged or unreadable copy (none when every copy is sound).
+
+    The copy the backup's own file lies in (a local first repository) is the
+    file verify_file has read already, and is not read twice."""
+    from ..backup.repo_catalog import backup_key
+    from ..backup.repo_file import RepositoryFile
+    from ..repository import open_repository
+
+    states = entry.get("repositories")
+    location = os.path.realpath(entry["location"]) if known_path(entry.get("location")) else None
+    reasons = []
+    for url, state in states.items() if isinstance(states, dict) else []:
+        if not isinstance(state, dict) or state.get("state") != "copied":
+            continue
+        if location is not None and not url.startswith("s3://"):
+            if location.startswith(os.path.realpath(url) + os.sep):
+                continue
+        key = backup_key(entry["backup_id"])
+        try:
+            repo = open_repository(url, settings)
+            with RepositoryFile(repo, key) as f:
+                header = BackupReader(f).header
+                f.seek(0)
+                BackupReader(f, key=resolve_read_key(header, key_file)).verify()
+        except BackupError as e:
+            reasons.append(f"the copy in {url} is damaged: {e}")
+        except Exception as e:  # a repository error, a missing object, a wrong key: that copy cannot be trusted
+            reasons.append(f"cannot verify the copy in {url}: {e}")
+    return reasons
+
+
 async def drill_subprocess(data_dir: str, key_file: str | None, drill_dir: str | None = None) -> dict:
     """Run ``rusty-db-restore --drill`` on this server's latest backup; its JSON document."""
     command = [sys.executable, "-m", "rustydb_server.tools.restore_main", "--drill", "--data-dir", data_dir, "--json"]
@@ -130,6 +165,7 @@ class CheckScheduler:
         entries: Callable[[], list[dict]],
         run_drill: Callable[[], Awaitable[dict]] | None = None,
         verify: Callable[[str, str | None], None] = verify_file,
+        verify_copies: Callable[[dict, object, str | None], list[str]] = verify_copies,
         now: Callable[[], dt.datetime] = _utc_now,
         zone: Callable[[], dt.tzinfo] = system_zone,
         failure: Callable[..., object] = alerts.failure,
@@ -146,6 +182,7 @@ class CheckScheduler:
             )
         )
         self._verify = verify
+        self._verify_copies = verify_copies
         self._now = now
         self._zone = zone
         # Alerts (alerts.py): drill_failed / verify_failed, and _recovered after a failure.
@@ -273,6 +310,9 @@ class CheckScheduler:
             reason = f"cannot verify {entry['location']}: {e}"
         except OSError as e:
             reason = f"cannot read {entry['location']}: {e.strerror or e}"
+        copies = self._verify_copies(entry, self._settings, key_file)
+        if copies:
+            reason = "; ".join(([reason] if reason else []) + copies)
         try:
             _checks.record(
                 self._data_dir,

@@ -8,6 +8,7 @@
     rusty-db-backup --repo URL --list | --info ID|latest | --verify ID|latest
     rusty-db-backup --query FILE SQL [--database NAME] [--key-file F] [--json]
                     [--archive-dir A (--recovery-target-time T | --recovery-target-txid X)]
+    rusty-db-backup --query ID|latest SQL --repo URL [--recovery-target-time T | --recovery-target-txid X]
     rusty-db-backup --rotate-key OLD NEW FILE...
     rusty-db-backup --create-key-file PATH
     rusty-db-backup --expire --data-dir D [--archive-dir A] [--dry-run] [--json]
@@ -209,8 +210,8 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--type needs --output FILE or --repo URL (where to write the backup)")
     if args.output and args.repo:
         parser.error("give --output FILE or --repo URL, not both")
-    if args.repo and not (taking or args.info or args.list or isinstance(args.verify_file, str)):
-        parser.error("--repo is used with --type, --list, --info or --verify")
+    if args.repo and not (taking or args.info or args.list or isinstance(args.verify_file, str) or args.query):
+        parser.error("--repo is used with --type, --list, --info, --verify or --query")
     if args.list and not args.repo:
         parser.error("--list needs --repo URL (the repository whose backups to list)")
     if args.repo and re.fullmatch(r"(?:repo)?[0-9]+", args.repo) and not taking:
@@ -240,8 +241,10 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             if value:
                 parser.error(f"{flag} is only used with --expire")
     targets = [t for t in (args.recovery_target_time, args.recovery_target_txid) if t is not None]
-    if targets and not (args.query and args.archive_dir):
-        parser.error("--recovery-target-time and --recovery-target-txid are only used with --query and --archive-dir")
+    if targets and not (args.query and (args.archive_dir or args.repo)):
+        parser.error(
+            "--recovery-target-time and --recovery-target-txid are only used with --query and --archive-dir (or --repo)"
+        )
     if args.query and args.archive_dir and len(targets) != 1:
         parser.error("--query with --archive-dir needs one of --recovery-target-time or --recovery-target-txid")
     if args.base_backup and args.type != BackupType.INCREMENTAL:

@@ -15,6 +15,8 @@ from .header import UnreadableBackup, read_file_header
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repo:
+        return _run_in_repository(args)
     path, sql = args.query
     database = (args.database or [None])[0]
     if args.archive_dir:
@@ -81,3 +83,53 @@ def query_backup(path: str, sql: str, *, database: str | None, key_file: str | N
 
 def _jsonable(value):
     return value.hex() if isinstance(value, bytes) else value
+
+
+def _run_in_repository(args: argparse.Namespace) -> int:
+    """--query ID SQL --repo URL: ID (or a prefix, or latest) from the repository's own catalog;
+    with a recovery target, the repository's archived WAL unless --archive-dir names another."""
+    import contextlib
+    import os
+    import shutil
+    import tempfile
+
+    from ...archive import destination
+    from ...backup.repo_catalog import RepoCatalogError
+    from ...repository import RepositoryError, is_s3_url
+    from ...settings import SettingError
+    from .repo import find_backup, open_repo
+
+    which, sql = args.query
+    url = args.repo
+    targets = (args.recovery_target_time, args.recovery_target_txid)
+    scratch = None
+    try:
+        repo = open_repo(args.repo)
+        entry = find_backup(repo, which)
+        if is_s3_url(args.repo):
+            from .. import repository_settings
+
+            repository_settings.configure()  # the archive below is read through the same settings
+            # The query reads pages at random: a local copy, removed afterwards.
+            scratch = tempfile.mkdtemp(prefix="rustydb-query-")
+            path = os.path.join(scratch, f"{entry['backup_id']}.backup")
+            with open(path, "wb") as f:
+                for chunk in repo.open_stream(entry["key"]):
+                    f.write(chunk)
+        else:
+            path = repo.path(entry["key"])
+        if any(t is not None for t in targets) and not args.archive_dir:
+            args.archive_dir = (
+                destination.location(args.repo)
+                if is_s3_url(args.repo)
+                else os.path.join(args.repo, destination.WAL_PREFIX)
+            )
+        args.query = [path, sql]
+        args.repo = None
+        return run(args)
+    except (RepositoryError, RepoCatalogError, SettingError) as exc:
+        return fail(PROG, f"cannot query backup {which} of repository {url}: {exc}")
+    finally:
+        if scratch is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(scratch)

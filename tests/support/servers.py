@@ -112,7 +112,7 @@ class ServerProcess:
     def socket_path(self) -> str:
         """The server's Unix socket: in /run/rustydb, else in its data directory."""
         candidates = socket_candidates(self.port, os.path.abspath(self.data_dir))
-        return next((path for path in candidates if os.path.exists(path)), candidates[0])
+        return next((path for path in candidates if _listening(path)), candidates[0])
 
     def start(self, wait: bool = True) -> ServerProcess:
         _socket_search(os.path.abspath(self.data_dir), add=True)
@@ -223,3 +223,16 @@ class ServerProcess:
             self.stop()
             if self.proc.poll() is None:
                 self.kill()
+
+
+def _listening(path: str) -> bool:
+    """Whether a server listens on the Unix socket ``path`` (a killed server's
+    socket file stays behind, and its port may be another test's now)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()

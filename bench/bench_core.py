@@ -237,6 +237,9 @@ def main() -> None:
     try:
         fsync_us = fsync_latency_us(tmp)
         print(f"fsync latency (write 256 B + fdatasync): {fsync_us:.0f} us")
+        # A single client's autocommit has nothing to share a flush with:
+        # one fdatasync per commit bounds it, whatever the server does.
+        print(f"  the disk's floor for 1-client autocommit (one fdatasync per commit): {1e6 / fsync_us:.0f} commits/s")
         if "floor" in only:
             short = min(seconds, 3.0)
             hop1 = floor.round_trips(free_port(), 1, short, hop=True)

@@ -42,7 +42,9 @@ from rustydb_server.doorbell import Doorbell
 from rustydb_server.engine.instance import Engine
 from rustydb_server.fileops import FileOps
 from rustydb_server.lifecycle import Lifecycle
+from rustydb_server.roles import SUPERUSER, SUPERUSER_ROLE, Role, RoleStore
 from rustydb_server.settings import Settings
+from rustydb_server.tls import TlsPolicy
 
 ROWS = 10_000
 ROUND = 2_000
@@ -62,13 +64,18 @@ async def _main(budget: str | None, profile: bool) -> None:
     engine = Engine.open(dd.DataDir(path), settings, FileOps())
     services = Services(
         engine, settings, Lifecycle(), Checkpointer(engine, settings, Doorbell()), None, lambda: None,
-        trio.CapacityLimiter(4),
+        trio.CapacityLimiter(4), RoleStore(path),
     )  # fmt: skip
-    listener = type("Listener", (), {"settings": settings, "services": services})()
+    listener = type(
+        "Listener",
+        (),
+        {"settings": settings, "services": services, "role_store": services.role_store, "tls": TlsPolicy(None, None)},
+    )()
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
     conn = wire.ClientConnection(listener, trio.SocketStream(trio.socket.from_stdlib_socket(ours)), ("127.0.0.1", 1))
     conn.protocol = ServerSide(None)
+    conn.role = Role(SUPERUSER_ROLE, login=True, attribute=SUPERUSER)
     conn.protocol.receive_data(encode_frame({"type": "hello", "version": 1, "user": "bench", "client": "bench"}))
     dispatcher = Dispatcher(services, conn, 1)
     await conn.send(await dispatcher.open_session(conn.protocol.next_event()))

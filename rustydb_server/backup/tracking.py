@@ -57,6 +57,10 @@ class ChangeTracking:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._trackers: dict[int, _Tracker] = {}  # base LSN -> tracker; worker thread only
         self._stopping = False
+        # No backup has started tracking yet: a record then has nothing to
+        # be added to (``_record`` would skip it), so ``logged`` does not
+        # queue it, and a commit costs no hand-off to the worker thread.
+        self._started = False
         self._thread = threading.Thread(target=self._run, name="change-tracking", daemon=True)
         self._thread.start()
 
@@ -64,11 +68,12 @@ class ChangeTracking:
 
     def logged(self, lsn: int, rec) -> None:
         """A record is durable in the WAL at ``lsn`` (never raises, never blocks)."""
-        if isinstance(rec, (walrec.TxRecord, walrec.DatabaseRecord)):
+        if self._started and isinstance(rec, (walrec.TxRecord, walrec.DatabaseRecord)):
             self._queue.put(("record", lsn, rec))
 
     def start(self, base_lsn: int) -> None:
         """Track from ``base_lsn``, a backup's end; call while nothing is logged."""
+        self._started = True
         self._queue.put(("start", base_lsn))
 
     def keep(self, bases: list[int], newest: int) -> None:

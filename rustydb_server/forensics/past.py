@@ -16,6 +16,8 @@ renumbered rowids, the database was dropped or created again) raises
 
 from __future__ import annotations
 
+import contextlib
+
 import apsw
 
 from ..archive import segment_file as sf
@@ -23,9 +25,8 @@ from ..backup.manifest import Manifest
 from ..engine import database as dbfile
 from ..engine.replay import VACUUM_STEPS
 from ..restore import pitr
-from ..restore.archived_wal import ArchivedSegments, ArchiveGapError
+from ..restore.archived_wal import ArchivedSegments
 from ..wal import record as walrec
-from ..wal import segment as walseg
 from ..wal.lsn import format_lsn
 from . import asof
 from . import undo as undo_mod
@@ -51,61 +52,23 @@ def changes_to_target(
     the number of its transactions read. Raises PitrError as PITR to ``target`` would
     fail, NeedsRestore when a change is one a view cannot show."""
     pitr._check_target_against_base(target, manifest)
-    size = manifest.segment_size
     archive = sf.list_archive(archive_dir)
     path = pitr.timeline_path(archive_dir, manifest.timeline, manifest.end_lsn, "latest")
     names = {t.lower() for t in tables}
     group = apsw.ChangesetBuilder()
-    reached = target.kind == "immediate"
-    end_lsn = walseg.normalize_lsn(manifest.end_lsn, size)
-    names_seen: list[str] = []
-    last_time = None
     txs = 0
+
+    def open_segments(have, tl, first, last):
+        return ArchivedSegments(
+            have, tl, first=first, last=last, system_id=manifest.system_id, key=key, workers=threads
+        )
+
+    walk = pitr.TargetWalk(archive_dir, archive, path, manifest, manifest.end_lsn, target, key, open_segments)
     try:
-        for step, (tl, start, stop) in enumerate(path):
-            if reached:
-                break
-            first = start // size
-            have = archive.get(tl, {})
-            if first not in have:
-                if stop is not None:
-                    raise pitr.PitrError(
-                        f"the archive has no segment {walseg.segment_name(tl, first)}, needed "
-                        f"to follow timeline {tl} from LSN {format_lsn(start)}"
-                    )
-                break
-            last = None if stop is None else (stop - 1) // size
-            supplier = ArchivedSegments(
-                have, tl, first=first, last=last, system_id=manifest.system_id, key=key, workers=threads
-            )
-            with supplier:
-                try:
-                    rest = path[step + 1 :]
-                    for entry in pitr._read_timeline(supplier, tl, start, stop, size, manifest.system_id, rest):
-                        if stop is not None and entry.lsn >= stop:
-                            break
-                        rec = walrec.decode_record(entry.body)
-                        verdict = pitr._check(target, entry.lsn, rec)
-                        if verdict == "stop_before":
-                            reached = True
-                            break
-                        if entry.lsn > applied_lsn and getattr(rec, "database", None) == database:
-                            txs += _take(group, rec, names, entry.lsn)
-                        end_lsn = entry.end_lsn
-                        if isinstance(rec, walrec.RestorePointRecord):
-                            names_seen.append(rec.name)
-                        if isinstance(rec, walrec.TxRecord):
-                            last_time = rec.commit_time_us
-                        if verdict == "stop_after":
-                            reached = True
-                            break
-                except ArchiveGapError as e:
-                    raise pitr.PitrError(str(e)) from None
-        if target.kind == "end":
-            reached = True
-        if not reached:
-            message = pitr._not_reached(target, end_lsn, last_time, names_seen)
-            raise pitr.PitrError(pitr._found_elsewhere(archive_dir, target, path, manifest, key) or message)
+        with contextlib.closing(walk.records()) as records:
+            for entry, rec in records:
+                if entry.lsn > applied_lsn and getattr(rec, "database", None) == database:
+                    txs += _take(group, rec, names, entry.lsn)
         return group.output(), txs
     finally:
         group.close()

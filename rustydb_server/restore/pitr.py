@@ -13,6 +13,7 @@ directory swapped in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -248,81 +249,37 @@ def recover(
     control = ddir.read_control()
     base_lsn = manifest.end_lsn
     base_time = manifest.last_commit_time_us
-    size = manifest.segment_size
     _check_target_against_base(target, manifest)
     archive = sf.list_archive(archive_dir)
     path = timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice)
     applier = RecordApplier(ddir, only_database=only_database, only_table=only_table)
     applier.last_commit_time_us = base_time
-    end_lsn = walseg.normalize_lsn(base_lsn, size)
-    reached = target.kind == "immediate"
-    segments = 0
-    waited = 0.0
-    names_seen: list[str] = []
-    last_time = None
+    suppliers: list[ArchivedSegments] = []
+
+    def open_segments(have, tl, first, last):
+        supplier = ArchivedSegments(
+            have, tl, first=first, last=last, system_id=manifest.system_id, key=key, workers=threads
+        )
+        suppliers.append(supplier)
+        return supplier
+
+    walk = TargetWalk(archive_dir, archive, path, manifest, base_lsn, target, key, open_segments)
     try:
-        if not reached:
-            for step, (tl, start, stop) in enumerate(path):
-                first = start // size
-                have = archive.get(tl, {})
-                if first not in have:
-                    if stop is not None:
-                        raise PitrError(
-                            f"the archive has no segment {walseg.segment_name(tl, first)}, needed "
-                            f"to follow timeline {tl} from LSN {format_lsn(start)}"
-                        )
-                    break
-                supplier = ArchivedSegments(
-                    have,
-                    tl,
-                    first=first,
-                    last=None if stop is None else (stop - 1) // size,
-                    system_id=manifest.system_id,
-                    key=key,
-                    workers=threads,
-                )
-                with supplier:
-                    try:
-                        for entry in _read_timeline(
-                            supplier, tl, start, stop, size, manifest.system_id, path[step + 1 :]
-                        ):
-                            if stop is not None and entry.lsn >= stop:
-                                break
-                            rec = walrec.decode_record(entry.body)
-                            verdict = _check(target, entry.lsn, rec)
-                            if verdict == "stop_before":
-                                reached = True
-                                break
-                            try:
-                                applier.apply(entry.lsn, rec)
-                            except RecoveryError as e:
-                                raise PitrError(str(e)) from None
-                            end_lsn = entry.end_lsn
-                            if isinstance(rec, walrec.RestorePointRecord):
-                                names_seen.append(rec.name)
-                            if isinstance(rec, walrec.TxRecord):
-                                last_time = rec.commit_time_us
-                            if verdict == "stop_after":
-                                reached = True
-                                break
-                            if progress is not None:
-                                progress(entry.lsn)
-                    except ArchiveGapError as e:
-                        raise PitrError(str(e)) from None
-                    finally:
-                        segments += supplier.segments_read
-                        waited += supplier.wait_seconds
-                if reached:
-                    break
-            if target.kind == "end":
-                reached = True  # everything archived along the path is replayed
-        if not reached:
-            message = _not_reached(target, end_lsn, last_time, names_seen)
-            raise PitrError(_found_elsewhere(archive_dir, target, path, manifest, key) or message)
+        with contextlib.closing(walk.records()) as records:
+            for entry, rec in records:
+                try:
+                    applier.apply(entry.lsn, rec)
+                except RecoveryError as e:
+                    raise PitrError(str(e)) from None
+                if progress is not None:
+                    progress(entry.lsn)
         applier.finish()
     except BaseException:
         applier.close()
         raise
+    end_lsn, last_time = walk.end_lsn, walk.last_time
+    segments = sum(s.segments_read for s in suppliers)
+    waited = sum(s.wait_seconds for s in suppliers)
     last_tl = path[-1][0] if target.kind != "immediate" else manifest.timeline
     control.next_txid = max(control.next_txid, applier.max_txid + 1)
     control.last_commit_time_us = max(control.last_commit_time_us, last_time or 0)
@@ -340,6 +297,78 @@ def recover(
         segments_read=segments,
         read_wait_seconds=waited,
     )
+
+
+class TargetWalk:
+    """The archived records a recovery from a base to ``target`` replays, in LSN
+    order along the timeline ``path``, and where the walk ended.
+
+    ``open_segments(have, tl, first, last)`` gives one timeline's segment
+    supplier (PITR's read-ahead, or one that also notes what it read). The
+    records come from ``records()``, to be closed when the caller stops early
+    (``contextlib.closing``): that stops the supplier's read-ahead. It raises
+    PitrError when a needed segment is missing or the target is not reached.
+    PITR, the restore's dry run and a query at a past point all walk this way.
+    """
+
+    def __init__(
+        self, archive_dir, archive, path, manifest: Manifest, base_lsn: int, target: Target, key, open_segments
+    ):
+        self._archive_dir = archive_dir
+        self._archive = archive
+        self._path = path
+        self._manifest = manifest
+        self._target = target
+        self._key = key
+        self._open_segments = open_segments
+        self.end_lsn = walseg.normalize_lsn(base_lsn, manifest.segment_size)
+        self.last_time: int | None = None  # the commit time of the last transaction replayed
+        self.names_seen: list[str] = []
+
+    def records(self):
+        target, path, size = self._target, self._path, self._manifest.segment_size
+        system_id = self._manifest.system_id
+        reached = target.kind == "immediate"
+        if not reached:
+            for step, (tl, start, stop) in enumerate(path):
+                first = start // size
+                have = self._archive.get(tl, {})
+                if first not in have:
+                    if stop is not None:
+                        raise PitrError(
+                            f"the archive has no segment {walseg.segment_name(tl, first)}, needed "
+                            f"to follow timeline {tl} from LSN {format_lsn(start)}"
+                        )
+                    break
+                last = None if stop is None else (stop - 1) // size
+                with self._open_segments(have, tl, first, last) as supplier:
+                    try:
+                        for entry in _read_timeline(supplier, tl, start, stop, size, system_id, path[step + 1 :]):
+                            if stop is not None and entry.lsn >= stop:
+                                break
+                            rec = walrec.decode_record(entry.body)
+                            verdict = _check(target, entry.lsn, rec)
+                            if verdict == "stop_before":
+                                reached = True
+                                break
+                            yield entry, rec
+                            self.end_lsn = entry.end_lsn
+                            if isinstance(rec, walrec.RestorePointRecord):
+                                self.names_seen.append(rec.name)
+                            if isinstance(rec, walrec.TxRecord):
+                                self.last_time = rec.commit_time_us
+                            if verdict == "stop_after":
+                                reached = True
+                                break
+                    except ArchiveGapError as e:
+                        raise PitrError(str(e)) from None
+                if reached:
+                    break
+            if target.kind == "end":
+                reached = True  # everything archived along the path is replayed
+        if not reached:
+            message = _not_reached(target, self.end_lsn, self.last_time, self.names_seen)
+            raise PitrError(_found_elsewhere(self._archive_dir, target, path, self._manifest, self._key) or message)
 
 
 def _read_timeline(supplier: ArchivedSegments, tl: int, start: int, stop: int | None, size: int, system_id: int, rest):

@@ -22,6 +22,7 @@ changesets, measured on a sample applied to in-memory copies of the tables
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -245,61 +246,19 @@ def plan_replay(
 
 
 def _walk(plan, manifest, archive_dir, target, timeline_choice, key, on_tx=None) -> None:
-    size = manifest.segment_size
     base_lsn = manifest.end_lsn
     archive = sf.list_archive(archive_dir)
     path = pitr.timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice)
     plan.timeline_path = path
     applied = {db.name: db.applied_lsn or 0 for db in manifest.databases}
-    reached = target.kind == "immediate"
-    end_lsn = walseg.normalize_lsn(base_lsn, size)
-    names_seen: list[str] = []
-    last_time = None
-    if not reached:
-        for step, (tl, start, stop) in enumerate(path):
-            first = start // size
-            have = archive.get(tl, {})
-            if first not in have:
-                if stop is not None:
-                    raise pitr.PitrError(
-                        f"the archive has no segment {walseg.segment_name(tl, first)}, needed "
-                        f"to follow timeline {tl} from LSN {format_lsn(start)}"
-                    )
-                break
-            supplier = _Recording(
-                have,
-                tl,
-                first=first,
-                last=None if stop is None else (stop - 1) // size,
-                system_id=manifest.system_id,
-                key=key,
-                plan=plan,
-            )
-            with supplier:
-                for entry in pitr._read_timeline(supplier, tl, start, stop, size, manifest.system_id, path[step + 1 :]):
-                    if stop is not None and entry.lsn >= stop:
-                        break
-                    rec = walrec.decode_record(entry.body)
-                    verdict = pitr._check(target, entry.lsn, rec)
-                    if verdict == "stop_before":
-                        reached = True
-                        break
-                    _count(plan, applied, entry, rec, on_tx)
-                    end_lsn = entry.end_lsn
-                    if isinstance(rec, walrec.RestorePointRecord):
-                        names_seen.append(rec.name)
-                    if isinstance(rec, walrec.TxRecord):
-                        last_time = rec.commit_time_us
-                    if verdict == "stop_after":
-                        reached = True
-                        break
-            if reached:
-                break
-        if target.kind == "end":
-            reached = True
-    if not reached:
-        message = pitr._not_reached(target, end_lsn, last_time, names_seen)
-        raise pitr.PitrError(pitr._found_elsewhere(archive_dir, target, path, manifest, key) or message)
+
+    def open_segments(have, tl, first, last):
+        return _Recording(have, tl, first=first, last=last, system_id=manifest.system_id, key=key, plan=plan)
+
+    walk = pitr.TargetWalk(archive_dir, archive, path, manifest, base_lsn, target, key, open_segments)
+    with contextlib.closing(walk.records()) as records:
+        for entry, rec in records:
+            _count(plan, applied, entry, rec, on_tx)
 
 
 def _count(plan: RestorePlan, applied: dict[str, int], entry, rec, on_tx) -> None:

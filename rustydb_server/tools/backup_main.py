@@ -144,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="a repository (a local directory or s3://bucket/prefix): with --type, write the backup into it "
         "(instead of --output) and into its catalog, and N or repoN names the server's N-th "
-        "backup_repositories entry (the server copies the backup to the others); with --info and --verify, "
-        "FILE is a backup id there, or latest. S3 credentials come from the AWS environment and files, "
+        "backup_repositories entry (the server copies the backup to the others); with --info, --verify and "
+        "--query, FILE is a backup id there, or latest (and a recovery target reads the repository's "
+        "archived WAL). S3 credentials come from the AWS environment and files, "
         "never from the command line",
     )
     p.add_argument(

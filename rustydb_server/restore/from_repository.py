@@ -30,6 +30,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -116,29 +117,33 @@ def fetch(
     os.makedirs(parent, exist_ok=True)
     workdir = tempfile.mkdtemp(dir=parent, prefix=".rustydb-repository-restore-")
     try:
-        if download and isinstance(repo, LocalRepository):
-            # A local repository's objects are files: restored from where they are, no copy.
-            paths = [_local_file(repo, e) for e in chain]
-        elif download and len(chain) == 1 and not replay:
-            # One full backup: restored straight from the store, read front to back by
-            # parallel ranges, with no temporary copy on disk.
-            paths = [_streamed(repo, chain[0])]
-        elif download:
-            paths = [_download(repo, e["key"], os.path.join(workdir, f"{e['backup_id']}.backup"), e) for e in chain]
-        else:
-            paths = [RepositoryObject(repo, e["key"], _size(repo, e)) for e in chain]
-        archive = None
-        if replay:
-            # Read in place, as archive_dest's archive is: segment by segment, unpacked ahead.
-            archive = archive_dir or wal_location(repo.url)
-        yield Fetched(
-            repository=repo.url,
-            chain=chain,
-            paths=paths,
-            archive_dir=archive,
-            target=(target or Target("end")) if replay else None,
-            workdir=workdir,
-        )
+        with contextlib.ExitStack() as stack:
+            if download and isinstance(repo, LocalRepository):
+                # A local repository's objects are files: restored from where they are, no copy.
+                paths = [_local_file(repo, e) for e in chain]
+            elif download:
+                # The full (or pitr-base) backup is restored straight from the store, read
+                # front to back by parallel ranges, with no temporary copy on disk. The
+                # incrementals after it (each read twice: checked whole, then applied) are
+                # fetched meanwhile, in the background, into the working directory.
+                paths = [_streamed(repo, chain[0])]
+                if len(chain) > 1:
+                    prefetch = stack.enter_context(_Prefetch(repo, chain[1:], workdir))
+                    paths += prefetch.members
+            else:
+                paths = [RepositoryObject(repo, e["key"], _size(repo, e)) for e in chain]
+            archive = None
+            if replay:
+                # Read in place, as archive_dest's archive is: segment by segment, unpacked ahead.
+                archive = archive_dir or wal_location(repo.url)
+            yield Fetched(
+                repository=repo.url,
+                chain=chain,
+                paths=paths,
+                archive_dir=archive,
+                target=(target or Target("end")) if replay else None,
+                workdir=workdir,
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -166,6 +171,56 @@ def _streamed(repo, entry: dict) -> RepositoryObject:
     return RepositoryObject(repo, entry["key"], size, readahead=readahead)
 
 
+class _Member:
+    """An incremental of the chain, fetched in the background: ``open`` waits until it is all here."""
+
+    def __init__(self, url: str, entry: dict, path: str):
+        self.entry = entry
+        self.path = path
+        self.name = f"{url}/{entry['key']}"
+        self.fetched = threading.Event()
+        self.error: BaseException | None = None
+
+    def open(self):
+        self.fetched.wait()
+        if self.error is not None:
+            raise self.error
+        return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class _Prefetch:
+    """Downloads a chain's incrementals, in order, on a thread of its own, while the
+    full backup before them is restored; stops (and waits for the thread) on exit."""
+
+    def __init__(self, repo, entries: list[dict], workdir: str):
+        self.repo = repo
+        self.members = [_Member(repo.url, e, os.path.join(workdir, f"{e['backup_id']}.backup")) for e in entries]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="repo-prefetch", daemon=True)
+
+    def __enter__(self) -> _Prefetch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        for member in self.members:
+            try:
+                if self._stop.is_set():
+                    raise RestoreError(f"the download of {member.name} was stopped: the restore ended before it")
+                _download(self.repo, member.entry["key"], member.path, member.entry, stop=self._stop)
+            except BaseException as e:  # handed to the restore, which raises it where it needs the file
+                member.error = e
+            finally:
+                member.fetched.set()
+
+
 def _size(repo, entry: dict) -> int:
     info = repo.stat(entry["key"])
     if info is None:
@@ -176,12 +231,20 @@ def _size(repo, entry: dict) -> int:
     return info.size
 
 
-def _download(repo, key: str, path: str, entry: dict | None = None) -> str:
+def _download(repo, key: str, path: str, entry: dict | None = None, stop: threading.Event | None = None) -> str:
     size = 0
     with open(path, "xb") as f:
-        for chunk in repo.open_stream(key, 4 << 20):
-            f.write(chunk)
-            size += len(chunk)
+        chunks = repo.open_stream(key, 4 << 20)
+        try:
+            for chunk in chunks:
+                if stop is not None and stop.is_set():
+                    raise RestoreError(f"the download of {repo.url}/{key} was stopped: the restore ended before it")
+                f.write(chunk)
+                size += len(chunk)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # the ranges still being fetched are dropped
     expected = (entry or {}).get("size_bytes")
     if isinstance(expected, int) and size != expected:
         raise RestoreError(

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..backup import repo_catalog
 from ..backup.repo_file import RepositoryFile
@@ -54,11 +54,15 @@ class RepositoryObject:
     key: str
     size: int
     readahead: int = 0  # blocks fetched ahead in parallel: a whole restore read front to back
+    #: its first and last blocks, fetched once for all the opens of this object
+    blocks: dict = field(default_factory=dict, compare=False, repr=False)
 
     def open(self) -> RepositoryFile:
         if not self.readahead:
-            return RepositoryFile(self.repo, self.key, self.size)
-        return RepositoryFile(self.repo, self.key, self.size, block=STREAM_BLOCK, readahead=self.readahead)
+            return RepositoryFile(self.repo, self.key, self.size, shared=self.blocks)
+        return RepositoryFile(
+            self.repo, self.key, self.size, block=STREAM_BLOCK, readahead=self.readahead, shared=self.blocks
+        )
 
     def __str__(self) -> str:
         return f"{self.repo.url}/{self.key}"

@@ -62,7 +62,7 @@ def repository(url: str, settings=None) -> Repository:
     """The repository rooted at ``url`` (a directory or an s3:// prefix), S3 clients shared per settings."""
     if not is_s3_url(url):
         return open_repository(url)
-    from .s3 import parse_url  # boto3 loads only where S3 is used
+    from .s3 import parse_url  # botocore loads only where S3 is used
 
     values = settings_snapshot(settings)
     url = url.rstrip("/")

@@ -1,4 +1,4 @@
-"""A repository in an S3 bucket (AWS or any S3-compatible store), over boto3.
+"""A repository in an S3 bucket (AWS or any S3-compatible store), over botocore (the core of boto3).
 
 ``s3://bucket/prefix``: every key is stored as ``prefix/key``. Where the
 client connects and with which credentials comes from the server's settings
@@ -36,8 +36,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import boto3
 import botocore.exceptions
+import botocore.session
 import crc32c
 from botocore.config import Config
 
@@ -183,9 +183,10 @@ class S3Repository:
             response_checksum_validation="when_required",
         )
         try:
-            session = boto3.session.Session(**(credentials or {}))
-            self._client = session.client(
-                "s3", endpoint_url=self.endpoint_url, region_name=region or None, config=config
+            # boto3's S3 client is botocore's plus transfer helpers this module does not use;
+            # botocore's own starts ~50 ms sooner (that is part of every restore tool's time).
+            self._client = botocore.session.Session().create_client(
+                "s3", endpoint_url=self.endpoint_url, region_name=region or None, config=config, **(credentials or {})
             )
         except (botocore.exceptions.BotoCoreError, ValueError) as e:
             raise RepositoryError(f"repository {self.url}: cannot set up the S3 client: {e}") from None

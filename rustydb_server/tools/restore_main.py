@@ -26,6 +26,7 @@ Exit status: 0 success, 1 failure, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from ..settings import SettingError
 from . import repository_settings
 from .argtypes import as_of, thread_count
 from .output import ToolParser, run_main
-from .restore import chain, drill, dry_run, full, incremental, list_wal, pitr, repo, table
+from .restore import chain, full, incremental, pitr, repo
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
 
@@ -199,12 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
 # Which verb a command line asks for: the first whose option is given.
 VERBS: tuple[tuple[str, Callable[[argparse.Namespace, Target | None], int]], ...] = (
     ("repo_alone", repo.run),
-    ("table", table.run),
+    ("table", lambda args, target: _verb("table").run(args, target)),
     ("incremental", lambda args, _target: incremental.run(args)),
     ("chain_dir", lambda args, _target: chain.run(args)),
     ("archive_dir", pitr.run),
     ("input", lambda args, _target: full.run(args)),
 )
+
+
+def _verb(name: str):
+    """tools/restore/<name>.py, imported when it runs: a tool's start is part of every restore's time
+    (the drill's server client, the planner and the table restore are not needed by the others)."""
+    return importlib.import_module(f".restore.{name}", __package__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +229,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.repo:
             parser.error("--drill drills a backup of --data-dir's catalog or --input FILE; not --repo")
         _check_drill_options(args, parser)
-        return drill.run(args)
+        return _verb("drill").run(args)
     if (args.backup and not args.repo_alone) or args.drill_dir:
         parser.error("--backup and --drill-dir are for --drill (and --backup for --repo URL without --input)")
     if args.list_wal:
@@ -230,7 +237,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("--list-wal needs --archive-dir (or --repo)")
         if args.recovery_target_timeline == "current":
             parser.error("--list-wal has no base backup, so no current timeline: give latest or a timeline number")
-        return list_wal.run(args)
+        return _verb("list_wal").run(args)
     args.recovery_target_timeline = args.recovery_target_timeline or "latest"
     try:
         target = _target(args, parser)
@@ -242,7 +249,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("--dry-run plans a restore of --input FILE; it does not plan a restore from --repo alone")
         if args.table or args.incremental or args.into_server:
             parser.error("--dry-run plans a full, --chain-dir or point-in-time restore, not --table or --incremental")
-        return run_reporting_failures(args, lambda: dry_run.run(args, target))
+        return run_reporting_failures(args, lambda: _verb("dry_run").run(args, target))
     run = next(run for option, run in VERBS if getattr(args, option))
     return run_reporting_failures(args, lambda: run(args, target))
 

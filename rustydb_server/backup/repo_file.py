@@ -150,11 +150,13 @@ class RepositoryFile(io.RawIOBase):
     def _read_ahead(self, index: int) -> None:
         """(With the lock held) start fetching the blocks after ``index`` not held or coming yet,
         once the reads go front to back (not for a header, then the index at the end)."""
-        sequential = self._last is not None and index == self._last + 1
+        last = (self.size - 1) // self._block
+        # Block after block; or back to the first block once the index at the end is read
+        # (a backup's entries start right after its header): a restore reads on from there.
+        sequential = self._last is not None and (index == self._last + 1 or (index == 0 and self._last == last > 0))
         self._last = index
         if self._pool is None or not (sequential or self._ahead):
             return
-        last = (self.size - 1) // self._block
         for n in range(index + 1, min(index + self._readahead, last) + 1):
             if n not in self._cache and n not in self._ahead:
                 self._ahead[n] = self._pool.submit(self._fetch, n)

@@ -20,8 +20,10 @@ started here:
      a file: like the tool, they start Python and boto3 and write a file), a
      plain get_object into memory in this process (no start, no file), and
      `rusty-db-restore --input` of the same file on local disk (each restore
-     tool run includes starting Python). Run it at --size-mb 1024 too: the
-     tool's fixed start (Python, imports, the S3 client) weighs less there;
+     tool run includes starting Python); then an incremental on it, and the
+     restore of the chain from the bucket next to a plain download_file of
+     both objects in a new process. Run it at --size-mb 1024 too: the tool's
+     fixed start (Python, imports, the S3 client) weighs less there;
   3. WAL archive throughput: a server under a steady insert load (16 MB
      segments, 4 writers) archiving to s3://bucket/prefix, then the same to a
      local directory: segments/s from the times the archiver marked segments
@@ -217,6 +219,35 @@ def bench_backup_restore(store, work: str, size_mb: int) -> None:
         t_get_object_process = time.perf_counter() - t
         assert os.path.getsize(fetched) == size
         os.unlink(fetched)
+
+        # A chain: an incremental of an eighth of the data on top of the full.
+        conn = rc.connect(port=srv.port)
+        for n in range(size_mb, size_mb + max(1, size_mb // 8)):
+            values = ",".join(f"({n * rows_per_mb + k}, randomblob(65536))" for k in range(rows_per_mb))
+            conn.execute(f"INSERT INTO t VALUES {values}")
+        conn.close()
+        incr_id = _http(srv, "POST", "/api/v1/admin/backup", {"backup_type": "incremental", "wait": True})["backup_id"]
+        while True:
+            entry = next(e for e in _http(srv, "GET", "/api/v1/admin/backups")["backups"] if e["backup_id"] == incr_id)
+            if (entry.get("repositories") or {}).get(url, {}).get("state") == "copied":
+                break
+            time.sleep(0.05)
+        incr_key = f"rustydb/backups/{incr_id}/{incr_id}.backup"
+        chain_size = size + client.head_object(Bucket=bucket, Key=incr_key)["ContentLength"]
+        script = (
+            "import sys, boto3; from botocore.config import Config; "
+            "c = boto3.client('s3', config=Config(s3={'addressing_style': 'path'})); "
+            "[c.download_file(sys.argv[1], k, f'{sys.argv[2]}.{i}') for i, k in enumerate(sys.argv[3:])]"
+        )
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", script, bucket, fetched, key, incr_key],
+            env=dict(os.environ, **store.env()),
+            check=True,
+        )
+        t_chain_process = time.perf_counter() - t
+        for i in range(2):
+            os.unlink(f"{fetched}.{i}")
         srv.stop()
 
         def restore(*args):
@@ -227,8 +258,9 @@ def bench_backup_restore(store, work: str, size_mb: int) -> None:
             shutil.rmtree(os.path.dirname(target), ignore_errors=True)
             return took
 
-        t_restore_s3 = restore("--repo", url)
+        t_restore_s3 = restore("--repo", url, "--backup", backup_id)
         t_restore_local = restore("--input", path)
+        t_restore_chain = restore("--repo", url, "--backup", incr_id)
     finally:
         srv.stop()
 
@@ -260,6 +292,11 @@ def bench_backup_restore(store, work: str, size_mb: int) -> None:
         f"  restore from s3 / best plain download in a new process: {t_plain_process / t_restore_s3:.0%}"
         f"   / plain get_object in this process: {t_get / t_restore_s3:.0%}"
         f"   / restore of the local file: {t_restore_local / t_restore_s3:.0%}"
+    )
+    print(
+        f"  a chain (the full + a {(chain_size - size) / MB:.0f} MB incremental): rusty-db-restore --repo s3:// "
+        f"{chain_size / MB / t_restore_chain:.1f} MB/s, plain download_file of both in a new process "
+        f"{chain_size / MB / t_chain_process:.1f} MB/s: {t_chain_process / t_restore_chain:.0%}"
     )
     print(
         f"  times: restore --repo s3 {t_restore_s3:.2f} s, restore --input {t_restore_local:.2f} s, "

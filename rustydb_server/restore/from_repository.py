@@ -2,17 +2,19 @@
 
 The disaster case: a new machine with nothing but the repository's address,
 its credentials and the backup key. ``fetch`` reads the repository's catalog
-(backup/repo_catalog.py), chooses what to restore and downloads it into a
-private working directory beside the data directory (same file system, so
-the space is checked where the restore writes): the backup files of the
-chain (a local repository's files are read where they are; a single full
-backup from an object store is read in place, front to back, by ranges
-fetched in parallel ahead: no temporary copy); the archived
-WAL (``wal/``), when recovery replays it, is read in place like any archive
-(segment by segment, unpacked ahead). The
-restore itself is then the one of local files (restore_full, restore_chain,
-restore_to_target), which verifies every chunk as it reads it; the working
-directory is removed at the end, whatever happens.
+(backup/repo_catalog.py) and chooses what to restore. A local repository's
+files are read where they are. From an object store, the full (or
+pitr-base) backup, alone, as a recovery's base or as a chain's first, is
+read in place, front to back, by ranges fetched in parallel ahead (no
+temporary copy); a chain's incrementals are downloaded meanwhile, on a
+thread of their own, into a private working directory beside the data
+directory (same file system, so the space is checked where the restore
+writes), each one waited for only when it is applied. The archived WAL
+(``wal/``), when recovery replays it, is read in place like any archive
+(segment by segment, unpacked ahead). The restore itself is then the one of
+local files (restore_full, restore_members, restore_to_target), which
+verifies every chunk as it reads it; the working directory is removed at
+the end, whatever happens.
 
 What is restored:
 - a recovery target: the newest full or pitr-base backup before it (or the

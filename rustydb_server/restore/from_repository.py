@@ -111,7 +111,10 @@ def fetch(
     With ``download`` false the backups stay in the repository (RepositoryObjects,
     read by ranges)."""
     entries = repo_catalog.load(repo)
-    has_wal = archive_dir is not None or next(iter(repo.list(WAL_PREFIX)), None) is not None
+    # Whether there is WAL to replay matters for a target or the latest backup only
+    # (the listing of a long archive is many requests).
+    wal_matters = target is not None or which == "latest"
+    has_wal = archive_dir is not None or (wal_matters and next(iter(repo.list(WAL_PREFIX)), None) is not None)
     chain, replay = _choose(entries, which, target, has_wal, repo.url)
     if replay and not has_wal:
         raise RestoreError(

@@ -1,27 +1,37 @@
 """Point-in-time recovery benchmark: prints figures; never run as a test.
 
-    python bench/bench_recovery.py [--quick] [--seconds 20] [--repeat 3] [--baseline-src DIR]
+    python bench/bench_recovery.py [--quick] [--seconds 20] [--repeat 3] [--segment-kb 64,16384]
+                                   [--baseline-src DIR] [--no-bytecode-cache]
 
-One run, real server processes and the real rusty-db-restore:
+One run, real server processes and the real rusty-db-restore, once for each
+WAL segment size of --segment-kb (default 64 kB, the smallest, and 16 MB,
+wal_segment_size's default):
   1. a pgbench -N style load (per transaction BEGIN; UPDATE pgbench_accounts;
      SELECT abalance; INSERT INTO pgbench_history; COMMIT) from 2 clients for
-     --seconds after a pitr-base backup, archived in 64 kB WAL segments; the
-     load goes on until its WAL spans --min-segments (100) segments; a restore
-     point at its end;
-  2. PITR to the end of the load (that restore point) and to an LSN 10% into
-     the archived WAL, interleaved, --repeat times each: the restore's wall
-     time, then the restored server started until it answers a query;
-     transactions/s over the whole (restore + start) and in the replay phase
-     (the report's records_replayed / replay_seconds), medians;
-     the ratio of the 10% restore's time to the end restore's;
+     --seconds after a pitr-base backup, archived in segments of that size; the
+     load goes on until its WAL spans --min-segments (100) segments: with more
+     pgbench -N transactions for small segments, with range UPDATEs of 10,000
+     accounts for segments over 1 MB (--fill; 100 segments of 16 MB is 1.6 GB of
+     WAL, hours of one-row commits); a restore point at its end;
+  2. PITR to the base (--recovery-target immediate: the floor, what a PITR
+     replaying nothing costs), to the end of the load (that restore point) and
+     to an LSN 10% into the archived WAL, interleaved, --repeat times each: the
+     restore's wall time, then the restored server started until it answers a
+     query; transactions/s over the whole (restore + start) and in the replay
+     phase (the report's records_replayed / replay_seconds), medians; the ratio
+     of the 10% restore's time to the end restore's, of the whole restore and of
+     the replay phase, and the floor's share of PITR to the end;
   3. with --baseline-src (another source tree of RustyDB, e.g. an export of
      main), the same PITR to the end run with that tree's rusty-db-restore,
      interleaved with this tree's, medians and the ratio;
   4. if PostgreSQL 15 and pgbench are installed (and a 'postgres' account to run
-     them as), pgbench -N on the same scale for as long as the load above ran, then the server
+     them as), pgbench -N on the same scale for as long as the first load above ran, then the server
      stopped with -m immediate and started again: its crash recovery replays
      that load's WAL, the nearest thing to its PITR replay measurable without
      pgBackRest (its log's 'redo done ... elapsed' is the replay phase).
+Tools and servers run with a bytecode cache, as an installed package has
+(--no-bytecode-cache: each start compiles the tree, as a checkout under
+PYTHONDONTWRITEBYTECODE does).
 Targets (issue 16): replay phase >= 30,000 transactions/s; PITR to 10% <= 20%
 of the time of PITR to the end.
 """

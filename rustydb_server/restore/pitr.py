@@ -172,10 +172,14 @@ def restore_to_target(
 
 # ------------------------------------------------------------ timelines
 def timeline_path(
-    archive_dir: str, base_timeline: int, base_lsn: int, choice: str
+    archive_dir: str, base_timeline: int, base_lsn: int, choice: str, archived: dict | None = None
 ) -> list[tuple[int, int, int | None]]:
-    """[(timeline, from_lsn, to_lsn or None)] to read, from the base to the target timeline."""
-    archived = sf.list_archive(archive_dir)
+    """[(timeline, from_lsn, to_lsn or None)] to read, from the base to the target timeline.
+
+    ``archived``: the caller's ``sf.list_archive(archive_dir)``, so that a
+    restore lists the archive once (an S3 archive's listing is requests)."""
+    if archived is None:
+        archived = sf.list_archive(archive_dir)
     known = set(archived) | set(waltl.list_history_timelines(archive_dir)) | {base_timeline}
     if choice == "current":
         target = base_timeline
@@ -251,7 +255,7 @@ def recover(
     base_time = manifest.last_commit_time_us
     _check_target_against_base(target, manifest)
     archive = sf.list_archive(archive_dir)
-    path = timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice)
+    path = timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice, archive)
     applier = RecordApplier(ddir, only_database=only_database, only_table=only_table)
     applier.last_commit_time_us = base_time
     suppliers: list[ArchivedSegments] = []

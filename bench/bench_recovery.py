@@ -1,7 +1,7 @@
 """Point-in-time recovery benchmark: prints figures; never run as a test.
 
     python bench/bench_recovery.py [--quick] [--seconds 20] [--repeat 3] [--segment-kb 64,16384]
-                                   [--baseline-src DIR] [--no-bytecode-cache]
+                                   [--baseline-src DIR] [--encrypt] [--no-bytecode-cache]
 
 One run, real server processes and the real rusty-db-restore, once for each
 WAL segment size of --segment-kb (default 64 kB, the smallest, and 16 MB,
@@ -29,6 +29,8 @@ wal_segment_size's default):
      stopped with -m immediate and started again: its crash recovery replays
      that load's WAL, the nearest thing to its PITR replay measurable without
      pgBackRest (its log's 'redo done ... elapsed' is the replay phase).
+With --encrypt, the base backup and the archive are encrypted with a
+passphrase: each PITR then runs the KDF for the base's salt and the archive's.
 Tools and servers run with a bytecode cache, as an installed package has
 (--no-bytecode-cache: each start compiles the tree, as a checkout under
 PYTHONDONTWRITEBYTECODE does).
@@ -170,14 +172,17 @@ def bench_pitr(work: str, args, segment_kb: int) -> tuple[int, float]:
     conf = os.path.join(work, "server.toml")
     with open(conf, "w") as f:
         f.write(f"wal_segment_size = '{segment_kb}kB'\narchive_mode = 'on'\narchive_dest = '{archive}'\n")
+        if args.encrypt:
+            f.write("archive_encryption = 'on'\n")
     srv = ServerProcess(os.path.join(work, "source"), extra_args=["--config", conf])
     STARTED.append(srv)
     srv.start()
     with rc.connect(port=srv.port) as c:
         init_pgbench(c, args.scale)
     base = os.path.join(work, "base.backup")
+    encrypt = ["--encrypt"] if args.encrypt else []
     subprocess.run(
-        [tool("rusty-db-backup"), "--type", "pitr-base", "--output", base, "--port", str(srv.port), "--json"],
+        [tool("rusty-db-backup"), "--type", "pitr-base", "--output", base, "--port", str(srv.port), "--json", *encrypt],
         check=True,
         capture_output=True,
     )
@@ -366,6 +371,12 @@ def main() -> None:
         "accounts (bulk: hours of small commits otherwise); auto: bulk for segments over 1 MB",
     )
     ap.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt the base backup and the archive with a passphrase (RUSTYDB_BACKUP_PASSPHRASE): a PITR "
+        "then runs the KDF twice, once for each writer's salt",
+    )
+    ap.add_argument(
         "--no-bytecode-cache",
         action="store_true",
         help="measure tool and server starts compiling their modules each time (as under "
@@ -382,6 +393,8 @@ def main() -> None:
     if args.min_segments is None:
         args.min_segments = 20 if args.quick else 100
     work = tempfile.mkdtemp(prefix="bench_recovery_")
+    if args.encrypt:  # the servers and tools started from here on inherit it
+        os.environ["RUSTYDB_BACKUP_PASSPHRASE"] = "bench_recovery passphrase"
     cache = "none (each start compiles its modules)"
     if not args.no_bytecode_cache:
         # An installed package has its bytecode compiled (pip and distribution packages do it); a
@@ -391,7 +404,10 @@ def main() -> None:
         os.environ["PYTHONPYCACHEPREFIX"] = cache = os.path.join(work, "pycache")
         warm = "import rustydb_server.tools.restore_main, rustydb_server.tools.server_main"
         subprocess.run([sys.executable, "-c", warm], check=True, env=os.environ)
-    print(f"bench_recovery: work dir {work}; {'quick' if args.quick else 'full'} run; bytecode cache: {cache}")
+    print(
+        f"bench_recovery: work dir {work}; {'quick' if args.quick else 'full'} run; bytecode cache: {cache}"
+        + ("; encrypted with a passphrase" if args.encrypt else "")
+    )
     try:
         load_s = 0.0
         for kb in [int(v) for v in args.segment_kb.split(",")]:

@@ -159,7 +159,8 @@ def restore_to_target(
             fileops=fileops,
         )
 
-    ahead = _derive_wal_key_ahead(input_path, archive_dir, wal_key)
+    # (a PITR to the base's end reads no segment)
+    ahead = None if target.kind == "immediate" else _derive_wal_key_ahead(input_path, archive_dir, wal_key)
     try:
         result = restore_full(
             input_path,

@@ -161,22 +161,22 @@ def restore_to_target(
 
     # (a PITR to the base's end reads no segment)
     ahead = None if target.kind == "immediate" else _derive_wal_key_ahead(input_path, archive_dir, wal_key)
-    try:
-        result = restore_full(
-            input_path,
-            data_dir,
-            key=key,
-            threads=threads,
-            verify_encryption=verify_encryption,
-            integrity_check=integrity_check,
-            force=force,
-            progress=progress,
-            post_install=replay,
-            fileops=fileops,
-        )
-    finally:
-        if ahead is not None:
-            ahead.join()
+    result = restore_full(
+        input_path,
+        data_dir,
+        key=key,
+        threads=threads,
+        verify_encryption=verify_encryption,
+        integrity_check=integrity_check,
+        force=force,
+        progress=progress,
+        post_install=replay,
+        fileops=fileops,
+    )
+    if ahead is not None:
+        # Done by now: the replay needed the same KEK. A failed restore does not wait
+        # for it (a daemon thread that only fills the process's KEK cache).
+        ahead.join()
     return result, report
 
 

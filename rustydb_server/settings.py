@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import tomli_w
-from croniter import croniter
 
 from rustydb_server.fileops import REAL, FileOps
 
@@ -102,6 +101,8 @@ def check_cron(expression: str) -> str | None:
             "must be a cron expression of five fields (minute hour day month weekday), "
             "for example '0 2 * * 0', or 'off'"
         )
+    from croniter import croniter  # only a schedule setting needs it: not every tool's start
+
     if not croniter.is_valid(expression):
         return "is not a valid cron expression; for example '0 2 * * 0' is Sunday at 02:00"
     return None

@@ -12,6 +12,15 @@ client's first statement to the acknowledged COMMIT:
   beside it, when PostgreSQL 15 is installed, ``pgbench -i`` on a fresh
   cluster in the same run, and the ratio.
 
+Before them, in this process and the same run, the floor the session extension
+sets: the same 1M-row INSERT ... SELECT on a connection opened as the
+server's sessions are (``engine.database.open_connection``), without a
+session and with one configured as the server's capture is, CPU seconds of
+the insert, the changeset's build and the session's close, medians of
+--floor-reps interleaved runs; the same with a 64 MB page cache; and one
+scan reading every column of the rows back (what logging a new table's rows
+from the table itself, the proposed bulk-insert step, would read).
+
 ``--baseline-src DIR`` runs the same loads on a server started from another
 source tree (e.g. an export of main: ``git archive main | tar -x -C DIR``)
 interleaved with this tree's, so both see the same machine load; the medians
@@ -21,6 +30,7 @@ and the ratio of this tree to the baseline are printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -31,7 +41,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' support package
 
+import apsw  # noqa: E402
+
 from rustydb_client import client as rc  # noqa: E402
+from rustydb_server.engine import database  # noqa: E402
+from rustydb_server.engine.database import STATE_TABLE  # noqa: E402
 from tests.support.servers import ServerProcess, free_port  # noqa: E402
 
 GEN = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {n}) "
@@ -84,6 +98,76 @@ def pgbench_init(conn, scale: int) -> float:
         "printf('%84s', '') FROM s"
     )
     return time.perf_counter() - t0
+
+
+def capture_once(path: str, rows: int, session: bool, cache_kib: int | None) -> dict[str, float]:
+    """One INSERT ... SELECT of ``rows`` in one transaction, in this process: CPU seconds
+    of the insert, the changeset's build and the session's close + COMMIT."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+    conn = database.open_connection(path, create=True, server=True, synchronous="OFF")
+    if cache_kib:
+        conn.execute(f"PRAGMA cache_size=-{cache_kib}")
+    conn.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, name TEXT, amount REAL, qty INTEGER)")
+    t0 = time.process_time()
+    conn.execute("BEGIN")
+    capture = None
+    if session:  # as engine/session.py's _start_capture
+        capture = apsw.Session(conn, "main")
+        capture.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)
+        capture.table_filter(lambda name: name != STATE_TABLE)
+        capture.attach()
+    conn.execute(GEN.format(n=rows) + "INSERT INTO bulk SELECT i, 'customer-' || i, i * 1.25, i % 97 FROM s")
+    t1 = time.process_time()
+    size = len(capture.changeset()) if capture else 0
+    t2 = time.process_time()
+    if capture:
+        capture.close()
+    conn.execute("COMMIT")
+    t3 = time.process_time()
+    # the rows read back by one scan in C, every column (what logging a new table's rows would read)
+    conn.execute("SELECT sum(id), sum(length(name)), sum(amount), sum(qty) FROM bulk").fetchall()
+    t4 = time.process_time()
+    conn.close()
+    return {
+        "insert": t1 - t0,
+        "changeset": t2 - t1,
+        "close_commit": t3 - t2,
+        "total": t3 - t0,
+        "bytes": size,
+        "scan": t4 - t3,
+    }
+
+
+def capture_floor(work: str, rows: int, reps: int) -> None:
+    """What the session extension costs alone: the same statement with and without it."""
+    variants = {
+        "SQLite alone (no session)": (False, None),
+        "with the server's session": (True, None),
+        "with the session, 64 MB page cache": (True, 65536),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    path = os.path.join(work, "floor.db")
+    for _ in range(reps):
+        for name, (session, cache) in variants.items():
+            runs[name].append(capture_once(path, rows, session, cache))
+    print(f"== in-process floor: one INSERT ... SELECT of {rows} rows, CPU seconds, medians of {reps}")
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    for name, m in med.items():
+        print(
+            f"  {name:36s} total {m['total']:.3f} s ({rows / m['total']:>9,.0f} rows/s of CPU): insert "
+            f"{m['insert']:.3f}, changeset build {m['changeset']:.3f}, session close + COMMIT {m['close_commit']:.3f}"
+            + (f"; changeset {m['bytes'] / 2**20:.1f} MiB" if m["bytes"] else "")
+        )
+    alone, captured = med["SQLite alone (no session)"]["total"], med["with the server's session"]["total"]
+    print(
+        f"  the session extension: {captured - alone:.3f} s of {captured:.3f} s ({(captured - alone) / captured:.0%}); "
+        f"SQLite's insert alone caps this machine at {rows / alone:,.0f} rows/s of CPU, "
+        f"with the capture at {rows / captured:,.0f}; reading the rows back by one scan in C, every column: "
+        f"{med['SQLite alone (no session)']['scan']:.3f} s",
+        flush=True,
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,6 +254,10 @@ def main() -> None:
     ap.add_argument("--baseline-src", help="a source tree whose server runs the same loads, interleaved")
     ap.add_argument("--scale", type=int, help="pgbench scale (default 70, --quick 10)")
     ap.add_argument("--no-postgres", action="store_true", help="skip pgbench -i even if PostgreSQL is installed")
+    ap.add_argument(
+        "--floor-reps", type=int, default=5, help="runs of each in-process floor variant (0: skip the floor)"
+    )
+    ap.add_argument("--floor-only", action="store_true", help="measure the in-process floor alone")
     args = ap.parse_args()
     rows = 200_000 if args.quick else 1_000_000
     scale = args.scale or (10 if args.quick else 70)
@@ -180,6 +268,10 @@ def main() -> None:
     pg_times: list[float] = []
     bindir = None if args.no_postgres else postgres_bin()
     try:
+        if args.floor_reps:
+            capture_floor(work, rows, args.floor_reps)
+        if args.floor_only:
+            return
         for rep in range(args.reps):
             order = variants if rep % 2 == 0 else variants[::-1]
             for name, src in order:

@@ -1,27 +1,39 @@
 """Point-in-time recovery benchmark: prints figures; never run as a test.
 
-    python bench/bench_recovery.py [--quick] [--seconds 20] [--repeat 3] [--baseline-src DIR]
+    python bench/bench_recovery.py [--quick] [--seconds 20] [--repeat 3] [--segment-kb 64,16384]
+                                   [--baseline-src DIR] [--encrypt] [--no-bytecode-cache]
 
-One run, real server processes and the real rusty-db-restore:
+One run, real server processes and the real rusty-db-restore, once for each
+WAL segment size of --segment-kb (default 64 kB, the smallest, and 16 MB,
+wal_segment_size's default):
   1. a pgbench -N style load (per transaction BEGIN; UPDATE pgbench_accounts;
      SELECT abalance; INSERT INTO pgbench_history; COMMIT) from 2 clients for
-     --seconds after a pitr-base backup, archived in 64 kB WAL segments; the
-     load goes on until its WAL spans --min-segments (100) segments; a restore
-     point at its end;
-  2. PITR to the end of the load (that restore point) and to an LSN 10% into
-     the archived WAL, interleaved, --repeat times each: the restore's wall
-     time, then the restored server started until it answers a query;
-     transactions/s over the whole (restore + start) and in the replay phase
-     (the report's records_replayed / replay_seconds), medians;
-     the ratio of the 10% restore's time to the end restore's;
+     --seconds after a pitr-base backup, archived in segments of that size; the
+     load goes on until its WAL spans --min-segments (100) segments: with more
+     pgbench -N transactions for small segments, with range UPDATEs of 10,000
+     accounts for segments over 1 MB (--fill; 100 segments of 16 MB is 1.6 GB of
+     WAL, hours of one-row commits); a restore point at its end;
+  2. PITR to the base (--recovery-target immediate: the floor, what a PITR
+     replaying nothing costs), to the end of the load (that restore point) and
+     to an LSN 10% into the archived WAL, interleaved, --repeat times each: the
+     restore's wall time, then the restored server started until it answers a
+     query; transactions/s over the whole (restore + start) and in the replay
+     phase (the report's records_replayed / replay_seconds), medians; the ratio
+     of the 10% restore's time to the end restore's, of the whole restore and of
+     the replay phase, and the floor's share of PITR to the end;
   3. with --baseline-src (another source tree of RustyDB, e.g. an export of
      main), the same PITR to the end run with that tree's rusty-db-restore,
      interleaved with this tree's, medians and the ratio;
   4. if PostgreSQL 15 and pgbench are installed (and a 'postgres' account to run
-     them as), pgbench -N on the same scale for as long as the load above ran, then the server
+     them as), pgbench -N on the same scale for as long as the first load above ran, then the server
      stopped with -m immediate and started again: its crash recovery replays
      that load's WAL, the nearest thing to its PITR replay measurable without
      pgBackRest (its log's 'redo done ... elapsed' is the replay phase).
+With --encrypt, the base backup and the archive are encrypted with a
+passphrase: each PITR then runs the KDF for the base's salt and the archive's.
+Tools and servers run with a bytecode cache, as an installed package has
+(--no-bytecode-cache: each start compiles the tree, as a checkout under
+PYTHONDONTWRITEBYTECODE does).
 Targets (issue 16): replay phase >= 30,000 transactions/s; PITR to 10% <= 20%
 of the time of PITR to the end.
 """
@@ -136,20 +148,41 @@ def med(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def bench_pitr(work: str, args) -> tuple[int, float]:
+def bulk_fill(port: int, scale: int, wal_bytes: int, start_lsn: int, rows: int = 10_000) -> int:
+    """Range UPDATEs of ``rows`` accounts each, one transaction each, until the WAL since
+    ``start_lsn`` spans ``wal_bytes``: a real archive's volume in minutes, where one
+    small transaction per fsync would take hours. Transactions committed."""
+    n = 0
+    accounts = scale * ACCOUNTS_PER_SCALE
+    with rc.connect(port=port) as c:
+        while parse_lsn(c.execute("SHOW wal_lsn").rows[0][0]) - start_lsn < wal_bytes:
+            for _ in range(10):
+                first = (n * rows) % max(1, accounts - rows) + 1
+                last = first + rows - 1
+                c.execute(f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN {first} AND {last}")
+                n += 1
+    return n
+
+
+def bench_pitr(work: str, args, segment_kb: int) -> tuple[int, float]:
+    work = os.path.join(work, f"seg{segment_kb}k")
+    os.mkdir(work)
     archive = os.path.join(work, "archive")
     os.mkdir(archive)
     conf = os.path.join(work, "server.toml")
     with open(conf, "w") as f:
-        f.write(f"wal_segment_size = '{args.segment_kb}kB'\narchive_mode = 'on'\narchive_dest = '{archive}'\n")
+        f.write(f"wal_segment_size = '{segment_kb}kB'\narchive_mode = 'on'\narchive_dest = '{archive}'\n")
+        if args.encrypt:
+            f.write("archive_encryption = 'on'\n")
     srv = ServerProcess(os.path.join(work, "source"), extra_args=["--config", conf])
     STARTED.append(srv)
     srv.start()
     with rc.connect(port=srv.port) as c:
         init_pgbench(c, args.scale)
     base = os.path.join(work, "base.backup")
+    encrypt = ["--encrypt"] if args.encrypt else []
     subprocess.run(
-        [tool("rusty-db-backup"), "--type", "pitr-base", "--output", base, "--port", str(srv.port), "--json"],
+        [tool("rusty-db-backup"), "--type", "pitr-base", "--output", base, "--port", str(srv.port), "--json", *encrypt],
         check=True,
         capture_output=True,
     )
@@ -157,7 +190,10 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
         start_lsn = parse_lsn(c.execute("SHOW wal_lsn").rows[0][0])
     t0 = time.perf_counter()
     txs = pgbench_n_load(srv.port, args.scale, args.seconds)
-    seg_bytes = args.segment_kb * 1024
+    seg_bytes = segment_kb * 1024
+    bulk = 0
+    if args.fill == "bulk":  # the rest of --min-segments' volume in range UPDATEs
+        bulk = bulk_fill(srv.port, args.scale, args.min_segments * seg_bytes, start_lsn)
     while True:  # on until the load's WAL spans --min-segments (a slow machine commits fewer)
         with rc.connect(port=srv.port) as c:
             end_lsn = parse_lsn(c.execute("SHOW wal_lsn").rows[0][0])
@@ -167,27 +203,32 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
     load_s = time.perf_counter() - t0
     with rc.connect(port=srv.port) as c:
         c.execute("CREATE RESTORE POINT 'bench_end'")
-    srv.wait_archived(timeout=300.0)
+    srv.wait_archived(timeout=600.0)
     srv.stop()
     segments = len([n for n in os.listdir(archive) if n.endswith(".walz")])
     tenth = start_lsn + (end_lsn - start_lsn) // 10
+    wal_mib = (end_lsn - start_lsn) / 2**20
     print(
-        f"\n== load: pgbench -N style, scale {args.scale}, 2 clients, {load_s:.1f} s: {txs} transactions "
-        f"({txs / load_s:,.0f} tx/s); WAL {(end_lsn - start_lsn) / 2**20:.1f} MiB in {segments} archived "
-        f"segments of {args.segment_kb} kB"
+        f"\n== {segment_kb} kB segments. Load: pgbench -N style, scale {args.scale}, 2 clients, {txs} transactions"
+        + (f" + {bulk} range UPDATEs of 10,000 accounts" if bulk else "")
+        + f" in {load_s:.1f} s; WAL {wal_mib:.1f} MiB, {segments} archived segments of {segment_kb} kB"
     )
     this = [tool("rusty-db-restore")]
     env = dict(os.environ)
     out = os.path.join(work, "restored")
-    runs: dict[str, list] = {"end": [], "tenth": [], "baseline": []}
-    targets = {"end": ["--recovery-target-name", "bench_end"], "tenth": ["--recovery-target-lsn", format_lsn(tenth)]}
+    runs: dict[str, list] = {"floor": [], "end": [], "tenth": [], "baseline": []}
+    targets = {
+        "floor": ["--recovery-target", "immediate"],
+        "end": ["--recovery-target-name", "bench_end"],
+        "tenth": ["--recovery-target-lsn", format_lsn(tenth)],
+    }
     baseline = None
     if args.baseline_src:
         # run from the baseline tree: "python -m" puts the working directory first on sys.path
         src = os.path.abspath(args.baseline_src)
         baseline = ([sys.executable, "-m", "rustydb_server.tools.restore_main"], dict(env, PYTHONPATH=src), src)
     for _ in range(args.repeat):
-        for kind in ("end", "tenth", "baseline"):
+        for kind in ("floor", "end", "tenth", "baseline"):
             if kind == "baseline":
                 if baseline is None:
                     continue
@@ -207,7 +248,12 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
                     "wait": rep.get("read_wait_seconds"),
                 }
             )
-    labels = {"end": "to the end", "tenth": "to 10% (LSN target)", "baseline": "to the end, baseline tree"}
+    labels = {
+        "floor": "to the base (--recovery-target immediate: the floor)",
+        "end": "to the end",
+        "tenth": "to 10% (LSN target)",
+        "baseline": "to the end, baseline tree",
+    }
     for kind, label in labels.items():
         rs = runs[kind]
         if not rs:
@@ -216,29 +262,34 @@ def bench_pitr(work: str, args) -> tuple[int, float]:
         records = rs[0]["records"]
         replay = None if rs[0]["replay"] is None else med([r["replay"] for r in rs])
         print(
-            f"\n== PITR {label}: {records} transactions replayed from {rs[0]['segments']} segments; "
+            f"  PITR {label}: {records} transactions replayed from {rs[0]['segments']} segments; "
             f"medians of {len(rs)}: restore {wall:.2f} s + start until answering {start:.2f} s = {wall + start:.2f} s"
         )
-        line = f"  transactions/s over the whole: {records / (wall + start):,.0f}"
+        if not records:
+            continue
+        line = f"    transactions/s over the whole: {records / (wall + start):,.0f}"
         if replay is None:
             line += f"; over the restore alone: {records / wall:,.0f} (its --json has no replay-phase time)"
         else:
             line += f"; in the replay phase: {records / replay:,.0f} ({replay:.2f} s"
             wait = rs[0]["wait"]
             line += ")" if wait is None else f", of which waiting for a segment {med([r['wait'] for r in rs]):.3f} s)"
-        if kind == "end":
+        if kind == "end" and replay and not bulk:
             line += f"   [target >= 30,000: {'MET' if records / replay >= 30_000 else 'NOT MET'}]"
         print(line)
     if runs["end"] and runs["tenth"]:
-        whole = med([r["wall"] for r in runs["tenth"]]) / med([r["wall"] for r in runs["end"]])
+        end_wall = med([r["wall"] for r in runs["end"]])
+        whole = med([r["wall"] for r in runs["tenth"]]) / end_wall
         phase = med([r["replay"] for r in runs["tenth"]]) / med([r["replay"] for r in runs["end"]])
+        floor = med([r["wall"] for r in runs["floor"]])
         print(
-            f"\n== PITR to 10% / PITR to the end: restore wall time {whole:.2f}, replay phase {phase:.2f}"
-            f"   [target <= 0.20: {'MET' if whole <= 0.2 else 'NOT MET'}]"
+            f"  PITR to 10% / PITR to the end ({segment_kb} kB segments): restore wall time {whole:.2f}, "
+            f"replay phase {phase:.2f}   [target <= 0.20: {'MET' if whole <= 0.2 else 'NOT MET'}]; "
+            f"the floor (a PITR replaying nothing) is {floor / end_wall:.2f} of PITR to the end"
         )
     if runs["baseline"]:
         whole = med([r["wall"] for r in runs["end"]]) / med([r["wall"] for r in runs["baseline"]])
-        print(f"== PITR to the end, this tree / baseline tree: restore wall time {whole:.2f}")
+        print(f"  PITR to the end, this tree / baseline tree: restore wall time {whole:.2f}")
     return txs, load_s
 
 
@@ -301,11 +352,35 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short run: a 4 s load, one repeat")
     ap.add_argument("--seconds", type=float, help="load duration (default 20, 4 with --quick)")
     ap.add_argument("--scale", type=int, default=1, help="pgbench scale: 100,000 accounts each (default 1)")
-    ap.add_argument("--segment-kb", type=int, default=64, help="WAL segment size of the load's server, kB")
+    ap.add_argument(
+        "--segment-kb",
+        default="64,16384",
+        help="WAL segment sizes, kB, comma-separated: one load and archive each (default 64,16384: "
+        "the smallest, and wal_segment_size's default)",
+    )
     ap.add_argument(
         "--min-segments",
         type=int,
         help="the load goes on past --seconds until its WAL spans this many segments (default 100, 20 with --quick)",
+    )
+    ap.add_argument(
+        "--fill",
+        choices=["auto", "pgbench", "bulk"],
+        default="auto",
+        help="how the load reaches --min-segments: more pgbench -N transactions, or range UPDATEs of 10,000 "
+        "accounts (bulk: hours of small commits otherwise); auto: bulk for segments over 1 MB",
+    )
+    ap.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt the base backup and the archive with a passphrase (RUSTYDB_BACKUP_PASSPHRASE): a PITR "
+        "then runs the KDF twice, once for each writer's salt",
+    )
+    ap.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="measure tool and server starts compiling their modules each time (as under "
+        "PYTHONDONTWRITEBYTECODE with no cache), instead of with a bytecode cache as an installed package has",
     )
     ap.add_argument("--repeat", type=int, help="restores of each kind, interleaved (default 3, 1 with --quick)")
     ap.add_argument("--baseline-src", help="another RustyDB source tree: time its rusty-db-restore too, interleaved")
@@ -318,9 +393,27 @@ def main() -> None:
     if args.min_segments is None:
         args.min_segments = 20 if args.quick else 100
     work = tempfile.mkdtemp(prefix="bench_recovery_")
-    print(f"bench_recovery: work dir {work}; {'quick' if args.quick else 'full'} run")
+    if args.encrypt:  # the servers and tools started from here on inherit it
+        os.environ["RUSTYDB_BACKUP_PASSPHRASE"] = "bench_recovery passphrase"
+    cache = "none (each start compiles its modules)"
+    if not args.no_bytecode_cache:
+        # An installed package has its bytecode compiled (pip and distribution packages do it); a
+        # source checkout under PYTHONDONTWRITEBYTECODE has none, and every tool and server start
+        # would compile the whole tree: a fixed cost of the environment, not of the restore.
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        os.environ["PYTHONPYCACHEPREFIX"] = cache = os.path.join(work, "pycache")
+        warm = "import rustydb_server.tools.restore_main, rustydb_server.tools.server_main"
+        subprocess.run([sys.executable, "-c", warm], check=True, env=os.environ)
+    print(
+        f"bench_recovery: work dir {work}; {'quick' if args.quick else 'full'} run; bytecode cache: {cache}"
+        + ("; encrypted with a passphrase" if args.encrypt else "")
+    )
     try:
-        _txs, load_s = bench_pitr(work, args)
+        load_s = 0.0
+        for kb in [int(v) for v in args.segment_kb.split(",")]:
+            fill = args.fill if args.fill != "auto" else ("bulk" if kb > 1024 else "pgbench")
+            _txs, seconds = bench_pitr(work, argparse.Namespace(**{**vars(args), "fill": fill}), kb)
+            load_s = load_s or seconds  # PostgreSQL's load runs as long as the first (pgbench -N only) one
         if not args.no_postgres:
             bench_postgres(work, args, round(load_s))
     finally:

@@ -108,13 +108,16 @@ class _PassphraseKeks:
 
     A derivation is slow by design (scrypt: ~0.1 s), and every file a process
     writes is wrapped under one KEK (see the module doc), so each runs once per
-    process: the lock makes threads that need the same KEK wait for one run.
-    Passphrases are known by a SHA-256 of them, held in memory only, like the
-    KEKs themselves."""
+    process: a lock per KEK makes threads that need the same KEK wait for one
+    run, while KEKs of different salts derive side by side (scrypt and Argon2id
+    release the GIL: a PITR derives its archive's KEK while it restores the base
+    under another). Passphrases are known by a SHA-256 of them, held in memory
+    only, like the KEKs themselves."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts; held for no derivation
         self._keks: dict[tuple, SecretKey] = {}
+        self._deriving: dict[tuple, threading.Lock] = {}
         self._new_params: dict[tuple, dict] = {}
 
     @staticmethod
@@ -125,8 +128,17 @@ class _PassphraseKeks:
         cache_key = (self._id(passphrase), tuple(sorted(params.items())))
         with self._lock:
             kek = self._keks.get(cache_key)
+            if kek is not None:
+                return kek
+            one_run = self._deriving.setdefault(cache_key, threading.Lock())
+        with one_run:
+            with self._lock:
+                kek = self._keks.get(cache_key)
             if kek is None:
-                kek = self._keks[cache_key] = crypto.derive_kek(passphrase, params)
+                kek = crypto.derive_kek(passphrase, params)  # a failure leaves nothing cached
+                with self._lock:
+                    self._keks[cache_key] = kek
+                    self._deriving.pop(cache_key, None)
             return kek
 
     def params_for_new(self, passphrase: SecretKey, kdf: str, overrides: dict) -> dict:

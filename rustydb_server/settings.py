@@ -101,7 +101,7 @@ def check_cron(expression: str) -> str | None:
             "must be a cron expression of five fields (minute hour day month weekday), "
             "for example '0 2 * * 0', or 'off'"
         )
-    from croniter import croniter  # here: the tools that read settings start without it
+    from croniter import croniter  # only a schedule setting needs it: not every tool's start
 
     if not croniter.is_valid(expression):
         return "is not a valid cron expression; for example '0 2 * * 0' is Sunday at 02:00"

@@ -147,6 +147,42 @@ def test_threads_that_need_the_same_kek_wait_for_one_run(kdf_runs):
     assert len(files) == 6 and len(kdf_runs) == 1
 
 
+def test_kdf_runs_of_different_salts_go_side_by_side(monkeypatch):
+    """A PITR derives its archive's KEK while the base's derives under another salt:
+    two runs for two salts meet inside the KDF at once (a run holding one lock for
+    every salt would leave the barrier waiting for the second, and break it)."""
+    passphrase = crypto.SecretKey(fresh_passphrase().encode())
+    inside = threading.Barrier(2, timeout=10)
+    real = crypto.derive_kek
+    runs: list[bytes] = []
+
+    def meeting(pw, params):
+        runs.append(params["salt"])
+        inside.wait()  # BrokenBarrierError if the other salt's run cannot start meanwhile
+        return real(pw, params)
+
+    monkeypatch.setattr(crypto, "derive_kek", meeting)
+    salts = [crypto.new_kdf_params("scrypt"), crypto.new_kdf_params("scrypt")]
+    keks: dict[int, crypto.SecretKey] = {}
+    errors: list[BaseException] = []
+
+    def derive(i: int) -> None:
+        try:
+            keks[i] = keys._PASSPHRASE_KEKS.kek(passphrase, salts[i])
+        except BaseException as e:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=derive, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(runs) == 2 and keks[0] != keks[1]
+    # and each is cached: asking again runs nothing
+    monkeypatch.setattr(crypto, "derive_kek", lambda *a: pytest.fail("derived twice"))
+    assert keys._PASSPHRASE_KEKS.kek(passphrase, salts[0]) == keks[0]
+
+
 def test_another_passphrase_gets_another_salt(kdf_runs):
     a, b = container(keys.PassphraseSource(fresh_passphrase())), container(keys.PassphraseSource(fresh_passphrase()))
     assert keywrap_of(a)[0]["salt"] != keywrap_of(b)[0]["salt"]

@@ -5,7 +5,8 @@ real tools restoring from it.
   server's archive (every segment it wrote shares its KEK) and once for the
   base backup, which the backup tool encrypted in a process of its own;
   ``--list-wal`` over the same archive runs it once. The restore runs through
-  the tool's main() in this process so the runs can be counted.
+  the tool's main() in this process so the runs can be counted; its two runs
+  go side by side (the archive's KEK is derived while the base restores).
 - An archive written before format 3 (tests/data/format2-archive: a salt and a
   scrypt run per segment) restores, and keeps restoring once a server of today
   has archived format 3 segments beside it on a new timeline.
@@ -19,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import threading
 
 import pytest
 
@@ -76,7 +78,9 @@ def key_params(path) -> tuple[int, dict]:
         return r.layout.version, F.unpack_msgpack(kw["params"])
 
 
-def test_pitr_over_many_segments_runs_the_kdf_once_per_salt(server_factory, tmp_path, passphrase_env, kdf_runs, capsys):
+def test_pitr_over_many_segments_runs_the_kdf_once_per_salt(
+    server_factory, tmp_path, passphrase_env, kdf_runs, capsys, monkeypatch
+):
     archive = tmp_path / "archive"
     archive.mkdir()
     conf = tmp_path / "c.toml"
@@ -113,7 +117,17 @@ def test_pitr_over_many_segments_runs_the_kdf_once_per_salt(server_factory, tmp_
     target = history[-2]
     out = str(tmp_path / "restored")
     argv = ["--input", str(base), "--archive-dir", str(archive), "--data-dir", out]
+    # The two runs go side by side: the archive's KEK is derived while the base's is
+    # (a run waiting for the other would break the barrier, and the restore with it).
+    counting, meet = crypto.derive_kek, threading.Barrier(2, timeout=10)
+
+    def side_by_side(passphrase, params):
+        meet.wait()
+        return counting(passphrase, params)
+
+    monkeypatch.setattr(crypto, "derive_kek", side_by_side)
     assert restore_main.main([*argv, "--recovery-target-txid", str(target["txid"]), "--json"]) == 0
+    monkeypatch.setattr(crypto, "derive_kek", counting)
     capsys.readouterr()
     assert restored_digest(out) == target["digest"]
     assert sorted(p["salt"] for p in kdf_runs) == sorted([base_salt, found[0][1]["salt"]])

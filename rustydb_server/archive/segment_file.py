@@ -97,6 +97,15 @@ def unpack_segment(path: str, *, system_id: int | None = None, key=None) -> tupl
         raise ArchiveError(f"cannot read archived WAL segment {path}: {exc}") from None
 
 
+def unlock(path: str, key) -> None:
+    """Unwrap the data key of the archived file at ``path``, nothing more: its
+    KEK is derived then (a passphrase's, once per process and salt), so a
+    reader can have it ready before it needs the segment. Raises as
+    ``unpack_segment`` would, or BackupError."""
+    with location.open_read(path) as f:
+        BackupReader(f, key=key)
+
+
 def _unpack_segment(path: str, *, system_id: int | None, key) -> tuple[str, bytes]:
     with location.open_read(path) as f:
         reader = BackupReader(f, key=key)

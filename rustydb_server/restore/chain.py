@@ -22,7 +22,7 @@ from ..container.errors import BackupError
 from ..container.format import BackupType
 from ..container.reader import BackupReader
 from .errors import RestoreError
-from .full import open_input, read_key_for, restore_full
+from .full import open_backup, read_key_for, restore_full
 from .incremental import apply_incremental
 
 
@@ -175,7 +175,7 @@ def _apply_incrementals(
     paths: list, key_file: str | None, threads: int, fileops: _fileops.FileOps, staging: str, manifest: Manifest
 ) -> None:
     for path in paths:
-        with open_input(path) as f:
+        with open_backup(path) as f:
             reader = BackupReader(f, key=read_key_for(path, key_file))
             # restore_full syncs the chain's files once, and discards the
             # staging directory if anything fails

@@ -116,7 +116,7 @@ def restore_full(
     target = os.path.abspath(data_dir)
     if os.path.exists(target) and not os.path.isdir(target):
         raise RestoreError(f"{target} exists and is not a directory; choose another --data-dir")
-    with open_input(input_path) as f:
+    with open_backup(input_path) as f:
         reader = _open_reader(f, input_path, key)
         manifest = check_manifest(reader)
         with TargetLock(target) as lock:
@@ -157,9 +157,8 @@ def restore_full(
 
 
 @contextlib.contextmanager
-def open_input(path):
-    """The backup file; or anything whose ``open()`` gives it (a RepositoryObject, read in
-    place by ranges; a chain member still being downloaded: restore/from_repository.py)."""
+def open_backup(path):
+    """The backup file; or an object in a repository (a RepositoryObject), read in place by ranges."""
     if not isinstance(path, str):
         with path.open() as f:
             yield f
@@ -185,7 +184,7 @@ def _open_reader(f, input_path: str, key: KeySource | None) -> BackupReader:
 def read_key_for(path: str, key_file: str | None) -> KeySource | None:
     """The key that reads the backup file at ``path`` (None if it is not encrypted)."""
     try:
-        with open_input(path) as f:
+        with open_backup(path) as f:
             header = BackupReader(f).header
     except OSError as exc:
         raise RestoreError(f"cannot open backup {path}: {exc.strerror or exc}") from None

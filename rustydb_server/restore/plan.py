@@ -248,7 +248,7 @@ def plan_replay(
 def _walk(plan, manifest, archive_dir, target, timeline_choice, key, on_tx=None) -> None:
     base_lsn = manifest.end_lsn
     archive = sf.list_archive(archive_dir)
-    path = pitr.timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice)
+    path = pitr.timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice, archive)
     plan.timeline_path = path
     applied = {db.name: db.applied_lsn or 0 for db in manifest.databases}
 

@@ -31,14 +31,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from ..archive import destination
-from ..repository import is_s3_url
 from ..restore.pitr import PitrError, Target, make_target
-from ..settings import SettingError
-from . import repository_settings
 from .argtypes import as_of, thread_count
 from .output import ToolParser, run_main
-from .restore import chain, full, incremental, pitr, repo
 from .restore.failure import PROG, report_failure, run_reporting_failures
 
 
@@ -198,21 +193,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Which verb a command line asks for: the first whose option is given.
-VERBS: tuple[tuple[str, Callable[[argparse.Namespace, Target | None], int]], ...] = (
-    ("repo_alone", repo.run),
-    ("table", lambda args, target: _verb("table").run(args, target)),
-    ("incremental", lambda args, _target: incremental.run(args)),
-    ("chain_dir", lambda args, _target: chain.run(args)),
-    ("archive_dir", pitr.run),
-    ("input", lambda args, _target: full.run(args)),
+# Which verb a command line asks for: the first whose option is given, and the
+# module under tools/restore/ that runs it. Only that module is imported: a
+# point-in-time restore does not pay for the drill's server client or the
+# repository's S3 support at every start (its fixed cost, issue 16).
+VERBS: tuple[tuple[str, str], ...] = (
+    ("repo_alone", "repo"),
+    ("table", "table"),
+    ("incremental", "incremental"),
+    ("chain_dir", "chain"),
+    ("archive_dir", "pitr"),
+    ("input", "full"),
 )
+# The verbs whose run() takes the arguments alone (no recovery target).
+_NO_TARGET = frozenset({"incremental", "chain", "full", "drill", "list_wal"})
 
 
-def _verb(name: str):
-    """tools/restore/<name>.py, imported when it runs: a tool's start is part of every restore's time
-    (the drill's server client, the planner and the table restore are not needed by the others)."""
-    return importlib.import_module(f".restore.{name}", __package__)
+def _verb(name: str) -> Callable[[argparse.Namespace, Target | None], int]:
+    module = importlib.import_module(f"{__package__}.restore.{name}")
+    if name in _NO_TARGET:
+        return lambda args, _target: module.run(args)
+    return module.run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.repo:
+    if args.repo and "/" not in args.repo and ":" not in args.repo:
         # --repo N, repoN or NAME: an entry of the config file's backup_repositories.
+        from ..settings import SettingError
+        from . import repository_settings
+
         try:
             args.repo = repository_settings.resolve_from_config(args.repo)
         except SettingError as exc:
@@ -236,7 +240,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.repo:
             parser.error("--drill drills a backup of --data-dir's catalog or --input FILE; not --repo")
         _check_drill_options(args, parser)
-        return _verb("drill").run(args)
+        return _verb("drill")(args, None)
     if (args.backup and not args.repo_alone) or args.drill_dir:
         parser.error("--backup and --drill-dir are for --drill (and --backup for --repo URL without --input)")
     if args.list_wal:
@@ -244,7 +248,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("--list-wal needs --archive-dir (or --repo)")
         if args.recovery_target_timeline == "current":
             parser.error("--list-wal has no base backup, so no current timeline: give latest or a timeline number")
-        return _verb("list_wal").run(args)
+        return _verb("list_wal")(args, None)
     args.recovery_target_timeline = args.recovery_target_timeline or "latest"
     try:
         target = _target(args, parser)
@@ -256,35 +260,48 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("--dry-run plans a restore of --input FILE; it does not plan a restore from --repo alone")
         if args.table or args.incremental or args.into_server:
             parser.error("--dry-run plans a full, --chain-dir or point-in-time restore, not --table or --incremental")
-        return run_reporting_failures(args, lambda: _verb("dry_run").run(args, target))
-    run = next(run for option, run in VERBS if getattr(args, option))
+        return run_reporting_failures(args, lambda: _verb("dry_run")(args, target))
+    run = _verb(next(name for option, name in VERBS if getattr(args, option)))
     return run_reporting_failures(args, lambda: run(args, target))
 
 
 def _archive_location(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--repo R is --archive-dir R/wal; an s3:// --archive-dir (archive_dest's value) is its wal/ prefix."""
+    if not (args.repo or args.archive_dir):
+        return
+    from ..archive import destination  # only the restores that read an archive need these
+    from ..repository import is_s3_url
+
     if args.repo:
         if args.archive_dir:
             parser.error("give --repo or --archive-dir, not both")
         if args.repo_alone:
             if is_s3_url(args.repo):
-                try:
-                    repository_settings.configure()
-                except SettingError as exc:
-                    parser.error(str(exc))
+                _configure_s3(parser)
             return
         args.archive_dir = repository_wal(args.repo)
     elif args.archive_dir and is_s3_url(args.archive_dir):
         args.archive_dir = destination.location(args.archive_dir)
     if args.archive_dir and is_s3_url(args.archive_dir):
-        try:
-            repository_settings.configure()
-        except SettingError as exc:
-            parser.error(str(exc))
+        _configure_s3(parser)
+
+
+def _configure_s3(parser: argparse.ArgumentParser) -> None:
+    """The config file's repository_s3_* settings (read only when an s3:// location is given)."""
+    from ..settings import SettingError
+    from . import repository_settings
+
+    try:
+        repository_settings.configure()
+    except SettingError as exc:
+        parser.error(str(exc))
 
 
 def repository_wal(repo: str) -> str:
     """Where a repository keeps its archived WAL."""
+    from ..archive import destination
+    from ..repository import is_s3_url
+
     if is_s3_url(repo):
         return destination.location(repo)
     return os.path.join(repo, destination.WAL_PREFIX)

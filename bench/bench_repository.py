@@ -15,9 +15,16 @@ started here:
      time from the backup's start until its copy is complete and listed in
      the bucket's catalog, in MB/s of the backup file, next to a plain boto3
      upload_file and put_object of the same file; then `rusty-db-restore --repo
-     s3://...` of it next to a plain get_object of the same object and to
+     s3://...` of it next to a plain download of the same object in a new
+     process (python -c of boto3's download_file, and of get_object copied to
+     a file: like the tool, they start Python and boto3 and write a file), a
+     plain get_object into memory in this process (no start, no file), and
      `rusty-db-restore --input` of the same file on local disk (each restore
-     tool run includes starting Python);
+     tool run includes starting Python; interleaved rounds, median of --runs);
+     then an incremental on it, and the
+     restore of the chain from the bucket next to a plain download_file of
+     both objects in a new process. Run it at --size-mb 1024 too: the tool's
+     fixed start (Python, imports, the S3 client) weighs less there;
   3. WAL archive throughput: a server under a steady insert load (16 MB
      segments, 4 writers) archiving to s3://bucket/prefix, then the same to a
      local directory: segments/s from the times the archiver marked segments
@@ -128,7 +135,7 @@ def _http(server, method: str, path: str, body=None):
         return json.loads(r.read())
 
 
-def bench_backup_restore(store, work: str, size_mb: int) -> None:
+def bench_backup_restore(store, work: str, size_mb: int, runs: int) -> None:
     from rustydb_client import client as rc
     from tests.support.servers import ServerProcess, run_tool
 
@@ -180,26 +187,52 @@ def bench_backup_restore(store, work: str, size_mb: int) -> None:
         del data
 
         key = f"rustydb/backups/{backup_id}/{backup_id}.backup"
-        t = time.perf_counter()
-        got = len(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        t_get = time.perf_counter() - t
-        assert got == size
-        # What an operator's own download costs in a new process (Python, boto3 and
-        # its client set up, the object written to a file): what the tool also pays.
-        fetched = os.path.join(work, "fetched.backup")
-        script = (
-            "import sys, boto3; from botocore.config import Config; "
-            "boto3.client('s3', config=Config(s3={'addressing_style': 'path'}))"
-            ".download_file(sys.argv[1], sys.argv[2], sys.argv[3])"
-        )
-        t = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-c", script, bucket, key, fetched], env=dict(os.environ, **store.env()), check=True
-        )
-        t_get_process = time.perf_counter() - t
-        assert os.path.getsize(fetched) == size
-        os.unlink(fetched)
+        # A chain: an incremental of an eighth of the data on top of the full.
+        conn = rc.connect(port=srv.port)
+        for n in range(size_mb, size_mb + max(1, size_mb // 8)):
+            values = ",".join(f"({n * rows_per_mb + k}, randomblob(65536))" for k in range(rows_per_mb))
+            conn.execute(f"INSERT INTO t VALUES {values}")
+        conn.close()
+        incr_id = _http(srv, "POST", "/api/v1/admin/backup", {"backup_type": "incremental", "wait": True})["backup_id"]
+        while True:
+            entry = next(e for e in _http(srv, "GET", "/api/v1/admin/backups")["backups"] if e["backup_id"] == incr_id)
+            if (entry.get("repositories") or {}).get(url, {}).get("state") == "copied":
+                break
+            time.sleep(0.05)
+        incr_key = f"rustydb/backups/{incr_id}/{incr_id}.backup"
+        chain_size = size + client.head_object(Bucket=bucket, Key=incr_key)["ContentLength"]
         srv.stop()
+
+        fetched = os.path.join(work, "fetched.backup")
+        env = dict(os.environ, **store.env())
+        boto = "import sys, shutil, boto3; from botocore.config import Config; "
+        boto += "c = boto3.client('s3', config=Config(s3={'addressing_style': 'path'})); "
+        scripts = {
+            # What an operator's own download costs in a new process (Python, boto3 and its
+            # client set up, the object written to a file): what the tool also pays.
+            "download_file": boto + "c.download_file(sys.argv[1], sys.argv[3], sys.argv[2])",
+            # The same with one get_object streamed to the file (no parallel ranges).
+            "get_object": boto + "b = c.get_object(Bucket=sys.argv[1], Key=sys.argv[3])['Body']; "
+            "f = open(sys.argv[2], 'wb'); shutil.copyfileobj(b, f, 8 << 20); f.close()",
+            # Both objects of the chain, one after the other.
+            "chain": boto
+            + "[c.download_file(sys.argv[1], k, f'{sys.argv[2]}.{i}') for i, k in enumerate(sys.argv[3:])]",
+        }
+
+        def plain(name, *keys):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", scripts[name], bucket, fetched, *keys], env=env, check=True)
+            took = time.perf_counter() - t
+            for leftover in [fetched] + [f"{fetched}.{i}" for i in range(len(keys))]:
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+            return took
+
+        def in_process():
+            t = time.perf_counter()
+            got = len(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            assert got == size
+            return time.perf_counter() - t
 
         def restore(*args):
             target = os.path.join(work, f"restored-{uuid.uuid4().hex[:6]}", "data")
@@ -209,8 +242,23 @@ def bench_backup_restore(store, work: str, size_mb: int) -> None:
             shutil.rmtree(os.path.dirname(target), ignore_errors=True)
             return took
 
-        t_restore_s3 = restore("--repo", url)
-        t_restore_local = restore("--input", path)
+        # Interleaved rounds, medians: on a shared machine a single run of each swings widely.
+        times: dict[str, list[float]] = {}
+        for _ in range(runs):
+            for name, fn in (
+                ("get_process", lambda: plain("download_file", key)),
+                ("get_object_process", lambda: plain("get_object", key)),
+                ("get", in_process),
+                ("restore_s3", lambda: restore("--repo", url, "--backup", backup_id)),
+                ("restore_local", lambda: restore("--input", path)),
+                ("chain_process", lambda: plain("chain", key, incr_key)),
+                ("restore_chain", lambda: restore("--repo", url, "--backup", incr_id)),
+            ):
+                times.setdefault(name, []).append(fn())
+        med = {name: statistics.median(v) for name, v in times.items()}
+        t_get, t_get_process, t_get_object_process = med["get"], med["get_process"], med["get_object_process"]
+        t_restore_s3, t_restore_local = med["restore_s3"], med["restore_local"]
+        t_chain_process, t_restore_chain = med["chain_process"], med["restore_chain"]
     finally:
         srv.stop()
 
@@ -222,10 +270,14 @@ def bench_backup_restore(store, work: str, size_mb: int) -> None:
         "plain boto3 put_object of the same bytes": mb / t_put,
         "rusty-db-restore --repo s3://...": mb / t_restore_s3,
         "rusty-db-restore --input FILE (local)": mb / t_restore_local,
-        "plain boto3 get_object of the same object": mb / t_get,
+        "plain boto3 get_object of the same object, in this process": mb / t_get,
         "plain boto3 download_file to a file, in a new process": mb / t_get_process,
+        "plain boto3 get_object to a file, in a new process": mb / t_get_object_process,
     }
-    print(f"\n== a {mb:.0f} MB backup taken by the server with backup_repositories = ['s3://...'], then restored")
+    print(
+        f"\n== a {mb:.0f} MB backup taken by the server with backup_repositories = ['s3://...'], then restored "
+        f"(downloads and restores: median of {runs} interleaved rounds)"
+    )
     for name, r in rate.items():
         print(f"  {name:<56} {r:8.1f} MB/s")
     plain_up = max(rate["plain boto3 upload_file of the same file"], rate["plain boto3 put_object of the same bytes"])
@@ -233,10 +285,24 @@ def bench_backup_restore(store, work: str, size_mb: int) -> None:
         f"  backup into s3 / best plain upload: {mb / t_s3 / plain_up:.0%}"
         f"   (the copy alone, after the local backup: {mb / (t_s3 - t_local) / plain_up:.0%})"
     )
+    # Like with like: a new process that starts Python and boto3, then reads the object into a
+    # file; the best of the two plain downloads. The in-process get_object (into memory, no
+    # start, no file) is printed beside it: at a small size the tool's start dominates.
+    t_plain_process = min(t_get_process, t_get_object_process)
     print(
-        f"  restore from s3 / plain get_object: {t_get / t_restore_s3:.0%}"
-        f"   restore from s3 / download_file in a new process: {t_get_process / t_restore_s3:.0%}"
-        f"   restore from s3 / restore of the local file: {t_restore_local / t_restore_s3:.0%}"
+        f"  restore from s3 / best plain download in a new process: {t_plain_process / t_restore_s3:.0%}"
+        f"   / plain get_object in this process: {t_get / t_restore_s3:.0%}"
+        f"   / restore of the local file: {t_restore_local / t_restore_s3:.0%}"
+    )
+    print(
+        f"  a chain (the full + a {(chain_size - size) / MB:.0f} MB incremental): rusty-db-restore --repo s3:// "
+        f"{chain_size / MB / t_restore_chain:.1f} MB/s, plain download_file of both in a new process "
+        f"{chain_size / MB / t_chain_process:.1f} MB/s: {t_chain_process / t_restore_chain:.0%}"
+    )
+    print(
+        f"  times: restore --repo s3 {t_restore_s3:.2f} s, restore --input {t_restore_local:.2f} s, "
+        f"download_file process {t_get_process:.2f} s, get_object process {t_get_object_process:.2f} s, "
+        f"get_object in process {t_get:.2f} s"
     )
 
 
@@ -334,7 +400,7 @@ def main(argv=None) -> int:
         if not args.skip_objects:
             bench_objects(store, work, args.size_mb, args.runs, args.part_size_mb * MB, args.concurrency)
         if not args.skip_backup:
-            bench_backup_restore(store, work, args.size_mb)
+            bench_backup_restore(store, work, args.size_mb, args.runs)
         if not args.skip_archive:
             bench_archive(store, work, args.archive_seconds)
     finally:

@@ -505,11 +505,18 @@ async def _expire_backups(dispatcher, cmd: ap.ExpireBackups) -> AdminResult:
             rows.append([verb, "backup", b["backup_id"], b["type"], b["location"], b["reason"]])
     for s in doc["segments"]:
         rows.append([verb, "wal segment", s["segment"], f"timeline {s['timeline']}", s["path"], s["reason"]])
+    notices = []
+    for x in doc.get("extra_archives") or []:  # archive_extra_dests, each expired on its own
+        for s in x["segments"]:
+            if s["removed"] or cmd.dry_run:
+                rows.append([verb, "wal segment", s["segment"], f"timeline {s['timeline']}", s["path"], s["reason"]])
+        if x["error"]:
+            notices.append(f"archived WAL in {x['destination']} not expired: {x['error']}")
     notice = (
         f"{'Dry run: ' if cmd.dry_run else ''}{len(doc['backups']) - len(refused)} backup(s) and "
         f"{len(doc['segments'])} WAL segment(s) {verb}; {len(doc['kept'])} backup(s) kept"
     )
-    return AdminResult("EXPIRE BACKUPS", EXPIRE_COLUMNS, rows, notices=[notice])
+    return AdminResult("EXPIRE BACKUPS", EXPIRE_COLUMNS, rows, notices=[notice, *notices])
 
 
 _HANDLERS[ap.ExpireBackups] = _expire_backups

@@ -136,12 +136,18 @@ class _Collector:
             "Bytes of backups copied to each repository since the server started",
             labels=["repository"],
         )
+        info = GaugeMetricFamily(
+            "rustydb_repository_info",
+            "1 per repository of backup_repositories, with the name given it there ('' for none)",
+            labels=["repository", "name"],
+        )
         for url, s in sorted(replicator.summary().items()):
+            info.add_metric([url, getattr(url, "name", None) or ""], 1)
             held.add_metric([url, "copied"], s["copied"])
             held.add_metric([url, "pending"], s["pending"])
             failing.add_metric([url], 1 if s["failing"] else 0)
             sent.add_metric([url], replicator.bytes_copied.get(url, 0))
-        yield from (held, failing, sent)
+        yield from (held, failing, sent, info)
 
     def _backups(self) -> Iterator[Metric]:
         last, failures, by_destination = self.stats.snapshot()

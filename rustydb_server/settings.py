@@ -118,6 +118,58 @@ def _time_zone(name: str) -> str | None:
     return None
 
 
+class RepositoryURL(str):
+    """An entry of backup_repositories: the repository's directory or s3:// URL (it
+    compares, hashes and prints as that) and the name it may have been given
+    (``name`` is None for a plain entry); see ``repository_entry``."""
+
+    name: str | None
+
+    def __new__(cls, url: str, name: str | None = None) -> RepositoryURL:
+        self = super().__new__(cls, url)
+        self.name = name
+        return self
+
+    def __reduce__(self):
+        return (RepositoryURL, (str(self), self.name))
+
+    def shown(self) -> str:
+        """As SHOW prints it (and ALTER SYSTEM SET takes it): ``name=URL``, or the URL."""
+        return f"{self.name}={self}" if self.name else str(self)
+
+
+#: A repository's name: a letter, then letters, digits, "_" or "-".
+REPOSITORY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+#: What follows "name=" in a named entry: an s3:// URL or a directory written with a slash
+#: (so "s3://b/year=2026" and "/srv/a=b" stay plain entries).
+_NAMED_TARGET = ("s3://", "/", "./", "../")
+
+
+def repository_entry(item: Any) -> RepositoryURL | str:
+    """One backup_repositories entry: "URL", "name=URL", or (TOML) {name = "...", url = "..."};
+    a string saying what is wrong with it when it is none of them."""
+    if isinstance(item, dict):
+        if set(item) != {"name", "url"} or not all(isinstance(v, str) and v.strip() for v in item.values()):
+            return 'an inline table must be { name = "offsite", url = "s3://bucket/prefix" }'
+        name, url = item["name"].strip(), item["url"].strip()
+    elif isinstance(item, str) and item.strip():
+        name, sep, url = item.strip().partition("=")
+        if not (sep and REPOSITORY_NAME.fullmatch(name) and url.startswith(_NAMED_TARGET)):
+            return RepositoryURL(item.strip())
+    else:
+        return "each entry must be a directory, an s3:// URL, name=URL or { name = ..., url = ... }"
+    if not REPOSITORY_NAME.fullmatch(name):
+        return f"the repository name {name!r} must be a letter, then letters, digits, '_' or '-'"
+    if re.fullmatch(r"(?:repo)?[0-9]+", name):
+        return f"the repository name {name!r} would read as a position (--repo N or repoN); choose another"
+    return RepositoryURL(url, name)
+
+
+def repository_names(value) -> dict[str, str]:
+    """name -> URL of the named entries of backup_repositories' value."""
+    return {v.name: str(v) for v in value or [] if getattr(v, "name", None)}
+
+
 def _repositories_problem(value: list[str]) -> str | None:
     for item in value:
         if item.startswith("s3://") and not item[len("s3://") :].split("/", 1)[0]:
@@ -823,6 +875,8 @@ def _parse_list(setting: Setting, raw: Any) -> list[str]:
     """A list of strings: a TOML array, or one string with comma-separated items (ALTER SYSTEM SET)."""
     if isinstance(raw, str):
         raw = [part for part in (p.strip() for p in raw.split(",")) if part]
+    if setting.name == "backup_repositories" and isinstance(raw, list):
+        return _parse_repositories(setting, raw)
     if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
         raise _reject(setting, raw, "a list of strings, for example ['/var/backups/rustydb', 's3://bucket/prefix']")
     if any("\0" in item for item in raw):
@@ -830,6 +884,24 @@ def _parse_list(setting: Setting, raw: Any) -> list[str]:
     items = [item.strip() for item in raw]
     if len(set(items)) != len(items):
         raise _reject(setting, raw, "each item once")
+    return items
+
+
+def _parse_repositories(setting: Setting, raw: list) -> list[str]:
+    """backup_repositories: plain entries, "name=URL" entries and { name = ..., url = ... } tables."""
+    items = []
+    for item in raw:
+        entry = repository_entry(item)
+        if not isinstance(entry, RepositoryURL):
+            raise _reject(setting, raw, f"a list of strings (or {{ name = ..., url = ... }} tables): {entry}")
+        if "\0" in entry:
+            raise _reject(setting, raw, "items without NUL characters")
+        items.append(entry)
+    if len(set(items)) != len(items):
+        raise _reject(setting, raw, "each item once")
+    names = [i.name for i in items if i.name]
+    if len(set(names)) != len(names):
+        raise _reject(setting, raw, "each repository name once")
     return items
 
 
@@ -931,7 +1003,7 @@ def format_value(name: str, value: Any) -> str:
     if setting.type == "float":
         return repr(float(value))
     if setting.type == "list":
-        return ", ".join(value)
+        return ", ".join(v.shown() if isinstance(v, RepositoryURL) else v for v in value)
     return str(value)
 
 
@@ -956,6 +1028,8 @@ def _toml_value(setting: Setting, value: Any) -> Any:
     """How a value is written to the auto file: readable units, native TOML otherwise."""
     if setting.type in ("duration", "size"):
         return format_value(setting.name, value)
+    if setting.type == "list":  # a named repository as "name=URL"
+        return [v.shown() if isinstance(v, RepositoryURL) else v for v in value]
     return value
 
 
@@ -1168,7 +1242,12 @@ def _resolve(
             values[name] = os.path.normpath(os.path.join(data_dir, values[name]))
         if setting.type == "list" and name.endswith("_repositories"):
             # A local repository given relative is relative to the data directory, like a path.
-            values[name] = [v if "://" in v else os.path.normpath(os.path.join(data_dir, v)) for v in values[name]]
+            values[name] = [
+                v
+                if "://" in v
+                else RepositoryURL(os.path.normpath(os.path.join(data_dir, v)), getattr(v, "name", None))
+                for v in values[name]
+            ]
     return values, sources
 
 

@@ -250,7 +250,7 @@ async def test_the_servers_expire_waits_for_running_backups_and_holds_new_ones_o
     expirer = Expirer(service, settings)
     applied = []
 
-    def fake_apply(data_dir, archive_dir, policy):
+    def fake_apply(data_dir, archive_dir, policy, extras):
         applied.append(service.expiring)
         raise RuntimeError("stop here")  # the rest is tested on real catalogs above
 

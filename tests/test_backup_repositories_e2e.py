@@ -275,7 +275,7 @@ def test_deleting_a_backup_removes_it_from_every_repository(server, tmp_path):
     wait_copied(server, third["backup_id"], [repo1, repo2])
     assert sorted(index_ids(repo1)) == sorted([second["backup_id"], third["backup_id"]])
     three = run_tool("rusty-db-backup", "--type", "full", "--repo", "3", "--port", str(server.port))
-    assert three.returncode == 1 and "the server has no backup repository 3" in three.stderr
+    assert three.returncode == 1 and "no backup repository '3' in backup_repositories (on the server)" in three.stderr
 
 
 def test_expire_removes_the_copies_from_every_repository(server, tmp_path):

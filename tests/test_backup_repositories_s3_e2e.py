@@ -126,7 +126,12 @@ def test_a_missing_bucket_is_failing_then_catches_up(server_factory, seaweed, tm
         assert time.monotonic() < deadline, states
         time.sleep(0.1)
     assert bucket in states[remote]["error"]
-    assert listing["repositories"][remote] == {"copied": 0, "pending": 1, "failing": states[remote]["error"]}
+    assert listing["repositories"][remote] == {
+        "copied": 0,
+        "pending": 1,
+        "failing": states[remote]["error"],
+        "name": None,
+    }
 
     seaweed.new_bucket(bucket)  # the repository is there now
     wait_copied(srv, full["backup_id"], [local, remote])

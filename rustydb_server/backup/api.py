@@ -136,8 +136,11 @@ def routes(service: BackupService, settings) -> list[Route]:
             d = describe(e)
             d["dependents"] = catalog.dependents(e["backup_id"])
             entries.append(d)
-        # Per repository of backup_repositories: backups copied, waiting, the last error.
-        return JSONResponse({"backups": entries, "repositories": service.replicator.summary()})
+        # Per repository of backup_repositories: backups copied, waiting, the last error, its name.
+        repositories = service.replicator.summary()
+        for url, state in repositories.items():
+            state["name"] = getattr(url, "name", None)  # backup_repositories' name=URL, or None
+        return JSONResponse({"backups": entries, "repositories": repositories})
 
     async def delete(request: Request) -> JSONResponse:
         """Delete a backup; refused while others depend on it, unless ?cascade=true."""

@@ -4,7 +4,10 @@ plan, and the plan applied.
 Applying is ordered so that a crash part-way leaves a state a second run
 completes: the backup files go first, then their catalog entries (one
 atomic rewrite of the catalog per entry), then the archived segments, each
-directory fsynced after its removals. A file already gone counts as removed;
+directory fsynced after its removals. Every destination of
+archive_extra_dests is expired after archive_dest, on its own (the segments
+it holds that no kept backup needs): one that cannot be read or cleaned is
+reported and tried again at the next expire, never stopping the others. A file already gone counts as removed;
 nothing the plan does not name is touched, and a backup file is removed only
 when its header carries the backup id the plan names (the catalog's path may
 since hold another file).
@@ -54,20 +57,25 @@ def gather(data_dir: str, archive_dir: str | None, entries: list[dict] | None = 
     CatalogError, DataDirError, HistoryError or ArchiveError say what could not be read."""
     entries = load_entries(data_dir) if entries is None else entries
     segment_size = DataDir(data_dir).read_control().segment_size
+    segments, histories, unreadable = _archive(archive_dir) if archive_dir else ([], {}, [])
+    return Facts(entries, segments, histories, segment_size, unreadable)
+
+
+def _archive(archive_dir: str) -> tuple[list[retention.Segment], dict[int, list[waltl.Switch]], list[str]]:
+    """The segments (with when each was archived), timeline histories and unreadable files of an archive."""
     segments: list[retention.Segment] = []
     histories: dict[int, list[waltl.Switch]] = {}
     unreadable: list[str] = []
-    if archive_dir:
-        for tl, by_segno in sorted(segment_file.list_archive(archive_dir).items()):
-            for segno, path in sorted(by_segno.items()):
-                archived_at = _archived_at(path)
-                if archived_at is None:
-                    unreadable.append(path)
-                    continue
-                segments.append(retention.Segment(tl, segno, path, archived_at))
-        for tl in waltl.list_history_timelines(archive_dir):
-            histories[tl] = waltl.read_history(archive_dir, tl)
-    return Facts(entries, segments, histories, segment_size, unreadable)
+    for tl, by_segno in sorted(segment_file.list_archive(archive_dir).items()):
+        for segno, path in sorted(by_segno.items()):
+            archived_at = _archived_at(path)
+            if archived_at is None:
+                unreadable.append(path)
+                continue
+            segments.append(retention.Segment(tl, segno, path, archived_at))
+    for tl in waltl.list_history_timelines(archive_dir):
+        histories[tl] = waltl.read_history(archive_dir, tl)
+    return segments, histories, unreadable
 
 
 def _archived_at(path: str) -> float | None:
@@ -85,6 +93,62 @@ def _archived_at(path: str) -> float | None:
 
 #: What one ranged read of an archived segment in an object store fetches for its header.
 HEAD_BYTES = 64 * 1024
+
+
+@dataclasses.dataclass
+class ExtraArchive:
+    """One destination of archive_extra_dests, expired on its own: the segments it holds that
+    no kept backup needs (the same rule as archive_dest's, applied to what this one holds),
+    what was removed, and what failed there (a destination that is down: reported, the
+    others still expire, and the next expire tries it again)."""
+
+    destination: str  # the setting's value
+    archive_dir: str  # where its segments are (an s3:// repository's wal/)
+    segments: list[retention.ExpireSegment] = dataclasses.field(default_factory=list)
+    unreadable: list[str] = dataclasses.field(default_factory=list)
+    removed: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+def extra_archives(dests) -> list[ExtraArchive]:
+    """archive_extra_dests as ExtraArchives (none planned yet)."""
+    out = []
+    for dest in dests or []:
+        where = destination.location(dest) if location.is_url(dest) else os.path.abspath(dest)
+        out.append(ExtraArchive(dest, where))
+    return out
+
+
+def plan_extras(extras: list[ExtraArchive], facts: Facts, policy: retention.Policy, now: float | None = None) -> None:
+    """Fill each extra destination's ``segments`` (or its ``error``): what expires there."""
+    now = time.time() if now is None else now
+    for x in extras:
+        x.segments, x.unreadable, x.error = [], [], None
+        try:
+            if not location.is_url(x.archive_dir) and not os.path.isdir(x.archive_dir):
+                raise ArchiveError(f"{x.archive_dir} does not exist or is not a directory (unmounted?)")
+            segments, histories, x.unreadable = _archive(x.archive_dir)
+            x.segments = retention.plan(
+                facts.entries,
+                policy,
+                now=now,
+                segments=segments,
+                histories=histories,
+                segment_size=facts.segment_size,
+            ).segments
+        except (ArchiveError, HistoryError, RepositoryError, OSError) as e:
+            x.error = f"cannot read it: {e}; its WAL is expired at the next expire"
+
+
+def apply_extras(extras: list[ExtraArchive], fileops: _fileops.FileOps = _fileops.REAL) -> None:
+    """Remove each extra destination's planned segments; a failure is kept in its ``error``."""
+    for x in extras:
+        if x.error is not None:
+            continue
+        try:
+            _remove_segments(x.segments, fileops, x.removed)
+        except (OSError, RepositoryError) as e:
+            x.error = f"removing expired WAL failed: {e}; the next expire removes the rest"
 
 
 def make_plan(facts: Facts, policy: retention.Policy, now: float | None = None) -> retention.Plan:
@@ -148,17 +212,21 @@ def apply(
         if catalog.get(b.backup_id) is not None:
             catalog.remove(b.backup_id)
         out.removed_entries.append(b.backup_id)
+    _remove_segments(plan.segments, fileops, out.removed_segments)
+    return out
+
+
+def _remove_segments(segments: list[retention.ExpireSegment], fileops: _fileops.FileOps, removed: list[str]) -> None:
     dirs = set()
-    for s in plan.segments:
+    for s in segments:
         if location.is_url(s.path):  # an object store: the delete is durable when it returns
             location.remove(s.path)
-            out.removed_segments.append(s.path)
+            removed.append(s.path)
         elif _unlink(fileops, s.path):
-            out.removed_segments.append(s.path)
+            removed.append(s.path)
             dirs.add(os.path.dirname(s.path))
     for d in sorted(dirs):
         fileops.fsync_dir(d)
-    return out
 
 
 def _file_mismatch(b: retention.ExpireBackup) -> str | None:
@@ -208,6 +276,7 @@ def document(
     facts: Facts,
     plan: retention.Plan,
     outcome: Outcome | None,
+    extras: list[ExtraArchive] = (),
 ) -> dict:
     """What was (``outcome``) or would be (None: a dry run) removed and why: the
     document of ``rusty-db-backup --expire --json`` and ``POST /api/v1/admin/expire``."""
@@ -233,16 +302,17 @@ def document(
             }
             for b in plan.backups
         ],
-        "segments": [
+        "segments": [_segment_doc(s, outcome is not None) for s in plan.segments],
+        # archive_extra_dests, each expired on its own (error: it could not be read or cleaned now)
+        "extra_archives": [
             {
-                "segment": os.path.basename(s.path),
-                "path": s.path,
-                "timeline": s.timeline,
-                "segno": s.segno,
-                "reason": s.reason,
-                "removed": outcome is not None,
+                "destination": x.destination,
+                "archive_dir": x.archive_dir,
+                "segments": [_segment_doc(s, s.path in x.removed) for s in x.segments],
+                "unreadable_segments": x.unreadable,
+                "error": x.error,
             }
-            for s in plan.segments
+            for x in extras
         ],
         "refused": [{"backup_id": b, "reason": why} for b, why in refused.items()],
         "unreadable_segments": facts.unreadable,
@@ -251,6 +321,17 @@ def document(
             {"backup_id": b, "repository": url, "error": e}
             for b, url, e in (outcome.repository_errors if outcome else [])
         ],
+    }
+
+
+def _segment_doc(s: retention.ExpireSegment, removed: bool) -> dict:
+    return {
+        "segment": os.path.basename(s.path),
+        "path": s.path,
+        "timeline": s.timeline,
+        "segno": s.segno,
+        "reason": s.reason,
+        "removed": removed,
     }
 
 
@@ -296,6 +377,12 @@ class Expirer:
             return destination.location(dest)
         return dest if dest and os.path.isdir(dest) else None
 
+    def _extra_dests(self) -> list[str]:
+        try:
+            return list(self._settings["archive_extra_dests"] or [])
+        except KeyError:  # settings without it (a test's): archive_dest alone
+            return []
+
     def _busy(self) -> list[str]:
         busy = [e["backup_id"] for e in self._service.catalog.list() if e["status"] == "in_progress"]
         if self._service.streams and not busy:  # one starting: its entry is not written yet
@@ -311,9 +398,10 @@ class Expirer:
         service = self._service
         data_dir = service.engine.datadir.path
         archive_dir = self.archive_dir()
+        extras = extra_archives(self._extra_dests())
         if dry_run:
-            facts, plan = await trio.to_thread.run_sync(self._plan, data_dir, archive_dir, policy)
-            return document(data_dir, archive_dir, policy, facts, plan, None)
+            facts, plan = await trio.to_thread.run_sync(self._plan, data_dir, archive_dir, policy, extras)
+            return document(data_dir, archive_dir, policy, facts, plan, None, extras)
         async with self._lock:
             waited = False
             while busy := self._busy():
@@ -324,10 +412,15 @@ class Expirer:
             # No await between the check and the flag: no backup can start in between.
             service.expiring = "retention is removing expired backups right now; try again in a moment"
             try:
-                facts, plan, outcome = await trio.to_thread.run_sync(self._apply, data_dir, archive_dir, policy)
+                facts, plan, outcome = await trio.to_thread.run_sync(self._apply, data_dir, archive_dir, policy, extras)
             finally:
                 service.expiring = None
-        doc = document(data_dir, archive_dir, policy, facts, plan, outcome)
+        doc = document(data_dir, archive_dir, policy, facts, plan, outcome, extras)
+        for x in extras:
+            if x.error is not None:
+                log.warning(
+                    "an archive_extra_dests destination was not expired", destination=x.destination, error=x.error
+                )
         log.info(
             "expired backups and archived WAL",
             backups=[b["backup_id"] for b in doc["backups"] if b["removed"]],
@@ -337,15 +430,18 @@ class Expirer:
         )
         return doc
 
-    def _plan(self, data_dir, archive_dir, policy):
+    def _plan(self, data_dir, archive_dir, policy, extras):
         try:
             facts = gather(data_dir, archive_dir, self._service.catalog.in_file_order())
         except (CatalogError, DataDirError, HistoryError, ArchiveError, RepositoryError) as e:
             raise ExpireFailed(str(e)) from None
-        return facts, make_plan(facts, policy)
+        now = time.time()
+        plan = make_plan(facts, policy, now)
+        plan_extras(extras, facts, policy, now)
+        return facts, plan
 
-    def _apply(self, data_dir, archive_dir, policy):
-        facts, plan = self._plan(data_dir, archive_dir, policy)
+    def _apply(self, data_dir, archive_dir, policy, extras):
+        facts, plan = self._plan(data_dir, archive_dir, policy, extras)
         try:
             outcome = apply(
                 plan,
@@ -356,4 +452,5 @@ class Expirer:
             )
         except (OSError, RepositoryError) as e:
             raise ExpireFailed(f"removing expired backups failed: {e}; the next expire finishes the job") from None
+        apply_extras(extras, self._service.engine.fileops)
         return facts, plan, outcome

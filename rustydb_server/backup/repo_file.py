@@ -24,7 +24,16 @@ KEEP_BLOCKS = 4
 
 
 class RepositoryFile(io.RawIOBase):
-    def __init__(self, repo, key: str, size: int | None = None, *, block: int = BLOCK, readahead: int = 0):
+    def __init__(
+        self,
+        repo,
+        key: str,
+        size: int | None = None,
+        *,
+        block: int = BLOCK,
+        readahead: int = 0,
+        shared: dict[int, bytes] | None = None,
+    ):
         super().__init__()
         self.repo = repo
         self.key = key
@@ -48,6 +57,9 @@ class RepositoryFile(io.RawIOBase):
         self._ahead: dict[int, Future] = {}
         self._last: int | None = None  # the block read last: reading ahead starts once reads go block after block
         self._pool = ThreadPoolExecutor(self._readahead, thread_name_prefix="repo-read") if self._readahead else None
+        # The first and last blocks (header, index), kept across the opens of one object
+        # (the restore reads the header for the key, then the whole backup).
+        self._shared = shared
 
     def close(self) -> None:
         if self._pool is not None:
@@ -124,9 +136,13 @@ class RepositoryFile(io.RawIOBase):
                 return block
             pending = self._ahead.pop(index, None)
             self._read_ahead(index)
-        block = pending.result() if pending is not None else self._fetch(index)
+        block = self._shared.get(index) if self._shared is not None and pending is None else None
+        if block is None:
+            block = pending.result() if pending is not None else self._fetch(index)
         with self._lock:
             self._cache[index] = block
+            if self._shared is not None and index in (0, (self.size - 1) // self._block):
+                self._shared[index] = block
             while len(self._cache) > self._keep:
                 self._cache.popitem(last=False)
         return block
@@ -134,11 +150,13 @@ class RepositoryFile(io.RawIOBase):
     def _read_ahead(self, index: int) -> None:
         """(With the lock held) start fetching the blocks after ``index`` not held or coming yet,
         once the reads go front to back (not for a header, then the index at the end)."""
-        sequential = self._last is not None and index == self._last + 1
+        last = (self.size - 1) // self._block
+        # Block after block; or back to the first block once the index at the end is read
+        # (a backup's entries start right after its header): a restore reads on from there.
+        sequential = self._last is not None and (index == self._last + 1 or (index == 0 and self._last == last > 0))
         self._last = index
         if self._pool is None or not (sequential or self._ahead):
             return
-        last = (self.size - 1) // self._block
         for n in range(index + 1, min(index + self._readahead, last) + 1):
             if n not in self._cache and n not in self._ahead:
                 self._ahead[n] = self._pool.submit(self._fetch, n)

@@ -1,7 +1,7 @@
 """Repositories: a local directory or an S3 bucket prefix behind one interface.
 
 ``open_repository(url_or_path)`` gives the implementation for a URL:
-``s3://bucket/prefix`` is an ``S3Repository`` (boto3, imported only then),
+``s3://bucket/prefix`` is an ``S3Repository`` (botocore, imported only then),
 anything else a ``LocalRepository`` directory. The contract is in
 ``base.py``; the layout inside a repository is ``backups/<backup_id>/...``,
 ``catalog/<backup_id>.json`` + ``catalog/index.json`` and ``wal/<segment>``.
@@ -49,7 +49,7 @@ def open_repository(url_or_path: str, settings=None) -> Repository:
     if not url_or_path:
         raise RepositoryError("no repository given: name a directory or an s3://bucket/prefix URL")
     if is_s3_url(url_or_path):
-        from .s3 import S3Repository  # boto3 loads only where S3 is used
+        from .s3 import S3Repository  # botocore loads only where S3 is used
 
         return S3Repository.from_url(url_or_path, settings)
     return LocalRepository(url_or_path)

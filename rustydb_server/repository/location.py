@@ -10,9 +10,10 @@ prefix, and ``unpack_segment("s3://bucket/rustydb/wal/0000...walz")`` reads
 that object, with the same checks and messages as for files.
 
 S3 clients are made once per bucket and settings (they are thread-safe and
-costly to make). Which settings: those passed to ``configure`` (the server
-registers its own at start, a tool those of its config file), else the
-standard AWS environment.
+costly to make); every prefix in that bucket is a view sharing its client.
+Which settings: those passed to ``configure`` (the server registers its own
+at start, a tool those of its config file), else the standard AWS
+environment.
 """
 
 from __future__ import annotations
@@ -61,15 +62,24 @@ def repository(url: str, settings=None) -> Repository:
     """The repository rooted at ``url`` (a directory or an s3:// prefix), S3 clients shared per settings."""
     if not is_s3_url(url):
         return open_repository(url)
+    from .s3 import parse_url  # botocore loads only where S3 is used
+
     values = settings_snapshot(settings)
-    cache_key = (url.rstrip("/"), tuple(sorted(values.items())))
+    url = url.rstrip("/")
+    bucket, prefix = parse_url(url)  # a malformed URL fails here, named as given
+    settings_key = tuple(sorted(values.items()))
     with _lock:
-        repo = _clients.get(cache_key)
+        repo = _clients.get((url, settings_key))
         if repo is None:
-            repo = open_repository(url.rstrip("/"), values)
+            # One client per bucket and settings; each prefix of it is a view sharing that client.
+            root = _clients.get((f"s3://{bucket}", settings_key))
+            if root is None:
+                root = open_repository(f"s3://{bucket}", values)
+            repo = root.with_prefix(prefix) if prefix else root
             if len(_clients) > 64:
                 _clients.clear()
-            _clients[cache_key] = repo
+            _clients[(f"s3://{bucket}", settings_key)] = root
+            _clients[(url, settings_key)] = repo
         return repo
 
 

@@ -22,7 +22,7 @@ from ..container.errors import BackupError
 from ..container.format import BackupType
 from ..container.reader import BackupReader
 from .errors import RestoreError
-from .full import read_key_for, restore_full
+from .full import open_backup, read_key_for, restore_full
 from .incremental import apply_incremental
 
 
@@ -128,6 +128,33 @@ def restore_chain(
     """Restore the chain ending at ``last_path`` into ``data_dir``; return the chain's
     paths (and, in ``kept``, where a data directory found there was kept)."""
     chain = find_chain(last_path, chain_dir, data_dir)
+    restore_members(
+        chain,
+        data_dir,
+        key_file=key_file,
+        threads=threads,
+        verify_encryption=verify_encryption,
+        force=force,
+        fileops=fileops,
+        kept=kept,
+    )
+    return chain
+
+
+def restore_members(
+    chain: list,
+    data_dir: str,
+    *,
+    key_file: str | None = None,
+    threads: int = 1,
+    verify_encryption: bool = False,
+    force: bool = False,
+    fileops: _fileops.FileOps = _fileops.REAL,
+    kept: list | None = None,
+) -> None:
+    """Restore ``chain`` (the full backup, then the backups to apply on it, in order) into
+    ``data_dir``. A member is a file path or an object whose ``open()`` gives the backup
+    (one read in place from a repository, or one still arriving: restore/from_repository.py)."""
     full, rest = chain[0], chain[1:]
     result = restore_full(
         full,
@@ -142,14 +169,13 @@ def restore_chain(
     )
     if kept is not None:
         kept.append(result.kept_old)
-    return chain
 
 
 def _apply_incrementals(
-    paths: list[str], key_file: str | None, threads: int, fileops: _fileops.FileOps, staging: str, manifest: Manifest
+    paths: list, key_file: str | None, threads: int, fileops: _fileops.FileOps, staging: str, manifest: Manifest
 ) -> None:
     for path in paths:
-        with open(path, "rb") as f:
+        with open_backup(path) as f:
             reader = BackupReader(f, key=read_key_for(path, key_file))
             # restore_full syncs the chain's files once, and discards the
             # staging directory if anything fails

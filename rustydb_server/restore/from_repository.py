@@ -2,17 +2,19 @@
 
 The disaster case: a new machine with nothing but the repository's address,
 its credentials and the backup key. ``fetch`` reads the repository's catalog
-(backup/repo_catalog.py), chooses what to restore and downloads it into a
-private working directory beside the data directory (same file system, so
-the space is checked where the restore writes): the backup files of the
-chain (a local repository's files are read where they are; a single full
-backup from an object store is read in place, front to back, by ranges
-fetched in parallel ahead: no temporary copy); the archived
-WAL (``wal/``), when recovery replays it, is read in place like any archive
-(segment by segment, unpacked ahead). The
-restore itself is then the one of local files (restore_full, restore_chain,
-restore_to_target), which verifies every chunk as it reads it; the working
-directory is removed at the end, whatever happens.
+(backup/repo_catalog.py) and chooses what to restore. A local repository's
+files are read where they are. From an object store, the full (or
+pitr-base) backup, alone, as a recovery's base or as a chain's first, is
+read in place, front to back, by ranges fetched in parallel ahead (no
+temporary copy); a chain's incrementals are downloaded meanwhile, on a
+thread of their own, into a private working directory beside the data
+directory (same file system, so the space is checked where the restore
+writes), each one waited for only when it is applied. The archived WAL
+(``wal/``), when recovery replays it, is read in place like any archive
+(segment by segment, unpacked ahead). The restore itself is then the one of
+local files (restore_full, restore_members, restore_to_target), which
+verifies every chunk as it reads it; the working directory is removed at
+the end, whatever happens.
 
 What is restored:
 - a recovery target: the newest full or pitr-base backup before it (or the
@@ -30,8 +32,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..backup import repo_catalog
 from ..backup.repo_file import RepositoryFile
@@ -53,11 +56,15 @@ class RepositoryObject:
     key: str
     size: int
     readahead: int = 0  # blocks fetched ahead in parallel: a whole restore read front to back
+    #: its first and last blocks, fetched once for all the opens of this object
+    blocks: dict = field(default_factory=dict, compare=False, repr=False)
 
     def open(self) -> RepositoryFile:
         if not self.readahead:
-            return RepositoryFile(self.repo, self.key, self.size)
-        return RepositoryFile(self.repo, self.key, self.size, block=STREAM_BLOCK, readahead=self.readahead)
+            return RepositoryFile(self.repo, self.key, self.size, shared=self.blocks)
+        return RepositoryFile(
+            self.repo, self.key, self.size, block=STREAM_BLOCK, readahead=self.readahead, shared=self.blocks
+        )
 
     def __str__(self) -> str:
         return f"{self.repo.url}/{self.key}"
@@ -104,7 +111,10 @@ def fetch(
     With ``download`` false the backups stay in the repository (RepositoryObjects,
     read by ranges)."""
     entries = repo_catalog.load(repo)
-    has_wal = archive_dir is not None or next(iter(repo.list(WAL_PREFIX)), None) is not None
+    # Whether there is WAL to replay matters for a target or the latest backup only
+    # (the listing of a long archive is many requests).
+    wal_matters = target is not None or which == "latest"
+    has_wal = archive_dir is not None or (wal_matters and next(iter(repo.list(WAL_PREFIX)), None) is not None)
     chain, replay = _choose(entries, which, target, has_wal, repo.url)
     if replay and not has_wal:
         raise RestoreError(
@@ -116,29 +126,33 @@ def fetch(
     os.makedirs(parent, exist_ok=True)
     workdir = tempfile.mkdtemp(dir=parent, prefix=".rustydb-repository-restore-")
     try:
-        if download and isinstance(repo, LocalRepository):
-            # A local repository's objects are files: restored from where they are, no copy.
-            paths = [_local_file(repo, e) for e in chain]
-        elif download and len(chain) == 1 and not replay:
-            # One full backup: restored straight from the store, read front to back by
-            # parallel ranges, with no temporary copy on disk.
-            paths = [_streamed(repo, chain[0])]
-        elif download:
-            paths = [_download(repo, e["key"], os.path.join(workdir, f"{e['backup_id']}.backup"), e) for e in chain]
-        else:
-            paths = [RepositoryObject(repo, e["key"], _size(repo, e)) for e in chain]
-        archive = None
-        if replay:
-            # Read in place, as archive_dest's archive is: segment by segment, unpacked ahead.
-            archive = archive_dir or wal_location(repo.url)
-        yield Fetched(
-            repository=repo.url,
-            chain=chain,
-            paths=paths,
-            archive_dir=archive,
-            target=(target or Target("end")) if replay else None,
-            workdir=workdir,
-        )
+        with contextlib.ExitStack() as stack:
+            if download and isinstance(repo, LocalRepository):
+                # A local repository's objects are files: restored from where they are, no copy.
+                paths = [_local_file(repo, e) for e in chain]
+            elif download:
+                # The full (or pitr-base) backup is restored straight from the store, read
+                # front to back by parallel ranges, with no temporary copy on disk. The
+                # incrementals after it (each read twice: checked whole, then applied) are
+                # fetched meanwhile, in the background, into the working directory.
+                paths = [_streamed(repo, chain[0])]
+                if len(chain) > 1:
+                    prefetch = stack.enter_context(_Prefetch(repo, chain[1:], workdir))
+                    paths += prefetch.members
+            else:
+                paths = [RepositoryObject(repo, e["key"], _size(repo, e)) for e in chain]
+            archive = None
+            if replay:
+                # Read in place, as archive_dest's archive is: segment by segment, unpacked ahead.
+                archive = archive_dir or wal_location(repo.url)
+            yield Fetched(
+                repository=repo.url,
+                chain=chain,
+                paths=paths,
+                archive_dir=archive,
+                target=(target or Target("end")) if replay else None,
+                workdir=workdir,
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -166,6 +180,56 @@ def _streamed(repo, entry: dict) -> RepositoryObject:
     return RepositoryObject(repo, entry["key"], size, readahead=readahead)
 
 
+class _Member:
+    """An incremental of the chain, fetched in the background: ``open`` waits until it is all here."""
+
+    def __init__(self, url: str, entry: dict, path: str):
+        self.entry = entry
+        self.path = path
+        self.name = f"{url}/{entry['key']}"
+        self.fetched = threading.Event()
+        self.error: BaseException | None = None
+
+    def open(self):
+        self.fetched.wait()
+        if self.error is not None:
+            raise self.error
+        return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class _Prefetch:
+    """Downloads a chain's incrementals, in order, on a thread of its own, while the
+    full backup before them is restored; stops (and waits for the thread) on exit."""
+
+    def __init__(self, repo, entries: list[dict], workdir: str):
+        self.repo = repo
+        self.members = [_Member(repo.url, e, os.path.join(workdir, f"{e['backup_id']}.backup")) for e in entries]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="repo-prefetch", daemon=True)
+
+    def __enter__(self) -> _Prefetch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        for member in self.members:
+            try:
+                if self._stop.is_set():
+                    raise RestoreError(f"the download of {member.name} was stopped: the restore ended before it")
+                _download(self.repo, member.entry["key"], member.path, member.entry, stop=self._stop)
+            except BaseException as e:  # handed to the restore, which raises it where it needs the file
+                member.error = e
+            finally:
+                member.fetched.set()
+
+
 def _size(repo, entry: dict) -> int:
     info = repo.stat(entry["key"])
     if info is None:
@@ -176,12 +240,20 @@ def _size(repo, entry: dict) -> int:
     return info.size
 
 
-def _download(repo, key: str, path: str, entry: dict | None = None) -> str:
+def _download(repo, key: str, path: str, entry: dict | None = None, stop: threading.Event | None = None) -> str:
     size = 0
     with open(path, "xb") as f:
-        for chunk in repo.open_stream(key, 4 << 20):
-            f.write(chunk)
-            size += len(chunk)
+        chunks = repo.open_stream(key, 4 << 20)
+        try:
+            for chunk in chunks:
+                if stop is not None and stop.is_set():
+                    raise RestoreError(f"the download of {repo.url}/{key} was stopped: the restore ended before it")
+                f.write(chunk)
+                size += len(chunk)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # the ranges still being fetched are dropped
     expected = (entry or {}).get("size_bytes")
     if isinstance(expected, int) and size != expected:
         raise RestoreError(

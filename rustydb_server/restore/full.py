@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -217,18 +219,60 @@ def _write_databases(
             # left to the single fsync after the last of them: written back
             # now, every page they change would be written twice.
             behind = _fileops.WriteBehind(fileops, fd) if sync else None
-            for chunk in reader.read_entry(db.entry, threads=threads):
-                fileops.write_all(fd, chunk)  # in pieces: see fileops.WRITE_PIECE
-                if behind is not None:
-                    behind.wrote(len(chunk))
-                done += len(chunk)
-                if progress is not None:
-                    progress("restore", done, total)
+            with _Writer(fileops, fd, behind) as writer:
+                for chunk in reader.read_entry(db.entry, threads=threads):
+                    writer.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress("restore", done, total)
             if sync:
                 fileops.fsync(fd)
         finally:
             fileops.close(fd)
     return done
+
+
+class _Writer:
+    """Writes a database file's chunks on a thread of its own, while the next ones are
+    read, checked and decompressed (a write gives up the GIL while the kernel copies):
+    up to DEPTH chunks wait. A write that fails is raised by the next ``write`` or by
+    the end of the ``with``; the chunks after it are dropped."""
+
+    DEPTH = 8
+
+    def __init__(self, fileops: _fileops.FileOps, fd: int, behind: _fileops.WriteBehind | None):
+        self._fileops = fileops
+        self._fd = fd
+        self._behind = behind
+        self._queue: queue.Queue = queue.Queue(self.DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="restore-write", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self._thread.start()
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if exc_type is None and self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # failed: drain, so that ``write`` never blocks on a full queue
+            try:
+                self._fileops.write_all(self._fd, chunk)  # in pieces: see fileops.WRITE_PIECE
+                if self._behind is not None:
+                    self._behind.wrote(len(chunk))
+            except BaseException as e:  # raised in the restoring thread
+                self._error = e
 
 
 def _sync_databases(staging: str, fileops: _fileops.FileOps) -> None:

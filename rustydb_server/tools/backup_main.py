@@ -2,10 +2,10 @@
 
     rusty-db-backup --type full --output FILE [--compress [lz4|zstd|snappy]] [--encrypt]
                     [--key-file F] [--verify] [--threads N] [--database NAME] [--nice N] [--json]
-    rusty-db-backup --type full --repo URL [...]     (into a repository: a directory or s3://bucket/prefix)
+    rusty-db-backup --type full --repo URL|N|NAME [...]  (into a repository: a directory or s3://bucket/prefix)
     rusty-db-backup --verify FILE [--key-file F] [--threads N] [--json]
     rusty-db-backup --info FILE [--json]
-    rusty-db-backup --repo URL --list | --info ID|latest | --verify ID|latest
+    rusty-db-backup --repo URL|N|NAME --list | --info ID|latest | --verify ID|latest
     rusty-db-backup --query FILE SQL [--database NAME] [--key-file F] [--json]
                     [--archive-dir A (--recovery-target-time T | --recovery-target-txid X)]
     rusty-db-backup --query ID|latest SQL --repo URL [--recovery-target-time T | --recovery-target-txid X]
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 from rustydb_client.tls import add_arguments as add_tls_arguments
@@ -141,10 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE", help="backup file to write (with --type)")
     p.add_argument(
         "--repo",
-        metavar="URL",
+        metavar="URL|N|NAME",
         help="a repository (a local directory or s3://bucket/prefix): with --type, write the backup into it "
-        "(instead of --output) and into its catalog, and N or repoN names the server's N-th "
-        "backup_repositories entry (the server copies the backup to the others); with --info, --verify and "
+        "(instead of --output) and into its catalog, and N, repoN or a NAME names the server's "
+        "backup_repositories entry (the server copies the backup to the others; without --type the "
+        "config file's backup_repositories says which); with --info, --verify and "
         "--query, FILE is a backup id there, or latest (and a recovery target reads the repository's "
         "archived WAL). S3 credentials come from the AWS environment and files, "
         "never from the command line",
@@ -215,8 +215,6 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--repo is used with --type, --list, --info, --verify or --query")
     if args.list and not args.repo:
         parser.error("--list needs --repo URL (the repository whose backups to list)")
-    if args.repo and re.fullmatch(r"(?:repo)?[0-9]+", args.repo) and not taking:
-        parser.error("--repo N (the server's N-th backup repository) is for --type; give the repository's URL")
     if not taking:
         for flag, value in (
             ("--output", args.output),
@@ -272,6 +270,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     check_usage(parser, args)
+    if args.repo and args.type is None:
+        # --repo N, repoN or NAME without a server: backup_repositories of the config file
+        # (with --type the server's own list says, tools/backup/take.py).
+        from ..settings import SettingError
+        from .repository_settings import resolve_from_config
+
+        try:
+            args.repo = resolve_from_config(args.repo)
+        except SettingError as exc:
+            return fail(PROG, str(exc))
     run = chosen_verb(args)
     try:
         with sigterm_interrupts():

@@ -120,11 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recovery.add_argument(
         "--repo",
-        metavar="URL",
+        metavar="URL|N|NAME",
         help="a repository (a directory or s3://bucket/prefix). With --input: replay the archived WAL it "
         "holds (under wal/). Without --input: restore from it alone, on a machine with nothing else: its "
         "catalog gives the backup and its chain (--backup, default the latest), its wal/ the archived WAL "
-        "(replayed to the target, or to the latest point when no target is given). S3 endpoint and "
+        "(replayed to the target, or to the latest point when no target is given). N, repoN or a NAME "
+        "is an entry of the config file's backup_repositories. S3 endpoint and "
         "credentials come from the config file's repository_s3_* settings or the AWS environment",
     )
     recovery.add_argument(
@@ -221,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.repo and "/" not in args.repo and ":" not in args.repo:
+        # --repo N, repoN or NAME: an entry of the config file's backup_repositories.
+        from ..settings import SettingError
+        from . import repository_settings
+
+        try:
+            args.repo = repository_settings.resolve_from_config(args.repo)
+        except SettingError as exc:
+            return report_failure(args, str(exc))
     # --repo without --input: everything comes from the repository (tools/restore/repo.py).
     args.repo_alone = bool(args.repo) and not args.input and not args.list_wal
     _archive_location(parser, args)

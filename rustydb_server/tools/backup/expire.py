@@ -13,8 +13,11 @@ and the data directory's rustydb.auto.toml (ALTER SYSTEM), as the server's.
 
 Every line of output names one backup or segment and why it goes; --json
 prints one document: ``{"ok", "dry_run", "data_dir", "archive_dir", "policy",
-"kept", "backups": [...], "segments": [...], "refused": [...],
-"unreadable_segments": [...]}``.
+"kept", "backups": [...], "segments": [...], "extra_archives": [...],
+"refused": [...], "unreadable_segments": [...]}``. Archived WAL is expired in
+archive_dest and in every destination of archive_extra_dests, each on its
+own: one that cannot be reached is a warning (the others still expire; the
+next --expire tries it again).
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ def _settings(data_dir: str, archive_flag: str | None) -> tuple[Settings, retent
     s = Settings.load(config if os.path.isfile(config) else None, data_dir)
     policy = expire.policy_of(s)
     archive_dir = archive_flag or s["archive_dest"] or None
+    if any(is_s3_url(d) for d in s["archive_extra_dests"] or []):
+        location.configure(s)
     if archive_dir and is_s3_url(archive_dir):  # a repository: its wal/, reached with the repository_s3_* settings
         location.configure(s)
         return s, policy, destination.location(archive_dir)
@@ -78,10 +83,12 @@ def _settings(data_dir: str, archive_flag: str | None) -> tuple[Settings, retent
 
 
 def _expire(data_dir: str, archive_dir: str | None, policy: retention.Policy, *, dry_run: bool, settings, args) -> int:
+    extras = expire.extra_archives(settings["archive_extra_dests"])
     if dry_run:
         facts = expire.gather(data_dir, archive_dir)
         plan = expire.make_plan(facts, policy)
-        return _report(expire.document(data_dir, archive_dir, policy, facts, plan, None))
+        expire.plan_extras(extras, facts, policy)
+        return _report(expire.document(data_dir, archive_dir, policy, facts, plan, None, extras))
     owner = DataDir(data_dir)
     try:
         owner.lock("expire")
@@ -92,10 +99,12 @@ def _expire(data_dir: str, archive_dir: str | None, policy: retention.Policy, *,
     try:
         facts = expire.gather(data_dir, archive_dir)
         plan = expire.make_plan(facts, policy)
+        expire.plan_extras(extras, facts, policy)
         outcome = expire.apply(plan, data_dir, forget=_forget_in_repositories(settings))
+        expire.apply_extras(extras)
     finally:
         owner.unlock()
-    return _report(expire.document(data_dir, archive_dir, policy, facts, plan, outcome))
+    return _report(expire.document(data_dir, archive_dir, policy, facts, plan, outcome, extras))
 
 
 def _forget_in_repositories(settings):
@@ -190,9 +199,24 @@ def _report(doc: dict) -> int:
             print(f"{verb} WAL segment {s['segment']} (timeline {s['timeline']}): {s['reason']}")
         for path in doc["unreadable_segments"]:
             print(f"left archive file {path}: no readable header, never expired")
+        extra = [s for x in doc.get("extra_archives") or [] for s in x["segments"]]
+        for x in doc.get("extra_archives") or []:
+            for s in x["segments"]:
+                if s["removed"] or doc["dry_run"]:
+                    print(
+                        f"{verb} WAL segment {s['segment']} (timeline {s['timeline']}) "
+                        f"in {x['destination']}: {s['reason']}"
+                    )
+            for path in x["unreadable_segments"]:
+                print(f"left archive file {path}: no readable header, never expired")
         print(
             f"{'Dry run: ' if doc['dry_run'] else ''}{len(doc['backups']) - len(refused)} backup(s) and "
             f"{len(doc['segments'])} WAL segment(s) {verb}; {len(doc['kept'])} backup(s) kept"
+            + (
+                f"; {sum(s['removed'] or doc['dry_run'] for s in extra)} WAL segment(s) {verb} in archive_extra_dests"
+                if doc.get("extra_archives")
+                else ""
+            )
         )
     for left in doc.get("repository_errors") or []:
         print(
@@ -201,6 +225,9 @@ def _report(doc: dict) -> int:
             f"catalog/{left['backup_id']}.json first, then backups/{left['backup_id']}/",
             file=sys.stderr,
         )
+    for x in doc.get("extra_archives") or []:
+        if x.get("error"):
+            print(f"{PROG}: warning: archived WAL in {x['destination']} not expired: {x['error']}", file=sys.stderr)
     for backup_id, why in refused.items():
         fail(PROG, f"backup {backup_id} not expired: {why}")
     return 1 if refused else 0

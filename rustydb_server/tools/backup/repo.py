@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -71,30 +70,22 @@ def open_backup(repo, entry: dict) -> RepositoryFile:
     return RepositoryFile(repo, entry["key"])
 
 
-def repository_number(value: str) -> int | None:
-    """N for "--repo N" or "--repo repoN" (the server's N-th repository), else None (a URL or directory:
-    a directory called like that is written ./repo1)."""
-    match = re.fullmatch(r"(?:repo)?([0-9]+)", value)
-    return int(match.group(1)) if match else None
-
-
-def server_repository(args, number: int) -> str:
-    """The URL of the server's ``number``-th (from 1) entry of backup_repositories."""
+def server_repository(args, value: str) -> str:
+    """The directory or URL of the server's backup repository ``value`` names: N or repoN
+    (its N-th entry of backup_repositories, from 1) or a name given there."""
     from rustydb_client.client import connect, read_password_file
 
+    from ...settings import SettingError, parse_value
+    from ..repository_settings import resolve
     from .take import BackupFailed
 
     password = read_password_file(args.password_file)
     with connect(args.host, args.port, user=args.user, password=password) as conn:
         shown = conn.execute("SHOW backup_repositories").rows[0][0]
-    urls = [u for u in shown.split(", ") if u]
-    if not 1 <= number <= len(urls):
-        configured = ", ".join(f"{i} = {u}" for i, u in enumerate(urls, 1)) or "none"
-        raise BackupFailed(
-            f"the server has no backup repository {number} (backup_repositories: {configured}); "
-            "give a number from that list, or the repository's directory or s3:// URL"
-        )
-    return urls[number - 1]
+    try:
+        return resolve(value, parse_value("backup_repositories", shown) if shown else [], "on the server")
+    except SettingError as e:
+        raise BackupFailed(str(e)) from None
 
 
 class RepoTarget:

@@ -60,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
     if args.repo:
         from ...repository import RepositoryError
         from ...settings import SettingError
-        from .repo import RepoTarget, repository_number, server_repository
+        from ..repository_settings import is_reference
+        from .repo import RepoTarget, server_repository
 
         try:
             url = args.repo
-            number = repository_number(url)
-            if number is not None:  # --repo N (or repoN): the server's N-th backup repository
-                url = server_repository(args, number)
+            if is_reference(url):  # --repo N, repoN or NAME: one of the server's backup_repositories
+                url = server_repository(args, url)
             target = RepoTarget(url)
         except (RepositoryError, BackupFailed, ClientError, SettingError) as exc:
             return fail(PROG, f"cannot use repository {args.repo}: {exc}")

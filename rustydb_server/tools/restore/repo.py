@@ -10,9 +10,8 @@ and files, never from the command line."""
 from __future__ import annotations
 
 import argparse
-import os
 
-from ...restore.chain import restore_chain
+from ...restore.chain import restore_members
 from ...restore.from_repository import fetch
 from ...restore.full import read_key_for, restore_full
 from ...restore.pitr import Target, restore_to_target
@@ -78,9 +77,8 @@ def run(args: argparse.Namespace, target: Target | None) -> int:
             print_summary(args, result)
             return 0
         kept: list = []
-        restore_chain(
-            got.paths[-1],
-            sorted({os.path.dirname(p) for p in got.paths}),  # the chain's files, wherever they are
+        restore_members(
+            got.paths,  # the catalog's chain, streamed or fetched while the full backup is restored
             args.data_dir,
             key_file=args.key_file,
             threads=args.threads,

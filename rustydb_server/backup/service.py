@@ -36,7 +36,7 @@ from ..repository import RepositoryError, location
 from ..settings import to_seconds
 from ..wal import archive_status
 from ..wal import segment as walseg
-from . import checks, history
+from . import checks, history, repo_catalog
 from .catalog import Catalog, known_path
 from .incremental import IncrementalSource, IncrementalUnavailable, check_parent
 from .manifest import Manifest
@@ -648,21 +648,94 @@ class BackupService:
 
     async def _job(self, req, backup_id, location, key) -> None:
         t0 = time.perf_counter()
+        stream = await self._open_stream(backup_id, location)
+        try:
+            if await self._written(req, backup_id, location, key, stream, t0) and stream is not None:
+                # The backup is complete on disk; its upload finishes in the background.
+                self._nursery.start_soon(self._finish_stream, backup_id, stream, os.path.getsize(location))
+                stream = None
+        finally:
+            if stream is not None:  # the backup failed or was cancelled: nothing of it in the bucket
+                stream.abort("the backup did not complete")
+                self.replicator.stream_ended(stream.url, backup_id)
+
+    async def _open_stream(self, backup_id: str, location: str):
+        """The streamed upload of a backup into the first repository when that is S3
+        (S3Repository.open_upload), else None; a repository that cannot even be set up
+        is left to the background copy."""
+        repos = self.repositories()
+        if not repos or not is_s3(repos[0]) or location != os.path.join(self.backup_dir(), f"{backup_id}.backup"):
+            return None
+        url = repos[0]
+        wait = to_seconds("repository_s3_stream_wait", self.settings["repository_s3_stream_wait"])
+
+        def open_upload():
+            from ..repository import open_repository
+
+            return open_repository(url, self.settings).open_upload(
+                backup_key(backup_id), if_absent=True, wait_budget=wait
+            )
+
+        try:
+            stream = await trio.to_thread.run_sync(open_upload)
+        except RepositoryError as e:
+            log.warning(
+                "the backup cannot be streamed into the first repository; the background copy uploads it",
+                backup_id=backup_id,
+                repository=url,
+                error=str(e),
+            )
+            return None
+        stream.url = url
+        return stream
+
+    async def _finish_stream(self, backup_id: str, stream, size: int) -> None:
+        """Wait for the streamed upload to complete, then record it in the repository's catalog
+        and as copied; given up or failed, the replicator copies the backup from its file."""
+        url = stream.url
+        self.replicator.begin_stream(url, backup_id)
+        try:
+            async with cancel_flag() as cancel:
+                await trio.to_thread.run_sync(self._complete_stream, backup_id, stream, size, cancel)
+        except Exception as e:
+            log.warning(
+                "the backup's streamed upload did not complete; the background copy uploads it",
+                backup_id=backup_id,
+                repository=url,
+                error=str(e),
+                waited_s=round(stream.waited, 3),
+            )
+        else:
+            self.replicator.streamed(url, backup_id, size)
+        finally:
+            self.replicator.stream_ended(url, backup_id)
+
+    def _complete_stream(self, backup_id: str, stream, size: int, cancel: threading.Event) -> None:
+        info = stream.finish(cancel)
+        if info.size != size:
+            raise RepositoryError(f"the streamed object holds {info.size} bytes, the backup file {size}")
+        entry = self.catalog.get(backup_id)
+        if entry is None:
+            return  # deleted meanwhile: its removal from the repositories follows
+        repo_catalog.record(stream.repo, repo_catalog.entry_document(entry, size))
+
+    async def _written(self, req, backup_id, location, key, stream, t0) -> bool:
+        """Write the backup (teed into ``stream``), check it, record it; whether it completed."""
         try:
             async with cancel_flag() as cancel:
                 summary = await trio.to_thread.run_sync(
-                    self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter
+                    self._write_file, req, backup_id, location, key, cancel, stream, limiter=self.limiter
                 )
         except BackupCancelled:
             self.catalog.fail(backup_id, "the server shut down during the backup")
-            return
+            return False
         except trio.Cancelled:
             self.catalog.fail(backup_id, "the server shut down during the backup")
             raise
         except Exception as e:
             self.catalog.fail(backup_id, str(e))
             log.error("backup failed", backup_id=backup_id, error=str(e))
-            return
+            return False
         if req.backup_type is BackupType.PITR_BASE:
             self._wal_switched()  # archive the start segment now, whatever the backoff
             try:
@@ -673,10 +746,12 @@ class BackupService:
                     os.unlink(location)  # no pitr-base without its archive: nothing to restore from
                 self.catalog.fail(backup_id, str(e))
                 log.error("backup failed", backup_id=backup_id, error=str(e))
-                return
+                return False
             except trio.Cancelled:
                 self.catalog.fail(backup_id, "the server shut down during the backup's archive check")
                 raise
+        if stream is not None:
+            self.replicator.begin_stream(stream.url, backup_id)  # before its copy is due
         self.catalog.complete(
             backup_id,
             duration_s=round(time.perf_counter() - t0, 3),
@@ -690,9 +765,11 @@ class BackupService:
             location=location,
             size_bytes=summary["size_bytes"],
             seconds=round(time.perf_counter() - t0, 3),
+            streamed=None if stream is None else (f"given up: {stream.error}" if stream.given_up else "finishing"),
         )
+        return True
 
-    def _write_file(self, req, backup_id, location, key, cancel) -> dict:
+    def _write_file(self, req, backup_id, location, key, cancel, stream=None) -> dict:
         _usable_backup_dir(os.path.dirname(location))
         with self.open_source(req.backup_type, req.databases, backup_id=backup_id, cancel=cancel) as snap:
             manifest = snap.manifest()
@@ -716,6 +793,7 @@ class BackupService:
                 threads=req.threads,
                 nice=self.settings["backup_nice"],
                 fileops=self.engine.fileops,
+                tee=None if stream is None else stream.write,
             ) as bf:
                 for entry, chunks in snap.entries(self.scratch, cancel):
                     bf.begin_entry(entry)

@@ -724,9 +724,9 @@ REGISTRY: dict[str, Setting] = _registry(
         10,
         unit="s",
         min=0,
-        description="A backup the server writes while the first of backup_repositories is s3:// streams into "
-        "the bucket as it is written; it waits for a slow store at most this long in all, then leaves the "
-        "upload to the background copy (0: never waits).",
+        description="A backup written into an s3:// repository (the first of backup_repositories, or "
+        "rusty-db-backup --repo) streams into the bucket as it is written; it waits for a slow store at most "
+        "this long in all, then leaves the upload until the backup file is complete (0: never waits).",
     ),
 )
 

@@ -7,7 +7,9 @@ started here:
   1. the same random bytes (--size-mb) put and read back through
      S3Repository (multipart, parts of repository_s3_part_size sent by
      repository_s3_concurrency threads, a CRC32C per part (and once with
-     SHA-256); reads: parallel ranges), next to a plain boto3 put_object / get_object of the same bytes
+     SHA-256; and fed 1 MB at a time to open_upload, the streamed upload a
+     backup into S3 goes through); reads: parallel ranges), next to a plain
+     boto3 put_object / get_object of the same bytes
      (one request each), and through LocalRepository (a directory: written,
      fsynced, renamed); MB/s, median of --runs, and the repository's rate as
      a share of the plain one's;
@@ -79,6 +81,12 @@ def bench_objects(store, work: str, size_mb: int, runs: int, part_size: int, con
     def repo_stream_put():
         repo.put_stream("backups/b/streamed", (data[i : i + MB] for i in range(0, size, MB)))
 
+    def repo_streamed_upload():
+        up = repo.open_upload("backups/b/teed")
+        for i in range(0, size, MB):
+            up.write(data[i : i + MB])
+        up.finish()
+
     sha_repo = open_repository(f"s3://{bucket}/repo-sha", dict(settings, repository_s3_checksum="sha256"))
 
     def repo_put_sha256():
@@ -103,6 +111,7 @@ def bench_objects(store, work: str, size_mb: int, runs: int, part_size: int, con
         ("plain boto3 put_object", plain_put),
         ("S3Repository.put_bytes", repo_put),
         ("S3Repository.put_stream (1 MB chunks)", repo_stream_put),
+        ("S3Repository.open_upload (1 MB writes)", repo_streamed_upload),
         ("S3Repository.put_bytes, sha256 per part", repo_put_sha256),
         ("LocalRepository.put_bytes (fsync)", local_put),
         ("plain boto3 get_object", plain_get),

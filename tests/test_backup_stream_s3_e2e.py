@@ -142,3 +142,56 @@ def test_the_store_dying_during_a_streamed_backup_costs_the_backup_nothing_and_t
     assert keys(store, bucket) == [key, f"db/catalog/{backup_id}.json", "db/catalog/index.json"]
     assert sha256(client.get_object(Bucket=bucket, Key=key)["Body"].read()) == digest
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_rusty_db_backup_repo_s3_gives_a_hung_store_up_then_uploads_the_file(server_factory, seaweed_own, tmp_path):
+    import subprocess
+
+    from tests.support.servers import tool
+
+    store = seaweed_own
+    bucket = store.new_bucket()
+    srv = s3_server(server_factory, store)
+    add_blobs(srv, 24)
+    remote = f"s3://{bucket}/cli"
+    config = tmp_path / "rustydb.toml"
+    config.write_text(
+        'repository_s3_part_size = "5MB"\nrepository_s3_concurrency = 1\nrepository_s3_stream_wait = "1s"\n'
+    )
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, **store.env(), "RUSTYDB_CONFIG": str(config), "TMPDIR": str(tmp)}
+    cli = subprocess.Popen(
+        [tool("rusty-db-backup"), "--type", "full", "--repo", remote, "--port", str(srv.port), "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        client = store.client()
+        deadline = time.monotonic() + 60
+        while not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+            assert cli.poll() is None and time.monotonic() < deadline, "the streamed upload never started"
+            time.sleep(0.01)
+        os.killpg(store.proc.pid, signal.SIGSTOP)  # the store hangs: the parts neither go up nor fail
+        try:
+            # The tool goes on without it: its backup file is written whole (renamed from .partial).
+            while not [p for p in tmp.glob("rustydb-backup-*/*.backup")]:
+                assert cli.poll() is None and time.monotonic() < deadline, "the backup file was never completed"
+                time.sleep(0.05)
+        finally:
+            os.killpg(store.proc.pid, signal.SIGCONT)
+        out, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, err
+    assert "repository_s3_stream_wait" in err and "uploading the backup file instead" in err, err
+    took = json.loads(out)
+    b = took["backup_id"]
+    key = f"cli/backups/{b}/{b}.backup"
+    assert keys(store, bucket) == [key, f"cli/catalog/{b}.json", "cli/catalog/index.json"]
+    assert client.head_object(Bucket=bucket, Key=key)["ContentLength"] == took["size_bytes"]
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    run_tool("rusty-db-backup", "--repo", remote, "--verify", b, env=store.env(), check=True)

@@ -648,51 +648,50 @@ class BackupService:
 
     async def _job(self, req, backup_id, location, key) -> None:
         t0 = time.perf_counter()
-        stream = await self._open_stream(backup_id, location)
+        url, stream = await self._open_stream(backup_id, location)
         try:
-            if await self._written(req, backup_id, location, key, stream, t0) and stream is not None:
+            if await self._written(req, backup_id, location, key, stream, url, t0) and stream is not None:
                 # The backup is complete on disk; its upload finishes in the background.
-                self._nursery.start_soon(self._finish_stream, backup_id, stream, os.path.getsize(location))
+                self._nursery.start_soon(self._finish_stream, backup_id, url, stream, os.path.getsize(location))
                 stream = None
         finally:
             if stream is not None:  # the backup failed or was cancelled: nothing of it in the bucket
                 stream.abort("the backup did not complete")
-                self.replicator.stream_ended(stream.url, backup_id)
+                self.replicator.stream_ended(url, backup_id)
 
     async def _open_stream(self, backup_id: str, location: str):
-        """The streamed upload of a backup into the first repository when that is S3
-        (S3Repository.open_upload), else None; a repository that cannot even be set up
-        is left to the background copy."""
+        """(url, the streamed upload) of a backup into the first repository when that is S3
+        (S3Repository.open_upload), else (None, None); a repository that cannot even be set
+        up is left to the background copy."""
         repos = self.repositories()
         if not repos or not is_s3(repos[0]) or location != os.path.join(self.backup_dir(), f"{backup_id}.backup"):
-            return None
+            return None, None
         url = repos[0]
         wait = to_seconds("repository_s3_stream_wait", self.settings["repository_s3_stream_wait"])
 
         def open_upload():
-            from ..repository import open_repository
+            from ..repository.location import repository as shared_repository
 
-            return open_repository(url, self.settings).open_upload(
+            # The S3 client is kept per bucket and settings: making one costs 0.2 s of CPU, more on a busy machine.
+            return shared_repository(url, self.settings).open_upload(
                 backup_key(backup_id), if_absent=True, wait_budget=wait
             )
 
         try:
             stream = await trio.to_thread.run_sync(open_upload)
-        except RepositoryError as e:
+        except Exception as e:  # RepositoryError, a setting it refuses: never the backup's failure
             log.warning(
                 "the backup cannot be streamed into the first repository; the background copy uploads it",
                 backup_id=backup_id,
                 repository=url,
                 error=str(e),
             )
-            return None
-        stream.url = url
-        return stream
+            return None, None
+        return url, stream
 
-    async def _finish_stream(self, backup_id: str, stream, size: int) -> None:
+    async def _finish_stream(self, backup_id: str, url: str, stream, size: int) -> None:
         """Wait for the streamed upload to complete, then record it in the repository's catalog
         and as copied; given up or failed, the replicator copies the backup from its file."""
-        url = stream.url
         self.replicator.begin_stream(url, backup_id)
         try:
             async with cancel_flag() as cancel:
@@ -719,7 +718,7 @@ class BackupService:
             return  # deleted meanwhile: its removal from the repositories follows
         repo_catalog.record(stream.repo, repo_catalog.entry_document(entry, size))
 
-    async def _written(self, req, backup_id, location, key, stream, t0) -> bool:
+    async def _written(self, req, backup_id, location, key, stream, url, t0) -> bool:
         """Write the backup (teed into ``stream``), check it, record it; whether it completed."""
         try:
             async with cancel_flag() as cancel:
@@ -751,7 +750,7 @@ class BackupService:
                 self.catalog.fail(backup_id, "the server shut down during the backup's archive check")
                 raise
         if stream is not None:
-            self.replicator.begin_stream(stream.url, backup_id)  # before its copy is due
+            self.replicator.begin_stream(url, backup_id)  # before its copy is due
         self.catalog.complete(
             backup_id,
             duration_s=round(time.perf_counter() - t0, 3),

@@ -103,3 +103,30 @@ def test_a_store_that_stops_answering_is_given_up_after_the_wait_budget(seaweed_
         up.finish()
     assert list(repo.list()) == []
     assert no_uploads(store, bucket)
+
+
+def test_the_replicator_waits_for_a_streamed_upload_and_keeps_the_order(tmp_path):
+    """While a backup streams into a repository, no copy of it (nor of a later backup) starts there."""
+    import trio
+
+    from rustydb_server.backup.catalog import Catalog
+    from rustydb_server.backup.replicate import Replicator
+
+    catalog = Catalog(str(tmp_path))
+    for b in ("a", "b"):
+        catalog.add(backup_id=b, status="completed", repositories={"s3://x/p": {"state": "pending"}, "/r": {}})
+    catalog.update_repository("a", "/r", state="pending")
+    replicator = Replicator(catalog, {"backup_repositories": ["s3://x/p", "/r"]})
+    replicator.begin_stream("s3://x/p", "a")
+    assert replicator.due() == {"/r": ["a"]}  # the other repository is not held up
+
+    async def main():
+        replicator.stream_ended("s3://x/p", "a")  # given up: the copy of it is due again, first
+        assert replicator._wake.is_set()
+
+    trio.run(main)
+    assert replicator.due() == {"s3://x/p": ["a", "b"], "/r": ["a"]}
+    replicator.begin_stream("s3://x/p", "b")
+    replicator.streamed("s3://x/p", "b", 10)  # b streamed whole: copied, via the stream
+    assert catalog.get("b")["repositories"]["s3://x/p"]["via"] == "stream"
+    assert replicator.bytes_copied == {"s3://x/p": 10}

@@ -152,7 +152,7 @@ def test_rusty_db_backup_repo_s3_gives_a_hung_store_up_then_uploads_the_file(ser
     store = seaweed_own
     bucket = store.new_bucket()
     srv = s3_server(server_factory, store)
-    add_blobs(srv, 24)
+    add_blobs(srv, 32)  # 5 MB parts: one sent, one queued, the next waits longer than the 1 s it may
     remote = f"s3://{bucket}/cli"
     config = tmp_path / "rustydb.toml"
     config.write_text(

@@ -598,7 +598,7 @@ class StreamedUpload:
     and hands each to a bounded queue (``concurrency`` parts), from which a
     thread of its own creates the upload and sends the parts, ``concurrency``
     at once, each with its checksum, as ``put_stream`` does. Memory: about
-    (2 x concurrency + 1) x part size. A full queue makes ``write`` wait, at
+    (2 x concurrency + 2) x part size. A full queue makes ``write`` wait, at
     most ``wait_budget`` seconds in all; past that the streamed upload is given
     up (the producer goes on at its own speed, and whoever owns the bytes
     uploads them later from elsewhere). A failed part, a store that cannot be

@@ -35,6 +35,7 @@ def test_streamed_upload_sends_checksummed_parts_as_the_bytes_come(seaweed, s3_b
         else:
             up.write(memoryview(piece))
     assert not up.given_up
+    up.end()  # the last, short part goes as soon as the queue has room, before finish waits
     info = up.finish()
     assert info.size == len(data) == up.size
     assert [p[1] for p in sorted(counting.parts)] == [MIN_PART_SIZE] * 3 + [777]
@@ -49,6 +50,8 @@ def test_a_small_stream_is_one_part_and_an_existing_key_is_never_replaced(seawee
     repo = open_repository(f"s3://{s3_bucket}/small", seaweed.settings())
     up = repo.open_upload("k", if_absent=True)
     up.write(b"hello")
+    up.end()
+    up.end()  # twice: still one part
     assert up.finish().size == 5
     again = repo.open_upload("k", if_absent=True)
     again.write(b"other")

@@ -792,7 +792,7 @@ class BackupService:
                 threads=req.threads,
                 nice=self.settings["backup_nice"],
                 fileops=self.engine.fileops,
-                tee=None if stream is None else stream.write,
+                tee=stream,
             ) as bf:
                 for entry, chunks in snap.entries(self.scratch, cancel):
                     bf.begin_entry(entry)

@@ -617,6 +617,8 @@ class StreamedUpload:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._numbered = 0
+        self._last_sent = False  # the last (short) part handed over
+        self._end_sent = False  # and the end of the parts after it
         self.size = 0  # bytes written so far
         self.wait_budget = max(0.0, float(wait_budget))
         self.waited = 0.0  # seconds the producer spent waiting on a full queue
@@ -695,13 +697,33 @@ class StreamedUpload:
         finally:
             self.waited += time.monotonic() - t0
 
+    def end(self) -> None:
+        """Every byte was written: hand the last part over now if the queue has room for it
+        (never waits; ``finish`` sends whatever this could not)."""
+        if self._given_up.is_set() or self._last_sent:
+            return
+        if self._pending_size or not self._numbered:
+            try:
+                self._queue.put_nowait((self._numbered + 1, b"".join(self._pending)))
+            except queue.Full:
+                return
+            self._numbered += 1
+            self._pending, self._pending_size = [], 0
+        self._last_sent = True
+        try:
+            self._queue.put_nowait(None)
+            self._end_sent = True
+        except queue.Full:
+            pass
+
     def finish(self, cancel: threading.Event | None = None) -> ObjectInfo:
         """Send what is left, wait until the object is complete under its key; its ObjectInfo.
         RepositoryError if the upload was given up; with ``cancel`` set meanwhile, it is aborted."""
         if not self._given_up.is_set():
-            if self._pending_size or not self._numbered:
+            if not self._last_sent and (self._pending_size or not self._numbered):
                 self._send(self._cut(self._pending_size), wait=False)
-            self._send_end()
+            if not self._end_sent:
+                self._send_end()
         while self._thread.is_alive():
             if cancel is not None and cancel.is_set():
                 self.abort("the upload was cancelled")

@@ -143,7 +143,7 @@ class RepoTarget:
         self._stream = self.repo.open_upload(
             key, if_absent=True, wait_budget=to_seconds("repository_s3_stream_wait", wait)
         )
-        return self._stream.write
+        return self._stream
 
     def store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
         """Upload the complete file (S3), record it in the repository's catalog; its location."""

@@ -23,7 +23,7 @@ from rustydb_client.protocol import events
 
 from ...backup.manifest import Manifest, ManifestError
 from ...container.errors import BackupError
-from ...container.file import BackupFile
+from ...container.file import BackupFile, Tee
 from ...container.format import BackupHeader, BackupSummary
 from ...container.reader import VerifyReport
 from ...container.threads import lower_thread_priority
@@ -176,7 +176,7 @@ def receive_backup(
     threads: int,
     progress: Progress | None = None,
     store: Callable[[str, Manifest, BackupHeader, int], str] | None = None,
-    tee: Callable[[Manifest], Callable[[bytes], None] | None] | None = None,
+    tee: Callable[[Manifest], Tee | None] | None = None,
 ) -> StreamResult:
     """Read one backup stream from ``conn`` (after the request was sent) into ``output``.
 
@@ -186,8 +186,8 @@ def receive_backup(
     by the backup's id); ``store(path, manifest, header, end_lsn)``, called
     once the file is complete, puts it where it belongs (a repository and its
     catalog) and returns the location the server records. ``tee(manifest)``
-    may give a function that is handed every byte of the file as it is
-    written (a repository's streamed upload).
+    may give a Tee that is handed every byte of the file as it is written
+    (a repository's streamed upload).
     """
     notices: list[str] = []
     manifest = _receive_manifest(conn, notices)

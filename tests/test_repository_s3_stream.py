@@ -67,6 +67,8 @@ def test_an_aborted_stream_leaves_nothing(seaweed, s3_bucket):
     up.write(os.urandom(2 * MIN_PART_SIZE + 5))
     up.abort("the backup failed")
     up.write(b"more")  # after giving up, writes are dropped: the producer goes on
+    assert up.join(60)  # the upload is aborted in the store
+    assert not seaweed.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     with pytest.raises(RepositoryError, match="the backup failed"):
         up.finish()
     assert list(repo.list()) == []

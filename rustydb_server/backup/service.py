@@ -120,6 +120,9 @@ class ArchiveCheckFailed(Exception):
     """A pitr-base backup's start segment did not reach the archive in time."""
 
 
+#: How long a failed backup waits for its streamed upload to be aborted in the store.
+STREAM_ABORT_WAIT_S = 10.0
+
 #: How often the archive check looks whether the segment has been archived.
 ARCHIVE_CHECK_POLL_S = 0.1
 
@@ -658,6 +661,10 @@ class BackupService:
             if stream is not None:  # the backup failed or was cancelled: nothing of it in the bucket
                 stream.abort("the backup did not complete")
                 self.replicator.stream_ended(url, backup_id)
+                # At shutdown too: the store drops the parts sent before the server exits,
+                # unless it does not answer (then a later cleanup of the bucket must).
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(stream.join, STREAM_ABORT_WAIT_S)
 
     async def _open_stream(self, backup_id: str, location: str):
         """(url, the streamed upload) of a backup into the first repository when that is S3

@@ -738,6 +738,12 @@ class StreamedUpload:
         """Give the upload up (the parts sent are dropped by the store); returns at once."""
         self._give_up(reason)
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait, at most ``timeout`` seconds, until the upload is over in the store (complete,
+        or aborted after ``abort``); whether it is."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     # ------------------------------------------------------------ background
     def _send_end(self) -> None:
         while not self._given_up.is_set():

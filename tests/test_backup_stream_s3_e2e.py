@@ -195,3 +195,38 @@ def test_rusty_db_backup_repo_s3_gives_a_hung_store_up_then_uploads_the_file(ser
     assert client.head_object(Bucket=bucket, Key=key)["ContentLength"] == took["size_bytes"]
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     run_tool("rusty-db-backup", "--repo", remote, "--verify", b, env=store.env(), check=True)
+
+
+def test_the_upload_of_a_backup_cut_off_by_a_crash_is_aborted_at_the_next_start(server_factory, seaweed_own):
+    store = seaweed_own
+    bucket = store.new_bucket()
+    srv = s3_server(server_factory, store)
+    add_blobs(srv, 24)
+    srv.sql("ALTER SYSTEM SET repository_s3_part_size = '5MB';")
+    srv.sql("ALTER SYSTEM SET repository_s3_concurrency = 1;")
+    srv.sql("ALTER SYSTEM SET repository_s3_stream_wait = '5min';")
+    srv.sql(f"ALTER SYSTEM SET backup_repositories = 's3://{bucket}/db';")
+    status, started = call(srv, "POST", "/api/v1/admin/backup", {"backup_type": "full"})
+    assert status == 202, started
+    client = store.client()
+    deadline = time.monotonic() + 60
+    while not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+        assert time.monotonic() < deadline, "the streamed upload never started"
+        time.sleep(0.01)
+    os.killpg(store.proc.pid, signal.SIGSTOP)  # the backup waits for the store...
+    try:
+        srv.kill()  # ... when the server dies (kill -9)
+    finally:
+        os.killpg(store.proc.pid, signal.SIGCONT)
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads")  # left behind, never listed
+    assert keys(store, bucket) == []
+
+    srv.start()
+    status, entry = call(srv, "GET", f"/api/v1/admin/backup/{started['backup_id']}")
+    assert entry["status"] == "failed", entry
+    deadline = time.monotonic() + 60
+    while client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+        assert time.monotonic() < deadline, "the cut-off upload was never aborted"
+        time.sleep(0.1)
+    assert keys(store, bucket) == []
+    assert "aborted the uploads of backups interrupted by the last shutdown" in srv.log()

@@ -172,17 +172,20 @@ class BackupService:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
-        self._tidy_interrupted()
+        interrupted = self._tidy_interrupted()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.replicator.run)
+                if interrupted:
+                    nursery.start_soon(self._abort_interrupted_streams, interrupted)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
 
-    def _tidy_interrupted(self) -> None:
+    def _tidy_interrupted(self) -> list[str]:
+        """Mark the backups the last run left unfinished failed, remove their files; their ids."""
         interrupted = self.catalog.mark_interrupted()
         if interrupted:
             log.warning(
@@ -198,6 +201,36 @@ class BackupService:
                 "removed scratch files of backups interrupted by the last shutdown",
                 directory=self.scratch,
                 files=leftovers,
+            )
+        return interrupted
+
+    async def _abort_interrupted_streams(self, backup_ids: list[str]) -> None:
+        """The multipart uploads that backups cut off by a crash were streaming into an S3 first
+        repository: never completed, never listed, but parts the store keeps (and bills) until
+        aborted. One attempt, in the background: a store that is down is not waited for."""
+        repos = self.repositories()
+        if not repos or not is_s3(repos[0]):
+            return
+        url = repos[0]
+
+        def abort_all() -> int:
+            from ..repository.location import repository as shared_repository
+
+            repo = shared_repository(url, self.settings)
+            return sum(repo.abort_incomplete_uploads(backup_key(b)) for b in backup_ids)
+
+        try:
+            aborted = await trio.to_thread.run_sync(abort_all)
+        except Exception as e:
+            log.warning(
+                "cannot clean up the uploads of backups interrupted by the last shutdown",
+                repository=url,
+                error=str(e),
+            )
+            return
+        if aborted:
+            log.warning(
+                "aborted the uploads of backups interrupted by the last shutdown", repository=url, uploads=aborted
             )
 
     def _remove_partials(self, backup_ids: list[str]) -> list[str]:

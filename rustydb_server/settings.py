@@ -771,6 +771,16 @@ REGISTRY: dict[str, Setting] = _registry(
         description="Checksum sent with every part uploaded to S3, verified by the store before it takes the "
         "part; md5 (Content-MD5) for stores without S3's newer checksums.",
     ),
+    Setting(
+        "repository_s3_stream_wait",
+        "duration",
+        10,
+        unit="s",
+        min=0,
+        description="A backup written into an s3:// repository (the first of backup_repositories, or "
+        "rusty-db-backup --repo) streams into the bucket as it is written; it waits for a slow store at most "
+        "this long in all, then leaves the upload until the backup file is complete (0: never waits).",
+    ),
 )
 
 

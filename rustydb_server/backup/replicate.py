@@ -17,6 +17,14 @@ into the repository's own catalog (repo_catalog.record). The source is the
 server's file, else a repository that already holds the backup. A file the
 server wrote straight into the first repository (a local directory) is not
 copied again: only its entry is written.
+
+A backup the server writes while the first repository is S3 is streamed into
+it as it is written (service.py, S3Repository.open_upload): while that upload
+is finishing, the replicator leaves that repository alone (``begin_stream``,
+``stream_ended``), so the backup is not uploaded twice; once it is complete,
+its state is ``copied`` with ``via: stream``. A streamed upload given up
+leaves the state ``pending``, and the replicator copies the backup from the
+server's file as for any other.
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ class Replicator:
         self._busy: set[str] = set()
         self._retry_at: dict[str, float] = {}  # url -> trio time of its next attempt
         self._delay: dict[str, float] = {}
+        self._streaming: set[tuple[str, str]] = set()  # (url, backup_id) being streamed by the backup itself
 
     def urls(self) -> list[str]:
         return list(self.settings["backup_repositories"] or [])
@@ -106,7 +115,25 @@ class Replicator:
             for url, state in _states(entry).items():
                 if url in configured and state.get("state") in (PENDING, FAILING):
                     out.setdefault(url, []).append(entry["backup_id"])
-        return out
+        # A repository whose oldest due backup is still being streamed into it waits
+        # for that upload (the copies keep their order); stream_ended wakes it.
+        return {url: ids for url, ids in out.items() if (url, ids[0]) not in self._streaming}
+
+    def begin_stream(self, url: str, backup_id: str) -> None:
+        """The backup is being streamed into ``url`` by its writer: no copy of it there meanwhile."""
+        self._streaming.add((url, backup_id))
+
+    def streamed(self, url: str, backup_id: str, size: int) -> None:
+        """The streamed upload is complete and in the repository's catalog."""
+        self.bytes_copied[url] = self.bytes_copied.get(url, 0) + size
+        self._record(backup_id, url, state=COPIED, error=None, via="stream")
+        log.info("backup streamed into a repository", backup_id=backup_id, repository=url)
+
+    def stream_ended(self, url: str, backup_id: str) -> None:
+        """The streamed upload is over, done or given up: whatever is still due is copied now."""
+        if (url, backup_id) in self._streaming:
+            self._streaming.discard((url, backup_id))
+            self.kick()
 
     def summary(self) -> dict[str, dict]:
         """Per repository: how many backups it holds, how many wait, the last error."""
@@ -180,7 +207,7 @@ class Replicator:
                     return
                 self._delay.pop(url, None)
                 self._retry_at.pop(url, None)
-                if not self._record(backup_id, url, state=COPIED, error=None):
+                if not self._record(backup_id, url, state=COPIED, error=None, via="copy"):
                     self._retry_at[url] = trio.current_time() + RETRY_MAX_S
                     return
                 log.info("backup copied to a repository", backup_id=backup_id, repository=url)

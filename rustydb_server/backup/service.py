@@ -36,7 +36,7 @@ from ..repository import RepositoryError, location
 from ..settings import to_seconds
 from ..wal import archive_status
 from ..wal import segment as walseg
-from . import checks, history
+from . import checks, history, repo_catalog
 from .catalog import Catalog, known_path
 from .incremental import IncrementalSource, IncrementalUnavailable, check_parent
 from .manifest import Manifest
@@ -120,6 +120,9 @@ class ArchiveCheckFailed(Exception):
     """A pitr-base backup's start segment did not reach the archive in time."""
 
 
+#: How long a failed backup waits for its streamed upload to be aborted in the store.
+STREAM_ABORT_WAIT_S = 10.0
+
 #: How often the archive check looks whether the segment has been archived.
 ARCHIVE_CHECK_POLL_S = 0.1
 
@@ -169,17 +172,20 @@ class BackupService:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Tidy what the last run left, then own the backups the server writes until cancelled."""
-        self._tidy_interrupted()
+        interrupted = self._tidy_interrupted()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.replicator.run)
+                if interrupted:
+                    nursery.start_soon(self._abort_interrupted_streams, interrupted)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
 
-    def _tidy_interrupted(self) -> None:
+    def _tidy_interrupted(self) -> list[str]:
+        """Mark the backups the last run left unfinished failed, remove their files; their ids."""
         interrupted = self.catalog.mark_interrupted()
         if interrupted:
             log.warning(
@@ -195,6 +201,36 @@ class BackupService:
                 "removed scratch files of backups interrupted by the last shutdown",
                 directory=self.scratch,
                 files=leftovers,
+            )
+        return interrupted
+
+    async def _abort_interrupted_streams(self, backup_ids: list[str]) -> None:
+        """The multipart uploads that backups cut off by a crash were streaming into an S3 first
+        repository: never completed, never listed, but parts the store keeps (and bills) until
+        aborted. One attempt, in the background: a store that is down is not waited for."""
+        repos = self.repositories()
+        if not repos or not is_s3(repos[0]):
+            return
+        url = repos[0]
+
+        def abort_all() -> int:
+            from ..repository.location import repository as shared_repository
+
+            repo = shared_repository(url, self.settings)
+            return sum(repo.abort_incomplete_uploads(backup_key(b)) for b in backup_ids)
+
+        try:
+            aborted = await trio.to_thread.run_sync(abort_all)
+        except Exception as e:
+            log.warning(
+                "cannot clean up the uploads of backups interrupted by the last shutdown",
+                repository=url,
+                error=str(e),
+            )
+            return
+        if aborted:
+            log.warning(
+                "aborted the uploads of backups interrupted by the last shutdown", repository=url, uploads=aborted
             )
 
     def _remove_partials(self, backup_ids: list[str]) -> list[str]:
@@ -648,21 +684,97 @@ class BackupService:
 
     async def _job(self, req, backup_id, location, key) -> None:
         t0 = time.perf_counter()
+        url, stream = await self._open_stream(backup_id, location)
+        try:
+            if await self._written(req, backup_id, location, key, stream, url, t0) and stream is not None:
+                # The backup is complete on disk; its upload finishes in the background.
+                self._nursery.start_soon(self._finish_stream, backup_id, url, stream, os.path.getsize(location))
+                stream = None
+        finally:
+            if stream is not None:  # the backup failed or was cancelled: nothing of it in the bucket
+                stream.abort("the backup did not complete")
+                self.replicator.stream_ended(url, backup_id)
+                # At shutdown too: the store drops the parts sent before the server exits,
+                # unless it does not answer (then a later cleanup of the bucket must).
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(stream.join, STREAM_ABORT_WAIT_S)
+
+    async def _open_stream(self, backup_id: str, location: str):
+        """(url, the streamed upload) of a backup into the first repository when that is S3
+        (S3Repository.open_upload), else (None, None); a repository that cannot even be set
+        up is left to the background copy."""
+        repos = self.repositories()
+        if not repos or not is_s3(repos[0]) or location != os.path.join(self.backup_dir(), f"{backup_id}.backup"):
+            return None, None
+        url = repos[0]
+        wait = to_seconds("repository_s3_stream_wait", self.settings["repository_s3_stream_wait"])
+
+        def open_upload():
+            from ..repository.location import repository as shared_repository
+
+            # The S3 client is kept per bucket and settings: making one costs 0.2 s of CPU, more on a busy machine.
+            return shared_repository(url, self.settings).open_upload(
+                backup_key(backup_id), if_absent=True, wait_budget=wait
+            )
+
+        try:
+            stream = await trio.to_thread.run_sync(open_upload)
+        except Exception as e:  # RepositoryError, a setting it refuses: never the backup's failure
+            log.warning(
+                "the backup cannot be streamed into the first repository; the background copy uploads it",
+                backup_id=backup_id,
+                repository=url,
+                error=str(e),
+            )
+            return None, None
+        return url, stream
+
+    async def _finish_stream(self, backup_id: str, url: str, stream, size: int) -> None:
+        """Wait for the streamed upload to complete, then record it in the repository's catalog
+        and as copied; given up or failed, the replicator copies the backup from its file."""
+        self.replicator.begin_stream(url, backup_id)
+        try:
+            async with cancel_flag() as cancel:
+                await trio.to_thread.run_sync(self._complete_stream, backup_id, stream, size, cancel)
+        except Exception as e:
+            log.warning(
+                "the backup's streamed upload did not complete; the background copy uploads it",
+                backup_id=backup_id,
+                repository=url,
+                error=str(e),
+                waited_s=round(stream.waited, 3),
+            )
+        else:
+            self.replicator.streamed(url, backup_id, size)
+        finally:
+            self.replicator.stream_ended(url, backup_id)
+
+    def _complete_stream(self, backup_id: str, stream, size: int, cancel: threading.Event) -> None:
+        info = stream.finish(cancel)
+        if info.size != size:
+            raise RepositoryError(f"the streamed object holds {info.size} bytes, the backup file {size}")
+        entry = self.catalog.get(backup_id)
+        if entry is None:
+            return  # deleted meanwhile: its removal from the repositories follows
+        repo_catalog.record(stream.repo, repo_catalog.entry_document(entry, size))
+
+    async def _written(self, req, backup_id, location, key, stream, url, t0) -> bool:
+        """Write the backup (teed into ``stream``), check it, record it; whether it completed."""
         try:
             async with cancel_flag() as cancel:
                 summary = await trio.to_thread.run_sync(
-                    self._write_file, req, backup_id, location, key, cancel, limiter=self.limiter
+                    self._write_file, req, backup_id, location, key, cancel, stream, limiter=self.limiter
                 )
         except BackupCancelled:
             self.catalog.fail(backup_id, "the server shut down during the backup")
-            return
+            return False
         except trio.Cancelled:
             self.catalog.fail(backup_id, "the server shut down during the backup")
             raise
         except Exception as e:
             self.catalog.fail(backup_id, str(e))
             log.error("backup failed", backup_id=backup_id, error=str(e))
-            return
+            return False
         if req.backup_type is BackupType.PITR_BASE:
             self._wal_switched()  # archive the start segment now, whatever the backoff
             try:
@@ -673,10 +785,12 @@ class BackupService:
                     os.unlink(location)  # no pitr-base without its archive: nothing to restore from
                 self.catalog.fail(backup_id, str(e))
                 log.error("backup failed", backup_id=backup_id, error=str(e))
-                return
+                return False
             except trio.Cancelled:
                 self.catalog.fail(backup_id, "the server shut down during the backup's archive check")
                 raise
+        if stream is not None:
+            self.replicator.begin_stream(url, backup_id)  # before its copy is due
         self.catalog.complete(
             backup_id,
             duration_s=round(time.perf_counter() - t0, 3),
@@ -690,9 +804,11 @@ class BackupService:
             location=location,
             size_bytes=summary["size_bytes"],
             seconds=round(time.perf_counter() - t0, 3),
+            streamed=None if stream is None else (f"given up: {stream.error}" if stream.given_up else "finishing"),
         )
+        return True
 
-    def _write_file(self, req, backup_id, location, key, cancel) -> dict:
+    def _write_file(self, req, backup_id, location, key, cancel, stream=None) -> dict:
         _usable_backup_dir(os.path.dirname(location))
         with self.open_source(req.backup_type, req.databases, backup_id=backup_id, cancel=cancel) as snap:
             manifest = snap.manifest()
@@ -716,6 +832,7 @@ class BackupService:
                 threads=req.threads,
                 nice=self.settings["backup_nice"],
                 fileops=self.engine.fileops,
+                tee=stream,
             ) as bf:
                 for entry, chunks in snap.entries(self.scratch, cancel):
                     bf.begin_entry(entry)

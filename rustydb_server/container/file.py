@@ -8,6 +8,8 @@ file that looks complete is ever left by a failed backup.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Protocol
 
 from rustydb_server import fileops as _fileops
 
@@ -17,22 +19,39 @@ from .writer import BackupWriter
 PARTIAL_SUFFIX = ".partial"
 
 
+class Tee(Protocol):
+    """Where a copy of the backup's bytes goes as the file is written (a streamed upload)."""
+
+    def write(self, data) -> None: ...
+
+    def end(self) -> None:
+        """Every byte was written (called before the file is made durable)."""
+
+
 class _FdFile:
     """The minimal file object BackupWriter needs, writing through FileOps."""
 
-    def __init__(self, fd: int, fileops: _fileops.FileOps):
+    def __init__(self, fd: int, fileops: _fileops.FileOps, tee: Callable[[bytes], None] | None = None):
         self.fd = fd
         self.fileops = fileops
         self._behind = _fileops.WriteBehind(fileops, fd)
+        self._tee = tee
 
     def write(self, data) -> int:
         self.fileops.write_all(self.fd, data)
         self._behind.wrote(len(data))
+        if self._tee is not None:
+            self._tee(data)
         return len(data)
 
 
 class BackupFile:
-    """One backup being written to ``path``; ``commit()`` makes it appear, ``abort()`` not."""
+    """One backup being written to ``path``; ``commit()`` makes it appear, ``abort()`` not.
+
+    ``tee``, if given, is handed every byte written to the file, in order, as
+    it is written (a streamed upload of the same backup), and told when the
+    last one was, before the file is fsynced.
+    """
 
     def __init__(
         self,
@@ -44,6 +63,7 @@ class BackupFile:
         threads: int = 1,
         nice: int = 0,
         fileops: _fileops.FileOps = _fileops.REAL,
+        tee: Tee | None = None,
     ):
         self.path = os.path.abspath(path)
         self.tmp = self.path + PARTIAL_SUFFIX
@@ -56,10 +76,11 @@ class BackupFile:
         # Set before anything can fail, so abort() always finds them.
         self._done = False
         self.writer = None
+        self._tee = tee
         self._fd = fileops.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(self._fd, 0o600)
-            self._out = _FdFile(self._fd, fileops)
+            self._out = _FdFile(self._fd, fileops, None if tee is None else tee.write)
             self.writer = BackupWriter(self._out, header, key=key, codec=codec, threads=threads, nice=nice)
         except BaseException:
             self.abort()
@@ -78,6 +99,8 @@ class BackupFile:
     def commit(self) -> BackupSummary:
         try:
             summary = self.writer.finish()
+            if self._tee is not None:
+                self._tee.end()
             self.fileops.fsync(self._fd)
             self.fileops.close(self._fd)
             self._fd = None

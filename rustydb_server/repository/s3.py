@@ -31,7 +31,9 @@ import base64
 import configparser
 import copy
 import hashlib
+import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -363,6 +365,12 @@ class S3Repository:
                 pass  # left for the next put of this key, which aborts it
             raise
 
+    def open_upload(self, key: str, *, if_absent: bool = False, wait_budget: float = 10.0) -> StreamedUpload:
+        """A multipart upload of ``key`` fed by ``write`` as the bytes are produced (a tee of a
+        file being written), finished by ``finish``; see StreamedUpload. Nothing is sent from the
+        caller's thread: the upload starts in the background."""
+        return StreamedUpload(self, key, if_absent=if_absent, wait_budget=wait_budget)
+
     def _upload_part(self, full: str, upload_id: str, number: int, data: bytes) -> dict:
         field = self._checksum_field
         checksum = self._checksum_of(data)
@@ -593,3 +601,256 @@ class _Parts:
     def hexdigest(self) -> str:
         assert self._sha is not None
         return self._sha.hexdigest()
+
+
+class StreamedUpload:
+    """A multipart upload fed as its bytes are produced: ``write`` from the
+    producer's thread, ``finish`` once the stream is whole, ``abort`` to drop it.
+
+    The producer never talks to the store: ``write`` cuts the bytes into parts
+    and hands each to a bounded queue (``concurrency`` parts), from which a
+    thread of its own creates the upload and sends the parts, ``concurrency``
+    at once, each with its checksum, as ``put_stream`` does. Memory: about
+    (2 x concurrency + 2) x part size. A full queue makes ``write`` wait, at
+    most ``wait_budget`` seconds in all; past that the streamed upload is given
+    up (the producer goes on at its own speed, and whoever owns the bytes
+    uploads them later from elsewhere). A failed part, a store that cannot be
+    reached or ``abort`` give it up too; the multipart upload is then aborted,
+    so nothing is left listed or half-written under the key. ``error`` says why
+    it was given up; ``finish`` raises RepositoryError with it.
+    """
+
+    def __init__(self, repo: S3Repository, key: str, *, if_absent: bool = False, wait_budget: float = 10.0):
+        self.repo = repo
+        self.key = key
+        self._full = repo._full(key)
+        self._if_absent = if_absent
+        self._part_size = repo.part_size
+        self._queue: queue.Queue = queue.Queue(maxsize=repo.concurrency)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._numbered = 0
+        self._last_sent = False  # the last (short) part handed over
+        self._end_sent = False  # and the end of the parts after it
+        self.size = 0  # bytes written so far
+        self.wait_budget = max(0.0, float(wait_budget))
+        self.waited = 0.0  # seconds the producer spent waiting on a full queue
+        self.error: str | None = None
+        self._given_up = threading.Event()
+        self._lock = threading.Lock()
+        self._info: ObjectInfo | None = None
+        self._thread = threading.Thread(target=self._run, name="s3-stream", daemon=True)
+        self._thread.start()
+
+    @property
+    def given_up(self) -> bool:
+        return self._given_up.is_set()
+
+    # ------------------------------------------------------------ producer
+    def write(self, data) -> None:
+        """Add the next bytes (never blocks longer than what is left of the wait budget)."""
+        if self._given_up.is_set():
+            self._pending, self._pending_size = [], 0
+            return
+        if not data:
+            return
+        if not isinstance(data, bytes) and not (isinstance(data, memoryview) and data.readonly):
+            data = bytes(data)  # a buffer its owner may refill: kept as it is now
+        self._pending.append(data)
+        self._pending_size += len(data)
+        self.size += len(data)
+        while self._pending_size >= self._part_size and not self._given_up.is_set():
+            self._send(self._cut(self._part_size), wait=True)
+
+    def _cut(self, size: int) -> bytes:
+        """The first ``size`` pending bytes as one part (each byte copied once)."""
+        pieces, take = [], size
+        while take and self._pending:
+            head = self._pending[0]
+            if len(head) <= take:
+                pieces.append(self._pending.pop(0))
+                take -= len(head)
+            else:
+                view = memoryview(head)
+                pieces.append(view[:take])
+                self._pending[0] = view[take:]
+                take = 0
+        part = b"".join(pieces)
+        self._pending_size -= len(part)
+        return part
+
+    def _send(self, part: bytes, *, wait: bool) -> None:
+        self._numbered += 1
+        item = (self._numbered, part)
+        try:
+            self._queue.put_nowait(item)
+            return
+        except queue.Full:
+            pass
+        if not wait:  # finishing: the producer is done, the wait no longer slows anything
+            while not self._given_up.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            return
+        left = self.wait_budget - self.waited
+        t0 = time.monotonic()
+        try:
+            if left <= 0:
+                raise queue.Full
+            self._queue.put(item, timeout=left)
+        except queue.Full:
+            self._give_up(
+                f"the store took more than {self.wait_budget:g} s in all (repository_s3_stream_wait) to take "
+                "the parts of the backup as fast as it was written; the streamed upload was given up so as not "
+                "to slow the backup"
+            )
+        finally:
+            self.waited += time.monotonic() - t0
+
+    def end(self) -> None:
+        """Every byte was written: hand the last part over now if the queue has room for it
+        (never waits; ``finish`` sends whatever this could not)."""
+        if self._given_up.is_set() or self._last_sent:
+            return
+        if self._pending_size or not self._numbered:
+            try:
+                self._queue.put_nowait((self._numbered + 1, b"".join(self._pending)))
+            except queue.Full:
+                return
+            self._numbered += 1
+            self._pending, self._pending_size = [], 0
+        self._last_sent = True
+        try:
+            self._queue.put_nowait(None)
+            self._end_sent = True
+        except queue.Full:
+            pass
+
+    def finish(self, cancel: threading.Event | None = None) -> ObjectInfo:
+        """Send what is left, wait until the object is complete under its key; its ObjectInfo.
+        RepositoryError if the upload was given up; with ``cancel`` set meanwhile, it is aborted."""
+        if not self._given_up.is_set():
+            if not self._last_sent and (self._pending_size or not self._numbered):
+                self._send(self._cut(self._pending_size), wait=False)
+            if not self._end_sent:
+                self._send_end()
+        while self._thread.is_alive():
+            if cancel is not None and cancel.is_set():
+                self.abort("the upload was cancelled")
+            self._thread.join(0.1)
+        if self._info is None:
+            raise RepositoryError(
+                f"repository {self.repo._where()}: the streamed upload of {self.key} was given up: {self.error}"
+            )
+        return self._info
+
+    def abort(self, reason: str = "the upload was abandoned") -> None:
+        """Give the upload up (the parts sent are dropped by the store); returns at once."""
+        self._give_up(reason)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait, at most ``timeout`` seconds, until the upload is over in the store (complete,
+        or aborted after ``abort``); whether it is."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------ background
+    def _send_end(self) -> None:
+        while not self._given_up.is_set():
+            try:
+                self._queue.put(None, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _give_up(self, reason: str) -> None:
+        with self._lock:
+            if self._given_up.is_set() or self._info is not None:
+                return
+            self.error = reason
+            self._given_up.set()
+        self._drain()
+        try:
+            self._queue.put_nowait(None)  # wakes the sender if it waits for a part
+        except queue.Full:
+            pass
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _slot(self, slots: threading.Semaphore) -> bool:
+        """Wait for a free sender (``concurrency`` parts in flight at most); False once given up."""
+        while not self._given_up.is_set():
+            if slots.acquire(timeout=0.1):
+                return True
+        return False
+
+    def _run(self) -> None:
+        repo, full = self.repo, self._full
+        upload_id = None
+        try:
+            repo._abort_stale(full)
+            upload = repo._client.create_multipart_upload(
+                Bucket=repo.bucket,
+                Key=full,
+                **({"ChecksumAlgorithm": repo._checksum_algorithm} if repo._checksum_algorithm else {}),
+            )
+            upload_id = upload["UploadId"]
+            done: list[dict] = []
+            slots = threading.Semaphore(repo.concurrency)
+
+            def part_done(future: Future) -> None:
+                slots.release()
+                error = future.exception()
+                if error is not None:
+                    self._give_up(str(repo._error("write", self.key, error)))
+                else:
+                    done.append(future.result())
+
+            with ThreadPoolExecutor(repo.concurrency, thread_name_prefix="s3-put") as pool:
+                while True:
+                    item = self._queue.get()
+                    if item is None or not self._slot(slots):
+                        break
+                    number, data = item
+                    pool.submit(repo._upload_part, full, upload_id, number, data).add_done_callback(part_done)
+                    del item, data  # the part's memory goes once it is sent
+            if self._given_up.is_set():
+                return
+            extra = {"IfNoneMatch": "*"} if self._if_absent else {}
+            repo._client.complete_multipart_upload(
+                Bucket=repo.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": sorted(done, key=lambda p: p["PartNumber"])},
+                **extra,
+            )
+            upload_id = None  # complete: nothing to abort
+            info = repo.stat(self.key)
+            if info is None or info.size != self.size:
+                raise RepositoryError(
+                    f"repository {repo._where()}: {self.key} was uploaded with {self.size} bytes but the store "
+                    f"holds {'nothing' if info is None else f'{info.size} bytes'} under it"
+                )
+            with self._lock:
+                if not self._given_up.is_set():
+                    self._info = info
+        except Exception as e:
+            if repo._code(e) in ("PreconditionFailed", "412"):
+                self._give_up(f"{self.key} already exists in the repository; it is never overwritten")
+            else:
+                self._give_up(str(repo._error("write", self.key, e)))
+        finally:
+            self._drain()
+            if upload_id is not None:
+                try:
+                    repo._client.abort_multipart_upload(Bucket=repo.bucket, Key=full, UploadId=upload_id)
+                except Exception:
+                    pass  # left for the next put of this key, which aborts it

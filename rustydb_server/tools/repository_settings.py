@@ -27,6 +27,7 @@ NAMES = (
     "repository_s3_part_size",
     "repository_s3_concurrency",
     "repository_s3_checksum",
+    "repository_s3_stream_wait",
 )
 
 

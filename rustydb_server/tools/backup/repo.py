@@ -1,8 +1,11 @@
 """rusty-db-backup --repo URL: backups in a repository (a local directory or s3://bucket/prefix).
 
 With --type, the backup streamed from the server goes into the repository:
-straight into its file for a local directory, through a temporary file and
-an upload for S3; then its entry into the repository's catalog
+straight into its file for a local directory; for S3 into a temporary file
+and, as it is written, into a multipart upload (S3Repository.open_upload),
+the file uploaded again only if that streamed upload was given up (a store
+too slow for repository_s3_stream_wait, or one that failed); then its entry
+into the repository's catalog
 (backup/repo_catalog.py); only then is the server told where it is. With
 --info and --verify, FILE is a backup id of the repository (or "latest"),
 read by byte ranges: --info reads the head and tail of the object only.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -25,6 +29,7 @@ from ...backup.manifest import Manifest
 from ...backup.replicate import is_s3, location_in
 from ...backup.repo_file import RepositoryFile
 from ...container.format import BackupHeader
+from ...repository import RepositoryError
 
 
 def open_repo(url: str):
@@ -96,6 +101,7 @@ class RepoTarget:
         self.repo = open_repo(self.url)
         self.local = not is_s3(url)
         self._tmp: str | None = None
+        self._stream = None  # the streamed upload into an S3 repository
         # Reachable, with working credentials, before the server starts a backup for nothing.
         self.repo.stat(repo_catalog.INDEX_KEY)
 
@@ -116,6 +122,20 @@ class RepoTarget:
         self._tmp = tempfile.mkdtemp(prefix="rustydb-backup-")
         return os.path.join(self._tmp, f"{manifest.backup_id}.backup")
 
+    def tee_for(self, manifest: Manifest):
+        """Where the file's bytes go as they are written: an S3 repository's streamed upload."""
+        if self.local:
+            return None
+        from ...settings import lookup, to_seconds
+        from ..repository_settings import load
+
+        wait = load().get("repository_s3_stream_wait", lookup("repository_s3_stream_wait").default)
+        key = repo_catalog.backup_key(manifest.backup_id)
+        self._stream = self.repo.open_upload(
+            key, if_absent=True, wait_budget=to_seconds("repository_s3_stream_wait", wait)
+        )
+        return self._stream
+
     def store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
         """Upload the complete file (S3), record it in the repository's catalog; its location."""
         try:
@@ -129,7 +149,7 @@ class RepoTarget:
     def _store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
         key = repo_catalog.backup_key(manifest.backup_id)
         size = os.path.getsize(path)
-        if not self.local:
+        if not self.local and not self._streamed(size):
             self.repo.put_stream(key, repo_catalog.file_chunks(path), if_absent=True)
         entry = {
             "backup_id": header.backup_id,
@@ -149,7 +169,23 @@ class RepoTarget:
         repo_catalog.record(self.repo, repo_catalog.entry_document(entry, size))
         return location_in(self.url, key)
 
+    def _streamed(self, size: int) -> bool:
+        """Whether the streamed upload holds the whole file now (else it is uploaded from the file)."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return False
+        try:
+            return stream.finish().size == size
+        except RepositoryError as e:
+            print(f"rusty-db-backup: {e}; uploading the backup file instead", file=sys.stderr)
+            return False
+
     def close(self) -> None:
+        if self._stream is not None:  # the backup failed: its streamed upload is dropped
+            self._stream.abort("the backup failed")
+            with contextlib.suppress(RepositoryError):
+                self._stream.finish()  # waits until the store has dropped the parts sent
+            self._stream = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

@@ -23,7 +23,7 @@ from rustydb_client.protocol import events
 
 from ...backup.manifest import Manifest, ManifestError
 from ...container.errors import BackupError
-from ...container.file import BackupFile
+from ...container.file import BackupFile, Tee
 from ...container.format import BackupHeader, BackupSummary
 from ...container.reader import VerifyReport
 from ...container.threads import lower_thread_priority
@@ -118,6 +118,7 @@ def _take(args: argparse.Namespace, output: str, target) -> int:
                     threads=args.threads,
                     progress=bar,
                     store=target.store if target else None,
+                    tee=target.tee_for if target else None,
                 )
     except (BackupFailed, UnreadableBackup, ClientError, BackupError, CryptoError, RepositoryError) as exc:
         return fail(PROG, f"backup to {output} failed: {exc}; no backup file was written")
@@ -175,6 +176,7 @@ def receive_backup(
     threads: int,
     progress: Progress | None = None,
     store: Callable[[str, Manifest, BackupHeader, int], str] | None = None,
+    tee: Callable[[Manifest], Tee | None] | None = None,
 ) -> StreamResult:
     """Read one backup stream from ``conn`` (after the request was sent) into ``output``.
 
@@ -183,7 +185,9 @@ def receive_backup(
     ``output`` may be a function of the manifest (a repository names the file
     by the backup's id); ``store(path, manifest, header, end_lsn)``, called
     once the file is complete, puts it where it belongs (a repository and its
-    catalog) and returns the location the server records.
+    catalog) and returns the location the server records. ``tee(manifest)``
+    may give a Tee that is handed every byte of the file as it is written
+    (a repository's streamed upload).
     """
     notices: list[str] = []
     manifest = _receive_manifest(conn, notices)
@@ -194,7 +198,7 @@ def receive_backup(
     if progress is not None:
         progress.update(0, sum(db.size_bytes for db in manifest.databases))
     try:
-        bf = BackupFile(output, header, key=key, codec=codec, threads=threads)
+        bf = BackupFile(output, header, key=key, codec=codec, threads=threads, tee=tee(manifest) if tee else None)
     except (OSError, ValueError, BackupError) as exc:
         raise BackupFailed(f"cannot create {output}: {exc}") from None
     try:

@@ -1,0 +1,137 @@
+"""S3Repository.open_upload: a multipart upload fed as the bytes are produced (against SeaweedFS)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from rustydb_server.repository import RepositoryError, open_repository
+from rustydb_server.repository.s3 import MIN_PART_SIZE
+from tests.support.servers import free_port
+from tests.test_repository_s3 import EXPECTED, CountingClient
+
+
+def no_uploads(seaweed, bucket) -> bool:
+    return not seaweed.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_streamed_upload_sends_checksummed_parts_as_the_bytes_come(seaweed, s3_bucket):
+    repo = open_repository(
+        f"s3://{s3_bucket}/s", seaweed.settings(repository_s3_part_size=MIN_PART_SIZE, repository_s3_concurrency=2)
+    )
+    counting = CountingClient(repo._client)
+    repo._client = counting
+    data = os.urandom(3 * MIN_PART_SIZE + 777)
+    up = repo.open_upload("backups/b/b.backup", if_absent=True)
+    buffer = bytearray()
+    for i in range(0, len(data), 300_001):  # odd pieces, some in a buffer the producer refills
+        piece = data[i : i + 300_001]
+        if i % 2:
+            buffer[:] = piece
+            up.write(buffer)
+            buffer[:] = b"\0" * len(buffer)
+        else:
+            up.write(memoryview(piece))
+    assert not up.given_up
+    up.end()  # the last, short part goes as soon as the queue has room, before finish waits
+    info = up.finish()
+    assert info.size == len(data) == up.size
+    assert [p[1] for p in sorted(counting.parts)] == [MIN_PART_SIZE] * 3 + [777]
+    field, expected = EXPECTED["crc32c"]
+    for number, _size, sent_field, sent in counting.parts:
+        assert (sent_field, sent) == (field, expected(data[(number - 1) * MIN_PART_SIZE : number * MIN_PART_SIZE]))
+    assert b"".join(repo.open_stream("backups/b/b.backup")) == data
+    assert no_uploads(seaweed, s3_bucket)
+
+
+def test_a_small_stream_is_one_part_and_an_existing_key_is_never_replaced(seaweed, s3_bucket):
+    repo = open_repository(f"s3://{s3_bucket}/small", seaweed.settings())
+    up = repo.open_upload("k", if_absent=True)
+    up.write(b"hello")
+    up.end()
+    up.end()  # twice: still one part
+    assert up.finish().size == 5
+    again = repo.open_upload("k", if_absent=True)
+    again.write(b"other")
+    with pytest.raises(RepositoryError, match="already exists"):
+        again.finish()
+    assert repo.get_bytes("k") == b"hello"
+    assert no_uploads(seaweed, s3_bucket)
+
+
+def test_an_aborted_stream_leaves_nothing(seaweed, s3_bucket):
+    repo = open_repository(f"s3://{s3_bucket}/a", seaweed.settings(repository_s3_part_size=MIN_PART_SIZE))
+    up = repo.open_upload("backups/x/x.backup")
+    up.write(os.urandom(2 * MIN_PART_SIZE + 5))
+    up.abort("the backup failed")
+    up.write(b"more")  # after giving up, writes are dropped: the producer goes on
+    assert up.join(60)  # the upload is aborted in the store
+    assert not seaweed.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    with pytest.raises(RepositoryError, match="the backup failed"):
+        up.finish()
+    assert list(repo.list()) == []
+    assert no_uploads(seaweed, s3_bucket)
+
+
+def test_an_unreachable_store_gives_the_stream_up_without_failing_the_producer(seaweed, s3_bucket):
+    settings = seaweed.settings(
+        repository_s3_endpoint_url=f"http://127.0.0.1:{free_port()}", repository_s3_part_size=MIN_PART_SIZE
+    )
+    up = open_repository(f"s3://{s3_bucket}/down", settings).open_upload("k", wait_budget=30)
+    up.write(os.urandom(MIN_PART_SIZE))
+    with pytest.raises(RepositoryError, match="cannot be reached"):
+        up.finish()
+    assert up.given_up
+
+
+def test_a_store_that_stops_answering_is_given_up_after_the_wait_budget(seaweed_own):
+    store = seaweed_own
+    bucket = store.new_bucket()
+    repo = open_repository(
+        f"s3://{bucket}/slow", store.settings(repository_s3_part_size=MIN_PART_SIZE, repository_s3_concurrency=1)
+    )
+    up = repo.open_upload("backups/s/s.backup", wait_budget=1.0)
+    part = os.urandom(MIN_PART_SIZE)
+    up.write(part)
+    os.killpg(store.proc.pid, signal.SIGSTOP)  # the store hangs: requests neither answer nor fail
+    try:
+        for _ in range(8):  # more parts than the queue and the sender hold
+            up.write(part)
+        assert up.given_up
+        assert "repository_s3_stream_wait" in up.error
+        assert up.waited >= 1.0
+    finally:
+        os.killpg(store.proc.pid, signal.SIGCONT)
+    with pytest.raises(RepositoryError, match="given up"):
+        up.finish()
+    assert list(repo.list()) == []
+    assert no_uploads(store, bucket)
+
+
+def test_the_replicator_waits_for_a_streamed_upload_and_keeps_the_order(tmp_path):
+    """While a backup streams into a repository, no copy of it (nor of a later backup) starts there."""
+    import trio
+
+    from rustydb_server.backup.catalog import Catalog
+    from rustydb_server.backup.replicate import Replicator
+
+    catalog = Catalog(str(tmp_path))
+    for b in ("a", "b"):
+        catalog.add(backup_id=b, status="completed", repositories={"s3://x/p": {"state": "pending"}, "/r": {}})
+    catalog.update_repository("a", "/r", state="pending")
+    replicator = Replicator(catalog, {"backup_repositories": ["s3://x/p", "/r"]})
+    replicator.begin_stream("s3://x/p", "a")
+    assert replicator.due() == {"/r": ["a"]}  # the other repository is not held up
+
+    async def main():
+        replicator.stream_ended("s3://x/p", "a")  # given up: the copy of it is due again, first
+        assert replicator._wake.is_set()
+
+    trio.run(main)
+    assert replicator.due() == {"s3://x/p": ["a", "b"], "/r": ["a"]}
+    replicator.begin_stream("s3://x/p", "b")
+    replicator.streamed("s3://x/p", "b", 10)  # b streamed whole: copied, via the stream
+    assert catalog.get("b")["repositories"]["s3://x/p"]["via"] == "stream"
+    assert replicator.bytes_copied == {"s3://x/p": 10}

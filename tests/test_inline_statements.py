@@ -83,11 +83,23 @@ def test_a_slow_run_in_between_restarts_the_streak():
     assert costs.may_inline(KEY)
 
 
-@pytest.mark.parametrize("kind", [None, "write", "ddl"])
-def test_statements_that_are_not_reads_never_run_inline(kind):
+@pytest.mark.parametrize("kind", [None, "ddl"])
+def test_statements_that_are_not_of_an_inlinable_kind_never_run_inline(kind):
     costs = StatementCosts()
     for _ in range(100):
         costs.record(KEY, 0.01 * MS, kind, BUDGET, inline=False)
+    assert not costs.may_inline(KEY)
+
+
+def test_an_autocommit_write_is_learned_as_reads_are():
+    costs = StatementCosts()
+    costs.record(KEY, 0.2 * MS, "write", BUDGET, inline=False)
+    assert costs.may_inline(KEY)
+    costs.record(KEY, 1.2 * MS, "write", BUDGET, inline=True)  # over: back to the worker
+    assert not costs.may_inline(KEY)
+    # The same shape inside an explicit transaction (kind None) is never trusted again soon.
+    costs.record(KEY, 0.2 * MS, None, BUDGET, inline=False)
+    costs.record(KEY, 0.2 * MS, "write", BUDGET, inline=False)
     assert not costs.may_inline(KEY)
 
 
@@ -318,12 +330,12 @@ async def test_a_result_larger_than_one_batch_never_runs_inline(server, session)
     assert not costs.may_inline(costs.key("rustydb", sql))
 
 
-async def test_writes_commits_and_ddl_never_run_inline(server, session):
+async def test_writes_in_a_transaction_commits_and_ddl_never_run_inline(server, session):
     costs = server.costs
     await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
     for i in range(5):
-        await query(session, f"INSERT INTO t VALUES ({i}, {i})")
         await query(session, "BEGIN IMMEDIATE")
+        await query(session, f"INSERT INTO t VALUES ({i}, {i})")
         await query(session, f"UPDATE t SET v = v + 1 WHERE id = {i}")
         await query(session, "COMMIT")
         await query(session, f"CREATE TABLE x{i}(a)")

@@ -99,6 +99,7 @@ class Dispatcher:
             ),
             limiter=self.services.db_limiter,
         )
+        self.session.wal_written = self.services.wal_flushes.start
         log.info(
             "session opened",
             peer=self.peer,

@@ -848,7 +848,9 @@ class Engine:
             self.commits += 1
         return lsn, txid, commit_time, end
 
-    def try_commit(self, handle: DatabaseHandle, conn, txid: int | None, steps) -> InlineCommit | None:
+    def try_commit(
+        self, handle: DatabaseHandle, conn, txid: int | None, steps, *, written: Callable[[], None] | None = None
+    ) -> InlineCommit | None:
         """``commit`` for a caller that must not wait: the event loop, with a
         single statement's implicit transaction open on ``conn``.
 
@@ -860,7 +862,9 @@ class Engine:
         up or must flush before SQLite commits (``durable_first``), while the
         server is read-only, or when the WAL append would wait for another or
         create, sync or finish a segment. The flush that covers the record
-        is the caller's to wait for, off the loop (``InlineCommit.end``).
+        is the caller's to wait for, off the loop (``InlineCommit.end``);
+        ``written`` is called once the record is written, before SQLite
+        commits, so that flush can start at once (it must not wait).
 
         If SQLite fails after the record was written, the commit lock stays
         held and ``InlineCommit.unfinished`` must be run in a worker thread:
@@ -880,14 +884,16 @@ class Engine:
             commit_time = self._commit_time()
             rec = walrec.TxRecord(txid, commit_time, handle.name, tuple(steps))
             try:
-                written = self.wal.try_append(walrec.encode_record_parts(rec))
+                appended = self.wal.try_append(walrec.encode_record_parts(rec))
             except OSError as e:
                 conn.execute("ROLLBACK")
                 self._append_failed(e)
-            if written is None:
+            if appended is None:
                 return None
-            lsn, end = written
+            lsn, end = appended
             self._logged(lsn, end, rec)
+            if written is not None:
+                written()
             try:
                 self.sqlite_steps.commit(conn, lsn, txid, commit_time)
             except Exception as e:

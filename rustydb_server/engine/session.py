@@ -177,6 +177,9 @@ class SqlSession:
         # was written; the caller runs this in a worker thread before it
         # answers (Engine.try_commit). None when there is nothing to finish.
         self.unfinished_commit = None
+        # Called on the loop once an inline commit's WAL record is written,
+        # before SQLite commits: starts the flush its answer waits for.
+        self.wal_written = None
         self.use(database_name)
 
     # ------------------------------------------------------------ lifecycle
@@ -713,7 +716,7 @@ class SqlSession:
         tracking) and raise RunInWorker so it runs again in a worker."""
         self._internal = True
         try:
-            done = self.engine.try_commit(self.handle, self.conn, txid, steps)
+            done = self.engine.try_commit(self.handle, self.conn, txid, steps, written=self.wal_written)
         finally:
             self._internal = False
         if done is None:

@@ -20,6 +20,7 @@ from rustydb_server import datadir as dd
 from rustydb_server.checkpointer import Checkpointer
 from rustydb_server.dispatch import Dispatcher, Services
 from rustydb_server.doorbell import Doorbell
+from rustydb_server.engine import session as session_module
 from rustydb_server.engine.instance import Engine
 from rustydb_server.engine.sqlite_steps import SqliteSteps
 from rustydb_server.engine.statement_costs import MAX_REQUALIFY, StatementCosts, shape
@@ -505,6 +506,40 @@ async def test_an_inline_write_past_its_deadline_left_nothing_and_the_worker_run
     assert not costs.may_inline(costs.key("rustydb", inserting(3)))
 
 
+async def test_an_inline_write_stopped_inside_its_begin_leaves_no_transaction_open(server, session, monkeypatch):
+    """Stopped inside BEGIN IMMEDIATE once SQLite has opened the transaction
+    and taken the write lock: each run is rolled back whole and runs again
+    in a worker, and the session goes on as if nothing happened."""
+    costs = server.costs
+    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
+    await learn(server, session, "INSERT INTO t(v) VALUES (1)")
+    count = rows_of(await query(session, "SELECT count(*) FROM t"))[0][0]
+    sql_session = session[0].session
+
+    def stop_now():
+        # Once SQLite's transaction is open: the first such check is inside
+        # BEGIN IMMEDIATE, after it took the write lock.
+        if sql_session.conn.getautocommit():
+            return False
+        sql_session._deadline_passed = True
+        return True
+
+    monkeypatch.setattr(sql_session, "_past_deadline", stop_now)
+    monkeypatch.setattr(session_module, "PROGRESS_STEPS", 1)
+    reruns = costs.reruns
+    for i in range(3):
+        costs._entries[costs.key("rustydb", "INSERT INTO t(v) VALUES (1)")].inline = True
+        assert await query(session, f"INSERT INTO t(v) VALUES ({100 + i})") == [
+            events.Complete("INSERT 1", 1, "rustydb", False)
+        ]
+    assert costs.reruns == reruns + 3
+    monkeypatch.undo()
+    assert (await query(session, "BEGIN"))[-1].in_transaction
+    assert rows_of(await query(session, "SELECT count(*) FROM t WHERE v >= 100")) == [[3]]
+    assert (await query(session, "COMMIT"))[-1].status == "COMMIT"
+    assert rows_of(await query(session, "SELECT count(*) FROM t")) == [[count + 3]]
+
+
 async def test_a_learned_write_inside_an_explicit_transaction_stays_in_the_worker(server, session):
     costs = server.costs
     await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
@@ -550,6 +585,36 @@ async def test_an_inline_write_whose_commit_would_wait_runs_again_in_a_worker(se
     assert answers == [[events.Complete("INSERT 1", 1, "rustydb", False)]]
     assert costs.worker_runs == worker_runs + 1
     assert rows_of(await query(session, "SELECT count(*), sum(v = 7) FROM t")) == [[count + 1, 1]]
+
+
+async def test_an_inline_write_rolled_back_after_it_ran_leaves_nothing_and_runs_in_a_worker(server, session):
+    """The statement ran inline, then its WAL append would have had to wait
+    (a new segment to create and sync): rolled back with no record written,
+    it runs again in a worker, once."""
+    costs = server.costs
+    engine = server.services.engine
+    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
+    await learn(server, session, "INSERT INTO t(v) VALUES (1)")
+    count = rows_of(await query(session, "SELECT count(*) FROM t"))[0][0]
+    start, tracked = engine.wal.end_lsn, len(server.tracked.records)
+    refused = []
+
+    def would_wait(body):
+        refused.append(body)
+        return None
+
+    engine.wal.try_append = would_wait
+    try:
+        inline_runs, worker_runs = costs.inline_runs, costs.worker_runs
+        answer = await query(session, "INSERT INTO t(v) VALUES (7)")
+    finally:
+        del engine.wal.try_append
+    assert answer == [events.Complete("INSERT 1", 1, "rustydb", False)]
+    assert len(refused) == 1
+    assert (costs.inline_runs, costs.worker_runs) == (inline_runs, worker_runs + 1)
+    assert rows_of(await query(session, "SELECT count(*), sum(v = 7) FROM t")) == [[count + 1, 1]]
+    [rec] = wal_records(server, start)
+    assert [r for _, r in server.tracked.records[tracked:]] == [rec]
 
 
 class FailingCommit(SqliteSteps):

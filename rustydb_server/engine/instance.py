@@ -871,13 +871,13 @@ class Engine:
         it flushes, applies the record from the WAL as ``commit`` does (or
         raises ``committed_not_applied``) and lets the lock go.
         """
-        if self.read_only_reason is not None or self._durable_first or handle.durable_first or handle.pending:
+        if not self.may_commit_inline(handle):
             return None
         if not handle.commit_lock.try_acquire("a commit on the event loop"):
             return None
         unfinished = None
         try:
-            if handle.pending or self._durable_first or handle.durable_first:
+            if self._flush_or_catch_up_first(handle):
                 return None
             if txid is None:
                 txid = self.allocate_txid()
@@ -906,6 +906,16 @@ class Engine:
         with self._commits_lock:
             self.commits += 1
         return InlineCommit(lsn, txid, end, unfinished)
+
+    def may_commit_inline(self, handle: DatabaseHandle) -> bool:
+        """Whether ``try_commit`` can commit on ``handle`` now, as far as can
+        be told without its lock: not while the server is read-only, the
+        database has records to catch up or must flush before SQLite commits,
+        or its commit lock is taken (a commit, a checkpoint pausing commits)."""
+        return not (self._flush_or_catch_up_first(handle) or handle.commit_lock.locked())
+
+    def _flush_or_catch_up_first(self, handle: DatabaseHandle) -> bool:
+        return self.read_only_reason is not None or self._durable_first or handle.durable_first or bool(handle.pending)
 
     def _finish_failed_commit(self, handle: DatabaseHandle, conn, lsn: int, end: int, rec, error: Exception) -> None:
         """``try_commit``'s SQLite commit failed: finish as ``commit`` does, in

@@ -406,8 +406,9 @@ class SqlSession:
         return self._done(sql, "BEGIN", "BEGIN")
 
     def _autocommit_write(self, sql: str, kw: str) -> StatementRun:
-        if self._inline and (self.engine.read_only_reason is not None or self.handle.pending):
-            raise RunInWorker("writes wait for the server to be writable or caught up")
+        if self._inline and not self.engine.may_commit_inline(self.handle):
+            # Its commit would wait (see Engine.try_commit): do not run it twice.
+            raise RunInWorker("the commit would wait")
         # Read-only for lack of space: refused before SQLite does any work.
         self.engine.ensure_writable()
         self.engine.ensure_caught_up(self.handle)
@@ -423,6 +424,9 @@ class SqlSession:
             raise
 
     def _abort_autocommit(self) -> None:
+        if self._inline:
+            # Past its deadline the progress handler would stop the ROLLBACK too.
+            self.conn.set_progress_handler(None)
         try:
             if not self.conn.getautocommit():
                 self.conn.execute("ROLLBACK")

@@ -828,3 +828,47 @@ def test_a_live_reader_stops_at_the_flushed_lsn(tmp_path):
         got = read_all(tmp_path, start_lsn=done[3].lsn, stop_lsn=flushed)
         assert read_all(tmp_path)[-1].body == b"in flight"
     assert got == done[3:]
+
+
+class CountingSyncs(FileOps):
+    def __init__(self):
+        self.syncs = 0
+
+    def fsync(self, fd):
+        self.syncs += 1
+        super().fsync(fd)
+
+    def fdatasync(self, fd):
+        self.syncs += 1
+        super().fdatasync(fd)
+
+
+def test_try_append_writes_only_what_fits_the_open_segment_and_never_syncs(tmp_path):
+    """The event loop's append: a record inside the open segment is written
+    as append() would; one that would create, sync or finish a segment, or
+    find another append holding the writer, is refused with nothing written."""
+    fileops = CountingSyncs()
+    with open_writer(tmp_path, fileops=fileops) as writer:
+        first = writer.append(make_body(0, 100))  # creates the first segment
+        syncs = fileops.syncs
+        inline = [(writer.try_append(make_body(i, 500)), make_body(i, 500)) for i in range(1, 20)]
+        assert all(pos is not None for pos, _ in inline) and fileops.syncs == syncs
+        # Up to where the next record would leave the segment: refused, nothing written.
+        while (writer.end_lsn % SIZE) + 3000 < SIZE:
+            assert writer.try_append(make_body(99, 1000)) is not None
+        end = writer.end_lsn
+        assert writer.try_append(make_body(7, 3000)) is None
+        assert writer.end_lsn == end and fileops.syncs == syncs
+        # Another append holding the writer: refused at once.
+        writer._append_lock.acquire()
+        try:
+            assert writer.try_append(make_body(8, 10)) is None
+        finally:
+            writer._append_lock.release()
+        assert writer.end_lsn == end
+        writer.append(make_body(7, 3000))  # the worker's append crosses into the next segment
+        writer.flush()
+    entries = read_all(tmp_path)
+    assert entries[0] == WalEntry(*first, make_body(0, 100))
+    assert [WalEntry(*pos, body) for pos, body in inline] == entries[1:20]
+    assert entries[-1].body == make_body(7, 3000) and entries[-1].end_lsn // SIZE == 1

@@ -4,12 +4,10 @@ The wire listener's connection (``wire.py``) moves bytes and hands each
 request of an open session here. A query is one statement: the server's own
 admin SQL goes to ``admin``, everything else to the session's SQLite
 connection, and the columns, rows and completion stream back. A statement
-known to be short (``engine/statement_costs.py``: a read, a plain BEGIN or an
-autocommit write that ran in a worker thread within ``inline_statement_budget``)
-runs right here on the event loop, with no thread hop, under a deadline: past
-it, on a busy lock, or where its commit would wait, it stops having done
-nothing lasting and runs again in a worker. Its answer waits, off the loop,
-for the WAL flush that makes what it wrote or read durable (``wal_flushes``).
+known to be short (``engine/statement_costs.py``: a read or a plain BEGIN that
+ran in a worker thread within ``inline_statement_budget``) runs right here on
+the event loop, with no thread hop, under a deadline: past it, or on a busy
+lock, it stops having done nothing lasting and runs again in a worker.
 Everything else runs in a worker thread (under the shared limiter,
 interrupted after ``statement_timeout``). A backup request goes to the backup
 service, which streams on the connection itself. Any ``ReportedError``
@@ -45,7 +43,6 @@ from .errors import ReportedError
 from .lifecycle import Lifecycle
 from .logsetup import get_logger
 from .settings import Settings, to_seconds
-from .wal_flushes import WalFlushes
 
 log = get_logger("rustydb.wire")
 
@@ -65,12 +62,6 @@ class Services:
     role_store: roles_mod.RoleStore
     # Which statements are short enough to run on the event loop (learned).
     statement_costs: StatementCosts = dataclasses.field(default_factory=StatementCosts)
-    # Waits on the loop for WAL flushes, one worker-thread flush for all (made from engine).
-    wal_flushes: WalFlushes | None = None
-
-    def __post_init__(self) -> None:
-        if self.wal_flushes is None:
-            object.__setattr__(self, "wal_flushes", WalFlushes(self.engine))
 
 
 class Dispatcher:
@@ -99,7 +90,6 @@ class Dispatcher:
             ),
             limiter=self.services.db_limiter,
         )
-        self.session.wal_written = self.services.wal_flushes.start
         log.info(
             "session opened",
             peer=self.peer,
@@ -277,8 +267,10 @@ class Dispatcher:
             key = costs.key(session.database, sql)
             if costs.may_inline(key):
                 result = self._inline(key, sql, keywords, batch_rows, budget)
-                if result is not None:
-                    await self._after_inline(session)
+                if result is not None and session.durable_wait:
+                    # What it read includes commits not yet durable: the
+                    # answer waits for their flush, off the event loop.
+                    await trio.to_thread.run_sync(self.services.engine.flush_wal, session.durable_wait)
         if result is None:
             result = await self._in_thread(session.run, sql, keywords, batch_rows)
             if budget:
@@ -326,18 +318,6 @@ class Dispatcher:
         # A result larger than one batch leaves rows pending: never inline again.
         costs.record(key, session.last_seconds, session.last_kind if result[2] else None, budget, inline=True)
         return result
-
-    async def _after_inline(self, session: SqlSession) -> None:
-        """Before an inline statement's answer: finish a commit SQLite failed
-        (in a worker; it holds the database's commit lock until done, so it
-        runs whatever happens to this task), then wait for the flush that
-        makes what it wrote, or what its snapshot saw, durable."""
-        unfinished, session.unfinished_commit = session.unfinished_commit, None
-        if unfinished is not None:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(unfinished)
-        if session.durable_wait:
-            await self.services.wal_flushes.wait(session.durable_wait)
 
     async def _in_thread(self, fn, *args):
         """Run SQLite work in a worker thread, interrupting it after statement_timeout."""

@@ -384,9 +384,9 @@ REGISTRY: dict[str, Setting] = _registry(
         unit="ms",
         min=0,
         max=100,
-        description="A read, plain BEGIN or autocommit write that ran in a worker thread within this long "
-        "runs on the event loop next time, with no thread hop, stopped and rerun in a worker past it; 0 runs "
-        "every statement in a worker thread.",
+        description="A read (or plain BEGIN) that ran in a worker thread within this long runs on the event "
+        "loop next time, with no thread hop, stopped and rerun in a worker past it; 0 runs every statement "
+        "in a worker thread.",
     ),
     Setting(
         "idle_session_timeout",

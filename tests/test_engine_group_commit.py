@@ -67,23 +67,20 @@ def test_one_flush_covers_the_commits_of_every_session_that_arrived_meanwhile(tm
         sessions = [SqlSession(engine, "rustydb", 2 + n) for n in range(4)]
         flushes_before = fileops.flushes
         late = []
-        last_lsn = {}
         real_commit = engine.commit
 
-        def commit(*args, **kwargs):
-            result = real_commit(*args, **kwargs)
-            last_lsn[threading.get_ident()] = result[0]
-            return result
+        def commit(*args):
+            lsn, txid, at = real_commit(*args)
+            # The session answers when this returns: its record is durable by then.
+            if engine.wal.flushed_lsn <= lsn:
+                late.append(lsn)
+            return lsn, txid, at
 
         engine.commit = commit
 
         def commits(n, session):
             for i in range(25):
                 run(session, f"INSERT INTO t VALUES ({n * 1000 + i}, {n})")
-                # The session answers when run returns: its record is durable by then.
-                lsn = last_lsn[threading.get_ident()]
-                if engine.wal.flushed_lsn <= lsn:
-                    late.append(lsn)
 
         threads = [threading.Thread(target=commits, args=(n, s)) for n, s in enumerate(sessions)]
         for t in threads:

@@ -18,35 +18,24 @@ import threading
 import time
 
 import apsw
-import pytest
 
 from rustydb_client import client as rc
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 
 
-@pytest.mark.parametrize("inline", [False, True], ids=["in a worker", "on the event loop"])
 def test_kill_9_between_the_sqlite_commit_and_the_wal_flush_tells_no_client_anything_recovery_lacks(
-    server_factory, tmp_path, inline
+    server_factory, tmp_path
 ):
-    """``inline``: the INSERT's shape was learned short first (a 100 ms budget
-    makes that certain), so the stalled commit is made on the event loop and
-    its flush waited for there."""
     faults = tmp_path / "faults"
     faults.mkdir()
-    config = tmp_path / "rustydb.toml"
-    config.write_text(f'inline_statement_budget = "{"100ms" if inline else "0"}"\n')
     srv = server_factory(
         command=[sys.executable, "-m", "tests.support.faulty_server"],
         env={**os.environ, "RUSTYDB_FAULT_DIR": str(faults), "PYTHONPATH": ROOT},
-        extra_args=["--config", str(config)],
     ).start()
-    learned = list(range(10, 15))
     with rc.connect(port=srv.port) as c:
         c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
         c.execute("INSERT INTO t VALUES (1)")
-        for i in learned:
-            c.execute(f"INSERT INTO t VALUES ({i})")
     (faults / "flush-stall").touch()
     answers: dict[str, object] = {}
 
@@ -68,7 +57,7 @@ def test_kill_9_between_the_sqlite_commit_and_the_wal_flush_tells_no_client_anyt
     copy = str(tmp_path / "copy.sqlite")
     for suffix in ("", "-wal"):
         shutil.copy(db + suffix, copy + suffix)
-    assert apsw.Connection(copy).execute("SELECT id FROM t ORDER BY id").fetchall() == [(i,) for i in [1, 2, *learned]]
+    assert apsw.Connection(copy).execute("SELECT id FROM t ORDER BY id").fetchall() == [(1,), (2,)]
 
     reader = threading.Thread(target=run, args=("reader", "SELECT id FROM t ORDER BY id"), daemon=True)
     reader.start()
@@ -88,5 +77,5 @@ def test_kill_9_between_the_sqlite_commit_and_the_wal_flush_tells_no_client_anyt
         ids = [r[0] for r in c.execute("SELECT id FROM t ORDER BY id").rows]
     # kill -9 keeps the page cache: the written WAL record survived and was
     # replayed; SQLite's own copy of the commit was thrown away with its -wal.
-    assert ids == [1, 2, *learned]
+    assert ids == [1, 2]
     assert srv.stop() == 0

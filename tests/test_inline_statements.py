@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import types
 
-import apsw
 import pytest
 import trio
 
@@ -20,16 +19,12 @@ from rustydb_server import datadir as dd
 from rustydb_server.checkpointer import Checkpointer
 from rustydb_server.dispatch import Dispatcher, Services
 from rustydb_server.doorbell import Doorbell
-from rustydb_server.engine import session as session_module
 from rustydb_server.engine.instance import Engine
-from rustydb_server.engine.sqlite_steps import SqliteSteps
 from rustydb_server.engine.statement_costs import MAX_REQUALIFY, StatementCosts, shape
 from rustydb_server.fileops import FileOps
 from rustydb_server.lifecycle import Lifecycle
 from rustydb_server.roles import BUILTIN, RoleStore
 from rustydb_server.settings import Settings
-from rustydb_server.wal import reader as wal_reader
-from rustydb_server.wal import record as walrec
 
 MS = 0.001
 BUDGET = 1 * MS
@@ -88,23 +83,11 @@ def test_a_slow_run_in_between_restarts_the_streak():
     assert costs.may_inline(KEY)
 
 
-@pytest.mark.parametrize("kind", [None, "ddl"])
-def test_statements_that_are_not_of_an_inlinable_kind_never_run_inline(kind):
+@pytest.mark.parametrize("kind", [None, "write", "ddl"])
+def test_statements_that_are_not_reads_never_run_inline(kind):
     costs = StatementCosts()
     for _ in range(100):
         costs.record(KEY, 0.01 * MS, kind, BUDGET, inline=False)
-    assert not costs.may_inline(KEY)
-
-
-def test_an_autocommit_write_is_learned_as_reads_are():
-    costs = StatementCosts()
-    costs.record(KEY, 0.2 * MS, "write", BUDGET, inline=False)
-    assert costs.may_inline(KEY)
-    costs.record(KEY, 1.2 * MS, "write", BUDGET, inline=True)  # over: back to the worker
-    assert not costs.may_inline(KEY)
-    # The same shape inside an explicit transaction (kind None) is never trusted again soon.
-    costs.record(KEY, 0.2 * MS, None, BUDGET, inline=False)
-    costs.record(KEY, 0.2 * MS, "write", BUDGET, inline=False)
     assert not costs.may_inline(KEY)
 
 
@@ -190,22 +173,11 @@ class Backups:
         raise AssertionError("no backups here")
 
 
-class Tracked:
-    """What change tracking hears of: every record written to the WAL."""
-
-    def __init__(self):
-        self.records: list = []
-
-    def logged(self, lsn, rec) -> None:
-        self.records.append((lsn, rec))
-
-
 def _server(tmp_path, overrides):
     path = str(tmp_path / "data")
     settings = Settings.load(None, path, {"wal_segment_size": 1 << 20, **overrides})
     fileops = GatedFsync()
-    tracked = Tracked()
-    engine = Engine.open(dd.DataDir(path), settings, fileops, change_tracking=tracked)
+    engine = Engine.open(dd.DataDir(path), settings, fileops)
     services = Services(
         engine,
         settings,
@@ -216,9 +188,7 @@ def _server(tmp_path, overrides):
         db_limiter=trio.CapacityLimiter(4),
         role_store=RoleStore(path),
     )
-    return types.SimpleNamespace(
-        services=services, fileops=fileops, costs=services.statement_costs, tracked=tracked, path=path
-    )
+    return types.SimpleNamespace(services=services, fileops=fileops, costs=services.statement_costs)
 
 
 @pytest.fixture
@@ -255,9 +225,9 @@ def rows_of(answer) -> list:
     return [row for e in answer if isinstance(e, events.Rows) for row in e.rows]
 
 
-async def learn(server, session, sql: str, database: str = "rustydb") -> None:
+async def learn(server, session, sql: str) -> None:
     """Run ``sql`` until the server trusts it to run inline."""
-    key = server.costs.key(database, sql)
+    key = server.costs.key("rustydb", sql)
     for _ in range(50):
         answer = await query(session, sql)
         assert isinstance(answer[-1], events.Complete), answer
@@ -348,12 +318,12 @@ async def test_a_result_larger_than_one_batch_never_runs_inline(server, session)
     assert not costs.may_inline(costs.key("rustydb", sql))
 
 
-async def test_writes_in_a_transaction_commits_and_ddl_never_run_inline(server, session):
+async def test_writes_commits_and_ddl_never_run_inline(server, session):
     costs = server.costs
     await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
     for i in range(5):
-        await query(session, "BEGIN IMMEDIATE")
         await query(session, f"INSERT INTO t VALUES ({i}, {i})")
+        await query(session, "BEGIN IMMEDIATE")
         await query(session, f"UPDATE t SET v = v + 1 WHERE id = {i}")
         await query(session, "COMMIT")
         await query(session, f"CREATE TABLE x{i}(a)")
@@ -418,231 +388,3 @@ async def test_no_inline_read_answers_with_a_commit_before_its_wal_record_is_dur
         assert rows_of(await query(reader, "SELECT count(*) FROM t")) == [[2]]
     finally:
         await reader[0].close()
-
-
-# ------------------------------------------------- autocommit writes inline
-
-
-def wal_records(server, start_lsn: int) -> list:
-    """The records in the WAL from ``start_lsn`` to what is durable now."""
-    engine = server.services.engine
-    return [
-        walrec.decode_record(e.body)
-        for e in wal_reader.read_wal(
-            dd.DataDir(server.path).wal_dir,
-            timeline=engine.wal.timeline,
-            segment_size=engine.wal.segment_size,
-            start_lsn=start_lsn,
-            stop_lsn=engine.wal.flushed_lsn,
-        )
-    ]
-
-
-def inserting(n: int) -> str:
-    return (
-        "INSERT INTO t(v) SELECT x FROM (WITH RECURSIVE c(x) AS "
-        f"(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT x FROM c)"
-    )
-
-
-async def test_an_autocommit_write_runs_in_a_worker_first_then_inline_and_answers_once_durable(server, session):
-    costs = server.costs
-    engine = server.services.engine
-    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
-    await learn(server, session, "INSERT INTO t(v) VALUES (1)")
-    engine.create_database("other")
-    other = await open_session(server)
-    try:
-        assert (await query(other, "USE other"))[-1].database == "other"
-        await learn(server, other, "SELECT 1", "other")
-        start = engine.wal.end_lsn
-        inline_runs = costs.inline_runs
-        server.fileops.hold = True
-        answers = []
-
-        async def write():
-            answers.append(await query(session, "INSERT INTO t(v) VALUES (2)"))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            await trio.to_thread.run_sync(server.fileops.held.wait, 30)
-            # Written and committed in SQLite on the loop; its fdatasync is held.
-            assert costs.inline_runs == inline_runs + 1
-            # The loop is not blocked meanwhile: another database's read answers.
-            assert rows_of(await query(other, "SELECT 1")) == [[1]]
-            await trio.sleep(0.2)
-            assert answers == []  # not before its WAL record is durable
-            server.fileops.hold = False
-            server.fileops.release.set()
-        assert answers == [[events.Complete("INSERT 1", 1, "rustydb", False)]]
-        assert engine.is_durable(engine.wal.end_lsn)
-        [rec] = wal_records(server, start)
-        assert isinstance(rec, walrec.TxRecord) and rec.database == "rustydb"
-        assert rows_of(await query(session, "SELECT v FROM t WHERE v = 2")) == [[2]]
-    finally:
-        await other[0].close()
-
-
-async def test_an_inline_write_past_its_deadline_left_nothing_and_the_worker_run_is_answered(server, session):
-    """Stopped at its deadline, the write left no row, no WAL record and
-    nothing for change tracking; the worker's run is the one answered."""
-    costs = server.costs
-    engine = server.services.engine
-    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
-    await learn(server, session, inserting(3))
-    before = rows_of(await query(session, "SELECT count(*) FROM t"))[0][0]
-    start, tracked = engine.wal.end_lsn, len(server.tracked.records)
-    reruns, inline_runs, worker_runs = costs.reruns, costs.inline_runs, costs.worker_runs
-    # The same shape, ~0.3 s of work: stopped at 5 ms, then run in full in a worker.
-    answer = await query(session, inserting(300_000))
-    assert answer == [events.Complete("INSERT 300000", 300_000, "rustydb", False)]
-    assert (costs.reruns, costs.inline_runs, costs.worker_runs) == (reruns + 1, inline_runs, worker_runs + 1)
-    assert rows_of(await query(session, "SELECT count(*) FROM t")) == [[before + 300_000]]
-    # One record in the WAL and one for change tracking: the worker's, with every row.
-    [rec] = wal_records(server, start)
-    [(lsn, tracked_rec)] = server.tracked.records[tracked:]
-    assert tracked_rec == rec and lsn >= start
-    assert [kind for kind, _ in rec.steps] == ["changeset"]
-    assert not costs.may_inline(costs.key("rustydb", inserting(3)))
-
-
-async def test_an_inline_write_stopped_inside_its_begin_leaves_no_transaction_open(server, session, monkeypatch):
-    """Stopped inside BEGIN IMMEDIATE once SQLite has opened the transaction
-    and taken the write lock: each run is rolled back whole and runs again
-    in a worker, and the session goes on as if nothing happened."""
-    costs = server.costs
-    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
-    await learn(server, session, "INSERT INTO t(v) VALUES (1)")
-    count = rows_of(await query(session, "SELECT count(*) FROM t"))[0][0]
-    sql_session = session[0].session
-
-    def stop_now():
-        # Once SQLite's transaction is open: the first such check is inside
-        # BEGIN IMMEDIATE, after it took the write lock.
-        if sql_session.conn.getautocommit():
-            return False
-        sql_session._deadline_passed = True
-        return True
-
-    monkeypatch.setattr(sql_session, "_past_deadline", stop_now)
-    monkeypatch.setattr(session_module, "PROGRESS_STEPS", 1)
-    reruns = costs.reruns
-    for i in range(3):
-        costs._entries[costs.key("rustydb", "INSERT INTO t(v) VALUES (1)")].inline = True
-        assert await query(session, f"INSERT INTO t(v) VALUES ({100 + i})") == [
-            events.Complete("INSERT 1", 1, "rustydb", False)
-        ]
-    assert costs.reruns == reruns + 3
-    monkeypatch.undo()
-    assert (await query(session, "BEGIN"))[-1].in_transaction
-    assert rows_of(await query(session, "SELECT count(*) FROM t WHERE v >= 100")) == [[3]]
-    assert (await query(session, "COMMIT"))[-1].status == "COMMIT"
-    assert rows_of(await query(session, "SELECT count(*) FROM t")) == [[count + 3]]
-
-
-async def test_a_learned_write_inside_an_explicit_transaction_stays_in_the_worker(server, session):
-    costs = server.costs
-    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
-    await query(session, "INSERT INTO t VALUES (1, 0)")
-    await learn(server, session, "UPDATE t SET v = v + 1 WHERE id = 1")
-    assert (await query(session, "BEGIN"))[-1].in_transaction
-    inline_runs = costs.inline_runs
-    assert (await query(session, "UPDATE t SET v = v + 1 WHERE id = 1"))[-1].status == "UPDATE 1"
-    assert costs.inline_runs == inline_runs  # SQLite would roll back the whole transaction if stopped
-    assert (await query(session, "ROLLBACK"))[-1].status == "ROLLBACK"
-    learned = rows_of(await query(session, "SELECT v FROM t"))[0][0]
-    await query(session, "UPDATE t SET v = v + 1 WHERE id = 1")
-    assert rows_of(await query(session, "SELECT v FROM t")) == [[learned + 1]]
-
-
-async def test_an_inline_write_whose_commit_would_wait_runs_again_in_a_worker(server, session):
-    """A checkpoint pausing the database's commits holds its commit lock: the
-    loop does not wait for it; the statement is rolled back and its worker
-    run waits and commits, once."""
-    costs = server.costs
-    engine = server.services.engine
-    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
-    await learn(server, session, "INSERT INTO t(v) VALUES (1)")
-    count = rows_of(await query(session, "SELECT count(*) FROM t"))[0][0]
-    handle = engine.get_database("rustydb")
-    handle.commit_lock.acquire("a test pausing commits")
-    inline_runs, worker_runs = costs.inline_runs, costs.worker_runs
-    answers = []
-
-    async def write():
-        answers.append(await query(session, "INSERT INTO t(v) VALUES (7)"))
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            await trio.sleep(0.2)
-            assert answers == []
-            assert costs.inline_runs == inline_runs  # it went back to the worker
-            handle.commit_lock.release()
-    finally:
-        if handle.commit_lock.locked() and not answers:
-            handle.commit_lock.release()
-    assert answers == [[events.Complete("INSERT 1", 1, "rustydb", False)]]
-    assert costs.worker_runs == worker_runs + 1
-    assert rows_of(await query(session, "SELECT count(*), sum(v = 7) FROM t")) == [[count + 1, 1]]
-
-
-async def test_an_inline_write_rolled_back_after_it_ran_leaves_nothing_and_runs_in_a_worker(server, session):
-    """The statement ran inline, then its WAL append would have had to wait
-    (a new segment to create and sync): rolled back with no record written,
-    it runs again in a worker, once."""
-    costs = server.costs
-    engine = server.services.engine
-    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
-    await learn(server, session, "INSERT INTO t(v) VALUES (1)")
-    count = rows_of(await query(session, "SELECT count(*) FROM t"))[0][0]
-    start, tracked = engine.wal.end_lsn, len(server.tracked.records)
-    refused = []
-
-    def would_wait(body):
-        refused.append(body)
-        return None
-
-    engine.wal.try_append = would_wait
-    try:
-        inline_runs, worker_runs = costs.inline_runs, costs.worker_runs
-        answer = await query(session, "INSERT INTO t(v) VALUES (7)")
-    finally:
-        del engine.wal.try_append
-    assert answer == [events.Complete("INSERT 1", 1, "rustydb", False)]
-    assert len(refused) == 1
-    assert (costs.inline_runs, costs.worker_runs) == (inline_runs, worker_runs + 1)
-    assert rows_of(await query(session, "SELECT count(*), sum(v = 7) FROM t")) == [[count + 1, 1]]
-    [rec] = wal_records(server, start)
-    assert [r for _, r in server.tracked.records[tracked:]] == [rec]
-
-
-class FailingCommit(SqliteSteps):
-    """SQLite's commit fails once, after the WAL record was written (a full disk)."""
-
-    def __init__(self):
-        self.fail = False
-
-    def commit(self, conn, lsn, txid, commit_time_us):
-        if self.fail:
-            self.fail = False
-            raise apsw.FullError("database or disk is full (injected)")
-        super().commit(conn, lsn, txid, commit_time_us)
-
-
-async def test_an_inline_write_that_sqlite_fails_after_its_wal_record_is_applied_from_the_wal(server, session):
-    costs = server.costs
-    engine = server.services.engine
-    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
-    await learn(server, session, "INSERT INTO t(v) VALUES (1)")
-    count = rows_of(await query(session, "SELECT count(*) FROM t"))[0][0]
-    engine.sqlite_steps = steps = FailingCommit()
-    steps.fail = True
-    inline_runs = costs.inline_runs
-    # Committed all the same: applied from its durable record, and answered so.
-    assert await query(session, "INSERT INTO t(v) VALUES (8)") == [events.Complete("INSERT 1", 1, "rustydb", False)]
-    assert costs.inline_runs == inline_runs + 1 and not steps.fail
-    assert engine.pending_databases() == []
-    assert not engine.get_database("rustydb").commit_lock.locked()
-    await query(session, "INSERT INTO t(v) VALUES (9)")
-    assert rows_of(await query(session, f"SELECT v FROM t WHERE id > {count}")) == [[8], [9]]

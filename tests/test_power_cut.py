@@ -4,8 +4,7 @@ Sessions commit in SQLite (synchronous=OFF) before the WAL flush that makes
 the commit durable, so after a power cut SQLite's -wal may hold commits whose
 WAL record never reached the disk, and the database file may be half copied
 by a checkpoint. An in-process engine runs a seeded workload (autocommit
-inserts, half of them committed as on the event loop with Engine.try_commit,
-and multi-statement transactions on two databases, reads, checkpoints,
+inserts and multi-statement transactions on two databases, reads, checkpoints,
 a long reader that leaves some checkpoints incomplete) on a disk that follows
 every write and sync (tests/support/power_cut.py); the power goes at a random
 write or sync, every un-fsynced tail of our WAL, SQLite's -wal and the
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import random
-import time
 
 import apsw
 import pytest
@@ -32,7 +30,7 @@ import pytest
 from rustydb_client.sqlsplit import leading_keywords
 from rustydb_server import datadir as dd
 from rustydb_server.engine.instance import Engine
-from rustydb_server.engine.session import RunInWorker, SqlSession
+from rustydb_server.engine.session import SqlSession
 from rustydb_server.settings import Settings
 from rustydb_server.wal import reader as wal_reader
 from rustydb_server.wal import record as walrec
@@ -70,29 +68,6 @@ def run(session: SqlSession, sql: str):
     return rows
 
 
-def start_inline(session: SqlSession, sql: str) -> bool:
-    """Run an autocommit write as the dispatcher runs a learned-short one on
-    the event loop (Engine.try_commit: the record written and SQLite
-    committed, its flush not waited for); False when it would have had to
-    wait and was rolled back, to run in a worker."""
-    try:
-        session.run(sql, leading_keywords(sql, 2), 100_000, deadline=time.perf_counter() + 60)
-    except RunInWorker:
-        return False
-    if session.unfinished_commit is not None:
-        session.unfinished_commit()
-    return True
-
-
-def run_write(session: SqlSession, sql: str, inline: bool) -> None:
-    """An autocommit write, answered (returning) once durable: inline, or in a worker."""
-    if inline and start_inline(session, sql):
-        if session.durable_wait:
-            session.engine.flush_wal(session.durable_wait)  # what the dispatcher awaits
-        return
-    run(session, sql)
-
-
 class Workload:
     """Writers insert increasing ids (with their txid); what the clients were told is kept."""
 
@@ -125,10 +100,8 @@ class Workload:
         elif action < 0.5:
             self.next_id[name] += 1
             i = self.next_id[name]
-            run_write(
-                self.writers[name],
-                f"INSERT INTO t VALUES ({i}, txid_current(), randomblob({rng.randrange(10, 3000)}))",
-                inline=rng.random() < 0.5,
+            run(
+                self.writers[name], f"INSERT INTO t VALUES ({i}, txid_current(), randomblob({rng.randrange(10, 3000)}))"
             )
             self.acked[name].add(i)
         elif action < 0.65:
@@ -160,19 +133,16 @@ class Workload:
         The next flush of anyone covers it."""
         self.next_id[name] += 1
         engine = self.engine
-        sql = f"INSERT INTO t VALUES ({self.next_id[name]}, txid_current(), randomblob(100))"
-        # Inline, the session leaves the flush to its caller, who has not waited yet.
-        if not (self.rng.random() < 0.5 and start_inline(self.writers[name], sql)):
-            lock = engine.get_database(name).commit_lock
-            real_flush = engine.flush_wal
-            # Flushes under the commit lock (a database whose commits are
-            # durable first) still run; the one the session waits for, after
-            # it, does not.
-            engine.flush_wal = lambda upto=None: real_flush(upto) if lock.locked() else engine.wal.flushed_lsn
-            try:
-                run(self.writers[name], sql)
-            finally:
-                del engine.flush_wal
+        lock = engine.get_database(name).commit_lock
+        real_flush = engine.flush_wal
+        # Flushes under the commit lock (a database whose commits are
+        # durable first) still run; the one the session waits for, after it,
+        # does not.
+        engine.flush_wal = lambda upto=None: real_flush(upto) if lock.locked() else engine.wal.flushed_lsn
+        try:
+            run(self.writers[name], f"INSERT INTO t VALUES ({self.next_id[name]}, txid_current(), randomblob(100))")
+        finally:
+            del engine.flush_wal
         then = self.rng.choice(["nothing", "read", "checkpoint", "both"])
         if then in ("checkpoint", "both"):
             # A checkpoint must not copy it into the file before it is durable.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import os
 import shlex
 import threading
@@ -163,19 +162,6 @@ class DatabaseHandle:
     def wait_for_writer(self, timeout: float) -> None:
         with self.write_ended:
             self.write_ended.wait(timeout)
-
-
-@dataclasses.dataclass
-class InlineCommit:
-    """A commit ``Engine.try_commit`` made: its record is written at ``lsn``
-    and SQLite committed it; it is durable, and may be answered, once the
-    WAL is flushed to ``end``. ``unfinished``: SQLite failed after the record
-    was written; run it in a worker thread before answering (see try_commit)."""
-
-    lsn: int
-    txid: int
-    end: int
-    unfinished: Callable[[], None] | None = None
 
 
 def _checkpoint_error(e: BaseException) -> EngineError:
@@ -652,28 +638,19 @@ class Engine:
         body = walrec.encode_record_parts(rec)
         try:
             lsn, end = self.wal.append(body)
-        except (wal_writer.WalFsyncError, OSError) as e:
-            self._append_failed(e)
-        self._logged(lsn, end, rec)
-        return lsn, end
-
-    def _append_failed(self, e: OSError):
-        """Raise what a failed WAL append means (nothing of the record was written)."""
-        if isinstance(e, wal_writer.WalFsyncError):
+        except wal_writer.WalFsyncError as e:
             self._fatal(str(e))
-        if is_disk_full(e):
+        except OSError as e:
+            if is_disk_full(e):
+                raise EngineError(
+                    f"could not write the WAL: {e}; the transaction was rolled back and "
+                    "nothing was committed. Free disk space; the server resumes by itself",
+                    code="disk_full",
+                ) from e
             raise EngineError(
-                f"could not write the WAL: {e}; the transaction was rolled back and "
-                "nothing was committed. Free disk space; the server resumes by itself",
-                code="disk_full",
+                f"could not write the WAL: {e}; the transaction was rolled back",
+                code="io_error",
             ) from e
-        raise EngineError(
-            f"could not write the WAL: {e}; the transaction was rolled back",
-            code="io_error",
-        ) from e
-
-    def _logged(self, lsn: int, end: int, rec) -> None:
-        """A record was written to the WAL at ``lsn``: what follows from it."""
         segno = (end - 1) // self.control.segment_size
         if segno != self._dirty_segno:
             self._dirty_segno, self._dirty_since = segno, time.monotonic()
@@ -683,6 +660,7 @@ class Engine:
             self.observer.checkpoint_due()
         if self.change_tracking is not None:
             self.change_tracking.logged(lsn, rec)
+        return lsn, end
 
     def flush_wal(self, upto: int | None = None) -> int:
         """Make the WAL durable up to ``upto`` (default: all of it); return the
@@ -779,13 +757,8 @@ class Engine:
         return True
 
     # ------------------------------------------------------------ commit
-    def commit(
-        self, handle: DatabaseHandle, conn, txid: int | None, steps, *, wait: bool = True
-    ) -> tuple[int, int, int, int]:
-        """Log and commit the session's open SQLite transaction; return (lsn,
-        txid, time, end), ``end`` being where the WAL must be flushed to for
-        the commit to be durable. With ``wait=False`` the caller waits for
-        that flush itself (``flush_wal(end)``) before it answers.
+    def commit(self, handle: DatabaseHandle, conn, txid: int | None, steps) -> tuple[int, int, int]:
+        """Log and commit the session's open SQLite transaction; return (lsn, txid, time).
 
         Caller holds an open write transaction on ``conn``. Under the
         database's commit lock the record is written to the WAL (not yet
@@ -842,89 +815,10 @@ class Engine:
                 self._after_durable_failure(handle, conn, lsn, rec, e)
             finally:
                 handle.notify_write_ended()
-        if wait:
-            self.flush_wal(end)
+        self.flush_wal(end)
         with self._commits_lock:
             self.commits += 1
-        return lsn, txid, commit_time, end
-
-    def try_commit(
-        self, handle: DatabaseHandle, conn, txid: int | None, steps, *, written: Callable[[], None] | None = None
-    ) -> InlineCommit | None:
-        """``commit`` for a caller that must not wait: the event loop, with a
-        single statement's implicit transaction open on ``conn``.
-
-        The same order and rules as ``commit``, except that nothing here waits
-        for a lock, an fsync or a segment: None, with nothing written and the
-        transaction still open (the caller rolls it back and commits in a
-        worker thread), when the commit lock is taken (another commit, a
-        checkpoint pausing commits), when the database has records to catch
-        up or must flush before SQLite commits (``durable_first``), while the
-        server is read-only, or when the WAL append would wait for another or
-        create, sync or finish a segment. The flush that covers the record
-        is the caller's to wait for, off the loop (``InlineCommit.end``);
-        ``written`` is called once the record is written, before SQLite
-        commits, so that flush can start at once (it must not wait).
-
-        If SQLite fails after the record was written, the commit lock stays
-        held and ``InlineCommit.unfinished`` must be run in a worker thread:
-        it flushes, applies the record from the WAL as ``commit`` does (or
-        raises ``committed_not_applied``) and lets the lock go.
-        """
-        if not self.may_commit_inline(handle):
-            return None
-        if not handle.commit_lock.try_acquire("a commit on the event loop"):
-            return None
-        unfinished = None
-        try:
-            if self._flush_or_catch_up_first(handle):
-                return None
-            if txid is None:
-                txid = self.allocate_txid()
-            commit_time = self._commit_time()
-            rec = walrec.TxRecord(txid, commit_time, handle.name, tuple(steps))
-            try:
-                appended = self.wal.try_append(walrec.encode_record_parts(rec))
-            except OSError as e:
-                conn.execute("ROLLBACK")
-                self._append_failed(e)
-            if appended is None:
-                return None
-            lsn, end = appended
-            self._logged(lsn, end, rec)
-            if written is not None:
-                written()
-            try:
-                self.sqlite_steps.commit(conn, lsn, txid, commit_time)
-            except Exception as e:
-                unfinished = functools.partial(self._finish_failed_commit, handle, conn, lsn, end, rec, e)
-            finally:
-                handle.notify_write_ended()
-        finally:
-            if unfinished is None:
-                handle.commit_lock.release()
-        with self._commits_lock:
-            self.commits += 1
-        return InlineCommit(lsn, txid, end, unfinished)
-
-    def may_commit_inline(self, handle: DatabaseHandle) -> bool:
-        """Whether ``try_commit`` can commit on ``handle`` now, as far as can
-        be told without its lock: not while the server is read-only, the
-        database has records to catch up or must flush before SQLite commits,
-        or its commit lock is taken (a commit, a checkpoint pausing commits)."""
-        return not (self._flush_or_catch_up_first(handle) or handle.commit_lock.locked())
-
-    def _flush_or_catch_up_first(self, handle: DatabaseHandle) -> bool:
-        return self.read_only_reason is not None or self._durable_first or handle.durable_first or bool(handle.pending)
-
-    def _finish_failed_commit(self, handle: DatabaseHandle, conn, lsn: int, end: int, rec, error: Exception) -> None:
-        """``try_commit``'s SQLite commit failed: finish as ``commit`` does, in
-        a worker thread, with the commit lock ``try_commit`` kept."""
-        try:
-            self.flush_wal(end)
-            self._after_durable_failure(handle, conn, lsn, rec, error)
-        finally:
-            handle.commit_lock.release()
+        return lsn, txid, commit_time
 
     def _after_durable_failure(self, handle: DatabaseHandle, conn, lsn: int, rec, error: Exception) -> None:
         """SQLite failed after ``rec`` was durable at ``lsn``: the transaction is

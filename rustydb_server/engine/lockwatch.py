@@ -54,14 +54,6 @@ class WatchedLock:
             use.since = self._clock()
             self._holder = use
 
-    def try_acquire(self, purpose: str | None = None) -> bool:
-        """Take the lock if it is free now, without waiting; whether it was taken."""
-        if not self._lock.acquire(blocking=False):
-            return False
-        with self._state:
-            self._holder = _Use(purpose or self._default_purpose, self._clock())
-        return True
-
     def release(self) -> None:
         with self._state:
             if self._holder is not None and not self._holder.bounded:

@@ -168,18 +168,6 @@ class SqlSession:
         # transaction's snapshot was found durable (it never changes).
         self.durable_wait = 0
         self._snapshot_durable = False
-        # An autocommit write's commit whose flush run() waits for after
-        # timing the statement (or leaves to the caller, inline): the WAL
-        # LSN to flush to, 0 when none.
-        self._commit_end = 0
-        self._defer_flush = False
-        # After an inline run: SQLite failed the commit after its WAL record
-        # was written; the caller runs this in a worker thread before it
-        # answers (Engine.try_commit). None when there is nothing to finish.
-        self.unfinished_commit = None
-        # Called on the loop once an inline commit's WAL record is written,
-        # before SQLite commits: starts the flush its answer waits for.
-        self.wal_written = None
         self.use(database_name)
 
     # ------------------------------------------------------------ lifecycle
@@ -406,27 +394,19 @@ class SqlSession:
         return self._done(sql, "BEGIN", "BEGIN")
 
     def _autocommit_write(self, sql: str, kw: str) -> StatementRun:
-        if self._inline and not self.engine.may_commit_inline(self.handle):
-            # Its commit would wait (see Engine.try_commit): do not run it twice.
-            raise RunInWorker("the commit would wait")
         # Read-only for lack of space: refused before SQLite does any work.
         self.engine.ensure_writable()
         self.engine.ensure_caught_up(self.handle)
+        self._sqlite(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+        self._steps = []
+        self._start_capture()
         try:
-            # Stopped (a deadline, statement_timeout) after SQLite took the
-            # write lock, BEGIN leaves the transaction open: rolled back below.
-            self._sqlite(lambda: self.conn.execute("BEGIN IMMEDIATE"))
-            self._steps = []
-            self._start_capture()
             return self._execute(sql, kw, autocommit_write=True)
         except BaseException:
             self._abort_autocommit()
             raise
 
     def _abort_autocommit(self) -> None:
-        if self._inline:
-            # Past its deadline the progress handler would stop the ROLLBACK too.
-            self.conn.set_progress_handler(None)
         try:
             if not self.conn.getautocommit():
                 self.conn.execute("ROLLBACK")
@@ -483,9 +463,6 @@ class SqlSession:
         started = time.perf_counter()
         self.last_kind = None
         self.durable_wait = 0
-        self._commit_end = 0
-        self.unfinished_commit = None
-        waited = 0.0  # seconds spent waiting for a flush: not the statement's cost
         if self.open_since is None:
             self.open_since = time.monotonic()
         if deadline is not None:
@@ -498,27 +475,13 @@ class SqlSession:
             wait = self._visibility_wait(run)
             if wait:
                 if deadline is None:
-                    flushing = time.perf_counter()
                     self.engine.flush_wal(wait)  # in a worker thread: wait here
-                    waited = time.perf_counter() - flushing
                 else:
                     self.durable_wait = wait  # on the event loop: the caller waits
             if run.columns is None or run.done:
-                # An autocommit write's commit is timed without its flush:
-                # that wait is shared with other commits, not this statement's.
-                self._defer_flush = True
-                try:
-                    finished = self.finish(run)
-                finally:
-                    self._defer_flush = False
+                finished = self.finish(run)
                 self.last_kind = self._inline_kind(run, keywords)
-                self.last_seconds = time.perf_counter() - started - waited
-                end, self._commit_end = self._commit_end, 0
-                if end:
-                    if deadline is None:
-                        self.engine.flush_wal(end)
-                    else:
-                        self.durable_wait = end
+                self.last_seconds = time.perf_counter() - started
                 return run, rows, finished
         except BaseException:
             self._settle()
@@ -527,7 +490,7 @@ class SqlSession:
             if deadline is not None:
                 self._inline = False
                 self.conn.set_progress_handler(None)
-        self.last_seconds = time.perf_counter() - started - waited
+        self.last_seconds = time.perf_counter() - started
         return run, rows, None
 
     def _visibility_wait(self, run: StatementRun) -> int:
@@ -566,13 +529,6 @@ class SqlSession:
             return self._begin(sql)
         if kw in INLINE_READ_KEYWORDS:
             return self._execute(sql, kw, autocommit_write=False, require_readonly=True)
-        if kw in WRITE_VERBS and not self.in_transaction:
-            # A single statement's own transaction: stopped at the deadline,
-            # SQLite rolls back only what this statement did, and nothing of
-            # it was committed or logged. A write inside an explicit
-            # transaction never runs here: SQLite would roll back the whole
-            # transaction on the interrupt.
-            return self._autocommit_write(sql, kw)
         raise RunInWorker(kw)
 
     def _inline_kind(self, run: StatementRun, keywords: list[str]) -> str | None:
@@ -582,8 +538,6 @@ class SqlSession:
             return "begin" if _plain_begin(keywords) else None
         if kw in INLINE_READ_KEYWORDS and not run.autocommit_write and self._trace.get("readonly"):
             return "read"
-        if kw in WRITE_VERBS and run.autocommit_write:
-            return "write"
         return None
 
     def _settle(self) -> None:
@@ -697,11 +651,6 @@ class SqlSession:
         return steps + [("ddl", f"{SEQUENCE_STEP_PREFIX} = max(seq, CASE name {cases} END) WHERE name IN ({names})")]
 
     def _commit_autocommit(self) -> None:
-        if self._inline:
-            # The statement is done: what is left (its changeset, the WAL
-            # record, SQLite's COMMIT) is short and must not be interrupted
-            # once the record is written.
-            self.conn.set_progress_handler(None)
         self._cut_changeset()
         steps, self._steps = self._sequence_step(self._steps), []
         txid, self.txid = self.txid, None
@@ -709,36 +658,16 @@ class SqlSession:
             self.conn.execute("COMMIT")
             self.handle.notify_write_ended()
             return
-        if self._inline:
-            self._inline_commit(txid, steps)
-            return
-        self._engine_commit(txid, steps, wait=not self._defer_flush)
+        self._engine_commit(txid, steps)
 
-    def _inline_commit(self, txid, steps) -> None:
-        """Commit on the event loop without waiting for anything, or roll the
-        statement back (nothing was written: no WAL record, nothing for change
-        tracking) and raise RunInWorker so it runs again in a worker."""
-        self._internal = True
-        try:
-            done = self.engine.try_commit(self.handle, self.conn, txid, steps, written=self.wal_written)
-        finally:
-            self._internal = False
-        if done is None:
-            self._abort_autocommit()
-            raise RunInWorker("the commit would wait for a lock or a WAL segment")
-        self._commit_end = done.end
-        self.unfinished_commit = done.unfinished
-
-    def _engine_commit(self, txid, steps, *, wait: bool = True) -> None:
+    def _engine_commit(self, txid, steps) -> None:
         # The commit writes applied_lsn into the state table, which the
         # authorizer keeps out of reach of the user's own statements.
         self._internal = True
         try:
-            _, _, _, end = self.engine.commit(self.handle, self.conn, txid, steps, wait=wait)
+            self.engine.commit(self.handle, self.conn, txid, steps)
         finally:
             self._internal = False
-        if not wait:
-            self._commit_end = end
 
     # ----------------------------------------------------------- tx control
     def commit(self) -> str:

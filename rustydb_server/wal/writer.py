@@ -143,72 +143,44 @@ class WalWriter:
         with self._append_lock:
             self._check_usable()
             fragments, end = build_fragment_pieces(pieces, self._pos, self._size)
-            return self._append_locked(fragments, end)
-
-    def try_append(self, body: bytes | Sequence[bytes]) -> tuple[int, int] | None:
-        """``append`` for a caller that must not wait (the event loop): the
-        same, if the record can be written now with plain writes into the
-        open segment; None, with nothing written, if another append holds the
-        writer or the record would create, sync or finish a segment (an
-        fsync, which the caller must not wait for)."""
-        pieces = [body] if isinstance(body, (bytes, bytearray, memoryview)) else body
-        if not self._append_lock.acquire(blocking=False):
-            return None
-        try:
-            self._check_usable()
-            fragments, end = build_fragment_pieces(pieces, self._pos, self._size)
-            segno = self._segno
-            if (
-                self._fd is None
-                or len(fragments) != 1
-                or fragments[0][0] // self._size != segno
-                or normalize_lsn(end, self._size) // self._size != segno
-            ):
-                return None
-            return self._append_locked(fragments, end)
-        finally:
-            self._append_lock.release()
-
-    def _append_locked(self, fragments: list, end: int) -> tuple[int, int]:
-        """Write ``fragments`` (ending at ``end``); ``_append_lock`` is held."""
-        orig_fd = self._fd
-        segno, fd = self._segno, self._fd
-        created: list[tuple[int, int]] = []
-        left: list[tuple[int, int]] = []
-        written: list[tuple[int, int, int]] = []
-        try:
-            for frag_lsn, data in fragments:
-                frag_segno = frag_lsn // self._size
-                if frag_segno != segno:
-                    # Sync before the next segment sees a byte: see module doc.
-                    self._sync_segment(fd, self._path(segno))
-                    left.append((segno, fd))
-                    segno, fd = frag_segno, None
-                offset = frag_lsn % self._size
-                if fd is None and offset == HEADER_SIZE:
-                    # A new segment that starts with this fragment is
-                    # created holding it: its bytes are written once, not
-                    # zeros first and the fragment over them.
-                    fd = self._create_segment(segno, data)
-                    created.append((segno, fd))
-                    continue
-                if fd is None:
-                    fd = self._create_segment(segno)
-                    created.append((segno, fd))
-                written.append((fd, offset, sum(len(piece) for piece in data)))
-                self._write_pieces(fd, data, offset)
-        except BaseException:
-            self._roll_back(orig_fd, written, created)
-            raise
-        with self._cond:
-            if fd != orig_fd:
-                self._fd = fd
-                self._fd_name = self._path(segno)
-            self._end_lsn = end
-        self._segno = segno
-        self._pos = normalize_lsn(end, self._size)
-        self._finish_segments(left, leaving_current=self._pos // self._size != segno)
-        return fragments[0][0], end
+            orig_fd = self._fd
+            segno, fd = self._segno, self._fd
+            created: list[tuple[int, int]] = []
+            left: list[tuple[int, int]] = []
+            written: list[tuple[int, int, int]] = []
+            try:
+                for frag_lsn, data in fragments:
+                    frag_segno = frag_lsn // self._size
+                    if frag_segno != segno:
+                        # Sync before the next segment sees a byte: see module doc.
+                        self._sync_segment(fd, self._path(segno))
+                        left.append((segno, fd))
+                        segno, fd = frag_segno, None
+                    offset = frag_lsn % self._size
+                    if fd is None and offset == HEADER_SIZE:
+                        # A new segment that starts with this fragment is
+                        # created holding it: its bytes are written once, not
+                        # zeros first and the fragment over them.
+                        fd = self._create_segment(segno, data)
+                        created.append((segno, fd))
+                        continue
+                    if fd is None:
+                        fd = self._create_segment(segno)
+                        created.append((segno, fd))
+                    written.append((fd, offset, sum(len(piece) for piece in data)))
+                    self._write_pieces(fd, data, offset)
+            except BaseException:
+                self._roll_back(orig_fd, written, created)
+                raise
+            with self._cond:
+                if fd != orig_fd:
+                    self._fd = fd
+                    self._fd_name = self._path(segno)
+                self._end_lsn = end
+            self._segno = segno
+            self._pos = normalize_lsn(end, self._size)
+            self._finish_segments(left, leaving_current=self._pos // self._size != segno)
+            return fragments[0][0], end
 
     def flush(self, upto_lsn: int | None = None) -> int:
         """Make the WAL durable up to ``upto_lsn`` (default: all appended).

@@ -235,7 +235,7 @@ def main() -> None:
     figures: dict[str, float] = {}
     tmp = tempfile.mkdtemp(prefix="rustydb-bench-")
     try:
-        fsync_us = fsync_latency_us(tmp)
+        fsync_us = figures["fsync_us"] = fsync_latency_us(tmp)
         print(f"fsync latency (write 256 B + fdatasync): {fsync_us:.0f} us")
         # A single client's autocommit has nothing to share a flush with:
         # one fdatasync per commit bounds it, whatever the server does.

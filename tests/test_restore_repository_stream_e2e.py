@@ -24,6 +24,9 @@ def test_a_chain_streams_from_the_bucket_and_a_missing_incremental_fails_cleanly
     full = backup(srv)
     add_rows(srv, 301, 450)
     incr = backup(srv, "incremental")
+    # Each member is streamed into the bucket, or copied there later if its stream
+    # was given up: the incremental may be listed before the full.
+    wait_copied(srv, full["backup_id"], [remote])
     wait_copied(srv, incr["backup_id"], [remote])
     srv.stop()
 

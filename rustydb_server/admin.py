@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -25,11 +26,11 @@ from .backup import history as backup_history
 from .backup.expire import ExpireFailed
 from .engine.session import MAX_ROW_BYTES, SqlSession
 from .errors import ReportedError
-from .forensics import asof as forensics_asof
-from .forensics import live as forensics_live
 from .logsetup import get_logger
-from .restore.pitr import PitrError, parse_time
 from .wal.lsn import format_lsn
+
+if TYPE_CHECKING:
+    from .forensics import live as forensics_live
 
 log = get_logger("rustydb.admin")
 
@@ -413,7 +414,12 @@ def _require(dispatcher, allowed, what: str) -> None:
         raise ReportedError(f"permission denied for {what}", "permission_denied")
 
 
+# UNDO and AS OF import the forensics modules (and the WAL reading behind them)
+# when first used, not at the server's start, which would wait for them.
 def _undo_request(cmd: ap.UndoTransaction) -> forensics_live.UndoRequest:
+    from .forensics import live as forensics_live
+    from .restore.pitr import PitrError, parse_time
+
     if cmd.txid is not None:
         return forensics_live.UndoRequest(txid=cmd.txid, mode=cmd.mode)
     try:
@@ -434,6 +440,8 @@ async def _undo(dispatcher, cmd: ap.UndoTransaction) -> AdminResult:
             "UNDO cannot run inside a transaction block; COMMIT or ROLLBACK first", "active_transaction"
         )
     request = _undo_request(cmd)
+    from .forensics import live as forensics_live
+
     engine = dispatcher.services.engine
     who = {"user": getattr(session, "user", None), "peer": dispatcher.peer, "session": dispatcher.session_id}
     asked = {"database": database, "mode": cmd.mode}
@@ -464,6 +472,10 @@ async def _undo(dispatcher, cmd: ap.UndoTransaction) -> AdminResult:
 async def _as_of(dispatcher, cmd: ap.AsOf) -> AdminResult:
     database = dispatcher.session.database
     _require(dispatcher, roles_mod.may_read, f'database "{database}"')
+    from .forensics import asof as forensics_asof
+    from .forensics import live as forensics_live
+    from .restore.pitr import PitrError, parse_time
+
     if cmd.txid is not None:
         query = forensics_asof.AsOfQuery(cmd.sql, cmd.table, txid=cmd.txid)
     else:

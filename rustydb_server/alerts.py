@@ -30,8 +30,6 @@ import os
 import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 
 import trio
 
@@ -230,6 +228,9 @@ async def _kill_group(process: trio.Process) -> None:
 
 
 def _post_json(url: str, payload: bytes, timeout: float) -> int:
+    import urllib.error  # here: an alert is sent rarely, and urllib.request's imports cost every start
+    import urllib.request
+
     req = urllib.request.Request(
         url,
         data=payload,

@@ -32,7 +32,7 @@ from .backup.service import BackupService
 from .health import health_report
 from .lifecycle import Lifecycle, StartupError
 from .logsetup import get_logger
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .metrics import Metrics
 from .schedule import api as schedule_api
 
 log = get_logger("rustydb.http")
@@ -202,7 +202,7 @@ def build_app(
         if metrics is None:
             return error(503, "this server keeps no metrics", "not_available")
         body = await trio.to_thread.run_sync(metrics.render)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(body, media_type=metrics.content_type)
 
     async def expire(request: Request) -> JSONResponse:
         try:

@@ -1,5 +1,8 @@
 """GET /metrics: the server's figures in Prometheus' text format, through prometheus-client.
 
+prometheus-client is imported at the first scrape, not at the server's start
+(which it would slow for every server, scraped or not).
+
 Each server has its own ``CollectorRegistry`` (never the library's global
 one), holding one collector that reads the running server's state at each
 scrape: nothing is counted twice and nothing is kept up to date between
@@ -32,10 +35,7 @@ import datetime as dt
 import os
 import threading
 from collections.abc import Iterator
-
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from typing import TYPE_CHECKING
 
 from .backup.catalog import known_path
 from .container.format import BackupType
@@ -43,7 +43,10 @@ from .health import free_space
 from .schedule import plan as schedule_plan
 from .schedule.scheduler import config_of
 
-__all__ = ["CONTENT_TYPE_LATEST", "BackupStats", "Metrics"]
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+__all__ = ["BackupStats", "Metrics"]
 
 BACKUP_TYPES = tuple(t.value for t in BackupType.taken_by_server())
 
@@ -90,11 +93,26 @@ class Metrics:
     def __init__(self, settings, engine, archiver, backups, sessions):
         self.stats = BackupStats(backups.catalog.list())
         backups.catalog.listeners.append(self.stats.backup_ended)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(settings, engine, archiver, backups, sessions, self.stats))
+        self._collector = _Collector(settings, engine, archiver, backups, sessions, self.stats)
+        self._registry = None  # made at the first scrape
+        self._lock = threading.Lock()  # scrapes render in worker threads
+
+    @property
+    def content_type(self) -> str:
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        return CONTENT_TYPE_LATEST
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import generate_latest
+
+        with self._lock:
+            if self._registry is None:
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(self._collector)
+                self._registry = registry
+        return generate_latest(self._registry)
 
 
 class _Collector:
@@ -118,6 +136,8 @@ class _Collector:
 
     def _repositories(self) -> Iterator[Metric]:
         """backup_repositories: what each holds, waits for and has been sent (the first one too)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         replicator = getattr(self.backups, "replicator", None)
         if replicator is None:
             return
@@ -150,6 +170,8 @@ class _Collector:
         yield from (held, failing, sent, info)
 
     def _backups(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         last, failures, by_destination = self.stats.snapshot()
         when = GaugeMetricFamily(
             "rustydb_backup_last_success_timestamp_seconds",
@@ -198,6 +220,8 @@ class _Collector:
         return out
 
     def _filesystems(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         free = GaugeMetricFamily(
             "rustydb_filesystem_free_bytes",
             "Bytes free (to the server's user) on the file system of backup_dir or archive_dest",
@@ -216,6 +240,8 @@ class _Collector:
         yield from (free, total)
 
     def _archive(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         segments, seconds = self.archiver.lag()
         progress = self.archiver.progress
         yield GaugeMetricFamily(
@@ -242,6 +268,8 @@ class _Collector:
         yield written
 
     def _engine(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         engine = self.engine
         yield CounterMetricFamily(
             "rustydb_wal_bytes_written",
@@ -252,6 +280,8 @@ class _Collector:
         yield GaugeMetricFamily("rustydb_connections", "Open client sessions", len(self.sessions))
 
     def _schedule(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         nxt = GaugeMetricFamily(
             "rustydb_backup_schedule_next_run_timestamp_seconds",
             "When each scheduled backup type runs next (Unix time)",
@@ -266,6 +296,8 @@ class _Collector:
 
     def _checks(self) -> Iterator[Metric]:
         """The scheduled restore drill and verify (schedule/checks.py)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         scheduler = self.backups.scheduler
         checks = scheduler.checks if scheduler is not None else None
         success = GaugeMetricFamily(

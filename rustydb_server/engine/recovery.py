@@ -56,9 +56,11 @@ class RecordApplier:
     def apply(self, lsn: int, rec) -> None:
         if self.only_database is not None and getattr(rec, "database", None) not in (None, self.only_database):
             return  # table-level recovery: other databases are not restored
-        if isinstance(rec, walrec.TxRecord):
-            self.max_txid = max(self.max_txid, rec.txid)
-            self.last_commit_time_us = max(self.last_commit_time_us, rec.commit_time_us)
+        if type(rec) is walrec.TxRecord:  # once per transaction: comparisons, not max()
+            if rec.txid > self.max_txid:
+                self.max_txid = rec.txid
+            if rec.commit_time_us > self.last_commit_time_us:
+                self.last_commit_time_us = rec.commit_time_us
             replayer = self.replayers.get(rec.database)
             if replayer is None:
                 raise RecoveryError(

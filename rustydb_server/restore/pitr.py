@@ -380,22 +380,24 @@ class TargetWalk:
                         )
                     break
                 last = None if stop is None else (stop - 1) // size
+                decode = walrec.decode_record
+                check = None if target.kind == "end" else _check  # the end: every record applies
                 with self._open_segments(have, tl, first, last) as supplier:
                     try:
                         for entry in _read_timeline(supplier, tl, start, stop, size, system_id, path[step + 1 :]):
                             if stop is not None and entry.lsn >= stop:
                                 break
-                            rec = walrec.decode_record(entry.body)
-                            verdict = _check(target, entry.lsn, rec)
+                            rec = decode(entry.body)
+                            verdict = "apply" if check is None else check(target, entry.lsn, rec)
                             if verdict == "stop_before":
                                 reached = True
                                 break
                             yield entry, rec
                             self.end_lsn = entry.end_lsn
-                            if isinstance(rec, walrec.RestorePointRecord):
-                                self.names_seen.append(rec.name)
-                            if isinstance(rec, walrec.TxRecord):
+                            if type(rec) is walrec.TxRecord:
                                 self.last_time = rec.commit_time_us
+                            elif isinstance(rec, walrec.RestorePointRecord):
+                                self.names_seen.append(rec.name)
                             if verdict == "stop_after":
                                 reached = True
                                 break

@@ -30,8 +30,6 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from croniter import croniter
-
 FULL, DIFFERENTIAL, INCREMENTAL = "full", "differential", "incremental"
 #: Strongest first: the type run when several are due together.
 KINDS = (FULL, DIFFERENTIAL, INCREMENTAL)
@@ -94,6 +92,8 @@ def next_fire(expression: str, tz: dt.tzinfo, after: dt.datetime, *, day_or: boo
     ``day_or``: cron's rule, a day matches when its day of month OR its day of
     week does (both restricted); False: only when both do ("0 4 1-7 * 0", the
     first Sunday of the month, for the restore drill's schedule)."""
+    from croniter import croniter  # here, not at the server's start: only a schedule needs it
+
     wall = after.astimezone(tz).replace(tzinfo=None)
     it = croniter(expression, wall - dt.timedelta(seconds=1), day_or=day_or)
     while True:
@@ -104,6 +104,8 @@ def next_fire(expression: str, tz: dt.tzinfo, after: dt.datetime, *, day_or: boo
 
 def previous_fire(expression: str, tz: dt.tzinfo, at: dt.datetime, *, day_or: bool = True) -> dt.datetime:
     """The last instant strictly before ``at`` at which ``expression`` ran in ``tz`` (UTC, aware)."""
+    from croniter import croniter
+
     wall = at.astimezone(tz).replace(tzinfo=None)
     it = croniter(expression, wall, day_or=day_or)
     while True:

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import sys
-import urllib.request
 
 import trio
 
@@ -137,6 +136,8 @@ def _http_port_clash(settings) -> str | None:
         if e.errno != errno.EADDRINUSE:
             return None
     holder = "another program"
+    import urllib.request  # only on this failure: not for every start
+
     try:
         # What listens on every address also answers on loopback.
         address = f"[{host}]" if ipv6 and host != "::" else "127.0.0.1" if host in ("0.0.0.0", "::") else host

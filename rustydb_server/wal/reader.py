@@ -21,8 +21,7 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from rustydb_server import fileops as fileops_mod
 from rustydb_server.wal.lsn import format_lsn
@@ -59,8 +58,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class WalEntry:
+class WalEntry(NamedTuple):
+    # A named tuple, not a frozen dataclass: one is made per record read (replay's hot path).
     lsn: int  # position of the record's first fragment
     end_lsn: int  # the byte after its last fragment
     body: bytes
@@ -505,6 +504,14 @@ class _WalScan:
                     if isinstance(event, SegmentStop):
                         stop = event
                         break
+                    if event.kind is _FULL and pending_lsn is None:  # _take's common case, inline
+                        self._skip_partial = False
+                        entry = WalEntry(
+                            event.lsn, event.lsn + FRAGMENT_HEADER_SIZE + len(event.payload), event.payload
+                        )
+                        self.resume_lsn = entry.end_lsn
+                        yield entry
+                        continue
                     entry, pending_lsn = self._take(seg.name, size, event, pending_lsn, pending)
                     if entry is not None:
                         self.resume_lsn = entry.end_lsn
@@ -611,6 +618,9 @@ class _WalScan:
             if valid:
                 return f"later segment {other.name} holds valid records"
         return None
+
+
+_FULL = FragmentKind.FULL
 
 
 def _span(fragment: Fragment) -> int:

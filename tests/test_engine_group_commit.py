@@ -207,6 +207,31 @@ def test_a_checkpoint_of_an_idle_database_writes_no_control_file_one_with_frames
         engine.close()
 
 
+def test_a_backup_snapshot_of_an_idle_database_writes_no_control_file_and_still_sends_the_file(tmp_path):
+    fileops = CountingFileOps()
+    engine = open_engine(str(tmp_path / "data"), fileops)
+    try:
+        s = SqlSession(engine, "rustydb", 1)
+        run(s, "CREATE TABLE t(v)")
+        scratch = str(tmp_path / "scratch")
+        for rows in (1, 2):
+            run(s, "INSERT INTO t VALUES (randomblob(3000))")
+            fileops.controls.clear()
+            with Snapshot(engine, ["rustydb"], scratch_dir=scratch) as snap:
+                assert snap.direct == {"rustydb"}
+                # Frames to copy: named before the copy, cleared after it.
+                assert [c.checkpointing for c in fileops.controls] == [["rustydb"], []]
+                assert snap.databases[0].tables[0].rows == rows
+            fileops.controls.clear()
+            with Snapshot(engine, ["rustydb"], scratch_dir=scratch) as snap:
+                assert snap.direct == {"rustydb"}
+                assert fileops.controls == []
+                assert snap.databases[0].tables[0].rows == rows
+        s.close()
+    finally:
+        engine.close()
+
+
 class WalReadsVFS(apsw.VFS):
     """SQLite's default VFS, counting the bytes read from each -wal file."""
 

@@ -182,6 +182,8 @@ def test_checkpoint_whose_control_file_cannot_be_written_is_disk_full_and_keeps_
 
 def test_sqlite_full_during_a_checkpoint_is_disk_full(tmp_path, monkeypatch):
     engine = open_engine(tmp_path / "d")
+    s = SqlSession(engine, "rustydb", 1)
+    run(s, "CREATE TABLE t(v)")  # a frame to copy (an idle database's checkpoint copies nothing)
 
     def full(conn):
         raise apsw.FullError("database or disk is full")
@@ -191,6 +193,7 @@ def test_sqlite_full_during_a_checkpoint_is_disk_full(tmp_path, monkeypatch):
         engine.checkpoint()
     assert e.value.code == "disk_full"
     monkeypatch.undo()
+    s.close()
     engine.close()
 
 

@@ -123,6 +123,10 @@ class Snapshot:
         self._scratch = scratch_dir
         self._cancel = cancel
         self.pause_seconds = 0.0
+        # The start's steps, for the log: the checkpoint before writers pause
+        # (checkpoint_ahead) and the whole start until the first byte can go.
+        self.checkpoint_ahead_seconds = 0.0
+        self.start_seconds = 0.0
         try:
             self._take()
         except BaseException:
@@ -131,7 +135,7 @@ class Snapshot:
 
     def _take(self) -> None:
         engine = self.engine
-        t0 = time.perf_counter()
+        t_start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             # The registry lock keeps CREATE/DROP DATABASE out while the set of
             # databases and the LSN are fixed: a database whose create record
@@ -147,7 +151,9 @@ class Snapshot:
                 # first one reads pages.
                 self._count_conns[h.name] = _open(engine, h.path)
                 # Most of SQLite's WAL reaches the file before writers pause.
+                t = time.perf_counter()
                 engine.checkpoint_ahead(h)
+                self.checkpoint_ahead_seconds += time.perf_counter() - t
             t0 = time.perf_counter()
             for h in handles:  # sorted order: no deadlock with another snapshot
                 stack.enter_context(h.commit_lock.held("a backup snapshot"))
@@ -198,12 +204,15 @@ class Snapshot:
                     size_bytes=page_size * pages,
                 )
             )
+        self.start_seconds = time.perf_counter() - t_start
         log.info(
             "snapshot taken",
             backup_id=self.backup_id,
             databases=self.names,
             lsn=self.end_lsn,
             writers_paused_ms=round(self.pause_seconds * 1000, 3),
+            checkpoint_ahead_ms=round(self.checkpoint_ahead_seconds * 1000, 3),
+            start_ms=round(self.start_seconds * 1000, 3),
             copied_through_scratch=copied,
         )
 

@@ -9,6 +9,7 @@ replays exactly the records above it (and each one at most once).
 from __future__ import annotations
 
 import os
+import struct
 import time
 
 import apsw
@@ -169,6 +170,40 @@ def user_tables(conn: apsw.Connection) -> list[str]:
         f"AND name != '{STATE_TABLE}' ORDER BY name"
     ).fetchall()
     return [r[0] for r in rows]
+
+
+# SQLite's wal-index (the -shm file), as https://www.sqlite.org/walformat.html
+# lays it out, in the machine's byte order: two copies of a 48-byte header
+# (iVersion, unused, iChange, isInit, bigEndCksum, szPage, mxFrame, ...), then
+# the checkpoint information, whose first field is nBackfill.
+_WAL_INDEX_VERSION = 3007000
+_WAL_HEADER = 48
+_NBACKFILL_AT = 96
+
+
+def wal_frames_to_copy(path: str) -> int | None:
+    """How many frames of the database's SQLite WAL a checkpoint would copy
+    (mxFrame - nBackfill of its wal-index), or None when that cannot be told
+    (no -shm, a header being written, or one SQLite has yet to rebuild).
+
+    Valid only while a connection to the database is open and has read it
+    (the wal-index is then current) and no commit of it can run (the caller
+    holds its commit lock). nBackfill is set only after a checkpoint copied
+    those frames and synced the file, so 0 means the file holds every
+    committed frame, durably: a checkpoint would copy nothing."""
+    try:
+        with open(path + "-shm", "rb") as f:
+            head = f.read(_NBACKFILL_AT + 4)
+    except FileNotFoundError:
+        return None
+    if len(head) < _NBACKFILL_AT + 4 or head[:_WAL_HEADER] != head[_WAL_HEADER : 2 * _WAL_HEADER]:
+        return None
+    version, _unused, _change, is_init = struct.unpack_from("=IIIB", head, 0)
+    if version != _WAL_INDEX_VERSION or not is_init:
+        return None
+    (max_frame,) = struct.unpack_from("=I", head, 16)
+    (backfilled,) = struct.unpack_from("=I", head, _NBACKFILL_AT)
+    return max_frame - backfilled
 
 
 def checkpoint(conn: apsw.Connection) -> bool:

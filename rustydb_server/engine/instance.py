@@ -13,13 +13,14 @@ checkpoint was copying it (``_discard_sqlite_wals``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import apsw
 
@@ -125,6 +126,16 @@ class DatabaseHandle:
     _read_fd_users: int = 0
     _read_fd_closing: bool = False
     _read_fd_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # The engine's checkpoint connection (synchronous=NORMAL), kept open from
+    # one checkpoint to the next: while any connection is open SQLite keeps
+    # its wal-index (-shm), whereas the first connection after the last one
+    # closed rebuilds it by reading the whole -wal (0.3 s for the 270 MB a
+    # load leaves), which every checkpoint and backup of an idle database
+    # then paid. One checkpoint uses it at a time; another at the same time
+    # opens its own.
+    _checkpoint_conn: apsw.Connection | None = None
+    _checkpoint_conn_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _checkpoint_conn_closing: bool = False
 
     def __post_init__(self) -> None:
         self.commit_lock = WatchedLock(f'the commit lock of database "{self.name}"', "a commit", self.clock)
@@ -154,6 +165,42 @@ class DatabaseHandle:
         if self._read_fd_closing and self._read_fd_users == 0 and self._read_fd is not None:
             os.close(self._read_fd)
             self._read_fd = None
+
+    @contextlib.contextmanager
+    def checkpoint_connection(self, vfs: str | None) -> Iterator[apsw.Connection]:
+        """A ``synchronous=NORMAL`` server connection for a checkpoint: the
+        kept one if no other checkpoint uses it (never waiting for one), else
+        one opened for this checkpoint and closed after it."""
+        if not self._checkpoint_conn_lock.acquire(blocking=False):
+            conn = database.open_connection(self.path, server=True, synchronous="NORMAL", vfs=vfs)
+            try:
+                yield conn
+            finally:
+                conn.close()
+            return
+        try:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = database.open_connection(self.path, server=True, synchronous="NORMAL", vfs=vfs)
+            yield self._checkpoint_conn
+        finally:
+            if self._checkpoint_conn_closing:
+                self._close_checkpoint_conn()
+            self._checkpoint_conn_lock.release()
+
+    def close_checkpoint_connection(self) -> None:
+        """Close the kept checkpoint connection now, or when the checkpoint
+        using it ends (the database is dropped or the engine closes)."""
+        self._checkpoint_conn_closing = True
+        if self._checkpoint_conn_lock.acquire(blocking=False):
+            try:
+                self._close_checkpoint_conn()
+            finally:
+                self._checkpoint_conn_lock.release()
+
+    def _close_checkpoint_conn(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
 
     def notify_write_ended(self) -> None:
         with self.write_ended:
@@ -743,6 +790,7 @@ class Engine:
             with handle.commit_lock.held("DROP DATABASE"):
                 lsn, _ = self._log_durably(walrec.DatabaseRecord("drop", name, now_us()))
                 handle.dropped = True
+                handle.close_checkpoint_connection()
                 database.remove_database_files(handle.path)
                 handle.close_read_fd()
                 del self.databases[name]
@@ -1089,36 +1137,66 @@ class Engine:
         file keeps naming the database, so recovery keeps its -wal, and its
         commits make their WAL record durable before SQLite commits them
         (``DatabaseHandle.durable_first``) until a checkpoint completes.
+        A database with no frame to copy skips the marks and the copy
+        (``_nothing_to_copy``). Without ``conn`` the database's kept
+        checkpoint connection is used (``DatabaseHandle.checkpoint_connection``).
         """
-        own = conn is None
-        if own:
-            conn = database.open_connection(handle.path, server=True, synchronous="NORMAL", vfs=self.fileops.sqlite_vfs)
-        try:
+        with contextlib.ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(handle.checkpoint_connection(self.fileops.sqlite_vfs))
             self.flush_wal()
-            if handle.name not in self.control.checkpointing:
-                try:
-                    self._mark_checkpointing(handle.name, True)
-                except OSError as e:
-                    raise _checkpoint_error(e) from e
-            complete = False
-            try:
-                complete = database.checkpoint(conn)
-            except apsw.BusyError:
-                pass  # another connection's checkpoint is running
-            finally:
-                if complete:
-                    self._mark_checkpointing(handle.name, False)
-                    handle.durable_first = False
-                else:
-                    # Half copied, or not at all: the mark stays (see
-                    # DatabaseHandle.durable_first) until one completes.
-                    handle.durable_first = True
-        finally:
-            if own:
-                conn.close()
+            if self._nothing_to_copy(handle, conn):
+                complete = True
+            else:
+                complete = self._copy_marked(handle, conn)
         handle.checkpoints += 1
         handle.checkpoints_complete += complete
         return complete
+
+    def _copy_marked(self, handle: DatabaseHandle, conn) -> bool:
+        """checkpoint_database's copy, with the database named in the control file around it."""
+        if handle.name not in self.control.checkpointing:
+            try:
+                self._mark_checkpointing(handle.name, True)
+            except OSError as e:
+                raise _checkpoint_error(e) from e
+        complete = False
+        try:
+            complete = database.checkpoint(conn)
+        except apsw.BusyError:
+            pass  # another connection's checkpoint is running
+        finally:
+            if complete:
+                self._mark_checkpointing(handle.name, False)
+                handle.durable_first = False
+            else:
+                # Half copied, or not at all: the mark stays (see
+                # DatabaseHandle.durable_first) until one completes.
+                handle.durable_first = True
+        return complete
+
+    def _nothing_to_copy(self, handle: DatabaseHandle, conn, *, reading: bool = False) -> bool:
+        """Whether a checkpoint of ``handle`` would copy no frame, so that it
+        may skip the control file's marks and SQLite's checkpoint: the caller
+        holds the database's commit lock and has flushed the WAL. Only for a
+        database in the plain state (not named in the control file, its
+        commits not durable first, the last control file write succeeded):
+        any other goes the whole way, which puts it back in that state.
+        SQLite's wal-index is read inside a read transaction of ``conn``
+        (``reading``: the caller has one open), so it is current; no frame
+        beyond what a completed checkpoint copied and synced means the file
+        already holds every commit, durably, and recovery would discard the
+        -wal whether or not a mark had been written and cleared."""
+        if handle.name in self.control.checkpointing or handle.durable_first or self._durable_first:
+            return False
+        if reading:
+            return database.wal_frames_to_copy(handle.path) == 0
+        conn.execute("BEGIN")
+        try:
+            database.read_state(conn)
+            return database.wal_frames_to_copy(handle.path) == 0
+        finally:
+            conn.execute("COMMIT")
 
     def checkpoint_ahead(self, handle: DatabaseHandle) -> None:
         """Copy most of SQLite's WAL of ``handle`` into its file without
@@ -1133,30 +1211,34 @@ class Engine:
         holds and no more, while commits go on at the speed of one fsync
         each: every frame SQLite's -wal gets meanwhile is durable, so
         recovery may keep it. The caller's ``checkpoint_database`` then
-        clears the mark and the switch if it completes.
+        clears the mark and the switch if it completes. A database with no
+        frame to copy (``_nothing_to_copy``, decided under the lock after the
+        flush) gets neither the mark nor the switch nor the copy.
         """
         vfs = self.fileops.sqlite_vfs
-        conn = database.open_connection(handle.path, server=True, synchronous="NORMAL", vfs=vfs)
-        pin = database.open_connection(handle.path, server=True, vfs=vfs)
-        try:
-            with handle.commit_lock.held("a checkpoint's start"):
-                self.flush_wal()
-                if handle.name not in self.control.checkpointing:
-                    try:
-                        self._mark_checkpointing(handle.name, True)
-                    except OSError as e:
-                        raise _checkpoint_error(e) from e
-                handle.durable_first = True
-                pin.execute("BEGIN")
-                database.read_state(pin)
+        with handle.checkpoint_connection(vfs) as conn:
+            pin = database.open_connection(handle.path, server=True, vfs=vfs)
             try:
-                database.checkpoint(conn)
-            except apsw.BusyError:
-                pass  # another connection's checkpoint is running
-            pin.execute("COMMIT")
-        finally:
-            pin.close()
-            conn.close()
+                with handle.commit_lock.held("a checkpoint's start"):
+                    self.flush_wal()
+                    pin.execute("BEGIN")
+                    database.read_state(pin)
+                    if self._nothing_to_copy(handle, pin, reading=True):
+                        # Idle since its last complete checkpoint: no mark,
+                        # no copy (checkpoint_database finds the same).
+                        return
+                    if handle.name not in self.control.checkpointing:
+                        try:
+                            self._mark_checkpointing(handle.name, True)
+                        except OSError as e:
+                            raise _checkpoint_error(e) from e
+                    handle.durable_first = True
+                try:
+                    database.checkpoint(conn)
+                except apsw.BusyError:
+                    pass  # another connection's checkpoint is running
+            finally:
+                pin.close()  # ends its read transaction (nothing was written)
 
     def _mark_checkpointing(self, name: str, started: bool) -> None:
         """Name ``name`` in the control file's ``checkpointing`` (or remove it), durably."""
@@ -1236,6 +1318,7 @@ class Engine:
         if self.wal is not None:
             self.wal.close()
         for handle in self.databases.values():
+            handle.close_checkpoint_connection()
             handle.close_read_fd()
         if clean and self.fatal_error is None:
             try:

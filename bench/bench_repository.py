@@ -146,6 +146,13 @@ def _http(server, method: str, path: str, body=None):
         return json.loads(r.read())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs: int = 3) -> None:
     from rustydb_client import client as rc
     from tests.support.servers import ServerProcess, run_tool
@@ -169,7 +176,10 @@ def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs:
         # Each run: a backup into the bucket, then plain uploads of the same file at once
         # (the machine is shared: each run's ratio compares figures taken moments apart).
         t_locals, t_s3s, t_upload_files, t_puts, vias = [], [], [], [], []
+        cpu_backup: list[tuple[float, float]] = []  # (server, store) CPU seconds during each backup
+        cpu_put: list[float] = []  # the store's CPU seconds during each plain put_object
         for _ in range(backup_runs):
+            cpu0 = (cpu_seconds(srv.proc.pid), cpu_seconds(store.proc.pid))
             t0 = time.perf_counter()
             started = _http(srv, "POST", "/api/v1/admin/backup", {"backup_type": "full"})
             backup_id = started["backup_id"]
@@ -184,6 +194,7 @@ def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs:
                     break
                 time.sleep(0.02)
             t_s3s.append(time.perf_counter() - t0)
+            cpu_backup.append((cpu_seconds(srv.proc.pid) - cpu0[0], cpu_seconds(store.proc.pid) - cpu0[1]))
             t_locals.append(t_local)
             vias.append(entry["repositories"][url].get("via"))
             path = entry["location"]
@@ -196,9 +207,11 @@ def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs:
             t_upload_files.append(time.perf_counter() - t)
             with open(path, "rb") as f:
                 data = f.read()
+            store_cpu = cpu_seconds(store.proc.pid)
             t = time.perf_counter()
             client.put_object(Bucket=bucket, Key="plain/put_object", Body=data)
             t_puts.append(time.perf_counter() - t)
+            cpu_put.append(cpu_seconds(store.proc.pid) - store_cpu)
             del data
         t_local, t_s3 = statistics.median(t_locals), statistics.median(t_s3s)
         t_upload_file, t_put = statistics.median(t_upload_files), statistics.median(t_puts)
@@ -304,6 +317,16 @@ def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs:
         + ", ".join(f"{r:.0%}" for r in run_ratios)
         + f"   (into the bucket via: {', '.join(str(v) for v in vias)}; before backups streamed into an S3 "
         "first repository, a local backup then a copy: 55%)"
+    )
+    # The floor on a machine that runs the store too: the CPU seconds the server and
+    # the store spent during a backup, over the cores there are, against the wall time.
+    srv_cpu = statistics.median(c[0] for c in cpu_backup)
+    store_cpu = statistics.median(c[1] for c in cpu_backup)
+    cores = os.cpu_count() or 1
+    print(
+        f"  CPU during a backup into s3 (medians): server {srv_cpu:.2f} s + store {store_cpu:.2f} s = "
+        f"{(srv_cpu + store_cpu) / cores:.2f} s of {cores} cores' time, in {t_s3:.2f} s of wall time; "
+        f"during a plain put_object: store {statistics.median(cpu_put):.2f} s in {t_put:.2f} s"
     )
     # Like with like: a new process that starts Python and boto3, then reads the object into a
     # file; the best of the two plain downloads. The in-process get_object (into memory, no

@@ -333,13 +333,7 @@ class S3Repository:
         return info
 
     def _multipart(self, full: str, first: bytes, parts: _Parts, if_absent: bool) -> None:
-        self._abort_stale(full)
-        upload = self._client.create_multipart_upload(
-            Bucket=self.bucket,
-            Key=full,
-            **({"ChecksumAlgorithm": self._checksum_algorithm} if self._checksum_algorithm else {}),
-        )
-        upload_id = upload["UploadId"]
+        upload_id = self._begin_upload(full)
         done: list[dict] = []
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put") as pool:
@@ -354,16 +348,37 @@ class S3Repository:
                     part = parts.next_part()
                 while in_flight:
                     done.append(in_flight.popleft().result())
-            extra = {"IfNoneMatch": "*"} if if_absent else {}
-            self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": done}, **extra
-            )
+            self._complete_upload(full, upload_id, done, if_absent)
         except BaseException:
-            try:
-                self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-            except Exception:
-                pass  # left for the next put of this key, which aborts it
+            self._abort_upload(full, upload_id)
             raise
+
+    def _begin_upload(self, full: str) -> str:
+        """A new multipart upload of ``full`` (any left by an earlier cut-off put aborted first); its id."""
+        self._abort_stale(full)
+        upload = self._client.create_multipart_upload(
+            Bucket=self.bucket,
+            Key=full,
+            **({"ChecksumAlgorithm": self._checksum_algorithm} if self._checksum_algorithm else {}),
+        )
+        return upload["UploadId"]
+
+    def _complete_upload(self, full: str, upload_id: str, parts: list[dict], if_absent: bool) -> None:
+        """Make the upload's object visible under ``full``; with ``if_absent``, never over another."""
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+        self._client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=full,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": sorted(parts, key=lambda p: p["PartNumber"])},
+            **extra,
+        )
+
+    def _abort_upload(self, full: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        except Exception:
+            pass  # left for the next put of this key, which aborts it
 
     def open_upload(self, key: str, *, if_absent: bool = False, wait_budget: float = 10.0) -> StreamedUpload:
         """A multipart upload of ``key`` fed by ``write`` as the bytes are produced (a tee of a
@@ -796,13 +811,7 @@ class StreamedUpload:
         repo, full = self.repo, self._full
         upload_id = None
         try:
-            repo._abort_stale(full)
-            upload = repo._client.create_multipart_upload(
-                Bucket=repo.bucket,
-                Key=full,
-                **({"ChecksumAlgorithm": repo._checksum_algorithm} if repo._checksum_algorithm else {}),
-            )
-            upload_id = upload["UploadId"]
+            upload_id = repo._begin_upload(full)
             done: list[dict] = []
             slots = threading.Semaphore(repo.concurrency)
 
@@ -824,14 +833,7 @@ class StreamedUpload:
                     del item, data  # the part's memory goes once it is sent
             if self._given_up.is_set():
                 return
-            extra = {"IfNoneMatch": "*"} if self._if_absent else {}
-            repo._client.complete_multipart_upload(
-                Bucket=repo.bucket,
-                Key=full,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": sorted(done, key=lambda p: p["PartNumber"])},
-                **extra,
-            )
+            repo._complete_upload(full, upload_id, done, self._if_absent)
             upload_id = None  # complete: nothing to abort
             info = repo.stat(self.key)
             if info is None or info.size != self.size:
@@ -850,7 +852,4 @@ class StreamedUpload:
         finally:
             self._drain()
             if upload_id is not None:
-                try:
-                    repo._client.abort_multipart_upload(Bucket=repo.bucket, Key=full, UploadId=upload_id)
-                except Exception:
-                    pass  # left for the next put of this key, which aborts it
+                repo._abort_upload(full, upload_id)

@@ -62,28 +62,25 @@ def pct(values, p):
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-# ------------------------------------------------------------ 1. throughput
-def bench_throughput(work: str, seconds: float) -> None:
-    archive = os.path.join(work, "archive-tp")
-    os.mkdir(archive)
-    srv = start_server(work, "tp", "", archive)
-    srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB);")
-    status_dir = os.path.join(srv.data_dir, "wal", "archive_status")
+def archive_under_load(port: int, status_dir: str, seconds: float, writers: int = 4) -> tuple[dict, int, float]:
+    """``writers`` clients commit 20 rows of 2 kB at a time for ``seconds``; meanwhile
+    the time each segment was marked .done in ``status_dir`` is noted. Returns those
+    times by mark, the commits made and the seconds the load ran."""
     stop = threading.Event()
-    counts = [0]
+    counts = [0] * writers
 
     def writer(wid):
-        conn = rc.connect(port=srv.port)
+        conn = rc.connect(port=port)
         blob = os.urandom(2000).hex()
         n = wid * 100_000_000
         while not stop.is_set():
             values = ",".join(f"({n + k}, x'{blob}')" for k in range(20))
             conn.execute(f"INSERT INTO t VALUES {values}")
             n += 20
-            counts[0] += 1
+            counts[wid] += 1
         conn.close()
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
     done_at: dict[str, float] = {}
     t0 = time.time()
     for t in threads:
@@ -99,15 +96,25 @@ def bench_throughput(work: str, seconds: float) -> None:
     stop.set()
     for t in threads:
         t.join()
-    elapsed = time.time() - t0
+    return done_at, sum(counts), time.time() - t0
+
+
+# ------------------------------------------------------------ 1. throughput
+def bench_throughput(work: str, seconds: float) -> None:
+    archive = os.path.join(work, "archive-tp")
+    os.mkdir(archive)
+    srv = start_server(work, "tp", "", archive)
+    srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB);")
+    status_dir = os.path.join(srv.data_dir, "wal", "archive_status")
+    done_at, commits, elapsed = archive_under_load(srv.port, status_dir, seconds)
     with rc.connect(port=srv.port) as c:
         wal_mb = parse_lsn(c.execute("SHOW wal_lsn").rows[0][0]) / MB
     seg_size = 16 * MB
     times = sorted(done_at.values())
-    print(f"\n== archive throughput (16 MB segments, {len(threads)} writers, {elapsed:.0f} s load)")
+    print(f"\n== archive throughput (16 MB segments, 4 writers, {elapsed:.0f} s load)")
     print(
         f"  WAL written: {wal_mb:.0f} MB ({wal_mb / elapsed:.1f} MB/s, "
-        f"{counts[0] / elapsed:.0f} commits/s of 20 rows x 2 kB)"
+        f"{commits / elapsed:.0f} commits/s of 20 rows x 2 kB)"
     )
     if len(times) >= 2:
         span = times[-1] - times[0]

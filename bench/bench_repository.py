@@ -46,7 +46,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 
@@ -350,7 +349,7 @@ def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs:
 
 
 def bench_archive(store, work: str, seconds: float) -> None:
-    from rustydb_client import client as rc
+    from bench.bench_archive import archive_under_load
     from tests.support.servers import ServerProcess
 
     bucket = store.new_bucket()
@@ -370,33 +369,7 @@ def bench_archive(store, work: str, seconds: float) -> None:
             srv.sql(f"ALTER SYSTEM SET archive_dest = '{dest}';")
             srv.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB);")
             status_dir = os.path.join(srv.data_dir, "wal", "archive_status")
-            stop = threading.Event()
-
-            def writer(wid, port=srv.port, stop=stop):
-                conn = rc.connect(port=port)
-                blob = os.urandom(2000).hex()
-                n = wid * 100_000_000
-                while not stop.is_set():
-                    conn.execute("INSERT INTO t VALUES " + ",".join(f"({n + k}, x'{blob}')" for k in range(20)))
-                    n += 20
-                conn.close()
-
-            threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-            done_at: dict[str, float] = {}
-            t0 = time.time()
-            for t in threads:
-                t.start()
-            while time.time() - t0 < seconds:
-                for n in os.listdir(status_dir):
-                    if n.endswith(".done") and n not in done_at:
-                        try:
-                            done_at[n] = os.stat(os.path.join(status_dir, n)).st_mtime
-                        except FileNotFoundError:
-                            pass
-                time.sleep(0.1)
-            stop.set()
-            for t in threads:
-                t.join()
+            done_at, _, _ = archive_under_load(srv.port, status_dir, seconds)
             times = sorted(done_at.values())
             waiting = srv.archive_status()["segments_waiting"]
             t1 = time.time()

@@ -23,7 +23,8 @@ wal_segment_size's default):
      the replay phase, and the floor's share of PITR to the end;
   3. with --baseline-src (another source tree of RustyDB, e.g. an export of
      main), the same PITR to the end run with that tree's rusty-db-restore,
-     interleaved with this tree's, medians and the ratio;
+     interleaved with this tree's (back to back, each first in turn), medians
+     and the ratio;
   4. beside the first pgbench -N only load, where PostgreSQL 15 and pgBackRest
      are installed (and a 'postgres' account to run them as; otherwise one line
      says why that side is skipped): PostgreSQL's point-in-time recovery as an
@@ -269,8 +270,12 @@ def bench_pitr(work: str, args, segment_kb: int, pg: PgPitr | None = None) -> No
         # run from the baseline tree: "python -m" puts the working directory first on sys.path
         src = os.path.abspath(args.baseline_src)
         baseline = ([sys.executable, "-m", "rustydb_server.tools.restore_main"], dict(env, PYTHONPATH=src), src)
-    kinds = ["floor", "end", "tenth"] + (["time", "pg"] if pg is not None else []) + ["baseline"]
-    for _ in range(args.repeat):
+    for r in range(args.repeat):
+        # the pairs compared, adjacent and in turns first: a restore right after another's
+        # server stopped (its writes still going to disk) is not the same run as the next
+        pairs = [["end", "baseline"], ["time", "pg"] if pg is not None else []]
+        kinds = ["floor", *(pairs[0] if r % 2 == 0 else pairs[0][::-1]), "tenth"]
+        kinds += pairs[1] if r % 2 == 0 else pairs[1][::-1]
         for kind in kinds:
             if kind == "pg":
                 runs["pg"].append(pg.pitr_once())

@@ -489,12 +489,12 @@ class PgPitr:
             f"while :; do out=$({psql} 2>/dev/null)\n"
             '  case "$out" in ""|-1) sleep 0.005;; *) echo "$out"; exit 0;; esac\ndone\n'
         )
+        self.running = data
         t0 = time.perf_counter()
         proc = subprocess.run(
             [*self.as_pg, "timeout", "600", "bash", "-c", script], capture_output=True, text=True, check=False
         )
         took = time.perf_counter() - t0
-        self.running = data
         if proc.returncode != 0:
             with open(log) as f:
                 raise SystemExit(f"PostgreSQL on {data} did not answer ({proc.returncode}):\n{f.read()[-4000:]}")
@@ -570,7 +570,9 @@ class PgPitr:
         self.stop()
         with open(log) as f:
             redo = re.findall(r"redo done at .*elapsed: ([\d.]+) s", f.read())
-        self.crash = {"start": start_s, "redo": float(redo[-1]) if redo else None, "rows": count}
+        if count != txs + 1:  # the load and the row after the target
+            raise SystemExit(f"PostgreSQL's crash recovery gave {count} pgbench_history rows, not {txs + 1}")
+        self.crash = {"start": start_s, "redo": float(redo[-1]) if redo else None}
 
     def pitr_once(self) -> dict:
         shutil.rmtree(self.restored, ignore_errors=True)

@@ -382,6 +382,9 @@ def print_postgres(pg: PgPitr, runs: dict[str, list], txs: int, segment_kb: int,
         f"whole restore until answering: {our_whole:,.0f} / {pg_whole:,.0f} = {ratio:.2f}x   "
         f"[target >= 2x: {'MET' if ratio >= 2 else 'NOT MET'}]"
     )
+    # each round's pair ran back to back: its ratio is the least touched by the machine's other load
+    rounds = sorted((txs / (o["wall"] + o["start"])) / (pg.txs / (p["wall"] + p["start"])) for o, p in zip(ts, rs))
+    print(f"    each round's ratio: {', '.join(f'{v:.2f}' for v in rounds)}; median {med(rounds):.2f}x")
     our_replay = [r["replay"] for r in ts if r["replay"] is not None]
     if our_replay and redo:
         print(

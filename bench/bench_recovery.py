@@ -75,7 +75,7 @@ import pgbench_side  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
 from rustydb_server.wal.lsn import format_lsn, parse_lsn  # noqa: E402
-from tests.support.servers import ServerProcess, tool  # noqa: E402
+from tests.support.servers import ServerProcess, free_port, tool  # noqa: E402
 
 STARTED: list[ServerProcess] = []
 ACCOUNTS_PER_SCALE = 100_000
@@ -647,7 +647,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, help="restores of each kind, interleaved (default 3, 1 with --quick)")
     ap.add_argument("--baseline-src", help="another RustyDB source tree: time its rusty-db-restore too, interleaved")
     ap.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL comparison")
-    ap.add_argument("--pg-port", type=int, default=54329)
+    ap.add_argument("--pg-port", type=int, help="PostgreSQL's loopback port (default: a free one)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     args.seconds = args.seconds or (4.0 if args.quick else 20.0)
@@ -681,7 +681,7 @@ def main() -> None:
             print(f"PostgreSQL 15 + pgBackRest side skipped: {why}")
         else:
             passphrase = os.environ["RUSTYDB_BACKUP_PASSPHRASE"] if args.encrypt else None
-            pg = PgPitr(work, args.pg_port, args.scale, passphrase)
+            pg = PgPitr(work, args.pg_port or free_port(), args.scale, passphrase)
         beside = fills.index("pgbench") if pg is not None else -1  # the first pgbench -N only load
         for i, (kb, fill) in enumerate(zip(sizes, fills, strict=True)):
             bench_pitr(work, argparse.Namespace(**{**vars(args), "fill": fill}), kb, pg if i == beside else None)

@@ -29,7 +29,6 @@ from typing import Self
 
 from .. import datadir as dd
 from .. import fileops as _fileops
-from ..roles import ROLES_FILE_NAME
 from .errors import RestoreError
 
 STAGING_MARK = dd.RESTORE_STAGING_MARK
@@ -39,9 +38,6 @@ PRE_RESTORE_MARK = dd.RESTORE_KEPT_MARK
 # What a restore replaces. Anything else in a replaced data directory is moved
 # into the restored one, never lost.
 _REPLACED = frozenset({dd.VERSION_FILE, dd.CONTROL_FILE, dd.PID_FILE, dd.DATABASES_DIR, dd.WAL_DIR, "backup_tmp"})
-# What a restore writes into its stage besides: the backup's roles (carried over
-# from a replaced directory when the backup has none).
-_STAGED = _REPLACED | {ROLES_FILE_NAME}
 
 
 class TargetLock:
@@ -122,7 +118,7 @@ class TargetLock:
             # is what an interrupted restore left behind.
             if os.path.islink(path) or not os.path.isdir(path):
                 os.unlink(path)
-            elif set(os.listdir(path)) - _STAGED or not _is_own_stage(path, backup_id):
+            elif set(os.listdir(path)) - _REPLACED or not _is_own_stage(path, backup_id):
                 # Not only a half-built stage: a restore stopped right after its
                 # exchange left the old contents here, some not carried over yet.
                 os.rename(path, f"{self.target}{OLD_MARK}{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")

@@ -421,8 +421,8 @@ def test_a_restore_killed_in_its_replay_completes_when_run_again(history, tmp_pa
 
 
 # A staging directory is replayed with no journal (pitr.StagingApplier): a restore killed in
-# the middle of a batch can leave its database torn, which only the next run's fresh start
-# makes safe.
+# the middle of a batch can leave its database torn, which is safe because the next run
+# never goes on from a stage it finds (it removes it, or sets it aside) but starts afresh.
 KILLED_IN_A_BATCH = """
 import os, sys
 from rustydb_server.engine import recovery, replay

@@ -351,9 +351,9 @@ class StagingApplier(RecordApplier):
     Crash recovery commits every batch into SQLite's WAL and checkpoints it into
     the database file: each changed page is written twice, and the WAL fsynced.
     A staging directory needs neither: whenever a restore fails it is removed
-    (``staging.Staging``), and what a killed restore left is removed by the next
-    run before it starts again (``TargetLock.stage``), so nothing ever starts
-    from a half-replayed one. Its databases are therefore replayed with no
+    (``staging.Staging``), and what a killed restore left is removed or set
+    aside by the next run before it starts afresh (``TargetLock.stage``), so
+    nothing ever goes on from a half-replayed one. Its databases are therefore replayed with no
     journal and no syncs (journal_mode=OFF, synchronous=OFF; a failed batch is
     not rolled back but thrown away with the directory), put back in WAL mode
     when the replay is done, as the server expects them, and fsynced once by

@@ -450,6 +450,9 @@ def test_a_restore_killed_in_a_journal_less_batch_starts_over_when_run_again(his
     )
     assert killed.returncode == 9, killed.stderr  # 3: the replay ran with a journal
     (stage,) = [p for p in tmp_path.iterdir() if dd.RESTORE_STAGING_MARK in p.name]
+    # no server starts on it, even moved into place by hand
+    with pytest.raises(dd.DataDirError, match="a restore into it did not finish"):
+        dd.check_usable(dd.DataDir(str(stage)).read_control(), str(stage))
     # What a journal-less write cut short can leave: pages of the batch, or garbage
     db = stage / dd.DATABASES_DIR / "rustydb.sqlite"
     size = db.stat().st_size

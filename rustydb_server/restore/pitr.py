@@ -295,6 +295,9 @@ def recover(
     _check_target_against_base(target, manifest)
     archive = sf.list_archive(archive_dir)
     path = timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice, archive)
+    # Until the new timeline is written (state "restored" again), no server starts on
+    # this directory, even moved into place by hand: its databases may be torn.
+    ddir.write_control(dataclasses.replace(control, state=REPLAYING))
     applier = StagingApplier(ddir, only_database=only_database, only_table=only_table)
     applier.last_commit_time_us = base_time
     suppliers: list[ArchivedSegments] = []
@@ -345,6 +348,11 @@ def recover(
     )
 
 
+# The control file's state while a PITR replays: not one datadir.USABLE_STATES
+# holds, so the server refuses the directory (check_usable) until it is "restored".
+REPLAYING = "pitr-replaying"
+
+
 class StagingApplier(RecordApplier):
     """The record applier of a restore's staging directory: each page written once.
 
@@ -353,7 +361,8 @@ class StagingApplier(RecordApplier):
     A staging directory needs neither: whenever a restore fails it is removed
     (``staging.Staging``), and what a killed restore left is removed or set
     aside by the next run before it starts afresh (``TargetLock.stage``), so
-    nothing ever goes on from a half-replayed one. Its databases are therefore replayed with no
+    nothing ever goes on from a half-replayed one (nor starts on one moved back
+    by hand: its control file says ``REPLAYING``). Its databases are therefore replayed with no
     journal and no syncs (journal_mode=OFF, synchronous=OFF; a failed batch is
     not rolled back but thrown away with the directory), put back in WAL mode
     when the replay is done, as the server expects them, and fsynced once by

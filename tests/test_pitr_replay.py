@@ -20,9 +20,12 @@ from hypothesis import strategies as st
 from rustydb_client.sqlsplit import leading_keywords
 from rustydb_server import datadir as dd
 from rustydb_server.archive import segment_file as sf
+from rustydb_server.backup.manifest import Manifest
+from rustydb_server.container.reader import BackupReader
 from rustydb_server.engine import database, replay
 from rustydb_server.engine.recovery import RecordApplier
 from rustydb_server.engine.session import SqlSession
+from rustydb_server.fileops import FileOps
 from rustydb_server.restore import pitr
 from rustydb_server.restore.archived_wal import ArchivedSegments
 from rustydb_server.tools import restore_main
@@ -414,4 +417,84 @@ def test_a_restore_killed_in_its_replay_completes_when_run_again(history, tmp_pa
     )
     assert killed.returncode == 9, killed.stderr
     assert restore_main.main(argv) == 0
+    assert dump_dir(data) == history["states"]["end"]
+
+
+# A staging directory is replayed with no journal (pitr.StagingApplier): a restore killed in
+# the middle of a batch can leave its database torn, which is safe because the next run
+# never goes on from a stage it finds (it removes it, or sets it aside) but starts afresh.
+KILLED_IN_A_BATCH = """
+import os, sys
+from rustydb_server.engine import recovery, replay
+recovery.RecordApplier.__init__.__kwdefaults__["batch"] = 3
+flushes = [0]
+real_apply_group = replay.Replayer._apply_group
+def apply_group(self):
+    real_apply_group(self)
+    flushes[0] += 1
+    if flushes[0] == 4:
+        mode = self.conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+        os._exit(9 if mode == "off" else 3)  # the batch applied, not committed
+replay.Replayer._apply_group = apply_group
+from rustydb_server.tools import restore_main
+sys.exit(restore_main.main(sys.argv[1:]))
+"""
+
+
+def test_a_restore_killed_in_a_journal_less_batch_starts_over_when_run_again(history, tmp_path):
+    data = str(tmp_path / "data")
+    argv = ["--input", history["base"], "--archive-dir", history["archive"], "--data-dir", data]
+    argv += ["--recovery-target-name", "the_end"]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_A_BATCH, *argv], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert killed.returncode == 9, killed.stderr  # 3: the replay ran with a journal
+    (stage,) = [p for p in tmp_path.iterdir() if dd.RESTORE_STAGING_MARK in p.name]
+    # no server starts on it, even moved into place by hand
+    with pytest.raises(dd.DataDirError, match="a restore into it did not finish"):
+        dd.check_usable(dd.DataDir(str(stage)).read_control(), str(stage))
+    # What a journal-less write cut short can leave: pages of the batch, or garbage
+    db = stage / dd.DATABASES_DIR / "rustydb.sqlite"
+    size = db.stat().st_size
+    assert size > 4096
+    with open(db, "r+b") as f:
+        f.seek(4096)
+        f.write(b"\xff" * (size - 4096))
+    assert restore_main.main(argv) == 0
+    assert dump_dir(data) == history["states"]["end"]
+    assert not [p for p in tmp_path.iterdir() if dd.RESTORE_STAGING_MARK in p.name]
+
+
+def test_a_recovered_database_is_back_in_wal_mode_and_synced(history, tmp_path):
+    """Replayed journal-less and unsynced, then handed over as the server expects it:
+    in WAL mode, whole, and fsynced by the recovery itself (a table-level restore
+    swaps its staging directory in right after it)."""
+    data = str(tmp_path / "data")
+    restore_main.main(["--input", history["base"], "--data-dir", data])
+    with open(history["base"], "rb") as f:
+        manifest = Manifest.from_header(BackupReader(f).header)
+    path = dd.DataDir(data).database_path("rustydb")
+    synced = []
+
+    class Recording(FileOps):
+        fds: dict = {}
+
+        def open(self, p, flags, mode=0o600):
+            fd = super().open(p, flags, mode)
+            self.fds[fd] = p
+            return fd
+
+        def fsync(self, fd):
+            synced.append(self.fds.get(fd))
+            super().fsync(fd)
+
+    pitr.recover(data, manifest, history["archive"], pitr.Target("name", "the_end"), fileops=Recording())
+    assert path in synced
+    with open(path, "rb") as f:
+        assert f.read(20)[18:20] == b"\x02\x02"  # the file format of WAL mode
+    conn = apsw.Connection(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
     assert dump_dir(data) == history["states"]["end"]

@@ -282,6 +282,10 @@ def recover(
     The archived segments are read lazily in LSN order, each unpacked in a
     worker thread a few segments ahead of the replay (``archived_wal``), and
     reading stops at the target: the segments after it are never opened.
+
+    ``staging`` must be a restore's staging directory, thrown away if this
+    fails (``StagingApplier``): its databases are written without a journal.
+    They are fsynced before this returns.
     """
     t0 = time.perf_counter()
     ddir = dd.DataDir(staging, fileops)
@@ -291,7 +295,10 @@ def recover(
     _check_target_against_base(target, manifest)
     archive = sf.list_archive(archive_dir)
     path = timeline_path(archive_dir, manifest.timeline, base_lsn, timeline_choice, archive)
-    applier = RecordApplier(ddir, only_database=only_database, only_table=only_table)
+    # Until the new timeline is written (state "restored" again), no server starts on
+    # this directory, even moved into place by hand: its databases may be torn.
+    ddir.write_control(dataclasses.replace(control, state=REPLAYING))
+    applier = StagingApplier(ddir, only_database=only_database, only_table=only_table)
     applier.last_commit_time_us = base_time
     suppliers: list[ArchivedSegments] = []
 
@@ -316,6 +323,9 @@ def recover(
     except BaseException:
         applier.close()
         raise
+    for name in ddir.list_databases():  # written unsynced (StagingApplier): durable before the swap
+        fileops.fsync_file(ddir.database_path(name))
+    fileops.fsync_dir(ddir.databases_dir)
     end_lsn, last_time = walk.end_lsn, walk.last_time
     segments = sum(s.segments_read for s in suppliers)
     waited = sum(s.wait_seconds for s in suppliers)
@@ -336,6 +346,44 @@ def recover(
         segments_read=segments,
         read_wait_seconds=waited,
     )
+
+
+# The control file's state while a PITR replays: not one datadir.USABLE_STATES
+# holds, so the server refuses the directory (check_usable) until it is "restored".
+REPLAYING = "pitr-replaying"
+
+
+class StagingApplier(RecordApplier):
+    """The record applier of a restore's staging directory: each page written once.
+
+    Crash recovery commits every batch into SQLite's WAL and checkpoints it into
+    the database file: each changed page is written twice, and the WAL fsynced.
+    A staging directory needs neither: whenever a restore fails it is removed
+    (``staging.Staging``), and what a killed restore left is removed or set
+    aside by the next run before it starts afresh (``TargetLock.stage``), so
+    nothing ever goes on from a half-replayed one (nor starts on one moved back
+    by hand: its control file says ``REPLAYING``). Its databases are therefore replayed with no
+    journal and no syncs (journal_mode=OFF, synchronous=OFF; a failed batch is
+    not rolled back but thrown away with the directory), put back in WAL mode
+    when the replay is done, as the server expects them, and fsynced once by
+    ``recover`` before the staging directory is swapped in.
+    """
+
+    def _open(self, name: str) -> None:
+        super()._open(name)
+        conn = self.replayers[name].conn
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+
+    def finish(self) -> None:
+        try:
+            for replayer in self.replayers.values():
+                replayer.flush()
+                replayer.conn.execute("PRAGMA journal_mode=WAL")
+        except BaseException:
+            self.close()
+            raise
+        super().finish()
 
 
 class TargetWalk:

@@ -18,10 +18,11 @@ What makes that exact:
   no foreign key whose action could change it, no generated columns, no
   REPLACE anywhere in its definition. Such a statement can only add rows to t.
 * Its rows are all above the floor (the largest rowid when the capture first
-  appended to t): checked after each statement by counting the rows above it
-  against what the statements added (``changes()``). A statement runs inside a
-  savepoint; when the count differs (a row inserted below the floor) or it
-  fails, it is rolled back to the savepoint and run again captured.
+  appended to t): each statement's rows are counted above t's largest rowid
+  before it (so the count reads only the new rows) against what it added
+  (``changes()``). A statement runs inside a savepoint; when the count
+  differs (a row inserted below that rowid) or it fails, it is rolled back to
+  the savepoint and run again captured.
 * Nothing else changes t while its rows wait to be logged: once a table has
   pending rows, every statement is prepared afresh (not from the statement
   cache), so the authorizer names each table it writes (through triggers and
@@ -35,6 +36,7 @@ What makes that exact:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 
 import apsw
@@ -97,7 +99,10 @@ def _words(sql: str):
 def insert_target(sql: str) -> str | None:
     """The table a bulk-insert-shaped statement appends to (see the module's
     doc), unquoted; None for any other statement."""
-    if _DO_UPDATE.search(sql):
+    lowered = sql.lower()  # the substring tests below are cheap; the tokenizer is not
+    if "update" in lowered and _DO_UPDATE.search(sql):
+        return None
+    if len(sql) < VALUES_BYTES and "select" not in lowered:
         return None
     tokens = _words(sql)
     for tok, depth in tokens:
@@ -109,7 +114,6 @@ def insert_target(sql: str) -> str | None:
         return None
     rest = [t for t, _ in zip(tokens, range(6))]
     words = [t.upper() for t, _ in rest]
-    source_select = any(d == 0 and w == "SELECT" for w, (_, d) in zip(words, rest))
     i = 0
     if words[i : i + 1] == ["OR"]:
         if words[i + 1 : i + 2] not in (["ABORT"], ["FAIL"], ["IGNORE"], ["ROLLBACK"]):
@@ -124,9 +128,10 @@ def insert_target(sql: str) -> str | None:
         name = rest[i + 3][0]
     if not (name[:1] in ('"', "`", "[") or re.fullmatch(r"[\w$]+", name)):
         return None
-    # a SELECT source (at the statement's own level) or a long VALUES list
-    source_select = source_select or any(d == 0 and t.upper() == "SELECT" for t, d in tokens)
-    if not source_select and len(sql) < VALUES_BYTES:
+    # a long VALUES list, or a SELECT source (at the statement's own level)
+    if len(sql) < VALUES_BYTES and not any(
+        d == 0 and t.upper() == "SELECT" for t, d in itertools.chain(((t, d) for t, d in rest), tokens)
+    ):
         return None
     return _unquote(name)
 
@@ -176,12 +181,18 @@ class _Pending:
     rowid: str  # how its rowid is named in SQL
     floor: int | None  # its largest rowid when the capture first appended to it (None: it was empty)
     rows: int = 0  # rows appended since, every one above the floor
+    top: int | None = None  # its largest rowid before the statement running now
+
+    def largest_sql(self) -> str:
+        return f"SELECT max({self.rowid}) FROM main.{quote(self.name)}"
 
     def count_sql(self) -> tuple[str, tuple]:
+        """How many rows are above ``top``: those the statement added, if all of
+        them are (the others were there before it)."""
         base = f"SELECT count(*) FROM main.{quote(self.name)}"
-        if self.floor is None:
+        if self.top is None:
             return base, ()
-        return f"{base} WHERE {self.rowid} > ?", (self.floor,)
+        return f"{base} WHERE {self.rowid} > ?", (self.top,)
 
 
 class BulkInserts:
@@ -233,8 +244,10 @@ class BulkInserts:
             if not session._capture.is_empty:
                 session._restart_capture(keep=True)  # no changeset of this capture holds the table
             name, rowid = found
-            floor = conn.execute(f"SELECT max({rowid}) FROM main.{quote(name)}").fetchall()[0][0]
-            t = self.tables[key] = _Pending(name, rowid, floor)
+            t = _Pending(name, rowid, None)
+            t.floor = conn.execute(t.largest_sql()).fetchall()[0][0]
+            self.tables[key] = t
+        t.top = conn.execute(t.largest_sql()).fetchall()[0][0] if t.rows else t.floor
         conn.execute(f"SAVEPOINT {SAVEPOINT}")
         session._capture.enabled = False
         self._active = t
@@ -258,10 +271,9 @@ class BulkInserts:
         session._internal = True
         try:
             q, args = t.count_sql()
-            above = conn.execute(q, args).fetchall()[0][0]
-            if above == t.rows + added:
+            if conn.execute(q, args).fetchall()[0][0] == added:
                 self._active = None
-                t.rows = above
+                t.rows += added
                 conn.execute(f"RELEASE {SAVEPOINT}")
                 session._capture.enabled = True
                 return result

@@ -226,7 +226,7 @@ class SqlSession:
         decision = decide(op, p1, p2, internal=self._internal)
         if op in bulk.WRITE_OPS and dbname == "main":
             self._bulk.written.add(p1.lower())
-        if decision == apsw.SQLITE_OK and op in _DDL_OPS and dbname != "temp":
+        if decision == apsw.SQLITE_OK and op in _DDL_OPS and dbname not in ("temp", rows_image.SCHEMA):
             self._ddl_ops.add(op)
         elif decision == apsw.SQLITE_DENY:
             self._audit_refusal(apsw.mapping_authorizer_function.get(op, str(op)), p1, p2)
@@ -273,7 +273,9 @@ class SqlSession:
         self._trace["readonly"] = cursor.is_readonly
         if self._trace.get("require_readonly"):
             return cursor.is_readonly
-        if self._capture is not None:
+        # only an INSERT (or WITH ... INSERT) can be a bulk insert; any write
+        # statement can touch a table whose rows are pending
+        if self._capture is not None and (self._bulk.tables or self._trace.get("kw") in ("INSERT", "WITH")):
             self._internal = True
             try:
                 self._bulk.before(self, sql, self._trace.get("sql"), cursor.description)
@@ -454,6 +456,7 @@ class SqlSession:
         self._trace.clear()
         self._trace["require_readonly"] = require_readonly
         self._trace["sql"] = sql
+        self._trace["kw"] = kw
         self._bulk.written.clear()
         cursor = self.conn.cursor()
         cursor.exec_trace = self._exec_trace

@@ -132,3 +132,33 @@ def test_a_killed_server_restarts_with_the_bulk_rows(loaded):
     srv.start()
     with rc.connect(port=srv.port) as c:
         assert c.execute(CHECK).rows[0] == loaded["final"]
+
+
+def test_a_table_restore_to_the_bulk_transaction_brings_back_its_rows(loaded, tmp_path):
+    out = tmp_path / "items"
+    proc = run_tool(
+        "rusty-db-restore",
+        "--input",
+        str(loaded["base"]),
+        "--archive-dir",
+        str(loaded["archive"]),
+        "--table",
+        "items",
+        "--data-dir",
+        str(out),
+        "--as-of",
+        f"txid:{loaded['txid']}",
+        "--json",
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["rows"] == ROWS + 1
+    conn = database.open_connection(str(out / "databases" / "rustydb.sqlite"))
+    try:
+        assert tuple(conn.execute(CHECK).fetchall()[0]) == tuple(loaded["after_bulk"])
+        tables = conn.execute(
+            f"SELECT name FROM sqlite_schema WHERE type = 'table' AND name != '{database.STATE_TABLE}'"
+        ).fetchall()
+        assert tables == [("items",)]  # the table asked for alone
+    finally:
+        conn.close()

@@ -224,3 +224,35 @@ def test_the_image_schema_is_out_of_a_clients_reach(engine):
     run(s, gen(1, 100) + "INSERT INTO t SELECT i FROM s")
     s.close()
     assert rows_steps(engine)
+
+
+def bulk_t(lo: int) -> str:
+    return gen(lo, 20_000) + "INSERT INTO t SELECT i, 'row ' || i FROM s"
+
+
+SUMS = "SELECT count(*), sum(id), sum(length(v)) FROM t"
+
+
+def test_a_bulk_commit_sqlite_failed_is_applied_from_its_rows_step_at_once_or_by_recovery(tmp_path):
+    from tests.support.backups import run_sql
+
+    from .test_engine_commit_truth import open_engine
+
+    path = str(tmp_path / "data")
+    engine = open_engine(path)
+    try:
+        run_sql(engine, "rustydb", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        engine.sqlite_steps.on = {"commit"}  # applied from the WAL at once (replay.apply_tx_record)
+        run_sql(engine, "rustydb", bulk_t(1))
+        assert run_sql(engine, "rustydb", SUMS) == [[20_000, 200_010_000, 168_894]]
+        engine.sqlite_steps.on = {"commit", "apply"}  # left to recovery (its Replayer)
+        with pytest.raises(Exception, match="IS committed"):
+            run_sql(engine, "rustydb", bulk_t(20_001))
+        assert rows_steps(engine)
+    finally:
+        engine.close()
+    engine = open_engine(path)
+    try:
+        assert run_sql(engine, "rustydb", SUMS) == [[40_000, 800_020_000, 348_894]]
+    finally:
+        engine.close()

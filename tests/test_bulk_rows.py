@@ -22,8 +22,8 @@ from rustydb_server.engine import database, replay, rows_image
 from rustydb_server.engine.session import SqlError, SqlSession
 from rustydb_server.wal import record as walrec
 
-from .test_session_capture import dump, live_dump, logged_records, run
 from .test_session_capture import engine as engine  # noqa: F401 - the fixture
+from .test_session_capture import logged_records, run
 
 TABLES = {
     "a": "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT, n REAL)",
@@ -59,6 +59,28 @@ def other(rnd: random.Random, table: str, lo: int) -> str:
             f"ON CONFLICT DO UPDATE SET {key} = excluded.{key}",
         ]
     )
+
+
+def dump(conn) -> dict:
+    """Schema and rows (by rowid; a WITHOUT ROWID table by its key)."""
+    schema = conn.execute(
+        "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' "
+        f"AND name != '{database.STATE_TABLE}' ORDER BY name"
+    ).fetchall()
+    out: dict = {"schema": [tuple(r) for r in schema]}
+    for kind, name, sql in schema:
+        if kind == "table":
+            cols = "*" if "WITHOUT ROWID" in sql.upper() else "rowid, *"
+            out[name] = [tuple(r) for r in conn.execute(f'SELECT {cols} FROM "{name}" ORDER BY 1')]
+    return out
+
+
+def live_dump(engine) -> dict:
+    conn = database.open_connection(engine.datadir.database_path("rustydb"))
+    try:
+        return dump(conn)
+    finally:
+        conn.close()
 
 
 def replayed(engine, path: str, how: str) -> apsw.Connection:
@@ -256,3 +278,47 @@ def test_a_bulk_commit_sqlite_failed_is_applied_from_its_rows_step_at_once_or_by
         assert run_sql(engine, "rustydb", SUMS) == [[40_000, 800_020_000, 348_894]]
     finally:
         engine.close()
+
+
+LINKED = [
+    "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT, n REAL)",
+    "CREATE TABLE o(x INTEGER)",  # its trigger writes a: a statement on o writes a pending table
+    "CREATE TRIGGER o_to_a AFTER INSERT ON o BEGIN INSERT OR IGNORE INTO a VALUES (-new.x, 'trig', 0); END",
+    "CREATE TABLE ch(id INTEGER PRIMARY KEY, aid INTEGER REFERENCES a(id) ON DELETE CASCADE)",  # not loggable
+    "CREATE TABLE g(x INTEGER, y INTEGER GENERATED ALWAYS AS (x * 2) STORED)",  # not loggable
+    "CREATE TABLE w(k INTEGER PRIMARY KEY, v TEXT) WITHOUT ROWID",  # not loggable
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bulk_inserts_beside_triggers_foreign_key_actions_and_tables_that_cannot_be_logged(engine, tmp_path, seed):
+    rnd = random.Random(seed)
+    s = SqlSession(engine, "rustydb", 1)
+    run(s, "PRAGMA foreign_keys=ON")
+    for sql in LINKED:
+        run(s, sql)
+    top = 1
+    for _ in range(12):
+        run(s, "BEGIN")
+        for _ in range(rnd.randint(1, 6)):
+            lo = rnd.randint(1, top + 5)
+            n = rnd.choice([5, 200])
+            statements = [
+                gen(top, n) + "INSERT INTO a SELECT i, 'v' || i, i FROM s",
+                gen(lo, 3) + "INSERT INTO o SELECT i FROM s",
+                f"DELETE FROM a WHERE id % 13 = {lo % 13}",
+                gen(lo, n) + "INSERT OR IGNORE INTO ch SELECT i, i FROM s WHERE i IN (SELECT id FROM a)",
+                gen(lo, n) + "INSERT INTO g(x) SELECT i FROM s",
+                gen(lo, n) + "INSERT OR IGNORE INTO w SELECT i, 'w' FROM s",
+                # two statements in one text: never a bulk insert
+                gen(top + n, 3) + f"INSERT INTO a SELECT i, 'x', 0 FROM s; UPDATE a SET n = n + 1 WHERE id = {lo}",
+            ]
+            try:
+                run(s, rnd.choice(statements))
+            except SqlError:
+                pass
+            top += n + 3
+        run(s, "COMMIT" if rnd.random() < 0.9 else "ROLLBACK")
+    s.close()
+    assert rows_steps(engine)
+    check(engine, tmp_path)

@@ -20,8 +20,9 @@ the insert, the changeset's build and the session's close, medians of
 --floor-reps interleaved runs; the same with a 64 MB page cache; the same
 logged as the server logs a bulk insert now (the capture switched off for
 the statement, the new rows copied into the attached in-memory database,
-serialized and compressed: engine/rows_image.py's rows step); and one
-scan reading every column of the rows back.
+serialized and compressed: engine/rows_image.py's rows step); for each,
+the CPU seconds of replaying the logged step into an empty table as recovery
+and PITR do; and one scan reading every column of the rows back.
 
 ``--baseline-src DIR`` runs the same loads on a server started from another
 source tree (e.g. an export of main: ``git archive main | tar -x -C DIR``)
@@ -46,8 +47,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' 
 import apsw  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
-from rustydb_server.engine import bulk, database, rows_image  # noqa: E402
+from rustydb_server.engine import bulk, database, replay, rows_image  # noqa: E402
 from rustydb_server.engine.database import STATE_TABLE  # noqa: E402
+from rustydb_server.wal import record as walrec  # noqa: E402
 from tests.support.servers import ServerProcess, free_port  # noqa: E402
 
 GEN = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {n}) "
@@ -127,9 +129,10 @@ def capture_once(path: str, rows: int, session: bool, cache_kib: int | None, ima
     conn.execute(GEN.format(n=rows) + "INSERT INTO bulk SELECT i, 'customer-' || i, i * 1.25, i % 97 FROM s")
     t1 = time.process_time()
     if image:
-        size = len(rows_image.build(conn, "bulk", None))
+        step = ("rows", rows_image.build(conn, "bulk", None))
     else:
-        size = len(capture.changeset()) if capture else 0
+        step = ("changeset", capture.changeset()) if capture else None
+    size = len(step[1]) if step else 0
     t2 = time.process_time()
     if capture:
         capture.close()
@@ -139,7 +142,9 @@ def capture_once(path: str, rows: int, session: bool, cache_kib: int | None, ima
     conn.execute("SELECT sum(id), sum(length(name)), sum(amount), sum(qty) FROM bulk").fetchall()
     t4 = time.process_time()
     conn.close()
+    replayed = replay_once(path + ".replay", step) if step else 0.0
     return {
+        "replay": replayed,
         "insert": t1 - t0,
         "changeset": t2 - t1,
         "close_commit": t3 - t2,
@@ -150,6 +155,22 @@ def capture_once(path: str, rows: int, session: bool, cache_kib: int | None, ima
 
 
 ROWS_STEP = "logged as a rows step (lz4 image)"
+
+
+def replay_once(path: str, step) -> float:
+    """CPU seconds of replaying ``step`` into an empty copy of the table, as
+    recovery and PITR do (engine/replay.py's apply_tx_record)."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+    database.create_database_file(path, 0)
+    conn = replay.open_replay_connection(path, synchronous="OFF")
+    conn.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, name TEXT, amount REAL, qty INTEGER)")
+    t0 = time.process_time()
+    replay.apply_tx_record(conn, 1, walrec.TxRecord(1, 1, "bench", (step,)))
+    seconds = time.process_time() - t0
+    conn.close()
+    return seconds
 
 
 def capture_floor(work: str, rows: int, reps: int) -> None:
@@ -171,7 +192,7 @@ def capture_floor(work: str, rows: int, reps: int) -> None:
         print(
             f"  {name:36s} total {m['total']:.3f} s ({rows / m['total']:>9,.0f} rows/s of CPU): insert "
             f"{m['insert']:.3f}, changeset build {m['changeset']:.3f}, session close + COMMIT {m['close_commit']:.3f}"
-            + (f"; step {m['bytes'] / 2**20:.1f} MiB" if m["bytes"] else "")
+            + (f"; step {m['bytes'] / 2**20:.1f} MiB, replayed in {m['replay']:.3f} s" if m["bytes"] else "")
         )
     alone, captured = med["SQLite alone (no session)"]["total"], med["with the server's session"]["total"]
     print(

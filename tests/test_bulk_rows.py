@@ -322,3 +322,29 @@ def test_bulk_inserts_beside_triggers_foreign_key_actions_and_tables_that_cannot
     s.close()
     assert rows_steps(engine)
     check(engine, tmp_path)
+
+
+def test_a_bulk_insert_whose_rows_cannot_be_logged_rolls_its_transaction_back(engine, monkeypatch):
+    s = SqlSession(engine, "rustydb", 1)
+    run(s, TABLES["a"])
+    run(s, "INSERT INTO a VALUES (1, 'kept', 0)")
+    before = len(logged_records(engine))
+
+    def full(conn, table, floor):
+        raise apsw.FullError("database or disk is full (injected)")
+
+    monkeypatch.setattr(rows_image, "build", full)
+    for autocommit in (False, True):
+        if not autocommit:
+            run(s, "BEGIN")
+            run(s, "INSERT INTO a VALUES (2, 'captured', 0)")
+        with pytest.raises(SqlError) as e:
+            run(s, gen(10, 100) + "INSERT INTO a SELECT i, 'v', 0 FROM s")
+            run(s, "COMMIT")
+        assert e.value.code == "bulk_log_failed" and "rolled back" in str(e.value)
+        assert not s.in_transaction and s.conn.getautocommit()
+    assert run(s, "SELECT id, v FROM a") == [[1, "kept"]]
+    assert len(logged_records(engine)) == before  # nothing logged
+    monkeypatch.undo()
+    run(s, gen(10, 100) + "INSERT INTO a SELECT i, 'v', 0 FROM s")  # the session goes on
+    s.close()

@@ -222,7 +222,9 @@ class SqlSession:
     # ------------------------------------------------------- sqlite hooks
     def _authorize(self, op, p1, p2, dbname, trigger):
         if dbname == rows_image.SCHEMA and not self._internal:
-            return apsw.SQLITE_DENY  # the server's own scratch database for rows steps
+            # the server's own scratch database for rows steps
+            self._audit_refusal(apsw.mapping_authorizer_function.get(op, str(op)), p1, p2)
+            return apsw.SQLITE_DENY
         decision = decide(op, p1, p2, internal=self._internal)
         if op in bulk.WRITE_OPS and dbname == "main":
             self._bulk.written.add(p1.lower())
@@ -303,8 +305,22 @@ class SqlSession:
             self._internal = True
             try:
                 self._steps.extend(self._bulk.cut(self.conn))
+            except (apsw.Error, MemoryError) as e:
+                # The transaction must not commit without these rows.
+                self._internal = False
+                self._abandon_transaction()
+                raise SqlError(
+                    f"the rows of a bulk insert could not be logged ({e}); the transaction was rolled back",
+                    code="bulk_log_failed",
+                ) from e
             finally:
                 self._internal = False
+
+    def _abandon_transaction(self) -> None:
+        if self.in_transaction:
+            self.rollback()
+        else:
+            self._abort_autocommit()
 
     def _end_capture(self) -> None:
         if self._capture is not None:

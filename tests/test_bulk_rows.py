@@ -348,3 +348,23 @@ def test_a_bulk_insert_whose_rows_cannot_be_logged_rolls_its_transaction_back(en
     monkeypatch.undo()
     run(s, gen(10, 100) + "INSERT INTO a SELECT i, 'v', 0 FROM s")  # the session goes on
     s.close()
+
+
+def test_long_values_lists_are_bulk_inserts_short_ones_are_captured(engine, tmp_path):
+    s = SqlSession(engine, "rustydb", 1)
+    run(s, TABLES["a"])
+
+    def values(lo: int, n: int) -> str:
+        return "INSERT INTO a VALUES " + ",".join(f"({i}, '{'v' * 20}{i}', {i}.5)" for i in range(lo, lo + n))
+
+    assert len(values(1, 500)) > 16 * 1024 > len(values(1, 5))
+    run(s, "BEGIN")
+    for lo in range(1, 3001, 500):
+        run(s, values(lo, 500))
+    run(s, values(5000, 5))
+    run(s, values(-600, 500))  # long, but below the largest rowid: run again captured
+    run(s, "COMMIT")
+    s.close()
+    kinds = [k for k, _ in logged_records(engine)[-1][1].steps]
+    assert kinds.count("rows") == 1 and "changeset" in kinds
+    check(engine, tmp_path)

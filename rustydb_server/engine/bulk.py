@@ -136,6 +136,14 @@ def insert_target(sql: str) -> str | None:
     return _unquote(name)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold(name: str) -> str:
+    """A table name as SQLite compares it (ASCII letters folded, nothing else)."""
+    return name.translate(_ASCII_LOWER)
+
+
 def _unquote(token: str) -> str:
     if token[:1] in ('"', "`") and token[-1:] == token[:1] and len(token) > 1:
         return token[1:-1].replace(token[0] * 2, token[0])
@@ -199,7 +207,7 @@ class BulkInserts:
     """The tables one capture (of a SqlSession) leaves to rows steps."""
 
     def __init__(self) -> None:
-        self.tables: dict[str, _Pending] = {}  # by lowercased name
+        self.tables: dict[str, _Pending] = {}  # by fold(name)
         #: the main tables the authorizer saw the statement being prepared write
         self.written: set[str] = set()
         self._active: _Pending | None = None  # the statement running now appends to it, uncaptured
@@ -227,7 +235,7 @@ class BulkInserts:
         target = None
         if self._allowed and not description and whole is not None and _same(sql, whole):
             target = insert_target(whole)
-        key = target.lower() if target is not None else None
+        key = fold(target) if target is not None else None
         if self.tables:
             hit = self.written & self.tables.keys()
             if hit and not (key in self.tables and hit == {key}):
@@ -304,7 +312,7 @@ class BulkInserts:
             if t.rows:
                 session._restart_capture(keep=True)  # its rows so far; the statement runs captured
             else:
-                del self.tables[t.name.lower()]
+                del self.tables[fold(t.name)]
         finally:
             session._internal = False
         return True

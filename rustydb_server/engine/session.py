@@ -227,7 +227,7 @@ class SqlSession:
             return apsw.SQLITE_DENY
         decision = decide(op, p1, p2, internal=self._internal)
         if op in bulk.WRITE_OPS and dbname == "main":
-            self._bulk.written.add(p1.lower())
+            self._bulk.written.add(bulk.fold(p1))
         if decision == apsw.SQLITE_OK and op in _DDL_OPS and dbname not in ("temp", rows_image.SCHEMA):
             self._ddl_ops.add(op)
         elif decision == apsw.SQLITE_DENY:

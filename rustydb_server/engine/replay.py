@@ -1,13 +1,13 @@
 """Applying WAL transaction records to a database: crash recovery, catch-up, PITR.
 
 A record's steps are replayed in order: DDL text is executed, changesets are
-applied, rows steps (engine/rows_image.py) inserted: from their image
-attached to the connection when the record is applied in a transaction of its
-own (``apply_tx_record``, and ``Replayer`` for a record with rows steps),
-otherwise as the changeset they stand for. Triggers are switched off and foreign-key actions are not run on the
-replay connection, because a changeset already holds every row a trigger or
-cascade changed when the transaction first ran; firing them again would apply
-those changes twice.
+applied, the rows of rows steps (engine/rows_image.py) inserted: from their
+image attached to the connection when the record is applied in a transaction
+of its own (``apply_tx_record``, and ``Replayer`` for a record with rows
+steps), otherwise as the changeset they stand for. Triggers are switched off
+and foreign-key actions are not run on the replay connection, because a
+changeset already holds every row a trigger or cascade changed when the
+transaction first ran; firing them again would apply those changes twice.
 """
 
 from __future__ import annotations
@@ -127,8 +127,10 @@ def apply_tx_record(conn: apsw.Connection, lsn: int, record) -> None:
         # between these two statements is harmless: it renumbers rowids the same
         # way on the same contents.
         conn.execute("VACUUM")
-    images = attach_images(conn, record.steps) if _has_rows(record.steps) and conn.getautocommit() else {}
+    images: dict[int, str] = {}
     try:
+        if _has_rows(record.steps) and conn.getautocommit():
+            images = attach_images(conn, record.steps)
         conn.execute("BEGIN IMMEDIATE")
         if tuple(record.steps) != VACUUM_STEPS:
             apply_steps(conn, record.steps, images=images)
@@ -257,8 +259,9 @@ class Replayer:
     def _apply_with_images(self, lsn: int, record) -> None:
         table = self.only_table
         keep = None if table is None else (lambda t: t == table)
-        images = attach_images(self.conn, record.steps, keep)
+        images: dict[int, str] = {}
         try:
+            images = attach_images(self.conn, record.steps, keep)
             self.conn.execute("BEGIN IMMEDIATE")
             for index, step in enumerate(record.steps):
                 if step[0] == "ddl" and table is not None and not ddl_touches(step[1], table, self.conn):

@@ -368,3 +368,32 @@ def test_long_values_lists_are_bulk_inserts_short_ones_are_captured(engine, tmp_
     kinds = [k for k, _ in logged_records(engine)[-1][1].steps]
     assert kinds.count("rows") == 1 and "changeset" in kinds
     check(engine, tmp_path)
+
+
+def test_a_damaged_image_is_refused_at_replay_naming_its_record(engine, tmp_path):
+    s = SqlSession(engine, "rustydb", 1)
+    run(s, TABLES["a"])
+    run(s, gen(1, 2000) + "INSERT INTO a SELECT i, 'v' || i, i FROM s")
+    s.close()
+    records = logged_records(engine)
+    lsn, rec = records[-1]
+    ((kind, payload),) = rec.steps
+    _, at = rows_image.parse_header(payload)
+    damaged = payload[:at] + bytes(b ^ 0x5A for b in payload[at : at + 64]) + payload[at + 64 :]
+    bad = walrec.TxRecord(rec.txid, rec.commit_time_us, rec.database, (("rows", damaged),))
+    path = str(tmp_path / "copy.sqlite")
+    database.create_database_file(path, 0)
+    conn = replay.open_replay_connection(path)
+    try:
+        for earlier, r in records[:-1]:
+            replay.apply_tx_record(conn, earlier, r)
+        for apply in (
+            lambda: replay.apply_tx_record(conn, lsn, bad),
+            lambda: replay.Replayer(conn, "rustydb").apply(lsn, bad),
+        ):
+            with pytest.raises(replay.ReplayError, match=f"txid {rec.txid}"):
+                apply()
+        assert conn.execute("SELECT count(*) FROM a").fetchall() == [(0,)]
+        assert conn.execute("PRAGMA database_list").fetchall() == [(0, "main", path)]  # nothing left attached
+    finally:
+        conn.close()

@@ -17,9 +17,12 @@ sets: the same 1M-row INSERT ... SELECT on a connection opened as the
 server's sessions are (``engine.database.open_connection``), without a
 session and with one configured as the server's capture is, CPU seconds of
 the insert, the changeset's build and the session's close, medians of
---floor-reps interleaved runs; the same with a 64 MB page cache; and one
-scan reading every column of the rows back (what logging a new table's rows
-from the table itself, the proposed bulk-insert step, would read).
+--floor-reps interleaved runs; the same with a 64 MB page cache; the same
+logged as the server logs a bulk insert now (the capture switched off for
+the statement, the new rows copied into the attached in-memory database,
+serialized and compressed: engine/rows_image.py's rows step); for each,
+the CPU seconds of replaying the logged step into an empty table as recovery
+and PITR do; and one scan reading every column of the rows back.
 
 ``--baseline-src DIR`` runs the same loads on a server started from another
 source tree (e.g. an export of main: ``git archive main | tar -x -C DIR``)
@@ -44,8 +47,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the tests' 
 import apsw  # noqa: E402
 
 from rustydb_client import client as rc  # noqa: E402
-from rustydb_server.engine import database  # noqa: E402
+from rustydb_server.engine import bulk, database, replay, rows_image  # noqa: E402
 from rustydb_server.engine.database import STATE_TABLE  # noqa: E402
+from rustydb_server.wal import record as walrec  # noqa: E402
 from tests.support.servers import ServerProcess, free_port  # noqa: E402
 
 GEN = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {n}) "
@@ -100,9 +104,10 @@ def pgbench_init(conn, scale: int) -> float:
     return time.perf_counter() - t0
 
 
-def capture_once(path: str, rows: int, session: bool, cache_kib: int | None) -> dict[str, float]:
+def capture_once(path: str, rows: int, session: bool, cache_kib: int | None, image: bool = False) -> dict[str, float]:
     """One INSERT ... SELECT of ``rows`` in one transaction, in this process: CPU seconds
-    of the insert, the changeset's build and the session's close + COMMIT."""
+    of the insert, the changeset's (or, ``image``, the rows step's) build and the
+    session's close + COMMIT."""
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path + suffix)
@@ -110,6 +115,8 @@ def capture_once(path: str, rows: int, session: bool, cache_kib: int | None) -> 
     if cache_kib:
         conn.execute(f"PRAGMA cache_size=-{cache_kib}")
     conn.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, name TEXT, amount REAL, qty INTEGER)")
+    if image:
+        bulk.attach_image_schema(conn)
     t0 = time.process_time()
     conn.execute("BEGIN")
     capture = None
@@ -118,9 +125,14 @@ def capture_once(path: str, rows: int, session: bool, cache_kib: int | None) -> 
         capture.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)
         capture.table_filter(lambda name: name != STATE_TABLE)
         capture.attach()
+        capture.enabled = not image  # a bulk insert runs with the capture off (engine/bulk.py)
     conn.execute(GEN.format(n=rows) + "INSERT INTO bulk SELECT i, 'customer-' || i, i * 1.25, i % 97 FROM s")
     t1 = time.process_time()
-    size = len(capture.changeset()) if capture else 0
+    if image:
+        step = ("rows", rows_image.build(conn, "bulk", None))
+    else:
+        step = ("changeset", capture.changeset()) if capture else None
+    size = len(step[1]) if step else 0
     t2 = time.process_time()
     if capture:
         capture.close()
@@ -130,7 +142,9 @@ def capture_once(path: str, rows: int, session: bool, cache_kib: int | None) -> 
     conn.execute("SELECT sum(id), sum(length(name)), sum(amount), sum(qty) FROM bulk").fetchall()
     t4 = time.process_time()
     conn.close()
+    replayed = replay_once(path + ".replay", step) if step else 0.0
     return {
+        "replay": replayed,
         "insert": t1 - t0,
         "changeset": t2 - t1,
         "close_commit": t3 - t2,
@@ -140,31 +154,53 @@ def capture_once(path: str, rows: int, session: bool, cache_kib: int | None) -> 
     }
 
 
+ROWS_STEP = "logged as a rows step (lz4 image)"
+
+
+def replay_once(path: str, step) -> float:
+    """CPU seconds of replaying ``step`` into an empty copy of the table, as
+    recovery and PITR do (engine/replay.py's apply_tx_record)."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+    database.create_database_file(path, 0)
+    conn = replay.open_replay_connection(path, synchronous="OFF")
+    conn.execute("CREATE TABLE bulk(id INTEGER PRIMARY KEY, name TEXT, amount REAL, qty INTEGER)")
+    t0 = time.process_time()
+    replay.apply_tx_record(conn, 1, walrec.TxRecord(1, 1, "bench", (step,)))
+    seconds = time.process_time() - t0
+    conn.close()
+    return seconds
+
+
 def capture_floor(work: str, rows: int, reps: int) -> None:
     """What the session extension costs alone: the same statement with and without it."""
     variants = {
-        "SQLite alone (no session)": (False, None),
-        "with the server's session": (True, None),
-        "with the session, 64 MB page cache": (True, 65536),
+        "SQLite alone (no session)": (False, None, False),
+        "with the server's session": (True, None, False),
+        "with the session, 64 MB page cache": (True, 65536, False),
+        ROWS_STEP: (True, None, True),
     }
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     path = os.path.join(work, "floor.db")
     for _ in range(reps):
-        for name, (session, cache) in variants.items():
-            runs[name].append(capture_once(path, rows, session, cache))
+        for name, (session, cache, image) in variants.items():
+            runs[name].append(capture_once(path, rows, session, cache, image))
     print(f"== in-process floor: one INSERT ... SELECT of {rows} rows, CPU seconds, medians of {reps}")
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     for name, m in med.items():
         print(
             f"  {name:36s} total {m['total']:.3f} s ({rows / m['total']:>9,.0f} rows/s of CPU): insert "
             f"{m['insert']:.3f}, changeset build {m['changeset']:.3f}, session close + COMMIT {m['close_commit']:.3f}"
-            + (f"; changeset {m['bytes'] / 2**20:.1f} MiB" if m["bytes"] else "")
+            + (f"; step {m['bytes'] / 2**20:.1f} MiB, replayed in {m['replay']:.3f} s" if m["bytes"] else "")
         )
     alone, captured = med["SQLite alone (no session)"]["total"], med["with the server's session"]["total"]
     print(
         f"  the session extension: {captured - alone:.3f} s of {captured:.3f} s ({(captured - alone) / captured:.0%}); "
         f"SQLite's insert alone caps this machine at {rows / alone:,.0f} rows/s of CPU, "
-        f"with the capture at {rows / captured:,.0f}; reading the rows back by one scan in C, every column: "
+        f"with the capture at {rows / captured:,.0f}, logged as a rows step at "
+        f"{rows / med[ROWS_STEP]['total']:,.0f}; reading the rows back by one scan in C, "
+        "every column: "
         f"{med['SQLite alone (no session)']['scan']:.3f} s",
         flush=True,
     )

@@ -31,6 +31,7 @@ from ..container.errors import BackupError
 from ..container.format import BackupType
 from ..crypto import CryptoError
 from ..engine import database as engine_db
+from ..engine import rows_image
 from ..engine.instance import Engine
 from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..logsetup import get_logger
@@ -128,7 +129,8 @@ class Compaction:
         if isinstance(rec, walrec.TxRecord):
             net = self.per_db.setdefault(rec.database, NetChanges(rec.database))
             net.transactions += 1
-            for kind, payload in rec.steps:
+            # a rows step (a bulk insert) is the changeset it stands for
+            for kind, payload in rows_image.expand(rec.steps):
                 if kind == "changeset":
                     self.changeset_bytes += len(payload)
                     net.add_changeset(payload)

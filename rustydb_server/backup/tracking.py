@@ -26,13 +26,16 @@ as before; both paths give the same steps.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from ..engine import rows_image
 from ..logsetup import get_logger
 from ..wal import record as walrec
+from ..wal import rows_step
 from ..wal.lsn import format_lsn
 from .incremental import Compaction, NetChangesAt
 
@@ -124,18 +127,33 @@ class ChangeTracking:
                     _answer(item[2], None)
 
     def _record(self, lsn: int, rec) -> None:
-        for base, tracker in list(self._trackers.items()):
-            if lsn < base:
-                continue  # logged before this tracker's backup was taken
+        # trackers whose backup was taken before this record was logged
+        live = [base for base in self._trackers if lsn >= base]
+        if live and isinstance(rec, walrec.TxRecord) and any(kind == "rows" for kind, _ in rec.steps):
+            # A bulk insert's rows step is taken in as the changeset it stands
+            # for: built once for all trackers, and not at all for one it would
+            # take past its bound (about the image's size).
+            size = sum(rows_step.parse_header(p)[0].size for kind, p in rec.steps if kind == "rows")
+            for base in live:
+                if self._trackers[base].compaction.changeset_bytes + size > self.max_bytes:
+                    self._drop(base)
+            live = [base for base in live if base in self._trackers]
+            if live:
+                rec = dataclasses.replace(rec, steps=rows_image.expand(rec.steps))
+        for base in live:
+            tracker = self._trackers[base]
             tracker.compaction.add(rec)
             if tracker.compaction.changeset_bytes > self.max_bytes:
-                del self._trackers[base]
-                log.info(
-                    "change tracking stopped for a backup base: too many changes to "
-                    "hold; the next incremental from it reads the WAL",
-                    base_lsn=format_lsn(base),
-                    limit_bytes=self.max_bytes,
-                )
+                self._drop(base)
+
+    def _drop(self, base: int) -> None:
+        del self._trackers[base]
+        log.info(
+            "change tracking stopped for a backup base: too many changes to "
+            "hold; the next incremental from it reads the WAL",
+            base_lsn=format_lsn(base),
+            limit_bytes=self.max_bytes,
+        )
 
     def _start(self, base: int) -> None:
         self._trackers.setdefault(base, _Tracker())

@@ -1,10 +1,13 @@
 """Applying WAL transaction records to a database: crash recovery, catch-up, PITR.
 
 A record's steps are replayed in order: DDL text is executed, changesets are
-applied. Triggers are switched off and foreign-key actions are not run on the
-replay connection, because a changeset already holds every row a trigger or
-cascade changed when the transaction first ran; firing them again would apply
-those changes twice.
+applied, the rows of rows steps (engine/rows_image.py) inserted: from their
+image attached to the connection when the record is applied in a transaction
+of its own (``apply_tx_record``, and ``Replayer`` for a record with rows
+steps), otherwise as the changeset they stand for. Triggers are switched off
+and foreign-key actions are not run on the replay connection, because a
+changeset already holds every row a trigger or cascade changed when the
+transaction first ran; firing them again would apply those changes twice.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 import apsw
 
 from ..wal.lsn import format_lsn
-from . import database
+from . import database, rows_image
 from .database import ReplayError
 
 
@@ -35,9 +38,26 @@ def _refuse_conflict(reason: int, change: apsw.TableChange) -> int:
     return apsw.SQLITE_CHANGESET_ABORT
 
 
-def apply_steps(conn: apsw.Connection, steps, *, table_filter=None) -> None:
-    """Apply steps inside the caller's transaction; raise ReplayError on a conflict."""
-    for kind, payload in steps:
+def apply_steps(conn: apsw.Connection, steps, *, table_filter=None, images=None) -> None:
+    """Apply steps inside the caller's transaction; raise ReplayError on a conflict.
+    ``images``: the schema each rows step (by its index in ``steps``) is
+    attached as (``attach_images``); a rows step without one is applied as its
+    changeset."""
+    for index, (kind, payload) in enumerate(steps):
+        if kind == "rows":
+            schema = images.get(index) if images else None
+            if schema is None:
+                if table_filter is not None and not table_filter(rows_image.parse_header(payload)[0].table):
+                    continue
+                try:
+                    kind, payload = "changeset", rows_image.to_changeset(payload)
+                except rows_image.RowsImageError as e:
+                    raise ReplayError(str(e)) from None
+            else:
+                header = rows_image.parse_header(payload)[0]
+                if table_filter is None or table_filter(header.table):
+                    conn.execute(rows_image.insert_sql(header, schema))
+                continue
         if kind == "ddl":
             conn.execute(payload)
         elif kind == "changeset":
@@ -61,6 +81,43 @@ def apply_steps(conn: apsw.Connection, steps, *, table_filter=None) -> None:
 
 
 VACUUM_STEPS = (("ddl", "VACUUM"),)
+#: Rows steps of one record attached at once; any more are applied as changesets.
+MAX_IMAGES = 8
+
+
+def attach_images(conn: apsw.Connection, steps, table_filter=None) -> dict[int, str]:
+    """Attach the images of a record's rows steps (outside a transaction):
+    {step index: schema}; ``detach_images`` undoes it."""
+    images: dict[int, str] = {}
+    allowed = conn.limit(apsw.SQLITE_LIMIT_ATTACHED, -1)
+    conn.limit(apsw.SQLITE_LIMIT_ATTACHED, max(allowed, MAX_IMAGES + 1))
+    try:
+        for index, (kind, payload) in enumerate(steps):
+            if kind == "rows" and len(images) < MAX_IMAGES:
+                if table_filter is not None and not table_filter(rows_image.parse_header(payload)[0].table):
+                    continue
+                schema = f"rustydb_rows_{len(images)}"
+                rows_image.load(conn, schema, payload)
+                images[index] = schema
+    except rows_image.RowsImageError as e:
+        detach_images(conn, images)
+        raise ReplayError(str(e)) from None
+    except BaseException:
+        detach_images(conn, images)
+        raise
+    finally:
+        conn.limit(apsw.SQLITE_LIMIT_ATTACHED, allowed)
+    return images
+
+
+def detach_images(conn: apsw.Connection, images: dict[int, str]) -> None:
+    for schema in images.values():
+        conn.execute(f"DETACH {schema}")
+    images.clear()
+
+
+def _has_rows(steps) -> bool:
+    return any(kind == "rows" for kind, _ in steps)
 
 
 def apply_tx_record(conn: apsw.Connection, lsn: int, record) -> None:
@@ -70,19 +127,24 @@ def apply_tx_record(conn: apsw.Connection, lsn: int, record) -> None:
         # between these two statements is harmless: it renumbers rowids the same
         # way on the same contents.
         conn.execute("VACUUM")
-    conn.execute("BEGIN IMMEDIATE")
+    images: dict[int, str] = {}
     try:
+        if _has_rows(record.steps) and conn.getautocommit():
+            images = attach_images(conn, record.steps)
+        conn.execute("BEGIN IMMEDIATE")
         if tuple(record.steps) != VACUUM_STEPS:
-            apply_steps(conn, record.steps)
+            apply_steps(conn, record.steps, images=images)
         database.write_state(conn, lsn, record.txid, record.commit_time_us)
         conn.execute("COMMIT")
-    except apsw.Error as e:
+    except (apsw.Error, ReplayError) as e:
         if not conn.getautocommit():
             conn.execute("ROLLBACK")
         raise ReplayError(
             f"cannot apply WAL record at LSN {format_lsn(lsn)} (txid {record.txid}) "
             f"to database {record.database!r}: {e}"
         ) from e
+    finally:
+        detach_images(conn, images)
 
 
 _IDENT = r'(?:"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|[\w$]+)'
@@ -163,6 +225,12 @@ class Replayer:
             apply_tx_record(self.conn, lsn, record)
             self.applied += 1
             return
+        if _has_rows(record.steps):
+            # its images are attached outside a transaction: a batch of its own
+            self.flush()
+            self._apply_with_images(lsn, record)
+            self.applied += 1
+            return
         if self._pending is None:
             self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -187,6 +255,31 @@ class Replayer:
         self.applied += 1
         if self._count >= self.batch or self._bytes >= self.batch_bytes:
             self.flush()
+
+    def _apply_with_images(self, lsn: int, record) -> None:
+        table = self.only_table
+        keep = None if table is None else (lambda t: t == table)
+        images: dict[int, str] = {}
+        try:
+            images = attach_images(self.conn, record.steps, keep)
+            self.conn.execute("BEGIN IMMEDIATE")
+            for index, step in enumerate(record.steps):
+                if step[0] == "ddl" and table is not None and not ddl_touches(step[1], table, self.conn):
+                    continue
+                apply_steps(
+                    self.conn, [step], table_filter=keep, images={0: images[index]} if index in images else None
+                )
+            database.write_state(self.conn, lsn, record.txid, record.commit_time_us)
+            self.conn.execute("COMMIT")
+        except (apsw.Error, ReplayError) as e:
+            if not self.conn.getautocommit():
+                self.conn.execute("ROLLBACK")
+            raise ReplayError(
+                f"cannot apply WAL record at LSN {format_lsn(lsn)} (txid {record.txid}) "
+                f"to database {self.database_name!r}: {e}"
+            ) from e
+        finally:
+            detach_images(self.conn, images)
 
     # Consecutive changesets are merged into one changegroup and applied with a
     # single call: applying a changeset prepares statements for each of its

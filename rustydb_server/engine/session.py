@@ -31,7 +31,7 @@ from rustydb_client.protocol.frames import DEFAULT_MAX_FRAME
 
 from ..audit import audit
 from ..errors import ReportedError
-from . import database
+from . import bulk, database, rows_image
 from .authorizer import decide
 from .database import STATE_TABLE
 from .instance import Engine, EngineError
@@ -148,6 +148,8 @@ class SqlSession:
         self.txid: int | None = None
         self._capture: apsw.Session | None = None
         self._steps: list = []
+        # Tables the current capture leaves to rows steps (engine/bulk.py).
+        self._bulk = bulk.BulkInserts()
         # The open savepoints, innermost last: (name, steps taken before it).
         self._savepoints: list[tuple[str, int]] = []
         self._internal = False
@@ -188,6 +190,7 @@ class SqlSession:
             raise
         self.close()
         self.handle, self.conn = handle, conn
+        bulk.attach_image_schema(conn)
         self.engine.sessions.add(self)
         conn.authorizer = self._authorize
         conn.create_scalar_function("txid_current", self._txid_current, 0)
@@ -218,8 +221,14 @@ class SqlSession:
 
     # ------------------------------------------------------- sqlite hooks
     def _authorize(self, op, p1, p2, dbname, trigger):
+        if dbname == rows_image.SCHEMA and not self._internal:
+            # the server's own scratch database for rows steps
+            self._audit_refusal(apsw.mapping_authorizer_function.get(op, str(op)), p1, p2)
+            return apsw.SQLITE_DENY
         decision = decide(op, p1, p2, internal=self._internal)
-        if decision == apsw.SQLITE_OK and op in _DDL_OPS and dbname != "temp":
+        if op in bulk.WRITE_OPS and dbname == "main":
+            self._bulk.written.add(bulk.fold(p1))
+        if decision == apsw.SQLITE_OK and op in _DDL_OPS and dbname not in ("temp", rows_image.SCHEMA):
             self._ddl_ops.add(op)
         elif decision == apsw.SQLITE_DENY:
             self._audit_refusal(apsw.mapping_authorizer_function.get(op, str(op)), p1, p2)
@@ -264,7 +273,17 @@ class SqlSession:
     def _exec_trace(self, cursor, sql, bindings) -> bool:
         self._trace["description"] = cursor.description
         self._trace["readonly"] = cursor.is_readonly
-        return not self._trace.get("require_readonly") or cursor.is_readonly
+        if self._trace.get("require_readonly"):
+            return cursor.is_readonly
+        # only an INSERT (or WITH ... INSERT) can be a bulk insert; any write
+        # statement can touch a table whose rows are pending
+        if self._capture is not None and (self._bulk.tables or self._trace.get("kw") in ("INSERT", "WITH")):
+            self._internal = True
+            try:
+                self._bulk.before(self, sql, self._trace.get("sql"), cursor.description)
+            finally:
+                self._internal = False
+        return True
 
     # -------------------------------------------------------- change capture
     def _start_capture(self) -> None:
@@ -282,11 +301,32 @@ class SqlSession:
                 self._steps.append(("changeset", cs))
             self._capture.close()
             self._capture = None
+        if self._bulk.tables:
+            self._internal = True
+            try:
+                self._steps.extend(self._bulk.cut(self.conn))
+            except (apsw.Error, MemoryError) as e:
+                # The transaction must not commit without these rows.
+                self._internal = False
+                self._abandon_transaction()
+                raise SqlError(
+                    f"the rows of a bulk insert could not be logged ({e}); the transaction was rolled back",
+                    code="bulk_log_failed",
+                ) from e
+            finally:
+                self._internal = False
+
+    def _abandon_transaction(self) -> None:
+        if self.in_transaction:
+            self.rollback()
+        else:
+            self._abort_autocommit()
 
     def _end_capture(self) -> None:
         if self._capture is not None:
             self._capture.close()
             self._capture = None
+        self._bulk.drop()
         self._steps = []
         self._savepoints = []
 
@@ -295,9 +335,11 @@ class SqlSession:
         step (``keep``) or are dropped (they were rolled back)."""
         if keep:
             self._cut_changeset()
-        elif self._capture is not None:
-            self._capture.close()
-            self._capture = None
+        else:
+            if self._capture is not None:
+                self._capture.close()
+                self._capture = None
+            self._bulk.drop()
         self._start_capture()
 
     # ------------------------------------------------------------ statements
@@ -373,12 +415,14 @@ class SqlSession:
                 code="not_allowed",
             )
         self._internal = True
+        bulk.detach_image_schema(self.conn)  # VACUUM attaches its scratch database in its place
         try:
             self.engine.vacuum(self.handle, self.conn)
         except apsw.Error as e:
             raise SqlError(str(e)) from e
         finally:
             self._internal = False
+            bulk.attach_image_schema(self.conn)
         return self._done(sql, "VACUUM", "VACUUM")
 
     def _begin(self, sql: str) -> StatementRun:
@@ -427,10 +471,16 @@ class SqlSession:
         self._ddl_ops.clear()
         self._trace.clear()
         self._trace["require_readonly"] = require_readonly
+        self._trace["sql"] = sql
+        self._trace["kw"] = kw
+        self._bulk.written.clear()
         cursor = self.conn.cursor()
         cursor.exec_trace = self._exec_trace
+        # While rows steps are pending, every statement is prepared afresh, so
+        # that the authorizer names each table it writes (bulk.py).
+        can_cache = not is_ddl and not self._bulk.tables
         try:
-            self._sqlite(lambda: cursor.execute(sql, can_cache=not is_ddl))
+            self._sqlite(lambda: self._bulk.run(self, lambda: cursor.execute(sql, can_cache=can_cache)))
             first = self._sqlite(lambda: next(cursor, None))
         except BaseException:
             if is_ddl and self._capture is None and (self.in_transaction or autocommit_write):
@@ -639,7 +689,7 @@ class SqlSession:
     def _sequence_step(self, steps) -> list:
         """AUTOINCREMENT counters are not in changesets: log them, so a replayed
         database never hands out an id the original had already used."""
-        if not any(kind == "changeset" for kind, _ in steps):
+        if not any(kind in ("changeset", "rows") for kind, _ in steps):
             return steps
         if not self.conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall():
             return steps

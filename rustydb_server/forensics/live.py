@@ -34,6 +34,7 @@ from .. import keys
 from ..archive import destination
 from ..archive import segment_file as sf
 from ..engine import database as dbfile
+from ..engine import rows_image
 from ..errors import ReportedError
 from ..repository import is_s3_url
 from ..restore.pitr import format_time
@@ -131,7 +132,7 @@ def read_history(
             history.first_lsn = entry.lsn
         history.end_lsn = entry.end_lsn
         if isinstance(rec, walrec.TxRecord) and rec.database == database:
-            tx = undo_mod.Tx(entry.lsn, rec.txid, rec.commit_time_us, tuple(rec.steps))
+            tx = undo_mod.Tx(entry.lsn, rec.txid, rec.commit_time_us, rows_image.expand(rec.steps))
             history.keeping = history.keeping or history.keep_from(tx)
             if history.keeping:
                 history.txs.append(tx)

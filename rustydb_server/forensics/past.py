@@ -23,6 +23,7 @@ import apsw
 from ..archive import segment_file as sf
 from ..backup.manifest import Manifest
 from ..engine import database as dbfile
+from ..engine import rows_image
 from ..engine.replay import VACUUM_STEPS
 from ..restore import pitr
 from ..restore.archived_wal import ArchivedSegments
@@ -83,7 +84,7 @@ def _take(group: apsw.ChangesetBuilder, rec, tables: set[str], lsn: int) -> int:
         return 0
     if tuple(rec.steps) == VACUUM_STEPS:
         raise NeedsRestore(f"transaction {rec.txid} ran VACUUM")
-    for kind, payload in rec.steps:
+    for kind, payload in rows_image.expand(rec.steps):
         if kind == "ddl" and undo_mod.reshapes(payload, tables):
             raise NeedsRestore(f"transaction {rec.txid} changed the schema ({' '.join(payload.split())[:60]})")
         if kind == "changeset":

@@ -37,6 +37,7 @@ from ..archive import segment_file as sf
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..crypto import CryptoError
+from ..engine import rows_image
 from ..engine.session import SEQUENCE_STEP_PREFIX
 from ..repository import RepositoryError, location
 from ..restore.archived_wal import ArchivedSegments, ArchiveGapError
@@ -189,7 +190,9 @@ class Transaction(_Steps):
 
     @classmethod
     def from_record(cls, timeline: int, entry: wal_reader.WalEntry, rec: walrec.TxRecord) -> Transaction:
-        return cls(timeline, entry.lsn, entry.end_lsn, rec.txid, rec.commit_time_us, rec.database, rec.steps)
+        # a rows step (a bulk insert) is read as the changeset it stands for
+        steps = rows_image.expand(rec.steps)
+        return cls(timeline, entry.lsn, entry.end_lsn, rec.txid, rec.commit_time_us, rec.database, steps)
 
     @property
     def size(self) -> int:

@@ -35,6 +35,7 @@ from ..backup.manifest import Manifest
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
 from ..crypto import CryptoError
+from ..engine import rows_image
 from ..keys import NoKeyError, resolve_read_key
 from ..wal import record as walrec
 from ..wal import segment as walseg
@@ -276,6 +277,8 @@ def _count(plan: RestorePlan, applied: dict[str, int], entry, rec, on_tx) -> Non
             plan.last_txid = rec.txid
             plan.last_commit_time_us = rec.commit_time_us
             for kind, payload in rec.steps:
+                if kind == "rows":  # a bulk insert's rows
+                    plan.row_changes += rows_image.parse_header(payload)[0].rows
                 if kind == "changeset":
                     plan.row_changes += sum(1 for _ in apsw.Changeset.iter(payload))
             if on_tx is not None:
@@ -323,7 +326,7 @@ def _measure_apply(plan, manifest, archive_dir, target, timeline_choice, key, sc
                 except apsw.Error:
                     pass
             conn.execute("BEGIN")  # one transaction for the sample, as the replay batches records
-        for kind, payload in rec.steps:
+        for kind, payload in rows_image.expand(rec.steps):
             if kind == "ddl":
                 try:
                     conn.execute(payload)

@@ -19,6 +19,7 @@ import apsw
 from ..archive import segment_file as sf
 from ..container.errors import BackupError
 from ..container.reader import BackupReader
+from ..engine import rows_image
 from ..repository import RepositoryError, location
 from ..wal import reader as wal_reader
 from ..wal import record as walrec
@@ -32,6 +33,10 @@ def summarize_steps(steps) -> list[str]:
     for kind, payload in steps:
         if kind == "ddl":
             out.append(payload if len(payload) <= 120 else payload[:117] + "...")
+            continue
+        if kind == "rows":  # a bulk insert's rows: the count is in the step's header
+            header = rows_image.parse_header(payload)[0]
+            out.append(f"{header.table}: +{header.rows}")
             continue
         counts: dict[str, list[int]] = {}
         for change in apsw.Changeset.iter(payload):

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import msgpack
 
+from .rows_step import RowsStepError, parse_header
+
 
 class WalRecordError(ValueError):
     """A WAL record body is malformed."""
@@ -56,13 +58,20 @@ def _check_step(index: int, step: object) -> None:
     elif kind == "changeset":
         if type(payload) is not bytes:
             raise WalRecordError(f"step {index}: a changeset step carries bytes")
+    elif kind == "rows":
+        try:
+            parse_header(payload)
+        except RowsStepError as e:
+            raise WalRecordError(f"step {index}: {e}") from None
     else:
         raise WalRecordError(f"step {index}: unknown step kind {kind!r}")
 
 
 @dataclass(frozen=True)
 class TxRecord:
-    """One committed transaction: its ordered DDL and changeset steps."""
+    """One committed transaction: its ordered steps: "ddl" (SQL text),
+    "changeset" (a session changeset) and "rows" (rows appended to one table,
+    as an image: wal/rows_step.py)."""
 
     txid: int
     commit_time_us: int
@@ -182,7 +191,9 @@ def encode_record(rec: Record) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-#: A changeset at least this large is referenced by encode_record_parts rather
+_BLOB_STEPS = ("changeset", "rows")
+
+#: A changeset (or rows step) at least this large is referenced by encode_record_parts rather
 #: than copied (smaller records are cheaper as one piece).
 BY_REFERENCE_BYTES = 64 * 1024
 
@@ -203,7 +214,7 @@ def encode_record_parts(rec: Record) -> list[bytes]:
     the other; a changeset of BY_REFERENCE_BYTES or more is its own piece,
     the very object the record holds."""
     if type(rec) is not TxRecord or not any(
-        kind == "changeset" and len(payload) >= BY_REFERENCE_BYTES for kind, payload in rec.steps
+        kind in _BLOB_STEPS and len(payload) >= BY_REFERENCE_BYTES for kind, payload in rec.steps
     ):
         return [encode_record(rec)]
     packer = msgpack.Packer(use_bin_type=True)  # one per call: a Packer holds a buffer
@@ -217,7 +228,7 @@ def encode_record_parts(rec: Record) -> list[bytes]:
     parts: list[bytes] = []
     for kind, payload in rec.steps:
         head += packer.pack_array_header(2) + pack(kind)
-        if kind == "changeset" and len(payload) >= BY_REFERENCE_BYTES:
+        if kind in _BLOB_STEPS and len(payload) >= BY_REFERENCE_BYTES:
             head += _bin_header(len(payload))
             parts.append(bytes(head))
             parts.append(payload)

@@ -59,7 +59,9 @@ def insert(session: SqlSession, marker: str, rows: int, pad: int = 20) -> None:
     sql(
         session,
         f"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<{rows}) "
-        f"INSERT INTO t(v, pad) SELECT '{marker}', printf('%{pad}d', i) FROM c",
+        # random text: a bulk insert's rows step is compressed, and spaces
+        # would shrink the record that must span segments to almost nothing
+        f"INSERT INTO t(v, pad) SELECT '{marker}', substr(hex(randomblob({pad})), 1, {pad}) FROM c",
     )
 
 

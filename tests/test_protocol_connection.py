@@ -518,3 +518,15 @@ def test_the_handshake_limit_holds_while_scram_is_under_way():
     with pytest.raises(RemoteProtocolError) as e:
         events_of(server, frame(ev.ScramClientFirst(b"n,,n=alice,r=" + b"r" * 8000)))
     assert e.value.code == "frame_too_large"
+
+
+def test_a_query_the_client_may_not_send_is_refused_and_changes_nothing():
+    client, server = session()
+    for bad in (ev.Query(b"SELECT 1"), ev.Query("SELECT 1", 0), ev.Query("SELECT 1", True)):
+        with pytest.raises(LocalProtocolError):
+            client.send(bad)
+        assert client.state == State.IDLE
+    assert events_of(server, client.send(ev.Query("SELECT 1", 7))) == [ev.Query("SELECT 1", 7)]
+    assert client.state == State.QUERY
+    with pytest.raises(LocalProtocolError):  # one request at a time
+        client.send(ev.Query("SELECT 2"))

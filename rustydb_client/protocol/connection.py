@@ -82,8 +82,10 @@ from .frames import (
     bulk_frame_head,
     encode_bulk_frame,
     encode_frame,
+    encode_query_frame,
 )
 from .messages import TO_CLIENT, TO_SERVER, event_of, message_of, validate_message
+from .scan import MAX_CONTAINER_LEN
 from .scram import ClientScram, ServerScram
 
 
@@ -448,6 +450,17 @@ class ClientSide(Connection):
         self.server_version: str | None = None
         self.session_id: int | None = None
 
+    def send(self, event) -> bytes:
+        if type(event) is Query and self.state is State.IDLE and not self._owed:
+            # Every statement's request: checked and packed without the
+            # general path's map (the same bytes, the same refusals).
+            sql, batch_rows = event.sql, event.batch_rows
+            if isinstance(sql, str) and type(batch_rows) is int and 1 <= batch_rows <= MAX_CONTAINER_LEN:
+                frame = encode_query_frame(sql, batch_rows, max_frame=self._max_frame)
+                self._advance(event, State.QUERY)
+                return frame
+        return super().send(event)
+
     def _message(self, event) -> dict:
         msg = message_of(event)
         try:
@@ -478,6 +491,17 @@ class ClientSide(Connection):
 
     def _receive(self, msg: dict):
         event = event_of(validate_message(msg, TO_CLIENT), TO_CLIENT)
+        kind = type(event)
+        if self.state is State.QUERY and (kind is Rows or kind is Complete or kind is Columns):
+            # A query's answer, the one path every statement takes.
+            after = self._answer_part(event)
+            if after is None:
+                raise RemoteProtocolError("protocol_violation", f"received {event.type} in state {self.state}")
+            if kind is Complete:
+                self.database = event.database
+                self.in_transaction = event.in_transaction
+            self._advance(event, after)
+            return event
         if self.state in (State.START, State.CLOSED):
             raise RemoteProtocolError("protocol_violation", f"received {event.type} in state {self.state}")
         if isinstance(event, Error) and event.fatal:

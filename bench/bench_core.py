@@ -14,7 +14,8 @@ records/s), ``pgbench`` (PostgreSQL 15's pgbench -S, -N and TPC-B on the same
 machine, when installed). ``--inline-budget`` sets the server's
 inline_statement_budget (0 runs every statement in a worker thread, as
 before issue 20). ``--json`` ends with one line of every figure, for
-bench/bench_ab.py. Clients are separate processes, so the client side does
+bench/bench_ab.py. ``--switch-interval`` runs the server with another
+CPython switch interval (bench/switch_interval_server.py). Clients are separate processes, so the client side does
 not share the server's GIL.
 """
 
@@ -198,14 +199,19 @@ def run_n(port: int, n: int, clients: int) -> None:
 FIGURES = ("floor", "insert", "update", "tpcb", "select", "mixed", "bulk", "replay", "pgbench")
 
 
-def _server(tmp: str, budget: str | None, probe: str | None = None) -> ServerProcess:
+def _server(tmp: str, budget: str | None, probe: str | None = None, switch: float | None = None) -> ServerProcess:
     extra = []
     if budget is not None:
         conf = os.path.join(tmp, "rustydb.toml")
         with open(conf, "w") as f:
             f.write(f'inline_statement_budget = "{budget}"\n')
         extra = ["--config", conf]
-    command = [sys.executable, os.path.join(os.path.dirname(__file__), "loop_probe.py"), probe] if probe else None
+    here = os.path.dirname(__file__)
+    command = [sys.executable, os.path.join(here, "loop_probe.py"), probe] if probe else None
+    if switch is not None:
+        command = [sys.executable, os.path.join(here, "switch_interval_server.py"), str(switch)]
+        if probe:
+            command += ["--probe", probe]
     return ServerProcess(os.path.join(tmp, "data"), extra_args=extra, command=command).start()
 
 
@@ -227,6 +233,11 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated figures of {', '.join(FIGURES)}")
     ap.add_argument("--inline-budget", help="the server's inline_statement_budget, e.g. 0 or 1ms")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of every figure")
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        help="run the server with this CPython switch interval (seconds; CPython's default is 0.005)",
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
     if only - set(FIGURES):
@@ -254,7 +265,7 @@ def main() -> None:
                 f"  so 1 client commits at most {1e6 / (1e6 / hop1 + fsync_us):6.0f}/s "
                 f"(one hop + one fdatasync), and 2 clients at most {bare2:6.0f} inline statements/s"
             )
-        srv = _server(tmp, args.inline_budget)
+        srv = _server(tmp, args.inline_budget, switch=args.switch_interval)
         with rc.connect(port=srv.port) as c:
             c.execute("CREATE TABLE ins(id INTEGER PRIMARY KEY, v INTEGER)")
             if "insert" in only:
@@ -281,7 +292,7 @@ def main() -> None:
         srv.stop()
         if "mixed" in only:
             report = os.path.join(tmp, "loop-probe.json")
-            srv = _server(tmp, args.inline_budget, probe=report)
+            srv = _server(tmp, args.inline_budget, probe=report, switch=args.switch_interval)
             run_clients("select", srv.port, 2, 1.0)  # warm up: the point SELECT is learned
             open(report + ".reset", "w").close()
             started = time.time()
@@ -302,7 +313,7 @@ def main() -> None:
                 "(the rest of the wall figure is the OS or the GIL giving the time to others)"
             )
         if "bulk" in only:
-            srv = _server(tmp, args.inline_budget)
+            srv = _server(tmp, args.inline_budget, switch=args.switch_interval)
             with rc.connect(port=srv.port) as c:
                 rows = figures["bulk"] = bulk_load(c)
             srv.stop()

@@ -42,11 +42,13 @@ from .settings import to_seconds
 log = get_logger("rustydb.wire")
 
 RECV_SIZE = 65536
-# How long one connection may take the requests that are already there with
-# no trip through the event loop before it yields to the other tasks
-# (ClientConnection.recv_idle): a ready task waits at most this plus one
-# statement, and an inline statement is bounded by inline_statement_budget.
-READY_WINDOW = 0.0005
+# How many requests that are already there a connection takes with no trip
+# through the event loop between two trips (ClientConnection.recv_idle). One:
+# each turn of the loop then runs at most two statements of a connection (an
+# inline one is bounded by inline_statement_budget) before the other tasks
+# run, so the turn's length stays proportional to the number of connections
+# with a request, as before, whatever the clients do.
+READY_PER_TURN = 1
 # How many unsent bytes a bulk stream may queue in the kernel (see bulk_sending).
 BULK_NOTSENT_LOWAT = 4 << 20
 # A connection that received a frame this large hands freed memory back to
@@ -110,7 +112,7 @@ class ClientConnection:
         )
         self.dispatcher: Dispatcher | None = None  # once the handshake is over
         self.idle_scope: trio.CancelScope | None = None
-        self._yielded_at = 0.0  # when this task last went through the event loop to receive
+        self._ready_taken = 0  # requests taken with no trip through the loop since the last trip
 
     # ------------------------------------------------------------- i/o
     async def send(self, *answer) -> None:
@@ -286,16 +288,20 @@ class ClientConnection:
 
     async def recv_idle(self):
         """Wait for the next event; None when shutdown interrupts the wait."""
-        if time.perf_counter() - self._yielded_at < READY_WINDOW:
+        if self._ready_taken < READY_PER_TURN:
             event = self._ready_request()
             if event is not None:
+                self._ready_taken += 1
                 return event
-        # Through trio: a client that always has its next request ready still
-        # lets the other tasks run at least every READY_WINDOW.
-        try:
-            return await self._wait_request()
-        finally:
-            self._yielded_at = time.perf_counter()
+        # Through the loop, even when the next request is there (sent ahead
+        # of its turn): a client that always has one ready cannot keep the
+        # other tasks waiting.
+        self._ready_taken = 0
+        event = self.protocol.next_event()
+        if event is not events.NEED_DATA:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return event
+        return await self._wait_request()
 
     async def _wait_request(self):
         settings = self.listener.settings

@@ -42,13 +42,6 @@ from .settings import to_seconds
 log = get_logger("rustydb.wire")
 
 RECV_SIZE = 65536
-# How many requests that are already there a connection takes with no trip
-# through the event loop between two trips (ClientConnection.recv_idle). One:
-# each turn of the loop then runs at most two statements of a connection (an
-# inline one is bounded by inline_statement_budget) before the other tasks
-# run, so the turn's length stays proportional to the number of connections
-# with a request, as before, whatever the clients do.
-READY_PER_TURN = 1
 # How many unsent bytes a bulk stream may queue in the kernel (see bulk_sending).
 BULK_NOTSENT_LOWAT = 4 << 20
 # A connection that received a frame this large hands freed memory back to
@@ -112,7 +105,6 @@ class ClientConnection:
         )
         self.dispatcher: Dispatcher | None = None  # once the handshake is over
         self.idle_scope: trio.CancelScope | None = None
-        self._ready_taken = 0  # requests taken with no trip through the loop since the last trip
 
     # ------------------------------------------------------------- i/o
     async def send(self, *answer) -> None:
@@ -254,56 +246,8 @@ class ClientConnection:
                 raise ConnectionClosed()
             self.protocol.receive_data(data)
 
-    def _ready_request(self):
-        """The next request if it is here already, buffered or waiting in the
-        socket (one non-blocking read past trio's stream, as _try_write
-        writes: only this connection's task reads it); None otherwise.
-
-        Waiting for a request costs a cancel scope (for shutdown and
-        idle_session_timeout) and a trip through the event loop; a request
-        that is already here needs neither.
-        """
-        event = self.protocol.next_event()
-        if event is not events.NEED_DATA:
-            return event
-        sock = getattr(self.stream, "socket", None)  # None over TLS
-        if sock is None:
-            return None
-        fd = sock.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("the connection was closed")
-        try:
-            data = os.read(fd, RECV_SIZE)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            if isinstance(e, ConnectionError) or e.errno in _PEER_GONE:
-                raise trio.BrokenResourceError(str(e)) from e
-            raise
-        if not data:
-            raise ConnectionClosed()
-        self.protocol.receive_data(data)
-        event = self.protocol.next_event()
-        return None if event is events.NEED_DATA else event
-
     async def recv_idle(self):
         """Wait for the next event; None when shutdown interrupts the wait."""
-        if self._ready_taken < READY_PER_TURN:
-            event = self._ready_request()
-            if event is not None:
-                self._ready_taken += 1
-                return event
-        # Through the loop, even when the next request is there (sent ahead
-        # of its turn): a client that always has one ready cannot keep the
-        # other tasks waiting.
-        self._ready_taken = 0
-        event = self.protocol.next_event()
-        if event is not events.NEED_DATA:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return event
-        return await self._wait_request()
-
-    async def _wait_request(self):
         settings = self.listener.settings
         idle = to_seconds("idle_session_timeout", settings["idle_session_timeout"])
         with trio.CancelScope() as scope:

@@ -123,8 +123,7 @@ async def test_an_answer_larger_than_the_socket_buffers_reaches_a_slow_reader_wh
 
 
 async def test_requests_that_are_already_there_are_answered_in_order(listener):
-    # A request already in the socket is taken without waiting through trio
-    # (ClientConnection._ready_request): 300 sent in one write, some of them
+    # Requests sent ahead of their turn: 300 in one write, some of them
     # failing, some cut across reads, are each answered in turn, and a
     # client that closes right after its last request is answered up to it.
     client = await connect(listener)

@@ -14,7 +14,8 @@ records/s), ``pgbench`` (PostgreSQL 15's pgbench -S, -N and TPC-B on the same
 machine, when installed). ``--inline-budget`` sets the server's
 inline_statement_budget (0 runs every statement in a worker thread, as
 before issue 20). ``--json`` ends with one line of every figure, for
-bench/bench_ab.py. Clients are separate processes, so the client side does
+bench/bench_ab.py. ``--switch-interval`` runs the server with another
+CPython switch interval (bench/switch_interval_server.py). Clients are separate processes, so the client side does
 not share the server's GIL.
 """
 
@@ -62,6 +63,7 @@ def _worker(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
     rnd = random.Random(seed)
     conn = rc.connect(port=port)
     done = 0
+    cpu = time.process_time()
     deadline = time.perf_counter() + seconds
     if kind == "insert":
         while time.perf_counter() < deadline:
@@ -101,30 +103,51 @@ def _worker(kind: str, port: int, seconds: float, seed: int, out: mp.Queue) -> N
                 done += 1
             except rc.ServerError:
                 conn.execute("ROLLBACK")
+    cpu = time.process_time() - cpu
     conn.close()
-    out.put(done)
+    out.put((done, cpu))
 
 
-def run_clients(kind: str, port: int, clients: int, seconds: float) -> float:
-    return run_mix([(kind, clients)], port, seconds)[kind]
+def run_clients(kind: str, port: int, clients: int, seconds: float, cpu: dict | None = None) -> float:
+    return run_mix([(kind, clients)], port, seconds, cpu)[kind]
 
 
-def run_mix(kinds: list[tuple[str, int]], port: int, seconds: float) -> dict[str, float]:
-    """Clients of each kind at once; each kind's statements (or transactions) per second."""
+def process_cpu(pid: int) -> float:
+    """A process's CPU seconds so far, user and system, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_mix(kinds: list[tuple[str, int]], port: int, seconds: float, cpu: dict | None = None) -> dict[str, float]:
+    """Clients of each kind at once; each kind's statements (or transactions) per second.
+
+    With ``cpu`` (holding the server's ``pid``), also the CPU microseconds
+    per statement of the clients (``client_us``) and the server
+    (``server_us``), of the first kind: the cost of each side, which the load
+    of other work on the machine moves far less than the rates.
+    """
     queues = {kind: mp.Queue() for kind, _ in kinds}
     procs = [
         (kind, mp.Process(target=_worker, args=(kind, port, seconds, i + 1, queues[kind])))
         for kind, clients in kinds
         for i in range(clients)
     ]
+    server0 = process_cpu(cpu["pid"]) if cpu is not None else 0.0
     t0 = time.perf_counter()
     for _, p in procs:
         p.start()
-    totals = {kind: sum(queues[kind].get() for _ in range(clients)) for kind, clients in kinds}
+    results = {kind: [queues[kind].get() for _ in range(clients)] for kind, clients in kinds}
+    server1 = process_cpu(cpu["pid"]) if cpu is not None else 0.0
     for _, p in procs:
         p.join()
     elapsed = time.perf_counter() - t0
-    return {kind: total / elapsed for kind, total in totals.items()}
+    if cpu is not None:
+        first = results[kinds[0][0]]
+        done = max(sum(n for n, _ in first), 1)
+        cpu["client_us"] = sum(c for _, c in first) / done * 1e6
+        cpu["server_us"] = (server1 - server0) / done * 1e6
+    return {kind: sum(n for n, _ in got) / elapsed for kind, got in results.items()}
 
 
 def setup_pgbench(conn) -> None:
@@ -198,14 +221,19 @@ def run_n(port: int, n: int, clients: int) -> None:
 FIGURES = ("floor", "insert", "update", "tpcb", "select", "mixed", "bulk", "replay", "pgbench")
 
 
-def _server(tmp: str, budget: str | None, probe: str | None = None) -> ServerProcess:
+def _server(tmp: str, budget: str | None, probe: str | None = None, switch: float | None = None) -> ServerProcess:
     extra = []
     if budget is not None:
         conf = os.path.join(tmp, "rustydb.toml")
         with open(conf, "w") as f:
             f.write(f'inline_statement_budget = "{budget}"\n')
         extra = ["--config", conf]
-    command = [sys.executable, os.path.join(os.path.dirname(__file__), "loop_probe.py"), probe] if probe else None
+    here = os.path.dirname(__file__)
+    command = [sys.executable, os.path.join(here, "loop_probe.py"), probe] if probe else None
+    if switch is not None:
+        command = [sys.executable, os.path.join(here, "switch_interval_server.py"), str(switch)]
+        if probe:
+            command += ["--probe", probe]
     return ServerProcess(os.path.join(tmp, "data"), extra_args=extra, command=command).start()
 
 
@@ -227,6 +255,11 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated figures of {', '.join(FIGURES)}")
     ap.add_argument("--inline-budget", help="the server's inline_statement_budget, e.g. 0 or 1ms")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of every figure")
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        help="run the server with this CPython switch interval (seconds; CPython's default is 0.005)",
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
     if only - set(FIGURES):
@@ -254,13 +287,18 @@ def main() -> None:
                 f"  so 1 client commits at most {1e6 / (1e6 / hop1 + fsync_us):6.0f}/s "
                 f"(one hop + one fdatasync), and 2 clients at most {bare2:6.0f} inline statements/s"
             )
-        srv = _server(tmp, args.inline_budget)
+        srv = _server(tmp, args.inline_budget, switch=args.switch_interval)
         with rc.connect(port=srv.port) as c:
             c.execute("CREATE TABLE ins(id INTEGER PRIMARY KEY, v INTEGER)")
             if "insert" in only:
-                one = figures["insert_1"] = run_clients("insert", srv.port, 1, seconds)
+                cpu = {"pid": srv.proc.pid}
+                one = figures["insert_1"] = run_clients("insert", srv.port, 1, seconds, cpu)
+                figures.update(insert_client_cpu_us=cpu["client_us"], insert_server_cpu_us=cpu["server_us"])
                 four = figures["insert_4"] = run_clients("insert", srv.port, 4, seconds)
-                print(f"autocommit INSERT, 1 client:  {one:8.0f} commits/s")
+                print(
+                    f"autocommit INSERT, 1 client:  {one:8.0f} commits/s  (CPU per commit: the client "
+                    f"{cpu['client_us']:.0f} us, the server {cpu['server_us']:.0f} us)"
+                )
                 print(f"autocommit INSERT, 4 clients: {four:8.0f} commits/s  ({four / one:.2f}x)")
             if only & {"update", "tpcb", "select", "mixed"}:
                 t0 = time.perf_counter()
@@ -276,12 +314,17 @@ def main() -> None:
                 tps = figures["tpcb_2"] = run_clients("tpcb", srv.port, 2, seconds)
                 print(f"TPC-B-like, 2 clients:        {tps:8.0f} tx/s")
             if "select" in only:
-                sel = figures["select_2"] = run_clients("select", srv.port, 2, seconds)
-                print(f"point SELECT by PK, 2 clients:{sel:8.0f} /s")
+                cpu = {"pid": srv.proc.pid}
+                sel = figures["select_2"] = run_clients("select", srv.port, 2, seconds, cpu)
+                figures.update(select_client_cpu_us=cpu["client_us"], select_server_cpu_us=cpu["server_us"])
+                print(
+                    f"point SELECT by PK, 2 clients:{sel:8.0f} /s  (CPU per SELECT: each client "
+                    f"{cpu['client_us']:.0f} us, the server {cpu['server_us']:.0f} us)"
+                )
         srv.stop()
         if "mixed" in only:
             report = os.path.join(tmp, "loop-probe.json")
-            srv = _server(tmp, args.inline_budget, probe=report)
+            srv = _server(tmp, args.inline_budget, probe=report, switch=args.switch_interval)
             run_clients("select", srv.port, 2, 1.0)  # warm up: the point SELECT is learned
             open(report + ".reset", "w").close()
             started = time.time()
@@ -302,7 +345,7 @@ def main() -> None:
                 "(the rest of the wall figure is the OS or the GIL giving the time to others)"
             )
         if "bulk" in only:
-            srv = _server(tmp, args.inline_budget)
+            srv = _server(tmp, args.inline_budget, switch=args.switch_interval)
             with rc.connect(port=srv.port) as c:
                 rows = figures["bulk"] = bulk_load(c)
             srv.stop()

@@ -122,7 +122,7 @@ async def _main(budget: str | None, profile: bool) -> None:
         for frame in selects[ROUND : 4 * ROUND]:
             await one(frame)
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(45)
     await dispatcher.close()
     engine.close()
 

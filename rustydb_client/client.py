@@ -337,6 +337,11 @@ class Connection:
         Raises ServerError at the first failing statement, with statement_line
         counted from the start of `sql`.
         """
+        from rustydb_client.sqlsplit import split_statements
+
+        statements = split_statements(sql)
+        if len(statements) == 1:
+            return self._execute_one(statements[0].sql, batch_rows, statements[0].line)
         notices: list[str] = []
         last: Result | None = None
         columns: list[str] = []
@@ -352,6 +357,37 @@ class Connection:
                 last = Result(columns, rows, event.status, event.rows_affected, notices)
                 columns, rows = [], []
         return last or Result([], [], "", 0, notices)
+
+    def _execute_one(self, sql: str, batch_rows: int, first_line: int) -> Result:
+        """execute() of one statement: stream_statement's loop, without a
+        generator and a type test chain per event (every statement's path)."""
+        self.send(Query(sql, batch_rows))
+        columns: list[str] = []
+        rows: list[list] = []
+        notices: list[str] = []
+        finished = False
+        try:
+            while True:
+                event = self.next_event()
+                kind = type(event)
+                if kind is Rows:
+                    rows.extend(event.rows)
+                elif kind is Complete:
+                    finished = True
+                    return Result(columns, rows, event.status, event.rows_affected, notices)
+                elif kind is Columns:
+                    columns, rows = list(event.names), []
+                elif kind is Notice:
+                    notices.append(event.message)
+                elif kind is Error:
+                    finished = True
+                    line = event.statement_line
+                    raise ServerError(
+                        event.code, event.message, None if line is None else first_line + line - 1, event.fatal
+                    )
+        finally:
+            if not finished and not self.closed:
+                self._drain()
 
     def stream(self, sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[Columns | Rows | Complete | Notice]:
         """Yield each statement's events as they arrive: Columns, Rows batches, Complete.

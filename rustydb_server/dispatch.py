@@ -8,8 +8,9 @@ known to be short (``engine/statement_costs.py``: a read or a plain BEGIN that
 ran in a worker thread within ``inline_statement_budget``) runs right here on
 the event loop, with no thread hop, under a deadline: past it, or on a busy
 lock, it stops having done nothing lasting and runs again in a worker.
-Everything else runs in a worker thread (under the shared limiter,
-interrupted after ``statement_timeout``). A backup request goes to the backup
+Everything else runs in the session's own worker thread (``session_worker.py``:
+a cheaper hand-off than trio's thread cache), interrupted after
+``statement_timeout``. A backup request goes to the backup
 service, which streams on the connection itself. Any ``ReportedError``
 becomes an error message with its code; a fatal one ends the connection.
 """
@@ -42,6 +43,7 @@ from .engine.statement_costs import StatementCosts
 from .errors import ReportedError
 from .lifecycle import Lifecycle
 from .logsetup import get_logger
+from .session_worker import SessionWorker
 from .settings import Settings, to_seconds
 
 log = get_logger("rustydb.wire")
@@ -57,7 +59,9 @@ class Services:
     checkpointer: Checkpointer
     backups: BackupService
     settings_changed: Callable[[], None]
-    # Every SQLite call of every session that runs in a worker thread runs under it.
+    # The SQLite calls that run in trio's worker threads run under it (opening and
+    # closing sessions, admin statements); a session's statements run in its
+    # own worker thread (session_worker.py), one at a time.
     db_limiter: trio.CapacityLimiter
     role_store: roles_mod.RoleStore
     # Which statements are short enough to run on the event loop (learned).
@@ -80,6 +84,8 @@ class Dispatcher:
         self.session: SqlSession | None = None
         # A backup streamed to this client, waiting for its BackupStored.
         self.awaiting_location = None
+        # The thread the session's statements run in when not inline.
+        self.worker = SessionWorker(f"session {session_id}")
 
     async def open_session(self, request: events.SessionRequested) -> events.Ready:
         """Open the session's SQLite connection; the answer the client waits for."""
@@ -103,6 +109,7 @@ class Dispatcher:
     async def close(self) -> None:
         """Roll back whatever transaction is open and close the SQLite connection."""
         self._not_stored("the client disconnected before saying its backup file was stored")
+        self.worker.close()
         if self.session is not None:
             session, self.session = self.session, None
             await trio.to_thread.run_sync(session.close, limiter=self.services.db_limiter)
@@ -270,7 +277,7 @@ class Dispatcher:
                 if result is not None and session.durable_wait:
                     # What it read includes commits not yet durable: the
                     # answer waits for their flush, off the event loop.
-                    await trio.to_thread.run_sync(self.services.engine.flush_wal, session.durable_wait)
+                    await self.worker.run(self.services.engine.flush_wal, session.durable_wait)
         if result is None:
             result = await self._in_thread(session.run, sql, keywords, batch_rows)
             if budget:
@@ -320,16 +327,15 @@ class Dispatcher:
         return result
 
     async def _in_thread(self, fn, *args):
-        """Run SQLite work in a worker thread, interrupting it after statement_timeout."""
-        limiter = self.services.db_limiter
+        """Run SQLite work in the session's worker thread, interrupting it after statement_timeout."""
         timeout = to_seconds("statement_timeout", self.services.settings["statement_timeout"])
         if not timeout:
-            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+            return await self.worker.run(fn, *args)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._interrupt_after, timeout)
                 try:
-                    return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+                    return await self.worker.run(fn, *args)
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:

@@ -518,3 +518,35 @@ def test_the_handshake_limit_holds_while_scram_is_under_way():
     with pytest.raises(RemoteProtocolError) as e:
         events_of(server, frame(ev.ScramClientFirst(b"n,,n=alice,r=" + b"r" * 8000)))
     assert e.value.code == "frame_too_large"
+
+
+def test_a_query_the_client_may_not_send_is_refused_and_changes_nothing():
+    client, server = session()
+    for bad in (ev.Query(b"SELECT 1"), ev.Query("SELECT 1", 0), ev.Query("SELECT 1", True)):
+        with pytest.raises(LocalProtocolError):
+            client.send(bad)
+        assert client.state == State.IDLE
+    assert events_of(server, client.send(ev.Query("SELECT 1", 7))) == [ev.Query("SELECT 1", 7)]
+    assert client.state == State.QUERY
+    with pytest.raises(LocalProtocolError):  # one request at a time
+        client.send(ev.Query("SELECT 2"))
+
+
+def test_the_server_answers_a_query_with_the_plain_frames():
+    # The answer's parts go out through the server's short path: the same
+    # bytes as the general encoding, the same order enforced.
+    client, server = session()
+    events_of(server, client.send(ev.Query("SELECT a, b")))
+    answer = [ev.Columns(["a", "b"]), ev.Rows([[1, "x"]]), ev.Rows([[2, None]]), ev.Complete("SELECT 2", 2, "m", True)]
+    for event in answer:
+        assert server.send(event) == encode_frame(message_of(event))
+    assert server.state == State.IDLE
+    with pytest.raises(LocalProtocolError):  # no answer part outside an answer
+        server.send(ev.Rows([[3]]))
+    server.receive_data(frame(ev.Query("SELECT 1")))
+    assert server.next_event() == ev.Query("SELECT 1") and server.state == State.QUERY
+    with pytest.raises(LocalProtocolError):  # rows before the columns
+        server.send(ev.Rows([[3]]))
+    server.send(ev.Columns(["a"]))
+    with pytest.raises(LocalProtocolError):  # columns twice
+        server.send(ev.Columns(["a"]))

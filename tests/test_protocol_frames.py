@@ -16,6 +16,7 @@ from rustydb_client.protocol.frames import (
     decode_body,
     encode_bulk_frame,
     encode_frame,
+    encode_query_frame,
 )
 
 
@@ -317,3 +318,79 @@ def test_the_decoder_remembers_the_largest_frame_it_took():
         decoder.feed(frame)
         assert decoder.next_message() is not None
     assert decoder.largest_frame == len(large) - 4
+
+
+# ------------------------------------------------- the small-frame fast paths
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=12) | st.binary(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=30,
+)
+
+
+def _outcome(body) -> object:
+    try:
+        return decode_body(body)
+    except RemoteProtocolError as e:
+        return e.code
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _values, max_size=5), st.binary(max_size=3), st.booleans())
+def test_a_small_body_decodes_as_the_scan_first_path_does(fields, junk, damage):
+    # bytes take the unpack-first path, a memoryview the scan-first one: the
+    # same message, or the same error, whatever the body holds.
+    body = msgpack.packb({"type": "t", **fields}, use_bin_type=True)
+    if damage:  # cut short, or followed by junk
+        body = body[: len(body) // 2] + junk
+    assert _outcome(body) == _outcome(memoryview(body))
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        (msgpack.packb({"type": "t", "a": [[[[[[[[1]]]]]]]]}), "frame_too_deep"),
+        (b"\x82\xa4type\xa1t\xa1e\xc7\x00\x05", "bad_frame"),  # an empty ext value
+        (b"\x81\xa4type\xa1t\x00", "bad_frame"),  # a byte after the message
+        (b"\x82\xa4type\xa1t\xa1a\xdc\x00\x05\x01", "bad_frame"),  # cut short
+    ],
+)
+def test_small_bodies_are_refused_as_the_scan_refuses_them(body, code):
+    with pytest.raises(RemoteProtocolError) as e:
+        decode_body(body)
+    assert e.value.code == code
+
+
+def test_frames_that_arrive_together_are_taken_one_by_one():
+    data = b"".join(encode_frame(m) for m in MESSAGES)
+    d = FrameDecoder()
+    d.feed(data[:-3])  # the last frame incomplete
+    out = []
+    while (m := d.next_message()) is not None:
+        out.append(m)
+    assert out == MESSAGES[:-1] and d.buffered > 0
+    d.feed(data[-3:])
+    assert d.next_message() == MESSAGES[-1] and d.buffered == 0
+
+
+def test_a_bad_header_behind_good_frames_fails_after_them():
+    d = FrameDecoder(max_frame=100)
+    d.feed(encode_frame(MESSAGES[3]) + struct.pack(">I", 101))
+    assert d.next_message() == MESSAGES[3]
+    with pytest.raises(RemoteProtocolError) as e:
+        d.next_message()
+    assert e.value.code == "frame_too_large"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300), st.integers(1, 1_000_000))
+def test_a_query_frame_is_the_plain_frame(sql, batch_rows):
+    expected = encode_frame({"type": "query", "sql": sql, "batch_rows": batch_rows})
+    assert encode_query_frame(sql, batch_rows) == expected
+
+
+def test_a_query_frame_too_large_is_refused():
+    with pytest.raises(LocalProtocolError) as e:
+        encode_query_frame("x" * 200, 1, max_frame=100)
+    assert e.value.code == "frame_too_large"

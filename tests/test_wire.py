@@ -122,6 +122,33 @@ async def test_an_answer_larger_than_the_socket_buffers_reaches_a_slow_reader_wh
     await client.stream.aclose()
 
 
+async def test_requests_that_are_already_there_are_answered_in_order(listener):
+    # Requests sent ahead of their turn: 300 in one write, some of them
+    # failing, some cut across reads, are each answered in turn, and a
+    # client that closes right after its last request is answered up to it.
+    client = await connect(listener)
+    with trio.fail_after(30):
+        assert isinstance(await client.next_event(), events.Ready)
+        queries = [f"SELECT {i}" if i % 7 else "SELECT * FROM nowhere" for i in range(300)]
+        wire_bytes = b"".join(encode_frame({"type": "query", "sql": q, "batch_rows": 10}) for q in queries)
+        await client.stream.send_all(wire_bytes)
+        for i in range(300):
+            client.protocol.send(events.Query(queries[i]))  # the client's side of the conversation
+            answer = await client.answer()
+            if i % 7:
+                assert answer[1:] == [events.Rows([[i]]), events.Complete("SELECT 1", 1, "rustydb", False)]
+            else:
+                assert isinstance(answer[-1], events.Error) and "nowhere" in answer[-1].message
+        await client.stream.send_all(encode_frame({"type": "query", "sql": "SELECT 'last'", "batch_rows": 10}))
+        await client.stream.send_eof()
+        client.protocol.send(events.Query("SELECT 'last'"))
+        assert (await client.answer())[1] == events.Rows([["last"]])
+        assert await client.next_event() is None
+        while listener.sessions:
+            await trio.sleep(0.01)
+    await client.stream.aclose()
+
+
 async def test_a_session_on_a_missing_database_ends_with_a_fatal_error(listener):
     client = await connect(listener, "nowhere")
     with trio.fail_after(10):

@@ -32,12 +32,20 @@ _HEADER = struct.Struct(">I")
 _packers = threading.local()
 
 
-def _pack(obj) -> bytes:
+def _packer() -> msgpack.Packer:
     try:
-        packer = _packers.packer
+        return _packers.packer
     except AttributeError:
         packer = _packers.packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(obj)
+        return packer
+
+
+def _pack(obj) -> bytes:
+    return _packer().pack(obj)
+
+
+def _pack_plain(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
 
 
 def encode_frame(msg: dict, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
@@ -48,6 +56,24 @@ def encode_frame(msg: dict, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
             "frame_too_large",
             f"a {msg.get('type', '?')} message of {len(body)} bytes exceeds the "
             f"{max_frame}-byte frame limit; send smaller batches",
+        )
+    return _HEADER.pack(len(body)) + body
+
+
+# {"type": "query", "sql": ..., "batch_rows": ...} as message_of builds it,
+# in pieces around its two values.
+_QUERY_HEAD = b"\x83" + _pack_plain("type") + _pack_plain("query") + _pack_plain("sql")
+_BATCH_ROWS_KEY = _pack_plain("batch_rows")
+
+
+def encode_query_frame(sql: str, batch_rows: int, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """``encode_frame`` of a query message, byte for byte, built without the map."""
+    packer = _packer()
+    body = b"".join((_QUERY_HEAD, packer.pack(sql), _BATCH_ROWS_KEY, packer.pack(batch_rows)))
+    if len(body) > max_frame:
+        raise LocalProtocolError(
+            "frame_too_large",
+            f"a query message of {len(body)} bytes exceeds the {max_frame}-byte frame limit; send smaller batches",
         )
     return _HEADER.pack(len(body)) + body
 
@@ -119,6 +145,10 @@ class FrameDecoder:
         self.max_depth = max_depth
         self.max_items = max_items
         self._buf = bytearray()  # bytes not yet claimed by a frame header
+        # Where the unread bytes of _buf start: whole frames that arrived
+        # together are taken from the buffer one after the other, without
+        # moving the rest of it each time.
+        self._pos = 0
         self._need: int | None = None  # body length of the frame being received
         # The body of the frame being received, as the pieces that arrived:
         # joined once when complete, instead of growing and slicing one buffer
@@ -180,7 +210,9 @@ class FrameDecoder:
         if self._failed:
             raise self._failed
         self._read_header()
-        if self._need is None or self._have < self._need:
+        if self._need is None:
+            return self._next_buffered(bulk_views)
+        if self._have < self._need:
             return None
         if self._body is not None:
             body, self._body = self._body, None
@@ -198,6 +230,23 @@ class FrameDecoder:
         self._have = 0
         return self._decode(body, bulk_views)
 
+    def _next_buffered(self, bulk_views: bool) -> dict | None:
+        """The frame that lies whole in _buf (its header checked), or None."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < _HEADER.size:
+            return None
+        (length,) = _HEADER.unpack_from(buf, pos)
+        end = pos + _HEADER.size + length
+        body = bytes(memoryview(buf)[pos + _HEADER.size : end])
+        if end == len(buf):
+            self._buf = bytearray()
+            self._pos = 0
+        else:
+            self._pos = end
+        if length > self.largest_frame:
+            self.largest_frame = length
+        return self._decode(body, bulk_views)
+
     def _decode(self, body, bulk_views: bool) -> dict:
         try:
             return decode_body(body, self.max_frame, self.max_depth, self.max_items, bulk_views=bulk_views)
@@ -208,12 +257,13 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as messages."""
-        return len(self._buf) + self._have
+        return len(self._buf) - self._pos + self._have
 
     def _read_header(self) -> None:
-        if self._need is not None or len(self._buf) < _HEADER.size:
+        buf, pos = self._buf, self._pos
+        if self._need is not None or len(buf) - pos < _HEADER.size:
             return
-        (length,) = _HEADER.unpack_from(self._buf)
+        (length,) = _HEADER.unpack_from(buf, pos)
         if length > self.max_frame:
             self._failed = RemoteProtocolError(
                 "frame_too_large",
@@ -224,8 +274,11 @@ class FrameDecoder:
         if length == 0:
             self._failed = RemoteProtocolError("bad_frame", "received an empty frame")
             raise self._failed
-        rest = bytes(memoryview(self._buf)[_HEADER.size :])
+        if length <= len(buf) - pos - _HEADER.size:
+            return  # the whole frame is here: next_message takes it from the buffer
+        rest = bytes(memoryview(buf)[pos + _HEADER.size :])
         self._buf = bytearray()
+        self._pos = 0
         self.largest_frame = max(self.largest_frame, length)
         self._need = length
         self._parts = [rest] if rest else []
@@ -247,12 +300,57 @@ def decode_body(
     memoryview of ``body`` instead of a copy. The caller then owns ``body``
     for as long as the view lives and must not change it.
     """
+    if len(body) <= SMALL_BODY and len(body) <= max_items and type(body) is bytes:
+        msg = _unpack_small(body, max_frame, max_depth)
+        if msg is not None:
+            return msg
     last = check_structure(body, max_depth=max_depth, max_items=max_items)
     if bulk_views and last is not None:
         split = _bulk_split(body, *last)
         if split is not None:
             return _decode_with_bulk(body, *split, max_frame)
     return _unpack_message(body, max_frame)
+
+
+def _unpack_small(body: bytes, max_frame: int, max_depth: int) -> dict | None:
+    """A small body's message when it is plainly within the limits, without
+    the scan; None when only the scan can say (it then names the fault).
+
+    Memory is no concern at this size (every value takes a byte of the
+    body, so there are fewer values than the limit). msgpack's own errors
+    cover truncation, bytes after the message, 0xC1 and non-empty ext
+    values; what it cannot see, the nesting depth and an empty ext value, is
+    bounded by the bytes that can open a container or an ext: at most
+    ``max_depth`` of them (counting any inside strings) cannot nest deeper.
+    """
+    marks = body.translate(_MARKS, _NOT_MARKS)
+    if len(marks) > max_depth or _EXT_MARK in marks:
+        return None
+    try:
+        msg = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=max_frame,
+            max_bin_len=max_frame,
+            max_array_len=MAX_CONTAINER_LEN,
+            max_map_len=MAX_CONTAINER_LEN,
+            max_ext_len=0,
+        )
+    except Exception:  # noqa: BLE001 -- the scan and the full decode name what is wrong
+        return None
+    if type(msg) is not dict or type(msg.get("type")) is not str:
+        return None
+    return msg
+
+
+# Bytes that open a container (fixmap, fixarray, array 16/32, map 16/32) map
+# to 0x90, the ext types' to _EXT_MARK; every other byte is deleted.
+_CONTAINER_BYTES = bytes([*range(0x80, 0xA0), *range(0xDC, 0xE0)])
+_EXT_BYTES = bytes([0xC7, 0xC8, 0xC9, *range(0xD4, 0xD9)])
+_EXT_MARK = 0xC1
+_MARKS = bytes(0x90 if b in _CONTAINER_BYTES else _EXT_MARK if b in _EXT_BYTES else b for b in range(256))
+_NOT_MARKS = bytes(b for b in range(256) if b not in _CONTAINER_BYTES and b not in _EXT_BYTES)
 
 
 def _bulk_split(body, key_at: int, value_at: int) -> tuple[int, int, int] | None:
@@ -312,5 +410,8 @@ _BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # bin type byte -> width of its lengt
 # A bin at least this large is worth a view (decode_body); smaller ones copy
 # in less time than the view costs to set up.
 BULK_VIEW_MIN = 64 * 1024
+# Bodies up to this size are unpacked before any scan (_unpack_small): far
+# under BULK_VIEW_MIN, so no bulk view is ever wanted of one.
+SMALL_BODY = 16 * 1024
 # Receive a frame's body in place (FrameDecoder.recv_buffer) when at least this much is due.
 RECV_IN_PLACE_MIN = 64 * 1024

@@ -31,9 +31,16 @@ def _is_str_list(v: Any) -> bool:
 
 
 def _is_rows(v: Any) -> bool:
-    return isinstance(v, list) and all(
-        isinstance(row, list) and all(isinstance(x, _VALUE_TYPES) for x in row) for row in v
-    )
+    # Loops, not all() over generators: every row of every answer comes here.
+    if not isinstance(v, list):
+        return False
+    for row in v:
+        if not isinstance(row, list):
+            return False
+        for x in row:
+            if not isinstance(x, _VALUE_TYPES):
+                return False
+    return True
 
 
 def _is_base_backup(v: Any) -> bool:
@@ -116,19 +123,24 @@ _BACKUP_OPTIONS = {
 
 def validate_message(msg: Any, direction: str) -> dict:
     """Check a message's type and fields for one direction; return it unchanged."""
-    if direction not in _SCHEMAS:
+    schemas = _COMPILED.get(direction)
+    if schemas is None:
         raise ValueError(f"direction must be {TO_SERVER!r} or {TO_CLIENT!r}")
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise RemoteProtocolError("bad_message", "a message must be a map with a string 'type'")
-    schema = _SCHEMAS[direction].get(msg["type"])
+    type_ = msg["type"]
+    schema = schemas.get(type_)
     if schema is None:
-        raise RemoteProtocolError(
-            "bad_message", f"unknown message type {msg['type']!r} ({direction.replace('_', ' ')})"
-        )
-    _check_fields(msg["type"] + " message", msg, schema)
-    if msg["type"] == "query" and not 1 <= msg.get("batch_rows", 1) <= MAX_CONTAINER_LEN:
+        raise RemoteProtocolError("bad_message", f"unknown message type {type_!r} ({direction.replace('_', ' ')})")
+    for name, check, required in schema:
+        if name in msg:
+            if not check(msg[name]):
+                _check_fields(type_ + " message", msg, _SCHEMAS[direction][type_])  # says which field, and how
+        elif required:
+            _check_fields(type_ + " message", msg, _SCHEMAS[direction][type_])
+    if type_ == "query" and not 1 <= msg.get("batch_rows", 1) <= MAX_CONTAINER_LEN:
         raise RemoteProtocolError("bad_message", f"query batch_rows must be between 1 and {MAX_CONTAINER_LEN}")
-    if msg["type"] == "backup":
+    if type_ == "backup":
         _check_fields("backup options", msg["options"], _BACKUP_OPTIONS)
     return msg
 
@@ -171,6 +183,9 @@ def event_of(msg: dict, direction: str):
     cls = _EVENT_CLASSES[direction][msg["type"]]
     if cls is BackupRequested:
         msg = msg["options"]
+    positional = _POSITIONAL.get(cls)
+    if positional is not None:  # every field positional: no keyword map to build
+        return cls(*map(msg.get, *positional))
     return cls(**{name: msg.get(name, absent) for name, absent in _FIELDS[cls]})
 
 
@@ -184,4 +199,18 @@ _FIELDS = {
 _EVENT_CLASSES = {
     TO_SERVER: {cls.type: cls for cls in TO_SERVER_EVENTS},
     TO_CLIENT: {cls.type: cls for cls in TO_CLIENT_EVENTS},
+}
+# Classes whose fields can all be given by position: (names, absent values).
+_POSITIONAL = {
+    cls: (tuple(name for name, _ in spec), tuple(absent for _, absent in spec))
+    for cls, spec in _FIELDS.items()
+    if not any(f.kw_only for f in fields(cls))
+}
+# The schemas as (field, check, required) tuples, looked up once per message.
+_COMPILED = {
+    direction: {
+        type_: tuple((name, _CHECKS[kind], required) for name, (kind, required) in schema.items())
+        for type_, schema in types.items()
+    }
+    for direction, types in _SCHEMAS.items()
 }

@@ -46,6 +46,41 @@ def test_streamed_upload_sends_checksummed_parts_as_the_bytes_come(seaweed, s3_b
     assert no_uploads(seaweed, s3_bucket)
 
 
+def test_a_long_stream_fills_the_part_buffers_again_only_once_the_store_has_taken_them(seaweed, s3_bucket):
+    """Many more parts than buffers: each buffer is filled again while other parts are still
+    on their way; every part still reaches the store as it was written, checksum and all."""
+    repo = open_repository(
+        f"s3://{s3_bucket}/long", seaweed.settings(repository_s3_part_size=MIN_PART_SIZE, repository_s3_concurrency=2)
+    )
+    counting = CountingClient(repo._client)
+    bodies: set[int] = set()
+    upload_part = counting.upload_part
+
+    def recording_upload_part(**kw):
+        bodies.add(id(kw["Body"]))
+        return upload_part(**kw)
+
+    counting.upload_part = recording_upload_part
+    repo._client = counting
+    parts = 12
+    data = os.urandom(parts * MIN_PART_SIZE + 4321)
+    up = repo.open_upload("backups/l/l.backup")
+    for i in range(0, len(data), 1 << 20):
+        up.write(data[i : i + (1 << 20)])
+    info = up.finish()
+    assert info.size == len(data)
+    assert [p[0] for p in sorted(counting.parts)] == list(range(1, parts + 2))
+    field, expected = EXPECTED["crc32c"]
+    for number, _size, sent_field, sent in counting.parts:
+        assert (sent_field, sent) == (field, expected(data[(number - 1) * MIN_PART_SIZE : number * MIN_PART_SIZE]))
+    assert len(bodies) <= 2 * 2 + 2 + 1  # the part buffers (2 x concurrency + 2) and the last, short part
+    assert b"".join(repo.open_stream("backups/l/l.backup")) == data
+    timeline = up.timeline()
+    assert timeline["first_part_s"] >= 0 and timeline["tail_s"] >= timeline["complete_s"] >= 0
+    assert 0 <= timeline["behind_bytes"] <= len(data)
+    assert no_uploads(seaweed, s3_bucket)
+
+
 def test_a_small_stream_is_one_part_and_an_existing_key_is_never_replaced(seaweed, s3_bucket):
     repo = open_repository(f"s3://{s3_bucket}/small", seaweed.settings())
     up = repo.open_upload("k", if_absent=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import configparser
 import copy
+import functools
 import hashlib
 import queue
 import threading
@@ -631,17 +632,21 @@ class StreamedUpload:
     """A multipart upload fed as its bytes are produced: ``write`` from the
     producer's thread, ``finish`` once the stream is whole, ``abort`` to drop it.
 
-    The producer never talks to the store: ``write`` cuts the bytes into parts
-    and hands each to a bounded queue (``concurrency`` parts), from which a
-    thread of its own creates the upload and sends the parts, ``concurrency``
-    at once, each with its checksum, as ``put_stream`` does. Memory: about
-    (2 x concurrency + 2) x part size. A full queue makes ``write`` wait, at
-    most ``wait_budget`` seconds in all; past that the streamed upload is given
-    up (the producer goes on at its own speed, and whoever owns the bytes
-    uploads them later from elsewhere). A failed part, a store that cannot be
-    reached or ``abort`` give it up too; the multipart upload is then aborted,
-    so nothing is left listed or half-written under the key. ``error`` says why
-    it was given up; ``finish`` raises RepositoryError with it.
+    The producer never talks to the store: ``write`` copies the bytes into
+    part buffers and hands each full one to a bounded queue (``concurrency``
+    parts), from which a thread of its own creates the upload and sends the
+    parts, ``concurrency`` at once, each with its checksum, as ``put_stream``
+    does. A part's buffer is filled again once the store has taken it, so a
+    long upload copies each byte once into memory that is already there
+    (a new 16 MB buffer per part cost the producer's thread as much again in
+    page faults as the copy). Memory: about (2 x concurrency + 2) x part size.
+    A full queue makes ``write`` wait, at most ``wait_budget`` seconds in all;
+    past that the streamed upload is given up (the producer goes on at its own
+    speed, and whoever owns the bytes uploads them later from elsewhere). A
+    failed part, a store that cannot be reached or ``abort`` give it up too;
+    the multipart upload is then aborted, so nothing is left listed or
+    half-written under the key. ``error`` says why it was given up; ``finish``
+    raises RepositoryError with it. ``timeline()`` says where the time went.
     """
 
     def __init__(self, repo: S3Repository, key: str, *, if_absent: bool = False, wait_budget: float = 10.0):
@@ -651,9 +656,11 @@ class StreamedUpload:
         self._if_absent = if_absent
         self._part_size = repo.part_size
         self._queue: queue.Queue = queue.Queue(maxsize=repo.concurrency)
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._buffer: bytearray | None = None  # the part being filled
+        self._filled = 0  # bytes in it
+        self._free: deque[bytearray] = deque()  # part buffers the store has taken, to fill again
         self._numbered = 0
+        self._final: bytes | None = None  # the last (short) part, once the stream has ended
         self._last_sent = False  # the last (short) part handed over
         self._end_sent = False  # and the end of the parts after it
         self.size = 0  # bytes written so far
@@ -663,6 +670,14 @@ class StreamedUpload:
         self._given_up = threading.Event()
         self._lock = threading.Lock()
         self._info: ObjectInfo | None = None
+        # The timeline (time.monotonic()), for timeline().
+        self._opened = time.monotonic()
+        self._first_part_at: float | None = None  # the first part's request began
+        self._last_byte_at: float | None = None  # the producer's last byte arrived
+        self._acked = 0  # bytes the store has taken
+        self._acked_at_last_byte = 0
+        self._parts_done_at: float | None = None  # the store had taken every part
+        self._completed_at: float | None = None  # the object was complete under its key
         self._thread = threading.Thread(target=self._run, name="s3-stream", daemon=True)
         self._thread.start()
 
@@ -670,40 +685,57 @@ class StreamedUpload:
     def given_up(self) -> bool:
         return self._given_up.is_set()
 
+    def timeline(self) -> dict:
+        """Where a completed upload's time went, in seconds: ``first_part_s`` from the upload's
+        opening to its first part's request; ``behind_bytes`` not yet taken by the store when
+        the producer's last byte came; ``tail_s`` from that last byte until the object was
+        complete under its key, of which ``complete_s`` after the store had taken every part
+        (CompleteMultipartUpload and the check of the object's size)."""
+
+        def since(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round(b - a, 3)
+
+        return {
+            "first_part_s": since(self._opened, self._first_part_at),
+            "behind_bytes": self.size - self._acked_at_last_byte if self._last_byte_at is not None else None,
+            "tail_s": since(self._last_byte_at, self._completed_at),
+            "complete_s": since(self._parts_done_at, self._completed_at),
+        }
+
     # ------------------------------------------------------------ producer
     def write(self, data) -> None:
-        """Add the next bytes (never blocks longer than what is left of the wait budget)."""
+        """Add the next bytes (never blocks longer than what is left of the wait budget).
+        They are copied before this returns: ``data`` may be a buffer its owner refills."""
         if self._given_up.is_set():
-            self._pending, self._pending_size = [], 0
+            self._buffer, self._filled = None, 0
             return
-        if not data:
-            return
-        if not isinstance(data, bytes) and not (isinstance(data, memoryview) and data.readonly):
-            data = bytes(data)  # a buffer its owner may refill: kept as it is now
-        self._pending.append(data)
-        self._pending_size += len(data)
-        self.size += len(data)
-        while self._pending_size >= self._part_size and not self._given_up.is_set():
-            self._send(self._cut(self._part_size), wait=True)
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        self.size += len(view)
+        part_size = self._part_size
+        while view and not self._given_up.is_set():
+            if self._buffer is None:
+                self._buffer = self._free.popleft() if self._free else bytearray(part_size)
+            n = min(len(view), part_size - self._filled)
+            self._buffer[self._filled : self._filled + n] = view[:n]
+            self._filled += n
+            view = view[n:]
+            if self._filled == part_size:
+                part, self._buffer, self._filled = self._buffer, None, 0
+                self._send(part, wait=True)
 
-    def _cut(self, size: int) -> bytes:
-        """The first ``size`` pending bytes as one part (each byte copied once)."""
-        pieces, take = [], size
-        while take and self._pending:
-            head = self._pending[0]
-            if len(head) <= take:
-                pieces.append(self._pending.pop(0))
-                take -= len(head)
-            else:
-                view = memoryview(head)
-                pieces.append(view[:take])
-                self._pending[0] = view[take:]
-                take = 0
-        part = b"".join(pieces)
-        self._pending_size -= len(part)
-        return part
+    def _take_final(self) -> bytes | None:
+        """The last part (what is left of the stream, or the one empty part of an empty
+        stream) as its own bytes, made once; None when there is none to send."""
+        if self._final is None and (self._filled or not self._numbered):
+            self._final = bytes(memoryview(self._buffer)[: self._filled]) if self._buffer is not None else b""
+            if self._buffer is not None:
+                self._free.append(self._buffer)
+            self._buffer, self._filled = None, 0
+        return self._final
 
-    def _send(self, part: bytes, *, wait: bool) -> None:
+    def _send(self, part, *, wait: bool) -> None:
         self._numbered += 1
         item = (self._numbered, part)
         try:
@@ -734,18 +766,24 @@ class StreamedUpload:
         finally:
             self.waited += time.monotonic() - t0
 
+    def _ended(self) -> None:
+        if self._last_byte_at is None:
+            self._last_byte_at = time.monotonic()
+            self._acked_at_last_byte = self._acked
+
     def end(self) -> None:
         """Every byte was written: hand the last part over now if the queue has room for it
         (never waits; ``finish`` sends whatever this could not)."""
+        self._ended()
         if self._given_up.is_set() or self._last_sent:
             return
-        if self._pending_size or not self._numbered:
+        final = self._take_final()
+        if final is not None:
             try:
-                self._queue.put_nowait((self._numbered + 1, b"".join(self._pending)))
+                self._queue.put_nowait((self._numbered + 1, final))
             except queue.Full:
                 return
             self._numbered += 1
-            self._pending, self._pending_size = [], 0
         self._last_sent = True
         try:
             self._queue.put_nowait(None)
@@ -756,9 +794,13 @@ class StreamedUpload:
     def finish(self, cancel: threading.Event | None = None) -> ObjectInfo:
         """Send what is left, wait until the object is complete under its key; its ObjectInfo.
         RepositoryError if the upload was given up; with ``cancel`` set meanwhile, it is aborted."""
+        self._ended()
         if not self._given_up.is_set():
-            if not self._last_sent and (self._pending_size or not self._numbered):
-                self._send(self._cut(self._pending_size), wait=False)
+            if not self._last_sent:
+                final = self._take_final()
+                if final is not None:
+                    self._send(final, wait=False)
+                self._last_sent = True
             if not self._end_sent:
                 self._send_end()
         while self._thread.is_alive():
@@ -824,13 +866,18 @@ class StreamedUpload:
             done: list[dict] = []
             slots = threading.Semaphore(repo.concurrency)
 
-            def part_done(future: Future) -> None:
-                slots.release()
+            def part_done(data, future: Future) -> None:
                 error = future.exception()
                 if error is not None:
+                    slots.release()
                     self._give_up(str(repo._error("write", self.key, error)))
-                else:
-                    done.append(future.result())
+                    return
+                done.append(future.result())
+                with self._lock:
+                    self._acked += len(data)
+                if isinstance(data, bytearray):  # a whole part's buffer: the producer fills it again
+                    self._free.append(data)
+                slots.release()
 
             with ThreadPoolExecutor(repo.concurrency, thread_name_prefix="s3-put") as pool:
                 while True:
@@ -838,8 +885,12 @@ class StreamedUpload:
                     if item is None or not self._slot(slots):
                         break
                     number, data = item
-                    pool.submit(repo._upload_part, full, upload_id, number, data).add_done_callback(part_done)
-                    del item, data  # the part's memory goes once it is sent
+                    if self._first_part_at is None:
+                        self._first_part_at = time.monotonic()
+                    future = pool.submit(repo._upload_part, full, upload_id, number, data)
+                    future.add_done_callback(functools.partial(part_done, data))
+                    del item, data
+            self._parts_done_at = time.monotonic()
             if self._given_up.is_set():
                 return
             repo._complete_upload(full, upload_id, done, self._if_absent)
@@ -850,6 +901,7 @@ class StreamedUpload:
                     f"repository {repo._where()}: {self.key} was uploaded with {self.size} bytes but the store "
                     f"holds {'nothing' if info is None else f'{info.size} bytes'} under it"
                 )
+            self._completed_at = time.monotonic()
             with self._lock:
                 if not self._given_up.is_set():
                     self._info = info

@@ -735,7 +735,7 @@ class BackupService:
         self.replicator.begin_stream(url, backup_id)
         try:
             async with cancel_flag() as cancel:
-                await trio.to_thread.run_sync(self._complete_stream, backup_id, stream, size, cancel)
+                timeline = await trio.to_thread.run_sync(self._complete_stream, backup_id, stream, size, cancel)
         except Exception as e:
             log.warning(
                 "the backup's streamed upload did not complete; the background copy uploads it",
@@ -745,18 +745,21 @@ class BackupService:
                 waited_s=round(stream.waited, 3),
             )
         else:
-            self.replicator.streamed(url, backup_id, size)
+            self.replicator.streamed(url, backup_id, size, **timeline)
         finally:
             self.replicator.stream_ended(url, backup_id)
 
-    def _complete_stream(self, backup_id: str, stream, size: int, cancel: threading.Event) -> None:
+    def _complete_stream(self, backup_id: str, stream, size: int, cancel: threading.Event) -> dict:
+        """Finish the upload and record it in the repository's catalog; where the time went
+        (StreamedUpload.timeline, and ``catalog_s``: the catalog's writes)."""
         info = stream.finish(cancel)
         if info.size != size:
             raise RepositoryError(f"the streamed object holds {info.size} bytes, the backup file {size}")
         entry = self.catalog.get(backup_id)
-        if entry is None:
-            return  # deleted meanwhile: its removal from the repositories follows
-        repo_catalog.record(stream.repo, repo_catalog.entry_document(entry, size))
+        t0 = time.monotonic()
+        if entry is not None:  # else deleted meanwhile: its removal from the repositories follows
+            repo_catalog.record(stream.repo, repo_catalog.entry_document(entry, size))
+        return dict(stream.timeline(), catalog_s=round(time.monotonic() - t0, 3))
 
     async def _written(self, req, backup_id, location, key, stream, url, t0) -> bool:
         """Write the backup (teed into ``stream``), check it, record it; whether it completed."""

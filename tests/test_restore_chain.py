@@ -78,6 +78,40 @@ def test_chain_dir_restores_the_whole_chain(chain, tmp_path, capsys):  # noqa: F
     assert rows(again) == states["incr2"]
 
 
+def test_the_full_backup_of_a_chain_goes_to_disk_as_it_is_written(chain, tmp_path, monkeypatch):  # noqa: F811
+    """Not all of a large full backup waits for the one fsync after the incrementals:
+    its database files are written back as they are written, and synced once at the end."""
+    from rustydb_server import fileops
+    from rustydb_server.fileops import FileOps
+
+    monkeypatch.setattr(fileops, "FLUSH_AFTER", 4096)
+    events = []
+
+    class Recording(FileOps):
+        paths: dict = {}
+
+        def open(self, path, flags, mode=0o600):
+            fd = super().open(path, flags, mode)
+            self.paths[fd] = os.path.basename(path)
+            return fd
+
+        def start_writeback(self, fd, offset, length):
+            events.append(("writeback", self.paths[fd]))
+            super().start_writeback(fd, offset, length)
+
+        def fsync(self, fd):
+            events.append(("fsync", self.paths.get(fd)))
+            super().fsync(fd)
+
+    paths, states = chain
+    data = str(tmp_path / "data")
+    restore_chain(paths["incr2"], os.path.dirname(paths["full"]), data, fileops=Recording())
+    assert rows(data) == states["incr2"]
+    mine = [kind for kind, name in events if name == "rustydb.sqlite"]
+    assert "writeback" in mine
+    assert mine[-1] == "fsync" and mine.count("fsync") == 1  # synced once, after the incrementals
+
+
 def test_a_missing_link_is_named_and_nothing_is_written(chain, tmp_path):  # noqa: F811
     paths, _ = chain
     partial = tmp_path / "partial"

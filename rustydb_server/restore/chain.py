@@ -166,6 +166,10 @@ def restore_members(
         force=force,
         post_install=functools.partial(_apply_incrementals, rest, key_file, threads, fileops),
         fileops=fileops,
+        # The full backup goes to disk as it is written: an incremental changes a small part of
+        # it, and a 1 GB full left to the one fsync at the end made that fsync a tenth of the
+        # chain's restore (a chain from a repository: 0.43 s of 3.4 s).
+        write_behind=True,
     )
     if kept is not None:
         kept.append(result.kept_old)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -119,6 +120,61 @@ def test_an_unreachable_store_gives_the_stream_up_without_failing_the_producer(s
     with pytest.raises(RepositoryError, match="cannot be reached"):
         up.finish()
     assert up.given_up
+
+
+def _fell_behind(repo, data: bytes, part: int):
+    """A streamed upload whose store took its first part, then fell behind the producer
+    (a wait budget of 0: the first full queue is past it)."""
+    up = repo.open_upload("backups/d/d.backup", wait_budget=0)
+    up.write(data[:part])
+    deadline = time.monotonic() + 60
+    while up._acked < part:  # the store has taken part 1
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for i in range(part, len(data), 1 << 20):
+        up.write(data[i : i + (1 << 20)])
+    up.end()
+    assert up.detached_at is not None and not up.given_up
+    assert up.detached_at % part == 0 and part <= up.detached_at < len(data)
+    return up
+
+
+def test_a_store_slower_than_the_stream_keeps_what_it_took_and_reads_the_rest_back(seaweed, s3_bucket, tmp_path):
+    """Past the wait budget, a store that still takes parts is not given up: the parts sent stay,
+    and finish reads the rest back from the complete file (nothing is uploaded twice)."""
+    part = MIN_PART_SIZE
+    repo = open_repository(
+        f"s3://{s3_bucket}/behind", seaweed.settings(repository_s3_part_size=part, repository_s3_concurrency=1)
+    )
+    counting = CountingClient(repo._client)
+    repo._client = counting
+    data = os.urandom(6 * part + 999)
+    up = _fell_behind(repo, data, part)
+    path = tmp_path / "d.backup"
+    path.write_bytes(data)
+    assert up.finish(rest_from=str(path)).size == len(data)
+    assert sorted(p[0] for p in counting.parts) == list(range(1, 8))  # each part once
+    assert b"".join(repo.open_stream("backups/d/d.backup")) == data
+    assert no_uploads(seaweed, s3_bucket)
+
+
+def test_a_stream_that_fell_behind_with_nothing_to_read_back_is_given_up(seaweed, s3_bucket, tmp_path):
+    repo = open_repository(
+        f"s3://{s3_bucket}/behind2",
+        seaweed.settings(repository_s3_part_size=MIN_PART_SIZE, repository_s3_concurrency=1),
+    )
+    data = os.urandom(6 * MIN_PART_SIZE + 1)
+    up = _fell_behind(repo, data, MIN_PART_SIZE)
+    with pytest.raises(RepositoryError, match="cannot be read back"):
+        up.finish()
+    up2 = _fell_behind(repo, data, MIN_PART_SIZE)
+    short = tmp_path / "short.backup"
+    short.write_bytes(data[:-1])  # not the bytes written
+    with pytest.raises(RepositoryError, match="cannot be read back"):
+        up2.finish(rest_from=str(short))
+    assert up.join(60) and up2.join(60)
+    assert list(repo.list()) == []
+    assert no_uploads(seaweed, s3_bucket)
 
 
 def test_a_store_that_stops_answering_is_given_up_after_the_wait_budget(seaweed_own):

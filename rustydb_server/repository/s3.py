@@ -34,6 +34,7 @@ import configparser
 import copy
 import functools
 import hashlib
+import os
 import queue
 import threading
 import time
@@ -660,6 +661,11 @@ class StreamedUpload:
         self._filled = 0  # bytes in it
         self._free: deque[bytearray] = deque()  # part buffers the store has taken, to fill again
         self._numbered = 0
+        self._queued = 0  # bytes handed to the sender in parts
+        #: set once the store fell behind the wait budget while still taking parts: the
+        #: stream's bytes from here on are not kept; finish(rest_from=FILE) reads them back
+        self.detached_at: int | None = None
+        self._last_ack_at: float | None = None  # when the store last took a part
         self._final: bytes | None = None  # the last (short) part, once the stream has ended
         self._last_sent = False  # the last (short) part handed over
         self._end_sent = False  # and the end of the parts after it
@@ -714,7 +720,7 @@ class StreamedUpload:
             view = view.cast("B")
         self.size += len(view)
         part_size = self._part_size
-        while view and not self._given_up.is_set():
+        while view and not self._given_up.is_set() and self.detached_at is None:
             if self._buffer is None:
                 self._buffer = self._free.popleft() if self._free else bytearray(part_size)
             n = min(len(view), part_size - self._filled)
@@ -728,6 +734,8 @@ class StreamedUpload:
     def _take_final(self) -> bytes | None:
         """The last part (what is left of the stream, or the one empty part of an empty
         stream) as its own bytes, made once; None when there is none to send."""
+        if self.detached_at is not None:
+            return None
         if self._final is None and (self._filled or not self._numbered):
             self._final = bytes(memoryview(self._buffer)[: self._filled]) if self._buffer is not None else b""
             if self._buffer is not None:
@@ -735,18 +743,23 @@ class StreamedUpload:
             self._buffer, self._filled = None, 0
         return self._final
 
-    def _send(self, part, *, wait: bool) -> None:
+    def _send(self, part, *, wait: bool, cancel: threading.Event | None = None) -> None:
         self._numbered += 1
         item = (self._numbered, part)
         try:
             self._queue.put_nowait(item)
+            self._queued += len(part)
             return
         except queue.Full:
             pass
         if not wait:  # finishing: the producer is done, the wait no longer slows anything
             while not self._given_up.is_set():
+                if cancel is not None and cancel.is_set():
+                    self.abort("the upload was cancelled")
+                    return
                 try:
                     self._queue.put(item, timeout=0.1)
+                    self._queued += len(part)
                     return
                 except queue.Full:
                     continue
@@ -757,12 +770,23 @@ class StreamedUpload:
             if left <= 0:
                 raise queue.Full
             self._queue.put(item, timeout=left)
+            self._queued += len(part)
         except queue.Full:
-            self._give_up(
-                f"the store took more than {self.wait_budget:g} s in all (repository_s3_stream_wait) to take "
-                "the parts of the backup as fast as it was written; the streamed upload was given up so as not "
-                "to slow the backup"
-            )
+            last_ack = self._last_ack_at
+            if last_ack is not None and time.monotonic() - last_ack < max(1.0, self.wait_budget):
+                # Slower than the backup, but taking parts: the upload goes on with what it
+                # has; the rest is read back from the complete file (finish(rest_from=...)).
+                self._numbered -= 1
+                self.detached_at = self._queued
+                self._buffer, self._filled = None, 0
+                if isinstance(part, bytearray):
+                    self._free.append(part)
+            else:
+                self._give_up(
+                    f"the store took more than {self.wait_budget:g} s in all (repository_s3_stream_wait) to take "
+                    "the parts of the backup as fast as it was written; the streamed upload was given up so as "
+                    "not to slow the backup"
+                )
         finally:
             self.waited += time.monotonic() - t0
 
@@ -775,7 +799,7 @@ class StreamedUpload:
         """Every byte was written: hand the last part over now if the queue has room for it
         (never waits; ``finish`` sends whatever this could not)."""
         self._ended()
-        if self._given_up.is_set() or self._last_sent:
+        if self._given_up.is_set() or self._last_sent or self.detached_at is not None:
             return
         final = self._take_final()
         if final is not None:
@@ -791,10 +815,21 @@ class StreamedUpload:
         except queue.Full:
             pass
 
-    def finish(self, cancel: threading.Event | None = None) -> ObjectInfo:
+    def finish(self, cancel: threading.Event | None = None, *, rest_from: str | None = None) -> ObjectInfo:
         """Send what is left, wait until the object is complete under its key; its ObjectInfo.
-        RepositoryError if the upload was given up; with ``cancel`` set meanwhile, it is aborted."""
+        RepositoryError if the upload was given up; with ``cancel`` set meanwhile, it is aborted.
+        ``rest_from``: the file that holds every byte written (the backup file, complete now),
+        from which an upload that fell behind (``detached_at``) reads the bytes it did not keep;
+        without it, such an upload is given up."""
         self._ended()
+        if self.detached_at is not None and not self._given_up.is_set():
+            if rest_from is None:
+                self._give_up(
+                    f"the store took more than {self.wait_budget:g} s in all (repository_s3_stream_wait) to take "
+                    "the parts of the backup as fast as it was written, and the rest of it cannot be read back"
+                )
+            else:
+                self._send_rest(rest_from, cancel)
         if not self._given_up.is_set():
             if not self._last_sent:
                 final = self._take_final()
@@ -822,6 +857,31 @@ class StreamedUpload:
         or aborted after ``abort``); whether it is."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def _send_rest(self, path: str, cancel: threading.Event | None) -> None:
+        """The bytes from ``detached_at`` on, read back from the complete file at ``path``, as
+        the next parts (the last one shorter), into the part buffers the store has taken."""
+        part_size = self._part_size
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != self.size:
+                    raise OSError(f"it holds {os.fstat(f.fileno()).st_size} bytes, {self.size} were written")
+                f.seek(self.detached_at)
+                while not self._given_up.is_set():
+                    if cancel is not None and cancel.is_set():
+                        self.abort("the upload was cancelled")
+                        return
+                    buffer = self._free.popleft() if self._free else bytearray(part_size)
+                    n = f.readinto(buffer)
+                    if n == part_size:
+                        self._send(buffer, wait=False, cancel=cancel)
+                        continue
+                    if n or not self._numbered:
+                        self._send(bytes(memoryview(buffer)[:n]), wait=False, cancel=cancel)
+                    self._last_sent = True
+                    return
+        except OSError as e:
+            self._give_up(f"the rest of the upload cannot be read back from {path}: {e.strerror or e}")
 
     # ------------------------------------------------------------ background
     def _send_end(self) -> None:
@@ -875,6 +935,7 @@ class StreamedUpload:
                 done.append(future.result())
                 with self._lock:
                     self._acked += len(data)
+                    self._last_ack_at = time.monotonic()
                 if isinstance(data, bytearray):  # a whole part's buffer: the producer fills it again
                     self._free.append(data)
                 slots.release()

@@ -149,7 +149,7 @@ class RepoTarget:
     def _store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
         key = repo_catalog.backup_key(manifest.backup_id)
         size = os.path.getsize(path)
-        if not self.local and not self._streamed(size):
+        if not self.local and not self._streamed(path, size):
             self.repo.put_stream(key, repo_catalog.file_chunks(path), if_absent=True)
         entry = {
             "backup_id": header.backup_id,
@@ -169,13 +169,14 @@ class RepoTarget:
         repo_catalog.record(self.repo, repo_catalog.entry_document(entry, size))
         return location_in(self.url, key)
 
-    def _streamed(self, size: int) -> bool:
-        """Whether the streamed upload holds the whole file now (else it is uploaded from the file)."""
+    def _streamed(self, path: str, size: int) -> bool:
+        """Whether the streamed upload holds the whole file now (what it did not take as the file
+        was written is read back from it); else the file is uploaded whole."""
         stream, self._stream = self._stream, None
         if stream is None:
             return False
         try:
-            return stream.finish().size == size
+            return stream.finish(rest_from=path).size == size
         except RepositoryError as e:
             print(f"rusty-db-backup: {e}; uploading the backup file instead", file=sys.stderr)
             return False

@@ -642,9 +642,13 @@ class StreamedUpload:
     (a new 16 MB buffer per part cost the producer's thread as much again in
     page faults as the copy). Memory: about (2 x concurrency + 2) x part size.
     A full queue makes ``write`` wait, at most ``wait_budget`` seconds in all;
-    past that the streamed upload is given up (the producer goes on at its own
-    speed, and whoever owns the bytes uploads them later from elsewhere). A
-    failed part, a store that cannot be reached or ``abort`` give it up too;
+    past that the producer goes on at its own speed: if the store took a part
+    lately (slower than the producer, not hung), the upload keeps what it was
+    handed (``detached_at`` bytes) and ``finish(rest_from=FILE)`` reads the
+    rest back from the complete file that holds the same bytes; else the
+    streamed upload is given up (whoever owns the bytes uploads them later
+    from elsewhere). A failed part, a store that cannot be reached or
+    ``abort`` give it up too;
     the multipart upload is then aborted, so nothing is left listed or
     half-written under the key. ``error`` says why it was given up; ``finish``
     raises RepositoryError with it. ``timeline()`` says where the time went.

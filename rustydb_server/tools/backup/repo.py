@@ -3,8 +3,10 @@
 With --type, the backup streamed from the server goes into the repository:
 straight into its file for a local directory; for S3 into a temporary file
 and, as it is written, into a multipart upload (S3Repository.open_upload),
-the file uploaded again only if that streamed upload was given up (a store
-too slow for repository_s3_stream_wait, or one that failed); then its entry
+what a store slower than the backup did not take within
+repository_s3_stream_wait read back from the file once it is complete, the
+file uploaded again only if that streamed upload was given up (a store that
+took nothing within that wait, or one that failed); then its entry
 into the repository's catalog
 (backup/repo_catalog.py); only then is the server told where it is. With
 --info and --verify, FILE is a backup id of the repository (or "latest"),

@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import botocore.exceptions
 import botocore.session
@@ -348,17 +348,19 @@ class S3Repository:
         done: list[dict] = []
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put") as pool:
-                in_flight: deque[Future] = deque()
+                in_flight: set[Future] = set()
                 number = 0
                 part = first
                 while part is not None:
                     number += 1
-                    in_flight.append(pool.submit(self._upload_part, full, upload_id, number, part))
-                    if len(in_flight) >= self.concurrency:
-                        done.append(in_flight.popleft().result())
+                    in_flight.add(pool.submit(self._upload_part, full, upload_id, number, part))
+                    # The next part is cut while the store takes these; it goes as soon as any
+                    # of them is done (waiting for the oldest left a sender idle behind it).
                     part = parts.next_part()
-                while in_flight:
-                    done.append(in_flight.popleft().result())
+                    if part is not None and len(in_flight) >= self.concurrency:
+                        finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        done.extend(f.result() for f in finished)
+                done.extend(f.result() for f in in_flight)
             self._complete_upload(full, upload_id, done, if_absent)
         except BaseException:
             self._abort_upload(full, upload_id)

@@ -313,12 +313,14 @@ def bench_backup_restore(
         if timelines:
             med = {k: statistics.median(t[k] for t in timelines) for k in timelines[0] if k.endswith(("_s", "_ms"))}
             behind = statistics.median(t["behind_bytes"] for t in timelines) / MB
+            read_back = [round(t.get("read_back_bytes", 0) / MB) for t in timelines]
             print(
                 f"  the streamed upload (medians): start: snapshot {med['start_ms']:.0f} ms, first part sent "
                 f"{med['first_part_s'] * 1000:.0f} ms after the upload opened; when the backup's last byte was "
                 f"written, {behind:.0f} MB were not yet taken by the store; tail: {med['tail_s']:.2f} s from the "
                 f"last byte until the object was complete (of which complete + size check {med['complete_s']:.2f} s), "
-                f"then the bucket's catalog {med['catalog_s']:.2f} s"
+                f"then the bucket's catalog {med['catalog_s']:.2f} s; read back from the file past the wait budget "
+                f"(MB, per backup): {', '.join(map(str, read_back))}"
             )
 
         if skip_restore:

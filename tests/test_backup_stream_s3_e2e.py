@@ -86,6 +86,7 @@ def test_backups_stream_into_an_s3_first_repository_once_and_restore_from_the_bu
         assert line["first_part_s"] >= 0 and line["catalog_s"] >= 0
         assert line["tail_s"] >= line["complete_s"] >= 0
         assert 0 <= line["behind_bytes"] <= os.path.getsize(full["location"])
+        assert 0 <= line["read_back_bytes"] <= line["behind_bytes"]
 
     # A new machine with the bucket and the key only.
     srv.stop()

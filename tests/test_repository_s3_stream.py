@@ -78,7 +78,7 @@ def test_a_long_stream_fills_the_part_buffers_again_only_once_the_store_has_take
     assert b"".join(repo.open_stream("backups/l/l.backup")) == data
     timeline = up.timeline()
     assert timeline["first_part_s"] >= 0 and timeline["tail_s"] >= timeline["complete_s"] >= 0
-    assert 0 <= timeline["behind_bytes"] <= len(data)
+    assert 0 <= timeline["behind_bytes"] <= len(data) and timeline["read_back_bytes"] == 0
     assert no_uploads(seaweed, s3_bucket)
 
 
@@ -153,6 +153,7 @@ def test_a_store_slower_than_the_stream_keeps_what_it_took_and_reads_the_rest_ba
     path = tmp_path / "d.backup"
     path.write_bytes(data)
     assert up.finish(rest_from=str(path)).size == len(data)
+    assert up.timeline()["read_back_bytes"] == len(data) - up.detached_at
     assert sorted(p[0] for p in counting.parts) == list(range(1, 8))  # each part once
     assert b"".join(repo.open_stream("backups/d/d.backup")) == data
     assert no_uploads(seaweed, s3_bucket)

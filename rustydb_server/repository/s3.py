@@ -702,7 +702,8 @@ class StreamedUpload:
         opening to its first part's request; ``behind_bytes`` not yet taken by the store when
         the producer's last byte came; ``tail_s`` from that last byte until the object was
         complete under its key, of which ``complete_s`` after the store had taken every part
-        (CompleteMultipartUpload and the check of the object's size)."""
+        (CompleteMultipartUpload and the check of the object's size); ``read_back_bytes``: what
+        the store, slower than the producer past the wait budget, took from the file instead."""
 
         def since(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else round(b - a, 3)
@@ -712,6 +713,7 @@ class StreamedUpload:
             "behind_bytes": self.size - self._acked_at_last_byte if self._last_byte_at is not None else None,
             "tail_s": since(self._last_byte_at, self._completed_at),
             "complete_s": since(self._parts_done_at, self._completed_at),
+            "read_back_bytes": 0 if self.detached_at is None else self.size - self.detached_at,
         }
 
     # ------------------------------------------------------------ producer

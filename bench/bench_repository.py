@@ -1,6 +1,7 @@
 """Repository benchmark against a local SeaweedFS: prints figures; never run as a test.
 
     python bench/bench_repository.py [--quick] [--size-mb 256] [--runs 3] [--archive-seconds 20]
+        [--backup-runs 3] [--skip-objects] [--skip-backup] [--skip-restore] [--skip-archive]
 
 Measures, in one run, against one SeaweedFS (`weed mini`, loopback only)
 started here:
@@ -18,7 +19,12 @@ started here:
      bucket's catalog (streamed into the bucket as it is written; "via"
      says whether the streamed upload did it or the background copy had to),
      in MB/s of the backup file, next to a plain boto3 upload_file and
-     put_object of the same file (median of --backup-runs); then `rusty-db-restore --repo
+     put_object of the same file (median of --backup-runs; the times come from the
+     server's log lines, so waiting for the backup costs the server nothing), the
+     CPU seconds of the server and the store, and where the streamed upload's
+     time went (its first part, how much the store had not yet taken at the
+     backup's last byte, the tail after it, the bucket's catalog); then
+     (unless --skip-restore) `rusty-db-restore --repo
      s3://...` of it next to a plain download of the same object in a new
      process (python -c of boto3's download_file, and of get_object copied to
      a file: like the tool, they start Python and boto3 and write a file), a
@@ -152,7 +158,51 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs: int = 3) -> None:
+class LogWatch:
+    """Reads the server's log (JSON lines) as it grows: the times come from the lines' own
+    timestamps, so waiting for a backup costs the server nothing (polling its HTTP API
+    every 20 ms cost it 0.2 CPU-s of a 3 s backup, taken from the store beside it)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._offset = os.path.getsize(path) if os.path.exists(path) else 0
+        self._rest = b""
+
+    def wait_for(self, timeout: float = 600.0, **match) -> dict:
+        import json
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                more = f.read()
+            self._offset += len(more)
+            lines = (self._rest + more).split(b"\n")
+            self._rest = lines.pop()
+            for line in lines:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if all(doc.get(k) == v for k, v in match.items()):
+                    return doc
+                if doc.get("event") == "backup failed" and doc.get("backup_id") == match.get("backup_id"):
+                    raise RuntimeError(f"the backup failed: {doc.get('error')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no log line {match} in {self.path} after {timeout:.0f} s")
+            time.sleep(0.01)
+
+
+def log_time(doc: dict) -> float:
+    """A log line's timestamp (UTC, ISO 8601) as time.time()."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(doc["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def bench_backup_restore(
+    store, work: str, size_mb: int, runs: int, backup_runs: int = 3, skip_restore: bool = False
+) -> None:
     from rustydb_client import client as rc
     from tests.support.servers import ServerProcess, run_tool
 
@@ -177,30 +227,9 @@ def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs:
         t_locals, t_s3s, t_upload_files, t_puts, vias = [], [], [], [], []
         cpu_backup: list[tuple[float, float]] = []  # (server, store) CPU seconds during each backup
         cpu_put: list[float] = []  # the store's CPU seconds during each plain put_object
-        for _ in range(backup_runs):
-            cpu0 = (cpu_seconds(srv.proc.pid), cpu_seconds(store.proc.pid))
-            t0 = time.perf_counter()
-            started = _http(srv, "POST", "/api/v1/admin/backup", {"backup_type": "full"})
-            backup_id = started["backup_id"]
-            t_local = None
-            while True:
-                entry = _http(srv, "GET", f"/api/v1/admin/backup/{backup_id}")
-                if entry["status"] == "completed" and t_local is None:
-                    t_local = time.perf_counter() - t0
-                if entry["status"] == "failed":
-                    raise RuntimeError(f"the backup failed: {entry.get('error')}")
-                if (entry.get("repositories") or {}).get(url, {}).get("state") == "copied":
-                    break
-                time.sleep(0.02)
-            t_s3s.append(time.perf_counter() - t0)
-            cpu_backup.append((cpu_seconds(srv.proc.pid) - cpu0[0], cpu_seconds(store.proc.pid) - cpu0[1]))
-            t_locals.append(t_local)
-            vias.append(entry["repositories"][url].get("via"))
-            path = entry["location"]
-            size = os.path.getsize(path)
-            listed = client.get_object(Bucket=bucket, Key="rustydb/catalog/index.json")["Body"].read()
-            assert backup_id.encode() in listed, "the backup is not listed in the bucket's catalog"
+        timelines: list[dict] = []  # where each streamed upload's time went (the server's log line)
 
+        def plain_uploads(path: str) -> None:
             t = time.perf_counter()
             client.upload_file(path, bucket, "plain/upload_file")
             t_upload_files.append(time.perf_counter() - t)
@@ -211,11 +240,91 @@ def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs:
             client.put_object(Bucket=bucket, Key="plain/put_object", Body=data)
             t_puts.append(time.perf_counter() - t)
             cpu_put.append(cpu_seconds(store.proc.pid) - store_cpu)
-            del data
+
+        path = None
+        for run in range(backup_runs):
+            # Every other run, the plain uploads (of the previous backup's file: the same
+            # size, nothing was written since) go first: whatever either side leaves running
+            # behind it (the store's clean-up, the file's write-back) weighs on both alike.
+            plain_first = run % 2 == 1
+            if plain_first:
+                plain_uploads(path)
+            watch = LogWatch(srv.log_path)
+            cpu0 = (cpu_seconds(srv.proc.pid), cpu_seconds(store.proc.pid))
+            t0 = time.time()
+            started = _http(srv, "POST", "/api/v1/admin/backup", {"backup_type": "full"})
+            backup_id = started["backup_id"]
+            snapshot = watch.wait_for(event="snapshot taken", backup_id=backup_id)
+            completed = watch.wait_for(event="backup completed", backup_id=backup_id)
+            if completed.get("streamed", "").startswith("given up"):
+                listed = watch.wait_for(event="backup copied to a repository", backup_id=backup_id)
+                vias.append("copy")
+            else:
+                listed = watch.wait_for(event="backup streamed into a repository", backup_id=backup_id)
+                vias.append("stream")
+                timelines.append(dict(listed, start_ms=snapshot.get("start_ms")))
+            t_s3s.append(log_time(listed) - t0)
+            cpu_backup.append((cpu_seconds(srv.proc.pid) - cpu0[0], cpu_seconds(store.proc.pid) - cpu0[1]))
+            t_locals.append(log_time(completed) - t0)
+            entry = _http(srv, "GET", f"/api/v1/admin/backup/{backup_id}")
+            assert entry["repositories"][url]["state"] == "copied"
+            path = entry["location"]
+            size = os.path.getsize(path)
+            listed = client.get_object(Bucket=bucket, Key="rustydb/catalog/index.json")["Body"].read()
+            assert backup_id.encode() in listed, "the backup is not listed in the bucket's catalog"
+            if not plain_first:
+                plain_uploads(path)
         t_local, t_s3 = statistics.median(t_locals), statistics.median(t_s3s)
         t_upload_file, t_put = statistics.median(t_upload_files), statistics.median(t_puts)
         run_ratios = [min(u, p) / s3 for u, p, s3 in zip(t_upload_files, t_puts, t_s3s)]
 
+        mb = size / MB
+        rate = {
+            "backup, local file only (backup start to completed)": mb / t_local,
+            "backup into s3:// (backup start to copy listed)": mb / t_s3,
+            "plain boto3 upload_file of the same file": mb / t_upload_file,
+            "plain boto3 put_object of the same bytes": mb / t_put,
+        }
+        print(
+            f"\n== a {mb:.0f} MB backup taken by the server with backup_repositories = ['s3://...'] "
+            f"(median of {backup_runs}, each next to plain uploads of its file)"
+        )
+        for name, r in rate.items():
+            print(f"  {name:<56} {r:8.1f} MB/s")
+        plain_up = max(
+            rate["plain boto3 upload_file of the same file"], rate["plain boto3 put_object of the same bytes"]
+        )
+        print(
+            f"  backup into s3 / best plain upload: {mb / t_s3 / plain_up:.0%} of the medians; per run: "
+            + ", ".join(f"{r:.0%}" for r in run_ratios)
+            + f"   (into the bucket via: {', '.join(str(v) for v in vias)}; before backups streamed into an S3 "
+            "first repository, a local backup then a copy: 55%)"
+        )
+        # The floor on a machine that runs the store too: the CPU seconds the server and
+        # the store spent during a backup, over the cores there are, against the wall time.
+        srv_cpu = statistics.median(c[0] for c in cpu_backup)
+        store_cpu = statistics.median(c[1] for c in cpu_backup)
+        cores = os.cpu_count() or 1
+        print(
+            f"  CPU during a backup into s3 (medians): server {srv_cpu:.2f} s + store {store_cpu:.2f} s = "
+            f"{(srv_cpu + store_cpu) / cores:.2f} s of {cores} cores' time, in {t_s3:.2f} s of wall time; "
+            f"during a plain put_object: store {statistics.median(cpu_put):.2f} s in {t_put:.2f} s"
+        )
+        if timelines:
+            med = {k: statistics.median(t[k] for t in timelines) for k in timelines[0] if k.endswith(("_s", "_ms"))}
+            behind = statistics.median(t["behind_bytes"] for t in timelines) / MB
+            read_back = [round(t.get("read_back_bytes", 0) / MB) for t in timelines]
+            print(
+                f"  the streamed upload (medians): start: snapshot {med['start_ms']:.0f} ms, first part sent "
+                f"{med['first_part_s'] * 1000:.0f} ms after the upload opened; when the backup's last byte was "
+                f"written, {behind:.0f} MB were not yet taken by the store; tail: {med['tail_s']:.2f} s from the "
+                f"last byte until the object was complete (of which complete + size check {med['complete_s']:.2f} s), "
+                f"then the bucket's catalog {med['catalog_s']:.2f} s; read back from the file past the wait budget "
+                f"(MB, per backup): {', '.join(map(str, read_back))}"
+            )
+
+        if skip_restore:
+            return
         key = f"rustydb/backups/{backup_id}/{backup_id}.backup"
         # A chain: an incremental of an eighth of the data on top of the full.
         conn = rc.connect(port=srv.port)
@@ -294,39 +403,15 @@ def bench_backup_restore(store, work: str, size_mb: int, runs: int, backup_runs:
 
     mb = size / MB
     rate = {
-        "backup, local file only (backup start to completed)": mb / t_local,
-        "backup into s3:// (backup start to copy listed)": mb / t_s3,
-        "plain boto3 upload_file of the same file": mb / t_upload_file,
-        "plain boto3 put_object of the same bytes": mb / t_put,
         "rusty-db-restore --repo s3://...": mb / t_restore_s3,
         "rusty-db-restore --input FILE (local)": mb / t_restore_local,
         "plain boto3 get_object of the same object, in this process": mb / t_get,
         "plain boto3 download_file to a file, in a new process": mb / t_get_process,
         "plain boto3 get_object to a file, in a new process": mb / t_get_object_process,
     }
-    print(
-        f"\n== a {mb:.0f} MB backup taken by the server with backup_repositories = ['s3://...'] "
-        f"(median of {backup_runs}), then restored (downloads and restores: median of {runs} interleaved rounds)"
-    )
+    print(f"\n== the last of those backups restored (downloads and restores: median of {runs} interleaved rounds)")
     for name, r in rate.items():
         print(f"  {name:<56} {r:8.1f} MB/s")
-    plain_up = max(rate["plain boto3 upload_file of the same file"], rate["plain boto3 put_object of the same bytes"])
-    print(
-        f"  backup into s3 / best plain upload: {mb / t_s3 / plain_up:.0%} of the medians; per run: "
-        + ", ".join(f"{r:.0%}" for r in run_ratios)
-        + f"   (into the bucket via: {', '.join(str(v) for v in vias)}; before backups streamed into an S3 "
-        "first repository, a local backup then a copy: 55%)"
-    )
-    # The floor on a machine that runs the store too: the CPU seconds the server and
-    # the store spent during a backup, over the cores there are, against the wall time.
-    srv_cpu = statistics.median(c[0] for c in cpu_backup)
-    store_cpu = statistics.median(c[1] for c in cpu_backup)
-    cores = os.cpu_count() or 1
-    print(
-        f"  CPU during a backup into s3 (medians): server {srv_cpu:.2f} s + store {store_cpu:.2f} s = "
-        f"{(srv_cpu + store_cpu) / cores:.2f} s of {cores} cores' time, in {t_s3:.2f} s of wall time; "
-        f"during a plain put_object: store {statistics.median(cpu_put):.2f} s in {t_put:.2f} s"
-    )
     # Like with like: a new process that starts Python and boto3, then reads the object into a
     # file; the best of the two plain downloads. The in-process get_object (into memory, no
     # start, no file) is printed beside it: at a small size the tool's start dominates.
@@ -400,6 +485,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-archive", action="store_true")
     p.add_argument("--skip-objects", action="store_true")
     p.add_argument("--skip-backup", action="store_true")
+    p.add_argument("--skip-restore", action="store_true", help="the backups into S3 only, no restores")
     args = p.parse_args(argv)
     if args.quick:
         args.size_mb, args.runs, args.archive_seconds, args.backup_runs = 64, 1, 10.0, 1
@@ -417,7 +503,7 @@ def main(argv=None) -> int:
         if not args.skip_objects:
             bench_objects(store, work, args.size_mb, args.runs, args.part_size_mb * MB, args.concurrency)
         if not args.skip_backup:
-            bench_backup_restore(store, work, args.size_mb, args.runs, args.backup_runs)
+            bench_backup_restore(store, work, args.size_mb, args.runs, args.backup_runs, args.skip_restore)
         if not args.skip_archive:
             bench_archive(store, work, args.archive_seconds)
     finally:

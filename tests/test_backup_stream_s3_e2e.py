@@ -78,6 +78,15 @@ def test_backups_stream_into_an_s3_first_repository_once_and_restore_from_the_bu
     entries = json.loads(listed.stdout)["backups"]
     assert [e["backup_id"] for e in entries] == ids
     assert [(e["compression"], e["encryption"]) for e in entries] == [("zstd", True), ("lz4", True)]
+    # Where each upload's time went, in the server's log.
+    with open(srv.log_path, encoding="utf-8", errors="replace") as f:
+        lines = [json.loads(line) for line in f if '"backup streamed into a repository"' in line]
+    assert sorted(line["backup_id"] for line in lines) == sorted(ids)
+    for line in lines:
+        assert line["first_part_s"] >= 0 and line["catalog_s"] >= 0
+        assert line["tail_s"] >= line["complete_s"] >= 0
+        assert 0 <= line["behind_bytes"] <= os.path.getsize(full["location"])
+        assert 0 <= line["read_back_bytes"] <= line["behind_bytes"]
 
     # A new machine with the bucket and the key only.
     srv.stop()

@@ -88,6 +88,31 @@ def test_large_object_goes_up_in_checksummed_parallel_parts(seaweed, s3_bucket, 
     assert seaweed.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) in ([], None)
 
 
+@pytest.mark.parametrize("checksum", ["crc32c", "md5"])
+def test_bodies_are_not_hashed_again_for_the_signature(seaweed, s3_bucket, checksum):
+    """Each part and single-request object is covered by its own checksum in the signed headers:
+    the body is sent as UNSIGNED-PAYLOAD (no SHA-256 of every byte on top), and the store takes it."""
+    settings = seaweed.settings(repository_s3_part_size=MIN_PART_SIZE, repository_s3_checksum=checksum)
+    repo = open_repository(f"s3://{s3_bucket}/unsigned-{checksum}", settings)
+    sent: list[tuple[str, str, str | None]] = []
+
+    def record(request, event_name, **kwargs):
+        headers = request.headers
+        checksum_header = next((h for h in ("x-amz-checksum-crc32c", "Content-MD5") if h in headers), None)
+        sent.append((event_name.rsplit(".", 1)[-1], headers.get("X-Amz-Content-SHA256"), checksum_header))
+
+    for operation in ("PutObject", "UploadPart"):
+        repo._client.meta.events.register(f"before-send.s3.{operation}", record)
+    data = os.urandom(MIN_PART_SIZE + 1000)
+    repo.put_bytes("small", b"x" * 1000)
+    repo.put_bytes("large", data)
+    assert repo.get_bytes("small") == b"x" * 1000 and repo.get_bytes("large") == data
+    assert sorted(op for op, _, _ in sent) == ["PutObject", "UploadPart", "UploadPart"]
+    for _op, payload_hash, checksum_header in sent:
+        assert payload_hash == b"UNSIGNED-PAYLOAD"
+        assert checksum_header is not None
+
+
 def test_the_store_rejects_a_part_whose_checksum_does_not_match(seaweed, s3_bucket):
     """What the per-part checksum buys: a part damaged on the way is refused by the store."""
     client = seaweed.client()

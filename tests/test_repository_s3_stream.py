@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -46,6 +47,41 @@ def test_streamed_upload_sends_checksummed_parts_as_the_bytes_come(seaweed, s3_b
     assert no_uploads(seaweed, s3_bucket)
 
 
+def test_a_long_stream_fills_the_part_buffers_again_only_once_the_store_has_taken_them(seaweed, s3_bucket):
+    """Many more parts than buffers: each buffer is filled again while other parts are still
+    on their way; every part still reaches the store as it was written, checksum and all."""
+    repo = open_repository(
+        f"s3://{s3_bucket}/long", seaweed.settings(repository_s3_part_size=MIN_PART_SIZE, repository_s3_concurrency=2)
+    )
+    counting = CountingClient(repo._client)
+    bodies: set[int] = set()
+    upload_part = counting.upload_part
+
+    def recording_upload_part(**kw):
+        bodies.add(id(kw["Body"]))
+        return upload_part(**kw)
+
+    counting.upload_part = recording_upload_part
+    repo._client = counting
+    parts = 12
+    data = os.urandom(parts * MIN_PART_SIZE + 4321)
+    up = repo.open_upload("backups/l/l.backup")
+    for i in range(0, len(data), 1 << 20):
+        up.write(data[i : i + (1 << 20)])
+    info = up.finish()
+    assert info.size == len(data)
+    assert [p[0] for p in sorted(counting.parts)] == list(range(1, parts + 2))
+    field, expected = EXPECTED["crc32c"]
+    for number, _size, sent_field, sent in counting.parts:
+        assert (sent_field, sent) == (field, expected(data[(number - 1) * MIN_PART_SIZE : number * MIN_PART_SIZE]))
+    assert len(bodies) <= 2 * 2 + 2 + 1  # the part buffers (2 x concurrency + 2) and the last, short part
+    assert b"".join(repo.open_stream("backups/l/l.backup")) == data
+    timeline = up.timeline()
+    assert timeline["first_part_s"] >= 0 and timeline["tail_s"] >= timeline["complete_s"] >= 0
+    assert 0 <= timeline["behind_bytes"] <= len(data) and timeline["read_back_bytes"] == 0
+    assert no_uploads(seaweed, s3_bucket)
+
+
 def test_a_small_stream_is_one_part_and_an_existing_key_is_never_replaced(seaweed, s3_bucket):
     repo = open_repository(f"s3://{s3_bucket}/small", seaweed.settings())
     up = repo.open_upload("k", if_absent=True)
@@ -84,6 +120,62 @@ def test_an_unreachable_store_gives_the_stream_up_without_failing_the_producer(s
     with pytest.raises(RepositoryError, match="cannot be reached"):
         up.finish()
     assert up.given_up
+
+
+def _fell_behind(repo, data: bytes, part: int):
+    """A streamed upload whose store took its first part, then fell behind the producer
+    (a wait budget of 0: the first full queue is past it)."""
+    up = repo.open_upload("backups/d/d.backup", wait_budget=0)
+    up.write(data[:part])
+    deadline = time.monotonic() + 60
+    while up._acked < part:  # the store has taken part 1
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for i in range(part, len(data), 1 << 20):
+        up.write(data[i : i + (1 << 20)])
+    up.end()
+    assert up.detached_at is not None and not up.given_up
+    assert up.detached_at % part == 0 and part <= up.detached_at < len(data)
+    return up
+
+
+def test_a_store_slower_than_the_stream_keeps_what_it_took_and_reads_the_rest_back(seaweed, s3_bucket, tmp_path):
+    """Past the wait budget, a store that still takes parts is not given up: the parts sent stay,
+    and finish reads the rest back from the complete file (nothing is uploaded twice)."""
+    part = MIN_PART_SIZE
+    repo = open_repository(
+        f"s3://{s3_bucket}/behind", seaweed.settings(repository_s3_part_size=part, repository_s3_concurrency=1)
+    )
+    counting = CountingClient(repo._client)
+    repo._client = counting
+    data = os.urandom(6 * part + 999)
+    up = _fell_behind(repo, data, part)
+    path = tmp_path / "d.backup"
+    path.write_bytes(data)
+    assert up.finish(rest_from=str(path)).size == len(data)
+    assert up.timeline()["read_back_bytes"] == len(data) - up.detached_at
+    assert sorted(p[0] for p in counting.parts) == list(range(1, 8))  # each part once
+    assert b"".join(repo.open_stream("backups/d/d.backup")) == data
+    assert no_uploads(seaweed, s3_bucket)
+
+
+def test_a_stream_that_fell_behind_with_nothing_to_read_back_is_given_up(seaweed, s3_bucket, tmp_path):
+    repo = open_repository(
+        f"s3://{s3_bucket}/behind2",
+        seaweed.settings(repository_s3_part_size=MIN_PART_SIZE, repository_s3_concurrency=1),
+    )
+    data = os.urandom(6 * MIN_PART_SIZE + 1)
+    up = _fell_behind(repo, data, MIN_PART_SIZE)
+    with pytest.raises(RepositoryError, match="cannot be read back"):
+        up.finish()
+    up2 = _fell_behind(repo, data, MIN_PART_SIZE)
+    short = tmp_path / "short.backup"
+    short.write_bytes(data[:-1])  # not the bytes written
+    with pytest.raises(RepositoryError, match="cannot be read back"):
+        up2.finish(rest_from=str(short))
+    assert up.join(60) and up2.join(60)
+    assert list(repo.list()) == []
+    assert no_uploads(seaweed, s3_bucket)
 
 
 def test_a_store_that_stops_answering_is_given_up_after_the_wait_budget(seaweed_own):

@@ -78,6 +78,60 @@ def test_chain_dir_restores_the_whole_chain(chain, tmp_path, capsys):  # noqa: F
     assert rows(again) == states["incr2"]
 
 
+class _RecordingFileOps:
+    """FileOps that records, per database file, its writebacks and fsyncs."""
+
+    @staticmethod
+    def make(events: list):
+        from rustydb_server.fileops import FileOps
+
+        class Recording(FileOps):
+            paths: dict = {}
+
+            def open(self, path, flags, mode=0o600):
+                fd = super().open(path, flags, mode)
+                self.paths[fd] = os.path.basename(path)
+                return fd
+
+            def start_writeback(self, fd, offset, length):
+                events.append(("writeback", self.paths[fd]))
+                super().start_writeback(fd, offset, length)
+
+            def fsync(self, fd):
+                events.append(("fsync", self.paths.get(fd)))
+                super().fsync(fd)
+
+        return Recording()
+
+
+def test_a_full_streamed_from_a_repository_goes_to_disk_as_it_is_written(chain, tmp_path, monkeypatch):  # noqa: F811
+    """Read from a store, the full backup's files are written back as they come in (not all
+    of them left to the one fsync after the incrementals); from local files they are not:
+    the pages the incrementals rewrite would reach the disk twice. Synced once either way."""
+    from rustydb_server import fileops
+    from rustydb_server.repository import LocalRepository
+    from rustydb_server.restore.chain import restore_members
+    from rustydb_server.restore.from_repository import RepositoryObject
+
+    monkeypatch.setattr(fileops, "FLUSH_AFTER", 4096)
+    paths, states = chain
+    repo = LocalRepository(str(tmp_path / "repo"))
+    with open(paths["full"], "rb") as f:
+        info = repo.put_bytes("backups/full.backup", f.read())
+    streamed = RepositoryObject(repo, "backups/full.backup", info.size, readahead=4)
+    for members, written_back in (
+        ([streamed, paths["incr1"], paths["incr2"]], True),
+        ([paths["full"], paths["incr1"], paths["incr2"]], False),
+    ):
+        events: list = []
+        data = str(tmp_path / f"data-{written_back}")
+        restore_members(members, data, fileops=_RecordingFileOps.make(events))
+        assert rows(data) == states["incr2"]
+        mine = [kind for kind, name in events if name == "rustydb.sqlite"]
+        assert ("writeback" in mine) is written_back
+        assert mine[-1] == "fsync" and mine.count("fsync") == 1  # synced once, after the incrementals
+
+
 def test_a_missing_link_is_named_and_nothing_is_written(chain, tmp_path):  # noqa: F811
     paths, _ = chain
     partial = tmp_path / "partial"

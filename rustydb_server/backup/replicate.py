@@ -123,11 +123,12 @@ class Replicator:
         """The backup is being streamed into ``url`` by its writer: no copy of it there meanwhile."""
         self._streaming.add((url, backup_id))
 
-    def streamed(self, url: str, backup_id: str, size: int) -> None:
-        """The streamed upload is complete and in the repository's catalog."""
+    def streamed(self, url: str, backup_id: str, size: int, **timeline) -> None:
+        """The streamed upload is complete and in the repository's catalog (``timeline``:
+        where its time went, logged with it)."""
         self.bytes_copied[url] = self.bytes_copied.get(url, 0) + size
         self._record(backup_id, url, state=COPIED, error=None, via="stream")
-        log.info("backup streamed into a repository", backup_id=backup_id, repository=url)
+        log.info("backup streamed into a repository", backup_id=backup_id, repository=url, **timeline)
 
     def stream_ended(self, url: str, backup_id: str) -> None:
         """The streamed upload is over, done or given up: whatever is still due is copied now."""

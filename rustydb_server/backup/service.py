@@ -688,7 +688,7 @@ class BackupService:
         try:
             if await self._written(req, backup_id, location, key, stream, url, t0) and stream is not None:
                 # The backup is complete on disk; its upload finishes in the background.
-                self._nursery.start_soon(self._finish_stream, backup_id, url, stream, os.path.getsize(location))
+                self._nursery.start_soon(self._finish_stream, backup_id, url, stream, location)
                 stream = None
         finally:
             if stream is not None:  # the backup failed or was cancelled: nothing of it in the bucket
@@ -729,13 +729,16 @@ class BackupService:
             return None, None
         return url, stream
 
-    async def _finish_stream(self, backup_id: str, url: str, stream, size: int) -> None:
+    async def _finish_stream(self, backup_id: str, url: str, stream, location: str) -> None:
         """Wait for the streamed upload to complete, then record it in the repository's catalog
         and as copied; given up or failed, the replicator copies the backup from its file."""
         self.replicator.begin_stream(url, backup_id)
+        size = os.path.getsize(location)
         try:
             async with cancel_flag() as cancel:
-                await trio.to_thread.run_sync(self._complete_stream, backup_id, stream, size, cancel)
+                timeline = await trio.to_thread.run_sync(
+                    self._complete_stream, backup_id, stream, location, size, cancel
+                )
         except Exception as e:
             log.warning(
                 "the backup's streamed upload did not complete; the background copy uploads it",
@@ -745,18 +748,22 @@ class BackupService:
                 waited_s=round(stream.waited, 3),
             )
         else:
-            self.replicator.streamed(url, backup_id, size)
+            self.replicator.streamed(url, backup_id, size, **timeline)
         finally:
             self.replicator.stream_ended(url, backup_id)
 
-    def _complete_stream(self, backup_id: str, stream, size: int, cancel: threading.Event) -> None:
-        info = stream.finish(cancel)
+    def _complete_stream(self, backup_id: str, stream, location: str, size: int, cancel: threading.Event) -> dict:
+        """Finish the upload (what a store slower than the backup did not take as it was
+        written is read back from the file) and record it in the repository's catalog;
+        where the time went (StreamedUpload.timeline, and ``catalog_s``: the catalog's writes)."""
+        info = stream.finish(cancel, rest_from=location)
         if info.size != size:
             raise RepositoryError(f"the streamed object holds {info.size} bytes, the backup file {size}")
         entry = self.catalog.get(backup_id)
-        if entry is None:
-            return  # deleted meanwhile: its removal from the repositories follows
-        repo_catalog.record(stream.repo, repo_catalog.entry_document(entry, size))
+        t0 = time.monotonic()
+        if entry is not None:  # else deleted meanwhile: its removal from the repositories follows
+            repo_catalog.record(stream.repo, repo_catalog.entry_document(entry, size))
+        return dict(stream.timeline(), catalog_s=round(time.monotonic() - t0, 3))
 
     async def _written(self, req, backup_id, location, key, stream, url, t0) -> bool:
         """Write the backup (teed into ``stream``), check it, record it; whether it completed."""

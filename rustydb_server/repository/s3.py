@@ -14,7 +14,9 @@ up to ``repository_s3_concurrency`` threads at once, so memory stays bounded
 at about concurrency x part size. Every part (and every single-request
 object) carries its checksum (``repository_s3_checksum``: CRC32C by default,
 SHA-256, or Content-MD5 for stores without S3's newer checksums), which the
-store verifies before it accepts the part. The object appears under its key only when CompleteMultipartUpload
+store verifies before it accepts the part; that checksum is in the signed headers, so the
+body is sent as UNSIGNED-PAYLOAD (not hashed again for the signature). The object appears
+under its key only when CompleteMultipartUpload
 succeeds; a failed or interrupted upload is aborted, and an upload of the
 same key left behind by a crash is aborted by the next put of that key.
 ``if_absent`` adds ``If-None-Match: *`` so the store itself refuses to
@@ -30,13 +32,15 @@ from __future__ import annotations
 import base64
 import configparser
 import copy
+import functools
 import hashlib
+import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import botocore.exceptions
 import botocore.session
@@ -173,8 +177,15 @@ class S3Repository:
             raise RepositoryError(f"unknown S3 checksum {checksum!r}: use one of {', '.join(CHECKSUMS)}")
         self.checksum = checksum
         self._checksum_field, self._checksum_of, self._checksum_algorithm = CHECKSUMS[checksum]
+        s3_options = {"addressing_style": "path"} if force_path_style else {}
+        # The body of a request is not hashed again for its signature (UNSIGNED-PAYLOAD):
+        # every part already carries its own checksum (CRC32C by default) in the signed
+        # headers, which the store verifies. botocore would otherwise compute a SHA-256 of
+        # every byte sent (over https too, since the checksum is ours, not its own): a
+        # fifth of the server's CPU during a backup into S3.
+        s3_options["payload_signing_enabled"] = False
         config = Config(
-            s3={"addressing_style": "path"} if force_path_style else {},
+            s3=s3_options,
             retries={"max_attempts": 4, "mode": "standard"},
             max_pool_connections=max(10, 2 * self.concurrency),
             connect_timeout=10,
@@ -337,17 +348,19 @@ class S3Repository:
         done: list[dict] = []
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put") as pool:
-                in_flight: deque[Future] = deque()
+                in_flight: set[Future] = set()
                 number = 0
                 part = first
                 while part is not None:
                     number += 1
-                    in_flight.append(pool.submit(self._upload_part, full, upload_id, number, part))
-                    if len(in_flight) >= self.concurrency:
-                        done.append(in_flight.popleft().result())
+                    in_flight.add(pool.submit(self._upload_part, full, upload_id, number, part))
+                    # The next part is cut while the store takes these; it goes as soon as any
+                    # of them is done (waiting for the oldest left a sender idle behind it).
                     part = parts.next_part()
-                while in_flight:
-                    done.append(in_flight.popleft().result())
+                    if part is not None and len(in_flight) >= self.concurrency:
+                        finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        done.extend(f.result() for f in finished)
+                done.extend(f.result() for f in in_flight)
             self._complete_upload(full, upload_id, done, if_absent)
         except BaseException:
             self._abort_upload(full, upload_id)
@@ -622,17 +635,25 @@ class StreamedUpload:
     """A multipart upload fed as its bytes are produced: ``write`` from the
     producer's thread, ``finish`` once the stream is whole, ``abort`` to drop it.
 
-    The producer never talks to the store: ``write`` cuts the bytes into parts
-    and hands each to a bounded queue (``concurrency`` parts), from which a
-    thread of its own creates the upload and sends the parts, ``concurrency``
-    at once, each with its checksum, as ``put_stream`` does. Memory: about
-    (2 x concurrency + 2) x part size. A full queue makes ``write`` wait, at
-    most ``wait_budget`` seconds in all; past that the streamed upload is given
-    up (the producer goes on at its own speed, and whoever owns the bytes
-    uploads them later from elsewhere). A failed part, a store that cannot be
-    reached or ``abort`` give it up too; the multipart upload is then aborted,
-    so nothing is left listed or half-written under the key. ``error`` says why
-    it was given up; ``finish`` raises RepositoryError with it.
+    The producer never talks to the store: ``write`` copies the bytes into
+    part buffers and hands each full one to a bounded queue (``concurrency``
+    parts), from which a thread of its own creates the upload and sends the
+    parts, ``concurrency`` at once, each with its checksum, as ``put_stream``
+    does. A part's buffer is filled again once the store has taken it, so a
+    long upload copies each byte once into memory that is already there
+    (a new 16 MB buffer per part cost the producer's thread as much again in
+    page faults as the copy). Memory: about (2 x concurrency + 2) x part size.
+    A full queue makes ``write`` wait, at most ``wait_budget`` seconds in all;
+    past that the producer goes on at its own speed: if the store took a part
+    lately (slower than the producer, not hung), the upload keeps what it was
+    handed (``detached_at`` bytes) and ``finish(rest_from=FILE)`` reads the
+    rest back from the complete file that holds the same bytes; else the
+    streamed upload is given up (whoever owns the bytes uploads them later
+    from elsewhere). A failed part, a store that cannot be reached or
+    ``abort`` give it up too;
+    the multipart upload is then aborted, so nothing is left listed or
+    half-written under the key. ``error`` says why it was given up; ``finish``
+    raises RepositoryError with it. ``timeline()`` says where the time went.
     """
 
     def __init__(self, repo: S3Repository, key: str, *, if_absent: bool = False, wait_budget: float = 10.0):
@@ -642,9 +663,16 @@ class StreamedUpload:
         self._if_absent = if_absent
         self._part_size = repo.part_size
         self._queue: queue.Queue = queue.Queue(maxsize=repo.concurrency)
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._buffer: bytearray | None = None  # the part being filled
+        self._filled = 0  # bytes in it
+        self._free: deque[bytearray] = deque()  # part buffers the store has taken, to fill again
         self._numbered = 0
+        self._queued = 0  # bytes handed to the sender in parts
+        #: set once the store fell behind the wait budget while still taking parts: the
+        #: stream's bytes from here on are not kept; finish(rest_from=FILE) reads them back
+        self.detached_at: int | None = None
+        self._last_ack_at: float | None = None  # when the store last took a part
+        self._final: bytes | None = None  # the last (short) part, once the stream has ended
         self._last_sent = False  # the last (short) part handed over
         self._end_sent = False  # and the end of the parts after it
         self.size = 0  # bytes written so far
@@ -654,6 +682,14 @@ class StreamedUpload:
         self._given_up = threading.Event()
         self._lock = threading.Lock()
         self._info: ObjectInfo | None = None
+        # The timeline (time.monotonic()), for timeline().
+        self._opened = time.monotonic()
+        self._first_part_at: float | None = None  # the first part's request began
+        self._last_byte_at: float | None = None  # the producer's last byte arrived
+        self._acked = 0  # bytes the store has taken
+        self._acked_at_last_byte = 0
+        self._parts_done_at: float | None = None  # the store had taken every part
+        self._completed_at: float | None = None  # the object was complete under its key
         self._thread = threading.Thread(target=self._run, name="s3-stream", daemon=True)
         self._thread.start()
 
@@ -661,51 +697,77 @@ class StreamedUpload:
     def given_up(self) -> bool:
         return self._given_up.is_set()
 
+    def timeline(self) -> dict:
+        """Where a completed upload's time went, in seconds: ``first_part_s`` from the upload's
+        opening to its first part's request; ``behind_bytes`` not yet taken by the store when
+        the producer's last byte came; ``tail_s`` from that last byte until the object was
+        complete under its key, of which ``complete_s`` after the store had taken every part
+        (CompleteMultipartUpload and the check of the object's size); ``read_back_bytes``: what
+        the store, slower than the producer past the wait budget, took from the file instead."""
+
+        def since(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round(b - a, 3)
+
+        return {
+            "first_part_s": since(self._opened, self._first_part_at),
+            "behind_bytes": self.size - self._acked_at_last_byte if self._last_byte_at is not None else None,
+            "tail_s": since(self._last_byte_at, self._completed_at),
+            "complete_s": since(self._parts_done_at, self._completed_at),
+            "read_back_bytes": 0 if self.detached_at is None else self.size - self.detached_at,
+        }
+
     # ------------------------------------------------------------ producer
     def write(self, data) -> None:
-        """Add the next bytes (never blocks longer than what is left of the wait budget)."""
+        """Add the next bytes (never blocks longer than what is left of the wait budget).
+        They are copied before this returns: ``data`` may be a buffer its owner refills."""
         if self._given_up.is_set():
-            self._pending, self._pending_size = [], 0
+            self._buffer, self._filled = None, 0
             return
-        if not data:
-            return
-        if not isinstance(data, bytes) and not (isinstance(data, memoryview) and data.readonly):
-            data = bytes(data)  # a buffer its owner may refill: kept as it is now
-        self._pending.append(data)
-        self._pending_size += len(data)
-        self.size += len(data)
-        while self._pending_size >= self._part_size and not self._given_up.is_set():
-            self._send(self._cut(self._part_size), wait=True)
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        self.size += len(view)
+        part_size = self._part_size
+        while view and not self._given_up.is_set() and self.detached_at is None:
+            if self._buffer is None:
+                self._buffer = self._free.popleft() if self._free else bytearray(part_size)
+            n = min(len(view), part_size - self._filled)
+            self._buffer[self._filled : self._filled + n] = view[:n]
+            self._filled += n
+            view = view[n:]
+            if self._filled == part_size:
+                part, self._buffer, self._filled = self._buffer, None, 0
+                self._send(part, wait=True)
 
-    def _cut(self, size: int) -> bytes:
-        """The first ``size`` pending bytes as one part (each byte copied once)."""
-        pieces, take = [], size
-        while take and self._pending:
-            head = self._pending[0]
-            if len(head) <= take:
-                pieces.append(self._pending.pop(0))
-                take -= len(head)
-            else:
-                view = memoryview(head)
-                pieces.append(view[:take])
-                self._pending[0] = view[take:]
-                take = 0
-        part = b"".join(pieces)
-        self._pending_size -= len(part)
-        return part
+    def _take_final(self) -> bytes | None:
+        """The last part (what is left of the stream, or the one empty part of an empty
+        stream) as its own bytes, made once; None when there is none to send."""
+        if self.detached_at is not None:
+            return None
+        if self._final is None and (self._filled or not self._numbered):
+            self._final = bytes(memoryview(self._buffer)[: self._filled]) if self._buffer is not None else b""
+            if self._buffer is not None:
+                self._free.append(self._buffer)
+            self._buffer, self._filled = None, 0
+        return self._final
 
-    def _send(self, part: bytes, *, wait: bool) -> None:
+    def _send(self, part, *, wait: bool, cancel: threading.Event | None = None) -> None:
         self._numbered += 1
         item = (self._numbered, part)
         try:
             self._queue.put_nowait(item)
+            self._queued += len(part)
             return
         except queue.Full:
             pass
         if not wait:  # finishing: the producer is done, the wait no longer slows anything
             while not self._given_up.is_set():
+                if cancel is not None and cancel.is_set():
+                    self.abort("the upload was cancelled")
+                    return
                 try:
                     self._queue.put(item, timeout=0.1)
+                    self._queued += len(part)
                     return
                 except queue.Full:
                     continue
@@ -716,27 +778,44 @@ class StreamedUpload:
             if left <= 0:
                 raise queue.Full
             self._queue.put(item, timeout=left)
+            self._queued += len(part)
         except queue.Full:
-            self._give_up(
-                f"the store took more than {self.wait_budget:g} s in all (repository_s3_stream_wait) to take "
-                "the parts of the backup as fast as it was written; the streamed upload was given up so as not "
-                "to slow the backup"
-            )
+            last_ack = self._last_ack_at
+            if last_ack is not None and time.monotonic() - last_ack < max(1.0, self.wait_budget):
+                # Slower than the backup, but taking parts: the upload goes on with what it
+                # has; the rest is read back from the complete file (finish(rest_from=...)).
+                self._numbered -= 1
+                self.detached_at = self._queued
+                self._buffer, self._filled = None, 0
+                if isinstance(part, bytearray):
+                    self._free.append(part)
+            else:
+                self._give_up(
+                    f"the store took more than {self.wait_budget:g} s in all (repository_s3_stream_wait) to take "
+                    "the parts of the backup as fast as it was written; the streamed upload was given up so as "
+                    "not to slow the backup"
+                )
         finally:
             self.waited += time.monotonic() - t0
+
+    def _ended(self) -> None:
+        if self._last_byte_at is None:
+            self._last_byte_at = time.monotonic()
+            self._acked_at_last_byte = self._acked
 
     def end(self) -> None:
         """Every byte was written: hand the last part over now if the queue has room for it
         (never waits; ``finish`` sends whatever this could not)."""
-        if self._given_up.is_set() or self._last_sent:
+        self._ended()
+        if self._given_up.is_set() or self._last_sent or self.detached_at is not None:
             return
-        if self._pending_size or not self._numbered:
+        final = self._take_final()
+        if final is not None:
             try:
-                self._queue.put_nowait((self._numbered + 1, b"".join(self._pending)))
+                self._queue.put_nowait((self._numbered + 1, final))
             except queue.Full:
                 return
             self._numbered += 1
-            self._pending, self._pending_size = [], 0
         self._last_sent = True
         try:
             self._queue.put_nowait(None)
@@ -744,12 +823,27 @@ class StreamedUpload:
         except queue.Full:
             pass
 
-    def finish(self, cancel: threading.Event | None = None) -> ObjectInfo:
+    def finish(self, cancel: threading.Event | None = None, *, rest_from: str | None = None) -> ObjectInfo:
         """Send what is left, wait until the object is complete under its key; its ObjectInfo.
-        RepositoryError if the upload was given up; with ``cancel`` set meanwhile, it is aborted."""
+        RepositoryError if the upload was given up; with ``cancel`` set meanwhile, it is aborted.
+        ``rest_from``: the file that holds every byte written (the backup file, complete now),
+        from which an upload that fell behind (``detached_at``) reads the bytes it did not keep;
+        without it, such an upload is given up."""
+        self._ended()
+        if self.detached_at is not None and not self._given_up.is_set():
+            if rest_from is None:
+                self._give_up(
+                    f"the store took more than {self.wait_budget:g} s in all (repository_s3_stream_wait) to take "
+                    "the parts of the backup as fast as it was written, and the rest of it cannot be read back"
+                )
+            else:
+                self._send_rest(rest_from, cancel)
         if not self._given_up.is_set():
-            if not self._last_sent and (self._pending_size or not self._numbered):
-                self._send(self._cut(self._pending_size), wait=False)
+            if not self._last_sent:
+                final = self._take_final()
+                if final is not None:
+                    self._send(final, wait=False)
+                self._last_sent = True
             if not self._end_sent:
                 self._send_end()
         while self._thread.is_alive():
@@ -771,6 +865,31 @@ class StreamedUpload:
         or aborted after ``abort``); whether it is."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def _send_rest(self, path: str, cancel: threading.Event | None) -> None:
+        """The bytes from ``detached_at`` on, read back from the complete file at ``path``, as
+        the next parts (the last one shorter), into the part buffers the store has taken."""
+        part_size = self._part_size
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != self.size:
+                    raise OSError(f"it holds {os.fstat(f.fileno()).st_size} bytes, {self.size} were written")
+                f.seek(self.detached_at)
+                while not self._given_up.is_set():
+                    if cancel is not None and cancel.is_set():
+                        self.abort("the upload was cancelled")
+                        return
+                    buffer = self._free.popleft() if self._free else bytearray(part_size)
+                    n = f.readinto(buffer)
+                    if n == part_size:
+                        self._send(buffer, wait=False, cancel=cancel)
+                        continue
+                    if n or not self._numbered:
+                        self._send(bytes(memoryview(buffer)[:n]), wait=False, cancel=cancel)
+                    self._last_sent = True
+                    return
+        except OSError as e:
+            self._give_up(f"the rest of the upload cannot be read back from {path}: {e.strerror or e}")
 
     # ------------------------------------------------------------ background
     def _send_end(self) -> None:
@@ -815,13 +934,19 @@ class StreamedUpload:
             done: list[dict] = []
             slots = threading.Semaphore(repo.concurrency)
 
-            def part_done(future: Future) -> None:
-                slots.release()
+            def part_done(data, future: Future) -> None:
                 error = future.exception()
                 if error is not None:
+                    slots.release()
                     self._give_up(str(repo._error("write", self.key, error)))
-                else:
-                    done.append(future.result())
+                    return
+                done.append(future.result())
+                with self._lock:
+                    self._acked += len(data)
+                    self._last_ack_at = time.monotonic()
+                if isinstance(data, bytearray):  # a whole part's buffer: the producer fills it again
+                    self._free.append(data)
+                slots.release()
 
             with ThreadPoolExecutor(repo.concurrency, thread_name_prefix="s3-put") as pool:
                 while True:
@@ -829,8 +954,12 @@ class StreamedUpload:
                     if item is None or not self._slot(slots):
                         break
                     number, data = item
-                    pool.submit(repo._upload_part, full, upload_id, number, data).add_done_callback(part_done)
-                    del item, data  # the part's memory goes once it is sent
+                    if self._first_part_at is None:
+                        self._first_part_at = time.monotonic()
+                    future = pool.submit(repo._upload_part, full, upload_id, number, data)
+                    future.add_done_callback(functools.partial(part_done, data))
+                    del item, data
+            self._parts_done_at = time.monotonic()
             if self._given_up.is_set():
                 return
             repo._complete_upload(full, upload_id, done, self._if_absent)
@@ -841,6 +970,7 @@ class StreamedUpload:
                     f"repository {repo._where()}: {self.key} was uploaded with {self.size} bytes but the store "
                     f"holds {'nothing' if info is None else f'{info.size} bytes'} under it"
                 )
+            self._completed_at = time.monotonic()
             with self._lock:
                 if not self._given_up.is_set():
                     self._info = info

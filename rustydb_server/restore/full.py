@@ -108,10 +108,13 @@ def restore_full(
     progress: ProgressFn | None = None,
     post_install: Callable[[str, Manifest], None] | None = None,
     fileops: _fileops.FileOps = _fileops.REAL,
+    write_behind: bool = False,
 ) -> RestoreResult:
     """Restore ``input_path`` into ``data_dir``. ``post_install(staging, manifest)``
     runs on the installed staging directory before the swap (point-in-time
-    recovery replays archived WAL there); if it raises, nothing is swapped in."""
+    recovery replays archived WAL there); if it raises, nothing is swapped in.
+    ``write_behind``: with a ``post_install``, the databases still go to disk as
+    they are written (what it then changes is written twice; see _write_databases)."""
     started = time.monotonic()
     target = os.path.abspath(data_dir)
     if os.path.exists(target) and not os.path.isdir(target):
@@ -127,7 +130,14 @@ def restore_full(
                 # With more to apply, the files are synced once at the end: pages the
                 # incrementals change are then written to disk once, not twice.
                 written = _write_databases(
-                    reader, manifest, staging.path, threads, progress, fileops, sync=post_install is None
+                    reader,
+                    manifest,
+                    staging.path,
+                    threads,
+                    progress,
+                    fileops,
+                    sync=post_install is None,
+                    write_behind=write_behind or post_install is None,
                 )
                 control = control_from_manifest(manifest)
                 control.previous_data_dir = lock.keep_as
@@ -205,6 +215,7 @@ def _write_databases(
     fileops: _fileops.FileOps,
     *,
     sync: bool = True,
+    write_behind: bool = True,
 ) -> int:
     total = sum(reader.entry(db.entry).raw_size for db in manifest.databases)
     done = 0
@@ -215,10 +226,11 @@ def _write_databases(
         try:
             os.fchmod(fd, 0o600)
             # A file synced here goes to disk as it is written. One that
-            # incrementals change next (sync=False: a --chain-dir restore) is
-            # left to the single fsync after the last of them: written back
-            # now, every page they change would be written twice.
-            behind = _fileops.WriteBehind(fileops, fd) if sync else None
+            # what follows changes (sync=False: a chain's incrementals, WAL
+            # replay) is synced once after it; written back now
+            # (write_behind), every page changed next is written twice, but
+            # not all of a large file waits for that one fsync at the end.
+            behind = _fileops.WriteBehind(fileops, fd) if write_behind else None
             with _Writer(fileops, fd, behind) as writer:
                 for chunk in reader.read_entry(db.entry, threads=threads):
                     writer.write(chunk)

@@ -3,8 +3,10 @@
 With --type, the backup streamed from the server goes into the repository:
 straight into its file for a local directory; for S3 into a temporary file
 and, as it is written, into a multipart upload (S3Repository.open_upload),
-the file uploaded again only if that streamed upload was given up (a store
-too slow for repository_s3_stream_wait, or one that failed); then its entry
+what a store slower than the backup did not take within
+repository_s3_stream_wait read back from the file once it is complete, the
+file uploaded again only if that streamed upload was given up (a store that
+took nothing within that wait, or one that failed); then its entry
 into the repository's catalog
 (backup/repo_catalog.py); only then is the server told where it is. With
 --info and --verify, FILE is a backup id of the repository (or "latest"),
@@ -149,7 +151,7 @@ class RepoTarget:
     def _store(self, path: str, manifest: Manifest, header: BackupHeader, end_lsn: int) -> str:
         key = repo_catalog.backup_key(manifest.backup_id)
         size = os.path.getsize(path)
-        if not self.local and not self._streamed(size):
+        if not self.local and not self._streamed(path, size):
             self.repo.put_stream(key, repo_catalog.file_chunks(path), if_absent=True)
         entry = {
             "backup_id": header.backup_id,
@@ -169,13 +171,14 @@ class RepoTarget:
         repo_catalog.record(self.repo, repo_catalog.entry_document(entry, size))
         return location_in(self.url, key)
 
-    def _streamed(self, size: int) -> bool:
-        """Whether the streamed upload holds the whole file now (else it is uploaded from the file)."""
+    def _streamed(self, path: str, size: int) -> bool:
+        """Whether the streamed upload holds the whole file now (what it did not take as the file
+        was written is read back from it); else the file is uploaded whole."""
         stream, self._stream = self._stream, None
         if stream is None:
             return False
         try:
-            return stream.finish().size == size
+            return stream.finish(rest_from=path).size == size
         except RepositoryError as e:
             print(f"rusty-db-backup: {e}; uploading the backup file instead", file=sys.stderr)
             return False

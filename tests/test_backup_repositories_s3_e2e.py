@@ -10,6 +10,7 @@ import uuid
 
 import apsw
 
+from tests.support.seaweed import wait_for_upload
 from tests.support.servers import ServerProcess, run_tool
 from tests.test_backup_repositories_e2e import add_rows, backup, count, wait_copied
 
@@ -239,10 +240,7 @@ def test_the_store_killed_during_a_copy_the_backup_stands_nothing_partial_is_lis
     backup_id = started["backup_id"]
     key = f"db/backups/{backup_id}/{backup_id}.backup"
     client = store.client()
-    deadline = time.monotonic() + 60
-    while not any(u["Key"] == key for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])):
-        assert time.monotonic() < deadline, "the copy to the bucket never started"
-        time.sleep(0.02)
+    wait_for_upload(client, bucket, key, what="the copy to the bucket")
     store.kill()  # mid-copy: some parts sent, the upload not completed
 
     # The backup itself stands: completed in the first (local) repository; the bucket's copy fails.

@@ -12,6 +12,7 @@ import time
 
 from rustydb_client import client as rc
 from rustydb_server.keys import create_key_file
+from tests.support.seaweed import wait_for_upload
 from tests.support.servers import ServerProcess, run_tool
 from tests.test_backup_api_e2e import call
 from tests.test_backup_repositories_e2e import add_rows, count, wait_copied
@@ -119,10 +120,7 @@ def test_the_store_dying_during_a_streamed_backup_costs_the_backup_nothing_and_t
     backup_id = started["backup_id"]
     key = f"db/backups/{backup_id}/{backup_id}.backup"
     client = store.client()
-    deadline = time.monotonic() + 60
-    while not any(u["Key"] == key for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])):
-        assert time.monotonic() < deadline, "the streamed upload never started"
-        time.sleep(0.01)
+    wait_for_upload(client, bucket, key, what="the streamed upload")
     os.killpg(store.proc.pid, signal.SIGSTOP)  # hangs at once: the upload cannot complete before the kill
     store.kill()
 
@@ -179,10 +177,8 @@ def test_rusty_db_backup_repo_s3_gives_a_hung_store_up_then_uploads_the_file(ser
     )
     try:
         client = store.client()
+        wait_for_upload(client, bucket, what="the streamed upload", alive=lambda: cli.poll() is None)
         deadline = time.monotonic() + 60
-        while not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
-            assert cli.poll() is None and time.monotonic() < deadline, "the streamed upload never started"
-            time.sleep(0.01)
         os.killpg(store.proc.pid, signal.SIGSTOP)  # the store hangs: the parts neither go up nor fail
         try:
             # The tool goes on without it: its backup file is written whole (renamed from .partial).
@@ -218,10 +214,7 @@ def test_the_upload_of_a_backup_cut_off_by_a_crash_is_aborted_at_the_next_start(
     status, started = call(srv, "POST", "/api/v1/admin/backup", {"backup_type": "full"})
     assert status == 202, started
     client = store.client()
-    deadline = time.monotonic() + 60
-    while not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
-        assert time.monotonic() < deadline, "the streamed upload never started"
-        time.sleep(0.01)
+    wait_for_upload(client, bucket, what="the streamed upload")
     os.killpg(store.proc.pid, signal.SIGSTOP)  # the backup waits for the store...
     try:
         srv.kill()  # ... when the server dies (kill -9)

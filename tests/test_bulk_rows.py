@@ -22,8 +22,8 @@ from rustydb_server.engine import database, replay, rows_image
 from rustydb_server.engine.session import SqlError, SqlSession
 from rustydb_server.wal import record as walrec
 
+from .test_session_capture import dump, live_dump, logged_records, run
 from .test_session_capture import engine as engine  # noqa: F401 - the fixture
-from .test_session_capture import logged_records, run
 
 TABLES = {
     "a": "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT, n REAL)",
@@ -59,28 +59,6 @@ def other(rnd: random.Random, table: str, lo: int) -> str:
             f"ON CONFLICT DO UPDATE SET {key} = excluded.{key}",
         ]
     )
-
-
-def dump(conn) -> dict:
-    """Schema and rows (by rowid; a WITHOUT ROWID table by its key)."""
-    schema = conn.execute(
-        "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' "
-        f"AND name != '{database.STATE_TABLE}' ORDER BY name"
-    ).fetchall()
-    out: dict = {"schema": [tuple(r) for r in schema]}
-    for kind, name, sql in schema:
-        if kind == "table":
-            cols = "*" if "WITHOUT ROWID" in sql.upper() else "rowid, *"
-            out[name] = [tuple(r) for r in conn.execute(f'SELECT {cols} FROM "{name}" ORDER BY 1')]
-    return out
-
-
-def live_dump(engine) -> dict:
-    conn = database.open_connection(engine.datadir.database_path("rustydb"))
-    try:
-        return dump(conn)
-    finally:
-        conn.close()
 
 
 def replayed(engine, path: str, how: str) -> apsw.Connection:

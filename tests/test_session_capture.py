@@ -64,14 +64,16 @@ def replayed_copy(engine: Engine, path: str) -> apsw.Connection:
 
 
 def dump(conn) -> dict:
+    """Schema and rows (by rowid; a WITHOUT ROWID table by its key)."""
     schema = conn.execute(
         "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' "
         f"AND name != '{database.STATE_TABLE}' ORDER BY name"
     ).fetchall()
     out: dict = {"schema": [tuple(r) for r in schema]}
-    for kind, name, _ in schema:
+    for kind, name, sql in schema:
         if kind == "table":
-            out[name] = [tuple(r) for r in conn.execute(f'SELECT rowid, * FROM "{name}" ORDER BY rowid')]
+            cols = "*" if "WITHOUT ROWID" in sql.upper() else "rowid, *"
+            out[name] = [tuple(r) for r in conn.execute(f'SELECT {cols} FROM "{name}" ORDER BY 1')]
     return out
 
 

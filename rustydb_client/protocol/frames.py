@@ -312,6 +312,22 @@ def decode_body(
     return _unpack_message(body, max_frame)
 
 
+def _unpackb_within(body, max_frame: int):
+    """One message decoded under the protocol's limits (msgpack's own errors pass through)."""
+    # unpackb, not an Unpacker: a streaming Unpacker allocates its whole
+    # max_buffer_size for every frame.
+    return msgpack.unpackb(
+        body,
+        raw=False,
+        strict_map_key=True,
+        max_str_len=max_frame,
+        max_bin_len=max_frame,
+        max_array_len=MAX_CONTAINER_LEN,
+        max_map_len=MAX_CONTAINER_LEN,
+        max_ext_len=0,
+    )
+
+
 def _unpack_small(body: bytes, max_frame: int, max_depth: int) -> dict | None:
     """A small body's message when it is plainly within the limits, without
     the scan; None when only the scan can say (it then names the fault).
@@ -327,16 +343,7 @@ def _unpack_small(body: bytes, max_frame: int, max_depth: int) -> dict | None:
     if len(marks) > max_depth or _EXT_MARK in marks:
         return None
     try:
-        msg = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=max_frame,
-            max_bin_len=max_frame,
-            max_array_len=MAX_CONTAINER_LEN,
-            max_map_len=MAX_CONTAINER_LEN,
-            max_ext_len=0,
-        )
+        msg = _unpackb_within(body, max_frame)
     except Exception:  # noqa: BLE001 -- the scan and the full decode name what is wrong
         return None
     if type(msg) is not dict or type(msg.get("type")) is not str:
@@ -386,19 +393,7 @@ def _unpack_message_part(data: bytes) -> Any:
 
 def _unpack_message(body, max_frame: int) -> dict:
     try:
-        # unpackb, not an Unpacker: a streaming Unpacker allocates its whole
-        # max_buffer_size for every frame.
-        msg = msgpack.unpackb(
-            body,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=max_frame,
-            max_bin_len=max_frame,
-            max_array_len=MAX_CONTAINER_LEN,
-            max_map_len=MAX_CONTAINER_LEN,
-            max_ext_len=0,
-        )
+        msg = _unpackb_within(body, max_frame)
     except Exception as e:  # noqa: BLE001 -- msgpack raises many types; all mean "bad bytes"
         raise RemoteProtocolError("bad_frame", f"the frame is not valid msgpack ({e})") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):

@@ -234,6 +234,15 @@ class SeaweedS3:
             proc.wait(timeout=10)
 
 
+def wait_for_upload(client, bucket: str, key: str | None = None, *, what: str, alive=lambda: True) -> None:
+    """Wait (60 s at most, while ``alive()``) until a multipart upload of ``key``,
+    or of any key, is open in ``bucket``; ``what`` names it in the failure."""
+    deadline = time.monotonic() + 60
+    while not any(key in (None, u["Key"]) for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])):
+        assert alive() and time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     """One SeaweedFS S3 store for the test session; skips where `weed` cannot run."""

@@ -204,3 +204,27 @@ def test_a_stopped_servers_data_directory_is_kept_aside(plain_backup, tmp_path):
     assert not os.path.exists(os.path.join(target, dd.DATABASES_DIR, "marker-old"))
     assert dd.DataDir(target).read_control().previous_data_dir == aside
     assert not leftovers(target)
+
+
+def test_a_rerun_after_a_restore_killed_before_its_swap_leaves_nothing_aside(plain_backup, tmp_path):
+    """What a killed restore built is its own work: the next run removes it, and
+    sets nothing aside (there was no data directory before it) but the restored
+    directory, when the kill came after the swap."""
+    backup, manifest = plain_backup
+    counter = KilledAt(None)
+    restore_full(backup, str(tmp_path / "dry" / "data"), fileops=counter)
+    for at in range(1, counter.calls + 1):
+        target = str(tmp_path / f"at{at}" / "data")
+        pid = os.fork()
+        if pid == 0:  # the restore, killed at its at-th step
+            try:
+                restore_full(backup, target, fileops=KilledAt(at))
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 137, f"step {at} was not reached"
+        swapped = dd.DataDir(target).is_initialized()  # then the run again keeps it aside
+        restore_full(backup, target)
+        assert what_a_server_finds(target) == "new"
+        assert leftovers(target) == [], f"killed at step {at}"
+        assert len(kept(target)) == swapped, f"killed at step {at}"

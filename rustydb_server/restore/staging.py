@@ -29,6 +29,7 @@ from typing import Self
 
 from .. import datadir as dd
 from .. import fileops as _fileops
+from ..roles import ROLES_FILE_NAME
 from .errors import RestoreError
 
 STAGING_MARK = dd.RESTORE_STAGING_MARK
@@ -38,6 +39,9 @@ PRE_RESTORE_MARK = dd.RESTORE_KEPT_MARK
 # What a restore replaces. Anything else in a replaced data directory is moved
 # into the restored one, never lost.
 _REPLACED = frozenset({dd.VERSION_FILE, dd.CONTROL_FILE, dd.PID_FILE, dd.DATABASES_DIR, dd.WAL_DIR, "backup_tmp"})
+# What a restore itself writes into its stage: a stage holding nothing else
+# may be its own half-built work (``_is_own_stage`` decides).
+_STAGED = _REPLACED | {ROLES_FILE_NAME}
 
 
 class TargetLock:
@@ -118,7 +122,7 @@ class TargetLock:
             # is what an interrupted restore left behind.
             if os.path.islink(path) or not os.path.isdir(path):
                 os.unlink(path)
-            elif set(os.listdir(path)) - _REPLACED or not _is_own_stage(path, backup_id):
+            elif not all(map(_is_staged_name, os.listdir(path))) or not _is_own_stage(path, backup_id):
                 # Not only a half-built stage: a restore stopped right after its
                 # exchange left the old contents here, some not carried over yet.
                 os.rename(path, f"{self.target}{OLD_MARK}{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")
@@ -231,6 +235,13 @@ def _is_own_stage(path: str, backup_id: str) -> bool:
     # then record the last one as last_backup, the full one stays.
     ids = [str((b or {}).get("backup_id", "")) for b in (control.last_backup, control.last_full_backup)]
     return any(i.startswith(backup_id[:8]) for i in ids if i)
+
+
+def _is_staged_name(name: str) -> bool:
+    """Whether ``name`` is one a restore writes into its stage, or the temporary
+    name (fileops' ``<name>.tmp.<pid>``) of one it was writing when killed."""
+    base, sep, pid = name.rpartition(".tmp.")
+    return name in _STAGED or (bool(sep) and pid.isdigit() and base in _STAGED)
 
 
 def _remove_lock_only_dir(path: str) -> None:

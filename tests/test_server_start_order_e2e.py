@@ -79,3 +79,24 @@ def test_a_bad_token_file_stops_a_clean_start_before_the_sql_listener_opens(tmp_
         f.seek(offset)
         assert str(token) in f.read().decode(errors="replace")
     srv.kill()
+
+
+def test_which_data_directories_may_need_a_long_recovery(tmp_path):
+    # The rule behind the order: only a control file that says neither a clean
+    # stop nor a restore (every restore leaves the redo point at the WAL's end:
+    # full, incremental, PITR) may have WAL to replay; an unreadable one is
+    # left to the engine, with the API up first to say "starting".
+    import dataclasses
+
+    from rustydb_server.datadir import CONTROL_FILE, DataDir
+    from rustydb_server.run import _recovery_may_take_long
+
+    ddir = DataDir(str(tmp_path / "data"))
+    assert _recovery_may_take_long(ddir) is False  # not initialized: nothing to recover
+    control = ddir.initialize(segment_size=1 << 16)
+    for state, long in [("shutdown", False), ("restored", False), ("running", True), ("pitr-replaying", True)]:
+        ddir.write_control(dataclasses.replace(control, state=state))
+        assert _recovery_may_take_long(ddir) is long, state
+    with open(ddir.join(CONTROL_FILE), "wb") as f:
+        f.write(b"garbage")
+    assert _recovery_may_take_long(ddir) is True

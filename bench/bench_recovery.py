@@ -22,9 +22,9 @@ wal_segment_size's default):
      of the 10% restore's time to the end restore's, of the whole restore and of
      the replay phase, and the floor's share of PITR to the end;
   3. with --baseline-src (another source tree of RustyDB, e.g. an export of
-     main), the same PITR to the end run with that tree's rusty-db-restore,
-     interleaved with this tree's (back to back, each first in turn), medians
-     and the ratio;
+     main), the same PITR to the end run with that tree's rusty-db-restore and
+     its restored server started by that tree's server, interleaved with this
+     tree's (back to back, each first in turn), medians and the ratios;
   4. beside the first pgbench -N only load, where PostgreSQL 15 and pgBackRest
      are installed (and a 'postgres' account to run them as; otherwise one line
      says why that side is skipped): PostgreSQL's point-in-time recovery as an
@@ -152,11 +152,11 @@ def restore(
     return wall, json.loads(proc.stdout)
 
 
-def start_until_answering(data_dir: str, expect: int | None = None) -> float:
+def start_until_answering(data_dir: str, expect: int | None = None, command: list[str] | None = None) -> float:
     """Start a server on ``data_dir`` and ask it every 5 ms until it answers a query (its
     pgbench_history rows: ``expect`` of them, when given); the seconds that took. PostgreSQL's
-    side below is asked the same way."""
-    srv = ServerProcess(data_dir)
+    side below is asked the same way. ``command``: another tree's server (its launcher)."""
+    srv = ServerProcess(data_dir, command=command)
     STARTED.append(srv)
     t0 = time.perf_counter()
     srv.start(wait=False)
@@ -265,11 +265,18 @@ def bench_pitr(work: str, args, segment_kb: int, pg: PgPitr | None = None) -> No
     if pg is not None:
         print(f"  PostgreSQL 15: the same load ({txs} pgbench -N transactions), a base backup and its archive ...")
         pg.prepare(txs)
-    baseline = None
+    baseline = baseline_server = None
     if args.baseline_src:
         # run from the baseline tree: "python -m" puts the working directory first on sys.path
         src = os.path.abspath(args.baseline_src)
         baseline = ([sys.executable, "-m", "rustydb_server.tools.restore_main"], dict(env, PYTHONPATH=src), src)
+        # and its restored server started by that tree's server too: the whole PITR compared
+        baseline_server = [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {src!r}); from rustydb_server.tools.server_main import main; "
+            "sys.exit(main())",
+        ]
     for r in range(args.repeat):
         # the pairs compared, adjacent and in turns first: a restore right after another's
         # server stopped (its writes still going to disk) is not the same run as the next
@@ -286,7 +293,7 @@ def bench_pitr(work: str, args, segment_kb: int, pg: PgPitr | None = None) -> No
                 wall, rep = restore(*baseline, base, archive, out, targets["end"])
             else:
                 wall, rep = restore(this, env, None, base, archive, out, targets[kind])
-            start = start_until_answering(out, expect[kind])
+            start = start_until_answering(out, expect[kind], baseline_server if kind == "baseline" else None)
             # a tree from before replay_seconds printed only the whole restore's "seconds"
             replay_s = rep.get("replay_seconds")
             runs[kind].append(
@@ -341,7 +348,14 @@ def bench_pitr(work: str, args, segment_kb: int, pg: PgPitr | None = None) -> No
         )
     if runs["baseline"]:
         whole = med([r["wall"] for r in runs["end"]]) / med([r["wall"] for r in runs["baseline"]])
-        print(f"  PITR to the end, this tree / baseline tree: restore wall time {whole:.2f}")
+        start = med([r["start"] for r in runs["end"]]) / med([r["start"] for r in runs["baseline"]])
+        both = med([r["wall"] + r["start"] for r in runs["end"]]) / med(
+            [r["wall"] + r["start"] for r in runs["baseline"]]
+        )
+        print(
+            f"  PITR to the end, this tree / baseline tree (each tree's restore and server): restore wall time "
+            f"{whole:.2f}, start until answering {start:.2f}, whole {both:.2f}"
+        )
     if pg is not None:
         print_postgres(pg, runs, txs, segment_kb, args.encrypt)
 
@@ -645,7 +659,9 @@ def main() -> None:
         "PYTHONDONTWRITEBYTECODE with no cache), instead of with a bytecode cache as an installed package has",
     )
     ap.add_argument("--repeat", type=int, help="restores of each kind, interleaved (default 3, 1 with --quick)")
-    ap.add_argument("--baseline-src", help="another RustyDB source tree: time its rusty-db-restore too, interleaved")
+    ap.add_argument(
+        "--baseline-src", help="another RustyDB source tree: time its rusty-db-restore and server too, interleaved"
+    )
     ap.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL comparison")
     ap.add_argument("--pg-port", type=int, help="PostgreSQL's loopback port (default: a free one)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")

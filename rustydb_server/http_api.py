@@ -1,8 +1,11 @@
 """The admin HTTP API: a Starlette app served by hypercorn's trio worker.
 
-A component of the server's root nursery, started before recovery so that
-health answers "starting" (503) while a long recovery runs; every other route
-answers 503 until the run module hands it the running server's components.
+A component of the server's root nursery, started before recovery when the
+WAL may need replaying (after a crash), so that health answers "starting"
+(503) while a long recovery runs, and otherwise right after the SQL listener
+(run.py imports this module, and hypercorn and Starlette behind it, only
+then); every other route answers 503 until the run module hands it the
+running server's components.
 Every route lives under /api/v1/admin/ as the operations guide shows. Who may
 use which route, and how, is ``http_access.decide``: health answers everyone
 (the whole report only to a trusted client), every other route needs the

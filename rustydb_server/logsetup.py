@@ -15,6 +15,29 @@ from typing import Any, TextIO
 # needed: the command-line tools import server modules that log, and their
 # start-up time counts (a table restore takes a tenth of a second of work).
 
+
+def _structlog() -> Any:
+    """structlog, imported without rich.
+
+    structlog's console renderer and traceback formatter import rich (and
+    pygments through it) whenever it is installed, about half of structlog's
+    import time, on every server start and tool run; neither line format
+    needs it: JSON lines never use it, and console lines then show exceptions
+    as plain tracebacks. rich stays importable for anything else.
+    """
+    if "structlog" in sys.modules:
+        return sys.modules["structlog"]
+    hide = "rich" not in sys.modules
+    if hide:
+        sys.modules["rich"] = None  # type: ignore[assignment]  # "import rich" raises ImportError
+    try:
+        import structlog
+    finally:
+        if hide and sys.modules.get("rich", False) is None:
+            del sys.modules["rich"]
+    return structlog
+
+
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}  # logging.DEBUG...
 
 REDACTED = "[REDACTED]"
@@ -56,7 +79,7 @@ def _use_json(log_format: str, stream: TextIO) -> bool:
 
 def configure_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Send every log event to ``stream`` (stderr by default), one per line."""
-    import structlog
+    structlog = _structlog()
 
     stream = sys.stderr if stream is None else stream
     if level not in LEVELS:
@@ -124,8 +147,7 @@ class _LazyLogger:
 
     def __getattr__(self, attr: str) -> Any:
         if self._logger is None:
-            import structlog
-
+            structlog = _structlog()
             # "logger" itself is a parameter name of structlog.get_logger.
             self._logger = structlog.get_logger(logger_name=self._name)
         return getattr(self._logger, attr)

@@ -30,7 +30,7 @@ from .checkpointer import Checkpointer
 from .doorbell import Doorbell
 from .engine.instance import Engine
 from .engine_events import EngineEvents
-from .http_api import HttpApi
+from .http_access import TokenFileError, read_token
 from .lifecycle import RUNNING, STOPPING, Lifecycle, StartupError
 from .logsetup import get_logger
 from .notify import Notifier
@@ -59,11 +59,14 @@ async def run(settings, notifier: Notifier) -> int:
     tracking = ChangeTracking()
     try:
         async with trio.open_nursery() as root:
-            http = HttpApi(settings, lifecycle)
-            if settings["http_port"]:
+            http = None
+            if settings["http_port"] and _recovery_may_take_long(ddir):
                 # Up before recovery, so health says "starting" (503) while a
                 # long recovery runs instead of refusing connections.
+                http = _http_api().HttpApi(settings, lifecycle)
                 await root.start(http.run)
+            elif settings["http_port"]:
+                _check_http_token_file(settings)  # a bad token file stops the start before anything listens
             notifier.status("recovering")
             log.info("starting", version=__version__, data_dir=ddir.path, pid=os.getpid())
             checkpoint_due, archive_work = Doorbell(), Doorbell()
@@ -122,7 +125,13 @@ async def run(settings, notifier: Notifier) -> int:
             )
             await root.start(backups.run)
             await root.start(listener.run)
-            http.serve_running(engine, archiver, backups, listener.sessions)
+            if settings["http_port"] and http is None:
+                # Nothing to recover: the SQL listener answers first, while the
+                # HTTP stack (hypercorn, Starlette) is imported on a thread.
+                http = (await trio.to_thread.run_sync(_http_api)).HttpApi(settings, lifecycle)
+                await root.start(http.run)
+            if http is not None:
+                http.serve_running(engine, archiver, backups, listener.sessions)
             await root.start(SignalWatcher(settings, notifier, lifecycle, settings_changed).run)
             await root.start(checkpointer.run)
             await root.start(archiver.run)
@@ -162,6 +171,37 @@ async def run(settings, notifier: Notifier) -> int:
             tracking.close()
             ddir.unlock()
     return lifecycle.exit_code
+
+
+def _http_api():
+    """The HTTP API's module, imported when the API starts (hypercorn and Starlette behind it)."""
+    from . import http_api
+
+    return http_api
+
+
+def _recovery_may_take_long(ddir: _datadir.DataDir) -> bool:
+    """Whether opening the engine may replay WAL: not after a clean stop or a restore.
+
+    A clean stop's shutdown checkpoint and every restore (full, incremental,
+    PITR) leave the redo point at the WAL's end, so the start replays
+    nothing; a crash leaves everything since the last checkpoint. A control
+    file that cannot be read is the engine's to report: the API starts first.
+    """
+    if not ddir.is_initialized():
+        return False
+    try:
+        return ddir.read_control().state not in ("shutdown", "restored")
+    except Exception:  # noqa: BLE001 - Engine.open says what is wrong with it
+        return True
+
+
+def _check_http_token_file(settings) -> None:
+    """What the HTTP API checks as it starts, checked before the SQL listener opens."""
+    try:
+        read_token(settings["http_api_token_file"])
+    except TokenFileError as e:
+        raise StartupError(str(e)) from None
 
 
 async def _expire_after_schedule(expirer: Expirer, settings, record: dict) -> None:

@@ -122,3 +122,37 @@ def test_bad_arguments_are_rejected():
         configure_logging("json", "trace", io.StringIO())
     with pytest.raises(ValueError, match="log format"):
         configure_logging("xml", "info", io.StringIO())
+
+
+PROBE = """
+import io, json, sys
+from rustydb_server.logsetup import configure_logging, get_logger
+out = io.StringIO()
+configure_logging("console", "info", out)
+try:
+    raise RuntimeError("boom")
+except RuntimeError:
+    get_logger("t").exception("failed", token="tt")
+loaded = "rich" in sys.modules
+try:
+    import rich  # noqa: F401
+    importable = True
+except ImportError:
+    importable = False
+print(json.dumps({"out": out.getvalue(), "rich_loaded": loaded, "rich_importable": importable}))
+"""
+
+
+def test_logging_does_not_import_rich_and_console_lines_still_show_tracebacks():
+    # structlog imports rich (and pygments) whenever it is installed, about
+    # half of its import time on every server start; the server's logging
+    # hides it from structlog, and leaves it importable for anything else.
+    import importlib.util
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout)
+    assert result["rich_loaded"] is False
+    assert "failed" in result["out"] and "RuntimeError: boom" in result["out"] and "tt" not in result["out"]
+    assert result["rich_importable"] is (importlib.util.find_spec("rich") is not None)

@@ -49,6 +49,7 @@ DEFERRED = [
     "rustydb_server.forensics.asof",
     "rustydb_server.restore.pitr",
     "urllib.request",
+    "rich",  # structlog's console extras: hidden from it (logsetup._structlog)
 ]
 
 

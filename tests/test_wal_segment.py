@@ -18,6 +18,7 @@ from rustydb_server.wal.segment import (
     check_segment_size,
     decode_segment_header,
     encode_segment_header,
+    end_of_data,
     list_segments,
     normalize_lsn,
     parse_fragment,
@@ -255,3 +256,20 @@ def test_a_segment_number_beyond_the_lsn_space_is_a_damaged_header_not_a_crash()
     with pytest.raises(seg.BadFragment):
         seg.parse_fragment(buf, seg.HEADER_SIZE, segno * size, size)
     assert seg.find_valid_fragment(buf, 0, segno, size) is None
+
+
+@given(
+    size=st.sampled_from([0, 1, 4095, 4096, 4097, (1 << 20) - 1, 1 << 20, (1 << 20) + 4097, 3 << 20]),
+    data=st.data(),
+)
+def test_end_of_data_finds_the_last_nonzero_byte(size, data):
+    # The end of a WAL segment's data, found by comparing chunks and blocks with
+    # zeros, is where stripping every trailing zero byte ends, for any layout.
+    buf = bytearray(size)
+    for _ in range(data.draw(st.integers(0, 3))):
+        if size:
+            buf[data.draw(st.integers(0, size - 1))] = data.draw(st.integers(1, 255))
+    start = data.draw(st.integers(0, size))
+    end = data.draw(st.integers(start, size))
+    expected = start + len(bytes(buf[start:end]).rstrip(b"\0"))
+    assert end_of_data(bytes(buf), start, end) == expected

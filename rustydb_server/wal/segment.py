@@ -390,6 +390,29 @@ def scan_segment(
 
 _KIND_BYTE = re.compile(rb"[\x01-\x05]")
 _SEARCH_CHUNK = 1 << 20
+_SEARCH_BLOCK = 1 << 12
+_ZEROS = bytes(_SEARCH_CHUNK)
+
+
+def end_of_data(buf, start: int, end: int) -> int:
+    """The offset just past the last non-zero byte of ``buf[start:end]``, or ``start`` if all are zero.
+
+    A server's start checks the zeroed rest of its last WAL segment (16 MB by
+    default) this way: equality with zeros is a memcmp, where
+    ``bytes.rstrip(b"\\0")`` tests byte by byte (about 2.5 ms a megabyte).
+    """
+    last = end
+    for size in (_SEARCH_CHUNK, _SEARCH_BLOCK):
+        while last > start:
+            lo = max(start, last - size)
+            chunk = buf[lo:last]
+            if chunk != (_ZEROS if len(chunk) == _SEARCH_CHUNK else _ZEROS[: len(chunk)]):
+                break  # the last non-zero byte is in this chunk: narrow it down in smaller blocks
+            last = lo
+        else:
+            return start
+    lo = max(start, last - _SEARCH_BLOCK)
+    return lo + len(bytes(buf[lo:last]).rstrip(b"\0"))
 
 
 def find_valid_fragment(buf, start: int, segno: int, segment_size: int) -> int | None:
@@ -401,15 +424,8 @@ def find_valid_fragment(buf, start: int, segno: int, segment_size: int) -> int |
     """
     end = min(len(buf), segment_size)
     # Nothing valid can start after the last non-zero byte but 8 (the kind).
-    last = end
-    while last > start:
-        lo = max(start, last - _SEARCH_CHUNK)
-        stripped = bytes(buf[lo:last]).rstrip(b"\0")
-        if stripped:
-            last = lo + len(stripped)
-            break
-        last = lo
-    else:
+    last = end_of_data(buf, start, end)
+    if last == start:
         return None
     segment_lsn = segno * segment_size
     first = start + 1

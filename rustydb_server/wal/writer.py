@@ -455,7 +455,8 @@ class WalWriter:
             pos = offset
             while pos < self._size:
                 n = min(len(_ZERO_CHUNK), self._size - pos)
-                if self._fo.pread(fd, n, pos).count(0) != n:
+                chunk = self._fo.pread(fd, n, pos)  # compared with zeros: a memcmp, not a count
+                if chunk != (_ZERO_CHUNK if n == len(_ZERO_CHUNK) else _ZERO_CHUNK[:n]):
                     self._fo.pwrite_all(fd, memoryview(_ZERO_CHUNK)[:n], pos)
                     wiped = True
                 pos += n

@@ -447,8 +447,9 @@ def main() -> None:
             calls = sum(v[1] for v in stats.stats.values())
             total = sum(v[2] for v in stats.stats.values())
             print(
-                f"  cProfile of the loop thread ({args.cprofile}), {q} queries: {calls / q:.1f} Python and C function calls per "
-                "query; the 30 with the most own time (cProfile's times are inflated, compare the shares):"
+                f"  cProfile of the loop thread ({args.cprofile}), {q} queries: {calls / q:.1f} Python and C "
+                "function calls per query; the 30 with the most own time\n"
+                "    (cProfile's times are inflated: compare the shares)"
             )
             top = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:30]
             for (file, line, func), (_, ncalls, tottime, *_rest) in top:

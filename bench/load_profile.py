@@ -1,6 +1,6 @@
 """Where a point SELECT's CPU goes under load: counts per query (bench only).
 
-    python bench/load_profile.py [--seconds 5] [--target server|floor|floor-hop]
+    python bench/load_profile.py [--seconds 5] [--target server|floor|floor-hop|floor-threads|floor-selectors]
                                  [--strace] [--pyspy FILE] [--inline-budget 1ms]
 
 Runs bench_core.py's point-SELECT load (2 client processes, the real client
@@ -23,8 +23,10 @@ with no SQL (a trio server answering each frame with a fixed reply; here on a
 Unix socket, as the real clients use), its clients raw sockets;
 ``floor-hop`` the same with each request handed to a worker thread and back
 (floor.py's dedicated worker: what a statement run in the session's worker
-thread costs on top). The difference between the figures of the targets
-is the gap to bisect.
+thread costs on top); ``floor-threads`` and ``floor-selectors`` the same
+round trip with no event loop (a blocking thread per connection) and with
+a plain selectors loop: what trio's own per-wakeup work costs. The
+difference between the figures of the targets is the gap to bisect.
 """
 
 from __future__ import annotations
@@ -173,10 +175,16 @@ def serve(report: str, argv: list[str]) -> int:
     return server_main.main(argv)
 
 
-def serve_floor(path: str, hop: bool, report: str) -> None:
-    """bench/floor.py's round trip with no SQL, on a Unix socket, counted."""
+def serve_floor(path: str, kind: str, report: str) -> None:
+    """A round trip with no SQL on a Unix socket: each request frame answered
+    with bench/floor.py's fixed reply. ``kind``: ``trio`` (floor.py's trio
+    server), ``trio-hop`` (the same with a hand-off to a worker thread and
+    back per request), ``threads`` (a plain blocking thread per connection,
+    no event loop) or ``selectors`` (one thread, a selectors loop): what the
+    event loop itself costs per request, against no loop at all."""
     import floor
-    import trio
+
+    from rustydb_client.protocol import frames as proto
 
     counter = LoopCounter()
 
@@ -188,14 +196,53 @@ def serve_floor(path: str, hop: bool, report: str) -> None:
             os.replace(report + ".tmp", report)
 
     threading.Thread(target=write, daemon=True).start()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    if kind == "threads":
+
+        def answer(conn: socket.socket) -> None:
+            decoder = proto.FrameDecoder()
+            while data := conn.recv(65536):
+                decoder.feed(data)
+                while decoder.next_message() is not None:
+                    conn.sendall(floor.REPLY)
+
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+    if kind == "selectors":
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(listener, selectors.EVENT_READ)
+        decoders: dict = {}
+        while True:
+            events = sel.select()
+            counter.io_waits += 1
+            for key, _ in events:
+                if key.fileobj is listener:
+                    conn, _ = listener.accept()
+                    conn.setblocking(False)
+                    decoders[conn] = proto.FrameDecoder()
+                    sel.register(conn, selectors.EVENT_READ)
+                    continue
+                conn = key.fileobj
+                data = conn.recv(65536)
+                if not data:
+                    sel.unregister(conn)
+                    conn.close()
+                    continue
+                decoder = decoders[conn]
+                decoder.feed(data)
+                while decoder.next_message() is not None:
+                    conn.send(floor.REPLY)  # a small reply always fits the socket buffer here
+    import trio
 
     async def main() -> None:
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(path)
-        sock.listen(16)
-        await trio.serve_listeners(
-            lambda s: floor._answer(s, "dedicated" if hop else False), [trio.SocketListener(sock)]
-        )
+        sock = trio.socket.from_stdlib_socket(listener)
+        hop = "dedicated" if kind == "trio-hop" else False
+        await trio.serve_listeners(lambda s: floor._answer(s, hop), [trio.SocketListener(sock)])
 
     trio.run(main, instruments=[counter])
 
@@ -340,7 +387,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--target", choices=("server", "floor", "floor-hop"), default="server")
+    ap.add_argument(
+        "--target", choices=("server", "floor", "floor-hop", "floor-threads", "floor-selectors"), default="server"
+    )
     ap.add_argument("--inline-budget", help="the server's inline_statement_budget")
     ap.add_argument("--strace", action="store_true", help="also count syscalls per query (2 s of strace -c)")
     ap.add_argument("--pyspy", metavar="FILE", help="also record the server with py-spy into FILE (raw format)")
@@ -381,7 +430,8 @@ def main() -> None:
             target, where = select_client, srv.port
         else:
             path = os.path.join(tmp, "floor.sock")
-            floor_proc = mp.Process(target=serve_floor, args=(path, args.target == "floor-hop", report), daemon=True)
+            kind = {"floor": "trio", "floor-hop": "trio-hop"}.get(args.target, args.target.removeprefix("floor-"))
+            floor_proc = mp.Process(target=serve_floor, args=(path, kind, report), daemon=True)
             floor_proc.start()
             while not os.path.exists(path):
                 time.sleep(0.01)

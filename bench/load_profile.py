@@ -48,7 +48,6 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))  # the tests' support package
 sys.path.insert(0, HERE)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -400,7 +399,10 @@ def main() -> None:
     ap.add_argument("--serve", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve is not None:
+        # The server its interpreter has installed (run with another
+        # checkout's venv to measure that checkout), not this one's.
         sys.exit(serve(args.serve[0], args.serve[1:]))
+    sys.path.insert(0, os.path.join(HERE, ".."))  # the tests' support package
 
     from tests.support.servers import ServerProcess
 

@@ -248,10 +248,13 @@ class ClientConnection:
             event = self.protocol.next_event()
             if event is not events.NEED_DATA:
                 return event
-            data = await self._receive_some()
-            if not data:
-                raise ConnectionClosed()
-            self.protocol.receive_data(data)
+            await self._feed()
+
+    async def _feed(self) -> None:
+        data = await self._receive_some()
+        if not data:
+            raise ConnectionClosed()
+        self.protocol.receive_data(data)
 
     async def _receive_some(self) -> bytes:
         """The next bytes from the client (b"" at its end).
@@ -299,6 +302,7 @@ class ClientConnection:
                 scope.cancel()
             if idle:
                 scope.deadline = trio.current_time() + idle
+            await self._feed()  # the protocol has just said it needs data
             event = await self.recv()
         finally:
             self.waiting = False

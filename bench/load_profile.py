@@ -311,13 +311,15 @@ def parse_strace(path: str) -> dict[str, tuple[int, int]]:
 
 
 def pyspy_top(raw: str, n: int = 25) -> list[tuple[str, float]]:
-    """The leaf frames holding most samples of a py-spy raw (collapsed) file, as fractions."""
+    """The leaf frames holding most of the event loop thread's samples in a
+    py-spy raw (collapsed) file, as fractions (other threads' stacks, idle
+    workers mostly, left out)."""
     leaves: collections.Counter = collections.Counter()
     total = 0
     with open(raw) as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not count.isdigit():
+            if not count.isdigit() or "unrolled_run" not in stack:
                 continue
             leaves[stack.rsplit(";", 1)[-1]] += int(count)
             total += int(count)
@@ -516,7 +518,7 @@ def main() -> None:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-            print("  py-spy, the server's leaf frames (share of samples):")
+            print("  py-spy, the server's event loop thread, leaf frames (share of its samples):")
             for leaf, share in pyspy_top(args.pyspy):
                 print(f"    {share * 100:5.1f}%  {leaf}")
         stop.set()

@@ -104,7 +104,14 @@ class ClientConnection:
             tls_required=None if self.local else listener.tls.plaintext_refusal,
         )
         self.dispatcher: Dispatcher | None = None  # once the handshake is over
-        self.idle_scope: trio.CancelScope | None = None
+        # The session's wait for its next request: one cancel scope for the
+        # connection's life (entered around the request loop), cancelled by
+        # shutdown or given a deadline by idle_session_timeout only while the
+        # connection waits (``waiting``), so a running statement is never
+        # cancelled through it. One scope, not one per request: entering a
+        # scope per request cost about 4.5 us of the event loop's CPU.
+        self.wait_scope = trio.CancelScope()
+        self.waiting = False
 
     # ------------------------------------------------------------- i/o
     async def send(self, *answer) -> None:
@@ -241,28 +248,77 @@ class ClientConnection:
             event = self.protocol.next_event()
             if event is not events.NEED_DATA:
                 return event
-            data = await self.stream.receive_some(RECV_SIZE)
-            if not data:
-                raise ConnectionClosed()
-            self.protocol.receive_data(data)
+            await self._feed()
+
+    async def _feed(self) -> None:
+        data = await self._receive_some()
+        if not data:
+            raise ConnectionClosed()
+        self.protocol.receive_data(data)
+
+    async def _receive_some(self) -> bytes:
+        """The next bytes from the client (b"" at its end).
+
+        On a plain socket, a wait until it is readable and then one read,
+        past trio's stream (only this connection's task reads it): trio's
+        ``receive_some`` tries the read first, and a request is nearly never
+        there yet when the answer has just gone out (the client has not run),
+        so each request cost a failed read, its exception and two context
+        managers more. The wait is a checkpoint either way. Over TLS, trio's
+        stream.
+        """
+        sock = getattr(self.stream, "socket", None)
+        if sock is None:
+            return await self.stream.receive_some(RECV_SIZE)
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the connection was closed")
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                if isinstance(e, ConnectionError) or e.errno in _PEER_GONE:
+                    raise trio.BrokenResourceError(str(e)) from e
+                if e.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("the connection was closed") from e
+                raise
 
     async def recv_idle(self):
-        """Wait for the next event; None when shutdown interrupts the wait."""
+        """Wait for the next event inside ``wait_scope``; None when shutdown or
+        idle_session_timeout cancelled the wait (then it raises Cancelled, which
+        the scope around the request loop catches; see ``_run``)."""
+        event = self.protocol.next_event()
+        if event is not events.NEED_DATA:
+            return event  # it came with the one before: no wait
+        scope = self.wait_scope
         settings = self.listener.settings
         idle = to_seconds("idle_session_timeout", settings["idle_session_timeout"])
-        with trio.CancelScope() as scope:
-            self.idle_scope = scope
+        self.waiting = True
+        try:
             if self.listener.lifecycle.stopping:
                 scope.cancel()
             if idle:
                 scope.deadline = trio.current_time() + idle
+            await self._feed()  # the protocol has just said it needs data
             event = await self.recv()
-            self.idle_scope = None
-            return event
-        self.idle_scope = None
-        if not self.listener.lifecycle.stopping:
-            raise _closing("idle_timeout", "closing the connection after idle_session_timeout")
-        return None
+        finally:
+            self.waiting = False
+            if idle:
+                scope.deadline = math.inf
+        if scope.cancel_called:
+            # Cancelled after the wait had ended, before this task ran again:
+            # shutdown or the idle timeout came first.
+            return None
+        return event
+
+    def stop_waiting(self) -> None:
+        """Shutdown: end the connection's wait for a request, if it is waiting
+        (a running statement goes on)."""
+        if self.waiting:
+            self.wait_scope.cancel()
 
     # ------------------------------------------------------------- flow
     async def run(self) -> None:
@@ -393,15 +449,20 @@ class ClientConnection:
         ready = await self.dispatcher.open_session(event)
         listener.sessions[self.dispatcher.session_id] = self
         await self.send(ready)
-        while True:
-            if listener.lifecycle.stopping:
-                raise _closing("shutdown", "the server is shutting down")
-            event = await self.recv_idle()
-            if event is None:
-                raise _closing("shutdown", "the server is shutting down")
-            if isinstance(event, events.Goodbye):
-                return
-            await self.dispatcher.handle(event)
+        with self.wait_scope:
+            while True:
+                if listener.lifecycle.stopping:
+                    raise _closing("shutdown", "the server is shutting down")
+                event = await self.recv_idle()
+                if event is None:
+                    break
+                if isinstance(event, events.Goodbye):
+                    return
+                await self.dispatcher.handle(event)
+        # The wait for a request was cancelled: shutdown, or the session idle.
+        if not listener.lifecycle.stopping:
+            raise _closing("idle_timeout", "closing the connection after idle_session_timeout")
+        raise _closing("shutdown", "the server is shutting down")
 
 
 def _peer_of(stream: trio.SocketStream):
@@ -670,8 +731,7 @@ class WireListener:
         self._accept_scope.cancel()
         started = time.monotonic()
         for conn in list(self.sessions.values()):
-            if conn.idle_scope is not None:
-                conn.idle_scope.cancel()
+            conn.stop_waiting()
         with trio.move_on_after(timeout):
             await self._all_closed.wait()
             log.info("all sessions closed", seconds=round(time.monotonic() - started, 3))
@@ -685,7 +745,6 @@ class WireListener:
         for conn in list(self.sessions.values()):
             if conn.dispatcher is not None:
                 conn.dispatcher.interrupt()
-            if conn.idle_scope is not None:
-                conn.idle_scope.cancel()
+            conn.stop_waiting()
         with trio.move_on_after(5):
             await self._all_closed.wait()

@@ -170,6 +170,56 @@ async def test_an_idle_session_is_closed_after_idle_session_timeout(listener):
     await client.stream.aclose()
 
 
+# A statement that runs longer than idle_session_timeout (about 0.5 s of
+# SQLite's own work: a recursive count, in the session's worker thread).
+SLOW_SELECT = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000000) SELECT count(*) FROM c"
+
+
+@pytest.mark.parametrize("overrides", [{"idle_session_timeout": "100ms"}])
+async def test_the_idle_timeout_counts_only_waits_for_a_request(listener):
+    # The connection's one wait scope carries the idle deadline only while it
+    # waits: a statement longer than the timeout finishes, each request starts
+    # the idle time again, and the session is closed only once it is idle.
+    client = await connect(listener)
+    with trio.fail_after(20):
+        assert isinstance(await client.next_event(), events.Ready)
+        for _ in range(2):
+            await client.send(events.Query(SLOW_SELECT))
+            assert (await client.answer())[1:] == [
+                events.Rows([[3000000]]),
+                events.Complete("SELECT 1", 1, "rustydb", False),
+            ]
+        for i in range(5):  # requests closer together than the timeout, over more than it
+            await trio.sleep(0.05)
+            await client.send(events.Query(f"SELECT {i}"))
+            assert (await client.answer())[1] == events.Rows([[i]])
+        error = await client.next_event()
+        assert (error.code, error.fatal) == ("idle_timeout", True)
+    await client.stream.aclose()
+
+
+async def test_draining_lets_a_running_statement_finish_then_closes_its_session(listener):
+    # A slow statement whose answer takes several batches (each fetched in the
+    # worker thread: checkpoints a cancelled wait scope would break).
+    client = await connect(listener)
+    slow_rows = SLOW_SELECT.replace("SELECT count(*) FROM c", "SELECT i FROM c WHERE i % 1000 = 0")
+    with trio.fail_after(20):
+        assert isinstance(await client.next_event(), events.Ready)
+        await client.send(events.Query(slow_rows, batch_rows=100))
+        await trio.sleep(0.05)  # the statement is running
+        listener.lifecycle.phase = STOPPING
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listener.drain, 10)
+            answer = await client.answer()
+            assert [row for e in answer if isinstance(e, events.Rows) for row in e.rows] == [
+                [i] for i in range(1000, 3000001, 1000)
+            ]
+            assert answer[-1] == events.Complete("SELECT 3000", 3000, "rustydb", False)
+            error = await client.next_event()
+            assert (error.code, error.fatal) == ("shutdown", True)
+    await client.stream.aclose()
+
+
 @pytest.mark.parametrize("overrides", [{"max_connections": 1}])
 async def test_connections_beyond_max_connections_are_refused(listener):
     first = await connect(listener)

@@ -1,0 +1,302 @@
+"""The server's CPU per commit, in process, split by thread and by stage (bench only).
+
+    python bench/bench_commit_path.py [--kind insert|update|tpcb] [--rounds 5] [--n 2000] [--stages]
+
+A real engine on a temp dir and the real wire connection (``ClientConnection``
+with its ``ServerSide`` and ``Dispatcher``) on one end of a socket pair, as
+bench_statement_path.py does; each statement's request frame is fed in and
+its answer read off the other end. ``insert`` is a single-row autocommit
+INSERT, ``update`` a single-row autocommit UPDATE by primary key, ``tpcb``
+pgbench's transaction (BEGIN, three UPDATEs, a SELECT, an INSERT, COMMIT),
+counted per transaction.
+
+What it prints, per commit (medians of the rounds):
+
+* the CPU of each thread from ``/proc/self/task/*/schedstat`` (user and
+  kernel time, so the CPU side of every syscall counts): the event loop's
+  thread, the session's worker thread, any other;
+* the trio loop's iterations (``before_io_wait``), the hand-offs to the
+  session's worker thread, and the wall time;
+* with ``--stages``, the worker's CPU (``time.thread_time``) split by stage:
+  the statement itself in SQLite, the session's changeset, the WAL record's
+  encoding and write, the flush (fdatasync), SQLite's COMMIT with the LSN
+  row, and the rest of the statement's Python. The stage timers cost about
+  a microsecond each, so the totals with ``--stages`` are a little higher.
+
+It imports the server its interpreter has installed: run it with a venv bound
+to another checkout to compare the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import structlog
+import trio
+
+from rustydb_client.protocol import events
+from rustydb_client.protocol.connection import ServerSide
+from rustydb_client.protocol.frames import encode_frame
+from rustydb_server import datadir as dd
+from rustydb_server import wire
+from rustydb_server.checkpointer import Checkpointer
+from rustydb_server.dispatch import Dispatcher, Services
+from rustydb_server.doorbell import Doorbell
+from rustydb_server.engine import session, sqlite_steps
+from rustydb_server.engine.instance import Engine
+from rustydb_server.fileops import FileOps
+from rustydb_server.lifecycle import Lifecycle
+from rustydb_server.roles import SUPERUSER, SUPERUSER_ROLE, Role, RoleStore
+from rustydb_server.settings import Settings
+from rustydb_server.tls import TlsPolicy
+
+ACCOUNTS = 100_000
+
+
+def _frame(sql: str) -> bytes:
+    return encode_frame({"type": "query", "sql": sql, "batch_rows": events.DEFAULT_BATCH_ROWS})
+
+
+def thread_cpu_ns() -> dict[int, tuple[int, int]]:
+    """Each thread of this process: (its CPU nanoseconds so far, the times it was switched out)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/self/task/{tid}/status") as f:
+                switches = sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+            out[int(tid)] = (ns, switches)
+        except FileNotFoundError:
+            pass  # a thread that just ended
+    return out
+
+
+class Counter(trio.abc.Instrument):
+    """The event loop's iterations that went to wait for I/O."""
+
+    def __init__(self) -> None:
+        self.io_waits = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.io_waits += 1
+
+
+class Stages:
+    """CPU (time.thread_time) spent in named stages, by wrapping the functions that run them.
+
+    Nested stages are subtracted from the stage around them, so each stage's
+    figure is its own (``self``) time."""
+
+    def __init__(self) -> None:
+        self.totals: collections.Counter = collections.Counter()
+        self._local = threading.local()
+
+    def wrap(self, owner, attr: str, stage: str) -> None:
+        inner = getattr(owner, attr)
+        stages = self
+
+        def timed(*args, **kwargs):
+            stack = getattr(stages._local, "stack", None)
+            if stack is None:
+                stack = stages._local.stack = []
+            stack.append(0.0)
+            t0 = time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent = time.thread_time() - t0
+                nested = stack.pop()
+                stages.totals[stage] += spent - nested
+                if stack:
+                    stack[-1] += spent
+
+        setattr(owner, attr, timed)
+
+
+def install_stages() -> Stages:
+    st = Stages()
+    S = session.SqlSession
+    # the outermost: whatever a statement costs in the worker beyond the named stages
+    st.wrap(S, "run", "session Python (parse, capture setup, status)")
+    st.wrap(S, "_execute", "the statement in SQLite (prepare, step, authorizer)")
+    st.wrap(S, "_cut_changeset", "the session's changeset")
+    st.wrap(S, "_sequence_step", "AUTOINCREMENT check")
+    st.wrap(S, "_start_capture", "session capture start")
+    st.wrap(Engine, "commit", "engine commit (locks, record object, txid, time)")
+    st.wrap(Engine, "_append", "WAL record: encode and write")
+    st.wrap(Engine, "flush_wal", "WAL flush (fdatasync, and waiting on another's)")
+    st.wrap(sqlite_steps.SqliteSteps, "commit", "SQLite COMMIT with the LSN row")
+    return st
+
+
+def _workload(kind: str, rnd: random.Random, n: int, base: int) -> list[list[bytes]]:
+    """``n`` units of work, each the frames of one commit."""
+    if kind == "insert":
+        return [[_frame(f"INSERT INTO ins(v) VALUES ({base + i})")] for i in range(n)]
+    if kind == "update":
+        return [
+            [_frame(f"UPDATE accounts SET abalance = abalance + 1 WHERE aid = {rnd.randint(1, ACCOUNTS)}")]
+            for _ in range(n)
+        ]
+    units = []
+    for _ in range(n):
+        aid, tid, bid, delta = rnd.randint(1, ACCOUNTS), rnd.randint(1, 100), rnd.randint(1, 10), rnd.randint(-5, 5)
+        units.append(
+            [
+                _frame("BEGIN"),
+                _frame(f"UPDATE accounts SET abalance = abalance + {delta} WHERE aid = {aid}"),
+                _frame(f"SELECT abalance FROM accounts WHERE aid = {aid}"),
+                _frame(f"UPDATE tellers SET tbalance = tbalance + {delta} WHERE tid = {tid}"),
+                _frame(f"UPDATE branches SET bbalance = bbalance + {delta} WHERE bid = {bid}"),
+                _frame(
+                    "INSERT INTO history (tid, bid, aid, delta, mtime) "
+                    f"VALUES ({tid}, {bid}, {aid}, {delta}, CURRENT_TIMESTAMP)"
+                ),
+                _frame("COMMIT"),
+            ]
+        )
+    return units
+
+
+async def _main(args, counter: Counter) -> None:
+    path = os.path.join(tempfile.mkdtemp(prefix="rustydb-commit-"), "data")
+    overrides = {}
+    if args.inline_budget is not None:
+        overrides["inline_statement_budget"] = args.inline_budget
+    settings = Settings.load(None, path, overrides)
+    engine = Engine.open(dd.DataDir(path), settings, FileOps())
+    services = Services(
+        engine, settings, Lifecycle(), Checkpointer(engine, settings, Doorbell()), None, lambda: None,
+        trio.CapacityLimiter(4), RoleStore(path),
+    )  # fmt: skip
+    listener = type(
+        "Listener",
+        (),
+        {"settings": settings, "services": services, "role_store": services.role_store, "tls": TlsPolicy(None, None)},
+    )()
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    conn = wire.ClientConnection(listener, trio.SocketStream(trio.socket.from_stdlib_socket(ours)), ("127.0.0.1", 1))
+    conn.protocol = ServerSide(None)
+    conn.role = Role(SUPERUSER_ROLE, login=True, attribute=SUPERUSER)
+    conn.protocol.receive_data(encode_frame({"type": "hello", "version": 1, "user": "bench", "client": "bench"}))
+    dispatcher = Dispatcher(services, conn, 1)
+    await conn.send(await dispatcher.open_session(conn.protocol.next_event()))
+    hops = [0]
+    worker_run = dispatcher.worker.run
+
+    async def counted_run(fn, *a):
+        hops[0] += 1
+        return await worker_run(fn, *a)
+
+    dispatcher.worker.run = counted_run
+
+    async def one(frame: bytes) -> None:
+        conn.protocol.receive_data(frame)
+        await dispatcher.handle(conn.protocol.next_event())
+        try:
+            while theirs.recv(1 << 16):
+                pass
+        except BlockingIOError:
+            pass
+
+    gen = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) "
+    for sql in (
+        "CREATE TABLE ins(id INTEGER PRIMARY KEY, v INTEGER)",
+        "CREATE TABLE accounts(aid INTEGER PRIMARY KEY, bid INTEGER, abalance INTEGER, filler TEXT)",
+        "CREATE TABLE tellers(tid INTEGER PRIMARY KEY, bid INTEGER, tbalance INTEGER, filler TEXT)",
+        "CREATE TABLE branches(bid INTEGER PRIMARY KEY, bbalance INTEGER, filler TEXT)",
+        "CREATE TABLE history(tid INTEGER, bid INTEGER, aid INTEGER, delta INTEGER, mtime TEXT, filler TEXT)",
+        gen.format(n=ACCOUNTS) + "INSERT INTO accounts SELECT i, (i - 1) / 10000 + 1, 0, printf('%84s', '') FROM s",
+        gen.format(n=100) + "INSERT INTO tellers SELECT i, (i - 1) / 10 + 1, 0, NULL FROM s",
+        gen.format(n=10) + "INSERT INTO branches SELECT i, 0, NULL FROM s",
+    ):
+        await one(_frame(sql))
+    rnd = random.Random(1)
+    for unit in _workload(args.kind, rnd, args.n, 10**9):  # warm up (and learn the statements)
+        for frame in unit:
+            await one(frame)
+    stages = install_stages() if args.stages else None
+    me = threading.get_native_id()
+    worker_tid = await dispatcher.worker.run(threading.get_native_id)
+    per: dict[str, list[float]] = collections.defaultdict(list)
+    stage_rounds: list[collections.Counter] = []
+    for r in range(args.rounds):
+        work = _workload(args.kind, rnd, args.n, r * args.n)
+        if stages is not None:
+            stages.totals.clear()
+        before, waits0, hops0 = thread_cpu_ns(), counter.io_waits, hops[0]
+        w0, p0 = time.perf_counter(), time.process_time()
+        for unit in work:
+            for frame in unit:
+                await one(frame)
+        wall, proc = time.perf_counter() - w0, time.process_time() - p0
+        after = thread_cpu_ns()
+        n = args.n
+        loop = worker = other = 0
+        switches = {me: 0, worker_tid: 0}
+        for tid, (ns, sw) in after.items():
+            ns0, sw0 = before.get(tid, (0, 0))
+            spent = ns - ns0
+            if tid == me:
+                loop += spent
+            elif tid == worker_tid:
+                worker += spent
+            else:
+                other += spent
+            if tid in switches:
+                switches[tid] = sw - sw0
+        per["total CPU (process_time)"].append(proc / n * 1e6)
+        per["  event loop thread"].append(loop / n / 1e3)
+        per["  session worker thread"].append(worker / n / 1e3)
+        per["  other threads"].append(other / n / 1e3)
+        per["wall"].append(wall / n * 1e6)
+        per["loop iterations"].append((counter.io_waits - waits0) / n)
+        per["hand-offs to the worker"].append((hops[0] - hops0) / n)
+        per["switches: event loop thread"].append(switches[me] / n)
+        per["switches: session worker"].append(switches[worker_tid] / n)
+        if stages is not None:
+            stage_rounds.append(collections.Counter(stages.totals))
+    unit = "transaction" if args.kind == "tpcb" else "commit"
+    print(f"{args.kind}: the server's cost per {unit}, medians of {args.rounds} rounds of {args.n}")
+    for k, v in per.items():
+        suffix = " us" if k.startswith(("total", " ", "wall")) else ""
+        print(f"  {k:28s} {statistics.median(v):8.1f}{suffix}   (min {min(v):.1f})")
+    if stage_rounds:
+        print("  the worker thread's CPU by stage (self time, us):")
+        names = sorted(
+            {k for c in stage_rounds for k in c}, key=lambda k: -statistics.median(c[k] for c in stage_rounds)
+        )
+        for k in names:
+            print(f"    {statistics.median(c[k] for c in stage_rounds) / args.n * 1e6:8.1f}  {k}")
+    await dispatcher.close()
+    engine.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kind", choices=("insert", "update", "tpcb"), default="insert")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--n", type=int, default=2000, help="commits per round")
+    ap.add_argument("--stages", action="store_true", help="split the worker's CPU by stage")
+    ap.add_argument("--inline-budget", help="inline_statement_budget, e.g. 0 or 1ms")
+    args = ap.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    counter = Counter()
+    trio.run(_main, args, counter, instruments=[counter])
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

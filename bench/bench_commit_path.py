@@ -17,7 +17,8 @@ What it prints, per commit (medians of the rounds):
   thread, the session's worker thread, any other;
 * the trio loop's iterations (``before_io_wait``), the hand-offs to the
   session's worker thread, and the wall time;
-* with ``--stages``, the worker's CPU (``time.thread_time``) split by stage:
+* with ``--stages``, the session's CPU (``time.thread_time``, on whichever
+  thread ran it: inline statements run on the loop) split by stage:
   the statement itself in SQLite, the session's changeset, the WAL record's
   encoding and write, the flush (fdatasync), SQLite's COMMIT with the LSN
   row, and the rest of the statement's Python. The stage timers cost about
@@ -274,7 +275,7 @@ async def _main(args, counter: Counter) -> None:
         suffix = " us" if k.startswith(("total", " ", "wall")) else ""
         print(f"  {k:28s} {statistics.median(v):8.1f}{suffix}   (min {min(v):.1f})")
     if stage_rounds:
-        print("  the worker thread's CPU by stage (self time, us):")
+        print("  the session's CPU by stage, on whichever thread ran it (self time, us):")
         names = sorted(
             {k for c in stage_rounds for k in c}, key=lambda k: -statistics.median(c[k] for c in stage_rounds)
         )

@@ -1,6 +1,6 @@
 """The server's CPU per commit, in process, split by thread and by stage (bench only).
 
-    python bench/bench_commit_path.py [--kind insert|update|tpcb] [--rounds 5] [--n 2000] [--stages]
+    python bench/bench_commit_path.py [--kind insert|update|tpcb] [--sessions 1] [--rounds 5] [--n 2000] [--stages]
 
 A real engine on a temp dir and the real wire connection (``ClientConnection``
 with its ``ServerSide`` and ``Dispatcher``) on one end of a socket pair, as
@@ -8,7 +8,9 @@ bench_statement_path.py does; each statement's request frame is fed in and
 its answer read off the other end. ``insert`` is a single-row autocommit
 INSERT, ``update`` a single-row autocommit UPDATE by primary key, ``tpcb``
 pgbench's transaction (BEGIN, three UPDATEs, a SELECT, an INSERT, COMMIT),
-counted per transaction.
+counted per transaction. ``--sessions 2`` runs the work from two sessions at
+once (one event loop, as in the server): their writes then meet each other's
+locks.
 
 What it prints, per commit (medians of the rounds):
 
@@ -16,7 +18,9 @@ What it prints, per commit (medians of the rounds):
   kernel time, so the CPU side of every syscall counts): the event loop's
   thread, the session's worker thread, any other;
 * the trio loop's iterations (``before_io_wait``), the hand-offs to the
-  session's worker thread, and the wall time;
+  sessions' worker threads, the statements run inline and in a worker (with
+  their reruns: an inline write that met a lock counts in both), and the
+  wall time;
 * with ``--stages``, the session's CPU (``time.thread_time``, on whichever
   thread ran it: inline statements run on the loop) split by stage:
   the statement itself in SQLite, the session's changeset, the WAL record's
@@ -186,31 +190,40 @@ async def _main(args, counter: Counter) -> None:
         (),
         {"settings": settings, "services": services, "role_store": services.role_store, "tls": TlsPolicy(None, None)},
     )()
-    ours, theirs = socket.socketpair()
-    theirs.setblocking(False)
-    conn = wire.ClientConnection(listener, trio.SocketStream(trio.socket.from_stdlib_socket(ours)), ("127.0.0.1", 1))
-    conn.protocol = ServerSide(None)
-    conn.role = Role(SUPERUSER_ROLE, login=True, attribute=SUPERUSER)
-    conn.protocol.receive_data(encode_frame({"type": "hello", "version": 1, "user": "bench", "client": "bench"}))
-    dispatcher = Dispatcher(services, conn, 1)
-    await conn.send(await dispatcher.open_session(conn.protocol.next_event()))
     hops = [0]
-    worker_run = dispatcher.worker.run
 
-    async def counted_run(fn, *a):
-        hops[0] += 1
-        return await worker_run(fn, *a)
+    async def open_session(session_id: int):
+        """A session on one end of a socket pair; ``one(frame)`` runs a request, reads its answer."""
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        conn = wire.ClientConnection(listener, stream, ("127.0.0.1", session_id))
+        conn.protocol = ServerSide(None)
+        conn.role = Role(SUPERUSER_ROLE, login=True, attribute=SUPERUSER)
+        conn.protocol.receive_data(encode_frame({"type": "hello", "version": 1, "user": "bench", "client": "bench"}))
+        dispatcher = Dispatcher(services, conn, session_id)
+        await conn.send(await dispatcher.open_session(conn.protocol.next_event()))
+        worker_run = dispatcher.worker.run
 
-    dispatcher.worker.run = counted_run
+        async def counted_run(fn, *a):
+            hops[0] += 1
+            return await worker_run(fn, *a)
 
-    async def one(frame: bytes) -> None:
-        conn.protocol.receive_data(frame)
-        await dispatcher.handle(conn.protocol.next_event())
-        try:
-            while theirs.recv(1 << 16):
+        dispatcher.worker.run = counted_run
+
+        async def one(frame: bytes) -> None:
+            conn.protocol.receive_data(frame)
+            await dispatcher.handle(conn.protocol.next_event())
+            try:
+                while theirs.recv(1 << 16):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
+
+        return dispatcher, one
+
+    sessions = [await open_session(i + 1) for i in range(args.sessions)]
+    one = sessions[0][1]
 
     gen = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) "
     for sql in (
@@ -230,7 +243,8 @@ async def _main(args, counter: Counter) -> None:
             await one(frame)
     stages = install_stages() if args.stages else None
     me = threading.get_native_id()
-    worker_tid = await dispatcher.worker.run(threading.get_native_id)
+    worker_tids = {await d.worker.run(threading.get_native_id) for d, _ in sessions}
+    costs = services.statement_costs
     per: dict[str, list[float]] = collections.defaultdict(list)
     stage_rounds: list[collections.Counter] = []
     for r in range(args.rounds):
@@ -238,39 +252,52 @@ async def _main(args, counter: Counter) -> None:
         if stages is not None:
             stages.totals.clear()
         before, waits0, hops0 = thread_cpu_ns(), counter.io_waits, hops[0]
+        inline0, worker0 = costs.inline_runs, costs.worker_runs
         w0, p0 = time.perf_counter(), time.process_time()
-        for unit in work:
-            for frame in unit:
-                await one(frame)
+
+        async def client(run_one, units) -> None:
+            for unit in units:
+                for frame in unit:
+                    await run_one(frame)
+
+        async with trio.open_nursery() as nursery:
+            for i, (_, run_one) in enumerate(sessions):
+                nursery.start_soon(client, run_one, work[i :: len(sessions)])
         wall, proc = time.perf_counter() - w0, time.process_time() - p0
         after = thread_cpu_ns()
         n = args.n
         loop = worker = other = 0
-        switches = {me: 0, worker_tid: 0}
+        switches = {me: 0, "workers": 0}
         for tid, (ns, sw) in after.items():
             ns0, sw0 = before.get(tid, (0, 0))
             spent = ns - ns0
             if tid == me:
                 loop += spent
-            elif tid == worker_tid:
+            elif tid in worker_tids:
                 worker += spent
+                switches["workers"] += sw - sw0
             else:
                 other += spent
-            if tid in switches:
-                switches[tid] = sw - sw0
+            if tid == me:
+                switches[me] = sw - sw0
         per["total CPU (process_time)"].append(proc / n * 1e6)
         per["  event loop thread"].append(loop / n / 1e3)
-        per["  session worker thread"].append(worker / n / 1e3)
+        per["  session worker threads"].append(worker / n / 1e3)
         per["  other threads"].append(other / n / 1e3)
         per["wall"].append(wall / n * 1e6)
         per["loop iterations"].append((counter.io_waits - waits0) / n)
         per["hand-offs to the worker"].append((hops[0] - hops0) / n)
         per["switches: event loop thread"].append(switches[me] / n)
-        per["switches: session worker"].append(switches[worker_tid] / n)
+        per["switches: session workers"].append(switches["workers"] / n)
+        per["statements run inline"].append((costs.inline_runs - inline0) / n)
+        per["statements run in a worker"].append((costs.worker_runs - worker0) / n)
         if stages is not None:
             stage_rounds.append(collections.Counter(stages.totals))
     unit = "transaction" if args.kind == "tpcb" else "commit"
-    print(f"{args.kind}: the server's cost per {unit}, medians of {args.rounds} rounds of {args.n}")
+    print(
+        f"{args.kind}, {args.sessions} session(s): the server's cost per {unit}, "
+        f"medians of {args.rounds} rounds of {args.n}"
+    )
     for k, v in per.items():
         suffix = " us" if k.startswith(("total", " ", "wall")) else ""
         print(f"  {k:28s} {statistics.median(v):8.1f}{suffix}   (min {min(v):.1f})")
@@ -281,7 +308,8 @@ async def _main(args, counter: Counter) -> None:
         )
         for k in names:
             print(f"    {statistics.median(c[k] for c in stage_rounds) / args.n * 1e6:8.1f}  {k}")
-    await dispatcher.close()
+    for dispatcher, _ in sessions:
+        await dispatcher.close()
     engine.close()
 
 
@@ -290,7 +318,8 @@ def main() -> None:
     ap.add_argument("--kind", choices=("insert", "update", "tpcb"), default="insert")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n", type=int, default=2000, help="commits per round")
-    ap.add_argument("--stages", action="store_true", help="split the worker's CPU by stage")
+    ap.add_argument("--stages", action="store_true", help="split the session's CPU by stage")
+    ap.add_argument("--sessions", type=int, default=1, help="sessions running the work at once (one event loop)")
     ap.add_argument("--inline-budget", help="inline_statement_budget, e.g. 0 or 1ms")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -747,7 +747,7 @@ class SqlSession:
         database never hands out an id the original had already used."""
         if not any(kind in ("changeset", "rows") for kind, _ in steps):
             return steps
-        if not self.conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall():
+        if not self.conn.table_exists("main", "sqlite_sequence"):  # no query: a look in the schema
             return steps
         rows = self.conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall()
         if not rows:

@@ -1,6 +1,7 @@
 """The server's CPU per commit, in process, split by thread and by stage (bench only).
 
     python bench/bench_commit_path.py [--kind insert|update|tpcb] [--sessions 1] [--rounds 5] [--n 2000] [--stages]
+    python bench/bench_commit_path.py --hand-off
 
 A real engine on a temp dir and the real wire connection (``ClientConnection``
 with its ``ServerSide`` and ``Dispatcher``) on one end of a socket pair, as
@@ -27,6 +28,10 @@ What it prints, per commit (medians of the rounds):
   encoding and write, the flush (fdatasync), SQLite's COMMIT with the LSN
   row, and the rest of the statement's Python. The stage timers cost about
   a microsecond each, so the totals with ``--stages`` are a little higher.
+
+``--hand-off`` prints only what one hand-off to a session's worker thread
+costs the loop's thread, by what the call does there (nothing, Python,
+an fdatasync, a sleep).
 
 It imports the server its interpreter has installed: run it with a venv bound
 to another checkout to compare the two.
@@ -143,6 +148,60 @@ def install_stages() -> Stages:
     st.wrap(Engine, "flush_wal", "WAL flush (fdatasync, and waiting on another's)")
     st.wrap(sqlite_steps.SqliteSteps, "commit", "SQLite COMMIT with the LSN row")
     return st
+
+
+def _spin(n: int = 2500) -> int:
+    """About 100 us of Python holding the GIL."""
+    x = 0
+    for i in range(n):
+        x += i
+    return x
+
+
+async def hand_offs(n: int = 2000) -> None:
+    """What one hand-off to a session's worker thread costs the event loop's
+    thread, by what the call does there: the loop's CPU per hand-off grows
+    with how long it waited (after a wait its work runs on cold caches)."""
+    from rustydb_server.session_worker import SessionWorker
+
+    path = os.path.join(tempfile.mkdtemp(prefix="rustydb-hop-"), "f")
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.write(fd, bytes(65536))
+    os.fsync(fd)
+
+    def fdatasync() -> None:
+        os.pwrite(fd, b"x" * 200, 0)
+        os.fdatasync(fd)
+
+    calls = {
+        "an empty call": lambda: None,
+        "100 us of Python": _spin,
+        "write + fdatasync": fdatasync,
+        "100 us of Python, then write + fdatasync": lambda: (_spin(), fdatasync()),
+        "a 0.5 ms sleep": lambda: time.sleep(0.0005),
+    }
+    me = threading.get_native_id()
+    print(f"a hand-off to a session's worker thread, by what the call does (medians of 3 rounds of {n}):")
+    for what, fn in calls.items():
+        rounds = []
+        for _ in range(3):
+            worker = SessionWorker("hop")
+            await worker.run(fn)
+            cpu0, w0, p0 = thread_cpu_ns()[me][0], time.perf_counter(), time.process_time()
+            for _ in range(n):
+                await worker.run(fn)
+            rounds.append(
+                (
+                    (time.perf_counter() - w0) / n * 1e6,
+                    (thread_cpu_ns()[me][0] - cpu0) / n / 1e3,
+                    (time.process_time() - p0) / n * 1e6,
+                )
+            )
+            worker.close()
+        wall, loop, proc = (statistics.median(r[i] for r in rounds) for i in range(3))
+        print(f"  {what:42s} wall {wall:7.1f} us, the loop thread's CPU {loop:5.1f} us, the process's {proc:6.1f} us")
+    os.close(fd)
+    os.unlink(path)
 
 
 def _workload(kind: str, rnd: random.Random, n: int, base: int) -> list[list[bytes]]:
@@ -321,8 +380,12 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true", help="split the session's CPU by stage")
     ap.add_argument("--sessions", type=int, default=1, help="sessions running the work at once (one event loop)")
     ap.add_argument("--inline-budget", help="inline_statement_budget, e.g. 0 or 1ms")
+    ap.add_argument("--hand-off", action="store_true", help="only the cost of one hand-off, by what the call does")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if args.hand_off:
+        trio.run(hand_offs)
+        return
     counter = Counter()
     trio.run(_main, args, counter, instruments=[counter])
     sys.stdout.flush()

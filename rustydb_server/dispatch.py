@@ -4,8 +4,9 @@ The wire listener's connection (``wire.py``) moves bytes and hands each
 request of an open session here. A query is one statement: the server's own
 admin SQL goes to ``admin``, everything else to the session's SQLite
 connection, and the columns, rows and completion stream back. A statement
-known to be short (``engine/statement_costs.py``: a read or a plain BEGIN that
-ran in a worker thread within ``inline_statement_budget``) runs right here on
+known to be short (``engine/statement_costs.py``: a read, a plain BEGIN or a
+one-row write in a transaction that ran in a worker thread within
+``inline_statement_budget``) runs right here on
 the event loop, with no thread hop, under a deadline: past it, or on a busy
 lock, it stops having done nothing lasting and runs again in a worker.
 Everything else runs in the session's own worker thread (``session_worker.py``:

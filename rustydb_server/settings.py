@@ -384,8 +384,9 @@ REGISTRY: dict[str, Setting] = _registry(
         unit="ms",
         min=0,
         max=100,
-        description="A read (or plain BEGIN) that ran in a worker thread within this long runs on the event "
-        "loop next time, with no thread hop, stopped and rerun in a worker past it; 0 runs every statement "
+        description="A read, a plain BEGIN or a one-row write inside a transaction that ran in a worker "
+        "thread within this long runs on the event loop next time, with no thread hop (a read is stopped "
+        "and rerun in a worker past it, a write goes back to the worker after it); 0 runs every statement "
         "in a worker thread.",
     ),
     Setting(

@@ -318,17 +318,116 @@ async def test_a_result_larger_than_one_batch_never_runs_inline(server, session)
     assert not costs.may_inline(costs.key("rustydb", sql))
 
 
-async def test_writes_commits_and_ddl_never_run_inline(server, session):
+async def test_autocommit_writes_commits_and_ddl_never_run_inline(server, session):
     costs = server.costs
     await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
     for i in range(5):
         await query(session, f"INSERT INTO t VALUES ({i}, {i})")
-        await query(session, "BEGIN IMMEDIATE")
         await query(session, f"UPDATE t SET v = v + 1 WHERE id = {i}")
+        await query(session, "BEGIN IMMEDIATE")
         await query(session, "COMMIT")
         await query(session, f"CREATE TABLE x{i}(a)")
     assert costs.inline_runs == 0
     assert rows_of(await query(session, "SELECT sum(v) FROM t")) == [[15]]
+
+
+async def _in_transactions(session, statements, times: int = 3) -> None:
+    for i in range(times):
+        assert (await query(session, "BEGIN IMMEDIATE"))[-1].in_transaction
+        for sql in statements:
+            answer = await query(session, sql.format(i=i))
+            assert isinstance(answer[-1], events.Complete), answer
+        assert not (await query(session, "COMMIT"))[-1].in_transaction
+
+
+async def test_a_point_write_in_a_transaction_runs_inline_once_learned_and_commits_durably(tmp_path):
+    server = _server(tmp_path, {"inline_statement_budget": "5ms"})
+    session = await open_session(server)
+    costs = server.costs
+    update = "UPDATE t SET v = v + {i} WHERE id = 1"
+    insert = "INSERT INTO h VALUES ({i}, 'x')"
+    delete = "DELETE FROM t WHERE id = 100{i}"
+    try:
+        await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
+        await query(session, "CREATE TABLE h(a INTEGER, b TEXT)")
+        await query(session, "INSERT INTO t VALUES (1, 0), (1000, 0), (1001, 0), (1002, 0)")
+        await _in_transactions(session, [update, insert, delete], times=2)
+        for sql in (update, insert, delete):
+            assert costs.may_inline(costs.key("rustydb", sql.format(i=0))), sql
+        inline_runs = costs.inline_runs
+        await query(session, "BEGIN IMMEDIATE")
+        assert (await query(session, "UPDATE t SET v = v + 10 WHERE id = 1"))[-1] == events.Complete(
+            "UPDATE 1", 1, "rustydb", True
+        )
+        await query(session, "INSERT INTO h VALUES (10, 'y')")
+        await query(session, "DELETE FROM t WHERE id = 1002")
+        assert costs.inline_runs == inline_runs + 3
+        assert (await query(session, "COMMIT"))[-1] == events.Complete("COMMIT", 0, "rustydb", False)
+        assert costs.inline_runs == inline_runs + 3  # COMMIT flushes: always in the worker
+        # The WAL holds the inline writes: a restart that replays it from the
+        # last checkpoint (none since the start) finds them all.
+        await session[0].close()
+        session = None
+        server.services.engine.close(clean=False)
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / "data" / "databases" / f"rustydb.db{suffix}").unlink(missing_ok=True)
+        server = _server(tmp_path, {})
+        session = await open_session(server)
+        assert rows_of(await query(session, "SELECT id, v FROM t ORDER BY id")) == [[1, 11]]
+        assert rows_of(await query(session, "SELECT a FROM h ORDER BY a")) == [[0], [1], [10]]
+    finally:
+        if session is not None:
+            await session[0].close()
+        server.services.engine.close()
+
+
+async def test_writes_that_may_touch_more_than_one_row_never_run_inline(server, session):
+    costs = server.costs
+    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v INTEGER)")
+    await query(session, "CREATE TABLE u(k TEXT PRIMARY KEY, v INTEGER)")
+    await query(session, "INSERT INTO t VALUES (1, 1, 0), (2, 1, 0), (3, 2, 0)")
+    writes = [
+        "UPDATE t SET v = v + 1 WHERE id < {i} + 2",  # a range: its literal decides how many rows
+        "UPDATE t SET v = v + 1 WHERE k = 1",  # a scan
+        "INSERT INTO t(k, v) SELECT k, {i} FROM t WHERE id = 1",  # rows from a query
+        "UPDATE t SET v = (SELECT count(*) FROM t) WHERE id = 1",  # a point, and a subquery
+        "UPDATE u SET v = {i} WHERE k = 'a'",  # a unique index, not a rowid
+    ]
+    await _in_transactions(session, writes, times=4)
+    assert costs.inline_runs == 0
+    for sql in writes:
+        assert not costs.may_inline(costs.key("rustydb", sql.format(i=0))), sql
+
+
+async def test_an_inline_write_that_meets_another_sessions_write_lock_waits_for_it_in_a_worker(server, session):
+    costs = server.costs
+    await query(session, "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
+    await query(session, "INSERT INTO t VALUES (1, 0)")
+    await _in_transactions(session, ["UPDATE t SET v = v + 1 WHERE id = 1"])
+    other = await open_session(server)
+    try:
+        await query(other, "BEGIN IMMEDIATE")  # holds SQLite's write lock
+        await query(other, "INSERT INTO t VALUES (2, 0)")
+        await query(session, "BEGIN")
+        inline_runs, worker_runs = costs.inline_runs, costs.worker_runs
+        answers = []
+
+        async def write():
+            answers.append(await query(session, "UPDATE t SET v = v + 1 WHERE id = 1"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await trio.sleep(0.2)
+            assert answers == []  # waiting in the worker, not on the loop (this task runs)
+            assert (await query(other, "COMMIT"))[-1] == events.Complete("COMMIT", 0, "rustydb", False)
+        assert answers[0][-1] == events.Complete("UPDATE 1", 1, "rustydb", True)
+        # tried inline, then run again in the worker, which waited for the
+        # lock (the other worker run: the other session's COMMIT)
+        assert (costs.inline_runs, costs.worker_runs) == (inline_runs, worker_runs + 2)
+        assert (await query(session, "COMMIT"))[-1] == events.Complete("COMMIT", 0, "rustydb", False)
+        assert rows_of(await query(other, "SELECT id, v FROM t ORDER BY id")) == [[1, 4], [2, 0]]
+    finally:
+        await other[0].close()
 
 
 async def test_a_write_behind_a_read_keyword_learned_as_a_read_is_not_run_inline(server, session):

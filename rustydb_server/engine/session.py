@@ -2,9 +2,10 @@
 
 Synchronous, one call at a time per session: in a trio worker thread, or, for
 a statement known to be short, on the event loop itself (``run`` with a
-deadline: reads and plain BEGINs only, stopped by SQLite's progress handler
-at the deadline and never waiting for a lock, so they can run again in a
-worker). Write transactions are captured with SQLite's session extension: the
+deadline: reads and plain BEGINs, stopped by SQLite's progress handler at
+the deadline and never waiting for a lock, so they can run again in a worker;
+and writes of one row inside a transaction, never stopped but never waiting
+for a lock either). Write transactions are captured with SQLite's session extension: the
 changes since the last DDL statement form one ``changeset`` step, and each DDL
 statement is a ``ddl`` step of its own text, so replay sees them in order.
 
@@ -35,6 +36,7 @@ from . import bulk, database, rows_image
 from .authorizer import decide
 from .database import STATE_TABLE
 from .instance import Engine, EngineError
+from .statement_costs import shape
 
 DDL_KEYWORDS = frozenset({"CREATE", "DROP", "ALTER", "REINDEX", "ANALYZE"})
 READ_KEYWORDS = frozenset({"SELECT", "VALUES", "WITH", "EXPLAIN", "PRAGMA"})
@@ -112,6 +114,13 @@ _APPLIED_LSN = f"SELECT value FROM main.{STATE_TABLE} WHERE key = 'applied_lsn'"
 INLINE_READ_KEYWORDS = frozenset({"SELECT", "VALUES", "WITH"})
 #: An inline statement's deadline is checked every this many SQLite VM steps.
 PROGRESS_STEPS = 200
+#: Keywords of the writes that may run inline inside a transaction, when
+#: SQLite's plan says they touch at most one row (``_point_plan``).
+INLINE_WRITE_KEYWORDS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+# The only plan step a point write may have: a search of one rowid.
+_POINT_STEP = re.compile(r"SEARCH .+ USING INTEGER PRIMARY KEY \(rowid=\?\)")
+#: How many statement shapes a session remembers the plan verdict of.
+POINT_PLANS = 256
 
 
 @dataclasses.dataclass
@@ -158,6 +167,7 @@ class SqlSession:
         # An inline run (on the event loop): its deadline (time.perf_counter),
         # and whether the progress handler stopped it there.
         self._inline = False
+        self._inline_write = False
         self._deadline = 0.0
         self._deadline_passed = False
         # What the last successful run was ("read", "begin" or None: a kind
@@ -170,6 +180,9 @@ class SqlSession:
         # transaction's snapshot was found durable (it never changes).
         self.durable_wait = 0
         self._snapshot_durable = False
+        # Statement shape -> whether SQLite's plan makes it a point write
+        # (cleared at each DDL statement of this session).
+        self._point_plans: dict[str, bool] = {}
         self.use(database_name)
 
     # ------------------------------------------------------------ lifecycle
@@ -262,7 +275,10 @@ class SqlSession:
         """SQLite's progress handler during an inline run: stop it at its deadline."""
         if time.perf_counter() > self._deadline:
             self._deadline_passed = True
-            return True
+            # A write cannot be stopped: SQLite would roll back its whole
+            # transaction. It runs to its end; its time over the budget sends
+            # it back to the worker from then on.
+            return not self._inline_write
         return False
 
     def _txid_current(self) -> int:
@@ -466,6 +482,8 @@ class SqlSession:
 
     def _execute(self, sql, kw, *, autocommit_write, require_readonly=False) -> StatementRun:
         is_ddl = kw in DDL_KEYWORDS or (kw == "PRAGMA" and self._is_logged_pragma(sql))
+        if is_ddl:
+            self._point_plans.clear()
         if is_ddl and self._capture is not None:
             self._cut_changeset()
         self._ddl_ops.clear()
@@ -538,7 +556,7 @@ class SqlSession:
             raise
         finally:
             if deadline is not None:
-                self._inline = False
+                self._inline = self._inline_write = False
                 self.conn.set_progress_handler(None)
         self.last_seconds = time.perf_counter() - started
         return run, rows, None
@@ -579,7 +597,43 @@ class SqlSession:
             return self._begin(sql)
         if kw in INLINE_READ_KEYWORDS:
             return self._execute(sql, kw, autocommit_write=False, require_readonly=True)
+        if self._may_write_inline(kw, sql):
+            # A busy write lock raises RunInWorker before anything changed
+            # (SQLite takes it at the statement's start, and rolls back only
+            # the statement on SQLITE_BUSY): the worker then waits for it.
+            self._inline_write = True
+            return self._execute(sql, kw, autocommit_write=False)
         raise RunInWorker(kw)
+
+    def _may_write_inline(self, kw: str, sql: str) -> bool:
+        """A write inside a transaction that may run on the event loop: not a
+        bulk insert in the making (rows steps pending, or a VALUES list that
+        large), so it is captured by the session extension as it runs."""
+        return (
+            kw in INLINE_WRITE_KEYWORDS
+            and self.in_transaction
+            and self._capture is not None
+            and not self._bulk.tables
+            and len(sql) < bulk.VALUES_BYTES
+        )
+
+    def _point_plan(self, sql: str) -> bool:
+        """Whether SQLite's plan for ``sql`` writes at most one row whatever
+        its literals: an INSERT of VALUES, or a search of one rowid, and
+        nothing else (no scan, no subquery). Learned writes run inline
+        without a deadline (they cannot be stopped), so only these may."""
+        key = shape(sql)
+        known = self._point_plans.get(key)
+        if known is None:
+            try:
+                plan = self.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+            except apsw.Error:
+                plan = None
+            known = plan is not None and all(_POINT_STEP.fullmatch(step[3]) for step in plan)
+            if len(self._point_plans) >= POINT_PLANS:
+                self._point_plans.clear()
+            self._point_plans[key] = known
+        return known
 
     def _inline_kind(self, run: StatementRun, keywords: list[str]) -> str | None:
         """Whether a statement that just finished may run inline next time."""
@@ -588,6 +642,8 @@ class SqlSession:
             return "begin" if _plain_begin(keywords) else None
         if kw in INLINE_READ_KEYWORDS and not run.autocommit_write and self._trace.get("readonly"):
             return "read"
+        if not run.autocommit_write and self._may_write_inline(kw, run.sql) and self._point_plan(run.sql):
+            return "point_write"
         return None
 
     def _settle(self) -> None:
@@ -691,7 +747,7 @@ class SqlSession:
         database never hands out an id the original had already used."""
         if not any(kind in ("changeset", "rows") for kind, _ in steps):
             return steps
-        if not self.conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").fetchall():
+        if not self.conn.table_exists("main", "sqlite_sequence"):  # no query: a look in the schema
             return steps
         rows = self.conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall()
         if not rows:
@@ -768,7 +824,7 @@ class SqlSession:
                 raise RunInWorker("not a read") from None
             raise
         except (apsw.BusyError, apsw.InterruptError) as e:
-            if self._inline and (isinstance(e, apsw.BusyError) or self._deadline_passed):
+            if self._inline and (isinstance(e, apsw.BusyError) or (self._deadline_passed and not self._inline_write)):
                 raise RunInWorker(str(e), at_deadline=self._deadline_passed) from None
             raise self._sqlite_error(e) from e
         except apsw.Error as e:

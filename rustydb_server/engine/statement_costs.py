@@ -9,13 +9,14 @@ prepared statement with a parameter would be.
 
 The rule (issue 20): a statement runs inline only after it ran in a worker
 thread and stayed under the budget, and only if the session said it is of a
-kind that may (a read it can stop and run again, or a plain BEGIN); it drops
+kind that may (a read it can stop and run again, a plain BEGIN, or a
+write of one row inside a transaction: ``point_write``); it drops
 back to the worker on its first run over the budget, and after each drop it
 needs twice as many runs under the budget in a row before it is trusted again
 (at most ``MAX_REQUALIFY``), so a statement near the budget does not flap.
 Anything never measured, and anything the session did not call inlinable
-(writes, commits, DDL, VACUUM, results larger than one batch), stays in the
-worker.
+(autocommit writes, other writes, commits, DDL, VACUUM, results larger than
+one batch), stays in the worker.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import re
 from collections import deque
 
 #: Kinds the session reports that may run inline.
-INLINABLE = frozenset({"read", "begin"})
+INLINABLE = frozenset({"read", "begin", "point_write"})
 #: How many statements are remembered (least recently used ones are forgotten).
 CAPACITY = 4096
 #: Runs under the budget in a row needed again after the most drops.
